@@ -1,0 +1,117 @@
+package taskrunner
+
+import (
+	"context"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Hook is one step of a task's life. Implementations live in *_hook.go.
+type Hook interface {
+	Name() string
+}
+
+// PrestartRequest is what a hook sees before the task's process starts.
+type PrestartRequest struct {
+	Spec *task.Spec
+	// Resources holds what hooks of earlier stages produced. Read only.
+	Resources *Resources
+}
+
+// PrestartResponse is what one hook hands to later hooks. The runner merges
+// each non-empty field into the task's Resources and persists it before the
+// next stage, so Stop and Restore find it after an agent restart.
+type PrestartResponse struct {
+	Image     string
+	Network   *task.NetworkAttachment
+	Disk      *DiskInfo
+	Metadata  *MetadataInfo
+	Mounts    []specs.Mount
+	Env       map[string]string
+	SpecOpts  []string // names of isolation options applied, for the record
+	Pid       uint32
+	Container bool
+}
+
+// PrestartHook prepares something the task needs. It must be safe to call
+// again for the same task (a restarted agent may repeat it).
+type PrestartHook interface {
+	Hook
+	Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error
+}
+
+// StopRequest carries what a stop hook needs to undo its work.
+type StopRequest struct {
+	Spec      *task.Spec
+	Resources *Resources
+}
+
+// StopHook undoes a PrestartHook. It must be idempotent: it runs after a
+// partial prestart, twice, and after an agent restart from persisted state.
+// It never gets a cancelled context.
+type StopHook interface {
+	Hook
+	Stop(ctx context.Context, req *StopRequest) error
+}
+
+// RestoreHook re-creates in-memory state (listeners, watchers) for a task
+// that kept running while the agent restarted.
+type RestoreHook interface {
+	Hook
+	Restore(ctx context.Context, req *StopRequest) error
+}
+
+// Resources is everything hooks created for a task; it is persisted with the
+// task record.
+type Resources struct {
+	Image     string            `json:"image,omitempty"`
+	Network   *task.NetworkAttachment      `json:"network,omitempty"`
+	Disk      *DiskInfo         `json:"disk,omitempty"`
+	Metadata  *MetadataInfo     `json:"metadata,omitempty"`
+	Mounts    []specs.Mount     `json:"mounts,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+	Container bool              `json:"container,omitempty"`
+	Pid       uint32            `json:"pid,omitempty"`
+}
+
+// DiskInfo is a task's quota'd writable filesystem.
+type DiskInfo struct {
+	Backend   string `json:"backend"`
+	ImagePath string `json:"imagePath,omitempty"`
+	MountPath string `json:"mountPath"`
+}
+
+// MetadataInfo records the task's metadata listener.
+type MetadataInfo struct {
+	Addresses []string `json:"addresses"`
+}
+
+func (r *Resources) merge(p *PrestartResponse) {
+	if p.Image != "" {
+		r.Image = p.Image
+	}
+	if p.Network != nil {
+		r.Network = p.Network
+	}
+	if p.Disk != nil {
+		r.Disk = p.Disk
+	}
+	if p.Metadata != nil {
+		r.Metadata = p.Metadata
+	}
+	r.Mounts = append(r.Mounts, p.Mounts...)
+	for k, v := range p.Env {
+		if r.Env == nil {
+			r.Env = map[string]string{}
+		}
+		r.Env[k] = v
+	}
+	if p.Container {
+		r.Container = true
+	}
+	if p.Pid != 0 {
+		r.Pid = p.Pid
+	}
+}

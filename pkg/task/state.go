@@ -1,0 +1,116 @@
+package task
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// State is where a task is in its life. States only move forward.
+type State int
+
+const (
+	StateUnknown State = iota
+	Accepted
+	Preparing
+	Starting
+	Running
+	Killing
+	Finished
+	Failed
+	Killed
+	Lost
+)
+
+var stateNames = [...]string{"Unknown", "Accepted", "Preparing", "Starting", "Running", "Killing", "Finished", "Failed", "Killed", "Lost"}
+
+func (s State) String() string {
+	if s < 0 || int(s) >= len(stateNames) {
+		return fmt.Sprintf("State(%d)", int(s))
+	}
+	return stateNames[s]
+}
+
+// ParseState is the inverse of String.
+func ParseState(v string) (State, error) {
+	for i, n := range stateNames {
+		if n == v {
+			return State(i), nil
+		}
+	}
+	return StateUnknown, fmt.Errorf("unknown task state %q", v)
+}
+
+// MarshalText makes states readable in the JSON state file.
+func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText parses a state name.
+func (s *State) UnmarshalText(b []byte) error {
+	v, err := ParseState(string(b))
+	*s = v
+	return err
+}
+
+// Terminal reports whether no transition can leave s.
+func (s State) Terminal() bool { return s >= Finished }
+
+// Reason codes explain a transition. Platform reasons are the agent's fault,
+// the others the task's or its owner's.
+type Reason string
+
+const (
+	ReasonNone                 Reason = ""
+	ReasonAccepted             Reason = "Accepted"
+	ReasonInvalidSpec          Reason = "InvalidSpec"
+	ReasonImageNotFound        Reason = "ImageNotFound"
+	ReasonImagePullFailed      Reason = "ImagePullFailed"
+	ReasonNetworkSetupFailed   Reason = "NetworkSetupFailed"
+	ReasonDiskSetupFailed      Reason = "DiskSetupFailed"
+	ReasonMetadataSetupFailed  Reason = "MetadataSetupFailed"
+	ReasonStartFailed          Reason = "StartFailed"
+	ReasonStarted              Reason = "Started"
+	ReasonCompleted            Reason = "Completed"
+	ReasonNonZeroExit          Reason = "NonZeroExit"
+	ReasonOOMKilled            Reason = "OOMKilled"
+	ReasonRuntimeLimitExceeded Reason = "RuntimeLimitExceeded"
+	ReasonKilledByUser         Reason = "KilledByUser"
+	ReasonAgentRestartLost     Reason = "AgentRestartLost"
+	ReasonAgentRestartExited   Reason = "ExitedWhileAgentDown"
+	ReasonPlatformError        Reason = "PlatformError"
+)
+
+// Transition is one recorded state change.
+type Transition struct {
+	State   State     `json:"state"`
+	Reason  Reason    `json:"reason,omitempty"`
+	Message string    `json:"message,omitempty"`
+	Time    time.Time `json:"time"`
+}
+
+// Status is the state of one task with its history.
+type Status struct {
+	State       State        `json:"state"`
+	Reason      Reason       `json:"reason,omitempty"`
+	Message     string       `json:"message,omitempty"`
+	ExitCode    int32        `json:"exitCode"`
+	Pid         uint32       `json:"pid,omitempty"`
+	Transitions []Transition `json:"transitions"`
+}
+
+// ErrBackwardTransition is returned when a transition would move a task back.
+var ErrBackwardTransition = errors.New("task state may only move forward")
+
+// Advance moves the status to next. It refuses to move backward or to leave a
+// terminal state; moving to the current state again is a no-op.
+func (s *Status) Advance(next State, reason Reason, msg string, now time.Time) (Transition, error) {
+	if next == s.State {
+		return Transition{}, nil
+	}
+	if next < s.State || s.State.Terminal() {
+		return Transition{}, fmt.Errorf("%w: %s -> %s", ErrBackwardTransition, s.State, next)
+	}
+	t := Transition{State: next, Reason: reason, Message: msg, Time: now.UTC()}
+	s.State, s.Reason, s.Message = next, reason, msg
+	s.Transitions = append(s.Transitions, t)
+	return t, nil
+}

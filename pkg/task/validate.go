@@ -1,0 +1,229 @@
+package task
+
+import (
+	"errors"
+	"fmt"
+	"net/mail"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// Limits bound every variable-size field so a hostile spec cannot exhaust
+// the agent. They are documented in docs/task-spec.md.
+const (
+	MaxIDLen          = 128
+	MaxImageRefLen    = 512
+	MaxArgs           = 256
+	MaxArgLen         = 8192
+	MaxCommandBytes   = 64 << 10
+	MaxEnv            = 512
+	MaxEnvKeyLen      = 256
+	MaxEnvValueLen    = 32 << 10
+	MaxEnvBytes       = 256 << 10
+	MaxLabels         = 64
+	MaxLabelKeyLen    = 128
+	MaxLabelValueLen  = 1024
+	MaxSecurityGroups = 5
+	MaxSubnets        = 16
+	MaxCPUMillicores  = 1024 * 1000
+	MaxMemoryMiB      = 4 << 20
+	MinMemoryMiB      = 6
+	MaxDiskMiB        = 16 << 20
+	MaxNetworkMbps    = 400_000
+	MaxGPUs           = 64
+	MaxPids           = 1 << 22
+	MaxKillGrace      = time.Hour
+	MaxRuntimeLimit   = 365 * 24 * time.Hour
+)
+
+var (
+	idRE     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+	envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	labelRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_./-]*$`)
+	sgRE     = regexp.MustCompile(`^sg-[0-9a-f]{1,32}$`)
+	subnetRE = regexp.MustCompile(`^subnet-[0-9a-f]{1,32}$`)
+	roleRE   = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$`)
+)
+
+// ErrInvalidSpec is wrapped by every validation error.
+var ErrInvalidSpec = errors.New("invalid task spec")
+
+// FieldError names the field that broke a rule and the rule.
+type FieldError struct {
+	Field string
+	Rule  string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Rule }
+
+// ValidationError lists every broken rule of a spec.
+type ValidationError struct{ Fields []*FieldError }
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Fields))
+	for i, f := range e.Fields {
+		parts[i] = f.Error()
+	}
+	return "invalid task spec: " + strings.Join(parts, "; ")
+}
+
+func (e *ValidationError) Unwrap() error { return ErrInvalidSpec }
+
+type checker struct{ errs []*FieldError }
+
+func (c *checker) failf(field, format string, a ...any) {
+	c.errs = append(c.errs, &FieldError{Field: field, Rule: fmt.Sprintf(format, a...)})
+}
+
+func (c *checker) rangeCheck(field string, v, lo, hi int64) {
+	if v < lo || v > hi {
+		c.failf(field, "must be between %d and %d, got %d", lo, hi, v)
+	}
+}
+
+// Validate checks every field of a normalized spec and returns a
+// *ValidationError naming each field that breaks a rule, or nil.
+func (s *Spec) Validate() error {
+	c := &checker{}
+	switch {
+	case s.ID == "":
+		c.failf("id", "is required")
+	case len(s.ID) > MaxIDLen:
+		c.failf("id", "must be at most %d characters", MaxIDLen)
+	case !idRE.MatchString(s.ID):
+		c.failf("id", "must match %s", idRE)
+	}
+	if s.OwnerEmail == "" {
+		c.failf("owner_email", "is required")
+	} else if a, err := mail.ParseAddress(s.OwnerEmail); err != nil || a.Address != s.OwnerEmail || len(s.OwnerEmail) > 254 {
+		c.failf("owner_email", "must be a plain email address like team@example.com")
+	}
+	switch {
+	case s.Image == "":
+		c.failf("image", "is required")
+	case len(s.Image) > MaxImageRefLen:
+		c.failf("image", "must be at most %d characters", MaxImageRefLen)
+	case strings.ContainsAny(s.Image, " \t\n\r"):
+		c.failf("image", "must not contain whitespace")
+	}
+	s.checkArgs(c)
+	s.checkEnv(c)
+	s.checkLabels(c)
+	r := s.Resources
+	c.rangeCheck("resources.cpu_millicores", r.CPUMillicores, 1, MaxCPUMillicores)
+	c.rangeCheck("resources.memory_mib", r.MemoryMiB, MinMemoryMiB, MaxMemoryMiB)
+	c.rangeCheck("resources.disk_mib", r.DiskMiB, 0, MaxDiskMiB)
+	c.rangeCheck("resources.network_mbps", r.NetworkMbps, 0, MaxNetworkMbps)
+	c.rangeCheck("resources.gpus", int64(r.GPUs), 0, MaxGPUs)
+	c.rangeCheck("resources.pids", r.Pids, 1, MaxPids)
+	if s.KillGracePeriod < 0 || s.KillGracePeriod > MaxKillGrace {
+		c.failf("kill_grace_period_seconds", "must be between 0 and %d", int64(MaxKillGrace/time.Second))
+	}
+	if s.MaxRuntime < 0 || s.MaxRuntime > MaxRuntimeLimit {
+		c.failf("max_runtime_seconds", "must be between 0 (none) and %d", int64(MaxRuntimeLimit/time.Second))
+	}
+	if s.IAMRoleARN != "" && !roleRE.MatchString(s.IAMRoleARN) {
+		c.failf("iam_role_arn", "must look like arn:aws:iam::123456789012:role/name")
+	}
+	s.checkNetwork(c)
+	if len(c.errs) == 0 {
+		return nil
+	}
+	return &ValidationError{Fields: c.errs}
+}
+
+func (s *Spec) checkArgs(c *checker) {
+	total := 0
+	for _, f := range []struct {
+		name string
+		args []string
+	}{{"entrypoint", s.Entrypoint}, {"command", s.Command}} {
+		name, args := f.name, f.args
+		if len(args) > MaxArgs {
+			c.failf(name, "must have at most %d arguments", MaxArgs)
+		}
+		for i, a := range args {
+			total += len(a)
+			if len(a) > MaxArgLen {
+				c.failf(fmt.Sprintf("%s[%d]", name, i), "must be at most %d bytes", MaxArgLen)
+			}
+			if strings.IndexByte(a, 0) >= 0 {
+				c.failf(fmt.Sprintf("%s[%d]", name, i), "must not contain NUL")
+			}
+		}
+	}
+	if total > MaxCommandBytes {
+		c.failf("command", "entrypoint and command together must be at most %d bytes", MaxCommandBytes)
+	}
+}
+
+func (s *Spec) checkEnv(c *checker) {
+	if len(s.Env) > MaxEnv {
+		c.failf("env", "must have at most %d entries, got %d", MaxEnv, len(s.Env))
+		return
+	}
+	total := 0
+	for k, v := range s.Env {
+		total += len(k) + len(v)
+		if len(k) > MaxEnvKeyLen || !envKeyRE.MatchString(k) {
+			c.failf("env["+trunc(k)+"]", "name must match %s and be at most %d characters", envKeyRE, MaxEnvKeyLen)
+		}
+		if len(v) > MaxEnvValueLen || strings.IndexByte(v, 0) >= 0 {
+			c.failf("env["+trunc(k)+"]", "value must be at most %d bytes without NUL", MaxEnvValueLen)
+		}
+	}
+	if total > MaxEnvBytes {
+		c.failf("env", "must be at most %d bytes in total", MaxEnvBytes)
+	}
+}
+
+func (s *Spec) checkLabels(c *checker) {
+	if len(s.Labels) > MaxLabels {
+		c.failf("labels", "must have at most %d entries, got %d", MaxLabels, len(s.Labels))
+		return
+	}
+	for k, v := range s.Labels {
+		if len(k) > MaxLabelKeyLen || !labelRE.MatchString(k) {
+			c.failf("labels["+trunc(k)+"]", "key must match %s and be at most %d characters", labelRE, MaxLabelKeyLen)
+		}
+		if strings.HasPrefix(k, "titus.agent/") {
+			c.failf("labels["+trunc(k)+"]", "the titus.agent/ prefix is reserved")
+		}
+		if len(v) > MaxLabelValueLen {
+			c.failf("labels["+trunc(k)+"]", "value must be at most %d characters", MaxLabelValueLen)
+		}
+	}
+}
+
+func (s *Spec) checkNetwork(c *checker) {
+	n := s.Network
+	if len(n.SecurityGroupIDs) > MaxSecurityGroups {
+		c.failf("network.security_group_ids", "must have at most %d entries", MaxSecurityGroups)
+	}
+	seen := map[string]bool{}
+	for i, sg := range n.SecurityGroupIDs {
+		if !sgRE.MatchString(sg) {
+			c.failf(fmt.Sprintf("network.security_group_ids[%d]", i), "must look like sg-0123abcd")
+		}
+		if seen[sg] {
+			c.failf(fmt.Sprintf("network.security_group_ids[%d]", i), "duplicate %s", sg)
+		}
+		seen[sg] = true
+	}
+	if len(n.SubnetIDs) > MaxSubnets {
+		c.failf("network.subnet_ids", "must have at most %d entries", MaxSubnets)
+	}
+	for i, sn := range n.SubnetIDs {
+		if !subnetRE.MatchString(sn) {
+			c.failf(fmt.Sprintf("network.subnet_ids[%d]", i), "must look like subnet-0123abcd")
+		}
+	}
+}
+
+func trunc(s string) string {
+	if len(s) > 32 {
+		return s[:32] + "…"
+	}
+	return s
+}

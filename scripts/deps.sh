@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything the agent, its tests and its demo need on a fresh
+# Debian 12 machine: Debian packages, containerd 2.x built from source (cached),
+# and AWS's IMDS mock. Idempotent; fast when everything is present.
+set -euo pipefail
+
+CONTAINERD_VERSION=v2.2.9
+IMDS_MOCK_VERSION=v1.13.0
+CACHE="${TITUS_CACHE:-$HOME/.cache/titus-agent}"
+BIN="$CACHE/bin"
+mkdir -p "$BIN"
+
+APT_PKGS=(runc docker-registry busybox-static tini iproute2 nftables iptables e2fsprogs xfsprogs protobuf-compiler systemd-container util-linux procps psmisc)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "deps: installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+stamp="$BIN/.containerd-$CONTAINERD_VERSION"
+if [[ ! -f "$stamp" || ! -x "$BIN/containerd" || ! -x "$BIN/containerd-shim-runc-v2" || ! -x "$BIN/ctr" ]]; then
+  echo "deps: building containerd $CONTAINERD_VERSION (a few minutes the first time)"
+  GOBIN="$BIN" go install \
+    "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+  touch "$stamp"
+fi
+
+stamp="$BIN/.imds-mock-$IMDS_MOCK_VERSION"
+if [[ ! -f "$stamp" || ! -x "$BIN/ec2-metadata-mock" ]]; then
+  echo "deps: installing ec2-metadata-mock $IMDS_MOCK_VERSION"
+  GOBIN="$BIN" go install "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$IMDS_MOCK_VERSION"
+  touch "$stamp"
+fi
+
+if ! command -v moto_server >/dev/null; then
+  echo "deps: moto_server not found; trying pip" >&2
+  pip install -q 'moto[server]>=5' || { echo "deps: FATAL: moto_server is required (moto 5.x)" >&2; exit 1; }
+fi
+
+# The shim must be on containerd's PATH; link it where root's PATH finds it.
+ln -sf "$BIN/containerd-shim-runc-v2" /usr/local/bin/containerd-shim-runc-v2
+echo "deps: ok ($BIN)"

@@ -1,0 +1,153 @@
+package testenv
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TB is the subset of testing.TB the helpers use, so benchmarks driven from
+// a main package can use them too.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	Cleanup(func())
+	TempDir() string
+}
+
+var _ TB = (testing.TB)(nil)
+
+// CacheBin is where scripts/deps.sh installs built tools.
+func CacheBin() string {
+	if d := os.Getenv("TITUS_CACHE"); d != "" {
+		return filepath.Join(d, "bin")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "titus-agent", "bin")
+}
+
+// LookPath finds a required binary in the deps cache or PATH, or fails the
+// test saying how to install it.
+func LookPath(t TB, name string) string {
+	t.Helper()
+	if p := filepath.Join(CacheBin(), name); isExec(p) {
+		return p
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("prerequisite %q not found (run `make deps`): %v", name, err)
+	}
+	return p
+}
+
+func isExec(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Process is a started child process, logged to a file.
+type Process struct {
+	Cmd     *exec.Cmd
+	LogPath string
+}
+
+// StartProcess runs a command with output to a log file in dir and kills its
+// process group at cleanup.
+func StartProcess(t TB, dir, name string, cmd *exec.Cmd) *Process {
+	t.Helper()
+	logPath := filepath.Join(dir, name+".log")
+	f, err := os.Create(logPath)
+	if err != nil {
+		t.Fatalf("%s log: %v", name, err)
+	}
+	cmd.Stdout, cmd.Stderr = f, f
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	p := &Process{Cmd: cmd, LogPath: logPath}
+	t.Cleanup(func() {
+		p.Stop()
+		f.Close()
+	})
+	return p
+}
+
+// Stop terminates the process (SIGTERM, then SIGKILL after 5s) and waits.
+func (p *Process) Stop() {
+	if p.Cmd.Process == nil || p.Cmd.ProcessState != nil {
+		return
+	}
+	pid := p.Cmd.Process.Pid
+	_ = syscall.Kill(-pid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.Cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		<-done
+	}
+}
+
+// Log returns the process's output so far, for failure messages.
+func (p *Process) Log() string {
+	b, _ := os.ReadFile(p.LogPath)
+	return string(b)
+}
+
+// WaitTCP waits until addr accepts connections or fails the test.
+func WaitTCP(t TB, addr string, p *Process, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return
+		}
+		if p != nil && p.Cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	log := ""
+	if p != nil {
+		log = p.Log()
+	}
+	t.Fatalf("%s did not come up within %s:\n%s", addr, timeout, tail(log, 40))
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Addr formats a loopback address.
+func Addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
