@@ -66,14 +66,14 @@ type RestoreHook interface {
 // Resources is everything hooks created for a task; it is persisted with the
 // task record.
 type Resources struct {
-	Image     string            `json:"image,omitempty"`
-	Network   *task.NetworkAttachment      `json:"network,omitempty"`
-	Disk      *DiskInfo         `json:"disk,omitempty"`
-	Metadata  *MetadataInfo     `json:"metadata,omitempty"`
-	Mounts    []specs.Mount     `json:"mounts,omitempty"`
-	Env       map[string]string `json:"env,omitempty"`
-	Container bool              `json:"container,omitempty"`
-	Pid       uint32            `json:"pid,omitempty"`
+	Image     string                  `json:"image,omitempty"`
+	Network   *task.NetworkAttachment `json:"network,omitempty"`
+	Disk      *DiskInfo               `json:"disk,omitempty"`
+	Metadata  *MetadataInfo           `json:"metadata,omitempty"`
+	Mounts    []specs.Mount           `json:"mounts,omitempty"`
+	Env       map[string]string       `json:"env,omitempty"`
+	Container bool                    `json:"container,omitempty"`
+	Pid       uint32                  `json:"pid,omitempty"`
 }
 
 // DiskInfo is a task's quota'd writable filesystem.
