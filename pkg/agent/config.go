@@ -1,0 +1,211 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/user"
+	"strconv"
+
+	"sigs.k8s.io/yaml"
+)
+
+// Config is the agent's YAML configuration. Every key is documented in
+// docs/config.md with its default; unknown keys are refused.
+type Config struct {
+	// Socket is the control API's unix socket (mode 0660).
+	Socket string `json:"socket"`
+	// SocketGroup may use the socket besides root; empty = root only.
+	SocketGroup string `json:"socketGroup"`
+	// StateDir holds the durable task state.
+	StateDir string `json:"stateDir"`
+	// LogDir holds per-task stdout/stderr logs.
+	LogDir     string           `json:"logDir"`
+	Logs       LogConfig        `json:"logs"`
+	Containerd ContainerdConfig `json:"containerd"`
+	Registries RegistryConfig   `json:"registries"`
+	Network    NetworkConfig    `json:"network"`
+	Metadata   MetadataConfig   `json:"metadata"`
+	Isolation  IsolationConfig  `json:"isolation"`
+	Scheduler  SchedulerConfig  `json:"scheduler"`
+	// MetricsListen serves Prometheus metrics; empty disables.
+	MetricsListen string `json:"metricsListen"`
+	// MaxTasks bounds the tasks the agent holds at once.
+	MaxTasks int `json:"maxTasks"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `json:"logLevel"`
+}
+
+// LogConfig sets per-task log rotation.
+type LogConfig struct {
+	MaxSizeMiB int `json:"maxSizeMiB"`
+	MaxFiles   int `json:"maxFiles"`
+}
+
+// ContainerdConfig points at containerd.
+type ContainerdConfig struct {
+	Address   string `json:"address"`
+	Namespace string `json:"namespace"`
+}
+
+// RegistryConfig says which registries may use plain HTTP and their auth.
+type RegistryConfig struct {
+	PlainHTTP []string                `json:"plainHTTP"`
+	Auth      map[string]RegistryAuth `json:"auth"`
+}
+
+// RegistryAuth is basic auth for one registry host.
+type RegistryAuth struct {
+	Username string `json:"username"`
+	Password string `json:"password"`
+}
+
+// NetworkConfig selects the IP provider.
+type NetworkConfig struct {
+	// Provider is none, local or ec2.
+	Provider string         `json:"provider"`
+	Local    LocalNetConfig `json:"local"`
+	EC2      EC2NetConfig   `json:"ec2"`
+	NetNSDir string         `json:"netnsDir"`
+	DNS      []string       `json:"dns"`
+}
+
+// LocalNetConfig is the no-cloud provider: IPs from a CIDR behind a bridge.
+type LocalNetConfig struct {
+	CIDR   string `json:"cidr"`
+	Bridge string `json:"bridge"`
+}
+
+// EC2NetConfig is the production provider.
+type EC2NetConfig struct {
+	Endpoint      string `json:"endpoint"`
+	Region        string `json:"region"`
+	WarmIPs       int    `json:"warmIPs"`
+	MinWarmIPs    int    `json:"minWarmIPs"`
+	DefaultSubnet string `json:"defaultSubnet"`
+}
+
+// MetadataConfig configures the per-task metadata service.
+type MetadataConfig struct {
+	Enabled bool `json:"enabled"`
+	// Upstream is the host's IMDS, e.g. http://169.254.169.254 on EC2.
+	Upstream    string `json:"upstream"`
+	RequireV2   bool   `json:"requireV2"`
+	STSEndpoint string `json:"stsEndpoint"`
+	Region      string `json:"region"`
+}
+
+// IsolationConfig configures hardening and disk quota.
+type IsolationConfig struct {
+	// InitPath is bind-mounted as the task's init (zombie reaping).
+	InitPath string `json:"initPath"`
+	// DiskDir holds per-task quota'd filesystems.
+	DiskDir string `json:"diskDir"`
+}
+
+// SchedulerConfig is the link to the central scheduler.
+type SchedulerConfig struct {
+	// Address of the scheduler; empty = run standalone.
+	Address      string            `json:"address"`
+	InstanceID   string            `json:"instanceID"`
+	InstanceType string            `json:"instanceType"`
+	Zone         string            `json:"zone"`
+	Labels       map[string]string `json:"labels"`
+}
+
+// DefaultConfig is the configuration when no file and no flag says otherwise.
+func DefaultConfig() Config {
+	return Config{
+		Socket:        "/run/titus-agent/agent.sock",
+		SocketGroup:   "",
+		StateDir:      "/var/lib/titus-agent",
+		LogDir:        "/var/log/titus-agent/tasks",
+		Logs:          LogConfig{MaxSizeMiB: 10, MaxFiles: 3},
+		Containerd:    ContainerdConfig{Address: "/run/containerd/containerd.sock", Namespace: "titus"},
+		Network:       NetworkConfig{Provider: "none", NetNSDir: "/run/titus-agent/netns", Local: LocalNetConfig{CIDR: "198.19.255.0/24", Bridge: "titus-br0"}},
+		Metadata:      MetadataConfig{Enabled: true},
+		Isolation:     IsolationConfig{InitPath: "/usr/bin/tini-static", DiskDir: "/var/lib/titus-agent/disks"},
+		MetricsListen: "127.0.0.1:9101",
+		MaxTasks:      5000,
+		LogLevel:      "info",
+	}
+}
+
+// LoadConfig reads a YAML file over the defaults; unknown keys and bad
+// values are errors. An empty path returns the defaults.
+func LoadConfig(path string) (Config, error) {
+	cfg := DefaultConfig()
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return cfg, fmt.Errorf("read config: %w", err)
+		}
+		if err := yaml.UnmarshalStrict(b, &cfg); err != nil {
+			return cfg, fmt.Errorf("config %s: %w", path, err)
+		}
+	}
+	return cfg, cfg.Validate()
+}
+
+// Validate checks values that would only fail later.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Socket == "" {
+		errs = append(errs, errors.New("socket: is required"))
+	}
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("stateDir: is required"))
+	}
+	if c.LogDir == "" {
+		errs = append(errs, errors.New("logDir: is required"))
+	}
+	if c.Containerd.Address == "" {
+		errs = append(errs, errors.New("containerd.address: is required"))
+	}
+	if c.Logs.MaxSizeMiB < 1 || c.Logs.MaxFiles < 1 {
+		errs = append(errs, errors.New("logs: maxSizeMiB and maxFiles must be at least 1"))
+	}
+	switch c.Network.Provider {
+	case "none", "ec2":
+	case "local":
+		p, err := netip.ParsePrefix(c.Network.Local.CIDR)
+		if err != nil || !p.Addr().Is4() || p.Bits() > 30 {
+			errs = append(errs, fmt.Errorf("network.local.cidr: must be an IPv4 CIDR of /30 or larger, got %q", c.Network.Local.CIDR))
+		}
+		if c.Network.Local.Bridge == "" || len(c.Network.Local.Bridge) > 15 {
+			errs = append(errs, errors.New("network.local.bridge: must be 1-15 characters"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("network.provider: must be none, local or ec2, got %q", c.Network.Provider))
+	}
+	if c.SocketGroup != "" {
+		if _, err := c.socketGID(); err != nil {
+			errs = append(errs, fmt.Errorf("socketGroup: %w", err))
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("logLevel: must be debug, info, warn or error, got %q", c.LogLevel))
+	}
+	if c.MaxTasks < 1 {
+		errs = append(errs, errors.New("maxTasks: must be at least 1"))
+	}
+	return errors.Join(errs...)
+}
+
+// socketGID resolves SocketGroup (a name or a number); -1 means root only.
+func (c *Config) socketGID() (int, error) {
+	if c.SocketGroup == "" {
+		return -1, nil
+	}
+	if n, err := strconv.Atoi(c.SocketGroup); err == nil {
+		return n, nil
+	}
+	g, err := user.LookupGroup(c.SocketGroup)
+	if err != nil {
+		return -1, err
+	}
+	return strconv.Atoi(g.Gid)
+}

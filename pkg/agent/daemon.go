@@ -1,0 +1,194 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+)
+
+// Daemon is a running agent.
+type Daemon struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *Store
+	rt      *runtime.Runtime
+	manager *Manager
+	grpc    *grpc.Server
+	closers []func() error
+}
+
+// Manager exposes the task manager (for the scheduler link and tests).
+func (d *Daemon) Manager() *Manager { return d.manager }
+
+// Run starts the agent, serves until ctx is cancelled, then shuts down
+// without touching running tasks. ready is called once the socket serves and
+// re-adoption is done.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(*Daemon)) error {
+	d, err := start(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	lis, err := listen(cfg)
+	if err != nil {
+		return err
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- d.grpc.Serve(lis) }()
+	log.Info("agent ready", "socket", cfg.Socket, "tasks", len(d.manager.List()))
+	if ready != nil {
+		ready(d)
+	}
+	select {
+	case <-ctx.Done():
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	}
+	log.Info("agent stopping; tasks keep running")
+	stopped := make(chan struct{})
+	go func() { d.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		d.grpc.Stop()
+	}
+	d.manager.Wait()
+	return nil
+}
+
+func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
+	d := &Daemon{cfg: cfg, log: log}
+	ok := false
+	defer func() {
+		if !ok {
+			d.close()
+		}
+	}()
+	store, err := OpenStore(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d.store = store
+	d.closers = append(d.closers, store.Close)
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find own binary for the log driver: %w", err)
+	}
+	auth := map[string]runtime.Auth{}
+	for host, a := range cfg.Registries.Auth {
+		auth[host] = runtime.Auth{Username: a.Username, Password: a.Password}
+	}
+	rt, err := runtime.New(agentCtx, runtime.Config{
+		Address:             cfg.Containerd.Address,
+		Namespace:           cfg.Containerd.Namespace,
+		PlainHTTPRegistries: cfg.Registries.PlainHTTP,
+		RegistryAuth:        auth,
+		LogDir:              cfg.LogDir,
+		LoggerBinary:        self,
+		LoggerArgs:          []string{"logger"},
+		LogMaxSizeMiB:       cfg.Logs.MaxSizeMiB,
+		LogMaxFiles:         cfg.Logs.MaxFiles,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("containerd: %w", err)
+	}
+	d.rt = rt
+	d.closers = append(d.closers, rt.Close)
+
+	w, err := wire(agentCtx, cfg, log, rt)
+	if err != nil {
+		return nil, err
+	}
+	d.closers = append(d.closers, w.closers...)
+	d.manager = NewManager(agentCtx, ManagerConfig{
+		Store:        store,
+		Runtime:      rt,
+		Stages:       w.stages,
+		RestoreHooks: w.restore,
+		Reconcilers:  w.reconcilers,
+		Logger:       log,
+		MaxTasks:     cfg.MaxTasks,
+	})
+	rctx, cancel := context.WithTimeout(agentCtx, time.Minute)
+	defer cancel()
+	if err := d.manager.Restore(rctx); err != nil {
+		return nil, fmt.Errorf("re-adopt tasks: %w", err)
+	}
+	go d.pruneLoop(agentCtx)
+
+	gid, err := cfg.socketGID()
+	if err != nil {
+		return nil, err
+	}
+	d.grpc = grpc.NewServer(grpc.Creds(PeerCreds{GID: gid}), grpc.MaxRecvMsgSize(4<<20))
+	(&Server{Manager: d.manager, Runtime: rt, Checker: &hostHealth{rt: rt, dirs: []string{cfg.StateDir, cfg.LogDir}}, LogDir: cfg.LogDir}).Register(d.grpc)
+	ok = true
+	return d, nil
+}
+
+// wiring is the hooks and subsystems built from the config.
+type wiring struct {
+	stages      [][]taskrunner.PrestartHook
+	restore     []taskrunner.RestoreHook
+	reconcilers []Reconciler
+	closers     []func() error
+}
+
+func (d *Daemon) pruneLoop(ctx context.Context) {
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			d.manager.Prune(now)
+		}
+	}
+}
+
+func (d *Daemon) close() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		if err := d.closers[i](); err != nil {
+			d.log.Warn("close", "err", err)
+		}
+	}
+	d.closers = nil
+}
+
+// listen opens the control socket (0660, group-owned) unless systemd passed one.
+func listen(cfg Config) (net.Listener, error) {
+	if l, err := activatedListener(); err != nil || l != nil {
+		return l, err
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.Socket), 0o755); err != nil {
+		return nil, fmt.Errorf("socket dir: %w", err)
+	}
+	if err := os.Remove(cfg.Socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket: %w", err)
+	}
+	l, err := net.Listen("unix", cfg.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.Socket, err)
+	}
+	gid, _ := cfg.socketGID()
+	if err := os.Chown(cfg.Socket, 0, max(gid, 0)); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chown socket: %w", err)
+	}
+	if err := os.Chmod(cfg.Socket, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod socket: %w", err)
+	}
+	return l, nil
+}

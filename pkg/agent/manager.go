@@ -1,0 +1,307 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Errors callers branch on; the gRPC edge maps them to codes.
+var (
+	ErrTaskNotFound  = errors.New("task not found")
+	ErrTaskExists    = errors.New("task already exists")
+	ErrTooManyTasks  = errors.New("agent is at its task limit")
+	ErrShuttingDown  = errors.New("agent is shutting down")
+	ErrTaskNotActive = errors.New("task is not running")
+)
+
+// managerRuntime is what the manager needs from the container runtime.
+type managerRuntime interface {
+	taskrunner.Waiter
+	List(ctx context.Context) ([]runtime.ContainerStatus, error)
+	Delete(ctx context.Context, id string) error
+}
+
+// Reconciler frees host resources (IPs, netns, disks) of tasks not in keep;
+// each subsystem that keeps per-task state on the host implements it.
+type Reconciler interface {
+	Reconcile(ctx context.Context, keep map[string]bool) error
+}
+
+// ManagerConfig wires a Manager.
+type ManagerConfig struct {
+	Store        *Store
+	Runtime      managerRuntime
+	Stages       [][]taskrunner.PrestartHook
+	RestoreHooks []taskrunner.RestoreHook
+	Reconcilers  []Reconciler
+	Logger       *slog.Logger
+	// MaxTasks bounds the tasks known at once (finished ones included until
+	// they are pruned).
+	MaxTasks int
+	// Retention is how long finished tasks stay visible.
+	Retention time.Duration
+}
+
+// Manager owns every task on the host: one runner per task.
+type Manager struct {
+	cfg ManagerConfig
+	log *slog.Logger
+	bus *broadcaster
+
+	agentCtx context.Context
+
+	mu      sync.Mutex
+	runners map[string]*taskrunner.Runner
+}
+
+// NewManager makes a manager; call Restore before serving.
+func NewManager(agentCtx context.Context, cfg ManagerConfig) *Manager {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.MaxTasks == 0 {
+		cfg.MaxTasks = 5000
+	}
+	if cfg.Retention == 0 {
+		cfg.Retention = time.Hour
+	}
+	return &Manager{cfg: cfg, log: cfg.Logger, bus: newBroadcaster(), agentCtx: agentCtx, runners: map[string]*taskrunner.Runner{}}
+}
+
+func (m *Manager) runnerConfig() taskrunner.Config {
+	return taskrunner.Config{
+		Stages:  m.cfg.Stages,
+		Runtime: m.cfg.Runtime,
+		Store:   m.cfg.Store,
+		Notify:  m.bus.publish,
+		Logger:  m.log,
+	}
+}
+
+// Launch validates a spec, records it durably as Accepted and starts its
+// runner. The returned view is the accepted task.
+func (m *Manager) Launch(ctx context.Context, spec *task.Spec) (task.View, error) {
+	s := *spec
+	s.Normalize()
+	if err := s.Validate(); err != nil {
+		return task.View{}, err
+	}
+	if m.agentCtx.Err() != nil {
+		return task.View{}, ErrShuttingDown
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if r, ok := m.runners[s.ID]; ok {
+		return r.View(), fmt.Errorf("%w: %s", ErrTaskExists, s.ID)
+	}
+	if len(m.runners) >= m.cfg.MaxTasks {
+		return task.View{}, fmt.Errorf("%w (%d)", ErrTooManyTasks, m.cfg.MaxTasks)
+	}
+	rec := &taskrunner.Record{Spec: s}
+	if _, err := rec.Status.Advance(task.Accepted, task.ReasonAccepted, "", time.Now()); err != nil {
+		return task.View{}, err
+	}
+	if err := m.cfg.Store.Save(rec); err != nil {
+		return task.View{}, fmt.Errorf("record task: %w", err)
+	}
+	m.bus.publish(task.Event{TaskID: s.ID, Status: rec.Status})
+	r := taskrunner.New(m.runnerConfig(), rec)
+	m.runners[s.ID] = r
+	go r.Run(m.agentCtx)
+	return r.View(), nil
+}
+
+// Kill asks a task to stop with the given grace (0 = the spec's).
+func (m *Manager) Kill(ctx context.Context, id string, grace time.Duration) (task.View, error) {
+	r, err := m.runner(id)
+	if err != nil {
+		return task.View{}, err
+	}
+	r.Kill(grace, task.ReasonKilledByUser)
+	return r.View(), nil
+}
+
+// Get returns one task.
+func (m *Manager) Get(id string) (task.View, error) {
+	r, err := m.runner(id)
+	if err != nil {
+		return task.View{}, err
+	}
+	return r.View(), nil
+}
+
+func (m *Manager) runner(id string) (*taskrunner.Runner, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.runners[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrTaskNotFound, id)
+	}
+	return r, nil
+}
+
+// List returns every known task, sorted by id.
+func (m *Manager) List() []task.View {
+	m.mu.Lock()
+	ids := slices.Sorted(maps.Keys(m.runners))
+	rs := make([]*taskrunner.Runner, len(ids))
+	for i, id := range ids {
+		rs[i] = m.runners[id]
+	}
+	m.mu.Unlock()
+	out := make([]task.View, len(rs))
+	for i, r := range rs {
+		out[i] = r.View()
+	}
+	return out
+}
+
+// Subscribe streams every transition until ctx ends. A subscriber that
+// falls too far behind has its channel closed.
+func (m *Manager) Subscribe(ctx context.Context) <-chan task.Event {
+	return m.bus.subscribe(ctx)
+}
+
+// Counts returns how many tasks are in each state.
+func (m *Manager) Counts() map[task.State]int {
+	out := map[task.State]int{}
+	for _, v := range m.List() {
+		out[v.Status.State]++
+	}
+	return out
+}
+
+// Restore re-adopts what a previous agent process left: running tasks keep
+// running under their shims and get their runners back; tasks that ended
+// meanwhile get their true exit status; containers labelled as ours but
+// unknown are killed and removed; host resources of unknown tasks are freed.
+func (m *Manager) Restore(ctx context.Context) error {
+	recs, loadErr := m.cfg.Store.Load()
+	if loadErr != nil {
+		m.log.Error("some task records could not be read", "err", loadErr)
+	}
+	known := map[string]*taskrunner.Record{}
+	for _, rec := range recs {
+		known[rec.Spec.ID] = rec
+	}
+	containers, err := m.cfg.Runtime.List(ctx)
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	for _, c := range containers {
+		rec, ok := known[c.TaskID]
+		if ok && !(rec.Status.State.Terminal() && rec.CleanedUp) {
+			continue
+		}
+		m.log.Warn("reaping a container this agent does not know", "container", c.ID)
+		_ = m.cfg.Runtime.Kill(ctx, c.ID, syscall.SIGKILL)
+		if err := m.cfg.Runtime.Delete(ctx, c.ID); err != nil {
+			m.log.Error("reap container", "container", c.ID, "err", err)
+		}
+	}
+	keep := map[string]bool{}
+	m.mu.Lock()
+	for _, rec := range recs {
+		r := taskrunner.New(m.runnerConfig(), rec)
+		m.runners[rec.Spec.ID] = r
+		if !(rec.Status.State.Terminal() && rec.CleanedUp) {
+			keep[rec.Spec.ID] = true
+		}
+		if rec.Status.State == task.Accepted {
+			go r.Run(m.agentCtx) // nothing was done yet: just do it now
+			continue
+		}
+		go r.Restore(m.agentCtx, m.cfg.RestoreHooks)
+	}
+	m.mu.Unlock()
+	for _, rc := range m.cfg.Reconcilers {
+		if err := rc.Reconcile(ctx, keep); err != nil {
+			m.log.Error("reconcile", "err", err)
+		}
+	}
+	return nil
+}
+
+// Prune forgets finished, cleaned-up tasks older than the retention.
+func (m *Manager) Prune(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, r := range m.runners {
+		v := r.View()
+		if !v.Status.State.Terminal() || len(v.Status.Transitions) == 0 {
+			continue
+		}
+		select {
+		case <-r.Done():
+		default:
+			continue
+		}
+		if now.Sub(v.Status.Transitions[len(v.Status.Transitions)-1].Time) < m.cfg.Retention {
+			continue
+		}
+		if err := m.cfg.Store.Delete(id); err != nil {
+			m.log.Error("prune", "task", id, "err", err)
+			continue
+		}
+		delete(m.runners, id)
+	}
+}
+
+// Wait blocks until every runner has returned (after agentCtx is cancelled).
+func (m *Manager) Wait() {
+	m.mu.Lock()
+	rs := slices.Collect(maps.Values(m.runners))
+	m.mu.Unlock()
+	for _, r := range rs {
+		<-r.Done()
+	}
+}
+
+// broadcaster fans task events out to subscribers.
+type broadcaster struct {
+	mu   sync.Mutex
+	subs map[chan task.Event]struct{}
+}
+
+func newBroadcaster() *broadcaster { return &broadcaster{subs: map[chan task.Event]struct{}{}} }
+
+func (b *broadcaster) subscribe(ctx context.Context) <-chan task.Event {
+	ch := make(chan task.Event, 1024)
+	b.mu.Lock()
+	b.subs[ch] = struct{}{}
+	b.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		b.mu.Lock()
+		if _, ok := b.subs[ch]; ok {
+			delete(b.subs, ch)
+			close(ch)
+		}
+		b.mu.Unlock()
+	}()
+	return ch
+}
+
+func (b *broadcaster) publish(ev task.Event) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for ch := range b.subs {
+		select {
+		case ch <- ev:
+		default: // too slow: cut it off rather than block every task
+			delete(b.subs, ch)
+			close(ch)
+		}
+	}
+}

@@ -1,0 +1,111 @@
+package taskrunner
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"syscall"
+
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// containerRuntime is the part of the runtime the container hook uses.
+type containerRuntime interface {
+	Create(ctx context.Context, cs runtime.ContainerSpec) error
+	Start(ctx context.Context, id string) (uint32, error)
+	Kill(ctx context.Context, id string, sig syscall.Signal) error
+	Delete(ctx context.Context, id string) error
+}
+
+// ContainerHook creates and starts the task's container from the spec and
+// what earlier hooks prepared; its stop step deletes container and snapshot.
+type ContainerHook struct {
+	Runtime containerRuntime
+	// SpecOpts adds isolation options (hardening, init) for a task.
+	SpecOpts func(*task.Spec) []oci.SpecOpts
+}
+
+func (h *ContainerHook) Name() string { return "container" }
+
+// ContainerSpec builds the runtime request for a task; exported for tests
+// and the bench.
+func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime.ContainerSpec {
+	env := map[string]string{"TITUS_TASK_ID": spec.ID}
+	maps.Copy(env, res.Env)
+	maps.Copy(env, spec.Env)
+	envList := make([]string, 0, len(env))
+	for _, k := range slices.Sorted(maps.Keys(env)) {
+		envList = append(envList, k+"="+env[k])
+	}
+	cs := runtime.ContainerSpec{
+		ID:            spec.ID,
+		Image:         spec.Image,
+		Args:          spec.Args(),
+		Env:           envList,
+		Labels:        spec.Labels,
+		Hostname:      hostname(spec.ID),
+		CPUMillicores: spec.Resources.CPUMillicores,
+		CPUBurst:      spec.Resources.CPUBurst,
+		MemoryMiB:     spec.Resources.MemoryMiB,
+		Pids:          spec.Resources.Pids,
+		Mounts:        append([]specs.Mount(nil), res.Mounts...),
+		SpecOpts:      opts,
+	}
+	if n := res.Network; n != nil {
+		cs.NetNSPath = n.NetNSPath
+		for dst, src := range map[string]string{"/etc/resolv.conf": n.ResolvConfPath, "/etc/hosts": n.HostsPath, "/etc/hostname": n.HostnamePath} {
+			if src != "" {
+				cs.Mounts = append(cs.Mounts, specs.Mount{Destination: dst, Source: src, Type: "bind", Options: []string{"rbind", "ro"}})
+			}
+		}
+		slices.SortFunc(cs.Mounts, func(a, b specs.Mount) int {
+			if a.Destination < b.Destination {
+				return -1
+			}
+			if a.Destination > b.Destination {
+				return 1
+			}
+			return 0
+		})
+	}
+	if res.Disk != nil {
+		cs.RootfsPath = res.Disk.MountPath
+	}
+	return cs
+}
+
+func hostname(id string) string {
+	if len(id) > 63 {
+		return id[:63]
+	}
+	return id
+}
+
+func (h *ContainerHook) Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error {
+	var opts []oci.SpecOpts
+	if h.SpecOpts != nil {
+		opts = h.SpecOpts(req.Spec)
+	}
+	if err := h.Runtime.Create(ctx, ContainerSpec(req.Spec, req.Resources, opts)); err != nil {
+		return &HookError{Hook: h.Name(), Reason: task.ReasonStartFailed, Err: fmt.Errorf("create: %w", err)}
+	}
+	resp.Container = true
+	pid, err := h.Runtime.Start(ctx, req.Spec.ID)
+	if err != nil {
+		return &HookError{Hook: h.Name(), Reason: task.ReasonStartFailed, Err: fmt.Errorf("start: %w", err)}
+	}
+	resp.Pid = pid
+	return nil
+}
+
+// Stop deletes the container (its task must have exited; a stray process
+// is killed first) and its snapshot. Safe to repeat.
+func (h *ContainerHook) Stop(ctx context.Context, req *StopRequest) error {
+	_ = h.Runtime.Kill(ctx, req.Spec.ID, syscall.SIGKILL)
+	return h.Runtime.Delete(ctx, req.Spec.ID)
+}

@@ -1,0 +1,461 @@
+package taskrunner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Record is everything the agent persists about one task.
+type Record struct {
+	Spec      task.Spec   `json:"spec"`
+	Status    task.Status `json:"status"`
+	Resources Resources   `json:"resources"`
+	// CleanedUp is set once every stop hook has succeeded after a final state.
+	CleanedUp bool `json:"cleanedUp,omitempty"`
+}
+
+// View returns the operator's view of the record.
+func (r *Record) View() task.View {
+	v := task.View{Spec: r.Spec, Status: r.Status, Network: r.Resources.Network}
+	v.Status.Transitions = append([]task.Transition(nil), r.Status.Transitions...)
+	return v
+}
+
+// Waiter is what the runner needs from the container runtime to watch a task.
+type Waiter interface {
+	Wait(ctx context.Context, id string) (<-chan runtime.ExitStatus, error)
+	Kill(ctx context.Context, id string, sig syscall.Signal) error
+}
+
+// Persister durably stores a task record; Save must not return before the
+// record is on disk.
+type Persister interface {
+	Save(rec *Record) error
+}
+
+// Config wires a runner.
+type Config struct {
+	// Stages run in order; the hooks within a stage run in parallel. The
+	// task is Starting while the last stage runs (it starts the container).
+	Stages  [][]PrestartHook
+	Runtime Waiter
+	Store   Persister
+	Notify  func(task.Event)
+	Logger  *slog.Logger
+	Now     func() time.Time
+	// TeardownTimeout bounds the stop hooks of one task.
+	TeardownTimeout time.Duration
+}
+
+// HookError carries the reason a prestart hook failed.
+type HookError struct {
+	Hook   string
+	Reason task.Reason
+	Err    error
+}
+
+func (e *HookError) Error() string { return e.Hook + ": " + e.Err.Error() }
+func (e *HookError) Unwrap() error { return e.Err }
+
+type killRequest struct {
+	grace  time.Duration
+	reason task.Reason
+}
+
+// Runner owns one task. Exactly one goroutine (Run or Restore) drives it.
+type Runner struct {
+	cfg Config
+	log *slog.Logger
+
+	mu         sync.Mutex
+	rec        *Record
+	killed     *killRequest
+	prepCancel context.CancelFunc
+
+	killCh chan struct{}
+	done   chan struct{}
+}
+
+// New makes a runner for a record that is already persisted.
+func New(cfg Config, rec *Record) *Runner {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.TeardownTimeout == 0 {
+		cfg.TeardownTimeout = 2 * time.Minute
+	}
+	return &Runner{
+		cfg:    cfg,
+		log:    cfg.Logger.With("task", rec.Spec.ID),
+		rec:    rec,
+		killCh: make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+}
+
+// View is a copy of the task's current record.
+func (r *Runner) View() task.View {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rec.View()
+}
+
+// Done is closed when the runner goroutine returns (task final and cleaned
+// up, or the agent shutting down).
+func (r *Runner) Done() <-chan struct{} { return r.done }
+
+// Kill asks the task to stop: SIGTERM, then SIGKILL after grace. It returns
+// at once; watch the state. Killing twice keeps the first reason.
+func (r *Runner) Kill(grace time.Duration, reason task.Reason) {
+	r.mu.Lock()
+	if r.killed == nil {
+		if grace <= 0 {
+			grace = r.rec.Spec.KillGracePeriod
+		}
+		r.killed = &killRequest{grace: grace, reason: reason}
+	}
+	if r.prepCancel != nil {
+		r.prepCancel()
+	}
+	r.mu.Unlock()
+	select {
+	case r.killCh <- struct{}{}:
+	default:
+	}
+}
+
+func (r *Runner) killRequest() *killRequest {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.killed
+}
+
+// advance moves the task forward, persists, and notifies.
+func (r *Runner) advance(s task.State, reason task.Reason, msg string, mutate func(*Record)) error {
+	r.mu.Lock()
+	if mutate != nil {
+		mutate(r.rec)
+	}
+	if _, err := r.rec.Status.Advance(s, reason, msg, r.cfg.Now()); err != nil {
+		r.mu.Unlock()
+		return err
+	}
+	rec := *r.rec
+	st := r.rec.Status
+	st.Transitions = append([]task.Transition(nil), st.Transitions...)
+	r.mu.Unlock()
+	if err := r.cfg.Store.Save(&rec); err != nil {
+		return fmt.Errorf("persist %s: %w", s, err)
+	}
+	r.log.Info("task state", "state", s, "reason", reason, "msg", msg)
+	if r.cfg.Notify != nil {
+		r.cfg.Notify(task.Event{TaskID: rec.Spec.ID, Status: st})
+	}
+	return nil
+}
+
+func (r *Runner) save(mutate func(*Record)) error {
+	r.mu.Lock()
+	mutate(r.rec)
+	rec := *r.rec
+	r.mu.Unlock()
+	return r.cfg.Store.Save(&rec)
+}
+
+// Run drives a newly accepted task to its end. Cancelling agentCtx (agent
+// shutdown) makes Run return without touching the task.
+func (r *Runner) Run(agentCtx context.Context) {
+	defer close(r.done)
+	if err := r.advance(task.Preparing, task.ReasonNone, "", nil); err != nil {
+		r.log.Error("advance", "err", err)
+		return
+	}
+	prepCtx, cancel := context.WithCancel(agentCtx)
+	r.mu.Lock()
+	r.prepCancel = cancel
+	if r.killed != nil {
+		cancel()
+	}
+	r.mu.Unlock()
+	err := r.prestart(prepCtx)
+	cancel()
+	if agentCtx.Err() != nil {
+		return // agent shutting down: the next agent re-adopts or cleans up
+	}
+	if k := r.killRequest(); k != nil {
+		r.finish(task.Killed, k.reason, "killed before start", 0, nil)
+		return
+	}
+	if err != nil {
+		reason := task.ReasonPlatformError
+		var he *HookError
+		if errors.As(err, &he) {
+			reason = he.Reason
+		}
+		r.finish(task.Failed, reason, err.Error(), -1, nil)
+		return
+	}
+	r.mu.Lock()
+	pid := r.rec.Resources.Pid
+	r.mu.Unlock()
+	if err := r.advance(task.Running, task.ReasonStarted, "", func(rec *Record) { rec.Status.Pid = pid }); err != nil {
+		r.log.Error("advance", "err", err)
+	}
+	r.wait(agentCtx)
+}
+
+func (r *Runner) prestart(ctx context.Context) error {
+	for i, stage := range r.cfg.Stages {
+		if i == len(r.cfg.Stages)-1 {
+			if err := r.advance(task.Starting, task.ReasonNone, "", nil); err != nil {
+				return err
+			}
+		}
+		if err := r.runStage(ctx, stage); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Runner) runStage(ctx context.Context, stage []PrestartHook) error {
+	r.mu.Lock()
+	res := r.rec.Resources
+	spec := r.rec.Spec
+	r.mu.Unlock()
+	resps := make([]PrestartResponse, len(stage))
+	errs := make([]error, len(stage))
+	var wg sync.WaitGroup
+	for i, h := range stage {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := r.cfg.Now()
+			errs[i] = h.Prestart(ctx, &PrestartRequest{Spec: &spec, Resources: &res}, &resps[i])
+			r.log.Debug("prestart hook", "hook", h.Name(), "took", r.cfg.Now().Sub(start), "err", errs[i])
+		}()
+	}
+	wg.Wait()
+	// Record whatever was created, even by a stage that partly failed, so
+	// teardown (now or after a restart) finds it.
+	if err := r.save(func(rec *Record) {
+		for i := range resps {
+			rec.Resources.merge(&resps[i])
+		}
+	}); err != nil {
+		return fmt.Errorf("persist resources: %w", err)
+	}
+	return errors.Join(errs...)
+}
+
+// Restore re-adopts a task after an agent restart: it re-creates in-memory
+// hook state and resumes waiting on the container, or gives the task its
+// final state if it ended while the agent was away.
+func (r *Runner) Restore(agentCtx context.Context, restoreHooks []RestoreHook) {
+	defer close(r.done)
+	r.mu.Lock()
+	rec := *r.rec
+	r.mu.Unlock()
+	switch {
+	case rec.Status.State.Terminal():
+		if !rec.CleanedUp {
+			r.teardown()
+		}
+		return
+	case rec.Status.State < task.Starting || !rec.Resources.Container:
+		r.finish(task.Lost, task.ReasonAgentRestartLost, "agent restarted before the task started", -1, nil)
+		return
+	}
+	for _, h := range restoreHooks {
+		if err := h.Restore(agentCtx, &StopRequest{Spec: &rec.Spec, Resources: &rec.Resources}); err != nil {
+			r.log.Warn("restore hook failed", "hook", h.Name(), "err", err)
+		}
+	}
+	if rec.Status.State == task.Starting {
+		if err := r.advance(task.Running, task.ReasonStarted, "re-adopted after agent restart", nil); err != nil {
+			r.log.Error("advance", "err", err)
+		}
+	}
+	if rec.Status.State == task.Killing {
+		r.Kill(rec.Spec.KillGracePeriod, task.ReasonKilledByUser)
+	}
+	r.wait(agentCtx)
+}
+
+// wait watches the running task until it exits, handling kills and the
+// runtime limit. It returns early only when the agent shuts down.
+func (r *Runner) wait(agentCtx context.Context) {
+	id := r.rec.Spec.ID
+	var runtimeLimit <-chan time.Time
+	if max := r.rec.Spec.MaxRuntime; max > 0 {
+		started := r.startedAt()
+		t := time.NewTimer(max - r.cfg.Now().Sub(started))
+		defer t.Stop()
+		runtimeLimit = t.C
+	}
+	var sigkill <-chan time.Time
+	backoff := 100 * time.Millisecond
+	for {
+		exitCh, err := r.cfg.Runtime.Wait(agentCtx, id)
+		if err != nil {
+			if agentCtx.Err() != nil {
+				return
+			}
+			if errors.Is(err, runtime.ErrContainerNotFound) || errdefs.IsNotFound(err) {
+				r.finish(task.Lost, task.ReasonAgentRestartLost, "container is gone", -1, nil)
+				return
+			}
+			r.log.Warn("wait failed; retrying", "err", err)
+			select {
+			case <-agentCtx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		for exitCh != nil {
+			select {
+			case <-agentCtx.Done():
+				return
+			case st := <-exitCh:
+				if st.Err != nil {
+					r.log.Warn("lost the runtime while waiting; re-attaching", "err", st.Err)
+					exitCh = nil
+					break
+				}
+				r.exited(st)
+				return
+			case <-runtimeLimit:
+				runtimeLimit = nil
+				r.Kill(r.rec.Spec.KillGracePeriod, task.ReasonRuntimeLimitExceeded)
+			case <-r.killCh:
+				k := r.killRequest()
+				if err := r.advance(task.Killing, k.reason, "", nil); err != nil {
+					r.log.Debug("advance killing", "err", err)
+				}
+				if err := r.cfg.Runtime.Kill(context.WithoutCancel(agentCtx), id, syscall.SIGTERM); err != nil {
+					r.log.Warn("SIGTERM", "err", err)
+				}
+				t := time.NewTimer(k.grace)
+				defer t.Stop()
+				sigkill = t.C
+			case <-sigkill:
+				sigkill = nil
+				r.log.Info("grace period over; SIGKILL")
+				if err := r.cfg.Runtime.Kill(context.WithoutCancel(agentCtx), id, syscall.SIGKILL); err != nil {
+					r.log.Warn("SIGKILL", "err", err)
+				}
+			}
+		}
+		select {
+		case <-agentCtx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (r *Runner) startedAt() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range r.rec.Status.Transitions {
+		if t.State == task.Running {
+			return t.Time
+		}
+	}
+	return r.cfg.Now()
+}
+
+func (r *Runner) exited(st runtime.ExitStatus) {
+	code := int32(st.Code)
+	restored := r.wasRestored()
+	switch k := r.killRequest(); {
+	case st.OOMKilled:
+		r.finish(task.Failed, task.ReasonOOMKilled, "the task exceeded its memory limit", code, nil)
+	case k != nil:
+		r.finish(task.Killed, k.reason, fmt.Sprintf("exit code %d", code), code, nil)
+	case code == 0:
+		r.finish(task.Finished, task.ReasonCompleted, msgIf(restored), code, nil)
+	default:
+		r.finish(task.Failed, task.ReasonNonZeroExit, fmt.Sprintf("exit code %d%s", code, suffixIf(restored)), code, nil)
+	}
+}
+
+func (r *Runner) wasRestored() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, t := range r.rec.Status.Transitions {
+		if t.State == task.Running && t.Message != "" {
+			return true
+		}
+	}
+	return false
+}
+
+func msgIf(restored bool) string {
+	if restored {
+		return "exited while the agent was away"
+	}
+	return ""
+}
+
+func suffixIf(restored bool) string {
+	if restored {
+		return " (" + msgIf(true) + ")"
+	}
+	return ""
+}
+
+// finish records the final state first (so the exit code is never lost),
+// then tears down, then records that teardown completed.
+func (r *Runner) finish(s task.State, reason task.Reason, msg string, code int32, _ error) {
+	if err := r.advance(s, reason, msg, func(rec *Record) { rec.Status.ExitCode = code }); err != nil {
+		r.log.Error("final state", "err", err)
+	}
+	r.teardown()
+}
+
+// teardown runs every stop hook in reverse stage order on a context that no
+// agent shutdown cancels.
+func (r *Runner) teardown() {
+	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.TeardownTimeout)
+	defer cancel()
+	r.mu.Lock()
+	spec, res := r.rec.Spec, r.rec.Resources
+	r.mu.Unlock()
+	var errs []error
+	for i := len(r.cfg.Stages) - 1; i >= 0; i-- {
+		stage := r.cfg.Stages[i]
+		for j := len(stage) - 1; j >= 0; j-- {
+			h, ok := stage[j].(StopHook)
+			if !ok {
+				continue
+			}
+			if err := h.Stop(ctx, &StopRequest{Spec: &spec, Resources: &res}); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", h.Name(), err))
+			}
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		r.log.Error("teardown incomplete; will retry at next agent start", "err", err)
+		return
+	}
+	if err := r.save(func(rec *Record) { rec.CleanedUp = true }); err != nil {
+		r.log.Error("persist cleanup", "err", err)
+	}
+}

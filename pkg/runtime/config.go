@@ -1,0 +1,84 @@
+package runtime
+
+import (
+	"errors"
+	"time"
+)
+
+// Labels put on every container this package creates.
+const (
+	LabelManaged = "titus.agent/managed"
+	LabelTaskID  = "titus.agent/task-id"
+)
+
+// Defaults applied by New.
+const (
+	DefaultNamespace   = "titus"
+	DefaultSnapshotter = "overlayfs"
+	defaultRuntime     = "io.containerd.runc.v2"
+	cfsPeriod          = uint64(100 * time.Millisecond / time.Microsecond)
+)
+
+// Errors callers branch on. They are wrapped; test with errors.Is.
+var (
+	ErrImageNotFound       = errors.New("image not found")
+	ErrRegistryNotAllowed  = errors.New("registry not allowed over plain HTTP")
+	ErrContainerNotFound   = errors.New("container not found")
+	ErrTaskAlreadyFinished = errors.New("task already finished")
+)
+
+// Auth is basic-auth credentials for one registry host.
+type Auth struct {
+	Username, Password string
+}
+
+// Config configures a Runtime.
+type Config struct {
+	Address   string // containerd gRPC socket
+	Namespace string // containerd namespace; DefaultNamespace when empty
+	// Snapshotter is the containerd snapshotter; DefaultSnapshotter when empty.
+	Snapshotter string
+	// PlainHTTPRegistries are hosts (host:port) that may be reached over
+	// plain HTTP; every other registry is HTTPS only.
+	PlainHTTPRegistries []string
+	// RegistryAuth holds basic-auth credentials by host.
+	RegistryAuth map[string]Auth
+	// LogDir holds per-task logs: LogDir/<taskID>/stdout.log (rotated).
+	// Empty discards container output.
+	LogDir string
+	// LoggerBinary is an absolute path to a binary that runs RunLogger when
+	// invoked as `LoggerBinary LoggerArgs[0] ...` (the agent binary). When
+	// empty, output goes to a plain log file (cio.LogFile), not rotated.
+	LoggerBinary string
+	// LoggerArgs is the subcommand that selects the logger, e.g. {"logger"}.
+	// At most one element: containerd passes driver arguments in no fixed
+	// order, so everything else travels inside a single argument.
+	LoggerArgs    []string
+	LogMaxSizeMiB int // per file; default 50
+	LogMaxFiles   int // rotated files kept; default 5
+}
+
+func (c *Config) setDefaults() error {
+	if c.Address == "" {
+		return errors.New("runtime: containerd address is required")
+	}
+	if c.Namespace == "" {
+		c.Namespace = DefaultNamespace
+	}
+	if c.Snapshotter == "" {
+		c.Snapshotter = DefaultSnapshotter
+	}
+	if c.LogMaxSizeMiB <= 0 {
+		c.LogMaxSizeMiB = 50
+	}
+	if c.LogMaxFiles <= 0 {
+		c.LogMaxFiles = 5
+	}
+	if c.LoggerBinary != "" && len(c.LoggerArgs) == 0 {
+		c.LoggerArgs = []string{"logger"}
+	}
+	if len(c.LoggerArgs) > 1 {
+		return errors.New("runtime: LoggerArgs takes at most one subcommand")
+	}
+	return nil
+}

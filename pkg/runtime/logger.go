@@ -1,0 +1,157 @@
+package runtime
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+
+	"gopkg.in/natefinch/lumberjack.v2"
+)
+
+// LogPath is where a task's stdout and stderr go.
+func LogPath(logDir, taskID string) string {
+	return filepath.Join(logDir, taskID, "stdout.log")
+}
+
+// loggerFlags configure one logger process.
+type loggerFlags struct {
+	LogDir     string
+	MaxSizeMiB int
+	MaxFiles   int
+}
+
+// parseLoggerArgs accepts --log-dir, --max-size-mib and --max-files flags,
+// and arguments in URL query form ("log-dir=/x&max-files=3"), which is how
+// Runtime passes them through containerd.
+func parseLoggerArgs(args []string) (loggerFlags, error) {
+	var flags []string
+	for _, a := range args {
+		switch {
+		case a == "":
+		case strings.HasPrefix(a, "-"):
+			flags = append(flags, a)
+		default:
+			q, err := url.ParseQuery(a)
+			if err != nil {
+				return loggerFlags{}, fmt.Errorf("logger argument %q: %w", a, err)
+			}
+			for k, vs := range q {
+				for _, v := range vs {
+					flags = append(flags, "--"+k+"="+v)
+				}
+			}
+		}
+	}
+	var lf loggerFlags
+	fs := flag.NewFlagSet("logger", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&lf.LogDir, "log-dir", "", "directory of per-task logs")
+	fs.IntVar(&lf.MaxSizeMiB, "max-size-mib", 50, "size of one log file before rotation")
+	fs.IntVar(&lf.MaxFiles, "max-files", 5, "rotated files kept")
+	if err := fs.Parse(flags); err != nil {
+		return lf, fmt.Errorf("logger: %w", err)
+	}
+	if lf.LogDir == "" {
+		return lf, errors.New("logger: --log-dir is required")
+	}
+	return lf, nil
+}
+
+// RunLogger is the body of `titus-agent logger`, a containerd binary log
+// driver: the shim starts it with the task's stdout and stderr on fds 3 and
+// 4, a readiness pipe on fd 5 and CONTAINER_ID in the environment. It copies
+// both streams, line by line, into LogPath(logDir, CONTAINER_ID) with
+// size-based rotation until both streams end or SIGTERM arrives.
+func RunLogger(ctx context.Context, args []string) error {
+	lf, err := parseLoggerArgs(args)
+	if err != nil {
+		return err
+	}
+	id := os.Getenv("CONTAINER_ID")
+	if id == "" || strings.ContainsAny(id, "/\\") || id == "." || id == ".." {
+		return fmt.Errorf("logger: bad CONTAINER_ID %q", id)
+	}
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM)
+	defer stop()
+	stdout, stderr, wait := os.NewFile(3, "CONTAINER_STDOUT"), os.NewFile(4, "CONTAINER_STDERR"), os.NewFile(5, "CONTAINER_WAIT")
+	return runLogger(ctx, lf, id, stdout, stderr, wait.Close)
+}
+
+// runLogger copies the streams into the task's rotated log file. ready is
+// called once the file is open.
+func runLogger(ctx context.Context, lf loggerFlags, id string, stdout, stderr io.ReadCloser, ready func() error) error {
+	path := LogPath(lf.LogDir, id)
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return fmt.Errorf("logger: %w", err)
+	}
+	out := &lumberjack.Logger{Filename: path, MaxSize: lf.MaxSizeMiB, MaxBackups: lf.MaxFiles}
+	defer out.Close()
+	w := &lockedWriter{w: out}
+	if err := ready(); err != nil {
+		return fmt.Errorf("logger: signal ready: %w", err)
+	}
+
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, r := range []io.Reader{stdout, stderr} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = copyLines(w, r)
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		// Unblock the readers; what is buffered in the pipes is lost.
+		stdout.Close()
+		stderr.Close()
+		<-done
+		return nil
+	}
+	return errors.Join(errs...)
+}
+
+// copyLines copies r to w one whole line per write, so lines from stdout
+// and stderr never interleave mid-line.
+func copyLines(w io.Writer, r io.Reader) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadSlice('\n')
+		if len(line) > 0 {
+			if _, werr := w.Write(line); werr != nil {
+				return werr
+			}
+		}
+		switch {
+		case err == nil, errors.Is(err, bufio.ErrBufferFull):
+		case errors.Is(err, io.EOF), errors.Is(err, os.ErrClosed):
+			return nil
+		default:
+			return err
+		}
+	}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}

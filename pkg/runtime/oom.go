@@ -1,0 +1,147 @@
+package runtime
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	apievents "github.com/containerd/containerd/api/events"
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/log"
+	"github.com/containerd/typeurl/v2"
+)
+
+// oomWatcher records the containers containerd reported OOM events for.
+type oomWatcher struct {
+	mu     sync.Mutex
+	killed map[string]time.Time
+	notify chan struct{} // closed and replaced on every record
+}
+
+func newOOMWatcher() *oomWatcher {
+	return &oomWatcher{killed: map[string]time.Time{}, notify: make(chan struct{})}
+}
+
+func (w *oomWatcher) record(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.killed[id] = time.Now()
+	close(w.notify)
+	w.notify = make(chan struct{})
+	for k, at := range w.killed { // keep the record small
+		if time.Since(at) > time.Hour {
+			delete(w.killed, k)
+		}
+	}
+}
+
+func (w *oomWatcher) forget(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.killed, id)
+}
+
+// seen reports whether id had an OOM event, and a channel closed on the
+// next recorded event.
+func (w *oomWatcher) seen(id string) (bool, <-chan struct{}) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.killed[id]
+	return ok, w.notify
+}
+
+// waitFor waits up to d for an OOM event for id.
+func (w *oomWatcher) waitFor(ctx context.Context, id string, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		ok, next := w.seen(id)
+		if ok {
+			return true
+		}
+		select {
+		case <-next:
+		case <-t.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// run subscribes to /tasks/oom events of ns until ctx ends, resubscribing
+// (with backoff) when containerd goes away.
+func (w *oomWatcher) run(ctx context.Context, c *client.Client, ns string) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		evs, errs := c.Subscribe(ctx, `topic=="/tasks/oom",namespace==`+strconv.Quote(ns))
+		func() {
+			for {
+				select {
+				case e := <-evs:
+					backoff = 100 * time.Millisecond
+					v, err := typeurl.UnmarshalAny(e.Event)
+					if err != nil {
+						continue
+					}
+					if oom, ok := v.(*apievents.TaskOOM); ok {
+						w.record(oom.ContainerID)
+					}
+				case err := <-errs:
+					if err != nil && ctx.Err() == nil {
+						log.G(ctx).WithError(err).Debug("oom event subscription lost")
+					}
+					return
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// cgroupOOMKilled reads the kernel's OOM kill counter of a container's
+// memory cgroup (v1 memory.oom_control, v2 memory.events). The cgroup lives
+// until the task is deleted, so this closes the race where the OOM event
+// arrives after the exit event.
+func cgroupOOMKilled(cgroupsPath string) bool {
+	if cgroupsPath == "" || strings.Contains(cgroupsPath, ":") { // systemd slice notation: not ours
+		return false
+	}
+	for _, f := range []string{
+		filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.oom_control"),
+		filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.events"),
+	} {
+		if n, ok := readCounter(f, "oom_kill"); ok {
+			return n > 0
+		}
+	}
+	return false
+}
+
+func readCounter(path, key string) (int64, bool) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, false
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		k, v, ok := strings.Cut(s.Text(), " ")
+		if ok && k == key {
+			n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+			return n, err == nil
+		}
+	}
+	return 0, false
+}

@@ -1,0 +1,125 @@
+package task
+
+import (
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+)
+
+// FromProto converts a wire spec to a Spec. It does not validate; call
+// Normalize and Validate.
+func FromProto(p *agentv1.TaskSpec) *Spec {
+	if p == nil {
+		return &Spec{}
+	}
+	s := &Spec{
+		ID:                p.GetId(),
+		OwnerEmail:        p.GetOwnerEmail(),
+		Image:             p.GetImage(),
+		Entrypoint:        p.GetEntrypoint(),
+		Command:           p.GetCommand(),
+		Env:               p.GetEnv(),
+		KillGracePeriod:   time.Duration(p.GetKillGracePeriodSeconds()) * time.Second,
+		MaxRuntime:        time.Duration(p.GetMaxRuntimeSeconds()) * time.Second,
+		Labels:            p.GetLabels(),
+		IAMRoleARN:        p.GetIamRoleArn(),
+		MetadataRequireV2: p.GetMetadataRequireV2(),
+	}
+	if p.GetKillGracePeriodSeconds() < 0 || p.GetKillGracePeriodSeconds() > int64(MaxKillGrace/time.Second) {
+		s.KillGracePeriod = -1 // Validate reports it; avoid overflow
+	}
+	if p.GetMaxRuntimeSeconds() < 0 || p.GetMaxRuntimeSeconds() > int64(MaxRuntimeLimit/time.Second) {
+		s.MaxRuntime = -1
+	}
+	if r := p.GetResources(); r != nil {
+		s.Resources = Resources{
+			CPUMillicores: r.GetCpuMillicores(),
+			MemoryMiB:     r.GetMemoryMib(),
+			DiskMiB:       r.GetDiskMib(),
+			NetworkMbps:   r.GetNetworkMbps(),
+			GPUs:          r.GetGpus(),
+			Pids:          r.GetPids(),
+			CPUBurst:      r.GetCpuBurst(),
+		}
+	}
+	if n := p.GetNetwork(); n != nil {
+		s.Network = NetworkRequest{SecurityGroupIDs: n.GetSecurityGroupIds(), SubnetIDs: n.GetSubnetIds(), IPv6: n.GetIpv6()}
+	}
+	return s
+}
+
+// ToProto converts a Spec to its wire form.
+func ToProto(s *Spec) *agentv1.TaskSpec {
+	return &agentv1.TaskSpec{
+		Id:                     s.ID,
+		OwnerEmail:             s.OwnerEmail,
+		Image:                  s.Image,
+		Entrypoint:             s.Entrypoint,
+		Command:                s.Command,
+		Env:                    s.Env,
+		KillGracePeriodSeconds: int64(s.KillGracePeriod / time.Second),
+		MaxRuntimeSeconds:      int64(s.MaxRuntime / time.Second),
+		Labels:                 s.Labels,
+		IamRoleArn:             s.IAMRoleARN,
+		MetadataRequireV2:      s.MetadataRequireV2,
+		Resources: &agentv1.Resources{
+			CpuMillicores: s.Resources.CPUMillicores,
+			MemoryMib:     s.Resources.MemoryMiB,
+			DiskMib:       s.Resources.DiskMiB,
+			NetworkMbps:   s.Resources.NetworkMbps,
+			Gpus:          s.Resources.GPUs,
+			Pids:          s.Resources.Pids,
+			CpuBurst:      s.Resources.CPUBurst,
+		},
+		Network: &agentv1.NetworkRequest{
+			SecurityGroupIds: s.Network.SecurityGroupIDs,
+			SubnetIds:        s.Network.SubnetIDs,
+			Ipv6:             s.Network.IPv6,
+		},
+	}
+}
+
+// StateToProto maps a State to the wire enum (same order by construction).
+func StateToProto(s State) agentv1.TaskState { return agentv1.TaskState(s) }
+
+// StateFromProto maps the wire enum to a State.
+func StateFromProto(s agentv1.TaskState) State { return State(s) }
+
+// TransitionToProto converts one transition.
+func TransitionToProto(t Transition) *agentv1.Transition {
+	return &agentv1.Transition{State: StateToProto(t.State), Reason: string(t.Reason), Message: t.Message, Time: timestamppb.New(t.Time)}
+}
+
+// ViewToProto converts a task view to the wire Task.
+func ViewToProto(v *View) *agentv1.Task {
+	out := &agentv1.Task{
+		Spec:     ToProto(&v.Spec),
+		State:    StateToProto(v.Status.State),
+		Reason:   string(v.Status.Reason),
+		Message:  v.Status.Message,
+		ExitCode: v.Status.ExitCode,
+		Pid:      v.Status.Pid,
+	}
+	for _, t := range v.Status.Transitions {
+		out.Transitions = append(out.Transitions, TransitionToProto(t))
+	}
+	if n := v.Network; n != nil {
+		out.Network = &agentv1.NetworkStatus{Ipv4: n.IPv4, Ipv6: n.IPv6, Mac: n.MAC, EniId: n.ENIID, Netns: n.NetNSPath, SecurityGroupIds: n.SecurityGroupIDs, SubnetId: n.SubnetID}
+	}
+	return out
+}
+
+// ViewFromProto converts a wire Task back to a View (for clients).
+func ViewFromProto(p *agentv1.Task) *View {
+	v := &View{Spec: *FromProto(p.GetSpec())}
+	v.Status = Status{State: StateFromProto(p.GetState()), Reason: Reason(p.GetReason()), Message: p.GetMessage(), ExitCode: p.GetExitCode(), Pid: p.GetPid()}
+	for _, t := range p.GetTransitions() {
+		v.Status.Transitions = append(v.Status.Transitions, Transition{State: StateFromProto(t.GetState()), Reason: Reason(t.GetReason()), Message: t.GetMessage(), Time: t.GetTime().AsTime()})
+	}
+	if n := p.GetNetwork(); n != nil {
+		v.Network = &NetworkAttachment{IPv4: n.GetIpv4(), IPv6: n.GetIpv6(), MAC: n.GetMac(), ENIID: n.GetEniId(), NetNSPath: n.GetNetns(), SecurityGroupIDs: n.GetSecurityGroupIds(), SubnetID: n.GetSubnetId()}
+	}
+	return v
+}
