@@ -1,0 +1,290 @@
+package taskrunner
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// recorder collects what fakes did, in order.
+type recorder struct {
+	mu  sync.Mutex
+	ops []string
+}
+
+func (r *recorder) add(op string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ops = append(r.ops, op)
+}
+
+func (r *recorder) get() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.ops...)
+}
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+type fakeHook struct {
+	name string
+	rec  *recorder
+	err  error
+	pid  uint32
+}
+
+func (h *fakeHook) Name() string { return h.name }
+func (h *fakeHook) Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error {
+	h.rec.add("prestart " + h.name)
+	if h.pid != 0 {
+		resp.Pid, resp.Container = h.pid, true
+	}
+	return h.err
+}
+func (h *fakeHook) Stop(ctx context.Context, req *StopRequest) error {
+	if ctx.Err() != nil {
+		h.rec.add("stop " + h.name + " CANCELLED")
+	}
+	h.rec.add("stop " + h.name)
+	return nil
+}
+
+type fakeWaiter struct {
+	rec  *recorder
+	exit chan runtime.ExitStatus
+	// exitOn is the signal that makes the fake process exit (SIGKILL always does).
+	exitOn syscall.Signal
+}
+
+func (w *fakeWaiter) Wait(ctx context.Context, id string) (<-chan runtime.ExitStatus, error) {
+	return w.exit, nil
+}
+
+func (w *fakeWaiter) Kill(ctx context.Context, id string, sig syscall.Signal) error {
+	w.rec.add("kill " + sig.String())
+	if sig == syscall.SIGKILL || sig == w.exitOn {
+		w.exit <- runtime.ExitStatus{Code: 128 + uint32(sig)}
+	}
+	return nil
+}
+
+type fakeStore struct {
+	mu   sync.Mutex
+	last Record
+	n    int
+}
+
+func (s *fakeStore) Save(rec *Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.last, s.n = *rec, s.n+1
+	return nil
+}
+
+func newTestRunner(t *testing.T, rec *recorder, hooks [][]PrestartHook, w *fakeWaiter, spec task.Spec) (*Runner, *fakeStore) {
+	t.Helper()
+	st := &fakeStore{}
+	spec.Normalize()
+	r := New(Config{Stages: hooks, Runtime: w, Store: st, Logger: quiet}, &Record{Spec: spec})
+	return r, st
+}
+
+func states(v task.View) []string {
+	var out []string
+	for _, tr := range v.Status.Transitions {
+		out = append(out, tr.State.String()+"/"+string(tr.Reason))
+	}
+	return out
+}
+
+func waitDone(t *testing.T, r *Runner) {
+	t.Helper()
+	select {
+	case <-r.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("runner did not finish")
+	}
+}
+
+func TestRunnerLifecycle(t *testing.T) {
+	tests := []struct {
+		name       string
+		exit       *runtime.ExitStatus
+		prepareErr error
+		kill       bool
+		wantStates []string
+		wantOps    []string
+		wantExit   int32
+	}{
+		{
+			name:       "completes",
+			exit:       &runtime.ExitStatus{Code: 0},
+			wantStates: []string{"Preparing/", "Starting/", "Running/Started", "Finished/Completed"},
+			wantOps:    []string{"prestart image", "prestart net", "prestart container", "stop container", "stop net", "stop image"},
+		},
+		{
+			name:       "non-zero exit",
+			exit:       &runtime.ExitStatus{Code: 3},
+			wantStates: []string{"Preparing/", "Starting/", "Running/Started", "Failed/NonZeroExit"},
+			wantOps:    []string{"prestart image", "prestart net", "prestart container", "stop container", "stop net", "stop image"},
+			wantExit:   3,
+		},
+		{
+			name:       "oom",
+			exit:       &runtime.ExitStatus{Code: 137, OOMKilled: true},
+			wantStates: []string{"Preparing/", "Starting/", "Running/Started", "Failed/OOMKilled"},
+			wantOps:    []string{"prestart image", "prestart net", "prestart container", "stop container", "stop net", "stop image"},
+			wantExit:   137,
+		},
+		{
+			name:       "prepare fails: later stages skipped, everything torn down",
+			prepareErr: &HookError{Hook: "image", Reason: task.ReasonImageNotFound, Err: errors.New("404")},
+			wantStates: []string{"Preparing/", "Failed/ImageNotFound"},
+			wantOps:    []string{"prestart image", "prestart net", "stop container", "stop net", "stop image"},
+			wantExit:   -1,
+		},
+		{
+			name:       "kill: SIGTERM ignored, SIGKILL after grace",
+			kill:       true,
+			wantStates: []string{"Preparing/", "Starting/", "Running/Started", "Killing/KilledByUser", "Killed/KilledByUser"},
+			wantOps:    []string{"prestart image", "prestart net", "prestart container", "kill terminated", "kill killed", "stop container", "stop net", "stop image"},
+			wantExit:   137,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := &recorder{}
+			w := &fakeWaiter{rec: rec, exit: make(chan runtime.ExitStatus, 2)}
+			image := &fakeHook{name: "image", rec: rec, err: tt.prepareErr}
+			// net runs in the same stage as image; order them deterministically
+			// by making image first in the recorder: run stages with one hook each.
+			hooks := [][]PrestartHook{{image}, {&fakeHook{name: "net", rec: rec}}, {&fakeHook{name: "container", rec: rec, pid: 42}}}
+			if tt.prepareErr != nil {
+				hooks = [][]PrestartHook{{image, &slowHook{fakeHook{name: "net", rec: rec}}}, {&fakeHook{name: "container", rec: rec, pid: 42}}}
+			}
+			r, st := newTestRunner(t, rec, hooks, w, task.Spec{ID: "t1", KillGracePeriod: 50 * time.Millisecond})
+			if tt.exit != nil {
+				w.exit <- *tt.exit
+			}
+			go r.Run(context.Background())
+			if tt.kill {
+				waitState(t, r, task.Running)
+				r.Kill(0, task.ReasonKilledByUser)
+			}
+			waitDone(t, r)
+			v := r.View()
+			if diff := cmp.Diff(tt.wantStates, states(v)); diff != "" {
+				t.Errorf("states (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.wantOps, rec.get()); diff != "" {
+				t.Errorf("ops (-want +got):\n%s", diff)
+			}
+			if v.Status.ExitCode != tt.wantExit {
+				t.Errorf("exit = %d, want %d", v.Status.ExitCode, tt.wantExit)
+			}
+			if !st.last.CleanedUp {
+				t.Error("final record not marked cleaned up")
+			}
+		})
+	}
+}
+
+// slowHook finishes after its stage-mate so the recorded order is stable.
+type slowHook struct{ fakeHook }
+
+func (h *slowHook) Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error {
+	time.Sleep(20 * time.Millisecond)
+	return h.fakeHook.Prestart(ctx, req, resp)
+}
+
+func waitState(t *testing.T, r *Runner, s task.State) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for r.View().Status.State < s {
+		if time.Now().After(deadline) {
+			t.Fatalf("task never reached %s (at %s)", s, r.View().Status.State)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestAgentShutdownDoesNotKill(t *testing.T) {
+	rec := &recorder{}
+	w := &fakeWaiter{rec: rec, exit: make(chan runtime.ExitStatus, 1)}
+	hooks := [][]PrestartHook{{&fakeHook{name: "container", rec: rec, pid: 7}}}
+	r, _ := newTestRunner(t, rec, hooks, w, task.Spec{ID: "t1"})
+	ctx, cancel := context.WithCancel(context.Background())
+	go r.Run(ctx)
+	waitState(t, r, task.Running)
+	cancel()
+	waitDone(t, r)
+	if diff := cmp.Diff([]string{"prestart container"}, rec.get()); diff != "" {
+		t.Errorf("agent shutdown touched the task (-want +got):\n%s", diff)
+	}
+	if got := r.View().Status.State; got != task.Running {
+		t.Errorf("state after agent shutdown = %s, want Running", got)
+	}
+}
+
+func TestRestoreGetsExitStatusFromWhileAway(t *testing.T) {
+	rec := &recorder{}
+	w := &fakeWaiter{rec: rec, exit: make(chan runtime.ExitStatus, 1)}
+	w.exit <- runtime.ExitStatus{Code: 7}
+	hooks := [][]PrestartHook{{&fakeHook{name: "container", rec: rec}}}
+	spec := task.Spec{ID: "t1"}
+	spec.Normalize()
+	prev := &Record{Spec: spec, Resources: Resources{Container: true, Pid: 9}}
+	for _, s := range []task.State{task.Accepted, task.Preparing, task.Starting, task.Running} {
+		prev.Status.Advance(s, task.ReasonNone, "", time.Now())
+	}
+	r := New(Config{Stages: hooks, Runtime: w, Store: &fakeStore{}, Logger: quiet}, prev)
+	go r.Restore(context.Background(), nil)
+	waitDone(t, r)
+	v := r.View()
+	if v.Status.State != task.Failed || v.Status.ExitCode != 7 {
+		t.Fatalf("restored task = %s exit %d, want Failed exit 7", v.Status.State, v.Status.ExitCode)
+	}
+	if diff := cmp.Diff([]string{"stop container"}, rec.get()); diff != "" {
+		t.Errorf("ops (-want +got):\n%s", diff)
+	}
+}
+
+func TestRestoreBeforeStartIsLostAndCleaned(t *testing.T) {
+	rec := &recorder{}
+	w := &fakeWaiter{rec: rec, exit: make(chan runtime.ExitStatus, 1)}
+	hooks := [][]PrestartHook{{&fakeHook{name: "net", rec: rec}}, {&fakeHook{name: "container", rec: rec}}}
+	prev := &Record{Spec: task.Spec{ID: "t1"}}
+	prev.Status.Advance(task.Accepted, "", "", time.Now())
+	prev.Status.Advance(task.Preparing, "", "", time.Now())
+	r := New(Config{Stages: hooks, Runtime: w, Store: &fakeStore{}, Logger: quiet}, prev)
+	go r.Restore(context.Background(), nil)
+	waitDone(t, r)
+	if got := r.View().Status; got.State != task.Lost || got.Reason != task.ReasonAgentRestartLost {
+		t.Fatalf("got %s/%s, want Lost/AgentRestartLost", got.State, got.Reason)
+	}
+	if diff := cmp.Diff([]string{"stop container", "stop net"}, rec.get()); diff != "" {
+		t.Errorf("ops (-want +got):\n%s", diff)
+	}
+}
+
+func TestMaxRuntimeKills(t *testing.T) {
+	rec := &recorder{}
+	w := &fakeWaiter{rec: rec, exit: make(chan runtime.ExitStatus, 2), exitOn: syscall.SIGTERM}
+	hooks := [][]PrestartHook{{&fakeHook{name: "container", rec: rec, pid: 7}}}
+	r, _ := newTestRunner(t, rec, hooks, w, task.Spec{ID: "t1", MaxRuntime: 30 * time.Millisecond})
+	go r.Run(context.Background())
+	waitDone(t, r)
+	if got := r.View().Status; got.State != task.Killed || got.Reason != task.ReasonRuntimeLimitExceeded {
+		t.Fatalf("got %s/%s, want Killed/RuntimeLimitExceeded", got.State, got.Reason)
+	}
+}

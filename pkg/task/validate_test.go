@@ -1,0 +1,111 @@
+package task
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func validSpec() Spec {
+	s := Spec{ID: "t-1", OwnerEmail: "team@example.com", Image: "127.0.0.1:5000/busybox:latest", Command: []string{"true"}}
+	s.Normalize()
+	return s
+}
+
+func TestValidateNamesFieldAndRule(t *testing.T) {
+	big := map[string]string{}
+	for i := 0; i <= MaxEnv; i++ {
+		big["K"+strings.Repeat("x", 3)+string(rune('a'+i%26))+strings.Repeat("y", i%7)+string(rune('A'+i/26%26))+string(rune('A'+i/676))] = "v"
+	}
+	tests := []struct {
+		name   string
+		mutate func(*Spec)
+		fields []string
+	}{
+		{"valid", func(*Spec) {}, nil},
+		{"no id", func(s *Spec) { s.ID = "" }, []string{"id"}},
+		{"bad id", func(s *Spec) { s.ID = "../etc" }, []string{"id"}},
+		{"long id", func(s *Spec) { s.ID = strings.Repeat("a", MaxIDLen+1) }, []string{"id"}},
+		{"no owner", func(s *Spec) { s.OwnerEmail = "" }, []string{"owner_email"}},
+		{"bad owner", func(s *Spec) { s.OwnerEmail = "Bob <bob@example.com>" }, []string{"owner_email"}},
+		{"no image", func(s *Spec) { s.Image = "" }, []string{"image"}},
+		{"image space", func(s *Spec) { s.Image = "a b" }, []string{"image"}},
+		{"cpu zero", func(s *Spec) { s.Resources.CPUMillicores = -1 }, []string{"resources.cpu_millicores"}},
+		{"memory tiny", func(s *Spec) { s.Resources.MemoryMiB = 1 }, []string{"resources.memory_mib"}},
+		{"negative disk", func(s *Spec) { s.Resources.DiskMiB = -5 }, []string{"resources.disk_mib"}},
+		{"too many gpus", func(s *Spec) { s.Resources.GPUs = MaxGPUs + 1 }, []string{"resources.gpus"}},
+		{"env key", func(s *Spec) { s.Env = map[string]string{"1BAD": "x"} }, []string{"env[1BAD]"}},
+		{"env count", func(s *Spec) { s.Env = big }, []string{"env"}},
+		{"arg NUL", func(s *Spec) { s.Command = []string{"a\x00b"} }, []string{"command[0]"}},
+		{"too many args", func(s *Spec) { s.Command = make([]string, MaxArgs+1) }, []string{"command"}},
+		{"label reserved", func(s *Spec) { s.Labels = map[string]string{"titus.agent/x": "y"} }, []string{"labels[titus.agent/x]"}},
+		{"label value", func(s *Spec) { s.Labels = map[string]string{"k": strings.Repeat("v", MaxLabelValueLen+1)} }, []string{"labels[k]"}},
+		{"grace", func(s *Spec) { s.KillGracePeriod = 2 * MaxKillGrace }, []string{"kill_grace_period_seconds"}},
+		{"runtime", func(s *Spec) { s.MaxRuntime = -time.Second }, []string{"max_runtime_seconds"}},
+		{"role", func(s *Spec) { s.IAMRoleARN = "role/x" }, []string{"iam_role_arn"}},
+		{"sg", func(s *Spec) { s.Network.SecurityGroupIDs = []string{"sg-1", "nope"} }, []string{"network.security_group_ids[1]"}},
+		{"sg dup", func(s *Spec) { s.Network.SecurityGroupIDs = []string{"sg-1", "sg-1"} }, []string{"network.security_group_ids[1]"}},
+		{"subnet", func(s *Spec) { s.Network.SubnetIDs = []string{"x"} }, []string{"network.subnet_ids[0]"}},
+		{"two at once", func(s *Spec) { s.OwnerEmail = ""; s.Image = "" }, []string{"owner_email", "image"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := validSpec()
+			tt.mutate(&s)
+			err := s.Validate()
+			var got []string
+			if err != nil {
+				if !errors.Is(err, ErrInvalidSpec) {
+					t.Fatalf("error %v does not wrap ErrInvalidSpec", err)
+				}
+				var ve *ValidationError
+				if !errors.As(err, &ve) {
+					t.Fatalf("error %T is not a *ValidationError", err)
+				}
+				for _, f := range ve.Fields {
+					got = append(got, f.Field)
+					if f.Rule == "" {
+						t.Errorf("field %s has no rule", f.Field)
+					}
+				}
+			}
+			if diff := cmp.Diff(tt.fields, got); diff != "" {
+				t.Errorf("fields (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestStateOnlyMovesForward(t *testing.T) {
+	now := time.Unix(100, 0)
+	var s Status
+	for _, st := range []State{Accepted, Preparing, Starting, Running, Killing, Killed} {
+		if _, err := s.Advance(st, ReasonNone, "", now); err != nil {
+			t.Fatalf("advance to %s: %v", st, err)
+		}
+	}
+	if _, err := s.Advance(Running, ReasonNone, "", now); !errors.Is(err, ErrBackwardTransition) {
+		t.Fatalf("backward transition allowed: %v", err)
+	}
+	if _, err := s.Advance(Lost, ReasonNone, "", now); !errors.Is(err, ErrBackwardTransition) {
+		t.Fatalf("left a terminal state: %v", err)
+	}
+	if got := len(s.Transitions); got != 6 {
+		t.Fatalf("transitions = %d, want 6", got)
+	}
+}
+
+func TestProtoRoundTrip(t *testing.T) {
+	s := validSpec()
+	s.Env = map[string]string{"A": "1"}
+	s.Labels = map[string]string{"app": "x"}
+	s.Network = NetworkRequest{SecurityGroupIDs: []string{"sg-1"}, SubnetIDs: []string{"subnet-1"}}
+	s.MaxRuntime = time.Minute
+	got := FromProto(ToProto(&s))
+	if diff := cmp.Diff(&s, got); diff != "" {
+		t.Fatalf("round trip (-want +got):\n%s", diff)
+	}
+}
