@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"gopkg.in/natefinch/lumberjack.v2"
 )
@@ -38,7 +39,7 @@ func parseLoggerArgs(args []string) (loggerFlags, error) {
 	for _, a := range args {
 		switch {
 		case a == "":
-		case strings.HasPrefix(a, "-"):
+		case strings.HasPrefix(a, "-") || !strings.Contains(a, "="):
 			flags = append(flags, a)
 		default:
 			q, err := url.ParseQuery(a)
@@ -87,6 +88,9 @@ func RunLogger(ctx context.Context, args []string) error {
 	return runLogger(ctx, lf, id, stdout, stderr, wait.Close)
 }
 
+// drainTimeout bounds how long a terminated logger keeps reading.
+const drainTimeout = 2 * time.Second
+
 // runLogger copies the streams into the task's rotated log file. ready is
 // called once the file is open.
 func runLogger(ctx context.Context, lf loggerFlags, id string, stdout, stderr io.ReadCloser, ready func() error) error {
@@ -115,10 +119,15 @@ func runLogger(ctx context.Context, lf loggerFlags, id string, stdout, stderr io
 	select {
 	case <-done:
 	case <-ctx.Done():
-		// Unblock the readers; what is buffered in the pipes is lost.
-		stdout.Close()
-		stderr.Close()
-		<-done
+		// The shim closes its pipe ends before SIGTERM: drain what is
+		// buffered for a moment, then unblock the readers.
+		select {
+		case <-done:
+		case <-time.After(drainTimeout):
+			stdout.Close()
+			stderr.Close()
+			<-done
+		}
 		return nil
 	}
 	return errors.Join(errs...)
@@ -131,6 +140,9 @@ func copyLines(w io.Writer, r io.Reader) error {
 	for {
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {
+			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+				line = append(line, '\n') // end the last, unterminated line
+			}
 			if _, werr := w.Write(line); werr != nil {
 				return werr
 			}

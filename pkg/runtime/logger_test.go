@@ -1,0 +1,149 @@
+package runtime
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseLoggerArgs(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		want    loggerFlags
+		wantErr bool
+	}{
+		{name: "flags", args: []string{"--log-dir=/l", "--max-size-mib=3", "--max-files", "2"}, want: loggerFlags{LogDir: "/l", MaxSizeMiB: 3, MaxFiles: 2}},
+		{name: "query form", args: []string{"log-dir=%2Fvar%2Flog%2Ftitus&max-files=7&max-size-mib=9"}, want: loggerFlags{LogDir: "/var/log/titus", MaxSizeMiB: 9, MaxFiles: 7}},
+		{name: "defaults and empty args", args: []string{"", "--log-dir=/l"}, want: loggerFlags{LogDir: "/l", MaxSizeMiB: 50, MaxFiles: 5}},
+		{name: "no dir", args: []string{"--max-files=1"}, wantErr: true},
+		{name: "unknown flag", args: []string{"--log-dir=/l", "--nope=1"}, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseLoggerArgs(tt.args)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+			if err == nil {
+				if diff := cmp.Diff(tt.want, got); diff != "" {
+					t.Errorf("flags (-want +got):\n%s", diff)
+				}
+			}
+		})
+	}
+}
+
+// The args Runtime hands to containerd must parse back to the same config,
+// whatever order containerd puts them in.
+func TestLoggerURIArgsRoundTrip(t *testing.T) {
+	cfg := Config{Address: "/x", LogDir: "/var/log/titus tasks", LoggerBinary: "/bin/agent", LogMaxSizeMiB: 8, LogMaxFiles: 2}
+	if err := cfg.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	m := loggerURIArgs(cfg)
+	if len(m) != 1 {
+		t.Fatalf("want exactly one query key, got %v", m)
+	}
+	v, ok := m["logger"]
+	if !ok {
+		t.Fatalf("subcommand key missing: %v", m)
+	}
+	got, err := parseLoggerArgs([]string{v})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(loggerFlags{LogDir: cfg.LogDir, MaxSizeMiB: 8, MaxFiles: 2}, got); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+}
+
+func TestRunLoggerCopiesBothStreams(t *testing.T) {
+	dir := t.TempDir()
+	outR, outW := io.Pipe()
+	errR, errW := io.Pipe()
+	readyCalled := false
+	done := make(chan error, 1)
+	go func() {
+		done <- runLogger(context.Background(), loggerFlags{LogDir: dir, MaxSizeMiB: 1, MaxFiles: 2}, "t1", outR, errR,
+			func() error { readyCalled = true; return nil })
+	}()
+	io.WriteString(outW, "out 1\nout 2\n")
+	io.WriteString(errW, "err 1\n")
+	io.WriteString(outW, "partial")
+	outW.Close()
+	errW.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("runLogger: %v", err)
+	}
+	if !readyCalled {
+		t.Error("ready was not called")
+	}
+	b, err := os.ReadFile(LogPath(dir, "t1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	sort.Strings(lines)
+	if diff := cmp.Diff([]string{"", "err 1", "out 1", "out 2", "partial"}, lines); diff != "" {
+		t.Errorf("log lines (-want +got):\n%s", diff)
+	}
+}
+
+func TestRunLoggerRotates(t *testing.T) {
+	dir := t.TempDir()
+	outR, outW := io.Pipe()
+	errR, errW := io.Pipe()
+	errW.Close()
+	done := make(chan error, 1)
+	go func() {
+		done <- runLogger(context.Background(), loggerFlags{LogDir: dir, MaxSizeMiB: 1, MaxFiles: 2}, "t1", outR, errR,
+			func() error { return nil })
+	}()
+	line := strings.Repeat("x", 1023) + "\n"
+	for range 5 * 1024 { // 5 MiB through a 1 MiB file keeping 2 backups
+		if _, err := io.WriteString(outW, line); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outW.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("runLogger: %v", err)
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "t1", "*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) != 3 {
+		t.Errorf("want current file + 2 backups, got %v", files)
+	}
+	for _, f := range files {
+		st, err := os.Stat(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Size() > 1<<20 {
+			t.Errorf("%s is %d bytes, over the 1 MiB limit", f, st.Size())
+		}
+	}
+}
+
+func TestRunLoggerStopsOnCancel(t *testing.T) {
+	outR, _ := io.Pipe()
+	errR, _ := io.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- runLogger(ctx, loggerFlags{LogDir: t.TempDir(), MaxSizeMiB: 1, MaxFiles: 1}, "t1", outR, errR, func() error { return nil })
+	}()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("runLogger: %v", err)
+	}
+}

@@ -1,0 +1,52 @@
+package runtime
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/containerd/errdefs"
+)
+
+func TestClassifyPullError(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"not found", fmt.Errorf("resolve: %w", errdefs.ErrNotFound), ErrImageNotFound},
+		{"manifest unknown", errors.New("unexpected status: 404: manifest unknown"), ErrImageNotFound},
+		{"https to http registry", errors.New(`Get "https://127.0.0.1:5000/v2/": http: server gave HTTP response to HTTPS client`), ErrRegistryNotAllowed},
+		{"other", errors.New("connection refused"), nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := classifyPullError(tt.err)
+			if !errors.Is(got, tt.err) {
+				t.Errorf("original error lost: %v", got)
+			}
+			for _, sentinel := range []error{ErrImageNotFound, ErrRegistryNotAllowed} {
+				if errors.Is(got, sentinel) != (sentinel == tt.want) {
+					t.Errorf("errors.Is(%v, %v) = %v", got, sentinel, !(sentinel == tt.want))
+				}
+			}
+		})
+	}
+}
+
+func TestConfigDefaults(t *testing.T) {
+	c := Config{Address: "/run/c.sock", LoggerBinary: "/bin/agent"}
+	if err := c.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Namespace != "titus" || c.Snapshotter != "overlayfs" || c.LoggerArgs[0] != "logger" || c.LogMaxFiles != 5 || c.LogMaxSizeMiB != 50 {
+		t.Errorf("defaults not applied: %+v", c)
+	}
+	bad := Config{Address: "/x", LoggerArgs: []string{"a", "b"}}
+	if err := bad.setDefaults(); err == nil {
+		t.Error("two logger args accepted")
+	}
+	if err := (&Config{}).setDefaults(); err == nil {
+		t.Error("empty address accepted")
+	}
+}

@@ -1,0 +1,77 @@
+// Package integration holds end-to-end tests on real components: containerd
+// and runc, a Docker Distribution registry, moto, the AWS IMDS mock and real
+// network namespaces. They need root and the tools `make deps` installs;
+// anything missing fails the run loudly.
+//
+// Every test calls begin(t) first. It counts the test, and TestMain prints
+// `INTEGRATION: N tests ran, M failed` at the end, so a run where tests
+// silently did nothing is visible.
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/test/testenv"
+)
+
+var testsRan, testsFailed atomic.Int64
+
+// begin registers t with the run's counters. Call it first in every test.
+func begin(t *testing.T) {
+	t.Helper()
+	testsRan.Add(1)
+	t.Cleanup(func() {
+		if t.Failed() {
+			testsFailed.Add(1)
+		}
+	})
+}
+
+// prerequisites are the binaries the suite runs for real.
+var prerequisites = []string{
+	"containerd", "containerd-shim-runc-v2", "runc", "docker-registry", "busybox", "moto_server", "ec2-metadata-mock",
+}
+
+func TestMain(m *testing.M) {
+	// The test binary doubles as containerd's binary log driver (the
+	// runtime's LoggerBinary), as `titus-agent logger` does in production.
+	if len(os.Args) > 1 && os.Args[1] == "logger" {
+		if err := runtime.RunLogger(context.Background(), os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "integration tests must run as root")
+		os.Exit(2)
+	}
+	var missing []string
+	for _, p := range prerequisites {
+		if !found(p) {
+			missing = append(missing, p)
+		}
+	}
+	if len(missing) > 0 {
+		fmt.Fprintf(os.Stderr, "integration prerequisites missing: %v (run `make deps`)\n", missing)
+		os.Exit(2)
+	}
+	code := m.Run()
+	fmt.Printf("INTEGRATION: %d tests ran, %d failed\n", testsRan.Load(), testsFailed.Load())
+	os.Exit(code)
+}
+
+func found(name string) bool {
+	if st, err := os.Stat(filepath.Join(testenv.CacheBin(), name)); err == nil && st.Mode()&0o111 != 0 {
+		return true
+	}
+	_, err := exec.LookPath(name)
+	return err == nil
+}

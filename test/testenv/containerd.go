@@ -1,0 +1,289 @@
+package testenv
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"golang.org/x/sys/unix"
+)
+
+// Containerd is a private containerd 2.x with its own root, state and
+// sockets under a short temporary directory.
+type Containerd struct {
+	Address string // gRPC unix socket
+	Root    string
+	State   string
+	Proc    *Process
+
+	dir, config string
+	cleanups    []func()
+}
+
+// containerdConfig disables everything the tests do not use (CRI, NRI,
+// tracing, snapshotters other than overlayfs and native) and imports no
+// system configuration.
+const containerdConfig = `version = 3
+root = %q
+state = %q
+imports = []
+disabled_plugins = [
+  "io.containerd.grpc.v1.cri",
+  "io.containerd.cri.v1.images",
+  "io.containerd.cri.v1.runtime",
+  "io.containerd.podsandbox.controller.v1.podsandbox",
+  "io.containerd.nri.v1.nri",
+  "io.containerd.internal.v1.tracing",
+  "io.containerd.tracing.processor.v1.otlp",
+  "io.containerd.monitor.container.v1.restart",
+  "io.containerd.snapshotter.v1.blockfile",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.erofs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.differ.v1.erofs",
+  "io.containerd.mount-handler.v1.erofs",
+]
+
+[grpc]
+  address = %q
+
+[ttrpc]
+  address = %q
+
+[debug]
+  level = "warn"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+`
+
+// StartContainerd starts a private containerd and waits until it answers.
+// At cleanup it deletes every task, container, image, snapshot and lease it
+// holds, stops containerd, kills leftover shims and container processes it
+// started, unmounts what is left under its directories and removes them.
+func StartContainerd(t TB) *Containerd {
+	t.Helper()
+	LookPath(t, "containerd-shim-runc-v2")
+	LookPath(t, "runc")
+	// Unix socket paths must stay under 108 bytes: keep the directory short.
+	dir, err := os.MkdirTemp("/tmp", "ctd")
+	if err != nil {
+		t.Fatalf("containerd dir: %v", err)
+	}
+	c := &Containerd{
+		Address: filepath.Join(dir, "c.sock"),
+		Root:    filepath.Join(dir, "root"),
+		State:   filepath.Join(dir, "state"),
+		dir:     dir,
+		config:  filepath.Join(dir, "config.toml"),
+	}
+	t.Cleanup(c.cleanup)
+	cfg := fmt.Sprintf(containerdConfig, c.Root, c.State, c.Address, c.Address+".ttrpc", filepath.Join(dir, "opt"))
+	if err := os.WriteFile(c.config, []byte(cfg), 0o600); err != nil {
+		t.Fatalf("containerd config: %v", err)
+	}
+	c.start(t)
+	return c
+}
+
+// collector hands Process cleanups to the Containerd, which runs them in its
+// own order (delete resources while containerd still runs, then stop it).
+type collector struct {
+	TB
+	c *Containerd
+}
+
+func (k collector) Cleanup(f func()) { k.c.cleanups = append(k.c.cleanups, f) }
+
+func (c *Containerd) start(t TB) {
+	t.Helper()
+	bin := LookPath(t, "containerd")
+	cmd := exec.Command(bin, "--config", c.config)
+	cmd.Dir = c.dir
+	// containerd finds containerd-shim-runc-v2 on PATH; runc is in /usr/sbin.
+	cmd.Env = append(os.Environ(), "PATH="+CacheBin()+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	c.Proc = StartProcess(collector{t, c}, c.dir, "containerd", cmd)
+	c.waitReady(t, 30*time.Second)
+}
+
+func (c *Containerd) waitReady(t TB, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if c.Proc.Cmd.ProcessState != nil {
+			break
+		}
+		if _, err := os.Stat(c.Address); err == nil {
+			if err := c.ping(); err == nil {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("containerd did not come up within %s:\n%s", timeout, tail(c.Proc.Log(), 40))
+}
+
+func (c *Containerd) ping() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	cl, err := client.New(c.Address, client.WithTimeout(time.Second))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	_, err = cl.Version(ctx)
+	return err
+}
+
+// Client returns a client of this containerd, closed at cleanup.
+func (c *Containerd) Client(t TB) *client.Client {
+	t.Helper()
+	cl, err := client.New(c.Address)
+	if err != nil {
+		t.Fatalf("containerd client: %v", err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// Restart stops containerd (leaving shims and containers running) and starts
+// it again on the same directories and socket.
+func (c *Containerd) Restart(t TB) {
+	t.Helper()
+	c.Proc.Stop()
+	c.start(t)
+}
+
+func (c *Containerd) cleanup() {
+	if c.Proc != nil && c.Proc.Cmd.ProcessState == nil {
+		c.deleteAll()
+	}
+	for i := len(c.cleanups) - 1; i >= 0; i-- {
+		c.cleanups[i]()
+	}
+	c.killShims()
+	unmountUnder(c.dir)
+	os.RemoveAll(c.dir)
+}
+
+// deleteAll removes every task, container, image, snapshot and lease in
+// every namespace.
+func (c *Containerd) deleteAll() {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cl, err := client.New(c.Address, client.WithTimeout(5*time.Second))
+	if err != nil {
+		return
+	}
+	defer cl.Close()
+	nss, err := cl.NamespaceService().List(ctx)
+	if err != nil {
+		return
+	}
+	for _, ns := range nss {
+		nctx := namespaces.WithNamespace(ctx, ns)
+		cs, _ := cl.Containers(nctx)
+		for _, ctr := range cs {
+			if t, err := ctr.Task(nctx, nil); err == nil {
+				_, _ = t.Delete(nctx, client.WithProcessKill)
+			}
+			_ = ctr.Delete(nctx, client.WithSnapshotCleanup)
+		}
+		if imgs, err := cl.ImageService().List(nctx); err == nil {
+			for _, img := range imgs {
+				_ = cl.ImageService().Delete(nctx, img.Name)
+			}
+		}
+		if ls, err := cl.LeasesService().List(nctx); err == nil {
+			for _, l := range ls {
+				_ = cl.LeasesService().Delete(nctx, l)
+			}
+		}
+		for _, sn := range []string{"overlayfs", "native"} {
+			s := cl.SnapshotService(sn)
+			// Children first: walk until nothing more can be removed.
+			for range 20 {
+				var keys []string
+				_ = s.Walk(nctx, func(_ context.Context, info snapshots.Info) error {
+					keys = append(keys, info.Name)
+					return nil
+				})
+				if len(keys) == 0 {
+					break
+				}
+				for _, k := range keys {
+					_ = s.Remove(nctx, k) // a parent fails until its children are gone
+				}
+			}
+		}
+		_ = cl.NamespaceService().Delete(nctx, ns)
+	}
+}
+
+// killShims kills shims (own process groups) and container processes whose
+// pid files live in this containerd's state directory.
+func (c *Containerd) killShims() {
+	var pids []int
+	_ = filepath.WalkDir(c.State, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(d.Name(), ".pid") {
+			return nil
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil
+		}
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+			pids = append(pids, pid)
+		}
+		return nil
+	})
+	for _, pid := range pids {
+		if !startedUnder(pid, c.dir) {
+			continue
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// startedUnder guards against pid reuse: the process must mention dir in its
+// command line or working directory (shims run in the bundle directory).
+func startedUnder(pid int, dir string) bool {
+	if cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", pid)); err == nil && strings.HasPrefix(cwd, dir) {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && strings.Contains(string(b), dir)
+}
+
+// unmountUnder lazily unmounts every mount point below dir, deepest first.
+func unmountUnder(dir string) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var points []string
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
+			points = append(points, fields[4])
+		}
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(points)))
+	for _, p := range points {
+		_ = unix.Unmount(p, unix.MNT_DETACH)
+	}
+}
