@@ -358,6 +358,10 @@ func (r *Runtime) Exec(ctx context.Context, id string, args []string, stdin io.R
 	execID := "exec-" + uuid.NewString()[:8]
 	p, err := t.Exec(ctx, execID, &pspec, cio.NewCreator(cio.WithStreams(stdin, orDiscard(stdout), orDiscard(stderr))))
 	if err != nil {
+		if in != nil {
+			in.close = func() {}
+			close(in.ready)
+		}
 		return -1, fmt.Errorf("exec in %s: %w", id, err)
 	}
 	if in != nil {

@@ -5,150 +5,50 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
-var (
-	buildOnce sync.Once
-	agentBin  string
-	buildErr  error
-)
-
-// titusAgentBinary builds cmd/titus-agent once per test binary.
-func titusAgentBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "titus-agent-bin")
-		if err == nil {
-			err = os.Chmod(dir, 0o755)
-		}
-		if err != nil {
-			buildErr = err
-			return
-		}
-		agentBin = filepath.Join(dir, "titus-agent")
-		out, err := exec.Command("go", "build", "-o", agentBin, "github.com/titus-agent/titus-agent/cmd/titus-agent").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("build titus-agent: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return agentBin
-}
-
 // agentEnv is a private containerd + registry with a busybox image, and an
 // agent daemon process that can be killed and restarted.
 type agentEnv struct {
-	t          *testing.T
-	ctd        *testenv.Containerd
-	reg        *testenv.Registry
-	image      string
-	dir        string
-	socket     string
-	extraArgs  []string
-	proc       *testenv.Process
-	conn       *grpc.ClientConn
-	client     agentv1.AgentClient
-	generation int
+	t      *testing.T
+	ctd    *testenv.Containerd
+	reg    *testenv.Registry
+	image  string
+	agent  *testenv.Agent
+	dir    string
+	socket string
+	client agentv1.AgentClient
 }
 
-func newAgentEnv(t *testing.T, extraArgs ...string) *agentEnv {
+func newAgentEnv(t *testing.T, extra ...string) *agentEnv {
 	t.Helper()
-	e := &agentEnv{t: t, extraArgs: extraArgs}
+	e := &agentEnv{t: t}
 	e.ctd = testenv.StartContainerd(t)
 	e.reg = testenv.StartRegistry(t)
 	e.image = testenv.PushBusybox(t, e.reg, "busybox", "latest")
-	dir, err := os.MkdirTemp("/tmp", "ta")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	e.dir = dir
-	e.socket = filepath.Join(dir, "agent.sock")
-	e.start()
+	e.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: e.ctd.Address, PlainHTTP: []string{e.reg.Host}, Extra: extra})
+	e.dir, e.socket, e.client = e.agent.Dir, e.agent.Socket, e.agent.Client
 	return e
 }
 
-func (e *agentEnv) args() []string {
-	return append([]string{"daemon", "--config", filepath.Join(e.dir, "none.yaml"),
-		"--socket", e.socket,
-		"--state-dir", filepath.Join(e.dir, "state"),
-		"--log-dir", filepath.Join(e.dir, "logs"),
-		"--containerd", e.ctd.Address,
-		"--plain-http-registry", e.reg.Host,
-	}, e.extraArgs...)
-}
-
+// start restarts the agent over the same state.
 func (e *agentEnv) start() {
-	t := e.t
-	t.Helper()
-	if err := os.WriteFile(filepath.Join(e.dir, "none.yaml"), []byte("logLevel: debug\nmetricsListen: \"\"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	e.generation++
-	cmd := exec.Command(titusAgentBinary(t), e.args()...)
-	e.proc = testenv.StartProcess(t, e.dir, fmt.Sprintf("agent-%d", e.generation), cmd)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := os.Stat(e.socket); err == nil {
-			break
-		}
-		if time.Now().After(deadline) || e.proc.Cmd.ProcessState != nil {
-			t.Fatalf("agent did not come up:\n%s", e.proc.Log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	conn, err := grpc.NewClient("unix://"+e.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.conn = conn
-	e.client = agentv1.NewAgentClient(conn)
-	t.Cleanup(func() { conn.Close() })
-	// Wait until it answers.
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := e.client.Version(ctx, &agentv1.VersionRequest{})
-		cancel()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent not answering: %v\n%s", err, e.proc.Log())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	e.agent.Start()
+	e.client = e.agent.Client
 }
 
-// kill9 kills the agent daemon without any chance to clean up.
-func (e *agentEnv) kill9() {
-	e.t.Helper()
-	_ = e.proc.Cmd.Process.Signal(syscall.SIGKILL)
-	_, _ = e.proc.Cmd.Process.Wait()
-	e.conn.Close()
-	_ = os.Remove(e.socket)
-}
+func (e *agentEnv) kill9() { e.agent.Kill9() }
+func (e *agentEnv) stop()  { e.agent.Stop() }
 
-// stop stops the agent gracefully (SIGTERM): tasks must keep running.
-func (e *agentEnv) stop() {
-	e.t.Helper()
-	e.proc.Stop()
-	e.conn.Close()
-}
+func titusAgentBinary(t *testing.T) string { return testenv.AgentBinary(t) }
 
 func (e *agentEnv) ctx() context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -171,7 +71,7 @@ func (e *agentEnv) launch(spec *agentv1.TaskSpec) *agentv1.Task {
 	e.t.Helper()
 	resp, err := e.client.LaunchTask(e.ctx(), &agentv1.LaunchTaskRequest{Spec: spec})
 	if err != nil {
-		e.t.Fatalf("launch %s: %v\nagent log:\n%s", spec.GetId(), err, tailLog(e.proc.Log()))
+		e.t.Fatalf("launch %s: %v\nagent log:\n%s", spec.GetId(), err, e.agent.Log())
 	}
 	return resp.GetTask()
 }
@@ -195,7 +95,7 @@ func (e *agentEnv) waitState(id string, s agentv1.TaskState, timeout time.Durati
 			return tk
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("task %s stuck in %s (%s: %s), want %s\nagent log:\n%s", id, tk.GetState(), tk.GetReason(), tk.GetMessage(), s, tailLog(e.proc.Log()))
+			e.t.Fatalf("task %s stuck in %s (%s: %s), want %s\nagent log:\n%s", id, tk.GetState(), tk.GetReason(), tk.GetMessage(), s, e.agent.Log())
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
@@ -278,7 +178,7 @@ func (e *agentEnv) waitNoContainer(id string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("container %s still exists\n%s", id, tailLog(e.proc.Log()))
+			e.t.Fatalf("container %s still exists\n%s", id, e.agent.Log())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -344,7 +244,7 @@ func (e *agentEnv) assertNoLeftovers() {
 			return
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("leftovers after tasks ended: %v\n%s", left, tailLog(e.proc.Log()))
+			e.t.Fatalf("leftovers after tasks ended: %v\n%s", left, e.agent.Log())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

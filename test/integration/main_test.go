@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/containerd/log"
+
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
@@ -63,6 +65,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "integration prerequisites missing: %v (run `make deps`)\n", missing)
 		os.Exit(2)
 	}
+	// containerd's client logs routine retries (404s, HTTPS fallbacks) at
+	// info level through logrus; keep test output to what matters.
+	_ = log.SetLevel("warn")
 	code := m.Run()
 	fmt.Printf("INTEGRATION: %d tests ran, %d failed\n", testsRan.Load(), testsFailed.Load())
 	os.Exit(code)

@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/test/testenv"
+)
+
+// bareLaunch is the baseline: containerd client create + start of the same
+// image, no agent, measured until the task's process exists.
+func bareLaunch(ctx context.Context, c *containerd.Client, img containerd.Image, id string) (time.Duration, func(), error) {
+	start := time.Now()
+	ctr, err := c.NewContainer(ctx, id, containerd.WithNewSnapshot(id, img), containerd.WithNewSpec(oci.WithImageConfig(img), oci.WithProcessArgs("sleep", "1000")))
+	if err != nil {
+		return 0, nil, err
+	}
+	t, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := t.Start(ctx); err != nil {
+		return 0, nil, err
+	}
+	took := time.Since(start)
+	return took, func() {
+		t.Kill(ctx, 9)
+		if ch, err := t.Wait(ctx); err == nil {
+			<-ch
+		}
+		t.Delete(ctx)
+		ctr.Delete(ctx, containerd.WithSnapshotCleanup)
+	}, nil
+}
+
+// agentLaunch measures LaunchTask → the Running event.
+func agentLaunch(ctx context.Context, a *testenv.Agent, events *eventWaiter, image, id string) (time.Duration, error) {
+	wait := events.expect(id)
+	start := time.Now()
+	_, err := a.Client.LaunchTask(ctx, &agentv1.LaunchTaskRequest{Spec: &agentv1.TaskSpec{
+		Id: id, OwnerEmail: "bench@example.com", Image: image, Command: []string{"sleep", "1000"},
+		Resources: &agentv1.Resources{CpuMillicores: 100, MemoryMib: 32}, KillGracePeriodSeconds: 1,
+	}})
+	if err != nil {
+		return 0, err
+	}
+	select {
+	case st := <-wait:
+		if st != agentv1.TaskState_TASK_STATE_RUNNING {
+			return 0, fmt.Errorf("task %s ended %s instead of running", id, st)
+		}
+	case <-time.After(60 * time.Second):
+		return 0, fmt.Errorf("task %s never ran", id)
+	}
+	return time.Since(start), nil
+}
+
+// eventWaiter turns the agent's event stream into per-task notifications.
+type eventWaiter struct {
+	mu      sync.Mutex
+	waiters map[string]chan agentv1.TaskState
+}
+
+func watch(ctx context.Context, a *testenv.Agent) (*eventWaiter, error) {
+	s, err := a.Client.WatchEvents(ctx, &agentv1.WatchEventsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	w := &eventWaiter{waiters: map[string]chan agentv1.TaskState{}}
+	go func() {
+		for {
+			ev, err := s.Recv()
+			if err != nil {
+				return
+			}
+			st := ev.GetTransition().GetState()
+			if st < agentv1.TaskState_TASK_STATE_RUNNING {
+				continue
+			}
+			w.mu.Lock()
+			if ch, ok := w.waiters[ev.GetTaskId()]; ok {
+				delete(w.waiters, ev.GetTaskId())
+				ch <- st
+			}
+			w.mu.Unlock()
+		}
+	}()
+	return w, nil
+}
+
+func (w *eventWaiter) expect(id string) <-chan agentv1.TaskState {
+	ch := make(chan agentv1.TaskState, 1)
+	w.mu.Lock()
+	w.waiters[id] = ch
+	w.mu.Unlock()
+	return ch
+}
+
+func killAll(ctx context.Context, a *testenv.Agent, ids []string) {
+	for _, id := range ids {
+		a.Client.KillTask(ctx, &agentv1.KillTaskRequest{Id: id, GracePeriodSeconds: 1})
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		l, err := a.Client.ListTasks(ctx, &agentv1.ListTasksRequest{})
+		if err != nil || len(l.GetTasks()) == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func rssMiB(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return -1
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.Fields(rest)[0])
+			return float64(kb) / 1024
+		}
+	}
+	return -1
+}
+
+func benchLaunch(tb *benchTB, n, concurrent int) {
+	ctx := context.Background()
+	ctd := testenv.StartContainerd(tb)
+	reg := testenv.StartRegistry(tb)
+	image := testenv.PushBusybox(tb, reg, "busybox", "latest")
+
+	c, err := containerd.New(ctd.Address)
+	if err != nil {
+		tb.Fatalf("containerd: %v", err)
+	}
+	defer c.Close()
+	bctx := namespaces.WithNamespace(ctx, "bench-bare")
+	rt, err := runtime.New(ctx, runtime.Config{Address: ctd.Address, Namespace: "bench-bare", PlainHTTPRegistries: []string{reg.Host}})
+	if err != nil {
+		tb.Fatalf("runtime: %v", err)
+	}
+	defer rt.Close()
+	if _, err := rt.Pull(ctx, image); err != nil {
+		tb.Fatalf("pull: %v", err)
+	}
+	img, err := c.GetImage(bctx, image)
+	if err != nil {
+		tb.Fatalf("image: %v", err)
+	}
+	a := testenv.StartAgent(tb, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host}, Config: "logLevel: warn\n"})
+	events, err := watch(ctx, a)
+	if err != nil {
+		tb.Fatalf("watch: %v", err)
+	}
+	// Warm both paths (image unpacked in each namespace, shim binaries cached).
+	if _, cleanup, err := bareLaunch(bctx, c, img, "warm"); err == nil {
+		cleanup()
+	}
+	if _, err := agentLaunch(ctx, a, events, image, "warm"); err != nil {
+		tb.Fatalf("warm agent: %v", err)
+	}
+	killAll(ctx, a, []string{"warm"})
+
+	var bare, agent sample
+	var agentIDs []string
+	// Interleave so both see the same machine noise.
+	for i := 0; i < n; i++ {
+		d, cleanup, err := bareLaunch(bctx, c, img, fmt.Sprintf("bare-%d", i))
+		if err != nil {
+			tb.Fatalf("bare launch: %v", err)
+		}
+		bare = append(bare, d)
+		cleanup()
+		id := fmt.Sprintf("seq-%d", i)
+		d, err = agentLaunch(ctx, a, events, image, id)
+		if err != nil {
+			tb.Fatalf("agent launch: %v\n%s", err, a.Log())
+		}
+		agent = append(agent, d)
+		agentIDs = append(agentIDs, id)
+	}
+	rss := rssMiB(a.Pid())
+	fmt.Printf("\n== launch latency, %d sequential launches each (same image, same run)\n", n)
+	fmt.Printf("%-34s %10s %10s\n", "", "p50", "p99")
+	fmt.Printf("%-34s %10s %10s\n", "bare containerd create+start", ms(bare.pct(0.5)), ms(bare.pct(0.99)))
+	fmt.Printf("%-34s %10s %10s\n", "agent LaunchTask -> Running", ms(agent.pct(0.5)), ms(agent.pct(0.99)))
+	fmt.Printf("%-34s %10s %10s   (target p50 <= 1.30x)\n", "ratio agent / bare", ratio(agent.pct(0.5), bare.pct(0.5)), ratio(agent.pct(0.99), bare.pct(0.99)))
+	fmt.Printf("agent daemon RSS with %d running tasks: %.1f MiB (target < 60 MiB)\n", len(agentIDs), rss)
+	killAll(ctx, a, agentIDs)
+
+	// Concurrent launches.
+	var mu sync.Mutex
+	var conc, bareConc sample
+	var wg sync.WaitGroup
+	startAll := time.Now()
+	for i := 0; i < concurrent; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := agentLaunch(ctx, a, events, image, fmt.Sprintf("conc-%d", i))
+			if err != nil {
+				tb.Fatalf("concurrent launch: %v", err)
+			}
+			mu.Lock()
+			conc = append(conc, d)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	agentWall := time.Since(startAll)
+	var cleanups []func()
+	startAll = time.Now()
+	for i := 0; i < concurrent; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, cleanup, err := bareLaunch(bctx, c, img, fmt.Sprintf("bconc-%d", i))
+			if err != nil {
+				tb.Fatalf("bare concurrent: %v", err)
+			}
+			mu.Lock()
+			bareConc = append(bareConc, d)
+			cleanups = append(cleanups, cleanup)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	bareWall := time.Since(startAll)
+	for _, f := range cleanups {
+		f()
+	}
+	var ids []string
+	for i := 0; i < concurrent; i++ {
+		ids = append(ids, fmt.Sprintf("conc-%d", i))
+	}
+	killAll(ctx, a, ids)
+	fmt.Printf("\n== %d concurrent launches\n", concurrent)
+	fmt.Printf("%-34s %10s %10s %10s\n", "", "p50", "p99", "all done")
+	fmt.Printf("%-34s %10s %10s %10s\n", "bare containerd create+start", ms(bareConc.pct(0.5)), ms(bareConc.pct(0.99)), ms(bareWall))
+	fmt.Printf("%-34s %10s %10s %10s\n", "agent LaunchTask -> Running", ms(conc.pct(0.5)), ms(conc.pct(0.99)), ms(agentWall))
+	fmt.Printf("%-34s %10s %10s %10s\n", "ratio agent / bare", ratio(conc.pct(0.5), bareConc.pct(0.5)), ratio(conc.pct(0.99), bareConc.pct(0.99)), ratio(agentWall, bareWall))
+}

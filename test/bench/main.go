@@ -1,0 +1,22 @@
+// Command bench measures titus-agent against baselines taken in the same
+// run on the same machine, and prints the figures as ratios (`make bench`).
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+)
+
+func main() {
+	n := flag.Int("n", 100, "sequential launches per path")
+	conc := flag.Int("concurrent", 20, "concurrent launches")
+	flag.Parse()
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "bench: must run as root")
+		os.Exit(2)
+	}
+	tb := &benchTB{}
+	defer tb.cleanup()
+	benchLaunch(tb, *n, *conc)
+}

@@ -1,0 +1,715 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	goruntime "runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/titus-agent/titus-agent/pkg/isolation"
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
+	"github.com/titus-agent/titus-agent/test/testenv"
+)
+
+// isoEnv is a private containerd and registry with busybox, a Runtime
+// writing plain log files, and a disk directory for quota'd root
+// filesystems.
+type isoEnv struct {
+	image   string
+	rt      *runtime.Runtime
+	logDir  string
+	diskDir string
+	disks   *isolation.Disks
+}
+
+func newIsoEnv(t *testing.T) *isoEnv {
+	t.Helper()
+	ctd := testenv.StartContainerd(t)
+	reg := testenv.StartRegistry(t)
+	e := &isoEnv{image: testenv.PushBusybox(t, reg, "test/busybox", "iso"), logDir: t.TempDir()}
+	rt, err := runtime.New(context.Background(), runtime.Config{
+		Address: ctd.Address, PlainHTTPRegistries: []string{reg.Host}, LogDir: e.logDir,
+	})
+	if err != nil {
+		t.Fatalf("runtime.New: %v", err)
+	}
+	t.Cleanup(func() { rt.Close() })
+	e.rt = rt
+	// Not under t.TempDir: its cleanup would run before ours can unmount.
+	e.diskDir, err = os.MkdirTemp("", "titus-iso-disks-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if e.disks != nil {
+			if _, err := e.disks.Reap(context.Background(), nil); err != nil {
+				t.Errorf("reap disks: %v", err)
+			}
+		}
+		if err := os.RemoveAll(e.diskDir); err != nil {
+			t.Errorf("remove disk dir: %v", err)
+		}
+	})
+	if e.disks, err = isolation.NewDisks(e.diskDir); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func isoID(prefix string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return prefix + "-" + hex.EncodeToString(b)
+}
+
+// isoTask is a container of a task spec with the isolation options.
+type isoTask struct {
+	spec task.Spec
+	cs   runtime.ContainerSpec
+	exit <-chan runtime.ExitStatus
+	pid  uint32
+}
+
+// start launches spec hardened by isolation.SpecOpts; with DiskMiB it runs
+// on a quota'd root filesystem. Everything is torn down at cleanup.
+func (e *isoEnv) start(t *testing.T, spec task.Spec, netnsPath string) *isoTask {
+	t.Helper()
+	ctx := context.Background()
+	spec.Image = e.image
+	spec.Normalize()
+	it := &isoTask{spec: spec}
+	it.cs = runtime.ContainerSpec{
+		ID: spec.ID, Image: spec.Image, Args: spec.Args(), NetNSPath: netnsPath,
+		CPUMillicores: spec.Resources.CPUMillicores, CPUBurst: spec.Resources.CPUBurst,
+		MemoryMiB: spec.Resources.MemoryMiB, Pids: spec.Resources.Pids,
+		SpecOpts: isolation.SpecOpts(&spec, isolation.Options{}),
+	}
+	t.Cleanup(func() { e.teardown(t, it) })
+	if spec.Resources.DiskMiB > 0 {
+		lowers, err := e.rt.ImageView(ctx, spec.ID, spec.Image)
+		if err != nil {
+			t.Fatalf("image view: %v", err)
+		}
+		d, err := e.disks.Setup(ctx, spec.ID, spec.Resources.DiskMiB, lowers)
+		if err != nil {
+			t.Fatalf("disk setup: %v", err)
+		}
+		it.cs.RootfsPath = d.RootfsPath
+	}
+	if err := e.rt.Create(ctx, it.cs); err != nil {
+		t.Fatalf("create %s: %v", spec.ID, err)
+	}
+	pid, err := e.rt.Start(ctx, spec.ID)
+	if err != nil {
+		t.Fatalf("start %s: %v", spec.ID, err)
+	}
+	it.pid = pid
+	if it.exit, err = e.rt.Wait(ctx, spec.ID); err != nil {
+		t.Fatalf("wait %s: %v", spec.ID, err)
+	}
+	return it
+}
+
+// teardown undoes start in the task runner's order: container, disk, view.
+// Safe to repeat.
+func (e *isoEnv) teardown(t *testing.T, it *isoTask) {
+	t.Helper()
+	ctx := context.Background()
+	_ = e.rt.Kill(ctx, it.spec.ID, syscall.SIGKILL)
+	if err := e.rt.Delete(ctx, it.spec.ID); err != nil {
+		t.Errorf("delete %s: %v", it.spec.ID, err)
+	}
+	if it.spec.Resources.DiskMiB > 0 {
+		if err := e.disks.Teardown(ctx, it.spec.ID); err != nil {
+			t.Errorf("disk teardown %s: %v", it.spec.ID, err)
+		}
+		if err := e.rt.RemoveView(ctx, it.spec.ID); err != nil {
+			t.Errorf("remove view %s: %v", it.spec.ID, err)
+		}
+	}
+}
+
+func (it *isoTask) wait(t *testing.T) runtime.ExitStatus {
+	t.Helper()
+	select {
+	case s := <-it.exit:
+		if s.Err != nil {
+			t.Fatalf("wait %s: %v", it.spec.ID, s.Err)
+		}
+		return s
+	case <-time.After(time.Minute):
+		t.Fatalf("%s did not exit within a minute", it.spec.ID)
+	}
+	return runtime.ExitStatus{}
+}
+
+func (e *isoEnv) output(t *testing.T, id string) string {
+	t.Helper()
+	b, err := os.ReadFile(runtime.LogPath(e.logDir, id))
+	if err != nil {
+		t.Fatalf("log of %s: %v", id, err)
+	}
+	return string(b)
+}
+
+func sh(script string) []string { return []string{"sh", "-c", script} }
+
+func TestIsolation(t *testing.T) {
+	begin(t)
+	e := newIsoEnv(t)
+	t.Run("Hardening", func(t *testing.T) { testHardening(t, e) })
+	t.Run("DiskQuota", func(t *testing.T) { testDiskQuota(t, e) })
+	t.Run("OOMKilled", func(t *testing.T) { testOOM(t, e) })
+	t.Run("CPULimit", func(t *testing.T) { testCPULimit(t, e) })
+	t.Run("ForkBomb", func(t *testing.T) { testForkBomb(t, e) })
+	t.Run("DiskCyclesLeaveNothing", func(t *testing.T) { testDiskCycles(t, e) })
+	t.Run("DiskReapAfterCrash", func(t *testing.T) { testDiskReap(t, e) })
+}
+
+// testHardening runs each forbidden action in a task; each must fail.
+func testHardening(t *testing.T, e *isoEnv) {
+	checks := []struct{ name, cmd, want string }{
+		{"unshare user ns", "unshare -U true", "Operation not permitted"},
+		{"unshare mount ns", "unshare -m true", "Operation not permitted"},
+		{"mount", "mount -t tmpfs none /mnt", "permission denied"},
+		{"raw socket", "ping -c 1 -W 1 127.0.0.1", "ermission denied"},
+		{"packet socket", "arping -c 1 -w 1 -I lo 127.0.0.1", "Operation not permitted"},
+		{"load module", "echo junk > /tmp/x.ko; insmod /tmp/x.ko", "Operation not permitted"},
+		{"write /proc/sys", "echo 1 > /proc/sys/kernel/ns_last_pid", "Read-only file system"},
+		{"write /sys", "mkdir /sys/fs/cgroup/x || echo 1 > /sys/kernel/profiling", "Read-only file system"},
+		{"masked /proc/kcore", "test -s /proc/kcore && echo readable || echo empty", "empty"},
+		{"mknod device", "mknod /tmp/sda b 8 0 && head -c1 /tmp/sda", "Operation not permitted"},
+	}
+	var script strings.Builder
+	for i, c := range checks {
+		fmt.Fprintf(&script, "echo '@@%d'; (%s) 2>&1; echo \"@@rc=$?\"\n", i, c.cmd)
+	}
+	script.WriteString("echo '@@status'; grep -E '^(NoNewPrivs|Seccomp|CapEff):' /proc/self/status; echo \"@@pid1 $(tr '\\0' ' ' </proc/1/cmdline)\"; cat /proc/self/oom_score_adj\n")
+	spec := task.Spec{ID: isoID("harden"), Command: sh(script.String()), Resources: task.Resources{Pids: 64}}
+	it := e.start(t, spec, "")
+	if s := it.wait(t); s.Code != 0 {
+		t.Errorf("exit = %+v, want 0", s)
+	}
+	out := e.output(t, spec.ID)
+	sections := strings.Split(out, "@@")
+	for i, c := range checks {
+		var got string
+		for _, s := range sections {
+			if rest, ok := strings.CutPrefix(s, strconv.Itoa(i)+"\n"); ok {
+				got = rest
+			}
+		}
+		if !strings.Contains(got, c.want) {
+			t.Errorf("%s (%s): output %q, want it refused with %q", c.name, c.cmd, got, c.want)
+		}
+	}
+	for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2", "CapEff:\t00000000a80405fb", "pid1 " + isolation.InitMountPath + " -s -g -- sh -c", "\n500\n"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("task status lacks %q:\n%s", want, out[strings.Index(out, "@@status"):])
+		}
+	}
+}
+
+// testDiskQuota writes past a 32 MiB disk: ENOSPC inside, the host's
+// filesystem holds no more than the quota.
+func testDiskQuota(t *testing.T, e *isoEnv) {
+	var before syscall.Statfs_t
+	if err := syscall.Statfs(e.diskDir, &before); err != nil {
+		t.Fatal(err)
+	}
+	spec := task.Spec{ID: isoID("disk"), Resources: task.Resources{DiskMiB: 32},
+		Command: sh("dd if=/dev/zero of=/fill bs=1M count=100 2>&1; echo \"rc=$?\"; ls -l /fill; df -k / | tail -1")}
+	it := e.start(t, spec, "")
+	it.wait(t)
+	out := e.output(t, spec.ID)
+	if !strings.Contains(out, "No space left on device") || strings.Contains(out, "rc=0") {
+		t.Errorf("dd past the quota: %q, want ENOSPC", out)
+	}
+	img := filepath.Join(e.diskDir, "images", spec.ID+".img")
+	var st syscall.Stat_t
+	if err := syscall.Stat(img, &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; used > 34<<20 {
+		t.Errorf("image uses %d bytes on the host, want at most the 32 MiB quota", used)
+	}
+	var after syscall.Statfs_t
+	if err := syscall.Statfs(e.diskDir, &after); err != nil {
+		t.Fatal(err)
+	}
+	if grew := (int64(before.Bfree) - int64(after.Bfree)) * after.Bsize; grew > 40<<20 {
+		t.Errorf("host filesystem lost %d bytes, want at most the quota", grew)
+	}
+	e.teardown(t, it)
+	assertNoDiskLeftovers(t, e, spec.ID)
+}
+
+func testOOM(t *testing.T, e *isoEnv) {
+	spec := task.Spec{ID: isoID("oom"), Resources: task.Resources{MemoryMiB: 16},
+		Command: sh(`x=0123456789abcdef; while true; do x="$x$x"; done`)}
+	it := e.start(t, spec, "")
+	if s := it.wait(t); !s.OOMKilled || s.Code != 137 {
+		t.Errorf("exit = %+v, want OOM-killed with 137", s)
+	}
+}
+
+// testCPULimit runs two busy loops at 500 millicores and reads the cgroup's
+// CPU usage over a few seconds: half a core, ±10%.
+func testCPULimit(t *testing.T, e *isoEnv) {
+	spec := task.Spec{ID: isoID("cpu"), Resources: task.Resources{CPUMillicores: 500},
+		Command: sh("while :; do :; done & while :; do :; done")}
+	it := e.start(t, spec, "")
+	usage := cpuUsageReader(t, it.pid)
+	time.Sleep(500 * time.Millisecond) // both loops running
+	var got float64
+	// Up to three windows: a noisy neighbour can only lower the usage for a
+	// while; a missing limit shows in every window (~2 cores).
+	for range 3 {
+		u0, t0 := usage(), time.Now()
+		time.Sleep(3 * time.Second)
+		u1, t1 := usage(), time.Now()
+		got = float64(u1-u0) / float64(t1.Sub(t0).Nanoseconds())
+		if got >= 0.45 && got <= 0.55 {
+			return
+		}
+		t.Logf("cpu usage %.3f cores", got)
+	}
+	t.Errorf("cpu usage %.3f cores, want 0.5 ±10%%", got)
+}
+
+// cpuUsageReader returns a reader of the cumulative CPU time (ns) of pid's
+// cgroup, on cgroup v1 (cpuacct.usage) or v2 (cpu.stat usage_usec).
+func cpuUsageReader(t *testing.T, pid uint32) func() int64 {
+	t.Helper()
+	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file string
+	for line := range strings.Lines(string(cg)) {
+		parts := strings.SplitN(strings.TrimSpace(line), ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if strings.Contains(","+parts[1]+",", ",cpuacct,") {
+			file = filepath.Join("/sys/fs/cgroup/cpuacct", parts[2], "cpuacct.usage")
+		} else if parts[0] == "0" && parts[1] == "" && file == "" {
+			file = filepath.Join("/sys/fs/cgroup", parts[2], "cpu.stat")
+		}
+	}
+	read := func() (int64, error) {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return 0, err
+		}
+		s := string(b)
+		if strings.HasSuffix(file, "cpu.stat") {
+			for line := range strings.Lines(s) {
+				if v, ok := strings.CutPrefix(line, "usage_usec "); ok {
+					us, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+					return us * 1000, err
+				}
+			}
+			return 0, fmt.Errorf("no usage_usec in %s", file)
+		}
+		return strconv.ParseInt(strings.TrimSpace(s), 10, 64)
+	}
+	if _, err := read(); err != nil {
+		t.Fatalf("cpu usage of pid %d (%q): %v", pid, file, err)
+	}
+	return func() int64 {
+		v, err := read()
+		if err != nil {
+			t.Fatalf("cpu usage: %v", err)
+		}
+		return v
+	}
+}
+
+// testForkBomb: the pids limit holds and the runtime keeps answering.
+func testForkBomb(t *testing.T, e *isoEnv) {
+	const limit = 64
+	spec := task.Spec{ID: isoID("bomb"), Resources: task.Resources{Pids: limit, CPUMillicores: 500},
+		Command: sh(`f() { f | f & }; f; sleep 30`)}
+	it := e.start(t, spec, "")
+	pidsDir := pidsCgroup(t, it.pid)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		cur := readInt(t, filepath.Join(pidsDir, "pids.current"))
+		if cur > limit {
+			t.Fatalf("pids.current = %d above the limit %d", cur, limit)
+		}
+		if _, err := e.rt.Version(ctx); err != nil {
+			t.Fatalf("runtime unresponsive during the fork bomb: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	events, err := os.ReadFile(filepath.Join(pidsDir, "pids.events"))
+	if err != nil || !strings.HasPrefix(string(events), "max ") || strings.TrimSpace(string(events)) == "max 0" {
+		t.Errorf("pids.events = %q, %v; want forks refused at the limit", events, err)
+	}
+	if err := e.rt.Kill(ctx, spec.ID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	it.wait(t)
+}
+
+func pidsCgroup(t *testing.T, pid uint32) string {
+	t.Helper()
+	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(cg)) {
+		parts := strings.SplitN(strings.TrimSpace(line), ":", 3)
+		if len(parts) == 3 && parts[1] == "pids" {
+			return filepath.Join("/sys/fs/cgroup/pids", parts[2])
+		}
+		if len(parts) == 3 && parts[0] == "0" && parts[1] == "" {
+			return filepath.Join("/sys/fs/cgroup", parts[2])
+		}
+	}
+	t.Fatalf("no pids cgroup for %d in %s", pid, cg)
+	return ""
+}
+
+func readInt(t *testing.T, path string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func testDiskCycles(t *testing.T, e *isoEnv) {
+	const cycles = 20
+	var ids []string
+	for i := range cycles {
+		spec := task.Spec{ID: isoID(fmt.Sprintf("cycle%d", i)), Resources: task.Resources{DiskMiB: 64},
+			Command: sh("echo hi > /file && cat /file")}
+		it := e.start(t, spec, "")
+		if s := it.wait(t); s.Code != 0 {
+			t.Fatalf("cycle %d: exit %+v: %s", i, s, e.output(t, spec.ID))
+		}
+		e.teardown(t, it)
+		ids = append(ids, spec.ID)
+	}
+	for _, id := range ids {
+		assertNoDiskLeftovers(t, e, id)
+	}
+}
+
+// testDiskReap: an agent that died with disks mounted; a new one reaps them.
+func testDiskReap(t *testing.T, e *isoEnv) {
+	ctx := context.Background()
+	id, kept := isoID("crash"), isoID("kept")
+	for _, x := range []string{id, kept} {
+		lowers, err := e.rt.ImageView(ctx, x, e.image)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = e.rt.RemoveView(ctx, x) })
+		if _, err := e.disks.Setup(ctx, x, 16, lowers); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restarted, err := isolation.NewDisks(e.diskDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reaped, err := restarted.Reap(ctx, map[string]bool{kept: true})
+	if err != nil || len(reaped) != 1 || reaped[0] != id {
+		t.Errorf("Reap = %v, %v; want [%s]", reaped, err, id)
+	}
+	assertNoDiskLeftovers(t, e, id)
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); !strings.Contains(string(mi), kept) {
+		t.Errorf("kept disk %s was unmounted", kept)
+	}
+	if err := restarted.Teardown(ctx, kept); err != nil {
+		t.Fatal(err)
+	}
+	assertNoDiskLeftovers(t, e, kept)
+}
+
+// assertNoDiskLeftovers checks that nothing of task id remains: no mount,
+// loop device, file or cgroup.
+func assertNoDiskLeftovers(t *testing.T, e *isoEnv, id string) {
+	t.Helper()
+	if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), id) {
+		t.Errorf("mounts of %s left", id)
+	}
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		if b, _ := os.ReadFile(f); strings.Contains(string(b), id) {
+			t.Errorf("loop device %s still backed by %s", filepath.Dir(filepath.Dir(f)), strings.TrimSpace(string(b)))
+		}
+	}
+	for _, sub := range []string{"images", "mnt", "rootfs"} {
+		if left, _ := filepath.Glob(filepath.Join(e.diskDir, sub, id+"*")); len(left) > 0 {
+			t.Errorf("files left: %v", left)
+		}
+	}
+	cgs, _ := filepath.Glob("/sys/fs/cgroup/*/" + runtime.DefaultNamespace + "/" + id)
+	if v2, err := os.Stat(filepath.Join("/sys/fs/cgroup", runtime.DefaultNamespace, id)); err == nil && v2.IsDir() {
+		cgs = append(cgs, "v2")
+	}
+	if len(cgs) > 0 {
+		t.Errorf("cgroups of %s left: %v", id, cgs)
+	}
+}
+
+// TestIsolationBandwidth shapes a task to 40 Mbps and measures both
+// directions against a peer netns across a host bridge, with busybox nc in
+// the task.
+func TestIsolationBandwidth(t *testing.T) {
+	begin(t)
+	e := newIsoEnv(t)
+	const mbps = 40
+	suffix := isoID("")[1:]
+	br := "tbr" + suffix
+	nsTask, nsPeer := "titus-bwt-"+suffix, "titus-bwp-"+suffix
+	taskIP, peerIP := "198.18.77.1", "198.18.77.2"
+	ipCmd(t, "link", "add", br, "type", "bridge")
+	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", br).Run() })
+	ipCmd(t, "link", "set", br, "up")
+	for _, n := range []struct{ ns, host, ip string }{{nsTask, "tbt" + suffix, taskIP}, {nsPeer, "tbp" + suffix, peerIP}} {
+		ipCmd(t, "netns", "add", n.ns)
+		t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", n.ns).Run() })
+		ipCmd(t, "link", "add", n.host, "type", "veth", "peer", "name", "eth0", "netns", n.ns)
+		t.Cleanup(func() { _ = exec.Command("ip", "link", "del", n.host).Run() })
+		ipCmd(t, "link", "set", n.host, "master", br, "up")
+		ipCmd(t, "-n", n.ns, "addr", "add", n.ip+"/24", "dev", "eth0")
+		ipCmd(t, "-n", n.ns, "link", "set", "eth0", "up")
+		ipCmd(t, "-n", n.ns, "link", "set", "lo", "up")
+	}
+	nsPath := "/run/netns/" + nsTask
+	bw := isolation.NewBandwidth()
+	ctx := context.Background()
+
+	// Nothing asked: no qdisc of ours anywhere.
+	if err := bw.Limit(ctx, nsPath, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if q := rootQdisc(t, "", "tbt"+suffix); q == "tbf" {
+		t.Fatalf("a task without a limit got a tbf")
+	}
+	if err := bw.Limit(ctx, nsPath, "", mbps); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := bw.Clear(context.Background(), nsPath, ""); err != nil {
+			t.Errorf("clear: %v", err)
+		}
+	})
+	if q1, q2 := rootQdisc(t, "", "tbt"+suffix), rootQdisc(t, nsPath, "eth0"); q1 != "tbf" || q2 != "tbf" {
+		t.Fatalf("root qdiscs = %s (host), %s (task); want tbf on both", q1, q2)
+	}
+
+	const size = 12 << 20 // ~2.5 s at 40 Mbps
+	check := func(dir string, bytesPerSec float64) {
+		t.Helper()
+		got := bytesPerSec * 8 / 1e6
+		t.Logf("%s: %.1f Mbps", dir, got)
+		if got < mbps*0.85 || got > mbps*1.15 {
+			t.Errorf("%s: %.1f Mbps, want %d ±15%%", dir, got, mbps)
+		}
+	}
+
+	// From the task: busybox nc sends, a listener in the peer netns times it.
+	ln := inNetns(t, "/run/netns/"+nsPeer, func() (net.Listener, error) { return net.Listen("tcp", peerIP+":5001") })
+	defer ln.Close()
+	send := task.Spec{ID: isoID("bwsend"), Command: sh(fmt.Sprintf("dd if=/dev/zero bs=65536 count=%d 2>/dev/null | nc %s 5001", size/65536, peerIP))}
+	it := e.start(t, send, nsPath)
+	rate := receive(t, ln, size)
+	it.wait(t)
+	check("from task", rate)
+
+	// To the task: busybox nc listens, the peer sends and waits for nc to
+	// close after it got everything.
+	recv := task.Spec{ID: isoID("bwrecv"), Command: sh("nc -l -p 5002 > /dev/null")}
+	it = e.start(t, recv, nsPath)
+	rate = sendTo(t, "/run/netns/"+nsPeer, taskIP+":5002", size)
+	it.wait(t)
+	check("to task", rate)
+}
+
+func ipCmd(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %v: %v: %s", args, err, out)
+	}
+}
+
+func rootQdisc(t *testing.T, nsPath, dev string) string {
+	t.Helper()
+	h := netlinkAt(t, nsPath)
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := h.QdiscList(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qs {
+		if q.Attrs().Parent == netlink.HANDLE_ROOT {
+			return q.Type()
+		}
+	}
+	return ""
+}
+
+func netlinkAt(t *testing.T, nsPath string) *netlink.Handle {
+	t.Helper()
+	if nsPath == "" {
+		h, err := netlink.NewHandle()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// inNetns runs f with this thread in the netns at path; sockets it opens
+// stay in that netns.
+func inNetns[T any](t *testing.T, path string, f func() (T, error)) T {
+	t.Helper()
+	goruntime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		goruntime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromPath(path)
+	if err != nil {
+		goruntime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		goruntime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	v, ferr := f()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: it dies with the goroutine.
+		t.Fatalf("restore netns: %v", err)
+	}
+	goruntime.UnlockOSThread()
+	if ferr != nil {
+		t.Fatal(ferr)
+	}
+	return v
+}
+
+// receive accepts one connection and returns its rate from first byte to
+// EOF, which must come after want bytes.
+func receive(t *testing.T, ln net.Listener, want int64) float64 {
+	t.Helper()
+	_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(30 * time.Second))
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+	r := bufio.NewReaderSize(c, 1<<16)
+	if _, err := r.Peek(1); err != nil {
+		t.Fatalf("first byte: %v", err)
+	}
+	start := time.Now()
+	n, err := io.Copy(io.Discard, r)
+	if err != nil || n != want {
+		t.Fatalf("received %d bytes, %v; want %d", n, err, want)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+// sendTo connects from the netns at nsPath (retrying until the task
+// listens), sends n bytes and returns the rate up to the peer's close.
+func sendTo(t *testing.T, nsPath, addr string, n int64) float64 {
+	t.Helper()
+	var c net.Conn
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var err error
+		c, err = inNetnsTry(t, nsPath, func() (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) })
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("dial %s: %v", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
+	start := time.Now()
+	if _, err := io.CopyN(c, zeros{}, n); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		t.Fatalf("waiting for the task to close: %v", err)
+	}
+	return float64(n) / time.Since(start).Seconds()
+}
+
+func inNetnsTry[T any](t *testing.T, path string, f func() (T, error)) (T, error) {
+	t.Helper()
+	var ferr error
+	v := inNetns(t, path, func() (T, error) {
+		v, err := f()
+		ferr = err
+		var zero T
+		if err != nil {
+			return zero, nil
+		}
+		return v, nil
+	})
+	return v, ferr
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}

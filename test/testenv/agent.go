@@ -1,0 +1,154 @@
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+)
+
+var (
+	buildOnce sync.Once
+	agentBin  string
+	buildErr  error
+)
+
+// AgentBinary builds cmd/titus-agent once per process into a directory
+// everyone can read (tests run the CLI as an unprivileged user too).
+func AgentBinary(t TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "titus-agent-bin")
+		if err == nil {
+			err = os.Chmod(dir, 0o755)
+		}
+		if err != nil {
+			buildErr = err
+			return
+		}
+		agentBin = filepath.Join(dir, "titus-agent")
+		out, err := exec.Command("go", "build", "-o", agentBin, "github.com/titus-agent/titus-agent/cmd/titus-agent").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("build titus-agent: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("%v", buildErr)
+	}
+	return agentBin
+}
+
+// Agent is a titus-agent daemon process with its own socket, state and
+// log directories. It can be killed (-9), stopped and started again over
+// the same directories.
+type Agent struct {
+	Dir    string
+	Socket string
+	Args   []string
+	Proc   *Process
+	Conn   *grpc.ClientConn
+	Client agentv1.AgentClient
+
+	t          TB
+	generation int
+}
+
+// AgentOptions says what the agent talks to.
+type AgentOptions struct {
+	Containerd string
+	PlainHTTP  []string
+	// Config is the YAML config file's content (flags below override it).
+	Config string
+	Extra  []string
+}
+
+// StartAgent starts a daemon and waits until it answers.
+func StartAgent(t TB, o AgentOptions) *Agent {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "ta")
+	if err != nil {
+		t.Fatalf("agent dir: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	cfg := o.Config
+	if !strings.Contains(cfg, "logLevel:") {
+		cfg += "\nlogLevel: debug\n"
+	}
+	if !strings.Contains(cfg, "metricsListen:") {
+		cfg += "\nmetricsListen: \"\"\n"
+	}
+	if err := os.WriteFile(filepath.Join(dir, "agent.yaml"), []byte(cfg), 0o644); err != nil {
+		t.Fatalf("agent config: %v", err)
+	}
+	a := &Agent{Dir: dir, Socket: filepath.Join(dir, "agent.sock"), t: t}
+	a.Args = []string{"daemon", "--config", filepath.Join(dir, "agent.yaml"),
+		"--socket", a.Socket,
+		"--state-dir", filepath.Join(dir, "state"),
+		"--log-dir", filepath.Join(dir, "logs"),
+		"--containerd", o.Containerd,
+	}
+	for _, h := range o.PlainHTTP {
+		a.Args = append(a.Args, "--plain-http-registry", h)
+	}
+	a.Args = append(a.Args, o.Extra...)
+	a.Start()
+	return a
+}
+
+// Start (re)starts the daemon over the same directories.
+func (a *Agent) Start() {
+	t := a.t
+	t.Helper()
+	a.generation++
+	cmd := exec.Command(AgentBinary(t), a.Args...)
+	a.Proc = StartProcess(t, a.Dir, fmt.Sprintf("agent-%d", a.generation), cmd)
+	conn, err := grpc.NewClient("unix://"+a.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatalf("dial agent: %v", err)
+	}
+	a.Conn, a.Client = conn, agentv1.NewAgentClient(conn)
+	t.Cleanup(func() { conn.Close() })
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := a.Client.Version(ctx, &agentv1.VersionRequest{})
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) || a.Proc.Cmd.ProcessState != nil {
+			t.Fatalf("agent not answering: %v\n%s", err, tail(a.Proc.Log(), 60))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Kill9 kills the daemon with no chance to clean up.
+func (a *Agent) Kill9() {
+	_ = a.Proc.Cmd.Process.Signal(syscall.SIGKILL)
+	_, _ = a.Proc.Cmd.Process.Wait()
+	a.Conn.Close()
+	_ = os.Remove(a.Socket)
+}
+
+// Stop stops the daemon gracefully (SIGTERM); tasks keep running.
+func (a *Agent) Stop() {
+	a.Proc.Stop()
+	a.Conn.Close()
+}
+
+// Pid is the daemon's process id.
+func (a *Agent) Pid() int { return a.Proc.Cmd.Process.Pid }
+
+// Log is the daemon's output so far.
+func (a *Agent) Log() string { return tail(a.Proc.Log(), 80) }
