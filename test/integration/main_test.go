@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -70,7 +71,21 @@ func TestMain(m *testing.M) {
 	_ = log.SetLevel("warn")
 	code := m.Run()
 	fmt.Printf("INTEGRATION: %d tests ran, %d failed\n", testsRan.Load(), testsFailed.Load())
+	if code == 0 && testsRan.Load() == 0 && !listing() {
+		fmt.Fprintln(os.Stderr, "INTEGRATION: no test called begin(t); refusing to pass an empty run")
+		code = 1
+	}
 	os.Exit(code)
+}
+
+// listing reports whether the run only lists tests (-test.list).
+func listing() bool {
+	for _, a := range os.Args {
+		if strings.HasPrefix(a, "-test.list") {
+			return true
+		}
+	}
+	return false
 }
 
 func found(name string) bool {
