@@ -19,12 +19,16 @@ var tasksBucket = []byte("tasks")
 // before it returns: intent is recorded before the agent acts on it.
 type Store struct{ db *bolt.DB }
 
-// OpenStore opens (creating) the state file under dir.
-func OpenStore(dir string) (*Store, error) {
+// OpenStore opens (creating) the state file under dir. It fails if another
+// agent holds the file.
+func OpenStore(dir string) (*Store, error) { return OpenStoreTimeout(dir, 5*time.Second) }
+
+// OpenStoreTimeout is OpenStore waiting at most timeout for the file lock.
+func OpenStoreTimeout(dir string, timeout time.Duration) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, "tasks.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	db, err := bolt.Open(filepath.Join(dir, "tasks.db"), 0o600, &bolt.Options{Timeout: timeout})
 	if err != nil {
 		return nil, fmt.Errorf("open state (is another agent running on %s?): %w", dir, err)
 	}
@@ -35,6 +39,7 @@ func OpenStore(dir string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("init state: %w", err)
 	}
+	db.MaxBatchDelay = 2 * time.Millisecond
 	return &Store{db: db}, nil
 }
 
@@ -47,7 +52,8 @@ func (s *Store) Save(rec *taskrunner.Record) error {
 	if err != nil {
 		return fmt.Errorf("encode task %s: %w", rec.Spec.ID, err)
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	// Batch coalesces concurrent launches into one fsync'd transaction.
+	return s.db.Batch(func(tx *bolt.Tx) error {
 		return tx.Bucket(tasksBucket).Put([]byte(rec.Spec.ID), b)
 	})
 }
