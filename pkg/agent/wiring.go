@@ -2,19 +2,47 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 
+	"github.com/containerd/containerd/v2/pkg/oci"
+
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
+	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
-// wire builds the task lifecycle from the config: image ∥ network, then
-// disk ∥ metadata, then the container.
+// wire builds the task lifecycle from the config:
+//
+//	stage 1: image ∥ network
+//	stage 2: disk ∥ metadata ∥ bandwidth (they need the image or the netns)
+//	stage 3: container create + start
 func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime) (*wiring, error) {
 	w := &wiring{}
 	first := []taskrunner.PrestartHook{&taskrunner.ImageHook{Puller: rt}}
 	var second []taskrunner.PrestartHook
-	container := &taskrunner.ContainerHook{Runtime: rt}
+
+	disks, err := isolation.NewDisks(cfg.Isolation.DiskDir)
+	if err != nil {
+		return nil, fmt.Errorf("disk quota: %w", err)
+	}
+	log.Info("disk quota backend", "backend", disks.Backend(), "dir", cfg.Isolation.DiskDir)
+	second = append(second, &taskrunner.DiskHook{Disks: disks, Images: rt})
+	w.reconcilers = append(w.reconcilers, reconcileFunc(func(ctx context.Context, keep map[string]bool) error {
+		reaped, err := disks.Reap(ctx, keep)
+		if len(reaped) > 0 {
+			log.Warn("reaped disks of unknown tasks", "tasks", reaped)
+		}
+		return err
+	}))
+
+	if err := wireNetwork(ctx, cfg, log, w, &first, &second); err != nil {
+		return nil, err
+	}
+
+	iso := isolation.Options{InitPath: cfg.Isolation.InitPath}
+	container := &taskrunner.ContainerHook{Runtime: rt, SpecOpts: func(s *task.Spec) []oci.SpecOpts { return isolation.SpecOpts(s, iso) }}
 	w.stages = [][]taskrunner.PrestartHook{first}
 	if len(second) > 0 {
 		w.stages = append(w.stages, second)
@@ -22,3 +50,8 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 	w.stages = append(w.stages, []taskrunner.PrestartHook{container})
 	return w, nil
 }
+
+// reconcileFunc adapts a function to Reconciler.
+type reconcileFunc func(ctx context.Context, keep map[string]bool) error
+
+func (f reconcileFunc) Reconcile(ctx context.Context, keep map[string]bool) error { return f(ctx, keep) }

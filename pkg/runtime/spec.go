@@ -35,7 +35,12 @@ type ContainerSpec struct {
 // default Linux spec. image applies the image config (oci.WithImageConfig in
 // production, a stand-in in tests); explicit Args replace entrypoint and cmd.
 func specOpts(cs ContainerSpec, image oci.SpecOpts) []oci.SpecOpts {
-	opts := []oci.SpecOpts{image}
+	var opts []oci.SpecOpts
+	if cs.RootfsPath != "" {
+		// First: the image config reads /etc/group from the root path.
+		opts = append(opts, oci.WithRootFSPath(cs.RootfsPath))
+	}
+	opts = append(opts, image)
 	if len(cs.Args) > 0 {
 		opts = append(opts, oci.WithProcessArgs(cs.Args...))
 	}
@@ -70,9 +75,6 @@ func specOpts(cs ContainerSpec, image oci.SpecOpts) []oci.SpecOpts {
 	}
 	if len(cs.Mounts) > 0 {
 		opts = append(opts, oci.WithMounts(cs.Mounts))
-	}
-	if cs.RootfsPath != "" {
-		opts = append(opts, oci.WithRootFSPath(cs.RootfsPath))
 	}
 	return append(opts, cs.SpecOpts...)
 }

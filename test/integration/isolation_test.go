@@ -549,10 +549,19 @@ func TestIsolationBandwidth(t *testing.T) {
 
 	// To the task: busybox nc listens, the peer sends and waits for nc to
 	// close after it got everything.
-	recv := task.Spec{ID: isoID("bwrecv"), Command: sh("nc -l -p 5002 > /dev/null")}
+	// Its stdin never ends (nc would half-close at stdin's end): nc closes
+	// when the peer's data ends, and wc reports what it got.
+	recv := task.Spec{ID: isoID("bwrecv"), Command: sh("sleep 60 | nc -l -p 5002 | wc -c")}
 	it = e.start(t, recv, nsPath)
 	rate = sendTo(t, "/run/netns/"+nsPeer, taskIP+":5002", size)
-	it.wait(t)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if b, _ := os.ReadFile(runtime.LogPath(e.logDir, recv.ID)); strings.TrimSpace(string(b)) != "" {
+			break
+		}
+	}
+	if got := strings.TrimSpace(e.output(t, recv.ID)); got != strconv.Itoa(size) {
+		t.Errorf("task received %s bytes, want %d", got, size)
+	}
 	check("to task", rate)
 }
 

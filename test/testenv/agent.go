@@ -84,6 +84,9 @@ func StartAgent(t TB, o AgentOptions) *Agent {
 	if !strings.Contains(cfg, "logLevel:") {
 		cfg += "\nlogLevel: debug\n"
 	}
+	if !strings.Contains(cfg, "isolation:") {
+		cfg += "\nisolation:\n  diskDir: " + filepath.Join(dir, "disks") + "\n"
+	}
 	if !strings.Contains(cfg, "metricsListen:") {
 		cfg += "\nmetricsListen: \"\"\n"
 	}

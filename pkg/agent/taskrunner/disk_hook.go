@@ -2,7 +2,6 @@ package taskrunner
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/titus-agent/titus-agent/pkg/isolation"
@@ -62,5 +61,5 @@ func (h *DiskHook) Stop(ctx context.Context, req *StopRequest) error {
 	if err := h.Disks.Teardown(ctx, req.Spec.ID); err != nil {
 		return fmt.Errorf("disk: %w", err)
 	}
-	return errors.Join(h.Images.RemoveView(ctx, req.Spec.ID))
+	return h.Images.RemoveView(ctx, req.Spec.ID)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -143,36 +144,46 @@ func (r *Runner) killRequest() *killRequest {
 	return r.killed
 }
 
-// advance moves the task forward, persists, and notifies.
+// advance moves the task forward, persists, and notifies. The new state
+// becomes visible (View) only once it is on disk.
 func (r *Runner) advance(s task.State, reason task.Reason, msg string, mutate func(*Record)) error {
 	r.mu.Lock()
+	next := *r.rec
+	next.Status.Transitions = slices.Clone(r.rec.Status.Transitions)
+	r.mu.Unlock()
 	if mutate != nil {
-		mutate(r.rec)
+		mutate(&next)
 	}
-	if _, err := r.rec.Status.Advance(s, reason, msg, r.cfg.Now()); err != nil {
-		r.mu.Unlock()
+	if _, err := next.Status.Advance(s, reason, msg, r.cfg.Now()); err != nil {
 		return err
 	}
-	rec := *r.rec
-	st := r.rec.Status
-	st.Transitions = append([]task.Transition(nil), st.Transitions...)
-	r.mu.Unlock()
-	if err := r.cfg.Store.Save(&rec); err != nil {
+	if err := r.cfg.Store.Save(&next); err != nil {
 		return fmt.Errorf("persist %s: %w", s, err)
 	}
+	r.mu.Lock()
+	*r.rec = next
+	r.mu.Unlock()
 	r.log.Info("task state", "state", s, "reason", reason, "msg", msg)
 	if r.cfg.Notify != nil {
-		r.cfg.Notify(task.Event{TaskID: rec.Spec.ID, Status: st})
+		st := next.Status
+		st.Transitions = slices.Clone(st.Transitions)
+		r.cfg.Notify(task.Event{TaskID: next.Spec.ID, Status: st})
 	}
 	return nil
 }
 
 func (r *Runner) save(mutate func(*Record)) error {
 	r.mu.Lock()
-	mutate(r.rec)
-	rec := *r.rec
+	next := *r.rec
 	r.mu.Unlock()
-	return r.cfg.Store.Save(&rec)
+	mutate(&next)
+	if err := r.cfg.Store.Save(&next); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	*r.rec = next
+	r.mu.Unlock()
+	return nil
 }
 
 // Run drives a newly accepted task to its end. Cancelling agentCtx (agent
@@ -285,7 +296,8 @@ func (r *Runner) Restore(agentCtx context.Context, restoreHooks []RestoreHook) {
 		}
 	}
 	if rec.Status.State == task.Starting {
-		if err := r.advance(task.Running, task.ReasonStarted, "re-adopted after agent restart", nil); err != nil {
+		pid := rec.Resources.Pid
+		if err := r.advance(task.Running, task.ReasonStarted, "re-adopted after agent restart", func(rec *Record) { rec.Status.Pid = pid }); err != nil {
 			r.log.Error("advance", "err", err)
 		}
 	}

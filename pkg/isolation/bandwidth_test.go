@@ -1,0 +1,125 @@
+package isolation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+// fakeTC records qdisc changes.
+type fakeTC struct {
+	calls   []string
+	pairErr error
+}
+
+func (f *fakeTC) VethPair(nsPath string) (string, string, error) {
+	f.calls = append(f.calls, "pair "+nsPath)
+	if f.pairErr != nil {
+		return "", "", f.pairErr
+	}
+	return "vethhost", "eth0", nil
+}
+
+func (f *fakeTC) SetTBF(nsPath, ifName string, t TBF) error {
+	f.calls = append(f.calls, fmt.Sprintf("tbf ns=%q dev=%s rate=%d burst=%d limit=%d", nsPath, ifName, t.Rate, t.Burst, t.Limit))
+	return nil
+}
+
+func (f *fakeTC) ClearRoot(nsPath, ifName string) error {
+	f.calls = append(f.calls, fmt.Sprintf("clear ns=%q dev=%s", nsPath, ifName))
+	return nil
+}
+
+func TestTBFFor(t *testing.T) {
+	for mbps, want := range map[int64]TBF{
+		1:     {Rate: 125_000, Burst: 32 << 10, Limit: 32<<10 + 12_500},
+		100:   {Rate: 12_500_000, Burst: 125_000, Limit: 1_375_000},
+		10000: {Rate: 1_250_000_000, Burst: 12_500_000, Limit: 137_500_000},
+	} {
+		if diff := cmp.Diff(want, TBFFor(mbps)); diff != "" {
+			t.Errorf("TBFFor(%d) (-want +got):\n%s", mbps, diff)
+		}
+	}
+}
+
+func TestBandwidth(t *testing.T) {
+	ns := filepath.Join(t.TempDir(), "ns")
+	if err := os.WriteFile(ns, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	gone := filepath.Join(t.TempDir(), "gone")
+	tbf := fmt.Sprintf("rate=%d burst=%d limit=%d", 6_250_000, 62_500, 687_500)
+	for _, tc := range []struct {
+		name    string
+		run     func(*Bandwidth) error
+		pairErr error
+		want    []string
+		wantErr bool
+	}{
+		{
+			name: "limit finds the host veth",
+			run:  func(b *Bandwidth) error { return b.Limit(context.Background(), ns, "", 50) },
+			want: []string{"pair " + ns, `tbf ns="" dev=vethhost ` + tbf, fmt.Sprintf("tbf ns=%q dev=eth0 ", ns) + tbf},
+		},
+		{
+			name: "limit with a known host veth",
+			run:  func(b *Bandwidth) error { return b.Limit(context.Background(), ns, "vh-123", 50) },
+			want: []string{"pair " + ns, `tbf ns="" dev=vh-123 ` + tbf, fmt.Sprintf("tbf ns=%q dev=eth0 ", ns) + tbf},
+		},
+		{
+			name: "no limit asked, nothing touched",
+			run:  func(b *Bandwidth) error { return b.Limit(context.Background(), ns, "", 0) },
+		},
+		{
+			name:    "no veth",
+			run:     func(b *Bandwidth) error { return b.Limit(context.Background(), ns, "", 10) },
+			pairErr: ErrNoVeth,
+			want:    []string{"pair " + ns},
+			wantErr: true,
+		},
+		{
+			name: "clear",
+			run:  func(b *Bandwidth) error { return b.Clear(context.Background(), ns, "") },
+			want: []string{"pair " + ns, `clear ns="" dev=vethhost`, fmt.Sprintf("clear ns=%q dev=eth0", ns)},
+		},
+		{
+			name: "clear after the netns is gone",
+			run:  func(b *Bandwidth) error { return b.Clear(context.Background(), gone, "") },
+		},
+		{
+			name: "clear after the netns is gone, host veth known",
+			run:  func(b *Bandwidth) error { return b.Clear(context.Background(), gone, "vh-1") },
+			want: []string{`clear ns="" dev=vh-1`},
+		},
+		{
+			name:    "clear when the veth is already gone",
+			run:     func(b *Bandwidth) error { return b.Clear(context.Background(), ns, "") },
+			pairErr: fmt.Errorf("x: %w", ErrNoVeth),
+			want:    []string{"pair " + ns},
+		},
+		{
+			name:    "clear with a netlink error",
+			run:     func(b *Bandwidth) error { return b.Clear(context.Background(), ns, "") },
+			pairErr: errors.New("netlink broke"),
+			want:    []string{"pair " + ns},
+			wantErr: true,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &fakeTC{pairErr: tc.pairErr}
+			err := tc.run(&Bandwidth{tc: f})
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
+			}
+			if diff := cmp.Diff(tc.want, f.calls, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("calls (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -1,0 +1,256 @@
+package isolation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+)
+
+// Disk backends.
+const (
+	BackendLoopExt4 = "loop-ext4"
+	BackendXFSQuota = "xfs-quota"
+)
+
+// ErrInvalidTaskID is returned for a task ID that cannot name a file.
+var ErrInvalidTaskID = errors.New("invalid task id for a disk")
+
+// Disk is a task's size-limited writable filesystem and the overlay root
+// built on it.
+type Disk struct {
+	TaskID  string
+	Backend string
+	// ImagePath is the backing file (loop-ext4 only).
+	ImagePath string
+	// Path is the quota'd directory: it holds the overlay's upper and work
+	// directories and the task's log directory.
+	Path string
+	// RootfsPath is the task's root filesystem: an overlay of the image's
+	// layers with its upper directory on Path. Set by Disks.Setup.
+	RootfsPath string
+	// LogDir is a directory on the quota'd filesystem for the task's logs.
+	LogDir string
+}
+
+// DiskQuota makes per-task size-limited directories. Every method is
+// idempotent.
+type DiskQuota interface {
+	Create(ctx context.Context, taskID string, sizeMiB int64) (*Disk, error)
+	Remove(ctx context.Context, taskID string) error
+	// List returns the tasks with anything left on the host, whole or not.
+	List(ctx context.Context) ([]string, error)
+}
+
+var taskIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+
+func checkTaskID(id string) error {
+	if !taskIDRe.MatchString(id) {
+		return fmt.Errorf("%q: %w", id, ErrInvalidTaskID)
+	}
+	return nil
+}
+
+// Disks gives tasks their root filesystem on a quota'd disk:
+// an overlay mounted at <dir>/rootfs/<task> whose lower directories are the
+// image's layers and whose upper directory lives on the task's DiskQuota.
+type Disks struct {
+	Quota DiskQuota
+	dir   string
+	sys   system
+}
+
+// NewDisks keeps its state under dir and picks the backend: XFS project
+// quota when dir is on XFS mounted with project quotas, else loop-mounted
+// ext4 images.
+func NewDisks(dir string) (*Disks, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("disk dir: %w", err)
+	}
+	backend, mountpoint, err := detectBackend(dir)
+	if err != nil {
+		return nil, err
+	}
+	sys := hostSystem{}
+	var q DiskQuota = NewLoopQuota(dir, sys)
+	if backend == BackendXFSQuota {
+		q = NewXFSQuota(dir, mountpoint, sys)
+	}
+	return &Disks{Quota: q, dir: dir, sys: sys}, nil
+}
+
+func newDisks(q DiskQuota, dir string, sys system) *Disks {
+	return &Disks{Quota: q, dir: dir, sys: sys}
+}
+
+// Backend names the quota backend in use.
+func (d *Disks) Backend() string {
+	switch d.Quota.(type) {
+	case *XFSQuota:
+		return BackendXFSQuota
+	case *LoopQuota:
+		return BackendLoopExt4
+	}
+	return fmt.Sprintf("%T", d.Quota)
+}
+
+// detectBackend returns xfs-quota and the filesystem's mount point when dir
+// is on XFS with project quotas enforced.
+func detectBackend(dir string) (backend, mountpoint string, err error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return "", "", fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	if st.Type != unix.XFS_SUPER_MAGIC {
+		return BackendLoopExt4, "", nil
+	}
+	mounts, err := mountinfo.GetMounts(mountinfo.ParentsFilter(dir))
+	if err != nil {
+		return "", "", fmt.Errorf("mountinfo: %w", err)
+	}
+	var best *mountinfo.Info
+	for _, m := range mounts {
+		if best == nil || len(m.Mountpoint) > len(best.Mountpoint) {
+			best = m
+		}
+	}
+	if best != nil && hasProjectQuota(best.VFSOptions+","+best.Options) {
+		return BackendXFSQuota, best.Mountpoint, nil
+	}
+	return BackendLoopExt4, "", nil
+}
+
+// hasProjectQuota reports whether XFS mount options enforce project quotas.
+func hasProjectQuota(opts string) bool {
+	for o := range strings.SplitSeq(opts, ",") {
+		if o == "prjquota" || o == "pquota" {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *Disks) rootfsPath(taskID string) string { return filepath.Join(d.dir, "rootfs", taskID) }
+
+// Setup creates the task's disk of sizeMiB and mounts its root filesystem
+// over lowerDirs (top layer first). Calling it again returns the same disk.
+func (d *Disks) Setup(ctx context.Context, taskID string, sizeMiB int64, lowerDirs []string) (*Disk, error) {
+	if err := checkTaskID(taskID); err != nil {
+		return nil, err
+	}
+	if len(lowerDirs) == 0 {
+		return nil, errors.New("rootfs: no image layers")
+	}
+	disk, err := d.Quota.Create(ctx, taskID, sizeMiB)
+	if err != nil {
+		return nil, err
+	}
+	upper, work := filepath.Join(disk.Path, "upper"), filepath.Join(disk.Path, "work")
+	disk.LogDir = filepath.Join(disk.Path, "logs")
+	disk.RootfsPath = d.rootfsPath(taskID)
+	for _, p := range []string{upper, work, disk.LogDir, disk.RootfsPath} {
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			return disk, fmt.Errorf("rootfs: %w", err)
+		}
+	}
+	mounted, err := d.sys.Mounted(disk.RootfsPath)
+	if err != nil {
+		return disk, fmt.Errorf("rootfs: %w", err)
+	}
+	if !mounted {
+		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowerDirs, ":"), upper, work)
+		if _, err := d.sys.Run(ctx, "mount", "-t", "overlay", "-o", opts, "overlay", disk.RootfsPath); err != nil {
+			return disk, fmt.Errorf("rootfs overlay: %w", err)
+		}
+	}
+	return disk, nil
+}
+
+// Teardown unmounts the task's root filesystem and removes its disk. The
+// container must be gone. Safe to repeat.
+func (d *Disks) Teardown(ctx context.Context, taskID string) error {
+	if err := checkTaskID(taskID); err != nil {
+		return err
+	}
+	rootfs := d.rootfsPath(taskID)
+	if err := unmount(ctx, d.sys, rootfs); err != nil {
+		return fmt.Errorf("rootfs: %w", err)
+	}
+	if err := os.Remove(rootfs); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("rootfs: %w", err)
+	}
+	return d.Quota.Remove(ctx, taskID)
+}
+
+// Reap tears down every disk whose task is not in keep, e.g. left behind
+// by an agent that crashed, and returns the tasks it reaped.
+func (d *Disks) Reap(ctx context.Context, keep map[string]bool) ([]string, error) {
+	ids, err := d.Quota.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	rootfs, err := listDir(filepath.Join(d.dir, "rootfs"))
+	if err != nil {
+		return nil, err
+	}
+	var reaped []string
+	var errs []error
+	for _, id := range sortedUnion(ids, rootfs) {
+		if keep[id] {
+			continue
+		}
+		if err := d.Teardown(ctx, id); err != nil {
+			errs = append(errs, fmt.Errorf("reap disk of %s: %w", id, err))
+			continue
+		}
+		reaped = append(reaped, id)
+	}
+	return reaped, errors.Join(errs...)
+}
+
+// unmount unmounts path if it is a mount point (every layer of it).
+func unmount(ctx context.Context, sys system, path string) error {
+	for range 8 {
+		mounted, err := sys.Mounted(path)
+		if err != nil || !mounted {
+			return err
+		}
+		if _, err := sys.Run(ctx, "umount", path); err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("%s: still mounted", path)
+}
+
+// listDir returns the names in dir; a missing dir is empty.
+func listDir(dir string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, 0, len(ents))
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names, nil
+}
+
+func sortedUnion(lists ...[]string) []string {
+	var out []string
+	for _, l := range lists {
+		out = append(out, l...)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}

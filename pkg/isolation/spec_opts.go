@@ -1,0 +1,358 @@
+package isolation
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/containerd/containerd/v2/contrib/seccomp"
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/oci"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Defaults for Options left empty.
+const (
+	// DefaultInitPath is Debian's static tini (package tini).
+	DefaultInitPath = "/usr/bin/tini-static"
+	// InitMountPath is where the init binary appears inside the task.
+	InitMountPath = "/sbin/titus-init"
+	// DefaultOOMScoreAdj makes the kernel pick a task's processes long
+	// before the agent (which should run at a negative score).
+	DefaultOOMScoreAdj = 500
+	// CFSPeriod is the CFS period in microseconds.
+	CFSPeriod uint64 = 100000
+)
+
+// Labels through which a task asks for host paths and devices; each is
+// granted only if the host's Options allow it.
+const (
+	// LabelHostMounts is a comma-separated list of "src:dst[:rw]" bind
+	// mounts (read-only unless ":rw").
+	LabelHostMounts = "titus.agent/host-mounts"
+	// LabelDevices is a comma-separated list of host device paths.
+	LabelDevices = "titus.agent/devices"
+)
+
+// ErrNotAllowed is returned (wrapped) when a task asks for a host path or
+// device the host does not allow.
+var ErrNotAllowed = errors.New("not allowed on this host")
+
+// UserNS remaps the task's users to an unprivileged host range.
+type UserNS struct {
+	UIDMap []specs.LinuxIDMapping
+	GIDMap []specs.LinuxIDMapping
+}
+
+// Options are the host's isolation settings.
+type Options struct {
+	// InitPath is the host's static init binary; DefaultInitPath if empty.
+	InitPath string
+	// NoInit runs the task's process as PID 1 without an init.
+	NoInit bool
+	// OOMScoreAdj for the task's processes; DefaultOOMScoreAdj if zero.
+	OOMScoreAdj int
+	// CPUSet pins tasks to these CPUs ("2-3"); empty means any.
+	CPUSet string
+	// UserNS, if set, runs tasks in a user namespace with these maps.
+	UserNS *UserNS
+	// AllowedHostPaths are host paths (and everything below them) tasks may
+	// bind-mount via LabelHostMounts.
+	AllowedHostPaths []string
+	// AllowedDevices are host devices tasks may get via LabelDevices.
+	AllowedDevices []string
+}
+
+// DefaultCapabilities is what a task's root gets: containerd's default set
+// without CAP_NET_RAW (no raw sockets); CAP_SYS_ADMIN and CAP_NET_ADMIN are
+// never in it.
+var DefaultCapabilities = []string{
+	"CAP_AUDIT_WRITE",
+	"CAP_CHOWN",
+	"CAP_DAC_OVERRIDE",
+	"CAP_FOWNER",
+	"CAP_FSETID",
+	"CAP_KILL",
+	"CAP_MKNOD",
+	"CAP_NET_BIND_SERVICE",
+	"CAP_SETFCAP",
+	"CAP_SETGID",
+	"CAP_SETPCAP",
+	"CAP_SETUID",
+	"CAP_SYS_CHROOT",
+}
+
+// MaskedPaths are hidden from tasks (in addition to what the base spec
+// masks).
+var MaskedPaths = []string{
+	"/proc/acpi",
+	"/proc/asound",
+	"/proc/interrupts",
+	"/proc/kcore",
+	"/proc/keys",
+	"/proc/latency_stats",
+	"/proc/sched_debug",
+	"/proc/scsi",
+	"/proc/timer_list",
+	"/proc/timer_stats",
+	"/sys/devices/virtual/powercap",
+	"/sys/firmware",
+	"/sys/kernel/debug",
+}
+
+// ReadonlyPaths are read-only for tasks.
+var ReadonlyPaths = []string{
+	"/proc/bus",
+	"/proc/fs",
+	"/proc/irq",
+	"/proc/sys",
+	"/proc/sysrq-trigger",
+}
+
+// SpecOpts returns the OCI options that set spec's resource limits and
+// harden its container. Apply them after the image config and args: the
+// init wraps whatever the process args are by then, and the seccomp
+// profile follows the final capability set.
+func SpecOpts(spec *task.Spec, o Options) []oci.SpecOpts {
+	opts := []oci.SpecOpts{withResources(spec.Resources, o.CPUSet)}
+	opts = append(opts,
+		withCapabilities(DefaultCapabilities),
+		oci.WithNoNewPrivileges,
+		withPaths(MaskedPaths, ReadonlyPaths),
+		withReadonlySys,
+		withOOMScoreAdj(cmpOr(o.OOMScoreAdj, DefaultOOMScoreAdj)),
+		withHostRequests(spec.Labels, o.AllowedHostPaths, o.AllowedDevices),
+	)
+	if o.UserNS != nil {
+		opts = append(opts, oci.WithUserNamespace(o.UserNS.UIDMap, o.UserNS.GIDMap))
+	}
+	if !o.NoInit {
+		opts = append(opts, withInit(cmpOr(o.InitPath, DefaultInitPath)))
+	}
+	// Last: the profile allows syscalls by the capabilities set above.
+	return append(opts, seccomp.WithDefaultProfile())
+}
+
+// OptionNames names what SpecOpts applies, for the task's record.
+func OptionNames(o Options) []string {
+	names := []string{"resources", "capabilities", "no-new-privileges", "masked-paths", "oom-score-adj", "seccomp"}
+	if o.CPUSet != "" {
+		names = append(names, "cpuset")
+	}
+	if o.UserNS != nil {
+		names = append(names, "userns")
+	}
+	if !o.NoInit {
+		names = append(names, "init")
+	}
+	return names
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// withResources sets CPU (CFS quota + shares, or shares only for burst),
+// memory without swap, pids and cpuset. The same spec fields drive cgroup
+// v1 and v2 (runc converts shares to weight and swap to memory.swap.max).
+func withResources(r task.Resources, cpuset string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		res := linuxResources(s)
+		if r.CPUMillicores > 0 {
+			shares := max(uint64(r.CPUMillicores)*1024/1000, 2)
+			if res.CPU == nil {
+				res.CPU = &specs.LinuxCPU{}
+			}
+			res.CPU.Shares = &shares
+			if r.CPUBurst {
+				res.CPU.Quota, res.CPU.Period = nil, nil
+			} else {
+				quota, period := r.CPUMillicores*int64(CFSPeriod)/1000, CFSPeriod
+				res.CPU.Quota, res.CPU.Period = &quota, &period
+			}
+		}
+		if cpuset != "" {
+			if res.CPU == nil {
+				res.CPU = &specs.LinuxCPU{}
+			}
+			res.CPU.Cpus = cpuset
+		}
+		if r.MemoryMiB > 0 {
+			limit := r.MemoryMiB << 20
+			swap := limit // v1 memsw = limit + swap: equal means no swap
+			if res.Memory == nil {
+				res.Memory = &specs.LinuxMemory{}
+			}
+			res.Memory.Limit, res.Memory.Swap = &limit, &swap
+		}
+		if r.Pids > 0 {
+			pids := r.Pids
+			res.Pids = &specs.LinuxPids{Limit: &pids}
+		}
+		return nil
+	}
+}
+
+func linuxResources(s *oci.Spec) *specs.LinuxResources {
+	if s.Linux == nil {
+		s.Linux = &specs.Linux{}
+	}
+	if s.Linux.Resources == nil {
+		s.Linux.Resources = &specs.LinuxResources{}
+	}
+	return s.Linux.Resources
+}
+
+// withCapabilities sets exactly caps as bounding, effective and permitted
+// and no inheritable or ambient ones.
+func withCapabilities(caps []string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Process == nil {
+			s.Process = &specs.Process{}
+		}
+		s.Process.Capabilities = &specs.LinuxCapabilities{
+			Bounding:  slices.Clone(caps),
+			Effective: slices.Clone(caps),
+			Permitted: slices.Clone(caps),
+		}
+		return nil
+	}
+}
+
+// withPaths adds masked and read-only paths to those already in the spec.
+func withPaths(masked, readonly []string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Linux == nil {
+			s.Linux = &specs.Linux{}
+		}
+		s.Linux.MaskedPaths = union(s.Linux.MaskedPaths, masked)
+		s.Linux.ReadonlyPaths = union(s.Linux.ReadonlyPaths, readonly)
+		return nil
+	}
+}
+
+func union(a, b []string) []string {
+	out := slices.Clone(a)
+	for _, p := range b {
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// withReadonlySys makes the /sys mount (and a cgroup mount) read-only.
+func withReadonlySys(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+	for i, m := range s.Mounts {
+		if (m.Type == "sysfs" || m.Type == "cgroup" || m.Type == "cgroup2") && !slices.Contains(m.Options, "ro") {
+			s.Mounts[i].Options = append(slices.DeleteFunc(slices.Clone(m.Options), func(o string) bool { return o == "rw" }), "ro")
+		}
+	}
+	return nil
+}
+
+func withOOMScoreAdj(adj int) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Process == nil {
+			s.Process = &specs.Process{}
+		}
+		s.Process.OOMScoreAdj = &adj
+		return nil
+	}
+}
+
+// withInit bind-mounts the static init read-only and makes it PID 1: it
+// reaps zombies (-s also as subreaper) and forwards signals to the task's
+// process group (-g).
+func withInit(hostPath string) oci.SpecOpts {
+	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
+		if s.Process == nil {
+			s.Process = &specs.Process{}
+		}
+		if len(s.Process.Args) == 0 {
+			return errors.New("init: task has no command")
+		}
+		if s.Process.Args[0] == InitMountPath {
+			return nil
+		}
+		s.Mounts = append(s.Mounts, specs.Mount{
+			Destination: InitMountPath,
+			Type:        "bind",
+			Source:      hostPath,
+			Options:     []string{"rbind", "ro", "nosuid", "nodev"},
+		})
+		s.Process.Args = append([]string{InitMountPath, "-s", "-g", "--"}, s.Process.Args...)
+		return nil
+	}
+}
+
+// withHostRequests grants the host mounts and devices a task asks for in
+// its labels, each only if the host allows it.
+func withHostRequests(labels map[string]string, allowedPaths, allowedDevices []string) oci.SpecOpts {
+	return func(ctx context.Context, c oci.Client, ctr *containers.Container, s *oci.Spec) error {
+		mounts, err := parseHostMounts(labels[LabelHostMounts], allowedPaths)
+		if err != nil {
+			return err
+		}
+		s.Mounts = append(s.Mounts, mounts...)
+		for _, d := range splitList(labels[LabelDevices]) {
+			if !slices.Contains(allowedDevices, filepath.Clean(d)) {
+				return fmt.Errorf("device %s: %w", d, ErrNotAllowed)
+			}
+			if err := oci.WithDevices(d, d, "rwm")(ctx, c, ctr, s); err != nil {
+				return fmt.Errorf("device %s: %w", d, err)
+			}
+		}
+		return nil
+	}
+}
+
+func parseHostMounts(v string, allowed []string) ([]specs.Mount, error) {
+	var out []specs.Mount
+	for _, item := range splitList(v) {
+		parts := strings.Split(item, ":")
+		if len(parts) < 2 || len(parts) > 3 || !filepath.IsAbs(parts[0]) || !filepath.IsAbs(parts[1]) {
+			return nil, fmt.Errorf("host mount %q: want src:dst[:rw] with absolute paths", item)
+		}
+		src := filepath.Clean(parts[0])
+		if !slices.ContainsFunc(allowed, func(a string) bool { return within(src, filepath.Clean(a)) }) {
+			return nil, fmt.Errorf("host path %s: %w", src, ErrNotAllowed)
+		}
+		mode := "ro"
+		if len(parts) == 3 {
+			if parts[2] != "rw" && parts[2] != "ro" {
+				return nil, fmt.Errorf("host mount %q: mode must be ro or rw", item)
+			}
+			mode = parts[2]
+		}
+		out = append(out, specs.Mount{
+			Destination: filepath.Clean(parts[1]), Type: "bind", Source: src,
+			Options: []string{"rbind", mode, "nosuid", "nodev"},
+		})
+	}
+	return out, nil
+}
+
+func within(p, dir string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+func splitList(v string) []string {
+	var out []string
+	for s := range strings.SplitSeq(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,41 @@
+package isolation
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os/exec"
+	"strings"
+
+	"github.com/moby/sys/mountinfo"
+)
+
+// system is the host side of the disk backends: commands (mkfs, mount,
+// losetup, xfs_quota) and the mount table. Fakes record the calls.
+type system interface {
+	Run(ctx context.Context, name string, args ...string) ([]byte, error)
+	Mounted(path string) (bool, error)
+}
+
+// hostSystem runs real commands on this host.
+type hostSystem struct{}
+
+func (hostSystem) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return out.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
+	}
+	return out.Bytes(), nil
+}
+
+func (hostSystem) Mounted(path string) (bool, error) {
+	ok, err := mountinfo.Mounted(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return ok, err
+}

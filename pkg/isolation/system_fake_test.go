@@ -1,0 +1,66 @@
+package isolation
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+)
+
+// fakeSystem records commands and keeps a pretend mount table: "mount ...
+// TARGET" mounts the last argument, "umount TARGET" unmounts it.
+type fakeSystem struct {
+	mu      sync.Mutex
+	calls   []string
+	mounted map[string]bool
+	// outputs answers a command line that starts with the key.
+	outputs map[string]string
+	// fail makes a command line that starts with the key fail.
+	fail map[string]error
+}
+
+func newFakeSystem() *fakeSystem {
+	return &fakeSystem{mounted: map[string]bool{}, outputs: map[string]string{}, fail: map[string]error{}}
+}
+
+func (f *fakeSystem) Run(_ context.Context, name string, args ...string) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	line := strings.Join(append([]string{name}, args...), " ")
+	f.calls = append(f.calls, line)
+	for prefix, err := range f.fail {
+		if strings.HasPrefix(line, prefix) {
+			return nil, fmt.Errorf("%s: %w", line, err)
+		}
+	}
+	switch name {
+	case "mount":
+		f.mounted[args[len(args)-1]] = true
+	case "umount":
+		delete(f.mounted, args[len(args)-1])
+	}
+	for prefix, out := range f.outputs {
+		if strings.HasPrefix(line, prefix) {
+			return []byte(out), nil
+		}
+	}
+	return nil, nil
+}
+
+func (f *fakeSystem) Mounted(path string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mounted[path], nil
+}
+
+// take returns the calls so far with dir replaced by "D", and forgets them.
+func (f *fakeSystem) take(dir string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]string, len(f.calls))
+	for i, c := range f.calls {
+		out[i] = strings.ReplaceAll(c, dir, "D")
+	}
+	f.calls = nil
+	return out
+}

@@ -1,0 +1,116 @@
+package testenv
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+)
+
+// FaultProxy is an HTTP reverse proxy in front of an AWS query endpoint
+// (moto) that can answer a share of calls with EC2's throttling error
+// (HTTP 503, RequestLimitExceeded) instead of forwarding them.
+type FaultProxy struct {
+	URL string // http://127.0.0.1:PORT
+
+	mu       sync.Mutex
+	faults   map[string]float64 // action ("" = every action) → fraction throttled
+	injected map[string]int
+	seen     map[string]int
+}
+
+const throttleBody = `<?xml version="1.0" encoding="UTF-8"?>
+<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>`
+
+// StartFaultProxy proxies to upstream on a free loopback port until cleanup.
+func StartFaultProxy(t TB, upstream string) *FaultProxy {
+	t.Helper()
+	u, err := url.Parse(upstream)
+	if err != nil {
+		t.Fatalf("fault proxy upstream %q: %v", upstream, err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("fault proxy listen: %v", err)
+	}
+	f := &FaultProxy{URL: "http://" + l.Addr().String(), faults: map[string]float64{}, injected: map[string]int{}, seen: map[string]int{}}
+	rp := httputil.NewSingleHostReverseProxy(u)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		action := actionOf(r, body)
+		if f.shouldFail(action) {
+			w.Header().Set("Content-Type", "text/xml")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, throttleBody)
+			return
+		}
+		rp.ServeHTTP(w, r)
+	})}
+	go func() { _ = srv.Serve(l) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	return f
+}
+
+func actionOf(r *http.Request, body []byte) string {
+	if a := r.URL.Query().Get("Action"); a != "" {
+		return a
+	}
+	if v, err := url.ParseQuery(string(body)); err == nil {
+		return v.Get("Action")
+	}
+	return ""
+}
+
+// Throttle makes fraction (0..1) of calls to action fail with
+// RequestLimitExceeded; action "" means every action. Fraction 0 stops it.
+func (f *FaultProxy) Throttle(action string, fraction float64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if fraction <= 0 {
+		delete(f.faults, action)
+		return
+	}
+	f.faults[action] = fraction
+}
+
+func (f *FaultProxy) shouldFail(action string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.seen[action]++
+	frac, ok := f.faults[action]
+	if !ok {
+		frac = f.faults[""]
+	}
+	if frac > 0 && rand.Float64() < frac {
+		f.injected[action]++
+		return true
+	}
+	return false
+}
+
+// Injected returns how many calls of action were throttled ("" = all).
+func (f *FaultProxy) Injected(action string) int { return f.count(f.injected, action) }
+
+// Seen returns how many calls of action reached the proxy ("" = all).
+func (f *FaultProxy) Seen(action string) int { return f.count(f.seen, action) }
+
+func (f *FaultProxy) count(m map[string]int, action string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if action != "" {
+		return m[action]
+	}
+	n := 0
+	for _, v := range m {
+		n += v
+	}
+	return n
+}
+
+func (f *FaultProxy) String() string { return fmt.Sprintf("fault proxy %s", f.URL) }
