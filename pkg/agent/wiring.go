@@ -54,4 +54,6 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 // reconcileFunc adapts a function to Reconciler.
 type reconcileFunc func(ctx context.Context, keep map[string]bool) error
 
-func (f reconcileFunc) Reconcile(ctx context.Context, keep map[string]bool) error { return f(ctx, keep) }
+func (f reconcileFunc) Reconcile(ctx context.Context, keep map[string]bool) error {
+	return f(ctx, keep)
+}
