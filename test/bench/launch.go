@@ -47,12 +47,17 @@ func bareLaunch(ctx context.Context, c *containerd.Client, img containerd.Image,
 
 // agentLaunch measures LaunchTask → the Running event.
 func agentLaunch(ctx context.Context, a *testenv.Agent, events *eventWaiter, image, id string) (time.Duration, error) {
-	wait := events.expect(id)
-	start := time.Now()
-	_, err := a.Client.LaunchTask(ctx, &agentv1.LaunchTaskRequest{Spec: &agentv1.TaskSpec{
+	return agentLaunchSpec(ctx, a, events, &agentv1.TaskSpec{
 		Id: id, OwnerEmail: "bench@example.com", Image: image, Command: []string{"sleep", "1000"},
 		Resources: &agentv1.Resources{CpuMillicores: 100, MemoryMib: 32}, KillGracePeriodSeconds: 1,
-	}})
+	})
+}
+
+func agentLaunchSpec(ctx context.Context, a *testenv.Agent, events *eventWaiter, spec *agentv1.TaskSpec) (time.Duration, error) {
+	id := spec.GetId()
+	wait := events.expect(id)
+	start := time.Now()
+	_, err := a.Client.LaunchTask(ctx, &agentv1.LaunchTaskRequest{Spec: spec})
 	if err != nil {
 		return 0, err
 	}

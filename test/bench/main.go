@@ -11,6 +11,7 @@ import (
 func main() {
 	n := flag.Int("n", 100, "sequential launches per path")
 	conc := flag.Int("concurrent", 20, "concurrent launches")
+	only := flag.String("only", "", "run one part: launch, disk")
 	flag.Parse()
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: must run as root")
@@ -18,5 +19,12 @@ func main() {
 	}
 	tb := &benchTB{}
 	defer tb.cleanup()
-	benchLaunch(tb, *n, *conc)
+	if *only == "" || *only == "launch" {
+		benchLaunch(tb, *n, *conc)
+		tb.cleanup()
+	}
+	if *only == "" || *only == "disk" {
+		benchDisk(tb, min(*n, 30))
+		tb.cleanup()
+	}
 }
