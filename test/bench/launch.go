@@ -165,7 +165,13 @@ func benchLaunch(tb *benchTB, n, concurrent int) {
 	if err != nil {
 		tb.Fatalf("image: %v", err)
 	}
-	a := testenv.StartAgent(tb, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host}, Config: "logLevel: warn\n"})
+	a := testenv.StartAgent(tb, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host}, Config: "logLevel: " + agentLogLevel + "\n"})
+	if agentLogLevel == "debug" {
+		defer func() {
+			fmt.Fprintln(os.Stderr, "agent log:", a.Proc.LogPath)
+			copyFile(a.Proc.LogPath, "/tmp/titus-bench-agent.log")
+		}()
+	}
 	events, err := watch(ctx, a)
 	if err != nil {
 		tb.Fatalf("watch: %v", err)
@@ -257,4 +263,12 @@ func benchLaunch(tb *benchTB, n, concurrent int) {
 	fmt.Printf("%-34s %10s %10s %10s\n", "bare containerd create+start", ms(bareConc.pct(0.5)), ms(bareConc.pct(0.99)), ms(bareWall))
 	fmt.Printf("%-34s %10s %10s %10s\n", "agent LaunchTask -> Running", ms(conc.pct(0.5)), ms(conc.pct(0.99)), ms(agentWall))
 	fmt.Printf("%-34s %10s %10s %10s\n", "ratio agent / bare", ratio(conc.pct(0.5), bareConc.pct(0.5)), ratio(conc.pct(0.99), bareConc.pct(0.99)), ratio(agentWall, bareWall))
+}
+
+var agentLogLevel = "warn"
+
+func copyFile(src, dst string) {
+	if b, err := os.ReadFile(src); err == nil {
+		_ = os.WriteFile(dst, b, 0o644)
+	}
 }

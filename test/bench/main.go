@@ -12,7 +12,11 @@ func main() {
 	n := flag.Int("n", 100, "sequential launches per path")
 	conc := flag.Int("concurrent", 20, "concurrent launches")
 	only := flag.String("only", "", "run one part: launch, disk")
+	debug := flag.Bool("debug", false, "keep the agent's debug log in /tmp/titus-bench-agent.log")
 	flag.Parse()
+	if *debug {
+		agentLogLevel = "debug"
+	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "bench: must run as root")
 		os.Exit(2)
