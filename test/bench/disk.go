@@ -12,7 +12,7 @@ import (
 
 // benchDisk compares launches with a disk quota against launches without,
 // and write throughput inside the quota'd filesystem against the host's.
-func benchDisk(tb *benchTB, n int) {
+func benchDisk(tb *testenv.Standalone, n int) {
 	ctx := context.Background()
 	ctd := testenv.StartContainerd(tb)
 	reg := testenv.StartRegistry(tb)

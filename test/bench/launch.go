@@ -141,7 +141,7 @@ func rssMiB(pid int) float64 {
 	return -1
 }
 
-func benchLaunch(tb *benchTB, n, concurrent int) {
+func benchLaunch(tb *testenv.Standalone, n, concurrent int) {
 	ctx := context.Background()
 	ctd := testenv.StartContainerd(tb)
 	reg := testenv.StartRegistry(tb)

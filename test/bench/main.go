@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+
+	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
 func main() {
@@ -21,14 +23,14 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: must run as root")
 		os.Exit(2)
 	}
-	tb := &benchTB{}
-	defer tb.cleanup()
+	tb := &testenv.Standalone{}
+	defer tb.RunCleanups()
 	if *only == "" || *only == "launch" {
 		benchLaunch(tb, *n, *conc)
-		tb.cleanup()
+		tb.RunCleanups()
 	}
 	if *only == "" || *only == "disk" {
 		benchDisk(tb, min(*n, 30))
-		tb.cleanup()
+		tb.RunCleanups()
 	}
 }

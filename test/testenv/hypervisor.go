@@ -1,0 +1,530 @@
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
+	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+)
+
+// Hypervisor plays EC2's part for simulated hosts: each host is a network
+// namespace standing for an instance that exists in moto; a "VPC fabric"
+// namespace holds one bridge per subnet carrying the subnet's gateway
+// address. While it runs, it watches moto and, for every ENI attached to a
+// simulated instance, plugs a veth into that host's namespace whose host
+// end carries the ENI's MAC (the peer end on the subnet's bridge), and keeps
+// the fabric's neighbour table pointing each of the ENI's addresses at its
+// MAC — the VPC's own mapping of IPs to ENIs. Addresses come from
+// 198.18.0.0/15 only.
+type Hypervisor struct {
+	EC2     *ec2.Client
+	Region  string
+	VPCID   string
+	Subnets []Subnet
+	Fabric  string // fabric netns name
+
+	run    string
+	fabric netns.NsHandle
+	fh     *netlink.Handle
+
+	mu      sync.Mutex
+	hosts   []*SimHost
+	plugged map[string]*plug // ENI id → plug
+	neigh   map[string]neighKey
+	errs    []error
+	cancel  context.CancelFunc
+	done    chan struct{}
+}
+
+// Subnet is one simulated subnet (one per AZ) and its bridge in the fabric.
+type Subnet struct {
+	ID      string
+	AZ      string
+	CIDR    netip.Prefix
+	Gateway netip.Addr
+	Bridge  string
+}
+
+// SimHost is one simulated EC2 instance.
+type SimHost struct {
+	Name         string // netns name (under /run/netns)
+	NS           netns.NsHandle
+	InstanceID   string
+	InstanceType string
+	AZ           string
+	SubnetID     string
+	PrimaryENI   string
+	PrimaryMAC   string
+	PrimaryIP    string
+}
+
+// NetNSPath is the host's netns file.
+func (h *SimHost) NetNSPath() string { return filepath.Join("/run/netns", h.Name) }
+
+type plug struct {
+	host    *SimHost
+	fabEnd  string
+	mac     string
+	subnet  string
+	device  int
+	hostEnd string
+}
+
+type neighKey struct {
+	ip, mac, bridge string
+}
+
+// HypervisorOptions shapes the simulated VPC.
+type HypervisorOptions struct {
+	Region string   // default us-east-1
+	AZs    []string // one /18 subnet each (at most 4); default [us-east-1a]
+}
+
+// StartHypervisor creates, in moto at endpoint, a VPC 198.18.0.0/16 with one
+// /18 subnet per AZ (at most four), and the fabric namespace with their gateways. Cleanup
+// stops the watcher and removes every namespace and link it made.
+func StartHypervisor(t TB, endpoint string, o HypervisorOptions) *Hypervisor {
+	t.Helper()
+	if o.Region == "" {
+		o.Region = "us-east-1"
+	}
+	if len(o.AZs) == 0 {
+		o.AZs = []string{o.Region + "a"}
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	h := &Hypervisor{
+		Region:  o.Region,
+		run:     hex.EncodeToString(b),
+		plugged: map[string]*plug{},
+		neigh:   map[string]neighKey{},
+		done:    make(chan struct{}),
+	}
+	h.EC2 = ec2.New(ec2.Options{
+		Region: o.Region, BaseEndpoint: aws.String(endpoint),
+		Credentials: credentials.NewStaticCredentialsProvider("testing", "testing", ""),
+	})
+	ctx := context.Background()
+	vpc, err := h.EC2.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("198.18.0.0/16")})
+	if err != nil {
+		t.Fatalf("hypervisor: create VPC: %v", err)
+	}
+	h.VPCID = aws.ToString(vpc.Vpc.VpcId)
+
+	h.Fabric = "tfab" + h.run
+	if h.fabric, err = newNamedNS(h.Fabric); err != nil {
+		t.Fatalf("hypervisor: fabric netns: %v", err)
+	}
+	t.Cleanup(h.cleanup)
+	if h.fh, err = netlink.NewHandleAt(h.fabric); err != nil {
+		t.Fatalf("hypervisor: fabric handle: %v", err)
+	}
+	if err := setupNS(h.fabric, h.fh); err != nil {
+		t.Fatalf("hypervisor: fabric: %v", err)
+	}
+	for i, az := range o.AZs {
+		// Wide subnets: moto picks addresses at random without checking
+		// which are taken, so a small subnet soon hands one out twice.
+		cidr := netip.MustParsePrefix(fmt.Sprintf("198.18.%d.0/18", 64*i))
+		out, err := h.EC2.CreateSubnet(ctx, &ec2.CreateSubnetInput{
+			VpcId: aws.String(h.VPCID), CidrBlock: aws.String(cidr.String()), AvailabilityZone: aws.String(az),
+		})
+		if err != nil {
+			t.Fatalf("hypervisor: create subnet in %s: %v", az, err)
+		}
+		s := Subnet{ID: aws.ToString(out.Subnet.SubnetId), AZ: az, CIDR: cidr, Gateway: cidr.Addr().Next(), Bridge: fmt.Sprintf("br%d", i+1)}
+		// A fixed MAC: a bridge that takes its ports' lowest MAC changes it
+		// as ENIs come and go, which flushes its neighbours (ours included)
+		// and strands the hosts' cached gateway MAC.
+		gwMAC := net.HardwareAddr{0x02, 0xfa, 0xb0, 0x00, 0x00, byte(i + 1)}
+		br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: s.Bridge, HardwareAddr: gwMAC}}
+		if err := h.fh.LinkAdd(br); err != nil {
+			t.Fatalf("hypervisor: bridge %s: %v", s.Bridge, err)
+		}
+		addr := &netlink.Addr{IPNet: &net.IPNet{IP: s.Gateway.AsSlice(), Mask: net.CIDRMask(cidr.Bits(), 32)}}
+		if err := h.fh.AddrAdd(br, addr); err != nil {
+			t.Fatalf("hypervisor: gateway address on %s: %v", s.Bridge, err)
+		}
+		if err := h.fh.LinkSetUp(br); err != nil {
+			t.Fatalf("hypervisor: bridge up: %v", err)
+		}
+		h.Subnets = append(h.Subnets, s)
+	}
+	wctx, cancel := context.WithCancel(context.Background())
+	h.cancel = cancel
+	go h.watch(wctx)
+	return h
+}
+
+// Subnet returns the simulated subnet in az.
+func (h *Hypervisor) Subnet(az string) Subnet {
+	for _, s := range h.Subnets {
+		if s.AZ == az {
+			return s
+		}
+	}
+	return Subnet{}
+}
+
+// AddHost launches an instance of instanceType in az's subnet in moto and
+// makes its namespace, with the primary ENI plugged as eth0 carrying the
+// primary address and a default route via the subnet gateway.
+func (h *Hypervisor) AddHost(t TB, az, instanceType string) *SimHost {
+	t.Helper()
+	s := h.Subnet(az)
+	if s.ID == "" {
+		t.Fatalf("hypervisor: no subnet in %s", az)
+	}
+	out, err := h.EC2.RunInstances(context.Background(), &ec2.RunInstancesInput{
+		ImageId: aws.String("ami-12c6146b"), MinCount: aws.Int32(1), MaxCount: aws.Int32(1),
+		InstanceType: types.InstanceType(instanceType), SubnetId: aws.String(s.ID),
+	})
+	if err != nil {
+		t.Fatalf("hypervisor: run instance: %v", err)
+	}
+	in := out.Instances[0]
+	host := &SimHost{
+		InstanceID: aws.ToString(in.InstanceId), InstanceType: instanceType, AZ: az, SubnetID: s.ID,
+		PrimaryIP: aws.ToString(in.PrivateIpAddress),
+	}
+	for _, n := range in.NetworkInterfaces {
+		host.PrimaryENI, host.PrimaryMAC = aws.ToString(n.NetworkInterfaceId), aws.ToString(n.MacAddress)
+	}
+	h.mu.Lock()
+	host.Name = fmt.Sprintf("thost%s%d", h.run, len(h.hosts))
+	h.mu.Unlock()
+	if host.NS, err = newNamedNS(host.Name); err != nil {
+		t.Fatalf("hypervisor: host netns: %v", err)
+	}
+	h.mu.Lock()
+	h.hosts = append(h.hosts, host)
+	h.mu.Unlock()
+	hh, err := netlink.NewHandleAt(host.NS)
+	if err != nil {
+		t.Fatalf("hypervisor: host handle: %v", err)
+	}
+	defer hh.Close()
+	if err := setupNS(host.NS, hh); err != nil {
+		t.Fatalf("hypervisor: host netns setup: %v", err)
+	}
+	// Plug the primary ENI now, configured the way the AMI's DHCP would.
+	if err := h.sync(context.Background()); err != nil {
+		t.Fatalf("hypervisor: %v", err)
+	}
+	eth0, err := hh.LinkByName("eth0")
+	if err != nil {
+		t.Fatalf("hypervisor: primary ENI link: %v", err)
+	}
+	ip := netip.MustParseAddr(host.PrimaryIP)
+	if err := hh.AddrAdd(eth0, &netlink.Addr{IPNet: &net.IPNet{IP: ip.AsSlice(), Mask: net.CIDRMask(s.CIDR.Bits(), 32)}}); err != nil {
+		t.Fatalf("hypervisor: primary address: %v", err)
+	}
+	if err := hh.LinkSetUp(eth0); err != nil {
+		t.Fatalf("hypervisor: eth0 up: %v", err)
+	}
+	if err := hh.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: s.Gateway.AsSlice()}); err != nil {
+		t.Fatalf("hypervisor: default route: %v", err)
+	}
+	return host
+}
+
+// Errors returns what went wrong while watching moto, if anything.
+func (h *Hypervisor) Errors() []error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]error(nil), h.errs...)
+}
+
+// Plugged returns the ENI ids currently plugged into host.
+func (h *Hypervisor) Plugged(host *SimHost) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var out []string
+	for id, p := range h.plugged {
+		if p.host == host {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// dupErr records an error once; callers hold h.mu.
+func (h *Hypervisor) dupErr(err error) {
+	for _, e := range h.errs {
+		if e.Error() == err.Error() {
+			return
+		}
+	}
+	if len(h.errs) < 20 {
+		h.errs = append(h.errs, err)
+	}
+}
+
+func (h *Hypervisor) watch(ctx context.Context) {
+	defer close(h.done)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if err := h.sync(ctx); err != nil && ctx.Err() == nil {
+			h.mu.Lock()
+			if len(h.errs) < 20 {
+				h.errs = append(h.errs, err)
+			}
+			h.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sync makes the plugged links and fabric neighbours match moto.
+func (h *Hypervisor) sync(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.hosts) == 0 {
+		return nil
+	}
+	byInstance := map[string]*SimHost{}
+	var ids []string
+	for _, s := range h.hosts {
+		byInstance[s.InstanceID] = s
+		ids = append(ids, s.InstanceID)
+	}
+	out, err := h.EC2.DescribeNetworkInterfaces(ctx, &ec2.DescribeNetworkInterfacesInput{
+		Filters: []types.Filter{{Name: aws.String("attachment.instance-id"), Values: ids}},
+	})
+	if err != nil {
+		return fmt.Errorf("describe ENIs: %w", err)
+	}
+	// Unplug first: a new ENI may take a detached one's device index.
+	attached := map[string]bool{}
+	for _, n := range out.NetworkInterfaces {
+		if n.Attachment != nil && byInstance[aws.ToString(n.Attachment.InstanceId)] != nil {
+			attached[aws.ToString(n.NetworkInterfaceId)] = true
+		}
+	}
+	for id, p := range h.plugged {
+		if attached[id] {
+			continue
+		}
+		if l, err := h.fh.LinkByName(p.fabEnd); err == nil {
+			if err := h.fh.LinkDel(l); err != nil {
+				return fmt.Errorf("unplug %s: %w", id, err)
+			}
+		}
+		delete(h.plugged, id)
+	}
+	wantNeigh := map[string]neighKey{}
+	for _, n := range out.NetworkInterfaces {
+		if n.Attachment == nil {
+			continue
+		}
+		host := byInstance[aws.ToString(n.Attachment.InstanceId)]
+		if host == nil {
+			continue
+		}
+		id := aws.ToString(n.NetworkInterfaceId)
+		var sub Subnet
+		for _, s := range h.Subnets {
+			if s.ID == aws.ToString(n.SubnetId) {
+				sub = s
+			}
+		}
+		if sub.ID == "" {
+			continue
+		}
+		if _, ok := h.plugged[id]; !ok {
+			p, err := h.plug(host, n, sub)
+			if err != nil {
+				return err
+			}
+			h.plugged[id] = p
+		}
+		for _, a := range n.PrivateIpAddresses {
+			ip := aws.ToString(a.PrivateIpAddress)
+			k := neighKey{ip: ip, mac: aws.ToString(n.MacAddress), bridge: sub.Bridge}
+			if o, dup := wantNeigh[ip]; dup && o != k {
+				h.dupErr(fmt.Errorf("moto gave %s to two ENIs (%s and %s): the test's traffic to it is ambiguous", ip, o.mac, k.mac))
+			}
+			wantNeigh[ip] = k
+		}
+	}
+	// Trust the kernel, not our cache: entries can be flushed under us.
+	have := map[string]bool{}
+	for _, s := range h.Subnets {
+		if br, err := h.fh.LinkByName(s.Bridge); err == nil {
+			ns, _ := h.fh.NeighList(br.Attrs().Index, netlink.FAMILY_V4)
+			for _, n := range ns {
+				if n.State&netlink.NUD_PERMANENT != 0 {
+					have[n.IP.String()+" "+n.HardwareAddr.String()] = true
+				}
+			}
+		}
+	}
+	for ip, k := range h.neigh {
+		if w, ok := wantNeigh[ip]; ok && w == k && have[ip+" "+k.mac] {
+			continue
+		}
+		if br, err := h.fh.LinkByName(k.bridge); err == nil {
+			_ = h.fh.NeighDel(&netlink.Neigh{LinkIndex: br.Attrs().Index, IP: net.ParseIP(ip), Family: netlink.FAMILY_V4})
+		}
+		delete(h.neigh, ip)
+	}
+	for ip, k := range wantNeigh {
+		if _, ok := h.neigh[ip]; ok {
+			continue
+		}
+		br, err := h.fh.LinkByName(k.bridge)
+		if err != nil {
+			return fmt.Errorf("bridge %s: %w", k.bridge, err)
+		}
+		mac, _ := net.ParseMAC(k.mac)
+		if err := h.fh.NeighSet(&netlink.Neigh{
+			LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			IP: net.ParseIP(ip), HardwareAddr: mac,
+		}); err != nil {
+			return fmt.Errorf("neighbour %s: %w", ip, err)
+		}
+		h.neigh[ip] = k
+	}
+	return nil
+}
+
+// plug creates the veth pair for one attached ENI: eth<device> with the
+// ENI's MAC in the host, the peer on the subnet's bridge in the fabric.
+func (h *Hypervisor) plug(host *SimHost, n types.NetworkInterface, sub Subnet) (*plug, error) {
+	mac, err := net.ParseMAC(aws.ToString(n.MacAddress))
+	if err != nil {
+		return nil, fmt.Errorf("ENI %s MAC: %w", aws.ToString(n.NetworkInterfaceId), err)
+	}
+	dev := int(aws.ToInt32(n.Attachment.DeviceIndex))
+	p := &plug{host: host, mac: mac.String(), subnet: sub.ID, device: dev, hostEnd: fmt.Sprintf("eth%d", dev)}
+	// Fabric end names must be unique in the fabric: the ENI id's tail.
+	id := aws.ToString(n.NetworkInterfaceId)
+	p.fabEnd = "v" + id[len(id)-min(len(id), 12):]
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: p.hostEnd, HardwareAddr: mac, Namespace: netlink.NsFd(int(host.NS)), MTU: 1500},
+		PeerName:      p.fabEnd,
+		PeerNamespace: netlink.NsFd(int(h.fabric)),
+	}
+	if err := netlink.LinkAdd(veth); err != nil {
+		return nil, fmt.Errorf("plug ENI %s into %s: %w", id, host.Name, err)
+	}
+	fe, err := h.fh.LinkByName(p.fabEnd)
+	if err != nil {
+		return nil, fmt.Errorf("fabric end of %s: %w", id, err)
+	}
+	br, err := h.fh.LinkByName(sub.Bridge)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.fh.LinkSetMaster(fe, br); err != nil {
+		return nil, fmt.Errorf("enslave %s: %w", p.fabEnd, err)
+	}
+	if err := h.fh.LinkSetUp(fe); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+func (h *Hypervisor) cleanup() {
+	if h.cancel != nil {
+		h.cancel()
+		<-h.done
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, s := range h.hosts {
+		s.NS.Close()
+		_ = netns.DeleteNamed(s.Name)
+	}
+	if h.fh != nil {
+		h.fh.Close()
+	}
+	h.fabric.Close()
+	_ = netns.DeleteNamed(h.Fabric)
+}
+
+// newNamedNS creates /run/netns/name without leaving the calling thread in it.
+func newNamedNS(name string) (netns.NsHandle, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return netns.None(), err
+	}
+	defer orig.Close()
+	ns, err := netns.NewNamed(name)
+	if serr := netns.Set(orig); serr != nil {
+		// The thread is stuck in the new netns; never unlock it.
+		runtime.LockOSThread()
+		return netns.None(), fmt.Errorf("restore netns: %w", serr)
+	}
+	return ns, err
+}
+
+// setupNS brings lo up and turns on IPv4 forwarding (without redirects) in ns.
+func setupNS(ns netns.NsHandle, nh *netlink.Handle) error {
+	lo, err := nh.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	if err := nh.LinkSetUp(lo); err != nil {
+		return err
+	}
+	return inNS(ns, func() error {
+		for p, v := range map[string]string{
+			"/proc/sys/net/ipv4/ip_forward":                  "1",
+			"/proc/sys/net/ipv4/conf/all/send_redirects":     "0",
+			"/proc/sys/net/ipv4/conf/default/send_redirects": "0",
+			"/proc/sys/net/ipv4/conf/all/rp_filter":          "0",
+			"/proc/sys/net/ipv4/conf/default/rp_filter":      "0",
+		} {
+			if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// inNS runs fn on a thread switched into ns.
+func inNS(ns netns.NsHandle, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			errc <- err
+			return
+		}
+		err = fn()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		} // otherwise the locked thread dies with this goroutine
+		errc <- err
+	}()
+	return <-errc
+}
