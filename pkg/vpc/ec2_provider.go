@@ -1,0 +1,566 @@
+package vpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// ErrInvalidNetworkRequest is returned when a request names no usable
+// subnet or security group.
+var ErrInvalidNetworkRequest = errors.New("invalid network request")
+
+// EC2ProviderConfig configures the production IP provider.
+type EC2ProviderConfig struct {
+	API  EC2API
+	Host HostInfo
+	// AgentID goes into the ENI tags (e.g. the agent's hostname).
+	AgentID string
+	// DefaultSubnetID and DefaultSecurityGroups are used when a task names
+	// none; the subnet defaults to the primary ENI's.
+	DefaultSubnetID       string
+	DefaultSecurityGroups []string
+	Pool                  PoolConfig
+	// RecordPath is the JSON file allocations are recorded in.
+	RecordPath string
+	// RefillInterval is how often the background loop checks the pools
+	// (it also runs after every allocate/release). Zero means 1s.
+	RefillInterval time.Duration
+	// RefillBackoffMax caps the per-pool backoff after failed refills. Zero means 1m.
+	RefillBackoffMax time.Duration
+	Logger           *slog.Logger
+	Now              func() time.Time
+}
+
+// EC2Provider hands out secondary IPv4s of ENIs attached to this instance,
+// from warm pools keyed by (subnet, SG set).
+type EC2Provider struct {
+	cfg    EC2ProviderConfig
+	log    *slog.Logger
+	now    func() time.Time
+	eni    *eniManager
+	record *allocRecord
+
+	mu   sync.Mutex // guards pool, backoff
+	pool *pool
+	// backoff holds, per key, when the next background refill may run and
+	// the current delay.
+	backoff map[PoolKey]refillBackoff
+
+	growMu sync.Mutex // serialises EC2 changes to ENIs (device indexes, counts)
+
+	kick   chan struct{}
+	stop   chan struct{}
+	doneWG sync.WaitGroup
+	once   sync.Once
+}
+
+type refillBackoff struct {
+	next  time.Time
+	delay time.Duration
+	fails int
+}
+
+// NewEC2Provider reads the instance limits, loads the allocation record and
+// rebuilds the pools from it and from the ENIs EC2 shows as ours: tagged
+// ENIs left detached (a crash between create and attach) are deleted,
+// recorded allocations whose IP is gone are dropped. Call Start to run the
+// background refill.
+func NewEC2Provider(ctx context.Context, cfg EC2ProviderConfig) (*EC2Provider, error) {
+	if cfg.API == nil || cfg.Host.InstanceID == "" {
+		return nil, errors.New("ec2 provider: API and Host.InstanceID are required")
+	}
+	if cfg.RecordPath == "" {
+		return nil, errors.New("ec2 provider: RecordPath is required")
+	}
+	if cfg.DefaultSubnetID == "" {
+		cfg.DefaultSubnetID = cfg.Host.SubnetID
+	}
+	if cfg.RefillInterval <= 0 {
+		cfg.RefillInterval = time.Second
+	}
+	if cfg.RefillBackoffMax <= 0 {
+		cfg.RefillBackoffMax = time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	p := &EC2Provider{
+		cfg: cfg, log: cfg.Logger, now: cfg.Now,
+		eni:     &eniManager{api: cfg.API, host: cfg.Host, agentID: cfg.AgentID},
+		backoff: map[PoolKey]refillBackoff{},
+		kick:    make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+	}
+	var lc limitsCache
+	limits, err := lc.get(ctx, cfg.API, cfg.Host.InstanceType)
+	if err != nil {
+		return nil, err
+	}
+	if p.record, err = openRecord(cfg.RecordPath); err != nil {
+		return nil, err
+	}
+	p.pool = newPool(cfg.Pool, limits, NewPoolKey(cfg.DefaultSubnetID, cfg.DefaultSecurityGroups))
+	if err := p.rebuild(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// rebuild adopts our attached ENIs, deletes our detached ones and binds
+// recorded allocations to the IPs EC2 still shows.
+func (p *EC2Provider) rebuild(ctx context.Context) error {
+	ours, err := p.eni.ourENIs(ctx)
+	if err != nil {
+		return err
+	}
+	attached, err := p.eni.attachedENIs(ctx)
+	if err != nil {
+		return err
+	}
+	ourIDs := map[string]bool{}
+	for _, n := range ours {
+		id := aws.ToString(n.NetworkInterfaceId)
+		ourIDs[id] = true
+		if n.Attachment != nil && aws.ToString(n.Attachment.InstanceId) == p.cfg.Host.InstanceID {
+			continue
+		}
+		if n.Attachment != nil && aws.ToString(n.Attachment.InstanceId) != "" {
+			continue // attached elsewhere: not ours to delete
+		}
+		p.log.Info("deleting leaked ENI", "eni", id)
+		if err := p.eni.detachDelete(ctx, id, ""); err != nil {
+			return fmt.Errorf("delete leaked ENI %s: %w", id, err)
+		}
+	}
+	foreign := 0
+	for _, n := range attached {
+		id := aws.ToString(n.NetworkInterfaceId)
+		if !ourIDs[id] {
+			if n.Attachment != nil && aws.ToInt32(n.Attachment.DeviceIndex) != 0 {
+				foreign++
+			}
+			continue
+		}
+		p.pool.enis[id] = stateFromEC2(n)
+	}
+	p.pool.foreign = foreign
+	subnets := []string{p.cfg.DefaultSubnetID}
+	for _, e := range p.pool.enis {
+		subnets = append(subnets, e.SubnetID)
+	}
+	if _, err := p.eni.describeSubnets(ctx, slices.Compact(slices.Sorted(slices.Values(subnets)))); err != nil {
+		return err
+	}
+	now := p.now()
+	for taskID, r := range p.record.entries() {
+		e, ok := p.pool.enis[r.ENI]
+		var slot *ipSlot
+		if ok {
+			slot = e.IPs[r.IP]
+		}
+		if r.State != recordAssigned || slot == nil || slot.TaskID != "" || e.Key != r.Key {
+			p.log.Info("dropping stale allocation record", "task", taskID, "state", r.State, "ip", r.IP)
+			if err := p.record.remove(taskID); err != nil {
+				return err
+			}
+			continue
+		}
+		slot.TaskID = taskID
+		p.pool.tasks[taskID] = taskIP{ENI: r.ENI, IP: r.IP, Key: r.Key}
+		p.pool.lastUsed[r.Key] = now
+	}
+	return nil
+}
+
+// Start runs the background refill/release loop until Close.
+func (p *EC2Provider) Start() {
+	p.doneWG.Add(1)
+	go p.loop()
+}
+
+// Close stops the background loop. It does not touch ENIs or IPs.
+func (p *EC2Provider) Close() error {
+	p.once.Do(func() { close(p.stop) })
+	p.doneWG.Wait()
+	return nil
+}
+
+func (p *EC2Provider) poke() {
+	select {
+	case p.kick <- struct{}{}:
+	default:
+	}
+}
+
+// keyFor maps a request to its pool: the first of its subnets in this
+// host's AZ (or the default subnet) and its SG set (or the default SGs).
+func (p *EC2Provider) keyFor(ctx context.Context, req task.NetworkRequest) (PoolKey, subnetInfo, error) {
+	groups := req.SecurityGroupIDs
+	if len(groups) == 0 {
+		groups = p.cfg.DefaultSecurityGroups
+	}
+	if len(groups) == 0 {
+		return PoolKey{}, subnetInfo{}, fmt.Errorf("%w: no security groups and no default", ErrInvalidNetworkRequest)
+	}
+	subnets := req.SubnetIDs
+	if len(subnets) == 0 {
+		subnets = []string{p.cfg.DefaultSubnetID}
+	}
+	infos, err := p.eni.describeSubnets(ctx, subnets)
+	if err != nil {
+		return PoolKey{}, subnetInfo{}, err
+	}
+	for _, id := range subnets {
+		if s := infos[id]; s.AZ == p.cfg.Host.AvailabilityZone || p.cfg.Host.AvailabilityZone == "" {
+			return NewPoolKey(id, groups), s, nil
+		}
+	}
+	return PoolKey{}, subnetInfo{}, fmt.Errorf("%w: none of subnets %v is in %s", ErrInvalidNetworkRequest, subnets, p.cfg.Host.AvailabilityZone)
+}
+
+// Allocate gives taskID an IP of the pool for req. From a warm pool it makes
+// no EC2 call. Otherwise it grows the pool (assign IPs in a batch, take an
+// idle ENI over, or create one) and fails with ErrNoCapacity when the
+// instance has no room left. Allocating twice for a task returns the same IP.
+func (p *EC2Provider) Allocate(ctx context.Context, taskID string, req task.NetworkRequest) (Allocation, error) {
+	key, sn, err := p.keyFor(ctx, req)
+	if err != nil {
+		return Allocation{}, err
+	}
+	p.mu.Lock()
+	if t, ok := p.pool.tasks[taskID]; ok {
+		a := p.allocationLocked(taskID, t)
+		p.mu.Unlock()
+		return a, nil
+	}
+	if err := p.record.put(taskID, recordEntry{State: recordPending, Key: key}); err != nil {
+		p.mu.Unlock()
+		return Allocation{}, err
+	}
+	a, ok, err := p.takeLocked(taskID, key)
+	p.mu.Unlock()
+	if ok || err != nil {
+		p.poke()
+		return a, err
+	}
+	a, err = p.allocateSlow(ctx, taskID, key, sn)
+	if err != nil {
+		_ = p.record.remove(taskID)
+	}
+	p.poke()
+	return a, err
+}
+
+// takeLocked takes a free IP of key for taskID and records it.
+func (p *EC2Provider) takeLocked(taskID string, key PoolKey) (Allocation, bool, error) {
+	t, ok := p.pool.take(key, taskID, p.now())
+	if !ok {
+		return Allocation{}, false, nil
+	}
+	if err := p.record.put(taskID, recordEntry{State: recordAssigned, Key: key, ENI: t.ENI, IP: t.IP}); err != nil {
+		p.pool.release(taskID, time.Time{})
+		p.pool.enis[t.ENI].IPs[t.IP].CoolUntil = time.Time{}
+		return Allocation{}, false, err
+	}
+	return p.allocationLocked(taskID, t), true, nil
+}
+
+func (p *EC2Provider) allocateSlow(ctx context.Context, taskID string, key PoolKey, _ subnetInfo) (Allocation, error) {
+	p.growMu.Lock()
+	defer p.growMu.Unlock()
+	for range 8 {
+		p.mu.Lock()
+		a, ok, err := p.takeLocked(taskID, key)
+		if ok || err != nil {
+			p.mu.Unlock()
+			return a, err
+		}
+		free, cooling, _ := p.pool.counts(key, p.now())
+		need := 1 + p.pool.cfg.WarmIPs - free - cooling
+		st := p.pool.planGrow(key, max(need, 1), true, p.now())
+		p.mu.Unlock()
+		if st.Kind == stepNone {
+			return Allocation{}, fmt.Errorf("%w: instance %s (%s) has no room for another IP in %s with groups %s",
+				ErrNoCapacity, p.cfg.Host.InstanceID, p.cfg.Host.InstanceType, key.SubnetID, key.Groups)
+		}
+		if err := p.apply(ctx, st); err != nil {
+			return Allocation{}, fmt.Errorf("grow pool %s: %w", key, err)
+		}
+	}
+	return Allocation{}, fmt.Errorf("%w: pool %s did not grow", ErrNoCapacity, key)
+}
+
+// apply carries out one pool change against EC2. Callers hold growMu.
+func (p *EC2Provider) apply(ctx context.Context, st step) error {
+	switch st.Kind {
+	case stepCreate:
+		e, err := p.eni.create(ctx, st.Key, st.Count, p.pool.limits.MaxENIs)
+		if err != nil {
+			return err
+		}
+		var dups []string
+		p.mu.Lock()
+		for ip := range e.IPs {
+			if p.pool.holds(ip) {
+				dups = append(dups, ip)
+				delete(e.IPs, ip)
+			}
+		}
+		p.pool.enis[e.ID] = e
+		p.mu.Unlock()
+		if len(dups) > 0 {
+			p.log.Warn("EC2 assigned addresses this host already holds; giving them back", "eni", e.ID, "ips", dups)
+			_ = p.eni.unassign(ctx, e.ID, dups)
+		}
+		p.log.Info("created ENI", "eni", e.ID, "device", e.DeviceIndex, "key", st.Key.String(), "ips", len(e.IPs))
+	case stepAssign:
+		p.mu.Lock()
+		e, ok := p.pool.enis[st.ENI]
+		var snap *eniState
+		if ok {
+			snap = &eniState{ID: e.ID, PrimaryIP: e.PrimaryIP, IPs: map[string]*ipSlot{}}
+			for ip := range e.IPs {
+				snap.IPs[ip] = nil
+			}
+		}
+		p.mu.Unlock()
+		if !ok {
+			return nil
+		}
+		ips, err := p.eni.assign(ctx, snap, st.Count)
+		if err != nil {
+			return err
+		}
+		var dups []string
+		p.mu.Lock()
+		if e, ok := p.pool.enis[st.ENI]; ok {
+			for _, ip := range ips {
+				if p.pool.holds(ip) {
+					dups = append(dups, ip) // never hand one address out twice
+					continue
+				}
+				e.IPs[ip] = &ipSlot{}
+			}
+		}
+		p.mu.Unlock()
+		if len(dups) > 0 {
+			p.log.Warn("EC2 assigned addresses this host already holds; giving them back", "eni", st.ENI, "ips", dups)
+			_ = p.eni.unassign(ctx, st.ENI, dups)
+		}
+	case stepRegroup:
+		p.mu.Lock()
+		e, ok := p.pool.enis[st.ENI]
+		if !ok || e.used() > 0 {
+			p.mu.Unlock()
+			return nil
+		}
+		old := e.Key
+		e.Key = st.Key
+		p.mu.Unlock()
+		if err := p.eni.regroup(ctx, st.ENI, st.Key.GroupIDs()); err != nil {
+			p.mu.Lock()
+			e.Key = old
+			p.mu.Unlock()
+			return err
+		}
+		p.log.Info("moved idle ENI to new security groups", "eni", st.ENI, "from", old.String(), "to", st.Key.String())
+	case stepDelete:
+		p.mu.Lock()
+		e, ok := p.pool.enis[st.ENI]
+		if !ok || e.used() > 0 {
+			p.mu.Unlock()
+			return nil
+		}
+		delete(p.pool.enis, st.ENI)
+		p.mu.Unlock()
+		if err := p.eni.detachDelete(ctx, e.ID, e.AttachmentID); err != nil {
+			p.mu.Lock()
+			p.pool.enis[e.ID] = e
+			p.mu.Unlock()
+			return err
+		}
+		p.log.Info("deleted ENI", "eni", e.ID, "key", e.Key.String())
+	case stepUnassign:
+		p.mu.Lock()
+		e, ok := p.pool.enis[st.ENI]
+		var ips []string
+		if ok {
+			for _, ip := range st.IPs {
+				if s, ok := e.IPs[ip]; ok && s.TaskID == "" {
+					ips = append(ips, ip)
+					delete(e.IPs, ip)
+				}
+			}
+		}
+		p.mu.Unlock()
+		if len(ips) == 0 {
+			return nil
+		}
+		if err := p.eni.unassign(ctx, st.ENI, ips); err != nil {
+			p.mu.Lock()
+			for _, ip := range ips {
+				e.IPs[ip] = &ipSlot{}
+			}
+			p.mu.Unlock()
+			return err
+		}
+	}
+	return nil
+}
+
+// Release returns taskID's IP to its pool, where it cools down before
+// another task gets it. Releasing an unknown task is a no-op.
+func (p *EC2Provider) Release(_ context.Context, taskID string) error {
+	p.mu.Lock()
+	_, ok := p.pool.release(taskID, p.now())
+	err := p.record.remove(taskID)
+	p.mu.Unlock()
+	if ok {
+		p.poke()
+	}
+	return err
+}
+
+// Allocations lists the current allocations, sorted by task id.
+func (p *EC2Provider) Allocations(_ context.Context) ([]Allocation, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ids := make([]string, 0, len(p.pool.tasks))
+	for id := range p.pool.tasks {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	out := make([]Allocation, 0, len(ids))
+	for _, id := range ids {
+		out = append(out, p.allocationLocked(id, p.pool.tasks[id]))
+	}
+	return out, nil
+}
+
+func (p *EC2Provider) allocationLocked(taskID string, t taskIP) Allocation {
+	e := p.pool.enis[t.ENI]
+	sn, _ := p.eni.cachedSubnet(t.Key.SubnetID)
+	ip, _ := netip.ParseAddr(t.IP)
+	a := Allocation{
+		TaskID:           taskID,
+		IPv4:             netip.PrefixFrom(ip, sn.CIDR.Bits()),
+		Gateway:          sn.Gateway,
+		ENIID:            t.ENI,
+		SubnetID:         t.Key.SubnetID,
+		VPCID:            sn.VPCID,
+		SecurityGroupIDs: t.Key.GroupIDs(),
+		AvailabilityZone: p.cfg.Host.AvailabilityZone,
+		Region:           p.cfg.Host.Region,
+	}
+	if e != nil {
+		a.MAC, a.DeviceIndex = e.MAC, e.DeviceIndex
+	}
+	return a
+}
+
+func (p *EC2Provider) loop() {
+	defer p.doneWG.Done()
+	t := time.NewTicker(p.cfg.RefillInterval)
+	defer t.Stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		<-p.stop
+		cancel()
+	}()
+	for {
+		p.Tick(ctx)
+		select {
+		case <-p.stop:
+			return
+		case <-t.C:
+		case <-p.kick:
+		}
+	}
+}
+
+// Tick runs one round of background work: refill every pool below its
+// target, then hand back what has been surplus for ReleaseAfter. Failed
+// refills back off per pool (exponentially, with jitter from the SDK's
+// retries underneath). Exposed for tests that drive time themselves.
+func (p *EC2Provider) Tick(ctx context.Context) {
+	p.growMu.Lock()
+	defer p.growMu.Unlock()
+	now := p.now()
+	p.mu.Lock()
+	keys := p.pool.keys(now)
+	p.mu.Unlock()
+	for _, key := range keys {
+		if ctx.Err() != nil {
+			return
+		}
+		p.mu.Lock()
+		b := p.backoff[key]
+		p.mu.Unlock()
+		if now.Before(b.next) {
+			continue
+		}
+		if err := p.refill(ctx, key); err != nil {
+			p.mu.Lock()
+			b.fails++
+			b.delay = min(max(2*b.delay, p.cfg.RefillInterval), p.cfg.RefillBackoffMax)
+			b.next = p.now().Add(b.delay)
+			p.backoff[key] = b
+			p.mu.Unlock()
+			p.log.Warn("pool refill failed; backing off", "key", key.String(), "delay", b.delay, "err", err)
+			continue
+		}
+		p.mu.Lock()
+		delete(p.backoff, key)
+		steps := p.pool.planShrink(key, p.now())
+		p.mu.Unlock()
+		for _, st := range steps {
+			if err := p.apply(ctx, st); err != nil {
+				p.log.Warn("pool release failed", "key", key.String(), "step", st.Kind, "eni", st.ENI, "err", err)
+			}
+		}
+	}
+}
+
+func (p *EC2Provider) refill(ctx context.Context, key PoolKey) error {
+	for range 4 {
+		p.mu.Lock()
+		now := p.now()
+		free, cooling, _ := p.pool.counts(key, now)
+		st := p.pool.planGrow(key, p.pool.target(key, now)-free-cooling, false, now)
+		p.mu.Unlock()
+		if st.Kind == stepNone {
+			return nil
+		}
+		if err := p.apply(ctx, st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// RefillFailures reports, per pool, how many refills in a row failed (for
+// status and tests).
+func (p *EC2Provider) RefillFailures() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]int{}
+	for k, b := range p.backoff {
+		out[k.String()] = b.fails
+	}
+	return out
+}

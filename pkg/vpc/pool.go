@@ -1,0 +1,411 @@
+package vpc
+
+import (
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// PoolKey identifies a warm pool: tasks with the same subnet and the same
+// set of security groups share ENIs (security groups live on the ENI).
+type PoolKey struct {
+	SubnetID string `json:"subnetId"`
+	// Groups is the sorted, de-duplicated, comma-joined SG set.
+	Groups string `json:"securityGroups"`
+}
+
+// NewPoolKey builds the key for a subnet and an SG set in any order.
+func NewPoolKey(subnetID string, groups []string) PoolKey {
+	g := slices.Clone(groups)
+	sort.Strings(g)
+	g = slices.Compact(g)
+	return PoolKey{SubnetID: subnetID, Groups: strings.Join(g, ",")}
+}
+
+// GroupIDs returns the key's security groups, sorted.
+func (k PoolKey) GroupIDs() []string {
+	if k.Groups == "" {
+		return nil
+	}
+	return strings.Split(k.Groups, ",")
+}
+
+func (k PoolKey) String() string { return k.SubnetID + "/" + k.Groups }
+
+// PoolConfig sizes the warm pools.
+type PoolConfig struct {
+	// WarmIPs is how many free IPs to keep ready for every key in use. Zero means 2.
+	WarmIPs int
+	// MinDefaultIPs is kept warm for the default key even before any task uses it.
+	MinDefaultIPs int
+	// ReleaseAfter is how long a key may sit unused, or a pool over its
+	// target, before surplus IPs and ENIs go back to EC2. Zero means 2m.
+	ReleaseAfter time.Duration
+	// ReuseCooldown keeps a released IP from going to another task at once,
+	// so stale connections and ARP entries age out. Zero means 10s.
+	ReuseCooldown time.Duration
+	// MaxTaskENIs caps ENIs used for tasks below the instance limit (0: no cap).
+	MaxTaskENIs int
+}
+
+func (c PoolConfig) withDefaults() PoolConfig {
+	if c.WarmIPs == 0 {
+		c.WarmIPs = 2
+	}
+	if c.WarmIPs < 0 {
+		c.WarmIPs = 0
+	}
+	if c.ReleaseAfter <= 0 {
+		c.ReleaseAfter = 2 * time.Minute
+	}
+	if c.ReuseCooldown <= 0 {
+		c.ReuseCooldown = 10 * time.Second
+	}
+	return c
+}
+
+// eniState is one task ENI attached to this host.
+type eniState struct {
+	ID           string
+	MAC          string
+	AttachmentID string
+	DeviceIndex  int
+	SubnetID     string
+	PrimaryIP    string // the ENI's own address, never given to a task
+	Key          PoolKey
+	IPs          map[string]*ipSlot // secondary IPv4s
+}
+
+type ipSlot struct {
+	TaskID    string
+	CoolUntil time.Time
+}
+
+func (e *eniState) used() int {
+	n := 0
+	for _, s := range e.IPs {
+		if s.TaskID != "" {
+			n++
+		}
+	}
+	return n
+}
+
+func (e *eniState) free(now time.Time) int {
+	n := 0
+	for _, s := range e.IPs {
+		if s.TaskID == "" && !now.Before(s.CoolUntil) {
+			n++
+		}
+	}
+	return n
+}
+
+func (e *eniState) cooling(now time.Time) int {
+	n := 0
+	for _, s := range e.IPs {
+		if s.TaskID == "" && now.Before(s.CoolUntil) {
+			n++
+		}
+	}
+	return n
+}
+
+// freeIPs returns free, cooled-down IPs in address order.
+func (e *eniState) freeIPs(now time.Time) []string {
+	var out []string
+	for ip, s := range e.IPs {
+		if s.TaskID == "" && !now.Before(s.CoolUntil) {
+			out = append(out, ip)
+		}
+	}
+	sortIPs(out)
+	return out
+}
+
+func sortIPs(ips []string) {
+	sort.Slice(ips, func(i, j int) bool {
+		a, errA := netip.ParseAddr(ips[i])
+		b, errB := netip.ParseAddr(ips[j])
+		if errA != nil || errB != nil {
+			return ips[i] < ips[j]
+		}
+		return a.Less(b)
+	})
+}
+
+// taskIP is where a task's address lives.
+type taskIP struct {
+	ENI string
+	IP  string
+	Key PoolKey
+}
+
+// pool is the accounting of ENIs and IPs. It does no I/O; the provider
+// holds its lock around every use.
+type pool struct {
+	cfg        PoolConfig
+	limits     Limits
+	defaultKey PoolKey
+	enis       map[string]*eniState
+	foreign    int // ENIs on the instance that are not ours, besides the primary
+	tasks      map[string]taskIP
+	lastUsed   map[PoolKey]time.Time
+	overSince  map[PoolKey]time.Time
+}
+
+func newPool(cfg PoolConfig, limits Limits, defaultKey PoolKey) *pool {
+	return &pool{
+		cfg: cfg.withDefaults(), limits: limits, defaultKey: defaultKey,
+		enis: map[string]*eniState{}, tasks: map[string]taskIP{},
+		lastUsed: map[PoolKey]time.Time{}, overSince: map[PoolKey]time.Time{},
+	}
+}
+
+// sortedENIs returns the ENIs in device-index order, optionally only one key's.
+func (p *pool) sortedENIs(key *PoolKey) []*eniState {
+	var out []*eniState
+	for _, e := range p.enis {
+		if key == nil || e.Key == *key {
+			out = append(out, e)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].DeviceIndex != out[j].DeviceIndex {
+			return out[i].DeviceIndex < out[j].DeviceIndex
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// take gives taskID a free IP of key: the ENI with the most tasks first, so
+// ENIs fill up and idle ones can be handed back.
+func (p *pool) take(key PoolKey, taskID string, now time.Time) (taskIP, bool) {
+	if t, ok := p.tasks[taskID]; ok {
+		return t, true
+	}
+	p.lastUsed[key] = now
+	var best *eniState
+	for _, e := range p.sortedENIs(&key) {
+		if e.free(now) == 0 {
+			continue
+		}
+		if best == nil || e.used() > best.used() {
+			best = e
+		}
+	}
+	if best == nil {
+		return taskIP{}, false
+	}
+	ip := best.freeIPs(now)[0]
+	best.IPs[ip].TaskID = taskID
+	t := taskIP{ENI: best.ID, IP: ip, Key: key}
+	p.tasks[taskID] = t
+	return t, true
+}
+
+// release frees taskID's IP into its cool-down. It reports what was freed.
+func (p *pool) release(taskID string, now time.Time) (taskIP, bool) {
+	t, ok := p.tasks[taskID]
+	if !ok {
+		return taskIP{}, false
+	}
+	delete(p.tasks, taskID)
+	p.lastUsed[t.Key] = now
+	if e, ok := p.enis[t.ENI]; ok {
+		if s, ok := e.IPs[t.IP]; ok && s.TaskID == taskID {
+			s.TaskID = ""
+			s.CoolUntil = now.Add(p.cfg.ReuseCooldown)
+		}
+	}
+	return t, true
+}
+
+// counts returns free (ready), cooling and used IPs of key.
+func (p *pool) counts(key PoolKey, now time.Time) (free, cooling, used int) {
+	for _, e := range p.sortedENIs(&key) {
+		free += e.free(now)
+		cooling += e.cooling(now)
+		used += e.used()
+	}
+	return
+}
+
+// inUse: a key is in use while a task holds one of its IPs or one did
+// within ReleaseAfter.
+func (p *pool) inUse(key PoolKey, now time.Time) bool {
+	if _, _, used := p.counts(key, now); used > 0 {
+		return true
+	}
+	t, ok := p.lastUsed[key]
+	return ok && now.Sub(t) < p.cfg.ReleaseAfter
+}
+
+// target is how many free IPs key should have ready.
+func (p *pool) target(key PoolKey, now time.Time) int {
+	t := 0
+	if p.inUse(key, now) {
+		t = p.cfg.WarmIPs
+	}
+	if key == p.defaultKey && p.cfg.MinDefaultIPs > t {
+		t = p.cfg.MinDefaultIPs
+	}
+	return t
+}
+
+// keys returns every key with ENIs, recent use or a standing target, sorted.
+func (p *pool) keys(now time.Time) []PoolKey {
+	set := map[PoolKey]bool{}
+	for _, e := range p.enis {
+		set[e.Key] = true
+	}
+	for k := range p.lastUsed {
+		if p.inUse(k, now) {
+			set[k] = true
+		}
+	}
+	if p.defaultKey.SubnetID != "" && p.cfg.MinDefaultIPs > 0 {
+		set[p.defaultKey] = true
+	}
+	out := make([]PoolKey, 0, len(set))
+	for k := range set {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
+	return out
+}
+
+// holds reports whether ip is already an address of one of our ENIs.
+func (p *pool) holds(ip string) bool {
+	for _, e := range p.enis {
+		if _, ok := e.IPs[ip]; ok || e.PrimaryIP == ip {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *pool) perENI() int { return max(p.limits.IPv4PerENI-1, 0) }
+
+func (p *pool) maxTaskENIs() int {
+	n := max(p.limits.MaxENIs-1-p.foreign, 0)
+	if p.cfg.MaxTaskENIs > 0 && p.cfg.MaxTaskENIs < n {
+		n = p.cfg.MaxTaskENIs
+	}
+	return n
+}
+
+// stepKind is one EC2 change that grows or shrinks a pool.
+type stepKind string
+
+const (
+	stepNone     stepKind = ""         // nothing to do / nothing fits
+	stepAssign   stepKind = "assign"   // assign Count secondary IPs on ENI
+	stepCreate   stepKind = "create"   // create + attach an ENI for Key with Count IPs
+	stepRegroup  stepKind = "regroup"  // move an idle ENI (same subnet) to Key's SGs
+	stepDelete   stepKind = "delete"   // detach + delete ENI
+	stepUnassign stepKind = "unassign" // unassign IPs from ENI
+)
+
+type step struct {
+	Kind  stepKind
+	Key   PoolKey
+	ENI   string
+	Count int
+	IPs   []string
+}
+
+// planGrow picks the next EC2 change that gets key closer to need more
+// free IPs. demand is true for a launch waiting on the pool: only then may
+// an idle ENI of another key be taken over (background refills never steal).
+func (p *pool) planGrow(key PoolKey, need int, demand bool, now time.Time) step {
+	if need <= 0 {
+		return step{}
+	}
+	per := p.perENI()
+	for _, e := range p.sortedENIs(&key) {
+		if room := per - len(e.IPs); room > 0 {
+			return step{Kind: stepAssign, Key: key, ENI: e.ID, Count: min(room, need)}
+		}
+	}
+	if len(p.enis) < p.maxTaskENIs() && per > 0 {
+		return step{Kind: stepCreate, Key: key, Count: min(per, need)}
+	}
+	if !demand {
+		return step{}
+	}
+	var other *eniState
+	for _, e := range p.sortedENIs(nil) {
+		if e.Key == key || e.used() > 0 {
+			continue
+		}
+		if e.SubnetID == key.SubnetID {
+			return step{Kind: stepRegroup, Key: key, ENI: e.ID}
+		}
+		if other == nil {
+			other = e
+		}
+	}
+	if other != nil {
+		return step{Kind: stepDelete, Key: other.Key, ENI: other.ID}
+	}
+	return step{}
+}
+
+// planShrink lists the EC2 changes that bring key back to its target once it
+// has been over it for ReleaseAfter: idle ENIs first, then single IPs from
+// the least used ENIs. Cooling IPs are left alone.
+func (p *pool) planShrink(key PoolKey, now time.Time) []step {
+	free, cooling, _ := p.counts(key, now)
+	target := p.target(key, now)
+	empty := 0
+	for _, e := range p.sortedENIs(&key) {
+		if len(e.IPs) == 0 {
+			empty++
+		}
+	}
+	if free+cooling <= target && empty == 0 {
+		delete(p.overSince, key)
+		return nil
+	}
+	since, ok := p.overSince[key]
+	if !ok {
+		p.overSince[key] = now
+		return nil
+	}
+	if now.Sub(since) < p.cfg.ReleaseAfter {
+		return nil
+	}
+	surplus := free - max(target-cooling, 0)
+	enis := p.sortedENIs(&key)
+	// Least used, then highest device index, first.
+	sort.SliceStable(enis, func(i, j int) bool {
+		if enis[i].used() != enis[j].used() {
+			return enis[i].used() < enis[j].used()
+		}
+		return enis[i].DeviceIndex > enis[j].DeviceIndex
+	})
+	var out []step
+	for _, e := range enis {
+		if e.used() == 0 && e.cooling(now) == 0 && len(e.IPs) <= max(surplus, 0) {
+			out = append(out, step{Kind: stepDelete, Key: key, ENI: e.ID})
+			surplus -= len(e.IPs)
+			continue
+		}
+		if surplus <= 0 {
+			continue
+		}
+		ips := e.freeIPs(now)
+		n := min(len(ips), surplus)
+		if n == 0 {
+			continue
+		}
+		ips = ips[len(ips)-n:]
+		out = append(out, step{Kind: stepUnassign, Key: key, ENI: e.ID, IPs: ips})
+		surplus -= n
+	}
+	return out
+}
