@@ -1557,6 +1557,296 @@ func (x *VersionResponse) GetContainerdVersion() string {
 	return ""
 }
 
+type VPCStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VPCStatusRequest) Reset() {
+	*x = VPCStatusRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VPCStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VPCStatusRequest) ProtoMessage() {}
+
+func (x *VPCStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VPCStatusRequest.ProtoReflect.Descriptor instead.
+func (*VPCStatusRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+type VPCStatusResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Provider string                 `protobuf:"bytes,1,opt,name=provider,proto3" json:"provider,omitempty"`
+	// The provider's status as JSON (ENIs, pools, allocations).
+	StatusJson    []byte `protobuf:"bytes,2,opt,name=status_json,json=statusJson,proto3" json:"status_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VPCStatusResponse) Reset() {
+	*x = VPCStatusResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VPCStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VPCStatusResponse) ProtoMessage() {}
+
+func (x *VPCStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VPCStatusResponse.ProtoReflect.Descriptor instead.
+func (*VPCStatusResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *VPCStatusResponse) GetProvider() string {
+	if x != nil {
+		return x.Provider
+	}
+	return ""
+}
+
+func (x *VPCStatusResponse) GetStatusJson() []byte {
+	if x != nil {
+		return x.StatusJson
+	}
+	return nil
+}
+
+type VPCGCRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Actually free; without it, only report what would be freed.
+	Apply         bool `protobuf:"varint,1,opt,name=apply,proto3" json:"apply,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VPCGCRequest) Reset() {
+	*x = VPCGCRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VPCGCRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VPCGCRequest) ProtoMessage() {}
+
+func (x *VPCGCRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VPCGCRequest.ProtoReflect.Descriptor instead.
+func (*VPCGCRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *VPCGCRequest) GetApply() bool {
+	if x != nil {
+		return x.Apply
+	}
+	return false
+}
+
+type VPCGCResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Actions       []string               `protobuf:"bytes,1,rep,name=actions,proto3" json:"actions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VPCGCResponse) Reset() {
+	*x = VPCGCResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VPCGCResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VPCGCResponse) ProtoMessage() {}
+
+func (x *VPCGCResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VPCGCResponse.ProtoReflect.Descriptor instead.
+func (*VPCGCResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *VPCGCResponse) GetActions() []string {
+	if x != nil {
+		return x.Actions
+	}
+	return nil
+}
+
+type MetadataGetRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Path          string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetadataGetRequest) Reset() {
+	*x = MetadataGetRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetadataGetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetadataGetRequest) ProtoMessage() {}
+
+func (x *MetadataGetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetadataGetRequest.ProtoReflect.Descriptor instead.
+func (*MetadataGetRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *MetadataGetRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *MetadataGetRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type MetadataGetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        int32                  `protobuf:"varint,1,opt,name=status,proto3" json:"status,omitempty"`
+	Body          []byte                 `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	ContentType   string                 `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetadataGetResponse) Reset() {
+	*x = MetadataGetResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetadataGetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetadataGetResponse) ProtoMessage() {}
+
+func (x *MetadataGetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetadataGetResponse.ProtoReflect.Descriptor instead.
+func (*MetadataGetResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *MetadataGetResponse) GetStatus() int32 {
+	if x != nil {
+		return x.Status
+	}
+	return 0
+}
+
+func (x *MetadataGetResponse) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *MetadataGetResponse) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
 var File_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agent_v1_agent_proto_rawDesc = "" +
@@ -1677,7 +1967,23 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x0fVersionResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x16\n" +
 	"\x06commit\x18\x02 \x01(\tR\x06commit\x12-\n" +
-	"\x12containerd_version\x18\x03 \x01(\tR\x11containerdVersion*\xff\x01\n" +
+	"\x12containerd_version\x18\x03 \x01(\tR\x11containerdVersion\"\x12\n" +
+	"\x10VPCStatusRequest\"P\n" +
+	"\x11VPCStatusResponse\x12\x1a\n" +
+	"\bprovider\x18\x01 \x01(\tR\bprovider\x12\x1f\n" +
+	"\vstatus_json\x18\x02 \x01(\fR\n" +
+	"statusJson\"$\n" +
+	"\fVPCGCRequest\x12\x14\n" +
+	"\x05apply\x18\x01 \x01(\bR\x05apply\")\n" +
+	"\rVPCGCResponse\x12\x18\n" +
+	"\aactions\x18\x01 \x03(\tR\aactions\"A\n" +
+	"\x12MetadataGetRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\"d\n" +
+	"\x13MetadataGetResponse\x12\x16\n" +
+	"\x06status\x18\x01 \x01(\x05R\x06status\x12\x12\n" +
+	"\x04body\x18\x02 \x01(\fR\x04body\x12!\n" +
+	"\fcontent_type\x18\x03 \x01(\tR\vcontentType*\xff\x01\n" +
 	"\tTaskState\x12\x1a\n" +
 	"\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13TASK_STATE_ACCEPTED\x10\x01\x12\x18\n" +
@@ -1688,7 +1994,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x13TASK_STATE_FINISHED\x10\x06\x12\x15\n" +
 	"\x11TASK_STATE_FAILED\x10\a\x12\x15\n" +
 	"\x11TASK_STATE_KILLED\x10\b\x12\x13\n" +
-	"\x0fTASK_STATE_LOST\x10\t2\xaf\x05\n" +
+	"\x0fTASK_STATE_LOST\x10\t2\x9f\a\n" +
 	"\x05Agent\x12S\n" +
 	"\n" +
 	"LaunchTask\x12!.titus.agent.v1.LaunchTaskRequest\x1a\".titus.agent.v1.LaunchTaskResponse\x12M\n" +
@@ -1698,7 +2004,10 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\vWatchEvents\x12\".titus.agent.v1.WatchEventsRequest\x1a\x19.titus.agent.v1.TaskEvent0\x01\x12G\n" +
 	"\bTaskLogs\x12\x1f.titus.agent.v1.TaskLogsRequest\x1a\x18.titus.agent.v1.LogChunk0\x01\x12A\n" +
 	"\x04Exec\x12\x1b.titus.agent.v1.ExecRequest\x1a\x1a.titus.agent.v1.ExecOutput0\x01\x12G\n" +
-	"\x06Health\x12\x1d.titus.agent.v1.HealthRequest\x1a\x1e.titus.agent.v1.HealthResponse\x12J\n" +
+	"\x06Health\x12\x1d.titus.agent.v1.HealthRequest\x1a\x1e.titus.agent.v1.HealthResponse\x12P\n" +
+	"\tVPCStatus\x12 .titus.agent.v1.VPCStatusRequest\x1a!.titus.agent.v1.VPCStatusResponse\x12D\n" +
+	"\x05VPCGC\x12\x1c.titus.agent.v1.VPCGCRequest\x1a\x1d.titus.agent.v1.VPCGCResponse\x12V\n" +
+	"\vMetadataGet\x12\".titus.agent.v1.MetadataGetRequest\x1a#.titus.agent.v1.MetadataGetResponse\x12J\n" +
 	"\aVersion\x12\x1e.titus.agent.v1.VersionRequest\x1a\x1f.titus.agent.v1.VersionResponseB9Z7github.com/titus-agent/titus-agent/api/agent/v1;agentv1b\x06proto3"
 
 var (
@@ -1714,7 +2023,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(TaskState)(0),                // 0: titus.agent.v1.TaskState
 	(*Resources)(nil),             // 1: titus.agent.v1.Resources
@@ -1741,17 +2050,23 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*HealthResponse)(nil),        // 22: titus.agent.v1.HealthResponse
 	(*VersionRequest)(nil),        // 23: titus.agent.v1.VersionRequest
 	(*VersionResponse)(nil),       // 24: titus.agent.v1.VersionResponse
-	nil,                           // 25: titus.agent.v1.TaskSpec.EnvEntry
-	nil,                           // 26: titus.agent.v1.TaskSpec.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 27: google.protobuf.Timestamp
+	(*VPCStatusRequest)(nil),      // 25: titus.agent.v1.VPCStatusRequest
+	(*VPCStatusResponse)(nil),     // 26: titus.agent.v1.VPCStatusResponse
+	(*VPCGCRequest)(nil),          // 27: titus.agent.v1.VPCGCRequest
+	(*VPCGCResponse)(nil),         // 28: titus.agent.v1.VPCGCResponse
+	(*MetadataGetRequest)(nil),    // 29: titus.agent.v1.MetadataGetRequest
+	(*MetadataGetResponse)(nil),   // 30: titus.agent.v1.MetadataGetResponse
+	nil,                           // 31: titus.agent.v1.TaskSpec.EnvEntry
+	nil,                           // 32: titus.agent.v1.TaskSpec.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
-	25, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
+	31, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
 	1,  // 1: titus.agent.v1.TaskSpec.resources:type_name -> titus.agent.v1.Resources
-	26, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
+	32, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
 	2,  // 3: titus.agent.v1.TaskSpec.network:type_name -> titus.agent.v1.NetworkRequest
 	0,  // 4: titus.agent.v1.Transition.state:type_name -> titus.agent.v1.TaskState
-	27, // 5: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	33, // 5: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
 	3,  // 6: titus.agent.v1.Task.spec:type_name -> titus.agent.v1.TaskSpec
 	0,  // 7: titus.agent.v1.Task.state:type_name -> titus.agent.v1.TaskState
 	4,  // 8: titus.agent.v1.Task.transitions:type_name -> titus.agent.v1.Transition
@@ -1770,18 +2085,24 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	16, // 21: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
 	18, // 22: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
 	20, // 23: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
-	23, // 24: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
-	9,  // 25: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
-	11, // 26: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
-	6,  // 27: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
-	14, // 28: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
-	7,  // 29: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
-	17, // 30: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
-	19, // 31: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
-	22, // 32: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
-	24, // 33: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
-	25, // [25:34] is the sub-list for method output_type
-	16, // [16:25] is the sub-list for method input_type
+	25, // 24: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
+	27, // 25: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
+	29, // 26: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
+	23, // 27: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
+	9,  // 28: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
+	11, // 29: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
+	6,  // 30: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
+	14, // 31: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
+	7,  // 32: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
+	17, // 33: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
+	19, // 34: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
+	22, // 35: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
+	26, // 36: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
+	28, // 37: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
+	30, // 38: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
+	24, // 39: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
+	28, // [28:40] is the sub-list for method output_type
+	16, // [16:28] is the sub-list for method input_type
 	16, // [16:16] is the sub-list for extension type_name
 	16, // [16:16] is the sub-list for extension extendee
 	0,  // [0:16] is the sub-list for field type_name
@@ -1798,7 +2119,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

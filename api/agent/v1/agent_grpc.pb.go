@@ -29,6 +29,9 @@ const (
 	Agent_TaskLogs_FullMethodName    = "/titus.agent.v1.Agent/TaskLogs"
 	Agent_Exec_FullMethodName        = "/titus.agent.v1.Agent/Exec"
 	Agent_Health_FullMethodName      = "/titus.agent.v1.Agent/Health"
+	Agent_VPCStatus_FullMethodName   = "/titus.agent.v1.Agent/VPCStatus"
+	Agent_VPCGC_FullMethodName       = "/titus.agent.v1.Agent/VPCGC"
+	Agent_MetadataGet_FullMethodName = "/titus.agent.v1.Agent/MetadataGet"
 	Agent_Version_FullMethodName     = "/titus.agent.v1.Agent/Version"
 )
 
@@ -49,6 +52,12 @@ type AgentClient interface {
 	// Exec runs a command inside a running task and streams its output.
 	Exec(ctx context.Context, in *ExecRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExecOutput], error)
 	Health(ctx context.Context, in *HealthRequest, opts ...grpc.CallOption) (*HealthResponse, error)
+	// VPCStatus shows ENIs, security-group sets, IPs free/used and pool targets.
+	VPCStatus(ctx context.Context, in *VPCStatusRequest, opts ...grpc.CallOption) (*VPCStatusResponse, error)
+	// VPCGC frees addresses, namespaces and ENIs no task holds (dry run by default).
+	VPCGC(ctx context.Context, in *VPCGCRequest, opts ...grpc.CallOption) (*VPCGCResponse, error)
+	// MetadataGet fetches what a task would see at a metadata path.
+	MetadataGet(ctx context.Context, in *MetadataGetRequest, opts ...grpc.CallOption) (*MetadataGetResponse, error)
 	Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error)
 }
 
@@ -167,6 +176,36 @@ func (c *agentClient) Health(ctx context.Context, in *HealthRequest, opts ...grp
 	return out, nil
 }
 
+func (c *agentClient) VPCStatus(ctx context.Context, in *VPCStatusRequest, opts ...grpc.CallOption) (*VPCStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VPCStatusResponse)
+	err := c.cc.Invoke(ctx, Agent_VPCStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) VPCGC(ctx context.Context, in *VPCGCRequest, opts ...grpc.CallOption) (*VPCGCResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VPCGCResponse)
+	err := c.cc.Invoke(ctx, Agent_VPCGC_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) MetadataGet(ctx context.Context, in *MetadataGetRequest, opts ...grpc.CallOption) (*MetadataGetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MetadataGetResponse)
+	err := c.cc.Invoke(ctx, Agent_MetadataGet_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *agentClient) Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(VersionResponse)
@@ -194,6 +233,12 @@ type AgentServer interface {
 	// Exec runs a command inside a running task and streams its output.
 	Exec(*ExecRequest, grpc.ServerStreamingServer[ExecOutput]) error
 	Health(context.Context, *HealthRequest) (*HealthResponse, error)
+	// VPCStatus shows ENIs, security-group sets, IPs free/used and pool targets.
+	VPCStatus(context.Context, *VPCStatusRequest) (*VPCStatusResponse, error)
+	// VPCGC frees addresses, namespaces and ENIs no task holds (dry run by default).
+	VPCGC(context.Context, *VPCGCRequest) (*VPCGCResponse, error)
+	// MetadataGet fetches what a task would see at a metadata path.
+	MetadataGet(context.Context, *MetadataGetRequest) (*MetadataGetResponse, error)
 	Version(context.Context, *VersionRequest) (*VersionResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
@@ -228,6 +273,15 @@ func (UnimplementedAgentServer) Exec(*ExecRequest, grpc.ServerStreamingServer[Ex
 }
 func (UnimplementedAgentServer) Health(context.Context, *HealthRequest) (*HealthResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Health not implemented")
+}
+func (UnimplementedAgentServer) VPCStatus(context.Context, *VPCStatusRequest) (*VPCStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VPCStatus not implemented")
+}
+func (UnimplementedAgentServer) VPCGC(context.Context, *VPCGCRequest) (*VPCGCResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method VPCGC not implemented")
+}
+func (UnimplementedAgentServer) MetadataGet(context.Context, *MetadataGetRequest) (*MetadataGetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MetadataGet not implemented")
 }
 func (UnimplementedAgentServer) Version(context.Context, *VersionRequest) (*VersionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Version not implemented")
@@ -376,6 +430,60 @@ func _Agent_Health_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_VPCStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VPCStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).VPCStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_VPCStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).VPCStatus(ctx, req.(*VPCStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_VPCGC_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VPCGCRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).VPCGC(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_VPCGC_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).VPCGC(ctx, req.(*VPCGCRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_MetadataGet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MetadataGetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).MetadataGet(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_MetadataGet_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).MetadataGet(ctx, req.(*MetadataGetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Agent_Version_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(VersionRequest)
 	if err := dec(in); err != nil {
@@ -420,6 +528,18 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Health",
 			Handler:    _Agent_Health_Handler,
+		},
+		{
+			MethodName: "VPCStatus",
+			Handler:    _Agent_VPCStatus_Handler,
+		},
+		{
+			MethodName: "VPCGC",
+			Handler:    _Agent_VPCGC_Handler,
+		},
+		{
+			MethodName: "MetadataGet",
+			Handler:    _Agent_MetadataGet_Handler,
 		},
 		{
 			MethodName: "Version",
