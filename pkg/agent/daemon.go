@@ -131,7 +131,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		return nil, err
 	}
 	d.grpc = grpc.NewServer(grpc.Creds(PeerCreds{GID: gid}), grpc.MaxRecvMsgSize(4<<20))
-	(&Server{Manager: d.manager, Runtime: rt, Checker: &hostHealth{rt: rt, dirs: []string{cfg.StateDir, cfg.LogDir}}, LogDir: cfg.LogDir}).Register(d.grpc)
+	(&Server{Manager: d.manager, Runtime: rt, Checker: &hostHealth{rt: rt, dirs: []string{cfg.StateDir, cfg.LogDir}}, LogDir: cfg.LogDir, VPC: w.vpc, Metadata: w.metadata}).Register(d.grpc)
 	ok = true
 	return d, nil
 }
@@ -142,6 +142,8 @@ type wiring struct {
 	restore     []taskrunner.RestoreHook
 	reconcilers []Reconciler
 	closers     []func() error
+	vpc         VPCOperator
+	metadata    MetadataGetter
 }
 
 func (d *Daemon) pruneLoop(ctx context.Context) {

@@ -42,6 +42,9 @@ type Server struct {
 	Runtime execer
 	Checker HealthChecker
 	LogDir  string
+	// VPC and Metadata are nil when not configured.
+	VPC      VPCOperator
+	Metadata MetadataGetter
 }
 
 // Register adds the service to a gRPC server.
