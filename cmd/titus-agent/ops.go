@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 
 	"github.com/spf13/cobra"
 
@@ -98,7 +100,8 @@ func newMetadataCmd() *cobra.Command {
 func printYAMLish(w interface{ Write([]byte) (int, error) }, v any, indent string) error {
 	switch t := v.(type) {
 	case map[string]any:
-		for k, val := range t {
+		for _, k := range slices.Sorted(maps.Keys(t)) {
+			val := t[k]
 			switch val.(type) {
 			case map[string]any, []any:
 				fmt.Fprintf(w, "%s%s:\n", indent, k)
