@@ -37,8 +37,8 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 		return err
 	}))
 
-	if err := wireNetwork(ctx, cfg, log, w, &first, &second); err != nil {
-		return nil, err
+	if _, err := wireNetwork(ctx, cfg, log, w, &first, &second); err != nil {
+		return nil, fmt.Errorf("network: %w", err)
 	}
 
 	iso := isolation.Options{InitPath: cfg.Isolation.InitPath}

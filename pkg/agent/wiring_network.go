@@ -2,13 +2,92 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
+	"github.com/titus-agent/titus-agent/pkg/isolation"
+	"github.com/titus-agent/titus-agent/pkg/vpc"
 )
 
-// wireNetwork adds the network, bandwidth and metadata hooks for the
-// configured provider; provider "none" runs tasks in the host network.
-func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, first, second *[]taskrunner.PrestartHook) error {
-	return nil
+// wireNetwork adds the network and bandwidth hooks for the configured
+// provider; provider "none" runs tasks in the host's network namespace.
+func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, first, second *[]taskrunner.PrestartHook) (*vpc.Network, error) {
+	var provider vpc.IPProvider
+	switch cfg.Network.Provider {
+	case "none":
+		return nil, nil
+	case "local":
+		lp, err := vpc.NewLocalProvider(ctx, vpc.LocalConfig{
+			CIDR:       netip.MustParsePrefix(cfg.Network.Local.CIDR),
+			Bridge:     cfg.Network.Local.Bridge,
+			RecordPath: filepath.Join(cfg.StateDir, "vpc-local.json"),
+			NAT:        true,
+		})
+		if err != nil {
+			return nil, err
+		}
+		provider = lp
+	case "ec2":
+		ep, err := newEC2Provider(ctx, cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		ep.Start()
+		w.closers = append(w.closers, ep.Close)
+		provider = ep
+	}
+	dp, err := vpc.NewDataPlane(vpc.DataPlaneConfig{
+		NetNSDir: cfg.Network.NetNSDir,
+		FilesDir: filepath.Join(cfg.StateDir, "netfiles"),
+		Bridge:   cfg.Network.Local.Bridge,
+		DNS:      cfg.Network.DNS,
+	})
+	if err != nil {
+		return nil, err
+	}
+	w.closers = append(w.closers, func() error { dp.Close(); return nil })
+	n := vpc.NewNetwork(provider, dp)
+	*first = append(*first, &taskrunner.NetworkHook{Network: n})
+	*second = append(*second, &taskrunner.BandwidthHook{Shaper: isolation.NewBandwidth()})
+	w.reconcilers = append(w.reconcilers, n)
+	w.vpc = n
+	return n, nil
+}
+
+func newEC2Provider(ctx context.Context, cfg Config, log *slog.Logger) (*vpc.EC2Provider, error) {
+	e := cfg.Network.EC2
+	if cfg.Metadata.Upstream == "" {
+		return nil, fmt.Errorf("network.provider ec2 needs metadata.upstream (the host's IMDS) to learn the instance")
+	}
+	host, err := vpc.DiscoverHost(ctx, cfg.Metadata.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("discover host: %w", err)
+	}
+	api, err := vpc.NewEC2Client(ctx, vpc.EC2Config{Region: firstNonEmpty(e.Region, host.Region), Endpoint: e.Endpoint})
+	if err != nil {
+		return nil, err
+	}
+	hostname, _ := os.Hostname()
+	return vpc.NewEC2Provider(ctx, vpc.EC2ProviderConfig{
+		API:             api,
+		Host:            host,
+		AgentID:         hostname,
+		DefaultSubnetID: e.DefaultSubnet,
+		Pool:            vpc.PoolConfig{WarmIPs: e.WarmIPs, MinDefaultIPs: e.MinWarmIPs},
+		RecordPath:      filepath.Join(cfg.StateDir, "vpc-ec2.json"),
+		Logger:          log,
+	})
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
 }

@@ -466,8 +466,9 @@ func (p *EC2Provider) allocationLocked(taskID string, t taskIP) Allocation {
 		AvailabilityZone: p.cfg.Host.AvailabilityZone,
 		Region:           p.cfg.Host.Region,
 	}
+	a.Provider = "ec2"
 	if e != nil {
-		a.MAC, a.DeviceIndex = e.MAC, e.DeviceIndex
+		a.MAC, a.DeviceIndex, a.RouteTable = e.MAC, e.DeviceIndex, ENIRouteTable(e.DeviceIndex)
 	}
 	return a
 }

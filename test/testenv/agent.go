@@ -80,7 +80,8 @@ func StartAgent(t TB, o AgentOptions) *Agent {
 		t.Fatalf("agent dir: %v", err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	cfg := o.Config
+	// {{DIR}} in the config stands for the agent's private directory.
+	cfg := strings.ReplaceAll(o.Config, "{{DIR}}", dir)
 	if !strings.Contains(cfg, "logLevel:") {
 		cfg += "\nlogLevel: debug\n"
 	}

@@ -1,0 +1,42 @@
+package vpc
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Allocation is one task's address, whichever provider made it.
+type Allocation struct {
+	TaskID   string `json:"taskId"`
+	Provider string `json:"provider,omitempty"`
+	// IPv4 is the address with its subnet's prefix length.
+	IPv4    netip.Prefix `json:"ipv4"`
+	Gateway netip.Addr   `json:"gateway"`
+	// ENI fields are empty for the local provider.
+	ENIID       string `json:"eniId,omitempty"`
+	MAC         string `json:"mac,omitempty"`
+	DeviceIndex int    `json:"deviceIndex,omitempty"`
+	// RouteTable is the ENI's policy-routing table (ec2); 0 for local.
+	RouteTable       int      `json:"routeTable,omitempty"`
+	SubnetID         string   `json:"subnetId,omitempty"`
+	VPCID            string   `json:"vpcId,omitempty"`
+	SecurityGroupIDs []string `json:"securityGroupIds,omitempty"`
+	AvailabilityZone string   `json:"availabilityZone,omitempty"`
+	Region           string   `json:"region,omitempty"`
+}
+
+// ErrNoCapacity means the host cannot give a task an address now.
+var ErrNoCapacity = errors.New("no network capacity left on this host")
+
+// IPProvider hands out task addresses.
+type IPProvider interface {
+	// Allocate is idempotent per task.
+	Allocate(ctx context.Context, taskID string, req task.NetworkRequest) (Allocation, error)
+	// Release is idempotent.
+	Release(ctx context.Context, taskID string) error
+	// Allocations is what the provider holds (restart reconciliation).
+	Allocations(ctx context.Context) ([]Allocation, error)
+}

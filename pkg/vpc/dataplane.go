@@ -1,0 +1,447 @@
+package vpc
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// ENIRouteTable is the policy-routing table of the ENI at a device index
+// (the AWS VPC CNI convention: device index + 1, here offset to stay clear
+// of tables other software uses).
+func ENIRouteTable(deviceIndex int) int { return 1000 + deviceIndex }
+
+// taskGateway is the next hop inside an ec2-mode task netns: a link-local
+// address that only exists inside the task's namespace (never used from the
+// host's), answered by a static neighbour entry for the host-side veth.
+var taskGateway = netip.MustParseAddr("169.254.1.1")
+
+// DataPlaneConfig configures the wiring.
+type DataPlaneConfig struct {
+	// NetNSDir holds the task namespaces' bind mounts.
+	NetNSDir string
+	// FilesDir holds per-task resolv.conf, hosts and hostname.
+	FilesDir string
+	// HostNetNS is the host's netns path; empty = this process's.
+	HostNetNS string
+	// Bridge is the local provider's bridge (local mode only).
+	Bridge string
+	// DNS servers for the tasks' resolv.conf; empty = the host's.
+	DNS []string
+	MTU int
+}
+
+// DataPlane wires task addresses into network namespaces.
+type DataPlane struct {
+	cfg  DataPlaneConfig
+	host *netlink.Handle
+}
+
+// NewDataPlane opens netlink in the host netns.
+func NewDataPlane(cfg DataPlaneConfig) (*DataPlane, error) {
+	if cfg.NetNSDir == "" || cfg.FilesDir == "" {
+		return nil, errors.New("vpc: NetNSDir and FilesDir are required")
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = 1500
+	}
+	h, err := handleAt(cfg.HostNetNS)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []string{cfg.NetNSDir, cfg.FilesDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("vpc: %w", err)
+		}
+	}
+	return &DataPlane{cfg: cfg, host: h}, nil
+}
+
+func handleAt(nsPath string) (*netlink.Handle, error) {
+	if nsPath == "" {
+		return netlink.NewHandle()
+	}
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("vpc: netns %s: %w", nsPath, err)
+	}
+	defer ns.Close()
+	return netlink.NewHandleAt(ns)
+}
+
+// Close releases netlink.
+func (d *DataPlane) Close() { d.host.Close() }
+
+// HostVeth is the host-side veth name of a task (<= 15 characters).
+func HostVeth(taskID string) string { return "tt" + shortHash(taskID) }
+
+func peerVeth(taskID string) string { return "tp" + shortHash(taskID) }
+
+func shortHash(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(h[:])[:10]
+}
+
+// NetNSPath is where a task's namespace is bind-mounted.
+func (d *DataPlane) NetNSPath(taskID string) string { return filepath.Join(d.cfg.NetNSDir, taskID) }
+
+// Setup creates the task's netns and veth and puts the address in it. It
+// is idempotent: an existing netns or veth is reused.
+func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttachment, error) {
+	nsPath := d.NetNSPath(a.TaskID)
+	if err := ensureNetNS(nsPath); err != nil {
+		return nil, err
+	}
+	ns, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return nil, fmt.Errorf("vpc: open netns: %w", err)
+	}
+	defer ns.Close()
+	inner, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return nil, fmt.Errorf("vpc: netlink in task netns: %w", err)
+	}
+	defer inner.Close()
+
+	hostName := HostVeth(a.TaskID)
+	host, err := d.host.LinkByName(hostName)
+	if err != nil {
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName, MTU: d.cfg.MTU}, PeerName: peerVeth(a.TaskID)}
+		if err := d.host.LinkAdd(veth); err != nil && !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("vpc: add veth: %w", err)
+		}
+		if host, err = d.host.LinkByName(hostName); err != nil {
+			return nil, fmt.Errorf("vpc: veth: %w", err)
+		}
+	}
+	if peer, err := d.host.LinkByName(peerVeth(a.TaskID)); err == nil {
+		if err := d.host.LinkSetNsFd(peer, int(ns)); err != nil {
+			return nil, fmt.Errorf("vpc: move veth into task netns: %w", err)
+		}
+	}
+	eth, err := inner.LinkByName("eth0")
+	if err != nil {
+		if eth, err = inner.LinkByName(peerVeth(a.TaskID)); err != nil {
+			return nil, fmt.Errorf("vpc: task veth missing: %w", err)
+		}
+		if err := inner.LinkSetName(eth, "eth0"); err != nil {
+			return nil, fmt.Errorf("vpc: rename task veth: %w", err)
+		}
+	}
+	if lo, err := inner.LinkByName("lo"); err == nil {
+		_ = inner.LinkSetUp(lo)
+	}
+	if err := d.wireTask(inner, eth, host, a); err != nil {
+		return nil, err
+	}
+	if err := d.wireHost(host, a); err != nil {
+		return nil, err
+	}
+	att := &task.NetworkAttachment{
+		NetNSPath: nsPath, IPv4: a.IPv4.Addr().String(), MAC: eth.Attrs().HardwareAddr.String(), Gateway: a.Gateway.String(),
+		ENIID: a.ENIID, DeviceIndex: a.DeviceIndex, SubnetID: a.SubnetID, VPCID: a.VPCID,
+		SecurityGroupIDs: a.SecurityGroupIDs, AvailabilityZone: a.AvailabilityZone, Region: a.Region,
+	}
+	if a.MAC != "" {
+		att.MAC = a.MAC // the VPC's view: the ENI the address lives on
+	}
+	if err := d.writeFiles(a, att); err != nil {
+		return nil, err
+	}
+	return att, nil
+}
+
+// wireTask sets the address and default route inside the task netns.
+func (d *DataPlane) wireTask(inner *netlink.Handle, eth, host netlink.Link, a Allocation) error {
+	prefix := a.IPv4
+	if a.Provider == "ec2" {
+		prefix = netip.PrefixFrom(a.IPv4.Addr(), 32)
+	}
+	addr := &netlink.Addr{IPNet: prefixToIPNet(prefix)}
+	if err := inner.AddrReplace(eth, addr); err != nil {
+		return fmt.Errorf("vpc: task address: %w", err)
+	}
+	if err := inner.LinkSetUp(eth); err != nil {
+		return fmt.Errorf("vpc: task link up: %w", err)
+	}
+	gw := a.Gateway
+	if a.Provider == "ec2" {
+		gw = taskGateway
+		if err := inner.RouteReplace(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: prefixToIPNet(netip.PrefixFrom(gw, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
+			return fmt.Errorf("vpc: task gateway route: %w", err)
+		}
+		if err := inner.NeighSet(&netlink.Neigh{LinkIndex: eth.Attrs().Index, State: netlink.NUD_PERMANENT, IP: net.IP(gw.AsSlice()), HardwareAddr: host.Attrs().HardwareAddr}); err != nil {
+			return fmt.Errorf("vpc: task gateway neighbour: %w", err)
+		}
+	}
+	def := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: net.IP(gw.AsSlice()), Dst: prefixToIPNet(netip.MustParsePrefix("0.0.0.0/0"))}
+	if err := inner.RouteReplace(def); err != nil {
+		return fmt.Errorf("vpc: task default route: %w", err)
+	}
+	return nil
+}
+
+// wireHost attaches the host side: a bridge port (local) or a /32 route and
+// a policy rule to the ENI's table (ec2).
+func (d *DataPlane) wireHost(host netlink.Link, a Allocation) error {
+	if a.Provider != "ec2" {
+		br, err := d.host.LinkByName(d.cfg.Bridge)
+		if err != nil {
+			return fmt.Errorf("vpc: bridge %s: %w", d.cfg.Bridge, err)
+		}
+		if err := d.host.LinkSetMaster(host, br); err != nil {
+			return fmt.Errorf("vpc: attach veth to bridge: %w", err)
+		}
+		return d.host.LinkSetUp(host)
+	}
+	if err := d.host.LinkSetUp(host); err != nil {
+		return fmt.Errorf("vpc: host veth up: %w", err)
+	}
+	dst := prefixToIPNet(netip.PrefixFrom(a.IPv4.Addr(), 32))
+	if err := d.host.RouteReplace(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
+		return fmt.Errorf("vpc: host route to task: %w", err)
+	}
+	rule := taskRule(a)
+	if err := d.host.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("vpc: policy rule: %w", err)
+	}
+	// proxy_arp lets the task's link-local gateway resolve; the static
+	// neighbour above already does, this covers ARP refreshes.
+	_ = os.WriteFile("/proc/sys/net/ipv4/conf/"+host.Attrs().Name+"/proxy_arp", []byte("1"), 0o644)
+	return nil
+}
+
+func taskRule(a Allocation) *netlink.Rule {
+	r := netlink.NewRule()
+	r.Src = prefixToIPNet(netip.PrefixFrom(a.IPv4.Addr(), 32))
+	r.Table = a.RouteTable
+	r.Priority = 20000
+	return r
+}
+
+// Teardown removes the task's veth, rule, netns and files. Idempotent; it
+// works from an Allocation or, if a is zero, from names alone.
+func (d *DataPlane) Teardown(ctx context.Context, taskID string, a *Allocation) error {
+	var errs []error
+	if a != nil && a.Provider == "ec2" && a.IPv4.IsValid() {
+		if err := d.host.RuleDel(taskRule(*a)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
+			errs = append(errs, fmt.Errorf("rule: %w", err))
+		}
+	}
+	if l, err := d.host.LinkByName(HostVeth(taskID)); err == nil {
+		if err := d.host.LinkDel(l); err != nil {
+			errs = append(errs, fmt.Errorf("veth: %w", err))
+		}
+	}
+	if err := removeNetNS(d.NetNSPath(taskID)); err != nil {
+		errs = append(errs, err)
+	}
+	if err := os.RemoveAll(filepath.Join(d.cfg.FilesDir, taskID)); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("vpc: teardown %s: %w", taskID, errors.Join(errs...))
+	}
+	return nil
+}
+
+// Leftovers lists namespaces and veths that look like ours but belong to
+// no task in keep.
+func (d *DataPlane) Leftovers(keep map[string]bool) (netnsIDs []string, links []string) {
+	keepVeth := map[string]bool{}
+	for id := range keep {
+		keepVeth[HostVeth(id)] = true
+	}
+	entries, _ := os.ReadDir(d.cfg.NetNSDir)
+	for _, e := range entries {
+		if !keep[e.Name()] {
+			netnsIDs = append(netnsIDs, e.Name())
+		}
+	}
+	ls, _ := d.host.LinkList()
+	for _, l := range ls {
+		n := l.Attrs().Name
+		if l.Type() == "veth" && len(n) == 12 && (strings.HasPrefix(n, "tt") || strings.HasPrefix(n, "tp")) && !keepVeth[n] && !keepVeth["tt"+n[2:]] {
+			links = append(links, n)
+		}
+	}
+	return netnsIDs, links
+}
+
+// RemoveLink deletes a host link by name (for reconciliation).
+func (d *DataPlane) RemoveLink(name string) error {
+	l, err := d.host.LinkByName(name)
+	if err != nil {
+		return nil
+	}
+	return d.host.LinkDel(l)
+}
+
+// RemoveNetNS unmounts and deletes a task namespace by task id.
+func (d *DataPlane) RemoveNetNS(taskID string) error {
+	_ = os.RemoveAll(filepath.Join(d.cfg.FilesDir, taskID))
+	return removeNetNS(d.NetNSPath(taskID))
+}
+
+func (d *DataPlane) writeFiles(a Allocation, att *task.NetworkAttachment) error {
+	dir := filepath.Join(d.cfg.FilesDir, a.TaskID)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("vpc: files: %w", err)
+	}
+	resolv := resolvConf(d.cfg.DNS)
+	hostname := a.TaskID
+	if len(hostname) > 63 {
+		hostname = hostname[:63]
+	}
+	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", a.IPv4.Addr(), hostname)
+	for name, body := range map[string]string{"resolv.conf": resolv, "hosts": hosts, "hostname": hostname + "\n"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			return fmt.Errorf("vpc: write %s: %w", name, err)
+		}
+	}
+	att.ResolvConfPath = filepath.Join(dir, "resolv.conf")
+	att.HostsPath = filepath.Join(dir, "hosts")
+	att.HostnamePath = filepath.Join(dir, "hostname")
+	return nil
+}
+
+// resolvConf uses the configured servers, else the host's non-loopback
+// ones (a loopback resolver on the host is unreachable from a task).
+func resolvConf(dns []string) string {
+	var b strings.Builder
+	servers := dns
+	if len(servers) == 0 {
+		host, _ := os.ReadFile("/etc/resolv.conf")
+		for _, line := range strings.Split(string(host), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 2 && f[0] == "nameserver" {
+				if ip, err := netip.ParseAddr(f[1]); err == nil && !ip.IsLoopback() {
+					servers = append(servers, f[1])
+				}
+			}
+		}
+	}
+	for _, s := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	return b.String()
+}
+
+// EnsureENILink finds an attached ENI's link by MAC (waiting up to
+// timeout for it to appear), brings it up with its MTU and installs the
+// ENI's route table: the subnet route and a default via the subnet gateway.
+func (d *DataPlane) EnsureENILink(ctx context.Context, mac string, table int, gateway netip.Addr, subnet netip.Prefix, mtu int, timeout time.Duration) (string, error) {
+	want, err := net.ParseMAC(mac)
+	if err != nil {
+		return "", fmt.Errorf("vpc: ENI MAC %q: %w", mac, err)
+	}
+	deadline := time.Now().Add(timeout)
+	var link netlink.Link
+	for link == nil {
+		ls, err := d.host.LinkList()
+		if err != nil {
+			return "", fmt.Errorf("vpc: list links: %w", err)
+		}
+		for _, l := range ls {
+			n := l.Attrs().Name
+			if l.Attrs().HardwareAddr.String() == want.String() && !strings.HasPrefix(n, "tt") && !strings.HasPrefix(n, "tp") {
+				link = l
+				break
+			}
+		}
+		if link != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("vpc: no link with MAC %s after %s", mac, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if mtu > 0 && link.Attrs().MTU != mtu {
+		_ = d.host.LinkSetMTU(link, mtu)
+	}
+	if err := d.host.LinkSetUp(link); err != nil {
+		return "", fmt.Errorf("vpc: ENI link up: %w", err)
+	}
+	idx := link.Attrs().Index
+	if err := d.host.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: prefixToIPNet(subnet.Masked()), Scope: netlink.SCOPE_LINK, Table: table}); err != nil {
+		return "", fmt.Errorf("vpc: ENI subnet route: %w", err)
+	}
+	if err := d.host.RouteReplace(&netlink.Route{LinkIndex: idx, Gw: net.IP(gateway.AsSlice()), Dst: prefixToIPNet(netip.MustParsePrefix("0.0.0.0/0")), Table: table}); err != nil {
+		return "", fmt.Errorf("vpc: ENI default route: %w", err)
+	}
+	return link.Attrs().Name, nil
+}
+
+func prefixToIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: net.IP(p.Addr().AsSlice()), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// ensureNetNS creates a named network namespace bind-mounted at path,
+// unless one is already mounted there.
+func ensureNetNS(path string) error {
+	if ns, err := netns.GetFromPath(path); err == nil {
+		ns.Close()
+		var st unix.Statfs_t
+		if unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC {
+			return nil
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("vpc: netns dir: %w", err)
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o444)
+	if err != nil {
+		return fmt.Errorf("vpc: netns file: %w", err)
+	}
+	f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		// A thread that unshares is never returned to the Go scheduler.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("vpc: unshare netns: %w", err)
+			return
+		}
+		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("vpc: bind netns: %w", err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+func removeNetNS(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("vpc: unmount netns: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("vpc: remove netns: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,150 @@
+package vpc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Network joins an IPProvider and a DataPlane: what the agent's network
+// hook calls.
+type Network struct {
+	p  IPProvider
+	dp *DataPlane
+
+	mu   sync.Mutex
+	enis map[string]bool // ENI links already set up (ec2)
+}
+
+// NewNetwork makes a Network.
+func NewNetwork(p IPProvider, dp *DataPlane) *Network {
+	return &Network{p: p, dp: dp, enis: map[string]bool{}}
+}
+
+// Provider is the provider's name for the operator view.
+func (n *Network) Provider() string {
+	switch n.p.(type) {
+	case *LocalProvider:
+		return "local"
+	case *EC2Provider:
+		return "ec2"
+	}
+	return fmt.Sprintf("%T", n.p)
+}
+
+// Setup allocates the task's address (recorded first) and wires it.
+// Idempotent. On failure the caller runs Teardown.
+func (n *Network) Setup(ctx context.Context, taskID string, req task.NetworkRequest) (*task.NetworkAttachment, error) {
+	a, err := n.p.Allocate(ctx, taskID, req)
+	if err != nil {
+		return nil, fmt.Errorf("allocate address: %w", err)
+	}
+	if a.Provider == "ec2" && a.MAC != "" {
+		if err := n.ensureENI(ctx, a); err != nil {
+			return nil, err
+		}
+	}
+	att, err := n.dp.Setup(ctx, a)
+	if err != nil {
+		return &task.NetworkAttachment{NetNSPath: n.dp.NetNSPath(taskID), IPv4: a.IPv4.Addr().String()}, err
+	}
+	return att, nil
+}
+
+func (n *Network) ensureENI(ctx context.Context, a Allocation) error {
+	n.mu.Lock()
+	done := n.enis[a.ENIID]
+	n.mu.Unlock()
+	if done {
+		return nil
+	}
+	if _, err := n.dp.EnsureENILink(ctx, a.MAC, a.RouteTable, a.Gateway, a.IPv4.Masked(), 0, 15*time.Second); err != nil {
+		return fmt.Errorf("ENI %s: %w", a.ENIID, err)
+	}
+	n.mu.Lock()
+	n.enis[a.ENIID] = true
+	n.mu.Unlock()
+	return nil
+}
+
+// Teardown unwires the task and releases its address. Idempotent, and
+// works after an agent restart from the provider's record.
+func (n *Network) Teardown(ctx context.Context, taskID string) error {
+	var alloc *Allocation
+	if as, err := n.p.Allocations(ctx); err == nil {
+		for i := range as {
+			if as[i].TaskID == taskID {
+				alloc = &as[i]
+			}
+		}
+	}
+	err := n.dp.Teardown(ctx, taskID, alloc)
+	if rerr := n.p.Release(ctx, taskID); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	return err
+}
+
+// Reconcile frees addresses, namespaces and veths of tasks not in keep.
+func (n *Network) Reconcile(ctx context.Context, keep map[string]bool) error {
+	_, err := n.GC(ctx, keep, true)
+	return err
+}
+
+// Status is the provider's operator view.
+func (n *Network) Status(ctx context.Context) (any, error) {
+	switch p := n.p.(type) {
+	case *LocalProvider:
+		return p.Status(ctx)
+	case *EC2Provider:
+		return p.PoolStatus(ctx), nil
+	}
+	return n.p.Allocations(ctx)
+}
+
+// GC lists (and with apply, frees) what no task in live holds.
+func (n *Network) GC(ctx context.Context, live map[string]bool, apply bool) ([]string, error) {
+	var actions []string
+	var errs []error
+	as, err := n.p.Allocations(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range as {
+		if live[a.TaskID] {
+			continue
+		}
+		actions = append(actions, fmt.Sprintf("address %s of task %s", a.IPv4.Addr(), a.TaskID))
+		if apply {
+			a := a
+			if err := n.dp.Teardown(ctx, a.TaskID, &a); err != nil {
+				errs = append(errs, err)
+			}
+			if err := n.p.Release(ctx, a.TaskID); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	nss, links := n.dp.Leftovers(live)
+	for _, id := range nss {
+		actions = append(actions, "netns of task "+id)
+		if apply {
+			if err := n.dp.RemoveNetNS(id); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, l := range links {
+		actions = append(actions, "link "+l)
+		if apply {
+			if err := n.dp.RemoveLink(l); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return actions, errors.Join(errs...)
+}
