@@ -45,5 +45,7 @@ demo: deps build
 demo-stop:
 	bash scripts/demo.sh stop
 
+include packaging/Makefile.inc
+
 clean:
 	rm -rf $(BIN)

@@ -68,7 +68,10 @@ type NetworkConfig struct {
 	Local    LocalNetConfig `json:"local"`
 	EC2      EC2NetConfig   `json:"ec2"`
 	NetNSDir string         `json:"netnsDir"`
-	DNS      []string       `json:"dns"`
+	// HostNetNS is the netns holding the host\'s interfaces; empty = the
+	// agent\'s own (tests use it to run simulated hosts).
+	HostNetNS string   `json:"hostNetNS"`
+	DNS       []string `json:"dns"`
 }
 
 // LocalNetConfig is the no-cloud provider: IPs from a CIDR behind a bridge.
@@ -84,6 +87,17 @@ type EC2NetConfig struct {
 	WarmIPs       int    `json:"warmIPs"`
 	MinWarmIPs    int    `json:"minWarmIPs"`
 	DefaultSubnet string `json:"defaultSubnet"`
+	// DefaultSecurityGroups apply to tasks that name none.
+	DefaultSecurityGroups []string `json:"defaultSecurityGroups"`
+	// InstanceID overrides the instance learned from IMDS (simulated hosts).
+	InstanceID string `json:"instanceID"`
+	// AccessKeyID and SecretAccessKey are static credentials (moto in tests);
+	// empty = the SDK's default chain (the instance role in production).
+	AccessKeyID     string `json:"accessKeyID"`
+	SecretAccessKey string `json:"secretAccessKey"`
+	// PoolReleaseAfter and ReuseCooldown tune the warm pools (Go durations).
+	PoolReleaseAfter string `json:"poolReleaseAfter"`
+	ReuseCooldown    string `json:"reuseCooldown"`
 }
 
 // MetadataConfig configures the per-task metadata service.

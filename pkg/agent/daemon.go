@@ -10,21 +10,25 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
+	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 )
 
 // Daemon is a running agent.
 type Daemon struct {
-	cfg     Config
-	log     *slog.Logger
-	store   *Store
-	rt      *runtime.Runtime
-	manager *Manager
-	grpc    *grpc.Server
-	closers []func() error
+	cfg      Config
+	log      *slog.Logger
+	store    *Store
+	rt       *runtime.Runtime
+	manager  *Manager
+	grpc     *grpc.Server
+	closers  []func() error
+	registry *prometheus.Registry
+	metrics  *metrics.Agent
 }
 
 // Manager exposes the task manager (for the scheduler link and tests).
@@ -45,7 +49,21 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(*Daemon))
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- d.grpc.Serve(lis) }()
+	if cfg.MetricsListen != "" {
+		go func() {
+			if err := metrics.Serve(ctx, cfg.MetricsListen, d.registry); err != nil {
+				log.Error("metrics endpoint", "addr", cfg.MetricsListen, "err", err)
+			}
+		}()
+	}
+	go watchTasks(ctx, d.manager, d.metrics, log)
 	log.Info("agent ready", "socket", cfg.Socket, "tasks", len(d.manager.List()))
+	if err := NotifyReady(fmt.Sprintf("%d tasks re-adopted", len(d.manager.List()))); err != nil {
+		log.Warn("sd_notify READY", "err", err)
+	}
+	if _, err := StartWatchdog(ctx, managerAlive(d.manager)); err != nil {
+		log.Warn("watchdog", "err", err)
+	}
 	if ready != nil {
 		ready(d)
 	}
@@ -54,6 +72,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(*Daemon))
 	case err := <-serveErr:
 		return fmt.Errorf("serve: %w", err)
 	}
+	_ = NotifyStopping()
 	log.Info("agent stopping; tasks keep running")
 	stopped := make(chan struct{})
 	go func() { d.grpc.GracefulStop(); close(stopped) }()
@@ -67,7 +86,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(*Daemon))
 }
 
 func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
-	d := &Daemon{cfg: cfg, log: log}
+	d := &Daemon{cfg: cfg, log: log, registry: metrics.NewRegistry()}
+	d.metrics = metrics.New(d.registry)
 	ok := false
 	defer func() {
 		if !ok {
@@ -118,6 +138,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		Reconcilers:  w.reconcilers,
 		Logger:       log,
 		MaxTasks:     cfg.MaxTasks,
+		Observe:      observeHook(d.metrics),
 	})
 	rctx, cancel := context.WithTimeout(agentCtx, time.Minute)
 	defer cancel()
@@ -130,7 +151,9 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	if err != nil {
 		return nil, err
 	}
-	d.grpc = grpc.NewServer(grpc.Creds(PeerCreds{GID: gid}), grpc.MaxRecvMsgSize(4<<20))
+	d.grpc = grpc.NewServer(grpc.Creds(PeerCreds{GID: gid}), grpc.MaxRecvMsgSize(4<<20),
+		grpc.ChainUnaryInterceptor(d.metrics.GRPC.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(d.metrics.GRPC.StreamServerInterceptor()))
 	(&Server{Manager: d.manager, Runtime: rt, Checker: &hostHealth{rt: rt, dirs: []string{cfg.StateDir, cfg.LogDir}}, LogDir: cfg.LogDir, VPC: w.vpc, Metadata: w.metadata}).Register(d.grpc)
 	ok = true
 	return d, nil

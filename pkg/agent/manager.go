@@ -51,6 +51,8 @@ type ManagerConfig struct {
 	MaxTasks int
 	// Retention is how long finished tasks stay visible.
 	Retention time.Duration
+	// Observe gets each prestart hook's duration (metrics); may be nil.
+	Observe func(hook string, d time.Duration)
 }
 
 // Manager owns every task on the host: one runner per task.
@@ -86,6 +88,7 @@ func (m *Manager) runnerConfig() taskrunner.Config {
 		Store:   m.cfg.Store,
 		Notify:  m.bus.publish,
 		Logger:  m.log,
+		Observe: m.cfg.Observe,
 	}
 }
 

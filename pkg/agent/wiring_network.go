@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
@@ -41,10 +42,11 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 		provider = ep
 	}
 	dp, err := vpc.NewDataPlane(vpc.DataPlaneConfig{
-		NetNSDir: cfg.Network.NetNSDir,
-		FilesDir: filepath.Join(cfg.StateDir, "netfiles"),
-		Bridge:   cfg.Network.Local.Bridge,
-		DNS:      cfg.Network.DNS,
+		NetNSDir:  cfg.Network.NetNSDir,
+		HostNetNS: cfg.Network.HostNetNS,
+		FilesDir:  filepath.Join(cfg.StateDir, "netfiles"),
+		Bridge:    cfg.Network.Local.Bridge,
+		DNS:       cfg.Network.DNS,
 	})
 	if err != nil {
 		return nil, err
@@ -60,26 +62,43 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 
 func newEC2Provider(ctx context.Context, cfg Config, log *slog.Logger) (*vpc.EC2Provider, error) {
 	e := cfg.Network.EC2
-	if cfg.Metadata.Upstream == "" {
-		return nil, fmt.Errorf("network.provider ec2 needs metadata.upstream (the host's IMDS) to learn the instance")
+	var host vpc.HostInfo
+	if e.InstanceID == "" {
+		if cfg.Metadata.Upstream == "" {
+			return nil, fmt.Errorf("network.provider ec2 needs metadata.upstream (the host's IMDS) or network.ec2.instanceID")
+		}
+		var err error
+		if host, err = vpc.DiscoverHost(ctx, cfg.Metadata.Upstream); err != nil {
+			return nil, fmt.Errorf("discover host: %w", err)
+		}
 	}
-	host, err := vpc.DiscoverHost(ctx, cfg.Metadata.Upstream)
-	if err != nil {
-		return nil, fmt.Errorf("discover host: %w", err)
-	}
-	api, err := vpc.NewEC2Client(ctx, vpc.EC2Config{Region: firstNonEmpty(e.Region, host.Region), Endpoint: e.Endpoint})
+	api, err := vpc.NewEC2Client(ctx, vpc.EC2Config{Region: firstNonEmpty(e.Region, host.Region), Endpoint: e.Endpoint, AccessKeyID: e.AccessKeyID, SecretAccessKey: e.SecretAccessKey})
 	if err != nil {
 		return nil, err
 	}
+	if e.InstanceID != "" {
+		if host, err = vpc.HostFromEC2(ctx, api, e.InstanceID); err != nil {
+			return nil, fmt.Errorf("host from EC2: %w", err)
+		}
+	}
+	releaseAfter, err := optionalDuration(e.PoolReleaseAfter)
+	if err != nil {
+		return nil, fmt.Errorf("network.ec2.poolReleaseAfter: %w", err)
+	}
+	cooldown, err := optionalDuration(e.ReuseCooldown)
+	if err != nil {
+		return nil, fmt.Errorf("network.ec2.reuseCooldown: %w", err)
+	}
 	hostname, _ := os.Hostname()
 	return vpc.NewEC2Provider(ctx, vpc.EC2ProviderConfig{
-		API:             api,
-		Host:            host,
-		AgentID:         hostname,
-		DefaultSubnetID: e.DefaultSubnet,
-		Pool:            vpc.PoolConfig{WarmIPs: e.WarmIPs, MinDefaultIPs: e.MinWarmIPs},
-		RecordPath:      filepath.Join(cfg.StateDir, "vpc-ec2.json"),
-		Logger:          log,
+		API:                   api,
+		Host:                  host,
+		AgentID:               hostname,
+		DefaultSubnetID:       e.DefaultSubnet,
+		DefaultSecurityGroups: e.DefaultSecurityGroups,
+		Pool:                  vpc.PoolConfig{WarmIPs: e.WarmIPs, MinDefaultIPs: e.MinWarmIPs, ReleaseAfter: releaseAfter, ReuseCooldown: cooldown},
+		RecordPath:            filepath.Join(cfg.StateDir, "vpc-ec2.json"),
+		Logger:                log,
 	})
 }
 
@@ -90,4 +109,11 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+func optionalDuration(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	return time.ParseDuration(s)
 }

@@ -56,6 +56,8 @@ type Config struct {
 	Now     func() time.Time
 	// TeardownTimeout bounds the stop hooks of one task.
 	TeardownTimeout time.Duration
+	// Observe, if set, gets each prestart hook's duration (metrics).
+	Observe func(hook string, d time.Duration)
 }
 
 // HookError carries the reason a prestart hook failed.
@@ -256,7 +258,11 @@ func (r *Runner) runStage(ctx context.Context, stage []PrestartHook) error {
 			defer wg.Done()
 			start := r.cfg.Now()
 			errs[i] = h.Prestart(ctx, &PrestartRequest{Spec: &spec, Resources: &res}, &resps[i])
-			r.log.Debug("prestart hook", "hook", h.Name(), "took", r.cfg.Now().Sub(start), "err", errs[i])
+			took := r.cfg.Now().Sub(start)
+			r.log.Debug("prestart hook", "hook", h.Name(), "took", took, "err", errs[i])
+			if r.cfg.Observe != nil && errs[i] == nil {
+				r.cfg.Observe(h.Name(), took)
+			}
 		}()
 	}
 	wg.Wait()

@@ -1,0 +1,97 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/metrics"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// hookPhase maps lifecycle hooks to the launch phases the SLO dashboards use.
+var hookPhase = map[string]string{
+	"image":     metrics.PhasePull,
+	"network":   metrics.PhaseNetwork,
+	"disk":      metrics.PhaseDisk,
+	"metadata":  metrics.PhaseMetadata,
+	"container": metrics.PhaseStart,
+}
+
+// platformReasons are failures the platform, not the task, caused.
+var platformReasons = map[task.Reason]bool{
+	task.ReasonImagePullFailed:     true,
+	task.ReasonNetworkSetupFailed:  true,
+	task.ReasonDiskSetupFailed:     true,
+	task.ReasonMetadataSetupFailed: true,
+	task.ReasonStartFailed:         true,
+	task.ReasonPlatformError:       true,
+	task.ReasonAgentRestartLost:    true,
+}
+
+// observeHook records one hook's duration as its launch phase.
+func observeHook(m *metrics.Agent) func(string, time.Duration) {
+	return func(hook string, d time.Duration) {
+		if p, ok := hookPhase[hook]; ok {
+			m.ObserveLaunch(p, d)
+		}
+	}
+}
+
+// watchTasks keeps task metrics and systemd's STATUS= line current.
+func watchTasks(ctx context.Context, mgr *Manager, m *metrics.Agent, log *slog.Logger) {
+	events := mgr.Subscribe(ctx)
+	update := func() {
+		counts := map[string]int{}
+		for s, n := range mgr.Counts() {
+			counts[s.String()] = n
+		}
+		m.SetTaskCounts(counts)
+		if err := NotifyStatus(fmt.Sprintf("%d running, %d known", counts[task.Running.String()], len(mgr.List()))); err != nil {
+			log.Debug("sd_notify status", "err", err)
+		}
+	}
+	update()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				events = mgr.Subscribe(ctx) // fell behind; resubscribe
+				continue
+			}
+			st := ev.Status
+			switch {
+			case st.State == task.Running && len(st.Transitions) > 0:
+				m.ObserveLaunch(metrics.PhaseTotal, st.Transitions[len(st.Transitions)-1].Time.Sub(st.Transitions[0].Time))
+			case st.State.Terminal():
+				m.TasksFinished.WithLabelValues(st.State.String()).Inc()
+				if st.State == task.Failed || st.State == task.Lost {
+					cause := metrics.CauseUser
+					if platformReasons[st.Reason] {
+						cause = metrics.CausePlatform
+					}
+					m.TaskFailures.WithLabelValues(cause).Inc()
+				}
+			}
+			update()
+		}
+	}
+}
+
+// managerAlive reports whether the manager answers within a few seconds —
+// the watchdog's test that the main loop is not wedged.
+func managerAlive(mgr *Manager) func() bool {
+	return func() bool {
+		done := make(chan struct{})
+		go func() { mgr.List(); close(done) }()
+		select {
+		case <-done:
+			return true
+		case <-time.After(5 * time.Second):
+			return false
+		}
+	}
+}
