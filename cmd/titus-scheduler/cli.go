@@ -1,0 +1,384 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"sigs.k8s.io/yaml"
+
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+)
+
+var opts struct {
+	addr    string
+	timeout time.Duration
+	output  string
+}
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "titus-scheduler",
+		Short:         "Thin central scheduler for titus-agent hosts, and its job CLI",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	pf := root.PersistentFlags()
+	pf.StringVar(&opts.addr, "addr", "127.0.0.1:7400", "scheduler address(es), comma-separated; the leader is found among them")
+	pf.DurationVar(&opts.timeout, "timeout", 30*time.Second, "give up after this long")
+	pf.StringVarP(&opts.output, "output", "o", "table", "table or json")
+	root.AddCommand(newServeCmd(), newJobCmd(), newTaskCmd(), newAgentCmd())
+	return root
+}
+
+// call runs fn against the first replica that is the leader.
+func call(fn func(context.Context, schedv1.SchedulerClient) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), opts.timeout)
+	defer cancel()
+	var err error
+	for _, addr := range strings.Split(opts.addr, ",") {
+		var cc *grpc.ClientConn
+		cc, err = grpc.NewClient(strings.TrimSpace(addr), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return err
+		}
+		err = fn(ctx, schedv1.NewSchedulerClient(cc))
+		cc.Close()
+		if status.Code(err) != codes.Unavailable {
+			break
+		}
+	}
+	if st, ok := status.FromError(err); ok && err != nil {
+		return fmt.Errorf("%s: %s", st.Code(), st.Message())
+	}
+	return err
+}
+
+func printJSON(w io.Writer, m proto.Message) error {
+	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(b))
+	return err
+}
+
+func table(w io.Writer, header string, rows [][]string) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	for _, r := range rows {
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
+	}
+	tw.Flush()
+}
+
+func ts(t interface{ AsTime() time.Time }, valid bool) string {
+	if !valid {
+		return "-"
+	}
+	return t.AsTime().Local().Format(time.DateTime)
+}
+
+func jobKind(j *schedv1.Job) string {
+	if b := j.Spec.GetBatch(); b != nil {
+		return fmt.Sprintf("batch/%d", b.Size)
+	}
+	s := j.Spec.GetService()
+	return fmt.Sprintf("service/%d<=%d<=%d", s.GetMin(), s.GetDesired(), s.GetMax())
+}
+
+func stateName(s fmt.Stringer, prefix string) string { return strings.TrimPrefix(s.String(), prefix) }
+
+func printJobs(w io.Writer, jobs []*schedv1.Job) {
+	var rows [][]string
+	for _, j := range jobs {
+		c := j.Counts
+		rows = append(rows, []string{j.Id, j.Spec.Application, j.Spec.CapacityGroup, jobKind(j), stateName(j.State, "JOB_STATE_"),
+			fmt.Sprintf("%d/%d/%d", c.GetPending(), c.GetLaunched(), c.GetRunning()),
+			fmt.Sprintf("%d/%d/%d/%d", c.GetFinished(), c.GetFailed(), c.GetKilled(), c.GetLost()), ts(j.Created, j.Created != nil)})
+	}
+	table(w, "ID\tAPP\tGROUP\tKIND\tSTATE\tPEND/LAUNCH/RUN\tDONE/FAIL/KILL/LOST\tCREATED", rows)
+}
+
+func newJobCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "job", Short: "Submit, list, inspect, kill and scale jobs"}
+	var file string
+	submit := &cobra.Command{
+		Use: "submit -f job.yaml", Short: "Submit a job described in YAML (or JSON)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var b []byte
+			var err error
+			if file == "-" {
+				b, err = io.ReadAll(cmd.InOrStdin())
+			} else {
+				b, err = os.ReadFile(file)
+			}
+			if err != nil {
+				return err
+			}
+			js, err := yaml.YAMLToJSON(b)
+			if err != nil {
+				return fmt.Errorf("%s: %w", file, err)
+			}
+			spec := &schedv1.JobSpec{}
+			if err := protojson.Unmarshal(js, spec); err != nil {
+				return fmt.Errorf("%s: %w", file, err)
+			}
+			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+				resp, err := c.SubmitJob(ctx, &schedv1.SubmitJobRequest{Spec: spec})
+				if err != nil {
+					return err
+				}
+				if opts.output == "json" {
+					return printJSON(cmd.OutOrStdout(), resp)
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), resp.JobId)
+				return nil
+			})
+		},
+	}
+	submit.Flags().StringVarP(&file, "file", "f", "", "job file (- for stdin)")
+	_ = submit.MarkFlagRequired("file")
+
+	var all bool
+	ls := &cobra.Command{
+		Use: "ls", Short: "List jobs", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+				resp, err := c.ListJobs(ctx, &schedv1.ListJobsRequest{All: all})
+				if err != nil {
+					return err
+				}
+				if opts.output == "json" {
+					return printJSON(cmd.OutOrStdout(), resp)
+				}
+				printJobs(cmd.OutOrStdout(), resp.Jobs)
+				return nil
+			})
+		},
+	}
+	ls.Flags().BoolVarP(&all, "all", "a", false, "include finished and killed jobs")
+
+	get := &cobra.Command{
+		Use: "get JOB", Short: "Show a job", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+				j, err := c.GetJob(ctx, &schedv1.GetJobRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				if opts.output == "json" {
+					return printJSON(cmd.OutOrStdout(), j)
+				}
+				printJobs(cmd.OutOrStdout(), []*schedv1.Job{j})
+				return nil
+			})
+		},
+	}
+	kill := &cobra.Command{
+		Use: "kill JOB", Short: "Kill a job and all its tasks", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+				j, err := c.KillJob(ctx, &schedv1.KillJobRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				if opts.output == "json" {
+					return printJSON(cmd.OutOrStdout(), j)
+				}
+				printJobs(cmd.OutOrStdout(), []*schedv1.Job{j})
+				return nil
+			})
+		},
+	}
+	var minN, desired, maxN uint32
+	scale := &cobra.Command{
+		Use: "scale JOB --desired N [--min N --max N]", Short: "Scale a service job", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+				j, err := c.GetJob(ctx, &schedv1.GetJobRequest{Id: args[0]})
+				if err != nil {
+					return err
+				}
+				s := j.Spec.GetService()
+				req := &schedv1.ScaleJobRequest{Id: args[0], Min: s.GetMin(), Desired: s.GetDesired(), Max: s.GetMax()}
+				if cmd.Flags().Changed("min") {
+					req.Min = minN
+				}
+				if cmd.Flags().Changed("desired") {
+					req.Desired = desired
+				}
+				if cmd.Flags().Changed("max") {
+					req.Max = maxN
+				}
+				j, err = c.ScaleJob(ctx, req)
+				if err != nil {
+					return err
+				}
+				if opts.output == "json" {
+					return printJSON(cmd.OutOrStdout(), j)
+				}
+				printJobs(cmd.OutOrStdout(), []*schedv1.Job{j})
+				return nil
+			})
+		},
+	}
+	scale.Flags().Uint32Var(&minN, "min", 0, "minimum instances")
+	scale.Flags().Uint32Var(&desired, "desired", 0, "desired instances")
+	scale.Flags().Uint32Var(&maxN, "max", 0, "maximum instances")
+	cmd.AddCommand(submit, ls, get, kill, scale)
+	return cmd
+}
+
+func printTasks(w io.Writer, tasks []*schedv1.Task) {
+	var rows [][]string
+	for _, t := range tasks {
+		rows = append(rows, []string{t.Id, t.AgentId, t.Az, stateName(t.State, "TASK_STATE_"), t.Reason, fmt.Sprint(t.ExitCode), ts(t.Placed, t.Placed != nil)})
+	}
+	table(w, "ID\tAGENT\tAZ\tSTATE\tREASON\tEXIT\tPLACED", rows)
+}
+
+func newTaskCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "task", Short: "List, inspect and kill tasks"}
+	var job string
+	var all bool
+	ls := &cobra.Command{
+		Use: "ls [--job JOB] [-a]", Short: "List live tasks (with --job -a: every attempt)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+				resp, err := c.ListTasks(ctx, &schedv1.ListTasksRequest{JobId: job, All: all})
+				if err != nil {
+					return err
+				}
+				if opts.output == "json" {
+					return printJSON(cmd.OutOrStdout(), resp)
+				}
+				printTasks(cmd.OutOrStdout(), resp.Tasks)
+				return nil
+			})
+		},
+	}
+	ls.Flags().StringVar(&job, "job", "", "only this job's tasks")
+	ls.Flags().BoolVarP(&all, "all", "a", false, "include ended attempts (needs --job)")
+	one := func(use, short string, rpc func(context.Context, schedv1.SchedulerClient, string) (*schedv1.Task, error)) *cobra.Command {
+		return &cobra.Command{
+			Use: use, Short: short, Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+					t, err := rpc(ctx, c, args[0])
+					if err != nil {
+						return err
+					}
+					if opts.output == "json" {
+						return printJSON(cmd.OutOrStdout(), t)
+					}
+					printTasks(cmd.OutOrStdout(), []*schedv1.Task{t})
+					return nil
+				})
+			},
+		}
+	}
+	get := one("get TASK", "Show a task", func(ctx context.Context, c schedv1.SchedulerClient, id string) (*schedv1.Task, error) {
+		return c.GetTask(ctx, &schedv1.GetTaskRequest{Id: id})
+	})
+	kill := one("kill TASK", "Kill a task (a service job replaces it)", func(ctx context.Context, c schedv1.SchedulerClient, id string) (*schedv1.Task, error) {
+		return c.KillTask(ctx, &schedv1.KillTaskRequest{Id: id})
+	})
+	cmd.AddCommand(ls, get, kill)
+	return cmd
+}
+
+func printAgents(w io.Writer, agents []*schedv1.Agent) {
+	var rows [][]string
+	for _, a := range agents {
+		var flags []string
+		for _, f := range []struct {
+			on   bool
+			name string
+		}{{a.Connected, "connected"}, {!a.Healthy, "unhealthy"}, {a.Drained, "drained"}, {a.Quarantined, "quarantined"}, {a.Lost, "lost"}} {
+			if f.on {
+				flags = append(flags, f.name)
+			}
+		}
+		var labels []string
+		for k, v := range a.Labels {
+			labels = append(labels, k+"="+v)
+		}
+		sort.Strings(labels)
+		rows = append(rows, []string{a.Id, a.Az, a.InstanceType, strings.Join(flags, ","), fmt.Sprint(a.Tasks),
+			fmt.Sprintf("%d/%dm", a.Used.GetCpuMillicores(), a.Capacity.GetCpuMillicores()),
+			fmt.Sprintf("%d/%dMiB", a.Used.GetMemoryMib(), a.Capacity.GetMemoryMib()), strings.Join(labels, ",")})
+	}
+	table(w, "ID\tAZ\tTYPE\tSTATE\tTASKS\tCPU\tMEMORY\tLABELS", rows)
+}
+
+func newAgentCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "agent", Short: "List, drain and undrain agents"}
+	ls := &cobra.Command{
+		Use: "ls", Short: "List agents", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+				resp, err := c.ListAgents(ctx, &schedv1.ListAgentsRequest{})
+				if err != nil {
+					return err
+				}
+				if opts.output == "json" {
+					return printJSON(cmd.OutOrStdout(), resp)
+				}
+				printAgents(cmd.OutOrStdout(), resp.Agents)
+				return nil
+			})
+		},
+	}
+	drainCmd := func(use, short string, drain bool) *cobra.Command {
+		var labels []string
+		c := &cobra.Command{
+			Use: use, Short: short, Args: cobra.MaximumNArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				req := &schedv1.DrainAgentRequest{Labels: map[string]string{}}
+				if len(args) == 1 {
+					req.Id = args[0]
+				}
+				for _, l := range labels {
+					k, v, ok := strings.Cut(l, "=")
+					if !ok {
+						return fmt.Errorf("--label %q: want key=value", l)
+					}
+					req.Labels[k] = v
+				}
+				return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+					rpc := c.DrainAgent
+					if !drain {
+						rpc = c.UndrainAgent
+					}
+					resp, err := rpc(ctx, req)
+					if err != nil {
+						return err
+					}
+					if opts.output == "json" {
+						return printJSON(cmd.OutOrStdout(), resp)
+					}
+					printAgents(cmd.OutOrStdout(), resp.Agents)
+					return nil
+				})
+			},
+		}
+		c.Flags().StringSliceVar(&labels, "label", nil, "select agents by label key=value instead of an id")
+		return c
+	}
+	cmd.AddCommand(ls, drainCmd("drain [AGENT] [--label k=v]", "Stop placing on agents and move their service tasks", true),
+		drainCmd("undrain [AGENT] [--label k=v]", "Place on agents again", false))
+	return cmd
+}

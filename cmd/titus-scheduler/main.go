@@ -1,0 +1,15 @@
+// Command titus-scheduler is the thin central scheduler (`serve`) and its
+// operator CLI (job, task and agent commands that talk to it over gRPC).
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		os.Exit(1)
+	}
+}

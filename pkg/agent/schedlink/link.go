@@ -1,0 +1,292 @@
+package schedlink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Tasks is what the link needs of the agent's task manager.
+type Tasks interface {
+	// Launch starts a task; bad specs return an error wrapping
+	// task.ErrInvalidSpec; a duplicate id of a known task is not an error.
+	Launch(ctx context.Context, spec *task.Spec) error
+	Kill(ctx context.Context, id string) error
+	List() []task.View
+	// Subscribe delivers every task transition until ctx ends.
+	Subscribe(ctx context.Context) <-chan task.Event
+}
+
+// Capacity is what the host offers to tasks.
+type Capacity struct {
+	CPUMillicores, MemoryMiB, DiskMiB, NetworkMbps int64
+	GPUs                                           int32
+	// ENIs usable by tasks and secondary IPs per ENI (0 = not limited).
+	ENIs, IPsPerENI int32
+}
+
+// Config says where the scheduler is and what this host is.
+type Config struct {
+	// Address of the scheduler; a comma-separated list of replicas is tried in turn.
+	Address                      string
+	InstanceID, InstanceType, AZ string
+	Capacity                     Capacity
+	Labels                       map[string]string
+	// HeartbeatInterval; 0 = what the scheduler asks for.
+	HeartbeatInterval time.Duration
+	// Health is reported with each heartbeat; nil = always healthy.
+	Health func() bool
+	// DialOptions default to plaintext; pass TLS credentials here.
+	DialOptions []grpc.DialOption
+	// Conn, when set, is used instead of dialing Address (many simulated agents share one).
+	Conn grpc.ClientConnInterface
+	// Reconnect backoff bounds (defaults 200ms and 15s).
+	MinBackoff, MaxBackoff time.Duration
+	Log                    *slog.Logger
+}
+
+// Run keeps a session with the scheduler until ctx ends.
+func Run(ctx context.Context, cfg Config, tasks Tasks) error {
+	if cfg.InstanceID == "" {
+		return errors.New("schedlink: instance id is required")
+	}
+	if cfg.Conn == nil && cfg.Address == "" {
+		return errors.New("schedlink: scheduler address is required")
+	}
+	if cfg.MinBackoff <= 0 {
+		cfg.MinBackoff = 200 * time.Millisecond
+	}
+	if cfg.MaxBackoff <= 0 {
+		cfg.MaxBackoff = 15 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	var conns []grpc.ClientConnInterface
+	if cfg.Conn != nil {
+		conns = []grpc.ClientConnInterface{cfg.Conn}
+	} else {
+		opts := cfg.DialOptions
+		if len(opts) == 0 {
+			opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+		}
+		for _, addr := range strings.Split(cfg.Address, ",") {
+			cc, err := grpc.NewClient(strings.TrimSpace(addr), opts...)
+			if err != nil {
+				return fmt.Errorf("schedlink: dial %s: %w", addr, err)
+			}
+			defer cc.Close()
+			conns = append(conns, cc)
+		}
+	}
+	failures := 0
+	for i := 0; ; i++ {
+		registered, err := runSession(ctx, conns[i%len(conns)], cfg, tasks)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if registered {
+			failures = 0
+		}
+		failures++
+		d := backoff(cfg.MinBackoff, cfg.MaxBackoff, failures)
+		cfg.Log.Warn("scheduler session ended", "err", err, "retry_in", d)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(d):
+		}
+	}
+}
+
+// backoff is an exponential delay with jitter in [d/2, d).
+func backoff(lo, hi time.Duration, n int) time.Duration {
+	d := lo
+	for i := 1; i < n && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	return d/2 + rand.N(d/2+1)
+}
+
+func statusOf(v *task.View) *schedv1.TaskStatus {
+	return &schedv1.TaskStatus{TaskId: v.Spec.ID, State: task.StateToProto(v.Status.State), Reason: string(v.Status.Reason),
+		Message: v.Status.Message, ExitCode: v.Status.ExitCode}
+}
+
+// runSession is one stream; it reports whether registration succeeded.
+func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, tasks Tasks) (bool, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := tasks.Subscribe(sctx) // before listing, so no transition falls in between
+	stream, err := schedv1.NewSchedulerClient(cc).Connect(sctx)
+	if err != nil {
+		return false, err
+	}
+	var sendMu sync.Mutex
+	send := func(m *schedv1.AgentMessage) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		return stream.Send(m)
+	}
+	views := tasks.List()
+	reg := &schedv1.Register{InstanceId: cfg.InstanceID, InstanceType: cfg.InstanceType, Az: cfg.AZ, Labels: cfg.Labels,
+		Capacity: capacityProto(cfg.Capacity)}
+	for i := range views {
+		reg.Tasks = append(reg.Tasks, statusOf(&views[i]))
+	}
+	if err := send(&schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Register{Register: reg}}); err != nil {
+		return false, err
+	}
+	first, err := stream.Recv()
+	if err != nil {
+		return false, err
+	}
+	ack := first.GetRegistered()
+	if ack == nil {
+		return false, errors.New("scheduler did not acknowledge the registration")
+	}
+	interval := cfg.HeartbeatInterval
+	if interval <= 0 {
+		interval = time.Duration(ack.GetHeartbeatIntervalMs()) * time.Millisecond
+	}
+	if interval <= 0 {
+		interval = 2 * time.Second
+	}
+	cfg.Log.Info("registered with the scheduler", "agent", ack.GetAgentId(), "heartbeat", interval)
+
+	errc := make(chan error, 3)
+	go func() { errc <- heartbeat(sctx, cfg, tasks, interval, send) }()
+	go func() { errc <- forward(sctx, events, send) }()
+	go func() { errc <- receive(ctx, stream, tasks, send) }()
+	return true, <-errc
+}
+
+func capacityProto(c Capacity) *schedv1.Capacity {
+	return &schedv1.Capacity{CpuMillicores: c.CPUMillicores, MemoryMib: c.MemoryMiB, DiskMib: c.DiskMiB, NetworkMbps: c.NetworkMbps,
+		Gpus: c.GPUs, Enis: c.ENIs, IpsPerEni: c.IPsPerENI}
+}
+
+func heartbeat(ctx context.Context, cfg Config, tasks Tasks, interval time.Duration, send func(*schedv1.AgentMessage) error) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		hb := &schedv1.Heartbeat{Healthy: cfg.Health == nil || cfg.Health()}
+		free := cfg.Capacity
+		for _, v := range tasks.List() {
+			if !v.Status.State.Terminal() {
+				r := v.Spec.Resources
+				free.CPUMillicores -= r.CPUMillicores
+				free.MemoryMiB -= r.MemoryMiB
+				free.DiskMiB -= r.DiskMiB
+				free.NetworkMbps -= r.NetworkMbps
+				free.GPUs -= r.GPUs
+			}
+			hb.Tasks = append(hb.Tasks, statusOf(&v))
+		}
+		hb.Free = capacityProto(free)
+		if err := send(&schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Heartbeat{Heartbeat: hb}}); err != nil {
+			return err
+		}
+	}
+}
+
+// forward reports transitions, batching those that arrive together.
+func forward(ctx context.Context, events <-chan task.Event, send func(*schedv1.AgentMessage) error) error {
+	for {
+		var batch []*schedv1.TaskStatus
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev, ok := <-events:
+			if !ok {
+				return errors.New("task event subscription ended")
+			}
+			batch = append(batch, eventStatus(ev))
+		}
+	more:
+		for len(batch) < 256 {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					break more
+				}
+				batch = append(batch, eventStatus(ev))
+			default:
+				break more
+			}
+		}
+		if err := send(&schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Updates{Updates: &schedv1.TaskUpdates{Tasks: batch}}}); err != nil {
+			return err
+		}
+	}
+}
+
+func eventStatus(ev task.Event) *schedv1.TaskStatus {
+	return &schedv1.TaskStatus{TaskId: ev.TaskID, State: task.StateToProto(ev.Status.State), Reason: string(ev.Status.Reason),
+		Message: ev.Status.Message, ExitCode: ev.Status.ExitCode}
+}
+
+// receive applies launches and kills. They run under the agent's context,
+// not the session's: a dropped stream must not cancel a launch.
+func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks Tasks, send func(*schedv1.AgentMessage) error) error {
+	for {
+		m, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch msg := m.GetMsg().(type) {
+		case *schedv1.SchedulerMessage_Launch:
+			for _, p := range msg.Launch.GetTasks() {
+				spec := task.FromProto(p)
+				go func() {
+					if err := tasks.Launch(ctx, spec); err != nil {
+						reason := task.ReasonPlatformError
+						if errors.Is(err, task.ErrInvalidSpec) {
+							reason = task.ReasonInvalidSpec
+						}
+						_ = send(update(spec.ID, task.Failed, reason, err.Error()))
+					}
+				}()
+			}
+		case *schedv1.SchedulerMessage_Kill:
+			for _, id := range msg.Kill.GetTaskIds() {
+				go func() {
+					if err := tasks.Kill(ctx, id); err != nil && !known(tasks, id) {
+						_ = send(update(id, task.Lost, "UnknownTask", "the agent has no such task"))
+					}
+				}()
+			}
+		}
+	}
+}
+
+func known(tasks Tasks, id string) bool {
+	for _, v := range tasks.List() {
+		if v.Spec.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func update(id string, st task.State, reason task.Reason, msg string) *schedv1.AgentMessage {
+	return &schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Updates{Updates: &schedv1.TaskUpdates{Tasks: []*schedv1.TaskStatus{
+		{TaskId: id, State: task.StateToProto(st), Reason: string(reason), Message: msg}}}}}
+}

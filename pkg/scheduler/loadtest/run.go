@@ -1,0 +1,259 @@
+package loadtest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
+	"github.com/titus-agent/titus-agent/pkg/scheduler"
+)
+
+// Options size a load run.
+type Options struct {
+	Agents, AZs, Tasks int
+	// AgentTTL of the scheduler (default 10s): bounds dead-agent detection.
+	AgentTTL time.Duration
+	// HeartbeatInterval of the agents (default 1s).
+	HeartbeatInterval time.Duration
+	// Timeout bounds the whole run (default 4m).
+	Timeout time.Duration
+	// DataDir for the embedded etcd (default: a temporary directory, removed after).
+	DataDir string
+}
+
+// Report is what a run measured.
+type Report struct {
+	Agents, AZs, Tasks int
+	Placed             int
+	PlaceDuration      time.Duration
+	PlacementsPerSec   float64
+	SubmitToLaunchP50  time.Duration
+	SubmitToLaunchP99  time.Duration
+	HeartbeatsPerSec   float64
+	DeadAgentDetection time.Duration
+	RSSBytes           int64
+}
+
+// Print writes the report as a table.
+func (r Report) Print(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "scheduler\tvalue\n")
+	fmt.Fprintf(tw, "agents / AZs / tasks\t%d / %d / %d\n", r.Agents, r.AZs, r.Tasks)
+	fmt.Fprintf(tw, "placements/s (durable commit)\t%.0f (%d in %s)\n", r.PlacementsPerSec, r.Placed, r.PlaceDuration.Round(time.Millisecond))
+	fmt.Fprintf(tw, "submit->launch p50 / p99\t%s / %s\n", r.SubmitToLaunchP50.Round(time.Millisecond), r.SubmitToLaunchP99.Round(time.Millisecond))
+	fmt.Fprintf(tw, "heartbeats absorbed/s\t%.0f\n", r.HeartbeatsPerSec)
+	fmt.Fprintf(tw, "dead agent detected after\t%s\n", r.DeadAgentDetection.Round(time.Millisecond))
+	fmt.Fprintf(tw, "RSS (scheduler+etcd+sim agents)\t%d MiB\n", r.RSSBytes>>20)
+	tw.Flush()
+}
+
+// Run starts a scheduler and opts.Agents simulated agents, submits
+// opts.Tasks tasks in batch jobs of up to 1000, and measures.
+func Run(ctx context.Context, o Options) (Report, error) {
+	if o.Agents <= 0 || o.AZs <= 0 || o.Tasks <= 0 {
+		return Report{}, fmt.Errorf("agents, azs and tasks must be positive")
+	}
+	if o.AgentTTL <= 0 {
+		o.AgentTTL = 10 * time.Second
+	}
+	if o.HeartbeatInterval <= 0 {
+		o.HeartbeatInterval = time.Second
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 4 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	if o.DataDir == "" {
+		dir, err := os.MkdirTemp("", "titus-sched-load")
+		if err != nil {
+			return Report{}, err
+		}
+		defer os.RemoveAll(dir)
+		o.DataDir = dir
+	}
+	rep := Report{Agents: o.Agents, AZs: o.AZs, Tasks: o.Tasks}
+	s, err := scheduler.New(scheduler.Options{
+		Listen: "127.0.0.1:0", DataDir: o.DataDir, AgentTTL: o.AgentTTL, HeartbeatInterval: o.HeartbeatInterval,
+		TxnOps: 1024, MaxPendingTotal: o.Tasks + 1, MaxPendingPerGroup: o.Tasks + 1,
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return rep, err
+	}
+	sctx, scancel := context.WithCancel(ctx)
+	runErr := make(chan error, 1)
+	go func() { runErr <- s.Run(sctx) }()
+	defer func() { scancel(); <-runErr }()
+	select {
+	case <-s.Leading():
+	case err := <-runErr:
+		return rep, fmt.Errorf("scheduler: %w", err)
+	case <-ctx.Done():
+		return rep, ctx.Err()
+	}
+	cc, err := grpc.NewClient(s.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return rep, err
+	}
+	defer cc.Close()
+	api := schedv1.NewSchedulerClient(cc)
+
+	// Agents share a few connections (one per 100 streams), as a fleet's
+	// streams would share a load balancer's.
+	var conns []*grpc.ClientConn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	var (
+		mu       sync.Mutex
+		received = map[string]time.Time{}
+	)
+	onLaunch := func(id string, at time.Time) {
+		mu.Lock()
+		received[id] = at
+		mu.Unlock()
+	}
+	agents := make([]*Agent, o.Agents)
+	for i := range agents {
+		if i%100 == 0 {
+			c, err := grpc.NewClient(s.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				return rep, err
+			}
+			conns = append(conns, c)
+		}
+		a := NewAgent(schedlink.Config{
+			Conn: conns[len(conns)-1], InstanceID: "sim-" + strconv.Itoa(i), InstanceType: "m5.2xlarge",
+			AZ: "az-" + strconv.Itoa(i%o.AZs), HeartbeatInterval: o.HeartbeatInterval,
+			Capacity: schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 32768, DiskMiB: 100_000, NetworkMbps: 10_000, ENIs: 4, IPsPerENI: 15},
+		}, RunForever)
+		a.Tasks.OnLaunch = onLaunch
+		agents[i] = a
+		a.Start(ctx)
+	}
+	defer func() {
+		for _, a := range agents {
+			a.Stop()
+		}
+	}()
+	if err := waitFor(ctx, func() bool { return connected(ctx, api) >= o.Agents }); err != nil {
+		return rep, fmt.Errorf("agents did not all register: %w", err)
+	}
+
+	// Submit every job at once, then wait for every launch to arrive.
+	submitted := map[string]time.Time{}
+	start := time.Now()
+	base := s.Stats().Placed
+	for left := o.Tasks; left > 0; left -= 1000 {
+		n := min(left, 1000)
+		at := time.Now()
+		resp, err := api.SubmitJob(ctx, &schedv1.SubmitJobRequest{Spec: &schedv1.JobSpec{
+			OwnerEmail: "load@example.com", Application: "load",
+			Kind: &schedv1.JobSpec_Batch{Batch: &schedv1.BatchJob{Size: uint32(n)}},
+			Task: &agentv1.TaskSpec{Image: "registry.example/load:1", Command: []string{"sleep", "inf"},
+				Resources: &agentv1.Resources{CpuMillicores: 100, MemoryMib: 128}, Network: &agentv1.NetworkRequest{SecurityGroupIds: []string{"sg-1"}}},
+		}})
+		if err != nil {
+			return rep, fmt.Errorf("submit: %w", err)
+		}
+		submitted[resp.JobId] = at
+	}
+	if err := waitFor(ctx, func() bool { return s.Stats().Placed-base >= int64(o.Tasks) }); err != nil {
+		return rep, fmt.Errorf("placed %d of %d: %w", s.Stats().Placed-base, o.Tasks, err)
+	}
+	rep.PlaceDuration = time.Since(start)
+	rep.Placed = int(s.Stats().Placed - base)
+	rep.PlacementsPerSec = float64(rep.Placed) / rep.PlaceDuration.Seconds()
+	_ = waitFor(ctx, func() bool { mu.Lock(); defer mu.Unlock(); return len(received) >= o.Tasks })
+	mu.Lock()
+	lat := make([]time.Duration, 0, len(received))
+	for id, at := range received {
+		jobID, _, _ := strings.Cut(id, ".")
+		lat = append(lat, at.Sub(submitted[jobID]))
+	}
+	mu.Unlock()
+	slices.Sort(lat)
+	if len(lat) > 0 {
+		rep.SubmitToLaunchP50 = lat[len(lat)/2]
+		rep.SubmitToLaunchP99 = lat[len(lat)*99/100]
+	}
+
+	// Heartbeats absorbed in a steady window.
+	hb0, t0 := s.Stats().Heartbeats, time.Now()
+	select {
+	case <-time.After(3 * time.Second):
+	case <-ctx.Done():
+		return rep, ctx.Err()
+	}
+	rep.HeartbeatsPerSec = float64(s.Stats().Heartbeats-hb0) / time.Since(t0).Seconds()
+
+	// A dead agent: it stops talking; how long until it is declared lost?
+	lost0 := s.Stats().LostAgents
+	dead := agents[len(agents)-1]
+	died := time.Now()
+	dead.Stop()
+	if err := waitFor(ctx, func() bool { return s.Stats().LostAgents > lost0 }); err != nil {
+		return rep, fmt.Errorf("dead agent not detected: %w", err)
+	}
+	rep.DeadAgentDetection = time.Since(died)
+	rep.RSSBytes = rss()
+	return rep, nil
+}
+
+func connected(ctx context.Context, api schedv1.SchedulerClient) int {
+	resp, err := api.ListAgents(ctx, &schedv1.ListAgentsRequest{})
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, a := range resp.Agents {
+		if a.Connected {
+			n++
+		}
+	}
+	return n
+}
+
+func waitFor(ctx context.Context, cond func() bool) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// rss is this process's resident set size.
+func rss() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}

@@ -1,0 +1,204 @@
+package loadtest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// ErrNoSuchTask is returned by Kill for an unknown task.
+var ErrNoSuchTask = errors.New("no such task")
+
+// Behavior decides how a simulated task runs: for how long (negative = until
+// killed) and with which exit code.
+type Behavior func(spec *task.Spec) (runFor time.Duration, exit int32)
+
+// RunForever keeps every task running until it is killed.
+func RunForever(*task.Spec) (time.Duration, int32) { return -1, 0 }
+
+// SimTasks is an in-memory task manager for simulated agents: a launched
+// task is accepted and running at once, then ends as its Behavior says.
+type SimTasks struct {
+	behavior Behavior
+	// OnLaunch, if set, is called for every new task.
+	OnLaunch func(id string, at time.Time)
+
+	mu    sync.Mutex
+	tasks map[string]*task.View
+	subs  map[chan task.Event]struct{}
+	timer map[string]*time.Timer
+}
+
+// NewSimTasks returns an empty task manager.
+func NewSimTasks(b Behavior) *SimTasks {
+	if b == nil {
+		b = RunForever
+	}
+	return &SimTasks{behavior: b, tasks: map[string]*task.View{}, subs: map[chan task.Event]struct{}{}, timer: map[string]*time.Timer{}}
+}
+
+var _ schedlink.Tasks = (*SimTasks)(nil)
+
+// Launch implements schedlink.Tasks.
+func (s *SimTasks) Launch(_ context.Context, spec *task.Spec) error {
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.tasks[spec.ID]; ok {
+		return nil
+	}
+	v := &task.View{Spec: *spec}
+	s.tasks[spec.ID] = v
+	if s.OnLaunch != nil {
+		s.OnLaunch(spec.ID, now)
+	}
+	s.advance(v, task.Accepted, task.ReasonAccepted, 0, now)
+	s.advance(v, task.Running, task.ReasonStarted, 0, now)
+	runFor, exit := s.behavior(spec)
+	if runFor >= 0 {
+		s.timer[spec.ID] = time.AfterFunc(runFor, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			st, reason := task.Finished, task.ReasonCompleted
+			if exit != 0 {
+				st, reason = task.Failed, task.ReasonNonZeroExit
+			}
+			s.advance(v, st, reason, exit, time.Now())
+		})
+	}
+	return nil
+}
+
+// advance moves a task forward and tells subscribers. Callers hold s.mu.
+func (s *SimTasks) advance(v *task.View, st task.State, reason task.Reason, exit int32, now time.Time) {
+	if _, err := v.Status.Advance(st, reason, "", now); err != nil {
+		return
+	}
+	v.Status.ExitCode = exit
+	ev := task.Event{TaskID: v.Spec.ID, Status: v.Status}
+	ev.Status.Transitions = nil
+	for ch := range s.subs {
+		select {
+		case ch <- ev:
+		default: // a slow subscriber misses it; heartbeats carry the state
+		}
+	}
+}
+
+// Kill implements schedlink.Tasks.
+func (s *SimTasks) Kill(_ context.Context, id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.tasks[id]
+	if v == nil {
+		return fmt.Errorf("%w: %s", ErrNoSuchTask, id)
+	}
+	if t := s.timer[id]; t != nil {
+		t.Stop()
+	}
+	if !v.Status.State.Terminal() {
+		s.advance(v, task.Killed, task.ReasonKilledByUser, 137, time.Now())
+	}
+	return nil
+}
+
+// List implements schedlink.Tasks.
+func (s *SimTasks) List() []task.View {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]task.View, 0, len(s.tasks))
+	for _, v := range s.tasks {
+		c := *v
+		c.Status.Transitions = nil
+		out = append(out, c)
+	}
+	return out
+}
+
+// Subscribe implements schedlink.Tasks.
+func (s *SimTasks) Subscribe(ctx context.Context) <-chan task.Event {
+	ch := make(chan task.Event, 1024)
+	s.mu.Lock()
+	s.subs[ch] = struct{}{}
+	s.mu.Unlock()
+	go func() {
+		<-ctx.Done()
+		s.mu.Lock()
+		delete(s.subs, ch)
+		s.mu.Unlock()
+	}()
+	return ch
+}
+
+// Running returns the ids of tasks not in a final state.
+func (s *SimTasks) Running() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for id, v := range s.tasks {
+		if !v.Status.State.Terminal() {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// Forget drops every task, as a host that was rebuilt would.
+func (s *SimTasks) Forget() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, t := range s.timer {
+		t.Stop()
+	}
+	s.tasks, s.timer = map[string]*task.View{}, map[string]*time.Timer{}
+}
+
+// Agent is a simulated agent: SimTasks behind the real agent link.
+type Agent struct {
+	Config schedlink.Config
+	Tasks  *SimTasks
+
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// NewAgent returns a stopped simulated agent.
+func NewAgent(cfg schedlink.Config, b Behavior) *Agent {
+	return &Agent{Config: cfg, Tasks: NewSimTasks(b)}
+}
+
+// Start connects the agent (again); its tasks survive a Stop/Start.
+func (a *Agent) Start(ctx context.Context) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cancel != nil {
+		return
+	}
+	ctx, a.cancel = context.WithCancel(ctx)
+	a.done = make(chan struct{})
+	go func() {
+		defer close(a.done)
+		_ = schedlink.Run(ctx, a.Config, a.Tasks)
+	}()
+}
+
+// Stop disconnects the agent, as a dead or partitioned host would.
+func (a *Agent) Stop() {
+	a.mu.Lock()
+	cancel, done := a.cancel, a.done
+	a.cancel = nil
+	a.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}

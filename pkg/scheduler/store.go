@@ -1,0 +1,131 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+)
+
+// ErrNotLeader: this replica is not (or no longer) the leader.
+var ErrNotLeader = errors.New("not the leader")
+
+// store writes to etcd on behalf of the leader. Every transaction is fenced
+// on the leader's election key (its create revision), so a deposed leader's
+// writes fail instead of overcommitting hosts.
+type store struct {
+	cli    *clientv3.Client
+	prefix string
+	fence  clientv3.Cmp
+	txnOps int
+}
+
+func (s *store) jobKey(id string) string         { return s.prefix + "jobs/" + id }
+func (s *store) jobTasksPrefix(id string) string { return s.prefix + "tasks/" + id + "/" }
+func (s *store) taskKey(jobID, id string) string { return s.prefix + "tasks/" + jobID + "/" + id }
+func (s *store) agentKey(id string) string       { return s.prefix + "agents/" + id }
+func (s *store) electionPrefix() string          { return s.prefix + "leader" }
+
+// put is one write; create says the key must not exist yet (a new task attempt).
+type put struct {
+	key    string
+	val    []byte
+	create bool
+}
+
+// commit writes puts in transactions of at most txnOps operations, several
+// in flight at once (etcd batches concurrent proposals into one fsync).
+func (s *store) commit(ctx context.Context, puts []put) error {
+	chunk := s.txnOps - 1
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i := 0; i < len(puts); i += chunk {
+		part := puts[i:min(i+chunk, len(puts))]
+		g.Go(func() error { return s.txn(ctx, part) })
+	}
+	return g.Wait()
+}
+
+func (s *store) txn(ctx context.Context, puts []put) error {
+	cmps := []clientv3.Cmp{s.fence}
+	ops := make([]clientv3.Op, 0, len(puts))
+	for _, p := range puts {
+		if p.create {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(p.key), "=", 0))
+		}
+		ops = append(ops, clientv3.OpPut(p.key, string(p.val)))
+	}
+	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("etcd txn: %w", err)
+	}
+	if !resp.Succeeded {
+		// Either the fence moved (we are not the leader) or a task key
+		// already exists: both mean another scheduler wrote here.
+		return fmt.Errorf("%w: conditional write refused", ErrNotLeader)
+	}
+	return nil
+}
+
+// getPrefix reads every key under prefix, a page at a time.
+func (s *store) getPrefix(ctx context.Context, prefix string, fn func(key string, val []byte) error) error {
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	key := prefix
+	for {
+		resp, err := s.cli.Get(ctx, key, clientv3.WithRange(end), clientv3.WithLimit(5000))
+		if err != nil {
+			return fmt.Errorf("etcd get %s: %w", prefix, err)
+		}
+		for _, kv := range resp.Kvs {
+			if err := fn(string(kv.Key), kv.Value); err != nil {
+				return err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// dirtySet collects records to persist in the background, keeping only the
+// latest value per key.
+type dirtySet struct {
+	mu sync.Mutex
+	m  map[string][]byte
+}
+
+func (d *dirtySet) set(key string, val []byte) {
+	d.mu.Lock()
+	if d.m == nil {
+		d.m = map[string][]byte{}
+	}
+	d.m[key] = val
+	d.mu.Unlock()
+}
+
+func (d *dirtySet) take() []put {
+	d.mu.Lock()
+	m := d.m
+	d.m = nil
+	d.mu.Unlock()
+	out := make([]put, 0, len(m))
+	for k, v := range m {
+		out = append(out, put{key: k, val: v})
+	}
+	return out
+}
+
+func (d *dirtySet) setIfAbsent(key string, val []byte) {
+	d.mu.Lock()
+	if d.m == nil {
+		d.m = map[string][]byte{}
+	}
+	if _, ok := d.m[key]; !ok {
+		d.m[key] = val
+	}
+	d.mu.Unlock()
+}

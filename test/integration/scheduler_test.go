@@ -1,0 +1,444 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
+	"github.com/titus-agent/titus-agent/pkg/scheduler"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/loadtest"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// schedEnv is a real scheduler (embedded etcd, or a shared one for HA
+// tests) on a loopback port, and simulated agents speaking the real stream.
+type schedEnv struct {
+	t      *testing.T
+	ctx    context.Context
+	addrs  []string
+	api    schedv1.SchedulerClient
+	agents map[string]*loadtest.Agent
+}
+
+const schedTTL = 2 * time.Second
+
+func schedOptions(t *testing.T) scheduler.Options {
+	return scheduler.Options{Listen: "127.0.0.1:0", DataDir: t.TempDir(), AgentTTL: schedTTL, HeartbeatInterval: 200 * time.Millisecond,
+		ElectionTTL: time.Second, CrashLoopBase: 100 * time.Millisecond, CrashLoopCap: time.Second}
+}
+
+// startScheduler runs one replica until the test ends (or stop is called).
+func startScheduler(t *testing.T, ctx context.Context, o scheduler.Options) (s *scheduler.Scheduler, stop func()) {
+	t.Helper()
+	s, err := scheduler.New(o, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("new scheduler: %v", err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(sctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("scheduler run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return s, stop
+}
+
+func waitLeading(t *testing.T, s *scheduler.Scheduler) {
+	t.Helper()
+	select {
+	case <-s.Leading():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("scheduler %s did not become leader", s.Addr())
+	}
+}
+
+func newSchedEnv(t *testing.T, o scheduler.Options) (*schedEnv, *scheduler.Scheduler) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	s, _ := startScheduler(t, ctx, o)
+	waitLeading(t, s)
+	e := &schedEnv{t: t, ctx: ctx, addrs: []string{s.Addr()}, agents: map[string]*loadtest.Agent{}}
+	e.dialAPI()
+	return e, s
+}
+
+func (e *schedEnv) dialAPI() {
+	cc, err := grpc.NewClient(e.addrs[len(e.addrs)-1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		e.t.Fatalf("dial: %v", err)
+	}
+	e.t.Cleanup(func() { cc.Close() })
+	e.api = schedv1.NewSchedulerClient(cc)
+}
+
+func (e *schedEnv) agent(id, az string, cpu int64, b loadtest.Behavior) *loadtest.Agent {
+	a := loadtest.NewAgent(schedlink.Config{
+		Address: strings.Join(e.addrs, ","), InstanceID: id, InstanceType: "m5.large", AZ: az,
+		Capacity:   schedlink.Capacity{CPUMillicores: cpu, MemoryMiB: 16384, DiskMiB: 10000, NetworkMbps: 1000, ENIs: 3, IPsPerENI: 10},
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+	}, b)
+	a.Start(e.ctx)
+	e.t.Cleanup(a.Stop)
+	e.agents[id] = a
+	return a
+}
+
+func (e *schedEnv) waitAgents(n int) {
+	e.eventually("agents connected", func() (bool, string) {
+		resp, err := e.api.ListAgents(e.ctx, &schedv1.ListAgentsRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		c := 0
+		for _, a := range resp.Agents {
+			if a.Connected {
+				c++
+			}
+		}
+		return c == n, fmt.Sprintf("%d of %d connected", c, n)
+	})
+}
+
+func (e *schedEnv) eventually(what string, cond func() (bool, string)) {
+	e.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, msg := cond()
+		if ok {
+			return
+		}
+		last = msg
+		time.Sleep(50 * time.Millisecond)
+	}
+	e.t.Fatalf("%s: not reached within 30s (last: %s)", what, last)
+}
+
+func jobSpec(kind any) *schedv1.JobSpec {
+	s := &schedv1.JobSpec{OwnerEmail: "tests@example.com", Application: "it",
+		Task: &agentv1.TaskSpec{Image: "127.0.0.1:5000/busybox:latest", Command: []string{"true"},
+			Resources: &agentv1.Resources{CpuMillicores: 1000, MemoryMib: 256}, KillGracePeriodSeconds: 1}}
+	switch k := kind.(type) {
+	case *schedv1.BatchJob:
+		s.Kind = &schedv1.JobSpec_Batch{Batch: k}
+	case *schedv1.ServiceJob:
+		s.Kind = &schedv1.JobSpec_Service{Service: k}
+	}
+	return s
+}
+
+func (e *schedEnv) submit(spec *schedv1.JobSpec) string {
+	e.t.Helper()
+	resp, err := e.api.SubmitJob(e.ctx, &schedv1.SubmitJobRequest{Spec: spec})
+	if err != nil {
+		e.t.Fatalf("submit: %v", err)
+	}
+	return resp.JobId
+}
+
+func (e *schedEnv) job(id string) *schedv1.Job {
+	e.t.Helper()
+	j, err := e.api.GetJob(e.ctx, &schedv1.GetJobRequest{Id: id})
+	if err != nil {
+		e.t.Fatalf("get job: %v", err)
+	}
+	return j
+}
+
+func (e *schedEnv) liveTasks(jobID string) []*schedv1.Task {
+	e.t.Helper()
+	resp, err := e.api.ListTasks(e.ctx, &schedv1.ListTasksRequest{JobId: jobID})
+	if err != nil {
+		e.t.Fatalf("list tasks: %v", err)
+	}
+	return resp.Tasks
+}
+
+// running counts the job's tasks the scheduler sees running, per agent.
+func (e *schedEnv) running(jobID string) map[string]int {
+	out := map[string]int{}
+	for _, t := range e.liveTasks(jobID) {
+		if t.State == agentv1.TaskState_TASK_STATE_RUNNING {
+			out[t.AgentId]++
+		}
+	}
+	return out
+}
+
+func finishAfter(d time.Duration) loadtest.Behavior {
+	return func(*task.Spec) (time.Duration, int32) { return d, 0 }
+}
+
+func TestSchedulerBatchJobCompletesOnTwoAgents(t *testing.T) {
+	begin(t)
+	e, _ := newSchedEnv(t, schedOptions(t))
+	a := e.agent("a", "az-a", 4000, finishAfter(300*time.Millisecond))
+	b := e.agent("b", "az-b", 4000, finishAfter(300*time.Millisecond))
+	e.waitAgents(2)
+	id := e.submit(jobSpec(&schedv1.BatchJob{Size: 12}))
+	e.eventually("job finished", func() (bool, string) {
+		j := e.job(id)
+		return j.State == schedv1.JobState_JOB_STATE_FINISHED, j.String()
+	})
+	if c := e.job(id).Counts; c.Finished != 12 || c.Failed != 0 {
+		t.Fatalf("counts = %v, want 12 finished", c)
+	}
+	na, nb := len(a.Tasks.List()), len(b.Tasks.List())
+	if na == 0 || nb == 0 || na+nb != 12 {
+		t.Fatalf("tasks per agent a=%d b=%d, want both used and 12 in all", na, nb)
+	}
+}
+
+func TestSchedulerServiceSpreadAndAgentLoss(t *testing.T) {
+	begin(t)
+	e, _ := newSchedEnv(t, schedOptions(t))
+	a := e.agent("a", "az-a", 8000, loadtest.RunForever)
+	e.agent("b", "az-b", 8000, loadtest.RunForever)
+	e.waitAgents(2)
+	id := e.submit(jobSpec(&schedv1.ServiceJob{Min: 1, Desired: 6, Max: 10}))
+	e.eventually("6 running, 3 per AZ", func() (bool, string) {
+		r := e.running(id)
+		return len(r) == 2 && r[a.Config.InstanceID] == 3, fmt.Sprint(r)
+	})
+
+	// The agent dies: within the TTL its tasks are lost and replaced on the other.
+	a.Stop()
+	e.eventually("6 running on the survivor", func() (bool, string) {
+		r := e.running(id)
+		return len(r) == 1 && r[e.agents["b"].Config.InstanceID] == 6, fmt.Sprint(r)
+	})
+	if lost := e.job(id).Counts.Lost; lost != 3 {
+		t.Fatalf("lost = %d, want 3", lost)
+	}
+
+	// It comes back still running its 3 old tasks: the scheduler has
+	// replaced them, so reconcile kills them; no duplicates remain.
+	a.Start(e.ctx)
+	e.eventually("old tasks killed on the returning agent", func() (bool, string) {
+		return len(a.Tasks.Running()) == 0, fmt.Sprint(a.Tasks.Running())
+	})
+	time.Sleep(3 * 200 * time.Millisecond) // a few heartbeats
+	if n := len(e.liveTasks(id)); n != 6 {
+		t.Fatalf("live tasks = %d, want 6", n)
+	}
+
+	// Scale down to 2, then drain b: its tasks move to a.
+	if _, err := e.api.ScaleJob(e.ctx, &schedv1.ScaleJobRequest{Id: id, Min: 1, Desired: 2, Max: 10}); err != nil {
+		t.Fatalf("scale: %v", err)
+	}
+	e.eventually("2 running", func() (bool, string) {
+		n := 0
+		for _, c := range e.running(id) {
+			n += c
+		}
+		return n == 2 && len(e.liveTasks(id)) == 2, fmt.Sprint(e.running(id))
+	})
+	if _, err := e.api.DrainAgent(e.ctx, &schedv1.DrainAgentRequest{Id: e.agents["b"].Config.InstanceID}); err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	e.eventually("moved off the drained agent", func() (bool, string) {
+		r := e.running(id)
+		return len(r) == 1 && r[a.Config.InstanceID] == 2, fmt.Sprint(r)
+	})
+}
+
+func TestSchedulerReconnectReconciles(t *testing.T) {
+	begin(t)
+	e, _ := newSchedEnv(t, schedOptions(t))
+	a := e.agent("a", "az-a", 8000, loadtest.RunForever)
+	e.waitAgents(1)
+	id := e.submit(jobSpec(&schedv1.ServiceJob{Desired: 4, Max: 4}))
+	e.eventually("4 running", func() (bool, string) {
+		return e.running(id)[a.Config.InstanceID] == 4, fmt.Sprint(e.running(id))
+	})
+	// A short disconnect (well within the TTL) changes nothing.
+	a.Stop()
+	a.Start(e.ctx)
+	e.waitAgents(1)
+	time.Sleep(500 * time.Millisecond)
+	if r, n := len(a.Tasks.Running()), len(e.liveTasks(id)); r != 4 || n != 4 {
+		t.Fatalf("after reconnect: agent runs %d, scheduler has %d, want 4 and 4", r, n)
+	}
+	// The host is rebuilt (forgets its tasks) and reconnects: they are
+	// marked lost and replaced, exactly 4 again.
+	a.Stop()
+	a.Tasks.Forget()
+	a.Start(e.ctx)
+	e.eventually("replaced after the agent forgot its tasks", func() (bool, string) {
+		return len(a.Tasks.Running()) == 4 && e.running(id)[a.Config.InstanceID] == 4 && e.job(id).Counts.Lost == 4,
+			fmt.Sprintf("agent %d, scheduler %v, lost %d", len(a.Tasks.Running()), e.running(id), e.job(id).Counts.Lost)
+	})
+}
+
+func TestSchedulerStandbyTakesOver(t *testing.T) {
+	begin(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	etcd, err := scheduler.StartEmbeddedEtcd(ctx, t.TempDir())
+	if err != nil {
+		t.Fatalf("etcd: %v", err)
+	}
+	t.Cleanup(etcd.Close)
+	o := schedOptions(t)
+	o.DataDir, o.Endpoints = "", etcd.Endpoints
+	first, stopFirst := startScheduler(t, ctx, o)
+	waitLeading(t, first)
+	second, _ := startScheduler(t, ctx, o)
+	e := &schedEnv{t: t, ctx: ctx, addrs: []string{first.Addr(), second.Addr()}, agents: map[string]*loadtest.Agent{}}
+	e.dialAPI() // the API client talks to the second (standby) first
+	e.eventually("the standby names the leader", func() (bool, string) {
+		_, err := e.api.ListJobs(ctx, &schedv1.ListJobsRequest{})
+		return status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), first.Addr()), fmt.Sprint(err)
+	})
+	e.api = nil
+	e.addrs = e.addrs[:1]
+	e.dialAPI()
+	e.addrs = []string{first.Addr(), second.Addr()}
+	e.agent("a", "az-a", 8000, finishAfter(1500*time.Millisecond))
+	e.agent("b", "az-b", 8000, finishAfter(1500*time.Millisecond))
+	e.waitAgents(2)
+	id := e.submit(jobSpec(&schedv1.BatchJob{Size: 8}))
+	e.eventually("tasks running", func() (bool, string) { return len(e.running(id)) > 0, "" })
+
+	stopFirst() // the leader goes away mid-job
+	waitLeading(t, second)
+	e.addrs = e.addrs[1:]
+	e.dialAPI()
+	e.waitAgents(2)
+	e.eventually("job finished under the new leader", func() (bool, string) {
+		j := e.job(id)
+		return j.State == schedv1.JobState_JOB_STATE_FINISHED, j.String()
+	})
+	total := 0
+	for _, a := range e.agents {
+		total += len(a.Tasks.List())
+	}
+	if total != 8 {
+		t.Fatalf("tasks launched in all = %d, want 8 (no duplicates after failover)", total)
+	}
+}
+
+func TestSchedulerRefusesInvalidJobs(t *testing.T) {
+	begin(t)
+	e, _ := newSchedEnv(t, schedOptions(t))
+	tests := []struct {
+		name   string
+		mutate func(*schedv1.JobSpec)
+		fields []string
+	}{
+		{"no owner", func(s *schedv1.JobSpec) { s.OwnerEmail = "" }, []string{"owner_email"}},
+		{"no image", func(s *schedv1.JobSpec) { s.Task.Image = "" }, []string{"task.image"}},
+		{"too many tasks", func(s *schedv1.JobSpec) { s.GetBatch().Size = 1_000_000 }, []string{"batch.size"}},
+		{"bad env and memory", func(s *schedv1.JobSpec) {
+			s.Task.Env = map[string]string{"1X": "y"}
+			s.Task.Resources.MemoryMib = 1
+		}, []string{"task.env[1X]", "task.resources.memory_mib"}},
+		{"unknown group", func(s *schedv1.JobSpec) { s.CapacityGroup = "nope" }, []string{"capacity_group"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			spec := jobSpec(&schedv1.BatchJob{Size: 1})
+			tt.mutate(spec)
+			_, err := e.api.SubmitJob(e.ctx, &schedv1.SubmitJobRequest{Spec: spec})
+			if status.Code(err) != codes.InvalidArgument {
+				t.Fatalf("err = %v, want InvalidArgument", err)
+			}
+			for _, f := range tt.fields {
+				if !strings.Contains(err.Error(), f+":") {
+					t.Errorf("error %q does not name field %s", err, f)
+				}
+			}
+		})
+	}
+}
+
+func TestSchedulerMillionTasksBoundedQueue(t *testing.T) {
+	begin(t)
+	o := schedOptions(t)
+	o.Groups = []scheduler.Group{{Name: "small", Tier: scheduler.TierFlex, MaxPending: 5000}}
+	e, _ := newSchedEnv(t, o)
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	accepted, refused := 0, 0
+	var lastErr error
+	for i := 0; i < 1000; i++ { // 1000 jobs x 1000 tasks, no agents
+		spec := jobSpec(&schedv1.BatchJob{Size: 1000})
+		spec.CapacityGroup = "small"
+		_, err := e.api.SubmitJob(e.ctx, &schedv1.SubmitJobRequest{Spec: spec})
+		switch status.Code(err) {
+		case codes.OK:
+			accepted++
+		case codes.ResourceExhausted:
+			refused++
+			lastErr = err
+		default:
+			t.Fatalf("submit %d: %v", i, err)
+		}
+	}
+	if accepted != 5 || refused != 995 {
+		t.Fatalf("accepted %d refused %d, want 5 and 995", accepted, refused)
+	}
+	if !strings.Contains(lastErr.Error(), `capacity group "small" has 5000 tasks queued, limit 5000`) {
+		t.Fatalf("refusal is not clear: %v", lastErr)
+	}
+	var after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if grown := int64(after.HeapInuse) - int64(before.HeapInuse); grown > 64<<20 {
+		t.Fatalf("heap grew by %d MiB for 5000 queued tasks", grown>>20)
+	}
+}
+
+func TestSchedulerCrashLoopBacksOff(t *testing.T) {
+	begin(t)
+	e, _ := newSchedEnv(t, schedOptions(t))
+	var mu sync.Mutex
+	var starts []time.Time
+	a := e.agent("a", "az-a", 8000, func(*task.Spec) (time.Duration, int32) { return 0, 1 })
+	a.Tasks.OnLaunch = func(_ string, at time.Time) { mu.Lock(); starts = append(starts, at); mu.Unlock() }
+	e.waitAgents(1)
+	spec := jobSpec(&schedv1.BatchJob{Size: 1, Retry: &schedv1.RetryPolicy{Kind: schedv1.RetryPolicy_KIND_IMMEDIATE, MaxRetries: 5}})
+	id := e.submit(spec)
+	e.eventually("job failed after its retries", func() (bool, string) {
+		j := e.job(id)
+		return j.State == schedv1.JobState_JOB_STATE_FAILED, j.String()
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if len(starts) != 6 {
+		t.Fatalf("attempts = %d, want 6", len(starts))
+	}
+	// Immediate retries at first, then the crash-loop floor doubles the
+	// wait: 100ms, 200ms, 400ms (lower bounds only: machines are noisy).
+	gaps := make([]time.Duration, 0, 5)
+	for i := 1; i < len(starts); i++ {
+		gaps = append(gaps, starts[i].Sub(starts[i-1]))
+	}
+	for i, floor := range []time.Duration{0, 0, 100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond} {
+		if gaps[i] < floor {
+			t.Fatalf("retry gaps %v: gap %d is shorter than the backoff %s", gaps, i, floor)
+		}
+	}
+}
