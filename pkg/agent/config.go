@@ -108,6 +108,16 @@ type MetadataConfig struct {
 	RequireV2   bool   `json:"requireV2"`
 	STSEndpoint string `json:"stsEndpoint"`
 	Region      string `json:"region"`
+	// AccessKeyID and SecretAccessKey are the agent's own static
+	// credentials for STS (moto in tests); empty = the SDK's default chain.
+	AccessKeyID     string `json:"accessKeyID"`
+	SecretAccessKey string `json:"secretAccessKey"`
+	// Allowlist of host metadata paths (under meta-data/) proxied upstream.
+	Allowlist []string `json:"allowlist"`
+	// AccountID goes into identity documents.
+	AccountID string `json:"accountID"`
+	// CredentialDuration of each role session (Go duration, default 1h).
+	CredentialDuration string `json:"credentialDuration"`
 }
 
 // IsolationConfig configures hardening and disk quota.

@@ -125,7 +125,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	d.rt = rt
 	d.closers = append(d.closers, rt.Close)
 
-	w, err := wire(agentCtx, cfg, log, rt)
+	w, err := wire(agentCtx, cfg, log, rt, d.metrics)
 	if err != nil {
 		return nil, err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
+	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -18,7 +19,7 @@ import (
 //	stage 1: image ∥ network
 //	stage 2: disk ∥ metadata ∥ bandwidth (they need the image or the netns)
 //	stage 3: container create + start
-func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime) (*wiring, error) {
+func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime, m *metrics.Agent) (*wiring, error) {
 	w := &wiring{}
 	first := []taskrunner.PrestartHook{&taskrunner.ImageHook{Puller: rt}}
 	var second []taskrunner.PrestartHook
@@ -37,7 +38,7 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 		return err
 	}))
 
-	if _, err := wireNetwork(ctx, cfg, log, w, &first, &second); err != nil {
+	if _, err := wireNetwork(ctx, cfg, log, w, &first, &second, m); err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
 

@@ -11,12 +11,14 @@ import (
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
+	"github.com/titus-agent/titus-agent/pkg/metadataproxy"
+	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/vpc"
 )
 
 // wireNetwork adds the network and bandwidth hooks for the configured
 // provider; provider "none" runs tasks in the host's network namespace.
-func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, first, second *[]taskrunner.PrestartHook) (*vpc.Network, error) {
+func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, first, second *[]taskrunner.PrestartHook, m *metrics.Agent) (*vpc.Network, error) {
 	var provider vpc.IPProvider
 	switch cfg.Network.Provider {
 	case "none":
@@ -57,7 +59,44 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 	*second = append(*second, &taskrunner.BandwidthHook{Shaper: isolation.NewBandwidth()})
 	w.reconcilers = append(w.reconcilers, n)
 	w.vpc = n
+	if cfg.Metadata.Enabled {
+		if err := wireMetadata(ctx, cfg, log, w, second, m); err != nil {
+			return nil, fmt.Errorf("metadata: %w", err)
+		}
+	}
 	return n, nil
+}
+
+// wireMetadata answers 169.254.169.254 inside every task's netns.
+func wireMetadata(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, second *[]taskrunner.PrestartHook, m *metrics.Agent) error {
+	mc := cfg.Metadata
+	dur, err := optionalDuration(mc.CredentialDuration)
+	if err != nil {
+		return fmt.Errorf("metadata.credentialDuration: %w", err)
+	}
+	svc, err := metadataproxy.New(ctx, metadataproxy.Config{
+		UpstreamIMDS:       mc.Upstream,
+		UpstreamAllowlist:  mc.Allowlist,
+		RequireV2:          mc.RequireV2,
+		KeyPath:            filepath.Join(cfg.StateDir, "metadata-key.pem"),
+		STSEndpoint:        mc.STSEndpoint,
+		Region:             mc.Region,
+		AccessKeyID:        mc.AccessKeyID,
+		SecretKey:          mc.SecretAccessKey,
+		AccountID:          mc.AccountID,
+		CredentialDuration: dur,
+		Logger:             log,
+		Metrics:            m,
+	})
+	if err != nil {
+		return err
+	}
+	hook := &taskrunner.MetadataHook{Server: svc}
+	*second = append(*second, hook)
+	w.restore = append(w.restore, hook)
+	w.closers = append(w.closers, svc.Close)
+	w.metadata = svc
+	return nil
 }
 
 func newEC2Provider(ctx context.Context, cfg Config, log *slog.Logger) (*vpc.EC2Provider, error) {
