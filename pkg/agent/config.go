@@ -136,6 +136,8 @@ type SchedulerConfig struct {
 	InstanceType string            `json:"instanceType"`
 	Zone         string            `json:"zone"`
 	Labels       map[string]string `json:"labels"`
+	// NetworkMbps is the host's bandwidth offered to tasks.
+	NetworkMbps int64 `json:"networkMbps"`
 }
 
 // DefaultConfig is the configuration when no file and no flag says otherwise.
@@ -151,6 +153,7 @@ func DefaultConfig() Config {
 		Metadata:      MetadataConfig{Enabled: true},
 		Isolation:     IsolationConfig{InitPath: "/usr/bin/tini-static", DiskDir: "/var/lib/titus-agent/disks"},
 		MetricsListen: "127.0.0.1:9101",
+		Scheduler:     SchedulerConfig{InstanceType: "local", Zone: "local-1a", NetworkMbps: 1000},
 		MaxTasks:      5000,
 		LogLevel:      "info",
 	}

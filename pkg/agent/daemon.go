@@ -57,6 +57,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(*Daemon))
 		}()
 	}
 	go watchTasks(ctx, d.manager, d.metrics, log)
+	if cfg.Scheduler.Address != "" {
+		go d.runSchedulerLink(ctx)
+	}
 	log.Info("agent ready", "socket", cfg.Socket, "tasks", len(d.manager.List()))
 	if err := NotifyReady(fmt.Sprintf("%d tasks re-adopted", len(d.manager.List()))); err != nil {
 		log.Warn("sd_notify READY", "err", err)

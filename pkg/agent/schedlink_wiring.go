@@ -1,0 +1,102 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"os"
+	goruntime "runtime"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// schedTasks adapts the Manager to what the scheduler link needs.
+type schedTasks struct{ m *Manager }
+
+func (s schedTasks) Launch(ctx context.Context, spec *task.Spec) error {
+	_, err := s.m.Launch(ctx, spec)
+	if errors.Is(err, ErrTaskExists) {
+		return nil
+	}
+	return err
+}
+
+func (s schedTasks) Kill(ctx context.Context, id string) error {
+	_, err := s.m.Kill(ctx, id, 0)
+	if errors.Is(err, ErrTaskNotFound) {
+		return nil
+	}
+	return err
+}
+
+func (s schedTasks) List() []task.View                               { return s.m.List() }
+func (s schedTasks) Subscribe(ctx context.Context) <-chan task.Event { return s.m.Subscribe(ctx) }
+
+// runSchedulerLink keeps the session with the scheduler until ctx ends.
+func (d *Daemon) runSchedulerLink(ctx context.Context) {
+	sc := d.cfg.Scheduler
+	id := sc.InstanceID
+	if id == "" {
+		id, _ = os.Hostname()
+	}
+	health := &hostHealth{rt: d.rt, dirs: []string{d.cfg.StateDir, d.cfg.LogDir}}
+	cfg := schedlink.Config{
+		Address:      sc.Address,
+		InstanceID:   id,
+		InstanceType: sc.InstanceType,
+		AZ:           sc.Zone,
+		Labels:       sc.Labels,
+		Capacity:     hostCapacity(d.cfg),
+		Log:          d.log.With("component", "schedlink"),
+		Health: func() bool {
+			for _, c := range health.Check(ctx) {
+				if !c.Ok {
+					return false
+				}
+			}
+			return true
+		},
+	}
+	if err := schedlink.Run(ctx, cfg, schedTasks{d.manager}); err != nil && ctx.Err() == nil {
+		d.log.Error("scheduler link ended", "err", err)
+	}
+}
+
+// hostCapacity is what this host offers to the scheduler.
+func hostCapacity(cfg Config) schedlink.Capacity {
+	c := schedlink.Capacity{
+		CPUMillicores: int64(goruntime.NumCPU()) * 1000,
+		MemoryMiB:     memTotalMiB() - 512, // keep some for the agent and the OS
+		NetworkMbps:   cfg.Scheduler.NetworkMbps,
+		ENIs:          1,
+	}
+	var st unix.Statfs_t
+	if unix.Statfs(cfg.StateDir, &st) == nil {
+		c.DiskMiB = int64(st.Bavail * uint64(st.Bsize) >> 20)
+	}
+	if cfg.Network.Provider == "local" {
+		if p, err := netip.ParsePrefix(cfg.Network.Local.CIDR); err == nil {
+			c.IPsPerENI = int32(1<<(32-p.Bits()) - 3)
+		}
+	}
+	return c
+}
+
+func memTotalMiB() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "MemTotal:"); ok {
+			kb, _ := strconv.ParseInt(strings.Fields(rest)[0], 10, 64)
+			return kb >> 10
+		}
+	}
+	return 0
+}
