@@ -97,6 +97,9 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 			d.close()
 		}
 	}()
+	if err := os.MkdirAll(cfg.LogDir, 0o750); err != nil {
+		return nil, fmt.Errorf("log dir: %w", err)
+	}
 	store, err := OpenStore(cfg.StateDir)
 	if err != nil {
 		return nil, err
