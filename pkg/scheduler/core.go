@@ -1,6 +1,8 @@
 package scheduler
 
 import (
+	"github.com/titus-agent/titus-agent/pkg/metrics"
+
 	"cmp"
 	"context"
 	"fmt"
@@ -56,6 +58,7 @@ func (s *Scheduler) placeRound(ctx context.Context) (int, error) {
 	s.mu.Lock()
 	now := time.Now()
 	s.promoteDue(now)
+	s.observeLocked()
 	if len(s.waiting) == 0 {
 		s.mu.Unlock()
 		return 0, nil
@@ -109,6 +112,7 @@ func (s *Scheduler) placeRound(ctx context.Context) (int, error) {
 	if len(batch) == 0 {
 		return 0, nil
 	}
+	start := now
 
 	err := s.st.commit(ctx, puts)
 
@@ -142,7 +146,42 @@ func (s *Scheduler) placeRound(ctx context.Context) (int, error) {
 		// report these tasks and they are replaced.
 	}
 	s.stats.placed.Add(int64(len(batch)))
+	if m := s.opts.Metrics; m != nil {
+		took := time.Since(start).Seconds() / float64(len(batch))
+		for range batch {
+			m.PlacementDuration.WithLabelValues(metrics.PlacementPlaced).Observe(took)
+		}
+	}
 	return len(batch), nil
+}
+
+// observeLocked publishes queue depth and agents by health. Caller holds s.mu.
+func (s *Scheduler) observeLocked() {
+	m := s.opts.Metrics
+	if m == nil {
+		return
+	}
+	depth := 0
+	for j := range s.waiting {
+		depth += len(j.queue)
+	}
+	m.QueueDepth.Set(float64(depth))
+	counts := map[string]int{metrics.AgentHealthy: 0, metrics.AgentUnhealthy: 0, metrics.AgentDraining: 0, metrics.AgentLost: 0}
+	for _, a := range s.agents {
+		switch {
+		case a.lost:
+			counts[metrics.AgentLost]++
+		case a.drained:
+			counts[metrics.AgentDraining]++
+		case !a.healthy:
+			counts[metrics.AgentUnhealthy]++
+		default:
+			counts[metrics.AgentHealthy]++
+		}
+	}
+	for k, v := range counts {
+		m.Agents.WithLabelValues(k).Set(float64(v))
+	}
 }
 
 func tierRank(t Tier) int {

@@ -1,6 +1,8 @@
 package scheduler
 
 import (
+	"github.com/titus-agent/titus-agent/pkg/metrics"
+
 	"fmt"
 	"time"
 )
@@ -73,6 +75,8 @@ type Options struct {
 	// PlaceBatch is the most tasks placed per round; TxnOps the most puts per etcd txn.
 	PlaceBatch int
 	TxnOps     int
+	// Metrics, if set, gets placement latency, queue depth and agents by health.
+	Metrics *metrics.Scheduler
 }
 
 func (o *Options) setDefaults() {

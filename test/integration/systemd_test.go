@@ -138,6 +138,7 @@ func TestSystemdUnitsContract(t *testing.T) {
 		},
 		"titus-scheduler.service": {
 			"Service.Restart":   "always",
+			"Service.Type":      "notify",
 			"Service.ExecStart": "/usr/bin/titus-scheduler serve --config /etc/titus-scheduler/scheduler.yaml",
 		},
 	}
