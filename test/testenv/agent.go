@@ -18,34 +18,43 @@ import (
 )
 
 var (
-	buildOnce sync.Once
-	agentBin  string
-	buildErr  error
+	buildMu  sync.Mutex
+	built    = map[string]string{}
+	buildDir string
 )
 
 // AgentBinary builds cmd/titus-agent once per process into a directory
 // everyone can read (tests run the CLI as an unprivileged user too).
-func AgentBinary(t TB) string {
+func AgentBinary(t TB) string { return Binary(t, "titus-agent") }
+
+// SchedulerBinary builds cmd/titus-scheduler once per process.
+func SchedulerBinary(t TB) string { return Binary(t, "titus-scheduler") }
+
+// Binary builds ./cmd/<name> once per process.
+func Binary(t TB, name string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "titus-agent-bin")
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if p, ok := built[name]; ok {
+		return p
+	}
+	if buildDir == "" {
+		dir, err := os.MkdirTemp("", "titus-bin")
 		if err == nil {
 			err = os.Chmod(dir, 0o755)
 		}
 		if err != nil {
-			buildErr = err
-			return
+			t.Fatalf("build dir: %v", err)
 		}
-		agentBin = filepath.Join(dir, "titus-agent")
-		out, err := exec.Command("go", "build", "-o", agentBin, "github.com/titus-agent/titus-agent/cmd/titus-agent").CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("build titus-agent: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatalf("%v", buildErr)
+		buildDir = dir
 	}
-	return agentBin
+	p := filepath.Join(buildDir, name)
+	out, err := exec.Command("go", "build", "-o", p, "github.com/titus-agent/titus-agent/cmd/"+name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("build %s: %v\n%s", name, err, out)
+	}
+	built[name] = p
+	return p
 }
 
 // Agent is a titus-agent daemon process with its own socket, state and
