@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/vpc"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -76,7 +77,9 @@ func (e *agentEnv) exec(id string, args ...string) (string, int) {
 func TestAgentLocalNetworkGivesEachTaskItsOwnIP(t *testing.T) {
 	begin(t)
 	e, ln := newNetAgentEnv(t)
-	e.launch(e.spec("web", "sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"))
+	web0 := e.spec("web", "sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www")
+	web0.Resources.NetworkMbps = 40
+	e.launch(web0)
 	e.launch(e.spec("client", "sleep", "1000"))
 	web := e.waitState("web", stRunning, 30*time.Second)
 	client := e.waitState("client", stRunning, 30*time.Second)
@@ -109,6 +112,13 @@ func TestAgentLocalNetworkGivesEachTaskItsOwnIP(t *testing.T) {
 	}
 	if out, _ := e.exec("client", "hostname"); strings.TrimSpace(out) != "client" {
 		t.Fatalf("hostname = %q", out)
+	}
+	// The bandwidth limit is a TBF qdisc on both veth ends; the unlimited task has none.
+	if out, err := exec.Command("tc", "qdisc", "show", "dev", vpc.HostVeth("web")).CombinedOutput(); err != nil || !strings.Contains(string(out), "tbf") || !strings.Contains(string(out), "40Mbit") {
+		t.Fatalf("web's host veth qdisc: %v %s", err, out)
+	}
+	if out, _ := exec.Command("tc", "qdisc", "show", "dev", vpc.HostVeth("client")).CombinedOutput(); strings.Contains(string(out), "tbf") {
+		t.Fatalf("client asked for no limit but has one: %s", out)
 	}
 	status, err := e.cli("vpc", "status")
 	if err != nil || !strings.Contains(status, "used: 2") {

@@ -405,7 +405,7 @@ func readInt(t *testing.T, path string) int64 {
 }
 
 func testDiskCycles(t *testing.T, e *isoEnv) {
-	const cycles = 20
+	const cycles = 50 // the issue asks for 50 launch + teardown cycles
 	var ids []string
 	for i := range cycles {
 		spec := task.Spec{ID: isoID(fmt.Sprintf("cycle%d", i)), Resources: task.Resources{DiskMiB: 64},
