@@ -1,0 +1,95 @@
+package taskrunner
+
+import (
+	"context"
+	"errors"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+type fakeContainers struct {
+	rec      *recorder
+	created  runtime.ContainerSpec
+	startErr error
+}
+
+func (f *fakeContainers) Create(ctx context.Context, cs runtime.ContainerSpec) error {
+	f.rec.add("create " + cs.ID)
+	f.created = cs
+	return nil
+}
+
+func (f *fakeContainers) Start(ctx context.Context, id string) (uint32, error) {
+	f.rec.add("start " + id)
+	return 42, f.startErr
+}
+
+func (f *fakeContainers) Kill(ctx context.Context, id string, sig syscall.Signal) error {
+	f.rec.add("kill " + id + " " + sig.String())
+	return nil
+}
+
+func (f *fakeContainers) Delete(ctx context.Context, id string) error {
+	f.rec.add("delete " + id)
+	return nil
+}
+
+func TestContainerSpecFromTaskAndResources(t *testing.T) {
+	spec := &task.Spec{ID: "t1", Image: "img", Entrypoint: []string{"sh"}, Command: []string{"-c", "true"},
+		Env: map[string]string{"B": "2", "A": "1"}, Labels: map[string]string{"app": "x"},
+		Resources: task.Resources{CPUMillicores: 500, MemoryMiB: 64, Pids: 100}}
+	res := &Resources{
+		Network: &task.NetworkAttachment{NetNSPath: "/ns/t1", ResolvConfPath: "/f/resolv.conf", HostsPath: "/f/hosts"},
+		Disk:    &DiskInfo{MountPath: "/disks/rootfs/t1"},
+	}
+	got := ContainerSpec(spec, res, nil)
+	want := runtime.ContainerSpec{
+		ID: "t1", Image: "img", Args: []string{"sh", "-c", "true"},
+		Env:    []string{"A=1", "B=2", "TITUS_TASK_ID=t1"},
+		Labels: map[string]string{"app": "x"}, Hostname: "t1",
+		CPUMillicores: 500, MemoryMiB: 64, Pids: 100,
+		NetNSPath: "/ns/t1", RootfsPath: "/disks/rootfs/t1",
+		Mounts: []specs.Mount{
+			{Destination: "/etc/hosts", Source: "/f/hosts", Type: "bind", Options: []string{"rbind", "ro"}},
+			{Destination: "/etc/resolv.conf", Source: "/f/resolv.conf", Type: "bind", Options: []string{"rbind", "ro"}},
+		},
+	}
+	if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(runtime.ContainerSpec{}, "SpecOpts")); diff != "" {
+		t.Fatalf("container spec (-want +got):\n%s", diff)
+	}
+}
+
+func TestContainerHook(t *testing.T) {
+	rec := &recorder{}
+	rt := &fakeContainers{rec: rec}
+	h := &ContainerHook{Runtime: rt}
+	spec := &task.Spec{ID: "t1", Image: "img"}
+	resp := &PrestartResponse{}
+	if err := h.Prestart(context.Background(), &PrestartRequest{Spec: spec, Resources: &Resources{}}, resp); err != nil {
+		t.Fatal(err)
+	}
+	if !resp.Container || resp.Pid != 42 {
+		t.Fatalf("resp = %+v", resp)
+	}
+	h.Stop(context.Background(), &StopRequest{Spec: spec, Resources: &Resources{}})
+	h.Stop(context.Background(), &StopRequest{Spec: spec, Resources: &Resources{}})
+	want := []string{"create t1", "start t1", "kill t1 killed", "delete t1", "kill t1 killed", "delete t1"}
+	if diff := cmp.Diff(want, rec.get()); diff != "" {
+		t.Fatalf("ops (-want +got):\n%s", diff)
+	}
+	// A failed start still records the container so teardown deletes it.
+	rt.startErr = errors.New("runc: boom")
+	resp = &PrestartResponse{}
+	err := h.Prestart(context.Background(), &PrestartRequest{Spec: spec, Resources: &Resources{}}, resp)
+	var he *HookError
+	if !errors.As(err, &he) || he.Reason != task.ReasonStartFailed || !resp.Container {
+		t.Fatalf("err = %v resp = %+v", err, resp)
+	}
+}

@@ -1,0 +1,55 @@
+package taskrunner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+type fakePuller struct {
+	pulled []string
+	err    error
+}
+
+func (f *fakePuller) Pull(ctx context.Context, ref string) (runtime.Image, error) {
+	f.pulled = append(f.pulled, ref)
+	return runtime.Image{Name: ref}, f.err
+}
+
+func TestImageHook(t *testing.T) {
+	tests := []struct {
+		name   string
+		err    error
+		reason task.Reason
+	}{
+		{"pulled", nil, ""},
+		{"not found", fmt.Errorf("pull: %w", runtime.ErrImageNotFound), task.ReasonImageNotFound},
+		{"registry down", errors.New("connection refused"), task.ReasonImagePullFailed},
+		{"plain http refused", fmt.Errorf("pull: %w", runtime.ErrRegistryNotAllowed), task.ReasonImagePullFailed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &fakePuller{err: tt.err}
+			h := &ImageHook{Puller: p}
+			spec := &task.Spec{ID: "t", Image: "reg/img:1"}
+			resp := &PrestartResponse{}
+			err := h.Prestart(context.Background(), &PrestartRequest{Spec: spec, Resources: &Resources{}}, resp)
+			var he *HookError
+			switch {
+			case tt.reason == "" && err != nil:
+				t.Fatalf("unexpected error %v", err)
+			case tt.reason != "" && (!errors.As(err, &he) || he.Reason != tt.reason):
+				t.Fatalf("err = %v, want reason %s", err, tt.reason)
+			case tt.reason == "" && resp.Image != "reg/img:1":
+				t.Fatalf("resp.Image = %q", resp.Image)
+			}
+			if len(p.pulled) != 1 || p.pulled[0] != "reg/img:1" {
+				t.Fatalf("pulled %v", p.pulled)
+			}
+		})
+	}
+}
