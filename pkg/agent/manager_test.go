@@ -1,0 +1,162 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// fakeRuntime records what the manager does to containers.
+type fakeRuntime struct {
+	mu         sync.Mutex
+	ops        []string
+	containers []runtime.ContainerStatus
+	exits      map[string]chan runtime.ExitStatus
+}
+
+func (f *fakeRuntime) add(op string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ops = append(f.ops, op)
+}
+
+func (f *fakeRuntime) List(ctx context.Context) ([]runtime.ContainerStatus, error) {
+	return f.containers, nil
+}
+
+func (f *fakeRuntime) Wait(ctx context.Context, id string) (<-chan runtime.ExitStatus, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch, ok := f.exits[id]
+	if !ok {
+		return nil, runtime.ErrContainerNotFound
+	}
+	return ch, nil
+}
+
+func (f *fakeRuntime) Kill(ctx context.Context, id string, sig syscall.Signal) error {
+	f.add("kill " + id)
+	return nil
+}
+
+func (f *fakeRuntime) Delete(ctx context.Context, id string) error {
+	f.add("delete " + id)
+	return nil
+}
+
+type keepRecorder struct{ keep []string }
+
+func (k *keepRecorder) Reconcile(ctx context.Context, keep map[string]bool) error {
+	for id := range keep {
+		k.keep = append(k.keep, id)
+	}
+	sort.Strings(k.keep)
+	return nil
+}
+
+func record(id string, states ...task.State) *taskrunner.Record {
+	r := &taskrunner.Record{Spec: task.Spec{ID: id, OwnerEmail: "a@example.com", Image: "img"}}
+	r.Spec.Normalize()
+	for _, s := range states {
+		r.Status.Advance(s, task.ReasonNone, "", time.Now())
+	}
+	return r
+}
+
+func TestRestoreReadoptsReapsAndReconciles(t *testing.T) {
+	store, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	running := record("running", task.Accepted, task.Preparing, task.Starting, task.Running)
+	running.Resources.Container, running.Resources.Pid, running.Status.Pid = true, 7, 7
+	done := record("done", task.Accepted, task.Preparing, task.Starting, task.Running, task.Finished)
+	done.CleanedUp = true
+	half := record("half", task.Accepted, task.Preparing)
+	for _, r := range []*taskrunner.Record{running, done, half} {
+		if err := store.Save(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rt := &fakeRuntime{
+		containers: []runtime.ContainerStatus{{ID: "running", TaskID: "running"}, {ID: "orphan", TaskID: "orphan"}, {ID: "done", TaskID: "done"}},
+		exits:      map[string]chan runtime.ExitStatus{"running": make(chan runtime.ExitStatus, 1)},
+	}
+	keep := &keepRecorder{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := NewManager(ctx, ManagerConfig{Store: store, Runtime: rt, Reconcilers: []Reconciler{keep}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := m.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Unknown and finished-and-cleaned containers are reaped; the running one is not touched.
+	if diff := cmp.Diff([]string{"kill orphan", "delete orphan", "kill done", "delete done"}, rt.ops[:4]); diff != "" {
+		t.Fatalf("reaping (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"half", "running"}, keep.keep); diff != "" {
+		t.Fatalf("reconcile keep (-want +got):\n%s", diff)
+	}
+	waitFor(t, func() bool { v, _ := m.Get("half"); return v.Status.State == task.Lost })
+	if v, _ := m.Get("running"); v.Status.State != task.Running || v.Status.Pid != 7 {
+		t.Fatalf("running task after restore: %s pid %d", v.Status.State, v.Status.Pid)
+	}
+	// The re-adopted task's exit reaches its record.
+	rt.exits["running"] <- runtime.ExitStatus{Code: 3}
+	waitFor(t, func() bool { v, _ := m.Get("running"); return v.Status.State == task.Failed && v.Status.ExitCode == 3 })
+}
+
+func TestLaunchValidatesAndRecordsBeforeActing(t *testing.T) {
+	store, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := NewManager(ctx, ManagerConfig{Store: store, Runtime: &fakeRuntime{}, MaxTasks: 1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if _, err := m.Launch(ctx, &task.Spec{ID: "x"}); !errors.Is(err, task.ErrInvalidSpec) {
+		t.Fatalf("invalid spec: %v", err)
+	}
+	if recs, _ := store.Load(); len(recs) != 0 {
+		t.Fatalf("an invalid spec was recorded: %d records", len(recs))
+	}
+	if _, err := m.Launch(ctx, &task.Spec{ID: "a", OwnerEmail: "a@example.com", Image: "img"}); err != nil {
+		t.Fatal(err)
+	}
+	if recs, _ := store.Load(); len(recs) != 1 || recs[0].Spec.ID != "a" {
+		t.Fatalf("launch not recorded: %v", recs)
+	}
+	if _, err := m.Launch(ctx, &task.Spec{ID: "a", OwnerEmail: "a@example.com", Image: "img"}); !errors.Is(err, ErrTaskExists) {
+		t.Fatalf("duplicate: %v", err)
+	}
+	if _, err := m.Launch(ctx, &task.Spec{ID: "b", OwnerEmail: "a@example.com", Image: "img"}); !errors.Is(err, ErrTooManyTasks) {
+		t.Fatalf("over the task limit: %v", err)
+	}
+	if _, err := m.Kill(ctx, "nope", 0); !errors.Is(err, ErrTaskNotFound) {
+		t.Fatalf("kill unknown: %v", err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
