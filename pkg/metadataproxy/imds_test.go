@@ -184,10 +184,10 @@ func TestTokens(t *testing.T) {
 			t.Errorf("token %.10q in %s: %d, want %d", tok, tv.spec.ID, code, want)
 		}
 	}
-	check(a, "", 200)      // v1 allowed for A
-	check(b, "", 401)      // B requires v2
-	check(b, tokB, 200)    // B's own token
-	check(b, tokA, 401)    // A's token replayed in B
+	check(a, "", 200)   // v1 allowed for A
+	check(b, "", 401)   // B requires v2
+	check(b, tokB, 200) // B's own token
+	check(b, tokA, 401) // A's token replayed in B
 	check(a, "garbage", 401)
 	check(a, tokA[:len(tokA)-2]+"xx", 401) // tampered signature
 	clk.add(61 * time.Second)
