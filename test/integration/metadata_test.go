@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -264,9 +266,25 @@ func TestMetadataTaskScopedIMDSAndCredentials(t *testing.T) {
 	if out, code := e.exec("task-a", "sh", "-c", "printf 'GET /latest/meta-data/local-ipv4 HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80"); code != 0 || !strings.Contains(out, ta.GetNetwork().GetIpv4()) {
 		t.Fatalf("from inside the container: %d %q", code, out)
 	}
-	// Identity document verifies with the agent's key.
-	if out, err := e.cli("metadata", "get", "task-a", "/latest/dynamic/instance-identity/document"); err != nil || !strings.Contains(out, `"instanceId": "task-a"`) {
-		t.Fatalf("metadata get: %v %s", err, out)
+	// The identity document verifies with the agent's key; a forged one does not.
+	doc, err := e.cli("metadata", "get", "task-a", "/latest/dynamic/instance-identity/document")
+	if err != nil || !strings.Contains(doc, `"instanceId": "task-a"`) {
+		t.Fatalf("metadata get: %v %s", err, doc)
+	}
+	sig, err := e.cli("metadata", "get", "task-a", "/latest/dynamic/instance-identity/signature")
+	if err != nil {
+		t.Fatalf("metadata get signature: %v %s", err, sig)
+	}
+	docFile, sigFile, forged := filepath.Join(e.dir, "doc.json"), filepath.Join(e.dir, "doc.sig"), filepath.Join(e.dir, "forged.json")
+	os.WriteFile(docFile, []byte(doc), 0o644)
+	os.WriteFile(sigFile, []byte(sig), 0o644)
+	os.WriteFile(forged, []byte(strings.Replace(doc, "task-a", "task-b", 1)), 0o644)
+	key := filepath.Join(e.dir, "state", "metadata-key.pem")
+	if out, err := e.cli("identity", "verify", "--key", key, "--document", docFile, "--signature", sigFile); err != nil || !strings.Contains(out, "valid: task task-a") {
+		t.Fatalf("identity verify: %v %s", err, out)
+	}
+	if out, err := e.cli("identity", "verify", "--key", key, "--document", forged, "--signature", sigFile); err == nil {
+		t.Fatalf("forged document verified: %s", out)
 	}
 
 	// 1,000 connections held open by A: B still answers.
