@@ -16,6 +16,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/vpc"
 )
 
 // Daemon is a running agent.
@@ -29,6 +30,8 @@ type Daemon struct {
 	closers  []func() error
 	registry *prometheus.Registry
 	metrics  *metrics.Agent
+	health   *hostHealth
+	network  *vpc.Network
 }
 
 // Manager exposes the task manager (for the scheduler link and tests).
@@ -57,6 +60,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(*Daemon))
 		}()
 	}
 	go watchTasks(ctx, d.manager, d.metrics, log)
+	if d.network != nil {
+		go watchPools(ctx, d.network, d.metrics)
+	}
 	if cfg.Scheduler.Address != "" {
 		go d.runSchedulerLink(ctx)
 	}
@@ -160,7 +166,12 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	d.grpc = grpc.NewServer(grpc.Creds(PeerCreds{GID: gid}), grpc.MaxRecvMsgSize(4<<20),
 		grpc.ChainUnaryInterceptor(d.metrics.GRPC.UnaryServerInterceptor()),
 		grpc.ChainStreamInterceptor(d.metrics.GRPC.StreamServerInterceptor()))
-	(&Server{Manager: d.manager, Runtime: rt, Checker: &hostHealth{rt: rt, dirs: []string{cfg.StateDir, cfg.LogDir}}, LogDir: cfg.LogDir, VPC: w.vpc, Metadata: w.metadata}).Register(d.grpc)
+	d.network = w.network
+	d.health = &hostHealth{rt: rt, dirs: []string{cfg.StateDir, cfg.LogDir}}
+	if w.network != nil {
+		d.health.net = w.network
+	}
+	(&Server{Manager: d.manager, Runtime: rt, Checker: d.health, LogDir: cfg.LogDir, VPC: w.vpc, Metadata: w.metadata}).Register(d.grpc)
 	ok = true
 	return d, nil
 }
@@ -173,6 +184,7 @@ type wiring struct {
 	closers     []func() error
 	vpc         VPCOperator
 	metadata    MetadataGetter
+	network     *vpc.Network
 }
 
 func (d *Daemon) pruneLoop(ctx context.Context) {

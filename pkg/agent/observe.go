@@ -8,6 +8,7 @@ import (
 
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/task"
+	"github.com/titus-agent/titus-agent/pkg/vpc"
 )
 
 // hookPhase maps lifecycle hooks to the launch phases the SLO dashboards use.
@@ -92,6 +93,27 @@ func managerAlive(mgr *Manager) func() bool {
 			return true
 		case <-time.After(5 * time.Second):
 			return false
+		}
+	}
+}
+
+// watchPools publishes the address pools' levels every few seconds.
+func watchPools(ctx context.Context, n *vpc.Network, m *metrics.Agent) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		if ls, err := n.Levels(ctx); err == nil {
+			m.IPPool.Reset()
+			for _, l := range ls {
+				m.IPPool.WithLabelValues(l.Subnet, "free").Set(float64(l.Free))
+				m.IPPool.WithLabelValues(l.Subnet, "used").Set(float64(l.Used))
+				m.IPPool.WithLabelValues(l.Subnet, "cooling").Set(float64(l.Cooling))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
 	}
 }

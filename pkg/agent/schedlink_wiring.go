@@ -44,7 +44,7 @@ func (d *Daemon) runSchedulerLink(ctx context.Context) {
 	if id == "" {
 		id, _ = os.Hostname()
 	}
-	health := &hostHealth{rt: d.rt, dirs: []string{d.cfg.StateDir, d.cfg.LogDir}}
+	health := d.health
 	cfg := schedlink.Config{
 		Address:      sc.Address,
 		InstanceID:   id,

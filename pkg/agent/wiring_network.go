@@ -35,7 +35,7 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 		}
 		provider = lp
 	case "ec2":
-		ep, err := newEC2Provider(ctx, cfg, log)
+		ep, err := newEC2Provider(ctx, cfg, log, m)
 		if err != nil {
 			return nil, err
 		}
@@ -58,7 +58,7 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 	*first = append(*first, &taskrunner.NetworkHook{Network: n})
 	*second = append(*second, &taskrunner.BandwidthHook{Shaper: isolation.NewBandwidth()})
 	w.reconcilers = append(w.reconcilers, n)
-	w.vpc = n
+	w.vpc, w.network = n, n
 	if cfg.Metadata.Enabled {
 		if err := wireMetadata(ctx, cfg, log, w, second, m); err != nil {
 			return nil, fmt.Errorf("metadata: %w", err)
@@ -99,7 +99,7 @@ func wireMetadata(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, 
 	return nil
 }
 
-func newEC2Provider(ctx context.Context, cfg Config, log *slog.Logger) (*vpc.EC2Provider, error) {
+func newEC2Provider(ctx context.Context, cfg Config, log *slog.Logger, m *metrics.Agent) (*vpc.EC2Provider, error) {
 	e := cfg.Network.EC2
 	var host vpc.HostInfo
 	if e.InstanceID == "" {
@@ -111,7 +111,8 @@ func newEC2Provider(ctx context.Context, cfg Config, log *slog.Logger) (*vpc.EC2
 			return nil, fmt.Errorf("discover host: %w", err)
 		}
 	}
-	api, err := vpc.NewEC2Client(ctx, vpc.EC2Config{Region: firstNonEmpty(e.Region, host.Region), Endpoint: e.Endpoint, AccessKeyID: e.AccessKeyID, SecretAccessKey: e.SecretAccessKey})
+	api, err := vpc.NewEC2Client(ctx, vpc.EC2Config{Region: firstNonEmpty(e.Region, host.Region), Endpoint: e.Endpoint,
+		AccessKeyID: e.AccessKeyID, SecretAccessKey: e.SecretAccessKey, APIOptions: m.AWSAPIOptions()})
 	if err != nil {
 		return nil, err
 	}

@@ -38,10 +38,38 @@ type handler struct {
 	tv  *taskView
 }
 
-func (h *handler) count(class string) {
-	if h.svc.cfg.Metrics != nil {
-		h.svc.cfg.Metrics.MetadataRequests.WithLabelValues(class).Inc()
+// statusWriter remembers the answer's class and status for the metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	class string
+	code  int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// count labels the request with its class (metrics.Metadata*).
+func (h *handler) count(w http.ResponseWriter, class string) {
+	if sw, ok := w.(*statusWriter); ok {
+		sw.class = class
 	}
+}
+
+// observe records one answered request.
+func (h *handler) observe(sw *statusWriter, start time.Time) {
+	m := h.svc.cfg.Metrics
+	if m == nil {
+		return
+	}
+	class := sw.class
+	if class == "" {
+		class = metrics.MetadataDenied
+	}
+	m.MetadataRequests.WithLabelValues(class).Inc()
+	m.MetadataResponses.WithLabelValues(class, strconv.Itoa(sw.code)).Inc()
+	m.MetadataLatency.WithLabelValues(class).Observe(time.Since(start).Seconds())
 }
 
 func text(w http.ResponseWriter, code int, body string) {
@@ -52,7 +80,7 @@ func text(w http.ResponseWriter, code int, body string) {
 }
 
 func (h *handler) notFound(w http.ResponseWriter) {
-	h.count(metrics.MetadataDenied)
+	h.count(w, metrics.MetadataDenied)
 	text(w, http.StatusNotFound, "404 - Not Found\n")
 }
 
@@ -68,10 +96,16 @@ func cleanPath(raw string) (string, bool) {
 	return p, true
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+func (h *handler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
+	sw := &statusWriter{ResponseWriter: rw, code: http.StatusOK}
+	defer h.observe(sw, time.Now())
+	h.serve(sw, r)
+}
+
+func (h *handler) serve(w http.ResponseWriter, r *http.Request) {
 	p, ok := cleanPath(r.URL.EscapedPath())
 	if !ok {
-		h.count(metrics.MetadataDenied)
+		h.count(w, metrics.MetadataDenied)
 		text(w, http.StatusBadRequest, "400 - Bad Request\n")
 		return
 	}
@@ -81,18 +115,18 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		h.count(metrics.MetadataDenied)
+		h.count(w, metrics.MetadataDenied)
 		text(w, http.StatusMethodNotAllowed, "405 - Method Not Allowed\n")
 		return
 	}
 	if tok := r.Header.Get(hdrToken); tok != "" {
 		if err := h.svc.tokens.check(tok, h.tv.spec.ID, now); err != nil {
-			h.count(metrics.MetadataDenied)
+			h.count(w, metrics.MetadataDenied)
 			text(w, http.StatusUnauthorized, "401 - Unauthorized\n")
 			return
 		}
 	} else if h.tv.requireV2 || h.svc.cfg.RequireV2 {
-		h.count(metrics.MetadataDenied)
+		h.count(w, metrics.MetadataDenied)
 		text(w, http.StatusUnauthorized, "401 - Unauthorized\n")
 		return
 	}
@@ -100,7 +134,7 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *handler) token(w http.ResponseWriter, r *http.Request, now time.Time) {
-	h.count(metrics.MetadataToken)
+	h.count(w, metrics.MetadataToken)
 	if r.Method != http.MethodPut {
 		text(w, http.StatusMethodNotAllowed, "405 - Method Not Allowed\n")
 		return
@@ -126,7 +160,7 @@ func (h *handler) serveGet(w http.ResponseWriter, r *http.Request, p string) {
 	n := tv.net
 	mac := strings.ToLower(n.MAC)
 	macBase := "/latest/meta-data/network/interfaces/macs/" + mac + "/"
-	ident := func(body string) { h.count(metrics.MetadataIdentity); text(w, http.StatusOK, body) }
+	ident := func(body string) { h.count(w, metrics.MetadataIdentity); text(w, http.StatusOK, body) }
 	switch p {
 	case "/":
 		ident(listing("latest"))
@@ -184,7 +218,7 @@ func (h *handler) serveGet(w http.ResponseWriter, r *http.Request, p string) {
 			h.notFound(w)
 			return
 		}
-		h.count(metrics.MetadataCredentials)
+		h.count(w, metrics.MetadataCredentials)
 		text(w, http.StatusOK, roleName(tv.spec.IAMRoleARN))
 	case "/latest/dynamic/", "/latest/dynamic":
 		ident(listing("instance-identity/"))
@@ -192,7 +226,7 @@ func (h *handler) serveGet(w http.ResponseWriter, r *http.Request, p string) {
 		ident(listing("document", "signature"))
 	case "/latest/dynamic/instance-identity/document":
 		doc, _ := h.identityDocument()
-		h.count(metrics.MetadataIdentity)
+		h.count(w, metrics.MetadataIdentity)
 		w.Header().Set("Content-Type", "text/plain")
 		w.Write(doc)
 	case "/latest/dynamic/instance-identity/signature":
@@ -204,7 +238,7 @@ func (h *handler) serveGet(w http.ResponseWriter, r *http.Request, p string) {
 			return
 		}
 		if rel, ok := strings.CutPrefix(p, "/latest/meta-data/"); ok && slices.Contains(h.svc.cfg.UpstreamAllowlist, rel) {
-			h.count(metrics.MetadataProxied)
+			h.count(w, metrics.MetadataProxied)
 			body, code := h.svc.upstream.get(r.Context(), "/latest/meta-data/"+rel)
 			text(w, code, body)
 			return
@@ -230,7 +264,7 @@ func (h *handler) iamInfo(w http.ResponseWriter) {
 		h.notFound(w)
 		return
 	}
-	h.count(metrics.MetadataCredentials)
+	h.count(w, metrics.MetadataCredentials)
 	b, _ := json.MarshalIndent(map[string]string{
 		"Code":               "Success",
 		"LastUpdated":        h.tv.started.UTC().Format(time.RFC3339),
@@ -242,7 +276,7 @@ func (h *handler) iamInfo(w http.ResponseWriter) {
 
 func (h *handler) credentials(w http.ResponseWriter, r *http.Request, role string) {
 	tv := h.tv
-	h.count(metrics.MetadataCredentials)
+	h.count(w, metrics.MetadataCredentials)
 	if tv.creds == nil || role != roleName(tv.spec.IAMRoleARN) {
 		text(w, http.StatusNotFound, "404 - Not Found\n")
 		return

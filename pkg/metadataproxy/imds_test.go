@@ -17,7 +17,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/sts"
 	ststypes "github.com/aws/aws-sdk-go-v2/service/sts/types"
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -234,5 +237,34 @@ func TestIdentityDocumentVerifies(t *testing.T) {
 	}
 	if _, err := VerifyIdentityDocument([]byte(doc), []byte(sig), s2.PublicKey()); err != nil {
 		t.Fatalf("after restart: %v", err)
+	}
+}
+
+func TestRequestMetrics(t *testing.T) {
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	st := &fakeSTS{now: clk.now, life: time.Hour}
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg)
+	s, err := New(context.Background(), Config{KeyPath: filepath.Join(t.TempDir(), "k.pem"), STS: st, Now: clk.now, Metrics: m,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tv := testView(s, st, clk, "task-1", "arn:aws:iam::123456789012:role/app")
+	serve(s, tv, http.MethodGet, "/latest/meta-data/iam/security-credentials/app", nil)
+	serve(s, tv, http.MethodGet, "/latest/user-data", nil)
+	serve(s, tv, http.MethodGet, "/latest/meta-data/instance-id", nil)
+	got := map[string]float64{
+		"credentials 200": testutil.ToFloat64(m.MetadataResponses.WithLabelValues("credentials", "200")),
+		"denied 404":      testutil.ToFloat64(m.MetadataResponses.WithLabelValues("denied", "404")),
+		"identity 200":    testutil.ToFloat64(m.MetadataResponses.WithLabelValues("identity", "200")),
+		"requests":        testutil.ToFloat64(m.MetadataRequests.WithLabelValues("credentials")),
+	}
+	want := map[string]float64{"credentials 200": 1, "denied 404": 1, "identity 200": 1, "requests": 1}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatalf("metrics (-want +got):\n%s", diff)
+	}
+	if n := testutil.CollectAndCount(m.MetadataLatency); n != 3 {
+		t.Fatalf("latency series = %d, want 3 classes", n)
 	}
 }

@@ -61,6 +61,10 @@ type Agent struct {
 	AWSThrottles *prometheus.CounterVec
 	// MetadataRequests counts metadata requests from tasks by class (Metadata*).
 	MetadataRequests *prometheus.CounterVec
+	// MetadataResponses counts metadata answers by class and HTTP status.
+	MetadataResponses *prometheus.CounterVec
+	// MetadataLatency is the time to answer a metadata request, by class.
+	MetadataLatency *prometheus.HistogramVec
 	// GRPC measures the control API (grpc_server_*); add its interceptors
 	// to the gRPC server.
 	GRPC *grpcprom.ServerMetrics
@@ -102,6 +106,15 @@ func New(reg prometheus.Registerer) *Agent {
 			Namespace: "titus_agent", Name: "metadata_requests_total",
 			Help: "Metadata service requests from tasks, by class.",
 		}, []string{"class"}),
+		MetadataResponses: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "titus_agent", Name: "metadata_responses_total",
+			Help: "Metadata service answers to tasks, by class and HTTP status code.",
+		}, []string{"class", "code"}),
+		MetadataLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "titus_agent", Name: "metadata_request_duration_seconds",
+			Help:    "Time to answer a metadata request, by class.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
+		}, []string{"class"}),
 		GRPC: grpcprom.NewServerMetrics(),
 	}
 	// Known label values start at zero, so ratios and rates exist before
@@ -116,7 +129,7 @@ func New(reg prometheus.Registerer) *Agent {
 		a.MetadataRequests.WithLabelValues(c)
 	}
 	reg.MustRegister(a.LaunchDuration, a.Tasks, a.TasksFinished, a.TaskFailures, a.IPPool,
-		a.AWSCalls, a.AWSThrottles, a.MetadataRequests, a.GRPC)
+		a.AWSCalls, a.AWSThrottles, a.MetadataRequests, a.MetadataResponses, a.MetadataLatency, a.GRPC)
 	return a
 }
 

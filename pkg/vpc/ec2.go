@@ -1,6 +1,8 @@
 package vpc
 
 import (
+	"github.com/aws/smithy-go/middleware"
+
 	"context"
 	"fmt"
 	"net/http"
@@ -42,6 +44,8 @@ type EC2Config struct {
 	Retry           RetryConfig
 	// HTTPClient is the transport under the shared limiter; nil means the SDK default.
 	HTTPClient *http.Client
+	// APIOptions are added to every call's middleware stack (metrics).
+	APIOptions []func(*middleware.Stack) error
 }
 
 // NewEC2Client builds one EC2 client whose every request, retries included,
@@ -70,6 +74,7 @@ func NewEC2Client(ctx context.Context, c EC2Config) (*ec2.Client, error) {
 		next = cfg.HTTPClient
 	}
 	cfg.HTTPClient = &limitedHTTP{lim: rate.NewLimiter(rate.Limit(rc.RatePerSecond), rc.Burst), next: next}
+	cfg.APIOptions = append(cfg.APIOptions, c.APIOptions...)
 	return ec2.NewFromConfig(cfg, func(o *ec2.Options) {
 		if c.Endpoint != "" {
 			o.BaseEndpoint = aws.String(c.Endpoint)

@@ -196,6 +196,12 @@ func TestMetadataTaskScopedIMDSAndCredentials(t *testing.T) {
 		t.Fatalf("caller = %s, want task A's assumed role", arn)
 	}
 
+	// The IPv6 address answers too.
+	if resp, err := ca.Get("http://[fd00:ec2::254]/latest/meta-data/instance-id"); err != nil {
+		t.Fatalf("IPv6 metadata address: %v", err)
+	} else if body := readAll(resp.Body); body != "task-a" {
+		t.Fatalf("IPv6 instance-id = %q", body)
+	}
 	// IMDSv1 works for A; B requires v2.
 	if code, body := get(t, ca, "/latest/meta-data/local-ipv4", nil); code != 200 || body != ta.GetNetwork().GetIpv4() {
 		t.Fatalf("v1 local-ipv4: %d %q", code, body)
