@@ -211,6 +211,7 @@ func TestDebPackage(t *testing.T) {
 		"/usr/lib/systemd/system/titus-agent.socket":      "-rw-r--r--",
 		"/usr/lib/systemd/system/titus-scheduler.service": "-rw-r--r--",
 		"/etc/titus-agent/agent.yaml":                     "-rw-r--r--",
+		"/etc/titus-scheduler/scheduler.yaml":             "-rw-r--r--",
 		"/usr/share/doc/titus-agent/operations.md":        "-rw-r--r--",
 		"/usr/share/doc/titus-agent/config.md":            "-rw-r--r--",
 		"/usr/share/doc/titus-agent/slo.md":               "-rw-r--r--",
@@ -239,8 +240,8 @@ func TestDebPackage(t *testing.T) {
 		}
 		return out
 	}
-	if got := strings.TrimSpace(control("conffiles")); got != "/etc/titus-agent/agent.yaml" {
-		t.Errorf("conffiles = %q, want /etc/titus-agent/agent.yaml", got)
+	if got := strings.TrimSpace(control("conffiles")); got != "/etc/titus-agent/agent.yaml\n/etc/titus-scheduler/scheduler.yaml" {
+		t.Errorf("conffiles = %q, want the agent's and the scheduler's config", got)
 	}
 	postinst := control("postinst")
 	for _, want := range []string{"groupadd --system titus", "systemctl enable titus-agent.socket titus-agent.service"} {

@@ -91,11 +91,17 @@ func (h *ContainerHook) Prestart(ctx context.Context, req *PrestartRequest, resp
 	if h.SpecOpts != nil {
 		opts = h.SpecOpts(req.Spec)
 	}
-	if err := h.Runtime.Create(ctx, ContainerSpec(req.Spec, req.Resources, opts)); err != nil {
+	cs := ContainerSpec(req.Spec, req.Resources, opts)
+	if err := retryTransient(ctx, func() error { return h.Runtime.Create(ctx, cs) }); err != nil {
 		return &HookError{Hook: h.Name(), Reason: task.ReasonStartFailed, Err: fmt.Errorf("create: %w", err)}
 	}
 	resp.Container = true
-	pid, err := h.Runtime.Start(ctx, req.Spec.ID)
+	var pid uint32
+	err := retryTransient(ctx, func() error {
+		var err error
+		pid, err = h.Runtime.Start(ctx, req.Spec.ID)
+		return err
+	})
 	if err != nil {
 		return &HookError{Hook: h.Name(), Reason: task.ReasonStartFailed, Err: fmt.Errorf("start: %w", err)}
 	}

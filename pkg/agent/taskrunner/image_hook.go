@@ -20,7 +20,11 @@ type ImageHook struct{ Puller imagePuller }
 func (h *ImageHook) Name() string { return "image" }
 
 func (h *ImageHook) Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error {
-	if _, err := h.Puller.Pull(ctx, req.Spec.Image); err != nil {
+	err := retryTransient(ctx, func() error {
+		_, err := h.Puller.Pull(ctx, req.Spec.Image)
+		return err
+	})
+	if err != nil {
 		reason := task.ReasonImagePullFailed
 		if errors.Is(err, runtime.ErrImageNotFound) {
 			reason = task.ReasonImageNotFound

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -51,5 +54,28 @@ func TestImageHook(t *testing.T) {
 				t.Fatalf("pulled %v", p.pulled)
 			}
 		})
+	}
+}
+
+// flakyPuller is unreachable (as containerd is while it restarts) a few times.
+type flakyPuller struct{ failures int }
+
+func (f *flakyPuller) Pull(ctx context.Context, ref string) (runtime.Image, error) {
+	if f.failures > 0 {
+		f.failures--
+		return runtime.Image{}, status.Error(codes.Unavailable, "connection refused")
+	}
+	return runtime.Image{Name: ref}, nil
+}
+
+func TestImageHookWaitsOutARestartingRuntime(t *testing.T) {
+	p := &flakyPuller{failures: 3}
+	h := &ImageHook{Puller: p}
+	resp := &PrestartResponse{}
+	if err := h.Prestart(context.Background(), &PrestartRequest{Spec: &task.Spec{ID: "t", Image: "img"}, Resources: &Resources{}}, resp); err != nil {
+		t.Fatalf("transient unavailability failed the launch: %v", err)
+	}
+	if p.failures != 0 || resp.Image != "img" {
+		t.Fatalf("failures left %d, image %q", p.failures, resp.Image)
 	}
 }
