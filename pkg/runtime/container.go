@@ -50,7 +50,9 @@ type ExitStatus struct {
 	Code      uint32
 	ExitedAt  time.Time
 	OOMKilled bool
-	Err       error
+	// PeakMemoryBytes is the cgroup's highest memory use; 0 if unknown.
+	PeakMemoryBytes uint64
+	Err             error
 }
 
 // oomGrace is how long Wait waits for a late OOM event when a task died of
@@ -186,6 +188,9 @@ func (r *Runtime) Wait(ctx context.Context, id string) (<-chan ExitStatus, error
 		}
 		es := ExitStatus{Code: s.ExitCode(), ExitedAt: s.ExitTime()}
 		es.OOMKilled = r.oomKilled(ctx, c, id, es.Code)
+		if spec, err := c.Spec(ctx); err == nil && spec.Linux != nil {
+			es.PeakMemoryBytes = cgroupPeakMemory(spec.Linux.CgroupsPath)
+		}
 		out <- es
 	}()
 	return out, nil

@@ -145,3 +145,22 @@ func readCounter(path, key string) (int64, bool) {
 	}
 	return 0, false
 }
+
+// cgroupPeakMemory reads the highest memory use of a container's cgroup
+// (v1 memory.max_usage_in_bytes, v2 memory.peak); 0 if unknown.
+func cgroupPeakMemory(cgroupsPath string) uint64 {
+	if cgroupsPath == "" || strings.Contains(cgroupsPath, ":") {
+		return 0
+	}
+	for _, f := range []string{
+		filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.max_usage_in_bytes"),
+		filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.peak"),
+	} {
+		if b, err := os.ReadFile(f); err == nil {
+			if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
+				return n
+			}
+		}
+	}
+	return 0
+}

@@ -86,6 +86,9 @@ func TestAgentOOMKilled(t *testing.T) {
 	if tk.GetState() != stFailed || tk.GetReason() != string(task.ReasonOOMKilled) {
 		t.Fatalf("hog = %s/%s exit %d, want Failed/OOMKilled", tk.GetState(), tk.GetReason(), tk.GetExitCode())
 	}
+	if !strings.Contains(tk.GetMessage(), "limit of 32 MiB (peak ") {
+		t.Fatalf("OOM message %q does not report the peak usage", tk.GetMessage())
+	}
 	e.assertNoLeftovers()
 }
 

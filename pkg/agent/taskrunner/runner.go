@@ -404,7 +404,11 @@ func (r *Runner) exited(st runtime.ExitStatus) {
 	restored := r.wasRestored()
 	switch k := r.killRequest(); {
 	case st.OOMKilled:
-		r.finish(task.Failed, task.ReasonOOMKilled, "the task exceeded its memory limit", code, nil)
+		msg := fmt.Sprintf("the task exceeded its memory limit of %d MiB", r.rec.Spec.Resources.MemoryMiB)
+		if st.PeakMemoryBytes > 0 {
+			msg += fmt.Sprintf(" (peak %.1f MiB)", float64(st.PeakMemoryBytes)/(1<<20))
+		}
+		r.finish(task.Failed, task.ReasonOOMKilled, msg, code, nil)
 	case k != nil:
 		r.finish(task.Killed, k.reason, fmt.Sprintf("exit code %d", code), code, nil)
 	case code == 0:
