@@ -32,9 +32,17 @@ type assumer interface {
 // ErrNoCredentials means no valid credentials could be had from STS.
 var ErrNoCredentials = errors.New("credentials are not available")
 
-// roleCreds keeps one task's role credentials fresh: fetched at task start,
-// refreshed in the background well before expiry, and the last good ones
-// served while STS fails, until they expire.
+// Refresh backoff while STS fails: exponential from minBackoff, capped at
+// maxBackoff, with full jitter.
+const (
+	minBackoff   = time.Second
+	maxBackoff   = time.Minute
+	fetchTimeout = 10 * time.Second
+)
+
+// roleCreds keeps one task's role credentials fresh: fetched when the task
+// starts, refreshed in the background well before expiry, and the last good
+// ones served while STS fails, until they expire.
 type roleCreds struct {
 	sts      assumer
 	limiter  *rate.Limiter
@@ -43,18 +51,22 @@ type roleCreds struct {
 	duration time.Duration
 	before   time.Duration
 	log      *slog.Logger
+	audit    *slog.Logger
 	now      func() time.Time
+
+	first  chan struct{} // closed once the first fetch has been tried
+	cancel context.CancelFunc
+	done   chan struct{}
 
 	mu      sync.Mutex
 	cur     *Credentials
 	lastErr error
-	cancel  context.CancelFunc
-	done    chan struct{}
 }
 
 var sessionNameRE = regexp.MustCompile(`[^\w+=,.@-]`)
 
-// sessionName derives a valid STS session name from a task id.
+// sessionName derives a valid STS session name (2-64 of [\w+=,.@-]) from a
+// task id.
 func sessionName(taskID string) string {
 	s := sessionNameRE.ReplaceAllString(taskID, "-")
 	if len(s) > 64 {
@@ -67,8 +79,10 @@ func sessionName(taskID string) string {
 }
 
 func (c *roleCreds) fetch(ctx context.Context) (*Credentials, error) {
+	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	defer cancel()
 	if err := c.limiter.Wait(ctx); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sts rate limit: %w", err)
 	}
 	out, err := c.sts.AssumeRole(ctx, &sts.AssumeRoleInput{
 		RoleArn:         aws.String(c.roleARN),
@@ -88,18 +102,12 @@ func (c *roleCreds) fetch(ctx context.Context) (*Credentials, error) {
 	}, nil
 }
 
-// start fetches once (bounded by ctx) and then keeps refreshing until stop.
-func (c *roleCreds) start(ctx context.Context) {
-	first, err := c.fetch(ctx)
-	c.mu.Lock()
-	c.cur, c.lastErr = first, err
-	c.mu.Unlock()
-	if err != nil {
-		c.log.Warn("first credential fetch failed; retrying in the background", "role", c.roleARN, "err", err)
-	}
+// start runs the fetch-and-refresh loop until stop; the first fetch starts
+// at once (wait on c.first for it).
+func (c *roleCreds) start() {
 	bg, cancel := context.WithCancel(context.Background())
-	c.cancel, c.done = cancel, make(chan struct{})
-	go c.refresh(bg)
+	c.first, c.cancel, c.done = make(chan struct{}), cancel, make(chan struct{})
+	go c.run(bg)
 }
 
 func (c *roleCreds) stop() {
@@ -109,57 +117,79 @@ func (c *roleCreds) stop() {
 	}
 }
 
-func (c *roleCreds) refresh(ctx context.Context) {
+func (c *roleCreds) run(ctx context.Context) {
 	defer close(c.done)
-	backoff := time.Second
+	failures := 0
 	for {
+		next, err := c.fetch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
 		c.mu.Lock()
-		cur := c.cur
+		if err == nil {
+			c.cur, c.lastErr = next, nil
+			failures = 0
+		} else {
+			c.lastErr = err
+			failures++
+		}
 		c.mu.Unlock()
-		wait := backoff
-		if cur != nil && c.lastErrNil() {
-			// Refresh well before expiry: `before` ahead, or at half-life.
-			life := cur.Expiration.Sub(c.now())
-			wait = max(min(life-c.before, life/2), time.Second)
+		audit := c.audit
+		if audit == nil {
+			audit = c.log
+		}
+		if err == nil {
+			audit.Info("credentials fetched from STS", "role", c.roleARN, "session", c.session,
+				"accessKeyId", next.AccessKeyID, "expiration", next.Expiration)
+		} else {
+			audit.Warn("credential fetch from STS failed", "role", c.roleARN, "session", c.session, "err", err)
+		}
+		select {
+		case <-c.first:
+		default:
+			close(c.first)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(wait):
-		}
-		next, err := c.fetch(ctx)
-		c.mu.Lock()
-		if err == nil {
-			c.cur, c.lastErr = next, nil
-			backoff = time.Second
-		} else {
-			c.lastErr = err
-			// Exponential backoff with full jitter, capped.
-			backoff = min(backoff*2, time.Minute)
-			backoff = time.Duration(rand.Int64N(int64(backoff))) + 100*time.Millisecond
-		}
-		c.mu.Unlock()
-		if err != nil && ctx.Err() == nil {
-			c.log.Warn("credential refresh failed; serving cached credentials until they expire", "role", c.roleARN, "err", err)
+		case <-time.After(c.nextWait(next, failures)):
 		}
 	}
 }
 
-func (c *roleCreds) lastErrNil() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.lastErr == nil
+// nextWait is when to fetch again: well before expiry after a success
+// (RefreshBefore ahead, or at half the remaining life if that is sooner),
+// exponential backoff with full jitter after failures.
+func (c *roleCreds) nextWait(cur *Credentials, failures int) time.Duration {
+	if failures == 0 {
+		life := cur.Expiration.Sub(c.now())
+		return max(min(life-c.before, life/2), minBackoff)
+	}
+	ceil := maxBackoff
+	if failures < 7 {
+		ceil = min(minBackoff<<failures, maxBackoff)
+	}
+	return minBackoff/2 + rand.N(ceil)
 }
 
-// get returns valid credentials or ErrNoCredentials.
-func (c *roleCreds) get() (*Credentials, error) {
+// get returns valid credentials or an error wrapping ErrNoCredentials. It
+// waits for the first fetch (bounded by ctx) only when that is still under
+// way, as right after an agent restart.
+func (c *roleCreds) get(ctx context.Context) (*Credentials, error) {
+	if c.first != nil {
+		select {
+		case <-c.first:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: still waiting for the first fetch: %w", ErrNoCredentials, ctx.Err())
+		}
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.cur != nil && c.now().Before(c.cur.Expiration) {
 		return c.cur, nil
 	}
 	if c.lastErr != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNoCredentials, c.lastErr)
+		return nil, fmt.Errorf("%w: %w", ErrNoCredentials, c.lastErr)
 	}
 	return nil, fmt.Errorf("%w: expired", ErrNoCredentials)
 }

@@ -281,7 +281,7 @@ func (h *handler) credentials(w http.ResponseWriter, r *http.Request, role strin
 		text(w, http.StatusNotFound, "404 - Not Found\n")
 		return
 	}
-	c, err := tv.creds.get()
+	c, err := tv.creds.get(r.Context())
 	if err != nil {
 		h.svc.log.Warn("credentials unavailable", "task", tv.spec.ID, "role", tv.spec.IAMRoleARN, "err", err)
 		text(w, http.StatusServiceUnavailable, "503 - credentials are temporarily unavailable\n")

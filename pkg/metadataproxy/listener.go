@@ -3,10 +3,9 @@ package metadataproxy
 import (
 	"fmt"
 	"net"
-	"runtime"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Addresses the metadata service answers on inside a task's netns.
@@ -19,39 +18,13 @@ var (
 // and opens listeners there. The sockets stay in that namespace whatever
 // thread later accepts on them.
 func listenInNetNS(nsPath string) ([]net.Listener, error) {
-	type result struct {
-		ls  []net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			ch <- result{err: fmt.Errorf("current netns: %w", err)}
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			ch <- result{err: fmt.Errorf("task netns %s: %w", nsPath, err)}
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			ch <- result{err: fmt.Errorf("enter task netns: %w", err)}
-			return
-		}
-		ls, err := openListeners()
-		if serr := netns.Set(orig); serr != nil {
-			// This thread is stuck in the wrong netns: never reuse it.
-			runtime.LockOSThread()
-		}
-		ch <- result{ls: ls, err: err}
-	}()
-	r := <-ch
-	return r.ls, r.err
+	var ls []net.Listener
+	err := inNetNS(nsPath, func() error {
+		var err error
+		ls, err = openListeners()
+		return err
+	})
+	return ls, err
 }
 
 func openListeners() ([]net.Listener, error) {
@@ -71,7 +44,7 @@ func openListeners() ([]net.Listener, error) {
 	}
 	ls := []net.Listener{l4}
 	// IPv6 is best effort: it may be disabled in the namespace.
-	if err := netlink.AddrReplace(lo, &netlink.Addr{IPNet: &net.IPNet{IP: addrV6, Mask: net.CIDRMask(128, 128)}, Flags: 0x80 /* IFA_F_NODAD */}); err == nil {
+	if err := netlink.AddrReplace(lo, &netlink.Addr{IPNet: &net.IPNet{IP: addrV6, Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}); err == nil {
 		if l6, err := net.Listen("tcp6", net.JoinHostPort(addrV6.String(), "80")); err == nil {
 			ls = append(ls, l6)
 		}

@@ -3,11 +3,14 @@ package metadataproxy
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"time"
 
@@ -24,29 +27,43 @@ import (
 // Config configures the metadata service.
 type Config struct {
 	// UpstreamIMDS is the host's metadata service, used only for the
-	// allowlisted paths (e.g. http://169.254.169.254 on EC2; the IMDS mock
-	// on loopback in tests).
-	UpstreamIMDS      string
+	// allowlisted paths (http://169.254.169.254 on EC2; the IMDS mock on
+	// loopback in tests). Empty: allowlisted paths answer 404.
+	UpstreamIMDS string
+	// UpstreamAllowlist are meta-data paths (relative, e.g. "ami-id")
+	// proxied to UpstreamIMDS and cached; nil means DefaultAllowlist.
 	UpstreamAllowlist []string
-	// RequireV2 makes every task use IMDSv2 tokens.
+	// RequireV2 makes every task use IMDSv2 tokens (a task can also ask
+	// for it in its spec).
 	RequireV2 bool
-	// KeyPath holds the identity-document signing key (created 0600).
+	// KeyPath holds the identity-document signing key, created (0600) at
+	// first start and reused afterwards. The IMDSv2 token key is new at
+	// every start.
 	KeyPath string
-	// STS: endpoint override (moto), region, and static credentials for the
-	// agent itself; empty credentials = the SDK's default chain.
-	STSEndpoint, Region       string
-	AccessKeyID, SecretKey    string
+	// STSEndpoint overrides the STS endpoint (moto in tests); Region is the
+	// STS region and the default region tasks see.
+	STSEndpoint, Region string
+	// STSCredentials are the agent's own credentials for AssumeRole. When
+	// nil, AccessKeyID/SecretKey if set, else the SDK's default chain.
+	STSCredentials         aws.CredentialsProvider
+	AccessKeyID, SecretKey string
+	// AvailabilityZone, AccountID and HostInstanceID fill what a task's
+	// network attachment does not.
 	AvailabilityZone          string
 	AccountID, HostInstanceID string
-	// CredentialDuration of each role session; RefreshBefore its expiry.
+	// CredentialDuration of each role session (default 1h); RefreshBefore
+	// its expiry (default 15m, or half-life if sooner).
 	CredentialDuration, RefreshBefore time.Duration
-	// MaxConnsPerTask bounds concurrent connections from one task.
+	// MaxConnsPerTask bounds concurrent connections from one task
+	// (default 64); more wait in that task's own accept queue.
 	MaxConnsPerTask int
-	// STSRate bounds STS calls per second across all tasks.
+	// STSRate bounds STS calls per second across all tasks (default 20).
 	STSRate float64
 	Logger  *slog.Logger
-	// Audit receives one line per credential fetch; default Logger.
-	Audit   *slog.Logger
+	// Audit receives one line per credential fetch from STS and per
+	// credential answer to a task; default Logger.
+	Audit *slog.Logger
+	// Metrics counts requests by class and status, with their latency.
 	Metrics *metrics.Agent
 	// STS overrides the STS client (tests).
 	STS assumer
@@ -55,6 +72,12 @@ type Config struct {
 
 // DefaultAllowlist are harmless host paths a task may read from the host.
 var DefaultAllowlist = []string{"ami-id", "instance-type", "services/domain", "services/partition"}
+
+// ErrUnknownTask is returned for a task without a listener.
+var ErrUnknownTask = errors.New("no metadata listener for that task")
+
+// listenFunc opens the metadata listeners inside a task's netns.
+type listenFunc func(nsPath string) ([]net.Listener, error)
 
 // Service runs one listener per task.
 type Service struct {
@@ -67,13 +90,17 @@ type Service struct {
 	sts      assumer
 	limiter  *rate.Limiter
 	now      func() time.Time
+	listen   listenFunc
 
 	mu    sync.Mutex
 	tasks map[string]*running
 }
 
 type running struct {
-	tv      *taskView
+	ready   chan struct{} // closed when Start is done with it
+	err     error
+	addrs   []string
+	h       *handler
 	servers []*http.Server
 }
 
@@ -106,6 +133,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.Region == "" {
 		cfg.Region = "us-east-1"
 	}
+	if cfg.KeyPath == "" {
+		return nil, errors.New("metadata: KeyPath is required")
+	}
 	tk, err := newTokens()
 	if err != nil {
 		return nil, err
@@ -115,63 +145,90 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, tokens: tk, key: key, upstream: newUpstream(cfg.UpstreamIMDS),
-		limiter: rate.NewLimiter(rate.Limit(cfg.STSRate), int(cfg.STSRate)), now: cfg.Now, tasks: map[string]*running{}}
+		limiter: rate.NewLimiter(rate.Limit(cfg.STSRate), max(1, int(cfg.STSRate))), now: cfg.Now, listen: listenInNetNS,
+		tasks: map[string]*running{}}
 	s.sts = cfg.STS
 	if s.sts == nil {
-		opts := sts.Options{Region: cfg.Region}
-		if cfg.STSEndpoint != "" {
-			opts.BaseEndpoint = aws.String(cfg.STSEndpoint)
+		if s.sts, err = newSTS(ctx, cfg); err != nil {
+			return nil, err
 		}
-		if cfg.AccessKeyID != "" {
-			opts.Credentials = credentials.NewStaticCredentialsProvider(cfg.AccessKeyID, cfg.SecretKey, "")
-		} else {
-			awsCfg, err := loadDefaultAWSConfig(ctx, cfg.Region)
-			if err != nil {
-				return nil, err
-			}
-			opts.Credentials = awsCfg.Credentials
-		}
-		if cfg.Metrics != nil {
-			opts.APIOptions = append(opts.APIOptions, cfg.Metrics.AWSAPIOptions()...)
-		}
-		s.sts = sts.New(opts)
 	}
 	return s, nil
+}
+
+func newSTS(ctx context.Context, cfg Config) (*sts.Client, error) {
+	opts := sts.Options{Region: cfg.Region, Credentials: cfg.STSCredentials}
+	if cfg.STSEndpoint != "" {
+		opts.BaseEndpoint = aws.String(cfg.STSEndpoint)
+	}
+	if opts.Credentials == nil && cfg.AccessKeyID != "" {
+		opts.Credentials = credentials.NewStaticCredentialsProvider(cfg.AccessKeyID, cfg.SecretKey, "")
+	}
+	if opts.Credentials == nil {
+		awsCfg, err := loadDefaultAWSConfig(ctx, cfg.Region)
+		if err != nil {
+			return nil, fmt.Errorf("metadata: aws config: %w", err)
+		}
+		opts.Credentials = awsCfg.Credentials
+	}
+	if cfg.Metrics != nil {
+		opts.APIOptions = append(opts.APIOptions, cfg.Metrics.AWSAPIOptions()...)
+	}
+	return sts.New(opts), nil
 }
 
 // PublicKey verifies the identity documents this service signs.
 func (s *Service) PublicKey() ed25519.PublicKey { return s.key.Public().(ed25519.PublicKey) }
 
-// Start opens the task's listeners inside its netns and, for a task with a
-// role, fetches credentials before returning (a failure is retried in the
-// background and answered with 503 meanwhile). Idempotent.
+// Start opens the task's listeners inside its netns (169.254.169.254:80,
+// and [fd00:ec2::254]:80 where the netns has IPv6) and, for a task with a
+// role, fetches its credentials before returning. A failed fetch does not
+// fail Start: it is retried in the background and answered with 503
+// meanwhile. Idempotent: a second Start for a running task returns its
+// addresses.
 func (s *Service) Start(ctx context.Context, spec *task.Spec, att *task.NetworkAttachment) ([]string, error) {
-	s.mu.Lock()
-	if r, ok := s.tasks[spec.ID]; ok {
-		s.mu.Unlock()
-		return addrsOf(r), nil
+	if spec == nil || att == nil || att.NetNSPath == "" {
+		return nil, errors.New("metadata: a task spec and a network namespace are required")
 	}
+	s.mu.Lock()
+	if r, found := s.tasks[spec.ID]; found {
+		s.mu.Unlock()
+		<-r.ready
+		if r.err != nil {
+			return s.Start(ctx, spec, att) // the earlier Start failed and is gone: try again
+		}
+		return r.addrs, nil
+	}
+	r := &running{ready: make(chan struct{})}
+	s.tasks[spec.ID] = r
 	s.mu.Unlock()
+	defer close(r.ready)
+
+	if err := s.start(ctx, r, spec, att); err != nil {
+		r.err = err
+		s.mu.Lock()
+		delete(s.tasks, spec.ID)
+		s.mu.Unlock()
+		return nil, fmt.Errorf("metadata for %s: %w", spec.ID, err)
+	}
+	return r.addrs, nil
+}
+
+func (s *Service) start(ctx context.Context, r *running, spec *task.Spec, att *task.NetworkAttachment) error {
+	ls, err := s.listen(att.NetNSPath)
+	if err != nil {
+		return err
+	}
 	tv := &taskView{spec: *spec, net: *att, requireV2: spec.MetadataRequireV2, started: s.now()}
 	if spec.IAMRoleARN != "" {
 		tv.creds = &roleCreds{sts: s.sts, limiter: s.limiter, roleARN: spec.IAMRoleARN, session: sessionName(spec.ID),
-			duration: s.cfg.CredentialDuration, before: s.cfg.RefreshBefore, log: s.log, now: s.now}
-		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		tv.creds.start(fctx)
-		cancel()
+			duration: s.cfg.CredentialDuration, before: s.cfg.RefreshBefore, log: s.log, audit: s.audit, now: s.now}
+		tv.creds.start()
 	}
-	ls, err := listenInNetNS(att.NetNSPath)
-	if err != nil {
-		if tv.creds != nil {
-			tv.creds.stop()
-		}
-		return nil, fmt.Errorf("metadata listener for %s: %w", spec.ID, err)
-	}
-	r := &running{tv: tv}
-	h := &handler{svc: s, tv: tv}
+	r.h = &handler{svc: s, tv: tv}
 	for _, l := range ls {
 		srv := &http.Server{
-			Handler:           http.MaxBytesHandler(h, 64<<10),
+			Handler:           http.MaxBytesHandler(r.h, 64<<10),
 			ReadHeaderTimeout: 5 * time.Second,
 			ReadTimeout:       10 * time.Second,
 			WriteTimeout:      10 * time.Second,
@@ -180,42 +237,47 @@ func (s *Service) Start(ctx context.Context, spec *task.Spec, att *task.NetworkA
 			ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 		}
 		r.servers = append(r.servers, srv)
+		r.addrs = append(r.addrs, l.Addr().String())
 		go srv.Serve(netutil.LimitListener(l, s.cfg.MaxConnsPerTask))
 	}
-	s.mu.Lock()
-	s.tasks[spec.ID] = r
-	s.mu.Unlock()
-	return addrsOf(r), nil
-}
-
-func addrsOf(r *running) []string {
-	out := []string{"169.254.169.254:80"}
-	if len(r.servers) > 1 {
-		out = append(out, "[fd00:ec2::254]:80")
+	if tv.creds != nil {
+		// Credentials are there before the task's process starts; a slow
+		// or failing STS does not hold the task back past this bound.
+		select {
+		case <-tv.creds.first:
+		case <-ctx.Done():
+		case <-time.After(fetchTimeout):
+		}
 	}
-	return out
+	return nil
 }
 
 // Stop closes the task's listeners and stops its credential refresh.
 // Idempotent.
 func (s *Service) Stop(ctx context.Context, taskID string) error {
 	s.mu.Lock()
-	r, ok := s.tasks[taskID]
-	delete(s.tasks, taskID)
+	r, found := s.tasks[taskID]
 	s.mu.Unlock()
-	if !ok {
+	if !found {
 		return nil
 	}
+	<-r.ready
+	s.mu.Lock()
+	if s.tasks[taskID] == r {
+		delete(s.tasks, taskID)
+	}
+	s.mu.Unlock()
 	for _, srv := range r.servers {
 		srv.Close()
 	}
-	if r.tv.creds != nil {
-		r.tv.creds.stop()
+	if r.h != nil && r.h.tv.creds != nil {
+		r.h.tv.creds.stop()
 	}
 	return nil
 }
 
-// Close stops every listener (agent shutdown; the next agent re-opens them).
+// Close stops every listener (agent shutdown; the next agent re-opens them
+// and the tasks keep running).
 func (s *Service) Close() error {
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.tasks))
@@ -224,27 +286,45 @@ func (s *Service) Close() error {
 	}
 	s.mu.Unlock()
 	for _, id := range ids {
-		s.Stop(context.Background(), id)
+		_ = s.Stop(context.Background(), id)
 	}
 	return nil
 }
 
-// ErrUnknownTask is returned by Get for a task without a listener.
-var ErrUnknownTask = errUnknownTask
-
-// Get answers a path exactly as the task would see it (IMDSv1 style, or
-// with a fresh token when the task requires v2): for `titus-agent metadata get`.
-func (s *Service) Get(ctx context.Context, taskID, p string) (int, []byte, string, error) {
+// Handler is the task's metadata handler, exactly as its listener serves
+// it, for operator tools; false for a task without a listener.
+func (s *Service) Handler(taskID string) (http.Handler, bool) {
 	s.mu.Lock()
-	r, ok := s.tasks[taskID]
+	r, found := s.tasks[taskID]
 	s.mu.Unlock()
-	if !ok {
-		return 0, nil, "", fmt.Errorf("%w: %s", errUnknownTask, taskID)
+	if !found {
+		return nil, false
 	}
-	req := httptest.NewRequestWithContext(ctx, http.MethodGet, "http://169.254.169.254"+p, nil)
+	<-r.ready
+	if r.err != nil {
+		return nil, false
+	}
+	return r.h, true
+}
+
+// Get answers a path as the task would see it, with a fresh token so that
+// require-v2 tasks answer too: for `titus-agent metadata get`. It returns
+// the status, body and content type.
+func (s *Service) Get(ctx context.Context, taskID, p string) (int, []byte, string, error) {
+	h, found := s.Handler(taskID)
+	if !found {
+		return 0, nil, "", fmt.Errorf("%w: %s", ErrUnknownTask, taskID)
+	}
+	if !strings.HasPrefix(p, "/") {
+		p = "/" + p
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://169.254.169.254"+p, nil)
+	if err != nil {
+		return 0, nil, "", fmt.Errorf("metadata path %q: %w", p, err)
+	}
 	req.Header.Set(hdrToken, s.tokens.issue(taskID, time.Minute, s.now()))
 	rec := httptest.NewRecorder()
-	(&handler{svc: s, tv: r.tv}).ServeHTTP(rec, req)
+	h.ServeHTTP(rec, req)
 	b, _ := io.ReadAll(rec.Result().Body)
 	return rec.Code, b, rec.Header().Get("Content-Type"), nil
 }

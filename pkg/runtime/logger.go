@@ -134,25 +134,29 @@ func runLogger(ctx context.Context, lf loggerFlags, id string, stdout, stderr io
 }
 
 // copyLines copies r to w one whole line per write, so lines from stdout
-// and stderr never interleave mid-line.
+// and stderr never interleave mid-line. When the log cannot be written (a
+// full disk quota), lines are dropped but the pipe keeps draining: a task
+// never blocks or dies because of its log. The first write error is
+// returned at the end.
 func copyLines(w io.Writer, r io.Reader) error {
 	br := bufio.NewReaderSize(r, 64<<10)
+	var werr error
 	for {
 		line, err := br.ReadSlice('\n')
 		if len(line) > 0 {
 			if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
 				line = append(line, '\n') // end the last, unterminated line
 			}
-			if _, werr := w.Write(line); werr != nil {
-				return werr
+			if _, e := w.Write(line); e != nil && werr == nil {
+				werr = e
 			}
 		}
 		switch {
 		case err == nil, errors.Is(err, bufio.ErrBufferFull):
 		case errors.Is(err, io.EOF), errors.Is(err, os.ErrClosed):
-			return nil
+			return werr
 		default:
-			return err
+			return errors.Join(werr, err)
 		}
 	}
 }

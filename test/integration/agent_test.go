@@ -2,6 +2,8 @@ package integration
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -317,4 +319,30 @@ func exitStatus(err error) int {
 		return 0
 	}
 	return -1
+}
+
+func TestAgentDiskQuotaCoversLogs(t *testing.T) {
+	begin(t)
+	e := newAgentEnv(t)
+	// 40 MiB of output into a 24 MiB disk: the log stops growing at the
+	// quota, the task is not hurt, and the log survives the disk.
+	s := e.spec("chatty", "sh", "-c", "yes 0123456789abcdef0123456789abcdef | head -c 41943040; echo survived-the-flood >&2; exit 0")
+	s.Resources.DiskMib = 24
+	e.launch(s)
+	wantState(t, e.waitFinal("chatty"), stFinished, task.ReasonCompleted, 0)
+	e.assertNoLeftovers()
+	out, err := e.cli("task", "logs", "chatty", "--tail", "3")
+	if err != nil || !strings.Contains(out, "0123456789abcdef") {
+		t.Fatalf("logs after the disk is gone: %v %q", err, out)
+	}
+	var total int64
+	entries, _ := os.ReadDir(filepath.Join(e.dir, "logs", "chatty"))
+	for _, en := range entries {
+		if fi, err := en.Info(); err == nil {
+			total += fi.Size()
+		}
+	}
+	if total == 0 || total > 24<<20 {
+		t.Fatalf("kept log size %d, want > 0 and within the 24 MiB quota", total)
+	}
 }

@@ -3,6 +3,8 @@ package taskrunner
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/task"
@@ -28,6 +30,11 @@ type diskSetup interface {
 type DiskHook struct {
 	Disks  diskSetup
 	Images imageViewer
+	// LogDir is the agent's task log directory. When set, a quota'd task's
+	// log directory (LogDir/<id>) points into its disk, so its logs count
+	// against the quota; the last KeepLogBytes are copied back at teardown.
+	LogDir       string
+	KeepLogBytes int64
 }
 
 func (h *DiskHook) Name() string { return "disk" }
@@ -49,7 +56,57 @@ func (h *DiskHook) Prestart(ctx context.Context, req *PrestartRequest, resp *Pre
 	if err != nil {
 		return &HookError{Hook: h.Name(), Reason: task.ReasonDiskSetupFailed, Err: err}
 	}
+	if h.LogDir != "" && d.LogDir != "" {
+		if err := linkLogDir(filepath.Join(h.LogDir, req.Spec.ID), d.LogDir); err != nil {
+			return &HookError{Hook: h.Name(), Reason: task.ReasonDiskSetupFailed, Err: err}
+		}
+	}
 	return nil
+}
+
+// linkLogDir makes the task's log directory a link into its quota'd disk.
+func linkLogDir(link, target string) error {
+	if cur, err := os.Readlink(link); err == nil && cur == target {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(link), 0o750); err != nil {
+		return fmt.Errorf("log dir: %w", err)
+	}
+	_ = os.Remove(link) // an empty directory or a stale link
+	if err := os.Symlink(target, link); err != nil {
+		return fmt.Errorf("log dir into the disk quota: %w", err)
+	}
+	return nil
+}
+
+// keepLogs replaces the link with a real directory holding the tail of the
+// task's log, so `task logs` still works after the disk is gone.
+func (h *DiskHook) keepLogs(taskID string) error {
+	link := filepath.Join(h.LogDir, taskID)
+	target, err := os.Readlink(link)
+	if err != nil {
+		return nil // not linked (already kept, or never quota'd)
+	}
+	var tail []byte
+	if f, err := os.Open(filepath.Join(target, "stdout.log")); err == nil {
+		if st, err := f.Stat(); err == nil {
+			keep := h.KeepLogBytes
+			if keep <= 0 {
+				keep = 10 << 20
+			}
+			off := max(st.Size()-keep, 0)
+			tail = make([]byte, st.Size()-off)
+			_, _ = f.ReadAt(tail, off)
+		}
+		f.Close()
+	}
+	if err := os.Remove(link); err != nil {
+		return fmt.Errorf("log link: %w", err)
+	}
+	if err := os.MkdirAll(link, 0o750); err != nil {
+		return fmt.Errorf("log dir: %w", err)
+	}
+	return os.WriteFile(filepath.Join(link, "stdout.log"), tail, 0o640)
 }
 
 // Stop unmounts and deletes the task's disk, then drops its image view.
@@ -57,6 +114,11 @@ func (h *DiskHook) Prestart(ctx context.Context, req *PrestartRequest, resp *Pre
 func (h *DiskHook) Stop(ctx context.Context, req *StopRequest) error {
 	if req.Spec.Resources.DiskMiB <= 0 && (req.Resources == nil || req.Resources.Disk == nil) {
 		return nil
+	}
+	if h.LogDir != "" {
+		if err := h.keepLogs(req.Spec.ID); err != nil {
+			return fmt.Errorf("disk: keep logs: %w", err)
+		}
 	}
 	if err := h.Disks.Teardown(ctx, req.Spec.ID); err != nil {
 		return fmt.Errorf("disk: %w", err)
