@@ -1,19 +1,50 @@
 // Command bench measures titus-agent against baselines taken in the same
 // run on the same machine, and prints the figures as ratios (`make bench`).
+// Each part lives in its own file and registers itself with part().
 package main
 
 import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
+	"sort"
+	"strings"
 
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
+// benchFlags are the knobs every part may use.
+type benchFlags struct {
+	n, concurrent int
+}
+
+type benchPart struct {
+	order int
+	run   func(tb *testenv.Standalone, f benchFlags)
+}
+
+var parts = map[string]benchPart{}
+
+// part registers a benchmark part; order decides the running order.
+func part(name string, order int, run func(tb *testenv.Standalone, f benchFlags)) {
+	parts[name] = benchPart{order: order, run: run}
+}
+
+func init() {
+	part("launch", 10, func(tb *testenv.Standalone, f benchFlags) { benchLaunch(tb, f.n, f.concurrent) })
+	part("disk", 50, func(tb *testenv.Standalone, f benchFlags) { benchDisk(tb, min(f.n, 30)) })
+}
+
 func main() {
 	n := flag.Int("n", 100, "sequential launches per path")
 	conc := flag.Int("concurrent", 20, "concurrent launches")
-	only := flag.String("only", "", "run one part: launch, disk")
+	names := make([]string, 0, len(parts))
+	for name := range parts {
+		names = append(names, name)
+	}
+	sort.Slice(names, func(i, j int) bool { return parts[names[i]].order < parts[names[j]].order })
+	only := flag.String("only", "", "run only these parts, comma-separated: "+strings.Join(names, ", "))
 	debug := flag.Bool("debug", false, "keep the agent's debug log in /tmp/titus-bench-agent.log")
 	flag.Parse()
 	if *debug {
@@ -23,14 +54,21 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench: must run as root")
 		os.Exit(2)
 	}
+	want := strings.Split(*only, ",")
+	for _, w := range want {
+		if _, ok := parts[w]; w != "" && !ok {
+			fmt.Fprintf(os.Stderr, "bench: unknown part %q (have %s)\n", w, strings.Join(names, ", "))
+			os.Exit(2)
+		}
+	}
 	tb := &testenv.Standalone{}
 	defer tb.RunCleanups()
-	if *only == "" || *only == "launch" {
-		benchLaunch(tb, *n, *conc)
-		tb.RunCleanups()
-	}
-	if *only == "" || *only == "disk" {
-		benchDisk(tb, min(*n, 30))
+	for _, name := range names {
+		if *only != "" && !slices.Contains(want, name) {
+			continue
+		}
+		fmt.Printf("\n== %s ==\n", name)
+		parts[name].run(tb, benchFlags{n: *n, concurrent: *conc})
 		tb.RunCleanups()
 	}
 }
