@@ -90,6 +90,12 @@ type isoTask struct {
 // on a quota'd root filesystem. Everything is torn down at cleanup.
 func (e *isoEnv) start(t *testing.T, spec task.Spec, netnsPath string) *isoTask {
 	t.Helper()
+	return e.startWith(t, spec, netnsPath, isolation.Options{})
+}
+
+// startWith is start with the host's isolation options o.
+func (e *isoEnv) startWith(t *testing.T, spec task.Spec, netnsPath string, o isolation.Options) *isoTask {
+	t.Helper()
 	ctx := context.Background()
 	spec.Image = e.image
 	spec.Normalize()
@@ -98,7 +104,7 @@ func (e *isoEnv) start(t *testing.T, spec task.Spec, netnsPath string) *isoTask 
 		ID: spec.ID, Image: spec.Image, Args: spec.Args(), NetNSPath: netnsPath,
 		CPUMillicores: spec.Resources.CPUMillicores, CPUBurst: spec.Resources.CPUBurst,
 		MemoryMiB: spec.Resources.MemoryMiB, Pids: spec.Resources.Pids,
-		SpecOpts: isolation.SpecOpts(&spec, isolation.Options{}),
+		SpecOpts: isolation.SpecOpts(&spec, o),
 	}
 	t.Cleanup(func() { e.teardown(t, it) })
 	if spec.Resources.DiskMiB > 0 {
@@ -174,6 +180,8 @@ func TestIsolation(t *testing.T) {
 	begin(t)
 	e := newIsoEnv(t)
 	t.Run("Hardening", func(t *testing.T) { testHardening(t, e) })
+	t.Run("InitReapsZombies", func(t *testing.T) { testInitReapsZombies(t, e) })
+	t.Run("InitForwardsSIGTERM", func(t *testing.T) { testInitForwardsSIGTERM(t, e) })
 	t.Run("DiskQuota", func(t *testing.T) { testDiskQuota(t, e) })
 	t.Run("OOMKilled", func(t *testing.T) { testOOM(t, e) })
 	t.Run("CPULimit", func(t *testing.T) { testCPULimit(t, e) })
@@ -224,6 +232,84 @@ func testHardening(t *testing.T, e *isoEnv) {
 			t.Errorf("task status lacks %q:\n%s", want, out[strings.Index(out, "@@status"):])
 		}
 	}
+}
+
+// testInitReapsZombies orphans a short-lived child while the task's own
+// process (exec'd sleep) never waits: the orphan is reparented to PID 1,
+// which must reap it. The same task without the init keeps the zombie,
+// which shows the check can see one.
+func testInitReapsZombies(t *testing.T, e *isoEnv) {
+	const script = `sh -c 'sleep 0.2 & exit 0'; echo orphaned; exec sleep 60`
+	for _, tc := range []struct {
+		name       string
+		opts       isolation.Options
+		wantZombie bool
+	}{
+		{"with init", isolation.Options{}, false},
+		{"without init", isolation.Options{NoInit: true}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := task.Spec{ID: isoID("zombie"), Command: sh(script), Resources: task.Resources{Pids: 16}}
+			it := e.startWith(t, spec, "", tc.opts)
+			eventually(t, "orphan made", func() bool { return strings.Contains(e.readOutput(spec.ID), "orphaned") })
+			if tc.wantZombie {
+				eventually(t, "a zombie without an init", func() bool { return len(zombieChildren(t, it.pid)) > 0 })
+				return
+			}
+			// The orphan's sleep 0.2 has ended well within 2 s; with the init
+			// it is reaped at once.
+			time.Sleep(2 * time.Second)
+			if zombies := zombieChildren(t, it.pid); len(zombies) > 0 {
+				t.Errorf("zombie children of the task's PID 1 (host pid %d): %v", it.pid, zombies)
+			}
+		})
+	}
+}
+
+// zombieChildren lists the host pids of zombies whose parent is ppid.
+func zombieChildren(t *testing.T, ppid uint32) []string {
+	t.Helper()
+	stats, err := filepath.Glob("/proc/[0-9]*/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// pid (comm) state ppid ...; comm may hold spaces, so cut at the last ')'.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(b)[i+1:])
+		if len(fields) >= 2 && fields[0] == "Z" && fields[1] == strconv.FormatUint(uint64(ppid), 10) {
+			out = append(out, filepath.Base(filepath.Dir(f)))
+		}
+	}
+	return out
+}
+
+// testInitForwardsSIGTERM: SIGTERM to the task reaches its process through
+// the init. The process is an exec'd sleep with no handler: as PID 1 it
+// would ignore SIGTERM, as the init's child it dies of it (128+15).
+func testInitForwardsSIGTERM(t *testing.T, e *isoEnv) {
+	spec := task.Spec{ID: isoID("sigterm"), Command: sh("echo ready; exec sleep 600")}
+	it := e.start(t, spec, "")
+	eventually(t, "task ready", func() bool { return strings.Contains(e.readOutput(spec.ID), "ready") })
+	if err := e.rt.Kill(context.Background(), spec.ID, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if s := it.wait(t); s.Code != 143 || s.OOMKilled {
+		t.Errorf("exit = %+v, want 143 (the sleep killed by the forwarded SIGTERM)", s)
+	}
+}
+
+func (e *isoEnv) readOutput(id string) string {
+	b, _ := os.ReadFile(runtime.LogPath(e.logDir, id))
+	return string(b)
 }
 
 // testDiskQuota writes past a 32 MiB disk: ENOSPC inside, the host's
