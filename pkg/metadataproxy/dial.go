@@ -22,7 +22,7 @@ func DialInNetNS(nsPath string) func(ctx context.Context, network, addr string) 
 	}
 	return func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
-		err := inNetNS(nsPath, func() error {
+		err := InNetNS(nsPath, func() error {
 			var err error
 			c, err = d.DialContext(ctx, network, addr)
 			return err
@@ -39,9 +39,10 @@ func HTTPClientInNetNS(nsPath string, maxConns int) *http.Client {
 	}}
 }
 
-// inNetNS runs fn on a locked OS thread inside the namespace at nsPath. A
-// thread that cannot be put back into its own namespace is never reused.
-func inNetNS(nsPath string, fn func() error) error {
+// InNetNS runs fn on a locked OS thread inside the namespace at nsPath.
+// Sockets fn makes stay in that namespace afterwards. A thread that cannot
+// be put back into its own namespace is never reused.
+func InNetNS(nsPath string, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()

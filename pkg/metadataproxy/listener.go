@@ -1,8 +1,12 @@
 package metadataproxy
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"os"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -14,20 +18,59 @@ var (
 	addrV6 = net.ParseIP("fd00:ec2::254")
 )
 
+// ipv6DisabledFile says whether IPv6 is off on a namespace's loopback. It
+// is read from inside the namespace: /proc/sys/net shows the reading
+// thread's own netns.
+const ipv6DisabledFile = "/proc/sys/net/ipv6/conf/lo/disable_ipv6"
+
 // listenInNetNS puts the metadata addresses on the task netns's loopback
 // and opens listeners there. The sockets stay in that namespace whatever
-// thread later accepts on them.
-func listenInNetNS(nsPath string) ([]net.Listener, error) {
-	var ls []net.Listener
-	err := inNetNS(nsPath, func() error {
+// thread later accepts on them. IPv6 is required unless it is really off
+// in the namespace (then only IPv4 answers, and that is logged).
+func listenInNetNS(nsPath string, log *slog.Logger) ([]net.Listener, error) {
+	var (
+		ls    []net.Listener
+		v6off bool
+	)
+	err := InNetNS(nsPath, func() error {
 		var err error
-		ls, err = openListeners()
+		v6off, err = ipv6Disabled(ipv6DisabledFile)
+		if err != nil {
+			return err
+		}
+		ls, err = openListeners(!v6off)
 		return err
 	})
+	if err == nil && v6off {
+		log.Info("IPv6 is disabled in the task's netns: metadata answers on IPv4 only", "netns", nsPath, "ipv4", addrV4.String())
+	}
 	return ls, err
 }
 
-func openListeners() ([]net.Listener, error) {
+// ipv6Disabled reads a disable_ipv6 sysctl file; a kernel without IPv6
+// has no such file, which counts as disabled.
+func ipv6Disabled(file string) (bool, error) {
+	b, err := os.ReadFile(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("ipv6 state: %w", err)
+	}
+	return strings.TrimSpace(string(b)) != "0", nil
+}
+
+// openListeners opens 169.254.169.254:80 and, with v6, [fd00:ec2::254]:80
+// on the current netns's loopback: all of them or none.
+func openListeners(v6 bool) (ls []net.Listener, err error) {
+	defer func() {
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			ls = nil
+		}
+	}()
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
 		return nil, fmt.Errorf("lo: %w", err)
@@ -42,12 +85,17 @@ func openListeners() ([]net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen %s:80: %w", addrV4, err)
 	}
-	ls := []net.Listener{l4}
-	// IPv6 is best effort: it may be disabled in the namespace.
-	if err := netlink.AddrReplace(lo, &netlink.Addr{IPNet: &net.IPNet{IP: addrV6, Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}); err == nil {
-		if l6, err := net.Listen("tcp6", net.JoinHostPort(addrV6.String(), "80")); err == nil {
-			ls = append(ls, l6)
-		}
+	ls = append(ls, l4)
+	if !v6 {
+		return ls, nil
 	}
-	return ls, nil
+	// NODAD: the address is usable at once, not "tentative" for a second.
+	if err := netlink.AddrReplace(lo, &netlink.Addr{IPNet: &net.IPNet{IP: addrV6, Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}); err != nil {
+		return ls, fmt.Errorf("add %s (IPv6 is enabled in the netns): %w", addrV6, err)
+	}
+	l6, err := net.Listen("tcp6", net.JoinHostPort(addrV6.String(), "80"))
+	if err != nil {
+		return ls, fmt.Errorf("listen [%s]:80 (IPv6 is enabled in the netns): %w", addrV6, err)
+	}
+	return append(ls, l6), nil
 }

@@ -73,6 +73,25 @@ type Config struct {
 // DefaultAllowlist are harmless host paths a task may read from the host.
 var DefaultAllowlist = []string{"ami-id", "instance-type", "services/domain", "services/partition"}
 
+// checkAllowlist refuses allowlist entries that could hand a task the
+// host's secrets or reach outside meta-data/: credentials of any kind
+// (iam/, identity-credentials/, anything "credentials"), and traversal.
+// User-data lives outside meta-data/, so no entry can reach it.
+func checkAllowlist(paths []string) error {
+	for _, p := range paths {
+		lp := strings.ToLower(p)
+		switch {
+		case p == "" || strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/") || strings.Contains(p, "..") ||
+			strings.Contains(p, "//") || strings.ContainsAny(p, "\\%?#\x00"):
+			return fmt.Errorf("metadata: allowlist entry %q: want a path relative to meta-data/, e.g. ami-id", p)
+		case strings.HasPrefix(lp, "iam/") || lp == "iam" || strings.HasPrefix(lp, "identity-credentials") ||
+			strings.Contains(lp, "credentials") || strings.Contains(lp, "user-data"):
+			return fmt.Errorf("metadata: allowlist entry %q would serve the host's credentials or user-data", p)
+		}
+	}
+	return nil
+}
+
 // ErrUnknownTask is returned for a task without a listener.
 var ErrUnknownTask = errors.New("no metadata listener for that task")
 
@@ -136,6 +155,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.KeyPath == "" {
 		return nil, errors.New("metadata: KeyPath is required")
 	}
+	if err := checkAllowlist(cfg.UpstreamAllowlist); err != nil {
+		return nil, err
+	}
 	tk, err := newTokens()
 	if err != nil {
 		return nil, err
@@ -145,8 +167,9 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, tokens: tk, key: key, upstream: newUpstream(cfg.UpstreamIMDS),
-		limiter: rate.NewLimiter(rate.Limit(cfg.STSRate), max(1, int(cfg.STSRate))), now: cfg.Now, listen: listenInNetNS,
+		limiter: rate.NewLimiter(rate.Limit(cfg.STSRate), max(1, int(cfg.STSRate))), now: cfg.Now,
 		tasks: map[string]*running{}}
+	s.listen = func(nsPath string) ([]net.Listener, error) { return listenInNetNS(nsPath, s.log) }
 	s.sts = cfg.STS
 	if s.sts == nil {
 		if s.sts, err = newSTS(ctx, cfg); err != nil {

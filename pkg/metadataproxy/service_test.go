@@ -267,3 +267,34 @@ func TestConnectionLimitIsPerTask(t *testing.T) {
 		t.Fatalf("task B while A holds its connections: %d %q", code, body)
 	}
 }
+
+func TestAllowlistRefusesHostSecrets(t *testing.T) {
+	for _, c := range []struct {
+		entry string
+		ok    bool
+	}{
+		{"ami-id", true},
+		{"services/domain", true},
+		{"placement/availability-zone-id", true},
+		{"iam/security-credentials/host-role", false},
+		{"iam/info", false},
+		{"IAM/info", false},
+		{"identity-credentials/ec2/security-credentials/ec2-instance", false},
+		{"public-keys/../../user-data", false},
+		{"../user-data", false},
+		{"/latest/user-data", false},
+		{"spot/", false},
+		{"ami-id%2f..", false},
+		{"", false},
+	} {
+		err := checkAllowlist([]string{"instance-type", c.entry})
+		if (err == nil) != c.ok {
+			t.Errorf("allowlist %q: err = %v, want ok=%v", c.entry, err, c.ok)
+		}
+	}
+	_, err := New(context.Background(), Config{KeyPath: filepath.Join(t.TempDir(), "k"), STS: &fakeSTS{},
+		UpstreamAllowlist: []string{"iam/security-credentials/host-role"}})
+	if err == nil {
+		t.Fatal("New accepted an allowlist that serves the host's credentials")
+	}
+}
