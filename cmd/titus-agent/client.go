@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -43,12 +44,19 @@ func exitCode(err error) int {
 	if errors.As(err, &ce) {
 		return ce.code
 	}
+	if status.Code(err) == codes.PermissionDenied {
+		return 4 // as when the socket itself is off limits
+	}
 	return 1
 }
 
-// oneLine turns gRPC errors into "code: message" on one line.
+// oneLine turns gRPC errors into "code: message" on one line; a refusal by
+// the daemon (SO_PEERCRED) reads like the socket's own permission error.
 func oneLine(err error) string {
 	if s, ok := status.FromError(err); ok {
+		if s.Code() == codes.PermissionDenied {
+			return strings.ReplaceAll(fmt.Sprintf("%s, refused by the agent at %s", s.Message(), opts.socket), "\n", " ")
+		}
 		return strings.ReplaceAll(fmt.Sprintf("%s: %s", strings.ToLower(s.Code().String()), s.Message()), "\n", " ")
 	}
 	return strings.ReplaceAll(err.Error(), "\n", " ")

@@ -163,9 +163,10 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	if err != nil {
 		return nil, err
 	}
-	d.grpc = grpc.NewServer(grpc.Creds(PeerCreds{GID: gid}), grpc.MaxRecvMsgSize(4<<20),
-		grpc.ChainUnaryInterceptor(d.metrics.GRPC.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(d.metrics.GRPC.StreamServerInterceptor()))
+	creds := PeerCreds{GID: gid}
+	d.grpc = grpc.NewServer(grpc.Creds(creds), grpc.MaxRecvMsgSize(4<<20),
+		grpc.ChainUnaryInterceptor(creds.UnaryInterceptor(), d.metrics.GRPC.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(creds.StreamInterceptor(), d.metrics.GRPC.StreamServerInterceptor()))
 	d.network = w.network
 	d.health = &hostHealth{rt: rt, dirs: []string{cfg.StateDir, cfg.LogDir}}
 	if w.network != nil {

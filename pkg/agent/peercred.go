@@ -11,7 +11,11 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 )
 
 // ErrPermissionDenied is returned to peers that are neither root nor in the
@@ -28,6 +32,9 @@ type PeerCreds struct {
 type peerInfo struct {
 	credentials.CommonAuthInfo
 	UID, GID, PID int
+	// Denied is why the peer may not call anything; the connection stays up
+	// only so that the caller is told so (see Authorize).
+	Denied error
 }
 
 func (peerInfo) AuthType() string { return "peercred" }
@@ -52,11 +59,45 @@ func (p PeerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, 
 	if credErr != nil {
 		return nil, nil, fmt.Errorf("SO_PEERCRED: %w", credErr)
 	}
+	info := peerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}, UID: int(cred.Uid), GID: int(cred.Gid), PID: int(cred.Pid)}
 	if !p.allowed(cred) {
-		c.Close()
-		return nil, nil, fmt.Errorf("%w (uid %d)", ErrPermissionDenied, cred.Uid)
+		// Refusing here would only show the caller a closed connection;
+		// the interceptors refuse every call with the reason instead.
+		info.Denied = fmt.Errorf("%w (uid %d, gid %d)", ErrPermissionDenied, cred.Uid, cred.Gid)
 	}
-	return c, peerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}, UID: int(cred.Uid), GID: int(cred.Gid), PID: int(cred.Pid)}, nil
+	return c, info, nil
+}
+
+// authorize refuses calls from peers the handshake denied.
+func authorize(ctx context.Context) error {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return status.Error(codes.PermissionDenied, ErrPermissionDenied.Error())
+	}
+	if pi, ok := p.AuthInfo.(peerInfo); ok && pi.Denied != nil {
+		return status.Error(codes.PermissionDenied, pi.Denied.Error())
+	}
+	return nil
+}
+
+// UnaryInterceptor refuses unary calls of denied peers; chain it first.
+func (PeerCreds) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if err := authorize(ctx); err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+}
+
+// StreamInterceptor refuses streaming calls of denied peers; chain it first.
+func (PeerCreds) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if err := authorize(ss.Context()); err != nil {
+			return err
+		}
+		return handler(srv, ss)
+	}
 }
 
 func (p PeerCreds) allowed(cred *unix.Ucred) bool {

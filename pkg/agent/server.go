@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
@@ -119,6 +120,10 @@ func (s *Server) ListTasks(ctx context.Context, req *agentv1.ListTasksRequest) (
 
 func (s *Server) WatchEvents(req *agentv1.WatchEventsRequest, stream grpc.ServerStreamingServer[agentv1.TaskEvent]) error {
 	ch := s.Manager.Subscribe(stream.Context())
+	// Headers tell the client it is subscribed: no event after this is missed.
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
+	}
 	for ev := range ch {
 		if req.GetTaskId() != "" && ev.TaskID != req.GetTaskId() {
 			continue
