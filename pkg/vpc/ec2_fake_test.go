@@ -24,6 +24,8 @@ type fakeEC2 struct {
 	enis     map[string]*types.NetworkInterface
 	nextID   int
 	nextIP   map[string]int // subnet → last octet handed out
+	// onCall, if set, runs at every call (under the fake's lock).
+	onCall func(action string)
 }
 
 func newFakeEC2() *fakeEC2 {
@@ -47,6 +49,9 @@ func (f *fakeEC2) host() HostInfo {
 
 func (f *fakeEC2) record(action string) error {
 	f.calls = append(f.calls, action)
+	if f.onCall != nil {
+		f.onCall(action)
+	}
 	return f.fail[action]
 }
 

@@ -247,16 +247,20 @@ func (p *EC2Provider) Allocate(ctx context.Context, taskID string, req task.Netw
 		p.mu.Unlock()
 		return a, nil
 	}
+	// Warm: the one record write is the assignment, made before the
+	// caller touches netlink.
+	a, ok, err := p.takeLocked(taskID, key)
+	if ok || err != nil {
+		p.mu.Unlock()
+		p.poke()
+		return a, err
+	}
+	// Cold: the intent is recorded before EC2 is touched.
 	if err := p.record.put(taskID, recordEntry{State: recordPending, Key: key}); err != nil {
 		p.mu.Unlock()
 		return Allocation{}, err
 	}
-	a, ok, err := p.takeLocked(taskID, key)
 	p.mu.Unlock()
-	if ok || err != nil {
-		p.poke()
-		return a, err
-	}
 	a, err = p.allocateSlow(ctx, taskID, key, sn)
 	if err != nil {
 		_ = p.record.remove(taskID)

@@ -354,3 +354,43 @@ func TestLimitsCached(t *testing.T) {
 		t.Errorf("calls (-want +got):\n%s", diff)
 	}
 }
+
+// The intent is on disk before EC2 is asked for anything; a warm
+// allocation is on disk, as assigned, before Allocate returns.
+func TestEC2ProviderRecordsBeforeEC2(t *testing.T) {
+	f, c := newFakeEC2(), &clock{t: t0}
+	rec := filepath.Join(t.TempDir(), "alloc.json")
+	p := newTestProvider(t, f, c, rec)
+	onDisk := func() map[string]recordEntry {
+		r, err := openRecord(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.entries()
+	}
+	var seen []string
+	f.mu.Lock()
+	f.onCall = func(action string) {
+		if action == "CreateNetworkInterface" {
+			e := onDisk()["t1"]
+			seen = append(seen, string(e.State))
+		}
+	}
+	f.mu.Unlock()
+	a1 := mustAlloc(t, p, "t1", req("sg-1"))
+	if diff := cmp.Diff([]string{string(recordPending)}, seen); diff != "" {
+		t.Errorf("record state of t1 when EC2 was called (-want +got):\n%s", diff)
+	}
+	f.resetCalls()
+	a2 := mustAlloc(t, p, "t2", req("sg-1"))
+	if calls := f.Calls(); len(calls) != 0 {
+		t.Fatalf("warm allocate called EC2: %v", calls)
+	}
+	want := map[string]recordEntry{
+		"t1": {State: recordAssigned, Key: NewPoolKey("subnet-a", []string{"sg-1"}), ENI: a1.ENIID, IP: a1.IPv4.Addr().String()},
+		"t2": {State: recordAssigned, Key: NewPoolKey("subnet-a", []string{"sg-1"}), ENI: a2.ENIID, IP: a2.IPv4.Addr().String()},
+	}
+	if diff := cmp.Diff(want, onDisk()); diff != "" {
+		t.Errorf("record (-want +got):\n%s", diff)
+	}
+}

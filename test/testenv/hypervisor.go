@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -527,4 +528,43 @@ func inNS(ns netns.NsHandle, fn func() error) error {
 		errc <- err
 	}()
 	return <-errc
+}
+
+// SimAgentNetwork shapes the network part of the config of an agent that
+// runs as a simulated host's agent.
+type SimAgentNetwork struct {
+	// Endpoint is EC2: moto, or a fault proxy in front of it.
+	Endpoint string
+	// SecurityGroups are the defaults for tasks that name none.
+	SecurityGroups []string
+	WarmIPs        int
+	MinWarmIPs     int
+	// ReleaseAfter and ReuseCooldown tune the pools; zero = the agent's defaults.
+	ReleaseAfter  time.Duration
+	ReuseCooldown time.Duration
+	DNS           []string
+}
+
+// AgentConfig is agent YAML for the ec2 provider on this instance: EC2 at
+// n.Endpoint with moto's static credentials, the data plane in the host's
+// netns, task namespaces under {{DIR}}/netns (see StartAgent).
+func (h *SimHost) AgentConfig(n SimAgentNetwork) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "network:\n  provider: ec2\n  netnsDir: \"{{DIR}}/netns\"\n  hostNetNS: %q\n", h.NetNSPath())
+	if len(n.DNS) > 0 {
+		fmt.Fprintf(&b, "  dns: [%s]\n", strings.Join(n.DNS, ", "))
+	}
+	fmt.Fprintf(&b, "  ec2:\n    endpoint: %q\n    region: %s\n    instanceID: %s\n    accessKeyID: testing\n    secretAccessKey: testing\n",
+		n.Endpoint, strings.TrimRight(h.AZ, "abcdefghijklmnopqrstuvwxyz"), h.InstanceID)
+	fmt.Fprintf(&b, "    warmIPs: %d\n    minWarmIPs: %d\n", n.WarmIPs, n.MinWarmIPs)
+	if len(n.SecurityGroups) > 0 {
+		fmt.Fprintf(&b, "    defaultSecurityGroups: [%s]\n", strings.Join(n.SecurityGroups, ", "))
+	}
+	if n.ReleaseAfter > 0 {
+		fmt.Fprintf(&b, "    poolReleaseAfter: %s\n", n.ReleaseAfter)
+	}
+	if n.ReuseCooldown > 0 {
+		fmt.Fprintf(&b, "    reuseCooldown: %s\n", n.ReuseCooldown)
+	}
+	return b.String()
 }
