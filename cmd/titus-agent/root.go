@@ -60,17 +60,31 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print the CLI's and the daemon's versions",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "client: %s (%s)\n", agent.Version, agent.Commit)
+			if opts.output != "json" {
+				fmt.Fprintf(cmd.OutOrStdout(), "client: %s (%s)\n", agent.Version, agent.Commit)
+			}
 			return withClient(func(ctx context.Context, c agentv1.AgentClient) error {
 				v, err := c.Version(ctx, &agentv1.VersionRequest{})
 				if err != nil {
 					return err
+				}
+				if opts.output == "json" {
+					type build struct {
+						Version string `json:"version"`
+						Commit  string `json:"commit"`
+					}
+					return printAny(cmd.OutOrStdout(), struct {
+						Client     build  `json:"client"`
+						Daemon     build  `json:"daemon"`
+						Containerd string `json:"containerd"`
+					}{build{agent.Version, agent.Commit}, build{v.GetVersion(), v.GetCommit()}, v.GetContainerdVersion()})
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "daemon: %s (%s)\ncontainerd: %s\n", v.GetVersion(), v.GetCommit(), v.GetContainerdVersion())
 				return nil
 			})
 		},
 	}
+	addOutputFlag(cmd)
 	return cmd
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,11 +30,17 @@ type agentEnv struct {
 
 func newAgentEnv(t *testing.T, extra ...string) *agentEnv {
 	t.Helper()
+	return newAgentEnvConfig(t, "", extra...)
+}
+
+// newAgentEnvConfig is newAgentEnv with the agent's YAML config file.
+func newAgentEnvConfig(t *testing.T, config string, extra ...string) *agentEnv {
+	t.Helper()
 	e := &agentEnv{t: t}
 	e.ctd = testenv.StartContainerd(t)
 	e.reg = testenv.StartRegistry(t)
 	e.image = testenv.PushBusybox(t, e.reg, "busybox", "latest")
-	e.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: e.ctd.Address, PlainHTTP: []string{e.reg.Host}, Extra: extra})
+	e.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: e.ctd.Address, PlainHTTP: []string{e.reg.Host}, Config: config, Extra: extra})
 	e.dir, e.socket, e.client = e.agent.Dir, e.agent.Socket, e.agent.Client
 	return e
 }
@@ -246,5 +253,70 @@ func (e *agentEnv) assertNoLeftovers() {
 			e.t.Fatalf("leftovers after tasks ended: %v\n%s", left, e.agent.Log())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// eventLog collects the agent's WatchEvents stream.
+type eventLog struct {
+	t   *testing.T
+	mu  sync.Mutex
+	evs []*agentv1.TaskEvent
+	err error
+}
+
+// watch subscribes to every task event; it returns once the agent has
+// confirmed the subscription, so no later event is missed.
+func (e *agentEnv) watch() *eventLog {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	e.t.Cleanup(cancel)
+	stream, err := e.client.WatchEvents(ctx, &agentv1.WatchEventsRequest{})
+	if err != nil {
+		e.t.Fatalf("watch events: %v", err)
+	}
+	if _, err := stream.Header(); err != nil {
+		e.t.Fatalf("watch events: no subscription: %v", err)
+	}
+	l := &eventLog{t: e.t}
+	go func() {
+		for {
+			ev, err := stream.Recv()
+			l.mu.Lock()
+			if err != nil {
+				l.err = err
+				l.mu.Unlock()
+				return
+			}
+			l.evs = append(l.evs, ev)
+			l.mu.Unlock()
+		}
+	}()
+	return l
+}
+
+// until waits for task id's event in state final and returns all of the
+// task's events so far.
+func (l *eventLog) until(id string, final agentv1.TaskState) []*agentv1.TaskEvent {
+	l.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		l.mu.Lock()
+		var mine []*agentv1.TaskEvent
+		done := false
+		for _, ev := range l.evs {
+			if ev.GetTaskId() == id {
+				mine = append(mine, ev)
+				done = done || ev.GetTransition().GetState() == final
+			}
+		}
+		err := l.err
+		l.mu.Unlock()
+		if done {
+			return mine
+		}
+		if err != nil || time.Now().After(deadline) {
+			l.t.Fatalf("no %s event for %s (stream: %v); got %v", final, id, err, mine)
+		}
+		time.Sleep(25 * time.Millisecond)
 	}
 }

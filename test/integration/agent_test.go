@@ -1,15 +1,20 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -27,10 +32,32 @@ const (
 func TestAgentRunToCompletion(t *testing.T) {
 	begin(t)
 	e := newAgentEnv(t)
+	events := e.watch()
 	e.launch(e.spec("ok", "sh", "-c", "echo hello-out; echo hello-err >&2"))
 	e.launch(e.spec("fails", "sh", "-c", "exit 3"))
 	wantState(t, e.waitFinal("ok"), stFinished, task.ReasonCompleted, 0)
 	wantState(t, e.waitFinal("fails"), stFailed, task.ReasonNonZeroExit, 3)
+
+	// WatchEvents streamed every transition of both tasks, in order, with
+	// the exit code on the final one.
+	lifecycle := []agentv1.TaskState{agentv1.TaskState_TASK_STATE_ACCEPTED, agentv1.TaskState_TASK_STATE_PREPARING,
+		agentv1.TaskState_TASK_STATE_STARTING, stRunning}
+	for id, want := range map[string]struct {
+		final agentv1.TaskState
+		exit  int32
+	}{"ok": {stFinished, 0}, "fails": {stFailed, 3}} {
+		evs := events.until(id, want.final)
+		var got []agentv1.TaskState
+		for _, ev := range evs {
+			got = append(got, ev.GetTransition().GetState())
+		}
+		if diff := cmp.Diff(append(slices.Clone(lifecycle), want.final), got); diff != "" {
+			t.Errorf("events of %s (-want +got):\n%s", id, diff)
+		}
+		if last := evs[len(evs)-1]; last.GetExitCode() != want.exit || last.GetTransition().GetTime() == nil {
+			t.Errorf("final event of %s: exit %d time %v, want exit %d and a time", id, last.GetExitCode(), last.GetTransition().GetTime(), want.exit)
+		}
+	}
 
 	// Logs via the API (what `task logs` prints).
 	out, err := e.cli("task", "logs", "ok")
@@ -136,6 +163,18 @@ func TestAgentRejectsInvalidSpecs(t *testing.T) {
 		{"negative memory", func(s *agentv1.TaskSpec) { s.Resources.MemoryMib = -1 }, "resources.memory_mib"},
 		{"bad sg", func(s *agentv1.TaskSpec) { s.Network = &agentv1.NetworkRequest{SecurityGroupIds: []string{"default"}} }, "network.security_group_ids[0]"},
 		{"absurd grace", func(s *agentv1.TaskSpec) { s.KillGracePeriodSeconds = 1 << 60 }, "kill_grace_period_seconds"},
+		{"absurd max runtime", func(s *agentv1.TaskSpec) { s.MaxRuntimeSeconds = -1 }, "max_runtime_seconds"},
+		{"huge env value", func(s *agentv1.TaskSpec) { s.Env = map[string]string{"BIG": strings.Repeat("v", 1<<20)} }, "env[BIG]"},
+		{"too many args", func(s *agentv1.TaskSpec) { s.Command = make([]string, 1000) }, "command"},
+		{"too many labels", func(s *agentv1.TaskSpec) {
+			s.Labels = map[string]string{}
+			for i := 0; i < 1000; i++ {
+				s.Labels[fmt.Sprintf("k%d", i)] = "v"
+			}
+		}, "labels"},
+		{"huge label value", func(s *agentv1.TaskSpec) { s.Labels = map[string]string{"app": strings.Repeat("x", 100000)} }, "labels[app]"},
+		{"huge label key", func(s *agentv1.TaskSpec) { s.Labels = map[string]string{strings.Repeat("k", 5000): "v"} }, "labels[" + strings.Repeat("k", 32) + "…]"},
+		{"reserved label", func(s *agentv1.TaskSpec) { s.Labels = map[string]string{"titus.agent/managed": "false"} }, "labels[titus.agent/managed]"},
 	}
 	for _, tt := range tests {
 		s := e.spec("bad-"+strings.ReplaceAll(tt.name, " ", "-"), "true")
@@ -231,10 +270,24 @@ func TestAgentGracefulStopLeavesTasksRunning(t *testing.T) {
 	if tk := e.get("survivor"); tk.GetState() != stRunning || tk.GetPid() != pid {
 		t.Fatalf("after restart: %s pid %d, want Running pid %d", tk.GetState(), tk.GetPid(), pid)
 	}
-	// containerd restarts: the agent reconnects and carries on.
+	// containerd restarts: the agent reconnects and carries on. A task that
+	// exits after the restart still gets its exit code, the survivor keeps
+	// its pid, and new launches work.
+	e.launch(e.spec("exits-after-ctd", "sh", "-c", "while [ ! -f /tmp/go ]; do sleep 0.1; done; exit 42"))
+	e.waitState("exits-after-ctd", stRunning, 30*time.Second)
 	e.ctd.Restart(t)
+	if out, err := e.ctrExec("exits-after-ctd", "touch", "/tmp/go"); err != nil {
+		t.Fatalf("poke task: %v %s", err, out)
+	}
+	wantState(t, e.waitFinal("exits-after-ctd"), stFailed, task.ReasonNonZeroExit, 42)
 	e.launch(e.spec("after-ctd-restart", "true"))
 	wantState(t, e.waitFinal("after-ctd-restart"), stFinished, task.ReasonCompleted, 0)
+	if tk := e.get("survivor"); tk.GetState() != stRunning || tk.GetPid() != pid {
+		t.Fatalf("after containerd restart: %s pid %d, want Running pid %d", tk.GetState(), tk.GetPid(), pid)
+	}
+	if err := syscall.Kill(int(pid), 0); err != nil {
+		t.Fatalf("survivor pid %d died with containerd: %v", pid, err)
+	}
 	if _, err := e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: "survivor"}); err != nil {
 		t.Fatal(err)
 	}
@@ -270,6 +323,22 @@ func TestAgentCLI(t *testing.T) {
 	if err != nil || !strings.Contains(out, "RUNNING") {
 		t.Fatalf("task get: %v\n%s", err, out)
 	}
+	// -o json is one JSON document, for scripts.
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"task", "get", "cli-2", "-o", "json"}, "TASK_STATE_RUNNING"},
+		{[]string{"task", "ls", "-a", "-o", "json"}, "cli-1"},
+		{[]string{"health", "-o", "json"}, "containerd"},
+		{[]string{"version", "-o", "json"}, "2."},
+	} {
+		out, err := e.cli(tt.args...)
+		var doc map[string]any
+		if err != nil || json.Unmarshal([]byte(out), &doc) != nil || !strings.Contains(out, tt.want) {
+			t.Fatalf("%v: %v, not JSON with %q:\n%s", tt.args, err, tt.want, out)
+		}
+	}
 	// logs -f follows until the task ends.
 	_, err = e.cli("task", "run", "--owner", "me@example.com", "--id", "cli-3", e.image, "--", "sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.3; done")
 	if err != nil {
@@ -301,14 +370,69 @@ func TestAgentCLI(t *testing.T) {
 	if err == nil || !strings.Contains(string(b), "cannot reach the agent") || strings.Count(strings.TrimSpace(string(b)), "\n") != 0 {
 		t.Fatalf("unreachable daemon: %v %q", err, b)
 	}
-	// A caller that is neither root nor in the group is refused.
-	cmd = exec.Command(titusAgentBinary(t), "--socket", e.socket, "task", "ls")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
-	b, err = cmd.CombinedOutput()
-	if err == nil || !strings.Contains(string(b), "permission denied") {
-		t.Fatalf("unprivileged caller: %v %q", err, b)
-	}
 	e.assertNoLeftovers()
+}
+
+// TestAgentSocketPermissions: the socket is 0660 and owned by the configured
+// group; members get in, others are refused by the file mode and, should the
+// mode be opened up, by SO_PEERCRED — each with one clear line.
+func TestAgentSocketPermissions(t *testing.T) {
+	begin(t)
+	const group = 65533 // numeric: no /etc/group entry needed
+	e := newAgentEnv(t, "--socket-group", fmt.Sprint(group))
+	fi, err := os.Stat(e.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); fi.Mode().Perm() != 0o660 || st.Gid != group || st.Uid != 0 {
+		t.Fatalf("socket mode %v owner %d:%d, want 0660 root:%d", fi.Mode().Perm(), st.Uid, st.Gid, group)
+	}
+	// Let others reach the socket file itself (the test's dir is 0700).
+	if err := os.Chmod(e.dir, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	as := func(uid, gid uint32, groups ...uint32) (string, error) {
+		cmd := exec.Command(titusAgentBinary(t), "--socket", e.socket, "task", "ls")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: groups}}
+		b, err := cmd.CombinedOutput()
+		return string(b), err
+	}
+	oneDeniedLine := func(what, out string, err error) {
+		t.Helper()
+		if exitStatus(err) != 4 || !strings.Contains(out, "permission denied") || strings.Count(strings.TrimSpace(out), "\n") != 0 {
+			t.Fatalf("%s: exit %d, output %q; want exit 4 and one line saying permission denied", what, exitStatus(err), out)
+		}
+	}
+	if out, err := as(65534, group); err != nil {
+		t.Fatalf("member by primary group refused: %v %q", err, out)
+	}
+	if out, err := as(65534, 65534, group); err != nil {
+		t.Fatalf("member by supplementary group refused: %v %q", err, out)
+	}
+	out, err := as(65534, 65534)
+	oneDeniedLine("non-member, socket 0660", out, err)
+
+	// With the file mode opened up, the kernel's peer credentials still
+	// keep a non-member out, whatever it asks for.
+	if err := os.Chmod(e.socket, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	out, err = as(65534, 65534)
+	oneDeniedLine("non-member, socket 0666 (SO_PEERCRED)", out, err)
+	if !strings.Contains(out, "uid 65534") {
+		t.Fatalf("SO_PEERCRED refusal does not come from the agent: %q", out)
+	}
+	cmd := exec.Command(titusAgentBinary(t), "--socket", e.socket, "task", "run", "--owner", "x@example.com", "--id", "sneaky", e.image, "--", "true")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	b, err := cmd.CombinedOutput()
+	oneDeniedLine("non-member launching", string(b), err)
+	if list, err := e.client.ListTasks(e.ctx(), &agentv1.ListTasksRequest{All: true}); err != nil || len(list.GetTasks()) != 0 {
+		t.Fatalf("a refused caller launched something: %v %v", list.GetTasks(), err)
+	}
+	// Root is always let in.
+	if out, err := e.cli("task", "ls"); err != nil {
+		t.Fatalf("root refused: %v %q", err, out)
+	}
 }
 
 func exitStatus(err error) int {
@@ -345,4 +469,162 @@ func TestAgentDiskQuotaCoversLogs(t *testing.T) {
 	if total == 0 || total > 24<<20 {
 		t.Fatalf("kept log size %d, want > 0 and within the 24 MiB quota", total)
 	}
+}
+
+// TestAgentMaxRuntimeExceeded: a task past its maximum runtime is killed
+// with RuntimeLimitExceeded, also when the deadline passes across an agent
+// restart; a task that ends in time is not affected.
+func TestAgentMaxRuntimeExceeded(t *testing.T) {
+	begin(t)
+	e := newAgentEnv(t)
+	s := e.spec("overtime", "sleep", "1000")
+	s.MaxRuntimeSeconds, s.KillGracePeriodSeconds = 2, 1
+	e.launch(s)
+	s = e.spec("in-time", "true")
+	s.MaxRuntimeSeconds = 600
+	e.launch(s)
+	s = e.spec("overtime-restart", "sleep", "1000")
+	s.MaxRuntimeSeconds, s.KillGracePeriodSeconds = 4, 1
+	e.launch(s)
+	e.waitState("overtime-restart", stRunning, 60*time.Second)
+	e.kill9()
+	e.start()
+
+	wantState(t, e.waitFinal("in-time"), stFinished, task.ReasonCompleted, 0)
+	for id, limit := range map[string]time.Duration{"overtime": 2 * time.Second, "overtime-restart": 4 * time.Second} {
+		tk := e.waitFinal(id)
+		if tk.GetState() != stKilled || tk.GetReason() != string(task.ReasonRuntimeLimitExceeded) {
+			t.Fatalf("%s = %s/%s (%s), want Killed/RuntimeLimitExceeded", id, tk.GetState(), tk.GetReason(), tk.GetMessage())
+		}
+		var running, killing time.Time
+		for _, tr := range tk.GetTransitions() {
+			switch tr.GetState() {
+			case stRunning:
+				running = tr.GetTime().AsTime()
+			case agentv1.TaskState_TASK_STATE_KILLING:
+				killing = tr.GetTime().AsTime()
+				if tr.GetReason() != string(task.ReasonRuntimeLimitExceeded) {
+					t.Fatalf("%s: Killing transition reason %q", id, tr.GetReason())
+				}
+			}
+		}
+		if running.IsZero() || killing.IsZero() || killing.Sub(running) < limit {
+			t.Fatalf("%s: running at %v, killing at %v: killed before its %v limit", id, running, killing, limit)
+		}
+	}
+	e.assertNoLeftovers()
+}
+
+// TestAgentLogRotation: task output rotates by size into at most a few
+// files of the configured size; the newest lines stay readable.
+func TestAgentLogRotation(t *testing.T) {
+	begin(t)
+	e := newAgentEnvConfig(t, "logs:\n  maxSizeMiB: 1\n  maxFiles: 2\n")
+	// ~8 MiB of numbered lines (each 64 bytes + newline), then a marker.
+	const lines = 130000
+	// The logger prunes old files in the background after each rotation:
+	// the task lingers a moment so that the last pruning is not cut short.
+	e.launch(e.spec("loud", "sh", "-c", fmt.Sprintf("seq -w 1 %d | sed 's/$/ %s/'; echo last-line-marker; sleep 1", lines, strings.Repeat("x", 56))))
+	wantState(t, e.waitFinal("loud"), stFinished, task.ReasonCompleted, 0)
+	e.assertNoLeftovers()
+
+	dir := filepath.Join(e.dir, "logs", "loud")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var total int64
+		var sizes []string
+		tooBig := false
+		for _, en := range entries {
+			fi, err := en.Info()
+			if err != nil {
+				continue // removed by rotation meanwhile
+			}
+			total += fi.Size()
+			sizes = append(sizes, fmt.Sprintf("%s=%d", en.Name(), fi.Size()))
+			tooBig = tooBig || fi.Size() > 1<<20
+		}
+		if tooBig {
+			t.Fatalf("a log file outgrew 1 MiB: %v", sizes)
+		}
+		// The current file plus maxFiles backups (one more if the last
+		// pruning was cut short); most of the 8 MiB written is dropped.
+		if len(entries) >= 2 && len(entries) <= 4 && total <= 4<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log files %v (total %d bytes), want 2-4 files within 4 MiB", sizes, total)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	out, err := e.cli("task", "logs", "loud", "--tail", "2")
+	if err != nil || !strings.Contains(out, "last-line-marker") || !strings.Contains(out, fmt.Sprint(lines)) {
+		t.Fatalf("tail of the rotated log: %v %q", err, out)
+	}
+}
+
+// TestAgentHalfCreatedTaskCleanedAfterRestart: the agent dies while a task
+// is still being prepared, after containerd already holds a container for
+// it (a create the agent never got to record). The next agent gives the
+// task its final state and removes the container, snapshot and mounts.
+func TestAgentHalfCreatedTaskCleanedAfterRestart(t *testing.T) {
+	begin(t)
+	// A registry that accepts connections and never answers keeps the
+	// image pull, and so the task, in Preparing.
+	hang, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	var mu sync.Mutex
+	t.Cleanup(func() {
+		hang.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	go func() {
+		for {
+			c, err := hang.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	e := newAgentEnv(t, "--plain-http-registry", hang.Addr().String())
+	s := e.spec("half", "sleep", "1000")
+	s.Image = hang.Addr().String() + "/busybox:latest"
+	e.launch(s)
+	e.waitState("half", agentv1.TaskState_TASK_STATE_PREPARING, 30*time.Second)
+	e.launch(e.spec("steady", "sleep", "1000"))
+	pid := e.waitState("steady", stRunning, 60*time.Second).GetPid()
+	if tk := e.get("half"); tk.GetState() != agentv1.TaskState_TASK_STATE_PREPARING {
+		t.Fatalf("half = %s, want it stuck in Preparing", tk.GetState())
+	}
+
+	e.kill9()
+	// What a create that reached containerd but not the agent's records
+	// leaves: a container labelled as the task's.
+	e.plantOrphan("half")
+	e.start()
+
+	tk := e.waitFinal("half")
+	if tk.GetState() != agentv1.TaskState_TASK_STATE_LOST || tk.GetReason() != string(task.ReasonAgentRestartLost) {
+		t.Fatalf("half = %s/%s (%s), want Lost/AgentRestartLost", tk.GetState(), tk.GetReason(), tk.GetMessage())
+	}
+	e.waitNoContainer("half")
+	if tk := e.get("steady"); tk.GetState() != stRunning || tk.GetPid() != pid {
+		t.Fatalf("steady after restart: %s pid %d, want Running pid %d", tk.GetState(), tk.GetPid(), pid)
+	}
+	e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: "steady"})
+	e.waitFinal("steady")
+	e.assertNoLeftovers()
 }
