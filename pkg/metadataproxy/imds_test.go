@@ -268,3 +268,28 @@ func TestRequestMetrics(t *testing.T) {
 		t.Fatalf("latency series = %d, want 3 classes", n)
 	}
 }
+
+func TestAgentWideRequireV2(t *testing.T) {
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	st := &fakeSTS{now: clk.now, life: time.Hour}
+	s, err := New(context.Background(), Config{KeyPath: filepath.Join(t.TempDir(), "key.pem"), STS: st, Now: clk.now, RequireV2: true,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tv := testView(s, st, clk, "task-1", "") // the task itself does not ask for v2
+	_, tok := serve(s, tv, http.MethodPut, "/latest/api/token", map[string]string{hdrTokenTTL: "21600"})
+	for _, c := range []struct {
+		name string
+		hdr  map[string]string
+		code int
+	}{
+		{"v1", nil, 401},
+		{"bad token", map[string]string{hdrToken: "x.y"}, 401},
+		{"v2", map[string]string{hdrToken: tok}, 200},
+	} {
+		if code, _ := serve(s, tv, http.MethodGet, "/latest/meta-data/instance-id", c.hdr); code != c.code {
+			t.Errorf("%s: %d, want %d", c.name, code, c.code)
+		}
+	}
+}

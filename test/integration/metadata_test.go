@@ -481,9 +481,22 @@ func TestMetadataTaskScopedIMDSAndCredentials(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	// Tokens were signed with the old agent's key: refused now, and a new
-	// one works.
+	// one works, over IPv6 too.
 	if code, _ := get(t, cb, "/latest/meta-data/instance-id", hdrB); code != 401 {
 		t.Fatalf("B's token from before the restart: %d, want 401", code)
+	}
+	if code, tok := putToken(t, cb, "60", nil); code != 200 {
+		t.Fatalf("token for B after the restart: %d", code)
+	} else {
+		req, _ := http.NewRequest(http.MethodGet, "http://[fd00:ec2::254]/latest/meta-data/instance-id", nil)
+		req.Header.Set("X-aws-ec2-metadata-token", tok)
+		resp, err := cb.Do(req)
+		if err != nil {
+			t.Fatalf("IPv6 in B after the restart: %v", err)
+		}
+		if body := readAll(resp.Body); resp.StatusCode != 200 || body != "task-b" {
+			t.Fatalf("IPv6 in B after the restart: %d %q", resp.StatusCode, body)
+		}
 	}
 	// STS down: cached credentials are still served.
 	moto.Proc.Stop()
