@@ -3,11 +3,13 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"errors"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/metadataproxy"
 )
 
 // VPCOperator is the operator's view of the network provider.
@@ -63,6 +65,11 @@ func (s *Server) MetadataGet(ctx context.Context, req *agentv1.MetadataGetReques
 		return nil, toStatus(err)
 	}
 	code, body, ct, err := s.Metadata.Get(ctx, req.GetTaskId(), req.GetPath())
+	if errors.Is(err, metadataproxy.ErrUnknownTask) {
+		// A task without a netns (or not yet or no longer running) has no
+		// metadata service.
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
 	if err != nil {
 		return nil, toStatus(err)
 	}

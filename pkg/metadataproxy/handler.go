@@ -4,7 +4,6 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"path"
 	"slices"
@@ -334,5 +333,3 @@ func shortID(s string) string {
 	}
 	return s
 }
-
-var errUnknownTask = errors.New("no metadata listener for that task")

@@ -510,6 +510,10 @@ func TestMetadataTaskScopedIMDSAndCredentials(t *testing.T) {
 	e.waitFinal("task-b")
 	e.assertNoLeftovers()
 	e.assertNoNetworkLeftovers()
+	// A finished task has no metadata service any more: a clear error.
+	if out, err := e.cli("metadata", "get", "task-a", "/latest/meta-data/instance-id"); err == nil || !strings.Contains(out, "no metadata listener") {
+		t.Fatalf("metadata get for a finished task: %v %q", err, out)
+	}
 }
 
 // floodFromA opens 10,000 connections at once from inside A's netns, each
