@@ -41,7 +41,7 @@ type ec2Bed struct {
 	nextNet int
 }
 
-func newEC2Bed(t *testing.T) *ec2Bed {
+func newEC2Bed(t *testing.T, instanceType string) *ec2Bed {
 	t.Helper()
 	moto := testenv.StartMoto(t)
 	bed := &ec2Bed{proxy: testenv.StartFaultProxy(t, moto.Endpoint), dir: t.TempDir()}
@@ -58,8 +58,8 @@ func newEC2Bed(t *testing.T) *ec2Bed {
 		*dst = aws.ToString(out.GroupId)
 	}
 	netnsOfFabric = bed.hv.Fabric
-	bed.a = bed.hv.AddHost(t, "us-east-1a", "t3.small")
-	bed.b = bed.hv.AddHost(t, "us-east-1b", "t3.small")
+	bed.a = bed.hv.AddHost(t, "us-east-1a", instanceType)
+	bed.b = bed.hv.AddHost(t, "us-east-1b", instanceType)
 	t.Cleanup(func() {
 		for _, err := range bed.hv.Errors() {
 			t.Errorf("hypervisor: %v", err)
@@ -293,11 +293,20 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() (bool
 // warm minimum of free IPs, and the provider holds no allocation.
 func (bed *ec2Bed) onlyWarmPool(t *testing.T, host *testenv.SimHost, p *vpc.EC2Provider) {
 	t.Helper()
-	waitFor(t, "only the warm pool left on "+host.Name, 20*time.Second, func() (bool, string) {
-		m := bed.motoENIs(t, host)
+	bed.onlyWarmPoolOf(t, host, func() int {
 		allocs, _ := p.Allocations(context.Background())
-		if len(allocs) != 0 || len(m) != 1 {
-			return false, fmt.Sprintf("moto %v, allocations %d", m, len(allocs))
+		return len(allocs)
+	})
+}
+
+// onlyWarmPoolOf is onlyWarmPool for any holder of allocations (an agent).
+func (bed *ec2Bed) onlyWarmPoolOf(t *testing.T, host *testenv.SimHost, allocations func() int) {
+	t.Helper()
+	waitFor(t, "only the warm pool left on "+host.Name, 30*time.Second, func() (bool, string) {
+		m := bed.motoENIs(t, host)
+		n := allocations()
+		if n != 0 || len(m) != 1 {
+			return false, fmt.Sprintf("moto %v, allocations %d", m, n)
 		}
 		for _, v := range m {
 			return strings.HasPrefix(v, bed.sg1+" [") && strings.Count(v, ".") == 3, fmt.Sprint(m)
@@ -308,7 +317,7 @@ func (bed *ec2Bed) onlyWarmPool(t *testing.T, host *testenv.SimHost, p *vpc.EC2P
 
 func TestVPCEC2(t *testing.T) {
 	begin(t)
-	bed := newEC2Bed(t)
+	bed := newEC2Bed(t, "t3.small")
 	ctx := context.Background()
 	pa := bed.provider(t, bed.a, "a.json")
 	pb := bed.provider(t, bed.b, "b.json")

@@ -22,7 +22,11 @@ type FaultProxy struct {
 	faults   map[string]float64 // action ("" = every action) → fraction throttled
 	injected map[string]int
 	seen     map[string]int
+	params   map[string][]url.Values // action → parameters of calls forwarded
 }
+
+// maxRecorded bounds the parameters kept per action.
+const maxRecorded = 1000
 
 const throttleBody = `<?xml version="1.0" encoding="UTF-8"?>
 <Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>`
@@ -38,7 +42,7 @@ func StartFaultProxy(t TB, upstream string) *FaultProxy {
 	if err != nil {
 		t.Fatalf("fault proxy listen: %v", err)
 	}
-	f := &FaultProxy{URL: "http://" + l.Addr().String(), faults: map[string]float64{}, injected: map[string]int{}, seen: map[string]int{}}
+	f := &FaultProxy{URL: "http://" + l.Addr().String(), faults: map[string]float64{}, injected: map[string]int{}, seen: map[string]int{}, params: map[string][]url.Values{}}
 	rp := httputil.NewSingleHostReverseProxy(u)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
@@ -50,6 +54,7 @@ func StartFaultProxy(t TB, upstream string) *FaultProxy {
 			_, _ = io.WriteString(w, throttleBody)
 			return
 		}
+		f.recordParams(action, r, body)
 		rp.ServeHTTP(w, r)
 	})}
 	go func() { _ = srv.Serve(l) }()
@@ -65,6 +70,29 @@ func actionOf(r *http.Request, body []byte) string {
 		return v.Get("Action")
 	}
 	return ""
+}
+
+func (f *FaultProxy) recordParams(action string, r *http.Request, body []byte) {
+	v, err := url.ParseQuery(string(body))
+	if err != nil {
+		return
+	}
+	for k, vs := range r.URL.Query() {
+		v[k] = append(v[k], vs...)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.params[action]) < maxRecorded {
+		f.params[action] = append(f.params[action], v)
+	}
+}
+
+// Params returns the parameters of the calls of action that were forwarded
+// upstream (what EC2 was asked, including what moto ignores).
+func (f *FaultProxy) Params(action string) []url.Values {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]url.Values(nil), f.params[action]...)
 }
 
 // Throttle makes fraction (0..1) of calls to action fail with
