@@ -126,6 +126,29 @@ type IsolationConfig struct {
 	InitPath string `json:"initPath"`
 	// DiskDir holds per-task quota'd filesystems.
 	DiskDir string `json:"diskDir"`
+	// CPUSet pins every task to these CPUs ("2-3"); empty means any.
+	CPUSet string `json:"cpuSet"`
+	// OOMScoreAdj of tasks' processes, so they die before the agent
+	// (whose unit runs at -900); 0 means isolation.DefaultOOMScoreAdj.
+	OOMScoreAdj int `json:"oomScoreAdj"`
+	// AllowedHostPaths may be bind-mounted into tasks that ask through the
+	// titus.isolation/host-mounts label; nothing else of the host is.
+	AllowedHostPaths []string `json:"allowedHostPaths"`
+	// AllowedDevices may be given to tasks that ask through the
+	// titus.isolation/devices label.
+	AllowedDevices []string `json:"allowedDevices"`
+	// UserNamespaces are the host IDs for tasks that ask for their own
+	// user namespace (label titus.isolation/user-namespace).
+	UserNamespaces UserNamespacesConfig `json:"userNamespaces"`
+}
+
+// UserNamespacesConfig: task i of at most MaxTasks gets host IDs
+// [HostIDBase + i*IDsPerTask, HostIDBase + (i+1)*IDsPerTask).
+// HostIDBase 0 disables user namespaces.
+type UserNamespacesConfig struct {
+	HostIDBase uint32 `json:"hostIDBase"`
+	IDsPerTask uint32 `json:"idsPerTask"`
+	MaxTasks   uint32 `json:"maxTasks"`
 }
 
 // SchedulerConfig is the link to the central scheduler.
@@ -151,7 +174,7 @@ func DefaultConfig() Config {
 		Containerd:    ContainerdConfig{Address: "/run/containerd/containerd.sock", Namespace: "titus"},
 		Network:       NetworkConfig{Provider: "none", NetNSDir: "/run/titus-agent/netns", Local: LocalNetConfig{CIDR: "198.19.255.0/24", Bridge: "titus-br0"}},
 		Metadata:      MetadataConfig{Enabled: true},
-		Isolation:     IsolationConfig{InitPath: "/usr/bin/tini-static", DiskDir: "/var/lib/titus-agent/disks"},
+		Isolation:     defaultIsolation(),
 		MetricsListen: "127.0.0.1:9101",
 		Scheduler:     SchedulerConfig{InstanceType: "local", Zone: "local-1a", NetworkMbps: 1000},
 		MaxTasks:      5000,
@@ -219,6 +242,7 @@ func (c *Config) Validate() error {
 	if c.MaxTasks < 1 {
 		errs = append(errs, errors.New("maxTasks: must be at least 1"))
 	}
+	errs = append(errs, c.Isolation.validate())
 	return errors.Join(errs...)
 }
 

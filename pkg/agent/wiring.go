@@ -29,6 +29,7 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 		return nil, fmt.Errorf("disk quota: %w", err)
 	}
 	log.Info("disk quota backend", "backend", disks.Backend(), "dir", cfg.Isolation.DiskDir)
+	enableUserNS(cfg, disks, log)
 	second = append(second, &taskrunner.DiskHook{Disks: disks, Images: rt, LogDir: cfg.LogDir, KeepLogBytes: int64(cfg.Logs.MaxSizeMiB) << 20})
 	w.reconcilers = append(w.reconcilers, reconcileFunc(func(ctx context.Context, keep map[string]bool) error {
 		reaped, err := disks.Reap(ctx, keep)
@@ -42,7 +43,7 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 		return nil, fmt.Errorf("network: %w", err)
 	}
 
-	iso := isolation.Options{InitPath: cfg.Isolation.InitPath}
+	iso := isolationOptions(cfg.Isolation)
 	container := &taskrunner.ContainerHook{Runtime: rt, SpecOpts: func(s *task.Spec) []oci.SpecOpts { return isolation.SpecOpts(s, iso) }}
 	w.stages = [][]taskrunner.PrestartHook{first}
 	if len(second) > 0 {

@@ -10,7 +10,9 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 )
@@ -39,6 +41,9 @@ type Disk struct {
 	RootfsPath string
 	// LogDir is a directory on the quota'd filesystem for the task's logs.
 	LogDir string
+	// UserNS is the task's own user namespace (Disks.SetupUserNS): its
+	// root filesystem's layers are ID-mapped onto it.
+	UserNS *UserNS
 }
 
 // DiskQuota makes per-task size-limited directories. Every method is
@@ -66,6 +71,9 @@ type Disks struct {
 	Quota DiskQuota
 	dir   string
 	sys   system
+
+	mu  sync.Mutex // user namespace assignment
+	ids *IDRanges  // nil: no user namespaces
 }
 
 // NewDisks keeps its state under dir and picks the backend: XFS project
@@ -89,6 +97,26 @@ func NewDisks(dir string) (*Disks, error) {
 
 func newDisks(q DiskQuota, dir string, sys system) *Disks {
 	return &Disks{Quota: q, dir: dir, sys: sys}
+}
+
+// EnableUserNS lets SetupUserNS give tasks user namespaces from r. The
+// disk directory is made searchable (not readable) by others, and every
+// directory above it must be: a task's unprivileged root has to pass them
+// to reach its root filesystem.
+func (d *Disks) EnableUserNS(r IDRanges) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	if err := os.Chmod(d.dir, 0o711); err != nil {
+		return fmt.Errorf("user namespaces: %w", err)
+	}
+	if err := traversable(d.dir); err != nil {
+		return fmt.Errorf("user namespaces: %w", err)
+	}
+	d.mu.Lock()
+	d.ids = &r
+	d.mu.Unlock()
+	return nil
 }
 
 // Backend names the quota backend in use.
@@ -143,6 +171,18 @@ func (d *Disks) rootfsPath(taskID string) string { return filepath.Join(d.dir, "
 // Setup creates the task's disk of sizeMiB and mounts its root filesystem
 // over lowerDirs (top layer first). Calling it again returns the same disk.
 func (d *Disks) Setup(ctx context.Context, taskID string, sizeMiB int64, lowerDirs []string) (*Disk, error) {
+	return d.setup(ctx, taskID, sizeMiB, lowerDirs, false)
+}
+
+// SetupUserNS is Setup for a task in its own user namespace: the task gets
+// a range of host IDs no other task has (Disk.UserNS), its upper directory
+// belongs to that range's root and the image's layers are ID-mapped onto
+// it, so the task's root owns its files without being root on the host.
+func (d *Disks) SetupUserNS(ctx context.Context, taskID string, sizeMiB int64, lowerDirs []string) (*Disk, error) {
+	return d.setup(ctx, taskID, sizeMiB, lowerDirs, true)
+}
+
+func (d *Disks) setup(ctx context.Context, taskID string, sizeMiB int64, lowerDirs []string, userNS bool) (*Disk, error) {
 	if err := checkTaskID(taskID); err != nil {
 		return nil, err
 	}
@@ -161,17 +201,73 @@ func (d *Disks) Setup(ctx context.Context, taskID string, sizeMiB int64, lowerDi
 			return disk, fmt.Errorf("rootfs: %w", err)
 		}
 	}
+	if userNS {
+		if disk.UserNS, err = d.assignUserNS(taskID, upper, work); err != nil {
+			return disk, fmt.Errorf("rootfs: %w", err)
+		}
+	}
 	mounted, err := d.sys.Mounted(disk.RootfsPath)
 	if err != nil {
 		return disk, fmt.Errorf("rootfs: %w", err)
 	}
 	if !mounted {
-		opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lowerDirs, ":"), upper, work)
-		if _, err := d.sys.Run(ctx, "mount", "-t", "overlay", "-o", opts, "overlay", disk.RootfsPath); err != nil {
+		m := mount.Mount{Type: "overlay", Source: "overlay", Options: []string{
+			"lowerdir=" + strings.Join(lowerDirs, ":"), "upperdir=" + upper, "workdir=" + work,
+		}}
+		if u := disk.UserNS; u != nil {
+			m.Options = append(m.Options, "uidmap="+idmapOption(u.UIDMap), "gidmap="+idmapOption(u.GIDMap))
+		}
+		if err := d.sys.Mount(m, disk.RootfsPath); err != nil {
 			return disk, fmt.Errorf("rootfs overlay: %w", err)
 		}
 	}
 	return disk, nil
+}
+
+// assignUserNS gives the task the user namespace its upper directory
+// already belongs to, or a free one, and hands it the upper and work
+// directories. The owner of each task's upper directory records its range,
+// so assignments survive an agent restart. Both backends keep a task's disk
+// at <dir>/mnt/<task>.
+func (d *Disks) assignUserNS(taskID, upper, work string) (*UserNS, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ids == nil {
+		return nil, ErrUserNSUnavailable
+	}
+	r := *d.ids
+	slot, ok := uint32(0), false
+	if uid, err := ownerUID(upper); err == nil {
+		slot, ok = r.slotOf(uid)
+	}
+	if !ok {
+		others, err := filepath.Glob(filepath.Join(d.dir, "mnt", "*", "upper"))
+		if err != nil {
+			return nil, err
+		}
+		used := map[uint32]bool{}
+		for _, p := range others {
+			if filepath.Base(filepath.Dir(p)) == taskID {
+				continue
+			}
+			if uid, err := ownerUID(p); err == nil {
+				if s, ok := r.slotOf(uid); ok {
+					used[s] = true
+				}
+			}
+		}
+		if slot, err = r.pick(taskID, used); err != nil {
+			return nil, err
+		}
+	}
+	u := r.userNS(slot)
+	root := int(u.HostRoot())
+	for _, p := range []string{work, upper} { // upper last: it records the assignment
+		if err := os.Lchown(p, root, root); err != nil {
+			return nil, fmt.Errorf("user namespace: %w", err)
+		}
+	}
+	return u, nil
 }
 
 // Teardown unmounts the task's root filesystem and removes its disk. The

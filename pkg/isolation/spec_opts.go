@@ -34,9 +34,9 @@ const (
 const (
 	// LabelHostMounts is a comma-separated list of "src:dst[:rw]" bind
 	// mounts (read-only unless ":rw").
-	LabelHostMounts = "titus.agent/host-mounts"
+	LabelHostMounts = "titus.isolation/host-mounts"
 	// LabelDevices is a comma-separated list of host device paths.
-	LabelDevices = "titus.agent/devices"
+	LabelDevices = "titus.isolation/devices"
 )
 
 // ErrNotAllowed is returned (wrapped) when a task asks for a host path or

@@ -9,13 +9,17 @@ import (
 	"os/exec"
 	"strings"
 
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/moby/sys/mountinfo"
 )
 
 // system is the host side of the disk backends: commands (mkfs, mount,
-// losetup, xfs_quota) and the mount table. Fakes record the calls.
+// losetup, xfs_quota), in-process mounts (overlays, which may need
+// ID-mapped layers that mount(8) cannot make) and the mount table. Fakes
+// record the calls.
 type system interface {
 	Run(ctx context.Context, name string, args ...string) ([]byte, error)
+	Mount(m mount.Mount, target string) error
 	Mounted(path string) (bool, error)
 }
 
@@ -30,6 +34,13 @@ func (hostSystem) Run(ctx context.Context, name string, args ...string) ([]byte,
 		return out.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
 	}
 	return out.Bytes(), nil
+}
+
+func (hostSystem) Mount(m mount.Mount, target string) error {
+	if err := m.Mount(target); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", m.Type, target, err)
+	}
+	return nil
 }
 
 func (hostSystem) Mounted(path string) (bool, error) {

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+
+	"github.com/containerd/containerd/v2/core/mount"
 )
 
 // fakeSystem records commands and keeps a pretend mount table: "mount ...
@@ -45,6 +47,12 @@ func (f *fakeSystem) Run(_ context.Context, name string, args ...string) ([]byte
 		}
 	}
 	return nil, nil
+}
+
+// Mount is recorded as the mount(8) command line it stands for.
+func (f *fakeSystem) Mount(m mount.Mount, target string) error {
+	_, err := f.Run(context.Background(), "mount", "-t", m.Type, "-o", strings.Join(m.Options, ","), m.Source, target)
+	return err
 }
 
 func (f *fakeSystem) Mounted(path string) (bool, error) {

@@ -21,6 +21,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
@@ -112,11 +113,18 @@ func (e *isoEnv) startWith(t *testing.T, spec task.Spec, netnsPath string, o iso
 		if err != nil {
 			t.Fatalf("image view: %v", err)
 		}
-		d, err := e.disks.Setup(ctx, spec.ID, spec.Resources.DiskMiB, lowers)
+		setup := e.disks.Setup
+		if spec.Labels[isolation.LabelUserNS] == "true" {
+			setup = e.disks.SetupUserNS
+		}
+		d, err := setup(ctx, spec.ID, spec.Resources.DiskMiB, lowers)
 		if err != nil {
 			t.Fatalf("disk setup: %v", err)
 		}
 		it.cs.RootfsPath = d.RootfsPath
+		if d.UserNS != nil {
+			it.cs.SpecOpts = append(it.cs.SpecOpts, isolation.WithUserNS(d.UserNS))
+		}
 	}
 	if err := e.rt.Create(ctx, it.cs); err != nil {
 		t.Fatalf("create %s: %v", spec.ID, err)
@@ -183,6 +191,7 @@ func TestIsolation(t *testing.T) {
 	t.Run("InitReapsZombies", func(t *testing.T) { testInitReapsZombies(t, e) })
 	t.Run("InitForwardsSIGTERM", func(t *testing.T) { testInitForwardsSIGTERM(t, e) })
 	t.Run("DiskQuota", func(t *testing.T) { testDiskQuota(t, e) })
+	t.Run("UserNamespacePerTask", func(t *testing.T) { testUserNS(t, e) })
 	t.Run("OOMKilled", func(t *testing.T) { testOOM(t, e) })
 	t.Run("CPULimit", func(t *testing.T) { testCPULimit(t, e) })
 	t.Run("ForkBomb", func(t *testing.T) { testForkBomb(t, e) })
@@ -344,6 +353,61 @@ func testDiskQuota(t *testing.T, e *isoEnv) {
 	}
 	e.teardown(t, it)
 	assertNoDiskLeftovers(t, e, spec.ID)
+}
+
+// testUserNS runs two tasks that asked for a user namespace: each is root
+// inside, owns its root filesystem, and is a different unprivileged user
+// on the host; the files it writes belong to that user.
+func testUserNS(t *testing.T, e *isoEnv) {
+	const base, size = 1 << 24, 65536
+	if err := e.disks.EnableUserNS(isolation.IDRanges{Base: base, Size: size, Count: 64}); err != nil {
+		t.Fatal(err)
+	}
+	const script = `read -r inside host n </proc/self/uid_map; echo "map $inside $host $n"; echo "uid $(id -u)"; ` +
+		`echo hi > /etc/owned && stat -c 'owner %n %u:%g' /bin/busybox /etc/owned; (unshare -m true) 2>&1; echo "unshare=$?"; echo done; exec sleep 60`
+	hostRoots := map[uint64]string{}
+	var its []*isoTask
+	for i := range 2 {
+		spec := task.Spec{ID: isoID(fmt.Sprintf("userns%d", i)), Command: sh(script),
+			Labels: map[string]string{isolation.LabelUserNS: "true"}, Resources: task.Resources{DiskMiB: 32, Pids: 32}}
+		it := e.start(t, spec, "")
+		its = append(its, it)
+		eventually(t, spec.ID+" done", func() bool { return strings.Contains(e.readOutput(spec.ID), "done") })
+		out := e.output(t, spec.ID)
+		var inside, host, n uint64
+		if _, err := fmt.Sscanf(out[strings.Index(out, "map "):], "map %d %d %d", &inside, &host, &n); err != nil {
+			t.Fatalf("%s: uid_map: %v\n%s", spec.ID, err, out)
+		}
+		if inside != 0 || host < base || (host-base)%size != 0 || n != size {
+			t.Errorf("%s: uid_map 0→%d×%d (inside %d), want root mapped onto a range of %d from %d", spec.ID, host, n, inside, size, base)
+		}
+		if other, dup := hostRoots[host]; dup {
+			t.Errorf("%s and %s share host root %d", other, spec.ID, host)
+		}
+		hostRoots[host] = spec.ID
+		// The image's files (ID-mapped lower layers) and its own are root's.
+		for _, want := range []string{"uid 0\n", "owner /bin/busybox 0:0\n", "owner /etc/owned 0:0\n", "unshare=1"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s: output lacks %q:\n%s", spec.ID, want, out)
+			}
+		}
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", it.pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("\nUid:\t%d\t%d\t%d\t%d\n", host, host, host, host); !strings.Contains(string(status), want) {
+			t.Errorf("%s: host view of its init lacks %q:\n%s", spec.ID, want, status)
+		}
+		var st syscall.Stat_t
+		owned := filepath.Join(e.diskDir, "mnt", spec.ID, "upper", "etc", "owned")
+		if err := syscall.Stat(owned, &st); err != nil || uint64(st.Uid) != host {
+			t.Errorf("%s: %s owned by %d (%v), want host uid %d", spec.ID, owned, st.Uid, err, host)
+		}
+	}
+	for _, it := range its {
+		e.teardown(t, it)
+		assertNoDiskLeftovers(t, e, it.spec.ID)
+	}
 }
 
 func testOOM(t *testing.T, e *isoEnv) {
@@ -807,4 +871,76 @@ type zeros struct{}
 func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
+}
+
+// TestAgentUserNamespaceAndHostPaths: through the agent, a task labelled
+// for a user namespace runs as root inside and an unprivileged range
+// outside; a task without the label keeps the host's IDs; asking without a
+// disk is refused as an invalid spec. Host paths: only the allowlisted one
+// is mounted (read-only), anything else is refused as an invalid spec.
+func TestAgentUserNamespaceAndHostPaths(t *testing.T) {
+	begin(t)
+	// The disk dir's parents must be searchable by the tasks' roots.
+	parent, err := os.MkdirTemp("", "titus-userns-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(parent) })
+	if err := os.Chmod(parent, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	shared := filepath.Join(parent, "shared")
+	if err := os.MkdirAll(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(shared, "hello"), []byte("from-the-host\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := newAgentEnvConfig(t, "isolation:\n  diskDir: "+filepath.Join(parent, "disks")+"\n  allowedHostPaths: ["+shared+"]\n")
+	label := map[string]string{isolation.LabelUserNS: "true"}
+
+	mounted := e.spec("hostpath", "sh", "-c", "cat /data/hello; echo x > /data/hello || echo read-only")
+	mounted.Labels = map[string]string{isolation.LabelHostMounts: shared + ":/data"}
+	refused := e.spec("etc", "true")
+	refused.Labels = map[string]string{isolation.LabelHostMounts: "/etc:/data"}
+	device := e.spec("dev", "true")
+	device.Labels = map[string]string{isolation.LabelDevices: "/dev/sda"}
+	for _, s := range []*agentv1.TaskSpec{mounted, refused, device} {
+		e.launch(s)
+	}
+	wantState(t, e.waitFinal("hostpath"), stFinished, task.ReasonCompleted, 0)
+	if out, _ := e.cli("task", "logs", "hostpath"); !strings.Contains(out, "from-the-host") || !strings.Contains(out, "read-only") {
+		t.Errorf("allowlisted host path: %q, want its file readable and not writable", out)
+	}
+	for _, id := range []string{"etc", "dev"} {
+		if tk := e.waitFinal(id); tk.GetState() != stFailed || tk.GetReason() != string(task.ReasonInvalidSpec) || !strings.Contains(tk.GetMessage(), "not allowed") {
+			t.Errorf("%s = %s/%s (%s), want Failed/InvalidSpec, not allowed", id, tk.GetState(), tk.GetReason(), tk.GetMessage())
+		}
+	}
+
+	ns := e.spec("ns", "sh", "-c", "cat /proc/self/uid_map; echo uid=$(id -u); echo x > /etc/mine && stat -c owner=%u /etc/mine")
+	ns.Labels, ns.Resources.DiskMib = label, 32
+	plain := e.spec("plain", "cat", "/proc/self/uid_map")
+	nodisk := e.spec("nodisk", "true")
+	nodisk.Labels = label
+	for _, s := range []*agentv1.TaskSpec{ns, plain, nodisk} {
+		e.launch(s)
+	}
+	wantState(t, e.waitFinal("ns"), stFinished, task.ReasonCompleted, 0)
+	wantState(t, e.waitFinal("plain"), stFinished, task.ReasonCompleted, 0)
+	if tk := e.waitFinal("nodisk"); tk.GetState() != stFailed || tk.GetReason() != string(task.ReasonInvalidSpec) {
+		t.Errorf("user namespace without a disk = %s/%s (%s), want Failed/InvalidSpec", tk.GetState(), tk.GetReason(), tk.GetMessage())
+	}
+	out, err := e.cli("task", "logs", "ns")
+	if err != nil {
+		t.Fatalf("logs: %v %s", err, out)
+	}
+	f := strings.Fields(out)
+	if len(f) < 3 || f[0] != "0" || f[1] == "0" || f[2] != "65536" || !strings.Contains(out, "uid=0\n") || !strings.Contains(out, "owner=0\n") {
+		t.Errorf("task in its user namespace printed %q, want root mapped onto an unprivileged range of 65536 and owning its files", out)
+	}
+	if out, err := e.cli("task", "logs", "plain"); err != nil || !strings.HasPrefix(strings.Join(strings.Fields(out), " "), "0 0 4294967295") {
+		t.Errorf("a task that asked for nothing: uid_map %q (%v), want the host's", out, err)
+	}
+	e.assertNoLeftovers()
 }

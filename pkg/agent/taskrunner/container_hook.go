@@ -2,6 +2,7 @@ package taskrunner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -10,6 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -75,6 +77,9 @@ func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime
 	}
 	if res.Disk != nil {
 		cs.RootfsPath = res.Disk.MountPath
+		if res.Disk.UserNS != nil {
+			cs.SpecOpts = append(slices.Clip(opts), isolation.WithUserNS(res.Disk.UserNS))
+		}
 	}
 	return cs
 }
@@ -93,7 +98,11 @@ func (h *ContainerHook) Prestart(ctx context.Context, req *PrestartRequest, resp
 	}
 	cs := ContainerSpec(req.Spec, req.Resources, opts)
 	if err := retryTransient(ctx, func() error { return h.Runtime.Create(ctx, cs) }); err != nil {
-		return &HookError{Hook: h.Name(), Reason: task.ReasonStartFailed, Err: fmt.Errorf("create: %w", err)}
+		reason := task.ReasonStartFailed
+		if errors.Is(err, isolation.ErrNotAllowed) {
+			reason = task.ReasonInvalidSpec // a host path or device this host does not give
+		}
+		return &HookError{Hook: h.Name(), Reason: reason, Err: fmt.Errorf("create: %w", err)}
 	}
 	resp.Container = true
 	var pid uint32

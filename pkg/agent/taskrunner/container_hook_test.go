@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -91,5 +93,25 @@ func TestContainerHook(t *testing.T) {
 	var he *HookError
 	if !errors.As(err, &he) || he.Reason != task.ReasonStartFailed || !resp.Container {
 		t.Fatalf("err = %v resp = %+v", err, resp)
+	}
+}
+
+func TestContainerSpecUserNSFromDisk(t *testing.T) {
+	spec := &task.Spec{ID: "t1", Image: "img"}
+	cs := ContainerSpec(spec, &Resources{Disk: &DiskInfo{MountPath: "/d/rootfs/t1", UserNS: testUserNS}}, nil)
+	s := &oci.Spec{Linux: &specs.Linux{}}
+	if err := oci.ApplyOpts(context.Background(), nil, &containers.Container{ID: "t1"}, s, cs.SpecOpts...); err != nil {
+		t.Fatal(err)
+	}
+	want := &specs.Linux{
+		Namespaces:  []specs.LinuxNamespace{{Type: specs.UserNamespace}},
+		UIDMappings: testUserNS.UIDMap,
+		GIDMappings: testUserNS.GIDMap,
+	}
+	if diff := cmp.Diff(want, s.Linux); diff != "" || cs.RootfsPath != "/d/rootfs/t1" {
+		t.Errorf("rootfs %q, linux (-want +got):\n%s", cs.RootfsPath, diff)
+	}
+	if plain := ContainerSpec(spec, &Resources{Disk: &DiskInfo{MountPath: "/d/rootfs/t1"}}, nil); len(plain.SpecOpts) != 0 {
+		t.Errorf("a task without a user namespace got %d extra options", len(plain.SpecOpts))
 	}
 }

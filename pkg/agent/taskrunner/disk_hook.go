@@ -2,6 +2,7 @@ package taskrunner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,12 +22,15 @@ type imageViewer interface {
 // (isolation.Disks).
 type diskSetup interface {
 	Setup(ctx context.Context, taskID string, sizeMiB int64, lowerDirs []string) (*isolation.Disk, error)
+	SetupUserNS(ctx context.Context, taskID string, sizeMiB int64, lowerDirs []string) (*isolation.Disk, error)
 	Teardown(ctx context.Context, taskID string) error
 }
 
 // DiskHook gives a task that asked for disk a root filesystem limited to
 // that size: an overlay of the image's layers over a quota'd upper
 // directory. The container then runs on it (Resources.Disk.MountPath).
+// A task labelled isolation.LabelUserNS also gets its own user namespace
+// (Resources.Disk.UserNS), which needs a disk.
 type DiskHook struct {
 	Disks  diskSetup
 	Images imageViewer
@@ -41,17 +45,25 @@ func (h *DiskHook) Name() string { return "disk" }
 
 func (h *DiskHook) Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error {
 	size := req.Spec.Resources.DiskMiB
+	userNS := req.Spec.Labels[isolation.LabelUserNS] == "true"
 	if size <= 0 {
+		if userNS {
+			return &HookError{Hook: h.Name(), Reason: task.ReasonInvalidSpec, Err: errors.New("a user namespace needs a disk quota (diskMiB)")}
+		}
 		return nil
+	}
+	setup := h.Disks.Setup
+	if userNS {
+		setup = h.Disks.SetupUserNS
 	}
 	lowers, err := h.Images.ImageView(ctx, req.Spec.ID, req.Spec.Image)
 	if err != nil {
 		return &HookError{Hook: h.Name(), Reason: task.ReasonDiskSetupFailed, Err: fmt.Errorf("image layers: %w", err)}
 	}
-	d, err := h.Disks.Setup(ctx, req.Spec.ID, size, lowers)
+	d, err := setup(ctx, req.Spec.ID, size, lowers)
 	if d != nil {
 		// Recorded even on failure, so Stop knows there is something to undo.
-		resp.Disk = &DiskInfo{Backend: d.Backend, ImagePath: d.ImagePath, MountPath: d.RootfsPath}
+		resp.Disk = &DiskInfo{Backend: d.Backend, ImagePath: d.ImagePath, MountPath: d.RootfsPath, UserNS: d.UserNS}
 	}
 	if err != nil {
 		return &HookError{Hook: h.Name(), Reason: task.ReasonDiskSetupFailed, Err: err}

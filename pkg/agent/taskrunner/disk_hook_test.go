@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/task"
@@ -35,6 +36,16 @@ func (f *fakeDisks) Setup(_ context.Context, taskID string, sizeMiB int64, lower
 	return &isolation.Disk{TaskID: taskID, Backend: isolation.BackendLoopExt4, ImagePath: "/d/t1.img", RootfsPath: "/d/rootfs/t1"}, f.setupErr
 }
 
+var testUserNS = &isolation.UserNS{
+	UIDMap: []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1 << 24, Size: 65536}},
+	GIDMap: []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1 << 24, Size: 65536}},
+}
+
+func (f *fakeDisks) SetupUserNS(_ context.Context, taskID string, sizeMiB int64, lowers []string) (*isolation.Disk, error) {
+	f.calls = append(f.calls, fmt.Sprintf("setup-userns %s %d %v", taskID, sizeMiB, lowers))
+	return &isolation.Disk{TaskID: taskID, Backend: isolation.BackendLoopExt4, ImagePath: "/d/t1.img", RootfsPath: "/d/rootfs/t1", UserNS: testUserNS}, f.setupErr
+}
+
 func (f *fakeDisks) Teardown(_ context.Context, taskID string) error {
 	f.calls = append(f.calls, "teardown "+taskID)
 	return nil
@@ -44,15 +55,19 @@ func TestDiskHook(t *testing.T) {
 	withDisk := &task.Spec{ID: "t1", Image: "img", Resources: task.Resources{DiskMiB: 100}}
 	noDisk := &task.Spec{ID: "t1", Image: "img"}
 	info := &DiskInfo{Backend: isolation.BackendLoopExt4, ImagePath: "/d/t1.img", MountPath: "/d/rootfs/t1"}
+	userNSLabel := map[string]string{isolation.LabelUserNS: "true"}
+	withUserNS := &task.Spec{ID: "t1", Image: "img", Resources: task.Resources{DiskMiB: 100}, Labels: userNSLabel}
+	nsInfo := &DiskInfo{Backend: isolation.BackendLoopExt4, ImagePath: "/d/t1.img", MountPath: "/d/rootfs/t1", UserNS: testUserNS}
 	for _, tc := range []struct {
-		name      string
-		spec      *task.Spec
-		f         *fakeDisks
-		want      []string
-		wantDisk  *DiskInfo
-		wantErr   bool
-		stopRes   *Resources
-		wantStops []string
+		name       string
+		spec       *task.Spec
+		f          *fakeDisks
+		want       []string
+		wantDisk   *DiskInfo
+		wantErr    bool
+		wantReason task.Reason
+		stopRes    *Resources
+		wantStops  []string
 	}{
 		{
 			name:      "disk asked",
@@ -68,6 +83,23 @@ func TestDiskHook(t *testing.T) {
 			spec:    noDisk,
 			f:       &fakeDisks{},
 			stopRes: &Resources{},
+		},
+		{
+			name:      "user namespace asked",
+			spec:      withUserNS,
+			f:         &fakeDisks{},
+			want:      []string{"view t1 img", "setup-userns t1 100 [/l/2 /l/1]"},
+			wantDisk:  nsInfo,
+			stopRes:   &Resources{Disk: nsInfo},
+			wantStops: []string{"teardown t1", "unview t1"},
+		},
+		{
+			name:       "user namespace without a disk is refused",
+			spec:       &task.Spec{ID: "t1", Image: "img", Labels: userNSLabel},
+			f:          &fakeDisks{},
+			wantErr:    true,
+			wantReason: task.ReasonInvalidSpec,
+			stopRes:    &Resources{},
 		},
 		{
 			name:      "view fails",
@@ -97,8 +129,12 @@ func TestDiskHook(t *testing.T) {
 				t.Fatalf("Prestart err = %v, wantErr %v", err, tc.wantErr)
 			}
 			var he *HookError
-			if err != nil && (!errors.As(err, &he) || he.Reason != task.ReasonDiskSetupFailed) {
-				t.Errorf("err = %#v, want a HookError with %s", err, task.ReasonDiskSetupFailed)
+			reason := tc.wantReason
+			if reason == "" {
+				reason = task.ReasonDiskSetupFailed
+			}
+			if err != nil && (!errors.As(err, &he) || he.Reason != reason) {
+				t.Errorf("err = %#v, want a HookError with %s", err, reason)
 			}
 			if diff := cmp.Diff(tc.want, tc.f.calls, cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("prestart calls (-want +got):\n%s", diff)

@@ -5,6 +5,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -81,6 +82,8 @@ type DiskInfo struct {
 	Backend   string `json:"backend"`
 	ImagePath string `json:"imagePath,omitempty"`
 	MountPath string `json:"mountPath"`
+	// UserNS is the task's own user namespace, if it asked for one.
+	UserNS *isolation.UserNS `json:"userNS,omitempty"`
 }
 
 // MetadataInfo records the task's metadata listener.

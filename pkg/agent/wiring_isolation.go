@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/titus-agent/titus-agent/pkg/isolation"
+)
+
+func defaultIsolation() IsolationConfig {
+	return IsolationConfig{
+		InitPath:       isolation.DefaultInitPath,
+		DiskDir:        "/var/lib/titus-agent/disks",
+		UserNamespaces: UserNamespacesConfig{HostIDBase: 1 << 24, IDsPerTask: 65536, MaxTasks: 4096},
+	}
+}
+
+func (c IsolationConfig) validate() error {
+	var errs []error
+	if c.OOMScoreAdj < -1000 || c.OOMScoreAdj > 1000 {
+		errs = append(errs, fmt.Errorf("isolation.oomScoreAdj: must be in [-1000, 1000], got %d", c.OOMScoreAdj))
+	}
+	for _, p := range append(append([]string(nil), c.AllowedHostPaths...), c.AllowedDevices...) {
+		if !filepath.IsAbs(p) {
+			errs = append(errs, fmt.Errorf("isolation: allowed host path or device %q must be absolute", p))
+		}
+	}
+	if u := c.UserNamespaces; u.HostIDBase != 0 {
+		if err := u.ranges().Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("isolation.userNamespaces: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (u UserNamespacesConfig) ranges() isolation.IDRanges {
+	return isolation.IDRanges{Base: u.HostIDBase, Size: u.IDsPerTask, Count: u.MaxTasks}
+}
+
+// isolationOptions are the host's isolation settings for every task.
+func isolationOptions(cfg IsolationConfig) isolation.Options {
+	return isolation.Options{
+		InitPath:         cfg.InitPath,
+		OOMScoreAdj:      cfg.OOMScoreAdj,
+		CPUSet:           cfg.CPUSet,
+		AllowedHostPaths: cfg.AllowedHostPaths,
+		AllowedDevices:   cfg.AllowedDevices,
+	}
+}
+
+// enableUserNS gives disks the configured user namespace ranges. Tasks'
+// unprivileged roots must pass the directories above their root
+// filesystems, so the agent's own directories between the state dir and
+// the disk dir become searchable (o+x, not readable) by others. A failure
+// only means tasks asking for a user namespace are refused.
+func enableUserNS(cfg Config, disks *isolation.Disks, log *slog.Logger) {
+	u := cfg.Isolation.UserNamespaces
+	if u.HostIDBase == 0 {
+		return
+	}
+	state, dir := filepath.Clean(cfg.StateDir), filepath.Clean(cfg.Isolation.DiskDir)
+	for p := filepath.Dir(dir); strings.HasPrefix(p+"/", state+"/"); p = filepath.Dir(p) {
+		if st, err := os.Stat(p); err == nil && st.Mode().Perm()&0o001 == 0 {
+			_ = os.Chmod(p, st.Mode().Perm()|0o001)
+		}
+		if p == state {
+			break
+		}
+	}
+	if err := disks.EnableUserNS(u.ranges()); err != nil {
+		log.Warn("user namespaces unavailable: tasks asking for one will fail", "err", err)
+		return
+	}
+	log.Info("user namespaces per task", "hostIDBase", u.HostIDBase, "idsPerTask", u.IDsPerTask, "maxTasks", u.MaxTasks)
+}

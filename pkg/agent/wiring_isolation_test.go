@@ -1,0 +1,42 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/titus-agent/titus-agent/pkg/isolation"
+)
+
+func TestIsolationConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		change  func(*IsolationConfig)
+		wantErr string
+	}{
+		{name: "defaults", change: func(*IsolationConfig) {}},
+		{name: "user namespaces off", change: func(c *IsolationConfig) { c.UserNamespaces = UserNamespacesConfig{} }},
+		{name: "oom score out of range", change: func(c *IsolationConfig) { c.OOMScoreAdj = 1001 }, wantErr: "isolation.oomScoreAdj"},
+		{name: "relative host path", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"srv"} }, wantErr: `"srv" must be absolute`},
+		{name: "ranges past 32 bits", change: func(c *IsolationConfig) { c.UserNamespaces.MaxTasks = 1 << 16 }, wantErr: "isolation.userNamespaces"},
+		{name: "no ids per task", change: func(c *IsolationConfig) { c.UserNamespaces.IDsPerTask = 0 }, wantErr: "isolation.userNamespaces"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			tc.change(&cfg.Isolation)
+			err := cfg.Validate()
+			if (err != nil) != (tc.wantErr != "") || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Errorf("Validate() = %v, want an error with %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestIsolationOptionsFromConfig(t *testing.T) {
+	cfg := IsolationConfig{InitPath: "/opt/tini", CPUSet: "1-3", OOMScoreAdj: 800, AllowedHostPaths: []string{"/srv"}, AllowedDevices: []string{"/dev/fuse"}}
+	want := isolation.Options{InitPath: "/opt/tini", CPUSet: "1-3", OOMScoreAdj: 800, AllowedHostPaths: []string{"/srv"}, AllowedDevices: []string{"/dev/fuse"}}
+	if diff := cmp.Diff(want, isolationOptions(cfg)); diff != "" {
+		t.Errorf("options (-want +got):\n%s", diff)
+	}
+}
