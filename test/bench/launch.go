@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/agent"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
@@ -83,6 +84,9 @@ func watch(ctx context.Context, a *testenv.Agent) (*eventWaiter, error) {
 	if err != nil {
 		return nil, err
 	}
+	if _, err := s.Header(); err != nil { // the agent has subscribed us
+		return nil, err
+	}
 	w := &eventWaiter{waiters: map[string]chan agentv1.TaskState{}}
 	go func() {
 		for {
@@ -121,6 +125,41 @@ func killAll(ctx context.Context, a *testenv.Agent, ids []string) {
 	for time.Now().Before(deadline) {
 		l, err := a.Client.ListTasks(ctx, &agentv1.ListTasksRequest{})
 		if err != nil || len(l.GetTasks()) == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// countRunning asks the agent how many of its tasks are Running.
+func countRunning(ctx context.Context, a *testenv.Agent) int {
+	l, err := a.Client.ListTasks(ctx, &agentv1.ListTasksRequest{})
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, tk := range l.GetTasks() {
+		if tk.GetState() == agentv1.TaskState_TASK_STATE_RUNNING {
+			n++
+		}
+	}
+	return n
+}
+
+func ratioF(a, b float64) string {
+	if b <= 0 || a < 0 {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
+}
+
+// waitTornDown waits until the agent's containerd namespace is empty, so
+// that the teardown of one round does not load the next measurement.
+func waitTornDown(ctx context.Context, c *containerd.Client, ns string) {
+	ctx = namespaces.WithNamespace(ctx, ns)
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		if cs, err := c.Containers(ctx); err == nil && len(cs) == 0 {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -184,7 +223,9 @@ func benchLaunch(tb *testenv.Standalone, n, concurrent int) {
 		tb.Fatalf("warm agent: %v", err)
 	}
 	killAll(ctx, a, []string{"warm"})
+	waitTornDown(ctx, c, agentNamespace)
 
+	idleRSS := rssMiB(a.Pid())
 	var bare, agent sample
 	var agentIDs []string
 	// Interleave so both see the same machine noise.
@@ -204,13 +245,18 @@ func benchLaunch(tb *testenv.Standalone, n, concurrent int) {
 		agentIDs = append(agentIDs, id)
 	}
 	rss := rssMiB(a.Pid())
+	running := countRunning(ctx, a)
 	fmt.Printf("\n== launch latency, %d sequential launches each (same image, same run)\n", n)
 	fmt.Printf("%-34s %10s %10s\n", "", "p50", "p99")
 	fmt.Printf("%-34s %10s %10s\n", "bare containerd create+start", ms(bare.pct(0.5)), ms(bare.pct(0.99)))
 	fmt.Printf("%-34s %10s %10s\n", "agent LaunchTask -> Running", ms(agent.pct(0.5)), ms(agent.pct(0.99)))
 	fmt.Printf("%-34s %10s %10s   (target p50 <= 1.30x)\n", "ratio agent / bare", ratio(agent.pct(0.5), bare.pct(0.5)), ratio(agent.pct(0.99), bare.pct(0.99)))
-	fmt.Printf("agent daemon RSS with %d running tasks: %.1f MiB (target < 60 MiB)\n", len(agentIDs), rss)
+	fmt.Printf("\n== agent daemon memory (VmRSS of the daemon process; shims not included)\n")
+	fmt.Printf("%-34s %10.1f MiB\n", "idle (after warm-up)", idleRSS)
+	fmt.Printf("%-34s %10.1f MiB   (target < 60 MiB)\n", fmt.Sprintf("with %d running tasks", running), rss)
+	fmt.Printf("%-34s %10s\n", "ratio loaded / idle", ratioF(rss, idleRSS))
 	killAll(ctx, a, agentIDs)
+	waitTornDown(ctx, c, agentNamespace)
 
 	// Concurrent launches.
 	var mu sync.Mutex
@@ -266,6 +312,9 @@ func benchLaunch(tb *testenv.Standalone, n, concurrent int) {
 }
 
 var agentLogLevel = "warn"
+
+// agentNamespace is the agent's default containerd namespace.
+var agentNamespace = agent.DefaultConfig().Containerd.Namespace
 
 func copyFile(src, dst string) {
 	if b, err := os.ReadFile(src); err == nil {

@@ -4,6 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +24,7 @@ import (
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	"github.com/titus-agent/titus-agent/pkg/task"
+	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
 const (
@@ -626,5 +631,79 @@ func TestAgentHalfCreatedTaskCleanedAfterRestart(t *testing.T) {
 	}
 	e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: "steady"})
 	e.waitFinal("steady")
+	e.assertNoLeftovers()
+}
+
+// authRegistry fronts the test registry with HTTP basic auth and records
+// the Authorization headers it was sent.
+type authRegistry struct {
+	srv      *httptest.Server
+	mu       sync.Mutex
+	ok, seen int
+}
+
+func newAuthRegistry(t *testing.T, upstream, user, pass string) *authRegistry {
+	a := &authRegistry{}
+	proxy := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: upstream})
+	a.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, p, has := r.BasicAuth()
+		a.mu.Lock()
+		if r.Header.Get("Authorization") != "" {
+			a.seen++
+		}
+		good := has && u == user && p == pass
+		if good {
+			a.ok++
+		}
+		a.mu.Unlock()
+		if !good {
+			w.Header().Set("WWW-Authenticate", `Basic realm="titus-test"`)
+			http.Error(w, "authentication required", http.StatusUnauthorized)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(a.srv.Close)
+	return a
+}
+
+func (a *authRegistry) host() string { return a.srv.Listener.Addr().String() }
+
+func (a *authRegistry) counts() (ok, seen int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.ok, a.seen
+}
+
+// TestAgentRegistryAuth: credentials from the config are sent to their own
+// registry only; a registry that wants credentials the agent lacks fails
+// the launch with ImagePullFailed.
+func TestAgentRegistryAuth(t *testing.T) {
+	begin(t)
+	reg := testenv.StartRegistry(t)
+	testenv.PushBusybox(t, reg, "busybox", "latest")
+	private := newAuthRegistry(t, reg.Host, "titus", "s3cret")
+	other := newAuthRegistry(t, reg.Host, "someone", "else")
+	cfg := fmt.Sprintf("registries:\n  auth:\n    %q:\n      username: titus\n      password: s3cret\n", private.host())
+	e := newAgentEnvConfig(t, cfg, "--plain-http-registry", private.host(), "--plain-http-registry", other.host())
+
+	s := e.spec("authed", "true")
+	s.Image = private.host() + "/busybox:latest"
+	e.launch(s)
+	wantState(t, e.waitFinal("authed"), stFinished, task.ReasonCompleted, 0)
+	if ok, _ := private.counts(); ok == 0 {
+		t.Fatalf("the private registry never saw the configured credentials")
+	}
+
+	s = e.spec("no-creds", "true")
+	s.Image = other.host() + "/busybox:latest"
+	e.launch(s)
+	tk := e.waitFinal("no-creds")
+	if tk.GetState() != stFailed || tk.GetReason() != string(task.ReasonImagePullFailed) {
+		t.Fatalf("no-creds = %s/%s (%s), want Failed/ImagePullFailed", tk.GetState(), tk.GetReason(), tk.GetMessage())
+	}
+	if _, seen := other.counts(); seen != 0 {
+		t.Fatalf("credentials were sent to a registry they are not configured for (%d requests)", seen)
+	}
 	e.assertNoLeftovers()
 }
