@@ -13,19 +13,20 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/schedtls"
 )
 
 var opts struct {
 	addr    string
 	timeout time.Duration
 	output  string
+	tls     schedtls.Files
 }
 
 func newRootCmd() *cobra.Command {
@@ -39,6 +40,10 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&opts.addr, "addr", "127.0.0.1:7400", "scheduler address(es), comma-separated; the leader is found among them")
 	pf.DurationVar(&opts.timeout, "timeout", 30*time.Second, "give up after this long")
 	pf.StringVarP(&opts.output, "output", "o", "table", "table or json")
+	pf.StringVar(&opts.tls.CAFile, "tls-ca", "", "dial with TLS, verifying the scheduler against this CA (PEM)")
+	pf.StringVar(&opts.tls.CertFile, "tls-cert", "", "client certificate for mutual TLS (PEM)")
+	pf.StringVar(&opts.tls.KeyFile, "tls-key", "", "private key of --tls-cert (PEM)")
+	pf.StringVar(&opts.tls.ServerName, "tls-server-name", "", "name to verify in the scheduler's certificate (default: the host dialed)")
 	root.AddCommand(newServeCmd(), newJobCmd(), newTaskCmd(), newAgentCmd())
 	return root
 }
@@ -47,10 +52,13 @@ func newRootCmd() *cobra.Command {
 func call(fn func(context.Context, schedv1.SchedulerClient) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opts.timeout)
 	defer cancel()
-	var err error
+	creds, err := opts.tls.DialOption()
+	if err != nil {
+		return err
+	}
 	for _, addr := range strings.Split(opts.addr, ",") {
 		var cc *grpc.ClientConn
-		cc, err = grpc.NewClient(strings.TrimSpace(addr), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err = grpc.NewClient(strings.TrimSpace(addr), creds)
 		if err != nil {
 			return err
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/schedtls"
 )
 
 // serveConfig is the scheduler's YAML file (docs/config.md); flags given on
@@ -32,6 +33,8 @@ type serveConfig struct {
 	MaxLaunchingPerHost int               `json:"maxLaunchingPerHost"`
 	CapacityGroups      []scheduler.Group `json:"capacityGroups"`
 	MetricsListen       string            `json:"metricsListen"`
+	// TLS of the API and agent stream: certFile, keyFile, and caFile to require client certificates.
+	TLS schedtls.Files `json:"tls"`
 }
 
 func newServeCmd() *cobra.Command {
@@ -39,6 +42,7 @@ func newServeCmd() *cobra.Command {
 		o                       scheduler.Options
 		endpoints, groups, path string
 		metricsListen           string
+		tlsFiles                schedtls.Files
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -47,7 +51,7 @@ func newServeCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f := cmd.Flags()
 			if path != "" {
-				if err := applyConfigFile(path, f.Changed, &o, &endpoints, &metricsListen); err != nil {
+				if err := applyConfigFile(path, f.Changed, &o, &endpoints, &metricsListen, &tlsFiles); err != nil {
 					return err
 				}
 			}
@@ -63,6 +67,11 @@ func newServeCmd() *cobra.Command {
 					return fmt.Errorf("%s: %w", groups, err)
 				}
 			}
+			tc, err := tlsFiles.Server()
+			if err != nil {
+				return err
+			}
+			o.TLS = tc
 			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 			reg := metrics.NewRegistry()
 			o.Metrics = metrics.NewScheduler(reg)
@@ -97,12 +106,15 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&o.MaxPendingPerGroup, "max-pending-per-group", 100_000, "queued tasks per capacity group")
 	f.IntVar(&o.MaxPendingTotal, "max-pending", 200_000, "queued tasks in total")
 	f.IntVar(&o.MaxLaunchingPerHost, "max-launching-per-host", 32, "tasks launching at once per host")
+	f.StringVar(&tlsFiles.CertFile, "tls-cert", "", "serve TLS with this certificate (PEM)")
+	f.StringVar(&tlsFiles.KeyFile, "tls-key", "", "private key of --tls-cert (PEM)")
+	f.StringVar(&tlsFiles.CAFile, "tls-client-ca", "", "require client certificates signed by this CA (PEM)")
 	f.StringVar(&metricsListen, "metrics-listen", metrics.DefaultSchedulerListen, "Prometheus endpoint (empty disables)")
 	return cmd
 }
 
 // applyConfigFile sets every option the file names and no flag overrides.
-func applyConfigFile(path string, changed func(string) bool, o *scheduler.Options, endpoints, metricsListen *string) error {
+func applyConfigFile(path string, changed func(string) bool, o *scheduler.Options, endpoints, metricsListen *string, tlsFiles *schedtls.Files) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
@@ -137,6 +149,9 @@ func applyConfigFile(path string, changed func(string) bool, o *scheduler.Option
 	str("data-dir", &o.DataDir, c.DataDir)
 	str("etcd-endpoints", endpoints, strings.Join(c.EtcdEndpoints, ","))
 	str("metrics-listen", metricsListen, c.MetricsListen)
+	str("tls-cert", &tlsFiles.CertFile, c.TLS.CertFile)
+	str("tls-key", &tlsFiles.KeyFile, c.TLS.KeyFile)
+	str("tls-client-ca", &tlsFiles.CAFile, c.TLS.CAFile)
 	num("max-pending-per-group", &o.MaxPendingPerGroup, c.MaxPendingPerGroup)
 	num("max-pending", &o.MaxPendingTotal, c.MaxPending)
 	num("max-launching-per-host", &o.MaxLaunchingPerHost, c.MaxLaunchingPerHost)

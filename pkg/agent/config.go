@@ -9,6 +9,8 @@ import (
 	"strconv"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/schedtls"
 )
 
 // Config is the agent's YAML configuration. Every key is documented in
@@ -161,6 +163,9 @@ type SchedulerConfig struct {
 	Labels       map[string]string `json:"labels"`
 	// NetworkMbps is the host's bandwidth offered to tasks.
 	NetworkMbps int64 `json:"networkMbps"`
+	// TLS of the stream: caFile verifies the scheduler, certFile/keyFile
+	// are this host's client certificate; none set = plaintext.
+	TLS schedtls.Files `json:"tls"`
 }
 
 // DefaultConfig is the configuration when no file and no flag says otherwise.
@@ -212,6 +217,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Containerd.Address == "" {
 		errs = append(errs, errors.New("containerd.address: is required"))
+	}
+	if _, err := c.Scheduler.TLS.Client(); err != nil {
+		errs = append(errs, fmt.Errorf("scheduler.tls: %w", err))
 	}
 	if c.Logs.MaxSizeMiB < 1 || c.Logs.MaxFiles < 1 {
 		errs = append(errs, errors.New("logs: maxSizeMiB and maxFiles must be at least 1"))

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
 
 	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
 	"github.com/titus-agent/titus-agent/pkg/task"
@@ -62,6 +63,12 @@ func (d *Daemon) runSchedulerLink(ctx context.Context) {
 			return true
 		},
 	}
+	creds, err := sc.TLS.DialOption()
+	if err != nil {
+		d.log.Error("scheduler link not started", "err", err)
+		return
+	}
+	cfg.DialOptions = []grpc.DialOption{creds}
 	if err := schedlink.Run(ctx, cfg, schedTasks{d.manager}); err != nil && ctx.Err() == nil {
 		d.log.Error("scheduler link ended", "err", err)
 	}

@@ -405,7 +405,7 @@ func (s *Scheduler) agentLost(a *agentState, now time.Time) {
 		a.sess.close()
 		a.sess = nil
 	}
-	s.log.Warn("agent lost", "agent", a.id, "silent", now.Sub(a.lastSeen).Round(time.Millisecond), "tasks", len(a.tasks))
+	s.log.Warn("agent lost", "agent", a.id, "silent", a.silentFor(now).Round(time.Millisecond), "tasks", len(a.tasks))
 	for _, t := range a.tasks {
 		if t.committing {
 			continue // finished (as killed) when its commit returns

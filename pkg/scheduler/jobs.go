@@ -113,9 +113,9 @@ func (s *Scheduler) SubmitJob(ctx context.Context, req *schedv1.SubmitJobRequest
 		spec.CapacityGroup = DefaultGroup
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	g := s.gstate[spec.CapacityGroup]
 	if g == nil {
+		s.mu.Unlock()
 		return nil, grpcError(fmt.Errorf("%w: capacity_group: %q is not configured", ErrUnknownGroup, spec.CapacityGroup))
 	}
 	req0 := taskResources(tmpl)
@@ -125,20 +125,33 @@ func (s *Scheduler) SubmitJob(ctx context.Context, req *schedv1.SubmitJobRequest
 		n = int(spec.GetService().GetDesired())
 	}
 	if err := s.admit(g, n, fp); err != nil {
+		s.mu.Unlock()
 		return nil, grpcError(err)
 	}
+	// Hold the job's place in the queue and quota while it is written, but
+	// not the lock: heartbeats and placement go on during the etcd round trip.
+	g.reserved = g.reserved.add(fp)
+	g.pending += n
+	s.pendingTotal += n
+	s.mu.Unlock()
+
 	id, err := uuid.NewV7()
-	if err != nil {
-		return nil, grpcError(err)
-	}
 	now := time.Now()
 	rec := &schedv1.Job{Id: id.String(), Spec: spec, State: schedv1.JobState_JOB_STATE_ACCEPTED, Created: timestamppb.New(now), Counts: &schedv1.JobCounts{}}
-	if err := s.putJob(ctx, rec); err != nil {
+	if err == nil {
+		err = s.putJob(ctx, rec)
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g.pending -= n
+	s.pendingTotal -= n
+	if err != nil {
+		g.reserved = g.reserved.sub(fp)
 		return nil, grpcError(err)
 	}
 	j := s.newJobState(rec, tmpl)
 	j.footprint = fp
-	g.reserved = g.reserved.add(fp)
 	s.jobs[rec.Id] = j
 	for _, sl := range j.slots {
 		s.enqueue(j, sl, now, now)
@@ -147,7 +160,7 @@ func (s *Scheduler) SubmitJob(ctx context.Context, req *schedv1.SubmitJobRequest
 	return &schedv1.SubmitJobResponse{JobId: rec.Id}, nil
 }
 
-// putJob writes a job record now (fenced). Callers hold s.mu.
+// putJob writes a job record now (fenced). Callers may hold s.mu.
 func (s *Scheduler) putJob(ctx context.Context, rec *schedv1.Job) error {
 	b, err := proto.Marshal(rec)
 	if err != nil {

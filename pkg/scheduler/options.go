@@ -1,10 +1,11 @@
 package scheduler
 
 import (
-	"github.com/titus-agent/titus-agent/pkg/metrics"
-
+	"crypto/tls"
 	"fmt"
 	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/metrics"
 )
 
 // Tier says how a capacity group's quota is honoured.
@@ -77,6 +78,8 @@ type Options struct {
 	TxnOps     int
 	// Metrics, if set, gets placement latency, queue depth and agents by health.
 	Metrics *metrics.Scheduler
+	// TLS, if set, secures the API and the agent stream (see schedtls).
+	TLS *tls.Config
 }
 
 func (o *Options) setDefaults() {

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
@@ -88,10 +89,17 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	}
 	s := &Scheduler{opts: opts, groups: groups, log: log, lis: lis, ready: make(chan struct{}), kick: make(chan struct{}, 1)}
 	s.leaderAddr.Store("")
-	s.srv = grpc.NewServer(
+	sopts := []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxRecvMsgSize(16<<20),
-	)
+		grpc.MaxRecvMsgSize(16 << 20),
+	}
+	if opts.TLS != nil {
+		sopts = append(sopts, grpc.Creds(credentials.NewTLS(opts.TLS)))
+	}
+	if m := opts.Metrics; m != nil {
+		sopts = append(sopts, grpc.ChainUnaryInterceptor(m.GRPC.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(m.GRPC.StreamServerInterceptor()))
+	}
+	s.srv = grpc.NewServer(sopts...)
 	schedv1.RegisterSchedulerServer(s.srv, s)
 	return s, nil
 }
@@ -268,7 +276,7 @@ func (s *Scheduler) livenessLoop(ctx context.Context) {
 		case now := <-t.C:
 			s.mu.Lock()
 			for _, a := range s.agents {
-				if !a.lost && now.Sub(a.lastSeen) > s.opts.AgentTTL {
+				if !a.lost && a.silentFor(now) > s.opts.AgentTTL {
 					s.agentLost(a, now)
 				}
 			}

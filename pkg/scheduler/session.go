@@ -81,6 +81,7 @@ func (s *Scheduler) Connect(stream schedv1.Scheduler_ConnectServer) error {
 				recvErr <- err
 				return
 			}
+			a.heard.Store(time.Now().UnixNano())
 			s.handle(a, sess, m)
 		}
 	}()

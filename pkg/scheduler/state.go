@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -26,12 +27,25 @@ type agentState struct {
 	healthy, drained     bool
 	lost                 bool
 	lastSeen             time.Time
-	failures             []time.Time
-	quarantinedUntil     time.Time
+	// heard is when the stream last delivered a message (unix ns), set
+	// without s.mu so a busy scheduler never mistakes its own delay for a
+	// silent agent.
+	heard            atomic.Int64
+	failures         []time.Time
+	quarantinedUntil time.Time
 }
 
 func newAgent(id string) *agentState {
 	return &agentState{id: id, sgSets: map[string]int{}, tasks: map[string]*taskState{}}
+}
+
+// silentFor is how long the agent has not been heard from.
+func (a *agentState) silentFor(now time.Time) time.Duration {
+	last := a.lastSeen
+	if h := a.heard.Load(); h > last.UnixNano() {
+		last = time.Unix(0, h)
+	}
+	return now.Sub(last)
 }
 
 func (a *agentState) schedulable(now time.Time) bool {

@@ -6,10 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -33,6 +36,11 @@ type Options struct {
 	Timeout time.Duration
 	// DataDir for the embedded etcd (default: a temporary directory, removed after).
 	DataDir string
+	// ElectionTTL of the scheduler's leader lease (default 15s: the run
+	// measures placement, not failover, on a machine that may be busy).
+	ElectionTTL time.Duration
+	// Log gets the scheduler's log (default: discarded).
+	Log *slog.Logger
 }
 
 // Report is what a run measured.
@@ -46,20 +54,33 @@ type Report struct {
 	HeartbeatsPerSec   float64
 	DeadAgentDetection time.Duration
 	RSSBytes           int64
+	HeapBytes          int64
+	// EtcdPutsPerSec is the baseline: raw etcd writes of task-sized records
+	// in the same transaction batching, measured in the same run.
+	EtcdPutsPerSec float64
 }
 
-// Print writes the report as a table.
+// Print writes the report as a table, with the targets of the issue and
+// placement as a ratio of the raw etcd write rate measured in the same run.
 func (r Report) Print(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "scheduler\tvalue\n")
-	fmt.Fprintf(tw, "agents / AZs / tasks\t%d / %d / %d\n", r.Agents, r.AZs, r.Tasks)
-	fmt.Fprintf(tw, "placements/s (durable commit)\t%.0f (%d in %s)\n", r.PlacementsPerSec, r.Placed, r.PlaceDuration.Round(time.Millisecond))
-	fmt.Fprintf(tw, "submit->launch p50 / p99\t%s / %s\n", r.SubmitToLaunchP50.Round(time.Millisecond), r.SubmitToLaunchP99.Round(time.Millisecond))
-	fmt.Fprintf(tw, "heartbeats absorbed/s\t%.0f\n", r.HeartbeatsPerSec)
-	fmt.Fprintf(tw, "dead agent detected after\t%s\n", r.DeadAgentDetection.Round(time.Millisecond))
-	fmt.Fprintf(tw, "RSS (scheduler+etcd+sim agents)\t%d MiB\n", r.RSSBytes>>20)
+	fmt.Fprintf(tw, "scheduler\tvalue\ttarget / baseline\n")
+	fmt.Fprintf(tw, "agents / AZs / tasks\t%d / %d / %d\t\n", r.Agents, r.AZs, r.Tasks)
+	fmt.Fprintf(tw, "raw etcd writes/s (baseline)\t%.0f\tsame records, same txn batching\n", r.EtcdPutsPerSec)
+	ratio := "n/a"
+	if r.EtcdPutsPerSec > 0 {
+		ratio = fmt.Sprintf("%.2fx of raw etcd", r.PlacementsPerSec/r.EtcdPutsPerSec)
+	}
+	fmt.Fprintf(tw, "placements/s (durable commit)\t%.0f (%d in %s)\t>= 4000; %s\n", r.PlacementsPerSec, r.Placed, r.PlaceDuration.Round(time.Millisecond), ratio)
+	fmt.Fprintf(tw, "submit->launch received p50 / p99\t%s / %s\t\n", r.SubmitToLaunchP50.Round(time.Millisecond), r.SubmitToLaunchP99.Round(time.Millisecond))
+	fmt.Fprintf(tw, "heartbeats absorbed/s\t%.0f\t%d agents at %s\n", r.HeartbeatsPerSec, r.Agents, time.Second)
+	fmt.Fprintf(tw, "dead agent detected after\t%s\t<= 15s\n", r.DeadAgentDetection.Round(time.Millisecond))
+	fmt.Fprintf(tw, "RSS / Go heap in use\t%d MiB / %d MiB\tone process: scheduler + embedded etcd + sim agents\n", r.RSSBytes>>20, r.HeapBytes>>20)
 	tw.Flush()
 }
+
+// txnOps is the most operations per etcd transaction the load run uses.
+const txnOps = 1024
 
 // Run starts a scheduler and opts.Agents simulated agents, submits
 // opts.Tasks tasks in batch jobs of up to 1000, and measures.
@@ -72,6 +93,12 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	}
 	if o.HeartbeatInterval <= 0 {
 		o.HeartbeatInterval = time.Second
+	}
+	if o.ElectionTTL <= 0 {
+		o.ElectionTTL = 15 * time.Second
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 4 * time.Minute
@@ -87,23 +114,50 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		o.DataDir = dir
 	}
 	rep := Report{Agents: o.Agents, AZs: o.AZs, Tasks: o.Tasks}
+	var err error
+	bdir := filepath.Join(o.DataDir, "baseline")
+	rep.EtcdPutsPerSec, err = EtcdBaseline(ctx, bdir, o.Tasks, txnOps)
+	os.RemoveAll(bdir)
+	if err != nil {
+		return rep, fmt.Errorf("etcd baseline: %w", err)
+	}
 	s, err := scheduler.New(scheduler.Options{
-		Listen: "127.0.0.1:0", DataDir: o.DataDir, AgentTTL: o.AgentTTL, HeartbeatInterval: o.HeartbeatInterval,
-		TxnOps: 1024, MaxPendingTotal: o.Tasks + 1, MaxPendingPerGroup: o.Tasks + 1,
-	}, slog.New(slog.DiscardHandler))
+		Listen: "127.0.0.1:0", DataDir: o.DataDir, AgentTTL: o.AgentTTL, HeartbeatInterval: o.HeartbeatInterval, ElectionTTL: o.ElectionTTL,
+		TxnOps: txnOps, MaxPendingTotal: o.Tasks + 1, MaxPendingPerGroup: o.Tasks + 1,
+	}, o.Log)
 	if err != nil {
 		return rep, err
 	}
 	sctx, scancel := context.WithCancel(ctx)
+	var exitErr atomic.Value
 	runErr := make(chan error, 1)
 	go func() { runErr <- s.Run(sctx) }()
 	defer func() { scancel(); <-runErr }()
 	select {
 	case <-s.Leading():
 	case err := <-runErr:
+		runErr <- err
 		return rep, fmt.Errorf("scheduler: %w", err)
 	case <-ctx.Done():
 		return rep, ctx.Err()
+	}
+	// A scheduler that stops (lost leadership, etcd trouble) ends the run at once.
+	go func() {
+		select {
+		case err := <-runErr:
+			runErr <- err
+			if sctx.Err() == nil {
+				exitErr.Store(fmt.Errorf("scheduler stopped: %v", err))
+				cancel()
+			}
+		case <-sctx.Done():
+		}
+	}()
+	wrap := func(err error) error {
+		if e, _ := exitErr.Load().(error); e != nil {
+			return fmt.Errorf("%w (%v)", err, e)
+		}
+		return err
 	}
 	cc, err := grpc.NewClient(s.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -153,7 +207,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		}
 	}()
 	if err := waitFor(ctx, func() bool { return connected(ctx, api) >= o.Agents }); err != nil {
-		return rep, fmt.Errorf("agents did not all register: %w", err)
+		return rep, wrap(fmt.Errorf("agents did not all register: %w", err))
 	}
 
 	// Submit every job at once, then wait for every launch to arrive.
@@ -170,12 +224,12 @@ func Run(ctx context.Context, o Options) (Report, error) {
 				Resources: &agentv1.Resources{CpuMillicores: 100, MemoryMib: 128}, Network: &agentv1.NetworkRequest{SecurityGroupIds: []string{"sg-1"}}},
 		}})
 		if err != nil {
-			return rep, fmt.Errorf("submit: %w", err)
+			return rep, wrap(fmt.Errorf("submit: %w", err))
 		}
 		submitted[resp.JobId] = at
 	}
 	if err := waitFor(ctx, func() bool { return s.Stats().Placed-base >= int64(o.Tasks) }); err != nil {
-		return rep, fmt.Errorf("placed %d of %d: %w", s.Stats().Placed-base, o.Tasks, err)
+		return rep, wrap(fmt.Errorf("placed %d of %d: %w", s.Stats().Placed-base, o.Tasks, err))
 	}
 	rep.PlaceDuration = time.Since(start)
 	rep.Placed = int(s.Stats().Placed - base)
@@ -209,10 +263,13 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	died := time.Now()
 	dead.Stop()
 	if err := waitFor(ctx, func() bool { return s.Stats().LostAgents > lost0 }); err != nil {
-		return rep, fmt.Errorf("dead agent not detected: %w", err)
+		return rep, wrap(fmt.Errorf("dead agent not detected: %w", err))
 	}
 	rep.DeadAgentDetection = time.Since(died)
 	rep.RSSBytes = rss()
+	var ms goruntime.MemStats
+	goruntime.ReadMemStats(&ms)
+	rep.HeapBytes = int64(ms.HeapInuse)
 	return rep, nil
 }
 
