@@ -6,6 +6,7 @@ set -euo pipefail
 
 CONTAINERD_VERSION=v2.2.9
 IMDS_MOCK_VERSION=v1.13.0
+ETCD_VERSION=v3.7.3 # the go.etcd.io/etcd/*/v3 version in go.mod
 CACHE="${TITUS_CACHE:-$HOME/.cache/titus-agent}"
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
@@ -36,6 +37,20 @@ stamp="$BIN/.imds-mock-$IMDS_MOCK_VERSION"
 if [[ ! -f "$stamp" || ! -x "$BIN/ec2-metadata-mock" ]]; then
   echo "deps: installing ec2-metadata-mock $IMDS_MOCK_VERSION"
   GOBIN="$BIN" go install "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$IMDS_MOCK_VERSION"
+  touch "$stamp"
+fi
+
+stamp="$BIN/.etcd-$ETCD_VERSION"
+if [[ ! -f "$stamp" || ! -x "$BIN/etcd" ]]; then
+  # For the scheduler's tests against an external etcd (--etcd-endpoints).
+  # `go install` refuses the server module (its go.mod replaces its siblings
+  # with ../ paths), so build it as a main module against the released siblings.
+  echo "deps: building etcd $ETCD_VERSION"
+  src="$(cd / && go mod download -json "go.etcd.io/etcd/server/v3@$ETCD_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+  tmp="$(mktemp -d)"
+  cp -r "$src/." "$tmp/" && chmod -R u+w "$tmp"
+  (cd "$tmp" && sed -i '/^replace (/,/^)/d' go.mod && GOFLAGS=-mod=mod go mod tidy >/dev/null 2>&1 && go build -o "$BIN/etcd" .)
+  rm -rf "$tmp"
   touch "$stamp"
 fi
 
