@@ -204,6 +204,9 @@ func (m *Manager) Restore(ctx context.Context) error {
 	}
 	for _, c := range containers {
 		rec, ok := known[c.TaskID]
+		if ok && c.ID == rec.Spec.ID {
+			adoptUnrecordedStart(rec, c)
+		}
 		if ok && !(rec.Status.State.Terminal() && rec.CleanedUp) {
 			continue
 		}
@@ -234,6 +237,16 @@ func (m *Manager) Restore(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// adoptUnrecordedStart completes the record of a task whose container was
+// started by the previous agent, which died before recording it: the task
+// is re-adopted rather than lost.
+func adoptUnrecordedStart(rec *taskrunner.Record, c runtime.ContainerStatus) {
+	if rec.Status.State != task.Starting || rec.Resources.Container || c.State != runtime.StateRunning || c.Pid == 0 {
+		return
+	}
+	rec.Resources.Container, rec.Resources.Pid = true, c.Pid
 }
 
 // Prune forgets finished, cleaned-up tasks older than the retention.

@@ -160,3 +160,48 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestRestoreAdoptsAStartTheAgentDidNotRecord: the agent died after
+// starting a container but before recording it. A running container is
+// re-adopted with its pid; one that never ran is finished as Lost.
+func TestRestoreAdoptsAStartTheAgentDidNotRecord(t *testing.T) {
+	store, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	for _, id := range []string{"started", "created"} {
+		if err := store.Save(record(id, task.Accepted, task.Preparing, task.Starting)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rt := &fakeRuntime{
+		containers: []runtime.ContainerStatus{
+			{ID: "started", TaskID: "started", State: runtime.StateRunning, Pid: 42},
+			{ID: "created", TaskID: "created", State: runtime.StateCreated},
+		},
+		exits: map[string]chan runtime.ExitStatus{"started": make(chan runtime.ExitStatus, 1)},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := NewManager(ctx, ManagerConfig{Store: store, Runtime: rt, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := m.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { v, _ := m.Get("started"); return v.Status.State == task.Running })
+	waitFor(t, func() bool { v, _ := m.Get("created"); return v.Status.State == task.Lost })
+	if v, _ := m.Get("started"); v.Status.Pid != 42 {
+		t.Fatalf("re-adopted pid %d, want 42", v.Status.Pid)
+	}
+	recs, err := store.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range recs {
+		if r.Spec.ID == "started" && (!r.Resources.Container || r.Status.Pid != 42 || r.Status.State != task.Running) {
+			t.Fatalf("stored record of the adopted task: %+v", r)
+		}
+	}
+	rt.exits["started"] <- runtime.ExitStatus{Code: 0}
+	waitFor(t, func() bool { v, _ := m.Get("started"); return v.Status.State == task.Finished })
+}
