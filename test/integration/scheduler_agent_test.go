@@ -1,16 +1,21 @@
 package integration
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/loadtest"
+	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -170,4 +175,122 @@ task:
 	})
 	a.assertNoLeftovers()
 	b.assertNoLeftovers()
+}
+
+// startEtcd runs a real etcd server (built by `make deps`) on loopback.
+func startEtcd(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	client, peer := testenv.Addr(testenv.FreePort(t)), testenv.Addr(testenv.FreePort(t))
+	cmd := exec.Command(testenv.LookPath(t, "etcd"), "--name", "it", "--data-dir", filepath.Join(dir, "data"),
+		"--listen-client-urls", "http://"+client, "--advertise-client-urls", "http://"+client,
+		"--listen-peer-urls", "http://"+peer, "--initial-advertise-peer-urls", "http://"+peer,
+		"--initial-cluster", "it=http://"+peer, "--log-level", "warn")
+	p := testenv.StartProcess(t, dir, "etcd", cmd)
+	testenv.WaitTCP(t, client, p, 60*time.Second)
+	return "http://" + client
+}
+
+// startReplica runs a titus-scheduler process on an external etcd.
+func startReplica(t *testing.T, endpoints string) (*schedProc, *testenv.Process) {
+	s := &schedProc{t: t, addr: testenv.Addr(testenv.FreePort(t)), dir: t.TempDir()}
+	p := testenv.StartProcess(t, s.dir, "scheduler", exec.Command(testenv.SchedulerBinary(t), "serve",
+		"--etcd-endpoints", endpoints, "--listen", s.addr, "--metrics-listen", "", "--election-ttl", "2s", "--agent-ttl", "4s"))
+	testenv.WaitTCP(t, s.addr, p, 60*time.Second)
+	return s, p
+}
+
+// TestSchedulerExternalEtcdLeaderKilled runs two scheduler processes on a
+// real etcd server (--etcd-endpoints), kills the leader with SIGKILL while
+// a batch and a service job run, and checks that the standby takes over:
+// the batch job completes with each task launched once, the service job
+// stays at its size, and no job is lost.
+func TestSchedulerExternalEtcdLeaderKilled(t *testing.T) {
+	begin(t)
+	endpoints := startEtcd(t)
+	first, firstProc := startReplica(t, endpoints)
+	waitUntil(t, "first replica leads", 60*time.Second, func() (bool, string) {
+		out, err := first.cli("job", "ls")
+		return err == nil, out
+	})
+	second, _ := startReplica(t, endpoints)
+	both := &schedProc{t: t, addr: first.addr + "," + second.addr, dir: first.dir}
+	if out, err := second.cli("job", "ls"); err == nil || !strings.Contains(out, "standby") || !strings.Contains(out, first.addr) {
+		t.Fatalf("second replica should be a standby naming %s: %v\n%s", first.addr, err, out)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	var agents []*loadtest.Agent
+	for i, az := range []string{"az-a", "az-b"} {
+		a := loadtest.NewAgent(schedlink.Config{
+			Address: both.addr, InstanceID: fmt.Sprintf("host-%d", i), InstanceType: "sim", AZ: az,
+			Capacity:   schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 16384},
+			MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+		}, func(s *task.Spec) (time.Duration, int32) {
+			if s.Command[0] == "batch" {
+				return 4 * time.Second, 0
+			}
+			return -1, 0
+		})
+		a.Start(ctx)
+		t.Cleanup(a.Stop)
+		agents = append(agents, a)
+	}
+	waitUntil(t, "agents registered", 30*time.Second, func() (bool, string) {
+		out, _ := both.cli("agent", "ls")
+		return strings.Count(out, "connected") == 2, out
+	})
+	batch := both.submit(`ownerEmail: tests@example.com
+application: it
+batch: {size: 8}
+task: {image: "registry.example/x:1", command: [batch], resources: {cpuMillicores: 500, memoryMib: 64}}
+`)
+	svc := both.submit(`ownerEmail: tests@example.com
+application: it
+service: {min: 1, desired: 4, max: 4}
+task: {image: "registry.example/x:1", command: [serve], resources: {cpuMillicores: 500, memoryMib: 64}}
+`)
+	waitUntil(t, "tasks running", 30*time.Second, func() (bool, string) {
+		n := 0
+		for _, a := range agents {
+			n += len(a.Tasks.Running())
+		}
+		return n == 12, fmt.Sprint(n)
+	})
+
+	// SIGKILL: no resignation, the standby must wait out the leader's lease.
+	_ = syscall.Kill(firstProc.Cmd.Process.Pid, syscall.SIGKILL)
+	_ = firstProc.Cmd.Wait()
+
+	waitUntil(t, "batch job finished under the new leader", 90*time.Second, func() (bool, string) {
+		out, err := second.cli("job", "get", batch, "-o", "json")
+		return err == nil && strings.Contains(out, "JOB_STATE_FINISHED"), out
+	})
+	waitUntil(t, "service job at its size", 30*time.Second, func() (bool, string) {
+		n := 0
+		for _, a := range agents {
+			for _, id := range a.Tasks.Running() {
+				if strings.HasPrefix(id, svc+".") {
+					n++
+				}
+			}
+		}
+		return n == 4, fmt.Sprint(n)
+	})
+	launched := 0
+	for _, a := range agents {
+		for _, v := range a.Tasks.List() {
+			if strings.HasPrefix(v.Spec.ID, batch+".") {
+				launched++
+			}
+		}
+	}
+	if launched != 8 {
+		t.Fatalf("batch tasks launched = %d, want 8 (none repeated or lost across the failover)", launched)
+	}
+	out, err := second.cli("job", "ls", "-a")
+	if err != nil || !strings.Contains(out, batch) || !strings.Contains(out, svc) {
+		t.Fatalf("job ls after failover: %v\n%s", err, out)
+	}
 }
