@@ -1,17 +1,13 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	goruntime "runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -631,9 +627,9 @@ func assertNoDiskLeftovers(t *testing.T, e *isoEnv, id string) {
 	}
 }
 
-// TestIsolationBandwidth shapes a task to 40 Mbps and measures both
-// directions against a peer netns across a host bridge, with busybox nc in
-// the task.
+// TestIsolationBandwidth shapes a task's netns to 40 Mbps and measures
+// both directions between two tasks (busybox nc) on either side of a host
+// bridge, then the same with the limit cleared.
 func TestIsolationBandwidth(t *testing.T) {
 	begin(t)
 	e := newIsoEnv(t)
@@ -678,7 +674,7 @@ func TestIsolationBandwidth(t *testing.T) {
 		t.Fatalf("root qdiscs = %s (host), %s (task); want tbf on both", q1, q2)
 	}
 
-	const size = 12 << 20 // ~2.5 s at 40 Mbps
+	const size = 16 << 20 // ~3.4 s at 40 Mbps
 	check := func(dir string, bytesPerSec float64) {
 		t.Helper()
 		got := bytesPerSec * 8 / 1e6
@@ -687,32 +683,82 @@ func TestIsolationBandwidth(t *testing.T) {
 			t.Errorf("%s: %.1f Mbps, want %d ±15%%", dir, got, mbps)
 		}
 	}
+	peerPath := "/run/netns/" + nsPeer
+	check("from task", ncTransfer(t, e, "bwout", nsPath, peerPath, peerIP, 5001, size))
+	check("to task", ncTransfer(t, e, "bwin", peerPath, nsPath, taskIP, 5002, size))
 
-	// From the task: busybox nc sends, a listener in the peer netns times it.
-	ln := inNetns(t, "/run/netns/"+nsPeer, func() (net.Listener, error) { return net.Listen("tcp", peerIP+":5001") })
-	defer ln.Close()
-	send := task.Spec{ID: isoID("bwsend"), Command: sh(fmt.Sprintf("dd if=/dev/zero bs=65536 count=%d 2>/dev/null | nc %s 5001", size/65536, peerIP))}
-	it := e.start(t, send, nsPath)
-	rate := receive(t, ln, size)
-	it.wait(t)
-	check("from task", rate)
+	// The same transfer with the limit cleared is far faster: the
+	// measurement does see a missing limit.
+	if err := bw.Clear(ctx, nsPath, ""); err != nil {
+		t.Fatal(err)
+	}
+	got := ncTransfer(t, e, "bwfree", nsPath, peerPath, peerIP, 5003, size) * 8 / 1e6
+	t.Logf("from task, limit cleared: %.1f Mbps", got)
+	if got < mbps*1.5 {
+		t.Errorf("without the limit: %.1f Mbps, want well above %d", got, mbps)
+	}
+}
 
-	// To the task: busybox nc listens, the peer sends and waits for nc to
-	// close after it got everything.
-	// Its stdin never ends (nc would half-close at stdin's end): nc closes
-	// when the peer's data ends, and wc reports what it got.
-	recv := task.Spec{ID: isoID("bwrecv"), Command: sh("sleep 60 | nc -l -p 5002 | wc -c")}
-	it = e.start(t, recv, nsPath)
-	rate = sendTo(t, "/run/netns/"+nsPeer, taskIP+":5002", size)
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if b, _ := os.ReadFile(runtime.LogPath(e.logDir, recv.ID)); strings.TrimSpace(string(b)) != "" {
-			break
+// ncTransfer sends n bytes with busybox nc from a task in the netns txNS
+// to a task listening in rxNS at rxIP:port, and returns the rate in bytes
+// per second seen on the receiver's eth0 (sampled every 20 ms, from the
+// first byte to the last; frames with their headers, as tc counts them).
+func ncTransfer(t *testing.T, e *isoEnv, name, txNS, rxNS, rxIP string, port, n int) float64 {
+	t.Helper()
+	// The listener's stdin never ends (nc would half-close at stdin's end):
+	// nc ends when the sender's data does, and wc tells what came.
+	rx := task.Spec{ID: isoID(name + "rx"), Command: sh(fmt.Sprintf("sleep 120 | nc -l -p %d | wc -c", port))}
+	rit := e.start(t, rx, rxNS)
+	eventually(t, rx.ID+" listening", func() bool { return listening(rit.pid, port) })
+	h := netlinkAt(t, rxNS)
+	defer h.Close()
+	rxBytes := func() uint64 {
+		l, err := h.LinkByName("eth0")
+		if err != nil || l.Attrs().Statistics == nil {
+			t.Fatalf("eth0 in %s: %v", rxNS, err)
+		}
+		return l.Attrs().Statistics.RxBytes
+	}
+	base := rxBytes()
+	tx := task.Spec{ID: isoID(name + "tx"), Command: sh(fmt.Sprintf("dd if=/dev/zero bs=65536 count=%d 2>/dev/null | nc %s %d", n/65536, rxIP, port))}
+	e.start(t, tx, txNS)
+	const tick = 20 * time.Millisecond
+	var first, last time.Time
+	var got uint64
+	for deadline := time.Now().Add(90 * time.Second); got < uint64(n); time.Sleep(tick) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d of %d bytes after 90 s", name, got, n)
+		}
+		got = rxBytes() - base
+		if now := time.Now(); got > 0 && first.IsZero() {
+			first = now
+		} else if got >= uint64(n) {
+			last = now
 		}
 	}
-	if got := strings.TrimSpace(e.output(t, recv.ID)); got != strconv.Itoa(size) {
-		t.Errorf("task received %s bytes, want %d", got, size)
+	eventually(t, rx.ID+" counted", func() bool { return strings.TrimSpace(e.readOutput(rx.ID)) != "" })
+	if out := strings.TrimSpace(e.output(t, rx.ID)); out != strconv.Itoa(n) {
+		t.Errorf("%s: the receiving task got %s bytes, want %d", name, out, n)
 	}
-	check("to task", rate)
+	return float64(got) / max(last.Sub(first), tick).Seconds()
+}
+
+// listening reports whether pid's network namespace has a TCP listener on
+// port.
+func listening(pid uint32, port int) bool {
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(b)) {
+			fields := strings.Fields(line)
+			if len(fields) > 3 && strings.HasSuffix(fields[1], fmt.Sprintf(":%04X", port)) && fields[3] == "0A" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func ipCmd(t *testing.T, args ...string) {
@@ -761,116 +807,6 @@ func netlinkAt(t *testing.T, nsPath string) *netlink.Handle {
 		t.Fatal(err)
 	}
 	return h
-}
-
-// inNetns runs f with this thread in the netns at path; sockets it opens
-// stay in that netns.
-func inNetns[T any](t *testing.T, path string, f func() (T, error)) T {
-	t.Helper()
-	goruntime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		goruntime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		goruntime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		goruntime.UnlockOSThread()
-		t.Fatal(err)
-	}
-	v, ferr := f()
-	if err := netns.Set(orig); err != nil {
-		// Leave the thread locked: it dies with the goroutine.
-		t.Fatalf("restore netns: %v", err)
-	}
-	goruntime.UnlockOSThread()
-	if ferr != nil {
-		t.Fatal(ferr)
-	}
-	return v
-}
-
-// receive accepts one connection and returns its rate from first byte to
-// EOF, which must come after want bytes.
-func receive(t *testing.T, ln net.Listener, want int64) float64 {
-	t.Helper()
-	_ = ln.(*net.TCPListener).SetDeadline(time.Now().Add(30 * time.Second))
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatalf("accept: %v", err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-	r := bufio.NewReaderSize(c, 1<<16)
-	if _, err := r.Peek(1); err != nil {
-		t.Fatalf("first byte: %v", err)
-	}
-	start := time.Now()
-	n, err := io.Copy(io.Discard, r)
-	if err != nil || n != want {
-		t.Fatalf("received %d bytes, %v; want %d", n, err, want)
-	}
-	return float64(n) / time.Since(start).Seconds()
-}
-
-// sendTo connects from the netns at nsPath (retrying until the task
-// listens), sends n bytes and returns the rate up to the peer's close.
-func sendTo(t *testing.T, nsPath, addr string, n int64) float64 {
-	t.Helper()
-	var c net.Conn
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		var err error
-		c, err = inNetnsTry(t, nsPath, func() (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) })
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dial %s: %v", addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-	start := time.Now()
-	if _, err := io.CopyN(c, zeros{}, n); err != nil {
-		t.Fatalf("send: %v", err)
-	}
-	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(io.Discard, c); err != nil {
-		t.Fatalf("waiting for the task to close: %v", err)
-	}
-	return float64(n) / time.Since(start).Seconds()
-}
-
-func inNetnsTry[T any](t *testing.T, path string, f func() (T, error)) (T, error) {
-	t.Helper()
-	var ferr error
-	v := inNetns(t, path, func() (T, error) {
-		v, err := f()
-		ferr = err
-		var zero T
-		if err != nil {
-			return zero, nil
-		}
-		return v, nil
-	})
-	return v, ferr
-}
-
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) {
-	clear(p)
-	return len(p), nil
 }
 
 // TestAgentUserNamespaceAndHostPaths: through the agent, a task labelled
