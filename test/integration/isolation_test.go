@@ -880,3 +880,41 @@ func TestAgentUserNamespaceAndHostPaths(t *testing.T) {
 	}
 	e.assertNoLeftovers()
 }
+
+// TestAgentForkBombStaysResponsive: a fork bomb launched through the agent
+// is held at its pids limit while the agent keeps answering, launches and
+// runs a neighbour to completion, and kills the bomb.
+func TestAgentForkBombStaysResponsive(t *testing.T) {
+	begin(t)
+	e := newAgentEnv(t)
+	const limit = 64
+	bomb := e.spec("bomb", "sh", "-c", "f() { f | f & }; f; sleep 600")
+	bomb.Resources.Pids, bomb.Resources.CpuMillicores = limit, 500
+	bomb.KillGracePeriodSeconds = 1
+	e.launch(bomb)
+	pid := e.waitState("bomb", stRunning, 30*time.Second).GetPid()
+	pidsDir := pidsCgroup(t, pid)
+	eventually(t, "the bomb at its limit", func() bool { return readInt(t, filepath.Join(pidsDir, "pids.current")) >= limit-4 })
+
+	e.launch(e.spec("neighbour", "echo", "still-here"))
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, herr := e.client.Health(ctx, &agentv1.HealthRequest{})
+		_, lerr := e.client.ListTasks(ctx, &agentv1.ListTasksRequest{})
+		cancel()
+		if herr != nil || lerr != nil {
+			t.Fatalf("agent unresponsive during the fork bomb: health %v, list %v", herr, lerr)
+		}
+		if cur := readInt(t, filepath.Join(pidsDir, "pids.current")); cur > limit {
+			t.Fatalf("pids.current = %d above the limit %d", cur, limit)
+		}
+	}
+	wantState(t, e.waitFinal("neighbour"), stFinished, task.ReasonCompleted, 0)
+	if _, err := e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: "bomb"}); err != nil {
+		t.Fatal(err)
+	}
+	if tk := e.waitFinal("bomb"); tk.GetState() != stKilled {
+		t.Errorf("bomb = %s/%s, want Killed", tk.GetState(), tk.GetReason())
+	}
+	e.assertNoLeftovers()
+}
