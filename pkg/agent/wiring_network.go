@@ -74,6 +74,8 @@ func wireMetadata(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, 
 	if err != nil {
 		return fmt.Errorf("metadata.credentialDuration: %w", err)
 	}
+	// A task whose network attachment has no zone (local provider) is in
+	// this host's zone, the one the scheduler places by.
 	svc, err := metadataproxy.New(ctx, metadataproxy.Config{
 		UpstreamIMDS:       mc.Upstream,
 		UpstreamAllowlist:  mc.Allowlist,
@@ -87,6 +89,8 @@ func wireMetadata(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, 
 		CredentialDuration: dur,
 		Logger:             log,
 		Metrics:            m,
+		AvailabilityZone:   cfg.Scheduler.Zone,
+		HostInstanceID:     cfg.Scheduler.InstanceID,
 	})
 	if err != nil {
 		return err

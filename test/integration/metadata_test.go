@@ -208,6 +208,23 @@ func TestMetadataTaskScopedIMDSAndCredentials(t *testing.T) {
 	if err != nil || readAll(out.Content) != ta.GetNetwork().GetIpv4() {
 		t.Fatalf("local-ipv4: %v", err)
 	}
+	// The SDK's parsers accept the task's identity document, region and IAM
+	// info as they would the real IMDS's.
+	region, err := imdsA.GetRegion(ctx, &imds.GetRegionInput{})
+	if err != nil || region.Region != "us-east-1" {
+		t.Fatalf("sdk GetRegion: %+v %v", region, err)
+	}
+	idDoc, err := imdsA.GetInstanceIdentityDocument(ctx, &imds.GetInstanceIdentityDocumentInput{})
+	if err != nil {
+		t.Fatalf("sdk GetInstanceIdentityDocument: %v", err)
+	}
+	if d := idDoc.InstanceIdentityDocument; d.InstanceID != "task-a" || d.PrivateIP != ta.GetNetwork().GetIpv4() || d.AvailabilityZone == "" || d.Region != "us-east-1" {
+		t.Fatalf("sdk identity document: %+v", d)
+	}
+	iamInfo, err := imdsA.GetIAMInfo(ctx, &imds.GetIAMInfoInput{})
+	if err != nil || !strings.HasSuffix(iamInfo.IAMInfo.InstanceProfileArn, ":instance-profile/app-a") {
+		t.Fatalf("sdk GetIAMInfo: %+v %v", iamInfo, err)
+	}
 	creds, err := ec2rolecreds.New(func(o *ec2rolecreds.Options) { o.Client = imdsA }).Retrieve(ctx)
 	if err != nil || creds.AccessKeyID == "" {
 		t.Fatalf("ec2rolecreds: %v", err)
@@ -520,7 +537,7 @@ func TestMetadataTaskScopedIMDSAndCredentials(t *testing.T) {
 // asking for A's instance-id, plus 128 that never send a byte (twice the
 // per-task connection limit) and stay open until the end. Meanwhile B must
 // answer every request, and the agent's open files must stay bounded. The
-// flood is bounded in count and time; afterwards A answers again while the
+// flood is bounded in count and time (a minute); afterwards A answers again while the
 // idle connections are still held: the agent dropped them by itself.
 func (m *mdEnv) floodFromA(nsA string, cb *http.Client, hdrB map[string]string, ca *http.Client) {
 	t := m.t
@@ -537,7 +554,10 @@ func (m *mdEnv) floodFromA(nsA string, cb *http.Client, hdrB map[string]string, 
 	if err != nil {
 		t.Fatalf("flood connections: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	// The flood's bound: connections the kernel has not let through A's
+	// accept queue by then (SYN and data retransmits back off while the
+	// queue is full) give up, which counts as refused.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var (
 		wg         sync.WaitGroup
@@ -588,11 +608,8 @@ poll:
 		time.Sleep(20 * time.Millisecond)
 	}
 	<-done
-	t.Logf("flood from A: %d connections, %d answered 200, %d failed/refused, over %v; B answered all %d of its requests (slowest %v); agent open files %d before, at most %d during",
+	t.Logf("flood from A: %d connections at once, %d answered 200, %d refused or unanswered at the bound, over %v; B answered all %d of its requests (slowest %v); agent open files %d before, at most %d during",
 		flood, ok.Load(), failed.Load(), time.Since(began).Round(time.Millisecond), bAnswers, bSlowest.Round(time.Millisecond), baseFDs, maxFDs)
-	if ctx.Err() != nil {
-		t.Fatalf("the flood did not end within its deadline")
-	}
 	if ok.Load() == 0 {
 		t.Fatalf("no request of the flood was answered")
 	}
