@@ -8,12 +8,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -190,6 +192,7 @@ func TestIsolation(t *testing.T) {
 	t.Run("UserNamespacePerTask", func(t *testing.T) { testUserNS(t, e) })
 	t.Run("OOMKilled", func(t *testing.T) { testOOM(t, e) })
 	t.Run("CPULimit", func(t *testing.T) { testCPULimit(t, e) })
+	t.Run("CgroupFiles", func(t *testing.T) { testCgroupFiles(t, e) })
 	t.Run("ForkBomb", func(t *testing.T) { testForkBomb(t, e) })
 	t.Run("DiskCyclesLeaveNothing", func(t *testing.T) { testDiskCycles(t, e) })
 	t.Run("DiskReapAfterCrash", func(t *testing.T) { testDiskReap(t, e) })
@@ -437,6 +440,82 @@ func testCPULimit(t *testing.T, e *isoEnv) {
 		t.Logf("cpu usage %.3f cores", got)
 	}
 	t.Errorf("cpu usage %.3f cores, want 0.5 ±10%%", got)
+}
+
+// testCgroupFiles reads back what runc wrote into the tasks' cgroups: CFS
+// quota and shares, shares only for burst, cpuset pinning, memory without
+// swap, the pids limit.
+func testCgroupFiles(t *testing.T, e *isoEnv) {
+	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
+	v2 := err == nil
+	for _, tc := range []struct {
+		name   string
+		res    task.Resources
+		opts   isolation.Options
+		v1, v2 map[string]string
+	}{
+		{
+			name: "limited", res: task.Resources{CPUMillicores: 500, MemoryMiB: 64, Pids: 32},
+			v1: map[string]string{
+				"cpu/cpu.cfs_quota_us": "50000", "cpu/cpu.cfs_period_us": "100000", "cpu/cpu.shares": "512",
+				"memory/memory.limit_in_bytes": "67108864", "memory/memory.memsw.limit_in_bytes": "67108864", "pids/pids.max": "32",
+			},
+			v2: map[string]string{"cpu.max": "50000 100000", "memory.max": "67108864", "memory.swap.max": "0", "pids.max": "32"},
+		},
+		{
+			name: "burst pinned to cpu 1", res: task.Resources{CPUMillicores: 500, CPUBurst: true}, opts: isolation.Options{CPUSet: "1"},
+			v1: map[string]string{"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.shares": "512", "cpuset/cpuset.cpus": "1"},
+			v2: map[string]string{"cpu.max": "max 100000", "cpuset.cpus": "1"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := task.Spec{ID: isoID("cg"), Command: sh("sleep 60"), Resources: tc.res}
+			it := e.startWith(t, spec, "", tc.opts)
+			want := tc.v1
+			if v2 {
+				want = tc.v2
+			}
+			got := map[string]string{}
+			for f := range want {
+				controller, file, ok := strings.Cut(f, "/")
+				if !ok {
+					controller, file = "", f
+				}
+				b, err := os.ReadFile(filepath.Join(cgroupDir(t, it.pid, controller), file))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got[f] = strings.TrimSpace(string(b))
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("cgroup files (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// cgroupDir is pid's cgroup directory of a v1 controller, or on v2 ("")
+// its unified one.
+func cgroupDir(t *testing.T, pid uint32, controller string) string {
+	t.Helper()
+	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(cg)) {
+		parts := strings.SplitN(strings.TrimSpace(line), ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		if controller == "" && parts[0] == "0" && parts[1] == "" {
+			return filepath.Join("/sys/fs/cgroup", parts[2])
+		}
+		if controller != "" && slices.Contains(strings.Split(parts[1], ","), controller) {
+			return filepath.Join("/sys/fs/cgroup", controller, parts[2])
+		}
+	}
+	t.Fatalf("no %q cgroup for pid %d in %s", controller, pid, cg)
+	return ""
 }
 
 // cpuUsageReader returns a reader of the cumulative CPU time (ns) of pid's
