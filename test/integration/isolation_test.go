@@ -190,6 +190,7 @@ func TestIsolation(t *testing.T) {
 	t.Run("InitForwardsSIGTERM", func(t *testing.T) { testInitForwardsSIGTERM(t, e) })
 	t.Run("DiskQuota", func(t *testing.T) { testDiskQuota(t, e) })
 	t.Run("UserNamespacePerTask", func(t *testing.T) { testUserNS(t, e) })
+	t.Run("BackendOnXFS", func(t *testing.T) { testBackendOnXFS(t, e) })
 	t.Run("OOMKilled", func(t *testing.T) { testOOM(t, e) })
 	t.Run("CPULimit", func(t *testing.T) { testCPULimit(t, e) })
 	t.Run("CgroupFiles", func(t *testing.T) { testCgroupFiles(t, e) })
@@ -352,6 +353,64 @@ func testDiskQuota(t *testing.T, e *isoEnv) {
 	}
 	e.teardown(t, it)
 	assertNoDiskLeftovers(t, e, spec.ID)
+}
+
+// testBackendOnXFS puts the disk directory on a real XFS filesystem: with
+// project quotas (where the kernel has them) the XFS backend is chosen,
+// without (this test bed: no CONFIG_QUOTA) loop-ext4 is. Either way a task
+// writing past its disk gets ENOSPC and nothing is left afterwards.
+func testBackendOnXFS(t *testing.T, e *isoEnv) {
+	dir, err := os.MkdirTemp("", "titus-iso-xfs-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	img, mnt := filepath.Join(dir, "xfs.img"), filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range [][]string{{"truncate", "-s", "320M", img}, {"mkfs.xfs", "-q", img}} {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v: %s", c, err, out)
+		}
+	}
+	quota := exec.Command("mount", "-o", "loop,prjquota", img, mnt).Run() == nil
+	if !quota {
+		if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+			t.Fatalf("mount xfs: %v: %s", err, out)
+		}
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount xfs: %v: %s", err, out)
+		}
+	})
+	d, err := isolation.NewDisks(filepath.Join(mnt, "disks"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := isolation.BackendLoopExt4
+	if quota {
+		want = isolation.BackendXFSQuota
+	}
+	t.Logf("xfs with project quotas: %v; backend %s", quota, d.Backend())
+	if d.Backend() != want {
+		t.Fatalf("backend on xfs (prjquota %v) = %s, want %s", quota, d.Backend(), want)
+	}
+	xe := *e
+	xe.disks, xe.diskDir = d, filepath.Join(mnt, "disks")
+	spec := task.Spec{ID: isoID("xfs"), Resources: task.Resources{DiskMiB: 16},
+		Command: sh("dd if=/dev/zero of=/fill bs=1M count=40 2>&1; echo \"rc=$?\"")}
+	it := xe.start(t, spec, "")
+	it.wait(t)
+	if out := xe.output(t, spec.ID); !strings.Contains(out, "No space left on device") || strings.Contains(out, "rc=0") {
+		t.Errorf("dd past the %s quota: %q, want ENOSPC", d.Backend(), out)
+	}
+	xe.teardown(t, it)
+	if left, err := d.Quota.List(context.Background()); err != nil || len(left) > 0 {
+		t.Errorf("left on xfs after teardown: %v, %v", left, err)
+	}
+	assertNoDiskLeftovers(t, &xe, spec.ID)
 }
 
 // testUserNS runs two tasks that asked for a user namespace: each is root
