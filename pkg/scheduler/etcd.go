@@ -46,6 +46,12 @@ func StartEmbeddedEtcd(ctx context.Context, dir string) (*EmbeddedEtcd, error) {
 	cfg.QuotaBackendBytes = 8 << 30
 	cfg.AutoCompactionMode = embed.CompactorModeRevision
 	cfg.AutoCompactionRetention = "100000"
+	// etcd formats the whole request of every apply slower than this into
+	// its warning, eagerly, whatever the log level: on a busy host a
+	// placement batch's 1,000-put transaction takes longer than the default
+	// 100ms, and formatting it made every apply slower until requests timed
+	// out. (Run an external etcd with a large --warning-apply-duration too.)
+	cfg.WarningApplyDuration = time.Minute
 	curl := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports.Client)}
 	purl := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports.Peer)}
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{curl}, []url.URL{curl}
