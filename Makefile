@@ -9,8 +9,12 @@ export PATH := $(HOME)/.cache/titus-agent/bin:$(PATH)
 
 all: build
 
+# VERSION comes from packaging/Makefile.inc (git describe, or 0.0.0~git<commit>).
+COMMIT = $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+LDFLAGS = -X github.com/titus-agent/titus-agent/pkg/agent.Version=$(VERSION) -X github.com/titus-agent/titus-agent/pkg/agent.Commit=$(COMMIT)
+
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 deps:
 	bash scripts/deps.sh
