@@ -15,6 +15,10 @@ type Allocation struct {
 	// IPv4 is the address with its subnet's prefix length.
 	IPv4    netip.Prefix `json:"ipv4"`
 	Gateway netip.Addr   `json:"gateway"`
+	// IPv6 is set when the task asked for one (its subnet has an IPv6 CIDR).
+	IPv6 netip.Addr `json:"ipv6,omitzero"`
+	// SubnetIPv6 is the subnet's IPv6 CIDR, if it has one (ec2).
+	SubnetIPv6 netip.Prefix `json:"subnetIpv6,omitzero"`
 	// ENI fields are empty for the local provider.
 	ENIID       string `json:"eniId,omitempty"`
 	MAC         string `json:"mac,omitempty"`

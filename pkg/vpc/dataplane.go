@@ -31,6 +31,14 @@ func ENIRouteTable(deviceIndex int) int { return 1000 + deviceIndex }
 // host's), answered by a static neighbour entry for the host-side veth.
 var taskGateway = netip.MustParseAddr("169.254.1.1")
 
+// taskGatewayV6 is the IPv6 next hop inside a task netns, the same way.
+var taskGatewayV6 = netip.MustParseAddr("fe80::1")
+
+// VPCRouterV6 is the subnet router's IPv6 address the ENI tables route
+// through: link-local, as a VPC router's is (the simulated VPC's fabric
+// answers on it too).
+var VPCRouterV6 = netip.MustParseAddr("fe80::1")
+
 // DataPlaneConfig configures the wiring.
 type DataPlaneConfig struct {
 	// NetNSDir holds the task namespaces' bind mounts.
@@ -156,7 +164,7 @@ func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttac
 		return nil, err
 	}
 	att := &task.NetworkAttachment{
-		NetNSPath: nsPath, IPv4: a.IPv4.Addr().String(), MAC: eth.Attrs().HardwareAddr.String(), Gateway: a.Gateway.String(),
+		NetNSPath: nsPath, IPv4: a.IPv4.Addr().String(), IPv6: ipv6String(a.IPv6), MAC: eth.Attrs().HardwareAddr.String(), Gateway: a.Gateway.String(),
 		ENIID: a.ENIID, DeviceIndex: a.DeviceIndex, SubnetID: a.SubnetID, VPCID: a.VPCID,
 		SecurityGroupIDs: a.SecurityGroupIDs, AvailabilityZone: a.AvailabilityZone, Region: a.Region,
 	}
@@ -196,6 +204,28 @@ func (d *DataPlane) wireTask(inner *netlink.Handle, eth, host netlink.Link, a Al
 	if err := inner.RouteReplace(def); err != nil {
 		return fmt.Errorf("vpc: task default route: %w", err)
 	}
+	if a.IPv6.IsValid() {
+		return wireTaskV6(inner, eth, host, a.IPv6)
+	}
+	return nil
+}
+
+// wireTaskV6 gives the task its IPv6 /128 (no DAD: the VPC hands it out
+// once) and a default route via a link-local gateway answered, like the
+// IPv4 one, by a static neighbour for the host-side veth.
+func wireTaskV6(inner *netlink.Handle, eth, host netlink.Link, ip netip.Addr) error {
+	addr := &netlink.Addr{IPNet: prefixToIPNet(netip.PrefixFrom(ip, 128)), Flags: unix.IFA_F_NODAD}
+	if err := inner.AddrReplace(eth, addr); err != nil {
+		return fmt.Errorf("vpc: task IPv6 address: %w", err)
+	}
+	gw := net.IP(taskGatewayV6.AsSlice())
+	if err := inner.NeighSet(&netlink.Neigh{LinkIndex: eth.Attrs().Index, Family: netlink.FAMILY_V6, State: netlink.NUD_PERMANENT, IP: gw, HardwareAddr: host.Attrs().HardwareAddr}); err != nil {
+		return fmt.Errorf("vpc: task IPv6 gateway neighbour: %w", err)
+	}
+	def := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: gw, Dst: prefixToIPNet(netip.MustParsePrefix("::/0")), Flags: int(netlink.FLAG_ONLINK)}
+	if err := inner.RouteReplace(def); err != nil {
+		return fmt.Errorf("vpc: task IPv6 default route: %w", err)
+	}
 	return nil
 }
 
@@ -219,9 +249,16 @@ func (d *DataPlane) wireHost(host netlink.Link, a Allocation) error {
 	if err := d.host.RouteReplace(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil {
 		return fmt.Errorf("vpc: host route to task: %w", err)
 	}
-	rule := taskRule(a)
-	if err := d.host.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("vpc: policy rule: %w", err)
+	for _, rule := range taskRules(a) {
+		if err := d.host.RuleAdd(rule); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("vpc: policy rule: %w", err)
+		}
+	}
+	if a.IPv6.IsValid() {
+		dst6 := prefixToIPNet(netip.PrefixFrom(a.IPv6, 128))
+		if err := d.host.RouteReplace(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: dst6, Scope: netlink.SCOPE_LINK}); err != nil {
+			return fmt.Errorf("vpc: host IPv6 route to task: %w", err)
+		}
 	}
 	// proxy_arp lets the task's link-local gateway resolve; the static
 	// neighbour above already does, this covers ARP refreshes.
@@ -229,12 +266,24 @@ func (d *DataPlane) wireHost(host netlink.Link, a Allocation) error {
 	return nil
 }
 
-func taskRule(a Allocation) *netlink.Rule {
-	r := netlink.NewRule()
-	r.Src = prefixToIPNet(netip.PrefixFrom(a.IPv4.Addr(), 32))
-	r.Table = a.RouteTable
-	r.Priority = 20000
-	return r
+// taskRules are "from task IP → ENI table", one per address family.
+func taskRules(a Allocation) []*netlink.Rule {
+	var out []*netlink.Rule
+	for _, p := range []netip.Prefix{netip.PrefixFrom(a.IPv4.Addr(), 32), netip.PrefixFrom(a.IPv6, 128)} {
+		if !p.Addr().IsValid() {
+			continue
+		}
+		r := netlink.NewRule()
+		r.Src = prefixToIPNet(p)
+		r.Family = netlink.FAMILY_V4
+		if p.Addr().Is6() {
+			r.Family = netlink.FAMILY_V6
+		}
+		r.Table = a.RouteTable
+		r.Priority = 20000
+		out = append(out, r)
+	}
+	return out
 }
 
 // Teardown removes the task's veth, rule, netns and files. Idempotent; it
@@ -242,8 +291,10 @@ func taskRule(a Allocation) *netlink.Rule {
 func (d *DataPlane) Teardown(ctx context.Context, taskID string, a *Allocation) error {
 	var errs []error
 	if a != nil && a.Provider == "ec2" && a.IPv4.IsValid() {
-		if err := d.host.RuleDel(taskRule(*a)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
-			errs = append(errs, fmt.Errorf("rule: %w", err))
+		for _, r := range taskRules(*a) {
+			if err := d.host.RuleDel(r); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("rule: %w", err))
+			}
 		}
 	}
 	if l, err := d.host.LinkByName(HostVeth(taskID)); err == nil {
@@ -312,6 +363,9 @@ func (d *DataPlane) writeFiles(a Allocation, att *task.NetworkAttachment) error 
 		hostname = hostname[:63]
 	}
 	hosts := fmt.Sprintf("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n%s\t%s\n", a.IPv4.Addr(), hostname)
+	if a.IPv6.IsValid() {
+		hosts += fmt.Sprintf("%s\t%s\n", a.IPv6, hostname)
+	}
 	for name, body := range map[string]string{"resolv.conf": resolv, "hosts": hosts, "hostname": hostname + "\n"} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
 			return fmt.Errorf("vpc: write %s: %w", name, err)
@@ -347,8 +401,9 @@ func resolvConf(dns []string) string {
 
 // EnsureENILink finds an attached ENI's link by MAC (waiting up to
 // timeout for it to appear), brings it up with its MTU and installs the
-// ENI's route table: the subnet route and a default via the subnet gateway.
-func (d *DataPlane) EnsureENILink(ctx context.Context, mac string, table int, gateway netip.Addr, subnet netip.Prefix, mtu int, timeout time.Duration) (string, error) {
+// ENI's route table: the subnet route and a default via the subnet gateway
+// (and, with a valid subnet6, the same for IPv6 via VPCRouterV6).
+func (d *DataPlane) EnsureENILink(ctx context.Context, mac string, table int, gateway netip.Addr, subnet, subnet6 netip.Prefix, mtu int, timeout time.Duration) (string, error) {
 	want, err := net.ParseMAC(mac)
 	if err != nil {
 		return "", fmt.Errorf("vpc: ENI MAC %q: %w", mac, err)
@@ -392,7 +447,22 @@ func (d *DataPlane) EnsureENILink(ctx context.Context, mac string, table int, ga
 	if err := d.host.RouteReplace(&netlink.Route{LinkIndex: idx, Gw: net.IP(gateway.AsSlice()), Dst: prefixToIPNet(netip.MustParsePrefix("0.0.0.0/0")), Table: table}); err != nil {
 		return "", fmt.Errorf("vpc: ENI default route: %w", err)
 	}
+	if subnet6.IsValid() {
+		if err := d.host.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: prefixToIPNet(subnet6.Masked()), Table: table}); err != nil {
+			return "", fmt.Errorf("vpc: ENI IPv6 subnet route: %w", err)
+		}
+		if err := d.host.RouteReplace(&netlink.Route{LinkIndex: idx, Gw: net.IP(VPCRouterV6.AsSlice()), Dst: prefixToIPNet(netip.MustParsePrefix("::/0")), Table: table}); err != nil {
+			return "", fmt.Errorf("vpc: ENI IPv6 default route: %w", err)
+		}
+	}
 	return link.Attrs().Name, nil
+}
+
+func ipv6String(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 func prefixToIPNet(p netip.Prefix) *net.IPNet {

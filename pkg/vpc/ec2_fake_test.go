@@ -3,6 +3,7 @@ package vpc
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -36,6 +37,8 @@ func newFakeEC2() *fakeEC2 {
 	}
 	f.subnets["subnet-a"] = types.Subnet{SubnetId: aws.String("subnet-a"), CidrBlock: aws.String("198.18.1.0/24"), AvailabilityZone: aws.String("us-east-1a"), VpcId: aws.String("vpc-1")}
 	f.subnets["subnet-b"] = types.Subnet{SubnetId: aws.String("subnet-b"), CidrBlock: aws.String("198.18.2.0/24"), AvailabilityZone: aws.String("us-east-1a"), VpcId: aws.String("vpc-1")}
+	f.subnets["subnet-6"] = types.Subnet{SubnetId: aws.String("subnet-6"), CidrBlock: aws.String("198.18.6.0/24"), AvailabilityZone: aws.String("us-east-1a"), VpcId: aws.String("vpc-1"),
+		Ipv6CidrBlockAssociationSet: []types.SubnetIpv6CidrBlockAssociation{{Ipv6CidrBlock: aws.String("2001:2:0:6::/64"), Ipv6CidrBlockState: &types.SubnetCidrBlockState{State: types.SubnetCidrBlockStateCodeAssociated}}}}
 	f.subnets["subnet-z"] = types.Subnet{SubnetId: aws.String("subnet-z"), CidrBlock: aws.String("198.18.9.0/24"), AvailabilityZone: aws.String("us-east-1b"), VpcId: aws.String("vpc-1")}
 	// The primary ENI.
 	n := f.newENI("subnet-a", []string{"sg-default"}, nil)
@@ -73,6 +76,11 @@ func (f *fakeEC2) ip(subnet string) string {
 	var a, b, cc int
 	fmt.Sscanf(c, "%d.%d.%d.", &a, &b, &cc)
 	return fmt.Sprintf("%d.%d.%d.%d", a, b, cc, 3+f.nextIP[subnet])
+}
+
+func (f *fakeEC2) ip6(subnet string) string {
+	f.nextIP[subnet+"/6"]++
+	return fmt.Sprintf("2001:2:0:6::%x", 0x100+f.nextIP[subnet+"/6"])
 }
 
 func (f *fakeEC2) newENI(subnet string, groups []string, tags []types.Tag) *types.NetworkInterface {
@@ -179,6 +187,9 @@ func (f *fakeEC2) CreateNetworkInterface(_ context.Context, in *ec2.CreateNetwor
 	n := f.newENI(aws.ToString(in.SubnetId), in.Groups, tags)
 	for range aws.ToInt32(in.SecondaryPrivateIpAddressCount) {
 		n.PrivateIpAddresses = append(n.PrivateIpAddresses, types.NetworkInterfacePrivateIpAddress{PrivateIpAddress: aws.String(f.ip(aws.ToString(in.SubnetId))), Primary: aws.Bool(false)})
+	}
+	for range aws.ToInt32(in.Ipv6AddressCount) {
+		n.Ipv6Addresses = append(n.Ipv6Addresses, types.NetworkInterfaceIpv6Address{Ipv6Address: aws.String(f.ip6(aws.ToString(in.SubnetId)))})
 	}
 	c := *n
 	return &ec2.CreateNetworkInterfaceOutput{NetworkInterface: &c}, nil
@@ -306,6 +317,55 @@ func (f *fakeEC2) UnassignPrivateIpAddresses(_ context.Context, in *ec2.Unassign
 	}
 	n.PrivateIpAddresses = keep
 	return &ec2.UnassignPrivateIpAddressesOutput{}, nil
+}
+
+func (f *fakeEC2) AssignIpv6Addresses(_ context.Context, in *ec2.AssignIpv6AddressesInput, _ ...func(*ec2.Options)) (*ec2.AssignIpv6AddressesOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.record("AssignIpv6Addresses"); err != nil {
+		return nil, err
+	}
+	n, ok := f.enis[aws.ToString(in.NetworkInterfaceId)]
+	if !ok {
+		return nil, notFound(aws.ToString(in.NetworkInterfaceId))
+	}
+	out := &ec2.AssignIpv6AddressesOutput{NetworkInterfaceId: n.NetworkInterfaceId}
+	for range aws.ToInt32(in.Ipv6AddressCount) {
+		ip := f.ip6(aws.ToString(n.SubnetId))
+		n.Ipv6Addresses = append(n.Ipv6Addresses, types.NetworkInterfaceIpv6Address{Ipv6Address: aws.String(ip)})
+		out.AssignedIpv6Addresses = append(out.AssignedIpv6Addresses, ip)
+	}
+	return out, nil
+}
+
+func (f *fakeEC2) UnassignIpv6Addresses(_ context.Context, in *ec2.UnassignIpv6AddressesInput, _ ...func(*ec2.Options)) (*ec2.UnassignIpv6AddressesOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.record("UnassignIpv6Addresses"); err != nil {
+		return nil, err
+	}
+	n, ok := f.enis[aws.ToString(in.NetworkInterfaceId)]
+	if !ok {
+		return nil, notFound(aws.ToString(in.NetworkInterfaceId))
+	}
+	n.Ipv6Addresses = slices.DeleteFunc(n.Ipv6Addresses, func(a types.NetworkInterfaceIpv6Address) bool {
+		return slices.Contains(in.Ipv6Addresses, aws.ToString(a.Ipv6Address))
+	})
+	return &ec2.UnassignIpv6AddressesOutput{}, nil
+}
+
+// ipv6Of returns an ENI's IPv6 addresses, sorted.
+func (f *fakeEC2) ipv6Of(id string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	if n, ok := f.enis[id]; ok {
+		for _, a := range n.Ipv6Addresses {
+			out = append(out, aws.ToString(a.Ipv6Address))
+		}
+	}
+	sortIPs(out)
+	return out
 }
 
 // view returns, per task ENI of the instance, its sorted secondary IPs and groups.

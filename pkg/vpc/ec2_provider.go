@@ -179,8 +179,25 @@ func (p *EC2Provider) rebuild(ctx context.Context) error {
 			}
 			continue
 		}
+		if r.IPv6 != "" && slot.IPv6 != r.IPv6 {
+			// Keep the recorded pair: swap with the slot EC2's order gave it to.
+			other := ""
+			for _, s := range e.IPs {
+				if s.IPv6 == r.IPv6 && s.TaskID == "" {
+					s.IPv6, other = slot.IPv6, r.IPv6
+				}
+			}
+			if other == "" {
+				p.log.Info("dropping allocation record whose IPv6 is gone", "task", taskID, "ipv6", r.IPv6)
+				if err := p.record.remove(taskID); err != nil {
+					return err
+				}
+				continue
+			}
+			slot.IPv6 = r.IPv6
+		}
 		slot.TaskID = taskID
-		p.pool.tasks[taskID] = taskIP{ENI: r.ENI, IP: r.IP, Key: r.Key}
+		p.pool.tasks[taskID] = taskIP{ENI: r.ENI, IP: r.IP, IPv6: r.IPv6, Key: r.Key}
 		p.pool.lastUsed[r.Key] = now
 	}
 	return nil
@@ -226,6 +243,9 @@ func (p *EC2Provider) keyFor(ctx context.Context, req task.NetworkRequest) (Pool
 	}
 	for _, id := range subnets {
 		if s := infos[id]; s.AZ == p.cfg.Host.AvailabilityZone || p.cfg.Host.AvailabilityZone == "" {
+			if req.IPv6 && !s.IPv6.IsValid() {
+				return PoolKey{}, subnetInfo{}, fmt.Errorf("%w: IPv6 asked for, but subnet %s has no IPv6 CIDR", ErrInvalidNetworkRequest, id)
+			}
 			return NewPoolKey(id, groups), s, nil
 		}
 	}
@@ -249,7 +269,7 @@ func (p *EC2Provider) Allocate(ctx context.Context, taskID string, req task.Netw
 	}
 	// Warm: the one record write is the assignment, made before the
 	// caller touches netlink.
-	a, ok, err := p.takeLocked(taskID, key)
+	a, ok, err := p.takeLocked(taskID, key, req.IPv6)
 	if ok || err != nil {
 		p.mu.Unlock()
 		p.poke()
@@ -261,7 +281,7 @@ func (p *EC2Provider) Allocate(ctx context.Context, taskID string, req task.Netw
 		return Allocation{}, err
 	}
 	p.mu.Unlock()
-	a, err = p.allocateSlow(ctx, taskID, key, sn)
+	a, err = p.allocateSlow(ctx, taskID, key, sn, req.IPv6)
 	if err != nil {
 		_ = p.record.remove(taskID)
 	}
@@ -270,12 +290,12 @@ func (p *EC2Provider) Allocate(ctx context.Context, taskID string, req task.Netw
 }
 
 // takeLocked takes a free IP of key for taskID and records it.
-func (p *EC2Provider) takeLocked(taskID string, key PoolKey) (Allocation, bool, error) {
-	t, ok := p.pool.take(key, taskID, p.now())
+func (p *EC2Provider) takeLocked(taskID string, key PoolKey, ipv6 bool) (Allocation, bool, error) {
+	t, ok := p.pool.take(key, taskID, p.now(), ipv6)
 	if !ok {
 		return Allocation{}, false, nil
 	}
-	if err := p.record.put(taskID, recordEntry{State: recordAssigned, Key: key, ENI: t.ENI, IP: t.IP}); err != nil {
+	if err := p.record.put(taskID, recordEntry{State: recordAssigned, Key: key, ENI: t.ENI, IP: t.IP, IPv6: t.IPv6}); err != nil {
 		p.pool.release(taskID, time.Time{})
 		p.pool.enis[t.ENI].IPs[t.IP].CoolUntil = time.Time{}
 		return Allocation{}, false, err
@@ -283,12 +303,12 @@ func (p *EC2Provider) takeLocked(taskID string, key PoolKey) (Allocation, bool, 
 	return p.allocationLocked(taskID, t), true, nil
 }
 
-func (p *EC2Provider) allocateSlow(ctx context.Context, taskID string, key PoolKey, _ subnetInfo) (Allocation, error) {
+func (p *EC2Provider) allocateSlow(ctx context.Context, taskID string, key PoolKey, _ subnetInfo, ipv6 bool) (Allocation, error) {
 	p.growMu.Lock()
 	defer p.growMu.Unlock()
 	for range 8 {
 		p.mu.Lock()
-		a, ok, err := p.takeLocked(taskID, key)
+		a, ok, err := p.takeLocked(taskID, key, ipv6)
 		if ok || err != nil {
 			p.mu.Unlock()
 			return a, err
@@ -312,15 +332,18 @@ func (p *EC2Provider) allocateSlow(ctx context.Context, taskID string, key PoolK
 func (p *EC2Provider) apply(ctx context.Context, st step) error {
 	switch st.Kind {
 	case stepCreate:
-		e, err := p.eni.create(ctx, st.Key, st.Count, p.pool.limits.MaxENIs)
+		e, err := p.eni.create(ctx, st.Key, st.Count, p.pool.limits.MaxENIs, p.subnetHasIPv6(st.Key.SubnetID))
 		if err != nil {
 			return err
 		}
-		var dups []string
+		var dups, dups6 []string
 		p.mu.Lock()
-		for ip := range e.IPs {
+		for ip, s := range e.IPs {
 			if p.pool.holds(ip) {
 				dups = append(dups, ip)
+				if s.IPv6 != "" {
+					dups6 = append(dups6, s.IPv6)
+				}
 				delete(e.IPs, ip)
 			}
 		}
@@ -328,7 +351,7 @@ func (p *EC2Provider) apply(ctx context.Context, st step) error {
 		p.mu.Unlock()
 		if len(dups) > 0 {
 			p.log.Warn("EC2 assigned addresses this host already holds; giving them back", "eni", e.ID, "ips", dups)
-			_ = p.eni.unassign(ctx, e.ID, dups)
+			_ = p.eni.unassign(ctx, e.ID, dups, dups6)
 		}
 		p.log.Info("created ENI", "eni", e.ID, "device", e.DeviceIndex, "key", st.Key.String(), "ips", len(e.IPs))
 	case stepAssign:
@@ -337,33 +360,40 @@ func (p *EC2Provider) apply(ctx context.Context, st step) error {
 		var snap *eniState
 		if ok {
 			snap = &eniState{ID: e.ID, PrimaryIP: e.PrimaryIP, IPs: map[string]*ipSlot{}}
-			for ip := range e.IPs {
-				snap.IPs[ip] = nil
+			for ip, s := range e.IPs {
+				snap.IPs[ip] = &ipSlot{IPv6: s.IPv6}
 			}
 		}
 		p.mu.Unlock()
 		if !ok {
 			return nil
 		}
-		ips, err := p.eni.assign(ctx, snap, st.Count)
+		ips, v6, err := p.eni.assign(ctx, snap, st.Count, p.subnetHasIPv6(st.Key.SubnetID))
 		if err != nil {
 			return err
 		}
-		var dups []string
+		var dups, dups6 []string
 		p.mu.Lock()
 		if e, ok := p.pool.enis[st.ENI]; ok {
-			for _, ip := range ips {
+			for i, ip := range ips {
+				s := &ipSlot{}
+				if v6 != nil {
+					s.IPv6 = v6[i]
+				}
 				if p.pool.holds(ip) {
 					dups = append(dups, ip) // never hand one address out twice
+					if s.IPv6 != "" {
+						dups6 = append(dups6, s.IPv6)
+					}
 					continue
 				}
-				e.IPs[ip] = &ipSlot{}
+				e.IPs[ip] = s
 			}
 		}
 		p.mu.Unlock()
 		if len(dups) > 0 {
 			p.log.Warn("EC2 assigned addresses this host already holds; giving them back", "eni", st.ENI, "ips", dups)
-			_ = p.eni.unassign(ctx, st.ENI, dups)
+			_ = p.eni.unassign(ctx, st.ENI, dups, dups6)
 		}
 	case stepRegroup:
 		p.mu.Lock()
@@ -401,11 +431,16 @@ func (p *EC2Provider) apply(ctx context.Context, st step) error {
 	case stepUnassign:
 		p.mu.Lock()
 		e, ok := p.pool.enis[st.ENI]
-		var ips []string
+		var ips, v6 []string
+		gone := map[string]*ipSlot{}
 		if ok {
 			for _, ip := range st.IPs {
 				if s, ok := e.IPs[ip]; ok && s.TaskID == "" {
 					ips = append(ips, ip)
+					if s.IPv6 != "" {
+						v6 = append(v6, s.IPv6)
+					}
+					gone[ip] = s
 					delete(e.IPs, ip)
 				}
 			}
@@ -414,10 +449,10 @@ func (p *EC2Provider) apply(ctx context.Context, st step) error {
 		if len(ips) == 0 {
 			return nil
 		}
-		if err := p.eni.unassign(ctx, st.ENI, ips); err != nil {
+		if err := p.eni.unassign(ctx, st.ENI, ips, v6); err != nil {
 			p.mu.Lock()
-			for _, ip := range ips {
-				e.IPs[ip] = &ipSlot{}
+			for ip, s := range gone {
+				e.IPs[ip] = &ipSlot{IPv6: s.IPv6}
 			}
 			p.mu.Unlock()
 			return err
@@ -463,6 +498,7 @@ func (p *EC2Provider) allocationLocked(taskID string, t taskIP) Allocation {
 		TaskID:           taskID,
 		IPv4:             netip.PrefixFrom(ip, sn.CIDR.Bits()),
 		Gateway:          sn.Gateway,
+		SubnetIPv6:       sn.IPv6,
 		ENIID:            t.ENI,
 		SubnetID:         t.Key.SubnetID,
 		VPCID:            sn.VPCID,
@@ -471,6 +507,9 @@ func (p *EC2Provider) allocationLocked(taskID string, t taskIP) Allocation {
 		Region:           p.cfg.Host.Region,
 	}
 	a.Provider = "ec2"
+	if v6, err := netip.ParseAddr(t.IPv6); err == nil {
+		a.IPv6 = v6
+	}
 	if e != nil {
 		a.MAC, a.DeviceIndex, a.RouteTable = e.MAC, e.DeviceIndex, ENIRouteTable(e.DeviceIndex)
 	}
@@ -556,6 +595,11 @@ func (p *EC2Provider) refill(ctx context.Context, key PoolKey) error {
 		}
 	}
 	return nil
+}
+
+func (p *EC2Provider) subnetHasIPv6(id string) bool {
+	s, _ := p.eni.cachedSubnet(id)
+	return s.IPv6.IsValid()
 }
 
 // RefillFailures reports, per pool, how many refills in a row failed (for

@@ -394,3 +394,83 @@ func TestEC2ProviderRecordsBeforeEC2(t *testing.T) {
 		t.Errorf("record (-want +got):\n%s", diff)
 	}
 }
+
+func TestEC2ProviderIPv6(t *testing.T) {
+	f, c := newFakeEC2(), &clock{t: t0}
+	rec := filepath.Join(t.TempDir(), "alloc.json")
+	p := newTestProvider(t, f, c, rec)
+	ctx := context.Background()
+	v6req := func(ipv6 bool) task.NetworkRequest {
+		return task.NetworkRequest{SecurityGroupIDs: []string{"sg-1"}, SubnetIDs: []string{"subnet-6"}, IPv6: ipv6}
+	}
+	subnet6 := netip.MustParsePrefix("2001:2:0:6::/64")
+
+	if _, err := p.Allocate(ctx, "no-v6", task.NetworkRequest{SecurityGroupIDs: []string{"sg-1"}, IPv6: true}); !errors.Is(err, ErrInvalidNetworkRequest) {
+		t.Errorf("IPv6 on a subnet without it: %v, want ErrInvalidNetworkRequest", err)
+	}
+	a1 := mustAlloc(t, p, "t1", v6req(true))
+	if !a1.IPv6.IsValid() || !subnet6.Contains(a1.IPv6) {
+		t.Fatalf("t1 = %+v, want an IPv6 in %s", a1, subnet6)
+	}
+	// Every secondary IPv4 of an IPv6 subnet's ENI has its IPv6 partner.
+	pairs := func() int {
+		n := 0
+		for _, e := range p.PoolStatus(ctx).ENIs {
+			if e.ID != a1.ENIID {
+				continue
+			}
+			for _, ip := range e.IPs {
+				if ip.IPv6 != "" {
+					n++
+				}
+			}
+			if got := len(f.ipv6Of(e.ID)); got != len(e.IPs) || n != len(e.IPs) {
+				t.Errorf("ENI %s: %d IPv4, %d paired, EC2 has %d IPv6", e.ID, len(e.IPs), n, got)
+			}
+		}
+		return n
+	}
+	if pairs() < 2 {
+		t.Fatalf("no warm IPv6 partners: %+v", p.PoolStatus(ctx))
+	}
+	f.resetCalls()
+	a2 := mustAlloc(t, p, "t2", v6req(true))
+	a3 := mustAlloc(t, p, "t3", v6req(false))
+	if calls := f.Calls(); len(calls) != 0 {
+		t.Errorf("warm IPv6 allocate called EC2: %v", calls)
+	}
+	if !a2.IPv6.IsValid() || a2.IPv6 == a1.IPv6 || a3.IPv6.IsValid() {
+		t.Errorf("t2 = %v, t3 = %v: want a new IPv6 for t2 only", a2.IPv6, a3.IPv6)
+	}
+	// Refill tops up IPv4 and IPv6 together.
+	p.Tick(ctx)
+	pairs()
+
+	// A restart keeps each task's pair.
+	p2 := newTestProvider(t, f, c, rec)
+	allocs, _ := p2.Allocations(ctx)
+	if diff := cmp.Diff([]Allocation{a1, a2, a3}, allocs, cmpNet); diff != "" {
+		t.Errorf("rebuilt (-want +got):\n%s", diff)
+	}
+
+	// Released and past ReleaseAfter: the surplus goes back, IPv6 with IPv4.
+	for _, id := range []string{"t1", "t2", "t3"} {
+		if err := p2.Release(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Add(11 * time.Second)
+	p2.Tick(ctx)
+	c.Add(2 * time.Minute)
+	p2.Tick(ctx)
+	c.Add(2 * time.Minute)
+	p2.Tick(ctx)
+	for _, e := range p2.PoolStatus(ctx).ENIs {
+		if got := len(f.ipv6Of(e.ID)); got != len(e.IPs) {
+			t.Errorf("after release, ENI %s has %d IPv4 and %d IPv6 in EC2", e.ID, len(e.IPs), got)
+		}
+	}
+	if v := f.view(); len(v) != 0 {
+		t.Errorf("idle pools not handed back: %v", v)
+	}
+}

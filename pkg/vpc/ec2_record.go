@@ -22,6 +22,7 @@ type recordEntry struct {
 	Key   PoolKey     `json:"key"`
 	ENI   string      `json:"eni,omitempty"`
 	IP    string      `json:"ip,omitempty"`
+	IPv6  string      `json:"ipv6,omitempty"`
 }
 
 type recordFile struct {

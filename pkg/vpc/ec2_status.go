@@ -31,6 +31,7 @@ type ENIStatus struct {
 // IPStatus is one secondary address.
 type IPStatus struct {
 	IP           string     `json:"ip"`
+	IPv6         string     `json:"ipv6,omitempty"`
 	TaskID       string     `json:"taskId,omitempty"`
 	CoolingUntil *time.Time `json:"coolingUntil,omitempty"`
 }
@@ -66,7 +67,7 @@ func (p *EC2Provider) PoolStatus(_ context.Context) PoolStatus {
 		sortIPs(ips)
 		for _, ip := range ips {
 			s := e.IPs[ip]
-			is := IPStatus{IP: ip, TaskID: s.TaskID}
+			is := IPStatus{IP: ip, IPv6: s.IPv6, TaskID: s.TaskID}
 			if s.TaskID == "" && now.Before(s.CoolUntil) {
 				t := s.CoolUntil
 				is.CoolingUntil = &t

@@ -26,8 +26,10 @@ type subnetInfo struct {
 	ID      string
 	CIDR    netip.Prefix
 	Gateway netip.Addr
-	AZ      string
-	VPCID   string
+	// IPv6 is the subnet's IPv6 CIDR; invalid when it has none.
+	IPv6  netip.Prefix
+	AZ    string
+	VPCID string
 }
 
 // eniManager makes the EC2 calls for ENIs and their addresses. It keeps no
@@ -80,10 +82,24 @@ func (m *eniManager) describeSubnets(ctx context.Context, ids []string) (map[str
 			if err != nil {
 				return nil, fmt.Errorf("subnet %s: bad CIDR %q: %w", aws.ToString(s.SubnetId), aws.ToString(s.CidrBlock), err)
 			}
-			m.subnets[aws.ToString(s.SubnetId)] = subnetInfo{
+			info := subnetInfo{
 				ID: aws.ToString(s.SubnetId), CIDR: p.Masked(), Gateway: p.Masked().Addr().Next(),
 				AZ: aws.ToString(s.AvailabilityZone), VPCID: aws.ToString(s.VpcId),
 			}
+			for _, a := range s.Ipv6CidrBlockAssociationSet {
+				if st := a.Ipv6CidrBlockState; st != nil {
+					switch st.State {
+					case types.SubnetCidrBlockStateCodeDisassociating, types.SubnetCidrBlockStateCodeDisassociated,
+						types.SubnetCidrBlockStateCodeFailing, types.SubnetCidrBlockStateCodeFailed:
+						continue // (moto sends no usable state: absent counts as associated)
+					}
+				}
+				if p6, err := netip.ParsePrefix(aws.ToString(a.Ipv6CidrBlock)); err == nil && p6.Addr().Is6() {
+					info.IPv6 = p6.Masked()
+					break
+				}
+			}
+			m.subnets[aws.ToString(s.SubnetId)] = info
 		}
 	}
 	res := map[string]subnetInfo{}
@@ -159,6 +175,13 @@ func stateFromEC2(n types.NetworkInterface) *eniState {
 		e.PrimaryIP = aws.ToString(n.PrivateIpAddress)
 		delete(e.IPs, e.PrimaryIP)
 	}
+	var v6 []string
+	for _, a := range n.Ipv6Addresses {
+		if ip := aws.ToString(a.Ipv6Address); ip != "" {
+			v6 = append(v6, ip)
+		}
+	}
+	e.pairIPv6(v6)
 	return e
 }
 
@@ -181,7 +204,7 @@ func freeDeviceIndex(attached []types.NetworkInterface, maxENIs int) (int, bool)
 // create makes an ENI in key's subnet with key's SGs and count secondary
 // IPs, attaches it at a free device index and sets delete-on-termination.
 // A failure after creation deletes the ENI again.
-func (m *eniManager) create(ctx context.Context, key PoolKey, count int, maxENIs int) (*eniState, error) {
+func (m *eniManager) create(ctx context.Context, key PoolKey, count int, maxENIs int, ipv6 bool) (*eniState, error) {
 	attached, err := m.attachedENIs(ctx)
 	if err != nil {
 		return nil, err
@@ -200,6 +223,9 @@ func (m *eniManager) create(ctx context.Context, key PoolKey, count int, maxENIs
 	}
 	if count > 0 {
 		in.SecondaryPrivateIpAddressCount = aws.Int32(int32(count))
+		if ipv6 {
+			in.Ipv6AddressCount = aws.Int32(int32(count)) // one per secondary IPv4
+		}
 	}
 	out, err := m.api.CreateNetworkInterface(ctx, in)
 	if err != nil {
@@ -229,14 +255,15 @@ func (m *eniManager) create(ctx context.Context, key PoolKey, count int, maxENIs
 
 // assign asks EC2 for count more secondary IPs on eni in one call and
 // returns the new ones (moto answers with all of them; AWS with the new).
-func (m *eniManager) assign(ctx context.Context, e *eniState, count int) ([]string, error) {
+// With ipv6, as many IPv6 addresses follow in a second call, v6[i] paired
+// with ips[i]; if that call fails the new IPv4s are given back.
+func (m *eniManager) assign(ctx context.Context, e *eniState, count int, ipv6 bool) (ips, v6 []string, err error) {
 	out, err := m.api.AssignPrivateIpAddresses(ctx, &ec2.AssignPrivateIpAddressesInput{
 		NetworkInterfaceId: aws.String(e.ID), SecondaryPrivateIpAddressCount: aws.Int32(int32(count)),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("assign %d IPs on %s: %w", count, e.ID, err)
+		return nil, nil, fmt.Errorf("assign %d IPs on %s: %w", count, e.ID, err)
 	}
-	var ips []string
 	for _, a := range out.AssignedPrivateIpAddresses {
 		ip := aws.ToString(a.PrivateIpAddress)
 		if _, known := e.IPs[ip]; known || ip == e.PrimaryIP || ip == "" {
@@ -244,14 +271,50 @@ func (m *eniManager) assign(ctx context.Context, e *eniState, count int) ([]stri
 		}
 		ips = append(ips, ip)
 	}
-	return ips, nil
+	if !ipv6 || len(ips) == 0 {
+		return ips, nil, nil
+	}
+	known := map[string]bool{}
+	for _, s := range e.IPs {
+		if s != nil && s.IPv6 != "" {
+			known[s.IPv6] = true
+		}
+	}
+	out6, err := m.api.AssignIpv6Addresses(ctx, &ec2.AssignIpv6AddressesInput{
+		NetworkInterfaceId: aws.String(e.ID), Ipv6AddressCount: aws.Int32(int32(len(ips))),
+	})
+	if err == nil {
+		for _, ip := range out6.AssignedIpv6Addresses {
+			if !known[ip] && ip != "" {
+				v6 = append(v6, ip)
+			}
+		}
+		if len(v6) < len(ips) {
+			err = fmt.Errorf("EC2 assigned %d IPv6 addresses, want %d", len(v6), len(ips))
+		}
+	}
+	if err != nil {
+		uerr := m.unassign(context.WithoutCancel(ctx), e.ID, ips, v6)
+		return nil, nil, errors.Join(fmt.Errorf("assign %d IPv6 addresses on %s: %w", len(ips), e.ID, err), uerr)
+	}
+	return ips, v6[:len(ips)], nil
 }
 
-func (m *eniManager) unassign(ctx context.Context, eniID string, ips []string) error {
-	if _, err := m.api.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{
-		NetworkInterfaceId: aws.String(eniID), PrivateIpAddresses: ips,
-	}); err != nil {
-		return fmt.Errorf("unassign %v from %s: %w", ips, eniID, err)
+// unassign gives IPv4 (and their paired IPv6) addresses back to EC2.
+func (m *eniManager) unassign(ctx context.Context, eniID string, ips, v6 []string) error {
+	if len(ips) > 0 {
+		if _, err := m.api.UnassignPrivateIpAddresses(ctx, &ec2.UnassignPrivateIpAddressesInput{
+			NetworkInterfaceId: aws.String(eniID), PrivateIpAddresses: ips,
+		}); err != nil {
+			return fmt.Errorf("unassign %v from %s: %w", ips, eniID, err)
+		}
+	}
+	if len(v6) > 0 {
+		if _, err := m.api.UnassignIpv6Addresses(ctx, &ec2.UnassignIpv6AddressesInput{
+			NetworkInterfaceId: aws.String(eniID), Ipv6Addresses: v6,
+		}); err != nil {
+			return fmt.Errorf("unassign %v from %s: %w", v6, eniID, err)
+		}
 	}
 	return nil
 }

@@ -62,7 +62,7 @@ func (n *Network) ensureENI(ctx context.Context, a Allocation) error {
 	if done {
 		return nil
 	}
-	if _, err := n.dp.EnsureENILink(ctx, a.MAC, a.RouteTable, a.Gateway, a.IPv4.Masked(), 0, 15*time.Second); err != nil {
+	if _, err := n.dp.EnsureENILink(ctx, a.MAC, a.RouteTable, a.Gateway, a.IPv4.Masked(), a.SubnetIPv6, 0, 15*time.Second); err != nil {
 		return fmt.Errorf("ENI %s: %w", a.ENIID, err)
 	}
 	n.mu.Lock()

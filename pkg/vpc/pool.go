@@ -81,6 +81,31 @@ type eniState struct {
 type ipSlot struct {
 	TaskID    string
 	CoolUntil time.Time
+	// IPv6 is the ENI's IPv6 address paired with this IPv4 (subnets with
+	// IPv6 only); it goes to the task with the IPv4 when the task asks.
+	IPv6 string
+}
+
+// pairIPv6 pairs the ENI's IPv6 addresses with IPv4 slots that have none,
+// in address order, leaving existing pairs alone.
+func (e *eniState) pairIPv6(v6 []string) {
+	paired := map[string]bool{}
+	var bare []string
+	for ip, s := range e.IPs {
+		if s.IPv6 != "" {
+			paired[s.IPv6] = true
+		} else {
+			bare = append(bare, ip)
+		}
+	}
+	sortIPs(bare)
+	free := slices.DeleteFunc(slices.Clone(v6), func(a string) bool { return paired[a] })
+	sortIPs(free)
+	for i, ip := range bare {
+		if i < len(free) {
+			e.IPs[ip].IPv6 = free[i]
+		}
+	}
 }
 
 func (e *eniState) used() int {
@@ -114,10 +139,13 @@ func (e *eniState) cooling(now time.Time) int {
 }
 
 // freeIPs returns free, cooled-down IPs in address order.
-func (e *eniState) freeIPs(now time.Time) []string {
+func (e *eniState) freeIPs(now time.Time) []string { return e.freeIPsFor(now, false) }
+
+// freeIPsFor is freeIPs, only those paired with an IPv6 if ipv6.
+func (e *eniState) freeIPsFor(now time.Time, ipv6 bool) []string {
 	var out []string
 	for ip, s := range e.IPs {
-		if s.TaskID == "" && !now.Before(s.CoolUntil) {
+		if s.TaskID == "" && !now.Before(s.CoolUntil) && (!ipv6 || s.IPv6 != "") {
 			out = append(out, ip)
 		}
 	}
@@ -138,9 +166,10 @@ func sortIPs(ips []string) {
 
 // taskIP is where a task's address lives.
 type taskIP struct {
-	ENI string
-	IP  string
-	Key PoolKey
+	ENI  string
+	IP   string
+	IPv6 string // only when the task asked for one
+	Key  PoolKey
 }
 
 // pool is the accounting of ENIs and IPs. It does no I/O; the provider
@@ -183,14 +212,14 @@ func (p *pool) sortedENIs(key *PoolKey) []*eniState {
 
 // take gives taskID a free IP of key: the ENI with the most tasks first, so
 // ENIs fill up and idle ones can be handed back.
-func (p *pool) take(key PoolKey, taskID string, now time.Time) (taskIP, bool) {
+func (p *pool) take(key PoolKey, taskID string, now time.Time, ipv6 bool) (taskIP, bool) {
 	if t, ok := p.tasks[taskID]; ok {
 		return t, true
 	}
 	p.lastUsed[key] = now
 	var best *eniState
 	for _, e := range p.sortedENIs(&key) {
-		if e.free(now) == 0 {
+		if len(e.freeIPsFor(now, ipv6)) == 0 {
 			continue
 		}
 		if best == nil || e.used() > best.used() {
@@ -200,9 +229,12 @@ func (p *pool) take(key PoolKey, taskID string, now time.Time) (taskIP, bool) {
 	if best == nil {
 		return taskIP{}, false
 	}
-	ip := best.freeIPs(now)[0]
+	ip := best.freeIPsFor(now, ipv6)[0]
 	best.IPs[ip].TaskID = taskID
 	t := taskIP{ENI: best.ID, IP: ip, Key: key}
+	if ipv6 {
+		t.IPv6 = best.IPs[ip].IPv6
+	}
 	p.tasks[taskID] = t
 	return t, true
 }

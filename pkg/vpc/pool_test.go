@@ -160,28 +160,28 @@ func TestPlanShrink(t *testing.T) {
 
 func TestTakeReleaseCooldown(t *testing.T) {
 	p := testPool(eni("e1", 1, keyA, map[string]string{"198.18.1.5": "", "198.18.1.6": ""}))
-	a, ok := p.take(keyA, "t1", t0)
+	a, ok := p.take(keyA, "t1", t0, false)
 	if !ok || a.IP != "198.18.1.5" {
 		t.Fatalf("take t1 = %+v %v", a, ok)
 	}
-	if again, _ := p.take(keyA, "t1", t0); again != a {
+	if again, _ := p.take(keyA, "t1", t0, false); again != a {
 		t.Fatalf("take is not idempotent: %+v vs %+v", again, a)
 	}
 	if _, ok := p.release("t1", t0); !ok {
 		t.Fatal("release t1 failed")
 	}
-	b, ok := p.take(keyA, "t2", t0.Add(time.Second))
+	b, ok := p.take(keyA, "t2", t0.Add(time.Second), false)
 	if !ok || b.IP != "198.18.1.6" {
 		t.Fatalf("take t2 during cool-down = %+v %v, want the other IP", b, ok)
 	}
-	if _, ok := p.take(keyA, "t3", t0.Add(time.Second)); ok {
+	if _, ok := p.take(keyA, "t3", t0.Add(time.Second), false); ok {
 		t.Fatal("took a cooling IP")
 	}
-	c, ok := p.take(keyA, "t3", t0.Add(11*time.Second))
+	c, ok := p.take(keyA, "t3", t0.Add(11*time.Second), false)
 	if !ok || c.IP != "198.18.1.5" {
 		t.Fatalf("take t3 after cool-down = %+v %v", c, ok)
 	}
-	if _, ok := p.take(keyB, "t4", t0); ok {
+	if _, ok := p.take(keyB, "t4", t0, false); ok {
 		t.Fatal("took an IP of another key")
 	}
 }

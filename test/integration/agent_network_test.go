@@ -311,7 +311,7 @@ func (bed *ec2Bed) checkENIAttributes(t *testing.T, host *testenv.SimHost) {
 
 func TestAgentEC2Network(t *testing.T) {
 	begin(t)
-	bed := newEC2Bed(t, "m5.xlarge") // 3 task ENIs × 14 IPs
+	bed := newEC2Bed(t, "m5.xlarge", false) // 3 task ENIs × 14 IPs
 	ctd := testenv.StartContainerd(t)
 	reg := testenv.StartRegistry(t)
 	image := testenv.PushBusybox(t, reg, "busybox", "latest")
@@ -464,9 +464,9 @@ func TestAgentEC2Network(t *testing.T) {
 		bed.proxy.Throttle(a, 0)
 	}
 	ea.start()
-	// The survivors keep their addresses and stay reachable.
-	if got := ea.get("client").GetNetwork().GetIpv4(); got != clientIP {
-		t.Errorf("client's address after restart = %q, want %q", got, clientIP)
+	// The survivors keep running, keep their addresses and stay reachable.
+	if tk := ea.get("client"); tk.GetState() != stRunning || tk.GetNetwork().GetIpv4() != clientIP {
+		t.Fatalf("client after restart: %s (%s: %s) at %q, want running at %q\n%s", tk.GetState(), tk.GetReason(), tk.GetMessage(), tk.GetNetwork().GetIpv4(), clientIP, ea.agent.Log())
 	}
 	waitFor(t, "client reaches web after the agent restart", 30*time.Second, func() (bool, string) {
 		out, code := httpGet(ea, "client", webIP)

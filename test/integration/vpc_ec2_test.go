@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,12 +42,12 @@ type ec2Bed struct {
 	nextNet int
 }
 
-func newEC2Bed(t *testing.T, instanceType string) *ec2Bed {
+func newEC2Bed(t *testing.T, instanceType string, ipv6 bool) *ec2Bed {
 	t.Helper()
 	moto := testenv.StartMoto(t)
 	bed := &ec2Bed{proxy: testenv.StartFaultProxy(t, moto.Endpoint), dir: t.TempDir()}
 	bed.imds = testenv.StartIMDSMock(t).Endpoint
-	bed.hv = testenv.StartHypervisor(t, moto.Endpoint, testenv.HypervisorOptions{AZs: []string{"us-east-1a", "us-east-1b"}})
+	bed.hv = testenv.StartHypervisor(t, moto.Endpoint, testenv.HypervisorOptions{AZs: []string{"us-east-1a", "us-east-1b"}, IPv6: ipv6})
 	ctx := context.Background()
 	for i, dst := range []*string{&bed.sg1, &bed.sg2} {
 		out, err := bed.hv.EC2.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
@@ -317,7 +318,7 @@ func (bed *ec2Bed) onlyWarmPoolOf(t *testing.T, host *testenv.SimHost, allocatio
 
 func TestVPCEC2(t *testing.T) {
 	begin(t)
-	bed := newEC2Bed(t, "t3.small")
+	bed := newEC2Bed(t, "t3.small", false)
 	ctx := context.Background()
 	pa := bed.provider(t, bed.a, "a.json")
 	pb := bed.provider(t, bed.b, "b.json")
@@ -591,5 +592,148 @@ func checkHostClean(t *testing.T, host *testenv.SimHost) {
 	out, _ := exec.Command("ip", "netns", "list").Output()
 	if strings.Contains(string(out), host.Name+"-t") {
 		t.Errorf("leaked task netns: %s", out)
+	}
+}
+
+// network is the agent's own network stack (provider + data plane) for a
+// simulated host, in this process.
+func (bed *ec2Bed) network(t *testing.T, host *testenv.SimHost, p *vpc.EC2Provider) *vpc.Network {
+	t.Helper()
+	dir := t.TempDir()
+	dp, err := vpc.NewDataPlane(vpc.DataPlaneConfig{
+		NetNSDir: filepath.Join(dir, "netns"), FilesDir: filepath.Join(dir, "files"), HostNetNS: host.NetNSPath(), DNS: []string{"198.18.0.2"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := vpc.NewNetwork(p, dp)
+	t.Cleanup(func() {
+		as, _ := p.Allocations(context.Background())
+		for _, a := range as {
+			_ = n.Teardown(context.Background(), a.TaskID)
+		}
+		dp.Close()
+	})
+	return n
+}
+
+// motoIPv6 returns the IPv4 secondaries and IPv6 addresses moto shows per ENI of host's.
+func (bed *ec2Bed) motoIPv6(t *testing.T, host *testenv.SimHost) map[string][2][]string {
+	t.Helper()
+	out, err := bed.hv.EC2.DescribeNetworkInterfaces(context.Background(), &ec2.DescribeNetworkInterfacesInput{
+		Filters: []types.Filter{{Name: aws.String("tag:" + vpc.TagInstanceID), Values: []string{host.InstanceID}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string][2][]string{}
+	for _, n := range out.NetworkInterfaces {
+		var v4, v6 []string
+		for _, a := range n.PrivateIpAddresses {
+			if !aws.ToBool(a.Primary) {
+				v4 = append(v4, aws.ToString(a.PrivateIpAddress))
+			}
+		}
+		for _, a := range n.Ipv6Addresses {
+			v6 = append(v6, aws.ToString(a.Ipv6Address))
+		}
+		m[aws.ToString(n.NetworkInterfaceId)] = [2][]string{v4, v6}
+	}
+	return m
+}
+
+// IPv6 where the subnet has it: secondary IPv6 addresses from the warm
+// pool, wired by the agent's data plane, reachable across hosts.
+func TestVPCEC2IPv6(t *testing.T) {
+	begin(t)
+	bed := newEC2Bed(t, "t3.small", true)
+	ctx := context.Background()
+	pa, pb := bed.provider(t, bed.a, "a.json"), bed.provider(t, bed.b, "b.json")
+	na, nb := bed.network(t, bed.a, pa), bed.network(t, bed.b, pb)
+
+	want := task.NetworkRequest{SecurityGroupIDs: []string{bed.sg1}, IPv6: true}
+	attA, err := na.Setup(ctx, "v6a", want)
+	if err != nil {
+		t.Fatalf("setup v6a: %v", err)
+	}
+	attB, err := nb.Setup(ctx, "v6b", want)
+	if err != nil {
+		t.Fatalf("setup v6b: %v", err)
+	}
+	plain, err := na.Setup(ctx, "v4only", task.NetworkRequest{SecurityGroupIDs: []string{bed.sg1}})
+	if err != nil {
+		t.Fatalf("setup v4only: %v", err)
+	}
+	if plain.IPv6 != "" {
+		t.Errorf("a task that asked for no IPv6 got %s", plain.IPv6)
+	}
+	for _, c := range []struct {
+		att  *task.NetworkAttachment
+		host *testenv.SimHost
+	}{{attA, bed.a}, {attB, bed.b}} {
+		ip, err := netip.ParseAddr(c.att.IPv6)
+		if err != nil || !bed.hv.Subnet(c.host.AZ).IPv6.Contains(ip) {
+			t.Fatalf("attachment %+v: want an IPv6 in %s", c.att, bed.hv.Subnet(c.host.AZ).IPv6)
+		}
+		m := bed.motoIPv6(t, c.host)
+		if !slices.Contains(m[c.att.ENIID][1], c.att.IPv6) {
+			t.Errorf("moto's %s has IPv6 %v, the task holds %s", c.att.ENIID, m[c.att.ENIID][1], c.att.IPv6)
+		}
+		if out, err := exec.Command("nsenter", "--net="+c.att.NetNSPath, "ip", "-6", "addr", "show", "eth0").CombinedOutput(); err != nil || !strings.Contains(string(out), c.att.IPv6+"/128") {
+			t.Errorf("task eth0: %v %s", err, out)
+		}
+		if b, err := os.ReadFile(c.att.HostsPath); err != nil || !strings.Contains(string(b), c.att.IPv6) {
+			t.Errorf("hosts file: %v %q", err, b)
+		}
+	}
+	pingFrom := func(nsPath, ip string) {
+		t.Helper()
+		var out []byte
+		var err error
+		for range 5 {
+			if out, err = exec.Command("nsenter", "--net="+nsPath, "busybox", "ping", "-c", "1", "-W", "2", ip).CombinedOutput(); err == nil {
+				return
+			}
+		}
+		var dump strings.Builder
+		for _, ns := range []string{nsPath, bed.a.NetNSPath(), "/run/netns/" + netnsOfFabric} {
+			for _, args := range [][]string{{"-6", "addr"}, {"-6", "route", "show", "table", "all"}, {"-6", "rule"}, {"-6", "neigh"}} {
+				o, _ := exec.Command("nsenter", append([]string{"--net=" + ns, "ip"}, args...)...).CombinedOutput()
+				fmt.Fprintf(&dump, "## %s ip %v\n%s", ns, args, o)
+			}
+		}
+		t.Fatalf("ping %s from %s: %v\n%s\n%s", ip, nsPath, err, out, dump.String())
+	}
+	pingFrom(attA.NetNSPath, attB.IPv6)
+	pingFrom(attB.NetNSPath, attA.IPv6)
+	pingFrom(attA.NetNSPath, attB.IPv4)
+
+	for _, c := range []struct {
+		n  *vpc.Network
+		id string
+	}{{na, "v6a"}, {na, "v4only"}, {nb, "v6b"}} {
+		if err := c.n.Teardown(ctx, c.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bed.onlyWarmPool(t, bed.a, pa)
+	bed.onlyWarmPool(t, bed.b, pb)
+	for _, host := range []*testenv.SimHost{bed.a, bed.b} {
+		for id, v := range bed.motoIPv6(t, host) {
+			if len(v[0]) != len(v[1]) {
+				t.Errorf("%s after release: IPv4 %v, IPv6 %v: want one IPv6 per IPv4", id, v[0], v[1])
+			}
+		}
+		hh, err := netlink.NewHandleAt(host.NS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules, _ := hh.RuleList(netlink.FAMILY_V6)
+		for _, r := range rules {
+			if r.Priority == 20000 {
+				t.Errorf("leaked IPv6 rule %v in %s", r, host.Name)
+			}
+		}
+		hh.Close()
 	}
 }

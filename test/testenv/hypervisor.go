@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // Hypervisor plays EC2's part for simulated hosts: each host is a network
@@ -58,6 +59,8 @@ type Subnet struct {
 	CIDR    netip.Prefix
 	Gateway netip.Addr
 	Bridge  string
+	// IPv6 is the subnet's /64 (HypervisorOptions.IPv6), else invalid.
+	IPv6 netip.Prefix
 }
 
 // SimHost is one simulated EC2 instance.
@@ -93,6 +96,9 @@ type neighKey struct {
 type HypervisorOptions struct {
 	Region string   // default us-east-1
 	AZs    []string // one /18 subnet each (at most 4); default [us-east-1a]
+	// IPv6 gives every subnet a /64 out of 2001:2::/48 (the IPv6 range
+	// reserved for benchmarking), routed by the fabric via fe80::1.
+	IPv6 bool
 }
 
 // StartHypervisor creates, in moto at endpoint, a VPC 198.18.0.0/16 with one
@@ -141,13 +147,19 @@ func StartHypervisor(t TB, endpoint string, o HypervisorOptions) *Hypervisor {
 		// Wide subnets: moto picks addresses at random without checking
 		// which are taken, so a small subnet soon hands one out twice.
 		cidr := netip.MustParsePrefix(fmt.Sprintf("198.18.%d.0/18", 64*i))
-		out, err := h.EC2.CreateSubnet(ctx, &ec2.CreateSubnetInput{
+		in := &ec2.CreateSubnetInput{
 			VpcId: aws.String(h.VPCID), CidrBlock: aws.String(cidr.String()), AvailabilityZone: aws.String(az),
-		})
+		}
+		var cidr6 netip.Prefix
+		if o.IPv6 {
+			cidr6 = netip.MustParsePrefix(fmt.Sprintf("2001:2:0:%x::/64", i+1))
+			in.Ipv6CidrBlock = aws.String(cidr6.String())
+		}
+		out, err := h.EC2.CreateSubnet(ctx, in)
 		if err != nil {
 			t.Fatalf("hypervisor: create subnet in %s: %v", az, err)
 		}
-		s := Subnet{ID: aws.ToString(out.Subnet.SubnetId), AZ: az, CIDR: cidr, Gateway: cidr.Addr().Next(), Bridge: fmt.Sprintf("br%d", i+1)}
+		s := Subnet{ID: aws.ToString(out.Subnet.SubnetId), AZ: az, CIDR: cidr, Gateway: cidr.Addr().Next(), Bridge: fmt.Sprintf("br%d", i+1), IPv6: cidr6}
 		// A fixed MAC: a bridge that takes its ports' lowest MAC changes it
 		// as ENIs come and go, which flushes its neighbours (ours included)
 		// and strands the hosts' cached gateway MAC.
@@ -159,6 +171,14 @@ func StartHypervisor(t TB, endpoint string, o HypervisorOptions) *Hypervisor {
 		addr := &netlink.Addr{IPNet: &net.IPNet{IP: s.Gateway.AsSlice(), Mask: net.CIDRMask(cidr.Bits(), 32)}}
 		if err := h.fh.AddrAdd(br, addr); err != nil {
 			t.Fatalf("hypervisor: gateway address on %s: %v", s.Bridge, err)
+		}
+		if o.IPv6 {
+			for _, p := range []netip.Prefix{netip.MustParsePrefix("fe80::1/64"), netip.PrefixFrom(cidr6.Addr().Next(), 64)} {
+				a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 128)}, Flags: unix.IFA_F_NODAD}
+				if err := h.fh.AddrAdd(br, a); err != nil {
+					t.Fatalf("hypervisor: IPv6 router address %s on %s: %v", p, s.Bridge, err)
+				}
+			}
 		}
 		if err := h.fh.LinkSetUp(br); err != nil {
 			t.Fatalf("hypervisor: bridge up: %v", err)
@@ -358,8 +378,14 @@ func (h *Hypervisor) sync(ctx context.Context) error {
 			}
 			h.plugged[id] = p
 		}
+		ips := []string{}
 		for _, a := range n.PrivateIpAddresses {
-			ip := aws.ToString(a.PrivateIpAddress)
+			ips = append(ips, aws.ToString(a.PrivateIpAddress))
+		}
+		for _, a := range n.Ipv6Addresses {
+			ips = append(ips, aws.ToString(a.Ipv6Address))
+		}
+		for _, ip := range ips {
 			k := neighKey{ip: ip, mac: aws.ToString(n.MacAddress), bridge: sub.Bridge}
 			if o, dup := wantNeigh[ip]; dup && o != k {
 				h.dupErr(fmt.Errorf("moto gave %s to two ENIs (%s and %s): the test's traffic to it is ambiguous", ip, o.mac, k.mac))
@@ -371,7 +397,7 @@ func (h *Hypervisor) sync(ctx context.Context) error {
 	have := map[string]bool{}
 	for _, s := range h.Subnets {
 		if br, err := h.fh.LinkByName(s.Bridge); err == nil {
-			ns, _ := h.fh.NeighList(br.Attrs().Index, netlink.FAMILY_V4)
+			ns, _ := h.fh.NeighList(br.Attrs().Index, netlink.FAMILY_ALL)
 			for _, n := range ns {
 				if n.State&netlink.NUD_PERMANENT != 0 {
 					have[n.IP.String()+" "+n.HardwareAddr.String()] = true
@@ -384,7 +410,7 @@ func (h *Hypervisor) sync(ctx context.Context) error {
 			continue
 		}
 		if br, err := h.fh.LinkByName(k.bridge); err == nil {
-			_ = h.fh.NeighDel(&netlink.Neigh{LinkIndex: br.Attrs().Index, IP: net.ParseIP(ip), Family: netlink.FAMILY_V4})
+			_ = h.fh.NeighDel(&netlink.Neigh{LinkIndex: br.Attrs().Index, IP: net.ParseIP(ip), Family: family(ip)})
 		}
 		delete(h.neigh, ip)
 	}
@@ -398,7 +424,7 @@ func (h *Hypervisor) sync(ctx context.Context) error {
 		}
 		mac, _ := net.ParseMAC(k.mac)
 		if err := h.fh.NeighSet(&netlink.Neigh{
-			LinkIndex: br.Attrs().Index, Family: netlink.FAMILY_V4, State: netlink.NUD_PERMANENT,
+			LinkIndex: br.Attrs().Index, Family: family(ip), State: netlink.NUD_PERMANENT,
 			IP: net.ParseIP(ip), HardwareAddr: mac,
 		}); err != nil {
 			return fmt.Errorf("neighbour %s: %w", ip, err)
@@ -497,6 +523,7 @@ func setupNS(ns netns.NsHandle, nh *netlink.Handle) error {
 			"/proc/sys/net/ipv4/conf/default/send_redirects": "0",
 			"/proc/sys/net/ipv4/conf/all/rp_filter":          "0",
 			"/proc/sys/net/ipv4/conf/default/rp_filter":      "0",
+			"/proc/sys/net/ipv6/conf/all/forwarding":         "1",
 		} {
 			if err := os.WriteFile(p, []byte(v), 0o644); err != nil {
 				return err
@@ -504,6 +531,13 @@ func setupNS(ns netns.NsHandle, nh *netlink.Handle) error {
 		}
 		return nil
 	})
+}
+
+func family(ip string) int {
+	if a, err := netip.ParseAddr(ip); err == nil && a.Is6() {
+		return netlink.FAMILY_V6
+	}
+	return netlink.FAMILY_V4
 }
 
 // inNS runs fn on a thread switched into ns.
