@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -292,5 +293,126 @@ task: {image: "registry.example/x:1", command: [serve], resources: {cpuMillicore
 	out, err := second.cli("job", "ls", "-a")
 	if err != nil || !strings.Contains(out, batch) || !strings.Contains(out, svc) {
 		t.Fatalf("job ls after failover: %v\n%s", err, out)
+	}
+}
+
+// TestSchedulerCLI drives every CLI command against a titus-scheduler
+// process with two simulated agents (real stream over TCP) labelled by
+// instance group: job submit/ls/get/scale/kill, task ls/get/kill and agent
+// ls/drain/undrain by label, checking the effect of each.
+func TestSchedulerCLI(t *testing.T) {
+	begin(t)
+	sched := startSchedulerProc(t, "--agent-ttl", "3s")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	agents := map[string]*loadtest.Agent{}
+	for _, h := range []struct{ id, az, group string }{{"host-a", "az-a", "blue"}, {"host-b", "az-b", "green"}} {
+		a := loadtest.NewAgent(schedlink.Config{
+			Address: sched.addr, InstanceID: h.id, InstanceType: "sim", AZ: h.az, Labels: map[string]string{"group": h.group},
+			Capacity:   schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 16384},
+			MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+		}, loadtest.RunForever)
+		a.Start(ctx)
+		t.Cleanup(a.Stop)
+		agents[h.id] = a
+	}
+	cli := func(args ...string) string {
+		t.Helper()
+		out, err := sched.cli(args...)
+		if err != nil {
+			t.Fatalf("titus-scheduler %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	runningOn := func(prefix string) map[string]int {
+		out := map[string]int{}
+		for id, a := range agents {
+			for _, tid := range a.Tasks.Running() {
+				if strings.HasPrefix(tid, prefix+".") {
+					out[id]++
+				}
+			}
+		}
+		return out
+	}
+	waitUntil(t, "agents in agent ls", 60*time.Second, func() (bool, string) {
+		out, _ := sched.cli("agent", "ls") // a standby until its embedded etcd is up
+		return strings.Count(out, "connected") == 2 && strings.Contains(out, "group=blue"), out
+	})
+	svc := sched.submit(`name: web
+ownerEmail: tests@example.com
+application: web
+service: {min: 1, desired: 2, max: 6}
+task: {image: "registry.example/web:1", command: [serve], resources: {cpuMillicores: 500, memoryMib: 64}}
+`)
+	if out := cli("job", "ls"); !strings.Contains(out, svc) || !strings.Contains(out, "service/1<=2<=6") {
+		t.Fatalf("job ls does not list the service:\n%s", out)
+	}
+	cli("job", "scale", svc, "--desired", "4")
+	waitUntil(t, "scaled to 4, spread 2/2", 30*time.Second, func() (bool, string) {
+		r := runningOn(svc)
+		return r["host-a"] == 2 && r["host-b"] == 2, fmt.Sprint(r)
+	})
+	if j := sched.jobJSON(svc); fmt.Sprint(j["spec"].(map[string]any)["service"].(map[string]any)["desired"]) != "4" {
+		t.Fatalf("job get after scale: %v", j["spec"])
+	}
+	if out, err := sched.cli("job", "scale", svc, "--desired", "9"); err == nil || !strings.Contains(out, "service.desired") {
+		t.Fatalf("scale beyond max: want a field-named refusal, got %v\n%s", err, out)
+	}
+
+	// task ls / get / kill: the killed task is replaced.
+	out := cli("task", "ls", "--job", svc, "-o", "json")
+	var list struct {
+		Tasks []struct{ ID, AgentID, State string } `json:"tasks"`
+	}
+	if err := json.Unmarshal([]byte(out), &list); err != nil || len(list.Tasks) != 4 {
+		t.Fatalf("task ls: %v\n%s", err, out)
+	}
+	victim := list.Tasks[0].ID
+	if out := cli("task", "get", victim); !strings.Contains(out, victim) || !strings.Contains(out, "RUNNING") {
+		t.Fatalf("task get:\n%s", out)
+	}
+	cli("task", "kill", victim)
+	waitUntil(t, "killed task replaced", 30*time.Second, func() (bool, string) {
+		r := runningOn(svc)
+		gone := true
+		for _, a := range agents {
+			if slices.Contains(a.Tasks.Running(), victim) {
+				gone = false
+			}
+		}
+		return gone && r["host-a"]+r["host-b"] == 4, fmt.Sprint(r)
+	})
+	if out := cli("task", "get", victim); !strings.Contains(out, "KILLED") {
+		t.Fatalf("task get of the killed task:\n%s", out)
+	}
+
+	// Drain the blue instance group: its service tasks move to green.
+	if out := cli("agent", "drain", "--label", "group=blue"); !strings.Contains(out, "host-a") || !strings.Contains(out, "drained") || strings.Contains(out, "host-b") {
+		t.Fatalf("agent drain --label group=blue:\n%s", out)
+	}
+	waitUntil(t, "all 4 on green", 30*time.Second, func() (bool, string) {
+		r := runningOn(svc)
+		return r["host-a"] == 0 && r["host-b"] == 4, fmt.Sprint(r)
+	})
+	if out := cli("agent", "undrain", "--label", "group=blue"); strings.Contains(out, "drained") {
+		t.Fatalf("agent undrain:\n%s", out)
+	}
+	cli("job", "scale", svc, "--desired", "6")
+	waitUntil(t, "blue used again after undrain", 30*time.Second, func() (bool, string) {
+		r := runningOn(svc)
+		return r["host-a"] > 0 && r["host-a"]+r["host-b"] == 6, fmt.Sprint(r)
+	})
+
+	cli("job", "kill", svc)
+	waitUntil(t, "job killed", 30*time.Second, func() (bool, string) {
+		r := runningOn(svc)
+		return len(r) == 0 && sched.jobJSON(svc)["state"] == "JOB_STATE_KILLED", fmt.Sprint(r)
+	})
+	if out := cli("job", "ls"); strings.Contains(out, svc) {
+		t.Fatalf("killed job still in job ls (without -a):\n%s", out)
+	}
+	if out := cli("job", "ls", "-a"); !strings.Contains(out, svc) {
+		t.Fatalf("killed job missing from job ls -a:\n%s", out)
 	}
 }
