@@ -442,3 +442,99 @@ func TestSchedulerCrashLoopBacksOff(t *testing.T) {
 		}
 	}
 }
+
+// TestSchedulerCapacityGroupTiers: a critical group refuses a job beyond
+// its quota with a reason naming the group and the numbers; a flex group
+// accepts it and keeps it queued until the group's usage drops.
+func TestSchedulerCapacityGroupTiers(t *testing.T) {
+	begin(t)
+	o := schedOptions(t)
+	o.Groups = []scheduler.Group{
+		{Name: "crit", Tier: scheduler.TierCritical, CPUMillicores: 2000},
+		{Name: "flex", Tier: scheduler.TierFlex, CPUMillicores: 1000},
+	}
+	e, _ := newSchedEnv(t, o)
+	e.agent("a", "az-a", 16000, loadtest.RunForever)
+	e.waitAgents(1)
+	inGroup := func(group string, kind any, cpu int64) *schedv1.JobSpec {
+		s := jobSpec(kind)
+		s.CapacityGroup, s.Task.Resources.CpuMillicores = group, cpu
+		return s
+	}
+
+	e.submit(inGroup("crit", &schedv1.BatchJob{Size: 2}, 1000))
+	_, err := e.api.SubmitJob(e.ctx, &schedv1.SubmitJobRequest{Spec: inGroup("crit", &schedv1.BatchJob{Size: 1}, 1000)})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(err.Error(), `critical capacity group "crit"`) || !strings.Contains(err.Error(), "quota cpu=2000m") {
+		t.Fatalf("over the critical quota: err = %v, want ResourceExhausted naming the group and its quota", err)
+	}
+
+	first := e.submit(inGroup("flex", &schedv1.ServiceJob{Desired: 2, Max: 2}, 500))
+	second := e.submit(inGroup("flex", &schedv1.BatchJob{Size: 1}, 500))
+	e.eventually("flex quota full: the second job queued", func() (bool, string) {
+		c := e.job(second).Counts
+		return len(e.running(first)) == 1 && e.running(first)["a"] == 2 && c.Pending == 1, fmt.Sprint(e.running(first), c)
+	})
+	time.Sleep(500 * time.Millisecond) // several placement rounds
+	if c := e.job(second).Counts; c.Pending != 1 || c.Running+c.Launched != 0 {
+		t.Fatalf("flex job placed beyond the group's quota: %v", c)
+	}
+	if _, err := e.api.KillJob(e.ctx, &schedv1.KillJobRequest{Id: first}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("queued flex job placed once usage dropped", func() (bool, string) {
+		return e.running(second)["a"] == 1, fmt.Sprint(e.job(second).Counts)
+	})
+}
+
+// TestSchedulerQuarantinesFailingHost: a host whose launches keep failing
+// with platform errors is quarantined after QuarantineFailures and the
+// job's retries run on the healthy host.
+func TestSchedulerQuarantinesFailingHost(t *testing.T) {
+	begin(t)
+	o := schedOptions(t)
+	o.QuarantineFailures, o.QuarantineWindow = 3, time.Minute
+	e, _ := newSchedEnv(t, o)
+	bad := e.agent("a-bad", "az-a", 8000, loadtest.RunForever)
+	var mu sync.Mutex
+	badLaunches := 0
+	bad.Tasks.LaunchError = func(*task.Spec) error {
+		mu.Lock()
+		badLaunches++
+		mu.Unlock()
+		return fmt.Errorf("network setup: no ENI could be attached")
+	}
+	good := e.agent("b-good", "az-a", 8000, finishAfter(100*time.Millisecond))
+	e.waitAgents(2)
+	// Bin-packing puts all four on the first host (a-bad) first.
+	id := e.submit(jobSpec(&schedv1.BatchJob{Size: 4, Retry: &schedv1.RetryPolicy{MaxRetries: 10}}))
+	e.eventually("job finished on the healthy host", func() (bool, string) {
+		j := e.job(id)
+		return j.State == schedv1.JobState_JOB_STATE_FINISHED, j.String()
+	})
+	resp, err := e.api.ListAgents(e.ctx, &schedv1.ListAgentsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range resp.Agents {
+		if want := a.Id == "a-bad"; a.Quarantined != want {
+			t.Errorf("agent %s quarantined = %v, want %v", a.Id, a.Quarantined, want)
+		}
+	}
+	mu.Lock()
+	n := badLaunches
+	mu.Unlock()
+	if n < 3 || len(good.Tasks.List()) != 4 {
+		t.Fatalf("launches: %d failed on a-bad (want >= 3), %d on b-good (want 4)", n, len(good.Tasks.List()))
+	}
+	// Quarantined: a new job goes to the healthy host only.
+	id2 := e.submit(jobSpec(&schedv1.BatchJob{Size: 2}))
+	e.eventually("second job finished", func() (bool, string) {
+		j := e.job(id2)
+		return j.State == schedv1.JobState_JOB_STATE_FINISHED, j.String()
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if badLaunches != n {
+		t.Fatalf("a quarantined host got %d more launches", badLaunches-n)
+	}
+}

@@ -27,6 +27,9 @@ type SimTasks struct {
 	behavior Behavior
 	// OnLaunch, if set, is called for every new task.
 	OnLaunch func(id string, at time.Time)
+	// LaunchError, if set and it returns an error, fails the launch with it
+	// (as a host that cannot set tasks up does; the link reports a platform error).
+	LaunchError func(spec *task.Spec) error
 
 	mu    sync.Mutex
 	tasks map[string]*task.View
@@ -48,6 +51,11 @@ var _ schedlink.Tasks = (*SimTasks)(nil)
 func (s *SimTasks) Launch(_ context.Context, spec *task.Spec) error {
 	if err := spec.Validate(); err != nil {
 		return err
+	}
+	if s.LaunchError != nil {
+		if err := s.LaunchError(spec); err != nil {
+			return err
+		}
 	}
 	now := time.Now()
 	s.mu.Lock()
