@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -26,9 +27,17 @@ func TaskID(jobID string, index, attempt uint32) string {
 	return jobID + "." + strconv.FormatUint(uint64(index), 10) + "." + strconv.FormatUint(uint64(attempt), 10)
 }
 
+// placeInFlight is how many placement rounds may be committing at once:
+// the next round is planned while earlier ones are written (their tasks
+// already count against their hosts in memory, so rounds never overcommit).
+const placeInFlight = 3
+
 func (s *Scheduler) placeLoop(ctx context.Context) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
+	slots := make(chan struct{}, placeInFlight)
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	for {
 		select {
 		case <-ctx.Done():
@@ -37,31 +46,42 @@ func (s *Scheduler) placeLoop(ctx context.Context) {
 		case <-s.kick:
 		}
 		for {
-			n, err := s.placeRound(ctx)
-			if err != nil {
-				s.fenceFailed(err)
-				if ctx.Err() == nil {
-					s.log.Warn("placement round", "err", err)
-				}
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			batch, puts, start := s.planRound()
+			if len(batch) == 0 {
+				<-slots
 				break
 			}
-			if n < s.opts.PlaceBatch {
+			wg.Go(func() {
+				defer func() { <-slots }()
+				if err := s.commitRound(ctx, batch, puts, start); err != nil {
+					s.fenceFailed(err)
+					if ctx.Err() == nil {
+						s.log.Warn("placement round", "err", err)
+					}
+				}
+			})
+			if len(batch) < s.opts.PlaceBatch {
 				break
 			}
 		}
 	}
 }
 
-// placeRound places up to PlaceBatch pending tasks, commits them in one
-// round of fenced transactions and sends the launches.
-func (s *Scheduler) placeRound(ctx context.Context) (int, error) {
+// planRound picks hosts for up to PlaceBatch pending tasks and accounts
+// them in memory (committing); commitRound writes and launches them.
+func (s *Scheduler) planRound() ([]*taskState, []put, time.Time) {
 	s.mu.Lock()
 	now := time.Now()
 	s.promoteDue(now)
 	s.observeLocked()
 	if len(s.waiting) == 0 {
 		s.mu.Unlock()
-		return 0, nil
+		return nil, nil, now
 	}
 	agents := make([]*agentState, 0, len(s.agents))
 	for _, a := range s.agents {
@@ -109,21 +129,20 @@ func (s *Scheduler) placeRound(ctx context.Context) (int, error) {
 		}
 	}
 	s.mu.Unlock()
-	if len(batch) == 0 {
-		return 0, nil
-	}
-	start := now
+	return batch, puts, now
+}
 
+func (s *Scheduler) commitRound(ctx context.Context, batch []*taskState, puts []put, start time.Time) error {
 	err := s.st.commit(ctx, puts)
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	now = time.Now()
+	now := time.Now()
 	if err != nil {
 		for _, t := range batch {
 			s.unplace(t, now)
 		}
-		return 0, err
+		return err
 	}
 	launches := map[*agentState][]*agentv1.TaskSpec{}
 	for _, t := range batch {
@@ -152,7 +171,7 @@ func (s *Scheduler) placeRound(ctx context.Context) (int, error) {
 			m.PlacementDuration.WithLabelValues(metrics.PlacementPlaced).Observe(took)
 		}
 	}
-	return len(batch), nil
+	return nil
 }
 
 // observeLocked publishes queue depth and agents by health. Caller holds s.mu.
