@@ -234,6 +234,9 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	rep.PlaceDuration = time.Since(start)
 	rep.Placed = int(s.Stats().Placed - base)
 	rep.PlacementsPerSec = float64(rep.Placed) / rep.PlaceDuration.Seconds()
+	if err := noOvercommit(ctx, api); err != nil {
+		return rep, err
+	}
 	_ = waitFor(ctx, func() bool { mu.Lock(); defer mu.Unlock(); return len(received) >= o.Tasks })
 	mu.Lock()
 	lat := make([]time.Duration, 0, len(received))
@@ -285,6 +288,22 @@ func connected(ctx context.Context, api schedv1.SchedulerClient) int {
 		}
 	}
 	return n
+}
+
+// noOvercommit checks that no host was given more than it has, however
+// many placement rounds were in flight.
+func noOvercommit(ctx context.Context, api schedv1.SchedulerClient) error {
+	resp, err := api.ListAgents(ctx, &schedv1.ListAgentsRequest{}, grpc.MaxCallRecvMsgSize(64<<20))
+	if err != nil {
+		return fmt.Errorf("list agents: %w", err)
+	}
+	for _, a := range resp.Agents {
+		c, u := a.GetCapacity(), a.GetUsed()
+		if u.GetCpuMillicores() > c.GetCpuMillicores() || u.GetMemoryMib() > c.GetMemoryMib() || u.GetEnis() > c.GetEnis() {
+			return fmt.Errorf("agent %s overcommitted: used %v of %v", a.Id, u, c)
+		}
+	}
+	return nil
 }
 
 func waitFor(ctx context.Context, cond func() bool) error {
