@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/titus-agent/titus-agent/pkg/agent"
+	"github.com/titus-agent/titus-agent/pkg/logging"
 )
 
 func newDaemonCmd() *cobra.Command {
@@ -55,7 +56,7 @@ func newDaemonCmd() *cobra.Command {
 			}
 			var level slog.Level
 			_ = level.UnmarshalText([]byte(cfg.LogLevel))
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			log := logging.New(os.Stderr, level)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			return agent.Run(ctx, cfg, log, nil)

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/titus-agent/titus-agent/pkg/logging"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/schedtls"
@@ -72,7 +73,7 @@ func newServeCmd() *cobra.Command {
 				return err
 			}
 			o.TLS = tc
-			log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+			log := logging.New(os.Stderr, slog.LevelInfo)
 			reg := metrics.NewRegistry()
 			o.Metrics = metrics.NewScheduler(reg)
 			s, err := scheduler.New(o, log)

@@ -59,7 +59,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(*Daemon))
 			}
 		}()
 	}
-	go watchTasks(ctx, d.manager, d.metrics, log)
 	if d.network != nil {
 		go watchPools(ctx, d.network, d.metrics)
 	}
@@ -70,6 +69,8 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(*Daemon))
 	if err := NotifyReady(fmt.Sprintf("%d tasks re-adopted", len(d.manager.List()))); err != nil {
 		log.Warn("sd_notify READY", "err", err)
 	}
+	// After READY, so its task counts replace READY's status line.
+	go watchTasks(ctx, d.manager, d.metrics, log)
 	if _, err := StartWatchdog(ctx, managerAlive(d.manager)); err != nil {
 		log.Warn("watchdog", "err", err)
 	}

@@ -205,7 +205,8 @@ func (h *nspawnHost) waitFor(what string, timeout time.Duration, cond func() boo
 // TestSystemdNspawnRunsAgent boots a real systemd in systemd-nspawn with the
 // .deb installed and checks, under that systemd: postinst enables without
 // starting; the socket unit (0660, group titus) activates the agent on the
-// first CLI call; Type=notify readiness and STATUS=; `systemctl restart`;
+// first CLI call; Type=notify readiness, STATUS= and structured journal
+// entries; `systemctl restart`;
 // a CLI call made while the agent is stopped starts it and is answered; a
 // wedged agent is restarted by the watchdog; stop is clean.
 func TestSystemdNspawnRunsAgent(t *testing.T) {
@@ -274,6 +275,13 @@ func TestSystemdNspawnRunsAgent(t *testing.T) {
 	if st := h.show("titus-agent.service", "ActiveState"); st != "active" {
 		t.Fatalf("titus-agent.service after the first call: %s, want active (socket activation)", st)
 	}
+
+	// Under systemd the agent logs to the journal natively: attributes are
+	// journal fields an operator can match on.
+	h.waitFor("the agent's structured journal entry", time.Minute, func() bool {
+		out, _ := h.exec("journalctl", "--no-pager", "-o", "cat", "_SYSTEMD_UNIT=titus-agent.service", "SOCKET=/run/titus-agent/agent.sock")
+		return strings.Contains(out, "agent ready")
+	})
 
 	// Tasks cannot run inside this container on a cgroup-v1-only kernel
 	// (nspawn mounts the v1 controllers read-only, so runc cannot make task
