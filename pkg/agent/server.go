@@ -157,6 +157,13 @@ func (s *Server) TaskLogs(req *agentv1.TaskLogsRequest, stream grpc.ServerStream
 			return status.Errorf(codes.Internal, "open log: %v", err)
 		}
 	}
+	// Closed whatever happens: an open log in a quota'd disk keeps the
+	// disk from unmounting at teardown.
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
 	if req.GetTailLines() > 0 && f != nil {
 		if err := seekTail(f, req.GetTailLines()); err != nil {
 			return status.Errorf(codes.Internal, "tail log: %v", err)

@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 
 	"github.com/containerd/containerd/v2/core/containers"
@@ -70,13 +71,31 @@ func (r IDRanges) pick(taskID string, used map[uint32]bool) (uint32, error) {
 	return 0, fmt.Errorf("user namespace ranges: all %d in use", r.Count)
 }
 
-// WithUserNS runs the container in a user namespace with u's maps.
+// WithUserNS runs the container in a user namespace with u's maps. Apply
+// it after the network namespace is set: a task joining a network
+// namespace made outside its user namespace (the agent's VPC netns) may not
+// mount a sysfs there, so it gets the host's /sys bound read-only instead,
+// as rootless runtimes do (the masked paths still apply).
 func WithUserNS(u *UserNS) oci.SpecOpts {
 	return func(ctx context.Context, c oci.Client, ctr *containers.Container, s *oci.Spec) error {
 		if u == nil {
 			return nil
 		}
-		return oci.WithUserNamespace(u.UIDMap, u.GIDMap)(ctx, c, ctr, s)
+		if err := oci.WithUserNamespace(u.UIDMap, u.GIDMap)(ctx, c, ctr, s); err != nil {
+			return err
+		}
+		if s.Linux == nil || !slices.ContainsFunc(s.Linux.Namespaces, func(n specs.LinuxNamespace) bool {
+			return n.Type == specs.NetworkNamespace && n.Path != ""
+		}) {
+			return nil
+		}
+		for i, m := range s.Mounts {
+			if m.Destination == "/sys" && m.Type == "sysfs" {
+				s.Mounts[i] = specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys",
+					Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+			}
+		}
+		return nil
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/containerd/containerd/v2/core/containers"
+	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/google/go-cmp/cmp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
@@ -133,5 +135,32 @@ func TestEnableUserNSNeedsSearchableParents(t *testing.T) {
 	d := newDisks(NewLoopQuota(dir, sys), dir, sys)
 	if err := d.EnableUserNS(IDRanges{Base: 1 << 24, Size: 65536, Count: 2}); err == nil {
 		t.Fatal("enabled below a directory others cannot pass")
+	}
+}
+
+func TestWithUserNSSysfs(t *testing.T) {
+	u := IDRanges{Base: 1 << 24, Size: 65536, Count: 1}.userNS(0)
+	sysfs := specs.Mount{Destination: "/sys", Type: "sysfs", Source: "sysfs", Options: []string{"nosuid", "ro"}}
+	hostSys := specs.Mount{Destination: "/sys", Type: "bind", Source: "/sys", Options: []string{"rbind", "nosuid", "noexec", "nodev", "ro"}}
+	for _, tc := range []struct {
+		name  string
+		netns specs.LinuxNamespace
+		want  specs.Mount
+	}{
+		{"own network namespace: its own sysfs", specs.LinuxNamespace{Type: specs.NetworkNamespace}, sysfs},
+		{"joins the agent's netns: the host's /sys read-only", specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: "/run/netns/t1"}, hostSys},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &oci.Spec{Mounts: []specs.Mount{sysfs}, Linux: &specs.Linux{Namespaces: []specs.LinuxNamespace{tc.netns}}}
+			if err := oci.ApplyOpts(context.Background(), nil, &containers.Container{ID: "t1"}, s, WithUserNS(u)); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff([]specs.Mount{tc.want}, s.Mounts); diff != "" {
+				t.Errorf("mounts (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(u.UIDMap, s.Linux.UIDMappings); diff != "" {
+				t.Errorf("uid maps (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

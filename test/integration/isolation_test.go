@@ -1056,3 +1056,56 @@ func TestAgentForkBombStaysResponsive(t *testing.T) {
 	}
 	e.assertNoLeftovers()
 }
+
+// TestAgentUserNamespaceWithNetwork: a task in its own user namespace also
+// gets its VPC address, resolv.conf and hosts (bind mounts its root must
+// reach) and answers on its address.
+func TestAgentUserNamespaceWithNetwork(t *testing.T) {
+	begin(t)
+	parent, err := os.MkdirTemp("", "titus-userns-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(parent) })
+	if err := os.Chmod(parent, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	ln := newLocalNet(t)
+	cfg := strings.ReplaceAll(ln.config, "{{DIR}}/netns", filepath.Join(parent, "netns")) +
+		"isolation:\n  diskDir: " + filepath.Join(parent, "disks") + "\n"
+	e := newAgentEnvConfig(t, cfg)
+	s := e.spec("web", "sh", "-c", "cat /proc/self/uid_map /etc/resolv.conf; mkdir -p /www && echo hello-from-userns > /www/index.html && exec httpd -f -p 8080 -h /www")
+	s.Labels, s.Resources.DiskMib = map[string]string{isolation.LabelUserNS: "true"}, 32
+	e.launch(s)
+	e.launch(e.spec("client", "sleep", "1000"))
+	tk := e.waitState("web", stRunning, 30*time.Second)
+	e.waitState("client", stRunning, 30*time.Second)
+	ip := tk.GetNetwork().GetIpv4()
+	// Not through exec: runc 1.1 joins the user namespace first and then
+	// may not enter a network namespace owned by the host's.
+	e.waitLog("web", "nameserver")
+	if out, _ := e.cli("task", "logs", "web"); strings.HasPrefix(strings.Join(strings.Fields(out), " "), "0 0 ") || !strings.Contains(out, "nameserver 198.18.0.2") {
+		t.Fatalf("in the task: %q, want a user namespace and the agent's resolv.conf", out)
+	}
+	var body string
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		out, code := httpGet(e, "client", ip)
+		if code == 0 {
+			body = out
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("task at %s unreachable from its neighbour: %d %s", ip, code, out)
+		}
+	}
+	if !strings.Contains(body, "hello-from-userns") {
+		t.Errorf("task answered %q", body)
+	}
+	for _, id := range []string{"web", "client"} {
+		if _, err := e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id, GracePeriodSeconds: 1}); err != nil {
+			t.Fatal(err)
+		}
+		e.waitFinal(id)
+	}
+	e.assertNoLeftovers()
+}
