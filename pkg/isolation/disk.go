@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/moby/sys/mountinfo"
@@ -319,11 +320,36 @@ func unmount(ctx context.Context, sys system, path string) error {
 		if err != nil || !mounted {
 			return err
 		}
-		if _, err := sys.Run(ctx, "umount", path); err != nil {
+		if err := umountBusy(ctx, sys, path); err != nil {
 			return err
 		}
 	}
 	return fmt.Errorf("%s: still mounted", path)
+}
+
+// busyRetries is how long umountBusy waits out a busy mount: the first
+// delay, doubled each time, for this many tries (about 3 s in all).
+var busyRetries = struct {
+	first time.Duration
+	tries int
+}{50 * time.Millisecond, 6}
+
+// umountBusy unmounts path, waiting a little while it is busy: a process
+// that just ended (the task's log writer) may still hold a file on it.
+func umountBusy(ctx context.Context, sys system, path string) error {
+	delay := busyRetries.first
+	for try := 1; ; try++ {
+		_, err := sys.Run(ctx, "umount", path)
+		if err == nil || !strings.Contains(err.Error(), "busy") || try >= busyRetries.tries {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(delay):
+		}
+		delay *= 2
+	}
 }
 
 // listDir returns the names in dir; a missing dir is empty.

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -270,3 +271,53 @@ func TestDetectBackendHere(t *testing.T) {
 }
 
 func itoa(v uint32) string { return strconv.FormatUint(uint64(v), 10) }
+
+// busySystem answers "target is busy" to the first busy umounts.
+type busySystem struct {
+	*fakeSystem
+	busy int
+}
+
+func (b *busySystem) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	if name == "umount" && b.busy > 0 {
+		b.busy--
+		b.fakeSystem.calls = append(b.fakeSystem.calls, "umount (busy) "+args[len(args)-1])
+		return nil, errors.New("umount: " + args[len(args)-1] + ": target is busy")
+	}
+	return b.fakeSystem.Run(ctx, name, args...)
+}
+
+func TestTeardownWaitsOutABusyMount(t *testing.T) {
+	first := busyRetries.first
+	busyRetries.first = time.Millisecond
+	t.Cleanup(func() { busyRetries.first = first })
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		busy    int
+		wantErr bool
+	}{
+		{"busy for a moment", 2, false},
+		{"busy for good", 100, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			sys := &busySystem{fakeSystem: newFakeSystem()}
+			d := newDisks(NewLoopQuota(dir, sys), dir, sys)
+			if _, err := d.Setup(ctx, "t1", 16, []string{"/l"}); err != nil {
+				t.Fatal(err)
+			}
+			sys.busy = tc.busy
+			err := d.Teardown(ctx, "t1")
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Teardown = %v, wantErr %v", err, tc.wantErr)
+			}
+			if !tc.wantErr && (sys.mounted[dir+"/rootfs/t1"] || sys.mounted[dir+"/mnt/t1"]) {
+				t.Errorf("still mounted: %v", sys.mounted)
+			}
+			if tc.wantErr && !sys.mounted[dir+"/rootfs/t1"] {
+				t.Errorf("gave up but the rootfs is unmounted")
+			}
+		})
+	}
+}

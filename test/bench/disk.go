@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -49,10 +51,14 @@ func benchDisk(tb *testenv.Standalone, n int) {
 		}
 	}
 	killAll(ctx, a, append(ids, "warm"))
+	backend := "disk quota"
+	if d, err := isolation.NewDisks(filepath.Join(a.Dir, "disks")); err == nil {
+		backend = d.Backend() + " disk quota"
+	}
 	fmt.Printf("\n== launch latency with a 1 GiB disk quota vs without, %d launches each\n", n)
 	fmt.Printf("%-34s %10s %10s\n", "", "p50", "p99")
 	fmt.Printf("%-34s %10s %10s\n", "no disk quota", ms(plain.pct(0.5)), ms(plain.pct(0.99)))
-	fmt.Printf("%-34s %10s %10s\n", "loop-ext4 disk quota", ms(quota.pct(0.5)), ms(quota.pct(0.99)))
+	fmt.Printf("%-34s %10s %10s\n", backend, ms(quota.pct(0.5)), ms(quota.pct(0.99)))
 	fmt.Printf("%-34s %10s %10s   (target <= 1.20x)\n", "ratio quota / none", ratio(quota.pct(0.5), plain.pct(0.5)), ratio(quota.pct(0.99), plain.pct(0.99)))
 
 	// Throughput: 256 MiB written with fsync, inside the task's root fs.
@@ -99,6 +105,6 @@ func benchDisk(tb *testenv.Standalone, n int) {
 	}
 	fmt.Printf("\n== write throughput, 256 MiB with fsync, median of 3\n")
 	fmt.Printf("%-34s %12s\n", "host filesystem (overlay upper)", mbps(host.pct(0.5)))
-	fmt.Printf("%-34s %12s\n", "quota'd loop-ext4 filesystem", mbps(inQuota.pct(0.5)))
+	fmt.Printf("%-34s %12s\n", "quota'd filesystem ("+strings.TrimSuffix(backend, " disk quota")+")", mbps(inQuota.pct(0.5)))
 	fmt.Printf("%-34s %12s\n", "ratio quota / host", ratio(host.pct(0.5), inQuota.pct(0.5)))
 }
