@@ -266,6 +266,9 @@ func (d *DataPlane) wireHost(host netlink.Link, a Allocation) error {
 	return nil
 }
 
+// taskRulePriority is the priority of every task's policy rule.
+const taskRulePriority = 20000
+
 // taskRules are "from task IP → ENI table", one per address family.
 func taskRules(a Allocation) []*netlink.Rule {
 	var out []*netlink.Rule
@@ -280,7 +283,7 @@ func taskRules(a Allocation) []*netlink.Rule {
 			r.Family = netlink.FAMILY_V6
 		}
 		r.Table = a.RouteTable
-		r.Priority = 20000
+		r.Priority = taskRulePriority
 		out = append(out, r)
 	}
 	return out
@@ -335,6 +338,31 @@ func (d *DataPlane) Leftovers(keep map[string]bool) (netnsIDs []string, links []
 		}
 	}
 	return netnsIDs, links
+}
+
+// LeftoverRules lists task policy rules whose source address is not in held.
+func (d *DataPlane) LeftoverRules(held map[netip.Addr]bool) []netlink.Rule {
+	var out []netlink.Rule
+	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
+		rules, _ := d.host.RuleList(fam)
+		for _, r := range rules {
+			if r.Priority != taskRulePriority || r.Src == nil {
+				continue
+			}
+			if ip, ok := netip.AddrFromSlice(r.Src.IP); ok && !held[ip.Unmap()] {
+				out = append(out, r)
+			}
+		}
+	}
+	return out
+}
+
+// RemoveRule deletes a policy rule (for reconciliation).
+func (d *DataPlane) RemoveRule(r netlink.Rule) error {
+	if err := d.host.RuleDel(&r); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("vpc: remove rule from %s: %w", r.Src, err)
+	}
+	return nil
 }
 
 // RemoveLink deletes a host link by name (for reconciliation).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -125,6 +126,22 @@ func (n *Network) GC(ctx context.Context, live map[string]bool, apply bool) ([]s
 				errs = append(errs, err)
 			}
 			if err := n.p.Release(ctx, a.TaskID); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	// Rules of allocations not live go with their teardown above.
+	held := map[netip.Addr]bool{}
+	for _, a := range as {
+		held[a.IPv4.Addr()] = true
+		if a.IPv6.IsValid() {
+			held[a.IPv6] = true
+		}
+	}
+	for _, r := range n.dp.LeftoverRules(held) {
+		actions = append(actions, fmt.Sprintf("rule from %s table %d", r.Src, r.Table))
+		if apply {
+			if err := n.dp.RemoveRule(r); err != nil {
 				errs = append(errs, err)
 			}
 		}

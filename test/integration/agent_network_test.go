@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -321,8 +322,13 @@ func TestAgentEC2Network(t *testing.T) {
 	image := testenv.PushBusybox(t, reg, "busybox", "latest")
 	ea := bed.startAgent(t, ctd, reg, image, bed.a, "titus")
 	t.Cleanup(func() {
-		if t.Failed() {
-			exec.Command("sh", "-c", "mkdir -p /tmp/ec2agent-fail && cp "+ea.dir+"/*.log /tmp/ec2agent-fail/").Run()
+		if !t.Failed() {
+			return
+		}
+		logs, _ := filepath.Glob(filepath.Join(ea.dir, "agent-*.log"))
+		for _, l := range logs {
+			b, _ := os.ReadFile(l)
+			t.Logf("== %s\n%s", filepath.Base(l), b)
 		}
 	})
 	eb := bed.startAgent(t, ctd, reg, image, bed.b, "titus-b")
@@ -415,9 +421,28 @@ func TestAgentEC2Network(t *testing.T) {
 	if err := hh.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: ghostLink}, PeerName: "tp" + ghostLink[2:]}); err != nil {
 		t.Fatal(err)
 	}
+	ghostRule := netlink.NewRule()
+	ghostRule.Src = &net.IPNet{IP: net.ParseIP("198.18.250.250").To4(), Mask: net.CIDRMask(32, 32)}
+	ghostRule.Table, ghostRule.Priority = 1001, 20000
+	if err := hh.RuleAdd(ghostRule); err != nil {
+		t.Fatal(err)
+	}
+	hasGhostRule := func() bool {
+		rules, _ := hh.RuleList(netlink.FAMILY_V4)
+		for _, r := range rules {
+			if r.Priority == 20000 && r.Src != nil && r.Src.String() == "198.18.250.250/32" {
+				return true
+			}
+		}
+		return false
+	}
 	out, err := ea.cli("vpc", "gc")
-	if err != nil || !strings.Contains(out, "would free: netns of task ghost") || !strings.Contains(out, "would free: link "+ghostLink) || strings.Contains(out, "client") {
+	if err != nil || !strings.Contains(out, "would free: netns of task ghost") || !strings.Contains(out, "would free: link "+ghostLink) ||
+		!strings.Contains(out, "would free: rule from 198.18.250.250/32 table 1001") || strings.Contains(out, "client") || strings.Contains(out, clientIP) {
 		t.Fatalf("vpc gc (dry run): %v\n%s", err, out)
+	}
+	if !hasGhostRule() {
+		t.Fatal("dry run removed the rule")
 	}
 	if _, err := os.Stat(ghostNS); err != nil {
 		t.Fatalf("dry run removed the netns: %v", err)
@@ -433,6 +458,9 @@ func TestAgentEC2Network(t *testing.T) {
 	}
 	if _, err := hh.LinkByName(ghostLink); err == nil {
 		t.Errorf("link %s still there after gc --apply", ghostLink)
+	}
+	if hasGhostRule() {
+		t.Error("rule from 198.18.250.250 still there after gc --apply")
 	}
 	if got := heldIPs(ea.vpcStatus()); len(got) != 2 {
 		t.Errorf("gc took addresses from live tasks: %v", got)
