@@ -546,6 +546,42 @@ func TestVPCEC2(t *testing.T) {
 		bed.onlyWarmPool(t, bed.a, pa)
 	})
 
+	t.Run("idle ENI takes over a new SG set", func(t *testing.T) {
+		out, err := bed.hv.EC2.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
+			GroupName: aws.String("tasks-3"), Description: aws.String("test"), VpcId: aws.String(bed.hv.VPCID),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sg3 := aws.ToString(out.GroupId)
+		var idle string
+		for id := range bed.motoENIs(t, bed.a) {
+			idle = id // the warm pool's only ENI
+		}
+		// t3.small has room for 2 task ENIs: sg2 takes the second, and sg3
+		// can only have the idle sg1 one, its groups changed in EC2.
+		r2, err := pa.Allocate(ctx, "r2", task.NetworkRequest{SecurityGroupIDs: []string{bed.sg2}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r3, err := pa.Allocate(ctx, "r3", task.NetworkRequest{SecurityGroupIDs: []string{sg3}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r3.ENIID != idle || r2.ENIID == idle {
+			t.Fatalf("r2 on %s, r3 on %s: want r3 on the idle ENI %s", r2.ENIID, r3.ENIID, idle)
+		}
+		if got := bed.motoENIs(t, bed.a)[idle]; !strings.HasPrefix(got, sg3+" [") || !strings.Contains(got, r3.IPv4.Addr().String()) {
+			t.Errorf("moto's %s = %q, want groups %s and IP %s", idle, got, sg3, r3.IPv4.Addr())
+		}
+		for _, id := range []string{"r2", "r3"} {
+			if err := pa.Release(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+		bed.onlyWarmPool(t, bed.a, pa)
+	})
+
 	t.Run("capacity exhausted", func(t *testing.T) {
 		// t3.small: 2 task ENIs × 3 secondary IPs.
 		var got []string
