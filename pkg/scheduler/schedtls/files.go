@@ -74,6 +74,9 @@ func (f Files) Server() (*tls.Config, error) {
 	if f.CertFile == "" {
 		return nil, fmt.Errorf("%w: the server needs certFile and keyFile", ErrConfig)
 	}
+	if f.ServerName != "" {
+		return nil, fmt.Errorf("%w: serverName is a client setting; the server's name is in its certificate", ErrConfig)
+	}
 	certs, err := f.keyPair()
 	if err != nil {
 		return nil, err

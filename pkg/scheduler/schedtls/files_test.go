@@ -18,6 +18,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"server without certificate", Files{CAFile: missing}, func(f Files) error { _, err := f.Server(); return err }, "the server needs certFile and keyFile"},
 		{"certificate without key", Files{CertFile: missing}, func(f Files) error { _, err := f.Client(); return err }, "certFile and keyFile go together"},
 		{"unreadable CA", Files{CAFile: missing}, func(f Files) error { _, err := f.Client(); return err }, "caFile"},
+		{"server name on the server", Files{CertFile: missing, KeyFile: missing, ServerName: "sched"}, func(f Files) error { _, err := f.Server(); return err }, "serverName is a client setting"},
 		{"unreadable key pair", Files{CertFile: missing, KeyFile: missing}, func(f Files) error { _, err := f.Server(); return err }, "certFile/keyFile"},
 	}
 	for _, tt := range tests {
