@@ -23,7 +23,7 @@ ROLE=arn:aws:iam::123456789012:role/demo-app
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 die() { echo "demo: $*" >&2; exit 1; }
-[[ $(id -u) == 0 ]] || die "run as root (sudo make demo)"
+[[ $(id -u) == 0 ]] || die "run as root (make demo)"
 
 agent() { "$BIN/titus-agent" --socket "$RUN/agent.sock" "$@"; }
 sched() { "$BIN/titus-scheduler" --addr "$SCHED" "$@"; }
@@ -195,5 +195,5 @@ Try:  $BIN/titus-agent --socket $RUN/agent.sock task ls
       $BIN/titus-agent --socket $RUN/agent.sock task exec $TASK -- ip addr
       $BIN/titus-scheduler --addr $SCHED job ls
       $BIN/titus-scheduler --addr $SCHED job scale <JOB> --desired 2
-Stop: sudo make demo-stop      (removes everything the demo started)
+Stop: make demo-stop      (removes everything the demo started)
 EOF
