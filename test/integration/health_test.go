@@ -3,6 +3,8 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -40,7 +42,8 @@ func agentHealth(t *testing.T, sched *schedProc) map[string]bool {
 // healthy again.
 func TestHealthReachesSchedulerPlacement(t *testing.T) {
 	begin(t)
-	sched := startSchedulerProc(t, "--agent-ttl", "5s")
+	metricsAddr := testenv.Addr(testenv.FreePort(t))
+	sched := startSchedulerProc(t, "--agent-ttl", "5s", "--metrics-listen", metricsAddr)
 	reg := testenv.StartRegistry(t)
 	image := testenv.PushBusybox(t, reg, "busybox", "latest")
 	ctdA := testenv.StartContainerd(t)
@@ -60,6 +63,11 @@ func TestHealthReachesSchedulerPlacement(t *testing.T) {
 	waitUntil(t, "host-a reported unhealthy", 60*time.Second, func() (bool, string) {
 		h := agentHealth(t, sched)
 		return !h["host-a"] && h["host-b"], fmt.Sprint(h)
+	})
+	// The scheduler's own metrics count agents by health.
+	waitUntil(t, "titus_scheduler_agents by health", 30*time.Second, func() (bool, string) {
+		m := scrape(t, metricsAddr)
+		return strings.Contains(m, `titus_scheduler_agents{health="unhealthy"} 1`) && strings.Contains(m, `titus_scheduler_agents{health="healthy"} 1`), grepLines(m, "titus_scheduler_agents")
 	})
 	out, err := a.cli("health")
 	if err == nil {
@@ -98,6 +106,12 @@ task:
 		ra, rb := running(a), running(b)
 		return len(ra) == 1 && len(rb) == 2, fmt.Sprintf("a=%v b=%v", ra, rb)
 	})
+	m := scrape(t, metricsAddr)
+	for _, want := range []string{`titus_scheduler_placement_duration_seconds_count{result="placed"}`, "titus_scheduler_queue_depth 0", `grpc_server_handled_total{grpc_code="OK"`} {
+		if !strings.Contains(m, want) {
+			t.Errorf("scheduler metrics lack %s:\n%s", want, grepLines(m, "titus_scheduler_"))
+		}
+	}
 	if out, err := sched.cli("job", "kill", svc); err != nil {
 		t.Fatalf("job kill: %v\n%s", err, out)
 	}
@@ -117,4 +131,27 @@ func failedCheck(out, name string) bool {
 		}
 	}
 	return false
+}
+
+// scrape fetches a Prometheus endpoint on loopback.
+func scrape(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + addr + "/metrics")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+// grepLines keeps the lines of s that contain sub, for failure messages.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
