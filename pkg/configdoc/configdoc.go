@@ -3,6 +3,8 @@
 package configdoc
 
 import (
+	"fmt"
+	"os"
 	"reflect"
 	"strings"
 )
@@ -70,4 +72,20 @@ func Undocumented(doc string, keys []string) []string {
 		}
 	}
 	return missing
+}
+
+// MissingFrom reads the reference page at path, keeps its section under the
+// top-level heading "# "+heading (up to the next top-level heading) and
+// returns the keys of v that section does not name.
+func MissingFrom(path, heading string, v any) ([]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	_, section, found := strings.Cut("\n"+string(b), "\n# "+heading+"\n")
+	if !found {
+		return nil, fmt.Errorf("%s: no section %q", path, "# "+heading)
+	}
+	section, _, _ = strings.Cut(section, "\n# ")
+	return Undocumented(section, Keys(v)), nil
 }

@@ -1,6 +1,7 @@
 package configdoc
 
 import (
+	"os"
 	"testing"
 	"time"
 
@@ -37,5 +38,24 @@ func TestUndocumented(t *testing.T) {
 	keys := []string{"socket", "network.endpoint", "network.accessKeyID", "network.secretAccessKey", "labels", "list", "ptr.secretAccessKey"}
 	if diff := cmp.Diff([]string{"list", "ptr.secretAccessKey"}, Undocumented(doc, keys)); diff != "" {
 		t.Errorf("Undocumented (-want +got):\n%s", diff)
+	}
+}
+
+func TestMissingFrom(t *testing.T) {
+	p := t.TempDir() + "/config.md"
+	doc := "# A\n\n| `socket` | |\n\n# B\n\n| `network.endpoint` | |\n"
+	if err := os.WriteFile(p, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	type small struct {
+		Socket string `json:"socket"`
+		Net    inner  `json:"network"`
+	}
+	got, err := MissingFrom(p, "A", small{})
+	if diff := cmp.Diff([]string{"network.endpoint", "network.accessKeyID", "network.secretAccessKey"}, got); diff != "" || err != nil {
+		t.Errorf("section A (-want +got, err %v):\n%s", err, diff)
+	}
+	if _, err := MissingFrom(p, "C", small{}); err == nil {
+		t.Error("a missing section is not an error")
 	}
 }
