@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -84,7 +85,7 @@ func StartProcess(t TB, dir, name string, cmd *exec.Cmd) *Process {
 	}
 	cmd.SysProcAttr.Setpgid = true
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
-	if err := cmd.Start(); err != nil {
+	if err := startOnLockedThread(cmd); err != nil {
 		f.Close()
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -94,6 +95,34 @@ func StartProcess(t TB, dir, name string, cmd *exec.Cmd) *Process {
 		f.Close()
 	})
 	return p
+}
+
+// The kernel sends Pdeathsig when the *thread* that forked the child exits,
+// not the process. Go ends threads whose goroutine exits while locked to
+// them (as the netns helpers' goroutines do), so a child forked from such
+// a thread would be killed in the middle of a test. Children are forked
+// from one goroutine locked to its thread for the life of the test binary:
+// they die with the binary, never before.
+var starts = make(chan startReq)
+
+type startReq struct {
+	cmd *exec.Cmd
+	err chan error
+}
+
+func init() {
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread lives as long as the process
+		for r := range starts {
+			r.err <- r.cmd.Start()
+		}
+	}()
+}
+
+func startOnLockedThread(cmd *exec.Cmd) error {
+	r := startReq{cmd: cmd, err: make(chan error, 1)}
+	starts <- r
+	return <-r.err
 }
 
 // Stop terminates the process (SIGTERM, then SIGKILL after 5s) and waits.
