@@ -491,7 +491,11 @@ func TestAgentMaxRuntimeExceeded(t *testing.T) {
 	s = e.spec("overtime-restart", "sleep", "1000")
 	s.MaxRuntimeSeconds, s.KillGracePeriodSeconds = 4, 1
 	e.launch(s)
-	e.waitState("overtime-restart", stRunning, 60*time.Second)
+	// All three have started before the agent dies (a restart during a
+	// launch is TestAgentHalfCreatedTaskCleanedAfterRestart's subject).
+	for _, id := range []string{"overtime", "in-time", "overtime-restart"} {
+		e.waitState(id, stRunning, 60*time.Second)
+	}
 	e.kill9()
 	e.start()
 
