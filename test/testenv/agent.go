@@ -88,7 +88,10 @@ func StartAgent(t TB, o AgentOptions) *Agent {
 	if err != nil {
 		t.Fatalf("agent dir: %v", err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		unmountUnder(dir) // task netns bind mounts of tasks the test left running
+		os.RemoveAll(dir)
+	})
 	// {{DIR}} in the config stands for the agent's private directory.
 	cfg := strings.ReplaceAll(o.Config, "{{DIR}}", dir)
 	if !strings.Contains(cfg, "logLevel:") {

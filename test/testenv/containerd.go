@@ -249,12 +249,58 @@ func (c *Containerd) killShims() {
 		}
 		return nil
 	})
+	// Shims whose bundle is already gone (a task create cut short by an
+	// agent kill) have no pid file left: find them by the address they
+	// serve, and take their children (a container's init, the log driver)
+	// with them, or those would outlive the test.
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err == nil && strings.Contains(string(b), "containerd-shim") && strings.Contains(string(b), c.Address) {
+			pids = append(append(pids, childrenOf(pid)...), pid)
+		}
+	}
 	for _, pid := range pids {
-		if !startedUnder(pid, c.dir) {
+		if !startedUnder(pid, c.dir) && !isChildOfShim(pid) {
 			continue
 		}
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+}
+
+// childrenOf lists pid's direct children.
+func childrenOf(pid int) []int {
+	var out []int
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, t := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, t.Name()))
+		for _, f := range strings.Fields(string(b)) {
+			if n, err := strconv.Atoi(f); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+// isChildOfShim reports whether pid's parent is a containerd shim.
+func isChildOfShim(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b)[i+1:])
+	if len(f) < 2 {
+		return false
+	}
+	comm, _ := os.ReadFile("/proc/" + f[1] + "/comm")
+	return strings.HasPrefix(strings.TrimSpace(string(comm)), "containerd-shim")
 }
 
 // startedUnder guards against pid reuse: the process must mention dir in its
