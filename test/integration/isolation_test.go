@@ -954,15 +954,7 @@ func netlinkAt(t *testing.T, nsPath string) *netlink.Handle {
 // is mounted (read-only), anything else is refused as an invalid spec.
 func TestAgentUserNamespaceAndHostPaths(t *testing.T) {
 	begin(t)
-	// The disk dir's parents must be searchable by the tasks' roots.
-	parent, err := os.MkdirTemp("", "titus-userns-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(parent) })
-	if err := os.Chmod(parent, 0o711); err != nil {
-		t.Fatal(err)
-	}
+	parent := userNSDir(t)
 	shared := filepath.Join(parent, "shared")
 	if err := os.MkdirAll(shared, 0o755); err != nil {
 		t.Fatal(err)
@@ -1062,14 +1054,7 @@ func TestAgentForkBombStaysResponsive(t *testing.T) {
 // reach) and answers on its address.
 func TestAgentUserNamespaceWithNetwork(t *testing.T) {
 	begin(t)
-	parent, err := os.MkdirTemp("", "titus-userns-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(parent) })
-	if err := os.Chmod(parent, 0o711); err != nil {
-		t.Fatal(err)
-	}
+	parent := userNSDir(t)
 	ln := newLocalNet(t)
 	cfg := strings.ReplaceAll(ln.config, "{{DIR}}/netns", filepath.Join(parent, "netns")) +
 		"isolation:\n  diskDir: " + filepath.Join(parent, "disks") + "\n"
@@ -1108,4 +1093,20 @@ func TestAgentUserNamespaceWithNetwork(t *testing.T) {
 		e.waitFinal(id)
 	}
 	e.assertNoLeftovers()
+}
+
+// userNSDir is a directory for a user-namespace test's disks and netns:
+// searchable (not listable) by the tasks' unprivileged roots, and removed
+// with whatever is still mounted or looped in it.
+func userNSDir(t *testing.T) string {
+	t.Helper()
+	parent, err := os.MkdirTemp("", "titus-userns-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testenv.RemoveDir(parent) })
+	if err := os.Chmod(parent, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	return parent
 }

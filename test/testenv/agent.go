@@ -88,10 +88,7 @@ func StartAgent(t TB, o AgentOptions) *Agent {
 	if err != nil {
 		t.Fatalf("agent dir: %v", err)
 	}
-	t.Cleanup(func() {
-		unmountUnder(dir) // task netns bind mounts of tasks the test left running
-		os.RemoveAll(dir)
-	})
+	t.Cleanup(func() { RemoveDir(dir) }) // also what tasks left running still hold
 	// {{DIR}} in the config stands for the agent's private directory.
 	cfg := strings.ReplaceAll(o.Config, "{{DIR}}", dir)
 	if !strings.Contains(cfg, "logLevel:") {

@@ -1,13 +1,11 @@
 package testenv
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -16,7 +14,6 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"golang.org/x/sys/unix"
 )
 
 // Containerd is a private containerd 2.x with its own root, state and
@@ -174,8 +171,7 @@ func (c *Containerd) cleanup() {
 		c.cleanups[i]()
 	}
 	c.killShims()
-	unmountUnder(c.dir)
-	os.RemoveAll(c.dir)
+	RemoveDir(c.dir)
 }
 
 // deleteAll removes every task, container, image, snapshot and lease in
@@ -311,25 +307,4 @@ func startedUnder(pid int, dir string) bool {
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 	return err == nil && strings.Contains(string(b), dir)
-}
-
-// unmountUnder lazily unmounts every mount point below dir, deepest first.
-func unmountUnder(dir string) {
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	var points []string
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fields := strings.Fields(s.Text())
-		if len(fields) > 4 && (fields[4] == dir || strings.HasPrefix(fields[4], dir+"/")) {
-			points = append(points, fields[4])
-		}
-	}
-	sort.Sort(sort.Reverse(sort.StringSlice(points)))
-	for _, p := range points {
-		_ = unix.Unmount(p, unix.MNT_DETACH)
-	}
 }
