@@ -366,6 +366,7 @@ func (s *Scheduler) checkDone(j *jobState, now time.Time) {
 }
 
 func (s *Scheduler) finishJob(j *jobState, state schedv1.JobState, now time.Time) {
+	j.gen++
 	j.rec.State = state
 	j.rec.Finished = timestamppb.New(now)
 	j.rec.Counts = s.counts(j)

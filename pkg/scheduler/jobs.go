@@ -160,7 +160,7 @@ func (s *Scheduler) SubmitJob(ctx context.Context, req *schedv1.SubmitJobRequest
 	return &schedv1.SubmitJobResponse{JobId: rec.Id}, nil
 }
 
-// putJob writes a job record now (fenced). Callers may hold s.mu.
+// putJob writes a job record now (fenced). Callers do not hold s.mu.
 func (s *Scheduler) putJob(ctx context.Context, rec *schedv1.Job) error {
 	b, err := proto.Marshal(rec)
 	if err != nil {
@@ -190,9 +190,14 @@ func (s *Scheduler) GetJob(_ context.Context, req *schedv1.GetJobRequest) (*sche
 	defer s.mu.Unlock()
 	j := s.jobs[req.GetId()]
 	if j == nil {
-		return nil, grpcError(fmt.Errorf("%w: job %q", ErrNotFound, req.GetId()))
+		return nil, grpcError(s.jobNotFound(req.GetId()))
 	}
 	return s.jobView(j), nil
+}
+
+// jobNotFound is the error for a job this scheduler does not hold.
+func (s *Scheduler) jobNotFound(id string) error {
+	return fmt.Errorf("%w: job %q", ErrNotFound, id)
 }
 
 // ListJobs implements the API.
@@ -212,24 +217,62 @@ func (s *Scheduler) ListJobs(_ context.Context, req *schedv1.ListJobsRequest) (*
 	return out, nil
 }
 
-// KillJob implements the API.
+// lockJob takes job id's operation lock (see jobState.op). The caller
+// must not hold s.mu and must call unlock.
+func (s *Scheduler) lockJob(id string) (j *jobState, unlock func(), err error) {
+	s.mu.Lock()
+	j = s.jobs[id]
+	s.mu.Unlock()
+	if j == nil {
+		return nil, nil, s.jobNotFound(id)
+	}
+	j.op.Lock()
+	s.mu.Lock()
+	cur := s.jobs[id]
+	s.mu.Unlock()
+	if cur != j { // pruned (or state reloaded) while we waited
+		j.op.Unlock()
+		return nil, nil, s.jobNotFound(id)
+	}
+	return j, j.op.Unlock, nil
+}
+
+// KillJob implements the API. The killed record is written without s.mu
+// (placement and heartbeats go on during the etcd round trip); kills and
+// scales of one job are ordered by its operation lock, and a job that
+// ended on its own during the write keeps its own end.
 func (s *Scheduler) KillJob(ctx context.Context, req *schedv1.KillJobRequest) (*schedv1.Job, error) {
 	if err := s.checkLeader(); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	j := s.jobs[req.GetId()]
-	if j == nil {
-		return nil, grpcError(fmt.Errorf("%w: job %q", ErrNotFound, req.GetId()))
+	j, unlock, err := s.lockJob(req.GetId())
+	if err != nil {
+		return nil, grpcError(err)
 	}
+	defer unlock()
+	s.mu.Lock()
 	if j.terminal() {
+		defer s.mu.Unlock()
 		return s.jobView(j), nil
 	}
 	rec := proto.Clone(j.rec).(*schedv1.Job)
 	rec.State, rec.Finished, rec.Counts = schedv1.JobState_JOB_STATE_KILLED, timestamppb.Now(), s.counts(j)
-	if err := s.putJob(ctx, rec); err != nil {
+	gen := j.gen
+	s.mu.Unlock()
+
+	err = s.putJob(ctx, rec)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
 		return nil, grpcError(err)
+	}
+	if j.gen != gen {
+		// The job ended on its own while the killed record was written:
+		// memory holds the truth, write it again so etcd follows.
+		b, _ := proto.Marshal(j.rec)
+		s.dirty.set(s.st.jobKey(j.rec.Id), b)
+		return s.jobView(j), nil
 	}
 	s.finishJob(j, schedv1.JobState_JOB_STATE_KILLED, time.Now())
 	for _, sl := range j.slots {
@@ -240,40 +283,64 @@ func (s *Scheduler) KillJob(ctx context.Context, req *schedv1.KillJobRequest) (*
 	return s.jobView(j), nil
 }
 
-// ScaleJob implements the API.
+// ScaleJob implements the API. Like KillJob it writes without s.mu: the
+// larger of the old and new quota footprints and the queue room of the
+// new tasks are held while the record is written, and released if the
+// write fails.
 func (s *Scheduler) ScaleJob(ctx context.Context, req *schedv1.ScaleJobRequest) (*schedv1.Job, error) {
 	if err := s.checkLeader(); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	j := s.jobs[req.GetId()]
-	if j == nil {
-		return nil, grpcError(fmt.Errorf("%w: job %q", ErrNotFound, req.GetId()))
+	j, unlock, err := s.lockJob(req.GetId())
+	if err != nil {
+		return nil, grpcError(err)
 	}
+	defer unlock()
+	s.mu.Lock()
 	if j.batch() || j.terminal() {
+		s.mu.Unlock()
 		return nil, grpcError(fmt.Errorf("%w: only a running service job can be scaled", ErrWrongJobKind))
 	}
 	rec := proto.Clone(j.rec).(*schedv1.Job)
 	svc := rec.Spec.GetService()
 	svc.Min, svc.Desired, svc.Max = req.GetMin(), req.GetDesired(), req.GetMax()
 	if _, err := ValidateJob(rec.Spec); err != nil {
+		s.mu.Unlock()
 		return nil, grpcError(err)
 	}
-	grow := int(svc.Desired) - j.size()
+	g := j.group
+	grow := max(int(svc.Desired)-j.size(), 0)
 	fp := footprintOf(rec.Spec, j.d.req)
-	j.group.reserved = j.group.reserved.sub(j.footprint)
-	err := s.admit(j.group, max(grow, 0), fp)
-	j.group.reserved = j.group.reserved.add(j.footprint)
+	g.reserved = g.reserved.sub(j.footprint)
+	err = s.admit(g, grow, fp)
+	g.reserved = g.reserved.add(j.footprint)
 	if err != nil {
+		s.mu.Unlock()
 		return nil, grpcError(err)
 	}
-	if err := s.putJob(ctx, rec); err != nil {
+	prev := j.footprint
+	hold := prev.max(fp)
+	g.reserved = g.reserved.sub(prev).add(hold)
+	j.footprint = hold
+	g.pending += grow
+	s.pendingTotal += grow
+	s.mu.Unlock()
+
+	err = s.putJob(ctx, rec)
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g.pending -= grow
+	s.pendingTotal -= grow
+	if err != nil {
+		g.reserved = g.reserved.sub(hold).add(prev)
+		j.footprint = prev
 		return nil, grpcError(err)
 	}
-	j.rec.Spec = rec.Spec
-	j.group.reserved = j.group.reserved.sub(j.footprint).add(fp)
+	g.reserved = g.reserved.sub(hold).add(fp)
 	j.footprint = fp
+	j.rec.Spec = rec.Spec
+	j.gen++
 	s.resize(j, time.Now())
 	return s.jobView(j), nil
 }
@@ -357,15 +424,15 @@ func (s *Scheduler) GetTask(ctx context.Context, req *schedv1.GetTaskRequest) (*
 	if !ok {
 		return nil, grpcError(fmt.Errorf("%w: task %q", ErrNotFound, req.GetId()))
 	}
-	resp, err := s.st.cli.Get(ctx, s.st.taskKey(jobID, req.GetId()))
+	v, err := s.st.get(ctx, s.st.taskKey(jobID, req.GetId()))
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	if len(resp.Kvs) == 0 {
+	if v == nil {
 		return nil, grpcError(fmt.Errorf("%w: task %q", ErrNotFound, req.GetId()))
 	}
 	t := &schedv1.Task{}
-	if err := proto.Unmarshal(resp.Kvs[0].Value, t); err != nil {
+	if err := proto.Unmarshal(v, t); err != nil {
 		return nil, grpcError(err)
 	}
 	return t, nil

@@ -25,6 +25,10 @@ func (r resources) times(n int64) resources {
 	return resources{r.CPU * n, r.Mem * n, r.Disk * n, r.Net * n, r.GPUs * n}
 }
 
+func (r resources) max(o resources) resources {
+	return resources{max(r.CPU, o.CPU), max(r.Mem, o.Mem), max(r.Disk, o.Disk), max(r.Net, o.Net), max(r.GPUs, o.GPUs)}
+}
+
 // fitsIn reports whether r fits in free.
 func (r resources) fitsIn(free resources) bool {
 	return r.CPU <= free.CPU && r.Mem <= free.Mem && r.Disk <= free.Disk && r.Net <= free.Net && r.GPUs <= free.GPUs

@@ -35,6 +35,7 @@ type Scheduler struct {
 	ready      chan struct{}
 
 	st    *store
+	clock func() time.Time // time.Now; a fake clock in tests
 	dirty dirtySet
 	kick  chan struct{}
 	stats counters
@@ -87,7 +88,7 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	if opts.Advertise == "" || opts.Advertise == opts.Listen {
 		opts.Advertise = lis.Addr().String()
 	}
-	s := &Scheduler{opts: opts, groups: groups, log: log, lis: lis, ready: make(chan struct{}), kick: make(chan struct{}, 1)}
+	s := &Scheduler{opts: opts, groups: groups, log: log, lis: lis, ready: make(chan struct{}), kick: make(chan struct{}, 1), clock: time.Now}
 	s.leaderAddr.Store("")
 	sopts := []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
@@ -154,7 +155,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("campaign: %w", err)
 	}
-	s.st = &store{cli: cli, prefix: s.opts.Prefix, txnOps: s.opts.TxnOps,
+	s.st = &store{kv: cli, prefix: s.opts.Prefix, txnOps: s.opts.TxnOps,
 		fence: clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())}
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()

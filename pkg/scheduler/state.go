@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -147,6 +148,14 @@ type jobState struct {
 	live      int
 	created   time.Time
 	footprint resources // reserved against a critical group's quota
+	// op orders the API's changes of this job (kill, scale): each writes
+	// etcd without s.mu, one at a time. gen counts changes of the job's
+	// state or spec (under s.mu), so an operation sees whether anything
+	// else changed the job while its write was in flight.
+	op  sync.Mutex
+	gen uint64
+	// queuedReason says why pending tasks are not placed (set by placement).
+	queuedReason string
 }
 
 func (j *jobState) terminal() bool { return j.rec.GetState() != schedv1.JobState_JOB_STATE_ACCEPTED }

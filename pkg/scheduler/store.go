@@ -17,7 +17,7 @@ var ErrNotLeader = errors.New("not the leader")
 // on the leader's election key (its create revision), so a deposed leader's
 // writes fail instead of overcommitting hosts.
 type store struct {
-	cli    *clientv3.Client
+	kv     clientv3.KV
 	prefix string
 	fence  clientv3.Cmp
 	txnOps int
@@ -58,7 +58,7 @@ func (s *store) txn(ctx context.Context, puts []put) error {
 		}
 		ops = append(ops, clientv3.OpPut(p.key, string(p.val)))
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	resp, err := s.kv.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
 		return fmt.Errorf("etcd txn: %w", err)
 	}
@@ -70,12 +70,44 @@ func (s *store) txn(ctx context.Context, puts []put) error {
 	return nil
 }
 
+// deleteJobs removes jobs' records and every attempt of their tasks, in
+// fenced transactions of at most txnOps operations.
+func (s *store) deleteJobs(ctx context.Context, ids []string) error {
+	per := max((s.txnOps-1)/2, 1)
+	for i := 0; i < len(ids); i += per {
+		ops := make([]clientv3.Op, 0, 2*per)
+		for _, id := range ids[i:min(i+per, len(ids))] {
+			ops = append(ops, clientv3.OpDelete(s.jobKey(id)), clientv3.OpDelete(s.jobTasksPrefix(id), clientv3.WithPrefix()))
+		}
+		resp, err := s.kv.Txn(ctx).If(s.fence).Then(ops...).Commit()
+		if err != nil {
+			return fmt.Errorf("etcd delete jobs: %w", err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("%w: fenced delete refused", ErrNotLeader)
+		}
+	}
+	return nil
+}
+
+// get reads one key (nil if absent).
+func (s *store) get(ctx context.Context, key string) ([]byte, error) {
+	resp, err := s.kv.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("etcd get %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	return resp.Kvs[0].Value, nil
+}
+
 // getPrefix reads every key under prefix, a page at a time.
 func (s *store) getPrefix(ctx context.Context, prefix string, fn func(key string, val []byte) error) error {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	key := prefix
 	for {
-		resp, err := s.cli.Get(ctx, key, clientv3.WithRange(end), clientv3.WithLimit(5000))
+		resp, err := s.kv.Get(ctx, key, clientv3.WithRange(end), clientv3.WithLimit(5000))
 		if err != nil {
 			return fmt.Errorf("etcd get %s: %w", prefix, err)
 		}

@@ -27,17 +27,7 @@ func TestFencedWritesOfADeposedLeaderFail(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cli.Close()
-	lead := func() (*concurrency.Session, *store) {
-		sess, err := concurrency.NewSession(cli, concurrency.WithTTL(5))
-		if err != nil {
-			t.Fatal(err)
-		}
-		el := concurrency.NewElection(sess, "/t/leader")
-		if err := el.Campaign(ctx, "x"); err != nil {
-			t.Fatal(err)
-		}
-		return sess, &store{cli: cli, prefix: "/t/", txnOps: 128, fence: clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())}
-	}
+	lead := func() (*concurrency.Session, *store) { return campaign(t, ctx, cli, "/t/", 128) }
 	oldSess, old := lead()
 	task := put{key: "/t/tasks/j/j.0.1", val: []byte("a"), create: true}
 	if err := old.commit(ctx, []put{task}); err != nil {
