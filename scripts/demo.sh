@@ -66,7 +66,7 @@ stop_all() {
   done
   # Shims of the demo's containerd and their log drivers (they outlive it by design).
   for pid in $(pgrep -f "containerd-shim-runc-v2.*-address $RUN/containerd.sock" || true); do kill -KILL "$pid" 2>/dev/null || true; done
-  pkill -KILL -f "titus-agent logger .*${DEMO//\//%2F}" 2>/dev/null || true
+  pkill -KILL -f "titus-logger .*--log-dir $DEMO/" 2>/dev/null || true
   ip link del "$BRIDGE" 2>/dev/null || true
   nft delete table ip "titus_${BRIDGE//-/_}" 2>/dev/null || true
   for v in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^t[tp][0-9a-f]{10}$' || true); do

@@ -8,7 +8,6 @@ import (
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	"github.com/titus-agent/titus-agent/pkg/agent"
-	"github.com/titus-agent/titus-agent/pkg/runtime"
 )
 
 func newRootCmd() *cobra.Command {
@@ -20,7 +19,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&opts.socket, "socket", agent.DefaultConfig().Socket, "the agent's control socket")
 	root.PersistentFlags().DurationVar(&opts.timeout, "timeout", 0, "give up after this long (0 = no limit)")
-	root.AddCommand(newDaemonCmd(), newTaskCmd(), newHealthCmd(), newVersionCmd(), newConfigCmd(), newLoggerCmd(), newVPCCmd(), newMetadataCmd(), newIdentityCmd())
+	root.AddCommand(newDaemonCmd(), newTaskCmd(), newHealthCmd(), newVersionCmd(), newConfigCmd(), newVPCCmd(), newMetadataCmd(), newIdentityCmd())
 	return root
 }
 
@@ -106,17 +105,4 @@ func newConfigCmd() *cobra.Command {
 	check.Flags().StringVarP(&path, "config", "c", "/etc/titus-agent/agent.yaml", "configuration file")
 	cmd.AddCommand(check)
 	return cmd
-}
-
-// newLoggerCmd is the containerd binary log driver the shim runs per task;
-// it lives outside the agent process so logging survives agent restarts.
-func newLoggerCmd() *cobra.Command {
-	return &cobra.Command{
-		Use:                "logger",
-		Hidden:             true,
-		DisableFlagParsing: true,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runtime.RunLogger(cmd.Context(), args)
-		},
-	}
 }

@@ -39,10 +39,13 @@ type Config struct {
 	LogLevel string `json:"logLevel"`
 }
 
-// LogConfig sets per-task log rotation.
+// LogConfig sets per-task log rotation and the log driver.
 type LogConfig struct {
 	MaxSizeMiB int `json:"maxSizeMiB"`
 	MaxFiles   int `json:"maxFiles"`
+	// Driver is the task log driver binary (cmd/titus-logger); empty: the
+	// titus-logger next to the agent's binary, else the one on $PATH.
+	Driver string `json:"driver"`
 }
 
 // ContainerdConfig points at containerd.

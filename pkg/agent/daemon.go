@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -113,9 +114,9 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	}
 	d.store = store
 	d.closers = append(d.closers, store.Close)
-	self, err := os.Executable()
+	logDriver, err := findLogDriver(cfg.Logs.Driver)
 	if err != nil {
-		return nil, fmt.Errorf("find own binary for the log driver: %w", err)
+		return nil, err
 	}
 	auth := map[string]runtime.Auth{}
 	for host, a := range cfg.Registries.Auth {
@@ -127,8 +128,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		PlainHTTPRegistries: cfg.Registries.PlainHTTP,
 		RegistryAuth:        auth,
 		LogDir:              cfg.LogDir,
-		LoggerBinary:        self,
-		LoggerArgs:          []string{"logger"},
+		LoggerBinary:        logDriver,
 		LogMaxSizeMiB:       cfg.Logs.MaxSizeMiB,
 		LogMaxFiles:         cfg.Logs.MaxFiles,
 	})
@@ -237,3 +237,25 @@ func listen(cfg Config) (net.Listener, error) {
 	}
 	return l, nil
 }
+
+// findLogDriver resolves the task log driver: the configured path, else
+// titus-logger next to this binary, else on $PATH.
+func findLogDriver(configured string) (string, error) {
+	if configured != "" {
+		return exec.LookPath(configured)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return "", fmt.Errorf("find own binary: %w", err)
+	}
+	if p, err := exec.LookPath(filepath.Join(filepath.Dir(self), logDriverName)); err == nil {
+		return p, nil
+	}
+	p, err := exec.LookPath(logDriverName)
+	if err != nil {
+		return "", fmt.Errorf("task log driver %s is neither next to %s nor on $PATH (set logs.driver): %w", logDriverName, self, err)
+	}
+	return filepath.Abs(p)
+}
+
+const logDriverName = "titus-logger"

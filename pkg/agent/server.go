@@ -15,8 +15,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
-	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
+	"github.com/titus-agent/titus-agent/pkg/tasklog"
 )
 
 // Version is set at build time (-ldflags -X).
@@ -148,7 +148,7 @@ func (s *Server) TaskLogs(req *agentv1.TaskLogsRequest, stream grpc.ServerStream
 	if _, err := s.Manager.Get(req.GetId()); err != nil {
 		return toStatus(err)
 	}
-	f, err := os.Open(runtime.LogPath(s.LogDir, req.GetId()))
+	f, err := os.Open(tasklog.Path(s.LogDir, req.GetId()))
 	if err != nil {
 		if os.IsNotExist(err) && !req.GetFollow() {
 			return nil
@@ -172,7 +172,7 @@ func (s *Server) TaskLogs(req *agentv1.TaskLogsRequest, stream grpc.ServerStream
 	buf := make([]byte, 32<<10)
 	for {
 		if f == nil {
-			f, _ = os.Open(runtime.LogPath(s.LogDir, req.GetId()))
+			f, _ = os.Open(tasklog.Path(s.LogDir, req.GetId()))
 		}
 		if f != nil {
 			n, err := f.Read(buf)
@@ -185,7 +185,7 @@ func (s *Server) TaskLogs(req *agentv1.TaskLogsRequest, stream grpc.ServerStream
 			if err != nil && err != io.EOF {
 				return status.Errorf(codes.Internal, "read log: %v", err)
 			}
-			if st, err := os.Stat(runtime.LogPath(s.LogDir, req.GetId())); err == nil {
+			if st, err := os.Stat(tasklog.Path(s.LogDir, req.GetId())); err == nil {
 				if pos, _ := f.Seek(0, io.SeekCurrent); st.Size() < pos {
 					f.Close() // rotated
 					f = nil

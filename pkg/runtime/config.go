@@ -46,14 +46,10 @@ type Config struct {
 	// LogDir holds per-task logs: LogDir/<taskID>/stdout.log (rotated).
 	// Empty discards container output.
 	LogDir string
-	// LoggerBinary is an absolute path to a binary that runs RunLogger when
-	// invoked as `LoggerBinary LoggerArgs[0] ...` (the agent binary). When
-	// empty, output goes to a plain log file (cio.LogFile), not rotated.
-	LoggerBinary string
-	// LoggerArgs is the subcommand that selects the logger, e.g. {"logger"}.
-	// At most one element: containerd passes driver arguments in no fixed
-	// order, so everything else travels inside a single argument.
-	LoggerArgs    []string
+	// LoggerBinary is the absolute path of the task log driver,
+	// cmd/titus-logger (package tasklog). When empty, output goes to a plain
+	// log file (cio.LogFile), not rotated.
+	LoggerBinary  string
 	LogMaxSizeMiB int // per file; default 50
 	LogMaxFiles   int // rotated files kept; default 5
 }
@@ -73,12 +69,6 @@ func (c *Config) setDefaults() error {
 	}
 	if c.LogMaxFiles <= 0 {
 		c.LogMaxFiles = 5
-	}
-	if c.LoggerBinary != "" && len(c.LoggerArgs) == 0 {
-		c.LoggerArgs = []string{"logger"}
-	}
-	if len(c.LoggerArgs) > 1 {
-		return errors.New("runtime: LoggerArgs takes at most one subcommand")
 	}
 	return nil
 }

@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -18,6 +16,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/google/uuid"
+
+	"github.com/titus-agent/titus-agent/pkg/tasklog"
 )
 
 // State is a container's task state as seen by containerd.
@@ -142,24 +142,14 @@ func (r *Runtime) ioCreator(id string) (cio.Creator, error) {
 		return cio.NullIO, nil
 	}
 	if r.cfg.LoggerBinary == "" {
-		p := LogPath(r.cfg.LogDir, id)
+		p := tasklog.Path(r.cfg.LogDir, id)
 		if err := os.MkdirAll(filepath.Dir(p), 0o750); err != nil {
 			return nil, fmt.Errorf("log dir: %w", err)
 		}
 		return cio.LogFile(p), nil
 	}
-	return cio.BinaryIO(r.cfg.LoggerBinary, loggerURIArgs(r.cfg)), nil
-}
-
-// loggerURIArgs encodes the logger's flags into one argument following the
-// subcommand: containerd turns each query key (and its value) into
-// arguments in random order, so there must be exactly one key.
-func loggerURIArgs(cfg Config) map[string]string {
-	v := url.Values{}
-	v.Set("log-dir", cfg.LogDir)
-	v.Set("max-size-mib", strconv.Itoa(cfg.LogMaxSizeMiB))
-	v.Set("max-files", strconv.Itoa(cfg.LogMaxFiles))
-	return map[string]string{cfg.LoggerArgs[0]: v.Encode()}
+	lf := tasklog.Flags{LogDir: r.cfg.LogDir, MaxSizeMiB: r.cfg.LogMaxSizeMiB, MaxFiles: r.cfg.LogMaxFiles}
+	return cio.BinaryIO(r.cfg.LoggerBinary, lf.Args()), nil
 }
 
 // Wait reports the exit of the container's task, which may have been started

@@ -22,6 +22,7 @@ import (
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/tasklog"
 	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
@@ -173,7 +174,7 @@ func (it *isoTask) wait(t *testing.T) runtime.ExitStatus {
 
 func (e *isoEnv) output(t *testing.T, id string) string {
 	t.Helper()
-	b, err := os.ReadFile(runtime.LogPath(e.logDir, id))
+	b, err := os.ReadFile(tasklog.Path(e.logDir, id))
 	if err != nil {
 		t.Fatalf("log of %s: %v", id, err)
 	}
@@ -317,7 +318,7 @@ func testInitForwardsSIGTERM(t *testing.T, e *isoEnv) {
 }
 
 func (e *isoEnv) readOutput(id string) string {
-	b, _ := os.ReadFile(runtime.LogPath(e.logDir, id))
+	b, _ := os.ReadFile(tasklog.Path(e.logDir, id))
 	return string(b)
 }
 

@@ -9,7 +9,6 @@
 package integration
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,7 +19,6 @@ import (
 
 	"github.com/containerd/log"
 
-	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -43,15 +41,6 @@ var prerequisites = []string{
 }
 
 func TestMain(m *testing.M) {
-	// The test binary doubles as containerd's binary log driver (the
-	// runtime's LoggerBinary), as `titus-agent logger` does in production.
-	if len(os.Args) > 1 && os.Args[1] == "logger" {
-		if err := runtime.RunLogger(context.Background(), os.Args[2:]); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
-		os.Exit(0)
-	}
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "integration tests must run as root")
 		os.Exit(2)

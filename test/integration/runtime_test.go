@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/tasklog"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -32,16 +33,11 @@ func newRuntimeEnv(t *testing.T) *runtimeEnv {
 	t.Helper()
 	e := &runtimeEnv{ctd: testenv.StartContainerd(t), reg: testenv.StartRegistry(t)}
 	e.image = testenv.PushBusybox(t, e.reg, "test/busybox", "v1")
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	e.cfg = runtime.Config{
 		Address:             e.ctd.Address,
 		PlainHTTPRegistries: []string{e.reg.Host},
 		LogDir:              t.TempDir(),
-		LoggerBinary:        self,
-		LoggerArgs:          []string{"logger"},
+		LoggerBinary:        testenv.LoggerBinary(t),
 		LogMaxSizeMiB:       1,
 		LogMaxFiles:         2,
 	}
@@ -178,7 +174,7 @@ func TestRuntimeLifecycle(t *testing.T) {
 	if s.Err != nil || s.Code != 3 || s.OOMKilled || s.ExitedAt.IsZero() {
 		t.Errorf("exit = %+v; want code 3", s)
 	}
-	logPath := runtime.LogPath(e.cfg.LogDir, id)
+	logPath := tasklog.Path(e.cfg.LogDir, id)
 	eventually(t, "log lines", func() bool {
 		b, _ := os.ReadFile(logPath)
 		return strings.Contains(string(b), "hello world from task-host\n") && strings.Contains(string(b), "oops\n")
@@ -226,7 +222,7 @@ func TestRuntimeKillGrace(t *testing.T) {
 	ctx := testCtx(t)
 	id := uniqueID("grace")
 	e.run(t, ctx, runtime.ContainerSpec{ID: id, Args: []string{"sh", "-c", `trap "echo got-term" TERM; echo ready; while true; do sleep 0.1; done`}})
-	logPath := runtime.LogPath(e.cfg.LogDir, id)
+	logPath := tasklog.Path(e.cfg.LogDir, id)
 	eventually(t, "trap installed", func() bool {
 		b, _ := os.ReadFile(logPath)
 		return strings.Contains(string(b), "ready")
@@ -357,7 +353,7 @@ func TestRuntimeReadopt(t *testing.T) {
 		t.Errorf("exit = %+v; want 42", s)
 	}
 	eventually(t, "log from before and after the restarts", func() bool {
-		b, _ := os.ReadFile(runtime.LogPath(e.cfg.LogDir, id))
+		b, _ := os.ReadFile(tasklog.Path(e.cfg.LogDir, id))
 		return string(b) == "before\nafter\n"
 	})
 }

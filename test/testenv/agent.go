@@ -24,8 +24,15 @@ var (
 )
 
 // AgentBinary builds cmd/titus-agent once per process into a directory
-// everyone can read (tests run the CLI as an unprivileged user too).
-func AgentBinary(t TB) string { return Binary(t, "titus-agent") }
+// everyone can read (tests run the CLI as an unprivileged user too), with
+// the task log driver next to it, where the agent looks for it.
+func AgentBinary(t TB) string {
+	LoggerBinary(t)
+	return Binary(t, "titus-agent")
+}
+
+// LoggerBinary builds cmd/titus-logger, the task log driver, once per process.
+func LoggerBinary(t TB) string { return Binary(t, "titus-logger") }
 
 // SchedulerBinary builds cmd/titus-scheduler once per process.
 func SchedulerBinary(t TB) string { return Binary(t, "titus-scheduler") }

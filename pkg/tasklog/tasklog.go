@@ -1,4 +1,4 @@
-package runtime
+package tasklog
 
 import (
 	"bufio"
@@ -7,10 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,42 +19,42 @@ import (
 	"gopkg.in/natefinch/lumberjack.v2"
 )
 
-// LogPath is where a task's stdout and stderr go.
-func LogPath(logDir, taskID string) string {
-	return filepath.Join(logDir, taskID, "stdout.log")
+// FileName is the current log file of a task, in its directory.
+const FileName = "stdout.log"
+
+// Path is where a task's stdout and stderr go.
+func Path(logDir, taskID string) string {
+	return filepath.Join(logDir, taskID, FileName)
 }
 
-// loggerFlags configure one logger process.
-type loggerFlags struct {
+// Flags configure one driver process.
+type Flags struct {
 	LogDir     string
 	MaxSizeMiB int
 	MaxFiles   int
 }
 
-// parseLoggerArgs accepts --log-dir, --max-size-mib and --max-files flags,
-// and arguments in URL query form ("log-dir=/x&max-files=3"), which is how
-// Runtime passes them through containerd.
-func parseLoggerArgs(args []string) (loggerFlags, error) {
+// Args are f as containerd's binary log driver arguments (cio.BinaryIO):
+// the shim turns each key and its value into two adjacent arguments, in no
+// fixed order, which flag parsing accepts.
+func (f Flags) Args() map[string]string {
+	return map[string]string{
+		"--log-dir":      f.LogDir,
+		"--max-size-mib": strconv.Itoa(f.MaxSizeMiB),
+		"--max-files":    strconv.Itoa(f.MaxFiles),
+	}
+}
+
+// ParseArgs reads --log-dir, --max-size-mib and --max-files.
+func ParseArgs(args []string) (Flags, error) {
 	var flags []string
 	for _, a := range args {
-		switch {
-		case a == "":
-		case strings.HasPrefix(a, "-") || !strings.Contains(a, "="):
+		if a != "" {
 			flags = append(flags, a)
-		default:
-			q, err := url.ParseQuery(a)
-			if err != nil {
-				return loggerFlags{}, fmt.Errorf("logger argument %q: %w", a, err)
-			}
-			for k, vs := range q {
-				for _, v := range vs {
-					flags = append(flags, "--"+k+"="+v)
-				}
-			}
 		}
 	}
-	var lf loggerFlags
-	fs := flag.NewFlagSet("logger", flag.ContinueOnError)
+	var lf Flags
+	fs := flag.NewFlagSet("titus-logger", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&lf.LogDir, "log-dir", "", "directory of per-task logs")
 	fs.IntVar(&lf.MaxSizeMiB, "max-size-mib", 50, "size of one log file before rotation")
@@ -62,19 +62,22 @@ func parseLoggerArgs(args []string) (loggerFlags, error) {
 	if err := fs.Parse(flags); err != nil {
 		return lf, fmt.Errorf("logger: %w", err)
 	}
+	if fs.NArg() > 0 {
+		return lf, fmt.Errorf("logger: unexpected argument %q", fs.Arg(0))
+	}
 	if lf.LogDir == "" {
 		return lf, errors.New("logger: --log-dir is required")
 	}
 	return lf, nil
 }
 
-// RunLogger is the body of `titus-agent logger`, a containerd binary log
-// driver: the shim starts it with the task's stdout and stderr on fds 3 and
+// Run is the body of titus-logger, a containerd binary log driver: the
+// shim starts it with the task's stdout and stderr on fds 3 and
 // 4, a readiness pipe on fd 5 and CONTAINER_ID in the environment. It copies
-// both streams, line by line, into LogPath(logDir, CONTAINER_ID) with
+// both streams, line by line, into Path(logDir, CONTAINER_ID) with
 // size-based rotation until both streams end or SIGTERM arrives.
-func RunLogger(ctx context.Context, args []string) error {
-	lf, err := parseLoggerArgs(args)
+func Run(ctx context.Context, args []string) error {
+	lf, err := ParseArgs(args)
 	if err != nil {
 		return err
 	}
@@ -85,16 +88,16 @@ func RunLogger(ctx context.Context, args []string) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM)
 	defer stop()
 	stdout, stderr, wait := os.NewFile(3, "CONTAINER_STDOUT"), os.NewFile(4, "CONTAINER_STDERR"), os.NewFile(5, "CONTAINER_WAIT")
-	return runLogger(ctx, lf, id, stdout, stderr, wait.Close)
+	return run(ctx, lf, id, stdout, stderr, wait.Close)
 }
 
 // drainTimeout bounds how long a terminated logger keeps reading.
 const drainTimeout = 2 * time.Second
 
-// runLogger copies the streams into the task's rotated log file. ready is
+// run copies the streams into the task's rotated log file. ready is
 // called once the file is open.
-func runLogger(ctx context.Context, lf loggerFlags, id string, stdout, stderr io.ReadCloser, ready func() error) error {
-	path := LogPath(lf.LogDir, id)
+func run(ctx context.Context, lf Flags, id string, stdout, stderr io.ReadCloser, ready func() error) error {
+	path := Path(lf.LogDir, id)
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return fmt.Errorf("logger: %w", err)
 	}

@@ -1,10 +1,12 @@
-package runtime
+package tasklog
 
 import (
 	"context"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -16,18 +18,19 @@ func TestParseLoggerArgs(t *testing.T) {
 	tests := []struct {
 		name    string
 		args    []string
-		want    loggerFlags
+		want    Flags
 		wantErr bool
 	}{
-		{name: "flags", args: []string{"--log-dir=/l", "--max-size-mib=3", "--max-files", "2"}, want: loggerFlags{LogDir: "/l", MaxSizeMiB: 3, MaxFiles: 2}},
-		{name: "query form", args: []string{"log-dir=%2Fvar%2Flog%2Ftitus&max-files=7&max-size-mib=9"}, want: loggerFlags{LogDir: "/var/log/titus", MaxSizeMiB: 9, MaxFiles: 7}},
-		{name: "defaults and empty args", args: []string{"", "--log-dir=/l"}, want: loggerFlags{LogDir: "/l", MaxSizeMiB: 50, MaxFiles: 5}},
+		{name: "flags", args: []string{"--log-dir=/l", "--max-size-mib=3", "--max-files", "2"}, want: Flags{LogDir: "/l", MaxSizeMiB: 3, MaxFiles: 2}},
+		{name: "pairs", args: []string{"--max-files", "7", "--log-dir", "/var/log/titus tasks", "--max-size-mib", "9"}, want: Flags{LogDir: "/var/log/titus tasks", MaxSizeMiB: 9, MaxFiles: 7}},
+		{name: "stray argument", args: []string{"--log-dir=/l", "logger"}, wantErr: true},
+		{name: "defaults and empty args", args: []string{"", "--log-dir=/l"}, want: Flags{LogDir: "/l", MaxSizeMiB: 50, MaxFiles: 5}},
 		{name: "no dir", args: []string{"--max-files=1"}, wantErr: true},
 		{name: "unknown flag", args: []string{"--log-dir=/l", "--nope=1"}, wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseLoggerArgs(tt.args)
+			got, err := ParseArgs(tt.args)
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
 			}
@@ -40,27 +43,25 @@ func TestParseLoggerArgs(t *testing.T) {
 	}
 }
 
-// The args Runtime hands to containerd must parse back to the same config,
-// whatever order containerd puts them in.
-func TestLoggerURIArgsRoundTrip(t *testing.T) {
-	cfg := Config{Address: "/x", LogDir: "/var/log/titus tasks", LoggerBinary: "/bin/agent", LogMaxSizeMiB: 8, LogMaxFiles: 2}
-	if err := cfg.setDefaults(); err != nil {
-		t.Fatal(err)
-	}
-	m := loggerURIArgs(cfg)
-	if len(m) != 1 {
-		t.Fatalf("want exactly one query key, got %v", m)
-	}
-	v, ok := m["logger"]
-	if !ok {
-		t.Fatalf("subcommand key missing: %v", m)
-	}
-	got, err := parseLoggerArgs([]string{v})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff(loggerFlags{LogDir: cfg.LogDir, MaxSizeMiB: 8, MaxFiles: 2}, got); diff != "" {
-		t.Errorf("round trip (-want +got):\n%s", diff)
+// The arguments handed to containerd parse back to the same flags, in
+// whatever order the shim puts the pairs.
+func TestArgsRoundTrip(t *testing.T) {
+	want := Flags{LogDir: "/var/log/titus tasks", MaxSizeMiB: 8, MaxFiles: 2}
+	m := want.Args()
+	keys := slices.Sorted(maps.Keys(m))
+	for range 2 {
+		var args []string
+		for _, k := range keys {
+			args = append(args, k, m[k])
+		}
+		got, err := ParseArgs(args)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("round trip of %v (-want +got):\n%s", args, diff)
+		}
+		slices.Reverse(keys)
 	}
 }
 
@@ -71,7 +72,7 @@ func TestRunLoggerCopiesBothStreams(t *testing.T) {
 	readyCalled := false
 	done := make(chan error, 1)
 	go func() {
-		done <- runLogger(context.Background(), loggerFlags{LogDir: dir, MaxSizeMiB: 1, MaxFiles: 2}, "t1", outR, errR,
+		done <- run(context.Background(), Flags{LogDir: dir, MaxSizeMiB: 1, MaxFiles: 2}, "t1", outR, errR,
 			func() error { readyCalled = true; return nil })
 	}()
 	io.WriteString(outW, "out 1\nout 2\n")
@@ -85,7 +86,7 @@ func TestRunLoggerCopiesBothStreams(t *testing.T) {
 	if !readyCalled {
 		t.Error("ready was not called")
 	}
-	b, err := os.ReadFile(LogPath(dir, "t1"))
+	b, err := os.ReadFile(Path(dir, "t1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +104,7 @@ func TestRunLoggerRotates(t *testing.T) {
 	errW.Close()
 	done := make(chan error, 1)
 	go func() {
-		done <- runLogger(context.Background(), loggerFlags{LogDir: dir, MaxSizeMiB: 1, MaxFiles: 2}, "t1", outR, errR,
+		done <- run(context.Background(), Flags{LogDir: dir, MaxSizeMiB: 1, MaxFiles: 2}, "t1", outR, errR,
 			func() error { return nil })
 	}()
 	line := strings.Repeat("x", 1023) + "\n"
@@ -140,7 +141,7 @@ func TestRunLoggerStopsOnCancel(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- runLogger(ctx, loggerFlags{LogDir: t.TempDir(), MaxSizeMiB: 1, MaxFiles: 1}, "t1", outR, errR, func() error { return nil })
+		done <- run(ctx, Flags{LogDir: t.TempDir(), MaxSizeMiB: 1, MaxFiles: 1}, "t1", outR, errR, func() error { return nil })
 	}()
 	cancel()
 	if err := <-done; err != nil {
