@@ -23,17 +23,20 @@ import (
 // serveConfig is the scheduler's YAML file (docs/config.md); flags given on
 // the command line override it; unknown keys are refused.
 type serveConfig struct {
-	Listen              string            `json:"listen"`
-	Advertise           string            `json:"advertise"`
-	DataDir             string            `json:"dataDir"`
-	EtcdEndpoints       []string          `json:"etcdEndpoints"`
-	AgentTTL            string            `json:"agentTTL"`
-	ElectionTTL         string            `json:"electionTTL"`
-	MaxPendingPerGroup  int               `json:"maxPendingPerGroup"`
-	MaxPending          int               `json:"maxPending"`
-	MaxLaunchingPerHost int               `json:"maxLaunchingPerHost"`
-	CapacityGroups      []scheduler.Group `json:"capacityGroups"`
-	MetricsListen       string            `json:"metricsListen"`
+	Listen              string   `json:"listen"`
+	Advertise           string   `json:"advertise"`
+	DataDir             string   `json:"dataDir"`
+	EtcdEndpoints       []string `json:"etcdEndpoints"`
+	AgentTTL            string   `json:"agentTTL"`
+	ElectionTTL         string   `json:"electionTTL"`
+	MaxPendingPerGroup  int      `json:"maxPendingPerGroup"`
+	MaxPending          int      `json:"maxPending"`
+	MaxLaunchingPerHost int      `json:"maxLaunchingPerHost"`
+	// Ended jobs are kept this long (a duration), and at most this many, then removed.
+	FinishedJobRetention string            `json:"finishedJobRetention"`
+	MaxFinishedJobs      int               `json:"maxFinishedJobs"`
+	CapacityGroups       []scheduler.Group `json:"capacityGroups"`
+	MetricsListen        string            `json:"metricsListen"`
 	// TLS of the API and agent stream: certFile, keyFile, and caFile to require client certificates.
 	TLS schedtls.Files `json:"tls"`
 }
@@ -107,6 +110,8 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&o.MaxPendingPerGroup, "max-pending-per-group", 100_000, "queued tasks per capacity group")
 	f.IntVar(&o.MaxPendingTotal, "max-pending", 200_000, "queued tasks in total")
 	f.IntVar(&o.MaxLaunchingPerHost, "max-launching-per-host", 32, "tasks launching at once per host")
+	f.DurationVar(&o.FinishedJobRetention, "finished-job-retention", scheduler.DefaultFinishedJobRetention, "ended jobs and their tasks are removed this long after they end")
+	f.IntVar(&o.MaxFinishedJobs, "max-finished-jobs", scheduler.DefaultMaxFinishedJobs, "ended jobs kept at most; the oldest are removed first")
 	f.StringVar(&tlsFiles.CertFile, "tls-cert", "", "serve TLS with this certificate (PEM)")
 	f.StringVar(&tlsFiles.KeyFile, "tls-key", "", "private key of --tls-cert (PEM)")
 	f.StringVar(&tlsFiles.CAFile, "tls-client-ca", "", "require client certificates signed by this CA (PEM)")
@@ -156,6 +161,10 @@ func applyConfigFile(path string, changed func(string) bool, o *scheduler.Option
 	num("max-pending-per-group", &o.MaxPendingPerGroup, c.MaxPendingPerGroup)
 	num("max-pending", &o.MaxPendingTotal, c.MaxPending)
 	num("max-launching-per-host", &o.MaxLaunchingPerHost, c.MaxLaunchingPerHost)
+	num("max-finished-jobs", &o.MaxFinishedJobs, c.MaxFinishedJobs)
+	if err := dur("finished-job-retention", &o.FinishedJobRetention, c.FinishedJobRetention); err != nil {
+		return err
+	}
 	if err := dur("agent-ttl", &o.AgentTTL, c.AgentTTL); err != nil {
 		return err
 	}

@@ -375,10 +375,12 @@ func (s *Scheduler) finishJob(j *jobState, state schedv1.JobState, now time.Time
 	for _, sl := range j.slots {
 		s.dequeue(j, sl)
 	}
-	j.queue = nil
+	// Tasks still ending keep their own slot; the job needs no more.
+	j.slots, j.queue, j.queuedReason = nil, nil, ""
 	delete(s.waiting, j)
 	b, _ := proto.Marshal(j.rec)
 	s.dirty.set(s.st.jobKey(j.rec.Id), b)
+	s.keepFinished(j)
 }
 
 // counts summarises a job's slots.

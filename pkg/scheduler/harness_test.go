@@ -207,6 +207,16 @@ func (k *gatedKV) hold() *gate {
 	return g
 }
 
+// failing makes every later transaction fail with err, until open.
+func (k *gatedKV) failing(err error) *gate {
+	g := &gate{entered: make(chan struct{}, 1024), release: make(chan struct{}), err: err}
+	close(g.release)
+	k.mu.Lock()
+	k.gate = g
+	k.mu.Unlock()
+	return g
+}
+
 // open lets waiting and later transactions through; with err they fail with it.
 func (k *gatedKV) open(g *gate, err error) {
 	k.mu.Lock()
@@ -214,8 +224,12 @@ func (k *gatedKV) open(g *gate, err error) {
 		k.gate = nil
 	}
 	k.mu.Unlock()
-	g.err = err
-	close(g.release)
+	select {
+	case <-g.release: // a failing gate: already open
+	default:
+		g.err = err
+		close(g.release)
+	}
 }
 
 // wait blocks until a transaction is waiting on g.
@@ -244,7 +258,10 @@ func (t *gatedTxn) Commit() (*clientv3.TxnResponse, error) {
 	g := t.kv.gate
 	t.kv.mu.Unlock()
 	if g != nil {
-		g.entered <- struct{}{}
+		select {
+		case g.entered <- struct{}{}:
+		default:
+		}
 		<-g.release
 		if g.err != nil {
 			return nil, g.err

@@ -195,11 +195,6 @@ func (s *Scheduler) GetJob(_ context.Context, req *schedv1.GetJobRequest) (*sche
 	return s.jobView(j), nil
 }
 
-// jobNotFound is the error for a job this scheduler does not hold.
-func (s *Scheduler) jobNotFound(id string) error {
-	return fmt.Errorf("%w: job %q", ErrNotFound, id)
-}
-
 // ListJobs implements the API.
 func (s *Scheduler) ListJobs(_ context.Context, req *schedv1.ListJobsRequest) (*schedv1.ListJobsResponse, error) {
 	if err := s.checkLeader(); err != nil {
@@ -274,11 +269,15 @@ func (s *Scheduler) KillJob(ctx context.Context, req *schedv1.KillJobRequest) (*
 		s.dirty.set(s.st.jobKey(j.rec.Id), b)
 		return s.jobView(j), nil
 	}
-	s.finishJob(j, schedv1.JobState_JOB_STATE_KILLED, time.Now())
+	var live []*taskState
 	for _, sl := range j.slots {
 		if sl.cur != nil {
-			s.killTask(sl.cur)
+			live = append(live, sl.cur)
 		}
+	}
+	s.finishJob(j, schedv1.JobState_JOB_STATE_KILLED, time.Now())
+	for _, t := range live {
+		s.killTask(t)
 	}
 	return s.jobView(j), nil
 }

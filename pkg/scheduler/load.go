@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -21,6 +22,7 @@ func (s *Scheduler) load(ctx context.Context) error {
 	s.jobs, s.tasks, s.agents = map[string]*jobState{}, map[string]*taskState{}, map[string]*agentState{}
 	s.waiting, s.backoff, s.pendingTotal = map[*jobState]struct{}{}, nil, 0
 	s.gstate = map[string]*groupState{}
+	s.finished, s.unpruned = nil, nil
 	for name, g := range s.groups {
 		s.gstate[name] = &groupState{cfg: g}
 	}
@@ -50,6 +52,7 @@ func (s *Scheduler) load(ctx context.Context) error {
 		if r.GetState() != schedv1.JobState_JOB_STATE_ACCEPTED {
 			j := &jobState{rec: r, tmpl: tmpl, group: s.gstate[DefaultGroup], spread: newSpread()}
 			s.jobs[r.Id] = j
+			s.keepFinished(j)
 			return nil
 		}
 		active = append(active, r)
@@ -58,6 +61,7 @@ func (s *Scheduler) load(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	slices.SortStableFunc(s.finished, func(a, b *jobState) int { return a.ended().Compare(b.ended()) })
 	for _, r := range active {
 		if err := s.loadJob(ctx, r, now); err != nil {
 			return fmt.Errorf("job %s: %w", r.Id, err)

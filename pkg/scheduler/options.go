@@ -30,6 +30,12 @@ type Group struct {
 	MaxPending int `json:"maxPending,omitempty"`
 }
 
+// Defaults of the finished-job retention (Options.FinishedJobRetention, MaxFinishedJobs).
+const (
+	DefaultFinishedJobRetention = 24 * time.Hour
+	DefaultMaxFinishedJobs      = 10_000
+)
+
 // DefaultGroup is used by jobs that name no capacity group.
 const DefaultGroup = "default"
 
@@ -73,6 +79,14 @@ type Options struct {
 	// later consecutive failures wait at least base*2^(n-3), capped.
 	CrashLoopBase time.Duration
 	CrashLoopCap  time.Duration
+	// FinishedJobRetention: a finished, failed or killed job and every
+	// attempt of its tasks are kept this long after it ends (for job get,
+	// job ls -a, task ls -a), then removed from memory and etcd.
+	FinishedJobRetention time.Duration
+	// MaxFinishedJobs bounds the ended jobs kept, however recent: past it the
+	// oldest are removed first. With the queue bounds this keeps the
+	// scheduler's memory and etcd bounded over a long life.
+	MaxFinishedJobs int
 	// PlaceBatch is the most tasks placed per round; TxnOps the most puts per etcd txn.
 	PlaceBatch int
 	TxnOps     int
@@ -115,6 +129,12 @@ func (o *Options) setDefaults() {
 	}
 	if o.CrashLoopCap <= 0 {
 		o.CrashLoopCap = 5 * time.Minute
+	}
+	if o.FinishedJobRetention <= 0 {
+		o.FinishedJobRetention = DefaultFinishedJobRetention
+	}
+	if o.MaxFinishedJobs <= 0 {
+		o.MaxFinishedJobs = DefaultMaxFinishedJobs
 	}
 	if o.PlaceBatch <= 0 {
 		o.PlaceBatch = 4096

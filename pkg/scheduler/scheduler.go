@@ -49,20 +49,26 @@ type Scheduler struct {
 	backoff      backoffHeap
 	pendingTotal int
 	stepDown     context.CancelFunc
+	// finished are the ended jobs still kept, oldest end first; unpruned
+	// are pruned jobs whose etcd delete is still to be retried.
+	finished []*jobState
+	unpruned []string
 }
 
 type counters struct {
-	placed, heartbeats, launchesSent, lostAgents atomic.Int64
+	placed, heartbeats, launchesSent, lostAgents, pruned atomic.Int64
 }
 
 // Stats are the scheduler's running totals.
 type Stats struct {
 	Placed, Heartbeats, LaunchesSent, LostAgents int64
+	// PrunedJobs is how many ended jobs were removed after their retention.
+	PrunedJobs int64
 }
 
 // Stats returns the running totals.
 func (s *Scheduler) Stats() Stats {
-	return Stats{s.stats.placed.Load(), s.stats.heartbeats.Load(), s.stats.launchesSent.Load(), s.stats.lostAgents.Load()}
+	return Stats{s.stats.placed.Load(), s.stats.heartbeats.Load(), s.stats.launchesSent.Load(), s.stats.lostAgents.Load(), s.stats.pruned.Load()}
 }
 
 // New checks the options and listens on Options.Listen.
@@ -236,26 +242,37 @@ func (s *Scheduler) fenceFailed(err error) {
 	}
 }
 
-// flushLoop persists task state changes and agent records in batches.
+// pruneEvery is how often the flush loop removes ended jobs past their retention.
+const pruneEvery = time.Second
+
+// flushLoop persists task state changes and agent records in batches, and
+// prunes ended jobs (in the same goroutine, so no flush of a pruned job's
+// records can land after its delete).
 func (s *Scheduler) flushLoop(ctx context.Context) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
+	next := time.Now().Add(pruneEvery)
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case now := <-t.C:
 			s.flush(ctx)
+			if now.After(next) {
+				s.prune(ctx)
+				next = now.Add(pruneEvery)
+			}
 		}
 	}
 }
 
-func (s *Scheduler) flush(ctx context.Context) {
+func (s *Scheduler) flush(ctx context.Context) error {
 	puts := s.dirty.take()
 	if len(puts) == 0 {
-		return
+		return nil
 	}
-	if err := s.st.commit(ctx, puts); err != nil {
+	err := s.st.commit(ctx, puts)
+	if err != nil {
 		s.fenceFailed(err)
 		if !errors.Is(err, ErrNotLeader) && ctx.Err() == nil {
 			s.log.Warn("persist state", "err", err)
@@ -264,6 +281,7 @@ func (s *Scheduler) flush(ctx context.Context) {
 			}
 		}
 	}
+	return err
 }
 
 // livenessLoop marks agents lost once they have been silent past the TTL.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -536,5 +537,63 @@ func TestSchedulerQuarantinesFailingHost(t *testing.T) {
 	defer mu.Unlock()
 	if badLaunches != n {
 		t.Fatalf("a quarantined host got %d more launches", badLaunches-n)
+	}
+}
+
+// TestSchedulerPrunesEndedJobs: over many finished jobs the scheduler
+// keeps only the newest MaxFinishedJobs, in memory (job ls -a) and in etcd
+// (job and task keys counted directly), and a pruned job's get says why
+// it is gone.
+func TestSchedulerPrunesEndedJobs(t *testing.T) {
+	begin(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	etcd, err := scheduler.StartEmbeddedEtcd(ctx, t.TempDir())
+	if err != nil {
+		t.Fatalf("etcd: %v", err)
+	}
+	t.Cleanup(etcd.Close)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	o := schedOptions(t)
+	o.DataDir, o.Endpoints, o.Prefix = "", etcd.Endpoints, "/prune/"
+	o.MaxFinishedJobs, o.FinishedJobRetention = 5, time.Hour
+	s, _ := startScheduler(t, ctx, o)
+	waitLeading(t, s)
+	e := &schedEnv{t: t, ctx: ctx, addrs: []string{s.Addr()}, agents: map[string]*loadtest.Agent{}}
+	e.dialAPI()
+	e.agent("a", "az-a", 8000, finishAfter(20*time.Millisecond))
+	e.waitAgents(1)
+	keys := func(sub string) int64 {
+		resp, err := cli.Get(ctx, o.Prefix+sub, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatalf("etcd count: %v", err)
+		}
+		return resp.Count
+	}
+	const jobs = 40
+	var ids []string
+	for range jobs {
+		ids = append(ids, e.submit(jobSpec(&schedv1.BatchJob{Size: 2})))
+	}
+	e.eventually("all but the newest 5 ended jobs pruned", func() (bool, string) {
+		resp, err := e.api.ListJobs(ctx, &schedv1.ListJobsRequest{All: true})
+		if err != nil {
+			return false, err.Error()
+		}
+		nj, nt := keys("jobs/"), keys("tasks/")
+		return s.Stats().PrunedJobs == jobs-5 && len(resp.Jobs) == 5 && nj == 5 && nt == 10,
+			fmt.Sprintf("pruned %d, listed %d, etcd %d job / %d task keys", s.Stats().PrunedJobs, len(resp.Jobs), nj, nt)
+	})
+	_, err = e.api.GetJob(ctx, &schedv1.GetJobRequest{Id: ids[0]})
+	if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "ended jobs are kept 1h0m0s after they end, and at most the 5 most recent") {
+		t.Fatalf("get of a pruned job: %v, want NotFound saying ended jobs are removed", err)
+	}
+	resp, err := e.api.ListTasks(ctx, &schedv1.ListTasksRequest{JobId: ids[0], All: true})
+	if err != nil || len(resp.Tasks) != 0 {
+		t.Fatalf("tasks of a pruned job: %v, %v; want none", resp.GetTasks(), err)
 	}
 }

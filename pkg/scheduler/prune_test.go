@@ -1,0 +1,152 @@
+package scheduler
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+)
+
+// runBatch submits a batch job of n tasks and runs it to completion.
+func (ts *testScheduler) runBatch(sess *session, n uint32) string {
+	ts.t.Helper()
+	id := ts.submit(testSpec(&schedv1.BatchJob{Size: n}, 100))
+	placed := ts.place()
+	ts.report("a", sess, agentv1.TaskState_TASK_STATE_RUNNING, placed...)
+	ts.report("a", sess, agentv1.TaskState_TASK_STATE_FINISHED, placed...)
+	if s := ts.job(id).State; s != schedv1.JobState_JOB_STATE_FINISHED {
+		ts.t.Fatalf("job %s: %v, want finished", id, s)
+	}
+	return id
+}
+
+func (ts *testScheduler) held() []string {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	var ids []string
+	for id := range ts.jobs {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+func (ts *testScheduler) wantPruned(id string) {
+	ts.t.Helper()
+	_, err := ts.GetJob(ts.ctx, &schedv1.GetJobRequest{Id: id})
+	if status.Code(err) != codes.NotFound || !strings.Contains(err.Error(), "ended jobs are kept") {
+		ts.t.Fatalf("get pruned job %s: err = %v, want NotFound saying ended jobs are removed", id, err)
+	}
+	if n := ts.keys("jobs/" + id); n != 0 {
+		ts.t.Fatalf("job %s: record still in etcd", id)
+	}
+	if n := ts.keys("tasks/" + id + "/"); n != 0 {
+		ts.t.Fatalf("job %s: %d task records still in etcd", id, n)
+	}
+	if _, err := ts.GetTask(ts.ctx, &schedv1.GetTaskRequest{Id: TaskID(id, 0, 1)}); status.Code(err) != codes.NotFound {
+		ts.t.Fatalf("get task of a pruned job: err = %v, want NotFound", err)
+	}
+}
+
+// TestEndedJobsArePrunedAfterTheRetention: a finished job is kept for the
+// retention and then removed with its tasks from memory and etcd; a killed
+// job whose task the agent has not confirmed is kept until it has; active
+// jobs are never pruned.
+func TestEndedJobsArePrunedAfterTheRetention(t *testing.T) {
+	ts := newTestScheduler(t, Options{FinishedJobRetention: time.Hour, MaxFinishedJobs: 100})
+	sess := ts.connect("a", 8000)
+	finished := ts.runBatch(sess, 2)
+	killed := ts.submit(testSpec(&schedv1.ServiceJob{Desired: 1, Max: 1}, 100))
+	placed := ts.place()
+	ts.report("a", sess, agentv1.TaskState_TASK_STATE_RUNNING, placed...)
+	if _, err := ts.KillJob(ts.ctx, &schedv1.KillJobRequest{Id: killed}); err != nil {
+		t.Fatal(err)
+	}
+	active := ts.submit(testSpec(&schedv1.ServiceJob{Desired: 1, Max: 1}, 100))
+	ts.place()
+
+	ts.prune(ts.ctx)
+	if diff := cmp.Diff(sorted([]string{active, finished, killed}), sorted(ts.held())); diff != "" {
+		t.Fatalf("within the retention (-want +got):\n%s", diff)
+	}
+	if n := ts.keys("tasks/" + finished + "/"); n != 2 {
+		t.Fatalf("finished job's tasks in etcd = %d, want 2", n)
+	}
+
+	ts.now = time.Now().Add(time.Hour + time.Minute)
+	ts.prune(ts.ctx)
+	if diff := cmp.Diff(sorted([]string{active, killed}), sorted(ts.held())); diff != "" {
+		t.Fatalf("past the retention, killed task not confirmed (-want +got):\n%s", diff)
+	}
+	ts.wantPruned(finished)
+
+	ts.report("a", sess, agentv1.TaskState_TASK_STATE_KILLED, placed...)
+	ts.prune(ts.ctx)
+	if diff := cmp.Diff([]string{active}, ts.held()); diff != "" {
+		t.Fatalf("after the kill was confirmed (-want +got):\n%s", diff)
+	}
+	ts.wantPruned(killed)
+	if got := ts.Stats().PrunedJobs; got != 2 {
+		t.Fatalf("PrunedJobs = %d, want 2", got)
+	}
+	if n := ts.keys("jobs/"); n != 1 {
+		t.Fatalf("job records in etcd = %d, want 1 (the active job)", n)
+	}
+}
+
+// TestEndedJobsAreBoundedInNumber: past MaxFinishedJobs the oldest ended
+// jobs go first, however recent; a reload from etcd brings none back.
+func TestEndedJobsAreBoundedInNumber(t *testing.T) {
+	ts := newTestScheduler(t, Options{MaxFinishedJobs: 3})
+	sess := ts.connect("a", 8000)
+	var ids []string
+	for range 10 {
+		ids = append(ids, ts.runBatch(sess, 1))
+		ts.prune(ts.ctx)
+	}
+	if diff := cmp.Diff(sorted(ids[7:]), sorted(ts.held())); diff != "" {
+		t.Fatalf("kept (-want +got):\n%s", diff)
+	}
+	for _, id := range ids[:7] {
+		ts.wantPruned(id)
+	}
+	if j, t1 := ts.keys("jobs/"), ts.keys("tasks/"); j != 3 || t1 != 3 {
+		t.Fatalf("etcd holds %d job and %d task records, want 3 and 3", j, t1)
+	}
+	if err := ts.load(ts.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(sorted(ids[7:]), sorted(ts.held())); diff != "" {
+		t.Fatalf("after a reload (-want +got):\n%s", diff)
+	}
+}
+
+// TestPruneRetriesAFailedDelete: a job whose etcd delete fails is gone
+// from memory at once and deleted from etcd on a later round.
+func TestPruneRetriesAFailedDelete(t *testing.T) {
+	ts := newTestScheduler(t, Options{MaxFinishedJobs: 1})
+	sess := ts.connect("a", 8000)
+	first := ts.runBatch(sess, 1)
+	ts.runBatch(sess, 1)
+	ts.flush(ts.ctx)
+	g := ts.kv.failing(errors.New("etcd unavailable"))
+	ts.prune(ts.ctx)
+	if n := ts.keys("jobs/" + first); n != 1 {
+		t.Fatalf("record deleted although the delete failed")
+	}
+	if _, err := ts.GetJob(ts.ctx, &schedv1.GetJobRequest{Id: first}); status.Code(err) != codes.NotFound {
+		t.Fatalf("pruned job still served from memory: %v", err)
+	}
+	ts.kv.open(g, nil)
+	ts.prune(ts.ctx)
+	ts.wantPruned(first)
+}
+
+func sorted(s []string) []string { return slices.Sorted(slices.Values(s)) }
