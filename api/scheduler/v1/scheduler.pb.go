@@ -575,13 +575,16 @@ func (x *JobCounts) GetRetries() uint32 {
 }
 
 type Job struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Spec          *JobSpec               `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
-	State         JobState               `protobuf:"varint,3,opt,name=state,proto3,enum=titus.scheduler.v1.JobState" json:"state,omitempty"`
-	Created       *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created,proto3" json:"created,omitempty"`
-	Finished      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=finished,proto3" json:"finished,omitempty"`
-	Counts        *JobCounts             `protobuf:"bytes,6,opt,name=counts,proto3" json:"counts,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Spec     *JobSpec               `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	State    JobState               `protobuf:"varint,3,opt,name=state,proto3,enum=titus.scheduler.v1.JobState" json:"state,omitempty"`
+	Created  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created,proto3" json:"created,omitempty"`
+	Finished *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=finished,proto3" json:"finished,omitempty"`
+	Counts   *JobCounts             `protobuf:"bytes,6,opt,name=counts,proto3" json:"counts,omitempty"`
+	// Why pending tasks are not placed yet (e.g. the capacity group's quota
+	// is in use, or no agent has room); empty once they are placed.
+	QueuedReason  string `protobuf:"bytes,7,opt,name=queued_reason,json=queuedReason,proto3" json:"queued_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -656,6 +659,13 @@ func (x *Job) GetCounts() *JobCounts {
 		return x.Counts
 	}
 	return nil
+}
+
+func (x *Job) GetQueuedReason() string {
+	if x != nil {
+		return x.QueuedReason
+	}
+	return ""
 }
 
 type SubmitJobRequest struct {
@@ -2344,14 +2354,15 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06failed\x18\x05 \x01(\rR\x06failed\x12\x16\n" +
 	"\x06killed\x18\x06 \x01(\rR\x06killed\x12\x12\n" +
 	"\x04lost\x18\a \x01(\rR\x04lost\x12\x18\n" +
-	"\aretries\x18\b \x01(\rR\aretries\"\x9f\x02\n" +
+	"\aretries\x18\b \x01(\rR\aretries\"\xc4\x02\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1b.titus.scheduler.v1.JobSpecR\x04spec\x122\n" +
 	"\x05state\x18\x03 \x01(\x0e2\x1c.titus.scheduler.v1.JobStateR\x05state\x124\n" +
 	"\acreated\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x126\n" +
 	"\bfinished\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bfinished\x125\n" +
-	"\x06counts\x18\x06 \x01(\v2\x1d.titus.scheduler.v1.JobCountsR\x06counts\"C\n" +
+	"\x06counts\x18\x06 \x01(\v2\x1d.titus.scheduler.v1.JobCountsR\x06counts\x12#\n" +
+	"\rqueued_reason\x18\a \x01(\tR\fqueuedReason\"C\n" +
 	"\x10SubmitJobRequest\x12/\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1b.titus.scheduler.v1.JobSpecR\x04spec\"*\n" +
 	"\x11SubmitJobResponse\x12\x15\n" +
