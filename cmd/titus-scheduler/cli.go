@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -115,9 +116,10 @@ func printJobs(w io.Writer, jobs []*schedv1.Job) {
 		c := j.Counts
 		rows = append(rows, []string{j.Id, j.Spec.Application, j.Spec.CapacityGroup, jobKind(j), stateName(j.State, "JOB_STATE_"),
 			fmt.Sprintf("%d/%d/%d", c.GetPending(), c.GetLaunched(), c.GetRunning()),
-			fmt.Sprintf("%d/%d/%d/%d", c.GetFinished(), c.GetFailed(), c.GetKilled(), c.GetLost()), ts(j.Created, j.Created != nil)})
+			fmt.Sprintf("%d/%d/%d/%d", c.GetFinished(), c.GetFailed(), c.GetKilled(), c.GetLost()), ts(j.Created, j.Created != nil),
+			cmp.Or(j.QueuedReason, "-")})
 	}
-	table(w, "ID\tAPP\tGROUP\tKIND\tSTATE\tPEND/LAUNCH/RUN\tDONE/FAIL/KILL/LOST\tCREATED", rows)
+	table(w, "ID\tAPP\tGROUP\tKIND\tSTATE\tPEND/LAUNCH/RUN\tDONE/FAIL/KILL/LOST\tCREATED\tQUEUED BECAUSE", rows)
 }
 
 func newJobCmd() *cobra.Command {

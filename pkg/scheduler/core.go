@@ -109,19 +109,22 @@ func (s *Scheduler) planRound() ([]*taskState, []put, time.Time) {
 				continue
 			}
 			if j.group.cfg.Tier == TierFlex && j.group.overQuota(j.d.req, j.group.used) {
-				break // queued until the group's usage drops
+				j.queuedReason = quotaReason(j.group, j.d.req) // queued until the group's usage drops
+				break
 			}
 			a := p.pick(j.d, j.spread)
 			if a == nil {
+				j.queuedReason = noRoomReason(j.d.req, len(agents))
 				break
 			}
 			j.queue = j.queue[1:]
+			j.queuedReason = ""
 			t := s.newTask(j, sl, a, now)
 			batch = append(batch, t)
 			puts = append(puts, put{key: s.st.taskKey(j.rec.Id, t.rec.Id), val: t.marshal(), create: true})
 		}
 		if len(j.queue) == 0 {
-			j.queue = nil
+			j.queue, j.queuedReason = nil, ""
 			delete(s.waiting, j)
 		}
 		if len(batch) >= s.opts.PlaceBatch {

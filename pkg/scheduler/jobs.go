@@ -178,6 +178,12 @@ func (s *Scheduler) putJob(ctx context.Context, rec *schedv1.Job) error {
 func (s *Scheduler) jobView(j *jobState) *schedv1.Job {
 	out := proto.Clone(j.rec).(*schedv1.Job)
 	out.Counts = s.counts(j)
+	if out.Counts.Pending > 0 {
+		out.QueuedReason = j.queuedReason
+		if out.QueuedReason == "" {
+			out.QueuedReason = backoffReason(j, s.clock())
+		}
+	}
 	return out
 }
 

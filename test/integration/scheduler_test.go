@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -479,11 +481,72 @@ func TestSchedulerCapacityGroupTiers(t *testing.T) {
 	if c := e.job(second).Counts; c.Pending != 1 || c.Running+c.Launched != 0 {
 		t.Fatalf("flex job placed beyond the group's quota: %v", c)
 	}
+	if r := e.job(second).QueuedReason; !strings.Contains(r, `capacity group "flex" (flex) full: 1/1 CPU cores in use`) {
+		t.Fatalf("queued flex job's reason = %q, want the group, its tier and its usage", r)
+	}
 	if _, err := e.api.KillJob(e.ctx, &schedv1.KillJobRequest{Id: first}); err != nil {
 		t.Fatal(err)
 	}
 	e.eventually("queued flex job placed once usage dropped", func() (bool, string) {
 		return e.running(second)["a"] == 1, fmt.Sprint(e.job(second).Counts)
+	})
+	if r := e.job(second).QueuedReason; r != "" {
+		t.Fatalf("reason after placement = %q, want none", r)
+	}
+}
+
+// TestSchedulerCLIShowsWhyQueued: job ls and job get of a titus-scheduler
+// process show why a flex job beyond its group's quota is queued, and
+// stop once it is placed.
+func TestSchedulerCLIShowsWhyQueued(t *testing.T) {
+	begin(t)
+	groups := filepath.Join(t.TempDir(), "groups.yaml")
+	if err := os.WriteFile(groups, []byte("- {name: nightly, tier: flex, cpuMillicores: 1000}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sched := startSchedulerProc(t, "--capacity-groups", groups)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	a := loadtest.NewAgent(schedlink.Config{Address: sched.addr, InstanceID: "host-a", InstanceType: "sim", AZ: "az-a",
+		Capacity: schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 16384}, MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+	}, loadtest.RunForever)
+	a.Start(ctx)
+	t.Cleanup(a.Stop)
+	waitUntil(t, "agent connected", 60*time.Second, func() (bool, string) {
+		out, _ := sched.cli("agent", "ls")
+		return strings.Contains(out, "connected"), out
+	})
+	job := func(kind string) string {
+		return sched.submit("ownerEmail: tests@example.com\napplication: it\ncapacityGroup: nightly\n" + kind +
+			"\ntask: {image: \"registry.example/x:1\", command: [x], resources: {cpuMillicores: 500, memoryMib: 64}}\n")
+	}
+	first := job("service: {min: 1, desired: 2, max: 2}")
+	waitUntil(t, "first job running", 30*time.Second, func() (bool, string) {
+		return len(a.Tasks.Running()) == 2, fmt.Sprint(a.Tasks.Running())
+	})
+	second := job("batch: {size: 1}")
+	const why = `capacity group "nightly" (flex) full: 1/1 CPU cores in use`
+	waitUntil(t, "job ls says why the second job is queued", 30*time.Second, func() (bool, string) {
+		out, err := sched.cli("job", "ls")
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, second) {
+				return err == nil && strings.Contains(line, why), out
+			}
+		}
+		return false, out
+	})
+	if out, err := sched.cli("job", "get", second); err != nil || !strings.Contains(out, "QUEUED BECAUSE") || !strings.Contains(out, why) {
+		t.Fatalf("job get of the queued job: %v\n%s", err, out)
+	}
+	if r := sched.jobJSON(second)["queuedReason"]; r == nil || !strings.Contains(r.(string), why) {
+		t.Fatalf("job get -o json: queuedReason = %v", r)
+	}
+	if out, err := sched.cli("job", "kill", first); err != nil {
+		t.Fatalf("job kill: %v\n%s", err, out)
+	}
+	waitUntil(t, "second job placed, reason gone", 30*time.Second, func() (bool, string) {
+		out, err := sched.cli("job", "get", second)
+		return err == nil && !strings.Contains(out, "full") && sched.jobJSON(second)["queuedReason"] == nil && len(a.Tasks.Running()) == 1, out
 	})
 }
 

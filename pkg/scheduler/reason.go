@@ -1,0 +1,57 @@
+package scheduler
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Why a job's pending tasks are not placed: shown by job get and job ls
+// (Job.queued_reason), set by placement, cleared once they are placed.
+
+// quotaReason: a flex group's usage leaves no room for another task.
+func quotaReason(g *groupState, need resources) string {
+	q := g.cfg
+	var full []string
+	if q.CPUMillicores > 0 && g.used.CPU+need.CPU > q.CPUMillicores {
+		full = append(full, fmt.Sprintf("%s/%s CPU cores in use", cores(g.used.CPU), cores(q.CPUMillicores)))
+	}
+	if q.MemoryMiB > 0 && g.used.Mem+need.Mem > q.MemoryMiB {
+		full = append(full, fmt.Sprintf("%d/%d MiB memory in use", g.used.Mem, q.MemoryMiB))
+	}
+	return fmt.Sprintf("capacity group %q (%s) full: %s; a task needs %s; queued until the group's tasks end",
+		q.Name, q.Tier, strings.Join(full, ", "), need.describe())
+}
+
+// noRoomReason: no schedulable agent can take a task now.
+func noRoomReason(need resources, agents int) string {
+	return fmt.Sprintf("no agent can take a task now (a task needs %s; %d agents known: full, unhealthy, drained, quarantined, disconnected or at their launch cap)",
+		need.describe(), agents)
+}
+
+// backoffReason: the pending tasks wait out a retry delay.
+func backoffReason(j *jobState, now time.Time) string {
+	var next time.Time
+	for _, sl := range j.slots {
+		if sl.queued && sl.cur == nil && sl.due.After(now) && (next.IsZero() || sl.due.Before(next)) {
+			next = sl.due
+		}
+	}
+	if next.IsZero() {
+		return ""
+	}
+	return fmt.Sprintf("retry backoff after repeated failures: next attempt in %s", next.Sub(now).Round(time.Second))
+}
+
+func cores(millicores int64) string {
+	return strconv.FormatFloat(float64(millicores)/1000, 'f', -1, 64)
+}
+
+func (r resources) describe() string {
+	s := fmt.Sprintf("%s CPU cores, %d MiB memory", cores(r.CPU), r.Mem)
+	if r.GPUs > 0 {
+		s += fmt.Sprintf(", %d GPUs", r.GPUs)
+	}
+	return s
+}
