@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -17,6 +19,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
@@ -24,6 +28,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/loadtest"
 	"github.com/titus-agent/titus-agent/pkg/task"
+	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
 // schedEnv is a real scheduler (embedded etcd, or a shared one for HA
@@ -658,5 +663,159 @@ func TestSchedulerPrunesEndedJobs(t *testing.T) {
 	resp, err := e.api.ListTasks(ctx, &schedv1.ListTasksRequest{JobId: ids[0], All: true})
 	if err != nil || len(resp.Tasks) != 0 {
 		t.Fatalf("tasks of a pruned job: %v, %v; want none", resp.GetTasks(), err)
+	}
+}
+
+// cliJSON runs a CLI command with -o json and decodes its output into v.
+func (s *schedProc) cliJSON(v any, args ...string) error {
+	out, err := s.cli(append(args, "-o", "json")...)
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, out)
+	}
+	return protojson.Unmarshal([]byte(out), v.(proto.Message))
+}
+
+// TestSchedulerRestartSameDataDir: one titus-scheduler (no standby, its
+// embedded etcd in --data-dir) is killed with SIGKILL while a batch and a
+// service job run and a third job is queued, then started again over the
+// same directory. Nothing is lost: every job is there, the running tasks
+// are known under the same ids (none replaced, none launched twice), the
+// queued job is still queued, and the batch job completes.
+func TestSchedulerRestartSameDataDir(t *testing.T) {
+	begin(t)
+	sched := &schedProc{t: t, addr: testenv.Addr(testenv.FreePort(t)), dir: t.TempDir()}
+	start := func(name string) *testenv.Process {
+		p := testenv.StartProcess(t, sched.dir, name, exec.Command(testenv.SchedulerBinary(t), "serve", "--data-dir", filepath.Join(sched.dir, "data"),
+			"--listen", sched.addr, "--metrics-listen", "", "--election-ttl", "2s", "--agent-ttl", "10s"))
+		testenv.WaitTCP(t, sched.addr, p, 60*time.Second)
+		waitUntil(t, name+" leads", 60*time.Second, func() (bool, string) {
+			out, err := sched.cli("job", "ls")
+			return err == nil, out
+		})
+		return p
+	}
+	first := start("scheduler-1")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	var agents []*loadtest.Agent
+	for i, az := range []string{"az-a", "az-b"} {
+		a := loadtest.NewAgent(schedlink.Config{
+			Address: sched.addr, InstanceID: fmt.Sprintf("host-%d", i), InstanceType: "sim", AZ: az,
+			Capacity:   schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 16384},
+			MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+		}, func(s *task.Spec) (time.Duration, int32) {
+			if s.Command[0] == "batch" {
+				return 12 * time.Second, 0 // spans the restart
+			}
+			return -1, 0
+		})
+		a.Start(ctx)
+		t.Cleanup(a.Stop)
+		agents = append(agents, a)
+	}
+	waitUntil(t, "agents registered", 30*time.Second, func() (bool, string) {
+		out, _ := sched.cli("agent", "ls")
+		return strings.Count(out, "connected") == 2, out
+	})
+	spec := func(kind, cmd string, cpu int) string {
+		return sched.submit(fmt.Sprintf("ownerEmail: tests@example.com\napplication: it\n%s\ntask: {image: \"registry.example/x:1\", command: [%s], resources: {cpuMillicores: %d, memoryMib: 64}}\n", kind, cmd, cpu))
+	}
+	batch := spec("batch: {size: 6}", "batch", 500)
+	svc := spec("service: {min: 1, desired: 4, max: 4}", "serve", 500)
+	launchedOf := func(job string) (launched, running int) {
+		for _, a := range agents {
+			for _, v := range a.Tasks.List() {
+				if strings.HasPrefix(v.Spec.ID, job+".") {
+					launched++
+					if !v.Status.State.Terminal() {
+						running++
+					}
+				}
+			}
+		}
+		return launched, running
+	}
+	var before schedv1.ListTasksResponse
+	waitUntil(t, "all 10 tasks running, as the scheduler sees them", 30*time.Second, func() (bool, string) {
+		err := sched.cliJSON(&before, "task", "ls")
+		n := 0
+		for _, tk := range before.Tasks {
+			if tk.State == agentv1.TaskState_TASK_STATE_RUNNING {
+				n++
+			}
+		}
+		return err == nil && n == 10, fmt.Sprint(n, err)
+	})
+	queued := spec("batch: {size: 1}", "batch", 64000) // no agent has room: stays queued
+
+	// SIGKILL: no flush, no resignation; then the same directory again.
+	_ = syscall.Kill(first.Cmd.Process.Pid, syscall.SIGKILL)
+	_ = first.Cmd.Wait()
+	start("scheduler-2")
+
+	var jobs schedv1.ListJobsResponse
+	if err := sched.cliJSON(&jobs, "job", "ls", "-a"); err != nil {
+		t.Fatalf("job ls after the restart: %v", err)
+	}
+	byID := map[string]*schedv1.Job{}
+	for _, j := range jobs.Jobs {
+		byID[j.Id] = j
+	}
+	for _, id := range []string{batch, svc, queued} {
+		if j := byID[id]; j == nil || j.State != schedv1.JobState_JOB_STATE_ACCEPTED {
+			t.Fatalf("job %s after the restart: %v (jobs: %v)", id, j, jobs.Jobs)
+		}
+	}
+	if c := byID[queued].Counts; c.Pending != 1 {
+		t.Fatalf("queued job after the restart: counts %v, want 1 pending", c)
+	}
+	var after schedv1.ListTasksResponse
+	if err := sched.cliJSON(&after, "task", "ls"); err != nil {
+		t.Fatalf("task ls after the restart: %v", err)
+	}
+	known := map[string]bool{}
+	for _, tk := range after.Tasks {
+		known[tk.Id] = true
+	}
+	for _, tk := range before.Tasks {
+		if strings.HasPrefix(tk.Id, svc+".") && !known[tk.Id] {
+			t.Fatalf("running task %s unknown after the restart (known: %v)", tk.Id, known)
+		}
+	}
+	if len(after.Tasks) > len(before.Tasks) {
+		t.Fatalf("tasks after the restart %d > before %d: some were placed again", len(after.Tasks), len(before.Tasks))
+	}
+
+	waitUntil(t, "queued job still queued, saying why", 30*time.Second, func() (bool, string) {
+		var j schedv1.Job
+		err := sched.cliJSON(&j, "job", "get", queued)
+		return err == nil && j.Counts.GetPending() == 1 && strings.HasPrefix(j.QueuedReason, "no agent can take a task now"), fmt.Sprint(j.Counts, j.QueuedReason, err)
+	})
+	waitUntil(t, "batch job finished after the restart", 60*time.Second, func() (bool, string) {
+		j := sched.jobJSON(batch)
+		return j["state"] == "JOB_STATE_FINISHED", fmt.Sprint(j["state"], j["counts"])
+	})
+	var j schedv1.Job
+	if err := sched.cliJSON(&j, "job", "get", batch); err != nil {
+		t.Fatal(err)
+	}
+	if c := j.Counts; c.Finished != 6 || c.Lost != 0 || c.Retries != 0 {
+		t.Fatalf("batch job counts %v, want 6 finished, none lost or retried", c)
+	}
+	if l, _ := launchedOf(batch); l != 6 {
+		t.Fatalf("batch tasks launched = %d, want 6 (none repeated)", l)
+	}
+	if l, r := launchedOf(svc); l != 4 || r != 4 {
+		t.Fatalf("service tasks launched %d, running %d, want 4 and 4 (none replaced)", l, r)
+	}
+	var svcTasks schedv1.ListTasksResponse
+	if err := sched.cliJSON(&svcTasks, "task", "ls", "--job", svc); err != nil || len(svcTasks.Tasks) != 4 {
+		t.Fatalf("service tasks after the restart: %v, %v", svcTasks.Tasks, err)
+	}
+	for _, tk := range svcTasks.Tasks {
+		if tk.State != agentv1.TaskState_TASK_STATE_RUNNING || tk.Attempt != 1 {
+			t.Fatalf("service task %s: %v attempt %d, want running, first attempt", tk.Id, tk.State, tk.Attempt)
+		}
 	}
 }
