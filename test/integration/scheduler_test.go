@@ -642,10 +642,12 @@ func TestSchedulerPrunesEndedJobs(t *testing.T) {
 		}
 		return resp.Count
 	}
-	const jobs = 40
+	const jobs = 200
 	var ids []string
 	for range jobs {
-		ids = append(ids, e.submit(jobSpec(&schedv1.BatchJob{Size: 2})))
+		spec := jobSpec(&schedv1.BatchJob{Size: 2})
+		spec.Task.Resources.CpuMillicores = 250
+		ids = append(ids, e.submit(spec))
 	}
 	e.eventually("all but the newest 5 ended jobs pruned", func() (bool, string) {
 		resp, err := e.api.ListJobs(ctx, &schedv1.ListJobsRequest{All: true})
