@@ -201,6 +201,33 @@ func startReplica(t *testing.T, endpoints string) (*schedProc, *testenv.Process)
 	return s, p
 }
 
+// simAgents starts one simulated agent (host-0, host-1, ...) per AZ,
+// dialing addr, until the test ends.
+func simAgents(t *testing.T, ctx context.Context, addr string, b loadtest.Behavior, azs ...string) []*loadtest.Agent {
+	var agents []*loadtest.Agent
+	for i, az := range azs {
+		a := loadtest.NewAgent(schedlink.Config{
+			Address: addr, InstanceID: fmt.Sprintf("host-%d", i), InstanceType: "sim", AZ: az,
+			Capacity:   schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 16384},
+			MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+		}, b)
+		a.Start(ctx)
+		t.Cleanup(a.Stop)
+		agents = append(agents, a)
+	}
+	return agents
+}
+
+// batchFor runs tasks whose command is "batch" for d, others until killed.
+func batchFor(d time.Duration) loadtest.Behavior {
+	return func(s *task.Spec) (time.Duration, int32) {
+		if s.Command[0] == "batch" {
+			return d, 0
+		}
+		return -1, 0
+	}
+}
+
 // TestSchedulerExternalEtcdLeaderKilled runs two scheduler processes on a
 // real etcd server (--etcd-endpoints), kills the leader with SIGKILL while
 // a batch and a service job run, and checks that the standby takes over:
@@ -222,22 +249,7 @@ func TestSchedulerExternalEtcdLeaderKilled(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	var agents []*loadtest.Agent
-	for i, az := range []string{"az-a", "az-b"} {
-		a := loadtest.NewAgent(schedlink.Config{
-			Address: both.addr, InstanceID: fmt.Sprintf("host-%d", i), InstanceType: "sim", AZ: az,
-			Capacity:   schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 16384},
-			MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
-		}, func(s *task.Spec) (time.Duration, int32) {
-			if s.Command[0] == "batch" {
-				return 4 * time.Second, 0
-			}
-			return -1, 0
-		})
-		a.Start(ctx)
-		t.Cleanup(a.Stop)
-		agents = append(agents, a)
-	}
+	agents := simAgents(t, ctx, both.addr, batchFor(4*time.Second), "az-a", "az-b")
 	waitUntil(t, "agents registered", 30*time.Second, func() (bool, string) {
 		out, _ := both.cli("agent", "ls")
 		return strings.Count(out, "connected") == 2, out

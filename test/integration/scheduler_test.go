@@ -512,11 +512,7 @@ func TestSchedulerCLIShowsWhyQueued(t *testing.T) {
 	sched := startSchedulerProc(t, "--capacity-groups", groups)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	a := loadtest.NewAgent(schedlink.Config{Address: sched.addr, InstanceID: "host-a", InstanceType: "sim", AZ: "az-a",
-		Capacity: schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 16384}, MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
-	}, loadtest.RunForever)
-	a.Start(ctx)
-	t.Cleanup(a.Stop)
+	a := simAgents(t, ctx, sched.addr, loadtest.RunForever, "az-a")[0]
 	waitUntil(t, "agent connected", 60*time.Second, func() (bool, string) {
 		out, _ := sched.cli("agent", "ls")
 		return strings.Contains(out, "connected"), out
@@ -700,22 +696,7 @@ func TestSchedulerRestartSameDataDir(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	var agents []*loadtest.Agent
-	for i, az := range []string{"az-a", "az-b"} {
-		a := loadtest.NewAgent(schedlink.Config{
-			Address: sched.addr, InstanceID: fmt.Sprintf("host-%d", i), InstanceType: "sim", AZ: az,
-			Capacity:   schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 16384},
-			MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
-		}, func(s *task.Spec) (time.Duration, int32) {
-			if s.Command[0] == "batch" {
-				return 12 * time.Second, 0 // spans the restart
-			}
-			return -1, 0
-		})
-		a.Start(ctx)
-		t.Cleanup(a.Stop)
-		agents = append(agents, a)
-	}
+	agents := simAgents(t, ctx, sched.addr, batchFor(12*time.Second), "az-a", "az-b") // batch tasks span the restart
 	waitUntil(t, "agents registered", 30*time.Second, func() (bool, string) {
 		out, _ := sched.cli("agent", "ls")
 		return strings.Count(out, "connected") == 2, out
