@@ -110,7 +110,7 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&o.MaxPendingPerGroup, "max-pending-per-group", 100_000, "queued tasks per capacity group")
 	f.IntVar(&o.MaxPendingTotal, "max-pending", 200_000, "queued tasks in total")
 	f.IntVar(&o.MaxLaunchingPerHost, "max-launching-per-host", 32, "tasks launching at once per host")
-	f.DurationVar(&o.FinishedJobRetention, "finished-job-retention", scheduler.DefaultFinishedJobRetention, "ended jobs and their tasks are removed this long after they end")
+	f.DurationVar(&o.FinishedJobRetention, "finished-job-retention", scheduler.DefaultFinishedJobRetention, "ended jobs and their tasks (and lost agents with no task) are removed this long after they end")
 	f.IntVar(&o.MaxFinishedJobs, "max-finished-jobs", scheduler.DefaultMaxFinishedJobs, "ended jobs kept at most; the oldest are removed first")
 	f.StringVar(&tlsFiles.CertFile, "tls-cert", "", "serve TLS with this certificate (PEM)")
 	f.StringVar(&tlsFiles.KeyFile, "tls-key", "", "private key of --tls-cert (PEM)")

@@ -22,7 +22,7 @@ func (s *Scheduler) load(ctx context.Context) error {
 	s.jobs, s.tasks, s.agents = map[string]*jobState{}, map[string]*taskState{}, map[string]*agentState{}
 	s.waiting, s.backoff, s.pendingTotal = map[*jobState]struct{}{}, nil, 0
 	s.gstate = map[string]*groupState{}
-	s.finished, s.unpruned = nil, nil
+	s.finished, s.unpruned, s.unprunedAgents = nil, nil, nil
 	for name, g := range s.groups {
 		s.gstate[name] = &groupState{cfg: g}
 	}

@@ -57,29 +57,47 @@ func (s *Scheduler) takePrunable(now time.Time) []string {
 // records and every attempt of their tasks from etcd. It runs in the flush
 // loop: their last records are flushed first, so no pending write brings
 // a deleted key back. A failed delete is retried next round.
+// Agents lost with no task left are forgotten after the same retention
+// (an autoscaled fleet's instance ids never come back).
 func (s *Scheduler) prune(ctx context.Context) {
+	now := s.clock()
 	s.mu.Lock()
-	ids := append(s.unpruned, s.takePrunable(s.clock())...)
-	s.unpruned = nil
+	ids := append(s.unpruned, s.takePrunable(now)...)
+	agents := append(s.unprunedAgents, s.takeLostAgents(now)...)
+	s.unpruned, s.unprunedAgents = nil, nil
 	s.mu.Unlock()
-	if len(ids) == 0 {
+	if len(ids) == 0 && len(agents) == 0 {
 		return
 	}
 	err := s.flush(ctx)
 	if err == nil {
-		err = s.st.deleteJobs(ctx, ids)
+		err = s.st.deleteJobs(ctx, ids, agents)
 	}
 	if err != nil {
 		s.fenceFailed(err)
 		if !errors.Is(err, ErrNotLeader) && ctx.Err() == nil {
-			s.log.Warn("prune ended jobs", "jobs", len(ids), "err", err)
+			s.log.Warn("prune ended jobs and lost agents", "jobs", len(ids), "agents", len(agents), "err", err)
 			s.mu.Lock()
 			s.unpruned = append(s.unpruned, ids...)
+			s.unprunedAgents = append(s.unprunedAgents, agents...)
 			s.mu.Unlock()
 		}
 		return
 	}
 	s.stats.pruned.Add(int64(len(ids)))
+}
+
+// takeLostAgents removes from memory the agents lost, with no task, for
+// longer than the retention. Callers hold s.mu.
+func (s *Scheduler) takeLostAgents(now time.Time) []string {
+	var ids []string
+	for id, a := range s.agents {
+		if a.lost && a.sess == nil && len(a.tasks) == 0 && a.silentFor(now) >= s.opts.FinishedJobRetention {
+			delete(s.agents, id)
+			ids = append(ids, id)
+		}
+	}
+	return ids
 }
 
 // jobNotFound is the error for a job this scheduler does not hold: never

@@ -150,3 +150,36 @@ func TestPruneRetriesAFailedDelete(t *testing.T) {
 }
 
 func sorted(s []string) []string { return slices.Sorted(slices.Values(s)) }
+
+// TestLostAgentsAreForgottenAfterTheRetention: an agent lost with no task
+// left is removed from memory and etcd once the retention has passed; a
+// connected one stays.
+func TestLostAgentsAreForgottenAfterTheRetention(t *testing.T) {
+	ts := newTestScheduler(t, Options{FinishedJobRetention: time.Hour})
+	ts.connect("gone", 8000)
+	ts.connect("here", 8000)
+	ts.flush(ts.ctx)
+	ts.mu.Lock()
+	ts.agentLost(ts.agents["gone"], time.Now())
+	ts.mu.Unlock()
+	ts.prune(ts.ctx)
+	if n := ts.keys("agents/"); n != 2 {
+		t.Fatalf("agent records within the retention = %d, want 2", n)
+	}
+	ts.now = time.Now().Add(time.Hour + time.Minute)
+	ts.prune(ts.ctx)
+	resp, err := ts.ListAgents(ts.ctx, &schedv1.ListAgentsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, a := range resp.Agents {
+		ids = append(ids, a.Id)
+	}
+	if diff := cmp.Diff([]string{"here"}, ids); diff != "" {
+		t.Fatalf("agents (-want +got):\n%s", diff)
+	}
+	if n := ts.keys("agents/gone"); n != 0 {
+		t.Fatalf("lost agent's record still in etcd")
+	}
+}

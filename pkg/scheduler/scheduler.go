@@ -50,9 +50,10 @@ type Scheduler struct {
 	pendingTotal int
 	stepDown     context.CancelFunc
 	// finished are the ended jobs still kept, oldest end first; unpruned
-	// are pruned jobs whose etcd delete is still to be retried.
-	finished []*jobState
-	unpruned []string
+	// and unprunedAgents were pruned but their etcd delete is to be retried.
+	finished       []*jobState
+	unpruned       []string
+	unprunedAgents []string
 }
 
 type counters struct {

@@ -70,18 +70,21 @@ func (s *store) txn(ctx context.Context, puts []put) error {
 	return nil
 }
 
-// deleteJobs removes jobs' records and every attempt of their tasks, in
-// fenced transactions of at most txnOps operations.
-func (s *store) deleteJobs(ctx context.Context, ids []string) error {
-	per := max((s.txnOps-1)/2, 1)
-	for i := 0; i < len(ids); i += per {
-		ops := make([]clientv3.Op, 0, 2*per)
-		for _, id := range ids[i:min(i+per, len(ids))] {
-			ops = append(ops, clientv3.OpDelete(s.jobKey(id)), clientv3.OpDelete(s.jobTasksPrefix(id), clientv3.WithPrefix()))
-		}
-		resp, err := s.kv.Txn(ctx).If(s.fence).Then(ops...).Commit()
+// deleteJobs removes jobs' records and every attempt of their tasks, and
+// agents' records, in fenced transactions of at most txnOps operations.
+func (s *store) deleteJobs(ctx context.Context, jobIDs, agentIDs []string) error {
+	var ops []clientv3.Op
+	for _, id := range jobIDs {
+		ops = append(ops, clientv3.OpDelete(s.jobKey(id)), clientv3.OpDelete(s.jobTasksPrefix(id), clientv3.WithPrefix()))
+	}
+	for _, id := range agentIDs {
+		ops = append(ops, clientv3.OpDelete(s.agentKey(id)))
+	}
+	per := max(s.txnOps-1, 1)
+	for i := 0; i < len(ops); i += per {
+		resp, err := s.kv.Txn(ctx).If(s.fence).Then(ops[i:min(i+per, len(ops))]...).Commit()
 		if err != nil {
-			return fmt.Errorf("etcd delete jobs: %w", err)
+			return fmt.Errorf("etcd delete: %w", err)
 		}
 		if !resp.Succeeded {
 			return fmt.Errorf("%w: fenced delete refused", ErrNotLeader)
