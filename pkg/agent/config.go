@@ -142,6 +142,9 @@ type IsolationConfig struct {
 	// AllowedDevices may be given to tasks that ask through the
 	// titus.isolation/devices label.
 	AllowedDevices []string `json:"allowedDevices"`
+	// Compat32BitSyscalls lets tasks make 32-bit (x86, x32) system calls;
+	// off, only the native ABI passes the seccomp filter.
+	Compat32BitSyscalls bool `json:"compat32BitSyscalls"`
 	// UserNamespaces are the host IDs for tasks that ask for their own
 	// user namespace (label titus.isolation/user-namespace).
 	UserNamespaces UserNamespacesConfig `json:"userNamespaces"`

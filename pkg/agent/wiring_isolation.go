@@ -49,6 +49,7 @@ func isolationOptions(cfg IsolationConfig) isolation.Options {
 		CPUSet:           cfg.CPUSet,
 		AllowedHostPaths: cfg.AllowedHostPaths,
 		AllowedDevices:   cfg.AllowedDevices,
+		Compat32Bit:      cfg.Compat32BitSyscalls,
 	}
 }
 

@@ -128,6 +128,17 @@ func TestSpecOptsVariants(t *testing.T) {
 			want:  []any{[]string{"/bin/sh", "-c", "true"}, 900, 2},
 		},
 		{
+			name:  "native system calls only by default",
+			check: func(s *oci.Spec) any { return s.Linux.Seccomp.Architectures },
+			want:  []specs.Arch(nil),
+		},
+		{
+			name:  "32-bit system calls when allowed",
+			opts:  Options{Compat32Bit: true},
+			check: func(s *oci.Spec) any { return s.Linux.Seccomp.Architectures },
+			want:  []specs.Arch{specs.ArchX86_64, specs.ArchX86, specs.ArchX32},
+		},
+		{
 			name:  "custom init path",
 			opts:  Options{InitPath: "/opt/tini"},
 			check: func(s *oci.Spec) any { return s.Mounts[2].Source },
