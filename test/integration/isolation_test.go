@@ -22,8 +22,8 @@ import (
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
-	"github.com/titus-agent/titus-agent/pkg/tasklog"
 	"github.com/titus-agent/titus-agent/pkg/task"
+	"github.com/titus-agent/titus-agent/pkg/tasklog"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 

@@ -91,6 +91,12 @@ type MetadataInfo struct {
 	Addresses []string `json:"addresses"`
 }
 
+// empty says the hook created nothing to record.
+func (p *PrestartResponse) empty() bool {
+	return p.Image == "" && p.Network == nil && p.Disk == nil && p.Metadata == nil && len(p.Mounts) == 0 &&
+		len(p.Env) == 0 && len(p.SpecOpts) == 0 && p.Pid == 0 && !p.Container
+}
+
 func (r *Resources) merge(p *PrestartResponse) {
 	if p.Image != "" {
 		r.Image = p.Image

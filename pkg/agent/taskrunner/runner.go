@@ -203,10 +203,17 @@ func (r *Runner) Run(agentCtx context.Context) {
 		cancel()
 	}
 	r.mu.Unlock()
-	err := r.prestart(prepCtx)
+	unsaved, err := r.prestart(prepCtx)
 	cancel()
 	if agentCtx.Err() != nil {
-		return // agent shutting down: the next agent re-adopts or cleans up
+		// Agent shutting down: the next agent re-adopts or cleans up what
+		// the record says was created.
+		if unsaved {
+			if err := r.save(func(*Record) {}); err != nil {
+				r.log.Error("persist resources at shutdown", "err", err)
+			}
+		}
+		return
 	}
 	if k := r.killRequest(); k != nil {
 		r.finish(task.Killed, k.reason, "killed before start", 0, nil)
@@ -221,30 +228,50 @@ func (r *Runner) Run(agentCtx context.Context) {
 		r.finish(task.Failed, reason, err.Error(), -1, nil)
 		return
 	}
-	r.mu.Lock()
-	pid := r.rec.Resources.Pid
-	r.mu.Unlock()
-	if err := r.advance(task.Running, task.ReasonStarted, "", func(rec *Record) { rec.Status.Pid = pid }); err != nil {
+	// The container stage's resources are persisted with this transition.
+	if err := r.advance(task.Running, task.ReasonStarted, "", func(rec *Record) { rec.Status.Pid = rec.Resources.Pid }); err != nil {
 		r.log.Error("advance", "err", err)
 	}
 	r.wait(agentCtx)
 }
 
-func (r *Runner) prestart(ctx context.Context) error {
+// prestart runs the stages in order. What a stage created is in the
+// in-memory record at once (a kill tears it down) and on disk before the
+// next stage acts, with the Starting transition when that follows, else in
+// a save of its own; after a failure it is saved before returning. What
+// the last stage created is left for the caller to persist (unsaved), with
+// the Running transition: one fsync per launch fewer.
+func (r *Runner) prestart(ctx context.Context) (unsaved bool, err error) {
 	for i, stage := range r.cfg.Stages {
-		if i == len(r.cfg.Stages)-1 {
+		switch {
+		case i == len(r.cfg.Stages)-1:
 			if err := r.advance(task.Starting, task.ReasonNone, "", nil); err != nil {
-				return err
+				return false, err
+			}
+		case unsaved:
+			if err := r.save(func(*Record) {}); err != nil {
+				return false, fmt.Errorf("persist resources: %w", err)
 			}
 		}
-		if err := r.runStage(ctx, stage); err != nil {
-			return err
+		unsaved, err = r.runStage(ctx, stage)
+		if err != nil {
+			// Record whatever was created, even by a stage that partly
+			// failed, so teardown (now or after a restart) finds it.
+			if unsaved {
+				if serr := r.save(func(*Record) {}); serr != nil {
+					err = errors.Join(err, fmt.Errorf("persist resources: %w", serr))
+				}
+			}
+			return false, err
 		}
 	}
-	return nil
+	return unsaved, nil
 }
 
-func (r *Runner) runStage(ctx context.Context, stage []PrestartHook) error {
+// runStage runs one stage's hooks in parallel and merges what they created
+// into the in-memory record; changed says whether there is anything to
+// persist.
+func (r *Runner) runStage(ctx context.Context, stage []PrestartHook) (changed bool, _ error) {
 	r.mu.Lock()
 	res := r.rec.Resources
 	spec := r.rec.Spec
@@ -266,16 +293,15 @@ func (r *Runner) runStage(ctx context.Context, stage []PrestartHook) error {
 		}()
 	}
 	wg.Wait()
-	// Record whatever was created, even by a stage that partly failed, so
-	// teardown (now or after a restart) finds it.
-	if err := r.save(func(rec *Record) {
-		for i := range resps {
-			rec.Resources.merge(&resps[i])
+	r.mu.Lock()
+	for i := range resps {
+		if !resps[i].empty() {
+			r.rec.Resources.merge(&resps[i])
+			changed = true
 		}
-	}); err != nil {
-		return fmt.Errorf("persist resources: %w", err)
 	}
-	return errors.Join(errs...)
+	r.mu.Unlock()
+	return changed, errors.Join(errs...)
 }
 
 // Restore re-adopts a task after an agent restart: it re-creates in-memory

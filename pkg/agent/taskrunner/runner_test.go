@@ -3,8 +3,11 @@ package taskrunner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -286,5 +289,107 @@ func TestMaxRuntimeKills(t *testing.T) {
 	waitDone(t, r)
 	if got := r.View().Status; got.State != task.Killed || got.Reason != task.ReasonRuntimeLimitExceeded {
 		t.Fatalf("got %s/%s, want Killed/RuntimeLimitExceeded", got.State, got.Reason)
+	}
+}
+
+// envHook creates one env var (a stand-in for any resource) and notes what
+// was on disk when it ran.
+type envHook struct {
+	key   string
+	store *journalStore
+	seen  *[]string
+}
+
+func (h *envHook) Name() string { return h.key }
+func (h *envHook) Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error {
+	*h.seen = append(*h.seen, h.key+" sees "+h.store.lastLine())
+	resp.Env = map[string]string{h.key: "1"}
+	if h.key == "container" {
+		resp.Container, resp.Pid = true, 42
+	}
+	return nil
+}
+
+// journalStore keeps one line per Save: the state and the resources.
+type journalStore struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (s *journalStore) Save(rec *Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lines = append(s.lines, fmt.Sprintf("%s env=%v container=%v pid=%d", rec.Status.State, slices.Sorted(maps.Keys(rec.Resources.Env)), rec.Resources.Container, rec.Status.Pid))
+	return nil
+}
+
+func (s *journalStore) lastLine() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.lines) == 0 {
+		return "nothing"
+	}
+	return s.lines[len(s.lines)-1]
+}
+
+// Each stage's resources are on disk before the next stage acts, and the
+// launch takes one write per transition plus one per stage that is neither
+// followed by a transition nor empty.
+func TestStageResourcesPersistedBeforeNextStage(t *testing.T) {
+	st := &journalStore{}
+	var seen []string
+	hooks := [][]PrestartHook{
+		{&envHook{key: "image", store: st, seen: &seen}, &fakeHook{name: "empty", rec: &recorder{}}},
+		{&envHook{key: "disk", store: st, seen: &seen}},
+		{&envHook{key: "container", store: st, seen: &seen}},
+	}
+	w := &fakeWaiter{rec: &recorder{}, exit: make(chan runtime.ExitStatus, 1)}
+	spec := task.Spec{ID: "t1"}
+	spec.Normalize()
+	r := New(Config{Stages: hooks, Runtime: w, Store: st, Logger: quiet}, &Record{Spec: spec})
+	go r.Run(context.Background())
+	waitState(t, r, task.Running)
+	wantSeen := []string{
+		"image sees Preparing env=[] container=false pid=0",
+		"disk sees Preparing env=[image] container=false pid=0",
+		"container sees Starting env=[disk image] container=false pid=0",
+	}
+	if diff := cmp.Diff(wantSeen, seen); diff != "" {
+		t.Errorf("on disk when each hook ran (-want +got):\n%s", diff)
+	}
+	st.mu.Lock()
+	got := slices.Clone(st.lines)
+	st.mu.Unlock()
+	want := []string{
+		"Preparing env=[] container=false pid=0",
+		"Preparing env=[image] container=false pid=0",
+		"Starting env=[disk image] container=false pid=0",
+		"Running env=[container disk image] container=true pid=42",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("writes (-want +got):\n%s", diff)
+	}
+	w.exit <- runtime.ExitStatus{}
+	waitDone(t, r)
+}
+
+// A stage that fails has what it created saved before teardown.
+func TestFailedStageResourcesPersisted(t *testing.T) {
+	st := &journalStore{}
+	var seen []string
+	fail := &fakeHook{name: "fails", rec: &recorder{}, err: errors.New("boom")}
+	hooks := [][]PrestartHook{{&envHook{key: "image", store: st, seen: &seen}, fail}, {&envHook{key: "container", store: st, seen: &seen}}}
+	w := &fakeWaiter{rec: &recorder{}, exit: make(chan runtime.ExitStatus, 1)}
+	spec := task.Spec{ID: "t1"}
+	spec.Normalize()
+	r := New(Config{Stages: hooks, Runtime: w, Store: st, Logger: quiet}, &Record{Spec: spec})
+	go r.Run(context.Background())
+	waitDone(t, r)
+	st.mu.Lock()
+	got := slices.Clone(st.lines[:2])
+	st.mu.Unlock()
+	want := []string{"Preparing env=[] container=false pid=0", "Preparing env=[image] container=false pid=0"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("writes (-want +got):\n%s", diff)
 	}
 }
