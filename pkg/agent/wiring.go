@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 
 	"github.com/containerd/containerd/v2/pkg/oci"
 
@@ -22,6 +23,10 @@ import (
 func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime, m *metrics.Agent) (*wiring, error) {
 	w := &wiring{}
 	first := []taskrunner.PrestartHook{&taskrunner.ImageHook{Puller: rt}}
+	if stale, err := runtime.UseTempMountDir(filepath.Join(cfg.StateDir, "tmpmounts")); len(stale) > 0 || err != nil {
+		log.Warn("unmounted temporary snapshot mounts of an earlier agent", "mounts", stale, "err", err)
+	}
+	w.reconcilers = append(w.reconcilers, orphanReaper{rt: rt, log: log})
 	var second []taskrunner.PrestartHook
 
 	disks, err := isolation.NewDisks(cfg.Isolation.DiskDir)
