@@ -5,7 +5,7 @@ BIN := bin
 DEPS_STAMP := $(HOME)/.cache/titus-agent/deps.stamp
 export PATH := $(HOME)/.cache/titus-agent/bin:$(PATH)
 
-.PHONY: all build test test-unit test-integration bench deps generate demo demo-stop clean
+.PHONY: all build test check-generate test-unit test-integration bench deps generate demo demo-stop clean
 
 all: build
 
@@ -19,13 +19,17 @@ build:
 deps:
 	bash scripts/deps.sh
 
-generate:
+generate: deps
 	$(GO) build -o $(BIN)/tools/ google.golang.org/protobuf/cmd/protoc-gen-go google.golang.org/grpc/cmd/protoc-gen-go-grpc
 	protoc -I api --plugin=protoc-gen-go=$(BIN)/tools/protoc-gen-go --plugin=protoc-gen-go-grpc=$(BIN)/tools/protoc-gen-go-grpc \
 	  --go_out=paths=source_relative:api --go-grpc_out=paths=source_relative:api \
 	  $$(find api -name '*.proto' | sort)
 
-test: deps test-unit test-integration
+test: deps check-generate test-unit test-integration
+
+# The committed protobuf code is what `make generate` makes from api/.
+check-generate: generate
+	@git diff --exit-code --stat -- api/ || { echo "api/: generated code differs from the committed code (commit the output of make generate)"; exit 1; }
 
 test-unit:
 	$(GO) vet ./...

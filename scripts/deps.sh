@@ -11,7 +11,7 @@ CACHE="${TITUS_CACHE:-$HOME/.cache/titus-agent}"
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
 
-APT_PKGS=(runc docker-registry busybox-static tini iproute2 nftables iptables e2fsprogs xfsprogs protobuf-compiler systemd-container util-linux procps psmisc)
+APT_PKGS=(runc docker-registry busybox-static tini iproute2 nftables iptables e2fsprogs xfsprogs protobuf-compiler libprotobuf-dev systemd-container util-linux procps psmisc)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
