@@ -207,10 +207,14 @@ func (m *Manager) Restore(ctx context.Context) error {
 		if ok && c.ID == rec.Spec.ID {
 			adoptUnrecordedStart(rec, c)
 		}
-		if ok && !(rec.Status.State.Terminal() && rec.CleanedUp) {
+		switch {
+		case ok && rec.Resumable():
+			m.log.Warn("removing the half-made container of a launch to resume", "container", c.ID)
+		case ok && !(rec.Status.State.Terminal() && rec.CleanedUp):
 			continue
+		default:
+			m.log.Warn("reaping a container this agent does not know", "container", c.ID)
 		}
-		m.log.Warn("reaping a container this agent does not know", "container", c.ID)
 		_ = m.cfg.Runtime.Kill(ctx, c.ID, syscall.SIGKILL)
 		if err := m.cfg.Runtime.Delete(ctx, c.ID); err != nil {
 			m.log.Error("reap container", "container", c.ID, "err", err)
@@ -241,9 +245,10 @@ func (m *Manager) Restore(ctx context.Context) error {
 
 // adoptUnrecordedStart completes the record of a task whose container was
 // started by the previous agent, which died before recording it: the task
-// is re-adopted rather than lost.
+// is re-adopted (or gets its exit status) rather than started again.
 func adoptUnrecordedStart(rec *taskrunner.Record, c runtime.ContainerStatus) {
-	if rec.Status.State != task.Starting || rec.Resources.Container || c.State != runtime.StateRunning || c.Pid == 0 {
+	started := c.State == runtime.StateRunning || c.State == runtime.StateStopped || c.State == runtime.StatePaused
+	if rec.Status.State != task.Starting || rec.Resources.Container || !started || c.Pid == 0 {
 		return
 	}
 	rec.Resources.Container, rec.Resources.Pid = true, c.Pid

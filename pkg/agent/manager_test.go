@@ -86,14 +86,16 @@ func TestRestoreReadoptsReapsAndReconciles(t *testing.T) {
 	done := record("done", task.Accepted, task.Preparing, task.Starting, task.Running, task.Finished)
 	done.CleanedUp = true
 	half := record("half", task.Accepted, task.Preparing)
-	for _, r := range []*taskrunner.Record{running, done, half} {
+	half.LaunchResumed = true // cut short twice: lost
+	resume := record("resume", task.Accepted, task.Preparing)
+	for _, r := range []*taskrunner.Record{running, done, half, resume} {
 		if err := store.Save(r); err != nil {
 			t.Fatal(err)
 		}
 	}
 	rt := &fakeRuntime{
-		containers: []runtime.ContainerStatus{{ID: "running", TaskID: "running"}, {ID: "orphan", TaskID: "orphan"}, {ID: "done", TaskID: "done"}},
-		exits:      map[string]chan runtime.ExitStatus{"running": make(chan runtime.ExitStatus, 1)},
+		containers: []runtime.ContainerStatus{{ID: "running", TaskID: "running"}, {ID: "orphan", TaskID: "orphan"}, {ID: "done", TaskID: "done"}, {ID: "resume", TaskID: "resume"}},
+		exits:      map[string]chan runtime.ExitStatus{"running": make(chan runtime.ExitStatus, 1), "resume": make(chan runtime.ExitStatus, 1)},
 	}
 	keep := &keepRecorder{}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -102,14 +104,16 @@ func TestRestoreReadoptsReapsAndReconciles(t *testing.T) {
 	if err := m.Restore(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// Unknown and finished-and-cleaned containers are reaped; the running one is not touched.
-	if diff := cmp.Diff([]string{"kill orphan", "delete orphan", "kill done", "delete done"}, rt.ops[:4]); diff != "" {
+	// Unknown and finished-and-cleaned containers are reaped, and so is the
+	// half-made container of a launch to resume; the running one is not touched.
+	if diff := cmp.Diff([]string{"kill orphan", "delete orphan", "kill done", "delete done", "kill resume", "delete resume"}, rt.ops[:6]); diff != "" {
 		t.Fatalf("reaping (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]string{"half", "running"}, keep.keep); diff != "" {
+	if diff := cmp.Diff([]string{"half", "resume", "running"}, keep.keep); diff != "" {
 		t.Fatalf("reconcile keep (-want +got):\n%s", diff)
 	}
 	waitFor(t, func() bool { v, _ := m.Get("half"); return v.Status.State == task.Lost })
+	waitFor(t, func() bool { v, _ := m.Get("resume"); return v.Status.State == task.Running })
 	if v, _ := m.Get("running"); v.Status.State != task.Running || v.Status.Pid != 7 {
 		t.Fatalf("running task after restore: %s pid %d", v.Status.State, v.Status.Pid)
 	}
@@ -163,14 +167,15 @@ func waitFor(t *testing.T, cond func() bool) {
 
 // TestRestoreAdoptsAStartTheAgentDidNotRecord: the agent died after
 // starting a container but before recording it. A running container is
-// re-adopted with its pid; one that never ran is finished as Lost.
+// re-adopted with its pid, one that already exited gets its exit status
+// (it is not run twice), and one that never ran is made again.
 func TestRestoreAdoptsAStartTheAgentDidNotRecord(t *testing.T) {
 	store, err := OpenStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	for _, id := range []string{"started", "created"} {
+	for _, id := range []string{"started", "created", "exited"} {
 		if err := store.Save(record(id, task.Accepted, task.Preparing, task.Starting)); err != nil {
 			t.Fatal(err)
 		}
@@ -179,9 +184,13 @@ func TestRestoreAdoptsAStartTheAgentDidNotRecord(t *testing.T) {
 		containers: []runtime.ContainerStatus{
 			{ID: "started", TaskID: "started", State: runtime.StateRunning, Pid: 42},
 			{ID: "created", TaskID: "created", State: runtime.StateCreated},
+			{ID: "exited", TaskID: "exited", State: runtime.StateStopped, Pid: 43},
 		},
-		exits: map[string]chan runtime.ExitStatus{"started": make(chan runtime.ExitStatus, 1)},
+		exits: map[string]chan runtime.ExitStatus{
+			"started": make(chan runtime.ExitStatus, 1), "created": make(chan runtime.ExitStatus, 1), "exited": make(chan runtime.ExitStatus, 1),
+		},
 	}
+	rt.exits["exited"] <- runtime.ExitStatus{Code: 5}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	m := NewManager(ctx, ManagerConfig{Store: store, Runtime: rt, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -189,7 +198,11 @@ func TestRestoreAdoptsAStartTheAgentDidNotRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { v, _ := m.Get("started"); return v.Status.State == task.Running })
-	waitFor(t, func() bool { v, _ := m.Get("created"); return v.Status.State == task.Lost })
+	waitFor(t, func() bool { v, _ := m.Get("created"); return v.Status.State == task.Running })
+	waitFor(t, func() bool { v, _ := m.Get("exited"); return v.Status.State == task.Failed && v.Status.ExitCode == 5 })
+	if diff := cmp.Diff([]string{"kill created", "delete created"}, rt.ops[:2]); diff != "" {
+		t.Errorf("containers removed (-want +got):\n%s", diff)
+	}
 	if v, _ := m.Get("started"); v.Status.Pid != 42 {
 		t.Fatalf("re-adopted pid %d, want 42", v.Status.Pid)
 	}

@@ -3,7 +3,6 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -14,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -579,62 +579,69 @@ func TestAgentLogRotation(t *testing.T) {
 // is still being prepared, after containerd already holds a container for
 // it (a create the agent never got to record). The next agent gives the
 // task its final state and removes the container, snapshot and mounts.
-func TestAgentHalfCreatedTaskCleanedAfterRestart(t *testing.T) {
+// TestAgentResumesLaunchCutShortByRestart: an agent killed while a task is
+// being prepared (its image pull hangs) leaves the launch half done, and
+// containerd may hold a half-made container of it. The restarted agent
+// removes that container and resumes the launch, which now runs; a task
+// that was running is untouched.
+func TestAgentResumesLaunchCutShortByRestart(t *testing.T) {
 	begin(t)
-	// A registry that accepts connections and never answers keeps the
-	// image pull, and so the task, in Preparing.
-	hang, err := net.Listen("tcp", "127.0.0.1:0")
+	e := newAgentEnv(t)
+	// A registry in front of the real one that holds every request until
+	// opened: the pull, and so the task, stays in Preparing.
+	var open atomic.Bool
+	target, err := url.Parse("http://" + e.reg.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var conns []net.Conn
-	var mu sync.Mutex
-	t.Cleanup(func() {
-		hang.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	go func() {
-		for {
-			c, err := hang.Accept()
-			if err != nil {
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	gate := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for !open.Load() {
+			select {
+			case <-r.Context().Done():
 				return
+			case <-time.After(20 * time.Millisecond):
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
 		}
-	}()
-	e := newAgentEnv(t, "--plain-http-registry", hang.Addr().String())
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { open.Store(true); gate.Close() })
+	gateHost := strings.TrimPrefix(gate.URL, "http://")
+	e.agent.Args = append(e.agent.Args, "--plain-http-registry", gateHost)
+	e.stop()
+	e.start()
+
 	s := e.spec("half", "sleep", "1000")
-	s.Image = hang.Addr().String() + "/busybox:latest"
+	s.Image = gateHost + "/busybox:latest"
 	e.launch(s)
 	e.waitState("half", agentv1.TaskState_TASK_STATE_PREPARING, 30*time.Second)
 	e.launch(e.spec("steady", "sleep", "1000"))
 	pid := e.waitState("steady", stRunning, 60*time.Second).GetPid()
 	if tk := e.get("half"); tk.GetState() != agentv1.TaskState_TASK_STATE_PREPARING {
-		t.Fatalf("half = %s, want it stuck in Preparing", tk.GetState())
+		t.Fatalf("half = %s, want it held in Preparing", tk.GetState())
 	}
 
 	e.kill9()
 	// What a create that reached containerd but not the agent's records
-	// leaves: a container labelled as the task's.
+	// leaves: a container labelled as the task's (from another image).
 	e.plantOrphan("half")
+	open.Store(true)
 	e.start()
 
-	tk := e.waitFinal("half")
-	if tk.GetState() != agentv1.TaskState_TASK_STATE_LOST || tk.GetReason() != string(task.ReasonAgentRestartLost) {
-		t.Fatalf("half = %s/%s (%s), want Lost/AgentRestartLost", tk.GetState(), tk.GetReason(), tk.GetMessage())
+	tk := e.waitState("half", stRunning, 60*time.Second)
+	if out, err := e.ctr("containers", "info", "half"); err != nil || !strings.Contains(out, gateHost+"/busybox:latest") {
+		t.Fatalf("half runs in a container not made by the resumed launch (err %v):\n%s", err, out)
 	}
-	e.waitNoContainer("half")
+	if tk.GetPid() == 0 {
+		t.Fatalf("resumed task has no pid: %v", tk)
+	}
 	if tk := e.get("steady"); tk.GetState() != stRunning || tk.GetPid() != pid {
 		t.Fatalf("steady after restart: %s pid %d, want Running pid %d", tk.GetState(), tk.GetPid(), pid)
 	}
-	e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: "steady"})
-	e.waitFinal("steady")
+	for _, id := range []string{"half", "steady"} {
+		e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id})
+		e.waitFinal(id)
+	}
 	e.assertNoLeftovers()
 }
 

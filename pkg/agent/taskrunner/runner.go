@@ -23,6 +23,16 @@ type Record struct {
 	Resources Resources   `json:"resources"`
 	// CleanedUp is set once every stop hook has succeeded after a final state.
 	CleanedUp bool `json:"cleanedUp,omitempty"`
+	// LaunchResumed is set when a restarted agent resumes a launch the
+	// previous one cut short; a launch is resumed once, then it is Lost.
+	LaunchResumed bool `json:"launchResumed,omitempty"`
+}
+
+// Resumable says whether a restarted agent resumes this task's launch: it
+// was being prepared or started and no container of it is known to have
+// started. Its half-made container, if any, must go first.
+func (r *Record) Resumable() bool {
+	return !r.LaunchResumed && r.Status.State >= task.Preparing && r.Status.State <= task.Starting && !r.Resources.Container
 }
 
 // View returns the operator's view of the record.
@@ -196,6 +206,11 @@ func (r *Runner) Run(agentCtx context.Context) {
 		r.log.Error("advance", "err", err)
 		return
 	}
+	r.launch(agentCtx)
+}
+
+// launch runs the prestart hooks and starts the task, then watches it.
+func (r *Runner) launch(agentCtx context.Context) {
 	prepCtx, cancel := context.WithCancel(agentCtx)
 	r.mu.Lock()
 	r.prepCancel = cancel
@@ -244,9 +259,16 @@ func (r *Runner) Run(agentCtx context.Context) {
 func (r *Runner) prestart(ctx context.Context) (unsaved bool, err error) {
 	for i, stage := range r.cfg.Stages {
 		switch {
-		case i == len(r.cfg.Stages)-1:
+		case i == len(r.cfg.Stages)-1 && r.View().Status.State < task.Starting:
 			if err := r.advance(task.Starting, task.ReasonNone, "", nil); err != nil {
 				return false, err
+			}
+		case i == len(r.cfg.Stages)-1:
+			// A resumed launch already recorded Starting: just save.
+			if unsaved {
+				if err := r.save(func(*Record) {}); err != nil {
+					return false, fmt.Errorf("persist resources: %w", err)
+				}
 			}
 		case unsaved:
 			if err := r.save(func(*Record) {}); err != nil {
@@ -305,8 +327,9 @@ func (r *Runner) runStage(ctx context.Context, stage []PrestartHook) (changed bo
 }
 
 // Restore re-adopts a task after an agent restart: it re-creates in-memory
-// hook state and resumes waiting on the container, or gives the task its
-// final state if it ended while the agent was away.
+// hook state and resumes waiting on the container, gives the task its
+// final state if it ended while the agent was away, or resumes a launch
+// the previous agent cut short (once; prestart hooks are idempotent).
 func (r *Runner) Restore(agentCtx context.Context, restoreHooks []RestoreHook) {
 	defer close(r.done)
 	r.mu.Lock()
@@ -318,8 +341,16 @@ func (r *Runner) Restore(agentCtx context.Context, restoreHooks []RestoreHook) {
 			r.teardown()
 		}
 		return
+	case rec.Resumable():
+		if err := r.save(func(rec *Record) { rec.LaunchResumed = true }); err != nil {
+			r.finish(task.Lost, task.ReasonAgentRestartLost, "agent restarted before the task started", -1, nil)
+			return
+		}
+		r.log.Info("resuming a launch cut short by an agent restart", "state", rec.Status.State)
+		r.launch(agentCtx)
+		return
 	case rec.Status.State < task.Starting || !rec.Resources.Container:
-		r.finish(task.Lost, task.ReasonAgentRestartLost, "agent restarted before the task started", -1, nil)
+		r.finish(task.Lost, task.ReasonAgentRestartLost, "agent restarted again before the task started", -1, nil)
 		return
 	}
 	for _, h := range restoreHooks {

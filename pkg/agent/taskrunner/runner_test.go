@@ -262,21 +262,61 @@ func TestRestoreGetsExitStatusFromWhileAway(t *testing.T) {
 	}
 }
 
-func TestRestoreBeforeStartIsLostAndCleaned(t *testing.T) {
-	rec := &recorder{}
-	w := &fakeWaiter{rec: rec, exit: make(chan runtime.ExitStatus, 1)}
-	hooks := [][]PrestartHook{{&fakeHook{name: "net", rec: rec}}, {&fakeHook{name: "container", rec: rec}}}
-	prev := &Record{Spec: task.Spec{ID: "t1"}}
-	prev.Status.Advance(task.Accepted, "", "", time.Now())
-	prev.Status.Advance(task.Preparing, "", "", time.Now())
-	r := New(Config{Stages: hooks, Runtime: w, Store: &fakeStore{}, Logger: quiet}, prev)
-	go r.Restore(context.Background(), nil)
-	waitDone(t, r)
-	if got := r.View().Status; got.State != task.Lost || got.Reason != task.ReasonAgentRestartLost {
-		t.Fatalf("got %s/%s, want Lost/AgentRestartLost", got.State, got.Reason)
-	}
-	if diff := cmp.Diff([]string{"stop container", "stop net"}, rec.get()); diff != "" {
-		t.Errorf("ops (-want +got):\n%s", diff)
+// A launch the previous agent cut short is resumed once (its hooks run
+// again, the task runs); cut short a second time, it is Lost and cleaned.
+func TestRestoreBeforeStart(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		state      task.State
+		resumed    bool
+		wantStates []string
+		wantOps    []string
+	}{
+		{
+			name:       "preparing: resumed",
+			state:      task.Preparing,
+			wantStates: []string{"Preparing/", "Starting/", "Running/Started", "Finished/Completed"},
+			wantOps:    []string{"prestart net", "prestart container", "stop container", "stop net"},
+		},
+		{
+			name:       "starting without a container: resumed",
+			state:      task.Starting,
+			wantStates: []string{"Preparing/", "Starting/", "Running/Started", "Finished/Completed"},
+			wantOps:    []string{"prestart net", "prestart container", "stop container", "stop net"},
+		},
+		{
+			name:       "already resumed once: lost and cleaned",
+			state:      task.Preparing,
+			resumed:    true,
+			wantStates: []string{"Preparing/", "Lost/AgentRestartLost"},
+			wantOps:    []string{"stop container", "stop net"},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			w := &fakeWaiter{rec: rec, exit: make(chan runtime.ExitStatus, 1)}
+			hooks := [][]PrestartHook{{&fakeHook{name: "net", rec: rec}}, {&fakeHook{name: "container", rec: rec, pid: 42}}}
+			prev := &Record{Spec: task.Spec{ID: "t1"}, LaunchResumed: tc.resumed}
+			prev.Status.Advance(task.Accepted, "", "", time.Now())
+			for s := task.Preparing; s <= tc.state; s++ {
+				prev.Status.Advance(s, "", "", time.Now())
+			}
+			st := &fakeStore{}
+			r := New(Config{Stages: hooks, Runtime: w, Store: st, Logger: quiet}, prev)
+			w.exit <- runtime.ExitStatus{}
+			go r.Restore(context.Background(), nil)
+			waitDone(t, r)
+			got := states(r.View())
+			if diff := cmp.Diff(append([]string{"Accepted/"}, tc.wantStates...), got); diff != "" {
+				t.Errorf("states (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.wantOps, rec.get()); diff != "" {
+				t.Errorf("ops (-want +got):\n%s", diff)
+			}
+			if !st.last.LaunchResumed {
+				t.Error("the record does not say the launch was resumed")
+			}
+		})
 	}
 }
 
