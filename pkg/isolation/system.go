@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os/exec"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/moby/sys/mountinfo"
@@ -30,6 +31,10 @@ func (hostSystem) Run(ctx context.Context, name string, args ...string) ([]byte,
 	var out bytes.Buffer
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
+	// Its own process group: a SIGTERM or Ctrl-C sent to the agent's group
+	// must not kill a umount or losetup of a teardown the stopping agent
+	// still waits for (that left a task's disk mounted and looped).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Run(); err != nil {
 		return out.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
 	}

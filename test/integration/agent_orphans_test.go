@@ -19,6 +19,7 @@ import (
 	"github.com/containerd/ttrpc"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
@@ -288,4 +289,58 @@ func mounted(mp string) bool {
 		}
 	}
 	return false
+}
+
+// TestAgentUserNSTeardownSurvivesStop: a user-namespace task with a disk
+// and a VPC address is killed and the agent is stopped gracefully (SIGTERM
+// to its process group, as a terminal's Ctrl-C or the harness does) while
+// the task's teardown runs; the agent waits for the teardown, which must
+// complete: no mount, loop device or netns of the task may be left.
+func TestAgentUserNSTeardownSurvivesStop(t *testing.T) {
+	begin(t)
+	parent := userNSDir(t)
+	ln := newLocalNet(t)
+	cfg := strings.ReplaceAll(ln.config, "{{DIR}}/netns", filepath.Join(parent, "netns")) +
+		"isolation:\n  diskDir: " + filepath.Join(parent, "disks") + "\n"
+	e := newAgentEnvConfig(t, cfg)
+	for i := range 10 {
+		id := fmt.Sprintf("web%d", i)
+		s := e.spec(id, "sh", "-c", "echo started; exec httpd -f -p 8080 -h /")
+		s.Labels, s.Resources.DiskMib = map[string]string{isolation.LabelUserNS: "true"}, 32
+		e.launch(s)
+		e.waitState(id, stRunning, 60*time.Second)
+		e.waitLog(id, "started")
+		if _, err := e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id, GracePeriodSeconds: 1}); err != nil {
+			t.Fatal(err)
+		}
+		e.waitFinal(id)
+		// The container goes first in the teardown: stop as the disk and
+		// network teardown begin (as a test that ends once its containers
+		// are gone does), at slightly different points.
+		e.waitNoContainer(id)
+		time.Sleep(time.Duration(i%5) * 10 * time.Millisecond)
+		e.stop()
+		if left := leftUnder(parent); len(left) > 0 {
+			t.Fatalf("round %d: left after a graceful stop during teardown: %v\nagent log:\n%s", i, left, e.agent.Proc.Log())
+		}
+		e.start()
+	}
+}
+
+// leftUnder lists mounts and loop devices under dir.
+func leftUnder(dir string) []string {
+	var left []string
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, line := range strings.Split(string(mi), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			left = append(left, "mount "+f[4])
+		}
+	}
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		if b, _ := os.ReadFile(f); strings.HasPrefix(string(b), dir+"/") {
+			left = append(left, "loop "+filepath.Base(filepath.Dir(filepath.Dir(f))))
+		}
+	}
+	return left
 }
