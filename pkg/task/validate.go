@@ -10,7 +10,7 @@ import (
 )
 
 // Limits bound every variable-size field so a hostile spec cannot exhaust
-// the agent. They are documented in docs/task-spec.md.
+// the agent. They are documented in docs/task-spec.md (TestLimitsDocumented).
 const (
 	MaxIDLen          = 128
 	MaxImageRefLen    = 512
