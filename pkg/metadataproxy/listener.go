@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -97,5 +98,26 @@ func openListeners(v6 bool) (ls []net.Listener, err error) {
 	if err != nil {
 		return ls, fmt.Errorf("listen [%s]:80 (IPv6 is enabled in the netns): %w", addrV6, err)
 	}
-	return append(ls, l6), nil
+	ls = append(ls, l6)
+	if err := waitLocalRoute(addrV6, 2*time.Second); err != nil {
+		return ls, err
+	}
+	return ls, nil
+}
+
+// waitLocalRoute waits for the kernel's local route to ip: even without
+// DAD, IPv6 adds it from a work queue, so for a moment after the address
+// exists a task's connection to it fails with "network is unreachable".
+func waitLocalRoute(ip net.IP, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		_, err := netlink.RouteGet(ip)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no route to %s on loopback after %s: %w", ip, limit, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
