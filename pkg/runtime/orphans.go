@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -113,12 +115,13 @@ func (r *Runtime) reapShims(ctx context.Context) ([]string, error) {
 		if known[s.ID] {
 			continue
 		}
-		if err := killShim("/proc", s); err != nil {
+		killed, err := killShim("/proc", s)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		reaped = append(reaped, s.ID)
-		errs = append(errs, removeShimState(shimSocketDir, s))
+		errs = append(errs, removeShimState(shimSocketDir, s), removeRuncState(ctx, runcRoot, s, killed))
 	}
 	return reaped, errors.Join(errs...)
 }
@@ -226,6 +229,12 @@ func procStart(proc string, pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
+// processRuns says whether pid is a live process (not a zombie).
+func processRuns(proc string, pid int) bool {
+	f, err := procStat(proc, pid)
+	return err == nil && len(f) > 0 && f[0] != "Z" && f[0] != "X"
+}
+
 // descendants lists pid's descendants, deepest last.
 func descendants(proc string, pid int) []int {
 	var out []int
@@ -248,29 +257,67 @@ func descendants(proc string, pid int) []int {
 }
 
 // killShim stops the shim, kills its descendants (they cannot be reaped,
-// so their pids cannot be reused, while it is stopped), then the shim. A
-// pidfd pins the shim so a reused pid is never signalled.
-func killShim(proc string, s shimProc) error {
+// so their pids cannot be reused, while it is stopped), then the shim, and
+// returns the descendants killed. A pidfd pins the shim so a reused pid is
+// never signalled.
+func killShim(proc string, s shimProc) ([]int, error) {
 	fd, err := unix.PidfdOpen(s.Pid, 0)
 	if errors.Is(err, unix.ESRCH) {
-		return nil
+		return nil, nil
 	} else if err != nil {
-		return fmt.Errorf("pidfd of shim %d: %w", s.Pid, err)
+		return nil, fmt.Errorf("pidfd of shim %d: %w", s.Pid, err)
 	}
 	defer unix.Close(fd)
 	b, _ := os.ReadFile(filepath.Join(proc, strconv.Itoa(s.Pid), "cmdline"))
 	if st, err := procStart(proc, s.Pid); err != nil || st != s.Start || !bytes.Equal(b, s.cmdline) {
-		return nil // exited, and the pid is someone else's now
+		return nil, nil // exited, and the pid is someone else's now
 	}
 	if err := unix.PidfdSendSignal(fd, unix.SIGSTOP, nil, 0); err != nil {
-		return fmt.Errorf("stop shim %d: %w", s.Pid, err)
+		return nil, fmt.Errorf("stop shim %d: %w", s.Pid, err)
 	}
 	kids := descendants(proc, s.Pid)
 	for i := len(kids) - 1; i >= 0; i-- {
 		_ = unix.Kill(kids[i], unix.SIGKILL)
 	}
 	if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("kill shim %d: %w", s.Pid, err)
+		return kids, fmt.Errorf("kill shim %d: %w", s.Pid, err)
+	}
+	return kids, nil
+}
+
+// runcRoot is where the runc v2 shim keeps runc's state by default
+// (root/<namespace>/<id>), shared by every containerd on the host.
+const runcRoot = "/run/containerd/runc"
+
+// removeRuncState deletes the runc container a killed shim had created
+// (state, cgroup), only when its init process was one of the shim's
+// children killed or is gone: a running runc container of that id
+// belonging to another containerd on the host is left alone.
+func removeRuncState(ctx context.Context, root string, s shimProc, killed []int) error {
+	root = filepath.Join(root, s.Namespace)
+	dir := filepath.Join(root, s.ID)
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		// A runc create killed (with the shim, or by the cancelled request)
+		// before it saved the state leaves only its exec fifo.
+		if _, ferr := os.Lstat(filepath.Join(dir, "exec.fifo")); ferr == nil {
+			return os.RemoveAll(dir)
+		}
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("runc state of %s: %w", s.ID, err)
+	}
+	var st struct {
+		InitProcessPid int `json:"init_process_pid"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil || st.InitProcessPid <= 0 {
+		return nil
+	}
+	if !slices.Contains(killed, st.InitProcessPid) && processRuns("/proc", st.InitProcessPid) {
+		return nil
+	}
+	if out, err := exec.CommandContext(ctx, "runc", "--root", root, "delete", "--force", s.ID).CombinedOutput(); err != nil {
+		return fmt.Errorf("runc delete %s: %w: %s", s.ID, err, bytes.TrimSpace(out))
 	}
 	return nil
 }

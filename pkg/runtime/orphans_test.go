@@ -1,10 +1,12 @@
 package runtime
 
 import (
+	"context"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -168,17 +170,21 @@ func TestKillShim(t *testing.T) {
 	if len(shims) != 1 || shims[0].Pid != cmd.Process.Pid || shims[0].ID != "t1" {
 		t.Fatalf("findShims = %+v, want pid %d", shims, cmd.Process.Pid)
 	}
-	if err := killShim("/proc", shims[0]); err != nil {
+	killed, err := killShim("/proc", shims[0])
+	if err != nil {
 		t.Fatal(err)
+	}
+	if diff := cmp.Diff(kids, killed); diff != "" {
+		t.Errorf("killed (-want +got):\n%s", diff)
 	}
 	if err := cmd.Wait(); err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Fatalf("fake shim ended with %v, want killed", err)
 	}
 	deadline = time.Now().Add(10 * time.Second)
-	for alive(kids[0]) && time.Now().Before(deadline) {
+	for processRuns("/proc", kids[0]) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if alive(kids[0]) {
+	if processRuns("/proc", kids[0]) {
 		t.Errorf("child %d of the shim survived", kids[0])
 	}
 	if err := syscall.Kill(other.Process.Pid, 0); err != nil {
@@ -186,8 +192,34 @@ func TestKillShim(t *testing.T) {
 	}
 }
 
-// alive says whether pid runs (a zombie, or a pid gone, is not).
-func alive(pid int) bool {
-	f, err := procStat("/proc", pid)
-	return err == nil && len(f) > 0 && f[0] != "Z"
+// TestRemoveRuncState removes a runc create's leftover that never saved
+// its state, and leaves alone a container whose init still runs and was
+// not the killed shim's.
+func TestRemoveRuncState(t *testing.T) {
+	root := t.TempDir()
+	ns := filepath.Join(root, "titus")
+	half, live := filepath.Join(ns, "half"), filepath.Join(ns, "live")
+	for _, d := range []string{half, live} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Mkfifo(filepath.Join(d, "exec.fifo"), 0o622); err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := []byte(`{"init_process_pid":` + strconv.Itoa(os.Getpid()) + `}`)
+	if err := os.WriteFile(filepath.Join(live, "state.json"), state, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"half", "live", "none"} {
+		if err := removeRuncState(context.Background(), root, shimProc{ID: id, Namespace: "titus"}, []int{1 << 30}); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+	}
+	if _, err := os.Stat(half); !os.IsNotExist(err) {
+		t.Errorf("half-created runc state left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(live, "state.json")); err != nil {
+		t.Errorf("a live container's runc state was removed: %v", err)
+	}
 }

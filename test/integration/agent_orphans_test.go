@@ -20,7 +20,6 @@ import (
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
-	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -38,9 +37,12 @@ func TestAgentOrphansAfterKillMidLaunch(t *testing.T) {
 	e.launch(e.spec("warm", "true")) // pull the image once
 	e.waitFinal("warm")
 
+	// Task ids unique to the run: runc's state dir (/run/containerd/runc/titus)
+	// is shared by every containerd on the host.
+	runID := strconv.FormatInt(time.Now().UnixNano()%1e9, 36)
 	const rounds = 8
 	for i := range rounds {
-		id := fmt.Sprintf("mid%d", i)
+		id := fmt.Sprintf("mid%d-%s", i, runID)
 		e.launch(e.spec(id, "sleep", "1000"))
 		time.Sleep(time.Duration(i) * 40 * time.Millisecond) // different points of the launch
 		e.kill9()
@@ -57,7 +59,7 @@ func TestAgentOrphansAfterKillMidLaunch(t *testing.T) {
 			ownStale := plantOverlay(t, filepath.Join(e.dir, "state", "tmpmounts"), snapshots, false)
 			foreign := plantOverlay(t, "/tmp", t.TempDir(), false)
 			e.start()
-			e.waitNoOrphans()
+			e.waitNoOrphans(runID)
 			if processAlive(shimPid) {
 				t.Errorf("planted shim %d survived", shimPid)
 			}
@@ -74,7 +76,7 @@ func TestAgentOrphansAfterKillMidLaunch(t *testing.T) {
 			}
 		} else {
 			e.start()
-			e.waitNoOrphans()
+			e.waitNoOrphans(runID)
 		}
 		tk := e.waitState(id, stRunning, 60*time.Second)
 		if tk.GetState() == stRunning {
@@ -82,23 +84,24 @@ func TestAgentOrphansAfterKillMidLaunch(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if tk := e.waitFinal(id); tk.GetState() != agentv1.TaskState_TASK_STATE_KILLED && tk.GetReason() != string(task.ReasonAgentRestartLost) {
-			t.Fatalf("%s = %s/%s (%s), want killed or lost to the restart", id, tk.GetState(), tk.GetReason(), tk.GetMessage())
-		}
+		// Any final state will do (a launch may also fail as the agent
+		// dies); what matters here is what is left on the host.
+		e.waitFinal(id)
 	}
 	e.assertNoLeftovers()
-	e.waitNoOrphans()
+	e.waitNoOrphans(runID)
 }
 
 // waitNoOrphans waits until every shim of this containerd in the agent's
-// namespace serves a task containerd knows, and no containerd-mount* is
+// namespace serves a task containerd knows, no runc state of the run's
+// tasks (ids ending in -runID) outlives its task, and no containerd-mount* is
 // made of this containerd's layers (in /tmp or in the agent's own
 // temporary mount dir); a teardown still running may take a moment.
-func (e *agentEnv) waitNoOrphans() {
+func (e *agentEnv) waitNoOrphans(runID string) {
 	e.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		left := e.orphans()
+		left := e.orphans(runID)
 		if len(left) == 0 {
 			return
 		}
@@ -109,7 +112,7 @@ func (e *agentEnv) waitNoOrphans() {
 	}
 }
 
-func (e *agentEnv) orphans() []string {
+func (e *agentEnv) orphans(runID string) []string {
 	out, err := e.ctr("tasks", "ls", "-q")
 	if err != nil {
 		e.t.Fatalf("ctr tasks ls: %v %s", err, out)
@@ -136,6 +139,15 @@ func (e *agentEnv) orphans() []string {
 		}
 		if id := flagValue(args, "-id"); !known[id] && processAlive(pid) {
 			left = append(left, fmt.Sprintf("shim %d of %s", pid, id))
+		}
+	}
+	// A reaped shim's runc container (state, cgroup) goes with it.
+	if runID != "" {
+		runc, _ := filepath.Glob("/run/containerd/runc/titus/*-" + runID)
+		for _, d := range runc {
+			if !known[filepath.Base(d)] {
+				left = append(left, "runc state "+d)
+			}
 		}
 	}
 	tmpmounts := filepath.Join(e.dir, "state", "tmpmounts") + "/"
