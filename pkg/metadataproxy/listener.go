@@ -99,25 +99,27 @@ func openListeners(v6 bool) (ls []net.Listener, err error) {
 		return ls, fmt.Errorf("listen [%s]:80 (IPv6 is enabled in the netns): %w", addrV6, err)
 	}
 	ls = append(ls, l6)
-	if err := waitLocalRoute(addrV6, 2*time.Second); err != nil {
+	if err := awaitReachable(l6.Addr().String(), 3*time.Second); err != nil {
 		return ls, err
 	}
 	return ls, nil
 }
 
-// waitLocalRoute waits for the kernel's local route to ip: even without
-// DAD, IPv6 adds it from a work queue, so for a moment after the address
-// exists a task's connection to it fails with "network is unreachable".
-func waitLocalRoute(ip net.IP, limit time.Duration) error {
+// awaitReachable connects to addr from the current netns until it works:
+// on a loopback just brought up, a fresh IPv6 address refuses or drops the
+// first connections for a moment (ENETUNREACH, or a SYN lost to a one-second
+// retransmit), even without DAD. The probe connection is closed at once;
+// the server reads an empty request from it later and drops it.
+func awaitReachable(addr string, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for {
-		_, err := netlink.RouteGet(ip)
+		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
 		if err == nil {
-			return nil
+			return c.Close()
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("no route to %s on loopback after %s: %w", ip, limit, err)
+			return fmt.Errorf("%s not reachable from its netns after %s: %w", addr, limit, err)
 		}
-		time.Sleep(5 * time.Millisecond)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
