@@ -221,24 +221,28 @@ func (m *Manager) Restore(ctx context.Context) error {
 		}
 	}
 	keep := map[string]bool{}
-	m.mu.Lock()
 	for _, rec := range recs {
-		r := taskrunner.New(m.runnerConfig(), rec)
-		m.runners[rec.Spec.ID] = r
 		if !(rec.Status.State.Terminal() && rec.CleanedUp) {
 			keep[rec.Spec.ID] = true
 		}
+	}
+	// Before any runner: a resumed launch must not meet the orphan shim,
+	// runc state or host resources of its cut-short first attempt.
+	for _, rc := range m.cfg.Reconcilers {
+		if err := rc.Reconcile(ctx, keep); err != nil {
+			m.log.Error("reconcile", "err", err)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, rec := range recs {
+		r := taskrunner.New(m.runnerConfig(), rec)
+		m.runners[rec.Spec.ID] = r
 		if rec.Status.State == task.Accepted {
 			go r.Run(m.agentCtx) // nothing was done yet: just do it now
 			continue
 		}
 		go r.Restore(m.agentCtx, m.cfg.RestoreHooks)
-	}
-	m.mu.Unlock()
-	for _, rc := range m.cfg.Reconcilers {
-		if err := rc.Reconcile(ctx, keep); err != nil {
-			m.log.Error("reconcile", "err", err)
-		}
 	}
 	return nil
 }
