@@ -206,6 +206,7 @@ func TestDebPackage(t *testing.T) {
 	}
 	wantFiles := map[string]string{
 		"/usr/bin/titus-agent":                            "-rwxr-xr-x",
+		"/usr/bin/titus-logger":                           "-rwxr-xr-x",
 		"/usr/bin/titus-scheduler":                        "-rwxr-xr-x",
 		"/usr/lib/systemd/system/titus-agent.service":     "-rw-r--r--",
 		"/usr/lib/systemd/system/titus-agent.socket":      "-rw-r--r--",
