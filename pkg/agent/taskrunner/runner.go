@@ -66,6 +66,10 @@ type Config struct {
 	Now     func() time.Time
 	// TeardownTimeout bounds the stop hooks of one task.
 	TeardownTimeout time.Duration
+	// TeardownRetry is the first wait before a failed teardown runs again;
+	// the wait doubles up to a minute, until the teardown succeeds or the
+	// agent shuts down (the next agent then retries). Default 1s.
+	TeardownRetry time.Duration
 	// Observe, if set, gets each prestart hook's duration (metrics).
 	Observe func(hook string, d time.Duration)
 }
@@ -90,6 +94,9 @@ type Runner struct {
 	cfg Config
 	log *slog.Logger
 
+	// agentCtx is the agent's life, set by Run or Restore.
+	agentCtx context.Context
+
 	mu         sync.Mutex
 	rec        *Record
 	killed     *killRequest
@@ -109,6 +116,9 @@ func New(cfg Config, rec *Record) *Runner {
 	}
 	if cfg.TeardownTimeout == 0 {
 		cfg.TeardownTimeout = 2 * time.Minute
+	}
+	if cfg.TeardownRetry == 0 {
+		cfg.TeardownRetry = time.Second
 	}
 	return &Runner{
 		cfg:    cfg,
@@ -202,6 +212,7 @@ func (r *Runner) save(mutate func(*Record)) error {
 // shutdown) makes Run return without touching the task.
 func (r *Runner) Run(agentCtx context.Context) {
 	defer close(r.done)
+	r.agentCtx = agentCtx
 	if err := r.advance(task.Preparing, task.ReasonNone, "", nil); err != nil {
 		r.log.Error("advance", "err", err)
 		return
@@ -332,6 +343,7 @@ func (r *Runner) runStage(ctx context.Context, stage []PrestartHook) (changed bo
 // the previous agent cut short (once; prestart hooks are idempotent).
 func (r *Runner) Restore(agentCtx context.Context, restoreHooks []RestoreHook) {
 	defer close(r.done)
+	r.agentCtx = agentCtx
 	r.mu.Lock()
 	rec := *r.rec
 	r.mu.Unlock()
@@ -510,8 +522,35 @@ func (r *Runner) finish(s task.State, reason task.Reason, msg string, code int32
 }
 
 // teardown runs every stop hook in reverse stage order on a context that no
-// agent shutdown cancels.
+// agent shutdown cancels, again and again with a growing wait while any
+// fails, until all succeed or the agent shuts down.
 func (r *Runner) teardown() {
+	wait := r.cfg.TeardownRetry
+	for {
+		err := r.stopHooks()
+		if err == nil {
+			break
+		}
+		if r.agentCtx == nil || r.agentCtx.Err() != nil {
+			r.log.Error("teardown incomplete; the next agent start retries", "err", err)
+			return
+		}
+		r.log.Error("teardown incomplete; retrying", "err", err, "in", wait)
+		select {
+		case <-r.agentCtx.Done():
+			r.log.Error("teardown incomplete; the next agent start retries", "err", err)
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
+	}
+	if err := r.save(func(rec *Record) { rec.CleanedUp = true }); err != nil {
+		r.log.Error("persist cleanup", "err", err)
+	}
+}
+
+// stopHooks runs every stop hook once, in reverse stage order.
+func (r *Runner) stopHooks() error {
 	ctx, cancel := context.WithTimeout(context.Background(), r.cfg.TeardownTimeout)
 	defer cancel()
 	r.mu.Lock()
@@ -530,11 +569,5 @@ func (r *Runner) teardown() {
 			}
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		r.log.Error("teardown incomplete; will retry at next agent start", "err", err)
-		return
-	}
-	if err := r.save(func(rec *Record) { rec.CleanedUp = true }); err != nil {
-		r.log.Error("persist cleanup", "err", err)
-	}
+	return errors.Join(errs...)
 }

@@ -433,3 +433,72 @@ func TestFailedStageResourcesPersisted(t *testing.T) {
 		t.Errorf("writes (-want +got):\n%s", diff)
 	}
 }
+
+// flakyStop fails its first failures stops.
+type flakyStop struct {
+	fakeHook
+	mu       sync.Mutex
+	failures int
+	calls    int
+}
+
+func (h *flakyStop) Stop(ctx context.Context, req *StopRequest) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.calls++
+	if h.calls <= h.failures {
+		return errors.New("device busy")
+	}
+	return nil
+}
+
+// A failed teardown is tried again until it succeeds, without waiting for
+// an agent restart; an agent shutdown ends the retries (the record stays
+// not cleaned up, for the next agent).
+func TestTeardownRetriedUntilItSucceeds(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		failures    int
+		shutdown    bool
+		wantCleaned bool
+	}{
+		{name: "fails twice, then succeeds", failures: 2, wantCleaned: true},
+		{name: "agent shuts down while it fails", failures: 1 << 30, shutdown: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			disk := &flakyStop{fakeHook: fakeHook{name: "disk", rec: &recorder{}}, failures: tc.failures}
+			w := &fakeWaiter{rec: &recorder{}, exit: make(chan runtime.ExitStatus, 1)}
+			spec := task.Spec{ID: "t1"}
+			spec.Normalize()
+			st := &fakeStore{}
+			r := New(Config{Stages: [][]PrestartHook{{disk}, {&fakeHook{name: "container", rec: &recorder{}, pid: 1}}}, Runtime: w, Store: st, Logger: quiet, TeardownRetry: time.Millisecond}, &Record{Spec: spec})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			w.exit <- runtime.ExitStatus{}
+			go r.Run(ctx)
+			if tc.shutdown {
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					disk.mu.Lock()
+					calls := disk.calls
+					disk.mu.Unlock()
+					if calls >= 3 || time.Now().After(deadline) {
+						break
+					}
+					time.Sleep(time.Millisecond)
+				}
+				cancel()
+			}
+			waitDone(t, r)
+			st.mu.Lock()
+			cleaned := st.last.CleanedUp
+			st.mu.Unlock()
+			if cleaned != tc.wantCleaned {
+				t.Errorf("cleaned up = %v, want %v", cleaned, tc.wantCleaned)
+			}
+			if !tc.shutdown && disk.calls != tc.failures+1 {
+				t.Errorf("stop ran %d times, want %d", disk.calls, tc.failures+1)
+			}
+		})
+	}
+}
