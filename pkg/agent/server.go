@@ -64,7 +64,7 @@ func toStatus(err error) error {
 		code = codes.NotFound
 	case errors.Is(err, ErrTaskExists):
 		code = codes.AlreadyExists
-	case errors.Is(err, ErrTooManyTasks):
+	case errors.Is(err, ErrTooManyTasks), errors.Is(err, ErrStateDiskFull):
 		code = codes.ResourceExhausted
 	case errors.Is(err, ErrShuttingDown):
 		code = codes.Unavailable

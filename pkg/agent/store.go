@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -53,10 +55,18 @@ func (s *Store) Save(rec *taskrunner.Record) error {
 		return fmt.Errorf("encode task %s: %w", rec.Spec.ID, err)
 	}
 	// Batch coalesces concurrent launches into one fsync'd transaction.
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	err = s.db.Batch(func(tx *bolt.Tx) error {
 		return tx.Bucket(tasksBucket).Put([]byte(rec.Spec.ID), b)
 	})
+	if err != nil && (errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), "no space left")) {
+		return fmt.Errorf("%w: %w", ErrStateDiskFull, err)
+	}
+	return err
 }
+
+// ErrStateDiskFull marks a write refused because the state directory's
+// filesystem is full (bbolt does not always keep the errno in the chain).
+var ErrStateDiskFull = errors.New("agent state disk full")
 
 // Delete forgets a record.
 func (s *Store) Delete(id string) error {

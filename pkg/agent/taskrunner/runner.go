@@ -515,8 +515,26 @@ func suffixIf(restored bool) string {
 // finish records the final state first (so the exit code is never lost),
 // then tears down, then records that teardown completed.
 func (r *Runner) finish(s task.State, reason task.Reason, msg string, code int32, _ error) {
-	if err := r.advance(s, reason, msg, func(rec *Record) { rec.Status.ExitCode = code }); err != nil {
-		r.log.Error("final state", "err", err)
+	// The final state goes to disk before anything is torn down: if it
+	// cannot be written (a full state disk), it is tried again until it
+	// can, and an agent shutting down meanwhile leaves the container for
+	// the next agent, which reads the same exit status from it.
+	wait := r.cfg.TeardownRetry
+	for {
+		err := r.advance(s, reason, msg, func(rec *Record) { rec.Status.ExitCode = code })
+		if err == nil || errors.Is(err, task.ErrBackwardTransition) {
+			break
+		}
+		r.log.Error("cannot record the final state; retrying", "state", s, "err", err, "in", wait)
+		if r.agentCtx == nil {
+			break
+		}
+		select {
+		case <-r.agentCtx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
 	}
 	r.teardown()
 }

@@ -502,3 +502,44 @@ func TestTeardownRetriedUntilItSucceeds(t *testing.T) {
 		})
 	}
 }
+
+// fullStore refuses to write a final state its first failures times, as a
+// full state disk would, and notes each write in the recorder.
+type fullStore struct {
+	mu       sync.Mutex
+	rec      *recorder
+	failures int
+}
+
+func (s *fullStore) Save(rec *Record) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rec.Status.State.Terminal() && !rec.CleanedUp && s.failures > 0 {
+		s.failures--
+		return errors.New("no space left on device")
+	}
+	s.rec.add(fmt.Sprintf("save %s cleaned=%v", rec.Status.State, rec.CleanedUp))
+	return nil
+}
+
+// A final state that cannot be written is retried, and nothing is torn
+// down before it is on disk: the exit code is never lost.
+func TestFinalStateWrittenBeforeTeardown(t *testing.T) {
+	rec := &recorder{}
+	w := &fakeWaiter{rec: rec, exit: make(chan runtime.ExitStatus, 1)}
+	spec := task.Spec{ID: "t1"}
+	spec.Normalize()
+	r := New(Config{Stages: [][]PrestartHook{{&fakeHook{name: "container", rec: rec, pid: 1}}}, Runtime: w,
+		Store: &fullStore{rec: rec, failures: 3}, Logger: quiet, TeardownRetry: time.Millisecond}, &Record{Spec: spec})
+	w.exit <- runtime.ExitStatus{Code: 7}
+	go r.Run(context.Background())
+	waitDone(t, r)
+	want := []string{"save Preparing cleaned=false", "save Starting cleaned=false", "prestart container", "save Running cleaned=false",
+		"save Failed cleaned=false", "stop container", "save Failed cleaned=true"}
+	if diff := cmp.Diff(want, rec.get()); diff != "" {
+		t.Errorf("order (-want +got):\n%s", diff)
+	}
+	if v := r.View(); v.Status.ExitCode != 7 {
+		t.Errorf("exit code %d, want 7", v.Status.ExitCode)
+	}
+}
