@@ -49,8 +49,10 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 stop_all() {
   say "stopping the demo"
-  if alive scheduler && alive agent; then
-    for j in $(sched job ls -o json 2>/dev/null | grep -o '"jobId": *"[^"]*"' | cut -d'"' -f4); do sched job kill "$j" >/dev/null 2>&1 || true; done
+  # The scheduler first, so it does not replace the tasks killed below.
+  if alive scheduler; then
+    kill -TERM -- "-$(cat "$RUN/scheduler.pid")" 2>/dev/null || true
+    for _ in $(seq 1 50); do alive scheduler || break; sleep 0.1; done
   fi
   if alive agent; then
     for t in $(agent task ls -o json 2>/dev/null | grep -o '"id": *"[^"]*"' | cut -d'"' -f4); do agent task kill --grace 2s "$t" >/dev/null 2>&1 || true; done
@@ -59,6 +61,8 @@ stop_all() {
   for p in agent scheduler imds-mock moto registry containerd; do
     if alive "$p"; then kill -TERM -- "-$(cat "$RUN/$p.pid")" 2>/dev/null || true; fi
   done
+  # The agent finishes the teardowns under way before it exits.
+  for _ in $(seq 1 100); do alive agent || break; sleep 0.1; done
   sleep 1
   for p in agent scheduler imds-mock moto registry containerd; do
     if alive "$p"; then kill -KILL -- "-$(cat "$RUN/$p.pid")" 2>/dev/null || true; fi
@@ -72,8 +76,8 @@ stop_all() {
   for v in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^t[tp][0-9a-f]{10}$' || true); do
     [[ -e $RUN/netns ]] && ip link del "$v" 2>/dev/null || true
   done
-  grep -E " ($RUN|$DEMO)/" /proc/self/mountinfo | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  for l in $(losetup -j "$DEMO" 2>/dev/null | cut -d: -f1); do losetup -d "$l" 2>/dev/null || true; done
+  { grep -E " ($RUN|$DEMO)/" /proc/self/mountinfo || true; } | awk '{print $5}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  for l in $(losetup -a 2>/dev/null | grep -F "($DEMO/" | cut -d: -f1); do losetup -d "$l" 2>/dev/null || true; done
   rm -rf "$RUN" "$DEMO"
   echo "stopped; nothing of the demo is left"
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	tasksapi "github.com/containerd/containerd/api/services/tasks/v1"
 	"github.com/containerd/containerd/v2/core/mount"
@@ -299,11 +300,13 @@ func removeRuncState(ctx context.Context, root string, s shimProc, killed []int)
 	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
 	if errors.Is(err, os.ErrNotExist) {
 		// A runc create killed (with the shim, or by the cancelled request)
-		// before it saved the state leaves only its exec fifo.
+		// before it saved the state leaves only its exec fifo, and the
+		// task's cgroups, empty.
+		var errs []error
 		if _, ferr := os.Lstat(filepath.Join(dir, "exec.fifo")); ferr == nil {
-			return os.RemoveAll(dir)
+			errs = append(errs, os.RemoveAll(dir))
 		}
-		return nil
+		return errors.Join(append(errs, removeEmptyCgroups(cgroupRoot, s.Namespace, s.ID))...)
 	} else if err != nil {
 		return fmt.Errorf("runc state of %s: %w", s.ID, err)
 	}
@@ -320,6 +323,28 @@ func removeRuncState(ctx context.Context, root string, s shimProc, killed []int)
 		return fmt.Errorf("runc delete %s: %w: %s", s.ID, err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// cgroupRoot holds the cgroup hierarchies (v1: one per controller).
+var cgroupRoot = "/sys/fs/cgroup" // a variable for tests
+
+// removeEmptyCgroups removes the task's cgroup (containerd's default path
+// /<namespace>/<id>) from every hierarchy where it is empty. rmdir refuses
+// a cgroup with processes in it, so another containerd's live container of
+// the same id is never touched.
+func removeEmptyCgroups(root, ns, id string) error {
+	dirs, err := filepath.Glob(filepath.Join(root, "*", ns, id))
+	if err != nil {
+		return err
+	}
+	dirs = append(dirs, filepath.Join(root, ns, id)) // cgroup v2
+	var errs []error
+	for _, d := range dirs {
+		if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.ENOTEMPTY) {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // shimSocket is the socket path a runc v2 shim listens on

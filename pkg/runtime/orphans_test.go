@@ -197,6 +197,8 @@ func TestKillShim(t *testing.T) {
 // not the killed shim's.
 func TestRemoveRuncState(t *testing.T) {
 	root := t.TempDir()
+	defer func(orig string) { cgroupRoot = orig }(cgroupRoot)
+	cgroupRoot = t.TempDir()
 	ns := filepath.Join(root, "titus")
 	half, live := filepath.Join(ns, "half"), filepath.Join(ns, "live")
 	for _, d := range []string{half, live} {
@@ -221,5 +223,33 @@ func TestRemoveRuncState(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(live, "state.json")); err != nil {
 		t.Errorf("a live container's runc state was removed: %v", err)
+	}
+}
+
+func TestRemoveEmptyCgroups(t *testing.T) {
+	root := t.TempDir()
+	empty := []string{filepath.Join(root, "memory", "titus", "half"), filepath.Join(root, "pids", "titus", "half")}
+	busy := filepath.Join(root, "cpu", "titus", "half") // stands for a cgroup with processes
+	other := filepath.Join(root, "memory", "titus", "other")
+	for _, d := range append(empty, busy, other) {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(busy, "cgroup.procs"), []byte("42\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := removeEmptyCgroups(root, "titus", "half"); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range empty {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Errorf("empty cgroup %s left: %v", d, err)
+		}
+	}
+	for _, d := range []string{busy, other} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s removed: %v", d, err)
+		}
 	}
 }
