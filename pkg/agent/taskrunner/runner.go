@@ -519,51 +519,53 @@ func (r *Runner) finish(s task.State, reason task.Reason, msg string, code int32
 	// cannot be written (a full state disk), it is tried again until it
 	// can, and an agent shutting down meanwhile leaves the container for
 	// the next agent, which reads the same exit status from it.
-	wait := r.cfg.TeardownRetry
-	for {
+	recorded := r.untilDone("record the final state", func() error {
 		err := r.advance(s, reason, msg, func(rec *Record) { rec.Status.ExitCode = code })
-		if err == nil || errors.Is(err, task.ErrBackwardTransition) {
-			break
+		if errors.Is(err, task.ErrBackwardTransition) {
+			return nil // already final
 		}
-		r.log.Error("cannot record the final state; retrying", "state", s, "err", err, "in", wait)
-		if r.agentCtx == nil {
-			break
-		}
-		select {
-		case <-r.agentCtx.Done():
-			return
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, time.Minute)
+		return err
+	})
+	if !recorded {
+		return
 	}
 	r.teardown()
 }
 
 // teardown runs every stop hook in reverse stage order on a context that no
-// agent shutdown cancels, again and again with a growing wait while any
-// fails, until all succeed or the agent shuts down.
+// agent shutdown cancels, again and again while any fails, until all
+// succeed or the agent shuts down.
 func (r *Runner) teardown() {
-	wait := r.cfg.TeardownRetry
-	for {
-		err := r.stopHooks()
-		if err == nil {
-			break
-		}
-		if r.agentCtx == nil || r.agentCtx.Err() != nil {
-			r.log.Error("teardown incomplete; the next agent start retries", "err", err)
-			return
-		}
-		r.log.Error("teardown incomplete; retrying", "err", err, "in", wait)
-		select {
-		case <-r.agentCtx.Done():
-			r.log.Error("teardown incomplete; the next agent start retries", "err", err)
-			return
-		case <-time.After(wait):
-		}
-		wait = min(2*wait, time.Minute)
+	if !r.untilDone("teardown", r.stopHooks) {
+		return
 	}
 	if err := r.save(func(rec *Record) { rec.CleanedUp = true }); err != nil {
 		r.log.Error("persist cleanup", "err", err)
+	}
+}
+
+// untilDone calls fn until it succeeds, waiting TeardownRetry, doubling up
+// to a minute, between tries. It gives up (false) when the agent shuts down:
+// the next agent start takes it up from the record.
+func (r *Runner) untilDone(what string, fn func() error) bool {
+	wait := r.cfg.TeardownRetry
+	for {
+		err := fn()
+		if err == nil {
+			return true
+		}
+		if r.agentCtx == nil || r.agentCtx.Err() != nil {
+			r.log.Error(what+" failed; the next agent start retries", "err", err)
+			return false
+		}
+		r.log.Error(what+" failed; retrying", "err", err, "in", wait)
+		select {
+		case <-r.agentCtx.Done():
+			r.log.Error(what+" failed; the next agent start retries", "err", err)
+			return false
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
 	}
 }
 
