@@ -43,6 +43,9 @@ func benchVPC(tb *testenv.Standalone, n int) {
 		for _, err := range hv.Errors() {
 			fmt.Println("hypervisor:", err)
 		}
+		for _, d := range hv.Duplicates() {
+			fmt.Println("hypervisor:", d)
+		}
 	})
 
 	k := min(n, 50)

@@ -65,6 +65,9 @@ func newEC2Bed(t *testing.T, instanceType string, ipv6 bool) *ec2Bed {
 		for _, err := range bed.hv.Errors() {
 			t.Errorf("hypervisor: %v", err)
 		}
+		for _, d := range bed.hv.Duplicates() {
+			t.Logf("hypervisor: %s", d)
+		}
 	})
 	return bed
 }
