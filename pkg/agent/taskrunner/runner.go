@@ -235,8 +235,8 @@ func (r *Runner) launch(agentCtx context.Context) {
 		// Agent shutting down: the next agent re-adopts or cleans up what
 		// the record says was created.
 		if unsaved {
-			if err := r.save(func(*Record) {}); err != nil {
-				r.log.Error("persist resources at shutdown", "err", err)
+			if err := r.saveResources(); err != nil {
+				r.log.Error("at shutdown", "err", err)
 			}
 		}
 		return
@@ -270,20 +270,13 @@ func (r *Runner) launch(agentCtx context.Context) {
 func (r *Runner) prestart(ctx context.Context) (unsaved bool, err error) {
 	for i, stage := range r.cfg.Stages {
 		switch {
-		case i == len(r.cfg.Stages)-1 && r.View().Status.State < task.Starting:
+		case i == len(r.cfg.Stages)-1 && r.state() < task.Starting: // a resumed launch may be Starting already
 			if err := r.advance(task.Starting, task.ReasonNone, "", nil); err != nil {
 				return false, err
 			}
-		case i == len(r.cfg.Stages)-1:
-			// A resumed launch already recorded Starting: just save.
-			if unsaved {
-				if err := r.save(func(*Record) {}); err != nil {
-					return false, fmt.Errorf("persist resources: %w", err)
-				}
-			}
 		case unsaved:
-			if err := r.save(func(*Record) {}); err != nil {
-				return false, fmt.Errorf("persist resources: %w", err)
+			if err := r.saveResources(); err != nil {
+				return false, err
 			}
 		}
 		unsaved, err = r.runStage(ctx, stage)
@@ -291,14 +284,28 @@ func (r *Runner) prestart(ctx context.Context) (unsaved bool, err error) {
 			// Record whatever was created, even by a stage that partly
 			// failed, so teardown (now or after a restart) finds it.
 			if unsaved {
-				if serr := r.save(func(*Record) {}); serr != nil {
-					err = errors.Join(err, fmt.Errorf("persist resources: %w", serr))
-				}
+				err = errors.Join(err, r.saveResources())
 			}
 			return false, err
 		}
 	}
 	return unsaved, nil
+}
+
+// state is the task's current state.
+func (r *Runner) state() task.State {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rec.Status.State
+}
+
+// saveResources persists the in-memory record, which holds what the hooks
+// created so far.
+func (r *Runner) saveResources() error {
+	if err := r.save(func(*Record) {}); err != nil {
+		return fmt.Errorf("persist resources: %w", err)
+	}
+	return nil
 }
 
 // runStage runs one stage's hooks in parallel and merges what they created
