@@ -310,11 +310,7 @@ func mounted(mp string) bool {
 // complete: no mount, loop device or netns of the task may be left.
 func TestAgentUserNSTeardownSurvivesStop(t *testing.T) {
 	begin(t)
-	parent := userNSDir(t)
-	ln := newLocalNet(t)
-	cfg := strings.ReplaceAll(ln.config, "{{DIR}}/netns", filepath.Join(parent, "netns")) +
-		"isolation:\n  diskDir: " + filepath.Join(parent, "disks") + "\n"
-	e := newAgentEnvConfig(t, cfg)
+	e, parent := newUserNSNetAgent(t)
 	for i := range 10 {
 		id := fmt.Sprintf("web%d", i)
 		s := e.spec(id, "sh", "-c", "echo started; exec httpd -f -p 8080 -h /")

@@ -1050,16 +1050,24 @@ func TestAgentForkBombStaysResponsive(t *testing.T) {
 	e.assertNoLeftovers()
 }
 
+// newUserNSNetAgent is an agent with a local network whose netns and disk
+// directories are under parent, where a task's unprivileged root can reach
+// them.
+func newUserNSNetAgent(t *testing.T) (e *agentEnv, parent string) {
+	t.Helper()
+	parent = userNSDir(t)
+	ln := newLocalNet(t)
+	cfg := strings.ReplaceAll(ln.config, "{{DIR}}/netns", filepath.Join(parent, "netns")) +
+		"isolation:\n  diskDir: " + filepath.Join(parent, "disks") + "\n"
+	return newAgentEnvConfig(t, cfg), parent
+}
+
 // TestAgentUserNamespaceWithNetwork: a task in its own user namespace also
 // gets its VPC address, resolv.conf and hosts (bind mounts its root must
 // reach) and answers on its address.
 func TestAgentUserNamespaceWithNetwork(t *testing.T) {
 	begin(t)
-	parent := userNSDir(t)
-	ln := newLocalNet(t)
-	cfg := strings.ReplaceAll(ln.config, "{{DIR}}/netns", filepath.Join(parent, "netns")) +
-		"isolation:\n  diskDir: " + filepath.Join(parent, "disks") + "\n"
-	e := newAgentEnvConfig(t, cfg)
+	e, _ := newUserNSNetAgent(t)
 	s := e.spec("web", "sh", "-c", "cat /proc/self/uid_map /etc/resolv.conf; mkdir -p /www && echo hello-from-userns > /www/index.html && exec httpd -f -p 8080 -h /www")
 	s.Labels, s.Resources.DiskMib = map[string]string{isolation.LabelUserNS: "true"}, 32
 	e.launch(s)

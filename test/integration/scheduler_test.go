@@ -299,8 +299,10 @@ func TestSchedulerReconnectReconciles(t *testing.T) {
 	})
 }
 
-func TestSchedulerStandbyTakesOver(t *testing.T) {
-	begin(t)
+// externalEtcd starts an etcd of its own for schedulers that do not embed
+// it, and a 2-minute context for the test.
+func externalEtcd(t *testing.T) (context.Context, *scheduler.EmbeddedEtcd) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	etcd, err := scheduler.StartEmbeddedEtcd(ctx, t.TempDir())
@@ -308,6 +310,12 @@ func TestSchedulerStandbyTakesOver(t *testing.T) {
 		t.Fatalf("etcd: %v", err)
 	}
 	t.Cleanup(etcd.Close)
+	return ctx, etcd
+}
+
+func TestSchedulerStandbyTakesOver(t *testing.T) {
+	begin(t)
+	ctx, etcd := externalEtcd(t)
 	o := schedOptions(t)
 	o.DataDir, o.Endpoints = "", etcd.Endpoints
 	first, stopFirst := startScheduler(t, ctx, o)
@@ -610,13 +618,7 @@ func TestSchedulerQuarantinesFailingHost(t *testing.T) {
 // it is gone.
 func TestSchedulerPrunesEndedJobs(t *testing.T) {
 	begin(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	t.Cleanup(cancel)
-	etcd, err := scheduler.StartEmbeddedEtcd(ctx, t.TempDir())
-	if err != nil {
-		t.Fatalf("etcd: %v", err)
-	}
-	t.Cleanup(etcd.Close)
+	ctx, etcd := externalEtcd(t)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: etcd.Endpoints})
 	if err != nil {
 		t.Fatal(err)
