@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
 	"slices"
-	"strconv"
-	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
@@ -18,12 +16,21 @@ import (
 	"google.golang.org/grpc/status"
 )
 
+// ErrNotUnixPeer refuses a connection that did not come over a unix socket.
+var ErrNotUnixPeer = errors.New("permission denied: the control API is served on a unix socket only")
+
 // ErrPermissionDenied is returned to peers that are neither root nor in the
 // configured group.
 var ErrPermissionDenied = errors.New("permission denied: caller is neither root nor in the agent's group")
 
 // PeerCreds is gRPC transport credentials for the unix socket that admit
-// only root and members of one group, read from the kernel (SO_PEERCRED).
+// only root and members of one group, both read from the kernel as they
+// were when the caller connected (SO_PEERCRED, SO_PEERGROUPS). Anything but
+// a unix socket is refused: no other transport says who the caller is.
+//
+// The group is root-equivalent: its members launch tasks with any host
+// path, device or capability the host's configuration allows, and kill any
+// task on the host.
 type PeerCreds struct {
 	// GID of the group allowed besides root; -1 allows root only.
 	GID int
@@ -43,24 +50,33 @@ func (peerInfo) AuthType() string { return "peercred" }
 func (p PeerCreds) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
-		return c, peerInfo{}, nil // not a unix socket (tests over TCP are not used)
+		// Fail closed: whatever put this server on another transport, its
+		// callers have no credentials the kernel vouches for.
+		return nil, nil, fmt.Errorf("%w (peer %s)", ErrNotUnixPeer, c.RemoteAddr())
 	}
 	raw, err := uc.SyscallConn()
 	if err != nil {
 		return nil, nil, err
 	}
 	var cred *unix.Ucred
+	var groups []int
 	var credErr error
 	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); credErr != nil {
+			credErr = fmt.Errorf("SO_PEERCRED: %w", credErr)
+			return
+		}
+		if groups, credErr = peerGroups(int(fd)); credErr != nil {
+			credErr = fmt.Errorf("SO_PEERGROUPS: %w", credErr)
+		}
 	}); err != nil {
 		return nil, nil, err
 	}
 	if credErr != nil {
-		return nil, nil, fmt.Errorf("SO_PEERCRED: %w", credErr)
+		return nil, nil, credErr
 	}
 	info := peerInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}, UID: int(cred.Uid), GID: int(cred.Gid), PID: int(cred.Pid)}
-	if !p.allowed(cred) {
+	if !p.allowed(cred, groups) {
 		// Refusing here would only show the caller a closed connection;
 		// the interceptors refuse every call with the reason instead.
 		info.Denied = fmt.Errorf("%w (uid %d, gid %d)", ErrPermissionDenied, cred.Uid, cred.Gid)
@@ -100,37 +116,41 @@ func (PeerCreds) StreamInterceptor() grpc.StreamServerInterceptor {
 	}
 }
 
-func (p PeerCreds) allowed(cred *unix.Ucred) bool {
+// allowed admits root, and members of p.GID by primary or supplementary
+// group (groups: the caller's supplementary groups at connect time).
+func (p PeerCreds) allowed(cred *unix.Ucred, groups []int) bool {
 	if cred.Uid == 0 {
 		return true
 	}
 	if p.GID < 0 {
 		return false
 	}
-	if int(cred.Gid) == p.GID {
-		return true
-	}
-	return slices.Contains(supplementaryGroups(int(cred.Pid)), p.GID)
+	return int(cred.Gid) == p.GID || slices.Contains(groups, p.GID)
 }
 
-// supplementaryGroups reads a process's groups from /proc.
-func supplementaryGroups(pid int) []int {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return nil
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "Groups:"); ok {
-			var out []int
-			for _, f := range strings.Fields(rest) {
-				if g, err := strconv.Atoi(f); err == nil {
-					out = append(out, g)
-				}
-			}
-			return out
+// peerGroups reads the supplementary groups the peer of a unix socket had
+// when it connected (SO_PEERGROUPS, Linux 4.13). Unlike /proc/<pid>/status
+// it cannot be fooled by the caller exiting and its pid being reused.
+func peerGroups(fd int) ([]int, error) {
+	n := 64
+	for {
+		buf := make([]uint32, n)
+		size := uint32(4 * n)
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
+		if errno == unix.ERANGE && int(size)/4 > n {
+			n = int(size) / 4 // the kernel says how much it needs
+			continue
 		}
+		if errno != 0 {
+			return nil, errno
+		}
+		out := make([]int, size/4)
+		for i := range out {
+			out[i] = int(buf[i])
+		}
+		return out, nil
 	}
-	return nil
 }
 
 func (PeerCreds) ClientHandshake(_ context.Context, _ string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {
