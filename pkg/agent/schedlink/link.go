@@ -56,6 +56,12 @@ type Config struct {
 	Log                    *slog.Logger
 }
 
+// MaxMessageSize is the largest scheduler message the agent accepts: the
+// scheduler's own receive limit. The scheduler splits launch batches far
+// below it, so a batch never ends the session (gRPC's default of 4 MiB did,
+// and the tasks sent in it were marked LOST and sent again in a hot loop).
+const MaxMessageSize = 16 << 20
+
 // Run keeps a session with the scheduler until ctx ends.
 func Run(ctx context.Context, cfg Config, tasks Tasks) error {
 	if cfg.InstanceID == "" {
@@ -130,7 +136,7 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	events := tasks.Subscribe(sctx) // before listing, so no transition falls in between
-	stream, err := schedv1.NewSchedulerClient(cc).Connect(sctx)
+	stream, err := schedv1.NewSchedulerClient(cc).Connect(sctx, grpc.MaxCallRecvMsgSize(MaxMessageSize))
 	if err != nil {
 		return false, err
 	}
