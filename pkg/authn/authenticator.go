@@ -143,8 +143,8 @@ func (a *Authenticator) fromChain(chain []*x509.Certificate) (Principal, error) 
 	case len(leaf.DNSNames) > 0:
 		name = leaf.DNSNames[0]
 	}
-	if name == "" {
-		return Principal{}, fmt.Errorf("%w: client certificate has no SAN and no common name", errdefs.ErrUnauthenticated)
+	if name == "" || name == Anonymous {
+		return Principal{}, fmt.Errorf("%w: client certificate has no SAN and no common name, or names itself %q", errdefs.ErrUnauthenticated, Anonymous)
 	}
 	return Principal{Name: name, Method: MethodCert}, nil
 }

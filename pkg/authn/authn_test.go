@@ -70,6 +70,7 @@ func TestTokenVerify(t *testing.T) {
 		{"alg none", none, Principal{}, "bearer token"},
 		{"hs256 with the public key", hs, Principal{}, "bearer token"},
 		{"no username claim", iss.Mint(t, with(func(k *authntest.Token) { k.Claims = map[string]any{"sub": "x"} })), Principal{}, `claim "email"`},
+		{"anonymous username", iss.Mint(t, with(func(k *authntest.Token) { k.Claims = map[string]any{"email": Anonymous} })), Principal{}, `claim "email"`},
 		{"garbage", "not.a.token", Principal{}, "bearer token"},
 		{"too long", strings.Repeat("a", MaxTokenLen+1), Principal{}, "longer than"},
 	}
@@ -143,6 +144,7 @@ func TestCertificates(t *testing.T) {
 		{"user by email", withCA, users, authntest.Leaf{CN: "alice", Emails: []string{"alice@example.com"}}, Principal{Name: "alice@example.com", Method: MethodCert}, ""},
 		{"user by DNS", withCA, users, authntest.Leaf{CN: "ci", DNS: []string{"ci.example.com"}}, Principal{Name: "ci.example.com", Method: MethodCert}, ""},
 		{"user by CN", withCA, users, authntest.Leaf{CN: "bob"}, Principal{Name: "bob", Method: MethodCert}, ""},
+		{"user named anonymous", withCA, users, authntest.Leaf{CN: Anonymous}, Principal{}, "names itself"},
 		{"agent from the agent CA", withCA, agents, authntest.Leaf{CN: "i-1", URIs: []string{agentURI("i-0abc")}}, Principal{Name: agentURI("i-0abc"), Method: MethodCert, InstanceID: "i-0abc"}, ""},
 		{"user CA certificate claiming an agent identity", withCA, users, authntest.Leaf{CN: "mallory", URIs: []string{agentURI("i-0abc")}}, Principal{}, "not issued by the agent CA"},
 		{"agent CA certificate without an agent id", withCA, agents, authntest.Leaf{CN: "i-1"}, Principal{}, "has no"},

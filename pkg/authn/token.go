@@ -126,8 +126,8 @@ func (v *TokenVerifier) Verify(raw string) (Principal, error) {
 		return fail("%v", err)
 	}
 	name, _ := extra[v.cfg.UsernameClaim].(string)
-	if strings.TrimSpace(name) == "" {
-		return fail("claim %q is missing or empty", v.cfg.UsernameClaim)
+	if strings.TrimSpace(name) == "" || name == Anonymous {
+		return fail("claim %q is missing, empty or %q", v.cfg.UsernameClaim, Anonymous)
 	}
 	p := Principal{Name: name, Method: MethodToken}
 	switch g := extra[v.cfg.GroupsClaim].(type) {

@@ -1,0 +1,183 @@
+package authz
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/containerd/errdefs"
+
+	"github.com/titus-agent/titus-agent/pkg/authn"
+)
+
+// ReservedLabelPrefix marks labels that widen a task's host access (host
+// mounts, devices, user namespaces); only admins may set them.
+const ReservedLabelPrefix = "titus.isolation/"
+
+// Decider answers authorization questions for one policy.
+type Decider struct{ p *Policy }
+
+// Open allows everything (no policy file).
+func Open() *Decider { return &Decider{} }
+
+// New decides by policy p.
+func New(p *Policy) *Decider { return &Decider{p: p} }
+
+// IsOpen reports whether there is no policy.
+func (d *Decider) IsOpen() bool { return d.p == nil }
+
+func (s Subjects) match(p authn.Principal) bool {
+	if slices.Contains(s.Principals, p.Name) {
+		return true
+	}
+	return slices.ContainsFunc(s.Groups, p.InGroup)
+}
+
+// Roles lists p's global roles and the applications it owns, sorted.
+func (d *Decider) Roles(p authn.Principal) (roles, owned []string) {
+	if d.p == nil || p.IsAgent() {
+		return nil, nil
+	}
+	for role, s := range map[string]Subjects{RoleAdmin: d.p.Admins, RoleOperator: d.p.Operators, RoleReader: d.p.Readers} {
+		if s.match(p) {
+			roles = append(roles, role)
+		}
+	}
+	for name, app := range d.p.Applications {
+		if app.Owners.match(p) {
+			owned = append(owned, name)
+		}
+	}
+	sort.Strings(roles)
+	sort.Strings(owned)
+	return roles, owned
+}
+
+func (d *Decider) grantsGlobally(p authn.Principal, a Action) bool {
+	roles, _ := d.Roles(p)
+	for _, r := range roles {
+		if slices.Contains(global[r], a) {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *Decider) owns(p authn.Principal, app string) bool {
+	a, ok := d.p.Applications[app]
+	return ok && !p.IsAgent() && a.Owners.match(p)
+}
+
+func denied(p authn.Principal, format string, a ...any) error {
+	return fmt.Errorf("%w: %s %s", errdefs.ErrPermissionDenied, p, fmt.Sprintf(format, a...))
+}
+
+// Gate is the check made before any RPC runs: the method must have a
+// rule, agents may only connect and only agents may connect, and p must
+// hold the method's action globally or on at least one application (the
+// handler then checks the job's application with Allow).
+func (d *Decider) Gate(p authn.Principal, fullMethod string) (Rule, error) {
+	r, ok := Methods[fullMethod]
+	if !ok {
+		return Rule{}, denied(p, "may not call %s: the method has no authorization rule", fullMethod)
+	}
+	if r.Action == AgentConnect {
+		if p.IsAgent() || d.p == nil {
+			return r, nil
+		}
+		return r, denied(p, "may not connect as an agent: an agent certificate is required")
+	}
+	if p.IsAgent() {
+		return r, denied(p, "may not call %s: an agent certificate may only connect", fullMethod)
+	}
+	if d.p == nil || d.grantsGlobally(p, r.Action) {
+		return r, nil
+	}
+	if _, owned := d.Roles(p); appScoped(r.Action) && len(owned) > 0 {
+		return r, nil
+	}
+	return r, denied(p, "may not %s: %s", r.Action, d.describe(p))
+}
+
+// Allow reports whether p may perform a on application app ("" for a
+// fleet-wide action). Errors wrap errdefs.ErrPermissionDenied.
+func (d *Decider) Allow(p authn.Principal, a Action, app string) error {
+	if p.IsAgent() {
+		return denied(p, "may not %s: an agent certificate may only connect", a)
+	}
+	if d.p == nil || d.grantsGlobally(p, a) {
+		return nil
+	}
+	if appScoped(a) && app != "" && d.owns(p, app) && slices.Contains(ownerActions, a) {
+		return nil
+	}
+	if app == "" {
+		return denied(p, "may not %s: %s", a, d.describe(p))
+	}
+	return denied(p, "may not %s on application %q: %s", a, app, d.describe(p))
+}
+
+func (d *Decider) describe(p authn.Principal) string {
+	roles, owned := d.Roles(p)
+	if len(roles) == 0 && len(owned) == 0 {
+		return "the policy grants it no role"
+	}
+	parts := slices.Clone(roles)
+	if len(owned) > 0 {
+		parts = append(parts, "owner of "+strings.Join(owned, ","))
+	}
+	return "its roles are " + strings.Join(parts, "; ")
+}
+
+// MayReadEnv reports whether p sees the environment values of app's jobs:
+// admins and the application's owners.
+func (d *Decider) MayReadEnv(p authn.Principal, app string) bool {
+	if p.IsAgent() {
+		return false
+	}
+	if d.p == nil {
+		return true
+	}
+	roles, _ := d.Roles(p)
+	return slices.Contains(roles, RoleAdmin) || d.owns(p, app)
+}
+
+// CheckIAMRole refuses a role ARN the policy does not list for app. With
+// no policy every role is allowed; with one, an application that lists no
+// role may use none.
+func (d *Decider) CheckIAMRole(app, arn string) error {
+	if d.p == nil || arn == "" {
+		return nil
+	}
+	for _, pat := range d.p.Applications[app].IAMRoles {
+		if pat == arn || (strings.HasSuffix(pat, "*") && strings.HasPrefix(arn, strings.TrimSuffix(pat, "*"))) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: IAM role %q is not in application %q's allowlist (policy applications.%s.iamRoles)", errdefs.ErrPermissionDenied, arn, app, app)
+}
+
+// CheckReservedLabels refuses labels under ReservedLabelPrefix unless p is
+// an admin (or there is no policy).
+func (d *Decider) CheckReservedLabels(p authn.Principal, labelSets ...map[string]string) error {
+	if d.p == nil {
+		return nil
+	}
+	if roles, _ := d.Roles(p); slices.Contains(roles, RoleAdmin) {
+		return nil
+	}
+	var reserved []string
+	for _, set := range labelSets {
+		for _, k := range slices.Sorted(maps.Keys(set)) {
+			if strings.HasPrefix(k, ReservedLabelPrefix) {
+				reserved = append(reserved, k)
+			}
+		}
+	}
+	if len(reserved) > 0 {
+		return denied(p, "may not set %s: labels under %s widen host access and are reserved to admins", strings.Join(reserved, ", "), ReservedLabelPrefix)
+	}
+	return nil
+}

@@ -1,0 +1,88 @@
+package authz
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/containerd/errdefs"
+	"sigs.k8s.io/yaml"
+)
+
+// Subjects names principals directly or by a token group.
+type Subjects struct {
+	// Principals: certificate SAN/CN or token username, exactly.
+	Principals []string `json:"principals,omitempty"`
+	// Groups: values of the token's groups claim.
+	Groups []string `json:"groups,omitempty"`
+}
+
+// Application is one application's entry in the policy.
+type Application struct {
+	// Owners submit, read, scale and kill the application's jobs and read
+	// their environment.
+	Owners Subjects `json:"owners"`
+	// IAMRoles are the role ARNs its jobs may name; a pattern ending in "*"
+	// matches every ARN with that prefix. Empty: no role at all.
+	IAMRoles []string `json:"iamRoles,omitempty"`
+}
+
+// Policy is the policy file.
+type Policy struct {
+	// Admins may do everything, including jobs with titus.isolation/* labels.
+	Admins Subjects `json:"admins"`
+	// Operators read everything (environment redacted), drain and undrain
+	// hosts, and read the audit trail.
+	Operators Subjects `json:"operators"`
+	// Readers read jobs, tasks and agents, environment redacted.
+	Readers Subjects `json:"readers"`
+	// Applications by name (a job's spec.application).
+	Applications map[string]Application `json:"applications"`
+}
+
+var (
+	appNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+	// roleRE is an IAM role ARN (any partition), optionally ending in "*".
+	roleRE = regexp.MustCompile(`^arn:[a-z-]+:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]*\*?$`)
+)
+
+// Load reads and checks a policy file.
+func Load(path string) (*Policy, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("policy: %w", err)
+	}
+	p, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("policy %s: %w", path, err)
+	}
+	return p, nil
+}
+
+// Parse checks a policy document; unknown keys are refused (a misspelt
+// key must not silently grant or drop a permission).
+func Parse(b []byte) (*Policy, error) {
+	var p Policy
+	if err := yaml.UnmarshalStrict(b, &p); err != nil {
+		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	var errs []string
+	for name, app := range p.Applications {
+		if !appNameRE.MatchString(name) {
+			errs = append(errs, fmt.Sprintf("applications.%s: name must match %s", name, appNameRE))
+		}
+		for i, r := range app.IAMRoles {
+			if !roleRE.MatchString(r) || strings.Count(r, "*") > 1 {
+				errs = append(errs, fmt.Sprintf("applications.%s.iamRoles[%d]: %q is not an IAM role ARN (a single trailing * is allowed)", name, i, r))
+			}
+			if strings.HasSuffix(r, "role/*") {
+				errs = append(errs, fmt.Sprintf("applications.%s.iamRoles[%d]: %q allows every role of the account; name the roles or a path", name, i, r))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("%w: %s", errdefs.ErrInvalidArgument, strings.Join(errs, "; "))
+	}
+	return &p, nil
+}
