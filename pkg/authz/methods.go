@@ -41,6 +41,7 @@ var Methods = map[string]Rule{
 	schedv1.Scheduler_DrainAgent_FullMethodName:   {AgentDrain, true},
 	schedv1.Scheduler_UndrainAgent_FullMethodName: {AgentDrain, true},
 	schedv1.Scheduler_Connect_FullMethodName:      {AgentConnect, false},
+	schedv1.Scheduler_ListAudit_FullMethodName:    {AuditRead, false},
 }
 
 // Role names, as the audit trail and errors show them.

@@ -800,10 +800,15 @@ func (x *GetJobRequest) GetId() string {
 	return ""
 }
 
+// List calls return pages: at most page_size items (0 = the server's
+// default, capped by its maximum), and next_page_token, to pass as
+// page_token for the next page; empty on the last page.
 type ListJobsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Include finished and killed jobs.
-	All           bool `protobuf:"varint,1,opt,name=all,proto3" json:"all,omitempty"`
+	All           bool   `protobuf:"varint,1,opt,name=all,proto3" json:"all,omitempty"`
+	PageSize      uint32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -845,9 +850,24 @@ func (x *ListJobsRequest) GetAll() bool {
 	return false
 }
 
+func (x *ListJobsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListJobsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListJobsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Jobs          []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -887,6 +907,13 @@ func (x *ListJobsResponse) GetJobs() []*Job {
 		return x.Jobs
 	}
 	return nil
+}
+
+func (x *ListJobsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type KillJobRequest struct {
@@ -1156,7 +1183,9 @@ type ListTasksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	// Include tasks in a final state.
-	All           bool `protobuf:"varint,2,opt,name=all,proto3" json:"all,omitempty"`
+	All           bool   `protobuf:"varint,2,opt,name=all,proto3" json:"all,omitempty"`
+	PageSize      uint32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1205,9 +1234,24 @@ func (x *ListTasksRequest) GetAll() bool {
 	return false
 }
 
+func (x *ListTasksRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListTasksRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListTasksResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tasks         []*Task                `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1247,6 +1291,13 @@ func (x *ListTasksResponse) GetTasks() []*Task {
 		return x.Tasks
 	}
 	return nil
+}
+
+func (x *ListTasksResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type GetTaskRequest struct {
@@ -1572,6 +1623,8 @@ func (x *Agent) GetLastHeartbeat() *timestamppb.Timestamp {
 
 type ListAgentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	PageSize      uint32                 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1604,6 +1657,20 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
 	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ListAgentsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAgentsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
 }
 
 type DrainAgentRequest struct {
@@ -1662,6 +1729,7 @@ func (x *DrainAgentRequest) GetLabels() map[string]string {
 type ListAgentsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Agents        []*Agent               `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1703,6 +1771,270 @@ func (x *ListAgentsResponse) GetAgents() []*Agent {
 	return nil
 }
 
+func (x *ListAgentsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// AuditRecord is one mutating call: who, what, on which job, and the result.
+type AuditRecord struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Time      *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3" json:"time,omitempty"`
+	Principal string                 `protobuf:"bytes,3,opt,name=principal,proto3" json:"principal,omitempty"`
+	// The RPC (SubmitJob) and the policy's action (job.submit).
+	Method      string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	Action      string `protobuf:"bytes,5,opt,name=action,proto3" json:"action,omitempty"`
+	Application string `protobuf:"bytes,6,opt,name=application,proto3" json:"application,omitempty"`
+	JobId       string `protobuf:"bytes,7,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	TaskId      string `protobuf:"bytes,8,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	AgentId     string `protobuf:"bytes,9,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// The gRPC status code's name: OK, PermissionDenied, ...
+	Code    string `protobuf:"bytes,10,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,11,opt,name=message,proto3" json:"message,omitempty"`
+	// The caller's network address.
+	Peer          string `protobuf:"bytes,12,opt,name=peer,proto3" json:"peer,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditRecord) Reset() {
+	*x = AuditRecord{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditRecord) ProtoMessage() {}
+
+func (x *AuditRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
+func (*AuditRecord) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *AuditRecord) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetApplication() string {
+	if x != nil {
+		return x.Application
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *AuditRecord) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+type ListAuditRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only records of this job, of this principal (both optional).
+	JobId         string `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Principal     string `protobuf:"bytes,2,opt,name=principal,proto3" json:"principal,omitempty"`
+	PageSize      uint32 `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditRequest) Reset() {
+	*x = ListAuditRequest{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditRequest) ProtoMessage() {}
+
+func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
+func (*ListAuditRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ListAuditRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ListAuditRequest) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+func (x *ListAuditRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAuditRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListAuditResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Records       []*AuditRecord         `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuditResponse) Reset() {
+	*x = ListAuditResponse{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuditResponse) ProtoMessage() {}
+
+func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
+func (*ListAuditResponse) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListAuditResponse) GetRecords() []*AuditRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *ListAuditResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 type TaskStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
@@ -1716,7 +2048,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1728,7 +2060,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1741,7 +2073,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TaskStatus) GetTaskId() string {
@@ -1794,7 +2126,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1806,7 +2138,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1819,7 +2151,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Register) GetInstanceId() string {
@@ -1875,7 +2207,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2219,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2232,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Heartbeat) GetHealthy() bool {
@@ -1933,7 +2265,7 @@ type TaskUpdates struct {
 
 func (x *TaskUpdates) Reset() {
 	*x = TaskUpdates{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1945,7 +2277,7 @@ func (x *TaskUpdates) String() string {
 func (*TaskUpdates) ProtoMessage() {}
 
 func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1958,7 +2290,7 @@ func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskUpdates.ProtoReflect.Descriptor instead.
 func (*TaskUpdates) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *TaskUpdates) GetTasks() []*TaskStatus {
@@ -1982,7 +2314,7 @@ type AgentMessage struct {
 
 func (x *AgentMessage) Reset() {
 	*x = AgentMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1994,7 +2326,7 @@ func (x *AgentMessage) String() string {
 func (*AgentMessage) ProtoMessage() {}
 
 func (x *AgentMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2007,7 +2339,7 @@ func (x *AgentMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentMessage.ProtoReflect.Descriptor instead.
 func (*AgentMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AgentMessage) GetMsg() isAgentMessage_Msg {
@@ -2076,7 +2408,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2420,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2433,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Registered) GetAgentId() string {
@@ -2127,7 +2459,7 @@ type Launch struct {
 
 func (x *Launch) Reset() {
 	*x = Launch{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2471,7 @@ func (x *Launch) String() string {
 func (*Launch) ProtoMessage() {}
 
 func (x *Launch) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2484,7 @@ func (x *Launch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Launch.ProtoReflect.Descriptor instead.
 func (*Launch) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Launch) GetTasks() []*v1.TaskSpec {
@@ -2171,7 +2503,7 @@ type Kill struct {
 
 func (x *Kill) Reset() {
 	*x = Kill{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2183,7 +2515,7 @@ func (x *Kill) String() string {
 func (*Kill) ProtoMessage() {}
 
 func (x *Kill) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2196,7 +2528,7 @@ func (x *Kill) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kill.ProtoReflect.Descriptor instead.
 func (*Kill) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Kill) GetTaskIds() []string {
@@ -2220,7 +2552,7 @@ type SchedulerMessage struct {
 
 func (x *SchedulerMessage) Reset() {
 	*x = SchedulerMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2232,7 +2564,7 @@ func (x *SchedulerMessage) String() string {
 func (*SchedulerMessage) ProtoMessage() {}
 
 func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2245,7 +2577,7 @@ func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerMessage.ProtoReflect.Descriptor instead.
 func (*SchedulerMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SchedulerMessage) GetMsg() isSchedulerMessage_Msg {
@@ -2368,11 +2700,15 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x11SubmitJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x1f\n" +
 	"\rGetJobRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"#\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"_\n" +
 	"\x0fListJobsRequest\x12\x10\n" +
-	"\x03all\x18\x01 \x01(\bR\x03all\"?\n" +
+	"\x03all\x18\x01 \x01(\bR\x03all\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"g\n" +
 	"\x10ListJobsResponse\x12+\n" +
-	"\x04jobs\x18\x01 \x03(\v2\x17.titus.scheduler.v1.JobR\x04jobs\" \n" +
+	"\x04jobs\x18\x01 \x03(\v2\x17.titus.scheduler.v1.JobR\x04jobs\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\" \n" +
 	"\x0eKillJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"_\n" +
 	"\x0fScaleJobRequest\x12\x0e\n" +
@@ -2395,12 +2731,16 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06placed\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x06placed\x124\n" +
 	"\astarted\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x120\n" +
 	"\x05ended\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x12\x0e\n" +
-	"\x02az\x18\x0e \x01(\tR\x02az\";\n" +
+	"\x02az\x18\x0e \x01(\tR\x02az\"w\n" +
 	"\x10ListTasksRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x10\n" +
-	"\x03all\x18\x02 \x01(\bR\x03all\"C\n" +
+	"\x03all\x18\x02 \x01(\bR\x03all\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"k\n" +
 	"\x11ListTasksResponse\x12.\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x18.titus.scheduler.v1.TaskR\x05tasks\" \n" +
+	"\x05tasks\x18\x01 \x03(\v2\x18.titus.scheduler.v1.TaskR\x05tasks\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\" \n" +
 	"\x0eGetTaskRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"!\n" +
 	"\x0fKillTaskRequest\x12\x0e\n" +
@@ -2431,16 +2771,43 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x0elast_heartbeat\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x13\n" +
-	"\x11ListAgentsRequest\"\xa9\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"O\n" +
+	"\x11ListAgentsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xa9\x01\n" +
 	"\x11DrainAgentRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12I\n" +
 	"\x06labels\x18\x02 \x03(\v21.titus.scheduler.v1.DrainAgentRequest.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"G\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
 	"\x12ListAgentsResponse\x121\n" +
-	"\x06agents\x18\x01 \x03(\v2\x19.titus.scheduler.v1.AgentR\x06agents\"\xa5\x01\n" +
+	"\x06agents\x18\x01 \x03(\v2\x19.titus.scheduler.v1.AgentR\x06agents\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xca\x02\n" +
+	"\vAuditRecord\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n" +
+	"\tprincipal\x18\x03 \x01(\tR\tprincipal\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12\x16\n" +
+	"\x06action\x18\x05 \x01(\tR\x06action\x12 \n" +
+	"\vapplication\x18\x06 \x01(\tR\vapplication\x12\x15\n" +
+	"\x06job_id\x18\a \x01(\tR\x05jobId\x12\x17\n" +
+	"\atask_id\x18\b \x01(\tR\x06taskId\x12\x19\n" +
+	"\bagent_id\x18\t \x01(\tR\aagentId\x12\x12\n" +
+	"\x04code\x18\n" +
+	" \x01(\tR\x04code\x12\x18\n" +
+	"\amessage\x18\v \x01(\tR\amessage\x12\x12\n" +
+	"\x04peer\x18\f \x01(\tR\x04peer\"\x83\x01\n" +
+	"\x10ListAuditRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1c\n" +
+	"\tprincipal\x18\x02 \x01(\tR\tprincipal\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"v\n" +
+	"\x11ListAuditResponse\x129\n" +
+	"\arecords\x18\x01 \x03(\v2\x1f.titus.scheduler.v1.AuditRecordR\arecords\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa5\x01\n" +
 	"\n" +
 	"TaskStatus\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12/\n" +
@@ -2490,7 +2857,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x12JOB_STATE_ACCEPTED\x10\x01\x12\x16\n" +
 	"\x12JOB_STATE_FINISHED\x10\x02\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x03\x12\x14\n" +
-	"\x10JOB_STATE_KILLED\x10\x042\xf2\a\n" +
+	"\x10JOB_STATE_KILLED\x10\x042\xcc\b\n" +
 	"\tScheduler\x12X\n" +
 	"\tSubmitJob\x12$.titus.scheduler.v1.SubmitJobRequest\x1a%.titus.scheduler.v1.SubmitJobResponse\x12D\n" +
 	"\x06GetJob\x12!.titus.scheduler.v1.GetJobRequest\x1a\x17.titus.scheduler.v1.Job\x12U\n" +
@@ -2505,7 +2872,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"DrainAgent\x12%.titus.scheduler.v1.DrainAgentRequest\x1a&.titus.scheduler.v1.ListAgentsResponse\x12]\n" +
 	"\fUndrainAgent\x12%.titus.scheduler.v1.DrainAgentRequest\x1a&.titus.scheduler.v1.ListAgentsResponse\x12U\n" +
-	"\aConnect\x12 .titus.scheduler.v1.AgentMessage\x1a$.titus.scheduler.v1.SchedulerMessage(\x010\x01BAZ?github.com/titus-agent/titus-agent/api/scheduler/v1;schedulerv1b\x06proto3"
+	"\aConnect\x12 .titus.scheduler.v1.AgentMessage\x1a$.titus.scheduler.v1.SchedulerMessage(\x010\x01\x12X\n" +
+	"\tListAudit\x12$.titus.scheduler.v1.ListAuditRequest\x1a%.titus.scheduler.v1.ListAuditResponseBAZ?github.com/titus-agent/titus-agent/api/scheduler/v1;schedulerv1b\x06proto3"
 
 var (
 	file_scheduler_v1_scheduler_proto_rawDescOnce sync.Once
@@ -2520,7 +2888,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(JobState)(0),                 // 0: titus.scheduler.v1.JobState
 	(RetryPolicy_Kind)(0),         // 1: titus.scheduler.v1.RetryPolicy.Kind
@@ -2547,22 +2915,25 @@ var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*ListAgentsRequest)(nil),     // 22: titus.scheduler.v1.ListAgentsRequest
 	(*DrainAgentRequest)(nil),     // 23: titus.scheduler.v1.DrainAgentRequest
 	(*ListAgentsResponse)(nil),    // 24: titus.scheduler.v1.ListAgentsResponse
-	(*TaskStatus)(nil),            // 25: titus.scheduler.v1.TaskStatus
-	(*Register)(nil),              // 26: titus.scheduler.v1.Register
-	(*Heartbeat)(nil),             // 27: titus.scheduler.v1.Heartbeat
-	(*TaskUpdates)(nil),           // 28: titus.scheduler.v1.TaskUpdates
-	(*AgentMessage)(nil),          // 29: titus.scheduler.v1.AgentMessage
-	(*Registered)(nil),            // 30: titus.scheduler.v1.Registered
-	(*Launch)(nil),                // 31: titus.scheduler.v1.Launch
-	(*Kill)(nil),                  // 32: titus.scheduler.v1.Kill
-	(*SchedulerMessage)(nil),      // 33: titus.scheduler.v1.SchedulerMessage
-	nil,                           // 34: titus.scheduler.v1.JobSpec.LabelsEntry
-	nil,                           // 35: titus.scheduler.v1.Agent.LabelsEntry
-	nil,                           // 36: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	nil,                           // 37: titus.scheduler.v1.Register.LabelsEntry
-	(*v1.TaskSpec)(nil),           // 38: titus.agent.v1.TaskSpec
-	(*timestamppb.Timestamp)(nil), // 39: google.protobuf.Timestamp
-	(v1.TaskState)(0),             // 40: titus.agent.v1.TaskState
+	(*AuditRecord)(nil),           // 25: titus.scheduler.v1.AuditRecord
+	(*ListAuditRequest)(nil),      // 26: titus.scheduler.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),     // 27: titus.scheduler.v1.ListAuditResponse
+	(*TaskStatus)(nil),            // 28: titus.scheduler.v1.TaskStatus
+	(*Register)(nil),              // 29: titus.scheduler.v1.Register
+	(*Heartbeat)(nil),             // 30: titus.scheduler.v1.Heartbeat
+	(*TaskUpdates)(nil),           // 31: titus.scheduler.v1.TaskUpdates
+	(*AgentMessage)(nil),          // 32: titus.scheduler.v1.AgentMessage
+	(*Registered)(nil),            // 33: titus.scheduler.v1.Registered
+	(*Launch)(nil),                // 34: titus.scheduler.v1.Launch
+	(*Kill)(nil),                  // 35: titus.scheduler.v1.Kill
+	(*SchedulerMessage)(nil),      // 36: titus.scheduler.v1.SchedulerMessage
+	nil,                           // 37: titus.scheduler.v1.JobSpec.LabelsEntry
+	nil,                           // 38: titus.scheduler.v1.Agent.LabelsEntry
+	nil,                           // 39: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	nil,                           // 40: titus.scheduler.v1.Register.LabelsEntry
+	(*v1.TaskSpec)(nil),           // 41: titus.agent.v1.TaskSpec
+	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
+	(v1.TaskState)(0),             // 43: titus.agent.v1.TaskState
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	1,  // 0: titus.scheduler.v1.RetryPolicy.kind:type_name -> titus.scheduler.v1.RetryPolicy.Kind
@@ -2570,69 +2941,73 @@ var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	2,  // 2: titus.scheduler.v1.ServiceJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
 	3,  // 3: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
 	4,  // 4: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
-	38, // 5: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
-	34, // 6: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
+	41, // 5: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
+	37, // 6: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
 	5,  // 7: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
 	0,  // 8: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
-	39, // 9: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
-	39, // 10: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
+	42, // 9: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
+	42, // 10: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
 	6,  // 11: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
 	5,  // 12: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
 	7,  // 13: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
-	40, // 14: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
-	39, // 15: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
-	39, // 16: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
-	39, // 17: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
+	43, // 14: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
+	42, // 15: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
+	42, // 16: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
+	42, // 17: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
 	15, // 18: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
 	20, // 19: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
 	20, // 20: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
-	35, // 21: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
-	39, // 22: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
-	36, // 23: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	38, // 21: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
+	42, // 22: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
+	39, // 23: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
 	21, // 24: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
-	40, // 25: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
-	20, // 26: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
-	37, // 27: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
-	25, // 28: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	20, // 29: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
-	25, // 30: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	25, // 31: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	26, // 32: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
-	27, // 33: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
-	28, // 34: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
-	38, // 35: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
-	30, // 36: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
-	31, // 37: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
-	32, // 38: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
-	8,  // 39: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
-	10, // 40: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
-	11, // 41: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
-	13, // 42: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
-	14, // 43: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
-	16, // 44: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
-	18, // 45: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
-	19, // 46: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
-	22, // 47: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
-	23, // 48: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	23, // 49: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	29, // 50: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
-	9,  // 51: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
-	7,  // 52: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
-	12, // 53: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
-	7,  // 54: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
-	7,  // 55: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
-	17, // 56: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
-	15, // 57: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
-	15, // 58: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
-	24, // 59: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
-	24, // 60: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	24, // 61: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	33, // 62: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
-	51, // [51:63] is the sub-list for method output_type
-	39, // [39:51] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	42, // 25: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	25, // 26: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
+	43, // 27: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
+	20, // 28: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
+	40, // 29: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
+	28, // 30: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	20, // 31: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
+	28, // 32: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	28, // 33: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	29, // 34: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
+	30, // 35: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
+	31, // 36: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
+	41, // 37: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
+	33, // 38: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
+	34, // 39: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
+	35, // 40: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
+	8,  // 41: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
+	10, // 42: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
+	11, // 43: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
+	13, // 44: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
+	14, // 45: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
+	16, // 46: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
+	18, // 47: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
+	19, // 48: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
+	22, // 49: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
+	23, // 50: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	23, // 51: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	32, // 52: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
+	26, // 53: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
+	9,  // 54: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
+	7,  // 55: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
+	12, // 56: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
+	7,  // 57: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
+	7,  // 58: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
+	17, // 59: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
+	15, // 60: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
+	15, // 61: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
+	24, // 62: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
+	24, // 63: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	24, // 64: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	36, // 65: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
+	27, // 66: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
+	54, // [54:67] is the sub-list for method output_type
+	41, // [41:54] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -2644,12 +3019,12 @@ func file_scheduler_v1_scheduler_proto_init() {
 		(*JobSpec_Batch)(nil),
 		(*JobSpec_Service)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[27].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[30].OneofWrappers = []any{
 		(*AgentMessage_Register)(nil),
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Updates)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[31].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[34].OneofWrappers = []any{
 		(*SchedulerMessage_Registered)(nil),
 		(*SchedulerMessage_Launch)(nil),
 		(*SchedulerMessage_Kill)(nil),
@@ -2660,7 +3035,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   36,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

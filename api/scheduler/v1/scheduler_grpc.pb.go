@@ -34,6 +34,7 @@ const (
 	Scheduler_DrainAgent_FullMethodName   = "/titus.scheduler.v1.Scheduler/DrainAgent"
 	Scheduler_UndrainAgent_FullMethodName = "/titus.scheduler.v1.Scheduler/UndrainAgent"
 	Scheduler_Connect_FullMethodName      = "/titus.scheduler.v1.Scheduler/Connect"
+	Scheduler_ListAudit_FullMethodName    = "/titus.scheduler.v1.Scheduler/ListAudit"
 )
 
 // SchedulerClient is the client API for Scheduler service.
@@ -60,6 +61,8 @@ type SchedulerClient interface {
 	UndrainAgent(ctx context.Context, in *DrainAgentRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
 	// Connect is the agent's stream: the first message must be a Register.
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentMessage, SchedulerMessage], error)
+	// ListAudit reads the audit trail of mutating calls, oldest first.
+	ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error)
 }
 
 type schedulerClient struct {
@@ -193,6 +196,16 @@ func (c *schedulerClient) Connect(ctx context.Context, opts ...grpc.CallOption) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_ConnectClient = grpc.BidiStreamingClient[AgentMessage, SchedulerMessage]
 
+func (c *schedulerClient) ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuditResponse)
+	err := c.cc.Invoke(ctx, Scheduler_ListAudit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServer is the server API for Scheduler service.
 // All implementations must embed UnimplementedSchedulerServer
 // for forward compatibility.
@@ -217,6 +230,8 @@ type SchedulerServer interface {
 	UndrainAgent(context.Context, *DrainAgentRequest) (*ListAgentsResponse, error)
 	// Connect is the agent's stream: the first message must be a Register.
 	Connect(grpc.BidiStreamingServer[AgentMessage, SchedulerMessage]) error
+	// ListAudit reads the audit trail of mutating calls, oldest first.
+	ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error)
 	mustEmbedUnimplementedSchedulerServer()
 }
 
@@ -262,6 +277,9 @@ func (UnimplementedSchedulerServer) UndrainAgent(context.Context, *DrainAgentReq
 }
 func (UnimplementedSchedulerServer) Connect(grpc.BidiStreamingServer[AgentMessage, SchedulerMessage]) error {
 	return status.Error(codes.Unimplemented, "method Connect not implemented")
+}
+func (UnimplementedSchedulerServer) ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAudit not implemented")
 }
 func (UnimplementedSchedulerServer) mustEmbedUnimplementedSchedulerServer() {}
 func (UnimplementedSchedulerServer) testEmbeddedByValue()                   {}
@@ -489,6 +507,24 @@ func _Scheduler_Connect_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_ConnectServer = grpc.BidiStreamingServer[AgentMessage, SchedulerMessage]
 
+func _Scheduler_ListAudit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuditRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).ListAudit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_ListAudit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).ListAudit(ctx, req.(*ListAuditRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Scheduler_ServiceDesc is the grpc.ServiceDesc for Scheduler service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -539,6 +575,10 @@ var Scheduler_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UndrainAgent",
 			Handler:    _Scheduler_UndrainAgent_Handler,
+		},
+		{
+			MethodName: "ListAudit",
+			Handler:    _Scheduler_ListAudit_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
