@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -150,13 +152,37 @@ func killAll(ctx context.Context, a *testenv.Agent, ids []string) {
 	for _, id := range ids {
 		a.Client.KillTask(ctx, &agentv1.KillTaskRequest{Id: id, GracePeriodSeconds: 1})
 	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
+	waitGone(ctx, a, ids)
+}
+
+// waitGone waits (at most two minutes) until none of ids is still live in
+// the agent and their disks are torn down, so that one round's teardown
+// does not load the next measurement. Other tasks (a "warm" one kept
+// running on purpose) are not waited for.
+func waitGone(ctx context.Context, a *testenv.Agent, ids []string) {
+	disks := filepath.Join(a.Dir, "disks")
+	gone := func() bool {
 		l, err := a.Client.ListTasks(ctx, &agentv1.ListTasksRequest{})
-		if err != nil || len(l.GetTasks()) == 0 {
-			return
+		if err != nil {
+			return true // the agent is gone
 		}
-		time.Sleep(100 * time.Millisecond)
+		for _, tk := range l.GetTasks() {
+			if slices.Contains(ids, tk.GetSpec().GetId()) {
+				return false
+			}
+		}
+		for _, id := range ids {
+			for _, p := range []string{filepath.Join(disks, "rootfs", id), filepath.Join(disks, "mnt", id), filepath.Join(disks, "images", id+".img")} {
+				if _, err := os.Lstat(p); err == nil {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) && !gone() {
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
