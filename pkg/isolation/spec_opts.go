@@ -125,7 +125,7 @@ var ReadonlyPaths = []string{
 // init wraps whatever the process args are by then, and the seccomp
 // profile follows the final capability set.
 func SpecOpts(spec *task.Spec, o Options) []oci.SpecOpts {
-	opts := []oci.SpecOpts{withResources(spec.Resources, o.CPUSet)}
+	opts := []oci.SpecOpts{WithResources(spec.Resources, o.CPUSet)}
 	opts = append(opts,
 		withCapabilities(DefaultCapabilities),
 		oci.WithNoNewPrivileges,
@@ -165,10 +165,11 @@ func cmpOr[T comparable](v, def T) T {
 	return v
 }
 
-// withResources sets CPU (CFS quota + shares, or shares only for burst),
-// memory without swap, pids and cpuset. The same spec fields drive cgroup
+// WithResources sets CPU (CFS quota + shares, or shares only for burst),
+// memory without swap, pids and cpuset: the one place a task's limits are
+// set (SpecOpts includes it; the runtime applies what it is given). The same spec fields drive cgroup
 // v1 and v2 (runc converts shares to weight and swap to memory.swap.max).
-func withResources(r task.Resources, cpuset string) oci.SpecOpts {
+func WithResources(r task.Resources, cpuset string) oci.SpecOpts {
 	return func(_ context.Context, _ oci.Client, _ *containers.Container, s *oci.Spec) error {
 		res := linuxResources(s)
 		if r.CPUMillicores > 0 {

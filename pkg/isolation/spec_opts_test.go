@@ -115,6 +115,30 @@ func TestSpecOptsVariants(t *testing.T) {
 			want:  &specs.LinuxCPU{Shares: ptr(uint64(2)), Quota: ptr(int64(100)), Period: ptr(CFSPeriod)},
 		},
 		{
+			name: "cpu quota memory pids",
+			res:  task.Resources{CPUMillicores: 1500, MemoryMiB: 256, Pids: 100},
+			check: func(s *oci.Spec) any {
+				return []any{s.Linux.Resources.CPU, s.Linux.Resources.Memory, s.Linux.Resources.Pids}
+			},
+			want: []any{
+				&specs.LinuxCPU{Shares: ptr(uint64(1536)), Quota: ptr(int64(150000)), Period: ptr(uint64(100000))},
+				&specs.LinuxMemory{Limit: ptr(int64(256 << 20)), Swap: ptr(int64(256 << 20))},
+				&specs.LinuxPids{Limit: ptr(int64(100))},
+			},
+		},
+		{
+			name:  "small burst has shares only",
+			res:   task.Resources{CPUMillicores: 250, CPUBurst: true},
+			check: func(s *oci.Spec) any { return s.Linux.Resources.CPU },
+			want:  &specs.LinuxCPU{Shares: ptr(uint64(256))},
+		},
+		{
+			name:  "tiny burst gets the kernel's minimum shares",
+			res:   task.Resources{CPUMillicores: 1, CPUBurst: true},
+			check: func(s *oci.Spec) any { return s.Linux.Resources.CPU },
+			want:  &specs.LinuxCPU{Shares: ptr(uint64(2))},
+		},
+		{
 			name:  "cpuset pinning",
 			res:   task.Resources{CPUMillicores: 1000},
 			opts:  Options{CPUSet: "1"},

@@ -2,7 +2,6 @@ package runtime
 
 import (
 	"errors"
-	"time"
 )
 
 // Labels put on every container this package creates.
@@ -16,7 +15,6 @@ const (
 	DefaultNamespace   = "titus"
 	DefaultSnapshotter = "overlayfs"
 	defaultRuntime     = "io.containerd.runc.v2"
-	cfsPeriod          = uint64(100 * time.Millisecond / time.Microsecond)
 )
 
 // Errors callers branch on. They are wrapped; test with errors.Is.

@@ -17,17 +17,13 @@ type ContainerSpec struct {
 	Labels   map[string]string
 	Hostname string
 
-	CPUMillicores int64
-	CPUBurst      bool // shares only, no CFS quota
-	MemoryMiB     int64
-	Pids          int64
-
 	NetNSPath string        // join this network namespace if set
 	Mounts    []specs.Mount // extra bind mounts (resolv.conf, hosts, ...)
 	// RootfsPath, if set, is a pre-mounted root filesystem used instead of
 	// a containerd snapshot of the image.
 	RootfsPath string
-	// SpecOpts are extra options (hardening, seccomp, ...) applied last.
+	// SpecOpts are the task's limits and hardening (package isolation owns
+	// both), applied last.
 	SpecOpts []oci.SpecOpts
 }
 
@@ -49,24 +45,6 @@ func specOpts(cs ContainerSpec, image oci.SpecOpts) []oci.SpecOpts {
 	}
 	if cs.Hostname != "" {
 		opts = append(opts, oci.WithHostname(cs.Hostname))
-	}
-	if cs.CPUMillicores > 0 {
-		shares := uint64(cs.CPUMillicores) * 1024 / 1000
-		if shares < 2 {
-			shares = 2 // kernel minimum
-		}
-		opts = append(opts, oci.WithCPUShares(shares))
-		if !cs.CPUBurst {
-			opts = append(opts, oci.WithCPUCFS(cs.CPUMillicores*int64(cfsPeriod)/1000, cfsPeriod))
-		}
-	}
-	if cs.MemoryMiB > 0 {
-		limit := cs.MemoryMiB << 20
-		// swap is memory+swap on cgroup v1: equal to the limit means no swap.
-		opts = append(opts, oci.WithMemoryLimit(uint64(limit)), oci.WithMemorySwap(limit))
-	}
-	if cs.Pids > 0 {
-		opts = append(opts, oci.WithPidsLimit(cs.Pids))
 	}
 	if cs.NetNSPath != "" {
 		opts = append(opts, oci.WithLinuxNamespace(specs.LinuxNamespace{

@@ -58,29 +58,17 @@ func TestSpecOpts(t *testing.T) {
 			want: specView{Args: []string{"echo", "hi"}, Env: []string{"PATH=/bin", "HOME=/home/x", "A=b"}, Hostname: "task-1", Root: "rootfs"},
 		},
 		{
-			name: "cpu quota memory pids",
-			cs:   ContainerSpec{ID: "t1", CPUMillicores: 1500, MemoryMiB: 256, Pids: 100},
+			// Limits are isolation's (isolation.WithResources): the runtime
+			// sets none of its own and applies the options it is given.
+			name: "limits only from the options given",
+			cs: ContainerSpec{ID: "t1", SpecOpts: []oci.SpecOpts{
+				oci.WithCPUShares(1536), oci.WithMemoryLimit(256 << 20), oci.WithPidsLimit(100),
+			}},
 			want: specView{
 				Args: []string{"sh"}, Env: []string{"PATH=/bin", "HOME=/root"}, Root: "rootfs",
-				CPU:    &specs.LinuxCPU{Shares: ptr(uint64(1536)), Quota: ptr(int64(150000)), Period: ptr(uint64(100000))},
-				Memory: &specs.LinuxMemory{Limit: ptr(int64(256 << 20)), Swap: ptr(int64(256 << 20))},
+				CPU:    &specs.LinuxCPU{Shares: ptr(uint64(1536))},
+				Memory: &specs.LinuxMemory{Limit: ptr(int64(256 << 20))},
 				Pids:   &specs.LinuxPids{Limit: ptr(int64(100))},
-			},
-		},
-		{
-			name: "cpu burst has shares only",
-			cs:   ContainerSpec{ID: "t1", CPUMillicores: 250, CPUBurst: true},
-			want: specView{
-				Args: []string{"sh"}, Env: []string{"PATH=/bin", "HOME=/root"}, Root: "rootfs",
-				CPU: &specs.LinuxCPU{Shares: ptr(uint64(256))},
-			},
-		},
-		{
-			name: "tiny cpu gets kernel minimum shares",
-			cs:   ContainerSpec{ID: "t1", CPUMillicores: 1, CPUBurst: true},
-			want: specView{
-				Args: []string{"sh"}, Env: []string{"PATH=/bin", "HOME=/root"}, Root: "rootfs",
-				CPU: &specs.LinuxCPU{Shares: ptr(uint64(2))},
 			},
 		},
 		{

@@ -102,8 +102,6 @@ func (e *isoEnv) startWith(t *testing.T, spec task.Spec, netnsPath string, o iso
 	it := &isoTask{spec: spec}
 	it.cs = runtime.ContainerSpec{
 		ID: spec.ID, Image: spec.Image, Args: spec.Args(), NetNSPath: netnsPath,
-		CPUMillicores: spec.Resources.CPUMillicores, CPUBurst: spec.Resources.CPUBurst,
-		MemoryMiB: spec.Resources.MemoryMiB, Pids: spec.Resources.Pids,
 		SpecOpts: isolation.SpecOpts(&spec, o),
 	}
 	t.Cleanup(func() { e.teardown(t, it) })

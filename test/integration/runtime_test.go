@@ -13,8 +13,11 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/containerd/v2/pkg/oci"
 
+	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/pkg/tasklog"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
@@ -129,10 +132,10 @@ func TestRuntimeLifecycle(t *testing.T) {
 	id := uniqueID("life")
 	cs := runtime.ContainerSpec{
 		ID: id, Image: e.image, Hostname: "task-host",
-		Args:          []string{"sh", "-c", `echo "hello $GREETING from $(hostname)"; echo oops >&2; ` + untilGo + `; exit 3`},
-		Env:           []string{"GREETING=world"},
-		Labels:        map[string]string{"app": "life"},
-		CPUMillicores: 500, MemoryMiB: 64, Pids: 64,
+		Args:     []string{"sh", "-c", `echo "hello $GREETING from $(hostname)"; echo oops >&2; ` + untilGo + `; exit 3`},
+		Env:      []string{"GREETING=world"},
+		Labels:   map[string]string{"app": "life"},
+		SpecOpts: []oci.SpecOpts{isolation.WithResources(task.Resources{CPUMillicores: 500, MemoryMiB: 64, Pids: 64}, "")},
 	}
 	pid := e.run(t, ctx, cs)
 	if err := e.rt.Create(ctx, cs); err != nil { // idempotent
@@ -257,7 +260,7 @@ func TestRuntimeOOMKilled(t *testing.T) {
 	ctx := testCtx(t)
 	id := uniqueID("oom")
 	// A shell variable doubling until it blows 16 MiB.
-	e.run(t, ctx, runtime.ContainerSpec{ID: id, MemoryMiB: 16,
+	e.run(t, ctx, runtime.ContainerSpec{ID: id, SpecOpts: []oci.SpecOpts{isolation.WithResources(task.Resources{MemoryMiB: 16}, "")},
 		Args: []string{"sh", "-c", `x=0123456789abcdef; while true; do x="$x$x"; done`}})
 	ch, err := e.rt.Wait(ctx, id)
 	if err != nil {

@@ -28,7 +28,8 @@ type containerRuntime interface {
 // what earlier hooks prepared; its stop step deletes container and snapshot.
 type ContainerHook struct {
 	Runtime containerRuntime
-	// SpecOpts adds isolation options (hardening, init) for a task.
+	// SpecOpts gives a task's isolation options: its limits (CPU, memory,
+	// pids), hardening and init.
 	SpecOpts func(*task.Spec) []oci.SpecOpts
 }
 
@@ -45,18 +46,14 @@ func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime
 		envList = append(envList, k+"="+env[k])
 	}
 	cs := runtime.ContainerSpec{
-		ID:            spec.ID,
-		Image:         spec.Image,
-		Args:          spec.Args(),
-		Env:           envList,
-		Labels:        spec.Labels,
-		Hostname:      hostname(spec.ID),
-		CPUMillicores: spec.Resources.CPUMillicores,
-		CPUBurst:      spec.Resources.CPUBurst,
-		MemoryMiB:     spec.Resources.MemoryMiB,
-		Pids:          spec.Resources.Pids,
-		Mounts:        append([]specs.Mount(nil), res.Mounts...),
-		SpecOpts:      opts,
+		ID:       spec.ID,
+		Image:    spec.Image,
+		Args:     spec.Args(),
+		Env:      envList,
+		Labels:   spec.Labels,
+		Hostname: hostname(spec.ID),
+		Mounts:   append([]specs.Mount(nil), res.Mounts...),
+		SpecOpts: opts,
 	}
 	if n := res.Network; n != nil {
 		cs.NetNSPath = n.NetNSPath

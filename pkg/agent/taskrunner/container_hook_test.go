@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -51,12 +52,11 @@ func TestContainerSpecFromTaskAndResources(t *testing.T) {
 		Network: &task.NetworkAttachment{NetNSPath: "/ns/t1", ResolvConfPath: "/f/resolv.conf", HostsPath: "/f/hosts"},
 		Disk:    &DiskInfo{MountPath: "/disks/rootfs/t1"},
 	}
-	got := ContainerSpec(spec, res, nil)
+	got := ContainerSpec(spec, res, []oci.SpecOpts{isolation.WithResources(spec.Resources, "")})
 	want := runtime.ContainerSpec{
 		ID: "t1", Image: "img", Args: []string{"sh", "-c", "true"},
 		Env:    []string{"A=1", "B=2", "TITUS_TASK_ID=t1"},
 		Labels: map[string]string{"app": "x"}, Hostname: "t1",
-		CPUMillicores: 500, MemoryMiB: 64, Pids: 100,
 		NetNSPath: "/ns/t1", RootfsPath: "/disks/rootfs/t1",
 		Mounts: []specs.Mount{
 			{Destination: "/etc/hosts", Source: "/f/hosts", Type: "bind", Options: []string{"rbind", "ro"}},
@@ -65,6 +65,19 @@ func TestContainerSpecFromTaskAndResources(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(runtime.ContainerSpec{}, "SpecOpts")); diff != "" {
 		t.Fatalf("container spec (-want +got):\n%s", diff)
+	}
+	// The limits reach the container through isolation's options.
+	s := &oci.Spec{}
+	if err := oci.ApplyOpts(context.Background(), nil, &containers.Container{ID: "t1"}, s, got.SpecOpts...); err != nil {
+		t.Fatal(err)
+	}
+	wantRes := &specs.LinuxResources{
+		CPU:    &specs.LinuxCPU{Shares: ptr(uint64(512)), Quota: ptr(int64(50000)), Period: ptr(uint64(100000))},
+		Memory: &specs.LinuxMemory{Limit: ptr(int64(64 << 20)), Swap: ptr(int64(64 << 20))},
+		Pids:   &specs.LinuxPids{Limit: ptr(int64(100))},
+	}
+	if diff := cmp.Diff(wantRes, s.Linux.Resources); diff != "" {
+		t.Errorf("limits (-want +got):\n%s", diff)
 	}
 }
 
@@ -115,3 +128,5 @@ func TestContainerSpecUserNSFromDisk(t *testing.T) {
 		t.Errorf("a task without a user namespace got %d extra options", len(plain.SpecOpts))
 	}
 }
+
+func ptr[T any](v T) *T { return &v }
