@@ -1,17 +1,15 @@
 package isolation
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
-	"os/exec"
-	"strings"
-	"syscall"
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/moby/sys/mountinfo"
+
+	"github.com/titus-agent/titus-agent/pkg/hostcmd"
 )
 
 // system is the host side of the disk backends: commands (mkfs, mount,
@@ -27,18 +25,9 @@ type system interface {
 // hostSystem runs real commands on this host.
 type hostSystem struct{}
 
+// Run runs a host command in its own process group (package hostcmd).
 func (hostSystem) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	// Its own process group: a SIGTERM or Ctrl-C sent to the agent's group
-	// must not kill a umount or losetup of a teardown the stopping agent
-	// still waits for (that left a task's disk mounted and looped).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Run(); err != nil {
-		return out.Bytes(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
-	}
-	return out.Bytes(), nil
+	return hostcmd.Run(ctx, name, args...)
 }
 
 func (hostSystem) Mount(m mount.Mount, target string) error {

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -20,6 +19,8 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/titus-agent/titus-agent/pkg/hostcmd"
 )
 
 // What a launch cut short by an agent kill leaves behind that containerd no
@@ -319,8 +320,10 @@ func removeRuncState(ctx context.Context, root string, s shimProc, killed []int)
 	if !slices.Contains(killed, st.InitProcessPid) && processRuns("/proc", st.InitProcessPid) {
 		return nil
 	}
-	if out, err := exec.CommandContext(ctx, "runc", "--root", root, "delete", "--force", s.ID).CombinedOutput(); err != nil {
-		return fmt.Errorf("runc delete %s: %w: %s", s.ID, err, bytes.TrimSpace(out))
+	// Its own process group (hostcmd): a SIGTERM to the agent's group
+	// must not cut the reaping short.
+	if _, err := hostcmd.Run(ctx, "runc", "--root", root, "delete", "--force", s.ID); err != nil {
+		return fmt.Errorf("reap %s: %w", s.ID, err)
 	}
 	return nil
 }

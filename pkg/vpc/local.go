@@ -8,17 +8,16 @@ import (
 	"maps"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/titus-agent/titus-agent/pkg/hostcmd"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -59,15 +58,8 @@ type nftRunner interface {
 type execNFT struct{}
 
 func (execNFT) Run(ctx context.Context, script string) error {
-	cmd := exec.CommandContext(ctx, "nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	// Its own process group, so a signal to the agent's group cannot cut
-	// a teardown's nft short while the stopping agent waits for it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("nft: %v: %s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	_, err := hostcmd.RunInput(ctx, strings.NewReader(script), "nft", "-f", "-")
+	return err
 }
 
 // NewLocalProvider loads the record and sets up the bridge and NAT.
