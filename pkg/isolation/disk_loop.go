@@ -11,9 +11,17 @@ import (
 )
 
 // LoopQuota gives each task a sparse ext4 image (lazily initialised, no
-// journal) loop-mounted at <dir>/mnt/<task>. The filesystem's size is the
-// quota. Loop devices are set up by mount(8) with autoclear, so unmounting
-// releases them.
+// journal, 4 KiB blocks) loop-mounted at <dir>/mnt/<task>. The
+// filesystem's size is the quota.
+//
+// The loop device does direct I/O on its image, in 4 KiB sectors. A
+// buffered loop device (what mount -o loop makes) caches every block twice,
+// once in the task's filesystem and once in the image file's page cache,
+// copies it between them, and writes it back one request at a time: in
+// measurement a 256 MiB write with fsync inside the quota ran at 0.2-0.6x
+// of the host filesystem, depending on memory pressure and writeback
+// timing. With direct I/O it is on par with the host. Remove
+// detaches the device after the unmount.
 type LoopQuota struct {
 	dir string
 	sys system
@@ -47,10 +55,32 @@ func (q *LoopQuota) Create(ctx context.Context, taskID string, sizeMiB int64) (*
 	if err := os.MkdirAll(d.Path, 0o700); err != nil {
 		return nil, fmt.Errorf("disk %s: %w", taskID, err)
 	}
-	if _, err := q.sys.Run(ctx, "mount", "-t", "ext4", "-o", "loop,noatime", d.ImagePath, d.Path); err != nil {
+	if err := q.mount(ctx, d.ImagePath, d.Path); err != nil {
 		return nil, fmt.Errorf("disk %s: %w", taskID, err)
 	}
 	return d, nil
+}
+
+// mount attaches img to a free loop device doing direct I/O in 4 KiB
+// sectors (the filesystem's block size, and aligned for any backing
+// device) and mounts it on path. A device left by a failed mount is
+// detached at once; one left by a crash is detached by Remove.
+func (q *LoopQuota) mount(ctx context.Context, img, path string) error {
+	out, err := q.sys.Run(ctx, "losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", img)
+	if err != nil {
+		return err
+	}
+	dev := strings.TrimSpace(string(out))
+	if !strings.HasPrefix(dev, "/dev/loop") {
+		return fmt.Errorf("losetup gave %q, want a loop device", dev)
+	}
+	if _, err := q.sys.Run(ctx, "mount", "-t", "ext4", "-o", "noatime", dev, path); err != nil {
+		if _, derr := q.sys.Run(ctx, "losetup", "-d", dev); derr != nil {
+			return errors.Join(err, derr)
+		}
+		return err
+	}
+	return nil
 }
 
 // makeImage writes a formatted image to path unless it is there; the image
@@ -72,7 +102,7 @@ func (q *LoopQuota) makeImage(ctx context.Context, path string, sizeMiB int64) e
 		err = cerr
 	}
 	if err == nil {
-		_, err = q.sys.Run(ctx, "mkfs.ext4", "-q", "-F", "-m", "0", "-O", "^has_journal",
+		_, err = q.sys.Run(ctx, "mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", "-O", "^has_journal",
 			"-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", tmp)
 	}
 	if err == nil {
@@ -109,8 +139,8 @@ func (q *LoopQuota) Remove(ctx context.Context, taskID string) error {
 	return nil
 }
 
-// detachLoops detaches loop devices backed by img (left by a crash between
-// attach and mount; autoclear handles the normal case).
+// detachLoops detaches the loop devices backed by img: the one the unmount
+// freed, or one left by a crash between attach and mount.
 func (q *LoopQuota) detachLoops(ctx context.Context, img string) error {
 	if _, err := os.Stat(img); errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -124,7 +154,8 @@ func (q *LoopQuota) detachLoops(ctx context.Context, img string) error {
 		if !ok || !strings.HasPrefix(dev, "/dev/loop") {
 			continue
 		}
-		// An autoclear device may vanish between the listing and here.
+		// A device may vanish between the listing and here (one an older
+		// agent attached with autoclear, or a concurrent detach).
 		if _, err := q.sys.Run(ctx, "losetup", "-d", dev); err != nil {
 			if still, lerr := q.sys.Run(ctx, "losetup", "-j", img); lerr != nil || strings.Contains(string(still), dev+":") {
 				return err

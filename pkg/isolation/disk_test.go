@@ -37,8 +37,9 @@ func TestLoopDisksSetupTeardown(t *testing.T) {
 		t.Errorf("disk (-want +got):\n%s", diff)
 	}
 	wantCalls := []string{
-		"mkfs.ext4 -q -F -m 0 -O ^has_journal -E lazy_itable_init=1,lazy_journal_init=1,nodiscard D/images/t1.img.tmp",
-		"mount -t ext4 -o loop,noatime D/images/t1.img D/mnt/t1",
+		"mkfs.ext4 -q -F -b 4096 -m 0 -O ^has_journal -E lazy_itable_init=1,lazy_journal_init=1,nodiscard D/images/t1.img.tmp",
+		"losetup --find --show --direct-io=on --sector-size 4096 D/images/t1.img",
+		"mount -t ext4 -o noatime /dev/loop3 D/mnt/t1",
 		"mount -t overlay -o lowerdir=/l/2:/l/1,upperdir=D/mnt/t1/upper,workdir=D/mnt/t1/work overlay D/rootfs/t1",
 	}
 	if diff := cmp.Diff(wantCalls, sys.take(dir)); diff != "" {
@@ -319,5 +320,21 @@ func TestTeardownWaitsOutABusyMount(t *testing.T) {
 				t.Errorf("gave up but the rootfs is unmounted")
 			}
 		})
+	}
+}
+
+func TestLoopMountFailureDetachesTheDevice(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	sys := newFakeSystem()
+	sys.fail["mount -t ext4"] = errors.New("wrong fs type")
+	q := NewLoopQuota(dir, sys)
+	if _, err := q.Create(ctx, "t1", 16); err == nil {
+		t.Fatal("Create succeeded, want the mount error")
+	}
+	calls := sys.take(dir)
+	want := []string{"mount -t ext4 -o noatime /dev/loop3 D/mnt/t1", "losetup -d /dev/loop3"}
+	if diff := cmp.Diff(want, calls[len(calls)-2:]); diff != "" {
+		t.Errorf("calls (-want +got):\n%s", diff)
 	}
 }

@@ -22,7 +22,8 @@ type fakeSystem struct {
 }
 
 func newFakeSystem() *fakeSystem {
-	return &fakeSystem{mounted: map[string]bool{}, outputs: map[string]string{}, fail: map[string]error{}}
+	return &fakeSystem{mounted: map[string]bool{}, fail: map[string]error{},
+		outputs: map[string]string{"losetup --find": "/dev/loop3\n"}}
 }
 
 func (f *fakeSystem) Run(_ context.Context, name string, args ...string) ([]byte, error) {

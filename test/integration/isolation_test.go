@@ -343,6 +343,9 @@ func testDiskQuota(t *testing.T, e *isoEnv) {
 	if used := st.Blocks * 512; used > 34<<20 {
 		t.Errorf("image uses %d bytes on the host, want at most the 32 MiB quota", used)
 	}
+	if e.disks.Backend() == isolation.BackendLoopExt4 {
+		assertDirectIOLoop(t, img)
+	}
 	var after syscall.Statfs_t
 	if err := syscall.Statfs(e.diskDir, &after); err != nil {
 		t.Fatal(err)
@@ -352,6 +355,27 @@ func testDiskQuota(t *testing.T, e *isoEnv) {
 	}
 	e.teardown(t, it)
 	assertNoDiskLeftovers(t, e, spec.ID)
+}
+
+// assertDirectIOLoop checks that img's loop device does direct I/O in
+// 4 KiB sectors: a buffered one caches every block twice and wrote at a
+// fraction of the host's throughput.
+func assertDirectIOLoop(t *testing.T, img string) {
+	t.Helper()
+	files, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err != nil || strings.TrimSpace(string(b)) != img {
+			continue
+		}
+		dev := filepath.Dir(filepath.Dir(f))
+		dio, _ := os.ReadFile(filepath.Join(dev, "loop", "dio"))
+		bs, _ := os.ReadFile(filepath.Join(dev, "queue", "logical_block_size"))
+		if strings.TrimSpace(string(dio)) != "1" || strings.TrimSpace(string(bs)) != "4096" {
+			t.Errorf("%s: dio %q, sector size %q; want direct I/O in 4096-byte sectors", dev, dio, bs)
+		}
+		return
+	}
+	t.Errorf("no loop device backed by %s", img)
 }
 
 // testBackendOnXFS puts the disk directory on a real XFS filesystem: with
