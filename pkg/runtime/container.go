@@ -59,8 +59,9 @@ type ExitStatus struct {
 // SIGKILL and nothing else says it was the OOM killer.
 const oomGrace = 500 * time.Millisecond
 
-// Create creates the container (not its task). The image is pulled if it is
-// not present. An existing container with that ID is left as it is.
+// Create creates the container (not its task) from cs.Image as Pull
+// resolved it; an image no longer present is ErrImageNotFound. An existing
+// container with that ID is left as it is.
 func (r *Runtime) Create(ctx context.Context, cs ContainerSpec) error {
 	ctx = r.ctx(ctx)
 	if cs.ID == "" {
@@ -71,9 +72,9 @@ func (r *Runtime) Create(ctx context.Context, cs ContainerSpec) error {
 	} else if !errdefs.IsNotFound(err) {
 		return fmt.Errorf("load container %s: %w", cs.ID, err)
 	}
-	img, err := r.pull(ctx, cs.Image)
+	img, err := r.image(cs.Image)
 	if err != nil {
-		return err
+		return fmt.Errorf("create container %s: %w", cs.ID, err)
 	}
 	opts := []client.NewContainerOpts{
 		client.WithImage(img),
@@ -93,7 +94,7 @@ func (r *Runtime) Create(ctx context.Context, cs ContainerSpec) error {
 		if errdefs.IsAlreadyExists(err) {
 			return nil
 		}
-		return fmt.Errorf("create container %s: %w", cs.ID, err)
+		return fmt.Errorf("create container %s: %w", cs.ID, notFoundIsImage(err))
 	}
 	return nil
 }

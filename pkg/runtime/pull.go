@@ -2,32 +2,103 @@ package runtime
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
 
 	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
-// Image is a pulled, unpacked image.
+// Image is a pulled, unpacked image: the name it was pulled by and its
+// target (manifest or index). Create and ImageView take it as it is and
+// resolve nothing; a task's record keeps it, so a resumed launch pulls the
+// same content (Pinned) even if the tag has moved since.
 type Image struct {
-	Name   string // normalized reference
-	Digest string // target (manifest or index) digest
+	Name      string `json:"name"`   // normalized reference
+	Digest    string `json:"digest"` // target digest
+	MediaType string `json:"mediaType"`
+	Size      int64  `json:"size"`
 }
 
-// Pull fetches ref and unpacks it into the snapshotter. An image that is
-// already present and unpacked is not fetched again.
+// Pinned is the reference by digest of img's repository and content.
+func (img Image) Pinned() (string, error) {
+	named, err := reference.ParseNormalizedNamed(img.Name)
+	if err != nil {
+		return "", fmt.Errorf("image name %q: %w", img.Name, err)
+	}
+	dgst, err := digest.Parse(img.Digest)
+	if err != nil {
+		return "", fmt.Errorf("image %s digest %q: %w", img.Name, img.Digest, err)
+	}
+	pinned, err := reference.WithDigest(reference.TrimNamed(named), dgst)
+	if err != nil {
+		return "", fmt.Errorf("image %s: %w", img.Name, err)
+	}
+	return pinned.String(), nil
+}
+
+// Pull resolves ref, fetches it and unpacks it into the snapshotter. An
+// image that is already present and unpacked is not fetched again; a
+// reference by digest is first looked for locally by its content, under
+// whatever name it was pulled.
 func (r *Runtime) Pull(ctx context.Context, ref string) (Image, error) {
 	img, err := r.pull(r.ctx(ctx), ref)
 	if err != nil {
 		return Image{}, err
 	}
-	return Image{Name: img.Name(), Digest: img.Target().Digest.String()}, nil
+	t := img.Target()
+	return Image{Name: img.Name(), Digest: t.Digest.String(), MediaType: t.MediaType, Size: t.Size}, nil
+}
+
+// image is img as a containerd image, built from its descriptor without a
+// look-up: the content store must hold it (Pull put it there). Reading it
+// reports a missing image as ErrImageNotFound.
+func (r *Runtime) image(img Image) (client.Image, error) {
+	dgst, err := digest.Parse(img.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("image %q is not resolved (digest %q): %w", img.Name, img.Digest, err)
+	}
+	return client.NewImage(r.client, images.Image{
+		Name:   img.Name,
+		Target: ocispec.Descriptor{MediaType: img.MediaType, Digest: dgst, Size: img.Size},
+	}), nil
+}
+
+// notFoundIsImage marks a not-found error met while using a resolved image
+// (content or unpacked layers gone) as ErrImageNotFound.
+func notFoundIsImage(err error) error {
+	if errdefs.IsNotFound(err) && !errors.Is(err, ErrImageNotFound) {
+		return fmt.Errorf("%w: %w", ErrImageNotFound, err)
+	}
+	return err
+}
+
+// local finds named among the images present: by name, or for a
+// reference by digest, any image with that target.
+func (r *Runtime) local(ctx context.Context, named reference.Named) (client.Image, error) {
+	c, ok := named.(reference.Canonical)
+	if !ok {
+		return r.client.GetImage(ctx, named.String())
+	}
+	imgs, err := r.client.ListImages(ctx, fmt.Sprintf("target.digest==%q", c.Digest().String()))
+	if err != nil {
+		return nil, err
+	}
+	if len(imgs) == 0 {
+		return nil, fmt.Errorf("image %s: %w", named, errdefs.ErrNotFound)
+	}
+	m := imgs[0].Metadata()
+	m.Name = named.String()
+	return client.NewImage(r.client, m), nil
 }
 
 func (r *Runtime) pull(ctx context.Context, ref string) (client.Image, error) {
@@ -36,7 +107,7 @@ func (r *Runtime) pull(ctx context.Context, ref string) (client.Image, error) {
 		return nil, fmt.Errorf("image reference %q: %w", ref, err)
 	}
 	name := named.String()
-	if img, err := r.client.GetImage(ctx, name); err == nil {
+	if img, err := r.local(ctx, named); err == nil {
 		ok, err := img.IsUnpacked(ctx, r.cfg.Snapshotter)
 		if err == nil && ok {
 			return img, nil

@@ -3,6 +3,7 @@ package runtime
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -44,5 +45,28 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if err := (&Config{}).setDefaults(); err == nil {
 		t.Error("empty address accepted")
+	}
+}
+
+func TestImagePinned(t *testing.T) {
+	d := "sha256:" + strings.Repeat("ab", 32)
+	for _, tc := range []struct {
+		name    string
+		img     Image
+		want    string
+		wantErr bool
+	}{
+		{"tag replaced by digest", Image{Name: "127.0.0.1:5000/test/busybox:v1", Digest: d}, "127.0.0.1:5000/test/busybox@" + d, false},
+		{"docker hub name", Image{Name: "docker.io/library/busybox:latest", Digest: d}, "docker.io/library/busybox@" + d, false},
+		{"already pinned", Image{Name: "reg.example/app@" + d, Digest: d}, "reg.example/app@" + d, false},
+		{"not resolved", Image{Name: "reg.example/app:v1"}, "", true},
+		{"bad digest", Image{Name: "reg.example/app:v1", Digest: "sha256:xyz"}, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := tc.img.Pinned()
+			if (err != nil) != tc.wantErr || got != tc.want {
+				t.Errorf("Pinned() = %q, %v; want %q (error %v)", got, err, tc.want, tc.wantErr)
+			}
+		})
 	}
 }

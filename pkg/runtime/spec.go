@@ -11,7 +11,7 @@ import (
 // OCI spec on top of the image's config.
 type ContainerSpec struct {
 	ID       string // container ID == task ID
-	Image    string // reference, pulled if absent
+	Image    Image  // as Pull returned it; not resolved again
 	Args     []string
 	Env      []string
 	Labels   map[string]string

@@ -16,17 +16,17 @@ func viewKey(taskID string) string { return "titus-view-" + taskID }
 
 // ImageView makes (or finds) a read-only snapshot view of image's layers for
 // taskID and returns the layer directories, top first, for an overlay that
-// is assembled elsewhere (e.g. with a quota'd upper dir). The image is
-// pulled if needed. RemoveView undoes it.
-func (r *Runtime) ImageView(ctx context.Context, taskID, image string) ([]string, error) {
+// is assembled elsewhere (e.g. with a quota'd upper dir). image is as Pull
+// resolved it. RemoveView undoes it.
+func (r *Runtime) ImageView(ctx context.Context, taskID string, image Image) ([]string, error) {
 	ctx = r.ctx(ctx)
-	img, err := r.pull(ctx, image)
+	img, err := r.image(image)
 	if err != nil {
 		return nil, err
 	}
 	diffIDs, err := img.RootFS(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("layers of %s: %w", image, err)
+		return nil, fmt.Errorf("layers of %s: %w", image.Name, notFoundIsImage(err))
 	}
 	parent := identity.ChainID(diffIDs).String()
 	sn := r.client.SnapshotService(r.cfg.Snapshotter)
@@ -40,7 +40,7 @@ func (r *Runtime) ImageView(ctx context.Context, taskID, image string) ([]string
 		mounts, err = sn.Mounts(ctx, key)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("view of %s for %s: %w", image, taskID, err)
+		return nil, fmt.Errorf("view of %s for %s: %w", image.Name, taskID, notFoundIsImage(err))
 	}
 	return lowerDirs(mounts)
 }

@@ -55,11 +55,11 @@ func bareLaunch(ctx context.Context, c *containerd.Client, img containerd.Image,
 // specLaunch is the second baseline: the agent's runtime layer alone, with
 // the OCI spec the agent gives a task (isolation defaults: seccomp, init,
 // cgroup limits) and the task log driver, no gRPC, store or hooks.
-func specLaunch(ctx context.Context, rt *runtime.Runtime, image, id string) (time.Duration, func(), error) {
-	spec := &task.Spec{ID: id, OwnerEmail: "bench@example.com", Image: image, Command: []string{"sleep", "1000"},
+func specLaunch(ctx context.Context, rt *runtime.Runtime, image runtime.Image, id string) (time.Duration, func(), error) {
+	spec := &task.Spec{ID: id, OwnerEmail: "bench@example.com", Image: image.Name, Command: []string{"sleep", "1000"},
 		Resources: task.Resources{CPUMillicores: 100, MemoryMiB: 32}}
 	spec.Normalize()
-	cs := taskrunner.ContainerSpec(spec, &taskrunner.Resources{}, isolation.SpecOpts(spec, isolation.Options{}))
+	cs := taskrunner.ContainerSpec(spec, &taskrunner.Resources{Image: &image}, isolation.SpecOpts(spec, isolation.Options{}))
 	start := time.Now()
 	if err := rt.Create(ctx, cs); err != nil {
 		return 0, nil, err
@@ -253,7 +253,8 @@ func benchLaunch(tb *testenv.Standalone, n, concurrent int) {
 		tb.Fatalf("runtime: %v", err)
 	}
 	defer rt.Close()
-	if _, err := rt.Pull(ctx, image); err != nil {
+	pulled, err := rt.Pull(ctx, image)
+	if err != nil {
 		tb.Fatalf("pull: %v", err)
 	}
 	img, err := c.GetImage(bctx, image)
@@ -275,7 +276,7 @@ func benchLaunch(tb *testenv.Standalone, n, concurrent int) {
 	if _, cleanup, err := bareLaunch(bctx, c, img, "warm"); err == nil {
 		cleanup()
 	}
-	if _, cleanup, err := specLaunch(ctx, rt, image, "warm-spec"); err == nil {
+	if _, cleanup, err := specLaunch(ctx, rt, pulled, "warm-spec"); err == nil {
 		cleanup()
 	}
 	if _, err := agentLaunch(ctx, a, events, image, "warm"); err != nil {
@@ -295,7 +296,7 @@ func benchLaunch(tb *testenv.Standalone, n, concurrent int) {
 		}
 		bare = append(bare, d)
 		cleanup()
-		d, cleanup, err = specLaunch(ctx, rt, image, fmt.Sprintf("spec-%d", i))
+		d, cleanup, err = specLaunch(ctx, rt, pulled, fmt.Sprintf("spec-%d", i))
 		if err != nil {
 			tb.Fatalf("same-spec launch: %v", err)
 		}

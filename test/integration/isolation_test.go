@@ -32,6 +32,7 @@ import (
 // filesystems.
 type isoEnv struct {
 	image   string
+	img     runtime.Image // image, pulled
 	rt      *runtime.Runtime
 	logDir  string
 	diskDir string
@@ -51,6 +52,9 @@ func newIsoEnv(t *testing.T) *isoEnv {
 	}
 	t.Cleanup(func() { rt.Close() })
 	e.rt = rt
+	if e.img, err = rt.Pull(context.Background(), e.image); err != nil {
+		t.Fatalf("pull: %v", err)
+	}
 	// Not under t.TempDir: its cleanup would run before ours can unmount.
 	e.diskDir, err = os.MkdirTemp("", "titus-iso-disks-")
 	if err != nil {
@@ -101,12 +105,12 @@ func (e *isoEnv) startWith(t *testing.T, spec task.Spec, netnsPath string, o iso
 	spec.Normalize()
 	it := &isoTask{spec: spec}
 	it.cs = runtime.ContainerSpec{
-		ID: spec.ID, Image: spec.Image, Args: spec.Args(), NetNSPath: netnsPath,
+		ID: spec.ID, Image: e.img, Args: spec.Args(), NetNSPath: netnsPath,
 		SpecOpts: isolation.SpecOpts(&spec, o),
 	}
 	t.Cleanup(func() { e.teardown(t, it) })
 	if spec.Resources.DiskMiB > 0 {
-		lowers, err := e.rt.ImageView(ctx, spec.ID, spec.Image)
+		lowers, err := e.rt.ImageView(ctx, spec.ID, e.img)
 		if err != nil {
 			t.Fatalf("image view: %v", err)
 		}
@@ -734,7 +738,7 @@ func testDiskReap(t *testing.T, e *isoEnv) {
 	ctx := context.Background()
 	id, kept := isoID("crash"), isoID("kept")
 	for _, x := range []string{id, kept} {
-		lowers, err := e.rt.ImageView(ctx, x, e.image)
+		lowers, err := e.rt.ImageView(ctx, x, e.img)
 		if err != nil {
 			t.Fatal(err)
 		}

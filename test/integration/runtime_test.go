@@ -28,6 +28,7 @@ type runtimeEnv struct {
 	ctd   *testenv.Containerd
 	reg   *testenv.Registry
 	image string
+	img   runtime.Image // image, once pulled
 	cfg   runtime.Config
 	rt    *runtime.Runtime
 }
@@ -58,11 +59,24 @@ func (e *runtimeEnv) newRuntime(t *testing.T) *runtime.Runtime {
 	return rt
 }
 
+// pulled is e.image as Pull resolves it (pulled the first time).
+func (e *runtimeEnv) pulled(t *testing.T, ctx context.Context) runtime.Image {
+	t.Helper()
+	if e.img.Digest == "" {
+		img, err := e.rt.Pull(ctx, e.image)
+		if err != nil {
+			t.Fatalf("pull: %v", err)
+		}
+		e.img = img
+	}
+	return e.img
+}
+
 // run creates and starts a container, deleting it at cleanup.
 func (e *runtimeEnv) run(t *testing.T, ctx context.Context, cs runtime.ContainerSpec) uint32 {
 	t.Helper()
-	if cs.Image == "" {
-		cs.Image = e.image
+	if cs.Image.Digest == "" {
+		cs.Image = e.pulled(t, ctx)
 	}
 	t.Cleanup(func() { _ = e.rt.Delete(context.Background(), cs.ID) })
 	if err := e.rt.Create(ctx, cs); err != nil {
@@ -128,10 +142,18 @@ func TestRuntimeLifecycle(t *testing.T) {
 	if _, err := e.rt.Pull(ctx, e.image); err != nil { // present: no refetch
 		t.Fatalf("second pull: %v", err)
 	}
+	// A resumed launch pulls what its record holds: the same content by digest.
+	pinned, err := img.Pinned()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := e.rt.Pull(ctx, pinned); err != nil || again.Digest != img.Digest || again.MediaType != img.MediaType || again.Size != img.Size {
+		t.Errorf("pull of %s = %+v, %v; want %+v", pinned, again, err, img)
+	}
 
 	id := uniqueID("life")
 	cs := runtime.ContainerSpec{
-		ID: id, Image: e.image, Hostname: "task-host",
+		ID: id, Image: img, Hostname: "task-host",
 		Args:     []string{"sh", "-c", `echo "hello $GREETING from $(hostname)"; echo oops >&2; ` + untilGo + `; exit 3`},
 		Env:      []string{"GREETING=world"},
 		Labels:   map[string]string{"app": "life"},
@@ -283,7 +305,10 @@ func TestRuntimeImageErrors(t *testing.T) {
 	if !errors.Is(err, runtime.ErrImageNotFound) {
 		t.Errorf("missing tag: %v; want ErrImageNotFound", err)
 	}
-	if err := e.rt.Create(ctx, runtime.ContainerSpec{ID: uniqueID("nf"), Image: e.reg.Host + "/test/missing:v1"}); !errors.Is(err, runtime.ErrImageNotFound) {
+	// An image no longer in the store (garbage-collected since its pull).
+	gone := runtime.Image{Name: e.reg.Host + "/test/missing:v1", Digest: "sha256:" + strings.Repeat("0", 64),
+		MediaType: "application/vnd.oci.image.manifest.v1+json", Size: 400}
+	if err := e.rt.Create(ctx, runtime.ContainerSpec{ID: uniqueID("nf"), Image: gone}); !errors.Is(err, runtime.ErrImageNotFound) {
 		t.Errorf("create with missing image: %v; want ErrImageNotFound", err)
 	}
 
@@ -366,7 +391,7 @@ func TestRuntimeImageView(t *testing.T) {
 	e := newRuntimeEnv(t)
 	ctx := testCtx(t)
 	task := uniqueID("view")
-	dirs, err := e.rt.ImageView(ctx, task, e.image)
+	dirs, err := e.rt.ImageView(ctx, task, e.pulled(t, ctx))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +402,7 @@ func TestRuntimeImageView(t *testing.T) {
 	if _, err := os.Stat(dirs[0] + "/bin/busybox"); err != nil {
 		t.Errorf("layer dir lacks busybox: %v", err)
 	}
-	again, err := e.rt.ImageView(ctx, task, e.image)
+	again, err := e.rt.ImageView(ctx, task, e.img)
 	if err != nil || len(again) != 1 || again[0] != dirs[0] {
 		t.Errorf("second view = %v, %v", again, err)
 	}

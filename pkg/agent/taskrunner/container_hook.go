@@ -47,13 +47,15 @@ func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime
 	}
 	cs := runtime.ContainerSpec{
 		ID:       spec.ID,
-		Image:    spec.Image,
 		Args:     spec.Args(),
 		Env:      envList,
 		Labels:   spec.Labels,
 		Hostname: hostname(spec.ID),
 		Mounts:   append([]specs.Mount(nil), res.Mounts...),
 		SpecOpts: opts,
+	}
+	if res.Image != nil {
+		cs.Image = *res.Image
 	}
 	if n := res.Network; n != nil {
 		cs.NetNSPath = n.NetNSPath

@@ -48,13 +48,15 @@ func TestContainerSpecFromTaskAndResources(t *testing.T) {
 	spec := &task.Spec{ID: "t1", Image: "img", Entrypoint: []string{"sh"}, Command: []string{"-c", "true"},
 		Env: map[string]string{"B": "2", "A": "1"}, Labels: map[string]string{"app": "x"},
 		Resources: task.Resources{CPUMillicores: 500, MemoryMiB: 64, Pids: 100}}
+	img := runtime.Image{Name: "docker.io/library/img:latest", Digest: testDigest}
 	res := &Resources{
+		Image:   &img,
 		Network: &task.NetworkAttachment{NetNSPath: "/ns/t1", ResolvConfPath: "/f/resolv.conf", HostsPath: "/f/hosts"},
 		Disk:    &DiskInfo{MountPath: "/disks/rootfs/t1"},
 	}
 	got := ContainerSpec(spec, res, []oci.SpecOpts{isolation.WithResources(spec.Resources, "")})
 	want := runtime.ContainerSpec{
-		ID: "t1", Image: "img", Args: []string{"sh", "-c", "true"},
+		ID: "t1", Image: img, Args: []string{"sh", "-c", "true"},
 		Env:    []string{"A=1", "B=2", "TITUS_TASK_ID=t1"},
 		Labels: map[string]string{"app": "x"}, Hostname: "t1",
 		NetNSPath: "/ns/t1", RootfsPath: "/disks/rootfs/t1",

@@ -8,13 +8,14 @@ import (
 	"path/filepath"
 
 	"github.com/titus-agent/titus-agent/pkg/isolation"
+	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
 // imageViewer gives the image's read-only layer directories for a task
 // (pkg/runtime).
 type imageViewer interface {
-	ImageView(ctx context.Context, taskID, image string) ([]string, error)
+	ImageView(ctx context.Context, taskID string, image runtime.Image) ([]string, error)
 	RemoveView(ctx context.Context, taskID string) error
 }
 
@@ -56,7 +57,10 @@ func (h *DiskHook) Prestart(ctx context.Context, req *PrestartRequest, resp *Pre
 	if userNS {
 		setup = h.Disks.SetupUserNS
 	}
-	lowers, err := h.Images.ImageView(ctx, req.Spec.ID, req.Spec.Image)
+	if req.Resources.Image == nil {
+		return &HookError{Hook: h.Name(), Reason: task.ReasonPlatformError, Err: errors.New("image not resolved: the image hook runs first")}
+	}
+	lowers, err := h.Images.ImageView(ctx, req.Spec.ID, *req.Resources.Image)
 	if err != nil {
 		return &HookError{Hook: h.Name(), Reason: task.ReasonDiskSetupFailed, Err: fmt.Errorf("image layers: %w", err)}
 	}

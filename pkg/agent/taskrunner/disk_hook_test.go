@@ -11,6 +11,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/titus-agent/titus-agent/pkg/isolation"
+	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -21,8 +22,8 @@ type fakeDisks struct {
 	viewErr  error
 }
 
-func (f *fakeDisks) ImageView(_ context.Context, taskID, image string) ([]string, error) {
-	f.calls = append(f.calls, "view "+taskID+" "+image)
+func (f *fakeDisks) ImageView(_ context.Context, taskID string, image runtime.Image) ([]string, error) {
+	f.calls = append(f.calls, "view "+taskID+" "+image.Name)
 	return []string{"/l/2", "/l/1"}, f.viewErr
 }
 
@@ -68,6 +69,7 @@ func TestDiskHook(t *testing.T) {
 		wantReason task.Reason
 		stopRes    *Resources
 		wantStops  []string
+		unresolved bool // no image from the image hook
 	}{
 		{
 			name:      "disk asked",
@@ -102,6 +104,16 @@ func TestDiskHook(t *testing.T) {
 			stopRes:    &Resources{},
 		},
 		{
+			name:       "image not resolved",
+			spec:       withDisk,
+			f:          &fakeDisks{},
+			unresolved: true,
+			wantErr:    true,
+			wantReason: task.ReasonPlatformError,
+			stopRes:    &Resources{},
+			wantStops:  []string{"teardown t1", "unview t1"},
+		},
+		{
 			name:      "view fails",
 			spec:      withDisk,
 			f:         &fakeDisks{viewErr: errors.New("no image")},
@@ -124,7 +136,11 @@ func TestDiskHook(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			h := &DiskHook{Disks: tc.f, Images: tc.f}
 			var resp PrestartResponse
-			err := h.Prestart(context.Background(), &PrestartRequest{Spec: tc.spec, Resources: &Resources{}}, &resp)
+			res := &Resources{Image: &runtime.Image{Name: "img", Digest: testDigest}}
+			if tc.unresolved {
+				res.Image = nil
+			}
+			err := h.Prestart(context.Background(), &PrestartRequest{Spec: tc.spec, Resources: res}, &resp)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("Prestart err = %v, wantErr %v", err, tc.wantErr)
 			}

@@ -3,6 +3,7 @@ package taskrunner
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
@@ -13,15 +14,28 @@ type imagePuller interface {
 	Pull(ctx context.Context, ref string) (runtime.Image, error)
 }
 
-// ImageHook pulls and unpacks the task's image. Images are shared between
+// ImageHook resolves, pulls and unpacks the task's image, the one time a
+// launch resolves it: the disk and container hooks use the image it
+// records (Resources.Image), and a resumed launch pulls that digest again
+// instead of the tag, which may have moved. Images are shared between
 // tasks and garbage-collected elsewhere, so it has no stop step.
 type ImageHook struct{ Puller imagePuller }
 
 func (h *ImageHook) Name() string { return "image" }
 
 func (h *ImageHook) Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error {
+	ref := req.Spec.Image
+	if prev := req.Resources.Image; prev != nil {
+		pinned, err := prev.Pinned()
+		if err != nil {
+			return &HookError{Hook: h.Name(), Reason: task.ReasonPlatformError, Err: fmt.Errorf("recorded image: %w", err)}
+		}
+		ref = pinned
+	}
+	var img runtime.Image
 	err := retryTransient(ctx, func() error {
-		_, err := h.Puller.Pull(ctx, req.Spec.Image)
+		var err error
+		img, err = h.Puller.Pull(ctx, ref)
 		return err
 	})
 	if err != nil {
@@ -31,6 +45,6 @@ func (h *ImageHook) Prestart(ctx context.Context, req *PrestartRequest, resp *Pr
 		}
 		return &HookError{Hook: h.Name(), Reason: reason, Err: err}
 	}
-	resp.Image = req.Spec.Image
+	resp.Image = &img
 	return nil
 }

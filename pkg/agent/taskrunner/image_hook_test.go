@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -20,8 +22,11 @@ type fakePuller struct {
 
 func (f *fakePuller) Pull(ctx context.Context, ref string) (runtime.Image, error) {
 	f.pulled = append(f.pulled, ref)
-	return runtime.Image{Name: ref}, f.err
+	return runtime.Image{Name: ref, Digest: testDigest}, f.err
 }
+
+// testDigest is what the fakes resolve every image to.
+var testDigest = "sha256:" + strings.Repeat("ab", 32)
 
 func TestImageHook(t *testing.T) {
 	tests := []struct {
@@ -47,8 +52,8 @@ func TestImageHook(t *testing.T) {
 				t.Fatalf("unexpected error %v", err)
 			case tt.reason != "" && (!errors.As(err, &he) || he.Reason != tt.reason):
 				t.Fatalf("err = %v, want reason %s", err, tt.reason)
-			case tt.reason == "" && resp.Image != "reg/img:1":
-				t.Fatalf("resp.Image = %q", resp.Image)
+			case tt.reason == "" && (resp.Image == nil || resp.Image.Name != "reg/img:1" || resp.Image.Digest != testDigest):
+				t.Fatalf("resp.Image = %+v", resp.Image)
 			}
 			if len(p.pulled) != 1 || p.pulled[0] != "reg/img:1" {
 				t.Fatalf("pulled %v", p.pulled)
@@ -75,7 +80,27 @@ func TestImageHookWaitsOutARestartingRuntime(t *testing.T) {
 	if err := h.Prestart(context.Background(), &PrestartRequest{Spec: &task.Spec{ID: "t", Image: "img"}, Resources: &Resources{}}, resp); err != nil {
 		t.Fatalf("transient unavailability failed the launch: %v", err)
 	}
-	if p.failures != 0 || resp.Image != "img" {
-		t.Fatalf("failures left %d, image %q", p.failures, resp.Image)
+	if p.failures != 0 || resp.Image == nil || resp.Image.Name != "img" {
+		t.Fatalf("failures left %d, image %+v", p.failures, resp.Image)
+	}
+}
+
+// A resumed launch pulls the digest its record holds, not the tag again
+// (which may point elsewhere by now).
+func TestImageHookResumesWithTheRecordedDigest(t *testing.T) {
+	p := &fakePuller{}
+	h := &ImageHook{Puller: p}
+	rec := &runtime.Image{Name: "reg.example:5000/app:v1", Digest: testDigest}
+	resp := &PrestartResponse{}
+	err := h.Prestart(context.Background(), &PrestartRequest{Spec: &task.Spec{ID: "t", Image: "reg.example:5000/app:v1"}, Resources: &Resources{Image: rec}}, resp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"reg.example:5000/app@" + testDigest}
+	if diff := cmp.Diff(want, p.pulled); diff != "" {
+		t.Errorf("pulled (-want +got):\n%s", diff)
+	}
+	if resp.Image == nil || resp.Image.Digest != testDigest {
+		t.Errorf("resp.Image = %+v", resp.Image)
 	}
 }

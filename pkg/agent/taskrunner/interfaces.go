@@ -6,6 +6,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/titus-agent/titus-agent/pkg/isolation"
+	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -25,7 +26,7 @@ type PrestartRequest struct {
 // each non-empty field into the task's Resources and persists it before the
 // next stage, so Stop and Restore find it after an agent restart.
 type PrestartResponse struct {
-	Image     string
+	Image     *runtime.Image
 	Network   *task.NetworkAttachment
 	Disk      *DiskInfo
 	Metadata  *MetadataInfo
@@ -67,7 +68,10 @@ type RestoreHook interface {
 // Resources is everything hooks created for a task; it is persisted with the
 // task record.
 type Resources struct {
-	Image     string                  `json:"image,omitempty"`
+	// Image is the task's image as the image hook resolved it, once per
+	// launch: later hooks and a resumed launch use this digest, never the
+	// tag again. (Records before it had "image": the reference; ignored.)
+	Image     *runtime.Image          `json:"resolvedImage,omitempty"`
 	Network   *task.NetworkAttachment `json:"network,omitempty"`
 	Disk      *DiskInfo               `json:"disk,omitempty"`
 	Metadata  *MetadataInfo           `json:"metadata,omitempty"`
@@ -93,12 +97,12 @@ type MetadataInfo struct {
 
 // empty says the hook created nothing to record.
 func (p *PrestartResponse) empty() bool {
-	return p.Image == "" && p.Network == nil && p.Disk == nil && p.Metadata == nil && len(p.Mounts) == 0 &&
+	return p.Image == nil && p.Network == nil && p.Disk == nil && p.Metadata == nil && len(p.Mounts) == 0 &&
 		len(p.Env) == 0 && len(p.SpecOpts) == 0 && p.Pid == 0 && !p.Container
 }
 
 func (r *Resources) merge(p *PrestartResponse) {
-	if p.Image != "" {
+	if p.Image != nil {
 		r.Image = p.Image
 	}
 	if p.Network != nil {
