@@ -1,6 +1,7 @@
 package task
 
 import (
+	"math"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -21,17 +22,11 @@ func FromProto(p *agentv1.TaskSpec) *Spec {
 		Entrypoint:        p.GetEntrypoint(),
 		Command:           p.GetCommand(),
 		Env:               p.GetEnv(),
-		KillGracePeriod:   time.Duration(p.GetKillGracePeriodSeconds()) * time.Second,
-		MaxRuntime:        time.Duration(p.GetMaxRuntimeSeconds()) * time.Second,
+		KillGracePeriod:   seconds(p.GetKillGracePeriodSeconds()),
+		MaxRuntime:        seconds(p.GetMaxRuntimeSeconds()),
 		Labels:            p.GetLabels(),
 		IAMRoleARN:        p.GetIamRoleArn(),
 		MetadataRequireV2: p.GetMetadataRequireV2(),
-	}
-	if p.GetKillGracePeriodSeconds() < 0 || p.GetKillGracePeriodSeconds() > int64(MaxKillGrace/time.Second) {
-		s.KillGracePeriod = -1 // Validate reports it; avoid overflow
-	}
-	if p.GetMaxRuntimeSeconds() < 0 || p.GetMaxRuntimeSeconds() > int64(MaxRuntimeLimit/time.Second) {
-		s.MaxRuntime = -1
 	}
 	if r := p.GetResources(); r != nil {
 		s.Resources = Resources{
@@ -48,6 +43,21 @@ func FromProto(p *agentv1.TaskSpec) *Spec {
 		s.Network = NetworkRequest{SecurityGroupIDs: n.GetSecurityGroupIds(), SubnetIDs: n.GetSubnetIds(), IPv6: n.GetIpv6()}
 	}
 	return s
+}
+
+// seconds converts wire seconds to a Duration, saturating where a
+// Duration would overflow: a value past what a Duration holds stays past
+// every limit (and a negative one negative), so Validate reports the
+// field as it was sent.
+func seconds(s int64) time.Duration {
+	const most = math.MaxInt64 / int64(time.Second)
+	switch {
+	case s > most:
+		return math.MaxInt64
+	case s < -most:
+		return math.MinInt64
+	}
+	return time.Duration(s) * time.Second
 }
 
 // ToProto converts a Spec to its wire form.

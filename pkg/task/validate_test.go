@@ -2,6 +2,7 @@ package task
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -107,5 +108,44 @@ func TestProtoRoundTrip(t *testing.T) {
 	got := FromProto(ToProto(&s))
 	if diff := cmp.Diff(&s, got); diff != "" {
 		t.Fatalf("round trip (-want +got):\n%s", diff)
+	}
+}
+
+// Wire seconds a Duration cannot hold are refused by name, not wrapped
+// around into range (or into a sentinel).
+func TestFromProtoOutOfRangeSeconds(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		grace, max int64
+		wantGrace  time.Duration
+		wantMax    time.Duration
+		wantFields []string
+	}{
+		{"in range", 30, 3600, 30 * time.Second, time.Hour, nil},
+		{"just past the limits", int64(MaxKillGrace/time.Second) + 1, int64(MaxRuntimeLimit/time.Second) + 1,
+			MaxKillGrace + time.Second, MaxRuntimeLimit + time.Second, []string{"kill_grace_period_seconds", "max_runtime_seconds"}},
+		// 2^62 s times 10^9 would wrap around to a small positive Duration.
+		{"past what a Duration holds", 1 << 62, math.MaxInt64, math.MaxInt64, math.MaxInt64, []string{"kill_grace_period_seconds", "max_runtime_seconds"}},
+		{"negative", -1, math.MinInt64, -time.Second, math.MinInt64, []string{"kill_grace_period_seconds", "max_runtime_seconds"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := ToProto(&Spec{ID: "t-1", OwnerEmail: "team@example.com", Image: "img", Command: []string{"true"}})
+			p.KillGracePeriodSeconds, p.MaxRuntimeSeconds = tc.grace, tc.max
+			s := FromProto(p)
+			if s.KillGracePeriod != tc.wantGrace || s.MaxRuntime != tc.wantMax {
+				t.Errorf("grace %v, max runtime %v; want %v, %v", s.KillGracePeriod, s.MaxRuntime, tc.wantGrace, tc.wantMax)
+			}
+			s.Normalize()
+			var got []string
+			var ve *ValidationError
+			if err := s.Validate(); errors.As(err, &ve) {
+				for _, f := range ve.Fields {
+					got = append(got, f.Field)
+				}
+			}
+			if diff := cmp.Diff(tc.wantFields, got); diff != "" {
+				t.Errorf("refused fields (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
