@@ -209,18 +209,11 @@ func LoadConfig(path string) (Config, error) {
 	return cfg, cfg.Validate()
 }
 
-// Validate checks values that would only fail later.
+// Validate parses and checks every value that would only fail later, and
+// names the key of each one that is wrong.
 func (c *Config) Validate() error {
 	var errs []error
-	if c.Socket == "" {
-		errs = append(errs, errors.New("socket: is required"))
-	}
-	if c.StateDir == "" {
-		errs = append(errs, errors.New("stateDir: is required"))
-	}
-	if c.LogDir == "" {
-		errs = append(errs, errors.New("logDir: is required"))
-	}
+	errs = append(errs, c.check()...)
 	if c.Containerd.Address == "" {
 		errs = append(errs, errors.New("containerd.address: is required"))
 	}
