@@ -92,6 +92,11 @@ func (s *Server) LaunchTask(ctx context.Context, req *agentv1.LaunchTaskRequest)
 }
 
 func (s *Server) KillTask(ctx context.Context, req *agentv1.KillTaskRequest) (*agentv1.KillTaskResponse, error) {
+	// Checked here, before the conversion: seconds past what a Duration
+	// holds would wrap around into some other grace.
+	if g := req.GetGracePeriodSeconds(); g < 0 || g > int64(task.MaxKillGrace/time.Second) {
+		return nil, status.Errorf(codes.InvalidArgument, "grace_period_seconds: must be between 0 (the task's own) and %d, got %d", int64(task.MaxKillGrace/time.Second), g)
+	}
 	v, err := s.Manager.Kill(ctx, req.GetId(), time.Duration(req.GetGracePeriodSeconds())*time.Second)
 	if err != nil {
 		return nil, toStatus(err)
