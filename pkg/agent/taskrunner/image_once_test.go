@@ -80,11 +80,12 @@ func TestImageResolvedOncePerLaunch(t *testing.T) {
 			spec := task.Spec{ID: "t1", Image: "reg.example:5000/app:v1", Resources: task.Resources{DiskMiB: 64}}
 			spec.Normalize()
 			st := &fakeStore{}
-			r := New(Config{Stages: hooks, Runtime: w, Store: st, Logger: quiet}, &Record{Spec: spec})
+			var r *Runner
 			if tc.prev == nil {
+				r = New(Config{Stages: hooks, Runtime: w, Store: st, Logger: quiet}, &Record{Spec: spec})
 				go r.Run(context.Background())
 			} else {
-				rt.tagged = d2
+				rt.tagged = d2 // the tag moved while the agent was away
 				prev := &Record{Spec: spec, Resources: *tc.prev}
 				prev.Status.Advance(task.Accepted, "", "", time.Now())
 				prev.Status.Advance(task.Preparing, "", "", time.Now())
