@@ -2,6 +2,7 @@ package taskrunner
 
 import (
 	"context"
+	"encoding/json"
 	"strings"
 	"syscall"
 	"testing"
@@ -100,5 +101,19 @@ func TestImageResolvedOncePerLaunch(t *testing.T) {
 				t.Errorf("recorded image %+v, want digest %s", got, d1)
 			}
 		})
+	}
+}
+
+// A record written before images were recorded resolved (its resources
+// held the reference as "image") still loads; its launch, if resumed,
+// resolves the image again.
+func TestRecordWithTheOldImageFieldLoads(t *testing.T) {
+	var rec Record
+	old := `{"spec":{"id":"t1","image":"reg/app:v1"},"resources":{"image":"reg/app:v1","container":true,"pid":42}}`
+	if err := json.Unmarshal([]byte(old), &rec); err != nil {
+		t.Fatalf("old record: %v", err)
+	}
+	if rec.Resources.Image != nil || !rec.Resources.Container || rec.Resources.Pid != 42 {
+		t.Errorf("resources = %+v", rec.Resources)
 	}
 }
