@@ -20,14 +20,14 @@ import (
 	"sigs.k8s.io/yaml"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
-	"github.com/titus-agent/titus-agent/pkg/scheduler/schedtls"
+	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 )
 
 var opts struct {
 	addr    string
 	timeout time.Duration
 	output  string
-	tls     schedtls.Files
+	tls     tlsconfig.Files
 }
 
 func newRootCmd() *cobra.Command {

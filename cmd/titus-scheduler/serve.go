@@ -17,7 +17,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/logging"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
-	"github.com/titus-agent/titus-agent/pkg/scheduler/schedtls"
+	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 )
 
 // serveConfig is the scheduler's YAML file (docs/config.md); flags given on
@@ -38,7 +38,7 @@ type serveConfig struct {
 	CapacityGroups       []scheduler.Group `json:"capacityGroups"`
 	MetricsListen        string            `json:"metricsListen"`
 	// TLS of the API and agent stream: certFile, keyFile, and caFile to require client certificates.
-	TLS schedtls.Files `json:"tls"`
+	TLS tlsconfig.Files `json:"tls"`
 }
 
 func newServeCmd() *cobra.Command {
@@ -46,7 +46,7 @@ func newServeCmd() *cobra.Command {
 		o                       scheduler.Options
 		endpoints, groups, path string
 		metricsListen           string
-		tlsFiles                schedtls.Files
+		tlsFiles                tlsconfig.Files
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -120,7 +120,7 @@ func newServeCmd() *cobra.Command {
 }
 
 // applyConfigFile sets every option the file names and no flag overrides.
-func applyConfigFile(path string, changed func(string) bool, o *scheduler.Options, endpoints, metricsListen *string, tlsFiles *schedtls.Files) error {
+func applyConfigFile(path string, changed func(string) bool, o *scheduler.Options, endpoints, metricsListen *string, tlsFiles *tlsconfig.Files) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)

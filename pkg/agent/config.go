@@ -10,7 +10,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
-	"github.com/titus-agent/titus-agent/pkg/scheduler/schedtls"
+	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 )
 
 // Config is the agent's YAML configuration. Every key is documented in
@@ -171,7 +171,7 @@ type SchedulerConfig struct {
 	NetworkMbps int64 `json:"networkMbps"`
 	// TLS of the stream: caFile verifies the scheduler, certFile/keyFile
 	// are this host's client certificate; none set = plaintext.
-	TLS schedtls.Files `json:"tls"`
+	TLS tlsconfig.Files `json:"tls"`
 }
 
 // DefaultConfig is the configuration when no file and no flag says otherwise.

@@ -92,7 +92,7 @@ type Options struct {
 	TxnOps     int
 	// Metrics, if set, gets placement latency, queue depth and agents by health.
 	Metrics *metrics.Scheduler
-	// TLS, if set, secures the API and the agent stream (see schedtls).
+	// TLS, if set, secures the API and the agent stream (see pkg/tlsconfig).
 	TLS *tls.Config
 }
 

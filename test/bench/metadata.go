@@ -15,7 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
-	"github.com/titus-agent/titus-agent/pkg/metadataproxy"
+	"github.com/titus-agent/titus-agent/test/metabench"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -84,15 +84,15 @@ metadata:
 
 	fmt.Printf("\n== metadata: credential requests, %d per row (same run; keep-alive connections)\n", n)
 	fmt.Printf("%-44s %9s %9s %10s\n", "", "p50", "p99", "req/s")
-	row := func(name string, r metadataproxy.BenchResult) {
+	row := func(name string, r metabench.BenchResult) {
 		fmt.Printf("%-44s %9s %9s %10.0f\n", name, usec(r.P50), usec(r.P99), r.RPS)
 	}
 	for _, conc := range []int{1, 8} {
-		direct, err := metadataproxy.BenchURL(ctx, "", mockCreds, n, conc)
+		direct, err := metabench.BenchURL(ctx, "", mockCreds, n, conc)
 		if err != nil {
 			tb.Fatalf("upstream mock: %v", err)
 		}
-		task, err := metadataproxy.BenchCredentials(ctx, ns, n, conc)
+		task, err := metabench.BenchCredentials(ctx, ns, n, conc)
 		if err != nil {
 			tb.Fatalf("task credentials: %v\n%s", err, a.Log())
 		}

@@ -7,7 +7,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/titus-agent/titus-agent/pkg/scheduler/loadtest"
+	"github.com/titus-agent/titus-agent/test/schedload"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -21,7 +21,7 @@ func init() {
 // records of a task's size, measured first in the same run.
 func benchScheduler(tb *testenv.Standalone) {
 	ctx := context.Background()
-	rep, err := loadtest.Run(ctx, loadtest.Options{
+	rep, err := schedload.Run(ctx, schedload.Options{
 		Agents: 5000, AZs: 3, Tasks: 100_000,
 		AgentTTL: 10 * time.Second, HeartbeatInterval: time.Second,
 		Timeout: 3 * time.Minute, DataDir: tb.TempDir(),

@@ -15,8 +15,8 @@ import (
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
-	"github.com/titus-agent/titus-agent/pkg/scheduler/loadtest"
 	"github.com/titus-agent/titus-agent/pkg/task"
+	"github.com/titus-agent/titus-agent/test/schedload"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -203,10 +203,10 @@ func startReplica(t *testing.T, endpoints string) (*schedProc, *testenv.Process)
 
 // simAgents starts one simulated agent (host-0, host-1, ...) per AZ,
 // dialing addr, until the test ends.
-func simAgents(t *testing.T, ctx context.Context, addr string, b loadtest.Behavior, azs ...string) []*loadtest.Agent {
-	var agents []*loadtest.Agent
+func simAgents(t *testing.T, ctx context.Context, addr string, b schedload.Behavior, azs ...string) []*schedload.Agent {
+	var agents []*schedload.Agent
 	for i, az := range azs {
-		a := loadtest.NewAgent(schedlink.Config{
+		a := schedload.NewAgent(schedlink.Config{
 			Address: addr, InstanceID: fmt.Sprintf("host-%d", i), InstanceType: "sim", AZ: az,
 			Capacity:   schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 16384},
 			MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
@@ -219,7 +219,7 @@ func simAgents(t *testing.T, ctx context.Context, addr string, b loadtest.Behavi
 }
 
 // batchFor runs tasks whose command is "batch" for d, others until killed.
-func batchFor(d time.Duration) loadtest.Behavior {
+func batchFor(d time.Duration) schedload.Behavior {
 	return func(s *task.Spec) (time.Duration, int32) {
 		if s.Command[0] == "batch" {
 			return d, 0
@@ -317,13 +317,13 @@ func TestSchedulerCLI(t *testing.T) {
 	sched := startSchedulerProc(t, "--agent-ttl", "3s")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	agents := map[string]*loadtest.Agent{}
+	agents := map[string]*schedload.Agent{}
 	for _, h := range []struct{ id, az, group string }{{"host-a", "az-a", "blue"}, {"host-b", "az-b", "green"}} {
-		a := loadtest.NewAgent(schedlink.Config{
+		a := schedload.NewAgent(schedlink.Config{
 			Address: sched.addr, InstanceID: h.id, InstanceType: "sim", AZ: h.az, Labels: map[string]string{"group": h.group},
 			Capacity:   schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 16384},
 			MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
-		}, loadtest.RunForever)
+		}, schedload.RunForever)
 		a.Start(ctx)
 		t.Cleanup(a.Stop)
 		agents[h.id] = a

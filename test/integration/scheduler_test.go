@@ -26,8 +26,8 @@ import (
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
-	"github.com/titus-agent/titus-agent/pkg/scheduler/loadtest"
 	"github.com/titus-agent/titus-agent/pkg/task"
+	"github.com/titus-agent/titus-agent/test/schedload"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -38,7 +38,7 @@ type schedEnv struct {
 	ctx    context.Context
 	addrs  []string
 	api    schedv1.SchedulerClient
-	agents map[string]*loadtest.Agent
+	agents map[string]*schedload.Agent
 }
 
 const schedTTL = 2 * time.Second
@@ -86,7 +86,7 @@ func newSchedEnv(t *testing.T, o scheduler.Options) (*schedEnv, *scheduler.Sched
 	t.Cleanup(cancel)
 	s, _ := startScheduler(t, ctx, o)
 	waitLeading(t, s)
-	e := &schedEnv{t: t, ctx: ctx, addrs: []string{s.Addr()}, agents: map[string]*loadtest.Agent{}}
+	e := &schedEnv{t: t, ctx: ctx, addrs: []string{s.Addr()}, agents: map[string]*schedload.Agent{}}
 	e.dialAPI()
 	return e, s
 }
@@ -100,8 +100,8 @@ func (e *schedEnv) dialAPI() {
 	e.api = schedv1.NewSchedulerClient(cc)
 }
 
-func (e *schedEnv) agent(id, az string, cpu int64, b loadtest.Behavior) *loadtest.Agent {
-	a := loadtest.NewAgent(schedlink.Config{
+func (e *schedEnv) agent(id, az string, cpu int64, b schedload.Behavior) *schedload.Agent {
+	a := schedload.NewAgent(schedlink.Config{
 		Address: strings.Join(e.addrs, ","), InstanceID: id, InstanceType: "m5.large", AZ: az,
 		Capacity:   schedlink.Capacity{CPUMillicores: cpu, MemoryMiB: 16384, DiskMiB: 10000, NetworkMbps: 1000, ENIs: 3, IPsPerENI: 10},
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
@@ -194,7 +194,7 @@ func (e *schedEnv) running(jobID string) map[string]int {
 	return out
 }
 
-func finishAfter(d time.Duration) loadtest.Behavior {
+func finishAfter(d time.Duration) schedload.Behavior {
 	return func(*task.Spec) (time.Duration, int32) { return d, 0 }
 }
 
@@ -221,8 +221,8 @@ func TestSchedulerBatchJobCompletesOnTwoAgents(t *testing.T) {
 func TestSchedulerServiceSpreadAndAgentLoss(t *testing.T) {
 	begin(t)
 	e, _ := newSchedEnv(t, schedOptions(t))
-	a := e.agent("a", "az-a", 8000, loadtest.RunForever)
-	e.agent("b", "az-b", 8000, loadtest.RunForever)
+	a := e.agent("a", "az-a", 8000, schedload.RunForever)
+	e.agent("b", "az-b", 8000, schedload.RunForever)
 	e.waitAgents(2)
 	id := e.submit(jobSpec(&schedv1.ServiceJob{Min: 1, Desired: 6, Max: 10}))
 	e.eventually("6 running, 3 per AZ", func() (bool, string) {
@@ -274,7 +274,7 @@ func TestSchedulerServiceSpreadAndAgentLoss(t *testing.T) {
 func TestSchedulerReconnectReconciles(t *testing.T) {
 	begin(t)
 	e, _ := newSchedEnv(t, schedOptions(t))
-	a := e.agent("a", "az-a", 8000, loadtest.RunForever)
+	a := e.agent("a", "az-a", 8000, schedload.RunForever)
 	e.waitAgents(1)
 	id := e.submit(jobSpec(&schedv1.ServiceJob{Desired: 4, Max: 4}))
 	e.eventually("4 running", func() (bool, string) {
@@ -321,7 +321,7 @@ func TestSchedulerStandbyTakesOver(t *testing.T) {
 	first, stopFirst := startScheduler(t, ctx, o)
 	waitLeading(t, first)
 	second, _ := startScheduler(t, ctx, o)
-	e := &schedEnv{t: t, ctx: ctx, addrs: []string{first.Addr(), second.Addr()}, agents: map[string]*loadtest.Agent{}}
+	e := &schedEnv{t: t, ctx: ctx, addrs: []string{first.Addr(), second.Addr()}, agents: map[string]*schedload.Agent{}}
 	e.dialAPI() // the API client talks to the second (standby) first
 	e.eventually("the standby names the leader", func() (bool, string) {
 		_, err := e.api.ListJobs(ctx, &schedv1.ListJobsRequest{})
@@ -470,7 +470,7 @@ func TestSchedulerCapacityGroupTiers(t *testing.T) {
 		{Name: "flex", Tier: scheduler.TierFlex, CPUMillicores: 1000},
 	}
 	e, _ := newSchedEnv(t, o)
-	e.agent("a", "az-a", 16000, loadtest.RunForever)
+	e.agent("a", "az-a", 16000, schedload.RunForever)
 	e.waitAgents(1)
 	inGroup := func(group string, kind any, cpu int64) *schedv1.JobSpec {
 		s := jobSpec(kind)
@@ -520,7 +520,7 @@ func TestSchedulerCLIShowsWhyQueued(t *testing.T) {
 	sched := startSchedulerProc(t, "--capacity-groups", groups)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
-	a := simAgents(t, ctx, sched.addr, loadtest.RunForever, "az-a")[0]
+	a := simAgents(t, ctx, sched.addr, schedload.RunForever, "az-a")[0]
 	waitUntil(t, "agent connected", 60*time.Second, func() (bool, string) {
 		out, _ := sched.cli("agent", "ls")
 		return strings.Contains(out, "connected"), out
@@ -567,7 +567,7 @@ func TestSchedulerQuarantinesFailingHost(t *testing.T) {
 	o := schedOptions(t)
 	o.QuarantineFailures, o.QuarantineWindow = 3, time.Minute
 	e, _ := newSchedEnv(t, o)
-	bad := e.agent("a-bad", "az-a", 8000, loadtest.RunForever)
+	bad := e.agent("a-bad", "az-a", 8000, schedload.RunForever)
 	var mu sync.Mutex
 	badLaunches := 0
 	bad.Tasks.LaunchError = func(*task.Spec) error {
@@ -629,7 +629,7 @@ func TestSchedulerPrunesEndedJobs(t *testing.T) {
 	o.MaxFinishedJobs, o.FinishedJobRetention = 5, time.Hour
 	s, _ := startScheduler(t, ctx, o)
 	waitLeading(t, s)
-	e := &schedEnv{t: t, ctx: ctx, addrs: []string{s.Addr()}, agents: map[string]*loadtest.Agent{}}
+	e := &schedEnv{t: t, ctx: ctx, addrs: []string{s.Addr()}, agents: map[string]*schedload.Agent{}}
 	e.dialAPI()
 	e.agent("a", "az-a", 8000, finishAfter(20*time.Millisecond))
 	e.waitAgents(1)

@@ -18,8 +18,8 @@ import (
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
-	"github.com/titus-agent/titus-agent/pkg/scheduler/loadtest"
-	"github.com/titus-agent/titus-agent/pkg/scheduler/schedtls"
+	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
+	"github.com/titus-agent/titus-agent/test/schedload"
 )
 
 // testPKI writes a CA, a server certificate for 127.0.0.1 and a client
@@ -79,7 +79,7 @@ func newTestPKI(t *testing.T) testPKI {
 func TestSchedulerAgentStreamTLS(t *testing.T) {
 	begin(t)
 	pki := newTestPKI(t)
-	server, err := schedtls.Files{CertFile: pki.serverCert, KeyFile: pki.serverKey, CAFile: pki.ca}.Server()
+	server, err := tlsconfig.Files{CertFile: pki.serverCert, KeyFile: pki.serverKey, CAFile: pki.ca}.Server()
 	if err != nil {
 		t.Fatalf("server tls: %v", err)
 	}
@@ -87,11 +87,11 @@ func TestSchedulerAgentStreamTLS(t *testing.T) {
 	o.TLS = server
 	s, _ := startScheduler(t, t.Context(), o)
 	waitLeading(t, s)
-	creds, err := schedtls.Files{CAFile: pki.ca, CertFile: pki.clientCert, KeyFile: pki.clientKey}.DialOption()
+	creds, err := tlsconfig.Files{CAFile: pki.ca, CertFile: pki.clientCert, KeyFile: pki.clientKey}.DialOption()
 	if err != nil {
 		t.Fatalf("client tls: %v", err)
 	}
-	e := &schedEnv{t: t, ctx: t.Context(), addrs: []string{s.Addr()}, agents: map[string]*loadtest.Agent{}}
+	e := &schedEnv{t: t, ctx: t.Context(), addrs: []string{s.Addr()}, agents: map[string]*schedload.Agent{}}
 	cc, err := grpc.NewClient(s.Addr(), creds)
 	if err != nil {
 		t.Fatal(err)
@@ -99,8 +99,8 @@ func TestSchedulerAgentStreamTLS(t *testing.T) {
 	t.Cleanup(func() { cc.Close() })
 	e.api = schedv1.NewSchedulerClient(cc)
 
-	start := func(id string, dial ...grpc.DialOption) *loadtest.Agent {
-		a := loadtest.NewAgent(schedlink.Config{Address: s.Addr(), InstanceID: id, AZ: "az-a", DialOptions: dial,
+	start := func(id string, dial ...grpc.DialOption) *schedload.Agent {
+		a := schedload.NewAgent(schedlink.Config{Address: s.Addr(), InstanceID: id, AZ: "az-a", DialOptions: dial,
 			Capacity:   schedlink.Capacity{CPUMillicores: 4000, MemoryMiB: 8192},
 			MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond}, finishAfter(100*time.Millisecond))
 		a.Start(e.ctx)
@@ -108,7 +108,7 @@ func TestSchedulerAgentStreamTLS(t *testing.T) {
 		return a
 	}
 	start("tls-agent", creds)
-	noCert, err := schedtls.Files{CAFile: pki.ca}.DialOption()
+	noCert, err := tlsconfig.Files{CAFile: pki.ca}.DialOption()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package metadataproxy
+package metabench
 
 import (
 	"cmp"
@@ -11,6 +11,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/metadataproxy"
 )
 
 // BenchResult is what a metadata benchmark measured.
@@ -25,7 +27,7 @@ type BenchResult struct {
 // `concurrency` keep-alive connections (at most the per-task connection
 // limit), after a short warm-up. The task must have a role.
 func BenchCredentials(ctx context.Context, nsPath string, n, concurrency int) (BenchResult, error) {
-	c := HTTPClientInNetNS(nsPath, concurrency)
+	c := metadataproxy.HTTPClientInNetNS(nsPath, concurrency)
 	defer c.CloseIdleConnections()
 	base := "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 	role, err := fetch(ctx, c, base)
@@ -42,7 +44,7 @@ func BenchCredentials(ctx context.Context, nsPath string, n, concurrency int) (B
 // BenchURL measures GETs of url from the namespace at nsPath ("" for the
 // caller's own), for a baseline such as the upstream IMDS mock directly.
 func BenchURL(ctx context.Context, nsPath, url string, n, concurrency int) (BenchResult, error) {
-	c := HTTPClientInNetNS(nsPath, concurrency)
+	c := metadataproxy.HTTPClientInNetNS(nsPath, concurrency)
 	defer c.CloseIdleConnections()
 	return bench(ctx, c, url, n, concurrency)
 }

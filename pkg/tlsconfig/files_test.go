@@ -1,4 +1,4 @@
-package schedtls
+package tlsconfig
 
 import (
 	"errors"
