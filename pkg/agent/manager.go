@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -11,18 +10,21 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containerd/errdefs"
+
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
-// Errors callers branch on; the gRPC edge maps them to codes.
+// Errors callers branch on, classified in errdefs' vocabulary; the gRPC
+// edge maps them to codes (apierr.ToGRPC).
 var (
-	ErrTaskNotFound  = errors.New("task not found")
-	ErrTaskExists    = errors.New("task already exists")
-	ErrTooManyTasks  = errors.New("agent is at its task limit")
-	ErrShuttingDown  = errors.New("agent is shutting down")
-	ErrTaskNotActive = errors.New("task is not running")
+	ErrTaskNotFound  = errdefs.ErrNotFound.WithMessage("task not found")
+	ErrTaskExists    = errdefs.ErrAlreadyExists.WithMessage("task already exists")
+	ErrTooManyTasks  = errdefs.ErrResourceExhausted.WithMessage("agent is at its task limit")
+	ErrShuttingDown  = errdefs.ErrUnavailable.WithMessage("agent is shutting down")
+	ErrTaskNotActive = errdefs.ErrFailedPrecondition.WithMessage("task is not running")
 )
 
 // managerRuntime is what the manager needs from the container runtime.

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"os"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/apierr"
 	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/pkg/tasklog"
 )
@@ -52,33 +52,7 @@ type Server struct {
 func (s *Server) Register(g *grpc.Server) { agentv1.RegisterAgentServer(g, s) }
 
 // toStatus maps domain errors to gRPC codes at the edge.
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	var code codes.Code
-	switch {
-	case errors.Is(err, task.ErrInvalidSpec):
-		code = codes.InvalidArgument
-	case errors.Is(err, ErrTaskNotFound):
-		code = codes.NotFound
-	case errors.Is(err, ErrTaskExists):
-		code = codes.AlreadyExists
-	case errors.Is(err, ErrTooManyTasks), errors.Is(err, ErrStateDiskFull):
-		code = codes.ResourceExhausted
-	case errors.Is(err, ErrShuttingDown):
-		code = codes.Unavailable
-	case errors.Is(err, ErrTaskNotActive):
-		code = codes.FailedPrecondition
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	default:
-		code = codes.Internal
-	}
-	return status.Error(code, err.Error())
-}
+func toStatus(err error) error { return apierr.ToGRPC(err) }
 
 func (s *Server) LaunchTask(ctx context.Context, req *agentv1.LaunchTaskRequest) (*agentv1.LaunchTaskResponse, error) {
 	if req.GetSpec() == nil {

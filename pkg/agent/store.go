@@ -12,6 +12,8 @@ import (
 
 	bolt "go.etcd.io/bbolt"
 
+	"github.com/containerd/errdefs"
+
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 )
 
@@ -66,7 +68,7 @@ func (s *Store) Save(rec *taskrunner.Record) error {
 
 // ErrStateDiskFull marks a write refused because the state directory's
 // filesystem is full (bbolt does not always keep the errno in the chain).
-var ErrStateDiskFull = errors.New("agent state disk full")
+var ErrStateDiskFull = errdefs.ErrResourceExhausted.WithMessage("agent state disk full")
 
 // Delete forgets a record.
 func (s *Store) Delete(id string) error {

@@ -2,51 +2,30 @@ package scheduler
 
 import (
 	"crypto/tls"
-	"fmt"
 	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/metrics"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 )
 
-// Tier says how a capacity group's quota is honoured.
-type Tier string
+// Capacity groups are part of the configuration; their type lives in the model.
+type (
+	Group = model.Group
+	Tier  = model.Tier
+)
 
+// Tiers of capacity groups.
 const (
-	// TierCritical is guaranteed: a job that would exceed the group's quota is refused.
-	TierCritical Tier = "critical"
-	// TierFlex is best effort: a job beyond the quota is accepted and queued
-	// until the group's usage drops below its quota; it is placed after critical work.
-	TierFlex Tier = "flex"
+	TierCritical = model.TierCritical
+	TierFlex     = model.TierFlex
+	DefaultGroup = model.DefaultGroup
 )
-
-// Group is a capacity group: a named per-application quota.
-type Group struct {
-	Name string `json:"name"`
-	Tier Tier   `json:"tier"`
-	// Quota of CPU (millicores) and memory (MiB); 0 = unlimited.
-	CPUMillicores int64 `json:"cpuMillicores,omitempty"`
-	MemoryMiB     int64 `json:"memoryMiB,omitempty"`
-	// MaxPending bounds the group's queued (not yet placed) tasks; 0 = Options.MaxPendingPerGroup.
-	MaxPending int `json:"maxPending,omitempty"`
-}
 
 // Defaults of the finished-job retention (Options.FinishedJobRetention, MaxFinishedJobs).
 const (
-	DefaultFinishedJobRetention = 24 * time.Hour
-	DefaultMaxFinishedJobs      = 10_000
-)
-
-// DefaultGroup is used by jobs that name no capacity group.
-const DefaultGroup = "default"
-
-// Documented limits, checked at the door.
-const (
-	MaxTasksPerJob    = 10_000
-	MaxJobNameLen     = 128
-	MaxApplicationLen = 128
-	MaxJobLabels      = 64
-	MaxRetries        = 1000
-	MaxRetryDelay     = time.Hour
+	DefaultFinishedJobRetention = core.DefaultFinishedJobRetention
+	DefaultMaxFinishedJobs      = core.DefaultMaxFinishedJobs
 )
 
 // Options configure a Scheduler.
@@ -103,42 +82,6 @@ func (o *Options) setDefaults() {
 	if o.ElectionTTL <= 0 {
 		o.ElectionTTL = 5 * time.Second
 	}
-	if o.AgentTTL <= 0 {
-		o.AgentTTL = 10 * time.Second
-	}
-	if o.HeartbeatInterval <= 0 {
-		o.HeartbeatInterval = o.AgentTTL / 5
-	}
-	if o.MaxPendingPerGroup <= 0 {
-		o.MaxPendingPerGroup = 100_000
-	}
-	if o.MaxPendingTotal <= 0 {
-		o.MaxPendingTotal = 200_000
-	}
-	if o.MaxLaunchingPerHost <= 0 {
-		o.MaxLaunchingPerHost = 32
-	}
-	if o.QuarantineFailures <= 0 {
-		o.QuarantineFailures = 5
-	}
-	if o.QuarantineWindow <= 0 {
-		o.QuarantineWindow = 10 * time.Minute
-	}
-	if o.CrashLoopBase <= 0 {
-		o.CrashLoopBase = time.Second
-	}
-	if o.CrashLoopCap <= 0 {
-		o.CrashLoopCap = 5 * time.Minute
-	}
-	if o.FinishedJobRetention <= 0 {
-		o.FinishedJobRetention = DefaultFinishedJobRetention
-	}
-	if o.MaxFinishedJobs <= 0 {
-		o.MaxFinishedJobs = DefaultMaxFinishedJobs
-	}
-	if o.PlaceBatch <= 0 {
-		o.PlaceBatch = 4096
-	}
 	if o.TxnOps <= 0 {
 		o.TxnOps = 128
 	}
@@ -147,27 +90,14 @@ func (o *Options) setDefaults() {
 	}
 }
 
-func (o *Options) groups() (map[string]*Group, error) {
-	out := map[string]*Group{}
-	for i := range o.Groups {
-		g := o.Groups[i]
-		if g.Name == "" {
-			return nil, fmt.Errorf("capacity group %d: name is required", i)
-		}
-		switch g.Tier {
-		case "":
-			g.Tier = TierFlex
-		case TierCritical, TierFlex:
-		default:
-			return nil, fmt.Errorf("capacity group %s: tier must be critical or flex", g.Name)
-		}
-		if g.MaxPending <= 0 {
-			g.MaxPending = o.MaxPendingPerGroup
-		}
-		out[g.Name] = &g
+// core is the part of the options the core takes.
+func (o *Options) core() core.Config {
+	return core.Config{
+		AgentTTL: o.AgentTTL, HeartbeatInterval: o.HeartbeatInterval, Groups: o.Groups,
+		MaxPendingPerGroup: o.MaxPendingPerGroup, MaxPendingTotal: o.MaxPendingTotal, MaxLaunchingPerHost: o.MaxLaunchingPerHost,
+		QuarantineFailures: o.QuarantineFailures, QuarantineWindow: o.QuarantineWindow,
+		CrashLoopBase: o.CrashLoopBase, CrashLoopCap: o.CrashLoopCap,
+		FinishedJobRetention: o.FinishedJobRetention, MaxFinishedJobs: o.MaxFinishedJobs,
+		PlaceBatch: o.PlaceBatch, Metrics: o.Metrics,
 	}
-	if out[DefaultGroup] == nil {
-		out[DefaultGroup] = &Group{Name: DefaultGroup, Tier: TierFlex, MaxPending: o.MaxPendingPerGroup}
-	}
-	return out, nil
 }

@@ -6,81 +6,56 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/api"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/store"
 )
 
 // Scheduler is one replica: it serves the API on Options.Listen, campaigns
 // for leadership and, while leader, schedules.
 type Scheduler struct {
-	schedv1.UnimplementedSchedulerServer
-
-	opts   Options
-	groups map[string]*Group
-	log    *slog.Logger
-	lis    net.Listener
-	srv    *grpc.Server
+	opts Options
+	log  *slog.Logger
+	lis  net.Listener
+	srv  *grpc.Server
+	core *core.Core
 
 	leader     atomic.Bool
 	leaderAddr atomic.Value // string
 	ready      chan struct{}
-
-	st    *store
-	clock func() time.Time // time.Now; a fake clock in tests
-	dirty dirtySet
-	kick  chan struct{}
-	stats counters
-
-	mu           sync.Mutex
-	jobs         map[string]*jobState
-	tasks        map[string]*taskState
-	agents       map[string]*agentState
-	gstate       map[string]*groupState
-	waiting      map[*jobState]struct{}
-	backoff      backoffHeap
-	pendingTotal int
-	stepDown     context.CancelFunc
-	// finished are the ended jobs still kept, oldest end first; unpruned
-	// and unprunedAgents were pruned but their etcd delete is to be retried.
-	finished       []*jobState
-	unpruned       []string
-	unprunedAgents []string
-}
-
-type counters struct {
-	placed, heartbeats, launchesSent, lostAgents, pruned atomic.Int64
 }
 
 // Stats are the scheduler's running totals.
-type Stats struct {
-	Placed, Heartbeats, LaunchesSent, LostAgents int64
-	// PrunedJobs is how many ended jobs were removed after their retention.
-	PrunedJobs int64
-}
+type Stats = core.Stats
 
 // Stats returns the running totals.
-func (s *Scheduler) Stats() Stats {
-	return Stats{s.stats.placed.Load(), s.stats.heartbeats.Load(), s.stats.launchesSent.Load(), s.stats.lostAgents.Load(), s.stats.pruned.Load()}
+func (s *Scheduler) Stats() Stats { return s.core.Stats() }
+
+// EmbeddedEtcd is a single-member etcd inside this process (see store.StartEmbeddedEtcd).
+type EmbeddedEtcd = store.EmbeddedEtcd
+
+// StartEmbeddedEtcd starts (or restarts) the embedded etcd in dir.
+func StartEmbeddedEtcd(ctx context.Context, dir string) (*EmbeddedEtcd, error) {
+	return store.StartEmbeddedEtcd(ctx, dir)
 }
 
 // New checks the options and listens on Options.Listen.
 func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	opts.setDefaults()
-	groups, err := opts.groups()
-	if err != nil {
-		return nil, err
-	}
 	if log == nil {
 		log = slog.Default()
+	}
+	c, err := core.New(opts.core(), log)
+	if err != nil {
+		return nil, err
 	}
 	if opts.Listen == "" {
 		return nil, errors.New("listen address is required")
@@ -95,7 +70,7 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	if opts.Advertise == "" || opts.Advertise == opts.Listen {
 		opts.Advertise = lis.Addr().String()
 	}
-	s := &Scheduler{opts: opts, groups: groups, log: log, lis: lis, ready: make(chan struct{}), kick: make(chan struct{}, 1), clock: time.Now}
+	s := &Scheduler{opts: opts, log: log, lis: lis, core: c, ready: make(chan struct{})}
 	s.leaderAddr.Store("")
 	sopts := []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
@@ -108,7 +83,7 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 		sopts = append(sopts, grpc.ChainUnaryInterceptor(m.GRPC.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(m.GRPC.StreamServerInterceptor()))
 	}
 	s.srv = grpc.NewServer(sopts...)
-	schedv1.RegisterSchedulerServer(s.srv, s)
+	schedv1.RegisterSchedulerServer(s.srv, api.New(c, s))
 	return s, nil
 }
 
@@ -118,6 +93,12 @@ func (s *Scheduler) Addr() string { return s.lis.Addr().String() }
 // IsLeader reports whether this replica is the leader now.
 func (s *Scheduler) IsLeader() bool { return s.leader.Load() }
 
+// LeaderAddr is the current leader's advertised address ("" if unknown).
+func (s *Scheduler) LeaderAddr() string {
+	a, _ := s.leaderAddr.Load().(string)
+	return a
+}
+
 // Leading is closed once this replica has become leader and loaded its state.
 func (s *Scheduler) Leading() <-chan struct{} { return s.ready }
 
@@ -126,7 +107,7 @@ func (s *Scheduler) Leading() <-chan struct{} { return s.ready }
 func (s *Scheduler) Run(ctx context.Context) error {
 	endpoints := s.opts.Endpoints
 	if len(endpoints) == 0 {
-		e, err := StartEmbeddedEtcd(ctx, s.opts.DataDir+"/etcd")
+		e, err := store.StartEmbeddedEtcd(ctx, s.opts.DataDir+"/etcd")
 		if err != nil {
 			s.lis.Close()
 			return err
@@ -134,10 +115,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		defer e.Close()
 		endpoints = e.Endpoints
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 10 * time.Second, MaxCallSendMsgSize: 8 << 20, Logger: nopZap()})
+	cli, err := store.Dial(endpoints)
 	if err != nil {
 		s.lis.Close()
-		return fmt.Errorf("etcd client: %w", err)
+		return err
 	}
 	defer cli.Close()
 
@@ -145,46 +126,40 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	go func() { serveErr <- s.srv.Serve(s.lis) }()
 	defer s.srv.Stop()
 
-	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(int(max(s.opts.ElectionTTL/time.Second, 1))), concurrency.WithContext(ctx))
+	el, err := store.NewElection(ctx, cli, s.opts.Prefix, s.opts.ElectionTTL, s.opts.TxnOps)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("etcd session: %w", err)
+		return err
 	}
-	defer sess.Close()
-	el := concurrency.NewElection(sess, s.opts.Prefix+"leader")
-	go s.observe(ctx, el)
+	defer el.Close()
+	go el.Observe(ctx, func(addr string) { s.leaderAddr.Store(addr) })
 
-	if err := el.Campaign(ctx, s.opts.Advertise); err != nil {
+	st, err := el.Campaign(ctx, s.opts.Advertise)
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
-		return fmt.Errorf("campaign: %w", err)
+		return err
 	}
-	s.st = &store{kv: cli, prefix: s.opts.Prefix, txnOps: s.opts.TxnOps,
-		fence: clientv3.Compare(clientv3.CreateRevision(el.Key()), "=", el.Rev())}
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s.mu.Lock()
-	s.stepDown = cancel
-	s.mu.Unlock()
-	if err := s.load(lctx); err != nil {
+	if err := s.core.Load(lctx, st, cancel); err != nil {
 		return fmt.Errorf("load state: %w", err)
 	}
 	s.leader.Store(true)
 	s.leaderAddr.Store(s.opts.Advertise)
-	s.log.Info("leading", "addr", s.opts.Advertise, "jobs", len(s.jobs), "agents", len(s.agents))
+	jobs, agents := s.core.Counts()
+	s.log.Info("leading", "addr", s.opts.Advertise, "jobs", jobs, "agents", agents)
 	close(s.ready)
 
-	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){s.placeLoop, s.flushLoop, s.livenessLoop} {
-		wg.Go(func() { loop(lctx) })
-	}
+	done := make(chan struct{})
+	go func() { defer close(done); s.core.Run(lctx) }()
 	select {
 	case <-ctx.Done():
 		err = nil
-	case <-sess.Done():
+	case <-el.Done():
 		err = errors.New("lost leadership: etcd session expired")
 	case <-lctx.Done():
 		err = errors.New("lost leadership: a fenced write was refused")
@@ -192,115 +167,13 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}
 	s.leader.Store(false)
 	cancel()
-	wg.Wait()
-	s.closeSessions()
+	<-done
 	if ctx.Err() != nil {
 		// Orderly shutdown: flush what is pending, then hand over at once.
 		fctx, fcancel := context.WithTimeout(context.Background(), 5*time.Second)
-		s.flush(fctx)
+		s.core.Flush(fctx)
 		_ = el.Resign(fctx)
 		fcancel()
 	}
 	return err
-}
-
-// observe keeps the current leader's address for clients of standbys.
-func (s *Scheduler) observe(ctx context.Context, el *concurrency.Election) {
-	for resp := range el.Observe(ctx) {
-		if len(resp.Kvs) > 0 {
-			s.leaderAddr.Store(string(resp.Kvs[0].Value))
-		}
-	}
-}
-
-func (s *Scheduler) closeSessions() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for _, a := range s.agents {
-		if a.sess != nil {
-			a.sess.close()
-			a.sess = nil
-		}
-	}
-}
-
-func (s *Scheduler) poke() {
-	select {
-	case s.kick <- struct{}{}:
-	default:
-	}
-}
-
-// fenceFailed steps down after a refused fenced write.
-func (s *Scheduler) fenceFailed(err error) {
-	if errors.Is(err, ErrNotLeader) {
-		s.log.Error("stepping down", "err", err)
-		s.mu.Lock()
-		if s.stepDown != nil {
-			s.stepDown()
-		}
-		s.mu.Unlock()
-	}
-}
-
-// pruneEvery is how often the flush loop removes ended jobs past their retention.
-const pruneEvery = time.Second
-
-// flushLoop persists task state changes and agent records in batches, and
-// prunes ended jobs (in the same goroutine, so no flush of a pruned job's
-// records can land after its delete).
-func (s *Scheduler) flushLoop(ctx context.Context) {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	next := time.Now().Add(pruneEvery)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			s.flush(ctx)
-			if now.After(next) {
-				s.prune(ctx)
-				next = now.Add(pruneEvery)
-			}
-		}
-	}
-}
-
-func (s *Scheduler) flush(ctx context.Context) error {
-	puts := s.dirty.take()
-	if len(puts) == 0 {
-		return nil
-	}
-	err := s.st.commit(ctx, puts)
-	if err != nil {
-		s.fenceFailed(err)
-		if !errors.Is(err, ErrNotLeader) && ctx.Err() == nil {
-			s.log.Warn("persist state", "err", err)
-			for _, p := range puts {
-				s.dirty.setIfAbsent(p.key, p.val)
-			}
-		}
-	}
-	return err
-}
-
-// livenessLoop marks agents lost once they have been silent past the TTL.
-func (s *Scheduler) livenessLoop(ctx context.Context) {
-	t := time.NewTicker(min(s.opts.AgentTTL/10, time.Second))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			s.mu.Lock()
-			for _, a := range s.agents {
-				if !a.lost && a.silentFor(now) > s.opts.AgentTTL {
-					s.agentLost(a, now)
-				}
-			}
-			s.mu.Unlock()
-		}
-	}
 }

@@ -1,12 +1,13 @@
 package task
 
 import (
-	"errors"
 	"fmt"
 	"net/mail"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/containerd/errdefs"
 )
 
 // Limits bound every variable-size field so a hostile spec cannot exhaust
@@ -47,7 +48,7 @@ var (
 )
 
 // ErrInvalidSpec is wrapped by every validation error.
-var ErrInvalidSpec = errors.New("invalid task spec")
+var ErrInvalidSpec = errdefs.ErrInvalidArgument.WithMessage("invalid task spec")
 
 // FieldError names the field that broke a rule and the rule.
 type FieldError struct {
@@ -70,17 +71,7 @@ func (e *ValidationError) Error() string {
 
 func (e *ValidationError) Unwrap() error { return ErrInvalidSpec }
 
-type checker struct{ errs []*FieldError }
-
-func (c *checker) failf(field, format string, a ...any) {
-	c.errs = append(c.errs, &FieldError{Field: field, Rule: fmt.Sprintf(format, a...)})
-}
-
-func (c *checker) rangeCheck(field string, v, lo, hi int64) {
-	if v < lo || v > hi {
-		c.failf(field, "must be between %d and %d, got %d", lo, hi, v)
-	}
-}
+type checker = Checker
 
 // Validate checks every field of a normalized spec and returns a
 // *ValidationError naming each field that breaks a rule, or nil.

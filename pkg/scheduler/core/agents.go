@@ -1,0 +1,211 @@
+package core
+
+import (
+	"fmt"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Message is one thing the scheduler tells an agent; exactly one field is set.
+type Message struct {
+	// Registered answers a registration: the agent's id and the heartbeat interval to use.
+	Registered *Registered
+	// Launch starts tasks.
+	Launch []*task.Spec
+	// Kill stops tasks.
+	Kill []string
+}
+
+// Registered acknowledges an agent's registration.
+type Registered struct {
+	AgentID           string
+	HeartbeatInterval time.Duration
+}
+
+// Session is one agent stream. Sends never block the scheduler: a stream
+// that falls behind by a full buffer is closed and the agent reconnects and
+// reconciles.
+type Session struct {
+	out   chan Message
+	done  chan struct{}
+	once  sync.Once
+	agent *agentState
+}
+
+const sessionBuffer = 4096
+
+func newSession() *Session {
+	return &Session{out: make(chan Message, sessionBuffer), done: make(chan struct{})}
+}
+
+func (s *Session) send(m Message) {
+	select {
+	case <-s.done:
+	case s.out <- m:
+	default:
+		s.close()
+	}
+}
+
+func (s *Session) close() { s.once.Do(func() { close(s.done) }) }
+
+// Out delivers what to send to the agent, in order.
+func (s *Session) Out() <-chan Message { return s.out }
+
+// Done is closed when the scheduler ends the session (the agent must reconnect).
+func (s *Session) Done() <-chan struct{} { return s.done }
+
+// Heard records that the stream delivered a message now. It takes no lock.
+func (s *Session) Heard() { s.agent.heard.Store(time.Now().UnixNano()) }
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+
+// Connect registers an agent's stream and reconciles both sides: tasks it
+// no longer has are lost, tasks it should not run are killed. The caller
+// reads the session's Out until Done, and calls Disconnect at the end.
+func (c *Core) Connect(reg model.Registration) (*Session, error) {
+	if reg.InstanceID == "" || !nameRE.MatchString(reg.InstanceID) {
+		return nil, errInvalidArgument("register.instance_id: must match " + nameRE.String())
+	}
+	if reg.Capacity.CPU <= 0 || reg.Capacity.Mem <= 0 {
+		return nil, errInvalidArgument("register.capacity: cpu_millicores and memory_mib must be positive")
+	}
+	sess := newSession()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return nil, model.ErrNotLeader
+	}
+	sess.agent = c.register(reg, sess, time.Now())
+	return sess, nil
+}
+
+// Disconnect ends a session.
+func (c *Core) Disconnect(sess *Session) {
+	c.mu.Lock()
+	if sess.agent.sess == sess {
+		sess.agent.sess = nil
+	}
+	c.mu.Unlock()
+	sess.close()
+}
+
+// register (re)attaches an agent's session and reconciles both sides.
+// Callers hold c.mu.
+func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *agentState {
+	a := c.agents[reg.InstanceID]
+	if a == nil {
+		a = newAgent(reg.InstanceID)
+		c.agents[a.id] = a
+	}
+	if a.sess != nil && a.sess != sess {
+		a.sess.close()
+	}
+	a.instanceType, a.az, a.labels = reg.InstanceType, reg.AZ, reg.Labels
+	a.capacity, a.enis, a.ipsPerENI = reg.Capacity.Resources, reg.Capacity.ENIs, reg.Capacity.IPsPerENI
+	a.sess, a.lost, a.healthy, a.lastSeen = sess, false, true, now
+	sess.send(Message{Registered: &Registered{AgentID: a.id, HeartbeatInterval: c.opts.HeartbeatInterval}})
+
+	reported := make(map[string]bool, len(reg.Tasks))
+	for _, st := range reg.Tasks {
+		reported[st.TaskID] = true
+		c.applyStatus(a, st, now)
+	}
+	var kills []string
+	for id, t := range a.tasks {
+		switch {
+		case t.committing:
+		case !reported[id]:
+			c.end(t, task.Lost, "LostOnAgent", "the agent no longer has this task", 0, now)
+		case t.killWanted:
+			kills = append(kills, id)
+		}
+	}
+	c.sendKill(a, kills...)
+	c.st.SaveAgent(a.view(time.Time{}))
+	c.poke()
+	return a
+}
+
+// Heartbeat applies an agent's heartbeat: its health and task states.
+func (c *Core) Heartbeat(sess *Session, healthy bool, tasks []model.TaskStatus) {
+	c.update(sess, &healthy, tasks)
+}
+
+// Updates applies task state changes an agent reports.
+func (c *Core) Updates(sess *Session, tasks []model.TaskStatus) { c.update(sess, nil, tasks) }
+
+func (c *Core) update(sess *Session, healthy *bool, tasks []model.TaskStatus) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	a := sess.agent
+	if a.sess != sess {
+		return // superseded by a newer session
+	}
+	a.lastSeen = now
+	if healthy != nil {
+		c.stats.heartbeats.Add(1)
+		a.healthy = *healthy
+	}
+	for _, st := range tasks {
+		c.applyStatus(a, st, now)
+	}
+}
+
+// Agents lists every agent known, by id.
+func (c *Core) Agents() []*model.Agent {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	out := make([]*model.Agent, 0, len(c.agents))
+	for _, a := range c.agents {
+		out = append(out, a.view(now))
+	}
+	sortAgents(out)
+	return out
+}
+
+func sortAgents(l []*model.Agent) { sort.Slice(l, func(a, b int) bool { return l[a].ID < l[b].ID }) }
+
+// Drain stops or resumes placements on the selected agents. Draining
+// replaces their service tasks elsewhere.
+func (c *Core) Drain(sel model.AgentSelector, drain bool) ([]*model.Agent, error) {
+	if sel.ID == "" && len(sel.Labels) == 0 {
+		return nil, errInvalidArgument("id or labels: one is required")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	var out []*model.Agent
+	for _, a := range c.agents {
+		if !sel.Selects(a.id, a.labels) {
+			continue
+		}
+		a.drained = drain
+		c.st.SaveAgent(a.view(time.Time{}))
+		if drain {
+			for _, t := range a.tasks {
+				j, sl := t.job, t.slot
+				if j.batch() || sl.cur != t || j.terminal() {
+					continue
+				}
+				sl.cur = nil
+				c.q.enqueue(j, sl, now, now) // replacement first, then the kill
+				c.killTask(t)
+			}
+		}
+		out = append(out, a.view(now))
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: no agent matches", model.ErrNotFound)
+	}
+	c.poke()
+	sortAgents(out)
+	return out, nil
+}

@@ -1,0 +1,291 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/metrics"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+)
+
+// Store is what the core needs of durable state. Every write is fenced on
+// the leader's term and fails with model.ErrNotLeader once it is over.
+type Store interface {
+	// PutJob writes a job record now.
+	PutJob(ctx context.Context, j *model.Job) error
+	// CreateTasks writes new task attempts; none may exist yet.
+	CreateTasks(ctx context.Context, ts []*model.Task) error
+	// SaveJob, SaveTask and SaveAgent queue records for the next Flush;
+	// they encode at once and never block on I/O.
+	SaveJob(j *model.Job)
+	SaveTask(t *model.Task)
+	SaveAgent(a *model.Agent)
+	Flush(ctx context.Context) error
+	// Delete removes jobs with every attempt of their tasks, and agents.
+	Delete(ctx context.Context, jobIDs, agentIDs []string) error
+	Agents(ctx context.Context) ([]*model.Agent, error)
+	Jobs(ctx context.Context) ([]*model.Job, error)
+	JobTasks(ctx context.Context, jobID string) ([]*model.Task, error)
+	// Task reads one attempt, nil if absent.
+	Task(ctx context.Context, id string) (*model.Task, error)
+}
+
+// Config tunes the core. Zero fields take the defaults below.
+type Config struct {
+	// AgentTTL: an agent silent this long is lost and its tasks are replaced.
+	AgentTTL time.Duration
+	// HeartbeatInterval is what agents are told to use.
+	HeartbeatInterval time.Duration
+	// Groups are the capacity groups; "default" (flex, unlimited) is added when absent.
+	Groups []model.Group
+	// Bounded queues: pending tasks per group and in total.
+	MaxPendingPerGroup int
+	MaxPendingTotal    int
+	// MaxLaunchingPerHost caps tasks sent to a host but not yet running.
+	MaxLaunchingPerHost int
+	// Quarantine a host after QuarantineFailures platform failures within QuarantineWindow.
+	QuarantineFailures int
+	QuarantineWindow   time.Duration
+	// CrashLoopBase/CrashLoopCap: whatever a job's retry policy, the third and
+	// later consecutive failures wait at least base*2^(n-3), capped.
+	CrashLoopBase time.Duration
+	CrashLoopCap  time.Duration
+	// FinishedJobRetention and MaxFinishedJobs bound the ended jobs kept.
+	FinishedJobRetention time.Duration
+	MaxFinishedJobs      int
+	// PlaceBatch is the most tasks placed per round.
+	PlaceBatch int
+	// Metrics, if set, gets placement latency, queue depth and agents by health.
+	Metrics *metrics.Scheduler
+}
+
+// Defaults of the finished-job retention (Config.FinishedJobRetention, MaxFinishedJobs).
+const (
+	DefaultFinishedJobRetention = 24 * time.Hour
+	DefaultMaxFinishedJobs      = 10_000
+)
+
+// SetDefaults fills zero fields.
+func (o *Config) SetDefaults() {
+	if o.AgentTTL <= 0 {
+		o.AgentTTL = 10 * time.Second
+	}
+	if o.HeartbeatInterval <= 0 {
+		o.HeartbeatInterval = o.AgentTTL / 5
+	}
+	if o.MaxPendingPerGroup <= 0 {
+		o.MaxPendingPerGroup = 100_000
+	}
+	if o.MaxPendingTotal <= 0 {
+		o.MaxPendingTotal = 200_000
+	}
+	if o.MaxLaunchingPerHost <= 0 {
+		o.MaxLaunchingPerHost = 32
+	}
+	if o.QuarantineFailures <= 0 {
+		o.QuarantineFailures = 5
+	}
+	if o.QuarantineWindow <= 0 {
+		o.QuarantineWindow = 10 * time.Minute
+	}
+	if o.CrashLoopBase <= 0 {
+		o.CrashLoopBase = time.Second
+	}
+	if o.CrashLoopCap <= 0 {
+		o.CrashLoopCap = 5 * time.Minute
+	}
+	if o.FinishedJobRetention <= 0 {
+		o.FinishedJobRetention = DefaultFinishedJobRetention
+	}
+	if o.MaxFinishedJobs <= 0 {
+		o.MaxFinishedJobs = DefaultMaxFinishedJobs
+	}
+	if o.PlaceBatch <= 0 {
+		o.PlaceBatch = 4096
+	}
+}
+
+// CheckGroups validates the capacity groups and returns them by name, with
+// defaults filled and the default group added.
+func (o *Config) CheckGroups() (map[string]*model.Group, error) {
+	out := map[string]*model.Group{}
+	for i := range o.Groups {
+		g := o.Groups[i]
+		if g.Name == "" {
+			return nil, fmt.Errorf("capacity group %d: name is required", i)
+		}
+		switch g.Tier {
+		case "":
+			g.Tier = model.TierFlex
+		case model.TierCritical, model.TierFlex:
+		default:
+			return nil, fmt.Errorf("capacity group %s: tier must be critical or flex", g.Name)
+		}
+		if g.MaxPending <= 0 {
+			g.MaxPending = o.MaxPendingPerGroup
+		}
+		out[g.Name] = &g
+	}
+	if out[model.DefaultGroup] == nil {
+		out[model.DefaultGroup] = &model.Group{Name: model.DefaultGroup, Tier: model.TierFlex, MaxPending: o.MaxPendingPerGroup}
+	}
+	return out, nil
+}
+
+// Core is the leader's working set. Build it with New, fill it with Load
+// when this replica becomes leader, then Run its loops while leading.
+type Core struct {
+	opts   Config
+	groups map[string]*model.Group
+	log    *slog.Logger
+	st     Store
+	clock  func() time.Time // time.Now; a fake clock in tests
+	kick   chan struct{}
+	stats  counters
+
+	mu       sync.Mutex
+	jobs     map[string]*jobState
+	tasks    map[string]*taskState
+	agents   map[string]*agentState
+	gstate   map[string]*groupState
+	q        queues
+	ret      retention
+	stepDown func()
+	stopped  bool // Run has returned: no session may attach
+}
+
+type counters struct {
+	placed, heartbeats, launchesSent, lostAgents, pruned atomic.Int64
+}
+
+// Stats are the scheduler's running totals.
+type Stats struct {
+	Placed, Heartbeats, LaunchesSent, LostAgents int64
+	// PrunedJobs is how many ended jobs were removed after their retention.
+	PrunedJobs int64
+}
+
+// Stats returns the running totals.
+func (c *Core) Stats() Stats {
+	s := &c.stats
+	return Stats{s.placed.Load(), s.heartbeats.Load(), s.launchesSent.Load(), s.lostAgents.Load(), s.pruned.Load()}
+}
+
+// New checks the configuration. The core is empty until Load.
+func New(opts Config, log *slog.Logger) (*Core, error) {
+	opts.SetDefaults()
+	groups, err := opts.CheckGroups()
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Core{opts: opts, groups: groups, log: log, clock: time.Now, kick: make(chan struct{}, 1)}, nil
+}
+
+// Counts says how many jobs and agents the core holds.
+func (c *Core) Counts() (jobs, agents int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.jobs), len(c.agents)
+}
+
+// Run places, persists and watches agents until ctx ends, then closes
+// every agent session.
+func (c *Core) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, loop := range []func(context.Context){c.placeLoop, c.flushLoop, c.livenessLoop} {
+		wg.Go(func() { loop(ctx) })
+	}
+	wg.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.stopped = true
+	for _, a := range c.agents {
+		if a.sess != nil {
+			a.sess.close()
+			a.sess = nil
+		}
+	}
+}
+
+func (c *Core) poke() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// fenceFailed steps down after a refused fenced write.
+func (c *Core) fenceFailed(err error) {
+	if errors.Is(err, model.ErrNotLeader) {
+		c.log.Error("stepping down", "err", err)
+		c.mu.Lock()
+		if c.stepDown != nil {
+			c.stepDown()
+		}
+		c.mu.Unlock()
+	}
+}
+
+// pruneEvery is how often the flush loop removes ended jobs past their retention.
+const pruneEvery = time.Second
+
+// flushLoop persists task state changes and agent records in batches, and
+// prunes ended jobs (in the same goroutine, so no flush of a pruned job's
+// records can land after its delete).
+func (c *Core) flushLoop(ctx context.Context) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	next := time.Now().Add(pruneEvery)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			c.Flush(ctx)
+			if now.After(next) {
+				c.prune(ctx)
+				next = now.Add(pruneEvery)
+			}
+		}
+	}
+}
+
+// Flush persists the queued state changes now.
+func (c *Core) Flush(ctx context.Context) error {
+	err := c.st.Flush(ctx)
+	if err != nil {
+		c.fenceFailed(err)
+		if !errors.Is(err, model.ErrNotLeader) && ctx.Err() == nil {
+			c.log.Warn("persist state", "err", err)
+		}
+	}
+	return err
+}
+
+// livenessLoop marks agents lost once they have been silent past the TTL.
+func (c *Core) livenessLoop(ctx context.Context) {
+	t := time.NewTicker(min(c.opts.AgentTTL/10, time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			c.mu.Lock()
+			for _, a := range c.agents {
+				if !a.lost && a.silentFor(now) > c.opts.AgentTTL {
+					c.agentLost(a, now)
+				}
+			}
+			c.mu.Unlock()
+		}
+	}
+}

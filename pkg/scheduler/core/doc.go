@@ -1,0 +1,19 @@
+// Package core is the scheduler's working set and its rules: admission
+// into bounded queues and capacity-group quotas, placement, the lifecycle
+// of every task attempt (retries with backoff, replacement of lost and
+// drained tasks), reconciliation with agents, and retention of ended jobs.
+// It speaks package model's types; it holds no gRPC or etcd types, and
+// persists through the small Store interface it defines.
+//
+// Locking, one concern each, always taken in this order:
+//   - jobState.op orders the API's changes of one job (kill, scale), which
+//     write the store without holding mu;
+//   - Core.mu guards the working set: jobs, tasks, agents, groups, queues,
+//     retention and every field of their states;
+//   - the store's write-behind set and each session's channel have their
+//     own locks and never call back into the core.
+//
+// Counters (Stats) are atomics, and agentState.heard is written by stream
+// readers without mu, so a busy core never mistakes its own delay for a
+// silent agent.
+package core

@@ -1,0 +1,377 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// newJobState builds a job's in-memory state (no slot queued yet).
+func (c *Core) newJobState(rec *model.Job, tmpl *task.Spec) *jobState {
+	name := rec.Spec.CapacityGroup
+	if name == "" {
+		name = model.DefaultGroup
+	}
+	g := c.gstate[name]
+	if g == nil {
+		// The group was removed from the configuration: keep the job running under default.
+		g = c.gstate[model.DefaultGroup]
+	}
+	j := &jobState{rec: rec, tmpl: tmpl, group: g, spread: newSpread(), created: rec.Created}
+	j.d = demand{req: model.TaskResources(tmpl), sgKey: sgKey(tmpl), spread: !j.batch()}
+	j.slots = make([]*slot, rec.Spec.Size())
+	for i := range j.slots {
+		j.slots[i] = &slot{index: uint32(i), active: true}
+	}
+	return j
+}
+
+// admit checks a group's bounded queue and quota for n more tasks. Callers hold c.mu.
+func (c *Core) admit(g *groupState, n int, footprint model.Resources) error {
+	if g.pending+n > g.cfg.MaxPending {
+		return fmt.Errorf("%w: capacity group %q has %d tasks queued, limit %d; submit again later", model.ErrQueueFull, g.cfg.Name, g.pending, g.cfg.MaxPending)
+	}
+	if c.q.pendingTotal+n > c.opts.MaxPendingTotal {
+		return fmt.Errorf("%w: the scheduler has %d tasks queued, limit %d; submit again later", model.ErrQueueFull, c.q.pendingTotal, c.opts.MaxPendingTotal)
+	}
+	if g.cfg.Tier == model.TierCritical && g.overQuota(footprint, g.reserved) {
+		return fmt.Errorf("%w: critical capacity group %q: job needs cpu=%dm mem=%dMiB, group has cpu=%dm mem=%dMiB of quota cpu=%dm mem=%dMiB reserved",
+			model.ErrQuotaExceeded, g.cfg.Name, footprint.CPU, footprint.Mem, g.reserved.CPU, g.reserved.Mem, g.cfg.CPUMillicores, g.cfg.MemoryMiB)
+	}
+	return nil
+}
+
+// Submit validates a job, admits it into its capacity group's queue and
+// quota, writes it and queues its tasks. It returns the job's id.
+func (c *Core) Submit(ctx context.Context, spec model.JobSpec) (string, error) {
+	tmpl, err := ValidateJob(spec)
+	if err != nil {
+		return "", err
+	}
+	spec = spec.Clone()
+	if spec.CapacityGroup == "" {
+		spec.CapacityGroup = model.DefaultGroup
+	}
+	c.mu.Lock()
+	g := c.gstate[spec.CapacityGroup]
+	if g == nil {
+		c.mu.Unlock()
+		return "", fmt.Errorf("%w: capacity_group: %q is not configured", model.ErrUnknownGroup, spec.CapacityGroup)
+	}
+	fp := footprintOf(&spec, model.TaskResources(tmpl))
+	n := spec.Size()
+	if err := c.admit(g, n, fp); err != nil {
+		c.mu.Unlock()
+		return "", err
+	}
+	// Hold the job's place in the queue and quota while it is written, but
+	// not the lock: heartbeats and placement go on during the store's round trip.
+	g.reserved = g.reserved.Add(fp)
+	g.pending += n
+	c.q.pendingTotal += n
+	c.mu.Unlock()
+
+	id, err := uuid.NewV7()
+	now := time.Now()
+	rec := &model.Job{ID: id.String(), Spec: spec, State: model.JobAccepted, Created: now}
+	if err == nil {
+		err = c.putJob(ctx, rec)
+	}
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g.pending -= n
+	c.q.pendingTotal -= n
+	if err != nil {
+		g.reserved = g.reserved.Sub(fp)
+		return "", err
+	}
+	j := c.newJobState(rec, tmpl)
+	j.footprint = fp
+	c.jobs[rec.ID] = j
+	for _, sl := range j.slots {
+		c.q.enqueue(j, sl, now, now)
+	}
+	c.poke()
+	return rec.ID, nil
+}
+
+// putJob writes a job record now (fenced). Callers do not hold c.mu.
+func (c *Core) putJob(ctx context.Context, rec *model.Job) error {
+	err := c.st.PutJob(ctx, rec)
+	if errors.Is(err, model.ErrNotLeader) {
+		go c.fenceFailed(err)
+	}
+	return err
+}
+
+// view is a copy of a job with its current counts. Callers hold c.mu.
+func (c *Core) view(j *jobState) *model.Job {
+	out := *j.rec
+	out.Counts = counts(j)
+	if out.Counts.Pending > 0 {
+		out.QueuedReason = j.queuedReason
+		if out.QueuedReason == "" {
+			out.QueuedReason = backoffReason(j, c.clock())
+		}
+	}
+	return &out
+}
+
+// Job returns one job.
+func (c *Core) Job(id string) (*model.Job, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	j := c.jobs[id]
+	if j == nil {
+		return nil, c.jobNotFound(id)
+	}
+	return c.view(j), nil
+}
+
+// JobOwner returns who a job belongs to (for authorization).
+func (c *Core) JobOwner(id string) (model.Owner, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	j := c.jobs[id]
+	if j == nil {
+		return model.Owner{}, c.jobNotFound(id)
+	}
+	return j.rec.Owner(), nil
+}
+
+// Jobs lists live jobs, with all ended ones too, by id.
+func (c *Core) Jobs(all bool) []*model.Job {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []*model.Job
+	for _, j := range c.jobs {
+		if all || !j.terminal() {
+			out = append(out, c.view(j))
+		}
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out
+}
+
+// lockJob takes job id's operation lock (see jobState.op). The caller
+// must not hold c.mu and must call unlock.
+func (c *Core) lockJob(id string) (j *jobState, unlock func(), err error) {
+	c.mu.Lock()
+	j = c.jobs[id]
+	c.mu.Unlock()
+	if j == nil {
+		return nil, nil, c.jobNotFound(id)
+	}
+	j.op.Lock()
+	c.mu.Lock()
+	cur := c.jobs[id]
+	c.mu.Unlock()
+	if cur != j { // pruned (or state reloaded) while we waited
+		j.op.Unlock()
+		return nil, nil, c.jobNotFound(id)
+	}
+	return j, j.op.Unlock, nil
+}
+
+// KillJob kills a job and its tasks. The killed record is written without
+// c.mu (placement and heartbeats go on during the round trip); kills and
+// scales of one job are ordered by its operation lock, and a job that
+// ended on its own during the write keeps its own end.
+func (c *Core) KillJob(ctx context.Context, id string) (*model.Job, error) {
+	j, unlock, err := c.lockJob(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	c.mu.Lock()
+	if j.terminal() {
+		defer c.mu.Unlock()
+		return c.view(j), nil
+	}
+	rec := *j.rec
+	rec.State, rec.Finished, rec.Counts = model.JobKilled, time.Now(), counts(j)
+	gen := j.gen
+	c.mu.Unlock()
+
+	err = c.putJob(ctx, &rec)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if j.gen != gen {
+		// The job ended on its own while the killed record was written:
+		// memory holds the truth, write it again so the store follows.
+		c.st.SaveJob(j.rec)
+		return c.view(j), nil
+	}
+	var live []*taskState
+	for _, sl := range j.slots {
+		if sl.cur != nil {
+			live = append(live, sl.cur)
+		}
+	}
+	c.finishJob(j, model.JobKilled, time.Now())
+	for _, t := range live {
+		c.killTask(t)
+	}
+	return c.view(j), nil
+}
+
+// ScaleJob changes a service job's size. Like KillJob it writes without
+// c.mu: the larger of the old and new quota footprints and the queue room
+// of the new tasks are held while the record is written, and released if
+// the write fails.
+func (c *Core) ScaleJob(ctx context.Context, id string, minN, desired, maxN uint32) (*model.Job, error) {
+	j, unlock, err := c.lockJob(id)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	c.mu.Lock()
+	if j.batch() || j.terminal() {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%w: only a running service job can be scaled", model.ErrWrongJobKind)
+	}
+	rec := *j.rec
+	rec.Spec = rec.Spec.Clone()
+	svc := rec.Spec.Service
+	svc.Min, svc.Desired, svc.Max = minN, desired, maxN
+	if _, err := ValidateJob(rec.Spec); err != nil {
+		c.mu.Unlock()
+		return nil, err
+	}
+	g := j.group
+	grow := max(int(svc.Desired)-j.rec.Spec.Size(), 0)
+	fp := footprintOf(&rec.Spec, j.d.req)
+	g.reserved = g.reserved.Sub(j.footprint)
+	err = c.admit(g, grow, fp)
+	g.reserved = g.reserved.Add(j.footprint)
+	if err != nil {
+		c.mu.Unlock()
+		return nil, err
+	}
+	prev := j.footprint
+	hold := prev.Max(fp)
+	g.reserved = g.reserved.Sub(prev).Add(hold)
+	j.footprint = hold
+	g.pending += grow
+	c.q.pendingTotal += grow
+	c.mu.Unlock()
+
+	err = c.putJob(ctx, &rec)
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g.pending -= grow
+	c.q.pendingTotal -= grow
+	if err != nil {
+		g.reserved = g.reserved.Sub(hold).Add(prev)
+		j.footprint = prev
+		return nil, err
+	}
+	g.reserved = g.reserved.Sub(hold).Add(fp)
+	j.footprint = fp
+	j.rec.Spec = rec.Spec
+	j.gen++
+	c.resize(j, time.Now())
+	return c.view(j), nil
+}
+
+// resize activates or retires service slots to match desired. Callers hold c.mu.
+func (c *Core) resize(j *jobState, now time.Time) {
+	want := j.rec.Spec.Size()
+	for i := len(j.slots); i < want; i++ {
+		j.slots = append(j.slots, &slot{index: uint32(i)})
+	}
+	for i, sl := range j.slots {
+		switch {
+		case i < want && !sl.active:
+			sl.active = true
+			if sl.cur == nil {
+				c.q.enqueue(j, sl, now, now)
+			}
+		case i >= want && sl.active:
+			sl.active = false
+			c.q.dequeue(j, sl)
+			if sl.cur != nil {
+				c.killTask(sl.cur)
+			}
+		}
+	}
+	c.poke()
+}
+
+// Tasks lists live tasks (of one job, if jobID is set) from memory; with
+// all and a job, every attempt from the store, by id.
+func (c *Core) Tasks(ctx context.Context, jobID string, all bool) ([]*model.Task, error) {
+	var out []*model.Task
+	if all && jobID != "" {
+		recs, err := c.st.JobTasks(ctx, jobID)
+		if err != nil {
+			return nil, err
+		}
+		out = recs
+		// Live state in memory is newer than what was last flushed.
+		c.mu.Lock()
+		for i, t := range out {
+			if live := c.tasks[t.ID]; live != nil {
+				cp := *live.rec
+				out[i] = &cp
+			}
+		}
+		c.mu.Unlock()
+	} else {
+		c.mu.Lock()
+		for _, t := range c.tasks {
+			if jobID == "" || t.rec.JobID == jobID {
+				cp := *t.rec
+				out = append(out, &cp)
+			}
+		}
+		c.mu.Unlock()
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
+	return out, nil
+}
+
+// Task returns one task attempt, live or from the store.
+func (c *Core) Task(ctx context.Context, id string) (*model.Task, error) {
+	c.mu.Lock()
+	if t := c.tasks[id]; t != nil {
+		defer c.mu.Unlock()
+		cp := *t.rec
+		return &cp, nil
+	}
+	c.mu.Unlock()
+	t, err := c.st.Task(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if t == nil {
+		return nil, fmt.Errorf("%w: task %q", model.ErrNotFound, id)
+	}
+	return t, nil
+}
+
+// KillTask kills one live task.
+func (c *Core) KillTask(id string) (*model.Task, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := c.tasks[id]
+	if t == nil {
+		return nil, fmt.Errorf("%w: no live task %q", model.ErrNotFound, id)
+	}
+	c.killTask(t)
+	cp := *t.rec
+	return &cp, nil
+}

@@ -1,0 +1,189 @@
+package core
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// TestKillWritesWithoutTheLock: while a kill's etcd write is in flight,
+// heartbeats, placement and reads go on (s.mu is free) and the job is not
+// yet killed; once the write lands the job is killed and its tasks get a
+// kill.
+func TestKillWritesWithoutTheLock(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	sess := ts.connect("a", 8000)
+	id := ts.submit(testSpec(&model.ServiceJob{Desired: 2, Max: 2}, 1000))
+	other := ts.submit(testSpec(&model.BatchJob{Size: 1}, 1000))
+	placed := ts.place()
+	if len(placed) != 3 {
+		t.Fatalf("placed %v, want 3 tasks", placed)
+	}
+	ts.report("a", sess, task.Running, placed...)
+
+	g := ts.kv.hold()
+	killed := make(chan *model.Job, 1)
+	go func() {
+		j, err := ts.KillJob(ts.ctx, id)
+		if err != nil {
+			t.Errorf("kill: %v", err)
+		}
+		killed <- j
+	}()
+	g.wait(t)
+	within(t, "heartbeat during the kill's write", func() {
+		ts.report("a", sess, task.Running, placed...)
+	})
+	within(t, "placement planning during the kill's write", func() {
+		ts.planRound()
+	})
+	within(t, "get job during the kill's write", func() {
+		j, err := ts.Job(id)
+		if err != nil || j.State != model.JobAccepted {
+			t.Errorf("job during the write = %v, %v; want still accepted", stateOf(j), err)
+		}
+	})
+	ts.kv.open(g, nil)
+	j := <-killed
+	if stateOf(j) != model.JobKilled {
+		t.Fatalf("after the write: state %v, want killed", stateOf(j))
+	}
+	if got := stateOf(ts.stored(id)); got != model.JobKilled {
+		t.Fatalf("etcd: state %v, want killed", got)
+	}
+	kills := 0
+	for len(sess.out) > 0 {
+		if k := (<-sess.out).Kill; k != nil {
+			for _, tid := range k {
+				if !strings.HasPrefix(tid, id+".") {
+					t.Errorf("kill sent for %s, not a task of the killed job", tid)
+				}
+				kills++
+			}
+		}
+	}
+	if kills != 2 {
+		t.Fatalf("kills sent = %d, want 2", kills)
+	}
+	if s := ts.job(other).State; s != model.JobAccepted {
+		t.Fatalf("the other job: %v", s)
+	}
+}
+
+// TestKillRacingTheJobsOwnEnd: a batch job that finishes while its kill
+// is being written stays finished, in memory and (after a flush) in etcd.
+func TestKillRacingTheJobsOwnEnd(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	sess := ts.connect("a", 8000)
+	id := ts.submit(testSpec(&model.BatchJob{Size: 1}, 1000))
+	placed := ts.place()
+	ts.report("a", sess, task.Running, placed...)
+
+	g := ts.kv.hold()
+	done := make(chan *model.Job, 1)
+	go func() {
+		j, err := ts.KillJob(ts.ctx, id)
+		if err != nil {
+			t.Errorf("kill: %v", err)
+		}
+		done <- j
+	}()
+	g.wait(t)
+	ts.report("a", sess, task.Finished, placed...)
+	if s := ts.job(id).State; s != model.JobFinished {
+		t.Fatalf("job after its task finished: %v", s)
+	}
+	ts.kv.open(g, nil)
+	if s := stateOf((<-done)); s != model.JobFinished {
+		t.Fatalf("kill returned %v, want the job's own end (finished)", s)
+	}
+	if s := ts.job(id).State; s != model.JobFinished {
+		t.Fatalf("job after the kill: %v, want finished", s)
+	}
+	ts.Flush(ts.ctx)
+	if s := stateOf(ts.stored(id)); s != model.JobFinished {
+		t.Fatalf("etcd after flush: %v, want finished", s)
+	}
+}
+
+// TestScalesOfOneJobApplyInOrder: a scale waits for the one in flight on
+// the same job; the last one wins in memory and in etcd, and a scale is
+// not visible before its write lands.
+func TestScalesOfOneJobApplyInOrder(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	ts.connect("a", 8000)
+	id := ts.submit(testSpec(&model.ServiceJob{Min: 1, Desired: 1, Max: 4}, 500))
+	g := ts.kv.hold()
+	first, second := make(chan *model.Job, 1), make(chan *model.Job, 1)
+	scale := func(desired uint32, out chan *model.Job) {
+		j, err := ts.ScaleJob(ts.ctx, id, 1, desired, 4)
+		if err != nil {
+			t.Errorf("scale to %d: %v", desired, err)
+		}
+		out <- j
+	}
+	go scale(3, first)
+	g.wait(t)
+	go scale(2, second)
+	if d := ts.job(id).Spec.Service.Desired; d != 1 {
+		t.Fatalf("desired during the first write = %d, want 1 (not durable yet)", d)
+	}
+	ts.kv.open(g, nil)
+	if d := (<-first).Spec.Service.Desired; d != 3 {
+		t.Fatalf("first scale returned desired %d, want 3", d)
+	}
+	if d := (<-second).Spec.Service.Desired; d != 2 {
+		t.Fatalf("second scale returned desired %d, want 2", d)
+	}
+	if d := ts.job(id).Spec.Service.Desired; d != 2 {
+		t.Fatalf("desired in memory = %d, want 2 (the later scale)", d)
+	}
+	if d := ts.stored(id).Spec.Service.Desired; d != 2 {
+		t.Fatalf("desired in etcd = %d, want 2 (the later scale)", d)
+	}
+	if n := len(ts.place()); n != 2 {
+		t.Fatalf("placed %d, want 2", n)
+	}
+}
+
+// TestScaleHoldsQuotaWhileWriting: a scale's larger footprint is held
+// against a critical group's quota during its write (a submission cannot
+// take it meanwhile) and released if the write fails.
+func TestScaleHoldsQuotaWhileWriting(t *testing.T) {
+	ts := newTestScheduler(t, Config{Groups: []model.Group{{Name: "crit", Tier: model.TierCritical, CPUMillicores: 4000}}})
+	spec := func(kind any) model.JobSpec {
+		s := testSpec(kind, 1000)
+		s.CapacityGroup = "crit"
+		return s
+	}
+	id := ts.submit(spec(&model.ServiceJob{Desired: 1, Max: 1}))
+	g := ts.kv.hold()
+	failed := make(chan error, 1)
+	go func() {
+		_, err := ts.ScaleJob(ts.ctx, id, 0, 4, 4)
+		failed <- err
+	}()
+	g.wait(t)
+	_, err := ts.Submit(ts.ctx, spec(&model.BatchJob{Size: 1}))
+	if !strings.Contains(err.Error(), "quota") {
+		t.Fatalf("submit while the scale is written: err = %v, want quota exceeded", err)
+	}
+	ts.kv.open(g, errors.New("etcd unavailable"))
+	if err := <-failed; err == nil {
+		t.Fatal("scale succeeded although its write failed")
+	}
+	ts.mu.Lock()
+	cg := ts.gstate["crit"]
+	reserved, pending, total := cg.reserved.CPU, cg.pending, ts.q.pendingTotal
+	ts.mu.Unlock()
+	if reserved != 1000 || pending != 1 || total != 1 {
+		t.Fatalf("after the failed scale: reserved %dm pending %d/%d, want 1000m 1/1", reserved, pending, total)
+	}
+	if d := ts.job(id).Spec.Service.Max; d != 1 {
+		t.Fatalf("max after the failed scale = %d, want 1", d)
+	}
+	ts.submit(spec(&model.BatchJob{Size: 3})) // the quota it held is free again
+}

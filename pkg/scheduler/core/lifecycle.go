@@ -1,0 +1,180 @@
+package core
+
+import (
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// applyStatus applies what an agent says about one task. Callers hold c.mu.
+func (c *Core) applyStatus(a *agentState, st model.TaskStatus, now time.Time) {
+	t := c.tasks[st.TaskID]
+	if t == nil || t.agent != a {
+		if !st.State.Terminal() {
+			c.sendKill(a, st.TaskID) // not ours (any more): reconcile by killing it
+		}
+		return
+	}
+	if t.committing {
+		return
+	}
+	next, cur := st.State, t.rec.State
+	if next <= cur || cur.Terminal() {
+		return
+	}
+	t.rec.State, t.rec.Reason, t.rec.Message, t.rec.ExitCode = next, st.Reason, st.Message, st.ExitCode
+	if next.Terminal() {
+		c.end(t, next, st.Reason, st.Message, st.ExitCode, now)
+		return
+	}
+	if next >= task.Running && t.rec.Started.IsZero() {
+		t.rec.Started = now
+		if t.launching {
+			t.launching = false
+			a.launching--
+		}
+		c.st.SaveTask(t.rec)
+	}
+}
+
+// end records a task's final state and settles its slot. Callers hold c.mu.
+func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int32, now time.Time) {
+	if _, ok := c.tasks[t.rec.ID]; !ok {
+		return
+	}
+	t.rec.State, t.rec.Reason, t.rec.Message, t.rec.ExitCode, t.rec.Ended = state, reason, msg, exit, now
+	c.st.SaveTask(t.rec)
+	a, j := t.agent, t.job
+	a.detach(t)
+	j.spread.add(a, -1)
+	j.live--
+	j.group.used = j.group.used.Sub(j.d.req)
+	delete(c.tasks, t.rec.ID)
+	if platformReason(reason) {
+		a.recordFailure(now, c.opts.QuarantineFailures, c.opts.QuarantineWindow)
+	}
+	switch state {
+	case task.Lost:
+		j.rec.Counts.Lost++
+	case task.Killed:
+		j.rec.Counts.Killed++
+	}
+	if t.slot.cur == t {
+		t.slot.cur = nil
+		c.settle(j, t.slot, t.rec, now)
+	}
+	c.checkDone(j, now)
+}
+
+// settle decides what a slot does after its task ended: done, replaced now,
+// or retried after a backoff.
+func (c *Core) settle(j *jobState, sl *slot, rec *model.Task, now time.Time) {
+	if j.terminal() || !sl.active || sl.done {
+		return
+	}
+	state := rec.State
+	if state == task.Lost {
+		c.q.enqueue(j, sl, now, now) // the host's fault: replace at once
+		c.poke()
+		return
+	}
+	if j.batch() {
+		switch {
+		case state == task.Finished && rec.ExitCode == 0:
+			sl.done, sl.result = true, state
+			j.rec.Counts.Finished++
+			return
+		case state == task.Killed:
+			sl.done, sl.result = true, state
+			return
+		}
+	} else if state == task.Killed {
+		c.q.enqueue(j, sl, now, now) // killed by an operator: replace
+		c.poke()
+		return
+	}
+	policy := j.rec.Spec.Retry()
+	if !rec.Started.IsZero() && !rec.Ended.IsZero() && rec.Ended.Sub(rec.Started) >= resetAfter(policy) {
+		sl.failures = 0
+	}
+	sl.failures++
+	if j.batch() && sl.failures > policy.MaxRetries {
+		sl.done, sl.result = true, task.Failed
+		j.rec.Counts.Failed++
+		return
+	}
+	j.rec.Counts.Retries++
+	c.q.enqueue(j, sl, now.Add(retryDelay(policy, sl.failures, c.opts.CrashLoopBase, c.opts.CrashLoopCap)), now)
+	c.poke()
+}
+
+// checkDone ends a batch job once every slot is done and nothing runs.
+func (c *Core) checkDone(j *jobState, now time.Time) {
+	if j.terminal() || !j.batch() || j.live > 0 {
+		return
+	}
+	state := model.JobFinished
+	for _, sl := range j.slots {
+		if !sl.done {
+			return
+		}
+		if sl.result != task.Finished {
+			state = model.JobFailed
+		}
+	}
+	c.finishJob(j, state, now)
+}
+
+func (c *Core) finishJob(j *jobState, state model.JobState, now time.Time) {
+	j.gen++
+	j.rec.State = state
+	j.rec.Finished = now
+	j.rec.Counts = counts(j)
+	j.group.reserved = j.group.reserved.Sub(j.footprint)
+	j.footprint = model.Resources{}
+	for _, sl := range j.slots {
+		c.q.dequeue(j, sl)
+	}
+	// Tasks still ending keep their own slot; the job needs no more.
+	j.slots, j.queue, j.queuedReason = nil, nil, ""
+	delete(c.q.waiting, j)
+	c.st.SaveJob(j.rec)
+	c.ret.keep(j)
+}
+
+// counts summarises a job's slots.
+func counts(j *jobState) model.JobCounts {
+	n := j.rec.Counts
+	if j.terminal() {
+		return n
+	}
+	n.Pending, n.Launched, n.Running = 0, 0, 0
+	for _, sl := range j.slots {
+		switch {
+		case sl.cur != nil && sl.cur.rec.State >= task.Running:
+			n.Running++
+		case sl.cur != nil:
+			n.Launched++
+		case sl.queued:
+			n.Pending++
+		}
+	}
+	return n
+}
+
+// sendKill asks an agent to kill tasks. Callers hold c.mu.
+func (c *Core) sendKill(a *agentState, ids ...string) {
+	if a.sess != nil && len(ids) > 0 {
+		a.sess.send(Message{Kill: ids})
+	}
+}
+
+// killTask kills a placed task; it stays accounted to its host until the
+// agent confirms. Callers hold c.mu.
+func (c *Core) killTask(t *taskState) {
+	t.killWanted = true
+	if !t.committing {
+		c.sendKill(t.agent, t.rec.ID)
+	}
+}

@@ -1,0 +1,124 @@
+package core
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Load takes over with the store of this leadership term and rebuilds the
+// working set from it. Agents get a fresh TTL to reconnect; tasks of agents
+// that do not come back are then lost and replaced. stepDown is called when
+// a fenced write is refused: the term is over.
+func (c *Core) Load(ctx context.Context, st Store, stepDown func()) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.st, c.stepDown = st, stepDown
+	now := time.Now()
+	c.jobs, c.tasks, c.agents = map[string]*jobState{}, map[string]*taskState{}, map[string]*agentState{}
+	c.q, c.ret = newQueues(), retention{}
+	c.gstate = map[string]*groupState{}
+	for name, g := range c.groups {
+		c.gstate[name] = &groupState{cfg: g}
+	}
+	recs, err := c.st.Agents(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		a := newAgent(r.ID)
+		a.instanceType, a.az, a.labels, a.drained = r.InstanceType, r.AZ, r.Labels, r.Drained
+		a.capacity, a.enis, a.ipsPerENI = r.Capacity.Resources, r.Capacity.ENIs, r.Capacity.IPsPerENI
+		a.lastSeen = now
+		c.agents[a.id] = a
+	}
+	jobs, err := c.st.Jobs(ctx)
+	if err != nil {
+		return err
+	}
+	var active []*model.Job
+	for _, r := range jobs {
+		if r.State != model.JobAccepted {
+			tmpl := task.Spec{}
+			if r.Spec.Task != nil {
+				tmpl = *r.Spec.Task
+			}
+			tmpl.Normalize()
+			j := &jobState{rec: r, tmpl: &tmpl, group: c.gstate[model.DefaultGroup], spread: newSpread()}
+			c.jobs[r.ID] = j
+			c.ret.keep(j)
+			continue
+		}
+		active = append(active, r)
+	}
+	slices.SortStableFunc(c.ret.finished, func(a, b *jobState) int { return a.ended().Compare(b.ended()) })
+	for _, r := range active {
+		if err := c.loadJob(ctx, r, now); err != nil {
+			return fmt.Errorf("job %s: %w", r.ID, err)
+		}
+	}
+	return nil
+}
+
+func (c *Core) loadJob(ctx context.Context, r *model.Job, now time.Time) error {
+	r.Counts = model.JobCounts{}
+	j := c.newJobState(r, r.Spec.Template())
+	j.footprint = footprintOf(&r.Spec, j.d.req)
+	j.group.reserved = j.group.reserved.Add(j.footprint)
+	c.jobs[r.ID] = j
+	recs, err := c.st.JobTasks(ctx, r.ID)
+	if err != nil {
+		return err
+	}
+	latest := map[uint32]*model.Task{}
+	for _, t := range recs {
+		if l := latest[t.Index]; l == nil || t.Attempt > l.Attempt {
+			latest[t.Index] = t
+		}
+	}
+	for idx := range latest {
+		for int(idx) >= len(j.slots) {
+			j.slots = append(j.slots, &slot{index: uint32(len(j.slots))}) // retired service slots
+		}
+	}
+	for _, sl := range j.slots {
+		rec := latest[sl.index]
+		if rec == nil {
+			if sl.active {
+				c.q.enqueue(j, sl, now, now)
+			}
+			continue
+		}
+		sl.attempt, sl.failures = rec.Attempt, rec.Failures
+		if !rec.State.Terminal() {
+			a := c.agents[rec.AgentID]
+			if a == nil {
+				a = newAgent(rec.AgentID)
+				a.lastSeen = now
+				c.agents[a.id] = a
+			}
+			t := &taskState{rec: rec, job: j, slot: sl, agent: a}
+			sl.cur = t
+			a.attach(t)
+			if rec.State < task.Running {
+				t.launching = true
+				a.launching++
+			}
+			j.spread.add(a, 1)
+			j.live++
+			j.group.used = j.group.used.Add(j.d.req)
+			c.tasks[rec.ID] = t
+			if !sl.active {
+				t.killWanted = true
+			}
+			continue
+		}
+		c.settle(j, sl, rec, now)
+	}
+	c.checkDone(j, now)
+	return nil
+}

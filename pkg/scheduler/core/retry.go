@@ -1,0 +1,56 @@
+package core
+
+import (
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+)
+
+// Defaults of a retry policy's fields left at zero.
+const (
+	defaultRetryDelay    = time.Second
+	defaultRetryMaxDelay = 5 * time.Minute
+	defaultResetAfter    = 5 * time.Minute
+)
+
+// retryDelay is how long the n-th consecutive failure (n >= 1) waits before
+// the next attempt: the policy's delay, never less than the crash-loop floor
+// (base*2^(n-3) from the third failure on, capped), so no job hot-loops.
+func retryDelay(p model.RetryPolicy, n uint32, floorBase, floorCap time.Duration) time.Duration {
+	var d time.Duration
+	base := time.Duration(p.DelayMs) * time.Millisecond
+	if base <= 0 {
+		base = defaultRetryDelay
+	}
+	maxD := time.Duration(p.MaxDelayMs) * time.Millisecond
+	if maxD <= 0 {
+		maxD = defaultRetryMaxDelay
+	}
+	switch p.Kind {
+	case model.RetryDelayed:
+		d = base
+	case model.RetryExponential:
+		d = expo(base, n-1, maxD)
+	}
+	if n >= 3 {
+		d = max(d, expo(floorBase, n-3, floorCap))
+	}
+	return d
+}
+
+// expo is base*2^k, capped (and safe from overflow).
+func expo(base time.Duration, k uint32, limit time.Duration) time.Duration {
+	d := base
+	for i := uint32(0); i < k && d < limit; i++ {
+		d *= 2
+	}
+	return min(d, limit)
+}
+
+// resetAfter is how long a task must run for its slot's failure counter to reset.
+func resetAfter(p model.RetryPolicy) time.Duration {
+	if s := p.ResetAfterSeconds; s > 0 {
+		return time.Duration(s) * time.Second
+	}
+	return defaultResetAfter
+}

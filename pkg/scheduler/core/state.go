@@ -1,0 +1,191 @@
+package core
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// agentState is the leader's view of one agent.
+type agentState struct {
+	id, instanceType, az string
+	labels               map[string]string
+	capacity             model.Resources
+	enis, ipsPerENI      int
+	used                 model.Resources
+	sgSets               map[string]int
+	enisUsed             int
+	launching            int
+	tasks                map[string]*taskState
+	sess                 *Session
+	healthy, drained     bool
+	lost                 bool
+	lastSeen             time.Time
+	// heard is when the stream last delivered a message (unix ns), set
+	// without c.mu so a busy scheduler never mistakes its own delay for a
+	// silent agent.
+	heard            atomic.Int64
+	failures         []time.Time
+	quarantinedUntil time.Time
+}
+
+func newAgent(id string) *agentState {
+	return &agentState{id: id, sgSets: map[string]int{}, tasks: map[string]*taskState{}}
+}
+
+// silentFor is how long the agent has not been heard from.
+func (a *agentState) silentFor(now time.Time) time.Duration {
+	last := a.lastSeen
+	if h := a.heard.Load(); h > last.UnixNano() {
+		last = time.Unix(0, h)
+	}
+	return now.Sub(last)
+}
+
+func (a *agentState) schedulable(now time.Time) bool {
+	return a.sess != nil && a.healthy && !a.drained && !a.lost && !now.Before(a.quarantinedUntil)
+}
+
+// ipFits reports whether a task with this security-group set can get an IP:
+// on an ENI already carrying the set with a free IP, or on a free ENI.
+// Agents that report no ENI capacity are not limited.
+func (a *agentState) ipFits(sg string) bool {
+	if a.enis <= 0 || a.ipsPerENI <= 0 {
+		return true
+	}
+	if n := a.sgSets[sg]; n%a.ipsPerENI != 0 {
+		return true
+	}
+	return a.enisUsed < a.enis
+}
+
+func (a *agentState) attach(t *taskState) {
+	a.tasks[t.rec.ID] = t
+	a.used = a.used.Add(t.job.d.req)
+	sg := t.job.d.sgKey
+	if a.ipsPerENI > 0 && a.sgSets[sg]%a.ipsPerENI == 0 {
+		a.enisUsed++
+	}
+	a.sgSets[sg]++
+}
+
+func (a *agentState) detach(t *taskState) {
+	if _, ok := a.tasks[t.rec.ID]; !ok {
+		return
+	}
+	delete(a.tasks, t.rec.ID)
+	a.used = a.used.Sub(t.job.d.req)
+	sg := t.job.d.sgKey
+	a.sgSets[sg]--
+	if a.ipsPerENI > 0 && a.sgSets[sg]%a.ipsPerENI == 0 {
+		a.enisUsed--
+	}
+	if a.sgSets[sg] == 0 {
+		delete(a.sgSets, sg)
+	}
+	if t.launching {
+		t.launching = false
+		a.launching--
+	}
+}
+
+// recordFailure counts a platform failure and quarantines the host once it
+// has had too many within the window.
+func (a *agentState) recordFailure(now time.Time, n int, window time.Duration) {
+	keep := a.failures[:0]
+	for _, f := range a.failures {
+		if now.Sub(f) < window {
+			keep = append(keep, f)
+		}
+	}
+	a.failures = append(keep, now)
+	if len(a.failures) >= n {
+		a.quarantinedUntil = now.Add(window)
+		a.failures = nil
+	}
+}
+
+// view is the agent as the API shows it at now (its record, with now zero).
+func (a *agentState) view(now time.Time) *model.Agent {
+	return &model.Agent{
+		ID: a.id, InstanceType: a.instanceType, AZ: a.az, Labels: a.labels,
+		Capacity:  model.Capacity{Resources: a.capacity, ENIs: a.enis, IPsPerENI: a.ipsPerENI},
+		Used:      model.Capacity{Resources: a.used, ENIs: a.enisUsed},
+		Connected: a.sess != nil, Healthy: a.healthy, Drained: a.drained, Lost: a.lost,
+		Quarantined:   now.Before(a.quarantinedUntil),
+		Tasks:         uint32(len(a.tasks)),
+		LastHeartbeat: a.lastSeen,
+	}
+}
+
+// jobState is one job and its task slots.
+type jobState struct {
+	rec       *model.Job
+	tmpl      *task.Spec
+	d         demand
+	group     *groupState
+	slots     []*slot
+	queue     []*slot
+	spread    spreadState
+	live      int
+	created   time.Time
+	footprint model.Resources // reserved against a critical group's quota
+	// op orders the API's changes of this job (kill, scale): each writes
+	// the store without c.mu, one at a time. gen counts changes of the
+	// job's state or spec (under c.mu), so an operation sees whether
+	// anything else changed the job while its write was in flight.
+	op  sync.Mutex
+	gen uint64
+	// queuedReason says why pending tasks are not placed (set by placement).
+	queuedReason string
+}
+
+func (j *jobState) terminal() bool { return j.rec.State.Terminal() }
+func (j *jobState) batch() bool    { return j.rec.Spec.Batch != nil }
+
+// slot is one task position of a job (batch index or service instance).
+type slot struct {
+	index, attempt, failures uint32
+	cur                      *taskState
+	active                   bool // batch: always; service: index < desired
+	done                     bool // batch: reached its final result
+	result                   task.State
+	queued                   bool // counted as pending: in the job's queue or waiting out a backoff
+	due                      time.Time
+}
+
+// taskState is one placed attempt of a slot.
+type taskState struct {
+	rec        *model.Task
+	job        *jobState
+	slot       *slot
+	agent      *agentState
+	launching  bool // sent, not yet running
+	committing bool // placement write in flight
+	killWanted bool
+}
+
+type groupState struct {
+	cfg      *model.Group
+	pending  int
+	used     model.Resources
+	reserved model.Resources
+}
+
+func (g *groupState) overQuota(extra model.Resources, r model.Resources) bool {
+	q := g.cfg
+	return (q.CPUMillicores > 0 && r.CPU+extra.CPU > q.CPUMillicores) || (q.MemoryMiB > 0 && r.Mem+extra.Mem > q.MemoryMiB)
+}
+
+// platformReason says whether a failure is the host's fault, not the task's.
+func platformReason(r string) bool {
+	switch task.Reason(r) {
+	case task.ReasonPlatformError, task.ReasonNetworkSetupFailed, task.ReasonDiskSetupFailed,
+		task.ReasonMetadataSetupFailed, task.ReasonStartFailed, task.ReasonImagePullFailed:
+		return true
+	}
+	return false
+}

@@ -1,0 +1,138 @@
+package core
+
+import (
+	"errors"
+	"net/mail"
+	"strings"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Documented limits, checked at the door.
+const (
+	MaxTasksPerJob    = 10_000
+	MaxJobNameLen     = 128
+	MaxApplicationLen = 128
+	MaxJobLabels      = 64
+	MaxRetries        = 1000
+	MaxRetryDelay     = time.Hour
+)
+
+// ValidationError lists every field of a job spec that breaks a rule.
+type ValidationError struct{ Fields []*task.FieldError }
+
+func (e *ValidationError) Error() string {
+	parts := make([]string, len(e.Fields))
+	for i, f := range e.Fields {
+		parts[i] = f.Error()
+	}
+	return "invalid job: " + strings.Join(parts, "; ")
+}
+
+func (e *ValidationError) Unwrap() error { return model.ErrInvalidJob }
+
+// ErrSpecRequired is the validation error of a submit without a spec.
+var ErrSpecRequired error = &ValidationError{Fields: []*task.FieldError{{Field: "spec", Rule: "is required"}}}
+
+// placeholderTaskID stands in for the id the scheduler assigns, so the task
+// spec's own validation can run at the door.
+const placeholderTaskID = "validate.0.0"
+
+// ValidateJob checks a job spec and returns the task template it implies
+// (normalized, with the job's owner). Errors are *ValidationError.
+func ValidateJob(spec model.JobSpec) (*task.Spec, error) {
+	c := &task.Checker{}
+	if len(spec.Name) > MaxJobNameLen || (spec.Name != "" && !nameRE.MatchString(spec.Name)) {
+		c.Failf("name", "must match %s and be at most %d characters", nameRE, MaxJobNameLen)
+	}
+	if spec.OwnerEmail == "" {
+		c.Failf("owner_email", "is required")
+	} else if a, err := mail.ParseAddress(spec.OwnerEmail); err != nil || a.Address != spec.OwnerEmail {
+		c.Failf("owner_email", "must be a plain email address like team@example.com")
+	}
+	if spec.Application == "" {
+		c.Failf("application", "is required")
+	} else if len(spec.Application) > MaxApplicationLen || !nameRE.MatchString(spec.Application) {
+		c.Failf("application", "must match %s and be at most %d characters", nameRE, MaxApplicationLen)
+	}
+	if g := spec.CapacityGroup; g != "" && !nameRE.MatchString(g) {
+		c.Failf("capacity_group", "must match %s", nameRE)
+	}
+	if len(spec.Labels) > MaxJobLabels {
+		c.Failf("labels", "must have at most %d entries", MaxJobLabels)
+	}
+	switch {
+	case spec.Batch != nil:
+		b := spec.Batch
+		if b.Size < 1 || b.Size > MaxTasksPerJob {
+			c.Failf("batch.size", "must be between 1 and %d, got %d", MaxTasksPerJob, b.Size)
+		}
+		if b.RuntimeLimitSeconds < 0 || b.RuntimeLimitSeconds > int64(task.MaxRuntimeLimit/time.Second) {
+			c.Failf("batch.runtime_limit_seconds", "must be between 0 (none) and %d", int64(task.MaxRuntimeLimit/time.Second))
+		}
+		checkRetry(c, "batch.retry", b.Retry)
+	case spec.Service != nil:
+		s := spec.Service
+		if s.Max > MaxTasksPerJob {
+			c.Failf("service.max", "must be at most %d, got %d", MaxTasksPerJob, s.Max)
+		}
+		if s.Min > s.Desired || s.Desired > s.Max {
+			c.Failf("service.desired", "must satisfy min <= desired <= max, got %d <= %d <= %d", s.Min, s.Desired, s.Max)
+		}
+		checkRetry(c, "service.retry", s.Retry)
+	default:
+		c.Failf("kind", "one of batch or service is required")
+	}
+	var tmpl *task.Spec
+	if spec.Task == nil {
+		c.Failf("task", "is required")
+	} else {
+		tmpl = spec.Template()
+		tmpl.ID = placeholderTaskID
+		if err := tmpl.Validate(); err != nil {
+			var ve *task.ValidationError
+			if !errors.As(err, &ve) {
+				c.Failf("task", "%v", err)
+			} else {
+				for _, f := range ve.Fields {
+					if f.Field == "owner_email" && spec.Task.OwnerEmail == "" {
+						continue // reported once, for the job
+					}
+					c.Failf("task."+f.Field, "%s", f.Rule)
+				}
+			}
+		}
+	}
+	if fields := c.Fields(); len(fields) > 0 {
+		return nil, &ValidationError{Fields: fields}
+	}
+	tmpl.ID = ""
+	return tmpl, nil
+}
+
+func checkRetry(c *task.Checker, field string, r *model.RetryPolicy) {
+	if r == nil {
+		return
+	}
+	if r.MaxRetries > MaxRetries {
+		c.Failf(field+".max_retries", "must be at most %d", MaxRetries)
+	}
+	maxMS := MaxRetryDelay.Milliseconds()
+	if r.DelayMs < 0 || r.DelayMs > maxMS {
+		c.Failf(field+".delay_ms", "must be between 0 and %d", maxMS)
+	}
+	if r.MaxDelayMs < 0 || r.MaxDelayMs > maxMS {
+		c.Failf(field+".max_delay_ms", "must be between 0 and %d", maxMS)
+	}
+	if r.MaxDelayMs > 0 && r.MaxDelayMs < r.DelayMs {
+		c.Failf(field+".max_delay_ms", "must be at least delay_ms")
+	}
+	if r.ResetAfterSeconds < 0 {
+		c.Failf(field+".reset_after_seconds", "must not be negative")
+	}
+	if !r.Kind.Valid() {
+		c.Failf(field+".kind", "unknown kind %d", r.Kind)
+	}
+}

@@ -1,0 +1,52 @@
+package model
+
+import "time"
+
+// Agent is the scheduler's view of one host: its registration, drain
+// state and, in a view, its live state.
+type Agent struct {
+	ID           string
+	InstanceType string
+	AZ           string
+	Labels       map[string]string
+	Capacity     Capacity
+	Drained      bool
+
+	// Live state, in views only (not persisted).
+	Used          Capacity
+	Connected     bool
+	Healthy       bool
+	Quarantined   bool
+	Lost          bool
+	Tasks         uint32
+	LastHeartbeat time.Time
+}
+
+// Registration is what an agent says when its stream opens.
+type Registration struct {
+	InstanceID   string
+	InstanceType string
+	AZ           string
+	Capacity     Capacity
+	Labels       map[string]string
+	Tasks        []TaskStatus
+}
+
+// AgentSelector picks agents by id, or else by labels (all must match).
+type AgentSelector struct {
+	ID     string
+	Labels map[string]string
+}
+
+// Selects reports whether s picks the agent with this id and labels.
+func (s AgentSelector) Selects(id string, labels map[string]string) bool {
+	if s.ID != "" {
+		return id == s.ID
+	}
+	for k, v := range s.Labels {
+		if labels[k] != v {
+			return false
+		}
+	}
+	return true
+}

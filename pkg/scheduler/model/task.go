@@ -1,0 +1,41 @@
+package model
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// TaskID names attempt attempt of slot index of a job.
+func TaskID(jobID string, index, attempt uint32) string {
+	return jobID + "." + strconv.FormatUint(uint64(index), 10) + "." + strconv.FormatUint(uint64(attempt), 10)
+}
+
+// Task is one placed attempt of a job's task slot.
+type Task struct {
+	ID       string
+	JobID    string
+	Index    uint32
+	Attempt  uint32
+	AgentID  string
+	AZ       string
+	State    task.State
+	Reason   string
+	Message  string
+	ExitCode int32
+	// Failures is the slot's consecutive failures when this attempt was placed.
+	Failures uint32
+	Placed   time.Time
+	Started  time.Time // zero until running
+	Ended    time.Time // zero until ended
+}
+
+// TaskStatus is what an agent reports about one task.
+type TaskStatus struct {
+	TaskID   string
+	State    task.State
+	Reason   string
+	Message  string
+	ExitCode int32
+}

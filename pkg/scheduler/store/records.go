@@ -1,0 +1,134 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/wire"
+)
+
+// Records are the API's protos (package wire converts), so that what an
+// earlier version wrote still loads.
+
+func marshal(m proto.Message) []byte {
+	b, _ := proto.Marshal(m)
+	return b
+}
+
+// PutJob writes a job record now (fenced), within 10 seconds.
+func (s *Store) PutJob(ctx context.Context, j *model.Job) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return s.txn(ctx, []put{{key: s.jobKey(j.ID), val: marshal(wire.JobToProto(j))}})
+}
+
+// CreateTasks writes new task attempts; each key must not exist yet.
+func (s *Store) CreateTasks(ctx context.Context, ts []*model.Task) error {
+	puts := make([]put, len(ts))
+	for i, t := range ts {
+		puts[i] = put{key: s.taskKey(t.JobID, t.ID), val: marshal(wire.TaskToProto(t)), create: true}
+	}
+	return s.commit(ctx, puts)
+}
+
+// SaveJob queues a job record for the next Flush (encoded now).
+func (s *Store) SaveJob(j *model.Job) { s.later.set(s.jobKey(j.ID), marshal(wire.JobToProto(j))) }
+
+// SaveTask queues a task record for the next Flush (encoded now).
+func (s *Store) SaveTask(t *model.Task) {
+	s.later.set(s.taskKey(t.JobID, t.ID), marshal(wire.TaskToProto(t)))
+}
+
+// SaveAgent queues an agent's record (registration and drain state) for the next Flush.
+func (s *Store) SaveAgent(a *model.Agent) {
+	s.later.set(s.agentKey(a.ID), marshal(wire.AgentRecordToProto(a)))
+}
+
+// Flush writes what the Save calls queued. After a failure other than
+// ErrNotLeader (and while ctx lives) the records are queued again, unless
+// a newer one was queued meanwhile.
+func (s *Store) Flush(ctx context.Context) error {
+	puts := s.later.take()
+	if len(puts) == 0 {
+		return nil
+	}
+	err := s.commit(ctx, puts)
+	if err != nil && !errors.Is(err, ErrNotLeader) && ctx.Err() == nil {
+		for _, p := range puts {
+			s.later.setIfAbsent(p.key, p.val)
+		}
+	}
+	return err
+}
+
+// Delete removes jobs' records with every attempt of their tasks, and
+// agents' records, fenced.
+func (s *Store) Delete(ctx context.Context, jobIDs, agentIDs []string) error {
+	return s.deleteJobs(ctx, jobIDs, agentIDs)
+}
+
+// Agents reads every agent record.
+func (s *Store) Agents(ctx context.Context) ([]*model.Agent, error) {
+	var out []*model.Agent
+	err := s.getPrefix(ctx, s.prefix+"agents/", func(_ string, v []byte) error {
+		r := &schedv1.Agent{}
+		if err := proto.Unmarshal(v, r); err != nil {
+			return err
+		}
+		out = append(out, wire.AgentFromProto(r))
+		return nil
+	})
+	return out, err
+}
+
+// Jobs reads every job record.
+func (s *Store) Jobs(ctx context.Context) ([]*model.Job, error) {
+	var out []*model.Job
+	err := s.getPrefix(ctx, s.prefix+"jobs/", func(_ string, v []byte) error {
+		r := &schedv1.Job{}
+		if err := proto.Unmarshal(v, r); err != nil {
+			return err
+		}
+		out = append(out, wire.JobFromProto(r))
+		return nil
+	})
+	return out, err
+}
+
+// JobTasks reads every attempt of a job's tasks, in key order.
+func (s *Store) JobTasks(ctx context.Context, jobID string) ([]*model.Task, error) {
+	var out []*model.Task
+	err := s.getPrefix(ctx, s.jobTasksPrefix(jobID), func(_ string, v []byte) error {
+		t := &schedv1.Task{}
+		if err := proto.Unmarshal(v, t); err != nil {
+			return err
+		}
+		out = append(out, wire.TaskFromProto(t))
+		return nil
+	})
+	return out, err
+}
+
+// Task reads one task attempt (nil if absent or id names no job).
+func (s *Store) Task(ctx context.Context, id string) (*model.Task, error) {
+	jobID, _, ok := strings.Cut(id, ".")
+	if !ok {
+		return nil, nil
+	}
+	v, err := s.get(ctx, s.taskKey(jobID, id))
+	if err != nil || v == nil {
+		return nil, err
+	}
+	t := &schedv1.Task{}
+	if err := proto.Unmarshal(v, t); err != nil {
+		return nil, fmt.Errorf("task %s: %w", id, err)
+	}
+	return wire.TaskFromProto(t), nil
+}

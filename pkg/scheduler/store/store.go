@@ -1,0 +1,176 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+)
+
+// ErrNotLeader: this replica is not (or no longer) the leader.
+var ErrNotLeader = model.ErrNotLeader
+
+// Store writes to etcd on behalf of the leader. Every transaction is fenced
+// on the leader's election key (its create revision), so a deposed leader's
+// writes fail instead of overcommitting hosts. Writes that may wait go
+// through a write-behind set (Save*, Flush) that keeps the latest record
+// per key.
+type Store struct {
+	kv     clientv3.KV
+	prefix string
+	fence  clientv3.Cmp
+	txnOps int
+	later  dirtySet
+}
+
+func newStore(kv clientv3.KV, prefix string, txnOps int, fence clientv3.Cmp) *Store {
+	return &Store{kv: kv, prefix: prefix, txnOps: txnOps, fence: fence}
+}
+
+// WithKV returns a store that writes through kv with the same fence (tests
+// use it to hold or fail transactions).
+func (s *Store) WithKV(kv clientv3.KV) *Store { return newStore(kv, s.prefix, s.txnOps, s.fence) }
+
+func (s *Store) jobKey(id string) string         { return s.prefix + "jobs/" + id }
+func (s *Store) jobTasksPrefix(id string) string { return s.prefix + "tasks/" + id + "/" }
+func (s *Store) taskKey(jobID, id string) string { return s.prefix + "tasks/" + jobID + "/" + id }
+func (s *Store) agentKey(id string) string       { return s.prefix + "agents/" + id }
+
+// put is one write; create says the key must not exist yet (a new task attempt).
+type put struct {
+	key    string
+	val    []byte
+	create bool
+}
+
+// commit writes puts in transactions of at most txnOps operations, several
+// in flight at once (etcd batches concurrent proposals into one fsync).
+func (s *Store) commit(ctx context.Context, puts []put) error {
+	chunk := s.txnOps - 1
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(8)
+	for i := 0; i < len(puts); i += chunk {
+		part := puts[i:min(i+chunk, len(puts))]
+		g.Go(func() error { return s.txn(ctx, part) })
+	}
+	return g.Wait()
+}
+
+func (s *Store) txn(ctx context.Context, puts []put) error {
+	cmps := []clientv3.Cmp{s.fence}
+	ops := make([]clientv3.Op, 0, len(puts))
+	for _, p := range puts {
+		if p.create {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(p.key), "=", 0))
+		}
+		ops = append(ops, clientv3.OpPut(p.key, string(p.val)))
+	}
+	resp, err := s.kv.Txn(ctx).If(cmps...).Then(ops...).Commit()
+	if err != nil {
+		return fmt.Errorf("etcd txn: %w", err)
+	}
+	if !resp.Succeeded {
+		// Either the fence moved (we are not the leader) or a task key
+		// already exists: both mean another scheduler wrote here.
+		return fmt.Errorf("%w: conditional write refused", ErrNotLeader)
+	}
+	return nil
+}
+
+// deleteJobs removes jobs' records and every attempt of their tasks, and
+// agents' records, in fenced transactions of at most txnOps operations.
+func (s *Store) deleteJobs(ctx context.Context, jobIDs, agentIDs []string) error {
+	var ops []clientv3.Op
+	for _, id := range jobIDs {
+		ops = append(ops, clientv3.OpDelete(s.jobKey(id)), clientv3.OpDelete(s.jobTasksPrefix(id), clientv3.WithPrefix()))
+	}
+	for _, id := range agentIDs {
+		ops = append(ops, clientv3.OpDelete(s.agentKey(id)))
+	}
+	per := max(s.txnOps-1, 1)
+	for i := 0; i < len(ops); i += per {
+		resp, err := s.kv.Txn(ctx).If(s.fence).Then(ops[i:min(i+per, len(ops))]...).Commit()
+		if err != nil {
+			return fmt.Errorf("etcd delete: %w", err)
+		}
+		if !resp.Succeeded {
+			return fmt.Errorf("%w: fenced delete refused", ErrNotLeader)
+		}
+	}
+	return nil
+}
+
+// get reads one key (nil if absent).
+func (s *Store) get(ctx context.Context, key string) ([]byte, error) {
+	resp, err := s.kv.Get(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("etcd get %s: %w", key, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	return resp.Kvs[0].Value, nil
+}
+
+// getPrefix reads every key under prefix, a page at a time.
+func (s *Store) getPrefix(ctx context.Context, prefix string, fn func(key string, val []byte) error) error {
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	key := prefix
+	for {
+		resp, err := s.kv.Get(ctx, key, clientv3.WithRange(end), clientv3.WithLimit(5000))
+		if err != nil {
+			return fmt.Errorf("etcd get %s: %w", prefix, err)
+		}
+		for _, kv := range resp.Kvs {
+			if err := fn(string(kv.Key), kv.Value); err != nil {
+				return err
+			}
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return nil
+		}
+		key = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// dirtySet collects records to persist in the background, keeping only the
+// latest value per key.
+type dirtySet struct {
+	mu sync.Mutex
+	m  map[string][]byte
+}
+
+func (d *dirtySet) set(key string, val []byte) {
+	d.mu.Lock()
+	if d.m == nil {
+		d.m = map[string][]byte{}
+	}
+	d.m[key] = val
+	d.mu.Unlock()
+}
+
+func (d *dirtySet) take() []put {
+	d.mu.Lock()
+	m := d.m
+	d.m = nil
+	d.mu.Unlock()
+	out := make([]put, 0, len(m))
+	for k, v := range m {
+		out = append(out, put{key: k, val: v})
+	}
+	return out
+}
+
+func (d *dirtySet) setIfAbsent(key string, val []byte) {
+	d.mu.Lock()
+	if d.m == nil {
+		d.m = map[string][]byte{}
+	}
+	if _, ok := d.m[key]; !ok {
+		d.m[key] = val
+	}
+	d.mu.Unlock()
+}

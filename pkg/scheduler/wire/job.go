@@ -1,0 +1,117 @@
+package wire
+
+import (
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// JobSpecFromProto converts a submitted spec (nil gives the zero spec).
+func JobSpecFromProto(p *schedv1.JobSpec) model.JobSpec {
+	s := model.JobSpec{
+		Name: p.GetName(), OwnerEmail: p.GetOwnerEmail(), Application: p.GetApplication(),
+		CapacityGroup: p.GetCapacityGroup(), Labels: p.GetLabels(),
+	}
+	switch k := p.GetKind().(type) {
+	case *schedv1.JobSpec_Batch:
+		b := k.Batch
+		s.Batch = &model.BatchJob{Size: b.GetSize(), RuntimeLimitSeconds: b.GetRuntimeLimitSeconds(), Retry: retryFromProto(b.GetRetry())}
+	case *schedv1.JobSpec_Service:
+		v := k.Service
+		s.Service = &model.ServiceJob{Min: v.GetMin(), Desired: v.GetDesired(), Max: v.GetMax(), Retry: retryFromProto(v.GetRetry())}
+	}
+	if t := p.GetTask(); t != nil {
+		s.Task = task.FromProto(t)
+	}
+	return s
+}
+
+// JobSpecToProto is the inverse of JobSpecFromProto.
+func JobSpecToProto(s model.JobSpec) *schedv1.JobSpec {
+	p := &schedv1.JobSpec{
+		Name: s.Name, OwnerEmail: s.OwnerEmail, Application: s.Application,
+		CapacityGroup: s.CapacityGroup, Labels: s.Labels,
+	}
+	switch {
+	case s.Batch != nil:
+		p.Kind = &schedv1.JobSpec_Batch{Batch: &schedv1.BatchJob{Size: s.Batch.Size, RuntimeLimitSeconds: s.Batch.RuntimeLimitSeconds, Retry: retryToProto(s.Batch.Retry)}}
+	case s.Service != nil:
+		p.Kind = &schedv1.JobSpec_Service{Service: &schedv1.ServiceJob{Min: s.Service.Min, Desired: s.Service.Desired, Max: s.Service.Max, Retry: retryToProto(s.Service.Retry)}}
+	}
+	if s.Task != nil {
+		p.Task = TaskSpecToProto(s.Task)
+	}
+	return p
+}
+
+// TaskSpecToProto converts a task spec as submitted: parts left out stay
+// out (task.ToProto always fills resources and network).
+func TaskSpecToProto(s *task.Spec) *agentv1.TaskSpec {
+	p := task.ToProto(s)
+	if s.Resources == (task.Resources{}) {
+		p.Resources = nil
+	}
+	if len(s.Network.SecurityGroupIDs) == 0 && len(s.Network.SubnetIDs) == 0 && !s.Network.IPv6 {
+		p.Network = nil
+	}
+	return p
+}
+
+func retryFromProto(p *schedv1.RetryPolicy) *model.RetryPolicy {
+	if p == nil {
+		return nil
+	}
+	return &model.RetryPolicy{Kind: model.RetryKind(p.GetKind()), MaxRetries: p.GetMaxRetries(), DelayMs: p.GetDelayMs(),
+		MaxDelayMs: p.GetMaxDelayMs(), ResetAfterSeconds: p.GetResetAfterSeconds()}
+}
+
+func retryToProto(r *model.RetryPolicy) *schedv1.RetryPolicy {
+	if r == nil {
+		return nil
+	}
+	return &schedv1.RetryPolicy{Kind: schedv1.RetryPolicy_Kind(r.Kind), MaxRetries: r.MaxRetries, DelayMs: r.DelayMs,
+		MaxDelayMs: r.MaxDelayMs, ResetAfterSeconds: r.ResetAfterSeconds}
+}
+
+// JobFromProto converts a job record.
+func JobFromProto(p *schedv1.Job) *model.Job {
+	c := p.GetCounts()
+	return &model.Job{
+		ID: p.GetId(), Spec: JobSpecFromProto(p.GetSpec()), State: model.JobState(p.GetState()),
+		Created: timeFromProto(p.GetCreated()), Finished: timeFromProto(p.GetFinished()),
+		Counts: model.JobCounts{Pending: c.GetPending(), Launched: c.GetLaunched(), Running: c.GetRunning(), Finished: c.GetFinished(),
+			Failed: c.GetFailed(), Killed: c.GetKilled(), Lost: c.GetLost(), Retries: c.GetRetries()},
+		QueuedReason: p.GetQueuedReason(),
+	}
+}
+
+// JobToProto converts a job.
+func JobToProto(j *model.Job) *schedv1.Job {
+	c := j.Counts
+	return &schedv1.Job{
+		Id: j.ID, Spec: JobSpecToProto(j.Spec), State: schedv1.JobState(j.State),
+		Created: timeToProto(j.Created), Finished: timeToProto(j.Finished),
+		Counts: &schedv1.JobCounts{Pending: c.Pending, Launched: c.Launched, Running: c.Running, Finished: c.Finished,
+			Failed: c.Failed, Killed: c.Killed, Lost: c.Lost, Retries: c.Retries},
+		QueuedReason: j.QueuedReason,
+	}
+}
+
+func timeFromProto(t *timestamppb.Timestamp) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return t.AsTime()
+}
+
+func timeToProto(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
