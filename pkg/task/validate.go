@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
 )
 
 // Limits bound every variable-size field so a hostile spec cannot exhaust
@@ -97,6 +98,10 @@ func (s *Spec) Validate() error {
 		c.failf("image", "must be at most %d characters", MaxImageRefLen)
 	case strings.ContainsAny(s.Image, " \t\n\r"):
 		c.failf("image", "must not contain whitespace")
+	default:
+		if _, err := reference.ParseNormalizedNamed(s.Image); err != nil {
+			c.failf("image", "must be an image reference like registry.example.com/team/app:1.2 (%v)", err)
+		}
 	}
 	s.checkArgs(c)
 	s.checkEnv(c)

@@ -38,6 +38,7 @@ func TestValidateJob(t *testing.T) {
 		{"task fields", func(s *model.JobSpec) { s.Task.Image = ""; s.Task.Resources.CPUMillicores = -1 },
 			[]string{"task.image", "task.resources.cpu_millicores"}},
 		{"no task", func(s *model.JobSpec) { s.Task = nil }, []string{"task"}},
+		{"image outside the reference grammar", func(s *model.JobSpec) { s.Task.Image = "UPPER/Case::bad" }, []string{"task.image"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
