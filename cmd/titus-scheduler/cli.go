@@ -17,7 +17,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
-	"sigs.k8s.io/yaml"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
@@ -138,13 +137,9 @@ func newJobCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			js, err := yaml.YAMLToJSON(b)
+			spec, err := parseJobFile(file, b)
 			if err != nil {
-				return fmt.Errorf("%s: %w", file, err)
-			}
-			spec := &schedv1.JobSpec{}
-			if err := protojson.Unmarshal(js, spec); err != nil {
-				return fmt.Errorf("%s: %w", file, err)
+				return err
 			}
 			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
 				resp, err := c.SubmitJob(ctx, &schedv1.SubmitJobRequest{Spec: spec})

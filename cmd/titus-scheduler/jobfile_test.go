@@ -1,0 +1,67 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+)
+
+func TestParseJobFileReportsTheYAMLLine(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"misspelt field", `ownerEmail: a@example.com
+application: app
+batch: {size: 1}
+task:
+  image: x:1
+  resources:
+    memmory: 64
+`, `job.yaml:7:5: task.resources.memmory: unknown field "memmory"`},
+		{"boolean where a string belongs", `task:
+  image: x:1
+  command: [true]
+`, `job.yaml:3:13: task.command[0]: YAML reads true as a boolean, not a string: quote it ("true")`},
+		{"number in an env map", `task:
+  env:
+    PORT: 8080
+`, `job.yaml:3:11: task.env.PORT: YAML reads 8080 as a number, not a string: quote it ("8080")`},
+		{"not a mapping", "- a\n", `job.yaml:1:1: (top): must be a mapping of fields`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := parseJobFile("job.yaml", []byte(tt.yaml))
+			if err == nil || err.Error() != tt.want {
+				t.Fatalf("err = %v\nwant  %s", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseJobFileAcceptsBothFieldSpellings(t *testing.T) {
+	got, err := parseJobFile("job.yaml", []byte(`owner_email: a@example.com
+application: app
+capacityGroup: g
+service: {min: 1, desired: 2, max: 3, retry: {kind: KIND_EXPONENTIAL, delayMs: 5}}
+labels: {team: "x"}
+task:
+  image: registry.example/x:1
+  command: ["true", "1"]
+  resources: {cpuMillicores: 500, memory_mib: 64}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &schedv1.JobSpec{OwnerEmail: "a@example.com", Application: "app", CapacityGroup: "g", Labels: map[string]string{"team": "x"},
+		Kind: &schedv1.JobSpec_Service{Service: &schedv1.ServiceJob{Min: 1, Desired: 2, Max: 3,
+			Retry: &schedv1.RetryPolicy{Kind: schedv1.RetryPolicy_KIND_EXPONENTIAL, DelayMs: 5}}},
+		Task: &agentv1.TaskSpec{Image: "registry.example/x:1", Command: []string{"true", "1"},
+			Resources: &agentv1.Resources{CpuMillicores: 500, MemoryMib: 64}}}
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Fatalf("spec (-want +got):\n%s", diff)
+	}
+}
