@@ -1,0 +1,3 @@
+// Package docs holds the project's documentation; its tests keep
+// architecture.md true to the code.
+package docs
