@@ -28,6 +28,7 @@ import (
 type fakeSTS struct {
 	mu    sync.Mutex
 	calls []string
+	ins   []*sts.AssumeRoleInput
 	fail  bool
 	n     int
 	now   func() time.Time
@@ -38,6 +39,7 @@ func (f *fakeSTS) AssumeRole(ctx context.Context, in *sts.AssumeRoleInput, _ ...
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, aws.ToString(in.RoleArn)+" "+aws.ToString(in.RoleSessionName))
+	f.ins = append(f.ins, in)
 	if f.fail {
 		return nil, errors.New("sts unavailable")
 	}

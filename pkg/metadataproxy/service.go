@@ -245,7 +245,8 @@ func (s *Service) start(ctx context.Context, r *running, spec *task.Spec, att *t
 	tv := &taskView{spec: *spec, net: *att, requireV2: spec.MetadataRequireV2, started: s.now()}
 	if spec.IAMRoleARN != "" {
 		tv.creds = &roleCreds{sts: s.sts, limiter: s.limiter, roleARN: spec.IAMRoleARN, session: sessionName(spec.ID),
-			duration: s.cfg.CredentialDuration, before: s.cfg.RefreshBefore, log: s.log, audit: s.audit, now: s.now}
+			duration: s.cfg.CredentialDuration, before: s.cfg.RefreshBefore, log: s.log, audit: s.audit, now: s.now,
+			tags: sessionTags(spec), sourceIdentity: sessionName(spec.ID)}
 		tv.creds.start()
 	}
 	r.h = &handler{svc: s, tv: tv}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -155,6 +156,7 @@ func (c *Core) commitRound(ctx context.Context, batch []placed, start time.Time)
 		}
 		spec := *t.job.tmpl
 		spec.ID = t.rec.ID
+		spec.Labels = jobLabels(spec.Labels, t.job.rec.ID, t.job.rec.Spec.Application)
 		launches[t.agent] = append(launches[t.agent], &spec)
 	}
 	for a, specs := range launches {
@@ -262,4 +264,21 @@ func (c *Core) agentLost(a *agentState, now time.Time) {
 		}
 		c.end(t, task.Lost, "AgentLost", fmt.Sprintf("agent %s missed heartbeats for %s", a.id, c.opts.AgentTTL), 0, now)
 	}
+}
+
+// jobLabels copies a task's labels with the job's reserved labels set by
+// the scheduler (never by the tenant): the agent turns them into STS
+// session tags.
+func jobLabels(in map[string]string, jobID, application string) map[string]string {
+	out := make(map[string]string, len(in)+2)
+	for k, v := range in {
+		if !strings.HasPrefix(k, task.LabelJobPrefix) {
+			out[k] = v
+		}
+	}
+	out[task.LabelJobID] = jobID
+	if application != "" {
+		out[task.LabelApplication] = application
+	}
+	return out
 }

@@ -89,6 +89,11 @@ func ValidateJob(spec model.JobSpec) (*task.Spec, error) {
 	if spec.Task == nil {
 		c.Failf("task", "is required")
 	} else {
+		for k := range spec.Task.Labels {
+			if strings.HasPrefix(k, task.LabelJobPrefix) {
+				c.Failf("task.labels", "the %s prefix is reserved to the scheduler, got %.64q", task.LabelJobPrefix, k)
+			}
+		}
 		tmpl = spec.Template()
 		tmpl.ID = placeholderTaskID
 		if err := tmpl.Validate(); err != nil {

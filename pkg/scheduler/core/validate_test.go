@@ -38,6 +38,10 @@ func TestValidateJob(t *testing.T) {
 		{"task fields", func(s *model.JobSpec) { s.Task.Image = ""; s.Task.Resources.CPUMillicores = -1 },
 			[]string{"task.image", "task.resources.cpu_millicores"}},
 		{"no task", func(s *model.JobSpec) { s.Task = nil }, []string{"task"}},
+		// The job's labels become the task's STS session tags: a tenant
+		// naming another application there would borrow its trust.
+		{"reserved job label", func(s *model.JobSpec) { s.Task.Labels = map[string]string{task.LabelApplication: "other"} },
+			[]string{"task.labels"}},
 		{"image outside the reference grammar", func(s *model.JobSpec) { s.Task.Image = "UPPER/Case::bad" }, []string{"task.image"}},
 	}
 	for _, tt := range tests {
@@ -129,5 +133,17 @@ func TestAdmitBounds(t *testing.T) {
 				t.Fatalf("admit = %v, want %v", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+func TestJobLabels(t *testing.T) {
+	in := map[string]string{"a": "1", task.LabelApplication: "forged", "titus.job/x": "y"}
+	got := jobLabels(in, "job-1", "billing")
+	want := map[string]string{"a": "1", task.LabelApplication: "billing", task.LabelJobID: "job-1"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if in[task.LabelApplication] != "forged" {
+		t.Error("the job's template labels were changed")
 	}
 }
