@@ -43,7 +43,9 @@ const (
 // device the host does not allow.
 var ErrNotAllowed = errors.New("not allowed on this host")
 
-// UserNS remaps the task's users to an unprivileged host range.
+// UserNS remaps the task's users to an unprivileged host range. A task gets
+// one from Disks.SetupUserNS (its range matches its upper directory's
+// owner) and runs in it by WithUserNS: the only path into a user namespace.
 type UserNS struct {
 	UIDMap []specs.LinuxIDMapping
 	GIDMap []specs.LinuxIDMapping
@@ -59,8 +61,6 @@ type Options struct {
 	OOMScoreAdj int
 	// CPUSet pins tasks to these CPUs ("2-3"); empty means any.
 	CPUSet string
-	// UserNS, if set, runs tasks in a user namespace with these maps.
-	UserNS *UserNS
 	// AllowedHostPaths are host paths (and everything below them) tasks may
 	// bind-mount via LabelHostMounts.
 	AllowedHostPaths []string
@@ -134,9 +134,6 @@ func SpecOpts(spec *task.Spec, o Options) []oci.SpecOpts {
 		withOOMScoreAdj(cmpOr(o.OOMScoreAdj, DefaultOOMScoreAdj)),
 		withHostRequests(spec.Labels, o.AllowedHostPaths, o.AllowedDevices),
 	)
-	if o.UserNS != nil {
-		opts = append(opts, oci.WithUserNamespace(o.UserNS.UIDMap, o.UserNS.GIDMap))
-	}
 	if !o.NoInit {
 		opts = append(opts, withInit(cmpOr(o.InitPath, DefaultInitPath)))
 	}

@@ -99,6 +99,7 @@ func TestSpecOptsVariants(t *testing.T) {
 		name  string
 		res   task.Resources
 		opts  Options
+		extra []oci.SpecOpts // applied after SpecOpts
 		check func(*oci.Spec) any
 		want  any
 	}{
@@ -170,10 +171,10 @@ func TestSpecOptsVariants(t *testing.T) {
 		},
 		{
 			name: "user namespace",
-			opts: Options{UserNS: &UserNS{
+			extra: []oci.SpecOpts{WithUserNS(&UserNS{
 				UIDMap: []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}},
 				GIDMap: []specs.LinuxIDMapping{{ContainerID: 0, HostID: 100000, Size: 65536}},
-			}},
+			})},
 			check: func(s *oci.Spec) any { return []any{s.Linux.Namespaces, s.Linux.UIDMappings, s.Linux.GIDMappings} },
 			want: []any{
 				[]specs.LinuxNamespace{{Type: specs.UserNamespace}},
@@ -183,7 +184,7 @@ func TestSpecOptsVariants(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s, err := apply(t, SpecOpts(&task.Spec{ID: "t1", Resources: tc.res}, tc.opts))
+			s, err := apply(t, append(SpecOpts(&task.Spec{ID: "t1", Resources: tc.res}, tc.opts), tc.extra...))
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -69,6 +69,7 @@ const (
 	ReasonMetadataSetupFailed  Reason = "MetadataSetupFailed"
 	ReasonStartFailed          Reason = "StartFailed"
 	ReasonStarted              Reason = "Started"
+	ReasonReadopted            Reason = "ReadoptedAfterAgentRestart" // Running: taken up by a restarted agent
 	ReasonCompleted            Reason = "Completed"
 	ReasonNonZeroExit          Reason = "NonZeroExit"
 	ReasonOOMKilled            Reason = "OOMKilled"

@@ -48,7 +48,7 @@ func (r *Runner) launch(agentCtx context.Context) {
 		return
 	}
 	if k := r.killRequest(); k != nil {
-		r.finish(task.Killed, k.reason, "killed before start", 0, nil)
+		r.finish(task.Killed, k.reason, "killed before start", 0)
 		return
 	}
 	if err != nil {
@@ -57,7 +57,7 @@ func (r *Runner) launch(agentCtx context.Context) {
 		if errors.As(err, &he) {
 			reason = he.Reason
 		}
-		r.finish(task.Failed, reason, err.Error(), -1, nil)
+		r.finish(task.Failed, reason, err.Error(), -1)
 		return
 	}
 	// The container stage's resources are persisted with this transition.
@@ -163,7 +163,7 @@ func (r *Runner) wait(agentCtx context.Context) {
 				return
 			}
 			if errors.Is(err, runtime.ErrContainerNotFound) || errdefs.IsNotFound(err) {
-				r.finish(task.Lost, task.ReasonAgentRestartLost, "container is gone", -1, nil)
+				r.finish(task.Lost, task.ReasonAgentRestartLost, "container is gone", -1)
 				return
 			}
 			r.log.Warn("wait failed; retrying", "err", err)
@@ -238,12 +238,12 @@ func (r *Runner) exited(st runtime.ExitStatus) {
 		if st.PeakMemoryBytes > 0 {
 			msg += fmt.Sprintf(" (peak %.1f MiB)", float64(st.PeakMemoryBytes)/(1<<20))
 		}
-		r.finish(task.Failed, task.ReasonOOMKilled, msg, code, nil)
+		r.finish(task.Failed, task.ReasonOOMKilled, msg, code)
 	case k != nil:
-		r.finish(task.Killed, k.reason, fmt.Sprintf("exit code %d", code), code, nil)
+		r.finish(task.Killed, k.reason, fmt.Sprintf("exit code %d", code), code)
 	case code == 0:
-		r.finish(task.Finished, task.ReasonCompleted, msgIf(restored), code, nil)
+		r.finish(task.Finished, task.ReasonCompleted, msgIf(restored), code)
 	default:
-		r.finish(task.Failed, task.ReasonNonZeroExit, fmt.Sprintf("exit code %d%s", code, suffixIf(restored)), code, nil)
+		r.finish(task.Failed, task.ReasonNonZeroExit, fmt.Sprintf("exit code %d%s", code, suffixIf(restored)), code)
 	}
 }

@@ -24,14 +24,14 @@ func (r *Runner) Restore(agentCtx context.Context, restoreHooks []RestoreHook) {
 		return
 	case rec.Resumable():
 		if err := r.save(func(rec *Record) { rec.LaunchResumed = true }); err != nil {
-			r.finish(task.Lost, task.ReasonAgentRestartLost, "agent restarted before the task started", -1, nil)
+			r.finish(task.Lost, task.ReasonAgentRestartLost, "agent restarted before the task started", -1)
 			return
 		}
 		r.log.Info("resuming a launch cut short by an agent restart", "state", rec.Status.State)
 		r.launch(agentCtx)
 		return
 	case rec.Status.State < task.Starting || !rec.Resources.Container:
-		r.finish(task.Lost, task.ReasonAgentRestartLost, "agent restarted again before the task started", -1, nil)
+		r.finish(task.Lost, task.ReasonAgentRestartLost, "agent restarted again before the task started", -1)
 		return
 	}
 	for _, h := range restoreHooks {
@@ -41,12 +41,17 @@ func (r *Runner) Restore(agentCtx context.Context, restoreHooks []RestoreHook) {
 	}
 	if rec.Status.State == task.Starting {
 		pid := rec.Resources.Pid
-		if err := r.advance(task.Running, task.ReasonStarted, "re-adopted after agent restart", func(rec *Record) { rec.Status.Pid = pid }); err != nil {
+		if err := r.advance(task.Running, task.ReasonReadopted, "re-adopted after agent restart", func(rec *Record) { rec.Status.Pid = pid }); err != nil {
 			r.log.Error("advance", "err", err)
 		}
 	}
 	if rec.Status.State == task.Killing {
-		r.Kill(rec.Spec.KillGracePeriod, task.ReasonKilledByUser)
+		// The kill goes on with the reason it was asked with.
+		reason := rec.Status.Reason
+		if reason == task.ReasonNone {
+			reason = task.ReasonKilledByUser
+		}
+		r.Kill(rec.Spec.KillGracePeriod, reason)
 	}
 	r.wait(agentCtx)
 }
@@ -55,7 +60,7 @@ func (r *Runner) wasRestored() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, t := range r.rec.Status.Transitions {
-		if t.State == task.Running && t.Message != "" {
+		if t.State == task.Running && t.Reason == task.ReasonReadopted {
 			return true
 		}
 	}

@@ -543,3 +543,75 @@ func TestFinalStateWrittenBeforeTeardown(t *testing.T) {
 		t.Errorf("exit code %d, want 7", v.Status.ExitCode)
 	}
 }
+
+// A task re-adopted by a restarted agent carries a reason code of its own on
+// its Running transition, and its exit says so; a kill the previous agent
+// had begun goes on with the reason it was asked with.
+func TestRestoreReasons(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		state      task.State
+		reason     task.Reason
+		exit       uint32
+		wantStates []string
+		wantMsg    string
+	}{
+		{
+			name:       "starting with a container: re-adopted",
+			state:      task.Starting,
+			exit:       3,
+			wantStates: []string{"Starting/", "Running/ReadoptedAfterAgentRestart", "Failed/NonZeroExit"},
+			wantMsg:    "exit code 3 (exited while the agent was away)",
+		},
+		{
+			name:       "running: not re-adopted by a transition",
+			state:      task.Running,
+			exit:       0,
+			wantStates: []string{"Starting/", "Running/Started", "Finished/Completed"},
+			wantMsg:    "",
+		},
+		{
+			name:       "killing for the runtime limit: the reason is kept",
+			state:      task.Killing,
+			reason:     task.ReasonRuntimeLimitExceeded,
+			exit:       143,
+			wantStates: []string{"Starting/", "Running/Started", "Killing/RuntimeLimitExceeded", "Killed/RuntimeLimitExceeded"},
+			wantMsg:    "exit code 143",
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			w := &fakeWaiter{rec: rec, exit: make(chan runtime.ExitStatus, 2), exitOn: syscall.SIGTERM}
+			hooks := [][]PrestartHook{{&fakeHook{name: "container", rec: rec}}}
+			spec := task.Spec{ID: "t1"}
+			spec.Normalize()
+			prev := &Record{Spec: spec, Resources: Resources{Container: true, Pid: 9}}
+			for _, s := range []task.State{task.Accepted, task.Preparing, task.Starting, task.Running, task.Killing} {
+				if s > tc.state {
+					break
+				}
+				reason := task.ReasonNone
+				switch s {
+				case task.Running:
+					reason = task.ReasonStarted
+				case task.Killing:
+					reason = tc.reason
+				}
+				prev.Status.Advance(s, reason, "", time.Now())
+			}
+			if tc.state != task.Killing {
+				w.exit <- runtime.ExitStatus{Code: tc.exit}
+			}
+			r := New(Config{Stages: hooks, Runtime: w, Store: &fakeStore{}, Logger: quiet}, prev)
+			go r.Restore(context.Background(), nil)
+			waitDone(t, r)
+			v := r.View()
+			if diff := cmp.Diff(append([]string{"Accepted/", "Preparing/"}, tc.wantStates...), states(v)); diff != "" {
+				t.Errorf("states (-want +got):\n%s", diff)
+			}
+			if v.Status.Message != tc.wantMsg {
+				t.Errorf("final message = %q, want %q", v.Status.Message, tc.wantMsg)
+			}
+		})
+	}
+}

@@ -11,7 +11,7 @@ import (
 
 // finish records the final state first (so the exit code is never lost),
 // then tears down, then records that teardown completed.
-func (r *Runner) finish(s task.State, reason task.Reason, msg string, code int32, _ error) {
+func (r *Runner) finish(s task.State, reason task.Reason, msg string, code int32) {
 	// The final state goes to disk before anything is torn down: if it
 	// cannot be written (a full state disk), it is tried again until it
 	// can, and an agent shutting down meanwhile leaves the container for
