@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -27,7 +28,12 @@ var opts struct {
 	timeout time.Duration
 	output  string
 	tls     tlsconfig.Files
+	token   string
 }
+
+// tokenEnv names the environment variable the bearer token is read from
+// when --token is not given.
+const tokenEnv = "TITUS_TOKEN"
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
@@ -44,7 +50,8 @@ func newRootCmd() *cobra.Command {
 	pf.StringVar(&opts.tls.CertFile, "tls-cert", "", "client certificate for mutual TLS (PEM)")
 	pf.StringVar(&opts.tls.KeyFile, "tls-key", "", "private key of --tls-cert (PEM)")
 	pf.StringVar(&opts.tls.ServerName, "tls-server-name", "", "name to verify in the scheduler's certificate (default: the host dialed)")
-	root.AddCommand(newServeCmd(), newJobCmd(), newTaskCmd(), newAgentCmd())
+	pf.StringVar(&opts.token, "token", "", "bearer token (JWT) sent with every call (default: $"+tokenEnv+")")
+	root.AddCommand(newServeCmd(), newJobCmd(), newTaskCmd(), newAgentCmd(), newAuditCmd())
 	return root
 }
 
@@ -52,6 +59,9 @@ func newRootCmd() *cobra.Command {
 func call(fn func(context.Context, schedv1.SchedulerClient) error) error {
 	ctx, cancel := context.WithTimeout(context.Background(), opts.timeout)
 	defer cancel()
+	if tok := cmp.Or(opts.token, os.Getenv(tokenEnv)); tok != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+strings.TrimSpace(tok))
+	}
 	creds, err := opts.tls.DialOption()
 	if err != nil {
 		return err
@@ -162,9 +172,16 @@ func newJobCmd() *cobra.Command {
 		Use: "ls", Short: "List jobs", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
-				resp, err := c.ListJobs(ctx, &schedv1.ListJobsRequest{All: all})
-				if err != nil {
-					return err
+				resp := &schedv1.ListJobsResponse{}
+				for token := ""; ; {
+					page, err := c.ListJobs(ctx, &schedv1.ListJobsRequest{All: all, PageToken: token})
+					if err != nil {
+						return err
+					}
+					resp.Jobs = append(resp.Jobs, page.Jobs...)
+					if token = page.NextPageToken; token == "" {
+						break
+					}
 				}
 				if opts.output == "json" {
 					return printJSON(cmd.OutOrStdout(), resp)
@@ -263,9 +280,16 @@ func newTaskCmd() *cobra.Command {
 		Use: "ls [--job JOB] [-a]", Short: "List live tasks (with --job -a: every attempt)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
-				resp, err := c.ListTasks(ctx, &schedv1.ListTasksRequest{JobId: job, All: all})
-				if err != nil {
-					return err
+				resp := &schedv1.ListTasksResponse{}
+				for token := ""; ; {
+					page, err := c.ListTasks(ctx, &schedv1.ListTasksRequest{JobId: job, All: all, PageToken: token})
+					if err != nil {
+						return err
+					}
+					resp.Tasks = append(resp.Tasks, page.Tasks...)
+					if token = page.NextPageToken; token == "" {
+						break
+					}
 				}
 				if opts.output == "json" {
 					return printJSON(cmd.OutOrStdout(), resp)
@@ -335,9 +359,16 @@ func newAgentCmd() *cobra.Command {
 		Use: "ls", Short: "List agents", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
-				resp, err := c.ListAgents(ctx, &schedv1.ListAgentsRequest{})
-				if err != nil {
-					return err
+				resp := &schedv1.ListAgentsResponse{}
+				for token := ""; ; {
+					page, err := c.ListAgents(ctx, &schedv1.ListAgentsRequest{PageToken: token})
+					if err != nil {
+						return err
+					}
+					resp.Agents = append(resp.Agents, page.Agents...)
+					if token = page.NextPageToken; token == "" {
+						break
+					}
 				}
 				if opts.output == "json" {
 					return printJSON(cmd.OutOrStdout(), resp)
@@ -385,5 +416,42 @@ func newAgentCmd() *cobra.Command {
 	}
 	cmd.AddCommand(ls, drainCmd("drain [AGENT] [--label k=v]", "Stop placing on agents and move their service tasks", true),
 		drainCmd("undrain [AGENT] [--label k=v]", "Place on agents again", false))
+	return cmd
+}
+
+func newAuditCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "Read the audit trail of mutating calls"}
+	var job, principal string
+	ls := &cobra.Command{
+		Use: "ls [--job JOB] [--principal P]", Short: "List audited calls, oldest first", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+				resp := &schedv1.ListAuditResponse{}
+				for token := ""; ; {
+					page, err := c.ListAudit(ctx, &schedv1.ListAuditRequest{JobId: job, Principal: principal, PageToken: token})
+					if err != nil {
+						return err
+					}
+					resp.Records = append(resp.Records, page.Records...)
+					if token = page.NextPageToken; token == "" {
+						break
+					}
+				}
+				if opts.output == "json" {
+					return printJSON(cmd.OutOrStdout(), resp)
+				}
+				var rows [][]string
+				for _, r := range resp.Records {
+					target := cmp.Or(r.TaskId, r.JobId, r.AgentId, "-")
+					rows = append(rows, []string{ts(r.Time, r.Time != nil), r.Principal, r.Method, cmp.Or(r.Application, "-"), target, r.Code, cmp.Or(r.Message, "-")})
+				}
+				table(cmd.OutOrStdout(), "TIME\tPRINCIPAL\tMETHOD\tAPP\tTARGET\tRESULT\tMESSAGE", rows)
+				return nil
+			})
+		},
+	}
+	ls.Flags().StringVar(&job, "job", "", "only calls on this job")
+	ls.Flags().StringVar(&principal, "principal", "", "only calls by this principal (as the trail shows it)")
+	cmd.AddCommand(ls)
 	return cmd
 }

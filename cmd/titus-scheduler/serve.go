@@ -14,6 +14,8 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/titus-agent/titus-agent/pkg/authn"
+	"github.com/titus-agent/titus-agent/pkg/authz"
 	"github.com/titus-agent/titus-agent/pkg/logging"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
@@ -39,6 +41,21 @@ type serveConfig struct {
 	MetricsListen        string            `json:"metricsListen"`
 	// TLS of the API and agent stream: certFile, keyFile, and caFile to require client certificates.
 	TLS tlsconfig.Files `json:"tls"`
+	// Insecure allows plaintext, or no policy, on a non-loopback listen address.
+	Insecure bool `json:"insecure"`
+	// Auth: the policy file and bearer tokens (docs/security.md).
+	Auth authConfig `json:"auth"`
+	// MaxRequestBytes caps a unary API request.
+	MaxRequestBytes int `json:"maxRequestBytes"`
+	// Live (not ended) jobs, in total and per application.
+	MaxLiveJobs               int `json:"maxLiveJobs"`
+	MaxLiveJobsPerApplication int `json:"maxLiveJobsPerApplication"`
+}
+
+// authConfig is the auth section of the scheduler's file.
+type authConfig struct {
+	PolicyFile string            `json:"policyFile"`
+	Token      authn.TokenConfig `json:"token"`
 }
 
 func newServeCmd() *cobra.Command {
@@ -47,6 +64,7 @@ func newServeCmd() *cobra.Command {
 		endpoints, groups, path string
 		metricsListen           string
 		tlsFiles                tlsconfig.Files
+		auth                    authConfig
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -55,7 +73,7 @@ func newServeCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f := cmd.Flags()
 			if path != "" {
-				if err := applyConfigFile(path, f.Changed, &o, &endpoints, &metricsListen, &tlsFiles); err != nil {
+				if err := applyConfigFile(path, f.Changed, &o, &endpoints, &metricsListen, &tlsFiles, &auth); err != nil {
 					return err
 				}
 			}
@@ -76,6 +94,14 @@ func newServeCmd() *cobra.Command {
 				return err
 			}
 			o.TLS = tc
+			if o.Authn, err = authn.New(authn.Config{Token: auth.Token}, nil); err != nil {
+				return err
+			}
+			if auth.PolicyFile != "" {
+				if o.Policy, err = authz.Load(auth.PolicyFile); err != nil {
+					return err
+				}
+			}
 			log := logging.New(os.Stderr, slog.LevelInfo)
 			reg := metrics.NewRegistry()
 			o.Metrics = metrics.NewScheduler(reg)
@@ -115,12 +141,19 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&tlsFiles.CertFile, "tls-cert", "", "serve TLS with this certificate (PEM)")
 	f.StringVar(&tlsFiles.KeyFile, "tls-key", "", "private key of --tls-cert (PEM)")
 	f.StringVar(&tlsFiles.CAFile, "tls-client-ca", "", "require client certificates signed by this CA (PEM)")
+	f.BoolVar(&o.Insecure, "insecure", false, "allow plaintext, or no --policy, on a non-loopback --listen address (anyone on the network may then act)")
+	f.StringVar(&auth.PolicyFile, "policy", "", "authorization policy file (YAML, docs/security.md); without it every caller may do everything")
+	f.StringVar(&auth.Token.JWKSFile, "token-jwks", "", "accept bearer tokens (JWT) signed by a key of this JWKS file (read at start)")
+	f.StringVar(&auth.Token.Issuer, "token-issuer", "", "iss a bearer token must have")
+	f.StringVar(&auth.Token.Audience, "token-audience", "", "aud a bearer token must include")
+	f.IntVar(&o.MaxLiveJobs, "max-live-jobs", scheduler.DefaultMaxLiveJobs, "jobs not ended, in total (a service at desired 0 counts)")
+	f.IntVar(&o.MaxLiveJobsPerApplication, "max-live-jobs-per-application", scheduler.DefaultMaxLiveJobsPerApplication, "jobs not ended, per application")
 	f.StringVar(&metricsListen, "metrics-listen", metrics.DefaultSchedulerListen, "Prometheus endpoint (empty disables)")
 	return cmd
 }
 
 // applyConfigFile sets every option the file names and no flag overrides.
-func applyConfigFile(path string, changed func(string) bool, o *scheduler.Options, endpoints, metricsListen *string, tlsFiles *tlsconfig.Files) error {
+func applyConfigFile(path string, changed func(string) bool, o *scheduler.Options, endpoints, metricsListen *string, tlsFiles *tlsconfig.Files, auth *authConfig) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
@@ -162,6 +195,19 @@ func applyConfigFile(path string, changed func(string) bool, o *scheduler.Option
 	num("max-pending", &o.MaxPendingTotal, c.MaxPending)
 	num("max-launching-per-host", &o.MaxLaunchingPerHost, c.MaxLaunchingPerHost)
 	num("max-finished-jobs", &o.MaxFinishedJobs, c.MaxFinishedJobs)
+	num("max-live-jobs", &o.MaxLiveJobs, c.MaxLiveJobs)
+	num("max-live-jobs-per-application", &o.MaxLiveJobsPerApplication, c.MaxLiveJobsPerApplication)
+	if c.MaxRequestBytes > 0 {
+		o.MaxRequestBytes = c.MaxRequestBytes
+	}
+	if c.Insecure && !changed("insecure") {
+		o.Insecure = true
+	}
+	str("policy", &auth.PolicyFile, c.Auth.PolicyFile)
+	str("token-jwks", &auth.Token.JWKSFile, c.Auth.Token.JWKSFile)
+	str("token-issuer", &auth.Token.Issuer, c.Auth.Token.Issuer)
+	str("token-audience", &auth.Token.Audience, c.Auth.Token.Audience)
+	auth.Token.UsernameClaim, auth.Token.GroupsClaim = c.Auth.Token.UsernameClaim, c.Auth.Token.GroupsClaim
 	if err := dur("finished-job-retention", &o.FinishedJobRetention, c.FinishedJobRetention); err != nil {
 		return err
 	}

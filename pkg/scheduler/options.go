@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"time"
 
+	"github.com/titus-agent/titus-agent/pkg/authn"
+	"github.com/titus-agent/titus-agent/pkg/authz"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
@@ -26,6 +28,12 @@ const (
 const (
 	DefaultFinishedJobRetention = core.DefaultFinishedJobRetention
 	DefaultMaxFinishedJobs      = core.DefaultMaxFinishedJobs
+)
+
+// Defaults of the live-job caps (Options.MaxLiveJobs, MaxLiveJobsPerApplication).
+const (
+	DefaultMaxLiveJobs               = core.DefaultMaxLiveJobs
+	DefaultMaxLiveJobsPerApplication = core.DefaultMaxLiveJobsPerApplication
 )
 
 // Options configure a Scheduler.
@@ -73,6 +81,23 @@ type Options struct {
 	Metrics *metrics.Scheduler
 	// TLS, if set, secures the API and the agent stream (see pkg/tlsconfig).
 	TLS *tls.Config
+	// Insecure allows plaintext, or no policy, on a non-loopback listen
+	// address. Without it New refuses both.
+	Insecure bool
+	// Authn authenticates callers (nil: anonymous, or client certificates
+	// named by SAN/CN, no tokens).
+	Authn *authn.Authenticator
+	// Policy, if set, is checked on every RPC; nil allows everything
+	// (loopback or Insecure only), which New logs loudly.
+	Policy *authz.Policy
+	// MaxRequestBytes caps a unary API request (default authz.DefaultMaxRequestBytes).
+	MaxRequestBytes int
+	// MaxLiveJobs and MaxLiveJobsPerApplication cap the jobs not ended.
+	MaxLiveJobs               int
+	MaxLiveJobsPerApplication int
+	// AuditMaxAge and AuditMaxRecords bound the audit trail's retention.
+	AuditMaxAge     time.Duration
+	AuditMaxRecords int
 }
 
 func (o *Options) setDefaults() {
@@ -99,5 +124,6 @@ func (o *Options) core() core.Config {
 		CrashLoopBase: o.CrashLoopBase, CrashLoopCap: o.CrashLoopCap,
 		FinishedJobRetention: o.FinishedJobRetention, MaxFinishedJobs: o.MaxFinishedJobs,
 		PlaceBatch: o.PlaceBatch, Metrics: o.Metrics,
+		MaxLiveJobs: o.MaxLiveJobs, MaxLiveJobsPerApplication: o.MaxLiveJobsPerApplication,
 	}
 }

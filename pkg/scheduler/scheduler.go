@@ -14,6 +14,9 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/audit"
+	"github.com/titus-agent/titus-agent/pkg/authn"
+	"github.com/titus-agent/titus-agent/pkg/authz"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/api"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/store"
@@ -27,6 +30,8 @@ type Scheduler struct {
 	lis  net.Listener
 	srv  *grpc.Server
 	core *core.Core
+	// audit is the trail of mutating calls, attached to etcd in Run.
+	audit *audit.Log
 
 	leader     atomic.Bool
 	leaderAddr atomic.Value // string
@@ -63,6 +68,21 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	if len(opts.Endpoints) == 0 && opts.DataDir == "" {
 		return nil, errors.New("a data dir (embedded etcd) or etcd endpoints are required")
 	}
+	if err := checkExposure(opts, log); err != nil {
+		return nil, err
+	}
+	an := opts.Authn
+	if an == nil {
+		if an, err = authn.New(authn.Config{}, nil); err != nil {
+			return nil, err
+		}
+	}
+	decider := authz.Open()
+	if opts.Policy != nil {
+		decider = authz.New(opts.Policy)
+	}
+	trail := audit.New(audit.Options{Prefix: opts.Prefix, MaxAge: opts.AuditMaxAge, MaxRecords: opts.AuditMaxRecords, Log: log})
+	guard := authz.NewGuard(authz.GuardConfig{Authn: an, Decider: decider, Audit: trail, MaxRequestBytes: opts.MaxRequestBytes, Log: log})
 	lis, err := net.Listen("tcp", opts.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen: %w", err)
@@ -70,7 +90,7 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	if opts.Advertise == "" || opts.Advertise == opts.Listen {
 		opts.Advertise = lis.Addr().String()
 	}
-	s := &Scheduler{opts: opts, log: log, lis: lis, core: c, ready: make(chan struct{})}
+	s := &Scheduler{opts: opts, log: log, lis: lis, core: c, audit: trail, ready: make(chan struct{})}
 	s.leaderAddr.Store("")
 	sopts := []grpc.ServerOption{
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
@@ -82,8 +102,11 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	if m := opts.Metrics; m != nil {
 		sopts = append(sopts, grpc.ChainUnaryInterceptor(m.GRPC.UnaryServerInterceptor()), grpc.ChainStreamInterceptor(m.GRPC.StreamServerInterceptor()))
 	}
+	// The guard runs on every RPC, the agent stream included, after the
+	// metrics interceptors (refused calls are counted too).
+	sopts = append(sopts, grpc.ChainUnaryInterceptor(guard.Unary), grpc.ChainStreamInterceptor(guard.Stream))
 	s.srv = grpc.NewServer(sopts...)
-	schedv1.RegisterSchedulerServer(s.srv, api.New(c, s))
+	schedv1.RegisterSchedulerServer(s.srv, api.New(c, s, guard, trail))
 	return s, nil
 }
 
@@ -121,6 +144,10 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		return err
 	}
 	defer cli.Close()
+	actx, acancel := context.WithCancel(ctx)
+	adone := make(chan struct{})
+	go func() { defer close(adone); s.audit.Run(actx, cli) }()
+	defer func() { acancel(); <-adone }()
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- s.srv.Serve(s.lis) }()

@@ -3,13 +3,21 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
+	"strings"
 
+	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/apierr"
+	"github.com/titus-agent/titus-agent/pkg/audit"
+	"github.com/titus-agent/titus-agent/pkg/authz"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/wire"
@@ -22,15 +30,50 @@ type Leadership interface {
 	LeaderAddr() string
 }
 
+// Authorizer is the per-call check of the API's door (an *authz.Guard,
+// whose interceptors put the caller in the context).
+type Authorizer interface {
+	// Authorize checks that the caller may perform a on application app
+	// ("" for a fleet-wide action).
+	Authorize(ctx context.Context, a authz.Action, app string) error
+	// MayReadEnv reports whether the caller sees app's environment values.
+	MayReadEnv(ctx context.Context, app string) bool
+	// Decider is the policy, for the checks of a submitted spec.
+	Decider() *authz.Decider
+}
+
+// AuditTrail reads the audit trail (an *audit.Log).
+type AuditTrail interface {
+	List(ctx context.Context, f audit.Filter) ([]audit.Record, string, error)
+}
+
 // Server implements schedv1.SchedulerServer over a core.
 type Server struct {
 	schedv1.UnimplementedSchedulerServer
 	core   *core.Core
 	leader Leadership
+	authz  Authorizer
+	trail  AuditTrail
 }
 
-// New returns the service of core c, answering only while leader says this replica leads.
-func New(c *core.Core, leader Leadership) *Server { return &Server{core: c, leader: leader} }
+// New returns the service of core c, answering only while leader says
+// this replica leads, checking every call's job against az and reading
+// the audit trail from trail.
+func New(c *core.Core, leader Leadership, az Authorizer, trail AuditTrail) *Server {
+	return &Server{core: c, leader: leader, authz: az, trail: trail}
+}
+
+// Limits of the API, checked before anything reaches the core or etcd.
+const (
+	// MaxJobSpecBytes caps a submitted job spec (its protobuf encoding).
+	MaxJobSpecBytes = 64 << 10
+	// DefaultPageSize and MaxPageSize bound the items of one list page.
+	DefaultPageSize = 500
+	MaxPageSize     = 1000
+	// maxPageBytes bounds a page of jobs by size too, well under a
+	// client's default 4 MiB receive limit.
+	maxPageBytes = 2 << 20
+)
 
 var errStandby = errors.New("this scheduler is a standby")
 
@@ -41,6 +84,61 @@ func (s *Server) checkLeader() error {
 	return status.Errorf(codes.Unavailable, "%v; the leader is at %q", errStandby, s.leader.LeaderAddr())
 }
 
+// authorizeJob checks action a on job id's application.
+func (s *Server) authorizeJob(ctx context.Context, a authz.Action, id string) error {
+	o, err := s.core.JobOwner(id)
+	if err != nil {
+		return apierr.ToGRPC(err)
+	}
+	return apierr.ToGRPC(s.authz.Authorize(ctx, a, o.Application))
+}
+
+// authorizeTask checks action a on the application of task id's job
+// (<job id>.<index>.<attempt>). The task of a job no longer held needs a
+// fleet-wide grant.
+func (s *Server) authorizeTask(ctx context.Context, a authz.Action, id string) error {
+	jobID, _, _ := strings.Cut(id, ".")
+	o, err := s.core.JobOwner(jobID)
+	if err != nil {
+		return apierr.ToGRPC(s.authz.Authorize(ctx, a, ""))
+	}
+	return apierr.ToGRPC(s.authz.Authorize(ctx, a, o.Application))
+}
+
+// jobView converts j for the caller: environment values redacted unless
+// the caller may read them (the values are replaced in a new map; the
+// core's is never touched).
+func (s *Server) jobView(ctx context.Context, j *model.Job) *schedv1.Job {
+	pj := wire.JobToProto(j)
+	if t := pj.GetSpec().GetTask(); t != nil && len(t.Env) > 0 && !s.authz.MayReadEnv(ctx, j.Spec.Application) {
+		t.Env = maps.Clone(t.Env)
+		authz.RedactEnv(pj)
+	}
+	return pj
+}
+
+// checkSpec is the door of a submission: the caller owns the
+// application, the spec is within MaxJobSpecBytes, its IAM role is in the
+// application's allowlist, and only admins set titus.isolation/* labels.
+func (s *Server) checkSpec(ctx context.Context, spec *schedv1.JobSpec) error {
+	app := spec.GetApplication()
+	if err := s.authz.Authorize(ctx, authz.JobSubmit, app); err != nil {
+		return err
+	}
+	if n := proto.Size(spec); n > MaxJobSpecBytes {
+		return fmt.Errorf("%w: job spec is %d bytes, the limit is %d; move large data out of env and command", errdefs.ErrInvalidArgument, n, MaxJobSpecBytes)
+	}
+	d := s.authz.Decider()
+	if err := d.CheckIAMRole(app, spec.GetTask().GetIamRoleArn()); err != nil {
+		return err
+	}
+	p, ok := authz.Principal(ctx)
+	if !ok {
+		return fmt.Errorf("%w: no authenticated principal", errdefs.ErrPermissionDenied)
+	}
+	return d.CheckReservedLabels(p, spec.GetLabels(), spec.GetTask().GetLabels())
+}
+
 // SubmitJob implements the API.
 func (s *Server) SubmitJob(ctx context.Context, req *schedv1.SubmitJobRequest) (*schedv1.SubmitJobResponse, error) {
 	if err := s.checkLeader(); err != nil {
@@ -48,6 +146,9 @@ func (s *Server) SubmitJob(ctx context.Context, req *schedv1.SubmitJobRequest) (
 	}
 	if req.GetSpec() == nil {
 		return nil, apierr.ToGRPC(core.ErrSpecRequired)
+	}
+	if err := s.checkSpec(ctx, req.GetSpec()); err != nil {
+		return nil, apierr.ToGRPC(err)
 	}
 	id, err := s.core.Submit(ctx, wire.JobSpecFromProto(req.GetSpec()))
 	if err != nil {
@@ -57,7 +158,7 @@ func (s *Server) SubmitJob(ctx context.Context, req *schedv1.SubmitJobRequest) (
 }
 
 // GetJob implements the API.
-func (s *Server) GetJob(_ context.Context, req *schedv1.GetJobRequest) (*schedv1.Job, error) {
+func (s *Server) GetJob(ctx context.Context, req *schedv1.GetJobRequest) (*schedv1.Job, error) {
 	if err := s.checkLeader(); err != nil {
 		return nil, err
 	}
@@ -65,17 +166,48 @@ func (s *Server) GetJob(_ context.Context, req *schedv1.GetJobRequest) (*schedv1
 	if err != nil {
 		return nil, apierr.ToGRPC(err)
 	}
-	return wire.JobToProto(j), nil
+	if err := s.authz.Authorize(ctx, authz.JobRead, j.Spec.Application); err != nil {
+		return nil, apierr.ToGRPC(err)
+	}
+	return s.jobView(ctx, j), nil
 }
 
-// ListJobs implements the API.
-func (s *Server) ListJobs(_ context.Context, req *schedv1.ListJobsRequest) (*schedv1.ListJobsResponse, error) {
+// pageBounds checks a list request's page size and token.
+func pageBounds(size uint32, token string) (int, error) {
+	if len(token) > 256 {
+		return 0, status.Error(codes.InvalidArgument, "page_token: longer than 256 bytes; pass the next_page_token of the previous page")
+	}
+	switch {
+	case size == 0:
+		return DefaultPageSize, nil
+	case size > MaxPageSize:
+		return MaxPageSize, nil
+	}
+	return int(size), nil
+}
+
+// ListJobs implements the API: the jobs the caller may read, a page at a time.
+func (s *Server) ListJobs(ctx context.Context, req *schedv1.ListJobsRequest) (*schedv1.ListJobsResponse, error) {
 	if err := s.checkLeader(); err != nil {
 		return nil, err
 	}
+	size, err := pageBounds(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
 	out := &schedv1.ListJobsResponse{}
+	bytes := 0
 	for _, j := range s.core.Jobs(req.GetAll()) {
-		out.Jobs = append(out.Jobs, wire.JobToProto(j))
+		if j.ID <= req.GetPageToken() || s.authz.Authorize(ctx, authz.JobRead, j.Spec.Application) != nil {
+			continue
+		}
+		if len(out.Jobs) == size || bytes > maxPageBytes {
+			out.NextPageToken = out.Jobs[len(out.Jobs)-1].Id
+			break
+		}
+		pj := s.jobView(ctx, j)
+		bytes += proto.Size(pj)
+		out.Jobs = append(out.Jobs, pj)
 	}
 	return out, nil
 }
@@ -85,11 +217,14 @@ func (s *Server) KillJob(ctx context.Context, req *schedv1.KillJobRequest) (*sch
 	if err := s.checkLeader(); err != nil {
 		return nil, err
 	}
+	if err := s.authorizeJob(ctx, authz.JobKill, req.GetId()); err != nil {
+		return nil, err
+	}
 	j, err := s.core.KillJob(ctx, req.GetId())
 	if err != nil {
 		return nil, apierr.ToGRPC(err)
 	}
-	return wire.JobToProto(j), nil
+	return s.jobView(ctx, j), nil
 }
 
 // ScaleJob implements the API.
@@ -97,25 +232,61 @@ func (s *Server) ScaleJob(ctx context.Context, req *schedv1.ScaleJobRequest) (*s
 	if err := s.checkLeader(); err != nil {
 		return nil, err
 	}
+	if err := s.authorizeJob(ctx, authz.JobScale, req.GetId()); err != nil {
+		return nil, err
+	}
 	j, err := s.core.ScaleJob(ctx, req.GetId(), req.GetMin(), req.GetDesired(), req.GetMax())
 	if err != nil {
 		return nil, apierr.ToGRPC(err)
 	}
-	return wire.JobToProto(j), nil
+	return s.jobView(ctx, j), nil
 }
 
-// ListTasks implements the API: live tasks; with all and a job, every attempt.
+// ListTasks implements the API: live tasks; with all and a job, every
+// attempt; only of jobs the caller may read, a page at a time.
 func (s *Server) ListTasks(ctx context.Context, req *schedv1.ListTasksRequest) (*schedv1.ListTasksResponse, error) {
 	if err := s.checkLeader(); err != nil {
 		return nil, err
+	}
+	size, err := pageBounds(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetJobId() != "" {
+		if err := s.authorizeJob(ctx, authz.TaskRead, req.GetJobId()); err != nil && status.Code(err) != codes.NotFound {
+			return nil, err
+		} else if err != nil {
+			// An ended job no longer held: its tasks are fleet-wide readers' only.
+			if err := s.authz.Authorize(ctx, authz.TaskRead, ""); err != nil {
+				return nil, apierr.ToGRPC(err)
+			}
+		}
 	}
 	ts, err := s.core.Tasks(ctx, req.GetJobId(), req.GetAll())
 	if err != nil {
 		return nil, apierr.ToGRPC(err)
 	}
-	out := &schedv1.ListTasksResponse{Tasks: make([]*schedv1.Task, len(ts))}
-	for i, t := range ts {
-		out.Tasks[i] = wire.TaskToProto(t)
+	out := &schedv1.ListTasksResponse{}
+	allowed := map[string]bool{}
+	for _, t := range ts {
+		if t.ID <= req.GetPageToken() {
+			continue
+		}
+		if req.GetJobId() == "" {
+			ok, seen := allowed[t.JobID]
+			if !seen {
+				ok = s.authorizeTask(ctx, authz.TaskRead, t.ID) == nil
+				allowed[t.JobID] = ok
+			}
+			if !ok {
+				continue
+			}
+		}
+		if len(out.Tasks) == size {
+			out.NextPageToken = out.Tasks[len(out.Tasks)-1].Id
+			break
+		}
+		out.Tasks = append(out.Tasks, wire.TaskToProto(t))
 	}
 	return out, nil
 }
@@ -123,6 +294,9 @@ func (s *Server) ListTasks(ctx context.Context, req *schedv1.ListTasksRequest) (
 // GetTask implements the API.
 func (s *Server) GetTask(ctx context.Context, req *schedv1.GetTaskRequest) (*schedv1.Task, error) {
 	if err := s.checkLeader(); err != nil {
+		return nil, err
+	}
+	if err := s.authorizeTask(ctx, authz.TaskRead, req.GetId()); err != nil {
 		return nil, err
 	}
 	t, err := s.core.Task(ctx, req.GetId())
@@ -133,8 +307,11 @@ func (s *Server) GetTask(ctx context.Context, req *schedv1.GetTaskRequest) (*sch
 }
 
 // KillTask implements the API.
-func (s *Server) KillTask(_ context.Context, req *schedv1.KillTaskRequest) (*schedv1.Task, error) {
+func (s *Server) KillTask(ctx context.Context, req *schedv1.KillTaskRequest) (*schedv1.Task, error) {
 	if err := s.checkLeader(); err != nil {
+		return nil, err
+	}
+	if err := s.authorizeTask(ctx, authz.TaskKill, req.GetId()); err != nil {
 		return nil, err
 	}
 	t, err := s.core.KillTask(req.GetId())
@@ -144,28 +321,73 @@ func (s *Server) KillTask(_ context.Context, req *schedv1.KillTaskRequest) (*sch
 	return wire.TaskToProto(t), nil
 }
 
-// ListAgents implements the API.
-func (s *Server) ListAgents(context.Context, *schedv1.ListAgentsRequest) (*schedv1.ListAgentsResponse, error) {
+// ListAudit implements the API: the audit trail, oldest first, a page at a time.
+func (s *Server) ListAudit(ctx context.Context, req *schedv1.ListAuditRequest) (*schedv1.ListAuditResponse, error) {
+	if err := s.authz.Authorize(ctx, authz.AuditRead, ""); err != nil {
+		return nil, apierr.ToGRPC(err)
+	}
+	size, err := pageBounds(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	recs, next, err := s.trail.List(ctx, audit.Filter{JobID: req.GetJobId(), Principal: req.GetPrincipal(), After: req.GetPageToken(), Limit: size})
+	if err != nil {
+		return nil, apierr.ToGRPC(err)
+	}
+	out := &schedv1.ListAuditResponse{NextPageToken: next, Records: make([]*schedv1.AuditRecord, len(recs))}
+	for i, r := range recs {
+		out.Records[i] = &schedv1.AuditRecord{Id: r.ID, Time: timestamppb.New(r.Time), Principal: r.Principal, Method: r.Method, Action: r.Action,
+			Application: r.Application, JobId: r.JobID, TaskId: r.TaskID, AgentId: r.AgentID, Code: r.Code, Message: r.Message, Peer: r.Peer}
+	}
+	return out, nil
+}
+
+// ListAgents implements the API, a page at a time.
+func (s *Server) ListAgents(ctx context.Context, req *schedv1.ListAgentsRequest) (*schedv1.ListAgentsResponse, error) {
 	if err := s.checkLeader(); err != nil {
 		return nil, err
 	}
-	return agentsResponse(s.core.Agents()), nil
+	if err := s.authz.Authorize(ctx, authz.AgentRead, ""); err != nil {
+		return nil, apierr.ToGRPC(err)
+	}
+	size, err := pageBounds(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	var as []*model.Agent
+	next := ""
+	for _, a := range s.core.Agents() {
+		if a.ID <= req.GetPageToken() {
+			continue
+		}
+		if len(as) == size {
+			next = as[len(as)-1].ID
+			break
+		}
+		as = append(as, a)
+	}
+	out := agentsResponse(as)
+	out.NextPageToken = next
+	return out, nil
 }
 
 // DrainAgent implements the API: no new placements on the selected agents,
 // and their service tasks are replaced elsewhere.
-func (s *Server) DrainAgent(_ context.Context, req *schedv1.DrainAgentRequest) (*schedv1.ListAgentsResponse, error) {
-	return s.setDrain(req, true)
+func (s *Server) DrainAgent(ctx context.Context, req *schedv1.DrainAgentRequest) (*schedv1.ListAgentsResponse, error) {
+	return s.setDrain(ctx, req, true)
 }
 
 // UndrainAgent implements the API.
-func (s *Server) UndrainAgent(_ context.Context, req *schedv1.DrainAgentRequest) (*schedv1.ListAgentsResponse, error) {
-	return s.setDrain(req, false)
+func (s *Server) UndrainAgent(ctx context.Context, req *schedv1.DrainAgentRequest) (*schedv1.ListAgentsResponse, error) {
+	return s.setDrain(ctx, req, false)
 }
 
-func (s *Server) setDrain(req *schedv1.DrainAgentRequest, drain bool) (*schedv1.ListAgentsResponse, error) {
+func (s *Server) setDrain(ctx context.Context, req *schedv1.DrainAgentRequest, drain bool) (*schedv1.ListAgentsResponse, error) {
 	if err := s.checkLeader(); err != nil {
 		return nil, err
+	}
+	if err := s.authz.Authorize(ctx, authz.AgentDrain, ""); err != nil {
+		return nil, apierr.ToGRPC(err)
 	}
 	as, err := s.core.Drain(model.AgentSelector{ID: req.GetId(), Labels: req.GetLabels()}, drain)
 	if err != nil {

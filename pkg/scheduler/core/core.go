@@ -60,6 +60,11 @@ type Config struct {
 	MaxFinishedJobs      int
 	// PlaceBatch is the most tasks placed per round.
 	PlaceBatch int
+	// MaxLiveJobs caps the jobs not yet ended, in total and per
+	// application (a service at desired 0 is live): past them, submissions
+	// are refused. They bound the records in etcd with MaxFinishedJobs.
+	MaxLiveJobs               int
+	MaxLiveJobsPerApplication int
 	// Metrics, if set, gets placement latency, queue depth and agents by health.
 	Metrics *metrics.Scheduler
 }
@@ -68,6 +73,12 @@ type Config struct {
 const (
 	DefaultFinishedJobRetention = 24 * time.Hour
 	DefaultMaxFinishedJobs      = 10_000
+)
+
+// Defaults of the live-job caps (Config.MaxLiveJobs, MaxLiveJobsPerApplication).
+const (
+	DefaultMaxLiveJobs               = 50_000
+	DefaultMaxLiveJobsPerApplication = 5_000
 )
 
 // SetDefaults fills zero fields.
@@ -107,6 +118,12 @@ func (o *Config) SetDefaults() {
 	}
 	if o.PlaceBatch <= 0 {
 		o.PlaceBatch = 4096
+	}
+	if o.MaxLiveJobs <= 0 {
+		o.MaxLiveJobs = DefaultMaxLiveJobs
+	}
+	if o.MaxLiveJobsPerApplication <= 0 {
+		o.MaxLiveJobsPerApplication = DefaultMaxLiveJobsPerApplication
 	}
 }
 
@@ -157,6 +174,9 @@ type Core struct {
 	ret      retention
 	stepDown func()
 	stopped  bool // Run has returned: no session may attach
+	// submitting counts submissions being written, by application: they
+	// count against the live-job caps before they are in jobs.
+	submitting map[string]int
 }
 
 type counters struct {

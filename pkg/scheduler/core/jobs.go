@@ -48,6 +48,33 @@ func (c *Core) admit(g *groupState, n int, footprint model.Resources) error {
 	return nil
 }
 
+// admitLive checks the live-job caps for one more job of app: the jobs
+// not ended (a service at desired 0 included) and those being written.
+// Callers hold c.mu.
+func (c *Core) admitLive(app string) error {
+	total, mine := 0, c.submitting[app]
+	for _, n := range c.submitting {
+		total += n
+	}
+	for _, j := range c.jobs {
+		if j.terminal() {
+			continue
+		}
+		total++
+		if j.rec.Spec.Application == app {
+			mine++
+		}
+	}
+	if mine >= c.opts.MaxLiveJobsPerApplication {
+		return fmt.Errorf("%w: application %q has %d live jobs, limit %d (a service at desired 0 counts); kill jobs it no longer needs",
+			model.ErrTooManyJobs, app, mine, c.opts.MaxLiveJobsPerApplication)
+	}
+	if total >= c.opts.MaxLiveJobs {
+		return fmt.Errorf("%w: the scheduler has %d live jobs, limit %d", model.ErrTooManyJobs, total, c.opts.MaxLiveJobs)
+	}
+	return nil
+}
+
 // Submit validates a job, admits it into its capacity group's queue and
 // quota, writes it and queues its tasks. It returns the job's id.
 func (c *Core) Submit(ctx context.Context, spec model.JobSpec) (string, error) {
@@ -67,10 +94,18 @@ func (c *Core) Submit(ctx context.Context, spec model.JobSpec) (string, error) {
 	}
 	fp := footprintOf(&spec, model.TaskResources(tmpl))
 	n := spec.Size()
+	if err := c.admitLive(spec.Application); err != nil {
+		c.mu.Unlock()
+		return "", err
+	}
 	if err := c.admit(g, n, fp); err != nil {
 		c.mu.Unlock()
 		return "", err
 	}
+	if c.submitting == nil {
+		c.submitting = map[string]int{}
+	}
+	c.submitting[spec.Application]++
 	// Hold the job's place in the queue and quota while it is written, but
 	// not the lock: heartbeats and placement go on during the store's round trip.
 	g.reserved = g.reserved.Add(fp)
@@ -87,6 +122,9 @@ func (c *Core) Submit(ctx context.Context, spec model.JobSpec) (string, error) {
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.submitting[spec.Application]--; c.submitting[spec.Application] <= 0 {
+		delete(c.submitting, spec.Application)
+	}
 	g.pending -= n
 	c.q.pendingTotal -= n
 	if err != nil {

@@ -187,3 +187,41 @@ func TestScaleHoldsQuotaWhileWriting(t *testing.T) {
 	}
 	ts.submit(spec(&model.BatchJob{Size: 3})) // the quota it held is free again
 }
+
+// TestLiveJobCaps: an application may not hold more live jobs than its
+// cap (a service at desired 0 counts), others still may; the total cap
+// holds across applications; an ended job frees its place.
+func TestLiveJobCaps(t *testing.T) {
+	ts := newTestScheduler(t, Config{MaxLiveJobsPerApplication: 2, MaxLiveJobs: 3})
+	a := func() model.JobSpec { return testSpec(&model.ServiceJob{Desired: 0, Max: 1}, 100) }
+	first := ts.submit(a())
+	ts.submit(a())
+	_, err := ts.Submit(ts.ctx, a())
+	if !errors.Is(err, model.ErrTooManyJobs) || !strings.Contains(err.Error(), `application "t" has 2 live jobs, limit 2`) {
+		t.Fatalf("third job of t: %v, want too many live jobs", err)
+	}
+	other := testSpec(&model.BatchJob{Size: 1}, 100)
+	other.Application = "u"
+	ts.submit(other)
+	_, err = ts.Submit(ts.ctx, other)
+	if !errors.Is(err, model.ErrTooManyJobs) || !strings.Contains(err.Error(), "3 live jobs, limit 3") {
+		t.Fatalf("fourth job in all: %v, want the total cap", err)
+	}
+	if _, err := ts.KillJob(ts.ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	ts.submit(a())
+}
+
+func TestLabelLimits(t *testing.T) {
+	s := testSpec(&model.BatchJob{Size: 1}, 100)
+	s.Labels = map[string]string{strings.Repeat("k", MaxLabelKeyLen+1): "v", "ok": strings.Repeat("v", MaxLabelValueLen+1)}
+	_, err := ValidateJob(s)
+	if err == nil || !strings.Contains(err.Error(), "must be 1 to 128 bytes") || !strings.Contains(err.Error(), "labels.ok: value must be at most 1024 bytes") {
+		t.Fatalf("ValidateJob = %v, want both label limits", err)
+	}
+	s.Labels = map[string]string{strings.Repeat("k", MaxLabelKeyLen): strings.Repeat("v", MaxLabelValueLen)}
+	if _, err := ValidateJob(s); err != nil {
+		t.Fatalf("labels at the limits: %v", err)
+	}
+}

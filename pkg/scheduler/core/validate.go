@@ -2,6 +2,8 @@ package core
 
 import (
 	"errors"
+	"maps"
+	"slices"
 	"net/mail"
 	"strings"
 	"time"
@@ -16,6 +18,8 @@ const (
 	MaxJobNameLen     = 128
 	MaxApplicationLen = 128
 	MaxJobLabels      = 64
+	MaxLabelKeyLen    = 128
+	MaxLabelValueLen  = 1024
 	MaxRetries        = 1000
 	MaxRetryDelay     = time.Hour
 )
@@ -62,6 +66,14 @@ func ValidateJob(spec model.JobSpec) (*task.Spec, error) {
 	}
 	if len(spec.Labels) > MaxJobLabels {
 		c.Failf("labels", "must have at most %d entries", MaxJobLabels)
+	}
+	for _, k := range slices.Sorted(maps.Keys(spec.Labels)) {
+		if k == "" || len(k) > MaxLabelKeyLen {
+			c.Failf("labels", "key %.40q: must be 1 to %d bytes", k, MaxLabelKeyLen)
+		}
+		if v := spec.Labels[k]; len(v) > MaxLabelValueLen {
+			c.Failf("labels."+clipKey(k), "value must be at most %d bytes, got %d", MaxLabelValueLen, len(v))
+		}
 	}
 	switch {
 	case spec.Batch != nil:
@@ -115,6 +127,14 @@ func ValidateJob(spec model.JobSpec) (*task.Spec, error) {
 	}
 	tmpl.ID = ""
 	return tmpl, nil
+}
+
+// clipKey keeps an error about a long key short.
+func clipKey(k string) string {
+	if len(k) > 40 {
+		return k[:40] + "…"
+	}
+	return k
 }
 
 func checkRetry(c *task.Checker, field string, r *model.RetryPolicy) {

@@ -10,6 +10,7 @@ var (
 	ErrWrongJobKind  = errdefs.ErrInvalidArgument.WithMessage("wrong job kind")
 	ErrQueueFull     = errdefs.ErrResourceExhausted.WithMessage("queue full")
 	ErrQuotaExceeded = errdefs.ErrResourceExhausted.WithMessage("capacity group quota exceeded")
+	ErrTooManyJobs   = errdefs.ErrResourceExhausted.WithMessage("too many live jobs")
 	ErrNotFound      = errdefs.ErrNotFound.WithMessage("not found")
 	// ErrNotLeader: this replica is not (or no longer) the leader; a
 	// fenced write was refused.
