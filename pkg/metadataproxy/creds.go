@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"regexp"
 	"sort"
 	"sync"
@@ -18,6 +17,7 @@ import (
 	"github.com/aws/smithy-go/middleware"
 	"golang.org/x/time/rate"
 
+	"github.com/titus-agent/titus-agent/pkg/backoff"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -42,7 +42,7 @@ type assumer interface {
 var ErrNoCredentials = errors.New("credentials are not available")
 
 // Refresh backoff while STS fails: exponential from minBackoff, capped at
-// maxBackoff, with full jitter. Waiting for the STS rate limiter is not
+// maxBackoff, with jitter. Waiting for the STS rate limiter is not
 // bounded by fetchTimeout: a restart with many tasks queues, it does not
 // fail.
 const (
@@ -57,6 +57,10 @@ const (
 // fetchTimeout bounds one STS call once the rate limiter let it through (a
 // variable for tests).
 var fetchTimeout = 10 * time.Second
+
+// stsBackoff waits in [ceil/2, ceil] after n failures, ceil =
+// min(minBackoff·2^n, maxBackoff).
+var stsBackoff = backoff.Policy{Base: minBackoff, Max: maxBackoff, Jitter: backoff.Equal}
 
 // roleCreds keeps one task's role credentials fresh: fetched when the task
 // starts, refreshed in the background well before expiry and on demand
@@ -324,17 +328,13 @@ func (c *roleCreds) run(ctx context.Context) {
 
 // nextWait is when to fetch again: well before expiry after a success
 // (RefreshBefore ahead, or at half the remaining life if that is sooner),
-// exponential backoff with full jitter after failures.
+// exponential backoff with jitter after failures.
 func (c *roleCreds) nextWait(cur *Credentials, failures int) time.Duration {
 	if failures == 0 && cur != nil {
 		life := cur.Expiration.Sub(c.now())
 		return max(min(life-c.before, life/2), minBackoff)
 	}
-	ceil := maxBackoff
-	if failures < 7 {
-		ceil = min(minBackoff<<max(failures, 1), maxBackoff)
-	}
-	return minBackoff/2 + rand.N(ceil)
+	return stsBackoff.Delay(max(failures, 1))
 }
 
 // get returns valid credentials or an error wrapping ErrNoCredentials.

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	bo "github.com/titus-agent/titus-agent/pkg/backoff"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -116,14 +116,10 @@ func Run(ctx context.Context, cfg Config, tasks Tasks) error {
 	}
 }
 
-// backoff is an exponential delay with jitter in [d/2, d).
+// backoff is the delay after n consecutive failures: d = min(lo·2^(n-1), hi),
+// with jitter in [d/2, d].
 func backoff(lo, hi time.Duration, n int) time.Duration {
-	d := lo
-	for i := 1; i < n && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	return d/2 + rand.N(d/2+1)
+	return bo.Policy{Base: lo, Max: hi, Jitter: bo.Equal}.Delay(n - 1)
 }
 
 func statusOf(v *task.View) *schedv1.TaskStatus {
