@@ -152,6 +152,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		Logger:       log,
 		MaxTasks:     cfg.MaxTasks,
 		Observe:      observeHook(d.metrics),
+		Quarantined:  func(n int) { d.metrics.QuarantinedRecords.Set(float64(n)) },
 	})
 	rctx, cancel := context.WithTimeout(agentCtx, time.Minute)
 	defer cancel()

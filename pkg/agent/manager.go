@@ -55,6 +55,9 @@ type ManagerConfig struct {
 	Retention time.Duration
 	// Observe gets each prestart hook's duration (metrics); may be nil.
 	Observe func(hook string, d time.Duration)
+	// Quarantined gets the number of quarantined task records at Restore
+	// (metrics); may be nil.
+	Quarantined func(n int)
 }
 
 // Manager owns every task on the host: one runner per task.
@@ -191,10 +194,24 @@ func (m *Manager) Counts() map[task.State]int {
 // running under their shims and get their runners back; tasks that ended
 // meanwhile get their true exit status; containers labelled as ours but
 // unknown are killed and removed; host resources of unknown tasks are freed.
+// A task whose record could not be read is not unknown: its record is
+// quarantined (Store.Load) and its container, if it has one, is left
+// running with its host resources (never kill on doubt).
 func (m *Manager) Restore(ctx context.Context) error {
 	recs, loadErr := m.cfg.Store.Load()
 	if loadErr != nil {
-		m.log.Error("some task records could not be read", "err", loadErr)
+		m.log.Error("task records could not be read: quarantined, their containers are left running", "err", loadErr)
+	}
+	quarantined, err := m.cfg.Store.Quarantined()
+	if err != nil {
+		return err // without it, a quarantined task's container would look unknown
+	}
+	if m.cfg.Quarantined != nil {
+		m.cfg.Quarantined(len(quarantined))
+	}
+	inQuarantine := map[string]bool{}
+	for _, id := range quarantined {
+		inQuarantine[id] = true
 	}
 	known := map[string]*taskrunner.Record{}
 	for _, rec := range recs {
@@ -204,12 +221,19 @@ func (m *Manager) Restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list containers: %w", err)
 	}
+	keep := map[string]bool{}
 	for _, c := range containers {
 		rec, ok := known[c.TaskID]
 		if ok && c.ID == rec.Spec.ID {
 			adoptUnrecordedStart(rec, c)
 		}
 		switch {
+		case !ok && inQuarantine[c.TaskID]:
+			m.log.Error("leaving alone the container of a task whose record is quarantined; "+
+				"the agent does not manage it until an operator acts (docs/operations.md)",
+				"container", c.ID, "task", c.TaskID, "state", c.State)
+			keep[c.TaskID] = true
+			continue
 		case ok && rec.Resumable():
 			m.log.Warn("removing the half-made container of a launch to resume", "container", c.ID)
 		case ok && !(rec.Status.State.Terminal() && rec.CleanedUp):
@@ -222,7 +246,6 @@ func (m *Manager) Restore(ctx context.Context) error {
 			m.log.Error("reap container", "container", c.ID, "err", err)
 		}
 	}
-	keep := map[string]bool{}
 	for _, rec := range recs {
 		if !(rec.Status.State.Terminal() && rec.CleanedUp) {
 			keep[rec.Spec.ID] = true

@@ -218,3 +218,46 @@ func TestRestoreAdoptsAStartTheAgentDidNotRecord(t *testing.T) {
 	rt.exits["started"] <- runtime.ExitStatus{Code: 0}
 	waitFor(t, func() bool { v, _ := m.Get("started"); return v.Status.State == task.Finished })
 }
+
+// A running task whose record cannot be read is not an unknown container:
+// its record goes to quarantine, its container is neither killed nor
+// deleted, and its host resources are kept, at this start and the next.
+// A quarantined task without a container keeps nothing.
+func TestRestoreLeavesQuarantinedTasksRunning(t *testing.T) {
+	dir := t.TempDir()
+	putRaw(t, dir, map[string][]byte{
+		"victim":   []byte(`{"spec":{"id":"victim","resources":{"cpuMillicores":"x"}}}`),
+		"gone":     []byte(`not json`),
+		"orphan-x": nil,
+	})
+	for start := range 2 {
+		store, err := OpenStore(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rt := &fakeRuntime{containers: []runtime.ContainerStatus{
+			{ID: "victim", TaskID: "victim", State: runtime.StateRunning, Pid: 9},
+			{ID: "orphan", TaskID: "orphan"},
+		}}
+		keep := &keepRecorder{}
+		quarantined := -1
+		ctx, cancel := context.WithCancel(context.Background())
+		m := NewManager(ctx, ManagerConfig{Store: store, Runtime: rt, Reconcilers: []Reconciler{keep},
+			Quarantined: func(n int) { quarantined = n }, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		if err := m.Restore(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff([]string{"kill orphan", "delete orphan"}, rt.ops); diff != "" {
+			t.Errorf("start %d: container ops (-want +got):\n%s", start, diff)
+		}
+		if diff := cmp.Diff([]string{"victim"}, keep.keep); diff != "" {
+			t.Errorf("start %d: reconcile keep (-want +got):\n%s", start, diff)
+		}
+		if quarantined != 3 {
+			t.Errorf("start %d: quarantined metric = %d, want 3", start, quarantined)
+		}
+		cancel()
+		m.Wait()
+		store.Close()
+	}
+}

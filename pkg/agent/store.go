@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -17,42 +18,110 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 )
 
-var tasksBucket = []byte("tasks")
+var (
+	tasksBucket = []byte("tasks")
+	// quarantineBucket keeps records that could not be read, byte for
+	// byte, under their task id: their containers are never reaped on
+	// their account (never kill on doubt), and an operator can inspect them.
+	quarantineBucket = []byte("quarantine")
+)
+
+// StateFile is the task state's file name under the state directory.
+const StateFile = "tasks.db"
 
 // Store keeps task records in a bbolt file. Every Save is durable (fsync)
 // before it returns: intent is recorded before the agent acts on it.
-type Store struct{ db *bolt.DB }
+type Store struct {
+	db   *bolt.DB
+	path string
+}
+
+// ErrStateLocked means another process holds the state file.
+var ErrStateLocked = errdefs.ErrUnavailable.WithMessage("agent state file is in use")
+
+// ErrStateCorrupt means the state file itself cannot be read. The agent
+// does not start on it: without its records it would take every running
+// task for unknown and reap it.
+var ErrStateCorrupt = errdefs.ErrDataLoss.WithMessage("agent state file is corrupt")
 
 // OpenStore opens (creating) the state file under dir. It fails if another
 // agent holds the file.
 func OpenStore(dir string) (*Store, error) { return OpenStoreTimeout(dir, 5*time.Second) }
 
 // OpenStoreTimeout is OpenStore waiting at most timeout for the file lock.
-func OpenStoreTimeout(dir string, timeout time.Duration) (*Store, error) {
+// A file that is not a readable bbolt database, or whose pages fail bbolt's
+// consistency check, is refused with ErrStateCorrupt naming the file and
+// what to do; it is never rewritten.
+func OpenStoreTimeout(dir string, timeout time.Duration) (s *Store, err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state dir: %w", err)
 	}
-	db, err := bolt.Open(filepath.Join(dir, "tasks.db"), 0o600, &bolt.Options{Timeout: timeout})
-	if err != nil {
-		return nil, fmt.Errorf("open state (is another agent running on %s?): %w", dir, err)
+	path := filepath.Join(dir, StateFile)
+	corrupt := func(cause any) error {
+		return fmt.Errorf("%w: %s: %v. The agent will not start without its task records (running containers "+
+			"would be taken for unknown and killed). Keep the file for analysis, then either restore it from a "+
+			"backup, or move it aside (mv %s %s.corrupt) and start the agent, accepting that every running "+
+			"task on this host is reaped and rescheduled (see docs/operations.md)", ErrStateCorrupt, path, cause, path, path)
+	}
+	// bbolt panics on some corrupt pages instead of returning an error.
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, corrupt(r)
+		}
+	}()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: timeout})
+	switch {
+	case errors.Is(err, bolt.ErrTimeout):
+		return nil, fmt.Errorf("%w: %s is locked by another process (another agent running on %s?)", ErrStateLocked, path, dir)
+	case errors.Is(err, bolt.ErrInvalid) || errors.Is(err, bolt.ErrVersionMismatch) || errors.Is(err, bolt.ErrChecksum):
+		return nil, corrupt(err)
+	case err != nil && strings.Contains(err.Error(), "file size too small"):
+		return nil, corrupt(err)
+	case err != nil:
+		return nil, fmt.Errorf("open state file %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			db.Close()
+		}
+	}()
+	var bad []error
+	if err := db.View(func(tx *bolt.Tx) error {
+		for e := range tx.Check() {
+			bad = append(bad, e)
+		}
+		return nil
+	}); err != nil {
+		return nil, corrupt(err)
+	}
+	if len(bad) > 0 {
+		return nil, corrupt(errors.Join(bad...))
 	}
 	if err := db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists(tasksBucket)
-		return err
+		for _, b := range [][]byte{tasksBucket, quarantineBucket} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
 	}); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("init state: %w", err)
+		return nil, fmt.Errorf("init state file %s: %w", path, err)
 	}
 	db.MaxBatchDelay = 2 * time.Millisecond
-	return &Store{db: db}, nil
+	return &Store{db: db, path: path}, nil
 }
+
+// Path is the state file.
+func (s *Store) Path() string { return s.path }
 
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
 
-// Save writes one record.
+// Save writes one record, stamped with the current schema version.
 func (s *Store) Save(rec *taskrunner.Record) error {
-	b, err := json.Marshal(rec)
+	v := *rec
+	v.Version = taskrunner.RecordVersion
+	b, err := json.Marshal(&v)
 	if err != nil {
 		return fmt.Errorf("encode task %s: %w", rec.Spec.ID, err)
 	}
@@ -78,23 +147,91 @@ func (s *Store) Delete(id string) error {
 // ErrCorruptRecord marks a record that could not be decoded.
 var ErrCorruptRecord = errors.New("corrupt task record")
 
-// Load returns every record. Undecodable records are reported, not fatal.
+// decodeRecord reads a record of any version this agent knows, migrated
+// to the current one.
+func decodeRecord(key, v []byte) (*taskrunner.Record, error) {
+	var probe struct {
+		Version int `json:"version"`
+	}
+	if err := json.Unmarshal(v, &probe); err != nil {
+		return nil, err
+	}
+	rec := &taskrunner.Record{}
+	switch probe.Version {
+	case 0, 1:
+		// Version 1 had no version field. Its foreign types (isolation's
+		// UserNS, the OCI Mount) had the JSON names the record's own
+		// types kept, and its "image" field (the reference) is ignored:
+		// it decodes as it is.
+		if err := json.Unmarshal(v, rec); err != nil {
+			return nil, err
+		}
+	case taskrunner.RecordVersion:
+		if err := json.Unmarshal(v, rec); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("record version %d is newer than this agent's %d (written by a newer agent?)",
+			probe.Version, taskrunner.RecordVersion)
+	}
+	if rec.Spec.ID != string(key) {
+		return nil, fmt.Errorf("record of task %q stored under %q", rec.Spec.ID, key)
+	}
+	rec.Version = taskrunner.RecordVersion
+	return rec, nil
+}
+
+// Load returns every record, migrated to the current version. A record
+// that cannot be read is moved, as it is, to the quarantine (see
+// Quarantined) and reported in the error (ErrCorruptRecord); the others
+// are returned. It is never deleted.
 func (s *Store) Load() ([]*taskrunner.Record, error) {
 	var out []*taskrunner.Record
 	var errs []error
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(tasksBucket).ForEach(func(k, v []byte) error {
-			rec := &taskrunner.Record{}
-			if err := json.Unmarshal(v, rec); err != nil {
-				errs = append(errs, fmt.Errorf("%w %q: %v", ErrCorruptRecord, k, err))
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		tasks, q := tx.Bucket(tasksBucket), tx.Bucket(quarantineBucket)
+		var bad [][2][]byte
+		err := tasks.ForEach(func(k, v []byte) error {
+			rec, err := decodeRecord(k, v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%w %q (quarantined in %s): %v", ErrCorruptRecord, k, s.path, err))
+				bad = append(bad, [2][]byte{slices.Clone(k), slices.Clone(v)})
 				return nil
 			}
 			out = append(out, rec)
 			return nil
 		})
+		if err != nil {
+			return err
+		}
+		for _, kv := range bad {
+			if err := q.Put(kv[0], kv[1]); err != nil {
+				return err
+			}
+			if err := tasks.Delete(kv[0]); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("load state: %w", err)
+		return nil, fmt.Errorf("load state from %s: %w", s.path, err)
 	}
 	return out, errors.Join(errs...)
+}
+
+// Quarantined returns the ids of the tasks whose records could not be read
+// (this start or an earlier one), sorted.
+func (s *Store) Quarantined() ([]string, error) {
+	var ids []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(quarantineBucket).ForEach(func(k, _ []byte) error {
+			ids = append(ids, string(k))
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read quarantine of %s: %w", s.path, err)
+	}
+	return ids, nil
 }

@@ -38,6 +38,7 @@ func TestStoreRoundTripAndCorruptRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rec.Version = taskrunner.RecordVersion
 	if diff := cmp.Diff([]*taskrunner.Record{rec}, got); diff != "" {
 		t.Fatalf("load (-want +got):\n%s", diff)
 	}

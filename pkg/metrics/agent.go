@@ -65,6 +65,9 @@ type Agent struct {
 	MetadataResponses *prometheus.CounterVec
 	// MetadataLatency is the time to answer a metadata request, by class.
 	MetadataLatency *prometheus.HistogramVec
+	// QuarantinedRecords is the number of task records the agent could
+	// not read and keeps aside (their containers are left alone).
+	QuarantinedRecords prometheus.Gauge
 	// GRPC measures the control API (grpc_server_*); add its interceptors
 	// to the gRPC server.
 	GRPC *grpcprom.ServerMetrics
@@ -115,6 +118,10 @@ func New(reg prometheus.Registerer) *Agent {
 			Help:    "Time to answer a metadata request, by class.",
 			Buckets: prometheus.ExponentialBuckets(0.00005, 2, 16),
 		}, []string{"class"}),
+		QuarantinedRecords: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "titus_agent", Name: "quarantined_task_records",
+			Help: "Task records the agent could not read, kept aside; their containers are left running.",
+		}),
 		GRPC: grpcprom.NewServerMetrics(),
 	}
 	// Known label values start at zero, so ratios and rates exist before
@@ -129,7 +136,7 @@ func New(reg prometheus.Registerer) *Agent {
 		a.MetadataRequests.WithLabelValues(c)
 	}
 	reg.MustRegister(a.LaunchDuration, a.Tasks, a.TasksFinished, a.TaskFailures, a.IPPool,
-		a.AWSCalls, a.AWSThrottles, a.MetadataRequests, a.MetadataResponses, a.MetadataLatency, a.GRPC)
+		a.AWSCalls, a.AWSThrottles, a.MetadataRequests, a.MetadataResponses, a.MetadataLatency, a.QuarantinedRecords, a.GRPC)
 	return a
 }
 

@@ -51,8 +51,10 @@ func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime
 		Env:      envList,
 		Labels:   spec.Labels,
 		Hostname: hostname(spec.ID),
-		Mounts:   append([]specs.Mount(nil), res.Mounts...),
 		SpecOpts: opts,
+	}
+	for _, m := range res.Mounts {
+		cs.Mounts = append(cs.Mounts, m.oci())
 	}
 	if res.Image != nil {
 		cs.Image = *res.Image
@@ -77,7 +79,7 @@ func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime
 	if res.Disk != nil {
 		cs.RootfsPath = res.Disk.MountPath
 		if res.Disk.UserNS != nil {
-			cs.SpecOpts = append(slices.Clip(opts), isolation.WithUserNS(res.Disk.UserNS))
+			cs.SpecOpts = append(slices.Clip(opts), isolation.WithUserNS(res.Disk.UserNS.Isolation()))
 		}
 	}
 	return cs

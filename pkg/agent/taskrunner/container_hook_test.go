@@ -113,7 +113,7 @@ func TestContainerHook(t *testing.T) {
 
 func TestContainerSpecUserNSFromDisk(t *testing.T) {
 	spec := &task.Spec{ID: "t1", Image: "img"}
-	cs := ContainerSpec(spec, &Resources{Disk: &DiskInfo{MountPath: "/d/rootfs/t1", UserNS: testUserNS}}, nil)
+	cs := ContainerSpec(spec, &Resources{Disk: &DiskInfo{MountPath: "/d/rootfs/t1", UserNS: UserNSFrom(testUserNS)}}, nil)
 	s := &oci.Spec{Linux: &specs.Linux{}}
 	if err := oci.ApplyOpts(context.Background(), nil, &containers.Container{ID: "t1"}, s, cs.SpecOpts...); err != nil {
 		t.Fatal(err)

@@ -67,7 +67,7 @@ func (h *DiskHook) Prestart(ctx context.Context, req *PrestartRequest, resp *Pre
 	d, err := setup(ctx, req.Spec.ID, size, lowers)
 	if d != nil {
 		// Recorded even on failure, so Stop knows there is something to undo.
-		resp.Disk = &DiskInfo{Backend: d.Backend, ImagePath: d.ImagePath, MountPath: d.RootfsPath, UserNS: d.UserNS}
+		resp.Disk = &DiskInfo{Backend: d.Backend, ImagePath: d.ImagePath, MountPath: d.RootfsPath, UserNS: UserNSFrom(d.UserNS)}
 	}
 	if err != nil {
 		return &HookError{Hook: h.Name(), Reason: task.ReasonDiskSetupFailed, Err: err}

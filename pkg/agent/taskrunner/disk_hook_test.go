@@ -58,7 +58,7 @@ func TestDiskHook(t *testing.T) {
 	info := &DiskInfo{Backend: isolation.BackendLoopExt4, ImagePath: "/d/t1.img", MountPath: "/d/rootfs/t1"}
 	userNSLabel := map[string]string{isolation.LabelUserNS: "true"}
 	withUserNS := &task.Spec{ID: "t1", Image: "img", Resources: task.Resources{DiskMiB: 100}, Labels: userNSLabel}
-	nsInfo := &DiskInfo{Backend: isolation.BackendLoopExt4, ImagePath: "/d/t1.img", MountPath: "/d/rootfs/t1", UserNS: testUserNS}
+	nsInfo := &DiskInfo{Backend: isolation.BackendLoopExt4, ImagePath: "/d/t1.img", MountPath: "/d/rootfs/t1", UserNS: UserNSFrom(testUserNS)}
 	for _, tc := range []struct {
 		name       string
 		spec       *task.Spec

@@ -2,6 +2,7 @@ package taskrunner
 
 import (
 	"context"
+	"slices"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -30,7 +31,7 @@ type PrestartResponse struct {
 	Network   *task.NetworkAttachment
 	Disk      *DiskInfo
 	Metadata  *MetadataInfo
-	Mounts    []specs.Mount
+	Mounts    []Mount
 	Env       map[string]string
 	SpecOpts  []string // names of isolation options applied, for the record
 	Pid       uint32
@@ -75,7 +76,7 @@ type Resources struct {
 	Network   *task.NetworkAttachment `json:"network,omitempty"`
 	Disk      *DiskInfo               `json:"disk,omitempty"`
 	Metadata  *MetadataInfo           `json:"metadata,omitempty"`
-	Mounts    []specs.Mount           `json:"mounts,omitempty"`
+	Mounts    []Mount                 `json:"mounts,omitempty"`
 	Env       map[string]string       `json:"env,omitempty"`
 	Container bool                    `json:"container,omitempty"`
 	Pid       uint32                  `json:"pid,omitempty"`
@@ -86,8 +87,69 @@ type DiskInfo struct {
 	Backend   string `json:"backend"`
 	ImagePath string `json:"imagePath,omitempty"`
 	MountPath string `json:"mountPath"`
-	// UserNS is the task's own user namespace, if it asked for one.
-	UserNS *isolation.UserNS `json:"userNS,omitempty"`
+	// UserNS is the task's own user namespace, if it asked for one. It is
+	// the authority for the task's ID range after an agent restart.
+	UserNS *UserNS `json:"userNS,omitempty"`
+}
+
+// The record's own types for what other packages model (the OCI spec,
+// isolation): their changes must not change the on-disk format. The JSON
+// names are those the record had when it embedded the foreign types
+// (record version 1).
+
+// IDMapping is one range of a user namespace's ID map.
+type IDMapping struct {
+	ContainerID uint32 `json:"containerID"`
+	HostID      uint32 `json:"hostID"`
+	Size        uint32 `json:"size"`
+}
+
+// UserNS is a task's user namespace: its UID and GID maps.
+type UserNS struct {
+	UIDMap []IDMapping `json:"UIDMap"`
+	GIDMap []IDMapping `json:"GIDMap"`
+}
+
+// Mount is a bind mount the task gets.
+type Mount struct {
+	Destination string   `json:"destination"`
+	Type        string   `json:"type,omitempty"`
+	Source      string   `json:"source,omitempty"`
+	Options     []string `json:"options,omitempty"`
+}
+
+func (m Mount) oci() specs.Mount {
+	return specs.Mount{Destination: m.Destination, Type: m.Type, Source: m.Source, Options: slices.Clone(m.Options)}
+}
+
+// UserNSFrom records an isolation user namespace (nil for nil).
+func UserNSFrom(u *isolation.UserNS) *UserNS {
+	if u == nil {
+		return nil
+	}
+	conv := func(ms []specs.LinuxIDMapping) []IDMapping {
+		out := make([]IDMapping, len(ms))
+		for i, m := range ms {
+			out[i] = IDMapping{ContainerID: m.ContainerID, HostID: m.HostID, Size: m.Size}
+		}
+		return out
+	}
+	return &UserNS{UIDMap: conv(u.UIDMap), GIDMap: conv(u.GIDMap)}
+}
+
+// Isolation is the recorded user namespace as isolation models it.
+func (u *UserNS) Isolation() *isolation.UserNS {
+	if u == nil {
+		return nil
+	}
+	conv := func(ms []IDMapping) []specs.LinuxIDMapping {
+		out := make([]specs.LinuxIDMapping, len(ms))
+		for i, m := range ms {
+			out[i] = specs.LinuxIDMapping{ContainerID: m.ContainerID, HostID: m.HostID, Size: m.Size}
+		}
+		return out
+	}
+	return &isolation.UserNS{UIDMap: conv(u.UIDMap), GIDMap: conv(u.GIDMap)}
 }
 
 // MetadataInfo records the task's metadata listener.

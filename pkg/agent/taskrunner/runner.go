@@ -15,6 +15,10 @@ import (
 
 // Record is everything the agent persists about one task.
 type Record struct {
+	// Version is the record's schema version (RecordVersion when written
+	// by this agent; version 1 records have none). The store migrates
+	// older versions when it loads them.
+	Version   int         `json:"version,omitempty"`
 	Spec      task.Spec   `json:"spec"`
 	Status    task.Status `json:"status"`
 	Resources Resources   `json:"resources"`
@@ -24,6 +28,11 @@ type Record struct {
 	// previous one cut short; a launch is resumed once, then it is Lost.
 	LaunchResumed bool `json:"launchResumed,omitempty"`
 }
+
+// RecordVersion is the schema version of the records this agent writes.
+// Version 1 (no version field) embedded isolation.UserNS and specs.Mount;
+// version 2 has the record's own types with the same JSON names.
+const RecordVersion = 2
 
 // Resumable says whether a restarted agent resumes this task's launch: it
 // was being prepared or started and no container of it is known to have
