@@ -137,7 +137,8 @@ type IsolationConfig struct {
 	// (whose unit runs at -900); 0 means isolation.DefaultOOMScoreAdj.
 	OOMScoreAdj int `json:"oomScoreAdj"`
 	// AllowedHostPaths may be bind-mounted into tasks that ask through the
-	// titus.isolation/host-mounts label; nothing else of the host is.
+	// titus.isolation/host-mounts label; nothing else of the host is. Each
+	// is "path" (read-only) or "path:rw" (tasks may ask for read-write).
 	AllowedHostPaths []string `json:"allowedHostPaths"`
 	// AllowedDevices may be given to tasks that ask through the
 	// titus.isolation/devices label.

@@ -24,9 +24,14 @@ func (c IsolationConfig) validate() error {
 	if c.OOMScoreAdj < -1000 || c.OOMScoreAdj > 1000 {
 		errs = append(errs, fmt.Errorf("isolation.oomScoreAdj: must be in [-1000, 1000], got %d", c.OOMScoreAdj))
 	}
-	for _, p := range append(append([]string(nil), c.AllowedHostPaths...), c.AllowedDevices...) {
+	for _, p := range c.AllowedHostPaths {
+		if _, err := isolation.ParseHostPath(p); err != nil {
+			errs = append(errs, fmt.Errorf("isolation.allowedHostPaths: %w", err))
+		}
+	}
+	for _, p := range c.AllowedDevices {
 		if !filepath.IsAbs(p) {
-			errs = append(errs, fmt.Errorf("isolation: allowed host path or device %q must be absolute", p))
+			errs = append(errs, fmt.Errorf("isolation.allowedDevices: %q must be absolute", p))
 		}
 	}
 	if u := c.UserNamespaces; u.HostIDBase != 0 {
@@ -47,7 +52,7 @@ func isolationOptions(cfg IsolationConfig) isolation.Options {
 		InitPath:         cfg.InitPath,
 		OOMScoreAdj:      cfg.OOMScoreAdj,
 		CPUSet:           cfg.CPUSet,
-		AllowedHostPaths: cfg.AllowedHostPaths,
+		AllowedHostPaths: hostPaths(cfg.AllowedHostPaths),
 		AllowedDevices:   cfg.AllowedDevices,
 		Compat32Bit:      cfg.Compat32BitSyscalls,
 	}
@@ -77,4 +82,15 @@ func enableUserNS(cfg Config, disks *isolation.Disks, log *slog.Logger) {
 		return
 	}
 	log.Info("user namespaces per task", "hostIDBase", u.HostIDBase, "idsPerTask", u.IDsPerTask, "maxTasks", u.MaxTasks)
+}
+
+// hostPaths parses the allowed host paths (validated with the config).
+func hostPaths(ps []string) []isolation.HostPath {
+	var out []isolation.HostPath
+	for _, p := range ps {
+		if hp, err := isolation.ParseHostPath(p); err == nil {
+			out = append(out, hp)
+		}
+	}
+	return out
 }

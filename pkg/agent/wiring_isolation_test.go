@@ -19,6 +19,8 @@ func TestIsolationConfig(t *testing.T) {
 		{name: "user namespaces off", change: func(c *IsolationConfig) { c.UserNamespaces = UserNamespacesConfig{} }},
 		{name: "oom score out of range", change: func(c *IsolationConfig) { c.OOMScoreAdj = 1001 }, wantErr: "isolation.oomScoreAdj"},
 		{name: "relative host path", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"srv"} }, wantErr: `"srv" must be absolute`},
+		{name: "host path mode", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/srv:wr"} }, wantErr: "mode must be ro or rw"},
+		{name: "relative device", change: func(c *IsolationConfig) { c.AllowedDevices = []string{"fuse"} }, wantErr: "isolation.allowedDevices"},
 		{name: "ranges past 32 bits", change: func(c *IsolationConfig) { c.UserNamespaces.MaxTasks = 1 << 16 }, wantErr: "isolation.userNamespaces"},
 		{name: "no ids per task", change: func(c *IsolationConfig) { c.UserNamespaces.IDsPerTask = 0 }, wantErr: "isolation.userNamespaces"},
 	} {
@@ -34,8 +36,8 @@ func TestIsolationConfig(t *testing.T) {
 }
 
 func TestIsolationOptionsFromConfig(t *testing.T) {
-	cfg := IsolationConfig{InitPath: "/opt/tini", CPUSet: "1-3", OOMScoreAdj: 800, AllowedHostPaths: []string{"/srv"}, AllowedDevices: []string{"/dev/fuse"}}
-	want := isolation.Options{InitPath: "/opt/tini", CPUSet: "1-3", OOMScoreAdj: 800, AllowedHostPaths: []string{"/srv"}, AllowedDevices: []string{"/dev/fuse"}}
+	cfg := IsolationConfig{InitPath: "/opt/tini", CPUSet: "1-3", OOMScoreAdj: 800, AllowedHostPaths: []string{"/srv", "/data:rw"}, AllowedDevices: []string{"/dev/fuse"}}
+	want := isolation.Options{InitPath: "/opt/tini", CPUSet: "1-3", OOMScoreAdj: 800, AllowedHostPaths: []isolation.HostPath{{Path: "/srv"}, {Path: "/data", ReadWrite: true}}, AllowedDevices: []string{"/dev/fuse"}}
 	if diff := cmp.Diff(want, isolationOptions(cfg)); diff != "" {
 		t.Errorf("options (-want +got):\n%s", diff)
 	}

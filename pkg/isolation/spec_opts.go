@@ -33,7 +33,7 @@ const (
 // granted only if the host's Options allow it.
 const (
 	// LabelHostMounts is a comma-separated list of "src:dst[:rw]" bind
-	// mounts (read-only unless ":rw").
+	// mounts (read-only unless ":rw", which the host must allow for src).
 	LabelHostMounts = "titus.isolation/host-mounts"
 	// LabelDevices is a comma-separated list of host device paths.
 	LabelDevices = "titus.isolation/devices"
@@ -62,8 +62,9 @@ type Options struct {
 	// CPUSet pins tasks to these CPUs ("2-3"); empty means any.
 	CPUSet string
 	// AllowedHostPaths are host paths (and everything below them) tasks may
-	// bind-mount via LabelHostMounts.
-	AllowedHostPaths []string
+	// bind-mount via LabelHostMounts, each read-only unless it says
+	// otherwise. Paths are resolved without following symlinks below them.
+	AllowedHostPaths []HostPath
 	// AllowedDevices are host devices tasks may get via LabelDevices.
 	AllowedDevices []string
 	// Compat32Bit lets tasks make 32-bit (x86, x32) system calls. Off, the
@@ -299,7 +300,7 @@ func withInit(hostPath string) oci.SpecOpts {
 
 // withHostRequests grants the host mounts and devices a task asks for in
 // its labels, each only if the host allows it.
-func withHostRequests(labels map[string]string, allowedPaths, allowedDevices []string) oci.SpecOpts {
+func withHostRequests(labels map[string]string, allowedPaths []HostPath, allowedDevices []string) oci.SpecOpts {
 	return func(ctx context.Context, c oci.Client, ctr *containers.Container, s *oci.Spec) error {
 		mounts, err := parseHostMounts(labels[LabelHostMounts], allowedPaths)
 		if err != nil {
@@ -318,16 +319,12 @@ func withHostRequests(labels map[string]string, allowedPaths, allowedDevices []s
 	}
 }
 
-func parseHostMounts(v string, allowed []string) ([]specs.Mount, error) {
+func parseHostMounts(v string, allowed []HostPath) ([]specs.Mount, error) {
 	var out []specs.Mount
 	for _, item := range splitList(v) {
 		parts := strings.Split(item, ":")
 		if len(parts) < 2 || len(parts) > 3 || !filepath.IsAbs(parts[0]) || !filepath.IsAbs(parts[1]) {
 			return nil, fmt.Errorf("host mount %q: want src:dst[:rw] with absolute paths", item)
-		}
-		src := filepath.Clean(parts[0])
-		if !slices.ContainsFunc(allowed, func(a string) bool { return within(src, filepath.Clean(a)) }) {
-			return nil, fmt.Errorf("host path %s: %w", src, ErrNotAllowed)
 		}
 		mode := "ro"
 		if len(parts) == 3 {
@@ -335,6 +332,13 @@ func parseHostMounts(v string, allowed []string) ([]specs.Mount, error) {
 				return nil, fmt.Errorf("host mount %q: mode must be ro or rw", item)
 			}
 			mode = parts[2]
+		}
+		src, root, err := resolveHostPath(allowed, parts[0])
+		if err != nil {
+			return nil, err
+		}
+		if mode == "rw" && !root.ReadWrite {
+			return nil, fmt.Errorf("host path %s: read-write: %w (read-only here)", filepath.Clean(parts[0]), ErrNotAllowed)
 		}
 		out = append(out, specs.Mount{
 			Destination: filepath.Clean(parts[1]), Type: "bind", Source: src,
