@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	bo "github.com/titus-agent/titus-agent/pkg/backoff"
@@ -62,6 +64,10 @@ type Config struct {
 // and the tasks sent in it were marked LOST and sent again in a hot loop).
 const MaxMessageSize = 16 << 20
 
+// refusedRetry caps the delay before retrying a registration refused
+// because the instance id has a live session.
+const refusedRetry = time.Second
+
 // Run keeps a session with the scheduler until ctx ends.
 func Run(ctx context.Context, cfg Config, tasks Tasks) error {
 	if cfg.InstanceID == "" {
@@ -107,7 +113,21 @@ func Run(ctx context.Context, cfg Config, tasks Tasks) error {
 		}
 		failures++
 		d := backoff(cfg.MinBackoff, cfg.MaxBackoff, failures)
-		cfg.Log.Warn("scheduler session ended", "err", err, "retry_in", d)
+		switch status.Code(err) {
+		case codes.AlreadyExists:
+			// Another stream holds this instance id. If it is this host's
+			// own dead connection, the scheduler lets us in once it has
+			// been silent a few heartbeats: retry often enough to get back
+			// before the agent TTL loses our tasks.
+			d = min(d, refusedRetry)
+			cfg.Log.Error("the scheduler refused this agent: another session holds its instance id (a second host with the same instance id?)",
+				"instance_id", cfg.InstanceID, "err", err, "retry_in", d)
+		case codes.PermissionDenied, codes.Unauthenticated:
+			cfg.Log.Error("the scheduler refused this agent's identity; check its certificate (URI SAN titus-agent://instance/<instance id>)",
+				"instance_id", cfg.InstanceID, "err", err, "retry_in", d)
+		default:
+			cfg.Log.Warn("scheduler session ended", "err", err, "retry_in", d)
+		}
 		select {
 		case <-ctx.Done():
 			return nil

@@ -9,6 +9,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -417,7 +418,11 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 	if reg == nil {
 		return status.Error(codes.InvalidArgument, "the first message must be a register")
 	}
-	sess, err := s.core.Connect(wire.RegistrationFromProto(reg))
+	r := wire.RegistrationFromProto(reg)
+	if p, ok := peer.FromContext(stream.Context()); ok && p.Addr != nil {
+		r.Peer = p.Addr.String()
+	}
+	sess, err := s.core.Connect(r)
 	if errors.Is(err, model.ErrNotLeader) {
 		return s.checkLeader()
 	}

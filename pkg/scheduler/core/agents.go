@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
+
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -35,6 +37,9 @@ type Session struct {
 	done  chan struct{}
 	once  sync.Once
 	agent *agentState
+	// peer and since say where and when the session began.
+	peer  string
+	since time.Time
 }
 
 const sessionBuffer = 4096
@@ -76,13 +81,36 @@ func (c *Core) Connect(reg model.Registration) (*Session, error) {
 		return nil, errInvalidArgument("register.capacity: cpu_millicores and memory_mib must be positive")
 	}
 	sess := newSession()
+	now := time.Now()
+	sess.peer, sess.since = reg.Peer, now
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.stopped {
 		return nil, model.ErrNotLeader
 	}
-	sess.agent = c.register(reg, sess, time.Now())
+	if a := c.agents[reg.InstanceID]; a != nil && a.sess != nil {
+		if silent := a.silentFor(now); silent <= c.staleAfter() {
+			c.stats.refusedSessions.Add(1)
+			c.log.Warn("refused a second session for an instance id with a live one",
+				"agent", a.id, "from", reg.Peer, "live_from", a.sess.peer, "live_since", a.sess.since, "live_heard_ago", silent.Round(time.Millisecond))
+			return nil, errdefs.ErrAlreadyExists.WithMessage(fmt.Sprintf(
+				"instance %s already has a live session from %s since %s (heard %s ago); refusing this one: is another host configured with the same instance id?",
+				a.id, a.sess.peer, a.sess.since.UTC().Format(time.RFC3339), silent.Round(time.Millisecond)))
+		}
+		c.log.Warn("replacing a silent session", "agent", a.id, "from", reg.Peer, "old_from", a.sess.peer,
+			"old_since", a.sess.since, "silent", a.silentFor(now).Round(time.Millisecond))
+	}
+	sess.agent = c.register(reg, sess, now)
 	return sess, nil
+}
+
+// staleAfter is how long a session may go unheard before a new session
+// for its instance id may replace it: a few heartbeats, well within the
+// agent TTL, so an agent whose connection died half-open (no FIN seen)
+// reconnects before its tasks are lost, while an impostor never displaces
+// a live agent.
+func (c *Core) staleAfter() time.Duration {
+	return min(3*c.opts.HeartbeatInterval, c.opts.AgentTTL/2)
 }
 
 // Disconnect ends a session.

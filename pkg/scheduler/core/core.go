@@ -180,7 +180,7 @@ type Core struct {
 }
 
 type counters struct {
-	placed, heartbeats, launchesSent, lostAgents, pruned atomic.Int64
+	placed, heartbeats, launchesSent, lostAgents, pruned, refusedSessions atomic.Int64
 }
 
 // Stats are the scheduler's running totals.
@@ -188,12 +188,15 @@ type Stats struct {
 	Placed, Heartbeats, LaunchesSent, LostAgents int64
 	// PrunedJobs is how many ended jobs were removed after their retention.
 	PrunedJobs int64
+	// RefusedSessions counts agent streams refused because their instance
+	// id already had a live session.
+	RefusedSessions int64
 }
 
 // Stats returns the running totals.
 func (c *Core) Stats() Stats {
 	s := &c.stats
-	return Stats{s.placed.Load(), s.heartbeats.Load(), s.launchesSent.Load(), s.lostAgents.Load(), s.pruned.Load()}
+	return Stats{s.placed.Load(), s.heartbeats.Load(), s.launchesSent.Load(), s.lostAgents.Load(), s.pruned.Load(), s.refusedSessions.Load()}
 }
 
 // New checks the configuration. The core is empty until Load.

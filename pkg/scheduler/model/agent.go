@@ -30,6 +30,8 @@ type Registration struct {
 	Capacity     Capacity
 	Labels       map[string]string
 	Tasks        []TaskStatus
+	// Peer is where the stream comes from (for logs and errors).
+	Peer string
 }
 
 // AgentSelector picks agents by id, or else by labels (all must match).
