@@ -14,7 +14,6 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/apierr"
 	"github.com/titus-agent/titus-agent/pkg/audit"
@@ -22,7 +21,6 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/wire"
-	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
 // Leadership tells the API whether this replica leads, and who does.
@@ -451,8 +449,10 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 	for {
 		select {
 		case m := <-sess.Out():
-			if err := stream.Send(toAgent(m)); err != nil {
-				return err
+			for _, out := range toAgent(m) {
+				if err := stream.Send(out); err != nil {
+					return err
+				}
 			}
 		case err := <-recvErr:
 			return err
@@ -464,19 +464,21 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 	}
 }
 
-// toAgent converts a core message to the stream's.
-func toAgent(m core.Message) *schedv1.SchedulerMessage {
+// toAgent converts a core message to the stream's: a launch batch is
+// split so that no message exceeds wire.MaxLaunchBytes (an agent ends the
+// session on a message over its receive limit).
+func toAgent(m core.Message) []*schedv1.SchedulerMessage {
 	switch {
 	case m.Registered != nil:
-		return &schedv1.SchedulerMessage{Msg: &schedv1.SchedulerMessage_Registered{Registered: &schedv1.Registered{
-			AgentId: m.Registered.AgentID, HeartbeatIntervalMs: m.Registered.HeartbeatInterval.Milliseconds()}}}
+		return []*schedv1.SchedulerMessage{{Msg: &schedv1.SchedulerMessage_Registered{Registered: &schedv1.Registered{
+			AgentId: m.Registered.AgentID, HeartbeatIntervalMs: m.Registered.HeartbeatInterval.Milliseconds()}}}}
 	case m.Launch != nil:
-		l := &schedv1.Launch{Tasks: make([]*agentv1.TaskSpec, len(m.Launch))}
-		for i, t := range m.Launch {
-			l.Tasks[i] = task.ToProto(t)
+		var out []*schedv1.SchedulerMessage
+		for _, l := range wire.LaunchBatches(m.Launch, wire.MaxLaunchBytes) {
+			out = append(out, &schedv1.SchedulerMessage{Msg: &schedv1.SchedulerMessage_Launch{Launch: l}})
 		}
-		return &schedv1.SchedulerMessage{Msg: &schedv1.SchedulerMessage_Launch{Launch: l}}
+		return out
 	default:
-		return &schedv1.SchedulerMessage{Msg: &schedv1.SchedulerMessage_Kill{Kill: &schedv1.Kill{TaskIds: m.Kill}}}
+		return []*schedv1.SchedulerMessage{{Msg: &schedv1.SchedulerMessage_Kill{Kill: &schedv1.Kill{TaskIds: m.Kill}}}}
 	}
 }

@@ -1,15 +1,19 @@
 package wire
 
 import (
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
 // TestRecordsRoundTrip: a record as the API and the store have always
@@ -44,5 +48,47 @@ func TestRecordsRoundTrip(t *testing.T) {
 		Capacity: &schedv1.Capacity{CpuMillicores: 1000, MemoryMib: 2048, DiskMib: 1, NetworkMbps: 2, Gpus: 1, Enis: 3, IpsPerEni: 10}}
 	if diff := cmp.Diff(agent, AgentRecordToProto(AgentFromProto(agent)), protocmp.Transform()); diff != "" {
 		t.Errorf("agent record (-want +got):\n%s", diff)
+	}
+}
+
+// TestLaunchBatchesStayUnderTheLimit: a batch far larger than an agent's
+// receive limit is split into messages that each fit, in order, none
+// lost; a spec larger than the limit on its own travels alone.
+func TestLaunchBatchesStayUnderTheLimit(t *testing.T) {
+	const limit = 64 << 10
+	blob := func(n int) map[string]string { return map[string]string{"BLOB": strings.Repeat("x", n)} }
+	var specs []*task.Spec
+	for i := range 200 {
+		specs = append(specs, &task.Spec{ID: fmt.Sprintf("j.%d.1", i), Image: "busybox", Env: blob(i * 37 % 5000)})
+	}
+	specs = append(specs, &task.Spec{ID: "big.0.1", Image: "busybox", Env: blob(limit)}, &task.Spec{ID: "after.0.1", Image: "busybox"})
+
+	batches := LaunchBatches(specs, limit)
+	var got, want []string
+	for _, s := range specs {
+		want = append(want, s.ID)
+	}
+	for i, l := range batches {
+		m := &schedv1.SchedulerMessage{Msg: &schedv1.SchedulerMessage_Launch{Launch: l}}
+		n := proto.Size(m)
+		alone := len(l.Tasks) == 1 && l.Tasks[0].Id == "big.0.1"
+		if n > limit && !alone {
+			t.Errorf("message %d: %d bytes with %d tasks, over the %d limit", i, n, len(l.Tasks), limit)
+		}
+		if i+1 < len(batches) && !alone && n+entrySize(batches[i+1].Tasks[0]) <= limit-envelope && batches[i+1].Tasks[0].Id != "big.0.1" {
+			t.Errorf("message %d: %d bytes, the next task would have fit", i, n)
+		}
+		for _, p := range l.Tasks {
+			got = append(got, p.Id)
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("task ids across messages (-want +got):\n%s", diff)
+	}
+	if len(batches) < 8 {
+		t.Errorf("%d messages; want the ~500 kB batch split into at least 8", len(batches))
+	}
+	if LaunchBatches(nil, limit) != nil {
+		t.Error("no spec: want no message")
 	}
 }
