@@ -75,7 +75,14 @@ func (c *Core) settle(j *jobState, sl *slot, rec *model.Task, now time.Time) {
 	}
 	state := rec.State
 	if state == task.Lost {
-		c.q.enqueue(j, sl, now, now) // the host's fault: replace at once
+		// The host's fault: replace at once, unless the slot's tasks keep
+		// getting lost without running a while (a launch that ends the
+		// agent's session, a flapping host): then back off, with jitter.
+		if !rec.Started.IsZero() && rec.Ended.Sub(rec.Started) >= lostResetAfter {
+			sl.lost = 0
+		}
+		sl.lost++
+		c.q.enqueue(j, sl, now.Add(lostDelay(sl.lost)), now)
 		c.poke()
 		return
 	}

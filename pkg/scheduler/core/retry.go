@@ -1,6 +1,7 @@
 package core
 
 import (
+	"math/rand/v2"
 	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
@@ -53,4 +54,23 @@ func resetAfter(p model.RetryPolicy) time.Duration {
 		return time.Duration(s) * time.Second
 	}
 	return defaultResetAfter
+}
+
+// Backoff of lost tasks: the first loss of a slot is replaced at once; the
+// n-th consecutive one waits lostBase*2^(n-2), capped at lostCap, jittered
+// to [d/2, d] so that the tasks of one flapping host do not return in step.
+// A task that ran lostResetAfter before it was lost starts the count again.
+const (
+	lostBase       = time.Second
+	lostCap        = time.Minute
+	lostResetAfter = time.Minute
+)
+
+// lostDelay is the wait before replacing the n-th consecutive lost attempt (n >= 1).
+func lostDelay(n uint32) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	d := expo(lostBase, n-2, lostCap)
+	return d/2 + rand.N(d/2+1)
 }

@@ -51,3 +51,47 @@ func TestRetryCounterResetsAfterARun(t *testing.T) {
 		t.Errorf("retries = %d, want 5", j.rec.Counts.Retries)
 	}
 }
+
+// TestLostReplacementsBackOff: a slot whose tasks are lost again and again
+// without running (a launch that kills the agent's stream, a flapping
+// host) is replaced at once the first time, then after growing, jittered
+// delays; a task that ran a while before it was lost starts over.
+func TestLostReplacementsBackOff(t *testing.T) {
+	s := &Core{opts: Config{MaxPendingPerGroup: 100}, q: newQueues(), kick: make(chan struct{}, 1)}
+	s.opts.SetDefaults()
+	j := &jobState{rec: &model.Job{State: model.JobAccepted, Spec: model.JobSpec{Service: &model.ServiceJob{Desired: 1, Max: 1}}},
+		group: &groupState{cfg: &model.Group{Name: "g", MaxPending: 100}}}
+	sl := &slot{active: true}
+	now := time.Unix(10_000, 0)
+	lose := func(ranFor time.Duration) time.Duration {
+		rec := &model.Task{State: task.Lost, Ended: now}
+		if ranFor > 0 {
+			rec.Started = now.Add(-ranFor)
+		}
+		s.settle(j, sl, rec, now)
+		s.q.dequeue(j, sl)
+		return sl.due.Sub(now)
+	}
+	type bounds struct{ lo, hi time.Duration }
+	steps := []struct {
+		ran  time.Duration
+		want bounds
+	}{
+		{0, bounds{0, 0}},
+		{0, bounds{500 * time.Millisecond, time.Second}},
+		{0, bounds{time.Second, 2 * time.Second}},
+		{time.Second, bounds{2 * time.Second, 4 * time.Second}},
+		{2 * time.Minute, bounds{0, 0}},
+		{0, bounds{500 * time.Millisecond, time.Second}},
+	}
+	for i, st := range steps {
+		if d := lose(st.ran); d < st.want.lo || d > st.want.hi {
+			t.Errorf("loss %d (ran %s): replaced after %s, want within [%s, %s]", i+1, st.ran, d, st.want.lo, st.want.hi)
+		}
+	}
+	for n := uint32(2); n < 40; n++ {
+		if d := lostDelay(n); d > lostCap || d < lostBase/2 {
+			t.Fatalf("lostDelay(%d) = %s, outside [%s, %s]", n, d, lostBase/2, lostCap)
+		}
+	}
+}

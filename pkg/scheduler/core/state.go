@@ -149,6 +149,7 @@ func (j *jobState) batch() bool    { return j.rec.Spec.Batch != nil }
 // slot is one task position of a job (batch index or service instance).
 type slot struct {
 	index, attempt, failures uint32
+	lost                     uint32 // consecutive attempts lost without running lostResetAfter
 	cur                      *taskState
 	active                   bool // batch: always; service: index < desired
 	done                     bool // batch: reached its final result
