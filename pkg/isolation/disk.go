@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
+
+	"github.com/titus-agent/titus-agent/pkg/backoff"
 )
 
 // Disk backends.
@@ -337,18 +339,15 @@ var busyRetries = struct {
 // umountBusy unmounts path, waiting a little while it is busy: a process
 // that just ended (the task's log writer) may still hold a file on it.
 func umountBusy(ctx context.Context, sys system, path string) error {
-	delay := busyRetries.first
+	b := backoff.New(backoff.Policy{Base: busyRetries.first})
 	for try := 1; ; try++ {
 		_, err := sys.Run(ctx, "umount", path)
 		if err == nil || !strings.Contains(err.Error(), "busy") || try >= busyRetries.tries {
 			return err
 		}
-		select {
-		case <-ctx.Done():
+		if !b.Wait(ctx) {
 			return err
-		case <-time.After(delay):
 		}
-		delay *= 2
 	}
 }
 

@@ -14,6 +14,8 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/log"
 	"github.com/containerd/typeurl/v2"
+
+	"github.com/titus-agent/titus-agent/pkg/backoff"
 )
 
 // oomWatcher records the containers containerd reported OOM events for.
@@ -77,14 +79,14 @@ func (w *oomWatcher) waitFor(ctx context.Context, id string, d time.Duration) bo
 // run subscribes to /tasks/oom events of ns until ctx ends, resubscribing
 // (with backoff) when containerd goes away.
 func (w *oomWatcher) run(ctx context.Context, c *client.Client, ns string) {
-	backoff := 100 * time.Millisecond
+	b := backoff.New(backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second})
 	for ctx.Err() == nil {
 		evs, errs := c.Subscribe(ctx, `topic=="/tasks/oom",namespace==`+strconv.Quote(ns))
 		func() {
 			for {
 				select {
 				case e := <-evs:
-					backoff = 100 * time.Millisecond
+					b.Reset()
 					v, err := typeurl.UnmarshalAny(e.Event)
 					if err != nil {
 						continue
@@ -102,11 +104,7 @@ func (w *oomWatcher) run(ctx context.Context, c *client.Client, ns string) {
 				}
 			}
 		}()
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-		}
-		backoff = min(2*backoff, 5*time.Second)
+		b.Wait(ctx)
 	}
 }
 

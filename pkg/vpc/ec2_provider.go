@@ -13,6 +13,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 
+	"github.com/titus-agent/titus-agent/pkg/backoff"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -539,8 +540,8 @@ func (p *EC2Provider) loop() {
 
 // Tick runs one round of background work: refill every pool below its
 // target, then hand back what has been surplus for ReleaseAfter. Failed
-// refills back off per pool (exponentially, with jitter from the SDK's
-// retries underneath). Exposed for tests that drive time themselves.
+// refills back off per pool (exponentially from RefillInterval, with
+// jitter, on top of the SDK's own jittered retries). Exposed for tests that drive time themselves.
 func (p *EC2Provider) Tick(ctx context.Context) {
 	p.growMu.Lock()
 	defer p.growMu.Unlock()
@@ -560,8 +561,8 @@ func (p *EC2Provider) Tick(ctx context.Context) {
 		}
 		if err := p.refill(ctx, key); err != nil {
 			p.mu.Lock()
+			b.delay = backoff.Policy{Base: p.cfg.RefillInterval, Max: p.cfg.RefillBackoffMax, Jitter: backoff.Equal}.Delay(b.fails)
 			b.fails++
-			b.delay = min(max(2*b.delay, p.cfg.RefillInterval), p.cfg.RefillBackoffMax)
 			b.next = p.now().Add(b.delay)
 			p.backoff[key] = b
 			p.mu.Unlock()

@@ -11,6 +11,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	"github.com/aws/aws-sdk-go-v2/service/ec2/types"
+
+	"github.com/titus-agent/titus-agent/pkg/backoff"
 )
 
 // Tags put on every ENI the agent creates, so a restarted agent (or an
@@ -339,7 +341,7 @@ func (m *eniManager) detachDelete(ctx context.Context, eniID, attachmentID strin
 			return fmt.Errorf("detach %s: %w", eniID, err)
 		}
 	}
-	delay := 50 * time.Millisecond
+	b := backoff.New(detachBackoff)
 	for {
 		_, err := m.api.DeleteNetworkInterface(ctx, &ec2.DeleteNetworkInterfaceInput{NetworkInterfaceId: aws.String(eniID)})
 		if err == nil || isNotFound(err) {
@@ -348,14 +350,14 @@ func (m *eniManager) detachDelete(ctx context.Context, eniID, attachmentID strin
 		if !isInUse(err) {
 			return fmt.Errorf("delete %s: %w", eniID, err)
 		}
-		select {
-		case <-ctx.Done():
+		if !b.Wait(ctx) {
 			return fmt.Errorf("delete %s: %w", eniID, errors.Join(err, ctx.Err()))
-		case <-time.After(delay):
 		}
-		delay = min(2*delay, 2*time.Second)
 	}
 }
+
+// detachBackoff paces DeleteNetworkInterface while the detach finishes.
+var detachBackoff = backoff.Policy{Base: 50 * time.Millisecond, Max: 2 * time.Second, Jitter: backoff.Equal}
 
 func apiCode(err error) string {
 	var ae interface{ ErrorCode() string }

@@ -1,7 +1,6 @@
 package vpc
 
 import (
-	"math/rand/v2"
 	"net/http"
 	"time"
 
@@ -9,6 +8,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"golang.org/x/time/rate"
+
+	"github.com/titus-agent/titus-agent/pkg/backoff"
 )
 
 // RetryConfig bounds the EC2 client's own pacing: one client-side token
@@ -51,13 +52,7 @@ func (c RetryConfig) withDefaults() RetryConfig {
 type fullJitter struct{ base, max time.Duration }
 
 func (j fullJitter) BackoffDelay(attempt int, _ error) (time.Duration, error) {
-	d := j.max
-	if attempt < 30 {
-		if e := j.base << uint(attempt); e > 0 && e < j.max {
-			d = e
-		}
-	}
-	return time.Duration(rand.Int64N(int64(d) + 1)), nil
+	return backoff.Policy{Base: j.base, Max: j.max, Jitter: backoff.Full}.Delay(attempt), nil
 }
 
 // newRetryer is the SDK's standard retryer (which already treats

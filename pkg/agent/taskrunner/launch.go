@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 
+	"github.com/titus-agent/titus-agent/pkg/backoff"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -155,7 +156,7 @@ func (r *Runner) wait(agentCtx context.Context) {
 		runtimeLimit = t.C
 	}
 	var sigkill <-chan time.Time
-	backoff := 100 * time.Millisecond
+	retry := backoff.New(reattachBackoff)
 	for {
 		exitCh, err := r.cfg.Runtime.Wait(agentCtx, id)
 		if err != nil {
@@ -167,12 +168,9 @@ func (r *Runner) wait(agentCtx context.Context) {
 				return
 			}
 			r.log.Warn("wait failed; retrying", "err", err)
-			select {
-			case <-agentCtx.Done():
+			if !retry.Wait(agentCtx) {
 				return
-			case <-time.After(backoff):
 			}
-			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
 		for exitCh != nil {
@@ -209,14 +207,15 @@ func (r *Runner) wait(agentCtx context.Context) {
 				}
 			}
 		}
-		select {
-		case <-agentCtx.Done():
+		if !retry.Wait(agentCtx) {
 			return
-		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
 	}
 }
+
+// reattachBackoff paces re-attaching to a task while the (local) runtime is
+// away.
+var reattachBackoff = backoff.Policy{Base: 100 * time.Millisecond, Max: 5 * time.Second}
 
 func (r *Runner) startedAt() time.Time {
 	r.mu.Lock()

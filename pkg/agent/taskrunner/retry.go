@@ -7,11 +7,17 @@ import (
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/titus-agent/titus-agent/pkg/backoff"
 )
 
 // transientFor is how long a hook keeps retrying while containerd is
 // unreachable (e.g. restarting) before the launch fails.
 const transientFor = 30 * time.Second
+
+// transientBackoff paces retries against a restarting containerd (local:
+// no jitter needed).
+var transientBackoff = backoff.Policy{Base: 100 * time.Millisecond, Max: 2 * time.Second}
 
 // transient reports whether err means the runtime is briefly unreachable.
 func transient(err error) bool {
@@ -22,17 +28,14 @@ func transient(err error) bool {
 // containerd has been unreachable for transientFor.
 func retryTransient(ctx context.Context, fn func() error) error {
 	deadline := time.Now().Add(transientFor)
-	wait := 100 * time.Millisecond
+	b := backoff.New(transientBackoff)
 	for {
 		err := fn()
 		if err == nil || !transient(err) || time.Now().After(deadline) {
 			return err
 		}
-		select {
-		case <-ctx.Done():
+		if !b.Wait(ctx) {
 			return err
-		case <-time.After(wait):
 		}
-		wait = min(wait*2, 2*time.Second)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/titus-agent/titus-agent/pkg/backoff"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -45,7 +46,7 @@ func (r *Runner) teardown() {
 // to a minute, between tries. It gives up (false) when the agent shuts down:
 // the next agent start takes it up from the record.
 func (r *Runner) untilDone(what string, fn func() error) bool {
-	wait := r.cfg.TeardownRetry
+	b := backoff.New(backoff.Policy{Base: r.cfg.TeardownRetry, Max: time.Minute})
 	for {
 		err := fn()
 		if err == nil {
@@ -55,14 +56,12 @@ func (r *Runner) untilDone(what string, fn func() error) bool {
 			r.log.Error(what+" failed; the next agent start retries", "err", err)
 			return false
 		}
+		wait := b.Next()
 		r.log.Error(what+" failed; retrying", "err", err, "in", wait)
-		select {
-		case <-r.agentCtx.Done():
+		if !backoff.Sleep(r.agentCtx, wait) {
 			r.log.Error(what+" failed; the next agent start retries", "err", err)
 			return false
-		case <-time.After(wait):
 		}
-		wait = min(2*wait, time.Minute)
 	}
 }
 
