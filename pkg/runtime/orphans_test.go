@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -159,7 +160,16 @@ func TestKillShim(t *testing.T) {
 	cmd, other := start(addr), start(addr+"2")
 	var kids []int
 	deadline := time.Now().Add(10 * time.Second)
-	for len(kids) == 0 && time.Now().Before(deadline) {
+	// Wait until the child has exec'd sleep: until then the forked sh still
+	// shows its parent's shim-like command line.
+	execd := func(pids []int) bool {
+		if len(pids) != 1 {
+			return false
+		}
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pids[0]))
+		return err == nil && strings.HasPrefix(string(b), "sleep")
+	}
+	for !execd(kids) && time.Now().Before(deadline) {
 		kids = descendants("/proc", cmd.Process.Pid)
 		time.Sleep(10 * time.Millisecond)
 	}

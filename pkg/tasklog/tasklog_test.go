@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -117,9 +118,17 @@ func TestRunLoggerRotates(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("runLogger: %v", err)
 	}
-	files, err := filepath.Glob(filepath.Join(dir, "t1", "*"))
-	if err != nil {
-		t.Fatal(err)
+	// lumberjack removes old backups in a goroutine of its own after each
+	// rotation, so the count converges shortly after the logger returns.
+	var files []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var err error
+		if files, err = filepath.Glob(filepath.Join(dir, "t1", "*")); err != nil {
+			t.Fatal(err)
+		}
+		if len(files) == 3 || time.Now().After(deadline) {
+			break
+		}
 	}
 	if len(files) != 3 {
 		t.Errorf("want current file + 2 backups, got %v", files)
