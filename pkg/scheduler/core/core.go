@@ -177,6 +177,26 @@ type Core struct {
 	// submitting counts submissions being written, by application: they
 	// count against the live-job caps before they are in jobs.
 	submitting map[string]int
+	// live counts the jobs not ended, by application (kept in step by
+	// Submit, loadJob and finishJob).
+	live live
+}
+
+// live counts jobs not ended.
+type live struct {
+	byApp map[string]int
+	total int
+}
+
+func (l *live) add(app string, n int) {
+	if l.byApp == nil {
+		l.byApp = map[string]int{}
+	}
+	l.byApp[app] += n
+	l.total += n
+	if l.byApp[app] <= 0 {
+		delete(l.byApp, app)
+	}
 }
 
 type counters struct {

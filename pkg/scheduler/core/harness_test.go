@@ -28,6 +28,7 @@ type testScheduler struct {
 	kv     *gatedKV
 	prefix string
 	now    time.Time // the fake clock, when set
+	st     *store.Store
 }
 
 const testPrefix = "/titus/"
@@ -60,7 +61,7 @@ func newTestScheduler(t *testing.T, o Config) *testScheduler {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &testScheduler{Core: c, t: t, ctx: ctx, cli: cli, kv: &gatedKV{KV: cli}, prefix: testPrefix}
+	ts := &testScheduler{Core: c, t: t, ctx: ctx, cli: cli, kv: &gatedKV{KV: cli}, prefix: testPrefix, st: st}
 	c.clock = func() time.Time {
 		if !ts.now.IsZero() {
 			return ts.now

@@ -52,18 +52,9 @@ func (c *Core) admit(g *groupState, n int, footprint model.Resources) error {
 // not ended (a service at desired 0 included) and those being written.
 // Callers hold c.mu.
 func (c *Core) admitLive(app string) error {
-	total, mine := 0, c.submitting[app]
+	total, mine := c.live.total, c.live.byApp[app]+c.submitting[app]
 	for _, n := range c.submitting {
 		total += n
-	}
-	for _, j := range c.jobs {
-		if j.terminal() {
-			continue
-		}
-		total++
-		if j.rec.Spec.Application == app {
-			mine++
-		}
 	}
 	if mine >= c.opts.MaxLiveJobsPerApplication {
 		return fmt.Errorf("%w: application %q has %d live jobs, limit %d (a service at desired 0 counts); kill jobs it no longer needs",
@@ -134,6 +125,7 @@ func (c *Core) Submit(ctx context.Context, spec model.JobSpec) (string, error) {
 	j := c.newJobState(rec, tmpl)
 	j.footprint = fp
 	c.jobs[rec.ID] = j
+	c.live.add(spec.Application, 1)
 	for _, sl := range j.slots {
 		c.q.enqueue(j, sl, now, now)
 	}

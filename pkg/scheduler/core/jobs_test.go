@@ -211,6 +211,20 @@ func TestLiveJobCaps(t *testing.T) {
 		t.Fatal(err)
 	}
 	ts.submit(a())
+	// A new leader counts what it loads.
+	if err := ts.Flush(ts.ctx); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := New(Config{MaxLiveJobsPerApplication: 2, MaxLiveJobs: 3}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Load(ts.ctx, ts.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c2.Submit(ts.ctx, a()); !errors.Is(err, model.ErrTooManyJobs) {
+		t.Fatalf("after a reload, a third live job of t: %v, want too many live jobs", err)
+	}
 }
 
 func TestLabelLimits(t *testing.T) {

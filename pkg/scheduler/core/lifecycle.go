@@ -135,6 +135,9 @@ func (c *Core) checkDone(j *jobState, now time.Time) {
 
 func (c *Core) finishJob(j *jobState, state model.JobState, now time.Time) {
 	j.gen++
+	if !j.rec.State.Terminal() && state.Terminal() {
+		c.live.add(j.rec.Spec.Application, -1)
+	}
 	j.rec.State = state
 	j.rec.Finished = now
 	j.rec.Counts = counts(j)

@@ -20,7 +20,7 @@ func (c *Core) Load(ctx context.Context, st Store, stepDown func()) error {
 	c.st, c.stepDown = st, stepDown
 	now := time.Now()
 	c.jobs, c.tasks, c.agents = map[string]*jobState{}, map[string]*taskState{}, map[string]*agentState{}
-	c.q, c.ret = newQueues(), retention{}
+	c.q, c.ret, c.live = newQueues(), retention{}, live{}
 	c.gstate = map[string]*groupState{}
 	for name, g := range c.groups {
 		c.gstate[name] = &groupState{cfg: g}
@@ -70,6 +70,7 @@ func (c *Core) loadJob(ctx context.Context, r *model.Job, now time.Time) error {
 	j.footprint = footprintOf(&r.Spec, j.d.req)
 	j.group.reserved = j.group.reserved.Add(j.footprint)
 	c.jobs[r.ID] = j
+	c.live.add(r.Spec.Application, 1)
 	recs, err := c.st.JobTasks(ctx, r.ID)
 	if err != nil {
 		return err
