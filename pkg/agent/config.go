@@ -75,8 +75,9 @@ type NetworkConfig struct {
 	NetNSDir string         `json:"netnsDir"`
 	// HostNetNS is the netns holding the host\'s interfaces; empty = the
 	// agent\'s own (tests use it to run simulated hosts).
-	HostNetNS string   `json:"hostNetNS"`
-	DNS       []string `json:"dns"`
+	HostNetNS string         `json:"hostNetNS"`
+	DNS       []string       `json:"dns"`
+	Firewall  FirewallConfig `json:"firewall"`
 }
 
 // LocalNetConfig is the no-cloud provider: IPs from a CIDR behind a bridge.
@@ -184,7 +185,7 @@ func DefaultConfig() Config {
 		LogDir:        "/var/log/titus-agent/tasks",
 		Logs:          LogConfig{MaxSizeMiB: 10, MaxFiles: 3},
 		Containerd:    ContainerdConfig{Address: "/run/containerd/containerd.sock", Namespace: "titus"},
-		Network:       NetworkConfig{Provider: "none", NetNSDir: "/run/titus-agent/netns", Local: LocalNetConfig{CIDR: "198.19.255.0/24", Bridge: "titus-br0"}},
+		Network:       NetworkConfig{Provider: "none", NetNSDir: "/run/titus-agent/netns", Local: LocalNetConfig{CIDR: "198.19.255.0/24", Bridge: "titus-br0"}, Firewall: FirewallConfig{Enabled: true}},
 		Metadata:      MetadataConfig{Enabled: true},
 		Isolation:     defaultIsolation(),
 		MetricsListen: "127.0.0.1:9101",

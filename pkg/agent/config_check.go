@@ -118,6 +118,7 @@ func (cfg *Config) check() []error {
 	c.nonNegative("network.ec2.minWarmIPs", int64(n.EC2.MinWarmIPs))
 	c.duration("network.ec2.poolReleaseAfter", n.EC2.PoolReleaseAfter, time.Millisecond, 24*time.Hour)
 	c.duration("network.ec2.reuseCooldown", n.EC2.ReuseCooldown, time.Millisecond, 24*time.Hour)
+	n.Firewall.check(c)
 	m := cfg.Metadata
 	c.url("metadata.upstream", m.Upstream)
 	c.url("metadata.stsEndpoint", m.STSEndpoint)

@@ -43,6 +43,9 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 		w.closers = append(w.closers, ep.Close)
 		provider = ep
 	}
+	if err := wireFirewall(ctx, cfg.Network, log); err != nil {
+		return nil, err
+	}
 	dp, err := vpc.NewDataPlane(vpc.DataPlaneConfig{
 		NetNSDir:  cfg.Network.NetNSDir,
 		HostNetNS: cfg.Network.HostNetNS,

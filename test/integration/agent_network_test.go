@@ -47,8 +47,16 @@ func newLocalNet(t *testing.T) localNet {
 		}
 		table := "titus_" + ln.bridge
 		exec.Command("nft", "delete", "table", "ip", table).Run()
+		exec.Command("nft", "delete", "table", "inet", "titus_fw_"+ln.bridge).Run()
+		exec.Command("nft", "delete", "table", "bridge", "titus_fw_"+ln.bridge).Run()
 	})
 	return ln
+}
+
+// peered is the config with tasks allowed to reach each other on the
+// bridge (the host firewall refuses it by default).
+func (ln localNet) peered() string {
+	return ln.config + "  firewall:\n    taskToTask: true\n"
 }
 
 func newNetAgentEnv(t *testing.T) (*agentEnv, localNet) {
@@ -57,7 +65,7 @@ func newNetAgentEnv(t *testing.T) (*agentEnv, localNet) {
 	e.ctd = testenv.StartContainerd(t)
 	e.reg = testenv.StartRegistry(t)
 	e.image = testenv.PushBusybox(t, e.reg, "busybox", "latest")
-	e.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: e.ctd.Address, PlainHTTP: []string{e.reg.Host}, Config: ln.config})
+	e.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: e.ctd.Address, PlainHTTP: []string{e.reg.Host}, Config: ln.peered()})
 	e.dir, e.socket, e.client = e.agent.Dir, e.agent.Socket, e.agent.Client
 	return e, ln
 }

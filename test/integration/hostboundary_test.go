@@ -1,13 +1,26 @@
 package integration
 
 import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/task"
@@ -75,6 +88,263 @@ func TestAgentHostPathSymlinkAttack(t *testing.T) {
 			t.Fatalf("addresses still held after the refused tasks: %v\n%s", err, status)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	e.assertNoLeftovers()
+}
+
+// outside is a network namespace beyond the host, reached through a veth
+// from the host's netns: where a task's ordinary egress goes. It answers
+// "hello-outside" on addr:8080.
+type outside struct{ addr string }
+
+func newOutside(t *testing.T) outside {
+	t.Helper()
+	b := make([]byte, 3)
+	rand.Read(b)
+	k := int(b[0]) % 60
+	hostIP, nsIP := fmt.Sprintf("198.19.253.%d", 4*k+1), fmt.Sprintf("198.19.253.%d", 4*k+2)
+	hostSide, nsSide := "tfh"+hex.EncodeToString(b), "tfp"+hex.EncodeToString(b)
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns, err := netns.New()
+	if err != nil {
+		runtime.UnlockOSThread()
+		t.Fatal(err)
+	}
+	var ln net.Listener
+	setup := func() error {
+		lo, _ := netlink.LinkByName("lo")
+		netlink.LinkSetUp(lo)
+		if err := netns.Set(orig); err != nil {
+			return err
+		}
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostSide}, PeerName: nsSide, PeerNamespace: netlink.NsFd(int(ns))}
+		if err := netlink.LinkAdd(veth); err != nil {
+			return fmt.Errorf("veth: %w", err)
+		}
+		host, _ := netlink.LinkByName(hostSide)
+		if err := netlink.AddrAdd(host, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(hostIP), Mask: net.CIDRMask(30, 32)}}); err != nil {
+			return err
+		}
+		netlink.LinkSetUp(host)
+		if err := netns.Set(ns); err != nil {
+			return err
+		}
+		peer, err := netlink.LinkByName(nsSide)
+		if err != nil {
+			return err
+		}
+		if err := netlink.AddrAdd(peer, &netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(nsIP), Mask: net.CIDRMask(30, 32)}}); err != nil {
+			return err
+		}
+		netlink.LinkSetUp(peer)
+		ln, err = net.Listen("tcp", nsIP+":8080")
+		return err
+	}
+	err = setup()
+	netns.Set(orig)
+	runtime.UnlockOSThread()
+	t.Cleanup(func() {
+		if ln != nil {
+			ln.Close()
+		}
+		if l, err := netlink.LinkByName(hostSide); err == nil {
+			netlink.LinkDel(l)
+		}
+		ns.Close()
+		orig.Close()
+	})
+	if err != nil {
+		t.Fatalf("outside netns: %v", err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello-outside\n"))
+			c.Close()
+		}
+	}()
+	return outside{addr: nsIP}
+}
+
+// hostListener is a service on the host's own addresses that no task
+// should reach; it counts who got through.
+type hostListener struct {
+	port     int
+	accepted atomic.Int32
+}
+
+func newHostListener(t *testing.T) *hostListener {
+	ln, err := net.Listen("tcp", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	h := &hostListener{port: ln.Addr().(*net.TCPAddr).Port}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			h.accepted.Add(1)
+			c.Write([]byte("host-secret\n"))
+			c.Close()
+		}
+	}()
+	return h
+}
+
+func freePort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+var counterRE = regexp.MustCompile(`packets (\d+)`)
+
+// nftCounter reads one of the firewall's named counters.
+func nftCounter(t *testing.T, family, table, name string) int {
+	t.Helper()
+	out, err := exec.Command("nft", "list", "counter", family, table, name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nft list counter %s %s %s: %v %s", family, table, name, err, out)
+	}
+	m := counterRE.FindStringSubmatch(string(out))
+	if m == nil {
+		t.Fatalf("counter %s: %s", name, out)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// TestAgentFirewallFromInsideTasks attacks the host from inside tasks on
+// the local bridge: the agent's metrics port, a service on the host's own
+// addresses, a neighbour task and link-local addresses (the cloud's IMDS
+// with metadata off) are all refused, while the task's ordinary egress and
+// its own metadata service work. The filter survives the agent's death
+// and is re-applied, not re-opened, by the next agent.
+func TestAgentFirewallFromInsideTasks(t *testing.T) {
+	begin(t)
+	ln := newLocalNet(t)
+	out := newOutside(t)
+	svc := newHostListener(t)
+	metricsPort := freePort(t)
+	table := "titus_fw_" + ln.bridge
+	// A net under the test, not the thing tested: even with no firewall a
+	// task's link-local packet goes nowhere from this bridge (it is never
+	// sent from the host's netns).
+	rule := []string{"iif", ln.bridge, "to", "169.254.0.0/16", "blackhole", "pref", "4242"}
+	if o, err := exec.Command("ip", append([]string{"rule", "add"}, rule...)...).CombinedOutput(); err != nil {
+		t.Fatalf("safety rule: %v %s", err, o)
+	}
+	t.Cleanup(func() { exec.Command("ip", append([]string{"rule", "del"}, rule...)...).Run() })
+
+	cfg := ln.config + fmt.Sprintf("metricsListen: 0.0.0.0:%d\n", metricsPort)
+	e := newAgentEnvConfig(t, cfg)
+	web := e.spec("web", "sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www")
+	e.launch(web)
+	e.launch(e.spec("probe", "sleep", "1000"))
+	webIP := e.waitState("web", stRunning, 30*time.Second).GetNetwork().GetIpv4()
+	probe := e.waitState("probe", stRunning, 30*time.Second)
+	probeIP, gw := probe.GetNetwork().GetIpv4(), strings.TrimSuffix(ln.cidr, "0/24")+"1"
+	hostIPs := []string{gw}
+	if addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4); err == nil {
+		for _, a := range addrs {
+			if ip := a.IP.String(); a.IP.IsGlobalUnicast() && ip != gw && !strings.HasPrefix(ip, "198.19.253.") {
+				hostIPs = append(hostIPs, ip)
+				break
+			}
+		}
+	}
+	// The host itself can reach its metrics, so a refusal below is the filter's.
+	if resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)); err != nil {
+		t.Fatalf("metrics from the host: %v", err)
+	} else {
+		resp.Body.Close()
+	}
+
+	attacks := func(from string) {
+		t.Helper()
+		// Ordinary egress, through the host, works.
+		waitFor(t, from+" reaches the outside", 15*time.Second, func() (bool, string) {
+			o, code := e.exec(from, "sh", "-c", "nc -w 3 "+out.addr+" 8080 </dev/null")
+			return code == 0 && strings.Contains(o, "hello-outside"), fmt.Sprintf("exit %d: %s", code, o)
+		})
+		for _, ip := range hostIPs {
+			if o, _ := e.exec(from, "sh", "-c", fmt.Sprintf("printf 'GET /metrics HTTP/1.0\\r\\n\\r\\n' | nc -w 2 %s %d", ip, metricsPort)); strings.Contains(o, "HTTP/") {
+				t.Errorf("%s reached the agent's metrics at %s:%d: %q", from, ip, metricsPort, o)
+			}
+			if o, _ := e.exec(from, "sh", "-c", fmt.Sprintf("nc -w 2 %s %d </dev/null", ip, svc.port)); strings.Contains(o, "host-secret") {
+				t.Errorf("%s reached a host service at %s:%d: %q", from, ip, svc.port, o)
+			}
+		}
+		if n := svc.accepted.Load(); n != 0 {
+			t.Errorf("the host service accepted %d connections from tasks", n)
+		}
+		if o, code := httpGet(e, from, webIP); code == 0 || strings.Contains(o, "hello-from-web") {
+			t.Errorf("%s reached its neighbour at %s: %d %q", from, webIP, code, o)
+		}
+	}
+	attacks("probe")
+	if o, code := e.exec("probe", "sh", "-c", "printf 'GET /latest/meta-data/local-ipv4 HTTP/1.0\\r\\n\\r\\n' | nc -w 3 169.254.169.254 80"); code != 0 || !strings.HasSuffix(strings.TrimSpace(o), "\n"+probeIP) {
+		t.Errorf("probe's own metadata: %d %q, want %s", code, o, probeIP)
+	}
+	before := nftCounter(t, "inet", table, "task_to_linklocal")
+	if o, _ := e.exec("probe", "sh", "-c", "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 169.254.170.2 80"); strings.Contains(o, "HTTP/") {
+		t.Errorf("probe reached 169.254.170.2: %q", o)
+	}
+	if after := nftCounter(t, "inet", table, "task_to_linklocal"); after <= before {
+		t.Errorf("link-local counter %d -> %d: the firewall did not drop the packet", before, after)
+	}
+	if n := nftCounter(t, "inet", table, "task_to_host"); n == 0 {
+		t.Errorf("task_to_host counter is 0")
+	}
+	if n := nftCounter(t, "bridge", table, "task_to_task"); n == 0 {
+		t.Errorf("bridge task_to_task counter is 0")
+	}
+
+	// The agent dies: its tasks and its filter stay. The next one runs
+	// without metadata; a task launched then has nothing on
+	// 169.254.169.254 in its netns, and its packets there are dropped.
+	e.kill9()
+	if o, err := exec.Command("nft", "list", "table", "inet", table).CombinedOutput(); err != nil {
+		t.Fatalf("firewall gone with the agent: %v %s", err, o)
+	}
+	conf := filepath.Join(e.dir, "agent.yaml")
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, append(b, "\nmetadata:\n  enabled: false\n"...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	attacks("probe")
+	e.launch(e.spec("nometa", "sleep", "1000"))
+	e.waitState("nometa", stRunning, 30*time.Second)
+	attacks("nometa")
+	before = nftCounter(t, "inet", table, "task_to_linklocal")
+	if o, _ := e.exec("nometa", "sh", "-c", "printf 'GET /latest/meta-data/ HTTP/1.0\\r\\n\\r\\n' | nc -w 2 169.254.169.254 80"); strings.Contains(o, "HTTP/") {
+		t.Errorf("with metadata off, a task reached 169.254.169.254: %q", o)
+	}
+	if after := nftCounter(t, "inet", table, "task_to_linklocal"); after <= before {
+		t.Errorf("link-local counter %d -> %d: 169.254.169.254 was not dropped by the firewall", before, after)
+	}
+	for _, id := range []string{"web", "probe", "nometa"} {
+		e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id})
+	}
+	for _, id := range []string{"web", "probe", "nometa"} {
+		e.waitFinal(id)
 	}
 	e.assertNoLeftovers()
 }

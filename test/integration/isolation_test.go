@@ -1083,7 +1083,7 @@ func newUserNSNetAgent(t *testing.T) (e *agentEnv, parent string) {
 	t.Helper()
 	parent = userNSDir(t)
 	ln := newLocalNet(t)
-	cfg := strings.ReplaceAll(ln.config, "{{DIR}}/netns", filepath.Join(parent, "netns")) +
+	cfg := strings.ReplaceAll(ln.peered(), "{{DIR}}/netns", filepath.Join(parent, "netns")) +
 		"isolation:\n  diskDir: " + filepath.Join(parent, "disks") + "\n"
 	return newAgentEnvConfig(t, cfg), parent
 }
