@@ -149,6 +149,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		Stages:       w.stages,
 		RestoreHooks: w.restore,
 		Reconcilers:  w.reconcilers,
+		Restorers:    w.restorers,
 		Logger:       log,
 		MaxTasks:     cfg.MaxTasks,
 		Observe:      observeHook(d.metrics),
@@ -184,6 +185,7 @@ type wiring struct {
 	stages      [][]taskrunner.PrestartHook
 	restore     []taskrunner.RestoreHook
 	reconcilers []Reconciler
+	restorers   []RecordRestorer
 	closers     []func() error
 	vpc         VPCOperator
 	metadata    MetadataGetter

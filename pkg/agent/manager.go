@@ -40,6 +40,15 @@ type Reconciler interface {
 	Reconcile(ctx context.Context, keep map[string]bool) error
 }
 
+// RecordRestorer re-learns what the task records say a subsystem handed
+// out (user namespace ranges), before any reconciler or runner runs: the
+// records are the authority, never what a task could have changed on the
+// host. It gets the records of tasks whose host resources are not yet
+// cleaned up.
+type RecordRestorer interface {
+	RestoreRecords(recs []*taskrunner.Record)
+}
+
 // ManagerConfig wires a Manager.
 type ManagerConfig struct {
 	Store        *Store
@@ -47,6 +56,7 @@ type ManagerConfig struct {
 	Stages       [][]taskrunner.PrestartHook
 	RestoreHooks []taskrunner.RestoreHook
 	Reconcilers  []Reconciler
+	Restorers    []RecordRestorer
 	Logger       *slog.Logger
 	// MaxTasks bounds the tasks known at once (finished ones included until
 	// they are pruned).
@@ -250,6 +260,15 @@ func (m *Manager) Restore(ctx context.Context) error {
 		if !(rec.Status.State.Terminal() && rec.CleanedUp) {
 			keep[rec.Spec.ID] = true
 		}
+	}
+	var live []*taskrunner.Record
+	for _, rec := range recs {
+		if keep[rec.Spec.ID] {
+			live = append(live, rec)
+		}
+	}
+	for _, rs := range m.cfg.Restorers {
+		rs.RestoreRecords(live)
 	}
 	// Before any runner: a resumed launch must not meet the orphan shim,
 	// runc state or host resources of its cut-short first attempt.

@@ -261,3 +261,40 @@ func TestRestoreLeavesQuarantinedTasksRunning(t *testing.T) {
 		store.Close()
 	}
 }
+
+type recordsSeen struct{ ids []string }
+
+func (r *recordsSeen) RestoreRecords(recs []*taskrunner.Record) {
+	for _, rec := range recs {
+		r.ids = append(r.ids, rec.Spec.ID)
+	}
+	sort.Strings(r.ids)
+}
+
+// Restorers learn the records of tasks whose host resources are live,
+// before any runner starts.
+func TestRestoreHandsRecordsToRestorers(t *testing.T) {
+	store, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	done := record("done", task.Accepted, task.Preparing, task.Starting, task.Running, task.Finished)
+	done.CleanedUp = true
+	for _, r := range []*taskrunner.Record{record("a", task.Accepted, task.Preparing), done} {
+		if err := store.Save(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := &recordsSeen{}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := NewManager(ctx, ManagerConfig{Store: store, Runtime: &fakeRuntime{}, Restorers: []RecordRestorer{seen},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err := m.Restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"a"}, seen.ids); diff != "" {
+		t.Errorf("records restored (-want +got):\n%s", diff)
+	}
+}

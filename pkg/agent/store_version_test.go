@@ -89,7 +89,10 @@ func TestStoreLoadsVersion1Record(t *testing.T) {
 		t.Fatal(err)
 	}
 	var raw []byte
-	s.db.View(func(tx *bolt.Tx) error { raw = bytes.Clone(tx.Bucket(tasksBucket).Get([]byte("job-1.0.1"))); return nil })
+	s.db.View(func(tx *bolt.Tx) error {
+		raw = bytes.Clone(tx.Bucket(tasksBucket).Get([]byte("job-1.0.1")))
+		return nil
+	})
 	if !bytes.Contains(raw, []byte(`"version":2`)) {
 		t.Errorf("saved record has no version 2: %s", raw)
 	}

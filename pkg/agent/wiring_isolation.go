@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 )
 
@@ -93,4 +94,22 @@ func hostPaths(ps []string) []isolation.HostPath {
 		}
 	}
 	return out
+}
+
+// userNSRestorer hands isolation the user namespace ranges the task records
+// hold, so a restarted agent assigns them from its records.
+type userNSRestorer struct {
+	disks interface {
+		RestoreUserNS(map[string]*isolation.UserNS)
+	}
+}
+
+func (u userNSRestorer) RestoreRecords(recs []*taskrunner.Record) {
+	by := map[string]*isolation.UserNS{}
+	for _, rec := range recs {
+		if d := rec.Resources.Disk; d != nil && d.UserNS != nil {
+			by[rec.Spec.ID] = d.UserNS.Isolation()
+		}
+	}
+	u.disks.RestoreUserNS(by)
 }

@@ -5,8 +5,11 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
+	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
 func TestIsolationConfig(t *testing.T) {
@@ -40,5 +43,24 @@ func TestIsolationOptionsFromConfig(t *testing.T) {
 	want := isolation.Options{InitPath: "/opt/tini", CPUSet: "1-3", OOMScoreAdj: 800, AllowedHostPaths: []isolation.HostPath{{Path: "/srv"}, {Path: "/data", ReadWrite: true}}, AllowedDevices: []string{"/dev/fuse"}}
 	if diff := cmp.Diff(want, isolationOptions(cfg)); diff != "" {
 		t.Errorf("options (-want +got):\n%s", diff)
+	}
+}
+
+type fakeUserNSDisks struct{ got map[string]*isolation.UserNS }
+
+func (f *fakeUserNSDisks) RestoreUserNS(m map[string]*isolation.UserNS) { f.got = m }
+
+func TestUserNSRestorerFromRecords(t *testing.T) {
+	ids := []taskrunner.IDMapping{{ContainerID: 0, HostID: 1 << 24, Size: 65536}}
+	withNS := &taskrunner.Record{Spec: task.Spec{ID: "a"}}
+	withNS.Resources.Disk = &taskrunner.DiskInfo{UserNS: &taskrunner.UserNS{UIDMap: ids, GIDMap: ids}}
+	plain := &taskrunner.Record{Spec: task.Spec{ID: "b"}}
+	plain.Resources.Disk = &taskrunner.DiskInfo{}
+	f := &fakeUserNSDisks{}
+	userNSRestorer{f}.RestoreRecords([]*taskrunner.Record{withNS, plain, {Spec: task.Spec{ID: "c"}}})
+	m := []specs.LinuxIDMapping{{ContainerID: 0, HostID: 1 << 24, Size: 65536}}
+	want := map[string]*isolation.UserNS{"a": {UIDMap: m, GIDMap: m}}
+	if diff := cmp.Diff(want, f.got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
 	}
 }

@@ -77,6 +77,10 @@ type Disks struct {
 
 	mu  sync.Mutex // user namespace assignment
 	ids *IDRanges  // nil: no user namespaces
+	// slots are the user namespace slots assigned, by task: the agent's
+	// task records seed them at start (RestoreUserNS), never the owner of
+	// a directory the task can chown.
+	slots map[string][]uint32
 }
 
 // NewDisks keeps its state under dir and picks the backend: XFS project
@@ -227,28 +231,82 @@ func (d *Disks) setup(ctx context.Context, taskID string, sizeMiB int64, lowerDi
 	return disk, nil
 }
 
-// assignUserNS gives the task the user namespace its upper directory
-// already belongs to, or a free one, and hands it the upper and work
-// directories. The owner of each task's upper directory records its range,
-// so assignments survive an agent restart. Both backends keep a task's disk
-// at <dir>/mnt/<task>.
+// RestoreUserNS tells Disks which user namespaces the agent's task
+// records say tasks have, before any task is set up after an agent
+// restart: those tasks keep their ranges, and no other task gets a slot
+// they overlap. A recorded range that is not one slot of the current
+// ranges (the configuration changed) still blocks every slot it overlaps.
+func (d *Disks) RestoreUserNS(byTask map[string]*UserNS) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.slots == nil {
+		d.slots = map[string][]uint32{}
+	}
+	if d.ids == nil {
+		return
+	}
+	r := *d.ids
+	for id, u := range byTask {
+		if u == nil {
+			continue
+		}
+		var slots []uint32
+		for _, m := range append(slices.Clone(u.UIDMap), u.GIDMap...) {
+			slots = append(slots, r.overlapping(m.HostID, m.Size)...)
+		}
+		slices.Sort(slots)
+		d.slots[id] = slices.Compact(slots)
+	}
+}
+
+// overlapping returns the slots that [host, host+size) overlaps.
+func (r IDRanges) overlapping(host, size uint32) []uint32 {
+	lo, hi := uint64(host), uint64(host)+uint64(size) // [lo, hi)
+	base, end := uint64(r.Base), uint64(r.Base)+uint64(r.Size)*uint64(r.Count)
+	if size == 0 || hi <= base || lo >= end {
+		return nil
+	}
+	lo, hi = max(lo, base), min(hi, end)
+	var out []uint32
+	for s := (lo - base) / uint64(r.Size); s*uint64(r.Size)+base < hi; s++ {
+		out = append(out, uint32(s))
+	}
+	return out
+}
+
+// assignUserNS gives the task the user namespace it was assigned (at
+// setup, or from its record after an agent restart), or a free one, and
+// hands it the upper and work directories. A slot is free when no task
+// holds it; the owners of other tasks' upper directories only ever add to
+// the slots in use (a task whose record could not be read still has its
+// directory), never decide a task's own range: the task owns its root
+// directory and may chown it.
 func (d *Disks) assignUserNS(taskID, upper, work string) (*UserNS, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ids == nil {
 		return nil, ErrUserNSUnavailable
 	}
-	r := *d.ids
-	slot, ok := uint32(0), false
-	if uid, err := ownerUID(upper); err == nil {
-		slot, ok = r.slotOf(uid)
+	if d.slots == nil {
+		d.slots = map[string][]uint32{}
 	}
-	if !ok {
+	r := *d.ids
+	var slot uint32
+	if mine := d.slots[taskID]; len(mine) == 1 {
+		slot = mine[0]
+	} else {
+		used := map[uint32]bool{}
+		for id, ss := range d.slots {
+			if id != taskID {
+				for _, s := range ss {
+					used[s] = true
+				}
+			}
+		}
 		others, err := filepath.Glob(filepath.Join(d.dir, "mnt", "*", "upper"))
 		if err != nil {
 			return nil, err
 		}
-		used := map[uint32]bool{}
 		for _, p := range others {
 			if filepath.Base(filepath.Dir(p)) == taskID {
 				continue
@@ -262,10 +320,11 @@ func (d *Disks) assignUserNS(taskID, upper, work string) (*UserNS, error) {
 		if slot, err = r.pick(taskID, used); err != nil {
 			return nil, err
 		}
+		d.slots[taskID] = []uint32{slot}
 	}
 	u := r.userNS(slot)
 	root := int(u.HostRoot())
-	for _, p := range []string{work, upper} { // upper last: it records the assignment
+	for _, p := range []string{work, upper} {
 		if err := os.Lchown(p, root, root); err != nil {
 			return nil, fmt.Errorf("user namespace: %w", err)
 		}
@@ -286,7 +345,13 @@ func (d *Disks) Teardown(ctx context.Context, taskID string) error {
 	if err := os.Remove(rootfs); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("rootfs: %w", err)
 	}
-	return d.Quota.Remove(ctx, taskID)
+	if err := d.Quota.Remove(ctx, taskID); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	delete(d.slots, taskID) // its files are gone: its range is free
+	d.mu.Unlock()
+	return nil
 }
 
 // Reap tears down every disk whose task is not in keep, e.g. left behind

@@ -96,8 +96,10 @@ func TestSetupUserNS(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A restarted agent finds t1's range from its disk.
-	again, err := userNSDisks(t, dir, sys).SetupUserNS(ctx, "t1", 16, []string{"/l/2", "/l/1"})
+	// A restarted agent finds t1's range from its record.
+	restarted := userNSDisks(t, dir, sys)
+	restarted.RestoreUserNS(map[string]*UserNS{"t1": d1.UserNS, "t2": d2.UserNS})
+	again, err := restarted.SetupUserNS(ctx, "t1", 16, []string{"/l/2", "/l/1"})
 	if err != nil || again.UserNS.HostRoot() != r1 {
 		t.Fatalf("t1 after a restart: %+v, %v; want host root %d", again, err, r1)
 	}
@@ -162,5 +164,69 @@ func TestWithUserNSSysfs(t *testing.T) {
 				t.Errorf("uid maps (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// The attack: a task owns its root directory (the overlay's upper dir) and
+// chowns it, which used to be where its range was read back from. After an
+// agent restart its range comes from its record: unchanged, and no new
+// task is handed the same host IDs.
+func TestUserNSRangeSurvivesChownAndRestart(t *testing.T) {
+	ctx := context.Background()
+	dir := searchableTempDir(t)
+	sys := newFakeSystem()
+	d := userNSDisks(t, dir, sys)
+	d1, err := d.SetupUserNS(ctx, "t1", 16, []string{"/l"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d2, err := d.SetupUserNS(ctx, "t2", 16, []string{"/l"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1 := d1.UserNS.HostRoot()
+	// Inside its namespace the task is root: "chown 1:1 /" lands on the
+	// host as r1+1.
+	if err := os.Lchown(filepath.Join(d1.Path, "upper"), int(r1)+1, int(r1)+1); err != nil {
+		t.Fatal(err)
+	}
+	// The agent restarts and learns the ranges from its records. (Without
+	// them, as before, t3 was handed t1's range here.)
+	d = userNSDisks(t, dir, sys)
+	d.RestoreUserNS(map[string]*UserNS{"t1": d1.UserNS, "t2": d2.UserNS})
+	if d3, err := d.SetupUserNS(ctx, "t3", 16, []string{"/l"}); err == nil {
+		t.Errorf("t3 got host root %d with both slots held (t1 %d, t2 %d): two tasks share host IDs",
+			d3.UserNS.HostRoot(), r1, d2.UserNS.HostRoot())
+	}
+	if err := d.Teardown(ctx, "t3"); err != nil {
+		t.Fatal(err)
+	}
+	again, err := d.SetupUserNS(ctx, "t1", 16, []string{"/l"})
+	if err != nil || again.UserNS.HostRoot() != r1 {
+		t.Fatalf("t1 after chown and restart: %+v, %v; want host root %d", again, err, r1)
+	}
+	// Its directories are its range's root's again.
+	if uid, err := ownerUID(filepath.Join(d1.Path, "upper")); err != nil || uid != r1 {
+		t.Errorf("t1's upper owned by %d (%v), want %d", uid, err, r1)
+	}
+}
+
+func TestIDRangesOverlapping(t *testing.T) {
+	r := IDRanges{Base: 1000, Size: 100, Count: 3}
+	for _, tt := range []struct {
+		host, size uint32
+		want       []uint32
+	}{
+		{1000, 100, []uint32{0}},
+		{1100, 100, []uint32{1}},
+		{1050, 100, []uint32{0, 1}},
+		{0, 5000, []uint32{0, 1, 2}},
+		{900, 100, nil},
+		{1300, 10, nil},
+		{1299, 10, []uint32{2}},
+	} {
+		if diff := cmp.Diff(tt.want, r.overlapping(tt.host, tt.size)); diff != "" {
+			t.Errorf("[%d,+%d) (-want +got):\n%s", tt.host, tt.size, diff)
+		}
 	}
 }
