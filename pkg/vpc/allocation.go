@@ -32,15 +32,40 @@ type Allocation struct {
 	Region           string   `json:"region,omitempty"`
 }
 
+// Provider names, as recorded in Allocation.Provider and shown to operators.
+const (
+	ProviderLocal = "local"
+	ProviderEC2   = "ec2"
+)
+
+// routed reports whether the data plane routes the address to the task
+// from an ENI (a /32 behind a link-local gateway, a host route and a policy
+// rule into the ENI's table) rather than bridging it on the provider's
+// subnet. It reads the recorded provider, so it also holds for allocations
+// restored after an agent restart.
+func (a Allocation) routed() bool { return a.Provider == ProviderEC2 }
+
 // ErrNoCapacity means the host cannot give a task an address now.
 var ErrNoCapacity = errors.New("no network capacity left on this host")
 
 // IPProvider hands out task addresses.
 type IPProvider interface {
+	// Name is the provider's name for the operator view (ProviderLocal, ProviderEC2).
+	Name() string
 	// Allocate is idempotent per task.
 	Allocate(ctx context.Context, taskID string, req task.NetworkRequest) (Allocation, error)
 	// Release is idempotent.
 	Release(ctx context.Context, taskID string) error
 	// Allocations is what the provider holds (restart reconciliation).
 	Allocations(ctx context.Context) ([]Allocation, error)
+	// Status is the provider's operator view, marshalled to JSON. It does
+	// not call the cloud.
+	Status(ctx context.Context) (any, error)
+	// Levels is how full the provider's pools are (metrics, health).
+	Levels(ctx context.Context) ([]PoolLevel, error)
 }
+
+var (
+	_ IPProvider = (*LocalProvider)(nil)
+	_ IPProvider = (*EC2Provider)(nil)
+)

@@ -180,7 +180,7 @@ func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttac
 // wireTask sets the address and default route inside the task netns.
 func (d *DataPlane) wireTask(inner *netlink.Handle, eth, host netlink.Link, a Allocation) error {
 	prefix := a.IPv4
-	if a.Provider == "ec2" {
+	if a.routed() {
 		prefix = netip.PrefixFrom(a.IPv4.Addr(), 32)
 	}
 	addr := &netlink.Addr{IPNet: prefixToIPNet(prefix)}
@@ -191,7 +191,7 @@ func (d *DataPlane) wireTask(inner *netlink.Handle, eth, host netlink.Link, a Al
 		return fmt.Errorf("vpc: task link up: %w", err)
 	}
 	gw := a.Gateway
-	if a.Provider == "ec2" {
+	if a.routed() {
 		gw = taskGateway
 		if err := inner.RouteReplace(&netlink.Route{LinkIndex: eth.Attrs().Index, Dst: prefixToIPNet(netip.PrefixFrom(gw, 32)), Scope: netlink.SCOPE_LINK}); err != nil {
 			return fmt.Errorf("vpc: task gateway route: %w", err)
@@ -232,7 +232,7 @@ func wireTaskV6(inner *netlink.Handle, eth, host netlink.Link, ip netip.Addr) er
 // wireHost attaches the host side: a bridge port (local) or a /32 route and
 // a policy rule to the ENI's table (ec2).
 func (d *DataPlane) wireHost(host netlink.Link, a Allocation) error {
-	if a.Provider != "ec2" {
+	if !a.routed() {
 		br, err := d.host.LinkByName(d.cfg.Bridge)
 		if err != nil {
 			return fmt.Errorf("vpc: bridge %s: %w", d.cfg.Bridge, err)
@@ -293,7 +293,7 @@ func taskRules(a Allocation) []*netlink.Rule {
 // works from an Allocation or, if a is zero, from names alone.
 func (d *DataPlane) Teardown(ctx context.Context, taskID string, a *Allocation) error {
 	var errs []error
-	if a != nil && a.Provider == "ec2" && a.IPv4.IsValid() {
+	if a != nil && a.routed() && a.IPv4.IsValid() {
 		for _, r := range taskRules(*a) {
 			if err := d.host.RuleDel(r); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ESRCH) {
 				errs = append(errs, fmt.Errorf("rule: %w", err))

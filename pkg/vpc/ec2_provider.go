@@ -507,7 +507,7 @@ func (p *EC2Provider) allocationLocked(taskID string, t taskIP) Allocation {
 		AvailabilityZone: p.cfg.Host.AvailabilityZone,
 		Region:           p.cfg.Host.Region,
 	}
-	a.Provider = "ec2"
+	a.Provider = ProviderEC2
 	if v6, err := netip.ParseAddr(t.IPv6); err == nil {
 		a.IPv6 = v6
 	}

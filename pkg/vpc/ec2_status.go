@@ -48,6 +48,12 @@ type PoolKeyStatus struct {
 	RefillFailures int      `json:"refillFailures,omitempty"`
 }
 
+// Name is ProviderEC2.
+func (p *EC2Provider) Name() string { return ProviderEC2 }
+
+// Status is PoolStatus, for the operator view.
+func (p *EC2Provider) Status(ctx context.Context) (any, error) { return p.PoolStatus(ctx), nil }
+
 // PoolStatus reports the pools without calling EC2.
 func (p *EC2Provider) PoolStatus(_ context.Context) PoolStatus {
 	p.mu.Lock()

@@ -199,7 +199,7 @@ func lastAddr(p netip.Prefix) netip.Addr {
 }
 
 func (p *LocalProvider) allocation(taskID string, ip netip.Addr) Allocation {
-	return Allocation{TaskID: taskID, Provider: "local", IPv4: netip.PrefixFrom(ip, p.cfg.CIDR.Bits()), Gateway: p.Gateway(), SubnetID: "local", VPCID: "local"}
+	return Allocation{TaskID: taskID, Provider: ProviderLocal, IPv4: netip.PrefixFrom(ip, p.cfg.CIDR.Bits()), Gateway: p.Gateway(), SubnetID: "local", VPCID: "local"}
 }
 
 // Release frees the task's address after a cool-down.
@@ -236,6 +236,9 @@ type LocalStatus struct {
 	Cooling int               `json:"cooling"`
 	Tasks   map[string]string `json:"tasks"`
 }
+
+// Name is ProviderLocal.
+func (p *LocalProvider) Name() string { return ProviderLocal }
 
 // Status reports usage.
 func (p *LocalProvider) Status(ctx context.Context) (any, error) {

@@ -27,15 +27,7 @@ func NewNetwork(p IPProvider, dp *DataPlane) *Network {
 }
 
 // Provider is the provider's name for the operator view.
-func (n *Network) Provider() string {
-	switch n.p.(type) {
-	case *LocalProvider:
-		return "local"
-	case *EC2Provider:
-		return "ec2"
-	}
-	return fmt.Sprintf("%T", n.p)
-}
+func (n *Network) Provider() string { return n.p.Name() }
 
 // Setup allocates the task's address (recorded first) and wires it.
 // Idempotent. On failure the caller runs Teardown.
@@ -44,7 +36,7 @@ func (n *Network) Setup(ctx context.Context, taskID string, req task.NetworkRequ
 	if err != nil {
 		return nil, fmt.Errorf("allocate address: %w", err)
 	}
-	if a.Provider == "ec2" && a.MAC != "" {
+	if a.routed() && a.MAC != "" {
 		if err := n.ensureENI(ctx, a); err != nil {
 			return nil, err
 		}
@@ -97,15 +89,7 @@ func (n *Network) Reconcile(ctx context.Context, keep map[string]bool) error {
 }
 
 // Status is the provider's operator view.
-func (n *Network) Status(ctx context.Context) (any, error) {
-	switch p := n.p.(type) {
-	case *LocalProvider:
-		return p.Status(ctx)
-	case *EC2Provider:
-		return p.PoolStatus(ctx), nil
-	}
-	return n.p.Allocations(ctx)
-}
+func (n *Network) Status(ctx context.Context) (any, error) { return n.p.Status(ctx) }
 
 // GC lists (and with apply, frees) what no task in live holds.
 func (n *Network) GC(ctx context.Context, live map[string]bool, apply bool) ([]string, error) {
