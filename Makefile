@@ -5,7 +5,7 @@ BIN := bin
 DEPS_STAMP := $(HOME)/.cache/titus-agent/deps.stamp
 export PATH := $(HOME)/.cache/titus-agent/bin:$(PATH)
 
-.PHONY: all build test check-generate test-unit test-integration bench deps generate demo demo-stop clean
+.PHONY: all build test check-generate test-unit test-integration test-vm bench deps generate demo demo-stop clean
 
 all: build
 
@@ -43,6 +43,12 @@ test-integration: deps build
 	@set -o pipefail; $(GO) test -count=1 -timeout 60m -v ./test/integration/... > $(INTEGRATION_LOG) 2>&1; rc=$$?; \
 	  grep -E '^(--- |    |PASS|FAIL|ok|panic|INTEGRATION)' $(INTEGRATION_LOG) | grep -v '^        time=' ; \
 	  if [ $$rc -ne 0 ]; then echo "integration tests FAILED (full log: $(INTEGRATION_LOG))"; fi; exit $$rc
+
+# The production-kernel lane: a Debian 12 guest (cloud kernel, cgroup v2,
+# systemd, XFS prjquota) under qemu runs a subset of test/integration.
+# Not part of `make test` (yet). See test/vm/run.sh and docs/operations.md.
+test-vm: deps build
+	bash test/vm/run.sh
 
 bench: deps build
 	$(GO) run ./test/bench

@@ -37,9 +37,22 @@ func LoggerBinary(t TB) string { return Binary(t, "titus-logger") }
 // SchedulerBinary builds cmd/titus-scheduler once per process.
 func SchedulerBinary(t TB) string { return Binary(t, "titus-scheduler") }
 
-// Binary builds ./cmd/<name> once per process.
+// BinDirEnv names a directory of prebuilt cmd/ binaries. Where the tests
+// run without a Go toolchain (the VM lane's guest), Binary takes them from
+// there instead of building them, and fails if one is missing.
+const BinDirEnv = "TITUS_TEST_BIN_DIR"
+
+// Binary builds ./cmd/<name> once per process, or returns the prebuilt one
+// from $TITUS_TEST_BIN_DIR.
 func Binary(t TB, name string) string {
 	t.Helper()
+	if dir := os.Getenv(BinDirEnv); dir != "" {
+		p := filepath.Join(dir, name)
+		if !isExec(p) {
+			t.Fatalf("%s=%s has no executable %s", BinDirEnv, dir, name)
+		}
+		return p
+	}
 	buildMu.Lock()
 	defer buildMu.Unlock()
 	if p, ok := built[name]; ok {

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# `make test-vm`: the production-kernel lane. Boots a Debian 12 guest (Debian's
+# cloud kernel, cgroup v2 only, systemd as PID 1) under qemu-system-x86_64 and
+# runs a defined subset of test/integration inside it, with /tmp on an XFS
+# disk mounted with prjquota. See docs/operations.md ("Kernels and cgroup
+# modes") and the README's test section.
+#
+# Cached under $TITUS_CACHE (~/.cache/titus-agent): the guest image in
+# vm/<hash of image.sh, the unit and the mirror>/, runc in bin/runc-<version>.
+# Per run, in a temporary directory removed at exit: the payload disk (the
+# test binary built here with `go test -c`, the agent, containerd, runc),
+# the XFS disk and the guest's output. The guest has no network device; it
+# talks to the host over one virtio-serial port. Exit status: the guest's
+# `go test`'s, or 1 when the guest never reported one.
+#
+# Environment: TITUS_VM_RUN (the -run regex; default below), TITUS_VM_TIMEOUT
+# (go test -timeout, default 40m), TITUS_VM_ACCEL (auto|kvm|tcg),
+# TITUS_VM_LOG (the guest's full output, default /tmp/titus-vm.log).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+CACHE="${TITUS_CACHE:-$HOME/.cache/titus-agent}"
+BIN="$CACHE/bin"
+RUNC_VERSION=v1.5.3 # the latest 1.x release; built with cgo and libseccomp
+DEFAULT_RUN='^(TestAgentRunToCompletion)$'
+RUN="${TITUS_VM_RUN:-$DEFAULT_RUN}"
+TIMEOUT="${TITUS_VM_TIMEOUT:-40m}"
+LOG="${TITUS_VM_LOG:-/tmp/titus-vm.log}"
+ACCEL="${TITUS_VM_ACCEL:-auto}"
+MEM_MIB=4096
+CPUS=2
+
+say() { echo "test-vm: $*"; }
+die() { echo "test-vm: FATAL: $*" >&2; exit 1; }
+now() { date +%s.%N; }
+since() { awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.1f", e - s }'; }
+
+[[ $(id -u) == 0 ]] || die "must run as root (the image build uses mmdebstrap in root mode)"
+
+# Prerequisites, installed like scripts/deps.sh does; anything still missing
+# afterwards is fatal.
+APT_PKGS=(qemu-system-x86 mmdebstrap e2fsprogs xfsprogs libseccomp-dev pkg-config)
+missing=()
+for p in "${APT_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+for c in qemu-system-x86_64 mmdebstrap mkfs.ext4 go; do
+  command -v "$c" >/dev/null || die "$c not found"
+done
+for c in containerd containerd-shim-runc-v2 ctr ec2-metadata-mock; do
+  [[ -x "$BIN/$c" ]] || die "$BIN/$c missing (run make deps)"
+done
+
+# runc: production hosts run current runc, not Debian 12's 1.1.5. Kept under
+# a versioned name so the host lane's `runc` lookup is unaffected.
+runc="$BIN/runc-$RUNC_VERSION"
+if [[ ! -x "$runc" ]]; then
+  say "building runc $RUNC_VERSION (cgo, libseccomp)"
+  gobin="$(mktemp -d)"
+  (cd / && GOBIN="$gobin" CGO_ENABLED=1 go install -tags seccomp "github.com/opencontainers/runc@$RUNC_VERSION")
+  mv "$gobin/runc" "$runc" && rmdir "$gobin"
+fi
+
+# The guest image, keyed by its recipe and the mirror it comes from.
+key="$( { cat "$here/image.sh" "$here/titus-vm-run.service"; bash "$here/image.sh" --sources; } | sha256sum | cut -c1-16)"
+img="$CACHE/vm/$key"
+mkdir -p "$CACHE/vm"
+exec 9>"$CACHE/vm/.lock"
+flock 9
+if [[ ! -f "$img/root.img" ]]; then
+  say "building the guest image $key (mmdebstrap; a few minutes the first time)"
+  t0=$(now)
+  bash "$here/image.sh" "$img"
+  say "image built in $(since "$t0")s"
+fi
+flock -u 9
+say "guest image $key: kernel $(cat "$img/kernel-version")"
+
+work="$(mktemp -d /var/tmp/titus-vm.XXXXXX)"
+qpid=""
+cleanup() {
+  if [[ -n "$qpid" ]] && kill -0 "$qpid" 2>/dev/null; then
+    kill "$qpid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$qpid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$qpid" 2>/dev/null || true
+  fi
+  [[ -n "$qpid" ]] && wait "$qpid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# The payload: what the guest runs, on a read-only ext4 disk.
+t0=$(now)
+pl="$work/payload"
+mkdir -p "$pl/bin"
+(cd "$repo" && go test -c -tags vmguest -o "$pl/integration.test" ./test/integration)
+(cd "$repo" && go build -o "$pl/bin/" ./cmd/titus-agent ./cmd/titus-logger)
+cp "$BIN/containerd" "$BIN/containerd-shim-runc-v2" "$BIN/ctr" "$BIN/ec2-metadata-mock" "$pl/bin/"
+cp "$runc" "$pl/bin/runc"
+(cd "$repo" && make -s deb DIST="$pl" VERSION=0.0.0~vm ARCH=amd64 >/dev/null)
+cp "$here/guest-run.sh" "$pl/"
+{
+  printf 'TITUS_VM_RUN=%q\n' "$RUN"
+  printf 'TITUS_VM_TIMEOUT=%q\n' "$TIMEOUT"
+  echo "export TITUS_INTEGRATION_WITHOUT=moto_server"
+  echo "export TITUS_VM_DEB=/opt/titus/titus-agent_0.0.0~vm_amd64.deb"
+} >"$pl/env"
+size_mib=$(($(du -sm "$pl" | cut -f1) + 64))
+mkfs.ext4 -q -F -L titus-payload -d "$pl" "$work/payload.img" "${size_mib}M"
+truncate -s 16G "$work/xfs.img" # sparse; formatted by the guest
+say "payload ready in $(since "$t0")s (${size_mib} MiB)"
+
+out="$work/out.log"
+: >"$out"
+boot() { # boot ACCEL: start qemu in the background, set qpid
+  local accel="$1" cpu=max
+  [[ $accel == kvm ]] && cpu=host
+  : >"$out"
+  qemu-system-x86_64 -name titus-vm -machine q35 -accel "$accel" -cpu "$cpu" -smp "$CPUS" -m "$MEM_MIB" \
+    -nodefaults -display none -no-reboot -nic none \
+    -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
+    -append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all systemd.show_status=0 loglevel=4" \
+    -drive "file=$img/root.img,if=virtio,format=raw,snapshot=on" \
+    -drive "file=$work/xfs.img,if=virtio,format=raw,cache=unsafe" \
+    -drive "file=$work/payload.img,if=virtio,format=raw,readonly=on" \
+    -device virtio-serial-pci -chardev "file,id=out,path=$out" -device virtserialport,chardev=out,name=titus.out \
+    -serial "file:$work/console.log" &
+  qpid=$!
+}
+booted() { # booted SECONDS: wait until the guest says it booted
+  local deadline=$(($(date +%s) + $1))
+  while (($(date +%s) < deadline)); do
+    grep -aq '^TITUS-VM: booted' "$out" && return 0
+    kill -0 "$qpid" 2>/dev/null || return 1
+    sleep 0.2
+  done
+  return 1
+}
+
+t0=$(now)
+if [[ $ACCEL == auto ]]; then
+  ACCEL=tcg
+  if [[ -r /dev/kvm && -w /dev/kvm ]]; then
+    # /dev/kvm is no proof: KVM guests were seen to hang at boot. Try it.
+    boot kvm
+    if booted 120; then ACCEL=kvm; else
+      say "KVM did not boot the guest within 120s; falling back to TCG"
+      kill -9 "$qpid" 2>/dev/null || true; wait "$qpid" 2>/dev/null || true; qpid=""
+    fi
+  fi
+  [[ $ACCEL == tcg ]] && boot tcg
+else
+  boot "$ACCEL"
+fi
+say "qemu ($ACCEL, $CPUS vCPUs, $MEM_MIB MiB) pid $qpid"
+booted 600 || { tail -40 "$work/console.log" >&2; die "the guest did not boot within 600s (console above)"; }
+say "guest booted in $(since "$t0")s"
+
+# Stream the guest's output as it comes: the test lines as test-integration
+# shows them; the whole of it goes to $LOG.
+case "$TIMEOUT" in
+*h) deadline_s=$((${TIMEOUT%h} * 3600)) ;;
+*m) deadline_s=$((${TIMEOUT%m} * 60)) ;;
+*s) deadline_s=${TIMEOUT%s} ;;
+*) die "TITUS_VM_TIMEOUT=$TIMEOUT: want a whole number of h, m or s" ;;
+esac
+deadline_s=$((deadline_s + 300))
+# A watchdog for a wedged guest; its output stays off the pipe below.
+(sleep "$deadline_s" && echo "test-vm: the guest ran past ${deadline_s}s; killed qemu" >"$work/watchdog" && kill -9 "$qpid") </dev/null >/dev/null 2>&1 &
+watchdog=$!
+tail -n +1 -F --pid="$qpid" "$out" 2>/dev/null |
+  grep -a --line-buffered -E '^(--- |    |PASS|FAIL|ok|panic|INTEGRATION|TITUS-VM)' | grep -av '^        time=' || true
+wait "$qpid" 2>/dev/null || true
+qpid=""
+kill $(pgrep -P "$watchdog") "$watchdog" 2>/dev/null || true # its sleep too
+wait "$watchdog" 2>/dev/null || true
+[[ -f "$work/watchdog" ]] && cat "$work/watchdog" >&2
+cp "$out" "$LOG"
+cp "$work/console.log" "${LOG%.log}-console.log"
+
+rc="$(grep -a '^TITUS-VM: exit ' "$out" | tail -1 | awk '{print $3}')"
+if [[ -z "$rc" ]]; then
+  tail -40 "$work/console.log" >&2
+  die "the guest never reported a result (full output: $LOG, console: ${LOG%.log}-console.log)"
+fi
+say "guest ran for $(since "$t0")s in all; go test exit $rc (full output: $LOG)"
+[[ $rc == 0 ]] || { echo "test-vm: FAILED"; exit 1; }
