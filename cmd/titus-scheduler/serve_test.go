@@ -1,0 +1,55 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/titus-agent/titus-agent/pkg/authn"
+	"github.com/titus-agent/titus-agent/pkg/scheduler"
+	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
+)
+
+// TestConfigFileAuth: the auth keys, insecure and the caps come from the
+// file unless a flag overrides them.
+func TestConfigFileAuth(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "scheduler.yaml")
+	doc := `
+insecure: true
+maxLiveJobs: 7
+maxLiveJobsPerApplication: 3
+maxRequestBytes: 4096
+auth:
+  policyFile: /etc/p.yaml
+  token: {jwksFile: /etc/j.json, issuer: https://idp, audience: titus, usernameClaim: sub}
+`
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		o        scheduler.Options
+		ep, ml   string
+		tlsFiles tlsconfig.Files
+		auth     authConfig
+	)
+	auth.PolicyFile = "/flag/p.yaml"
+	changed := func(f string) bool { return f == "policy" }
+	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth); err != nil {
+		t.Fatal(err)
+	}
+	want := authConfig{PolicyFile: "/flag/p.yaml", Token: authn.TokenConfig{JWKSFile: "/etc/j.json", Issuer: "https://idp", Audience: "titus", UsernameClaim: "sub"}}
+	if diff := cmp.Diff(want, auth); diff != "" {
+		t.Errorf("auth (-want +got):\n%s", diff)
+	}
+	if !o.Insecure || o.MaxLiveJobs != 7 || o.MaxLiveJobsPerApplication != 3 || o.MaxRequestBytes != 4096 {
+		t.Errorf("options = insecure %v, maxLiveJobs %d, perApp %d, maxRequestBytes %d", o.Insecure, o.MaxLiveJobs, o.MaxLiveJobsPerApplication, o.MaxRequestBytes)
+	}
+	if err := os.WriteFile(path, []byte("auth: {policy: x}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth); err == nil {
+		t.Error("a misspelt auth key was accepted")
+	}
+}
