@@ -17,6 +17,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/pkg/vpc"
 )
 
@@ -154,6 +155,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		MaxTasks:     cfg.MaxTasks,
 		Observe:      observeHook(d.metrics),
 		Quarantined:  func(n int) { d.metrics.QuarantinedRecords.Set(float64(n)) },
+		HostCheck:    w.hostCheck,
 	})
 	rctx, cancel := context.WithTimeout(agentCtx, time.Minute)
 	defer cancel()
@@ -190,6 +192,8 @@ type wiring struct {
 	vpc         VPCOperator
 	metadata    MetadataGetter
 	network     *vpc.Network
+	// hostCheck refuses at the door what isolation would refuse at create.
+	hostCheck func(s *task.Spec, c *task.Checker)
 }
 
 func (d *Daemon) pruneLoop(ctx context.Context) {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -68,6 +69,10 @@ type ManagerConfig struct {
 	// Quarantined gets the number of quarantined task records at Restore
 	// (metrics); may be nil.
 	Quarantined func(n int)
+	// HostCheck, if set, adds the rules a spec breaks on this host (a host
+	// path or device it does not give) to c; Launch refuses such a spec
+	// with the rest of its validation, before anything is allocated.
+	HostCheck func(s *task.Spec, c *task.Checker)
 }
 
 // Manager owns every task on the host: one runner per task.
@@ -112,7 +117,7 @@ func (m *Manager) runnerConfig() taskrunner.Config {
 func (m *Manager) Launch(ctx context.Context, spec *task.Spec) (task.View, error) {
 	s := *spec
 	s.Normalize()
-	if err := s.Validate(); err != nil {
+	if err := m.validate(&s); err != nil {
 		return task.View{}, err
 	}
 	if m.agentCtx.Err() != nil {
@@ -138,6 +143,25 @@ func (m *Manager) Launch(ctx context.Context, spec *task.Spec) (task.View, error
 	m.runners[s.ID] = r
 	go r.Run(m.agentCtx)
 	return r.View(), nil
+}
+
+// validate checks a normalized spec: every field (task.Spec.Validate), then
+// what this host gives (HostCheck); all broken rules in one error.
+func (m *Manager) validate(s *task.Spec) error {
+	err := s.Validate()
+	if m.cfg.HostCheck == nil {
+		return err
+	}
+	c := &task.Checker{}
+	m.cfg.HostCheck(s, c)
+	if len(c.Fields()) == 0 {
+		return err
+	}
+	var ve *task.ValidationError
+	if errors.As(err, &ve) {
+		return &task.ValidationError{Fields: append(slices.Clip(ve.Fields), c.Fields()...)}
+	}
+	return errors.Join(err, &task.ValidationError{Fields: c.Fields()})
 }
 
 // Kill asks a task to stop with the given grace (0 = the spec's).

@@ -298,3 +298,80 @@ func TestRestoreHandsRecordsToRestorers(t *testing.T) {
 		t.Errorf("records restored (-want +got):\n%s", diff)
 	}
 }
+
+// countingHook counts the launches that got as far as allocating.
+type countingHook struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (h *countingHook) Name() string { return "alloc" }
+func (h *countingHook) Prestart(ctx context.Context, req *taskrunner.PrestartRequest, resp *taskrunner.PrestartResponse) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.n++
+	return nil
+}
+
+// A spec this host refuses (a host path or device it does not give) is
+// refused by Launch with the rest of its validation, each rule a field:
+// it is not recorded and no hook runs for it.
+func TestLaunchRefusesWhatTheHostDoesNotGive(t *testing.T) {
+	store, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	hook := &countingHook{}
+	m := NewManager(ctx, ManagerConfig{Store: store, Runtime: &fakeRuntime{}, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Stages: [][]taskrunner.PrestartHook{{hook}},
+		HostCheck: func(s *task.Spec, c *task.Checker) {
+			if s.Labels["host"] != "" {
+				c.Failf("labels[host]", "host path %s: not allowed on this host", s.Labels["host"])
+			}
+		}})
+	for _, tc := range []struct {
+		name string
+		spec task.Spec
+		want []*task.FieldError
+	}{
+		{
+			name: "host refuses",
+			spec: task.Spec{ID: "a", OwnerEmail: "a@example.com", Image: "img", Labels: map[string]string{"host": "/etc"}},
+			want: []*task.FieldError{{Field: "labels[host]", Rule: "host path /etc: not allowed on this host"}},
+		},
+		{
+			name: "host and spec refuse: every rule at once",
+			spec: task.Spec{ID: "b", Image: "img", Labels: map[string]string{"host": "/"}},
+			want: []*task.FieldError{
+				{Field: "owner_email", Rule: "is required"},
+				{Field: "labels[host]", Rule: "host path /: not allowed on this host"},
+			},
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := m.Launch(ctx, &tc.spec)
+			var ve *task.ValidationError
+			if !errors.Is(err, task.ErrInvalidSpec) || !errors.As(err, &ve) {
+				t.Fatalf("launch: %v, want a task.ValidationError", err)
+			}
+			if diff := cmp.Diff(tc.want, ve.Fields); diff != "" {
+				t.Errorf("fields (-want +got):\n%s", diff)
+			}
+		})
+	}
+	if recs, _ := store.Load(); len(recs) != 0 {
+		t.Errorf("a refused spec was recorded: %d records", len(recs))
+	}
+	if _, err := m.Launch(ctx, &task.Spec{ID: "ok", OwnerEmail: "a@example.com", Image: "img"}); err != nil {
+		t.Fatalf("a spec the host gives: %v", err)
+	}
+	waitFor(t, func() bool { hook.mu.Lock(); defer hook.mu.Unlock(); return hook.n == 1 })
+	hook.mu.Lock()
+	defer hook.mu.Unlock()
+	if hook.n != 1 {
+		t.Errorf("hooks ran %d times, want once (the accepted launch only)", hook.n)
+	}
+}

@@ -47,14 +47,8 @@ func ParseHostPath(s string) (HostPath, error) {
 // reached through symlinks.
 func resolveHostPath(allowed []HostPath, src string) (string, HostPath, error) {
 	src = filepath.Clean(src)
-	var root HostPath
-	for _, a := range allowed {
-		a.Path = filepath.Clean(a.Path)
-		if within(src, a.Path) && len(a.Path) >= len(root.Path) {
-			root = a
-		}
-	}
-	if root.Path == "" {
+	root, ok := allowedRoot(allowed, src)
+	if !ok {
 		return "", root, fmt.Errorf("host path %s: %w", src, ErrNotAllowed)
 	}
 	rootFD, err := unix.Open(root.Path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -103,6 +97,19 @@ func resolveHostPath(allowed []HostPath, src string) (string, HostPath, error) {
 		return "", root, fmt.Errorf("host path %s: resolved to %s outside %s: %w", src, real, root.Path, ErrNotAllowed)
 	}
 	return real, root, nil
+}
+
+// allowedRoot is the most specific allowed root that holds src (clean),
+// by name alone.
+func allowedRoot(allowed []HostPath, src string) (HostPath, bool) {
+	var root HostPath
+	for _, a := range allowed {
+		a.Path = filepath.Clean(a.Path)
+		if within(src, a.Path) && len(a.Path) >= len(root.Path) {
+			root = a
+		}
+	}
+	return root, root.Path != ""
 }
 
 // fdPath is the path the kernel has for an open descriptor.

@@ -118,7 +118,7 @@ type mdEnv struct {
 	metrics string // host:port of the agent's /metrics
 }
 
-func startMetadataAgent(t *testing.T, credentialDuration string) *mdEnv {
+func startMetadataAgent(t *testing.T, credentialDuration string, extraConfig ...string) *mdEnv {
 	t.Helper()
 	m := &mdEnv{agentEnv: &agentEnv{t: t}}
 	m.moto = testenv.StartMoto(t)
@@ -126,7 +126,7 @@ func startMetadataAgent(t *testing.T, credentialDuration string) *mdEnv {
 	m.proxy = startCountingProxy(t, m.mock.Endpoint)
 	m.metrics = testenv.Addr(testenv.FreePort(t))
 	ln := newLocalNet(t)
-	cfg := ln.config + fmt.Sprintf(`metricsListen: %q
+	cfg := ln.config + strings.Join(extraConfig, "") + fmt.Sprintf(`metricsListen: %q
 metadata:
   enabled: true
   upstream: %s
