@@ -156,7 +156,7 @@ func (p *EC2Provider) rebuild(ctx context.Context) error {
 			}
 			continue
 		}
-		p.pool.enis[id] = stateFromEC2(n)
+		p.pool.putENI(stateFromEC2(n))
 	}
 	p.pool.foreign = foreign
 	subnets := []string{p.cfg.DefaultSubnetID}
@@ -297,8 +297,7 @@ func (p *EC2Provider) takeLocked(taskID string, key PoolKey, ipv6 bool) (Allocat
 		return Allocation{}, false, nil
 	}
 	if err := p.record.put(taskID, recordEntry{State: recordAssigned, Key: key, ENI: t.ENI, IP: t.IP, IPv6: t.IPv6}); err != nil {
-		p.pool.release(taskID, time.Time{})
-		p.pool.enis[t.ENI].IPs[t.IP].CoolUntil = time.Time{}
+		p.pool.untake(taskID)
 		return Allocation{}, false, err
 	}
 	return p.allocationLocked(taskID, t), true, nil
@@ -337,18 +336,8 @@ func (p *EC2Provider) apply(ctx context.Context, st step) error {
 		if err != nil {
 			return err
 		}
-		var dups, dups6 []string
 		p.mu.Lock()
-		for ip, s := range e.IPs {
-			if p.pool.holds(ip) {
-				dups = append(dups, ip)
-				if s.IPv6 != "" {
-					dups6 = append(dups6, s.IPv6)
-				}
-				delete(e.IPs, ip)
-			}
-		}
-		p.pool.enis[e.ID] = e
+		dups, dups6 := p.pool.addENI(e)
 		p.mu.Unlock()
 		if len(dups) > 0 {
 			p.log.Warn("EC2 assigned addresses this host already holds; giving them back", "eni", e.ID, "ips", dups)
@@ -357,14 +346,7 @@ func (p *EC2Provider) apply(ctx context.Context, st step) error {
 		p.log.Info("created ENI", "eni", e.ID, "device", e.DeviceIndex, "key", st.Key.String(), "ips", len(e.IPs))
 	case stepAssign:
 		p.mu.Lock()
-		e, ok := p.pool.enis[st.ENI]
-		var snap *eniState
-		if ok {
-			snap = &eniState{ID: e.ID, PrimaryIP: e.PrimaryIP, IPs: map[string]*ipSlot{}}
-			for ip, s := range e.IPs {
-				snap.IPs[ip] = &ipSlot{IPv6: s.IPv6}
-			}
-		}
+		snap, ok := p.pool.snapshot(st.ENI)
 		p.mu.Unlock()
 		if !ok {
 			return nil
@@ -373,24 +355,8 @@ func (p *EC2Provider) apply(ctx context.Context, st step) error {
 		if err != nil {
 			return err
 		}
-		var dups, dups6 []string
 		p.mu.Lock()
-		if e, ok := p.pool.enis[st.ENI]; ok {
-			for i, ip := range ips {
-				s := &ipSlot{}
-				if v6 != nil {
-					s.IPv6 = v6[i]
-				}
-				if p.pool.holds(ip) {
-					dups = append(dups, ip) // never hand one address out twice
-					if s.IPv6 != "" {
-						dups6 = append(dups6, s.IPv6)
-					}
-					continue
-				}
-				e.IPs[ip] = s
-			}
-		}
+		dups, dups6 := p.pool.addIPs(st.ENI, ips, v6)
 		p.mu.Unlock()
 		if len(dups) > 0 {
 			p.log.Warn("EC2 assigned addresses this host already holds; giving them back", "eni", st.ENI, "ips", dups)
@@ -398,63 +364,42 @@ func (p *EC2Provider) apply(ctx context.Context, st step) error {
 		}
 	case stepRegroup:
 		p.mu.Lock()
-		e, ok := p.pool.enis[st.ENI]
-		if !ok || e.used() > 0 {
-			p.mu.Unlock()
+		old, ok := p.pool.regroupIdle(st.ENI, st.Key)
+		p.mu.Unlock()
+		if !ok {
 			return nil
 		}
-		old := e.Key
-		e.Key = st.Key
-		p.mu.Unlock()
 		if err := p.eni.regroup(ctx, st.ENI, st.Key.GroupIDs()); err != nil {
 			p.mu.Lock()
-			e.Key = old
+			p.pool.setKey(st.ENI, old)
 			p.mu.Unlock()
 			return err
 		}
 		p.log.Info("moved idle ENI to new security groups", "eni", st.ENI, "from", old.String(), "to", st.Key.String())
 	case stepDelete:
 		p.mu.Lock()
-		e, ok := p.pool.enis[st.ENI]
-		if !ok || e.used() > 0 {
-			p.mu.Unlock()
+		e, ok := p.pool.removeIdle(st.ENI)
+		p.mu.Unlock()
+		if !ok {
 			return nil
 		}
-		delete(p.pool.enis, st.ENI)
-		p.mu.Unlock()
 		if err := p.eni.detachDelete(ctx, e.ID, e.AttachmentID); err != nil {
 			p.mu.Lock()
-			p.pool.enis[e.ID] = e
+			p.pool.putENI(e)
 			p.mu.Unlock()
 			return err
 		}
 		p.log.Info("deleted ENI", "eni", e.ID, "key", e.Key.String())
 	case stepUnassign:
 		p.mu.Lock()
-		e, ok := p.pool.enis[st.ENI]
-		var ips, v6 []string
-		gone := map[string]*ipSlot{}
-		if ok {
-			for _, ip := range st.IPs {
-				if s, ok := e.IPs[ip]; ok && s.TaskID == "" {
-					ips = append(ips, ip)
-					if s.IPv6 != "" {
-						v6 = append(v6, s.IPv6)
-					}
-					gone[ip] = s
-					delete(e.IPs, ip)
-				}
-			}
-		}
+		ips, v6, gone := p.pool.removeFreeIPs(st.ENI, st.IPs)
 		p.mu.Unlock()
 		if len(ips) == 0 {
 			return nil
 		}
 		if err := p.eni.unassign(ctx, st.ENI, ips, v6); err != nil {
 			p.mu.Lock()
-			for ip, s := range gone {
-				e.IPs[ip] = &ipSlot{IPv6: s.IPv6}
-			}
+			p.pool.restoreIPs(st.ENI, gone)
 			p.mu.Unlock()
 			return err
 		}

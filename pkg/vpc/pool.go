@@ -441,3 +441,144 @@ func (p *pool) planShrink(key PoolKey, now time.Time) []step {
 	}
 	return out
 }
+
+// The pool's edits: every change apply makes to the ENIs and their
+// addresses goes through one of these, under the provider's lock, with an
+// undo for when the EC2 call fails.
+
+// addENI puts a newly created ENI into the pool, minus any address one of
+// our other ENIs already holds (a task address is never handed out twice);
+// it returns those, with their IPv6 pairs, for the caller to give back.
+func (p *pool) addENI(e *eniState) (dups, dups6 []string) {
+	for ip, s := range e.IPs {
+		if p.holds(ip) {
+			dups = append(dups, ip)
+			if s.IPv6 != "" {
+				dups6 = append(dups6, s.IPv6)
+			}
+			delete(e.IPs, ip)
+		}
+	}
+	sortIPs(dups)
+	sortIPs(dups6)
+	p.enis[e.ID] = e
+	return dups, dups6
+}
+
+// snapshot copies an ENI's identity and addresses (without task state) for
+// an EC2 call made outside the lock.
+func (p *pool) snapshot(id string) (*eniState, bool) {
+	e, ok := p.enis[id]
+	if !ok {
+		return nil, false
+	}
+	snap := &eniState{ID: e.ID, PrimaryIP: e.PrimaryIP, IPs: map[string]*ipSlot{}}
+	for ip, s := range e.IPs {
+		snap.IPs[ip] = &ipSlot{IPv6: s.IPv6}
+	}
+	return snap, true
+}
+
+// addIPs records addresses EC2 assigned to ENI id (v6[i] pairs with ips[i]
+// when v6 is not nil), except those the pool already holds, which it
+// returns with their IPv6 pairs. An ENI gone meanwhile takes nothing.
+func (p *pool) addIPs(id string, ips, v6 []string) (dups, dups6 []string) {
+	e, ok := p.enis[id]
+	if !ok {
+		return nil, nil
+	}
+	for i, ip := range ips {
+		s := &ipSlot{}
+		if v6 != nil {
+			s.IPv6 = v6[i]
+		}
+		if p.holds(ip) {
+			dups = append(dups, ip)
+			if s.IPv6 != "" {
+				dups6 = append(dups6, s.IPv6)
+			}
+			continue
+		}
+		e.IPs[ip] = s
+	}
+	return dups, dups6
+}
+
+// regroupIdle moves ENI id, if no task uses it, to key and returns its old
+// key; setKey(id, old) undoes it.
+func (p *pool) regroupIdle(id string, key PoolKey) (old PoolKey, ok bool) {
+	e, ok := p.enis[id]
+	if !ok || e.used() > 0 {
+		return PoolKey{}, false
+	}
+	old, e.Key = e.Key, key
+	return old, true
+}
+
+// setKey sets ENI id's key, if the ENI is still in the pool.
+func (p *pool) setKey(id string, key PoolKey) {
+	if e, ok := p.enis[id]; ok {
+		e.Key = key
+	}
+}
+
+// removeIdle takes ENI id out of the pool if no task uses it; putENI undoes it.
+func (p *pool) removeIdle(id string) (*eniState, bool) {
+	e, ok := p.enis[id]
+	if !ok || e.used() > 0 {
+		return nil, false
+	}
+	delete(p.enis, id)
+	return e, true
+}
+
+// putENI puts an ENI (back) into the pool.
+func (p *pool) putENI(e *eniState) { p.enis[e.ID] = e }
+
+// removeFreeIPs takes the listed addresses of ENI id that no task holds out
+// of the pool. It returns them, their IPv6 pairs, and the removed slots for
+// restoreIPs.
+func (p *pool) removeFreeIPs(id string, ips []string) (gone, gone6 []string, slots map[string]*ipSlot) {
+	slots = map[string]*ipSlot{}
+	e, ok := p.enis[id]
+	if !ok {
+		return nil, nil, slots
+	}
+	for _, ip := range ips {
+		if s, ok := e.IPs[ip]; ok && s.TaskID == "" {
+			gone = append(gone, ip)
+			if s.IPv6 != "" {
+				gone6 = append(gone6, s.IPv6)
+			}
+			slots[ip] = s
+			delete(e.IPs, ip)
+		}
+	}
+	return gone, gone6, slots
+}
+
+// restoreIPs puts addresses removeFreeIPs took back as free (cooled down,
+// keeping their IPv6 pairs), if ENI id is still in the pool.
+func (p *pool) restoreIPs(id string, slots map[string]*ipSlot) {
+	e, ok := p.enis[id]
+	if !ok {
+		return
+	}
+	for ip, s := range slots {
+		e.IPs[ip] = &ipSlot{IPv6: s.IPv6}
+	}
+}
+
+// untake undoes take: taskID's address is free again at once, without a
+// cool-down (the task never got it).
+func (p *pool) untake(taskID string) {
+	t, ok := p.release(taskID, time.Time{})
+	if !ok {
+		return
+	}
+	if e, ok := p.enis[t.ENI]; ok {
+		if s, ok := e.IPs[t.IP]; ok {
+			s.CoolUntil = time.Time{}
+		}
+	}
+}
