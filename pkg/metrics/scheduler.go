@@ -30,6 +30,9 @@ type Scheduler struct {
 	QueueDepth prometheus.Gauge
 	// Agents is the number of agents by health (Agent*).
 	Agents *prometheus.GaugeVec
+	// QuarantinedRecords counts records in etcd the scheduler could not
+	// read, skipped and copied under its quarantine prefix: alert on any.
+	QuarantinedRecords prometheus.Counter
 	// GRPC measures the job and agent-stream APIs (grpc_server_*); add its
 	// interceptors to the gRPC server.
 	GRPC *grpcprom.ServerMetrics
@@ -51,6 +54,10 @@ func NewScheduler(reg prometheus.Registerer) *Scheduler {
 			Namespace: "titus_scheduler", Name: "agents",
 			Help: "Registered agents by health (healthy, unhealthy, draining, lost).",
 		}, []string{"health"}),
+		QuarantinedRecords: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: "titus_scheduler", Name: "store_quarantined_records_total",
+			Help: "Records in etcd that could not be read, were skipped and copied under the quarantine prefix.",
+		}),
 		GRPC: grpcprom.NewServerMetrics(),
 	}
 	for _, r := range []string{PlacementPlaced, PlacementUnplaceable} {
@@ -59,6 +66,6 @@ func NewScheduler(reg prometheus.Registerer) *Scheduler {
 	for _, h := range []string{AgentHealthy, AgentUnhealthy, AgentDraining, AgentLost} {
 		s.Agents.WithLabelValues(h)
 	}
-	reg.MustRegister(s.PlacementDuration, s.QueueDepth, s.Agents, s.GRPC)
+	reg.MustRegister(s.PlacementDuration, s.QueueDepth, s.Agents, s.QuarantinedRecords, s.GRPC)
 	return s
 }

@@ -180,6 +180,9 @@ type Core struct {
 	// live counts the jobs not ended, by application (kept in step by
 	// Submit, loadJob and finishJob).
 	live live
+
+	badMu          sync.Mutex
+	unreadableJobs map[string]bool // ids of jobs whose record could not be read
 }
 
 // live counts jobs not ended.
@@ -200,7 +203,7 @@ func (l *live) add(app string, n int) {
 }
 
 type counters struct {
-	placed, heartbeats, launchesSent, lostAgents, pruned, refusedSessions atomic.Int64
+	placed, heartbeats, launchesSent, lostAgents, pruned, refusedSessions, quarantined atomic.Int64
 }
 
 // Stats are the scheduler's running totals.
@@ -211,12 +214,15 @@ type Stats struct {
 	// RefusedSessions counts agent streams refused because their instance
 	// id already had a live session.
 	RefusedSessions int64
+	// QuarantinedRecords counts records in etcd that could not be read,
+	// were skipped and copied under the quarantine prefix.
+	QuarantinedRecords int64
 }
 
 // Stats returns the running totals.
 func (c *Core) Stats() Stats {
 	s := &c.stats
-	return Stats{s.placed.Load(), s.heartbeats.Load(), s.launchesSent.Load(), s.lostAgents.Load(), s.pruned.Load(), s.refusedSessions.Load()}
+	return Stats{s.placed.Load(), s.heartbeats.Load(), s.launchesSent.Load(), s.lostAgents.Load(), s.pruned.Load(), s.refusedSessions.Load(), s.quarantined.Load()}
 }
 
 // New checks the configuration. The core is empty until Load.

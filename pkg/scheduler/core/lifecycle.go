@@ -11,7 +11,7 @@ import (
 func (c *Core) applyStatus(a *agentState, st model.TaskStatus, now time.Time) {
 	t := c.tasks[st.TaskID]
 	if t == nil || t.agent != a {
-		if !st.State.Terminal() {
+		if !st.State.Terminal() && !c.unreadableJob(st.TaskID) {
 			c.sendKill(a, st.TaskID) // not ours (any more): reconcile by killing it
 		}
 		return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
@@ -24,6 +25,9 @@ func (c *Core) Load(ctx context.Context, st Store, stepDown func()) error {
 	c.gstate = map[string]*groupState{}
 	for name, g := range c.groups {
 		c.gstate[name] = &groupState{cfg: g}
+	}
+	if q, ok := c.st.(badRecordReporter); ok {
+		q.SetBadRecordHandler(c.badRecord)
 	}
 	recs, err := c.st.Agents(ctx)
 	if err != nil {
@@ -122,4 +126,39 @@ func (c *Core) loadJob(ctx context.Context, r *model.Job, now time.Time) error {
 	}
 	c.checkDone(j, now)
 	return nil
+}
+
+// badRecordReporter is a store that skips and quarantines records it
+// cannot read, and says so.
+type badRecordReporter interface {
+	SetBadRecordHandler(fn func(key, copy string, err error))
+}
+
+// badRecord alerts on a record the store skipped: an error log line and
+// the quarantine metric. The tasks of a job whose record is unreadable
+// are not killed when their agents report them (the scheduler cannot
+// tell what they are; an operator decides). It takes no lock of c.mu.
+func (c *Core) badRecord(key, copy string, err error) {
+	c.stats.quarantined.Add(1)
+	if m := c.opts.Metrics; m != nil {
+		m.QuarantinedRecords.Inc()
+	}
+	c.log.Error("unreadable record skipped and quarantined; the scheduler runs without it, repair or remove it by hand",
+		"key", key, "copy", copy, "err", err)
+	if i := strings.Index(key, "/jobs/"); i >= 0 {
+		c.badMu.Lock()
+		if c.unreadableJobs == nil {
+			c.unreadableJobs = map[string]bool{}
+		}
+		c.unreadableJobs[key[i+len("/jobs/"):]] = true
+		c.badMu.Unlock()
+	}
+}
+
+// unreadableJob reports whether taskID belongs to a job whose record could not be read.
+func (c *Core) unreadableJob(taskID string) bool {
+	jobID, _, _ := strings.Cut(taskID, ".")
+	c.badMu.Lock()
+	defer c.badMu.Unlock()
+	return c.unreadableJobs[jobID]
 }

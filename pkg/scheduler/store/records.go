@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/wire"
+	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
 // Records are the API's protos (package wire converts), so that what an
@@ -74,13 +76,19 @@ func (s *Store) Delete(ctx context.Context, jobIDs, agentIDs []string) error {
 	return s.deleteJobs(ctx, jobIDs, agentIDs)
 }
 
-// Agents reads every agent record.
+// Agents reads every agent record. A record that cannot be read is
+// skipped and quarantined (see quarantine).
 func (s *Store) Agents(ctx context.Context) ([]*model.Agent, error) {
 	var out []*model.Agent
-	err := s.getPrefix(ctx, s.prefix+"agents/", func(_ string, v []byte) error {
+	prefix := s.prefix + "agents/"
+	err := s.getPrefixRev(ctx, prefix, func(key string, v []byte, rev int64) error {
 		r := &schedv1.Agent{}
-		if err := proto.Unmarshal(v, r); err != nil {
-			return err
+		err := proto.Unmarshal(v, r)
+		if err == nil && r.GetId() != strings.TrimPrefix(key, prefix) {
+			err = fmt.Errorf("record names agent %q", r.GetId())
+		}
+		if err != nil {
+			return s.quarantine(ctx, key, v, rev, err)
 		}
 		out = append(out, wire.AgentFromProto(r))
 		return nil
@@ -88,13 +96,20 @@ func (s *Store) Agents(ctx context.Context) ([]*model.Agent, error) {
 	return out, err
 }
 
-// Jobs reads every job record.
+// Jobs reads every job record. A record that cannot be read is skipped
+// and quarantined (see quarantine): one bad key must not keep every
+// replica from leading.
 func (s *Store) Jobs(ctx context.Context) ([]*model.Job, error) {
 	var out []*model.Job
-	err := s.getPrefix(ctx, s.prefix+"jobs/", func(_ string, v []byte) error {
+	prefix := s.prefix + "jobs/"
+	err := s.getPrefixRev(ctx, prefix, func(key string, v []byte, rev int64) error {
 		r := &schedv1.Job{}
-		if err := proto.Unmarshal(v, r); err != nil {
-			return err
+		err := proto.Unmarshal(v, r)
+		if err == nil && r.GetId() != strings.TrimPrefix(key, prefix) {
+			err = fmt.Errorf("record names job %q", r.GetId())
+		}
+		if err != nil {
+			return s.quarantine(ctx, key, v, rev, err)
 		}
 		out = append(out, wire.JobFromProto(r))
 		return nil
@@ -102,18 +117,51 @@ func (s *Store) Jobs(ctx context.Context) ([]*model.Job, error) {
 	return out, err
 }
 
-// JobTasks reads every attempt of a job's tasks, in key order.
+// JobTasks reads every attempt of a job's tasks, in key order. An attempt
+// whose record cannot be read is quarantined and stands as a lost attempt
+// (named by its key), so the slot's next attempt gets a fresh id.
 func (s *Store) JobTasks(ctx context.Context, jobID string) ([]*model.Task, error) {
 	var out []*model.Task
-	err := s.getPrefix(ctx, s.jobTasksPrefix(jobID), func(_ string, v []byte) error {
+	prefix := s.jobTasksPrefix(jobID)
+	err := s.getPrefixRev(ctx, prefix, func(key string, v []byte, rev int64) error {
 		t := &schedv1.Task{}
-		if err := proto.Unmarshal(v, t); err != nil {
-			return err
+		id := strings.TrimPrefix(key, prefix)
+		err := proto.Unmarshal(v, t)
+		if err == nil && (t.GetId() != id || t.GetJobId() != jobID) {
+			err = fmt.Errorf("record names task %q of job %q", t.GetId(), t.GetJobId())
+		}
+		if err != nil {
+			if qerr := s.quarantine(ctx, key, v, rev, err); qerr != nil {
+				return qerr
+			}
+			if p, ok := unreadableTask(jobID, id, err); ok {
+				out = append(out, p)
+			}
+			return nil
 		}
 		out = append(out, wire.TaskFromProto(t))
 		return nil
 	})
 	return out, err
+}
+
+// unreadableTask stands for an attempt whose record cannot be read: lost,
+// with the index and attempt its key names (false if the key names none).
+func unreadableTask(jobID, id string, err error) (*model.Task, bool) {
+	rest, ok := strings.CutPrefix(id, jobID+".")
+	if !ok {
+		return nil, false
+	}
+	is, as, ok := strings.Cut(rest, ".")
+	idx, err1 := strconv.ParseUint(is, 10, 32)
+	att, err2 := strconv.ParseUint(as, 10, 32)
+	if !ok || err1 != nil || err2 != nil || model.TaskID(jobID, uint32(idx), uint32(att)) != id {
+		return nil, false
+	}
+	now := time.Now()
+	return &model.Task{ID: id, JobID: jobID, Index: uint32(idx), Attempt: uint32(att), State: task.Lost,
+		Reason: "RecordUnreadable", Message: "the scheduler could not read this attempt's record (quarantined): " + err.Error(),
+		Placed: now, Ended: now}, true
 }
 
 // Task reads one task attempt (nil if absent or id names no job).

@@ -2,7 +2,10 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
@@ -24,6 +27,8 @@ type Store struct {
 	fence  clientv3.Cmp
 	txnOps int
 	later  dirtySet
+	// onBad is told of every record quarantined (see SetBadRecordHandler).
+	onBad func(key, copy string, err error)
 }
 
 func newStore(kv clientv3.KV, prefix string, txnOps int, fence clientv3.Cmp) *Store {
@@ -32,7 +37,40 @@ func newStore(kv clientv3.KV, prefix string, txnOps int, fence clientv3.Cmp) *St
 
 // WithKV returns a store that writes through kv with the same fence (tests
 // use it to hold or fail transactions).
-func (s *Store) WithKV(kv clientv3.KV) *Store { return newStore(kv, s.prefix, s.txnOps, s.fence) }
+func (s *Store) WithKV(kv clientv3.KV) *Store {
+	n := newStore(kv, s.prefix, s.txnOps, s.fence)
+	n.onBad = s.onBad
+	return n
+}
+
+// SetBadRecordHandler sets fn to be told of each record the store could
+// not read and quarantined: its key, where the copy is, and why.
+func (s *Store) SetBadRecordHandler(fn func(key, copy string, err error)) { s.onBad = fn }
+
+// QuarantinePrefix is where unreadable records are copied, under the
+// scheduler's prefix: quarantine/<key relative to the prefix>@<revision>.
+const QuarantinePrefix = "quarantine/"
+
+// quarantine keeps a record that cannot be read: it copies the value to
+// the quarantine prefix (once per revision, fenced) and tells the bad
+// record handler. The original is never deleted or overwritten by this;
+// the caller skips it. Only a failure to talk to etcd is returned.
+func (s *Store) quarantine(ctx context.Context, key string, val []byte, rev int64, why error) error {
+	copyKey := s.prefix + QuarantinePrefix + strings.TrimPrefix(key, s.prefix) + "@" + strconv.FormatInt(rev, 10)
+	err := s.txn(ctx, []put{{key: copyKey, val: val, create: true}})
+	if errors.Is(err, ErrNotLeader) {
+		// Either the copy exists (quarantined by an earlier leader) or the
+		// fence moved; the next fenced write tells which.
+		err = nil
+	}
+	if err != nil {
+		return fmt.Errorf("quarantine %s: %w", key, err)
+	}
+	if s.onBad != nil {
+		s.onBad(key, copyKey, why)
+	}
+	return nil
+}
 
 func (s *Store) jobKey(id string) string         { return s.prefix + "jobs/" + id }
 func (s *Store) jobTasksPrefix(id string) string { return s.prefix + "tasks/" + id + "/" }
@@ -117,6 +155,11 @@ func (s *Store) get(ctx context.Context, key string) ([]byte, error) {
 
 // getPrefix reads every key under prefix, a page at a time.
 func (s *Store) getPrefix(ctx context.Context, prefix string, fn func(key string, val []byte) error) error {
+	return s.getPrefixRev(ctx, prefix, func(key string, val []byte, _ int64) error { return fn(key, val) })
+}
+
+// getPrefixRev is getPrefix with each key's modification revision.
+func (s *Store) getPrefixRev(ctx context.Context, prefix string, fn func(key string, val []byte, rev int64) error) error {
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	key := prefix
 	for {
@@ -125,7 +168,7 @@ func (s *Store) getPrefix(ctx context.Context, prefix string, fn func(key string
 			return fmt.Errorf("etcd get %s: %w", prefix, err)
 		}
 		for _, kv := range resp.Kvs {
-			if err := fn(string(kv.Key), kv.Value); err != nil {
+			if err := fn(string(kv.Key), kv.Value, kv.ModRevision); err != nil {
 				return err
 			}
 		}
