@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"crypto/x509"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +20,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
+	"github.com/titus-agent/titus-agent/pkg/authn"
 	"github.com/titus-agent/titus-agent/pkg/authn/authntest"
+	"github.com/titus-agent/titus-agent/pkg/authz"
+	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
+	"github.com/titus-agent/titus-agent/test/schedload"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -345,5 +352,86 @@ func TestSchedulerRefusesPlaintextOnTheNetwork(t *testing.T) {
 		if !strings.Contains(p.Log(), want) {
 			t.Errorf("the insecure scheduler's log lacks %q:\n%s", want, p.Log())
 		}
+	}
+}
+
+// TestSchedulerAuthzFakeHost: under a policy with mutual TLS, a user's
+// certificate (alice, a tenant) cannot open the agent stream to register a
+// fake host and receive launch specs, nor can a caller without a
+// certificate; an agent's certificate registers and runs alice's job.
+func TestSchedulerAuthzFakeHost(t *testing.T) {
+	begin(t)
+	dir := t.TempDir()
+	ca := authntest.NewCA(t, "titus test CA")
+	authntest.WriteFile(t, filepath.Join(dir, "ca.pem"), ca.PEM)
+	srv := ca.Issue(t, authntest.Leaf{CN: "scheduler", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Usage: x509.ExtKeyUsageServerAuth}, dir)
+	alice := ca.Issue(t, authntest.Leaf{CN: "alice", Emails: []string{"alice@example.com"}}, dir)
+	host := ca.Issue(t, authntest.Leaf{CN: "host-1", URIs: []string{authn.DefaultAgentURIPrefix + "host-1"}}, dir)
+	server, err := tlsconfig.Files{CertFile: srv.CertFile, KeyFile: srv.KeyFile, CAFile: filepath.Join(dir, "ca.pem")}.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := authz.Parse([]byte(authzPolicy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := schedOptions(t)
+	o.TLS, o.Policy = server, pol
+	s, _ := startScheduler(t, t.Context(), o)
+	waitLeading(t, s)
+	dial := func(c authntest.Issued) grpc.DialOption {
+		d, err := tlsconfig.Files{CAFile: filepath.Join(dir, "ca.pem"), CertFile: c.CertFile, KeyFile: c.KeyFile}.DialOption()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	cc, err := grpc.NewClient(s.Addr(), dial(alice))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	e := &schedEnv{t: t, ctx: t.Context(), addrs: []string{s.Addr()}, agents: map[string]*schedload.Agent{}, api: schedv1.NewSchedulerClient(cc)}
+	start := func(id string, d grpc.DialOption) {
+		a := schedload.NewAgent(schedlink.Config{Address: s.Addr(), InstanceID: id, AZ: "az-a", DialOptions: []grpc.DialOption{d},
+			Capacity:   schedlink.Capacity{CPUMillicores: 400000, MemoryMiB: 1 << 20},
+			MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond}, finishAfter(100*time.Millisecond))
+		a.Start(e.ctx)
+		t.Cleanup(a.Stop)
+	}
+	noCert, err := tlsconfig.Files{CAFile: filepath.Join(dir, "ca.pem")}.DialOption()
+	if err != nil {
+		t.Fatal(err)
+	}
+	start("fake-host", dial(alice))
+	start("anon-host", noCert)
+	time.Sleep(time.Second) // the fake hosts try first
+	start("host-1", dial(host))
+
+	spec := jobSpec(&schedv1.BatchJob{Size: 1})
+	spec.Application, spec.OwnerEmail = "billing", "alice@example.com"
+	id := e.submit(spec)
+	e.eventually("alice's job finished on host-1", func() (bool, string) {
+		j := e.job(id)
+		return j.State == schedv1.JobState_JOB_STATE_FINISHED, j.String()
+	})
+	var agents []string
+	rc, err := grpc.NewClient(s.Addr(), dial(ca.Issue(t, authntest.Leaf{CN: "root", Emails: []string{"root@example.com"}}, dir)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rc.Close() })
+	resp, err := schedv1.NewSchedulerClient(rc).ListAgents(e.ctx, &schedv1.ListAgentsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range resp.Agents {
+		agents = append(agents, a.Id)
+	}
+	if strings.Join(agents, ",") != "host-1" {
+		t.Fatalf("registered agents = %v, want only host-1 (the agent certificate)", agents)
+	}
+	if _, err := e.api.ListAgents(e.ctx, &schedv1.ListAgentsRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("alice lists agents: %v, want PermissionDenied", err)
 	}
 }
