@@ -150,6 +150,14 @@ type IsolationConfig struct {
 	// UserNamespaces are the host IDs for tasks that ask for their own
 	// user namespace (label titus.isolation/user-namespace).
 	UserNamespaces UserNamespacesConfig `json:"userNamespaces"`
+	// RequireUserNamespace is "" (tasks choose), "refuse" (a task without
+	// its own user namespace is refused at launch) or "force" (every task
+	// gets one).
+	RequireUserNamespace string `json:"requireUserNamespace"`
+	// DiskMiB and NetworkMbps are the host's default and ceiling for what
+	// tasks ask (host_policy.go).
+	DiskMiB     LimitConfig `json:"diskMiB"`
+	NetworkMbps LimitConfig `json:"networkMbps"`
 }
 
 // UserNamespacesConfig: task i of at most MaxTasks gets host IDs

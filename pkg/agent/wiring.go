@@ -50,7 +50,12 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 	}
 
 	iso := isolationOptions(cfg.Isolation)
-	w.hostCheck = func(s *task.Spec, c *task.Checker) { iso.CheckHostRequests(s.Labels, c) }
+	iso.XFSQuota = disks.Backend() == isolation.BackendXFSQuota
+	policy := hostPolicy(cfg.Isolation)
+	w.hostCheck = func(s *task.Spec, c *task.Checker) {
+		policy(s, c) // first: it may force the user namespace label
+		iso.CheckHostRequests(s.Labels, c)
+	}
 	container := &taskrunner.ContainerHook{Runtime: rt, SpecOpts: func(s *task.Spec) []oci.SpecOpts { return isolation.SpecOpts(s, iso) }}
 	w.stages = [][]taskrunner.PrestartHook{first}
 	if len(second) > 0 {

@@ -35,6 +35,7 @@ func (c IsolationConfig) validate() error {
 			errs = append(errs, fmt.Errorf("isolation.allowedDevices: %q must be absolute", p))
 		}
 	}
+	errs = append(errs, c.checkPolicy()...)
 	if u := c.UserNamespaces; u.HostIDBase != 0 {
 		if err := u.ranges().Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("isolation.userNamespaces: %w", err))

@@ -67,6 +67,10 @@ type Options struct {
 	AllowedHostPaths []HostPath
 	// AllowedDevices are host devices tasks may get via LabelDevices.
 	AllowedDevices []string
+	// XFSQuota says disks are XFS project quotas: a task that is not in
+	// its own user namespace then runs without CAP_FOWNER (see
+	// TaskCapabilities).
+	XFSQuota bool
 	// Compat32Bit lets tasks make 32-bit (x86, x32) system calls. Off, the
 	// seccomp profile covers the native ABI only and the kernel refuses the
 	// others: 32-bit binaries do not run, a long-standing kernel attack
@@ -92,6 +96,20 @@ var DefaultCapabilities = []string{
 	"CAP_SETPCAP",
 	"CAP_SETUID",
 	"CAP_SYS_CHROOT",
+}
+
+// TaskCapabilities is DefaultCapabilities for spec on a host with o, less
+// CAP_FOWNER when disks are XFS project quotas and the task is not in its
+// own user namespace: with it, the task's root could set the project ID
+// (FS_IOC_FSSETXATTR) of files it does not own and move them out of its
+// quota. A task in a user namespace keeps it: the kernel refuses project
+// ID changes from any namespace but the host's. (The file's owner needs no
+// capability for that ioctl: see docs/security.md for what closes it.)
+func TaskCapabilities(spec *task.Spec, o Options) []string {
+	if !o.XFSQuota || (spec.Labels[LabelUserNS] == "true" && spec.Resources.DiskMiB > 0) {
+		return DefaultCapabilities
+	}
+	return slices.DeleteFunc(slices.Clone(DefaultCapabilities), func(c string) bool { return c == "CAP_FOWNER" })
 }
 
 // MaskedPaths are hidden from tasks (in addition to what the base spec
@@ -128,7 +146,7 @@ var ReadonlyPaths = []string{
 func SpecOpts(spec *task.Spec, o Options) []oci.SpecOpts {
 	opts := []oci.SpecOpts{WithResources(spec.Resources, o.CPUSet)}
 	opts = append(opts,
-		withCapabilities(DefaultCapabilities),
+		withCapabilities(TaskCapabilities(spec, o)),
 		oci.WithNoNewPrivileges,
 		withPaths(MaskedPaths, ReadonlyPaths),
 		withReadonlySys,

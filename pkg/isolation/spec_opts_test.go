@@ -350,3 +350,34 @@ func TestParseHostPath(t *testing.T) {
 		}
 	}
 }
+
+func TestTaskCapabilitiesXFSQuota(t *testing.T) {
+	ns := map[string]string{LabelUserNS: "true"}
+	for _, tc := range []struct {
+		name       string
+		spec       task.Spec
+		o          Options
+		wantFOwner bool
+	}{
+		{name: "loop backend keeps it", o: Options{}, wantFOwner: true},
+		{name: "xfs, no user namespace: dropped", o: Options{XFSQuota: true}},
+		{name: "xfs, label but no disk (refused later): dropped", spec: task.Spec{Labels: ns}, o: Options{XFSQuota: true}},
+		{name: "xfs in a user namespace keeps it", spec: task.Spec{Labels: ns, Resources: task.Resources{DiskMiB: 64}}, o: Options{XFSQuota: true}, wantFOwner: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.o.NoInit = true
+			s, err := apply(t, SpecOpts(&tc.spec, tc.o))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, set := range [][]string{s.Process.Capabilities.Bounding, s.Process.Capabilities.Effective, s.Process.Capabilities.Permitted} {
+				if got := slices.Contains(set, "CAP_FOWNER"); got != tc.wantFOwner {
+					t.Errorf("CAP_FOWNER in %v = %v, want %v", set, got, tc.wantFOwner)
+				}
+			}
+			if !slices.Contains(DefaultCapabilities, "CAP_FOWNER") {
+				t.Fatal("DefaultCapabilities lost CAP_FOWNER: TaskCapabilities must not modify it")
+			}
+		})
+	}
+}

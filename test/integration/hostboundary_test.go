@@ -348,3 +348,42 @@ func TestAgentFirewallFromInsideTasks(t *testing.T) {
 	}
 	e.assertNoLeftovers()
 }
+
+// TestAgentHostLimitsAreNotOptIn: a task asking for no disk and no
+// bandwidth limit gets the host's defaults; one asking above the host's
+// ceiling is refused at the door, naming the field, and nothing is made
+// for it.
+func TestAgentHostLimitsAreNotOptIn(t *testing.T) {
+	begin(t)
+	ln := newLocalNet(t)
+	e := newAgentEnvConfig(t, ln.config+"isolation:\n  diskDir: {{DIR}}/disks\n  diskMiB: {default: 32, max: 64}\n  networkMbps: {default: 10, max: 50}\n")
+	e.launch(e.spec("asks-nothing", "sh", "-c", "df -m / | tail -1; sleep 1000"))
+	tk := e.waitState("asks-nothing", stRunning, 30*time.Second)
+	if r := tk.GetSpec().GetResources(); r.GetDiskMib() != 32 || r.GetNetworkMbps() != 10 {
+		t.Errorf("recorded resources %v, want the host's defaults (disk 32, network 10)", r)
+	}
+	if o, err := exec.Command("tc", "qdisc", "show", "dev", vpc.HostVeth("asks-nothing")).CombinedOutput(); err != nil || !strings.Contains(string(o), "10Mbit") {
+		t.Errorf("host veth qdisc: %v %s, want the default 10Mbit", err, o)
+	}
+	if o, code := e.exec("asks-nothing", "sh", "-c", "dd if=/dev/zero of=/big bs=1M count=64 2>&1"); code == 0 {
+		t.Errorf("wrote 64 MiB into a 32 MiB default quota: %s", o)
+	}
+	for _, c := range []struct{ field string }{{"resources.disk_mib"}, {"resources.network_mbps"}} {
+		s := e.spec("greedy", "true")
+		if c.field == "resources.disk_mib" {
+			s.Resources.DiskMib = 65
+		} else {
+			s.Resources.NetworkMbps = 51
+		}
+		_, err := e.client.LaunchTask(e.ctx(), &agentv1.LaunchTaskRequest{Spec: s})
+		if err == nil || !strings.Contains(err.Error(), c.field) || !strings.Contains(err.Error(), "InvalidArgument") {
+			t.Errorf("above the ceiling (%s): %v, want InvalidArgument naming the field", c.field, err)
+		}
+		if _, err := e.client.GetTask(e.ctx(), &agentv1.GetTaskRequest{Id: "greedy"}); err == nil {
+			t.Errorf("the refused task was recorded")
+		}
+	}
+	e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: "asks-nothing"})
+	e.waitFinal("asks-nothing")
+	e.assertNoLeftovers()
+}
