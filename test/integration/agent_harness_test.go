@@ -57,7 +57,7 @@ func (e *agentEnv) stop()  { e.agent.Stop() }
 func titusAgentBinary(t *testing.T) string { return testenv.AgentBinary(t) }
 
 func (e *agentEnv) ctx() context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Scaled(60*time.Second))
 	e.t.Cleanup(cancel)
 	return ctx
 }
@@ -94,7 +94,7 @@ func (e *agentEnv) get(id string) *agentv1.Task {
 // waitState polls until the task reaches at least state s.
 func (e *agentEnv) waitState(id string, s agentv1.TaskState, timeout time.Duration) *agentv1.Task {
 	e.t.Helper()
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(testenv.Scaled(timeout))
 	for {
 		tk := e.get(id)
 		if tk.GetState() >= s {
@@ -174,7 +174,7 @@ func (e *agentEnv) containers() []string {
 
 func (e *agentEnv) waitNoContainer(id string) {
 	e.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(testenv.Scaled(30 * time.Second))
 	for {
 		found := false
 		for _, c := range e.containers() {
@@ -192,7 +192,7 @@ func (e *agentEnv) waitNoContainer(id string) {
 
 func (e *agentEnv) waitLog(id, want string) {
 	e.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(testenv.Scaled(30 * time.Second))
 	for {
 		out, _ := e.cli("task", "logs", id)
 		if strings.Contains(out, want) {
@@ -209,7 +209,7 @@ func (e *agentEnv) waitLog(id, want string) {
 // checks that no container, active snapshot or rootfs mount is left.
 func (e *agentEnv) assertNoLeftovers() {
 	e.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(testenv.Scaled(30 * time.Second))
 	for {
 		var left []string
 		list, err := e.client.ListTasks(e.ctx(), &agentv1.ListTasksRequest{All: true})
@@ -298,7 +298,7 @@ func (e *agentEnv) watch() *eventLog {
 // task's events so far.
 func (l *eventLog) until(id string, final agentv1.TaskState) []*agentv1.TaskEvent {
 	l.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(testenv.Scaled(60 * time.Second))
 	for {
 		l.mu.Lock()
 		var mine []*agentv1.TaskEvent

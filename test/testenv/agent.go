@@ -151,7 +151,7 @@ func (a *Agent) Start() {
 	}
 	a.Conn, a.Client = conn, agentv1.NewAgentClient(conn)
 	t.Cleanup(func() { conn.Close() })
-	deadline := time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(Scaled(60 * time.Second))
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := a.Client.Version(ctx, &agentv1.VersionRequest{})

@@ -117,7 +117,7 @@ func (c *Containerd) start(t TB) {
 
 func (c *Containerd) waitReady(t TB, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(Scaled(timeout))
 	for time.Now().Before(deadline) {
 		if c.Proc.Cmd.ProcessState != nil {
 			break

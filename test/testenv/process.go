@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -151,7 +152,7 @@ func (p *Process) Log() string {
 // WaitTCP waits until addr accepts connections or fails the test.
 func WaitTCP(t TB, addr string, p *Process, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
+	deadline := time.Now().Add(Scaled(timeout))
 	for time.Now().Before(deadline) {
 		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
 		if err == nil {
@@ -180,3 +181,16 @@ func tail(s string, n int) string {
 
 // Addr formats a loopback address.
 func Addr(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+
+// TimeScaleEnv names a whole factor by which Scaled stretches the helpers'
+// waits, for machines far slower than the one the timeouts were set on (the
+// VM lane's emulated guest sets it); 1 when unset.
+const TimeScaleEnv = "TITUS_TEST_TIME_SCALE"
+
+// Scaled is d times $TITUS_TEST_TIME_SCALE.
+func Scaled(d time.Duration) time.Duration {
+	if n, err := strconv.Atoi(os.Getenv(TimeScaleEnv)); err == nil && n > 1 {
+		return d * time.Duration(n)
+	}
+	return d
+}

@@ -111,6 +111,7 @@ cp "$here/guest-run.sh" "$pl/"
   printf 'TITUS_VM_RUN=%q\n' "$RUN"
   printf 'TITUS_VM_TIMEOUT=%q\n' "$TIMEOUT"
   echo "export TITUS_INTEGRATION_WITHOUT=moto_server"
+  echo "export TITUS_TEST_TIME_SCALE=${TITUS_TEST_TIME_SCALE:-5}" # emulated CPUs: stretch the waits
   echo "export TITUS_VM_DEB=/opt/titus/titus-agent_0.0.0~vm_amd64.deb"
 } >"$pl/env"
 size_mib=$(($(du -sm "$pl" | cut -f1) + 64))
@@ -177,7 +178,7 @@ deadline_s=$((deadline_s + 300))
 (sleep "$deadline_s" && echo "test-vm: the guest ran past ${deadline_s}s; killed qemu" >"$work/watchdog" && kill -9 "$qpid") </dev/null >/dev/null 2>&1 &
 watchdog=$!
 tail -n +1 -F --pid="$qpid" "$out" 2>/dev/null |
-  grep -a --line-buffered -E '^(--- |    |PASS|FAIL|ok|panic|INTEGRATION|TITUS-VM)' | grep -av '^        time=' || true
+  grep -a --line-buffered -E '^(--- |    |PASS|FAIL|ok|panic|INTEGRATION|TITUS-VM)' | grep -a --line-buffered -v '^        time=' || true
 wait "$qpid" 2>/dev/null || true
 qpid=""
 kill $(pgrep -P "$watchdog") "$watchdog" 2>/dev/null || true # its sleep too
