@@ -56,9 +56,65 @@ type DataPlaneConfig struct {
 
 // DataPlane wires task addresses into network namespaces.
 type DataPlane struct {
-	cfg  DataPlaneConfig
-	host *netlink.Handle
+	cfg    DataPlaneConfig
+	host   netlinker
+	ns     namespaces
+	sysctl func(path, value string) error
 }
+
+// netlinker is the netlink calls the data plane makes in one network
+// namespace; *netlink.Handle has them all.
+type netlinker interface {
+	LinkByName(name string) (netlink.Link, error)
+	LinkList() ([]netlink.Link, error)
+	LinkAdd(link netlink.Link) error
+	LinkDel(link netlink.Link) error
+	LinkSetUp(link netlink.Link) error
+	LinkSetName(link netlink.Link, name string) error
+	LinkSetMTU(link netlink.Link, mtu int) error
+	LinkSetMaster(link, master netlink.Link) error
+	LinkSetNsFd(link netlink.Link, fd int) error
+	AddrReplace(link netlink.Link, addr *netlink.Addr) error
+	RouteReplace(route *netlink.Route) error
+	NeighSet(neigh *netlink.Neigh) error
+	RuleAdd(rule *netlink.Rule) error
+	RuleDel(rule *netlink.Rule) error
+	RuleList(family int) ([]netlink.Rule, error)
+	Close()
+}
+
+// namespaces makes, opens and removes the tasks' network namespaces.
+type namespaces interface {
+	// Ensure creates the namespace mounted at path unless one is there.
+	Ensure(path string) error
+	// Open returns netlink inside the namespace at path and a descriptor
+	// of the namespace (to create links in it); done releases both.
+	Open(path string) (nl netlinker, fd int, done func(), err error)
+	// Remove unmounts and deletes the namespace at path; a missing one is
+	// not an error.
+	Remove(path string) error
+}
+
+// bindMounts are namespaces bind-mounted on files (ip-netns style).
+type bindMounts struct{}
+
+func (bindMounts) Ensure(path string) error { return ensureNetNS(path) }
+func (bindMounts) Remove(path string) error { return removeNetNS(path) }
+
+func (bindMounts) Open(path string) (netlinker, int, func(), error) {
+	ns, err := netns.GetFromPath(path)
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("vpc: open netns: %w", err)
+	}
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		ns.Close()
+		return nil, 0, nil, fmt.Errorf("vpc: netlink in task netns: %w", err)
+	}
+	return h, int(ns), func() { h.Close(); ns.Close() }, nil
+}
+
+func writeSysctl(path, value string) error { return os.WriteFile(path, []byte(value), 0o644) }
 
 // NewDataPlane opens netlink in the host netns.
 func NewDataPlane(cfg DataPlaneConfig) (*DataPlane, error) {
@@ -77,7 +133,7 @@ func NewDataPlane(cfg DataPlaneConfig) (*DataPlane, error) {
 			return nil, fmt.Errorf("vpc: %w", err)
 		}
 	}
-	return &DataPlane{cfg: cfg, host: h}, nil
+	return &DataPlane{cfg: cfg, host: h, ns: bindMounts{}, sysctl: writeSysctl}, nil
 }
 
 func handleAt(nsPath string) (*netlink.Handle, error) {
@@ -112,19 +168,14 @@ func (d *DataPlane) NetNSPath(taskID string) string { return filepath.Join(d.cfg
 // is idempotent: an existing netns or veth is reused.
 func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttachment, error) {
 	nsPath := d.NetNSPath(a.TaskID)
-	if err := ensureNetNS(nsPath); err != nil {
+	if err := d.ns.Ensure(nsPath); err != nil {
 		return nil, err
 	}
-	ns, err := netns.GetFromPath(nsPath)
+	inner, nsFd, done, err := d.ns.Open(nsPath)
 	if err != nil {
-		return nil, fmt.Errorf("vpc: open netns: %w", err)
+		return nil, err
 	}
-	defer ns.Close()
-	inner, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("vpc: netlink in task netns: %w", err)
-	}
-	defer inner.Close()
+	defer done()
 
 	hostName := HostVeth(a.TaskID)
 	host, err := d.host.LinkByName(hostName)
@@ -132,7 +183,7 @@ func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttac
 		// The peer is born inside the task netns as eth0: moving a link
 		// between namespaces afterwards costs the kernel an RCU grace
 		// period, the bulk of a warm setup.
-		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName, MTU: d.cfg.MTU}, PeerName: "eth0", PeerNamespace: netlink.NsFd(int(ns))}
+		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: hostName, MTU: d.cfg.MTU}, PeerName: "eth0", PeerNamespace: netlink.NsFd(nsFd)}
 		if err := d.host.LinkAdd(veth); err != nil && !errors.Is(err, unix.EEXIST) {
 			return nil, fmt.Errorf("vpc: add veth: %w", err)
 		}
@@ -141,7 +192,7 @@ func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttac
 		}
 	}
 	if peer, err := d.host.LinkByName(peerVeth(a.TaskID)); err == nil {
-		if err := d.host.LinkSetNsFd(peer, int(ns)); err != nil {
+		if err := d.host.LinkSetNsFd(peer, nsFd); err != nil {
 			return nil, fmt.Errorf("vpc: move veth into task netns: %w", err)
 		}
 	}
@@ -178,7 +229,7 @@ func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttac
 }
 
 // wireTask sets the address and default route inside the task netns.
-func (d *DataPlane) wireTask(inner *netlink.Handle, eth, host netlink.Link, a Allocation) error {
+func (d *DataPlane) wireTask(inner netlinker, eth, host netlink.Link, a Allocation) error {
 	prefix := a.IPv4
 	if a.routed() {
 		prefix = netip.PrefixFrom(a.IPv4.Addr(), 32)
@@ -213,7 +264,7 @@ func (d *DataPlane) wireTask(inner *netlink.Handle, eth, host netlink.Link, a Al
 // wireTaskV6 gives the task its IPv6 /128 (no DAD: the VPC hands it out
 // once) and a default route via a link-local gateway answered, like the
 // IPv4 one, by a static neighbour for the host-side veth.
-func wireTaskV6(inner *netlink.Handle, eth, host netlink.Link, ip netip.Addr) error {
+func wireTaskV6(inner netlinker, eth, host netlink.Link, ip netip.Addr) error {
 	addr := &netlink.Addr{IPNet: prefixToIPNet(netip.PrefixFrom(ip, 128)), Flags: unix.IFA_F_NODAD}
 	if err := inner.AddrReplace(eth, addr); err != nil {
 		return fmt.Errorf("vpc: task IPv6 address: %w", err)
@@ -262,7 +313,7 @@ func (d *DataPlane) wireHost(host netlink.Link, a Allocation) error {
 	}
 	// proxy_arp lets the task's link-local gateway resolve; the static
 	// neighbour above already does, this covers ARP refreshes.
-	_ = os.WriteFile("/proc/sys/net/ipv4/conf/"+host.Attrs().Name+"/proxy_arp", []byte("1"), 0o644)
+	_ = d.sysctl("/proc/sys/net/ipv4/conf/"+host.Attrs().Name+"/proxy_arp", "1")
 	return nil
 }
 
@@ -305,7 +356,7 @@ func (d *DataPlane) Teardown(ctx context.Context, taskID string, a *Allocation) 
 			errs = append(errs, fmt.Errorf("veth: %w", err))
 		}
 	}
-	if err := removeNetNS(d.NetNSPath(taskID)); err != nil {
+	if err := d.ns.Remove(d.NetNSPath(taskID)); err != nil {
 		errs = append(errs, err)
 	}
 	if err := os.RemoveAll(filepath.Join(d.cfg.FilesDir, taskID)); err != nil {
@@ -377,7 +428,7 @@ func (d *DataPlane) RemoveLink(name string) error {
 // RemoveNetNS unmounts and deletes a task namespace by task id.
 func (d *DataPlane) RemoveNetNS(taskID string) error {
 	_ = os.RemoveAll(filepath.Join(d.cfg.FilesDir, taskID))
-	return removeNetNS(d.NetNSPath(taskID))
+	return d.ns.Remove(d.NetNSPath(taskID))
 }
 
 func (d *DataPlane) writeFiles(a Allocation, att *task.NetworkAttachment) error {
