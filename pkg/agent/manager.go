@@ -26,6 +26,8 @@ var (
 	ErrTooManyTasks  = errdefs.ErrResourceExhausted.WithMessage("agent is at its task limit")
 	ErrShuttingDown  = errdefs.ErrUnavailable.WithMessage("agent is shutting down")
 	ErrTaskNotActive = errdefs.ErrFailedPrecondition.WithMessage("task is not running")
+	// ErrScheduled refuses a launch by hand on an agent attached to a scheduler.
+	ErrScheduled = errdefs.ErrFailedPrecondition.WithMessage("this agent takes its tasks from a scheduler")
 )
 
 // managerRuntime is what the manager needs from the container runtime.
@@ -164,13 +166,19 @@ func (m *Manager) validate(s *task.Spec) error {
 	return errors.Join(err, &task.ValidationError{Fields: c.Fields()})
 }
 
-// Kill asks a task to stop with the given grace (0 = the spec's).
+// Kill asks a task to stop with the given grace (0 = the spec's), for its
+// owner (KilledByUser).
 func (m *Manager) Kill(ctx context.Context, id string, grace time.Duration) (task.View, error) {
+	return m.KillFor(ctx, id, grace, task.ReasonKilledByUser, "")
+}
+
+// KillFor is Kill with the reason and message the task's record keeps.
+func (m *Manager) KillFor(ctx context.Context, id string, grace time.Duration, reason task.Reason, msg string) (task.View, error) {
 	r, err := m.runner(id)
 	if err != nil {
 		return task.View{}, err
 	}
-	r.Kill(grace, task.ReasonKilledByUser)
+	r.Kill(grace, reason, msg)
 	return r.View(), nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"time"
@@ -46,6 +47,10 @@ type Server struct {
 	// VPC and Metadata are nil when not configured.
 	VPC      VPCOperator
 	Metadata MetadataGetter
+	// Scheduler is the address of the scheduler this agent takes its tasks
+	// from; empty when it runs standalone. Attached, it refuses launches on
+	// its socket: the scheduler would not know such a task and kill it.
+	Scheduler string
 }
 
 // Register adds the service to a gRPC server.
@@ -57,6 +62,9 @@ func toStatus(err error) error { return apierr.ToGRPC(err) }
 func (s *Server) LaunchTask(ctx context.Context, req *agentv1.LaunchTaskRequest) (*agentv1.LaunchTaskResponse, error) {
 	if req.GetSpec() == nil {
 		return nil, status.Error(codes.InvalidArgument, "spec: is required")
+	}
+	if s.Scheduler != "" {
+		return nil, toStatus(fmt.Errorf("%w (%s): submit a job there (titus-scheduler job submit); a task launched here would be unknown to it and killed", ErrScheduled, s.Scheduler))
 	}
 	v, err := s.Manager.Launch(ctx, task.FromProto(req.GetSpec()))
 	if err != nil {

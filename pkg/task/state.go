@@ -75,6 +75,7 @@ const (
 	ReasonOOMKilled            Reason = "OOMKilled"
 	ReasonRuntimeLimitExceeded Reason = "RuntimeLimitExceeded"
 	ReasonKilledByUser         Reason = "KilledByUser"
+	ReasonKilledByScheduler    Reason = "KilledByScheduler" // e.g. a task unknown to the scheduler
 	ReasonAgentRestartLost     Reason = "AgentRestartLost"
 	ReasonAgentRestartExited   Reason = "ExitedWhileAgentDown"
 	ReasonPlatformError        Reason = "PlatformError"

@@ -49,7 +49,7 @@ func (r *Runner) launch(agentCtx context.Context) {
 		return
 	}
 	if k := r.killRequest(); k != nil {
-		r.finish(task.Killed, k.reason, "killed before start", 0)
+		r.finish(task.Killed, k.reason, k.why("killed before start"), 0)
 		return
 	}
 	if err != nil {
@@ -187,10 +187,10 @@ func (r *Runner) wait(agentCtx context.Context) {
 				return
 			case <-runtimeLimit:
 				runtimeLimit = nil
-				r.Kill(r.rec.Spec.KillGracePeriod, task.ReasonRuntimeLimitExceeded)
+				r.Kill(r.rec.Spec.KillGracePeriod, task.ReasonRuntimeLimitExceeded, "")
 			case <-r.killCh:
 				k := r.killRequest()
-				if err := r.advance(task.Killing, k.reason, "", nil); err != nil {
+				if err := r.advance(task.Killing, k.reason, k.msg, nil); err != nil {
 					r.log.Debug("advance killing", "err", err)
 				}
 				if err := r.cfg.Runtime.Kill(context.WithoutCancel(agentCtx), id, syscall.SIGTERM); err != nil {
@@ -239,7 +239,7 @@ func (r *Runner) exited(st runtime.ExitStatus) {
 		}
 		r.finish(task.Failed, task.ReasonOOMKilled, msg, code)
 	case k != nil:
-		r.finish(task.Killed, k.reason, fmt.Sprintf("exit code %d", code), code)
+		r.finish(task.Killed, k.reason, k.why(fmt.Sprintf("exit code %d", code)), code)
 	case code == 0:
 		r.finish(task.Finished, task.ReasonCompleted, msgIf(restored), code)
 	default:

@@ -51,7 +51,7 @@ func (r *Runner) Restore(agentCtx context.Context, restoreHooks []RestoreHook) {
 		if reason == task.ReasonNone {
 			reason = task.ReasonKilledByUser
 		}
-		r.Kill(rec.Spec.KillGracePeriod, reason)
+		r.Kill(rec.Spec.KillGracePeriod, reason, rec.Status.Message)
 	}
 	r.wait(agentCtx)
 }

@@ -93,6 +93,7 @@ func (e *HookError) Unwrap() error { return e.Err }
 type killRequest struct {
 	grace  time.Duration
 	reason task.Reason
+	msg    string
 }
 
 // Runner owns one task. Exactly one goroutine (Run or Restore) drives it.
@@ -147,14 +148,15 @@ func (r *Runner) View() task.View {
 func (r *Runner) Done() <-chan struct{} { return r.done }
 
 // Kill asks the task to stop: SIGTERM, then SIGKILL after grace. It returns
-// at once; watch the state. Killing twice keeps the first reason.
-func (r *Runner) Kill(grace time.Duration, reason task.Reason) {
+// at once; watch the state. Killing twice keeps the first reason. msg, if
+// not empty, says why (the Killing transition and the final message).
+func (r *Runner) Kill(grace time.Duration, reason task.Reason, msg string) {
 	r.mu.Lock()
 	if r.killed == nil {
 		if grace <= 0 {
 			grace = r.rec.Spec.KillGracePeriod
 		}
-		r.killed = &killRequest{grace: grace, reason: reason}
+		r.killed = &killRequest{grace: grace, reason: reason, msg: msg}
 	}
 	if r.prepCancel != nil {
 		r.prepCancel()
@@ -164,6 +166,15 @@ func (r *Runner) Kill(grace time.Duration, reason task.Reason) {
 	case r.killCh <- struct{}{}:
 	default:
 	}
+}
+
+// why is what the kill's final message says: its own message, if any,
+// then what happened.
+func (k *killRequest) why(what string) string {
+	if k.msg == "" {
+		return what
+	}
+	return k.msg + "; " + what
 }
 
 func (r *Runner) killRequest() *killRequest {

@@ -182,7 +182,7 @@ func TestRunnerLifecycle(t *testing.T) {
 			go r.Run(context.Background())
 			if tt.kill {
 				waitState(t, r, task.Running)
-				r.Kill(0, task.ReasonKilledByUser)
+				r.Kill(0, task.ReasonKilledByUser, "")
 			}
 			waitDone(t, r)
 			v := r.View()
