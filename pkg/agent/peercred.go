@@ -90,7 +90,13 @@ func authorize(ctx context.Context) error {
 	if !ok {
 		return status.Error(codes.PermissionDenied, ErrPermissionDenied.Error())
 	}
-	if pi, ok := p.AuthInfo.(peerInfo); ok && pi.Denied != nil {
+	pi, ok := p.AuthInfo.(peerInfo)
+	if !ok {
+		// Fail closed: a call that did not come through PeerCreds'
+		// handshake has no credentials the kernel vouched for.
+		return status.Error(codes.PermissionDenied, ErrNotUnixPeer.Error())
+	}
+	if pi.Denied != nil {
 		return status.Error(codes.PermissionDenied, pi.Denied.Error())
 	}
 	return nil

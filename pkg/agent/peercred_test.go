@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 )
@@ -77,6 +78,10 @@ func TestInterceptorsRefuseDeniedPeers(t *testing.T) {
 		{"allowed peer", peer.NewContext(context.Background(), &peer.Peer{AuthInfo: peerInfo{UID: 0}}), codes.OK},
 		{"denied peer", peer.NewContext(context.Background(), &peer.Peer{AuthInfo: denied}), codes.PermissionDenied},
 		{"no peer", context.Background(), codes.PermissionDenied},
+		// A server wired with other credentials (insecure, TLS) must not
+		// let its callers through: no peerInfo, no call.
+		{"peer without peer credentials", peer.NewContext(context.Background(), &peer.Peer{}), codes.PermissionDenied},
+		{"peer with other credentials", peer.NewContext(context.Background(), &peer.Peer{AuthInfo: credentials.TLSInfo{}}), codes.PermissionDenied},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
