@@ -56,6 +56,8 @@ type serveConfig struct {
 type authConfig struct {
 	PolicyFile string            `json:"policyFile"`
 	Token      authn.TokenConfig `json:"token"`
+	// AgentCAFile is the CA (PEM) of agents' certificates, apart from users'.
+	AgentCAFile string `json:"agentCAFile"`
 }
 
 func newServeCmd() *cobra.Command {
@@ -94,7 +96,12 @@ func newServeCmd() *cobra.Command {
 				return err
 			}
 			o.TLS = tc
-			if o.Authn, err = authn.New(authn.Config{Token: auth.Token}, nil); err != nil {
+			if auth.AgentCAFile != "" {
+				if err := tlsconfig.AddClientCA(tc, auth.AgentCAFile); err != nil {
+					return err
+				}
+			}
+			if o.Authn, err = authn.New(authn.Config{Token: auth.Token, AgentCAFile: auth.AgentCAFile}, nil); err != nil {
 				return err
 			}
 			if auth.PolicyFile != "" {
@@ -142,6 +149,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&tlsFiles.KeyFile, "tls-key", "", "private key of --tls-cert (PEM)")
 	f.StringVar(&tlsFiles.CAFile, "tls-client-ca", "", "require client certificates signed by this CA (PEM)")
 	f.BoolVar(&o.Insecure, "insecure", false, "allow plaintext, or no --policy, on a non-loopback --listen address (anyone on the network may then act)")
+	f.StringVar(&auth.AgentCAFile, "agent-ca", "", "CA (PEM) of agent certificates (URI SAN spiffe://titus-agent/agent/<instance id>), apart from users' (docs/security.md)")
 	f.StringVar(&auth.PolicyFile, "policy", "", "authorization policy file (YAML, docs/security.md); without it every caller may do everything")
 	f.StringVar(&auth.Token.JWKSFile, "token-jwks", "", "accept bearer tokens (JWT) signed by a key of this JWKS file (read at start)")
 	f.StringVar(&auth.Token.Issuer, "token-issuer", "", "iss a bearer token must have")
@@ -204,6 +212,7 @@ func applyConfigFile(path string, changed func(string) bool, o *scheduler.Option
 		o.Insecure = true
 	}
 	str("policy", &auth.PolicyFile, c.Auth.PolicyFile)
+	str("agent-ca", &auth.AgentCAFile, c.Auth.AgentCAFile)
 	str("token-jwks", &auth.Token.JWKSFile, c.Auth.Token.JWKSFile)
 	str("token-issuer", &auth.Token.Issuer, c.Auth.Token.Issuer)
 	str("token-audience", &auth.Token.Audience, c.Auth.Token.Audience)

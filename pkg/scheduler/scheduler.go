@@ -106,7 +106,9 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	// metrics interceptors (refused calls are counted too).
 	sopts = append(sopts, grpc.ChainUnaryInterceptor(guard.Unary), grpc.ChainStreamInterceptor(guard.Stream))
 	s.srv = grpc.NewServer(sopts...)
-	schedv1.RegisterSchedulerServer(s.srv, api.New(c, s, guard, trail))
+	as := api.New(c, s, guard, trail)
+	as.SetLog(log)
+	schedv1.RegisterSchedulerServer(s.srv, as)
 	return s, nil
 }
 

@@ -120,3 +120,24 @@ func (f Files) DialOption() (grpc.DialOption, error) {
 	}
 	return grpc.WithTransportCredentials(credentials.NewTLS(c)), nil
 }
+
+// AddClientCA makes server config c also accept client certificates
+// signed by the CA in file (PEM): the agents' CA, kept apart from the
+// users' (see docs/security.md). Without a users' CA, user certificates
+// stay optional (users may present bearer tokens instead).
+func AddClientCA(c *tls.Config, file string) error {
+	if c == nil {
+		return fmt.Errorf("%w: an agent CA needs TLS on the server (certFile, keyFile)", ErrConfig)
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("%w: agent CA: %w", ErrConfig, err)
+	}
+	if c.ClientCAs == nil {
+		c.ClientCAs, c.ClientAuth = x509.NewCertPool(), tls.VerifyClientCertIfGiven
+	}
+	if !c.ClientCAs.AppendCertsFromPEM(b) {
+		return fmt.Errorf("%w: agent CA %s: no PEM certificate", ErrConfig, file)
+	}
+	return nil
+}

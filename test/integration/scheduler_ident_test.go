@@ -2,7 +2,18 @@ package integration
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -16,6 +27,8 @@ import (
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
+	"github.com/titus-agent/titus-agent/pkg/authn"
+	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 	"github.com/titus-agent/titus-agent/test/schedload"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
@@ -40,7 +53,8 @@ func registerAs(t *testing.T, addr, id string, dial ...grpc.DialOption) error {
 	}
 	if err := stream.Send(&schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Register{Register: &schedv1.Register{
 		InstanceId: id, Az: "az-a", Capacity: &schedv1.Capacity{CpuMillicores: 1 << 20, MemoryMib: 1 << 30}}}}); err != nil {
-		return err
+		_, rerr := stream.Recv() // io.EOF on Send: the status comes with Recv
+		return rerr
 	}
 	m, err := stream.Recv()
 	if err != nil {
@@ -176,5 +190,165 @@ func TestSchedulerCorruptRecordsDoNotStopLeadership(t *testing.T) {
 	}
 	if r, err := cli.Get(ctx, o.Prefix+"jobs/"+bad); err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != garbage {
 		t.Errorf("the original bad record must stay as it was: %v %v", r, err)
+	}
+}
+
+// testCA is a CA that writes PEM files to a test's directory.
+type testCA struct {
+	t    *testing.T
+	dir  string
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	file string
+	n    int64
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	ca := &testCA{t: t, dir: t.TempDir(), key: newKey(t)}
+	now := time.Now()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &ca.key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca.cert, _ = x509.ParseCertificate(der)
+	ca.file = ca.write(name+"-ca.pem", "CERTIFICATE", der)
+	return ca
+}
+
+func newKey(t *testing.T) *ecdsa.PrivateKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func (ca *testCA) write(name, typ string, der []byte) string {
+	p := filepath.Join(ca.dir, name)
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		ca.t.Fatal(err)
+	}
+	return p
+}
+
+// issue writes a leaf certificate and its key; uri, if set, is its URI SAN.
+func (ca *testCA) issue(cn, uri string, usage x509.ExtKeyUsage, ips ...net.IP) (cert, key string) {
+	ca.n++
+	k := newKey(ca.t)
+	now := time.Now()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(ca.n + 1), Subject: pkix.Name{CommonName: cn}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: ips}
+	if uri != "" {
+		u, err := url.Parse(uri)
+		if err != nil {
+			ca.t.Fatal(err)
+		}
+		tmpl.URIs = []*url.URL{u}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &k.PublicKey, ca.key)
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		ca.t.Fatal(err)
+	}
+	name := fmt.Sprintf("%s-%d", strings.ReplaceAll(cn, "/", "_"), ca.n)
+	return ca.write(name+".pem", "CERTIFICATE", der), ca.write(name+"-key.pem", "PRIVATE KEY", kder)
+}
+
+// dial is the client credentials of a certificate issued by ca (or none).
+func dialWith(t *testing.T, serverCA, cert, key string) grpc.DialOption {
+	t.Helper()
+	d, err := tlsconfig.Files{CAFile: serverCA, CertFile: cert, KeyFile: key}.DialOption()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestSchedulerAgentCertIdentity: with mutual TLS and a separate agent CA,
+// an agent registers only as the instance id its certificate names. The
+// attacks: a user certificate registering as an agent, the agent
+// certificate of i-A registering as i-B, a user-CA certificate forging
+// the agent URI SAN of i-A, and no client certificate at all; each is
+// refused, and only i-A (with its own certificate) registers and runs
+// tasks.
+func TestSchedulerAgentCertIdentity(t *testing.T) {
+	begin(t)
+	users, agents := newTestCA(t, "users"), newTestCA(t, "agents")
+	srvCert, srvKey := users.issue("scheduler", "", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
+	tc, err := tlsconfig.Files{CertFile: srvCert, KeyFile: srvKey, CAFile: users.file}.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsconfig.AddClientCA(tc, agents.file); err != nil {
+		t.Fatal(err)
+	}
+	o := schedOptions(t)
+	o.TLS = tc
+	if o.Authn, err = authn.New(authn.Config{AgentCAFile: agents.file}, nil); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := startScheduler(t, t.Context(), o)
+	waitLeading(t, s)
+	addr := s.Addr()
+
+	userCert, userKey := users.issue("alice@example.com", "", x509.ExtKeyUsageClientAuth)
+	aCert, aKey := agents.issue("i-A", authn.DefaultAgentURIPrefix+"i-A", x509.ExtKeyUsageClientAuth)
+	forgedCert, forgedKey := users.issue("forger", authn.DefaultAgentURIPrefix+"i-A", x509.ExtKeyUsageClientAuth)
+	user, agentA, forged := dialWith(t, users.file, userCert, userKey), dialWith(t, users.file, aCert, aKey), dialWith(t, users.file, forgedCert, forgedKey)
+
+	for _, tc := range []struct {
+		name string
+		dial grpc.DialOption
+		as   string
+		code codes.Code
+		msg  string
+	}{
+		{"user certificate as an agent", user, "i-A", codes.PermissionDenied, "may not register as an agent"},
+		{"agent i-A as i-B", agentA, "i-B", codes.PermissionDenied, `the certificate identifies instance "i-A"; it may not register as "i-B"`},
+		{"user-CA certificate forging i-A's URI SAN", forged, "i-A", codes.Unauthenticated, "not issued by the agent CA"},
+		{"no client certificate", dialWith(t, users.file, "", ""), "i-A", codes.Unavailable, ""},
+	} {
+		err := registerAs(t, addr, tc.as, tc.dial)
+		if tc.code == codes.Unavailable {
+			if err == nil {
+				t.Errorf("%s: registered", tc.name)
+			}
+			continue
+		}
+		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%s: %v; want %s containing %q", tc.name, err, tc.code, tc.msg)
+		}
+	}
+
+	e := &schedEnv{t: t, ctx: t.Context(), addrs: []string{addr}, agents: map[string]*schedload.Agent{}}
+	cc, err := grpc.NewClient(addr, user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	e.api = schedv1.NewSchedulerClient(cc)
+	real := schedload.NewAgent(schedlink.Config{Address: addr, InstanceID: "i-A", AZ: "az-a", DialOptions: []grpc.DialOption{agentA},
+		Capacity:   schedlink.Capacity{CPUMillicores: 4000, MemoryMiB: 8192},
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 300 * time.Millisecond}, finishAfter(100*time.Millisecond))
+	real.Start(e.ctx)
+	t.Cleanup(real.Stop)
+	e.waitAgents(1)
+	id := e.submit(jobSpec(&schedv1.BatchJob{Size: 2}))
+	e.eventually("job finished on i-A", func() (bool, string) {
+		j := e.job(id)
+		return j.State == schedv1.JobState_JOB_STATE_FINISHED, j.String()
+	})
+	resp, err := e.api.ListAgents(e.ctx, &schedv1.ListAgentsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(resp.Agents) != 1 || resp.Agents[0].Id != "i-A" {
+		t.Fatalf("registered agents = %v, want only i-A", resp.Agents)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/pem"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -18,13 +19,16 @@ import (
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
+	"github.com/titus-agent/titus-agent/pkg/authn"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 	"github.com/titus-agent/titus-agent/test/schedload"
 )
 
 // testPKI writes a CA, a server certificate for 127.0.0.1 and a client
 // certificate to dir.
-type testPKI struct{ ca, serverCert, serverKey, clientCert, clientKey string }
+// The client certificate is agent tls-agent's (its URI SAN), the user
+// certificate a CLI user's.
+type testPKI struct{ ca, serverCert, serverKey, clientCert, clientKey, userCert, userKey string }
 
 func newTestPKI(t *testing.T) testPKI {
 	t.Helper()
@@ -52,10 +56,10 @@ func newTestPKI(t *testing.T) testPKI {
 		t.Fatal(err)
 	}
 	ca, _ := x509.ParseCertificate(caDER)
-	leaf := func(serial int64, cn string, usage x509.ExtKeyUsage, ips []net.IP) (string, string) {
+	leaf := func(serial int64, cn string, usage x509.ExtKeyUsage, ips []net.IP, uris ...*url.URL) (string, string) {
 		k := key()
 		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: cn}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: ips}
+			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: ips, URIs: uris}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
 		if err != nil {
 			t.Fatal(err)
@@ -68,7 +72,9 @@ func newTestPKI(t *testing.T) testPKI {
 	}
 	p := testPKI{ca: write("ca.pem", "CERTIFICATE", caDER)}
 	p.serverCert, p.serverKey = leaf(2, "scheduler", x509.ExtKeyUsageServerAuth, []net.IP{net.IPv4(127, 0, 0, 1)})
-	p.clientCert, p.clientKey = leaf(3, "agent", x509.ExtKeyUsageClientAuth, nil)
+	agentURI, _ := url.Parse(authn.DefaultAgentURIPrefix + "tls-agent")
+	p.clientCert, p.clientKey = leaf(3, "agent", x509.ExtKeyUsageClientAuth, nil, agentURI)
+	p.userCert, p.userKey = leaf(4, "user@example.com", x509.ExtKeyUsageClientAuth, nil)
 	return p
 }
 
@@ -91,8 +97,12 @@ func TestSchedulerAgentStreamTLS(t *testing.T) {
 	if err != nil {
 		t.Fatalf("client tls: %v", err)
 	}
+	userCreds, err := tlsconfig.Files{CAFile: pki.ca, CertFile: pki.userCert, KeyFile: pki.userKey}.DialOption()
+	if err != nil {
+		t.Fatalf("client tls: %v", err)
+	}
 	e := &schedEnv{t: t, ctx: t.Context(), addrs: []string{s.Addr()}, agents: map[string]*schedload.Agent{}}
-	cc, err := grpc.NewClient(s.Addr(), creds)
+	cc, err := grpc.NewClient(s.Addr(), userCreds)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"strings"
 
@@ -17,6 +18,7 @@ import (
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/apierr"
 	"github.com/titus-agent/titus-agent/pkg/audit"
+	"github.com/titus-agent/titus-agent/pkg/authn"
 	"github.com/titus-agent/titus-agent/pkg/authz"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
@@ -53,6 +55,17 @@ type Server struct {
 	leader Leadership
 	authz  Authorizer
 	trail  AuditTrail
+	log    *slog.Logger
+}
+
+// SetLog sets where the server logs (default slog.Default()).
+func (s *Server) SetLog(l *slog.Logger) { s.log = l }
+
+func (s *Server) logger() *slog.Logger {
+	if s.log == nil {
+		return slog.Default()
+	}
+	return s.log
 }
 
 // New returns the service of core c, answering only while leader says
@@ -420,6 +433,9 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 	if p, ok := peer.FromContext(stream.Context()); ok && p.Addr != nil {
 		r.Peer = p.Addr.String()
 	}
+	if err := s.checkAgentIdentity(stream.Context(), r); err != nil {
+		return err
+	}
 	sess, err := s.core.Connect(r)
 	if errors.Is(err, model.ErrNotLeader) {
 		return s.checkLeader()
@@ -462,6 +478,28 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 			return stream.Context().Err()
 		}
 	}
+}
+
+// checkAgentIdentity holds a registration to its caller's identity: an
+// agent certificate registers only the instance id it names; any other
+// certificate (a user's) never registers. A caller with no certificate
+// (plaintext, or a scheduler that does not ask for client certificates)
+// registers on trust, and the log says so at every registration.
+func (s *Server) checkAgentIdentity(ctx context.Context, r model.Registration) error {
+	p, _ := authz.Principal(ctx)
+	switch {
+	case p.IsAgent() && p.InstanceID != r.InstanceID:
+		return status.Errorf(codes.PermissionDenied, "the certificate identifies instance %q; it may not register as %q", p.InstanceID, r.InstanceID)
+	case p.IsAgent():
+		return nil
+	case p.Method == authn.MethodCert:
+		return status.Errorf(codes.PermissionDenied, "%s is not an agent certificate (no %s<instance id> URI SAN, or not from the agent CA): it may not register as an agent", p.Name, authn.DefaultAgentURIPrefix)
+	case p.Method != authn.MethodNone && p.Method != "":
+		return status.Errorf(codes.PermissionDenied, "%s may not register as an agent: agents authenticate with their certificate", p.Name)
+	}
+	s.logger().Warn("AGENT IDENTITY NOT VERIFIED: an agent registered without a certificate; its instance id is taken on trust (serve TLS with client certificates, see docs/security.md)",
+		"instance_id", r.InstanceID, "peer", r.Peer)
+	return nil
 }
 
 // toAgent converts a core message to the stream's: a launch batch is
