@@ -127,7 +127,7 @@ func sessionName(taskID string) string {
 const (
 	TagApplication = "titus-application"
 	TagJob         = "titus-job"
-	TagOwner       = "titus-owner"
+	TagSubmitter   = "titus-submitter"
 	TagTask        = "titus-task"
 )
 
@@ -143,7 +143,7 @@ func sessionTags(spec *task.Spec) []ststypes.Tag {
 	vals := map[string]string{
 		TagApplication: spec.Labels[task.LabelApplication],
 		TagJob:         spec.Labels[task.LabelJobID],
-		TagOwner:       spec.OwnerEmail,
+		TagSubmitter:   spec.Labels[task.LabelSubmitter],
 		TagTask:        spec.ID,
 	}
 	var tags []ststypes.Tag

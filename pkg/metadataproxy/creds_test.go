@@ -105,7 +105,7 @@ func TestCredentialsLifetimeFromSTSDate(t *testing.T) {
 	host := &clock{t: stsNow.Add(3 * time.Hour)}
 	c := newCreds(newSTSClient(ts.URL), host.now, nil)
 	spec := &task.Spec{ID: "job-1.0.1", OwnerEmail: "team+x@example.com",
-		Labels: map[string]string{task.LabelApplication: "billing", task.LabelJobID: "job-1", "other": "x"}}
+		Labels: map[string]string{task.LabelApplication: "billing", task.LabelJobID: "job-1", task.LabelSubmitter: "team+x@example.com", "other": "x"}}
 	c.tags, c.sourceIdentity = sessionTags(spec), sessionName(spec.ID)
 	cr, err := c.get(context.Background())
 	if err != nil {
@@ -123,7 +123,7 @@ func TestCredentialsLifetimeFromSTSDate(t *testing.T) {
 		"RoleSessionName": "task-1", "DurationSeconds": "3600", "SourceIdentity": "job-1.0.1",
 		"Tags.member.1.Key": TagApplication, "Tags.member.1.Value": "billing",
 		"Tags.member.2.Key": TagJob, "Tags.member.2.Value": "job-1",
-		"Tags.member.3.Key": TagOwner, "Tags.member.3.Value": "team+x@example.com",
+		"Tags.member.3.Key": TagSubmitter, "Tags.member.3.Value": "team+x@example.com",
 		"Tags.member.4.Key": TagTask, "Tags.member.4.Value": "job-1.0.1",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -138,14 +138,15 @@ func TestSessionTags(t *testing.T) {
 		spec task.Spec
 		want []ststypes.Tag
 	}{
-		{"all", task.Spec{ID: "j.0.1", OwnerEmail: "a@example.com", Labels: map[string]string{task.LabelApplication: "app", task.LabelJobID: "j"}},
-			[]ststypes.Tag{tag(TagApplication, "app"), tag(TagJob, "j"), tag(TagOwner, "a@example.com"), tag(TagTask, "j.0.1")}},
+		{"all", task.Spec{ID: "j.0.1", OwnerEmail: "o@example.com", Labels: map[string]string{task.LabelApplication: "app", task.LabelJobID: "j", task.LabelSubmitter: "a@example.com"}},
+			[]ststypes.Tag{tag(TagApplication, "app"), tag(TagJob, "j"), tag(TagSubmitter, "a@example.com"), tag(TagTask, "j.0.1")}},
 		// A hand-launched task has no job labels: the tags are left out,
-		// and a trust policy requiring them refuses it.
+		// and a trust policy requiring them refuses it. The owner email is
+		// the submitter's claim, never a tag.
 		{"no job", task.Spec{ID: "t", OwnerEmail: "a@example.com"},
-			[]ststypes.Tag{tag(TagOwner, "a@example.com"), tag(TagTask, "t")}},
-		{"odd characters", task.Spec{ID: "t", OwnerEmail: "a b\"<x>@example.com"},
-			[]ststypes.Tag{tag(TagOwner, "a b__x_@example.com"), tag(TagTask, "t")}},
+			[]ststypes.Tag{tag(TagTask, "t")}},
+		{"odd characters", task.Spec{ID: "t", Labels: map[string]string{task.LabelSubmitter: "a b\"<x>@example.com"}},
+			[]ststypes.Tag{tag(TagSubmitter, "a b__x_@example.com"), tag(TagTask, "t")}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if diff := cmp.Diff(tt.want, sessionTags(&tt.spec), cmp.Comparer(func(a, b ststypes.Tag) bool {

@@ -11,4 +11,7 @@ const (
 	LabelApplication = LabelJobPrefix + "application"
 	// LabelJobID is the id of the job the task belongs to.
 	LabelJobID = LabelJobPrefix + "id"
+	// LabelSubmitter is the principal that submitted the job, as the
+	// scheduler authenticated it (absent when authentication is off).
+	LabelSubmitter = LabelJobPrefix + "submitter"
 )

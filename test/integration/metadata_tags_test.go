@@ -84,7 +84,7 @@ func TestMetadataAssumeRoleCarriesSessionTags(t *testing.T) {
 	s := e.spec("billing-job.0.1", "sh", "-c", "wget -q -O - http://169.254.169.254/latest/meta-data/iam/security-credentials/billing-task; echo; exec sleep 1000")
 	s.IamRoleArn = "arn:aws:iam::123456789012:role/billing-task"
 	s.OwnerEmail = "team+billing@example.com"
-	s.Labels = map[string]string{task.LabelApplication: "billing", task.LabelJobID: "billing-job"}
+	s.Labels = map[string]string{task.LabelApplication: "billing", task.LabelJobID: "billing-job", task.LabelSubmitter: "alice@example.com"}
 	e.launch(s)
 	e.waitState("billing-job.0.1", stRunning, 30*time.Second)
 	e.waitLog("billing-job.0.1", `"AccessKeyId"`)
@@ -104,7 +104,7 @@ func TestMetadataAssumeRoleCarriesSessionTags(t *testing.T) {
 		"SourceIdentity":    "billing-job.0.1",
 		"Tags.member.1.Key": "titus-application", "Tags.member.1.Value": "billing",
 		"Tags.member.2.Key": "titus-job", "Tags.member.2.Value": "billing-job",
-		"Tags.member.3.Key": "titus-owner", "Tags.member.3.Value": "team+billing@example.com",
+		"Tags.member.3.Key": "titus-submitter", "Tags.member.3.Value": "alice@example.com",
 		"Tags.member.4.Key": "titus-task", "Tags.member.4.Value": "billing-job.0.1",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {

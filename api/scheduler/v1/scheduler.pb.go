@@ -355,8 +355,12 @@ type JobSpec struct {
 	//	*JobSpec_Service
 	Kind isJobSpec_Kind `protobuf_oneof:"kind"`
 	// The agent's task spec; its id is assigned by the scheduler.
-	Task          *v1.TaskSpec      `protobuf:"bytes,7,opt,name=task,proto3" json:"task,omitempty"`
-	Labels        map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Task   *v1.TaskSpec      `protobuf:"bytes,7,opt,name=task,proto3" json:"task,omitempty"`
+	Labels map[string]string `protobuf:"bytes,8,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The principal that submitted the job, as the scheduler authenticated
+	// it (empty when authentication is off). Set by the scheduler; whatever a
+	// client sends here is replaced.
+	Submitter     string `protobuf:"bytes,9,opt,name=submitter,proto3" json:"submitter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -456,6 +460,13 @@ func (x *JobSpec) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *JobSpec) GetSubmitter() string {
+	if x != nil {
+		return x.Submitter
+	}
+	return ""
 }
 
 type isJobSpec_Kind interface {
@@ -2663,7 +2674,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x03min\x18\x01 \x01(\rR\x03min\x12\x18\n" +
 	"\adesired\x18\x02 \x01(\rR\adesired\x12\x10\n" +
 	"\x03max\x18\x03 \x01(\rR\x03max\x125\n" +
-	"\x05retry\x18\x04 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\"\xab\x03\n" +
+	"\x05retry\x18\x04 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\"\xc9\x03\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vowner_email\x18\x02 \x01(\tR\n" +
@@ -2673,7 +2684,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05batch\x18\x05 \x01(\v2\x1c.titus.scheduler.v1.BatchJobH\x00R\x05batch\x12:\n" +
 	"\aservice\x18\x06 \x01(\v2\x1e.titus.scheduler.v1.ServiceJobH\x00R\aservice\x12,\n" +
 	"\x04task\x18\a \x01(\v2\x18.titus.agent.v1.TaskSpecR\x04task\x12?\n" +
-	"\x06labels\x18\b \x03(\v2'.titus.scheduler.v1.JobSpec.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\b \x03(\v2'.titus.scheduler.v1.JobSpec.LabelsEntryR\x06labels\x12\x1c\n" +
+	"\tsubmitter\x18\t \x01(\tR\tsubmitter\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x06\n" +

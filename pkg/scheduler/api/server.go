@@ -151,6 +151,17 @@ func (s *Server) checkSpec(ctx context.Context, spec *schedv1.JobSpec) error {
 	return d.CheckReservedLabels(p, spec.GetLabels(), spec.GetTask().GetLabels())
 }
 
+// submitter is the caller as authenticated, or "" when nothing proved who
+// it is (authentication off): what a client writes is never used, so a
+// role's trust policy can rely on the session tag made from it.
+func submitter(ctx context.Context) string {
+	p, ok := authz.Principal(ctx)
+	if !ok || p.Method == authn.MethodNone {
+		return ""
+	}
+	return p.Name
+}
+
 // SubmitJob implements the API.
 func (s *Server) SubmitJob(ctx context.Context, req *schedv1.SubmitJobRequest) (*schedv1.SubmitJobResponse, error) {
 	if err := s.checkLeader(); err != nil {
@@ -162,7 +173,9 @@ func (s *Server) SubmitJob(ctx context.Context, req *schedv1.SubmitJobRequest) (
 	if err := s.checkSpec(ctx, req.GetSpec()); err != nil {
 		return nil, apierr.ToGRPC(err)
 	}
-	id, err := s.core.Submit(ctx, wire.JobSpecFromProto(req.GetSpec()))
+	spec := wire.JobSpecFromProto(req.GetSpec())
+	spec.Submitter = submitter(ctx)
+	id, err := s.core.Submit(ctx, spec)
 	if err != nil {
 		return nil, apierr.ToGRPC(err)
 	}

@@ -144,13 +144,22 @@ func TestListsShowOnlyWhatTheCallerMayRead(t *testing.T) {
 		}
 	}
 	for name, err := range map[string]error{
-		"kill": func() error { _, err := s.KillJob(as("bob@example.com"), &schedv1.KillJobRequest{Id: other}); return err }(),
+		"kill": func() error {
+			_, err := s.KillJob(as("bob@example.com"), &schedv1.KillJobRequest{Id: other})
+			return err
+		}(),
 		"scale": func() error {
 			_, err := s.ScaleJob(as("bob@example.com"), &schedv1.ScaleJobRequest{Id: other, Desired: 1, Max: 1})
 			return err
 		}(),
-		"tasks":     func() error { _, err := s.ListTasks(as("bob@example.com"), &schedv1.ListTasksRequest{JobId: other}); return err }(),
-		"kill task": func() error { _, err := s.KillTask(as("bob@example.com"), &schedv1.KillTaskRequest{Id: other + ".0.0"}); return err }(),
+		"tasks": func() error {
+			_, err := s.ListTasks(as("bob@example.com"), &schedv1.ListTasksRequest{JobId: other})
+			return err
+		}(),
+		"kill task": func() error {
+			_, err := s.KillTask(as("bob@example.com"), &schedv1.KillTaskRequest{Id: other + ".0.0"})
+			return err
+		}(),
 		"no principal": func() error { _, err := s.GetJob(context.Background(), &schedv1.GetJobRequest{Id: other}); return err }(),
 	} {
 		if status.Code(err) != codes.PermissionDenied {
@@ -174,5 +183,29 @@ func TestSpecDoor(t *testing.T) {
 	}
 	if jobs := s.core.Jobs(true); len(jobs) != 0 {
 		t.Errorf("a refused spec made %d jobs", len(jobs))
+	}
+}
+
+// TestSubmitterIsTheCaller: the submitter recorded with a job (and passed
+// to STS as a session tag) is who the scheduler authenticated, never what
+// the request claims; with no credential (authentication off) it is empty.
+func TestSubmitterIsTheCaller(t *testing.T) {
+	s := newServer(t)
+	sp := spec("billing")
+	sp.Submitter = "mallory@example.com" // forged
+	resp, err := s.SubmitJob(as("alice@example.com"), &schedv1.SubmitJobRequest{Spec: sp})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := s.core.Job(resp.GetJobId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Spec.Submitter != "alice@example.com" {
+		t.Errorf("submitter = %q, want the caller alice@example.com", j.Spec.Submitter)
+	}
+	anon := authn.NewContext(context.Background(), authn.Principal{Name: "anonymous", Method: authn.MethodNone})
+	if got := submitter(anon); got != "" {
+		t.Errorf("submitter with no credential = %q, want empty", got)
 	}
 }

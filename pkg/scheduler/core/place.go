@@ -156,7 +156,7 @@ func (c *Core) commitRound(ctx context.Context, batch []placed, start time.Time)
 		}
 		spec := *t.job.tmpl
 		spec.ID = t.rec.ID
-		spec.Labels = jobLabels(spec.Labels, t.job.rec.ID, t.job.rec.Spec.Application)
+		spec.Labels = jobLabels(spec.Labels, t.job.rec.ID, t.job.rec.Spec.Application, t.job.rec.Spec.Submitter)
 		launches[t.agent] = append(launches[t.agent], &spec)
 	}
 	for a, specs := range launches {
@@ -269,8 +269,8 @@ func (c *Core) agentLost(a *agentState, now time.Time) {
 // jobLabels copies a task's labels with the job's reserved labels set by
 // the scheduler (never by the tenant): the agent turns them into STS
 // session tags.
-func jobLabels(in map[string]string, jobID, application string) map[string]string {
-	out := make(map[string]string, len(in)+2)
+func jobLabels(in map[string]string, jobID, application, submitter string) map[string]string {
+	out := make(map[string]string, len(in)+3)
 	for k, v := range in {
 		if !strings.HasPrefix(k, task.LabelJobPrefix) {
 			out[k] = v
@@ -279,6 +279,9 @@ func jobLabels(in map[string]string, jobID, application string) map[string]strin
 	out[task.LabelJobID] = jobID
 	if application != "" {
 		out[task.LabelApplication] = application
+	}
+	if submitter != "" {
+		out[task.LabelSubmitter] = submitter
 	}
 	return out
 }

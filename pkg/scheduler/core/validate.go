@@ -3,8 +3,8 @@ package core
 import (
 	"errors"
 	"maps"
-	"slices"
 	"net/mail"
+	"slices"
 	"strings"
 	"time"
 

@@ -137,9 +137,9 @@ func TestAdmitBounds(t *testing.T) {
 }
 
 func TestJobLabels(t *testing.T) {
-	in := map[string]string{"a": "1", task.LabelApplication: "forged", "titus.job/x": "y"}
-	got := jobLabels(in, "job-1", "billing")
-	want := map[string]string{"a": "1", task.LabelApplication: "billing", task.LabelJobID: "job-1"}
+	in := map[string]string{"a": "1", task.LabelApplication: "forged", task.LabelSubmitter: "forged", "titus.job/x": "y"}
+	got := jobLabels(in, "job-1", "billing", "alice@example.com")
+	want := map[string]string{"a": "1", task.LabelApplication: "billing", task.LabelJobID: "job-1", task.LabelSubmitter: "alice@example.com"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}

@@ -70,6 +70,9 @@ type JobSpec struct {
 	Service       *ServiceJob
 	Task          *task.Spec
 	Labels        map[string]string
+	// Submitter is the authenticated principal that submitted the job,
+	// set by the API from the caller, never from the request.
+	Submitter string
 }
 
 // Clone copies s deeply enough that changing the clone's kind (a scale)

@@ -15,7 +15,7 @@ import (
 func JobSpecFromProto(p *schedv1.JobSpec) model.JobSpec {
 	s := model.JobSpec{
 		Name: p.GetName(), OwnerEmail: p.GetOwnerEmail(), Application: p.GetApplication(),
-		CapacityGroup: p.GetCapacityGroup(), Labels: p.GetLabels(),
+		CapacityGroup: p.GetCapacityGroup(), Labels: p.GetLabels(), Submitter: p.GetSubmitter(),
 	}
 	switch k := p.GetKind().(type) {
 	case *schedv1.JobSpec_Batch:
@@ -35,7 +35,7 @@ func JobSpecFromProto(p *schedv1.JobSpec) model.JobSpec {
 func JobSpecToProto(s model.JobSpec) *schedv1.JobSpec {
 	p := &schedv1.JobSpec{
 		Name: s.Name, OwnerEmail: s.OwnerEmail, Application: s.Application,
-		CapacityGroup: s.CapacityGroup, Labels: s.Labels,
+		CapacityGroup: s.CapacityGroup, Labels: s.Labels, Submitter: s.Submitter,
 	}
 	switch {
 	case s.Batch != nil:
