@@ -2,9 +2,12 @@ package vpc
 
 import (
 	"context"
+	"net"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
 
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -80,6 +83,42 @@ func TestAllocationRouted(t *testing.T) {
 	} {
 		if got := tt.a.routed(); got != tt.want {
 			t.Errorf("%q routed = %v, want %v", tt.a.Provider, got, tt.want)
+		}
+	}
+}
+
+// TestNetworkSetsUpAnENILinkOncePerENI: a routed allocation gets its ENI's
+// link and table set up first, once per ENI; a bridged one never does.
+func TestNetworkSetsUpAnENILinkOncePerENI(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		alloc Allocation
+		want  int // ENI default routes installed over two launches
+	}{
+		{ec2Alloc, 1},
+		{localAlloc, 0},
+	} {
+		d, w := newTestDataPlane(t)
+		mac, _ := net.ParseMAC(ec2Alloc.MAC)
+		w.host().addLink(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "ens6", HardwareAddr: mac}})
+		w.host().addLink(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "tbr0"}})
+		second := tc.alloc
+		second.TaskID = "t2"
+		p := &fakeProvider{name: tc.alloc.Provider, allocs: []Allocation{tc.alloc, second}}
+		n := NewNetwork(p, d)
+		for _, id := range []string{"t1", "t2"} {
+			if _, err := n.Setup(ctx, id, task.NetworkRequest{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := 0
+		for _, l := range w.log {
+			if strings.HasPrefix(l, "host RouteReplace dev ens6 dst 0.0.0.0/0") {
+				got++
+			}
+		}
+		if got != tc.want {
+			t.Errorf("%s: ENI default route set %d times, want %d; calls:\n%s", tc.alloc.Provider, got, tc.want, strings.Join(w.log, "\n"))
 		}
 	}
 }
