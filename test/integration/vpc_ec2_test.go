@@ -504,11 +504,13 @@ func TestVPCEC2(t *testing.T) {
 	})
 
 	t.Run("throttled EC2: warm launches succeed, refills back off", func(t *testing.T) {
-		// Half of all calls throttled: retries with backoff get through.
-		bed.proxy.Throttle("", 0.5)
+		// A quarter of all calls throttled: retries with backoff get
+		// through. (At a half, a call failed all its attempts one time in
+		// 64, often enough to fail a CI run now and then.)
+		bed.proxy.Throttle("", 0.25)
 		x1, err := pa.Allocate(ctx, "x1", task.NetworkRequest{SecurityGroupIDs: []string{bed.sg2}})
 		if err != nil {
-			t.Fatalf("allocate under 50%% throttling: %v", err)
+			t.Fatalf("allocate under 25%% throttling: %v", err)
 		}
 		// Every mutating call throttled: the warm IP still goes out, the
 		// refill behind it fails and backs off.
