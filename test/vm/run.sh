@@ -23,7 +23,9 @@ repo="$(cd "$here/../.." && pwd)"
 CACHE="${TITUS_CACHE:-$HOME/.cache/titus-agent}"
 BIN="$CACHE/bin"
 RUNC_VERSION=v1.5.3 # the latest 1.x release; built with cgo and libseccomp
-DEFAULT_RUN='^(TestAgentRunToCompletion)$'
+# What the guest runs by default (README, "Tests"): each test starts its own
+# containerd, registry and agent, about a minute apiece under TCG.
+DEFAULT_RUN='^(TestAgentRunToCompletion|TestAgentKillGraceThenSIGKILL|TestAgentOOMKilled|TestAgentKill9ReadoptsRunningTasks|TestIsolation|TestVMSystemdAgentKeepsTasks)$'
 RUN="${TITUS_VM_RUN:-$DEFAULT_RUN}"
 TIMEOUT="${TITUS_VM_TIMEOUT:-40m}"
 LOG="${TITUS_VM_LOG:-/tmp/titus-vm.log}"
