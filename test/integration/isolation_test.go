@@ -341,13 +341,18 @@ func testDiskQuota(t *testing.T, e *isoEnv) {
 	if !strings.Contains(out, "No space left on device") || strings.Contains(out, "rc=0") {
 		t.Errorf("dd past the quota: %q, want ENOSPC", out)
 	}
+	// What the task wrote, on the host: the loop backend's image file, or
+	// the file itself in the task's directory under an XFS project quota.
 	img := filepath.Join(e.diskDir, "images", spec.ID+".img")
+	if e.disks.Backend() == isolation.BackendXFSQuota {
+		img = filepath.Join(e.diskDir, "mnt", spec.ID, "upper", "fill")
+	}
 	var st syscall.Stat_t
 	if err := syscall.Stat(img, &st); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%s backend: %v", e.disks.Backend(), err)
 	}
 	if used := st.Blocks * 512; used > 34<<20 {
-		t.Errorf("image uses %d bytes on the host, want at most the 32 MiB quota", used)
+		t.Errorf("%s uses %d bytes on the host, want at most the 32 MiB quota", img, used)
 	}
 	if e.disks.Backend() == isolation.BackendLoopExt4 {
 		assertDirectIOLoop(t, img)
@@ -664,7 +669,9 @@ func testForkBomb(t *testing.T, e *isoEnv) {
 	pidsDir := pidsCgroup(t, it.pid)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	deadline := time.Now().Add(3 * time.Second)
+	// At least 3 s of bomb, and until the kernel has refused a fork (an
+	// emulated guest takes longer to reach the limit).
+	start, deadline := time.Now(), time.Now().Add(testenv.Scaled(3*time.Second))
 	for time.Now().Before(deadline) {
 		cur := readInt(t, filepath.Join(pidsDir, "pids.current"))
 		if cur > limit {
@@ -672,6 +679,10 @@ func testForkBomb(t *testing.T, e *isoEnv) {
 		}
 		if _, err := e.rt.Version(ctx); err != nil {
 			t.Fatalf("runtime unresponsive during the fork bomb: %v", err)
+		}
+		ev, _ := os.ReadFile(filepath.Join(pidsDir, "pids.events"))
+		if time.Since(start) > 3*time.Second && strings.HasPrefix(string(ev), "max ") && strings.TrimSpace(string(ev)) != "max 0" {
+			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
