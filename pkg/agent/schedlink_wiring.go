@@ -27,15 +27,17 @@ func (s schedTasks) Launch(ctx context.Context, spec *task.Spec) error {
 	return err
 }
 
-// Kill stops a task the scheduler asks to stop. A task the scheduler did
-// not launch (no job label) is killed because it is unknown to the
-// scheduler, not by its owner: it ends KilledByScheduler. A job's task
-// keeps KilledByUser (a job kill, a scale-down, a drain; the wire does not
-// say which).
-func (s schedTasks) Kill(ctx context.Context, id string) error {
-	reason, msg := task.ReasonKilledByUser, ""
-	if v, err := s.m.Get(id); err == nil && v.Spec.Labels[task.LabelJobID] == "" {
-		reason, msg = task.ReasonKilledByScheduler, "unknown to the scheduler: not launched by it"
+// Kill stops a task the scheduler asks to stop, for the reason it gives.
+// Without one (a user's job kill, scale-down or drain) the task ends
+// KilledByUser, except a task the scheduler did not launch (no job label),
+// which is killed because it is unknown to the scheduler, not by its
+// owner: it ends KilledByScheduler.
+func (s schedTasks) Kill(ctx context.Context, id string, reason task.Reason, msg string) error {
+	if reason == "" {
+		reason = task.ReasonKilledByUser
+		if v, err := s.m.Get(id); err == nil && v.Spec.Labels[task.LabelJobID] == "" {
+			reason, msg = task.ReasonKilledByScheduler, "unknown to the scheduler: not launched by it"
+		}
 	}
 	_, err := s.m.KillFor(ctx, id, 0, reason, msg)
 	if errors.Is(err, ErrTaskNotFound) {

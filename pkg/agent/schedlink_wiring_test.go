@@ -36,23 +36,27 @@ func TestSchedulerKillReasons(t *testing.T) {
 	defer store.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	rt := &fakeRuntime{exits: map[string]chan runtime.ExitStatus{"hand": make(chan runtime.ExitStatus, 1), "job": make(chan runtime.ExitStatus, 1)}}
+	rt := &fakeRuntime{exits: map[string]chan runtime.ExitStatus{"hand": make(chan runtime.ExitStatus, 1), "job": make(chan runtime.ExitStatus, 1), "orphan": make(chan runtime.ExitStatus, 1)}}
 	m := NewManager(ctx, ManagerConfig{Store: store, Runtime: rt, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	for _, tc := range []struct {
 		id         string
 		labels     map[string]string
+		reason     task.Reason // as sent by the scheduler
+		msg        string
 		wantReason task.Reason
 		wantMsg    string
 	}{
-		{"hand", nil, task.ReasonKilledByScheduler, "unknown to the scheduler: not launched by it; exit code 143"},
-		{"job", map[string]string{task.LabelJobID: "j1"}, task.ReasonKilledByUser, "exit code 143"},
+		{"hand", nil, "", "", task.ReasonKilledByScheduler, "unknown to the scheduler: not launched by it; exit code 143"},
+		{"job", map[string]string{task.LabelJobID: "j1"}, "", "", task.ReasonKilledByUser, "exit code 143"},
+		// A job's task the scheduler no longer knows: its reason, not the user's.
+		{"orphan", map[string]string{task.LabelJobID: "j0"}, task.ReasonKilledByScheduler, "unknown to the scheduler", task.ReasonKilledByScheduler, "unknown to the scheduler; exit code 143"},
 	} {
 		t.Run(tc.id, func(t *testing.T) {
 			if _, err := m.Launch(ctx, &task.Spec{ID: tc.id, OwnerEmail: "a@example.com", Image: "img", Labels: tc.labels}); err != nil {
 				t.Fatal(err)
 			}
 			waitFor(t, func() bool { v, _ := m.Get(tc.id); return v.Status.State == task.Running })
-			if err := (schedTasks{m}).Kill(ctx, tc.id); err != nil {
+			if err := (schedTasks{m}).Kill(ctx, tc.id, tc.reason, tc.msg); err != nil {
 				t.Fatal(err)
 			}
 			waitFor(t, func() bool { v, _ := m.Get(tc.id); return v.Status.State == task.Killing })
@@ -64,7 +68,7 @@ func TestSchedulerKillReasons(t *testing.T) {
 			}
 		})
 	}
-	if err := (schedTasks{m}).Kill(ctx, "nobody"); err != nil {
+	if err := (schedTasks{m}).Kill(ctx, "nobody", "", ""); err != nil {
 		t.Errorf("kill of an unknown task: %v, want nil (nothing to do)", err)
 	}
 }

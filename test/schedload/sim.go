@@ -102,7 +102,7 @@ func (s *SimTasks) advance(v *task.View, st task.State, reason task.Reason, exit
 }
 
 // Kill implements schedlink.Tasks.
-func (s *SimTasks) Kill(_ context.Context, id string) error {
+func (s *SimTasks) Kill(_ context.Context, id string, _ task.Reason, _ string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	v := s.tasks[id]

@@ -2506,8 +2506,14 @@ func (x *Launch) GetTasks() []*v1.TaskSpec {
 }
 
 type Kill struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TaskIds       []string               `protobuf:"bytes,1,rep,name=task_ids,json=taskIds,proto3" json:"task_ids,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	TaskIds []string               `protobuf:"bytes,1,rep,name=task_ids,json=taskIds,proto3" json:"task_ids,omitempty"`
+	// Why the scheduler kills them, as a task reason (e.g. "KilledByScheduler"
+	// for a task it does not know) and a message; empty means a user's kill
+	// (a job kill, a scale-down, a drain), which the agent records as
+	// KilledByUser.
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2547,6 +2553,20 @@ func (x *Kill) GetTaskIds() []string {
 		return x.TaskIds
 	}
 	return nil
+}
+
+func (x *Kill) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Kill) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
 }
 
 type SchedulerMessage struct {
@@ -2854,9 +2874,11 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x122\n" +
 	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\"8\n" +
 	"\x06Launch\x12.\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x18.titus.agent.v1.TaskSpecR\x05tasks\"!\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x18.titus.agent.v1.TaskSpecR\x05tasks\"S\n" +
 	"\x04Kill\x12\x19\n" +
-	"\btask_ids\x18\x01 \x03(\tR\ataskIds\"\xc1\x01\n" +
+	"\btask_ids\x18\x01 \x03(\tR\ataskIds\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xc1\x01\n" +
 	"\x10SchedulerMessage\x12@\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2\x1e.titus.scheduler.v1.RegisteredH\x00R\n" +

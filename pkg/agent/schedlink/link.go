@@ -24,7 +24,9 @@ type Tasks interface {
 	// Launch starts a task; bad specs return an error wrapping
 	// task.ErrInvalidSpec; a duplicate id of a known task is not an error.
 	Launch(ctx context.Context, spec *task.Spec) error
-	Kill(ctx context.Context, id string) error
+	// Kill stops a task for the scheduler's reason and message (an empty
+	// reason: a user's kill).
+	Kill(ctx context.Context, id string, reason task.Reason, msg string) error
 	List() []task.View
 	// Subscribe delivers every task transition until ctx ends.
 	Subscribe(ctx context.Context) <-chan task.Event
@@ -290,7 +292,7 @@ func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks 
 		case *schedv1.SchedulerMessage_Kill:
 			for _, id := range msg.Kill.GetTaskIds() {
 				go func() {
-					if err := tasks.Kill(ctx, id); err != nil && !known(tasks, id) {
+					if err := tasks.Kill(ctx, id, task.Reason(msg.Kill.GetReason()), msg.Kill.GetMessage()); err != nil && !known(tasks, id) {
 						_ = send(update(id, task.Lost, "UnknownTask", "the agent has no such task"))
 					}
 				}()

@@ -530,6 +530,6 @@ func toAgent(m core.Message) []*schedv1.SchedulerMessage {
 		}
 		return out
 	default:
-		return []*schedv1.SchedulerMessage{{Msg: &schedv1.SchedulerMessage_Kill{Kill: &schedv1.Kill{TaskIds: m.Kill}}}}
+		return []*schedv1.SchedulerMessage{{Msg: &schedv1.SchedulerMessage_Kill{Kill: &schedv1.Kill{TaskIds: m.Kill, Reason: string(m.KillReason), Message: m.KillMessage}}}}
 	}
 }

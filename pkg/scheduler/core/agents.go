@@ -19,8 +19,10 @@ type Message struct {
 	Registered *Registered
 	// Launch starts tasks.
 	Launch []*task.Spec
-	// Kill stops tasks.
-	Kill []string
+	// Kill stops tasks, for KillReason (empty: a user's kill) and KillMessage.
+	Kill        []string
+	KillReason  task.Reason
+	KillMessage string
 }
 
 // Registered acknowledges an agent's registration.

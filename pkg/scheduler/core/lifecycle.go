@@ -12,7 +12,11 @@ func (c *Core) applyStatus(a *agentState, st model.TaskStatus, now time.Time) {
 	t := c.tasks[st.TaskID]
 	if t == nil || t.agent != a {
 		if !st.State.Terminal() && !c.unreadableJob(st.TaskID) {
-			c.sendKill(a, st.TaskID) // not ours (any more): reconcile by killing it
+			// Not ours (any more): reconcile by killing it, saying why, so
+			// the agent does not blame the task's user.
+			if a.sess != nil {
+				a.sess.send(Message{Kill: []string{st.TaskID}, KillReason: task.ReasonKilledByScheduler, KillMessage: "unknown to the scheduler"})
+			}
 		}
 		return
 	}

@@ -75,3 +75,25 @@ func TestQueuedJobWithNoRoomSaysWhy(t *testing.T) {
 		t.Fatalf("reason after placement = %q, want none", got)
 	}
 }
+
+// TestUnknownTaskKilledForTheSchedulersReason: a task an agent reports
+// that the scheduler does not know is killed saying so, so the agent does
+// not record it as its user's kill.
+func TestUnknownTaskKilledForTheSchedulersReason(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	sess := ts.connect("a", 4000)
+	for len(sess.out) > 0 {
+		<-sess.out // the registration's answer
+	}
+	ts.report("a", sess, task.Running, "ghost")
+	var got Message
+	select {
+	case got = <-sess.out:
+	default:
+		t.Fatal("no message for the unknown task")
+	}
+	want := Message{Kill: []string{"ghost"}, KillReason: task.ReasonKilledByScheduler, KillMessage: "unknown to the scheduler"}
+	if got.Kill == nil || got.Kill[0] != want.Kill[0] || got.KillReason != want.KillReason || got.KillMessage != want.KillMessage {
+		t.Errorf("message = %+v, want %+v", got, want)
+	}
+}
