@@ -71,7 +71,9 @@ func TestHostPolicyConfig(t *testing.T) {
 		change  func(*IsolationConfig)
 		wantErr string
 	}{
-		{name: "limits", change: func(c *IsolationConfig) { c.DiskMiB, c.NetworkMbps = LimitConfig{Default: 10, Max: 20}, LimitConfig{Max: 5} }},
+		{name: "limits", change: func(c *IsolationConfig) {
+			c.DiskMiB, c.NetworkMbps = LimitConfig{Default: 10, Max: 20}, LimitConfig{Max: 5}
+		}},
 		{name: "default above max", change: func(c *IsolationConfig) { c.DiskMiB = LimitConfig{Default: 30, Max: 20} }, wantErr: "isolation.diskMiB: default 30 is above max 20"},
 		{name: "negative", change: func(c *IsolationConfig) { c.NetworkMbps = LimitConfig{Default: -1} }, wantErr: "isolation.networkMbps"},
 		{name: "force", change: func(c *IsolationConfig) { c.RequireUserNamespace, c.DiskMiB.Default = "force", 64 }},

@@ -55,7 +55,7 @@ func (r *launchRecorder) Launch(_ context.Context, spec *task.Spec) error {
 	return nil
 }
 func (r *launchRecorder) Kill(context.Context, string, task.Reason, string) error { return nil }
-func (r *launchRecorder) List() []task.View                  { return nil }
+func (r *launchRecorder) List() []task.View                                       { return nil }
 func (r *launchRecorder) Subscribe(ctx context.Context) <-chan task.Event {
 	return make(chan task.Event)
 }
