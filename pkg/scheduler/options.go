@@ -6,7 +6,6 @@ import (
 
 	"github.com/titus-agent/titus-agent/pkg/authn"
 	"github.com/titus-agent/titus-agent/pkg/authz"
-	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 )
@@ -36,6 +35,9 @@ const (
 	DefaultMaxLiveJobsPerApplication = core.DefaultMaxLiveJobsPerApplication
 )
 
+// CoreConfig is the core's part of the options (see core.Config).
+type CoreConfig = core.Config
+
 // Options configure a Scheduler.
 type Options struct {
 	// Listen is the gRPC address (host:port) and Advertise what standbys tell clients.
@@ -48,37 +50,11 @@ type Options struct {
 	Prefix string
 	// ElectionTTL is the leader's etcd session TTL: a dead leader is replaced after about this long.
 	ElectionTTL time.Duration
-	// AgentTTL: an agent silent this long is lost and its tasks are replaced.
-	AgentTTL time.Duration
-	// HeartbeatInterval is what agents are told to use.
-	HeartbeatInterval time.Duration
-	// Groups are the capacity groups; "default" (flex, unlimited) is added when absent.
-	Groups []Group
-	// Bounded queues: pending tasks per group and in total.
-	MaxPendingPerGroup int
-	MaxPendingTotal    int
-	// MaxLaunchingPerHost caps tasks sent to a host but not yet running.
-	MaxLaunchingPerHost int
-	// Quarantine a host after QuarantineFailures platform failures within QuarantineWindow.
-	QuarantineFailures int
-	QuarantineWindow   time.Duration
-	// CrashLoopBase/CrashLoopCap: whatever a job's retry policy, the third and
-	// later consecutive failures wait at least base*2^(n-3), capped.
-	CrashLoopBase time.Duration
-	CrashLoopCap  time.Duration
-	// FinishedJobRetention: a finished, failed or killed job and every
-	// attempt of its tasks are kept this long after it ends (for job get,
-	// job ls -a, task ls -a), then removed from memory and etcd.
-	FinishedJobRetention time.Duration
-	// MaxFinishedJobs bounds the ended jobs kept, however recent: past it the
-	// oldest are removed first. With the queue bounds this keeps the
-	// scheduler's memory and etcd bounded over a long life.
-	MaxFinishedJobs int
-	// PlaceBatch is the most tasks placed per round; TxnOps the most puts per etcd txn.
-	PlaceBatch int
-	TxnOps     int
-	// Metrics, if set, gets placement latency, queue depth and agents by health.
-	Metrics *metrics.Scheduler
+	// CoreConfig tunes placement, reconciliation, queues, retries and
+	// retention: the core owns those settings and their defaults.
+	CoreConfig
+	// TxnOps is the most puts per etcd transaction.
+	TxnOps int
 	// TLS, if set, secures the API and the agent stream (see pkg/tlsconfig).
 	TLS *tls.Config
 	// Insecure allows plaintext, or no policy, on a non-loopback listen
@@ -92,9 +68,6 @@ type Options struct {
 	Policy *authz.Policy
 	// MaxRequestBytes caps a unary API request (default authz.DefaultMaxRequestBytes).
 	MaxRequestBytes int
-	// MaxLiveJobs and MaxLiveJobsPerApplication cap the jobs not ended.
-	MaxLiveJobs               int
-	MaxLiveJobsPerApplication int
 	// AuditMaxAge and AuditMaxRecords bound the audit trail's retention.
 	AuditMaxAge     time.Duration
 	AuditMaxRecords int
@@ -115,15 +88,3 @@ func (o *Options) setDefaults() {
 	}
 }
 
-// core is the part of the options the core takes.
-func (o *Options) core() core.Config {
-	return core.Config{
-		AgentTTL: o.AgentTTL, HeartbeatInterval: o.HeartbeatInterval, Groups: o.Groups,
-		MaxPendingPerGroup: o.MaxPendingPerGroup, MaxPendingTotal: o.MaxPendingTotal, MaxLaunchingPerHost: o.MaxLaunchingPerHost,
-		QuarantineFailures: o.QuarantineFailures, QuarantineWindow: o.QuarantineWindow,
-		CrashLoopBase: o.CrashLoopBase, CrashLoopCap: o.CrashLoopCap,
-		FinishedJobRetention: o.FinishedJobRetention, MaxFinishedJobs: o.MaxFinishedJobs,
-		PlaceBatch: o.PlaceBatch, Metrics: o.Metrics,
-		MaxLiveJobs: o.MaxLiveJobs, MaxLiveJobsPerApplication: o.MaxLiveJobsPerApplication,
-	}
-}

@@ -58,7 +58,7 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	c, err := core.New(opts.core(), log)
+	c, err := core.New(opts.CoreConfig, log)
 	if err != nil {
 		return nil, err
 	}

@@ -44,8 +44,8 @@ type schedEnv struct {
 const schedTTL = 2 * time.Second
 
 func schedOptions(t *testing.T) scheduler.Options {
-	return scheduler.Options{Listen: "127.0.0.1:0", DataDir: t.TempDir(), AgentTTL: schedTTL, HeartbeatInterval: 200 * time.Millisecond,
-		ElectionTTL: time.Second, CrashLoopBase: 100 * time.Millisecond, CrashLoopCap: time.Second}
+	return scheduler.Options{Listen: "127.0.0.1:0", DataDir: t.TempDir(), ElectionTTL: time.Second,
+		CoreConfig: scheduler.CoreConfig{AgentTTL: schedTTL, HeartbeatInterval: 200 * time.Millisecond, CrashLoopBase: 100 * time.Millisecond, CrashLoopCap: time.Second}}
 }
 
 // startScheduler runs one replica until the test ends (or stop is called).

@@ -122,8 +122,8 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		return rep, fmt.Errorf("etcd baseline: %w", err)
 	}
 	s, err := scheduler.New(scheduler.Options{
-		Listen: "127.0.0.1:0", DataDir: o.DataDir, AgentTTL: o.AgentTTL, HeartbeatInterval: o.HeartbeatInterval, ElectionTTL: o.ElectionTTL,
-		TxnOps: txnOps, MaxPendingTotal: o.Tasks + 1, MaxPendingPerGroup: o.Tasks + 1,
+		Listen: "127.0.0.1:0", DataDir: o.DataDir, ElectionTTL: o.ElectionTTL, TxnOps: txnOps,
+		CoreConfig: scheduler.CoreConfig{AgentTTL: o.AgentTTL, HeartbeatInterval: o.HeartbeatInterval, MaxPendingTotal: o.Tasks + 1, MaxPendingPerGroup: o.Tasks + 1},
 	}, o.Log)
 	if err != nil {
 		return rep, err
