@@ -87,4 +87,3 @@ func (o *Options) setDefaults() {
 		o.Advertise = o.Listen
 	}
 }
-
