@@ -44,6 +44,11 @@ func benchMetadata(tb *testenv.Standalone, n int) {
 			netlink.LinkDel(l)
 		}
 		exec.Command("nft", "delete", "table", "ip", "titus_"+bridge).Run()
+		// The agent's host firewall stays across agent restarts by design;
+		// a bench run removes it with the bridge (a leftover bridge-family
+		// table would drop task-to-task traffic on every bridge).
+		exec.Command("nft", "delete", "table", "inet", "titus_fw_"+bridge).Run()
+		exec.Command("nft", "delete", "table", "bridge", "titus_fw_"+bridge).Run()
 	})
 	// logLevel info: the audit line of every credential answer is written,
 	// as in production.
