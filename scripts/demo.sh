@@ -73,6 +73,9 @@ stop_all() {
   pkill -KILL -f "titus-logger .*--log-dir $DEMO/" 2>/dev/null || true
   ip link del "$BRIDGE" 2>/dev/null || true
   nft delete table ip "titus_${BRIDGE//-/_}" 2>/dev/null || true
+  # The agent's host firewall outlives the agent by design; the demo removes it.
+  nft delete table inet "titus_fw_${BRIDGE//-/_}" 2>/dev/null || true
+  nft delete table bridge "titus_fw_${BRIDGE//-/_}" 2>/dev/null || true
   for v in $(ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^t[tp][0-9a-f]{10}$' || true); do
     [[ -e $RUN/netns ]] && ip link del "$v" 2>/dev/null || true
   done
