@@ -49,10 +49,11 @@ func TestImportRules(t *testing.T) {
 		{"cmd/titus-agent", []string{module + "pkg/scheduler"}},
 		{"pkg/scheduler", []string{module + "pkg/agent"}},
 		{"cmd/titus-scheduler", []string{module + "pkg/agent"}},
+		{"test/schedload", []string{module + "pkg/agent"}},
 		{"pkg/scheduler/core", []string{"google.golang.org/grpc", "go.etcd.io/etcd", module + "api/"}},
 		{"pkg/scheduler/model", []string{"google.golang.org/grpc", "go.etcd.io/etcd", module + "api/"}},
 	}
-	for _, lib := range []string{"pkg/runtime", "pkg/vpc", "pkg/isolation", "pkg/metadataproxy", "pkg/task"} {
+	for _, lib := range []string{"pkg/runtime", "pkg/vpc", "pkg/isolation", "pkg/metadataproxy", "pkg/task", "pkg/schedlink"} {
 		rules = append(rules, rule{lib, []string{module + "pkg/agent", module + "pkg/scheduler"}})
 	}
 	checked := 0

@@ -14,7 +14,7 @@ import (
 	"time"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
-	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
+	"github.com/titus-agent/titus-agent/pkg/schedlink"
 	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/test/schedload"
 	"github.com/titus-agent/titus-agent/test/testenv"

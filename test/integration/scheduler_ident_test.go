@@ -26,8 +26,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
-	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
 	"github.com/titus-agent/titus-agent/pkg/authn"
+	"github.com/titus-agent/titus-agent/pkg/schedlink"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 	"github.com/titus-agent/titus-agent/test/schedload"
 	"github.com/titus-agent/titus-agent/test/testenv"

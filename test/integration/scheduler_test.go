@@ -24,7 +24,7 @@ import (
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
-	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
+	"github.com/titus-agent/titus-agent/pkg/schedlink"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
 	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/test/schedload"

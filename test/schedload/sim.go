@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/titus-agent/titus-agent/pkg/agent/schedlink"
+	"github.com/titus-agent/titus-agent/pkg/schedlink"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
