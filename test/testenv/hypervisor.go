@@ -497,8 +497,29 @@ func (h *Hypervisor) cleanup() {
 	_ = netns.DeleteNamed(h.Fabric)
 }
 
+// netnsRunDirShared makes /run/netns a shared mount of itself, as
+// `ip netns add` does on first use. Without it, the first `ip netns add`
+// after our namespaces exist bind-mounts /run/netns over them, hiding
+// their nsfs mounts, and DeleteNamed can no longer remove them.
+func netnsRunDirShared() error {
+	const dir = "/run/netns"
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "") == nil {
+		return nil // already a mount point
+	}
+	if err := unix.Mount(dir, dir, "none", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("bind %s: %w", dir, err)
+	}
+	return unix.Mount("", dir, "none", unix.MS_SHARED|unix.MS_REC, "")
+}
+
 // newNamedNS creates /run/netns/name without leaving the calling thread in it.
 func newNamedNS(name string) (netns.NsHandle, error) {
+	if err := netnsRunDirShared(); err != nil {
+		return netns.None(), fmt.Errorf("netns dir: %w", err)
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
