@@ -26,6 +26,62 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ZoneBalance int32
+
+const (
+	// Soft for a service job, none for a batch job.
+	ZoneBalance_ZONE_BALANCE_UNSPECIFIED ZoneBalance = 0
+	ZoneBalance_ZONE_BALANCE_NONE        ZoneBalance = 1
+	// Prefer the zone with the fewest of the job's tasks.
+	ZoneBalance_ZONE_BALANCE_SOFT ZoneBalance = 2
+	// A zone may run at most one task more than the least used zone that has
+	// a host the job may use; tasks wait rather than unbalance.
+	ZoneBalance_ZONE_BALANCE_HARD ZoneBalance = 3
+)
+
+// Enum value maps for ZoneBalance.
+var (
+	ZoneBalance_name = map[int32]string{
+		0: "ZONE_BALANCE_UNSPECIFIED",
+		1: "ZONE_BALANCE_NONE",
+		2: "ZONE_BALANCE_SOFT",
+		3: "ZONE_BALANCE_HARD",
+	}
+	ZoneBalance_value = map[string]int32{
+		"ZONE_BALANCE_UNSPECIFIED": 0,
+		"ZONE_BALANCE_NONE":        1,
+		"ZONE_BALANCE_SOFT":        2,
+		"ZONE_BALANCE_HARD":        3,
+	}
+)
+
+func (x ZoneBalance) Enum() *ZoneBalance {
+	p := new(ZoneBalance)
+	*p = x
+	return p
+}
+
+func (x ZoneBalance) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ZoneBalance) Descriptor() protoreflect.EnumDescriptor {
+	return file_scheduler_v1_scheduler_proto_enumTypes[0].Descriptor()
+}
+
+func (ZoneBalance) Type() protoreflect.EnumType {
+	return &file_scheduler_v1_scheduler_proto_enumTypes[0]
+}
+
+func (x ZoneBalance) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ZoneBalance.Descriptor instead.
+func (ZoneBalance) EnumDescriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{0}
+}
+
 type JobState int32
 
 const (
@@ -65,11 +121,11 @@ func (x JobState) String() string {
 }
 
 func (JobState) Descriptor() protoreflect.EnumDescriptor {
-	return file_scheduler_v1_scheduler_proto_enumTypes[0].Descriptor()
+	return file_scheduler_v1_scheduler_proto_enumTypes[1].Descriptor()
 }
 
 func (JobState) Type() protoreflect.EnumType {
-	return &file_scheduler_v1_scheduler_proto_enumTypes[0]
+	return &file_scheduler_v1_scheduler_proto_enumTypes[1]
 }
 
 func (x JobState) Number() protoreflect.EnumNumber {
@@ -78,7 +134,7 @@ func (x JobState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use JobState.Descriptor instead.
 func (JobState) EnumDescriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{0}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{1}
 }
 
 type RetryPolicy_Kind int32
@@ -117,11 +173,11 @@ func (x RetryPolicy_Kind) String() string {
 }
 
 func (RetryPolicy_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_scheduler_v1_scheduler_proto_enumTypes[1].Descriptor()
+	return file_scheduler_v1_scheduler_proto_enumTypes[2].Descriptor()
 }
 
 func (RetryPolicy_Kind) Type() protoreflect.EnumType {
-	return &file_scheduler_v1_scheduler_proto_enumTypes[1]
+	return &file_scheduler_v1_scheduler_proto_enumTypes[2]
 }
 
 func (x RetryPolicy_Kind) Number() protoreflect.EnumNumber {
@@ -360,7 +416,9 @@ type JobSpec struct {
 	// The principal that submitted the job, as the scheduler authenticated
 	// it (empty when authentication is off). Set by the scheduler; whatever a
 	// client sends here is replaced.
-	Submitter     string `protobuf:"bytes,9,opt,name=submitter,proto3" json:"submitter,omitempty"`
+	Submitter string `protobuf:"bytes,9,opt,name=submitter,proto3" json:"submitter,omitempty"`
+	// Where the job's tasks may go and which hosts they prefer.
+	Placement     *Placement `protobuf:"bytes,10,opt,name=placement,proto3" json:"placement,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -469,6 +527,13 @@ func (x *JobSpec) GetSubmitter() string {
 	return ""
 }
 
+func (x *JobSpec) GetPlacement() *Placement {
+	if x != nil {
+		return x.Placement
+	}
+	return nil
+}
+
 type isJobSpec_Kind interface {
 	isJobSpec_Kind()
 }
@@ -484,6 +549,154 @@ type JobSpec_Service struct {
 func (*JobSpec_Batch) isJobSpec_Kind() {}
 
 func (*JobSpec_Service) isJobSpec_Kind() {}
+
+// Placement constrains and steers where a job's tasks are placed
+// (docs/constraints.md). Checked at submit; errors name the field.
+type Placement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Hard constraints, each "attribute op value" (e.g. "zone in [us-east-1a,
+	// us-east-1b]", "kernel >= 6.1", "label.tier = gold"): a task goes only to
+	// a host where every one holds.
+	Constraints []string `protobuf:"bytes,1,rep,name=constraints,proto3" json:"constraints,omitempty"`
+	// Soft constraints: they reorder the hosts the hard ones allow (the
+	// highest total weight of matching preferences first), never exclude one.
+	Preferences []*Preference `protobuf:"bytes,2,rep,name=preferences,proto3" json:"preferences,omitempty"`
+	// At most this many of the job's live tasks on one host (0 = no limit).
+	MaxPerHost uint32 `protobuf:"varint,3,opt,name=max_per_host,json=maxPerHost,proto3" json:"max_per_host,omitempty"`
+	// One live task of the job per host (max_per_host 1).
+	UniqueHost  bool        `protobuf:"varint,4,opt,name=unique_host,json=uniqueHost,proto3" json:"unique_host,omitempty"`
+	ZoneBalance ZoneBalance `protobuf:"varint,5,opt,name=zone_balance,json=zoneBalance,proto3,enum=titus.scheduler.v1.ZoneBalance" json:"zone_balance,omitempty"`
+	// Allowed instance type families (the part before the dot: m5, c6i, p5).
+	InstanceFamilies []string `protobuf:"bytes,6,rep,name=instance_families,json=instanceFamilies,proto3" json:"instance_families,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *Placement) Reset() {
+	*x = Placement{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Placement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Placement) ProtoMessage() {}
+
+func (x *Placement) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Placement.ProtoReflect.Descriptor instead.
+func (*Placement) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Placement) GetConstraints() []string {
+	if x != nil {
+		return x.Constraints
+	}
+	return nil
+}
+
+func (x *Placement) GetPreferences() []*Preference {
+	if x != nil {
+		return x.Preferences
+	}
+	return nil
+}
+
+func (x *Placement) GetMaxPerHost() uint32 {
+	if x != nil {
+		return x.MaxPerHost
+	}
+	return 0
+}
+
+func (x *Placement) GetUniqueHost() bool {
+	if x != nil {
+		return x.UniqueHost
+	}
+	return false
+}
+
+func (x *Placement) GetZoneBalance() ZoneBalance {
+	if x != nil {
+		return x.ZoneBalance
+	}
+	return ZoneBalance_ZONE_BALANCE_UNSPECIFIED
+}
+
+func (x *Placement) GetInstanceFamilies() []string {
+	if x != nil {
+		return x.InstanceFamilies
+	}
+	return nil
+}
+
+type Preference struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "attribute op value", as a hard constraint.
+	Constraint string `protobuf:"bytes,1,opt,name=constraint,proto3" json:"constraint,omitempty"`
+	// 1..100; 0 means 1.
+	Weight        int32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Preference) Reset() {
+	*x = Preference{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Preference) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Preference) ProtoMessage() {}
+
+func (x *Preference) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Preference.ProtoReflect.Descriptor instead.
+func (*Preference) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Preference) GetConstraint() string {
+	if x != nil {
+		return x.Constraint
+	}
+	return ""
+}
+
+func (x *Preference) GetWeight() int32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
 
 type JobCounts struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -501,7 +714,7 @@ type JobCounts struct {
 
 func (x *JobCounts) Reset() {
 	*x = JobCounts{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -513,7 +726,7 @@ func (x *JobCounts) String() string {
 func (*JobCounts) ProtoMessage() {}
 
 func (x *JobCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -526,7 +739,7 @@ func (x *JobCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCounts.ProtoReflect.Descriptor instead.
 func (*JobCounts) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JobCounts) GetPending() uint32 {
@@ -602,7 +815,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +827,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +840,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Job) GetId() string {
@@ -688,7 +901,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +913,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +926,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SubmitJobRequest) GetSpec() *JobSpec {
@@ -732,7 +945,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +957,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +970,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SubmitJobResponse) GetJobId() string {
@@ -776,7 +989,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -788,7 +1001,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -801,7 +1014,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -826,7 +1039,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1051,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1064,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListJobsRequest) GetAll() bool {
@@ -885,7 +1098,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -897,7 +1110,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -910,7 +1123,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -936,7 +1149,7 @@ type KillJobRequest struct {
 
 func (x *KillJobRequest) Reset() {
 	*x = KillJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -948,7 +1161,7 @@ func (x *KillJobRequest) String() string {
 func (*KillJobRequest) ProtoMessage() {}
 
 func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -961,7 +1174,7 @@ func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillJobRequest.ProtoReflect.Descriptor instead.
 func (*KillJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *KillJobRequest) GetId() string {
@@ -983,7 +1196,7 @@ type ScaleJobRequest struct {
 
 func (x *ScaleJobRequest) Reset() {
 	*x = ScaleJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1208,7 @@ func (x *ScaleJobRequest) String() string {
 func (*ScaleJobRequest) ProtoMessage() {}
 
 func (x *ScaleJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1221,7 @@ func (x *ScaleJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaleJobRequest.ProtoReflect.Descriptor instead.
 func (*ScaleJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ScaleJobRequest) GetId() string {
@@ -1064,7 +1277,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1289,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1302,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Task) GetId() string {
@@ -1203,7 +1416,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1428,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1441,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListTasksRequest) GetJobId() string {
@@ -1269,7 +1482,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1494,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1507,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1320,7 +1533,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1332,7 +1545,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1345,7 +1558,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -1364,7 +1577,7 @@ type KillTaskRequest struct {
 
 func (x *KillTaskRequest) Reset() {
 	*x = KillTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1376,7 +1589,7 @@ func (x *KillTaskRequest) String() string {
 func (*KillTaskRequest) ProtoMessage() {}
 
 func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1389,7 +1602,7 @@ func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillTaskRequest.ProtoReflect.Descriptor instead.
 func (*KillTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *KillTaskRequest) GetId() string {
@@ -1407,15 +1620,18 @@ type Capacity struct {
 	NetworkMbps   int64                  `protobuf:"varint,4,opt,name=network_mbps,json=networkMbps,proto3" json:"network_mbps,omitempty"`
 	Gpus          int32                  `protobuf:"varint,5,opt,name=gpus,proto3" json:"gpus,omitempty"`
 	// ENIs available to tasks (the primary ENI excluded) and secondary IPs per ENI.
-	Enis          int32 `protobuf:"varint,6,opt,name=enis,proto3" json:"enis,omitempty"`
-	IpsPerEni     int32 `protobuf:"varint,7,opt,name=ips_per_eni,json=ipsPerEni,proto3" json:"ips_per_eni,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Enis      int32 `protobuf:"varint,6,opt,name=enis,proto3" json:"enis,omitempty"`
+	IpsPerEni int32 `protobuf:"varint,7,opt,name=ips_per_eni,json=ipsPerEni,proto3" json:"ips_per_eni,omitempty"`
+	// How long a released task IP is kept from the next task (the ec2
+	// provider's reuse cool-down): the scheduler counts it as taken until then.
+	IpReuseCooldownMs int64 `protobuf:"varint,8,opt,name=ip_reuse_cooldown_ms,json=ipReuseCooldownMs,proto3" json:"ip_reuse_cooldown_ms,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1427,7 +1643,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1440,7 +1656,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Capacity) GetCpuMillicores() int64 {
@@ -1492,6 +1708,298 @@ func (x *Capacity) GetIpsPerEni() int32 {
 	return 0
 }
 
+func (x *Capacity) GetIpReuseCooldownMs() int64 {
+	if x != nil {
+		return x.IpReuseCooldownMs
+	}
+	return 0
+}
+
+// Gpu is one GPU device of a host.
+type Gpu struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The device's index (/dev/nvidia<index>).
+	Index int32 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// The model as the driver names it (e.g. "NVIDIA H100 80GB HBM3").
+	Model         string `protobuf:"bytes,2,opt,name=model,proto3" json:"model,omitempty"`
+	MemoryMib     int64  `protobuf:"varint,3,opt,name=memory_mib,json=memoryMib,proto3" json:"memory_mib,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Gpu) Reset() {
+	*x = Gpu{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Gpu) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Gpu) ProtoMessage() {}
+
+func (x *Gpu) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Gpu.ProtoReflect.Descriptor instead.
+func (*Gpu) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Gpu) GetIndex() int32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *Gpu) GetModel() string {
+	if x != nil {
+		return x.Model
+	}
+	return ""
+}
+
+func (x *Gpu) GetMemoryMib() int64 {
+	if x != nil {
+		return x.MemoryMib
+	}
+	return 0
+}
+
+// HostAttributes say what a host is, for placement constraints.
+type HostAttributes struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	AmiId        string                 `protobuf:"bytes,1,opt,name=ami_id,json=amiId,proto3" json:"ami_id,omitempty"`
+	AgentVersion string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// The running kernel's release (uname -r).
+	Kernel string `protobuf:"bytes,3,opt,name=kernel,proto3" json:"kernel,omitempty"`
+	// "v1" or "v2".
+	CgroupMode string `protobuf:"bytes,4,opt,name=cgroup_mode,json=cgroupMode,proto3" json:"cgroup_mode,omitempty"`
+	// Every GPU of the host (Capacity.gpus counts them).
+	Gpus          []*Gpu `protobuf:"bytes,5,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostAttributes) Reset() {
+	*x = HostAttributes{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostAttributes) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostAttributes) ProtoMessage() {}
+
+func (x *HostAttributes) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostAttributes.ProtoReflect.Descriptor instead.
+func (*HostAttributes) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *HostAttributes) GetAmiId() string {
+	if x != nil {
+		return x.AmiId
+	}
+	return ""
+}
+
+func (x *HostAttributes) GetAgentVersion() string {
+	if x != nil {
+		return x.AgentVersion
+	}
+	return ""
+}
+
+func (x *HostAttributes) GetKernel() string {
+	if x != nil {
+		return x.Kernel
+	}
+	return ""
+}
+
+func (x *HostAttributes) GetCgroupMode() string {
+	if x != nil {
+		return x.CgroupMode
+	}
+	return ""
+}
+
+func (x *HostAttributes) GetGpus() []*Gpu {
+	if x != nil {
+		return x.Gpus
+	}
+	return nil
+}
+
+// SGSetENIs is what one security-group set (and subnet) holds on a host.
+type SGSetENIs struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted, comma-joined security group ids, as the task names them.
+	SecurityGroups string `protobuf:"bytes,1,opt,name=security_groups,json=securityGroups,proto3" json:"security_groups,omitempty"`
+	SubnetId       string `protobuf:"bytes,2,opt,name=subnet_id,json=subnetId,proto3" json:"subnet_id,omitempty"`
+	// ENIs of this set with a task IP in use.
+	Enis    int32 `protobuf:"varint,3,opt,name=enis,proto3" json:"enis,omitempty"`
+	UsedIps int32 `protobuf:"varint,4,opt,name=used_ips,json=usedIps,proto3" json:"used_ips,omitempty"`
+	// Addresses ready for a task now, and those cooling down after a release.
+	FreeIps       int32 `protobuf:"varint,5,opt,name=free_ips,json=freeIps,proto3" json:"free_ips,omitempty"`
+	CoolingIps    int32 `protobuf:"varint,6,opt,name=cooling_ips,json=coolingIps,proto3" json:"cooling_ips,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SGSetENIs) Reset() {
+	*x = SGSetENIs{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SGSetENIs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SGSetENIs) ProtoMessage() {}
+
+func (x *SGSetENIs) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SGSetENIs.ProtoReflect.Descriptor instead.
+func (*SGSetENIs) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *SGSetENIs) GetSecurityGroups() string {
+	if x != nil {
+		return x.SecurityGroups
+	}
+	return ""
+}
+
+func (x *SGSetENIs) GetSubnetId() string {
+	if x != nil {
+		return x.SubnetId
+	}
+	return ""
+}
+
+func (x *SGSetENIs) GetEnis() int32 {
+	if x != nil {
+		return x.Enis
+	}
+	return 0
+}
+
+func (x *SGSetENIs) GetUsedIps() int32 {
+	if x != nil {
+		return x.UsedIps
+	}
+	return 0
+}
+
+func (x *SGSetENIs) GetFreeIps() int32 {
+	if x != nil {
+		return x.FreeIps
+	}
+	return 0
+}
+
+func (x *SGSetENIs) GetCoolingIps() int32 {
+	if x != nil {
+		return x.CoolingIps
+	}
+	return 0
+}
+
+// NetworkUsage is the live state of a host's task ENIs.
+type NetworkUsage struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	SgSets []*SGSetENIs           `protobuf:"bytes,1,rep,name=sg_sets,json=sgSets,proto3" json:"sg_sets,omitempty"`
+	// How many more ENIs a new SG set can still get: slots free plus idle ENIs.
+	AttachableEnis int32 `protobuf:"varint,2,opt,name=attachable_enis,json=attachableEnis,proto3" json:"attachable_enis,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *NetworkUsage) Reset() {
+	*x = NetworkUsage{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetworkUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetworkUsage) ProtoMessage() {}
+
+func (x *NetworkUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetworkUsage.ProtoReflect.Descriptor instead.
+func (*NetworkUsage) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *NetworkUsage) GetSgSets() []*SGSetENIs {
+	if x != nil {
+		return x.SgSets
+	}
+	return nil
+}
+
+func (x *NetworkUsage) GetAttachableEnis() int32 {
+	if x != nil {
+		return x.AttachableEnis
+	}
+	return 0
+}
+
 type Agent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1507,13 +2015,16 @@ type Agent struct {
 	Lost          bool                   `protobuf:"varint,11,opt,name=lost,proto3" json:"lost,omitempty"`
 	Tasks         uint32                 `protobuf:"varint,12,opt,name=tasks,proto3" json:"tasks,omitempty"`
 	LastHeartbeat *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
+	Attributes    *HostAttributes        `protobuf:"bytes,14,opt,name=attributes,proto3" json:"attributes,omitempty"`
+	// The ENIs of each SG set, as the agent last reported them.
+	Network       *NetworkUsage `protobuf:"bytes,15,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1525,7 +2036,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1538,7 +2049,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Agent) GetId() string {
@@ -1632,6 +2143,20 @@ func (x *Agent) GetLastHeartbeat() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Agent) GetAttributes() *HostAttributes {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+func (x *Agent) GetNetwork() *NetworkUsage {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
 type ListAgentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PageSize      uint32                 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -1642,7 +2167,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1654,7 +2179,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1667,7 +2192,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListAgentsRequest) GetPageSize() uint32 {
@@ -1695,7 +2220,7 @@ type DrainAgentRequest struct {
 
 func (x *DrainAgentRequest) Reset() {
 	*x = DrainAgentRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1707,7 +2232,7 @@ func (x *DrainAgentRequest) String() string {
 func (*DrainAgentRequest) ProtoMessage() {}
 
 func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1720,7 +2245,7 @@ func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainAgentRequest.ProtoReflect.Descriptor instead.
 func (*DrainAgentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *DrainAgentRequest) GetId() string {
@@ -1747,7 +2272,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +2284,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +2297,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -1813,7 +2338,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1825,7 +2350,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1838,7 +2363,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AuditRecord) GetId() string {
@@ -1938,7 +2463,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1950,7 +2475,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1963,7 +2488,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListAuditRequest) GetJobId() string {
@@ -2004,7 +2529,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2541,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2554,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListAuditResponse) GetRecords() []*AuditRecord {
@@ -2059,7 +2584,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2596,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2609,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TaskStatus) GetTaskId() string {
@@ -2130,14 +2655,16 @@ type Register struct {
 	Capacity     *Capacity              `protobuf:"bytes,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
 	Labels       map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Every task the agent knows, so both sides reconcile.
-	Tasks         []*TaskStatus `protobuf:"bytes,6,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	Tasks         []*TaskStatus   `protobuf:"bytes,6,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	Attributes    *HostAttributes `protobuf:"bytes,7,opt,name=attributes,proto3" json:"attributes,omitempty"`
+	Network       *NetworkUsage   `protobuf:"bytes,8,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +2676,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +2689,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Register) GetInstanceId() string {
@@ -2207,18 +2734,33 @@ func (x *Register) GetTasks() []*TaskStatus {
 	return nil
 }
 
+func (x *Register) GetAttributes() *HostAttributes {
+	if x != nil {
+		return x.Attributes
+	}
+	return nil
+}
+
+func (x *Register) GetNetwork() *NetworkUsage {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
 type Heartbeat struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Healthy       bool                   `protobuf:"varint,1,opt,name=healthy,proto3" json:"healthy,omitempty"`
 	Free          *Capacity              `protobuf:"bytes,2,opt,name=free,proto3" json:"free,omitempty"`
 	Tasks         []*TaskStatus          `protobuf:"bytes,3,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	Network       *NetworkUsage          `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2772,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2785,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Heartbeat) GetHealthy() bool {
@@ -2267,6 +2809,13 @@ func (x *Heartbeat) GetTasks() []*TaskStatus {
 	return nil
 }
 
+func (x *Heartbeat) GetNetwork() *NetworkUsage {
+	if x != nil {
+		return x.Network
+	}
+	return nil
+}
+
 type TaskUpdates struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tasks         []*TaskStatus          `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
@@ -2276,7 +2825,7 @@ type TaskUpdates struct {
 
 func (x *TaskUpdates) Reset() {
 	*x = TaskUpdates{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2288,7 +2837,7 @@ func (x *TaskUpdates) String() string {
 func (*TaskUpdates) ProtoMessage() {}
 
 func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2301,7 +2850,7 @@ func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskUpdates.ProtoReflect.Descriptor instead.
 func (*TaskUpdates) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *TaskUpdates) GetTasks() []*TaskStatus {
@@ -2325,7 +2874,7 @@ type AgentMessage struct {
 
 func (x *AgentMessage) Reset() {
 	*x = AgentMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2337,7 +2886,7 @@ func (x *AgentMessage) String() string {
 func (*AgentMessage) ProtoMessage() {}
 
 func (x *AgentMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2350,7 +2899,7 @@ func (x *AgentMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentMessage.ProtoReflect.Descriptor instead.
 func (*AgentMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AgentMessage) GetMsg() isAgentMessage_Msg {
@@ -2419,7 +2968,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2431,7 +2980,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2444,7 +2993,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Registered) GetAgentId() string {
@@ -2470,7 +3019,7 @@ type Launch struct {
 
 func (x *Launch) Reset() {
 	*x = Launch{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2482,7 +3031,7 @@ func (x *Launch) String() string {
 func (*Launch) ProtoMessage() {}
 
 func (x *Launch) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2495,7 +3044,7 @@ func (x *Launch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Launch.ProtoReflect.Descriptor instead.
 func (*Launch) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Launch) GetTasks() []*v1.TaskSpec {
@@ -2520,7 +3069,7 @@ type Kill struct {
 
 func (x *Kill) Reset() {
 	*x = Kill{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2532,7 +3081,7 @@ func (x *Kill) String() string {
 func (*Kill) ProtoMessage() {}
 
 func (x *Kill) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2545,7 +3094,7 @@ func (x *Kill) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kill.ProtoReflect.Descriptor instead.
 func (*Kill) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Kill) GetTaskIds() []string {
@@ -2583,7 +3132,7 @@ type SchedulerMessage struct {
 
 func (x *SchedulerMessage) Reset() {
 	*x = SchedulerMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +3144,7 @@ func (x *SchedulerMessage) String() string {
 func (*SchedulerMessage) ProtoMessage() {}
 
 func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +3157,7 @@ func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerMessage.ProtoReflect.Descriptor instead.
 func (*SchedulerMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *SchedulerMessage) GetMsg() isSchedulerMessage_Msg {
@@ -2694,7 +3243,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x03min\x18\x01 \x01(\rR\x03min\x12\x18\n" +
 	"\adesired\x18\x02 \x01(\rR\adesired\x12\x10\n" +
 	"\x03max\x18\x03 \x01(\rR\x03max\x125\n" +
-	"\x05retry\x18\x04 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\"\xc9\x03\n" +
+	"\x05retry\x18\x04 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\"\x86\x04\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vowner_email\x18\x02 \x01(\tR\n" +
@@ -2705,11 +3254,28 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\aservice\x18\x06 \x01(\v2\x1e.titus.scheduler.v1.ServiceJobH\x00R\aservice\x12,\n" +
 	"\x04task\x18\a \x01(\v2\x18.titus.agent.v1.TaskSpecR\x04task\x12?\n" +
 	"\x06labels\x18\b \x03(\v2'.titus.scheduler.v1.JobSpec.LabelsEntryR\x06labels\x12\x1c\n" +
-	"\tsubmitter\x18\t \x01(\tR\tsubmitter\x1a9\n" +
+	"\tsubmitter\x18\t \x01(\tR\tsubmitter\x12;\n" +
+	"\tplacement\x18\n" +
+	" \x01(\v2\x1d.titus.scheduler.v1.PlacementR\tplacement\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x06\n" +
-	"\x04kind\"\xd5\x01\n" +
+	"\x04kind\"\xa3\x02\n" +
+	"\tPlacement\x12 \n" +
+	"\vconstraints\x18\x01 \x03(\tR\vconstraints\x12@\n" +
+	"\vpreferences\x18\x02 \x03(\v2\x1e.titus.scheduler.v1.PreferenceR\vpreferences\x12 \n" +
+	"\fmax_per_host\x18\x03 \x01(\rR\n" +
+	"maxPerHost\x12\x1f\n" +
+	"\vunique_host\x18\x04 \x01(\bR\n" +
+	"uniqueHost\x12B\n" +
+	"\fzone_balance\x18\x05 \x01(\x0e2\x1f.titus.scheduler.v1.ZoneBalanceR\vzoneBalance\x12+\n" +
+	"\x11instance_families\x18\x06 \x03(\tR\x10instanceFamilies\"D\n" +
+	"\n" +
+	"Preference\x12\x1e\n" +
+	"\n" +
+	"constraint\x18\x01 \x01(\tR\n" +
+	"constraint\x12\x16\n" +
+	"\x06weight\x18\x02 \x01(\x05R\x06weight\"\xd5\x01\n" +
 	"\tJobCounts\x12\x18\n" +
 	"\apending\x18\x01 \x01(\rR\apending\x12\x1a\n" +
 	"\blaunched\x18\x02 \x01(\rR\blaunched\x12\x18\n" +
@@ -2776,7 +3342,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x0eGetTaskRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"!\n" +
 	"\x0fKillTaskRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xd6\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x87\x02\n" +
 	"\bCapacity\x12%\n" +
 	"\x0ecpu_millicores\x18\x01 \x01(\x03R\rcpuMillicores\x12\x1d\n" +
 	"\n" +
@@ -2785,7 +3351,31 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\fnetwork_mbps\x18\x04 \x01(\x03R\vnetworkMbps\x12\x12\n" +
 	"\x04gpus\x18\x05 \x01(\x05R\x04gpus\x12\x12\n" +
 	"\x04enis\x18\x06 \x01(\x05R\x04enis\x12\x1e\n" +
-	"\vips_per_eni\x18\a \x01(\x05R\tipsPerEni\"\x93\x04\n" +
+	"\vips_per_eni\x18\a \x01(\x05R\tipsPerEni\x12/\n" +
+	"\x14ip_reuse_cooldown_ms\x18\b \x01(\x03R\x11ipReuseCooldownMs\"P\n" +
+	"\x03Gpu\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x05R\x05index\x12\x14\n" +
+	"\x05model\x18\x02 \x01(\tR\x05model\x12\x1d\n" +
+	"\n" +
+	"memory_mib\x18\x03 \x01(\x03R\tmemoryMib\"\xb2\x01\n" +
+	"\x0eHostAttributes\x12\x15\n" +
+	"\x06ami_id\x18\x01 \x01(\tR\x05amiId\x12#\n" +
+	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12\x16\n" +
+	"\x06kernel\x18\x03 \x01(\tR\x06kernel\x12\x1f\n" +
+	"\vcgroup_mode\x18\x04 \x01(\tR\n" +
+	"cgroupMode\x12+\n" +
+	"\x04gpus\x18\x05 \x03(\v2\x17.titus.scheduler.v1.GpuR\x04gpus\"\xbc\x01\n" +
+	"\tSGSetENIs\x12'\n" +
+	"\x0fsecurity_groups\x18\x01 \x01(\tR\x0esecurityGroups\x12\x1b\n" +
+	"\tsubnet_id\x18\x02 \x01(\tR\bsubnetId\x12\x12\n" +
+	"\x04enis\x18\x03 \x01(\x05R\x04enis\x12\x19\n" +
+	"\bused_ips\x18\x04 \x01(\x05R\ausedIps\x12\x19\n" +
+	"\bfree_ips\x18\x05 \x01(\x05R\afreeIps\x12\x1f\n" +
+	"\vcooling_ips\x18\x06 \x01(\x05R\n" +
+	"coolingIps\"o\n" +
+	"\fNetworkUsage\x126\n" +
+	"\asg_sets\x18\x01 \x03(\v2\x1d.titus.scheduler.v1.SGSetENIsR\x06sgSets\x12'\n" +
+	"\x0fattachable_enis\x18\x02 \x01(\x05R\x0eattachableEnis\"\x93\x05\n" +
 	"\x05Agent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\rinstance_type\x18\x02 \x01(\tR\finstanceType\x12\x0e\n" +
@@ -2800,7 +3390,11 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	" \x01(\bR\vquarantined\x12\x12\n" +
 	"\x04lost\x18\v \x01(\bR\x04lost\x12\x14\n" +
 	"\x05tasks\x18\f \x01(\rR\x05tasks\x12A\n" +
-	"\x0elast_heartbeat\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x1a9\n" +
+	"\x0elast_heartbeat\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12B\n" +
+	"\n" +
+	"attributes\x18\x0e \x01(\v2\".titus.scheduler.v1.HostAttributesR\n" +
+	"attributes\x12:\n" +
+	"\anetwork\x18\x0f \x01(\v2 .titus.scheduler.v1.NetworkUsageR\anetwork\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"O\n" +
@@ -2846,7 +3440,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05state\x18\x02 \x01(\x0e2\x19.titus.agent.v1.TaskStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12\x1b\n" +
-	"\texit_code\x18\x05 \x01(\x05R\bexitCode\"\xcd\x02\n" +
+	"\texit_code\x18\x05 \x01(\x05R\bexitCode\"\xcd\x03\n" +
 	"\bRegister\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12#\n" +
@@ -2854,14 +3448,19 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x02az\x18\x03 \x01(\tR\x02az\x128\n" +
 	"\bcapacity\x18\x04 \x01(\v2\x1c.titus.scheduler.v1.CapacityR\bcapacity\x12@\n" +
 	"\x06labels\x18\x05 \x03(\v2(.titus.scheduler.v1.Register.LabelsEntryR\x06labels\x124\n" +
-	"\x05tasks\x18\x06 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\x1a9\n" +
+	"\x05tasks\x18\x06 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\x12B\n" +
+	"\n" +
+	"attributes\x18\a \x01(\v2\".titus.scheduler.v1.HostAttributesR\n" +
+	"attributes\x12:\n" +
+	"\anetwork\x18\b \x01(\v2 .titus.scheduler.v1.NetworkUsageR\anetwork\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8d\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc9\x01\n" +
 	"\tHeartbeat\x12\x18\n" +
 	"\ahealthy\x18\x01 \x01(\bR\ahealthy\x120\n" +
 	"\x04free\x18\x02 \x01(\v2\x1c.titus.scheduler.v1.CapacityR\x04free\x124\n" +
-	"\x05tasks\x18\x03 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\"C\n" +
+	"\x05tasks\x18\x03 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\x12:\n" +
+	"\anetwork\x18\x04 \x01(\v2 .titus.scheduler.v1.NetworkUsageR\anetwork\"C\n" +
 	"\vTaskUpdates\x124\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\"\xcd\x01\n" +
 	"\fAgentMessage\x12:\n" +
@@ -2885,7 +3484,12 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"registered\x124\n" +
 	"\x06launch\x18\x02 \x01(\v2\x1a.titus.scheduler.v1.LaunchH\x00R\x06launch\x12.\n" +
 	"\x04kill\x18\x03 \x01(\v2\x18.titus.scheduler.v1.KillH\x00R\x04killB\x05\n" +
-	"\x03msg*\x81\x01\n" +
+	"\x03msg*p\n" +
+	"\vZoneBalance\x12\x1c\n" +
+	"\x18ZONE_BALANCE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11ZONE_BALANCE_NONE\x10\x01\x12\x15\n" +
+	"\x11ZONE_BALANCE_SOFT\x10\x02\x12\x15\n" +
+	"\x11ZONE_BALANCE_HARD\x10\x03*\x81\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12JOB_STATE_ACCEPTED\x10\x01\x12\x16\n" +
@@ -2921,127 +3525,144 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 	return file_scheduler_v1_scheduler_proto_rawDescData
 }
 
-var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
-	(JobState)(0),                 // 0: titus.scheduler.v1.JobState
-	(RetryPolicy_Kind)(0),         // 1: titus.scheduler.v1.RetryPolicy.Kind
-	(*RetryPolicy)(nil),           // 2: titus.scheduler.v1.RetryPolicy
-	(*BatchJob)(nil),              // 3: titus.scheduler.v1.BatchJob
-	(*ServiceJob)(nil),            // 4: titus.scheduler.v1.ServiceJob
-	(*JobSpec)(nil),               // 5: titus.scheduler.v1.JobSpec
-	(*JobCounts)(nil),             // 6: titus.scheduler.v1.JobCounts
-	(*Job)(nil),                   // 7: titus.scheduler.v1.Job
-	(*SubmitJobRequest)(nil),      // 8: titus.scheduler.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),     // 9: titus.scheduler.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),         // 10: titus.scheduler.v1.GetJobRequest
-	(*ListJobsRequest)(nil),       // 11: titus.scheduler.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 12: titus.scheduler.v1.ListJobsResponse
-	(*KillJobRequest)(nil),        // 13: titus.scheduler.v1.KillJobRequest
-	(*ScaleJobRequest)(nil),       // 14: titus.scheduler.v1.ScaleJobRequest
-	(*Task)(nil),                  // 15: titus.scheduler.v1.Task
-	(*ListTasksRequest)(nil),      // 16: titus.scheduler.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),     // 17: titus.scheduler.v1.ListTasksResponse
-	(*GetTaskRequest)(nil),        // 18: titus.scheduler.v1.GetTaskRequest
-	(*KillTaskRequest)(nil),       // 19: titus.scheduler.v1.KillTaskRequest
-	(*Capacity)(nil),              // 20: titus.scheduler.v1.Capacity
-	(*Agent)(nil),                 // 21: titus.scheduler.v1.Agent
-	(*ListAgentsRequest)(nil),     // 22: titus.scheduler.v1.ListAgentsRequest
-	(*DrainAgentRequest)(nil),     // 23: titus.scheduler.v1.DrainAgentRequest
-	(*ListAgentsResponse)(nil),    // 24: titus.scheduler.v1.ListAgentsResponse
-	(*AuditRecord)(nil),           // 25: titus.scheduler.v1.AuditRecord
-	(*ListAuditRequest)(nil),      // 26: titus.scheduler.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),     // 27: titus.scheduler.v1.ListAuditResponse
-	(*TaskStatus)(nil),            // 28: titus.scheduler.v1.TaskStatus
-	(*Register)(nil),              // 29: titus.scheduler.v1.Register
-	(*Heartbeat)(nil),             // 30: titus.scheduler.v1.Heartbeat
-	(*TaskUpdates)(nil),           // 31: titus.scheduler.v1.TaskUpdates
-	(*AgentMessage)(nil),          // 32: titus.scheduler.v1.AgentMessage
-	(*Registered)(nil),            // 33: titus.scheduler.v1.Registered
-	(*Launch)(nil),                // 34: titus.scheduler.v1.Launch
-	(*Kill)(nil),                  // 35: titus.scheduler.v1.Kill
-	(*SchedulerMessage)(nil),      // 36: titus.scheduler.v1.SchedulerMessage
-	nil,                           // 37: titus.scheduler.v1.JobSpec.LabelsEntry
-	nil,                           // 38: titus.scheduler.v1.Agent.LabelsEntry
-	nil,                           // 39: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	nil,                           // 40: titus.scheduler.v1.Register.LabelsEntry
-	(*v1.TaskSpec)(nil),           // 41: titus.agent.v1.TaskSpec
-	(*timestamppb.Timestamp)(nil), // 42: google.protobuf.Timestamp
-	(v1.TaskState)(0),             // 43: titus.agent.v1.TaskState
+	(ZoneBalance)(0),              // 0: titus.scheduler.v1.ZoneBalance
+	(JobState)(0),                 // 1: titus.scheduler.v1.JobState
+	(RetryPolicy_Kind)(0),         // 2: titus.scheduler.v1.RetryPolicy.Kind
+	(*RetryPolicy)(nil),           // 3: titus.scheduler.v1.RetryPolicy
+	(*BatchJob)(nil),              // 4: titus.scheduler.v1.BatchJob
+	(*ServiceJob)(nil),            // 5: titus.scheduler.v1.ServiceJob
+	(*JobSpec)(nil),               // 6: titus.scheduler.v1.JobSpec
+	(*Placement)(nil),             // 7: titus.scheduler.v1.Placement
+	(*Preference)(nil),            // 8: titus.scheduler.v1.Preference
+	(*JobCounts)(nil),             // 9: titus.scheduler.v1.JobCounts
+	(*Job)(nil),                   // 10: titus.scheduler.v1.Job
+	(*SubmitJobRequest)(nil),      // 11: titus.scheduler.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),     // 12: titus.scheduler.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),         // 13: titus.scheduler.v1.GetJobRequest
+	(*ListJobsRequest)(nil),       // 14: titus.scheduler.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 15: titus.scheduler.v1.ListJobsResponse
+	(*KillJobRequest)(nil),        // 16: titus.scheduler.v1.KillJobRequest
+	(*ScaleJobRequest)(nil),       // 17: titus.scheduler.v1.ScaleJobRequest
+	(*Task)(nil),                  // 18: titus.scheduler.v1.Task
+	(*ListTasksRequest)(nil),      // 19: titus.scheduler.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),     // 20: titus.scheduler.v1.ListTasksResponse
+	(*GetTaskRequest)(nil),        // 21: titus.scheduler.v1.GetTaskRequest
+	(*KillTaskRequest)(nil),       // 22: titus.scheduler.v1.KillTaskRequest
+	(*Capacity)(nil),              // 23: titus.scheduler.v1.Capacity
+	(*Gpu)(nil),                   // 24: titus.scheduler.v1.Gpu
+	(*HostAttributes)(nil),        // 25: titus.scheduler.v1.HostAttributes
+	(*SGSetENIs)(nil),             // 26: titus.scheduler.v1.SGSetENIs
+	(*NetworkUsage)(nil),          // 27: titus.scheduler.v1.NetworkUsage
+	(*Agent)(nil),                 // 28: titus.scheduler.v1.Agent
+	(*ListAgentsRequest)(nil),     // 29: titus.scheduler.v1.ListAgentsRequest
+	(*DrainAgentRequest)(nil),     // 30: titus.scheduler.v1.DrainAgentRequest
+	(*ListAgentsResponse)(nil),    // 31: titus.scheduler.v1.ListAgentsResponse
+	(*AuditRecord)(nil),           // 32: titus.scheduler.v1.AuditRecord
+	(*ListAuditRequest)(nil),      // 33: titus.scheduler.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),     // 34: titus.scheduler.v1.ListAuditResponse
+	(*TaskStatus)(nil),            // 35: titus.scheduler.v1.TaskStatus
+	(*Register)(nil),              // 36: titus.scheduler.v1.Register
+	(*Heartbeat)(nil),             // 37: titus.scheduler.v1.Heartbeat
+	(*TaskUpdates)(nil),           // 38: titus.scheduler.v1.TaskUpdates
+	(*AgentMessage)(nil),          // 39: titus.scheduler.v1.AgentMessage
+	(*Registered)(nil),            // 40: titus.scheduler.v1.Registered
+	(*Launch)(nil),                // 41: titus.scheduler.v1.Launch
+	(*Kill)(nil),                  // 42: titus.scheduler.v1.Kill
+	(*SchedulerMessage)(nil),      // 43: titus.scheduler.v1.SchedulerMessage
+	nil,                           // 44: titus.scheduler.v1.JobSpec.LabelsEntry
+	nil,                           // 45: titus.scheduler.v1.Agent.LabelsEntry
+	nil,                           // 46: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	nil,                           // 47: titus.scheduler.v1.Register.LabelsEntry
+	(*v1.TaskSpec)(nil),           // 48: titus.agent.v1.TaskSpec
+	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
+	(v1.TaskState)(0),             // 50: titus.agent.v1.TaskState
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
-	1,  // 0: titus.scheduler.v1.RetryPolicy.kind:type_name -> titus.scheduler.v1.RetryPolicy.Kind
-	2,  // 1: titus.scheduler.v1.BatchJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
-	2,  // 2: titus.scheduler.v1.ServiceJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
-	3,  // 3: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
-	4,  // 4: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
-	41, // 5: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
-	37, // 6: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
-	5,  // 7: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
-	0,  // 8: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
-	42, // 9: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
-	42, // 10: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
-	6,  // 11: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
-	5,  // 12: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
-	7,  // 13: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
-	43, // 14: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
-	42, // 15: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
-	42, // 16: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
-	42, // 17: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
-	15, // 18: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
-	20, // 19: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
-	20, // 20: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
-	38, // 21: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
-	42, // 22: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
-	39, // 23: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	21, // 24: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
-	42, // 25: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	25, // 26: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
-	43, // 27: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
-	20, // 28: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
-	40, // 29: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
-	28, // 30: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	20, // 31: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
-	28, // 32: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	28, // 33: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	29, // 34: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
-	30, // 35: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
-	31, // 36: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
-	41, // 37: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
-	33, // 38: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
-	34, // 39: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
-	35, // 40: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
-	8,  // 41: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
-	10, // 42: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
-	11, // 43: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
-	13, // 44: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
-	14, // 45: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
-	16, // 46: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
-	18, // 47: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
-	19, // 48: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
-	22, // 49: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
-	23, // 50: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	23, // 51: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	32, // 52: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
-	26, // 53: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
-	9,  // 54: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
-	7,  // 55: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
-	12, // 56: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
-	7,  // 57: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
-	7,  // 58: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
-	17, // 59: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
-	15, // 60: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
-	15, // 61: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
-	24, // 62: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
-	24, // 63: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	24, // 64: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	36, // 65: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
-	27, // 66: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
-	54, // [54:67] is the sub-list for method output_type
-	41, // [41:54] is the sub-list for method input_type
-	41, // [41:41] is the sub-list for extension type_name
-	41, // [41:41] is the sub-list for extension extendee
-	0,  // [0:41] is the sub-list for field type_name
+	2,  // 0: titus.scheduler.v1.RetryPolicy.kind:type_name -> titus.scheduler.v1.RetryPolicy.Kind
+	3,  // 1: titus.scheduler.v1.BatchJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
+	3,  // 2: titus.scheduler.v1.ServiceJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
+	4,  // 3: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
+	5,  // 4: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
+	48, // 5: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
+	44, // 6: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
+	7,  // 7: titus.scheduler.v1.JobSpec.placement:type_name -> titus.scheduler.v1.Placement
+	8,  // 8: titus.scheduler.v1.Placement.preferences:type_name -> titus.scheduler.v1.Preference
+	0,  // 9: titus.scheduler.v1.Placement.zone_balance:type_name -> titus.scheduler.v1.ZoneBalance
+	6,  // 10: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
+	1,  // 11: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
+	49, // 12: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
+	49, // 13: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
+	9,  // 14: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
+	6,  // 15: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
+	10, // 16: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
+	50, // 17: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
+	49, // 18: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
+	49, // 19: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
+	49, // 20: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
+	18, // 21: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
+	24, // 22: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
+	26, // 23: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
+	23, // 24: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
+	23, // 25: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
+	45, // 26: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
+	49, // 27: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
+	25, // 28: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	27, // 29: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
+	46, // 30: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	28, // 31: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
+	49, // 32: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	32, // 33: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
+	50, // 34: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
+	23, // 35: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
+	47, // 36: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
+	35, // 37: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	25, // 38: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	27, // 39: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
+	23, // 40: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
+	35, // 41: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	27, // 42: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
+	35, // 43: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	36, // 44: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
+	37, // 45: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
+	38, // 46: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
+	48, // 47: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
+	40, // 48: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
+	41, // 49: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
+	42, // 50: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
+	11, // 51: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
+	13, // 52: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
+	14, // 53: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
+	16, // 54: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
+	17, // 55: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
+	19, // 56: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
+	21, // 57: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
+	22, // 58: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
+	29, // 59: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
+	30, // 60: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	30, // 61: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	39, // 62: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
+	33, // 63: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
+	12, // 64: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
+	10, // 65: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
+	15, // 66: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
+	10, // 67: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
+	10, // 68: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
+	20, // 69: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
+	18, // 70: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
+	18, // 71: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
+	31, // 72: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
+	31, // 73: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	31, // 74: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	43, // 75: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
+	34, // 76: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
+	64, // [64:77] is the sub-list for method output_type
+	51, // [51:64] is the sub-list for method input_type
+	51, // [51:51] is the sub-list for extension type_name
+	51, // [51:51] is the sub-list for extension extendee
+	0,  // [0:51] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -3053,12 +3674,12 @@ func file_scheduler_v1_scheduler_proto_init() {
 		(*JobSpec_Batch)(nil),
 		(*JobSpec_Service)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[30].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[36].OneofWrappers = []any{
 		(*AgentMessage_Register)(nil),
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Updates)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[34].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[40].OneofWrappers = []any{
 		(*SchedulerMessage_Registered)(nil),
 		(*SchedulerMessage_Launch)(nil),
 		(*SchedulerMessage_Kill)(nil),
@@ -3068,8 +3689,8 @@ func file_scheduler_v1_scheduler_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   39,
+			NumEnums:      3,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
