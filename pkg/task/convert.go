@@ -4,6 +4,7 @@ import (
 	"math"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
@@ -42,7 +43,66 @@ func FromProto(p *agentv1.TaskSpec) *Spec {
 	if n := p.GetNetwork(); n != nil {
 		s.Network = NetworkRequest{SecurityGroupIDs: n.GetSecurityGroupIds(), SubnetIDs: n.GetSubnetIds(), IPv6: n.GetIpv6()}
 	}
+	s.HealthCheck = HealthCheckFromProto(p.GetHealthCheck())
 	return s
+}
+
+// HealthCheckFromProto converts a wire health check (nil for nil).
+func HealthCheckFromProto(h *agentv1.HealthCheckSpec) *HealthCheck {
+	if h == nil {
+		return nil
+	}
+	dur := func(d *durationpb.Duration) time.Duration {
+		if d == nil {
+			return 0
+		}
+		return d.AsDuration() // saturates
+	}
+	return &HealthCheck{
+		Kind: HealthKind(h.GetKind()), Command: h.GetCommand(), Path: h.GetPath(), Port: h.GetPort(),
+		ExpectedStatus: h.GetExpectedStatus(), Interval: dur(h.GetInterval()), Timeout: dur(h.GetTimeout()),
+		HealthyThreshold: h.GetHealthyThreshold(), UnhealthyThreshold: h.GetUnhealthyThreshold(), StartPeriod: dur(h.GetStartPeriod()),
+	}
+}
+
+// HealthCheckToProto converts a health check (nil for nil).
+func HealthCheckToProto(h *HealthCheck) *agentv1.HealthCheckSpec {
+	if h == nil {
+		return nil
+	}
+	out := &agentv1.HealthCheckSpec{
+		Kind: string(h.Kind), Command: h.Command, Path: h.Path, Port: h.Port, ExpectedStatus: h.ExpectedStatus,
+		Interval: durationpb.New(h.Interval), Timeout: durationpb.New(h.Timeout),
+		HealthyThreshold: h.HealthyThreshold, UnhealthyThreshold: h.UnhealthyThreshold,
+	}
+	if h.StartPeriod != 0 {
+		out.StartPeriod = durationpb.New(h.StartPeriod)
+	}
+	return out
+}
+
+// HealthToProto converts a task's health (nil for nil).
+func HealthToProto(h *Health) *agentv1.TaskHealth {
+	if h == nil {
+		return nil
+	}
+	out := &agentv1.TaskHealth{Status: agentv1.HealthStatus(h.Status), Since: timestamppb.New(h.Since), Ok: h.OK, Output: h.Output}
+	if !h.Checked.IsZero() {
+		out.Checked = timestamppb.New(h.Checked)
+	}
+	return out
+}
+
+// HealthFromProto converts a wire health (nil for nil).
+func HealthFromProto(p *agentv1.TaskHealth) *Health {
+	if p == nil {
+		return nil
+	}
+	h := &Health{Status: HealthStatus(p.GetStatus()), Since: p.GetSince().AsTime(), OK: p.GetOk(), Output: p.GetOutput()}
+	if p.GetChecked() != nil {
+		h.Checked = p.GetChecked().AsTime()
+	}
+	return h
 }
 
 // seconds converts wire seconds to a Duration, saturating where a
@@ -74,6 +134,7 @@ func ToProto(s *Spec) *agentv1.TaskSpec {
 		Labels:                 s.Labels,
 		IamRoleArn:             s.IAMRoleARN,
 		MetadataRequireV2:      s.MetadataRequireV2,
+		HealthCheck:            HealthCheckToProto(s.HealthCheck),
 		Resources: &agentv1.Resources{
 			CpuMillicores: s.Resources.CPUMillicores,
 			MemoryMib:     s.Resources.MemoryMiB,
@@ -111,6 +172,7 @@ func ViewToProto(v *View) *agentv1.Task {
 		Message:  v.Status.Message,
 		ExitCode: v.Status.ExitCode,
 		Pid:      v.Status.Pid,
+		Health:   HealthToProto(v.Status.Health),
 	}
 	for _, t := range v.Status.Transitions {
 		out.Transitions = append(out.Transitions, TransitionToProto(t))
@@ -124,7 +186,8 @@ func ViewToProto(v *View) *agentv1.Task {
 // ViewFromProto converts a wire Task back to a View (for clients).
 func ViewFromProto(p *agentv1.Task) *View {
 	v := &View{Spec: *FromProto(p.GetSpec())}
-	v.Status = Status{State: StateFromProto(p.GetState()), Reason: Reason(p.GetReason()), Message: p.GetMessage(), ExitCode: p.GetExitCode(), Pid: p.GetPid()}
+	v.Status = Status{State: StateFromProto(p.GetState()), Reason: Reason(p.GetReason()), Message: p.GetMessage(), ExitCode: p.GetExitCode(), Pid: p.GetPid(),
+		Health: HealthFromProto(p.GetHealth())}
 	for _, t := range p.GetTransitions() {
 		v.Status.Transitions = append(v.Status.Transitions, Transition{State: StateFromProto(t.GetState()), Reason: Reason(t.GetReason()), Message: t.GetMessage(), Time: t.GetTime().AsTime()})
 	}

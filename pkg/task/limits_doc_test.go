@@ -21,6 +21,9 @@ func TestLimitsDocumented(t *testing.T) {
 		"MinMemoryMiB": MinMemoryMiB, "MaxMemoryMiB": MaxMemoryMiB, "MaxDiskMiB": MaxDiskMiB,
 		"MaxNetworkMbps": MaxNetworkMbps, "MaxGPUs": MaxGPUs, "MaxPids": MaxPids,
 		"MaxKillGrace": MaxKillGrace, "MaxRuntimeLimit": MaxRuntimeLimit,
+		"MinHealthInterval": MinHealthInterval, "MaxHealthInterval": MaxHealthInterval, "MaxHealthStartPeriod": MaxHealthStartPeriod,
+		"MaxHealthThreshold": MaxHealthThreshold, "MaxHealthPathLen": MaxHealthPathLen, "MaxHealthCommandBytes": MaxHealthCommandBytes,
+		"MaxHealthOutput": MaxHealthOutput,
 	} {
 		want[name] = fmt.Sprint(v)
 	}

@@ -36,6 +36,8 @@ type Spec struct {
 	IAMRoleARN        string            `json:"iamRoleArn,omitempty"`
 	Network           NetworkRequest    `json:"network"`
 	MetadataRequireV2 bool              `json:"metadataRequireV2,omitempty"`
+	// HealthCheck, if set, is run while the task runs (see HealthCheck).
+	HealthCheck *HealthCheck `json:"healthCheck,omitempty"`
 }
 
 // Defaults applied by Normalize when a field is left empty.
@@ -59,6 +61,11 @@ func (s *Spec) Normalize() {
 	}
 	if s.Resources.MemoryMiB == 0 {
 		s.Resources.MemoryMiB = DefaultMemoryMiB
+	}
+	if h := s.HealthCheck; h != nil && h.Kind == HealthHTTP && h.Path == "" {
+		c := *h // the caller's spec keeps its own
+		c.Path = "/"
+		s.HealthCheck = &c
 	}
 }
 

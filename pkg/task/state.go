@@ -79,6 +79,9 @@ const (
 	ReasonAgentRestartLost     Reason = "AgentRestartLost"
 	ReasonAgentRestartExited   Reason = "ExitedWhileAgentDown"
 	ReasonPlatformError        Reason = "PlatformError"
+	// ReasonHealthCheckFailed: the scheduler replaced a task that stayed
+	// Unhealthy past its job's policy (a user failure).
+	ReasonHealthCheckFailed Reason = "HealthCheckFailed"
 )
 
 // Transition is one recorded state change.
@@ -97,6 +100,8 @@ type Status struct {
 	ExitCode    int32        `json:"exitCode"`
 	Pid         uint32       `json:"pid,omitempty"`
 	Transitions []Transition `json:"transitions"`
+	// Health is set while a task with a health check runs (and kept after).
+	Health *Health `json:"health,omitempty"`
 }
 
 // ErrBackwardTransition is returned when a transition would move a task back.

@@ -37,6 +37,14 @@ const (
 	MaxPids           = 1 << 22
 	MaxKillGrace      = time.Hour
 	MaxRuntimeLimit   = 365 * 24 * time.Hour
+	// Health checks: an interval below MinHealthInterval would let a
+	// tenant make the agent spin; output is capped by MaxHealthOutput.
+	MinHealthInterval     = time.Second
+	MaxHealthInterval     = time.Hour
+	MaxHealthStartPeriod  = time.Hour
+	MaxHealthThreshold    = 100
+	MaxHealthPathLen      = 1024
+	MaxHealthCommandBytes = 8192
 )
 
 var (
@@ -123,6 +131,7 @@ func (s *Spec) Validate() error {
 		c.failf("iam_role_arn", "must look like arn:aws:iam::123456789012:role/name")
 	}
 	s.checkNetwork(c)
+	s.checkHealth(c)
 	if len(c.errs) == 0 {
 		return nil
 	}
@@ -222,4 +231,70 @@ func trunc(s string) string {
 		return s[:32] + "…"
 	}
 	return s
+}
+
+func (s *Spec) checkHealth(c *checker) {
+	h := s.HealthCheck
+	if h == nil {
+		return
+	}
+	const f = "health_check."
+	switch h.Kind {
+	case HealthExec:
+		if len(h.Command) == 0 {
+			c.failf(f+"command", "is required for an exec check")
+		}
+		total := 0
+		for i, a := range h.Command {
+			total += len(a)
+			if strings.IndexByte(a, 0) >= 0 {
+				c.failf(fmt.Sprintf("%scommand[%d]", f, i), "must not contain NUL")
+			}
+		}
+		if len(h.Command) > MaxArgs || total > MaxHealthCommandBytes {
+			c.failf(f+"command", "must have at most %d arguments and %d bytes", MaxArgs, MaxHealthCommandBytes)
+		}
+		if h.Port != 0 || h.Path != "" || h.ExpectedStatus != 0 {
+			c.failf(f+"kind", "an exec check takes no port, path or expected_status")
+		}
+	case HealthHTTP, HealthTCP:
+		if h.Port < 1 || h.Port > 65535 {
+			c.failf(f+"port", "must be between 1 and 65535, got %d", h.Port)
+		}
+		if len(h.Command) > 0 {
+			c.failf(f+"command", "only an exec check takes a command")
+		}
+		if h.Kind == HealthTCP && (h.Path != "" || h.ExpectedStatus != 0) {
+			c.failf(f+"kind", "a tcp check takes no path or expected_status")
+		}
+		if h.Kind == HealthHTTP {
+			switch {
+			case len(h.Path) > MaxHealthPathLen:
+				c.failf(f+"path", "must be at most %d characters", MaxHealthPathLen)
+			case !strings.HasPrefix(h.Path, "/") || strings.HasPrefix(h.Path, "//") || strings.ContainsFunc(h.Path, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+				c.failf(f+"path", "must be an absolute path like /healthz, without spaces or control characters")
+			}
+			if h.ExpectedStatus != 0 && (h.ExpectedStatus < 100 || h.ExpectedStatus > 599) {
+				c.failf(f+"expected_status", "must be 0 (any of 200-399) or between 100 and 599, got %d", h.ExpectedStatus)
+			}
+		}
+	case "":
+		c.failf(f+"kind", "is required: one of exec, http, tcp")
+	default:
+		c.failf(f+"kind", "must be one of exec, http, tcp, got %.32q", string(h.Kind))
+	}
+	if h.Interval < MinHealthInterval || h.Interval > MaxHealthInterval {
+		c.failf(f+"interval", "must be between %s and %s, got %s", MinHealthInterval, MaxHealthInterval, h.Interval)
+	}
+	switch {
+	case h.Timeout <= 0:
+		c.failf(f+"timeout", "must be positive, got %s", h.Timeout)
+	case h.Timeout > h.Interval:
+		c.failf(f+"timeout", "must be at most the interval (%s), got %s", h.Interval, h.Timeout)
+	}
+	if h.StartPeriod < 0 || h.StartPeriod > MaxHealthStartPeriod {
+		c.failf(f+"start_period", "must be between 0 and %s, got %s", MaxHealthStartPeriod, h.StartPeriod)
+	}
+	c.rangeCheck(f+"healthy_threshold", int64(h.HealthyThreshold), 1, MaxHealthThreshold)
+	c.rangeCheck(f+"unhealthy_threshold", int64(h.UnhealthyThreshold), 1, MaxHealthThreshold)
 }

@@ -1,11 +1,13 @@
 package task
 
 import (
+	"encoding/json"
 	"errors"
 	"math"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -54,6 +56,40 @@ func TestValidateNamesFieldAndRule(t *testing.T) {
 		{"sg dup", func(s *Spec) { s.Network.SecurityGroupIDs = []string{"sg-1", "sg-1"} }, []string{"network.security_group_ids[1]"}},
 		{"subnet", func(s *Spec) { s.Network.SubnetIDs = []string{"x"} }, []string{"network.subnet_ids[0]"}},
 		{"two at once", func(s *Spec) { s.OwnerEmail = ""; s.Image = "" }, []string{"owner_email", "image"}},
+		{"health http ok", func(s *Spec) { s.HealthCheck = httpCheck() }, nil},
+		{"health tcp ok", func(s *Spec) { h := httpCheck(); h.Kind, h.Path = HealthTCP, ""; s.HealthCheck = h }, nil},
+		{"health exec ok", func(s *Spec) { s.HealthCheck = execCheck() }, nil},
+		{"health interval 0", func(s *Spec) { h := httpCheck(); h.Interval = 0; s.HealthCheck = h }, []string{"health_check.interval", "health_check.timeout"}},
+		{"health interval sub-second", func(s *Spec) {
+			h := httpCheck()
+			h.Interval, h.Timeout = time.Millisecond, time.Millisecond
+			s.HealthCheck = h
+		}, []string{"health_check.interval"}},
+		{"health timeout over interval", func(s *Spec) { h := httpCheck(); h.Timeout = 2 * h.Interval; s.HealthCheck = h }, []string{"health_check.timeout"}},
+		{"health timeout 0", func(s *Spec) { h := httpCheck(); h.Timeout = 0; s.HealthCheck = h }, []string{"health_check.timeout"}},
+		{"health unknown kind", func(s *Spec) { h := httpCheck(); h.Kind = "grpc"; s.HealthCheck = h }, []string{"health_check.kind"}},
+		{"health no kind", func(s *Spec) { h := httpCheck(); h.Kind = ""; s.HealthCheck = h }, []string{"health_check.kind"}},
+		{"health port 0", func(s *Spec) { h := httpCheck(); h.Port = 0; s.HealthCheck = h }, []string{"health_check.port"}},
+		{"health port 65536", func(s *Spec) { h := httpCheck(); h.Kind, h.Path, h.Port = HealthTCP, "", 65536; s.HealthCheck = h }, []string{"health_check.port"}},
+		{"health thresholds 0", func(s *Spec) { h := httpCheck(); h.HealthyThreshold, h.UnhealthyThreshold = 0, -1; s.HealthCheck = h },
+			[]string{"health_check.healthy_threshold", "health_check.unhealthy_threshold"}},
+		{"health threshold huge", func(s *Spec) { h := httpCheck(); h.UnhealthyThreshold = MaxHealthThreshold + 1; s.HealthCheck = h }, []string{"health_check.unhealthy_threshold"}},
+		{"health start period negative", func(s *Spec) { h := httpCheck(); h.StartPeriod = -time.Second; s.HealthCheck = h }, []string{"health_check.start_period"}},
+		{"health status", func(s *Spec) { h := httpCheck(); h.ExpectedStatus = 999; s.HealthCheck = h }, []string{"health_check.expected_status"}},
+		// An attacker's http check: a full URL to another host, a header
+		// injection, a protocol-relative path. The check only ever asks
+		// the task's own IP, and the path must be a plain path.
+		{"health path URL", func(s *Spec) { h := httpCheck(); h.Path = "http://169.254.169.254/latest"; s.HealthCheck = h }, []string{"health_check.path"}},
+		{"health path CRLF", func(s *Spec) { h := httpCheck(); h.Path = "/x\r\nHost: evil"; s.HealthCheck = h }, []string{"health_check.path"}},
+		{"health path //host", func(s *Spec) { h := httpCheck(); h.Path = "//10.0.0.1/"; s.HealthCheck = h }, []string{"health_check.path"}},
+		{"health exec no command", func(s *Spec) { h := execCheck(); h.Command = nil; s.HealthCheck = h }, []string{"health_check.command"}},
+		{"health exec NUL", func(s *Spec) { h := execCheck(); h.Command = []string{"a\x00"}; s.HealthCheck = h }, []string{"health_check.command[0]"}},
+		{"health exec huge", func(s *Spec) {
+			h := execCheck()
+			h.Command = []string{strings.Repeat("x", MaxHealthCommandBytes+1)}
+			s.HealthCheck = h
+		}, []string{"health_check.command"}},
+		{"health exec with port", func(s *Spec) { h := execCheck(); h.Port = 80; s.HealthCheck = h }, []string{"health_check.kind"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -83,6 +119,14 @@ func TestValidateNamesFieldAndRule(t *testing.T) {
 	}
 }
 
+func httpCheck() *HealthCheck {
+	return &HealthCheck{Kind: HealthHTTP, Path: "/healthz", Port: 8080, Interval: time.Second, Timeout: time.Second, HealthyThreshold: 1, UnhealthyThreshold: 3}
+}
+
+func execCheck() *HealthCheck {
+	return &HealthCheck{Kind: HealthExec, Command: []string{"true"}, Interval: 5 * time.Second, Timeout: time.Second, HealthyThreshold: 2, UnhealthyThreshold: 2}
+}
+
 func TestStateOnlyMovesForward(t *testing.T) {
 	now := time.Unix(100, 0)
 	var s Status
@@ -108,6 +152,8 @@ func TestProtoRoundTrip(t *testing.T) {
 	s.Labels = map[string]string{"app": "x"}
 	s.Network = NetworkRequest{SecurityGroupIDs: []string{"sg-1"}, SubnetIDs: []string{"subnet-1"}}
 	s.MaxRuntime = time.Minute
+	s.HealthCheck = httpCheck()
+	s.HealthCheck.StartPeriod = 90 * time.Second
 	got := FromProto(ToProto(&s))
 	if diff := cmp.Diff(&s, got); diff != "" {
 		t.Fatalf("round trip (-want +got):\n%s", diff)
@@ -150,5 +196,40 @@ func TestFromProtoOutOfRangeSeconds(t *testing.T) {
 				t.Errorf("refused fields (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// Spec files and records write health check durations as "10s".
+func TestHealthCheckJSON(t *testing.T) {
+	h := httpCheck()
+	h.StartPeriod = 30 * time.Second
+	b, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"kind":"http","path":"/healthz","port":8080,"healthyThreshold":1,"unhealthyThreshold":3,"interval":"1s","timeout":"1s","startPeriod":"30s"}`
+	if string(b) != want {
+		t.Fatalf("json:\n got %s\nwant %s", b, want)
+	}
+	var back HealthCheck
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(h, &back); diff != "" {
+		t.Fatalf("round trip (-want +got):\n%s", diff)
+	}
+	if err := json.Unmarshal([]byte(`{"kind":"tcp","interval":"soon"}`), &back); err == nil || !strings.Contains(err.Error(), "healthCheck.interval") {
+		t.Fatalf("bad duration: %v", err)
+	}
+}
+
+func TestTruncateOutput(t *testing.T) {
+	long := strings.Repeat("é", MaxHealthOutput)
+	got := TruncateOutput(long)
+	if len(got) > MaxHealthOutput || !utf8.ValidString(got) || !strings.HasSuffix(got, "…") {
+		t.Fatalf("truncated to %d bytes, valid %v", len(got), utf8.ValidString(got))
+	}
+	if TruncateOutput("ok") != "ok" {
+		t.Fatal("short output changed")
 	}
 }

@@ -11,6 +11,7 @@ package agentv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -23,6 +24,59 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+type HealthStatus int32
+
+const (
+	// The task has no health check.
+	HealthStatus_HEALTH_STATUS_UNSPECIFIED HealthStatus = 0
+	HealthStatus_HEALTH_STATUS_STARTING    HealthStatus = 1
+	HealthStatus_HEALTH_STATUS_HEALTHY     HealthStatus = 2
+	HealthStatus_HEALTH_STATUS_UNHEALTHY   HealthStatus = 3
+)
+
+// Enum value maps for HealthStatus.
+var (
+	HealthStatus_name = map[int32]string{
+		0: "HEALTH_STATUS_UNSPECIFIED",
+		1: "HEALTH_STATUS_STARTING",
+		2: "HEALTH_STATUS_HEALTHY",
+		3: "HEALTH_STATUS_UNHEALTHY",
+	}
+	HealthStatus_value = map[string]int32{
+		"HEALTH_STATUS_UNSPECIFIED": 0,
+		"HEALTH_STATUS_STARTING":    1,
+		"HEALTH_STATUS_HEALTHY":     2,
+		"HEALTH_STATUS_UNHEALTHY":   3,
+	}
+)
+
+func (x HealthStatus) Enum() *HealthStatus {
+	p := new(HealthStatus)
+	*p = x
+	return p
+}
+
+func (x HealthStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (HealthStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_agent_v1_agent_proto_enumTypes[0].Descriptor()
+}
+
+func (HealthStatus) Type() protoreflect.EnumType {
+	return &file_agent_v1_agent_proto_enumTypes[0]
+}
+
+func (x HealthStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use HealthStatus.Descriptor instead.
+func (HealthStatus) EnumDescriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+}
 
 type TaskState int32
 
@@ -78,11 +132,11 @@ func (x TaskState) String() string {
 }
 
 func (TaskState) Descriptor() protoreflect.EnumDescriptor {
-	return file_agent_v1_agent_proto_enumTypes[0].Descriptor()
+	return file_agent_v1_agent_proto_enumTypes[1].Descriptor()
 }
 
 func (TaskState) Type() protoreflect.EnumType {
-	return &file_agent_v1_agent_proto_enumTypes[0]
+	return &file_agent_v1_agent_proto_enumTypes[1]
 }
 
 func (x TaskState) Number() protoreflect.EnumNumber {
@@ -91,7 +145,7 @@ func (x TaskState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use TaskState.Descriptor instead.
 func (TaskState) EnumDescriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{0}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{1}
 }
 
 type Resources struct {
@@ -265,8 +319,10 @@ type TaskSpec struct {
 	Network                *NetworkRequest        `protobuf:"bytes,12,opt,name=network,proto3" json:"network,omitempty"`
 	// Require IMDSv2 tokens for this task's metadata requests.
 	MetadataRequireV2 bool `protobuf:"varint,13,opt,name=metadata_require_v2,json=metadataRequireV2,proto3" json:"metadata_require_v2,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Checked while the task runs; its status is the task's health.
+	HealthCheck   *HealthCheckSpec `protobuf:"bytes,14,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskSpec) Reset() {
@@ -390,6 +446,222 @@ func (x *TaskSpec) GetMetadataRequireV2() bool {
 	return false
 }
 
+func (x *TaskSpec) GetHealthCheck() *HealthCheckSpec {
+	if x != nil {
+		return x.HealthCheck
+	}
+	return nil
+}
+
+// HealthCheckSpec says how the agent checks a running task: http and tcp
+// checks dial the task's own IP from inside its network namespace; an exec
+// check runs a command inside the container, as the task's user.
+type HealthCheckSpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// exec, http or tcp.
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// exec: the command (argv); exit code 0 is healthy.
+	Command []string `protobuf:"bytes,2,rep,name=command,proto3" json:"command,omitempty"`
+	// http: the request path (default "/").
+	Path string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	// http, tcp: the port on the task's IP.
+	Port int32 `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	// http: the status that is healthy; 0 = any of 200-399.
+	ExpectedStatus int32 `protobuf:"varint,5,opt,name=expected_status,json=expectedStatus,proto3" json:"expected_status,omitempty"`
+	// Between the starts of two checks; at least 1s.
+	Interval *durationpb.Duration `protobuf:"bytes,6,opt,name=interval,proto3" json:"interval,omitempty"`
+	// Of one check; at most the interval.
+	Timeout *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// Consecutive passes to become Healthy, failures to become Unhealthy.
+	HealthyThreshold   int32 `protobuf:"varint,8,opt,name=healthy_threshold,json=healthyThreshold,proto3" json:"healthy_threshold,omitempty"`
+	UnhealthyThreshold int32 `protobuf:"varint,9,opt,name=unhealthy_threshold,json=unhealthyThreshold,proto3" json:"unhealthy_threshold,omitempty"`
+	// Failures within this long after the start do not make the task Unhealthy.
+	StartPeriod   *durationpb.Duration `protobuf:"bytes,10,opt,name=start_period,json=startPeriod,proto3" json:"start_period,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HealthCheckSpec) Reset() {
+	*x = HealthCheckSpec{}
+	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HealthCheckSpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HealthCheckSpec) ProtoMessage() {}
+
+func (x *HealthCheckSpec) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HealthCheckSpec.ProtoReflect.Descriptor instead.
+func (*HealthCheckSpec) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *HealthCheckSpec) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *HealthCheckSpec) GetCommand() []string {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *HealthCheckSpec) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *HealthCheckSpec) GetPort() int32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *HealthCheckSpec) GetExpectedStatus() int32 {
+	if x != nil {
+		return x.ExpectedStatus
+	}
+	return 0
+}
+
+func (x *HealthCheckSpec) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *HealthCheckSpec) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *HealthCheckSpec) GetHealthyThreshold() int32 {
+	if x != nil {
+		return x.HealthyThreshold
+	}
+	return 0
+}
+
+func (x *HealthCheckSpec) GetUnhealthyThreshold() int32 {
+	if x != nil {
+		return x.UnhealthyThreshold
+	}
+	return 0
+}
+
+func (x *HealthCheckSpec) GetStartPeriod() *durationpb.Duration {
+	if x != nil {
+		return x.StartPeriod
+	}
+	return nil
+}
+
+// TaskHealth is a task's health status and the latest check's result.
+type TaskHealth struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Status HealthStatus           `protobuf:"varint,1,opt,name=status,proto3,enum=titus.agent.v1.HealthStatus" json:"status,omitempty"`
+	// When status was entered.
+	Since *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=since,proto3" json:"since,omitempty"`
+	// When the latest check ended.
+	Checked *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=checked,proto3" json:"checked,omitempty"`
+	// The latest check passed.
+	Ok bool `protobuf:"varint,4,opt,name=ok,proto3" json:"ok,omitempty"`
+	// Its output or error, truncated to 512 bytes.
+	Output        string `protobuf:"bytes,5,opt,name=output,proto3" json:"output,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskHealth) Reset() {
+	*x = TaskHealth{}
+	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskHealth) ProtoMessage() {}
+
+func (x *TaskHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskHealth.ProtoReflect.Descriptor instead.
+func (*TaskHealth) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TaskHealth) GetStatus() HealthStatus {
+	if x != nil {
+		return x.Status
+	}
+	return HealthStatus_HEALTH_STATUS_UNSPECIFIED
+}
+
+func (x *TaskHealth) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *TaskHealth) GetChecked() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Checked
+	}
+	return nil
+}
+
+func (x *TaskHealth) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *TaskHealth) GetOutput() string {
+	if x != nil {
+		return x.Output
+	}
+	return ""
+}
+
 type Transition struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	State         TaskState              `protobuf:"varint,1,opt,name=state,proto3,enum=titus.agent.v1.TaskState" json:"state,omitempty"`
@@ -402,7 +674,7 @@ type Transition struct {
 
 func (x *Transition) Reset() {
 	*x = Transition{}
-	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -414,7 +686,7 @@ func (x *Transition) String() string {
 func (*Transition) ProtoMessage() {}
 
 func (x *Transition) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -427,7 +699,7 @@ func (x *Transition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transition.ProtoReflect.Descriptor instead.
 func (*Transition) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Transition) GetState() TaskState {
@@ -473,7 +745,7 @@ type NetworkStatus struct {
 
 func (x *NetworkStatus) Reset() {
 	*x = NetworkStatus{}
-	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +757,7 @@ func (x *NetworkStatus) String() string {
 func (*NetworkStatus) ProtoMessage() {}
 
 func (x *NetworkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +770,7 @@ func (x *NetworkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkStatus.ProtoReflect.Descriptor instead.
 func (*NetworkStatus) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NetworkStatus) GetIpv4() string {
@@ -551,22 +823,24 @@ func (x *NetworkStatus) GetSubnetId() string {
 }
 
 type Task struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *TaskSpec              `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	State         TaskState              `protobuf:"varint,2,opt,name=state,proto3,enum=titus.agent.v1.TaskState" json:"state,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	Message       string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
-	ExitCode      int32                  `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
-	Pid           uint32                 `protobuf:"varint,6,opt,name=pid,proto3" json:"pid,omitempty"`
-	Transitions   []*Transition          `protobuf:"bytes,7,rep,name=transitions,proto3" json:"transitions,omitempty"`
-	Network       *NetworkStatus         `protobuf:"bytes,8,opt,name=network,proto3" json:"network,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Spec        *TaskSpec              `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	State       TaskState              `protobuf:"varint,2,opt,name=state,proto3,enum=titus.agent.v1.TaskState" json:"state,omitempty"`
+	Reason      string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message     string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	ExitCode    int32                  `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Pid         uint32                 `protobuf:"varint,6,opt,name=pid,proto3" json:"pid,omitempty"`
+	Transitions []*Transition          `protobuf:"bytes,7,rep,name=transitions,proto3" json:"transitions,omitempty"`
+	Network     *NetworkStatus         `protobuf:"bytes,8,opt,name=network,proto3" json:"network,omitempty"`
+	// Unset when the task has no health check.
+	Health        *TaskHealth `protobuf:"bytes,9,opt,name=health,proto3" json:"health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +852,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +865,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Task) GetSpec() *TaskSpec {
@@ -650,18 +924,30 @@ func (x *Task) GetNetwork() *NetworkStatus {
 	return nil
 }
 
+func (x *Task) GetHealth() *TaskHealth {
+	if x != nil {
+		return x.Health
+	}
+	return nil
+}
+
+// TaskEvent is a state transition, or a change of health status (then
+// transition is the task's latest transition, repeated, and health is set).
 type TaskEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	Transition    *Transition            `protobuf:"bytes,2,opt,name=transition,proto3" json:"transition,omitempty"`
-	ExitCode      int32                  `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TaskId     string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Transition *Transition            `protobuf:"bytes,2,opt,name=transition,proto3" json:"transition,omitempty"`
+	ExitCode   int32                  `protobuf:"varint,3,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	Health     *TaskHealth            `protobuf:"bytes,4,opt,name=health,proto3" json:"health,omitempty"`
+	// This event is a health change, not a transition.
+	HealthChanged bool `protobuf:"varint,5,opt,name=health_changed,json=healthChanged,proto3" json:"health_changed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskEvent) Reset() {
 	*x = TaskEvent{}
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +959,7 @@ func (x *TaskEvent) String() string {
 func (*TaskEvent) ProtoMessage() {}
 
 func (x *TaskEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +972,7 @@ func (x *TaskEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskEvent.ProtoReflect.Descriptor instead.
 func (*TaskEvent) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *TaskEvent) GetTaskId() string {
@@ -710,6 +996,20 @@ func (x *TaskEvent) GetExitCode() int32 {
 	return 0
 }
 
+func (x *TaskEvent) GetHealth() *TaskHealth {
+	if x != nil {
+		return x.Health
+	}
+	return nil
+}
+
+func (x *TaskEvent) GetHealthChanged() bool {
+	if x != nil {
+		return x.HealthChanged
+	}
+	return false
+}
+
 type LaunchTaskRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *TaskSpec              `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -719,7 +1019,7 @@ type LaunchTaskRequest struct {
 
 func (x *LaunchTaskRequest) Reset() {
 	*x = LaunchTaskRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +1031,7 @@ func (x *LaunchTaskRequest) String() string {
 func (*LaunchTaskRequest) ProtoMessage() {}
 
 func (x *LaunchTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +1044,7 @@ func (x *LaunchTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchTaskRequest.ProtoReflect.Descriptor instead.
 func (*LaunchTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *LaunchTaskRequest) GetSpec() *TaskSpec {
@@ -763,7 +1063,7 @@ type LaunchTaskResponse struct {
 
 func (x *LaunchTaskResponse) Reset() {
 	*x = LaunchTaskResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +1075,7 @@ func (x *LaunchTaskResponse) String() string {
 func (*LaunchTaskResponse) ProtoMessage() {}
 
 func (x *LaunchTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +1088,7 @@ func (x *LaunchTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchTaskResponse.ProtoReflect.Descriptor instead.
 func (*LaunchTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LaunchTaskResponse) GetTask() *Task {
@@ -809,7 +1109,7 @@ type KillTaskRequest struct {
 
 func (x *KillTaskRequest) Reset() {
 	*x = KillTaskRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +1121,7 @@ func (x *KillTaskRequest) String() string {
 func (*KillTaskRequest) ProtoMessage() {}
 
 func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +1134,7 @@ func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillTaskRequest.ProtoReflect.Descriptor instead.
 func (*KillTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *KillTaskRequest) GetId() string {
@@ -860,7 +1160,7 @@ type KillTaskResponse struct {
 
 func (x *KillTaskResponse) Reset() {
 	*x = KillTaskResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +1172,7 @@ func (x *KillTaskResponse) String() string {
 func (*KillTaskResponse) ProtoMessage() {}
 
 func (x *KillTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +1185,7 @@ func (x *KillTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillTaskResponse.ProtoReflect.Descriptor instead.
 func (*KillTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *KillTaskResponse) GetTask() *Task {
@@ -904,7 +1204,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1216,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1229,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -949,7 +1249,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -961,7 +1261,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -974,7 +1274,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListTasksRequest) GetAll() bool {
@@ -993,7 +1293,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1305,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1318,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1037,7 +1337,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1049,7 +1349,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1062,7 +1362,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchEventsRequest) GetTaskId() string {
@@ -1084,7 +1384,7 @@ type TaskLogsRequest struct {
 
 func (x *TaskLogsRequest) Reset() {
 	*x = TaskLogsRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1396,7 @@ func (x *TaskLogsRequest) String() string {
 func (*TaskLogsRequest) ProtoMessage() {}
 
 func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1409,7 @@ func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogsRequest.ProtoReflect.Descriptor instead.
 func (*TaskLogsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TaskLogsRequest) GetId() string {
@@ -1142,7 +1442,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +1454,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +1467,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -1189,7 +1489,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1201,7 +1501,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1214,7 +1514,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ExecRequest) GetId() string {
@@ -1257,7 +1557,7 @@ type ExecOutput struct {
 
 func (x *ExecOutput) Reset() {
 	*x = ExecOutput{}
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1569,7 @@ func (x *ExecOutput) String() string {
 func (*ExecOutput) ProtoMessage() {}
 
 func (x *ExecOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1582,7 @@ func (x *ExecOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
 func (*ExecOutput) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExecOutput) GetStdout() []byte {
@@ -1321,7 +1621,7 @@ type HealthRequest struct {
 
 func (x *HealthRequest) Reset() {
 	*x = HealthRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1633,7 @@ func (x *HealthRequest) String() string {
 func (*HealthRequest) ProtoMessage() {}
 
 func (x *HealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1646,7 @@ func (x *HealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthRequest.ProtoReflect.Descriptor instead.
 func (*HealthRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 type HealthCheck struct {
@@ -1360,7 +1660,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1372,7 +1672,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1385,7 +1685,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *HealthCheck) GetName() string {
@@ -1419,7 +1719,7 @@ type HealthResponse struct {
 
 func (x *HealthResponse) Reset() {
 	*x = HealthResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1731,7 @@ func (x *HealthResponse) String() string {
 func (*HealthResponse) ProtoMessage() {}
 
 func (x *HealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1744,7 @@ func (x *HealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthResponse.ProtoReflect.Descriptor instead.
 func (*HealthResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *HealthResponse) GetHealthy() bool {
@@ -1469,7 +1769,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1481,7 +1781,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1494,7 +1794,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 type VersionResponse struct {
@@ -1508,7 +1808,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1520,7 +1820,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1533,7 +1833,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -1565,7 +1865,7 @@ type VPCStatusRequest struct {
 
 func (x *VPCStatusRequest) Reset() {
 	*x = VPCStatusRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1577,7 +1877,7 @@ func (x *VPCStatusRequest) String() string {
 func (*VPCStatusRequest) ProtoMessage() {}
 
 func (x *VPCStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1590,7 +1890,7 @@ func (x *VPCStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCStatusRequest.ProtoReflect.Descriptor instead.
 func (*VPCStatusRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 type VPCStatusResponse struct {
@@ -1604,7 +1904,7 @@ type VPCStatusResponse struct {
 
 func (x *VPCStatusResponse) Reset() {
 	*x = VPCStatusResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1616,7 +1916,7 @@ func (x *VPCStatusResponse) String() string {
 func (*VPCStatusResponse) ProtoMessage() {}
 
 func (x *VPCStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1629,7 +1929,7 @@ func (x *VPCStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCStatusResponse.ProtoReflect.Descriptor instead.
 func (*VPCStatusResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *VPCStatusResponse) GetProvider() string {
@@ -1656,7 +1956,7 @@ type VPCGCRequest struct {
 
 func (x *VPCGCRequest) Reset() {
 	*x = VPCGCRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +1968,7 @@ func (x *VPCGCRequest) String() string {
 func (*VPCGCRequest) ProtoMessage() {}
 
 func (x *VPCGCRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +1981,7 @@ func (x *VPCGCRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCGCRequest.ProtoReflect.Descriptor instead.
 func (*VPCGCRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *VPCGCRequest) GetApply() bool {
@@ -1700,7 +2000,7 @@ type VPCGCResponse struct {
 
 func (x *VPCGCResponse) Reset() {
 	*x = VPCGCResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +2012,7 @@ func (x *VPCGCResponse) String() string {
 func (*VPCGCResponse) ProtoMessage() {}
 
 func (x *VPCGCResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +2025,7 @@ func (x *VPCGCResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCGCResponse.ProtoReflect.Descriptor instead.
 func (*VPCGCResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *VPCGCResponse) GetActions() []string {
@@ -1745,7 +2045,7 @@ type MetadataGetRequest struct {
 
 func (x *MetadataGetRequest) Reset() {
 	*x = MetadataGetRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1757,7 +2057,7 @@ func (x *MetadataGetRequest) String() string {
 func (*MetadataGetRequest) ProtoMessage() {}
 
 func (x *MetadataGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1770,7 +2070,7 @@ func (x *MetadataGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataGetRequest.ProtoReflect.Descriptor instead.
 func (*MetadataGetRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MetadataGetRequest) GetTaskId() string {
@@ -1798,7 +2098,7 @@ type MetadataGetResponse struct {
 
 func (x *MetadataGetResponse) Reset() {
 	*x = MetadataGetResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1810,7 +2110,7 @@ func (x *MetadataGetResponse) String() string {
 func (*MetadataGetResponse) ProtoMessage() {}
 
 func (x *MetadataGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1823,7 +2123,7 @@ func (x *MetadataGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataGetResponse.ProtoReflect.Descriptor instead.
 func (*MetadataGetResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *MetadataGetResponse) GetStatus() int32 {
@@ -1851,7 +2151,7 @@ var File_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14agent/v1/agent.proto\x12\x0etitus.agent.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x01\n" +
+	"\x14agent/v1/agent.proto\x12\x0etitus.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x01\n" +
 	"\tResources\x12%\n" +
 	"\x0ecpu_millicores\x18\x01 \x01(\x03R\rcpuMillicores\x12\x1d\n" +
 	"\n" +
@@ -1865,7 +2165,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x12security_group_ids\x18\x01 \x03(\tR\x10securityGroupIds\x12\x1d\n" +
 	"\n" +
 	"subnet_ids\x18\x02 \x03(\tR\tsubnetIds\x12\x12\n" +
-	"\x04ipv6\x18\x03 \x01(\bR\x04ipv6\"\xa1\x05\n" +
+	"\x04ipv6\x18\x03 \x01(\bR\x04ipv6\"\xe5\x05\n" +
 	"\bTaskSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vowner_email\x18\x02 \x01(\tR\n" +
@@ -1884,13 +2184,33 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\fiam_role_arn\x18\v \x01(\tR\n" +
 	"iamRoleArn\x128\n" +
 	"\anetwork\x18\f \x01(\v2\x1e.titus.agent.v1.NetworkRequestR\anetwork\x12.\n" +
-	"\x13metadata_require_v2\x18\r \x01(\bR\x11metadataRequireV2\x1a6\n" +
+	"\x13metadata_require_v2\x18\r \x01(\bR\x11metadataRequireV2\x12B\n" +
+	"\fhealth_check\x18\x0e \x01(\v2\x1f.titus.agent.v1.HealthCheckSpecR\vhealthCheck\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x9f\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x98\x03\n" +
+	"\x0fHealthCheckSpec\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
+	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\x05R\x04port\x12'\n" +
+	"\x0fexpected_status\x18\x05 \x01(\x05R\x0eexpectedStatus\x125\n" +
+	"\binterval\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\binterval\x123\n" +
+	"\atimeout\x18\a \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12+\n" +
+	"\x11healthy_threshold\x18\b \x01(\x05R\x10healthyThreshold\x12/\n" +
+	"\x13unhealthy_threshold\x18\t \x01(\x05R\x12unhealthyThreshold\x12<\n" +
+	"\fstart_period\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\vstartPeriod\"\xd2\x01\n" +
+	"\n" +
+	"TaskHealth\x124\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x1c.titus.agent.v1.HealthStatusR\x06status\x120\n" +
+	"\x05since\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x124\n" +
+	"\achecked\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\achecked\x12\x0e\n" +
+	"\x02ok\x18\x04 \x01(\bR\x02ok\x12\x16\n" +
+	"\x06output\x18\x05 \x01(\tR\x06output\"\x9f\x01\n" +
 	"\n" +
 	"Transition\x12/\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x19.titus.agent.v1.TaskStateR\x05state\x12\x16\n" +
@@ -1904,7 +2224,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x06eni_id\x18\x04 \x01(\tR\x05eniId\x12\x14\n" +
 	"\x05netns\x18\x05 \x01(\tR\x05netns\x12,\n" +
 	"\x12security_group_ids\x18\x06 \x03(\tR\x10securityGroupIds\x12\x1b\n" +
-	"\tsubnet_id\x18\a \x01(\tR\bsubnetId\"\xbd\x02\n" +
+	"\tsubnet_id\x18\a \x01(\tR\bsubnetId\"\xf1\x02\n" +
 	"\x04Task\x12,\n" +
 	"\x04spec\x18\x01 \x01(\v2\x18.titus.agent.v1.TaskSpecR\x04spec\x12/\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x19.titus.agent.v1.TaskStateR\x05state\x12\x16\n" +
@@ -1913,13 +2233,16 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\texit_code\x18\x05 \x01(\x05R\bexitCode\x12\x10\n" +
 	"\x03pid\x18\x06 \x01(\rR\x03pid\x12<\n" +
 	"\vtransitions\x18\a \x03(\v2\x1a.titus.agent.v1.TransitionR\vtransitions\x127\n" +
-	"\anetwork\x18\b \x01(\v2\x1d.titus.agent.v1.NetworkStatusR\anetwork\"}\n" +
+	"\anetwork\x18\b \x01(\v2\x1d.titus.agent.v1.NetworkStatusR\anetwork\x122\n" +
+	"\x06health\x18\t \x01(\v2\x1a.titus.agent.v1.TaskHealthR\x06health\"\xd8\x01\n" +
 	"\tTaskEvent\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12:\n" +
 	"\n" +
 	"transition\x18\x02 \x01(\v2\x1a.titus.agent.v1.TransitionR\n" +
 	"transition\x12\x1b\n" +
-	"\texit_code\x18\x03 \x01(\x05R\bexitCode\"A\n" +
+	"\texit_code\x18\x03 \x01(\x05R\bexitCode\x122\n" +
+	"\x06health\x18\x04 \x01(\v2\x1a.titus.agent.v1.TaskHealthR\x06health\x12%\n" +
+	"\x0ehealth_changed\x18\x05 \x01(\bR\rhealthChanged\"A\n" +
 	"\x11LaunchTaskRequest\x12,\n" +
 	"\x04spec\x18\x01 \x01(\v2\x18.titus.agent.v1.TaskSpecR\x04spec\">\n" +
 	"\x12LaunchTaskResponse\x12(\n" +
@@ -1983,7 +2306,12 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x13MetadataGetResponse\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\x05R\x06status\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\fR\x04body\x12!\n" +
-	"\fcontent_type\x18\x03 \x01(\tR\vcontentType*\xff\x01\n" +
+	"\fcontent_type\x18\x03 \x01(\tR\vcontentType*\x81\x01\n" +
+	"\fHealthStatus\x12\x1d\n" +
+	"\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16HEALTH_STATUS_STARTING\x10\x01\x12\x19\n" +
+	"\x15HEALTH_STATUS_HEALTHY\x10\x02\x12\x1b\n" +
+	"\x17HEALTH_STATUS_UNHEALTHY\x10\x03*\xff\x01\n" +
 	"\tTaskState\x12\x1a\n" +
 	"\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13TASK_STATE_ACCEPTED\x10\x01\x12\x18\n" +
@@ -2022,90 +2350,103 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 	return file_agent_v1_agent_proto_rawDescData
 }
 
-var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_agent_v1_agent_proto_goTypes = []any{
-	(TaskState)(0),                // 0: titus.agent.v1.TaskState
-	(*Resources)(nil),             // 1: titus.agent.v1.Resources
-	(*NetworkRequest)(nil),        // 2: titus.agent.v1.NetworkRequest
-	(*TaskSpec)(nil),              // 3: titus.agent.v1.TaskSpec
-	(*Transition)(nil),            // 4: titus.agent.v1.Transition
-	(*NetworkStatus)(nil),         // 5: titus.agent.v1.NetworkStatus
-	(*Task)(nil),                  // 6: titus.agent.v1.Task
-	(*TaskEvent)(nil),             // 7: titus.agent.v1.TaskEvent
-	(*LaunchTaskRequest)(nil),     // 8: titus.agent.v1.LaunchTaskRequest
-	(*LaunchTaskResponse)(nil),    // 9: titus.agent.v1.LaunchTaskResponse
-	(*KillTaskRequest)(nil),       // 10: titus.agent.v1.KillTaskRequest
-	(*KillTaskResponse)(nil),      // 11: titus.agent.v1.KillTaskResponse
-	(*GetTaskRequest)(nil),        // 12: titus.agent.v1.GetTaskRequest
-	(*ListTasksRequest)(nil),      // 13: titus.agent.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),     // 14: titus.agent.v1.ListTasksResponse
-	(*WatchEventsRequest)(nil),    // 15: titus.agent.v1.WatchEventsRequest
-	(*TaskLogsRequest)(nil),       // 16: titus.agent.v1.TaskLogsRequest
-	(*LogChunk)(nil),              // 17: titus.agent.v1.LogChunk
-	(*ExecRequest)(nil),           // 18: titus.agent.v1.ExecRequest
-	(*ExecOutput)(nil),            // 19: titus.agent.v1.ExecOutput
-	(*HealthRequest)(nil),         // 20: titus.agent.v1.HealthRequest
-	(*HealthCheck)(nil),           // 21: titus.agent.v1.HealthCheck
-	(*HealthResponse)(nil),        // 22: titus.agent.v1.HealthResponse
-	(*VersionRequest)(nil),        // 23: titus.agent.v1.VersionRequest
-	(*VersionResponse)(nil),       // 24: titus.agent.v1.VersionResponse
-	(*VPCStatusRequest)(nil),      // 25: titus.agent.v1.VPCStatusRequest
-	(*VPCStatusResponse)(nil),     // 26: titus.agent.v1.VPCStatusResponse
-	(*VPCGCRequest)(nil),          // 27: titus.agent.v1.VPCGCRequest
-	(*VPCGCResponse)(nil),         // 28: titus.agent.v1.VPCGCResponse
-	(*MetadataGetRequest)(nil),    // 29: titus.agent.v1.MetadataGetRequest
-	(*MetadataGetResponse)(nil),   // 30: titus.agent.v1.MetadataGetResponse
-	nil,                           // 31: titus.agent.v1.TaskSpec.EnvEntry
-	nil,                           // 32: titus.agent.v1.TaskSpec.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 33: google.protobuf.Timestamp
+	(HealthStatus)(0),             // 0: titus.agent.v1.HealthStatus
+	(TaskState)(0),                // 1: titus.agent.v1.TaskState
+	(*Resources)(nil),             // 2: titus.agent.v1.Resources
+	(*NetworkRequest)(nil),        // 3: titus.agent.v1.NetworkRequest
+	(*TaskSpec)(nil),              // 4: titus.agent.v1.TaskSpec
+	(*HealthCheckSpec)(nil),       // 5: titus.agent.v1.HealthCheckSpec
+	(*TaskHealth)(nil),            // 6: titus.agent.v1.TaskHealth
+	(*Transition)(nil),            // 7: titus.agent.v1.Transition
+	(*NetworkStatus)(nil),         // 8: titus.agent.v1.NetworkStatus
+	(*Task)(nil),                  // 9: titus.agent.v1.Task
+	(*TaskEvent)(nil),             // 10: titus.agent.v1.TaskEvent
+	(*LaunchTaskRequest)(nil),     // 11: titus.agent.v1.LaunchTaskRequest
+	(*LaunchTaskResponse)(nil),    // 12: titus.agent.v1.LaunchTaskResponse
+	(*KillTaskRequest)(nil),       // 13: titus.agent.v1.KillTaskRequest
+	(*KillTaskResponse)(nil),      // 14: titus.agent.v1.KillTaskResponse
+	(*GetTaskRequest)(nil),        // 15: titus.agent.v1.GetTaskRequest
+	(*ListTasksRequest)(nil),      // 16: titus.agent.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),     // 17: titus.agent.v1.ListTasksResponse
+	(*WatchEventsRequest)(nil),    // 18: titus.agent.v1.WatchEventsRequest
+	(*TaskLogsRequest)(nil),       // 19: titus.agent.v1.TaskLogsRequest
+	(*LogChunk)(nil),              // 20: titus.agent.v1.LogChunk
+	(*ExecRequest)(nil),           // 21: titus.agent.v1.ExecRequest
+	(*ExecOutput)(nil),            // 22: titus.agent.v1.ExecOutput
+	(*HealthRequest)(nil),         // 23: titus.agent.v1.HealthRequest
+	(*HealthCheck)(nil),           // 24: titus.agent.v1.HealthCheck
+	(*HealthResponse)(nil),        // 25: titus.agent.v1.HealthResponse
+	(*VersionRequest)(nil),        // 26: titus.agent.v1.VersionRequest
+	(*VersionResponse)(nil),       // 27: titus.agent.v1.VersionResponse
+	(*VPCStatusRequest)(nil),      // 28: titus.agent.v1.VPCStatusRequest
+	(*VPCStatusResponse)(nil),     // 29: titus.agent.v1.VPCStatusResponse
+	(*VPCGCRequest)(nil),          // 30: titus.agent.v1.VPCGCRequest
+	(*VPCGCResponse)(nil),         // 31: titus.agent.v1.VPCGCResponse
+	(*MetadataGetRequest)(nil),    // 32: titus.agent.v1.MetadataGetRequest
+	(*MetadataGetResponse)(nil),   // 33: titus.agent.v1.MetadataGetResponse
+	nil,                           // 34: titus.agent.v1.TaskSpec.EnvEntry
+	nil,                           // 35: titus.agent.v1.TaskSpec.LabelsEntry
+	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 37: google.protobuf.Timestamp
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
-	31, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
-	1,  // 1: titus.agent.v1.TaskSpec.resources:type_name -> titus.agent.v1.Resources
-	32, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
-	2,  // 3: titus.agent.v1.TaskSpec.network:type_name -> titus.agent.v1.NetworkRequest
-	0,  // 4: titus.agent.v1.Transition.state:type_name -> titus.agent.v1.TaskState
-	33, // 5: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
-	3,  // 6: titus.agent.v1.Task.spec:type_name -> titus.agent.v1.TaskSpec
-	0,  // 7: titus.agent.v1.Task.state:type_name -> titus.agent.v1.TaskState
-	4,  // 8: titus.agent.v1.Task.transitions:type_name -> titus.agent.v1.Transition
-	5,  // 9: titus.agent.v1.Task.network:type_name -> titus.agent.v1.NetworkStatus
-	4,  // 10: titus.agent.v1.TaskEvent.transition:type_name -> titus.agent.v1.Transition
-	3,  // 11: titus.agent.v1.LaunchTaskRequest.spec:type_name -> titus.agent.v1.TaskSpec
-	6,  // 12: titus.agent.v1.LaunchTaskResponse.task:type_name -> titus.agent.v1.Task
-	6,  // 13: titus.agent.v1.KillTaskResponse.task:type_name -> titus.agent.v1.Task
-	6,  // 14: titus.agent.v1.ListTasksResponse.tasks:type_name -> titus.agent.v1.Task
-	21, // 15: titus.agent.v1.HealthResponse.checks:type_name -> titus.agent.v1.HealthCheck
-	8,  // 16: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
-	10, // 17: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
-	12, // 18: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
-	13, // 19: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
-	15, // 20: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
-	16, // 21: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
-	18, // 22: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
-	20, // 23: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
-	25, // 24: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
-	27, // 25: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
-	29, // 26: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
-	23, // 27: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
-	9,  // 28: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
-	11, // 29: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
-	6,  // 30: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
-	14, // 31: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
-	7,  // 32: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
-	17, // 33: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
-	19, // 34: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
-	22, // 35: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
-	26, // 36: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
-	28, // 37: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
-	30, // 38: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
-	24, // 39: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
-	28, // [28:40] is the sub-list for method output_type
-	16, // [16:28] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	34, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
+	2,  // 1: titus.agent.v1.TaskSpec.resources:type_name -> titus.agent.v1.Resources
+	35, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
+	3,  // 3: titus.agent.v1.TaskSpec.network:type_name -> titus.agent.v1.NetworkRequest
+	5,  // 4: titus.agent.v1.TaskSpec.health_check:type_name -> titus.agent.v1.HealthCheckSpec
+	36, // 5: titus.agent.v1.HealthCheckSpec.interval:type_name -> google.protobuf.Duration
+	36, // 6: titus.agent.v1.HealthCheckSpec.timeout:type_name -> google.protobuf.Duration
+	36, // 7: titus.agent.v1.HealthCheckSpec.start_period:type_name -> google.protobuf.Duration
+	0,  // 8: titus.agent.v1.TaskHealth.status:type_name -> titus.agent.v1.HealthStatus
+	37, // 9: titus.agent.v1.TaskHealth.since:type_name -> google.protobuf.Timestamp
+	37, // 10: titus.agent.v1.TaskHealth.checked:type_name -> google.protobuf.Timestamp
+	1,  // 11: titus.agent.v1.Transition.state:type_name -> titus.agent.v1.TaskState
+	37, // 12: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	4,  // 13: titus.agent.v1.Task.spec:type_name -> titus.agent.v1.TaskSpec
+	1,  // 14: titus.agent.v1.Task.state:type_name -> titus.agent.v1.TaskState
+	7,  // 15: titus.agent.v1.Task.transitions:type_name -> titus.agent.v1.Transition
+	8,  // 16: titus.agent.v1.Task.network:type_name -> titus.agent.v1.NetworkStatus
+	6,  // 17: titus.agent.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
+	7,  // 18: titus.agent.v1.TaskEvent.transition:type_name -> titus.agent.v1.Transition
+	6,  // 19: titus.agent.v1.TaskEvent.health:type_name -> titus.agent.v1.TaskHealth
+	4,  // 20: titus.agent.v1.LaunchTaskRequest.spec:type_name -> titus.agent.v1.TaskSpec
+	9,  // 21: titus.agent.v1.LaunchTaskResponse.task:type_name -> titus.agent.v1.Task
+	9,  // 22: titus.agent.v1.KillTaskResponse.task:type_name -> titus.agent.v1.Task
+	9,  // 23: titus.agent.v1.ListTasksResponse.tasks:type_name -> titus.agent.v1.Task
+	24, // 24: titus.agent.v1.HealthResponse.checks:type_name -> titus.agent.v1.HealthCheck
+	11, // 25: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
+	13, // 26: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
+	15, // 27: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
+	16, // 28: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
+	18, // 29: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
+	19, // 30: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
+	21, // 31: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
+	23, // 32: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
+	28, // 33: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
+	30, // 34: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
+	32, // 35: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
+	26, // 36: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
+	12, // 37: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
+	14, // 38: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
+	9,  // 39: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
+	17, // 40: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
+	10, // 41: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
+	20, // 42: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
+	22, // 43: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
+	25, // 44: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
+	29, // 45: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
+	31, // 46: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
+	33, // 47: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
+	27, // 48: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
+	37, // [37:49] is the sub-list for method output_type
+	25, // [25:37] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -2118,8 +2459,8 @@ func file_agent_v1_agent_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   32,
+			NumEnums:      2,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

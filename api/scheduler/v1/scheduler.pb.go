@@ -331,13 +331,17 @@ func (x *BatchJob) GetRetry() *RetryPolicy {
 }
 
 type ServiceJob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Min           uint32                 `protobuf:"varint,1,opt,name=min,proto3" json:"min,omitempty"`
-	Desired       uint32                 `protobuf:"varint,2,opt,name=desired,proto3" json:"desired,omitempty"`
-	Max           uint32                 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
-	Retry         *RetryPolicy           `protobuf:"bytes,4,opt,name=retry,proto3" json:"retry,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Min     uint32                 `protobuf:"varint,1,opt,name=min,proto3" json:"min,omitempty"`
+	Desired uint32                 `protobuf:"varint,2,opt,name=desired,proto3" json:"desired,omitempty"`
+	Max     uint32                 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
+	Retry   *RetryPolicy           `protobuf:"bytes,4,opt,name=retry,proto3" json:"retry,omitempty"`
+	// A task that stays Unhealthy this long (as its agent reports it) is
+	// replaced, reason HealthCheckFailed, counted as a failure of its slot
+	// (retry policy and backoff apply). 0 = as soon as it is Unhealthy.
+	UnhealthyReplaceAfterSeconds int64 `protobuf:"varint,5,opt,name=unhealthy_replace_after_seconds,json=unhealthyReplaceAfterSeconds,proto3" json:"unhealthy_replace_after_seconds,omitempty"`
+	unknownFields                protoimpl.UnknownFields
+	sizeCache                    protoimpl.SizeCache
 }
 
 func (x *ServiceJob) Reset() {
@@ -396,6 +400,13 @@ func (x *ServiceJob) GetRetry() *RetryPolicy {
 		return x.Retry
 	}
 	return nil
+}
+
+func (x *ServiceJob) GetUnhealthyReplaceAfterSeconds() int64 {
+	if x != nil {
+		return x.UnhealthyReplaceAfterSeconds
+	}
+	return 0
 }
 
 type JobSpec struct {
@@ -1266,11 +1277,13 @@ type Task struct {
 	Message  string       `protobuf:"bytes,8,opt,name=message,proto3" json:"message,omitempty"`
 	ExitCode int32        `protobuf:"varint,9,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
 	// Consecutive failures of this slot before this attempt.
-	Failures      uint32                 `protobuf:"varint,10,opt,name=failures,proto3" json:"failures,omitempty"`
-	Placed        *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=placed,proto3" json:"placed,omitempty"`
-	Started       *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=started,proto3" json:"started,omitempty"`
-	Ended         *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=ended,proto3" json:"ended,omitempty"`
-	Az            string                 `protobuf:"bytes,14,opt,name=az,proto3" json:"az,omitempty"`
+	Failures uint32                 `protobuf:"varint,10,opt,name=failures,proto3" json:"failures,omitempty"`
+	Placed   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=placed,proto3" json:"placed,omitempty"`
+	Started  *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=started,proto3" json:"started,omitempty"`
+	Ended    *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=ended,proto3" json:"ended,omitempty"`
+	Az       string                 `protobuf:"bytes,14,opt,name=az,proto3" json:"az,omitempty"`
+	// As the agent last reported it; unset without a health check.
+	Health        *v1.TaskHealth `protobuf:"bytes,15,opt,name=health,proto3" json:"health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1401,6 +1414,13 @@ func (x *Task) GetAz() string {
 		return x.Az
 	}
 	return ""
+}
+
+func (x *Task) GetHealth() *v1.TaskHealth {
+	if x != nil {
+		return x.Health
+	}
+	return nil
 }
 
 type ListTasksRequest struct {
@@ -2572,12 +2592,14 @@ func (x *ListAuditResponse) GetNextPageToken() string {
 }
 
 type TaskStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	State         v1.TaskState           `protobuf:"varint,2,opt,name=state,proto3,enum=titus.agent.v1.TaskState" json:"state,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	Message       string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
-	ExitCode      int32                  `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	TaskId   string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	State    v1.TaskState           `protobuf:"varint,2,opt,name=state,proto3,enum=titus.agent.v1.TaskState" json:"state,omitempty"`
+	Reason   string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Message  string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	ExitCode int32                  `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
+	// The task's health (its output truncated); unset without a health check.
+	Health        *v1.TaskHealth `protobuf:"bytes,6,opt,name=health,proto3" json:"health,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2645,6 +2667,13 @@ func (x *TaskStatus) GetExitCode() int32 {
 		return x.ExitCode
 	}
 	return 0
+}
+
+func (x *TaskStatus) GetHealth() *v1.TaskHealth {
+	if x != nil {
+		return x.Health
+	}
+	return nil
 }
 
 type Register struct {
@@ -3237,13 +3266,14 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\bBatchJob\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\rR\x04size\x122\n" +
 	"\x15runtime_limit_seconds\x18\x02 \x01(\x03R\x13runtimeLimitSeconds\x125\n" +
-	"\x05retry\x18\x03 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\"\x81\x01\n" +
+	"\x05retry\x18\x03 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\"\xc8\x01\n" +
 	"\n" +
 	"ServiceJob\x12\x10\n" +
 	"\x03min\x18\x01 \x01(\rR\x03min\x12\x18\n" +
 	"\adesired\x18\x02 \x01(\rR\adesired\x12\x10\n" +
 	"\x03max\x18\x03 \x01(\rR\x03max\x125\n" +
-	"\x05retry\x18\x04 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\"\x86\x04\n" +
+	"\x05retry\x18\x04 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\x12E\n" +
+	"\x1funhealthy_replace_after_seconds\x18\x05 \x01(\x03R\x1cunhealthyReplaceAfterSeconds\"\x86\x04\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vowner_email\x18\x02 \x01(\tR\n" +
@@ -3313,7 +3343,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03min\x18\x02 \x01(\rR\x03min\x12\x18\n" +
 	"\adesired\x18\x03 \x01(\rR\adesired\x12\x10\n" +
-	"\x03max\x18\x04 \x01(\rR\x03max\"\xc0\x03\n" +
+	"\x03max\x18\x04 \x01(\rR\x03max\"\xf4\x03\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x14\n" +
@@ -3329,7 +3359,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06placed\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x06placed\x124\n" +
 	"\astarted\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x120\n" +
 	"\x05ended\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x12\x0e\n" +
-	"\x02az\x18\x0e \x01(\tR\x02az\"w\n" +
+	"\x02az\x18\x0e \x01(\tR\x02az\x122\n" +
+	"\x06health\x18\x0f \x01(\v2\x1a.titus.agent.v1.TaskHealthR\x06health\"w\n" +
 	"\x10ListTasksRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x10\n" +
 	"\x03all\x18\x02 \x01(\bR\x03all\x12\x1b\n" +
@@ -3433,14 +3464,15 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\"v\n" +
 	"\x11ListAuditResponse\x129\n" +
 	"\arecords\x18\x01 \x03(\v2\x1f.titus.scheduler.v1.AuditRecordR\arecords\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xa5\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd9\x01\n" +
 	"\n" +
 	"TaskStatus\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12/\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x19.titus.agent.v1.TaskStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12\x1b\n" +
-	"\texit_code\x18\x05 \x01(\x05R\bexitCode\"\xcd\x03\n" +
+	"\texit_code\x18\x05 \x01(\x05R\bexitCode\x122\n" +
+	"\x06health\x18\x06 \x01(\v2\x1a.titus.agent.v1.TaskHealthR\x06health\"\xcd\x03\n" +
 	"\bRegister\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12#\n" +
@@ -3579,6 +3611,7 @@ var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*v1.TaskSpec)(nil),           // 48: titus.agent.v1.TaskSpec
 	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
 	(v1.TaskState)(0),             // 50: titus.agent.v1.TaskState
+	(*v1.TaskHealth)(nil),         // 51: titus.agent.v1.TaskHealth
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	2,  // 0: titus.scheduler.v1.RetryPolicy.kind:type_name -> titus.scheduler.v1.RetryPolicy.Kind
@@ -3602,67 +3635,69 @@ var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	49, // 18: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
 	49, // 19: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
 	49, // 20: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
-	18, // 21: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
-	24, // 22: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
-	26, // 23: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
-	23, // 24: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
-	23, // 25: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
-	45, // 26: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
-	49, // 27: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
-	25, // 28: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	27, // 29: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
-	46, // 30: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	28, // 31: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
-	49, // 32: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	32, // 33: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
-	50, // 34: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
-	23, // 35: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
-	47, // 36: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
-	35, // 37: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	25, // 38: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	27, // 39: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
-	23, // 40: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
-	35, // 41: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	27, // 42: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
-	35, // 43: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	36, // 44: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
-	37, // 45: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
-	38, // 46: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
-	48, // 47: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
-	40, // 48: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
-	41, // 49: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
-	42, // 50: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
-	11, // 51: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
-	13, // 52: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
-	14, // 53: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
-	16, // 54: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
-	17, // 55: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
-	19, // 56: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
-	21, // 57: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
-	22, // 58: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
-	29, // 59: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
-	30, // 60: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	30, // 61: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	39, // 62: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
-	33, // 63: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
-	12, // 64: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
-	10, // 65: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
-	15, // 66: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
-	10, // 67: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
-	10, // 68: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
-	20, // 69: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
-	18, // 70: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
-	18, // 71: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
-	31, // 72: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
-	31, // 73: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	31, // 74: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	43, // 75: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
-	34, // 76: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
-	64, // [64:77] is the sub-list for method output_type
-	51, // [51:64] is the sub-list for method input_type
-	51, // [51:51] is the sub-list for extension type_name
-	51, // [51:51] is the sub-list for extension extendee
-	0,  // [0:51] is the sub-list for field type_name
+	51, // 21: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
+	18, // 22: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
+	24, // 23: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
+	26, // 24: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
+	23, // 25: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
+	23, // 26: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
+	45, // 27: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
+	49, // 28: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
+	25, // 29: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	27, // 30: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
+	46, // 31: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	28, // 32: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
+	49, // 33: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	32, // 34: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
+	50, // 35: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
+	51, // 36: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
+	23, // 37: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
+	47, // 38: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
+	35, // 39: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	25, // 40: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	27, // 41: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
+	23, // 42: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
+	35, // 43: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	27, // 44: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
+	35, // 45: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	36, // 46: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
+	37, // 47: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
+	38, // 48: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
+	48, // 49: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
+	40, // 50: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
+	41, // 51: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
+	42, // 52: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
+	11, // 53: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
+	13, // 54: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
+	14, // 55: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
+	16, // 56: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
+	17, // 57: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
+	19, // 58: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
+	21, // 59: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
+	22, // 60: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
+	29, // 61: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
+	30, // 62: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	30, // 63: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	39, // 64: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
+	33, // 65: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
+	12, // 66: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
+	10, // 67: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
+	15, // 68: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
+	10, // 69: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
+	10, // 70: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
+	20, // 71: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
+	18, // 72: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
+	18, // 73: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
+	31, // 74: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
+	31, // 75: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	31, // 76: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	43, // 77: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
+	34, // 78: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
+	66, // [66:79] is the sub-list for method output_type
+	53, // [53:66] is the sub-list for method input_type
+	53, // [53:53] is the sub-list for extension type_name
+	53, // [53:53] is the sub-list for extension extendee
+	0,  // [0:53] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
