@@ -6,10 +6,12 @@ import (
 	"net/netip"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/titus-agent/titus-agent/pkg/gpu"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 )
 
@@ -31,6 +33,7 @@ type Config struct {
 	Metadata   MetadataConfig   `json:"metadata"`
 	Isolation  IsolationConfig  `json:"isolation"`
 	Scheduler  SchedulerConfig  `json:"scheduler"`
+	GPU        GPUConfig        `json:"gpu"`
 	// MetricsListen serves Prometheus metrics; empty disables.
 	MetricsListen string `json:"metricsListen"`
 	// MaxTasks bounds the tasks the agent holds at once.
@@ -169,6 +172,20 @@ type UserNamespacesConfig struct {
 	MaxTasks   uint32 `json:"maxTasks"`
 }
 
+// GPUConfig says where the host's NVIDIA devices and driver are.
+type GPUConfig struct {
+	// DevRoot is searched for nvidiaN, nvidiactl and nvidia-uvm.
+	DevRoot string `json:"devRoot"`
+	// NvidiaSMI is nvidia-smi's path; "" looks it up on $PATH.
+	NvidiaSMI string `json:"nvidiaSMI"`
+	// CDISpecDirs hold the NVIDIA Container Toolkit's CDI spec; when one
+	// names a task's devices, CDI injects them.
+	CDISpecDirs []string `json:"cdiSpecDirs"`
+	// DriverFiles are globs of the driver's files mounted read-only into
+	// GPU tasks without CDI; nil = gpu.DriverGlobs.
+	DriverFiles []string `json:"driverFiles"`
+}
+
 // SchedulerConfig is the link to the central scheduler.
 type SchedulerConfig struct {
 	// Address of the scheduler; empty = run standalone.
@@ -200,6 +217,7 @@ func DefaultConfig() Config {
 		Scheduler:     SchedulerConfig{InstanceType: "local", Zone: "local-1a", NetworkMbps: 1000},
 		MaxTasks:      5000,
 		LogLevel:      "info",
+		GPU:           GPUConfig{DevRoot: "/dev", CDISpecDirs: slices.Clone(gpu.DefaultCDISpecDirs)},
 	}
 }
 

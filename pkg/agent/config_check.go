@@ -128,6 +128,14 @@ func (cfg *Config) check() []error {
 	if s := cfg.Isolation.CPUSet; s != "" && !cpuSetRE.MatchString(s) {
 		c.failf("isolation.cpuSet", "must be a CPU list like 2-3 or 0,4-7, got %q", s)
 	}
+	c.absPath("gpu.devRoot", cfg.GPU.DevRoot, false)
+	c.absPath("gpu.nvidiaSMI", cfg.GPU.NvidiaSMI, true)
+	for i, d := range cfg.GPU.CDISpecDirs {
+		c.absPath(fmt.Sprintf("gpu.cdiSpecDirs[%d]", i), d, false)
+	}
+	for i, g := range cfg.GPU.DriverFiles {
+		c.absPath(fmt.Sprintf("gpu.driverFiles[%d]", i), g, false)
+	}
 	c.hostPort("metricsListen", cfg.MetricsListen)
 	c.hostPort("scheduler.address", cfg.Scheduler.Address)
 	c.nonNegative("scheduler.networkMbps", cfg.Scheduler.NetworkMbps)

@@ -34,6 +34,7 @@ type Daemon struct {
 	metrics  *metrics.Agent
 	health   *hostHealth
 	network  *vpc.Network
+	gpus     *gpuPool
 }
 
 // Manager exposes the task manager (for the scheduler link and tests).
@@ -156,7 +157,9 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		Observe:      observeHook(d.metrics),
 		Quarantined:  func(n int) { d.metrics.QuarantinedRecords.Set(float64(n)) },
 		HostCheck:    w.hostCheck,
+		GPUs:         gpuAssigner(w.gpus),
 	})
+	d.gpus = w.gpus
 	rctx, cancel := context.WithTimeout(agentCtx, time.Minute)
 	defer cancel()
 	if err := d.manager.Restore(rctx); err != nil {
@@ -194,6 +197,8 @@ type wiring struct {
 	network     *vpc.Network
 	// hostCheck refuses at the door what isolation would refuse at create.
 	hostCheck func(s *task.Spec, c *task.Checker)
+	// gpus are the host's GPUs; nil: none.
+	gpus *gpuPool
 }
 
 func (d *Daemon) pruneLoop(ctx context.Context) {

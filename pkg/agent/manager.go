@@ -75,6 +75,8 @@ type ManagerConfig struct {
 	// path or device it does not give) to c; Launch refuses such a spec
 	// with the rest of its validation, before anything is allocated.
 	HostCheck func(s *task.Spec, c *task.Checker)
+	// GPUs hands out this host's GPUs; nil: it has none.
+	GPUs GPUAssigner
 }
 
 // Manager owns every task on the host: one runner per task.
@@ -87,6 +89,9 @@ type Manager struct {
 
 	mu      sync.Mutex
 	runners map[string]*taskrunner.Runner
+	// gpuDoubt: the running container of a quarantined task (its record
+	// unreadable) may hold GPUs; none are given out until an operator acts.
+	gpuDoubt bool
 }
 
 // NewManager makes a manager; call Restore before serving.
@@ -137,6 +142,13 @@ func (m *Manager) Launch(ctx context.Context, spec *task.Spec) (task.View, error
 	if _, err := rec.Status.Advance(task.Accepted, task.ReasonAccepted, "", time.Now()); err != nil {
 		return task.View{}, err
 	}
+	// Under m.mu, in the record saved below: no other launch sees these
+	// devices free, and no container starts before they are on disk.
+	gpus, err := m.assignGPUs(int(s.Resources.GPUs))
+	if err != nil {
+		return task.View{}, err
+	}
+	rec.Resources.GPUs = gpus
 	if err := m.cfg.Store.Save(rec); err != nil {
 		return task.View{}, fmt.Errorf("record task: %w", err)
 	}
@@ -255,6 +267,7 @@ func (m *Manager) Restore(ctx context.Context) error {
 	for _, id := range quarantined {
 		inQuarantine[id] = true
 	}
+
 	known := map[string]*taskrunner.Record{}
 	for _, rec := range recs {
 		known[rec.Spec.ID] = rec
@@ -275,6 +288,9 @@ func (m *Manager) Restore(ctx context.Context) error {
 				"the agent does not manage it until an operator acts (docs/operations.md)",
 				"container", c.ID, "task", c.TaskID, "state", c.State)
 			keep[c.TaskID] = true
+			m.mu.Lock()
+			m.gpuDoubt = m.cfg.GPUs != nil // it may hold GPUs: give none out
+			m.mu.Unlock()
 			continue
 		case ok && rec.Resumable():
 			m.log.Warn("removing the half-made container of a launch to resume", "container", c.ID)

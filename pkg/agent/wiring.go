@@ -49,12 +49,22 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 		return nil, fmt.Errorf("network: %w", err)
 	}
 
+	gpus, err := discoverGPUs(ctx, cfg.GPU, log)
+	if err != nil {
+		return nil, fmt.Errorf("gpu: %w", err)
+	}
+	if err := checkAllowedDevices(cfg.Isolation.AllowedDevices, gpus); err != nil {
+		return nil, err
+	}
+	w.gpus = gpus
+
 	iso := isolationOptions(cfg.Isolation)
 	iso.XFSQuota = disks.Backend() == isolation.BackendXFSQuota
 	policy := hostPolicy(cfg.Isolation)
 	w.hostCheck = func(s *task.Spec, c *task.Checker) {
 		policy(s, c) // first: it may force the user namespace label
 		iso.CheckHostRequests(s.Labels, c)
+		gpuHostCheck(s, c)
 	}
 	container := &taskrunner.ContainerHook{Runtime: rt, SpecOpts: func(s *task.Spec) []oci.SpecOpts { return isolation.SpecOpts(s, iso) }}
 	w.stages = [][]taskrunner.PrestartHook{first}

@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/titus-agent/titus-agent/pkg/gpu"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
@@ -41,6 +42,9 @@ func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime
 	env := map[string]string{"TITUS_TASK_ID": spec.ID}
 	maps.Copy(env, res.Env)
 	maps.Copy(env, spec.Env)
+	if res.GPUs != nil { // the agent's, never the task's (validation refuses it too)
+		env["NVIDIA_VISIBLE_DEVICES"] = gpu.VisibleDevices(res.GPUs.Assignment().Devices)
+	}
 	envList := make([]string, 0, len(env))
 	for _, k := range slices.Sorted(maps.Keys(env)) {
 		envList = append(envList, k+"="+env[k])
@@ -76,10 +80,13 @@ func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime
 			return 0
 		})
 	}
+	if res.GPUs != nil {
+		cs.SpecOpts = append(slices.Clip(cs.SpecOpts), gpu.SpecOpts(res.GPUs.Assignment()))
+	}
 	if res.Disk != nil {
 		cs.RootfsPath = res.Disk.MountPath
 		if res.Disk.UserNS != nil {
-			cs.SpecOpts = append(slices.Clip(opts), isolation.WithUserNS(res.Disk.UserNS.Isolation()))
+			cs.SpecOpts = append(slices.Clip(cs.SpecOpts), isolation.WithUserNS(res.Disk.UserNS.Isolation()))
 		}
 	}
 	return cs

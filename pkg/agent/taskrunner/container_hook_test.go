@@ -3,6 +3,7 @@ package taskrunner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"syscall"
 	"testing"
 
@@ -132,3 +133,38 @@ func TestContainerSpecUserNSFromDisk(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// A task's recorded GPUs reach its container: the agent's
+// NVIDIA_VISIBLE_DEVICES (never the task's own) and the device nodes and
+// cgroup rules of exactly those GPUs.
+func TestContainerSpecGPUs(t *testing.T) {
+	spec := &task.Spec{ID: "t1", Env: map[string]string{"NVIDIA_VISIBLE_DEVICES": "all"}}
+	g := &GPUs{
+		Devices: []GPUDevice{{Index: 1, Node: GPUNode{Name: "nvidia1", HostPath: "/d/nvidia1", Major: 195, Minor: 1}}},
+		Shared:  []GPUNode{{Name: "nvidiactl", HostPath: "/d/nvidiactl", Major: 195, Minor: 255}},
+	}
+	cs := ContainerSpec(spec, &Resources{GPUs: g}, nil)
+	if d := cmp.Diff([]string{"NVIDIA_VISIBLE_DEVICES=1", "TITUS_TASK_ID=t1"}, cs.Env); d != "" {
+		t.Errorf("env (-want +got):\n%s", d)
+	}
+	s := &oci.Spec{Process: &specs.Process{}}
+	for _, o := range cs.SpecOpts {
+		if err := o(context.Background(), nil, nil, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for _, d := range s.Linux.Devices {
+		got = append(got, fmt.Sprintf("%s %d:%d", d.Path, d.Major, d.Minor))
+	}
+	for _, r := range s.Linux.Resources.Devices {
+		got = append(got, fmt.Sprintf("allow %s %d:%d %s", r.Type, *r.Major, *r.Minor, r.Access))
+	}
+	want := []string{"/dev/nvidia1 195:1", "/dev/nvidiactl 195:255", "allow c 195:1 rw", "allow c 195:255 rw"}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("devices (-want +got):\n%s", d)
+	}
+	if plain := ContainerSpec(&task.Spec{ID: "t2"}, &Resources{}, nil); len(plain.SpecOpts) != 0 {
+		t.Errorf("a task without GPUs got spec options: %d", len(plain.SpecOpts))
+	}
+}

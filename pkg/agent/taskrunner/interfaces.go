@@ -80,6 +80,8 @@ type Resources struct {
 	Env       map[string]string       `json:"env,omitempty"`
 	Container bool                    `json:"container,omitempty"`
 	Pid       uint32                  `json:"pid,omitempty"`
+	// GPUs are the task's devices, set with the Accepted record.
+	GPUs *GPUs `json:"gpus,omitempty"`
 }
 
 // DiskInfo is a task's quota'd writable filesystem.

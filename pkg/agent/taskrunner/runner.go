@@ -143,6 +143,17 @@ func (r *Runner) View() task.View {
 	return r.rec.View()
 }
 
+// HeldGPUs are the GPU indices the task holds: from its Accepted record
+// until its teardown completed (its container is gone).
+func (r *Runner) HeldGPUs() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.rec.Status.State.Terminal() && r.rec.CleanedUp {
+		return nil
+	}
+	return r.rec.Resources.GPUs.Indices()
+}
+
 // Done is closed when the runner goroutine returns (task final and cleaned
 // up, or the agent shutting down).
 func (r *Runner) Done() <-chan struct{} { return r.done }
