@@ -10,6 +10,7 @@ import (
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/gpu"
+	"github.com/titus-agent/titus-agent/pkg/schedlink"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -82,6 +83,14 @@ func (p *gpuPool) Assign(n int, inUse map[int]bool) (*taskrunner.GPUs, error) {
 		a.Shared, a.DriverFiles = p.inv.Shared, p.driverFiles
 	}
 	return taskrunner.GPUsFrom(a), nil
+}
+
+// advertise puts the GPUs in what the scheduler link reports.
+func (p *gpuPool) advertise(cfg *schedlink.Config) {
+	if p == nil {
+		return
+	}
+	cfg.Capacity.GPUs = int32(len(p.inv.Devices))
 }
 
 // discoverGPUs finds the host's GPUs under cfg.DevRoot; nil when it has

@@ -63,7 +63,7 @@ func (d *Daemon) runSchedulerLink(ctx context.Context) {
 		InstanceType: sc.InstanceType,
 		AZ:           sc.Zone,
 		Labels:       sc.Labels,
-		Capacity:     hostCapacity(d.cfg, d.gpus),
+		Capacity:     hostCapacity(d.cfg),
 		Log:          d.log.With("component", "schedlink"),
 		Health: func() bool {
 			for _, c := range health.Check(ctx) {
@@ -74,6 +74,7 @@ func (d *Daemon) runSchedulerLink(ctx context.Context) {
 			return true
 		},
 	}
+	d.gpus.advertise(&cfg)
 	creds, err := sc.TLS.DialOption()
 	if err != nil {
 		d.log.Error("scheduler link not started", "err", err)
@@ -86,16 +87,12 @@ func (d *Daemon) runSchedulerLink(ctx context.Context) {
 }
 
 // hostCapacity is what this host offers to the scheduler.
-func hostCapacity(cfg Config, gpus *gpuPool) schedlink.Capacity {
+func hostCapacity(cfg Config) schedlink.Capacity {
 	c := schedlink.Capacity{
 		CPUMillicores: int64(goruntime.NumCPU()) * 1000,
 		MemoryMiB:     memTotalMiB() - 512, // keep some for the agent and the OS
 		NetworkMbps:   cfg.Scheduler.NetworkMbps,
 		ENIs:          1,
-	}
-	if gpus != nil {
-		c.GPUs = int32(len(gpus.inv.Devices))
-		c.GPUModel, c.GPUMemoryMiB = gpus.inv.Model(), gpus.inv.MemoryMiB()
 	}
 	var st unix.Statfs_t
 	if unix.Statfs(cfg.StateDir, &st) == nil {
