@@ -57,13 +57,38 @@ func (d *Daemon) runSchedulerLink(ctx context.Context) {
 		id, _ = os.Hostname()
 	}
 	health := d.health
+	itype, zone := sc.InstanceType, sc.Zone
+	attrs := hostAttributes("/", Version)
+	var usage func() schedlink.NetworkUsage
+	capacity := hostCapacity(d.cfg)
+	if d.network != nil {
+		if h, ok := d.network.Host(); ok {
+			// The ec2 provider knows the instance: its type and zone win
+			// over the configuration's defaults.
+			if itype == "" || itype == DefaultConfig().Scheduler.InstanceType {
+				itype = h.InstanceType
+			}
+			if zone == "" || zone == DefaultConfig().Scheduler.Zone {
+				zone = h.AvailabilityZone
+			}
+			attrs.AMIID = h.AMIID
+		}
+		if u, ok := d.network.Usage(); ok {
+			capacity.ENIs, capacity.IPsPerENI = int32(u.ENIs), int32(u.IPsPerENI)
+			capacity.IPReuseCooldown = u.ReuseCooldown
+			n := d.network
+			usage = func() schedlink.NetworkUsage { u, _ := n.Usage(); return networkUsage(u) }
+		}
+	}
 	cfg := schedlink.Config{
 		Address:      sc.Address,
 		InstanceID:   id,
-		InstanceType: sc.InstanceType,
-		AZ:           sc.Zone,
+		InstanceType: itype,
+		AZ:           zone,
 		Labels:       sc.Labels,
-		Capacity:     hostCapacity(d.cfg),
+		Capacity:     capacity,
+		Attributes:   attrs,
+		Network:      usage,
 		Log:          d.log.With("component", "schedlink"),
 		Health: func() bool {
 			for _, c := range health.Check(ctx) {
@@ -86,13 +111,14 @@ func (d *Daemon) runSchedulerLink(ctx context.Context) {
 	}
 }
 
-// hostCapacity is what this host offers to the scheduler.
+// hostCapacity is what this host offers to the scheduler. The ec2
+// provider's ENI limits replace ENIs and IPsPerENI (runSchedulerLink); with
+// the local provider, the bridge's CIDR is one "ENI" shared by every SG set.
 func hostCapacity(cfg Config) schedlink.Capacity {
 	c := schedlink.Capacity{
 		CPUMillicores: int64(goruntime.NumCPU()) * 1000,
 		MemoryMiB:     memTotalMiB() - 512, // keep some for the agent and the OS
 		NetworkMbps:   cfg.Scheduler.NetworkMbps,
-		ENIs:          1,
 	}
 	var st unix.Statfs_t
 	if unix.Statfs(cfg.StateDir, &st) == nil {
@@ -100,7 +126,7 @@ func hostCapacity(cfg Config) schedlink.Capacity {
 	}
 	if cfg.Network.Provider == "local" {
 		if p, err := netip.ParsePrefix(cfg.Network.Local.CIDR); err == nil {
-			c.IPsPerENI = int32(1<<(32-p.Bits()) - 3)
+			c.ENIs, c.IPsPerENI = 1, int32(1<<(32-p.Bits())-3)
 		}
 	}
 	return c

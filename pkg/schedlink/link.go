@@ -38,6 +38,34 @@ type Capacity struct {
 	GPUs                                           int32
 	// ENIs usable by tasks and secondary IPs per ENI (0 = not limited).
 	ENIs, IPsPerENI int32
+	// IPReuseCooldown keeps a released task IP from the next task.
+	IPReuseCooldown time.Duration
+}
+
+// Attributes say what the host is, for placement constraints.
+type Attributes struct {
+	AMIID, AgentVersion, Kernel, CgroupMode string
+	GPUs                                    []GPU
+}
+
+// GPU is one GPU device of the host.
+type GPU struct {
+	Index     int32
+	Model     string
+	MemoryMiB int64
+}
+
+// NetworkUsage is the live use of the host's task ENIs.
+type NetworkUsage struct {
+	SGSets         []SGSet
+	AttachableENIs int32
+}
+
+// SGSet is the ENIs and addresses of one security-group set.
+type SGSet struct {
+	SecurityGroups, SubnetID           string
+	Default                            bool
+	ENIs, UsedIPs, FreeIPs, CoolingIPs int32
 }
 
 // Config says where the scheduler is and what this host is.
@@ -47,6 +75,9 @@ type Config struct {
 	InstanceID, InstanceType, AZ string
 	Capacity                     Capacity
 	Labels                       map[string]string
+	Attributes                   Attributes
+	// Network, when set, reports the ENI use at registration and in every heartbeat.
+	Network func() NetworkUsage
 	// HeartbeatInterval; 0 = what the scheduler asks for.
 	HeartbeatInterval time.Duration
 	// Health is reported with each heartbeat; nil = always healthy.
@@ -166,7 +197,7 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 	}
 	views := tasks.List()
 	reg := &schedv1.Register{InstanceId: cfg.InstanceID, InstanceType: cfg.InstanceType, Az: cfg.AZ, Labels: cfg.Labels,
-		Capacity: capacityProto(cfg.Capacity)}
+		Capacity: capacityProto(cfg.Capacity), Attributes: attributesProto(cfg.Attributes), Network: networkProto(cfg.Network)}
 	for i := range views {
 		reg.Tasks = append(reg.Tasks, statusOf(&views[i]))
 	}
@@ -199,7 +230,28 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 
 func capacityProto(c Capacity) *schedv1.Capacity {
 	return &schedv1.Capacity{CpuMillicores: c.CPUMillicores, MemoryMib: c.MemoryMiB, DiskMib: c.DiskMiB, NetworkMbps: c.NetworkMbps,
-		Gpus: c.GPUs, Enis: c.ENIs, IpsPerEni: c.IPsPerENI}
+		Gpus: c.GPUs, Enis: c.ENIs, IpsPerEni: c.IPsPerENI, IpReuseCooldownMs: c.IPReuseCooldown.Milliseconds()}
+}
+
+func attributesProto(a Attributes) *schedv1.HostAttributes {
+	p := &schedv1.HostAttributes{AmiId: a.AMIID, AgentVersion: a.AgentVersion, Kernel: a.Kernel, CgroupMode: a.CgroupMode}
+	for _, g := range a.GPUs {
+		p.Gpus = append(p.Gpus, &schedv1.Gpu{Index: g.Index, Model: g.Model, MemoryMib: g.MemoryMiB})
+	}
+	return p
+}
+
+func networkProto(f func() NetworkUsage) *schedv1.NetworkUsage {
+	if f == nil {
+		return nil
+	}
+	u := f()
+	p := &schedv1.NetworkUsage{AttachableEnis: u.AttachableENIs}
+	for _, s := range u.SGSets {
+		p.SgSets = append(p.SgSets, &schedv1.SGSetENIs{SecurityGroups: s.SecurityGroups, SubnetId: s.SubnetID, Default: s.Default,
+			Enis: s.ENIs, UsedIps: s.UsedIPs, FreeIps: s.FreeIPs, CoolingIps: s.CoolingIPs})
+	}
+	return p
 }
 
 func heartbeat(ctx context.Context, cfg Config, tasks Tasks, interval time.Duration, send func(*schedv1.AgentMessage) error) error {
@@ -225,6 +277,7 @@ func heartbeat(ctx context.Context, cfg Config, tasks Tasks, interval time.Durat
 			hb.Tasks = append(hb.Tasks, statusOf(&v))
 		}
 		hb.Free = capacityProto(free)
+		hb.Network = networkProto(cfg.Network)
 		if err := send(&schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Heartbeat{Heartbeat: hb}}); err != nil {
 			return err
 		}

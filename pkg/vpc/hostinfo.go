@@ -24,6 +24,7 @@ type HostInfo struct {
 	PrimaryMAC       string `json:"primaryMac"`
 	SubnetID         string `json:"subnetId"`
 	VPCID            string `json:"vpcId"`
+	AMIID            string `json:"amiId,omitempty"`
 }
 
 // DiscoverHost reads the host's identity from its instance metadata service
@@ -71,6 +72,7 @@ func DiscoverHost(ctx context.Context, endpoint string) (HostInfo, error) {
 			return HostInfo{}, err
 		}
 	}
+	h.AMIID, _ = get("ami-id") // optional: only a placement attribute
 	if h.Region, err = get("placement/region"); err != nil {
 		h.Region = strings.TrimRight(h.AvailabilityZone, "abcdefghijklmnopqrstuvwxyz")
 	}
@@ -92,6 +94,7 @@ func HostFromEC2(ctx context.Context, api EC2API, instanceID string) (HostInfo, 
 				InstanceType: string(in.InstanceType),
 				SubnetID:     aws.ToString(in.SubnetId),
 				VPCID:        aws.ToString(in.VpcId),
+				AMIID:        aws.ToString(in.ImageId),
 			}
 			if in.Placement != nil {
 				h.AvailabilityZone = aws.ToString(in.Placement.AvailabilityZone)

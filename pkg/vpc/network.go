@@ -29,6 +29,23 @@ func NewNetwork(p IPProvider, dp *DataPlane) *Network {
 // Provider is the provider's name for the operator view.
 func (n *Network) Provider() string { return n.p.Name() }
 
+// Usage is the provider's ENI limits and live use, for the scheduler; ok is
+// false for a provider without ENIs (local).
+func (n *Network) Usage() (Usage, bool) {
+	if u, ok := n.p.(interface{ Usage() Usage }); ok {
+		return u.Usage(), true
+	}
+	return Usage{}, false
+}
+
+// Host is the instance the ec2 provider runs on; ok is false for others.
+func (n *Network) Host() (HostInfo, bool) {
+	if h, ok := n.p.(interface{ Host() HostInfo }); ok {
+		return h.Host(), true
+	}
+	return HostInfo{}, false
+}
+
 // Setup allocates the task's address (recorded first) and wires it.
 // Idempotent. On failure the caller runs Teardown.
 func (n *Network) Setup(ctx context.Context, taskID string, req task.NetworkRequest) (*task.NetworkAttachment, error) {

@@ -1888,8 +1888,10 @@ type SGSetENIs struct {
 	Enis    int32 `protobuf:"varint,3,opt,name=enis,proto3" json:"enis,omitempty"`
 	UsedIps int32 `protobuf:"varint,4,opt,name=used_ips,json=usedIps,proto3" json:"used_ips,omitempty"`
 	// Addresses ready for a task now, and those cooling down after a release.
-	FreeIps       int32 `protobuf:"varint,5,opt,name=free_ips,json=freeIps,proto3" json:"free_ips,omitempty"`
-	CoolingIps    int32 `protobuf:"varint,6,opt,name=cooling_ips,json=coolingIps,proto3" json:"cooling_ips,omitempty"`
+	FreeIps    int32 `protobuf:"varint,5,opt,name=free_ips,json=freeIps,proto3" json:"free_ips,omitempty"`
+	CoolingIps int32 `protobuf:"varint,6,opt,name=cooling_ips,json=coolingIps,proto3" json:"cooling_ips,omitempty"`
+	// The agent's default set: the one tasks naming no security group use.
+	Default       bool `protobuf:"varint,7,opt,name=default,proto3" json:"default,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1964,6 +1966,13 @@ func (x *SGSetENIs) GetCoolingIps() int32 {
 		return x.CoolingIps
 	}
 	return 0
+}
+
+func (x *SGSetENIs) GetDefault() bool {
+	if x != nil {
+		return x.Default
+	}
+	return false
 }
 
 // NetworkUsage is the live state of a host's task ENIs.
@@ -3395,7 +3404,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06kernel\x18\x03 \x01(\tR\x06kernel\x12\x1f\n" +
 	"\vcgroup_mode\x18\x04 \x01(\tR\n" +
 	"cgroupMode\x12+\n" +
-	"\x04gpus\x18\x05 \x03(\v2\x17.titus.scheduler.v1.GpuR\x04gpus\"\xbc\x01\n" +
+	"\x04gpus\x18\x05 \x03(\v2\x17.titus.scheduler.v1.GpuR\x04gpus\"\xd6\x01\n" +
 	"\tSGSetENIs\x12'\n" +
 	"\x0fsecurity_groups\x18\x01 \x01(\tR\x0esecurityGroups\x12\x1b\n" +
 	"\tsubnet_id\x18\x02 \x01(\tR\bsubnetId\x12\x12\n" +
@@ -3403,7 +3412,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\bused_ips\x18\x04 \x01(\x05R\ausedIps\x12\x19\n" +
 	"\bfree_ips\x18\x05 \x01(\x05R\afreeIps\x12\x1f\n" +
 	"\vcooling_ips\x18\x06 \x01(\x05R\n" +
-	"coolingIps\"o\n" +
+	"coolingIps\x12\x18\n" +
+	"\adefault\x18\a \x01(\bR\adefault\"o\n" +
 	"\fNetworkUsage\x126\n" +
 	"\asg_sets\x18\x01 \x03(\v2\x1d.titus.scheduler.v1.SGSetENIsR\x06sgSets\x12'\n" +
 	"\x0fattachable_enis\x18\x02 \x01(\x05R\x0eattachableEnis\"\x93\x05\n" +

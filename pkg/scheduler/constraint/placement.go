@@ -79,20 +79,20 @@ var familyRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,15}$`)
 func Compile(s Spec) (*Placement, error) {
 	p := &Placement{Zone: s.ZoneBalance, MaxPerHost: int(s.MaxPerHost)}
 	if len(s.Constraints) > MaxConstraints {
-		return nil, fmt.Errorf("placement.constraints: at most %d", MaxConstraints)
+		return nil, fieldErr("placement.constraints", "at most %d", MaxConstraints)
 	}
 	if len(s.Preferences) > MaxPreferences {
-		return nil, fmt.Errorf("placement.preferences: at most %d", MaxPreferences)
+		return nil, fieldErr("placement.preferences", "at most %d", MaxPreferences)
 	}
 	if len(s.InstanceFamilies) > MaxFamilies {
-		return nil, fmt.Errorf("placement.instance_families: at most %d", MaxFamilies)
+		return nil, fieldErr("placement.instance_families", "at most %d", MaxFamilies)
 	}
 	if s.ZoneBalance < ZoneDefault || s.ZoneBalance > ZoneHard {
-		return nil, fmt.Errorf("placement.zone_balance: unknown value %d", s.ZoneBalance)
+		return nil, fieldErr("placement.zone_balance", "unknown value %d", s.ZoneBalance)
 	}
 	if s.UniqueHost {
 		if s.MaxPerHost > 1 {
-			return nil, fmt.Errorf("placement.unique_host: contradicts max_per_host %d", s.MaxPerHost)
+			return nil, fieldErr("placement.unique_host", "contradicts max_per_host %d", s.MaxPerHost)
 		}
 		p.MaxPerHost = 1
 	}
@@ -100,7 +100,7 @@ func Compile(s Spec) (*Placement, error) {
 	for i, e := range s.Constraints {
 		c, err := Parse(e)
 		if err != nil {
-			return nil, fmt.Errorf("placement.constraints[%d]: %w", i, err)
+			return nil, fieldErr("placement.constraints[%d]", "%w", i, err)
 		}
 		if c.Regex() {
 			regexes++
@@ -110,7 +110,7 @@ func Compile(s Spec) (*Placement, error) {
 	if len(s.InstanceFamilies) > 0 {
 		for i, f := range s.InstanceFamilies {
 			if !familyRE.MatchString(f) {
-				return nil, fmt.Errorf("placement.instance_families[%d]: %w: %q is not an instance family (m5, c6i, p5)", i, ErrSyntax, f)
+				return nil, fieldErr("placement.instance_families[%d]", "%w: %q is not an instance family (m5, c6i, p5)", i, ErrSyntax, f)
 			}
 		}
 		p.Hard = append(p.Hard, NewMatcher(Constraint{Attr: AttrInstanceFamily, Op: In, Values: slices.Clone(s.InstanceFamilies)}))
@@ -118,7 +118,7 @@ func Compile(s Spec) (*Placement, error) {
 	for i, pr := range s.Preferences {
 		c, err := Parse(pr.Constraint)
 		if err != nil {
-			return nil, fmt.Errorf("placement.preferences[%d].constraint: %w", i, err)
+			return nil, fieldErr("placement.preferences[%d].constraint", "%w", i, err)
 		}
 		if c.Regex() {
 			regexes++
@@ -128,15 +128,30 @@ func Compile(s Spec) (*Placement, error) {
 			w = 1
 		}
 		if w < 0 || w > MaxWeight {
-			return nil, fmt.Errorf("placement.preferences[%d].weight: %d not in 1..%d", i, pr.Weight, MaxWeight)
+			return nil, fieldErr("placement.preferences[%d].weight", "%d not in 1..%d", i, pr.Weight, MaxWeight)
 		}
 		p.Prefs = append(p.Prefs, NewMatcher(c))
 		p.Weights = append(p.Weights, w)
 	}
 	if regexes > MaxRegexes {
-		return nil, fmt.Errorf("placement: at most %d regex (=~, !~) constraints, got %d", MaxRegexes, regexes)
+		return nil, fieldErr("placement", "at most %d regex (=~, !~) constraints, got %d", MaxRegexes, regexes)
 	}
 	return p, nil
+}
+
+// FieldError is a placement error of one field of the job spec.
+type FieldError struct {
+	Field string // placement.constraints[1]
+	Err   error
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Err.Error() }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+func fieldErr(field, format string, args ...any) error {
+	n := strings.Count(field, "%d")
+	idx, args := args[:n], args[n:]
+	return &FieldError{Field: fmt.Sprintf(field, idx...), Err: fmt.Errorf(format, args...)}
 }
 
 // Allows reports whether every hard constraint holds on a host.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/titus-agent/titus-agent/pkg/scheduler/constraint"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -96,6 +97,14 @@ func ValidateJob(spec model.JobSpec) (*task.Spec, error) {
 		checkRetry(c, "service.retry", s.Retry)
 	default:
 		c.Failf("kind", "one of batch or service is required")
+	}
+	if _, err := constraint.Compile(spec.Placement); err != nil {
+		var fe *constraint.FieldError
+		if errors.As(err, &fe) {
+			c.Failf(fe.Field, "%v", fe.Err)
+		} else {
+			c.Failf("placement", "%v", err)
+		}
 	}
 	var tmpl *task.Spec
 	if spec.Task == nil {

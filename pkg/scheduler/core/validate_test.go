@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/titus-agent/titus-agent/pkg/scheduler/constraint"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -43,6 +44,20 @@ func TestValidateJob(t *testing.T) {
 		{"reserved job label", func(s *model.JobSpec) { s.Task.Labels = map[string]string{task.LabelApplication: "other"} },
 			[]string{"task.labels"}},
 		{"image outside the reference grammar", func(s *model.JobSpec) { s.Task.Image = "UPPER/Case::bad" }, []string{"task.image"}},
+		{"placement", func(s *model.JobSpec) {
+			s.Placement = constraint.Spec{Constraints: []string{"zone in [a, b]"}, Preferences: []constraint.PreferenceSpec{{Constraint: "label.tier = gold", Weight: 5}},
+				MaxPerHost: 1, ZoneBalance: constraint.ZoneHard, InstanceFamilies: []string{"m5"}}
+		}, nil},
+		{"constraint syntax", func(s *model.JobSpec) { s.Placement.Constraints = []string{"zone = a", "zone ~ a"} },
+			[]string{"placement.constraints[1]"}},
+		// Constraints see host attributes only: nothing names another tenant's jobs.
+		{"constraint on a non-host attribute", func(s *model.JobSpec) { s.Placement.Constraints = []string{"job.application = other"} },
+			[]string{"placement.constraints[0]"}},
+		{"preference weight", func(s *model.JobSpec) {
+			s.Placement.Preferences = []constraint.PreferenceSpec{{Constraint: "zone = a", Weight: 1000}}
+		}, []string{"placement.preferences[0].weight"}},
+		{"unbounded regex", func(s *model.JobSpec) { s.Placement.Constraints = []string{"ami =~ (x+x+)+y{999}"} },
+			[]string{"placement.constraints[0]"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,6 +10,7 @@ type Agent struct {
 	AZ           string
 	Labels       map[string]string
 	Capacity     Capacity
+	Attributes   HostAttributes
 	Drained      bool
 
 	// Live state, in views only (not persisted).
@@ -20,6 +21,34 @@ type Agent struct {
 	Lost          bool
 	Tasks         uint32
 	LastHeartbeat time.Time
+	// Network is the ENI use the agent last reported (nil: none).
+	Network *NetworkUsage
+}
+
+// HostAttributes say what a host is, besides its type, zone and labels.
+type HostAttributes struct {
+	AMIID, AgentVersion, Kernel, CgroupMode string
+	GPUs                                    []GPU
+}
+
+// GPU is one GPU device of a host.
+type GPU struct {
+	Index     int32
+	Model     string
+	MemoryMiB int64
+}
+
+// NetworkUsage is the live use of a host's task ENIs.
+type NetworkUsage struct {
+	SGSets         []SGSetENIs
+	AttachableENIs int
+}
+
+// SGSetENIs is the ENIs and addresses one security-group set holds.
+type SGSetENIs struct {
+	SecurityGroups, SubnetID           string
+	Default                            bool
+	ENIs, UsedIPs, FreeIPs, CoolingIPs int
 }
 
 // Registration is what an agent says when its stream opens.
@@ -29,6 +58,8 @@ type Registration struct {
 	AZ           string
 	Capacity     Capacity
 	Labels       map[string]string
+	Attributes   HostAttributes
+	Network      *NetworkUsage
 	Tasks        []TaskStatus
 	// Peer is where the stream comes from (for logs and errors).
 	Peer string

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"time"
 
+	"github.com/titus-agent/titus-agent/pkg/scheduler/constraint"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -70,6 +71,8 @@ type JobSpec struct {
 	Service       *ServiceJob
 	Task          *task.Spec
 	Labels        map[string]string
+	// Placement constrains and steers where the job's tasks go.
+	Placement constraint.Spec
 	// Submitter is the authenticated principal that submitted the job,
 	// set by the API from the caller, never from the request.
 	Submitter string
@@ -87,6 +90,7 @@ func (s JobSpec) Clone() JobSpec {
 		s.Service = &v
 	}
 	s.Labels = maps.Clone(s.Labels)
+	s.Placement = s.Placement.Clone()
 	return s
 }
 

@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"strconv"
+	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -58,4 +59,6 @@ func TaskResources(s *task.Spec) Resources {
 type Capacity struct {
 	Resources
 	ENIs, IPsPerENI int
+	// IPReuseCooldown keeps a released task IP from the next task.
+	IPReuseCooldown time.Duration
 }

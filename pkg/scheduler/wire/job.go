@@ -7,6 +7,7 @@ import (
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/constraint"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -28,7 +29,27 @@ func JobSpecFromProto(p *schedv1.JobSpec) model.JobSpec {
 	if t := p.GetTask(); t != nil {
 		s.Task = task.FromProto(t)
 	}
+	if pl := p.GetPlacement(); pl != nil {
+		s.Placement = constraint.Spec{Constraints: pl.GetConstraints(), MaxPerHost: pl.GetMaxPerHost(), UniqueHost: pl.GetUniqueHost(),
+			ZoneBalance: constraint.ZoneBalance(pl.GetZoneBalance()), InstanceFamilies: pl.GetInstanceFamilies()}
+		for _, pr := range pl.GetPreferences() {
+			s.Placement.Preferences = append(s.Placement.Preferences, constraint.PreferenceSpec{Constraint: pr.GetConstraint(), Weight: pr.GetWeight()})
+		}
+	}
 	return s
+}
+
+// PlacementToProto converts a job's placement (nil when it asks nothing).
+func PlacementToProto(s constraint.Spec) *schedv1.Placement {
+	if s.Empty() {
+		return nil
+	}
+	p := &schedv1.Placement{Constraints: s.Constraints, MaxPerHost: s.MaxPerHost, UniqueHost: s.UniqueHost,
+		ZoneBalance: schedv1.ZoneBalance(s.ZoneBalance), InstanceFamilies: s.InstanceFamilies}
+	for _, pr := range s.Preferences {
+		p.Preferences = append(p.Preferences, &schedv1.Preference{Constraint: pr.Constraint, Weight: pr.Weight})
+	}
+	return p
 }
 
 // JobSpecToProto is the inverse of JobSpecFromProto.
@@ -46,6 +67,7 @@ func JobSpecToProto(s model.JobSpec) *schedv1.JobSpec {
 	if s.Task != nil {
 		p.Task = TaskSpecToProto(s.Task)
 	}
+	p.Placement = PlacementToProto(s.Placement)
 	return p
 }
 
