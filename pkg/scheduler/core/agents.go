@@ -87,7 +87,7 @@ func (c *Core) Connect(reg model.Registration) (*Session, error) {
 	sess.peer, sess.since = reg.Peer, now
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.stopped {
+	if c.stopped.Load() {
 		return nil, model.ErrNotLeader
 	}
 	if a := c.agents[reg.InstanceID]; a != nil && a.sess != nil {
@@ -190,8 +190,8 @@ func (c *Core) update(sess *Session, healthy *bool, tasks []model.TaskStatus) {
 
 // Agents lists every agent known, by id.
 func (c *Core) Agents() []*model.Agent {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	now := time.Now()
 	out := make([]*model.Agent, 0, len(c.agents))
 	for _, a := range c.agents {

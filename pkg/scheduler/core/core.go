@@ -165,15 +165,19 @@ type Core struct {
 	kick   chan struct{}
 	stats  counters
 
-	mu       sync.Mutex
-	jobs     map[string]*jobState
-	tasks    map[string]*taskState
-	agents   map[string]*agentState
-	gstate   map[string]*groupState
-	q        queues
-	ret      retention
-	stepDown func()
-	stopped  bool // Run has returned: no session may attach
+	// term is this leadership term's end: stepDown is set by Load and
+	// called, without mu, when a fenced write is refused; stopped is set
+	// once Run returns, so no session attaches afterwards.
+	stepDown atomic.Pointer[func()]
+	stopped  atomic.Bool
+
+	mu     sync.RWMutex
+	jobs   map[string]*jobState
+	tasks  map[string]*taskState
+	agents map[string]*agentState
+	gstate map[string]*groupState
+	q      queues
+	ret    retention
 	// submitting counts submissions being written, by application: they
 	// count against the live-job caps before they are in jobs.
 	submitting map[string]int
@@ -240,8 +244,8 @@ func New(opts Config, log *slog.Logger) (*Core, error) {
 
 // Counts says how many jobs and agents the core holds.
 func (c *Core) Counts() (jobs, agents int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	return len(c.jobs), len(c.agents)
 }
 
@@ -253,9 +257,9 @@ func (c *Core) Run(ctx context.Context) {
 		wg.Go(func() { loop(ctx) })
 	}
 	wg.Wait()
+	c.stopped.Store(true) // before the sessions close: Connect checks it under mu
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.stopped = true
 	for _, a := range c.agents {
 		if a.sess != nil {
 			a.sess.close()
@@ -275,11 +279,9 @@ func (c *Core) poke() {
 func (c *Core) fenceFailed(err error) {
 	if errors.Is(err, model.ErrNotLeader) {
 		c.log.Error("stepping down", "err", err)
-		c.mu.Lock()
-		if c.stepDown != nil {
-			c.stepDown()
+		if f := c.stepDown.Load(); f != nil {
+			(*f)()
 		}
-		c.mu.Unlock()
 	}
 }
 

@@ -157,8 +157,8 @@ func (c *Core) view(j *jobState) *model.Job {
 
 // Job returns one job.
 func (c *Core) Job(id string) (*model.Job, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	j := c.jobs[id]
 	if j == nil {
 		return nil, c.jobNotFound(id)
@@ -168,8 +168,8 @@ func (c *Core) Job(id string) (*model.Job, error) {
 
 // JobOwner returns who a job belongs to (for authorization).
 func (c *Core) JobOwner(id string) (model.Owner, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	j := c.jobs[id]
 	if j == nil {
 		return model.Owner{}, c.jobNotFound(id)
@@ -179,8 +179,8 @@ func (c *Core) JobOwner(id string) (model.Owner, error) {
 
 // Jobs lists live jobs, with all ended ones too, by id.
 func (c *Core) Jobs(all bool) []*model.Job {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	var out []*model.Job
 	for _, j := range c.jobs {
 		if all || !j.terminal() {
@@ -194,16 +194,16 @@ func (c *Core) Jobs(all bool) []*model.Job {
 // lockJob takes job id's operation lock (see jobState.op). The caller
 // must not hold c.mu and must call unlock.
 func (c *Core) lockJob(id string) (j *jobState, unlock func(), err error) {
-	c.mu.Lock()
+	c.mu.RLock()
 	j = c.jobs[id]
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	if j == nil {
 		return nil, nil, c.jobNotFound(id)
 	}
 	j.op.Lock()
-	c.mu.Lock()
+	c.mu.RLock()
 	cur := c.jobs[id]
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	if cur != j { // pruned (or state reloaded) while we waited
 		j.op.Unlock()
 		return nil, nil, c.jobNotFound(id)
@@ -352,23 +352,23 @@ func (c *Core) Tasks(ctx context.Context, jobID string, all bool) ([]*model.Task
 		}
 		out = recs
 		// Live state in memory is newer than what was last flushed.
-		c.mu.Lock()
+		c.mu.RLock()
 		for i, t := range out {
 			if live := c.tasks[t.ID]; live != nil {
 				cp := *live.rec
 				out[i] = &cp
 			}
 		}
-		c.mu.Unlock()
+		c.mu.RUnlock()
 	} else {
-		c.mu.Lock()
+		c.mu.RLock()
 		for _, t := range c.tasks {
 			if jobID == "" || t.rec.JobID == jobID {
 				cp := *t.rec
 				out = append(out, &cp)
 			}
 		}
-		c.mu.Unlock()
+		c.mu.RUnlock()
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].ID < out[b].ID })
 	return out, nil
@@ -376,13 +376,13 @@ func (c *Core) Tasks(ctx context.Context, jobID string, all bool) ([]*model.Task
 
 // Task returns one task attempt, live or from the store.
 func (c *Core) Task(ctx context.Context, id string) (*model.Task, error) {
-	c.mu.Lock()
+	c.mu.RLock()
 	if t := c.tasks[id]; t != nil {
-		defer c.mu.Unlock()
+		defer c.mu.RUnlock()
 		cp := *t.rec
 		return &cp, nil
 	}
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	t, err := c.st.Task(ctx, id)
 	if err != nil {
 		return nil, err

@@ -18,7 +18,8 @@ import (
 func (c *Core) Load(ctx context.Context, st Store, stepDown func()) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.st, c.stepDown = st, stepDown
+	c.st = st
+	c.stepDown.Store(&stepDown)
 	now := time.Now()
 	c.jobs, c.tasks, c.agents = map[string]*jobState{}, map[string]*taskState{}, map[string]*agentState{}
 	c.q, c.ret, c.live = newQueues(), retention{}, live{}
