@@ -470,6 +470,7 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 			switch msg := m.GetMsg().(type) {
 			case *schedv1.AgentMessage_Heartbeat:
 				s.core.Heartbeat(sess, msg.Heartbeat.GetHealthy(), wire.TaskStatusesFromProto(msg.Heartbeat.GetTasks()))
+				s.core.ReportNetwork(sess, wire.NetworkUsageFromProto(msg.Heartbeat.GetNetwork()))
 			case *schedv1.AgentMessage_Updates:
 				s.core.Updates(sess, wire.TaskStatusesFromProto(msg.Updates.GetTasks()))
 			}

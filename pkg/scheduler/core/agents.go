@@ -138,6 +138,9 @@ func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *a
 	}
 	a.instanceType, a.az, a.labels = reg.InstanceType, reg.AZ, reg.Labels
 	a.capacity, a.enis, a.ipsPerENI = reg.Capacity.Resources, reg.Capacity.ENIs, reg.Capacity.IPsPerENI
+	a.net.cooldown, a.net.reported, a.net.report = reg.Capacity.IPReuseCooldown, nil, nil
+	a.net.setReport(reg.Network)
+	a.setAttributes(reg.Attributes)
 	a.sess, a.lost, a.healthy, a.lastSeen = sess, false, true, now
 	sess.send(Message{Registered: &Registered{AgentID: a.id, HeartbeatInterval: c.opts.HeartbeatInterval}})
 
@@ -165,6 +168,18 @@ func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *a
 // Heartbeat applies an agent's heartbeat: its health and task states.
 func (c *Core) Heartbeat(sess *Session, healthy bool, tasks []model.TaskStatus) {
 	c.update(sess, &healthy, tasks)
+}
+
+// ReportNetwork takes the ENI use an agent reports with its heartbeat.
+func (c *Core) ReportNetwork(sess *Session, u *model.NetworkUsage) {
+	if u == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if a := sess.agent; a.sess == sess {
+		a.net.setReport(u)
+	}
 }
 
 // Updates applies task state changes an agent reports.

@@ -25,7 +25,10 @@ func (c *Core) newJobState(rec *model.Job, tmpl *task.Spec) *jobState {
 		g = c.gstate[model.DefaultGroup]
 	}
 	j := &jobState{rec: rec, tmpl: tmpl, group: g, spread: newSpread(), created: rec.Created}
-	j.d = demand{req: model.TaskResources(tmpl), sgKey: sgKey(tmpl), spread: !j.batch()}
+	var err error
+	if j.d, err = newDemand(&rec.Spec, model.TaskResources(tmpl), sgKey(tmpl)); err != nil {
+		c.log.Error("job placement does not compile: placing without constraints", "job", rec.ID, "err", err)
+	}
 	j.slots = make([]*slot, rec.Spec.Size())
 	for i := range j.slots {
 		j.slots[i] = &slot{index: uint32(i), active: true}

@@ -51,6 +51,7 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	c.st.SaveTask(t.rec)
 	a, j := t.agent, t.job
 	a.detach(t)
+	a.released(j.d.sgKey, now)
 	j.spread.add(a, -1)
 	j.live--
 	j.group.used = j.group.used.Sub(j.d.req)

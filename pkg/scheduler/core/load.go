@@ -38,6 +38,8 @@ func (c *Core) Load(ctx context.Context, st Store, stepDown func()) error {
 		a := newAgent(r.ID)
 		a.instanceType, a.az, a.labels, a.drained = r.InstanceType, r.AZ, r.Labels, r.Drained
 		a.capacity, a.enis, a.ipsPerENI = r.Capacity.Resources, r.Capacity.ENIs, r.Capacity.IPsPerENI
+		a.net.cooldown = r.Capacity.IPReuseCooldown
+		a.setAttributes(r.Attributes)
 		a.lastSeen = now
 		c.agents[a.id] = a
 	}

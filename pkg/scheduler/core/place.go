@@ -102,9 +102,9 @@ func (c *Core) planRound() ([]placed, time.Time) {
 				j.queuedReason = quotaReason(j.group, j.d.req) // queued until the group's usage drops
 				break
 			}
-			a := p.pick(j.d, j.spread)
+			a := p.pick(j)
 			if a == nil {
-				j.queuedReason = noRoomReason(j.d.req, len(agents))
+				j.queuedReason = p.explain(j, len(agents))
 				break
 			}
 			j.queue = j.queue[1:]

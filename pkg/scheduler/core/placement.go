@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/titus-agent/titus-agent/pkg/scheduler/constraint"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 )
 
@@ -12,7 +13,34 @@ import (
 type demand struct {
 	req    model.Resources
 	sgKey  string
-	spread bool // service job: balance AZs, avoid hosts already running the job
+	spread bool // service job: avoid hosts already running the job
+	// zone is the job's zone balance: none, soft or hard (never default).
+	zone       constraint.ZoneBalance
+	maxPerHost int
+	// place holds the job's hard and soft constraints; nil when it has none.
+	place *constraint.Placement
+}
+
+// newDemand is what every task of a job asks. The placement was checked at
+// submit; one that no longer compiles (a record from a newer scheduler)
+// places without constraints rather than not at all.
+func newDemand(spec *model.JobSpec, req model.Resources, sg string) (demand, error) {
+	d := demand{req: req, sgKey: sg, spread: spec.Batch == nil}
+	pl, err := constraint.Compile(spec.Placement)
+	if err != nil {
+		pl = &constraint.Placement{}
+	}
+	d.maxPerHost, d.zone = pl.MaxPerHost, pl.Zone
+	if d.zone == constraint.ZoneDefault {
+		d.zone = constraint.ZoneNone
+		if d.spread {
+			d.zone = constraint.ZoneSoft
+		}
+	}
+	if len(pl.Hard) > 0 || len(pl.Prefs) > 0 {
+		d.place = pl
+	}
+	return d, err
 }
 
 // spreadState counts one job's live tasks per host and per AZ.
@@ -31,42 +59,120 @@ func (s spreadState) add(a *agentState, n int) {
 // placer picks hosts. It looks at no more than sample feasible hosts per
 // task (starting where the previous search stopped), so a placement costs
 // O(sample) on a fleet of any size while still bin-packing well.
+//
+// A job with constraints gets its own host lists, built once per round
+// from the schedulable hosts: hard constraints filter them, and soft ones
+// split them into tiers by the weight of the preferences a host matches,
+// searched best first. Constraints are answered per attribute value
+// (constraint.Matcher), never by a regex per host per task.
 type placer struct {
-	byAZ         map[string][]*agentState
+	base         *tier // every schedulable host
 	azs          []string
 	all          []*agentState
-	cursor       map[string]int
 	sample       int
 	now          time.Time
 	maxLaunching int
+	jobs         map[*jobState]*candidates
+}
+
+// tier is a list of hosts searched together, in id order, overall and by
+// AZ, with where the last search of each stopped.
+type tier struct {
+	pref   int
+	all    []*agentState
+	byAZ   map[string][]*agentState
+	cursor map[string]int
+}
+
+func newTier(pref int) *tier {
+	return &tier{pref: pref, byAZ: map[string][]*agentState{}, cursor: map[string]int{}}
+}
+
+func (t *tier) add(a *agentState) {
+	t.all = append(t.all, a)
+	t.byAZ[a.az] = append(t.byAZ[a.az], a)
+}
+
+// candidates are the hosts one job may use this round.
+type candidates struct {
+	tiers []*tier
+	azs   []string // AZs with a host the job may use, sorted
+	count int
+	// exhausted marks (tier, AZ) searches that found nothing this round:
+	// hosts only fill up within a round, so they would find nothing again.
+	exhausted map[tierAZ]bool
+}
+
+type tierAZ struct {
+	tier int
+	az   string
 }
 
 func newPlacer(agents []*agentState, sample, maxLaunching int, now time.Time) *placer {
-	p := &placer{byAZ: map[string][]*agentState{}, cursor: map[string]int{}, sample: sample, now: now, maxLaunching: maxLaunching}
+	p := &placer{base: newTier(0), sample: sample, now: now, maxLaunching: maxLaunching, jobs: map[*jobState]*candidates{}}
 	for _, a := range agents {
-		if !a.schedulable(now) {
-			continue
+		if a.schedulable(now) {
+			p.all = append(p.all, a)
 		}
-		p.all = append(p.all, a)
-		p.byAZ[a.az] = append(p.byAZ[a.az], a)
 	}
 	slices.SortFunc(p.all, func(a, b *agentState) int { return cmp.Compare(a.id, b.id) })
-	for az, l := range p.byAZ {
-		slices.SortFunc(l, func(a, b *agentState) int { return cmp.Compare(a.id, b.id) })
+	for _, a := range p.all {
+		p.base.add(a)
+	}
+	for az := range p.base.byAZ {
 		p.azs = append(p.azs, az)
 	}
 	slices.Sort(p.azs)
 	return p
 }
 
-// fits reports whether a can take d now.
-func (p *placer) fits(a *agentState, d demand) bool {
-	return a.launching < p.maxLaunching && d.req.FitsIn(a.capacity.Sub(a.used)) && a.ipFits(d.sgKey)
+// candidatesOf builds (once per round) the hosts j may use.
+func (p *placer) candidatesOf(j *jobState) *candidates {
+	if c := p.jobs[j]; c != nil {
+		return c
+	}
+	c := &candidates{exhausted: map[tierAZ]bool{}}
+	pl := j.d.place
+	if pl == nil {
+		c.tiers, c.azs, c.count = []*tier{p.base}, p.azs, len(p.all)
+		p.jobs[j] = c
+		return c
+	}
+	byPref := map[int]*tier{}
+	azs := map[string]bool{}
+	for _, a := range p.all {
+		if !pl.Allows(a.attrs) {
+			continue
+		}
+		w := pl.Preference(a.attrs)
+		t := byPref[w]
+		if t == nil {
+			t = newTier(w)
+			byPref[w] = t
+			c.tiers = append(c.tiers, t)
+		}
+		t.add(a)
+		azs[a.az] = true
+		c.count++
+	}
+	slices.SortFunc(c.tiers, func(a, b *tier) int { return cmp.Compare(b.pref, a.pref) })
+	for az := range azs {
+		c.azs = append(c.azs, az)
+	}
+	slices.Sort(c.azs)
+	p.jobs[j] = c
+	return c
+}
+
+// fits reports whether a can take one more of j's tasks now.
+func (p *placer) fits(a *agentState, d *demand, sp spreadState) bool {
+	return a.launching < p.maxLaunching && d.req.FitsIn(a.capacity.Sub(a.used)) &&
+		(d.maxPerHost <= 0 || sp.onHost[a.id] < d.maxPerHost) && a.ipFits(d.sgKey, p.now)
 }
 
 // score is higher for better hosts: fuller after placement (bin-packing),
 // and, for spread jobs, fewer of the job's tasks already there.
-func score(a *agentState, d demand, sp spreadState) float64 {
+func score(a *agentState, d *demand, sp spreadState) float64 {
 	after := a.used.Add(d.req)
 	s := (ratio(after.CPU, a.capacity.CPU) + ratio(after.Mem, a.capacity.Mem)) / 2
 	if d.spread {
@@ -82,37 +188,85 @@ func ratio(a, b int64) float64 {
 	return float64(a) / float64(b)
 }
 
-// pick returns the best host for d, or nil when none fits.
-func (p *placer) pick(d demand, sp spreadState) *agentState {
-	if !d.spread {
-		return p.best("", p.all, d, sp)
+// pick returns the best host for one of j's tasks, or nil when none fits.
+func (p *placer) pick(j *jobState) *agentState {
+	c := p.candidatesOf(j)
+	d, sp := &j.d, j.spread
+	zone := d.zone
+	if zone == constraint.ZoneDefault {
+		zone = constraint.ZoneNone
+		if d.spread {
+			zone = constraint.ZoneSoft
+		}
 	}
-	// Balance AZs: try the AZs holding the fewest of the job's tasks first.
-	azs := slices.Clone(p.azs)
-	slices.SortStableFunc(azs, func(a, b string) int { return cmp.Compare(sp.perAZ[a], sp.perAZ[b]) })
-	for _, az := range azs {
-		if a := p.best(az, p.byAZ[az], d, sp); a != nil {
-			return a
+	var azs []string
+	switch zone {
+	case constraint.ZoneSoft:
+		// Try the AZs holding the fewest of the job's tasks first.
+		azs = slices.Clone(c.azs)
+		slices.SortStableFunc(azs, func(a, b string) int { return cmp.Compare(sp.perAZ[a], sp.perAZ[b]) })
+	case constraint.ZoneHard:
+		azs = minZones(c.azs, sp)
+	}
+	for ti, t := range c.tiers {
+		if zone == constraint.ZoneNone {
+			if a := p.bestIn(c, ti, t, "", t.all, d, sp); a != nil {
+				return a
+			}
+			continue
+		}
+		for _, az := range azs {
+			if a := p.bestIn(c, ti, t, az, t.byAZ[az], d, sp); a != nil {
+				return a
+			}
 		}
 	}
 	return nil
 }
 
-func (p *placer) best(key string, list []*agentState, d demand, sp spreadState) *agentState {
+// minZones are the AZs (of those the job may use) holding the fewest of
+// its tasks: under hard zone balance a task goes only there.
+func minZones(azs []string, sp spreadState) []string {
+	var out []string
+	least := -1
+	for _, az := range azs {
+		switch n := sp.perAZ[az]; {
+		case least < 0 || n < least:
+			least, out = n, append(out[:0], az)
+		case n == least:
+			out = append(out, az)
+		}
+	}
+	return out
+}
+
+func (p *placer) bestIn(c *candidates, ti int, t *tier, az string, list []*agentState, d *demand, sp spreadState) *agentState {
+	k := tierAZ{ti, az}
+	if c.exhausted[k] {
+		return nil
+	}
+	a := p.best(t, az, list, d, sp)
+	if a == nil {
+		c.exhausted[k] = true
+	}
+	return a
+}
+
+func (p *placer) best(t *tier, key string, list []*agentState, d *demand, sp spreadState) *agentState {
 	n := len(list)
 	if n == 0 {
 		return nil
 	}
 	start := 0
 	if n > p.sample {
-		start = p.cursor[key] % n
+		start = t.cursor[key] % n
 	}
 	var best *agentState
 	var bestScore float64
 	found, i := 0, 0
 	for ; i < n && found < p.sample; i++ {
 		a := list[(start+i)%n]
-		if !p.fits(a, d) {
+		if !p.fits(a, d, sp) {
 			continue
 		}
 		found++
@@ -124,7 +278,7 @@ func (p *placer) best(key string, list []*agentState, d demand, sp spreadState) 
 	if n > p.sample {
 		// Start the next search past the hosts just looked at, less one so a
 		// host with room left is looked at again (bin-packing).
-		p.cursor[key] = start + max(i-1, 0)
+		t.cursor[key] = start + max(i-1, 0)
 	}
 	return best
 }

@@ -2,9 +2,13 @@ package core
 
 import (
 	"fmt"
+	"maps"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/titus-agent/titus-agent/pkg/scheduler/constraint"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 )
 
@@ -43,4 +47,104 @@ func backoffReason(j *jobState, now time.Time) string {
 		return ""
 	}
 	return fmt.Sprintf("retry backoff after repeated failures: next attempt in %s", next.Sub(now).Round(time.Second))
+}
+
+// explain says why none of a job's tasks could be placed this round: the
+// hard constraint that excluded the most hosts when none is left, else
+// what keeps the hosts the job may use from taking a task. It counts host
+// attributes and the job's own tasks only: nothing of other tenants.
+func (p *placer) explain(j *jobState, agents int) string {
+	d := &j.d
+	if len(p.all) == 0 {
+		return noRoomReason(d.req, agents)
+	}
+	c := p.candidatesOf(j)
+	var worst constraint.Exclusion
+	var hasWorst bool
+	if d.place != nil && len(d.place.Hard) > 0 {
+		attrs := make([]map[string]string, len(p.all))
+		for i, a := range p.all {
+			attrs[i] = a.attrs
+		}
+		worst, hasWorst = d.place.WorstExclusion(attrs)
+	}
+	n := len(p.all)
+	if c.count == 0 && hasWorst {
+		var why []string
+		if worst.Lacking > 0 {
+			why = append(why, fmt.Sprintf("%s of %s hosts lack the attribute", thousands(worst.Lacking), thousands(n)))
+		}
+		if worst.Other > 0 {
+			why = append(why, fmt.Sprintf("%s of %s hosts have another %s", thousands(worst.Other), thousands(n), worst.Constraint.Attr))
+		}
+		s := fmt.Sprintf("no host with %s: %s", worst.Constraint, strings.Join(why, ", "))
+		if worst.Total() < n {
+			s += fmt.Sprintf("; with the job's other constraints no host of %s is left", thousands(n))
+		}
+		return s
+	}
+	prefix := ""
+	if hasWorst {
+		prefix = fmt.Sprintf("%s of %s hosts match the job's constraints (%s excludes %s); ",
+			thousands(c.count), thousands(n), worst.Constraint, thousands(worst.Total()))
+	}
+	// Why the hosts the job may use cannot take a task, the commonest first.
+	var launchCap, perHost, full, noIP, zoneFits int
+	var minAZs map[string]bool
+	if d.zone == constraint.ZoneHard {
+		minAZs = map[string]bool{}
+		for _, az := range minZones(c.azs, j.spread) {
+			minAZs[az] = true
+		}
+	}
+	for _, t := range c.tiers {
+		for _, a := range t.all {
+			switch {
+			case a.launching >= p.maxLaunching:
+				launchCap++
+			case d.maxPerHost > 0 && j.spread.onHost[a.id] >= d.maxPerHost:
+				perHost++
+			case !d.req.FitsIn(a.capacity.Sub(a.used)):
+				full++
+			case !a.ipFits(d.sgKey, p.now):
+				noIP++
+			case minAZs != nil && !minAZs[a.az]:
+				zoneFits++
+			}
+		}
+	}
+	switch m := max(launchCap, perHost, full, noIP, zoneFits); {
+	case m == 0:
+		return prefix + noRoomReason(d.req, agents)
+	case m == zoneFits:
+		azs := slices.Sorted(maps.Keys(minAZs))
+		return prefix + fmt.Sprintf("zoneBalance hard: the job's tasks must go to %s (fewest of its tasks, %d) where no host can take one now; %s hosts in other zones could",
+			strings.Join(azs, ", "), j.spread.perAZ[azs[0]], thousands(zoneFits))
+	case m == perHost:
+		return prefix + fmt.Sprintf("maxPerHost %d: %s of the %s hosts the job may use already run %d of its tasks",
+			d.maxPerHost, thousands(perHost), thousands(c.count), d.maxPerHost)
+	case m == noIP:
+		sg := d.sgKey
+		if sg == "" {
+			sg = "the agent's default"
+		}
+		return prefix + fmt.Sprintf("no free IP: %s of the %s hosts the job may use have room but no IP for security groups [%s] (every ENI is held by other security-group sets, or its IPs are in use or cooling down)",
+			thousands(noIP), thousands(c.count), sg)
+	case m == launchCap:
+		return prefix + fmt.Sprintf("%s of the %s hosts the job may use are at their launch cap (%d tasks starting); waiting for launches to finish",
+			thousands(launchCap), thousands(c.count), p.maxLaunching)
+	}
+	return prefix + noRoomReason(d.req, agents)
+}
+
+// thousands writes n with thousands separators: 4,980.
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	if n < 0 {
+		return "-" + thousands(-n)
+	}
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }

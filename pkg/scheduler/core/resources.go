@@ -12,7 +12,7 @@ import (
 func sgKey(s *task.Spec) string {
 	sgs := slices.Clone(s.Network.SecurityGroupIDs)
 	slices.Sort(sgs)
-	return strings.Join(sgs, ",")
+	return strings.Join(slices.Compact(sgs), ",")
 }
 
 // footprintOf is what a job reserves against its group's quota: every task

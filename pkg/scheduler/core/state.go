@@ -17,8 +17,12 @@ type agentState struct {
 	enis, ipsPerENI      int
 	used                 model.Resources
 	sgSets               map[string]int
-	enisUsed             int
-	launching            int
+	net                  agentNet
+	// attributes are what the agent said it is; attrs the map constraints
+	// read (instance type, zone, labels and attributes).
+	attributes model.HostAttributes
+	attrs      map[string]string
+	launching  int
 	tasks                map[string]*taskState
 	sess                 *Session
 	healthy, drained     bool
@@ -49,27 +53,10 @@ func (a *agentState) schedulable(now time.Time) bool {
 	return a.sess != nil && a.healthy && !a.drained && !a.lost && !now.Before(a.quarantinedUntil)
 }
 
-// ipFits reports whether a task with this security-group set can get an IP:
-// on an ENI already carrying the set with a free IP, or on a free ENI.
-// Agents that report no ENI capacity are not limited.
-func (a *agentState) ipFits(sg string) bool {
-	if a.enis <= 0 || a.ipsPerENI <= 0 {
-		return true
-	}
-	if n := a.sgSets[sg]; n%a.ipsPerENI != 0 {
-		return true
-	}
-	return a.enisUsed < a.enis
-}
-
 func (a *agentState) attach(t *taskState) {
 	a.tasks[t.rec.ID] = t
 	a.used = a.used.Add(t.job.d.req)
-	sg := t.job.d.sgKey
-	if a.ipsPerENI > 0 && a.sgSets[sg]%a.ipsPerENI == 0 {
-		a.enisUsed++
-	}
-	a.sgSets[sg]++
+	a.sgSets[t.job.d.sgKey]++
 }
 
 func (a *agentState) detach(t *taskState) {
@@ -80,9 +67,6 @@ func (a *agentState) detach(t *taskState) {
 	a.used = a.used.Sub(t.job.d.req)
 	sg := t.job.d.sgKey
 	a.sgSets[sg]--
-	if a.ipsPerENI > 0 && a.sgSets[sg]%a.ipsPerENI == 0 {
-		a.enisUsed--
-	}
 	if a.sgSets[sg] == 0 {
 		delete(a.sgSets, sg)
 	}
@@ -112,8 +96,10 @@ func (a *agentState) recordFailure(now time.Time, n int, window time.Duration) {
 func (a *agentState) view(now time.Time) *model.Agent {
 	return &model.Agent{
 		ID: a.id, InstanceType: a.instanceType, AZ: a.az, Labels: a.labels,
-		Capacity:  model.Capacity{Resources: a.capacity, ENIs: a.enis, IPsPerENI: a.ipsPerENI},
-		Used:      model.Capacity{Resources: a.used, ENIs: a.enisUsed},
+		Capacity:   model.Capacity{Resources: a.capacity, ENIs: a.enis, IPsPerENI: a.ipsPerENI, IPReuseCooldown: a.net.cooldown},
+		Used:       model.Capacity{Resources: a.used, ENIs: a.heldENIs(now)},
+		Attributes: a.attributes,
+		Network:    a.net.report,
 		Connected: a.sess != nil, Healthy: a.healthy, Drained: a.drained, Lost: a.lost,
 		Quarantined:   now.Before(a.quarantinedUntil),
 		Tasks:         uint32(len(a.tasks)),
