@@ -20,14 +20,14 @@ type agentState struct {
 	net                  agentNet
 	// attributes are what the agent said it is; attrs the map constraints
 	// read (instance type, zone, labels and attributes).
-	attributes model.HostAttributes
-	attrs      map[string]string
-	launching  int
-	tasks                map[string]*taskState
-	sess                 *Session
-	healthy, drained     bool
-	lost                 bool
-	lastSeen             time.Time
+	attributes       model.HostAttributes
+	attrs            map[string]string
+	launching        int
+	tasks            map[string]*taskState
+	sess             *Session
+	healthy, drained bool
+	lost             bool
+	lastSeen         time.Time
 	// heard is when the stream last delivered a message (unix ns), set
 	// without c.mu so a busy scheduler never mistakes its own delay for a
 	// silent agent.
@@ -100,7 +100,7 @@ func (a *agentState) view(now time.Time) *model.Agent {
 		Used:       model.Capacity{Resources: a.used, ENIs: a.heldENIs(now)},
 		Attributes: a.attributes,
 		Network:    a.net.report,
-		Connected: a.sess != nil, Healthy: a.healthy, Drained: a.drained, Lost: a.lost,
+		Connected:  a.sess != nil, Healthy: a.healthy, Drained: a.drained, Lost: a.lost,
 		Quarantined:   now.Before(a.quarantinedUntil),
 		Tasks:         uint32(len(a.tasks)),
 		LastHeartbeat: a.lastSeen,
