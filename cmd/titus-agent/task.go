@@ -19,7 +19,7 @@ import (
 
 func newTaskCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "task", Short: "Launch, inspect, kill and debug tasks"}
-	cmd.AddCommand(newTaskRunCmd(), newTaskLsCmd(), newTaskGetCmd(), newTaskKillCmd(), newTaskLogsCmd(), newTaskExecCmd())
+	cmd.AddCommand(newTaskRunCmd(), newTaskLsCmd(), newTaskGetCmd(), newTaskKillCmd(), newTaskLogsCmd(), newTaskExecCmd(), newTaskEventsCmd())
 	return cmd
 }
 
@@ -197,6 +197,70 @@ func stateName(s agentv1.TaskState) string {
 	return strings.TrimPrefix(s.String(), "TASK_STATE_")
 }
 
+// healthName is a task's health status for tables: empty without a check.
+func healthName(h *agentv1.TaskHealth) string {
+	if h == nil || h.GetStatus() == agentv1.HealthStatus_HEALTH_STATUS_UNSPECIFIED {
+		return ""
+	}
+	name := strings.TrimPrefix(h.GetStatus().String(), "HEALTH_STATUS_")
+	return name[:1] + strings.ToLower(name[1:])
+}
+
+// healthLine is a task's health with the latest check's result.
+func healthLine(h *agentv1.TaskHealth) string {
+	line := healthName(h) + " since " + h.GetSince().AsTime().Local().Format("15:04:05")
+	if c := h.GetChecked(); c != nil {
+		result := "failed"
+		if h.GetOk() {
+			result = "passed"
+		}
+		line += fmt.Sprintf("; last check %s %s: %s", c.AsTime().Local().Format("15:04:05"), result, strings.ReplaceAll(h.GetOutput(), "\n", " "))
+	}
+	return line
+}
+
+func newTaskEventsCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "events [ID]",
+		Short: "Stream task transitions and health changes (of one task, or all)",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &agentv1.WatchEventsRequest{}
+			if len(args) == 1 {
+				req.TaskId = args[0]
+			}
+			return withClient(func(ctx context.Context, c agentv1.AgentClient) error {
+				events, err := c.WatchEvents(ctx, req)
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				for {
+					ev, err := events.Recv()
+					if err != nil {
+						return err
+					}
+					if opts.output == "json" {
+						if err := printJSON(out, ev); err != nil {
+							return err
+						}
+						continue
+					}
+					tr := ev.GetTransition()
+					if ev.GetHealthChanged() {
+						fmt.Fprintf(out, "%s %s health %s\n", time.Now().Format("15:04:05.000"), ev.GetTaskId(), healthLine(ev.GetHealth()))
+						continue
+					}
+					fmt.Fprintf(out, "%s %s %s %s %s\n", tr.GetTime().AsTime().Local().Format("15:04:05.000"), ev.GetTaskId(),
+						stateName(tr.GetState()), tr.GetReason(), tr.GetMessage())
+				}
+			})
+		},
+	}
+	addOutputFlag(cmd)
+	return cmd
+}
+
 func newTaskLsCmd() *cobra.Command {
 	var all bool
 	cmd := &cobra.Command{
@@ -212,13 +276,13 @@ func newTaskLsCmd() *cobra.Command {
 				if opts.output == "json" {
 					return printJSON(cmd.OutOrStdout(), resp)
 				}
-				tw := newTable(cmd.OutOrStdout(), "ID", "STATE", "REASON", "EXIT", "PID", "IP", "IMAGE", "AGE")
+				tw := newTable(cmd.OutOrStdout(), "ID", "STATE", "HEALTH", "REASON", "EXIT", "PID", "IP", "IMAGE", "AGE")
 				for _, t := range resp.GetTasks() {
 					age := ""
 					if tr := t.GetTransitions(); len(tr) > 0 {
 						age = time.Since(tr[0].GetTime().AsTime()).Round(time.Second).String()
 					}
-					tw.row(t.GetSpec().GetId(), stateName(t.GetState()), t.GetReason(), fmt.Sprint(t.GetExitCode()),
+					tw.row(t.GetSpec().GetId(), stateName(t.GetState()), healthName(t.GetHealth()), t.GetReason(), fmt.Sprint(t.GetExitCode()),
 						fmt.Sprint(t.GetPid()), t.GetNetwork().GetIpv4(), t.GetSpec().GetImage(), age)
 				}
 				tw.flush()
@@ -250,6 +314,9 @@ func newTaskGetCmd() *cobra.Command {
 				fmt.Fprintf(out, "ID:      %s\nOwner:   %s\nImage:   %s\nCommand: %s\nState:   %s %s %s\nExit:    %d\nPID:     %d\n",
 					s.GetId(), s.GetOwnerEmail(), s.GetImage(), strings.Join(append(s.GetEntrypoint(), s.GetCommand()...), " "),
 					stateName(t.GetState()), t.GetReason(), t.GetMessage(), t.GetExitCode(), t.GetPid())
+				if h := t.GetHealth(); h != nil {
+					fmt.Fprintf(out, "Health:  %s\n", healthLine(h))
+				}
 				if n := t.GetNetwork(); n != nil {
 					fmt.Fprintf(out, "IP:      %s %s\nENI:     %s %s\nNetns:   %s\n", n.GetIpv4(), n.GetIpv6(), n.GetEniId(), n.GetMac(), n.GetNetns())
 				}

@@ -150,6 +150,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		Runtime:      rt,
 		Stages:       w.stages,
 		RestoreHooks: w.restore,
+		Poststart:    w.poststart,
 		Reconcilers:  w.reconcilers,
 		Restorers:    w.restorers,
 		Logger:       log,
@@ -189,6 +190,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 type wiring struct {
 	stages      [][]taskrunner.PrestartHook
 	restore     []taskrunner.RestoreHook
+	poststart   []taskrunner.PoststartHook
 	reconcilers []Reconciler
 	restorers   []RecordRestorer
 	closers     []func() error

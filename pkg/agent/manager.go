@@ -58,9 +58,11 @@ type ManagerConfig struct {
 	Runtime      managerRuntime
 	Stages       [][]taskrunner.PrestartHook
 	RestoreHooks []taskrunner.RestoreHook
-	Reconcilers  []Reconciler
-	Restorers    []RecordRestorer
-	Logger       *slog.Logger
+	// Poststart hooks run beside a running task (health checks).
+	Poststart   []taskrunner.PoststartHook
+	Reconcilers []Reconciler
+	Restorers   []RecordRestorer
+	Logger      *slog.Logger
 	// MaxTasks bounds the tasks known at once (finished ones included until
 	// they are pruned).
 	MaxTasks int
@@ -116,6 +118,8 @@ func (m *Manager) runnerConfig() taskrunner.Config {
 		Notify:  m.bus.publish,
 		Logger:  m.log,
 		Observe: m.cfg.Observe,
+
+		Poststart: m.cfg.Poststart,
 	}
 }
 

@@ -119,7 +119,8 @@ func (s *Server) WatchEvents(req *agentv1.WatchEventsRequest, stream grpc.Server
 		if len(tr) == 0 {
 			continue
 		}
-		if err := stream.Send(&agentv1.TaskEvent{TaskId: ev.TaskID, Transition: task.TransitionToProto(tr[len(tr)-1]), ExitCode: ev.Status.ExitCode}); err != nil {
+		if err := stream.Send(&agentv1.TaskEvent{TaskId: ev.TaskID, Transition: task.TransitionToProto(tr[len(tr)-1]), ExitCode: ev.Status.ExitCode,
+			Health: task.HealthToProto(ev.Status.Health), HealthChanged: ev.HealthChanged}); err != nil {
 			return err
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
+	"github.com/titus-agent/titus-agent/pkg/healthcheck"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
@@ -61,11 +62,17 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 	iso := isolationOptions(cfg.Isolation)
 	iso.XFSQuota = disks.Backend() == isolation.BackendXFSQuota
 	policy := hostPolicy(cfg.Isolation)
+	noNetNS := cfg.Network.Provider == "none"
 	w.hostCheck = func(s *task.Spec, c *task.Checker) {
 		policy(s, c) // first: it may force the user namespace label
 		iso.CheckHostRequests(s.Labels, c)
 		gpuHostCheck(s, c)
+		if h := s.HealthCheck; h != nil && noNetNS && (h.Kind == task.HealthHTTP || h.Kind == task.HealthTCP) {
+			c.Failf("health_check.kind", "%s checks dial from the task's own network namespace, and this host's network provider is none (use an exec check)", h.Kind)
+		}
 	}
+	// Health checks run beside the running task, in its netns or container.
+	w.poststart = append(w.poststart, &taskrunner.HealthHook{Checker: healthcheck.New(rt, log.With("component", "healthcheck"))})
 	container := &taskrunner.ContainerHook{Runtime: rt, SpecOpts: func(s *task.Spec) []oci.SpecOpts { return isolation.SpecOpts(s, iso) }}
 	w.stages = [][]taskrunner.PrestartHook{first}
 	if len(second) > 0 {

@@ -177,7 +177,7 @@ func backoff(lo, hi time.Duration, n int) time.Duration {
 
 func statusOf(v *task.View) *schedv1.TaskStatus {
 	return &schedv1.TaskStatus{TaskId: v.Spec.ID, State: task.StateToProto(v.Status.State), Reason: string(v.Status.Reason),
-		Message: v.Status.Message, ExitCode: v.Status.ExitCode}
+		Message: v.Status.Message, ExitCode: v.Status.ExitCode, Health: task.HealthToProto(v.Status.Health)}
 }
 
 // runSession is one stream; it reports whether registration succeeded.
@@ -317,7 +317,7 @@ func forward(ctx context.Context, events <-chan task.Event, send func(*schedv1.A
 
 func eventStatus(ev task.Event) *schedv1.TaskStatus {
 	return &schedv1.TaskStatus{TaskId: ev.TaskID, State: task.StateToProto(ev.Status.State), Reason: string(ev.Status.Reason),
-		Message: ev.Status.Message, ExitCode: ev.Status.ExitCode}
+		Message: ev.Status.Message, ExitCode: ev.Status.ExitCode, Health: task.HealthToProto(ev.Status.Health)}
 }
 
 // receive applies launches and kills. They run under the agent's context,

@@ -7,8 +7,11 @@ type View struct {
 	Network *NetworkAttachment `json:"network,omitempty"`
 }
 
-// Event is one state transition of one task, as broadcast to watchers.
+// Event is one state transition (or health change) of one task, as
+// broadcast to watchers.
 type Event struct {
 	TaskID string `json:"taskId"`
 	Status Status `json:"status"`
+	// HealthChanged: the event is a change of Status.Health, not a transition.
+	HealthChanged bool `json:"healthChanged,omitempty"`
 }

@@ -3,6 +3,7 @@ package taskrunner
 import (
 	"context"
 	"slices"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -64,6 +65,30 @@ type StopHook interface {
 type RestoreHook interface {
 	Hook
 	Restore(ctx context.Context, req *StopRequest) error
+}
+
+// PoststartRequest is what a hook sees once the task's process runs (and
+// again when a restarted agent re-adopts the running task).
+type PoststartRequest struct {
+	Spec      *task.Spec
+	Resources *Resources
+	// Started is when the task started running.
+	Started time.Time
+	// Health is the task's recorded health (nil: none yet).
+	Health *task.Health
+	// ReportHealth records a health check's result: a status change is
+	// persisted and published, the latest result kept in memory. It is
+	// ignored once the task is no longer running.
+	ReportHealth func(h task.Health, changed bool)
+}
+
+// PoststartHook starts what lives beside a running task (health checks).
+// What it starts ends when ctx ends (the agent shuts down) and at its
+// Stop (StopHook), which the runner calls when the task is killed and
+// again at teardown.
+type PoststartHook interface {
+	Hook
+	Poststart(ctx context.Context, req *PoststartRequest) error
 }
 
 // Resources is everything hooks created for a task; it is persisted with the

@@ -65,6 +65,7 @@ func (r *Runner) launch(agentCtx context.Context) {
 	if err := r.advance(task.Running, task.ReasonStarted, "", func(rec *Record) { rec.Status.Pid = rec.Resources.Pid }); err != nil {
 		r.log.Error("advance", "err", err)
 	}
+	r.poststart(agentCtx)
 	r.wait(agentCtx)
 }
 
@@ -190,6 +191,11 @@ func (r *Runner) wait(agentCtx context.Context) {
 				r.Kill(r.rec.Spec.KillGracePeriod, task.ReasonRuntimeLimitExceeded, "")
 			case <-r.killCh:
 				k := r.killRequest()
+				// A task being killed is not checked any more: its
+				// health stays as it was.
+				if err := r.stopPoststart(context.WithoutCancel(agentCtx)); err != nil {
+					r.log.Warn("stop poststart hooks", "err", err)
+				}
 				if err := r.advance(task.Killing, k.reason, k.msg, nil); err != nil {
 					r.log.Debug("advance killing", "err", err)
 				}

@@ -52,6 +52,8 @@ func (r *Runner) Restore(agentCtx context.Context, restoreHooks []RestoreHook) {
 			reason = task.ReasonKilledByUser
 		}
 		r.Kill(rec.Spec.KillGracePeriod, reason, rec.Status.Message)
+	} else {
+		r.poststart(agentCtx) // health checks resume from the recorded health
 	}
 	r.wait(agentCtx)
 }

@@ -78,6 +78,8 @@ type Config struct {
 	TeardownRetry time.Duration
 	// Observe, if set, gets each prestart hook's duration (metrics).
 	Observe func(hook string, d time.Duration)
+	// Poststart hooks run once the task runs, and after re-adoption.
+	Poststart []PoststartHook
 }
 
 // HookError carries the reason a prestart hook failed.
@@ -103,6 +105,10 @@ type Runner struct {
 
 	// agentCtx is the agent's life, set by Run or Restore.
 	agentCtx context.Context
+
+	// writeMu orders the writers of the record (the runner goroutine and
+	// health reports), so that none overwrites another's change.
+	writeMu sync.Mutex
 
 	mu         sync.Mutex
 	rec        *Record
@@ -197,6 +203,8 @@ func (r *Runner) killRequest() *killRequest {
 // advance moves the task forward, persists, and notifies. The new state
 // becomes visible (View) only once it is on disk.
 func (r *Runner) advance(s task.State, reason task.Reason, msg string, mutate func(*Record)) error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	r.mu.Lock()
 	next := *r.rec
 	next.Status.Transitions = slices.Clone(r.rec.Status.Transitions)
@@ -223,6 +231,8 @@ func (r *Runner) advance(s task.State, reason task.Reason, msg string, mutate fu
 }
 
 func (r *Runner) save(mutate func(*Record)) error {
+	r.writeMu.Lock()
+	defer r.writeMu.Unlock()
 	r.mu.Lock()
 	next := *r.rec
 	r.mu.Unlock()

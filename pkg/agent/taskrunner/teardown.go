@@ -73,6 +73,9 @@ func (r *Runner) stopHooks() error {
 	spec, res := r.rec.Spec, r.rec.Resources
 	r.mu.Unlock()
 	var errs []error
+	if err := r.stopPoststart(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	for i := len(r.cfg.Stages) - 1; i >= 0; i-- {
 		stage := r.cfg.Stages[i]
 		for j := len(stage) - 1; j >= 0; j-- {
