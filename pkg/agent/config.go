@@ -9,9 +9,11 @@ import (
 	"slices"
 	"strconv"
 
+	sdutil "github.com/coreos/go-systemd/v22/util"
 	"sigs.k8s.io/yaml"
 
 	"github.com/titus-agent/titus-agent/pkg/gpu"
+	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 )
 
@@ -55,6 +57,30 @@ type LogConfig struct {
 type ContainerdConfig struct {
 	Address   string `json:"address"`
 	Namespace string `json:"namespace"`
+	// CgroupDriver is who makes task cgroups: systemd (a transient scope
+	// per task in titus.slice, what a host booted by systemd wants),
+	// cgroupfs (runc writes /<namespace>/<id>), or auto: systemd when
+	// systemd is the init system, else cgroupfs.
+	CgroupDriver string `json:"cgroupDriver"`
+}
+
+// cgroupDriver resolves containerd.cgroupDriver for this host.
+func (c ContainerdConfig) cgroupDriver(systemdBooted bool) (string, error) {
+	switch c.CgroupDriver {
+	case "", "auto":
+		if systemdBooted {
+			return runtime.CgroupDriverSystemd, nil
+		}
+		return runtime.CgroupDriverCgroupfs, nil
+	case runtime.CgroupDriverCgroupfs:
+		return c.CgroupDriver, nil
+	case runtime.CgroupDriverSystemd:
+		if !systemdBooted {
+			return "", errors.New("containerd.cgroupDriver: systemd needs systemd as the init system (no /run/systemd/system); use cgroupfs or auto")
+		}
+		return c.CgroupDriver, nil
+	}
+	return "", fmt.Errorf("containerd.cgroupDriver: %q: must be auto, systemd or cgroupfs", c.CgroupDriver)
 }
 
 // RegistryConfig says which registries may use plain HTTP and their auth.
@@ -209,7 +235,7 @@ func DefaultConfig() Config {
 		StateDir:      "/var/lib/titus-agent",
 		LogDir:        "/var/log/titus-agent/tasks",
 		Logs:          LogConfig{MaxSizeMiB: 10, MaxFiles: 3},
-		Containerd:    ContainerdConfig{Address: "/run/containerd/containerd.sock", Namespace: "titus"},
+		Containerd:    ContainerdConfig{Address: "/run/containerd/containerd.sock", Namespace: "titus", CgroupDriver: "auto"},
 		Network:       NetworkConfig{Provider: "none", NetNSDir: "/run/titus-agent/netns", Local: LocalNetConfig{CIDR: "198.19.255.0/24", Bridge: "titus-br0"}, Firewall: FirewallConfig{Enabled: true}},
 		Metadata:      MetadataConfig{Enabled: true},
 		Isolation:     defaultIsolation(),
@@ -244,6 +270,9 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.check()...)
 	if c.Containerd.Address == "" {
 		errs = append(errs, errors.New("containerd.address: is required"))
+	}
+	if _, err := c.Containerd.cgroupDriver(sdutil.IsRunningSystemd()); err != nil {
+		errs = append(errs, err)
 	}
 	if _, err := c.Scheduler.TLS.Client(); err != nil {
 		errs = append(errs, fmt.Errorf("scheduler.tls: %w", err))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -72,4 +73,29 @@ func flatten(err error) []error {
 		return out
 	}
 	return []error{err}
+}
+
+func TestCgroupDriverFollowsTheInitSystem(t *testing.T) {
+	for _, tc := range []struct {
+		set     string
+		booted  bool
+		want    string
+		wantErr bool
+	}{
+		{"", true, runtime.CgroupDriverSystemd, false},
+		{"auto", true, runtime.CgroupDriverSystemd, false},
+		{"auto", false, runtime.CgroupDriverCgroupfs, false},
+		{"cgroupfs", true, runtime.CgroupDriverCgroupfs, false},
+		{"systemd", true, runtime.CgroupDriverSystemd, false},
+		{"systemd", false, "", true}, // runc would fail every create later
+		{"SystemdCgroup", true, "", true},
+	} {
+		got, err := ContainerdConfig{CgroupDriver: tc.set}.cgroupDriver(tc.booted)
+		if got != tc.want || (err != nil) != tc.wantErr {
+			t.Errorf("cgroupDriver(%q, booted=%v) = %q, %v; want %q, error %v", tc.set, tc.booted, got, err, tc.want, tc.wantErr)
+		}
+		if err != nil && !strings.Contains(err.Error(), "containerd.cgroupDriver") {
+			t.Errorf("error does not name the key: %v", err)
+		}
+	}
 }

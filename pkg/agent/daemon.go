@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	sdutil "github.com/coreos/go-systemd/v22/util"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
@@ -124,7 +125,12 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	for host, a := range cfg.Registries.Auth {
 		auth[host] = runtime.Auth{Username: a.Username, Password: a.Password}
 	}
+	driver, err := cfg.Containerd.cgroupDriver(sdutil.IsRunningSystemd())
+	if err != nil {
+		return nil, err
+	}
 	rt, err := runtime.New(agentCtx, runtime.Config{
+		CgroupDriver:        driver,
 		Address:             cfg.Containerd.Address,
 		Namespace:           cfg.Containerd.Namespace,
 		PlainHTTPRegistries: cfg.Registries.PlainHTTP,

@@ -49,6 +49,10 @@ type Config struct {
 	// log file (cio.LogFile), not rotated.
 	LoggerBinary  string
 	LogMaxSizeMiB int // per file; default 50
+	// CgroupDriver is CgroupDriverCgroupfs (default) or
+	// CgroupDriverSystemd; it must match how the host runs containers
+	// (systemd as PID 1 with SystemdCgroup = true in production AMIs).
+	CgroupDriver string
 	LogMaxFiles   int // rotated files kept; default 5
 }
 
@@ -62,6 +66,11 @@ func (c *Config) setDefaults() error {
 	if c.Snapshotter == "" {
 		c.Snapshotter = DefaultSnapshotter
 	}
+	d, err := checkCgroupDriver(c.CgroupDriver)
+	if err != nil {
+		return err
+	}
+	c.CgroupDriver = d
 	if c.LogMaxSizeMiB <= 0 {
 		c.LogMaxSizeMiB = 50
 	}

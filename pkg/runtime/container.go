@@ -79,7 +79,7 @@ func (r *Runtime) Create(ctx context.Context, cs ContainerSpec) error {
 	opts := []client.NewContainerOpts{
 		client.WithImage(img),
 		client.WithContainerLabels(containerLabels(cs)),
-		client.WithRuntime(defaultRuntime, nil),
+		client.WithRuntime(defaultRuntime, runcOptions(r.cfg.CgroupDriver)),
 	}
 	if cs.RootfsPath == "" {
 		// A snapshot left by a create that failed half-way would block ours.
@@ -89,7 +89,8 @@ func (r *Runtime) Create(ctx context.Context, cs ContainerSpec) error {
 		}
 		opts = append(opts, client.WithSnapshotter(r.cfg.Snapshotter), client.WithNewSnapshot(cs.ID, img))
 	}
-	opts = append(opts, client.WithNewSpec(specOpts(cs, oci.WithImageConfig(img))...))
+	sopts := append(specOpts(cs, oci.WithImageConfig(img)), oci.WithCgroup(cgroupsPath(r.cfg.CgroupDriver, r.cfg.Namespace, cs.ID)))
+	opts = append(opts, client.WithNewSpec(sopts...))
 	if _, err := r.client.NewContainer(ctx, cs.ID, opts...); err != nil {
 		if errdefs.IsAlreadyExists(err) {
 			return nil

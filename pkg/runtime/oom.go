@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -109,17 +108,12 @@ func (w *oomWatcher) run(ctx context.Context, c *client.Client, ns string) {
 }
 
 // cgroupOOMKilled reads the kernel's OOM kill counter of a container's
-// memory cgroup (v1 memory.oom_control, v2 memory.events). The cgroup lives
+// memory cgroup (v1 memory.oom_control, v2 memory.events), under either
+// cgroup driver. The cgroup lives
 // until the task is deleted, so this closes the race where the OOM event
 // arrives after the exit event.
 func cgroupOOMKilled(cgroupsPath string) bool {
-	if cgroupsPath == "" || strings.Contains(cgroupsPath, ":") { // systemd slice notation: not ours
-		return false
-	}
-	for _, f := range []string{
-		filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.oom_control"),
-		filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.events"),
-	} {
+	for _, f := range cgroupFiles(cgroupRoot, cgroupsPath, "memory", "memory.oom_control", "memory.events") {
 		if n, ok := readCounter(f, "oom_kill"); ok {
 			return n > 0
 		}
@@ -147,13 +141,7 @@ func readCounter(path, key string) (int64, bool) {
 // cgroupPeakMemory reads the highest memory use of a container's cgroup
 // (v1 memory.max_usage_in_bytes, v2 memory.peak); 0 if unknown.
 func cgroupPeakMemory(cgroupsPath string) uint64 {
-	if cgroupsPath == "" || strings.Contains(cgroupsPath, ":") {
-		return 0
-	}
-	for _, f := range []string{
-		filepath.Join("/sys/fs/cgroup/memory", cgroupsPath, "memory.max_usage_in_bytes"),
-		filepath.Join("/sys/fs/cgroup", cgroupsPath, "memory.peak"),
-	} {
+	for _, f := range cgroupFiles(cgroupRoot, cgroupsPath, "memory", "memory.max_usage_in_bytes", "memory.peak") {
 		if b, err := os.ReadFile(f); err == nil {
 			if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
 				return n

@@ -332,15 +332,20 @@ func removeRuncState(ctx context.Context, root string, s shimProc, killed []int)
 var cgroupRoot = "/sys/fs/cgroup" // a variable for tests
 
 // removeEmptyCgroups removes the task's cgroup (containerd's default path
-// /<namespace>/<id>) from every hierarchy where it is empty. rmdir refuses
+// /<namespace>/<id>, or the systemd driver's scope) from every hierarchy
+// where it is empty. rmdir refuses
 // a cgroup with processes in it, so another containerd's live container of
 // the same id is never touched.
 func removeEmptyCgroups(root, ns, id string) error {
-	dirs, err := filepath.Glob(filepath.Join(root, "*", ns, id))
-	if err != nil {
-		return err
+	var dirs []string
+	for _, driver := range []string{CgroupDriverCgroupfs, CgroupDriverSystemd} {
+		rel, _ := cgroupRelDir(cgroupsPath(driver, ns, id))
+		v1, err := filepath.Glob(filepath.Join(root, "*", rel))
+		if err != nil {
+			return err
+		}
+		dirs = append(append(dirs, v1...), filepath.Join(root, rel)) // v1 hierarchies, v2
 	}
-	dirs = append(dirs, filepath.Join(root, ns, id)) // cgroup v2
 	var errs []error
 	for _, d := range dirs {
 		if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.ENOTEMPTY) {
