@@ -53,7 +53,7 @@ type Config struct {
 	// CgroupDriverSystemd; it must match how the host runs containers
 	// (systemd as PID 1 with SystemdCgroup = true in production AMIs).
 	CgroupDriver string
-	LogMaxFiles   int // rotated files kept; default 5
+	LogMaxFiles  int // rotated files kept; default 5
 }
 
 func (c *Config) setDefaults() error {
