@@ -24,8 +24,9 @@ func benchScheduler(tb *testenv.Standalone) {
 	rep, err := schedload.Run(ctx, schedload.Options{
 		Agents: 5000, AZs: 3, Tasks: 100_000,
 		AgentTTL: 10 * time.Second, HeartbeatInterval: time.Second,
-		Timeout: 3 * time.Minute, DataDir: tb.TempDir(),
-		Log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Timeout: 5 * time.Minute, DataDir: tb.TempDir(),
+		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Constrained: true,
 	})
 	rep.Print(os.Stdout)
 	if err != nil {

@@ -41,6 +41,9 @@ type Options struct {
 	ElectionTTL time.Duration
 	// Log gets the scheduler's log (default: discarded).
 	Log *slog.Logger
+	// Constrained runs Tasks more tasks after the first run, each job with
+	// a hard constraint, a soft one and zoneBalance hard.
+	Constrained bool
 }
 
 // Report is what a run measured.
@@ -58,6 +61,25 @@ type Report struct {
 	// EtcdPutsPerSec is the baseline: raw etcd writes of task-sized records
 	// in the same transaction batching, measured in the same run.
 	EtcdPutsPerSec float64
+	// Constrained is the second run, in the same process on the same
+	// fleet, with a hard constraint, a soft one and zoneBalance hard on
+	// every job (zero when Options.Constrained is off).
+	Constrained ConstrainedReport
+}
+
+// ConstrainedReport is the constrained run: its rate and what placement
+// honoured.
+type ConstrainedReport struct {
+	Tasks, Placed    int
+	PlaceDuration    time.Duration
+	PlacementsPerSec float64
+	// Constraints are the placement of every job of the run.
+	Constraints string
+	// Checked: every task on a host matching the hard constraint, each
+	// job's zones within one task of each other; Preferred is the share of
+	// tasks on hosts matching the soft constraint (half the fleet does).
+	Checked   bool
+	Preferred float64
 }
 
 // Print writes the report as a table, with the targets of the issue and
@@ -72,6 +94,15 @@ func (r Report) Print(w io.Writer) {
 		ratio = fmt.Sprintf("%.2fx of raw etcd", r.PlacementsPerSec/r.EtcdPutsPerSec)
 	}
 	fmt.Fprintf(tw, "placements/s (durable commit)\t%.0f (%d in %s)\t>= 4000; %s\n", r.PlacementsPerSec, r.Placed, r.PlaceDuration.Round(time.Millisecond), ratio)
+	if c := r.Constrained; c.Tasks > 0 {
+		cr := "n/a"
+		if r.PlacementsPerSec > 0 {
+			cr = fmt.Sprintf("%.2fx of unconstrained", c.PlacementsPerSec/r.PlacementsPerSec)
+		}
+		fmt.Fprintf(tw, "constrained placements/s\t%.0f (%d in %s)\t>= 10000 and >= 0.7x; %s\n", c.PlacementsPerSec, c.Placed, c.PlaceDuration.Round(time.Millisecond), cr)
+		fmt.Fprintf(tw, "  every job's placement\t%s\t\n", c.Constraints)
+		fmt.Fprintf(tw, "  honoured (hard + zone balance) / on preferred hosts\t%v / %.0f%%\thalf the fleet is preferred\n", c.Checked, 100*c.Preferred)
+	}
 	fmt.Fprintf(tw, "submit->launch received p50 / p99\t%s / %s\t\n", r.SubmitToLaunchP50.Round(time.Millisecond), r.SubmitToLaunchP99.Round(time.Millisecond))
 	fmt.Fprintf(tw, "heartbeats absorbed/s\t%.0f\t%d agents at %s\n", r.HeartbeatsPerSec, r.Agents, time.Second)
 	fmt.Fprintf(tw, "dead agent detected after\t%s\t<= 15s\n", r.DeadAgentDetection.Round(time.Millisecond))
@@ -195,7 +226,9 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		a := NewAgent(schedlink.Config{
 			Conn: conns[len(conns)-1], InstanceID: "sim-" + strconv.Itoa(i), InstanceType: "m5.2xlarge",
 			AZ: "az-" + strconv.Itoa(i%o.AZs), HeartbeatInterval: o.HeartbeatInterval,
-			Capacity: schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 32768, DiskMiB: 100_000, NetworkMbps: 10_000, ENIs: 4, IPsPerENI: 15},
+			Capacity:   schedlink.Capacity{CPUMillicores: 8000, MemoryMiB: 32768, DiskMiB: 100_000, NetworkMbps: 10_000, ENIs: 4, IPsPerENI: 15},
+			Labels:     simLabels(i),
+			Attributes: schedlink.Attributes{Kernel: simKernel(i), AgentVersion: "1.0.0", CgroupMode: "v2"},
 		}, RunForever)
 		a.Tasks.OnLaunch = onLaunch
 		agents[i] = a
@@ -249,6 +282,15 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	if len(lat) > 0 {
 		rep.SubmitToLaunchP50 = lat[len(lat)/2]
 		rep.SubmitToLaunchP99 = lat[len(lat)*99/100]
+	}
+
+	if o.Constrained {
+		if rep.Constrained, err = runConstrained(ctx, api, s, o); err != nil {
+			return rep, wrap(err)
+		}
+		if err := noOvercommit(ctx, api); err != nil {
+			return rep, err
+		}
 	}
 
 	// Heartbeats absorbed in a steady window.
