@@ -267,9 +267,13 @@ func newJobCmd() *cobra.Command {
 func printTasks(w io.Writer, tasks []*schedv1.Task) {
 	var rows [][]string
 	for _, t := range tasks {
-		rows = append(rows, []string{t.Id, t.AgentId, t.Az, stateName(t.State, "TASK_STATE_"), t.Reason, fmt.Sprint(t.ExitCode), ts(t.Placed, t.Placed != nil)})
+		health := ""
+		if h := t.GetHealth(); h.GetStatus() != 0 {
+			health = stateName(h.GetStatus(), "HEALTH_STATUS_")
+		}
+		rows = append(rows, []string{t.Id, t.AgentId, t.Az, stateName(t.State, "TASK_STATE_"), health, t.Reason, fmt.Sprint(t.ExitCode), ts(t.Placed, t.Placed != nil)})
 	}
-	table(w, "ID\tAGENT\tAZ\tSTATE\tREASON\tEXIT\tPLACED", rows)
+	table(w, "ID\tAGENT\tAZ\tSTATE\tHEALTH\tREASON\tEXIT\tPLACED", rows)
 }
 
 func newTaskCmd() *cobra.Command {

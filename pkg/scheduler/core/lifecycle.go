@@ -1,6 +1,7 @@
 package core
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
@@ -23,6 +24,10 @@ func (c *Core) applyStatus(a *agentState, st model.TaskStatus, now time.Time) {
 	if t.committing {
 		return
 	}
+	if st.Health != nil {
+		t.rec.Health = st.Health
+	}
+	defer c.checkHealth(t, now)
 	next, cur := st.State, t.rec.State
 	if next <= cur || cur.Terminal() {
 		return
@@ -47,6 +52,12 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	if _, ok := c.tasks[t.rec.ID]; !ok {
 		return
 	}
+	if t.healthFailed && state == task.Killed {
+		// However the agent words the kill, the scheduler asked for it
+		// because the task stayed Unhealthy: a failure of the task.
+		reason = string(task.ReasonHealthCheckFailed)
+		msg = t.healthMessage
+	}
 	t.rec.State, t.rec.Reason, t.rec.Message, t.rec.ExitCode, t.rec.Ended = state, reason, msg, exit, now
 	c.st.SaveTask(t.rec)
 	a, j := t.agent, t.job
@@ -63,7 +74,9 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	case task.Lost:
 		j.rec.Counts.Lost++
 	case task.Killed:
-		j.rec.Counts.Killed++
+		if !t.healthFailed {
+			j.rec.Counts.Killed++
+		}
 	}
 	if t.slot.cur == t {
 		t.slot.cur = nil
@@ -101,7 +114,7 @@ func (c *Core) settle(j *jobState, sl *slot, rec *model.Task, now time.Time) {
 			sl.done, sl.result = true, state
 			return
 		}
-	} else if state == task.Killed {
+	} else if state == task.Killed && rec.Reason != string(task.ReasonHealthCheckFailed) {
 		c.q.enqueue(j, sl, now, now) // killed by an operator: replace
 		c.poke()
 		return
@@ -191,5 +204,34 @@ func (c *Core) killTask(t *taskState) {
 	t.killWanted = true
 	if !t.committing {
 		c.sendKill(t.agent, t.rec.ID)
+	}
+}
+
+// checkHealth replaces a running service task that has stayed Unhealthy
+// past its job's policy: it is killed with reason HealthCheckFailed and its
+// slot counts a failure (retry policy and backoff), once it has ended.
+// Callers hold c.mu.
+func (c *Core) checkHealth(t *taskState, now time.Time) {
+	j := t.job
+	if _, ok := c.tasks[t.rec.ID]; !ok || j.batch() || j.terminal() || t.killWanted || t.rec.State != task.Running {
+		return
+	}
+	h := t.rec.Health
+	if h == nil || h.Status != task.HealthUnhealthy {
+		t.unhealthySince = time.Time{}
+		return
+	}
+	if t.unhealthySince.IsZero() {
+		t.unhealthySince = now
+	}
+	after := time.Duration(j.rec.Spec.Service.UnhealthyReplaceAfterSeconds) * time.Second
+	if now.Sub(t.unhealthySince) < after {
+		return
+	}
+	t.healthFailed = true
+	t.healthMessage = fmt.Sprintf("unhealthy since %s; last check: %s", h.Since.UTC().Format(time.RFC3339), h.Output)
+	t.killWanted = true
+	if !t.committing && t.agent.sess != nil {
+		t.agent.sess.send(Message{Kill: []string{t.rec.ID}, KillReason: task.ReasonHealthCheckFailed, KillMessage: t.healthMessage})
 	}
 }

@@ -153,6 +153,12 @@ type taskState struct {
 	launching  bool // sent, not yet running
 	committing bool // placement write in flight
 	killWanted bool
+	// unhealthySince is when the agent first reported the task Unhealthy
+	// (zero while it is not); healthFailed is set once the scheduler
+	// kills it for that, with healthMessage saying why.
+	unhealthySince time.Time
+	healthFailed   bool
+	healthMessage  string
 }
 
 type groupState struct {

@@ -23,6 +23,8 @@ const (
 	MaxLabelValueLen  = 1024
 	MaxRetries        = 1000
 	MaxRetryDelay     = time.Hour
+	// MaxUnhealthyReplaceAfter bounds service.unhealthy_replace_after_seconds (a day).
+	MaxUnhealthyReplaceAfter = 86400
 )
 
 // ValidationError lists every field of a job spec that breaks a rule.
@@ -95,6 +97,9 @@ func ValidateJob(spec model.JobSpec) (*task.Spec, error) {
 			c.Failf("service.desired", "must satisfy min <= desired <= max, got %d <= %d <= %d", s.Min, s.Desired, s.Max)
 		}
 		checkRetry(c, "service.retry", s.Retry)
+		if v := s.UnhealthyReplaceAfterSeconds; v < 0 || v > MaxUnhealthyReplaceAfter {
+			c.Failf("service.unhealthy_replace_after_seconds", "must be between 0 and %d, got %d", MaxUnhealthyReplaceAfter, v)
+		}
 	default:
 		c.Failf("kind", "one of batch or service is required")
 	}

@@ -33,6 +33,12 @@ func TestValidateJob(t *testing.T) {
 		{"service bounds", func(s *model.JobSpec) {
 			s.Batch, s.Service = nil, &model.ServiceJob{Min: 3, Desired: 2, Max: 4}
 		}, []string{"service.desired"}},
+		{"unhealthy replace after", func(s *model.JobSpec) {
+			s.Batch, s.Service = nil, &model.ServiceJob{Min: 1, Desired: 1, Max: 1, UnhealthyReplaceAfterSeconds: -1}
+		}, []string{"service.unhealthy_replace_after_seconds"}},
+		{"task health check", func(s *model.JobSpec) {
+			s.Task.HealthCheck = &task.HealthCheck{Kind: task.HealthHTTP, Port: 70000, Interval: 0, Timeout: time.Second, HealthyThreshold: 1, UnhealthyThreshold: 0}
+		}, []string{"task.health_check.port", "task.health_check.interval", "task.health_check.timeout", "task.health_check.unhealthy_threshold"}},
 		{"retry", func(s *model.JobSpec) {
 			s.Batch.Retry = &model.RetryPolicy{DelayMs: 10, MaxDelayMs: 5}
 		}, []string{"batch.retry.max_delay_ms"}},

@@ -58,6 +58,9 @@ type BatchJob struct {
 type ServiceJob struct {
 	Min, Desired, Max uint32
 	Retry             *RetryPolicy
+	// UnhealthyReplaceAfterSeconds: a task Unhealthy this long is replaced
+	// (HealthCheckFailed, a failure of its slot); 0 = at once.
+	UnhealthyReplaceAfterSeconds int64
 }
 
 // JobSpec is what a user submits. Exactly one of Batch and Service is set

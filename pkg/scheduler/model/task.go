@@ -29,6 +29,9 @@ type Task struct {
 	Placed   time.Time
 	Started  time.Time // zero until running
 	Ended    time.Time // zero until ended
+	// Health is the task's health as its agent last reported it (nil
+	// without a health check).
+	Health *task.Health
 }
 
 // TaskStatus is what an agent reports about one task.
@@ -38,4 +41,5 @@ type TaskStatus struct {
 	Reason   string
 	Message  string
 	ExitCode int32
+	Health   *task.Health
 }

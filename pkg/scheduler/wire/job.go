@@ -24,7 +24,8 @@ func JobSpecFromProto(p *schedv1.JobSpec) model.JobSpec {
 		s.Batch = &model.BatchJob{Size: b.GetSize(), RuntimeLimitSeconds: b.GetRuntimeLimitSeconds(), Retry: retryFromProto(b.GetRetry())}
 	case *schedv1.JobSpec_Service:
 		v := k.Service
-		s.Service = &model.ServiceJob{Min: v.GetMin(), Desired: v.GetDesired(), Max: v.GetMax(), Retry: retryFromProto(v.GetRetry())}
+		s.Service = &model.ServiceJob{Min: v.GetMin(), Desired: v.GetDesired(), Max: v.GetMax(), Retry: retryFromProto(v.GetRetry()),
+			UnhealthyReplaceAfterSeconds: v.GetUnhealthyReplaceAfterSeconds()}
 	}
 	if t := p.GetTask(); t != nil {
 		s.Task = task.FromProto(t)
@@ -62,7 +63,8 @@ func JobSpecToProto(s model.JobSpec) *schedv1.JobSpec {
 	case s.Batch != nil:
 		p.Kind = &schedv1.JobSpec_Batch{Batch: &schedv1.BatchJob{Size: s.Batch.Size, RuntimeLimitSeconds: s.Batch.RuntimeLimitSeconds, Retry: retryToProto(s.Batch.Retry)}}
 	case s.Service != nil:
-		p.Kind = &schedv1.JobSpec_Service{Service: &schedv1.ServiceJob{Min: s.Service.Min, Desired: s.Service.Desired, Max: s.Service.Max, Retry: retryToProto(s.Service.Retry)}}
+		p.Kind = &schedv1.JobSpec_Service{Service: &schedv1.ServiceJob{Min: s.Service.Min, Desired: s.Service.Desired, Max: s.Service.Max, Retry: retryToProto(s.Service.Retry),
+			UnhealthyReplaceAfterSeconds: s.Service.UnhealthyReplaceAfterSeconds}}
 	}
 	if s.Task != nil {
 		p.Task = TaskSpecToProto(s.Task)

@@ -12,6 +12,7 @@ func TaskFromProto(p *schedv1.Task) *model.Task {
 		ID: p.GetId(), JobID: p.GetJobId(), Index: p.GetIndex(), Attempt: p.GetAttempt(), AgentID: p.GetAgentId(), AZ: p.GetAz(),
 		State: task.StateFromProto(p.GetState()), Reason: p.GetReason(), Message: p.GetMessage(), ExitCode: p.GetExitCode(),
 		Failures: p.GetFailures(), Placed: timeFromProto(p.GetPlaced()), Started: timeFromProto(p.GetStarted()), Ended: timeFromProto(p.GetEnded()),
+		Health: task.HealthFromProto(p.GetHealth()),
 	}
 }
 
@@ -21,6 +22,7 @@ func TaskToProto(t *model.Task) *schedv1.Task {
 		Id: t.ID, JobId: t.JobID, Index: t.Index, Attempt: t.Attempt, AgentId: t.AgentID, Az: t.AZ,
 		State: task.StateToProto(t.State), Reason: t.Reason, Message: t.Message, ExitCode: t.ExitCode,
 		Failures: t.Failures, Placed: timeToProto(t.Placed), Started: timeToProto(t.Started), Ended: timeToProto(t.Ended),
+		Health: task.HealthToProto(t.Health),
 	}
 }
 
@@ -29,7 +31,7 @@ func TaskStatusesFromProto(ps []*schedv1.TaskStatus) []model.TaskStatus {
 	out := make([]model.TaskStatus, len(ps))
 	for i, p := range ps {
 		out[i] = model.TaskStatus{TaskID: p.GetTaskId(), State: task.StateFromProto(p.GetState()), Reason: p.GetReason(),
-			Message: p.GetMessage(), ExitCode: p.GetExitCode()}
+			Message: p.GetMessage(), ExitCode: p.GetExitCode(), Health: task.HealthFromProto(p.GetHealth())}
 	}
 	return out
 }
