@@ -157,7 +157,7 @@ func SpecOpts(spec *task.Spec, o Options) []oci.SpecOpts {
 		opts = append(opts, withInit(cmpOr(o.InitPath, DefaultInitPath)))
 	}
 	// Last: the profile allows syscalls by the capabilities set above.
-	opts = append(opts, seccomp.WithDefaultProfile())
+	opts = append(opts, seccomp.WithDefaultProfile(), withoutProjectIDChanges)
 	if !o.Compat32Bit {
 		opts = append(opts, withNativeSyscallsOnly)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/pkg/vpc"
+	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
 // TestAgentHostPathSymlinkAttack: task A, given a shared allowed directory
@@ -385,5 +386,35 @@ func TestAgentHostLimitsAreNotOptIn(t *testing.T) {
 	}
 	e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: "asks-nothing"})
 	e.waitFinal("asks-nothing")
+	e.assertNoLeftovers()
+}
+
+// TestAgentTaskCannotChangeProjectID: a task's root tries to give its own
+// file another project ID (FS_IOC_FSSETXATTR), which on an XFS
+// project-quota host moves the file out of the task's quota, also with
+// high bits set in the ioctl's command register. Both calls get EPERM from
+// the seccomp filter, with and without a quota'd disk, whatever the
+// filesystem would have said; reading the attributes still works.
+func TestAgentTaskCannotChangeProjectID(t *testing.T) {
+	begin(t)
+	e := newAgentEnvConfig(t, "isolation:\n  diskDir: {{DIR}}/disks\n")
+	probe := testenv.ToolBinary(t, "fsxattr-probe")
+	img := testenv.PushBusyboxWith(t, e.reg, "busybox-probe", "latest", map[string]string{"bin/fsxattr-probe": probe})
+	for _, disk := range []int64{0, 32} {
+		id := fmt.Sprintf("projid-disk%d", disk)
+		s := e.spec(id, "fsxattr-probe", "/tmp/f")
+		s.Image, s.Resources.DiskMib = img, disk
+		e.launch(s)
+		wantState(t, e.waitFinal(id), stFinished, task.ReasonCompleted, 0)
+		out, err := e.cli("task", "logs", id)
+		if err != nil {
+			t.Fatalf("logs %s: %v %s", id, err, out)
+		}
+		for _, want := range []string{"FSGETXATTR: ok", "FSSETXATTR: EPERM", "FSSETXATTR-HIGHBITS: EPERM"} {
+			if !strings.Contains(out, want+"\n") {
+				t.Errorf("%s printed %q, want %q", id, out, want)
+			}
+		}
+	}
 	e.assertNoLeftovers()
 }

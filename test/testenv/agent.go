@@ -46,6 +46,19 @@ const BinDirEnv = "TITUS_TEST_BIN_DIR"
 // from $TITUS_TEST_BIN_DIR.
 func Binary(t TB, name string) string {
 	t.Helper()
+	return build(t, name, "github.com/titus-agent/titus-agent/cmd/"+name, false)
+}
+
+// ToolBinary builds ./test/tools/<name> once per process as a small static
+// binary (no cgo, no symbols) that runs in any container image, or returns
+// the prebuilt one from $TITUS_TEST_BIN_DIR.
+func ToolBinary(t TB, name string) string {
+	t.Helper()
+	return build(t, name, "github.com/titus-agent/titus-agent/test/tools/"+name, true)
+}
+
+func build(t TB, name, pkg string, static bool) string {
+	t.Helper()
 	if dir := os.Getenv(BinDirEnv); dir != "" {
 		p := filepath.Join(dir, name)
 		if !isExec(p) {
@@ -69,7 +82,12 @@ func Binary(t TB, name string) string {
 		buildDir = dir
 	}
 	p := filepath.Join(buildDir, name)
-	out, err := exec.Command("go", "build", "-o", p, "github.com/titus-agent/titus-agent/cmd/"+name).CombinedOutput()
+	cmd := exec.Command("go", "build", "-o", p, pkg)
+	if static {
+		cmd = exec.Command("go", "build", "-ldflags=-s -w", "-o", p, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	}
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("build %s: %v\n%s", name, err, out)
 	}

@@ -5,9 +5,11 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	goruntime "runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +32,12 @@ var busybox struct {
 // busybox-static) to reg as repo:tag and returns the full reference.
 func PushBusybox(t TB, reg *Registry, repo, tag string) string {
 	t.Helper()
+	return push(t, reg, repo, tag, busyboxImage(t))
+}
+
+// busyboxImage builds the busybox image once per process.
+func busyboxImage(t TB) v1.Image {
+	t.Helper()
 	busybox.once.Do(func() {
 		if busybox.img, busybox.err = buildBusybox(); busybox.err == nil {
 			_, busybox.err = busybox.img.Digest() // compute lazily built parts once
@@ -38,12 +46,17 @@ func PushBusybox(t TB, reg *Registry, repo, tag string) string {
 	if busybox.err != nil {
 		t.Fatalf("build busybox image: %v", busybox.err)
 	}
+	return busybox.img
+}
+
+func push(t TB, reg *Registry, repo, tag string, img v1.Image) string {
+	t.Helper()
 	ref := reg.Host + "/" + repo + ":" + tag
 	r, err := name.ParseReference(ref, name.Insecure)
 	if err != nil {
 		t.Fatalf("reference %s: %v", ref, err)
 	}
-	if err := remote.Write(r, busybox.img); err != nil {
+	if err := remote.Write(r, img); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 	return ref
@@ -126,4 +139,41 @@ func buildBusybox() (v1.Image, error) {
 	cf.Config.Cmd = []string{"sh"}
 	cf.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	return mutate.ConfigFile(img, cf)
+}
+
+// PushBusyboxWith pushes the busybox image with one more layer holding
+// files (path in the image, without a leading slash, to a host file, added
+// mode 0755) to reg as repo:tag and returns the full reference.
+func PushBusyboxWith(t TB, reg *Registry, repo, tag string, files map[string]string) string {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, n := range slices.Sorted(maps.Keys(files)) {
+		data, err := os.ReadFile(files[n])
+		if err != nil {
+			t.Fatalf("image file %s: %v", n, err)
+		}
+		h := &tar.Header{Typeflag: tar.TypeReg, Name: n, Mode: 0o755, Size: int64(len(data)), ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatalf("image file %s: %v", n, err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatalf("image file %s: %v", n, err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatalf("image layer: %v", err)
+	}
+	layerTar := buf.Bytes()
+	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+		return io.NopCloser(bytes.NewReader(layerTar)), nil
+	})
+	if err != nil {
+		t.Fatalf("image layer: %v", err)
+	}
+	img, err := mutate.AppendLayers(busyboxImage(t), layer)
+	if err != nil {
+		t.Fatalf("image: %v", err)
+	}
+	return push(t, reg, repo, tag, img)
 }
