@@ -18,7 +18,7 @@ import (
 
 // wire builds the task lifecycle from the config:
 //
-//	stage 1: image ∥ network
+//	stage 1: image ∥ host paths ∥ network
 //	stage 2: disk ∥ metadata ∥ bandwidth (they need the image or the netns)
 //	stage 3: container create + start
 func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime, m *metrics.Agent) (*wiring, error) {
@@ -28,6 +28,15 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 		log.Warn("unmounted temporary snapshot mounts of an earlier agent", "mounts", stale, "err", err)
 	}
 	w.reconcilers = append(w.reconcilers, orphanReaper{rt: rt, log: log})
+	hostMounts := isolation.NewHostMounts(hostPaths(cfg.Isolation.AllowedHostPaths), filepath.Join(cfg.StateDir, "hostmounts"))
+	first = append(first, &taskrunner.HostMountHook{Stager: hostMounts})
+	w.reconcilers = append(w.reconcilers, reconcileFunc(func(ctx context.Context, keep map[string]bool) error {
+		reaped, err := hostMounts.Reap(keep)
+		if len(reaped) > 0 {
+			log.Warn("unmounted host paths staged for unknown tasks", "tasks", reaped)
+		}
+		return err
+	}))
 	var second []taskrunner.PrestartHook
 
 	disks, err := isolation.NewDisks(cfg.Isolation.DiskDir)

@@ -16,7 +16,8 @@ import (
 // so a request this host never grants is refused before an IP, a disk or
 // a metadata listener is made for it. It adds one task.FieldError per
 // broken rule to c. Passing it is necessary, not sufficient: the spec
-// option (withHostRequests) resolves each path on the host at create.
+// HostMounts resolves each path on the host and stages what it
+// resolved.
 func (o Options) CheckHostRequests(labels map[string]string, c *task.Checker) {
 	field := "labels[" + LabelHostMounts + "]"
 	for _, item := range splitList(labels[LabelHostMounts]) {

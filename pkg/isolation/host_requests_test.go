@@ -65,12 +65,17 @@ func TestCheckHostRequests(t *testing.T) {
 			if diff := cmp.Diff(tc.want, c.Fields()); diff != "" {
 				t.Errorf("fields (-want +got):\n%s", diff)
 			}
-			// The spec option agrees: it refuses exactly what the door refuses.
-			o := tc.opts
-			o.NoInit = true
-			_, err := apply(t, SpecOpts(&task.Spec{ID: "t1", Labels: tc.labels}, o))
+			// What grants the request agrees: HostMounts and the spec
+			// option refuse exactly what the door refuses.
+			h, _ := newFakeHostMounts(t, tc.opts.AllowedHostPaths)
+			_, err := h.Stage("t1", tc.labels)
+			if err == nil {
+				o := tc.opts
+				o.NoInit = true
+				_, err = apply(t, SpecOpts(&task.Spec{ID: "t1", Labels: tc.labels}, o))
+			}
 			if (err != nil) != (len(tc.want) > 0) {
-				t.Errorf("spec option: %v; the door refused %d fields", err, len(tc.want))
+				t.Errorf("host mounts and spec option: %v; the door refused %d fields", err, len(tc.want))
 			}
 		})
 	}

@@ -3,9 +3,7 @@ package isolation
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -36,67 +34,59 @@ func ParseHostPath(s string) (HostPath, error) {
 	return HostPath{}, fmt.Errorf("allowed host path %q: mode must be ro or rw", s)
 }
 
-// resolveHostPath finds what src names below the most specific allowed
-// root that holds it, without following any symlink below that root: a
-// task that can write into a shared allowed directory could otherwise
-// plant "x -> /" there and have another task (or itself) mount the host's
-// root. The path is walked with openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS)
-// from the root, and the mount source is what the kernel resolved (read
-// back from the open descriptor and checked to be below the root again),
-// never the tenant's string. The root itself is host config and may be
-// reached through symlinks.
-func resolveHostPath(allowed []HostPath, src string) (string, HostPath, error) {
+// openHostPath opens (O_PATH) what src names below the most specific
+// allowed root that holds it, without following any symlink below that
+// root: a task that can write into a shared allowed directory could
+// otherwise plant "x -> /" there and have another task (or itself) mount
+// the host's root. The path is walked with
+// openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS) from the root; the
+// descriptor is what gets mounted (HostMounts.Stage), never the tenant's
+// string nor any path, so nothing renamed or swapped after the check
+// changes what the task sees. The root itself is host config and may be
+// reached through symlinks. The caller closes the descriptor.
+func openHostPath(allowed []HostPath, src string) (int, HostPath, error) {
 	src = filepath.Clean(src)
 	root, ok := allowedRoot(allowed, src)
 	if !ok {
-		return "", root, fmt.Errorf("host path %s: %w", src, ErrNotAllowed)
+		return -1, root, fmt.Errorf("host path %s: %w", src, ErrNotAllowed)
 	}
 	rootFD, err := unix.Open(root.Path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return "", root, fmt.Errorf("allowed host path %s: %w", root.Path, err)
-	}
-	defer unix.Close(rootFD)
-	realRoot, err := fdPath(rootFD)
-	if err != nil {
-		return "", root, err
+		return -1, root, fmt.Errorf("allowed host path %s: %w", root.Path, err)
 	}
 	rel, err := filepath.Rel(root.Path, src)
 	if err != nil {
-		return "", root, fmt.Errorf("host path %s: %w", src, ErrNotAllowed)
+		unix.Close(rootFD)
+		return -1, root, fmt.Errorf("host path %s: %w", src, ErrNotAllowed)
 	}
 	if rel == "." {
-		return realRoot, root, nil
+		return rootFD, root, nil
 	}
+	defer unix.Close(rootFD)
 	fd, err := unix.Openat2(rootFD, rel, &unix.OpenHow{
 		Flags:   unix.O_PATH | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	})
 	switch {
 	case errors.Is(err, unix.ELOOP):
-		return "", root, fmt.Errorf("host path %s: a symlink below %s: %w", src, root.Path, ErrNotAllowed)
+		return -1, root, fmt.Errorf("host path %s: a symlink below %s: %w", src, root.Path, ErrNotAllowed)
 	case errors.Is(err, unix.EXDEV):
-		return "", root, fmt.Errorf("host path %s: escapes %s: %w", src, root.Path, ErrNotAllowed)
+		return -1, root, fmt.Errorf("host path %s: escapes %s: %w", src, root.Path, ErrNotAllowed)
 	case errors.Is(err, unix.ENOSYS):
-		return "", root, fmt.Errorf("host path %s: openat2 unavailable (kernel < 5.6), host mounts refused: %w", src, ErrNotAllowed)
+		return -1, root, fmt.Errorf("host path %s: openat2 unavailable (kernel < 5.6), host mounts refused: %w", src, ErrNotAllowed)
 	case err != nil:
-		return "", root, fmt.Errorf("host path %s: %w", src, err)
+		return -1, root, fmt.Errorf("host path %s: %w", src, err)
 	}
-	defer unix.Close(fd)
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return "", root, fmt.Errorf("host path %s: %w", src, err)
+		unix.Close(fd)
+		return -1, root, fmt.Errorf("host path %s: %w", src, err)
 	}
 	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-		return "", root, fmt.Errorf("host path %s: is a symlink: %w", src, ErrNotAllowed)
+		unix.Close(fd)
+		return -1, root, fmt.Errorf("host path %s: is a symlink: %w", src, ErrNotAllowed)
 	}
-	real, err := fdPath(fd)
-	if err != nil {
-		return "", root, err
-	}
-	if !within(real, realRoot) {
-		return "", root, fmt.Errorf("host path %s: resolved to %s outside %s: %w", src, real, root.Path, ErrNotAllowed)
-	}
-	return real, root, nil
+	return fd, root, nil
 }
 
 // allowedRoot is the most specific allowed root that holds src (clean),
@@ -110,16 +100,4 @@ func allowedRoot(allowed []HostPath, src string) (HostPath, bool) {
 		}
 	}
 	return root, root.Path != ""
-}
-
-// fdPath is the path the kernel has for an open descriptor.
-func fdPath(fd int) (string, error) {
-	p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
-	if err != nil {
-		return "", fmt.Errorf("resolve host path: %w", err)
-	}
-	if strings.HasSuffix(p, " (deleted)") || !filepath.IsAbs(p) {
-		return "", fmt.Errorf("resolve host path: %q is not a live path: %w", p, ErrNotAllowed)
-	}
-	return p, nil
 }

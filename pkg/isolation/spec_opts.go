@@ -63,7 +63,8 @@ type Options struct {
 	CPUSet string
 	// AllowedHostPaths are host paths (and everything below them) tasks may
 	// bind-mount via LabelHostMounts, each read-only unless it says
-	// otherwise. Paths are resolved without following symlinks below them.
+	// otherwise: CheckHostRequests checks requests against them at the
+	// door, HostMounts grants them (SpecOpts does not).
 	AllowedHostPaths []HostPath
 	// AllowedDevices are host devices tasks may get via LabelDevices.
 	AllowedDevices []string
@@ -151,7 +152,7 @@ func SpecOpts(spec *task.Spec, o Options) []oci.SpecOpts {
 		withPaths(MaskedPaths, ReadonlyPaths),
 		withReadonlySys,
 		withOOMScoreAdj(cmpOr(o.OOMScoreAdj, DefaultOOMScoreAdj)),
-		withHostRequests(spec.Labels, o.AllowedHostPaths, o.AllowedDevices),
+		withDevices(spec.Labels, o.AllowedDevices),
 	)
 	if !o.NoInit {
 		opts = append(opts, withInit(cmpOr(o.InitPath, DefaultInitPath)))
@@ -316,15 +317,11 @@ func withInit(hostPath string) oci.SpecOpts {
 	}
 }
 
-// withHostRequests grants the host mounts and devices a task asks for in
-// its labels, each only if the host allows it.
-func withHostRequests(labels map[string]string, allowedPaths []HostPath, allowedDevices []string) oci.SpecOpts {
+// withDevices grants the host devices a task asks for in its labels, each
+// only if the host allows it. (Host paths are staged by HostMounts: they
+// reach the spec as the task's mounts.)
+func withDevices(labels map[string]string, allowedDevices []string) oci.SpecOpts {
 	return func(ctx context.Context, c oci.Client, ctr *containers.Container, s *oci.Spec) error {
-		mounts, err := parseHostMounts(labels[LabelHostMounts], allowedPaths)
-		if err != nil {
-			return err
-		}
-		s.Mounts = append(s.Mounts, mounts...)
 		for _, d := range splitList(labels[LabelDevices]) {
 			if !slices.Contains(allowedDevices, filepath.Clean(d)) {
 				return fmt.Errorf("device %s: %w", d, ErrNotAllowed)
@@ -335,35 +332,6 @@ func withHostRequests(labels map[string]string, allowedPaths []HostPath, allowed
 		}
 		return nil
 	}
-}
-
-func parseHostMounts(v string, allowed []HostPath) ([]specs.Mount, error) {
-	var out []specs.Mount
-	for _, item := range splitList(v) {
-		parts := strings.Split(item, ":")
-		if len(parts) < 2 || len(parts) > 3 || !filepath.IsAbs(parts[0]) || !filepath.IsAbs(parts[1]) {
-			return nil, fmt.Errorf("host mount %q: want src:dst[:rw] with absolute paths", item)
-		}
-		mode := "ro"
-		if len(parts) == 3 {
-			if parts[2] != "rw" && parts[2] != "ro" {
-				return nil, fmt.Errorf("host mount %q: mode must be ro or rw", item)
-			}
-			mode = parts[2]
-		}
-		src, root, err := resolveHostPath(allowed, parts[0])
-		if err != nil {
-			return nil, err
-		}
-		if mode == "rw" && !root.ReadWrite {
-			return nil, fmt.Errorf("host path %s: read-write: %w (read-only here)", filepath.Clean(parts[0]), ErrNotAllowed)
-		}
-		out = append(out, specs.Mount{
-			Destination: filepath.Clean(parts[1]), Type: "bind", Source: src,
-			Options: []string{"rbind", mode, "nosuid", "nodev"},
-		})
-	}
-	return out, nil
 }
 
 func within(p, dir string) bool {

@@ -36,8 +36,13 @@ func newAgentEnv(t *testing.T, extra ...string) *agentEnv {
 // newAgentEnvConfig is newAgentEnv with the agent's YAML config file.
 func newAgentEnvConfig(t *testing.T, config string, extra ...string) *agentEnv {
 	t.Helper()
-	e := &agentEnv{t: t}
-	e.ctd = testenv.StartContainerd(t)
+	return newAgentEnvContainerd(t, testenv.StartContainerd(t), config, extra...)
+}
+
+// newAgentEnvContainerd is newAgentEnvConfig on a containerd of the test's.
+func newAgentEnvContainerd(t *testing.T, ctd *testenv.Containerd, config string, extra ...string) *agentEnv {
+	t.Helper()
+	e := &agentEnv{t: t, ctd: ctd}
 	e.reg = testenv.StartRegistry(t)
 	e.image = testenv.PushBusybox(t, e.reg, "busybox", "latest")
 	e.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: e.ctd.Address, PlainHTTP: []string{e.reg.Host}, Config: config, Extra: extra})
@@ -235,7 +240,13 @@ func (e *agentEnv) assertNoLeftovers() {
 			}
 		}
 		mounts, _ := os.ReadFile("/proc/self/mountinfo")
+		staged := e.dir + "/state/hostmounts/"
 		for _, line := range strings.Split(string(mounts), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], staged) {
+				if id, _, _ := strings.Cut(strings.TrimPrefix(f[4], staged), "/"); !live[id] {
+					left = append(left, "staged host path "+f[4])
+				}
+			}
 			if strings.Contains(line, e.ctd.State) && strings.Contains(line, "rootfs") {
 				ok := false
 				for id := range live {

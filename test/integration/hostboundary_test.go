@@ -93,6 +93,84 @@ func TestAgentHostPathSymlinkAttack(t *testing.T) {
 	e.assertNoLeftovers()
 }
 
+// TestAgentHostPathSwapAfterCheck is the race between the agent's check
+// of a host path and runc's mount of it. A task that can write to a shared
+// allowed directory swaps the checked directory for a symlink to a host
+// directory outside the allowlist after the agent checked it: here a runc
+// wrapper does the swap just before the real runc creates the container,
+// the widest the window can be. The task still sees the directory that was
+// checked (the agent mounted it by descriptor), the staging mount is gone
+// after the task, and a task asking for the now-symlinked path is refused.
+func TestAgentHostPathSwapAfterCheck(t *testing.T) {
+	begin(t)
+	dir, err := os.MkdirTemp("", "titus-swap-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	shared, secret := filepath.Join(dir, "shared"), filepath.Join(dir, "secret")
+	for _, d := range []string{filepath.Join(shared, "data"), secret} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for p, content := range map[string]string{filepath.Join(shared, "data", "file"): "the-checked-dir\n", filepath.Join(secret, "file"): "host-secret\n"} {
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The race, made certain: the first "runc create" swaps first.
+	wrapDir := filepath.Join(dir, "bin")
+	trigger, fired := filepath.Join(dir, "armed"), filepath.Join(dir, "fired")
+	if err := os.MkdirAll(wrapDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	wrapper := fmt.Sprintf(`#!/bin/sh
+case " $* " in *" create "*)
+	if mv %[1]s %[2]s 2>/dev/null; then mv %[3]s/data %[3]s/data.moved && ln -s %[4]s %[3]s/data; fi ;;
+esac
+exec %[5]s "$@"
+`, trigger, fired, shared, secret, testenv.LookPath(t, "runc"))
+	if err := os.WriteFile(filepath.Join(wrapDir, "runc"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(trigger, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := newAgentEnvContainerd(t, testenv.StartContainerdWith(t, testenv.ContainerdOptions{PathPrefix: wrapDir}),
+		"isolation:\n  diskDir: {{DIR}}/disks\n  allowedHostPaths: [\""+shared+"\"]\n")
+
+	victim := e.spec("victim", "cat", "/data/file")
+	victim.Labels = map[string]string{isolation.LabelHostMounts: shared + "/data:/data"}
+	e.launch(victim)
+	wantState(t, e.waitFinal("victim"), stFinished, task.ReasonCompleted, 0)
+	if _, err := os.Stat(fired); err != nil {
+		t.Fatalf("the swap did not happen before runc create: %v", err)
+	}
+	if target, err := os.Readlink(filepath.Join(shared, "data")); err != nil || target != secret {
+		t.Fatalf("after the swap %s/data is %q (%v), want a symlink to %s", shared, target, err, secret)
+	}
+	out, err := e.cli("task", "logs", "victim")
+	if err != nil {
+		t.Fatalf("logs: %v %s", err, out)
+	}
+	if strings.Contains(out, "host-secret") || !strings.Contains(out, "the-checked-dir") {
+		t.Errorf("the task read %q through the swapped path, want the checked directory's file", out)
+	}
+
+	// Asked for now, the symlink is refused.
+	late := e.spec("late", "cat", "/data/file")
+	late.Labels = map[string]string{isolation.LabelHostMounts: shared + "/data:/data"}
+	e.launch(late)
+	if tk := e.waitFinal("late"); tk.GetState() != stFailed || tk.GetReason() != string(task.ReasonInvalidSpec) || !strings.Contains(tk.GetMessage(), "not allowed") {
+		t.Errorf("late = %s/%s (%s), want Failed/InvalidSpec, not allowed", tk.GetState(), tk.GetReason(), tk.GetMessage())
+	}
+	if ents, err := os.ReadDir(filepath.Join(e.dir, "state", "hostmounts")); err != nil || len(ents) != 0 {
+		t.Errorf("staging points left: %v %v", ents, err)
+	}
+	e.assertNoLeftovers()
+}
+
 // outside is a network namespace beyond the host, reached through a veth
 // from the host's netns: where a task's ordinary egress goes. It answers
 // "hello-outside" on addr:8080.

@@ -25,7 +25,16 @@ type Containerd struct {
 	Proc    *Process
 
 	dir, config string
+	pathPrefix  string
 	cleanups    []func()
+}
+
+// ContainerdOptions change how StartContainerdWith starts containerd.
+type ContainerdOptions struct {
+	// PathPrefix is put first on containerd's PATH, and so its shims': a
+	// directory with a "runc" there stands in for the real one (a test's
+	// wrapper that acts just before runc does).
+	PathPrefix string
 }
 
 // containerdConfig disables everything the tests do not use (CRI, NRI,
@@ -72,6 +81,12 @@ disabled_plugins = [
 // started, unmounts what is left under its directories and removes them.
 func StartContainerd(t TB) *Containerd {
 	t.Helper()
+	return StartContainerdWith(t, ContainerdOptions{})
+}
+
+// StartContainerdWith is StartContainerd with options.
+func StartContainerdWith(t TB, o ContainerdOptions) *Containerd {
+	t.Helper()
 	LookPath(t, "containerd-shim-runc-v2")
 	LookPath(t, "runc")
 	// Unix socket paths must stay under 108 bytes: keep the directory short.
@@ -85,6 +100,8 @@ func StartContainerd(t TB) *Containerd {
 		State:   filepath.Join(dir, "state"),
 		dir:     dir,
 		config:  filepath.Join(dir, "config.toml"),
+
+		pathPrefix: o.PathPrefix,
 	}
 	t.Cleanup(c.cleanup)
 	cfg := fmt.Sprintf(containerdConfig, c.Root, c.State, c.Address, c.Address+".ttrpc", filepath.Join(dir, "opt"))
@@ -110,7 +127,11 @@ func (c *Containerd) start(t TB) {
 	cmd := exec.Command(bin, "--config", c.config)
 	cmd.Dir = c.dir
 	// containerd finds containerd-shim-runc-v2 on PATH; runc is in /usr/sbin.
-	cmd.Env = append(os.Environ(), "PATH="+CacheBin()+":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+	path := CacheBin() + ":/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	if c.pathPrefix != "" {
+		path = c.pathPrefix + ":" + path
+	}
+	cmd.Env = append(os.Environ(), "PATH="+path)
 	c.Proc = StartProcess(collector{t, c}, c.dir, "containerd", cmd)
 	c.waitReady(t, 30*time.Second)
 }

@@ -203,7 +203,12 @@ func (r *Resources) merge(p *PrestartResponse) {
 	if p.Metadata != nil {
 		r.Metadata = p.Metadata
 	}
-	r.Mounts = append(r.Mounts, p.Mounts...)
+	// A hook run again (a resumed launch) gives its mounts again: one per
+	// destination, the latest.
+	for _, m := range p.Mounts {
+		r.Mounts = slices.DeleteFunc(r.Mounts, func(o Mount) bool { return o.Destination == m.Destination })
+		r.Mounts = append(r.Mounts, m)
+	}
 	for k, v := range p.Env {
 		if r.Env == nil {
 			r.Env = map[string]string{}
