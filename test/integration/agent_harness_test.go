@@ -239,8 +239,15 @@ func (e *agentEnv) assertNoLeftovers() {
 				left = append(left, "snapshot "+f[0])
 			}
 		}
-		mounts, _ := os.ReadFile("/proc/self/mountinfo")
 		staged := e.dir + "/state/hostmounts/"
+		if ents, err := os.ReadDir(staged); err == nil {
+			for _, d := range ents {
+				if !live[d.Name()] {
+					left = append(left, "staging dir "+staged+d.Name())
+				}
+			}
+		}
+		mounts, _ := os.ReadFile("/proc/self/mountinfo")
 		for _, line := range strings.Split(string(mounts), "\n") {
 			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], staged) {
 				if id, _, _ := strings.Cut(strings.TrimPrefix(f[4], staged), "/"); !live[id] {

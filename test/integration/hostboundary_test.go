@@ -165,10 +165,7 @@ exec %[5]s "$@"
 	if tk := e.waitFinal("late"); tk.GetState() != stFailed || tk.GetReason() != string(task.ReasonInvalidSpec) || !strings.Contains(tk.GetMessage(), "not allowed") {
 		t.Errorf("late = %s/%s (%s), want Failed/InvalidSpec, not allowed", tk.GetState(), tk.GetReason(), tk.GetMessage())
 	}
-	if ents, err := os.ReadDir(filepath.Join(e.dir, "state", "hostmounts")); err != nil || len(ents) != 0 {
-		t.Errorf("staging points left: %v %v", ents, err)
-	}
-	e.assertNoLeftovers()
+	e.assertNoLeftovers() // staging points included
 }
 
 // outside is a network namespace beyond the host, reached through a veth
