@@ -469,8 +469,9 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 			sess.Heard()
 			switch msg := m.GetMsg().(type) {
 			case *schedv1.AgentMessage_Heartbeat:
-				s.core.Heartbeat(sess, msg.Heartbeat.GetHealthy(), wire.TaskStatusesFromProto(msg.Heartbeat.GetTasks()))
-				s.core.ReportNetwork(sess, wire.NetworkUsageFromProto(msg.Heartbeat.GetNetwork()))
+				tasks := wire.TaskStatusesFromProto(msg.Heartbeat.GetTasks())
+				s.core.Heartbeat(sess, msg.Heartbeat.GetHealthy(), tasks)
+				s.core.ReportNetwork(sess, wire.NetworkUsageFromProto(msg.Heartbeat.GetNetwork()), tasks)
 			case *schedv1.AgentMessage_Updates:
 				s.core.Updates(sess, wire.TaskStatusesFromProto(msg.Updates.GetTasks()))
 			}

@@ -138,8 +138,7 @@ func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *a
 	}
 	a.instanceType, a.az, a.labels = reg.InstanceType, reg.AZ, reg.Labels
 	a.capacity, a.enis, a.ipsPerENI = reg.Capacity.Resources, reg.Capacity.ENIs, reg.Capacity.IPsPerENI
-	a.net.cooldown, a.net.reported, a.net.report = reg.Capacity.IPReuseCooldown, nil, nil
-	a.net.setReport(reg.Network)
+	a.net = agentNet{cooldown: reg.Capacity.IPReuseCooldown, cooling: a.net.cooling}
 	a.setAttributes(reg.Attributes)
 	a.sess, a.lost, a.healthy, a.lastSeen = sess, false, true, now
 	sess.send(Message{Registered: &Registered{AgentID: a.id, HeartbeatInterval: c.opts.HeartbeatInterval}})
@@ -160,6 +159,7 @@ func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *a
 		}
 	}
 	c.sendKill(a, kills...)
+	a.setReport(reg.Network, reg.Tasks)
 	c.st.SaveAgent(a.view(time.Time{}))
 	c.poke()
 	return a
@@ -170,15 +170,16 @@ func (c *Core) Heartbeat(sess *Session, healthy bool, tasks []model.TaskStatus) 
 	c.update(sess, &healthy, tasks)
 }
 
-// ReportNetwork takes the ENI use an agent reports with its heartbeat.
-func (c *Core) ReportNetwork(sess *Session, u *model.NetworkUsage) {
+// ReportNetwork takes the ENI use an agent reports with its heartbeat,
+// made knowing the tasks the heartbeat lists.
+func (c *Core) ReportNetwork(sess *Session, u *model.NetworkUsage, listed []model.TaskStatus) {
 	if u == nil {
 		return
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if a := sess.agent; a.sess == sess {
-		a.net.setReport(u)
+		a.setReport(u, listed)
 	}
 }
 

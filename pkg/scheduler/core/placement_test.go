@@ -102,9 +102,22 @@ func TestPlacement(t *testing.T) {
 			a := testAgent("a", "az1", 8000, 0)
 			a.enis, a.ipsPerENI = 2, 4
 			// Tasks the scheduler does not know (launched at the host) hold both ENIs.
-			a.net.setReport(&model.NetworkUsage{SGSets: []model.SGSetENIs{{SecurityGroups: "sg-local", ENIs: 2, UsedIPs: 2}}})
+			a.setReport(&model.NetworkUsage{SGSets: []model.SGSetENIs{{SecurityGroups: "sg-local", ENIs: 2, UsedIPs: 2}}}, nil)
 			return []*agentState{a}
 		}, d: demand{req: model.Resources{CPU: 10, Mem: 10}, sgKey: "sg-1"}, n: 1, want: []string{""}},
+		{name: "IPs the agent reports in use or cooling count, plus tasks it did not know", agents: func() []*agentState {
+			a := testAgent("a", "az1", 8000, 0)
+			a.enis, a.ipsPerENI = 1, 4
+			// The agent still holds 2 IPs of ended tasks (tearing down, cooling).
+			a.setReport(&model.NetworkUsage{SGSets: []model.SGSetENIs{{SecurityGroups: "sg-1", ENIs: 1, UsedIPs: 1, CoolingIPs: 1}}}, nil)
+			return []*agentState{a}
+		}, d: demand{req: model.Resources{CPU: 10, Mem: 10}, sgKey: "sg-1"}, n: 3, want: []string{"a", "a", ""}},
+		{name: "the default set reported under its name and as the default", agents: func() []*agentState {
+			a := testAgent("a", "az1", 8000, 0)
+			a.enis, a.ipsPerENI = 2, 4
+			a.setReport(&model.NetworkUsage{SGSets: []model.SGSetENIs{{SecurityGroups: "sg-d", Default: true, ENIs: 1, UsedIPs: 4}}}, nil)
+			return []*agentState{a}
+		}, d: demand{req: model.Resources{CPU: 10, Mem: 10}, sgKey: ""}, n: 5, want: []string{"a", "a", "a", "a", ""}},
 		{name: "hard constraint", agents: func() []*agentState {
 			return []*agentState{testAgent("a", "az1", 8000, 4000), withLabels(testAgent("b", "az1", 8000, 0), "tier", "gold")}
 		}, d: small, placement: constraint.Spec{Constraints: []string{"label.tier = gold"}}, n: 9, want: []string{"b", "b", "b", "b", "b", "b", "b", "b", ""}},
@@ -151,6 +164,9 @@ func TestPlacement(t *testing.T) {
 				got = append(got, a.id)
 				a.used = a.used.Add(j.d.req)
 				a.sgSets[j.d.sgKey]++
+				if a.net.report != nil {
+					a.net.unreported[j.d.sgKey]++ // as attach does
+				}
 				j.spread.add(a, 1)
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {

@@ -57,6 +57,9 @@ func (a *agentState) attach(t *taskState) {
 	a.tasks[t.rec.ID] = t
 	a.used = a.used.Add(t.job.d.req)
 	a.sgSets[t.job.d.sgKey]++
+	if a.net.report != nil && !t.inReport {
+		a.net.unreported[t.job.d.sgKey]++
+	}
 }
 
 func (a *agentState) detach(t *taskState) {
@@ -67,6 +70,9 @@ func (a *agentState) detach(t *taskState) {
 	a.used = a.used.Sub(t.job.d.req)
 	sg := t.job.d.sgKey
 	a.sgSets[sg]--
+	if a.net.report != nil && !t.inReport {
+		a.net.unreported[sg]--
+	}
 	if a.sgSets[sg] == 0 {
 		delete(a.sgSets, sg)
 	}
@@ -151,6 +157,9 @@ type taskState struct {
 	slot       *slot
 	agent      *agentState
 	launching  bool // sent, not yet running
+	// inReport: the agent's last network report was made knowing this task
+	// (it listed it), so the report counts its IP.
+	inReport bool
 	committing bool // placement write in flight
 	killWanted bool
 	// unhealthySince is when the agent first reported the task Unhealthy
