@@ -152,14 +152,14 @@ type slot struct {
 
 // taskState is one placed attempt of a slot.
 type taskState struct {
-	rec        *model.Task
-	job        *jobState
-	slot       *slot
-	agent      *agentState
-	launching  bool // sent, not yet running
+	rec       *model.Task
+	job       *jobState
+	slot      *slot
+	agent     *agentState
+	launching bool // sent, not yet running
 	// inReport: the agent's last network report was made knowing this task
 	// (it listed it), so the report counts its IP.
-	inReport bool
+	inReport   bool
 	committing bool // placement write in flight
 	killWanted bool
 	// unhealthySince is when the agent first reported the task Unhealthy
