@@ -35,6 +35,8 @@ var opts globalOpts
 type cliError struct {
 	msg  string
 	code int
+	// quiet: the exit code says it all (a terminal session's command exited).
+	quiet bool
 }
 
 func (e *cliError) Error() string { return e.msg }

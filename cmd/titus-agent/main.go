@@ -3,13 +3,16 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 )
 
 func main() {
 	if err := newRootCmd().Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "titus-agent: "+oneLine(err))
+		if ce := (*cliError)(nil); !errors.As(err, &ce) || !ce.quiet {
+			fmt.Fprintln(os.Stderr, "titus-agent: "+oneLine(err))
+		}
 		os.Exit(exitCode(err))
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/execterm"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -403,12 +404,28 @@ func newTaskLogsCmd() *cobra.Command {
 }
 
 func newTaskExecCmd() *cobra.Command {
-	var timeout time.Duration
+	var (
+		timeout            time.Duration
+		interactive, ttyOn bool
+	)
 	cmd := &cobra.Command{
-		Use:   "exec ID -- COMMAND...",
-		Short: "Run a command inside a running task (stdin is passed if piped)",
-		Args:  cobra.MinimumNArgs(2),
+		Use:   "exec [-i] [-t] ID -- COMMAND...",
+		Short: "Run a command inside a running task (-it: an interactive terminal)",
+		Long: `Run a command inside a running task, as the task's user with its namespaces,
+cgroup, capabilities and seccomp filter.
+
+Without flags, piped stdin is passed whole and the output comes back.
+-i streams stdin; -t gives the command a terminal (raw mode here, window
+size changes forwarded, Ctrl-C and Ctrl-\ go to the command). The exit code
+is the command's. When this client goes away, the command and everything it
+started are killed.`,
+		Example: `  titus-agent task exec -it web-1 -- sh
+  echo hi | titus-agent task exec web-1 -- cat`,
+		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if interactive || ttyOn {
+				return runExecSession(cmd, execterm.Options{TaskID: args[0], Args: args[1:], TTY: ttyOn, Stdin: interactive})
+			}
 			var stdin []byte
 			if st, err := os.Stdin.Stat(); err == nil && st.Mode()&os.ModeCharDevice == 0 {
 				stdin, _ = io.ReadAll(io.LimitReader(os.Stdin, 1<<20))
@@ -438,6 +455,32 @@ func newTaskExecCmd() *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().DurationVar(&timeout, "exec-timeout", 0, "kill the command after this long")
+	cmd.Flags().DurationVar(&timeout, "exec-timeout", 0, "kill the command after this long (without -i/-t)")
+	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "stream stdin to the command")
+	cmd.Flags().BoolVarP(&ttyOn, "tty", "t", false, "give the command a terminal")
 	return cmd
+}
+
+// runExecSession is task exec -i/-t: one ExecSession stream, no deadline
+// (a terminal session lasts as long as the host's bounds allow).
+func runExecSession(cmd *cobra.Command, o execterm.Options) error {
+	c, closeFn, err := dial()
+	if err != nil {
+		return err
+	}
+	defer closeFn()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := c.ExecSession(ctx)
+	if err != nil {
+		return err
+	}
+	code, err := execterm.Run(s, o, execterm.OSTerminal{File: os.Stdin}, os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr())
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return &cliError{msg: fmt.Sprintf("command exited %d", code), code: code, quiet: o.TTY}
+	}
+	return nil
 }

@@ -36,6 +36,8 @@ type Config struct {
 	Isolation  IsolationConfig  `json:"isolation"`
 	Scheduler  SchedulerConfig  `json:"scheduler"`
 	GPU        GPUConfig        `json:"gpu"`
+	// Exec bounds debugging sessions (task exec).
+	Exec ExecConfig `json:"exec"`
 	// MetricsListen serves Prometheus metrics; empty disables.
 	MetricsListen string `json:"metricsListen"`
 	// MaxTasks bounds the tasks the agent holds at once.
@@ -243,6 +245,7 @@ func DefaultConfig() Config {
 		Scheduler:     SchedulerConfig{InstanceType: "local", Zone: "local-1a", NetworkMbps: 1000},
 		MaxTasks:      5000,
 		LogLevel:      "info",
+		Exec:          defaultExec(),
 		GPU:           GPUConfig{DevRoot: "/dev", CDISpecDirs: slices.Clone(gpu.DefaultCDISpecDirs)},
 	}
 }

@@ -92,6 +92,7 @@ func (cfg *Config) check() []error {
 	c.absPath("stateDir", cfg.StateDir, false)
 	c.absPath("logDir", cfg.LogDir, false)
 	c.absPath("logs.driver", cfg.Logs.Driver, true)
+	cfg.Exec.check(c)
 	if a := strings.TrimPrefix(cfg.Containerd.Address, "unix://"); a != "" {
 		c.absPath("containerd.address", a, false)
 	}

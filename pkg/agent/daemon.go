@@ -187,7 +187,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	if w.network != nil {
 		d.health.net = w.network
 	}
-	(&Server{Manager: d.manager, Runtime: rt, Checker: d.health, LogDir: cfg.LogDir, VPC: w.vpc, Metadata: w.metadata, Scheduler: cfg.Scheduler.Address}).Register(d.grpc)
+	(&Server{Manager: d.manager, Runtime: rt, Sessions: NewExecSessions(cfg.Exec, rt, d.manager, log), Checker: d.health, LogDir: cfg.LogDir, VPC: w.vpc, Metadata: w.metadata, Scheduler: cfg.Scheduler.Address}).Register(d.grpc)
 	ok = true
 	return d, nil
 }

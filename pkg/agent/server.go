@@ -51,6 +51,8 @@ type Server struct {
 	// from; empty when it runs standalone. Attached, it refuses launches on
 	// its socket: the scheduler would not know such a task and kill it.
 	Scheduler string
+	// Sessions runs exec sessions within the host's bounds.
+	Sessions *ExecSessions
 }
 
 // Register adds the service to a gRPC server.
@@ -259,6 +261,13 @@ func (s *Server) Exec(req *agentv1.ExecRequest, stream grpc.ServerStreamingServe
 	}
 	if v.Status.State != task.Running {
 		return toStatus(ErrTaskNotActive)
+	}
+	if s.Sessions != nil {
+		release, err := s.Sessions.acquire(req.GetId())
+		if err != nil {
+			return toStatus(err)
+		}
+		defer release()
 	}
 	ctx := stream.Context()
 	if t := req.GetTimeoutSeconds(); t > 0 {

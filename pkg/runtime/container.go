@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"time"
 
@@ -15,7 +13,6 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
-	"github.com/google/uuid"
 
 	"github.com/titus-agent/titus-agent/pkg/tasklog"
 )
@@ -322,97 +319,6 @@ func (r *Runtime) List(ctx context.Context) ([]ContainerStatus, error) {
 		out = append(out, st)
 	}
 	return out, nil
-}
-
-// Exec runs args in the running task's namespaces with the task's process
-// settings and returns its exit code.
-func (r *Runtime) Exec(ctx context.Context, id string, args []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
-	ctx = r.ctx(ctx)
-	if len(args) == 0 {
-		return -1, errors.New("exec: no command")
-	}
-	c, err := r.load(ctx, id)
-	if err != nil {
-		return -1, err
-	}
-	t, err := c.Task(ctx, nil)
-	if err != nil {
-		return -1, fmt.Errorf("load task %s: %w", id, err)
-	}
-	spec, err := c.Spec(ctx)
-	if err != nil {
-		return -1, fmt.Errorf("spec of %s: %w", id, err)
-	}
-	pspec := *spec.Process
-	pspec.Args = args
-	pspec.Terminal = false
-
-	var in *eofCloser
-	if stdin != nil {
-		in = &eofCloser{r: stdin, ready: make(chan struct{})}
-		stdin = in
-	}
-	execID := "exec-" + uuid.NewString()[:8]
-	p, err := t.Exec(ctx, execID, &pspec, cio.NewCreator(cio.WithStreams(stdin, orDiscard(stdout), orDiscard(stderr))))
-	if err != nil {
-		if in != nil {
-			in.close = func() {}
-			close(in.ready)
-		}
-		return -1, fmt.Errorf("exec in %s: %w", id, err)
-	}
-	if in != nil {
-		// At EOF of the caller's stdin, close the process's stdin too.
-		in.close = func() { _ = p.CloseIO(context.WithoutCancel(ctx), client.WithStdinCloser) }
-		close(in.ready)
-	}
-	defer p.Delete(context.WithoutCancel(ctx), client.WithProcessKill) //nolint:errcheck // best effort
-	exitc, err := p.Wait(ctx)
-	if err != nil {
-		return -1, fmt.Errorf("wait exec in %s: %w", id, err)
-	}
-	if err := p.Start(ctx); err != nil {
-		return -1, fmt.Errorf("start exec in %s: %w", id, err)
-	}
-	select {
-	case s := <-exitc:
-		code, _, err := s.Result()
-		if err != nil {
-			return -1, fmt.Errorf("exec in %s: %w", id, err)
-		}
-		if io := p.IO(); io != nil {
-			io.Wait() // flush output
-		}
-		return int(code), nil
-	case <-ctx.Done():
-		_ = p.Kill(context.WithoutCancel(ctx), syscall.SIGKILL)
-		return -1, ctx.Err()
-	}
-}
-
-// eofCloser calls close once its reader hits EOF (after ready is closed).
-type eofCloser struct {
-	r     io.Reader
-	ready chan struct{}
-	close func()
-	once  sync.Once
-}
-
-func (e *eofCloser) Read(b []byte) (int, error) {
-	n, err := e.r.Read(b)
-	if err == io.EOF {
-		e.once.Do(func() {
-			go func() { <-e.ready; e.close() }()
-		})
-	}
-	return n, err
-}
-
-func orDiscard(w io.Writer) io.Writer {
-	if w == nil {
-		return io.Discard
-	}
-	return w
 }
 
 func (r *Runtime) load(ctx context.Context, id string) (client.Container, error) {

@@ -1545,6 +1545,260 @@ func (x *ExecRequest) GetTimeoutSeconds() int64 {
 	return 0
 }
 
+type WindowSize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Width         uint32                 `protobuf:"varint,1,opt,name=width,proto3" json:"width,omitempty"`
+	Height        uint32                 `protobuf:"varint,2,opt,name=height,proto3" json:"height,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WindowSize) Reset() {
+	*x = WindowSize{}
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WindowSize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WindowSize) ProtoMessage() {}
+
+func (x *WindowSize) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
+func (*WindowSize) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *WindowSize) GetWidth() uint32 {
+	if x != nil {
+		return x.Width
+	}
+	return 0
+}
+
+func (x *WindowSize) GetHeight() uint32 {
+	if x != nil {
+		return x.Height
+	}
+	return 0
+}
+
+type ExecStart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Args  []string               `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
+	// tty allocates a pseudo-terminal (the process spec's terminal: true);
+	// its output all comes as stdout.
+	Tty bool `protobuf:"varint,3,opt,name=tty,proto3" json:"tty,omitempty"`
+	// stdin is kept open and fed from stdin messages.
+	Stdin bool        `protobuf:"varint,4,opt,name=stdin,proto3" json:"stdin,omitempty"`
+	Size  *WindowSize `protobuf:"bytes,5,opt,name=size,proto3" json:"size,omitempty"`
+	// principal is who asked, for the audit log (set by the scheduler's relay).
+	Principal     string `protobuf:"bytes,6,opt,name=principal,proto3" json:"principal,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecStart) Reset() {
+	*x = ExecStart{}
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecStart) ProtoMessage() {}
+
+func (x *ExecStart) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
+func (*ExecStart) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ExecStart) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ExecStart) GetArgs() []string {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *ExecStart) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *ExecStart) GetStdin() bool {
+	if x != nil {
+		return x.Stdin
+	}
+	return false
+}
+
+func (x *ExecStart) GetSize() *WindowSize {
+	if x != nil {
+		return x.Size
+	}
+	return nil
+}
+
+func (x *ExecStart) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+type ExecInput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ExecInput_Start
+	//	*ExecInput_Stdin
+	//	*ExecInput_Resize
+	//	*ExecInput_CloseStdin
+	Msg           isExecInput_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecInput) Reset() {
+	*x = ExecInput{}
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecInput) ProtoMessage() {}
+
+func (x *ExecInput) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecInput.ProtoReflect.Descriptor instead.
+func (*ExecInput) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ExecInput) GetMsg() isExecInput_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ExecInput) GetStart() *ExecStart {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecInput_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *ExecInput) GetStdin() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecInput_Stdin); ok {
+			return x.Stdin
+		}
+	}
+	return nil
+}
+
+func (x *ExecInput) GetResize() *WindowSize {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecInput_Resize); ok {
+			return x.Resize
+		}
+	}
+	return nil
+}
+
+func (x *ExecInput) GetCloseStdin() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecInput_CloseStdin); ok {
+			return x.CloseStdin
+		}
+	}
+	return false
+}
+
+type isExecInput_Msg interface {
+	isExecInput_Msg()
+}
+
+type ExecInput_Start struct {
+	Start *ExecStart `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type ExecInput_Stdin struct {
+	Stdin []byte `protobuf:"bytes,2,opt,name=stdin,proto3,oneof"`
+}
+
+type ExecInput_Resize struct {
+	Resize *WindowSize `protobuf:"bytes,3,opt,name=resize,proto3,oneof"`
+}
+
+type ExecInput_CloseStdin struct {
+	CloseStdin bool `protobuf:"varint,4,opt,name=close_stdin,json=closeStdin,proto3,oneof"`
+}
+
+func (*ExecInput_Start) isExecInput_Msg() {}
+
+func (*ExecInput_Stdin) isExecInput_Msg() {}
+
+func (*ExecInput_Resize) isExecInput_Msg() {}
+
+func (*ExecInput_CloseStdin) isExecInput_Msg() {}
+
 type ExecOutput struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Stdout        []byte                 `protobuf:"bytes,1,opt,name=stdout,proto3" json:"stdout,omitempty"`
@@ -1557,7 +1811,7 @@ type ExecOutput struct {
 
 func (x *ExecOutput) Reset() {
 	*x = ExecOutput{}
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1569,7 +1823,7 @@ func (x *ExecOutput) String() string {
 func (*ExecOutput) ProtoMessage() {}
 
 func (x *ExecOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1582,7 +1836,7 @@ func (x *ExecOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
 func (*ExecOutput) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExecOutput) GetStdout() []byte {
@@ -1621,7 +1875,7 @@ type HealthRequest struct {
 
 func (x *HealthRequest) Reset() {
 	*x = HealthRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +1887,7 @@ func (x *HealthRequest) String() string {
 func (*HealthRequest) ProtoMessage() {}
 
 func (x *HealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +1900,7 @@ func (x *HealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthRequest.ProtoReflect.Descriptor instead.
 func (*HealthRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 type HealthCheck struct {
@@ -1660,7 +1914,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1926,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1939,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *HealthCheck) GetName() string {
@@ -1719,7 +1973,7 @@ type HealthResponse struct {
 
 func (x *HealthResponse) Reset() {
 	*x = HealthResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +1985,7 @@ func (x *HealthResponse) String() string {
 func (*HealthResponse) ProtoMessage() {}
 
 func (x *HealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +1998,7 @@ func (x *HealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthResponse.ProtoReflect.Descriptor instead.
 func (*HealthResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *HealthResponse) GetHealthy() bool {
@@ -1769,7 +2023,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +2035,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +2048,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 type VersionResponse struct {
@@ -1808,7 +2062,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1820,7 +2074,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1833,7 +2087,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -1865,7 +2119,7 @@ type VPCStatusRequest struct {
 
 func (x *VPCStatusRequest) Reset() {
 	*x = VPCStatusRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +2131,7 @@ func (x *VPCStatusRequest) String() string {
 func (*VPCStatusRequest) ProtoMessage() {}
 
 func (x *VPCStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +2144,7 @@ func (x *VPCStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCStatusRequest.ProtoReflect.Descriptor instead.
 func (*VPCStatusRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 type VPCStatusResponse struct {
@@ -1904,7 +2158,7 @@ type VPCStatusResponse struct {
 
 func (x *VPCStatusResponse) Reset() {
 	*x = VPCStatusResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1916,7 +2170,7 @@ func (x *VPCStatusResponse) String() string {
 func (*VPCStatusResponse) ProtoMessage() {}
 
 func (x *VPCStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1929,7 +2183,7 @@ func (x *VPCStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCStatusResponse.ProtoReflect.Descriptor instead.
 func (*VPCStatusResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *VPCStatusResponse) GetProvider() string {
@@ -1956,7 +2210,7 @@ type VPCGCRequest struct {
 
 func (x *VPCGCRequest) Reset() {
 	*x = VPCGCRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1968,7 +2222,7 @@ func (x *VPCGCRequest) String() string {
 func (*VPCGCRequest) ProtoMessage() {}
 
 func (x *VPCGCRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1981,7 +2235,7 @@ func (x *VPCGCRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCGCRequest.ProtoReflect.Descriptor instead.
 func (*VPCGCRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *VPCGCRequest) GetApply() bool {
@@ -2000,7 +2254,7 @@ type VPCGCResponse struct {
 
 func (x *VPCGCResponse) Reset() {
 	*x = VPCGCResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2012,7 +2266,7 @@ func (x *VPCGCResponse) String() string {
 func (*VPCGCResponse) ProtoMessage() {}
 
 func (x *VPCGCResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2025,7 +2279,7 @@ func (x *VPCGCResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCGCResponse.ProtoReflect.Descriptor instead.
 func (*VPCGCResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *VPCGCResponse) GetActions() []string {
@@ -2045,7 +2299,7 @@ type MetadataGetRequest struct {
 
 func (x *MetadataGetRequest) Reset() {
 	*x = MetadataGetRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2057,7 +2311,7 @@ func (x *MetadataGetRequest) String() string {
 func (*MetadataGetRequest) ProtoMessage() {}
 
 func (x *MetadataGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2070,7 +2324,7 @@ func (x *MetadataGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataGetRequest.ProtoReflect.Descriptor instead.
 func (*MetadataGetRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *MetadataGetRequest) GetTaskId() string {
@@ -2098,7 +2352,7 @@ type MetadataGetResponse struct {
 
 func (x *MetadataGetResponse) Reset() {
 	*x = MetadataGetResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2364,7 @@ func (x *MetadataGetResponse) String() string {
 func (*MetadataGetResponse) ProtoMessage() {}
 
 func (x *MetadataGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2377,7 @@ func (x *MetadataGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataGetResponse.ProtoReflect.Descriptor instead.
 func (*MetadataGetResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MetadataGetResponse) GetStatus() int32 {
@@ -2271,7 +2525,25 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x12\x14\n" +
 	"\x05stdin\x18\x03 \x01(\fR\x05stdin\x12'\n" +
-	"\x0ftimeout_seconds\x18\x04 \x01(\x03R\x0etimeoutSeconds\"q\n" +
+	"\x0ftimeout_seconds\x18\x04 \x01(\x03R\x0etimeoutSeconds\":\n" +
+	"\n" +
+	"WindowSize\x12\x14\n" +
+	"\x05width\x18\x01 \x01(\rR\x05width\x12\x16\n" +
+	"\x06height\x18\x02 \x01(\rR\x06height\"\xa5\x01\n" +
+	"\tExecStart\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04args\x18\x02 \x03(\tR\x04args\x12\x10\n" +
+	"\x03tty\x18\x03 \x01(\bR\x03tty\x12\x14\n" +
+	"\x05stdin\x18\x04 \x01(\bR\x05stdin\x12.\n" +
+	"\x04size\x18\x05 \x01(\v2\x1a.titus.agent.v1.WindowSizeR\x04size\x12\x1c\n" +
+	"\tprincipal\x18\x06 \x01(\tR\tprincipal\"\xb6\x01\n" +
+	"\tExecInput\x121\n" +
+	"\x05start\x18\x01 \x01(\v2\x19.titus.agent.v1.ExecStartH\x00R\x05start\x12\x16\n" +
+	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x124\n" +
+	"\x06resize\x18\x03 \x01(\v2\x1a.titus.agent.v1.WindowSizeH\x00R\x06resize\x12!\n" +
+	"\vclose_stdin\x18\x04 \x01(\bH\x00R\n" +
+	"closeStdinB\x05\n" +
+	"\x03msg\"q\n" +
 	"\n" +
 	"ExecOutput\x12\x16\n" +
 	"\x06stdout\x18\x01 \x01(\fR\x06stdout\x12\x16\n" +
@@ -2322,7 +2594,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x13TASK_STATE_FINISHED\x10\x06\x12\x15\n" +
 	"\x11TASK_STATE_FAILED\x10\a\x12\x15\n" +
 	"\x11TASK_STATE_KILLED\x10\b\x12\x13\n" +
-	"\x0fTASK_STATE_LOST\x10\t2\x9f\a\n" +
+	"\x0fTASK_STATE_LOST\x10\t2\xe9\a\n" +
 	"\x05Agent\x12S\n" +
 	"\n" +
 	"LaunchTask\x12!.titus.agent.v1.LaunchTaskRequest\x1a\".titus.agent.v1.LaunchTaskResponse\x12M\n" +
@@ -2331,7 +2603,8 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\tListTasks\x12 .titus.agent.v1.ListTasksRequest\x1a!.titus.agent.v1.ListTasksResponse\x12N\n" +
 	"\vWatchEvents\x12\".titus.agent.v1.WatchEventsRequest\x1a\x19.titus.agent.v1.TaskEvent0\x01\x12G\n" +
 	"\bTaskLogs\x12\x1f.titus.agent.v1.TaskLogsRequest\x1a\x18.titus.agent.v1.LogChunk0\x01\x12A\n" +
-	"\x04Exec\x12\x1b.titus.agent.v1.ExecRequest\x1a\x1a.titus.agent.v1.ExecOutput0\x01\x12G\n" +
+	"\x04Exec\x12\x1b.titus.agent.v1.ExecRequest\x1a\x1a.titus.agent.v1.ExecOutput0\x01\x12H\n" +
+	"\vExecSession\x12\x19.titus.agent.v1.ExecInput\x1a\x1a.titus.agent.v1.ExecOutput(\x010\x01\x12G\n" +
 	"\x06Health\x12\x1d.titus.agent.v1.HealthRequest\x1a\x1e.titus.agent.v1.HealthResponse\x12P\n" +
 	"\tVPCStatus\x12 .titus.agent.v1.VPCStatusRequest\x1a!.titus.agent.v1.VPCStatusResponse\x12D\n" +
 	"\x05VPCGC\x12\x1c.titus.agent.v1.VPCGCRequest\x1a\x1d.titus.agent.v1.VPCGCResponse\x12V\n" +
@@ -2351,7 +2624,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(HealthStatus)(0),             // 0: titus.agent.v1.HealthStatus
 	(TaskState)(0),                // 1: titus.agent.v1.TaskState
@@ -2375,37 +2648,40 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*TaskLogsRequest)(nil),       // 19: titus.agent.v1.TaskLogsRequest
 	(*LogChunk)(nil),              // 20: titus.agent.v1.LogChunk
 	(*ExecRequest)(nil),           // 21: titus.agent.v1.ExecRequest
-	(*ExecOutput)(nil),            // 22: titus.agent.v1.ExecOutput
-	(*HealthRequest)(nil),         // 23: titus.agent.v1.HealthRequest
-	(*HealthCheck)(nil),           // 24: titus.agent.v1.HealthCheck
-	(*HealthResponse)(nil),        // 25: titus.agent.v1.HealthResponse
-	(*VersionRequest)(nil),        // 26: titus.agent.v1.VersionRequest
-	(*VersionResponse)(nil),       // 27: titus.agent.v1.VersionResponse
-	(*VPCStatusRequest)(nil),      // 28: titus.agent.v1.VPCStatusRequest
-	(*VPCStatusResponse)(nil),     // 29: titus.agent.v1.VPCStatusResponse
-	(*VPCGCRequest)(nil),          // 30: titus.agent.v1.VPCGCRequest
-	(*VPCGCResponse)(nil),         // 31: titus.agent.v1.VPCGCResponse
-	(*MetadataGetRequest)(nil),    // 32: titus.agent.v1.MetadataGetRequest
-	(*MetadataGetResponse)(nil),   // 33: titus.agent.v1.MetadataGetResponse
-	nil,                           // 34: titus.agent.v1.TaskSpec.EnvEntry
-	nil,                           // 35: titus.agent.v1.TaskSpec.LabelsEntry
-	(*durationpb.Duration)(nil),   // 36: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 37: google.protobuf.Timestamp
+	(*WindowSize)(nil),            // 22: titus.agent.v1.WindowSize
+	(*ExecStart)(nil),             // 23: titus.agent.v1.ExecStart
+	(*ExecInput)(nil),             // 24: titus.agent.v1.ExecInput
+	(*ExecOutput)(nil),            // 25: titus.agent.v1.ExecOutput
+	(*HealthRequest)(nil),         // 26: titus.agent.v1.HealthRequest
+	(*HealthCheck)(nil),           // 27: titus.agent.v1.HealthCheck
+	(*HealthResponse)(nil),        // 28: titus.agent.v1.HealthResponse
+	(*VersionRequest)(nil),        // 29: titus.agent.v1.VersionRequest
+	(*VersionResponse)(nil),       // 30: titus.agent.v1.VersionResponse
+	(*VPCStatusRequest)(nil),      // 31: titus.agent.v1.VPCStatusRequest
+	(*VPCStatusResponse)(nil),     // 32: titus.agent.v1.VPCStatusResponse
+	(*VPCGCRequest)(nil),          // 33: titus.agent.v1.VPCGCRequest
+	(*VPCGCResponse)(nil),         // 34: titus.agent.v1.VPCGCResponse
+	(*MetadataGetRequest)(nil),    // 35: titus.agent.v1.MetadataGetRequest
+	(*MetadataGetResponse)(nil),   // 36: titus.agent.v1.MetadataGetResponse
+	nil,                           // 37: titus.agent.v1.TaskSpec.EnvEntry
+	nil,                           // 38: titus.agent.v1.TaskSpec.LabelsEntry
+	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
-	34, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
+	37, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
 	2,  // 1: titus.agent.v1.TaskSpec.resources:type_name -> titus.agent.v1.Resources
-	35, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
+	38, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
 	3,  // 3: titus.agent.v1.TaskSpec.network:type_name -> titus.agent.v1.NetworkRequest
 	5,  // 4: titus.agent.v1.TaskSpec.health_check:type_name -> titus.agent.v1.HealthCheckSpec
-	36, // 5: titus.agent.v1.HealthCheckSpec.interval:type_name -> google.protobuf.Duration
-	36, // 6: titus.agent.v1.HealthCheckSpec.timeout:type_name -> google.protobuf.Duration
-	36, // 7: titus.agent.v1.HealthCheckSpec.start_period:type_name -> google.protobuf.Duration
+	39, // 5: titus.agent.v1.HealthCheckSpec.interval:type_name -> google.protobuf.Duration
+	39, // 6: titus.agent.v1.HealthCheckSpec.timeout:type_name -> google.protobuf.Duration
+	39, // 7: titus.agent.v1.HealthCheckSpec.start_period:type_name -> google.protobuf.Duration
 	0,  // 8: titus.agent.v1.TaskHealth.status:type_name -> titus.agent.v1.HealthStatus
-	37, // 9: titus.agent.v1.TaskHealth.since:type_name -> google.protobuf.Timestamp
-	37, // 10: titus.agent.v1.TaskHealth.checked:type_name -> google.protobuf.Timestamp
+	40, // 9: titus.agent.v1.TaskHealth.since:type_name -> google.protobuf.Timestamp
+	40, // 10: titus.agent.v1.TaskHealth.checked:type_name -> google.protobuf.Timestamp
 	1,  // 11: titus.agent.v1.Transition.state:type_name -> titus.agent.v1.TaskState
-	37, // 12: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	40, // 12: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
 	4,  // 13: titus.agent.v1.Task.spec:type_name -> titus.agent.v1.TaskSpec
 	1,  // 14: titus.agent.v1.Task.state:type_name -> titus.agent.v1.TaskState
 	7,  // 15: titus.agent.v1.Task.transitions:type_name -> titus.agent.v1.Transition
@@ -2417,36 +2693,41 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	9,  // 21: titus.agent.v1.LaunchTaskResponse.task:type_name -> titus.agent.v1.Task
 	9,  // 22: titus.agent.v1.KillTaskResponse.task:type_name -> titus.agent.v1.Task
 	9,  // 23: titus.agent.v1.ListTasksResponse.tasks:type_name -> titus.agent.v1.Task
-	24, // 24: titus.agent.v1.HealthResponse.checks:type_name -> titus.agent.v1.HealthCheck
-	11, // 25: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
-	13, // 26: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
-	15, // 27: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
-	16, // 28: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
-	18, // 29: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
-	19, // 30: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
-	21, // 31: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
-	23, // 32: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
-	28, // 33: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
-	30, // 34: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
-	32, // 35: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
-	26, // 36: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
-	12, // 37: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
-	14, // 38: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
-	9,  // 39: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
-	17, // 40: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
-	10, // 41: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
-	20, // 42: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
-	22, // 43: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
-	25, // 44: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
-	29, // 45: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
-	31, // 46: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
-	33, // 47: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
-	27, // 48: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
-	37, // [37:49] is the sub-list for method output_type
-	25, // [25:37] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	22, // 24: titus.agent.v1.ExecStart.size:type_name -> titus.agent.v1.WindowSize
+	23, // 25: titus.agent.v1.ExecInput.start:type_name -> titus.agent.v1.ExecStart
+	22, // 26: titus.agent.v1.ExecInput.resize:type_name -> titus.agent.v1.WindowSize
+	27, // 27: titus.agent.v1.HealthResponse.checks:type_name -> titus.agent.v1.HealthCheck
+	11, // 28: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
+	13, // 29: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
+	15, // 30: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
+	16, // 31: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
+	18, // 32: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
+	19, // 33: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
+	21, // 34: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
+	24, // 35: titus.agent.v1.Agent.ExecSession:input_type -> titus.agent.v1.ExecInput
+	26, // 36: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
+	31, // 37: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
+	33, // 38: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
+	35, // 39: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
+	29, // 40: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
+	12, // 41: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
+	14, // 42: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
+	9,  // 43: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
+	17, // 44: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
+	10, // 45: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
+	20, // 46: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
+	25, // 47: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
+	25, // 48: titus.agent.v1.Agent.ExecSession:output_type -> titus.agent.v1.ExecOutput
+	28, // 49: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
+	32, // 50: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
+	34, // 51: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
+	36, // 52: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
+	30, // 53: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
+	41, // [41:54] is the sub-list for method output_type
+	28, // [28:41] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -2454,13 +2735,19 @@ func file_agent_v1_agent_proto_init() {
 	if File_agent_v1_agent_proto != nil {
 		return
 	}
+	file_agent_v1_agent_proto_msgTypes[22].OneofWrappers = []any{
+		(*ExecInput_Start)(nil),
+		(*ExecInput_Stdin)(nil),
+		(*ExecInput_Resize)(nil),
+		(*ExecInput_CloseStdin)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   34,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	Agent_WatchEvents_FullMethodName = "/titus.agent.v1.Agent/WatchEvents"
 	Agent_TaskLogs_FullMethodName    = "/titus.agent.v1.Agent/TaskLogs"
 	Agent_Exec_FullMethodName        = "/titus.agent.v1.Agent/Exec"
+	Agent_ExecSession_FullMethodName = "/titus.agent.v1.Agent/ExecSession"
 	Agent_Health_FullMethodName      = "/titus.agent.v1.Agent/Health"
 	Agent_VPCStatus_FullMethodName   = "/titus.agent.v1.Agent/VPCStatus"
 	Agent_VPCGC_FullMethodName       = "/titus.agent.v1.Agent/VPCGC"
@@ -51,6 +52,10 @@ type AgentClient interface {
 	TaskLogs(ctx context.Context, in *TaskLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[LogChunk], error)
 	// Exec runs a command inside a running task and streams its output.
 	Exec(ctx context.Context, in *ExecRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ExecOutput], error)
+	// ExecSession is an interactive exec (task exec -i/-t): the first message
+	// is an ExecStart, then stdin, window sizes and the close of stdin; output
+	// comes back as it is made, the last message carries the exit code.
+	ExecSession(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecInput, ExecOutput], error)
 	Health(ctx context.Context, in *HealthRequest, opts ...grpc.CallOption) (*HealthResponse, error)
 	// VPCStatus shows ENIs, security-group sets, IPs free/used and pool targets.
 	VPCStatus(ctx context.Context, in *VPCStatusRequest, opts ...grpc.CallOption) (*VPCStatusResponse, error)
@@ -166,6 +171,19 @@ func (c *agentClient) Exec(ctx context.Context, in *ExecRequest, opts ...grpc.Ca
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_ExecClient = grpc.ServerStreamingClient[ExecOutput]
 
+func (c *agentClient) ExecSession(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecInput, ExecOutput], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Agent_ServiceDesc.Streams[3], Agent_ExecSession_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExecInput, ExecOutput]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ExecSessionClient = grpc.BidiStreamingClient[ExecInput, ExecOutput]
+
 func (c *agentClient) Health(ctx context.Context, in *HealthRequest, opts ...grpc.CallOption) (*HealthResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(HealthResponse)
@@ -232,6 +250,10 @@ type AgentServer interface {
 	TaskLogs(*TaskLogsRequest, grpc.ServerStreamingServer[LogChunk]) error
 	// Exec runs a command inside a running task and streams its output.
 	Exec(*ExecRequest, grpc.ServerStreamingServer[ExecOutput]) error
+	// ExecSession is an interactive exec (task exec -i/-t): the first message
+	// is an ExecStart, then stdin, window sizes and the close of stdin; output
+	// comes back as it is made, the last message carries the exit code.
+	ExecSession(grpc.BidiStreamingServer[ExecInput, ExecOutput]) error
 	Health(context.Context, *HealthRequest) (*HealthResponse, error)
 	// VPCStatus shows ENIs, security-group sets, IPs free/used and pool targets.
 	VPCStatus(context.Context, *VPCStatusRequest) (*VPCStatusResponse, error)
@@ -270,6 +292,9 @@ func (UnimplementedAgentServer) TaskLogs(*TaskLogsRequest, grpc.ServerStreamingS
 }
 func (UnimplementedAgentServer) Exec(*ExecRequest, grpc.ServerStreamingServer[ExecOutput]) error {
 	return status.Error(codes.Unimplemented, "method Exec not implemented")
+}
+func (UnimplementedAgentServer) ExecSession(grpc.BidiStreamingServer[ExecInput, ExecOutput]) error {
+	return status.Error(codes.Unimplemented, "method ExecSession not implemented")
 }
 func (UnimplementedAgentServer) Health(context.Context, *HealthRequest) (*HealthResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Health not implemented")
@@ -411,6 +436,13 @@ func _Agent_Exec_Handler(srv interface{}, stream grpc.ServerStream) error {
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_ExecServer = grpc.ServerStreamingServer[ExecOutput]
+
+func _Agent_ExecSession_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(AgentServer).ExecSession(&grpc.GenericServerStream[ExecInput, ExecOutput]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Agent_ExecSessionServer = grpc.BidiStreamingServer[ExecInput, ExecOutput]
 
 func _Agent_Health_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(HealthRequest)
@@ -561,6 +593,12 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Exec",
 			Handler:       _Agent_Exec_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "ExecSession",
+			Handler:       _Agent_ExecSession_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "agent/v1/agent.proto",

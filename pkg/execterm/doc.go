@@ -1,0 +1,5 @@
+// Package execterm is the caller's end of an exec session (task exec -i/-t),
+// shared by titus-agent and titus-scheduler: it puts the caller's terminal
+// in raw mode, streams stdin and window-size changes (SIGWINCH) up, writes
+// output down, restores the terminal and returns the command's exit code.
+package execterm

@@ -1,0 +1,180 @@
+package runtime
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"syscall"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/google/uuid"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// WindowSize is a terminal's size in characters.
+type WindowSize struct {
+	Width, Height uint16
+}
+
+// ExecOptions describe one command run inside a running task.
+type ExecOptions struct {
+	Args []string
+	// TTY gives the process a pseudo-terminal (the process spec's
+	// terminal: true); all its output then comes on Stdout.
+	TTY bool
+	// Stdin, when set, feeds the process; at its EOF the process's stdin
+	// is closed.
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	// Size is the terminal's first size; Resize carries later ones.
+	Size   WindowSize
+	Resize <-chan WindowSize
+}
+
+// Exec runs args in the running task's namespaces with the task's process
+// settings and returns its exit code.
+func (r *Runtime) Exec(ctx context.Context, id string, args []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	return r.ExecProcess(ctx, id, ExecOptions{Args: args, Stdin: stdin, Stdout: stdout, Stderr: stderr})
+}
+
+// ExecProcess runs a command inside the task id, in its namespaces and
+// cgroup, as the task's user with the task's capabilities, seccomp filter
+// and no_new_privileges: the process spec is the task's own with only the
+// arguments (and the terminal) replaced, so an exec can never hold more
+// than the task does. When ctx ends before the command does, the command
+// and every process it started are killed, so a vanished client leaves
+// nothing behind; when the command ends, what it left running in its
+// session is killed too.
+func (r *Runtime) ExecProcess(ctx context.Context, id string, o ExecOptions) (int, error) {
+	ctx = r.ctx(ctx)
+	if len(o.Args) == 0 {
+		return -1, errors.New("exec: no command")
+	}
+	c, err := r.load(ctx, id)
+	if err != nil {
+		return -1, err
+	}
+	t, err := c.Task(ctx, nil)
+	if err != nil {
+		return -1, fmt.Errorf("load task %s: %w", id, err)
+	}
+	spec, err := c.Spec(ctx)
+	if err != nil {
+		return -1, fmt.Errorf("spec of %s: %w", id, err)
+	}
+	pspec := execProcessSpec(spec.Process, o)
+
+	stdin := o.Stdin
+	var in *eofCloser
+	if stdin != nil {
+		in = &eofCloser{r: stdin, ready: make(chan struct{})}
+		stdin = in
+	}
+	copts := []cio.Opt{cio.WithStreams(stdin, orDiscard(o.Stdout), orDiscard(o.Stderr))}
+	if o.TTY {
+		copts = append(copts, cio.WithTerminal)
+	}
+	execID := "exec-" + uuid.NewString()[:8]
+	p, err := t.Exec(ctx, execID, pspec, cio.NewCreator(copts...))
+	if err != nil {
+		if in != nil {
+			in.close = func() {}
+			close(in.ready)
+		}
+		return -1, fmt.Errorf("exec in %s: %w", id, err)
+	}
+	bg := context.WithoutCancel(ctx)
+	if in != nil {
+		// At EOF of the caller's stdin, close the process's stdin too.
+		in.close = func() { _ = p.CloseIO(bg, client.WithStdinCloser) }
+		close(in.ready)
+	}
+	defer p.Delete(bg, client.WithProcessKill) //nolint:errcheck // best effort
+	exitc, err := p.Wait(ctx)
+	if err != nil {
+		return -1, fmt.Errorf("wait exec in %s: %w", id, err)
+	}
+	if err := p.Start(ctx); err != nil {
+		return -1, fmt.Errorf("start exec in %s: %w", id, err)
+	}
+	pid := int(p.Pid())
+	// Whatever way the exec ends, what it started in its session ends too.
+	defer func() { _ = killSession(hostProcs{}, pid) }()
+
+	done := make(chan struct{})
+	defer close(done)
+	if o.TTY && o.Resize != nil {
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				case ws, ok := <-o.Resize:
+					if !ok {
+						return
+					}
+					_ = p.Resize(bg, uint32(ws.Width), uint32(ws.Height))
+				}
+			}
+		}()
+	}
+	select {
+	case s := <-exitc:
+		code, _, err := s.Result()
+		if err != nil {
+			return -1, fmt.Errorf("exec in %s: %w", id, err)
+		}
+		if io := p.IO(); io != nil {
+			io.Wait() // flush output
+		}
+		return int(code), nil
+	case <-ctx.Done():
+		// The session's processes first, while the tree still links them
+		// to the exec; then the exec itself.
+		_ = killSession(hostProcs{}, pid)
+		_ = p.Kill(bg, syscall.SIGKILL)
+		<-exitc
+		return -1, context.Cause(ctx)
+	}
+}
+
+// execProcessSpec is the task's process spec with only what an exec may
+// change: its arguments, whether it has a terminal and the terminal's size.
+func execProcessSpec(task *specs.Process, o ExecOptions) *specs.Process {
+	p := *task
+	p.Args = append([]string(nil), o.Args...)
+	p.Terminal = o.TTY
+	p.ConsoleSize = nil
+	if o.TTY && o.Size.Width > 0 && o.Size.Height > 0 {
+		p.ConsoleSize = &specs.Box{Width: uint(o.Size.Width), Height: uint(o.Size.Height)}
+	}
+	return &p
+}
+
+// eofCloser calls close once its reader hits EOF (after ready is closed).
+type eofCloser struct {
+	r     io.Reader
+	ready chan struct{}
+	close func()
+	once  sync.Once
+}
+
+func (e *eofCloser) Read(b []byte) (int, error) {
+	n, err := e.r.Read(b)
+	if err == io.EOF {
+		e.once.Do(func() {
+			go func() { <-e.ready; e.close() }()
+		})
+	}
+	return n, err
+}
+
+func orDiscard(w io.Writer) io.Writer {
+	if w == nil {
+		return io.Discard
+	}
+	return w
+}
