@@ -11,6 +11,7 @@ const (
 	JobRead      Action = "job.read"
 	JobKill      Action = "job.kill"
 	JobScale     Action = "job.scale"
+	JobUpdate    Action = "job.update"
 	TaskRead     Action = "task.read"
 	TaskKill     Action = "task.kill"
 	AgentRead    Action = "agent.read"
@@ -34,6 +35,8 @@ var Methods = map[string]Rule{
 	schedv1.Scheduler_ListJobs_FullMethodName:     {JobRead, false},
 	schedv1.Scheduler_KillJob_FullMethodName:      {JobKill, true},
 	schedv1.Scheduler_ScaleJob_FullMethodName:     {JobScale, true},
+	schedv1.Scheduler_UpdateJob_FullMethodName:    {JobUpdate, true},
+	schedv1.Scheduler_RolloutJob_FullMethodName:   {JobUpdate, true},
 	schedv1.Scheduler_ListTasks_FullMethodName:    {TaskRead, false},
 	schedv1.Scheduler_GetTask_FullMethodName:      {TaskRead, false},
 	schedv1.Scheduler_KillTask_FullMethodName:     {TaskKill, true},
@@ -54,18 +57,18 @@ const (
 
 // global lists what each global role grants on every application.
 var global = map[string][]Action{
-	RoleAdmin:    {JobSubmit, JobRead, JobKill, JobScale, TaskRead, TaskKill, AgentRead, AgentDrain, AuditRead},
+	RoleAdmin:    {JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill, AgentRead, AgentDrain, AuditRead},
 	RoleOperator: {JobRead, TaskRead, AgentRead, AgentDrain, AuditRead},
 	RoleReader:   {JobRead, TaskRead, AgentRead},
 }
 
 // ownerActions are what an application's owners may do on it.
-var ownerActions = []Action{JobSubmit, JobRead, JobKill, JobScale, TaskRead, TaskKill}
+var ownerActions = []Action{JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill}
 
 // appScoped actions name an application; the others are fleet-wide.
 func appScoped(a Action) bool {
 	switch a {
-	case JobSubmit, JobRead, JobKill, JobScale, TaskRead, TaskKill:
+	case JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill:
 		return true
 	}
 	return false

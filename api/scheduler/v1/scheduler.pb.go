@@ -189,6 +189,115 @@ func (RetryPolicy_Kind) EnumDescriptor() ([]byte, []int) {
 	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{0, 0}
 }
 
+type Rollout_State int32
+
+const (
+	Rollout_STATE_UNSPECIFIED Rollout_State = 0
+	Rollout_STATE_PROGRESSING Rollout_State = 1
+	Rollout_STATE_PAUSED      Rollout_State = 2
+	Rollout_STATE_COMPLETE    Rollout_State = 3
+	// Rolled back, automatically (reason says why) or by undo.
+	Rollout_STATE_ROLLED_BACK Rollout_State = 4
+)
+
+// Enum value maps for Rollout_State.
+var (
+	Rollout_State_name = map[int32]string{
+		0: "STATE_UNSPECIFIED",
+		1: "STATE_PROGRESSING",
+		2: "STATE_PAUSED",
+		3: "STATE_COMPLETE",
+		4: "STATE_ROLLED_BACK",
+	}
+	Rollout_State_value = map[string]int32{
+		"STATE_UNSPECIFIED": 0,
+		"STATE_PROGRESSING": 1,
+		"STATE_PAUSED":      2,
+		"STATE_COMPLETE":    3,
+		"STATE_ROLLED_BACK": 4,
+	}
+)
+
+func (x Rollout_State) Enum() *Rollout_State {
+	p := new(Rollout_State)
+	*p = x
+	return p
+}
+
+func (x Rollout_State) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Rollout_State) Descriptor() protoreflect.EnumDescriptor {
+	return file_scheduler_v1_scheduler_proto_enumTypes[3].Descriptor()
+}
+
+func (Rollout_State) Type() protoreflect.EnumType {
+	return &file_scheduler_v1_scheduler_proto_enumTypes[3]
+}
+
+func (x Rollout_State) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Rollout_State.Descriptor instead.
+func (Rollout_State) EnumDescriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10, 0}
+}
+
+type RolloutJobRequest_Action int32
+
+const (
+	RolloutJobRequest_ACTION_UNSPECIFIED RolloutJobRequest_Action = 0
+	RolloutJobRequest_ACTION_PAUSE       RolloutJobRequest_Action = 1
+	RolloutJobRequest_ACTION_RESUME      RolloutJobRequest_Action = 2
+	// Back to the previous revision, as a new rollout.
+	RolloutJobRequest_ACTION_UNDO RolloutJobRequest_Action = 3
+)
+
+// Enum value maps for RolloutJobRequest_Action.
+var (
+	RolloutJobRequest_Action_name = map[int32]string{
+		0: "ACTION_UNSPECIFIED",
+		1: "ACTION_PAUSE",
+		2: "ACTION_RESUME",
+		3: "ACTION_UNDO",
+	}
+	RolloutJobRequest_Action_value = map[string]int32{
+		"ACTION_UNSPECIFIED": 0,
+		"ACTION_PAUSE":       1,
+		"ACTION_RESUME":      2,
+		"ACTION_UNDO":        3,
+	}
+)
+
+func (x RolloutJobRequest_Action) Enum() *RolloutJobRequest_Action {
+	p := new(RolloutJobRequest_Action)
+	*p = x
+	return p
+}
+
+func (x RolloutJobRequest_Action) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RolloutJobRequest_Action) Descriptor() protoreflect.EnumDescriptor {
+	return file_scheduler_v1_scheduler_proto_enumTypes[4].Descriptor()
+}
+
+func (RolloutJobRequest_Action) Type() protoreflect.EnumType {
+	return &file_scheduler_v1_scheduler_proto_enumTypes[4]
+}
+
+func (x RolloutJobRequest_Action) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RolloutJobRequest_Action.Descriptor instead.
+func (RolloutJobRequest_Action) EnumDescriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18, 0}
+}
+
 type RetryPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Kind  RetryPolicy_Kind       `protobuf:"varint,1,opt,name=kind,proto3,enum=titus.scheduler.v1.RetryPolicy_Kind" json:"kind,omitempty"`
@@ -340,8 +449,13 @@ type ServiceJob struct {
 	// replaced, reason HealthCheckFailed, counted as a failure of its slot
 	// (retry policy and backoff apply). 0 = as soon as it is Unhealthy.
 	UnhealthyReplaceAfterSeconds int64 `protobuf:"varint,5,opt,name=unhealthy_replace_after_seconds,json=unhealthyReplaceAfterSeconds,proto3" json:"unhealthy_replace_after_seconds,omitempty"`
-	unknownFields                protoimpl.UnknownFields
-	sizeCache                    protoimpl.SizeCache
+	// How many tasks voluntary disruptions (rollouts, drains) may take
+	// away at once. Unset: 10%, at least 1.
+	DisruptionBudget *DisruptionBudget `protobuf:"bytes,6,opt,name=disruption_budget,json=disruptionBudget,proto3" json:"disruption_budget,omitempty"`
+	// How a new revision replaces the old tasks.
+	Update        *UpdateStrategy `protobuf:"bytes,7,opt,name=update,proto3" json:"update,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ServiceJob) Reset() {
@@ -409,6 +523,146 @@ func (x *ServiceJob) GetUnhealthyReplaceAfterSeconds() int64 {
 	return 0
 }
 
+func (x *ServiceJob) GetDisruptionBudget() *DisruptionBudget {
+	if x != nil {
+		return x.DisruptionBudget
+	}
+	return nil
+}
+
+func (x *ServiceJob) GetUpdate() *UpdateStrategy {
+	if x != nil {
+		return x.Update
+	}
+	return nil
+}
+
+// DisruptionBudget bounds the tasks of a service job that voluntary
+// disruptions (a rollout, a drain) may make unavailable at once.
+type DisruptionBudget struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A count ("1") or a percent of desired ("10%", rounded down, at least
+	// 1). Empty: 10%.
+	MaxUnavailable string `protobuf:"bytes,1,opt,name=max_unavailable,json=maxUnavailable,proto3" json:"max_unavailable,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DisruptionBudget) Reset() {
+	*x = DisruptionBudget{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DisruptionBudget) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DisruptionBudget) ProtoMessage() {}
+
+func (x *DisruptionBudget) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DisruptionBudget.ProtoReflect.Descriptor instead.
+func (*DisruptionBudget) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DisruptionBudget) GetMaxUnavailable() string {
+	if x != nil {
+		return x.MaxUnavailable
+	}
+	return ""
+}
+
+// UpdateStrategy is how a rollout replaces old tasks by new ones.
+type UpdateStrategy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// New tasks started above desired ("1", "25%", rounded up). Empty: 0
+	// when max_unavailable is set, else 1.
+	MaxSurge string `protobuf:"bytes,1,opt,name=max_surge,json=maxSurge,proto3" json:"max_surge,omitempty"`
+	// Old tasks stopped before their replacement is available ("1", "10%",
+	// rounded down). Empty: the disruption budget's. Both 0 is refused.
+	MaxUnavailable string `protobuf:"bytes,2,opt,name=max_unavailable,json=maxUnavailable,proto3" json:"max_unavailable,omitempty"`
+	// A new task that is not available (Running, and Healthy when it has a
+	// health check) this long after it was placed rolls the update back.
+	// 0: 300 seconds.
+	ProgressDeadlineSeconds int64 `protobuf:"varint,3,opt,name=progress_deadline_seconds,json=progressDeadlineSeconds,proto3" json:"progress_deadline_seconds,omitempty"`
+	// This many consecutive failures of new tasks roll the update back.
+	// 0: 3.
+	MaxFailures   uint32 `protobuf:"varint,4,opt,name=max_failures,json=maxFailures,proto3" json:"max_failures,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateStrategy) Reset() {
+	*x = UpdateStrategy{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateStrategy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateStrategy) ProtoMessage() {}
+
+func (x *UpdateStrategy) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateStrategy.ProtoReflect.Descriptor instead.
+func (*UpdateStrategy) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *UpdateStrategy) GetMaxSurge() string {
+	if x != nil {
+		return x.MaxSurge
+	}
+	return ""
+}
+
+func (x *UpdateStrategy) GetMaxUnavailable() string {
+	if x != nil {
+		return x.MaxUnavailable
+	}
+	return ""
+}
+
+func (x *UpdateStrategy) GetProgressDeadlineSeconds() int64 {
+	if x != nil {
+		return x.ProgressDeadlineSeconds
+	}
+	return 0
+}
+
+func (x *UpdateStrategy) GetMaxFailures() uint32 {
+	if x != nil {
+		return x.MaxFailures
+	}
+	return 0
+}
+
 type JobSpec struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -436,7 +690,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -448,7 +702,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -461,7 +715,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{3}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JobSpec) GetName() string {
@@ -585,7 +839,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +851,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +864,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Placement) GetConstraints() []string {
@@ -667,7 +921,7 @@ type Preference struct {
 
 func (x *Preference) Reset() {
 	*x = Preference{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +933,7 @@ func (x *Preference) String() string {
 func (*Preference) ProtoMessage() {}
 
 func (x *Preference) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,7 +946,7 @@ func (x *Preference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Preference.ProtoReflect.Descriptor instead.
 func (*Preference) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Preference) GetConstraint() string {
@@ -725,7 +979,7 @@ type JobCounts struct {
 
 func (x *JobCounts) Reset() {
 	*x = JobCounts{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +991,7 @@ func (x *JobCounts) String() string {
 func (*JobCounts) ProtoMessage() {}
 
 func (x *JobCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +1004,7 @@ func (x *JobCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCounts.ProtoReflect.Descriptor instead.
 func (*JobCounts) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobCounts) GetPending() uint32 {
@@ -819,14 +1073,18 @@ type Job struct {
 	Counts   *JobCounts             `protobuf:"bytes,6,opt,name=counts,proto3" json:"counts,omitempty"`
 	// Why pending tasks are not placed yet (e.g. the capacity group's quota
 	// is in use, or no agent has room); empty once they are placed.
-	QueuedReason  string `protobuf:"bytes,7,opt,name=queued_reason,json=queuedReason,proto3" json:"queued_reason,omitempty"`
+	QueuedReason string `protobuf:"bytes,7,opt,name=queued_reason,json=queuedReason,proto3" json:"queued_reason,omitempty"`
+	// The revision of the task template; each update adds one.
+	Revision uint64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The latest rollout; unset before the first update.
+	Rollout       *Rollout `protobuf:"bytes,9,opt,name=rollout,proto3" json:"rollout,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1096,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1109,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Job) GetId() string {
@@ -903,6 +1161,141 @@ func (x *Job) GetQueuedReason() string {
 	return ""
 }
 
+func (x *Job) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *Job) GetRollout() *Rollout {
+	if x != nil {
+		return x.Rollout
+	}
+	return nil
+}
+
+// Rollout is a service job's move from one revision to another, kept in
+// the job's record so a new leader continues it.
+type Rollout struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	State        Rollout_State          `protobuf:"varint,1,opt,name=state,proto3,enum=titus.scheduler.v1.Rollout_State" json:"state,omitempty"`
+	FromRevision uint64                 `protobuf:"varint,2,opt,name=from_revision,json=fromRevision,proto3" json:"from_revision,omitempty"`
+	ToRevision   uint64                 `protobuf:"varint,3,opt,name=to_revision,json=toRevision,proto3" json:"to_revision,omitempty"`
+	Reason       string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Started      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=started,proto3" json:"started,omitempty"`
+	Ended        *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=ended,proto3" json:"ended,omitempty"`
+	// The template of from_revision (what an undo or a rollback returns to).
+	PreviousTask *v1.TaskSpec `protobuf:"bytes,7,opt,name=previous_task,json=previousTask,proto3" json:"previous_task,omitempty"`
+	// Views only: tasks of the job's revision that are available, tasks of
+	// another revision still live, and desired minus available.
+	Updated       uint32 `protobuf:"varint,8,opt,name=updated,proto3" json:"updated,omitempty"`
+	Old           uint32 `protobuf:"varint,9,opt,name=old,proto3" json:"old,omitempty"`
+	Unavailable   uint32 `protobuf:"varint,10,opt,name=unavailable,proto3" json:"unavailable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Rollout) Reset() {
+	*x = Rollout{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Rollout) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Rollout) ProtoMessage() {}
+
+func (x *Rollout) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
+func (*Rollout) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Rollout) GetState() Rollout_State {
+	if x != nil {
+		return x.State
+	}
+	return Rollout_STATE_UNSPECIFIED
+}
+
+func (x *Rollout) GetFromRevision() uint64 {
+	if x != nil {
+		return x.FromRevision
+	}
+	return 0
+}
+
+func (x *Rollout) GetToRevision() uint64 {
+	if x != nil {
+		return x.ToRevision
+	}
+	return 0
+}
+
+func (x *Rollout) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *Rollout) GetStarted() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Started
+	}
+	return nil
+}
+
+func (x *Rollout) GetEnded() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Ended
+	}
+	return nil
+}
+
+func (x *Rollout) GetPreviousTask() *v1.TaskSpec {
+	if x != nil {
+		return x.PreviousTask
+	}
+	return nil
+}
+
+func (x *Rollout) GetUpdated() uint32 {
+	if x != nil {
+		return x.Updated
+	}
+	return 0
+}
+
+func (x *Rollout) GetOld() uint32 {
+	if x != nil {
+		return x.Old
+	}
+	return 0
+}
+
+func (x *Rollout) GetUnavailable() uint32 {
+	if x != nil {
+		return x.Unavailable
+	}
+	return 0
+}
+
 type SubmitJobRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Spec          *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
@@ -912,7 +1305,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1317,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1330,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SubmitJobRequest) GetSpec() *JobSpec {
@@ -956,7 +1349,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -968,7 +1361,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -981,7 +1374,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SubmitJobResponse) GetJobId() string {
@@ -1000,7 +1393,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1405,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1418,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -1050,7 +1443,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1062,7 +1455,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1075,7 +1468,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListJobsRequest) GetAll() bool {
@@ -1109,7 +1502,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1514,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1527,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -1160,7 +1553,7 @@ type KillJobRequest struct {
 
 func (x *KillJobRequest) Reset() {
 	*x = KillJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1565,7 @@ func (x *KillJobRequest) String() string {
 func (*KillJobRequest) ProtoMessage() {}
 
 func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1578,7 @@ func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillJobRequest.ProtoReflect.Descriptor instead.
 func (*KillJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *KillJobRequest) GetId() string {
@@ -1193,6 +1586,113 @@ func (x *KillJobRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+type UpdateJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The new spec: its task, retry, disruption_budget and update replace
+	// the job's; name, owner_email, application and capacity_group must be
+	// empty or unchanged; sizes are kept (use ScaleJob).
+	Spec          *JobSpec `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateJobRequest) Reset() {
+	*x = UpdateJobRequest{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateJobRequest) ProtoMessage() {}
+
+func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateJobRequest.ProtoReflect.Descriptor instead.
+func (*UpdateJobRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *UpdateJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *UpdateJobRequest) GetSpec() *JobSpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+type RolloutJobRequest struct {
+	state         protoimpl.MessageState   `protogen:"open.v1"`
+	Id            string                   `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Action        RolloutJobRequest_Action `protobuf:"varint,2,opt,name=action,proto3,enum=titus.scheduler.v1.RolloutJobRequest_Action" json:"action,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RolloutJobRequest) Reset() {
+	*x = RolloutJobRequest{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RolloutJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RolloutJobRequest) ProtoMessage() {}
+
+func (x *RolloutJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RolloutJobRequest.ProtoReflect.Descriptor instead.
+func (*RolloutJobRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RolloutJobRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RolloutJobRequest) GetAction() RolloutJobRequest_Action {
+	if x != nil {
+		return x.Action
+	}
+	return RolloutJobRequest_ACTION_UNSPECIFIED
 }
 
 type ScaleJobRequest struct {
@@ -1207,7 +1707,7 @@ type ScaleJobRequest struct {
 
 func (x *ScaleJobRequest) Reset() {
 	*x = ScaleJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1219,7 +1719,7 @@ func (x *ScaleJobRequest) String() string {
 func (*ScaleJobRequest) ProtoMessage() {}
 
 func (x *ScaleJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1232,7 +1732,7 @@ func (x *ScaleJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaleJobRequest.ProtoReflect.Descriptor instead.
 func (*ScaleJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ScaleJobRequest) GetId() string {
@@ -1283,14 +1783,16 @@ type Task struct {
 	Ended    *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=ended,proto3" json:"ended,omitempty"`
 	Az       string                 `protobuf:"bytes,14,opt,name=az,proto3" json:"az,omitempty"`
 	// As the agent last reported it; unset without a health check.
-	Health        *v1.TaskHealth `protobuf:"bytes,15,opt,name=health,proto3" json:"health,omitempty"`
+	Health *v1.TaskHealth `protobuf:"bytes,15,opt,name=health,proto3" json:"health,omitempty"`
+	// The job revision whose template launched this task.
+	Revision      uint64 `protobuf:"varint,16,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1804,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1817,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Task) GetId() string {
@@ -1423,6 +1925,13 @@ func (x *Task) GetHealth() *v1.TaskHealth {
 	return nil
 }
 
+func (x *Task) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type ListTasksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -1436,7 +1945,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1448,7 +1957,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1461,7 +1970,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ListTasksRequest) GetJobId() string {
@@ -1502,7 +2011,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +2023,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +2036,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1553,7 +2062,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +2074,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +2087,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -1597,7 +2106,7 @@ type KillTaskRequest struct {
 
 func (x *KillTaskRequest) Reset() {
 	*x = KillTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +2118,7 @@ func (x *KillTaskRequest) String() string {
 func (*KillTaskRequest) ProtoMessage() {}
 
 func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +2131,7 @@ func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillTaskRequest.ProtoReflect.Descriptor instead.
 func (*KillTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *KillTaskRequest) GetId() string {
@@ -1651,7 +2160,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1663,7 +2172,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1676,7 +2185,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Capacity) GetCpuMillicores() int64 {
@@ -1749,7 +2258,7 @@ type Gpu struct {
 
 func (x *Gpu) Reset() {
 	*x = Gpu{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1761,7 +2270,7 @@ func (x *Gpu) String() string {
 func (*Gpu) ProtoMessage() {}
 
 func (x *Gpu) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1774,7 +2283,7 @@ func (x *Gpu) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gpu.ProtoReflect.Descriptor instead.
 func (*Gpu) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Gpu) GetIndex() int32 {
@@ -1815,7 +2324,7 @@ type HostAttributes struct {
 
 func (x *HostAttributes) Reset() {
 	*x = HostAttributes{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1827,7 +2336,7 @@ func (x *HostAttributes) String() string {
 func (*HostAttributes) ProtoMessage() {}
 
 func (x *HostAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1840,7 +2349,7 @@ func (x *HostAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostAttributes.ProtoReflect.Descriptor instead.
 func (*HostAttributes) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *HostAttributes) GetAmiId() string {
@@ -1898,7 +2407,7 @@ type SGSetENIs struct {
 
 func (x *SGSetENIs) Reset() {
 	*x = SGSetENIs{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1910,7 +2419,7 @@ func (x *SGSetENIs) String() string {
 func (*SGSetENIs) ProtoMessage() {}
 
 func (x *SGSetENIs) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1923,7 +2432,7 @@ func (x *SGSetENIs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SGSetENIs.ProtoReflect.Descriptor instead.
 func (*SGSetENIs) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SGSetENIs) GetSecurityGroups() string {
@@ -1987,7 +2496,7 @@ type NetworkUsage struct {
 
 func (x *NetworkUsage) Reset() {
 	*x = NetworkUsage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1999,7 +2508,7 @@ func (x *NetworkUsage) String() string {
 func (*NetworkUsage) ProtoMessage() {}
 
 func (x *NetworkUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2012,7 +2521,7 @@ func (x *NetworkUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkUsage.ProtoReflect.Descriptor instead.
 func (*NetworkUsage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *NetworkUsage) GetSgSets() []*SGSetENIs {
@@ -2046,14 +2555,18 @@ type Agent struct {
 	LastHeartbeat *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
 	Attributes    *HostAttributes        `protobuf:"bytes,14,opt,name=attributes,proto3" json:"attributes,omitempty"`
 	// The ENIs of each SG set, as the agent last reported them.
-	Network       *NetworkUsage `protobuf:"bytes,15,opt,name=network,proto3" json:"network,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Network *NetworkUsage `protobuf:"bytes,15,opt,name=network,proto3" json:"network,omitempty"`
+	// While drained: service tasks still to move off, and what holds the
+	// next move back (e.g. "blocked by budget of job X: 1/1 unavailable").
+	DrainRemaining uint32 `protobuf:"varint,16,opt,name=drain_remaining,json=drainRemaining,proto3" json:"drain_remaining,omitempty"`
+	DrainBlocked   string `protobuf:"bytes,17,opt,name=drain_blocked,json=drainBlocked,proto3" json:"drain_blocked,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2065,7 +2578,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2078,7 +2591,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Agent) GetId() string {
@@ -2186,6 +2699,20 @@ func (x *Agent) GetNetwork() *NetworkUsage {
 	return nil
 }
 
+func (x *Agent) GetDrainRemaining() uint32 {
+	if x != nil {
+		return x.DrainRemaining
+	}
+	return 0
+}
+
+func (x *Agent) GetDrainBlocked() string {
+	if x != nil {
+		return x.DrainBlocked
+	}
+	return ""
+}
+
 type ListAgentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PageSize      uint32                 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
@@ -2196,7 +2723,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2735,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,7 +2748,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ListAgentsRequest) GetPageSize() uint32 {
@@ -2249,7 +2776,7 @@ type DrainAgentRequest struct {
 
 func (x *DrainAgentRequest) Reset() {
 	*x = DrainAgentRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2788,7 @@ func (x *DrainAgentRequest) String() string {
 func (*DrainAgentRequest) ProtoMessage() {}
 
 func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2801,7 @@ func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainAgentRequest.ProtoReflect.Descriptor instead.
 func (*DrainAgentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DrainAgentRequest) GetId() string {
@@ -2301,7 +2828,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2313,7 +2840,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2326,7 +2853,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -2367,7 +2894,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2379,7 +2906,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2392,7 +2919,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *AuditRecord) GetId() string {
@@ -2492,7 +3019,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +3031,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +3044,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListAuditRequest) GetJobId() string {
@@ -2558,7 +3085,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2570,7 +3097,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2583,7 +3110,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListAuditResponse) GetRecords() []*AuditRecord {
@@ -2615,7 +3142,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +3154,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +3167,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *TaskStatus) GetTaskId() string {
@@ -2702,7 +3229,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2714,7 +3241,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2727,7 +3254,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Register) GetInstanceId() string {
@@ -2798,7 +3325,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2810,7 +3337,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2823,7 +3350,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Heartbeat) GetHealthy() bool {
@@ -2863,7 +3390,7 @@ type TaskUpdates struct {
 
 func (x *TaskUpdates) Reset() {
 	*x = TaskUpdates{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +3402,7 @@ func (x *TaskUpdates) String() string {
 func (*TaskUpdates) ProtoMessage() {}
 
 func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +3415,7 @@ func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskUpdates.ProtoReflect.Descriptor instead.
 func (*TaskUpdates) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *TaskUpdates) GetTasks() []*TaskStatus {
@@ -2912,7 +3439,7 @@ type AgentMessage struct {
 
 func (x *AgentMessage) Reset() {
 	*x = AgentMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2924,7 +3451,7 @@ func (x *AgentMessage) String() string {
 func (*AgentMessage) ProtoMessage() {}
 
 func (x *AgentMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2937,7 +3464,7 @@ func (x *AgentMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentMessage.ProtoReflect.Descriptor instead.
 func (*AgentMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *AgentMessage) GetMsg() isAgentMessage_Msg {
@@ -3006,7 +3533,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3018,7 +3545,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3031,7 +3558,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Registered) GetAgentId() string {
@@ -3057,7 +3584,7 @@ type Launch struct {
 
 func (x *Launch) Reset() {
 	*x = Launch{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3069,7 +3596,7 @@ func (x *Launch) String() string {
 func (*Launch) ProtoMessage() {}
 
 func (x *Launch) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3082,7 +3609,7 @@ func (x *Launch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Launch.ProtoReflect.Descriptor instead.
 func (*Launch) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Launch) GetTasks() []*v1.TaskSpec {
@@ -3107,7 +3634,7 @@ type Kill struct {
 
 func (x *Kill) Reset() {
 	*x = Kill{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3119,7 +3646,7 @@ func (x *Kill) String() string {
 func (*Kill) ProtoMessage() {}
 
 func (x *Kill) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3132,7 +3659,7 @@ func (x *Kill) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kill.ProtoReflect.Descriptor instead.
 func (*Kill) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Kill) GetTaskIds() []string {
@@ -3170,7 +3697,7 @@ type SchedulerMessage struct {
 
 func (x *SchedulerMessage) Reset() {
 	*x = SchedulerMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3182,7 +3709,7 @@ func (x *SchedulerMessage) String() string {
 func (*SchedulerMessage) ProtoMessage() {}
 
 func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3195,7 +3722,7 @@ func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerMessage.ProtoReflect.Descriptor instead.
 func (*SchedulerMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SchedulerMessage) GetMsg() isSchedulerMessage_Msg {
@@ -3275,14 +3802,23 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\bBatchJob\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\rR\x04size\x122\n" +
 	"\x15runtime_limit_seconds\x18\x02 \x01(\x03R\x13runtimeLimitSeconds\x125\n" +
-	"\x05retry\x18\x03 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\"\xc8\x01\n" +
+	"\x05retry\x18\x03 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\"\xd7\x02\n" +
 	"\n" +
 	"ServiceJob\x12\x10\n" +
 	"\x03min\x18\x01 \x01(\rR\x03min\x12\x18\n" +
 	"\adesired\x18\x02 \x01(\rR\adesired\x12\x10\n" +
 	"\x03max\x18\x03 \x01(\rR\x03max\x125\n" +
 	"\x05retry\x18\x04 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\x12E\n" +
-	"\x1funhealthy_replace_after_seconds\x18\x05 \x01(\x03R\x1cunhealthyReplaceAfterSeconds\"\x86\x04\n" +
+	"\x1funhealthy_replace_after_seconds\x18\x05 \x01(\x03R\x1cunhealthyReplaceAfterSeconds\x12Q\n" +
+	"\x11disruption_budget\x18\x06 \x01(\v2$.titus.scheduler.v1.DisruptionBudgetR\x10disruptionBudget\x12:\n" +
+	"\x06update\x18\a \x01(\v2\".titus.scheduler.v1.UpdateStrategyR\x06update\";\n" +
+	"\x10DisruptionBudget\x12'\n" +
+	"\x0fmax_unavailable\x18\x01 \x01(\tR\x0emaxUnavailable\"\xb5\x01\n" +
+	"\x0eUpdateStrategy\x12\x1b\n" +
+	"\tmax_surge\x18\x01 \x01(\tR\bmaxSurge\x12'\n" +
+	"\x0fmax_unavailable\x18\x02 \x01(\tR\x0emaxUnavailable\x12:\n" +
+	"\x19progress_deadline_seconds\x18\x03 \x01(\x03R\x17progressDeadlineSeconds\x12!\n" +
+	"\fmax_failures\x18\x04 \x01(\rR\vmaxFailures\"\x86\x04\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vowner_email\x18\x02 \x01(\tR\n" +
@@ -3323,7 +3859,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06failed\x18\x05 \x01(\rR\x06failed\x12\x16\n" +
 	"\x06killed\x18\x06 \x01(\rR\x06killed\x12\x12\n" +
 	"\x04lost\x18\a \x01(\rR\x04lost\x12\x18\n" +
-	"\aretries\x18\b \x01(\rR\aretries\"\xc4\x02\n" +
+	"\aretries\x18\b \x01(\rR\aretries\"\x97\x03\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
 	"\x04spec\x18\x02 \x01(\v2\x1b.titus.scheduler.v1.JobSpecR\x04spec\x122\n" +
@@ -3331,7 +3867,28 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\acreated\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x126\n" +
 	"\bfinished\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bfinished\x125\n" +
 	"\x06counts\x18\x06 \x01(\v2\x1d.titus.scheduler.v1.JobCountsR\x06counts\x12#\n" +
-	"\rqueued_reason\x18\a \x01(\tR\fqueuedReason\"C\n" +
+	"\rqueued_reason\x18\a \x01(\tR\fqueuedReason\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x04R\brevision\x125\n" +
+	"\arollout\x18\t \x01(\v2\x1b.titus.scheduler.v1.RolloutR\arollout\"\x89\x04\n" +
+	"\aRollout\x127\n" +
+	"\x05state\x18\x01 \x01(\x0e2!.titus.scheduler.v1.Rollout.StateR\x05state\x12#\n" +
+	"\rfrom_revision\x18\x02 \x01(\x04R\ffromRevision\x12\x1f\n" +
+	"\vto_revision\x18\x03 \x01(\x04R\n" +
+	"toRevision\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x124\n" +
+	"\astarted\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x120\n" +
+	"\x05ended\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x12=\n" +
+	"\rprevious_task\x18\a \x01(\v2\x18.titus.agent.v1.TaskSpecR\fpreviousTask\x12\x18\n" +
+	"\aupdated\x18\b \x01(\rR\aupdated\x12\x10\n" +
+	"\x03old\x18\t \x01(\rR\x03old\x12 \n" +
+	"\vunavailable\x18\n" +
+	" \x01(\rR\vunavailable\"r\n" +
+	"\x05State\x12\x15\n" +
+	"\x11STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11STATE_PROGRESSING\x10\x01\x12\x10\n" +
+	"\fSTATE_PAUSED\x10\x02\x12\x12\n" +
+	"\x0eSTATE_COMPLETE\x10\x03\x12\x15\n" +
+	"\x11STATE_ROLLED_BACK\x10\x04\"C\n" +
 	"\x10SubmitJobRequest\x12/\n" +
 	"\x04spec\x18\x01 \x01(\v2\x1b.titus.scheduler.v1.JobSpecR\x04spec\"*\n" +
 	"\x11SubmitJobResponse\x12\x15\n" +
@@ -3347,12 +3904,23 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x04jobs\x18\x01 \x03(\v2\x17.titus.scheduler.v1.JobR\x04jobs\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\" \n" +
 	"\x0eKillJobRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"_\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"S\n" +
+	"\x10UpdateJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
+	"\x04spec\x18\x02 \x01(\v2\x1b.titus.scheduler.v1.JobSpecR\x04spec\"\xc1\x01\n" +
+	"\x11RolloutJobRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12D\n" +
+	"\x06action\x18\x02 \x01(\x0e2,.titus.scheduler.v1.RolloutJobRequest.ActionR\x06action\"V\n" +
+	"\x06Action\x12\x16\n" +
+	"\x12ACTION_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fACTION_PAUSE\x10\x01\x12\x11\n" +
+	"\rACTION_RESUME\x10\x02\x12\x0f\n" +
+	"\vACTION_UNDO\x10\x03\"_\n" +
 	"\x0fScaleJobRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03min\x18\x02 \x01(\rR\x03min\x12\x18\n" +
 	"\adesired\x18\x03 \x01(\rR\adesired\x12\x10\n" +
-	"\x03max\x18\x04 \x01(\rR\x03max\"\xf4\x03\n" +
+	"\x03max\x18\x04 \x01(\rR\x03max\"\x90\x04\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x14\n" +
@@ -3369,7 +3937,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\astarted\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\astarted\x120\n" +
 	"\x05ended\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x12\x0e\n" +
 	"\x02az\x18\x0e \x01(\tR\x02az\x122\n" +
-	"\x06health\x18\x0f \x01(\v2\x1a.titus.agent.v1.TaskHealthR\x06health\"w\n" +
+	"\x06health\x18\x0f \x01(\v2\x1a.titus.agent.v1.TaskHealthR\x06health\x12\x1a\n" +
+	"\brevision\x18\x10 \x01(\x04R\brevision\"w\n" +
 	"\x10ListTasksRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x10\n" +
 	"\x03all\x18\x02 \x01(\bR\x03all\x12\x1b\n" +
@@ -3416,7 +3985,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\adefault\x18\a \x01(\bR\adefault\"o\n" +
 	"\fNetworkUsage\x126\n" +
 	"\asg_sets\x18\x01 \x03(\v2\x1d.titus.scheduler.v1.SGSetENIsR\x06sgSets\x12'\n" +
-	"\x0fattachable_enis\x18\x02 \x01(\x05R\x0eattachableEnis\"\x93\x05\n" +
+	"\x0fattachable_enis\x18\x02 \x01(\x05R\x0eattachableEnis\"\xe1\x05\n" +
 	"\x05Agent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\rinstance_type\x18\x02 \x01(\tR\finstanceType\x12\x0e\n" +
@@ -3435,7 +4004,9 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"attributes\x18\x0e \x01(\v2\".titus.scheduler.v1.HostAttributesR\n" +
 	"attributes\x12:\n" +
-	"\anetwork\x18\x0f \x01(\v2 .titus.scheduler.v1.NetworkUsageR\anetwork\x1a9\n" +
+	"\anetwork\x18\x0f \x01(\v2 .titus.scheduler.v1.NetworkUsageR\anetwork\x12'\n" +
+	"\x0fdrain_remaining\x18\x10 \x01(\rR\x0edrainRemaining\x12#\n" +
+	"\rdrain_blocked\x18\x11 \x01(\tR\fdrainBlocked\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"O\n" +
@@ -3537,13 +4108,16 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x12JOB_STATE_ACCEPTED\x10\x01\x12\x16\n" +
 	"\x12JOB_STATE_FINISHED\x10\x02\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x03\x12\x14\n" +
-	"\x10JOB_STATE_KILLED\x10\x042\xcc\b\n" +
+	"\x10JOB_STATE_KILLED\x10\x042\xe6\t\n" +
 	"\tScheduler\x12X\n" +
 	"\tSubmitJob\x12$.titus.scheduler.v1.SubmitJobRequest\x1a%.titus.scheduler.v1.SubmitJobResponse\x12D\n" +
 	"\x06GetJob\x12!.titus.scheduler.v1.GetJobRequest\x1a\x17.titus.scheduler.v1.Job\x12U\n" +
 	"\bListJobs\x12#.titus.scheduler.v1.ListJobsRequest\x1a$.titus.scheduler.v1.ListJobsResponse\x12F\n" +
 	"\aKillJob\x12\".titus.scheduler.v1.KillJobRequest\x1a\x17.titus.scheduler.v1.Job\x12H\n" +
-	"\bScaleJob\x12#.titus.scheduler.v1.ScaleJobRequest\x1a\x17.titus.scheduler.v1.Job\x12X\n" +
+	"\bScaleJob\x12#.titus.scheduler.v1.ScaleJobRequest\x1a\x17.titus.scheduler.v1.Job\x12J\n" +
+	"\tUpdateJob\x12$.titus.scheduler.v1.UpdateJobRequest\x1a\x17.titus.scheduler.v1.Job\x12L\n" +
+	"\n" +
+	"RolloutJob\x12%.titus.scheduler.v1.RolloutJobRequest\x1a\x17.titus.scheduler.v1.Job\x12X\n" +
 	"\tListTasks\x12$.titus.scheduler.v1.ListTasksRequest\x1a%.titus.scheduler.v1.ListTasksResponse\x12G\n" +
 	"\aGetTask\x12\".titus.scheduler.v1.GetTaskRequest\x1a\x18.titus.scheduler.v1.Task\x12I\n" +
 	"\bKillTask\x12#.titus.scheduler.v1.KillTaskRequest\x1a\x18.titus.scheduler.v1.Task\x12[\n" +
@@ -3567,147 +4141,167 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 	return file_scheduler_v1_scheduler_proto_rawDescData
 }
 
-var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(ZoneBalance)(0),              // 0: titus.scheduler.v1.ZoneBalance
 	(JobState)(0),                 // 1: titus.scheduler.v1.JobState
 	(RetryPolicy_Kind)(0),         // 2: titus.scheduler.v1.RetryPolicy.Kind
-	(*RetryPolicy)(nil),           // 3: titus.scheduler.v1.RetryPolicy
-	(*BatchJob)(nil),              // 4: titus.scheduler.v1.BatchJob
-	(*ServiceJob)(nil),            // 5: titus.scheduler.v1.ServiceJob
-	(*JobSpec)(nil),               // 6: titus.scheduler.v1.JobSpec
-	(*Placement)(nil),             // 7: titus.scheduler.v1.Placement
-	(*Preference)(nil),            // 8: titus.scheduler.v1.Preference
-	(*JobCounts)(nil),             // 9: titus.scheduler.v1.JobCounts
-	(*Job)(nil),                   // 10: titus.scheduler.v1.Job
-	(*SubmitJobRequest)(nil),      // 11: titus.scheduler.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),     // 12: titus.scheduler.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),         // 13: titus.scheduler.v1.GetJobRequest
-	(*ListJobsRequest)(nil),       // 14: titus.scheduler.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 15: titus.scheduler.v1.ListJobsResponse
-	(*KillJobRequest)(nil),        // 16: titus.scheduler.v1.KillJobRequest
-	(*ScaleJobRequest)(nil),       // 17: titus.scheduler.v1.ScaleJobRequest
-	(*Task)(nil),                  // 18: titus.scheduler.v1.Task
-	(*ListTasksRequest)(nil),      // 19: titus.scheduler.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),     // 20: titus.scheduler.v1.ListTasksResponse
-	(*GetTaskRequest)(nil),        // 21: titus.scheduler.v1.GetTaskRequest
-	(*KillTaskRequest)(nil),       // 22: titus.scheduler.v1.KillTaskRequest
-	(*Capacity)(nil),              // 23: titus.scheduler.v1.Capacity
-	(*Gpu)(nil),                   // 24: titus.scheduler.v1.Gpu
-	(*HostAttributes)(nil),        // 25: titus.scheduler.v1.HostAttributes
-	(*SGSetENIs)(nil),             // 26: titus.scheduler.v1.SGSetENIs
-	(*NetworkUsage)(nil),          // 27: titus.scheduler.v1.NetworkUsage
-	(*Agent)(nil),                 // 28: titus.scheduler.v1.Agent
-	(*ListAgentsRequest)(nil),     // 29: titus.scheduler.v1.ListAgentsRequest
-	(*DrainAgentRequest)(nil),     // 30: titus.scheduler.v1.DrainAgentRequest
-	(*ListAgentsResponse)(nil),    // 31: titus.scheduler.v1.ListAgentsResponse
-	(*AuditRecord)(nil),           // 32: titus.scheduler.v1.AuditRecord
-	(*ListAuditRequest)(nil),      // 33: titus.scheduler.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),     // 34: titus.scheduler.v1.ListAuditResponse
-	(*TaskStatus)(nil),            // 35: titus.scheduler.v1.TaskStatus
-	(*Register)(nil),              // 36: titus.scheduler.v1.Register
-	(*Heartbeat)(nil),             // 37: titus.scheduler.v1.Heartbeat
-	(*TaskUpdates)(nil),           // 38: titus.scheduler.v1.TaskUpdates
-	(*AgentMessage)(nil),          // 39: titus.scheduler.v1.AgentMessage
-	(*Registered)(nil),            // 40: titus.scheduler.v1.Registered
-	(*Launch)(nil),                // 41: titus.scheduler.v1.Launch
-	(*Kill)(nil),                  // 42: titus.scheduler.v1.Kill
-	(*SchedulerMessage)(nil),      // 43: titus.scheduler.v1.SchedulerMessage
-	nil,                           // 44: titus.scheduler.v1.JobSpec.LabelsEntry
-	nil,                           // 45: titus.scheduler.v1.Agent.LabelsEntry
-	nil,                           // 46: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	nil,                           // 47: titus.scheduler.v1.Register.LabelsEntry
-	(*v1.TaskSpec)(nil),           // 48: titus.agent.v1.TaskSpec
-	(*timestamppb.Timestamp)(nil), // 49: google.protobuf.Timestamp
-	(v1.TaskState)(0),             // 50: titus.agent.v1.TaskState
-	(*v1.TaskHealth)(nil),         // 51: titus.agent.v1.TaskHealth
+	(Rollout_State)(0),            // 3: titus.scheduler.v1.Rollout.State
+	(RolloutJobRequest_Action)(0), // 4: titus.scheduler.v1.RolloutJobRequest.Action
+	(*RetryPolicy)(nil),           // 5: titus.scheduler.v1.RetryPolicy
+	(*BatchJob)(nil),              // 6: titus.scheduler.v1.BatchJob
+	(*ServiceJob)(nil),            // 7: titus.scheduler.v1.ServiceJob
+	(*DisruptionBudget)(nil),      // 8: titus.scheduler.v1.DisruptionBudget
+	(*UpdateStrategy)(nil),        // 9: titus.scheduler.v1.UpdateStrategy
+	(*JobSpec)(nil),               // 10: titus.scheduler.v1.JobSpec
+	(*Placement)(nil),             // 11: titus.scheduler.v1.Placement
+	(*Preference)(nil),            // 12: titus.scheduler.v1.Preference
+	(*JobCounts)(nil),             // 13: titus.scheduler.v1.JobCounts
+	(*Job)(nil),                   // 14: titus.scheduler.v1.Job
+	(*Rollout)(nil),               // 15: titus.scheduler.v1.Rollout
+	(*SubmitJobRequest)(nil),      // 16: titus.scheduler.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),     // 17: titus.scheduler.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),         // 18: titus.scheduler.v1.GetJobRequest
+	(*ListJobsRequest)(nil),       // 19: titus.scheduler.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 20: titus.scheduler.v1.ListJobsResponse
+	(*KillJobRequest)(nil),        // 21: titus.scheduler.v1.KillJobRequest
+	(*UpdateJobRequest)(nil),      // 22: titus.scheduler.v1.UpdateJobRequest
+	(*RolloutJobRequest)(nil),     // 23: titus.scheduler.v1.RolloutJobRequest
+	(*ScaleJobRequest)(nil),       // 24: titus.scheduler.v1.ScaleJobRequest
+	(*Task)(nil),                  // 25: titus.scheduler.v1.Task
+	(*ListTasksRequest)(nil),      // 26: titus.scheduler.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),     // 27: titus.scheduler.v1.ListTasksResponse
+	(*GetTaskRequest)(nil),        // 28: titus.scheduler.v1.GetTaskRequest
+	(*KillTaskRequest)(nil),       // 29: titus.scheduler.v1.KillTaskRequest
+	(*Capacity)(nil),              // 30: titus.scheduler.v1.Capacity
+	(*Gpu)(nil),                   // 31: titus.scheduler.v1.Gpu
+	(*HostAttributes)(nil),        // 32: titus.scheduler.v1.HostAttributes
+	(*SGSetENIs)(nil),             // 33: titus.scheduler.v1.SGSetENIs
+	(*NetworkUsage)(nil),          // 34: titus.scheduler.v1.NetworkUsage
+	(*Agent)(nil),                 // 35: titus.scheduler.v1.Agent
+	(*ListAgentsRequest)(nil),     // 36: titus.scheduler.v1.ListAgentsRequest
+	(*DrainAgentRequest)(nil),     // 37: titus.scheduler.v1.DrainAgentRequest
+	(*ListAgentsResponse)(nil),    // 38: titus.scheduler.v1.ListAgentsResponse
+	(*AuditRecord)(nil),           // 39: titus.scheduler.v1.AuditRecord
+	(*ListAuditRequest)(nil),      // 40: titus.scheduler.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),     // 41: titus.scheduler.v1.ListAuditResponse
+	(*TaskStatus)(nil),            // 42: titus.scheduler.v1.TaskStatus
+	(*Register)(nil),              // 43: titus.scheduler.v1.Register
+	(*Heartbeat)(nil),             // 44: titus.scheduler.v1.Heartbeat
+	(*TaskUpdates)(nil),           // 45: titus.scheduler.v1.TaskUpdates
+	(*AgentMessage)(nil),          // 46: titus.scheduler.v1.AgentMessage
+	(*Registered)(nil),            // 47: titus.scheduler.v1.Registered
+	(*Launch)(nil),                // 48: titus.scheduler.v1.Launch
+	(*Kill)(nil),                  // 49: titus.scheduler.v1.Kill
+	(*SchedulerMessage)(nil),      // 50: titus.scheduler.v1.SchedulerMessage
+	nil,                           // 51: titus.scheduler.v1.JobSpec.LabelsEntry
+	nil,                           // 52: titus.scheduler.v1.Agent.LabelsEntry
+	nil,                           // 53: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	nil,                           // 54: titus.scheduler.v1.Register.LabelsEntry
+	(*v1.TaskSpec)(nil),           // 55: titus.agent.v1.TaskSpec
+	(*timestamppb.Timestamp)(nil), // 56: google.protobuf.Timestamp
+	(v1.TaskState)(0),             // 57: titus.agent.v1.TaskState
+	(*v1.TaskHealth)(nil),         // 58: titus.agent.v1.TaskHealth
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	2,  // 0: titus.scheduler.v1.RetryPolicy.kind:type_name -> titus.scheduler.v1.RetryPolicy.Kind
-	3,  // 1: titus.scheduler.v1.BatchJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
-	3,  // 2: titus.scheduler.v1.ServiceJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
-	4,  // 3: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
-	5,  // 4: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
-	48, // 5: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
-	44, // 6: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
-	7,  // 7: titus.scheduler.v1.JobSpec.placement:type_name -> titus.scheduler.v1.Placement
-	8,  // 8: titus.scheduler.v1.Placement.preferences:type_name -> titus.scheduler.v1.Preference
-	0,  // 9: titus.scheduler.v1.Placement.zone_balance:type_name -> titus.scheduler.v1.ZoneBalance
-	6,  // 10: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
-	1,  // 11: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
-	49, // 12: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
-	49, // 13: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
-	9,  // 14: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
-	6,  // 15: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
-	10, // 16: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
-	50, // 17: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
-	49, // 18: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
-	49, // 19: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
-	49, // 20: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
-	51, // 21: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
-	18, // 22: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
-	24, // 23: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
-	26, // 24: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
-	23, // 25: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
-	23, // 26: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
-	45, // 27: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
-	49, // 28: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
-	25, // 29: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	27, // 30: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
-	46, // 31: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	28, // 32: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
-	49, // 33: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	32, // 34: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
-	50, // 35: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
-	51, // 36: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
-	23, // 37: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
-	47, // 38: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
-	35, // 39: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	25, // 40: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	27, // 41: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
-	23, // 42: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
-	35, // 43: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	27, // 44: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
-	35, // 45: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	36, // 46: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
-	37, // 47: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
-	38, // 48: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
-	48, // 49: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
-	40, // 50: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
-	41, // 51: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
-	42, // 52: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
-	11, // 53: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
-	13, // 54: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
-	14, // 55: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
-	16, // 56: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
-	17, // 57: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
-	19, // 58: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
-	21, // 59: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
-	22, // 60: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
-	29, // 61: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
-	30, // 62: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	30, // 63: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	39, // 64: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
-	33, // 65: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
-	12, // 66: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
-	10, // 67: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
-	15, // 68: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
-	10, // 69: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
-	10, // 70: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
-	20, // 71: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
-	18, // 72: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
-	18, // 73: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
-	31, // 74: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
-	31, // 75: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	31, // 76: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	43, // 77: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
-	34, // 78: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
-	66, // [66:79] is the sub-list for method output_type
-	53, // [53:66] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	5,  // 1: titus.scheduler.v1.BatchJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
+	5,  // 2: titus.scheduler.v1.ServiceJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
+	8,  // 3: titus.scheduler.v1.ServiceJob.disruption_budget:type_name -> titus.scheduler.v1.DisruptionBudget
+	9,  // 4: titus.scheduler.v1.ServiceJob.update:type_name -> titus.scheduler.v1.UpdateStrategy
+	6,  // 5: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
+	7,  // 6: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
+	55, // 7: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
+	51, // 8: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
+	11, // 9: titus.scheduler.v1.JobSpec.placement:type_name -> titus.scheduler.v1.Placement
+	12, // 10: titus.scheduler.v1.Placement.preferences:type_name -> titus.scheduler.v1.Preference
+	0,  // 11: titus.scheduler.v1.Placement.zone_balance:type_name -> titus.scheduler.v1.ZoneBalance
+	10, // 12: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
+	1,  // 13: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
+	56, // 14: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
+	56, // 15: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
+	13, // 16: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
+	15, // 17: titus.scheduler.v1.Job.rollout:type_name -> titus.scheduler.v1.Rollout
+	3,  // 18: titus.scheduler.v1.Rollout.state:type_name -> titus.scheduler.v1.Rollout.State
+	56, // 19: titus.scheduler.v1.Rollout.started:type_name -> google.protobuf.Timestamp
+	56, // 20: titus.scheduler.v1.Rollout.ended:type_name -> google.protobuf.Timestamp
+	55, // 21: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
+	10, // 22: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
+	14, // 23: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
+	10, // 24: titus.scheduler.v1.UpdateJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
+	4,  // 25: titus.scheduler.v1.RolloutJobRequest.action:type_name -> titus.scheduler.v1.RolloutJobRequest.Action
+	57, // 26: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
+	56, // 27: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
+	56, // 28: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
+	56, // 29: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
+	58, // 30: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
+	25, // 31: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
+	31, // 32: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
+	33, // 33: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
+	30, // 34: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
+	30, // 35: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
+	52, // 36: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
+	56, // 37: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
+	32, // 38: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	34, // 39: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
+	53, // 40: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	35, // 41: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
+	56, // 42: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	39, // 43: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
+	57, // 44: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
+	58, // 45: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
+	30, // 46: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
+	54, // 47: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
+	42, // 48: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	32, // 49: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	34, // 50: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
+	30, // 51: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
+	42, // 52: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	34, // 53: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
+	42, // 54: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	43, // 55: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
+	44, // 56: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
+	45, // 57: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
+	55, // 58: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
+	47, // 59: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
+	48, // 60: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
+	49, // 61: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
+	16, // 62: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
+	18, // 63: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
+	19, // 64: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
+	21, // 65: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
+	24, // 66: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
+	22, // 67: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
+	23, // 68: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
+	26, // 69: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
+	28, // 70: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
+	29, // 71: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
+	36, // 72: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
+	37, // 73: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	37, // 74: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	46, // 75: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
+	40, // 76: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
+	17, // 77: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
+	14, // 78: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
+	20, // 79: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
+	14, // 80: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
+	14, // 81: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
+	14, // 82: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
+	14, // 83: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
+	27, // 84: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
+	25, // 85: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
+	25, // 86: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
+	38, // 87: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
+	38, // 88: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	38, // 89: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	50, // 90: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
+	41, // 91: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
+	77, // [77:92] is the sub-list for method output_type
+	62, // [62:77] is the sub-list for method input_type
+	62, // [62:62] is the sub-list for extension type_name
+	62, // [62:62] is the sub-list for extension extendee
+	0,  // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -3715,16 +4309,16 @@ func file_scheduler_v1_scheduler_proto_init() {
 	if File_scheduler_v1_scheduler_proto != nil {
 		return
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[3].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[5].OneofWrappers = []any{
 		(*JobSpec_Batch)(nil),
 		(*JobSpec_Service)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[36].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[41].OneofWrappers = []any{
 		(*AgentMessage_Register)(nil),
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Updates)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[40].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[45].OneofWrappers = []any{
 		(*SchedulerMessage_Registered)(nil),
 		(*SchedulerMessage_Launch)(nil),
 		(*SchedulerMessage_Kill)(nil),
@@ -3734,8 +4328,8 @@ func file_scheduler_v1_scheduler_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   45,
+			NumEnums:      5,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,8 @@ const (
 	Scheduler_ListJobs_FullMethodName     = "/titus.scheduler.v1.Scheduler/ListJobs"
 	Scheduler_KillJob_FullMethodName      = "/titus.scheduler.v1.Scheduler/KillJob"
 	Scheduler_ScaleJob_FullMethodName     = "/titus.scheduler.v1.Scheduler/ScaleJob"
+	Scheduler_UpdateJob_FullMethodName    = "/titus.scheduler.v1.Scheduler/UpdateJob"
+	Scheduler_RolloutJob_FullMethodName   = "/titus.scheduler.v1.Scheduler/RolloutJob"
 	Scheduler_ListTasks_FullMethodName    = "/titus.scheduler.v1.Scheduler/ListTasks"
 	Scheduler_GetTask_FullMethodName      = "/titus.scheduler.v1.Scheduler/GetTask"
 	Scheduler_KillTask_FullMethodName     = "/titus.scheduler.v1.Scheduler/KillTask"
@@ -50,6 +52,12 @@ type SchedulerClient interface {
 	KillJob(ctx context.Context, in *KillJobRequest, opts ...grpc.CallOption) (*Job, error)
 	// ScaleJob changes a service job's min/desired/max.
 	ScaleJob(ctx context.Context, in *ScaleJobRequest, opts ...grpc.CallOption) (*Job, error)
+	// UpdateJob changes a service job's task template (and its update,
+	// budget and retry policies): a new revision, rolled out under the
+	// job's update strategy and disruption budget (docs/rollouts.md).
+	UpdateJob(ctx context.Context, in *UpdateJobRequest, opts ...grpc.CallOption) (*Job, error)
+	// RolloutJob pauses, resumes or undoes a service job's rollout.
+	RolloutJob(ctx context.Context, in *RolloutJobRequest, opts ...grpc.CallOption) (*Job, error)
 	ListTasks(ctx context.Context, in *ListTasksRequest, opts ...grpc.CallOption) (*ListTasksResponse, error)
 	GetTask(ctx context.Context, in *GetTaskRequest, opts ...grpc.CallOption) (*Task, error)
 	// KillTask kills one task. A service job replaces it; a batch job does not retry it.
@@ -117,6 +125,26 @@ func (c *schedulerClient) ScaleJob(ctx context.Context, in *ScaleJobRequest, opt
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Job)
 	err := c.cc.Invoke(ctx, Scheduler_ScaleJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerClient) UpdateJob(ctx context.Context, in *UpdateJobRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Scheduler_UpdateJob_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerClient) RolloutJob(ctx context.Context, in *RolloutJobRequest, opts ...grpc.CallOption) (*Job, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Job)
+	err := c.cc.Invoke(ctx, Scheduler_RolloutJob_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -219,6 +247,12 @@ type SchedulerServer interface {
 	KillJob(context.Context, *KillJobRequest) (*Job, error)
 	// ScaleJob changes a service job's min/desired/max.
 	ScaleJob(context.Context, *ScaleJobRequest) (*Job, error)
+	// UpdateJob changes a service job's task template (and its update,
+	// budget and retry policies): a new revision, rolled out under the
+	// job's update strategy and disruption budget (docs/rollouts.md).
+	UpdateJob(context.Context, *UpdateJobRequest) (*Job, error)
+	// RolloutJob pauses, resumes or undoes a service job's rollout.
+	RolloutJob(context.Context, *RolloutJobRequest) (*Job, error)
 	ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error)
 	GetTask(context.Context, *GetTaskRequest) (*Task, error)
 	// KillTask kills one task. A service job replaces it; a batch job does not retry it.
@@ -256,6 +290,12 @@ func (UnimplementedSchedulerServer) KillJob(context.Context, *KillJobRequest) (*
 }
 func (UnimplementedSchedulerServer) ScaleJob(context.Context, *ScaleJobRequest) (*Job, error) {
 	return nil, status.Error(codes.Unimplemented, "method ScaleJob not implemented")
+}
+func (UnimplementedSchedulerServer) UpdateJob(context.Context, *UpdateJobRequest) (*Job, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateJob not implemented")
+}
+func (UnimplementedSchedulerServer) RolloutJob(context.Context, *RolloutJobRequest) (*Job, error) {
+	return nil, status.Error(codes.Unimplemented, "method RolloutJob not implemented")
 }
 func (UnimplementedSchedulerServer) ListTasks(context.Context, *ListTasksRequest) (*ListTasksResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListTasks not implemented")
@@ -388,6 +428,42 @@ func _Scheduler_ScaleJob_Handler(srv interface{}, ctx context.Context, dec func(
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(SchedulerServer).ScaleJob(ctx, req.(*ScaleJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Scheduler_UpdateJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).UpdateJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_UpdateJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).UpdateJob(ctx, req.(*UpdateJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Scheduler_RolloutJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RolloutJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).RolloutJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_RolloutJob_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).RolloutJob(ctx, req.(*RolloutJobRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -551,6 +627,14 @@ var Scheduler_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ScaleJob",
 			Handler:    _Scheduler_ScaleJob_Handler,
+		},
+		{
+			MethodName: "UpdateJob",
+			Handler:    _Scheduler_UpdateJob_Handler,
+		},
+		{
+			MethodName: "RolloutJob",
+			Handler:    _Scheduler_RolloutJob_Handler,
 		},
 		{
 			MethodName: "ListTasks",

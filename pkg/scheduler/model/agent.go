@@ -23,6 +23,10 @@ type Agent struct {
 	LastHeartbeat time.Time
 	// Network is the ENI use the agent last reported (nil: none).
 	Network *NetworkUsage
+	// While drained: service tasks still to move off, and what holds
+	// the next move back.
+	DrainRemaining uint32
+	DrainBlocked   string
 }
 
 // HostAttributes say what a host is, besides its type, zone and labels.

@@ -61,6 +61,10 @@ type ServiceJob struct {
 	// UnhealthyReplaceAfterSeconds: a task Unhealthy this long is replaced
 	// (HealthCheckFailed, a failure of its slot); 0 = at once.
 	UnhealthyReplaceAfterSeconds int64
+	// Budget bounds voluntary disruptions (nil: the default, 10%).
+	Budget *DisruptionBudget
+	// Update is how a new revision replaces the old tasks (nil: defaults).
+	Update *UpdateStrategy
 }
 
 // JobSpec is what a user submits. Exactly one of Batch and Service is set
@@ -159,6 +163,11 @@ type Job struct {
 	Counts   JobCounts
 	// QueuedReason says why pending tasks are not placed (views only).
 	QueuedReason string
+	// Revision is the revision of Spec.Task; each update adds one (a
+	// rollback returns to an earlier one).
+	Revision uint64
+	// Rollout is the latest rollout (nil before the first update).
+	Rollout *Rollout
 }
 
 // Owner is who a job belongs to, for authorization.

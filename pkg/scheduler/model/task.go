@@ -29,8 +29,9 @@ type Task struct {
 	Placed   time.Time
 	Started  time.Time // zero until running
 	Ended    time.Time // zero until ended
-	// Health is the task's health as its agent last reported it (nil
-	// without a health check).
+	// Revision is the job revision whose template launched the task.
+	Revision uint64
+	// Health is as the agent last reported it (nil: no check).
 	Health *task.Health
 }
 
@@ -41,5 +42,6 @@ type TaskStatus struct {
 	Reason   string
 	Message  string
 	ExitCode int32
-	Health   *task.Health
+	// Health is the task's health (nil without a check).
+	Health *task.Health
 }

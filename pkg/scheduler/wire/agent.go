@@ -75,6 +75,7 @@ func AgentFromProto(p *schedv1.Agent) *model.Agent {
 	a := &model.Agent{
 		ID: p.GetId(), InstanceType: p.GetInstanceType(), AZ: p.GetAz(), Labels: p.GetLabels(),
 		Capacity: CapacityFromProto(p.GetCapacity()), Attributes: AttributesFromProto(p.GetAttributes()), Drained: p.GetDrained(),
+		DrainRemaining: p.GetDrainRemaining(), DrainBlocked: p.GetDrainBlocked(),
 		Network:   NetworkUsageFromProto(p.GetNetwork()),
 		Connected: p.GetConnected(), Healthy: p.GetHealthy(), Quarantined: p.GetQuarantined(), Lost: p.GetLost(),
 		Tasks: p.GetTasks(), LastHeartbeat: timeFromProto(p.GetLastHeartbeat()),
@@ -93,6 +94,7 @@ func AgentToProto(a *model.Agent) *schedv1.Agent {
 		Connected: a.Connected, Healthy: a.Healthy, Drained: a.Drained, Lost: a.Lost, Quarantined: a.Quarantined,
 		Tasks: a.Tasks, LastHeartbeat: timeToProto(a.LastHeartbeat),
 		Attributes: AttributesToProto(a.Attributes), Network: NetworkUsageToProto(a.Network),
+		DrainRemaining: a.DrainRemaining, DrainBlocked: a.DrainBlocked,
 	}
 }
 

@@ -26,6 +26,13 @@ func JobSpecFromProto(p *schedv1.JobSpec) model.JobSpec {
 		v := k.Service
 		s.Service = &model.ServiceJob{Min: v.GetMin(), Desired: v.GetDesired(), Max: v.GetMax(), Retry: retryFromProto(v.GetRetry()),
 			UnhealthyReplaceAfterSeconds: v.GetUnhealthyReplaceAfterSeconds()}
+		if b := v.GetDisruptionBudget(); b != nil {
+			s.Service.Budget = &model.DisruptionBudget{MaxUnavailable: b.GetMaxUnavailable()}
+		}
+		if u := v.GetUpdate(); u != nil {
+			s.Service.Update = &model.UpdateStrategy{MaxSurge: u.GetMaxSurge(), MaxUnavailable: u.GetMaxUnavailable(),
+				ProgressDeadlineSeconds: u.GetProgressDeadlineSeconds(), MaxFailures: u.GetMaxFailures()}
+		}
 	}
 	if t := p.GetTask(); t != nil {
 		s.Task = task.FromProto(t)
@@ -63,8 +70,17 @@ func JobSpecToProto(s model.JobSpec) *schedv1.JobSpec {
 	case s.Batch != nil:
 		p.Kind = &schedv1.JobSpec_Batch{Batch: &schedv1.BatchJob{Size: s.Batch.Size, RuntimeLimitSeconds: s.Batch.RuntimeLimitSeconds, Retry: retryToProto(s.Batch.Retry)}}
 	case s.Service != nil:
-		p.Kind = &schedv1.JobSpec_Service{Service: &schedv1.ServiceJob{Min: s.Service.Min, Desired: s.Service.Desired, Max: s.Service.Max, Retry: retryToProto(s.Service.Retry),
-			UnhealthyReplaceAfterSeconds: s.Service.UnhealthyReplaceAfterSeconds}}
+		v := s.Service
+		sp := &schedv1.ServiceJob{Min: v.Min, Desired: v.Desired, Max: v.Max, Retry: retryToProto(v.Retry),
+			UnhealthyReplaceAfterSeconds: v.UnhealthyReplaceAfterSeconds}
+		if b := v.Budget; b != nil {
+			sp.DisruptionBudget = &schedv1.DisruptionBudget{MaxUnavailable: b.MaxUnavailable}
+		}
+		if u := v.Update; u != nil {
+			sp.Update = &schedv1.UpdateStrategy{MaxSurge: u.MaxSurge, MaxUnavailable: u.MaxUnavailable,
+				ProgressDeadlineSeconds: u.ProgressDeadlineSeconds, MaxFailures: u.MaxFailures}
+		}
+		p.Kind = &schedv1.JobSpec_Service{Service: sp}
 	}
 	if s.Task != nil {
 		p.Task = TaskSpecToProto(s.Task)
@@ -110,8 +126,33 @@ func JobFromProto(p *schedv1.Job) *model.Job {
 		Created: timeFromProto(p.GetCreated()), Finished: timeFromProto(p.GetFinished()),
 		Counts: model.JobCounts{Pending: c.GetPending(), Launched: c.GetLaunched(), Running: c.GetRunning(), Finished: c.GetFinished(),
 			Failed: c.GetFailed(), Killed: c.GetKilled(), Lost: c.GetLost(), Retries: c.GetRetries()},
-		QueuedReason: p.GetQueuedReason(),
+		QueuedReason: p.GetQueuedReason(), Revision: p.GetRevision(), Rollout: rolloutFromProto(p.GetRollout()),
 	}
+}
+
+func rolloutFromProto(p *schedv1.Rollout) *model.Rollout {
+	if p == nil {
+		return nil
+	}
+	r := &model.Rollout{State: model.RolloutState(p.GetState()), From: p.GetFromRevision(), To: p.GetToRevision(), Reason: p.GetReason(),
+		Started: timeFromProto(p.GetStarted()), Ended: timeFromProto(p.GetEnded()),
+		Updated: p.GetUpdated(), Old: p.GetOld(), Unavailable: p.GetUnavailable()}
+	if t := p.GetPreviousTask(); t != nil {
+		r.Previous = task.FromProto(t)
+	}
+	return r
+}
+
+func rolloutToProto(r *model.Rollout) *schedv1.Rollout {
+	if r == nil {
+		return nil
+	}
+	p := &schedv1.Rollout{State: schedv1.Rollout_State(r.State), FromRevision: r.From, ToRevision: r.To, Reason: r.Reason,
+		Started: timeToProto(r.Started), Ended: timeToProto(r.Ended), Updated: r.Updated, Old: r.Old, Unavailable: r.Unavailable}
+	if r.Previous != nil {
+		p.PreviousTask = TaskSpecToProto(r.Previous)
+	}
+	return p
 }
 
 // JobToProto converts a job.
@@ -122,7 +163,7 @@ func JobToProto(j *model.Job) *schedv1.Job {
 		Created: timeToProto(j.Created), Finished: timeToProto(j.Finished),
 		Counts: &schedv1.JobCounts{Pending: c.Pending, Launched: c.Launched, Running: c.Running, Finished: c.Finished,
 			Failed: c.Failed, Killed: c.Killed, Lost: c.Lost, Retries: c.Retries},
-		QueuedReason: j.QueuedReason,
+		QueuedReason: j.QueuedReason, Revision: j.Revision, Rollout: rolloutToProto(j.Rollout),
 	}
 }
 

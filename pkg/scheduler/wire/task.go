@@ -12,7 +12,7 @@ func TaskFromProto(p *schedv1.Task) *model.Task {
 		ID: p.GetId(), JobID: p.GetJobId(), Index: p.GetIndex(), Attempt: p.GetAttempt(), AgentID: p.GetAgentId(), AZ: p.GetAz(),
 		State: task.StateFromProto(p.GetState()), Reason: p.GetReason(), Message: p.GetMessage(), ExitCode: p.GetExitCode(),
 		Failures: p.GetFailures(), Placed: timeFromProto(p.GetPlaced()), Started: timeFromProto(p.GetStarted()), Ended: timeFromProto(p.GetEnded()),
-		Health: task.HealthFromProto(p.GetHealth()),
+		Revision: p.GetRevision(), Health: task.HealthFromProto(p.GetHealth()),
 	}
 }
 
@@ -22,7 +22,7 @@ func TaskToProto(t *model.Task) *schedv1.Task {
 		Id: t.ID, JobId: t.JobID, Index: t.Index, Attempt: t.Attempt, AgentId: t.AgentID, Az: t.AZ,
 		State: task.StateToProto(t.State), Reason: t.Reason, Message: t.Message, ExitCode: t.ExitCode,
 		Failures: t.Failures, Placed: timeToProto(t.Placed), Started: timeToProto(t.Started), Ended: timeToProto(t.Ended),
-		Health: task.HealthToProto(t.Health),
+		Revision: t.Revision, Health: task.HealthToProto(t.Health),
 	}
 }
 
