@@ -267,6 +267,52 @@ func (s *Server) ScaleJob(ctx context.Context, req *schedv1.ScaleJobRequest) (*s
 	return s.jobView(ctx, j), nil
 }
 
+// UpdateJob implements the API: only the job's owners (and admins) may
+// update it, and the new template passes the same checks as a submit's,
+// against the job's own application (its IAM role included).
+func (s *Server) UpdateJob(ctx context.Context, req *schedv1.UpdateJobRequest) (*schedv1.Job, error) {
+	if err := s.checkLeader(); err != nil {
+		return nil, err
+	}
+	if err := s.authorizeJob(ctx, authz.JobUpdate, req.GetId()); err != nil {
+		return nil, err
+	}
+	if req.GetSpec() == nil {
+		return nil, apierr.ToGRPC(core.ErrSpecRequired)
+	}
+	o, err := s.core.JobOwner(req.GetId())
+	if err != nil {
+		return nil, apierr.ToGRPC(err)
+	}
+	ps := proto.Clone(req.GetSpec()).(*schedv1.JobSpec)
+	if ps.GetApplication() == "" {
+		ps.Application = o.Application
+	}
+	if err := s.checkSpec(ctx, ps); err != nil {
+		return nil, apierr.ToGRPC(err)
+	}
+	j, err := s.core.UpdateJob(ctx, req.GetId(), wire.JobSpecFromProto(ps))
+	if err != nil {
+		return nil, apierr.ToGRPC(err)
+	}
+	return s.jobView(ctx, j), nil
+}
+
+// RolloutJob implements the API (authorized as an update).
+func (s *Server) RolloutJob(ctx context.Context, req *schedv1.RolloutJobRequest) (*schedv1.Job, error) {
+	if err := s.checkLeader(); err != nil {
+		return nil, err
+	}
+	if err := s.authorizeJob(ctx, authz.JobUpdate, req.GetId()); err != nil {
+		return nil, err
+	}
+	j, err := s.core.RolloutJob(ctx, req.GetId(), core.RolloutAction(req.GetAction()))
+	if err != nil {
+		return nil, apierr.ToGRPC(err)
+	}
+	return s.jobView(ctx, j), nil
+}
+
 // ListTasks implements the API: live tasks; with all and a job, every
 // attempt; only of jobs the caller may read, a page at a time.
 func (s *Server) ListTasks(ctx context.Context, req *schedv1.ListTasksRequest) (*schedv1.ListTasksResponse, error) {

@@ -220,7 +220,9 @@ func (c *Core) Agents() []*model.Agent {
 func sortAgents(l []*model.Agent) { sort.Slice(l, func(a, b int) bool { return l[a].ID < l[b].ID }) }
 
 // Drain stops or resumes placements on the selected agents. Draining
-// replaces their service tasks elsewhere.
+// moves their service tasks elsewhere at the pace of each job's
+// disruption budget: a replacement is started, and the old task stopped
+// once its replacement is available (the step loop does the moving).
 func (c *Core) Drain(sel model.AgentSelector, drain bool) ([]*model.Agent, error) {
 	if sel.ID == "" && len(sel.Labels) == 0 {
 		return nil, errInvalidArgument("id or labels: one is required")
@@ -234,22 +236,19 @@ func (c *Core) Drain(sel model.AgentSelector, drain bool) ([]*model.Agent, error
 			continue
 		}
 		a.drained = drain
+		a.drainBlocked = ""
 		c.st.SaveAgent(a.view(time.Time{}))
-		if drain {
-			for _, t := range a.tasks {
-				j, sl := t.job, t.slot
-				if j.batch() || sl.cur != t || j.terminal() {
-					continue
-				}
-				sl.cur = nil
-				c.q.enqueue(j, sl, now, now) // replacement first, then the kill
-				c.killTask(t)
-			}
+		for _, t := range a.tasks {
+			c.touched(t.job)
 		}
 		out = append(out, a.view(now))
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%w: no agent matches", model.ErrNotFound)
+	}
+	c.stepLocked(false, now)
+	for i, v := range out {
+		out[i] = c.agents[v.ID].view(now)
 	}
 	c.poke()
 	sortAgents(out)

@@ -184,6 +184,9 @@ type Core struct {
 	// live counts the jobs not ended, by application (kept in step by
 	// Submit, loadJob and finishJob).
 	live live
+	// dirty are the jobs to step (rollouts, drains) soon; stepKick wakes the step loop.
+	dirty    map[*jobState]struct{}
+	stepKick chan struct{}
 
 	badMu          sync.Mutex
 	unreadableJobs map[string]bool // ids of jobs whose record could not be read
@@ -239,7 +242,7 @@ func New(opts Config, log *slog.Logger) (*Core, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Core{opts: opts, groups: groups, log: log, clock: time.Now, kick: make(chan struct{}, 1)}, nil
+	return &Core{opts: opts, groups: groups, log: log, clock: time.Now, kick: make(chan struct{}, 1), stepKick: make(chan struct{}, 1)}, nil
 }
 
 // Counts says how many jobs and agents the core holds.
@@ -253,7 +256,7 @@ func (c *Core) Counts() (jobs, agents int) {
 // every agent session.
 func (c *Core) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){c.placeLoop, c.flushLoop, c.livenessLoop} {
+	for _, loop := range []func(context.Context){c.placeLoop, c.flushLoop, c.livenessLoop, c.stepLoop} {
 		wg.Go(func() { loop(ctx) })
 	}
 	wg.Wait()

@@ -109,7 +109,7 @@ func (c *Core) Submit(ctx context.Context, spec model.JobSpec) (string, error) {
 
 	id, err := uuid.NewV7()
 	now := time.Now()
-	rec := &model.Job{ID: id.String(), Spec: spec, State: model.JobAccepted, Created: now}
+	rec := &model.Job{ID: id.String(), Spec: spec, State: model.JobAccepted, Created: now, Revision: 1}
 	if err == nil {
 		err = c.putJob(ctx, rec)
 	}
@@ -149,6 +149,35 @@ func (c *Core) putJob(ctx context.Context, rec *model.Job) error {
 func (c *Core) view(j *jobState) *model.Job {
 	out := *j.rec
 	out.Counts = counts(j)
+	if r := j.rec.Rollout; r != nil && !j.terminal() {
+		rc := *r
+		rc.Updated, rc.Old, rc.Unavailable = 0, 0, 0
+		desired := 0
+		for _, sl := range j.slots {
+			if !sl.active {
+				continue
+			}
+			desired++
+			if available(sl.cur) {
+				if sl.cur.rec.Revision == j.rec.Revision {
+					rc.Updated++
+				}
+			}
+		}
+		for _, t := range c.tasks {
+			if t.job == j && t.rec.Revision != j.rec.Revision {
+				rc.Old++
+			}
+		}
+		avail := 0
+		for _, sl := range j.slots {
+			if sl.active && available(sl.cur) {
+				avail++
+			}
+		}
+		rc.Unavailable = uint32(max(desired-avail, 0))
+		out.Rollout = &rc
+	}
 	if out.Counts.Pending > 0 {
 		out.QueuedReason = j.queuedReason
 		if out.QueuedReason == "" {
@@ -249,13 +278,15 @@ func (c *Core) KillJob(ctx context.Context, id string) (*model.Job, error) {
 	}
 	var live []*taskState
 	for _, sl := range j.slots {
-		if sl.cur != nil {
-			live = append(live, sl.cur)
+		for _, t := range []*taskState{sl.cur, sl.next} {
+			if t != nil {
+				live = append(live, t)
+			}
 		}
 	}
 	c.finishJob(j, model.JobKilled, time.Now())
 	for _, t := range live {
-		c.killTask(t)
+		c.stopTask(t)
 	}
 	return c.view(j), nil
 }
@@ -335,9 +366,12 @@ func (c *Core) resize(j *jobState, now time.Time) {
 			}
 		case i >= want && sl.active:
 			sl.active = false
+			sl.replace = false
 			c.q.dequeue(j, sl)
-			if sl.cur != nil {
-				c.killTask(sl.cur)
+			for _, t := range []*taskState{sl.cur, sl.next} {
+				if t != nil {
+					c.stopTask(t) // fewer tasks are wanted: none of these counts against the budget
+				}
 			}
 		}
 	}
@@ -404,7 +438,7 @@ func (c *Core) KillTask(id string) (*model.Task, error) {
 	if t == nil {
 		return nil, fmt.Errorf("%w: no live task %q", model.ErrNotFound, id)
 	}
-	c.killTask(t)
+	c.stopTask(t)
 	cp := *t.rec
 	return &cp, nil
 }

@@ -29,9 +29,18 @@ func (c *Core) applyStatus(a *agentState, st model.TaskStatus, now time.Time) {
 	}
 	defer c.checkHealth(t, now)
 	next, cur := st.State, t.rec.State
+	if !cur.Terminal() && next == cur && !sameHealth(t.rec.Health, st.Health) {
+		t.rec.Health = st.Health
+		c.touched(t.job)
+		return
+	}
 	if next <= cur || cur.Terminal() {
 		return
 	}
+	if st.Health != nil || next.Terminal() {
+		t.rec.Health = st.Health
+	}
+	c.touched(t.job)
 	t.rec.State, t.rec.Reason, t.rec.Message, t.rec.ExitCode = next, st.Reason, st.Message, st.ExitCode
 	if next.Terminal() {
 		c.end(t, next, st.Reason, st.Message, st.ExitCode, now)
@@ -65,7 +74,7 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	a.released(j.d.sgKey, now)
 	j.spread.add(a, -1)
 	j.live--
-	j.group.used = j.group.used.Sub(j.d.req)
+	j.group.used = j.group.used.Sub(t.d.req)
 	delete(c.tasks, t.rec.ID)
 	if platformReason(reason) {
 		a.recordFailure(now, c.opts.QuarantineFailures, c.opts.QuarantineWindow)
@@ -78,11 +87,45 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 			j.rec.Counts.Killed++
 		}
 	}
-	if t.slot.cur == t {
-		t.slot.cur = nil
-		c.settle(j, t.slot, t.rec, now)
+	sl := t.slot
+	switch {
+	case sl.next == t:
+		// A replacement ended before it took over: try again (after a
+		// backoff when it failed), while the slot still wants one.
+		sl.next = nil
+		c.touched(j)
+		if j.terminal() || !sl.active || !sl.replace {
+			break
+		}
+		due := now
+		if state != task.Killed && state != task.Lost {
+			c.newFailure(j, t, now)
+			due = now.Add(retryDelay(j.rec.Spec.Retry(), uint32(min(j.newFailures, 30)), c.opts.CrashLoopBase, c.opts.CrashLoopCap))
+		}
+		c.q.enqueue(j, sl, due, now)
+		c.poke()
+	case sl.cur == t && sl.next != nil:
+		// The task being replaced ended first: its replacement takes over.
+		sl.cur, sl.next, sl.replace = sl.next, nil, false
+		c.touched(j)
+	case sl.cur == t:
+		sl.cur = nil
+		sl.replace = false
+		if t.rec.Revision == j.rec.Revision && state != task.Killed && state != task.Lost && (state != task.Finished || t.rec.ExitCode != 0) {
+			c.newFailure(j, t, now)
+		}
+		c.touched(j)
+		c.settle(j, sl, t.rec, now)
 	}
 	c.checkDone(j, now)
+}
+
+// sameHealth reports whether two health reports say the same.
+func sameHealth(a, b *task.Health) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Status == b.Status && a.OK == b.OK && a.Output == b.Output
 }
 
 // settle decides what a slot does after its task ended: done, replaced now,

@@ -23,6 +23,7 @@ func (c *Core) Load(ctx context.Context, st Store, stepDown func()) error {
 	now := time.Now()
 	c.jobs, c.tasks, c.agents = map[string]*jobState{}, map[string]*taskState{}, map[string]*agentState{}
 	c.q, c.ret, c.live = newQueues(), retention{}, live{}
+	c.dirty = map[*jobState]struct{}{}
 	c.gstate = map[string]*groupState{}
 	for name, g := range c.groups {
 		c.gstate[name] = &groupState{cfg: g}
@@ -82,10 +83,17 @@ func (c *Core) loadJob(ctx context.Context, r *model.Job, now time.Time) error {
 	if err != nil {
 		return err
 	}
+	// Per slot: its latest attempt, and its live attempts (two while a
+	// replacement was being started: the older is the task, the newer its
+	// replacement).
 	latest := map[uint32]*model.Task{}
+	liveRecs := map[uint32][]*model.Task{}
 	for _, t := range recs {
 		if l := latest[t.Index]; l == nil || t.Attempt > l.Attempt {
 			latest[t.Index] = t
+		}
+		if !t.State.Terminal() {
+			liveRecs[t.Index] = append(liveRecs[t.Index], t)
 		}
 	}
 	for idx := range latest {
@@ -102,33 +110,57 @@ func (c *Core) loadJob(ctx context.Context, r *model.Job, now time.Time) error {
 			continue
 		}
 		sl.attempt, sl.failures = rec.Attempt, rec.Failures
-		if !rec.State.Terminal() {
-			a := c.agents[rec.AgentID]
-			if a == nil {
-				a = newAgent(rec.AgentID)
-				a.lastSeen = now
-				c.agents[a.id] = a
+		lv := liveRecs[sl.index]
+		if len(lv) == 0 {
+			c.settle(j, sl, rec, now)
+			continue
+		}
+		slices.SortFunc(lv, func(a, b *model.Task) int { return int(a.Attempt) - int(b.Attempt) })
+		for i, rec := range lv {
+			t := c.adopt(j, sl, rec, now)
+			switch {
+			case i == len(lv)-1 && i > 0:
+				sl.next, sl.replace = t, true
+			case i == 0:
+				sl.cur = t
+			default:
+				t.killWanted = true // an older replacement superseded
 			}
-			t := &taskState{rec: rec, job: j, slot: sl, agent: a}
-			sl.cur = t
-			a.attach(t)
-			if rec.State < task.Running {
-				t.launching = true
-				a.launching++
-			}
-			j.spread.add(a, 1)
-			j.live++
-			j.group.used = j.group.used.Add(j.d.req)
-			c.tasks[rec.ID] = t
 			if !sl.active {
 				t.killWanted = true
 			}
-			continue
 		}
-		c.settle(j, sl, rec, now)
 	}
+	c.touched(j)
 	c.checkDone(j, now)
 	return nil
+}
+
+// adopt rebuilds a live task of a loaded job. Callers hold c.mu.
+func (c *Core) adopt(j *jobState, sl *slot, rec *model.Task, now time.Time) *taskState {
+	a := c.agents[rec.AgentID]
+	if a == nil {
+		a = newAgent(rec.AgentID)
+		a.lastSeen = now
+		c.agents[a.id] = a
+	}
+	t := &taskState{rec: rec, job: j, slot: sl, agent: a, d: j.d, checked: j.tmpl.HealthCheck != nil}
+	if r := j.rec.Rollout; rec.Revision != j.rec.Revision && r != nil && r.From == rec.Revision && r.Previous != nil {
+		// A task of the revision the rollout comes from: its own template.
+		prev := r.Previous
+		pt := (&model.JobSpec{Task: prev, OwnerEmail: j.rec.Spec.OwnerEmail}).Template()
+		t.d.req, t.d.sgKey, t.checked = model.TaskResources(pt), sgKey(pt), pt.HealthCheck != nil
+	}
+	a.attach(t)
+	if rec.State < task.Running {
+		t.launching = true
+		a.launching++
+	}
+	j.spread.add(a, 1)
+	j.live++
+	j.group.used = j.group.used.Add(t.d.req)
+	c.tasks[rec.ID] = t
+	return t
 }
 
 // badRecordReporter is a store that skips and quarantines records it

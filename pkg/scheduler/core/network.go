@@ -61,7 +61,7 @@ func (a *agentState) setReport(u *model.NetworkUsage, listed []model.TaskStatus)
 	for id, t := range a.tasks {
 		t.inReport = known[id]
 		if !t.inReport {
-			n.unreported[t.job.d.sgKey]++
+			n.unreported[t.d.sgKey]++
 		}
 	}
 }

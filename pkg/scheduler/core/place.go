@@ -94,7 +94,7 @@ func (c *Core) planRound() ([]placed, time.Time) {
 	for _, j := range jobs {
 		for len(j.queue) > 0 && len(batch) < c.opts.PlaceBatch {
 			sl := j.queue[0]
-			if !sl.queued || sl.cur != nil || !sl.active || sl.done || sl.due.After(now) || j.terminal() {
+			if !sl.queued || !sl.open() || !sl.active || sl.done || sl.due.After(now) || j.terminal() {
 				j.queue = j.queue[1:]
 				continue
 			}
@@ -149,7 +149,7 @@ func (c *Core) commitRound(ctx context.Context, batch []placed, start time.Time)
 	for _, p := range batch {
 		t := p.t
 		t.committing = false
-		if t.slot.cur != t || t.job.terminal() || t.killWanted || t.agent.lost {
+		if !t.slot.holds(t) || t.job.terminal() || t.killWanted || t.agent.lost {
 			// Killed or lost while the write was in flight: it never ran.
 			c.end(t, task.Killed, string(task.ReasonKilledByUser), "killed before launch", 0, now)
 			continue
@@ -217,18 +217,22 @@ func tierRank(t model.Tier) int {
 func (c *Core) newTask(j *jobState, sl *slot, a *agentState, now time.Time) *taskState {
 	c.q.dequeue(j, sl)
 	sl.attempt++
-	t := &taskState{job: j, slot: sl, agent: a, launching: true, committing: true}
+	t := &taskState{job: j, slot: sl, agent: a, d: j.d, checked: j.tmpl.HealthCheck != nil, launching: true, committing: true}
 	t.rec = &model.Task{
 		ID: model.TaskID(j.rec.ID, sl.index, sl.attempt), JobID: j.rec.ID, Index: sl.index, Attempt: sl.attempt,
 		AgentID: a.id, AZ: a.az, State: task.StateUnknown, Failures: sl.failures,
-		Placed: now,
+		Placed: now, Revision: j.rec.Revision,
 	}
-	sl.cur = t
+	if sl.cur != nil {
+		sl.next = t // a replacement (see slot.next)
+	} else {
+		sl.cur = t
+	}
 	a.attach(t)
 	a.launching++
 	j.spread.add(a, 1)
 	j.live++
-	j.group.used = j.group.used.Add(j.d.req)
+	j.group.used = j.group.used.Add(t.d.req)
 	c.tasks[t.rec.ID] = t
 	return t
 }
@@ -239,9 +243,14 @@ func (c *Core) unplace(t *taskState, now time.Time) {
 	j := t.job
 	j.spread.add(t.agent, -1)
 	j.live--
-	j.group.used = j.group.used.Sub(j.d.req)
+	j.group.used = j.group.used.Sub(t.d.req)
 	delete(c.tasks, t.rec.ID)
-	if t.slot.cur == t {
+	if t.slot.next == t {
+		t.slot.next = nil
+		if !j.terminal() && t.slot.active && t.slot.replace {
+			c.q.enqueue(j, t.slot, now, now)
+		}
+	} else if t.slot.cur == t {
 		t.slot.cur = nil
 		if !j.terminal() && t.slot.active {
 			c.q.enqueue(j, t.slot, now, now)

@@ -65,7 +65,7 @@ func (q *queues) dequeue(j *jobState, sl *slot) {
 func (q *queues) promoteDue(now time.Time) {
 	for q.backoff.Len() > 0 && !q.backoff[0].due.After(now) {
 		e := heap.Pop(&q.backoff).(backoffEntry)
-		if e.slot.queued && e.slot.due.Equal(e.due) && e.slot.cur == nil {
+		if e.slot.queued && e.slot.due.Equal(e.due) && e.slot.open() {
 			e.job.queue = append(e.job.queue, e.slot)
 			q.waiting[e.job] = struct{}{}
 		}

@@ -34,6 +34,9 @@ type agentState struct {
 	heard            atomic.Int64
 	failures         []time.Time
 	quarantinedUntil time.Time
+	// drainBlocked says what holds back the next move off this drained
+	// host (set by the step loop).
+	drainBlocked string
 }
 
 func newAgent(id string) *agentState {
@@ -55,10 +58,10 @@ func (a *agentState) schedulable(now time.Time) bool {
 
 func (a *agentState) attach(t *taskState) {
 	a.tasks[t.rec.ID] = t
-	a.used = a.used.Add(t.job.d.req)
-	a.sgSets[t.job.d.sgKey]++
+	a.used = a.used.Add(t.d.req)
+	a.sgSets[t.d.sgKey]++
 	if a.net.report != nil && !t.inReport {
-		a.net.unreported[t.job.d.sgKey]++
+		a.net.unreported[t.d.sgKey]++
 	}
 }
 
@@ -67,8 +70,8 @@ func (a *agentState) detach(t *taskState) {
 		return
 	}
 	delete(a.tasks, t.rec.ID)
-	a.used = a.used.Sub(t.job.d.req)
-	sg := t.job.d.sgKey
+	a.used = a.used.Sub(t.d.req)
+	sg := t.d.sgKey
 	a.sgSets[sg]--
 	if a.net.report != nil && !t.inReport {
 		a.net.unreported[sg]--
@@ -100,6 +103,21 @@ func (a *agentState) recordFailure(now time.Time, n int, window time.Duration) {
 
 // view is the agent as the API shows it at now (its record, with now zero).
 func (a *agentState) view(now time.Time) *model.Agent {
+	v := a.record(now)
+	if a.drained && !now.IsZero() {
+		for _, t := range a.tasks {
+			if sl := t.slot; !t.job.batch() && !t.job.terminal() && sl.active && sl.cur == t {
+				v.DrainRemaining++
+			}
+		}
+		if v.DrainRemaining > 0 {
+			v.DrainBlocked = a.drainBlocked
+		}
+	}
+	return v
+}
+
+func (a *agentState) record(now time.Time) *model.Agent {
 	return &model.Agent{
 		ID: a.id, InstanceType: a.instanceType, AZ: a.az, Labels: a.labels,
 		Capacity:   model.Capacity{Resources: a.capacity, ENIs: a.enis, IPsPerENI: a.ipsPerENI, IPReuseCooldown: a.net.cooldown},
@@ -133,6 +151,10 @@ type jobState struct {
 	gen uint64
 	// queuedReason says why pending tasks are not placed (set by placement).
 	queuedReason string
+	// newFailures counts consecutive failures of tasks of the revision
+	// being rolled out (not persisted: a new leader counts afresh).
+	newFailures int
+	lastFailure string
 }
 
 func (j *jobState) terminal() bool { return j.rec.State.Terminal() }
@@ -143,17 +165,31 @@ type slot struct {
 	index, attempt, failures uint32
 	lost                     uint32 // consecutive attempts lost without running lostResetAfter
 	cur                      *taskState
-	active                   bool // batch: always; service: index < desired
-	done                     bool // batch: reached its final result
-	result                   task.State
-	queued                   bool // counted as pending: in the job's queue or waiting out a backoff
-	due                      time.Time
+	// next is cur's replacement being started (a rollout's surge, a
+	// drain's migration): once it is available, cur is stopped and next
+	// becomes cur. replace asks placement for next rather than cur.
+	next    *taskState
+	replace bool
+	active  bool // batch: always; service: index < desired
+	done    bool // batch: reached its final result
+	result  task.State
+	queued  bool // counted as pending: in the job's queue or waiting out a backoff
+	due     time.Time
 }
+
+// open reports whether placement may place a task in the slot: it has
+// none, or it asks for a replacement of its task and has none yet.
+func (sl *slot) open() bool { return sl.cur == nil || (sl.replace && sl.next == nil) }
+
+// holds reports whether t is the slot's task or its replacement.
+func (sl *slot) holds(t *taskState) bool { return sl.cur == t || sl.next == t }
 
 // taskState is one placed attempt of a slot.
 type taskState struct {
 	rec       *model.Task
 	job       *jobState
+	d         demand // what it was placed with (a later revision may ask more)
+	checked   bool   // its template has a health check
 	slot      *slot
 	agent     *agentState
 	launching bool // sent, not yet running

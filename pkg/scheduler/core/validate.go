@@ -100,6 +100,7 @@ func ValidateJob(spec model.JobSpec) (*task.Spec, error) {
 		if v := s.UnhealthyReplaceAfterSeconds; v < 0 || v > MaxUnhealthyReplaceAfter {
 			c.Failf("service.unhealthy_replace_after_seconds", "must be between 0 and %d, got %d", MaxUnhealthyReplaceAfter, v)
 		}
+		checkDisruption(c, s)
 	default:
 		c.Failf("kind", "one of batch or service is required")
 	}
@@ -173,5 +174,44 @@ func checkRetry(c *task.Checker, field string, r *model.RetryPolicy) {
 	}
 	if !r.Kind.Valid() {
 		c.Failf(field+".kind", "unknown kind %d", r.Kind)
+	}
+}
+
+// MaxProgressDeadline bounds a rollout's progress deadline.
+const MaxProgressDeadline = 24 * time.Hour
+
+func checkAmount(c *task.Checker, field, v string) (model.Amount, bool) {
+	if v == "" {
+		return model.Amount{}, false
+	}
+	a, err := model.ParseAmount(v)
+	if err != nil {
+		c.Failf(field, "%v", err)
+		return model.Amount{}, false
+	}
+	return a, true
+}
+
+// checkDisruption checks a service job's disruption budget and update strategy.
+func checkDisruption(c *task.Checker, s *model.ServiceJob) {
+	if b := s.Budget; b != nil {
+		if a, ok := checkAmount(c, "service.disruption_budget.max_unavailable", b.MaxUnavailable); ok && a.N == 0 {
+			c.Failf("service.disruption_budget.max_unavailable", "must be at least 1 (or 1%%): a budget of 0 would block every drain")
+		}
+	}
+	u := s.Update
+	if u == nil {
+		return
+	}
+	surge, okS := checkAmount(c, "service.update.max_surge", u.MaxSurge)
+	unavail, okU := checkAmount(c, "service.update.max_unavailable", u.MaxUnavailable)
+	if okS && okU && surge.N == 0 && unavail.N == 0 {
+		c.Failf("service.update", "max_surge and max_unavailable cannot both be 0: the rollout could never replace a task")
+	}
+	if u.ProgressDeadlineSeconds < 0 || u.ProgressDeadlineSeconds > int64(MaxProgressDeadline/time.Second) {
+		c.Failf("service.update.progress_deadline_seconds", "must be between 0 (default %s) and %d", model.DefaultProgressDeadline, int64(MaxProgressDeadline/time.Second))
+	}
+	if u.MaxFailures > MaxRetries {
+		c.Failf("service.update.max_failures", "must be at most %d", MaxRetries)
 	}
 }

@@ -62,6 +62,26 @@ func TestValidateJob(t *testing.T) {
 		{"preference weight", func(s *model.JobSpec) {
 			s.Placement.Preferences = []constraint.PreferenceSpec{{Constraint: "zone = a", Weight: 1000}}
 		}, []string{"placement.preferences[0].weight"}},
+		{"budget and update strategy", func(s *model.JobSpec) {
+			s.Batch, s.Service = nil, &model.ServiceJob{Desired: 2, Max: 2, Budget: &model.DisruptionBudget{MaxUnavailable: "25%"},
+				Update: &model.UpdateStrategy{MaxSurge: "1", MaxUnavailable: "0", ProgressDeadlineSeconds: 60}}
+		}, nil},
+		{"budget percent over 100", func(s *model.JobSpec) {
+			s.Batch, s.Service = nil, &model.ServiceJob{Desired: 2, Max: 2, Budget: &model.DisruptionBudget{MaxUnavailable: "150%"}}
+		}, []string{"service.disruption_budget.max_unavailable"}},
+		{"budget of 0", func(s *model.JobSpec) {
+			s.Batch, s.Service = nil, &model.ServiceJob{Desired: 2, Max: 2, Budget: &model.DisruptionBudget{MaxUnavailable: "0"}}
+		}, []string{"service.disruption_budget.max_unavailable"}},
+		{"budget not a number", func(s *model.JobSpec) {
+			s.Batch, s.Service = nil, &model.ServiceJob{Desired: 2, Max: 2, Budget: &model.DisruptionBudget{MaxUnavailable: "-1"}}
+		}, []string{"service.disruption_budget.max_unavailable"}},
+		{"surge and unavailable both 0", func(s *model.JobSpec) {
+			s.Batch, s.Service = nil, &model.ServiceJob{Desired: 2, Max: 2, Update: &model.UpdateStrategy{MaxSurge: "0%", MaxUnavailable: "0"}}
+		}, []string{"service.update"}},
+		{"update percents and deadline", func(s *model.JobSpec) {
+			s.Batch, s.Service = nil, &model.ServiceJob{Desired: 2, Max: 2,
+				Update: &model.UpdateStrategy{MaxSurge: "101%", MaxUnavailable: "x", ProgressDeadlineSeconds: -1}}
+		}, []string{"service.update.max_surge", "service.update.max_unavailable", "service.update.progress_deadline_seconds"}},
 		{"unbounded regex", func(s *model.JobSpec) { s.Placement.Constraints = []string{"ami =~ (x+x+)+y{999}"} },
 			[]string{"placement.constraints[0]"}},
 	}

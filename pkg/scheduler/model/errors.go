@@ -12,6 +12,7 @@ var (
 	ErrQuotaExceeded = errdefs.ErrResourceExhausted.WithMessage("capacity group quota exceeded")
 	ErrTooManyJobs   = errdefs.ErrResourceExhausted.WithMessage("too many live jobs")
 	ErrNotFound      = errdefs.ErrNotFound.WithMessage("not found")
+	ErrRolloutState  = errdefs.ErrFailedPrecondition.WithMessage("rollout state")
 	// ErrNotLeader: this replica is not (or no longer) the leader; a
 	// fenced write was refused.
 	ErrNotLeader = errdefs.ErrUnavailable.WithMessage("not the leader")

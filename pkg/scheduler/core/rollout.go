@@ -1,0 +1,323 @@
+package core
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Rollouts and paced drains. A service job's slot may hold, beside its
+// task (cur), a replacement being started (next): once the replacement is
+// available (Running, and Healthy when its template has a health check)
+// the old task is stopped and the replacement takes the slot. Rollouts
+// replace tasks of another revision this way (up to maxSurge at once) or
+// stop them first (up to maxUnavailable unavailable); drains replace the
+// tasks of drained hosts, as many at once as the job's disruption budget
+// leaves. Both are recomputed from the working set on every step, so a
+// new leader continues them from the tasks and the job's record.
+
+// stepEvery is how often every service job is stepped (deadlines, drains).
+const stepEvery = time.Second
+
+// touched asks for a step of job j soon. Callers hold c.mu.
+func (c *Core) touched(j *jobState) {
+	if j.batch() || c.dirty == nil {
+		return
+	}
+	c.dirty[j] = struct{}{}
+	select {
+	case c.stepKick <- struct{}{}:
+	default:
+	}
+}
+
+// stepLoop steps the jobs touched since the last step, and every service
+// job once a second.
+func (c *Core) stepLoop(ctx context.Context) {
+	t := time.NewTicker(stepEvery)
+	defer t.Stop()
+	for {
+		full := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			full = true
+		case <-c.stepKick:
+			// Let a burst of reports land before stepping.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		c.mu.Lock()
+		c.stepLocked(full, time.Now())
+		c.mu.Unlock()
+	}
+}
+
+// stepLocked steps the touched jobs, or all live service jobs. Callers hold c.mu.
+func (c *Core) stepLocked(all bool, now time.Time) {
+	if all {
+		for _, a := range c.agents {
+			a.drainBlocked = ""
+		}
+		for _, j := range c.jobs {
+			if !j.batch() && !j.terminal() {
+				c.dirty[j] = struct{}{}
+			}
+		}
+	}
+	jobs := make([]*jobState, 0, len(c.dirty))
+	for j := range c.dirty {
+		jobs = append(jobs, j)
+	}
+	clear(c.dirty)
+	sort.Slice(jobs, func(a, b int) bool { return jobs[a].created.Before(jobs[b].created) })
+	for _, j := range jobs {
+		c.step(j, now)
+	}
+}
+
+// available reports whether a task serves: Running, not being stopped,
+// and Healthy when its template has a health check.
+func available(t *taskState) bool {
+	if t == nil || t.killWanted || t.committing || t.rec.State != task.Running {
+		return false
+	}
+	return !t.checked || (t.rec.Health != nil && t.rec.Health.Status == task.HealthHealthy)
+}
+
+// newFailure counts a failure of a task of the revision being rolled out.
+// Callers hold c.mu.
+func (c *Core) newFailure(j *jobState, t *taskState, now time.Time) {
+	r := j.rec.Rollout
+	if r == nil || r.State != model.RolloutProgressing || t.rec.Revision != j.rec.Revision {
+		return
+	}
+	j.newFailures++
+	j.lastFailure = fmt.Sprintf("task %s %s", t.rec.ID, t.rec.State)
+	if t.rec.Reason != "" {
+		j.lastFailure += " (" + t.rec.Reason
+		if t.rec.Message != "" {
+			j.lastFailure += ": " + clip(t.rec.Message, 120)
+		}
+		j.lastFailure += ")"
+	}
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+// startReplace asks placement for a replacement of the slot's task.
+func (c *Core) startReplace(j *jobState, sl *slot, now time.Time) {
+	sl.replace = true
+	c.q.enqueue(j, sl, now, now)
+	c.poke()
+}
+
+// step moves one service job's rollout and drains forward. Callers hold c.mu.
+func (c *Core) step(j *jobState, now time.Time) {
+	if j.terminal() || j.batch() {
+		return
+	}
+	svc := j.rec.Spec.Service
+	desired := 0
+	for _, sl := range j.slots {
+		if sl.active {
+			desired++
+		}
+	}
+	// Replacements that are available take over; obsolete ones go.
+	for _, sl := range j.slots {
+		n := sl.next
+		if n == nil {
+			continue
+		}
+		if !sl.active || n.rec.Revision != j.rec.Revision {
+			sl.replace = false
+			c.stopTask(n)
+			continue
+		}
+		if available(n) {
+			old := sl.cur
+			sl.cur, sl.next, sl.replace = n, nil, false
+			j.newFailures = 0
+			if old != nil {
+				c.stopTask(old)
+			}
+		}
+	}
+	avail, inflight := 0, 0
+	for _, sl := range j.slots {
+		if !sl.active {
+			continue
+		}
+		if available(sl.cur) {
+			avail++
+			if sl.cur.rec.Revision == j.rec.Revision {
+				j.newFailures = 0
+			}
+		}
+		if sl.replace {
+			inflight++
+		}
+	}
+	unavailable := desired - avail
+	c.stepRollout(j, svc, desired, &unavailable, &inflight, now)
+	c.stepDrain(j, svc.BudgetOf(desired), unavailable, inflight, now)
+}
+
+// stepRollout replaces tasks of another revision than the job's.
+func (c *Core) stepRollout(j *jobState, svc *model.ServiceJob, desired int, unavailable, inflight *int, now time.Time) {
+	r := j.rec.Rollout
+	if r == nil || (r.State != model.RolloutProgressing && r.State != model.RolloutRolledBack) {
+		return
+	}
+	surge, maxU, deadline, maxFail := svc.Strategy(desired)
+	if r.State == model.RolloutProgressing {
+		if j.newFailures >= maxFail {
+			c.rollback(j, fmt.Sprintf("%d consecutive failures of tasks of revision %d, last: %s", j.newFailures, j.rec.Revision, j.lastFailure), now)
+			return
+		}
+		for _, sl := range j.slots {
+			for _, t := range []*taskState{sl.cur, sl.next} {
+				if t != nil && sl.active && t.rec.Revision == j.rec.Revision && !available(t) && !t.killWanted && now.Sub(t.rec.Placed) > deadline {
+					c.rollback(j, fmt.Sprintf("task %s not available %s after it was placed (%s)", t.rec.ID, deadline, describe(t)), now)
+					return
+				}
+			}
+		}
+	}
+	var old []*slot
+	done := true
+	for _, sl := range j.slots {
+		if !sl.active {
+			continue
+		}
+		if sl.cur == nil || sl.cur.rec.Revision != j.rec.Revision || !available(sl.cur) {
+			done = false
+		}
+		if sl.cur != nil && sl.cur.rec.Revision != j.rec.Revision && !sl.cur.killWanted && !sl.replace {
+			old = append(old, sl)
+		}
+	}
+	if done {
+		if r.Ended.IsZero() {
+			if r.State == model.RolloutProgressing {
+				r.State = model.RolloutComplete
+			}
+			r.Ended = now
+			j.gen++
+			c.st.SaveJob(j.rec)
+		}
+		return
+	}
+	// Tasks that do not serve anyway go first.
+	sort.SliceStable(old, func(a, b int) bool { return !available(old[a].cur) && available(old[b].cur) })
+	surging := 0
+	for _, sl := range j.slots {
+		if sl.replace && sl.active && sl.cur != nil && sl.cur.rec.Revision != j.rec.Revision && !sl.cur.agent.drained {
+			surging++
+		}
+	}
+	for _, sl := range old {
+		switch {
+		case !available(sl.cur):
+			c.stopTask(sl.cur) // replaced as it ends, at no cost to availability
+		case surging < surge:
+			c.startReplace(j, sl, now)
+			surging++
+			*inflight++
+		case *unavailable < maxU:
+			c.stopTask(sl.cur)
+			*unavailable++
+		default:
+			return
+		}
+	}
+}
+
+// describe says where a task is, for a rollback's reason.
+func describe(t *taskState) string {
+	s := t.rec.State.String()
+	if h := t.rec.Health; h != nil {
+		s += ", " + h.Status.String()
+		if h.Output != "" {
+			s += ": " + clip(h.Output, 120)
+		}
+	}
+	return s
+}
+
+// stepDrain moves the job's tasks off drained hosts, a replacement first,
+// as many at once as the budget leaves.
+func (c *Core) stepDrain(j *jobState, budget, unavailable, inflight int, now time.Time) {
+	for _, sl := range j.slots {
+		t := sl.cur
+		if !sl.active || t == nil || !t.agent.drained || sl.replace || t.killWanted || t.committing {
+			continue
+		}
+		if !available(t) {
+			c.stopTask(t) // not serving: replaced as it ends
+			continue
+		}
+		if unavailable+inflight >= budget {
+			t.agent.drainBlocked = fmt.Sprintf("blocked by budget of job %s: %d/%d unavailable", j.rec.ID, unavailable+inflight, budget)
+			continue
+		}
+		c.startReplace(j, sl, now)
+		inflight++
+	}
+}
+
+// rollback returns a job to the revision its rollout came from. Callers hold c.mu.
+func (c *Core) rollback(j *jobState, reason string, now time.Time) {
+	r := j.rec.Rollout
+	c.log.Warn("rolling back", "job", j.rec.ID, "from", j.rec.Revision, "to", r.From, "reason", reason)
+	c.revert(j, model.RolloutRolledBack, "rolled back: "+reason, now)
+}
+
+// revert makes the rollout's previous template the job's again, as a new
+// rollout from the current revision (a rollback or an undo). Callers hold c.mu.
+func (c *Core) revert(j *jobState, state model.RolloutState, reason string, now time.Time) {
+	r := j.rec.Rollout
+	cur := j.rec.Spec.Task
+	j.rec.Spec.Task = r.Previous
+	j.rec.Rollout = &model.Rollout{State: state, From: j.rec.Revision, To: r.From, Reason: reason, Started: now, Previous: cur}
+	j.rec.Revision = r.From
+	c.retemplate(j)
+	j.gen++
+	c.st.SaveJob(j.rec)
+	c.touched(j)
+}
+
+// retemplate rebuilds the job's template and demand from its spec, after
+// an update or a rollback. Callers hold c.mu.
+func (c *Core) retemplate(j *jobState) {
+	j.newFailures, j.lastFailure = 0, ""
+	j.tmpl = j.rec.Spec.Template()
+	j.d.req, j.d.sgKey = model.TaskResources(j.tmpl), sgKey(j.tmpl)
+	fp := footprintOf(&j.rec.Spec, j.d.req).Max(j.footprint)
+	j.group.reserved = j.group.reserved.Sub(j.footprint).Add(fp)
+	j.footprint = fp
+	for _, sl := range j.slots {
+		if sl.next != nil && sl.next.rec.Revision != j.rec.Revision {
+			sl.replace = false
+			c.stopTask(sl.next)
+		} else if sl.replace && sl.next == nil && sl.cur != nil {
+			sl.replace = false
+			c.q.dequeue(j, sl)
+		}
+	}
+	c.poke()
+}
