@@ -24,21 +24,14 @@ func (c *Core) applyStatus(a *agentState, st model.TaskStatus, now time.Time) {
 	if t.committing {
 		return
 	}
-	if st.Health != nil {
+	if st.Health != nil && !sameHealth(t.rec.Health, st.Health) {
 		t.rec.Health = st.Health
+		c.touched(t.job) // a rollout or a drain may wait on it
 	}
 	defer c.checkHealth(t, now)
 	next, cur := st.State, t.rec.State
-	if !cur.Terminal() && next == cur && !sameHealth(t.rec.Health, st.Health) {
-		t.rec.Health = st.Health
-		c.touched(t.job)
-		return
-	}
 	if next <= cur || cur.Terminal() {
 		return
-	}
-	if st.Health != nil || next.Terminal() {
-		t.rec.Health = st.Health
 	}
 	c.touched(t.job)
 	t.rec.State, t.rec.Reason, t.rec.Message, t.rec.ExitCode = next, st.Reason, st.Message, st.ExitCode
@@ -71,7 +64,7 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	c.st.SaveTask(t.rec)
 	a, j := t.agent, t.job
 	a.detach(t)
-	a.released(j.d.sgKey, now)
+	a.released(t.d.sgKey, now)
 	j.spread.add(a, -1)
 	j.live--
 	j.group.used = j.group.used.Sub(t.d.req)
@@ -98,7 +91,7 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 			break
 		}
 		due := now
-		if state != task.Killed && state != task.Lost {
+		if (state != task.Killed || t.healthFailed) && state != task.Lost {
 			c.newFailure(j, t, now)
 			due = now.Add(retryDelay(j.rec.Spec.Retry(), uint32(min(j.newFailures, 30)), c.opts.CrashLoopBase, c.opts.CrashLoopCap))
 		}
@@ -111,7 +104,7 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	case sl.cur == t:
 		sl.cur = nil
 		sl.replace = false
-		if t.rec.Revision == j.rec.Revision && state != task.Killed && state != task.Lost && (state != task.Finished || t.rec.ExitCode != 0) {
+		if (state != task.Killed || t.healthFailed) && state != task.Lost && (state != task.Finished || t.rec.ExitCode != 0) {
 			c.newFailure(j, t, now)
 		}
 		c.touched(j)

@@ -189,13 +189,34 @@ func (c *Core) stepRollout(j *jobState, svc *model.ServiceJob, desired int, unav
 			c.rollback(j, fmt.Sprintf("%d consecutive failures of tasks of revision %d, last: %s", j.newFailures, j.rec.Revision, j.lastFailure), now)
 			return
 		}
+		updated := 0
+		var waiting *taskState
 		for _, sl := range j.slots {
 			for _, t := range []*taskState{sl.cur, sl.next} {
-				if t != nil && sl.active && t.rec.Revision == j.rec.Revision && !available(t) && !t.killWanted && now.Sub(t.rec.Placed) > deadline {
-					c.rollback(j, fmt.Sprintf("task %s not available %s after it was placed (%s)", t.rec.ID, deadline, describe(t)), now)
-					return
+				if t == nil || !sl.active || t.rec.Revision != j.rec.Revision {
+					continue
+				}
+				if available(t) {
+					updated++
+				} else if waiting == nil && !t.killWanted {
+					waiting = t
 				}
 			}
+		}
+		if updated > j.updated || j.progressAt.IsZero() {
+			j.progressAt = now
+		}
+		j.updated = updated
+		if now.Sub(j.progressAt) > deadline && updated < desired {
+			why := j.lastFailure
+			if waiting != nil {
+				why = "task " + waiting.rec.ID + " " + describe(waiting)
+			}
+			if why == "" {
+				why = "no task of the new revision could be placed: " + j.queuedReason
+			}
+			c.rollback(j, fmt.Sprintf("no new task became available for %s (%s)", deadline, why), now)
+			return
 		}
 	}
 	var old []*slot
@@ -305,6 +326,7 @@ func (c *Core) revert(j *jobState, state model.RolloutState, reason string, now 
 // an update or a rollback. Callers hold c.mu.
 func (c *Core) retemplate(j *jobState) {
 	j.newFailures, j.lastFailure = 0, ""
+	j.progressAt, j.updated = time.Time{}, 0
 	j.tmpl = j.rec.Spec.Template()
 	j.d.req, j.d.sgKey = model.TaskResources(j.tmpl), sgKey(j.tmpl)
 	fp := footprintOf(&j.rec.Spec, j.d.req).Max(j.footprint)

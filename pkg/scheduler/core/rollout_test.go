@@ -237,6 +237,7 @@ func TestRolloutRollsBackUnhealthy(t *testing.T) {
 	f := newFleet(ts)
 	f.connect("h0", 4000, nil)
 	spec := withImage(serviceSpec(3, &model.UpdateStrategy{MaxSurge: "1", MaxUnavailable: "0", ProgressDeadlineSeconds: 60}, ""), "registry.example/x:1", true)
+	spec.Service.UnhealthyReplaceAfterSeconds = 3600 // kept Unhealthy, not replaced
 	id := ts.submit(spec)
 	f.converge(t, nil)
 	f.sickImage = "registry.example/x:sick"
@@ -432,4 +433,31 @@ func TestRolloutContinuesOnANewLeader(t *testing.T) {
 		t.Errorf("rollout %+v, want complete", r)
 	}
 	f2.launchedTwice(t)
+}
+
+// TestRolloutRollsBackHealthKills: new tasks the scheduler replaces for
+// staying Unhealthy (HealthCheckFailed) count as failures of the new
+// revision: the update rolls back and the old revision keeps serving.
+func TestRolloutRollsBackHealthKills(t *testing.T) {
+	ts := newTestScheduler(t, Config{CrashLoopBase: time.Nanosecond, CrashLoopCap: time.Nanosecond})
+	f := newFleet(ts)
+	f.connect("h0", 4000, nil)
+	spec := serviceSpec(3, &model.UpdateStrategy{MaxSurge: "1", MaxUnavailable: "0"}, "")
+	spec.Service.Retry = &model.RetryPolicy{Kind: model.RetryImmediate}
+	spec = withImage(spec, "registry.example/x:1", true)
+	id := ts.submit(spec)
+	f.converge(t, nil)
+	f.sickImage = "registry.example/x:sick"
+	if _, err := ts.UpdateJob(ts.ctx, id, withImage(spec, "registry.example/x:sick", true)); err != nil {
+		t.Fatal(err)
+	}
+	f.converge(t, func() {
+		if n, _ := ts.serving(id); n < 3 {
+			t.Fatalf("serving dropped to %d with maxUnavailable 0", n)
+		}
+	})
+	j := ts.job(id)
+	if j.Revision != 1 || j.Rollout.State != model.RolloutRolledBack || !strings.Contains(j.Rollout.Reason, string(task.ReasonHealthCheckFailed)) {
+		t.Fatalf("revision %d rollout %+v", j.Revision, j.Rollout)
+	}
 }

@@ -155,6 +155,10 @@ type jobState struct {
 	// being rolled out (not persisted: a new leader counts afresh).
 	newFailures int
 	lastFailure string
+	// progressAt is when the rollout last made progress (started, or one
+	// more new task became available: updated counts them).
+	progressAt time.Time
+	updated    int
 }
 
 func (j *jobState) terminal() bool { return j.rec.State.Terminal() }
