@@ -13,6 +13,8 @@
 # talks to the host over one virtio-serial port. Exit status: the guest's
 # `go test`'s, or 1 when the guest never reported one.
 #
+# `run.sh --prepare` only builds what is missing (runc, the image) and exits.
+#
 # Environment: TITUS_VM_RUN (the -run regex; default below), TITUS_VM_TIMEOUT
 # (go test -timeout, default 40m), TITUS_VM_ACCEL (auto|kvm|tcg),
 # TITUS_VM_LOG (the guest's full output, default /tmp/titus-vm.log).
@@ -84,6 +86,9 @@ if [[ ! -f "$img/root.img" ]]; then
 fi
 flock -u 9
 say "guest image $key: kernel $(cat "$img/kernel-version")"
+if [[ ${1:-} == --prepare ]]; then
+  exit 0 # image and runc ready; nothing booted
+fi
 
 work="$(mktemp -d /var/tmp/titus-vm.XXXXXX)"
 qpid=""
