@@ -100,3 +100,33 @@ func TestRunCancelled(t *testing.T) {
 		t.Fatalf("err %v after %v; want the command killed at the deadline", err, time.Since(start))
 	}
 }
+
+// A command that dies of a stop signal before it could leave the agent's
+// group (the fork race) is run again; one that always does, at most
+// forkRaceTries times; other failures, once.
+func TestRunAgainAfterStopSignal(t *testing.T) {
+	dir := t.TempDir()
+	count := func() int {
+		b, _ := os.ReadFile(dir + "/runs")
+		return strings.Count(string(b), "x")
+	}
+	for _, tc := range []struct {
+		name     string
+		script   string
+		wantRuns int
+		wantErr  bool
+	}{
+		{"killed once, then runs", `echo -n x >> runs; [ $(wc -c < runs) -gt 1 ] || kill -s TERM $$; echo ok`, 2, false},
+		{"always killed", `echo -n x >> runs; kill -s INT $$`, forkRaceTries, true},
+		{"a plain failure is not repeated", `echo -n x >> runs; exit 1`, 1, true},
+		{"another signal is not repeated", `echo -n x >> runs; kill -s KILL $$`, 1, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_ = os.Remove(dir + "/runs")
+			_, err := RunInput(context.Background(), strings.NewReader(tc.script), "sh", "-c", "cd "+dir+" && exec sh -s")
+			if (err != nil) != tc.wantErr || count() != tc.wantRuns {
+				t.Errorf("err %v, runs %d; want error %v, runs %d", err, count(), tc.wantErr, tc.wantRuns)
+			}
+		})
+	}
+}
