@@ -126,9 +126,53 @@ func printJobs(w io.Writer, jobs []*schedv1.Job) {
 		rows = append(rows, []string{j.Id, j.Spec.Application, j.Spec.CapacityGroup, jobKind(j), stateName(j.State, "JOB_STATE_"),
 			fmt.Sprintf("%d/%d/%d", c.GetPending(), c.GetLaunched(), c.GetRunning()),
 			fmt.Sprintf("%d/%d/%d/%d", c.GetFinished(), c.GetFailed(), c.GetKilled(), c.GetLost()), ts(j.Created, j.Created != nil),
-			cmp.Or(j.QueuedReason, "-")})
+			fmt.Sprint(j.Revision), rolloutSummary(j), cmp.Or(j.QueuedReason, "-")})
 	}
-	table(w, "ID\tAPP\tGROUP\tKIND\tSTATE\tPEND/LAUNCH/RUN\tDONE/FAIL/KILL/LOST\tCREATED\tQUEUED BECAUSE", rows)
+	table(w, "ID\tAPP\tGROUP\tKIND\tSTATE\tPEND/LAUNCH/RUN\tDONE/FAIL/KILL/LOST\tCREATED\tREV\tROLLOUT\tQUEUED BECAUSE", rows)
+}
+
+// rolloutSummary is a job's latest rollout in a few words.
+func rolloutSummary(j *schedv1.Job) string {
+	r := j.GetRollout()
+	if r == nil {
+		return "-"
+	}
+	s := fmt.Sprintf("%s %d->%d", stateName(r.State, "STATE_"), r.FromRevision, r.ToRevision)
+	if r.State == schedv1.Rollout_STATE_PROGRESSING || r.State == schedv1.Rollout_STATE_PAUSED {
+		s += fmt.Sprintf(" %d/%d updated", r.Updated, j.Spec.GetService().GetDesired())
+	}
+	return s
+}
+
+// printRollout shows a job's rollout in full.
+func printRollout(w io.Writer, j *schedv1.Job) {
+	r := j.GetRollout()
+	if r == nil {
+		fmt.Fprintf(w, "job %s: revision %d, no rollout yet\n", j.Id, j.Revision)
+		return
+	}
+	fmt.Fprintf(w, "job %s: revision %d\nrollout: %s, revision %d -> %d\n", j.Id, j.Revision, stateName(r.State, "STATE_"), r.FromRevision, r.ToRevision)
+	fmt.Fprintf(w, "tasks: %d of %d updated and available, %d of other revisions live, %d unavailable\n",
+		r.Updated, j.Spec.GetService().GetDesired(), r.Old, r.Unavailable)
+	fmt.Fprintf(w, "started: %s\nended: %s\n", ts(r.Started, r.Started != nil), ts(r.Ended, r.Ended != nil))
+	if r.Reason != "" {
+		fmt.Fprintf(w, "reason: %s\n", r.Reason)
+	}
+}
+
+// readJobFile reads and parses the job file named by -f (- for stdin).
+func readJobFile(cmd *cobra.Command, file string) (*schedv1.JobSpec, error) {
+	var b []byte
+	var err error
+	if file == "-" {
+		b, err = io.ReadAll(cmd.InOrStdin())
+	} else {
+		b, err = os.ReadFile(file)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return parseJobFile(file, b)
 }
 
 func newJobCmd() *cobra.Command {
@@ -137,17 +181,7 @@ func newJobCmd() *cobra.Command {
 	submit := &cobra.Command{
 		Use: "submit -f job.yaml", Short: "Submit a job described in YAML (or JSON)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var b []byte
-			var err error
-			if file == "-" {
-				b, err = io.ReadAll(cmd.InOrStdin())
-			} else {
-				b, err = os.ReadFile(file)
-			}
-			if err != nil {
-				return err
-			}
-			spec, err := parseJobFile(file, b)
+			spec, err := readJobFile(cmd, file)
 			if err != nil {
 				return err
 			}
@@ -260,7 +294,71 @@ func newJobCmd() *cobra.Command {
 	scale.Flags().Uint32Var(&minN, "min", 0, "minimum instances")
 	scale.Flags().Uint32Var(&desired, "desired", 0, "desired instances")
 	scale.Flags().Uint32Var(&maxN, "max", 0, "maximum instances")
-	cmd.AddCommand(submit, ls, get, kill, scale)
+	var updateFile string
+	update := &cobra.Command{
+		Use: "update JOB -f job.yaml", Short: "Roll a service job out to a new task template", Args: cobra.ExactArgs(1),
+		Long: "Update a service job's task template (and its retry, disruption_budget and update policies) from a job file.\n" +
+			"A new template is a new revision, rolled out under the job's update strategy; sizes are kept (use scale).",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec, err := readJobFile(cmd, updateFile)
+			if err != nil {
+				return err
+			}
+			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+				j, err := c.UpdateJob(ctx, &schedv1.UpdateJobRequest{Id: args[0], Spec: spec})
+				if err != nil {
+					return err
+				}
+				if opts.output == "json" {
+					return printJSON(cmd.OutOrStdout(), j)
+				}
+				printRollout(cmd.OutOrStdout(), j)
+				return nil
+			})
+		},
+	}
+	update.Flags().StringVarP(&updateFile, "file", "f", "", "job file (- for stdin)")
+	_ = update.MarkFlagRequired("file")
+	cmd.AddCommand(submit, ls, get, kill, scale, update, newRolloutCmd())
+	return cmd
+}
+
+func newRolloutCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "rollout", Short: "Show, pause, resume or undo a service job's rollout"}
+	show := func(ctx context.Context, c schedv1.SchedulerClient, id string) (*schedv1.Job, error) {
+		return c.GetJob(ctx, &schedv1.GetJobRequest{Id: id})
+	}
+	act := func(a schedv1.RolloutJobRequest_Action) func(context.Context, schedv1.SchedulerClient, string) (*schedv1.Job, error) {
+		return func(ctx context.Context, c schedv1.SchedulerClient, id string) (*schedv1.Job, error) {
+			return c.RolloutJob(ctx, &schedv1.RolloutJobRequest{Id: id, Action: a})
+		}
+	}
+	for _, sub := range []struct {
+		use, short string
+		rpc        func(context.Context, schedv1.SchedulerClient, string) (*schedv1.Job, error)
+	}{
+		{"status JOB", "Show the job's latest rollout", show},
+		{"pause JOB", "Pause the rollout: no more tasks are replaced", act(schedv1.RolloutJobRequest_ACTION_PAUSE)},
+		{"resume JOB", "Resume a paused rollout", act(schedv1.RolloutJobRequest_ACTION_RESUME)},
+		{"undo JOB", "Roll back to the revision the latest rollout came from", act(schedv1.RolloutJobRequest_ACTION_UNDO)},
+	} {
+		cmd.AddCommand(&cobra.Command{
+			Use: sub.use, Short: sub.short, Args: cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+					j, err := sub.rpc(ctx, c, args[0])
+					if err != nil {
+						return err
+					}
+					if opts.output == "json" {
+						return printJSON(cmd.OutOrStdout(), j)
+					}
+					printRollout(cmd.OutOrStdout(), j)
+					return nil
+				})
+			},
+		})
+	}
 	return cmd
 }
 
@@ -271,9 +369,9 @@ func printTasks(w io.Writer, tasks []*schedv1.Task) {
 		if h := t.GetHealth(); h.GetStatus() != 0 {
 			health = stateName(h.GetStatus(), "HEALTH_STATUS_")
 		}
-		rows = append(rows, []string{t.Id, t.AgentId, t.Az, stateName(t.State, "TASK_STATE_"), health, t.Reason, fmt.Sprint(t.ExitCode), ts(t.Placed, t.Placed != nil)})
+		rows = append(rows, []string{t.Id, t.AgentId, t.Az, fmt.Sprint(t.Revision), stateName(t.State, "TASK_STATE_"), health, t.Reason, fmt.Sprint(t.ExitCode), ts(t.Placed, t.Placed != nil)})
 	}
-	table(w, "ID\tAGENT\tAZ\tSTATE\tHEALTH\tREASON\tEXIT\tPLACED", rows)
+	table(w, "ID\tAGENT\tAZ\tREV\tSTATE\tHEALTH\tREASON\tEXIT\tPLACED", rows)
 }
 
 func newTaskCmd() *cobra.Command {
@@ -352,9 +450,73 @@ func printAgents(w io.Writer, agents []*schedv1.Agent) {
 		sort.Strings(labels)
 		rows = append(rows, []string{a.Id, a.Az, a.InstanceType, strings.Join(flags, ","), fmt.Sprint(a.Tasks),
 			fmt.Sprintf("%d/%dm", a.Used.GetCpuMillicores(), a.Capacity.GetCpuMillicores()),
-			fmt.Sprintf("%d/%dMiB", a.Used.GetMemoryMib(), a.Capacity.GetMemoryMib()), strings.Join(labels, ",")})
+			fmt.Sprintf("%d/%dMiB", a.Used.GetMemoryMib(), a.Capacity.GetMemoryMib()), strings.Join(labels, ","), drainSummary(a)})
 	}
-	table(w, "ID\tAZ\tTYPE\tSTATE\tTASKS\tCPU\tMEMORY\tLABELS", rows)
+	table(w, "ID\tAZ\tTYPE\tSTATE\tTASKS\tCPU\tMEMORY\tLABELS\tDRAIN", rows)
+}
+
+// drainSummary is a drained agent's progress: the service tasks still to
+// move and what holds the next move back.
+func drainSummary(a *schedv1.Agent) string {
+	switch {
+	case !a.Drained:
+		return "-"
+	case a.DrainRemaining == 0:
+		return "done"
+	case a.DrainBlocked != "":
+		return fmt.Sprintf("%d to move, %s", a.DrainRemaining, a.DrainBlocked)
+	}
+	return fmt.Sprintf("%d to move", a.DrainRemaining)
+}
+
+// waitDrained polls the agents named in first until none has a service
+// task left to move, printing each change of their progress.
+func waitDrained(cmd *cobra.Command, first []*schedv1.Agent, limit time.Duration) error {
+	ids := map[string]bool{}
+	for _, a := range first {
+		ids[a.Id] = true
+	}
+	deadline := time.Now().Add(limit)
+	last := ""
+	for {
+		var agents []*schedv1.Agent
+		err := call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+			for token := ""; ; {
+				page, err := c.ListAgents(ctx, &schedv1.ListAgentsRequest{PageToken: token})
+				if err != nil {
+					return err
+				}
+				for _, a := range page.Agents {
+					if ids[a.Id] {
+						agents = append(agents, a)
+					}
+				}
+				if token = page.NextPageToken; token == "" {
+					return nil
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		left := 0
+		var lines []string
+		for _, a := range agents {
+			left += int(a.DrainRemaining)
+			lines = append(lines, a.Id+": "+drainSummary(a))
+		}
+		if now := strings.Join(lines, "; "); now != last {
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %d to move: %s\n", time.Now().Format(time.TimeOnly), left, now)
+			last = now
+		}
+		if left == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("drain not done after %s: %d service tasks still to move", limit, left)
+		}
+		time.Sleep(time.Second)
+	}
 }
 
 func newAgentCmd() *cobra.Command {
@@ -384,6 +546,7 @@ func newAgentCmd() *cobra.Command {
 	}
 	drainCmd := func(use, short string, drain bool) *cobra.Command {
 		var labels []string
+		var wait time.Duration
 		c := &cobra.Command{
 			Use: use, Short: short, Args: cobra.MaximumNArgs(1),
 			RunE: func(cmd *cobra.Command, args []string) error {
@@ -398,7 +561,8 @@ func newAgentCmd() *cobra.Command {
 					}
 					req.Labels[k] = v
 				}
-				return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
+				var agents []*schedv1.Agent
+				err := call(func(ctx context.Context, c schedv1.SchedulerClient) error {
 					rpc := c.DrainAgent
 					if !drain {
 						rpc = c.UndrainAgent
@@ -407,15 +571,24 @@ func newAgentCmd() *cobra.Command {
 					if err != nil {
 						return err
 					}
+					agents = resp.Agents
 					if opts.output == "json" {
 						return printJSON(cmd.OutOrStdout(), resp)
 					}
 					printAgents(cmd.OutOrStdout(), resp.Agents)
 					return nil
 				})
+				if err != nil || !drain || wait <= 0 {
+					return err
+				}
+				return waitDrained(cmd, agents, wait)
 			},
 		}
 		c.Flags().StringSliceVar(&labels, "label", nil, "select agents by label key=value instead of an id")
+		if drain {
+			c.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for every service task to move off, printing progress and what blocks it")
+			c.Flags().Lookup("wait").NoOptDefVal = "30m"
+		}
 		return c
 	}
 	cmd.AddCommand(ls, drainCmd("drain [AGENT] [--label k=v]", "Stop placing on agents and move their service tasks", true),
