@@ -91,6 +91,10 @@ func (p *gpuPool) advertise(cfg *schedlink.Config) {
 		return
 	}
 	cfg.Capacity.GPUs = int32(len(p.inv.Devices))
+	for _, d := range p.inv.Devices {
+		// Model and memory are placement attributes (gpu.model, gpu.memoryMiB).
+		cfg.Attributes.GPUs = append(cfg.Attributes.GPUs, schedlink.GPU{Index: int32(d.Index), Model: d.Model, MemoryMiB: d.MemoryMiB})
+	}
 }
 
 // discoverGPUs finds the host's GPUs under cfg.DevRoot; nil when it has
