@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/execterm"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 )
 
@@ -57,7 +58,15 @@ func newRootCmd() *cobra.Command {
 
 // call runs fn against the first replica that is the leader.
 func call(fn func(context.Context, schedv1.SchedulerClient) error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), opts.timeout)
+	return callFor(opts.timeout, fn)
+}
+
+// callFor is call with its own deadline; 0: none (an exec session).
+func callFor(timeout time.Duration, fn func(context.Context, schedv1.SchedulerClient) error) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(context.Background(), timeout)
+	}
 	defer cancel()
 	if tok := cmp.Or(opts.token, os.Getenv(tokenEnv)); tok != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+strings.TrimSpace(tok))
@@ -427,9 +436,52 @@ func newTaskCmd() *cobra.Command {
 	kill := one("kill TASK", "Kill a task (a service job replaces it)", func(ctx context.Context, c schedv1.SchedulerClient, id string) (*schedv1.Task, error) {
 		return c.KillTask(ctx, &schedv1.KillTaskRequest{Id: id})
 	})
-	cmd.AddCommand(ls, get, kill)
+	cmd.AddCommand(ls, get, kill, newTaskExecCmd())
 	return cmd
 }
+
+func newTaskExecCmd() *cobra.Command {
+	var interactive, ttyOn bool
+	cmd := &cobra.Command{
+		Use:   "exec [-i] [-t] TASK -- COMMAND...",
+		Short: "Run a command inside a task, relayed to its agent (audited; needs task.debug)",
+		Long: `Run a command inside a running task: the session is relayed through the
+scheduler and the agent's own stream (no port opens on the host). The
+policy must give the caller task.debug on the job's application (admins,
+operators, the application's owners and debuggers); every session is in
+the audit trail with its command and exit code. -i streams stdin, -t gives
+the command a terminal; the exit code is the command's.`,
+		Example: `  titus-scheduler task exec -it web.0.0 -- sh`,
+		Args:    cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var code int
+			err := callFor(0, func(ctx context.Context, c schedv1.SchedulerClient) error {
+				s, err := c.ExecTask(ctx)
+				if err != nil {
+					return err
+				}
+				code, err = execterm.Run(s, execterm.Options{TaskID: args[0], Args: args[1:], TTY: ttyOn, Stdin: interactive},
+					execterm.OSTerminal{File: os.Stdin}, os.Stdin, cmd.OutOrStdout(), cmd.ErrOrStderr())
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &exitError{code: code}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "stream stdin to the command")
+	cmd.Flags().BoolVarP(&ttyOn, "tty", "t", false, "give the command a terminal")
+	return cmd
+}
+
+// exitError is a command's exit code, passed on as the CLI's.
+type exitError struct{ code int }
+
+func (e *exitError) Error() string { return fmt.Sprintf("command exited %d", e.code) }
 
 func printAgents(w io.Writer, agents []*schedv1.Agent) {
 	var rows [][]string

@@ -26,6 +26,7 @@ import (
 type Daemon struct {
 	cfg      Config
 	log      *slog.Logger
+	sessions *ExecSessions
 	store    *Store
 	rt       *runtime.Runtime
 	manager  *Manager
@@ -187,7 +188,8 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	if w.network != nil {
 		d.health.net = w.network
 	}
-	(&Server{Manager: d.manager, Runtime: rt, Sessions: NewExecSessions(cfg.Exec, rt, d.manager, log), Checker: d.health, LogDir: cfg.LogDir, VPC: w.vpc, Metadata: w.metadata, Scheduler: cfg.Scheduler.Address}).Register(d.grpc)
+	d.sessions = NewExecSessions(cfg.Exec, rt, d.manager, log.With("component", "exec"))
+	(&Server{Manager: d.manager, Runtime: rt, Sessions: d.sessions, Checker: d.health, LogDir: cfg.LogDir, VPC: w.vpc, Metadata: w.metadata, Scheduler: cfg.Scheduler.Address}).Register(d.grpc)
 	ok = true
 	return d, nil
 }

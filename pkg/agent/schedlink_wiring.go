@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	"net/netip"
 	"os"
 	goruntime "runtime"
@@ -100,6 +101,9 @@ func (d *Daemon) runSchedulerLink(ctx context.Context) {
 		},
 	}
 	d.gpus.advertise(&cfg)
+	cfg.Exec = func(ctx context.Context, start *agentv1.ExecStart, who string, recv func() (*agentv1.ExecInput, error), send func(*agentv1.ExecOutput) error) (int, error) {
+		return d.sessions.Run(ctx, start, "scheduler relay for "+who, funcTransport{recv, send})
+	}
 	creds, err := sc.TLS.DialOption()
 	if err != nil {
 		d.log.Error("scheduler link not started", "err", err)
@@ -145,3 +149,12 @@ func memTotalMiB() int64 {
 	}
 	return 0
 }
+
+// funcTransport is an ExecTransport of two functions (the scheduler's relay).
+type funcTransport struct {
+	recv func() (*agentv1.ExecInput, error)
+	send func(*agentv1.ExecOutput) error
+}
+
+func (f funcTransport) Recv() (*agentv1.ExecInput, error) { return f.recv() }
+func (f funcTransport) Send(o *agentv1.ExecOutput) error  { return f.send(o) }

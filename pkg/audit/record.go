@@ -23,6 +23,12 @@ type Record struct {
 	Message string `json:"message,omitempty"`
 	// Peer is the caller's network address.
 	Peer string `json:"peer,omitempty"`
+	// Command and ExitCode are an exec session's (ExitCode -1: it was
+	// ended before its command exited); Ended is when it ended, Time when
+	// it began.
+	Command  []string  `json:"command,omitempty"`
+	ExitCode *int32    `json:"exitCode,omitempty"`
+	Ended    time.Time `json:"ended,omitzero"`
 }
 
 // Field bounds: a record's size is bounded whatever the caller sends.
@@ -43,6 +49,15 @@ func (r *Record) clip() {
 		*f = clip(*f, maxField)
 	}
 	r.Message = clip(r.Message, maxMessage)
+	// The command is bounded as a whole: at most maxMessage bytes of it.
+	n := 0
+	for i, a := range r.Command {
+		if n+len(a) > maxMessage {
+			r.Command = append(r.Command[:i:i], clip(a, max(0, maxMessage-n)))
+			break
+		}
+		n += len(a)
+	}
 }
 
 // idOf is a record's key suffix: its time in nanoseconds, zero-padded so

@@ -70,6 +70,24 @@ func (d *Decider) owns(p authn.Principal, app string) bool {
 	return ok && !p.IsAgent() && a.Owners.match(p)
 }
 
+// debuggerActions are what an application's debuggers may do on it.
+var debuggerActions = []Action{TaskRead, TaskDebug}
+
+// debugs lists the applications p is a debugger of.
+func (d *Decider) debugs(p authn.Principal) []string {
+	if d.p == nil || p.IsAgent() {
+		return nil
+	}
+	var out []string
+	for name, app := range d.p.Applications {
+		if app.Debuggers.match(p) {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 func denied(p authn.Principal, format string, a ...any) error {
 	return fmt.Errorf("%w: %s %s", errdefs.ErrPermissionDenied, p, fmt.Sprintf(format, a...))
 }
@@ -98,6 +116,9 @@ func (d *Decider) Gate(p authn.Principal, fullMethod string) (Rule, error) {
 	if _, owned := d.Roles(p); appScoped(r.Action) && len(owned) > 0 {
 		return r, nil
 	}
+	if slices.Contains(debuggerActions, r.Action) && len(d.debugs(p)) > 0 {
+		return r, nil
+	}
 	return r, denied(p, "may not %s: %s", r.Action, d.describe(p))
 }
 
@@ -113,6 +134,9 @@ func (d *Decider) Allow(p authn.Principal, a Action, app string) error {
 	if appScoped(a) && app != "" && d.owns(p, app) && slices.Contains(ownerActions, a) {
 		return nil
 	}
+	if app != "" && slices.Contains(debuggerActions, a) && slices.Contains(d.debugs(p), app) {
+		return nil
+	}
 	if app == "" {
 		return denied(p, "may not %s: %s", a, d.describe(p))
 	}
@@ -121,12 +145,15 @@ func (d *Decider) Allow(p authn.Principal, a Action, app string) error {
 
 func (d *Decider) describe(p authn.Principal) string {
 	roles, owned := d.Roles(p)
-	if len(roles) == 0 && len(owned) == 0 {
+	if len(roles) == 0 && len(owned) == 0 && len(d.debugs(p)) == 0 {
 		return "the policy grants it no role"
 	}
 	parts := slices.Clone(roles)
 	if len(owned) > 0 {
 		parts = append(parts, "owner of "+strings.Join(owned, ","))
+	}
+	if dbg := d.debugs(p); len(dbg) > 0 {
+		parts = append(parts, "debugger of "+strings.Join(dbg, ","))
 	}
 	return "its roles are " + strings.Join(parts, "; ")
 }

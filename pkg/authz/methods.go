@@ -18,6 +18,8 @@ const (
 	AgentDrain   Action = "agent.drain"
 	AuditRead    Action = "audit.read"
 	AgentConnect Action = "agent.connect"
+	// TaskDebug runs commands inside a job's tasks (titus-scheduler task exec).
+	TaskDebug Action = "task.debug"
 )
 
 // Rule is how one RPC is authorized and audited.
@@ -45,6 +47,8 @@ var Methods = map[string]Rule{
 	schedv1.Scheduler_UndrainAgent_FullMethodName: {AgentDrain, true},
 	schedv1.Scheduler_Connect_FullMethodName:      {AgentConnect, false},
 	schedv1.Scheduler_ListAudit_FullMethodName:    {AuditRead, false},
+	// Audited by its handler, once the session ends, with its command and exit code.
+	schedv1.Scheduler_ExecTask_FullMethodName: {TaskDebug, false},
 }
 
 // Role names, as the audit trail and errors show them.
@@ -57,18 +61,18 @@ const (
 
 // global lists what each global role grants on every application.
 var global = map[string][]Action{
-	RoleAdmin:    {JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill, AgentRead, AgentDrain, AuditRead},
-	RoleOperator: {JobRead, TaskRead, AgentRead, AgentDrain, AuditRead},
+	RoleAdmin:    {JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill, TaskDebug, AgentRead, AgentDrain, AuditRead},
+	RoleOperator: {JobRead, TaskRead, TaskDebug, AgentRead, AgentDrain, AuditRead},
 	RoleReader:   {JobRead, TaskRead, AgentRead},
 }
 
 // ownerActions are what an application's owners may do on it.
-var ownerActions = []Action{JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill}
+var ownerActions = []Action{JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill, TaskDebug}
 
 // appScoped actions name an application; the others are fleet-wide.
 func appScoped(a Action) bool {
 	switch a {
-	case JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill:
+	case JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill, TaskDebug:
 		return true
 	}
 	return false

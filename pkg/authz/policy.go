@@ -23,6 +23,9 @@ type Application struct {
 	// Owners submit, read, scale and kill the application's jobs and read
 	// their environment.
 	Owners Subjects `json:"owners"`
+	// Debuggers may run commands inside the application's tasks
+	// (task.debug: titus-scheduler task exec) and read them, nothing else.
+	Debuggers Subjects `json:"debuggers,omitempty"`
 	// IAMRoles are the role ARNs its jobs may name; a pattern ending in "*"
 	// matches every ARN with that prefix. Empty: no role at all.
 	IAMRoles []string `json:"iamRoles,omitempty"`
@@ -33,7 +36,7 @@ type Policy struct {
 	// Admins may do everything, including jobs with titus.isolation/* labels.
 	Admins Subjects `json:"admins"`
 	// Operators read everything (environment redacted), drain and undrain
-	// hosts, and read the audit trail.
+	// hosts, exec into tasks to debug them, and read the audit trail.
 	Operators Subjects `json:"operators"`
 	// Readers read jobs, tasks and agents, environment redacted.
 	Readers Subjects `json:"readers"`

@@ -89,6 +89,8 @@ type Config struct {
 	// Reconnect backoff bounds (defaults 200ms and 15s).
 	MinBackoff, MaxBackoff time.Duration
 	Log                    *slog.Logger
+	// Exec runs exec sessions the scheduler relays; nil refuses them.
+	Exec ExecFunc
 }
 
 // MaxMessageSize is the largest scheduler message the agent accepts: the
@@ -224,7 +226,8 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 	errc := make(chan error, 3)
 	go func() { errc <- heartbeat(sctx, cfg, tasks, interval, send) }()
 	go func() { errc <- forward(sctx, events, send) }()
-	go func() { errc <- receive(ctx, stream, tasks, send) }()
+	relay := newExecRelay(sctx, cfg.Exec, send)
+	go func() { errc <- receive(ctx, stream, tasks, send, relay) }()
 	return true, <-errc
 }
 
@@ -322,7 +325,7 @@ func eventStatus(ev task.Event) *schedv1.TaskStatus {
 
 // receive applies launches and kills. They run under the agent's context,
 // not the session's: a dropped stream must not cancel a launch.
-func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks Tasks, send func(*schedv1.AgentMessage) error) error {
+func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks Tasks, send func(*schedv1.AgentMessage) error, relay *execRelay) error {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
@@ -342,6 +345,8 @@ func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks 
 					}
 				}()
 			}
+		case *schedv1.SchedulerMessage_Exec:
+			relay.handle(msg.Exec)
 		case *schedv1.SchedulerMessage_Kill:
 			for _, id := range msg.Kill.GetTaskIds() {
 				go func() {

@@ -2887,7 +2887,12 @@ type AuditRecord struct {
 	Code    string `protobuf:"bytes,10,opt,name=code,proto3" json:"code,omitempty"`
 	Message string `protobuf:"bytes,11,opt,name=message,proto3" json:"message,omitempty"`
 	// The caller's network address.
-	Peer          string `protobuf:"bytes,12,opt,name=peer,proto3" json:"peer,omitempty"`
+	Peer string `protobuf:"bytes,12,opt,name=peer,proto3" json:"peer,omitempty"`
+	// An exec session's command and exit code (-1: none, it was ended), and
+	// when it ended (time is when it began).
+	Command       []string               `protobuf:"bytes,13,rep,name=command,proto3" json:"command,omitempty"`
+	ExitCode      *int32                 `protobuf:"varint,14,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
+	Ended         *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=ended,proto3" json:"ended,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3004,6 +3009,27 @@ func (x *AuditRecord) GetPeer() string {
 		return x.Peer
 	}
 	return ""
+}
+
+func (x *AuditRecord) GetCommand() []string {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *AuditRecord) GetExitCode() int32 {
+	if x != nil && x.ExitCode != nil {
+		return *x.ExitCode
+	}
+	return 0
+}
+
+func (x *AuditRecord) GetEnded() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Ended
+	}
+	return nil
 }
 
 type ListAuditRequest struct {
@@ -3432,6 +3458,7 @@ type AgentMessage struct {
 	//	*AgentMessage_Register
 	//	*AgentMessage_Heartbeat
 	//	*AgentMessage_Updates
+	//	*AgentMessage_ExecOutput
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3501,6 +3528,15 @@ func (x *AgentMessage) GetUpdates() *TaskUpdates {
 	return nil
 }
 
+func (x *AgentMessage) GetExecOutput() *ExecRelayOutput {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_ExecOutput); ok {
+			return x.ExecOutput
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Msg interface {
 	isAgentMessage_Msg()
 }
@@ -3517,11 +3553,149 @@ type AgentMessage_Updates struct {
 	Updates *TaskUpdates `protobuf:"bytes,3,opt,name=updates,proto3,oneof"`
 }
 
+type AgentMessage_ExecOutput struct {
+	ExecOutput *ExecRelayOutput `protobuf:"bytes,4,opt,name=exec_output,json=execOutput,proto3,oneof"`
+}
+
 func (*AgentMessage_Register) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Heartbeat) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Updates) isAgentMessage_Msg() {}
+
+func (*AgentMessage_ExecOutput) isAgentMessage_Msg() {}
+
+// ExecRelayInput is one message of a relayed exec session, scheduler to
+// agent. cancel ends the session (the caller went away).
+type ExecRelayInput struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Session       string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	Input         *v1.ExecInput          `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
+	Cancel        bool                   `protobuf:"varint,3,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecRelayInput) Reset() {
+	*x = ExecRelayInput{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecRelayInput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecRelayInput) ProtoMessage() {}
+
+func (x *ExecRelayInput) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecRelayInput.ProtoReflect.Descriptor instead.
+func (*ExecRelayInput) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *ExecRelayInput) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *ExecRelayInput) GetInput() *v1.ExecInput {
+	if x != nil {
+		return x.Input
+	}
+	return nil
+}
+
+func (x *ExecRelayInput) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+// ExecRelayOutput is one message of a relayed exec session, agent to
+// scheduler; a session that failed carries the gRPC code and message.
+type ExecRelayOutput struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Session       string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	Output        *v1.ExecOutput         `protobuf:"bytes,2,opt,name=output,proto3" json:"output,omitempty"`
+	ErrorCode     uint32                 `protobuf:"varint,3,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Error         string                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecRelayOutput) Reset() {
+	*x = ExecRelayOutput{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecRelayOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecRelayOutput) ProtoMessage() {}
+
+func (x *ExecRelayOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecRelayOutput.ProtoReflect.Descriptor instead.
+func (*ExecRelayOutput) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ExecRelayOutput) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *ExecRelayOutput) GetOutput() *v1.ExecOutput {
+	if x != nil {
+		return x.Output
+	}
+	return nil
+}
+
+func (x *ExecRelayOutput) GetErrorCode() uint32 {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return 0
+}
+
+func (x *ExecRelayOutput) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
 
 type Registered struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
@@ -3533,7 +3707,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3545,7 +3719,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3558,7 +3732,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Registered) GetAgentId() string {
@@ -3584,7 +3758,7 @@ type Launch struct {
 
 func (x *Launch) Reset() {
 	*x = Launch{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3596,7 +3770,7 @@ func (x *Launch) String() string {
 func (*Launch) ProtoMessage() {}
 
 func (x *Launch) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3609,7 +3783,7 @@ func (x *Launch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Launch.ProtoReflect.Descriptor instead.
 func (*Launch) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Launch) GetTasks() []*v1.TaskSpec {
@@ -3634,7 +3808,7 @@ type Kill struct {
 
 func (x *Kill) Reset() {
 	*x = Kill{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3646,7 +3820,7 @@ func (x *Kill) String() string {
 func (*Kill) ProtoMessage() {}
 
 func (x *Kill) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3659,7 +3833,7 @@ func (x *Kill) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kill.ProtoReflect.Descriptor instead.
 func (*Kill) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Kill) GetTaskIds() []string {
@@ -3690,6 +3864,7 @@ type SchedulerMessage struct {
 	//	*SchedulerMessage_Registered
 	//	*SchedulerMessage_Launch
 	//	*SchedulerMessage_Kill
+	//	*SchedulerMessage_Exec
 	Msg           isSchedulerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3697,7 +3872,7 @@ type SchedulerMessage struct {
 
 func (x *SchedulerMessage) Reset() {
 	*x = SchedulerMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3709,7 +3884,7 @@ func (x *SchedulerMessage) String() string {
 func (*SchedulerMessage) ProtoMessage() {}
 
 func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3722,7 +3897,7 @@ func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerMessage.ProtoReflect.Descriptor instead.
 func (*SchedulerMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SchedulerMessage) GetMsg() isSchedulerMessage_Msg {
@@ -3759,6 +3934,15 @@ func (x *SchedulerMessage) GetKill() *Kill {
 	return nil
 }
 
+func (x *SchedulerMessage) GetExec() *ExecRelayInput {
+	if x != nil {
+		if x, ok := x.Msg.(*SchedulerMessage_Exec); ok {
+			return x.Exec
+		}
+	}
+	return nil
+}
+
 type isSchedulerMessage_Msg interface {
 	isSchedulerMessage_Msg()
 }
@@ -3775,11 +3959,17 @@ type SchedulerMessage_Kill struct {
 	Kill *Kill `protobuf:"bytes,3,opt,name=kill,proto3,oneof"`
 }
 
+type SchedulerMessage_Exec struct {
+	Exec *ExecRelayInput `protobuf:"bytes,4,opt,name=exec,proto3,oneof"`
+}
+
 func (*SchedulerMessage_Registered) isSchedulerMessage_Msg() {}
 
 func (*SchedulerMessage_Launch) isSchedulerMessage_Msg() {}
 
 func (*SchedulerMessage_Kill) isSchedulerMessage_Msg() {}
+
+func (*SchedulerMessage_Exec) isSchedulerMessage_Msg() {}
 
 var File_scheduler_v1_scheduler_proto protoreflect.FileDescriptor
 
@@ -4022,7 +4212,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
 	"\x12ListAgentsResponse\x121\n" +
 	"\x06agents\x18\x01 \x03(\v2\x19.titus.scheduler.v1.AgentR\x06agents\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xca\x02\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xc6\x03\n" +
 	"\vAuditRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n" +
@@ -4036,7 +4226,12 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x04code\x18\n" +
 	" \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\v \x01(\tR\amessage\x12\x12\n" +
-	"\x04peer\x18\f \x01(\tR\x04peer\"\x83\x01\n" +
+	"\x04peer\x18\f \x01(\tR\x04peer\x12\x18\n" +
+	"\acommand\x18\r \x03(\tR\acommand\x12 \n" +
+	"\texit_code\x18\x0e \x01(\x05H\x00R\bexitCode\x88\x01\x01\x120\n" +
+	"\x05ended\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x05endedB\f\n" +
+	"\n" +
+	"_exit_code\"\x83\x01\n" +
 	"\x10ListAuditRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1c\n" +
 	"\tprincipal\x18\x02 \x01(\tR\tprincipal\x12\x1b\n" +
@@ -4075,12 +4270,24 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05tasks\x18\x03 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\x12:\n" +
 	"\anetwork\x18\x04 \x01(\v2 .titus.scheduler.v1.NetworkUsageR\anetwork\"C\n" +
 	"\vTaskUpdates\x124\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\"\xcd\x01\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\"\x95\x02\n" +
 	"\fAgentMessage\x12:\n" +
 	"\bregister\x18\x01 \x01(\v2\x1c.titus.scheduler.v1.RegisterH\x00R\bregister\x12=\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x1d.titus.scheduler.v1.HeartbeatH\x00R\theartbeat\x12;\n" +
-	"\aupdates\x18\x03 \x01(\v2\x1f.titus.scheduler.v1.TaskUpdatesH\x00R\aupdatesB\x05\n" +
-	"\x03msg\"[\n" +
+	"\aupdates\x18\x03 \x01(\v2\x1f.titus.scheduler.v1.TaskUpdatesH\x00R\aupdates\x12F\n" +
+	"\vexec_output\x18\x04 \x01(\v2#.titus.scheduler.v1.ExecRelayOutputH\x00R\n" +
+	"execOutputB\x05\n" +
+	"\x03msg\"s\n" +
+	"\x0eExecRelayInput\x12\x18\n" +
+	"\asession\x18\x01 \x01(\tR\asession\x12/\n" +
+	"\x05input\x18\x02 \x01(\v2\x19.titus.agent.v1.ExecInputR\x05input\x12\x16\n" +
+	"\x06cancel\x18\x03 \x01(\bR\x06cancel\"\x94\x01\n" +
+	"\x0fExecRelayOutput\x12\x18\n" +
+	"\asession\x18\x01 \x01(\tR\asession\x122\n" +
+	"\x06output\x18\x02 \x01(\v2\x1a.titus.agent.v1.ExecOutputR\x06output\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x03 \x01(\rR\terrorCode\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"[\n" +
 	"\n" +
 	"Registered\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x122\n" +
@@ -4090,13 +4297,14 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x04Kill\x12\x19\n" +
 	"\btask_ids\x18\x01 \x03(\tR\ataskIds\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xc1\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xfb\x01\n" +
 	"\x10SchedulerMessage\x12@\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2\x1e.titus.scheduler.v1.RegisteredH\x00R\n" +
 	"registered\x124\n" +
 	"\x06launch\x18\x02 \x01(\v2\x1a.titus.scheduler.v1.LaunchH\x00R\x06launch\x12.\n" +
-	"\x04kill\x18\x03 \x01(\v2\x18.titus.scheduler.v1.KillH\x00R\x04killB\x05\n" +
+	"\x04kill\x18\x03 \x01(\v2\x18.titus.scheduler.v1.KillH\x00R\x04kill\x128\n" +
+	"\x04exec\x18\x04 \x01(\v2\".titus.scheduler.v1.ExecRelayInputH\x00R\x04execB\x05\n" +
 	"\x03msg*p\n" +
 	"\vZoneBalance\x12\x1c\n" +
 	"\x18ZONE_BALANCE_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -4108,7 +4316,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x12JOB_STATE_ACCEPTED\x10\x01\x12\x16\n" +
 	"\x12JOB_STATE_FINISHED\x10\x02\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x03\x12\x14\n" +
-	"\x10JOB_STATE_KILLED\x10\x042\xe6\t\n" +
+	"\x10JOB_STATE_KILLED\x10\x042\xad\n" +
+	"\n" +
 	"\tScheduler\x12X\n" +
 	"\tSubmitJob\x12$.titus.scheduler.v1.SubmitJobRequest\x1a%.titus.scheduler.v1.SubmitJobResponse\x12D\n" +
 	"\x06GetJob\x12!.titus.scheduler.v1.GetJobRequest\x1a\x17.titus.scheduler.v1.Job\x12U\n" +
@@ -4127,7 +4336,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"DrainAgent\x12%.titus.scheduler.v1.DrainAgentRequest\x1a&.titus.scheduler.v1.ListAgentsResponse\x12]\n" +
 	"\fUndrainAgent\x12%.titus.scheduler.v1.DrainAgentRequest\x1a&.titus.scheduler.v1.ListAgentsResponse\x12U\n" +
 	"\aConnect\x12 .titus.scheduler.v1.AgentMessage\x1a$.titus.scheduler.v1.SchedulerMessage(\x010\x01\x12X\n" +
-	"\tListAudit\x12$.titus.scheduler.v1.ListAuditRequest\x1a%.titus.scheduler.v1.ListAuditResponseBAZ?github.com/titus-agent/titus-agent/api/scheduler/v1;schedulerv1b\x06proto3"
+	"\tListAudit\x12$.titus.scheduler.v1.ListAuditRequest\x1a%.titus.scheduler.v1.ListAuditResponse\x12E\n" +
+	"\bExecTask\x12\x19.titus.agent.v1.ExecInput\x1a\x1a.titus.agent.v1.ExecOutput(\x010\x01BAZ?github.com/titus-agent/titus-agent/api/scheduler/v1;schedulerv1b\x06proto3"
 
 var (
 	file_scheduler_v1_scheduler_proto_rawDescOnce sync.Once
@@ -4142,7 +4352,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(ZoneBalance)(0),              // 0: titus.scheduler.v1.ZoneBalance
 	(JobState)(0),                 // 1: titus.scheduler.v1.JobState
@@ -4191,18 +4401,22 @@ var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*Heartbeat)(nil),             // 44: titus.scheduler.v1.Heartbeat
 	(*TaskUpdates)(nil),           // 45: titus.scheduler.v1.TaskUpdates
 	(*AgentMessage)(nil),          // 46: titus.scheduler.v1.AgentMessage
-	(*Registered)(nil),            // 47: titus.scheduler.v1.Registered
-	(*Launch)(nil),                // 48: titus.scheduler.v1.Launch
-	(*Kill)(nil),                  // 49: titus.scheduler.v1.Kill
-	(*SchedulerMessage)(nil),      // 50: titus.scheduler.v1.SchedulerMessage
-	nil,                           // 51: titus.scheduler.v1.JobSpec.LabelsEntry
-	nil,                           // 52: titus.scheduler.v1.Agent.LabelsEntry
-	nil,                           // 53: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	nil,                           // 54: titus.scheduler.v1.Register.LabelsEntry
-	(*v1.TaskSpec)(nil),           // 55: titus.agent.v1.TaskSpec
-	(*timestamppb.Timestamp)(nil), // 56: google.protobuf.Timestamp
-	(v1.TaskState)(0),             // 57: titus.agent.v1.TaskState
-	(*v1.TaskHealth)(nil),         // 58: titus.agent.v1.TaskHealth
+	(*ExecRelayInput)(nil),        // 47: titus.scheduler.v1.ExecRelayInput
+	(*ExecRelayOutput)(nil),       // 48: titus.scheduler.v1.ExecRelayOutput
+	(*Registered)(nil),            // 49: titus.scheduler.v1.Registered
+	(*Launch)(nil),                // 50: titus.scheduler.v1.Launch
+	(*Kill)(nil),                  // 51: titus.scheduler.v1.Kill
+	(*SchedulerMessage)(nil),      // 52: titus.scheduler.v1.SchedulerMessage
+	nil,                           // 53: titus.scheduler.v1.JobSpec.LabelsEntry
+	nil,                           // 54: titus.scheduler.v1.Agent.LabelsEntry
+	nil,                           // 55: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	nil,                           // 56: titus.scheduler.v1.Register.LabelsEntry
+	(*v1.TaskSpec)(nil),           // 57: titus.agent.v1.TaskSpec
+	(*timestamppb.Timestamp)(nil), // 58: google.protobuf.Timestamp
+	(v1.TaskState)(0),             // 59: titus.agent.v1.TaskState
+	(*v1.TaskHealth)(nil),         // 60: titus.agent.v1.TaskHealth
+	(*v1.ExecInput)(nil),          // 61: titus.agent.v1.ExecInput
+	(*v1.ExecOutput)(nil),         // 62: titus.agent.v1.ExecOutput
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	2,  // 0: titus.scheduler.v1.RetryPolicy.kind:type_name -> titus.scheduler.v1.RetryPolicy.Kind
@@ -4212,96 +4426,103 @@ var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	9,  // 4: titus.scheduler.v1.ServiceJob.update:type_name -> titus.scheduler.v1.UpdateStrategy
 	6,  // 5: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
 	7,  // 6: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
-	55, // 7: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
-	51, // 8: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
+	57, // 7: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
+	53, // 8: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
 	11, // 9: titus.scheduler.v1.JobSpec.placement:type_name -> titus.scheduler.v1.Placement
 	12, // 10: titus.scheduler.v1.Placement.preferences:type_name -> titus.scheduler.v1.Preference
 	0,  // 11: titus.scheduler.v1.Placement.zone_balance:type_name -> titus.scheduler.v1.ZoneBalance
 	10, // 12: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
 	1,  // 13: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
-	56, // 14: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
-	56, // 15: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
+	58, // 14: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
+	58, // 15: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
 	13, // 16: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
 	15, // 17: titus.scheduler.v1.Job.rollout:type_name -> titus.scheduler.v1.Rollout
 	3,  // 18: titus.scheduler.v1.Rollout.state:type_name -> titus.scheduler.v1.Rollout.State
-	56, // 19: titus.scheduler.v1.Rollout.started:type_name -> google.protobuf.Timestamp
-	56, // 20: titus.scheduler.v1.Rollout.ended:type_name -> google.protobuf.Timestamp
-	55, // 21: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
+	58, // 19: titus.scheduler.v1.Rollout.started:type_name -> google.protobuf.Timestamp
+	58, // 20: titus.scheduler.v1.Rollout.ended:type_name -> google.protobuf.Timestamp
+	57, // 21: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
 	10, // 22: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
 	14, // 23: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
 	10, // 24: titus.scheduler.v1.UpdateJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
 	4,  // 25: titus.scheduler.v1.RolloutJobRequest.action:type_name -> titus.scheduler.v1.RolloutJobRequest.Action
-	57, // 26: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
-	56, // 27: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
-	56, // 28: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
-	56, // 29: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
-	58, // 30: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
+	59, // 26: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
+	58, // 27: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
+	58, // 28: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
+	58, // 29: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
+	60, // 30: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
 	25, // 31: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
 	31, // 32: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
 	33, // 33: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
 	30, // 34: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
 	30, // 35: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
-	52, // 36: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
-	56, // 37: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
+	54, // 36: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
+	58, // 37: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
 	32, // 38: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
 	34, // 39: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
-	53, // 40: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	55, // 40: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
 	35, // 41: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
-	56, // 42: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	39, // 43: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
-	57, // 44: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
-	58, // 45: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
-	30, // 46: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
-	54, // 47: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
-	42, // 48: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	32, // 49: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	34, // 50: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
-	30, // 51: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
-	42, // 52: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	34, // 53: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
-	42, // 54: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	43, // 55: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
-	44, // 56: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
-	45, // 57: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
-	55, // 58: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
-	47, // 59: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
-	48, // 60: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
-	49, // 61: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
-	16, // 62: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
-	18, // 63: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
-	19, // 64: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
-	21, // 65: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
-	24, // 66: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
-	22, // 67: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
-	23, // 68: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
-	26, // 69: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
-	28, // 70: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
-	29, // 71: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
-	36, // 72: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
-	37, // 73: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	37, // 74: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	46, // 75: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
-	40, // 76: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
-	17, // 77: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
-	14, // 78: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
-	20, // 79: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
-	14, // 80: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
-	14, // 81: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
-	14, // 82: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
-	14, // 83: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
-	27, // 84: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
-	25, // 85: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
-	25, // 86: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
-	38, // 87: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
-	38, // 88: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	38, // 89: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	50, // 90: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
-	41, // 91: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
-	77, // [77:92] is the sub-list for method output_type
-	62, // [62:77] is the sub-list for method input_type
-	62, // [62:62] is the sub-list for extension type_name
-	62, // [62:62] is the sub-list for extension extendee
-	0,  // [0:62] is the sub-list for field type_name
+	58, // 42: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	58, // 43: titus.scheduler.v1.AuditRecord.ended:type_name -> google.protobuf.Timestamp
+	39, // 44: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
+	59, // 45: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
+	60, // 46: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
+	30, // 47: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
+	56, // 48: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
+	42, // 49: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	32, // 50: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	34, // 51: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
+	30, // 52: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
+	42, // 53: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	34, // 54: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
+	42, // 55: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	43, // 56: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
+	44, // 57: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
+	45, // 58: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
+	48, // 59: titus.scheduler.v1.AgentMessage.exec_output:type_name -> titus.scheduler.v1.ExecRelayOutput
+	61, // 60: titus.scheduler.v1.ExecRelayInput.input:type_name -> titus.agent.v1.ExecInput
+	62, // 61: titus.scheduler.v1.ExecRelayOutput.output:type_name -> titus.agent.v1.ExecOutput
+	57, // 62: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
+	49, // 63: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
+	50, // 64: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
+	51, // 65: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
+	47, // 66: titus.scheduler.v1.SchedulerMessage.exec:type_name -> titus.scheduler.v1.ExecRelayInput
+	16, // 67: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
+	18, // 68: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
+	19, // 69: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
+	21, // 70: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
+	24, // 71: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
+	22, // 72: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
+	23, // 73: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
+	26, // 74: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
+	28, // 75: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
+	29, // 76: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
+	36, // 77: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
+	37, // 78: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	37, // 79: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	46, // 80: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
+	40, // 81: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
+	61, // 82: titus.scheduler.v1.Scheduler.ExecTask:input_type -> titus.agent.v1.ExecInput
+	17, // 83: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
+	14, // 84: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
+	20, // 85: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
+	14, // 86: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
+	14, // 87: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
+	14, // 88: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
+	14, // 89: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
+	27, // 90: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
+	25, // 91: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
+	25, // 92: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
+	38, // 93: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
+	38, // 94: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	38, // 95: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	52, // 96: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
+	41, // 97: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
+	62, // 98: titus.scheduler.v1.Scheduler.ExecTask:output_type -> titus.agent.v1.ExecOutput
+	83, // [83:99] is the sub-list for method output_type
+	67, // [67:83] is the sub-list for method input_type
+	67, // [67:67] is the sub-list for extension type_name
+	67, // [67:67] is the sub-list for extension extendee
+	0,  // [0:67] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -4313,15 +4534,18 @@ func file_scheduler_v1_scheduler_proto_init() {
 		(*JobSpec_Batch)(nil),
 		(*JobSpec_Service)(nil),
 	}
+	file_scheduler_v1_scheduler_proto_msgTypes[34].OneofWrappers = []any{}
 	file_scheduler_v1_scheduler_proto_msgTypes[41].OneofWrappers = []any{
 		(*AgentMessage_Register)(nil),
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Updates)(nil),
+		(*AgentMessage_ExecOutput)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[45].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[47].OneofWrappers = []any{
 		(*SchedulerMessage_Registered)(nil),
 		(*SchedulerMessage_Launch)(nil),
 		(*SchedulerMessage_Kill)(nil),
+		(*SchedulerMessage_Exec)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4329,7 +4553,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   50,
+			NumMessages:   52,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -11,6 +11,7 @@ package schedulerv1
 
 import (
 	context "context"
+	v1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -37,6 +38,7 @@ const (
 	Scheduler_UndrainAgent_FullMethodName = "/titus.scheduler.v1.Scheduler/UndrainAgent"
 	Scheduler_Connect_FullMethodName      = "/titus.scheduler.v1.Scheduler/Connect"
 	Scheduler_ListAudit_FullMethodName    = "/titus.scheduler.v1.Scheduler/ListAudit"
+	Scheduler_ExecTask_FullMethodName     = "/titus.scheduler.v1.Scheduler/ExecTask"
 )
 
 // SchedulerClient is the client API for Scheduler service.
@@ -71,6 +73,11 @@ type SchedulerClient interface {
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentMessage, SchedulerMessage], error)
 	// ListAudit reads the audit trail of mutating calls, oldest first.
 	ListAudit(ctx context.Context, in *ListAuditRequest, opts ...grpc.CallOption) (*ListAuditResponse, error)
+	// ExecTask relays an exec session (titus-scheduler task exec [-it]) to
+	// the agent running the task, over that agent's own stream: the first
+	// message is an ExecStart naming the task. Allowed to principals with
+	// task.debug on the job's application; every session is audited.
+	ExecTask(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[v1.ExecInput, v1.ExecOutput], error)
 }
 
 type schedulerClient struct {
@@ -234,6 +241,19 @@ func (c *schedulerClient) ListAudit(ctx context.Context, in *ListAuditRequest, o
 	return out, nil
 }
 
+func (c *schedulerClient) ExecTask(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[v1.ExecInput, v1.ExecOutput], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Scheduler_ServiceDesc.Streams[1], Scheduler_ExecTask_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[v1.ExecInput, v1.ExecOutput]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Scheduler_ExecTaskClient = grpc.BidiStreamingClient[v1.ExecInput, v1.ExecOutput]
+
 // SchedulerServer is the server API for Scheduler service.
 // All implementations must embed UnimplementedSchedulerServer
 // for forward compatibility.
@@ -266,6 +286,11 @@ type SchedulerServer interface {
 	Connect(grpc.BidiStreamingServer[AgentMessage, SchedulerMessage]) error
 	// ListAudit reads the audit trail of mutating calls, oldest first.
 	ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error)
+	// ExecTask relays an exec session (titus-scheduler task exec [-it]) to
+	// the agent running the task, over that agent's own stream: the first
+	// message is an ExecStart naming the task. Allowed to principals with
+	// task.debug on the job's application; every session is audited.
+	ExecTask(grpc.BidiStreamingServer[v1.ExecInput, v1.ExecOutput]) error
 	mustEmbedUnimplementedSchedulerServer()
 }
 
@@ -320,6 +345,9 @@ func (UnimplementedSchedulerServer) Connect(grpc.BidiStreamingServer[AgentMessag
 }
 func (UnimplementedSchedulerServer) ListAudit(context.Context, *ListAuditRequest) (*ListAuditResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAudit not implemented")
+}
+func (UnimplementedSchedulerServer) ExecTask(grpc.BidiStreamingServer[v1.ExecInput, v1.ExecOutput]) error {
+	return status.Error(codes.Unimplemented, "method ExecTask not implemented")
 }
 func (UnimplementedSchedulerServer) mustEmbedUnimplementedSchedulerServer() {}
 func (UnimplementedSchedulerServer) testEmbeddedByValue()                   {}
@@ -601,6 +629,13 @@ func _Scheduler_ListAudit_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Scheduler_ExecTask_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SchedulerServer).ExecTask(&grpc.GenericServerStream[v1.ExecInput, v1.ExecOutput]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Scheduler_ExecTaskServer = grpc.BidiStreamingServer[v1.ExecInput, v1.ExecOutput]
+
 // Scheduler_ServiceDesc is the grpc.ServiceDesc for Scheduler service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -669,6 +704,12 @@ var Scheduler_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Connect",
 			Handler:       _Scheduler_Connect_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "ExecTask",
+			Handler:       _Scheduler_ExecTask_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -56,6 +56,7 @@ type Server struct {
 	authz  Authorizer
 	trail  AuditTrail
 	log    *slog.Logger
+	relay  execRelay
 }
 
 // SetLog sets where the server logs (default slog.Default()).
@@ -408,7 +409,11 @@ func (s *Server) ListAudit(ctx context.Context, req *schedv1.ListAuditRequest) (
 	out := &schedv1.ListAuditResponse{NextPageToken: next, Records: make([]*schedv1.AuditRecord, len(recs))}
 	for i, r := range recs {
 		out.Records[i] = &schedv1.AuditRecord{Id: r.ID, Time: timestamppb.New(r.Time), Principal: r.Principal, Method: r.Method, Action: r.Action,
-			Application: r.Application, JobId: r.JobID, TaskId: r.TaskID, AgentId: r.AgentID, Code: r.Code, Message: r.Message, Peer: r.Peer}
+			Application: r.Application, JobId: r.JobID, TaskId: r.TaskID, AgentId: r.AgentID, Code: r.Code, Message: r.Message, Peer: r.Peer,
+			Command: r.Command, ExitCode: r.ExitCode}
+		if !r.Ended.IsZero() {
+			out.Records[i].Ended = timestamppb.New(r.Ended)
+		}
 	}
 	return out, nil
 }
@@ -503,6 +508,8 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 		return apierr.ToGRPC(err)
 	}
 	defer s.core.Disconnect(sess)
+	ra := s.relay.attach(r.InstanceID)
+	defer s.relay.detach(r.InstanceID, ra)
 
 	recvErr := make(chan error, 1)
 	go func() {
@@ -520,6 +527,8 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 				s.core.ReportNetwork(sess, wire.NetworkUsageFromProto(msg.Heartbeat.GetNetwork()), tasks)
 			case *schedv1.AgentMessage_Updates:
 				s.core.Updates(sess, wire.TaskStatusesFromProto(msg.Updates.GetTasks()))
+			case *schedv1.AgentMessage_ExecOutput:
+				ra.deliver(msg.ExecOutput)
 			}
 		}
 	}()
@@ -530,6 +539,10 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 				if err := stream.Send(out); err != nil {
 					return err
 				}
+			}
+		case m := <-ra.out:
+			if err := stream.Send(m); err != nil {
+				return err
 			}
 		case err := <-recvErr:
 			return err

@@ -1,0 +1,114 @@
+package schedlink
+
+import (
+	"context"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/apierr"
+)
+
+// ExecFunc runs one exec session relayed by the scheduler (the agent's
+// ExecSessions, bounded like a local one): recv gives the caller's input
+// after the start, send takes the command's output; it returns the exit code.
+type ExecFunc func(ctx context.Context, start *agentv1.ExecStart, who string,
+	recv func() (*agentv1.ExecInput, error), send func(*agentv1.ExecOutput) error) (int, error)
+
+// relayInputBuffer bounds a relayed session's unread input: a session
+// whose command does not read it fast enough is ended, never the stream.
+const relayInputBuffer = 256
+
+// execRelay holds the relayed sessions of one stream.
+type execRelay struct {
+	run  ExecFunc
+	send func(*schedv1.AgentMessage) error
+	ctx  context.Context // the stream's: its end ends every session
+
+	mu       sync.Mutex
+	sessions map[string]*relayed
+}
+
+type relayed struct {
+	in     chan *agentv1.ExecInput
+	cancel context.CancelFunc
+}
+
+func newExecRelay(ctx context.Context, run ExecFunc, send func(*schedv1.AgentMessage) error) *execRelay {
+	return &execRelay{run: run, send: send, ctx: ctx, sessions: map[string]*relayed{}}
+}
+
+func (r *execRelay) output(session string, o *agentv1.ExecOutput, err error) error {
+	m := &schedv1.ExecRelayOutput{Session: session, Output: o}
+	if err != nil {
+		st := status.Convert(apierr.ToGRPC(err))
+		m.ErrorCode, m.Error = uint32(st.Code()), st.Message()
+	}
+	return r.send(&schedv1.AgentMessage{Msg: &schedv1.AgentMessage_ExecOutput{ExecOutput: m}})
+}
+
+// handle takes one relayed message; it never blocks the stream.
+func (r *execRelay) handle(m *schedv1.ExecRelayInput) {
+	id := m.GetSession()
+	r.mu.Lock()
+	s := r.sessions[id]
+	if m.GetCancel() {
+		if s != nil {
+			s.cancel()
+		}
+		r.mu.Unlock()
+		return
+	}
+	if start := m.GetInput().GetStart(); start != nil {
+		if s != nil || r.run == nil {
+			r.mu.Unlock()
+			if r.run == nil {
+				_ = r.output(id, nil, status.Error(codes.Unimplemented, "this agent does not run relayed exec sessions"))
+			}
+			return
+		}
+		ctx, cancel := context.WithCancel(r.ctx)
+		s = &relayed{in: make(chan *agentv1.ExecInput, relayInputBuffer), cancel: cancel}
+		r.sessions[id] = s
+		r.mu.Unlock()
+		go r.serve(ctx, id, s, start)
+		return
+	}
+	r.mu.Unlock()
+	if s == nil {
+		return // ended meanwhile
+	}
+	select {
+	case s.in <- m.GetInput():
+	default:
+		s.cancel() // the caller sends faster than the command reads
+	}
+}
+
+func (r *execRelay) serve(ctx context.Context, id string, s *relayed, start *agentv1.ExecStart) {
+	defer func() {
+		s.cancel()
+		r.mu.Lock()
+		delete(r.sessions, id)
+		r.mu.Unlock()
+	}()
+	recv := func() (*agentv1.ExecInput, error) {
+		select {
+		case in := <-s.in:
+			return in, nil
+		case <-ctx.Done():
+			return nil, status.Error(codes.Canceled, "exec session: the caller went away")
+		}
+	}
+	send := func(o *agentv1.ExecOutput) error { return r.output(id, o, nil) }
+	code, err := r.run(ctx, start, start.GetPrincipal(), recv, send)
+	if err != nil {
+		_ = r.output(id, nil, err)
+		return
+	}
+	_ = r.output(id, &agentv1.ExecOutput{Exited: true, ExitCode: int32(code)}, nil)
+}
+

@@ -1,0 +1,282 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/apierr"
+	"github.com/titus-agent/titus-agent/pkg/audit"
+	"github.com/titus-agent/titus-agent/pkg/authz"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// AuditRecorder stores audit records (an *audit.Log).
+type AuditRecorder interface {
+	Record(ctx context.Context, r audit.Record) error
+}
+
+// Relay bounds: a session's output waiting for a slow caller, and the
+// relay messages waiting for an agent's stream. A full buffer ends the
+// session, never the agent's stream.
+const (
+	relayOutputBuffer = 256
+	relayAgentBuffer  = 1024
+)
+
+// execRelay routes exec sessions over the agents' streams.
+type execRelay struct {
+	mu     sync.Mutex
+	agents map[string]*relayAgent // by instance id
+}
+
+// relayAgent is one connected agent's end of the relay.
+type relayAgent struct {
+	out  chan *schedv1.SchedulerMessage
+	done chan struct{}
+
+	mu       sync.Mutex
+	sessions map[string]chan *schedv1.ExecRelayOutput
+}
+
+// attach makes the relay end of an agent's new stream.
+func (r *execRelay) attach(agent string) *relayAgent {
+	ra := &relayAgent{out: make(chan *schedv1.SchedulerMessage, relayAgentBuffer), done: make(chan struct{}), sessions: map[string]chan *schedv1.ExecRelayOutput{}}
+	r.mu.Lock()
+	if r.agents == nil {
+		r.agents = map[string]*relayAgent{}
+	}
+	r.agents[agent] = ra
+	r.mu.Unlock()
+	return ra
+}
+
+// detach ends the agent's sessions when its stream ends.
+func (r *execRelay) detach(agent string, ra *relayAgent) {
+	r.mu.Lock()
+	if r.agents[agent] == ra {
+		delete(r.agents, agent)
+	}
+	r.mu.Unlock()
+	close(ra.done)
+}
+
+func (r *execRelay) agent(id string) *relayAgent {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.agents[id]
+}
+
+// deliver hands an agent's output to its session, or ends a session that
+// cannot keep up.
+func (ra *relayAgent) deliver(m *schedv1.ExecRelayOutput) {
+	ra.mu.Lock()
+	ch := ra.sessions[m.GetSession()]
+	ra.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case ch <- m:
+	default:
+		ra.cancel(m.GetSession())
+	}
+}
+
+func (ra *relayAgent) open(session string) chan *schedv1.ExecRelayOutput {
+	ch := make(chan *schedv1.ExecRelayOutput, relayOutputBuffer)
+	ra.mu.Lock()
+	ra.sessions[session] = ch
+	ra.mu.Unlock()
+	return ch
+}
+
+func (ra *relayAgent) close(session string) {
+	ra.mu.Lock()
+	delete(ra.sessions, session)
+	ra.mu.Unlock()
+}
+
+// cancel tells the agent to end a session (best effort).
+func (ra *relayAgent) cancel(session string) {
+	select {
+	case ra.out <- &schedv1.SchedulerMessage{Msg: &schedv1.SchedulerMessage_Exec{Exec: &schedv1.ExecRelayInput{Session: session, Cancel: true}}}:
+	default:
+	}
+}
+
+// send queues one input of a session for the agent.
+func (ra *relayAgent) send(ctx context.Context, session string, in *agentv1.ExecInput) error {
+	select {
+	case ra.out <- &schedv1.SchedulerMessage{Msg: &schedv1.SchedulerMessage_Exec{Exec: &schedv1.ExecRelayInput{Session: session, Input: in}}}:
+		return nil
+	case <-ra.done:
+		return status.Error(codes.Unavailable, "the task's agent disconnected")
+	case <-ctx.Done():
+		return ctx.Err()
+	default:
+		return status.Error(codes.ResourceExhausted, "the task's agent stream is saturated; try again")
+	}
+}
+
+// ExecTask relays an exec session to the agent running the task. It is
+// allowed with task.debug on the job's application and audited with its
+// command and exit code, whether it ran or was refused.
+func (s *Server) ExecTask(stream grpc.BidiStreamingServer[agentv1.ExecInput, agentv1.ExecOutput]) error {
+	ctx := stream.Context()
+	began := time.Now()
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	start := first.GetStart()
+	if start == nil || start.GetId() == "" || len(start.GetArgs()) == 0 {
+		return status.Error(codes.InvalidArgument, "the first message must be a start with a task id and args")
+	}
+	rec := audit.Record{Time: began, Method: "ExecTask", Action: string(authz.TaskDebug), TaskID: start.GetId(), Command: start.GetArgs(), Peer: peerAddr(ctx)}
+	rec.JobID, _, _ = strings.Cut(start.GetId(), ".")
+	if p, ok := authz.Principal(ctx); ok {
+		rec.Principal = p.String()
+	}
+	exit := int32(-1)
+	code, err := s.execTask(ctx, stream, start, &rec, &exit)
+	rec.Ended = time.Now()
+	if err == nil {
+		rec.ExitCode = &code
+	} else {
+		if exit >= 0 {
+			rec.ExitCode = &exit
+		}
+		err = status.Convert(toStatusErr(err)).Err()
+	}
+	rec.Code = status.Code(err).String()
+	if err != nil {
+		rec.Message = status.Convert(err).Message()
+	}
+	s.recordAudit(ctx, rec)
+	if err != nil {
+		return err
+	}
+	return stream.Send(&agentv1.ExecOutput{Exited: true, ExitCode: code})
+}
+
+func toStatusErr(err error) error {
+	if errors.Is(err, context.Canceled) {
+		return status.Error(codes.Canceled, "the caller went away")
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+func (s *Server) execTask(ctx context.Context, stream grpc.BidiStreamingServer[agentv1.ExecInput, agentv1.ExecOutput], start *agentv1.ExecStart, rec *audit.Record, exit *int32) (int32, error) {
+	if err := s.checkLeader(); err != nil {
+		return -1, err
+	}
+	if o, err := s.core.JobOwner(rec.JobID); err == nil {
+		rec.Application = o.Application
+	}
+	if err := s.authorizeTask(ctx, authz.TaskDebug, start.GetId()); err != nil {
+		return -1, err
+	}
+	t, err := s.core.Task(ctx, start.GetId())
+	if err != nil {
+		return -1, apierr.ToGRPC(err)
+	}
+	rec.AgentID = t.AgentID
+	if t.State != task.Running {
+		return -1, status.Errorf(codes.FailedPrecondition, "task %s is %s, not running", t.ID, t.State)
+	}
+	ra := s.relay.agent(t.AgentID)
+	if ra == nil {
+		return -1, status.Errorf(codes.Unavailable, "agent %s of task %s is not connected to this scheduler", t.AgentID, t.ID)
+	}
+	session := uuid.NewString()
+	out := ra.open(session)
+	defer ra.close(session)
+	fwd := &agentv1.ExecStart{Id: start.GetId(), Args: start.GetArgs(), Tty: start.GetTty(), Stdin: start.GetStdin(), Size: start.GetSize(), Principal: rec.Principal}
+	if err := ra.send(ctx, session, &agentv1.ExecInput{Msg: &agentv1.ExecInput_Start{Start: fwd}}); err != nil {
+		return -1, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { // the caller's input, in order
+		for {
+			in, err := stream.Recv()
+			if err == io.EOF {
+				in = &agentv1.ExecInput{Msg: &agentv1.ExecInput_CloseStdin{CloseStdin: true}}
+			} else if err != nil {
+				cancel()
+				return
+			}
+			if in.GetStart() != nil {
+				continue // one start per session
+			}
+			if ra.send(ctx, session, in) != nil {
+				cancel()
+				return
+			}
+			if err == io.EOF {
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case m := <-out:
+			if m.GetErrorCode() != 0 {
+				return -1, status.Error(codes.Code(m.GetErrorCode()), m.GetError())
+			}
+			o := m.GetOutput()
+			if o.GetExited() {
+				*exit = o.GetExitCode()
+				return o.GetExitCode(), nil
+			}
+			if err := stream.Send(o); err != nil {
+				ra.cancel(session)
+				return -1, err
+			}
+		case <-ra.done:
+			return -1, status.Errorf(codes.Unavailable, "agent %s disconnected during the session", t.AgentID)
+		case <-ctx.Done():
+			ra.cancel(session)
+			if stream.Context().Err() != nil {
+				return -1, status.Error(codes.Canceled, "the caller went away; the session was ended")
+			}
+			return -1, status.Error(codes.ResourceExhausted, "the session's input could not be relayed fast enough; the session was ended")
+		}
+	}
+}
+
+func (s *Server) recordAudit(ctx context.Context, r audit.Record) {
+	rc, ok := s.trail.(AuditRecorder)
+	if !ok || rc == nil {
+		s.logger().Info("audit", "principal", r.Principal, "method", r.Method, "task", r.TaskID, "command", r.Command, "exit_code", r.ExitCode, "code", r.Code)
+		return
+	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := rc.Record(actx, r); err != nil {
+		s.logger().Error("audit record not stored", "principal", r.Principal, "method", r.Method, "task", r.TaskID, "err", fmt.Errorf("exec session: %w", err))
+	}
+}
+
+func peerAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}
