@@ -111,4 +111,3 @@ func (r *execRelay) serve(ctx context.Context, id string, s *relayed, start *age
 	}
 	_ = r.output(id, &agentv1.ExecOutput{Exited: true, ExitCode: int32(code)}, nil)
 }
-

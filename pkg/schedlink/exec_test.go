@@ -98,4 +98,3 @@ func TestExecRelayRefusedWithoutRunner(t *testing.T) {
 		t.Errorf("(-want +got):\n%s", d)
 	}
 }
-
