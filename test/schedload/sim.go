@@ -31,10 +31,12 @@ type SimTasks struct {
 	// (as a host that cannot set tasks up does; the link reports a platform error).
 	LaunchError func(spec *task.Spec) error
 
-	mu    sync.Mutex
-	tasks map[string]*task.View
-	subs  map[chan task.Event]struct{}
-	timer map[string]*time.Timer
+	mu       sync.Mutex
+	health   func(spec *task.Spec) task.HealthStatus
+	launches map[string]int
+	tasks    map[string]*task.View
+	subs     map[chan task.Event]struct{}
+	timer    map[string]*time.Timer
 }
 
 // NewSimTasks returns an empty task manager.
@@ -42,7 +44,47 @@ func NewSimTasks(b Behavior) *SimTasks {
 	if b == nil {
 		b = RunForever
 	}
-	return &SimTasks{behavior: b, tasks: map[string]*task.View{}, subs: map[chan task.Event]struct{}{}, timer: map[string]*time.Timer{}}
+	return &SimTasks{behavior: b, tasks: map[string]*task.View{}, subs: map[chan task.Event]struct{}{}, timer: map[string]*time.Timer{}, launches: map[string]int{}}
+}
+
+// SetHealth makes tasks with a health check report the status fn gives
+// them: the running ones now (a health change, as the agent sends it),
+// later ones from their start. Without it they report no health.
+func (s *SimTasks) SetHealth(fn func(spec *task.Spec) task.HealthStatus) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.health = fn
+	now := time.Now()
+	for _, v := range s.tasks {
+		if !v.Status.State.Terminal() && s.setHealth(v, now) {
+			s.publish(task.Event{TaskID: v.Spec.ID, Status: v.Status, HealthChanged: true})
+		}
+	}
+}
+
+// setHealth applies the health policy to v; it reports a change. Callers hold s.mu.
+func (s *SimTasks) setHealth(v *task.View, now time.Time) bool {
+	if s.health == nil || v.Spec.HealthCheck == nil {
+		return false
+	}
+	st := s.health(&v.Spec)
+	if h := v.Status.Health; h != nil && h.Status == st {
+		return false
+	}
+	v.Status.Health = &task.Health{Status: st, Since: now, Checked: now, OK: st == task.HealthHealthy}
+	return true
+}
+
+// Launches counts the launch requests of each task id (a repeat is a
+// scheduler that sent the same task twice).
+func (s *SimTasks) Launches() map[string]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[string]int, len(s.launches))
+	for k, v := range s.launches {
+		out[k] = v
+	}
+	return out
 }
 
 var _ schedlink.Tasks = (*SimTasks)(nil)
@@ -60,6 +102,7 @@ func (s *SimTasks) Launch(_ context.Context, spec *task.Spec) error {
 	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.launches[spec.ID]++
 	if _, ok := s.tasks[spec.ID]; ok {
 		return nil
 	}
@@ -69,6 +112,7 @@ func (s *SimTasks) Launch(_ context.Context, spec *task.Spec) error {
 		s.OnLaunch(spec.ID, now)
 	}
 	s.advance(v, task.Accepted, task.ReasonAccepted, 0, now)
+	s.setHealth(v, now)
 	s.advance(v, task.Running, task.ReasonStarted, 0, now)
 	runFor, exit := s.behavior(spec)
 	if runFor >= 0 {
@@ -91,7 +135,11 @@ func (s *SimTasks) advance(v *task.View, st task.State, reason task.Reason, exit
 		return
 	}
 	v.Status.ExitCode = exit
-	ev := task.Event{TaskID: v.Spec.ID, Status: v.Status}
+	s.publish(task.Event{TaskID: v.Spec.ID, Status: v.Status})
+}
+
+// publish tells subscribers. Callers hold s.mu.
+func (s *SimTasks) publish(ev task.Event) {
 	ev.Status.Transitions = nil
 	for ch := range s.subs {
 		select {
