@@ -191,6 +191,15 @@ WantedBy=multi-user.target
 		t.Fatalf("the task's cgroup is inside the agent's unit: %s", cg)
 	}
 	t.Logf("task %s pid %d cgroup %s", id, pid, strings.TrimSpace(string(cg)))
+	// containerd.cgroupDriver auto on a systemd host: the task is a
+	// systemd scope of its own in titus.slice, as deploy/README.md says.
+	scope := "titus-" + id + ".scope"
+	if want := "0::/titus.slice/" + scope; strings.TrimSpace(string(cg)) != want {
+		t.Fatalf("the task's cgroup is %q, want %q (a systemd scope)", strings.TrimSpace(string(cg)), want)
+	}
+	if st := unitProp(t, scope, "ActiveState"); st != "active" {
+		t.Fatalf("systemd says %s is %s, want active", scope, st)
+	}
 	survives := func(when string) {
 		t.Helper()
 		if !alive(pid) {
