@@ -1,0 +1,66 @@
+package core
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// TestIPsCountedAgainstSGSets: a host whose ENIs are held by other SG sets
+// is infeasible for a new set until the agent reports the IPs free: the
+// agent holds an ended task's IP until its network is torn down and then
+// cools it down, so the scheduler's own clock alone does not free it.
+func TestIPsCountedAgainstSGSets(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	sess := newSession()
+	empty := &model.NetworkUsage{AttachableENIs: 2}
+	ts.mu.Lock()
+	sess.agent = ts.register(model.Registration{InstanceID: "a", AZ: "az-1", Network: empty,
+		Capacity: model.Capacity{Resources: model.Resources{CPU: 8000, Mem: 65536}, ENIs: 2, IPsPerENI: 2, IPReuseCooldown: 20 * time.Millisecond}}, sess, time.Now())
+	ts.mu.Unlock()
+	withSG := func(sg string, n uint32) string {
+		s := testSpec(&model.BatchJob{Size: n}, 100)
+		s.Task.Network.SecurityGroupIDs = []string{sg}
+		return ts.submit(s)
+	}
+	j1 := withSG("sg-1", 2)
+	withSG("sg-2", 2)
+	first := ts.place()
+	if len(first) != 4 {
+		t.Fatalf("placed %v, want the 4 tasks of sg-1 and sg-2 (one ENI each)", first)
+	}
+	j3 := withSG("sg-3", 1)
+	if got := ts.place(); len(got) != 0 {
+		t.Fatalf("placed %v on a host whose two ENIs are held by sg-1 and sg-2", got)
+	}
+	if r := ts.job(j3).QueuedReason; !strings.HasPrefix(r, "no free IP: 1 of the 1 hosts the job may use have room but no IP for security groups [sg-3]") {
+		t.Errorf("queued reason %q", r)
+	}
+	var sg1, all []model.TaskStatus
+	for _, id := range first {
+		st := model.TaskStatus{TaskID: id, State: task.Running}
+		if strings.HasPrefix(id, j1) {
+			st.State = task.Finished
+			sg1 = append(sg1, st)
+		}
+		all = append(all, st)
+	}
+	ts.Updates(sess, sg1)
+	time.Sleep(50 * time.Millisecond) // past the scheduler's own cool-down
+	// The agent's report, made after sg-1's tasks ended, still has their IPs
+	// in use (the network is being torn down).
+	ts.ReportNetwork(sess, &model.NetworkUsage{SGSets: []model.SGSetENIs{
+		{SecurityGroups: "sg-1", ENIs: 1, UsedIPs: 2}, {SecurityGroups: "sg-2", ENIs: 1, UsedIPs: 2}}}, all)
+	if got := ts.place(); len(got) != 0 {
+		t.Fatalf("placed %v while the agent still holds sg-1's IPs", got)
+	}
+	// Released and cooled down: sg-1's ENI is idle, sg-3 may have it.
+	ts.ReportNetwork(sess, &model.NetworkUsage{AttachableENIs: 1, SGSets: []model.SGSetENIs{
+		{SecurityGroups: "sg-1", FreeIPs: 2}, {SecurityGroups: "sg-2", ENIs: 1, UsedIPs: 2}}}, all)
+	if got := ts.place(); len(got) != 1 || !strings.HasPrefix(got[0], j3) {
+		t.Fatalf("placed %v, want sg-3's task", got)
+	}
+}
