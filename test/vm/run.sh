@@ -135,7 +135,7 @@ boot() { # boot ACCEL: start qemu in the background, set qpid
   qemu-system-x86_64 -name titus-vm -machine q35 -accel "$accel" -cpu "$cpu" -smp "$CPUS" -m "$MEM_MIB" \
     -nodefaults -display none -no-reboot -nic none \
     -kernel "$img/vmlinuz" -initrd "$img/initrd.img" \
-    -append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all systemd.show_status=0 loglevel=4" \
+    -append "root=/dev/vda rw console=ttyS0 panic=-1 no_timer_check systemd.unified_cgroup_hierarchy=1 cgroup_no_v1=all systemd.show_status=0 loglevel=4" \
     -drive "file=$img/root.img,if=virtio,format=raw,snapshot=on" \
     -drive "file=$work/xfs.img,if=virtio,format=raw,cache=unsafe" \
     -drive "file=$work/payload.img,if=virtio,format=raw,readonly=on" \
