@@ -31,6 +31,9 @@ task:
     PORT: 8080
 `, `job.yaml:3:11: task.env.PORT: YAML reads 8080 as a number, not a string: quote it ("8080")`},
 		{"not a mapping", "- a\n", `job.yaml:1:1: (top): must be a mapping of fields`},
+		{"a bare count for a budget", `service:
+  disruptionBudget: {maxUnavailable: 1}
+`, `job.yaml:2:38: service.disruptionBudget.maxUnavailable: YAML reads 1 as a number, not a string: quote it ("1")`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -63,5 +66,27 @@ task:
 			Resources: &agentv1.Resources{CpuMillicores: 500, MemoryMib: 64}}}
 	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
 		t.Fatalf("spec (-want +got):\n%s", diff)
+	}
+}
+
+// TestParseJobFileRolloutPolicies: the update strategy and budget of
+// docs/rollouts.md's example come through.
+func TestParseJobFileRolloutPolicies(t *testing.T) {
+	spec, err := parseJobFile("job.yaml", []byte(`application: web
+ownerEmail: web@example.com
+service:
+  desired: 6
+  max: 12
+  disruptionBudget: {maxUnavailable: "10%"}
+  update: {maxSurge: "1", maxUnavailable: "1", progressDeadlineSeconds: 300, maxFailures: 3}
+task: {image: "registry.example/web:2"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &schedv1.ServiceJob{Desired: 6, Max: 12, DisruptionBudget: &schedv1.DisruptionBudget{MaxUnavailable: "10%"},
+		Update: &schedv1.UpdateStrategy{MaxSurge: "1", MaxUnavailable: "1", ProgressDeadlineSeconds: 300, MaxFailures: 3}}
+	if diff := cmp.Diff(want, spec.GetService(), protocmp.Transform()); diff != "" {
+		t.Errorf("service (-want +got):\n%s", diff)
 	}
 }

@@ -152,30 +152,23 @@ func (c *Core) view(j *jobState) *model.Job {
 	if r := j.rec.Rollout; r != nil && !j.terminal() {
 		rc := *r
 		rc.Updated, rc.Old, rc.Unavailable = 0, 0, 0
-		desired := 0
+		unavailable := 0
 		for _, sl := range j.slots {
+			for _, t := range []*taskState{sl.cur, sl.next} {
+				if t != nil && t.rec.Revision != j.rec.Revision {
+					rc.Old++
+				}
+			}
 			if !sl.active {
 				continue
 			}
-			desired++
-			if available(sl.cur) {
-				if sl.cur.rec.Revision == j.rec.Revision {
-					rc.Updated++
-				}
+			if !available(sl.cur) {
+				unavailable++
+			} else if sl.cur.rec.Revision == j.rec.Revision {
+				rc.Updated++
 			}
 		}
-		for _, t := range c.tasks {
-			if t.job == j && t.rec.Revision != j.rec.Revision {
-				rc.Old++
-			}
-		}
-		avail := 0
-		for _, sl := range j.slots {
-			if sl.active && available(sl.cur) {
-				avail++
-			}
-		}
-		rc.Unavailable = uint32(max(desired-avail, 0))
+		rc.Unavailable = uint32(unavailable)
 		out.Rollout = &rc
 	}
 	if out.Counts.Pending > 0 {
