@@ -136,6 +136,7 @@ func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *a
 	if a.sess != nil && a.sess != sess {
 		a.sess.close()
 	}
+	c.hostGen++
 	a.instanceType, a.az, a.labels = reg.InstanceType, reg.AZ, reg.Labels
 	a.capacity, a.enis, a.ipsPerENI = reg.Capacity.Resources, reg.Capacity.ENIs, reg.Capacity.IPsPerENI
 	a.net = agentNet{cooldown: reg.Capacity.IPReuseCooldown, cooling: a.net.cooling}

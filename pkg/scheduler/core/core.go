@@ -175,9 +175,12 @@ type Core struct {
 	jobs   map[string]*jobState
 	tasks  map[string]*taskState
 	agents map[string]*agentState
-	gstate map[string]*groupState
-	q      queues
-	ret    retention
+	// hostGen changes whenever an agent registers or goes: constrained
+	// jobs' host lists (jobHosts) are recomputed only then.
+	hostGen uint64
+	gstate  map[string]*groupState
+	q       queues
+	ret     retention
 	// submitting counts submissions being written, by application: they
 	// count against the live-job caps before they are in jobs.
 	submitting map[string]int

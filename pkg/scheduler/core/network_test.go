@@ -64,3 +64,37 @@ func TestIPsCountedAgainstSGSets(t *testing.T) {
 		t.Fatalf("placed %v, want sg-3's task", got)
 	}
 }
+
+// TestImpossibleConstraintsCostNothingPerRound: a job whose constraints no
+// host meets is evaluated against the fleet once, not every round, until an
+// agent registers (an attacker's pile of such jobs cannot slow placement).
+func TestImpossibleConstraintsCostNothingPerRound(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	ts.connect("a", 8000)
+	s := testSpec(&model.BatchJob{Size: 1}, 100)
+	s.Placement.Constraints = []string{"gpu.model =~ ^H1"}
+	id := ts.submit(s)
+	ts.place()
+	ts.mu.Lock()
+	j := ts.jobs[id]
+	first := j.hosts
+	ts.mu.Unlock()
+	ts.place()
+	ts.mu.Lock()
+	same := j.hosts == first
+	ts.mu.Unlock()
+	if first == nil || !same {
+		t.Fatalf("the job's hosts were recomputed in a round where no agent changed")
+	}
+	if r := ts.job(id).QueuedReason; r != "no host with gpu.model =~ ^H1: 1 of 1 hosts lack the attribute" {
+		t.Errorf("queued reason %q", r)
+	}
+	ts.connect("b", 8000)
+	ts.place()
+	ts.mu.Lock()
+	again := j.hosts != first
+	ts.mu.Unlock()
+	if !again {
+		t.Fatalf("the job's hosts were not recomputed after an agent registered")
+	}
+}

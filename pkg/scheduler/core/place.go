@@ -79,6 +79,7 @@ func (c *Core) planRound() ([]placed, time.Time) {
 		agents = append(agents, a)
 	}
 	p := newPlacer(agents, placeSample, c.opts.MaxLaunchingPerHost, now)
+	p.gen = c.hostGen
 	jobs := make([]*jobState, 0, len(c.q.waiting))
 	for j := range c.q.waiting {
 		jobs = append(jobs, j)

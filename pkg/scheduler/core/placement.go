@@ -73,6 +73,25 @@ type placer struct {
 	now          time.Time
 	maxLaunching int
 	jobs         map[*jobState]*candidates
+	// every is every agent known, schedulable or not; gen names that set
+	// of hosts and their attributes (Core.hostGen).
+	every []*agentState
+	gen   uint64
+}
+
+// jobHosts is what a job's constraints make of the known hosts, kept
+// until an agent registers or goes: the hosts every hard constraint
+// allows (by id) with their preference weights, and, for the queue
+// reason, the constraint that excludes the most. A job whose constraints
+// no host meets costs nothing per round (a tenant cannot slow placement
+// with jobs that never fit).
+type jobHosts struct {
+	gen      uint64
+	allowed  []*agentState
+	pref     []int
+	known    int
+	worst    constraint.Exclusion
+	hasWorst bool
 }
 
 // tier is a list of hosts searched together, in id order, overall and by
@@ -109,7 +128,7 @@ type tierAZ struct {
 }
 
 func newPlacer(agents []*agentState, sample, maxLaunching int, now time.Time) *placer {
-	p := &placer{base: newTier(0), sample: sample, now: now, maxLaunching: maxLaunching, jobs: map[*jobState]*candidates{}}
+	p := &placer{base: newTier(0), sample: sample, now: now, maxLaunching: maxLaunching, jobs: map[*jobState]*candidates{}, every: agents}
 	for _, a := range agents {
 		if a.schedulable(now) {
 			p.all = append(p.all, a)
@@ -138,13 +157,14 @@ func (p *placer) candidatesOf(j *jobState) *candidates {
 		p.jobs[j] = c
 		return c
 	}
+	h := p.hostsOf(j)
 	byPref := map[int]*tier{}
 	azs := map[string]bool{}
-	for _, a := range p.all {
-		if !pl.Allows(a.attrs) {
+	for i, a := range h.allowed {
+		if !a.schedulable(p.now) {
 			continue
 		}
-		w := pl.Preference(a.attrs)
+		w := h.pref[i]
 		t := byPref[w]
 		if t == nil {
 			t = newTier(w)
@@ -162,6 +182,32 @@ func (p *placer) candidatesOf(j *jobState) *candidates {
 	slices.Sort(c.azs)
 	p.jobs[j] = c
 	return c
+}
+
+// hostsOf is j's jobHosts for the current hosts, recomputed when they changed.
+func (p *placer) hostsOf(j *jobState) *jobHosts {
+	if h := j.hosts; h != nil && h.gen == p.gen && p.gen != 0 {
+		return h
+	}
+	pl := j.d.place
+	h := &jobHosts{gen: p.gen, known: len(p.every)}
+	attrs := make([]map[string]string, 0, len(p.every))
+	for _, a := range p.every {
+		attrs = append(attrs, a.attrs)
+		if pl.Allows(a.attrs) {
+			h.allowed = append(h.allowed, a)
+		}
+	}
+	slices.SortFunc(h.allowed, func(a, b *agentState) int { return cmp.Compare(a.id, b.id) })
+	h.pref = make([]int, len(h.allowed))
+	for i, a := range h.allowed {
+		h.pref[i] = pl.Preference(a.attrs)
+	}
+	if len(pl.Hard) > 0 {
+		h.worst, h.hasWorst = pl.WorstExclusion(attrs)
+	}
+	j.hosts = h
+	return h
 }
 
 // fits reports whether a can take one more of j's tasks now.

@@ -103,6 +103,7 @@ func (c *Core) takeLostAgents(now time.Time) []string {
 	for id, a := range c.agents {
 		if a.lost && a.sess == nil && len(a.tasks) == 0 && a.silentFor(now) >= c.opts.FinishedJobRetention {
 			delete(c.agents, id)
+			c.hostGen++
 			ids = append(ids, id)
 		}
 	}

@@ -61,15 +61,12 @@ func (p *placer) explain(j *jobState, agents int) string {
 	c := p.candidatesOf(j)
 	var worst constraint.Exclusion
 	var hasWorst bool
-	if d.place != nil && len(d.place.Hard) > 0 {
-		attrs := make([]map[string]string, len(p.all))
-		for i, a := range p.all {
-			attrs[i] = a.attrs
-		}
-		worst, hasWorst = d.place.WorstExclusion(attrs)
-	}
 	n := len(p.all)
-	if c.count == 0 && hasWorst {
+	if d.place != nil && len(d.place.Hard) > 0 {
+		h := p.hostsOf(j)
+		worst, hasWorst, n = h.worst, h.hasWorst, h.known
+	}
+	if c.count == 0 && hasWorst && len(p.hostsOf(j).allowed) == 0 {
 		var why []string
 		if worst.Lacking > 0 {
 			why = append(why, fmt.Sprintf("%s of %s hosts lack the attribute", thousands(worst.Lacking), thousands(n)))

@@ -149,6 +149,8 @@ type jobState struct {
 	// anything else changed the job while its write was in flight.
 	op  sync.Mutex
 	gen uint64
+	// hosts is what the job's constraints make of the known hosts (placement).
+	hosts *jobHosts
 	// queuedReason says why pending tasks are not placed (set by placement).
 	queuedReason string
 	// newFailures counts consecutive failures of tasks of the revision
