@@ -1545,6 +1545,318 @@ func (x *ExecRequest) GetTimeoutSeconds() int64 {
 	return 0
 }
 
+type InspectTaskRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InspectTaskRequest) Reset() {
+	*x = InspectTaskRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InspectTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InspectTaskRequest) ProtoMessage() {}
+
+func (x *InspectTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InspectTaskRequest.ProtoReflect.Descriptor instead.
+func (*InspectTaskRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *InspectTaskRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type InspectTaskResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Task  *Task                  `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	// The container's OCI spec as JSON, secret environment values redacted.
+	OciSpecJson string `protobuf:"bytes,2,opt,name=oci_spec_json,json=ociSpecJson,proto3" json:"oci_spec_json,omitempty"`
+	// The task's init on the host, its cgroup directory and the limits read
+	// back from it (file name to content).
+	Pid           uint32            `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	Cgroup        string            `protobuf:"bytes,4,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	Limits        map[string]string `protobuf:"bytes,5,rep,name=limits,proto3" json:"limits,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InspectTaskResponse) Reset() {
+	*x = InspectTaskResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InspectTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InspectTaskResponse) ProtoMessage() {}
+
+func (x *InspectTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InspectTaskResponse.ProtoReflect.Descriptor instead.
+func (*InspectTaskResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *InspectTaskResponse) GetTask() *Task {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
+
+func (x *InspectTaskResponse) GetOciSpecJson() string {
+	if x != nil {
+		return x.OciSpecJson
+	}
+	return ""
+}
+
+func (x *InspectTaskResponse) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *InspectTaskResponse) GetCgroup() string {
+	if x != nil {
+		return x.Cgroup
+	}
+	return ""
+}
+
+func (x *InspectTaskResponse) GetLimits() map[string]string {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+type TopTaskRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopTaskRequest) Reset() {
+	*x = TopTaskRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopTaskRequest) ProtoMessage() {}
+
+func (x *TopTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopTaskRequest.ProtoReflect.Descriptor instead.
+func (*TopTaskRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *TopTaskRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type TaskProcess struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	HostPid int32                  `protobuf:"varint,1,opt,name=host_pid,json=hostPid,proto3" json:"host_pid,omitempty"`
+	// pid inside the task's pid namespace.
+	Pid           int32   `protobuf:"varint,2,opt,name=pid,proto3" json:"pid,omitempty"`
+	Ppid          int32   `protobuf:"varint,3,opt,name=ppid,proto3" json:"ppid,omitempty"`
+	Uid           int32   `protobuf:"varint,4,opt,name=uid,proto3" json:"uid,omitempty"`
+	CpuSeconds    float64 `protobuf:"fixed64,5,opt,name=cpu_seconds,json=cpuSeconds,proto3" json:"cpu_seconds,omitempty"`
+	RssBytes      int64   `protobuf:"varint,6,opt,name=rss_bytes,json=rssBytes,proto3" json:"rss_bytes,omitempty"`
+	Command       string  `protobuf:"bytes,7,opt,name=command,proto3" json:"command,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskProcess) Reset() {
+	*x = TaskProcess{}
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskProcess) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskProcess) ProtoMessage() {}
+
+func (x *TaskProcess) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskProcess.ProtoReflect.Descriptor instead.
+func (*TaskProcess) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *TaskProcess) GetHostPid() int32 {
+	if x != nil {
+		return x.HostPid
+	}
+	return 0
+}
+
+func (x *TaskProcess) GetPid() int32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *TaskProcess) GetPpid() int32 {
+	if x != nil {
+		return x.Ppid
+	}
+	return 0
+}
+
+func (x *TaskProcess) GetUid() int32 {
+	if x != nil {
+		return x.Uid
+	}
+	return 0
+}
+
+func (x *TaskProcess) GetCpuSeconds() float64 {
+	if x != nil {
+		return x.CpuSeconds
+	}
+	return 0
+}
+
+func (x *TaskProcess) GetRssBytes() int64 {
+	if x != nil {
+		return x.RssBytes
+	}
+	return 0
+}
+
+func (x *TaskProcess) GetCommand() string {
+	if x != nil {
+		return x.Command
+	}
+	return ""
+}
+
+type TopTaskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Cgroup        string                 `protobuf:"bytes,1,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	Processes     []*TaskProcess         `protobuf:"bytes,2,rep,name=processes,proto3" json:"processes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopTaskResponse) Reset() {
+	*x = TopTaskResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopTaskResponse) ProtoMessage() {}
+
+func (x *TopTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopTaskResponse.ProtoReflect.Descriptor instead.
+func (*TopTaskResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *TopTaskResponse) GetCgroup() string {
+	if x != nil {
+		return x.Cgroup
+	}
+	return ""
+}
+
+func (x *TopTaskResponse) GetProcesses() []*TaskProcess {
+	if x != nil {
+		return x.Processes
+	}
+	return nil
+}
+
 type WindowSize struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Width         uint32                 `protobuf:"varint,1,opt,name=width,proto3" json:"width,omitempty"`
@@ -1555,7 +1867,7 @@ type WindowSize struct {
 
 func (x *WindowSize) Reset() {
 	*x = WindowSize{}
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1567,7 +1879,7 @@ func (x *WindowSize) String() string {
 func (*WindowSize) ProtoMessage() {}
 
 func (x *WindowSize) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1580,7 +1892,7 @@ func (x *WindowSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
 func (*WindowSize) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WindowSize) GetWidth() uint32 {
@@ -1615,7 +1927,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1627,7 +1939,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1640,7 +1952,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExecStart) GetId() string {
@@ -1700,7 +2012,7 @@ type ExecInput struct {
 
 func (x *ExecInput) Reset() {
 	*x = ExecInput{}
-	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +2024,7 @@ func (x *ExecInput) String() string {
 func (*ExecInput) ProtoMessage() {}
 
 func (x *ExecInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +2037,7 @@ func (x *ExecInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecInput.ProtoReflect.Descriptor instead.
 func (*ExecInput) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExecInput) GetMsg() isExecInput_Msg {
@@ -1811,7 +2123,7 @@ type ExecOutput struct {
 
 func (x *ExecOutput) Reset() {
 	*x = ExecOutput{}
-	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +2135,7 @@ func (x *ExecOutput) String() string {
 func (*ExecOutput) ProtoMessage() {}
 
 func (x *ExecOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +2148,7 @@ func (x *ExecOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
 func (*ExecOutput) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExecOutput) GetStdout() []byte {
@@ -1875,7 +2187,7 @@ type HealthRequest struct {
 
 func (x *HealthRequest) Reset() {
 	*x = HealthRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1887,7 +2199,7 @@ func (x *HealthRequest) String() string {
 func (*HealthRequest) ProtoMessage() {}
 
 func (x *HealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1900,7 +2212,7 @@ func (x *HealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthRequest.ProtoReflect.Descriptor instead.
 func (*HealthRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 type HealthCheck struct {
@@ -1914,7 +2226,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1926,7 +2238,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1939,7 +2251,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *HealthCheck) GetName() string {
@@ -1973,7 +2285,7 @@ type HealthResponse struct {
 
 func (x *HealthResponse) Reset() {
 	*x = HealthResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1985,7 +2297,7 @@ func (x *HealthResponse) String() string {
 func (*HealthResponse) ProtoMessage() {}
 
 func (x *HealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1998,7 +2310,7 @@ func (x *HealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthResponse.ProtoReflect.Descriptor instead.
 func (*HealthResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *HealthResponse) GetHealthy() bool {
@@ -2023,7 +2335,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2035,7 +2347,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2048,7 +2360,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 type VersionResponse struct {
@@ -2062,7 +2374,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2074,7 +2386,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2087,7 +2399,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -2119,7 +2431,7 @@ type VPCStatusRequest struct {
 
 func (x *VPCStatusRequest) Reset() {
 	*x = VPCStatusRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2131,7 +2443,7 @@ func (x *VPCStatusRequest) String() string {
 func (*VPCStatusRequest) ProtoMessage() {}
 
 func (x *VPCStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2144,7 +2456,7 @@ func (x *VPCStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCStatusRequest.ProtoReflect.Descriptor instead.
 func (*VPCStatusRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 type VPCStatusResponse struct {
@@ -2158,7 +2470,7 @@ type VPCStatusResponse struct {
 
 func (x *VPCStatusResponse) Reset() {
 	*x = VPCStatusResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2170,7 +2482,7 @@ func (x *VPCStatusResponse) String() string {
 func (*VPCStatusResponse) ProtoMessage() {}
 
 func (x *VPCStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2183,7 +2495,7 @@ func (x *VPCStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCStatusResponse.ProtoReflect.Descriptor instead.
 func (*VPCStatusResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *VPCStatusResponse) GetProvider() string {
@@ -2210,7 +2522,7 @@ type VPCGCRequest struct {
 
 func (x *VPCGCRequest) Reset() {
 	*x = VPCGCRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2222,7 +2534,7 @@ func (x *VPCGCRequest) String() string {
 func (*VPCGCRequest) ProtoMessage() {}
 
 func (x *VPCGCRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2235,7 +2547,7 @@ func (x *VPCGCRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCGCRequest.ProtoReflect.Descriptor instead.
 func (*VPCGCRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *VPCGCRequest) GetApply() bool {
@@ -2254,7 +2566,7 @@ type VPCGCResponse struct {
 
 func (x *VPCGCResponse) Reset() {
 	*x = VPCGCResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_agent_v1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2266,7 +2578,7 @@ func (x *VPCGCResponse) String() string {
 func (*VPCGCResponse) ProtoMessage() {}
 
 func (x *VPCGCResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_agent_v1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2279,7 +2591,7 @@ func (x *VPCGCResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCGCResponse.ProtoReflect.Descriptor instead.
 func (*VPCGCResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *VPCGCResponse) GetActions() []string {
@@ -2299,7 +2611,7 @@ type MetadataGetRequest struct {
 
 func (x *MetadataGetRequest) Reset() {
 	*x = MetadataGetRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_agent_v1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2311,7 +2623,7 @@ func (x *MetadataGetRequest) String() string {
 func (*MetadataGetRequest) ProtoMessage() {}
 
 func (x *MetadataGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_agent_v1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2324,7 +2636,7 @@ func (x *MetadataGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataGetRequest.ProtoReflect.Descriptor instead.
 func (*MetadataGetRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *MetadataGetRequest) GetTaskId() string {
@@ -2352,7 +2664,7 @@ type MetadataGetResponse struct {
 
 func (x *MetadataGetResponse) Reset() {
 	*x = MetadataGetResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_agent_v1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2364,7 +2676,7 @@ func (x *MetadataGetResponse) String() string {
 func (*MetadataGetResponse) ProtoMessage() {}
 
 func (x *MetadataGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_agent_v1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2377,7 +2689,7 @@ func (x *MetadataGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataGetResponse.ProtoReflect.Descriptor instead.
 func (*MetadataGetResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *MetadataGetResponse) GetStatus() int32 {
@@ -2525,7 +2837,32 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04args\x18\x02 \x03(\tR\x04args\x12\x14\n" +
 	"\x05stdin\x18\x03 \x01(\fR\x05stdin\x12'\n" +
-	"\x0ftimeout_seconds\x18\x04 \x01(\x03R\x0etimeoutSeconds\":\n" +
+	"\x0ftimeout_seconds\x18\x04 \x01(\x03R\x0etimeoutSeconds\"$\n" +
+	"\x12InspectTaskRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x91\x02\n" +
+	"\x13InspectTaskResponse\x12(\n" +
+	"\x04task\x18\x01 \x01(\v2\x14.titus.agent.v1.TaskR\x04task\x12\"\n" +
+	"\roci_spec_json\x18\x02 \x01(\tR\vociSpecJson\x12\x10\n" +
+	"\x03pid\x18\x03 \x01(\rR\x03pid\x12\x16\n" +
+	"\x06cgroup\x18\x04 \x01(\tR\x06cgroup\x12G\n" +
+	"\x06limits\x18\x05 \x03(\v2/.titus.agent.v1.InspectTaskResponse.LimitsEntryR\x06limits\x1a9\n" +
+	"\vLimitsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\" \n" +
+	"\x0eTopTaskRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xb8\x01\n" +
+	"\vTaskProcess\x12\x19\n" +
+	"\bhost_pid\x18\x01 \x01(\x05R\ahostPid\x12\x10\n" +
+	"\x03pid\x18\x02 \x01(\x05R\x03pid\x12\x12\n" +
+	"\x04ppid\x18\x03 \x01(\x05R\x04ppid\x12\x10\n" +
+	"\x03uid\x18\x04 \x01(\x05R\x03uid\x12\x1f\n" +
+	"\vcpu_seconds\x18\x05 \x01(\x01R\n" +
+	"cpuSeconds\x12\x1b\n" +
+	"\trss_bytes\x18\x06 \x01(\x03R\brssBytes\x12\x18\n" +
+	"\acommand\x18\a \x01(\tR\acommand\"d\n" +
+	"\x0fTopTaskResponse\x12\x16\n" +
+	"\x06cgroup\x18\x01 \x01(\tR\x06cgroup\x129\n" +
+	"\tprocesses\x18\x02 \x03(\v2\x1b.titus.agent.v1.TaskProcessR\tprocesses\":\n" +
 	"\n" +
 	"WindowSize\x12\x14\n" +
 	"\x05width\x18\x01 \x01(\rR\x05width\x12\x16\n" +
@@ -2594,7 +2931,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x13TASK_STATE_FINISHED\x10\x06\x12\x15\n" +
 	"\x11TASK_STATE_FAILED\x10\a\x12\x15\n" +
 	"\x11TASK_STATE_KILLED\x10\b\x12\x13\n" +
-	"\x0fTASK_STATE_LOST\x10\t2\xe9\a\n" +
+	"\x0fTASK_STATE_LOST\x10\t2\x8d\t\n" +
 	"\x05Agent\x12S\n" +
 	"\n" +
 	"LaunchTask\x12!.titus.agent.v1.LaunchTaskRequest\x1a\".titus.agent.v1.LaunchTaskResponse\x12M\n" +
@@ -2604,7 +2941,9 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\vWatchEvents\x12\".titus.agent.v1.WatchEventsRequest\x1a\x19.titus.agent.v1.TaskEvent0\x01\x12G\n" +
 	"\bTaskLogs\x12\x1f.titus.agent.v1.TaskLogsRequest\x1a\x18.titus.agent.v1.LogChunk0\x01\x12A\n" +
 	"\x04Exec\x12\x1b.titus.agent.v1.ExecRequest\x1a\x1a.titus.agent.v1.ExecOutput0\x01\x12H\n" +
-	"\vExecSession\x12\x19.titus.agent.v1.ExecInput\x1a\x1a.titus.agent.v1.ExecOutput(\x010\x01\x12G\n" +
+	"\vExecSession\x12\x19.titus.agent.v1.ExecInput\x1a\x1a.titus.agent.v1.ExecOutput(\x010\x01\x12V\n" +
+	"\vInspectTask\x12\".titus.agent.v1.InspectTaskRequest\x1a#.titus.agent.v1.InspectTaskResponse\x12J\n" +
+	"\aTopTask\x12\x1e.titus.agent.v1.TopTaskRequest\x1a\x1f.titus.agent.v1.TopTaskResponse\x12G\n" +
 	"\x06Health\x12\x1d.titus.agent.v1.HealthRequest\x1a\x1e.titus.agent.v1.HealthResponse\x12P\n" +
 	"\tVPCStatus\x12 .titus.agent.v1.VPCStatusRequest\x1a!.titus.agent.v1.VPCStatusResponse\x12D\n" +
 	"\x05VPCGC\x12\x1c.titus.agent.v1.VPCGCRequest\x1a\x1d.titus.agent.v1.VPCGCResponse\x12V\n" +
@@ -2624,7 +2963,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(HealthStatus)(0),             // 0: titus.agent.v1.HealthStatus
 	(TaskState)(0),                // 1: titus.agent.v1.TaskState
@@ -2648,40 +2987,46 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*TaskLogsRequest)(nil),       // 19: titus.agent.v1.TaskLogsRequest
 	(*LogChunk)(nil),              // 20: titus.agent.v1.LogChunk
 	(*ExecRequest)(nil),           // 21: titus.agent.v1.ExecRequest
-	(*WindowSize)(nil),            // 22: titus.agent.v1.WindowSize
-	(*ExecStart)(nil),             // 23: titus.agent.v1.ExecStart
-	(*ExecInput)(nil),             // 24: titus.agent.v1.ExecInput
-	(*ExecOutput)(nil),            // 25: titus.agent.v1.ExecOutput
-	(*HealthRequest)(nil),         // 26: titus.agent.v1.HealthRequest
-	(*HealthCheck)(nil),           // 27: titus.agent.v1.HealthCheck
-	(*HealthResponse)(nil),        // 28: titus.agent.v1.HealthResponse
-	(*VersionRequest)(nil),        // 29: titus.agent.v1.VersionRequest
-	(*VersionResponse)(nil),       // 30: titus.agent.v1.VersionResponse
-	(*VPCStatusRequest)(nil),      // 31: titus.agent.v1.VPCStatusRequest
-	(*VPCStatusResponse)(nil),     // 32: titus.agent.v1.VPCStatusResponse
-	(*VPCGCRequest)(nil),          // 33: titus.agent.v1.VPCGCRequest
-	(*VPCGCResponse)(nil),         // 34: titus.agent.v1.VPCGCResponse
-	(*MetadataGetRequest)(nil),    // 35: titus.agent.v1.MetadataGetRequest
-	(*MetadataGetResponse)(nil),   // 36: titus.agent.v1.MetadataGetResponse
-	nil,                           // 37: titus.agent.v1.TaskSpec.EnvEntry
-	nil,                           // 38: titus.agent.v1.TaskSpec.LabelsEntry
-	(*durationpb.Duration)(nil),   // 39: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
+	(*InspectTaskRequest)(nil),    // 22: titus.agent.v1.InspectTaskRequest
+	(*InspectTaskResponse)(nil),   // 23: titus.agent.v1.InspectTaskResponse
+	(*TopTaskRequest)(nil),        // 24: titus.agent.v1.TopTaskRequest
+	(*TaskProcess)(nil),           // 25: titus.agent.v1.TaskProcess
+	(*TopTaskResponse)(nil),       // 26: titus.agent.v1.TopTaskResponse
+	(*WindowSize)(nil),            // 27: titus.agent.v1.WindowSize
+	(*ExecStart)(nil),             // 28: titus.agent.v1.ExecStart
+	(*ExecInput)(nil),             // 29: titus.agent.v1.ExecInput
+	(*ExecOutput)(nil),            // 30: titus.agent.v1.ExecOutput
+	(*HealthRequest)(nil),         // 31: titus.agent.v1.HealthRequest
+	(*HealthCheck)(nil),           // 32: titus.agent.v1.HealthCheck
+	(*HealthResponse)(nil),        // 33: titus.agent.v1.HealthResponse
+	(*VersionRequest)(nil),        // 34: titus.agent.v1.VersionRequest
+	(*VersionResponse)(nil),       // 35: titus.agent.v1.VersionResponse
+	(*VPCStatusRequest)(nil),      // 36: titus.agent.v1.VPCStatusRequest
+	(*VPCStatusResponse)(nil),     // 37: titus.agent.v1.VPCStatusResponse
+	(*VPCGCRequest)(nil),          // 38: titus.agent.v1.VPCGCRequest
+	(*VPCGCResponse)(nil),         // 39: titus.agent.v1.VPCGCResponse
+	(*MetadataGetRequest)(nil),    // 40: titus.agent.v1.MetadataGetRequest
+	(*MetadataGetResponse)(nil),   // 41: titus.agent.v1.MetadataGetResponse
+	nil,                           // 42: titus.agent.v1.TaskSpec.EnvEntry
+	nil,                           // 43: titus.agent.v1.TaskSpec.LabelsEntry
+	nil,                           // 44: titus.agent.v1.InspectTaskResponse.LimitsEntry
+	(*durationpb.Duration)(nil),   // 45: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 46: google.protobuf.Timestamp
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
-	37, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
+	42, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
 	2,  // 1: titus.agent.v1.TaskSpec.resources:type_name -> titus.agent.v1.Resources
-	38, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
+	43, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
 	3,  // 3: titus.agent.v1.TaskSpec.network:type_name -> titus.agent.v1.NetworkRequest
 	5,  // 4: titus.agent.v1.TaskSpec.health_check:type_name -> titus.agent.v1.HealthCheckSpec
-	39, // 5: titus.agent.v1.HealthCheckSpec.interval:type_name -> google.protobuf.Duration
-	39, // 6: titus.agent.v1.HealthCheckSpec.timeout:type_name -> google.protobuf.Duration
-	39, // 7: titus.agent.v1.HealthCheckSpec.start_period:type_name -> google.protobuf.Duration
+	45, // 5: titus.agent.v1.HealthCheckSpec.interval:type_name -> google.protobuf.Duration
+	45, // 6: titus.agent.v1.HealthCheckSpec.timeout:type_name -> google.protobuf.Duration
+	45, // 7: titus.agent.v1.HealthCheckSpec.start_period:type_name -> google.protobuf.Duration
 	0,  // 8: titus.agent.v1.TaskHealth.status:type_name -> titus.agent.v1.HealthStatus
-	40, // 9: titus.agent.v1.TaskHealth.since:type_name -> google.protobuf.Timestamp
-	40, // 10: titus.agent.v1.TaskHealth.checked:type_name -> google.protobuf.Timestamp
+	46, // 9: titus.agent.v1.TaskHealth.since:type_name -> google.protobuf.Timestamp
+	46, // 10: titus.agent.v1.TaskHealth.checked:type_name -> google.protobuf.Timestamp
 	1,  // 11: titus.agent.v1.Transition.state:type_name -> titus.agent.v1.TaskState
-	40, // 12: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	46, // 12: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
 	4,  // 13: titus.agent.v1.Task.spec:type_name -> titus.agent.v1.TaskSpec
 	1,  // 14: titus.agent.v1.Task.state:type_name -> titus.agent.v1.TaskState
 	7,  // 15: titus.agent.v1.Task.transitions:type_name -> titus.agent.v1.Transition
@@ -2693,41 +3038,48 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	9,  // 21: titus.agent.v1.LaunchTaskResponse.task:type_name -> titus.agent.v1.Task
 	9,  // 22: titus.agent.v1.KillTaskResponse.task:type_name -> titus.agent.v1.Task
 	9,  // 23: titus.agent.v1.ListTasksResponse.tasks:type_name -> titus.agent.v1.Task
-	22, // 24: titus.agent.v1.ExecStart.size:type_name -> titus.agent.v1.WindowSize
-	23, // 25: titus.agent.v1.ExecInput.start:type_name -> titus.agent.v1.ExecStart
-	22, // 26: titus.agent.v1.ExecInput.resize:type_name -> titus.agent.v1.WindowSize
-	27, // 27: titus.agent.v1.HealthResponse.checks:type_name -> titus.agent.v1.HealthCheck
-	11, // 28: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
-	13, // 29: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
-	15, // 30: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
-	16, // 31: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
-	18, // 32: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
-	19, // 33: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
-	21, // 34: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
-	24, // 35: titus.agent.v1.Agent.ExecSession:input_type -> titus.agent.v1.ExecInput
-	26, // 36: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
-	31, // 37: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
-	33, // 38: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
-	35, // 39: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
-	29, // 40: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
-	12, // 41: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
-	14, // 42: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
-	9,  // 43: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
-	17, // 44: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
-	10, // 45: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
-	20, // 46: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
-	25, // 47: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
-	25, // 48: titus.agent.v1.Agent.ExecSession:output_type -> titus.agent.v1.ExecOutput
-	28, // 49: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
-	32, // 50: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
-	34, // 51: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
-	36, // 52: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
-	30, // 53: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
-	41, // [41:54] is the sub-list for method output_type
-	28, // [28:41] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	9,  // 24: titus.agent.v1.InspectTaskResponse.task:type_name -> titus.agent.v1.Task
+	44, // 25: titus.agent.v1.InspectTaskResponse.limits:type_name -> titus.agent.v1.InspectTaskResponse.LimitsEntry
+	25, // 26: titus.agent.v1.TopTaskResponse.processes:type_name -> titus.agent.v1.TaskProcess
+	27, // 27: titus.agent.v1.ExecStart.size:type_name -> titus.agent.v1.WindowSize
+	28, // 28: titus.agent.v1.ExecInput.start:type_name -> titus.agent.v1.ExecStart
+	27, // 29: titus.agent.v1.ExecInput.resize:type_name -> titus.agent.v1.WindowSize
+	32, // 30: titus.agent.v1.HealthResponse.checks:type_name -> titus.agent.v1.HealthCheck
+	11, // 31: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
+	13, // 32: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
+	15, // 33: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
+	16, // 34: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
+	18, // 35: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
+	19, // 36: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
+	21, // 37: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
+	29, // 38: titus.agent.v1.Agent.ExecSession:input_type -> titus.agent.v1.ExecInput
+	22, // 39: titus.agent.v1.Agent.InspectTask:input_type -> titus.agent.v1.InspectTaskRequest
+	24, // 40: titus.agent.v1.Agent.TopTask:input_type -> titus.agent.v1.TopTaskRequest
+	31, // 41: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
+	36, // 42: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
+	38, // 43: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
+	40, // 44: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
+	34, // 45: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
+	12, // 46: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
+	14, // 47: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
+	9,  // 48: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
+	17, // 49: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
+	10, // 50: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
+	20, // 51: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
+	30, // 52: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
+	30, // 53: titus.agent.v1.Agent.ExecSession:output_type -> titus.agent.v1.ExecOutput
+	23, // 54: titus.agent.v1.Agent.InspectTask:output_type -> titus.agent.v1.InspectTaskResponse
+	26, // 55: titus.agent.v1.Agent.TopTask:output_type -> titus.agent.v1.TopTaskResponse
+	33, // 56: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
+	37, // 57: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
+	39, // 58: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
+	41, // 59: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
+	35, // 60: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
+	46, // [46:61] is the sub-list for method output_type
+	31, // [31:46] is the sub-list for method input_type
+	31, // [31:31] is the sub-list for extension type_name
+	31, // [31:31] is the sub-list for extension extendee
+	0,  // [0:31] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -2735,7 +3087,7 @@ func file_agent_v1_agent_proto_init() {
 	if File_agent_v1_agent_proto != nil {
 		return
 	}
-	file_agent_v1_agent_proto_msgTypes[22].OneofWrappers = []any{
+	file_agent_v1_agent_proto_msgTypes[27].OneofWrappers = []any{
 		(*ExecInput_Start)(nil),
 		(*ExecInput_Stdin)(nil),
 		(*ExecInput_Resize)(nil),
@@ -2747,7 +3099,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   37,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

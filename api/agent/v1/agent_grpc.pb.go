@@ -29,6 +29,8 @@ const (
 	Agent_TaskLogs_FullMethodName    = "/titus.agent.v1.Agent/TaskLogs"
 	Agent_Exec_FullMethodName        = "/titus.agent.v1.Agent/Exec"
 	Agent_ExecSession_FullMethodName = "/titus.agent.v1.Agent/ExecSession"
+	Agent_InspectTask_FullMethodName = "/titus.agent.v1.Agent/InspectTask"
+	Agent_TopTask_FullMethodName     = "/titus.agent.v1.Agent/TopTask"
 	Agent_Health_FullMethodName      = "/titus.agent.v1.Agent/Health"
 	Agent_VPCStatus_FullMethodName   = "/titus.agent.v1.Agent/VPCStatus"
 	Agent_VPCGC_FullMethodName       = "/titus.agent.v1.Agent/VPCGC"
@@ -56,6 +58,10 @@ type AgentClient interface {
 	// is an ExecStart, then stdin, window sizes and the close of stdin; output
 	// comes back as it is made, the last message carries the exit code.
 	ExecSession(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecInput, ExecOutput], error)
+	// InspectTask shows what the runtime really applied (task inspect).
+	InspectTask(ctx context.Context, in *InspectTaskRequest, opts ...grpc.CallOption) (*InspectTaskResponse, error)
+	// TopTask lists the processes of the task's cgroup (task top).
+	TopTask(ctx context.Context, in *TopTaskRequest, opts ...grpc.CallOption) (*TopTaskResponse, error)
 	Health(ctx context.Context, in *HealthRequest, opts ...grpc.CallOption) (*HealthResponse, error)
 	// VPCStatus shows ENIs, security-group sets, IPs free/used and pool targets.
 	VPCStatus(ctx context.Context, in *VPCStatusRequest, opts ...grpc.CallOption) (*VPCStatusResponse, error)
@@ -184,6 +190,26 @@ func (c *agentClient) ExecSession(ctx context.Context, opts ...grpc.CallOption) 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_ExecSessionClient = grpc.BidiStreamingClient[ExecInput, ExecOutput]
 
+func (c *agentClient) InspectTask(ctx context.Context, in *InspectTaskRequest, opts ...grpc.CallOption) (*InspectTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(InspectTaskResponse)
+	err := c.cc.Invoke(ctx, Agent_InspectTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) TopTask(ctx context.Context, in *TopTaskRequest, opts ...grpc.CallOption) (*TopTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TopTaskResponse)
+	err := c.cc.Invoke(ctx, Agent_TopTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *agentClient) Health(ctx context.Context, in *HealthRequest, opts ...grpc.CallOption) (*HealthResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(HealthResponse)
@@ -254,6 +280,10 @@ type AgentServer interface {
 	// is an ExecStart, then stdin, window sizes and the close of stdin; output
 	// comes back as it is made, the last message carries the exit code.
 	ExecSession(grpc.BidiStreamingServer[ExecInput, ExecOutput]) error
+	// InspectTask shows what the runtime really applied (task inspect).
+	InspectTask(context.Context, *InspectTaskRequest) (*InspectTaskResponse, error)
+	// TopTask lists the processes of the task's cgroup (task top).
+	TopTask(context.Context, *TopTaskRequest) (*TopTaskResponse, error)
 	Health(context.Context, *HealthRequest) (*HealthResponse, error)
 	// VPCStatus shows ENIs, security-group sets, IPs free/used and pool targets.
 	VPCStatus(context.Context, *VPCStatusRequest) (*VPCStatusResponse, error)
@@ -295,6 +325,12 @@ func (UnimplementedAgentServer) Exec(*ExecRequest, grpc.ServerStreamingServer[Ex
 }
 func (UnimplementedAgentServer) ExecSession(grpc.BidiStreamingServer[ExecInput, ExecOutput]) error {
 	return status.Error(codes.Unimplemented, "method ExecSession not implemented")
+}
+func (UnimplementedAgentServer) InspectTask(context.Context, *InspectTaskRequest) (*InspectTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method InspectTask not implemented")
+}
+func (UnimplementedAgentServer) TopTask(context.Context, *TopTaskRequest) (*TopTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TopTask not implemented")
 }
 func (UnimplementedAgentServer) Health(context.Context, *HealthRequest) (*HealthResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Health not implemented")
@@ -444,6 +480,42 @@ func _Agent_ExecSession_Handler(srv interface{}, stream grpc.ServerStream) error
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Agent_ExecSessionServer = grpc.BidiStreamingServer[ExecInput, ExecOutput]
 
+func _Agent_InspectTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(InspectTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).InspectTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_InspectTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).InspectTask(ctx, req.(*InspectTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_TopTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TopTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).TopTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_TopTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).TopTask(ctx, req.(*TopTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Agent_Health_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(HealthRequest)
 	if err := dec(in); err != nil {
@@ -556,6 +628,14 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListTasks",
 			Handler:    _Agent_ListTasks_Handler,
+		},
+		{
+			MethodName: "InspectTask",
+			Handler:    _Agent_InspectTask_Handler,
+		},
+		{
+			MethodName: "TopTask",
+			Handler:    _Agent_TopTask_Handler,
 		},
 		{
 			MethodName: "Health",

@@ -1,0 +1,132 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"strings"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// LabelSecretEnv lists, comma-separated, the environment variables of a
+// task whose values task inspect never shows (besides those whose names
+// look secret, secretEnvName).
+const LabelSecretEnv = "titus.task/secret-env"
+
+// secretEnvName matches names whose values are redacted whatever the label says.
+var secretEnvName = regexp.MustCompile(`(?i)(PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|PRIVATE|API_?KEY|ACCESS_?KEY|_KEY$)`)
+
+// Redacted replaces a secret value.
+const Redacted = "<redacted>"
+
+// redactEnv replaces the values of secret variables in a process env list.
+func redactEnv(env []string, labels map[string]string) []string {
+	marked := map[string]bool{}
+	for _, n := range strings.Split(labels[LabelSecretEnv], ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			marked[n] = true
+		}
+	}
+	out := make([]string, len(env))
+	for i, kv := range env {
+		k, _, ok := strings.Cut(kv, "=")
+		if ok && (marked[k] || secretEnvName.MatchString(k)) {
+			kv = k + "=" + Redacted
+		}
+		out[i] = kv
+	}
+	return out
+}
+
+// inspector reads what the runtime applied (runtime.Runtime).
+type inspector interface {
+	Inspect(ctx context.Context, id string) (runtime.Inspection, error)
+	Top(ctx context.Context, id string) (string, []runtime.Process, error)
+}
+
+// InspectTask shows the task's record and what the runtime applied.
+func (s *Server) InspectTask(ctx context.Context, req *agentv1.InspectTaskRequest) (*agentv1.InspectTaskResponse, error) {
+	v, err := s.Manager.Get(req.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	pv := task.ViewToProto(&v)
+	pv.Spec.Env = redactMap(pv.GetSpec().GetEnv(), v.Spec.Labels)
+	out := &agentv1.InspectTaskResponse{Task: pv}
+	in, ok := s.Runtime.(inspector)
+	if !ok {
+		return out, nil
+	}
+	got, err := in.Inspect(ctx, req.GetId())
+	if err != nil {
+		if v.Status.State.Terminal() {
+			return out, nil // the container is gone: the record is all there is
+		}
+		return nil, toStatus(err)
+	}
+	out.Pid, out.Cgroup, out.Limits = got.Pid, got.Cgroup, got.Limits
+	if got.Spec != nil {
+		sp := *got.Spec
+		if sp.Process != nil {
+			p := *sp.Process
+			p.Env = redactEnv(p.Env, v.Spec.Labels)
+			sp.Process = &p
+		}
+		out.OciSpecJson = specJSON(&sp)
+	}
+	return out, nil
+}
+
+func specJSON(s *specs.Spec) string {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+func redactMap(env map[string]string, labels map[string]string) map[string]string {
+	if len(env) == 0 {
+		return env
+	}
+	list := make([]string, 0, len(env))
+	for k, v := range env {
+		list = append(list, k+"="+v)
+	}
+	out := map[string]string{}
+	for _, kv := range redactEnv(list, labels) {
+		k, v, _ := strings.Cut(kv, "=")
+		out[k] = v
+	}
+	return out
+}
+
+// TopTask lists the processes of the task's cgroup.
+func (s *Server) TopTask(ctx context.Context, req *agentv1.TopTaskRequest) (*agentv1.TopTaskResponse, error) {
+	v, err := s.Manager.Get(req.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if v.Status.State != task.Running {
+		return nil, toStatus(ErrTaskNotActive)
+	}
+	in, ok := s.Runtime.(inspector)
+	if !ok {
+		return nil, toStatus(ErrTaskNotActive)
+	}
+	dir, procs, err := in.Top(ctx, req.GetId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &agentv1.TopTaskResponse{Cgroup: dir}
+	for _, p := range procs {
+		out.Processes = append(out.Processes, &agentv1.TaskProcess{HostPid: int32(p.HostPID), Pid: int32(p.PID), Ppid: int32(p.PPID), Uid: int32(p.UID),
+			CpuSeconds: p.CPUSeconds, RssBytes: p.RSSBytes, Command: p.Command})
+	}
+	return out, nil
+}
