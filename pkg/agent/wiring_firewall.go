@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strings"
 
 	"github.com/titus-agent/titus-agent/pkg/vpc"
 )
@@ -34,18 +33,17 @@ func (f FirewallConfig) check(c *configChecker) {
 // host netns in ec2 mode.
 func firewallTable(cfg NetworkConfig) string {
 	if cfg.Provider == "local" {
-		return "titus_fw_" + strings.ReplaceAll(cfg.Local.Bridge, "-", "_")
+		return vpc.FirewallTable(cfg.Local.Bridge)
 	}
 	return "titus_fw"
 }
 
 // wireFirewall applies the packet filter before any task is (re)started;
-// the tables stay when the agent stops, as its tasks do.
+// the tables stay when the agent stops, as its tasks do. Then it removes
+// the local-mode tables of bridges that no longer exist, which dead agents
+// left (with the filter on or off: such a table filters every agent's
+// tasks by its rules); failing that is logged, not fatal.
 func wireFirewall(ctx context.Context, cfg NetworkConfig, log *slog.Logger) error {
-	if !cfg.Firewall.Enabled {
-		log.Warn("network.firewall.enabled is false: tasks reach the host's services, link-local addresses and each other unless the host's own rules stop them")
-		return nil
-	}
 	fc := vpc.FirewallConfig{
 		Table:          firewallTable(cfg),
 		HostNetNS:      cfg.HostNetNS,
@@ -59,9 +57,21 @@ func wireFirewall(ctx context.Context, cfg NetworkConfig, log *slog.Logger) erro
 	if err != nil {
 		return err
 	}
-	if err := fw.Ensure(ctx); err != nil {
-		return fmt.Errorf("firewall: %w", err)
+	if !cfg.Firewall.Enabled {
+		log.Warn("network.firewall.enabled is false: tasks reach the host's services, link-local addresses and each other unless the host's own rules stop them")
+	} else {
+		if err := fw.Ensure(ctx); err != nil {
+			return fmt.Errorf("firewall: %w", err)
+		}
+		log.Info("host firewall", "table", fw.Table(), "allowHostPorts", fc.AllowHostPorts, "taskToTask", fc.TaskToTask)
 	}
-	log.Info("host firewall", "table", fw.Table(), "allowHostPorts", fc.AllowHostPorts, "taskToTask", fc.TaskToTask)
+	removed, err := fw.RemoveStale(ctx)
+	if len(removed) > 0 {
+		log.Warn("removed firewall tables of bridges that no longer exist", "tables", removed)
+	}
+	if err != nil {
+		// Not a reason to stay down: the agent's own filter is in place.
+		log.Error("stale firewall tables not removed", "err", err)
+	}
 	return nil
 }

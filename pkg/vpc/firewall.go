@@ -50,8 +50,9 @@ func ParseHostPort(s string) (proto string, port int, err error) {
 // agent start leaves no moment without rules. The tables outlive the
 // agent (tasks outlive it too); Remove takes them away.
 type Firewall struct {
-	cfg FirewallConfig
-	nft nftRunner
+	cfg  FirewallConfig
+	nft  nftRunner
+	host firewallHost
 }
 
 // taskVethPrefix starts the name of every task's host veth (HostVeth).
@@ -74,7 +75,7 @@ func NewFirewall(cfg FirewallConfig) (*Firewall, error) {
 			return nil, fmt.Errorf("vpc: firewall: %w", err)
 		}
 	}
-	return &Firewall{cfg: cfg, nft: netnsNFT{ns: cfg.HostNetNS}}, nil
+	return &Firewall{cfg: cfg, nft: netnsNFT{ns: cfg.HostNetNS}, host: netnsHost{ns: cfg.HostNetNS}}, nil
 }
 
 // Table is the name of the firewall's tables.

@@ -127,3 +127,62 @@ func TestFirewallScriptParses(t *testing.T) {
 		}
 	}
 }
+
+type fakeFirewallHost struct {
+	tables []nftTable
+	links  []string
+}
+
+func (f fakeFirewallHost) Tables(context.Context) ([]nftTable, error) { return f.tables, nil }
+func (f fakeFirewallHost) Links() ([]string, error)                   { return f.links, nil }
+
+// TestFirewallRemoveStale: the tables of bridges that are gone go, in one
+// transaction; the agent's own, those of bridges that exist (other live
+// agents'), the ec2 table and anything not ours stay.
+func TestFirewallRemoveStale(t *testing.T) {
+	host := fakeFirewallHost{
+		tables: []nftTable{
+			{"inet", "titus_fw_tbmine"}, {"bridge", "titus_fw_tbmine"}, // ours
+			{"inet", "titus_fw_tb_live"}, {"bridge", "titus_fw_tb_live"}, // bridge tb-live exists
+			{"inet", "titus_fw_tbdead"}, {"bridge", "titus_fw_tbdead"}, // bridge gone
+			{"inet", "titus_fw_tbdead2"},   // gone, inet only
+			{"inet", "titus_fw"},           // ec2 mode's
+			{"ip", "titus_fw_tbdead"},      // not a family of ours
+			{"inet", "filter"},             // the host's
+			{"ip", "titus_tbdead"},         // the local provider's NAT: not the firewall's
+			{"netdev", "titus_fw_tbdead3"}, // not a family of ours
+		},
+		links: []string{"lo", "eth0", "tbmine", "tb-live", "tt1234"},
+	}
+	rec := &recordNFT{}
+	f, _ := NewFirewall(FirewallConfig{Table: "titus_fw_tbmine", Bridge: "tbmine"})
+	f.nft, f.host = rec, host
+	removed, err := f.RemoveStale(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"bridge titus_fw_tbdead", "inet titus_fw_tbdead", "inet titus_fw_tbdead2"}, removed); diff != "" {
+		t.Errorf("removed (-want +got):\n%s", diff)
+	}
+	want := []string{"table inet titus_fw_tbdead {}\ndelete table inet titus_fw_tbdead\n" +
+		"table bridge titus_fw_tbdead {}\ndelete table bridge titus_fw_tbdead\n" +
+		"table inet titus_fw_tbdead2 {}\ndelete table inet titus_fw_tbdead2\n"}
+	if diff := cmp.Diff(want, rec.scripts); diff != "" {
+		t.Errorf("nft (-want +got):\n%s", diff)
+	}
+
+	// Nothing stale: no nft run at all.
+	rec.scripts = nil
+	f.host = fakeFirewallHost{tables: host.tables[:4], links: host.links}
+	if removed, err := f.RemoveStale(context.Background()); err != nil || removed != nil || rec.scripts != nil {
+		t.Errorf("nothing stale: removed %v, err %v, ran %v", removed, err, rec.scripts)
+	}
+}
+
+func TestParseTables(t *testing.T) {
+	got := parseTables("table inet titus_fw_tb1\ntable bridge titus_fw_tb1\ntable ip nat\n\nwarning: something\n")
+	want := []nftTable{{"inet", "titus_fw_tb1"}, {"bridge", "titus_fw_tb1"}, {"ip", "nat"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("tables (-want +got):\n%s", diff)
+	}
+}

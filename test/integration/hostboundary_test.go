@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -490,6 +491,68 @@ func TestAgentTaskCannotChangeProjectID(t *testing.T) {
 				t.Errorf("%s printed %q, want %q", id, out, want)
 			}
 		}
+	}
+	e.assertNoLeftovers()
+}
+
+// TestAgentRemovesStaleFirewallTables: a dead agent's firewall tables for
+// a bridge that is gone match every task veth on the machine ("tt*") and
+// would keep refusing task-to-task traffic that this agent's policy
+// allows. The agent removes them at start, and leaves alone the tables of
+// another agent whose bridge still exists.
+func TestAgentRemovesStaleFirewallTables(t *testing.T) {
+	begin(t)
+	b := make([]byte, 3)
+	rand.Read(b)
+	staleBridge, liveBridge := "tbst"+hex.EncodeToString(b), "tbli"+hex.EncodeToString(b)
+	if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: liveBridge}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if l, err := netlink.LinkByName(liveBridge); err == nil {
+			netlink.LinkDel(l)
+		}
+	})
+	for _, br := range []string{staleBridge, liveBridge} {
+		fw, err := vpc.NewFirewall(vpc.FirewallConfig{Table: vpc.FirewallTable(br), Bridge: br})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fw.Remove(context.Background()) })
+		if err := fw.Ensure(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e, _ := newNetAgentEnv(t) // task to task allowed
+	for _, fam := range []string{"inet", "bridge"} {
+		if out, err := exec.Command("nft", "list", "table", fam, vpc.FirewallTable(staleBridge)).CombinedOutput(); err == nil {
+			t.Errorf("stale table %s %s still there:\n%s", fam, vpc.FirewallTable(staleBridge), out)
+		}
+		if out, err := exec.Command("nft", "list", "table", fam, vpc.FirewallTable(liveBridge)).CombinedOutput(); err != nil {
+			t.Errorf("the live bridge's table %s %s was removed: %v %s", fam, vpc.FirewallTable(liveBridge), err, out)
+		}
+	}
+	if !strings.Contains(e.agent.Log(), "removed firewall tables of bridges that no longer exist") {
+		t.Errorf("the agent did not log the removal:\n%s", tailLog(e.agent.Log()))
+	}
+	e.launch(e.spec("web", "sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"))
+	e.launch(e.spec("client", "sleep", "1000"))
+	webIP := e.waitState("web", stRunning, 30*time.Second).GetNetwork().GetIpv4()
+	e.waitState("client", stRunning, 30*time.Second)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, code := httpGet(e, "client", webIP)
+		if code == 0 && strings.Contains(out, "hello-from-web") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("client cannot reach web at %s although tasks may meet: %d %s", webIP, code, out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	for _, id := range []string{"web", "client"} {
+		e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id})
+		e.waitFinal(id)
 	}
 	e.assertNoLeftovers()
 }
