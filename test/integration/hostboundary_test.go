@@ -513,8 +513,11 @@ func TestAgentRemovesStaleFirewallTables(t *testing.T) {
 			netlink.LinkDel(l)
 		}
 	})
+	// The live one lets tasks meet: a live agent's bridge table that does
+	// not matches every task veth too (no meta ibrname here), a limit of
+	// the bridge table that removing stale tables does not lift.
 	for _, br := range []string{staleBridge, liveBridge} {
-		fw, err := vpc.NewFirewall(vpc.FirewallConfig{Table: vpc.FirewallTable(br), Bridge: br})
+		fw, err := vpc.NewFirewall(vpc.FirewallConfig{Table: vpc.FirewallTable(br), Bridge: br, TaskToTask: br == liveBridge})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -528,7 +531,7 @@ func TestAgentRemovesStaleFirewallTables(t *testing.T) {
 		if out, err := exec.Command("nft", "list", "table", fam, vpc.FirewallTable(staleBridge)).CombinedOutput(); err == nil {
 			t.Errorf("stale table %s %s still there:\n%s", fam, vpc.FirewallTable(staleBridge), out)
 		}
-		if out, err := exec.Command("nft", "list", "table", fam, vpc.FirewallTable(liveBridge)).CombinedOutput(); err != nil {
+		if out, err := exec.Command("nft", "list", "table", fam, vpc.FirewallTable(liveBridge)).CombinedOutput(); fam == "inet" && err != nil {
 			t.Errorf("the live bridge's table %s %s was removed: %v %s", fam, vpc.FirewallTable(liveBridge), err, out)
 		}
 	}
