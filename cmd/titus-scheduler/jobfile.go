@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
+	"time"
 
 	yaml3 "go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -26,6 +28,14 @@ func parseJobFile(name string, b []byte) (*schedv1.JobSpec, error) {
 		if err := checkNode(doc.Content[0], spec.ProtoReflect().Descriptor(), ""); err != nil {
 			return nil, fmt.Errorf("%s:%w", name, err)
 		}
+	}
+	if len(doc.Content) > 0 {
+		// The check may have rewritten values (durations) for protojson.
+		out, err := yaml3.Marshal(doc.Content[0])
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		b = out
 	}
 	js, err := yaml.YAMLToJSON(b)
 	if err != nil {
@@ -128,6 +138,19 @@ func checkSingle(v *yaml3.Node, fd protoreflect.FieldDescriptor, path string) er
 	}
 	switch fd.Kind() {
 	case protoreflect.MessageKind, protoreflect.GroupKind:
+		if fd.Message().FullName() == "google.protobuf.Duration" {
+			// Written as a string: 10s, 1500ms, 1m30s.
+			if v.Kind != yaml3.ScalarNode || v.Tag != "!!str" {
+				return at(v, path, "must be a duration like 10s or 1500ms, got %q", v.Value)
+			}
+			d, err := time.ParseDuration(v.Value)
+			if err != nil {
+				return at(v, path, "must be a duration like 10s or 1500ms, got %q", v.Value)
+			}
+			// protojson reads seconds only ("1.5s"): rewrite it so.
+			v.Value = strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + "s"
+			return nil
+		}
 		return checkNode(v, fd.Message(), path)
 	case protoreflect.StringKind:
 		if v.Kind == yaml3.ScalarNode && v.Tag != "!!str" && v.Tag != "!!null" {

@@ -2,12 +2,14 @@ package main
 
 import (
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/testing/protocmp"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
 func TestParseJobFileReportsTheYAMLLine(t *testing.T) {
@@ -88,5 +90,27 @@ task: {image: "registry.example/web:2"}
 		Update: &schedv1.UpdateStrategy{MaxSurge: "1", MaxUnavailable: "1", ProgressDeadlineSeconds: 300, MaxFailures: 3}}
 	if diff := cmp.Diff(want, spec.GetService(), protocmp.Transform()); diff != "" {
 		t.Errorf("service (-want +got):\n%s", diff)
+	}
+}
+
+func TestParseJobFileHealthCheck(t *testing.T) {
+	got, err := parseJobFile("job.yaml", []byte(`owner_email: a@example.com
+application: app
+service: {min: 1, desired: 1, max: 1, unhealthy_replace_after_seconds: 30}
+task:
+  image: registry.example/x:1
+  health_check: {kind: http, port: 8080, path: /healthz, interval: 5s, timeout: 1500ms, healthy_threshold: 1, unhealthyThreshold: 3, start_period: 1m}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := task.HealthCheckFromProto(got.GetTask().GetHealthCheck())
+	want := &task.HealthCheck{Kind: task.HealthHTTP, Port: 8080, Path: "/healthz", Interval: 5 * time.Second, Timeout: 1500 * time.Millisecond,
+		HealthyThreshold: 1, UnhealthyThreshold: 3, StartPeriod: time.Minute}
+	if diff := cmp.Diff(want, h); diff != "" {
+		t.Fatalf("health check (-want +got):\n%s", diff)
+	}
+	if got.GetService().GetUnhealthyReplaceAfterSeconds() != 30 {
+		t.Fatalf("service %v", got.GetService())
 	}
 }
