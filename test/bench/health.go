@@ -38,8 +38,9 @@ func benchHealth(tb *testenv.Standalone, n int, window time.Duration) {
 
 	b := make([]byte, 3)
 	rand.Read(b)
-	octet, _ := rand.Int(rand.Reader, big.NewInt(250))
-	bridge, cidr := "tbh"+hex.EncodeToString(b), fmt.Sprintf("198.19.%d.0/24", octet.Int64()+1)
+	// A /22: three rounds of n tasks never wait for each other's addresses.
+	octet, _ := rand.Int(rand.Reader, big.NewInt(62))
+	bridge, cidr := "tbh"+hex.EncodeToString(b), fmt.Sprintf("198.19.%d.0/22", 4*(octet.Int64()+1))
 	tb.Cleanup(func() {
 		if l, err := netlink.LinkByName(bridge); err == nil {
 			netlink.LinkDel(l)
@@ -55,6 +56,8 @@ func benchHealth(tb *testenv.Standalone, n int, window time.Duration) {
 		tb.Fatalf("watch: %v", err)
 	}
 
+	// Task ids (and so host veth names) unique to the run.
+	runID := hex.EncodeToString(b)
 	type row struct {
 		name   string
 		cpuPer time.Duration // agent CPU per second of wall time
@@ -64,7 +67,7 @@ func benchHealth(tb *testenv.Standalone, n int, window time.Duration) {
 		ids := make([]string, n)
 		specs := make([]*agentv1.TaskSpec, n)
 		for i := range specs {
-			ids[i] = fmt.Sprintf("hc-%d-%d", round, i)
+			ids[i] = fmt.Sprintf("hc%s-%d-%d", runID, round, i)
 			specs[i] = &agentv1.TaskSpec{Id: ids[i], OwnerEmail: "bench@example.com", Image: image,
 				Command:   []string{"sh", "-c", "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www"},
 				Resources: &agentv1.Resources{CpuMillicores: 100, MemoryMib: 16}, KillGracePeriodSeconds: 1}

@@ -196,7 +196,7 @@ task:
   resources: {cpuMillicores: 500, memoryMib: 64}
   health_check: {kind: tcp, port: 8080, interval: 1s, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2}
 `, image))
-	first := job + ".0.0"
+	first := job + ".0.1" // attempts count from 1
 	got := &schedv1.Task{}
 	waitUntil(t, "first task killed for its health", testenv.Scaled(90*time.Second), func() (bool, string) {
 		if err := sched.cliJSON(got, "task", "get", first); err != nil {
@@ -212,7 +212,7 @@ task:
 	}
 	waitUntil(t, "replacement launched", testenv.Scaled(90*time.Second), func() (bool, string) {
 		tk := &schedv1.Task{}
-		err := sched.cliJSON(tk, "task", "get", job+".0.1")
+		err := sched.cliJSON(tk, "task", "get", job+".0.2")
 		return err == nil && tk.GetState() != 0, fmt.Sprint(tk, err)
 	})
 	j := sched.jobJSON(job)
