@@ -5,7 +5,7 @@ BIN := bin
 DEPS_STAMP := $(HOME)/.cache/titus-agent/deps.stamp
 export PATH := $(HOME)/.cache/titus-agent/bin:$(PATH)
 
-.PHONY: all build test check-generate test-unit test-integration test-vm bench deps generate demo demo-stop clean
+.PHONY: all build test check-generate test-unit test-integration test-vm test-gpu bench deps generate demo demo-stop clean
 
 all: build
 
@@ -49,6 +49,14 @@ test-integration: deps build
 # Not part of `make test` (yet). See test/vm/run.sh and docs/operations.md.
 test-vm: deps build
 	bash test/vm/run.sh
+
+# The GPU tests on a host with NVIDIA GPUs and their driver: the agent and the
+# tests use the real devices under TITUS_TEST_GPU_DEV_ROOT (default /dev)
+# instead of stand-in nodes. Needs at least one GPU; two or more also run the
+# cross-task attacks. See docs/gpus.md.
+TITUS_TEST_GPU_DEV_ROOT ?= /dev
+test-gpu: deps build
+	TITUS_TEST_GPU_DEV_ROOT=$(TITUS_TEST_GPU_DEV_ROOT) $(GO) test -count=1 -v -timeout 20m -run 'TestGPUs' ./test/integration/
 
 bench: deps build
 	$(GO) run ./test/bench

@@ -72,6 +72,10 @@ func newTaskRunCmd() *cobra.Command {
 					*dst = v
 				}
 			}
+			if f.Changed("gpus") {
+				n, _ := f.GetInt32("gpus")
+				spec.Resources.GPUs = n
+			}
 			if f.Changed("grace") {
 				d, err := time.ParseDuration(grace)
 				if err != nil {
@@ -131,6 +135,7 @@ func newTaskRunCmd() *cobra.Command {
 	f.Int64Var(&disk, "disk", 0, "disk quota in MiB (0 = none)")
 	f.Int64Var(&mbps, "network-mbps", 0, "bandwidth limit in Mbps (0 = none)")
 	f.Int64Var(&pids, "pids", 0, "process limit (default 1024)")
+	f.Int32("gpus", 0, "whole GPUs of the task's own (docs/gpus.md)")
 	f.StringVar(&grace, "grace", "", "kill grace period, e.g. 10s")
 	f.StringVar(&maxRuntime, "max-runtime", "", "kill the task after this long, e.g. 1h")
 	f.BoolVarP(&wait, "wait", "w", false, "wait for the task to end; exit with its exit code")
