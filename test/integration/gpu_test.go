@@ -95,6 +95,7 @@ func (e *agentEnv) gpuTask(id string, gpus int32) *agentv1.TaskSpec {
 // restart, and gets the device a finished task gave back. A task cannot
 // name a GPU in its spec.
 func TestGPUsExclusive(t *testing.T) {
+	begin(t)
 	root, real, n := gpuDevRoot(t)
 	e := newAgentEnvConfig(t, fmt.Sprintf("gpu:\n  devRoot: %s\n  cdiSpecDirs: [%s]\n", root, filepath.Join(t.TempDir(), "no-cdi")))
 	t.Logf("GPUs: %d under %s (real: %v)", n, root, real)
@@ -197,6 +198,7 @@ func TestGPUsExclusive(t *testing.T) {
 // Container Toolkit's nvidia.com/gpu=N), the task gets its GPU by CDI
 // injection: the spec's nodes and edits, still only its own GPU.
 func TestGPUsThroughCDI(t *testing.T) {
+	begin(t)
 	root, _, n := gpuDevRoot(t)
 	cdiDir := t.TempDir()
 	var devs strings.Builder
@@ -232,5 +234,67 @@ func TestGPUsThroughCDI(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitFinal("cdi")
+	e.assertNoLeftovers()
+}
+
+// TestGPUsSchedulerWaitsForAFreeGPU: the scheduler counts GPUs in its fit
+// check. Three 1-GPU tasks for a host with two: two run, each on its own
+// device, and the third waits in the queue, saying why; the agent is never
+// sent a task it would have to refuse.
+func TestGPUsSchedulerWaitsForAFreeGPU(t *testing.T) {
+	begin(t)
+	root, _, n := gpuDevRoot(t)
+	sched := startSchedulerProc(t)
+	reg := testenv.StartRegistry(t)
+	image := testenv.PushBusybox(t, reg, "busybox", "latest")
+	ctd := testenv.StartContainerd(t)
+	ln := newLocalNet(t)
+	cfg := ln.config + fmt.Sprintf("scheduler:\n  address: %q\n  instanceID: gpu-host\n  instanceType: sim\n  zone: us-east-1a\n", sched.addr) +
+		fmt.Sprintf("gpu:\n  devRoot: %s\n  cdiSpecDirs: [%s]\n", root, filepath.Join(t.TempDir(), "no-cdi"))
+	e := &agentEnv{t: t, ctd: ctd, reg: reg, image: image}
+	e.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host}, Config: cfg})
+	e.dir, e.socket, e.client = e.agent.Dir, e.agent.Socket, e.agent.Client
+
+	job := sched.submit(fmt.Sprintf(`name: gpus
+ownerEmail: tests@example.com
+application: it
+service: {min: %d, desired: %d, max: %d}
+task:
+  image: %s
+  command: [sleep, "1000"]
+  killGracePeriodSeconds: 1
+  resources: {cpuMillicores: 100, memoryMib: 32, gpus: 1}
+`, n+1, n+1, n+1, image))
+	waitUntil(t, "every GPU in use, one task queued", testenv.Scaled(60*time.Second), func() (bool, string) {
+		j := sched.jobJSON(job)
+		counts, _ := j["counts"].(map[string]any)
+		reason, _ := j["queuedReason"].(string)
+		return len(running(e)) == n && fmt.Sprint(counts["pending"]) == "1" && strings.Contains(reason, "1 GPUs"), fmt.Sprint(counts, " ", reason, " ", running(e))
+	})
+	seen := map[string]string{}
+	for _, id := range running(e) {
+		nodes := e.nvidiaNodes(id)
+		if len(nodes) != 2 {
+			t.Fatalf("%s sees %v, want one GPU and nvidiactl", id, nodes)
+		}
+		if other, dup := seen[nodes[0]]; dup {
+			t.Errorf("%s and %s both got %s", id, other, nodes[0])
+		}
+		seen[nodes[0]] = id
+	}
+	all, err := e.client.ListTasks(e.ctx(), &agentv1.ListTasksRequest{All: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all.GetTasks()) != n {
+		t.Errorf("the agent was sent %d tasks, want %d (one per GPU)", len(all.GetTasks()), n)
+	}
+	if out, err := sched.cli("job", "kill", job); err != nil {
+		t.Fatalf("job kill: %v\n%s", err, out)
+	}
+	waitUntil(t, "all tasks gone", testenv.Scaled(60*time.Second), func() (bool, string) {
+		r := running(e)
+		return len(r) == 0, fmt.Sprint(r)
+	})
 	e.assertNoLeftovers()
 }
