@@ -11,10 +11,12 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/gpu"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/schedlink"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -195,5 +197,24 @@ func TestAllowedDevicesMayNotNameAGPU(t *testing.T) {
 	}
 	if err := checkAllowedDevices([]string{"/dev/nvidia0"}, nil); err != nil {
 		t.Errorf("a host without GPUs: %v", err)
+	}
+}
+
+func TestGPUsAdvertised(t *testing.T) {
+	p := twoGPUs(t)
+	p.inv.Devices[0].Model, p.inv.Devices[0].MemoryMiB = "Tesla T4", 15360
+	p.inv.Devices[1].Model, p.inv.Devices[1].MemoryMiB = "Tesla T4", 15360
+	var cfg schedlink.Config
+	p.advertise(&cfg)
+	want := schedlink.Config{Capacity: schedlink.Capacity{GPUs: 2}, Attributes: schedlink.Attributes{GPUs: []schedlink.GPU{
+		{Index: 0, Model: "Tesla T4", MemoryMiB: 15360}, {Index: 1, Model: "Tesla T4", MemoryMiB: 15360}}}}
+	if d := cmp.Diff(want, cfg, cmpopts.IgnoreFields(schedlink.Config{}, "Health", "Network")); d != "" {
+		t.Errorf("(-want +got):\n%s", d)
+	}
+	var none *gpuPool
+	var empty schedlink.Config
+	none.advertise(&empty)
+	if empty.Capacity.GPUs != 0 || empty.Attributes.GPUs != nil {
+		t.Errorf("a host without GPUs advertises %+v", empty)
 	}
 }
