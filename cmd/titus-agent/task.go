@@ -20,7 +20,7 @@ import (
 
 func newTaskCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "task", Short: "Launch, inspect, kill and debug tasks"}
-	cmd.AddCommand(newTaskRunCmd(), newTaskLsCmd(), newTaskGetCmd(), newTaskKillCmd(), newTaskLogsCmd(), newTaskExecCmd(), newTaskEventsCmd())
+	cmd.AddCommand(newTaskRunCmd(), newTaskLsCmd(), newTaskGetCmd(), newTaskKillCmd(), newTaskLogsCmd(), newTaskExecCmd(), newTaskEventsCmd(), newTaskInspectCmd(), newTaskTopCmd())
 	return cmd
 }
 
