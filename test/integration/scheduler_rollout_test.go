@@ -26,14 +26,6 @@ const (
 	imageBad = "127.0.0.1:5000/busybox:bad"
 )
 
-// crashBad crashes tasks of imageBad after a moment; others run until killed.
-func crashBad(spec *task.Spec) (time.Duration, int32) {
-	if spec.Image == imageBad {
-		return 20 * time.Millisecond, 1
-	}
-	return -1, 0
-}
-
 // labeledAgent starts a simulated agent with labels.
 func (e *schedEnv) labeledAgent(id, az string, cpu int64, labels map[string]string, b schedload.Behavior) *schedload.Agent {
 	a := schedload.NewAgent(schedlink.Config{
@@ -188,21 +180,38 @@ func TestRolloutKeepsFiveOfSixRunning(t *testing.T) {
 	}
 }
 
-// TestRolloutOfCrashingImageRollsBack: new tasks that crash roll the
-// update back automatically, with the reason shown; the old revision
-// keeps running throughout (surge only: none is stopped first).
-func TestRolloutOfCrashingImageRollsBack(t *testing.T) {
+// TestRolloutOfUnhealthyImageRollsBack: an update to an image whose
+// health check never passes is rolled back automatically (its tasks are
+// killed as unhealthy until the failures count, or the progress deadline
+// passes first), and the old revision keeps serving: with
+// maxUnavailable 0, never fewer than 6 running throughout.
+func TestRolloutOfUnhealthyImageRollsBack(t *testing.T) {
 	begin(t)
 	e, _ := newSchedEnv(t, schedOptions(t))
-	e.agent("h0", "az-a", 4000, crashBad)
-	e.agent("h1", "az-b", 4000, crashBad)
+	e.agent("h0", "az-a", 4000, schedload.RunForever)
+	e.agent("h1", "az-b", 4000, schedload.RunForever)
 	e.waitAgents(2)
-	update := &schedv1.UpdateStrategy{MaxSurge: "1", MaxUnavailable: "0", MaxFailures: 3}
-	id := e.submit(serviceSpec6(imageV1, update, ""))
+	health := func(s *task.Spec) task.HealthStatus {
+		if s.Image == imageBad {
+			return task.HealthUnhealthy
+		}
+		return task.HealthHealthy
+	}
+	for _, a := range e.agents {
+		a.Tasks.SetHealth(health)
+	}
+	update := &schedv1.UpdateStrategy{MaxSurge: "1", MaxUnavailable: "0", ProgressDeadlineSeconds: 3}
+	withCheck := func(image string) *schedv1.JobSpec {
+		s := serviceSpec6(image, update, "")
+		s.Task.HealthCheck = &agentv1.HealthCheckSpec{Kind: "exec", Command: []string{"true"}, Interval: durationpb.New(time.Second),
+			Timeout: durationpb.New(500 * time.Millisecond), HealthyThreshold: 1, UnhealthyThreshold: 3}
+		return s
+	}
+	id := e.submit(withCheck(imageV1))
 	e.eventually("6 running", func() (bool, string) { return e.byRevision(id)[1] == 6, fmt.Sprint(e.byRevision(id)) })
 
 	w := e.watchRunning(id)
-	if _, err := e.api.UpdateJob(e.ctx, &schedv1.UpdateJobRequest{Id: id, Spec: serviceSpec6(imageBad, update, "")}); err != nil {
+	if _, err := e.api.UpdateJob(e.ctx, &schedv1.UpdateJobRequest{Id: id, Spec: withCheck(imageBad)}); err != nil {
 		t.Fatalf("update: %v", err)
 	}
 	e.eventually("rolled back", func() (bool, string) {
@@ -214,12 +223,13 @@ func TestRolloutOfCrashingImageRollsBack(t *testing.T) {
 		t.Errorf("running tasks dropped to %d, want 6 throughout (maxUnavailable 0); agents then held: %s", low, w.atLow)
 	}
 	j := e.job(id)
-	if j.Revision != 1 || j.Spec.Task.Image != imageV1 || !strings.Contains(j.Rollout.Reason, "consecutive failures") {
+	if j.Revision != 1 || j.Spec.Task.Image != imageV1 || !(strings.Contains(j.Rollout.Reason, "HealthCheckFailed") || strings.Contains(j.Rollout.Reason, "no new task became available")) {
 		t.Errorf("after rollback: revision %d image %s reason %q", j.Revision, j.Spec.Task.Image, j.Rollout.Reason)
 	}
-	if got := e.byRevision(id); got[1] != 6 || len(got) != 1 {
-		t.Errorf("running by revision %v, want the 6 of revision 1", got)
-	}
+	e.eventually("the 6 of revision 1 alone", func() (bool, string) {
+		got := e.byRevision(id)
+		return got[1] == 6 && len(got) == 1, fmt.Sprint(got)
+	})
 	e.launchesByImage()
 }
 
