@@ -1,0 +1,459 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/creack/pty"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/isolation"
+	"github.com/titus-agent/titus-agent/test/testenv"
+)
+
+// termSession is a CLI run on a pseudo-terminal the test holds, as an
+// operator's terminal would.
+type termSession struct {
+	t    *testing.T
+	cmd  *exec.Cmd
+	ptmx *os.File
+	mu   sync.Mutex
+	out  bytes.Buffer
+	mark int // expect searches from here
+	done chan struct{}
+	err  error
+}
+
+func startTerm(t *testing.T, args ...string) *termSession {
+	t.Helper()
+	return startTermBin(t, titusAgentBinary(t), args...)
+}
+
+func startTermBin(t *testing.T, bin string, args ...string) *termSession {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &termSession{t: t, cmd: cmd, ptmx: ptmx, done: make(chan struct{})}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptmx.Read(buf)
+			s.mu.Lock()
+			s.out.Write(buf[:n])
+			s.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	go func() { s.err = cmd.Wait(); close(s.done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-s.done
+		ptmx.Close()
+	})
+	return s
+}
+
+func (s *termSession) send(text string) {
+	s.t.Helper()
+	if _, err := s.ptmx.Write([]byte(text)); err != nil {
+		s.t.Fatalf("type %q: %v", text, err)
+	}
+}
+
+// expect waits for re past the last match and returns its submatches.
+func (s *termSession) expect(re string) []string {
+	s.t.Helper()
+	rx := regexp.MustCompile(re)
+	deadline := time.Now().Add(testenv.Scaled(30 * time.Second))
+	for {
+		s.mu.Lock()
+		b := s.out.String()[s.mark:]
+		if loc := rx.FindStringSubmatchIndex(b); loc != nil {
+			m := rx.FindStringSubmatch(b)
+			s.mark += loc[1]
+			s.mu.Unlock()
+			return m
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.done:
+			s.mu.Lock()
+			b = s.out.String()[s.mark:]
+			s.mu.Unlock()
+			if rx.MatchString(b) {
+				return rx.FindStringSubmatch(b)
+			}
+			s.t.Fatalf("client exited (%v) before %q; output since last match: %q", s.err, re, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("never saw %q; output since last match: %q", re, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// wait returns the client's exit code.
+func (s *termSession) wait() int {
+	s.t.Helper()
+	select {
+	case <-s.done:
+	case <-time.After(testenv.Scaled(30 * time.Second)):
+		s.t.Fatalf("client did not exit; output: %q", s.out.String())
+	}
+	var ee *exec.ExitError
+	if errors.As(s.err, &ee) {
+		return ee.ExitCode()
+	}
+	if s.err != nil {
+		s.t.Fatalf("client: %v", s.err)
+	}
+	return 0
+}
+
+// procsLike lists the task's processes whose command line matches re,
+// read by a separate exec (ps inside the task).
+func (e *agentEnv) procsLike(id, re string) []string {
+	e.t.Helper()
+	out, err := e.ctrExec(id, "ps", "-o", "pid,args")
+	if err != nil {
+		e.t.Fatalf("ps in %s: %v: %s", id, err, out)
+	}
+	rx := regexp.MustCompile(re)
+	var got []string
+	for _, l := range strings.Split(out, "\n") {
+		if rx.MatchString(l) {
+			got = append(got, strings.TrimSpace(l))
+		}
+	}
+	return got
+}
+
+func (e *agentEnv) waitProcs(id, re string, present bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(testenv.Scaled(30 * time.Second))
+	for {
+		got := e.procsLike(id, re)
+		if (len(got) > 0) == present {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("processes like %q in %s: %v, want present=%v\nagent log:\n%s", re, id, got, present, tailLog(e.agent.Log()))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// hostProcsLike lists host processes whose command line matches re.
+func hostProcsLike(re string) []string {
+	rx := regexp.MustCompile(re)
+	var got []string
+	ents, _ := os.ReadDir("/proc")
+	for _, d := range ents {
+		if _, err := strconv.Atoi(d.Name()); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if c := strings.ReplaceAll(string(bytes.TrimRight(b, "\x00")), "\x00", " "); rx.MatchString(c) {
+			got = append(got, d.Name()+" "+c)
+		}
+	}
+	return got
+}
+
+// TestExecInteractiveTerminal drives `task exec -it ID -- sh` through a
+// pseudo-terminal: prompt, commands, window size, Ctrl-C and Ctrl-\ to the
+// process inside, and the exit code back.
+func TestExecInteractiveTerminal(t *testing.T) {
+	begin(t)
+	e := newAgentEnv(t)
+	e.launch(e.spec("box", "sleep", "100000"))
+	e.waitState("box", stRunning, 60*time.Second)
+
+	s := startTerm(t, "--socket", e.socket, "task", "exec", "-it", "box", "--", "sh")
+	s.expect(`[#$] `)
+	s.send("echo hello-$((6*7))\r")
+	s.expect(`hello-42`)
+	s.send("stty size\r")
+	s.expect(`24 80`)
+	s.send("tty\r")
+	s.expect(`/dev/pts/\d+`)
+
+	// A resize reaches the terminal inside (SIGWINCH → resize message);
+	// asked until it shows, as the signal and the typing race.
+	if err := pty.Setsize(s.ptmx, &pty.Winsize{Rows: 50, Cols: 132}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		s.send("stty size\r")
+		m := s.expect(`\r\n(\d+ \d+)\r\n`)
+		if m[1] == "50 132" {
+			break
+		}
+		if i > 100 {
+			t.Fatalf("stty size inside stays %q after the resize", m[1])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// Ctrl-C goes to the foreground process inside, not to the client.
+	s.send("sleep 1001; echo after-int-$?\r")
+	e.waitProcs("box", `sleep 1001`, true)
+	s.send("\x03")
+	s.expect(`after-int-130`)
+	s.send("sleep 1002; echo after-quit-$?\r")
+	e.waitProcs("box", `sleep 1002`, true)
+	s.send("\x1c")
+	s.expect(`after-quit-131`)
+
+	s.send("exit 7\r")
+	if code := s.wait(); code != 7 {
+		t.Fatalf("client exit code %d, want 7; output %q", code, s.out.String())
+	}
+	// The non-interactive form is unchanged.
+	if out, err := e.cli("task", "exec", "box", "--", "sh", "-c", "echo piped; exit 3"); !strings.Contains(out, "piped") || exitOf(err) != 3 {
+		t.Fatalf("plain exec: %q %v", out, err)
+	}
+}
+
+func exitOf(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
+
+// TestExecClientKilledLeavesNothing: the client dies mid-session (kill -9)
+// and the shell, its foreground and its background children all go.
+func TestExecClientKilledLeavesNothing(t *testing.T) {
+	begin(t)
+	e := newAgentEnv(t)
+	e.launch(e.spec("box", "sleep", "100000"))
+	e.waitState("box", stRunning, 60*time.Second)
+
+	s := startTerm(t, "--socket", e.socket, "task", "exec", "-it", "box", "--", "sh")
+	s.expect(`[#$] `)
+	s.send("sleep 1003 & setsid sleep 1004 & sleep 1005\r")
+	e.waitProcs("box", `sleep 100[345]`, true)
+	for _, re := range []string{`sleep 1003`, `sleep 1004`, `sleep 1005`} {
+		e.waitProcs("box", re, true)
+	}
+	if err := s.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	s.wait()
+	e.waitProcs("box", `sleep 100[345]|\bsh$`, false)
+	if left := hostProcsLike(`^sleep 100[345]$`); len(left) > 0 {
+		t.Fatalf("left on the host: %v", left)
+	}
+	// The session's slot is free again and the task is untouched.
+	if out, err := e.cli("task", "exec", "-i", "box", "--", "echo", "again"); err != nil || !strings.Contains(out, "again") {
+		t.Fatalf("exec after the kill: %q %v", out, err)
+	}
+	if st := e.get("box").GetState(); st != stRunning {
+		t.Fatalf("task is %s after its exec client died", st)
+	}
+}
+
+// TestExecEndsWithTheTask: killing the task ends its exec sessions; no
+// process of theirs survives it.
+func TestExecEndsWithTheTask(t *testing.T) {
+	begin(t)
+	e := newAgentEnv(t)
+	e.launch(e.spec("box", "sleep", "100000"))
+	e.waitState("box", stRunning, 60*time.Second)
+	s := startTerm(t, "--socket", e.socket, "task", "exec", "-it", "box", "--", "sh")
+	s.expect(`[#$] `)
+	s.send("sleep 1006 & sleep 1007\r")
+	e.waitProcs("box", `sleep 1007`, true)
+	if _, err := e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: "box", GracePeriodSeconds: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if code := s.wait(); code == 0 {
+		t.Fatalf("client exited 0 though its task was killed; output %q", s.out.String())
+	}
+	e.waitFinal("box")
+	e.waitNoContainer("box")
+	if left := hostProcsLike(`^sleep 100[67]$`); len(left) > 0 {
+		t.Fatalf("exec processes outlived their task: %v", left)
+	}
+}
+
+// TestExecHoldsNoMoreThanTheTask (attack): whatever is exec'd has exactly
+// the task's capabilities, namespaces and cgroup, with and without a
+// terminal.
+func TestExecHoldsNoMoreThanTheTask(t *testing.T) {
+	begin(t)
+	e := newAgentEnv(t)
+	probe := `grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; cat /proc/self/cgroup; id; for n in pid mnt net ipc uts user cgroup; do echo $n $(readlink /proc/self/ns/$n); done`
+	e.launch(e.spec("box", "sh", "-c", probe+"; echo PROBE-END; exec sleep 100000"))
+	e.waitState("box", stRunning, 60*time.Second)
+	e.waitLog("box", "PROBE-END")
+	logOut, _ := e.cli("task", "logs", "box")
+	want := strings.TrimSpace(strings.Split(logOut, "PROBE-END")[0])
+	if !strings.Contains(want, "CapEff") || !strings.Contains(want, "net net:") {
+		t.Fatalf("task's own probe: %q", want)
+	}
+	for _, flags := range [][]string{nil, {"-i"}, {"-t"}, {"-it"}} {
+		args := append([]string{"task", "exec"}, flags...)
+		out, err := e.cli(append(args, "box", "--", "sh", "-c", probe)...)
+		if err != nil {
+			t.Fatalf("exec %v: %v: %s", flags, err, out)
+		}
+		got := strings.TrimSpace(strings.ReplaceAll(out, "\r\n", "\n"))
+		if got != want {
+			t.Errorf("exec %v sees more or other than its task:\n got: %s\nwant: %s", flags, got, want)
+		}
+	}
+}
+
+// TestExecSessionBound (attack): flooding a task with sessions hits
+// exec.maxSessionsPerTask with a clear error; ending one frees its slot.
+func TestExecSessionBound(t *testing.T) {
+	begin(t)
+	e := newAgentEnvConfig(t, "exec:\n  maxSessionsPerTask: 2\n  maxSessionsPerHost: 3\n")
+	e.launch(e.spec("box", "sleep", "100000"))
+	e.waitState("box", stRunning, 60*time.Second)
+	type held struct {
+		cmd   *exec.Cmd
+		stdin io.WriteCloser
+	}
+	var sessions []held
+	for i := range 2 {
+		cmd := exec.Command(titusAgentBinary(t), "--socket", e.socket, "task", "exec", "-i", "box", "--", "sh", "-c", "read x; echo got-$x")
+		in, _ := cmd.StdinPipe()
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		sessions = append(sessions, held{cmd, in})
+		_ = out
+		e.waitProcs("box", `read x|sh -c read`, true)
+		_ = i
+	}
+	// Both sessions are up once two shells wait in read.
+	deadline := time.Now().Add(testenv.Scaled(30 * time.Second))
+	for len(e.procsLike("box", `sh -c read x`)) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("sessions not up: %v", e.procsLike("box", `.`))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out, err := e.cli("task", "exec", "-it", "box", "--", "true")
+	if err == nil || !strings.Contains(out, "exec.maxSessionsPerTask") || !strings.Contains(out, "too many exec sessions") {
+		t.Fatalf("third session: %q %v, want refused naming exec.maxSessionsPerTask", out, err)
+	}
+	fmt.Fprintln(sessions[0].stdin, "one")
+	if err := sessions[0].cmd.Wait(); err != nil {
+		t.Fatalf("first session: %v", err)
+	}
+	if out, err := e.cli("task", "exec", "-i", "box", "--", "echo", "freed"); err != nil || !strings.Contains(out, "freed") {
+		t.Fatalf("a freed slot is not usable: %q %v", out, err)
+	}
+}
+
+// TestExecUserNamespaceTask: an interactive exec into a task in its own
+// user namespace runs inside that namespace (root inside, mapped outside).
+func TestExecUserNamespaceTask(t *testing.T) {
+	begin(t)
+	e, _ := newUserNSNetAgent(t)
+	s := e.spec("uns", "sleep", "100000")
+	s.Labels, s.Resources.DiskMib = map[string]string{isolation.LabelUserNS: "true"}, 32
+	e.launch(s)
+	e.waitState("uns", stRunning, 60*time.Second)
+	ts := startTerm(t, "--socket", e.socket, "task", "exec", "-it", "uns", "--", "sh")
+	ts.expect(`[#$] `)
+	ts.send("echo map=$(cat /proc/self/uid_map | tr -s ' ' ' ') id=$(id -u)\r")
+	m := ts.expect(`map= ?(\d+) (\d+) (\d+) id=(\d+)`)
+	if m[1] != "0" || m[2] == "0" || m[4] != "0" {
+		t.Fatalf("exec is not in the task's user namespace: uid_map %q, id %s", m[0], m[4])
+	}
+	ts.send("exit 5\r")
+	if code := ts.wait(); code != 5 {
+		t.Fatalf("exit code %d, want 5", code)
+	}
+	_ = syscall.SIGKILL
+}
+
+// TestTaskInspectAndTop: inspect shows the applied spec with secret
+// values redacted and the limits read back from the cgroup; top lists the
+// task's processes with their pids inside and on the host.
+func TestTaskInspectAndTop(t *testing.T) {
+	begin(t)
+	e := newAgentEnv(t)
+	s := e.spec("box", "sh", "-c", "sleep 100000 & exec sleep 200000")
+	s.Env = map[string]string{"DB_PASSWORD": "hunter2", "MODE": "prod", "CUSTOM": "marked-secret"}
+	s.Labels = map[string]string{"titus.task/secret-env": "CUSTOM"}
+	e.launch(s)
+	e.waitState("box", stRunning, 60*time.Second)
+	out, err := e.cli("task", "inspect", "box")
+	if err != nil {
+		t.Fatalf("inspect: %v\n%s", err, out)
+	}
+	for _, want := range []string{"DB_PASSWORD=<redacted>", "CUSTOM=<redacted>", "MODE=prod", "Cgroup:", "\"mounts\"", "pids.max"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inspect lacks %q:\n%s", want, out)
+		}
+	}
+	for _, leak := range []string{"hunter2", "marked-secret"} {
+		if strings.Contains(out, leak) {
+			t.Errorf("inspect shows the secret value %q", leak)
+		}
+	}
+	if !strings.Contains(out, "memory.limit_in_bytes    67108864") && !strings.Contains(out, "memory.max                67108864") {
+		t.Errorf("inspect does not read back the 64 MiB memory limit:\n%s", out)
+	}
+	var top struct {
+		Processes []struct {
+			HostPid int    `json:"hostPid"`
+			Pid     int    `json:"pid"`
+			Command string `json:"command"`
+		} `json:"processes"`
+	}
+	waitUntil(t, "top shows both sleeps", testenv.Scaled(30*time.Second), func() (bool, string) {
+		out, err := e.cli("task", "top", "box", "-o", "json")
+		if err != nil {
+			return false, out
+		}
+		if err := json.Unmarshal([]byte(out), &top); err != nil {
+			return false, out
+		}
+		var cmds []string
+		for _, p := range top.Processes {
+			cmds = append(cmds, p.Command)
+		}
+		return slices.Contains(cmds, "sleep 100000") && slices.Contains(cmds, "sleep 200000"), fmt.Sprint(cmds)
+	})
+	for _, p := range top.Processes {
+		if p.Command == "sleep 200000" && (p.Pid < 1 || p.HostPid <= p.Pid) {
+			t.Errorf("top: main process pid %d in task, %d on host", p.Pid, p.HostPid)
+		}
+	}
+}
