@@ -83,11 +83,14 @@ func (s *Server) InspectTask(ctx context.Context, req *agentv1.InspectTaskReques
 }
 
 func specJSON(s *specs.Spec) string {
-	b, err := json.MarshalIndent(s, "", "  ")
-	if err != nil {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // for people: <redacted>, not \u003credacted\u003e
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(s); err != nil {
 		return ""
 	}
-	return string(b)
+	return strings.TrimSuffix(b.String(), "\n")
 }
 
 func redactMap(env map[string]string, labels map[string]string) map[string]string {
