@@ -60,6 +60,7 @@ type DataPlane struct {
 	host   netlinker
 	ns     namespaces
 	sysctl func(path, value string) error
+	nft    nftRunner // in the host netns: the tasks' source guards
 }
 
 // netlinker is the netlink calls the data plane makes in one network
@@ -133,7 +134,7 @@ func NewDataPlane(cfg DataPlaneConfig) (*DataPlane, error) {
 			return nil, fmt.Errorf("vpc: %w", err)
 		}
 	}
-	return &DataPlane{cfg: cfg, host: h, ns: bindMounts{}, sysctl: writeSysctl}, nil
+	return &DataPlane{cfg: cfg, host: h, ns: bindMounts{}, sysctl: writeSysctl, nft: netnsNFT{ns: cfg.HostNetNS}}, nil
 }
 
 func handleAt(nsPath string) (*netlink.Handle, error) {
@@ -205,13 +206,21 @@ func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttac
 			return nil, fmt.Errorf("vpc: rename task veth: %w", err)
 		}
 	}
+	// The source guard (an nft run, the slowest step) goes on alongside
+	// the wiring; Setup returns only once both are done.
+	guarded := make(chan error, 1)
+	go func() { guarded <- d.guardSources(ctx, hostName, eth.Attrs().HardwareAddr, a) }()
 	if lo, err := inner.LinkByName("lo"); err == nil {
 		_ = inner.LinkSetUp(lo)
 	}
-	if err := d.wireTask(inner, eth, host, a); err != nil {
-		return nil, err
+	err = d.wireTask(inner, eth, host, a)
+	if err == nil {
+		err = d.wireHost(host, a)
 	}
-	if err := d.wireHost(host, a); err != nil {
+	if gerr := <-guarded; err == nil {
+		err = gerr
+	}
+	if err != nil {
 		return nil, err
 	}
 	att := &task.NetworkAttachment{
@@ -356,6 +365,10 @@ func (d *DataPlane) Teardown(ctx context.Context, taskID string, a *Allocation) 
 			errs = append(errs, fmt.Errorf("veth: %w", err))
 		}
 	}
+	// After the veth: a guard outlives its device, never the reverse.
+	if err := d.unguard(ctx, HostVeth(taskID)); err != nil {
+		errs = append(errs, err)
+	}
 	if err := d.ns.Remove(d.NetNSPath(taskID)); err != nil {
 		errs = append(errs, err)
 	}
@@ -422,7 +435,13 @@ func (d *DataPlane) RemoveLink(name string) error {
 	if err != nil {
 		return nil
 	}
-	return d.host.LinkDel(l)
+	if err := d.host.LinkDel(l); err != nil {
+		return err
+	}
+	if strings.HasPrefix(name, taskVethPrefix) {
+		return d.unguard(context.Background(), name)
+	}
+	return nil
 }
 
 // RemoveNetNS unmounts and deletes a task namespace by task id.

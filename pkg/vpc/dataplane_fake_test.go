@@ -1,11 +1,13 @@
 package vpc
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/vishvananda/netlink"
 )
@@ -20,6 +22,8 @@ type fakeNet struct {
 	index   int
 	fail    map[string]error // call name → error to return
 	removed []string
+	nftMu   sync.Mutex
+	nft     []string
 }
 
 type fakeNL struct {
@@ -217,4 +221,20 @@ func (w *fakeNet) Remove(path string) error {
 func (w *fakeNet) sysctl(path, value string) error {
 	w.log = append(w.log, "sysctl "+path+"="+value)
 	return nil
+}
+
+// Run records an nft script in nft (not log: the data plane runs it
+// alongside its netlink calls) as the table it replaces ("guard T") or
+// deletes ("unguard T"); fail["nft"] makes it fail.
+func (w *fakeNet) Run(_ context.Context, script string) error {
+	first, _, _ := strings.Cut(script, "\n")
+	table := strings.TrimSuffix(strings.TrimPrefix(first, "table netdev "), " {}")
+	verb := "unguard"
+	if strings.Contains(script, "chain ingress") {
+		verb = "guard"
+	}
+	w.nftMu.Lock()
+	defer w.nftMu.Unlock()
+	w.nft = append(w.nft, verb+" "+table)
+	return w.fail["nft"]
 }

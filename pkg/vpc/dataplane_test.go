@@ -16,7 +16,7 @@ func newTestDataPlane(t *testing.T) (*DataPlane, *fakeNet) {
 	t.Helper()
 	w := newFakeNet()
 	cfg := DataPlaneConfig{NetNSDir: "/run/test/netns", FilesDir: t.TempDir(), Bridge: "tbr0", DNS: []string{"198.18.0.2"}, MTU: 9001}
-	return &DataPlane{cfg: cfg, host: w.host(), ns: w, sysctl: w.sysctl}, w
+	return &DataPlane{cfg: cfg, host: w.host(), ns: w, sysctl: w.sysctl, nft: w}, w
 }
 
 var (
@@ -125,11 +125,15 @@ func TestDataPlaneSetup(t *testing.T) {
 			if tc.prepare != nil {
 				tc.prepare(d, w)
 			}
+			w.nft = nil
 			if _, err := d.Setup(context.Background(), tc.alloc); err != nil {
 				t.Fatal(err)
 			}
 			if diff := cmp.Diff(tc.want, w.log); diff != "" {
 				t.Errorf("netlink calls (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff([]string{"guard titus_guard_tt628b49d96d"}, w.nft); diff != "" {
+				t.Errorf("nft (-want +got):\n%s", diff)
 			}
 		})
 	}
@@ -200,12 +204,15 @@ func TestDataPlaneTeardown(t *testing.T) {
 			if _, err := d.Setup(context.Background(), setup); err != nil {
 				t.Fatal(err)
 			}
-			w.log = nil
+			w.log, w.nft = nil, nil
 			if err := d.Teardown(context.Background(), "t1", a); err != nil {
 				t.Fatal(err)
 			}
 			if diff := cmp.Diff(tc.want, w.log); diff != "" {
 				t.Errorf("netlink calls (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff([]string{"unguard titus_guard_tt628b49d96d"}, w.nft); diff != "" {
+				t.Errorf("nft (-want +got):\n%s", diff)
 			}
 			// Twice is safe: nothing left to delete but the (idempotent) netns removal.
 			w.log = nil

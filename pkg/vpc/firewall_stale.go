@@ -29,8 +29,9 @@ type firewallHost interface {
 }
 
 // RemoveStale deletes the local-mode firewall tables (titus_fw_<bridge>,
-// inet and bridge families) whose bridge is gone, and returns them as
-// "family name". A dead agent's table matches every task veth by name
+// inet and bridge families) whose bridge is gone, and the task source
+// guards (titus_guard_<veth>, netdev) whose veth is gone, and returns them
+// as "family name". A dead agent's table matches every task veth by name
 // ("tt*"), so left behind it filters other agents' tasks by its own rules.
 // A table whose bridge still exists is another live (or restartable)
 // agent's and is left alone: an agent makes its bridge before its table,
@@ -51,9 +52,14 @@ func (f *Firewall) RemoveStale(ctx context.Context) ([]string, error) {
 	}
 	var script strings.Builder
 	var removed []string
+	for _, l := range links {
+		live["netdev "+GuardTable(l)] = true
+	}
 	for _, t := range tables {
-		if (t.Family != "inet" && t.Family != "bridge") || !strings.HasPrefix(t.Name, bridgeTablePrefix) ||
-			t.Name == f.cfg.Table || live[t.Name] {
+		firewall := (t.Family == "inet" || t.Family == "bridge") && strings.HasPrefix(t.Name, bridgeTablePrefix) &&
+			t.Name != f.cfg.Table && !live[t.Name]
+		guard := t.Family == "netdev" && strings.HasPrefix(t.Name, guardTablePrefix) && !live["netdev "+t.Name]
+		if !firewall && !guard {
 			continue
 		}
 		// Declared first: a table another agent removed meanwhile is no error.

@@ -145,12 +145,15 @@ func TestFirewallRemoveStale(t *testing.T) {
 			{"inet", "titus_fw_tbmine"}, {"bridge", "titus_fw_tbmine"}, // ours
 			{"inet", "titus_fw_tb_live"}, {"bridge", "titus_fw_tb_live"}, // bridge tb-live exists
 			{"inet", "titus_fw_tbdead"}, {"bridge", "titus_fw_tbdead"}, // bridge gone
-			{"inet", "titus_fw_tbdead2"},   // gone, inet only
-			{"inet", "titus_fw"},           // ec2 mode's
-			{"ip", "titus_fw_tbdead"},      // not a family of ours
-			{"inet", "filter"},             // the host's
-			{"ip", "titus_tbdead"},         // the local provider's NAT: not the firewall's
-			{"netdev", "titus_fw_tbdead3"}, // not a family of ours
+			{"inet", "titus_fw_tbdead2"},     // gone, inet only
+			{"inet", "titus_fw"},             // ec2 mode's
+			{"ip", "titus_fw_tbdead"},        // not a family of ours
+			{"inet", "filter"},               // the host's
+			{"ip", "titus_tbdead"},           // the local provider's NAT: not the firewall's
+			{"netdev", "titus_fw_tbdead3"},   // not a family of ours
+			{"netdev", "titus_guard_tt1234"}, // a task's guard, its veth there
+			{"netdev", "titus_guard_tt9999"}, // a guard whose veth is gone
+			{"inet", "titus_guard_tt9999"},   // not a family of ours
 		},
 		links: []string{"lo", "eth0", "tbmine", "tb-live", "tt1234"},
 	}
@@ -161,12 +164,13 @@ func TestFirewallRemoveStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"bridge titus_fw_tbdead", "inet titus_fw_tbdead", "inet titus_fw_tbdead2"}, removed); diff != "" {
+	if diff := cmp.Diff([]string{"bridge titus_fw_tbdead", "inet titus_fw_tbdead", "inet titus_fw_tbdead2", "netdev titus_guard_tt9999"}, removed); diff != "" {
 		t.Errorf("removed (-want +got):\n%s", diff)
 	}
 	want := []string{"table inet titus_fw_tbdead {}\ndelete table inet titus_fw_tbdead\n" +
 		"table bridge titus_fw_tbdead {}\ndelete table bridge titus_fw_tbdead\n" +
-		"table inet titus_fw_tbdead2 {}\ndelete table inet titus_fw_tbdead2\n"}
+		"table inet titus_fw_tbdead2 {}\ndelete table inet titus_fw_tbdead2\n" +
+		"table netdev titus_guard_tt9999 {}\ndelete table netdev titus_guard_tt9999\n"}
 	if diff := cmp.Diff(want, rec.scripts); diff != "" {
 		t.Errorf("nft (-want +got):\n%s", diff)
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -554,6 +555,174 @@ func TestAgentRemovesStaleFirewallTables(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	for _, id := range []string{"web", "client"} {
+		e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id})
+		e.waitFinal(id)
+	}
+	e.assertNoLeftovers()
+}
+
+// pyInNetNS runs a python3 program in a task's network namespace with the
+// host's files: what a process in the task could do with the same
+// privileges, plus whatever the test lets it (root, here).
+func pyInNetNS(ns, prog string) (string, error) {
+	out, err := exec.Command("nsenter", "--net="+ns, "--", "python3", "-c", prog).CombinedOutput()
+	return string(out), err
+}
+
+// connectProg tries a TCP connection from src (empty: any) to
+// [dst]:port on eth0, 3 s at most, and prints "connected" or the error.
+func connectProg(src, dst string, port int) string {
+	fam := "socket.AF_INET"
+	if strings.Contains(dst, ":") {
+		fam = "socket.AF_INET6"
+	}
+	return fmt.Sprintf(`
+import socket
+s = socket.socket(%s)
+s.settimeout(3)
+if %q:
+    s.bind((%q, 0))
+addr = (%q, %d) if %s == socket.AF_INET else (%q, %d, 0, socket.if_nametoindex("eth0"))
+try:
+    s.connect(addr)
+    print("connected")
+except Exception as e:
+    print("refused:", e)
+`, fam, src, src, dst, port, fam, dst, port)
+}
+
+// TestAgentTaskCannotSpoofItsSource: a task that could give itself another
+// address (here root enters its netns with CAP_NET_ADMIN, which a task
+// never has) sends from it to a neighbour it may otherwise reach (task to
+// task allowed). The frames are dropped at its veth's ingress, counted by
+// its source guard; from its own address the same connection works.
+func TestAgentTaskCannotSpoofItsSource(t *testing.T) {
+	begin(t)
+	e, ln := newNetAgentEnv(t) // tasks may meet: only the guard stands in the way
+	e.launch(e.spec("web", "sh", "-c", "mkdir -p /www && echo hello > /www/index.html && exec httpd -f -p 8080 -h /www"))
+	e.launch(e.spec("attacker", "sleep", "1000"))
+	web := e.waitState("web", stRunning, 30*time.Second).GetNetwork().GetIpv4()
+	own := e.waitState("attacker", stRunning, 30*time.Second).GetNetwork().GetIpv4()
+	ns := filepath.Join(e.dir, "netns", "attacker")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, _ := pyInNetNS(ns, connectProg(own, web, 8080))
+		if strings.Contains(out, "connected") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("from its own address the attacker cannot reach web: %s", out)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	guard := vpc.GuardTable(vpc.HostVeth("attacker"))
+	before := nftCounter(t, "netdev", guard, vpc.CounterSpoofed)
+	spoof := strings.TrimSuffix(strings.TrimSuffix(ln.cidr, "/24"), "0") + "250"
+	if out, err := exec.Command("nsenter", "--net="+ns, "--", "ip", "addr", "add", spoof+"/24", "dev", "eth0").CombinedOutput(); err != nil {
+		t.Fatalf("add the forged address: %v %s", err, out)
+	}
+	if out, _ := pyInNetNS(ns, connectProg(spoof, web, 8080)); !strings.Contains(out, "refused") {
+		t.Errorf("from the forged address %s the attacker reached web: %s", spoof, out)
+	}
+	if after := nftCounter(t, "netdev", guard, vpc.CounterSpoofed); after <= before {
+		t.Errorf("guard counter %d -> %d, want the forged frames counted", before, after)
+	}
+	for _, id := range []string{"web", "attacker"} {
+		e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id})
+		e.waitFinal(id)
+	}
+	e.assertNoLeftovers()
+	if out, err := exec.Command("nft", "list", "table", "netdev", guard).CombinedOutput(); err == nil {
+		t.Errorf("the guard outlived its task:\n%s", out)
+	}
+}
+
+// TestAgentTaskIPv6ReachesNothing: in local mode a task's IPv6 (its
+// link-local address, all it has) reaches neither the host (a service on
+// the host listening on every address, through the bridge's link-local
+// address) nor a neighbour task.
+func TestAgentTaskIPv6ReachesNothing(t *testing.T) {
+	begin(t)
+	ln := newLocalNet(t)
+	e := newAgentEnvConfig(t, ln.config)
+	hostLn, err := net.Listen("tcp", "[::]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hostLn.Close() })
+	var hostAccepted atomic.Int32
+	go func() {
+		for {
+			c, err := hostLn.Accept()
+			if err != nil {
+				return
+			}
+			hostAccepted.Add(1)
+			c.Close()
+		}
+	}()
+	port := hostLn.Addr().(*net.TCPAddr).Port
+	for _, id := range []string{"victim", "attacker"} {
+		e.launch(e.spec(id, "sleep", "1000"))
+		e.waitState(id, stRunning, 30*time.Second)
+	}
+	linkLocal := func(ns, dev string) string {
+		args := []string{"ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link"}
+		if ns != "" {
+			args = append([]string{"nsenter", "--net=" + ns, "--"}, args...)
+		}
+		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+		f := strings.Fields(string(out))
+		for i, w := range f {
+			if w == "inet6" && i+1 < len(f) {
+				return strings.Split(f[i+1], "/")[0]
+			}
+		}
+		t.Fatalf("no link-local address on %s %s: %v %s", ns, dev, err, out)
+		return ""
+	}
+	victimNS, attackerNS := filepath.Join(e.dir, "netns", "victim"), filepath.Join(e.dir, "netns", "attacker")
+	bridgeLL := linkLocal("", ln.bridge)
+	// The neighbour listens on every address, in its own netns.
+	listener := exec.Command("nsenter", "--net="+victimNS, "--", "python3", "-u", "-c", `
+import socket
+s = socket.socket(socket.AF_INET6)
+s.bind(("::", 9000))
+s.listen()
+print("ready")
+while True:
+    c, a = s.accept()
+    print("accepted", a)
+    c.close()
+`)
+	stdout, _ := listener.StdoutPipe()
+	if err := listener.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { listener.Process.Kill(); listener.Wait() })
+	// Wait for "ready"; then keep draining.
+	line := make([]byte, 6)
+	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "ready\n" {
+		t.Fatalf("neighbour's listener: %q %v", line, err)
+	}
+	go io.Copy(io.Discard, stdout)
+	victimAddr := linkLocal(victimNS, "eth0")
+	for name, dst := range map[string]struct {
+		addr string
+		port int
+	}{"the host": {bridgeLL, port}, "the neighbour": {victimAddr, 9000}} {
+		if out, _ := pyInNetNS(attackerNS, connectProg("", dst.addr, dst.port)); !strings.Contains(out, "refused") {
+			t.Errorf("the attacker reached %s over IPv6 at [%s]:%d: %s", name, dst.addr, dst.port, out)
+		}
+	}
+	// The listener works: from its own netns it is reached.
+	if out, _ := pyInNetNS(victimNS, connectProg("", victimAddr, 9000)); !strings.Contains(out, "connected") {
+		t.Errorf("the neighbour's own listener: %s", out)
+	}
+	if n := hostAccepted.Load(); n != 0 {
+		t.Errorf("the host accepted %d IPv6 connections from a task", n)
+	}
+	for _, id := range []string{"victim", "attacker"} {
 		e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id})
 		e.waitFinal(id)
 	}
