@@ -42,8 +42,9 @@ func firewallTable(cfg NetworkConfig) string {
 // the tables stay when the agent stops, as its tasks do. Then it removes
 // the local-mode tables of bridges that no longer exist, which dead agents
 // left (with the filter on or off: such a table filters every agent's
-// tasks by its rules); failing that is logged, not fatal.
-func wireFirewall(ctx context.Context, cfg NetworkConfig, log *slog.Logger) error {
+// tasks by its rules); failing that is logged, not fatal. isolatePorts
+// says whether the data plane isolates each new task's bridge port.
+func wireFirewall(ctx context.Context, cfg NetworkConfig, log *slog.Logger) (isolatePorts bool, err error) {
 	fc := vpc.FirewallConfig{
 		Table:          firewallTable(cfg),
 		HostNetNS:      cfg.HostNetNS,
@@ -55,13 +56,13 @@ func wireFirewall(ctx context.Context, cfg NetworkConfig, log *slog.Logger) erro
 	}
 	fw, err := vpc.NewFirewall(fc)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if !cfg.Firewall.Enabled {
 		log.Warn("network.firewall.enabled is false: tasks reach the host's services, link-local addresses and each other unless the host's own rules stop them")
 	} else {
 		if err := fw.Ensure(ctx); err != nil {
-			return fmt.Errorf("firewall: %w", err)
+			return false, fmt.Errorf("firewall: %w", err)
 		}
 		log.Info("host firewall", "table", fw.Table(), "allowHostPorts", fc.AllowHostPorts, "taskToTask", fc.TaskToTask)
 	}
@@ -73,5 +74,5 @@ func wireFirewall(ctx context.Context, cfg NetworkConfig, log *slog.Logger) erro
 		// Not a reason to stay down: the agent's own filter is in place.
 		log.Error("stale firewall tables not removed", "err", err)
 	}
-	return nil
+	return cfg.Firewall.Enabled && fw.IsolatesPorts(), nil
 }

@@ -43,15 +43,17 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 		w.closers = append(w.closers, ep.Close)
 		provider = ep
 	}
-	if err := wireFirewall(ctx, cfg.Network, log); err != nil {
+	isolate, err := wireFirewall(ctx, cfg.Network, log)
+	if err != nil {
 		return nil, err
 	}
 	dp, err := vpc.NewDataPlane(vpc.DataPlaneConfig{
-		NetNSDir:  cfg.Network.NetNSDir,
-		HostNetNS: cfg.Network.HostNetNS,
-		FilesDir:  filepath.Join(cfg.StateDir, "netfiles"),
-		Bridge:    cfg.Network.Local.Bridge,
-		DNS:       cfg.Network.DNS,
+		NetNSDir:     cfg.Network.NetNSDir,
+		HostNetNS:    cfg.Network.HostNetNS,
+		FilesDir:     filepath.Join(cfg.StateDir, "netfiles"),
+		Bridge:       cfg.Network.Local.Bridge,
+		IsolatePorts: isolate,
+		DNS:          cfg.Network.DNS,
 	})
 	if err != nil {
 		return nil, err

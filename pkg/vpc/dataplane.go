@@ -49,6 +49,12 @@ type DataPlaneConfig struct {
 	HostNetNS string
 	// Bridge is the local provider's bridge (local mode only).
 	Bridge string
+	// IsolatePorts makes every task's port on Bridge an isolated one
+	// (IFLA_BRPORT_ISOLATED): the bridge forwards nothing between two
+	// isolated ports, so this agent's tasks do not reach each other
+	// across it, while other bridges on the machine are not touched. Set
+	// when the firewall keeps tasks apart (Firewall.IsolatesPorts).
+	IsolatePorts bool
 	// DNS servers for the tasks' resolv.conf; empty = the host's.
 	DNS []string
 	MTU int
@@ -74,6 +80,7 @@ type netlinker interface {
 	LinkSetName(link netlink.Link, name string) error
 	LinkSetMTU(link netlink.Link, mtu int) error
 	LinkSetMaster(link, master netlink.Link) error
+	LinkSetIsolated(link netlink.Link, isolated bool) error
 	LinkSetNsFd(link netlink.Link, fd int) error
 	AddrReplace(link netlink.Link, addr *netlink.Addr) error
 	RouteReplace(route *netlink.Route) error
@@ -299,6 +306,11 @@ func (d *DataPlane) wireHost(host netlink.Link, a Allocation) error {
 		}
 		if err := d.host.LinkSetMaster(host, br); err != nil {
 			return fmt.Errorf("vpc: attach veth to bridge: %w", err)
+		}
+		// Before the port is up, so it never forwards unisolated; set
+		// either way, so a re-wired task follows the current policy.
+		if err := d.host.LinkSetIsolated(host, d.cfg.IsolatePorts); err != nil {
+			return fmt.Errorf("vpc: bridge port isolation: %w", err)
 		}
 		return d.host.LinkSetUp(host)
 	}

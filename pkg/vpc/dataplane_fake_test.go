@@ -111,6 +111,10 @@ func (n *fakeNL) LinkSetMaster(l, master netlink.Link) error {
 	return n.record("LinkSetMaster", "%s %s", l.Attrs().Name, master.Attrs().Name)
 }
 
+func (n *fakeNL) LinkSetIsolated(l netlink.Link, on bool) error {
+	return n.record("LinkSetIsolated", "%s %t", l.Attrs().Name, on)
+}
+
 func (n *fakeNL) LinkSetNsFd(l netlink.Link, fd int) error {
 	if err := n.record("LinkSetNsFd", "%s %s", l.Attrs().Name, n.w.nss[fd].name); err != nil {
 		return err

@@ -94,6 +94,26 @@ func TestDataPlaneSetup(t *testing.T) {
 				"task LinkSetUp eth0",
 				"task RouteReplace dev eth0 dst 0.0.0.0/0 via 198.18.0.1",
 				"host LinkSetMaster tt628b49d96d tbr0",
+				"host LinkSetIsolated tt628b49d96d false",
+				"host LinkSetUp tt628b49d96d",
+			},
+		},
+		{
+			name: "local, tasks kept apart: the port is isolated before it is up",
+			prepare: func(d *DataPlane, w *fakeNet) {
+				d.cfg.IsolatePorts = true
+				w.host().addLink(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "tbr0"}})
+			},
+			alloc: localAlloc,
+			want: []string{
+				"Ensure /run/test/netns/t1",
+				"host LinkAdd veth tt628b49d96d mtu 9001 peer eth0 in task",
+				"task LinkSetUp lo",
+				"task AddrReplace eth0 198.18.0.10/24 flags 0",
+				"task LinkSetUp eth0",
+				"task RouteReplace dev eth0 dst 0.0.0.0/0 via 198.18.0.1",
+				"host LinkSetMaster tt628b49d96d tbr0",
+				"host LinkSetIsolated tt628b49d96d true",
 				"host LinkSetUp tt628b49d96d",
 			},
 		},
@@ -152,6 +172,7 @@ func TestDataPlaneSetupErrors(t *testing.T) {
 		{"policy rule", "RuleAdd", ec2Alloc, "vpc: policy rule: boom"},
 		{"bridge missing", "", localAlloc, "vpc: bridge tbr0: Link not found"},
 		{"bridge port", "LinkSetMaster", localAlloc, "vpc: attach veth to bridge: boom"},
+		{"port isolation", "LinkSetIsolated", localAlloc, "vpc: bridge port isolation: boom"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d, w := newTestDataPlane(t)

@@ -46,6 +46,13 @@ func ParseHostPort(s string) (proto string, port int, err error) {
 // else from a task is dropped. The task's metadata service is not
 // affected: it listens inside the task's own netns.
 //
+// Between two tasks on the local bridge no IP hook sees the frames; there
+// the bridge's own port isolation keeps them apart (IsolatesPorts; the
+// data plane isolates each new port, Ensure every existing one). It holds
+// on this agent's bridge only: an nft bridge rule would match every task
+// port on the machine by name (this kernel has no meta ibrname), other
+// agents' bridges whose tasks may meet among them.
+//
 // Ensure replaces the tables in one nft transaction, so re-applying it at
 // agent start leaves no moment without rules. The tables outlive the
 // agent (tasks outlive it too); Remove takes them away.
@@ -86,8 +93,18 @@ func (f *Firewall) Ensure(ctx context.Context) error {
 	if err := f.nft.Run(ctx, f.script()); err != nil {
 		return fmt.Errorf("vpc: firewall: %w", err)
 	}
+	if f.cfg.Bridge == "" {
+		return nil
+	}
+	if err := f.host.IsolatePorts(f.cfg.Bridge, f.IsolatesPorts()); err != nil {
+		return fmt.Errorf("vpc: firewall: bridge %s: %w", f.cfg.Bridge, err)
+	}
 	return nil
 }
+
+// IsolatesPorts says whether the task ports of the local bridge are to be
+// isolated from each other: in local mode, unless TaskToTask.
+func (f *Firewall) IsolatesPorts() bool { return f.cfg.Bridge != "" && !f.cfg.TaskToTask }
 
 // Remove deletes the firewall's tables (agent uninstall, tests).
 func (f *Firewall) Remove(ctx context.Context) error {
@@ -120,6 +137,7 @@ func (f *Firewall) script() string {
 	w("table inet %s {}", t)
 	w("delete table inet %s", t)
 	if f.cfg.Bridge != "" {
+		// Earlier versions kept tasks apart with a bridge table.
 		w("table bridge %s {}", t)
 		w("delete table bridge %s", t)
 	}
@@ -188,16 +206,6 @@ func (f *Firewall) script() string {
 	}
 	w("  }")
 	w("}")
-	if f.cfg.Bridge != "" && !f.cfg.TaskToTask {
-		// Bridged between two task ports: no IP hook sees it.
-		w("table bridge %s {", t)
-		w("  counter %s {}", CounterTaskToTask)
-		w("  chain forward {")
-		w("    type filter hook forward priority filter - 10; policy accept;")
-		w("    iifname %s oifname %s counter name %s drop", strconv.Quote(taskVethPrefix+"*"), strconv.Quote(taskVethPrefix+"*"), CounterTaskToTask)
-		w("  }")
-		w("}")
-	}
 	return b.String()
 }
 

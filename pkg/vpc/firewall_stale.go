@@ -21,11 +21,16 @@ func FirewallTable(bridge string) string {
 // nftTable is one nftables table: its family and name.
 type nftTable struct{ Family, Name string }
 
-// firewallHost is what RemoveStale reads of the host: its nftables tables
-// and its links' names (netns-aware in production, a fake in tests).
+// firewallHost is what the firewall reads and sets on the host besides
+// its tables: the nftables tables and links' names RemoveStale reads, the
+// bridge port isolation Ensure sets (netns-aware in production, a fake in
+// tests).
 type firewallHost interface {
 	Tables(ctx context.Context) ([]nftTable, error)
 	Links() ([]string, error)
+	// IsolatePorts sets every task port of the bridge isolated or not; a
+	// missing bridge has none.
+	IsolatePorts(bridge string, on bool) error
 }
 
 // RemoveStale deletes the local-mode firewall tables (titus_fw_<bridge>,

@@ -2,6 +2,7 @@ package vpc
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"strings"
@@ -46,9 +47,9 @@ func TestFirewallScript(t *testing.T) {
 				`oifname "br0" goto task_to_task`,
 				`iifname != "tt*" iifname != "br0" drop`,
 				"table bridge titus_fw_br {}\ndelete table bridge titus_fw_br\n",
-				`iifname "tt*" oifname "tt*" counter name task_to_task drop`,
 			},
-			wantNot: []string{"dport"},
+			// Not by name: "tt*" is every agent's task ports.
+			wantNot: []string{"dport", "table bridge titus_fw_br {\n", `oifname "tt*" counter`},
 		},
 		{
 			name:    "task to task allowed",
@@ -86,11 +87,14 @@ func TestFirewallRefusesBadPorts(t *testing.T) {
 }
 
 func TestFirewallEnsureAndRemove(t *testing.T) {
-	rec := &recordNFT{}
+	rec, host := &recordNFT{}, &fakeFirewallHost{}
 	f, _ := NewFirewall(FirewallConfig{Table: "t", Bridge: "b"})
-	f.nft = rec
+	f.nft, f.host = rec, host
 	if err := f.Ensure(context.Background()); err != nil {
 		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"b true"}, host.isolated); diff != "" {
+		t.Errorf("port isolation (-want +got):\n%s", diff)
 	}
 	if err := f.Remove(context.Background()); err != nil {
 		t.Fatal(err)
@@ -129,18 +133,23 @@ func TestFirewallScriptParses(t *testing.T) {
 }
 
 type fakeFirewallHost struct {
-	tables []nftTable
-	links  []string
+	tables   []nftTable
+	links    []string
+	isolated []string // "bridge on|off", one per IsolatePorts
 }
 
-func (f fakeFirewallHost) Tables(context.Context) ([]nftTable, error) { return f.tables, nil }
-func (f fakeFirewallHost) Links() ([]string, error)                   { return f.links, nil }
+func (f *fakeFirewallHost) Tables(context.Context) ([]nftTable, error) { return f.tables, nil }
+func (f *fakeFirewallHost) Links() ([]string, error)                   { return f.links, nil }
+func (f *fakeFirewallHost) IsolatePorts(bridge string, on bool) error {
+	f.isolated = append(f.isolated, fmt.Sprintf("%s %t", bridge, on))
+	return nil
+}
 
 // TestFirewallRemoveStale: the tables of bridges that are gone go, in one
 // transaction; the agent's own, those of bridges that exist (other live
 // agents'), the ec2 table and anything not ours stay.
 func TestFirewallRemoveStale(t *testing.T) {
-	host := fakeFirewallHost{
+	host := &fakeFirewallHost{
 		tables: []nftTable{
 			{"inet", "titus_fw_tbmine"}, {"bridge", "titus_fw_tbmine"}, // ours
 			{"inet", "titus_fw_tb_live"}, {"bridge", "titus_fw_tb_live"}, // bridge tb-live exists
@@ -177,7 +186,7 @@ func TestFirewallRemoveStale(t *testing.T) {
 
 	// Nothing stale: no nft run at all.
 	rec.scripts = nil
-	f.host = fakeFirewallHost{tables: host.tables[:4], links: host.links}
+	f.host = &fakeFirewallHost{tables: host.tables[:4], links: host.links}
 	if removed, err := f.RemoveStale(context.Background()); err != nil || removed != nil || rec.scripts != nil {
 		t.Errorf("nothing stale: removed %v, err %v, ran %v", removed, err, rec.scripts)
 	}
@@ -188,5 +197,31 @@ func TestParseTables(t *testing.T) {
 	want := []nftTable{{"inet", "titus_fw_tb1"}, {"bridge", "titus_fw_tb1"}, {"ip", "nat"}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("tables (-want +got):\n%s", diff)
+	}
+}
+
+// TestFirewallIsolatesOnlyItsBridge: whether tasks meet is set on the
+// agent's own bridge's ports, both ways, and never in ec2 mode (no bridge).
+func TestFirewallIsolatesOnlyItsBridge(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  FirewallConfig
+		want []string
+	}{
+		{FirewallConfig{Bridge: "tbmine"}, []string{"tbmine true"}},
+		{FirewallConfig{Bridge: "tbmine", TaskToTask: true}, []string{"tbmine false"}},
+		{FirewallConfig{}, nil},
+	} {
+		host := &fakeFirewallHost{}
+		f, _ := NewFirewall(tc.cfg)
+		f.nft, f.host = &recordNFT{}, host
+		if err := f.Ensure(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(tc.want, host.isolated); diff != "" {
+			t.Errorf("%+v: port isolation (-want +got):\n%s", tc.cfg, diff)
+		}
+		if got, want := f.IsolatesPorts(), tc.want != nil && tc.want[0] == "tbmine true"; got != want {
+			t.Errorf("%+v: IsolatesPorts = %t, want %t", tc.cfg, got, want)
+		}
 	}
 }

@@ -387,8 +387,13 @@ func TestAgentFirewallFromInsideTasks(t *testing.T) {
 	if n := nftCounter(t, "inet", table, "task_to_host"); n == 0 {
 		t.Errorf("task_to_host counter is 0")
 	}
-	if n := nftCounter(t, "bridge", table, "task_to_task"); n == 0 {
-		t.Errorf("bridge task_to_task counter is 0")
+	// Bridged, the neighbour was kept off by port isolation, not by name.
+	for _, id := range []string{"web", "probe"} {
+		if l, err := netlink.LinkByName(vpc.HostVeth(id)); err != nil {
+			t.Errorf("%s's veth: %v", id, err)
+		} else if pi, err := netlink.LinkGetProtinfo(l); err != nil || !pi.Isolated {
+			t.Errorf("%s's bridge port: isolated %t (%v), want isolated", id, pi.Isolated, err)
+		}
 	}
 
 	// The agent dies: its tasks and its filter stay. The next one runs
@@ -514,11 +519,9 @@ func TestAgentRemovesStaleFirewallTables(t *testing.T) {
 			netlink.LinkDel(l)
 		}
 	})
-	// The live one lets tasks meet: a live agent's bridge table that does
-	// not matches every task veth too (no meta ibrname here), a limit of
-	// the bridge table that removing stale tables does not lift.
+	// Both keep their tasks apart; the live one on its own bridge only.
 	for _, br := range []string{staleBridge, liveBridge} {
-		fw, err := vpc.NewFirewall(vpc.FirewallConfig{Table: vpc.FirewallTable(br), Bridge: br, TaskToTask: br == liveBridge})
+		fw, err := vpc.NewFirewall(vpc.FirewallConfig{Table: vpc.FirewallTable(br), Bridge: br})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -526,6 +529,15 @@ func TestAgentRemovesStaleFirewallTables(t *testing.T) {
 		if err := fw.Ensure(context.Background()); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The dead agent was an earlier version, which kept tasks apart with a
+	// bridge table matching every task port on the machine by name.
+	old := fmt.Sprintf("table bridge %s {\n chain forward {\n  type filter hook forward priority filter - 10; policy accept;\n"+
+		"  iifname \"tt*\" oifname \"tt*\" drop\n }\n}\n", vpc.FirewallTable(staleBridge))
+	cmd := exec.Command("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(old)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("old bridge table: %v %s", err, out)
 	}
 	e, _ := newNetAgentEnv(t) // task to task allowed
 	for _, fam := range []string{"inet", "bridge"} {
@@ -596,9 +608,8 @@ except Exception as e:
 // never has) connects from it to a host service it may otherwise reach (an
 // allowed host port). The frames are dropped at its veth's ingress and
 // counted by its source guard; from its own address the same connection
-// works. (The host is the target, not a neighbour: a bridge table of any
-// other agent on the machine that keeps tasks apart matches every task
-// port, so task-to-task traffic would prove nothing here.)
+// works. (The host is the target, not a neighbour: the task's bridge port
+// is isolated by default, so task-to-task traffic would prove nothing.)
 func TestAgentTaskCannotSpoofItsSource(t *testing.T) {
 	begin(t)
 	hostLn, err := net.Listen("tcp", "0.0.0.0:0")
@@ -736,6 +747,47 @@ while True:
 		t.Errorf("the host accepted %d IPv6 connections from a task", n)
 	}
 	for _, id := range []string{"victim", "attacker"} {
+		e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id})
+		e.waitFinal(id)
+	}
+	e.assertNoLeftovers()
+}
+
+// TestAgentIsolationStaysOnItsBridge: one agent on the machine keeps its
+// tasks apart (the default), another on its own bridge lets its tasks
+// meet. The first one's isolation must not reach across to the second
+// one's bridge: there, tasks that may meet do.
+func TestAgentIsolationStaysOnItsBridge(t *testing.T) {
+	begin(t)
+	b := make([]byte, 3)
+	rand.Read(b)
+	isolating := "tbis" + hex.EncodeToString(b)
+	if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: isolating}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if l, err := netlink.LinkByName(isolating); err == nil {
+			netlink.LinkDel(l)
+		}
+	})
+	fw, err := vpc.NewFirewall(vpc.FirewallConfig{Table: vpc.FirewallTable(isolating), Bridge: isolating})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fw.Remove(context.Background()) })
+	if err := fw.Ensure(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := newNetAgentEnv(t) // task to task allowed
+	e.launch(e.spec("web", "sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"))
+	e.launch(e.spec("client", "sleep", "1000"))
+	webIP := e.waitState("web", stRunning, 30*time.Second).GetNetwork().GetIpv4()
+	e.waitState("client", stRunning, 30*time.Second)
+	waitFor(t, "client reaches web on a bridge whose agent lets tasks meet", 10*time.Second, func() (bool, string) {
+		out, code := httpGet(e, "client", webIP)
+		return code == 0 && strings.Contains(out, "hello-from-web"), fmt.Sprintf("exit %d: %s", code, out)
+	})
+	for _, id := range []string{"web", "client"} {
 		e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id})
 		e.waitFinal(id)
 	}
