@@ -34,10 +34,13 @@ type firewallHost interface {
 }
 
 // RemoveStale deletes the local-mode firewall tables (titus_fw_<bridge>,
-// inet and bridge families) whose bridge is gone, and the task source
-// guards (titus_guard_<veth>, netdev) whose veth is gone, and returns them
-// as "family name". A dead agent's table matches every task veth by name
-// ("tt*"), so left behind it filters other agents' tasks by its own rules.
+// inet and bridge families) and the local provider's NAT tables
+// (titus_<bridge>, ip) whose bridge is gone, and the task source guards
+// (titus_guard_<veth>, netdev) whose veth is gone, and returns them as
+// "family name". A dead agent's firewall table matches every task veth by
+// name ("tt*"), so left behind it filters other agents' tasks by its own
+// rules; its NAT table masquerades its CIDR, which a later agent may be
+// given, out of every interface but the gone bridge.
 // A table whose bridge still exists is another live (or restartable)
 // agent's and is left alone: an agent makes its bridge before its table,
 // and the tables are listed before the links, so a table made meanwhile
@@ -59,12 +62,14 @@ func (f *Firewall) RemoveStale(ctx context.Context) ([]string, error) {
 	var removed []string
 	for _, l := range links {
 		live["netdev "+GuardTable(l)] = true
+		live["ip "+NATTable(l)] = true
 	}
 	for _, t := range tables {
 		firewall := (t.Family == "inet" || t.Family == "bridge") && strings.HasPrefix(t.Name, bridgeTablePrefix) &&
 			t.Name != f.cfg.Table && !live[t.Name]
 		guard := t.Family == "netdev" && strings.HasPrefix(t.Name, guardTablePrefix) && !live["netdev "+t.Name]
-		if !firewall && !guard {
+		nat := t.Family == "ip" && strings.HasPrefix(t.Name, natTablePrefix) && !live["ip "+t.Name]
+		if !firewall && !guard && !nat {
 			continue
 		}
 		// Declared first: a table another agent removed meanwhile is no error.

@@ -156,9 +156,13 @@ func TestFirewallRemoveStale(t *testing.T) {
 			{"inet", "titus_fw_tbdead"}, {"bridge", "titus_fw_tbdead"}, // bridge gone
 			{"inet", "titus_fw_tbdead2"},     // gone, inet only
 			{"inet", "titus_fw"},             // ec2 mode's
-			{"ip", "titus_fw_tbdead"},        // not a family of ours
+			{"arp", "titus_fw_tbdead"},       // not a family of ours
 			{"inet", "filter"},               // the host's
-			{"ip", "titus_tbdead"},           // the local provider's NAT: not the firewall's
+			{"ip", "titus_tbdead"},           // the local provider's NAT, bridge gone
+			{"ip", "titus_tb_live"},          // its NAT, bridge tb-live exists
+			{"ip", "titus_tbmine"},           // this agent's NAT
+			{"ip", "nat"},                    // the host's
+			{"inet", "titus_tbdead4"},        // not a family of NAT's
 			{"netdev", "titus_fw_tbdead3"},   // not a family of ours
 			{"netdev", "titus_guard_tt1234"}, // a task's guard, its veth there
 			{"netdev", "titus_guard_tt9999"}, // a guard whose veth is gone
@@ -173,12 +177,13 @@ func TestFirewallRemoveStale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"bridge titus_fw_tbdead", "inet titus_fw_tbdead", "inet titus_fw_tbdead2", "netdev titus_guard_tt9999"}, removed); diff != "" {
+	if diff := cmp.Diff([]string{"bridge titus_fw_tbdead", "inet titus_fw_tbdead", "inet titus_fw_tbdead2", "ip titus_tbdead", "netdev titus_guard_tt9999"}, removed); diff != "" {
 		t.Errorf("removed (-want +got):\n%s", diff)
 	}
 	want := []string{"table inet titus_fw_tbdead {}\ndelete table inet titus_fw_tbdead\n" +
 		"table bridge titus_fw_tbdead {}\ndelete table bridge titus_fw_tbdead\n" +
 		"table inet titus_fw_tbdead2 {}\ndelete table inet titus_fw_tbdead2\n" +
+		"table ip titus_tbdead {}\ndelete table ip titus_tbdead\n" +
 		"table netdev titus_guard_tt9999 {}\ndelete table netdev titus_guard_tt9999\n"}
 	if diff := cmp.Diff(want, rec.scripts); diff != "" {
 		t.Errorf("nft (-want +got):\n%s", diff)

@@ -96,8 +96,14 @@ func NewLocalProvider(ctx context.Context, cfg LocalConfig) (*LocalProvider, err
 // Gateway is the bridge's address.
 func (p *LocalProvider) Gateway() netip.Addr { return p.cfg.CIDR.Masked().Addr().Next() }
 
-func (p *LocalProvider) nftTable() string {
-	return "titus_" + strings.ReplaceAll(p.cfg.Bridge, "-", "_")
+func (p *LocalProvider) nftTable() string { return NATTable(p.cfg.Bridge) }
+
+// natTablePrefix starts the name of every local provider's NAT table.
+const natTablePrefix = "titus_"
+
+// NATTable names the local provider's NAT table (family ip) for a bridge.
+func NATTable(bridge string) string {
+	return natTablePrefix + strings.ReplaceAll(bridge, "-", "_")
 }
 
 func (p *LocalProvider) ensureBridge(ctx context.Context) error {

@@ -504,8 +504,9 @@ func TestAgentTaskCannotChangeProjectID(t *testing.T) {
 // TestAgentRemovesStaleFirewallTables: a dead agent's firewall tables for
 // a bridge that is gone match every task veth on the machine ("tt*") and
 // would keep refusing task-to-task traffic that this agent's policy
-// allows. The agent removes them at start, and leaves alone the tables of
-// another agent whose bridge still exists.
+// allows; its NAT table masquerades its CIDR out of every other
+// interface. The agent removes them at start, and leaves alone the tables
+// of another agent whose bridge still exists.
 func TestAgentRemovesStaleFirewallTables(t *testing.T) {
 	begin(t)
 	b := make([]byte, 3)
@@ -534,12 +535,26 @@ func TestAgentRemovesStaleFirewallTables(t *testing.T) {
 	// bridge table matching every task port on the machine by name.
 	old := fmt.Sprintf("table bridge %s {\n chain forward {\n  type filter hook forward priority filter - 10; policy accept;\n"+
 		"  iifname \"tt*\" oifname \"tt*\" drop\n }\n}\n", vpc.FirewallTable(staleBridge))
+	// Both also had the local provider's NAT table: the dead one's still
+	// masquerades its CIDR out of every interface but its gone bridge.
+	for _, br := range []string{staleBridge, liveBridge} {
+		nat := vpc.NATTable(br)
+		old += fmt.Sprintf("table ip %s {\n chain postrouting {\n  type nat hook postrouting priority srcnat; policy accept;\n"+
+			"  ip saddr 198.18.254.0/24 oifname != \"%s\" masquerade\n }\n}\n", nat, br)
+		t.Cleanup(func() { exec.Command("nft", "delete", "table", "ip", nat).Run() })
+	}
 	cmd := exec.Command("nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(old)
 	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("old bridge table: %v %s", err, out)
+		t.Fatalf("old bridge and NAT tables: %v %s", err, out)
 	}
 	e, _ := newNetAgentEnv(t) // task to task allowed
+	if out, err := exec.Command("nft", "list", "table", "ip", vpc.NATTable(staleBridge)).CombinedOutput(); err == nil {
+		t.Errorf("stale NAT table ip %s still there:\n%s", vpc.NATTable(staleBridge), out)
+	}
+	if out, err := exec.Command("nft", "list", "table", "ip", vpc.NATTable(liveBridge)).CombinedOutput(); err != nil {
+		t.Errorf("the live bridge's NAT table ip %s was removed: %v %s", vpc.NATTable(liveBridge), err, out)
+	}
 	for _, fam := range []string{"inet", "bridge"} {
 		if out, err := exec.Command("nft", "list", "table", fam, vpc.FirewallTable(staleBridge)).CombinedOutput(); err == nil {
 			t.Errorf("stale table %s %s still there:\n%s", fam, vpc.FirewallTable(staleBridge), out)
