@@ -42,7 +42,12 @@ func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime
 	env := map[string]string{"TITUS_TASK_ID": spec.ID}
 	maps.Copy(env, res.Env)
 	maps.Copy(env, spec.Env)
-	if res.GPUs != nil { // the agent's, never the task's (validation refuses it too)
+	// The agent's, never the task's (validation refuses it) nor the
+	// image's: a CUDA image says "all", which the NVIDIA container runtime
+	// would honour with every GPU of the host, other tasks' too. "void":
+	// none, and no driver either.
+	env["NVIDIA_VISIBLE_DEVICES"] = "void"
+	if res.GPUs != nil {
 		env["NVIDIA_VISIBLE_DEVICES"] = gpu.VisibleDevices(res.GPUs.Assignment().Devices)
 	}
 	envList := make([]string, 0, len(env))

@@ -58,7 +58,7 @@ func TestContainerSpecFromTaskAndResources(t *testing.T) {
 	got := ContainerSpec(spec, res, []oci.SpecOpts{isolation.WithResources(spec.Resources, "")})
 	want := runtime.ContainerSpec{
 		ID: "t1", Image: img, Args: []string{"sh", "-c", "true"},
-		Env:    []string{"A=1", "B=2", "TITUS_TASK_ID=t1"},
+		Env:    []string{"A=1", "B=2", "NVIDIA_VISIBLE_DEVICES=void", "TITUS_TASK_ID=t1"},
 		Labels: map[string]string{"app": "x"}, Hostname: "t1",
 		NetNSPath: "/ns/t1", RootfsPath: "/disks/rootfs/t1",
 		Mounts: []specs.Mount{
@@ -166,5 +166,22 @@ func TestContainerSpecGPUs(t *testing.T) {
 	}
 	if plain := ContainerSpec(&task.Spec{ID: "t2"}, &Resources{}, nil); len(plain.SpecOpts) != 0 {
 		t.Errorf("a task without GPUs got spec options: %d", len(plain.SpecOpts))
+	}
+}
+
+// TestContainerSpecNoGPUsFromTheImage: an image whose config says
+// NVIDIA_VISIBLE_DEVICES=all (the CUDA base images do) run by a task
+// without resources.gpus, on a host whose containerd runs the NVIDIA
+// container runtime, would be given every GPU, those other tasks hold
+// included. The agent's own value ("void": no GPU, no driver) replaces
+// the image's in the container's environment.
+func TestContainerSpecNoGPUsFromTheImage(t *testing.T) {
+	cs := ContainerSpec(&task.Spec{ID: "t1"}, &Resources{}, nil)
+	s := &oci.Spec{Process: &specs.Process{Env: []string{"PATH=/bin", "NVIDIA_VISIBLE_DEVICES=all"}}} // the image's
+	if err := oci.WithEnv(cs.Env)(context.Background(), nil, nil, s); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"PATH=/bin", "NVIDIA_VISIBLE_DEVICES=void", "TITUS_TASK_ID=t1"}, s.Process.Env); d != "" {
+		t.Errorf("container env (-want +got):\n%s", d)
 	}
 }
