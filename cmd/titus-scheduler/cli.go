@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/backoff"
 	"github.com/titus-agent/titus-agent/pkg/execterm"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 )
@@ -75,22 +76,60 @@ func callFor(timeout time.Duration, fn func(context.Context, schedv1.SchedulerCl
 	if err != nil {
 		return err
 	}
-	for _, addr := range strings.Split(opts.addr, ",") {
-		var cc *grpc.ClientConn
-		cc, err = grpc.NewClient(strings.TrimSpace(addr), creds)
-		if err != nil {
-			return err
-		}
-		err = fn(ctx, schedv1.NewSchedulerClient(cc))
-		cc.Close()
-		if status.Code(err) != codes.Unavailable {
-			break
-		}
+	// Without a deadline (an exec session) a call is tried once per replica.
+	retries := backoff.Policy{}
+	if timeout > 0 {
+		retries = cliRetry
 	}
+	err = callReplicas(ctx, strings.Split(opts.addr, ","), creds, retries, fn)
 	if st, ok := status.FromError(err); ok && err != nil {
 		return fmt.Errorf("%s: %s", st.Code(), st.Message())
 	}
 	return err
+}
+
+// cliRetry spaces the CLI's rounds over the replicas while every one
+// answers Unavailable (no leader yet, a store that timed out, a replica
+// restarting). Jittered, so a fleet of scripts does not retry in step.
+var cliRetry = backoff.Policy{Base: 200 * time.Millisecond, Max: 2 * time.Second, Jitter: backoff.Equal}
+
+// callReplicas runs fn against each address in turn until one answers
+// other than Unavailable (the leader). While all answer Unavailable it
+// starts over after a backoff delay, until ctx ends; the last error is
+// returned. A zero policy tries each address once. A retried call may run
+// twice if the first attempt's answer was lost after it took effect (a
+// submitted job whose store write committed as it timed out), as with any
+// client that retries.
+func callReplicas(ctx context.Context, addrs []string, creds grpc.DialOption, p backoff.Policy, fn func(context.Context, schedv1.SchedulerClient) error) error {
+	var err error
+	for attempt := 0; ; attempt++ {
+		for _, addr := range addrs {
+			var cc *grpc.ClientConn
+			cc, err = grpc.NewClient(strings.TrimSpace(addr), creds)
+			if err != nil {
+				return err
+			}
+			err = fn(ctx, schedv1.NewSchedulerClient(cc))
+			cc.Close()
+			if status.Code(err) != codes.Unavailable {
+				return err
+			}
+		}
+		if p.Base <= 0 {
+			return err
+		}
+		d := p.Delay(attempt)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+			return err
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
 }
 
 func printJSON(w io.Writer, m proto.Message) error {

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -97,7 +98,42 @@ func (s *Store) commit(ctx context.Context, puts []put) error {
 	return g.Wait()
 }
 
+// txn writes puts in one fenced transaction, retrying transient etcd
+// failures (see retry). A transaction with create-only puts is not
+// blindly repeatable: a timed-out attempt may have committed, and its
+// repeat would then be refused as if another scheduler had written. So
+// after a transient failure the next attempt first reads one created key:
+// present with this value, the earlier attempt committed (a transaction is
+// all or nothing); absent, it did not and is tried again.
 func (s *Store) txn(ctx context.Context, puts []put) error {
+	var probe *put
+	for i := range puts {
+		if puts[i].create {
+			probe = &puts[i]
+			break
+		}
+	}
+	failed := false
+	return retry(ctx, func(ctx context.Context) error {
+		if failed && probe != nil {
+			resp, err := s.kv.Get(ctx, probe.key)
+			if err != nil {
+				return fmt.Errorf("etcd get %s: %w", probe.key, classify(err))
+			}
+			if len(resp.Kvs) > 0 {
+				if bytes.Equal(resp.Kvs[0].Value, probe.val) {
+					return nil
+				}
+				return fmt.Errorf("%w: conditional write refused", ErrNotLeader)
+			}
+		}
+		err := s.txnOnce(ctx, puts)
+		failed = IsTransient(err)
+		return err
+	})
+}
+
+func (s *Store) txnOnce(ctx context.Context, puts []put) error {
 	cmps := []clientv3.Cmp{s.fence}
 	ops := make([]clientv3.Op, 0, len(puts))
 	for _, p := range puts {
@@ -108,7 +144,7 @@ func (s *Store) txn(ctx context.Context, puts []put) error {
 	}
 	resp, err := s.kv.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
-		return fmt.Errorf("etcd txn: %w", err)
+		return fmt.Errorf("etcd txn: %w", classify(err))
 	}
 	if !resp.Succeeded {
 		// Either the fence moved (we are not the leader) or a task key
@@ -130,12 +166,19 @@ func (s *Store) deleteJobs(ctx context.Context, jobIDs, agentIDs []string) error
 	}
 	per := max(s.txnOps-1, 1)
 	for i := 0; i < len(ops); i += per {
-		resp, err := s.kv.Txn(ctx).If(s.fence).Then(ops[i:min(i+per, len(ops))]...).Commit()
+		part := ops[i:min(i+per, len(ops))]
+		err := retry(ctx, func(ctx context.Context) error {
+			resp, err := s.kv.Txn(ctx).If(s.fence).Then(part...).Commit()
+			if err != nil {
+				return fmt.Errorf("etcd delete: %w", classify(err))
+			}
+			if !resp.Succeeded {
+				return fmt.Errorf("%w: fenced delete refused", ErrNotLeader)
+			}
+			return nil
+		})
 		if err != nil {
-			return fmt.Errorf("etcd delete: %w", err)
-		}
-		if !resp.Succeeded {
-			return fmt.Errorf("%w: fenced delete refused", ErrNotLeader)
+			return err
 		}
 	}
 	return nil
@@ -143,7 +186,11 @@ func (s *Store) deleteJobs(ctx context.Context, jobIDs, agentIDs []string) error
 
 // get reads one key (nil if absent).
 func (s *Store) get(ctx context.Context, key string) ([]byte, error) {
-	resp, err := s.kv.Get(ctx, key)
+	var resp *clientv3.GetResponse
+	err := retry(ctx, func(ctx context.Context) (err error) {
+		resp, err = s.kv.Get(ctx, key)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("etcd get %s: %w", key, err)
 	}
@@ -163,7 +210,11 @@ func (s *Store) getPrefixRev(ctx context.Context, prefix string, fn func(key str
 	end := clientv3.GetPrefixRangeEnd(prefix)
 	key := prefix
 	for {
-		resp, err := s.kv.Get(ctx, key, clientv3.WithRange(end), clientv3.WithLimit(5000))
+		var resp *clientv3.GetResponse
+		err := retry(ctx, func(ctx context.Context) (err error) {
+			resp, err = s.kv.Get(ctx, key, clientv3.WithRange(end), clientv3.WithLimit(5000))
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("etcd get %s: %w", prefix, err)
 		}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/backoff"
+)
+
+// flakyScheduler answers ListJobs with err for its first fails calls.
+type flakyScheduler struct {
+	schedv1.UnimplementedSchedulerServer
+	fails int32
+	err   error
+	calls atomic.Int32
+}
+
+func (f *flakyScheduler) ListJobs(context.Context, *schedv1.ListJobsRequest) (*schedv1.ListJobsResponse, error) {
+	if f.calls.Add(1) <= f.fails {
+		return nil, f.err
+	}
+	return &schedv1.ListJobsResponse{}, nil
+}
+
+func serveFlaky(t *testing.T, f *flakyScheduler) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := grpc.NewServer()
+	schedv1.RegisterSchedulerServer(s, f)
+	go s.Serve(l)
+	t.Cleanup(s.Stop)
+	return l.Addr().String()
+}
+
+// deadAddr is a loopback port nothing listens on (connection refused:
+// Unavailable, like a replica that was killed).
+func deadAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// TestCLIRetriesUnavailableWithinTimeout: while every replica answers
+// Unavailable (a dead one, and the leader whose store timed out) the CLI
+// tries again with backoff and succeeds once the leader answers; it gives
+// up by its deadline when Unavailable persists, and never retries another
+// code or a call without a deadline.
+func TestCLIRetriesUnavailableWithinTimeout(t *testing.T) {
+	p := backoff.Policy{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond, Jitter: backoff.Equal}
+	list := func(ctx context.Context, c schedv1.SchedulerClient) error {
+		_, err := c.ListJobs(ctx, &schedv1.ListJobsRequest{})
+		return err
+	}
+	creds := grpc.WithTransportCredentials(insecure.NewCredentials())
+	unavailable := status.Error(codes.Unavailable, "etcd txn: etcdserver: request timed out")
+	for _, tc := range []struct {
+		name    string
+		fails   int32
+		err     error
+		policy  backoff.Policy
+		timeout time.Duration
+		code    codes.Code
+		calls   int32
+	}{
+		{name: "recovers", fails: 3, err: unavailable, policy: p, timeout: 10 * time.Second, code: codes.OK, calls: 4},
+		{name: "persists past the deadline", fails: 1 << 30, err: unavailable, policy: p, timeout: 300 * time.Millisecond, code: codes.Unavailable},
+		{name: "other codes are answers", fails: 1, err: status.Error(codes.InvalidArgument, "bad"), policy: p, timeout: 10 * time.Second, code: codes.InvalidArgument, calls: 1},
+		{name: "no policy: once per replica", fails: 1, err: unavailable, timeout: 10 * time.Second, code: codes.Unavailable, calls: 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := &flakyScheduler{fails: tc.fails, err: tc.err}
+			addrs := []string{deadAddr(t), serveFlaky(t, f)}
+			ctx, cancel := context.WithTimeout(context.Background(), tc.timeout)
+			defer cancel()
+			start := time.Now()
+			err := callReplicas(ctx, addrs, creds, tc.policy, list)
+			took := time.Since(start)
+			if status.Code(err) != tc.code {
+				t.Fatalf("err = %v, want %v", err, tc.code)
+			}
+			if tc.calls > 0 && f.calls.Load() != tc.calls {
+				t.Errorf("%d calls, want %d", f.calls.Load(), tc.calls)
+			}
+			if tc.calls == 0 && f.calls.Load() < 3 {
+				t.Errorf("only %d calls before giving up", f.calls.Load())
+			}
+			if took > tc.timeout+time.Second {
+				t.Errorf("took %v, past the %v deadline", took, tc.timeout)
+			}
+		})
+	}
+}
