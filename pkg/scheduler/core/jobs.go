@@ -307,41 +307,64 @@ func (c *Core) ScaleJob(ctx context.Context, id string, minN, desired, maxN uint
 		c.mu.Unlock()
 		return nil, err
 	}
-	g := j.group
 	grow := max(int(svc.Desired)-j.rec.Spec.Size(), 0)
-	fp := footprintOf(&rec.Spec, j.d.req)
-	g.reserved = g.reserved.Sub(j.footprint)
-	err = c.admit(g, grow, fp)
-	g.reserved = g.reserved.Add(j.footprint)
+	settle, err := c.hold(j, grow, footprintOf(&rec.Spec, j.d.req))
+	c.mu.Unlock()
 	if err != nil {
-		c.mu.Unlock()
 		return nil, err
 	}
-	prev := j.footprint
-	hold := prev.Max(fp)
-	g.reserved = g.reserved.Sub(prev).Add(hold)
-	j.footprint = hold
-	g.pending += grow
-	c.q.pendingTotal += grow
-	c.mu.Unlock()
 
 	err = c.putJob(ctx, &rec)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	g.pending -= grow
-	c.q.pendingTotal -= grow
+	settle(err == nil)
 	if err != nil {
-		g.reserved = g.reserved.Sub(hold).Add(prev)
-		j.footprint = prev
 		return nil, err
 	}
-	g.reserved = g.reserved.Sub(hold).Add(fp)
-	j.footprint = fp
 	j.rec.Spec = rec.Spec
 	j.gen++
 	c.resize(j, time.Now())
 	return c.view(j), nil
+}
+
+// hold admits a change of job j to quota footprint fp that adds grow
+// queued tasks, and holds both while the change is written without c.mu:
+// the larger of j's current and new footprints against the group's quota,
+// and grow against the queues. Without the hold, two changes written at
+// once would each be admitted against a quota the other is about to use.
+// settle, called with c.mu held once the write is over, makes fp j's
+// footprint if the change was written, or restores the old one. Callers
+// hold c.mu.
+func (c *Core) hold(j *jobState, grow int, fp model.Resources) (settle func(written bool), err error) {
+	g, prev := j.group, j.footprint
+	if grow > 0 || fp.CPU > prev.CPU || fp.Mem > prev.Mem {
+		// Only growth is checked: a group over a lowered quota can still shrink.
+		g.reserved = g.reserved.Sub(prev)
+		err = c.admit(g, grow, fp)
+		g.reserved = g.reserved.Add(prev)
+		if err != nil {
+			return nil, err
+		}
+	}
+	held := prev.Max(fp)
+	g.reserved = g.reserved.Sub(prev).Add(held)
+	j.footprint = held
+	g.pending += grow
+	c.q.pendingTotal += grow
+	return func(written bool) {
+		g.pending -= grow
+		c.q.pendingTotal -= grow
+		if j.terminal() {
+			return // finishJob released the footprint
+		}
+		keep := prev
+		if written {
+			keep = fp
+		}
+		g.reserved = g.reserved.Sub(held).Add(keep)
+		j.footprint = keep
+	}, nil
 }
 
 // resize activates or retires service slots to match desired. Callers hold c.mu.

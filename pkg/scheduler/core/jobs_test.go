@@ -188,6 +188,67 @@ func TestScaleHoldsQuotaWhileWriting(t *testing.T) {
 	ts.submit(spec(&model.BatchJob{Size: 3})) // the quota it held is free again
 }
 
+// TestUpdateHoldsQuotaWhileWriting is the attack on a critical group's
+// quota through updates: two updates that each fit alone, written at the
+// same time, must not both be admitted. The first holds the footprint it
+// grows into during its write; a failed write gives it back.
+func TestUpdateHoldsQuotaWhileWriting(t *testing.T) {
+	ts := newTestScheduler(t, Config{Groups: []model.Group{{Name: "crit", Tier: model.TierCritical, CPUMillicores: 4000}}})
+	spec := func(cpu int64) model.JobSpec {
+		s := testSpec(&model.ServiceJob{Desired: 1, Max: 1}, cpu)
+		s.CapacityGroup = "crit"
+		return s
+	}
+	reserved := func() int64 {
+		ts.mu.Lock()
+		defer ts.mu.Unlock()
+		return ts.gstate["crit"].reserved.CPU
+	}
+	a, b := ts.submit(spec(1000)), ts.submit(spec(1000))
+	update := func(id string, cpu int64, out chan error) {
+		_, err := ts.UpdateJob(ts.ctx, id, spec(cpu))
+		out <- err
+	}
+
+	g := ts.kv.hold()
+	first := make(chan error, 1)
+	go update(a, 2500, first)
+	g.wait(t)
+	second := make(chan error, 1)
+	go update(b, 2500, second)
+	select {
+	case err := <-second:
+		if !errors.Is(err, model.ErrQuotaExceeded) {
+			t.Fatalf("second update while the first is written: err = %v, want quota exceeded (2500m + 2500m > 4000m)", err)
+		}
+	case <-g.entered:
+		ts.kv.open(g, nil)
+		<-first
+		t.Fatalf("second update was admitted and written: 2500m + 2500m exceed the 4000m quota (second: %v)", <-second)
+	}
+	ts.kv.open(g, nil)
+	if err := <-first; err != nil {
+		t.Fatalf("first update: %v", err)
+	}
+	if r := reserved(); r != 3500 {
+		t.Fatalf("reserved after the first update = %dm, want 3500m (2500m + 1000m)", r)
+	}
+
+	g = ts.kv.hold()
+	go update(b, 1500, first)
+	g.wait(t)
+	if r := reserved(); r != 4000 {
+		t.Fatalf("reserved while an update to 1500m is written = %dm, want it held: 4000m", r)
+	}
+	ts.kv.open(g, errors.New("etcd unavailable"))
+	if err := <-first; err == nil {
+		t.Fatal("update succeeded although its write failed")
+	}
+	if r := reserved(); r != 3500 {
+		t.Fatalf("reserved after the failed update = %dm, want 3500m again", r)
+	}
+}
+
 // TestLiveJobCaps: an application may not hold more live jobs than its
 // cap (a service at desired 0 counts), others still may; the total cap
 // holds across applications; an ended job frees its place.

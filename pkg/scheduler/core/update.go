@@ -129,23 +129,20 @@ func (c *Core) changeJob(ctx context.Context, id string, change func(rec *model.
 		c.mu.Unlock()
 		return nil, err
 	}
-	g := j.group
-	fp := footprintOf(&rec.Spec, model.TaskResources(rec.Spec.Template()))
-	if fp.CPU > j.footprint.CPU || fp.Mem > j.footprint.Mem {
-		g.reserved = g.reserved.Sub(j.footprint)
-		err := c.admit(g, 0, fp.Max(j.footprint))
-		g.reserved = g.reserved.Add(j.footprint)
-		if err != nil {
-			c.mu.Unlock()
-			return nil, err
-		}
-	}
+	// Both revisions run during the rollout: the job holds the larger of
+	// its old and new footprints from the moment the update is admitted.
+	fp := footprintOf(&rec.Spec, model.TaskResources(rec.Spec.Template())).Max(j.footprint)
+	settle, err := c.hold(j, 0, fp)
 	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 
 	err = c.putJob(ctx, &rec)
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	settle(err == nil)
 	if err != nil {
 		return nil, err
 	}
