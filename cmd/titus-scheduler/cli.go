@@ -357,11 +357,7 @@ func newJobCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if opts.output == "json" {
-					return printJSON(cmd.OutOrStdout(), j)
-				}
-				printRollout(cmd.OutOrStdout(), j)
-				return nil
+				return showRollout(cmd, j)
 			})
 		},
 	}
@@ -369,6 +365,15 @@ func newJobCmd() *cobra.Command {
 	_ = update.MarkFlagRequired("file")
 	cmd.AddCommand(submit, ls, get, kill, scale, update, newRolloutCmd())
 	return cmd
+}
+
+// showRollout prints a job's rollout, or the whole job with -o json.
+func showRollout(cmd *cobra.Command, j *schedv1.Job) error {
+	if opts.output == "json" {
+		return printJSON(cmd.OutOrStdout(), j)
+	}
+	printRollout(cmd.OutOrStdout(), j)
+	return nil
 }
 
 func newRolloutCmd() *cobra.Command {
@@ -398,11 +403,7 @@ func newRolloutCmd() *cobra.Command {
 					if err != nil {
 						return err
 					}
-					if opts.output == "json" {
-						return printJSON(cmd.OutOrStdout(), j)
-					}
-					printRollout(cmd.OutOrStdout(), j)
-					return nil
+					return showRollout(cmd, j)
 				})
 			},
 		})
