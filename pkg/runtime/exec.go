@@ -44,10 +44,11 @@ func (r *Runtime) Exec(ctx context.Context, id string, args []string, stdin io.R
 // cgroup, as the task's user with the task's capabilities, seccomp filter
 // and no_new_privileges: the process spec is the task's own with only the
 // arguments (and the terminal) replaced, so an exec can never hold more
-// than the task does. When ctx ends before the command does, the command
-// and every process it started are killed, so a vanished client leaves
-// nothing behind; when the command ends, what it left running in its
-// session is killed too.
+// than the task does. Each exec runs in its own cgroup below the task's
+// (execCgroup): when ctx ends before the command does, the command and
+// every process it started (setsid and double forks included) are killed,
+// so a vanished client leaves nothing behind; when the command ends, what
+// it left running is killed too.
 func (r *Runtime) ExecProcess(ctx context.Context, id string, o ExecOptions) (int, error) {
 	ctx = r.ctx(ctx)
 	if len(o.Args) == 0 {
@@ -78,6 +79,17 @@ func (r *Runtime) ExecProcess(ctx context.Context, id string, o ExecOptions) (in
 		copts = append(copts, cio.WithTerminal)
 	}
 	execID := "exec-" + uuid.NewString()[:8]
+	// The session's own cgroup below the task's: what the exec starts
+	// cannot leave it, setsid and double forks included.
+	var cgroupsPath string
+	if spec.Linux != nil {
+		cgroupsPath = spec.Linux.CgroupsPath
+	}
+	scope, err := newExecCgroup(hostCgroups{}, cgroupRoot, cgroupsPath, execCgroupPrefix+execID)
+	if err != nil {
+		return -1, fmt.Errorf("exec in %s: %w", id, err)
+	}
+	defer scope.Kill() //nolint:errcheck // best effort: also the task's teardown removes it
 	p, err := t.Exec(ctx, execID, pspec, cio.NewCreator(copts...))
 	if err != nil {
 		if in != nil {
@@ -101,8 +113,15 @@ func (r *Runtime) ExecProcess(ctx context.Context, id string, o ExecOptions) (in
 		return -1, fmt.Errorf("start exec in %s: %w", id, err)
 	}
 	pid := int(p.Pid())
-	// Whatever way the exec ends, what it started in its session ends too.
+	// Whatever way the exec ends, what it started ends too: everything in
+	// its cgroup, and (what it forked before it was moved there) its
+	// descendants and session.
 	defer func() { _ = killSession(hostProcs{}, pid) }()
+	if err := enterExecCgroup(scope, hostProcs{}, pid); err != nil {
+		_ = p.Kill(bg, syscall.SIGKILL)
+		<-exitc
+		return -1, fmt.Errorf("exec in %s: %w", id, err)
+	}
 
 	done := make(chan struct{})
 	defer close(done)
@@ -127,6 +146,10 @@ func (r *Runtime) ExecProcess(ctx context.Context, id string, o ExecOptions) (in
 		if err != nil {
 			return -1, fmt.Errorf("exec in %s: %w", id, err)
 		}
+		// What it left running ends now: it would otherwise hold the
+		// output open, and the session with it.
+		_ = scope.Kill()
+		_ = killSession(hostProcs{}, pid)
 		if io := p.IO(); io != nil {
 			io.Wait() // flush output
 		}
@@ -134,6 +157,7 @@ func (r *Runtime) ExecProcess(ctx context.Context, id string, o ExecOptions) (in
 	case <-ctx.Done():
 		// The session's processes first, while the tree still links them
 		// to the exec; then the exec itself.
+		_ = scope.Kill()
 		_ = killSession(hostProcs{}, pid)
 		_ = p.Kill(bg, syscall.SIGKILL)
 		<-exitc

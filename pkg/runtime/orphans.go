@@ -348,6 +348,13 @@ func removeEmptyCgroups(root, ns, id string) error {
 	}
 	var errs []error
 	for _, d := range dirs {
+		// An exec session's cgroup an agent did not live to remove.
+		subs, _ := filepath.Glob(filepath.Join(d, execCgroupPrefix+"*"))
+		for _, s := range subs {
+			if err := syscall.Rmdir(s); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.ENOTEMPTY) {
+				errs = append(errs, fmt.Errorf("remove cgroup %s: %w", s, err))
+			}
+		}
 		if err := syscall.Rmdir(d); err != nil && !errors.Is(err, syscall.ENOENT) && !errors.Is(err, syscall.EBUSY) && !errors.Is(err, syscall.ENOTEMPTY) {
 			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", d, err))
 		}

@@ -238,7 +238,10 @@ func TestRemoveRuncState(t *testing.T) {
 
 func TestRemoveEmptyCgroups(t *testing.T) {
 	root := t.TempDir()
-	empty := []string{filepath.Join(root, "memory", "titus", "half"), filepath.Join(root, "pids", "titus", "half")}
+	// An exec session's cgroup left below (the agent died mid-session)
+	// does not keep the task's.
+	empty := []string{filepath.Join(root, "freezer", "titus", "half", execCgroupPrefix+"exec-1"),
+		filepath.Join(root, "memory", "titus", "half"), filepath.Join(root, "pids", "titus", "half"), filepath.Join(root, "freezer", "titus", "half")}
 	busy := filepath.Join(root, "cpu", "titus", "half") // stands for a cgroup with processes
 	other := filepath.Join(root, "memory", "titus", "other")
 	for _, d := range append(empty, busy, other) {

@@ -89,14 +89,23 @@ func (f ProcFS) Limits(dir string, v1 map[string]string) map[string]string {
 	return out
 }
 
-// Processes lists the processes of the cgroup dir, by host pid.
+// Processes lists the processes of the cgroup dir and of the cgroups
+// below it (an exec session's, cgroup v2), by host pid.
 func (f ProcFS) Processes(dir string) ([]Process, error) {
 	b, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
 		return nil, fmt.Errorf("processes of %s: %w", dir, err)
 	}
+	pids := strings.Fields(string(b))
+	if subs, err := os.ReadDir(dir); err == nil {
+		for _, d := range subs {
+			if sb, err := os.ReadFile(filepath.Join(dir, d.Name(), "cgroup.procs")); d.IsDir() && err == nil {
+				pids = append(pids, strings.Fields(string(sb))...)
+			}
+		}
+	}
 	var out []Process
-	for _, s := range strings.Fields(string(b)) {
+	for _, s := range pids {
 		pid, err := strconv.Atoi(s)
 		if err != nil {
 			continue

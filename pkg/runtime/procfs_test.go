@@ -33,6 +33,9 @@ func TestProcFSCgroupV1(t *testing.T) {
 		"proc/43/stat":                    "43 (kw) S 2 0 0 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0 0 0 0",
 		"proc/43/comm":                    "kworker\n",
 		"cg/memory/titus/t1/cgroup.procs": "43\n42\n99\n", // 99 exited meanwhile
+		"cg/memory/titus/t1/titus-exec-exec-1/cgroup.procs": "44\n", // an exec session's
+		"proc/44/status":  "Name:\tsh\nPPid:\t0\nUid:\t0\t0\t0\t0\nNSpid:\t44\t9\n",
+		"proc/44/cmdline": "sh\x00",
 		"cg/memory/titus/t1/memory.limit_in_bytes": "67108864\n",
 		"cg/memory/titus/t1/memory.usage_in_bytes": "1048576\n",
 		"cg/cpu/titus/t1/cpu.cfs_quota_us":         "50000\n",
@@ -55,6 +58,7 @@ func TestProcFSCgroupV1(t *testing.T) {
 	wantP := []Process{
 		{HostPID: 42, PID: 1, PPID: 7, UID: 1001, CPUSeconds: 2, RSSBytes: 2 << 20, Command: "sleep 100000"},
 		{HostPID: 43, PID: 7, PPID: 2, UID: 0, CPUSeconds: 0.02, Command: "[kworker]"},
+		{HostPID: 44, PID: 9, Command: "sh"},
 	}
 	if d := cmp.Diff(wantP, procs); d != "" {
 		t.Errorf("processes (-want +got):\n%s", d)

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -277,6 +278,92 @@ func TestExecEndsWithTheTask(t *testing.T) {
 	}
 }
 
+// TestExecClientKilledLeavesNothing (attack): the client dies mid-session
+// (SIGKILL) after the shell started children that try to outlive it: a
+// background job, a setsid'd one (its own session, re-parented to the
+// task's init) and a double-forked setsid'd one (out of the shell's tree
+// and session at once). All go within a bound; the task runs on.
+func TestExecClientKilledLeavesNothing(t *testing.T) {
+	begin(t)
+	e := newAgentEnv(t)
+	e.launch(e.spec("box", "sleep", "100000"))
+	e.waitState("box", stRunning, 60*time.Second)
+	taskPid := e.containerPid("box")
+
+	s := startTerm(t, "--socket", e.socket, "task", "exec", "-it", "box", "--", "sh")
+	s.expect(`[#$] `)
+	s.send("sleep 1003 & setsid sleep 1004 & (setsid sleep 1009 &); sleep 1005\r")
+	for _, re := range []string{`sleep 1003`, `sleep 1004`, `sleep 1005`, `sleep 1009`} {
+		e.waitProcs("box", re, true)
+	}
+	if sub := execCgroups(t, taskPid); len(sub) != 1 {
+		t.Fatalf("exec session cgroups below the task's: %v, want one", sub)
+	}
+	if err := s.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	s.wait()
+	deadline := time.Now().Add(testenv.Scaled(10 * time.Second))
+	for len(hostProcsLike(`^sleep 100[3459]$`)) > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if left := hostProcsLike(`^sleep 100[3459]$`); len(left) > 0 {
+		t.Fatalf("10s after the client's SIGKILL, left running: %v\nagent log:\n%s", left, tailLog(e.agent.Log()))
+	}
+	if left := e.procsLike("box", `sleep 100[3459]|\bsh$`); len(left) > 0 {
+		t.Fatalf("left in the task: %v", left)
+	}
+	if sub := execCgroups(t, taskPid); len(sub) != 0 {
+		t.Fatalf("exec session cgroups left: %v", sub)
+	}
+	// The session's slot is free again and the task is untouched.
+	if st := e.get("box").GetState(); st != stRunning || e.containerPid("box") != taskPid {
+		t.Fatalf("task is %s (pid %s, was %s) after its exec client died", st, e.containerPid("box"), taskPid)
+	}
+	if out, err := e.cli("task", "exec", "-i", "box", "--", "echo", "again"); err != nil || !strings.Contains(out, "again") {
+		t.Fatalf("exec after the kill: %q %v", out, err)
+	}
+	// A command that exits by itself takes what it left running with it,
+	// and does not wait for it (its output stays open in a daemon).
+	if out, err := e.cli("task", "exec", "box", "--", "sh", "-c", "(setsid sleep 1008 &); echo started"); err != nil || !strings.Contains(out, "started") {
+		t.Fatalf("exec leaving a daemon: %q %v", out, err)
+	}
+	if left := hostProcsLike(`^sleep 1008$`); len(left) > 0 {
+		t.Fatalf("a finished exec left running: %v", left)
+	}
+}
+
+// execCgroups lists the exec session cgroups below the cgroup of the
+// task whose init is pid (freezer on cgroup v1, the unified one on v2).
+func execCgroups(t *testing.T, pid string) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + pid + "/cgroup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		parts := strings.SplitN(l, ":", 3)
+		var dir string
+		switch {
+		case len(parts) != 3:
+			continue
+		case parts[1] == "freezer":
+			dir = filepath.Join("/sys/fs/cgroup/freezer", parts[2])
+		case parts[0] == "0" && parts[1] == "":
+			if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+				continue
+			}
+			dir = filepath.Join("/sys/fs/cgroup", parts[2])
+		default:
+			continue
+		}
+		got, _ := filepath.Glob(filepath.Join(dir, "titus-exec-*"))
+		return got
+	}
+	t.Fatalf("no freezer or unified cgroup in %s", b)
+	return nil
+}
+
 // TestExecHoldsNoMoreThanTheTask (attack): whatever is exec'd has exactly
 // the task's capabilities, namespaces and cgroup, with and without a
 // terminal.
@@ -303,6 +390,16 @@ func TestExecHoldsNoMoreThanTheTask(t *testing.T) {
 			t.Fatalf("exec %v: %v: %s", flags, err, out)
 		}
 		got := strings.TrimSpace(strings.ReplaceAll(out, "\r\n", "\n"))
+		// The exec runs in its session's cgroup, a child of the task's in
+		// the freezer (v1) or unified (v2) hierarchy: the same limits, and
+		// nothing it starts outlives the session. Seen from inside, that is
+		// the task's path plus /titus-exec-ID on that one line (or the
+		// task's own, when the probe read it before the agent moved it).
+		sub := regexp.MustCompile(`(?m)^(\d+:(freezer)?:[^\n]*)/titus-exec-exec-[0-9a-f]{8}$`)
+		if n := len(sub.FindAllString(got, -1)); n > 1 {
+			t.Errorf("exec %v: %d lines of its session's cgroup, want at most 1:\n%s", flags, n, got)
+		}
+		got = sub.ReplaceAllString(got, "$1")
 		if got != want {
 			t.Errorf("exec %v sees more or other than its task:\n got: %s\nwant: %s", flags, got, want)
 		}
