@@ -332,6 +332,7 @@ func newTaskGetCmd() *cobra.Command {
 					tw.row("  "+tr.GetTime().AsTime().Local().Format("15:04:05.000"), stateName(tr.GetState()), tr.GetReason(), tr.GetMessage())
 				}
 				tw.flush()
+				printLaunchSteps(out, t.GetTransitions())
 				return nil
 			})
 		},

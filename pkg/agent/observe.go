@@ -7,17 +7,24 @@ import (
 	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/metrics"
+	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/pkg/vpc"
 )
 
 // hookPhase maps lifecycle hooks to the launch phases the SLO dashboards use.
 var hookPhase = map[string]string{
-	"image":     metrics.PhasePull,
-	"network":   metrics.PhaseNetwork,
-	"disk":      metrics.PhaseDisk,
-	"metadata":  metrics.PhaseMetadata,
-	"container": metrics.PhaseStart,
+	"image":      metrics.PhasePull,
+	"network":    metrics.PhaseNetwork,
+	"disk":       metrics.PhaseDisk,
+	"metadata":   metrics.PhaseMetadata,
+	"container":  metrics.PhaseStart,
+	"hostmounts": metrics.PhaseHostMounts,
+	"bandwidth":  metrics.PhaseBandwidth,
+
+	runtime.StepContainerCreate: metrics.PhaseContainerCreate,
+	runtime.StepTaskCreate:      metrics.PhaseTaskCreate,
+	runtime.StepTaskStart:       metrics.PhaseTaskStart,
 }
 
 // platformReasons are failures the platform, not the task, caused.
@@ -37,6 +44,19 @@ func observeHook(m *metrics.Agent) func(string, time.Duration) {
 		if p, ok := hookPhase[hook]; ok {
 			m.ObserveLaunch(p, d)
 		}
+	}
+}
+
+// observeLaunch records a launch's phases that the transitions tell (the
+// hooks' are observed as they end): total and accept. A re-adopted task
+// (no Accepted transition first) is not a launch.
+func observeLaunch(m *metrics.Agent, tr []task.Transition) {
+	if len(tr) < 2 || tr[0].State != task.Accepted || tr[len(tr)-1].Reason != task.ReasonStarted {
+		return
+	}
+	m.ObserveLaunch(metrics.PhaseTotal, tr[len(tr)-1].Time.Sub(tr[0].Time))
+	if tr[1].State == task.Preparing {
+		m.ObserveLaunch(metrics.PhaseAccept, tr[1].Time.Sub(tr[0].Time))
 	}
 }
 
@@ -66,7 +86,7 @@ func watchTasks(ctx context.Context, mgr *Manager, m *metrics.Agent, log *slog.L
 			st := ev.Status
 			switch {
 			case st.State == task.Running && len(st.Transitions) > 0:
-				m.ObserveLaunch(metrics.PhaseTotal, st.Transitions[len(st.Transitions)-1].Time.Sub(st.Transitions[0].Time))
+				observeLaunch(m, st.Transitions)
 			case st.State.Terminal():
 				m.TasksFinished.WithLabelValues(st.State.String()).Inc()
 				if st.State == task.Failed || st.State == task.Lost {

@@ -14,6 +14,17 @@ const (
 	PhaseDisk     = "disk"
 	PhaseMetadata = "metadata"
 	PhaseStart    = "start"
+	// The other hooks.
+	PhaseHostMounts = "hostmounts"
+	PhaseBandwidth  = "bandwidth"
+	// The runtime steps within start: containerd's container (snapshot,
+	// spec), the shim and runc create, runc start.
+	PhaseContainerCreate = "container_create"
+	PhaseTaskCreate      = "task_create"
+	PhaseTaskStart       = "task_start"
+	// PhaseAccept is from accepting a task to its runner preparing it
+	// (the agent's own: the record written, the runner started).
+	PhaseAccept = "accept"
 	// PhaseTotal is accept-to-running, the launch latency SLO.
 	PhaseTotal = "total"
 )
@@ -36,6 +47,10 @@ const (
 	MetadataProxied     = "proxied"     // allowlisted, answered by the host's IMDS
 	MetadataDenied      = "denied"      // unknown path or missing token
 )
+
+// Phases are the values of the launch latency's "phase" label.
+var Phases = []string{PhaseAccept, PhasePull, PhaseHostMounts, PhaseNetwork, PhaseDisk, PhaseMetadata, PhaseBandwidth,
+	PhaseStart, PhaseContainerCreate, PhaseTaskCreate, PhaseTaskStart, PhaseTotal}
 
 // LaunchBuckets span 10ms to ~80s: a warm launch is well under a second, a
 // cold pull of a large image can take a minute.
@@ -126,7 +141,7 @@ func New(reg prometheus.Registerer) *Agent {
 	}
 	// Known label values start at zero, so ratios and rates exist before
 	// the first event.
-	for _, p := range []string{PhasePull, PhaseNetwork, PhaseDisk, PhaseMetadata, PhaseStart, PhaseTotal} {
+	for _, p := range Phases {
 		a.LaunchDuration.WithLabelValues(p)
 	}
 	for _, c := range []string{CausePlatform, CauseUser} {

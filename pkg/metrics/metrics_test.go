@@ -50,8 +50,8 @@ titus_agent_metadata_requests_total{class="token"} 0
 		t.Error(err)
 	}
 	// One series per phase, present before any launch.
-	if n := testutil.CollectAndCount(a.LaunchDuration); n != 6 {
-		t.Errorf("launch latency series = %d, want 6 (one per phase)", n)
+	if n := testutil.CollectAndCount(a.LaunchDuration); n != len(Phases) {
+		t.Errorf("launch latency series = %d, want %d (one per phase)", n, len(Phases))
 	}
 	if got := histogramCount(t, reg, "titus_agent_launch_duration_seconds", "phase", "total"); got != 2 {
 		t.Errorf("phase=total observations = %d, want 2", got)

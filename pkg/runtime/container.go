@@ -88,7 +88,10 @@ func (r *Runtime) Create(ctx context.Context, cs ContainerSpec) error {
 	}
 	sopts := append(specOpts(cs, oci.WithImageConfig(img)), oci.WithCgroup(cgroupsPath(r.cfg.CgroupDriver, r.cfg.Namespace, cs.ID)))
 	opts = append(opts, client.WithNewSpec(sopts...))
-	if _, err := r.client.NewContainer(ctx, cs.ID, opts...); err != nil {
+	start := time.Now()
+	_, err = r.client.NewContainer(ctx, cs.ID, opts...)
+	step(ctx, StepContainerCreate, start, err)
+	if err != nil {
 		if errdefs.IsAlreadyExists(err) {
 			return nil
 		}
@@ -112,7 +115,10 @@ func (r *Runtime) Start(ctx context.Context, id string) (uint32, error) {
 		if err != nil {
 			return 0, err
 		}
-		if t, err = c.NewTask(ctx, ioc); err != nil {
+		start := time.Now()
+		t, err = c.NewTask(ctx, ioc)
+		step(ctx, StepTaskCreate, start, err)
+		if err != nil {
 			return 0, fmt.Errorf("create task %s: %w", id, err)
 		}
 	case err != nil:
@@ -128,7 +134,10 @@ func (r *Runtime) Start(ctx context.Context, id string) (uint32, error) {
 	case client.Stopped:
 		return t.Pid(), fmt.Errorf("start %s: %w", id, ErrTaskAlreadyFinished)
 	}
-	if err := t.Start(ctx); err != nil {
+	start := time.Now()
+	err = t.Start(ctx)
+	step(ctx, StepTaskStart, start, err)
+	if err != nil {
 		return 0, fmt.Errorf("start task %s: %w", id, err)
 	}
 	return t.Pid(), nil

@@ -160,7 +160,20 @@ func StateFromProto(s agentv1.TaskState) State { return State(s) }
 
 // TransitionToProto converts one transition.
 func TransitionToProto(t Transition) *agentv1.Transition {
-	return &agentv1.Transition{State: StateToProto(t.State), Reason: string(t.Reason), Message: t.Message, Time: timestamppb.New(t.Time)}
+	out := &agentv1.Transition{State: StateToProto(t.State), Reason: string(t.Reason), Message: t.Message, Time: timestamppb.New(t.Time)}
+	for _, s := range t.Steps {
+		out.Steps = append(out.Steps, &agentv1.LaunchStep{Name: s.Name, Start: timestamppb.New(s.Start), Took: durationpb.New(s.Took), Failed: s.Failed})
+	}
+	return out
+}
+
+// TransitionFromProto converts one wire transition back.
+func TransitionFromProto(p *agentv1.Transition) Transition {
+	t := Transition{State: StateFromProto(p.GetState()), Reason: Reason(p.GetReason()), Message: p.GetMessage(), Time: p.GetTime().AsTime()}
+	for _, s := range p.GetSteps() {
+		t.Steps = append(t.Steps, Step{Name: s.GetName(), Start: s.GetStart().AsTime(), Took: s.GetTook().AsDuration(), Failed: s.GetFailed()})
+	}
+	return t
 }
 
 // ViewToProto converts a task view to the wire Task.
@@ -189,7 +202,7 @@ func ViewFromProto(p *agentv1.Task) *View {
 	v.Status = Status{State: StateFromProto(p.GetState()), Reason: Reason(p.GetReason()), Message: p.GetMessage(), ExitCode: p.GetExitCode(), Pid: p.GetPid(),
 		Health: HealthFromProto(p.GetHealth())}
 	for _, t := range p.GetTransitions() {
-		v.Status.Transitions = append(v.Status.Transitions, Transition{State: StateFromProto(t.GetState()), Reason: Reason(t.GetReason()), Message: t.GetMessage(), Time: t.GetTime().AsTime()})
+		v.Status.Transitions = append(v.Status.Transitions, TransitionFromProto(t))
 	}
 	if n := p.GetNetwork(); n != nil {
 		v.Network = &NetworkAttachment{IPv4: n.GetIpv4(), IPv6: n.GetIpv6(), MAC: n.GetMac(), ENIID: n.GetEniId(), NetNSPath: n.GetNetns(), SecurityGroupIDs: n.GetSecurityGroupIds(), SubnetID: n.GetSubnetId()}

@@ -90,7 +90,28 @@ type Transition struct {
 	Reason  Reason    `json:"reason,omitempty"`
 	Message string    `json:"message,omitempty"`
 	Time    time.Time `json:"time"`
+	// Steps are the launch steps (hooks, runtime steps) that ended since
+	// the previous transition, in the order they ended: the Starting
+	// transition carries the preparing hooks, Running the container's
+	// create and start, a failure what was done before it.
+	Steps []Step `json:"steps,omitempty"`
 }
+
+// Step is one timed step of a launch. Steps of a stage run in parallel,
+// so their durations overlap and need not add up to the launch.
+type Step struct {
+	// Name is the hook ("image", "network", "disk", "metadata", ...) or
+	// the runtime step within one ("container.create", "task.create",
+	// "task.start").
+	Name  string        `json:"name"`
+	Start time.Time     `json:"start"`
+	Took  time.Duration `json:"took"`
+	// Failed is set when the step ended in an error.
+	Failed bool `json:"failed,omitempty"`
+}
+
+// End is when the step ended.
+func (s Step) End() time.Time { return s.Start.Add(s.Took) }
 
 // Status is the state of one task with its history.
 type Status struct {

@@ -4,10 +4,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -28,6 +32,10 @@ func TestAgentMetrics(t *testing.T) {
 	want := []string{
 		`titus_agent_launch_duration_seconds_count{phase="pull"} 2`,
 		`titus_agent_launch_duration_seconds_count{phase="start"} 2`,
+		`titus_agent_launch_duration_seconds_count{phase="container_create"} 2`,
+		`titus_agent_launch_duration_seconds_count{phase="task_create"} 2`,
+		`titus_agent_launch_duration_seconds_count{phase="task_start"} 2`,
+		`titus_agent_launch_duration_seconds_count{phase="accept"} 2`,
 		`titus_agent_launch_duration_seconds_count{phase="total"} 2`,
 		`titus_agent_tasks_finished_total{state="Finished"} 1`,
 		`titus_agent_task_failures_total{cause="user"} 1`,
@@ -50,11 +58,33 @@ func TestAgentMetrics(t *testing.T) {
 			}
 		}
 		if len(missing) == 0 {
-			return
+			break
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("metrics missing %v (err %v)", missing, err)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+	// The same steps are in the task's record, with the transitions.
+	got, err := e.client.GetTask(t.Context(), &agentv1.GetTaskRequest{Id: "ok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := map[agentv1.TaskState][]string{}
+	for _, tr := range got.GetTransitions() {
+		for _, s := range tr.GetSteps() {
+			if s.GetTook().AsDuration() <= 0 || s.GetStart().AsTime().Before(got.GetTransitions()[0].GetTime().AsTime()) {
+				t.Errorf("step %s: start %v took %v", s.GetName(), s.GetStart().AsTime(), s.GetTook().AsDuration())
+			}
+			steps[tr.GetState()] = append(steps[tr.GetState()], s.GetName())
+		}
+	}
+	slices.Sort(steps[agentv1.TaskState_TASK_STATE_STARTING])
+	want2 := map[agentv1.TaskState][]string{
+		agentv1.TaskState_TASK_STATE_STARTING: {"disk", "hostmounts", "image"}, // network provider none,
+		agentv1.TaskState_TASK_STATE_RUNNING:  {"container.create", "task.create", "task.start", "container"},
+	}
+	if diff := cmp.Diff(want2, steps); diff != "" {
+		t.Errorf("launch steps by transition (-want +got):\n%s", diff)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"syscall"
+	"time"
 
 	"github.com/containerd/containerd/v2/pkg/oci"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -110,6 +111,9 @@ func (h *ContainerHook) Prestart(ctx context.Context, req *PrestartRequest, resp
 		opts = h.SpecOpts(req.Spec)
 	}
 	cs := ContainerSpec(req.Spec, req.Resources, opts)
+	ctx = runtime.WithStepTrace(ctx, func(name string, start time.Time, took time.Duration, err error) {
+		resp.Steps = append(resp.Steps, task.Step{Name: name, Start: start.UTC(), Took: took, Failed: err != nil})
+	})
 	if err := retryTransient(ctx, func() error { return h.Runtime.Create(ctx, cs) }); err != nil {
 		reason := task.ReasonStartFailed
 		if errors.Is(err, isolation.ErrNotAllowed) {

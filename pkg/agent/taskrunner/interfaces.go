@@ -37,6 +37,10 @@ type PrestartResponse struct {
 	SpecOpts  []string // names of isolation options applied, for the record
 	Pid       uint32
 	Container bool
+	// Steps are timed steps within the hook (the runtime's), recorded
+	// with the task's next transition beside the hook's own time; they
+	// are not resources.
+	Steps []task.Step
 }
 
 // PrestartHook prepares something the task needs. It must be safe to call

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -119,6 +120,7 @@ func (r *Runner) runStage(ctx context.Context, stage []PrestartHook) (changed bo
 	r.mu.Unlock()
 	resps := make([]PrestartResponse, len(stage))
 	errs := make([]error, len(stage))
+	hookSteps := make([]task.Step, len(stage))
 	var wg sync.WaitGroup
 	for i, h := range stage {
 		wg.Add(1)
@@ -127,14 +129,28 @@ func (r *Runner) runStage(ctx context.Context, stage []PrestartHook) (changed bo
 			start := r.cfg.Now()
 			errs[i] = h.Prestart(ctx, &PrestartRequest{Spec: &spec, Resources: &res}, &resps[i])
 			took := r.cfg.Now().Sub(start)
+			hookSteps[i] = task.Step{Name: h.Name(), Start: start.UTC(), Took: took, Failed: errs[i] != nil}
 			r.log.Debug("prestart hook", "hook", h.Name(), "took", took, "err", errs[i])
-			if r.cfg.Observe != nil && errs[i] == nil {
-				r.cfg.Observe(h.Name(), took)
-			}
 		}()
 	}
 	wg.Wait()
+	// The stage's steps, the runtime steps within a hook before the hook,
+	// in the order they ended.
+	var steps []task.Step
+	for i := range stage {
+		steps = append(steps, resps[i].Steps...)
+		steps = append(steps, hookSteps[i])
+	}
+	slices.SortStableFunc(steps, func(a, b task.Step) int { return a.End().Compare(b.End()) })
+	if r.cfg.Observe != nil {
+		for _, s := range steps {
+			if !s.Failed {
+				r.cfg.Observe(s.Name, s.Took)
+			}
+		}
+	}
 	r.mu.Lock()
+	r.steps = append(r.steps, steps...)
 	for i := range resps {
 		if !resps[i].empty() {
 			r.rec.Resources.merge(&resps[i])

@@ -114,6 +114,9 @@ type Runner struct {
 	rec        *Record
 	killed     *killRequest
 	prepCancel context.CancelFunc
+	// steps are the launch steps that ended since the last transition;
+	// the next transition records them.
+	steps []task.Step
 
 	killCh chan struct{}
 	done   chan struct{}
@@ -208,18 +211,26 @@ func (r *Runner) advance(s task.State, reason task.Reason, msg string, mutate fu
 	r.mu.Lock()
 	next := *r.rec
 	next.Status.Transitions = slices.Clone(r.rec.Status.Transitions)
+	steps := slices.Clone(r.steps)
 	r.mu.Unlock()
 	if mutate != nil {
 		mutate(&next)
 	}
+	n := len(next.Status.Transitions)
 	if _, err := next.Status.Advance(s, reason, msg, r.cfg.Now()); err != nil {
 		return err
+	}
+	if len(next.Status.Transitions) > n {
+		next.Status.Transitions[n].Steps = steps
 	}
 	if err := r.cfg.Store.Save(&next); err != nil {
 		return fmt.Errorf("persist %s: %w", s, err)
 	}
 	r.mu.Lock()
 	*r.rec = next
+	if len(next.Status.Transitions) > n {
+		r.steps = r.steps[len(steps):]
+	}
 	r.mu.Unlock()
 	r.log.Info("task state", "state", s, "reason", reason, "msg", msg)
 	if r.cfg.Notify != nil {
