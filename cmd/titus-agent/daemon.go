@@ -71,7 +71,7 @@ func newDaemonCmd() *cobra.Command {
 	f.StringVar(&o.network, "network", "", "network provider: none, local or ec2")
 	f.StringVar(&o.localCIDR, "local-cidr", "", "local provider: task address range")
 	f.StringVar(&o.bridge, "bridge", "", "local provider: bridge name")
-	f.StringVar(&o.scheduler, "scheduler", "", "scheduler address (host:port); empty = standalone")
+	f.StringVar(&o.scheduler, "scheduler", "", "scheduler address (host:port, or the replicas' comma-separated); empty = standalone")
 	f.StringVar(&o.upstream, "metadata-upstream", "", "the host's IMDS, e.g. http://127.0.0.1:1338 in tests")
 	f.StringSliceVar(&o.plainHTTP, "plain-http-registry", nil, "registry host:port allowed over plain HTTP (repeatable)")
 	return cmd

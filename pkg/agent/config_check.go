@@ -75,6 +75,21 @@ func (c *configChecker) hostPort(field, s string) {
 	}
 }
 
+// hostPorts: a comma-separated list of host:port (the replicas of a
+// scheduler, tried in turn); empty means off.
+func (c *configChecker) hostPorts(field, s string) {
+	if s == "" {
+		return
+	}
+	for _, a := range strings.Split(s, ",") {
+		if strings.TrimSpace(a) == "" {
+			c.failf(field, "must be host:port[,host:port...], got an empty entry in %q", s)
+			return
+		}
+		c.hostPort(field, strings.TrimSpace(a))
+	}
+}
+
 func (c *configChecker) nonNegative(field string, v int64) {
 	if v < 0 {
 		c.failf(field, "must not be negative, got %d", v)
@@ -138,7 +153,7 @@ func (cfg *Config) check() []error {
 		c.absPath(fmt.Sprintf("gpu.driverFiles[%d]", i), g, false)
 	}
 	c.hostPort("metricsListen", cfg.MetricsListen)
-	c.hostPort("scheduler.address", cfg.Scheduler.Address)
+	c.hostPorts("scheduler.address", cfg.Scheduler.Address)
 	c.nonNegative("scheduler.networkMbps", cfg.Scheduler.NetworkMbps)
 	return c.errs
 }
