@@ -287,6 +287,23 @@ func newJobCmd() *cobra.Command {
 					return printJSON(cmd.OutOrStdout(), j)
 				}
 				printJobs(cmd.OutOrStdout(), []*schedv1.Job{j})
+				if len(j.GetSpec().GetService().GetTargetGroups()) == 0 {
+					return nil
+				}
+				// Where each live task stands in the job's target groups.
+				var tasks []*schedv1.Task
+				for token := ""; ; {
+					resp, err := c.ListTasks(ctx, &schedv1.ListTasksRequest{JobId: j.Id, PageToken: token})
+					if err != nil {
+						return err
+					}
+					tasks = append(tasks, resp.Tasks...)
+					if token = resp.NextPageToken; token == "" {
+						break
+					}
+				}
+				fmt.Fprintln(cmd.OutOrStdout())
+				printTargets(cmd.OutOrStdout(), tasks)
 				return nil
 			})
 		},
@@ -421,6 +438,21 @@ func printTasks(w io.Writer, tasks []*schedv1.Task) {
 		rows = append(rows, []string{t.Id, t.AgentId, t.Az, fmt.Sprint(t.Revision), stateName(t.State, "TASK_STATE_"), health, t.Reason, fmt.Sprint(t.ExitCode), ts(t.Placed, t.Placed != nil)})
 	}
 	table(w, "ID\tAGENT\tAZ\tREV\tSTATE\tHEALTH\tREASON\tEXIT\tPLACED", rows)
+}
+
+// printTargets shows each task's registration in each target group.
+func printTargets(w io.Writer, tasks []*schedv1.Task) {
+	var rows [][]string
+	for _, t := range tasks {
+		for _, r := range t.GetTargets() {
+			since := r.GetRegistered()
+			if r.GetDeregistered() != nil {
+				since = r.GetDeregistered()
+			}
+			rows = append(rows, []string{t.Id, cmp.Or(t.Ip, "-"), r.Arn, fmt.Sprint(r.Port), r.State, ts(since, since != nil), cmp.Or(r.Error, "-")})
+		}
+	}
+	table(w, "TASK\tIP\tTARGET GROUP\tPORT\tLB STATE\tSINCE\tERROR", rows)
 }
 
 func newTaskCmd() *cobra.Command {

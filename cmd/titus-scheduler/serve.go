@@ -19,6 +19,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/logging"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/lb"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 )
 
@@ -50,6 +51,20 @@ type serveConfig struct {
 	// Live (not ended) jobs, in total and per application.
 	MaxLiveJobs               int `json:"maxLiveJobs"`
 	MaxLiveJobsPerApplication int `json:"maxLiveJobsPerApplication"`
+	// LoadBalancers turns on ELBv2 target group registration (docs/loadbalancers.md).
+	LoadBalancers lbConfig `json:"loadBalancers"`
+}
+
+// lbConfig is the loadBalancers section of the scheduler's file.
+type lbConfig struct {
+	// Region of the target groups; setting it turns the integration on.
+	Region string `json:"region"`
+	// Endpoint overrides the ELBv2 endpoint (moto in tests).
+	Endpoint string `json:"endpoint"`
+	// MaxDeregistrationWait bounds a stop's wait for the deregistration delay (a duration).
+	MaxDeregistrationWait string `json:"maxDeregistrationWait"`
+	// ReconcileInterval: how often target groups are compared with the tasks (a duration).
+	ReconcileInterval string `json:"reconcileInterval"`
 }
 
 // authConfig is the auth section of the scheduler's file.
@@ -67,6 +82,7 @@ func newServeCmd() *cobra.Command {
 		metricsListen           string
 		tlsFiles                tlsconfig.Files
 		auth                    authConfig
+		lbc                     lbConfig
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -75,7 +91,7 @@ func newServeCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f := cmd.Flags()
 			if path != "" {
-				if err := applyConfigFile(path, f.Changed, &o, &endpoints, &metricsListen, &tlsFiles, &auth); err != nil {
+				if err := applyConfigFile(path, f.Changed, &o, &endpoints, &metricsListen, &tlsFiles, &auth, &lbc); err != nil {
 					return err
 				}
 			}
@@ -108,6 +124,13 @@ func newServeCmd() *cobra.Command {
 				if o.Policy, err = authz.Load(auth.PolicyFile); err != nil {
 					return err
 				}
+			}
+			if lbc.Region != "" {
+				cli, err := lb.NewClient(cmd.Context(), lb.Config{Region: lbc.Region, Endpoint: lbc.Endpoint})
+				if err != nil {
+					return err
+				}
+				o.LoadBalancers = lb.New(cli)
 			}
 			log := logging.New(os.Stderr, slog.LevelInfo)
 			reg := metrics.NewRegistry()
@@ -156,12 +179,16 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&auth.Token.Audience, "token-audience", "", "aud a bearer token must include")
 	f.IntVar(&o.MaxLiveJobs, "max-live-jobs", scheduler.DefaultMaxLiveJobs, "jobs not ended, in total (a service at desired 0 counts)")
 	f.IntVar(&o.MaxLiveJobsPerApplication, "max-live-jobs-per-application", scheduler.DefaultMaxLiveJobsPerApplication, "jobs not ended, per application")
+	f.StringVar(&lbc.Region, "lb-region", "", "region of ELBv2 target groups: turns on registering service tasks in their jobs' target groups (docs/loadbalancers.md)")
+	f.StringVar(&lbc.Endpoint, "lb-endpoint", "", "ELBv2 endpoint override (tests)")
+	f.DurationVar(&o.MaxDeregistrationWait, "lb-max-deregistration-wait", scheduler.DefaultMaxDeregistrationWait, "longest a stop waits for a task to drain from its target groups before the kill")
+	f.DurationVar(&o.TargetReconcileInterval, "lb-reconcile-interval", scheduler.DefaultTargetReconcileInterval, "how often target groups are compared with the tasks that should be in them, and drift fixed")
 	f.StringVar(&metricsListen, "metrics-listen", metrics.DefaultSchedulerListen, "Prometheus endpoint (empty disables)")
 	return cmd
 }
 
 // applyConfigFile sets every option the file names and no flag overrides.
-func applyConfigFile(path string, changed func(string) bool, o *scheduler.Options, endpoints, metricsListen *string, tlsFiles *tlsconfig.Files, auth *authConfig) error {
+func applyConfigFile(path string, changed func(string) bool, o *scheduler.Options, endpoints, metricsListen *string, tlsFiles *tlsconfig.Files, auth *authConfig, lbc *lbConfig) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
@@ -224,6 +251,14 @@ func applyConfigFile(path string, changed func(string) bool, o *scheduler.Option
 		return err
 	}
 	if err := dur("election-ttl", &o.ElectionTTL, c.ElectionTTL); err != nil {
+		return err
+	}
+	str("lb-region", &lbc.Region, c.LoadBalancers.Region)
+	str("lb-endpoint", &lbc.Endpoint, c.LoadBalancers.Endpoint)
+	if err := dur("lb-max-deregistration-wait", &o.MaxDeregistrationWait, c.LoadBalancers.MaxDeregistrationWait); err != nil {
+		return err
+	}
+	if err := dur("lb-reconcile-interval", &o.TargetReconcileInterval, c.LoadBalancers.ReconcileInterval); err != nil {
 		return err
 	}
 	if len(c.CapacityGroups) > 0 && !changed("capacity-groups") {

@@ -36,7 +36,7 @@ auth:
 	)
 	auth.PolicyFile = "/flag/p.yaml"
 	changed := func(f string) bool { return f == "policy" }
-	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth); err != nil {
+	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{}); err != nil {
 		t.Fatal(err)
 	}
 	want := authConfig{PolicyFile: "/flag/p.yaml", Token: authn.TokenConfig{JWKSFile: "/etc/j.json", Issuer: "https://idp", Audience: "titus", UsernameClaim: "sub"}}
@@ -49,7 +49,7 @@ auth:
 	if err := os.WriteFile(path, []byte("auth: {policy: x}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth); err == nil {
+	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{}); err == nil {
 		t.Error("a misspelt auth key was accepted")
 	}
 }

@@ -46,6 +46,7 @@ applications:
   billing:
     owners: {principals: [alice@example.com], groups: [team-billing]}
     iamRoles: [arn:aws:iam::123456789012:role/billing-task, "arn:aws:iam::123456789012:role/billing/*"]
+    targetGroups: [arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/billing-web/0123456789abcdef, "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/billing-*"]
   search:
     owners: {principals: [bob@example.com]}
 `
@@ -183,6 +184,31 @@ func TestCheckIAMRole(t *testing.T) {
 	}
 }
 
+// A job may only put its tasks into its own application's target groups.
+func TestCheckTargetGroup(t *testing.T) {
+	d := testDecider(t)
+	const pre = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/"
+	for _, tc := range []struct {
+		app, arn string
+		ok       bool
+	}{
+		{"billing", pre + "billing-web/0123456789abcdef", true},
+		{"billing", pre + "billing-api/0123456789abcdef", true},
+		{"billing", pre + "search-web/0123456789abcdef", false},
+		{"billing", "arn:aws:elasticloadbalancing:us-east-1:999999999999:targetgroup/billing-web/0123456789abcdef", false},
+		{"search", pre + "billing-web/0123456789abcdef", false},
+		{"unlisted", pre + "billing-web/0123456789abcdef", false},
+	} {
+		err := d.CheckTargetGroup(tc.app, tc.arn)
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, errdefs.ErrPermissionDenied)) {
+			t.Errorf("CheckTargetGroup(%s, %s) = %v, want ok=%v", tc.app, tc.arn, err, tc.ok)
+		}
+	}
+	if err := Open().CheckTargetGroup("x", pre+"any/0123456789abcdef"); err != nil {
+		t.Errorf("open: %v", err)
+	}
+}
+
 func TestReservedLabels(t *testing.T) {
 	d := testDecider(t)
 	wide := map[string]string{"titus.isolation/host-mounts": "/"}
@@ -218,6 +244,9 @@ func TestParseRefuses(t *testing.T) {
 		"every role":       "applications: {a: {iamRoles: ['arn:aws:iam::123456789012:role/*']}}",
 		"wildcard mid-ARN": "applications: {a: {iamRoles: ['arn:aws:iam::*:role/x']}}",
 		"bad app name":     "applications: {'a b': {}}",
+		"tg not an ARN":    "applications: {a: {targetGroups: [web]}}",
+		"every tg":         "applications: {a: {targetGroups: ['arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/*']}}",
+		"tg mid wildcard":  "applications: {a: {targetGroups: ['arn:aws:elasticloadbalancing:*:123456789012:targetgroup/x']}}",
 	} {
 		if _, err := Parse([]byte(doc)); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("%s: Parse = %v, want invalid argument", name, err)

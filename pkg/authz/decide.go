@@ -186,6 +186,35 @@ func (d *Decider) CheckIAMRole(app, arn string) error {
 	return fmt.Errorf("%w: IAM role %q is not in application %q's allowlist (policy applications.%s.iamRoles)", errdefs.ErrPermissionDenied, arn, app, app)
 }
 
+// CheckTargetGroup refuses a target group ARN the policy does not list
+// for app: a job must not put its tasks into another application's load
+// balancer. With no policy every group is allowed; with one, an
+// application that lists no group may use none.
+func (d *Decider) CheckTargetGroup(app, arn string) error {
+	if d.p == nil {
+		return nil
+	}
+	for _, pat := range d.p.Applications[app].TargetGroups {
+		if pat == arn || (strings.HasSuffix(pat, "*") && strings.HasPrefix(arn, strings.TrimSuffix(pat, "*"))) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: target group %q is not in application %q's allowlist (policy applications.%s.targetGroups)", errdefs.ErrPermissionDenied, arn, app, app)
+}
+
+// TargetGroups lists every target group pattern the policy allows any
+// application (nil without a policy).
+func (d *Decider) TargetGroups() []string {
+	if d.p == nil {
+		return nil
+	}
+	var out []string
+	for _, app := range d.p.Applications {
+		out = append(out, app.TargetGroups...)
+	}
+	return out
+}
+
 // CheckReservedLabels refuses labels under ReservedLabelPrefix unless p is
 // an admin (or there is no policy).
 func (d *Decider) CheckReservedLabels(p authn.Principal, labelSets ...map[string]string) error {

@@ -29,6 +29,11 @@ type Application struct {
 	// IAMRoles are the role ARNs its jobs may name; a pattern ending in "*"
 	// matches every ARN with that prefix. Empty: no role at all.
 	IAMRoles []string `json:"iamRoles,omitempty"`
+	// TargetGroups are the ELBv2 target group ARNs its service jobs may
+	// put their tasks in; a pattern ending in "*" matches every ARN with
+	// that prefix. Empty: none. The scheduler owns these groups' targets
+	// (docs/loadbalancers.md).
+	TargetGroups []string `json:"targetGroups,omitempty"`
 }
 
 // Policy is the policy file.
@@ -48,6 +53,8 @@ var (
 	appNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 	// roleRE is an IAM role ARN (any partition), optionally ending in "*".
 	roleRE = regexp.MustCompile(`^arn:[a-z-]+:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]*\*?$`)
+	// targetGroupRE is an ELBv2 target group ARN, optionally ending in "*".
+	targetGroupRE = regexp.MustCompile(`^arn:[a-z-]+:elasticloadbalancing:[a-z0-9-]+:[0-9]{12}:targetgroup/[A-Za-z0-9/-]*\*?$`)
 )
 
 // Load reads and checks a policy file.
@@ -81,6 +88,14 @@ func Parse(b []byte) (*Policy, error) {
 			}
 			if strings.HasSuffix(r, "role/*") {
 				errs = append(errs, fmt.Sprintf("applications.%s.iamRoles[%d]: %q allows every role of the account; name the roles or a path", name, i, r))
+			}
+		}
+		for i, tg := range app.TargetGroups {
+			if !targetGroupRE.MatchString(tg) || strings.Count(tg, "*") > 1 {
+				errs = append(errs, fmt.Sprintf("applications.%s.targetGroups[%d]: %q is not an ELBv2 target group ARN (a single trailing * is allowed)", name, i, tg))
+			}
+			if strings.HasSuffix(tg, "targetgroup/*") {
+				errs = append(errs, fmt.Sprintf("applications.%s.targetGroups[%d]: %q allows every target group of the account; name the groups or a name prefix", name, i, tg))
 			}
 		}
 	}

@@ -179,7 +179,15 @@ func backoff(lo, hi time.Duration, n int) time.Duration {
 
 func statusOf(v *task.View) *schedv1.TaskStatus {
 	return &schedv1.TaskStatus{TaskId: v.Spec.ID, State: task.StateToProto(v.Status.State), Reason: string(v.Status.Reason),
-		Message: v.Status.Message, ExitCode: v.Status.ExitCode, Health: task.HealthToProto(v.Status.Health)}
+		Message: v.Status.Message, ExitCode: v.Status.ExitCode, Health: task.HealthToProto(v.Status.Health), Ip: viewIP(v)}
+}
+
+// viewIP is the task's VPC IPv4 address, "" before it has one.
+func viewIP(v *task.View) string {
+	if v.Network == nil {
+		return ""
+	}
+	return v.Network.IPv4
 }
 
 // runSession is one stream; it reports whether registration succeeded.
@@ -320,7 +328,7 @@ func forward(ctx context.Context, events <-chan task.Event, send func(*schedv1.A
 
 func eventStatus(ev task.Event) *schedv1.TaskStatus {
 	return &schedv1.TaskStatus{TaskId: ev.TaskID, State: task.StateToProto(ev.Status.State), Reason: string(ev.Status.Reason),
-		Message: ev.Status.Message, ExitCode: ev.Status.ExitCode, Health: task.HealthToProto(ev.Status.Health)}
+		Message: ev.Status.Message, ExitCode: ev.Status.ExitCode, Health: task.HealthToProto(ev.Status.Health), Ip: ev.IPv4}
 }
 
 // receive applies launches and kills. They run under the agent's context,

@@ -35,6 +35,12 @@ const (
 	DefaultMaxLiveJobsPerApplication = core.DefaultMaxLiveJobsPerApplication
 )
 
+// Defaults of the load balancer integration (Options.MaxDeregistrationWait, TargetReconcileInterval).
+const (
+	DefaultMaxDeregistrationWait   = core.DefaultMaxDeregistrationWait
+	DefaultTargetReconcileInterval = core.DefaultTargetReconcileInterval
+)
+
 // CoreConfig is the core's part of the options (see core.Config).
 type CoreConfig = core.Config
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -57,6 +58,17 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	opts.setDefaults()
 	if log == nil {
 		log = slog.Default()
+	}
+	if opts.Policy != nil {
+		// Every target group a job may name is reconciled, named by a job
+		// now or not: no target outlives its job (patterns cannot be listed).
+		for _, app := range opts.Policy.Applications {
+			for _, arn := range app.TargetGroups {
+				if !strings.HasSuffix(arn, "*") {
+					opts.ManagedTargetGroups = append(opts.ManagedTargetGroups, arn)
+				}
+			}
+		}
 	}
 	c, err := core.New(opts.CoreConfig, log)
 	if err != nil {

@@ -14,4 +14,7 @@ type Event struct {
 	Status Status `json:"status"`
 	// HealthChanged: the event is a change of Status.Health, not a transition.
 	HealthChanged bool `json:"healthChanged,omitempty"`
+	// IPv4 is the task's VPC address once it has one (the scheduler puts
+	// it in load balancers).
+	IPv4 string `json:"ipv4,omitempty"`
 }

@@ -242,7 +242,7 @@ func (x Rollout_State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Rollout_State.Descriptor instead.
 func (Rollout_State) EnumDescriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10, 0}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12, 0}
 }
 
 type RolloutJobRequest_Action int32
@@ -295,7 +295,7 @@ func (x RolloutJobRequest_Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RolloutJobRequest_Action.Descriptor instead.
 func (RolloutJobRequest_Action) EnumDescriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18, 0}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20, 0}
 }
 
 type RetryPolicy struct {
@@ -453,7 +453,11 @@ type ServiceJob struct {
 	// away at once. Unset: 10%, at least 1.
 	DisruptionBudget *DisruptionBudget `protobuf:"bytes,6,opt,name=disruption_budget,json=disruptionBudget,proto3" json:"disruption_budget,omitempty"`
 	// How a new revision replaces the old tasks.
-	Update        *UpdateStrategy `protobuf:"bytes,7,opt,name=update,proto3" json:"update,omitempty"`
+	Update *UpdateStrategy `protobuf:"bytes,7,opt,name=update,proto3" json:"update,omitempty"`
+	// ELBv2 target groups (target type ip) each task joins at its VPC IP
+	// once it is Running and healthy, and leaves before it is stopped
+	// (docs/loadbalancers.md). Fixed at submission; at most 5.
+	TargetGroups  []*TargetGroup `protobuf:"bytes,8,rep,name=target_groups,json=targetGroups,proto3" json:"target_groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -537,6 +541,160 @@ func (x *ServiceJob) GetUpdate() *UpdateStrategy {
 	return nil
 }
 
+func (x *ServiceJob) GetTargetGroups() []*TargetGroup {
+	if x != nil {
+		return x.TargetGroups
+	}
+	return nil
+}
+
+// TargetGroup is one ELBv2 target group a service job's tasks join.
+type TargetGroup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// arn:<partition>:elasticloadbalancing:<region>:<account>:targetgroup/<name>/<id>;
+	// the application must be allowed it (policy applications.<app>.targetGroups).
+	Arn string `protobuf:"bytes,1,opt,name=arn,proto3" json:"arn,omitempty"`
+	// The task's port the load balancer sends traffic to (1-65535).
+	Port          uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TargetGroup) Reset() {
+	*x = TargetGroup{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TargetGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TargetGroup) ProtoMessage() {}
+
+func (x *TargetGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TargetGroup.ProtoReflect.Descriptor instead.
+func (*TargetGroup) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TargetGroup) GetArn() string {
+	if x != nil {
+		return x.Arn
+	}
+	return ""
+}
+
+func (x *TargetGroup) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+// TargetRegistration is one task's place in one target group, as the
+// scheduler last made or saw it.
+type TargetRegistration struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Arn   string                 `protobuf:"bytes,1,opt,name=arn,proto3" json:"arn,omitempty"`
+	Port  uint32                 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// pending (not yet Running and healthy), registered, draining
+	// (deregistered, waiting out the group's deregistration delay),
+	// deregistered.
+	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// The last failed call's error, cleared by the next success.
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// When the target was registered and deregistered (unset: not yet).
+	Registered    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=registered,proto3" json:"registered,omitempty"`
+	Deregistered  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=deregistered,proto3" json:"deregistered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TargetRegistration) Reset() {
+	*x = TargetRegistration{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TargetRegistration) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TargetRegistration) ProtoMessage() {}
+
+func (x *TargetRegistration) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TargetRegistration.ProtoReflect.Descriptor instead.
+func (*TargetRegistration) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *TargetRegistration) GetArn() string {
+	if x != nil {
+		return x.Arn
+	}
+	return ""
+}
+
+func (x *TargetRegistration) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *TargetRegistration) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *TargetRegistration) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *TargetRegistration) GetRegistered() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Registered
+	}
+	return nil
+}
+
+func (x *TargetRegistration) GetDeregistered() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Deregistered
+	}
+	return nil
+}
+
 // DisruptionBudget bounds the tasks of a service job that voluntary
 // disruptions (a rollout, a drain) may make unavailable at once.
 type DisruptionBudget struct {
@@ -550,7 +708,7 @@ type DisruptionBudget struct {
 
 func (x *DisruptionBudget) Reset() {
 	*x = DisruptionBudget{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +720,7 @@ func (x *DisruptionBudget) String() string {
 func (*DisruptionBudget) ProtoMessage() {}
 
 func (x *DisruptionBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +733,7 @@ func (x *DisruptionBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisruptionBudget.ProtoReflect.Descriptor instead.
 func (*DisruptionBudget) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{3}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DisruptionBudget) GetMaxUnavailable() string {
@@ -607,7 +765,7 @@ type UpdateStrategy struct {
 
 func (x *UpdateStrategy) Reset() {
 	*x = UpdateStrategy{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +777,7 @@ func (x *UpdateStrategy) String() string {
 func (*UpdateStrategy) ProtoMessage() {}
 
 func (x *UpdateStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +790,7 @@ func (x *UpdateStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStrategy.ProtoReflect.Descriptor instead.
 func (*UpdateStrategy) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UpdateStrategy) GetMaxSurge() string {
@@ -690,7 +848,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -702,7 +860,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -715,7 +873,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JobSpec) GetName() string {
@@ -839,7 +997,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -851,7 +1009,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -864,7 +1022,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Placement) GetConstraints() []string {
@@ -921,7 +1079,7 @@ type Preference struct {
 
 func (x *Preference) Reset() {
 	*x = Preference{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -933,7 +1091,7 @@ func (x *Preference) String() string {
 func (*Preference) ProtoMessage() {}
 
 func (x *Preference) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -946,7 +1104,7 @@ func (x *Preference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Preference.ProtoReflect.Descriptor instead.
 func (*Preference) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Preference) GetConstraint() string {
@@ -979,7 +1137,7 @@ type JobCounts struct {
 
 func (x *JobCounts) Reset() {
 	*x = JobCounts{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1149,7 @@ func (x *JobCounts) String() string {
 func (*JobCounts) ProtoMessage() {}
 
 func (x *JobCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1162,7 @@ func (x *JobCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCounts.ProtoReflect.Descriptor instead.
 func (*JobCounts) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobCounts) GetPending() uint32 {
@@ -1084,7 +1242,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1096,7 +1254,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1109,7 +1267,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Job) GetId() string {
@@ -1198,7 +1356,7 @@ type Rollout struct {
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1210,7 +1368,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1223,7 +1381,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Rollout) GetState() Rollout_State {
@@ -1305,7 +1463,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1317,7 +1475,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1330,7 +1488,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SubmitJobRequest) GetSpec() *JobSpec {
@@ -1349,7 +1507,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1361,7 +1519,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1374,7 +1532,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SubmitJobResponse) GetJobId() string {
@@ -1393,7 +1551,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1405,7 +1563,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1418,7 +1576,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -1443,7 +1601,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +1613,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +1626,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListJobsRequest) GetAll() bool {
@@ -1502,7 +1660,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1514,7 +1672,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1527,7 +1685,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -1553,7 +1711,7 @@ type KillJobRequest struct {
 
 func (x *KillJobRequest) Reset() {
 	*x = KillJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +1723,7 @@ func (x *KillJobRequest) String() string {
 func (*KillJobRequest) ProtoMessage() {}
 
 func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +1736,7 @@ func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillJobRequest.ProtoReflect.Descriptor instead.
 func (*KillJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *KillJobRequest) GetId() string {
@@ -1601,7 +1759,7 @@ type UpdateJobRequest struct {
 
 func (x *UpdateJobRequest) Reset() {
 	*x = UpdateJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1771,7 @@ func (x *UpdateJobRequest) String() string {
 func (*UpdateJobRequest) ProtoMessage() {}
 
 func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1784,7 @@ func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobRequest.ProtoReflect.Descriptor instead.
 func (*UpdateJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UpdateJobRequest) GetId() string {
@@ -1653,7 +1811,7 @@ type RolloutJobRequest struct {
 
 func (x *RolloutJobRequest) Reset() {
 	*x = RolloutJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1823,7 @@ func (x *RolloutJobRequest) String() string {
 func (*RolloutJobRequest) ProtoMessage() {}
 
 func (x *RolloutJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1836,7 @@ func (x *RolloutJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutJobRequest.ProtoReflect.Descriptor instead.
 func (*RolloutJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RolloutJobRequest) GetId() string {
@@ -1707,7 +1865,7 @@ type ScaleJobRequest struct {
 
 func (x *ScaleJobRequest) Reset() {
 	*x = ScaleJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1877,7 @@ func (x *ScaleJobRequest) String() string {
 func (*ScaleJobRequest) ProtoMessage() {}
 
 func (x *ScaleJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1890,7 @@ func (x *ScaleJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaleJobRequest.ProtoReflect.Descriptor instead.
 func (*ScaleJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ScaleJobRequest) GetId() string {
@@ -1785,14 +1943,18 @@ type Task struct {
 	// As the agent last reported it; unset without a health check.
 	Health *v1.TaskHealth `protobuf:"bytes,15,opt,name=health,proto3" json:"health,omitempty"`
 	// The job revision whose template launched this task.
-	Revision      uint64 `protobuf:"varint,16,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,16,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The task's VPC IPv4 address, as its agent reported it.
+	Ip string `protobuf:"bytes,17,opt,name=ip,proto3" json:"ip,omitempty"`
+	// Its registrations in its job's target groups.
+	Targets       []*TargetRegistration `protobuf:"bytes,18,rep,name=targets,proto3" json:"targets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1804,7 +1966,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1817,7 +1979,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Task) GetId() string {
@@ -1932,6 +2094,20 @@ func (x *Task) GetRevision() uint64 {
 	return 0
 }
 
+func (x *Task) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
+func (x *Task) GetTargets() []*TargetRegistration {
+	if x != nil {
+		return x.Targets
+	}
+	return nil
+}
+
 type ListTasksRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -1945,7 +2121,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2133,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2146,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListTasksRequest) GetJobId() string {
@@ -2011,7 +2187,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2199,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2212,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -2062,7 +2238,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2074,7 +2250,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2087,7 +2263,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -2106,7 +2282,7 @@ type KillTaskRequest struct {
 
 func (x *KillTaskRequest) Reset() {
 	*x = KillTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +2294,7 @@ func (x *KillTaskRequest) String() string {
 func (*KillTaskRequest) ProtoMessage() {}
 
 func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +2307,7 @@ func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillTaskRequest.ProtoReflect.Descriptor instead.
 func (*KillTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *KillTaskRequest) GetId() string {
@@ -2160,7 +2336,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2348,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,7 +2361,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Capacity) GetCpuMillicores() int64 {
@@ -2258,7 +2434,7 @@ type Gpu struct {
 
 func (x *Gpu) Reset() {
 	*x = Gpu{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2270,7 +2446,7 @@ func (x *Gpu) String() string {
 func (*Gpu) ProtoMessage() {}
 
 func (x *Gpu) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2283,7 +2459,7 @@ func (x *Gpu) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gpu.ProtoReflect.Descriptor instead.
 func (*Gpu) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Gpu) GetIndex() int32 {
@@ -2324,7 +2500,7 @@ type HostAttributes struct {
 
 func (x *HostAttributes) Reset() {
 	*x = HostAttributes{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2336,7 +2512,7 @@ func (x *HostAttributes) String() string {
 func (*HostAttributes) ProtoMessage() {}
 
 func (x *HostAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2349,7 +2525,7 @@ func (x *HostAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostAttributes.ProtoReflect.Descriptor instead.
 func (*HostAttributes) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *HostAttributes) GetAmiId() string {
@@ -2407,7 +2583,7 @@ type SGSetENIs struct {
 
 func (x *SGSetENIs) Reset() {
 	*x = SGSetENIs{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2419,7 +2595,7 @@ func (x *SGSetENIs) String() string {
 func (*SGSetENIs) ProtoMessage() {}
 
 func (x *SGSetENIs) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2432,7 +2608,7 @@ func (x *SGSetENIs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SGSetENIs.ProtoReflect.Descriptor instead.
 func (*SGSetENIs) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *SGSetENIs) GetSecurityGroups() string {
@@ -2496,7 +2672,7 @@ type NetworkUsage struct {
 
 func (x *NetworkUsage) Reset() {
 	*x = NetworkUsage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2508,7 +2684,7 @@ func (x *NetworkUsage) String() string {
 func (*NetworkUsage) ProtoMessage() {}
 
 func (x *NetworkUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2521,7 +2697,7 @@ func (x *NetworkUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkUsage.ProtoReflect.Descriptor instead.
 func (*NetworkUsage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *NetworkUsage) GetSgSets() []*SGSetENIs {
@@ -2566,7 +2742,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2578,7 +2754,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2591,7 +2767,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Agent) GetId() string {
@@ -2723,7 +2899,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2735,7 +2911,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2748,7 +2924,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListAgentsRequest) GetPageSize() uint32 {
@@ -2776,7 +2952,7 @@ type DrainAgentRequest struct {
 
 func (x *DrainAgentRequest) Reset() {
 	*x = DrainAgentRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2788,7 +2964,7 @@ func (x *DrainAgentRequest) String() string {
 func (*DrainAgentRequest) ProtoMessage() {}
 
 func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2801,7 +2977,7 @@ func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainAgentRequest.ProtoReflect.Descriptor instead.
 func (*DrainAgentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DrainAgentRequest) GetId() string {
@@ -2828,7 +3004,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2840,7 +3016,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2853,7 +3029,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -2899,7 +3075,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +3087,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +3100,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *AuditRecord) GetId() string {
@@ -3045,7 +3221,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3057,7 +3233,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3070,7 +3246,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListAuditRequest) GetJobId() string {
@@ -3111,7 +3287,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3123,7 +3299,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3136,7 +3312,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListAuditResponse) GetRecords() []*AuditRecord {
@@ -3161,14 +3337,16 @@ type TaskStatus struct {
 	Message  string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
 	ExitCode int32                  `protobuf:"varint,5,opt,name=exit_code,json=exitCode,proto3" json:"exit_code,omitempty"`
 	// The task's health (its output truncated); unset without a health check.
-	Health        *v1.TaskHealth `protobuf:"bytes,6,opt,name=health,proto3" json:"health,omitempty"`
+	Health *v1.TaskHealth `protobuf:"bytes,6,opt,name=health,proto3" json:"health,omitempty"`
+	// The task's VPC IPv4 address once it has one.
+	Ip            string `protobuf:"bytes,7,opt,name=ip,proto3" json:"ip,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3180,7 +3358,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3193,7 +3371,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TaskStatus) GetTaskId() string {
@@ -3238,6 +3416,13 @@ func (x *TaskStatus) GetHealth() *v1.TaskHealth {
 	return nil
 }
 
+func (x *TaskStatus) GetIp() string {
+	if x != nil {
+		return x.Ip
+	}
+	return ""
+}
+
 type Register struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
 	InstanceId   string                 `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
@@ -3255,7 +3440,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3267,7 +3452,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3280,7 +3465,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Register) GetInstanceId() string {
@@ -3351,7 +3536,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3363,7 +3548,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3376,7 +3561,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Heartbeat) GetHealthy() bool {
@@ -3416,7 +3601,7 @@ type TaskUpdates struct {
 
 func (x *TaskUpdates) Reset() {
 	*x = TaskUpdates{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3428,7 +3613,7 @@ func (x *TaskUpdates) String() string {
 func (*TaskUpdates) ProtoMessage() {}
 
 func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3441,7 +3626,7 @@ func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskUpdates.ProtoReflect.Descriptor instead.
 func (*TaskUpdates) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *TaskUpdates) GetTasks() []*TaskStatus {
@@ -3466,7 +3651,7 @@ type AgentMessage struct {
 
 func (x *AgentMessage) Reset() {
 	*x = AgentMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3478,7 +3663,7 @@ func (x *AgentMessage) String() string {
 func (*AgentMessage) ProtoMessage() {}
 
 func (x *AgentMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3491,7 +3676,7 @@ func (x *AgentMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentMessage.ProtoReflect.Descriptor instead.
 func (*AgentMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *AgentMessage) GetMsg() isAgentMessage_Msg {
@@ -3578,7 +3763,7 @@ type ExecRelayInput struct {
 
 func (x *ExecRelayInput) Reset() {
 	*x = ExecRelayInput{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3590,7 +3775,7 @@ func (x *ExecRelayInput) String() string {
 func (*ExecRelayInput) ProtoMessage() {}
 
 func (x *ExecRelayInput) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3603,7 +3788,7 @@ func (x *ExecRelayInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRelayInput.ProtoReflect.Descriptor instead.
 func (*ExecRelayInput) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ExecRelayInput) GetSession() string {
@@ -3641,7 +3826,7 @@ type ExecRelayOutput struct {
 
 func (x *ExecRelayOutput) Reset() {
 	*x = ExecRelayOutput{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3653,7 +3838,7 @@ func (x *ExecRelayOutput) String() string {
 func (*ExecRelayOutput) ProtoMessage() {}
 
 func (x *ExecRelayOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3666,7 +3851,7 @@ func (x *ExecRelayOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRelayOutput.ProtoReflect.Descriptor instead.
 func (*ExecRelayOutput) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ExecRelayOutput) GetSession() string {
@@ -3707,7 +3892,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3719,7 +3904,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3732,7 +3917,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *Registered) GetAgentId() string {
@@ -3758,7 +3943,7 @@ type Launch struct {
 
 func (x *Launch) Reset() {
 	*x = Launch{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3770,7 +3955,7 @@ func (x *Launch) String() string {
 func (*Launch) ProtoMessage() {}
 
 func (x *Launch) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3783,7 +3968,7 @@ func (x *Launch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Launch.ProtoReflect.Descriptor instead.
 func (*Launch) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *Launch) GetTasks() []*v1.TaskSpec {
@@ -3808,7 +3993,7 @@ type Kill struct {
 
 func (x *Kill) Reset() {
 	*x = Kill{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3820,7 +4005,7 @@ func (x *Kill) String() string {
 func (*Kill) ProtoMessage() {}
 
 func (x *Kill) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3833,7 +4018,7 @@ func (x *Kill) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kill.ProtoReflect.Descriptor instead.
 func (*Kill) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Kill) GetTaskIds() []string {
@@ -3872,7 +4057,7 @@ type SchedulerMessage struct {
 
 func (x *SchedulerMessage) Reset() {
 	*x = SchedulerMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3884,7 +4069,7 @@ func (x *SchedulerMessage) String() string {
 func (*SchedulerMessage) ProtoMessage() {}
 
 func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3897,7 +4082,7 @@ func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerMessage.ProtoReflect.Descriptor instead.
 func (*SchedulerMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SchedulerMessage) GetMsg() isSchedulerMessage_Msg {
@@ -3992,7 +4177,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\bBatchJob\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\rR\x04size\x122\n" +
 	"\x15runtime_limit_seconds\x18\x02 \x01(\x03R\x13runtimeLimitSeconds\x125\n" +
-	"\x05retry\x18\x03 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\"\xd7\x02\n" +
+	"\x05retry\x18\x03 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\"\x9d\x03\n" +
 	"\n" +
 	"ServiceJob\x12\x10\n" +
 	"\x03min\x18\x01 \x01(\rR\x03min\x12\x18\n" +
@@ -4001,7 +4186,20 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05retry\x18\x04 \x01(\v2\x1f.titus.scheduler.v1.RetryPolicyR\x05retry\x12E\n" +
 	"\x1funhealthy_replace_after_seconds\x18\x05 \x01(\x03R\x1cunhealthyReplaceAfterSeconds\x12Q\n" +
 	"\x11disruption_budget\x18\x06 \x01(\v2$.titus.scheduler.v1.DisruptionBudgetR\x10disruptionBudget\x12:\n" +
-	"\x06update\x18\a \x01(\v2\".titus.scheduler.v1.UpdateStrategyR\x06update\";\n" +
+	"\x06update\x18\a \x01(\v2\".titus.scheduler.v1.UpdateStrategyR\x06update\x12D\n" +
+	"\rtarget_groups\x18\b \x03(\v2\x1f.titus.scheduler.v1.TargetGroupR\ftargetGroups\"3\n" +
+	"\vTargetGroup\x12\x10\n" +
+	"\x03arn\x18\x01 \x01(\tR\x03arn\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\"\xe2\x01\n" +
+	"\x12TargetRegistration\x12\x10\n" +
+	"\x03arn\x18\x01 \x01(\tR\x03arn\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12:\n" +
+	"\n" +
+	"registered\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"registered\x12>\n" +
+	"\fderegistered\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\fderegistered\";\n" +
 	"\x10DisruptionBudget\x12'\n" +
 	"\x0fmax_unavailable\x18\x01 \x01(\tR\x0emaxUnavailable\"\xb5\x01\n" +
 	"\x0eUpdateStrategy\x12\x1b\n" +
@@ -4110,7 +4308,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
 	"\x03min\x18\x02 \x01(\rR\x03min\x12\x18\n" +
 	"\adesired\x18\x03 \x01(\rR\adesired\x12\x10\n" +
-	"\x03max\x18\x04 \x01(\rR\x03max\"\x90\x04\n" +
+	"\x03max\x18\x04 \x01(\rR\x03max\"\xe2\x04\n" +
 	"\x04Task\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x15\n" +
 	"\x06job_id\x18\x02 \x01(\tR\x05jobId\x12\x14\n" +
@@ -4128,7 +4326,9 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05ended\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x12\x0e\n" +
 	"\x02az\x18\x0e \x01(\tR\x02az\x122\n" +
 	"\x06health\x18\x0f \x01(\v2\x1a.titus.agent.v1.TaskHealthR\x06health\x12\x1a\n" +
-	"\brevision\x18\x10 \x01(\x04R\brevision\"w\n" +
+	"\brevision\x18\x10 \x01(\x04R\brevision\x12\x0e\n" +
+	"\x02ip\x18\x11 \x01(\tR\x02ip\x12@\n" +
+	"\atargets\x18\x12 \x03(\v2&.titus.scheduler.v1.TargetRegistrationR\atargets\"w\n" +
 	"\x10ListTasksRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x10\n" +
 	"\x03all\x18\x02 \x01(\bR\x03all\x12\x1b\n" +
@@ -4240,7 +4440,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"page_token\x18\x04 \x01(\tR\tpageToken\"v\n" +
 	"\x11ListAuditResponse\x129\n" +
 	"\arecords\x18\x01 \x03(\v2\x1f.titus.scheduler.v1.AuditRecordR\arecords\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd9\x01\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xe9\x01\n" +
 	"\n" +
 	"TaskStatus\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12/\n" +
@@ -4248,7 +4448,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x18\n" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12\x1b\n" +
 	"\texit_code\x18\x05 \x01(\x05R\bexitCode\x122\n" +
-	"\x06health\x18\x06 \x01(\v2\x1a.titus.agent.v1.TaskHealthR\x06health\"\xcd\x03\n" +
+	"\x06health\x18\x06 \x01(\v2\x1a.titus.agent.v1.TaskHealthR\x06health\x12\x0e\n" +
+	"\x02ip\x18\a \x01(\tR\x02ip\"\xcd\x03\n" +
 	"\bRegister\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12#\n" +
@@ -4352,7 +4553,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 52)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(ZoneBalance)(0),              // 0: titus.scheduler.v1.ZoneBalance
 	(JobState)(0),                 // 1: titus.scheduler.v1.JobState
@@ -4362,167 +4563,173 @@ var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*RetryPolicy)(nil),           // 5: titus.scheduler.v1.RetryPolicy
 	(*BatchJob)(nil),              // 6: titus.scheduler.v1.BatchJob
 	(*ServiceJob)(nil),            // 7: titus.scheduler.v1.ServiceJob
-	(*DisruptionBudget)(nil),      // 8: titus.scheduler.v1.DisruptionBudget
-	(*UpdateStrategy)(nil),        // 9: titus.scheduler.v1.UpdateStrategy
-	(*JobSpec)(nil),               // 10: titus.scheduler.v1.JobSpec
-	(*Placement)(nil),             // 11: titus.scheduler.v1.Placement
-	(*Preference)(nil),            // 12: titus.scheduler.v1.Preference
-	(*JobCounts)(nil),             // 13: titus.scheduler.v1.JobCounts
-	(*Job)(nil),                   // 14: titus.scheduler.v1.Job
-	(*Rollout)(nil),               // 15: titus.scheduler.v1.Rollout
-	(*SubmitJobRequest)(nil),      // 16: titus.scheduler.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),     // 17: titus.scheduler.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),         // 18: titus.scheduler.v1.GetJobRequest
-	(*ListJobsRequest)(nil),       // 19: titus.scheduler.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 20: titus.scheduler.v1.ListJobsResponse
-	(*KillJobRequest)(nil),        // 21: titus.scheduler.v1.KillJobRequest
-	(*UpdateJobRequest)(nil),      // 22: titus.scheduler.v1.UpdateJobRequest
-	(*RolloutJobRequest)(nil),     // 23: titus.scheduler.v1.RolloutJobRequest
-	(*ScaleJobRequest)(nil),       // 24: titus.scheduler.v1.ScaleJobRequest
-	(*Task)(nil),                  // 25: titus.scheduler.v1.Task
-	(*ListTasksRequest)(nil),      // 26: titus.scheduler.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),     // 27: titus.scheduler.v1.ListTasksResponse
-	(*GetTaskRequest)(nil),        // 28: titus.scheduler.v1.GetTaskRequest
-	(*KillTaskRequest)(nil),       // 29: titus.scheduler.v1.KillTaskRequest
-	(*Capacity)(nil),              // 30: titus.scheduler.v1.Capacity
-	(*Gpu)(nil),                   // 31: titus.scheduler.v1.Gpu
-	(*HostAttributes)(nil),        // 32: titus.scheduler.v1.HostAttributes
-	(*SGSetENIs)(nil),             // 33: titus.scheduler.v1.SGSetENIs
-	(*NetworkUsage)(nil),          // 34: titus.scheduler.v1.NetworkUsage
-	(*Agent)(nil),                 // 35: titus.scheduler.v1.Agent
-	(*ListAgentsRequest)(nil),     // 36: titus.scheduler.v1.ListAgentsRequest
-	(*DrainAgentRequest)(nil),     // 37: titus.scheduler.v1.DrainAgentRequest
-	(*ListAgentsResponse)(nil),    // 38: titus.scheduler.v1.ListAgentsResponse
-	(*AuditRecord)(nil),           // 39: titus.scheduler.v1.AuditRecord
-	(*ListAuditRequest)(nil),      // 40: titus.scheduler.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),     // 41: titus.scheduler.v1.ListAuditResponse
-	(*TaskStatus)(nil),            // 42: titus.scheduler.v1.TaskStatus
-	(*Register)(nil),              // 43: titus.scheduler.v1.Register
-	(*Heartbeat)(nil),             // 44: titus.scheduler.v1.Heartbeat
-	(*TaskUpdates)(nil),           // 45: titus.scheduler.v1.TaskUpdates
-	(*AgentMessage)(nil),          // 46: titus.scheduler.v1.AgentMessage
-	(*ExecRelayInput)(nil),        // 47: titus.scheduler.v1.ExecRelayInput
-	(*ExecRelayOutput)(nil),       // 48: titus.scheduler.v1.ExecRelayOutput
-	(*Registered)(nil),            // 49: titus.scheduler.v1.Registered
-	(*Launch)(nil),                // 50: titus.scheduler.v1.Launch
-	(*Kill)(nil),                  // 51: titus.scheduler.v1.Kill
-	(*SchedulerMessage)(nil),      // 52: titus.scheduler.v1.SchedulerMessage
-	nil,                           // 53: titus.scheduler.v1.JobSpec.LabelsEntry
-	nil,                           // 54: titus.scheduler.v1.Agent.LabelsEntry
-	nil,                           // 55: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	nil,                           // 56: titus.scheduler.v1.Register.LabelsEntry
-	(*v1.TaskSpec)(nil),           // 57: titus.agent.v1.TaskSpec
-	(*timestamppb.Timestamp)(nil), // 58: google.protobuf.Timestamp
-	(v1.TaskState)(0),             // 59: titus.agent.v1.TaskState
-	(*v1.TaskHealth)(nil),         // 60: titus.agent.v1.TaskHealth
-	(*v1.ExecInput)(nil),          // 61: titus.agent.v1.ExecInput
-	(*v1.ExecOutput)(nil),         // 62: titus.agent.v1.ExecOutput
+	(*TargetGroup)(nil),           // 8: titus.scheduler.v1.TargetGroup
+	(*TargetRegistration)(nil),    // 9: titus.scheduler.v1.TargetRegistration
+	(*DisruptionBudget)(nil),      // 10: titus.scheduler.v1.DisruptionBudget
+	(*UpdateStrategy)(nil),        // 11: titus.scheduler.v1.UpdateStrategy
+	(*JobSpec)(nil),               // 12: titus.scheduler.v1.JobSpec
+	(*Placement)(nil),             // 13: titus.scheduler.v1.Placement
+	(*Preference)(nil),            // 14: titus.scheduler.v1.Preference
+	(*JobCounts)(nil),             // 15: titus.scheduler.v1.JobCounts
+	(*Job)(nil),                   // 16: titus.scheduler.v1.Job
+	(*Rollout)(nil),               // 17: titus.scheduler.v1.Rollout
+	(*SubmitJobRequest)(nil),      // 18: titus.scheduler.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),     // 19: titus.scheduler.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),         // 20: titus.scheduler.v1.GetJobRequest
+	(*ListJobsRequest)(nil),       // 21: titus.scheduler.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 22: titus.scheduler.v1.ListJobsResponse
+	(*KillJobRequest)(nil),        // 23: titus.scheduler.v1.KillJobRequest
+	(*UpdateJobRequest)(nil),      // 24: titus.scheduler.v1.UpdateJobRequest
+	(*RolloutJobRequest)(nil),     // 25: titus.scheduler.v1.RolloutJobRequest
+	(*ScaleJobRequest)(nil),       // 26: titus.scheduler.v1.ScaleJobRequest
+	(*Task)(nil),                  // 27: titus.scheduler.v1.Task
+	(*ListTasksRequest)(nil),      // 28: titus.scheduler.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),     // 29: titus.scheduler.v1.ListTasksResponse
+	(*GetTaskRequest)(nil),        // 30: titus.scheduler.v1.GetTaskRequest
+	(*KillTaskRequest)(nil),       // 31: titus.scheduler.v1.KillTaskRequest
+	(*Capacity)(nil),              // 32: titus.scheduler.v1.Capacity
+	(*Gpu)(nil),                   // 33: titus.scheduler.v1.Gpu
+	(*HostAttributes)(nil),        // 34: titus.scheduler.v1.HostAttributes
+	(*SGSetENIs)(nil),             // 35: titus.scheduler.v1.SGSetENIs
+	(*NetworkUsage)(nil),          // 36: titus.scheduler.v1.NetworkUsage
+	(*Agent)(nil),                 // 37: titus.scheduler.v1.Agent
+	(*ListAgentsRequest)(nil),     // 38: titus.scheduler.v1.ListAgentsRequest
+	(*DrainAgentRequest)(nil),     // 39: titus.scheduler.v1.DrainAgentRequest
+	(*ListAgentsResponse)(nil),    // 40: titus.scheduler.v1.ListAgentsResponse
+	(*AuditRecord)(nil),           // 41: titus.scheduler.v1.AuditRecord
+	(*ListAuditRequest)(nil),      // 42: titus.scheduler.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),     // 43: titus.scheduler.v1.ListAuditResponse
+	(*TaskStatus)(nil),            // 44: titus.scheduler.v1.TaskStatus
+	(*Register)(nil),              // 45: titus.scheduler.v1.Register
+	(*Heartbeat)(nil),             // 46: titus.scheduler.v1.Heartbeat
+	(*TaskUpdates)(nil),           // 47: titus.scheduler.v1.TaskUpdates
+	(*AgentMessage)(nil),          // 48: titus.scheduler.v1.AgentMessage
+	(*ExecRelayInput)(nil),        // 49: titus.scheduler.v1.ExecRelayInput
+	(*ExecRelayOutput)(nil),       // 50: titus.scheduler.v1.ExecRelayOutput
+	(*Registered)(nil),            // 51: titus.scheduler.v1.Registered
+	(*Launch)(nil),                // 52: titus.scheduler.v1.Launch
+	(*Kill)(nil),                  // 53: titus.scheduler.v1.Kill
+	(*SchedulerMessage)(nil),      // 54: titus.scheduler.v1.SchedulerMessage
+	nil,                           // 55: titus.scheduler.v1.JobSpec.LabelsEntry
+	nil,                           // 56: titus.scheduler.v1.Agent.LabelsEntry
+	nil,                           // 57: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	nil,                           // 58: titus.scheduler.v1.Register.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 59: google.protobuf.Timestamp
+	(*v1.TaskSpec)(nil),           // 60: titus.agent.v1.TaskSpec
+	(v1.TaskState)(0),             // 61: titus.agent.v1.TaskState
+	(*v1.TaskHealth)(nil),         // 62: titus.agent.v1.TaskHealth
+	(*v1.ExecInput)(nil),          // 63: titus.agent.v1.ExecInput
+	(*v1.ExecOutput)(nil),         // 64: titus.agent.v1.ExecOutput
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	2,  // 0: titus.scheduler.v1.RetryPolicy.kind:type_name -> titus.scheduler.v1.RetryPolicy.Kind
 	5,  // 1: titus.scheduler.v1.BatchJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
 	5,  // 2: titus.scheduler.v1.ServiceJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
-	8,  // 3: titus.scheduler.v1.ServiceJob.disruption_budget:type_name -> titus.scheduler.v1.DisruptionBudget
-	9,  // 4: titus.scheduler.v1.ServiceJob.update:type_name -> titus.scheduler.v1.UpdateStrategy
-	6,  // 5: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
-	7,  // 6: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
-	57, // 7: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
-	53, // 8: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
-	11, // 9: titus.scheduler.v1.JobSpec.placement:type_name -> titus.scheduler.v1.Placement
-	12, // 10: titus.scheduler.v1.Placement.preferences:type_name -> titus.scheduler.v1.Preference
-	0,  // 11: titus.scheduler.v1.Placement.zone_balance:type_name -> titus.scheduler.v1.ZoneBalance
-	10, // 12: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
-	1,  // 13: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
-	58, // 14: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
-	58, // 15: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
-	13, // 16: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
-	15, // 17: titus.scheduler.v1.Job.rollout:type_name -> titus.scheduler.v1.Rollout
-	3,  // 18: titus.scheduler.v1.Rollout.state:type_name -> titus.scheduler.v1.Rollout.State
-	58, // 19: titus.scheduler.v1.Rollout.started:type_name -> google.protobuf.Timestamp
-	58, // 20: titus.scheduler.v1.Rollout.ended:type_name -> google.protobuf.Timestamp
-	57, // 21: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
-	10, // 22: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
-	14, // 23: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
-	10, // 24: titus.scheduler.v1.UpdateJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
-	4,  // 25: titus.scheduler.v1.RolloutJobRequest.action:type_name -> titus.scheduler.v1.RolloutJobRequest.Action
-	59, // 26: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
-	58, // 27: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
-	58, // 28: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
-	58, // 29: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
-	60, // 30: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
-	25, // 31: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
-	31, // 32: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
-	33, // 33: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
-	30, // 34: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
-	30, // 35: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
-	54, // 36: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
-	58, // 37: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
-	32, // 38: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	34, // 39: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
-	55, // 40: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	35, // 41: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
-	58, // 42: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	58, // 43: titus.scheduler.v1.AuditRecord.ended:type_name -> google.protobuf.Timestamp
-	39, // 44: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
-	59, // 45: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
-	60, // 46: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
-	30, // 47: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
-	56, // 48: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
-	42, // 49: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	32, // 50: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	34, // 51: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
-	30, // 52: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
-	42, // 53: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	34, // 54: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
-	42, // 55: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	43, // 56: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
-	44, // 57: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
-	45, // 58: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
-	48, // 59: titus.scheduler.v1.AgentMessage.exec_output:type_name -> titus.scheduler.v1.ExecRelayOutput
-	61, // 60: titus.scheduler.v1.ExecRelayInput.input:type_name -> titus.agent.v1.ExecInput
-	62, // 61: titus.scheduler.v1.ExecRelayOutput.output:type_name -> titus.agent.v1.ExecOutput
-	57, // 62: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
-	49, // 63: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
-	50, // 64: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
-	51, // 65: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
-	47, // 66: titus.scheduler.v1.SchedulerMessage.exec:type_name -> titus.scheduler.v1.ExecRelayInput
-	16, // 67: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
-	18, // 68: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
-	19, // 69: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
-	21, // 70: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
-	24, // 71: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
-	22, // 72: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
-	23, // 73: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
-	26, // 74: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
-	28, // 75: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
-	29, // 76: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
-	36, // 77: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
-	37, // 78: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	37, // 79: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	46, // 80: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
-	40, // 81: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
-	61, // 82: titus.scheduler.v1.Scheduler.ExecTask:input_type -> titus.agent.v1.ExecInput
-	17, // 83: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
-	14, // 84: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
-	20, // 85: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
-	14, // 86: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
-	14, // 87: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
-	14, // 88: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
-	14, // 89: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
-	27, // 90: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
-	25, // 91: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
-	25, // 92: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
-	38, // 93: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
-	38, // 94: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	38, // 95: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	52, // 96: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
-	41, // 97: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
-	62, // 98: titus.scheduler.v1.Scheduler.ExecTask:output_type -> titus.agent.v1.ExecOutput
-	83, // [83:99] is the sub-list for method output_type
-	67, // [67:83] is the sub-list for method input_type
-	67, // [67:67] is the sub-list for extension type_name
-	67, // [67:67] is the sub-list for extension extendee
-	0,  // [0:67] is the sub-list for field type_name
+	10, // 3: titus.scheduler.v1.ServiceJob.disruption_budget:type_name -> titus.scheduler.v1.DisruptionBudget
+	11, // 4: titus.scheduler.v1.ServiceJob.update:type_name -> titus.scheduler.v1.UpdateStrategy
+	8,  // 5: titus.scheduler.v1.ServiceJob.target_groups:type_name -> titus.scheduler.v1.TargetGroup
+	59, // 6: titus.scheduler.v1.TargetRegistration.registered:type_name -> google.protobuf.Timestamp
+	59, // 7: titus.scheduler.v1.TargetRegistration.deregistered:type_name -> google.protobuf.Timestamp
+	6,  // 8: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
+	7,  // 9: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
+	60, // 10: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
+	55, // 11: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
+	13, // 12: titus.scheduler.v1.JobSpec.placement:type_name -> titus.scheduler.v1.Placement
+	14, // 13: titus.scheduler.v1.Placement.preferences:type_name -> titus.scheduler.v1.Preference
+	0,  // 14: titus.scheduler.v1.Placement.zone_balance:type_name -> titus.scheduler.v1.ZoneBalance
+	12, // 15: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
+	1,  // 16: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
+	59, // 17: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
+	59, // 18: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
+	15, // 19: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
+	17, // 20: titus.scheduler.v1.Job.rollout:type_name -> titus.scheduler.v1.Rollout
+	3,  // 21: titus.scheduler.v1.Rollout.state:type_name -> titus.scheduler.v1.Rollout.State
+	59, // 22: titus.scheduler.v1.Rollout.started:type_name -> google.protobuf.Timestamp
+	59, // 23: titus.scheduler.v1.Rollout.ended:type_name -> google.protobuf.Timestamp
+	60, // 24: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
+	12, // 25: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
+	16, // 26: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
+	12, // 27: titus.scheduler.v1.UpdateJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
+	4,  // 28: titus.scheduler.v1.RolloutJobRequest.action:type_name -> titus.scheduler.v1.RolloutJobRequest.Action
+	61, // 29: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
+	59, // 30: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
+	59, // 31: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
+	59, // 32: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
+	62, // 33: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
+	9,  // 34: titus.scheduler.v1.Task.targets:type_name -> titus.scheduler.v1.TargetRegistration
+	27, // 35: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
+	33, // 36: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
+	35, // 37: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
+	32, // 38: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
+	32, // 39: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
+	56, // 40: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
+	59, // 41: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
+	34, // 42: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	36, // 43: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
+	57, // 44: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	37, // 45: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
+	59, // 46: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	59, // 47: titus.scheduler.v1.AuditRecord.ended:type_name -> google.protobuf.Timestamp
+	41, // 48: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
+	61, // 49: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
+	62, // 50: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
+	32, // 51: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
+	58, // 52: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
+	44, // 53: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	34, // 54: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	36, // 55: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
+	32, // 56: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
+	44, // 57: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	36, // 58: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
+	44, // 59: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	45, // 60: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
+	46, // 61: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
+	47, // 62: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
+	50, // 63: titus.scheduler.v1.AgentMessage.exec_output:type_name -> titus.scheduler.v1.ExecRelayOutput
+	63, // 64: titus.scheduler.v1.ExecRelayInput.input:type_name -> titus.agent.v1.ExecInput
+	64, // 65: titus.scheduler.v1.ExecRelayOutput.output:type_name -> titus.agent.v1.ExecOutput
+	60, // 66: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
+	51, // 67: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
+	52, // 68: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
+	53, // 69: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
+	49, // 70: titus.scheduler.v1.SchedulerMessage.exec:type_name -> titus.scheduler.v1.ExecRelayInput
+	18, // 71: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
+	20, // 72: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
+	21, // 73: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
+	23, // 74: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
+	26, // 75: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
+	24, // 76: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
+	25, // 77: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
+	28, // 78: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
+	30, // 79: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
+	31, // 80: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
+	38, // 81: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
+	39, // 82: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	39, // 83: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	48, // 84: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
+	42, // 85: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
+	63, // 86: titus.scheduler.v1.Scheduler.ExecTask:input_type -> titus.agent.v1.ExecInput
+	19, // 87: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
+	16, // 88: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
+	22, // 89: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
+	16, // 90: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
+	16, // 91: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
+	16, // 92: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
+	16, // 93: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
+	29, // 94: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
+	27, // 95: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
+	27, // 96: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
+	40, // 97: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
+	40, // 98: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	40, // 99: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	54, // 100: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
+	43, // 101: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
+	64, // 102: titus.scheduler.v1.Scheduler.ExecTask:output_type -> titus.agent.v1.ExecOutput
+	87, // [87:103] is the sub-list for method output_type
+	71, // [71:87] is the sub-list for method input_type
+	71, // [71:71] is the sub-list for extension type_name
+	71, // [71:71] is the sub-list for extension extendee
+	0,  // [0:71] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -4530,18 +4737,18 @@ func file_scheduler_v1_scheduler_proto_init() {
 	if File_scheduler_v1_scheduler_proto != nil {
 		return
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[5].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[7].OneofWrappers = []any{
 		(*JobSpec_Batch)(nil),
 		(*JobSpec_Service)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[34].OneofWrappers = []any{}
-	file_scheduler_v1_scheduler_proto_msgTypes[41].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[36].OneofWrappers = []any{}
+	file_scheduler_v1_scheduler_proto_msgTypes[43].OneofWrappers = []any{
 		(*AgentMessage_Register)(nil),
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Updates)(nil),
 		(*AgentMessage_ExecOutput)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[47].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[49].OneofWrappers = []any{
 		(*SchedulerMessage_Registered)(nil),
 		(*SchedulerMessage_Launch)(nil),
 		(*SchedulerMessage_Kill)(nil),
@@ -4553,7 +4760,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   52,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

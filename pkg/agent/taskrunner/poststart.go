@@ -75,6 +75,6 @@ func (r *Runner) reportHealth(h task.Health, changed bool) {
 	if r.cfg.Notify != nil {
 		st := next.Status
 		st.Transitions = slices.Clone(st.Transitions)
-		r.cfg.Notify(task.Event{TaskID: next.Spec.ID, Status: st, HealthChanged: true})
+		r.cfg.Notify(task.Event{TaskID: next.Spec.ID, Status: st, HealthChanged: true, IPv4: next.ipv4()})
 	}
 }

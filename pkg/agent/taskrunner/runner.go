@@ -236,7 +236,7 @@ func (r *Runner) advance(s task.State, reason task.Reason, msg string, mutate fu
 	if r.cfg.Notify != nil {
 		st := next.Status
 		st.Transitions = slices.Clone(st.Transitions)
-		r.cfg.Notify(task.Event{TaskID: next.Spec.ID, Status: st})
+		r.cfg.Notify(task.Event{TaskID: next.Spec.ID, Status: st, IPv4: next.ipv4()})
 	}
 	return nil
 }
@@ -262,4 +262,12 @@ func (r *Runner) state() task.State {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.rec.Status.State
+}
+
+// ipv4 is the task's VPC IPv4 address, "" before its network is set up.
+func (r *Record) ipv4() string {
+	if r.Resources.Network == nil {
+		return ""
+	}
+	return r.Resources.Network.IPv4
 }

@@ -132,7 +132,7 @@ func (s *Server) jobView(ctx context.Context, j *model.Job) *schedv1.Job {
 
 // checkSpec is the door of a submission: the caller owns the
 // application, the spec is within MaxJobSpecBytes, its IAM role is in the
-// application's allowlist, and only admins set titus.isolation/* labels.
+// application's allowlist, so are its target groups, and only admins set titus.isolation/* labels.
 func (s *Server) checkSpec(ctx context.Context, spec *schedv1.JobSpec) error {
 	app := spec.GetApplication()
 	if err := s.authz.Authorize(ctx, authz.JobSubmit, app); err != nil {
@@ -144,6 +144,11 @@ func (s *Server) checkSpec(ctx context.Context, spec *schedv1.JobSpec) error {
 	d := s.authz.Decider()
 	if err := d.CheckIAMRole(app, spec.GetTask().GetIamRoleArn()); err != nil {
 		return err
+	}
+	for _, tg := range spec.GetService().GetTargetGroups() {
+		if err := d.CheckTargetGroup(app, tg.GetArn()); err != nil {
+			return err
+		}
 	}
 	p, ok := authz.Principal(ctx)
 	if !ok {

@@ -27,7 +27,9 @@ const policy = `
 admins: {principals: [root@example.com]}
 readers: {principals: [auditor@example.com]}
 applications:
-  billing: {owners: {principals: [alice@example.com]}}
+  billing:
+    owners: {principals: [alice@example.com]}
+    targetGroups: [arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/billing-web/0123456789abcdef]
   search: {owners: {principals: [bob@example.com]}}
 `
 
@@ -183,6 +185,40 @@ func TestSpecDoor(t *testing.T) {
 	}
 	if jobs := s.core.Jobs(true); len(jobs) != 0 {
 		t.Errorf("a refused spec made %d jobs", len(jobs))
+	}
+}
+
+// The attack: tenant B (search) puts its tasks into tenant A's (billing)
+// target group, so A's load balancer sends A's users to B's tasks. The
+// door refuses it, at submit and at update, and nothing is stored.
+func TestTargetGroupOfAnotherTenantRefused(t *testing.T) {
+	s := newServer(t)
+	const billingTG = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/billing-web/0123456789abcdef"
+	withTG := func(app string) *schedv1.JobSpec {
+		sp := spec(app)
+		sp.GetService().TargetGroups = []*schedv1.TargetGroup{{Arn: billingTG, Port: 8080}}
+		return sp
+	}
+	_, err := s.SubmitJob(as("bob@example.com"), &schedv1.SubmitJobRequest{Spec: withTG("search")})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("bob's job in billing's target group: %v, want PermissionDenied", err)
+	}
+	if jobs := s.core.Jobs(true); len(jobs) != 0 {
+		t.Errorf("a refused spec made %d jobs", len(jobs))
+	}
+	resp, err := s.SubmitJob(as("bob@example.com"), &schedv1.SubmitJobRequest{Spec: spec("search")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.UpdateJob(as("bob@example.com"), &schedv1.UpdateJobRequest{Id: resp.GetJobId(), Spec: withTG("")})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("bob's update into billing's target group: %v, want PermissionDenied", err)
+	}
+	// Alice may name it; this scheduler has no load balancer integration,
+	// which the core says (past the door).
+	_, err = s.SubmitJob(as("alice@example.com"), &schedv1.SubmitJobRequest{Spec: withTG("billing")})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("alice's job in her own target group: %v, want InvalidArgument (no integration)", err)
 	}
 }
 

@@ -155,7 +155,7 @@ func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *a
 		case t.committing:
 		case !reported[id]:
 			c.end(t, task.Lost, "LostOnAgent", "the agent no longer has this task", 0, now)
-		case t.killWanted:
+		case t.killWanted && !t.lb.stopping: // a stopping task is killed once out of its target groups
 			kills = append(kills, id)
 		}
 	}

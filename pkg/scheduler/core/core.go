@@ -67,6 +67,18 @@ type Config struct {
 	MaxLiveJobsPerApplication int
 	// Metrics, if set, gets placement latency, queue depth and agents by health.
 	Metrics *metrics.Scheduler
+	// LoadBalancers, if set, puts service tasks into their jobs' target
+	// groups (nil: jobs naming target groups are refused).
+	LoadBalancers LoadBalancers
+	// MaxDeregistrationWait bounds how long a stop waits for a task to
+	// leave its target groups (their deregistration delay) before the kill.
+	MaxDeregistrationWait time.Duration
+	// TargetReconcileInterval is how often every managed target group is
+	// compared with the tasks that should be in it, and drift fixed.
+	TargetReconcileInterval time.Duration
+	// ManagedTargetGroups are reconciled even when no job names them now
+	// (the policy's target groups), so no target outlives its job.
+	ManagedTargetGroups []string
 }
 
 // Defaults of the finished-job retention (Config.FinishedJobRetention, MaxFinishedJobs).
@@ -124,6 +136,12 @@ func (o *Config) SetDefaults() {
 	}
 	if o.MaxLiveJobsPerApplication <= 0 {
 		o.MaxLiveJobsPerApplication = DefaultMaxLiveJobsPerApplication
+	}
+	if o.MaxDeregistrationWait <= 0 {
+		o.MaxDeregistrationWait = DefaultMaxDeregistrationWait
+	}
+	if o.TargetReconcileInterval <= 0 {
+		o.TargetReconcileInterval = DefaultTargetReconcileInterval
 	}
 }
 
@@ -191,6 +209,9 @@ type Core struct {
 	dirty    map[*jobState]struct{}
 	stepKick chan struct{}
 
+	// tgt is the load balancer integration's state.
+	tgt targetsState
+
 	badMu          sync.Mutex
 	unreadableJobs map[string]bool // ids of jobs whose record could not be read
 }
@@ -245,7 +266,8 @@ func New(opts Config, log *slog.Logger) (*Core, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Core{opts: opts, groups: groups, log: log, clock: time.Now, kick: make(chan struct{}, 1), stepKick: make(chan struct{}, 1)}, nil
+	return &Core{opts: opts, groups: groups, log: log, clock: time.Now, kick: make(chan struct{}, 1), stepKick: make(chan struct{}, 1),
+		tgt: targetsState{kick: make(chan struct{}, 1)}}, nil
 }
 
 // Counts says how many jobs and agents the core holds.
@@ -259,7 +281,11 @@ func (c *Core) Counts() (jobs, agents int) {
 // every agent session.
 func (c *Core) Run(ctx context.Context) {
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){c.placeLoop, c.flushLoop, c.livenessLoop, c.stepLoop} {
+	loops := []func(context.Context){c.placeLoop, c.flushLoop, c.livenessLoop, c.stepLoop}
+	if c.targetsOn() {
+		loops = append(loops, c.targetLoop)
+	}
+	for _, loop := range loops {
 		wg.Go(func() { loop(ctx) })
 	}
 	wg.Wait()

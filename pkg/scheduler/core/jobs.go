@@ -76,6 +76,9 @@ func (c *Core) Submit(ctx context.Context, spec model.JobSpec) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := c.checkTargetGroupsConfigured(spec); err != nil {
+		return "", err
+	}
 	spec = spec.Clone()
 	if spec.CapacityGroup == "" {
 		spec.CapacityGroup = model.DefaultGroup

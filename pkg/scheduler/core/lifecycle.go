@@ -24,6 +24,11 @@ func (c *Core) applyStatus(a *agentState, st model.TaskStatus, now time.Time) {
 	if t.committing {
 		return
 	}
+	if st.IP != "" && st.IP != t.rec.IP && !t.lb.tracked {
+		t.rec.IP = st.IP
+		c.st.SaveTask(t.rec)
+	}
+	c.trackTargets(t)
 	if st.Health != nil && !sameHealth(t.rec.Health, st.Health) {
 		t.rec.Health = st.Health
 		c.touched(t.job) // a rollout or a drain may wait on it
@@ -61,6 +66,7 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 		msg = t.healthMessage
 	}
 	t.rec.State, t.rec.Reason, t.rec.Message, t.rec.ExitCode, t.rec.Ended = state, reason, msg, exit, now
+	c.targetsEnded(t)
 	c.st.SaveTask(t.rec)
 	a, j := t.agent, t.job
 	a.detach(t)

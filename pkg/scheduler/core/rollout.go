@@ -85,12 +85,13 @@ func (c *Core) stepLocked(all bool, now time.Time) {
 }
 
 // available reports whether a task serves: Running, not being stopped,
-// and Healthy when its template has a health check.
+// Healthy when its template has a health check, and registered in its
+// job's target groups when it has any.
 func available(t *taskState) bool {
 	if t == nil || t.killWanted || t.committing || t.rec.State != task.Running {
 		return false
 	}
-	return !t.checked || (t.rec.Health != nil && t.rec.Health.Status == task.HealthHealthy)
+	return (!t.checked || (t.rec.Health != nil && t.rec.Health.Status == task.HealthHealthy)) && inTargets(t)
 }
 
 // newFailure counts a failure of a task of the revision being rolled out.

@@ -210,6 +210,8 @@ type taskState struct {
 	unhealthySince time.Time
 	healthFailed   bool
 	healthMessage  string
+	// lb is its standing in its job's target groups.
+	lb taskTargets
 }
 
 type groupState struct {

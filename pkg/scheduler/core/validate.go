@@ -101,6 +101,7 @@ func ValidateJob(spec model.JobSpec) (*task.Spec, error) {
 			c.Failf("service.unhealthy_replace_after_seconds", "must be between 0 and %d, got %d", MaxUnhealthyReplaceAfter, v)
 		}
 		checkDisruption(c, s)
+		checkTargetGroups(c, s.TargetGroups)
 	default:
 		c.Failf("kind", "one of batch or service is required")
 	}

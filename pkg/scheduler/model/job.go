@@ -2,6 +2,7 @@ package model
 
 import (
 	"maps"
+	"slices"
 	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/scheduler/constraint"
@@ -65,6 +66,9 @@ type ServiceJob struct {
 	Budget *DisruptionBudget
 	// Update is how a new revision replaces the old tasks (nil: defaults).
 	Update *UpdateStrategy
+	// TargetGroups each task joins once Running and healthy and leaves
+	// before it is stopped. Fixed at submission.
+	TargetGroups []TargetGroup
 }
 
 // JobSpec is what a user submits. Exactly one of Batch and Service is set
@@ -94,6 +98,7 @@ func (s JobSpec) Clone() JobSpec {
 	}
 	if s.Service != nil {
 		v := *s.Service
+		v.TargetGroups = slices.Clone(v.TargetGroups)
 		s.Service = &v
 	}
 	s.Labels = maps.Clone(s.Labels)
@@ -168,6 +173,14 @@ type Job struct {
 	Revision uint64
 	// Rollout is the latest rollout (nil before the first update).
 	Rollout *Rollout
+}
+
+// TargetGroups are the job's target groups (none for a batch job).
+func (s *JobSpec) TargetGroups() []TargetGroup {
+	if s.Service == nil {
+		return nil
+	}
+	return s.Service.TargetGroups
 }
 
 // Owner is who a job belongs to, for authorization.

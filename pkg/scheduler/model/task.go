@@ -33,6 +33,10 @@ type Task struct {
 	Revision uint64
 	// Health is as the agent last reported it (nil: no check).
 	Health *task.Health
+	// IP is the task's VPC IPv4 address, as its agent reported it.
+	IP string
+	// Targets are its registrations in its job's target groups.
+	Targets []TargetRegistration
 }
 
 // TaskStatus is what an agent reports about one task.
@@ -44,4 +48,6 @@ type TaskStatus struct {
 	ExitCode int32
 	// Health is the task's health (nil without a check).
 	Health *task.Health
+	// IP is the task's VPC IPv4 address ("" until it has one).
+	IP string
 }

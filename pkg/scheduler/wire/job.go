@@ -33,6 +33,9 @@ func JobSpecFromProto(p *schedv1.JobSpec) model.JobSpec {
 			s.Service.Update = &model.UpdateStrategy{MaxSurge: u.GetMaxSurge(), MaxUnavailable: u.GetMaxUnavailable(),
 				ProgressDeadlineSeconds: u.GetProgressDeadlineSeconds(), MaxFailures: u.GetMaxFailures()}
 		}
+		for _, tg := range v.GetTargetGroups() {
+			s.Service.TargetGroups = append(s.Service.TargetGroups, model.TargetGroup{ARN: tg.GetArn(), Port: tg.GetPort()})
+		}
 	}
 	if t := p.GetTask(); t != nil {
 		s.Task = task.FromProto(t)
@@ -79,6 +82,9 @@ func JobSpecToProto(s model.JobSpec) *schedv1.JobSpec {
 		if u := v.Update; u != nil {
 			sp.Update = &schedv1.UpdateStrategy{MaxSurge: u.MaxSurge, MaxUnavailable: u.MaxUnavailable,
 				ProgressDeadlineSeconds: u.ProgressDeadlineSeconds, MaxFailures: u.MaxFailures}
+		}
+		for _, tg := range v.TargetGroups {
+			sp.TargetGroups = append(sp.TargetGroups, &schedv1.TargetGroup{Arn: tg.ARN, Port: tg.Port})
 		}
 		p.Kind = &schedv1.JobSpec_Service{Service: sp}
 	}

@@ -13,6 +13,7 @@ func TaskFromProto(p *schedv1.Task) *model.Task {
 		State: task.StateFromProto(p.GetState()), Reason: p.GetReason(), Message: p.GetMessage(), ExitCode: p.GetExitCode(),
 		Failures: p.GetFailures(), Placed: timeFromProto(p.GetPlaced()), Started: timeFromProto(p.GetStarted()), Ended: timeFromProto(p.GetEnded()),
 		Revision: p.GetRevision(), Health: task.HealthFromProto(p.GetHealth()),
+		IP: p.GetIp(), Targets: targetsFromProto(p.GetTargets()),
 	}
 }
 
@@ -23,7 +24,26 @@ func TaskToProto(t *model.Task) *schedv1.Task {
 		State: task.StateToProto(t.State), Reason: t.Reason, Message: t.Message, ExitCode: t.ExitCode,
 		Failures: t.Failures, Placed: timeToProto(t.Placed), Started: timeToProto(t.Started), Ended: timeToProto(t.Ended),
 		Revision: t.Revision, Health: task.HealthToProto(t.Health),
+		Ip: t.IP, Targets: targetsToProto(t.Targets),
 	}
+}
+
+func targetsFromProto(ps []*schedv1.TargetRegistration) []model.TargetRegistration {
+	var out []model.TargetRegistration
+	for _, p := range ps {
+		out = append(out, model.TargetRegistration{ARN: p.GetArn(), Port: p.GetPort(), State: model.TargetState(p.GetState()),
+			Error: p.GetError(), Registered: timeFromProto(p.GetRegistered()), Deregistered: timeFromProto(p.GetDeregistered())})
+	}
+	return out
+}
+
+func targetsToProto(rs []model.TargetRegistration) []*schedv1.TargetRegistration {
+	var out []*schedv1.TargetRegistration
+	for _, r := range rs {
+		out = append(out, &schedv1.TargetRegistration{Arn: r.ARN, Port: r.Port, State: string(r.State),
+			Error: r.Error, Registered: timeToProto(r.Registered), Deregistered: timeToProto(r.Deregistered)})
+	}
+	return out
 }
 
 // TaskStatusesFromProto converts what an agent reports.
@@ -31,7 +51,7 @@ func TaskStatusesFromProto(ps []*schedv1.TaskStatus) []model.TaskStatus {
 	out := make([]model.TaskStatus, len(ps))
 	for i, p := range ps {
 		out[i] = model.TaskStatus{TaskID: p.GetTaskId(), State: task.StateFromProto(p.GetState()), Reason: p.GetReason(),
-			Message: p.GetMessage(), ExitCode: p.GetExitCode(), Health: task.HealthFromProto(p.GetHealth())}
+			Message: p.GetMessage(), ExitCode: p.GetExitCode(), Health: task.HealthFromProto(p.GetHealth()), IP: p.GetIp()}
 	}
 	return out
 }

@@ -1,0 +1,617 @@
+package core
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/backoff"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// Target is one IP:port in a target group.
+type Target struct {
+	IP   string
+	Port uint32
+}
+
+// TargetHealth is a target as the load balancer reports it.
+type TargetHealth struct {
+	Target
+	// State is ELBv2's: initial, healthy, unhealthy, unused, draining, unavailable.
+	State string
+}
+
+// Draining is the state of a deregistered target waiting out its delay.
+const Draining = "draining"
+
+// LoadBalancers is what the core needs of the load balancers (package
+// scheduler/lb implements it on ELBv2, retrying throttled calls). Calls
+// block on the network: the core never makes them holding its lock.
+type LoadBalancers interface {
+	// Register adds targets to a group; one already there is no error.
+	Register(ctx context.Context, arn string, ts []Target) error
+	// Deregister removes targets; one not there is no error.
+	Deregister(ctx context.Context, arn string, ts []Target) error
+	// Targets lists the group's targets with their states.
+	Targets(ctx context.Context, arn string) ([]TargetHealth, error)
+	// DeregistrationDelay is how long the group keeps a deregistered
+	// target draining (deregistration_delay.timeout_seconds).
+	DeregistrationDelay(ctx context.Context, arn string) (time.Duration, error)
+}
+
+// Defaults of the load balancer settings (Config.MaxDeregistrationWait,
+// TargetReconcileInterval).
+const (
+	DefaultMaxDeregistrationWait   = 2 * time.Minute
+	DefaultTargetReconcileInterval = time.Minute
+)
+
+// targetPassEvery is how often the target loop runs without a kick.
+const targetPassEvery = 500 * time.Millisecond
+
+// taskTargets is one task's standing in its job's target groups, as this
+// leader knows it (a new leader starts from nothing and re-registers,
+// which is idempotent).
+type taskTargets struct {
+	tracked bool // in c.tgt.tasks: has an IP, its job has target groups
+	// inflight: a Register call for it is under way (a stop must then
+	// deregister it, whatever its record says).
+	inflight bool
+	// stopping: stopTask deferred the kill until the task has left its
+	// groups; stopAt is when. deregistered: it has; drainUntil: the kill
+	// is sent then, or once no group shows it draining.
+	stopping     bool
+	stopAt       time.Time
+	deregistered bool
+	drainUntil   time.Time
+	// drainedGroups counts the groups that no longer show it draining
+	// (this pass).
+	drainedGroups int
+}
+
+// goneTarget is a target of an ended task still to remove.
+type goneTarget struct {
+	arn string
+	t   Target
+}
+
+// targetsState is the core's part of the load balancer integration
+// (guarded by c.mu).
+type targetsState struct {
+	tasks map[*taskState]struct{}
+	gone  map[goneTarget]struct{}
+	// retryAt holds back calls to a group whose last call failed.
+	retryAt  map[string]time.Time
+	failures map[string]int
+	kick     chan struct{}
+}
+
+var targetBackoff = backoff.Policy{Base: time.Second, Max: time.Minute, Jitter: backoff.Equal}
+
+func (c *Core) targetsOn() bool { return c.opts.LoadBalancers != nil }
+
+func (c *Core) kickTargets() {
+	select {
+	case c.tgt.kick <- struct{}{}:
+	default:
+	}
+}
+
+// checkTargetGroupsConfigured refuses target groups when this scheduler
+// has no load balancer integration: they would silently never be used.
+func (c *Core) checkTargetGroupsConfigured(spec model.JobSpec) error {
+	if len(spec.TargetGroups()) > 0 && !c.targetsOn() {
+		ck := &task.Checker{}
+		ck.Failf("service.target_groups", "this scheduler has no load balancer integration (loadBalancers in its configuration)")
+		return &ValidationError{Fields: ck.Fields()}
+	}
+	return nil
+}
+
+// trackTargets starts managing t's targets once it has an IP and its job
+// names target groups. Callers hold c.mu.
+func (c *Core) trackTargets(t *taskState) {
+	if !c.targetsOn() || t.lb.tracked || t.rec.IP == "" || len(t.job.rec.Spec.TargetGroups()) == 0 {
+		return
+	}
+	if c.tgt.tasks == nil {
+		c.tgt.tasks = map[*taskState]struct{}{}
+	}
+	t.lb.tracked = true
+	c.tgt.tasks[t] = struct{}{}
+	if len(t.rec.Targets) == 0 {
+		var rs []model.TargetRegistration
+		for _, tg := range t.job.rec.Spec.TargetGroups() {
+			rs = append(rs, model.TargetRegistration{ARN: tg.ARN, Port: tg.Port, State: model.TargetPending})
+		}
+		t.rec.Targets = rs
+	}
+	c.kickTargets()
+}
+
+// targetsEnded forgets an ended task, leaving its targets to be removed
+// (unless it had already left its groups). Callers hold c.mu.
+func (c *Core) targetsEnded(t *taskState) {
+	if !t.lb.tracked {
+		return
+	}
+	delete(c.tgt.tasks, t)
+	t.lb.tracked = false
+	if t.lb.deregistered {
+		return
+	}
+	// Shown as draining: its targets are being removed.
+	rs := slices.Clone(t.rec.Targets)
+	for i := range rs {
+		if rs[i].State == model.TargetRegistered {
+			rs[i].State, rs[i].Deregistered = model.TargetDraining, c.clock()
+		}
+	}
+	t.rec.Targets = rs
+	if c.tgt.gone == nil {
+		c.tgt.gone = map[goneTarget]struct{}{}
+	}
+	for _, tg := range t.job.rec.Spec.TargetGroups() {
+		c.tgt.gone[goneTarget{tg.ARN, Target{t.rec.IP, tg.Port}}] = struct{}{}
+	}
+	c.kickTargets()
+}
+
+// wantsTargets reports whether t should be in its target groups now:
+// Running, healthy if it has a check, not being stopped, its job live.
+func wantsTargets(t *taskState) bool {
+	if t.killWanted || t.committing || t.job.terminal() || t.rec.State != task.Running {
+		return false
+	}
+	return !t.checked || (t.rec.Health != nil && t.rec.Health.Status == task.HealthHealthy)
+}
+
+// inTargets reports whether t serves through its load balancers: always
+// true for a task not managed there. Rollouts and drains count a task
+// available only once it is (so at least the budget's tasks stay
+// registered).
+func inTargets(t *taskState) bool { return !t.lb.tracked || allRegistered(t) }
+
+// mayBeInTargets reports whether t might be in a target group: a stop
+// must then deregister it first.
+func mayBeInTargets(t *taskState) bool {
+	if !t.lb.tracked {
+		return false
+	}
+	if t.lb.inflight {
+		return true
+	}
+	for _, r := range t.rec.Targets {
+		if r.State == model.TargetRegistered || r.State == model.TargetDraining {
+			return true
+		}
+	}
+	return false
+}
+
+// setTargets sets every registration of t to state (a new slice: views
+// share the old one). Callers hold c.mu.
+func (c *Core) setTargets(t *taskState, arn string, state model.TargetState, errMsg string, now time.Time) {
+	rs := slices.Clone(t.rec.Targets)
+	changed := false
+	for i := range rs {
+		r := &rs[i]
+		if arn != "" && r.ARN != arn {
+			continue
+		}
+		if state != "" && r.State != state {
+			r.State = state
+			changed = true
+			switch state {
+			case model.TargetRegistered:
+				r.Registered, r.Deregistered = now, time.Time{}
+			case model.TargetDraining, model.TargetDeregistered:
+				if r.Deregistered.IsZero() {
+					r.Deregistered = now
+				}
+			}
+		}
+		if r.Error != errMsg {
+			r.Error = errMsg
+			changed = true
+		}
+	}
+	if changed {
+		t.rec.Targets = rs
+		c.st.SaveTask(t.rec)
+	}
+}
+
+// targetOp is one call the target loop makes, and the tasks it is for.
+type targetOp struct {
+	arn     string
+	targets []Target
+	tasks   []*taskState // parallel to targets; nil for gone or drifted targets
+}
+
+// targetPlan is what one pass does, decided under c.mu.
+type targetPlan struct {
+	register, deregister []*targetOp
+	// draining: groups to ask whether their draining tasks are gone.
+	draining map[string][]*taskState
+	// want is every target that should be registered now, by group.
+	want map[string]map[Target]bool
+}
+
+func (p *targetPlan) op(list *[]*targetOp, arn string) *targetOp {
+	for _, o := range *list {
+		if o.arn == arn {
+			return o
+		}
+	}
+	o := &targetOp{arn: arn}
+	*list = append(*list, o)
+	return o
+}
+
+// targetLoop keeps the target groups in step with the tasks: it registers
+// tasks that serve, deregisters those that stop (before they are killed)
+// or end, and every TargetReconcileInterval compares each group with what
+// it should hold and fixes the drift, so a target of an ended task is
+// never left behind, whichever leader registered it.
+func (c *Core) targetLoop(ctx context.Context) {
+	c.mu.Lock()
+	// A new term: start over from the tasks (they re-register, idempotently).
+	c.tgt.tasks = map[*taskState]struct{}{}
+	for _, t := range c.tasks {
+		t.lb = taskTargets{}
+		c.trackTargets(t)
+	}
+	c.mu.Unlock()
+	tick := time.NewTicker(targetPassEvery)
+	defer tick.Stop()
+	next := time.Time{} // reconcile at once
+	for {
+		now := c.clock()
+		full := !now.Before(next)
+		c.targetPass(ctx, now, full)
+		if full {
+			next = now.Add(c.opts.TargetReconcileInterval)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-c.tgt.kick:
+		}
+	}
+}
+
+// targetPass is one round of the target loop.
+func (c *Core) targetPass(ctx context.Context, now time.Time, full bool) {
+	lb := c.opts.LoadBalancers
+	c.mu.Lock()
+	p := c.planTargets(now)
+	c.mu.Unlock()
+
+	for _, o := range p.register {
+		err := lb.Register(ctx, o.arn, o.targets)
+		c.mu.Lock()
+		c.callDone(o.arn, err, now)
+		for _, t := range o.tasks {
+			t.lb.inflight = false
+			if !t.lb.tracked {
+				continue // ended meanwhile: its targets are in gone
+			}
+			if err != nil {
+				c.setTargets(t, o.arn, "", err.Error(), now)
+				continue
+			}
+			c.setTargets(t, o.arn, model.TargetRegistered, "", now)
+			if allRegistered(t) {
+				c.touched(t.job) // a rollout or a drain may wait on it
+			}
+		}
+		c.mu.Unlock()
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("register targets", "target_group", o.arn, "targets", o.targets, "err", err)
+		}
+	}
+
+	delays := map[string]time.Duration{}
+	for _, o := range p.deregister {
+		err := lb.Deregister(ctx, o.arn, o.targets)
+		stops := false
+		for _, t := range o.tasks {
+			stops = stops || (t != nil && t.lb.stopping)
+		}
+		if err == nil && stops {
+			d, derr := lb.DeregistrationDelay(ctx, o.arn)
+			if derr != nil {
+				d = c.opts.MaxDeregistrationWait // unknown: wait the most
+			}
+			delays[o.arn] = max(delays[o.arn], d)
+		}
+		c.mu.Lock()
+		c.callDone(o.arn, err, now)
+		for i, t := range o.tasks {
+			if t == nil {
+				if err == nil {
+					delete(c.tgt.gone, goneTarget{o.arn, o.targets[i]})
+				}
+				continue
+			}
+			if err != nil {
+				c.setTargets(t, o.arn, "", err.Error(), now)
+				continue
+			}
+			if t.lb.stopping {
+				c.setTargets(t, o.arn, model.TargetDraining, "", now)
+			} else {
+				c.setTargets(t, o.arn, model.TargetPending, "", now)
+			}
+		}
+		c.mu.Unlock()
+		if err != nil && ctx.Err() == nil {
+			c.log.Warn("deregister targets", "target_group", o.arn, "targets", o.targets, "err", err)
+		}
+	}
+
+	// Stopping tasks out of every group wait out the longest delay of
+	// their groups, bounded by MaxDeregistrationWait.
+	c.mu.Lock()
+	for _, o := range p.deregister {
+		for _, t := range o.tasks {
+			if t == nil || !t.lb.tracked || !t.lb.stopping || t.lb.deregistered || !allDraining(t) {
+				continue
+			}
+			t.lb.deregistered = true
+			var wait time.Duration
+			for _, tg := range t.job.rec.Spec.TargetGroups() {
+				wait = max(wait, delays[tg.ARN])
+			}
+			t.lb.drainUntil = now.Add(min(wait, c.opts.MaxDeregistrationWait))
+		}
+	}
+	c.mu.Unlock()
+
+	// A group that no longer shows a draining task as draining is done with it.
+	for arn, ts := range p.draining {
+		hs, err := lb.Targets(ctx, arn)
+		if err != nil {
+			continue // the deadline still ends the wait
+		}
+		draining := map[Target]bool{}
+		for _, h := range hs {
+			if h.State == Draining {
+				draining[h.Target] = true
+			}
+		}
+		c.mu.Lock()
+		for _, t := range ts {
+			if t.lb.tracked && !draining[Target{t.rec.IP, portIn(t, arn)}] {
+				t.lb.drainedGroups++
+			}
+		}
+		c.mu.Unlock()
+	}
+
+	c.mu.Lock()
+	c.finishStops(c.clock())
+	c.mu.Unlock()
+
+	if full {
+		c.reconcileTargets(ctx, p, now)
+	}
+}
+
+// finishStops sends the kill of every stopping task that has left its
+// groups and waited out their delay (or that the group shows gone), and
+// of any whose deregistration has not succeeded within
+// MaxDeregistrationWait (its targets are then removed as it ends).
+// Callers hold c.mu.
+func (c *Core) finishStops(now time.Time) {
+	for t := range c.tgt.tasks {
+		if !t.lb.stopping {
+			continue
+		}
+		groups := len(t.job.rec.Spec.TargetGroups())
+		done := t.lb.deregistered && (!now.Before(t.lb.drainUntil) || t.lb.drainedGroups >= groups)
+		t.lb.drainedGroups = 0
+		giveUp := !t.lb.deregistered && now.Sub(t.lb.stopAt) >= c.opts.MaxDeregistrationWait
+		if !done && !giveUp {
+			continue
+		}
+		if giveUp {
+			c.log.Error("stopping a task still in its target groups: deregistration kept failing", "task", t.rec.ID, "waited", now.Sub(t.lb.stopAt))
+		} else {
+			c.setTargets(t, "", model.TargetDeregistered, "", now)
+		}
+		t.lb.stopping = false
+		c.killTask(t)
+	}
+}
+
+// planTargets decides one pass. Callers hold c.mu.
+func (c *Core) planTargets(now time.Time) *targetPlan {
+	p := &targetPlan{draining: map[string][]*taskState{}, want: map[string]map[Target]bool{}}
+	ready := func(arn string) bool { return !now.Before(c.tgt.retryAt[arn]) }
+	for t := range c.tgt.tasks {
+		wanted := wantsTargets(t)
+		for _, tg := range t.job.rec.Spec.TargetGroups() {
+			tt := Target{t.rec.IP, tg.Port}
+			switch {
+			case t.lb.stopping && t.lb.deregistered:
+				p.draining[tg.ARN] = append(p.draining[tg.ARN], t)
+			case t.lb.stopping:
+				if ready(tg.ARN) {
+					o := p.op(&p.deregister, tg.ARN)
+					o.targets, o.tasks = append(o.targets, tt), append(o.tasks, t)
+				}
+			case wanted:
+				if p.want[tg.ARN] == nil {
+					p.want[tg.ARN] = map[Target]bool{}
+				}
+				p.want[tg.ARN][tt] = true
+				if registrationOf(t, tg.ARN) != model.TargetRegistered && ready(tg.ARN) {
+					o := p.op(&p.register, tg.ARN)
+					o.targets, o.tasks = append(o.targets, tt), append(o.tasks, t)
+					t.lb.inflight = true
+				}
+			case registrationOf(t, tg.ARN) == model.TargetRegistered:
+				// Unhealthy, or killed without a stop (a health kill): out.
+				if ready(tg.ARN) {
+					o := p.op(&p.deregister, tg.ARN)
+					o.targets, o.tasks = append(o.targets, tt), append(o.tasks, t)
+				}
+			}
+		}
+	}
+	for g := range c.tgt.gone {
+		if p.want[g.arn][g.t] {
+			delete(c.tgt.gone, g) // its IP and port serve another task now
+			continue
+		}
+		if ready(g.arn) {
+			o := p.op(&p.deregister, g.arn)
+			o.targets, o.tasks = append(o.targets, g.t), append(o.tasks, nil)
+		}
+	}
+	return p
+}
+
+// reconcileTargets compares every managed group with what it should hold:
+// registers what is missing and removes what no task accounts for.
+func (c *Core) reconcileTargets(ctx context.Context, p *targetPlan, now time.Time) {
+	lb := c.opts.LoadBalancers
+	c.mu.RLock()
+	arns := map[string]bool{}
+	for _, arn := range c.opts.ManagedTargetGroups {
+		arns[arn] = true
+	}
+	for _, j := range c.jobs {
+		for _, tg := range j.rec.Spec.TargetGroups() {
+			arns[tg.ARN] = true
+		}
+	}
+	c.mu.RUnlock()
+	for _, arn := range slices.Sorted(maps.Keys(arns)) {
+		hs, err := lb.Targets(ctx, arn)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("reconcile target group", "target_group", arn, "err", err)
+			}
+			continue
+		}
+		// What should be there, decided now (after the read): a task that
+		// stops meanwhile is deregistered by a later pass, after this one.
+		c.mu.Lock()
+		want, keep := map[Target]*taskState{}, map[Target]bool{}
+		for t := range c.tgt.tasks {
+			port := portIn(t, arn)
+			if port == 0 {
+				continue
+			}
+			tt := Target{t.rec.IP, port}
+			if t.lb.stopping {
+				keep[tt] = true // its own stop removes it
+			} else if wantsTargets(t) {
+				want[tt] = t
+			}
+		}
+		c.mu.Unlock()
+		var extra, missing []Target
+		var missingTasks []*taskState
+		have := map[Target]bool{}
+		for _, h := range hs {
+			if h.State == Draining {
+				continue
+			}
+			have[h.Target] = true
+			if want[h.Target] == nil && !keep[h.Target] {
+				extra = append(extra, h.Target)
+			}
+		}
+		for tt, t := range want {
+			if !have[tt] {
+				missing = append(missing, tt)
+				missingTasks = append(missingTasks, t)
+			}
+		}
+		if len(extra) > 0 {
+			c.log.Info("removing targets no task accounts for", "target_group", arn, "targets", extra)
+			if err := lb.Deregister(ctx, arn, extra); err != nil && ctx.Err() == nil {
+				c.log.Warn("reconcile target group", "target_group", arn, "err", err)
+			}
+		}
+		if len(missing) > 0 {
+			c.log.Info("registering missing targets", "target_group", arn, "targets", missing)
+			err := lb.Register(ctx, arn, missing)
+			c.mu.Lock()
+			for _, t := range missingTasks {
+				if !t.lb.tracked || t.lb.stopping {
+					continue
+				}
+				if err != nil {
+					c.setTargets(t, arn, "", err.Error(), now)
+					continue
+				}
+				c.setTargets(t, arn, model.TargetRegistered, "", now)
+				if allRegistered(t) {
+					c.touched(t.job)
+				}
+			}
+			c.mu.Unlock()
+		}
+	}
+}
+
+// callDone paces calls to a group after failures. Callers hold c.mu.
+func (c *Core) callDone(arn string, err error, now time.Time) {
+	if c.tgt.retryAt == nil {
+		c.tgt.retryAt, c.tgt.failures = map[string]time.Time{}, map[string]int{}
+	}
+	if err == nil {
+		delete(c.tgt.retryAt, arn)
+		delete(c.tgt.failures, arn)
+		return
+	}
+	c.tgt.retryAt[arn] = now.Add(targetBackoff.Delay(c.tgt.failures[arn]))
+	c.tgt.failures[arn]++
+}
+
+// registrationOf is t's state in group arn.
+func registrationOf(t *taskState, arn string) model.TargetState {
+	for _, r := range t.rec.Targets {
+		if r.ARN == arn {
+			return r.State
+		}
+	}
+	return ""
+}
+
+func allRegistered(t *taskState) bool {
+	for _, r := range t.rec.Targets {
+		if r.State != model.TargetRegistered {
+			return false
+		}
+	}
+	return true
+}
+
+func allDraining(t *taskState) bool {
+	for _, r := range t.rec.Targets {
+		if r.State != model.TargetDraining {
+			return false
+		}
+	}
+	return true
+}
+
+// portIn is t's port in group arn (0: not one of its groups).
+func portIn(t *taskState, arn string) uint32 {
+	for _, tg := range t.job.rec.Spec.TargetGroups() {
+		if tg.ARN == arn {
+			return tg.Port
+		}
+	}
+	return 0
+}

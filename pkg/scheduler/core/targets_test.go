@@ -1,0 +1,383 @@
+package core
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
+	"github.com/titus-agent/titus-agent/pkg/task"
+)
+
+// fakeLB is a recording load balancer: every call is a line of log, and
+// groups hold their targets and states.
+type fakeLB struct {
+	mu     sync.Mutex
+	log    []string
+	groups map[string]map[Target]string
+	delay  time.Duration
+	// failDeregister fails every Deregister (throttled for ever).
+	failDeregister error
+	// keepDraining leaves deregistered targets draining.
+	keepDraining bool
+}
+
+func newFakeLB(arns ...string) *fakeLB {
+	f := &fakeLB{groups: map[string]map[Target]string{}}
+	for _, a := range arns {
+		f.groups[a] = map[Target]string{}
+	}
+	return f
+}
+
+func (f *fakeLB) record(s string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log = append(f.log, s)
+}
+
+func targetList(ts []Target) string {
+	s := ""
+	for _, t := range ts {
+		s += fmt.Sprintf(" %s:%d", t.IP, t.Port)
+	}
+	return s
+}
+
+func (f *fakeLB) Register(_ context.Context, arn string, ts []Target) error {
+	f.record("register " + short(arn) + targetList(ts))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, t := range ts {
+		f.groups[arn][t] = "healthy"
+	}
+	return nil
+}
+
+func (f *fakeLB) Deregister(_ context.Context, arn string, ts []Target) error {
+	f.record("deregister " + short(arn) + targetList(ts))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failDeregister != nil {
+		return f.failDeregister
+	}
+	for _, t := range ts {
+		if f.keepDraining {
+			f.groups[arn][t] = Draining
+		} else {
+			delete(f.groups[arn], t)
+		}
+	}
+	return nil
+}
+
+func (f *fakeLB) Targets(_ context.Context, arn string) ([]TargetHealth, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []TargetHealth
+	for t, s := range f.groups[arn] {
+		out = append(out, TargetHealth{Target: t, State: s})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].IP < out[j].IP })
+	return out, nil
+}
+
+func (f *fakeLB) DeregistrationDelay(context.Context, string) (time.Duration, error) { return f.delay, nil }
+
+// registered lists a group's targets that are not draining.
+func (f *fakeLB) registered(arn string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for t, s := range f.groups[arn] {
+		if s != Draining {
+			out = append(out, fmt.Sprintf("%s:%d", t.IP, t.Port))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (f *fakeLB) takeLog() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	l := f.log
+	f.log = nil
+	return l
+}
+
+const (
+	tgA = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef"
+	tgB = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/api/fedcba9876543210"
+)
+
+func short(arn string) string {
+	switch arn {
+	case tgA:
+		return "A"
+	case tgB:
+		return "B"
+	}
+	return arn
+}
+
+// lbHarness is a scheduler with a fake load balancer, one agent and a
+// service job in group A (port 8080) with a health check.
+type lbHarness struct {
+	*testScheduler
+	lb   *fakeLB
+	sess *Session
+	job  string
+}
+
+func newLBHarness(t *testing.T, desired uint32, cfg Config) *lbHarness {
+	f := newFakeLB(tgA, tgB)
+	cfg.LoadBalancers = f
+	ts := newTestScheduler(t, cfg)
+	sess := ts.connect("a1", 16000)
+	spec := testSpec(&model.ServiceJob{Max: 10, Desired: desired, UnhealthyReplaceAfterSeconds: 3600, TargetGroups: []model.TargetGroup{{ARN: tgA, Port: 8080}}}, 100)
+	spec.Task.HealthCheck = &task.HealthCheck{Kind: task.HealthTCP, Port: 8080, Interval: time.Second, Timeout: time.Second, HealthyThreshold: 1, UnhealthyThreshold: 1}
+	h := &lbHarness{testScheduler: ts, lb: f, sess: sess, job: ts.submit(spec)}
+	return h
+}
+
+// status reports one task's state, IP and health from the agent.
+func (h *lbHarness) status(id string, st task.State, ip string, health task.HealthStatus) {
+	var hp *task.Health
+	if health != task.HealthNone {
+		hp = &task.Health{Status: health, Since: time.Now()}
+	}
+	h.Updates(h.sess, []model.TaskStatus{{TaskID: id, State: st, IP: ip, Health: hp}})
+}
+
+// pass runs one target pass and logs the kills it caused after the calls.
+func (h *lbHarness) pass(full bool) []string {
+	h.targetPass(h.ctx, h.clock(), full)
+	for _, m := range drainKills(h.sess) {
+		for _, id := range m.Kill {
+			h.lb.record("kill " + id)
+		}
+	}
+	return h.lb.takeLog()
+}
+
+func (h *lbHarness) targets(id string) []model.TargetRegistration {
+	h.t.Helper()
+	tk, err := h.Task(h.ctx, id)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	out := append([]model.TargetRegistration(nil), tk.Targets...)
+	for i := range out {
+		out[i].Registered, out[i].Deregistered = time.Time{}, time.Time{}
+	}
+	return out
+}
+
+func regs(state model.TargetState, errMsg string) []model.TargetRegistration {
+	return []model.TargetRegistration{{ARN: tgA, Port: 8080, State: state, Error: errMsg}}
+}
+
+// A task joins its target group only once Running and healthy, and leaves
+// it when it turns unhealthy.
+func TestTargetsRegisterWhenHealthy(t *testing.T) {
+	h := newLBHarness(t, 1, Config{})
+	id := h.place()[0]
+	h.status(id, task.Starting, "198.18.0.10", task.HealthNone)
+	if got := h.pass(true); len(got) != 0 {
+		t.Fatalf("calls before Running: %v", got)
+	}
+	h.status(id, task.Running, "198.18.0.10", task.HealthStarting)
+	if got := h.pass(false); len(got) != 0 {
+		t.Fatalf("calls before healthy: %v", got)
+	}
+	if diff := cmp.Diff(regs(model.TargetPending, ""), h.targets(id)); diff != "" {
+		t.Errorf("targets before healthy (-want +got):\n%s", diff)
+	}
+	h.status(id, task.Running, "198.18.0.10", task.HealthHealthy)
+	if diff := cmp.Diff([]string{"register A 198.18.0.10:8080"}, h.pass(false)); diff != "" {
+		t.Errorf("calls (-want +got):\n%s", diff)
+	}
+	if got := h.pass(false); len(got) != 0 {
+		t.Errorf("registered twice: %v", got)
+	}
+	if diff := cmp.Diff(regs(model.TargetRegistered, ""), h.targets(id)); diff != "" {
+		t.Errorf("targets (-want +got):\n%s", diff)
+	}
+	h.status(id, task.Running, "198.18.0.10", task.HealthUnhealthy)
+	if diff := cmp.Diff([]string{"deregister A 198.18.0.10:8080"}, h.pass(false)); diff != "" {
+		t.Errorf("unhealthy: calls (-want +got):\n%s", diff)
+	}
+}
+
+// Every voluntary stop (a user's kill, a scale-in, a job kill) takes the
+// task out of its groups, waits for the group to finish draining it, and
+// only then kills it.
+func TestTargetsDeregisterBeforeKill(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		stop func(h *lbHarness, id string)
+	}{
+		{"kill task", func(h *lbHarness, id string) {
+			if _, err := h.KillTask(id); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"scale in", func(h *lbHarness, id string) {
+			if _, err := h.ScaleJob(h.ctx, h.job, 0, 0, 10); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"kill job", func(h *lbHarness, id string) {
+			if _, err := h.KillJob(h.ctx, h.job); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newLBHarness(t, 1, Config{})
+			h.lb.keepDraining, h.lb.delay = true, time.Minute
+			id := h.place()[0]
+			h.status(id, task.Running, "198.18.0.10", task.HealthHealthy)
+			h.pass(true)
+			tc.stop(h, id)
+			if k := drainKills(h.sess); len(k) != 0 {
+				t.Fatalf("killed before leaving the target group: %+v", k)
+			}
+			want := []string{"deregister A 198.18.0.10:8080"}
+			if diff := cmp.Diff(want, h.pass(false)); diff != "" {
+				t.Errorf("first pass (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(regs(model.TargetDraining, ""), h.targets(id)); diff != "" {
+				t.Errorf("targets while draining (-want +got):\n%s", diff)
+			}
+			// Still draining: no kill. Drained: the kill.
+			if got := h.pass(false); len(got) != 0 {
+				t.Errorf("while draining: %v", got)
+			}
+			h.lb.mu.Lock()
+			delete(h.lb.groups[tgA], Target{"198.18.0.10", 8080})
+			h.lb.mu.Unlock()
+			if diff := cmp.Diff([]string{"kill " + id}, h.pass(false)); diff != "" {
+				t.Errorf("once drained (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(regs(model.TargetDeregistered, ""), h.targets(id)); diff != "" {
+				t.Errorf("targets after (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// The wait is the group's deregistration delay, bounded by
+// MaxDeregistrationWait; a deregistration that keeps failing holds the
+// kill back no longer than that either.
+func TestTargetsDrainBounded(t *testing.T) {
+	h := newLBHarness(t, 1, Config{MaxDeregistrationWait: 30 * time.Second})
+	h.lb.keepDraining, h.lb.delay = true, 300*time.Second
+	h.now = time.Now()
+	id := h.place()[0]
+	h.status(id, task.Running, "198.18.0.10", task.HealthHealthy)
+	h.pass(true)
+	h.KillTask(id)
+	h.pass(false)
+	h.now = h.now.Add(29 * time.Second)
+	if got := h.pass(false); len(got) != 0 {
+		t.Fatalf("before the bound: %v", got)
+	}
+	h.now = h.now.Add(2 * time.Second)
+	if diff := cmp.Diff([]string{"kill " + id}, h.pass(false)); diff != "" {
+		t.Errorf("at the bound (-want +got):\n%s", diff)
+	}
+
+	h2 := newLBHarness(t, 1, Config{MaxDeregistrationWait: 30 * time.Second})
+	h2.now = time.Now()
+	id2 := h2.place()[0]
+	h2.status(id2, task.Running, "198.18.0.20", task.HealthHealthy)
+	h2.pass(true)
+	h2.lb.failDeregister = errors.New("Throttling: rate exceeded")
+	h2.KillTask(id2)
+	h2.pass(false)
+	if diff := cmp.Diff(regs(model.TargetRegistered, "Throttling: rate exceeded"), h2.targets(id2)); diff != "" {
+		t.Errorf("failing deregistration shows (-want +got):\n%s", diff)
+	}
+	h2.now = h2.now.Add(31 * time.Second)
+	got := h2.pass(false)
+	if len(got) == 0 || got[len(got)-1] != "kill "+id2 {
+		t.Errorf("after the bound with deregistration failing: %v, want the kill last", got)
+	}
+}
+
+// A task that ends without a stop (lost, crashed) is deregistered; its
+// IP reused by a task that should be registered is not.
+func TestTargetsEndedTaskDeregistered(t *testing.T) {
+	h := newLBHarness(t, 2, Config{})
+	ids := h.place()
+	h.status(ids[0], task.Running, "198.18.0.10", task.HealthHealthy)
+	h.status(ids[1], task.Running, "198.18.0.11", task.HealthHealthy)
+	h.pass(true)
+	h.status(ids[0], task.Failed, "198.18.0.10", task.HealthNone)
+	if diff := cmp.Diff([]string{"deregister A 198.18.0.10:8080"}, h.pass(false)); diff != "" {
+		t.Errorf("calls (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"198.18.0.11:8080"}, h.lb.registered(tgA)); diff != "" {
+		t.Errorf("group (-want +got):\n%s", diff)
+	}
+	if got := h.pass(false); len(got) != 0 {
+		t.Errorf("deregistered twice: %v", got)
+	}
+}
+
+// Reconciliation removes what no task accounts for (a leaked target of a
+// task a previous leader ended) and registers what a group lost.
+func TestTargetsReconcileDrift(t *testing.T) {
+	h := newLBHarness(t, 1, Config{ManagedTargetGroups: []string{tgB}})
+	id := h.place()[0]
+	h.status(id, task.Running, "198.18.0.10", task.HealthHealthy)
+	h.pass(true)
+	h.lb.mu.Lock()
+	delete(h.lb.groups[tgA], Target{"198.18.0.10", 8080})   // lost by the group
+	h.lb.groups[tgA][Target{"198.18.0.99", 8080}] = "healthy" // leaked
+	h.lb.groups[tgB][Target{"198.18.0.98", 80}] = "healthy"   // leaked in a group no job names now
+	h.lb.mu.Unlock()
+	if got := h.pass(false); len(got) != 0 {
+		t.Errorf("without reconciliation: %v", got)
+	}
+	want := []string{"deregister B 198.18.0.98:80", "deregister A 198.18.0.99:8080", "register A 198.18.0.10:8080"}
+	if diff := cmp.Diff(want, h.pass(true)); diff != "" {
+		t.Errorf("reconcile (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"198.18.0.10:8080"}, h.lb.registered(tgA)); diff != "" {
+		t.Errorf("group A (-want +got):\n%s", diff)
+	}
+}
+
+// Jobs naming target groups are refused by a scheduler without a load
+// balancer integration, and malformed groups always.
+func TestTargetGroupsValidated(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	spec := testSpec(&model.ServiceJob{Max: 1, Desired: 1, TargetGroups: []model.TargetGroup{{ARN: tgA, Port: 80}}}, 100)
+	if _, err := ts.Submit(ts.ctx, spec); !errors.Is(err, model.ErrInvalidJob) {
+		t.Errorf("without integration: %v", err)
+	}
+	for name, tgs := range map[string][]model.TargetGroup{
+		"not an arn":  {{ARN: "web", Port: 80}},
+		"no port":     {{ARN: tgA}},
+		"big port":    {{ARN: tgA, Port: 70000}},
+		"twice":       {{ARN: tgA, Port: 80}, {ARN: tgA, Port: 81}},
+		"a role":      {{ARN: "arn:aws:iam::123456789012:role/x", Port: 80}},
+		"six":         {{tgA, 1}, {tgB, 1}, {tgA + "0", 1}, {tgA + "1", 1}, {tgA + "2", 1}, {tgA + "3", 1}},
+		"wildcard":    {{ARN: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/*", Port: 80}},
+		"newline arn": {{ARN: tgA + "\n", Port: 80}},
+	} {
+		s := testSpec(&model.ServiceJob{Max: 1, Desired: 1, TargetGroups: tgs}, 100)
+		if _, err := ValidateJob(s); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
