@@ -88,7 +88,9 @@ func (f *fakeLB) Targets(_ context.Context, arn string) ([]TargetHealth, error) 
 	return out, nil
 }
 
-func (f *fakeLB) DeregistrationDelay(context.Context, string) (time.Duration, error) { return f.delay, nil }
+func (f *fakeLB) DeregistrationDelay(context.Context, string) (time.Duration, error) {
+	return f.delay, nil
+}
 
 // registered lists a group's targets that are not draining.
 func (f *fakeLB) registered(arn string) []string {
@@ -341,7 +343,7 @@ func TestTargetsReconcileDrift(t *testing.T) {
 	h.status(id, task.Running, "198.18.0.10", task.HealthHealthy)
 	h.pass(true)
 	h.lb.mu.Lock()
-	delete(h.lb.groups[tgA], Target{"198.18.0.10", 8080})   // lost by the group
+	delete(h.lb.groups[tgA], Target{"198.18.0.10", 8080})     // lost by the group
 	h.lb.groups[tgA][Target{"198.18.0.99", 8080}] = "healthy" // leaked
 	h.lb.groups[tgB][Target{"198.18.0.98", 80}] = "healthy"   // leaked in a group no job names now
 	h.lb.mu.Unlock()
