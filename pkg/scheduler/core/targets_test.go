@@ -373,7 +373,7 @@ func TestTargetGroupsValidated(t *testing.T) {
 		"big port":    {{ARN: tgA, Port: 70000}},
 		"twice":       {{ARN: tgA, Port: 80}, {ARN: tgA, Port: 81}},
 		"a role":      {{ARN: "arn:aws:iam::123456789012:role/x", Port: 80}},
-		"six":         {{tgA, 1}, {tgB, 1}, {tgA + "0", 1}, {tgA + "1", 1}, {tgA + "2", 1}, {tgA + "3", 1}},
+		"six":         {{ARN: tgA, Port: 1}, {ARN: tgB, Port: 1}, {ARN: tgA + "0", Port: 1}, {ARN: tgA + "1", Port: 1}, {ARN: tgA + "2", Port: 1}, {ARN: tgA + "3", Port: 1}},
 		"wildcard":    {{ARN: "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/*", Port: 80}},
 		"newline arn": {{ARN: tgA + "\n", Port: 80}},
 	} {
