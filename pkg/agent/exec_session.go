@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/execterm"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -23,6 +24,7 @@ var (
 	ErrExecTooLong     = fmt.Errorf("exec session reached its maximum length: %w", context.DeadlineExceeded)
 	ErrExecBadStart    = errdefs.ErrInvalidArgument.WithMessage("exec session")
 	ErrExecWindowLarge = errdefs.ErrInvalidArgument.WithMessage("window size out of range")
+	ErrExecInputLarge  = errdefs.ErrInvalidArgument.WithMessage("exec input message too large")
 )
 
 // ExecConfig bounds debugging sessions (task exec).
@@ -139,8 +141,8 @@ func (e *ExecSessions) Run(ctx context.Context, start *agentv1.ExecStart, who st
 	if start == nil {
 		return -1, fmt.Errorf("%w: the first message must be a start", ErrExecBadStart)
 	}
-	if len(start.GetArgs()) == 0 {
-		return -1, fmt.Errorf("%w: args: is required", ErrExecBadStart)
+	if err := task.CheckExecArgs(start.GetArgs()); err != nil {
+		return -1, fmt.Errorf("%w: %w", ErrExecBadStart, err)
 	}
 	size, err := checkWindow(start.GetSize())
 	if err != nil {
@@ -195,6 +197,10 @@ func (e *ExecSessions) Run(ctx context.Context, start *agentv1.ExecStart, who st
 			touch()
 			switch m := in.GetMsg().(type) {
 			case *agentv1.ExecInput_Stdin:
+				if len(m.Stdin) > execterm.MaxInput {
+					cancel(fmt.Errorf("%w: %d bytes, at most %d", ErrExecInputLarge, len(m.Stdin), execterm.MaxInput))
+					return
+				}
 				if _, err := stdinW.Write(m.Stdin); err != nil {
 					return
 				}
@@ -226,6 +232,11 @@ func (e *ExecSessions) Run(ctx context.Context, start *agentv1.ExecStart, who st
 	if e.Log != nil {
 		e.Log.Info("exec session", "task", start.GetId(), "who", who, "args", start.GetArgs(), "tty", start.GetTty(),
 			"exit_code", code, "duration", time.Since(began).Round(time.Millisecond), "err", err)
+	}
+	// Input refused (the session was cut): so even if the command, its
+	// stdin closed, exited by itself first.
+	if c := context.Cause(ctx); errors.Is(c, ErrExecInputLarge) || errors.Is(c, ErrExecWindowLarge) {
+		return -1, c
 	}
 	if err != nil {
 		if c := context.Cause(ctx); c != nil && errors.Is(err, c) {

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/execterm"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -132,6 +133,9 @@ func TestExecSessionRefusals(t *testing.T) {
 		{"unknown task", &agentv1.ExecStart{Id: "nope", Args: []string{"sh"}}, codes.NotFound, "task not found"},
 		{"finished task", &agentv1.ExecStart{Id: "done", Args: []string{"sh"}}, codes.FailedPrecondition, "not running"},
 		{"huge window", &agentv1.ExecStart{Id: "run", Args: []string{"sh"}, Size: &agentv1.WindowSize{Width: 1 << 20, Height: 1}}, codes.InvalidArgument, "window size out of range"},
+		// Attack: a command no task could have, logged whole at its end.
+		{"too many args", &agentv1.ExecStart{Id: "run", Args: make([]string, task.MaxArgs+1)}, codes.InvalidArgument, "at most 256"},
+		{"huge args", &agentv1.ExecStart{Id: "run", Args: []string{"sh", strings.Repeat("x", task.MaxArgLen+1)}}, codes.InvalidArgument, "at most 8192"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rt := &fakeExecer{}
@@ -218,3 +222,20 @@ type brokenTransport struct{}
 
 func (brokenTransport) Recv() (*agentv1.ExecInput, error) { return nil, errors.New("connection reset") }
 func (brokenTransport) Send(*agentv1.ExecOutput) error    { return errors.New("connection reset") }
+
+// Attack: one stdin message larger than any caller's end sends ends the
+// session with an error saying so; the command never sees it.
+func TestExecSessionRefusesLargeInput(t *testing.T) {
+	rt := &fakeExecer{}
+	e := &ExecSessions{Runtime: rt, Tasks: fakeTasks{"t1": task.Running}}
+	tr := &scriptTransport{in: []*agentv1.ExecInput{stdinMsg(strings.Repeat("x", execterm.MaxInput+1))}}
+	_, err := e.Run(context.Background(), &agentv1.ExecStart{Id: "t1", Args: []string{"cat"}, Stdin: true}, "me", tr)
+	if st := status.Convert(toStatus(err)); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), "65537 bytes") {
+		t.Errorf("err = %v %q; want InvalidArgument naming the size", st.Code(), st.Message())
+	}
+	for _, o := range tr.out {
+		if strings.Contains(o, "x") {
+			t.Errorf("the command got the input: %d bytes of output", len(o))
+		}
+	}
+}

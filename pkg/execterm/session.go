@@ -78,7 +78,7 @@ func Run(stream Stream, o Options, t Terminal, stdin io.Reader, stdout, stderr i
 	}
 	if o.Stdin {
 		go func() {
-			buf := make([]byte, 32<<10)
+			buf := make([]byte, MaxInput/2)
 			for {
 				n, err := stdin.Read(buf)
 				if n > 0 {

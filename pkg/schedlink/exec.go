@@ -3,6 +3,7 @@ package schedlink
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -10,6 +11,7 @@ import (
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/apierr"
+	"github.com/titus-agent/titus-agent/pkg/execterm"
 )
 
 // ExecFunc runs one exec session relayed by the scheduler (the agent's
@@ -18,8 +20,9 @@ import (
 type ExecFunc func(ctx context.Context, start *agentv1.ExecStart, who string,
 	recv func() (*agentv1.ExecInput, error), send func(*agentv1.ExecOutput) error) (int, error)
 
-// relayInputBuffer bounds a relayed session's unread input: a session
-// whose command does not read it fast enough is ended, never the stream.
+// relayInputBuffer bounds a relayed session's unread input messages (and
+// relayInputBytes their bytes): a session whose command does not read it
+// fast enough is ended, never the stream.
 const relayInputBuffer = 256
 
 // execRelay holds the relayed sessions of one stream.
@@ -34,7 +37,8 @@ type execRelay struct {
 
 type relayed struct {
 	in     chan *agentv1.ExecInput
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
+	unread atomic.Int64 // bytes of stdin in in
 }
 
 func newExecRelay(ctx context.Context, run ExecFunc, send func(*schedv1.AgentMessage) error) *execRelay {
@@ -57,7 +61,7 @@ func (r *execRelay) handle(m *schedv1.ExecRelayInput) {
 	s := r.sessions[id]
 	if m.GetCancel() {
 		if s != nil {
-			s.cancel()
+			s.cancel(nil)
 		}
 		r.mu.Unlock()
 		return
@@ -70,7 +74,7 @@ func (r *execRelay) handle(m *schedv1.ExecRelayInput) {
 			}
 			return
 		}
-		ctx, cancel := context.WithCancel(r.ctx)
+		ctx, cancel := context.WithCancelCause(r.ctx)
 		s = &relayed{in: make(chan *agentv1.ExecInput, relayInputBuffer), cancel: cancel}
 		r.sessions[id] = s
 		r.mu.Unlock()
@@ -81,16 +85,26 @@ func (r *execRelay) handle(m *schedv1.ExecRelayInput) {
 	if s == nil {
 		return // ended meanwhile
 	}
+	n := int64(len(m.GetInput().GetStdin()))
+	if n > execterm.MaxInput {
+		s.cancel(status.Errorf(codes.InvalidArgument, "exec session: an input message of %d bytes; at most %d", n, execterm.MaxInput))
+		return
+	}
+	if s.unread.Add(n) > relayInputBytes {
+		s.cancel(status.Errorf(codes.ResourceExhausted, "exec session: more than %d bytes of input the command has not read; the session was ended", relayInputBytes))
+		return
+	}
 	select {
 	case s.in <- m.GetInput():
 	default:
-		s.cancel() // the caller sends faster than the command reads
+		// The caller sends faster than the command reads.
+		s.cancel(status.Errorf(codes.ResourceExhausted, "exec session: more than %d input messages the command has not read; the session was ended", relayInputBuffer))
 	}
 }
 
 func (r *execRelay) serve(ctx context.Context, id string, s *relayed, start *agentv1.ExecStart) {
 	defer func() {
-		s.cancel()
+		s.cancel(nil)
 		r.mu.Lock()
 		delete(r.sessions, id)
 		r.mu.Unlock()
@@ -98,8 +112,12 @@ func (r *execRelay) serve(ctx context.Context, id string, s *relayed, start *age
 	recv := func() (*agentv1.ExecInput, error) {
 		select {
 		case in := <-s.in:
+			s.unread.Add(-int64(len(in.GetStdin())))
 			return in, nil
 		case <-ctx.Done():
+			if c := context.Cause(ctx); status.Code(c) != codes.Unknown {
+				return nil, c // a bound ended it
+			}
 			return nil, status.Error(codes.Canceled, "exec session: the caller went away")
 		}
 	}
@@ -111,3 +129,6 @@ func (r *execRelay) serve(ctx context.Context, id string, s *relayed, start *age
 	}
 	_ = r.output(id, &agentv1.ExecOutput{Exited: true, ExitCode: int32(code)}, nil)
 }
+
+// relayInputBytes bounds a relayed session's unread input in bytes.
+const relayInputBytes = 1 << 20

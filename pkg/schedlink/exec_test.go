@@ -3,13 +3,16 @@ package schedlink
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/execterm"
 )
 
 // recorder collects what the relay sends up the stream, as text.
@@ -99,4 +102,45 @@ func TestExecRelayRefusedWithoutRunner(t *testing.T) {
 	if d := cmp.Diff([]string{"s1 error 12 this agent does not run relayed exec sessions"}, rec.msgs); d != "" {
 		t.Errorf("(-want +got):\n%s", d)
 	}
+}
+
+// TestExecRelayBoundsInput: the relay holds a session's unread input, so
+// a caller sending more than the command reads, or one message larger
+// than any caller's end sends, would grow the agent's memory. Both end
+// the session (only it) with an error saying why, before the input is
+// kept.
+func TestExecRelayBoundsInput(t *testing.T) {
+	t.Run("one message too large", func(t *testing.T) {
+		rec := &recorder{done: make(chan struct{})}
+		r := newExecRelay(context.Background(), echoRun, rec.send)
+		r.handle(input("s1", &agentv1.ExecInput{Msg: &agentv1.ExecInput_Start{Start: &agentv1.ExecStart{Id: "t", Args: []string{"sh"}, Principal: "alice"}}}))
+		r.handle(input("s1", &agentv1.ExecInput{Msg: &agentv1.ExecInput_Stdin{Stdin: make([]byte, execterm.MaxInput+1)}}))
+		select {
+		case <-rec.done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the session goes on after a message of %d bytes; relayed %d messages", execterm.MaxInput+1, len(rec.msgs))
+		}
+		last := rec.msgs[len(rec.msgs)-1]
+		if !strings.HasPrefix(last, "s1 error 3 ") || !strings.Contains(last, "65537 bytes") {
+			t.Errorf("last message %q, want the session ended as InvalidArgument naming the size", last)
+		}
+	})
+	t.Run("unread input over the byte bound", func(t *testing.T) {
+		rec := &recorder{done: make(chan struct{})}
+		r := newExecRelay(context.Background(), echoRun, rec.send)
+		r.handle(input("s1", &agentv1.ExecInput{Msg: &agentv1.ExecInput_Start{Start: &agentv1.ExecStart{Id: "t", Args: []string{"sh"}}}}))
+		r.handle(input("s1", &agentv1.ExecInput{Msg: &agentv1.ExecInput_Stdin{Stdin: []byte("hang")}})) // the command reads no more
+		chunk := make([]byte, execterm.MaxInput)
+		for range relayInputBytes/len(chunk) + 1 {
+			r.handle(input("s1", &agentv1.ExecInput{Msg: &agentv1.ExecInput_Stdin{Stdin: chunk}}))
+		}
+		select {
+		case <-rec.done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the session goes on with %d bytes unread; relayed %d messages", relayInputBytes+len(chunk), len(rec.msgs))
+		}
+		if last := rec.msgs[len(rec.msgs)-1]; !strings.HasPrefix(last, "s1 error 8 ") {
+			t.Errorf("last message %q, want the session ended as ResourceExhausted", last)
+		}
+	})
 }

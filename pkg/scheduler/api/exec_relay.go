@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -20,6 +21,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/apierr"
 	"github.com/titus-agent/titus-agent/pkg/audit"
 	"github.com/titus-agent/titus-agent/pkg/authz"
+	"github.com/titus-agent/titus-agent/pkg/execterm"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -117,8 +119,12 @@ func (ra *relayAgent) cancel(session string) {
 	}
 }
 
-// send queues one input of a session for the agent.
+// send queues one input of a session for the agent; a stdin message
+// larger than any caller's end sends is refused, never queued.
 func (ra *relayAgent) send(ctx context.Context, session string, in *agentv1.ExecInput) error {
+	if n := len(in.GetStdin()); n > execterm.MaxInput {
+		return status.Errorf(codes.InvalidArgument, "an input message of %d bytes; at most %d", n, execterm.MaxInput)
+	}
 	select {
 	case ra.out <- &schedv1.SchedulerMessage{Msg: &schedv1.SchedulerMessage_Exec{Exec: &schedv1.ExecRelayInput{Session: session, Input: in}}}:
 		return nil
@@ -144,6 +150,10 @@ func (s *Server) ExecTask(stream grpc.BidiStreamingServer[agentv1.ExecInput, age
 	start := first.GetStart()
 	if start == nil || start.GetId() == "" || len(start.GetArgs()) == 0 {
 		return status.Error(codes.InvalidArgument, "the first message must be a start with a task id and args")
+	}
+	// Bounded before it is audited, queued for the agent or logged there.
+	if err := task.CheckExecArgs(start.GetArgs()); err != nil {
+		return status.Errorf(codes.InvalidArgument, "exec: %v", err)
 	}
 	rec := audit.Record{Time: began, Method: "ExecTask", Action: string(authz.TaskDebug), TaskID: start.GetId(), Command: start.GetArgs(), Peer: peerAddr(ctx)}
 	rec.JobID, _, _ = strings.Cut(start.GetId(), ".")
@@ -213,6 +223,8 @@ func (s *Server) execTask(ctx context.Context, stream grpc.BidiStreamingServer[a
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Why the caller's input could not be relayed, if it could not.
+	var inputErr atomic.Value
 	go func() { // the caller's input, in order
 		for {
 			in, err := stream.Recv()
@@ -225,7 +237,8 @@ func (s *Server) execTask(ctx context.Context, stream grpc.BidiStreamingServer[a
 			if in.GetStart() != nil {
 				continue // one start per session
 			}
-			if ra.send(ctx, session, in) != nil {
+			if err := ra.send(ctx, session, in); err != nil {
+				inputErr.Store(err)
 				cancel()
 				return
 			}
@@ -255,6 +268,9 @@ func (s *Server) execTask(ctx context.Context, stream grpc.BidiStreamingServer[a
 			ra.cancel(session)
 			if stream.Context().Err() != nil {
 				return -1, status.Error(codes.Canceled, "the caller went away; the session was ended")
+			}
+			if err, ok := inputErr.Load().(error); ok && status.Code(err) == codes.InvalidArgument {
+				return -1, status.Errorf(codes.InvalidArgument, "%s; the session was ended", status.Convert(err).Message())
 			}
 			return -1, status.Error(codes.ResourceExhausted, "the session's input could not be relayed fast enough; the session was ended")
 		}
