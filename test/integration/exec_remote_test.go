@@ -41,7 +41,9 @@ func remoteExec(ctx context.Context, c schedv1.SchedulerClient, id string, args 
 	if err != nil {
 		return "", -1, err
 	}
-	if err := s.Send(&agentv1.ExecInput{Msg: &agentv1.ExecInput_Start{Start: &agentv1.ExecStart{Id: id, Args: args}}}); err != nil {
+	// io.EOF: the scheduler already ended the stream (a refusal); Recv
+	// below says why.
+	if err := s.Send(&agentv1.ExecInput{Msg: &agentv1.ExecInput_Start{Start: &agentv1.ExecStart{Id: id, Args: args}}}); err != nil && err != io.EOF {
 		return "", -1, err
 	}
 	_ = s.CloseSend()
