@@ -60,7 +60,8 @@ type ContainerdConfig struct {
 	Address   string `json:"address"`
 	Namespace string `json:"namespace"`
 	// CgroupDriver is who makes task cgroups: systemd (a transient scope
-	// per task in titus.slice, what a host booted by systemd wants),
+	// per task, in a slice per task in titus.slice, what a host booted by
+	// systemd wants),
 	// cgroupfs (runc writes /<namespace>/<id>), or auto: systemd when
 	// systemd is the init system, else cgroupfs.
 	CgroupDriver string `json:"cgroupDriver"`

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/containerd/containerd/api/types/runc/options"
+	"github.com/coreos/go-systemd/v22/unit"
 )
 
 // Cgroup drivers (Config.CgroupDriver): who creates a task's cgroup.
@@ -14,13 +15,30 @@ const (
 	// CgroupDriverCgroupfs: runc makes /<namespace>/<id> in each hierarchy.
 	CgroupDriverCgroupfs = "cgroupfs"
 	// CgroupDriverSystemd: runc asks systemd for a transient scope
-	// <namespace>-<id>.scope in TaskSlice, as on hosts whose containerd is
-	// configured with SystemdCgroup = true (see deploy/).
+	// <namespace>-<id>.scope in the task's own slice (taskSlice) below
+	// TaskSlice, as on hosts whose containerd is configured with
+	// SystemdCgroup = true (see deploy/).
 	CgroupDriverSystemd = "systemd"
 )
 
-// TaskSlice is the systemd slice holding every task's scope.
+// TaskSlice is the systemd slice holding every task's slice and scope.
 const TaskSlice = "titus.slice"
+
+// taskSlice is the slice of one task's scope:
+// titus-<namespace>-<id>.slice, nested (by systemd's naming) in
+// titus-<namespace>.slice in TaskSlice, with dashes in the namespace and
+// id escaped as systemd escapes unit names, so they add no nesting.
+//
+// It exists for the task's memory accounting: systemd stops a scope and
+// removes its cgroup as soon as the last process in it exits, usually
+// before containerd's exit event reaches the agent, which then could not
+// read the scope's memory.peak or memory.events. A slice stays until it is
+// stopped, and its memory.peak and memory.events count everything charged
+// and every OOM kill below it, so the agent reads them there after the
+// exit and stops the slice when it deletes the task (Runtime.Delete).
+func taskSlice(ns, id string) string {
+	return strings.TrimSuffix(TaskSlice, ".slice") + "-" + unit.UnitNameEscape(ns) + "-" + unit.UnitNameEscape(id) + ".slice"
+}
 
 // checkCgroupDriver validates a driver name; empty is cgroupfs.
 func checkCgroupDriver(d string) (string, error) {
@@ -47,9 +65,32 @@ func runcOptions(driver string) *options.Options {
 // /<namespace>/<id>.
 func cgroupsPath(driver, ns, id string) string {
 	if driver == CgroupDriverSystemd {
-		return TaskSlice + ":" + ns + ":" + id
+		return taskSlice(ns, id) + ":" + ns + ":" + id
 	}
 	return "/" + ns + "/" + id
+}
+
+// legacyScopePath is the cgroupsPath of a task made by agents before
+// taskSlice: its scope directly in TaskSlice.
+func legacyScopePath(ns, id string) string {
+	return TaskSlice + ":" + ns + ":" + id
+}
+
+// accountingRelDirs are the cgroups (below a hierarchy's root) to read a
+// task's memory accounting from: for a scope in its own taskSlice, that
+// slice, which outlives the scope, then the scope; otherwise the cgroup
+// itself. The slice holds nothing but the task's scope.
+func accountingRelDirs(p string) []string {
+	rel, ok := cgroupRelDir(p)
+	if !ok {
+		return nil
+	}
+	if parts := strings.Split(p, ":"); len(parts) == 3 && parts[0] == taskSlice(parts[1], parts[2]) {
+		if slice, ok := expandSlice(parts[0]); ok {
+			return []string{slice, rel}
+		}
+	}
+	return []string{rel}
 }
 
 // cgroupRelDir is where a cgroupsPath lives below a hierarchy's root:
@@ -107,17 +148,15 @@ func expandSlice(slice string) (string, bool) {
 	return path, true
 }
 
-// cgroupFiles are the paths of one cgroup file of a task's cgroup: v1
-// (in the controller's hierarchy) first, then v2 (the unified root).
-func cgroupFiles(root, cgroupsPath, v1Controller, v1File, v2File string) []string {
-	rel, ok := cgroupRelDir(cgroupsPath)
-	if !ok {
-		return nil
+// accountingFiles are the paths of one memory accounting file of a
+// task (see accountingRelDirs), for each of its cgroups: v1 (in the
+// controller's hierarchy) first, then v2 (the unified root).
+func accountingFiles(root, cgroupsPath, v1Controller, v1File, v2File string) []string {
+	var out []string
+	for _, rel := range accountingRelDirs(cgroupsPath) {
+		out = append(out, filepath.Join(root, v1Controller, rel, v1File), filepath.Join(root, rel, v2File))
 	}
-	return []string{
-		filepath.Join(root, v1Controller, rel, v1File),
-		filepath.Join(root, rel, v2File),
-	}
+	return out
 }
 
 // CgroupDirs are the directories of a task's cgroup (its OCI

@@ -238,7 +238,7 @@ func (r *Runtime) Delete(ctx context.Context, id string) error {
 	defer r.oom.forget(id)
 	c, err := r.client.LoadContainer(ctx, id)
 	if errdefs.IsNotFound(err) {
-		return r.removeSnapshot(ctx, id)
+		return errors.Join(r.removeSnapshot(ctx, id), r.releaseTaskSlice(ctx, id))
 	} else if err != nil {
 		return fmt.Errorf("load container %s: %w", id, err)
 	}
@@ -252,7 +252,7 @@ func (r *Runtime) Delete(ctx context.Context, id string) error {
 	if err := c.Delete(ctx, client.WithSnapshotCleanup); err != nil && !errdefs.IsNotFound(err) {
 		return fmt.Errorf("delete container %s: %w", id, err)
 	}
-	return r.removeSnapshot(ctx, id)
+	return errors.Join(r.removeSnapshot(ctx, id), r.releaseTaskSlice(ctx, id))
 }
 
 func (r *Runtime) removeSnapshot(ctx context.Context, id string) error {

@@ -109,13 +109,15 @@ func (w *oomWatcher) run(ctx context.Context, c *client.Client, ns string) {
 
 // cgroupOOMKilled reads the kernel's OOM kill counter of a container's
 // memory cgroup (v1 memory.oom_control, v2 memory.events), under either
-// cgroup driver. The cgroup lives
-// until the task is deleted, so this closes the race where the OOM event
-// arrives after the exit event.
+// cgroup driver. The cgroupfs driver's cgroup lives until the task is
+// deleted, and the systemd driver's task slice until Delete stops it
+// (accountingRelDirs), so this closes the race where the OOM event
+// arrives after the exit event. Any of the task's cgroups counting a kill
+// counts (v1 counters are not hierarchical).
 func cgroupOOMKilled(cgroupsPath string) bool {
-	for _, f := range cgroupFiles(cgroupRoot, cgroupsPath, "memory", "memory.oom_control", "memory.events") {
-		if n, ok := readCounter(f, "oom_kill"); ok {
-			return n > 0
+	for _, f := range accountingFiles(cgroupRoot, cgroupsPath, "memory", "memory.oom_control", "memory.events") {
+		if n, ok := readCounter(f, "oom_kill"); ok && n > 0 {
+			return true
 		}
 	}
 	return false
@@ -139,14 +141,16 @@ func readCounter(path, key string) (int64, bool) {
 }
 
 // cgroupPeakMemory reads the highest memory use of a container's cgroup
-// (v1 memory.max_usage_in_bytes, v2 memory.peak); 0 if unknown.
+// (v1 memory.max_usage_in_bytes, v2 memory.peak; the largest of its
+// cgroups', see accountingRelDirs); 0 if unknown.
 func cgroupPeakMemory(cgroupsPath string) uint64 {
-	for _, f := range cgroupFiles(cgroupRoot, cgroupsPath, "memory", "memory.max_usage_in_bytes", "memory.peak") {
+	var peak uint64
+	for _, f := range accountingFiles(cgroupRoot, cgroupsPath, "memory", "memory.max_usage_in_bytes", "memory.peak") {
 		if b, err := os.ReadFile(f); err == nil {
 			if n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
-				return n
+				peak = max(peak, n)
 			}
 		}
 	}
-	return 0
+	return peak
 }

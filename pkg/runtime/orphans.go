@@ -123,7 +123,7 @@ func (r *Runtime) reapShims(ctx context.Context) ([]string, error) {
 			continue
 		}
 		reaped = append(reaped, s.ID)
-		errs = append(errs, removeShimState(shimSocketDir, s), removeRuncState(ctx, runcRoot, s, killed))
+		errs = append(errs, removeShimState(shimSocketDir, s), removeRuncState(ctx, runcRoot, s, killed), r.releaseTaskSlice(ctx, s.ID))
 	}
 	return reaped, errors.Join(errs...)
 }
@@ -332,14 +332,15 @@ func removeRuncState(ctx context.Context, root string, s shimProc, killed []int)
 var cgroupRoot = "/sys/fs/cgroup" // a variable for tests
 
 // removeEmptyCgroups removes the task's cgroup (containerd's default path
-// /<namespace>/<id>, or the systemd driver's scope) from every hierarchy
-// where it is empty. rmdir refuses
-// a cgroup with processes in it, so another containerd's live container of
-// the same id is never touched.
+// /<namespace>/<id>, or the systemd driver's scope, in its task slice or,
+// as earlier agents made it, in TaskSlice) from every hierarchy where it
+// is empty. rmdir refuses a cgroup with processes in it, so another
+// containerd's live container of the same id is never touched. The task
+// slice itself is systemd's to remove (releaseTaskSlice).
 func removeEmptyCgroups(root, ns, id string) error {
 	var dirs []string
-	for _, driver := range []string{CgroupDriverCgroupfs, CgroupDriverSystemd} {
-		rel, _ := cgroupRelDir(cgroupsPath(driver, ns, id))
+	for _, p := range []string{cgroupsPath(CgroupDriverCgroupfs, ns, id), cgroupsPath(CgroupDriverSystemd, ns, id), legacyScopePath(ns, id)} {
+		rel, _ := cgroupRelDir(p)
 		v1, err := filepath.Glob(filepath.Join(root, "*", rel))
 		if err != nil {
 			return err

@@ -16,6 +16,7 @@ type Runtime struct {
 	client   *client.Client
 	resolver func() remotes.Resolver
 	oom      *oomWatcher
+	units    unitStopper // systemd driver: stops task slices
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -38,6 +39,9 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		resolver: func() remotes.Resolver { return newResolver(cfg) },
 		oom:      newOOMWatcher(),
 		cancel:   cancel,
+	}
+	if cfg.CgroupDriver == CgroupDriverSystemd {
+		r.units = systemdUnits{}
 	}
 	r.wg.Add(1)
 	go func() {

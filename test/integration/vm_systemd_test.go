@@ -192,9 +192,11 @@ WantedBy=multi-user.target
 	}
 	t.Logf("task %s pid %d cgroup %s", id, pid, strings.TrimSpace(string(cg)))
 	// containerd.cgroupDriver auto on a systemd host: the task is a
-	// systemd scope of its own in titus.slice, as deploy/README.md says.
+	// systemd scope in a slice of its own in titus.slice, as
+	// deploy/README.md says.
 	scope := "titus-" + id + ".scope"
-	if want := "0::/titus.slice/" + scope; strings.TrimSpace(string(cg)) != want {
+	slice := "titus-titus-" + strings.ReplaceAll(id, "-", `\x2d`) + ".slice"
+	if want := "0::/titus.slice/titus-titus.slice/" + slice + "/" + scope; strings.TrimSpace(string(cg)) != want {
 		t.Fatalf("the task's cgroup is %q, want %q (a systemd scope)", strings.TrimSpace(string(cg)), want)
 	}
 	if st := unitProp(t, scope, "ActiveState"); st != "active" {
