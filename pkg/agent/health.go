@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -87,7 +88,12 @@ func (h *hostHealth) clock() *agentv1.HealthCheck {
 	return &agentv1.HealthCheck{Name: "clock", Ok: t.Year() >= minSaneYear, Detail: t.UTC().Format(time.RFC3339) + ", " + sync}
 }
 
-// kernel checks the features tasks need: cgroups, overlayfs, namespaces.
+// cgroupV2Controllers are the controllers a task's limits need on a
+// cgroup v2 host (memory.max, cpu.max, pids.max).
+var cgroupV2Controllers = []string{"cpu", "memory", "pids"}
+
+// kernel checks the features tasks need: cgroups (on v2, with the
+// controllers of cgroupV2Controllers), overlayfs, namespaces.
 func (h *hostHealth) kernel() *agentv1.HealthCheck {
 	root := h.root
 	var missing, have []string
@@ -99,7 +105,20 @@ func (h *hostHealth) kernel() *agentv1.HealthCheck {
 	}
 	switch {
 	case exists(root + "/sys/fs/cgroup/cgroup.controllers"):
-		have = append(have, "cgroup v2")
+		// v2: the controllers tasks are limited with must be available.
+		b, _ := os.ReadFile(root + "/sys/fs/cgroup/cgroup.controllers")
+		avail := strings.Fields(string(b))
+		var lack []string
+		for _, c := range cgroupV2Controllers {
+			if !slices.Contains(avail, c) {
+				lack = append(lack, c)
+			}
+		}
+		if len(lack) > 0 {
+			missing = append(missing, "cgroup v2 controllers "+strings.Join(lack, ", "))
+		} else {
+			have = append(have, "cgroup v2 ("+strings.Join(avail, " ")+")")
+		}
 	case exists(root+"/sys/fs/cgroup/memory") && exists(root+"/sys/fs/cgroup/cpu") && exists(root+"/sys/fs/cgroup/pids"):
 		have = append(have, "cgroup v1")
 	default:

@@ -28,6 +28,11 @@ func TestHealthChecks(t *testing.T) {
 		os.WriteFile(filepath.Join(goodRoot, f), nil, 0o644)
 	}
 	os.WriteFile(filepath.Join(goodRoot, "proc/filesystems"), []byte("nodev\toverlay\n"), 0o644)
+	os.WriteFile(filepath.Join(goodRoot, "sys/fs/cgroup/cgroup.controllers"), []byte("cpuset cpu io memory hugetlb pids rdma misc\n"), 0o644)
+	// A v2 host whose kernel lacks the memory controller.
+	noMemory := t.TempDir()
+	os.CopyFS(noMemory, os.DirFS(goodRoot))
+	os.WriteFile(filepath.Join(noMemory, "sys/fs/cgroup/cgroup.controllers"), []byte("cpuset cpu io pids\n"), 0o644)
 	now := func() time.Time { return time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC) }
 	tests := []struct {
 		name string
@@ -40,6 +45,8 @@ func TestHealthChecks(t *testing.T) {
 			map[string]bool{"containerd": false, "network capacity": false, "clock": true, "kernel": true}},
 		{"broken clock, no overlayfs or cgroups", &hostHealth{rt: fakeVersion{}, root: t.TempDir(), now: func() time.Time { return time.Unix(0, 0) }},
 			map[string]bool{"containerd": true, "clock": false, "kernel": false}},
+		{"cgroup v2 without memory", &hostHealth{rt: fakeVersion{}, root: noMemory, now: now},
+			map[string]bool{"containerd": true, "clock": true, "kernel": false}},
 		{"missing dir", &hostHealth{rt: fakeVersion{}, root: goodRoot, now: now, dirs: []string{"/nonexistent-dir"}},
 			map[string]bool{"containerd": true, "disk /nonexistent-dir": false, "clock": true, "kernel": true}},
 	}
