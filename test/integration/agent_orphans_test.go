@@ -149,6 +149,7 @@ func (e *agentEnv) orphans(runID string) []string {
 				left = append(left, "runc state "+d)
 			}
 		}
+		left = append(left, taskCgroupsLeft(runID, known)...)
 	}
 	tmpmounts := filepath.Join(e.dir, "state", "tmpmounts") + "/"
 	mi, _ := os.ReadFile("/proc/self/mountinfo")
@@ -161,6 +162,32 @@ func (e *agentEnv) orphans(runID string) []string {
 		if strings.HasPrefix(mp, tmpmounts) ||
 			strings.HasPrefix(mp, "/tmp/containerd-mount") && strings.Contains(line, e.ctd.Root+"/") {
 			left = append(left, "mount "+mp)
+		}
+	}
+	return left
+}
+
+// taskCgroupsLeft lists the cgroups of the run's tasks (ids ending in
+// -runID) in namespace titus that containerd does not know: the cgroupfs
+// driver's /titus/<id> (v2, or in any v1 hierarchy) and the systemd
+// driver's task slice titus-titus-<id>.slice (with its scope) or, as
+// agents before task slices made it, scope titus-<id>.scope.
+func taskCgroupsLeft(runID string, known map[string]bool) []string {
+	ours := map[string]bool{}
+	for id := range known {
+		ours[id], ours["titus-"+id+".scope"], ours["titus-titus-"+strings.ReplaceAll(id, "-", `\x2d`)+".slice"] = true, true, true
+	}
+	dirs, _ := filepath.Glob("/sys/fs/cgroup/*/titus")
+	dirs = append(dirs, "/sys/fs/cgroup/titus", "/sys/fs/cgroup/titus.slice", "/sys/fs/cgroup/titus.slice/titus-titus.slice")
+	var left []string
+	for _, d := range dirs {
+		ents, _ := os.ReadDir(d)
+		for _, ent := range ents {
+			n := ent.Name()
+			run := strings.HasSuffix(n, "-"+runID) || strings.HasSuffix(n, "-"+runID+".scope") || strings.HasSuffix(n, `\x2d`+runID+".slice")
+			if ent.IsDir() && run && !ours[n] {
+				left = append(left, "cgroup "+filepath.Join(d, n))
+			}
 		}
 	}
 	return left

@@ -1,8 +1,9 @@
 // Command fsxattr-probe is the attack of a task on its XFS project quota:
 // it reads a file's extended attributes (FS_IOC_FSGETXATTR) and tries to
 // give it another project ID (FS_IOC_FSSETXATTR), once with the command
-// as the kernel reads it and once with high bits set in the register
-// (which the kernel ignores and a careless seccomp rule would not). It
+// as the kernel reads it, once with high bits set in the register
+// (which the kernel ignores and a careless seccomp rule would not), and
+// once to project 0, which no quota limits. It
 // prints one line per call: "NAME: ok" or "NAME: ERRNO". Tests copy it,
 // static, into a container image.
 package main
@@ -53,10 +54,14 @@ func errnoName(e syscall.Errno) string {
 
 func main() {
 	if len(os.Args) != 2 {
-		fmt.Fprintln(os.Stderr, "usage: fsxattr-probe FILE")
+		fmt.Fprintln(os.Stderr, "usage: fsxattr-probe FILE|DIR")
 		os.Exit(2)
 	}
-	f, err := os.OpenFile(os.Args[1], os.O_RDWR|os.O_CREATE, 0o644)
+	flags := os.O_RDWR | os.O_CREATE
+	if fi, err := os.Stat(os.Args[1]); err == nil && fi.IsDir() {
+		flags = os.O_RDONLY // a directory: its project ID is what new files inherit
+	}
+	f, err := os.OpenFile(os.Args[1], flags, 0o644)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -66,4 +71,7 @@ func main() {
 	a.ProjID = 4242
 	fmt.Println("FSSETXATTR:", ioctl(f.Fd(), fsIOCFSSetXAttr, &a))
 	fmt.Println("FSSETXATTR-HIGHBITS:", ioctl(f.Fd(), fsIOCFSSetXAttr|1<<32, &a))
+	// Project 0 has no limit: dropping out of the quota altogether.
+	a.ProjID = 0
+	fmt.Println("FSSETXATTR-PROJ0:", ioctl(f.Fd(), fsIOCFSSetXAttr, &a))
 }
