@@ -19,6 +19,9 @@
 # (go test -timeout, default 40m), TITUS_VM_ACCEL (auto|kvm|tcg),
 # TITUS_VM_LOG (the guest's full output, default /tmp/titus-vm.log).
 set -euo pipefail
+# The whole script is one compound command, so bash parses it before it
+# runs any of it: editing this file during a run cannot derail that run.
+{
 
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -27,7 +30,7 @@ BIN="$CACHE/bin"
 RUNC_VERSION=v1.5.3 # the latest 1.x release; built with cgo and libseccomp
 # What the guest runs by default (README, "Tests"): each test starts its own
 # containerd, registry and agent, about a minute apiece under TCG.
-DEFAULT_RUN='^(TestAgentRunToCompletion|TestAgentKillGraceThenSIGKILL|TestAgentOOMKilled|TestAgentKill9ReadoptsRunningTasks|TestIsolation|TestVMSystemdAgentKeepsTasks)$'
+DEFAULT_RUN='^(TestAgentRunToCompletion|TestAgentKillGraceThenSIGKILL|TestAgentOOMKilled|TestAgentKill9ReadoptsRunningTasks|TestAgentOrphansAfterKillMidLaunch|TestIsolation|TestVMSystemdAgentKeepsTasks|TestVMCgroupV2Agent|TestVMXFSQuotaNotEscapable)$'
 RUN="${TITUS_VM_RUN:-$DEFAULT_RUN}"
 TIMEOUT="${TITUS_VM_TIMEOUT:-40m}"
 LOG="${TITUS_VM_LOG:-/tmp/titus-vm.log}"
@@ -110,6 +113,8 @@ pl="$work/payload"
 mkdir -p "$pl/bin"
 (cd "$repo" && go test -c -tags vmguest -o "$pl/integration.test" ./test/integration)
 (cd "$repo" && go build -o "$pl/bin/" ./cmd/titus-agent ./cmd/titus-logger)
+# The tools tests copy into task images (testenv.ToolBinary), static.
+(cd "$repo" && CGO_ENABLED=0 go build -ldflags='-s -w' -o "$pl/bin/" ./test/tools/...)
 cp "$BIN/containerd" "$BIN/containerd-shim-runc-v2" "$BIN/ctr" "$BIN/ec2-metadata-mock" "$pl/bin/"
 cp "$runc" "$pl/bin/runc"
 (cd "$repo" && make -s deb DIST="$pl" VERSION=0.0.0~vm ARCH=amd64 >/dev/null)
@@ -154,15 +159,21 @@ booted() { # booted SECONDS: wait until the guest says it booted
 }
 
 t0=$(now)
+# Whether KVM boots this guest on this host, tried once per host kernel,
+# qemu and guest image (a failed try costs 120 s).
+kvm_verdict="$CACHE/vm/kvm-$( { uname -r; qemu-system-x86_64 --version | head -1; echo "$key"; } | sha256sum | cut -c1-16)"
 if [[ $ACCEL == auto ]]; then
   ACCEL=tcg
-  if [[ -r /dev/kvm && -w /dev/kvm ]]; then
+  if [[ -r /dev/kvm && -w /dev/kvm ]] && [[ $(cat "$kvm_verdict" 2>/dev/null) != tcg ]]; then
     # /dev/kvm is no proof: KVM guests were seen to hang at boot. Try it.
     boot kvm
-    if booted 120; then ACCEL=kvm; else
-      say "KVM did not boot the guest within 120s; falling back to TCG"
+    if booted 120; then ACCEL=kvm; echo kvm >"$kvm_verdict"; else
+      say "KVM did not boot the guest within 120s; falling back to TCG (remembered in $kvm_verdict)"
+      echo tcg >"$kvm_verdict"
       kill -9 "$qpid" 2>/dev/null || true; wait "$qpid" 2>/dev/null || true; qpid=""
     fi
+  elif [[ -f $kvm_verdict ]]; then
+    say "KVM did not boot this guest before ($kvm_verdict); using TCG"
   fi
   [[ $ACCEL == tcg ]] && boot tcg
 else
@@ -200,4 +211,13 @@ if [[ -z "$rc" ]]; then
   die "the guest never reported a result (full output: $LOG, console: ${LOG%.log}-console.log)"
 fi
 say "guest ran for $(since "$t0")s in all; go test exit $rc (full output: $LOG)"
+# How many tests ran (main_test.go's count): a run of none is a failure.
+ran="$(grep -a '^INTEGRATION: [0-9]* tests ran' "$out" | tail -1 | awk '{print $2}')"
+if [[ -z "$ran" || "$ran" == 0 ]]; then
+  echo "test-vm: FAILED: no VM test ran (go test exit $rc)"
+  exit 1
+fi
+say "$ran VM tests ran in the guest"
 [[ $rc == 0 ]] || { echo "test-vm: FAILED"; exit 1; }
+exit 0
+}
