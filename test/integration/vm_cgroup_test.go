@@ -13,6 +13,7 @@ import (
 	"time"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -37,78 +38,85 @@ func projID(t *testing.T, path string) uint32 {
 }
 
 // TestVMXFSQuotaNotEscapable: on a real XFS disk mounted with prjquota,
-// a task holding CAP_FOWNER tries to move its own file, and the root of
-// its overlay (whose project new files inherit), to another project and
-// to project 0 (no limit) with FS_IOC_FSSETXATTR through overlayfs, which
-// passes the call to the XFS upper directory. Every try fails, the files
-// on the disk keep the task's project, and writing past the quota into
-// the attacked file still fails.
+// tasks try to move their own file, and the root of their overlay (whose
+// project new files inherit), to another project and to project 0 (no
+// limit) with FS_IOC_FSSETXATTR through overlayfs, which passes the call
+// to the XFS upper directory. A plain task runs without CAP_FOWNER there
+// (the agent drops it on XFS-quota hosts); a task in its own user
+// namespace keeps CAP_FOWNER in it. For both every try fails, the files on
+// the disk keep the task's project, and writing past the quota into the
+// attacked file still fails.
 func TestVMXFSQuotaNotEscapable(t *testing.T) {
 	begin(t)
-	e := newAgentEnvConfig(t, "isolation:\n  diskDir: {{DIR}}/disks\n")
-	diskDir := filepath.Join(e.dir, "disks")
-	if out, err := exec.Command("findmnt", "-no", "FSTYPE,OPTIONS", "--target", e.dir).Output(); err != nil ||
+	parent := userNSDir(t) // on the guest's /tmp: XFS with prjquota
+	diskDir := filepath.Join(parent, "disks")
+	if out, err := exec.Command("findmnt", "-no", "FSTYPE,OPTIONS", "--target", parent).Output(); err != nil ||
 		!strings.HasPrefix(string(out), "xfs ") || !strings.Contains(string(out), "prjquota") {
-		t.Fatalf("the agent's directory %s is on %q (%v), want xfs with prjquota", e.dir, out, err)
+		t.Fatalf("%s is on %q (%v), want xfs with prjquota", parent, out, err)
 	}
+	e := newAgentEnvConfig(t, "isolation:\n  diskDir: "+diskDir+"\n")
 	probe := testenv.ToolBinary(t, "fsxattr-probe")
 	img := testenv.PushBusyboxWith(t, e.reg, "busybox-probe", "latest", map[string]string{"bin/fsxattr-probe": probe})
-	const id = "xfs-escape"
 	script := `grep CapEff /proc/self/status; echo seed > /tmp/f; ` +
 		`echo "probe /"; fsxattr-probe /; echo "probe /tmp/f"; fsxattr-probe /tmp/f; ` +
 		`dd if=/dev/zero of=/tmp/f bs=1M count=40 2>&1; echo "dd rc=$?"; echo attack-done; exec sleep 100000`
-	s := e.spec(id, "sh", "-c", script)
-	s.Image, s.Resources.DiskMib = img, 16
-	e.launch(s)
-	t.Cleanup(func() { e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id}) })
-	e.waitLog(id, "attack-done")
-	out, _ := e.cli("task", "logs", id)
-	t.Logf("task output:\n%s", out)
-
-	// The attacker holds CAP_FOWNER (bit 3), which XFS asks of a caller
-	// changing a file it does not own; it owns these anyway.
-	var capEff uint64
-	for _, l := range strings.Split(out, "\n") {
-		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
-			capEff, _ = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+	tasks := map[string]bool{"xfs-plain": false, "xfs-userns": true} // id: CAP_FOWNER expected
+	for id, userNS := range tasks {
+		s := e.spec(id, "sh", "-c", script)
+		s.Image, s.Resources.DiskMib = img, 16
+		if userNS {
+			s.Labels = map[string]string{isolation.LabelUserNS: "true"}
+		}
+		e.launch(s)
+		t.Cleanup(func() { e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id}) })
+	}
+	for id, wantFowner := range tasks {
+		e.waitLog(id, "attack-done")
+		out, _ := e.cli("task", "logs", id)
+		t.Logf("%s output:\n%s", id, out)
+		var capEff uint64
+		for _, l := range strings.Split(out, "\n") {
+			if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+				capEff, _ = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			}
+		}
+		if got := capEff&(1<<3) != 0; got != wantFowner {
+			t.Errorf("%s: CAP_FOWNER %v (CapEff %#x), want %v", id, got, capEff, wantFowner)
+		}
+		for _, want := range []string{"FSGETXATTR: ok", "FSSETXATTR: EPERM", "FSSETXATTR-HIGHBITS: EPERM", "FSSETXATTR-PROJ0: EPERM"} {
+			if n := strings.Count(out, want+"\n"); n != 2 {
+				t.Errorf("%s: %q printed %d times, want 2 (the overlay's root and /tmp/f)", id, want, n)
+			}
+		}
+		// On the disk: the task's project, as the agent recorded it, on
+		// the upper directory and the attacked file.
+		b, err := os.ReadFile(filepath.Join(diskDir, "projects", id))
+		if err != nil {
+			t.Fatalf("%s: no project ID recorded (is the XFS backend in use?): %v", id, err)
+		}
+		want, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
+		if err != nil || want == 0 {
+			t.Fatalf("%s: recorded project ID %q: %v", id, b, err)
+		}
+		upper := filepath.Join(diskDir, "mnt", id, "upper")
+		for _, p := range []string{upper, filepath.Join(upper, "tmp", "f")} {
+			if got := projID(t, p); uint64(got) != want {
+				t.Errorf("%s is in project %d, want the task's %d", p, got, want)
+			}
+		}
+		// The quota still holds: XFS answers a project over its hard
+		// limit with ENOSPC (EDQUOT is for user and group quotas).
+		if !strings.Contains(out, "No space left on device") && !strings.Contains(out, "Disk quota exceeded") || strings.Contains(out, "dd rc=0") {
+			t.Errorf("%s: dd of 40 MiB into a 16 MiB disk did not fail with ENOSPC/EDQUOT", id)
+		}
+		if fi, err := os.Stat(filepath.Join(upper, "tmp", "f")); err != nil || fi.Size() > 17<<20 {
+			t.Errorf("%s: the attacked file grew past the quota: %v, %v", id, fi, err)
 		}
 	}
-	if capEff&(1<<3) == 0 {
-		t.Fatalf("the task has no CAP_FOWNER (CapEff %#x): the attack proves nothing", capEff)
+	for id := range tasks {
+		e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id})
+		e.waitFinal(id)
 	}
-	for _, want := range []string{"FSGETXATTR: ok", "FSSETXATTR: EPERM", "FSSETXATTR-HIGHBITS: EPERM", "FSSETXATTR-PROJ0: EPERM"} {
-		if n := strings.Count(out, want+"\n"); n != 2 {
-			t.Errorf("%q printed %d times, want 2 (the overlay's root and /tmp/f)", want, n)
-		}
-	}
-
-	// On the disk: the task's project, as the agent recorded it, on the
-	// upper directory and the attacked file.
-	b, err := os.ReadFile(filepath.Join(diskDir, "projects", id))
-	if err != nil {
-		t.Fatalf("no project ID recorded for %s (is the XFS backend in use?): %v", id, err)
-	}
-	want, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
-	if err != nil || want == 0 {
-		t.Fatalf("recorded project ID %q: %v", b, err)
-	}
-	upper := filepath.Join(diskDir, "mnt", id, "upper")
-	for _, p := range []string{upper, filepath.Join(upper, "tmp", "f")} {
-		if got := projID(t, p); uint64(got) != want {
-			t.Errorf("%s is in project %d, want the task's %d", p, got, want)
-		}
-	}
-	// The quota still holds: XFS answers a project over its hard limit
-	// with ENOSPC (EDQUOT is for user and group quotas).
-	if !strings.Contains(out, "No space left on device") && !strings.Contains(out, "Disk quota exceeded") || strings.Contains(out, "dd rc=0") {
-		t.Errorf("dd of 40 MiB into a 16 MiB disk did not fail with ENOSPC/EDQUOT:\n%s", out)
-	}
-	if fi, err := os.Stat(filepath.Join(upper, "tmp", "f")); err != nil || fi.Size() > 17<<20 {
-		t.Errorf("the attacked file grew past the quota: %v, %v", fi, err)
-	}
-
-	e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id})
-	e.waitFinal(id)
 	e.assertNoLeftovers()
 }
 
