@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
@@ -151,7 +152,7 @@ func (r *Runtime) ExecProcess(ctx context.Context, id string, o ExecOptions) (in
 		_ = scope.Kill()
 		_ = killSession(hostProcs{}, pid)
 		if io := p.IO(); io != nil {
-			io.Wait() // flush output
+			waitOutput(io, execOutputGrace)
 		}
 		return int(code), nil
 	case <-ctx.Done():
@@ -201,4 +202,24 @@ func orDiscard(w io.Writer) io.Writer {
 		return io.Discard
 	}
 	return w
+}
+
+// execOutputGrace is how long an exited exec's output may take to drain.
+// Only a process outside the session (one that left it before the agent
+// moved the exec into its cgroup) can hold the output open longer.
+const execOutputGrace = 2 * time.Second
+
+// waitOutput waits for the process's output to be copied out, at most
+// grace: then it closes its side, so that a process still holding the
+// output open cannot hold the session.
+func waitOutput(pio cio.IO, grace time.Duration) {
+	done := make(chan struct{})
+	go func() { pio.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		_ = pio.Close()
+		pio.Cancel()
+		<-done
+	}
 }

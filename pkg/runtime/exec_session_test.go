@@ -1,8 +1,12 @@
 package runtime
 
 import (
+	"sync"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/containerd/containerd/v2/pkg/cio"
 
 	"github.com/google/go-cmp/cmp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
@@ -94,5 +98,34 @@ func TestExecProcessSpecKeepsTheTasks(t *testing.T) {
 	}
 	if task.Args[0] != "/app" || task.Terminal {
 		t.Error("the task's own spec was changed")
+	}
+}
+
+// heldIO is an exec's output that something keeps open until it is closed.
+type heldIO struct {
+	cio.IO
+	closed, canceled chan struct{}
+	once             sync.Once
+}
+
+func (h *heldIO) Wait()        { <-h.closed }
+func (h *heldIO) Cancel()      {}
+func (h *heldIO) Close() error { h.once.Do(func() { close(h.closed) }); return nil }
+
+// A process outside the session holding the output open does not hold the
+// session: after the grace the agent closes its side.
+func TestWaitOutputBounded(t *testing.T) {
+	h := &heldIO{closed: make(chan struct{})}
+	done := make(chan struct{})
+	go func() { waitOutput(h, 10*time.Millisecond); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("waitOutput waited for a holder that never lets go")
+	}
+	select {
+	case <-h.closed:
+	default:
+		t.Error("the output was not closed")
 	}
 }

@@ -325,11 +325,26 @@ func TestExecClientKilledLeavesNothing(t *testing.T) {
 	}
 	// A command that exits by itself takes what it left running with it,
 	// and does not wait for it (its output stays open in a daemon).
-	if out, err := e.cli("task", "exec", "box", "--", "sh", "-c", "(setsid sleep 1008 &); echo started"); err != nil || !strings.Contains(out, "started") {
+	if out, err := e.cli("task", "exec", "box", "--", "sh", "-c", "sleep 0.3; (setsid sleep 1008 &); echo started"); err != nil || !strings.Contains(out, "started") {
 		t.Fatalf("exec leaving a daemon: %q %v", out, err)
 	}
 	if left := hostProcsLike(`^sleep 1008$`); len(left) > 0 {
 		t.Fatalf("a finished exec left running: %v", left)
+	}
+	// The same at once, racing the agent's move of the exec into its
+	// cgroup (docs/exec.md, Limit): whichever wins, the session ends.
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.cli("task", "exec", "box", "--", "sh", "-c", "(setsid sleep 1010 &); echo started")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exec racing a daemon: %v", err)
+		}
+	case <-time.After(testenv.Scaled(15 * time.Second)):
+		t.Fatalf("an exec whose daemon holds its output open never ended")
 	}
 }
 
