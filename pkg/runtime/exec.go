@@ -111,7 +111,7 @@ func (r *Runtime) ExecProcess(ctx context.Context, id string, o ExecOptions) (in
 		return -1, fmt.Errorf("wait exec in %s: %w", id, err)
 	}
 	if err := p.Start(ctx); err != nil {
-		return -1, fmt.Errorf("start exec in %s: %w", id, err)
+		return -1, fmt.Errorf("start exec in %s: %w", id, explainExecStart(hostNS{}, int(t.Pid()), err))
 	}
 	pid := int(p.Pid())
 	// Whatever way the exec ends, what it started ends too: everything in

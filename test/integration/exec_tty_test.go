@@ -21,6 +21,7 @@ import (
 	"github.com/creack/pty"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -520,5 +521,53 @@ func TestTaskInspectAndTop(t *testing.T) {
 		if p.Command == "sleep 200000" && (p.Pid < 1 || p.HostPid <= p.Pid) {
 			t.Errorf("top: main process pid %d in task, %d on host", p.Pid, p.HostPid)
 		}
+	}
+}
+
+// TestExecUserNamespaceTask: an exec into a task in its own user
+// namespace either runs inside that namespace (root inside, mapped
+// outside) or, with a runc that joins the user namespace before the
+// network namespace the host owns (Debian 12's 1.1.5), is refused with an
+// error that says why, and leaves the task running and nothing behind.
+func TestExecUserNamespaceTask(t *testing.T) {
+	begin(t)
+	e, _ := newUserNSNetAgent(t)
+	s := e.spec("uns", "sleep", "100000")
+	s.Labels, s.Resources.DiskMib = map[string]string{isolation.LabelUserNS: "true"}, 32
+	e.launch(s)
+	e.waitState("uns", stRunning, 60*time.Second)
+	taskPid := e.containerPid("uns")
+
+	out, err := e.cli("task", "exec", "uns", "--", "cat", "/proc/self/uid_map")
+	if err != nil {
+		for _, want := range []string{"failedprecondition: ", "its own user namespace", "network namespace belongs to the host's", "opencontainers/runc#4492"} {
+			if !strings.Contains(out, want) {
+				t.Fatalf("exec into a user-namespace task failed without saying why (want %q): %v\n%s", want, err, out)
+			}
+		}
+		ts := startTerm(t, "--socket", e.socket, "task", "exec", "-it", "uns", "--", "sh")
+		if code := ts.wait(); code == 0 || !strings.Contains(ts.out.String(), "opencontainers/runc#4492") {
+			t.Fatalf("exec -it: exit %d, output %q", code, ts.out.String())
+		}
+	} else {
+		if f := strings.Fields(out); len(f) < 3 || f[0] != "0" || f[1] == "0" {
+			t.Fatalf("exec is not in the task's user namespace: uid_map %q", out)
+		}
+		ts := startTerm(t, "--socket", e.socket, "task", "exec", "-it", "uns", "--", "sh")
+		ts.expect(`[#$] `)
+		ts.send("echo id=$(id -u)\r")
+		if m := ts.expect(`id=(\d+)`); m[1] != "0" {
+			t.Fatalf("exec -it runs as %s inside, want 0", m[1])
+		}
+		ts.send("exit 5\r")
+		if code := ts.wait(); code != 5 {
+			t.Fatalf("exit code %d, want 5", code)
+		}
+	}
+	if st := e.get("uns").GetState(); st != stRunning || e.containerPid("uns") != taskPid {
+		t.Fatalf("task is %s after the exec", st)
+	}
+	if sub := execCgroups(t, taskPid); len(sub) != 0 {
+		t.Fatalf("exec session cgroups left: %v", sub)
 	}
 }
