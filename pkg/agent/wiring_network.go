@@ -61,7 +61,7 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 	w.closers = append(w.closers, func() error { dp.Close(); return nil })
 	n := vpc.NewNetwork(provider, dp)
 	*first = append(*first, &taskrunner.NetworkHook{Network: n})
-	*second = append(*second, &taskrunner.BandwidthHook{Shaper: isolation.NewBandwidth()})
+	*second = append(*second, &taskrunner.BandwidthHook{Shaper: isolation.NewBandwidthIn(cfg.Network.HostNetNS)})
 	w.reconcilers = append(w.reconcilers, n)
 	w.vpc, w.network = n, n
 	if cfg.Metadata.Enabled {

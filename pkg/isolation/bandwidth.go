@@ -30,8 +30,8 @@ func TBFFor(mbps int64) TBF {
 
 // tcOps is the netlink side of shaping. nsPath "" is the host's netns.
 type tcOps interface {
-	// VethPair finds the task's veth in nsPath and its peer in the host.
-	VethPair(nsPath string) (hostIf, taskIf string, err error)
+	// VethPair finds the task's veth in nsPath and its peer in hostNS.
+	VethPair(nsPath, hostNS string) (hostIf, taskIf string, err error)
 	SetTBF(nsPath, ifName string, t TBF) error
 	// ClearRoot removes the root qdisc of ifName if it is ours; a missing
 	// link is not an error.
@@ -40,10 +40,19 @@ type tcOps interface {
 
 // Bandwidth limits a task's traffic with a TBF qdisc on each veth end: the
 // host end shapes what the task receives, the task end what it sends.
-type Bandwidth struct{ tc tcOps }
+type Bandwidth struct {
+	tc tcOps
+	// hostNS is the netns of the veths' host ends ("" = the agent's own).
+	hostNS string
+}
 
-// NewBandwidth shapes with netlink.
-func NewBandwidth() *Bandwidth { return &Bandwidth{tc: netlinkTC{}} }
+// NewBandwidth shapes with netlink; the veths' host ends are in the
+// agent's own netns.
+func NewBandwidth() *Bandwidth { return NewBandwidthIn("") }
+
+// NewBandwidthIn shapes with netlink; the veths' host ends are in the
+// netns at hostNS ("" = the agent's own), as network.hostNetNS says.
+func NewBandwidthIn(hostNS string) *Bandwidth { return &Bandwidth{tc: netlinkTC{}, hostNS: hostNS} }
 
 // Limit caps the task in nsPath at mbps in each direction. hostVeth may be
 // empty: the task's veth peer in the host's netns is used. mbps <= 0 does
@@ -52,7 +61,7 @@ func (b *Bandwidth) Limit(ctx context.Context, nsPath, hostVeth string, mbps int
 	if mbps <= 0 {
 		return nil
 	}
-	host, taskIf, err := b.tc.VethPair(nsPath)
+	host, taskIf, err := b.tc.VethPair(nsPath, b.hostNS)
 	if err != nil {
 		return fmt.Errorf("bandwidth: %w", err)
 	}
@@ -60,7 +69,7 @@ func (b *Bandwidth) Limit(ctx context.Context, nsPath, hostVeth string, mbps int
 		host = hostVeth
 	}
 	q := TBFFor(mbps)
-	if err := b.tc.SetTBF("", host, q); err != nil {
+	if err := b.tc.SetTBF(b.hostNS, host, q); err != nil {
 		return fmt.Errorf("bandwidth to task on %s: %w", host, err)
 	}
 	if err := b.tc.SetTBF(nsPath, taskIf, q); err != nil {
@@ -76,9 +85,9 @@ func (b *Bandwidth) Clear(ctx context.Context, nsPath, hostVeth string) error {
 		if hostVeth == "" {
 			return nil
 		}
-		return b.tc.ClearRoot("", hostVeth)
+		return b.tc.ClearRoot(b.hostNS, hostVeth)
 	}
-	host, taskIf, err := b.tc.VethPair(nsPath)
+	host, taskIf, err := b.tc.VethPair(nsPath, b.hostNS)
 	if errors.Is(err, ErrNoVeth) {
 		return nil
 	}
@@ -88,5 +97,5 @@ func (b *Bandwidth) Clear(ctx context.Context, nsPath, hostVeth string) error {
 	if hostVeth != "" {
 		host = hostVeth
 	}
-	return errors.Join(b.tc.ClearRoot("", host), b.tc.ClearRoot(nsPath, taskIf))
+	return errors.Join(b.tc.ClearRoot(b.hostNS, host), b.tc.ClearRoot(nsPath, taskIf))
 }

@@ -26,7 +26,7 @@ func handle(nsPath string) (*netlink.Handle, error) {
 	return netlink.NewHandleAt(ns)
 }
 
-func (netlinkTC) VethPair(nsPath string) (string, string, error) {
+func (netlinkTC) VethPair(nsPath, hostNS string) (string, string, error) {
 	h, err := handle(nsPath)
 	if err != nil {
 		return "", "", err
@@ -36,7 +36,7 @@ func (netlinkTC) VethPair(nsPath string) (string, string, error) {
 	if err != nil {
 		return "", "", fmt.Errorf("links in %s: %w", nsPath, err)
 	}
-	host, err := netlink.NewHandle()
+	host, err := handle(hostNS)
 	if err != nil {
 		return "", "", err
 	}

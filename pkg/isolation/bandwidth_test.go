@@ -18,8 +18,8 @@ type fakeTC struct {
 	pairErr error
 }
 
-func (f *fakeTC) VethPair(nsPath string) (string, string, error) {
-	f.calls = append(f.calls, "pair "+nsPath)
+func (f *fakeTC) VethPair(nsPath, hostNS string) (string, string, error) {
+	f.calls = append(f.calls, "pair "+nsPath+" host="+hostNS)
 	if f.pairErr != nil {
 		return "", "", f.pairErr
 	}
@@ -57,6 +57,7 @@ func TestBandwidth(t *testing.T) {
 	tbf := fmt.Sprintf("rate=%d burst=%d limit=%d", 6_250_000, 62_500, 687_500)
 	for _, tc := range []struct {
 		name    string
+		hostNS  string // where the veths' host ends are ("" = ours)
 		run     func(*Bandwidth) error
 		pairErr error
 		want    []string
@@ -65,12 +66,30 @@ func TestBandwidth(t *testing.T) {
 		{
 			name: "limit finds the host veth",
 			run:  func(b *Bandwidth) error { return b.Limit(context.Background(), ns, "", 50) },
-			want: []string{"pair " + ns, `tbf ns="" dev=vethhost ` + tbf, fmt.Sprintf("tbf ns=%q dev=eth0 ", ns) + tbf},
+			want: []string{"pair " + ns + " host=", `tbf ns="" dev=vethhost ` + tbf, fmt.Sprintf("tbf ns=%q dev=eth0 ", ns) + tbf},
 		},
 		{
 			name: "limit with a known host veth",
 			run:  func(b *Bandwidth) error { return b.Limit(context.Background(), ns, "vh-123", 50) },
-			want: []string{"pair " + ns, `tbf ns="" dev=vh-123 ` + tbf, fmt.Sprintf("tbf ns=%q dev=eth0 ", ns) + tbf},
+			want: []string{"pair " + ns + " host=", `tbf ns="" dev=vh-123 ` + tbf, fmt.Sprintf("tbf ns=%q dev=eth0 ", ns) + tbf},
+		},
+		{
+			name:   "limit on a host whose veths are in another netns",
+			hostNS: "/run/netns/host1",
+			run:    func(b *Bandwidth) error { return b.Limit(context.Background(), ns, "", 50) },
+			want:   []string{"pair " + ns + " host=/run/netns/host1", `tbf ns="/run/netns/host1" dev=vethhost ` + tbf, fmt.Sprintf("tbf ns=%q dev=eth0 ", ns) + tbf},
+		},
+		{
+			name:   "clear on that host",
+			hostNS: "/run/netns/host1",
+			run:    func(b *Bandwidth) error { return b.Clear(context.Background(), ns, "") },
+			want:   []string{"pair " + ns + " host=/run/netns/host1", `clear ns="/run/netns/host1" dev=vethhost`, fmt.Sprintf("clear ns=%q dev=eth0", ns)},
+		},
+		{
+			name:   "clear on that host after the netns is gone",
+			hostNS: "/run/netns/host1",
+			run:    func(b *Bandwidth) error { return b.Clear(context.Background(), gone, "vh-1") },
+			want:   []string{`clear ns="/run/netns/host1" dev=vh-1`},
 		},
 		{
 			name: "no limit asked, nothing touched",
@@ -80,13 +99,13 @@ func TestBandwidth(t *testing.T) {
 			name:    "no veth",
 			run:     func(b *Bandwidth) error { return b.Limit(context.Background(), ns, "", 10) },
 			pairErr: ErrNoVeth,
-			want:    []string{"pair " + ns},
+			want:    []string{"pair " + ns + " host="},
 			wantErr: true,
 		},
 		{
 			name: "clear",
 			run:  func(b *Bandwidth) error { return b.Clear(context.Background(), ns, "") },
-			want: []string{"pair " + ns, `clear ns="" dev=vethhost`, fmt.Sprintf("clear ns=%q dev=eth0", ns)},
+			want: []string{"pair " + ns + " host=", `clear ns="" dev=vethhost`, fmt.Sprintf("clear ns=%q dev=eth0", ns)},
 		},
 		{
 			name: "clear after the netns is gone",
@@ -101,19 +120,19 @@ func TestBandwidth(t *testing.T) {
 			name:    "clear when the veth is already gone",
 			run:     func(b *Bandwidth) error { return b.Clear(context.Background(), ns, "") },
 			pairErr: fmt.Errorf("x: %w", ErrNoVeth),
-			want:    []string{"pair " + ns},
+			want:    []string{"pair " + ns + " host="},
 		},
 		{
 			name:    "clear with a netlink error",
 			run:     func(b *Bandwidth) error { return b.Clear(context.Background(), ns, "") },
 			pairErr: errors.New("netlink broke"),
-			want:    []string{"pair " + ns},
+			want:    []string{"pair " + ns + " host="},
 			wantErr: true,
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeTC{pairErr: tc.pairErr}
-			err := tc.run(&Bandwidth{tc: f})
+			err := tc.run(&Bandwidth{tc: f, hostNS: tc.hostNS})
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
 			}
