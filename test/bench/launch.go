@@ -96,7 +96,11 @@ func agentLaunchSpec(ctx context.Context, a *testenv.Agent, events *eventWaiter,
 	select {
 	case st := <-wait:
 		if st != agentv1.TaskState_TASK_STATE_RUNNING {
-			return 0, fmt.Errorf("task %s ended %s instead of running", id, st)
+			why := ""
+			if t, err := a.Client.GetTask(ctx, &agentv1.GetTaskRequest{Id: id}); err == nil {
+				why = ": " + t.GetReason() + " " + t.GetMessage()
+			}
+			return 0, fmt.Errorf("task %s ended %s instead of running%s", id, st, why)
 		}
 	case <-time.After(60 * time.Second):
 		return 0, fmt.Errorf("task %s never ran", id)

@@ -26,3 +26,14 @@ func ratio(a, b time.Duration) string {
 	}
 	return fmt.Sprintf("%.2fx", float64(a)/float64(b))
 }
+
+func (s sample) mean() time.Duration {
+	if len(s) == 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, d := range s {
+		sum += d
+	}
+	return sum / time.Duration(len(s))
+}
