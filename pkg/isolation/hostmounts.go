@@ -83,10 +83,23 @@ func (h *HostMounts) Stage(taskID string, labels map[string]string) ([]specs.Mou
 		}
 		out = append(out, specs.Mount{
 			Destination: filepath.Clean(parts[1]), Type: "bind", Source: staged,
-			Options: []string{"rbind", mode, "nosuid", "nodev"},
+			Options: bindOptions(mode),
 		})
 	}
 	return out, nil
+}
+
+// bindOptions are a host mount's options. An rbind takes the
+// filesystems mounted below the source along, and ro, nosuid and nodev
+// hold for the top mount only: their recursive forms (runc applies them
+// with mount_setattr, kernel 5.12) hold for the whole tree, else a task
+// writes through a read-only grant into whatever is mounted below it.
+func bindOptions(mode string) []string {
+	o := []string{"rbind", mode, "nosuid", "nodev", "rnosuid", "rnodev"}
+	if mode == "ro" {
+		o = append(o, "rro")
+	}
+	return o
 }
 
 func (h *HostMounts) stageOne(target, src, mode string) (string, error) {

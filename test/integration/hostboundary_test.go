@@ -21,6 +21,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 
@@ -805,6 +806,38 @@ func TestAgentIsolationStaysOnItsBridge(t *testing.T) {
 	for _, id := range []string{"web", "client"} {
 		e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: id})
 		e.waitFinal(id)
+	}
+	e.assertNoLeftovers()
+}
+
+// TestAgentHostPathReadOnlyIsDeep: a host path granted (or asked for)
+// read-only with another filesystem mounted below it. A bind mount made
+// read-only is read-only at its top only: unless the whole tree is, the
+// task writes into the host's filesystem below.
+func TestAgentHostPathReadOnlyIsDeep(t *testing.T) {
+	begin(t)
+	dir, err := os.MkdirTemp("", "titus-rodeep-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", sub, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(sub, unix.MNT_DETACH) })
+	e := newAgentEnvConfig(t, "isolation:\n  diskDir: {{DIR}}/disks\n  allowedHostPaths: [\""+dir+":ro\"]\n")
+	s := e.spec("writer", "sh", "-c", "touch /data/top; touch /data/sub/below; echo tried")
+	s.Labels = map[string]string{isolation.LabelHostMounts: dir + ":/data"}
+	e.launch(s)
+	wantState(t, e.waitFinal("writer"), stFinished, task.ReasonCompleted, 0)
+	for _, f := range []string{"top", "sub/below"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err == nil {
+			t.Errorf("the task wrote %s into a read-only host path", f)
+		}
 	}
 	e.assertNoLeftovers()
 }
