@@ -42,14 +42,25 @@ type Options struct {
 	Stdin  bool // -i
 }
 
+// ErrNotATerminal: -t with stdin from a pipe or a file.
+var ErrNotATerminal = errors.New("-t needs a terminal on stdin, and stdin is not one (a pipe or a file): leave out -t, and use -i to stream stdin to the command")
+
 // Run runs the session on s with the caller's stdin/stdout/stderr and
 // terminal t, and returns the command's exit code. Interrupts reach the
 // process inside as bytes of its terminal (raw mode) rather than killing
 // the caller.
+//
+// -t wants a terminal on the caller's stdin: without one there is nothing
+// to put in raw mode or to size, and the end of piped input hangs up the
+// command's terminal while the command may still run (exit 129). Run then
+// refuses with ErrNotATerminal before anything reaches the task.
 func Run(stream Stream, o Options, t Terminal, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	if o.TTY && !t.IsTerminal() {
+		return -1, ErrNotATerminal
+	}
 	s := &lockedStream{Stream: stream}
 	start := &agentv1.ExecStart{Id: o.TaskID, Args: o.Args, Tty: o.TTY, Stdin: o.Stdin}
-	raw := o.TTY && t.IsTerminal()
+	raw := o.TTY
 	if raw {
 		if w, h, err := t.Size(); err == nil {
 			start.Size = &agentv1.WindowSize{Width: uint32(w), Height: uint32(h)}

@@ -396,9 +396,8 @@ func TestExecHoldsNoMoreThanTheTask(t *testing.T) {
 		t.Fatalf("task's own probe: %q", want)
 	}
 	// The terminal forms (-t, -it) want a terminal on the caller's side:
-	// TestExecInteractiveTerminal drives them through a pseudo-terminal.
-	// From a pipe, the pty's hangup when stdin ends can race the command
-	// (exit 129 seen once in CI).
+	// TestExecInteractiveTerminal drives them through a pseudo-terminal,
+	// TestExecTTYFromAPipe checks they are refused without one.
 	for _, flags := range [][]string{nil, {"-i"}} {
 		args := append([]string{"task", "exec"}, flags...)
 		out, err := e.cli(append(args, "box", "--", "sh", "-c", probe)...)
@@ -419,6 +418,33 @@ func TestExecHoldsNoMoreThanTheTask(t *testing.T) {
 		if got != want {
 			t.Errorf("exec %v sees more or other than its task:\n got: %s\nwant: %s", flags, got, want)
 		}
+	}
+}
+
+// TestExecTTYFromAPipe: -t with stdin from a pipe (or /dev/null) is
+// refused before anything runs, saying to leave out -t; without a terminal
+// to hold, the end of the piped input used to hang up the command's
+// terminal while it still ran (exit 129). -i from the same pipe works.
+func TestExecTTYFromAPipe(t *testing.T) {
+	begin(t)
+	e := newAgentEnv(t)
+	e.launch(e.spec("box", "sleep", "100000"))
+	e.waitState("box", stRunning, 60*time.Second)
+	for _, flags := range [][]string{{"-t"}, {"-it"}, {"-i", "-t"}} {
+		cmd := exec.Command(titusAgentBinary(t), append(append([]string{"--socket", e.socket, "task", "exec"}, flags...), "box", "--", "sh", "-c", "echo ran > /tmp/tty-ran; cat")...)
+		cmd.Stdin = strings.NewReader("piped\n")
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "-t needs a terminal on stdin") || !strings.Contains(string(out), "leave out -t") {
+			t.Fatalf("exec %v from a pipe: %v %q, want refused", flags, err, out)
+		}
+	}
+	if out, err := e.ctrExec("box", "ls", "/tmp"); err != nil || strings.Contains(out, "tty-ran") {
+		t.Fatalf("a refused -t exec ran its command (ls /tmp: %q %v)", out, err)
+	}
+	cmd := exec.Command(titusAgentBinary(t), "--socket", e.socket, "task", "exec", "-i", "box", "--", "cat")
+	cmd.Stdin = strings.NewReader("piped\n")
+	if out, err := cmd.CombinedOutput(); err != nil || string(out) != "piped\n" {
+		t.Fatalf("exec -i from a pipe: %v %q", err, out)
 	}
 }
 
@@ -455,7 +481,7 @@ func TestExecSessionBound(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	out, err := e.cli("task", "exec", "-it", "box", "--", "true")
+	out, err := e.cli("task", "exec", "-i", "box", "--", "true")
 	if err == nil || !strings.Contains(out, "exec.maxSessionsPerTask") || !strings.Contains(out, "too many exec sessions") {
 		t.Fatalf("third session: %q %v, want refused naming exec.maxSessionsPerTask", out, err)
 	}
