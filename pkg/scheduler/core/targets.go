@@ -230,6 +230,8 @@ type targetOp struct {
 	arn     string
 	targets []Target
 	tasks   []*taskState // parallel to targets; nil for gone or drifted targets
+	// stops: a deregistration for a stopping task (its delay is read).
+	stops bool
 }
 
 // targetPlan is what one pass does, decided under c.mu.
@@ -319,11 +321,7 @@ func (c *Core) targetPass(ctx context.Context, now time.Time, full bool) {
 	delays := map[string]time.Duration{}
 	for _, o := range p.deregister {
 		err := lb.Deregister(ctx, o.arn, o.targets)
-		stops := false
-		for _, t := range o.tasks {
-			stops = stops || (t != nil && t.lb.stopping)
-		}
-		if err == nil && stops {
+		if err == nil && o.stops {
 			d, derr := lb.DeregistrationDelay(ctx, o.arn)
 			if derr != nil {
 				d = c.opts.MaxDeregistrationWait // unknown: wait the most
@@ -444,7 +442,7 @@ func (c *Core) planTargets(now time.Time) *targetPlan {
 			case t.lb.stopping:
 				if ready(tg.ARN) {
 					o := p.op(&p.deregister, tg.ARN)
-					o.targets, o.tasks = append(o.targets, tt), append(o.tasks, t)
+					o.targets, o.tasks, o.stops = append(o.targets, tt), append(o.tasks, t), true
 				}
 			case wanted:
 				if p.want[tg.ARN] == nil {
