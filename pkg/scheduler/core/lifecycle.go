@@ -24,6 +24,7 @@ func (c *Core) applyStatus(a *agentState, st model.TaskStatus, now time.Time) {
 	if t.committing {
 		return
 	}
+	t.lb.heard = true
 	if st.IP != "" && st.IP != t.rec.IP && !t.lb.tracked {
 		t.rec.IP = st.IP
 		c.st.SaveTask(t.rec)

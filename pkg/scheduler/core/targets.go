@@ -57,6 +57,11 @@ const targetPassEvery = 500 * time.Millisecond
 // which is idempotent).
 type taskTargets struct {
 	tracked bool // in c.tgt.tasks: has an IP, its job has target groups
+	// heard: its agent has reported it in this leadership term. Until
+	// then its record may be stale (health is not always persisted), so
+	// a new leader neither registers nor deregisters it on the record's
+	// word: a failover never empties a load balancer.
+	heard bool
 	// inflight: a Register call for it is under way (a stop must then
 	// deregister it, whatever its record says).
 	inflight bool
@@ -261,11 +266,14 @@ func (p *targetPlan) op(list *[]*targetOp, arn string) *targetOp {
 // never left behind, whichever leader registered it.
 func (c *Core) targetLoop(ctx context.Context) {
 	c.mu.Lock()
-	// A new term: start over from the tasks (they re-register, idempotently).
+	// A new term (Load made every taskState afresh): track its tasks.
 	c.tgt.tasks = map[*taskState]struct{}{}
 	for _, t := range c.tasks {
-		t.lb = taskTargets{}
-		c.trackTargets(t)
+		if t.lb.tracked {
+			c.tgt.tasks[t] = struct{}{}
+		} else {
+			c.trackTargets(t)
+		}
 	}
 	c.mu.Unlock()
 	tick := time.NewTicker(targetPassEvery)
@@ -433,7 +441,7 @@ func (c *Core) planTargets(now time.Time) *targetPlan {
 	p := &targetPlan{draining: map[string][]*taskState{}, want: map[string]map[Target]bool{}}
 	ready := func(arn string) bool { return !now.Before(c.tgt.retryAt[arn]) }
 	for t := range c.tgt.tasks {
-		wanted := wantsTargets(t)
+		wanted := t.lb.heard && wantsTargets(t)
 		for _, tg := range t.job.rec.Spec.TargetGroups() {
 			tt := Target{t.rec.IP, tg.Port}
 			switch {
@@ -454,7 +462,7 @@ func (c *Core) planTargets(now time.Time) *targetPlan {
 					o.targets, o.tasks = append(o.targets, tt), append(o.tasks, t)
 					t.lb.inflight = true
 				}
-			case registrationOf(t, tg.ARN) == model.TargetRegistered:
+			case t.lb.heard && registrationOf(t, tg.ARN) == model.TargetRegistered:
 				// Unhealthy, or killed without a stop (a health kill): out.
 				if ready(tg.ARN) {
 					o := p.op(&p.deregister, tg.ARN)
@@ -501,7 +509,15 @@ func (c *Core) reconcileTargets(ctx context.Context, p *targetPlan, now time.Tim
 		}
 		// What should be there, decided now (after the read): a task that
 		// stops meanwhile is deregistered by a later pass, after this one.
+		// Targets of live tasks that should not be registered (stopping,
+		// unhealthy, not yet heard from) are left to the task's own path.
 		c.mu.Lock()
+		present := map[Target]bool{}
+		for _, h := range hs {
+			if h.State != Draining {
+				present[h.Target] = true
+			}
+		}
 		want, keep := map[Target]*taskState{}, map[Target]bool{}
 		for t := range c.tgt.tasks {
 			port := portIn(t, arn)
@@ -509,10 +525,14 @@ func (c *Core) reconcileTargets(ctx context.Context, p *targetPlan, now time.Tim
 				continue
 			}
 			tt := Target{t.rec.IP, port}
-			if t.lb.stopping {
-				keep[tt] = true // its own stop removes it
-			} else if wantsTargets(t) {
+			keep[tt] = true
+			if !t.lb.stopping && t.lb.heard && wantsTargets(t) {
 				want[tt] = t
+			}
+			if present[tt] && !t.lb.stopping && registrationOf(t, arn) != model.TargetRegistered {
+				// Registered by an earlier term's call this one never saw
+				// succeed: its own path deregisters it if it should not be.
+				c.setTargets(t, arn, model.TargetRegistered, "", now)
 			}
 		}
 		c.mu.Unlock()
@@ -524,7 +544,7 @@ func (c *Core) reconcileTargets(ctx context.Context, p *targetPlan, now time.Tim
 				continue
 			}
 			have[h.Target] = true
-			if want[h.Target] == nil && !keep[h.Target] {
+			if !keep[h.Target] {
 				extra = append(extra, h.Target)
 			}
 		}

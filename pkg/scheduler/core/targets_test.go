@@ -383,3 +383,38 @@ func TestTargetGroupsValidated(t *testing.T) {
 		}
 	}
 }
+
+// A new leader's records may be stale (health is not always persisted):
+// until a task's agent reports it, the task's target is neither removed
+// nor re-registered on the record's word, so a failover never empties a
+// load balancer; a target an earlier term registered unseen is taken as
+// registered.
+func TestTargetsFailoverKeepsServingTargets(t *testing.T) {
+	h := newLBHarness(t, 2, Config{})
+	ids := h.place()
+	h.status(ids[0], task.Running, "198.18.0.10", task.HealthHealthy)
+	h.status(ids[1], task.Running, "198.18.0.11", task.HealthStarting)
+	h.pass(true)
+	// As a new term sees it: not heard from, health unknown; task 1 was
+	// registered by the old leader after its record was written.
+	h.mu.Lock()
+	for _, id := range ids {
+		tk := h.tasks[id]
+		tk.lb.heard, tk.rec.Health = false, nil
+	}
+	h.mu.Unlock()
+	h.lb.mu.Lock()
+	h.lb.groups[tgA][Target{"198.18.0.11", 8080}] = "healthy"
+	h.lb.mu.Unlock()
+	if got := h.pass(true); len(got) != 0 {
+		t.Fatalf("before the agents report: %v", got)
+	}
+	if diff := cmp.Diff(regs(model.TargetRegistered, ""), h.targets(ids[1])); diff != "" {
+		t.Errorf("target found registered (-want +got):\n%s", diff)
+	}
+	h.status(ids[0], task.Running, "198.18.0.10", task.HealthHealthy)
+	h.status(ids[1], task.Running, "198.18.0.11", task.HealthUnhealthy)
+	if diff := cmp.Diff([]string{"deregister A 198.18.0.11:8080"}, h.pass(true)); diff != "" {
+		t.Errorf("once reported (-want +got):\n%s", diff)
+	}
+}
