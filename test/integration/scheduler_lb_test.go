@@ -45,7 +45,7 @@ func newLBBed(t *testing.T) *lbBed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := ec2c.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("198.18.0.0/15")})
+	v, err := ec2c.CreateVpc(ctx, &ec2.CreateVpcInput{CidrBlock: aws.String("198.19.0.0/16")})
 	if err != nil {
 		t.Fatalf("create vpc: %v", err)
 	}
