@@ -3,6 +3,7 @@ package core
 import (
 	"context"
 	"maps"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -62,6 +63,9 @@ type taskTargets struct {
 	// a new leader neither registers nor deregisters it on the record's
 	// word: a failover never empties a load balancer.
 	heard bool
+	// refused: its reported IP cannot be a target (not a unicast IPv4,
+	// or another live task's); it is never registered.
+	refused bool
 	// inflight: a Register call for it is under way (a stop must then
 	// deregister it, whatever its record says).
 	inflight bool
@@ -87,6 +91,8 @@ type goneTarget struct {
 // (guarded by c.mu).
 type targetsState struct {
 	tasks map[*taskState]struct{}
+	// byIP is the tracked task of each IP: one IP, one task.
+	byIP map[string]*taskState
 	gone  map[goneTarget]struct{}
 	// retryAt holds back calls to a group whose last call failed.
 	retryAt  map[string]time.Time
@@ -119,12 +125,27 @@ func (c *Core) checkTargetGroupsConfigured(spec model.JobSpec) error {
 // trackTargets starts managing t's targets once it has an IP and its job
 // names target groups. Callers hold c.mu.
 func (c *Core) trackTargets(t *taskState) {
-	if !c.targetsOn() || t.lb.tracked || t.rec.IP == "" || len(t.job.rec.Spec.TargetGroups()) == 0 {
+	if !c.targetsOn() || t.lb.tracked || t.lb.refused || t.rec.IP == "" || len(t.job.rec.Spec.TargetGroups()) == 0 {
 		return
 	}
 	if c.tgt.tasks == nil {
-		c.tgt.tasks = map[*taskState]struct{}{}
+		c.tgt.tasks, c.tgt.byIP = map[*taskState]struct{}{}, map[string]*taskState{}
 	}
+	// The IP comes from an agent: a broken or hostile one must not put
+	// another task's address (another tenant's, on another host) or a
+	// non-task address into this job's load balancer.
+	ip, err := netip.ParseAddr(t.rec.IP)
+	if err != nil || !ip.Is4() || !ip.IsGlobalUnicast() {
+		t.lb.refused = true
+		c.log.Error("not registering a task in its target groups: its agent reported no usable IPv4", "task", t.rec.ID, "agent", t.agent.id, "ip", t.rec.IP)
+		return
+	}
+	if o := c.tgt.byIP[t.rec.IP]; o != nil && o != t && o.lb.tracked {
+		t.lb.refused = true
+		c.log.Error("not registering a task in its target groups: its IP is another live task's", "task", t.rec.ID, "agent", t.agent.id, "ip", t.rec.IP, "holder", o.rec.ID, "holder_agent", o.agent.id)
+		return
+	}
+	c.tgt.byIP[t.rec.IP] = t
 	t.lb.tracked = true
 	c.tgt.tasks[t] = struct{}{}
 	if len(t.rec.Targets) == 0 {
@@ -144,6 +165,9 @@ func (c *Core) targetsEnded(t *taskState) {
 		return
 	}
 	delete(c.tgt.tasks, t)
+	if c.tgt.byIP[t.rec.IP] == t {
+		delete(c.tgt.byIP, t.rec.IP)
+	}
 	t.lb.tracked = false
 	if t.lb.deregistered {
 		return
@@ -267,10 +291,11 @@ func (p *targetPlan) op(list *[]*targetOp, arn string) *targetOp {
 func (c *Core) targetLoop(ctx context.Context) {
 	c.mu.Lock()
 	// A new term (Load made every taskState afresh): track its tasks.
-	c.tgt.tasks = map[*taskState]struct{}{}
+	c.tgt.tasks, c.tgt.byIP = map[*taskState]struct{}{}, map[string]*taskState{}
 	for _, t := range c.tasks {
 		if t.lb.tracked {
 			c.tgt.tasks[t] = struct{}{}
+			c.tgt.byIP[t.rec.IP] = t
 		} else {
 			c.trackTargets(t)
 		}

@@ -418,3 +418,55 @@ func TestTargetsFailoverKeepsServingTargets(t *testing.T) {
 		t.Errorf("once reported (-want +got):\n%s", diff)
 	}
 }
+
+// The attack: a broken or hostile agent reports, for a task of tenant B's
+// job, the IP of tenant A's task (or the host's metadata address), so
+// B's load balancer would send B's users to A's task. One IP is one live
+// task's, and only a unicast IPv4 is ever a target.
+func TestTargetsRefuseClaimedOrOddIPs(t *testing.T) {
+	h := newLBHarness(t, 1, Config{})
+	a := h.place()[0]
+	h.status(a, task.Running, "198.18.0.10", task.HealthHealthy)
+	h.pass(true)
+	other := testSpec(&model.ServiceJob{Max: 10, Desired: 3, TargetGroups: []model.TargetGroup{{ARN: tgB, Port: 80}}}, 100)
+	other.Application = "b"
+	h.submit(other)
+	bs := h.place()
+	if len(bs) != 3 {
+		t.Fatalf("placed %v", bs)
+	}
+	for i, ip := range []string{"198.18.0.10", "169.254.169.254", "127.0.0.1"} {
+		h.status(bs[i], task.Running, ip, task.HealthNone)
+	}
+	if got := h.pass(true); len(got) != 0 {
+		t.Errorf("calls for claimed or odd IPs: %v", got)
+	}
+	if got := h.lb.registered(tgB); len(got) != 0 {
+		t.Errorf("group B holds %v", got)
+	}
+	if diff := cmp.Diff([]string{"198.18.0.10:8080"}, h.lb.registered(tgA)); diff != "" {
+		t.Errorf("group A (-want +got):\n%s", diff)
+	}
+}
+
+// A group whose calls fail is called again only after a backoff.
+func TestTargetsBackoffAfterFailure(t *testing.T) {
+	h := newLBHarness(t, 1, Config{})
+	h.now = time.Now()
+	id := h.place()[0]
+	h.status(id, task.Running, "198.18.0.10", task.HealthHealthy)
+	h.pass(true)
+	h.lb.failDeregister = errors.New("Throttling: rate exceeded")
+	h.status(id, task.Running, "198.18.0.10", task.HealthUnhealthy)
+	if got := h.pass(false); len(got) != 1 {
+		t.Fatalf("first try: %v", got)
+	}
+	if got := h.pass(false); len(got) != 0 {
+		t.Errorf("retried at once: %v", got)
+	}
+	h.now = h.now.Add(2 * time.Second)
+	h.lb.failDeregister = nil
+	if diff := cmp.Diff([]string{"deregister A 198.18.0.10:8080"}, h.pass(false)); diff != "" {
+		t.Errorf("after the backoff (-want +got):\n%s", diff)
+	}
+}
