@@ -93,7 +93,7 @@ type targetsState struct {
 	tasks map[*taskState]struct{}
 	// byIP is the tracked task of each IP: one IP, one task.
 	byIP map[string]*taskState
-	gone  map[goneTarget]struct{}
+	gone map[goneTarget]struct{}
 	// retryAt holds back calls to a group whose last call failed.
 	retryAt  map[string]time.Time
 	failures map[string]int
