@@ -115,8 +115,8 @@ func (r *execRelay) serve(ctx context.Context, id string, s *relayed, start *age
 			s.unread.Add(-int64(len(in.GetStdin())))
 			return in, nil
 		case <-ctx.Done():
-			if c := context.Cause(ctx); status.Code(c) != codes.Unknown {
-				return nil, c // a bound ended it
+			if c := boundCause(ctx); c != nil {
+				return nil, c
 			}
 			return nil, status.Error(codes.Canceled, "exec session: the caller went away")
 		}
@@ -124,10 +124,22 @@ func (r *execRelay) serve(ctx context.Context, id string, s *relayed, start *age
 	send := func(o *agentv1.ExecOutput) error { return r.output(id, o, nil) }
 	code, err := r.run(ctx, start, start.GetPrincipal(), recv, send)
 	if err != nil {
+		if c := boundCause(ctx); c != nil {
+			err = c // a command that reads no input ends with its own error: say why it was ended
+		}
 		_ = r.output(id, nil, err)
 		return
 	}
 	_ = r.output(id, &agentv1.ExecOutput{Exited: true, ExitCode: int32(code)}, nil)
+}
+
+// boundCause is the error a bound ended the session with, or nil if it
+// was not ended by one (the caller or the agent went away, or it runs).
+func boundCause(ctx context.Context) error {
+	if c := context.Cause(ctx); c != nil && status.Code(c) != codes.Unknown {
+		return c
+	}
+	return nil
 }
 
 // relayInputBytes bounds a relayed session's unread input in bytes.
