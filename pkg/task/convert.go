@@ -44,6 +44,9 @@ func FromProto(p *agentv1.TaskSpec) *Spec {
 		s.Network = NetworkRequest{SecurityGroupIDs: n.GetSecurityGroupIds(), SubnetIDs: n.GetSubnetIds(), IPv6: n.GetIpv6()}
 	}
 	s.HealthCheck = HealthCheckFromProto(p.GetHealthCheck())
+	for _, r := range p.GetSecrets() {
+		s.Secrets = append(s.Secrets, SecretRef{Name: r.GetName(), From: r.GetFrom(), As: SecretAs(r.GetAs()), Path: r.GetPath()})
+	}
 	return s
 }
 
@@ -122,7 +125,12 @@ func seconds(s int64) time.Duration {
 
 // ToProto converts a Spec to its wire form.
 func ToProto(s *Spec) *agentv1.TaskSpec {
+	var secrets []*agentv1.SecretRef
+	for _, r := range s.Secrets {
+		secrets = append(secrets, &agentv1.SecretRef{Name: r.Name, From: r.From, As: string(r.As), Path: r.Path})
+	}
 	return &agentv1.TaskSpec{
+		Secrets:                secrets,
 		Id:                     s.ID,
 		OwnerEmail:             s.OwnerEmail,
 		Image:                  s.Image,

@@ -24,6 +24,9 @@ func TestLimitsDocumented(t *testing.T) {
 		"MinHealthInterval": MinHealthInterval, "MaxHealthInterval": MaxHealthInterval, "MaxHealthStartPeriod": MaxHealthStartPeriod,
 		"MaxHealthThreshold": MaxHealthThreshold, "MaxHealthPathLen": MaxHealthPathLen, "MaxHealthCommandBytes": MaxHealthCommandBytes,
 		"MaxHealthOutput": MaxHealthOutput,
+		"MaxSecrets": MaxSecrets, "MaxSecretNameLen": MaxSecretNameLen, "MaxSecretFromLen": MaxSecretFromLen,
+		"MaxSecretPathLen": MaxSecretPathLen, "MaxSecretPathDepth": MaxSecretPathDepth, "MaxSecretBytes": MaxSecretBytes,
+		"MaxSecretsTotalBytes": MaxSecretsTotalBytes,
 	} {
 		want[name] = fmt.Sprint(v)
 	}

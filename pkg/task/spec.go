@@ -38,6 +38,9 @@ type Spec struct {
 	MetadataRequireV2 bool              `json:"metadataRequireV2,omitempty"`
 	// HealthCheck, if set, is run while the task runs (see HealthCheck).
 	HealthCheck *HealthCheck `json:"healthCheck,omitempty"`
+	// Secrets are fetched with the task's IAM role and injected at start
+	// (see SecretRef); only the references are stored, never the values.
+	Secrets []SecretRef `json:"secrets,omitempty"`
 }
 
 // Defaults applied by Normalize when a field is left empty.

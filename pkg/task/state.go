@@ -82,6 +82,9 @@ const (
 	// ReasonHealthCheckFailed: the scheduler replaced a task that stayed
 	// Unhealthy past its job's policy (a user failure).
 	ReasonHealthCheckFailed Reason = "HealthCheckFailed"
+	// ReasonSecretUnavailable: a secret of the spec could not be fetched
+	// with the task's role (denied, missing, too large); nothing was left.
+	ReasonSecretUnavailable Reason = "SecretUnavailable"
 )
 
 // Transition is one recorded state change.

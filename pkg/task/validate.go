@@ -132,6 +132,7 @@ func (s *Spec) Validate() error {
 	}
 	s.checkNetwork(c)
 	s.checkHealth(c)
+	s.checkSecrets(c)
 	if len(c.errs) == 0 {
 		return nil
 	}

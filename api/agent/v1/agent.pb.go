@@ -320,7 +320,10 @@ type TaskSpec struct {
 	// Require IMDSv2 tokens for this task's metadata requests.
 	MetadataRequireV2 bool `protobuf:"varint,13,opt,name=metadata_require_v2,json=metadataRequireV2,proto3" json:"metadata_require_v2,omitempty"`
 	// Checked while the task runs; its status is the task's health.
-	HealthCheck   *HealthCheckSpec `protobuf:"bytes,14,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
+	HealthCheck *HealthCheckSpec `protobuf:"bytes,14,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
+	// Fetched by the agent with the task's own IAM role (iam_role_arn) and
+	// injected at start; only these references are stored, never the values.
+	Secrets       []*SecretRef `protobuf:"bytes,15,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -453,6 +456,90 @@ func (x *TaskSpec) GetHealthCheck() *HealthCheckSpec {
 	return nil
 }
 
+func (x *TaskSpec) GetSecrets() []*SecretRef {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+// SecretRef names one secret of a task (see docs/task-spec.md).
+type SecretRef struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The environment variable (as env), or the file's name and default path
+	// (as file).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// A Secrets Manager secret ARN, optionally followed by ":JSONKEY" (one
+	// top-level key of a JSON secret), or an SSM parameter by name
+	// (/team/app/password) or ARN.
+	From string `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	// "file" (default): a read-only file, mode 0400, owned by the task's
+	// user, below /run/secrets; "env": an environment variable.
+	As string `protobuf:"bytes,3,opt,name=as,proto3" json:"as,omitempty"`
+	// as file: the path relative to /run/secrets (default: name).
+	Path          string `protobuf:"bytes,4,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecretRef) Reset() {
+	*x = SecretRef{}
+	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecretRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecretRef) ProtoMessage() {}
+
+func (x *SecretRef) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecretRef.ProtoReflect.Descriptor instead.
+func (*SecretRef) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SecretRef) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SecretRef) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *SecretRef) GetAs() string {
+	if x != nil {
+		return x.As
+	}
+	return ""
+}
+
+func (x *SecretRef) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
 // HealthCheckSpec says how the agent checks a running task: http and tcp
 // checks dial the task's own IP from inside its network namespace; an exec
 // check runs a command inside the container, as the task's user.
@@ -483,7 +570,7 @@ type HealthCheckSpec struct {
 
 func (x *HealthCheckSpec) Reset() {
 	*x = HealthCheckSpec{}
-	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agent_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +582,7 @@ func (x *HealthCheckSpec) String() string {
 func (*HealthCheckSpec) ProtoMessage() {}
 
 func (x *HealthCheckSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[3]
+	mi := &file_agent_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +595,7 @@ func (x *HealthCheckSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheckSpec.ProtoReflect.Descriptor instead.
 func (*HealthCheckSpec) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HealthCheckSpec) GetKind() string {
@@ -599,7 +686,7 @@ type TaskHealth struct {
 
 func (x *TaskHealth) Reset() {
 	*x = TaskHealth{}
-	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -611,7 +698,7 @@ func (x *TaskHealth) String() string {
 func (*TaskHealth) ProtoMessage() {}
 
 func (x *TaskHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[4]
+	mi := &file_agent_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -624,7 +711,7 @@ func (x *TaskHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskHealth.ProtoReflect.Descriptor instead.
 func (*TaskHealth) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TaskHealth) GetStatus() HealthStatus {
@@ -678,7 +765,7 @@ type Transition struct {
 
 func (x *Transition) Reset() {
 	*x = Transition{}
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -690,7 +777,7 @@ func (x *Transition) String() string {
 func (*Transition) ProtoMessage() {}
 
 func (x *Transition) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[5]
+	mi := &file_agent_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -703,7 +790,7 @@ func (x *Transition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Transition.ProtoReflect.Descriptor instead.
 func (*Transition) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Transition) GetState() TaskState {
@@ -756,7 +843,7 @@ type LaunchStep struct {
 
 func (x *LaunchStep) Reset() {
 	*x = LaunchStep{}
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -768,7 +855,7 @@ func (x *LaunchStep) String() string {
 func (*LaunchStep) ProtoMessage() {}
 
 func (x *LaunchStep) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[6]
+	mi := &file_agent_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -781,7 +868,7 @@ func (x *LaunchStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchStep.ProtoReflect.Descriptor instead.
 func (*LaunchStep) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LaunchStep) GetName() string {
@@ -827,7 +914,7 @@ type NetworkStatus struct {
 
 func (x *NetworkStatus) Reset() {
 	*x = NetworkStatus{}
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +926,7 @@ func (x *NetworkStatus) String() string {
 func (*NetworkStatus) ProtoMessage() {}
 
 func (x *NetworkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[7]
+	mi := &file_agent_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +939,7 @@ func (x *NetworkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkStatus.ProtoReflect.Descriptor instead.
 func (*NetworkStatus) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *NetworkStatus) GetIpv4() string {
@@ -922,7 +1009,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +1021,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[8]
+	mi := &file_agent_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1034,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Task) GetSpec() *TaskSpec {
@@ -1029,7 +1116,7 @@ type TaskEvent struct {
 
 func (x *TaskEvent) Reset() {
 	*x = TaskEvent{}
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1128,7 @@ func (x *TaskEvent) String() string {
 func (*TaskEvent) ProtoMessage() {}
 
 func (x *TaskEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[9]
+	mi := &file_agent_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1141,7 @@ func (x *TaskEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskEvent.ProtoReflect.Descriptor instead.
 func (*TaskEvent) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *TaskEvent) GetTaskId() string {
@@ -1101,7 +1188,7 @@ type LaunchTaskRequest struct {
 
 func (x *LaunchTaskRequest) Reset() {
 	*x = LaunchTaskRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1200,7 @@ func (x *LaunchTaskRequest) String() string {
 func (*LaunchTaskRequest) ProtoMessage() {}
 
 func (x *LaunchTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[10]
+	mi := &file_agent_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1213,7 @@ func (x *LaunchTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchTaskRequest.ProtoReflect.Descriptor instead.
 func (*LaunchTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LaunchTaskRequest) GetSpec() *TaskSpec {
@@ -1145,7 +1232,7 @@ type LaunchTaskResponse struct {
 
 func (x *LaunchTaskResponse) Reset() {
 	*x = LaunchTaskResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1244,7 @@ func (x *LaunchTaskResponse) String() string {
 func (*LaunchTaskResponse) ProtoMessage() {}
 
 func (x *LaunchTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[11]
+	mi := &file_agent_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1257,7 @@ func (x *LaunchTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LaunchTaskResponse.ProtoReflect.Descriptor instead.
 func (*LaunchTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LaunchTaskResponse) GetTask() *Task {
@@ -1191,7 +1278,7 @@ type KillTaskRequest struct {
 
 func (x *KillTaskRequest) Reset() {
 	*x = KillTaskRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1203,7 +1290,7 @@ func (x *KillTaskRequest) String() string {
 func (*KillTaskRequest) ProtoMessage() {}
 
 func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[12]
+	mi := &file_agent_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1216,7 +1303,7 @@ func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillTaskRequest.ProtoReflect.Descriptor instead.
 func (*KillTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *KillTaskRequest) GetId() string {
@@ -1242,7 +1329,7 @@ type KillTaskResponse struct {
 
 func (x *KillTaskResponse) Reset() {
 	*x = KillTaskResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1341,7 @@ func (x *KillTaskResponse) String() string {
 func (*KillTaskResponse) ProtoMessage() {}
 
 func (x *KillTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[13]
+	mi := &file_agent_v1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1354,7 @@ func (x *KillTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillTaskResponse.ProtoReflect.Descriptor instead.
 func (*KillTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{13}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *KillTaskResponse) GetTask() *Task {
@@ -1286,7 +1373,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1385,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[14]
+	mi := &file_agent_v1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1398,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{14}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -1331,7 +1418,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1343,7 +1430,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[15]
+	mi := &file_agent_v1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1356,7 +1443,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{15}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListTasksRequest) GetAll() bool {
@@ -1375,7 +1462,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1387,7 +1474,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[16]
+	mi := &file_agent_v1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1400,7 +1487,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{16}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -1419,7 +1506,7 @@ type WatchEventsRequest struct {
 
 func (x *WatchEventsRequest) Reset() {
 	*x = WatchEventsRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1431,7 +1518,7 @@ func (x *WatchEventsRequest) String() string {
 func (*WatchEventsRequest) ProtoMessage() {}
 
 func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[17]
+	mi := &file_agent_v1_agent_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1444,7 +1531,7 @@ func (x *WatchEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEventsRequest.ProtoReflect.Descriptor instead.
 func (*WatchEventsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{17}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchEventsRequest) GetTaskId() string {
@@ -1466,7 +1553,7 @@ type TaskLogsRequest struct {
 
 func (x *TaskLogsRequest) Reset() {
 	*x = TaskLogsRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1565,7 @@ func (x *TaskLogsRequest) String() string {
 func (*TaskLogsRequest) ProtoMessage() {}
 
 func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[18]
+	mi := &file_agent_v1_agent_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1578,7 @@ func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskLogsRequest.ProtoReflect.Descriptor instead.
 func (*TaskLogsRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{18}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TaskLogsRequest) GetId() string {
@@ -1524,7 +1611,7 @@ type LogChunk struct {
 
 func (x *LogChunk) Reset() {
 	*x = LogChunk{}
-	mi := &file_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1536,7 +1623,7 @@ func (x *LogChunk) String() string {
 func (*LogChunk) ProtoMessage() {}
 
 func (x *LogChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[19]
+	mi := &file_agent_v1_agent_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1549,7 +1636,7 @@ func (x *LogChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LogChunk.ProtoReflect.Descriptor instead.
 func (*LogChunk) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{19}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *LogChunk) GetData() []byte {
@@ -1571,7 +1658,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1583,7 +1670,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[20]
+	mi := &file_agent_v1_agent_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1596,7 +1683,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{20}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExecRequest) GetId() string {
@@ -1636,7 +1723,7 @@ type InspectTaskRequest struct {
 
 func (x *InspectTaskRequest) Reset() {
 	*x = InspectTaskRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1648,7 +1735,7 @@ func (x *InspectTaskRequest) String() string {
 func (*InspectTaskRequest) ProtoMessage() {}
 
 func (x *InspectTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[21]
+	mi := &file_agent_v1_agent_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1661,7 +1748,7 @@ func (x *InspectTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectTaskRequest.ProtoReflect.Descriptor instead.
 func (*InspectTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{21}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *InspectTaskRequest) GetId() string {
@@ -1687,7 +1774,7 @@ type InspectTaskResponse struct {
 
 func (x *InspectTaskResponse) Reset() {
 	*x = InspectTaskResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1699,7 +1786,7 @@ func (x *InspectTaskResponse) String() string {
 func (*InspectTaskResponse) ProtoMessage() {}
 
 func (x *InspectTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[22]
+	mi := &file_agent_v1_agent_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1712,7 +1799,7 @@ func (x *InspectTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InspectTaskResponse.ProtoReflect.Descriptor instead.
 func (*InspectTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{22}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *InspectTaskResponse) GetTask() *Task {
@@ -1759,7 +1846,7 @@ type TopTaskRequest struct {
 
 func (x *TopTaskRequest) Reset() {
 	*x = TopTaskRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +1858,7 @@ func (x *TopTaskRequest) String() string {
 func (*TopTaskRequest) ProtoMessage() {}
 
 func (x *TopTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[23]
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +1871,7 @@ func (x *TopTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopTaskRequest.ProtoReflect.Descriptor instead.
 func (*TopTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{23}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *TopTaskRequest) GetId() string {
@@ -1810,7 +1897,7 @@ type TaskProcess struct {
 
 func (x *TaskProcess) Reset() {
 	*x = TaskProcess{}
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1822,7 +1909,7 @@ func (x *TaskProcess) String() string {
 func (*TaskProcess) ProtoMessage() {}
 
 func (x *TaskProcess) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1835,7 +1922,7 @@ func (x *TaskProcess) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskProcess.ProtoReflect.Descriptor instead.
 func (*TaskProcess) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *TaskProcess) GetHostPid() int32 {
@@ -1897,7 +1984,7 @@ type TopTaskResponse struct {
 
 func (x *TopTaskResponse) Reset() {
 	*x = TopTaskResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +1996,7 @@ func (x *TopTaskResponse) String() string {
 func (*TopTaskResponse) ProtoMessage() {}
 
 func (x *TopTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2009,7 @@ func (x *TopTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopTaskResponse.ProtoReflect.Descriptor instead.
 func (*TopTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TopTaskResponse) GetCgroup() string {
@@ -1949,7 +2036,7 @@ type WindowSize struct {
 
 func (x *WindowSize) Reset() {
 	*x = WindowSize{}
-	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2048,7 @@ func (x *WindowSize) String() string {
 func (*WindowSize) ProtoMessage() {}
 
 func (x *WindowSize) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2061,7 @@ func (x *WindowSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
 func (*WindowSize) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WindowSize) GetWidth() uint32 {
@@ -2009,7 +2096,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2108,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2121,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ExecStart) GetId() string {
@@ -2094,7 +2181,7 @@ type ExecInput struct {
 
 func (x *ExecInput) Reset() {
 	*x = ExecInput{}
-	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2106,7 +2193,7 @@ func (x *ExecInput) String() string {
 func (*ExecInput) ProtoMessage() {}
 
 func (x *ExecInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2119,7 +2206,7 @@ func (x *ExecInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecInput.ProtoReflect.Descriptor instead.
 func (*ExecInput) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ExecInput) GetMsg() isExecInput_Msg {
@@ -2205,7 +2292,7 @@ type ExecOutput struct {
 
 func (x *ExecOutput) Reset() {
 	*x = ExecOutput{}
-	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2217,7 +2304,7 @@ func (x *ExecOutput) String() string {
 func (*ExecOutput) ProtoMessage() {}
 
 func (x *ExecOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2230,7 +2317,7 @@ func (x *ExecOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
 func (*ExecOutput) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExecOutput) GetStdout() []byte {
@@ -2269,7 +2356,7 @@ type HealthRequest struct {
 
 func (x *HealthRequest) Reset() {
 	*x = HealthRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2281,7 +2368,7 @@ func (x *HealthRequest) String() string {
 func (*HealthRequest) ProtoMessage() {}
 
 func (x *HealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2294,7 +2381,7 @@ func (x *HealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthRequest.ProtoReflect.Descriptor instead.
 func (*HealthRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 type HealthCheck struct {
@@ -2308,7 +2395,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2320,7 +2407,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2333,7 +2420,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *HealthCheck) GetName() string {
@@ -2367,7 +2454,7 @@ type HealthResponse struct {
 
 func (x *HealthResponse) Reset() {
 	*x = HealthResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2379,7 +2466,7 @@ func (x *HealthResponse) String() string {
 func (*HealthResponse) ProtoMessage() {}
 
 func (x *HealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2392,7 +2479,7 @@ func (x *HealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthResponse.ProtoReflect.Descriptor instead.
 func (*HealthResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *HealthResponse) GetHealthy() bool {
@@ -2417,7 +2504,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2429,7 +2516,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +2529,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 type VersionResponse struct {
@@ -2456,7 +2543,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2468,7 +2555,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2481,7 +2568,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -2513,7 +2600,7 @@ type VPCStatusRequest struct {
 
 func (x *VPCStatusRequest) Reset() {
 	*x = VPCStatusRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2525,7 +2612,7 @@ func (x *VPCStatusRequest) String() string {
 func (*VPCStatusRequest) ProtoMessage() {}
 
 func (x *VPCStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2538,7 +2625,7 @@ func (x *VPCStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCStatusRequest.ProtoReflect.Descriptor instead.
 func (*VPCStatusRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 type VPCStatusResponse struct {
@@ -2552,7 +2639,7 @@ type VPCStatusResponse struct {
 
 func (x *VPCStatusResponse) Reset() {
 	*x = VPCStatusResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_agent_v1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2564,7 +2651,7 @@ func (x *VPCStatusResponse) String() string {
 func (*VPCStatusResponse) ProtoMessage() {}
 
 func (x *VPCStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_agent_v1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2577,7 +2664,7 @@ func (x *VPCStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCStatusResponse.ProtoReflect.Descriptor instead.
 func (*VPCStatusResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{36}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *VPCStatusResponse) GetProvider() string {
@@ -2604,7 +2691,7 @@ type VPCGCRequest struct {
 
 func (x *VPCGCRequest) Reset() {
 	*x = VPCGCRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_agent_v1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2616,7 +2703,7 @@ func (x *VPCGCRequest) String() string {
 func (*VPCGCRequest) ProtoMessage() {}
 
 func (x *VPCGCRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_agent_v1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2629,7 +2716,7 @@ func (x *VPCGCRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCGCRequest.ProtoReflect.Descriptor instead.
 func (*VPCGCRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{37}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *VPCGCRequest) GetApply() bool {
@@ -2648,7 +2735,7 @@ type VPCGCResponse struct {
 
 func (x *VPCGCResponse) Reset() {
 	*x = VPCGCResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_agent_v1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2660,7 +2747,7 @@ func (x *VPCGCResponse) String() string {
 func (*VPCGCResponse) ProtoMessage() {}
 
 func (x *VPCGCResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_agent_v1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2673,7 +2760,7 @@ func (x *VPCGCResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCGCResponse.ProtoReflect.Descriptor instead.
 func (*VPCGCResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{38}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *VPCGCResponse) GetActions() []string {
@@ -2693,7 +2780,7 @@ type MetadataGetRequest struct {
 
 func (x *MetadataGetRequest) Reset() {
 	*x = MetadataGetRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_agent_v1_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2705,7 +2792,7 @@ func (x *MetadataGetRequest) String() string {
 func (*MetadataGetRequest) ProtoMessage() {}
 
 func (x *MetadataGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_agent_v1_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2718,7 +2805,7 @@ func (x *MetadataGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataGetRequest.ProtoReflect.Descriptor instead.
 func (*MetadataGetRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{39}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *MetadataGetRequest) GetTaskId() string {
@@ -2746,7 +2833,7 @@ type MetadataGetResponse struct {
 
 func (x *MetadataGetResponse) Reset() {
 	*x = MetadataGetResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_agent_v1_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2758,7 +2845,7 @@ func (x *MetadataGetResponse) String() string {
 func (*MetadataGetResponse) ProtoMessage() {}
 
 func (x *MetadataGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_agent_v1_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2771,7 +2858,7 @@ func (x *MetadataGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataGetResponse.ProtoReflect.Descriptor instead.
 func (*MetadataGetResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{40}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *MetadataGetResponse) GetStatus() int32 {
@@ -2813,7 +2900,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x12security_group_ids\x18\x01 \x03(\tR\x10securityGroupIds\x12\x1d\n" +
 	"\n" +
 	"subnet_ids\x18\x02 \x03(\tR\tsubnetIds\x12\x12\n" +
-	"\x04ipv6\x18\x03 \x01(\bR\x04ipv6\"\xe5\x05\n" +
+	"\x04ipv6\x18\x03 \x01(\bR\x04ipv6\"\x9a\x06\n" +
 	"\bTaskSpec\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vowner_email\x18\x02 \x01(\tR\n" +
@@ -2833,13 +2920,19 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"iamRoleArn\x128\n" +
 	"\anetwork\x18\f \x01(\v2\x1e.titus.agent.v1.NetworkRequestR\anetwork\x12.\n" +
 	"\x13metadata_require_v2\x18\r \x01(\bR\x11metadataRequireV2\x12B\n" +
-	"\fhealth_check\x18\x0e \x01(\v2\x1f.titus.agent.v1.HealthCheckSpecR\vhealthCheck\x1a6\n" +
+	"\fhealth_check\x18\x0e \x01(\v2\x1f.titus.agent.v1.HealthCheckSpecR\vhealthCheck\x123\n" +
+	"\asecrets\x18\x0f \x03(\v2\x19.titus.agent.v1.SecretRefR\asecrets\x1a6\n" +
 	"\bEnvEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x98\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"W\n" +
+	"\tSecretRef\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02as\x18\x03 \x01(\tR\x02as\x12\x12\n" +
+	"\x04path\x18\x04 \x01(\tR\x04path\"\x98\x03\n" +
 	"\x0fHealthCheckSpec\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x18\n" +
 	"\acommand\x18\x02 \x03(\tR\acommand\x12\x12\n" +
@@ -3052,127 +3145,129 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(HealthStatus)(0),             // 0: titus.agent.v1.HealthStatus
 	(TaskState)(0),                // 1: titus.agent.v1.TaskState
 	(*Resources)(nil),             // 2: titus.agent.v1.Resources
 	(*NetworkRequest)(nil),        // 3: titus.agent.v1.NetworkRequest
 	(*TaskSpec)(nil),              // 4: titus.agent.v1.TaskSpec
-	(*HealthCheckSpec)(nil),       // 5: titus.agent.v1.HealthCheckSpec
-	(*TaskHealth)(nil),            // 6: titus.agent.v1.TaskHealth
-	(*Transition)(nil),            // 7: titus.agent.v1.Transition
-	(*LaunchStep)(nil),            // 8: titus.agent.v1.LaunchStep
-	(*NetworkStatus)(nil),         // 9: titus.agent.v1.NetworkStatus
-	(*Task)(nil),                  // 10: titus.agent.v1.Task
-	(*TaskEvent)(nil),             // 11: titus.agent.v1.TaskEvent
-	(*LaunchTaskRequest)(nil),     // 12: titus.agent.v1.LaunchTaskRequest
-	(*LaunchTaskResponse)(nil),    // 13: titus.agent.v1.LaunchTaskResponse
-	(*KillTaskRequest)(nil),       // 14: titus.agent.v1.KillTaskRequest
-	(*KillTaskResponse)(nil),      // 15: titus.agent.v1.KillTaskResponse
-	(*GetTaskRequest)(nil),        // 16: titus.agent.v1.GetTaskRequest
-	(*ListTasksRequest)(nil),      // 17: titus.agent.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),     // 18: titus.agent.v1.ListTasksResponse
-	(*WatchEventsRequest)(nil),    // 19: titus.agent.v1.WatchEventsRequest
-	(*TaskLogsRequest)(nil),       // 20: titus.agent.v1.TaskLogsRequest
-	(*LogChunk)(nil),              // 21: titus.agent.v1.LogChunk
-	(*ExecRequest)(nil),           // 22: titus.agent.v1.ExecRequest
-	(*InspectTaskRequest)(nil),    // 23: titus.agent.v1.InspectTaskRequest
-	(*InspectTaskResponse)(nil),   // 24: titus.agent.v1.InspectTaskResponse
-	(*TopTaskRequest)(nil),        // 25: titus.agent.v1.TopTaskRequest
-	(*TaskProcess)(nil),           // 26: titus.agent.v1.TaskProcess
-	(*TopTaskResponse)(nil),       // 27: titus.agent.v1.TopTaskResponse
-	(*WindowSize)(nil),            // 28: titus.agent.v1.WindowSize
-	(*ExecStart)(nil),             // 29: titus.agent.v1.ExecStart
-	(*ExecInput)(nil),             // 30: titus.agent.v1.ExecInput
-	(*ExecOutput)(nil),            // 31: titus.agent.v1.ExecOutput
-	(*HealthRequest)(nil),         // 32: titus.agent.v1.HealthRequest
-	(*HealthCheck)(nil),           // 33: titus.agent.v1.HealthCheck
-	(*HealthResponse)(nil),        // 34: titus.agent.v1.HealthResponse
-	(*VersionRequest)(nil),        // 35: titus.agent.v1.VersionRequest
-	(*VersionResponse)(nil),       // 36: titus.agent.v1.VersionResponse
-	(*VPCStatusRequest)(nil),      // 37: titus.agent.v1.VPCStatusRequest
-	(*VPCStatusResponse)(nil),     // 38: titus.agent.v1.VPCStatusResponse
-	(*VPCGCRequest)(nil),          // 39: titus.agent.v1.VPCGCRequest
-	(*VPCGCResponse)(nil),         // 40: titus.agent.v1.VPCGCResponse
-	(*MetadataGetRequest)(nil),    // 41: titus.agent.v1.MetadataGetRequest
-	(*MetadataGetResponse)(nil),   // 42: titus.agent.v1.MetadataGetResponse
-	nil,                           // 43: titus.agent.v1.TaskSpec.EnvEntry
-	nil,                           // 44: titus.agent.v1.TaskSpec.LabelsEntry
-	nil,                           // 45: titus.agent.v1.InspectTaskResponse.LimitsEntry
-	(*durationpb.Duration)(nil),   // 46: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 47: google.protobuf.Timestamp
+	(*SecretRef)(nil),             // 5: titus.agent.v1.SecretRef
+	(*HealthCheckSpec)(nil),       // 6: titus.agent.v1.HealthCheckSpec
+	(*TaskHealth)(nil),            // 7: titus.agent.v1.TaskHealth
+	(*Transition)(nil),            // 8: titus.agent.v1.Transition
+	(*LaunchStep)(nil),            // 9: titus.agent.v1.LaunchStep
+	(*NetworkStatus)(nil),         // 10: titus.agent.v1.NetworkStatus
+	(*Task)(nil),                  // 11: titus.agent.v1.Task
+	(*TaskEvent)(nil),             // 12: titus.agent.v1.TaskEvent
+	(*LaunchTaskRequest)(nil),     // 13: titus.agent.v1.LaunchTaskRequest
+	(*LaunchTaskResponse)(nil),    // 14: titus.agent.v1.LaunchTaskResponse
+	(*KillTaskRequest)(nil),       // 15: titus.agent.v1.KillTaskRequest
+	(*KillTaskResponse)(nil),      // 16: titus.agent.v1.KillTaskResponse
+	(*GetTaskRequest)(nil),        // 17: titus.agent.v1.GetTaskRequest
+	(*ListTasksRequest)(nil),      // 18: titus.agent.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),     // 19: titus.agent.v1.ListTasksResponse
+	(*WatchEventsRequest)(nil),    // 20: titus.agent.v1.WatchEventsRequest
+	(*TaskLogsRequest)(nil),       // 21: titus.agent.v1.TaskLogsRequest
+	(*LogChunk)(nil),              // 22: titus.agent.v1.LogChunk
+	(*ExecRequest)(nil),           // 23: titus.agent.v1.ExecRequest
+	(*InspectTaskRequest)(nil),    // 24: titus.agent.v1.InspectTaskRequest
+	(*InspectTaskResponse)(nil),   // 25: titus.agent.v1.InspectTaskResponse
+	(*TopTaskRequest)(nil),        // 26: titus.agent.v1.TopTaskRequest
+	(*TaskProcess)(nil),           // 27: titus.agent.v1.TaskProcess
+	(*TopTaskResponse)(nil),       // 28: titus.agent.v1.TopTaskResponse
+	(*WindowSize)(nil),            // 29: titus.agent.v1.WindowSize
+	(*ExecStart)(nil),             // 30: titus.agent.v1.ExecStart
+	(*ExecInput)(nil),             // 31: titus.agent.v1.ExecInput
+	(*ExecOutput)(nil),            // 32: titus.agent.v1.ExecOutput
+	(*HealthRequest)(nil),         // 33: titus.agent.v1.HealthRequest
+	(*HealthCheck)(nil),           // 34: titus.agent.v1.HealthCheck
+	(*HealthResponse)(nil),        // 35: titus.agent.v1.HealthResponse
+	(*VersionRequest)(nil),        // 36: titus.agent.v1.VersionRequest
+	(*VersionResponse)(nil),       // 37: titus.agent.v1.VersionResponse
+	(*VPCStatusRequest)(nil),      // 38: titus.agent.v1.VPCStatusRequest
+	(*VPCStatusResponse)(nil),     // 39: titus.agent.v1.VPCStatusResponse
+	(*VPCGCRequest)(nil),          // 40: titus.agent.v1.VPCGCRequest
+	(*VPCGCResponse)(nil),         // 41: titus.agent.v1.VPCGCResponse
+	(*MetadataGetRequest)(nil),    // 42: titus.agent.v1.MetadataGetRequest
+	(*MetadataGetResponse)(nil),   // 43: titus.agent.v1.MetadataGetResponse
+	nil,                           // 44: titus.agent.v1.TaskSpec.EnvEntry
+	nil,                           // 45: titus.agent.v1.TaskSpec.LabelsEntry
+	nil,                           // 46: titus.agent.v1.InspectTaskResponse.LimitsEntry
+	(*durationpb.Duration)(nil),   // 47: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 48: google.protobuf.Timestamp
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
-	43, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
+	44, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
 	2,  // 1: titus.agent.v1.TaskSpec.resources:type_name -> titus.agent.v1.Resources
-	44, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
+	45, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
 	3,  // 3: titus.agent.v1.TaskSpec.network:type_name -> titus.agent.v1.NetworkRequest
-	5,  // 4: titus.agent.v1.TaskSpec.health_check:type_name -> titus.agent.v1.HealthCheckSpec
-	46, // 5: titus.agent.v1.HealthCheckSpec.interval:type_name -> google.protobuf.Duration
-	46, // 6: titus.agent.v1.HealthCheckSpec.timeout:type_name -> google.protobuf.Duration
-	46, // 7: titus.agent.v1.HealthCheckSpec.start_period:type_name -> google.protobuf.Duration
-	0,  // 8: titus.agent.v1.TaskHealth.status:type_name -> titus.agent.v1.HealthStatus
-	47, // 9: titus.agent.v1.TaskHealth.since:type_name -> google.protobuf.Timestamp
-	47, // 10: titus.agent.v1.TaskHealth.checked:type_name -> google.protobuf.Timestamp
-	1,  // 11: titus.agent.v1.Transition.state:type_name -> titus.agent.v1.TaskState
-	47, // 12: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
-	8,  // 13: titus.agent.v1.Transition.steps:type_name -> titus.agent.v1.LaunchStep
-	47, // 14: titus.agent.v1.LaunchStep.start:type_name -> google.protobuf.Timestamp
-	46, // 15: titus.agent.v1.LaunchStep.took:type_name -> google.protobuf.Duration
-	4,  // 16: titus.agent.v1.Task.spec:type_name -> titus.agent.v1.TaskSpec
-	1,  // 17: titus.agent.v1.Task.state:type_name -> titus.agent.v1.TaskState
-	7,  // 18: titus.agent.v1.Task.transitions:type_name -> titus.agent.v1.Transition
-	9,  // 19: titus.agent.v1.Task.network:type_name -> titus.agent.v1.NetworkStatus
-	6,  // 20: titus.agent.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
-	7,  // 21: titus.agent.v1.TaskEvent.transition:type_name -> titus.agent.v1.Transition
-	6,  // 22: titus.agent.v1.TaskEvent.health:type_name -> titus.agent.v1.TaskHealth
-	4,  // 23: titus.agent.v1.LaunchTaskRequest.spec:type_name -> titus.agent.v1.TaskSpec
-	10, // 24: titus.agent.v1.LaunchTaskResponse.task:type_name -> titus.agent.v1.Task
-	10, // 25: titus.agent.v1.KillTaskResponse.task:type_name -> titus.agent.v1.Task
-	10, // 26: titus.agent.v1.ListTasksResponse.tasks:type_name -> titus.agent.v1.Task
-	10, // 27: titus.agent.v1.InspectTaskResponse.task:type_name -> titus.agent.v1.Task
-	45, // 28: titus.agent.v1.InspectTaskResponse.limits:type_name -> titus.agent.v1.InspectTaskResponse.LimitsEntry
-	26, // 29: titus.agent.v1.TopTaskResponse.processes:type_name -> titus.agent.v1.TaskProcess
-	28, // 30: titus.agent.v1.ExecStart.size:type_name -> titus.agent.v1.WindowSize
-	29, // 31: titus.agent.v1.ExecInput.start:type_name -> titus.agent.v1.ExecStart
-	28, // 32: titus.agent.v1.ExecInput.resize:type_name -> titus.agent.v1.WindowSize
-	33, // 33: titus.agent.v1.HealthResponse.checks:type_name -> titus.agent.v1.HealthCheck
-	12, // 34: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
-	14, // 35: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
-	16, // 36: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
-	17, // 37: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
-	19, // 38: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
-	20, // 39: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
-	22, // 40: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
-	30, // 41: titus.agent.v1.Agent.ExecSession:input_type -> titus.agent.v1.ExecInput
-	23, // 42: titus.agent.v1.Agent.InspectTask:input_type -> titus.agent.v1.InspectTaskRequest
-	25, // 43: titus.agent.v1.Agent.TopTask:input_type -> titus.agent.v1.TopTaskRequest
-	32, // 44: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
-	37, // 45: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
-	39, // 46: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
-	41, // 47: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
-	35, // 48: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
-	13, // 49: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
-	15, // 50: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
-	10, // 51: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
-	18, // 52: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
-	11, // 53: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
-	21, // 54: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
-	31, // 55: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
-	31, // 56: titus.agent.v1.Agent.ExecSession:output_type -> titus.agent.v1.ExecOutput
-	24, // 57: titus.agent.v1.Agent.InspectTask:output_type -> titus.agent.v1.InspectTaskResponse
-	27, // 58: titus.agent.v1.Agent.TopTask:output_type -> titus.agent.v1.TopTaskResponse
-	34, // 59: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
-	38, // 60: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
-	40, // 61: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
-	42, // 62: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
-	36, // 63: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
-	49, // [49:64] is the sub-list for method output_type
-	34, // [34:49] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	6,  // 4: titus.agent.v1.TaskSpec.health_check:type_name -> titus.agent.v1.HealthCheckSpec
+	5,  // 5: titus.agent.v1.TaskSpec.secrets:type_name -> titus.agent.v1.SecretRef
+	47, // 6: titus.agent.v1.HealthCheckSpec.interval:type_name -> google.protobuf.Duration
+	47, // 7: titus.agent.v1.HealthCheckSpec.timeout:type_name -> google.protobuf.Duration
+	47, // 8: titus.agent.v1.HealthCheckSpec.start_period:type_name -> google.protobuf.Duration
+	0,  // 9: titus.agent.v1.TaskHealth.status:type_name -> titus.agent.v1.HealthStatus
+	48, // 10: titus.agent.v1.TaskHealth.since:type_name -> google.protobuf.Timestamp
+	48, // 11: titus.agent.v1.TaskHealth.checked:type_name -> google.protobuf.Timestamp
+	1,  // 12: titus.agent.v1.Transition.state:type_name -> titus.agent.v1.TaskState
+	48, // 13: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	9,  // 14: titus.agent.v1.Transition.steps:type_name -> titus.agent.v1.LaunchStep
+	48, // 15: titus.agent.v1.LaunchStep.start:type_name -> google.protobuf.Timestamp
+	47, // 16: titus.agent.v1.LaunchStep.took:type_name -> google.protobuf.Duration
+	4,  // 17: titus.agent.v1.Task.spec:type_name -> titus.agent.v1.TaskSpec
+	1,  // 18: titus.agent.v1.Task.state:type_name -> titus.agent.v1.TaskState
+	8,  // 19: titus.agent.v1.Task.transitions:type_name -> titus.agent.v1.Transition
+	10, // 20: titus.agent.v1.Task.network:type_name -> titus.agent.v1.NetworkStatus
+	7,  // 21: titus.agent.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
+	8,  // 22: titus.agent.v1.TaskEvent.transition:type_name -> titus.agent.v1.Transition
+	7,  // 23: titus.agent.v1.TaskEvent.health:type_name -> titus.agent.v1.TaskHealth
+	4,  // 24: titus.agent.v1.LaunchTaskRequest.spec:type_name -> titus.agent.v1.TaskSpec
+	11, // 25: titus.agent.v1.LaunchTaskResponse.task:type_name -> titus.agent.v1.Task
+	11, // 26: titus.agent.v1.KillTaskResponse.task:type_name -> titus.agent.v1.Task
+	11, // 27: titus.agent.v1.ListTasksResponse.tasks:type_name -> titus.agent.v1.Task
+	11, // 28: titus.agent.v1.InspectTaskResponse.task:type_name -> titus.agent.v1.Task
+	46, // 29: titus.agent.v1.InspectTaskResponse.limits:type_name -> titus.agent.v1.InspectTaskResponse.LimitsEntry
+	27, // 30: titus.agent.v1.TopTaskResponse.processes:type_name -> titus.agent.v1.TaskProcess
+	29, // 31: titus.agent.v1.ExecStart.size:type_name -> titus.agent.v1.WindowSize
+	30, // 32: titus.agent.v1.ExecInput.start:type_name -> titus.agent.v1.ExecStart
+	29, // 33: titus.agent.v1.ExecInput.resize:type_name -> titus.agent.v1.WindowSize
+	34, // 34: titus.agent.v1.HealthResponse.checks:type_name -> titus.agent.v1.HealthCheck
+	13, // 35: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
+	15, // 36: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
+	17, // 37: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
+	18, // 38: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
+	20, // 39: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
+	21, // 40: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
+	23, // 41: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
+	31, // 42: titus.agent.v1.Agent.ExecSession:input_type -> titus.agent.v1.ExecInput
+	24, // 43: titus.agent.v1.Agent.InspectTask:input_type -> titus.agent.v1.InspectTaskRequest
+	26, // 44: titus.agent.v1.Agent.TopTask:input_type -> titus.agent.v1.TopTaskRequest
+	33, // 45: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
+	38, // 46: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
+	40, // 47: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
+	42, // 48: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
+	36, // 49: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
+	14, // 50: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
+	16, // 51: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
+	11, // 52: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
+	19, // 53: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
+	12, // 54: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
+	22, // 55: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
+	32, // 56: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
+	32, // 57: titus.agent.v1.Agent.ExecSession:output_type -> titus.agent.v1.ExecOutput
+	25, // 58: titus.agent.v1.Agent.InspectTask:output_type -> titus.agent.v1.InspectTaskResponse
+	28, // 59: titus.agent.v1.Agent.TopTask:output_type -> titus.agent.v1.TopTaskResponse
+	35, // 60: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
+	39, // 61: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
+	41, // 62: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
+	43, // 63: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
+	37, // 64: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
+	50, // [50:65] is the sub-list for method output_type
+	35, // [35:50] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -3180,7 +3275,7 @@ func file_agent_v1_agent_proto_init() {
 	if File_agent_v1_agent_proto != nil {
 		return
 	}
-	file_agent_v1_agent_proto_msgTypes[28].OneofWrappers = []any{
+	file_agent_v1_agent_proto_msgTypes[29].OneofWrappers = []any{
 		(*ExecInput_Start)(nil),
 		(*ExecInput_Stdin)(nil),
 		(*ExecInput_Resize)(nil),
@@ -3192,7 +3287,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   44,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
