@@ -224,7 +224,17 @@ func (c *roleCreds) lifetime(exp, sent time.Time, md middleware.Metadata) time.D
 // session's own context: a caller giving up does not cancel it for the
 // others.
 func (c *roleCreds) refresh(ctx context.Context) (*Credentials, error) {
+	return c.refreshIf(ctx, true)
+}
+
+// refreshIf is refresh; unless force, valid credentials (a fetch that
+// ended since the caller looked) are returned instead of a new fetch.
+func (c *roleCreds) refreshIf(ctx context.Context, force bool) (*Credentials, error) {
 	c.mu.Lock()
+	if cr := c.cur; !force && c.inflight == nil && c.valid(cr) {
+		c.mu.Unlock()
+		return cr, nil
+	}
 	call := c.inflight
 	if call == nil {
 		call = &fetchCall{done: make(chan struct{})}
@@ -290,8 +300,10 @@ func (c *roleCreds) stop() {
 func (c *roleCreds) run(ctx context.Context) {
 	defer close(c.done)
 	failures := 0
-	for {
-		next, err := c.refresh(ctx)
+	for first := true; ; first = false {
+		// The first fetch may have been made already by a caller (the
+		// secrets hook): not again.
+		next, err := c.refreshIf(ctx, !first)
 		if ctx.Err() != nil {
 			return
 		}
@@ -337,6 +349,12 @@ func (c *roleCreds) nextWait(cur *Credentials, failures int) time.Duration {
 	return stsBackoff.Delay(max(failures, 1))
 }
 
+// valid says whether cr may be served: not in its last minute (or last
+// quarter of a shorter life). Call with c.mu held.
+func (c *roleCreds) valid(cr *Credentials) bool {
+	return cr != nil && c.now().Before(cr.Expiration.Add(-min(expirySlack, cr.Expiration.Sub(cr.LastUpdated)/4)))
+}
+
 // get returns valid credentials or an error wrapping ErrNoCredentials.
 // Valid ones are served at once. Without them (the first fetch is still
 // under way after a restart, or the last ones expired) the caller queues on
@@ -345,7 +363,7 @@ func (c *roleCreds) nextWait(cur *Credentials, failures int) time.Duration {
 // callers cannot drive STS faster than the backoff.
 func (c *roleCreds) get(ctx context.Context) (*Credentials, error) {
 	c.mu.Lock()
-	if cr := c.cur; cr != nil && c.now().Before(cr.Expiration.Add(-min(expirySlack, cr.Expiration.Sub(cr.LastUpdated)/4))) {
+	if cr := c.cur; c.valid(cr) {
 		c.mu.Unlock()
 		return cr, nil
 	}
@@ -355,7 +373,7 @@ func (c *roleCreds) get(ctx context.Context) (*Credentials, error) {
 		return nil, fmt.Errorf("%w: %w", ErrNoCredentials, err)
 	}
 	c.mu.Unlock()
-	cr, err := c.refresh(ctx)
+	cr, err := c.refreshIf(ctx, false)
 	if err != nil {
 		if ctx.Err() == nil {
 			select {

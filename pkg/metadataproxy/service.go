@@ -113,6 +113,9 @@ type Service struct {
 
 	mu    sync.Mutex
 	tasks map[string]*running
+	// sessions are the tasks' role sessions, by task id: one per task,
+	// shared by its listener and RoleCredentials (the secrets hook).
+	sessions map[string]*roleCreds
 }
 
 type running struct {
@@ -168,7 +171,7 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, log: cfg.Logger, audit: cfg.Audit, tokens: tk, key: key, upstream: newUpstream(cfg.UpstreamIMDS),
 		limiter: rate.NewLimiter(rate.Limit(cfg.STSRate), max(1, int(cfg.STSRate))), now: cfg.Now,
-		tasks: map[string]*running{}}
+		tasks: map[string]*running{}, sessions: map[string]*roleCreds{}}
 	s.listen = func(nsPath string) ([]net.Listener, error) { return listenInNetNS(nsPath, s.log) }
 	s.sts = cfg.STS
 	if s.sts == nil {
@@ -244,10 +247,7 @@ func (s *Service) start(ctx context.Context, r *running, spec *task.Spec, att *t
 	}
 	tv := &taskView{spec: *spec, net: *att, requireV2: spec.MetadataRequireV2, started: s.now()}
 	if spec.IAMRoleARN != "" {
-		tv.creds = &roleCreds{sts: s.sts, limiter: s.limiter, roleARN: spec.IAMRoleARN, session: sessionName(spec.ID),
-			duration: s.cfg.CredentialDuration, before: s.cfg.RefreshBefore, log: s.log, audit: s.audit, now: s.now,
-			tags: sessionTags(spec), sourceIdentity: sessionName(spec.ID)}
-		tv.creds.start()
+		tv.creds = s.session(spec)
 	}
 	r.h = &handler{svc: s, tv: tv}
 	for _, l := range ls {
@@ -276,12 +276,67 @@ func (s *Service) start(ctx context.Context, r *running, spec *task.Spec, att *t
 	return nil
 }
 
+// session is the task's role session, started (its first fetch under way)
+// when first asked for.
+func (s *Service) session(spec *task.Spec) *roleCreds {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, found := s.sessions[spec.ID]; found && c.roleARN == spec.IAMRoleARN {
+		return c
+	} else if found {
+		c.stop() // a spec with another role under the same id: not that session
+	}
+	c := &roleCreds{sts: s.sts, limiter: s.limiter, roleARN: spec.IAMRoleARN, session: sessionName(spec.ID),
+		duration: s.cfg.CredentialDuration, before: s.cfg.RefreshBefore, log: s.log, audit: s.audit, now: s.now,
+		tags: sessionTags(spec), sourceIdentity: sessionName(spec.ID)}
+	c.start()
+	s.sessions[spec.ID] = c
+	return c
+}
+
+// RoleCredentials are the task's role credentials, from the same session
+// (STS AssumeRole with the task's session tags) its metadata listener
+// serves: cached ones at once, else the caller waits for a fetch, bounded
+// by ctx. The error wraps ErrNoCredentials. The session lives until Stop
+// (or ReleaseCredentials).
+func (s *Service) RoleCredentials(ctx context.Context, spec *task.Spec) (Credentials, error) {
+	if spec == nil || spec.IAMRoleARN == "" {
+		return Credentials{}, fmt.Errorf("%w: the task has no IAM role", ErrNoCredentials)
+	}
+	c, err := s.session(spec).get(ctx)
+	if err != nil {
+		return Credentials{}, err
+	}
+	return *c, nil
+}
+
+// ReleaseCredentials stops the task's role session unless its listener
+// serves it (Stop ends both). Idempotent.
+func (s *Service) ReleaseCredentials(taskID string) {
+	s.mu.Lock()
+	if _, listening := s.tasks[taskID]; listening {
+		s.mu.Unlock()
+		return
+	}
+	c := s.sessions[taskID]
+	delete(s.sessions, taskID)
+	s.mu.Unlock()
+	if c != nil {
+		c.stop()
+	}
+}
+
 // Stop closes the task's listeners and stops its credential refresh.
 // Idempotent.
 func (s *Service) Stop(ctx context.Context, taskID string) error {
 	s.mu.Lock()
 	r, found := s.tasks[taskID]
+	c := s.sessions[taskID]
+	delete(s.sessions, taskID)
 	s.mu.Unlock()
+	if c != nil {
+		defer c.stop()
+	}
 	if !found {
 		return nil
 	}
@@ -294,7 +349,7 @@ func (s *Service) Stop(ctx context.Context, taskID string) error {
 	for _, srv := range r.servers {
 		srv.Close()
 	}
-	if r.h != nil && r.h.tv.creds != nil {
+	if r.h != nil && r.h.tv.creds != nil && r.h.tv.creds != c {
 		r.h.tv.creds.stop()
 	}
 	return nil
@@ -304,9 +359,14 @@ func (s *Service) Stop(ctx context.Context, taskID string) error {
 // and the tasks keep running).
 func (s *Service) Close() error {
 	s.mu.Lock()
-	ids := make([]string, 0, len(s.tasks))
+	ids := make([]string, 0, len(s.tasks)+len(s.sessions))
 	for id := range s.tasks {
 		ids = append(ids, id)
+	}
+	for id := range s.sessions {
+		if _, dup := s.tasks[id]; !dup {
+			ids = append(ids, id)
+		}
 	}
 	s.mu.Unlock()
 	for _, id := range ids {
