@@ -6,8 +6,10 @@ import (
 	"net/netip"
 	"os"
 	"os/user"
+	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 
 	sdutil "github.com/coreos/go-systemd/v22/util"
 	"sigs.k8s.io/yaml"
@@ -38,6 +40,8 @@ type Config struct {
 	GPU        GPUConfig        `json:"gpu"`
 	// Exec bounds debugging sessions (task exec).
 	Exec ExecConfig `json:"exec"`
+	// Secrets says where tasks' secrets are fetched from and kept.
+	Secrets SecretsConfig `json:"secrets"`
 	// MetricsListen serves Prometheus metrics; empty disables.
 	MetricsListen string `json:"metricsListen"`
 	// MaxTasks bounds the tasks the agent holds at once.
@@ -201,6 +205,20 @@ type UserNamespacesConfig struct {
 	MaxTasks   uint32 `json:"maxTasks"`
 }
 
+// SecretsConfig says where tasks' secrets (task.SecretRef) are fetched and
+// kept. They are fetched with each task's own role credentials, from the
+// same STS as its metadata (metadata.stsEndpoint, metadata.accessKeyID).
+type SecretsConfig struct {
+	// Dir holds a tmpfs per task with file secrets: a runtime directory
+	// (mode 0700), never below stateDir.
+	Dir string `json:"dir"`
+	// Endpoint overrides the Secrets Manager and SSM endpoint (moto in
+	// tests); empty = AWS's for the secret's region.
+	Endpoint string `json:"endpoint"`
+	// Region for SSM parameters given by name; empty = metadata.region.
+	Region string `json:"region"`
+}
+
 // GPUConfig says where the host's NVIDIA devices and driver are.
 type GPUConfig struct {
 	// DevRoot is searched for nvidiaN, nvidiactl and nvidia-uvm.
@@ -247,6 +265,7 @@ func DefaultConfig() Config {
 		MaxTasks:      5000,
 		LogLevel:      "info",
 		Exec:          defaultExec(),
+		Secrets:       SecretsConfig{Dir: "/run/titus-agent/secrets"},
 		GPU:           GPUConfig{DevRoot: "/dev", CDISpecDirs: slices.Clone(gpu.DefaultCDISpecDirs)},
 	}
 }
@@ -311,6 +330,9 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("maxTasks: must be at least 1"))
 	}
 	errs = append(errs, c.Isolation.validate())
+	if err := c.Secrets.validate(c.StateDir); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -327,4 +349,19 @@ func (c *Config) socketGID() (int, error) {
 		return -1, err
 	}
 	return strconv.Atoi(g.Gid)
+}
+
+// validate: secrets.dir is absolute and outside stateDir (a value must
+// never be where the durable state is, or a backup of it).
+func (s SecretsConfig) validate(stateDir string) error {
+	if !filepath.IsAbs(s.Dir) {
+		return fmt.Errorf("secrets.dir: must be an absolute path, got %q", s.Dir)
+	}
+	if stateDir != "" {
+		rel, err := filepath.Rel(filepath.Clean(stateDir), filepath.Clean(s.Dir))
+		if err == nil && (rel == "." || !strings.HasPrefix(rel, "..")) {
+			return fmt.Errorf("secrets.dir: must not be in stateDir %s (a runtime directory such as /run/titus-agent/secrets)", stateDir)
+		}
+	}
+	return nil
 }

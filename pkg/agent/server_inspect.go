@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"regexp"
 	"strings"
 
@@ -56,7 +57,8 @@ func (s *Server) InspectTask(ctx context.Context, req *agentv1.InspectTaskReques
 		return nil, toStatus(err)
 	}
 	pv := task.ViewToProto(&v)
-	pv.Spec.Env = redactMap(pv.GetSpec().GetEnv(), v.Spec.Labels)
+	labels := withSecretEnv(v.Spec)
+	pv.Spec.Env = redactMap(pv.GetSpec().GetEnv(), labels)
 	out := &agentv1.InspectTaskResponse{Task: pv}
 	in, ok := s.Runtime.(inspector)
 	if !ok {
@@ -74,12 +76,35 @@ func (s *Server) InspectTask(ctx context.Context, req *agentv1.InspectTaskReques
 		sp := *got.Spec
 		if sp.Process != nil {
 			p := *sp.Process
-			p.Env = redactEnv(p.Env, v.Spec.Labels)
+			p.Env = redactEnv(p.Env, labels)
 			sp.Process = &p
 		}
 		out.OciSpecJson = specJSON(&sp)
 	}
 	return out, nil
+}
+
+// withSecretEnv is the task's labels with its env secrets (their values
+// are in the container's env, never in the spec) marked secret.
+func withSecretEnv(spec task.Spec) map[string]string {
+	var names []string
+	for _, r := range spec.Secrets {
+		if r.SecretAsOrDefault() == task.SecretAsEnv {
+			names = append(names, r.Name)
+		}
+	}
+	if len(names) == 0 {
+		return spec.Labels
+	}
+	out := maps.Clone(spec.Labels)
+	if out == nil {
+		out = map[string]string{}
+	}
+	if l := out[LabelSecretEnv]; l != "" {
+		names = append(names, l)
+	}
+	out[LabelSecretEnv] = strings.Join(names, ",")
+	return out
 }
 
 func specJSON(s *specs.Spec) string {

@@ -15,6 +15,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/gpu"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
+	"github.com/titus-agent/titus-agent/pkg/secrets"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -43,6 +44,8 @@ func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime
 	env := map[string]string{"TITUS_TASK_ID": spec.ID}
 	maps.Copy(env, res.Env)
 	maps.Copy(env, spec.Env)
+	// Validation keeps secret names apart from env's.
+	maps.Copy(env, res.SecretEnv)
 	// The agent's, never the task's (validation refuses it) nor the
 	// image's: a CUDA image says "all", which the NVIDIA container runtime
 	// would honour with every GPU of the host, other tasks' too. "void":
@@ -94,6 +97,10 @@ func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime
 		if res.Disk.UserNS != nil {
 			cs.SpecOpts = append(slices.Clip(cs.SpecOpts), isolation.WithUserNS(res.Disk.UserNS.Isolation()))
 		}
+	}
+	if res.SecretsDir != "" {
+		// Last: it reads the user the image config and user namespace set.
+		cs.SpecOpts = append(slices.Clip(cs.SpecOpts), secrets.WithOwner(res.SecretsDir))
 	}
 	return cs
 }

@@ -41,6 +41,12 @@ type PrestartResponse struct {
 	// with the task's next transition beside the hook's own time; they
 	// are not resources.
 	Steps []task.Step
+
+	// SecretEnv are secret values for the task's environment: in memory
+	// only, never persisted (see Resources.SecretEnv).
+	SecretEnv map[string]string
+	// SecretsDir is the task's secrets tmpfs on the host.
+	SecretsDir string
 }
 
 // PrestartHook prepares something the task needs. It must be safe to call
@@ -111,6 +117,14 @@ type Resources struct {
 	Pid       uint32                  `json:"pid,omitempty"`
 	// GPUs are the task's devices, set with the Accepted record.
 	GPUs *GPUs `json:"gpus,omitempty"`
+
+	// SecretEnv carries the values of the task's env secrets from the
+	// secrets hook to the container's create, in memory only: never
+	// persisted (json "-"), dropped once the launch is over.
+	SecretEnv map[string]string `json:"-"`
+	// SecretsDir is the task's secrets tmpfs on the host (a path, no
+	// value): its files are given to the task's user at create.
+	SecretsDir string `json:"secretsDir,omitempty"`
 }
 
 // DiskInfo is a task's quota'd writable filesystem.
@@ -191,7 +205,7 @@ type MetadataInfo struct {
 // empty says the hook created nothing to record.
 func (p *PrestartResponse) empty() bool {
 	return p.Image == nil && p.Network == nil && p.Disk == nil && p.Metadata == nil && len(p.Mounts) == 0 &&
-		len(p.Env) == 0 && len(p.SpecOpts) == 0 && p.Pid == 0 && !p.Container
+		len(p.Env) == 0 && len(p.SpecOpts) == 0 && p.Pid == 0 && !p.Container && len(p.SecretEnv) == 0 && p.SecretsDir == ""
 }
 
 func (r *Resources) merge(p *PrestartResponse) {
@@ -218,6 +232,15 @@ func (r *Resources) merge(p *PrestartResponse) {
 			r.Env = map[string]string{}
 		}
 		r.Env[k] = v
+	}
+	for k, v := range p.SecretEnv {
+		if r.SecretEnv == nil {
+			r.SecretEnv = map[string]string{}
+		}
+		r.SecretEnv[k] = v
+	}
+	if p.SecretsDir != "" {
+		r.SecretsDir = p.SecretsDir
 	}
 	if p.Container {
 		r.Container = true

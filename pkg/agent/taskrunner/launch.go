@@ -39,6 +39,7 @@ func (r *Runner) launch(agentCtx context.Context) {
 	r.mu.Unlock()
 	unsaved, err := r.prestart(prepCtx)
 	cancel()
+	r.dropSecretEnv()
 	if agentCtx.Err() != nil {
 		// Agent shutting down: the next agent re-adopts or cleans up what
 		// the record says was created.
@@ -99,6 +100,15 @@ func (r *Runner) prestart(ctx context.Context) (unsaved bool, err error) {
 		}
 	}
 	return unsaved, nil
+}
+
+// dropSecretEnv forgets the values of env secrets once the container was
+// created with them (or the launch failed): the agent holds no value longer
+// than a launch.
+func (r *Runner) dropSecretEnv() {
+	r.mu.Lock()
+	r.rec.Resources.SecretEnv = nil
+	r.mu.Unlock()
 }
 
 // saveResources persists the in-memory record, which holds what the hooks
