@@ -10,6 +10,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -158,6 +159,20 @@ func errorCode(err error) string {
 	var ue *UnavailableError
 	if errors.As(err, &ue) {
 		return ue.Code
+	}
+	// An answer without a code the SDK could read (moto's IAM refusals
+	// are XML to JSON services): its HTTP status.
+	var re *smithyhttp.ResponseError
+	if errors.As(err, &re) {
+		switch re.HTTPStatusCode() {
+		case 401, 403:
+			return "AccessDenied"
+		case 404:
+			return "ResourceNotFound"
+		case 429:
+			return "Throttling"
+		}
+		return fmt.Sprintf("HTTP%d", re.HTTPStatusCode())
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return "Timeout"

@@ -3,10 +3,13 @@ package secrets
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/titus-agent/titus-agent/pkg/task"
@@ -116,6 +119,16 @@ func TestArnRegion(t *testing.T) {
 	for in, want := range map[string]string{arnDB: "us-east-1", "arn:aws:ssm:eu-west-1:123456789012:parameter/x": "eu-west-1", "/x": ""} {
 		if got := arnRegion(in); got != want {
 			t.Errorf("arnRegion(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// An answer the SDK found no code in is named by its HTTP status.
+func TestErrorCodeFromStatus(t *testing.T) {
+	for status, want := range map[int]string{403: "AccessDenied", 404: "ResourceNotFound", 500: "HTTP500"} {
+		err := &smithyhttp.ResponseError{Response: &smithyhttp.Response{Response: &http.Response{StatusCode: status}}, Err: errors.New("deserialize")}
+		if got := errorCode(fmt.Errorf("op: %w", err)); got != want {
+			t.Errorf("status %d: code %q, want %q", status, got, want)
 		}
 	}
 }

@@ -135,6 +135,10 @@ func StartAgent(t TB, o AgentOptions) *Agent {
 	if !strings.Contains(cfg, "isolation:") {
 		cfg += "\nisolation:\n  diskDir: " + filepath.Join(dir, "disks") + "\n"
 	}
+	if !strings.Contains(cfg, "\nsecrets:") && !strings.HasPrefix(cfg, "secrets:") {
+		// Not the host-wide /run/titus-agent/secrets another agent reaps.
+		cfg += "\nsecrets:\n  dir: " + filepath.Join(dir, "secrets") + "\n"
+	}
 	if !strings.Contains(cfg, "metricsListen:") {
 		cfg += "\nmetricsListen: \"\"\n"
 	}
