@@ -24,7 +24,7 @@ func TestLimitsDocumented(t *testing.T) {
 		"MinHealthInterval": MinHealthInterval, "MaxHealthInterval": MaxHealthInterval, "MaxHealthStartPeriod": MaxHealthStartPeriod,
 		"MaxHealthThreshold": MaxHealthThreshold, "MaxHealthPathLen": MaxHealthPathLen, "MaxHealthCommandBytes": MaxHealthCommandBytes,
 		"MaxHealthOutput": MaxHealthOutput,
-		"MaxSecrets": MaxSecrets, "MaxSecretNameLen": MaxSecretNameLen, "MaxSecretFromLen": MaxSecretFromLen,
+		"MaxSecrets":      MaxSecrets, "MaxSecretNameLen": MaxSecretNameLen, "MaxSecretFromLen": MaxSecretFromLen,
 		"MaxSecretPathLen": MaxSecretPathLen, "MaxSecretPathDepth": MaxSecretPathDepth, "MaxSecretBytes": MaxSecretBytes,
 		"MaxSecretsTotalBytes": MaxSecretsTotalBytes,
 	} {
