@@ -18,8 +18,8 @@ import (
 
 // wire builds the task lifecycle from the config:
 //
-//	stage 1: image ∥ host paths ∥ network
-//	stage 2: disk ∥ metadata ∥ bandwidth ∥ secrets (they need the image or the netns)
+//	stage 1: image ∥ host paths ∥ network ∥ secrets
+//	stage 2: disk ∥ metadata ∥ bandwidth (they need the image or the netns)
 //	stage 3: container create + start
 func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime, m *metrics.Agent) (*wiring, error) {
 	w := &wiring{}
@@ -58,7 +58,7 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 	if _, err := wireNetwork(ctx, cfg, log, w, &first, &second, m); err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
-	if err := wireSecrets(ctx, cfg, log, w, &second, m); err != nil {
+	if err := wireSecrets(ctx, cfg, log, w, &first, m); err != nil {
 		return nil, fmt.Errorf("secrets: %w", err)
 	}
 

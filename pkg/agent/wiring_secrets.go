@@ -15,11 +15,13 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
-// wireSecrets adds the secrets hook beside the metadata hook (stage 2): it
-// takes the task's role credentials from the metadata service's session of
-// the task, or, where no listener runs (network provider none, metadata
-// disabled), from a service of its own that only assumes roles.
-func wireSecrets(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, second *[]taskrunner.PrestartHook, m *metrics.Agent) error {
+// wireSecrets adds the secrets hook to stage 1, beside the image pull and
+// the network (it needs neither): it takes the task's role credentials
+// from the metadata service's session of the task, which it so starts
+// early and the metadata listener of stage 2 then finds fetched, or, where
+// no listener runs (network provider none, metadata disabled), from a
+// service of its own that only assumes roles.
+func wireSecrets(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, first *[]taskrunner.PrestartHook, m *metrics.Agent) error {
 	svc, _ := w.metadata.(*metadataproxy.Service)
 	if svc == nil {
 		mc := cfg.Metadata
@@ -40,7 +42,7 @@ func wireSecrets(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, s
 	}
 	sc := cfg.Secrets
 	files := &secrets.Files{Root: sc.Dir, Mounter: secrets.Tmpfs{}}
-	*second = append(*second, &taskrunner.SecretsHook{
+	*first = append(*first, &taskrunner.SecretsHook{
 		Creds: roleCreds{svc},
 		API:   secrets.NewAWS(secrets.AWSConfig{Region: firstNonEmpty(sc.Region, cfg.Metadata.Region), Endpoint: sc.Endpoint, APIOptions: m.AWSAPIOptions()}),
 		Files: files,
