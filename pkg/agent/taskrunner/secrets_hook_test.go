@@ -7,11 +7,13 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/smithy-go"
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/secrets"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -185,4 +187,68 @@ func countWrites(ops []string) int {
 		}
 	}
 	return n
+}
+
+// secretEnvHook hands over an env secret, as the secrets hook does.
+type secretEnvHook struct{}
+
+func (secretEnvHook) Name() string { return "secrets" }
+func (secretEnvHook) Prestart(_ context.Context, _ *PrestartRequest, resp *PrestartResponse) error {
+	resp.SecretEnv = map[string]string{"TOKEN": "hunter2"}
+	resp.SecretsDir = "/run/s/t1"
+	return nil
+}
+
+// envSeer is a container hook that records the env the container gets.
+type envSeer struct{ env []string }
+
+func (h *envSeer) Name() string { return "container" }
+func (h *envSeer) Prestart(_ context.Context, req *PrestartRequest, resp *PrestartResponse) error {
+	h.env = ContainerSpec(req.Spec, req.Resources, nil).Env
+	resp.Pid, resp.Container = 42, true
+	return nil
+}
+
+// jsonStore keeps every record as it was saved.
+type jsonStore struct{ saved []string }
+
+func (s *jsonStore) Save(rec *Record) error {
+	b, err := json.Marshal(rec)
+	s.saved = append(s.saved, string(b))
+	return err
+}
+
+// Through a whole launch: the container gets the value, no saved record
+// holds it, and the runner forgets it once the container exists.
+func TestRunnerNeverSavesSecretEnv(t *testing.T) {
+	seer := &envSeer{}
+	st := &jsonStore{}
+	w := &fakeWaiter{rec: &recorder{}, exit: make(chan runtime.ExitStatus, 1)}
+	spec := task.Spec{ID: "t1"}
+	spec.Normalize()
+	r := New(Config{Stages: [][]PrestartHook{{secretEnvHook{}}, {seer}}, Runtime: w, Store: st, Logger: quiet}, &Record{Spec: spec})
+	go r.Run(context.Background())
+	deadline := time.Now().Add(5 * time.Second)
+	for r.View().Status.State != task.Running && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !slices.Contains(seer.env, "TOKEN=hunter2") {
+		t.Errorf("container env %v lacks the secret", seer.env)
+	}
+	r.mu.Lock()
+	held := r.rec.Resources.SecretEnv
+	r.mu.Unlock()
+	if held != nil {
+		t.Errorf("the runner still holds %v after the launch", held)
+	}
+	w.exit <- runtime.ExitStatus{Code: 0}
+	waitDone(t, r)
+	if len(st.saved) < 3 {
+		t.Fatalf("only %d saves", len(st.saved))
+	}
+	for i, s := range st.saved {
+		if strings.Contains(s, "hunter2") {
+			t.Errorf("save %d holds the value: %s", i, s)
+		}
+	}
 }
