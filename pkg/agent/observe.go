@@ -21,6 +21,7 @@ var hookPhase = map[string]string{
 	"container":  metrics.PhaseStart,
 	"hostmounts": metrics.PhaseHostMounts,
 	"bandwidth":  metrics.PhaseBandwidth,
+	"secrets":    metrics.PhaseSecrets,
 
 	runtime.StepContainerCreate: metrics.PhaseContainerCreate,
 	runtime.StepTaskCreate:      metrics.PhaseTaskCreate,

@@ -17,6 +17,7 @@ const (
 	// The other hooks.
 	PhaseHostMounts = "hostmounts"
 	PhaseBandwidth  = "bandwidth"
+	PhaseSecrets    = "secrets"
 	// The runtime steps within start: containerd's container (snapshot,
 	// spec), the shim and runc create, runc start.
 	PhaseContainerCreate = "container_create"
@@ -50,7 +51,7 @@ const (
 
 // Phases are the values of the launch latency's "phase" label.
 var Phases = []string{PhaseAccept, PhasePull, PhaseHostMounts, PhaseNetwork, PhaseDisk, PhaseMetadata, PhaseBandwidth,
-	PhaseStart, PhaseContainerCreate, PhaseTaskCreate, PhaseTaskStart, PhaseTotal}
+	PhaseSecrets, PhaseStart, PhaseContainerCreate, PhaseTaskCreate, PhaseTaskStart, PhaseTotal}
 
 // LaunchBuckets span 10ms to ~80s: a warm launch is well under a second, a
 // cold pull of a large image can take a minute.
