@@ -165,8 +165,11 @@ task:
 func TestSchedulerLoadBalancer(t *testing.T) {
 	begin(t)
 	b := newLBBed(t)
+	t0 := time.Now()
+	phase := func(what string) { t.Logf("%5.1fs %s", time.Since(t0).Seconds(), what) }
 	job := b.sched.submit(b.jobFile("1"))
 	b.waitInSync("both tasks registered", job, 2)
+	phase("registered")
 	out, err := b.sched.cli("job", "get", job)
 	if err != nil || strings.Count(out, "registered") != 2 {
 		t.Errorf("job get shows no registrations: %v\n%s", err, out)
@@ -206,6 +209,7 @@ func TestSchedulerLoadBalancer(t *testing.T) {
 	t.Logf("deregistered %v before the task was stopped", stopAt.Sub(outAt))
 	b.waitInSync("replacement registered", job, 2)
 
+	phase("killed and replaced")
 	// Roll out a new template: surge 1, none unavailable: never fewer than 2 registered.
 	var mu sync.Mutex
 	low, stop := 1<<30, make(chan struct{})
@@ -244,6 +248,7 @@ func TestSchedulerLoadBalancer(t *testing.T) {
 		t.Errorf("the group held %d targets during the rollout, want at least 2", low)
 	}
 
+	phase("rolled out")
 	// Drift while no scheduler runs: a leaked target and a lost one.
 	_ = syscall.Kill(b.proc.Cmd.Process.Pid, syscall.SIGKILL)
 	_ = b.proc.Cmd.Wait()
@@ -261,9 +266,11 @@ func TestSchedulerLoadBalancer(t *testing.T) {
 	b.start(strings.TrimSuffix(b.elbEndpoint(), "/"), "scheduler-2")
 	b.waitInSync("drift repaired by the new leader", job, 2)
 
+	phase("drift repaired")
 	if out, err := b.sched.cli("job", "kill", job); err != nil {
 		t.Fatalf("job kill: %v\n%s", err, out)
 	}
+	defer phase("job killed")
 	waitUntil(t, "group empty, tasks gone", 60*time.Second, func() (bool, string) {
 		reg, err := b.registered()
 		return err == nil && len(reg) == 0 && len(running(b.agent)) == 0, fmt.Sprintf("group %v, running %v, err %v", reg, running(b.agent), err)
