@@ -470,3 +470,41 @@ func TestTargetsBackoffAfterFailure(t *testing.T) {
 		t.Errorf("after the backoff (-want +got):\n%s", diff)
 	}
 }
+
+// A drain moves a task: its replacement elsewhere is registered first,
+// then the old task leaves the group, then it is killed.
+func TestTargetsDrainRegistersReplacementFirst(t *testing.T) {
+	h := newLBHarness(t, 1, Config{})
+	h.lb.keepDraining, h.lb.delay = true, time.Minute
+	old := h.place()[0]
+	h.status(old, task.Running, "198.18.0.10", task.HealthHealthy)
+	h.pass(true)
+	s2 := h.connect("a2", 16000)
+	if _, err := h.Drain(model.AgentSelector{ID: "a1"}, true); err != nil {
+		t.Fatal(err)
+	}
+	h.step()
+	repl := h.place()
+	if len(repl) != 1 {
+		t.Fatalf("replacement placed: %v", repl)
+	}
+	h.Updates(s2, []model.TaskStatus{{TaskID: repl[0], State: task.Running, IP: "198.18.0.11", Health: &task.Health{Status: task.HealthHealthy, Since: time.Now()}}})
+	h.step()
+	if k := drainKills(h.sess); len(k) != 0 {
+		t.Fatalf("old task killed before its replacement was registered: %+v", k)
+	}
+	var log []string
+	for range 4 {
+		log = append(log, h.pass(false)...)
+		h.step()
+		if len(log) == 2 {
+			h.lb.mu.Lock()
+			delete(h.lb.groups[tgA], Target{"198.18.0.10", 8080})
+			h.lb.mu.Unlock()
+		}
+	}
+	want := []string{"register A 198.18.0.11:8080", "deregister A 198.18.0.10:8080", "kill " + old}
+	if diff := cmp.Diff(want, log); diff != "" {
+		t.Errorf("drain (-want +got):\n%s", diff)
+	}
+}
