@@ -50,7 +50,7 @@ func TestImportRules(t *testing.T) {
 		{"pkg/scheduler", []string{module + "pkg/agent"}},
 		{"cmd/titus-scheduler", []string{module + "pkg/agent"}},
 		{"test/schedload", []string{module + "pkg/agent"}},
-		{"pkg/scheduler/core", []string{"google.golang.org/grpc", "go.etcd.io/etcd", module + "api/"}},
+		{"pkg/scheduler/core", []string{"google.golang.org/grpc", "go.etcd.io/etcd", module + "api/", "github.com/aws/"}},
 		{"pkg/scheduler/model", []string{"google.golang.org/grpc", "go.etcd.io/etcd", module + "api/"}},
 	}
 	for _, lib := range []string{"pkg/runtime", "pkg/vpc", "pkg/isolation", "pkg/metadataproxy", "pkg/gpu", "pkg/healthcheck", "pkg/task", "pkg/schedlink"} {

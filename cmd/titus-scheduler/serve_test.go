@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -51,5 +52,38 @@ auth:
 	}
 	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{}); err == nil {
 		t.Error("a misspelt auth key was accepted")
+	}
+}
+
+// TestConfigFileLoadBalancers: the loadBalancers section, flags winning.
+func TestConfigFileLoadBalancers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "scheduler.yaml")
+	doc := "loadBalancers: {region: us-east-1, endpoint: http://127.0.0.1:5001, maxDeregistrationWait: 45s, reconcileInterval: 10s}\n"
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		o        scheduler.Options
+		ep, ml   string
+		tlsFiles tlsconfig.Files
+		auth     authConfig
+		lbc      lbConfig
+	)
+	o.TargetReconcileInterval = 3 * time.Second
+	changed := func(f string) bool { return f == "lb-reconcile-interval" }
+	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbc); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(lbConfig{Region: "us-east-1", Endpoint: "http://127.0.0.1:5001"}, lbConfig{Region: lbc.Region, Endpoint: lbc.Endpoint}); diff != "" {
+		t.Errorf("loadBalancers (-want +got):\n%s", diff)
+	}
+	if o.MaxDeregistrationWait != 45*time.Second || o.TargetReconcileInterval != 3*time.Second {
+		t.Errorf("wait %v, reconcile %v; want 45s from the file, 3s from the flag", o.MaxDeregistrationWait, o.TargetReconcileInterval)
+	}
+	if err := os.WriteFile(path, []byte("loadBalancers: {maxDeregistrationWait: soon}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbc); err == nil {
+		t.Error("a malformed duration was accepted")
 	}
 }
