@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -507,4 +509,66 @@ func TestTargetsDrainRegistersReplacementFirst(t *testing.T) {
 	if diff := cmp.Diff(want, log); diff != "" {
 		t.Errorf("drain (-want +got):\n%s", diff)
 	}
+}
+
+// The target loop running on its own, against agents' reports, kills and
+// the step loop at once (run with -race): every task that serves ends up
+// registered, and once the job is killed the group is empty and every
+// kill came after its task's deregistration.
+func TestTargetLoopConcurrent(t *testing.T) {
+	h := newLBHarness(t, 4, Config{TargetReconcileInterval: 50 * time.Millisecond})
+	ctx, cancel := context.WithCancel(h.ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Go(func() { h.targetLoop(ctx) })
+	defer wg.Wait()
+	defer cancel()
+	ids := h.place()
+	for i, id := range ids {
+		h.status(id, task.Running, fmt.Sprintf("198.18.0.%d", 10+i), task.HealthHealthy)
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within 10s (group %v)", what, h.lb.registered(tgA))
+			}
+			h.step()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor("all registered", func() bool { return len(h.lb.registered(tgA)) == 4 })
+	if _, err := h.KillJob(h.ctx, h.job); err != nil {
+		t.Fatal(err)
+	}
+	var kills []string
+	waitFor("all killed", func() bool {
+		for _, m := range drainKills(h.sess) {
+			for _, id := range m.Kill {
+				kills = append(kills, id)
+				h.lb.record("kill " + id)
+			}
+		}
+		return len(kills) == 4
+	})
+	h.lb.mu.Lock()
+	log := slices.Clone(h.lb.log)
+	h.lb.mu.Unlock()
+	for i, id := range ids {
+		ip := fmt.Sprintf("198.18.0.%d:8080", 10+i)
+		dereg := slices.IndexFunc(log, func(l string) bool { return strings.HasPrefix(l, "deregister") && strings.Contains(l, ip) })
+		kill := slices.Index(log, "kill "+id)
+		if dereg < 0 || kill < dereg {
+			t.Errorf("task %s: deregistered at %d, killed at %d in %v", id, dereg, kill, log)
+		}
+	}
+	h.Updates(h.sess, func() []model.TaskStatus {
+		var st []model.TaskStatus
+		for _, id := range ids {
+			st = append(st, model.TaskStatus{TaskID: id, State: task.Killed})
+		}
+		return st
+	}())
+	waitFor("group empty", func() bool { return len(h.lb.registered(tgA)) == 0 })
 }
