@@ -32,6 +32,10 @@ type ExecConfig struct {
 	// MaxSessionsPerTask and MaxSessionsPerHost bound concurrent sessions.
 	MaxSessionsPerTask int `json:"maxSessionsPerTask"`
 	MaxSessionsPerHost int `json:"maxSessionsPerHost"`
+	// MaxSessionsPerCaller bounds one caller's sessions on the host (the
+	// scheduler's principal; each local caller is its own): one tenant
+	// never holds every slot of the host.
+	MaxSessionsPerCaller int `json:"maxSessionsPerCaller"`
 	// IdleTimeout ends a session with no input and no output for that
 	// long; MaxSessionLength ends any session (Go durations).
 	IdleTimeout      string `json:"idleTimeout"`
@@ -39,7 +43,7 @@ type ExecConfig struct {
 }
 
 func defaultExec() ExecConfig {
-	return ExecConfig{MaxSessionsPerTask: 4, MaxSessionsPerHost: 32, IdleTimeout: "30m", MaxSessionLength: "12h"}
+	return ExecConfig{MaxSessionsPerTask: 4, MaxSessionsPerHost: 32, MaxSessionsPerCaller: 8, IdleTimeout: "30m", MaxSessionLength: "12h"}
 }
 
 func (c ExecConfig) check(chk *configChecker) {
@@ -48,6 +52,9 @@ func (c ExecConfig) check(chk *configChecker) {
 	}
 	if c.MaxSessionsPerHost < 1 {
 		chk.failf("exec.maxSessionsPerHost", "must be at least 1, got %d", c.MaxSessionsPerHost)
+	}
+	if c.MaxSessionsPerCaller < 1 {
+		chk.failf("exec.maxSessionsPerCaller", "must be at least 1, got %d", c.MaxSessionsPerCaller)
 	}
 	chk.duration("exec.idleTimeout", c.IdleTimeout, time.Second, 7*24*time.Hour)
 	chk.duration("exec.maxSessionLength", c.MaxSessionLength, time.Second, 7*24*time.Hour)
@@ -69,28 +76,34 @@ type ExecSessions struct {
 	Runtime processExecer
 	Tasks   taskGetter
 	Log     *slog.Logger
-	// Bounds; zero durations mean none.
-	MaxPerTask, MaxPerHost int
-	Idle, MaxLength        time.Duration
+	// Bounds; zeros mean none.
+	MaxPerTask, MaxPerHost, MaxPerCaller int
+	Idle, MaxLength                      time.Duration
 
-	mu      sync.Mutex
-	perTask map[string]int
-	total   int
+	mu        sync.Mutex
+	perTask   map[string]int
+	perCaller map[string]int
+	total     int
 }
 
 // NewExecSessions makes the session runner from validated config.
 func NewExecSessions(cfg ExecConfig, rt processExecer, tasks taskGetter, log *slog.Logger) *ExecSessions {
 	idle, _ := time.ParseDuration(cfg.IdleTimeout)
 	maxLen, _ := time.ParseDuration(cfg.MaxSessionLength)
-	return &ExecSessions{Runtime: rt, Tasks: tasks, Log: log, MaxPerTask: cfg.MaxSessionsPerTask, MaxPerHost: cfg.MaxSessionsPerHost, Idle: idle, MaxLength: maxLen}
+	return &ExecSessions{Runtime: rt, Tasks: tasks, Log: log, MaxPerTask: cfg.MaxSessionsPerTask, MaxPerHost: cfg.MaxSessionsPerHost,
+		MaxPerCaller: cfg.MaxSessionsPerCaller, Idle: idle, MaxLength: maxLen}
 }
 
-// acquire takes a session slot for the task, or says which bound is hit.
-func (e *ExecSessions) acquire(id string) (func(), error) {
+// acquire takes a session slot for the task and caller, or says which
+// bound is hit.
+func (e *ExecSessions) acquire(id, who string) (func(), error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.perTask == nil {
 		e.perTask = map[string]int{}
+	}
+	if e.perCaller == nil {
+		e.perCaller = map[string]int{}
 	}
 	if e.MaxPerHost > 0 && e.total >= e.MaxPerHost {
 		return nil, fmt.Errorf("%w: this host has %d (exec.maxSessionsPerHost); end one first", ErrExecLimit, e.total)
@@ -98,7 +111,11 @@ func (e *ExecSessions) acquire(id string) (func(), error) {
 	if e.MaxPerTask > 0 && e.perTask[id] >= e.MaxPerTask {
 		return nil, fmt.Errorf("%w: task %s has %d (exec.maxSessionsPerTask); end one first", ErrExecLimit, id, e.perTask[id])
 	}
+	if e.MaxPerCaller > 0 && e.perCaller[who] >= e.MaxPerCaller {
+		return nil, fmt.Errorf("%w: %s has %d on this host (exec.maxSessionsPerCaller); end one first", ErrExecLimit, who, e.perCaller[who])
+	}
 	e.perTask[id]++
+	e.perCaller[who]++
 	e.total++
 	var once sync.Once
 	return func() {
@@ -108,6 +125,9 @@ func (e *ExecSessions) acquire(id string) (func(), error) {
 			e.total--
 			if e.perTask[id]--; e.perTask[id] <= 0 {
 				delete(e.perTask, id)
+			}
+			if e.perCaller[who]--; e.perCaller[who] <= 0 {
+				delete(e.perCaller, who)
 			}
 		})
 	}, nil
@@ -155,7 +175,7 @@ func (e *ExecSessions) Run(ctx context.Context, start *agentv1.ExecStart, who st
 	if v.Status.State != task.Running {
 		return -1, fmt.Errorf("%s: %w", start.GetId(), ErrTaskNotActive)
 	}
-	release, err := e.acquire(start.GetId())
+	release, err := e.acquire(start.GetId(), who)
 	if err != nil {
 		return -1, err
 	}

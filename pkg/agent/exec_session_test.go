@@ -159,7 +159,7 @@ func TestExecSessionFloodHitsTheBound(t *testing.T) {
 	var releases []func()
 	var got []string
 	for _, id := range []string{"a", "a", "a", "b", "c", "c"} {
-		rel, err := e.acquire(id)
+		rel, err := e.acquire(id, "me")
 		if err != nil {
 			got = append(got, id+": "+status.Convert(toStatus(err)).Code().String()+" "+err.Error())
 			continue
@@ -179,7 +179,7 @@ func TestExecSessionFloodHitsTheBound(t *testing.T) {
 	}
 	releases[0]()
 	releases[0]() // twice is harmless
-	if _, err := e.acquire("c"); err != nil {
+	if _, err := e.acquire("c", "me"); err != nil {
 		t.Errorf("a freed slot is not usable: %v", err)
 	}
 }
@@ -237,5 +237,60 @@ func TestExecSessionRefusesLargeInput(t *testing.T) {
 		if strings.Contains(o, "x") {
 			t.Errorf("the command got the input: %d bytes of output", len(o))
 		}
+	}
+}
+
+// holdExecer runs every session until its context ends.
+type holdExecer struct{ running chan string }
+
+func (h holdExecer) ExecProcess(ctx context.Context, id string, o runtime.ExecOptions) (int, error) {
+	h.running <- id
+	<-ctx.Done()
+	return -1, context.Cause(ctx)
+}
+
+// Attack: one caller (a tenant's principal, relayed by the scheduler)
+// holding sessions in its own tasks would take every slot of the host,
+// and no other tenant could debug its task there. A caller gets at most
+// exec.maxSessionsPerCaller of the host's; another still gets in.
+func TestExecSessionOneCallerCannotTakeTheHost(t *testing.T) {
+	h := holdExecer{running: make(chan string, 8)}
+	e := &ExecSessions{Runtime: h, Tasks: fakeTasks{"a": task.Running, "b": task.Running, "c": task.Running, "v": task.Running},
+		MaxPerTask: 4, MaxPerHost: 8, MaxPerCaller: 2}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errs := make(chan error, 8)
+	run := func(id, who string) {
+		go func() {
+			_, err := e.Run(ctx, &agentv1.ExecStart{Id: id, Args: []string{"sh"}}, who, &scriptTransport{hold: true})
+			errs <- err
+		}()
+	}
+	run("a", "alice@example.com")
+	run("b", "alice@example.com")
+	for range 2 {
+		<-h.running
+	}
+	run("c", "alice@example.com")
+	select {
+	case err := <-errs:
+		if st := status.Convert(toStatus(err)); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "exec.maxSessionsPerCaller") {
+			t.Errorf("alice's third session: %v %q, want ResourceExhausted naming exec.maxSessionsPerCaller", st.Code(), st.Message())
+		}
+	case id := <-h.running:
+		t.Errorf("alice's third session runs (in %s)", id)
+	case <-time.After(5 * time.Second):
+		t.Fatal("alice's third session neither runs nor is refused")
+	}
+	run("v", "bob@example.com")
+	select {
+	case id := <-h.running:
+		if id != "v" {
+			t.Errorf("bob's session runs in %s", id)
+		}
+	case err := <-errs:
+		t.Errorf("bob's session refused: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("bob's session neither runs nor is refused")
 	}
 }

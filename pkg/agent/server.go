@@ -263,7 +263,7 @@ func (s *Server) Exec(req *agentv1.ExecRequest, stream grpc.ServerStreamingServe
 		return toStatus(ErrTaskNotActive)
 	}
 	if s.Sessions != nil {
-		release, err := s.Sessions.acquire(req.GetId())
+		release, err := s.Sessions.acquire(req.GetId(), localCaller(stream.Context()))
 		if err != nil {
 			return toStatus(err)
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"fmt"
 
 	"google.golang.org/grpc"
@@ -15,15 +16,19 @@ func (s *Server) ExecSession(stream grpc.BidiStreamingServer[agentv1.ExecInput, 
 	if err != nil {
 		return err
 	}
-	who := "local"
-	if p, ok := peer.FromContext(stream.Context()); ok {
-		if pi, ok := p.AuthInfo.(peerInfo); ok {
-			who = fmt.Sprintf("local uid %d pid %d", pi.UID, pi.PID)
-		}
-	}
-	code, err := s.Sessions.Run(stream.Context(), first.GetStart(), who, stream)
+	code, err := s.Sessions.Run(stream.Context(), first.GetStart(), localCaller(stream.Context()), stream)
 	if err != nil {
 		return toStatus(err)
 	}
 	return stream.Send(&agentv1.ExecOutput{Exited: true, ExitCode: int32(code)})
+}
+
+// localCaller names a caller on the local socket by its credentials.
+func localCaller(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok {
+		if pi, ok := p.AuthInfo.(peerInfo); ok {
+			return fmt.Sprintf("local uid %d pid %d", pi.UID, pi.PID)
+		}
+	}
+	return "local"
 }
