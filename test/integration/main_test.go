@@ -5,10 +5,12 @@
 //
 // Every test calls begin(t) first. It counts the test, and TestMain prints
 // `INTEGRATION: N tests ran, M failed` at the end, so a run where tests
-// silently did nothing is visible.
+// silently did nothing is visible; last of all its cleanups it removes the
+// nftables tables whose device is gone.
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -19,6 +21,7 @@ import (
 
 	"github.com/containerd/log"
 
+	"github.com/titus-agent/titus-agent/pkg/vpc"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
@@ -32,7 +35,19 @@ func begin(t *testing.T) {
 		if t.Failed() {
 			testsFailed.Add(1)
 		}
+		removeStaleTables()
 	})
+}
+
+// removeStaleTables runs last in every test (after its containerd is
+// gone): a task still running when its test ended loses its veth with
+// its netns, not its source guard table, nor a gone bridge its tables.
+// It removes what has no device left, as the next agent start would;
+// another test's live tables always have theirs.
+func removeStaleTables() {
+	if fw, err := vpc.NewFirewall(vpc.FirewallConfig{Table: "titus_fw_none"}); err == nil {
+		_, _ = fw.RemoveStale(context.Background())
+	}
 }
 
 // prerequisites are the binaries the suite runs for real.
