@@ -42,6 +42,11 @@ func (m *Manager) assignGPUs(n int) (*taskrunner.GPUs, error) {
 			inUse[i] = true
 		}
 	}
+	for _, rec := range m.pending {
+		for _, i := range rec.Resources.GPUs.Indices() {
+			inUse[i] = true
+		}
+	}
 	g, err := m.cfg.GPUs.Assign(n, inUse)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrNoFreeGPUs, err)

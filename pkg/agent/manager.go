@@ -91,6 +91,9 @@ type Manager struct {
 
 	mu      sync.Mutex
 	runners map[string]*taskrunner.Runner
+	// pending are launches being recorded (Accepted, not yet on disk):
+	// their ids, places and GPUs are taken, they have no runner yet.
+	pending map[string]*taskrunner.Record
 	// gpuDoubt: the running container of a quarantined task (its record
 	// unreadable) may hold GPUs; none are given out until an operator acts.
 	gpuDoubt bool
@@ -107,7 +110,8 @@ func NewManager(agentCtx context.Context, cfg ManagerConfig) *Manager {
 	if cfg.Retention == 0 {
 		cfg.Retention = time.Hour
 	}
-	return &Manager{cfg: cfg, log: cfg.Logger, bus: newBroadcaster(), agentCtx: agentCtx, runners: map[string]*taskrunner.Runner{}}
+	return &Manager{cfg: cfg, log: cfg.Logger, bus: newBroadcaster(), agentCtx: agentCtx,
+		runners: map[string]*taskrunner.Runner{}, pending: map[string]*taskrunner.Record{}}
 }
 
 func (m *Manager) runnerConfig() taskrunner.Config {
@@ -134,26 +138,17 @@ func (m *Manager) Launch(ctx context.Context, spec *task.Spec) (task.View, error
 	if m.agentCtx.Err() != nil {
 		return task.View{}, ErrShuttingDown
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if r, ok := m.runners[s.ID]; ok {
-		return r.View(), fmt.Errorf("%w: %s", ErrTaskExists, s.ID)
-	}
-	if len(m.runners) >= m.cfg.MaxTasks {
-		return task.View{}, fmt.Errorf("%w (%d)", ErrTooManyTasks, m.cfg.MaxTasks)
-	}
-	rec := &taskrunner.Record{Spec: s}
-	if _, err := rec.Status.Advance(task.Accepted, task.ReasonAccepted, "", time.Now()); err != nil {
-		return task.View{}, err
-	}
-	// Under m.mu, in the record saved below: no other launch sees these
-	// devices free, and no container starts before they are on disk.
-	gpus, err := m.assignGPUs(int(s.Resources.GPUs))
+	rec, err := m.reserve(&s)
 	if err != nil {
 		return task.View{}, err
 	}
-	rec.Resources.GPUs = gpus
-	if err := m.cfg.Store.Save(rec); err != nil {
+	// The fsync is outside m.mu: concurrent launches share a commit (the
+	// store groups them) and nothing else waits on the disk.
+	err = m.cfg.Store.Save(rec)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.pending, s.ID)
+	if err != nil {
 		return task.View{}, fmt.Errorf("record task: %w", err)
 	}
 	m.bus.publish(task.Event{TaskID: s.ID, Status: rec.Status})
@@ -161,6 +156,33 @@ func (m *Manager) Launch(ctx context.Context, spec *task.Spec) (task.View, error
 	m.runners[s.ID] = r
 	go r.Run(m.agentCtx)
 	return r.View(), nil
+}
+
+// reserve makes the Accepted record of a new task and holds its id, its
+// place under MaxTasks and its GPUs (pending) until Launch has saved it.
+func (m *Manager) reserve(s *task.Spec) (*taskrunner.Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	_, running := m.runners[s.ID]
+	if _, pending := m.pending[s.ID]; running || pending {
+		return nil, fmt.Errorf("%w: %s", ErrTaskExists, s.ID)
+	}
+	if len(m.runners)+len(m.pending) >= m.cfg.MaxTasks {
+		return nil, fmt.Errorf("%w (%d)", ErrTooManyTasks, m.cfg.MaxTasks)
+	}
+	rec := &taskrunner.Record{Spec: *s}
+	if _, err := rec.Status.Advance(task.Accepted, task.ReasonAccepted, "", time.Now()); err != nil {
+		return nil, err
+	}
+	// Under m.mu, and pending until saved: no other launch sees these
+	// devices free, and no container starts before they are on disk.
+	gpus, err := m.assignGPUs(int(s.Resources.GPUs))
+	if err != nil {
+		return nil, err
+	}
+	rec.Resources.GPUs = gpus
+	m.pending[s.ID] = rec
+	return rec, nil
 }
 
 // validate checks a normalized spec: every field (task.Spec.Validate), then

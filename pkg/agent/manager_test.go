@@ -375,3 +375,54 @@ func TestLaunchRefusesWhatTheHostDoesNotGive(t *testing.T) {
 		t.Errorf("hooks ran %d times, want once (the accepted launch only)", hook.n)
 	}
 }
+
+// A launch waiting for its record to reach the disk holds the manager's
+// lock no longer than the checks: the manager answers meanwhile, and the
+// launch's id and place are taken until it is saved.
+func TestLaunchRecordsOutsideTheManagerLock(t *testing.T) {
+	store, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m := NewManager(ctx, ManagerConfig{Store: store, Runtime: &fakeRuntime{}, MaxTasks: 2, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	// A commit in flight: the next saves wait in the store's queue.
+	store.mu.Lock()
+	store.busy = true
+	store.mu.Unlock()
+	launched := make(chan error, 1)
+	go func() {
+		_, err := m.Launch(ctx, &task.Spec{ID: "slow", OwnerEmail: "a@example.com", Image: "img"})
+		launched <- err
+	}()
+	waitFor(t, func() bool { store.mu.Lock(); defer store.mu.Unlock(); return len(store.queue) == 1 })
+	done := make(chan []task.View, 1)
+	go func() { done <- m.List() }()
+	select {
+	case vs := <-done:
+		if len(vs) != 0 {
+			t.Errorf("a launch not yet on disk is listed: %v", vs)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("List waited for a launch's fsync")
+	}
+	if _, err := m.Launch(ctx, &task.Spec{ID: "slow", OwnerEmail: "a@example.com", Image: "img"}); !errors.Is(err, ErrTaskExists) {
+		t.Errorf("duplicate of a launch being recorded: %v", err)
+	}
+	// "slow" holds one of the two places while it is recorded.
+	go func() { _, _ = m.Launch(ctx, &task.Spec{ID: "second", OwnerEmail: "a@example.com", Image: "img"}) }()
+	waitFor(t, func() bool { store.mu.Lock(); defer store.mu.Unlock(); return len(store.queue) == 2 })
+	if _, err := m.Launch(ctx, &task.Spec{ID: "third", OwnerEmail: "a@example.com", Image: "img"}); !errors.Is(err, ErrTooManyTasks) {
+		t.Errorf("over the limit with two launches being recorded: %v", err)
+	}
+	store.commitQueued()
+	if err := <-launched; err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(m.List()) == 2 })
+	if recs, _ := store.Load(); len(recs) < 2 {
+		t.Errorf("records on disk: %d, want 2", len(recs))
+	}
+}

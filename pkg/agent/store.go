@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,9 +33,25 @@ const StateFile = "tasks.db"
 
 // Store keeps task records in a bbolt file. Every Save is durable (fsync)
 // before it returns: intent is recorded before the agent acts on it.
+// Saves group-commit: a lone Save writes at once; Saves that arrive while
+// a commit is in flight share the next one (one fsync for all).
 type Store struct {
 	db   *bolt.DB
 	path string
+
+	mu sync.Mutex
+	// queue are the writes waiting for the next commit; busy is set while
+	// a commit is in flight (its writer commits the queue after it).
+	queue []*put
+	busy  bool
+	// rounds counts commits (tests).
+	rounds atomic.Int64
+}
+
+// put is one record waiting to be committed; err gets the commit's result.
+type put struct {
+	key, val []byte
+	err      chan error
 }
 
 // ErrStateLocked means another process holds the state file.
@@ -107,7 +125,6 @@ func OpenStoreTimeout(dir string, timeout time.Duration) (s *Store, err error) {
 	}); err != nil {
 		return nil, fmt.Errorf("init state file %s: %w", path, err)
 	}
-	db.MaxBatchDelay = 2 * time.Millisecond
 	return &Store{db: db, path: path}, nil
 }
 
@@ -125,14 +142,73 @@ func (s *Store) Save(rec *taskrunner.Record) error {
 	if err != nil {
 		return fmt.Errorf("encode task %s: %w", rec.Spec.ID, err)
 	}
-	// Batch coalesces concurrent launches into one fsync'd transaction.
-	err = s.db.Batch(func(tx *bolt.Tx) error {
-		return tx.Bucket(tasksBucket).Put([]byte(rec.Spec.ID), b)
-	})
+	err = s.commit(&put{key: []byte(rec.Spec.ID), val: b, err: make(chan error, 1)})
 	if err != nil && (errors.Is(err, syscall.ENOSPC) || strings.Contains(err.Error(), "no space left")) {
 		return fmt.Errorf("%w: %w", ErrStateDiskFull, err)
 	}
 	return err
+}
+
+// commit writes p durably, with whatever else is queued. A writer that
+// finds no commit in flight commits the queue (its own record and any
+// others) itself; writes queued during a commit go in the next one, made
+// by a new goroutine. So a lone writer never waits on a timer (bbolt's
+// Batch waits MaxBatchDelay even alone), and concurrent launches share
+// fsyncs. A task's records are never in one commit twice: a runner's
+// writes wait for each other.
+func (s *Store) commit(p *put) error {
+	s.mu.Lock()
+	s.queue = append(s.queue, p)
+	if s.busy {
+		s.mu.Unlock()
+		return <-p.err
+	}
+	s.busy = true
+	s.mu.Unlock()
+	s.commitQueued()
+	return <-p.err
+}
+
+// commitQueued commits the queue once; if more queued meanwhile, a new
+// goroutine takes over, so the caller returns after its own round.
+func (s *Store) commitQueued() {
+	s.mu.Lock()
+	batch := s.queue
+	s.queue = nil
+	s.mu.Unlock()
+	if err := s.update(batch); err != nil && len(batch) > 1 {
+		// One bad write must not fail the others: each alone, as
+		// bbolt's Batch does.
+		for _, p := range batch {
+			p.err <- s.update([]*put{p})
+		}
+	} else {
+		for _, p := range batch {
+			p.err <- err
+		}
+	}
+	s.mu.Lock()
+	if len(s.queue) == 0 {
+		s.busy = false
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	go s.commitQueued()
+}
+
+// update commits puts in one fsync'd transaction.
+func (s *Store) update(puts []*put) error {
+	s.rounds.Add(1)
+	return s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(tasksBucket)
+		for _, p := range puts {
+			if err := b.Put(p.key, p.val); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // ErrStateDiskFull marks a write refused because the state directory's
