@@ -18,7 +18,7 @@ import (
 
 // wire builds the task lifecycle from the config:
 //
-//	stage 1: image ∥ host paths ∥ network ∥ secrets
+//	stage 1: image ∥ host paths ∥ network ∥ secrets ∥ role credentials (prefetch)
 //	stage 2: disk ∥ metadata ∥ bandwidth (they need the image or the netns)
 //	stage 3: container create + start
 func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime, m *metrics.Agent) (*wiring, error) {

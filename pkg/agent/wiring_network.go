@@ -65,7 +65,7 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 	w.reconcilers = append(w.reconcilers, n)
 	w.vpc, w.network = n, n
 	if cfg.Metadata.Enabled {
-		if err := wireMetadata(ctx, cfg, log, w, second, m); err != nil {
+		if err := wireMetadata(ctx, cfg, log, w, first, second, m); err != nil {
 			return nil, fmt.Errorf("metadata: %w", err)
 		}
 	}
@@ -73,7 +73,7 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 }
 
 // wireMetadata answers 169.254.169.254 inside every task's netns.
-func wireMetadata(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, second *[]taskrunner.PrestartHook, m *metrics.Agent) error {
+func wireMetadata(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, first, second *[]taskrunner.PrestartHook, m *metrics.Agent) error {
 	mc := cfg.Metadata
 	dur, err := optionalDuration(mc.CredentialDuration)
 	if err != nil {
@@ -101,6 +101,8 @@ func wireMetadata(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, 
 		return err
 	}
 	hook := &taskrunner.MetadataHook{Server: svc}
+	// STS's round trip overlaps the network and disk set-up.
+	*first = append(*first, &taskrunner.CredentialsHook{Prefetcher: svc})
 	*second = append(*second, hook)
 	w.restore = append(w.restore, hook)
 	w.closers = append(w.closers, svc.Close)
