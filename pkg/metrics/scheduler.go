@@ -33,6 +33,9 @@ type Scheduler struct {
 	// QuarantinedRecords counts records in etcd the scheduler could not
 	// read, skipped and copied under its quarantine prefix: alert on any.
 	QuarantinedRecords prometheus.Counter
+	// TargetCalls counts the ELBv2 calls of the load balancer integration,
+	// by op (register, deregister, describe) and result (ok, error).
+	TargetCalls *prometheus.CounterVec
 	// GRPC measures the job and agent-stream APIs (grpc_server_*); add its
 	// interceptors to the gRPC server.
 	GRPC *grpcprom.ServerMetrics
@@ -58,6 +61,10 @@ func NewScheduler(reg prometheus.Registerer) *Scheduler {
 			Namespace: "titus_scheduler", Name: "store_quarantined_records_total",
 			Help: "Records in etcd that could not be read, were skipped and copied under the quarantine prefix.",
 		}),
+		TargetCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "titus_scheduler", Name: "target_group_calls_total",
+			Help: "ELBv2 calls putting tasks into and out of target groups, by op (register, deregister, describe) and result (ok, error).",
+		}, []string{"op", "result"}),
 		GRPC: grpcprom.NewServerMetrics(),
 	}
 	for _, r := range []string{PlacementPlaced, PlacementUnplaceable} {
@@ -66,6 +73,11 @@ func NewScheduler(reg prometheus.Registerer) *Scheduler {
 	for _, h := range []string{AgentHealthy, AgentUnhealthy, AgentDraining, AgentLost} {
 		s.Agents.WithLabelValues(h)
 	}
-	reg.MustRegister(s.PlacementDuration, s.QueueDepth, s.Agents, s.QuarantinedRecords, s.GRPC)
+	for _, op := range []string{"register", "deregister", "describe"} {
+		for _, r := range []string{"ok", "error"} {
+			s.TargetCalls.WithLabelValues(op, r)
+		}
+	}
+	reg.MustRegister(s.PlacementDuration, s.QueueDepth, s.Agents, s.QuarantinedRecords, s.TargetCalls, s.GRPC)
 	return s
 }

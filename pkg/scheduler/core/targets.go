@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/backoff"
+	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -320,9 +321,41 @@ func (c *Core) targetLoop(ctx context.Context) {
 	}
 }
 
+// counted is the load balancers with every call counted in the metrics.
+type counted struct {
+	LoadBalancers
+	m *metrics.Scheduler
+}
+
+func (c counted) count(op string, err error) error {
+	if c.m != nil {
+		r := "ok"
+		if err != nil {
+			r = "error"
+		}
+		c.m.TargetCalls.WithLabelValues(op, r).Inc()
+	}
+	return err
+}
+
+func (c counted) Register(ctx context.Context, arn string, ts []Target) error {
+	return c.count("register", c.LoadBalancers.Register(ctx, arn, ts))
+}
+
+func (c counted) Deregister(ctx context.Context, arn string, ts []Target) error {
+	return c.count("deregister", c.LoadBalancers.Deregister(ctx, arn, ts))
+}
+
+func (c counted) Targets(ctx context.Context, arn string) ([]TargetHealth, error) {
+	hs, err := c.LoadBalancers.Targets(ctx, arn)
+	return hs, c.count("describe", err)
+}
+
+func (c *Core) lbAPI() LoadBalancers { return counted{c.opts.LoadBalancers, c.opts.Metrics} }
+
 // targetPass is one round of the target loop.
 func (c *Core) targetPass(ctx context.Context, now time.Time, full bool) {
-	lb := c.opts.LoadBalancers
+	lb := c.lbAPI()
 	c.mu.Lock()
 	p := c.planTargets(now)
 	c.mu.Unlock()
@@ -512,7 +545,7 @@ func (c *Core) planTargets(now time.Time) *targetPlan {
 // reconcileTargets compares every managed group with what it should hold:
 // registers what is missing and removes what no task accounts for.
 func (c *Core) reconcileTargets(ctx context.Context, p *targetPlan, now time.Time) {
-	lb := c.opts.LoadBalancers
+	lb := c.lbAPI()
 	c.mu.RLock()
 	arns := map[string]bool{}
 	for _, arn := range c.opts.ManagedTargetGroups {

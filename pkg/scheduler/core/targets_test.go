@@ -12,7 +12,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -453,7 +456,8 @@ func TestTargetsRefuseClaimedOrOddIPs(t *testing.T) {
 
 // A group whose calls fail is called again only after a backoff.
 func TestTargetsBackoffAfterFailure(t *testing.T) {
-	h := newLBHarness(t, 1, Config{})
+	m := metrics.NewScheduler(prometheus.NewRegistry())
+	h := newLBHarness(t, 1, Config{Metrics: m})
 	h.now = time.Now()
 	id := h.place()[0]
 	h.status(id, task.Running, "198.18.0.10", task.HealthHealthy)
@@ -470,6 +474,15 @@ func TestTargetsBackoffAfterFailure(t *testing.T) {
 	h.lb.failDeregister = nil
 	if diff := cmp.Diff([]string{"deregister A 198.18.0.10:8080"}, h.pass(false)); diff != "" {
 		t.Errorf("after the backoff (-want +got):\n%s", diff)
+	}
+	calls := map[string]float64{}
+	for _, op := range []string{"register", "deregister"} {
+		for _, r := range []string{"ok", "error"} {
+			calls[op+" "+r] = testutil.ToFloat64(m.TargetCalls.WithLabelValues(op, r))
+		}
+	}
+	if diff := cmp.Diff(map[string]float64{"register ok": 1, "register error": 0, "deregister ok": 1, "deregister error": 1}, calls); diff != "" {
+		t.Errorf("call metrics (-want +got):\n%s", diff)
 	}
 }
 
