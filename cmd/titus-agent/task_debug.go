@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strconv"
@@ -39,12 +40,14 @@ func newTaskInspectCmd() *cobra.Command {
 				if n := t.GetNetwork(); n != nil {
 					fmt.Fprintf(out, "Network:\n  netns   %s\n  ipv4    %s\n  ipv6    %s\n  eni     %s %s\n", n.GetNetns(), n.GetIpv4(), n.GetIpv6(), n.GetEniId(), n.GetMac())
 				}
+				printReadBack(out, r)
 				fmt.Fprintln(out, "Transitions:")
 				tw := newTable(out, "  TIME", "STATE", "REASON", "MESSAGE")
 				for _, tr := range t.GetTransitions() {
 					tw.row("  "+tr.GetTime().AsTime().Local().Format("15:04:05.000"), stateName(tr.GetState()), tr.GetReason(), tr.GetMessage())
 				}
 				tw.flush()
+				printLaunchSteps(out, t.GetTransitions())
 				if s := r.GetOciSpecJson(); s != "" {
 					fmt.Fprintln(out, "OCI spec:")
 					fmt.Fprintln(out, s)
@@ -84,3 +87,39 @@ func newTaskTopCmd() *cobra.Command {
 	addOutputFlag(cmd)
 	return cmd
 }
+
+// printReadBack prints what inspect read inside the task: its network
+// namespace's interfaces, routes and metadata listeners, and its root
+// filesystem's use against its disk quota.
+func printReadBack(out io.Writer, r *agentv1.InspectTaskResponse) {
+	if len(r.GetInterfaces()) > 0 {
+		fmt.Fprintln(out, "Interfaces (in the task's netns):")
+		tw := newTable(out, "  NAME", "STATE", "MTU", "MAC", "ADDRESSES")
+		for _, i := range r.GetInterfaces() {
+			tw.row("  "+i.GetName(), i.GetState(), strconv.Itoa(int(i.GetMtu())), i.GetMac(), strings.Join(i.GetAddresses(), " "))
+		}
+		tw.flush()
+		fmt.Fprintln(out, "Routes:")
+		for _, rt := range r.GetRoutes() {
+			fmt.Fprintln(out, "  "+rt)
+		}
+		ls := "none listening"
+		if len(r.GetMetadataListeners()) > 0 {
+			ls = strings.Join(r.GetMetadataListeners(), " ")
+		}
+		fmt.Fprintf(out, "Metadata: %s\n", ls)
+	}
+	if d := r.GetDisk(); d != nil {
+		quota := "no quota (the host's filesystem)"
+		if d.GetQuotaMib() > 0 {
+			quota = fmt.Sprintf("quota %dMiB", d.GetQuotaMib())
+		}
+		pct := 0.0
+		if d.GetSizeBytes() > 0 {
+			pct = 100 * float64(d.GetUsedBytes()) / float64(d.GetSizeBytes())
+		}
+		fmt.Fprintf(out, "Disk:    %s used of %s (%.0f%%), %s available, %s\n", mib(d.GetUsedBytes()), mib(d.GetSizeBytes()), pct, mib(d.GetAvailableBytes()), quota)
+	}
+}
+
+func mib(b uint64) string { return fmt.Sprintf("%.1fMiB", float64(b)/(1<<20)) }

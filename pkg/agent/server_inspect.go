@@ -72,6 +72,7 @@ func (s *Server) InspectTask(ctx context.Context, req *agentv1.InspectTaskReques
 		return nil, toStatus(err)
 	}
 	out.Pid, out.Cgroup, out.Limits = got.Pid, got.Cgroup, got.Limits
+	readBack(out, got, v.Spec.Resources.DiskMiB)
 	if got.Spec != nil {
 		sp := *got.Spec
 		if sp.Process != nil {
@@ -105,6 +106,34 @@ func withSecretEnv(spec task.Spec) map[string]string {
 	}
 	out[LabelSecretEnv] = strings.Join(names, ",")
 	return out
+}
+
+// metadataListeners are the addresses the agent's metadata service
+// listens on inside every task's netns (pkg/metadataproxy).
+var metadataListeners = map[string]bool{"169.254.169.254:80": true, "[fd00:ec2::254]:80": true}
+
+// readBack puts what was read inside the task into the response: its
+// interfaces and routes, the metadata listeners found listening, and its
+// root filesystem's size and use against the quota it asked for.
+func readBack(out *agentv1.InspectTaskResponse, in runtime.Inspection, quotaMiB int64) {
+	if n := in.Net; n != nil {
+		for _, i := range n.Interfaces {
+			st := "down"
+			if i.Up {
+				st = "up"
+			}
+			out.Interfaces = append(out.Interfaces, &agentv1.NetInterface{Name: i.Name, Mac: i.MAC, Mtu: uint32(i.MTU), State: st, Addresses: i.Addrs})
+		}
+		out.Routes = n.Routes
+		for _, l := range n.Listening {
+			if metadataListeners[l] {
+				out.MetadataListeners = append(out.MetadataListeners, l)
+			}
+		}
+	}
+	if d := in.Disk; d != nil {
+		out.Disk = &agentv1.DiskUsage{SizeBytes: d.SizeBytes, UsedBytes: d.UsedBytes, AvailableBytes: d.AvailableBytes, QuotaMib: quotaMiB}
+	}
 }
 
 func specJSON(s *specs.Spec) string {

@@ -16,6 +16,11 @@ type Inspection struct {
 	// there, read back.
 	Cgroup string
 	Limits map[string]string
+	// Net is its network namespace read back, Disk its root filesystem
+	// (both nil when it does not run, or could not be read: NetErr, DiskErr).
+	Net             *NetView
+	Disk            *DiskView
+	NetErr, DiskErr error
 }
 
 // Inspect reads the container's OCI spec and, when it runs, its cgroup
@@ -41,6 +46,16 @@ func (r *Runtime) Inspect(ctx context.Context, id string) (Inspection, error) {
 		return in, nil // exited meanwhile
 	}
 	in.Cgroup, in.Limits = dir, HostProcFS.Limits(dir, v1)
+	if nv, err := readNetNS(HostProcFS.Proc, int(in.Pid)); err == nil {
+		in.Net = &nv
+	} else {
+		in.NetErr = err
+	}
+	if dv, err := statRoot(HostProcFS.Proc, int(in.Pid)); err == nil {
+		in.Disk = &dv
+	} else {
+		in.DiskErr = err
+	}
 	return in, nil
 }
 

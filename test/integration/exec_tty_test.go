@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/creack/pty"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
@@ -546,6 +547,57 @@ func TestTaskInspectAndTop(t *testing.T) {
 	for _, p := range top.Processes {
 		if p.Command == "sleep 200000" && (p.Pid < 1 || p.HostPid <= p.Pid) {
 			t.Errorf("top: main process pid %d in task, %d on host", p.Pid, p.HostPid)
+		}
+	}
+}
+
+// TestTaskInspectReadsBack: inspect reads, inside a running task with a
+// VPC address, a disk quota and the metadata service, its interfaces,
+// addresses and routes, the metadata listener found listening, its root
+// filesystem's use against the quota, and prints the launch's steps.
+func TestTaskInspectReadsBack(t *testing.T) {
+	begin(t)
+	m := startMetadataAgent(t, "15m", "isolation:\n  diskDir: {{DIR}}/disks\n")
+	e := m.agentEnv
+	s := e.spec("box", "sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=4 && echo FILLED && exec sleep 100000")
+	s.Resources.DiskMib = 32
+	e.launch(s)
+	tk := e.waitState("box", stRunning, 60*time.Second)
+	e.waitLog("box", "FILLED")
+	ip := tk.GetNetwork().GetIpv4()
+
+	out, err := e.cli("task", "inspect", "box", "-o", "json")
+	if err != nil {
+		t.Fatalf("inspect: %v\n%s", err, out)
+	}
+	var r agentv1.InspectTaskResponse
+	if err := protojson.Unmarshal([]byte(out), &r); err != nil {
+		t.Fatalf("inspect -o json: %v\n%s", err, out)
+	}
+	var addrs []string
+	for _, i := range r.GetInterfaces() {
+		addrs = append(addrs, i.GetAddresses()...)
+	}
+	if !slices.ContainsFunc(addrs, func(a string) bool { return strings.HasPrefix(a, ip+"/") }) || !slices.Contains(addrs, "127.0.0.1/8") {
+		t.Errorf("interfaces: addresses %v, want the task's %s and loopback", addrs, ip)
+	}
+	if !slices.ContainsFunc(r.GetRoutes(), func(rt string) bool { return strings.HasPrefix(rt, "default via ") }) {
+		t.Errorf("routes %v: no default route", r.GetRoutes())
+	}
+	if !slices.Contains(r.GetMetadataListeners(), "169.254.169.254:80") {
+		t.Errorf("metadata listeners %v, want 169.254.169.254:80", r.GetMetadataListeners())
+	}
+	d := r.GetDisk()
+	if d.GetQuotaMib() != 32 || d.GetSizeBytes() > 33<<20 || d.GetSizeBytes() < 16<<20 || d.GetUsedBytes() < 4<<20 || d.GetAvailableBytes() > d.GetSizeBytes() {
+		t.Errorf("disk %v: want a 32 MiB quota read back with the 4 MiB written", d)
+	}
+	human, err := e.cli("task", "inspect", "box")
+	if err != nil {
+		t.Fatalf("inspect: %v\n%s", err, human)
+	}
+	for _, want := range []string{"Interfaces (in the task's netns):", ip + "/", "Routes:", "Metadata: 169.254.169.254:80", "Disk:", "quota 32MiB", "Launch steps (from accepted):", "  network", "  metadata", "  disk"} {
+		if !strings.Contains(human, want) {
+			t.Errorf("inspect lacks %q:\n%s", want, human)
 		}
 	}
 }

@@ -1765,9 +1765,19 @@ type InspectTaskResponse struct {
 	OciSpecJson string `protobuf:"bytes,2,opt,name=oci_spec_json,json=ociSpecJson,proto3" json:"oci_spec_json,omitempty"`
 	// The task's init on the host, its cgroup directory and the limits read
 	// back from it (file name to content).
-	Pid           uint32            `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
-	Cgroup        string            `protobuf:"bytes,4,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
-	Limits        map[string]string `protobuf:"bytes,5,rep,name=limits,proto3" json:"limits,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Pid    uint32            `protobuf:"varint,3,opt,name=pid,proto3" json:"pid,omitempty"`
+	Cgroup string            `protobuf:"bytes,4,opt,name=cgroup,proto3" json:"cgroup,omitempty"`
+	Limits map[string]string `protobuf:"bytes,5,rep,name=limits,proto3" json:"limits,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Read back inside the task's network namespace: its interfaces with
+	// their addresses, its routes (main table, `ip route` style), and the
+	// agent's metadata listeners found listening there (169.254.169.254:80,
+	// [fd00:ec2::254]:80).
+	Interfaces        []*NetInterface `protobuf:"bytes,6,rep,name=interfaces,proto3" json:"interfaces,omitempty"`
+	Routes            []string        `protobuf:"bytes,7,rep,name=routes,proto3" json:"routes,omitempty"`
+	MetadataListeners []string        `protobuf:"bytes,8,rep,name=metadata_listeners,json=metadataListeners,proto3" json:"metadata_listeners,omitempty"`
+	// The task's root filesystem as the task sees it (statfs of its root):
+	// its size is the disk quota when the task has one (quota_mib).
+	Disk          *DiskUsage `protobuf:"bytes,9,opt,name=disk,proto3" json:"disk,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1837,6 +1847,181 @@ func (x *InspectTaskResponse) GetLimits() map[string]string {
 	return nil
 }
 
+func (x *InspectTaskResponse) GetInterfaces() []*NetInterface {
+	if x != nil {
+		return x.Interfaces
+	}
+	return nil
+}
+
+func (x *InspectTaskResponse) GetRoutes() []string {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *InspectTaskResponse) GetMetadataListeners() []string {
+	if x != nil {
+		return x.MetadataListeners
+	}
+	return nil
+}
+
+func (x *InspectTaskResponse) GetDisk() *DiskUsage {
+	if x != nil {
+		return x.Disk
+	}
+	return nil
+}
+
+type NetInterface struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Mac   string                 `protobuf:"bytes,2,opt,name=mac,proto3" json:"mac,omitempty"`
+	Mtu   uint32                 `protobuf:"varint,3,opt,name=mtu,proto3" json:"mtu,omitempty"`
+	// up or down.
+	State string `protobuf:"bytes,4,opt,name=state,proto3" json:"state,omitempty"`
+	// CIDR notation.
+	Addresses     []string `protobuf:"bytes,5,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NetInterface) Reset() {
+	*x = NetInterface{}
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NetInterface) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NetInterface) ProtoMessage() {}
+
+func (x *NetInterface) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NetInterface.ProtoReflect.Descriptor instead.
+func (*NetInterface) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *NetInterface) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NetInterface) GetMac() string {
+	if x != nil {
+		return x.Mac
+	}
+	return ""
+}
+
+func (x *NetInterface) GetMtu() uint32 {
+	if x != nil {
+		return x.Mtu
+	}
+	return 0
+}
+
+func (x *NetInterface) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *NetInterface) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+type DiskUsage struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	SizeBytes      uint64                 `protobuf:"varint,1,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	UsedBytes      uint64                 `protobuf:"varint,2,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
+	AvailableBytes uint64                 `protobuf:"varint,3,opt,name=available_bytes,json=availableBytes,proto3" json:"available_bytes,omitempty"`
+	// The quota the task asked for (resources.diskMiB), 0 for none.
+	QuotaMib      int64 `protobuf:"varint,4,opt,name=quota_mib,json=quotaMib,proto3" json:"quota_mib,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DiskUsage) Reset() {
+	*x = DiskUsage{}
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DiskUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DiskUsage) ProtoMessage() {}
+
+func (x *DiskUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DiskUsage.ProtoReflect.Descriptor instead.
+func (*DiskUsage) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *DiskUsage) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *DiskUsage) GetUsedBytes() uint64 {
+	if x != nil {
+		return x.UsedBytes
+	}
+	return 0
+}
+
+func (x *DiskUsage) GetAvailableBytes() uint64 {
+	if x != nil {
+		return x.AvailableBytes
+	}
+	return 0
+}
+
+func (x *DiskUsage) GetQuotaMib() int64 {
+	if x != nil {
+		return x.QuotaMib
+	}
+	return 0
+}
+
 type TopTaskRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1846,7 +2031,7 @@ type TopTaskRequest struct {
 
 func (x *TopTaskRequest) Reset() {
 	*x = TopTaskRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +2043,7 @@ func (x *TopTaskRequest) String() string {
 func (*TopTaskRequest) ProtoMessage() {}
 
 func (x *TopTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[24]
+	mi := &file_agent_v1_agent_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +2056,7 @@ func (x *TopTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopTaskRequest.ProtoReflect.Descriptor instead.
 func (*TopTaskRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{24}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *TopTaskRequest) GetId() string {
@@ -1897,7 +2082,7 @@ type TaskProcess struct {
 
 func (x *TaskProcess) Reset() {
 	*x = TaskProcess{}
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +2094,7 @@ func (x *TaskProcess) String() string {
 func (*TaskProcess) ProtoMessage() {}
 
 func (x *TaskProcess) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[25]
+	mi := &file_agent_v1_agent_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2107,7 @@ func (x *TaskProcess) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskProcess.ProtoReflect.Descriptor instead.
 func (*TaskProcess) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{25}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *TaskProcess) GetHostPid() int32 {
@@ -1984,7 +2169,7 @@ type TopTaskResponse struct {
 
 func (x *TopTaskResponse) Reset() {
 	*x = TopTaskResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2181,7 @@ func (x *TopTaskResponse) String() string {
 func (*TopTaskResponse) ProtoMessage() {}
 
 func (x *TopTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[26]
+	mi := &file_agent_v1_agent_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2194,7 @@ func (x *TopTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TopTaskResponse.ProtoReflect.Descriptor instead.
 func (*TopTaskResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{26}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *TopTaskResponse) GetCgroup() string {
@@ -2036,7 +2221,7 @@ type WindowSize struct {
 
 func (x *WindowSize) Reset() {
 	*x = WindowSize{}
-	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2048,7 +2233,7 @@ func (x *WindowSize) String() string {
 func (*WindowSize) ProtoMessage() {}
 
 func (x *WindowSize) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[27]
+	mi := &file_agent_v1_agent_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2061,7 +2246,7 @@ func (x *WindowSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
 func (*WindowSize) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{27}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WindowSize) GetWidth() uint32 {
@@ -2096,7 +2281,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2293,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[28]
+	mi := &file_agent_v1_agent_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2306,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{28}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExecStart) GetId() string {
@@ -2181,7 +2366,7 @@ type ExecInput struct {
 
 func (x *ExecInput) Reset() {
 	*x = ExecInput{}
-	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2378,7 @@ func (x *ExecInput) String() string {
 func (*ExecInput) ProtoMessage() {}
 
 func (x *ExecInput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[29]
+	mi := &file_agent_v1_agent_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2391,7 @@ func (x *ExecInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecInput.ProtoReflect.Descriptor instead.
 func (*ExecInput) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{29}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ExecInput) GetMsg() isExecInput_Msg {
@@ -2292,7 +2477,7 @@ type ExecOutput struct {
 
 func (x *ExecOutput) Reset() {
 	*x = ExecOutput{}
-	mi := &file_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_agent_v1_agent_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2304,7 +2489,7 @@ func (x *ExecOutput) String() string {
 func (*ExecOutput) ProtoMessage() {}
 
 func (x *ExecOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[30]
+	mi := &file_agent_v1_agent_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2317,7 +2502,7 @@ func (x *ExecOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecOutput.ProtoReflect.Descriptor instead.
 func (*ExecOutput) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{30}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ExecOutput) GetStdout() []byte {
@@ -2356,7 +2541,7 @@ type HealthRequest struct {
 
 func (x *HealthRequest) Reset() {
 	*x = HealthRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_agent_v1_agent_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2368,7 +2553,7 @@ func (x *HealthRequest) String() string {
 func (*HealthRequest) ProtoMessage() {}
 
 func (x *HealthRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[31]
+	mi := &file_agent_v1_agent_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2381,7 +2566,7 @@ func (x *HealthRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthRequest.ProtoReflect.Descriptor instead.
 func (*HealthRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{31}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{33}
 }
 
 type HealthCheck struct {
@@ -2395,7 +2580,7 @@ type HealthCheck struct {
 
 func (x *HealthCheck) Reset() {
 	*x = HealthCheck{}
-	mi := &file_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_agent_v1_agent_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2407,7 +2592,7 @@ func (x *HealthCheck) String() string {
 func (*HealthCheck) ProtoMessage() {}
 
 func (x *HealthCheck) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[32]
+	mi := &file_agent_v1_agent_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2420,7 +2605,7 @@ func (x *HealthCheck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthCheck.ProtoReflect.Descriptor instead.
 func (*HealthCheck) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{32}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *HealthCheck) GetName() string {
@@ -2454,7 +2639,7 @@ type HealthResponse struct {
 
 func (x *HealthResponse) Reset() {
 	*x = HealthResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_agent_v1_agent_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2466,7 +2651,7 @@ func (x *HealthResponse) String() string {
 func (*HealthResponse) ProtoMessage() {}
 
 func (x *HealthResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[33]
+	mi := &file_agent_v1_agent_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2479,7 +2664,7 @@ func (x *HealthResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HealthResponse.ProtoReflect.Descriptor instead.
 func (*HealthResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{33}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *HealthResponse) GetHealthy() bool {
@@ -2504,7 +2689,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_agent_v1_agent_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2516,7 +2701,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[34]
+	mi := &file_agent_v1_agent_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2529,7 +2714,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{34}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{36}
 }
 
 type VersionResponse struct {
@@ -2543,7 +2728,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_agent_v1_agent_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2555,7 +2740,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[35]
+	mi := &file_agent_v1_agent_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2568,7 +2753,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{35}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -2600,7 +2785,7 @@ type VPCStatusRequest struct {
 
 func (x *VPCStatusRequest) Reset() {
 	*x = VPCStatusRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_agent_v1_agent_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2612,7 +2797,7 @@ func (x *VPCStatusRequest) String() string {
 func (*VPCStatusRequest) ProtoMessage() {}
 
 func (x *VPCStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[36]
+	mi := &file_agent_v1_agent_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2625,7 +2810,7 @@ func (x *VPCStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCStatusRequest.ProtoReflect.Descriptor instead.
 func (*VPCStatusRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{36}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{38}
 }
 
 type VPCStatusResponse struct {
@@ -2639,7 +2824,7 @@ type VPCStatusResponse struct {
 
 func (x *VPCStatusResponse) Reset() {
 	*x = VPCStatusResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_agent_v1_agent_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2651,7 +2836,7 @@ func (x *VPCStatusResponse) String() string {
 func (*VPCStatusResponse) ProtoMessage() {}
 
 func (x *VPCStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[37]
+	mi := &file_agent_v1_agent_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2664,7 +2849,7 @@ func (x *VPCStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCStatusResponse.ProtoReflect.Descriptor instead.
 func (*VPCStatusResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{37}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *VPCStatusResponse) GetProvider() string {
@@ -2691,7 +2876,7 @@ type VPCGCRequest struct {
 
 func (x *VPCGCRequest) Reset() {
 	*x = VPCGCRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_agent_v1_agent_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2703,7 +2888,7 @@ func (x *VPCGCRequest) String() string {
 func (*VPCGCRequest) ProtoMessage() {}
 
 func (x *VPCGCRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[38]
+	mi := &file_agent_v1_agent_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2716,7 +2901,7 @@ func (x *VPCGCRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCGCRequest.ProtoReflect.Descriptor instead.
 func (*VPCGCRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{38}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *VPCGCRequest) GetApply() bool {
@@ -2735,7 +2920,7 @@ type VPCGCResponse struct {
 
 func (x *VPCGCResponse) Reset() {
 	*x = VPCGCResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_agent_v1_agent_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2747,7 +2932,7 @@ func (x *VPCGCResponse) String() string {
 func (*VPCGCResponse) ProtoMessage() {}
 
 func (x *VPCGCResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[39]
+	mi := &file_agent_v1_agent_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2760,7 +2945,7 @@ func (x *VPCGCResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VPCGCResponse.ProtoReflect.Descriptor instead.
 func (*VPCGCResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{39}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *VPCGCResponse) GetActions() []string {
@@ -2780,7 +2965,7 @@ type MetadataGetRequest struct {
 
 func (x *MetadataGetRequest) Reset() {
 	*x = MetadataGetRequest{}
-	mi := &file_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_agent_v1_agent_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2792,7 +2977,7 @@ func (x *MetadataGetRequest) String() string {
 func (*MetadataGetRequest) ProtoMessage() {}
 
 func (x *MetadataGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[40]
+	mi := &file_agent_v1_agent_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2805,7 +2990,7 @@ func (x *MetadataGetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataGetRequest.ProtoReflect.Descriptor instead.
 func (*MetadataGetRequest) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{40}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *MetadataGetRequest) GetTaskId() string {
@@ -2833,7 +3018,7 @@ type MetadataGetResponse struct {
 
 func (x *MetadataGetResponse) Reset() {
 	*x = MetadataGetResponse{}
-	mi := &file_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_agent_v1_agent_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2845,7 +3030,7 @@ func (x *MetadataGetResponse) String() string {
 func (*MetadataGetResponse) ProtoMessage() {}
 
 func (x *MetadataGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agent_v1_agent_proto_msgTypes[41]
+	mi := &file_agent_v1_agent_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2858,7 +3043,7 @@ func (x *MetadataGetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataGetResponse.ProtoReflect.Descriptor instead.
 func (*MetadataGetResponse) Descriptor() ([]byte, []int) {
-	return file_agent_v1_agent_proto_rawDescGZIP(), []int{41}
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *MetadataGetResponse) GetStatus() int32 {
@@ -3021,16 +3206,35 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x05stdin\x18\x03 \x01(\fR\x05stdin\x12'\n" +
 	"\x0ftimeout_seconds\x18\x04 \x01(\x03R\x0etimeoutSeconds\"$\n" +
 	"\x12InspectTaskRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x91\x02\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xc5\x03\n" +
 	"\x13InspectTaskResponse\x12(\n" +
 	"\x04task\x18\x01 \x01(\v2\x14.titus.agent.v1.TaskR\x04task\x12\"\n" +
 	"\roci_spec_json\x18\x02 \x01(\tR\vociSpecJson\x12\x10\n" +
 	"\x03pid\x18\x03 \x01(\rR\x03pid\x12\x16\n" +
 	"\x06cgroup\x18\x04 \x01(\tR\x06cgroup\x12G\n" +
-	"\x06limits\x18\x05 \x03(\v2/.titus.agent.v1.InspectTaskResponse.LimitsEntryR\x06limits\x1a9\n" +
+	"\x06limits\x18\x05 \x03(\v2/.titus.agent.v1.InspectTaskResponse.LimitsEntryR\x06limits\x12<\n" +
+	"\n" +
+	"interfaces\x18\x06 \x03(\v2\x1c.titus.agent.v1.NetInterfaceR\n" +
+	"interfaces\x12\x16\n" +
+	"\x06routes\x18\a \x03(\tR\x06routes\x12-\n" +
+	"\x12metadata_listeners\x18\b \x03(\tR\x11metadataListeners\x12-\n" +
+	"\x04disk\x18\t \x01(\v2\x19.titus.agent.v1.DiskUsageR\x04disk\x1a9\n" +
 	"\vLimitsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\" \n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"z\n" +
+	"\fNetInterface\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
+	"\x03mac\x18\x02 \x01(\tR\x03mac\x12\x10\n" +
+	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12\x14\n" +
+	"\x05state\x18\x04 \x01(\tR\x05state\x12\x1c\n" +
+	"\taddresses\x18\x05 \x03(\tR\taddresses\"\x8f\x01\n" +
+	"\tDiskUsage\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x01 \x01(\x04R\tsizeBytes\x12\x1d\n" +
+	"\n" +
+	"used_bytes\x18\x02 \x01(\x04R\tusedBytes\x12'\n" +
+	"\x0favailable_bytes\x18\x03 \x01(\x04R\x0eavailableBytes\x12\x1b\n" +
+	"\tquota_mib\x18\x04 \x01(\x03R\bquotaMib\" \n" +
 	"\x0eTopTaskRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\xb8\x01\n" +
 	"\vTaskProcess\x12\x19\n" +
@@ -3145,7 +3349,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(HealthStatus)(0),             // 0: titus.agent.v1.HealthStatus
 	(TaskState)(0),                // 1: titus.agent.v1.TaskState
@@ -3173,48 +3377,50 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*ExecRequest)(nil),           // 23: titus.agent.v1.ExecRequest
 	(*InspectTaskRequest)(nil),    // 24: titus.agent.v1.InspectTaskRequest
 	(*InspectTaskResponse)(nil),   // 25: titus.agent.v1.InspectTaskResponse
-	(*TopTaskRequest)(nil),        // 26: titus.agent.v1.TopTaskRequest
-	(*TaskProcess)(nil),           // 27: titus.agent.v1.TaskProcess
-	(*TopTaskResponse)(nil),       // 28: titus.agent.v1.TopTaskResponse
-	(*WindowSize)(nil),            // 29: titus.agent.v1.WindowSize
-	(*ExecStart)(nil),             // 30: titus.agent.v1.ExecStart
-	(*ExecInput)(nil),             // 31: titus.agent.v1.ExecInput
-	(*ExecOutput)(nil),            // 32: titus.agent.v1.ExecOutput
-	(*HealthRequest)(nil),         // 33: titus.agent.v1.HealthRequest
-	(*HealthCheck)(nil),           // 34: titus.agent.v1.HealthCheck
-	(*HealthResponse)(nil),        // 35: titus.agent.v1.HealthResponse
-	(*VersionRequest)(nil),        // 36: titus.agent.v1.VersionRequest
-	(*VersionResponse)(nil),       // 37: titus.agent.v1.VersionResponse
-	(*VPCStatusRequest)(nil),      // 38: titus.agent.v1.VPCStatusRequest
-	(*VPCStatusResponse)(nil),     // 39: titus.agent.v1.VPCStatusResponse
-	(*VPCGCRequest)(nil),          // 40: titus.agent.v1.VPCGCRequest
-	(*VPCGCResponse)(nil),         // 41: titus.agent.v1.VPCGCResponse
-	(*MetadataGetRequest)(nil),    // 42: titus.agent.v1.MetadataGetRequest
-	(*MetadataGetResponse)(nil),   // 43: titus.agent.v1.MetadataGetResponse
-	nil,                           // 44: titus.agent.v1.TaskSpec.EnvEntry
-	nil,                           // 45: titus.agent.v1.TaskSpec.LabelsEntry
-	nil,                           // 46: titus.agent.v1.InspectTaskResponse.LimitsEntry
-	(*durationpb.Duration)(nil),   // 47: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 48: google.protobuf.Timestamp
+	(*NetInterface)(nil),          // 26: titus.agent.v1.NetInterface
+	(*DiskUsage)(nil),             // 27: titus.agent.v1.DiskUsage
+	(*TopTaskRequest)(nil),        // 28: titus.agent.v1.TopTaskRequest
+	(*TaskProcess)(nil),           // 29: titus.agent.v1.TaskProcess
+	(*TopTaskResponse)(nil),       // 30: titus.agent.v1.TopTaskResponse
+	(*WindowSize)(nil),            // 31: titus.agent.v1.WindowSize
+	(*ExecStart)(nil),             // 32: titus.agent.v1.ExecStart
+	(*ExecInput)(nil),             // 33: titus.agent.v1.ExecInput
+	(*ExecOutput)(nil),            // 34: titus.agent.v1.ExecOutput
+	(*HealthRequest)(nil),         // 35: titus.agent.v1.HealthRequest
+	(*HealthCheck)(nil),           // 36: titus.agent.v1.HealthCheck
+	(*HealthResponse)(nil),        // 37: titus.agent.v1.HealthResponse
+	(*VersionRequest)(nil),        // 38: titus.agent.v1.VersionRequest
+	(*VersionResponse)(nil),       // 39: titus.agent.v1.VersionResponse
+	(*VPCStatusRequest)(nil),      // 40: titus.agent.v1.VPCStatusRequest
+	(*VPCStatusResponse)(nil),     // 41: titus.agent.v1.VPCStatusResponse
+	(*VPCGCRequest)(nil),          // 42: titus.agent.v1.VPCGCRequest
+	(*VPCGCResponse)(nil),         // 43: titus.agent.v1.VPCGCResponse
+	(*MetadataGetRequest)(nil),    // 44: titus.agent.v1.MetadataGetRequest
+	(*MetadataGetResponse)(nil),   // 45: titus.agent.v1.MetadataGetResponse
+	nil,                           // 46: titus.agent.v1.TaskSpec.EnvEntry
+	nil,                           // 47: titus.agent.v1.TaskSpec.LabelsEntry
+	nil,                           // 48: titus.agent.v1.InspectTaskResponse.LimitsEntry
+	(*durationpb.Duration)(nil),   // 49: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 50: google.protobuf.Timestamp
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
-	44, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
+	46, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
 	2,  // 1: titus.agent.v1.TaskSpec.resources:type_name -> titus.agent.v1.Resources
-	45, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
+	47, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
 	3,  // 3: titus.agent.v1.TaskSpec.network:type_name -> titus.agent.v1.NetworkRequest
 	6,  // 4: titus.agent.v1.TaskSpec.health_check:type_name -> titus.agent.v1.HealthCheckSpec
 	5,  // 5: titus.agent.v1.TaskSpec.secrets:type_name -> titus.agent.v1.SecretRef
-	47, // 6: titus.agent.v1.HealthCheckSpec.interval:type_name -> google.protobuf.Duration
-	47, // 7: titus.agent.v1.HealthCheckSpec.timeout:type_name -> google.protobuf.Duration
-	47, // 8: titus.agent.v1.HealthCheckSpec.start_period:type_name -> google.protobuf.Duration
+	49, // 6: titus.agent.v1.HealthCheckSpec.interval:type_name -> google.protobuf.Duration
+	49, // 7: titus.agent.v1.HealthCheckSpec.timeout:type_name -> google.protobuf.Duration
+	49, // 8: titus.agent.v1.HealthCheckSpec.start_period:type_name -> google.protobuf.Duration
 	0,  // 9: titus.agent.v1.TaskHealth.status:type_name -> titus.agent.v1.HealthStatus
-	48, // 10: titus.agent.v1.TaskHealth.since:type_name -> google.protobuf.Timestamp
-	48, // 11: titus.agent.v1.TaskHealth.checked:type_name -> google.protobuf.Timestamp
+	50, // 10: titus.agent.v1.TaskHealth.since:type_name -> google.protobuf.Timestamp
+	50, // 11: titus.agent.v1.TaskHealth.checked:type_name -> google.protobuf.Timestamp
 	1,  // 12: titus.agent.v1.Transition.state:type_name -> titus.agent.v1.TaskState
-	48, // 13: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	50, // 13: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
 	9,  // 14: titus.agent.v1.Transition.steps:type_name -> titus.agent.v1.LaunchStep
-	48, // 15: titus.agent.v1.LaunchStep.start:type_name -> google.protobuf.Timestamp
-	47, // 16: titus.agent.v1.LaunchStep.took:type_name -> google.protobuf.Duration
+	50, // 15: titus.agent.v1.LaunchStep.start:type_name -> google.protobuf.Timestamp
+	49, // 16: titus.agent.v1.LaunchStep.took:type_name -> google.protobuf.Duration
 	4,  // 17: titus.agent.v1.Task.spec:type_name -> titus.agent.v1.TaskSpec
 	1,  // 18: titus.agent.v1.Task.state:type_name -> titus.agent.v1.TaskState
 	8,  // 19: titus.agent.v1.Task.transitions:type_name -> titus.agent.v1.Transition
@@ -3227,47 +3433,49 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	11, // 26: titus.agent.v1.KillTaskResponse.task:type_name -> titus.agent.v1.Task
 	11, // 27: titus.agent.v1.ListTasksResponse.tasks:type_name -> titus.agent.v1.Task
 	11, // 28: titus.agent.v1.InspectTaskResponse.task:type_name -> titus.agent.v1.Task
-	46, // 29: titus.agent.v1.InspectTaskResponse.limits:type_name -> titus.agent.v1.InspectTaskResponse.LimitsEntry
-	27, // 30: titus.agent.v1.TopTaskResponse.processes:type_name -> titus.agent.v1.TaskProcess
-	29, // 31: titus.agent.v1.ExecStart.size:type_name -> titus.agent.v1.WindowSize
-	30, // 32: titus.agent.v1.ExecInput.start:type_name -> titus.agent.v1.ExecStart
-	29, // 33: titus.agent.v1.ExecInput.resize:type_name -> titus.agent.v1.WindowSize
-	34, // 34: titus.agent.v1.HealthResponse.checks:type_name -> titus.agent.v1.HealthCheck
-	13, // 35: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
-	15, // 36: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
-	17, // 37: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
-	18, // 38: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
-	20, // 39: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
-	21, // 40: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
-	23, // 41: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
-	31, // 42: titus.agent.v1.Agent.ExecSession:input_type -> titus.agent.v1.ExecInput
-	24, // 43: titus.agent.v1.Agent.InspectTask:input_type -> titus.agent.v1.InspectTaskRequest
-	26, // 44: titus.agent.v1.Agent.TopTask:input_type -> titus.agent.v1.TopTaskRequest
-	33, // 45: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
-	38, // 46: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
-	40, // 47: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
-	42, // 48: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
-	36, // 49: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
-	14, // 50: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
-	16, // 51: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
-	11, // 52: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
-	19, // 53: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
-	12, // 54: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
-	22, // 55: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
-	32, // 56: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
-	32, // 57: titus.agent.v1.Agent.ExecSession:output_type -> titus.agent.v1.ExecOutput
-	25, // 58: titus.agent.v1.Agent.InspectTask:output_type -> titus.agent.v1.InspectTaskResponse
-	28, // 59: titus.agent.v1.Agent.TopTask:output_type -> titus.agent.v1.TopTaskResponse
-	35, // 60: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
-	39, // 61: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
-	41, // 62: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
-	43, // 63: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
-	37, // 64: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
-	50, // [50:65] is the sub-list for method output_type
-	35, // [35:50] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	48, // 29: titus.agent.v1.InspectTaskResponse.limits:type_name -> titus.agent.v1.InspectTaskResponse.LimitsEntry
+	26, // 30: titus.agent.v1.InspectTaskResponse.interfaces:type_name -> titus.agent.v1.NetInterface
+	27, // 31: titus.agent.v1.InspectTaskResponse.disk:type_name -> titus.agent.v1.DiskUsage
+	29, // 32: titus.agent.v1.TopTaskResponse.processes:type_name -> titus.agent.v1.TaskProcess
+	31, // 33: titus.agent.v1.ExecStart.size:type_name -> titus.agent.v1.WindowSize
+	32, // 34: titus.agent.v1.ExecInput.start:type_name -> titus.agent.v1.ExecStart
+	31, // 35: titus.agent.v1.ExecInput.resize:type_name -> titus.agent.v1.WindowSize
+	36, // 36: titus.agent.v1.HealthResponse.checks:type_name -> titus.agent.v1.HealthCheck
+	13, // 37: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
+	15, // 38: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
+	17, // 39: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
+	18, // 40: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
+	20, // 41: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
+	21, // 42: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
+	23, // 43: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
+	33, // 44: titus.agent.v1.Agent.ExecSession:input_type -> titus.agent.v1.ExecInput
+	24, // 45: titus.agent.v1.Agent.InspectTask:input_type -> titus.agent.v1.InspectTaskRequest
+	28, // 46: titus.agent.v1.Agent.TopTask:input_type -> titus.agent.v1.TopTaskRequest
+	35, // 47: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
+	40, // 48: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
+	42, // 49: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
+	44, // 50: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
+	38, // 51: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
+	14, // 52: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
+	16, // 53: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
+	11, // 54: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
+	19, // 55: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
+	12, // 56: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
+	22, // 57: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
+	34, // 58: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
+	34, // 59: titus.agent.v1.Agent.ExecSession:output_type -> titus.agent.v1.ExecOutput
+	25, // 60: titus.agent.v1.Agent.InspectTask:output_type -> titus.agent.v1.InspectTaskResponse
+	30, // 61: titus.agent.v1.Agent.TopTask:output_type -> titus.agent.v1.TopTaskResponse
+	37, // 62: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
+	41, // 63: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
+	43, // 64: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
+	45, // 65: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
+	39, // 66: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
+	52, // [52:67] is the sub-list for method output_type
+	37, // [37:52] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -3275,7 +3483,7 @@ func file_agent_v1_agent_proto_init() {
 	if File_agent_v1_agent_proto != nil {
 		return
 	}
-	file_agent_v1_agent_proto_msgTypes[29].OneofWrappers = []any{
+	file_agent_v1_agent_proto_msgTypes[31].OneofWrappers = []any{
 		(*ExecInput_Start)(nil),
 		(*ExecInput_Stdin)(nil),
 		(*ExecInput_Resize)(nil),
@@ -3287,7 +3495,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
