@@ -28,6 +28,7 @@ func newTaskRunCmd() *cobra.Command {
 	var (
 		file, id, owner, role, grace, maxRuntime string
 		env, labels, sgs, subnets                []string
+		secretFiles, secretEnv                   []string
 		cpu, mem, disk, mbps, pids               int64
 		wait                                     bool
 	)
@@ -96,6 +97,12 @@ func newTaskRunCmd() *cobra.Command {
 			if err := mergeKV(&spec.Labels, labels, "--label"); err != nil {
 				return err
 			}
+			if err := addSecrets(spec, secretFiles, task.SecretAsFile); err != nil {
+				return err
+			}
+			if err := addSecrets(spec, secretEnv, task.SecretAsEnv); err != nil {
+				return err
+			}
 			spec.Network.SecurityGroupIDs = append(spec.Network.SecurityGroupIDs, sgs...)
 			spec.Network.SubnetIDs = append(spec.Network.SubnetIDs, subnets...)
 			return withClient(func(ctx context.Context, c agentv1.AgentClient) error {
@@ -128,6 +135,8 @@ func newTaskRunCmd() *cobra.Command {
 	f.StringVar(&role, "role", "", "IAM role ARN for the task")
 	f.StringArrayVarP(&env, "env", "e", nil, "environment variable K=V (repeatable)")
 	f.StringArrayVarP(&labels, "label", "l", nil, "label K=V (repeatable)")
+	f.StringArrayVar(&secretFiles, "secret", nil, "secret file NAME=FROM at /run/secrets/NAME, fetched with --role (repeatable; docs/task-spec.md#secrets)")
+	f.StringArrayVar(&secretEnv, "secret-env", nil, "secret environment variable NAME=FROM, fetched with --role (repeatable)")
 	f.StringSliceVar(&sgs, "sg", nil, "security group id (repeatable)")
 	f.StringSliceVar(&subnets, "subnet", nil, "subnet id (repeatable)")
 	f.Int64Var(&cpu, "cpu", 0, "CPU in millicores (default 1000)")
@@ -182,6 +191,19 @@ func mergeKV(dst *map[string]string, kvs []string, flag string) error {
 			*dst = map[string]string{}
 		}
 		(*dst)[k] = v
+	}
+	return nil
+}
+
+// addSecrets adds NAME=FROM secrets references to spec (validation checks
+// them with the rest of the spec).
+func addSecrets(spec *task.Spec, kvs []string, as task.SecretAs) error {
+	for _, kv := range kvs {
+		name, from, ok := strings.Cut(kv, "=")
+		if !ok {
+			return fmt.Errorf("--secret%s %q: want NAME=FROM (a Secrets Manager ARN[:JSONKEY] or an SSM parameter)", map[task.SecretAs]string{task.SecretAsEnv: "-env"}[as], kv)
+		}
+		spec.Secrets = append(spec.Secrets, task.SecretRef{Name: name, From: from, As: as})
 	}
 	return nil
 }

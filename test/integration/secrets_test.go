@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -28,6 +29,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
@@ -431,4 +433,58 @@ func grepTree(t *testing.T, dir string, values []string) []string {
 	})
 	slices.Sort(hits)
 	return hits
+}
+
+// In a user namespace the task's root is an unprivileged host user: its
+// secret files are that user's (a file left to host root would be
+// unreadable to it), and the agent without a network (no metadata
+// listener) still fetches with the task's own role session.
+func TestSecretsInUserNamespace(t *testing.T) {
+	begin(t)
+	moto := testenv.StartMoto(t)
+	ctx := context.Background()
+	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("testing", "testing", "")}
+	value := rnd("userns-")
+	sc := ssm.NewFromConfig(cfg, func(o *ssm.Options) { o.BaseEndpoint = aws.String(moto.Endpoint) })
+	if _, err := sc.PutParameter(ctx, &ssm.PutParameterInput{Name: aws.String("/app/token"), Value: aws.String(value), Type: ssmtypes.ParameterTypeSecureString}); err != nil {
+		t.Fatal(err)
+	}
+	parent := userNSDir(t)
+	e := newAgentEnvConfig(t, fmt.Sprintf(`isolation:
+  diskDir: %s
+metadata:
+  enabled: true
+  stsEndpoint: %s
+  region: us-east-1
+  accessKeyID: testing
+  secretAccessKey: testing
+secrets:
+  dir: {{DIR}}/secrets
+  endpoint: %s
+`, filepath.Join(parent, "disks"), moto.Endpoint, moto.Endpoint))
+	s := e.spec("userns", "sh", "-c", fmt.Sprintf(`test "$(sha256sum < /run/secrets/app/token | cut -d' ' -f1)" = %s && echo READ-OK
+echo "MODES $(stat -c '%%a:%%u' /run/secrets/app/token)"; exec sleep 1000`, sha(value)))
+	s.Labels, s.Resources.DiskMib = map[string]string{isolation.LabelUserNS: "true"}, 32
+	s.IamRoleArn = "arn:aws:iam::123456789012:role/app"
+	s.Secrets = []*agentv1.SecretRef{{Name: "token", From: "/app/token", Path: "app/token"}}
+	e.launch(s)
+	e.waitState("userns", stRunning, 30*time.Second)
+	e.waitLog("userns", "MODES")
+	if out, _ := e.cli("task", "logs", "userns"); !strings.Contains(out, "READ-OK") || !strings.Contains(out, "MODES 400:0") {
+		t.Errorf("in the task: %q, want READ-OK and MODES 400:0 (its root owns it)", out)
+	}
+	fi, err := os.Stat(filepath.Join(e.dir, "secrets", "userns", "app", "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uid := fi.Sys().(*syscall.Stat_t).Uid; uid == 0 {
+		t.Errorf("on the host the file is root's, not the task's mapped user")
+	}
+	if _, err := e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: "userns", GracePeriodSeconds: 1}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState("userns", agentv1.TaskState_TASK_STATE_FINISHED, 30*time.Second)
+	e.waitNoContainer("userns")
+	assertNoSecretsOf(t, filepath.Join(e.dir, "secrets"), "userns")
+	e.assertNoLeftovers()
 }
