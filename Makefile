@@ -5,7 +5,7 @@ BIN := bin
 DEPS_STAMP := $(HOME)/.cache/titus-agent/deps.stamp
 export PATH := $(HOME)/.cache/titus-agent/bin:$(PATH)
 
-.PHONY: all build test check-generate test-unit test-integration test-vm test-gpu bench deps generate demo demo-stop clean
+.PHONY: all build test check-generate test-unit test-integration test-chaos chaos test-vm test-gpu bench deps generate demo demo-stop clean
 
 all: build
 
@@ -25,7 +25,7 @@ generate: deps
 	  --go_out=paths=source_relative:api --go-grpc_out=paths=source_relative:api \
 	  $$(find api -name '*.proto' | sort)
 
-test: deps check-generate test-unit test-integration
+test: deps check-generate test-unit test-integration test-chaos
 
 # The committed protobuf code is what `make generate` makes from api/.
 check-generate: generate
@@ -43,6 +43,24 @@ test-integration: deps build
 	@set -o pipefail; $(GO) test -count=1 -timeout 60m -v ./test/integration/... > $(INTEGRATION_LOG) 2>&1; rc=$$?; \
 	  grep -E '^(--- |    |PASS|FAIL|ok|panic|INTEGRATION)' $(INTEGRATION_LOG) | grep -v '^        time=' ; \
 	  if [ $$rc -ne 0 ]; then echo "integration tests FAILED (full log: $(INTEGRATION_LOG))"; fi; exit $$rc
+
+# The soak under faults (test/chaos, docs/slo.md "Under faults"): a fleet of
+# three schedulers over three etcd members and agents on simulated EC2 hosts,
+# kept busy while faults from a seeded schedule hit it; it prints the SLO
+# report and fails if an objective is missed. `test-chaos` is the short form
+# `make test` runs (a few minutes); `chaos` the long one. Both hold
+# /tmp/titus-integ.lock (runc state, host links) for the whole run. Replay a
+# run with CHAOS_FLAGS=-chaos.seed=N; see `go test ./test/chaos -args -h`.
+CHAOS_LOG ?= /tmp/titus-chaos.log
+CHAOS_FLAGS ?=
+CHAOS_LONG ?= -chaos.duration=10m -chaos.hosts=3 -chaos.azs=us-east-1a,us-east-1b,us-east-1c -chaos.rate=20 -chaos.fault-every=20s
+CHAOS_RUN = $(GO) test -c -o $(BIN)/chaos.test ./test/chaos/ && \
+	  set -o pipefail; flock /tmp/titus-integ.lock $(BIN)/chaos.test -test.run TestChaosSoak -test.v -test.count=1
+CHAOS_SHOW = tee $(CHAOS_LOG) | grep -E '^(CHAOS|===|---|  |jobs|tasks|launch|failed|ended|metadata|API|leaks|faults|objectives|OBJECTIVE|FAIL|PASS|panic)'
+test-chaos: deps build
+	@$(CHAOS_RUN) -test.timeout 8m $(CHAOS_FLAGS) 2>&1 | $(CHAOS_SHOW) || { echo "chaos soak FAILED (full log: $(CHAOS_LOG))"; exit 1; }
+chaos: deps build
+	@$(CHAOS_RUN) -test.timeout 30m $(CHAOS_LONG) $(CHAOS_FLAGS) 2>&1 | $(CHAOS_SHOW) || { echo "chaos soak FAILED (full log: $(CHAOS_LOG))"; exit 1; }
 
 # The production-kernel lane: a Debian 12 guest (cloud kernel, cgroup v2,
 # systemd, XFS prjquota) under qemu runs a subset of test/integration.

@@ -184,6 +184,16 @@ func (c *Containerd) Restart(t TB) {
 	c.start(t)
 }
 
+// Kill9Restart kills containerd with SIGKILL (its shims and their tasks
+// live on, as when the daemon crashes) and starts it again on the same
+// directories and socket.
+func (c *Containerd) Kill9Restart(t TB) {
+	t.Helper()
+	_ = c.Proc.Cmd.Process.Kill()
+	_ = c.Proc.Cmd.Wait()
+	c.start(t)
+}
+
 func (c *Containerd) cleanup() {
 	if c.Proc != nil && c.Proc.Cmd.ProcessState == nil {
 		c.deleteAll()

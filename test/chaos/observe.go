@@ -1,0 +1,145 @@
+package chaos
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+)
+
+// observer records what the run sees: every task attempt's last record
+// at the scheduler (polled before ended jobs are pruned), each job's
+// state, and on which hosts the agents themselves ran each task.
+type observer struct {
+	f *fleet
+	l *load
+
+	mu     sync.Mutex
+	tasks  map[string]*schedv1.Task
+	jobs   map[string]schedv1.JobState
+	done   map[string]bool
+	seenOn map[string]map[string]bool // task id → instance ids whose agent ran it
+}
+
+func newObserver(f *fleet, l *load) *observer {
+	return &observer{f: f, l: l, tasks: map[string]*schedv1.Task{}, jobs: map[string]schedv1.JobState{},
+		done: map[string]bool{}, seenOn: map[string]map[string]bool{}}
+}
+
+func terminalJob(s schedv1.JobState) bool {
+	return s == schedv1.JobState_JOB_STATE_FINISHED || s == schedv1.JobState_JOB_STATE_FAILED || s == schedv1.JobState_JOB_STATE_KILLED
+}
+
+func terminalTask(s agentv1.TaskState) bool {
+	return s == agentv1.TaskState_TASK_STATE_FINISHED || s == agentv1.TaskState_TASK_STATE_FAILED ||
+		s == agentv1.TaskState_TASK_STATE_KILLED || s == agentv1.TaskState_TASK_STATE_LOST
+}
+
+// pollScheduler records the tasks of every job not yet fully recorded.
+func (o *observer) pollScheduler(ctx context.Context) {
+	o.l.mu.Lock()
+	var ids []string
+	for id := range o.l.jobs {
+		ids = append(ids, id)
+	}
+	o.l.mu.Unlock()
+	for _, id := range ids {
+		o.mu.Lock()
+		done := o.done[id]
+		o.mu.Unlock()
+		if done || ctx.Err() != nil {
+			continue
+		}
+		var job *schedv1.Job
+		var tasks []*schedv1.Task
+		err := o.f.api(ctx, func(ctx context.Context, c schedv1.SchedulerClient) error {
+			j, err := c.GetJob(ctx, &schedv1.GetJobRequest{Id: id})
+			if err != nil {
+				return err
+			}
+			job, tasks = j, nil
+			for token := ""; ; {
+				r, err := c.ListTasks(ctx, &schedv1.ListTasksRequest{JobId: id, All: true, PageToken: token})
+				if err != nil {
+					return err
+				}
+				tasks = append(tasks, r.Tasks...)
+				if token = r.NextPageToken; token == "" {
+					return nil
+				}
+			}
+		})
+		if err != nil {
+			continue
+		}
+		o.mu.Lock()
+		o.jobs[id] = job.State
+		allEnded := true
+		for _, t := range tasks {
+			o.tasks[t.Id] = t
+			allEnded = allEnded && terminalTask(t.State)
+		}
+		if terminalJob(job.State) && allEnded {
+			o.done[id] = true
+		}
+		o.mu.Unlock()
+	}
+}
+
+// pollAgents records which tasks each agent runs.
+func (o *observer) pollAgents(ctx context.Context) {
+	for _, h := range o.f.hosts {
+		if !h.mu.TryLock() { // being killed or restarted
+			continue
+		}
+		c := h.agent.Client
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		r, err := c.ListTasks(cctx, &agentv1.ListTasksRequest{})
+		cancel()
+		h.mu.Unlock()
+		if err != nil {
+			continue
+		}
+		o.mu.Lock()
+		for _, t := range r.GetTasks() {
+			if t.GetState() != agentv1.TaskState_TASK_STATE_RUNNING {
+				continue
+			}
+			id := t.GetSpec().GetId()
+			if o.seenOn[id] == nil {
+				o.seenOn[id] = map[string]bool{}
+			}
+			o.seenOn[id][h.sim.InstanceID] = true
+		}
+		o.mu.Unlock()
+	}
+}
+
+func (o *observer) run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for n := 0; ; n++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		o.pollAgents(ctx)
+		if n%2 == 0 {
+			o.pollScheduler(ctx)
+		}
+	}
+}
+
+// allDone reports whether every job submitted has ended with all its
+// tasks, and how many have not.
+func (o *observer) allDone() (bool, int) {
+	o.l.mu.Lock()
+	n := len(o.l.jobs)
+	o.l.mu.Unlock()
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return len(o.done) == n, n - len(o.done)
+}
