@@ -3,12 +3,15 @@ package chaos
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 )
 
 // faultKinds are the faults the soak can inject, each switchable by flag.
-var faultKinds = []string{"agent-kill", "containerd-kill", "leader-kill", "etcd-kill", "partition", "ec2-throttle", "sts-outage"}
+var faultKinds = []string{"agent-kill", "containerd-kill", "leader-kill", "etcd-kill", "partition", "ec2-throttle", "sts-outage", "disk-full"}
 
 // fault is one scheduled fault and what happened to it.
 type fault struct {
@@ -43,7 +46,7 @@ func schedule(rng *rand.Rand, enabled []string, d, every time.Duration, hosts in
 		f := fault{at: at, kind: cycle[0], hold: 5 * time.Second}
 		cycle = cycle[1:]
 		switch f.kind {
-		case "agent-kill", "containerd-kill", "partition":
+		case "agent-kill", "containerd-kill", "partition", "disk-full":
 			f.target = rng.IntN(hosts)
 		case "etcd-kill":
 			f.target = rng.IntN(3)
@@ -53,7 +56,7 @@ func schedule(rng *rand.Rand, enabled []string, d, every time.Duration, hosts in
 			// Either a blip the link rides out or one past the agent TTL
 			// (the host is lost and its tasks replaced).
 			f.hold = []time.Duration{3 * time.Second, agentTTL + 4*time.Second}[rng.IntN(2)]
-		case "ec2-throttle", "sts-outage":
+		case "ec2-throttle", "sts-outage", "disk-full":
 			f.hold = 10 * time.Second
 		case "containerd-kill":
 			f.hold = time.Second
@@ -140,6 +143,18 @@ func (fl *fleet) inject(f *fault, start time.Time) {
 		fl.ec2.Throttle("", 0)
 		f.healed = since()
 		f.note = "70% of EC2 calls RequestLimitExceeded"
+	case "disk-full":
+		h := fl.hosts[f.target]
+		filler := filepath.Join(h.state, "filler")
+		f.injected = since()
+		out, err := exec.Command("dd", "if=/dev/zero", "of="+filler, "bs=64k").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "No space left") {
+			f.note = fmt.Sprintf("filling %s: %v %s; ", h.state, err, out)
+		}
+		time.Sleep(f.hold)
+		_ = os.Remove(filler)
+		f.healed = since()
+		f.note += h.sim.InstanceID + " state disk full"
 	case "sts-outage":
 		f.injected = since()
 		fl.sts.Throttle("", 1)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -71,6 +72,7 @@ type replica struct {
 
 type host struct {
 	mu    sync.Mutex // held while the agent is killed and restarted
+	state string     // the agent's state directory: a small tmpfs of its own
 	sim   *testenv.SimHost
 	ctd   *testenv.Containerd
 	agent *testenv.Agent
@@ -205,7 +207,20 @@ metadata:
   credentialDuration: 15m
 logLevel: info
 `, namespace, strings.Join(addrs, ","), h.sim.InstanceID, f.imds.Endpoint, f.sts.URL)
-	h.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: h.ctd.Address, PlainHTTP: []string{f.reg.Host}, Config: cfg})
+	// The state directory is a small tmpfs, so the disk-full fault fills
+	// it without touching the machine's disk. Its cleanup is registered
+	// before the agent's, so it runs after the agent is stopped.
+	state, err := os.MkdirTemp("/tmp", "tcstate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { testenv.RemoveDir(state) })
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=32m", "titus-chaos-state", state).CombinedOutput(); err != nil {
+		t.Fatalf("mount the state tmpfs: %v %s", err, out)
+	}
+	h.state = state
+	h.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: h.ctd.Address, PlainHTTP: []string{f.reg.Host}, Config: cfg,
+		Extra: []string{"--state-dir", state}})
 	f.hosts = append(f.hosts, h)
 }
 

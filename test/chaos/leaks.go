@@ -62,14 +62,16 @@ func (f *fleet) leaks(jobIDs []string) map[string][]string {
 			}
 			hh.Close()
 		}
-		for _, line := range strings.Split(string(mountinfo), "\n") {
-			if fs := strings.Fields(line); len(fs) > 4 && strings.HasPrefix(fs[4], dir+"/") {
-				add("mounts", fs[4])
+		for _, d := range []string{dir, h.state} {
+			for _, line := range strings.Split(string(mountinfo), "\n") {
+				if fs := strings.Fields(line); len(fs) > 4 && strings.HasPrefix(fs[4], d+"/") {
+					add("mounts", fs[4])
+				}
 			}
-		}
-		for _, l := range loops {
-			if b, err := os.ReadFile(l); err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), dir+"/") {
-				add("loop devices", strings.TrimSpace(string(b)))
+			for _, l := range loops {
+				if b, err := os.ReadFile(l); err == nil && strings.HasPrefix(strings.TrimSpace(string(b)), d+"/") {
+					add("loop devices", strings.TrimSpace(string(b)))
+				}
 			}
 		}
 		resp, err := f.hv.EC2.DescribeNetworkInterfaces(context.Background(), &ec2.DescribeNetworkInterfacesInput{

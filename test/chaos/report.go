@@ -9,6 +9,7 @@ import (
 	"time"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
@@ -30,6 +31,7 @@ type objectives struct {
 
 // report is what the run observed.
 type report struct {
+	start    time.Time // when the load and the faults began
 	seed     uint64
 	duration time.Duration
 	hosts    int
@@ -50,6 +52,13 @@ type report struct {
 	faults          []fault
 	unfinished      int
 	missed          []string
+}
+
+func endedAt(t *schedv1.Task) time.Time {
+	if t.Ended == nil {
+		return time.Time{}
+	}
+	return t.Ended.AsTime()
 }
 
 func quantile(d []time.Duration, q float64) time.Duration {
@@ -120,7 +129,7 @@ func build(o *observer, l *load, r *report) {
 			continue
 		}
 		r.platformTasks++
-		r.platform[t.State.String()+" "+t.Reason]++
+		r.platform[t.State.String()+" "+t.Reason+" "+r.after(endedAt(t))]++
 	}
 	for id, hosts := range o.seenOn {
 		if len(hosts) > 1 {
@@ -134,6 +143,25 @@ func build(o *observer, l *load, r *report) {
 	}
 	sort.Strings(r.twice)
 	sort.Strings(r.lostNoReason)
+}
+
+// after names the fault an end at t most likely follows: the last one
+// injected before t and healed at most agentTTL+30s before it.
+func (r *report) after(t time.Time) string {
+	if r.start.IsZero() || t.IsZero() {
+		return "(no fault)"
+	}
+	off := t.Sub(r.start)
+	for i := len(r.faults) - 1; i >= 0; i-- {
+		f := r.faults[i]
+		if f.injected > 0 && f.injected <= off {
+			if off <= f.healed+agentTTL+30*time.Second {
+				return fmt.Sprintf("(after %s +%s)", f.kind, f.injected.Round(time.Second))
+			}
+			break
+		}
+	}
+	return "(no fault)"
 }
 
 // check fills r.missed with every objective the run missed.

@@ -14,7 +14,7 @@ import (
 // short form's schedule holds each kind once, and bad flags are refused.
 func TestScheduleIsReproducible(t *testing.T) {
 	draw := func(seed uint64) []fault {
-		return schedule(rand.New(rand.NewPCG(seed, 1)), faultKinds, 100*time.Second, 10*time.Second, 2)
+		return schedule(rand.New(rand.NewPCG(seed, 1)), faultKinds, 110*time.Second, 10*time.Second, 2)
 	}
 	a, b := draw(42), draw(42)
 	if diff := cmp.Diff(a, b, cmp.AllowUnexported(fault{})); diff != "" {
@@ -23,7 +23,7 @@ func TestScheduleIsReproducible(t *testing.T) {
 	seen := map[string]int{}
 	for _, f := range a {
 		seen[f.kind]++
-		if f.at+25*time.Second > 100*time.Second || f.hold <= 0 {
+		if f.at+25*time.Second > 110*time.Second || f.hold <= 0 {
 			t.Errorf("fault %v outside the run or without a hold", f)
 		}
 	}

@@ -14,7 +14,7 @@ import (
 
 var (
 	flagSeed     = flag.Uint64("chaos.seed", 0, "seed of the fault schedule and the load's choices (0: drawn, and printed)")
-	flagDuration = flag.Duration("chaos.duration", 100*time.Second, "how long the load and the faults run (the drain comes after)")
+	flagDuration = flag.Duration("chaos.duration", 110*time.Second, "how long the load and the faults run (the drain comes after)")
 	flagHosts    = flag.Int("chaos.hosts", 2, "simulated EC2 hosts, each with an agent and its own containerd")
 	flagAZs      = flag.String("chaos.azs", "us-east-1a,us-east-1b", "availability zones the hosts are spread over")
 	flagRate     = flag.Float64("chaos.rate", 8, "jobs submitted per minute")
@@ -82,6 +82,7 @@ func TestChaosSoak(t *testing.T) {
 	go func() { l.run(loadCtx, *flagRate); close(loadDone) }()
 
 	start := time.Now()
+	r.start = start
 	for i := range faults {
 		if d := faults[i].at - time.Since(start); d > 0 {
 			time.Sleep(d)
