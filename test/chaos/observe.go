@@ -2,6 +2,8 @@ package chaos
 
 import (
 	"context"
+	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -142,4 +144,38 @@ func (o *observer) allDone() (bool, int) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return len(o.done) == n, n - len(o.done)
+}
+
+// stuck describes the jobs that have not ended: kind, state, counts and
+// why they are queued, as the scheduler tells it now.
+func (o *observer) stuck(ctx context.Context) []string {
+	o.l.mu.Lock()
+	jobs := map[string]string{}
+	for id, j := range o.l.jobs {
+		jobs[id] = j.kind
+	}
+	o.l.mu.Unlock()
+	var out []string
+	for id, kind := range jobs {
+		o.mu.Lock()
+		done := o.done[id]
+		o.mu.Unlock()
+		if done {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		var j *schedv1.Job
+		err := o.f.api(cctx, func(ctx context.Context, c schedv1.SchedulerClient) (err error) {
+			j, err = c.GetJob(ctx, &schedv1.GetJobRequest{Id: id})
+			return err
+		})
+		cancel()
+		if err != nil {
+			out = append(out, fmt.Sprintf("%s (%s): %v", id, kind, err))
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s (%s): %s counts %v queued %q", id, kind, j.State, j.Counts, j.QueuedReason))
+	}
+	sort.Strings(out)
+	return out
 }

@@ -245,6 +245,9 @@ func (r *report) print(w io.Writer) {
 			fmt.Fprintf(w, "  %s: %s\n", kind, s)
 		}
 	}
+	for _, s := range r.stuck {
+		fmt.Fprintf(w, "  not ended: %s\n", s)
+	}
 	fmt.Fprintf(w, "faults injected: %d\n", len(r.faults))
 	for _, f := range r.faults {
 		fmt.Fprintf(w, "  %s\n", f)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -69,6 +70,14 @@ func TestChaosSoak(t *testing.T) {
 		for _, h := range f.hosts {
 			t.Logf("== agent %s log\n%s", h.sim.InstanceID, h.agent.Log())
 		}
+		for i, rep := range f.replicas {
+			logs, _ := filepath.Glob(filepath.Join(rep.dir, "scheduler-*.log"))
+			for _, p := range logs {
+				b, _ := os.ReadFile(p)
+				lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+				t.Logf("== replica %d %s (last 60 of %d lines)\n%s", i, filepath.Base(p), len(lines), strings.Join(lines[max(0, len(lines)-60):], "\n"))
+			}
+		}
 	})
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -110,6 +119,7 @@ func TestChaosSoak(t *testing.T) {
 	o.pollScheduler(context.Background())
 	if r.unfinished > 0 {
 		_, r.unfinished = o.allDone()
+		r.stuck = o.stuck(ctx)
 	}
 	time.Sleep(jobRetention + 5*time.Second)
 	l.mu.Lock()
