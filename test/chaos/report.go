@@ -51,6 +51,7 @@ type report struct {
 	leaks           map[string][]string
 	faults          []fault
 	unfinished      int
+	stuck           []string
 	missed          []string
 }
 
