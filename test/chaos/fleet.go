@@ -72,7 +72,7 @@ type replica struct {
 
 type host struct {
 	mu    sync.Mutex // held while the agent is killed and restarted
-	state string     // the agent's state directory: a small tmpfs of its own
+	state string     // the agent's state directory: a tmpfs of its own
 	sim   *testenv.SimHost
 	ctd   *testenv.Containerd
 	agent *testenv.Agent
@@ -207,7 +207,8 @@ metadata:
   credentialDuration: 15m
 logLevel: info
 `, namespace, strings.Join(addrs, ","), h.sim.InstanceID, f.imds.Endpoint, f.sts.URL)
-	// The state directory is a small tmpfs, so the disk-full fault fills
+	// The state directory is a tmpfs of its own (just over the 512 MiB
+	// free the agent's health check wants), so the disk-full fault fills
 	// it without touching the machine's disk. Its cleanup is registered
 	// before the agent's, so it runs after the agent is stopped.
 	state, err := os.MkdirTemp("/tmp", "tcstate")
@@ -215,7 +216,7 @@ logLevel: info
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { testenv.RemoveDir(state) })
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=32m", "titus-chaos-state", state).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=640m", "titus-chaos-state", state).CombinedOutput(); err != nil {
 		t.Fatalf("mount the state tmpfs: %v %s", err, out)
 	}
 	h.state = state

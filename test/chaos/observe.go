@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 )
@@ -177,5 +179,14 @@ func (o *observer) stuck(ctx context.Context) []string {
 		out = append(out, fmt.Sprintf("%s (%s): %s counts %v queued %q", id, kind, j.State, j.Counts, j.QueuedReason))
 	}
 	sort.Strings(out)
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_ = o.f.api(cctx, func(ctx context.Context, c schedv1.SchedulerClient) error {
+		r, err := c.ListAgents(ctx, &schedv1.ListAgentsRequest{})
+		for _, a := range r.GetAgents() {
+			out = append(out, "agent "+protojson.Format(a))
+		}
+		return err
+	})
 	return out
 }
