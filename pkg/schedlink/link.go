@@ -137,27 +137,41 @@ func Run(ctx context.Context, cfg Config, tasks Tasks) error {
 			conns = append(conns, cc)
 		}
 	}
-	failures := 0
+	// A round tries every replica once. A replica that will not take the
+	// stream (a standby, one that is down) is followed at once by the
+	// next: a standby's refusal is the expected answer, and waiting out a
+	// growing backoff per standby kept an agent whose connection blipped
+	// away past the agent TTL, and its tasks were lost. The backoff grows,
+	// and is waited, once per round.
+	failures, tried := 0, 0
+	refused := false
 	for i := 0; ; i++ {
 		registered, err := runSession(ctx, conns[i%len(conns)], cfg, tasks)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if registered {
-			failures = 0
+			failures, tried, refused = 0, 0, false
+		}
+		tried++
+		refused = refused || status.Code(err) == codes.AlreadyExists
+		if !registered && tried%len(conns) != 0 {
+			cfg.Log.Debug("scheduler replica did not take the stream; trying the next", "err", err)
+			continue
 		}
 		failures++
 		d := backoff(cfg.MinBackoff, cfg.MaxBackoff, failures)
-		switch status.Code(err) {
-		case codes.AlreadyExists:
+		switch code := status.Code(err); {
+		case refused:
 			// Another stream holds this instance id. If it is this host's
 			// own dead connection, the scheduler lets us in once it has
 			// been silent a few heartbeats: retry often enough to get back
 			// before the agent TTL loses our tasks.
 			d = min(d, refusedRetry)
+			refused = false
 			cfg.Log.Error("the scheduler refused this agent: another session holds its instance id (a second host with the same instance id?)",
 				"instance_id", cfg.InstanceID, "err", err, "retry_in", d)
-		case codes.PermissionDenied, codes.Unauthenticated:
+		case code == codes.PermissionDenied, code == codes.Unauthenticated:
 			cfg.Log.Error("the scheduler refused this agent's identity; check its certificate (URI SAN titus-agent://instance/<instance id>)",
 				"instance_id", cfg.InstanceID, "err", err, "retry_in", d)
 		default:
