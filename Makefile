@@ -25,7 +25,7 @@ generate: deps
 	  --go_out=paths=source_relative:api --go-grpc_out=paths=source_relative:api \
 	  $$(find api -name '*.proto' | sort)
 
-test: deps check-generate test-unit test-integration test-chaos
+test: deps check-generate test-unit test-integration test-chaos test-vm
 
 # The committed protobuf code is what `make generate` makes from api/.
 check-generate: generate
@@ -63,8 +63,11 @@ chaos: deps build
 	@$(CHAOS_RUN) -test.timeout 30m $(CHAOS_LONG) $(CHAOS_FLAGS) 2>&1 | $(CHAOS_SHOW) || { echo "chaos soak FAILED (full log: $(CHAOS_LOG))"; exit 1; }
 
 # The production-kernel lane: a Debian 12 guest (cloud kernel, cgroup v2,
-# systemd, XFS prjquota) under qemu runs a subset of test/integration.
-# Not part of `make test` (yet). See test/vm/run.sh and docs/operations.md.
+# systemd, XFS prjquota) under qemu runs a subset of test/integration and
+# says how many ran. Part of `make test`; it fails (never skips) when qemu,
+# the image build or the guest fails. The guest image is cached in
+# ~/.cache/titus-agent/vm/ and rebuilt only when its recipe changes. See
+# test/vm/run.sh and docs/operations.md.
 test-vm: deps build
 	bash test/vm/run.sh
 
