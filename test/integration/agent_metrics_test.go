@@ -81,7 +81,7 @@ func TestAgentMetrics(t *testing.T) {
 	}
 	slices.Sort(steps[agentv1.TaskState_TASK_STATE_STARTING])
 	want2 := map[agentv1.TaskState][]string{
-		agentv1.TaskState_TASK_STATE_STARTING: {"disk", "hostmounts", "image"}, // network provider none,
+		agentv1.TaskState_TASK_STATE_STARTING: {"disk", "hostmounts", "image", "secrets"}, // network provider none,
 		agentv1.TaskState_TASK_STATE_RUNNING:  {"container.create", "task.create", "task.start", "container"},
 	}
 	if diff := cmp.Diff(want2, steps); diff != "" {
