@@ -463,7 +463,7 @@ func (c *Core) targetPass(ctx context.Context, now time.Time, full bool) {
 	c.mu.Unlock()
 
 	if full {
-		c.reconcileTargets(ctx, p, now)
+		c.reconcileTargets(ctx, now)
 	}
 }
 
@@ -544,7 +544,7 @@ func (c *Core) planTargets(now time.Time) *targetPlan {
 
 // reconcileTargets compares every managed group with what it should hold:
 // registers what is missing and removes what no task accounts for.
-func (c *Core) reconcileTargets(ctx context.Context, p *targetPlan, now time.Time) {
+func (c *Core) reconcileTargets(ctx context.Context, now time.Time) {
 	lb := c.lbAPI()
 	c.mu.RLock()
 	arns := map[string]bool{}
