@@ -125,12 +125,13 @@ func discoverGPUs(ctx context.Context, cfg GPUConfig, log *slog.Logger) (*gpuPoo
 	return p, nil
 }
 
-// gpuHostCheck refuses a task's own NVIDIA_VISIBLE_DEVICES and
-// NVIDIA_DRIVER_CAPABILITIES: a host whose containerd runs the NVIDIA
-// container runtime would give the task the GPUs they name. Its GPUs come
-// from resources.gpus only.
+// gpuHostCheck refuses a task's own NVIDIA_VISIBLE_DEVICES,
+// NVIDIA_DRIVER_CAPABILITIES and gpu.RuntimeExtras: a host whose
+// containerd runs the NVIDIA container runtime would give the task the
+// GPUs they name, or nodes the whole host shares. Its GPUs come from
+// resources.gpus only.
 func gpuHostCheck(s *task.Spec, c *task.Checker) {
-	for _, k := range []string{"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"} {
+	for _, k := range append([]string{"NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES"}, gpu.RuntimeExtras...) {
 		if _, ok := s.Env[k]; ok {
 			c.Failf("env."+k, "is set by the agent from resources.gpus")
 		}

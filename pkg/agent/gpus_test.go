@@ -168,12 +168,17 @@ func TestQuarantinedTaskBlocksGPUs(t *testing.T) {
 // A tenant cannot pick GPUs through the NVIDIA runtime's variables.
 func TestGPUHostCheckRefusesNvidiaEnv(t *testing.T) {
 	s := gpuSpec("x", 0)
-	s.Env = map[string]string{"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "all", "OK": "1"}
+	s.Env = map[string]string{"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "all", "OK": "1",
+		// Attack: the host's shared fabric and MIG control nodes.
+		"NVIDIA_NVSWITCH": "enabled", "NVIDIA_MIG_CONFIG_DEVICES": "all", "NVIDIA_IMEX_CHANNELS": "all"}
 	c := &task.Checker{}
 	gpuHostCheck(s, c)
 	want := []*task.FieldError{
 		{Field: "env.NVIDIA_VISIBLE_DEVICES", Rule: "is set by the agent from resources.gpus"},
 		{Field: "env.NVIDIA_DRIVER_CAPABILITIES", Rule: "is set by the agent from resources.gpus"},
+		{Field: "env.NVIDIA_IMEX_CHANNELS", Rule: "is set by the agent from resources.gpus"},
+		{Field: "env.NVIDIA_MIG_CONFIG_DEVICES", Rule: "is set by the agent from resources.gpus"},
+		{Field: "env.NVIDIA_NVSWITCH", Rule: "is set by the agent from resources.gpus"},
 	}
 	if d := cmp.Diff(want, c.Fields()); d != "" {
 		t.Errorf("(-want +got):\n%s", d)

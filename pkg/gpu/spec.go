@@ -38,6 +38,14 @@ type Assignment struct {
 	CDISpecDirs []string
 }
 
+// RuntimeExtras are the NVIDIA container runtime's variables that give a
+// container, besides its GPUs, nodes the whole host shares: NVSwitch and
+// MIG control, IMEX channels, GPUDirect Storage and RDMA, GDRCopy. The
+// agent sets them empty in a GPU task's container (an image's value does
+// not hold) and refuses them in a task's env.
+var RuntimeExtras = []string{"NVIDIA_GDRCOPY", "NVIDIA_GDS", "NVIDIA_IMEX_CHANNELS", "NVIDIA_MIG_CONFIG_DEVICES",
+	"NVIDIA_MIG_MONITOR_DEVICES", "NVIDIA_MOFED", "NVIDIA_NVSWITCH"}
+
 // VisibleDevices is NVIDIA_VISIBLE_DEVICES for the devices: their indices.
 func VisibleDevices(ds []Device) string {
 	ids := make([]string, len(ds))

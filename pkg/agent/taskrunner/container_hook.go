@@ -53,6 +53,9 @@ func ContainerSpec(spec *task.Spec, res *Resources, opts []oci.SpecOpts) runtime
 	env["NVIDIA_VISIBLE_DEVICES"] = "void"
 	if res.GPUs != nil {
 		env["NVIDIA_VISIBLE_DEVICES"] = gpu.VisibleDevices(res.GPUs.Assignment().Devices)
+		for _, k := range gpu.RuntimeExtras { // "void" above covers them
+			env[k] = ""
+		}
 	}
 	envList := make([]string, 0, len(env))
 	for _, k := range slices.Sorted(maps.Keys(env)) {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -144,7 +146,8 @@ func TestContainerSpecGPUs(t *testing.T) {
 		Shared:  []GPUNode{{Name: "nvidiactl", HostPath: "/d/nvidiactl", Major: 195, Minor: 255}},
 	}
 	cs := ContainerSpec(spec, &Resources{GPUs: g}, nil)
-	if d := cmp.Diff([]string{"NVIDIA_VISIBLE_DEVICES=1", "TITUS_TASK_ID=t1"}, cs.Env); d != "" {
+	if d := cmp.Diff([]string{"NVIDIA_GDRCOPY=", "NVIDIA_GDS=", "NVIDIA_IMEX_CHANNELS=", "NVIDIA_MIG_CONFIG_DEVICES=",
+		"NVIDIA_MIG_MONITOR_DEVICES=", "NVIDIA_MOFED=", "NVIDIA_NVSWITCH=", "NVIDIA_VISIBLE_DEVICES=1", "TITUS_TASK_ID=t1"}, cs.Env); d != "" {
 		t.Errorf("env (-want +got):\n%s", d)
 	}
 	s := &oci.Spec{Process: &specs.Process{}}
@@ -183,5 +186,26 @@ func TestContainerSpecNoGPUsFromTheImage(t *testing.T) {
 	}
 	if d := cmp.Diff([]string{"PATH=/bin", "NVIDIA_VISIBLE_DEVICES=void", "TITUS_TASK_ID=t1"}, s.Process.Env); d != "" {
 		t.Errorf("container env (-want +got):\n%s", d)
+	}
+}
+
+// TestContainerSpecGPUTaskNoExtrasFromTheImage: a GPU task's image (or a
+// CUDA base image's config) asking the NVIDIA container runtime for the
+// host's shared nodes (NVSwitch, MIG control, IMEX channels, GPUDirect)
+// gets the agent's empty values instead: a task's GPUs are what
+// resources.gpus gives, nothing the whole host shares.
+func TestContainerSpecGPUTaskNoExtrasFromTheImage(t *testing.T) {
+	g := &GPUs{Devices: []GPUDevice{{Index: 0, Node: GPUNode{Name: "nvidia0", HostPath: "/d/nvidia0", Major: 195, Minor: 0}}}}
+	cs := ContainerSpec(&task.Spec{ID: "t1"}, &Resources{GPUs: g}, nil)
+	image := []string{"NVIDIA_NVSWITCH=enabled", "NVIDIA_MIG_CONFIG_DEVICES=all", "NVIDIA_MIG_MONITOR_DEVICES=all",
+		"NVIDIA_IMEX_CHANNELS=all", "NVIDIA_GDS=enabled", "NVIDIA_MOFED=enabled", "NVIDIA_GDRCOPY=enabled"}
+	s := &oci.Spec{Process: &specs.Process{Env: slices.Clone(image)}}
+	if err := oci.WithEnv(cs.Env)(context.Background(), nil, nil, s); err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range s.Process.Env {
+		if k, v, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "NVIDIA_") && k != "NVIDIA_VISIBLE_DEVICES" && v != "" {
+			t.Errorf("container env %s: the image's value survived", kv)
+		}
 	}
 }
