@@ -706,19 +706,29 @@ func TestAgentTaskIPv6ReachesNothing(t *testing.T) {
 		e.launch(e.spec(id, "sleep", "1000"))
 		e.waitState(id, stRunning, 30*time.Second)
 	}
+	// linkLocal waits out duplicate address detection: a tentative address
+	// can be neither bound nor connected to (EADDRNOTAVAIL), which would
+	// make every attack below fail for the wrong reason.
 	linkLocal := func(ns, dev string) string {
 		args := []string{"ip", "-6", "-o", "addr", "show", "dev", dev, "scope", "link"}
 		if ns != "" {
 			args = append([]string{"nsenter", "--net=" + ns, "--"}, args...)
 		}
-		out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-		f := strings.Fields(string(out))
-		for i, w := range f {
-			if w == "inet6" && i+1 < len(f) {
-				return strings.Split(f[i+1], "/")[0]
+		var out []byte
+		var err error
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			out, err = exec.Command(args[0], args[1:]...).CombinedOutput()
+			if strings.Contains(string(out), "tentative") {
+				continue
+			}
+			f := strings.Fields(string(out))
+			for i, w := range f {
+				if w == "inet6" && i+1 < len(f) {
+					return strings.Split(f[i+1], "/")[0]
+				}
 			}
 		}
-		t.Fatalf("no link-local address on %s %s: %v %s", ns, dev, err, out)
+		t.Fatalf("no usable link-local address on %s %s: %v %s", ns, dev, err, out)
 		return ""
 	}
 	victimNS, attackerNS := filepath.Join(e.dir, "netns", "victim"), filepath.Join(e.dir, "netns", "attacker")
