@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
@@ -86,7 +87,10 @@ type Config struct {
 	DialOptions []grpc.DialOption
 	// Conn, when set, is used instead of dialing Address (many simulated agents share one).
 	Conn grpc.ClientConnInterface
-	// Reconnect backoff bounds (defaults 200ms and 15s).
+	// Reconnect backoff bounds (defaults 200ms and 3s). A new leader
+	// loses an agent it has not heard from within its agent TTL (10s by
+	// default) of taking over, and with it every task the agent runs: the
+	// agent must be back well within that.
 	MinBackoff, MaxBackoff time.Duration
 	Log                    *slog.Logger
 	// Exec runs exec sessions the scheduler relays; nil refuses them.
@@ -115,7 +119,7 @@ func Run(ctx context.Context, cfg Config, tasks Tasks) error {
 		cfg.MinBackoff = 200 * time.Millisecond
 	}
 	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = 15 * time.Second
+		cfg.MaxBackoff = 3 * time.Second
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -128,6 +132,14 @@ func Run(ctx context.Context, cfg Config, tasks Tasks) error {
 		if len(opts) == 0 {
 			opts = []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
 		}
+		// gRPC's own reconnect backoff (up to 120s) would otherwise decide
+		// when a replica that was down is tried again: a scheduler that
+		// took a while to restart found its agents back only after their
+		// tasks were lost. The channel backs off within the link's bounds.
+		opts = append(opts[:len(opts):len(opts)], grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: grpcbackoff.Config{BaseDelay: cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.MaxBackoff},
+			MinConnectTimeout: 5 * time.Second,
+		}))
 		for _, addr := range strings.Split(cfg.Address, ",") {
 			cc, err := grpc.NewClient(strings.TrimSpace(addr), opts...)
 			if err != nil {

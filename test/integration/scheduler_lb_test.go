@@ -83,6 +83,21 @@ func (b *lbBed) start(endpoint, name string) {
 		"--lb-region", "us-east-1", "--lb-endpoint", endpoint, "--lb-reconcile-interval", "1s", "--lb-max-deregistration-wait", "10s")
 	cmd.Env = append(os.Environ(), "AWS_ACCESS_KEY_ID=testing", "AWS_SECRET_ACCESS_KEY=testing", "AWS_EC2_METADATA_DISABLED=true")
 	b.proc = testenv.StartProcess(b.t, b.sched.dir, name, cmd)
+	logPath := b.proc.LogPath
+	b.t.Cleanup(func() {
+		if !b.t.Failed() {
+			return
+		}
+		// What the scheduler did with the targets, for the next engineer.
+		data, _ := os.ReadFile(logPath)
+		var lines []string
+		for _, l := range strings.Split(string(data), "\n") {
+			if strings.Contains(l, "target") || strings.Contains(l, "leader") || strings.Contains(l, "level=ERROR") || strings.Contains(l, "level=WARN") {
+				lines = append(lines, l)
+			}
+		}
+		b.t.Logf("%s log, target and leadership lines (last 60 of %d):\n%s", name, len(lines), strings.Join(lines[max(0, len(lines)-60):], "\n"))
+	})
 	testenv.WaitTCP(b.t, b.sched.addr, b.proc, 60*time.Second)
 	waitUntil(b.t, name+" leads", 60*time.Second, func() (bool, string) {
 		out, err := b.sched.cli("job", "ls")

@@ -64,9 +64,12 @@ type taskTargets struct {
 	// a new leader neither registers nor deregisters it on the record's
 	// word: a failover never empties a load balancer.
 	heard bool
-	// refused: its reported IP cannot be a target (not a unicast IPv4,
-	// or another live task's); it is never registered.
+	// refused: its reported IP cannot be a target (not a unicast IPv4);
+	// it is never registered.
 	refused bool
+	// claimed: its IP is another live task's; it is tracked once that
+	// task ends.
+	claimed bool
 	// inflight: a Register call for it is under way (a stop must then
 	// deregister it, whatever its record says).
 	inflight bool
@@ -142,10 +145,16 @@ func (c *Core) trackTargets(t *taskState) {
 		return
 	}
 	if o := c.tgt.byIP[t.rec.IP]; o != nil && o != t && o.lb.tracked {
-		t.lb.refused = true
-		c.log.Error("not registering a task in its target groups: its IP is another live task's", "task", t.rec.ID, "agent", t.agent.id, "ip", t.rec.IP, "holder", o.rec.ID, "holder_agent", o.agent.id)
+		// Not refused for good: the holder may be a task a previous
+		// leader's unflushed records still show live, whose IP the agent
+		// gave to this one. Once the holder ends, targetsEnded tracks t.
+		if !t.lb.claimed {
+			t.lb.claimed = true
+			c.log.Error("not registering a task in its target groups while its IP is another live task's", "task", t.rec.ID, "agent", t.agent.id, "ip", t.rec.IP, "holder", o.rec.ID, "holder_agent", o.agent.id)
+		}
 		return
 	}
+	t.lb.claimed = false
 	c.tgt.byIP[t.rec.IP] = t
 	t.lb.tracked = true
 	c.tgt.tasks[t] = struct{}{}
@@ -168,6 +177,12 @@ func (c *Core) targetsEnded(t *taskState) {
 	delete(c.tgt.tasks, t)
 	if c.tgt.byIP[t.rec.IP] == t {
 		delete(c.tgt.byIP, t.rec.IP)
+		// A task waiting for this IP (see trackTargets) serves from it now.
+		for _, o := range c.tasks {
+			if o != t && o.lb.claimed && o.rec.IP == t.rec.IP {
+				c.trackTargets(o)
+			}
+		}
 	}
 	t.lb.tracked = false
 	if t.lb.deregistered {

@@ -454,6 +454,33 @@ func TestTargetsRefuseClaimedOrOddIPs(t *testing.T) {
 	}
 }
 
+// After a failover the records may still show live a task the old leader
+// saw end (its end was not flushed) while the agent gave its IP to the
+// replacement: the replacement waits for the IP instead of being refused
+// for good, and serves from it once the stale holder ends. Before, the
+// group lost the target for as long as the replacement lived.
+func TestTargetsClaimedIPServesOnceTheHolderEnds(t *testing.T) {
+	h := newLBHarness(t, 2, Config{})
+	ids := h.place()
+	h.status(ids[0], task.Running, "198.18.0.10", task.HealthHealthy)
+	h.pass(true)
+	h.status(ids[1], task.Running, "198.18.0.10", task.HealthHealthy)
+	if diff := cmp.Diff([]string{"198.18.0.10:8080"}, h.lb.registered(tgA)); diff != "" {
+		t.Fatalf("group (-want +got):\n%s", diff)
+	}
+	if got := h.pass(true); len(got) != 0 {
+		t.Errorf("calls while the IP is claimed: %v", got)
+	}
+	h.status(ids[0], task.Lost, "198.18.0.10", task.HealthNone)
+	h.pass(true)
+	if diff := cmp.Diff([]string{"198.18.0.10:8080"}, h.lb.registered(tgA)); diff != "" {
+		t.Errorf("group once the holder ended (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff(regs(model.TargetRegistered, ""), h.targets(ids[1])); diff != "" {
+		t.Errorf("the replacement's targets (-want +got):\n%s", diff)
+	}
+}
+
 // A group whose calls fail is called again only after a backoff.
 func TestTargetsBackoffAfterFailure(t *testing.T) {
 	m := metrics.NewScheduler(prometheus.NewRegistry())
