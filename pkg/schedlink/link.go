@@ -137,7 +137,7 @@ func Run(ctx context.Context, cfg Config, tasks Tasks) error {
 		// took a while to restart found its agents back only after their
 		// tasks were lost. The channel backs off within the link's bounds.
 		opts = append(opts[:len(opts):len(opts)], grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff: grpcbackoff.Config{BaseDelay: cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.MaxBackoff},
+			Backoff:           grpcbackoff.Config{BaseDelay: cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.MaxBackoff},
 			MinConnectTimeout: 5 * time.Second,
 		}))
 		for _, addr := range strings.Split(cfg.Address, ",") {
