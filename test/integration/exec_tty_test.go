@@ -36,6 +36,7 @@ type termSession struct {
 	out  bytes.Buffer
 	mark int // expect searches from here
 	done chan struct{}
+	read chan struct{} // closed when the terminal's output is all read
 	err  error
 }
 
@@ -51,8 +52,9 @@ func startTermBin(t *testing.T, bin string, args ...string) *termSession {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &termSession{t: t, cmd: cmd, ptmx: ptmx, done: make(chan struct{})}
+	s := &termSession{t: t, cmd: cmd, ptmx: ptmx, done: make(chan struct{}), read: make(chan struct{})}
 	go func() {
+		defer close(s.read)
 		buf := make([]byte, 4096)
 		for {
 			n, err := ptmx.Read(buf)
@@ -120,6 +122,13 @@ func (s *termSession) wait() int {
 	case <-s.done:
 	case <-time.After(testenv.Scaled(30 * time.Second)):
 		s.t.Fatalf("client did not exit; output: %q", s.out.String())
+	}
+	// What the client wrote just before it exited may still be in the
+	// terminal's buffer: read it all (a process it left behind holding the
+	// terminal ends the wait after a while, not the test).
+	select {
+	case <-s.read:
+	case <-time.After(testenv.Scaled(5 * time.Second)):
 	}
 	var ee *exec.ExitError
 	if errors.As(s.err, &ee) {
