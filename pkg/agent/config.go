@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"net/netip"
 	"os"
 	"os/user"
@@ -333,7 +334,36 @@ func (c *Config) Validate() error {
 	if err := c.Secrets.validate(c.StateDir); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, c.checkHostPathsPrivate()...)
 	return errors.Join(errs...)
+}
+
+// checkHostPathsPrivate refuses a host path a task may mount that holds,
+// or lies within, what the agent keeps from tasks: its state (every
+// tenant's spec and environment) and the secrets of every task. Such a
+// grant would hand any task that asks for it the other tenants'.
+func (c *Config) checkHostPathsPrivate() []error {
+	var errs []error
+	private := map[string]string{"stateDir": c.StateDir, "secrets.dir": c.Secrets.Dir}
+	for _, s := range c.Isolation.AllowedHostPaths {
+		hp, err := isolation.ParseHostPath(s)
+		if err != nil {
+			continue // reported by the isolation checks
+		}
+		for _, key := range []string{"stateDir", "secrets.dir"} {
+			dir := private[key]
+			if dir != "" && (within(hp.Path, dir) || within(dir, hp.Path)) {
+				errs = append(errs, fmt.Errorf("isolation.allowedHostPaths: %q overlaps %s %s, which no task may see", s, key, dir))
+			}
+		}
+	}
+	return errs
+}
+
+// within reports whether path is dir or below it.
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(filepath.Clean(dir), filepath.Clean(path))
+	return err == nil && (rel == "." || !strings.HasPrefix(rel, ".."))
 }
 
 // socketGID resolves SocketGroup (a name or a number); -1 means root only.
@@ -358,8 +388,7 @@ func (s SecretsConfig) validate(stateDir string) error {
 		return fmt.Errorf("secrets.dir: must be an absolute path, got %q", s.Dir)
 	}
 	if stateDir != "" {
-		rel, err := filepath.Rel(filepath.Clean(stateDir), filepath.Clean(s.Dir))
-		if err == nil && (rel == "." || !strings.HasPrefix(rel, "..")) {
+		if within(s.Dir, stateDir) {
 			return fmt.Errorf("secrets.dir: must not be in stateDir %s (a runtime directory such as /run/titus-agent/secrets)", stateDir)
 		}
 	}

@@ -26,6 +26,12 @@ func TestIsolationConfig(t *testing.T) {
 		{name: "relative device", change: func(c *IsolationConfig) { c.AllowedDevices = []string{"fuse"} }, wantErr: "isolation.allowedDevices"},
 		{name: "ranges past 32 bits", change: func(c *IsolationConfig) { c.UserNamespaces.MaxTasks = 1 << 16 }, wantErr: "isolation.userNamespaces"},
 		{name: "no ids per task", change: func(c *IsolationConfig) { c.UserNamespaces.IDsPerTask = 0 }, wantErr: "isolation.userNamespaces"},
+		// The attack: a grant that holds the agent's state or the secrets
+		// dir lets any task that asks read every tenant's env and secrets.
+		{name: "host path holding the state dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/var/lib"} }, wantErr: "overlaps stateDir"},
+		{name: "host path inside the state dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/var/lib/titus-agent/tasks:rw"} }, wantErr: "overlaps stateDir"},
+		{name: "host path holding the secrets dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/run"} }, wantErr: "overlaps secrets.dir"},
+		{name: "host path beside them", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/srv/shared", "/var/lib/other"} }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultConfig()
