@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -158,6 +159,13 @@ func sessionTags(spec *task.Spec) []ststypes.Tag {
 	}
 	sort.Slice(tags, func(i, j int) bool { return *tags[i].Key < *tags[j].Key })
 	return tags
+}
+
+// sameTags reports whether two sessionTags results are equal.
+func sameTags(a, b []ststypes.Tag) bool {
+	return slices.EqualFunc(a, b, func(x, y ststypes.Tag) bool {
+		return aws.ToString(x.Key) == aws.ToString(y.Key) && aws.ToString(x.Value) == aws.ToString(y.Value)
+	})
 }
 
 // fetch makes one AssumeRole call. The returned Expiration is on the local

@@ -6,7 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/titus-agent/titus-agent/pkg/task"
 )
 
 // Prefetched credentials are what Start serves: one AssumeRole per task,
@@ -58,6 +61,42 @@ func TestPrefetchedCredentialsOfAnotherRoleAreDropped(t *testing.T) {
 	code, body := httpGet(t, fl.addr(att.NetNSPath), "/latest/meta-data/iam/security-credentials/app")
 	if code != 200 || !strings.Contains(body, "ASIAXX") { // the second fetch's, not the first's
 		t.Errorf("credentials: %d %s", code, body)
+	}
+}
+
+// The same attack with the same role: a prefetched session carries the
+// first task's session tags (application, job, submitter), on which trust
+// and resource policies decide; a task of another application reusing
+// the id gets a session of its own tags, never the first's.
+func TestPrefetchedCredentialsOfAnotherApplicationAreDropped(t *testing.T) {
+	st := &fakeSTS{now: time.Now, life: time.Hour}
+	s, fl := newListenService(t, Config{STS: st})
+	first, _ := spec("reused", "arn:aws:iam::123456789012:role/app")
+	first.Labels = map[string]string{task.LabelApplication: "tenant-a"}
+	s.Prefetch(context.Background(), first)
+	eventually(t, "the prefetch", func() bool { return st.callCount() == 1 })
+
+	second, att := spec("reused", "arn:aws:iam::123456789012:role/app")
+	second.Labels = map[string]string{task.LabelApplication: "tenant-b"}
+	if _, err := s.Start(context.Background(), second, att); err != nil {
+		t.Fatal(err)
+	}
+	code, body := httpGet(t, fl.addr(att.NetNSPath), "/latest/meta-data/iam/security-credentials/app")
+	if code != 200 || !strings.Contains(body, "ASIAXX") { // the second fetch's, not the first's
+		t.Errorf("credentials: %d %s", code, body)
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var apps []string
+	for _, in := range st.ins {
+		for _, tag := range in.Tags {
+			if aws.ToString(tag.Key) == TagApplication {
+				apps = append(apps, aws.ToString(tag.Value))
+			}
+		}
+	}
+	if diff := cmp.Diff([]string{"tenant-a", "tenant-b"}, apps); diff != "" {
+		t.Errorf("application tags of the AssumeRole calls (-want +got):\n%s", diff)
 	}
 }
 

@@ -281,14 +281,17 @@ func (s *Service) start(ctx context.Context, r *running, spec *task.Spec, att *t
 func (s *Service) session(spec *task.Spec) *roleCreds {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if c, found := s.sessions[spec.ID]; found && c.roleARN == spec.IAMRoleARN {
+	tags := sessionTags(spec)
+	if c, found := s.sessions[spec.ID]; found && c.roleARN == spec.IAMRoleARN && sameTags(c.tags, tags) {
 		return c
 	} else if found {
-		c.stop() // a spec with another role under the same id: not that session
+		// A spec with another role, or another application, job or
+		// submitter, under the same id: not that session.
+		c.stop()
 	}
 	c := &roleCreds{sts: s.sts, limiter: s.limiter, roleARN: spec.IAMRoleARN, session: sessionName(spec.ID),
 		duration: s.cfg.CredentialDuration, before: s.cfg.RefreshBefore, log: s.log, audit: s.audit, now: s.now,
-		tags: sessionTags(spec), sourceIdentity: sessionName(spec.ID)}
+		tags: tags, sourceIdentity: sessionName(spec.ID)}
 	c.start()
 	s.sessions[spec.ID] = c
 	return c
