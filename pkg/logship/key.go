@@ -1,0 +1,96 @@
+package logship
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Streams a task's logs are shipped as.
+const (
+	StreamStdout = "stdout"
+	StreamStderr = "stderr"
+)
+
+// KeyRef names one shipped log file.
+type KeyRef struct {
+	// Prefix is the configured key prefix (logship.prefix), may be empty.
+	Prefix string
+	// App and Job come from the task's titus.job/application and
+	// titus.job/id labels; empty for tasks not launched by the scheduler.
+	App, Job string
+	Task     string
+	// Stream is StreamStdout or StreamStderr.
+	Stream string
+	// Seq is the file's rotation sequence, from 0; the task's final file
+	// has the next one after its last rotated file.
+	Seq int
+}
+
+// Key is the S3 object key of one log file:
+//
+//	<prefix>/<app>/<job>/<task>/<stream>.<N>
+//
+// Each of app, job and task is one path segment (see EscapeSegment), so no
+// value of theirs can reach another task's keys. An empty prefix drops the
+// leading segment.
+func Key(r KeyRef) string {
+	return TaskPrefix(r.Prefix, r.App, r.Job, r.Task) + r.Stream + "." + strconv.Itoa(r.Seq)
+}
+
+// TaskPrefix is the prefix, ending in "/", of all the keys of one task:
+// list it to find a task's shipped files.
+func TaskPrefix(prefix, app, job, task string) string {
+	var b strings.Builder
+	if p := strings.Trim(prefix, "/"); p != "" {
+		b.WriteString(p)
+		b.WriteByte('/')
+	}
+	for _, s := range []string{app, job, task} {
+		b.WriteString(EscapeSegment(s))
+		b.WriteByte('/')
+	}
+	return b.String()
+}
+
+// ParseName reads the last segment of a key, "<stream>.<N>", back into its
+// stream and sequence. Remote readers sort a task's files by it.
+func ParseName(name string) (stream string, seq int, err error) {
+	if i := strings.LastIndexByte(name, '/'); i >= 0 {
+		name = name[i+1:]
+	}
+	s, n, ok := strings.Cut(name, ".")
+	if !ok || (s != StreamStdout && s != StreamStderr) {
+		return "", 0, fmt.Errorf("logship: %q is not <stdout|stderr>.<N>", name)
+	}
+	seq, err = strconv.Atoi(n)
+	if err != nil || seq < 0 || strconv.Itoa(seq) != n {
+		return "", 0, fmt.Errorf("logship: %q is not <stdout|stderr>.<N>", name)
+	}
+	return s, seq, nil
+}
+
+// EscapeSegment makes s one safe key segment, one-to-one: letters, digits,
+// '-', '_' and '.' stay; every other byte (including '/' and '%') becomes
+// %XX; a segment made only of dots has its dots escaped (no "." or ".."),
+// an empty value is "_" and a value that is "_" is "%5F".
+func EscapeSegment(s string) string {
+	switch {
+	case s == "":
+		return "_"
+	case s == "_":
+		return "%5F"
+	case strings.Trim(s, ".") == "":
+		return strings.Repeat("%2E", len(s))
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "%%%02X", c)
+	}
+	return b.String()
+}
