@@ -19,6 +19,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/logging"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/api"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/lb"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 )
@@ -53,6 +54,14 @@ type serveConfig struct {
 	MaxLiveJobsPerApplication int `json:"maxLiveJobsPerApplication"`
 	// LoadBalancers turns on ELBv2 target group registration (docs/loadbalancers.md).
 	LoadBalancers lbConfig `json:"loadBalancers"`
+	// Exec bounds the exec sessions relayed to agents (docs/exec.md).
+	Exec execConfig `json:"exec"`
+}
+
+// execConfig is the exec section of the scheduler's file.
+type execConfig struct {
+	// MaxSessionsPerCaller bounds one principal's concurrent relayed sessions.
+	MaxSessionsPerCaller int `json:"maxSessionsPerCaller"`
 }
 
 // lbConfig is the loadBalancers section of the scheduler's file.
@@ -183,6 +192,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&lbc.Endpoint, "lb-endpoint", "", "ELBv2 endpoint override (tests)")
 	f.DurationVar(&o.MaxDeregistrationWait, "lb-max-deregistration-wait", scheduler.DefaultMaxDeregistrationWait, "longest a stop waits for a task to drain from its target groups before the kill")
 	f.DurationVar(&o.TargetReconcileInterval, "lb-reconcile-interval", scheduler.DefaultTargetReconcileInterval, "how often target groups are compared with the tasks that should be in them, and drift fixed")
+	f.IntVar(&o.ExecMaxSessionsPerCaller, "exec-max-sessions-per-caller", api.DefaultExecMaxSessionsPerCaller, "exec sessions one principal may have open through this scheduler at once")
 	f.StringVar(&metricsListen, "metrics-listen", metrics.DefaultSchedulerListen, "Prometheus endpoint (empty disables)")
 	return cmd
 }
@@ -232,6 +242,10 @@ func applyConfigFile(path string, changed func(string) bool, o *scheduler.Option
 	num("max-finished-jobs", &o.MaxFinishedJobs, c.MaxFinishedJobs)
 	num("max-live-jobs", &o.MaxLiveJobs, c.MaxLiveJobs)
 	num("max-live-jobs-per-application", &o.MaxLiveJobsPerApplication, c.MaxLiveJobsPerApplication)
+	if c.Exec.MaxSessionsPerCaller < 0 {
+		return fmt.Errorf("config %s: exec.maxSessionsPerCaller: must be at least 1, got %d", path, c.Exec.MaxSessionsPerCaller)
+	}
+	num("exec-max-sessions-per-caller", &o.ExecMaxSessionsPerCaller, c.Exec.MaxSessionsPerCaller)
 	if c.MaxRequestBytes > 0 {
 		o.MaxRequestBytes = c.MaxRequestBytes
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -85,5 +86,31 @@ func TestConfigFileLoadBalancers(t *testing.T) {
 	}
 	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbc); err == nil {
 		t.Error("a malformed duration was accepted")
+	}
+}
+
+// TestConfigFileExec: exec.maxSessionsPerCaller from the file; a
+// negative bound is refused, naming the key.
+func TestConfigFileExec(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "scheduler.yaml")
+	apply := func(doc string) (scheduler.Options, error) {
+		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var (
+			o        scheduler.Options
+			ep, ml   string
+			tlsFiles tlsconfig.Files
+			auth     authConfig
+		)
+		err := applyConfigFile(path, func(string) bool { return false }, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{})
+		return o, err
+	}
+	o, err := apply("exec: {maxSessionsPerCaller: 3}\n")
+	if err != nil || o.ExecMaxSessionsPerCaller != 3 {
+		t.Errorf("exec.maxSessionsPerCaller 3: %d, %v", o.ExecMaxSessionsPerCaller, err)
+	}
+	if _, err := apply("exec: {maxSessionsPerCaller: -1}\n"); err == nil || !strings.Contains(err.Error(), "exec.maxSessionsPerCaller") {
+		t.Errorf("a negative bound: %v, want an error naming the key", err)
 	}
 }

@@ -195,3 +195,20 @@ func TestRecordWithoutStore(t *testing.T) {
 		t.Errorf("Record before Run = %v, want ErrNotStored", err)
 	}
 }
+
+// TestRecordClipsCommandOfEmptyArgs: a command of a million empty
+// arguments (2 bytes each on the wire, 3 in JSON) is bounded like any
+// other: a record too large for one etcd request would take the records
+// batched with it down too.
+func TestRecordClipsCommandOfEmptyArgs(t *testing.T) {
+	r := Record{Command: make([]string, 1_000_000)}
+	r.clip()
+	if len(r.Command) > maxMessage+1 {
+		t.Errorf("%d arguments kept, want at most %d", len(r.Command), maxMessage+1)
+	}
+	r = Record{Command: []string{"sh", "-c", strings.Repeat("x", 5000)}}
+	r.clip()
+	if n := len(r.Command[2]); len(r.Command) != 3 || n > maxMessage {
+		t.Errorf("long argument: %d arguments, the last %d bytes", len(r.Command), n)
+	}
+}

@@ -49,14 +49,16 @@ func (r *Record) clip() {
 		*f = clip(*f, maxField)
 	}
 	r.Message = clip(r.Message, maxMessage)
-	// The command is bounded as a whole: at most maxMessage bytes of it.
+	// The command is bounded as a whole: at most maxMessage bytes of it,
+	// each argument counting one more (a million empty arguments are not
+	// an empty command).
 	n := 0
 	for i, a := range r.Command {
-		if n+len(a) > maxMessage {
-			r.Command = append(r.Command[:i:i], clip(a, max(0, maxMessage-n)))
+		if n+len(a)+1 > maxMessage {
+			r.Command = append(r.Command[:i:i], clip(a, max(0, maxMessage-n-1)))
 			break
 		}
-		n += len(a)
+		n += len(a) + 1
 	}
 }
 

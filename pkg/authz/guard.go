@@ -102,12 +102,33 @@ func (g *Guard) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	return resp, err
 }
 
-// Stream is the stream server interceptor (the agent stream).
+// auditedByHandler are the streams whose handler audits every call,
+// refusals at the door included: an authenticated caller the gate refuses
+// reaches the handler with the refusal in its context (Refusal), so that
+// the handler records it with what the caller asked for, and refuses.
+var auditedByHandler = map[string]bool{schedv1.Scheduler_ExecTask_FullMethodName: true}
+
+type refusalKey struct{}
+
+// Refusal is the gate's refusal of the call of ctx, for a handler that
+// audits its own refusals; nil when the gate let it in. Such a handler
+// must return it, having recorded it.
+func Refusal(ctx context.Context) error {
+	err, _ := ctx.Value(refusalKey{}).(error)
+	return err
+}
+
+// Stream is the stream server interceptor (the agent stream, exec).
 func (g *Guard) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	p, _, err := g.authenticate(ss.Context(), info.FullMethod)
 	if err != nil {
 		if p.Name != "" {
 			g.c.Log.Warn("stream refused", "principal", p.String(), "method", info.FullMethod, "peer", peerAddr(ss.Context()), "err", err)
+		}
+		// Authenticated but refused: the handler audits it, then refuses.
+		if p.Name != "" && auditedByHandler[info.FullMethod] && errdefs.IsPermissionDenied(err) {
+			ctx := context.WithValue(authn.NewContext(ss.Context(), p), refusalKey{}, errgrpc.ToGRPC(err))
+			return handler(srv, &principalStream{ServerStream: ss, ctx: ctx})
 		}
 		return errgrpc.ToGRPC(err)
 	}

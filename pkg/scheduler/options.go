@@ -77,6 +77,9 @@ type Options struct {
 	// AuditMaxAge and AuditMaxRecords bound the audit trail's retention.
 	AuditMaxAge     time.Duration
 	AuditMaxRecords int
+	// ExecMaxSessionsPerCaller bounds one principal's concurrent exec
+	// sessions relayed by this scheduler (0: api.DefaultExecMaxSessionsPerCaller).
+	ExecMaxSessionsPerCaller int
 }
 
 func (o *Options) setDefaults() {

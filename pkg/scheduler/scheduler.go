@@ -120,6 +120,7 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	s.srv = grpc.NewServer(sopts...)
 	as := api.New(c, s, guard, trail)
 	as.SetLog(log)
+	as.SetExecMaxSessionsPerCaller(opts.ExecMaxSessionsPerCaller)
 	schedv1.RegisterSchedulerServer(s.srv, as)
 	return s, nil
 }

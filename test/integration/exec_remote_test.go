@@ -88,6 +88,7 @@ func TestSchedulerExecRelayAudited(t *testing.T) {
 	}
 	o := schedOptions(t)
 	o.TLS, o.Policy = server, pol
+	o.ExecMaxSessionsPerCaller = 2
 	s, _ := startScheduler(t, t.Context(), o)
 	waitLeading(t, s)
 
@@ -126,20 +127,33 @@ func TestSchedulerExecRelayAudited(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var taskID string
-	waitUntil(t, "billing task running", testenv.Scaled(60*time.Second), func() (bool, string) {
-		l, err := clients["root"].ListTasks(ctx, &schedv1.ListTasksRequest{JobId: sub.JobId})
-		if err != nil {
-			return false, err.Error()
-		}
-		for _, tk := range l.Tasks {
-			if tk.State == agentv1.TaskState_TASK_STATE_RUNNING {
-				taskID = tk.Id
-				return true, ""
+	// Bob's own task (application search) on the same host.
+	bspec := jobSpec(&schedv1.ServiceJob{Min: 1, Desired: 1, Max: 1})
+	bspec.Application, bspec.OwnerEmail = "search", "bob@example.com"
+	bspec.Task.Image, bspec.Task.Command = image, []string{"sleep", "100000"}
+	bspec.Task.Resources = &agentv1.Resources{CpuMillicores: 500, MemoryMib: 64}
+	bsub, err := clients["bob"].SubmitJob(ctx, &schedv1.SubmitJobRequest{Spec: bspec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := func(job string) string {
+		var id string
+		waitUntil(t, job+"'s task running", testenv.Scaled(60*time.Second), func() (bool, string) {
+			l, err := clients["root"].ListTasks(ctx, &schedv1.ListTasksRequest{JobId: job})
+			if err != nil {
+				return false, err.Error()
 			}
-		}
-		return false, fmt.Sprint(l.Tasks, "\nagent log:\n", tailLog(ag.Log()))
-	})
+			for _, tk := range l.Tasks {
+				if tk.State == agentv1.TaskState_TASK_STATE_RUNNING {
+					id = tk.Id
+					return true, ""
+				}
+			}
+			return false, fmt.Sprint(l.Tasks, "\nagent log:\n", tailLog(ag.Log()))
+		})
+		return id
+	}
+	taskID, bobTask := running(sub.JobId), running(bsub.JobId)
 
 	// Allowed: the owner and the application's debugger.
 	out, code, err := remoteExec(ctx, clients["alice"], taskID, "sh", "-c", "echo from-$((40+2)); exit 4")
@@ -159,6 +173,37 @@ func TestSchedulerExecRelayAudited(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied && status.Code(err) != codes.NotFound {
 		t.Errorf("exec into an unknown task: %v", err)
 	}
+
+	// The per-caller bound (exec.maxSessionsPerCaller, 2 here): alice
+	// holds two sessions open, her third is refused; bob's session into
+	// his own task and carol's into alice's still run.
+	hctx, release := context.WithCancel(ctx)
+	defer release()
+	for i := range 2 {
+		st, err := clients["alice"].ExecTask(hctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Send(&agentv1.ExecInput{Msg: &agentv1.ExecInput_Start{Start: &agentv1.ExecStart{Id: taskID, Args: []string{"sh", "-c", "echo held; exec sleep 1000"}}}}); err != nil {
+			t.Fatal(err)
+		}
+		if o, err := st.Recv(); err != nil || !strings.Contains(string(o.GetStdout()), "held") {
+			t.Fatalf("alice's held session %d: %v %v", i, o, err)
+		}
+	}
+	_, _, err = remoteExec(ctx, clients["alice"], taskID, "echo", "third")
+	wantCode(t, "alice's third session", err, codes.ResourceExhausted, "alice@example.com has 2 open through the scheduler (exec.maxSessionsPerCaller)")
+	if out, code, err := remoteExec(ctx, clients["bob"], bobTask, "echo", "bob-in"); err != nil || code != 0 || !strings.Contains(out, "bob-in") {
+		t.Errorf("bob's session into his own task while alice is at her bound: %q exit %d, %v", out, code, err)
+	}
+	if _, code, err := remoteExec(ctx, clients["carol"], taskID, "true"); err != nil || code != 0 {
+		t.Errorf("carol's session while alice is at her bound: exit %d, %v", code, err)
+	}
+	release()
+	waitUntil(t, "alice's slots back once her sessions ended", testenv.Scaled(20*time.Second), func() (bool, string) {
+		out, code, err := remoteExec(ctx, clients["alice"], taskID, "echo", "again")
+		return err == nil && code == 0 && strings.Contains(out, "again"), fmt.Sprint(out, code, err)
+	})
 
 	// The owner's -it session through the CLI on a pseudo-terminal.
 	ts := startTermBin(t, testenv.SchedulerBinary(t), "--addr", s.Addr(), "--tls-ca", caFile, "--tls-cert", certs["alice"].CertFile, "--tls-key", certs["alice"].KeyFile,
@@ -194,12 +239,14 @@ func TestSchedulerExecRelayAudited(t *testing.T) {
 			}
 			got = append(got, fmt.Sprintf("%s %s %q exit=%s", r.Principal, r.Code, strings.Join(r.Command, " "), exit))
 		}
-		return len(got) >= 4, strings.Join(got, "\n")
+		return len(got) >= 8, strings.Join(got, "\n")
 	})
 	for _, want := range []string{
 		`alice@example.com OK "sh -c echo from-$((40+2)); exit 4" exit=4`,
 		`carol@example.com OK "cat /proc/self/cgroup" exit=0`,
 		`bob@example.com PermissionDenied "cat /proc/self/environ" exit=-`,
+		`dave@example.com PermissionDenied "id" exit=-`,
+		`alice@example.com ResourceExhausted "echo third" exit=-`,
 		`alice@example.com OK "sh" exit=6`,
 	} {
 		if !slices.ContainsFunc(got, func(g string) bool { return strings.HasSuffix(g, want) || strings.Contains(g, want) }) {

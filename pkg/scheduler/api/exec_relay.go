@@ -38,6 +38,56 @@ const (
 	relayAgentBuffer  = 1024
 )
 
+// DefaultExecMaxSessionsPerCaller bounds one principal's relayed exec
+// sessions at once (config exec.maxSessionsPerCaller), as an agent bounds
+// one caller's on its host.
+const DefaultExecMaxSessionsPerCaller = 8
+
+// execSlots counts the relayed sessions of each principal: one tenant
+// cannot hold every relay buffer, agent stream slot and audit write of the
+// scheduler, whatever the number of hosts its tasks run on.
+type execSlots struct {
+	mu  sync.Mutex
+	max int // 0: DefaultExecMaxSessionsPerCaller
+	n   map[string]int
+}
+
+// acquire takes one of who's slots, or refuses with ResourceExhausted
+// naming the bound; release gives it back (once, however often called).
+func (e *execSlots) acquire(who string) (release func(), err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	limit := e.max
+	if limit <= 0 {
+		limit = DefaultExecMaxSessionsPerCaller
+	}
+	if e.n[who] >= limit {
+		return nil, status.Errorf(codes.ResourceExhausted, "too many exec sessions: %s has %d open through the scheduler (exec.maxSessionsPerCaller); end one first", who, e.n[who])
+	}
+	if e.n == nil {
+		e.n = map[string]int{}
+	}
+	e.n[who]++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			if e.n[who]--; e.n[who] <= 0 {
+				delete(e.n, who)
+			}
+		})
+	}, nil
+}
+
+// SetExecMaxSessionsPerCaller bounds one principal's concurrent relayed
+// exec sessions (n < 1: DefaultExecMaxSessionsPerCaller).
+func (s *Server) SetExecMaxSessionsPerCaller(n int) {
+	s.execSlots.mu.Lock()
+	s.execSlots.max = n
+	s.execSlots.mu.Unlock()
+}
+
 // execRelay routes exec sessions over the agents' streams.
 type execRelay struct {
 	mu     sync.Mutex
@@ -143,6 +193,9 @@ func (ra *relayAgent) send(ctx context.Context, session string, in *agentv1.Exec
 func (s *Server) ExecTask(stream grpc.BidiStreamingServer[agentv1.ExecInput, agentv1.ExecOutput]) error {
 	ctx := stream.Context()
 	began := time.Now()
+	if refused := authz.Refusal(ctx); refused != nil {
+		return s.refuseExec(stream, began, refused)
+	}
 	first, err := stream.Recv()
 	if err != nil {
 		return err
@@ -182,6 +235,48 @@ func (s *Server) ExecTask(stream grpc.BidiStreamingServer[agentv1.ExecInput, age
 	return stream.Send(&agentv1.ExecOutput{Exited: true, ExitCode: code})
 }
 
+// refusedStartWait bounds how long a caller the door refused may take to
+// name the task and command its refusal is recorded with.
+const refusedStartWait = 10 * time.Second
+
+// refuseExec records the session the door refused (the caller holds no
+// role that debugs anything), with the task and command it asks for if it
+// sends them within refusedStartWait, and refuses it.
+func (s *Server) refuseExec(stream grpc.BidiStreamingServer[agentv1.ExecInput, agentv1.ExecOutput], began time.Time, refused error) error {
+	ctx := stream.Context()
+	rec := audit.Record{Time: began, Method: "ExecTask", Action: string(authz.TaskDebug), Peer: peerAddr(ctx)}
+	if p, ok := authz.Principal(ctx); ok {
+		rec.Principal = p.String()
+	}
+	first := make(chan *agentv1.ExecInput, 1)
+	go func() {
+		m, _ := stream.Recv()
+		first <- m
+	}()
+	t := time.NewTimer(refusedStartWait)
+	defer t.Stop()
+	select {
+	case m := <-first:
+		if start := m.GetStart(); start != nil {
+			rec.TaskID = start.GetId()
+			rec.JobID, _, _ = strings.Cut(rec.TaskID, ".")
+			if o, err := s.core.JobOwner(rec.JobID); err == nil {
+				rec.Application = o.Application
+			}
+			if task.CheckExecArgs(start.GetArgs()) == nil {
+				rec.Command = start.GetArgs()
+			}
+		}
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	rec.Ended = time.Now()
+	rec.Code = status.Code(refused).String()
+	rec.Message = status.Convert(refused).Message()
+	s.recordAudit(ctx, rec)
+	return refused
+}
+
 func toStatusErr(err error) error {
 	if errors.Is(err, context.Canceled) {
 		return status.Error(codes.Canceled, "the caller went away")
@@ -193,11 +288,11 @@ func toStatusErr(err error) error {
 }
 
 func (s *Server) execTask(ctx context.Context, stream grpc.BidiStreamingServer[agentv1.ExecInput, agentv1.ExecOutput], start *agentv1.ExecStart, rec *audit.Record, exit *int32) (int32, error) {
-	if err := s.checkLeader(); err != nil {
-		return -1, err
-	}
 	if o, err := s.core.JobOwner(rec.JobID); err == nil {
 		rec.Application = o.Application
+	}
+	if err := s.checkLeader(); err != nil {
+		return -1, err
 	}
 	if err := s.authorizeTask(ctx, authz.TaskDebug, start.GetId()); err != nil {
 		return -1, err
@@ -214,6 +309,11 @@ func (s *Server) execTask(ctx context.Context, stream grpc.BidiStreamingServer[a
 	if ra == nil {
 		return -1, status.Errorf(codes.Unavailable, "agent %s of task %s is not connected to this scheduler", t.AgentID, t.ID)
 	}
+	release, err := s.execSlots.acquire(rec.Principal)
+	if err != nil {
+		return -1, err
+	}
+	defer release()
 	session := uuid.NewString()
 	out := ra.open(session)
 	defer ra.close(session)

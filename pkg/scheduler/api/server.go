@@ -57,6 +57,8 @@ type Server struct {
 	trail  AuditTrail
 	log    *slog.Logger
 	relay  execRelay
+	// execSlots bounds each principal's relayed exec sessions.
+	execSlots execSlots
 }
 
 // SetLog sets where the server logs (default slog.Default()).
