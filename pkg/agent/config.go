@@ -43,6 +43,8 @@ type Config struct {
 	Exec ExecConfig `json:"exec"`
 	// Secrets says where tasks' secrets are fetched from and kept.
 	Secrets SecretsConfig `json:"secrets"`
+	// LogShip ships task logs to S3 (docs/logs.md).
+	LogShip LogShipConfig `json:"logship"`
 	// MetricsListen serves Prometheus metrics; empty disables.
 	MetricsListen string `json:"metricsListen"`
 	// MaxTasks bounds the tasks the agent holds at once.
@@ -267,6 +269,7 @@ func DefaultConfig() Config {
 		LogLevel:      "info",
 		Exec:          defaultExec(),
 		Secrets:       SecretsConfig{Dir: "/run/titus-agent/secrets"},
+		LogShip:       defaultLogShip(),
 		GPU:           GPUConfig{DevRoot: "/dev", CDISpecDirs: slices.Clone(gpu.DefaultCDISpecDirs)},
 	}
 }
@@ -332,6 +335,9 @@ func (c *Config) Validate() error {
 	}
 	errs = append(errs, c.Isolation.validate())
 	if err := c.Secrets.validate(c.StateDir); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.LogShip.validate(); err != nil {
 		errs = append(errs, err)
 	}
 	errs = append(errs, c.checkHostPathsPrivate()...)

@@ -139,7 +139,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		LogDir:              cfg.LogDir,
 		LoggerBinary:        logDriver,
 		LogMaxSizeMiB:       cfg.Logs.MaxSizeMiB,
-		LogMaxFiles:         cfg.Logs.MaxFiles,
+		LogMaxFiles:         logMaxFiles(cfg),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("containerd: %w", err)
@@ -152,6 +152,13 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		return nil, err
 	}
 	d.closers = append(d.closers, w.closers...)
+	shipper, err := wireLogShip(agentCtx, cfg, log, store, w, d.registry, d.metrics)
+	if err != nil {
+		return nil, err
+	}
+	if shipper != nil {
+		go shipper.Run(agentCtx)
+	}
 	d.manager = NewManager(agentCtx, ManagerConfig{
 		Store:        store,
 		Runtime:      rt,

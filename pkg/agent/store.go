@@ -131,6 +131,10 @@ func OpenStoreTimeout(dir string, timeout time.Duration) (s *Store, err error) {
 // Path is the state file.
 func (s *Store) Path() string { return s.path }
 
+// DB is the store's bbolt file, for subsystems that keep their own
+// bucket in it (pkg/logship).
+func (s *Store) DB() *bolt.DB { return s.db }
+
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }
 

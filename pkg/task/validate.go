@@ -200,6 +200,9 @@ func (s *Spec) checkLabels(c *checker) {
 			c.failf("labels["+trunc(k)+"]", "value must be at most %d characters", MaxLabelValueLen)
 		}
 	}
+	if _, fe := LogShippingOf(s.Labels); fe != nil {
+		c.errs = append(c.errs, fe)
+	}
 }
 
 func (s *Spec) checkNetwork(c *checker) {

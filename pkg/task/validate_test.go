@@ -49,6 +49,10 @@ func TestValidateNamesFieldAndRule(t *testing.T) {
 		{"too many args", func(s *Spec) { s.Command = make([]string, MaxArgs+1) }, []string{"command"}},
 		{"label reserved", func(s *Spec) { s.Labels = map[string]string{"titus.agent/x": "y"} }, []string{"labels[titus.agent/x]"}},
 		{"label value", func(s *Spec) { s.Labels = map[string]string{"k": strings.Repeat("v", MaxLabelValueLen+1)} }, []string{"labels[k]"}},
+		{"log ship not a bool", func(s *Spec) { s.Labels = map[string]string{LabelLogShip: "no"} }, []string{"labels[titus.logs/ship]"}},
+		{"log cap not a number", func(s *Spec) { s.Labels = map[string]string{LabelLogShipMaxMiB: "10Mi"} }, []string{"labels[titus.logs/max-mib]"}},
+		{"log cap zero", func(s *Spec) { s.Labels = map[string]string{LabelLogShipMaxMiB: "0"} }, []string{"labels[titus.logs/max-mib]"}},
+		{"log cap too big", func(s *Spec) { s.Labels = map[string]string{LabelLogShipMaxMiB: "9999999999"} }, []string{"labels[titus.logs/max-mib]"}},
 		{"grace", func(s *Spec) { s.KillGracePeriod = 2 * MaxKillGrace }, []string{"kill_grace_period_seconds"}},
 		{"runtime", func(s *Spec) { s.MaxRuntime = -time.Second }, []string{"max_runtime_seconds"}},
 		{"role", func(s *Spec) { s.IAMRoleARN = "role/x" }, []string{"iam_role_arn"}},
@@ -231,5 +235,18 @@ func TestTruncateOutput(t *testing.T) {
 	}
 	if TruncateOutput("ok") != "ok" {
 		t.Fatal("short output changed")
+	}
+}
+
+func TestLogShippingOf(t *testing.T) {
+	got, fe := LogShippingOf(map[string]string{LabelLogShip: "false", LabelLogShipMaxMiB: "3"})
+	if fe != nil || !got.OptOut || got.MaxBytes != 3<<20 {
+		t.Errorf("LogShippingOf = %+v, %v", got, fe)
+	}
+	if got, fe := LogShippingOf(nil); fe != nil || got != (LogShipping{}) {
+		t.Errorf("LogShippingOf(nil) = %+v, %v", got, fe)
+	}
+	if _, fe := LogShippingOf(map[string]string{LabelLogShip: "yes"}); fe == nil || !strings.Contains(fe.Error(), `must be "true" or "false", got "yes"`) {
+		t.Errorf("bad opt-out error = %v", fe)
 	}
 }
