@@ -1,7 +1,9 @@
 package runtime
 
 import (
+	"context"
 	"errors"
+	"time"
 )
 
 // Labels put on every container this package creates.
@@ -30,6 +32,16 @@ type Auth struct {
 	Username, Password string
 }
 
+// CredentialSource gives registry credentials by host (host[:port]); ok is
+// false for a host it has none for. It is asked at each pull that meets an
+// authentication challenge, so it may rotate them (ECR tokens expire).
+type CredentialSource interface {
+	Credentials(ctx context.Context, host string) (a Auth, ok bool, err error)
+}
+
+// credentialsTimeout bounds one CredentialSource call.
+const credentialsTimeout = 30 * time.Second
+
 // Config configures a Runtime.
 type Config struct {
 	Address   string // containerd gRPC socket
@@ -41,6 +53,9 @@ type Config struct {
 	PlainHTTPRegistries []string
 	// RegistryAuth holds basic-auth credentials by host.
 	RegistryAuth map[string]Auth
+	// Credentials gives the credentials of hosts RegistryAuth does not
+	// name (ECR's tokens); nil: none.
+	Credentials CredentialSource
 	// LogDir holds per-task logs: LogDir/<taskID>/stdout.log (rotated).
 	// Empty discards container output.
 	LogDir string

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/images"
@@ -106,6 +107,19 @@ func (r *Runtime) pull(ctx context.Context, ref string) (client.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image reference %q: %w", ref, err)
 	}
+	defer r.pulls.begin(pullKeys(named)...)()
+	img, err := r.fetch(ctx, named)
+	if err != nil {
+		return nil, err
+	}
+	// Best effort: a missing label only makes the image look older to
+	// garbage collection, which never removes an image a task holds.
+	_ = r.touch(ctx, img.Name(), time.Now())
+	return img, nil
+}
+
+// fetch is pull without the bookkeeping: a local image, else the registry's.
+func (r *Runtime) fetch(ctx context.Context, named reference.Named) (client.Image, error) {
 	name := named.String()
 	if img, err := r.local(ctx, named); err == nil {
 		ok, err := img.IsUnpacked(ctx, r.cfg.Snapshotter)
@@ -144,10 +158,13 @@ func classifyPullError(err error) error {
 }
 
 // newResolver resolves over HTTPS except for the configured plain-HTTP
-// hosts (there is no implicit localhost exception), with per-host basic auth.
+// hosts (there is no implicit localhost exception), with per-host basic
+// auth: the configured credentials of a host, else those of
+// cfg.Credentials (ECR) when it knows the host.
 func newResolver(cfg Config) remotes.Resolver {
 	plain := slices.Clone(cfg.PlainHTTPRegistries)
 	auth := cfg.RegistryAuth
+	source := cfg.Credentials
 	return docker.NewResolver(docker.ResolverOptions{
 		Hosts: docker.ConfigureDefaultRegistries(
 			docker.WithPlainHTTP(func(host string) (bool, error) {
@@ -156,9 +173,17 @@ func newResolver(cfg Config) remotes.Resolver {
 			docker.WithAuthorizer(docker.NewDockerAuthorizer(
 				docker.WithAuthClient(&http.Client{Transport: docker.DefaultHTTPTransport(nil)}),
 				docker.WithAuthCreds(func(host string) (string, string, error) {
-					a, ok := auth[host]
-					if !ok {
+					if a, ok := auth[host]; ok {
+						return a.Username, a.Password, nil
+					}
+					if source == nil {
 						return "", "", nil
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), credentialsTimeout)
+					defer cancel()
+					a, ok, err := source.Credentials(ctx, host)
+					if err != nil || !ok {
+						return "", "", err
 					}
 					return a.Username, a.Password, nil
 				}),

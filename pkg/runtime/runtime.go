@@ -17,6 +17,7 @@ type Runtime struct {
 	resolver func() remotes.Resolver
 	oom      *oomWatcher
 	units    unitStopper // systemd driver: stops task slices
+	pulls    pulls       // under way, kept from RemoveImage
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
