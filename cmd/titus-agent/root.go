@@ -19,7 +19,7 @@ func newRootCmd() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&opts.socket, "socket", agent.DefaultConfig().Socket, "the agent's control socket")
 	root.PersistentFlags().DurationVar(&opts.timeout, "timeout", 0, "give up after this long (0 = no limit)")
-	root.AddCommand(newDaemonCmd(), newTaskCmd(), newHealthCmd(), newVersionCmd(), newConfigCmd(), newVPCCmd(), newMetadataCmd(), newIdentityCmd())
+	root.AddCommand(newDaemonCmd(), newTaskCmd(), newHealthCmd(), newVersionCmd(), newConfigCmd(), newVPCCmd(), newMetadataCmd(), newIdentityCmd(), newImageCmd())
 	return root
 }
 

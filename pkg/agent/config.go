@@ -34,6 +34,8 @@ type Config struct {
 	Logs       LogConfig        `json:"logs"`
 	Containerd ContainerdConfig `json:"containerd"`
 	Registries RegistryConfig   `json:"registries"`
+	// Images: garbage collection, pinned and pre-pulled images.
+	Images ImagesConfig `json:"images"`
 	Network    NetworkConfig    `json:"network"`
 	Metadata   MetadataConfig   `json:"metadata"`
 	Isolation  IsolationConfig  `json:"isolation"`
@@ -97,6 +99,57 @@ func (c ContainerdConfig) cgroupDriver(systemdBooted bool) (string, error) {
 type RegistryConfig struct {
 	PlainHTTP []string                `json:"plainHTTP"`
 	Auth      map[string]RegistryAuth `json:"auth"`
+	ECR       ECRConfig               `json:"ecr"`
+}
+
+// ECRConfig: registries whose whole host matches HostPattern get
+// credentials from ecr:GetAuthorizationToken (package ecrauth).
+type ECRConfig struct {
+	Enabled bool `json:"enabled"`
+	// HostPattern is a regular expression matched against a registry's
+	// whole host[:port]; named groups account and region; empty:
+	// ecrauth.DefaultHostPattern.
+	HostPattern string `json:"hostPattern"`
+	// Region of hosts whose pattern has no region group.
+	Region string `json:"region"`
+	// Endpoint overrides ECR's API endpoint (moto in tests).
+	Endpoint string `json:"endpoint"`
+	// AccessKeyID and SecretAccessKey are static credentials; empty =
+	// the SDK's default chain (the instance role).
+	AccessKeyID     string `json:"accessKeyID"`
+	SecretAccessKey string `json:"secretAccessKey"`
+	// RefreshBefore (Go duration): a cached token with less life left is
+	// fetched anew before a pull uses it.
+	RefreshBefore string `json:"refreshBefore"`
+}
+
+// ImagesConfig: image garbage collection, pinned and pre-pulled images.
+type ImagesConfig struct {
+	GC ImageGCConfig `json:"gc"`
+	// Pinned images are never removed (by GC, prune or rm).
+	Pinned []string `json:"pinned"`
+	// PrePull images are pulled at agent start.
+	PrePull []string `json:"prePull"`
+	// PrePullWait (Go duration) is how long the agent start waits for the
+	// pre-pulls before it reports ready; they go on after it.
+	PrePullWait string `json:"prePullWait"`
+}
+
+// ImageGCConfig: when the image store's usage passes HighWatermark, the
+// least recently used images no task holds go until it is below
+// LowWatermark. A watermark is bytes ("20GiB") or a percentage ("85%")
+// of the filesystem at StorePath.
+type ImageGCConfig struct {
+	Enabled       bool   `json:"enabled"`
+	HighWatermark string `json:"highWatermark"`
+	LowWatermark  string `json:"lowWatermark"`
+	// MinAge (Go duration): images pulled more recently stay.
+	MinAge string `json:"minAge"`
+	// Interval (Go duration) between usage checks.
+	Interval string `json:"interval"`
+	// StorePath is on the filesystem holding containerd's root; the
+	// percentages are of its size.
+	StorePath string `json:"storePath"`
 }
 
 // RegistryAuth is basic auth for one registry host.
@@ -270,6 +323,9 @@ func DefaultConfig() Config {
 		Exec:          defaultExec(),
 		Secrets:       SecretsConfig{Dir: "/run/titus-agent/secrets"},
 		LogShip:       defaultLogShip(),
+		Registries:    RegistryConfig{ECR: ECRConfig{Enabled: true, RefreshBefore: "1h"}},
+		Images: ImagesConfig{PrePullWait: "2m", GC: ImageGCConfig{Enabled: true, HighWatermark: "85%", LowWatermark: "75%",
+			MinAge: "10m", Interval: "1m", StorePath: "/var/lib/containerd"}},
 		GPU:           GPUConfig{DevRoot: "/dev", CDISpecDirs: slices.Clone(gpu.DefaultCDISpecDirs)},
 	}
 }
@@ -334,6 +390,8 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("maxTasks: must be at least 1"))
 	}
 	errs = append(errs, c.Isolation.validate())
+	errs = append(errs, c.Images.validate()...)
+	errs = append(errs, c.Registries.ECR.validate()...)
 	if err := c.Secrets.validate(c.StateDir); err != nil {
 		errs = append(errs, err)
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
+	"github.com/titus-agent/titus-agent/pkg/imagegc"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
@@ -37,6 +38,8 @@ type Daemon struct {
 	health   *hostHealth
 	network  *vpc.Network
 	gpus     *gpuPool
+	images   *imagegc.GC
+	imgStats *metrics.Images
 }
 
 // Manager exposes the task manager (for the scheduler link and tests).
@@ -66,6 +69,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(*Daemon))
 	}
 	if d.network != nil {
 		go watchPools(ctx, d.network, d.metrics)
+	}
+	if cfg.Images.GC.Enabled {
+		go d.images.Run(ctx)
+	}
+	if len(cfg.Images.PrePull) > 0 {
+		wait, _ := parseDuration("", cfg.Images.PrePullWait, 0)
+		waitPrePull(ctx, prePull(ctx, d.rt, cfg.Images.PrePull, d.imgStats, log), wait, log)
 	}
 	if cfg.Scheduler.Address != "" {
 		go d.runSchedulerLink(ctx)
@@ -103,6 +113,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(*Daemon))
 func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, error) {
 	d := &Daemon{cfg: cfg, log: log, registry: metrics.NewRegistry()}
 	d.metrics = metrics.New(d.registry)
+	d.imgStats = metrics.NewImages(d.registry)
 	ok := false
 	defer func() {
 		if !ok {
@@ -130,7 +141,12 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	if err != nil {
 		return nil, err
 	}
+	ecr, err := newECR(agentCtx, cfg.Registries.ECR, d.metrics)
+	if err != nil {
+		return nil, err
+	}
 	rt, err := runtime.New(agentCtx, runtime.Config{
+		Credentials:         ecr,
 		CgroupDriver:        driver,
 		Address:             cfg.Containerd.Address,
 		Namespace:           cfg.Containerd.Namespace,
@@ -181,6 +197,9 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		return nil, fmt.Errorf("re-adopt tasks: %w", err)
 	}
 	go d.pruneLoop(agentCtx)
+	if d.images, err = newImageGC(cfg.Images, rt, d.manager.ImagesInUse, d.imgStats, log.With("component", "imagegc")); err != nil {
+		return nil, fmt.Errorf("image gc: %w", err)
+	}
 
 	gid, err := cfg.socketGID()
 	if err != nil {
@@ -196,7 +215,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		d.health.net = w.network
 	}
 	d.sessions = NewExecSessions(cfg.Exec, rt, d.manager, log.With("component", "exec"))
-	(&Server{Manager: d.manager, Runtime: rt, Sessions: d.sessions, Checker: d.health, LogDir: cfg.LogDir, VPC: w.vpc, Metadata: w.metadata, Scheduler: cfg.Scheduler.Address}).Register(d.grpc)
+	(&Server{Manager: d.manager, Runtime: rt, Sessions: d.sessions, Checker: d.health, LogDir: cfg.LogDir, VPC: w.vpc, Metadata: w.metadata, Scheduler: cfg.Scheduler.Address, Images: d.images}).Register(d.grpc)
 	ok = true
 	return d, nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/errdefs"
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
+	"github.com/titus-agent/titus-agent/pkg/imagegc"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -447,4 +448,29 @@ func (b *broadcaster) publish(ev task.Event) {
 			close(ch)
 		}
 	}
+}
+
+// ImagesInUse lists every task that holds an image on this host: from its
+// acceptance (pending included) until its teardown is done. Image garbage
+// collection never removes what these hold.
+func (m *Manager) ImagesInUse() []imagegc.Holder {
+	m.mu.Lock()
+	var out []imagegc.Holder
+	for id, rec := range m.pending {
+		out = append(out, imagegc.Holder{TaskID: id, Ref: rec.Spec.Image})
+	}
+	rs := maps.Clone(m.runners)
+	m.mu.Unlock()
+	for id, r := range rs {
+		ref, img, held := r.HeldImage()
+		if !held {
+			continue
+		}
+		h := imagegc.Holder{TaskID: id, Ref: ref}
+		if img != nil {
+			h.Name, h.Digest = img.Name, img.Digest
+		}
+		out = append(out, h)
+	}
+	return out
 }

@@ -53,6 +53,8 @@ type Server struct {
 	Scheduler string
 	// Sessions runs exec sessions within the host's bounds.
 	Sessions *ExecSessions
+	// Images lists and removes images (image ls|rm|prune).
+	Images ImageOperator
 }
 
 // Register adds the service to a gRPC server.

@@ -3067,6 +3067,390 @@ func (x *MetadataGetResponse) GetContentType() string {
 	return ""
 }
 
+type ListImagesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListImagesRequest) Reset() {
+	*x = ListImagesRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListImagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListImagesRequest) ProtoMessage() {}
+
+func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
+func (*ListImagesRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{44}
+}
+
+type ImageInfo struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Digest string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	// Content plus unpacked layers; layers shared with other images count in each.
+	SizeBytes int64                  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Created   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=created,proto3" json:"created,omitempty"`
+	LastUsed  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=last_used,json=lastUsed,proto3" json:"last_used,omitempty"`
+	Pinned    bool                   `protobuf:"varint,6,opt,name=pinned,proto3" json:"pinned,omitempty"`
+	// Tasks on this host holding the image.
+	UsedBy        []string `protobuf:"bytes,7,rep,name=used_by,json=usedBy,proto3" json:"used_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ImageInfo) Reset() {
+	*x = ImageInfo{}
+	mi := &file_agent_v1_agent_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ImageInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ImageInfo) ProtoMessage() {}
+
+func (x *ImageInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ImageInfo.ProtoReflect.Descriptor instead.
+func (*ImageInfo) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *ImageInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ImageInfo) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *ImageInfo) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *ImageInfo) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+func (x *ImageInfo) GetLastUsed() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastUsed
+	}
+	return nil
+}
+
+func (x *ImageInfo) GetPinned() bool {
+	if x != nil {
+		return x.Pinned
+	}
+	return false
+}
+
+func (x *ImageInfo) GetUsedBy() []string {
+	if x != nil {
+		return x.UsedBy
+	}
+	return nil
+}
+
+type ListImagesResponse struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Images []*ImageInfo           `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
+	// Content store plus snapshots of the agent's namespace.
+	StoreBytes    int64 `protobuf:"varint,2,opt,name=store_bytes,json=storeBytes,proto3" json:"store_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListImagesResponse) Reset() {
+	*x = ListImagesResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListImagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListImagesResponse) ProtoMessage() {}
+
+func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
+func (*ListImagesResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *ListImagesResponse) GetImages() []*ImageInfo {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+func (x *ListImagesResponse) GetStoreBytes() int64 {
+	if x != nil {
+		return x.StoreBytes
+	}
+	return 0
+}
+
+type RemoveImageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Images        []string               `protobuf:"bytes,1,rep,name=images,proto3" json:"images,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveImageRequest) Reset() {
+	*x = RemoveImageRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveImageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveImageRequest) ProtoMessage() {}
+
+func (x *RemoveImageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveImageRequest.ProtoReflect.Descriptor instead.
+func (*RemoveImageRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *RemoveImageRequest) GetImages() []string {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+type RemoveImageResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Removed       []string               `protobuf:"bytes,1,rep,name=removed,proto3" json:"removed,omitempty"`
+	FreedBytes    int64                  `protobuf:"varint,2,opt,name=freed_bytes,json=freedBytes,proto3" json:"freed_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveImageResponse) Reset() {
+	*x = RemoveImageResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveImageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveImageResponse) ProtoMessage() {}
+
+func (x *RemoveImageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveImageResponse.ProtoReflect.Descriptor instead.
+func (*RemoveImageResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *RemoveImageResponse) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *RemoveImageResponse) GetFreedBytes() int64 {
+	if x != nil {
+		return x.FreedBytes
+	}
+	return 0
+}
+
+type PruneImagesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Images pulled more recently stay; unset: images.gc.minAge.
+	MinAge        *durationpb.Duration `protobuf:"bytes,1,opt,name=min_age,json=minAge,proto3" json:"min_age,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneImagesRequest) Reset() {
+	*x = PruneImagesRequest{}
+	mi := &file_agent_v1_agent_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneImagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneImagesRequest) ProtoMessage() {}
+
+func (x *PruneImagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneImagesRequest.ProtoReflect.Descriptor instead.
+func (*PruneImagesRequest) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *PruneImagesRequest) GetMinAge() *durationpb.Duration {
+	if x != nil {
+		return x.MinAge
+	}
+	return nil
+}
+
+type PruneImagesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Removed       []string               `protobuf:"bytes,1,rep,name=removed,proto3" json:"removed,omitempty"`
+	FreedBytes    int64                  `protobuf:"varint,2,opt,name=freed_bytes,json=freedBytes,proto3" json:"freed_bytes,omitempty"`
+	StoreBytes    int64                  `protobuf:"varint,3,opt,name=store_bytes,json=storeBytes,proto3" json:"store_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PruneImagesResponse) Reset() {
+	*x = PruneImagesResponse{}
+	mi := &file_agent_v1_agent_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PruneImagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PruneImagesResponse) ProtoMessage() {}
+
+func (x *PruneImagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agent_v1_agent_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PruneImagesResponse.ProtoReflect.Descriptor instead.
+func (*PruneImagesResponse) Descriptor() ([]byte, []int) {
+	return file_agent_v1_agent_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *PruneImagesResponse) GetRemoved() []string {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
+func (x *PruneImagesResponse) GetFreedBytes() int64 {
+	if x != nil {
+		return x.FreedBytes
+	}
+	return 0
+}
+
+func (x *PruneImagesResponse) GetStoreBytes() int64 {
+	if x != nil {
+		return x.StoreBytes
+	}
+	return 0
+}
+
 var File_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agent_v1_agent_proto_rawDesc = "" +
@@ -3301,7 +3685,35 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x13MetadataGetResponse\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\x05R\x06status\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\fR\x04body\x12!\n" +
-	"\fcontent_type\x18\x03 \x01(\tR\vcontentType*\x81\x01\n" +
+	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\"\x13\n" +
+	"\x11ListImagesRequest\"\xf6\x01\n" +
+	"\tImageInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x124\n" +
+	"\acreated\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x127\n" +
+	"\tlast_used\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\blastUsed\x12\x16\n" +
+	"\x06pinned\x18\x06 \x01(\bR\x06pinned\x12\x17\n" +
+	"\aused_by\x18\a \x03(\tR\x06usedBy\"h\n" +
+	"\x12ListImagesResponse\x121\n" +
+	"\x06images\x18\x01 \x03(\v2\x19.titus.agent.v1.ImageInfoR\x06images\x12\x1f\n" +
+	"\vstore_bytes\x18\x02 \x01(\x03R\n" +
+	"storeBytes\",\n" +
+	"\x12RemoveImageRequest\x12\x16\n" +
+	"\x06images\x18\x01 \x03(\tR\x06images\"P\n" +
+	"\x13RemoveImageResponse\x12\x18\n" +
+	"\aremoved\x18\x01 \x03(\tR\aremoved\x12\x1f\n" +
+	"\vfreed_bytes\x18\x02 \x01(\x03R\n" +
+	"freedBytes\"H\n" +
+	"\x12PruneImagesRequest\x122\n" +
+	"\amin_age\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06minAge\"q\n" +
+	"\x13PruneImagesResponse\x12\x18\n" +
+	"\aremoved\x18\x01 \x03(\tR\aremoved\x12\x1f\n" +
+	"\vfreed_bytes\x18\x02 \x01(\x03R\n" +
+	"freedBytes\x12\x1f\n" +
+	"\vstore_bytes\x18\x03 \x01(\x03R\n" +
+	"storeBytes*\x81\x01\n" +
 	"\fHealthStatus\x12\x1d\n" +
 	"\x19HEALTH_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16HEALTH_STATUS_STARTING\x10\x01\x12\x19\n" +
@@ -3317,7 +3729,7 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\x13TASK_STATE_FINISHED\x10\x06\x12\x15\n" +
 	"\x11TASK_STATE_FAILED\x10\a\x12\x15\n" +
 	"\x11TASK_STATE_KILLED\x10\b\x12\x13\n" +
-	"\x0fTASK_STATE_LOST\x10\t2\x8d\t\n" +
+	"\x0fTASK_STATE_LOST\x10\t2\x92\v\n" +
 	"\x05Agent\x12S\n" +
 	"\n" +
 	"LaunchTask\x12!.titus.agent.v1.LaunchTaskRequest\x1a\".titus.agent.v1.LaunchTaskResponse\x12M\n" +
@@ -3334,7 +3746,11 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\tVPCStatus\x12 .titus.agent.v1.VPCStatusRequest\x1a!.titus.agent.v1.VPCStatusResponse\x12D\n" +
 	"\x05VPCGC\x12\x1c.titus.agent.v1.VPCGCRequest\x1a\x1d.titus.agent.v1.VPCGCResponse\x12V\n" +
 	"\vMetadataGet\x12\".titus.agent.v1.MetadataGetRequest\x1a#.titus.agent.v1.MetadataGetResponse\x12J\n" +
-	"\aVersion\x12\x1e.titus.agent.v1.VersionRequest\x1a\x1f.titus.agent.v1.VersionResponseB9Z7github.com/titus-agent/titus-agent/api/agent/v1;agentv1b\x06proto3"
+	"\aVersion\x12\x1e.titus.agent.v1.VersionRequest\x1a\x1f.titus.agent.v1.VersionResponse\x12S\n" +
+	"\n" +
+	"ListImages\x12!.titus.agent.v1.ListImagesRequest\x1a\".titus.agent.v1.ListImagesResponse\x12V\n" +
+	"\vRemoveImage\x12\".titus.agent.v1.RemoveImageRequest\x1a#.titus.agent.v1.RemoveImageResponse\x12V\n" +
+	"\vPruneImages\x12\".titus.agent.v1.PruneImagesRequest\x1a#.titus.agent.v1.PruneImagesResponseB9Z7github.com/titus-agent/titus-agent/api/agent/v1;agentv1b\x06proto3"
 
 var (
 	file_agent_v1_agent_proto_rawDescOnce sync.Once
@@ -3349,7 +3765,7 @@ func file_agent_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_agent_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_agent_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_agent_v1_agent_proto_goTypes = []any{
 	(HealthStatus)(0),             // 0: titus.agent.v1.HealthStatus
 	(TaskState)(0),                // 1: titus.agent.v1.TaskState
@@ -3397,30 +3813,37 @@ var file_agent_v1_agent_proto_goTypes = []any{
 	(*VPCGCResponse)(nil),         // 43: titus.agent.v1.VPCGCResponse
 	(*MetadataGetRequest)(nil),    // 44: titus.agent.v1.MetadataGetRequest
 	(*MetadataGetResponse)(nil),   // 45: titus.agent.v1.MetadataGetResponse
-	nil,                           // 46: titus.agent.v1.TaskSpec.EnvEntry
-	nil,                           // 47: titus.agent.v1.TaskSpec.LabelsEntry
-	nil,                           // 48: titus.agent.v1.InspectTaskResponse.LimitsEntry
-	(*durationpb.Duration)(nil),   // 49: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 50: google.protobuf.Timestamp
+	(*ListImagesRequest)(nil),     // 46: titus.agent.v1.ListImagesRequest
+	(*ImageInfo)(nil),             // 47: titus.agent.v1.ImageInfo
+	(*ListImagesResponse)(nil),    // 48: titus.agent.v1.ListImagesResponse
+	(*RemoveImageRequest)(nil),    // 49: titus.agent.v1.RemoveImageRequest
+	(*RemoveImageResponse)(nil),   // 50: titus.agent.v1.RemoveImageResponse
+	(*PruneImagesRequest)(nil),    // 51: titus.agent.v1.PruneImagesRequest
+	(*PruneImagesResponse)(nil),   // 52: titus.agent.v1.PruneImagesResponse
+	nil,                           // 53: titus.agent.v1.TaskSpec.EnvEntry
+	nil,                           // 54: titus.agent.v1.TaskSpec.LabelsEntry
+	nil,                           // 55: titus.agent.v1.InspectTaskResponse.LimitsEntry
+	(*durationpb.Duration)(nil),   // 56: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 57: google.protobuf.Timestamp
 }
 var file_agent_v1_agent_proto_depIdxs = []int32{
-	46, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
+	53, // 0: titus.agent.v1.TaskSpec.env:type_name -> titus.agent.v1.TaskSpec.EnvEntry
 	2,  // 1: titus.agent.v1.TaskSpec.resources:type_name -> titus.agent.v1.Resources
-	47, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
+	54, // 2: titus.agent.v1.TaskSpec.labels:type_name -> titus.agent.v1.TaskSpec.LabelsEntry
 	3,  // 3: titus.agent.v1.TaskSpec.network:type_name -> titus.agent.v1.NetworkRequest
 	6,  // 4: titus.agent.v1.TaskSpec.health_check:type_name -> titus.agent.v1.HealthCheckSpec
 	5,  // 5: titus.agent.v1.TaskSpec.secrets:type_name -> titus.agent.v1.SecretRef
-	49, // 6: titus.agent.v1.HealthCheckSpec.interval:type_name -> google.protobuf.Duration
-	49, // 7: titus.agent.v1.HealthCheckSpec.timeout:type_name -> google.protobuf.Duration
-	49, // 8: titus.agent.v1.HealthCheckSpec.start_period:type_name -> google.protobuf.Duration
+	56, // 6: titus.agent.v1.HealthCheckSpec.interval:type_name -> google.protobuf.Duration
+	56, // 7: titus.agent.v1.HealthCheckSpec.timeout:type_name -> google.protobuf.Duration
+	56, // 8: titus.agent.v1.HealthCheckSpec.start_period:type_name -> google.protobuf.Duration
 	0,  // 9: titus.agent.v1.TaskHealth.status:type_name -> titus.agent.v1.HealthStatus
-	50, // 10: titus.agent.v1.TaskHealth.since:type_name -> google.protobuf.Timestamp
-	50, // 11: titus.agent.v1.TaskHealth.checked:type_name -> google.protobuf.Timestamp
+	57, // 10: titus.agent.v1.TaskHealth.since:type_name -> google.protobuf.Timestamp
+	57, // 11: titus.agent.v1.TaskHealth.checked:type_name -> google.protobuf.Timestamp
 	1,  // 12: titus.agent.v1.Transition.state:type_name -> titus.agent.v1.TaskState
-	50, // 13: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
+	57, // 13: titus.agent.v1.Transition.time:type_name -> google.protobuf.Timestamp
 	9,  // 14: titus.agent.v1.Transition.steps:type_name -> titus.agent.v1.LaunchStep
-	50, // 15: titus.agent.v1.LaunchStep.start:type_name -> google.protobuf.Timestamp
-	49, // 16: titus.agent.v1.LaunchStep.took:type_name -> google.protobuf.Duration
+	57, // 15: titus.agent.v1.LaunchStep.start:type_name -> google.protobuf.Timestamp
+	56, // 16: titus.agent.v1.LaunchStep.took:type_name -> google.protobuf.Duration
 	4,  // 17: titus.agent.v1.Task.spec:type_name -> titus.agent.v1.TaskSpec
 	1,  // 18: titus.agent.v1.Task.state:type_name -> titus.agent.v1.TaskState
 	8,  // 19: titus.agent.v1.Task.transitions:type_name -> titus.agent.v1.Transition
@@ -3433,7 +3856,7 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	11, // 26: titus.agent.v1.KillTaskResponse.task:type_name -> titus.agent.v1.Task
 	11, // 27: titus.agent.v1.ListTasksResponse.tasks:type_name -> titus.agent.v1.Task
 	11, // 28: titus.agent.v1.InspectTaskResponse.task:type_name -> titus.agent.v1.Task
-	48, // 29: titus.agent.v1.InspectTaskResponse.limits:type_name -> titus.agent.v1.InspectTaskResponse.LimitsEntry
+	55, // 29: titus.agent.v1.InspectTaskResponse.limits:type_name -> titus.agent.v1.InspectTaskResponse.LimitsEntry
 	26, // 30: titus.agent.v1.InspectTaskResponse.interfaces:type_name -> titus.agent.v1.NetInterface
 	27, // 31: titus.agent.v1.InspectTaskResponse.disk:type_name -> titus.agent.v1.DiskUsage
 	29, // 32: titus.agent.v1.TopTaskResponse.processes:type_name -> titus.agent.v1.TaskProcess
@@ -3441,41 +3864,51 @@ var file_agent_v1_agent_proto_depIdxs = []int32{
 	32, // 34: titus.agent.v1.ExecInput.start:type_name -> titus.agent.v1.ExecStart
 	31, // 35: titus.agent.v1.ExecInput.resize:type_name -> titus.agent.v1.WindowSize
 	36, // 36: titus.agent.v1.HealthResponse.checks:type_name -> titus.agent.v1.HealthCheck
-	13, // 37: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
-	15, // 38: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
-	17, // 39: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
-	18, // 40: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
-	20, // 41: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
-	21, // 42: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
-	23, // 43: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
-	33, // 44: titus.agent.v1.Agent.ExecSession:input_type -> titus.agent.v1.ExecInput
-	24, // 45: titus.agent.v1.Agent.InspectTask:input_type -> titus.agent.v1.InspectTaskRequest
-	28, // 46: titus.agent.v1.Agent.TopTask:input_type -> titus.agent.v1.TopTaskRequest
-	35, // 47: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
-	40, // 48: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
-	42, // 49: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
-	44, // 50: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
-	38, // 51: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
-	14, // 52: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
-	16, // 53: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
-	11, // 54: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
-	19, // 55: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
-	12, // 56: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
-	22, // 57: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
-	34, // 58: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
-	34, // 59: titus.agent.v1.Agent.ExecSession:output_type -> titus.agent.v1.ExecOutput
-	25, // 60: titus.agent.v1.Agent.InspectTask:output_type -> titus.agent.v1.InspectTaskResponse
-	30, // 61: titus.agent.v1.Agent.TopTask:output_type -> titus.agent.v1.TopTaskResponse
-	37, // 62: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
-	41, // 63: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
-	43, // 64: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
-	45, // 65: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
-	39, // 66: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
-	52, // [52:67] is the sub-list for method output_type
-	37, // [37:52] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	57, // 37: titus.agent.v1.ImageInfo.created:type_name -> google.protobuf.Timestamp
+	57, // 38: titus.agent.v1.ImageInfo.last_used:type_name -> google.protobuf.Timestamp
+	47, // 39: titus.agent.v1.ListImagesResponse.images:type_name -> titus.agent.v1.ImageInfo
+	56, // 40: titus.agent.v1.PruneImagesRequest.min_age:type_name -> google.protobuf.Duration
+	13, // 41: titus.agent.v1.Agent.LaunchTask:input_type -> titus.agent.v1.LaunchTaskRequest
+	15, // 42: titus.agent.v1.Agent.KillTask:input_type -> titus.agent.v1.KillTaskRequest
+	17, // 43: titus.agent.v1.Agent.GetTask:input_type -> titus.agent.v1.GetTaskRequest
+	18, // 44: titus.agent.v1.Agent.ListTasks:input_type -> titus.agent.v1.ListTasksRequest
+	20, // 45: titus.agent.v1.Agent.WatchEvents:input_type -> titus.agent.v1.WatchEventsRequest
+	21, // 46: titus.agent.v1.Agent.TaskLogs:input_type -> titus.agent.v1.TaskLogsRequest
+	23, // 47: titus.agent.v1.Agent.Exec:input_type -> titus.agent.v1.ExecRequest
+	33, // 48: titus.agent.v1.Agent.ExecSession:input_type -> titus.agent.v1.ExecInput
+	24, // 49: titus.agent.v1.Agent.InspectTask:input_type -> titus.agent.v1.InspectTaskRequest
+	28, // 50: titus.agent.v1.Agent.TopTask:input_type -> titus.agent.v1.TopTaskRequest
+	35, // 51: titus.agent.v1.Agent.Health:input_type -> titus.agent.v1.HealthRequest
+	40, // 52: titus.agent.v1.Agent.VPCStatus:input_type -> titus.agent.v1.VPCStatusRequest
+	42, // 53: titus.agent.v1.Agent.VPCGC:input_type -> titus.agent.v1.VPCGCRequest
+	44, // 54: titus.agent.v1.Agent.MetadataGet:input_type -> titus.agent.v1.MetadataGetRequest
+	38, // 55: titus.agent.v1.Agent.Version:input_type -> titus.agent.v1.VersionRequest
+	46, // 56: titus.agent.v1.Agent.ListImages:input_type -> titus.agent.v1.ListImagesRequest
+	49, // 57: titus.agent.v1.Agent.RemoveImage:input_type -> titus.agent.v1.RemoveImageRequest
+	51, // 58: titus.agent.v1.Agent.PruneImages:input_type -> titus.agent.v1.PruneImagesRequest
+	14, // 59: titus.agent.v1.Agent.LaunchTask:output_type -> titus.agent.v1.LaunchTaskResponse
+	16, // 60: titus.agent.v1.Agent.KillTask:output_type -> titus.agent.v1.KillTaskResponse
+	11, // 61: titus.agent.v1.Agent.GetTask:output_type -> titus.agent.v1.Task
+	19, // 62: titus.agent.v1.Agent.ListTasks:output_type -> titus.agent.v1.ListTasksResponse
+	12, // 63: titus.agent.v1.Agent.WatchEvents:output_type -> titus.agent.v1.TaskEvent
+	22, // 64: titus.agent.v1.Agent.TaskLogs:output_type -> titus.agent.v1.LogChunk
+	34, // 65: titus.agent.v1.Agent.Exec:output_type -> titus.agent.v1.ExecOutput
+	34, // 66: titus.agent.v1.Agent.ExecSession:output_type -> titus.agent.v1.ExecOutput
+	25, // 67: titus.agent.v1.Agent.InspectTask:output_type -> titus.agent.v1.InspectTaskResponse
+	30, // 68: titus.agent.v1.Agent.TopTask:output_type -> titus.agent.v1.TopTaskResponse
+	37, // 69: titus.agent.v1.Agent.Health:output_type -> titus.agent.v1.HealthResponse
+	41, // 70: titus.agent.v1.Agent.VPCStatus:output_type -> titus.agent.v1.VPCStatusResponse
+	43, // 71: titus.agent.v1.Agent.VPCGC:output_type -> titus.agent.v1.VPCGCResponse
+	45, // 72: titus.agent.v1.Agent.MetadataGet:output_type -> titus.agent.v1.MetadataGetResponse
+	39, // 73: titus.agent.v1.Agent.Version:output_type -> titus.agent.v1.VersionResponse
+	48, // 74: titus.agent.v1.Agent.ListImages:output_type -> titus.agent.v1.ListImagesResponse
+	50, // 75: titus.agent.v1.Agent.RemoveImage:output_type -> titus.agent.v1.RemoveImageResponse
+	52, // 76: titus.agent.v1.Agent.PruneImages:output_type -> titus.agent.v1.PruneImagesResponse
+	59, // [59:77] is the sub-list for method output_type
+	41, // [41:59] is the sub-list for method input_type
+	41, // [41:41] is the sub-list for extension type_name
+	41, // [41:41] is the sub-list for extension extendee
+	0,  // [0:41] is the sub-list for field type_name
 }
 
 func init() { file_agent_v1_agent_proto_init() }
@@ -3495,7 +3928,7 @@ func file_agent_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agent_v1_agent_proto_rawDesc), len(file_agent_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   47,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

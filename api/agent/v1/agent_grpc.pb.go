@@ -36,6 +36,9 @@ const (
 	Agent_VPCGC_FullMethodName       = "/titus.agent.v1.Agent/VPCGC"
 	Agent_MetadataGet_FullMethodName = "/titus.agent.v1.Agent/MetadataGet"
 	Agent_Version_FullMethodName     = "/titus.agent.v1.Agent/Version"
+	Agent_ListImages_FullMethodName  = "/titus.agent.v1.Agent/ListImages"
+	Agent_RemoveImage_FullMethodName = "/titus.agent.v1.Agent/RemoveImage"
+	Agent_PruneImages_FullMethodName = "/titus.agent.v1.Agent/PruneImages"
 )
 
 // AgentClient is the client API for Agent service.
@@ -70,6 +73,15 @@ type AgentClient interface {
 	// MetadataGet fetches what a task would see at a metadata path.
 	MetadataGet(ctx context.Context, in *MetadataGetRequest, opts ...grpc.CallOption) (*MetadataGetResponse, error)
 	Version(ctx context.Context, in *VersionRequest, opts ...grpc.CallOption) (*VersionResponse, error)
+	// ListImages lists the images of the agent's containerd namespace,
+	// least recently used first (image ls).
+	ListImages(ctx context.Context, in *ListImagesRequest, opts ...grpc.CallOption) (*ListImagesResponse, error)
+	// RemoveImage removes images; one a task on this host holds, a pinned
+	// one or one being pulled is refused (image rm).
+	RemoveImage(ctx context.Context, in *RemoveImageRequest, opts ...grpc.CallOption) (*RemoveImageResponse, error)
+	// PruneImages removes every image no task holds and not pinned, older
+	// than the minimum age, whatever the watermarks (image prune).
+	PruneImages(ctx context.Context, in *PruneImagesRequest, opts ...grpc.CallOption) (*PruneImagesResponse, error)
 }
 
 type agentClient struct {
@@ -260,6 +272,36 @@ func (c *agentClient) Version(ctx context.Context, in *VersionRequest, opts ...g
 	return out, nil
 }
 
+func (c *agentClient) ListImages(ctx context.Context, in *ListImagesRequest, opts ...grpc.CallOption) (*ListImagesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListImagesResponse)
+	err := c.cc.Invoke(ctx, Agent_ListImages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) RemoveImage(ctx context.Context, in *RemoveImageRequest, opts ...grpc.CallOption) (*RemoveImageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveImageResponse)
+	err := c.cc.Invoke(ctx, Agent_RemoveImage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *agentClient) PruneImages(ctx context.Context, in *PruneImagesRequest, opts ...grpc.CallOption) (*PruneImagesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PruneImagesResponse)
+	err := c.cc.Invoke(ctx, Agent_PruneImages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AgentServer is the server API for Agent service.
 // All implementations must embed UnimplementedAgentServer
 // for forward compatibility.
@@ -292,6 +334,15 @@ type AgentServer interface {
 	// MetadataGet fetches what a task would see at a metadata path.
 	MetadataGet(context.Context, *MetadataGetRequest) (*MetadataGetResponse, error)
 	Version(context.Context, *VersionRequest) (*VersionResponse, error)
+	// ListImages lists the images of the agent's containerd namespace,
+	// least recently used first (image ls).
+	ListImages(context.Context, *ListImagesRequest) (*ListImagesResponse, error)
+	// RemoveImage removes images; one a task on this host holds, a pinned
+	// one or one being pulled is refused (image rm).
+	RemoveImage(context.Context, *RemoveImageRequest) (*RemoveImageResponse, error)
+	// PruneImages removes every image no task holds and not pinned, older
+	// than the minimum age, whatever the watermarks (image prune).
+	PruneImages(context.Context, *PruneImagesRequest) (*PruneImagesResponse, error)
 	mustEmbedUnimplementedAgentServer()
 }
 
@@ -346,6 +397,15 @@ func (UnimplementedAgentServer) MetadataGet(context.Context, *MetadataGetRequest
 }
 func (UnimplementedAgentServer) Version(context.Context, *VersionRequest) (*VersionResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Version not implemented")
+}
+func (UnimplementedAgentServer) ListImages(context.Context, *ListImagesRequest) (*ListImagesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListImages not implemented")
+}
+func (UnimplementedAgentServer) RemoveImage(context.Context, *RemoveImageRequest) (*RemoveImageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveImage not implemented")
+}
+func (UnimplementedAgentServer) PruneImages(context.Context, *PruneImagesRequest) (*PruneImagesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PruneImages not implemented")
 }
 func (UnimplementedAgentServer) mustEmbedUnimplementedAgentServer() {}
 func (UnimplementedAgentServer) testEmbeddedByValue()               {}
@@ -606,6 +666,60 @@ func _Agent_Version_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Agent_ListImages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListImagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).ListImages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_ListImages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).ListImages(ctx, req.(*ListImagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_RemoveImage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveImageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).RemoveImage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_RemoveImage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).RemoveImage(ctx, req.(*RemoveImageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Agent_PruneImages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PruneImagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AgentServer).PruneImages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Agent_PruneImages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AgentServer).PruneImages(ctx, req.(*PruneImagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Agent_ServiceDesc is the grpc.ServiceDesc for Agent service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -656,6 +770,18 @@ var Agent_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Version",
 			Handler:    _Agent_Version_Handler,
+		},
+		{
+			MethodName: "ListImages",
+			Handler:    _Agent_ListImages_Handler,
+		},
+		{
+			MethodName: "RemoveImage",
+			Handler:    _Agent_RemoveImage_Handler,
+		},
+		{
+			MethodName: "PruneImages",
+			Handler:    _Agent_PruneImages_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -163,6 +163,22 @@ func (r *Runner) HeldGPUs() []int {
 	return r.rec.Resources.GPUs.Indices()
 }
 
+// HeldImage is the image the task holds, from its Accepted record until
+// its teardown completed: the reference its spec names and, once pulled,
+// what it resolved to (nil before). held is false after the teardown.
+func (r *Runner) HeldImage() (ref string, img *runtime.Image, held bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.rec.Status.State.Terminal() && r.rec.CleanedUp {
+		return "", nil, false
+	}
+	if i := r.rec.Resources.Image; i != nil {
+		c := *i
+		img = &c
+	}
+	return r.rec.Spec.Image, img, true
+}
+
 // Done is closed when the runner goroutine returns (task final and cleaned
 // up, or the agent shutting down).
 func (r *Runner) Done() <-chan struct{} { return r.done }
