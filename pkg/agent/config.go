@@ -34,8 +34,6 @@ type Config struct {
 	Logs       LogConfig        `json:"logs"`
 	Containerd ContainerdConfig `json:"containerd"`
 	Registries RegistryConfig   `json:"registries"`
-	// Images: garbage collection, pinned and pre-pulled images.
-	Images ImagesConfig `json:"images"`
 	Network    NetworkConfig    `json:"network"`
 	Metadata   MetadataConfig   `json:"metadata"`
 	Isolation  IsolationConfig  `json:"isolation"`
@@ -53,6 +51,9 @@ type Config struct {
 	MaxTasks int `json:"maxTasks"`
 	// LogLevel is debug, info, warn or error.
 	LogLevel string `json:"logLevel"`
+
+	// Images: garbage collection, pinned and pre-pulled images.
+	Images ImagesConfig `json:"images"`
 }
 
 // LogConfig sets per-task log rotation and the log driver.
@@ -323,10 +324,10 @@ func DefaultConfig() Config {
 		Exec:          defaultExec(),
 		Secrets:       SecretsConfig{Dir: "/run/titus-agent/secrets"},
 		LogShip:       defaultLogShip(),
+		GPU:           GPUConfig{DevRoot: "/dev", CDISpecDirs: slices.Clone(gpu.DefaultCDISpecDirs)},
 		Registries:    RegistryConfig{ECR: ECRConfig{Enabled: true, RefreshBefore: "1h"}},
 		Images: ImagesConfig{PrePullWait: "2m", GC: ImageGCConfig{Enabled: true, HighWatermark: "85%", LowWatermark: "75%",
 			MinAge: "10m", Interval: "1m", StorePath: "/var/lib/containerd"}},
-		GPU:           GPUConfig{DevRoot: "/dev", CDISpecDirs: slices.Clone(gpu.DefaultCDISpecDirs)},
 	}
 }
 
