@@ -242,7 +242,7 @@ func (x Rollout_State) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Rollout_State.Descriptor instead.
 func (Rollout_State) EnumDescriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12, 0}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13, 0}
 }
 
 type RolloutJobRequest_Action int32
@@ -295,7 +295,7 @@ func (x RolloutJobRequest_Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use RolloutJobRequest_Action.Descriptor instead.
 func (RolloutJobRequest_Action) EnumDescriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20, 0}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22, 0}
 }
 
 type RetryPolicy struct {
@@ -456,7 +456,9 @@ type ServiceJob struct {
 	Update *UpdateStrategy `protobuf:"bytes,7,opt,name=update,proto3" json:"update,omitempty"`
 	// ELBv2 target groups (target type ip) each task joins at its VPC IP
 	// once it is Running and healthy, and leaves before it is stopped
-	// (docs/loadbalancers.md). Fixed at submission; at most 5.
+	// (docs/loadbalancers.md). At most 5. An update that changes them is a
+	// new revision: its tasks join the new groups, the old ones leave theirs
+	// as the rollout replaces them.
 	TargetGroups  []*TargetGroup `protobuf:"bytes,8,rep,name=target_groups,json=targetGroups,proto3" json:"target_groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -617,10 +619,16 @@ type TargetRegistration struct {
 	// The last failed call's error, cleared by the next success.
 	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
 	// When the target was registered and deregistered (unset: not yet).
-	Registered    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=registered,proto3" json:"registered,omitempty"`
-	Deregistered  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=deregistered,proto3" json:"deregistered,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Registered   *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=registered,proto3" json:"registered,omitempty"`
+	Deregistered *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=deregistered,proto3" json:"deregistered,omitempty"`
+	// The load balancer's own view of a registered target
+	// (DescribeTargetHealth): initial, healthy, unhealthy, unavailable...,
+	// with its reason code and description. A rollout counts the task
+	// available only once it is healthy in every group.
+	LbHealth       string `protobuf:"bytes,7,opt,name=lb_health,json=lbHealth,proto3" json:"lb_health,omitempty"`
+	LbHealthReason string `protobuf:"bytes,8,opt,name=lb_health_reason,json=lbHealthReason,proto3" json:"lb_health_reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *TargetRegistration) Reset() {
@@ -695,6 +703,65 @@ func (x *TargetRegistration) GetDeregistered() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *TargetRegistration) GetLbHealth() string {
+	if x != nil {
+		return x.LbHealth
+	}
+	return ""
+}
+
+func (x *TargetRegistration) GetLbHealthReason() string {
+	if x != nil {
+		return x.LbHealthReason
+	}
+	return ""
+}
+
+// TargetGroupList is a list of target groups whose absence means something.
+type TargetGroupList struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []*TargetGroup         `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TargetGroupList) Reset() {
+	*x = TargetGroupList{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TargetGroupList) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TargetGroupList) ProtoMessage() {}
+
+func (x *TargetGroupList) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TargetGroupList.ProtoReflect.Descriptor instead.
+func (*TargetGroupList) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *TargetGroupList) GetGroups() []*TargetGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
 // DisruptionBudget bounds the tasks of a service job that voluntary
 // disruptions (a rollout, a drain) may make unavailable at once.
 type DisruptionBudget struct {
@@ -708,7 +775,7 @@ type DisruptionBudget struct {
 
 func (x *DisruptionBudget) Reset() {
 	*x = DisruptionBudget{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -720,7 +787,7 @@ func (x *DisruptionBudget) String() string {
 func (*DisruptionBudget) ProtoMessage() {}
 
 func (x *DisruptionBudget) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -733,7 +800,7 @@ func (x *DisruptionBudget) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DisruptionBudget.ProtoReflect.Descriptor instead.
 func (*DisruptionBudget) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DisruptionBudget) GetMaxUnavailable() string {
@@ -765,7 +832,7 @@ type UpdateStrategy struct {
 
 func (x *UpdateStrategy) Reset() {
 	*x = UpdateStrategy{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -777,7 +844,7 @@ func (x *UpdateStrategy) String() string {
 func (*UpdateStrategy) ProtoMessage() {}
 
 func (x *UpdateStrategy) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -790,7 +857,7 @@ func (x *UpdateStrategy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateStrategy.ProtoReflect.Descriptor instead.
 func (*UpdateStrategy) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UpdateStrategy) GetMaxSurge() string {
@@ -848,7 +915,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +927,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +940,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobSpec) GetName() string {
@@ -997,7 +1064,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1009,7 +1076,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1022,7 +1089,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Placement) GetConstraints() []string {
@@ -1079,7 +1146,7 @@ type Preference struct {
 
 func (x *Preference) Reset() {
 	*x = Preference{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1091,7 +1158,7 @@ func (x *Preference) String() string {
 func (*Preference) ProtoMessage() {}
 
 func (x *Preference) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1104,7 +1171,7 @@ func (x *Preference) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Preference.ProtoReflect.Descriptor instead.
 func (*Preference) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Preference) GetConstraint() string {
@@ -1137,7 +1204,7 @@ type JobCounts struct {
 
 func (x *JobCounts) Reset() {
 	*x = JobCounts{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1216,7 @@ func (x *JobCounts) String() string {
 func (*JobCounts) ProtoMessage() {}
 
 func (x *JobCounts) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1229,7 @@ func (x *JobCounts) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCounts.ProtoReflect.Descriptor instead.
 func (*JobCounts) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *JobCounts) GetPending() uint32 {
@@ -1242,7 +1309,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1321,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1334,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Job) GetId() string {
@@ -1347,16 +1414,27 @@ type Rollout struct {
 	PreviousTask *v1.TaskSpec `protobuf:"bytes,7,opt,name=previous_task,json=previousTask,proto3" json:"previous_task,omitempty"`
 	// Views only: tasks of the job's revision that are available, tasks of
 	// another revision still live, and desired minus available.
-	Updated       uint32 `protobuf:"varint,8,opt,name=updated,proto3" json:"updated,omitempty"`
-	Old           uint32 `protobuf:"varint,9,opt,name=old,proto3" json:"old,omitempty"`
-	Unavailable   uint32 `protobuf:"varint,10,opt,name=unavailable,proto3" json:"unavailable,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Updated     uint32 `protobuf:"varint,8,opt,name=updated,proto3" json:"updated,omitempty"`
+	Old         uint32 `protobuf:"varint,9,opt,name=old,proto3" json:"old,omitempty"`
+	Unavailable uint32 `protobuf:"varint,10,opt,name=unavailable,proto3" json:"unavailable,omitempty"`
+	// Where the rollout stands against its automatic rollback, kept so a new
+	// leader goes on counting: consecutive failures of new-revision tasks
+	// and the last one, and the progress deadline's clock (when the count of
+	// available new tasks last grew, and that count).
+	Failures        uint32                 `protobuf:"varint,11,opt,name=failures,proto3" json:"failures,omitempty"`
+	LastFailure     string                 `protobuf:"bytes,12,opt,name=last_failure,json=lastFailure,proto3" json:"last_failure,omitempty"`
+	ProgressAt      *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=progress_at,json=progressAt,proto3" json:"progress_at,omitempty"`
+	ProgressUpdated uint32                 `protobuf:"varint,14,opt,name=progress_updated,json=progressUpdated,proto3" json:"progress_updated,omitempty"`
+	// The target groups of from_revision (unset in records written before
+	// an update could change them: the job's own).
+	PreviousTargetGroups *TargetGroupList `protobuf:"bytes,15,opt,name=previous_target_groups,json=previousTargetGroups,proto3" json:"previous_target_groups,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
 	*x = Rollout{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1446,7 @@ func (x *Rollout) String() string {
 func (*Rollout) ProtoMessage() {}
 
 func (x *Rollout) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1459,7 @@ func (x *Rollout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rollout.ProtoReflect.Descriptor instead.
 func (*Rollout) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Rollout) GetState() Rollout_State {
@@ -1454,16 +1532,57 @@ func (x *Rollout) GetUnavailable() uint32 {
 	return 0
 }
 
+func (x *Rollout) GetFailures() uint32 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *Rollout) GetLastFailure() string {
+	if x != nil {
+		return x.LastFailure
+	}
+	return ""
+}
+
+func (x *Rollout) GetProgressAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ProgressAt
+	}
+	return nil
+}
+
+func (x *Rollout) GetProgressUpdated() uint32 {
+	if x != nil {
+		return x.ProgressUpdated
+	}
+	return 0
+}
+
+func (x *Rollout) GetPreviousTargetGroups() *TargetGroupList {
+	if x != nil {
+		return x.PreviousTargetGroups
+	}
+	return nil
+}
+
 type SubmitJobRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Spec          *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Spec  *JobSpec               `protobuf:"bytes,1,opt,name=spec,proto3" json:"spec,omitempty"`
+	// Makes a retried submit safe: the same key with the same spec, from the
+	// same caller, within a day, returns the job the first call created
+	// instead of a second one; with another spec it is refused
+	// (AlreadyExists). Keys are the caller's own: another caller's equal key
+	// neither finds nor blocks it. At most 128 printable ASCII characters.
+	IdempotencyKey string `protobuf:"bytes,2,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1594,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1607,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SubmitJobRequest) GetSpec() *JobSpec {
@@ -1496,6 +1615,13 @@ func (x *SubmitJobRequest) GetSpec() *JobSpec {
 		return x.Spec
 	}
 	return nil
+}
+
+func (x *SubmitJobRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
 }
 
 type SubmitJobResponse struct {
@@ -1507,7 +1633,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1519,7 +1645,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1532,7 +1658,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SubmitJobResponse) GetJobId() string {
@@ -1551,7 +1677,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1689,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1702,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetJobRequest) GetId() string {
@@ -1584,6 +1710,69 @@ func (x *GetJobRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+// IdempotencyRecord is what the scheduler stores for a submit's
+// idempotency key (not part of the API): the job it created, a digest of
+// the spec, and when the key expires.
+type IdempotencyRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	SpecSha256    []byte                 `protobuf:"bytes,2,opt,name=spec_sha256,json=specSha256,proto3" json:"spec_sha256,omitempty"`
+	Expires       *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires,proto3" json:"expires,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IdempotencyRecord) Reset() {
+	*x = IdempotencyRecord{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IdempotencyRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IdempotencyRecord) ProtoMessage() {}
+
+func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
+func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *IdempotencyRecord) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *IdempotencyRecord) GetSpecSha256() []byte {
+	if x != nil {
+		return x.SpecSha256
+	}
+	return nil
+}
+
+func (x *IdempotencyRecord) GetExpires() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Expires
+	}
+	return nil
 }
 
 // List calls return pages: at most page_size items (0 = the server's
@@ -1601,7 +1790,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1802,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1815,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListJobsRequest) GetAll() bool {
@@ -1660,7 +1849,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1672,7 +1861,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1685,7 +1874,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -1711,7 +1900,7 @@ type KillJobRequest struct {
 
 func (x *KillJobRequest) Reset() {
 	*x = KillJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1723,7 +1912,7 @@ func (x *KillJobRequest) String() string {
 func (*KillJobRequest) ProtoMessage() {}
 
 func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1736,7 +1925,7 @@ func (x *KillJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillJobRequest.ProtoReflect.Descriptor instead.
 func (*KillJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KillJobRequest) GetId() string {
@@ -1759,7 +1948,7 @@ type UpdateJobRequest struct {
 
 func (x *UpdateJobRequest) Reset() {
 	*x = UpdateJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +1960,7 @@ func (x *UpdateJobRequest) String() string {
 func (*UpdateJobRequest) ProtoMessage() {}
 
 func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +1973,7 @@ func (x *UpdateJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateJobRequest.ProtoReflect.Descriptor instead.
 func (*UpdateJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UpdateJobRequest) GetId() string {
@@ -1811,7 +2000,7 @@ type RolloutJobRequest struct {
 
 func (x *RolloutJobRequest) Reset() {
 	*x = RolloutJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +2012,7 @@ func (x *RolloutJobRequest) String() string {
 func (*RolloutJobRequest) ProtoMessage() {}
 
 func (x *RolloutJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +2025,7 @@ func (x *RolloutJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RolloutJobRequest.ProtoReflect.Descriptor instead.
 func (*RolloutJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RolloutJobRequest) GetId() string {
@@ -1865,7 +2054,7 @@ type ScaleJobRequest struct {
 
 func (x *ScaleJobRequest) Reset() {
 	*x = ScaleJobRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1877,7 +2066,7 @@ func (x *ScaleJobRequest) String() string {
 func (*ScaleJobRequest) ProtoMessage() {}
 
 func (x *ScaleJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1890,7 +2079,7 @@ func (x *ScaleJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ScaleJobRequest.ProtoReflect.Descriptor instead.
 func (*ScaleJobRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ScaleJobRequest) GetId() string {
@@ -1954,7 +2143,7 @@ type Task struct {
 
 func (x *Task) Reset() {
 	*x = Task{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1966,7 +2155,7 @@ func (x *Task) String() string {
 func (*Task) ProtoMessage() {}
 
 func (x *Task) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1979,7 +2168,7 @@ func (x *Task) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Task.ProtoReflect.Descriptor instead.
 func (*Task) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Task) GetId() string {
@@ -2121,7 +2310,7 @@ type ListTasksRequest struct {
 
 func (x *ListTasksRequest) Reset() {
 	*x = ListTasksRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2133,7 +2322,7 @@ func (x *ListTasksRequest) String() string {
 func (*ListTasksRequest) ProtoMessage() {}
 
 func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2146,7 +2335,7 @@ func (x *ListTasksRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksRequest.ProtoReflect.Descriptor instead.
 func (*ListTasksRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListTasksRequest) GetJobId() string {
@@ -2187,7 +2376,7 @@ type ListTasksResponse struct {
 
 func (x *ListTasksResponse) Reset() {
 	*x = ListTasksResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2199,7 +2388,7 @@ func (x *ListTasksResponse) String() string {
 func (*ListTasksResponse) ProtoMessage() {}
 
 func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2212,7 +2401,7 @@ func (x *ListTasksResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListTasksResponse.ProtoReflect.Descriptor instead.
 func (*ListTasksResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListTasksResponse) GetTasks() []*Task {
@@ -2238,7 +2427,7 @@ type GetTaskRequest struct {
 
 func (x *GetTaskRequest) Reset() {
 	*x = GetTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2439,7 @@ func (x *GetTaskRequest) String() string {
 func (*GetTaskRequest) ProtoMessage() {}
 
 func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2452,7 @@ func (x *GetTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTaskRequest.ProtoReflect.Descriptor instead.
 func (*GetTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *GetTaskRequest) GetId() string {
@@ -2282,7 +2471,7 @@ type KillTaskRequest struct {
 
 func (x *KillTaskRequest) Reset() {
 	*x = KillTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2294,7 +2483,7 @@ func (x *KillTaskRequest) String() string {
 func (*KillTaskRequest) ProtoMessage() {}
 
 func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2307,7 +2496,7 @@ func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillTaskRequest.ProtoReflect.Descriptor instead.
 func (*KillTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *KillTaskRequest) GetId() string {
@@ -2336,7 +2525,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2348,7 +2537,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2361,7 +2550,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Capacity) GetCpuMillicores() int64 {
@@ -2434,7 +2623,7 @@ type Gpu struct {
 
 func (x *Gpu) Reset() {
 	*x = Gpu{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2446,7 +2635,7 @@ func (x *Gpu) String() string {
 func (*Gpu) ProtoMessage() {}
 
 func (x *Gpu) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2459,7 +2648,7 @@ func (x *Gpu) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gpu.ProtoReflect.Descriptor instead.
 func (*Gpu) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Gpu) GetIndex() int32 {
@@ -2500,7 +2689,7 @@ type HostAttributes struct {
 
 func (x *HostAttributes) Reset() {
 	*x = HostAttributes{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2512,7 +2701,7 @@ func (x *HostAttributes) String() string {
 func (*HostAttributes) ProtoMessage() {}
 
 func (x *HostAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2525,7 +2714,7 @@ func (x *HostAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostAttributes.ProtoReflect.Descriptor instead.
 func (*HostAttributes) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *HostAttributes) GetAmiId() string {
@@ -2583,7 +2772,7 @@ type SGSetENIs struct {
 
 func (x *SGSetENIs) Reset() {
 	*x = SGSetENIs{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +2784,7 @@ func (x *SGSetENIs) String() string {
 func (*SGSetENIs) ProtoMessage() {}
 
 func (x *SGSetENIs) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +2797,7 @@ func (x *SGSetENIs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SGSetENIs.ProtoReflect.Descriptor instead.
 func (*SGSetENIs) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SGSetENIs) GetSecurityGroups() string {
@@ -2672,7 +2861,7 @@ type NetworkUsage struct {
 
 func (x *NetworkUsage) Reset() {
 	*x = NetworkUsage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2684,7 +2873,7 @@ func (x *NetworkUsage) String() string {
 func (*NetworkUsage) ProtoMessage() {}
 
 func (x *NetworkUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2697,7 +2886,7 @@ func (x *NetworkUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkUsage.ProtoReflect.Descriptor instead.
 func (*NetworkUsage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *NetworkUsage) GetSgSets() []*SGSetENIs {
@@ -2742,7 +2931,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2754,7 +2943,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2767,7 +2956,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Agent) GetId() string {
@@ -2899,7 +3088,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2911,7 +3100,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2924,7 +3113,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListAgentsRequest) GetPageSize() uint32 {
@@ -2952,7 +3141,7 @@ type DrainAgentRequest struct {
 
 func (x *DrainAgentRequest) Reset() {
 	*x = DrainAgentRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2964,7 +3153,7 @@ func (x *DrainAgentRequest) String() string {
 func (*DrainAgentRequest) ProtoMessage() {}
 
 func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2977,7 +3166,7 @@ func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainAgentRequest.ProtoReflect.Descriptor instead.
 func (*DrainAgentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *DrainAgentRequest) GetId() string {
@@ -3004,7 +3193,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3016,7 +3205,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3029,7 +3218,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -3075,7 +3264,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3087,7 +3276,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3100,7 +3289,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AuditRecord) GetId() string {
@@ -3221,7 +3410,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3233,7 +3422,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3246,7 +3435,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListAuditRequest) GetJobId() string {
@@ -3287,7 +3476,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3299,7 +3488,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3312,7 +3501,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListAuditResponse) GetRecords() []*AuditRecord {
@@ -3346,7 +3535,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3358,7 +3547,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3371,7 +3560,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TaskStatus) GetTaskId() string {
@@ -3440,7 +3629,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3452,7 +3641,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3465,7 +3654,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Register) GetInstanceId() string {
@@ -3536,7 +3725,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3548,7 +3737,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3561,7 +3750,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Heartbeat) GetHealthy() bool {
@@ -3601,7 +3790,7 @@ type TaskUpdates struct {
 
 func (x *TaskUpdates) Reset() {
 	*x = TaskUpdates{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3613,7 +3802,7 @@ func (x *TaskUpdates) String() string {
 func (*TaskUpdates) ProtoMessage() {}
 
 func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3626,7 +3815,7 @@ func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskUpdates.ProtoReflect.Descriptor instead.
 func (*TaskUpdates) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *TaskUpdates) GetTasks() []*TaskStatus {
@@ -3651,7 +3840,7 @@ type AgentMessage struct {
 
 func (x *AgentMessage) Reset() {
 	*x = AgentMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3663,7 +3852,7 @@ func (x *AgentMessage) String() string {
 func (*AgentMessage) ProtoMessage() {}
 
 func (x *AgentMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3676,7 +3865,7 @@ func (x *AgentMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentMessage.ProtoReflect.Descriptor instead.
 func (*AgentMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *AgentMessage) GetMsg() isAgentMessage_Msg {
@@ -3763,7 +3952,7 @@ type ExecRelayInput struct {
 
 func (x *ExecRelayInput) Reset() {
 	*x = ExecRelayInput{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3775,7 +3964,7 @@ func (x *ExecRelayInput) String() string {
 func (*ExecRelayInput) ProtoMessage() {}
 
 func (x *ExecRelayInput) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3788,7 +3977,7 @@ func (x *ExecRelayInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRelayInput.ProtoReflect.Descriptor instead.
 func (*ExecRelayInput) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ExecRelayInput) GetSession() string {
@@ -3826,7 +4015,7 @@ type ExecRelayOutput struct {
 
 func (x *ExecRelayOutput) Reset() {
 	*x = ExecRelayOutput{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3838,7 +4027,7 @@ func (x *ExecRelayOutput) String() string {
 func (*ExecRelayOutput) ProtoMessage() {}
 
 func (x *ExecRelayOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3851,7 +4040,7 @@ func (x *ExecRelayOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRelayOutput.ProtoReflect.Descriptor instead.
 func (*ExecRelayOutput) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ExecRelayOutput) GetSession() string {
@@ -3892,7 +4081,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3904,7 +4093,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3917,7 +4106,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *Registered) GetAgentId() string {
@@ -3943,7 +4132,7 @@ type Launch struct {
 
 func (x *Launch) Reset() {
 	*x = Launch{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3955,7 +4144,7 @@ func (x *Launch) String() string {
 func (*Launch) ProtoMessage() {}
 
 func (x *Launch) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3968,7 +4157,7 @@ func (x *Launch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Launch.ProtoReflect.Descriptor instead.
 func (*Launch) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *Launch) GetTasks() []*v1.TaskSpec {
@@ -3993,7 +4182,7 @@ type Kill struct {
 
 func (x *Kill) Reset() {
 	*x = Kill{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4005,7 +4194,7 @@ func (x *Kill) String() string {
 func (*Kill) ProtoMessage() {}
 
 func (x *Kill) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4018,7 +4207,7 @@ func (x *Kill) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kill.ProtoReflect.Descriptor instead.
 func (*Kill) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{48}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Kill) GetTaskIds() []string {
@@ -4057,7 +4246,7 @@ type SchedulerMessage struct {
 
 func (x *SchedulerMessage) Reset() {
 	*x = SchedulerMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4069,7 +4258,7 @@ func (x *SchedulerMessage) String() string {
 func (*SchedulerMessage) ProtoMessage() {}
 
 func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4082,7 +4271,7 @@ func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerMessage.ProtoReflect.Descriptor instead.
 func (*SchedulerMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{49}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SchedulerMessage) GetMsg() isSchedulerMessage_Msg {
@@ -4190,7 +4379,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\rtarget_groups\x18\b \x03(\v2\x1f.titus.scheduler.v1.TargetGroupR\ftargetGroups\"3\n" +
 	"\vTargetGroup\x12\x10\n" +
 	"\x03arn\x18\x01 \x01(\tR\x03arn\x12\x12\n" +
-	"\x04port\x18\x02 \x01(\rR\x04port\"\xe2\x01\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\"\xa9\x02\n" +
 	"\x12TargetRegistration\x12\x10\n" +
 	"\x03arn\x18\x01 \x01(\tR\x03arn\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x14\n" +
@@ -4199,7 +4388,11 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"registered\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"registered\x12>\n" +
-	"\fderegistered\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\fderegistered\";\n" +
+	"\fderegistered\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\fderegistered\x12\x1b\n" +
+	"\tlb_health\x18\a \x01(\tR\blbHealth\x12(\n" +
+	"\x10lb_health_reason\x18\b \x01(\tR\x0elbHealthReason\"J\n" +
+	"\x0fTargetGroupList\x127\n" +
+	"\x06groups\x18\x01 \x03(\v2\x1f.titus.scheduler.v1.TargetGroupR\x06groups\";\n" +
 	"\x10DisruptionBudget\x12'\n" +
 	"\x0fmax_unavailable\x18\x01 \x01(\tR\x0emaxUnavailable\"\xb5\x01\n" +
 	"\x0eUpdateStrategy\x12\x1b\n" +
@@ -4257,7 +4450,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06counts\x18\x06 \x01(\v2\x1d.titus.scheduler.v1.JobCountsR\x06counts\x12#\n" +
 	"\rqueued_reason\x18\a \x01(\tR\fqueuedReason\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x04R\brevision\x125\n" +
-	"\arollout\x18\t \x01(\v2\x1b.titus.scheduler.v1.RolloutR\arollout\"\x89\x04\n" +
+	"\arollout\x18\t \x01(\v2\x1b.titus.scheduler.v1.RolloutR\arollout\"\x8b\x06\n" +
 	"\aRollout\x127\n" +
 	"\x05state\x18\x01 \x01(\x0e2!.titus.scheduler.v1.Rollout.StateR\x05state\x12#\n" +
 	"\rfrom_revision\x18\x02 \x01(\x04R\ffromRevision\x12\x1f\n" +
@@ -4270,19 +4463,31 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\aupdated\x18\b \x01(\rR\aupdated\x12\x10\n" +
 	"\x03old\x18\t \x01(\rR\x03old\x12 \n" +
 	"\vunavailable\x18\n" +
-	" \x01(\rR\vunavailable\"r\n" +
+	" \x01(\rR\vunavailable\x12\x1a\n" +
+	"\bfailures\x18\v \x01(\rR\bfailures\x12!\n" +
+	"\flast_failure\x18\f \x01(\tR\vlastFailure\x12;\n" +
+	"\vprogress_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"progressAt\x12)\n" +
+	"\x10progress_updated\x18\x0e \x01(\rR\x0fprogressUpdated\x12Y\n" +
+	"\x16previous_target_groups\x18\x0f \x01(\v2#.titus.scheduler.v1.TargetGroupListR\x14previousTargetGroups\"r\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STATE_PROGRESSING\x10\x01\x12\x10\n" +
 	"\fSTATE_PAUSED\x10\x02\x12\x12\n" +
 	"\x0eSTATE_COMPLETE\x10\x03\x12\x15\n" +
-	"\x11STATE_ROLLED_BACK\x10\x04\"C\n" +
+	"\x11STATE_ROLLED_BACK\x10\x04\"l\n" +
 	"\x10SubmitJobRequest\x12/\n" +
-	"\x04spec\x18\x01 \x01(\v2\x1b.titus.scheduler.v1.JobSpecR\x04spec\"*\n" +
+	"\x04spec\x18\x01 \x01(\v2\x1b.titus.scheduler.v1.JobSpecR\x04spec\x12'\n" +
+	"\x0fidempotency_key\x18\x02 \x01(\tR\x0eidempotencyKey\"*\n" +
 	"\x11SubmitJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x1f\n" +
 	"\rGetJobRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"_\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x81\x01\n" +
+	"\x11IdempotencyRecord\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1f\n" +
+	"\vspec_sha256\x18\x02 \x01(\fR\n" +
+	"specSha256\x124\n" +
+	"\aexpires\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\"_\n" +
 	"\x0fListJobsRequest\x12\x10\n" +
 	"\x03all\x18\x01 \x01(\bR\x03all\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\rR\bpageSize\x12\x1d\n" +
@@ -4553,7 +4758,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(ZoneBalance)(0),              // 0: titus.scheduler.v1.ZoneBalance
 	(JobState)(0),                 // 1: titus.scheduler.v1.JobState
@@ -4565,171 +4770,177 @@ var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*ServiceJob)(nil),            // 7: titus.scheduler.v1.ServiceJob
 	(*TargetGroup)(nil),           // 8: titus.scheduler.v1.TargetGroup
 	(*TargetRegistration)(nil),    // 9: titus.scheduler.v1.TargetRegistration
-	(*DisruptionBudget)(nil),      // 10: titus.scheduler.v1.DisruptionBudget
-	(*UpdateStrategy)(nil),        // 11: titus.scheduler.v1.UpdateStrategy
-	(*JobSpec)(nil),               // 12: titus.scheduler.v1.JobSpec
-	(*Placement)(nil),             // 13: titus.scheduler.v1.Placement
-	(*Preference)(nil),            // 14: titus.scheduler.v1.Preference
-	(*JobCounts)(nil),             // 15: titus.scheduler.v1.JobCounts
-	(*Job)(nil),                   // 16: titus.scheduler.v1.Job
-	(*Rollout)(nil),               // 17: titus.scheduler.v1.Rollout
-	(*SubmitJobRequest)(nil),      // 18: titus.scheduler.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),     // 19: titus.scheduler.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),         // 20: titus.scheduler.v1.GetJobRequest
-	(*ListJobsRequest)(nil),       // 21: titus.scheduler.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),      // 22: titus.scheduler.v1.ListJobsResponse
-	(*KillJobRequest)(nil),        // 23: titus.scheduler.v1.KillJobRequest
-	(*UpdateJobRequest)(nil),      // 24: titus.scheduler.v1.UpdateJobRequest
-	(*RolloutJobRequest)(nil),     // 25: titus.scheduler.v1.RolloutJobRequest
-	(*ScaleJobRequest)(nil),       // 26: titus.scheduler.v1.ScaleJobRequest
-	(*Task)(nil),                  // 27: titus.scheduler.v1.Task
-	(*ListTasksRequest)(nil),      // 28: titus.scheduler.v1.ListTasksRequest
-	(*ListTasksResponse)(nil),     // 29: titus.scheduler.v1.ListTasksResponse
-	(*GetTaskRequest)(nil),        // 30: titus.scheduler.v1.GetTaskRequest
-	(*KillTaskRequest)(nil),       // 31: titus.scheduler.v1.KillTaskRequest
-	(*Capacity)(nil),              // 32: titus.scheduler.v1.Capacity
-	(*Gpu)(nil),                   // 33: titus.scheduler.v1.Gpu
-	(*HostAttributes)(nil),        // 34: titus.scheduler.v1.HostAttributes
-	(*SGSetENIs)(nil),             // 35: titus.scheduler.v1.SGSetENIs
-	(*NetworkUsage)(nil),          // 36: titus.scheduler.v1.NetworkUsage
-	(*Agent)(nil),                 // 37: titus.scheduler.v1.Agent
-	(*ListAgentsRequest)(nil),     // 38: titus.scheduler.v1.ListAgentsRequest
-	(*DrainAgentRequest)(nil),     // 39: titus.scheduler.v1.DrainAgentRequest
-	(*ListAgentsResponse)(nil),    // 40: titus.scheduler.v1.ListAgentsResponse
-	(*AuditRecord)(nil),           // 41: titus.scheduler.v1.AuditRecord
-	(*ListAuditRequest)(nil),      // 42: titus.scheduler.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),     // 43: titus.scheduler.v1.ListAuditResponse
-	(*TaskStatus)(nil),            // 44: titus.scheduler.v1.TaskStatus
-	(*Register)(nil),              // 45: titus.scheduler.v1.Register
-	(*Heartbeat)(nil),             // 46: titus.scheduler.v1.Heartbeat
-	(*TaskUpdates)(nil),           // 47: titus.scheduler.v1.TaskUpdates
-	(*AgentMessage)(nil),          // 48: titus.scheduler.v1.AgentMessage
-	(*ExecRelayInput)(nil),        // 49: titus.scheduler.v1.ExecRelayInput
-	(*ExecRelayOutput)(nil),       // 50: titus.scheduler.v1.ExecRelayOutput
-	(*Registered)(nil),            // 51: titus.scheduler.v1.Registered
-	(*Launch)(nil),                // 52: titus.scheduler.v1.Launch
-	(*Kill)(nil),                  // 53: titus.scheduler.v1.Kill
-	(*SchedulerMessage)(nil),      // 54: titus.scheduler.v1.SchedulerMessage
-	nil,                           // 55: titus.scheduler.v1.JobSpec.LabelsEntry
-	nil,                           // 56: titus.scheduler.v1.Agent.LabelsEntry
-	nil,                           // 57: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	nil,                           // 58: titus.scheduler.v1.Register.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 59: google.protobuf.Timestamp
-	(*v1.TaskSpec)(nil),           // 60: titus.agent.v1.TaskSpec
-	(v1.TaskState)(0),             // 61: titus.agent.v1.TaskState
-	(*v1.TaskHealth)(nil),         // 62: titus.agent.v1.TaskHealth
-	(*v1.ExecInput)(nil),          // 63: titus.agent.v1.ExecInput
-	(*v1.ExecOutput)(nil),         // 64: titus.agent.v1.ExecOutput
+	(*TargetGroupList)(nil),       // 10: titus.scheduler.v1.TargetGroupList
+	(*DisruptionBudget)(nil),      // 11: titus.scheduler.v1.DisruptionBudget
+	(*UpdateStrategy)(nil),        // 12: titus.scheduler.v1.UpdateStrategy
+	(*JobSpec)(nil),               // 13: titus.scheduler.v1.JobSpec
+	(*Placement)(nil),             // 14: titus.scheduler.v1.Placement
+	(*Preference)(nil),            // 15: titus.scheduler.v1.Preference
+	(*JobCounts)(nil),             // 16: titus.scheduler.v1.JobCounts
+	(*Job)(nil),                   // 17: titus.scheduler.v1.Job
+	(*Rollout)(nil),               // 18: titus.scheduler.v1.Rollout
+	(*SubmitJobRequest)(nil),      // 19: titus.scheduler.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),     // 20: titus.scheduler.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),         // 21: titus.scheduler.v1.GetJobRequest
+	(*IdempotencyRecord)(nil),     // 22: titus.scheduler.v1.IdempotencyRecord
+	(*ListJobsRequest)(nil),       // 23: titus.scheduler.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),      // 24: titus.scheduler.v1.ListJobsResponse
+	(*KillJobRequest)(nil),        // 25: titus.scheduler.v1.KillJobRequest
+	(*UpdateJobRequest)(nil),      // 26: titus.scheduler.v1.UpdateJobRequest
+	(*RolloutJobRequest)(nil),     // 27: titus.scheduler.v1.RolloutJobRequest
+	(*ScaleJobRequest)(nil),       // 28: titus.scheduler.v1.ScaleJobRequest
+	(*Task)(nil),                  // 29: titus.scheduler.v1.Task
+	(*ListTasksRequest)(nil),      // 30: titus.scheduler.v1.ListTasksRequest
+	(*ListTasksResponse)(nil),     // 31: titus.scheduler.v1.ListTasksResponse
+	(*GetTaskRequest)(nil),        // 32: titus.scheduler.v1.GetTaskRequest
+	(*KillTaskRequest)(nil),       // 33: titus.scheduler.v1.KillTaskRequest
+	(*Capacity)(nil),              // 34: titus.scheduler.v1.Capacity
+	(*Gpu)(nil),                   // 35: titus.scheduler.v1.Gpu
+	(*HostAttributes)(nil),        // 36: titus.scheduler.v1.HostAttributes
+	(*SGSetENIs)(nil),             // 37: titus.scheduler.v1.SGSetENIs
+	(*NetworkUsage)(nil),          // 38: titus.scheduler.v1.NetworkUsage
+	(*Agent)(nil),                 // 39: titus.scheduler.v1.Agent
+	(*ListAgentsRequest)(nil),     // 40: titus.scheduler.v1.ListAgentsRequest
+	(*DrainAgentRequest)(nil),     // 41: titus.scheduler.v1.DrainAgentRequest
+	(*ListAgentsResponse)(nil),    // 42: titus.scheduler.v1.ListAgentsResponse
+	(*AuditRecord)(nil),           // 43: titus.scheduler.v1.AuditRecord
+	(*ListAuditRequest)(nil),      // 44: titus.scheduler.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),     // 45: titus.scheduler.v1.ListAuditResponse
+	(*TaskStatus)(nil),            // 46: titus.scheduler.v1.TaskStatus
+	(*Register)(nil),              // 47: titus.scheduler.v1.Register
+	(*Heartbeat)(nil),             // 48: titus.scheduler.v1.Heartbeat
+	(*TaskUpdates)(nil),           // 49: titus.scheduler.v1.TaskUpdates
+	(*AgentMessage)(nil),          // 50: titus.scheduler.v1.AgentMessage
+	(*ExecRelayInput)(nil),        // 51: titus.scheduler.v1.ExecRelayInput
+	(*ExecRelayOutput)(nil),       // 52: titus.scheduler.v1.ExecRelayOutput
+	(*Registered)(nil),            // 53: titus.scheduler.v1.Registered
+	(*Launch)(nil),                // 54: titus.scheduler.v1.Launch
+	(*Kill)(nil),                  // 55: titus.scheduler.v1.Kill
+	(*SchedulerMessage)(nil),      // 56: titus.scheduler.v1.SchedulerMessage
+	nil,                           // 57: titus.scheduler.v1.JobSpec.LabelsEntry
+	nil,                           // 58: titus.scheduler.v1.Agent.LabelsEntry
+	nil,                           // 59: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	nil,                           // 60: titus.scheduler.v1.Register.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 61: google.protobuf.Timestamp
+	(*v1.TaskSpec)(nil),           // 62: titus.agent.v1.TaskSpec
+	(v1.TaskState)(0),             // 63: titus.agent.v1.TaskState
+	(*v1.TaskHealth)(nil),         // 64: titus.agent.v1.TaskHealth
+	(*v1.ExecInput)(nil),          // 65: titus.agent.v1.ExecInput
+	(*v1.ExecOutput)(nil),         // 66: titus.agent.v1.ExecOutput
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	2,  // 0: titus.scheduler.v1.RetryPolicy.kind:type_name -> titus.scheduler.v1.RetryPolicy.Kind
 	5,  // 1: titus.scheduler.v1.BatchJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
 	5,  // 2: titus.scheduler.v1.ServiceJob.retry:type_name -> titus.scheduler.v1.RetryPolicy
-	10, // 3: titus.scheduler.v1.ServiceJob.disruption_budget:type_name -> titus.scheduler.v1.DisruptionBudget
-	11, // 4: titus.scheduler.v1.ServiceJob.update:type_name -> titus.scheduler.v1.UpdateStrategy
+	11, // 3: titus.scheduler.v1.ServiceJob.disruption_budget:type_name -> titus.scheduler.v1.DisruptionBudget
+	12, // 4: titus.scheduler.v1.ServiceJob.update:type_name -> titus.scheduler.v1.UpdateStrategy
 	8,  // 5: titus.scheduler.v1.ServiceJob.target_groups:type_name -> titus.scheduler.v1.TargetGroup
-	59, // 6: titus.scheduler.v1.TargetRegistration.registered:type_name -> google.protobuf.Timestamp
-	59, // 7: titus.scheduler.v1.TargetRegistration.deregistered:type_name -> google.protobuf.Timestamp
-	6,  // 8: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
-	7,  // 9: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
-	60, // 10: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
-	55, // 11: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
-	13, // 12: titus.scheduler.v1.JobSpec.placement:type_name -> titus.scheduler.v1.Placement
-	14, // 13: titus.scheduler.v1.Placement.preferences:type_name -> titus.scheduler.v1.Preference
-	0,  // 14: titus.scheduler.v1.Placement.zone_balance:type_name -> titus.scheduler.v1.ZoneBalance
-	12, // 15: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
-	1,  // 16: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
-	59, // 17: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
-	59, // 18: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
-	15, // 19: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
-	17, // 20: titus.scheduler.v1.Job.rollout:type_name -> titus.scheduler.v1.Rollout
-	3,  // 21: titus.scheduler.v1.Rollout.state:type_name -> titus.scheduler.v1.Rollout.State
-	59, // 22: titus.scheduler.v1.Rollout.started:type_name -> google.protobuf.Timestamp
-	59, // 23: titus.scheduler.v1.Rollout.ended:type_name -> google.protobuf.Timestamp
-	60, // 24: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
-	12, // 25: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
-	16, // 26: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
-	12, // 27: titus.scheduler.v1.UpdateJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
-	4,  // 28: titus.scheduler.v1.RolloutJobRequest.action:type_name -> titus.scheduler.v1.RolloutJobRequest.Action
-	61, // 29: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
-	59, // 30: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
-	59, // 31: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
-	59, // 32: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
-	62, // 33: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
-	9,  // 34: titus.scheduler.v1.Task.targets:type_name -> titus.scheduler.v1.TargetRegistration
-	27, // 35: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
-	33, // 36: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
-	35, // 37: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
-	32, // 38: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
-	32, // 39: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
-	56, // 40: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
-	59, // 41: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
-	34, // 42: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	36, // 43: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
-	57, // 44: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	37, // 45: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
-	59, // 46: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	59, // 47: titus.scheduler.v1.AuditRecord.ended:type_name -> google.protobuf.Timestamp
-	41, // 48: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
-	61, // 49: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
-	62, // 50: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
-	32, // 51: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
-	58, // 52: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
-	44, // 53: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	34, // 54: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	36, // 55: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
-	32, // 56: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
-	44, // 57: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	36, // 58: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
-	44, // 59: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	45, // 60: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
-	46, // 61: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
-	47, // 62: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
-	50, // 63: titus.scheduler.v1.AgentMessage.exec_output:type_name -> titus.scheduler.v1.ExecRelayOutput
-	63, // 64: titus.scheduler.v1.ExecRelayInput.input:type_name -> titus.agent.v1.ExecInput
-	64, // 65: titus.scheduler.v1.ExecRelayOutput.output:type_name -> titus.agent.v1.ExecOutput
-	60, // 66: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
-	51, // 67: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
-	52, // 68: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
-	53, // 69: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
-	49, // 70: titus.scheduler.v1.SchedulerMessage.exec:type_name -> titus.scheduler.v1.ExecRelayInput
-	18, // 71: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
-	20, // 72: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
-	21, // 73: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
-	23, // 74: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
-	26, // 75: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
-	24, // 76: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
-	25, // 77: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
-	28, // 78: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
-	30, // 79: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
-	31, // 80: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
-	38, // 81: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
-	39, // 82: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	39, // 83: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	48, // 84: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
-	42, // 85: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
-	63, // 86: titus.scheduler.v1.Scheduler.ExecTask:input_type -> titus.agent.v1.ExecInput
-	19, // 87: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
-	16, // 88: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
-	22, // 89: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
-	16, // 90: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
-	16, // 91: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
-	16, // 92: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
-	16, // 93: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
-	29, // 94: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
-	27, // 95: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
-	27, // 96: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
-	40, // 97: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
-	40, // 98: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	40, // 99: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	54, // 100: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
-	43, // 101: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
-	64, // 102: titus.scheduler.v1.Scheduler.ExecTask:output_type -> titus.agent.v1.ExecOutput
-	87, // [87:103] is the sub-list for method output_type
-	71, // [71:87] is the sub-list for method input_type
-	71, // [71:71] is the sub-list for extension type_name
-	71, // [71:71] is the sub-list for extension extendee
-	0,  // [0:71] is the sub-list for field type_name
+	61, // 6: titus.scheduler.v1.TargetRegistration.registered:type_name -> google.protobuf.Timestamp
+	61, // 7: titus.scheduler.v1.TargetRegistration.deregistered:type_name -> google.protobuf.Timestamp
+	8,  // 8: titus.scheduler.v1.TargetGroupList.groups:type_name -> titus.scheduler.v1.TargetGroup
+	6,  // 9: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
+	7,  // 10: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
+	62, // 11: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
+	57, // 12: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
+	14, // 13: titus.scheduler.v1.JobSpec.placement:type_name -> titus.scheduler.v1.Placement
+	15, // 14: titus.scheduler.v1.Placement.preferences:type_name -> titus.scheduler.v1.Preference
+	0,  // 15: titus.scheduler.v1.Placement.zone_balance:type_name -> titus.scheduler.v1.ZoneBalance
+	13, // 16: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
+	1,  // 17: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
+	61, // 18: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
+	61, // 19: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
+	16, // 20: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
+	18, // 21: titus.scheduler.v1.Job.rollout:type_name -> titus.scheduler.v1.Rollout
+	3,  // 22: titus.scheduler.v1.Rollout.state:type_name -> titus.scheduler.v1.Rollout.State
+	61, // 23: titus.scheduler.v1.Rollout.started:type_name -> google.protobuf.Timestamp
+	61, // 24: titus.scheduler.v1.Rollout.ended:type_name -> google.protobuf.Timestamp
+	62, // 25: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
+	61, // 26: titus.scheduler.v1.Rollout.progress_at:type_name -> google.protobuf.Timestamp
+	10, // 27: titus.scheduler.v1.Rollout.previous_target_groups:type_name -> titus.scheduler.v1.TargetGroupList
+	13, // 28: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
+	61, // 29: titus.scheduler.v1.IdempotencyRecord.expires:type_name -> google.protobuf.Timestamp
+	17, // 30: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
+	13, // 31: titus.scheduler.v1.UpdateJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
+	4,  // 32: titus.scheduler.v1.RolloutJobRequest.action:type_name -> titus.scheduler.v1.RolloutJobRequest.Action
+	63, // 33: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
+	61, // 34: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
+	61, // 35: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
+	61, // 36: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
+	64, // 37: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
+	9,  // 38: titus.scheduler.v1.Task.targets:type_name -> titus.scheduler.v1.TargetRegistration
+	29, // 39: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
+	35, // 40: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
+	37, // 41: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
+	34, // 42: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
+	34, // 43: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
+	58, // 44: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
+	61, // 45: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
+	36, // 46: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	38, // 47: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
+	59, // 48: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	39, // 49: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
+	61, // 50: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	61, // 51: titus.scheduler.v1.AuditRecord.ended:type_name -> google.protobuf.Timestamp
+	43, // 52: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
+	63, // 53: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
+	64, // 54: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
+	34, // 55: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
+	60, // 56: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
+	46, // 57: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	36, // 58: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	38, // 59: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
+	34, // 60: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
+	46, // 61: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	38, // 62: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
+	46, // 63: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	47, // 64: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
+	48, // 65: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
+	49, // 66: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
+	52, // 67: titus.scheduler.v1.AgentMessage.exec_output:type_name -> titus.scheduler.v1.ExecRelayOutput
+	65, // 68: titus.scheduler.v1.ExecRelayInput.input:type_name -> titus.agent.v1.ExecInput
+	66, // 69: titus.scheduler.v1.ExecRelayOutput.output:type_name -> titus.agent.v1.ExecOutput
+	62, // 70: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
+	53, // 71: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
+	54, // 72: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
+	55, // 73: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
+	51, // 74: titus.scheduler.v1.SchedulerMessage.exec:type_name -> titus.scheduler.v1.ExecRelayInput
+	19, // 75: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
+	21, // 76: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
+	23, // 77: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
+	25, // 78: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
+	28, // 79: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
+	26, // 80: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
+	27, // 81: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
+	30, // 82: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
+	32, // 83: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
+	33, // 84: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
+	40, // 85: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
+	41, // 86: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	41, // 87: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	50, // 88: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
+	44, // 89: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
+	65, // 90: titus.scheduler.v1.Scheduler.ExecTask:input_type -> titus.agent.v1.ExecInput
+	20, // 91: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
+	17, // 92: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
+	24, // 93: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
+	17, // 94: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
+	17, // 95: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
+	17, // 96: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
+	17, // 97: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
+	31, // 98: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
+	29, // 99: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
+	29, // 100: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
+	42, // 101: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
+	42, // 102: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	42, // 103: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	56, // 104: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
+	45, // 105: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
+	66, // 106: titus.scheduler.v1.Scheduler.ExecTask:output_type -> titus.agent.v1.ExecOutput
+	91, // [91:107] is the sub-list for method output_type
+	75, // [75:91] is the sub-list for method input_type
+	75, // [75:75] is the sub-list for extension type_name
+	75, // [75:75] is the sub-list for extension extendee
+	0,  // [0:75] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -4737,18 +4948,18 @@ func file_scheduler_v1_scheduler_proto_init() {
 	if File_scheduler_v1_scheduler_proto != nil {
 		return
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[7].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[8].OneofWrappers = []any{
 		(*JobSpec_Batch)(nil),
 		(*JobSpec_Service)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[36].OneofWrappers = []any{}
-	file_scheduler_v1_scheduler_proto_msgTypes[43].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[38].OneofWrappers = []any{}
+	file_scheduler_v1_scheduler_proto_msgTypes[45].OneofWrappers = []any{
 		(*AgentMessage_Register)(nil),
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Updates)(nil),
 		(*AgentMessage_ExecOutput)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[49].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[51].OneofWrappers = []any{
 		(*SchedulerMessage_Registered)(nil),
 		(*SchedulerMessage_Launch)(nil),
 		(*SchedulerMessage_Kill)(nil),
@@ -4760,7 +4971,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   54,
+			NumMessages:   56,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -100,7 +100,7 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 		due := now
 		if (state != task.Killed || t.healthFailed) && state != task.Lost {
 			c.newFailure(j, t, now)
-			due = now.Add(retryDelay(j.rec.Spec.Retry(), uint32(min(j.newFailures, 30)), c.opts.CrashLoopBase, c.opts.CrashLoopCap))
+			due = now.Add(retryDelay(j.rec.Spec.Retry(), min(rolloutFailures(j), 30), c.opts.CrashLoopBase, c.opts.CrashLoopCap))
 		}
 		c.q.enqueue(j, sl, due, now)
 		c.poke()

@@ -101,14 +101,33 @@ func (c *Core) newFailure(j *jobState, t *taskState, now time.Time) {
 	if r == nil || r.State != model.RolloutProgressing || t.rec.Revision != j.rec.Revision {
 		return
 	}
-	j.newFailures++
-	j.lastFailure = fmt.Sprintf("task %s %s", t.rec.ID, t.rec.State)
+	r.Failures++
+	r.LastFailure = fmt.Sprintf("task %s %s", t.rec.ID, t.rec.State)
 	if t.rec.Reason != "" {
-		j.lastFailure += " (" + t.rec.Reason
+		r.LastFailure += " (" + t.rec.Reason
 		if t.rec.Message != "" {
-			j.lastFailure += ": " + clip(t.rec.Message, 120)
+			r.LastFailure += ": " + clip(t.rec.Message, 120)
 		}
-		j.lastFailure += ")"
+		r.LastFailure += ")"
+	}
+	c.st.SaveJob(j.rec) // a new leader goes on counting from here
+}
+
+// rolloutFailures is the count of consecutive failures of new-revision
+// tasks in the job's rollout. Callers hold c.mu.
+func rolloutFailures(j *jobState) uint32 {
+	if r := j.rec.Rollout; r != nil {
+		return r.Failures
+	}
+	return 0
+}
+
+// resetFailures clears the count once a new-revision task serves.
+// Callers hold c.mu.
+func (c *Core) resetFailures(j *jobState) {
+	if r := j.rec.Rollout; r != nil && r.Failures > 0 && r.State == model.RolloutProgressing {
+		r.Failures = 0
+		c.st.SaveJob(j.rec)
 	}
 }
 
@@ -152,7 +171,7 @@ func (c *Core) step(j *jobState, now time.Time) {
 		if available(n) {
 			old := sl.cur
 			sl.cur, sl.next, sl.replace = n, nil, false
-			j.newFailures = 0
+			c.resetFailures(j)
 			if old != nil {
 				c.stopTask(old)
 			}
@@ -166,7 +185,7 @@ func (c *Core) step(j *jobState, now time.Time) {
 		if available(sl.cur) {
 			avail++
 			if sl.cur.rec.Revision == j.rec.Revision {
-				j.newFailures = 0
+				c.resetFailures(j)
 			}
 		}
 		if sl.replace {
@@ -186,8 +205,8 @@ func (c *Core) stepRollout(j *jobState, svc *model.ServiceJob, desired int, unav
 	}
 	surge, maxU, deadline, maxFail := svc.Strategy(desired)
 	if r.State == model.RolloutProgressing {
-		if j.newFailures >= maxFail {
-			c.rollback(j, fmt.Sprintf("%d consecutive failures of tasks of revision %d, last: %s", j.newFailures, j.rec.Revision, j.lastFailure), now)
+		if int(r.Failures) >= maxFail {
+			c.rollback(j, fmt.Sprintf("%d consecutive failures of tasks of revision %d, last: %s", r.Failures, j.rec.Revision, r.LastFailure), now)
 			return
 		}
 		updated := 0
@@ -204,12 +223,18 @@ func (c *Core) stepRollout(j *jobState, svc *model.ServiceJob, desired int, unav
 				}
 			}
 		}
-		if updated > j.updated || j.progressAt.IsZero() {
-			j.progressAt = now
+		// The deadline's clock is in the record: a new leader does not
+		// restart it.
+		if updated > int(r.ProgressUpdated) || r.ProgressAt.IsZero() {
+			r.ProgressAt = now
+			r.ProgressUpdated = uint32(updated)
+			c.st.SaveJob(j.rec)
+		} else if updated < int(r.ProgressUpdated) {
+			r.ProgressUpdated = uint32(updated)
+			c.st.SaveJob(j.rec)
 		}
-		j.updated = updated
-		if now.Sub(j.progressAt) > deadline && updated < desired {
-			why := j.lastFailure
+		if now.Sub(r.ProgressAt) > deadline && updated < desired {
+			why := r.LastFailure
 			if waiting != nil {
 				why = "task " + waiting.rec.ID + " " + describe(waiting)
 			}
@@ -326,8 +351,6 @@ func (c *Core) revert(j *jobState, state model.RolloutState, reason string, now 
 // retemplate rebuilds the job's template and demand from its spec, after
 // an update or a rollback. Callers hold c.mu.
 func (c *Core) retemplate(j *jobState) {
-	j.newFailures, j.lastFailure = 0, ""
-	j.progressAt, j.updated = time.Time{}, 0
 	j.tmpl = j.rec.Spec.Template()
 	j.d.req, j.d.sgKey = model.TaskResources(j.tmpl), sgKey(j.tmpl)
 	fp := footprintOf(&j.rec.Spec, j.d.req).Max(j.footprint)

@@ -19,12 +19,13 @@ type fleet struct {
 	// failImage crashes tasks of this image; sickImage leaves them Unhealthy.
 	failImage, sickImage string
 	launched             map[string]int // launches per task id
+	byImage              map[string]int // launches per image
 	afterPlace           func()
 	revisionOf           map[string]uint64
 }
 
 func newFleet(ts *testScheduler) *fleet {
-	return &fleet{ts: ts, sessions: map[string]*Session{}, launched: map[string]int{}, revisionOf: map[string]uint64{}}
+	return &fleet{ts: ts, sessions: map[string]*Session{}, launched: map[string]int{}, byImage: map[string]int{}, revisionOf: map[string]uint64{}}
 }
 
 // connect registers an agent with labels.
@@ -52,6 +53,7 @@ func (f *fleet) round() int {
 			var up []model.TaskStatus
 			for _, sp := range m.Launch {
 				f.launched[sp.ID]++
+				f.byImage[sp.Image]++
 				st := model.TaskStatus{TaskID: sp.ID, State: task.Running}
 				switch {
 				case sp.Image == f.failImage:
@@ -459,5 +461,118 @@ func TestRolloutRollsBackHealthKills(t *testing.T) {
 	j := ts.job(id)
 	if j.Revision != 1 || j.Rollout.State != model.RolloutRolledBack || !strings.Contains(j.Rollout.Reason, string(task.ReasonHealthCheckFailed)) {
 		t.Fatalf("revision %d rollout %+v", j.Revision, j.Rollout)
+	}
+}
+
+// failover flushes ts and loads a new leader's core from its store, at
+// clock now; agent h0 reconnects to it with every task ts knows Running
+// (the surge launches ts sent are counted as launched).
+func (f *fleet) failover(t *testing.T, now time.Time) *fleet {
+	t.Helper()
+	ts := f.ts
+	if err := ts.Flush(ts.ctx); err != nil {
+		t.Fatal(err)
+	}
+	ts2 := &testScheduler{t: t, ctx: ts.ctx, cli: ts.cli, kv: ts.kv, prefix: ts.prefix, st: ts.st, now: now}
+	c2, err := New(Config{CrashLoopBase: time.Nanosecond, CrashLoopCap: time.Nanosecond}, ts.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts2.Core = c2
+	c2.clock = func() time.Time { return ts2.now }
+	if err := c2.Load(ts.ctx, ts.st, nil); err != nil {
+		t.Fatal(err)
+	}
+	var statuses []model.TaskStatus
+	ts.mu.RLock()
+	for tid, tk := range ts.tasks {
+		if tk.rec.State == task.Running {
+			statuses = append(statuses, model.TaskStatus{TaskID: tid, State: task.Running, Health: tk.rec.Health})
+		}
+	}
+	ts.mu.RUnlock()
+	for len(f.sessions["h0"].out) > 0 {
+		<-f.sessions["h0"].out
+	}
+	f2 := newFleet(ts2)
+	f2.launched, f2.byImage, f2.failImage, f2.sickImage = f.launched, f.byImage, f.failImage, f.sickImage
+	sess := newSession()
+	ts2.mu.Lock()
+	sess.agent = ts2.register(model.Registration{InstanceID: "h0", AZ: "az-1", Capacity: model.Capacity{Resources: model.Resources{CPU: 4000, Mem: 65536}}, Tasks: statuses}, sess, time.Now())
+	ts2.mu.Unlock()
+	f2.sessions["h0"] = sess
+	return f2
+}
+
+// TestRolloutFailuresSurviveANewLeader: the consecutive-failure count of a
+// crash-looping rollout is in the job's record: a new leader that took
+// over after 2 of 3 failures rolls back at the next one, not after 3 more.
+func TestRolloutFailuresSurviveANewLeader(t *testing.T) {
+	ts := newTestScheduler(t, Config{CrashLoopBase: time.Nanosecond, CrashLoopCap: time.Nanosecond})
+	f := newFleet(ts)
+	f.connect("h0", 4000, nil)
+	spec := serviceSpec(2, &model.UpdateStrategy{MaxSurge: "1", MaxUnavailable: "0", MaxFailures: 3}, "")
+	spec.Service.Retry = &model.RetryPolicy{Kind: model.RetryImmediate}
+	spec = withImage(spec, "registry.example/x:1", false)
+	id := ts.submit(spec)
+	f.converge(t, nil)
+	f.failImage = "registry.example/x:bad"
+	if _, err := ts.UpdateJob(ts.ctx, id, withImage(spec, "registry.example/x:bad", false)); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 50 && ts.job(id).Rollout.Failures < 2; i++ {
+		f.round()
+	}
+	r := ts.job(id).Rollout
+	if r.Failures != 2 || !strings.Contains(r.LastFailure, "Crashed") {
+		t.Fatalf("before the failover: %+v, want 2 failures", r)
+	}
+	f2 := f.failover(t, time.Now())
+	if r2 := f2.ts.job(id).Rollout; r2.Failures != 2 || r2.LastFailure != r.LastFailure || !r2.ProgressAt.Equal(r.ProgressAt) {
+		t.Fatalf("the new leader loaded %+v, want the old leader's count and clock %+v", r2, r)
+	}
+	f2.converge(t, nil)
+	j := f2.ts.job(id)
+	if j.Revision != 1 || j.Rollout.State != model.RolloutRolledBack || !strings.Contains(j.Rollout.Reason, "3 consecutive failures") {
+		t.Fatalf("after the failover: revision %d rollout %+v", j.Revision, j.Rollout)
+	}
+	if bad := f2.byImage["registry.example/x:bad"]; bad != 3 {
+		t.Errorf("%d tasks of the bad revision launched, want 3 (the count went on on the new leader)", bad)
+	}
+}
+
+// TestRolloutDeadlineSurvivesANewLeader: the progress deadline's clock is
+// in the job's record: 40 s on one leader and 25 s on the next exceed a
+// 60 s deadline, and the update rolls back with the task's state named.
+func TestRolloutDeadlineSurvivesANewLeader(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	f := newFleet(ts)
+	f.connect("h0", 4000, nil)
+	spec := withImage(serviceSpec(2, &model.UpdateStrategy{MaxSurge: "1", MaxUnavailable: "0", ProgressDeadlineSeconds: 60}, ""), "registry.example/x:1", true)
+	spec.Service.UnhealthyReplaceAfterSeconds = 3600
+	id := ts.submit(spec)
+	f.converge(t, nil)
+	f.sickImage = "registry.example/x:sick"
+	t0 := time.Now()
+	ts.now = t0
+	if _, err := ts.UpdateJob(ts.ctx, id, withImage(spec, "registry.example/x:sick", true)); err != nil {
+		t.Fatal(err)
+	}
+	f.converge(t, nil)
+	ts.now = t0.Add(40 * time.Second)
+	f.converge(t, nil)
+	if r := ts.job(id).Rollout; r.State != model.RolloutProgressing {
+		t.Fatalf("before the failover: %+v, want progressing", r)
+	}
+	f2 := f.failover(t, t0.Add(40*time.Second))
+	f2.converge(t, nil)
+	if r := f2.ts.job(id).Rollout; r.State != model.RolloutProgressing {
+		t.Fatalf("right after the failover: %+v, want progressing", r)
+	}
+	f2.ts.now = t0.Add(65 * time.Second)
+	f2.converge(t, nil)
+	j := f2.ts.job(id)
+	if j.Revision != 1 || j.Rollout.State != model.RolloutRolledBack || !strings.Contains(j.Rollout.Reason, "Unhealthy: connection refused") {
+		t.Fatalf("65 s after the update, across a failover: revision %d rollout %+v", j.Revision, j.Rollout)
 	}
 }

@@ -153,14 +153,8 @@ type jobState struct {
 	hosts *jobHosts
 	// queuedReason says why pending tasks are not placed (set by placement).
 	queuedReason string
-	// newFailures counts consecutive failures of tasks of the revision
-	// being rolled out (not persisted: a new leader counts afresh).
-	newFailures int
-	lastFailure string
-	// progressAt is when the rollout last made progress (started, or one
-	// more new task became available: updated counts them).
-	progressAt time.Time
-	updated    int
+	// The rollout's failure count and progress clock live in its record
+	// (model.Rollout), so that a new leader goes on from them.
 }
 
 func (j *jobState) terminal() bool { return j.rec.State.Terminal() }

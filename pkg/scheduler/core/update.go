@@ -91,6 +91,7 @@ func (c *Core) RolloutJob(ctx context.Context, id string, action RolloutAction) 
 				return fmt.Errorf("%w: the rollout is %s, only a paused one can be resumed", model.ErrRolloutState, r.State)
 			}
 			rc.State = model.RolloutProgressing
+			rc.ProgressAt = time.Time{} // the deadline counts from the resume
 		case RolloutUndo:
 			if r.Previous == nil {
 				return fmt.Errorf("%w: no previous revision to go back to", model.ErrRolloutState)

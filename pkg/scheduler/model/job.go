@@ -67,7 +67,7 @@ type ServiceJob struct {
 	// Update is how a new revision replaces the old tasks (nil: defaults).
 	Update *UpdateStrategy
 	// TargetGroups each task joins once Running and healthy and leaves
-	// before it is stopped. Fixed at submission.
+	// before it is stopped. An update that changes them is a new revision.
 	TargetGroups []TargetGroup
 }
 

@@ -35,4 +35,12 @@ type TargetRegistration struct {
 	Error        string
 	Registered   time.Time
 	Deregistered time.Time
+	// LBHealth is the load balancer's view of the registered target
+	// (DescribeTargetHealth: initial, healthy, unhealthy, ...) with its
+	// reason code and description; empty until read.
+	LBHealth       string
+	LBHealthReason string
 }
+
+// LBHealthy is ELBv2's state of a target that passes its health checks.
+const LBHealthy = "healthy"

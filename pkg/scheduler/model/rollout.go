@@ -154,6 +154,20 @@ type Rollout struct {
 	Started, Ended time.Time
 	// Previous is the template of revision From (as submitted).
 	Previous *task.Spec
+	// PreviousTargetGroups are revision From's target groups;
+	// PreviousTargetGroupsKnown is false in records written before an
+	// update could change them (the job's own groups then).
+	PreviousTargetGroups      []TargetGroup
+	PreviousTargetGroupsKnown bool
+	// Failures counts consecutive failures of tasks of revision To, the
+	// last described by LastFailure; ProgressAt is when the count of its
+	// available tasks last grew (to ProgressUpdated). Kept in the record so
+	// a new leader goes on from there (the automatic rollback's clock and
+	// count survive a failover).
+	Failures        uint32
+	LastFailure     string
+	ProgressAt      time.Time
+	ProgressUpdated uint32
 	// Views only: available tasks of the job's revision, live tasks of
 	// another, and desired minus available.
 	Updated, Old, Unavailable uint32

@@ -142,9 +142,16 @@ func rolloutFromProto(p *schedv1.Rollout) *model.Rollout {
 	}
 	r := &model.Rollout{State: model.RolloutState(p.GetState()), From: p.GetFromRevision(), To: p.GetToRevision(), Reason: p.GetReason(),
 		Started: timeFromProto(p.GetStarted()), Ended: timeFromProto(p.GetEnded()),
-		Updated: p.GetUpdated(), Old: p.GetOld(), Unavailable: p.GetUnavailable()}
+		Updated: p.GetUpdated(), Old: p.GetOld(), Unavailable: p.GetUnavailable(),
+		Failures: p.GetFailures(), LastFailure: p.GetLastFailure(), ProgressAt: timeFromProto(p.GetProgressAt()), ProgressUpdated: p.GetProgressUpdated()}
 	if t := p.GetPreviousTask(); t != nil {
 		r.Previous = task.FromProto(t)
+	}
+	if l := p.GetPreviousTargetGroups(); l != nil {
+		r.PreviousTargetGroupsKnown = true
+		for _, tg := range l.GetGroups() {
+			r.PreviousTargetGroups = append(r.PreviousTargetGroups, model.TargetGroup{ARN: tg.GetArn(), Port: tg.GetPort()})
+		}
 	}
 	return r
 }
@@ -154,9 +161,17 @@ func rolloutToProto(r *model.Rollout) *schedv1.Rollout {
 		return nil
 	}
 	p := &schedv1.Rollout{State: schedv1.Rollout_State(r.State), FromRevision: r.From, ToRevision: r.To, Reason: r.Reason,
-		Started: timeToProto(r.Started), Ended: timeToProto(r.Ended), Updated: r.Updated, Old: r.Old, Unavailable: r.Unavailable}
+		Started: timeToProto(r.Started), Ended: timeToProto(r.Ended), Updated: r.Updated, Old: r.Old, Unavailable: r.Unavailable,
+		Failures: r.Failures, LastFailure: r.LastFailure, ProgressAt: timeToProto(r.ProgressAt), ProgressUpdated: r.ProgressUpdated}
 	if r.Previous != nil {
 		p.PreviousTask = TaskSpecToProto(r.Previous)
+	}
+	if r.PreviousTargetGroupsKnown {
+		l := &schedv1.TargetGroupList{}
+		for _, tg := range r.PreviousTargetGroups {
+			l.Groups = append(l.Groups, &schedv1.TargetGroup{Arn: tg.ARN, Port: tg.Port})
+		}
+		p.PreviousTargetGroups = l
 	}
 	return p
 }

@@ -32,7 +32,8 @@ func targetsFromProto(ps []*schedv1.TargetRegistration) []model.TargetRegistrati
 	var out []model.TargetRegistration
 	for _, p := range ps {
 		out = append(out, model.TargetRegistration{ARN: p.GetArn(), Port: p.GetPort(), State: model.TargetState(p.GetState()),
-			Error: p.GetError(), Registered: timeFromProto(p.GetRegistered()), Deregistered: timeFromProto(p.GetDeregistered())})
+			Error: p.GetError(), Registered: timeFromProto(p.GetRegistered()), Deregistered: timeFromProto(p.GetDeregistered()),
+			LBHealth: p.GetLbHealth(), LBHealthReason: p.GetLbHealthReason()})
 	}
 	return out
 }
@@ -41,7 +42,8 @@ func targetsToProto(rs []model.TargetRegistration) []*schedv1.TargetRegistration
 	var out []*schedv1.TargetRegistration
 	for _, r := range rs {
 		out = append(out, &schedv1.TargetRegistration{Arn: r.ARN, Port: r.Port, State: string(r.State),
-			Error: r.Error, Registered: timeToProto(r.Registered), Deregistered: timeToProto(r.Deregistered)})
+			Error: r.Error, Registered: timeToProto(r.Registered), Deregistered: timeToProto(r.Deregistered),
+			LbHealth: r.LBHealth, LbHealthReason: r.LBHealthReason})
 	}
 	return out
 }
