@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -225,7 +226,7 @@ func readJobFile(cmd *cobra.Command, file string) (*schedv1.JobSpec, error) {
 
 func newJobCmd() *cobra.Command {
 	cmd := &cobra.Command{Use: "job", Short: "Submit, list, inspect, kill and scale jobs"}
-	var file string
+	var file, idemKey string
 	submit := &cobra.Command{
 		Use: "submit -f job.yaml", Short: "Submit a job described in YAML (or JSON)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -233,8 +234,14 @@ func newJobCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// One key per invocation, sent again on every retry: a retried
+			// submit whose first answer was lost returns the same job.
+			if idemKey == "" {
+				idemKey = uuid.NewString()
+			}
+			req := &schedv1.SubmitJobRequest{Spec: spec, IdempotencyKey: idemKey}
 			return call(func(ctx context.Context, c schedv1.SchedulerClient) error {
-				resp, err := c.SubmitJob(ctx, &schedv1.SubmitJobRequest{Spec: spec})
+				resp, err := c.SubmitJob(ctx, req)
 				if err != nil {
 					return err
 				}
@@ -247,6 +254,7 @@ func newJobCmd() *cobra.Command {
 		},
 	}
 	submit.Flags().StringVarP(&file, "file", "f", "", "job file (- for stdin)")
+	submit.Flags().StringVar(&idemKey, "idempotency-key", "", "the same key and job file give the same job for a day, however often submitted (default: a new key per invocation, resent on its retries)")
 	_ = submit.MarkFlagRequired("file")
 
 	var all bool

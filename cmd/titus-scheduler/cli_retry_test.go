@@ -3,6 +3,11 @@ package main
 import (
 	"context"
 	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -31,7 +36,7 @@ func (f *flakyScheduler) ListJobs(context.Context, *schedv1.ListJobsRequest) (*s
 	return &schedv1.ListJobsResponse{}, nil
 }
 
-func serveFlaky(t *testing.T, f *flakyScheduler) string {
+func serveFlaky(t *testing.T, f schedv1.SchedulerServer) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -107,5 +112,64 @@ func TestCLIRetriesUnavailableWithinTimeout(t *testing.T) {
 				t.Errorf("took %v, past the %v deadline", took, tc.timeout)
 			}
 		})
+	}
+}
+
+// keyedScheduler answers its first SubmitJob calls Unavailable (as a
+// leader whose store write timed out after it committed) and records the
+// idempotency key of every call.
+type keyedScheduler struct {
+	schedv1.UnimplementedSchedulerServer
+	fails int
+	mu    sync.Mutex
+	keys  []string
+}
+
+func (k *keyedScheduler) SubmitJob(_ context.Context, req *schedv1.SubmitJobRequest) (*schedv1.SubmitJobResponse, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.keys = append(k.keys, req.GetIdempotencyKey())
+	if len(k.keys) <= k.fails {
+		return nil, status.Error(codes.Unavailable, "etcd txn: etcdserver: request timed out")
+	}
+	return &schedv1.SubmitJobResponse{JobId: "job-" + req.GetIdempotencyKey()}, nil
+}
+
+// TestCLISubmitResendsItsIdempotencyKey: `job submit` makes one key per
+// invocation and sends it on each of its retries; another invocation
+// makes another; --idempotency-key sets it.
+func TestCLISubmitResendsItsIdempotencyKey(t *testing.T) {
+	saved := cliRetry
+	cliRetry = backoff.Policy{Base: 10 * time.Millisecond, Max: 20 * time.Millisecond}
+	t.Cleanup(func() { cliRetry = saved })
+	k := &keyedScheduler{fails: 2}
+	addr := serveFlaky(t, k)
+	f := filepath.Join(t.TempDir(), "job.yaml")
+	if err := os.WriteFile(f, []byte("ownerEmail: a@example.com\napplication: it\nbatch: {size: 1}\ntask: {image: x, resources: {cpuMillicores: 100, memoryMib: 64}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		root := newRootCmd()
+		var out strings.Builder
+		root.SetOut(&out)
+		root.SetArgs(append([]string{"--addr", addr, "--timeout", "10s", "job", "submit", "-f", f}, args...))
+		if err := root.Execute(); err != nil {
+			t.Fatalf("submit: %v", err)
+		}
+		return strings.TrimSpace(out.String())
+	}
+	first := run()
+	k.mu.Lock()
+	keys := slices.Clone(k.keys)
+	k.mu.Unlock()
+	if len(keys) != 3 || keys[0] == "" || keys[1] != keys[0] || keys[2] != keys[0] || first != "job-"+keys[0] {
+		t.Fatalf("keys sent %q, answer %q: want one key, sent on the call and its 2 retries", keys, first)
+	}
+	if second := run(); second == first {
+		t.Errorf("a second invocation got %q too: want a key of its own", second)
+	}
+	if got := run("--idempotency-key", "deploy-42"); got != "job-deploy-42" {
+		t.Errorf("--idempotency-key deploy-42: %q", got)
 	}
 }

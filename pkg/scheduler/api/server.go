@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -183,7 +184,16 @@ func (s *Server) SubmitJob(ctx context.Context, req *schedv1.SubmitJobRequest) (
 	}
 	spec := wire.JobSpecFromProto(req.GetSpec())
 	spec.Submitter = submitter(ctx)
-	id, err := s.core.Submit(ctx, spec)
+	sub := core.Submission{Spec: spec, Caller: spec.Submitter, Key: req.GetIdempotencyKey()}
+	if sub.Key != "" {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(req.GetSpec())
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "spec: %v", err)
+		}
+		d := sha256.Sum256(b)
+		sub.Digest = d[:]
+	}
+	id, _, err := s.core.SubmitKeyed(ctx, sub)
 	if err != nil {
 		return nil, apierr.ToGRPC(err)
 	}

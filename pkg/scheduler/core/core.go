@@ -212,6 +212,10 @@ type Core struct {
 	// tgt is the load balancer integration's state.
 	tgt targetsState
 
+	// idem are the submit idempotency keys (idempotency.go), by scope/key.
+	idem        map[string]*idemEntry
+	idemPruneAt time.Time
+
 	badMu          sync.Mutex
 	unreadableJobs map[string]bool // ids of jobs whose record could not be read
 }

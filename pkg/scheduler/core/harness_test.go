@@ -203,6 +203,9 @@ type gate struct {
 	entered chan struct{}
 	release chan struct{}
 	err     error
+	// committed: the transaction commits before it fails with err (an
+	// answer lost on the way back).
+	committed bool
 }
 
 // hold makes every later transaction wait on the returned gate.
@@ -221,6 +224,14 @@ func (k *gatedKV) failing(err error) *gate {
 	k.mu.Lock()
 	k.gate = g
 	k.mu.Unlock()
+	return g
+}
+
+// losing makes every later transaction commit and then fail with err
+// (the answer lost), until open.
+func (k *gatedKV) losing(err error) *gate {
+	g := k.failing(err)
+	g.committed = true
 	return g
 }
 
@@ -270,6 +281,11 @@ func (t *gatedTxn) Commit() (*clientv3.TxnResponse, error) {
 		default:
 		}
 		<-g.release
+		if g.err != nil && g.committed {
+			if _, err := t.Txn.Commit(); err != nil {
+				return nil, err
+			}
+		}
 		if g.err != nil {
 			return nil, g.err
 		}

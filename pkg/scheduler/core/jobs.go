@@ -72,32 +72,67 @@ func (c *Core) admitLive(app string) error {
 // Submit validates a job, admits it into its capacity group's queue and
 // quota, writes it and queues its tasks. It returns the job's id.
 func (c *Core) Submit(ctx context.Context, spec model.JobSpec) (string, error) {
+	id, _, err := c.SubmitKeyed(ctx, Submission{Spec: spec})
+	return id, err
+}
+
+// SubmitKeyed is Submit with an optional idempotency key (idempotency.go):
+// existing reports that the key had already created the job.
+func (c *Core) SubmitKeyed(ctx context.Context, s Submission) (jobID string, existing bool, err error) {
+	spec := s.Spec
 	tmpl, err := ValidateJob(spec)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	if err := c.checkTargetGroupsConfigured(spec); err != nil {
-		return "", err
+		return "", false, err
+	}
+	if s.Key != "" {
+		if err := CheckIdempotencyKey(s.Key); err != nil {
+			return "", false, err
+		}
 	}
 	spec = spec.Clone()
 	if spec.CapacityGroup == "" {
 		spec.CapacityGroup = model.DefaultGroup
 	}
 	c.mu.Lock()
+	var key *idemEntry
+	if s.Key != "" {
+		var id string
+		key, id, err = c.claimKey(&s, c.clock())
+		if err != nil || id != "" {
+			c.mu.Unlock()
+			return id, id != "", err
+		}
+	}
+	// release ends the key's claim: a submit refused before its write
+	// leaves no trace of the key.
+	release := func() {
+		if key != nil {
+			key.busy = false
+			if key.tried == nil && key.k.JobID == "" {
+				delete(c.idem, key.k.Scope+"/"+key.k.Key)
+			}
+		}
+	}
 	g := c.gstate[spec.CapacityGroup]
 	if g == nil {
+		release()
 		c.mu.Unlock()
-		return "", fmt.Errorf("%w: capacity_group: %q is not configured", model.ErrUnknownGroup, spec.CapacityGroup)
+		return "", false, fmt.Errorf("%w: capacity_group: %q is not configured", model.ErrUnknownGroup, spec.CapacityGroup)
 	}
 	fp := footprintOf(&spec, model.TaskResources(tmpl))
 	n := spec.Size()
 	if err := c.admitLive(spec.Application); err != nil {
+		release()
 		c.mu.Unlock()
-		return "", err
+		return "", false, err
 	}
 	if err := c.admit(g, n, fp); err != nil {
+		release()
 		c.mu.Unlock()
-		return "", err
+		return "", false, err
 	}
 	if c.submitting == nil {
 		c.submitting = map[string]int{}
@@ -108,12 +143,28 @@ func (c *Core) Submit(ctx context.Context, spec model.JobSpec) (string, error) {
 	g.reserved = g.reserved.Add(fp)
 	g.pending += n
 	c.q.pendingTotal += n
+	var rec *model.Job
+	var k model.IdempotencyKey
+	now := time.Now()
+	if key != nil {
+		if key.tried != nil {
+			// The same job again: the earlier write may have committed.
+			rec = &model.Job{ID: key.tried.ID, Spec: spec, State: model.JobAccepted, Created: key.tried.Created, Revision: 1}
+		}
+		key.k.Expires = c.clock().Add(IdempotencyKeyTTL)
+		k = key.k
+	}
 	c.mu.Unlock()
 
-	id, err := uuid.NewV7()
-	now := time.Now()
-	rec := &model.Job{ID: id.String(), Spec: spec, State: model.JobAccepted, Created: now, Revision: 1}
-	if err == nil {
+	if rec == nil {
+		var id uuid.UUID
+		id, err = uuid.NewV7()
+		rec = &model.Job{ID: id.String(), Spec: spec, State: model.JobAccepted, Created: now, Revision: 1}
+	}
+	if err == nil && key != nil {
+		k.JobID = rec.ID
+		err = c.putJobWithKey(ctx, rec, &k)
+	} else if err == nil {
 		err = c.putJob(ctx, rec)
 	}
 
@@ -124,9 +175,17 @@ func (c *Core) Submit(ctx context.Context, spec model.JobSpec) (string, error) {
 	}
 	g.pending -= n
 	c.q.pendingTotal -= n
+	if key != nil {
+		key.busy = false
+		if err != nil {
+			key.tried = rec
+		} else {
+			key.k, key.tried = k, nil
+		}
+	}
 	if err != nil {
 		g.reserved = g.reserved.Sub(fp)
-		return "", err
+		return "", false, err
 	}
 	j := c.newJobState(rec, tmpl)
 	j.footprint = fp
@@ -136,7 +195,21 @@ func (c *Core) Submit(ctx context.Context, spec model.JobSpec) (string, error) {
 		c.q.enqueue(j, sl, now, now)
 	}
 	c.poke()
-	return rec.ID, nil
+	return rec.ID, false, nil
+}
+
+// putJobWithKey writes a job record with its submit's idempotency key
+// (fenced). Callers do not hold c.mu.
+func (c *Core) putJobWithKey(ctx context.Context, rec *model.Job, k *model.IdempotencyKey) error {
+	ks, ok := c.st.(keyStore)
+	if !ok {
+		return c.putJob(ctx, rec)
+	}
+	err := ks.PutJobWithKey(ctx, rec, k)
+	if errors.Is(err, model.ErrNotLeader) {
+		go c.fenceFailed(err)
+	}
+	return err
 }
 
 // putJob writes a job record now (fenced). Callers do not hold c.mu.

@@ -48,6 +48,9 @@ func (c *Core) Load(ctx context.Context, st Store, stepDown func()) error {
 	if err != nil {
 		return err
 	}
+	if err := c.loadKeys(ctx, c.clock()); err != nil {
+		return err
+	}
 	var active []*model.Job
 	for _, r := range jobs {
 		if r.State != model.JobAccepted {

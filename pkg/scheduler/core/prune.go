@@ -70,6 +70,7 @@ func (c *Core) takePrunable(now time.Time) []string {
 // (an autoscaled fleet's instance ids never come back).
 func (c *Core) prune(ctx context.Context) {
 	now := c.clock()
+	c.pruneKeys(ctx, now)
 	c.mu.Lock()
 	ids := append(c.ret.unpruned, c.takePrunable(now)...)
 	agents := append(c.ret.unprunedAgents, c.takeLostAgents(now)...)

@@ -8,7 +8,9 @@ import (
 	"strings"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
@@ -179,4 +181,65 @@ func (s *Store) Task(ctx context.Context, id string) (*model.Task, error) {
 		return nil, fmt.Errorf("task %s: %w", id, err)
 	}
 	return wire.TaskFromProto(t), nil
+}
+
+func (s *Store) idempotencyKey(k *model.IdempotencyKey) string {
+	return s.prefix + "idempotency/" + k.Scope + "/" + k.Key
+}
+
+// PutJobWithKey writes a job record and its submit's idempotency key in
+// one fenced transaction (both or neither), within 10 seconds. Writing the
+// same record again is harmless: a retry after a timeout whose write did
+// commit leaves one job.
+func (s *Store) PutJobWithKey(ctx context.Context, j *model.Job, k *model.IdempotencyKey) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rec := &schedv1.IdempotencyRecord{JobId: k.JobID, SpecSha256: k.SpecDigest, Expires: timestamppb.New(k.Expires)}
+	return s.txn(ctx, []put{{key: s.jobKey(j.ID), val: marshal(wire.JobToProto(j))}, {key: s.idempotencyKey(k), val: marshal(rec)}})
+}
+
+// IdempotencyKeys reads every stored idempotency key (expired ones too:
+// the caller drops them). A record that cannot be read is quarantined.
+func (s *Store) IdempotencyKeys(ctx context.Context) ([]*model.IdempotencyKey, error) {
+	var out []*model.IdempotencyKey
+	prefix := s.prefix + "idempotency/"
+	err := s.getPrefixRev(ctx, prefix, func(key string, v []byte, rev int64) error {
+		r := &schedv1.IdempotencyRecord{}
+		err := proto.Unmarshal(v, r)
+		scope, k, ok := strings.Cut(strings.TrimPrefix(key, prefix), "/")
+		if err == nil && (!ok || r.GetJobId() == "") {
+			err = errors.New("not an idempotency record")
+		}
+		if err != nil {
+			return s.quarantine(ctx, key, v, rev, err)
+		}
+		out = append(out, &model.IdempotencyKey{Scope: scope, Key: k, JobID: r.GetJobId(), SpecDigest: r.GetSpecSha256(), Expires: r.GetExpires().AsTime()})
+		return nil
+	})
+	return out, err
+}
+
+// DeleteIdempotencyKeys removes expired keys, fenced.
+func (s *Store) DeleteIdempotencyKeys(ctx context.Context, ks []*model.IdempotencyKey) error {
+	per := max(s.txnOps-1, 1)
+	for i := 0; i < len(ks); i += per {
+		var ops []clientv3.Op
+		for _, k := range ks[i:min(i+per, len(ks))] {
+			ops = append(ops, clientv3.OpDelete(s.idempotencyKey(k)))
+		}
+		err := retry(ctx, func(ctx context.Context) error {
+			resp, err := s.kv.Txn(ctx).If(s.fence).Then(ops...).Commit()
+			if err != nil {
+				return fmt.Errorf("etcd delete: %w", classify(err))
+			}
+			if !resp.Succeeded {
+				return fmt.Errorf("%w: fenced delete refused", ErrNotLeader)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
