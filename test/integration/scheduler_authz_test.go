@@ -169,6 +169,23 @@ func TestSchedulerAuthzTenantAttacks(t *testing.T) {
 			t.Errorf("%s lists %v, %v; want one job with DB_PASSWORD=%q", c.who, l.GetJobs(), err, c.want)
 		}
 	}
+	// ... nor in the previous template an update leaves on the job (what an
+	// undo returns to): it was shown whole to every reader.
+	v2 := tenantSpec("billing", "alice@example.com")
+	v2.Task.Env["DB_PASSWORD"] = "hunter3"
+	if _, err := e.api.UpdateJob(alice, &schedv1.UpdateJobRequest{Id: jobA, Spec: v2}); err != nil {
+		t.Fatalf("alice updates her job: %v", err)
+	}
+	for who, c := range map[string]context.Context{"operator": sre, "alice": alice} {
+		j, err := e.api.GetJob(c, &schedv1.GetJobRequest{Id: jobA})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := j.GetSpec().GetTask().GetEnv()["DB_PASSWORD"] + " " + j.GetRollout().GetPreviousTask().GetEnv()["DB_PASSWORD"]
+		if want := map[string]string{"operator": "<redacted> <redacted>", "alice": "hunter3 hunter2"}[who]; got != want {
+			t.Errorf("%s sees DB_PASSWORD current and previous %q, want %q", who, got, want)
+		}
+	}
 	_, err = e.api.KillJob(sre, &schedv1.KillJobRequest{Id: jobA})
 	wantCode(t, "an operator kills a job", err, codes.PermissionDenied, "job.kill")
 

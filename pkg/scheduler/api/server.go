@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -121,13 +120,12 @@ func (s *Server) authorizeTask(ctx context.Context, a authz.Action, id string) e
 	return apierr.ToGRPC(s.authz.Authorize(ctx, a, o.Application))
 }
 
-// jobView converts j for the caller: environment values redacted unless
-// the caller may read them (the values are replaced in a new map; the
-// core's is never touched).
+// jobView converts j for the caller: environment values (of every
+// template the job carries) redacted unless the caller may read them (the
+// values are replaced in new maps; the core's are never touched).
 func (s *Server) jobView(ctx context.Context, j *model.Job) *schedv1.Job {
 	pj := wire.JobToProto(j)
-	if t := pj.GetSpec().GetTask(); t != nil && len(t.Env) > 0 && !s.authz.MayReadEnv(ctx, j.Spec.Application) {
-		t.Env = maps.Clone(t.Env)
+	if !s.authz.MayReadEnv(ctx, j.Spec.Application) {
 		authz.RedactEnv(pj)
 	}
 	return pj

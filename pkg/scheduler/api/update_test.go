@@ -4,10 +4,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/authz"
 )
 
 // TestUpdateOnlyByTheOwner: bob (another application's owner) can
@@ -107,5 +110,48 @@ func TestUpdateRefusesBadInput(t *testing.T) {
 	}
 	if _, err := s.RolloutJob(as("alice@example.com"), &schedv1.RolloutJobRequest{Id: r.GetJobId(), Action: schedv1.RolloutJobRequest_ACTION_RESUME}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("resume without a rollout: %v, want FailedPrecondition", err)
+	}
+}
+
+// TestRolloutPreviousTemplateRedacted: after an update the job carries
+// its previous template (rollout.previous_task, what an undo returns to)
+// with its environment: a reader, or a debugger, who is not an owner sees
+// the names only, as in the current template, and the core's record
+// keeps its values (the owner reads them).
+func TestRolloutPreviousTemplateRedacted(t *testing.T) {
+	s := newServer(t)
+	r, err := s.SubmitJob(as("alice@example.com"), &schedv1.SubmitJobRequest{Spec: spec("billing")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := spec("billing")
+	v2.Task.Image = "registry.example/x:2"
+	v2.Task.Env = map[string]string{"SECRET": "s4"}
+	if _, err := s.UpdateJob(as("alice@example.com"), &schedv1.UpdateJobRequest{Id: r.JobId, Spec: v2}); err != nil {
+		t.Fatal(err)
+	}
+	seen := func(who string, j *schedv1.Job) string {
+		if j.GetRollout().GetPreviousTask() == nil {
+			t.Fatalf("%s: no previous template in %v", who, j)
+		}
+		return j.Spec.Task.Env["SECRET"] + " " + j.Rollout.PreviousTask.Env["SECRET"]
+	}
+	got := map[string]string{}
+	for _, who := range []string{"auditor@example.com", "alice@example.com"} {
+		j, err := s.GetJob(as(who), &schedv1.GetJobRequest{Id: r.JobId})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[who+" get"] = seen(who, j)
+		l, err := s.ListJobs(as(who), &schedv1.ListJobsRequest{})
+		if err != nil || len(l.Jobs) != 1 {
+			t.Fatalf("%s lists %v, %v", who, l, err)
+		}
+		got[who+" list"] = seen(who, l.Jobs[0])
+	}
+	red := authz.Redacted + " " + authz.Redacted
+	want := map[string]string{"auditor@example.com get": red, "auditor@example.com list": red, "alice@example.com get": "s4 s3", "alice@example.com list": "s4 s3"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("env seen (-want +got):\n%s", diff)
 	}
 }
