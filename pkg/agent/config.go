@@ -405,20 +405,29 @@ func (c *Config) Validate() error {
 
 // checkHostPathsPrivate refuses a host path a task may mount that holds,
 // or lies within, what the agent keeps from tasks: its state (every
-// tenant's spec and environment) and the secrets of every task. Such a
-// grant would hand any task that asks for it the other tenants'.
+// tenant's spec and environment), the secrets of every task, every task's
+// logs and network namespaces. Such a grant would hand any task that asks
+// for it the other tenants'. A grant holding the agent's control socket
+// or containerd's is refused too: a task running as root reaches them
+// through the mount and becomes the host (the kernel vouches root for the
+// agent's socket; containerd's answers anyone).
 func (c *Config) checkHostPathsPrivate() []error {
 	var errs []error
-	private := map[string]string{"stateDir": c.StateDir, "secrets.dir": c.Secrets.Dir}
+	dirs := []struct{ key, path string }{{"stateDir", c.StateDir}, {"secrets.dir", c.Secrets.Dir}, {"logDir", c.LogDir}, {"network.netNSDir", c.Network.NetNSDir}}
+	sockets := []struct{ key, path string }{{"socket", c.Socket}, {"containerd.address", c.Containerd.Address}}
 	for _, s := range c.Isolation.AllowedHostPaths {
 		hp, err := isolation.ParseHostPath(s)
 		if err != nil {
 			continue // reported by the isolation checks
 		}
-		for _, key := range []string{"stateDir", "secrets.dir"} {
-			dir := private[key]
-			if dir != "" && (within(hp.Path, dir) || within(dir, hp.Path)) {
-				errs = append(errs, fmt.Errorf("isolation.allowedHostPaths: %q overlaps %s %s, which no task may see", s, key, dir))
+		for _, d := range dirs {
+			if d.path != "" && (within(hp.Path, d.path) || within(d.path, hp.Path)) {
+				errs = append(errs, fmt.Errorf("isolation.allowedHostPaths: %q overlaps %s %s, which no task may see", s, d.key, d.path))
+			}
+		}
+		for _, k := range sockets {
+			if k.path != "" && within(k.path, hp.Path) {
+				errs = append(errs, fmt.Errorf("isolation.allowedHostPaths: %q holds %s %s, which no task may reach", s, k.key, k.path))
 			}
 		}
 	}

@@ -31,7 +31,17 @@ func TestIsolationConfig(t *testing.T) {
 		{name: "host path holding the state dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/var/lib"} }, wantErr: "overlaps stateDir"},
 		{name: "host path inside the state dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/var/lib/titus-agent/tasks:rw"} }, wantErr: "overlaps stateDir"},
 		{name: "host path holding the secrets dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/run"} }, wantErr: "overlaps secrets.dir"},
-		{name: "host path beside them", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/srv/shared", "/var/lib/other"} }},
+		// ... every task's logs, or their network namespaces.
+		{name: "host path holding the log dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/var/log"} }, wantErr: "overlaps logDir"},
+		{name: "host path inside the log dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/var/log/titus-agent/tasks/other-task"} }, wantErr: "overlaps logDir"},
+		{name: "host path inside the netns dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/run/titus-agent/netns"} }, wantErr: "overlaps network.netNSDir"},
+		// ... or the agent's control socket (a root task connects as root:
+		// launches anything, execs into any tenant's task) or containerd's.
+		{name: "host path holding the control socket", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/run/titus-agent:rw"} }, wantErr: "holds socket /run/titus-agent/agent.sock"},
+		{name: "host path holding containerd's socket", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/run/containerd"} }, wantErr: "holds containerd.address"},
+		{name: "host path beside them", change: func(c *IsolationConfig) {
+			c.AllowedHostPaths = []string{"/srv/shared", "/var/lib/other", "/var/log/other", "/run/other"}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := DefaultConfig()
