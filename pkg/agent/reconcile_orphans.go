@@ -27,6 +27,9 @@ func (o orphanReaper) Reconcile(ctx context.Context, _ map[string]bool) error {
 	if len(rep.Shims) > 0 {
 		o.log.Warn("killed shims containerd does not know", "ids", rep.Shims)
 	}
+	if len(rep.Execs) > 0 {
+		o.log.Warn("ended exec sessions of an earlier agent process (their clients are gone)", "sessions", rep.Execs)
+	}
 	if len(rep.Mounts) > 0 {
 		o.log.Warn("unmounted stale temporary snapshot mounts", "mounts", rep.Mounts)
 	}

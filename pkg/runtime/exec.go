@@ -80,6 +80,8 @@ func (r *Runtime) ExecProcess(ctx context.Context, id string, o ExecOptions) (in
 		copts = append(copts, cio.WithTerminal)
 	}
 	execID := "exec-" + uuid.NewString()[:8]
+	r.execs.add(execID)
+	defer r.execs.remove(execID)
 	// The session's own cgroup below the task's: what the exec starts
 	// cannot leave it, setsid and double forks included.
 	var cgroupsPath string

@@ -40,6 +40,7 @@ import (
 type Reaped struct {
 	Shims  []string // ids of the shims killed
 	Mounts []string // temporary mount points unmounted
+	Execs  []string // exec sessions of an earlier agent ended, "<task>/<exec id>"
 }
 
 // shimSocketDir is where containerd-shim-runc-v2 puts its sockets
@@ -76,8 +77,10 @@ func UseTempMountDir(dir string) ([]string, error) {
 // containerd does not know and that are older than this process (so not
 // started for one of its own launches), with their children, their socket
 // and bundle, and unmounts stale containerd-mount* overlays in the shared
-// temporary directory made of this containerd's snapshots of the namespace.
-// Call it once at start, after the containers were reconciled.
+// temporary directory made of this containerd's snapshots of the namespace,
+// and ends the exec sessions of an earlier agent process
+// (SweepExecSessions). Call it once at start, after the containers were
+// reconciled.
 func (r *Runtime) ReapOrphans(ctx context.Context) (Reaped, error) {
 	ctx = r.ctx(ctx)
 	var rep Reaped
@@ -85,7 +88,9 @@ func (r *Runtime) ReapOrphans(ctx context.Context) (Reaped, error) {
 	rep.Shims = shims
 	mounts, merr := r.reapTempMounts(ctx)
 	rep.Mounts = mounts
-	return rep, errors.Join(err, merr)
+	execs, eerr := r.SweepExecSessions(ctx)
+	rep.Execs = execs
+	return rep, errors.Join(err, merr, eerr)
 }
 
 func (r *Runtime) reapShims(ctx context.Context) ([]string, error) {

@@ -18,6 +18,8 @@ type Runtime struct {
 	oom      *oomWatcher
 	units    unitStopper // systemd driver: stops task slices
 	pulls    pulls       // under way, kept from RemoveImage
+	// execs are this process's live exec sessions (SweepExecSessions).
+	execs liveExecs
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
