@@ -25,7 +25,7 @@ func benchScheduler(tb *testenv.Standalone) {
 		Agents: 5000, AZs: 3, Tasks: 100_000,
 		AgentTTL: 10 * time.Second, HeartbeatInterval: time.Second,
 		Timeout: 5 * time.Minute, DataDir: tb.TempDir(),
-		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Log:         slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError})),
 		Constrained: true,
 	})
 	rep.Print(os.Stdout)

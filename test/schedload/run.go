@@ -319,12 +319,12 @@ func Run(ctx context.Context, o Options) (Report, error) {
 }
 
 func connected(ctx context.Context, api schedv1.SchedulerClient) int {
-	resp, err := api.ListAgents(ctx, &schedv1.ListAgentsRequest{})
+	agents, err := allAgents(ctx, api)
 	if err != nil {
 		return 0
 	}
 	n := 0
-	for _, a := range resp.Agents {
+	for _, a := range agents {
 		if a.Connected {
 			n++
 		}
@@ -332,14 +332,31 @@ func connected(ctx context.Context, api schedv1.SchedulerClient) int {
 	return n
 }
 
+// allAgents reads every page of ListAgents (a page holds at most
+// api.MaxPageSize agents; one call sees only the first).
+func allAgents(ctx context.Context, api schedv1.SchedulerClient) ([]*schedv1.Agent, error) {
+	var out []*schedv1.Agent
+	token := ""
+	for {
+		page, err := api.ListAgents(ctx, &schedv1.ListAgentsRequest{PageSize: 1000, PageToken: token})
+		if err != nil {
+			return nil, fmt.Errorf("list agents: %w", err)
+		}
+		out = append(out, page.Agents...)
+		if token = page.NextPageToken; token == "" {
+			return out, nil
+		}
+	}
+}
+
 // noOvercommit checks that no host was given more than it has, however
 // many placement rounds were in flight.
 func noOvercommit(ctx context.Context, api schedv1.SchedulerClient) error {
-	resp, err := api.ListAgents(ctx, &schedv1.ListAgentsRequest{}, grpc.MaxCallRecvMsgSize(64<<20))
+	agents, err := allAgents(ctx, api)
 	if err != nil {
-		return fmt.Errorf("list agents: %w", err)
+		return err
 	}
-	for _, a := range resp.Agents {
+	for _, a := range agents {
 		c, u := a.GetCapacity(), a.GetUsed()
 		if u.GetCpuMillicores() > c.GetCpuMillicores() || u.GetMemoryMib() > c.GetMemoryMib() || u.GetEnis() > c.GetEnis() {
 			return fmt.Errorf("agent %s overcommitted: used %v of %v", a.Id, u, c)
