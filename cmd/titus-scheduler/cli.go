@@ -457,10 +457,14 @@ func printTargets(w io.Writer, tasks []*schedv1.Task) {
 			if r.GetDeregistered() != nil {
 				since = r.GetDeregistered()
 			}
-			rows = append(rows, []string{t.Id, cmp.Or(t.Ip, "-"), r.Arn, fmt.Sprint(r.Port), r.State, ts(since, since != nil), cmp.Or(r.Error, "-")})
+			health := cmp.Or(r.LbHealth, "-")
+			if r.LbHealthReason != "" {
+				health += " (" + r.LbHealthReason + ")"
+			}
+			rows = append(rows, []string{t.Id, cmp.Or(t.Ip, "-"), r.Arn, fmt.Sprint(r.Port), r.State, health, ts(since, since != nil), cmp.Or(r.Error, "-")})
 		}
 	}
-	table(w, "TASK\tIP\tTARGET GROUP\tPORT\tLB STATE\tSINCE\tERROR", rows)
+	table(w, "TASK\tIP\tTARGET GROUP\tPORT\tLB STATE\tLB HEALTH\tSINCE\tERROR", rows)
 }
 
 func newTaskCmd() *cobra.Command {

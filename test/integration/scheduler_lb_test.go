@@ -35,9 +35,15 @@ type lbBed struct {
 	agent *agentEnv
 	proc  *testenv.Process
 	image string
+	// proxy, when the bed has one, stands between the scheduler and moto.
+	proxy *testenv.FaultProxy
 }
 
-func newLBBed(t *testing.T) *lbBed {
+func newLBBed(t *testing.T) *lbBed { return newLBBedProxied(t, false) }
+
+// newLBBedProxied is newLBBed, with the scheduler's ELBv2 calls through a
+// fault proxy when proxied.
+func newLBBedProxied(t *testing.T, proxied bool) *lbBed {
 	t.Helper()
 	ctx := context.Background()
 	moto := testenv.StartMoto(t)
@@ -64,7 +70,12 @@ func newLBBed(t *testing.T) *lbBed {
 		t.Fatalf("set deregistration delay: %v", err)
 	}
 	b.sched = &schedProc{t: t, addr: testenv.Addr(testenv.FreePort(t)), dir: t.TempDir()}
-	b.start(moto.Endpoint, "scheduler-1")
+	endpoint := moto.Endpoint
+	if proxied {
+		b.proxy = testenv.StartFaultProxy(t, moto.Endpoint)
+		endpoint = b.proxy.URL
+	}
+	b.start(endpoint, "scheduler-1")
 	reg := testenv.StartRegistry(t)
 	b.image = testenv.PushBusybox(t, reg, "busybox", "latest")
 	b.agent = startLinkedAgent(t, testenv.StartContainerd(t), reg, b.sched, "host-lb", "us-east-1a")

@@ -23,6 +23,7 @@ type FaultProxy struct {
 	injected map[string]int
 	seen     map[string]int
 	params   map[string][]url.Values // action → parameters of calls forwarded
+	rewrite  map[string]func([]byte) []byte
 }
 
 // maxRecorded bounds the parameters kept per action.
@@ -44,6 +45,24 @@ func StartFaultProxy(t TB, upstream string) *FaultProxy {
 	}
 	f := &FaultProxy{URL: "http://" + l.Addr().String(), faults: map[string]float64{}, injected: map[string]int{}, seen: map[string]int{}, params: map[string][]url.Values{}}
 	rp := httputil.NewSingleHostReverseProxy(u)
+	rp.ModifyResponse = func(resp *http.Response) error {
+		f.mu.Lock()
+		fn := f.rewrite[resp.Request.Header.Get(actionHeader)]
+		f.mu.Unlock()
+		if fn == nil || resp.StatusCode != http.StatusOK {
+			return nil
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+		body = fn(body)
+		resp.Body = io.NopCloser(bytes.NewReader(body))
+		resp.ContentLength = int64(len(body))
+		resp.Header.Set("Content-Length", fmt.Sprint(len(body)))
+		return nil
+	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		r.Body = io.NopCloser(bytes.NewReader(body))
@@ -55,11 +74,31 @@ func StartFaultProxy(t TB, upstream string) *FaultProxy {
 			return
 		}
 		f.recordParams(action, r, body)
+		r.Header.Set(actionHeader, action)
 		rp.ServeHTTP(w, r)
 	})}
 	go func() { _ = srv.Serve(l) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	return f
+}
+
+// actionHeader carries a forwarded call's action to ModifyResponse.
+const actionHeader = "X-Fault-Proxy-Action"
+
+// Rewrite passes the body of every successful answer to action through
+// fn (nil stops it): what the upstream cannot be made to say, e.g. an
+// unhealthy target, which moto never reports.
+func (f *FaultProxy) Rewrite(action string, fn func(body []byte) []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.rewrite == nil {
+		f.rewrite = map[string]func([]byte) []byte{}
+	}
+	if fn == nil {
+		delete(f.rewrite, action)
+		return
+	}
+	f.rewrite[action] = fn
 }
 
 func actionOf(r *http.Request, body []byte) string {

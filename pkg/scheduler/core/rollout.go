@@ -1,9 +1,11 @@
 package core
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
@@ -301,6 +303,26 @@ func describe(t *taskState) string {
 		s += ", " + h.Status.String()
 		if h.Output != "" {
 			s += ": " + clip(h.Output, 120)
+		}
+	}
+	if t.lb.tracked {
+		for _, r := range t.rec.Targets {
+			name := r.ARN
+			if _, n, ok := strings.Cut(r.ARN, ":targetgroup/"); ok {
+				name = "targetgroup/" + n
+			}
+			switch {
+			case r.State != model.TargetRegistered:
+				s += fmt.Sprintf(", %s: %s", name, r.State)
+				if r.Error != "" {
+					s += " (" + clip(r.Error, 120) + ")"
+				}
+			case !lbServing(r):
+				s += fmt.Sprintf(", %s: %s", name, cmp.Or(r.LBHealth, "health not read yet"))
+				if r.LBHealthReason != "" {
+					s += " (" + clip(r.LBHealthReason, 120) + ")"
+				}
+			}
 		}
 	}
 	return s

@@ -5,6 +5,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/backoff"
@@ -24,6 +25,36 @@ type TargetHealth struct {
 	Target
 	// State is ELBv2's: initial, healthy, unhealthy, unused, draining, unavailable.
 	State string
+	// Reason and Description say why it is not healthy (e.g.
+	// Target.ResponseCodeMismatch, "Health checks failed with these codes: [502]").
+	Reason, Description string
+}
+
+// lbServing reports whether the load balancer sends the registered
+// target traffic: healthy; or, where the load balancer checks nothing,
+// in a group no load balancer uses (unused, Target.NotInUse) or one
+// whose health checks are off (unavailable, Target.HealthCheckDisabled).
+func lbServing(r model.TargetRegistration) bool {
+	switch r.LBHealth {
+	case model.LBHealthy:
+		return true
+	case "unused":
+		return strings.HasPrefix(r.LBHealthReason, "Target.NotInUse")
+	case "unavailable":
+		return strings.HasPrefix(r.LBHealthReason, "Target.HealthCheckDisabled")
+	}
+	return false
+}
+
+// lbReason is how a TargetHealth's reason is kept.
+func lbReason(h TargetHealth) string {
+	switch {
+	case h.Reason == "":
+		return h.Description
+	case h.Description == "":
+		return h.Reason
+	}
+	return h.Reason + ": " + h.Description
 }
 
 // Draining is the state of a deregistered target waiting out its delay.
@@ -215,10 +246,80 @@ func wantsTargets(t *taskState) bool {
 }
 
 // inTargets reports whether t serves through its load balancers: always
-// true for a task not managed there. Rollouts and drains count a task
-// available only once it is (so at least the budget's tasks stay
-// registered).
-func inTargets(t *taskState) bool { return !t.lb.tracked || allRegistered(t) }
+// true for a task not managed there; else registered in each of its
+// groups, and healthy there as the load balancer itself sees it
+// (DescribeTargetHealth; see lbServing). Rollouts and drains count a
+// task available only once it is (so at least the budget's tasks stay
+// in service behind the load balancer).
+func inTargets(t *taskState) bool {
+	if !t.lb.tracked {
+		return true
+	}
+	for _, r := range t.rec.Targets {
+		if r.State != model.TargetRegistered || !lbServing(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// setLBHealth records the load balancer's view of t's registered target
+// in group arn. Callers hold c.mu.
+func (c *Core) setLBHealth(t *taskState, arn string, h TargetHealth) {
+	rs := slices.Clone(t.rec.Targets)
+	changed := false
+	for i := range rs {
+		r := &rs[i]
+		if r.ARN != arn || r.State != model.TargetRegistered {
+			continue
+		}
+		if why := lbReason(h); r.LBHealth != h.State || r.LBHealthReason != why {
+			r.LBHealth, r.LBHealthReason = h.State, why
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	t.rec.Targets = rs
+	c.st.SaveTask(t.rec)
+	c.touched(t.job) // a rollout or a drain may wait on it
+}
+
+// readLBHealth reads the groups where a registered target's health is not
+// yet known to be serving, and records what the load balancer says.
+func (c *Core) readLBHealth(ctx context.Context, lb LoadBalancers) {
+	c.mu.RLock()
+	groups := map[string]bool{}
+	for t := range c.tgt.tasks {
+		for _, r := range t.rec.Targets {
+			if r.State == model.TargetRegistered && !lbServing(r) {
+				groups[r.ARN] = true
+			}
+		}
+	}
+	c.mu.RUnlock()
+	for _, arn := range slices.Sorted(maps.Keys(groups)) {
+		hs, err := lb.Targets(ctx, arn)
+		if err != nil {
+			continue // read again next pass
+		}
+		c.noteLBHealth(arn, hs)
+	}
+}
+
+// noteLBHealth records a group's target health on the tasks it names.
+func (c *Core) noteLBHealth(arn string, hs []TargetHealth) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, h := range hs {
+		t := c.tgt.byIP[h.IP]
+		if t == nil || !t.lb.tracked || portIn(t, arn) != h.Port {
+			continue
+		}
+		c.setLBHealth(t, arn, h)
+	}
+}
 
 // mayBeInTargets reports whether t might be in a target group: a stop
 // must then deregister it first.
@@ -249,6 +350,7 @@ func (c *Core) setTargets(t *taskState, arn string, state model.TargetState, err
 		}
 		if state != "" && r.State != state {
 			r.State = state
+			r.LBHealth, r.LBHealthReason = "", "" // read again once registered
 			changed = true
 			switch state {
 			case model.TargetRegistered:
@@ -398,6 +500,8 @@ func (c *Core) targetPass(ctx context.Context, now time.Time, full bool) {
 			c.log.Warn("register targets", "target_group", o.arn, "targets", o.targets, "err", err)
 		}
 	}
+
+	c.readLBHealth(ctx, lb)
 
 	delays := map[string]time.Duration{}
 	for _, o := range p.deregister {
@@ -609,6 +713,7 @@ func (c *Core) reconcileTargets(ctx context.Context, now time.Time) {
 			}
 		}
 		c.mu.Unlock()
+		c.noteLBHealth(arn, hs)
 		var extra, missing []Target
 		var missingTasks []*taskState
 		have := map[Target]bool{}

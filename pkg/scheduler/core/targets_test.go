@@ -31,6 +31,9 @@ type fakeLB struct {
 	failDeregister error
 	// keepDraining leaves deregistered targets draining.
 	keepDraining bool
+	// sick: what the load balancer's health checks say of these targets
+	// while registered (others are healthy).
+	sick map[Target]TargetHealth
 }
 
 func newFakeLB(arns ...string) *fakeLB {
@@ -87,7 +90,12 @@ func (f *fakeLB) Targets(_ context.Context, arn string) ([]TargetHealth, error) 
 	defer f.mu.Unlock()
 	var out []TargetHealth
 	for t, s := range f.groups[arn] {
-		out = append(out, TargetHealth{Target: t, State: s})
+		h := TargetHealth{Target: t, State: s}
+		if sick, ok := f.sick[t]; ok && s != Draining {
+			h = sick
+			h.Target = t
+		}
+		out = append(out, h)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].IP < out[j].IP })
 	return out, nil
@@ -188,7 +196,11 @@ func (h *lbHarness) targets(id string) []model.TargetRegistration {
 }
 
 func regs(state model.TargetState, errMsg string) []model.TargetRegistration {
-	return []model.TargetRegistration{{ARN: tgA, Port: 8080, State: state, Error: errMsg}}
+	r := model.TargetRegistration{ARN: tgA, Port: 8080, State: state, Error: errMsg}
+	if state == model.TargetRegistered {
+		r.LBHealth = model.LBHealthy // the fake's groups report registered targets healthy
+	}
+	return []model.TargetRegistration{r}
 }
 
 // A task joins its target group only once Running and healthy, and leaves
@@ -611,4 +623,76 @@ func TestTargetLoopConcurrent(t *testing.T) {
 		return st
 	}())
 	waitFor("group empty", func() bool { return len(h.lb.registered(tgA)) == 0 })
+}
+
+// TestTargetsAvailableOnlyWhenLBHealthy: a task Healthy on its agent and
+// registered counts as available only once the load balancer's own health
+// checks pass (DescribeTargetHealth); a rollout whose new task the load
+// balancer keeps unhealthy rolls back at its deadline, naming the group
+// and the load balancer's reason.
+func TestTargetsAvailableOnlyWhenLBHealthy(t *testing.T) {
+	h := newLBHarness(t, 1, Config{})
+	id := h.place()[0]
+	sick := TargetHealth{State: "unhealthy", Reason: "Target.ResponseCodeMismatch", Description: "Health checks failed with these codes: [502]"}
+	h.lb.mu.Lock()
+	h.lb.sick = map[Target]TargetHealth{{"198.18.0.10", 8080}: sick}
+	h.lb.mu.Unlock()
+	h.status(id, task.Running, "198.18.0.10", task.HealthHealthy)
+	h.pass(false)
+	want := regs(model.TargetRegistered, "")
+	want[0].LBHealth, want[0].LBHealthReason = "unhealthy", "Target.ResponseCodeMismatch: Health checks failed with these codes: [502]"
+	if diff := cmp.Diff(want, h.targets(id)); diff != "" {
+		t.Fatalf("registered, the load balancer says unhealthy (-want +got):\n%s", diff)
+	}
+	isAvailable := func(id string) bool {
+		h.mu.RLock()
+		defer h.mu.RUnlock()
+		return available(h.tasks[id])
+	}
+	if isAvailable(id) {
+		t.Fatal("available while the load balancer reports it unhealthy")
+	}
+	h.lb.mu.Lock()
+	h.lb.sick = nil
+	h.lb.mu.Unlock()
+	h.pass(false)
+	if !isAvailable(id) {
+		t.Fatalf("not available once healthy in the load balancer: %+v", h.targets(id))
+	}
+
+	// A rollout whose new task the load balancer keeps unhealthy.
+	spec := h.testScheduler.job(h.job).Spec
+	tmpl := *spec.Task
+	tmpl.Image = "registry.example/x:2"
+	spec.Task = &tmpl
+	spec.Service.Update = &model.UpdateStrategy{MaxSurge: "1", MaxUnavailable: "0", ProgressDeadlineSeconds: 60}
+	t0 := time.Now()
+	h.now = t0
+	if _, err := h.UpdateJob(h.ctx, h.job, spec); err != nil {
+		t.Fatal(err)
+	}
+	h.step()
+	placed := h.place()
+	if len(placed) != 1 {
+		t.Fatalf("placed %v, want the surge task", placed)
+	}
+	h.lb.mu.Lock()
+	h.lb.sick = map[Target]TargetHealth{{"198.18.0.11", 8080}: {State: "initial", Reason: "Elb.RegistrationInProgress", Description: "Target registration is in progress"}}
+	h.lb.mu.Unlock()
+	h.status(placed[0], task.Running, "198.18.0.11", task.HealthHealthy)
+	h.pass(false)
+	h.step()
+	if j := h.testScheduler.job(h.job); j.Rollout.State != model.RolloutProgressing || j.Revision != 2 {
+		t.Fatalf("the new task in initial: %+v, want still progressing", j.Rollout)
+	}
+	h.lb.mu.Lock()
+	h.lb.sick = map[Target]TargetHealth{{"198.18.0.11", 8080}: sick}
+	h.lb.mu.Unlock()
+	h.pass(false)
+	h.now = t0.Add(61 * time.Second)
+	h.step()
+	j := h.testScheduler.job(h.job)
+	if j.Rollout.State != model.RolloutRolledBack || !strings.Contains(j.Rollout.Reason, "targetgroup/web/0123456789abcdef: unhealthy (Target.ResponseCodeMismatch: Health checks failed") {
+		t.Fatalf("after the deadline: %+v", j.Rollout)
+	}
 }

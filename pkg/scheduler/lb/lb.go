@@ -121,6 +121,8 @@ func (l *LoadBalancers) Targets(ctx context.Context, arn string) ([]core.TargetH
 		}
 		if d.TargetHealth != nil {
 			h.State = string(d.TargetHealth.State)
+			h.Reason = string(d.TargetHealth.Reason)
+			h.Description = aws.ToString(d.TargetHealth.Description)
 		}
 		hs = append(hs, h)
 	}
