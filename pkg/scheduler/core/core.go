@@ -213,7 +213,12 @@ type Core struct {
 	tgt targetsState
 
 	// idem are the submit idempotency keys (idempotency.go), by scope/key.
-	idem        map[string]*idemEntry
+	idem       map[string]*idemEntry
+	idemScopes map[string]int // keys held per caller scope
+	// idemExpired are expired keys out of idem, to remove from the store;
+	// idemScanAt is when expireKeys may find one again.
+	idemExpired []*model.IdempotencyKey
+	idemScanAt  time.Time
 	idemPruneAt time.Time
 
 	badMu          sync.Mutex

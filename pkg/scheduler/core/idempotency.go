@@ -29,6 +29,22 @@ const IdempotencyKeyTTL = 24 * time.Hour
 // MaxIdempotencyKeyLen bounds a key (printable ASCII).
 const MaxIdempotencyKeyLen = 128
 
+// Bounds of the keys held (each for IdempotencyKeyTTL): a caller that
+// submits and kills in a loop would otherwise grow etcd by one key per
+// submit for a day, towards its space quota, whose NOSPACE alarm stops
+// every tenant's writes. Past either bound a keyed submit is refused
+// (ResourceExhausted) until keys expire. 500,000 keys are about 250 MB.
+const (
+	MaxIdempotencyKeysPerCaller = 50_000
+	MaxIdempotencyKeys          = 500_000
+)
+
+// The bounds in force (tests lower them).
+var maxKeysPerCaller, maxKeys = MaxIdempotencyKeysPerCaller, MaxIdempotencyKeys
+
+// ErrTooManyKeys refuses a keyed submit past a bound above.
+var ErrTooManyKeys = errdefs.ErrResourceExhausted.WithMessage("too many idempotency keys")
+
 // idemPruneEvery is how often expired keys are removed.
 const idemPruneEvery = 30 * time.Second
 
@@ -84,16 +100,16 @@ func (c *Core) claimKey(s *Submission, now time.Time) (*idemEntry, string, error
 	id := scope + "/" + key
 	e := c.idem[id]
 	if e != nil && !now.Before(e.k.Expires) && !e.busy {
-		delete(c.idem, id)
+		c.dropKey(id)
 		e = nil
 	}
 	switch {
 	case e == nil:
-		e = &idemEntry{k: model.IdempotencyKey{Scope: scope, Key: key, SpecDigest: s.Digest}}
-		if c.idem == nil {
-			c.idem = map[string]*idemEntry{}
+		if err := c.checkKeyBounds(scope, now); err != nil {
+			return nil, "", err
 		}
-		c.idem[id] = e
+		e = &idemEntry{k: model.IdempotencyKey{Scope: scope, Key: key, SpecDigest: s.Digest}}
+		c.putKey(id, e)
 	case !bytes.Equal(e.k.SpecDigest, s.Digest):
 		what := "is being used by another submit"
 		if e.k.JobID != "" {
@@ -109,9 +125,74 @@ func (c *Core) claimKey(s *Submission, now time.Time) (*idemEntry, string, error
 	return e, "", nil
 }
 
+// checkKeyBounds refuses a new key of scope past the bounds. Callers
+// hold c.mu.
+func (c *Core) checkKeyBounds(scope string, now time.Time) error {
+	if c.idemScopes[scope] >= maxKeysPerCaller || len(c.idem) >= maxKeys {
+		c.expireKeys(now)
+	}
+	if n := c.idemScopes[scope]; n >= maxKeysPerCaller {
+		return fmt.Errorf("%w: idempotency_key: this caller holds %d keys of the last %s (at most %d); wait for them to expire", ErrTooManyKeys, n, IdempotencyKeyTTL, maxKeysPerCaller)
+	}
+	if n := len(c.idem); n >= maxKeys {
+		return fmt.Errorf("%w: idempotency_key: the scheduler holds %d keys of the last %s (at most %d); wait for them to expire", ErrTooManyKeys, n, IdempotencyKeyTTL, maxKeys)
+	}
+	return nil
+}
+
+// expireKeys takes the expired keys out of the counts, for pruneKeys to
+// remove from the store. It scans only once a key may have expired since
+// its last scan, so that a caller at its bound cannot make every call a
+// scan of every key. Callers hold c.mu.
+func (c *Core) expireKeys(now time.Time) {
+	if now.Before(c.idemScanAt) {
+		return
+	}
+	var next time.Time
+	for id, e := range c.idem {
+		switch {
+		case e.busy:
+		case !now.Before(e.k.Expires):
+			k := e.k
+			c.idemExpired = append(c.idemExpired, &k)
+			c.dropKey(id)
+		case next.IsZero() || e.k.Expires.Before(next):
+			next = e.k.Expires
+		}
+	}
+	c.idemScanAt = next
+}
+
+// putKey and dropKey add and remove a key, counting each caller's.
+// Callers hold c.mu.
+func (c *Core) putKey(id string, e *idemEntry) {
+	if c.idem == nil {
+		c.idem = map[string]*idemEntry{}
+	}
+	if c.idemScopes == nil {
+		c.idemScopes = map[string]int{}
+	}
+	if c.idem[id] == nil {
+		c.idemScopes[e.k.Scope]++
+	}
+	c.idem[id] = e
+}
+
+func (c *Core) dropKey(id string) {
+	e := c.idem[id]
+	if e == nil {
+		return
+	}
+	delete(c.idem, id)
+	if c.idemScopes[e.k.Scope]--; c.idemScopes[e.k.Scope] <= 0 {
+		delete(c.idemScopes, e.k.Scope)
+	}
+}
+
 // loadKeys makes the stored keys the leader's. Callers hold c.mu.
 func (c *Core) loadKeys(ctx context.Context, now time.Time) error {
 	c.idem = map[string]*idemEntry{}
+	c.idemScopes = map[string]int{}
 	ks, ok := c.st.(keyStore)
 	if !ok {
 		return nil
@@ -120,9 +201,12 @@ func (c *Core) loadKeys(ctx context.Context, now time.Time) error {
 	if err != nil {
 		return err
 	}
+	c.idemExpired, c.idemScanAt = nil, time.Time{}
 	for _, k := range recs {
 		if now.Before(k.Expires) {
-			c.idem[k.Scope+"/"+k.Key] = &idemEntry{k: *k}
+			c.putKey(k.Scope+"/"+k.Key, &idemEntry{k: *k})
+		} else {
+			c.idemExpired = append(c.idemExpired, k) // for pruneKeys to remove
 		}
 	}
 	return nil
@@ -147,10 +231,11 @@ func (c *Core) pruneKeys(ctx context.Context, now time.Time) {
 		return
 	}
 	c.idemPruneAt = now.Add(idemPruneEvery)
-	var gone []*model.IdempotencyKey
+	gone := c.idemExpired
+	c.idemExpired = nil
 	for id, e := range c.idem {
 		if !e.busy && !now.Before(e.k.Expires) {
-			delete(c.idem, id)
+			c.dropKey(id)
 			k := e.k
 			gone = append(gone, &k)
 		}

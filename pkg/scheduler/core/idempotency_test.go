@@ -2,6 +2,7 @@ package core
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -124,5 +125,62 @@ func TestSubmitIdempotencyKeyLostAnswer(t *testing.T) {
 	}
 	if got, existing, err := c2.SubmitKeyed(ts.ctx, keyed(spec, "alice", "k1", "spec-1")); err != nil || got == id || existing {
 		t.Errorf("after expiry: %q existing=%v %v, want a new job", got, existing, err)
+	}
+}
+
+// TestSubmitIdempotencyKeysBounded (attack): a tenant that submits and
+// kills in a loop, a new key each time, would add one key record to etcd
+// per submit for a day, towards the space quota whose NOSPACE alarm stops
+// every tenant's writes. Past its bound its keyed submits are refused
+// (its retries of held keys still answer), another caller is unaffected,
+// and the total bound holds whoever submits; keys that expire free their
+// places.
+func TestSubmitIdempotencyKeysBounded(t *testing.T) {
+	defer func(c, a int) { maxKeysPerCaller, maxKeys = c, a }(maxKeysPerCaller, maxKeys)
+	maxKeysPerCaller, maxKeys = 3, 5
+	ts := newTestScheduler(t, Config{})
+	now := time.Now()
+	ts.clock = func() time.Time { return now }
+	spec := testSpec(&model.BatchJob{Size: 1}, 10)
+	var first string
+	for i := range 3 {
+		id, _, err := ts.SubmitKeyed(ts.ctx, keyed(spec, "alice", fmt.Sprint("a", i), "s"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = id
+		}
+		if _, err := ts.KillJob(ts.ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, _, err := ts.SubmitKeyed(ts.ctx, keyed(spec, "alice", "a3", "s"))
+	if !errors.Is(err, ErrTooManyKeys) || !errdefs.IsResourceExhausted(err) || !strings.Contains(err.Error(), "at most 3") {
+		t.Errorf("alice's 4th key: %v, want ResourceExhausted naming the bound", err)
+	}
+	if id, existing, err := ts.SubmitKeyed(ts.ctx, keyed(spec, "alice", "a0", "s")); err != nil || !existing || id != first {
+		t.Errorf("alice's retry of a held key: %q existing=%v %v, want %q", id, existing, err, first)
+	}
+	for i := range 2 {
+		if _, _, err := ts.SubmitKeyed(ts.ctx, keyed(spec, "bob", fmt.Sprint("b", i), "s")); err != nil {
+			t.Errorf("bob's key %d: %v", i, err)
+		}
+	}
+	_, _, err = ts.SubmitKeyed(ts.ctx, keyed(spec, "carol", "c0", "s"))
+	if !errors.Is(err, ErrTooManyKeys) || !strings.Contains(err.Error(), "at most 5") {
+		t.Errorf("carol's key past the total: %v, want the total bound", err)
+	}
+	if n := ts.keys("idempotency/"); n != 5 {
+		t.Errorf("%d key records, want 5", n)
+	}
+	now = now.Add(IdempotencyKeyTTL + time.Minute)
+	if _, _, err := ts.SubmitKeyed(ts.ctx, keyed(spec, "alice", "a4", "s")); err != nil {
+		t.Errorf("alice's key after hers expired: %v", err)
+	}
+	// The expired keys taken out of the counts leave the store too.
+	ts.pruneKeys(ts.ctx, now)
+	if n := ts.keys("idempotency/"); n != 1 {
+		t.Errorf("%d key records after the prune, want 1 (alice's new one)", n)
 	}
 }

@@ -112,7 +112,7 @@ func (c *Core) SubmitKeyed(ctx context.Context, s Submission) (jobID string, exi
 		if key != nil {
 			key.busy = false
 			if key.tried == nil && key.k.JobID == "" {
-				delete(c.idem, key.k.Scope+"/"+key.k.Key)
+				c.dropKey(key.k.Scope + "/" + key.k.Key)
 			}
 		}
 	}
