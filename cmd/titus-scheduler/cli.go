@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/backoff"
@@ -520,8 +521,89 @@ func newTaskCmd() *cobra.Command {
 	kill := one("kill TASK", "Kill a task (a service job replaces it)", func(ctx context.Context, c schedv1.SchedulerClient, id string) (*schedv1.Task, error) {
 		return c.KillTask(ctx, &schedv1.KillTaskRequest{Id: id})
 	})
-	cmd.AddCommand(ls, get, kill, newTaskExecCmd())
+	cmd.AddCommand(ls, get, kill, newTaskExecCmd(), newTaskLogsCmd())
 	return cmd
+}
+
+func newTaskLogsCmd() *cobra.Command {
+	var follow, stderr bool
+	var since string
+	cmd := &cobra.Command{
+		Use:   "logs TASK [-f] [--stderr] [--since DURATION|TIME]",
+		Short: "Print a task's stdout (or stderr), from its agent or, once it is gone, from S3 (audited; needs task.logs)",
+		Long: `Print a task's stdout (or, with --stderr, its stderr). While the task's agent
+is connected, the log is read on the agent's host and relayed through the
+scheduler and that agent's own stream (no port opens on the host); -f
+follows it until the task ends. When the task or its host is gone, the log
+is read from the log bucket (S3) instead. The policy must give the caller
+task.logs on the job's application (admins, operators, the application's
+owners and debuggers); every read is in the audit trail. --since takes a
+duration (10m) or a time (RFC 3339) and skips whole log files last written
+before it.`,
+		Example: `  titus-scheduler task logs -f web.0.0
+  titus-scheduler task logs --stderr --since 1h batch.3.0`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &schedv1.TaskLogsRequest{Id: args[0], Follow: follow, Stderr: stderr}
+			if since != "" {
+				t, err := parseSince(since, time.Now())
+				if err != nil {
+					return err
+				}
+				req.Since = timestamppb.New(t)
+			}
+			return callFor(0, func(ctx context.Context, c schedv1.SchedulerClient) error {
+				s, err := c.TaskLogs(ctx, req)
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				wrote := false
+				for {
+					m, err := s.Recv()
+					if err == io.EOF {
+						return nil
+					}
+					if err != nil {
+						if wrote {
+							// Not retried on another replica: the log would be printed twice.
+							st := status.Convert(err)
+							return fmt.Errorf("the log read ended early: %s: %s", st.Code(), st.Message())
+						}
+						return err
+					}
+					if m.GetSource() != "" {
+						fmt.Fprintf(cmd.ErrOrStderr(), "# %s of %s from %s\n", map[bool]string{false: "stdout", true: "stderr"}[stderr], args[0], m.GetSource())
+					}
+					if len(m.GetData()) > 0 {
+						wrote = true
+						if _, err := out.Write(m.GetData()); err != nil {
+							return err
+						}
+					}
+				}
+			})
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing until the task ends")
+	cmd.Flags().BoolVar(&stderr, "stderr", false, "the task's stderr instead of its stdout")
+	cmd.Flags().StringVar(&since, "since", "", "only log files last written after this: a duration before now (10m, 2h) or a time (RFC 3339)")
+	return cmd
+}
+
+// parseSince reads --since: a duration before now, or an RFC 3339 time.
+func parseSince(v string, now time.Time) (time.Time, error) {
+	if d, err := time.ParseDuration(v); err == nil {
+		if d < 0 {
+			return time.Time{}, fmt.Errorf("--since %s: a duration before now must not be negative", v)
+		}
+		return now.Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--since %q: want a duration (10m, 2h) or an RFC 3339 time (2026-12-03T09:00:00Z)", v)
+	}
+	return t, nil
 }
 
 func newTaskExecCmd() *cobra.Command {

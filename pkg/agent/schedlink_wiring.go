@@ -104,6 +104,7 @@ func (d *Daemon) runSchedulerLink(ctx context.Context) {
 	cfg.Exec = func(ctx context.Context, start *agentv1.ExecStart, who string, recv func() (*agentv1.ExecInput, error), send func(*agentv1.ExecOutput) error) (int, error) {
 		return d.sessions.Run(ctx, start, "scheduler relay for "+who, funcTransport{recv, send})
 	}
+	cfg.Logs = taskLogReader{tasks: managerTasks{d.manager}, logDir: d.cfg.LogDir, log: d.log.With("component", "schedlink")}.read
 	creds, err := sc.TLS.DialOption()
 	if err != nil {
 		d.log.Error("scheduler link not started", "err", err)

@@ -9,10 +9,20 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/authn"
 )
 
-// Who may exec into a job's tasks (task.debug): admins, operators, the
-// application's owners and debuggers; never another tenant, a reader, an
-// agent or a principal without a role.
+// Who may exec into a job's tasks (task.debug) and read their logs
+// (task.logs): admins, operators, the application's owners and debuggers;
+// never another tenant, a reader (logs may hold what env redaction hides),
+// an agent or a principal without a role.
 func TestTaskDebug(t *testing.T) {
+	for _, m := range []struct {
+		method string
+		action Action
+	}{{schedv1.Scheduler_ExecTask_FullMethodName, TaskDebug}, {schedv1.Scheduler_TaskLogs_FullMethodName, TaskLogs}} {
+		t.Run(string(m.action), func(t *testing.T) { testDebugAction(t, m.method, m.action) })
+	}
+}
+
+func testDebugAction(t *testing.T, method string, action Action) {
 	p, err := Parse([]byte(policyYAML + `
   web:
     owners: {principals: [wendy@example.com]}
@@ -40,10 +50,10 @@ func TestTaskDebug(t *testing.T) {
 		{authn.Principal{InstanceID: "host-1", Name: "host-1"}, "billing"},
 	} {
 		r := row{who: tc.p.String(), app: tc.app, gate: "ok", allow: "ok"}
-		if _, err := d.Gate(tc.p, schedv1.Scheduler_ExecTask_FullMethodName); err != nil {
+		if _, err := d.Gate(tc.p, method); err != nil {
 			r.gate = "denied"
 		}
-		if err := d.Allow(tc.p, TaskDebug, tc.app); err != nil {
+		if err := d.Allow(tc.p, action, tc.app); err != nil {
 			r.allow = "denied"
 		}
 		got = append(got, r)
@@ -61,7 +71,7 @@ func TestTaskDebug(t *testing.T) {
 		{"agent:host-1", "billing", "denied", "denied"},
 	}
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(row{})); diff != "" {
-		t.Errorf("task.debug decisions (-want +got):\n%s", diff)
+		t.Errorf("%s decisions (-want +got):\n%s", action, diff)
 	}
 	// A debugger debugs and reads, nothing else.
 	carol := authn.Principal{Name: "carol@example.com"}

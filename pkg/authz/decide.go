@@ -71,7 +71,7 @@ func (d *Decider) owns(p authn.Principal, app string) bool {
 }
 
 // debuggerActions are what an application's debuggers may do on it.
-var debuggerActions = []Action{TaskRead, TaskDebug}
+var debuggerActions = []Action{TaskRead, TaskDebug, TaskLogs}
 
 // debugs lists the applications p is a debugger of.
 func (d *Decider) debugs(p authn.Principal) []string {

@@ -20,6 +20,10 @@ const (
 	AgentConnect Action = "agent.connect"
 	// TaskDebug runs commands inside a job's tasks (titus-scheduler task exec).
 	TaskDebug Action = "task.debug"
+	// TaskLogs reads a job's tasks' stdout and stderr (titus-scheduler task
+	// logs): what a task prints may hold what env redaction hides, so it is
+	// granted as task.debug is, not with task.read.
+	TaskLogs Action = "task.logs"
 )
 
 // Rule is how one RPC is authorized and audited.
@@ -49,6 +53,8 @@ var Methods = map[string]Rule{
 	schedv1.Scheduler_ListAudit_FullMethodName:    {AuditRead, false},
 	// Audited by its handler, once the session ends, with its command and exit code.
 	schedv1.Scheduler_ExecTask_FullMethodName: {TaskDebug, false},
+	// Audited by its handler, once the read ends, with where it read from.
+	schedv1.Scheduler_TaskLogs_FullMethodName: {TaskLogs, false},
 }
 
 // Role names, as the audit trail and errors show them.
@@ -61,18 +67,18 @@ const (
 
 // global lists what each global role grants on every application.
 var global = map[string][]Action{
-	RoleAdmin:    {JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill, TaskDebug, AgentRead, AgentDrain, AuditRead},
-	RoleOperator: {JobRead, TaskRead, TaskDebug, AgentRead, AgentDrain, AuditRead},
+	RoleAdmin:    {JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill, TaskDebug, TaskLogs, AgentRead, AgentDrain, AuditRead},
+	RoleOperator: {JobRead, TaskRead, TaskDebug, TaskLogs, AgentRead, AgentDrain, AuditRead},
 	RoleReader:   {JobRead, TaskRead, AgentRead},
 }
 
 // ownerActions are what an application's owners may do on it.
-var ownerActions = []Action{JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill, TaskDebug}
+var ownerActions = []Action{JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill, TaskDebug, TaskLogs}
 
 // appScoped actions name an application; the others are fleet-wide.
 func appScoped(a Action) bool {
 	switch a {
-	case JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill, TaskDebug:
+	case JobSubmit, JobRead, JobKill, JobScale, JobUpdate, TaskRead, TaskKill, TaskDebug, TaskLogs:
 		return true
 	}
 	return false

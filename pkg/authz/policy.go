@@ -24,7 +24,8 @@ type Application struct {
 	// their environment.
 	Owners Subjects `json:"owners"`
 	// Debuggers may run commands inside the application's tasks
-	// (task.debug: titus-scheduler task exec) and read them, nothing else.
+	// (task.debug: titus-scheduler task exec), read them and their logs
+	// (task.logs), nothing else.
 	Debuggers Subjects `json:"debuggers,omitempty"`
 	// IAMRoles are the role ARNs its jobs may name; a pattern ending in "*"
 	// matches every ARN with that prefix. Empty: no role at all.

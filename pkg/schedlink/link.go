@@ -95,6 +95,8 @@ type Config struct {
 	Log                    *slog.Logger
 	// Exec runs exec sessions the scheduler relays; nil refuses them.
 	Exec ExecFunc
+	// Logs reads task logs for the scheduler; nil refuses them.
+	Logs LogsFunc
 }
 
 // MaxMessageSize is the largest scheduler message the agent accepts: the
@@ -261,7 +263,8 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 	go func() { errc <- heartbeat(sctx, cfg, tasks, interval, send) }()
 	go func() { errc <- forward(sctx, events, send) }()
 	relay := newExecRelay(sctx, cfg.Exec, send)
-	go func() { errc <- receive(ctx, stream, tasks, send, relay) }()
+	logs := newLogsRelay(sctx, cfg.Logs, send)
+	go func() { errc <- receive(ctx, stream, tasks, send, relay, logs) }()
 	return true, <-errc
 }
 
@@ -359,7 +362,7 @@ func eventStatus(ev task.Event) *schedv1.TaskStatus {
 
 // receive applies launches and kills. They run under the agent's context,
 // not the session's: a dropped stream must not cancel a launch.
-func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks Tasks, send func(*schedv1.AgentMessage) error, relay *execRelay) error {
+func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks Tasks, send func(*schedv1.AgentMessage) error, relay *execRelay, logs *logsRelay) error {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
@@ -381,6 +384,8 @@ func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks 
 			}
 		case *schedv1.SchedulerMessage_Exec:
 			relay.handle(msg.Exec)
+		case *schedv1.SchedulerMessage_Logs:
+			logs.handle(msg.Logs)
 		case *schedv1.SchedulerMessage_Kill:
 			for _, id := range msg.Kill.GetTaskIds() {
 				go func() {

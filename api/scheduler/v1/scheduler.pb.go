@@ -2462,6 +2462,133 @@ func (x *GetTaskRequest) GetId() string {
 	return ""
 }
 
+type TaskLogsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Keep reading until the task ends (or the caller goes away).
+	Follow bool `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	// The task's stderr instead of its stdout.
+	Stderr bool `protobuf:"varint,3,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	// Only log files (rotated files, S3 objects) last written at or after
+	// this time; unset: all.
+	Since         *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskLogsRequest) Reset() {
+	*x = TaskLogsRequest{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskLogsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskLogsRequest) ProtoMessage() {}
+
+func (x *TaskLogsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskLogsRequest.ProtoReflect.Descriptor instead.
+func (*TaskLogsRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *TaskLogsRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TaskLogsRequest) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *TaskLogsRequest) GetStderr() bool {
+	if x != nil {
+		return x.Stderr
+	}
+	return false
+}
+
+func (x *TaskLogsRequest) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+// TaskLogsChunk is a piece of the log, in order. The first message names
+// where the log is read from.
+type TaskLogsChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// "agent <instance id>" or "s3://bucket/prefix/...", on the first message.
+	Source        string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaskLogsChunk) Reset() {
+	*x = TaskLogsChunk{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaskLogsChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaskLogsChunk) ProtoMessage() {}
+
+func (x *TaskLogsChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaskLogsChunk.ProtoReflect.Descriptor instead.
+func (*TaskLogsChunk) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *TaskLogsChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *TaskLogsChunk) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
 type KillTaskRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -2471,7 +2598,7 @@ type KillTaskRequest struct {
 
 func (x *KillTaskRequest) Reset() {
 	*x = KillTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2483,7 +2610,7 @@ func (x *KillTaskRequest) String() string {
 func (*KillTaskRequest) ProtoMessage() {}
 
 func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2496,7 +2623,7 @@ func (x *KillTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KillTaskRequest.ProtoReflect.Descriptor instead.
 func (*KillTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *KillTaskRequest) GetId() string {
@@ -2525,7 +2652,7 @@ type Capacity struct {
 
 func (x *Capacity) Reset() {
 	*x = Capacity{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2537,7 +2664,7 @@ func (x *Capacity) String() string {
 func (*Capacity) ProtoMessage() {}
 
 func (x *Capacity) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2550,7 +2677,7 @@ func (x *Capacity) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capacity.ProtoReflect.Descriptor instead.
 func (*Capacity) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Capacity) GetCpuMillicores() int64 {
@@ -2623,7 +2750,7 @@ type Gpu struct {
 
 func (x *Gpu) Reset() {
 	*x = Gpu{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2635,7 +2762,7 @@ func (x *Gpu) String() string {
 func (*Gpu) ProtoMessage() {}
 
 func (x *Gpu) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2648,7 +2775,7 @@ func (x *Gpu) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Gpu.ProtoReflect.Descriptor instead.
 func (*Gpu) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Gpu) GetIndex() int32 {
@@ -2689,7 +2816,7 @@ type HostAttributes struct {
 
 func (x *HostAttributes) Reset() {
 	*x = HostAttributes{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2701,7 +2828,7 @@ func (x *HostAttributes) String() string {
 func (*HostAttributes) ProtoMessage() {}
 
 func (x *HostAttributes) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2714,7 +2841,7 @@ func (x *HostAttributes) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostAttributes.ProtoReflect.Descriptor instead.
 func (*HostAttributes) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *HostAttributes) GetAmiId() string {
@@ -2772,7 +2899,7 @@ type SGSetENIs struct {
 
 func (x *SGSetENIs) Reset() {
 	*x = SGSetENIs{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2784,7 +2911,7 @@ func (x *SGSetENIs) String() string {
 func (*SGSetENIs) ProtoMessage() {}
 
 func (x *SGSetENIs) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2797,7 +2924,7 @@ func (x *SGSetENIs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SGSetENIs.ProtoReflect.Descriptor instead.
 func (*SGSetENIs) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SGSetENIs) GetSecurityGroups() string {
@@ -2861,7 +2988,7 @@ type NetworkUsage struct {
 
 func (x *NetworkUsage) Reset() {
 	*x = NetworkUsage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2873,7 +3000,7 @@ func (x *NetworkUsage) String() string {
 func (*NetworkUsage) ProtoMessage() {}
 
 func (x *NetworkUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2886,7 +3013,7 @@ func (x *NetworkUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NetworkUsage.ProtoReflect.Descriptor instead.
 func (*NetworkUsage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *NetworkUsage) GetSgSets() []*SGSetENIs {
@@ -2931,7 +3058,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2943,7 +3070,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2956,7 +3083,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Agent) GetId() string {
@@ -3088,7 +3215,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3100,7 +3227,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3113,7 +3240,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListAgentsRequest) GetPageSize() uint32 {
@@ -3141,7 +3268,7 @@ type DrainAgentRequest struct {
 
 func (x *DrainAgentRequest) Reset() {
 	*x = DrainAgentRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3153,7 +3280,7 @@ func (x *DrainAgentRequest) String() string {
 func (*DrainAgentRequest) ProtoMessage() {}
 
 func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3166,7 +3293,7 @@ func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainAgentRequest.ProtoReflect.Descriptor instead.
 func (*DrainAgentRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DrainAgentRequest) GetId() string {
@@ -3193,7 +3320,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3205,7 +3332,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3218,7 +3345,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -3264,7 +3391,7 @@ type AuditRecord struct {
 
 func (x *AuditRecord) Reset() {
 	*x = AuditRecord{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3276,7 +3403,7 @@ func (x *AuditRecord) String() string {
 func (*AuditRecord) ProtoMessage() {}
 
 func (x *AuditRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3289,7 +3416,7 @@ func (x *AuditRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditRecord.ProtoReflect.Descriptor instead.
 func (*AuditRecord) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *AuditRecord) GetId() string {
@@ -3410,7 +3537,7 @@ type ListAuditRequest struct {
 
 func (x *ListAuditRequest) Reset() {
 	*x = ListAuditRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3422,7 +3549,7 @@ func (x *ListAuditRequest) String() string {
 func (*ListAuditRequest) ProtoMessage() {}
 
 func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[39]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3435,7 +3562,7 @@ func (x *ListAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditRequest.ProtoReflect.Descriptor instead.
 func (*ListAuditRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{39}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListAuditRequest) GetJobId() string {
@@ -3476,7 +3603,7 @@ type ListAuditResponse struct {
 
 func (x *ListAuditResponse) Reset() {
 	*x = ListAuditResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3488,7 +3615,7 @@ func (x *ListAuditResponse) String() string {
 func (*ListAuditResponse) ProtoMessage() {}
 
 func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[40]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3501,7 +3628,7 @@ func (x *ListAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuditResponse.ProtoReflect.Descriptor instead.
 func (*ListAuditResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{40}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListAuditResponse) GetRecords() []*AuditRecord {
@@ -3535,7 +3662,7 @@ type TaskStatus struct {
 
 func (x *TaskStatus) Reset() {
 	*x = TaskStatus{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3547,7 +3674,7 @@ func (x *TaskStatus) String() string {
 func (*TaskStatus) ProtoMessage() {}
 
 func (x *TaskStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[41]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3560,7 +3687,7 @@ func (x *TaskStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskStatus.ProtoReflect.Descriptor instead.
 func (*TaskStatus) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{41}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *TaskStatus) GetTaskId() string {
@@ -3629,7 +3756,7 @@ type Register struct {
 
 func (x *Register) Reset() {
 	*x = Register{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3641,7 +3768,7 @@ func (x *Register) String() string {
 func (*Register) ProtoMessage() {}
 
 func (x *Register) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[42]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3654,7 +3781,7 @@ func (x *Register) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Register.ProtoReflect.Descriptor instead.
 func (*Register) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{42}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *Register) GetInstanceId() string {
@@ -3725,7 +3852,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3737,7 +3864,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[43]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3750,7 +3877,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{43}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Heartbeat) GetHealthy() bool {
@@ -3790,7 +3917,7 @@ type TaskUpdates struct {
 
 func (x *TaskUpdates) Reset() {
 	*x = TaskUpdates{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3802,7 +3929,7 @@ func (x *TaskUpdates) String() string {
 func (*TaskUpdates) ProtoMessage() {}
 
 func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[44]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3815,7 +3942,7 @@ func (x *TaskUpdates) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskUpdates.ProtoReflect.Descriptor instead.
 func (*TaskUpdates) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{44}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TaskUpdates) GetTasks() []*TaskStatus {
@@ -3833,6 +3960,7 @@ type AgentMessage struct {
 	//	*AgentMessage_Heartbeat
 	//	*AgentMessage_Updates
 	//	*AgentMessage_ExecOutput
+	//	*AgentMessage_Logs
 	Msg           isAgentMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3840,7 +3968,7 @@ type AgentMessage struct {
 
 func (x *AgentMessage) Reset() {
 	*x = AgentMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3852,7 +3980,7 @@ func (x *AgentMessage) String() string {
 func (*AgentMessage) ProtoMessage() {}
 
 func (x *AgentMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[45]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3865,7 +3993,7 @@ func (x *AgentMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentMessage.ProtoReflect.Descriptor instead.
 func (*AgentMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{45}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *AgentMessage) GetMsg() isAgentMessage_Msg {
@@ -3911,6 +4039,15 @@ func (x *AgentMessage) GetExecOutput() *ExecRelayOutput {
 	return nil
 }
 
+func (x *AgentMessage) GetLogs() *LogsRelayChunk {
+	if x != nil {
+		if x, ok := x.Msg.(*AgentMessage_Logs); ok {
+			return x.Logs
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Msg interface {
 	isAgentMessage_Msg()
 }
@@ -3931,6 +4068,10 @@ type AgentMessage_ExecOutput struct {
 	ExecOutput *ExecRelayOutput `protobuf:"bytes,4,opt,name=exec_output,json=execOutput,proto3,oneof"`
 }
 
+type AgentMessage_Logs struct {
+	Logs *LogsRelayChunk `protobuf:"bytes,5,opt,name=logs,proto3,oneof"`
+}
+
 func (*AgentMessage_Register) isAgentMessage_Msg() {}
 
 func (*AgentMessage_Heartbeat) isAgentMessage_Msg() {}
@@ -3938,6 +4079,246 @@ func (*AgentMessage_Heartbeat) isAgentMessage_Msg() {}
 func (*AgentMessage_Updates) isAgentMessage_Msg() {}
 
 func (*AgentMessage_ExecOutput) isAgentMessage_Msg() {}
+
+func (*AgentMessage_Logs) isAgentMessage_Msg() {}
+
+// LogsRelayRequest is one message of a relayed log read, scheduler to
+// agent: the open, then credits, or a cancel (the caller went away). The
+// agent sends at most as many chunks as it was granted (window in the
+// open, then credit), so a slow caller stops the agent's reader instead
+// of filling a buffer.
+type LogsRelayRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Session       string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	Open          *LogsRelayOpen         `protobuf:"bytes,2,opt,name=open,proto3" json:"open,omitempty"`
+	Credit        uint32                 `protobuf:"varint,3,opt,name=credit,proto3" json:"credit,omitempty"`
+	Cancel        bool                   `protobuf:"varint,4,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogsRelayRequest) Reset() {
+	*x = LogsRelayRequest{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogsRelayRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogsRelayRequest) ProtoMessage() {}
+
+func (x *LogsRelayRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogsRelayRequest.ProtoReflect.Descriptor instead.
+func (*LogsRelayRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *LogsRelayRequest) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *LogsRelayRequest) GetOpen() *LogsRelayOpen {
+	if x != nil {
+		return x.Open
+	}
+	return nil
+}
+
+func (x *LogsRelayRequest) GetCredit() uint32 {
+	if x != nil {
+		return x.Credit
+	}
+	return 0
+}
+
+func (x *LogsRelayRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+type LogsRelayOpen struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	TaskId string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Follow bool                   `protobuf:"varint,2,opt,name=follow,proto3" json:"follow,omitempty"`
+	Stderr bool                   `protobuf:"varint,3,opt,name=stderr,proto3" json:"stderr,omitempty"`
+	Since  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	// The caller, as the scheduler authenticated it (for the agent's log).
+	Principal string `protobuf:"bytes,5,opt,name=principal,proto3" json:"principal,omitempty"`
+	// Chunks the agent may send before it gets credit.
+	Window        uint32 `protobuf:"varint,6,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogsRelayOpen) Reset() {
+	*x = LogsRelayOpen{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogsRelayOpen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogsRelayOpen) ProtoMessage() {}
+
+func (x *LogsRelayOpen) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogsRelayOpen.ProtoReflect.Descriptor instead.
+func (*LogsRelayOpen) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *LogsRelayOpen) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *LogsRelayOpen) GetFollow() bool {
+	if x != nil {
+		return x.Follow
+	}
+	return false
+}
+
+func (x *LogsRelayOpen) GetStderr() bool {
+	if x != nil {
+		return x.Stderr
+	}
+	return false
+}
+
+func (x *LogsRelayOpen) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *LogsRelayOpen) GetPrincipal() string {
+	if x != nil {
+		return x.Principal
+	}
+	return ""
+}
+
+func (x *LogsRelayOpen) GetWindow() uint32 {
+	if x != nil {
+		return x.Window
+	}
+	return 0
+}
+
+// LogsRelayChunk is one piece of a relayed log read, agent to scheduler:
+// data (at most 32 KiB), or the end (eof, or an error's gRPC code and
+// message).
+type LogsRelayChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Session       string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	Data          []byte                 `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	Eof           bool                   `protobuf:"varint,3,opt,name=eof,proto3" json:"eof,omitempty"`
+	ErrorCode     uint32                 `protobuf:"varint,4,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Error         string                 `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LogsRelayChunk) Reset() {
+	*x = LogsRelayChunk{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LogsRelayChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LogsRelayChunk) ProtoMessage() {}
+
+func (x *LogsRelayChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LogsRelayChunk.ProtoReflect.Descriptor instead.
+func (*LogsRelayChunk) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *LogsRelayChunk) GetSession() string {
+	if x != nil {
+		return x.Session
+	}
+	return ""
+}
+
+func (x *LogsRelayChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *LogsRelayChunk) GetEof() bool {
+	if x != nil {
+		return x.Eof
+	}
+	return false
+}
+
+func (x *LogsRelayChunk) GetErrorCode() uint32 {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return 0
+}
+
+func (x *LogsRelayChunk) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
 
 // ExecRelayInput is one message of a relayed exec session, scheduler to
 // agent. cancel ends the session (the caller went away).
@@ -3952,7 +4333,7 @@ type ExecRelayInput struct {
 
 func (x *ExecRelayInput) Reset() {
 	*x = ExecRelayInput{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3964,7 +4345,7 @@ func (x *ExecRelayInput) String() string {
 func (*ExecRelayInput) ProtoMessage() {}
 
 func (x *ExecRelayInput) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[46]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3977,7 +4358,7 @@ func (x *ExecRelayInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRelayInput.ProtoReflect.Descriptor instead.
 func (*ExecRelayInput) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{46}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ExecRelayInput) GetSession() string {
@@ -4015,7 +4396,7 @@ type ExecRelayOutput struct {
 
 func (x *ExecRelayOutput) Reset() {
 	*x = ExecRelayOutput{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4027,7 +4408,7 @@ func (x *ExecRelayOutput) String() string {
 func (*ExecRelayOutput) ProtoMessage() {}
 
 func (x *ExecRelayOutput) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[47]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4040,7 +4421,7 @@ func (x *ExecRelayOutput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRelayOutput.ProtoReflect.Descriptor instead.
 func (*ExecRelayOutput) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{47}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *ExecRelayOutput) GetSession() string {
@@ -4081,7 +4462,7 @@ type Registered struct {
 
 func (x *Registered) Reset() {
 	*x = Registered{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4093,7 +4474,7 @@ func (x *Registered) String() string {
 func (*Registered) ProtoMessage() {}
 
 func (x *Registered) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[48]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4106,7 +4487,7 @@ func (x *Registered) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Registered.ProtoReflect.Descriptor instead.
 func (*Registered) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{48}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *Registered) GetAgentId() string {
@@ -4132,7 +4513,7 @@ type Launch struct {
 
 func (x *Launch) Reset() {
 	*x = Launch{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4144,7 +4525,7 @@ func (x *Launch) String() string {
 func (*Launch) ProtoMessage() {}
 
 func (x *Launch) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[49]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4157,7 +4538,7 @@ func (x *Launch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Launch.ProtoReflect.Descriptor instead.
 func (*Launch) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{49}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *Launch) GetTasks() []*v1.TaskSpec {
@@ -4182,7 +4563,7 @@ type Kill struct {
 
 func (x *Kill) Reset() {
 	*x = Kill{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4194,7 +4575,7 @@ func (x *Kill) String() string {
 func (*Kill) ProtoMessage() {}
 
 func (x *Kill) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[50]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4207,7 +4588,7 @@ func (x *Kill) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kill.ProtoReflect.Descriptor instead.
 func (*Kill) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{50}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *Kill) GetTaskIds() []string {
@@ -4239,6 +4620,7 @@ type SchedulerMessage struct {
 	//	*SchedulerMessage_Launch
 	//	*SchedulerMessage_Kill
 	//	*SchedulerMessage_Exec
+	//	*SchedulerMessage_Logs
 	Msg           isSchedulerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4246,7 +4628,7 @@ type SchedulerMessage struct {
 
 func (x *SchedulerMessage) Reset() {
 	*x = SchedulerMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4258,7 +4640,7 @@ func (x *SchedulerMessage) String() string {
 func (*SchedulerMessage) ProtoMessage() {}
 
 func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[51]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4271,7 +4653,7 @@ func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerMessage.ProtoReflect.Descriptor instead.
 func (*SchedulerMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{51}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *SchedulerMessage) GetMsg() isSchedulerMessage_Msg {
@@ -4317,6 +4699,15 @@ func (x *SchedulerMessage) GetExec() *ExecRelayInput {
 	return nil
 }
 
+func (x *SchedulerMessage) GetLogs() *LogsRelayRequest {
+	if x != nil {
+		if x, ok := x.Msg.(*SchedulerMessage_Logs); ok {
+			return x.Logs
+		}
+	}
+	return nil
+}
+
 type isSchedulerMessage_Msg interface {
 	isSchedulerMessage_Msg()
 }
@@ -4337,6 +4728,10 @@ type SchedulerMessage_Exec struct {
 	Exec *ExecRelayInput `protobuf:"bytes,4,opt,name=exec,proto3,oneof"`
 }
 
+type SchedulerMessage_Logs struct {
+	Logs *LogsRelayRequest `protobuf:"bytes,5,opt,name=logs,proto3,oneof"`
+}
+
 func (*SchedulerMessage_Registered) isSchedulerMessage_Msg() {}
 
 func (*SchedulerMessage_Launch) isSchedulerMessage_Msg() {}
@@ -4344,6 +4739,8 @@ func (*SchedulerMessage_Launch) isSchedulerMessage_Msg() {}
 func (*SchedulerMessage_Kill) isSchedulerMessage_Msg() {}
 
 func (*SchedulerMessage_Exec) isSchedulerMessage_Msg() {}
+
+func (*SchedulerMessage_Logs) isSchedulerMessage_Msg() {}
 
 var File_scheduler_v1_scheduler_proto protoreflect.FileDescriptor
 
@@ -4544,7 +4941,15 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05tasks\x18\x01 \x03(\v2\x18.titus.scheduler.v1.TaskR\x05tasks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\" \n" +
 	"\x0eGetTaskRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"!\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x83\x01\n" +
+	"\x0fTaskLogsRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x16\n" +
+	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\";\n" +
+	"\rTaskLogsChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\"!\n" +
 	"\x0fKillTaskRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x87\x02\n" +
 	"\bCapacity\x12%\n" +
@@ -4676,14 +5081,34 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05tasks\x18\x03 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\x12:\n" +
 	"\anetwork\x18\x04 \x01(\v2 .titus.scheduler.v1.NetworkUsageR\anetwork\"C\n" +
 	"\vTaskUpdates\x124\n" +
-	"\x05tasks\x18\x01 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\"\x95\x02\n" +
+	"\x05tasks\x18\x01 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\"\xcf\x02\n" +
 	"\fAgentMessage\x12:\n" +
 	"\bregister\x18\x01 \x01(\v2\x1c.titus.scheduler.v1.RegisterH\x00R\bregister\x12=\n" +
 	"\theartbeat\x18\x02 \x01(\v2\x1d.titus.scheduler.v1.HeartbeatH\x00R\theartbeat\x12;\n" +
 	"\aupdates\x18\x03 \x01(\v2\x1f.titus.scheduler.v1.TaskUpdatesH\x00R\aupdates\x12F\n" +
 	"\vexec_output\x18\x04 \x01(\v2#.titus.scheduler.v1.ExecRelayOutputH\x00R\n" +
-	"execOutputB\x05\n" +
-	"\x03msg\"s\n" +
+	"execOutput\x128\n" +
+	"\x04logs\x18\x05 \x01(\v2\".titus.scheduler.v1.LogsRelayChunkH\x00R\x04logsB\x05\n" +
+	"\x03msg\"\x93\x01\n" +
+	"\x10LogsRelayRequest\x12\x18\n" +
+	"\asession\x18\x01 \x01(\tR\asession\x125\n" +
+	"\x04open\x18\x02 \x01(\v2!.titus.scheduler.v1.LogsRelayOpenR\x04open\x12\x16\n" +
+	"\x06credit\x18\x03 \x01(\rR\x06credit\x12\x16\n" +
+	"\x06cancel\x18\x04 \x01(\bR\x06cancel\"\xc0\x01\n" +
+	"\rLogsRelayOpen\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x16\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x16\n" +
+	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1c\n" +
+	"\tprincipal\x18\x05 \x01(\tR\tprincipal\x12\x16\n" +
+	"\x06window\x18\x06 \x01(\rR\x06window\"\x85\x01\n" +
+	"\x0eLogsRelayChunk\x12\x18\n" +
+	"\asession\x18\x01 \x01(\tR\asession\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\x12\x10\n" +
+	"\x03eof\x18\x03 \x01(\bR\x03eof\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x04 \x01(\rR\terrorCode\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"s\n" +
 	"\x0eExecRelayInput\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12/\n" +
 	"\x05input\x18\x02 \x01(\v2\x19.titus.agent.v1.ExecInputR\x05input\x12\x16\n" +
@@ -4703,14 +5128,15 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x04Kill\x12\x19\n" +
 	"\btask_ids\x18\x01 \x03(\tR\ataskIds\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xfb\x01\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xb7\x02\n" +
 	"\x10SchedulerMessage\x12@\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2\x1e.titus.scheduler.v1.RegisteredH\x00R\n" +
 	"registered\x124\n" +
 	"\x06launch\x18\x02 \x01(\v2\x1a.titus.scheduler.v1.LaunchH\x00R\x06launch\x12.\n" +
 	"\x04kill\x18\x03 \x01(\v2\x18.titus.scheduler.v1.KillH\x00R\x04kill\x128\n" +
-	"\x04exec\x18\x04 \x01(\v2\".titus.scheduler.v1.ExecRelayInputH\x00R\x04execB\x05\n" +
+	"\x04exec\x18\x04 \x01(\v2\".titus.scheduler.v1.ExecRelayInputH\x00R\x04exec\x12:\n" +
+	"\x04logs\x18\x05 \x01(\v2$.titus.scheduler.v1.LogsRelayRequestH\x00R\x04logsB\x05\n" +
 	"\x03msg*p\n" +
 	"\vZoneBalance\x12\x1c\n" +
 	"\x18ZONE_BALANCE_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -4722,8 +5148,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x12JOB_STATE_ACCEPTED\x10\x01\x12\x16\n" +
 	"\x12JOB_STATE_FINISHED\x10\x02\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x03\x12\x14\n" +
-	"\x10JOB_STATE_KILLED\x10\x042\xad\n" +
-	"\n" +
+	"\x10JOB_STATE_KILLED\x10\x042\x83\v\n" +
 	"\tScheduler\x12X\n" +
 	"\tSubmitJob\x12$.titus.scheduler.v1.SubmitJobRequest\x1a%.titus.scheduler.v1.SubmitJobResponse\x12D\n" +
 	"\x06GetJob\x12!.titus.scheduler.v1.GetJobRequest\x1a\x17.titus.scheduler.v1.Job\x12U\n" +
@@ -4743,7 +5168,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\fUndrainAgent\x12%.titus.scheduler.v1.DrainAgentRequest\x1a&.titus.scheduler.v1.ListAgentsResponse\x12U\n" +
 	"\aConnect\x12 .titus.scheduler.v1.AgentMessage\x1a$.titus.scheduler.v1.SchedulerMessage(\x010\x01\x12X\n" +
 	"\tListAudit\x12$.titus.scheduler.v1.ListAuditRequest\x1a%.titus.scheduler.v1.ListAuditResponse\x12E\n" +
-	"\bExecTask\x12\x19.titus.agent.v1.ExecInput\x1a\x1a.titus.agent.v1.ExecOutput(\x010\x01BAZ?github.com/titus-agent/titus-agent/api/scheduler/v1;schedulerv1b\x06proto3"
+	"\bExecTask\x12\x19.titus.agent.v1.ExecInput\x1a\x1a.titus.agent.v1.ExecOutput(\x010\x01\x12T\n" +
+	"\bTaskLogs\x12#.titus.scheduler.v1.TaskLogsRequest\x1a!.titus.scheduler.v1.TaskLogsChunk0\x01BAZ?github.com/titus-agent/titus-agent/api/scheduler/v1;schedulerv1b\x06proto3"
 
 var (
 	file_scheduler_v1_scheduler_proto_rawDescOnce sync.Once
@@ -4758,7 +5184,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 56)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(ZoneBalance)(0),              // 0: titus.scheduler.v1.ZoneBalance
 	(JobState)(0),                 // 1: titus.scheduler.v1.JobState
@@ -4793,40 +5219,45 @@ var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*ListTasksRequest)(nil),      // 30: titus.scheduler.v1.ListTasksRequest
 	(*ListTasksResponse)(nil),     // 31: titus.scheduler.v1.ListTasksResponse
 	(*GetTaskRequest)(nil),        // 32: titus.scheduler.v1.GetTaskRequest
-	(*KillTaskRequest)(nil),       // 33: titus.scheduler.v1.KillTaskRequest
-	(*Capacity)(nil),              // 34: titus.scheduler.v1.Capacity
-	(*Gpu)(nil),                   // 35: titus.scheduler.v1.Gpu
-	(*HostAttributes)(nil),        // 36: titus.scheduler.v1.HostAttributes
-	(*SGSetENIs)(nil),             // 37: titus.scheduler.v1.SGSetENIs
-	(*NetworkUsage)(nil),          // 38: titus.scheduler.v1.NetworkUsage
-	(*Agent)(nil),                 // 39: titus.scheduler.v1.Agent
-	(*ListAgentsRequest)(nil),     // 40: titus.scheduler.v1.ListAgentsRequest
-	(*DrainAgentRequest)(nil),     // 41: titus.scheduler.v1.DrainAgentRequest
-	(*ListAgentsResponse)(nil),    // 42: titus.scheduler.v1.ListAgentsResponse
-	(*AuditRecord)(nil),           // 43: titus.scheduler.v1.AuditRecord
-	(*ListAuditRequest)(nil),      // 44: titus.scheduler.v1.ListAuditRequest
-	(*ListAuditResponse)(nil),     // 45: titus.scheduler.v1.ListAuditResponse
-	(*TaskStatus)(nil),            // 46: titus.scheduler.v1.TaskStatus
-	(*Register)(nil),              // 47: titus.scheduler.v1.Register
-	(*Heartbeat)(nil),             // 48: titus.scheduler.v1.Heartbeat
-	(*TaskUpdates)(nil),           // 49: titus.scheduler.v1.TaskUpdates
-	(*AgentMessage)(nil),          // 50: titus.scheduler.v1.AgentMessage
-	(*ExecRelayInput)(nil),        // 51: titus.scheduler.v1.ExecRelayInput
-	(*ExecRelayOutput)(nil),       // 52: titus.scheduler.v1.ExecRelayOutput
-	(*Registered)(nil),            // 53: titus.scheduler.v1.Registered
-	(*Launch)(nil),                // 54: titus.scheduler.v1.Launch
-	(*Kill)(nil),                  // 55: titus.scheduler.v1.Kill
-	(*SchedulerMessage)(nil),      // 56: titus.scheduler.v1.SchedulerMessage
-	nil,                           // 57: titus.scheduler.v1.JobSpec.LabelsEntry
-	nil,                           // 58: titus.scheduler.v1.Agent.LabelsEntry
-	nil,                           // 59: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	nil,                           // 60: titus.scheduler.v1.Register.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 61: google.protobuf.Timestamp
-	(*v1.TaskSpec)(nil),           // 62: titus.agent.v1.TaskSpec
-	(v1.TaskState)(0),             // 63: titus.agent.v1.TaskState
-	(*v1.TaskHealth)(nil),         // 64: titus.agent.v1.TaskHealth
-	(*v1.ExecInput)(nil),          // 65: titus.agent.v1.ExecInput
-	(*v1.ExecOutput)(nil),         // 66: titus.agent.v1.ExecOutput
+	(*TaskLogsRequest)(nil),       // 33: titus.scheduler.v1.TaskLogsRequest
+	(*TaskLogsChunk)(nil),         // 34: titus.scheduler.v1.TaskLogsChunk
+	(*KillTaskRequest)(nil),       // 35: titus.scheduler.v1.KillTaskRequest
+	(*Capacity)(nil),              // 36: titus.scheduler.v1.Capacity
+	(*Gpu)(nil),                   // 37: titus.scheduler.v1.Gpu
+	(*HostAttributes)(nil),        // 38: titus.scheduler.v1.HostAttributes
+	(*SGSetENIs)(nil),             // 39: titus.scheduler.v1.SGSetENIs
+	(*NetworkUsage)(nil),          // 40: titus.scheduler.v1.NetworkUsage
+	(*Agent)(nil),                 // 41: titus.scheduler.v1.Agent
+	(*ListAgentsRequest)(nil),     // 42: titus.scheduler.v1.ListAgentsRequest
+	(*DrainAgentRequest)(nil),     // 43: titus.scheduler.v1.DrainAgentRequest
+	(*ListAgentsResponse)(nil),    // 44: titus.scheduler.v1.ListAgentsResponse
+	(*AuditRecord)(nil),           // 45: titus.scheduler.v1.AuditRecord
+	(*ListAuditRequest)(nil),      // 46: titus.scheduler.v1.ListAuditRequest
+	(*ListAuditResponse)(nil),     // 47: titus.scheduler.v1.ListAuditResponse
+	(*TaskStatus)(nil),            // 48: titus.scheduler.v1.TaskStatus
+	(*Register)(nil),              // 49: titus.scheduler.v1.Register
+	(*Heartbeat)(nil),             // 50: titus.scheduler.v1.Heartbeat
+	(*TaskUpdates)(nil),           // 51: titus.scheduler.v1.TaskUpdates
+	(*AgentMessage)(nil),          // 52: titus.scheduler.v1.AgentMessage
+	(*LogsRelayRequest)(nil),      // 53: titus.scheduler.v1.LogsRelayRequest
+	(*LogsRelayOpen)(nil),         // 54: titus.scheduler.v1.LogsRelayOpen
+	(*LogsRelayChunk)(nil),        // 55: titus.scheduler.v1.LogsRelayChunk
+	(*ExecRelayInput)(nil),        // 56: titus.scheduler.v1.ExecRelayInput
+	(*ExecRelayOutput)(nil),       // 57: titus.scheduler.v1.ExecRelayOutput
+	(*Registered)(nil),            // 58: titus.scheduler.v1.Registered
+	(*Launch)(nil),                // 59: titus.scheduler.v1.Launch
+	(*Kill)(nil),                  // 60: titus.scheduler.v1.Kill
+	(*SchedulerMessage)(nil),      // 61: titus.scheduler.v1.SchedulerMessage
+	nil,                           // 62: titus.scheduler.v1.JobSpec.LabelsEntry
+	nil,                           // 63: titus.scheduler.v1.Agent.LabelsEntry
+	nil,                           // 64: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	nil,                           // 65: titus.scheduler.v1.Register.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 66: google.protobuf.Timestamp
+	(*v1.TaskSpec)(nil),           // 67: titus.agent.v1.TaskSpec
+	(v1.TaskState)(0),             // 68: titus.agent.v1.TaskState
+	(*v1.TaskHealth)(nil),         // 69: titus.agent.v1.TaskHealth
+	(*v1.ExecInput)(nil),          // 70: titus.agent.v1.ExecInput
+	(*v1.ExecOutput)(nil),         // 71: titus.agent.v1.ExecOutput
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	2,  // 0: titus.scheduler.v1.RetryPolicy.kind:type_name -> titus.scheduler.v1.RetryPolicy.Kind
@@ -4835,112 +5266,119 @@ var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	11, // 3: titus.scheduler.v1.ServiceJob.disruption_budget:type_name -> titus.scheduler.v1.DisruptionBudget
 	12, // 4: titus.scheduler.v1.ServiceJob.update:type_name -> titus.scheduler.v1.UpdateStrategy
 	8,  // 5: titus.scheduler.v1.ServiceJob.target_groups:type_name -> titus.scheduler.v1.TargetGroup
-	61, // 6: titus.scheduler.v1.TargetRegistration.registered:type_name -> google.protobuf.Timestamp
-	61, // 7: titus.scheduler.v1.TargetRegistration.deregistered:type_name -> google.protobuf.Timestamp
+	66, // 6: titus.scheduler.v1.TargetRegistration.registered:type_name -> google.protobuf.Timestamp
+	66, // 7: titus.scheduler.v1.TargetRegistration.deregistered:type_name -> google.protobuf.Timestamp
 	8,  // 8: titus.scheduler.v1.TargetGroupList.groups:type_name -> titus.scheduler.v1.TargetGroup
 	6,  // 9: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
 	7,  // 10: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
-	62, // 11: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
-	57, // 12: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
+	67, // 11: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
+	62, // 12: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
 	14, // 13: titus.scheduler.v1.JobSpec.placement:type_name -> titus.scheduler.v1.Placement
 	15, // 14: titus.scheduler.v1.Placement.preferences:type_name -> titus.scheduler.v1.Preference
 	0,  // 15: titus.scheduler.v1.Placement.zone_balance:type_name -> titus.scheduler.v1.ZoneBalance
 	13, // 16: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
 	1,  // 17: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
-	61, // 18: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
-	61, // 19: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
+	66, // 18: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
+	66, // 19: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
 	16, // 20: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
 	18, // 21: titus.scheduler.v1.Job.rollout:type_name -> titus.scheduler.v1.Rollout
 	3,  // 22: titus.scheduler.v1.Rollout.state:type_name -> titus.scheduler.v1.Rollout.State
-	61, // 23: titus.scheduler.v1.Rollout.started:type_name -> google.protobuf.Timestamp
-	61, // 24: titus.scheduler.v1.Rollout.ended:type_name -> google.protobuf.Timestamp
-	62, // 25: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
-	61, // 26: titus.scheduler.v1.Rollout.progress_at:type_name -> google.protobuf.Timestamp
+	66, // 23: titus.scheduler.v1.Rollout.started:type_name -> google.protobuf.Timestamp
+	66, // 24: titus.scheduler.v1.Rollout.ended:type_name -> google.protobuf.Timestamp
+	67, // 25: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
+	66, // 26: titus.scheduler.v1.Rollout.progress_at:type_name -> google.protobuf.Timestamp
 	10, // 27: titus.scheduler.v1.Rollout.previous_target_groups:type_name -> titus.scheduler.v1.TargetGroupList
 	13, // 28: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
-	61, // 29: titus.scheduler.v1.IdempotencyRecord.expires:type_name -> google.protobuf.Timestamp
+	66, // 29: titus.scheduler.v1.IdempotencyRecord.expires:type_name -> google.protobuf.Timestamp
 	17, // 30: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
 	13, // 31: titus.scheduler.v1.UpdateJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
 	4,  // 32: titus.scheduler.v1.RolloutJobRequest.action:type_name -> titus.scheduler.v1.RolloutJobRequest.Action
-	63, // 33: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
-	61, // 34: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
-	61, // 35: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
-	61, // 36: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
-	64, // 37: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
+	68, // 33: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
+	66, // 34: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
+	66, // 35: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
+	66, // 36: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
+	69, // 37: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
 	9,  // 38: titus.scheduler.v1.Task.targets:type_name -> titus.scheduler.v1.TargetRegistration
 	29, // 39: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
-	35, // 40: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
-	37, // 41: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
-	34, // 42: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
-	34, // 43: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
-	58, // 44: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
-	61, // 45: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
-	36, // 46: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	38, // 47: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
-	59, // 48: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	39, // 49: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
-	61, // 50: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	61, // 51: titus.scheduler.v1.AuditRecord.ended:type_name -> google.protobuf.Timestamp
-	43, // 52: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
-	63, // 53: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
-	64, // 54: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
-	34, // 55: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
-	60, // 56: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
-	46, // 57: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	36, // 58: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	38, // 59: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
-	34, // 60: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
-	46, // 61: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	38, // 62: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
-	46, // 63: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	47, // 64: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
-	48, // 65: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
-	49, // 66: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
-	52, // 67: titus.scheduler.v1.AgentMessage.exec_output:type_name -> titus.scheduler.v1.ExecRelayOutput
-	65, // 68: titus.scheduler.v1.ExecRelayInput.input:type_name -> titus.agent.v1.ExecInput
-	66, // 69: titus.scheduler.v1.ExecRelayOutput.output:type_name -> titus.agent.v1.ExecOutput
-	62, // 70: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
-	53, // 71: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
-	54, // 72: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
-	55, // 73: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
-	51, // 74: titus.scheduler.v1.SchedulerMessage.exec:type_name -> titus.scheduler.v1.ExecRelayInput
-	19, // 75: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
-	21, // 76: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
-	23, // 77: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
-	25, // 78: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
-	28, // 79: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
-	26, // 80: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
-	27, // 81: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
-	30, // 82: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
-	32, // 83: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
-	33, // 84: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
-	40, // 85: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
-	41, // 86: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	41, // 87: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	50, // 88: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
-	44, // 89: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
-	65, // 90: titus.scheduler.v1.Scheduler.ExecTask:input_type -> titus.agent.v1.ExecInput
-	20, // 91: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
-	17, // 92: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
-	24, // 93: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
-	17, // 94: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
-	17, // 95: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
-	17, // 96: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
-	17, // 97: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
-	31, // 98: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
-	29, // 99: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
-	29, // 100: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
-	42, // 101: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
-	42, // 102: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	42, // 103: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	56, // 104: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
-	45, // 105: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
-	66, // 106: titus.scheduler.v1.Scheduler.ExecTask:output_type -> titus.agent.v1.ExecOutput
-	91, // [91:107] is the sub-list for method output_type
-	75, // [75:91] is the sub-list for method input_type
-	75, // [75:75] is the sub-list for extension type_name
-	75, // [75:75] is the sub-list for extension extendee
-	0,  // [0:75] is the sub-list for field type_name
+	66, // 40: titus.scheduler.v1.TaskLogsRequest.since:type_name -> google.protobuf.Timestamp
+	37, // 41: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
+	39, // 42: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
+	36, // 43: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
+	36, // 44: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
+	63, // 45: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
+	66, // 46: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
+	38, // 47: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	40, // 48: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
+	64, // 49: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	41, // 50: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
+	66, // 51: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	66, // 52: titus.scheduler.v1.AuditRecord.ended:type_name -> google.protobuf.Timestamp
+	45, // 53: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
+	68, // 54: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
+	69, // 55: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
+	36, // 56: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
+	65, // 57: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
+	48, // 58: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	38, // 59: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	40, // 60: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
+	36, // 61: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
+	48, // 62: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	40, // 63: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
+	48, // 64: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	49, // 65: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
+	50, // 66: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
+	51, // 67: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
+	57, // 68: titus.scheduler.v1.AgentMessage.exec_output:type_name -> titus.scheduler.v1.ExecRelayOutput
+	55, // 69: titus.scheduler.v1.AgentMessage.logs:type_name -> titus.scheduler.v1.LogsRelayChunk
+	54, // 70: titus.scheduler.v1.LogsRelayRequest.open:type_name -> titus.scheduler.v1.LogsRelayOpen
+	66, // 71: titus.scheduler.v1.LogsRelayOpen.since:type_name -> google.protobuf.Timestamp
+	70, // 72: titus.scheduler.v1.ExecRelayInput.input:type_name -> titus.agent.v1.ExecInput
+	71, // 73: titus.scheduler.v1.ExecRelayOutput.output:type_name -> titus.agent.v1.ExecOutput
+	67, // 74: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
+	58, // 75: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
+	59, // 76: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
+	60, // 77: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
+	56, // 78: titus.scheduler.v1.SchedulerMessage.exec:type_name -> titus.scheduler.v1.ExecRelayInput
+	53, // 79: titus.scheduler.v1.SchedulerMessage.logs:type_name -> titus.scheduler.v1.LogsRelayRequest
+	19, // 80: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
+	21, // 81: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
+	23, // 82: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
+	25, // 83: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
+	28, // 84: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
+	26, // 85: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
+	27, // 86: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
+	30, // 87: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
+	32, // 88: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
+	35, // 89: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
+	42, // 90: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
+	43, // 91: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	43, // 92: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	52, // 93: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
+	46, // 94: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
+	70, // 95: titus.scheduler.v1.Scheduler.ExecTask:input_type -> titus.agent.v1.ExecInput
+	33, // 96: titus.scheduler.v1.Scheduler.TaskLogs:input_type -> titus.scheduler.v1.TaskLogsRequest
+	20, // 97: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
+	17, // 98: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
+	24, // 99: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
+	17, // 100: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
+	17, // 101: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
+	17, // 102: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
+	17, // 103: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
+	31, // 104: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
+	29, // 105: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
+	29, // 106: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
+	44, // 107: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
+	44, // 108: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	44, // 109: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	61, // 110: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
+	47, // 111: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
+	71, // 112: titus.scheduler.v1.Scheduler.ExecTask:output_type -> titus.agent.v1.ExecOutput
+	34, // 113: titus.scheduler.v1.Scheduler.TaskLogs:output_type -> titus.scheduler.v1.TaskLogsChunk
+	97, // [97:114] is the sub-list for method output_type
+	80, // [80:97] is the sub-list for method input_type
+	80, // [80:80] is the sub-list for extension type_name
+	80, // [80:80] is the sub-list for extension extendee
+	0,  // [0:80] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -4952,18 +5390,20 @@ func file_scheduler_v1_scheduler_proto_init() {
 		(*JobSpec_Batch)(nil),
 		(*JobSpec_Service)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[38].OneofWrappers = []any{}
-	file_scheduler_v1_scheduler_proto_msgTypes[45].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[40].OneofWrappers = []any{}
+	file_scheduler_v1_scheduler_proto_msgTypes[47].OneofWrappers = []any{
 		(*AgentMessage_Register)(nil),
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Updates)(nil),
 		(*AgentMessage_ExecOutput)(nil),
+		(*AgentMessage_Logs)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[51].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[56].OneofWrappers = []any{
 		(*SchedulerMessage_Registered)(nil),
 		(*SchedulerMessage_Launch)(nil),
 		(*SchedulerMessage_Kill)(nil),
 		(*SchedulerMessage_Exec)(nil),
+		(*SchedulerMessage_Logs)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4971,7 +5411,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   56,
+			NumMessages:   61,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,6 +39,7 @@ const (
 	Scheduler_Connect_FullMethodName      = "/titus.scheduler.v1.Scheduler/Connect"
 	Scheduler_ListAudit_FullMethodName    = "/titus.scheduler.v1.Scheduler/ListAudit"
 	Scheduler_ExecTask_FullMethodName     = "/titus.scheduler.v1.Scheduler/ExecTask"
+	Scheduler_TaskLogs_FullMethodName     = "/titus.scheduler.v1.Scheduler/TaskLogs"
 )
 
 // SchedulerClient is the client API for Scheduler service.
@@ -78,6 +79,12 @@ type SchedulerClient interface {
 	// message is an ExecStart naming the task. Allowed to principals with
 	// task.debug on the job's application; every session is audited.
 	ExecTask(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[v1.ExecInput, v1.ExecOutput], error)
+	// TaskLogs streams a task's stdout or stderr (titus-scheduler task logs):
+	// from its agent over that agent's own stream while the agent has them,
+	// from the log bucket (S3) when the task or its host is gone. Allowed to
+	// principals with task.logs on the job's application; every read is
+	// audited (docs/logs.md).
+	TaskLogs(ctx context.Context, in *TaskLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TaskLogsChunk], error)
 }
 
 type schedulerClient struct {
@@ -254,6 +261,25 @@ func (c *schedulerClient) ExecTask(ctx context.Context, opts ...grpc.CallOption)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_ExecTaskClient = grpc.BidiStreamingClient[v1.ExecInput, v1.ExecOutput]
 
+func (c *schedulerClient) TaskLogs(ctx context.Context, in *TaskLogsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TaskLogsChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Scheduler_ServiceDesc.Streams[2], Scheduler_TaskLogs_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[TaskLogsRequest, TaskLogsChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Scheduler_TaskLogsClient = grpc.ServerStreamingClient[TaskLogsChunk]
+
 // SchedulerServer is the server API for Scheduler service.
 // All implementations must embed UnimplementedSchedulerServer
 // for forward compatibility.
@@ -291,6 +317,12 @@ type SchedulerServer interface {
 	// message is an ExecStart naming the task. Allowed to principals with
 	// task.debug on the job's application; every session is audited.
 	ExecTask(grpc.BidiStreamingServer[v1.ExecInput, v1.ExecOutput]) error
+	// TaskLogs streams a task's stdout or stderr (titus-scheduler task logs):
+	// from its agent over that agent's own stream while the agent has them,
+	// from the log bucket (S3) when the task or its host is gone. Allowed to
+	// principals with task.logs on the job's application; every read is
+	// audited (docs/logs.md).
+	TaskLogs(*TaskLogsRequest, grpc.ServerStreamingServer[TaskLogsChunk]) error
 	mustEmbedUnimplementedSchedulerServer()
 }
 
@@ -348,6 +380,9 @@ func (UnimplementedSchedulerServer) ListAudit(context.Context, *ListAuditRequest
 }
 func (UnimplementedSchedulerServer) ExecTask(grpc.BidiStreamingServer[v1.ExecInput, v1.ExecOutput]) error {
 	return status.Error(codes.Unimplemented, "method ExecTask not implemented")
+}
+func (UnimplementedSchedulerServer) TaskLogs(*TaskLogsRequest, grpc.ServerStreamingServer[TaskLogsChunk]) error {
+	return status.Error(codes.Unimplemented, "method TaskLogs not implemented")
 }
 func (UnimplementedSchedulerServer) mustEmbedUnimplementedSchedulerServer() {}
 func (UnimplementedSchedulerServer) testEmbeddedByValue()                   {}
@@ -636,6 +671,17 @@ func _Scheduler_ExecTask_Handler(srv interface{}, stream grpc.ServerStream) erro
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_ExecTaskServer = grpc.BidiStreamingServer[v1.ExecInput, v1.ExecOutput]
 
+func _Scheduler_TaskLogs_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(TaskLogsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SchedulerServer).TaskLogs(m, &grpc.GenericServerStream[TaskLogsRequest, TaskLogsChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Scheduler_TaskLogsServer = grpc.ServerStreamingServer[TaskLogsChunk]
+
 // Scheduler_ServiceDesc is the grpc.ServiceDesc for Scheduler service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -712,6 +758,11 @@ var Scheduler_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Scheduler_ExecTask_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "TaskLogs",
+			Handler:       _Scheduler_TaskLogs_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "scheduler/v1/scheduler.proto",

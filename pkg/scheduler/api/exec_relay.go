@@ -101,6 +101,7 @@ type relayAgent struct {
 
 	mu       sync.Mutex
 	sessions map[string]chan *schedv1.ExecRelayOutput
+	logs     map[string]*logSession // relayed log reads
 }
 
 // attach makes the relay end of an agent's new stream.

@@ -59,6 +59,9 @@ type Server struct {
 	relay  execRelay
 	// execSlots bounds each principal's relayed exec sessions.
 	execSlots execSlots
+	// archive holds the logs of tasks whose agent is gone (nil: none).
+	archive  LogArchive
+	logReads logReads
 }
 
 // SetLog sets where the server logs (default slog.Default()).
@@ -544,6 +547,8 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 				s.core.Updates(sess, wire.TaskStatusesFromProto(msg.Updates.GetTasks()))
 			case *schedv1.AgentMessage_ExecOutput:
 				ra.deliver(msg.ExecOutput)
+			case *schedv1.AgentMessage_Logs:
+				ra.deliverLogs(msg.Logs)
 			}
 		}
 	}()

@@ -1,0 +1,321 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/apierr"
+	"github.com/titus-agent/titus-agent/pkg/audit"
+	"github.com/titus-agent/titus-agent/pkg/authz"
+)
+
+// Bounds of log reads (titus-scheduler task logs).
+const (
+	// logWindow is the chunks (of at most 32 KiB) an agent may send a
+	// read before the scheduler grants more, as the caller takes them.
+	logWindow = 16
+	// logBuffer is what the scheduler holds of one read: the window and
+	// some slack; an agent that sends past its credit ends the read.
+	logBuffer = logWindow + 4
+	// DefaultMaxLogReadsPerCaller and DefaultMaxLogReads bound the log
+	// reads (live and from the archive) open at once per principal and in
+	// total.
+	DefaultMaxLogReadsPerCaller = 8
+	DefaultMaxLogReads          = 256
+)
+
+// LogKey names one stream of one task's archived logs.
+type LogKey struct {
+	Application, JobID, TaskID string
+	Stderr                     bool
+}
+
+// LogArchive reads ended tasks' logs from the log bucket.
+type LogArchive interface {
+	// Read sends the task's stream oldest first, skipping objects last
+	// written before since; send may block, and must not keep the slice.
+	// It returns where it read from; errors wrap errdefs.ErrNotFound when
+	// the bucket has nothing of the task.
+	Read(ctx context.Context, key LogKey, since time.Time, send func([]byte) error) (string, error)
+}
+
+// SetLogArchive sets where logs of tasks whose agent is gone are read
+// (nil: nowhere; such reads fail with FailedPrecondition).
+func (s *Server) SetLogArchive(a LogArchive) { s.archive = a }
+
+// SetLogReadLimits bounds the log reads open at once per caller and in
+// total (0: the defaults).
+func (s *Server) SetLogReadLimits(perCaller, total int) {
+	s.logReads.mu.Lock()
+	defer s.logReads.mu.Unlock()
+	s.logReads.perCaller, s.logReads.total = perCaller, total
+}
+
+// logReads counts the log reads open now.
+type logReads struct {
+	mu               sync.Mutex
+	perCaller, total int
+	by               map[string]int
+	n                int
+}
+
+func (l *logReads) acquire(who string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	per, total := l.perCaller, l.total
+	if per <= 0 {
+		per = DefaultMaxLogReadsPerCaller
+	}
+	if total <= 0 {
+		total = DefaultMaxLogReads
+	}
+	if l.by[who] >= per {
+		return status.Errorf(codes.ResourceExhausted, "too many log reads: %s has %d open (logs.maxReadsPerCaller); end one first", who, per)
+	}
+	if l.n >= total {
+		return status.Errorf(codes.ResourceExhausted, "too many log reads: the scheduler serves %d at once (logs.maxReads); try again", total)
+	}
+	if l.by == nil {
+		l.by = map[string]int{}
+	}
+	l.by[who]++
+	l.n++
+	return nil
+}
+
+func (l *logReads) release(who string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.n--
+	if l.by[who]--; l.by[who] <= 0 {
+		delete(l.by, who)
+	}
+}
+
+// logSession is the scheduler's end of one relayed read.
+type logSession struct {
+	ch      chan *schedv1.LogsRelayChunk
+	overrun chan struct{} // closed when the agent sent past its credit
+}
+
+func (ra *relayAgent) openLogs(session string) *logSession {
+	ls := &logSession{ch: make(chan *schedv1.LogsRelayChunk, logBuffer), overrun: make(chan struct{})}
+	ra.mu.Lock()
+	if ra.logs == nil {
+		ra.logs = map[string]*logSession{}
+	}
+	ra.logs[session] = ls
+	ra.mu.Unlock()
+	return ls
+}
+
+func (ra *relayAgent) closeLogs(session string) {
+	ra.mu.Lock()
+	delete(ra.logs, session)
+	ra.mu.Unlock()
+}
+
+// deliverLogs hands a chunk to its read. It never blocks the agent's
+// stream: a chunk for a read that is gone cancels it on the agent, and an
+// agent past its credit ends the read.
+func (ra *relayAgent) deliverLogs(m *schedv1.LogsRelayChunk) {
+	ra.mu.Lock()
+	ls := ra.logs[m.GetSession()]
+	ra.mu.Unlock()
+	if ls == nil {
+		if !m.GetEof() && m.GetErrorCode() == 0 {
+			go ra.cancelLogs(m.GetSession())
+		}
+		return
+	}
+	select {
+	case ls.ch <- m:
+	default:
+		ra.closeLogs(m.GetSession())
+		close(ls.overrun)
+		go ra.cancelLogs(m.GetSession())
+	}
+}
+
+// sendLogs queues a message of a read for the agent, waiting for room.
+func (ra *relayAgent) sendLogs(ctx context.Context, m *schedv1.LogsRelayRequest) error {
+	select {
+	case ra.out <- &schedv1.SchedulerMessage{Msg: &schedv1.SchedulerMessage_Logs{Logs: m}}:
+		return nil
+	case <-ra.done:
+		return status.Error(codes.Unavailable, "the task's agent disconnected")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// cancelLogs tells the agent to stop a read. It waits for room on the
+// stream (or its end): a lost cancel would leave the agent's reader
+// waiting for credit until the stream ends.
+func (ra *relayAgent) cancelLogs(session string) {
+	_ = ra.sendLogs(context.Background(), &schedv1.LogsRelayRequest{Session: session, Cancel: true})
+}
+
+// taskIDRE is what a task id may look like before it names an object in
+// the log bucket: <job id>.<index>.<attempt> of safe characters.
+var taskIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,127}\.[0-9]{1,9}\.[0-9]{1,9}$`)
+
+// TaskLogs streams a task's stdout or stderr: live from its agent over the
+// agent's own stream, or from the log archive when the agent is gone or no
+// longer has the task. It is allowed with task.logs on the job's
+// application and audited, whether it was allowed or refused.
+func (s *Server) TaskLogs(req *schedv1.TaskLogsRequest, stream grpc.ServerStreamingServer[schedv1.TaskLogsChunk]) error {
+	ctx := stream.Context()
+	rec := audit.Record{Time: time.Now(), Method: "TaskLogs", Action: string(authz.TaskLogs), TaskID: req.GetId(), Peer: peerAddr(ctx)}
+	rec.JobID, _, _ = strings.Cut(req.GetId(), ".")
+	if p, ok := authz.Principal(ctx); ok {
+		rec.Principal = p.String()
+	}
+	what := logWhat(req)
+	source, err := s.taskLogs(ctx, req, stream, &rec)
+	rec.Ended = time.Now()
+	if err != nil {
+		err = apierr.ToGRPC(err)
+		rec.Message = what + ": " + status.Convert(err).Message()
+	} else {
+		rec.Message = what + " from " + source
+	}
+	rec.Code = status.Code(err).String()
+	s.recordAudit(ctx, rec)
+	return err
+}
+
+func logWhat(req *schedv1.TaskLogsRequest) string {
+	w := "stdout"
+	if req.GetStderr() {
+		w = "stderr"
+	}
+	if req.GetFollow() {
+		w += ", follow"
+	}
+	if req.GetSince() != nil {
+		w += ", since " + req.GetSince().AsTime().UTC().Format(time.RFC3339)
+	}
+	return w
+}
+
+func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, stream grpc.ServerStreamingServer[schedv1.TaskLogsChunk], rec *audit.Record) (string, error) {
+	if err := s.checkLeader(); err != nil {
+		return "", err
+	}
+	if !taskIDRE.MatchString(req.GetId()) {
+		return "", status.Errorf(codes.InvalidArgument, "task id %.140q: want <job id>.<index>.<attempt>", req.GetId())
+	}
+	owner, ownerErr := s.core.JobOwner(rec.JobID)
+	if ownerErr == nil {
+		rec.Application = owner.Application
+	}
+	if err := s.authorizeTask(ctx, authz.TaskLogs, req.GetId()); err != nil {
+		return "", err
+	}
+	if ownerErr != nil {
+		return "", apierr.ToGRPC(ownerErr)
+	}
+	who := rec.Principal
+	if who == "" {
+		who = "anonymous"
+	}
+	if err := s.logReads.acquire(who); err != nil {
+		return "", err
+	}
+	defer s.logReads.release(who)
+	t, err := s.core.Task(ctx, req.GetId())
+	if err != nil {
+		return "", apierr.ToGRPC(err)
+	}
+	rec.AgentID = t.AgentID
+	first := true
+	send := func(p []byte, source string) error {
+		c := &schedv1.TaskLogsChunk{Data: p}
+		if first {
+			c.Source, first = source, false
+		}
+		return stream.Send(c)
+	}
+	if ra := s.relay.agent(t.AgentID); t.AgentID != "" && ra != nil {
+		source := "agent " + t.AgentID
+		err := s.liveLogs(ctx, ra, req, rec.Principal, func(p []byte) error { return send(p, source) })
+		// An agent that no longer has the task (it was removed from the
+		// host) leaves the archive, if the read has not begun.
+		if status.Code(err) != codes.NotFound || !first || s.archive == nil {
+			return source, err
+		}
+	}
+	if s.archive == nil {
+		if t.AgentID == "" {
+			return "", status.Errorf(codes.FailedPrecondition, "task %s was never placed on a host: it has no logs", t.ID)
+		}
+		return "", status.Errorf(codes.FailedPrecondition, "agent %s of task %s is not connected, and this scheduler has no log bucket (logs.s3.bucket)", t.AgentID, t.ID)
+	}
+	var since time.Time
+	if req.GetSince() != nil {
+		since = req.GetSince().AsTime()
+	}
+	source, err := s.archive.Read(ctx, LogKey{Application: owner.Application, JobID: t.JobID, TaskID: t.ID, Stderr: req.GetStderr()}, since,
+		func(p []byte) error { return send(append([]byte(nil), p...), "") })
+	if err == nil && first {
+		err = stream.Send(&schedv1.TaskLogsChunk{Source: source})
+	}
+	return source, err
+}
+
+// liveLogs relays one read from the agent ra, granting the agent credit
+// as the caller takes its chunks.
+func (s *Server) liveLogs(ctx context.Context, ra *relayAgent, req *schedv1.TaskLogsRequest, principal string, send func([]byte) error) error {
+	session := uuid.NewString()
+	ls := ra.openLogs(session)
+	defer ra.closeLogs(session)
+	open := &schedv1.LogsRelayOpen{TaskId: req.GetId(), Follow: req.GetFollow(), Stderr: req.GetStderr(), Since: req.GetSince(), Principal: principal, Window: logWindow}
+	if err := ra.sendLogs(ctx, &schedv1.LogsRelayRequest{Session: session, Open: open}); err != nil {
+		return err
+	}
+	taken := 0
+	for {
+		select {
+		case m := <-ls.ch:
+			if c := m.GetErrorCode(); c != 0 {
+				return status.Error(codes.Code(c), m.GetError())
+			}
+			if m.GetEof() {
+				return nil
+			}
+			if err := send(m.GetData()); err != nil {
+				go ra.cancelLogs(session)
+				return err
+			}
+			if taken++; taken >= logWindow/2 {
+				if err := ra.sendLogs(ctx, &schedv1.LogsRelayRequest{Session: session, Credit: uint32(taken)}); err != nil {
+					go ra.cancelLogs(session)
+					return err
+				}
+				taken = 0
+			}
+		case <-ls.overrun:
+			return status.Errorf(codes.Internal, "the agent sent more of the log than it was granted; the read was ended")
+		case <-ra.done:
+			return status.Error(codes.Unavailable, "the task's agent disconnected during the read")
+		case <-ctx.Done():
+			go ra.cancelLogs(session)
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return status.Error(codes.Canceled, "the caller went away; the read was ended")
+			}
+			return fmt.Errorf("log read: %w", ctx.Err())
+		}
+	}
+}
