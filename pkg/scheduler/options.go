@@ -6,6 +6,7 @@ import (
 
 	"github.com/titus-agent/titus-agent/pkg/authn"
 	"github.com/titus-agent/titus-agent/pkg/authz"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/api"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 )
@@ -80,6 +81,12 @@ type Options struct {
 	// ExecMaxSessionsPerCaller bounds one principal's concurrent exec
 	// sessions relayed by this scheduler (0: api.DefaultExecMaxSessionsPerCaller).
 	ExecMaxSessionsPerCaller int
+	// LogArchive reads the logs of tasks whose agent is gone (the log
+	// bucket); nil: such reads fail.
+	LogArchive api.LogArchive
+	// MaxLogReadsPerCaller and MaxLogReads bound the log reads open at
+	// once per principal and in total (0: api.DefaultMaxLogReads...).
+	MaxLogReadsPerCaller, MaxLogReads int
 }
 
 func (o *Options) setDefaults() {

@@ -121,6 +121,10 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	as := api.New(c, s, guard, trail)
 	as.SetLog(log)
 	as.SetExecMaxSessionsPerCaller(opts.ExecMaxSessionsPerCaller)
+	if opts.LogArchive != nil {
+		as.SetLogArchive(opts.LogArchive)
+	}
+	as.SetLogReadLimits(opts.MaxLogReadsPerCaller, opts.MaxLogReads)
 	schedv1.RegisterSchedulerServer(s.srv, as)
 	return s, nil
 }

@@ -19,8 +19,13 @@ import (
 	"gopkg.in/natefinch/lumberjack.v2"
 )
 
-// FileName is the current log file of a task, in its directory.
+// FileName is the current log file of a task, in its directory: stdout
+// and stderr, line by line as they are written.
 const FileName = "stdout.log"
+
+// StderrFileName is the current file of the task's stderr alone (its
+// lines are in FileName too).
+const StderrFileName = "stderr.log"
 
 // Path is where a task's stdout and stderr go.
 func Path(logDir, taskID string) string {
@@ -103,18 +108,24 @@ func run(ctx context.Context, lf Flags, id string, stdout, stderr io.ReadCloser,
 	}
 	out := &lumberjack.Logger{Filename: path, MaxSize: lf.MaxSizeMiB, MaxBackups: lf.MaxFiles}
 	defer out.Close()
+	errOut := &lumberjack.Logger{Filename: filepath.Join(filepath.Dir(path), StderrFileName), MaxSize: lf.MaxSizeMiB, MaxBackups: lf.MaxFiles}
+	defer errOut.Close()
 	w := &lockedWriter{w: out}
+	ew := teeWriter{w, errOut}
 	if err := ready(); err != nil {
 		return fmt.Errorf("logger: signal ready: %w", err)
 	}
 
 	var wg sync.WaitGroup
 	errs := make([]error, 2)
-	for i, r := range []io.Reader{stdout, stderr} {
+	for i, c := range []struct {
+		w io.Writer
+		r io.Reader
+	}{{w, stdout}, {ew, stderr}} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = copyLines(w, r)
+			errs[i] = copyLines(c.w, c.r)
 		}()
 	}
 	done := make(chan struct{})
@@ -162,6 +173,21 @@ func copyLines(w io.Writer, r io.Reader) error {
 			return errors.Join(werr, err)
 		}
 	}
+}
+
+// teeWriter writes each stderr line to the combined log, then to the
+// stderr-only one; the first error is returned after both were tried.
+type teeWriter struct{ all, errOnly io.Writer }
+
+func (t teeWriter) Write(b []byte) (int, error) {
+	_, err := t.all.Write(b)
+	if _, e := t.errOnly.Write(b); e != nil && err == nil {
+		err = e
+	}
+	if err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 type lockedWriter struct {

@@ -96,6 +96,11 @@ func TestRunLoggerCopiesBothStreams(t *testing.T) {
 	if diff := cmp.Diff([]string{"", "err 1", "out 1", "out 2", "partial"}, lines); diff != "" {
 		t.Errorf("log lines (-want +got):\n%s", diff)
 	}
+	// stderr alone, for task logs --stderr.
+	b, err = os.ReadFile(filepath.Join(dir, "t1", StderrFileName))
+	if err != nil || string(b) != "err 1\n" {
+		t.Errorf("stderr.log: %q, %v", b, err)
+	}
 }
 
 func TestRunLoggerRotates(t *testing.T) {

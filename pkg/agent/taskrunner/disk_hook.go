@@ -96,23 +96,29 @@ func linkLogDir(link, target string) error {
 }
 
 // keepLogs replaces the link with a real directory holding the tail of the
-// task's log, so `task logs` still works after the disk is gone.
+// task's logs (both current files), so `task logs` still works after the
+// disk is gone.
 func (h *DiskHook) keepLogs(taskID string) error {
 	link := filepath.Join(h.LogDir, taskID)
 	target, err := os.Readlink(link)
 	if err != nil {
 		return nil // not linked (already kept, or never quota'd)
 	}
-	var tail []byte
-	if f, err := os.Open(filepath.Join(target, "stdout.log")); err == nil {
+	keep := h.KeepLogBytes
+	if keep <= 0 {
+		keep = 10 << 20
+	}
+	tails := map[string][]byte{}
+	for _, name := range []string{"stdout.log", "stderr.log"} {
+		f, err := os.Open(filepath.Join(target, name))
+		if err != nil {
+			continue
+		}
 		if st, err := f.Stat(); err == nil {
-			keep := h.KeepLogBytes
-			if keep <= 0 {
-				keep = 10 << 20
-			}
 			off := max(st.Size()-keep, 0)
-			tail = make([]byte, st.Size()-off)
+			tail := make([]byte, st.Size()-off)
 			_, _ = f.ReadAt(tail, off)
+			tails[name] = tail
 		}
 		f.Close()
 	}
@@ -122,7 +128,15 @@ func (h *DiskHook) keepLogs(taskID string) error {
 	if err := os.MkdirAll(link, 0o750); err != nil {
 		return fmt.Errorf("log dir: %w", err)
 	}
-	return os.WriteFile(filepath.Join(link, "stdout.log"), tail, 0o640)
+	if _, ok := tails["stdout.log"]; !ok {
+		tails["stdout.log"] = nil
+	}
+	for name, tail := range tails {
+		if err := os.WriteFile(filepath.Join(link, name), tail, 0o640); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Stop unmounts and deletes the task's disk, then drops its image view.
