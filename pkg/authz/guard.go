@@ -106,7 +106,7 @@ func (g *Guard) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 // refusals at the door included: an authenticated caller the gate refuses
 // reaches the handler with the refusal in its context (Refusal), so that
 // the handler records it with what the caller asked for, and refuses.
-var auditedByHandler = map[string]bool{schedv1.Scheduler_ExecTask_FullMethodName: true}
+var auditedByHandler = map[string]bool{schedv1.Scheduler_ExecTask_FullMethodName: true, schedv1.Scheduler_TaskLogs_FullMethodName: true}
 
 type refusalKey struct{}
 

@@ -242,12 +242,13 @@ func TestSchedulerTaskLogsFollow(t *testing.T) {
 			}
 			got = append(got, fmt.Sprintf("%s %s %s", r.Principal, r.Code, r.Message))
 		}
-		return len(got) >= 3, strings.Join(got, "\n")
+		return len(got) >= 5, strings.Join(got, "\n")
 	})
 	for _, want := range []string{
 		"alice@example.com OK stdout, follow from agent host-x",
 		"carol@example.com OK stdout from agent host-x",
 		"bob@example.com PermissionDenied stdout, follow: ",
+		"dave@example.com PermissionDenied stdout: ",
 	} {
 		if !slices.ContainsFunc(got, func(g string) bool { return strings.HasPrefix(g, want) }) {
 			t.Errorf("audit trail lacks %q; has:\n%s", want, strings.Join(got, "\n"))

@@ -211,6 +211,9 @@ func logWhat(req *schedv1.TaskLogsRequest) string {
 }
 
 func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, stream grpc.ServerStreamingServer[schedv1.TaskLogsChunk], rec *audit.Record) (string, error) {
+	if err := authz.Refusal(ctx); err != nil {
+		return "", err // refused at the door; audited here
+	}
 	if err := s.checkLeader(); err != nil {
 		return "", err
 	}
