@@ -17,10 +17,12 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/authn"
 	"github.com/titus-agent/titus-agent/pkg/authz"
 	"github.com/titus-agent/titus-agent/pkg/logging"
+	"github.com/titus-agent/titus-agent/pkg/logship"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/api"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/lb"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/logarchive"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 )
 
@@ -56,6 +58,26 @@ type serveConfig struct {
 	LoadBalancers lbConfig `json:"loadBalancers"`
 	// Exec bounds the exec sessions relayed to agents (docs/exec.md).
 	Exec execConfig `json:"exec"`
+	// Logs: where task logs are read from once their agent is gone, and
+	// the bounds of log reads (docs/logs.md).
+	Logs logsConfig `json:"logs"`
+}
+
+// logsConfig is the logs section of the scheduler's file.
+type logsConfig struct {
+	// S3 is the bucket the agents ship task logs to (their logship section).
+	S3 logsS3Config `json:"s3"`
+	// MaxReadsPerCaller and MaxReads bound the log reads open at once.
+	MaxReadsPerCaller int `json:"maxReadsPerCaller"`
+	MaxReads          int `json:"maxReads"`
+}
+
+// logsS3Config names the log bucket; an empty bucket reads no archive.
+type logsS3Config struct {
+	Bucket   string `json:"bucket"`
+	Prefix   string `json:"prefix"`
+	Region   string `json:"region"`
+	Endpoint string `json:"endpoint"`
 }
 
 // execConfig is the exec section of the scheduler's file.
@@ -92,6 +114,7 @@ func newServeCmd() *cobra.Command {
 		tlsFiles                tlsconfig.Files
 		auth                    authConfig
 		lbc                     lbConfig
+		lc                      logsConfig
 	)
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -100,7 +123,7 @@ func newServeCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f := cmd.Flags()
 			if path != "" {
-				if err := applyConfigFile(path, f.Changed, &o, &endpoints, &metricsListen, &tlsFiles, &auth, &lbc); err != nil {
+				if err := applyConfigFile(path, f.Changed, &o, &endpoints, &metricsListen, &tlsFiles, &auth, &lbc, &lc); err != nil {
 					return err
 				}
 			}
@@ -134,6 +157,14 @@ func newServeCmd() *cobra.Command {
 					return err
 				}
 			}
+			if lc.S3.Bucket != "" {
+				cli, err := logship.NewS3(cmd.Context(), logship.AWSConfig{Region: lc.S3.Region, Endpoint: lc.S3.Endpoint})
+				if err != nil {
+					return err
+				}
+				o.LogArchive = logarchive.New(cli, lc.S3.Bucket, lc.S3.Prefix)
+			}
+			o.MaxLogReadsPerCaller, o.MaxLogReads = lc.MaxReadsPerCaller, lc.MaxReads
 			if lbc.Region != "" {
 				cli, err := lb.NewClient(cmd.Context(), lb.Config{Region: lbc.Region, Endpoint: lbc.Endpoint})
 				if err != nil {
@@ -188,6 +219,12 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&auth.Token.Audience, "token-audience", "", "aud a bearer token must include")
 	f.IntVar(&o.MaxLiveJobs, "max-live-jobs", scheduler.DefaultMaxLiveJobs, "jobs not ended, in total (a service at desired 0 counts)")
 	f.IntVar(&o.MaxLiveJobsPerApplication, "max-live-jobs-per-application", scheduler.DefaultMaxLiveJobsPerApplication, "jobs not ended, per application")
+	f.StringVar(&lc.S3.Bucket, "logs-bucket", "", "S3 bucket the agents ship task logs to: task logs reads it when a task's agent is gone (docs/logs.md)")
+	f.StringVar(&lc.S3.Prefix, "logs-prefix", "", "key prefix of shipped task logs (the agents' logship.prefix)")
+	f.StringVar(&lc.S3.Region, "logs-region", "us-east-1", "region of --logs-bucket")
+	f.StringVar(&lc.S3.Endpoint, "logs-endpoint", "", "S3 endpoint override, path-style (tests)")
+	f.IntVar(&lc.MaxReadsPerCaller, "logs-max-reads-per-caller", api.DefaultMaxLogReadsPerCaller, "log reads one principal may have open at once")
+	f.IntVar(&lc.MaxReads, "logs-max-reads", api.DefaultMaxLogReads, "log reads open at once in total")
 	f.StringVar(&lbc.Region, "lb-region", "", "region of ELBv2 target groups: turns on registering service tasks in their jobs' target groups (docs/loadbalancers.md)")
 	f.StringVar(&lbc.Endpoint, "lb-endpoint", "", "ELBv2 endpoint override (tests)")
 	f.DurationVar(&o.MaxDeregistrationWait, "lb-max-deregistration-wait", scheduler.DefaultMaxDeregistrationWait, "longest a stop waits for a task to drain from its target groups before the kill")
@@ -198,7 +235,7 @@ func newServeCmd() *cobra.Command {
 }
 
 // applyConfigFile sets every option the file names and no flag overrides.
-func applyConfigFile(path string, changed func(string) bool, o *scheduler.Options, endpoints, metricsListen *string, tlsFiles *tlsconfig.Files, auth *authConfig, lbc *lbConfig) error {
+func applyConfigFile(path string, changed func(string) bool, o *scheduler.Options, endpoints, metricsListen *string, tlsFiles *tlsconfig.Files, auth *authConfig, lbc *lbConfig, lc *logsConfig) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
@@ -267,6 +304,15 @@ func applyConfigFile(path string, changed func(string) bool, o *scheduler.Option
 	if err := dur("election-ttl", &o.ElectionTTL, c.ElectionTTL); err != nil {
 		return err
 	}
+	if c.Logs.MaxReadsPerCaller < 0 || c.Logs.MaxReads < 0 {
+		return fmt.Errorf("config %s: logs.maxReadsPerCaller, logs.maxReads: must be at least 1", path)
+	}
+	str("logs-bucket", &lc.S3.Bucket, c.Logs.S3.Bucket)
+	str("logs-prefix", &lc.S3.Prefix, c.Logs.S3.Prefix)
+	str("logs-region", &lc.S3.Region, c.Logs.S3.Region)
+	str("logs-endpoint", &lc.S3.Endpoint, c.Logs.S3.Endpoint)
+	num("logs-max-reads-per-caller", &lc.MaxReadsPerCaller, c.Logs.MaxReadsPerCaller)
+	num("logs-max-reads", &lc.MaxReads, c.Logs.MaxReads)
 	str("lb-region", &lbc.Region, c.LoadBalancers.Region)
 	str("lb-endpoint", &lbc.Endpoint, c.LoadBalancers.Endpoint)
 	if err := dur("lb-max-deregistration-wait", &o.MaxDeregistrationWait, c.LoadBalancers.MaxDeregistrationWait); err != nil {

@@ -38,7 +38,7 @@ auth:
 	)
 	auth.PolicyFile = "/flag/p.yaml"
 	changed := func(f string) bool { return f == "policy" }
-	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{}); err != nil {
+	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{}, &logsConfig{}); err != nil {
 		t.Fatal(err)
 	}
 	want := authConfig{PolicyFile: "/flag/p.yaml", Token: authn.TokenConfig{JWKSFile: "/etc/j.json", Issuer: "https://idp", Audience: "titus", UsernameClaim: "sub"}}
@@ -51,7 +51,7 @@ auth:
 	if err := os.WriteFile(path, []byte("auth: {policy: x}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{}); err == nil {
+	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{}, &logsConfig{}); err == nil {
 		t.Error("a misspelt auth key was accepted")
 	}
 }
@@ -72,7 +72,7 @@ func TestConfigFileLoadBalancers(t *testing.T) {
 	)
 	o.TargetReconcileInterval = 3 * time.Second
 	changed := func(f string) bool { return f == "lb-reconcile-interval" }
-	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbc); err != nil {
+	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbc, &logsConfig{}); err != nil {
 		t.Fatal(err)
 	}
 	if diff := cmp.Diff(lbConfig{Region: "us-east-1", Endpoint: "http://127.0.0.1:5001"}, lbConfig{Region: lbc.Region, Endpoint: lbc.Endpoint}); diff != "" {
@@ -84,7 +84,7 @@ func TestConfigFileLoadBalancers(t *testing.T) {
 	if err := os.WriteFile(path, []byte("loadBalancers: {maxDeregistrationWait: soon}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbc); err == nil {
+	if err := applyConfigFile(path, changed, &o, &ep, &ml, &tlsFiles, &auth, &lbc, &logsConfig{}); err == nil {
 		t.Error("a malformed duration was accepted")
 	}
 }
@@ -103,7 +103,7 @@ func TestConfigFileExec(t *testing.T) {
 			tlsFiles tlsconfig.Files
 			auth     authConfig
 		)
-		err := applyConfigFile(path, func(string) bool { return false }, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{})
+		err := applyConfigFile(path, func(string) bool { return false }, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{}, &logsConfig{})
 		return o, err
 	}
 	o, err := apply("exec: {maxSessionsPerCaller: 3}\n")

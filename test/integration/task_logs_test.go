@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
@@ -23,6 +26,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/authn/authntest"
 	"github.com/titus-agent/titus-agent/pkg/authz"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/logarchive"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
@@ -38,7 +42,7 @@ type logsStack struct {
 	cli func(who string, args ...string) *exec.Cmd
 }
 
-func startLogsStack(t *testing.T, tune func(*scheduler.Options)) *logsStack {
+func startLogsStack(t *testing.T, tune func(*scheduler.Options), agentConfig string) *logsStack {
 	t.Helper()
 	dir := t.TempDir()
 	ca := authntest.NewCA(t, "titus test CA")
@@ -85,7 +89,7 @@ func startLogsStack(t *testing.T, tune func(*scheduler.Options)) *logsStack {
 	ctd, reg := testenv.StartContainerd(t), testenv.StartRegistry(t)
 	st.image = testenv.PushBusybox(t, reg, "busybox", "latest")
 	ln := newLocalNet(t)
-	cfg := ln.config + fmt.Sprintf("scheduler:\n  address: %q\n  instanceID: host-x\n  instanceType: sim\n  zone: az-a\n  tls:\n    caFile: %s\n    certFile: %s\n    keyFile: %s\n",
+	cfg := ln.config + agentConfig + fmt.Sprintf("scheduler:\n  address: %q\n  instanceID: host-x\n  instanceType: sim\n  zone: az-a\n  tls:\n    caFile: %s\n    certFile: %s\n    keyFile: %s\n",
 		st.sched.Addr(), caFile, host.CertFile, host.KeyFile)
 	st.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host}, Config: cfg})
 	return st
@@ -168,7 +172,7 @@ func agentLogFiles(t *testing.T, pid int, taskID string) map[string]int64 {
 // trail.
 func TestSchedulerTaskLogsFollow(t *testing.T) {
 	begin(t)
-	st := startLogsStack(t, nil)
+	st := startLogsStack(t, nil, "")
 	ctx := t.Context()
 	jobID, taskID := st.submit(t, &schedv1.BatchJob{Size: 1},
 		`sleep 1; for i in 1 2 3 4 5 6; do echo out-$i; echo err-$i >&2; sleep 0.4; done; echo the-end`)
@@ -263,7 +267,7 @@ func TestSchedulerTaskLogsFollow(t *testing.T) {
 // maxLogReadsPerCaller reads at once.
 func TestSchedulerTaskLogsBounded(t *testing.T) {
 	begin(t)
-	st := startLogsStack(t, func(o *scheduler.Options) { o.MaxLogReadsPerCaller = 3 })
+	st := startLogsStack(t, func(o *scheduler.Options) { o.MaxLogReadsPerCaller = 3 }, "")
 	ctx := t.Context()
 	const size = 37 * 243_243 // whole lines of yes's 37 bytes: the last one is not held back
 	_, taskID := st.submit(t, &schedv1.ServiceJob{Min: 1, Desired: 1, Max: 1},
@@ -351,4 +355,115 @@ func TestSchedulerTaskLogsBounded(t *testing.T) {
 	if _, _, err := readLogs(ctx, st.clients["alice"], &schedv1.TaskLogsRequest{Id: taskID}); err != nil {
 		t.Errorf("alice after her followers ended: %v", err)
 	}
+}
+
+// TestSchedulerTaskLogsFromS3: a task's logs, shipped to S3 (moto) by
+// its agent's real uploader, are read from the bucket once the task has
+// ended and its host is gone: stdout and stderr apart, with where they
+// came from. Another tenant asking for them is refused (attack) before
+// the bucket is read, and the refusal is audited.
+func TestSchedulerTaskLogsFromS3(t *testing.T) {
+	begin(t)
+	moto := testenv.StartMoto(t)
+	bucket := fmt.Sprintf("titus-logs-%d", time.Now().UnixNano()%1e6)
+	cli := s3.New(s3.Options{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("testing", "testing", ""),
+		BaseEndpoint: aws.String(moto.Endpoint), UsePathStyle: true})
+	if _, err := cli.CreateBucket(t.Context(), &s3.CreateBucketInput{Bucket: &bucket}); err != nil {
+		t.Fatal(err)
+	}
+	st := startLogsStack(t, func(o *scheduler.Options) { o.LogArchive = logarchive.New(cli, bucket, "tt") }, fmt.Sprintf(`logship:
+  enabled: true
+  bucket: %s
+  prefix: tt
+  endpoint: %s
+  accessKeyID: testing
+  secretAccessKey: testing
+  interval: 200ms
+`, bucket, moto.Endpoint))
+	ctx := t.Context()
+	jobID, taskID := st.submit(t, &schedv1.BatchJob{Size: 1}, `for i in 1 2 3; do echo out-$i; echo err-$i >&2; done; echo last-out`)
+	prefix := fmt.Sprintf("tt/billing/%s/%s/", jobID, taskID)
+	waitUntil(t, "the task's logs in the bucket", testenv.Scaled(60*time.Second), func() (bool, string) {
+		out, err := cli.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: &bucket, Prefix: &prefix})
+		if err != nil {
+			return false, err.Error()
+		}
+		var keys []string
+		for _, o := range out.Contents {
+			keys = append(keys, strings.TrimPrefix(aws.ToString(o.Key), prefix))
+		}
+		return slices.Contains(keys, "stdout.0") && slices.Contains(keys, "stderr.0"), fmt.Sprint(keys, "\n", tailLog(st.agent.Log()))
+	})
+	// The host goes away.
+	st.agent.Stop()
+	waitUntil(t, "the agent disconnected", testenv.Scaled(30*time.Second), func() (bool, string) {
+		a, err := st.clients["root"].ListAgents(ctx, &schedv1.ListAgentsRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, ag := range a.Agents {
+			if ag.Id == "host-x" && ag.Connected {
+				return false, "still connected"
+			}
+		}
+		return true, ""
+	})
+
+	out, src, err := readLogs(ctx, st.clients["alice"], &schedv1.TaskLogsRequest{Id: taskID, Follow: true})
+	if err != nil || !sameLines(out, "out-1 err-1 out-2 err-2 out-3 err-3 last-out") {
+		t.Errorf("alice reads from S3: %q, %v", out, err)
+	}
+	if want := "s3://" + bucket + "/" + prefix + "stdout.*"; src != want {
+		t.Errorf("source %q, want %q", src, want)
+	}
+	cmd := st.cli("carol", "task", "logs", "--stderr", taskID)
+	var cerr strings.Builder
+	cmd.Stderr = &cerr
+	b, err := cmd.Output()
+	if err != nil || string(b) != "err-1\nerr-2\nerr-3\n" || !strings.Contains(cerr.String(), "from s3://") {
+		t.Errorf("carol: task logs --stderr: %q (%s), %v", b, cerr.String(), err)
+	}
+	// Attack: another tenant, and a principal with no role.
+	out, _, err = readLogs(ctx, st.clients["bob"], &schedv1.TaskLogsRequest{Id: taskID})
+	wantCode(t, "bob reads billing's shipped logs", err, codes.PermissionDenied, `application "billing"`)
+	if out != "" {
+		t.Errorf("bob got %q", out)
+	}
+	_, _, err = readLogs(ctx, st.clients["dave"], &schedv1.TaskLogsRequest{Id: taskID, Stderr: true})
+	wantCode(t, "dave reads billing's shipped logs", err, codes.PermissionDenied, "task.logs")
+
+	var got []string
+	waitUntil(t, "S3 reads in the audit trail", testenv.Scaled(30*time.Second), func() (bool, string) {
+		resp, err := st.clients["root"].ListAudit(ctx, &schedv1.ListAuditRequest{JobId: jobID})
+		if err != nil {
+			return false, err.Error()
+		}
+		got = nil
+		for _, r := range resp.Records {
+			if r.Method == "TaskLogs" {
+				got = append(got, fmt.Sprintf("%s %s %s", r.Principal, r.Code, r.Message))
+			}
+		}
+		return len(got) >= 4, strings.Join(got, "\n")
+	})
+	for _, want := range []string{
+		"alice@example.com OK stdout, follow from s3://" + bucket + "/" + prefix + "stdout.*",
+		"carol@example.com OK stderr from s3://",
+		"bob@example.com PermissionDenied stdout: ",
+		"dave@example.com PermissionDenied stderr: ",
+	} {
+		if !slices.ContainsFunc(got, func(g string) bool { return strings.HasPrefix(g, want) }) {
+			t.Errorf("audit trail lacks %q; has:\n%s", want, strings.Join(got, "\n"))
+		}
+	}
+}
+
+// sameLines reports whether out holds exactly the space-separated lines
+// of want, in any order (stdout and stderr lines of one moment may swap).
+func sameLines(out, want string) bool {
+	a := strings.Fields(out)
+	b := strings.Fields(want)
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
 }

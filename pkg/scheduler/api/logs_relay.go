@@ -211,6 +211,10 @@ func logWhat(req *schedv1.TaskLogsRequest) string {
 }
 
 func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, stream grpc.ServerStreamingServer[schedv1.TaskLogsChunk], rec *audit.Record) (string, error) {
+	owner, ownerErr := s.core.JobOwner(rec.JobID)
+	if ownerErr == nil {
+		rec.Application = owner.Application
+	}
 	if err := authz.Refusal(ctx); err != nil {
 		return "", err // refused at the door; audited here
 	}
@@ -219,10 +223,6 @@ func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, str
 	}
 	if !taskIDRE.MatchString(req.GetId()) {
 		return "", status.Errorf(codes.InvalidArgument, "task id %.140q: want <job id>.<index>.<attempt>", req.GetId())
-	}
-	owner, ownerErr := s.core.JobOwner(rec.JobID)
-	if ownerErr == nil {
-		rec.Application = owner.Application
 	}
 	if err := s.authorizeTask(ctx, authz.TaskLogs, req.GetId()); err != nil {
 		return "", err
