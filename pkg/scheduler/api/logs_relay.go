@@ -48,6 +48,8 @@ type LogArchive interface {
 	// It returns where it read from; errors wrap errdefs.ErrNotFound when
 	// the bucket has nothing of the task.
 	Read(ctx context.Context, key LogKey, since time.Time, send func([]byte) error) (string, error)
+	// Source names where Read reads key from (s3://bucket/prefix...).
+	Source(key LogKey) string
 }
 
 // SetLogArchive sets where logs of tasks whose agent is gone are read
@@ -270,8 +272,9 @@ func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, str
 	if req.GetSince() != nil {
 		since = req.GetSince().AsTime()
 	}
-	source, err := s.archive.Read(ctx, LogKey{Application: owner.Application, JobID: t.JobID, TaskID: t.ID, Stderr: req.GetStderr()}, since,
-		func(p []byte) error { return send(append([]byte(nil), p...), "") })
+	key := LogKey{Application: owner.Application, JobID: t.JobID, TaskID: t.ID, Stderr: req.GetStderr()}
+	source := s.archive.Source(key)
+	_, err = s.archive.Read(ctx, key, since, func(p []byte) error { return send(append([]byte(nil), p...), source) })
 	if err == nil && first {
 		err = stream.Send(&schedv1.TaskLogsChunk{Source: source})
 	}

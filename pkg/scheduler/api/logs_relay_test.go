@@ -39,6 +39,8 @@ type spyArchive struct {
 	reads []LogKey
 }
 
+func (a *spyArchive) Source(k LogKey) string { return "s3://b/" + k.TaskID }
+
 func (a *spyArchive) Read(_ context.Context, k LogKey, _ time.Time, send func([]byte) error) (string, error) {
 	a.mu.Lock()
 	a.reads = append(a.reads, k)

@@ -51,15 +51,24 @@ type object struct {
 	when time.Time
 }
 
+// Source names the objects Read reads for k.
+func (a *Archive) Source(k api.LogKey) string {
+	return fmt.Sprintf("s3://%s/%s%s.*", a.bucket, logship.TaskPrefix(a.prefix, k.Application, k.JobID, k.TaskID), stream(k))
+}
+
+func stream(k api.LogKey) string {
+	if k.Stderr {
+		return logship.StreamStderr
+	}
+	return logship.StreamStdout
+}
+
 // Read sends the stream's objects of the task, oldest (lowest sequence)
 // first, skipping those last written before since.
 func (a *Archive) Read(ctx context.Context, k api.LogKey, since time.Time, send func([]byte) error) (string, error) {
-	stream := logship.StreamStdout
-	if k.Stderr {
-		stream = logship.StreamStderr
-	}
+	stream := stream(k)
 	prefix := logship.TaskPrefix(a.prefix, k.Application, k.JobID, k.TaskID)
-	source := fmt.Sprintf("s3://%s/%s%s.*", a.bucket, prefix, stream)
+	source := a.Source(k)
 	var objs []object
 	pg := s3.NewListObjectsV2Paginator(a.s3, &s3.ListObjectsV2Input{Bucket: aws.String(a.bucket), Prefix: aws.String(prefix + stream + ".")})
 	for pg.HasMorePages() && len(objs) < MaxObjects {
