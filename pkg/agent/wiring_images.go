@@ -111,7 +111,10 @@ func newImageGC(cfg ImagesConfig, rt *runtime.Runtime, inUse func() []imagegc.Ho
 		return nil, err
 	}
 	minAge, _ := parseDuration("", cfg.GC.MinAge, 0)
-	interval, _ := parseDuration("", cfg.GC.Interval, time.Minute)
+	interval, err := parseDuration("images.gc.interval", cfg.GC.Interval, time.Second)
+	if err != nil {
+		return nil, err
+	}
 	path := cfg.GC.StorePath
 	return imagegc.New(rt, imagegc.Config{
 		High: hi, Low: lo, MinAge: minAge, Interval: interval, Pinned: cfg.Pinned,

@@ -88,6 +88,9 @@ func New(store Store, cfg Config) (*GC, error) {
 	if cfg.InUse == nil {
 		return nil, errors.New("imagegc: InUse is required")
 	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = time.Minute
+	}
 	pinned, err := newMatcher(cfg.Pinned)
 	if err != nil {
 		return nil, fmt.Errorf("pinned images: %w", err)

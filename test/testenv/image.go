@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -56,7 +57,11 @@ func push(t TB, reg *Registry, repo, tag string, img v1.Image) string {
 	if err != nil {
 		t.Fatalf("reference %s: %v", ref, err)
 	}
-	if err := remote.Write(r, img); err != nil {
+	var opts []remote.Option
+	if reg.User != "" {
+		opts = append(opts, remote.WithAuth(&authn.Basic{Username: reg.User, Password: reg.Password}))
+	}
+	if err := remote.Write(r, img, opts...); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 	return ref
