@@ -125,7 +125,9 @@ func (s *Shipper) uploadPending(ctx context.Context) error {
 	return nil
 }
 
-// forgetDone drops ended tasks with nothing left to ship.
+// forgetDone drops ended tasks with nothing left to ship and no file
+// left on the host: while a file is there, the record is what lets
+// disk pressure delete it (shipped files go first).
 func (s *Shipper) forgetDone() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -135,7 +137,7 @@ func (s *Shipper) forgetDone() {
 		}
 		left := false
 		for _, f := range s.files[id] {
-			if f.State == StatePending {
+			if f.State == StatePending || (!f.Removed && !f.Spooled) {
 				left = true
 			}
 		}

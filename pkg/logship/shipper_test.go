@@ -126,14 +126,35 @@ func TestShipsRotatedThenFinal(t *testing.T) {
 	if n := testutil.ToFloat64(b.m.ShippedBytes); n != float64(len("one\ntwo\nthree and a half\nthree\n")) {
 		t.Errorf("shipped bytes = %v", n)
 	}
-	// Everything shipped: the task is forgotten, and a second Finish or
-	// round uploads nothing again.
-	if len(s.tasks) != 0 {
-		t.Errorf("tasks still tracked: %v", s.tasks)
-	}
+	// Everything shipped: a second Finish or round uploads nothing again.
 	puts := b.s3.count("put")
 	s.Finish("t1")
 	s.Round(ctx)
+	if b.s3.count("put") != puts {
+		t.Errorf("uploads after the end: %d, want %d", b.s3.count("put"), puts)
+	}
+	// The task stays recorded while its files are on the host (disk
+	// pressure needs the record to delete them), and is forgotten once
+	// they are gone.
+	if len(s.tasks) != 1 {
+		t.Fatalf("tasks tracked: %v", s.tasks)
+	}
+	full := true
+	s.cfg.Disk = fakeDisk{func() float64 {
+		if full {
+			return 0.9
+		}
+		return 0.5
+	}}
+	s.Round(ctx)
+	if got := b.localFiles("t1"); len(got) != 0 {
+		t.Errorf("shipped files left under pressure: %v", got)
+	}
+	full = false
+	s.Round(ctx)
+	if len(s.tasks) != 0 {
+		t.Errorf("tasks still tracked: %v", s.tasks)
+	}
 	if b.s3.count("put") != puts {
 		t.Errorf("uploads after the end: %d, want %d", b.s3.count("put"), puts)
 	}

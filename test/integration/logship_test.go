@@ -9,11 +9,13 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -104,12 +106,19 @@ type logShipBed struct {
 	proxy   *s3Proxy
 	bucket  string
 	metrics string
+	// high, emergency are logship.diskHighPercent, diskEmergencyPercent.
+	high, emergency int
 }
 
-func startLogShipBed(t *testing.T, logs string) *logShipBed {
+func startLogShipBed(t *testing.T, logs string, extra ...string) *logShipBed {
 	t.Helper()
 	moto := testenv.StartMoto(t)
-	b := &logShipBed{bucket: "titus-logs-" + fmt.Sprint(time.Now().UnixNano()%1e6)}
+	b := &logShipBed{bucket: "titus-logs-" + fmt.Sprint(time.Now().UnixNano()%1e6), high: 85, emergency: 95}
+	if len(extra) > 0 && extra[0] == "thresholds" {
+		fmt.Sscan(extra[1], &b.high)
+		fmt.Sscan(extra[2], &b.emergency)
+		extra = extra[3:]
+	}
 	b.s3 = s3.New(s3.Options{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("testing", "testing", ""),
 		BaseEndpoint: aws.String(moto.Endpoint), UsePathStyle: true})
 	if _, err := b.s3.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: &b.bucket}); err != nil {
@@ -130,8 +139,10 @@ logship:
   backoffMax: 1s
   partSizeMiB: 5
   multipartThresholdMiB: 6
-`, b.metrics, b.bucket, b.proxy.URL)
-	b.agentEnv = newAgentEnvConfig(t, cfg)
+  diskHighPercent: %d
+  diskEmergencyPercent: %d
+`, b.metrics, b.bucket, b.proxy.URL, b.high, b.emergency)
+	b.agentEnv = newAgentEnvConfig(t, cfg, extra...)
 	return b
 }
 
@@ -423,4 +434,86 @@ func TestLogShipAttack(t *testing.T) {
 			t.Errorf("launch %s: %v, want an error naming %s", tc.id, err, tc.want)
 		}
 	}
+}
+
+// TestLogShipFullDisk: on a small real log filesystem with S3 down,
+// shipped files are deleted first; unshipped ones only past the
+// emergency threshold, oldest first, counted and logged; they are never
+// shipped later, and the rest are once S3 is back.
+func TestLogShipFullDisk(t *testing.T) {
+	begin(t)
+	logs, err := os.MkdirTemp("/tmp", "tlogs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(logs) })
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=24m", "titus-logship-test", logs).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", logs).Run() })
+	b := startLogShipBed(t, "logs:\n  maxSizeMiB: 1\n  maxFiles: 100\n", "thresholds", "50", "75", "--log-dir", logs)
+	pad := strings.Repeat("z", 56)
+	// A's 8 MiB are shipped and kept (maxFiles 100).
+	b.launch(b.spec("disk-a", "sh", "-c", fmt.Sprintf("seq -w 1 %d | sed 's/$/ %s/'", 130000, pad)))
+	b.waitFinal("disk-a")
+	aprefix := logship.TaskPrefix("tt", "", "", "disk-a")
+	b.waitKeys(aprefix, 8, 30*time.Second) // 7 rotated + the last
+	if n := len(rotatedIn(logs, "disk-a")); n != 7 {
+		t.Fatalf("A's shipped files kept: %d, want its 7 rotated ones", n)
+	}
+	// S3 goes down; B writes 22 MiB slowly enough for the shipper's rounds.
+	b.proxy.down.Store(true)
+	b.launch(b.spec("disk-b", "sh", "-c", fmt.Sprintf("for i in $(seq 1 22); do seq -w 1 16000 | sed \"s/$/ $i %s/\"; sleep 0.3; done", pad)))
+	b.waitFinal("disk-b")
+	waitShip(t, 20*time.Second, func() bool {
+		return metricValue(scrape(t, b.metrics), "titus_logship_emergency_deleted_files_total") > 0
+	}, "emergency deletions")
+	if n := len(rotatedIn(logs, "disk-a")); n != 0 {
+		t.Errorf("A's shipped files still on disk: %d (they go first)", n)
+	}
+	page := scrape(t, b.metrics)
+	if n := metricValue(page, `titus_logship_removed_files_total{reason="disk_pressure"}`); n < 7 {
+		t.Errorf("removed under pressure = %v, want A's files", n)
+	}
+	emergency := metricValue(page, "titus_logship_emergency_deleted_files_total")
+	if !strings.Contains(b.agent.Log(), "log disk past the emergency threshold") {
+		t.Errorf("no emergency deletion logged")
+	}
+	var st syscall.Statfs_t
+	syscall.Statfs(logs, &st)
+	if used := 1 - float64(st.Bfree)/float64(st.Blocks); used > 0.80 {
+		t.Errorf("log disk %.0f%% used, want about the 75%% emergency mark", used*100)
+	}
+	kept := rotatedIn(logs, "disk-b")
+	b.proxy.down.Store(false)
+	bprefix := logship.TaskPrefix("tt", "", "", "disk-b")
+	waitShip(t, 30*time.Second, func() bool {
+		return metricValue(scrape(t, b.metrics), "titus_logship_backlog_files") == 0
+	}, "backlog drained")
+	got := b.keys(bprefix)
+	t.Logf("B: %v files deleted unshipped past the emergency mark, %d kept and then shipped (+ the last)", emergency, len(kept))
+	// Every file not deleted is shipped (+1: the last one); the deleted
+	// ones, the oldest, never are.
+	if len(got) != len(kept)+1 {
+		t.Errorf("B shipped %d files, %d were kept on disk (+ the last)", len(got), len(kept))
+	}
+	if float64(len(got))+emergency < 22 {
+		t.Errorf("B: %d shipped + %v dropped, want its 22+ files accounted for", len(got), emergency)
+	}
+	for _, k := range got {
+		if _, seq, _ := logship.ParseName(k); seq < int(emergency) {
+			t.Errorf("%s shipped, but the %v oldest were deleted unshipped", k, emergency)
+		}
+	}
+}
+
+func rotatedIn(logDir, id string) []string {
+	ents, _ := os.ReadDir(filepath.Join(logDir, id))
+	var out []string
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "stdout-") {
+			out = append(out, e.Name())
+		}
+	}
+	return out
 }
