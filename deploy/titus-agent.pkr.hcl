@@ -21,7 +21,7 @@ variable "containerd_version" {
 }
 variable "runc_version" {
   type    = string
-  default = "1.3.3"
+  default = "1.5.3" # RUNC_VERSION in scripts/deps.sh: the runc both test lanes build and run
 }
 variable "deb" {
   type        = string

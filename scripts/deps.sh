@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Installs everything the agent, its tests and its demo need on a fresh
-# Debian 12 machine: Debian packages, containerd 2.x built from source (cached),
-# and AWS's IMDS mock. Idempotent; fast when everything is present.
+# Debian 12 machine: Debian packages, containerd 2.x and runc built from source
+# (cached), and AWS's IMDS mock. Idempotent; fast when everything is present.
 set -euo pipefail
 
 CONTAINERD_VERSION=v2.2.9
+# runc for both test lanes, the host's and the VM's (test/vm/run.sh), and
+# `make demo`: the AMI bake (deploy/) installs the same release. Debian 12's
+# runc 1.1.5 cannot exec into a user-namespace task on its own netns.
+RUNC_VERSION=v1.5.3
 IMDS_MOCK_VERSION=v1.13.0
 ETCD_VERSION=v3.7.3 # the go.etcd.io/etcd/*/v3 version in go.mod
 CACHE="${TITUS_CACHE:-$HOME/.cache/titus-agent}"
 BIN="$CACHE/bin"
 mkdir -p "$BIN"
 
-APT_PKGS=(runc docker-registry busybox-static tini iproute2 nftables iptables e2fsprogs xfsprogs protobuf-compiler libprotobuf-dev systemd-container util-linux procps psmisc)
+APT_PKGS=(gcc libc6-dev libseccomp-dev pkg-config docker-registry busybox-static tini iproute2 nftables iptables e2fsprogs xfsprogs protobuf-compiler libprotobuf-dev systemd-container util-linux procps psmisc)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -32,6 +36,20 @@ if [[ ! -f "$stamp" || ! -x "$BIN/containerd" || ! -x "$BIN/containerd-shim-runc
     "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
   touch "$stamp"
 fi
+
+# runc, with cgo and libseccomp (its seccomp filters need both), under a
+# versioned name: rebuilt only when RUNC_VERSION changes. "$BIN/runc" points
+# at it; the tests, the demo and the VM lane's guest payload use that one.
+# Debian's runc, if installed, is left alone and never used.
+runc="$BIN/runc-$RUNC_VERSION"
+if [[ ! -x "$runc" ]]; then
+  echo "deps: building runc $RUNC_VERSION (cgo, libseccomp)"
+  gobin="$(mktemp -d "$BIN/.runc.XXXXXX")"
+  (cd / && GOBIN="$gobin" CGO_ENABLED=1 go install -tags seccomp "github.com/opencontainers/runc@$RUNC_VERSION")
+  "$gobin/runc" --version | grep -q '^libseccomp: ' || { rm -rf "$gobin"; echo "deps: FATAL: runc built without libseccomp" >&2; exit 1; }
+  mv "$gobin/runc" "$runc" && rmdir "$gobin"
+fi
+ln -sfn "runc-$RUNC_VERSION" "$BIN/runc"
 
 stamp="$BIN/.imds-mock-$IMDS_MOCK_VERSION"
 if [[ ! -f "$stamp" || ! -x "$BIN/ec2-metadata-mock" ]]; then

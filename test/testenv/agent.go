@@ -166,6 +166,9 @@ func (a *Agent) Start() {
 	t.Helper()
 	a.generation++
 	cmd := exec.Command(AgentBinary(t), a.Args...)
+	// The agent runs runc itself (reaping a killed shim's container): the
+	// one containerd runs, from the deps cache, as on the containerd PATH.
+	cmd.Env = append(os.Environ(), "PATH="+CacheBin()+":"+os.Getenv("PATH"))
 	a.Proc = StartProcess(t, a.Dir, fmt.Sprintf("agent-%d", a.generation), cmd)
 	conn, err := grpc.NewClient("unix://"+a.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -6,14 +6,15 @@
 # modes") and the README's test section.
 #
 # Cached under $TITUS_CACHE (~/.cache/titus-agent): the guest image in
-# vm/<hash of image.sh, the unit and the mirror>/, runc in bin/runc-<version>.
+# vm/<hash of image.sh, the unit and the mirror>/; runc is the one
+# scripts/deps.sh builds for both lanes (bin/runc -> runc-<version>).
 # Per run, in a temporary directory removed at exit: the payload disk (the
 # test binary built here with `go test -c`, the agent, containerd, runc),
 # the XFS disk and the guest's output. The guest has no network device; it
 # talks to the host over one virtio-serial port. Exit status: the guest's
 # `go test`'s, or 1 when the guest never reported one.
 #
-# `run.sh --prepare` only builds what is missing (runc, the image) and exits.
+# `run.sh --prepare` only builds the image if it is missing and exits.
 #
 # Environment: TITUS_VM_RUN (the -run regex; default below), TITUS_VM_TIMEOUT
 # (go test -timeout, default 40m), TITUS_VM_ACCEL (auto|kvm|tcg),
@@ -27,7 +28,6 @@ here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 CACHE="${TITUS_CACHE:-$HOME/.cache/titus-agent}"
 BIN="$CACHE/bin"
-RUNC_VERSION=v1.5.3 # the latest 1.x release; built with cgo and libseccomp
 # What the guest runs by default (README, "Tests"): each test starts its own
 # containerd, registry and agent, a minute or more apiece under TCG. The
 # lane runs beside the host lane in `make test` (about 21 min of unit,
@@ -54,7 +54,7 @@ since() { awk -v s="$1" -v e="$(now)" 'BEGIN { printf "%.1f", e - s }'; }
 
 # Prerequisites, installed like scripts/deps.sh does; anything still missing
 # afterwards is fatal.
-APT_PKGS=(qemu-system-x86 mmdebstrap e2fsprogs xfsprogs libseccomp-dev pkg-config)
+APT_PKGS=(qemu-system-x86 mmdebstrap e2fsprogs xfsprogs)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -68,19 +68,12 @@ fi
 for c in qemu-system-x86_64 mmdebstrap mkfs.ext4 go; do
   command -v "$c" >/dev/null || die "$c not found"
 done
-for c in containerd containerd-shim-runc-v2 ctr ec2-metadata-mock; do
+for c in containerd containerd-shim-runc-v2 ctr ec2-metadata-mock runc; do
   [[ -x "$BIN/$c" ]] || die "$BIN/$c missing (run make deps)"
 done
-
-# runc: production hosts run current runc, not Debian 12's 1.1.5. Kept under
-# a versioned name so the host lane's `runc` lookup is unaffected.
-runc="$BIN/runc-$RUNC_VERSION"
-if [[ ! -x "$runc" ]]; then
-  say "building runc $RUNC_VERSION (cgo, libseccomp)"
-  gobin="$(mktemp -d)"
-  (cd / && GOBIN="$gobin" CGO_ENABLED=1 go install -tags seccomp "github.com/opencontainers/runc@$RUNC_VERSION")
-  mv "$gobin/runc" "$runc" && rmdir "$gobin"
-fi
+# runc: the host lane's, built by scripts/deps.sh (production hosts run
+# current runc, not Debian 12's 1.1.5).
+runc="$(readlink -f "$BIN/runc")"
 
 # The guest image, keyed by its recipe and the mirror it comes from.
 key="$( { cat "$here/image.sh" "$here/titus-vm-run.service"; bash "$here/image.sh" --sources; } | sha256sum | cut -c1-16)"
@@ -97,7 +90,7 @@ fi
 flock -u 9
 say "guest image $key: kernel $(cat "$img/kernel-version")"
 if [[ ${1:-} == --prepare ]]; then
-  exit 0 # image and runc ready; nothing booted
+  exit 0 # image ready; nothing booted
 fi
 
 work="$(mktemp -d /var/tmp/titus-vm.XXXXXX)"
