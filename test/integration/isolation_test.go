@@ -1058,7 +1058,12 @@ func TestAgentForkBombStaysResponsive(t *testing.T) {
 	begin(t)
 	e := newAgentEnv(t)
 	const limit = 64
-	bomb := e.spec("bomb", "sh", "-c", "f() { f | f & }; f; sleep 600")
+	// Each bomb process forks two more and then sleeps: the bomb grows
+	// exponentially to its limit and stays there. (The classic f|f& died
+	// out by chance: at the limit every process's next fork failed at once,
+	// on runc 1.1.5 and 1.5.3 alike.) The init's two forks come first, so a
+	// refused fork never ends the task.
+	bomb := e.spec("bomb", "sh", "-c", "f() { f & f & exec sleep 600; }; f")
 	bomb.Resources.Pids, bomb.Resources.CpuMillicores = limit, 500
 	bomb.KillGracePeriodSeconds = 1
 	e.launch(bomb)
@@ -1114,8 +1119,8 @@ func TestAgentUserNamespaceWithNetwork(t *testing.T) {
 	tk := e.waitState("web", stRunning, 30*time.Second)
 	e.waitState("client", stRunning, 30*time.Second)
 	ip := tk.GetNetwork().GetIpv4()
-	// Not through exec: runc 1.1 joins the user namespace first and then
-	// may not enter a network namespace owned by the host's.
+	// The task's own view; an exec into such a task is
+	// TestExecUserNamespaceTask's.
 	e.waitLog("web", "nameserver")
 	if out, _ := e.cli("task", "logs", "web"); strings.HasPrefix(strings.Join(strings.Fields(out), " "), "0 0 ") || !strings.Contains(out, "nameserver 198.18.0.2") {
 		t.Fatalf("in the task: %q, want a user namespace and the agent's resolv.conf", out)
