@@ -207,9 +207,20 @@ func TestAgentRejectsInvalidSpecs(t *testing.T) {
 
 func TestAgentKill9ReadoptsRunningTasks(t *testing.T) {
 	begin(t)
+	agentKill9Readopts(t, 10, nil)
+}
+
+// agentKill9Readopts runs n long tasks and one that will exit while the
+// agent is away, kills the agent -9, lets that task exit and plants a
+// container labelled as the agent's that it never launched, and restarts
+// it: the n are re-adopted with unchanged pids and cgroups and are still
+// controllable, the exit is recorded with its code, the stranger reaped.
+// The VM lane runs it too (TestVMAgentKill9Readopts, cgroup v2, systemd).
+// checkCgroup, when set, judges each long task's /proc/PID/cgroup.
+func agentKill9Readopts(t *testing.T, n int, checkCgroup func(id, cg string) error) {
 	e := newAgentEnv(t)
-	const n = 10
 	pids := map[string]uint32{}
+	cgroups := map[string]string{}
 	for i := 0; i < n; i++ {
 		e.launch(e.spec(fmt.Sprintf("long-%d", i), "sleep", "1000"))
 	}
@@ -218,6 +229,12 @@ func TestAgentKill9ReadoptsRunningTasks(t *testing.T) {
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("long-%d", i)
 		pids[id] = e.waitState(id, stRunning, 60*time.Second).GetPid()
+		cgroups[id] = procCgroup(t, pids[id])
+		if checkCgroup != nil {
+			if err := checkCgroup(id, cgroups[id]); err != nil {
+				t.Fatalf("%s: %v", id, err)
+			}
+		}
 	}
 	e.waitState("exits-away", stRunning, 60*time.Second)
 
@@ -244,6 +261,9 @@ func TestAgentKill9ReadoptsRunningTasks(t *testing.T) {
 		if err := syscall.Kill(int(pid), 0); err != nil {
 			t.Fatalf("%s pid %d not alive after re-adoption", id, pid)
 		}
+		if cg := procCgroup(t, pid); cg != cgroups[id] {
+			t.Fatalf("%s cgroup after re-adoption:\n%s\nwant\n%s", id, cg, cgroups[id])
+		}
 	}
 	wantState(t, e.waitFinal("exits-away"), stFailed, task.ReasonNonZeroExit, 42)
 	e.waitNoContainer("orphan")
@@ -260,6 +280,16 @@ func TestAgentKill9ReadoptsRunningTasks(t *testing.T) {
 		}
 	}
 	e.assertNoLeftovers()
+}
+
+// procCgroup is /proc/PID/cgroup.
+func procCgroup(t *testing.T, pid uint32) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 func TestAgentGracefulStopLeavesTasksRunning(t *testing.T) {

@@ -78,8 +78,9 @@ func alive(pid uint32) bool {
 // containerd as deploy/ configures it (SystemdCgroup = true) under the
 // guest's systemd, and checks with a task running: socket activation on the
 // first CLI call, Type=notify readiness, `systemctl restart`, the watchdog
-// restarting a SIGSTOPped agent and `systemctl stop` never kill the task
-// (same PID throughout), and a restarted agent re-adopts it.
+// restarting a SIGSTOPped agent, a kill -9 of the agent and `systemctl stop`
+// never kill the task (same PID throughout), and a restarted agent
+// re-adopts it.
 func TestVMSystemdAgentKeepsTasks(t *testing.T) {
 	begin(t)
 	deb := os.Getenv("TITUS_VM_DEB")
@@ -239,6 +240,21 @@ WantedBy=multi-user.target
 		t.Errorf("NRestarts = %s after a watchdog kill", r)
 	}
 	survives("a watchdog restart")
+
+	// kill -9 of the agent's main process: systemd restarts it
+	// (Restart=always) and the new agent re-adopts the task.
+	mainPID = unitProp(t, "titus-agent.service", "MainPID")
+	if n, _ = strconv.Atoi(mainPID); n == 0 {
+		t.Fatal("no MainPID before the kill -9")
+	}
+	if err := syscall.Kill(n, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	vmWaitUntil(t, "systemd to restart the killed agent", 2*time.Minute, func() bool {
+		got := unitProp(t, "titus-agent.service", "MainPID")
+		return got != mainPID && got != "0" && unitProp(t, "titus-agent.service", "ActiveState") == "active"
+	})
+	survives("kill -9 of the agent")
 
 	// systemctl stop: a clean exit, the task keeps running; the next CLI
 	// call starts the agent through the socket and it re-adopts the task.
