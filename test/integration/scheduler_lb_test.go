@@ -117,8 +117,11 @@ func (b *lbBed) start(endpoint, name string) {
 }
 
 // registered lists the group's targets that are not draining, sorted.
-func (b *lbBed) registered() ([]string, error) {
-	out, err := b.elb.DescribeTargetHealth(context.Background(), &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(b.tg)})
+func (b *lbBed) registered() ([]string, error) { return b.registeredIn(b.tg) }
+
+// registeredIn lists group arn's targets that are not draining, sorted.
+func (b *lbBed) registeredIn(arn string) ([]string, error) {
+	out, err := b.elb.DescribeTargetHealth(context.Background(), &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
 	if err != nil {
 		return nil, err
 	}

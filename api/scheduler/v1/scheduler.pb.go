@@ -1938,8 +1938,9 @@ func (x *KillJobRequest) GetId() string {
 type UpdateJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// The new spec: its task, retry, disruption_budget and update replace
-	// the job's; name, owner_email, application and capacity_group must be
+	// The new spec: its task, retry, disruption_budget, update and
+	// target_groups replace the job's (a new task or new target groups is a
+	// new revision, rolled out); name, owner_email, application and capacity_group must be
 	// empty or unchanged; sizes are kept (use ScaleJob).
 	Spec          *JobSpec `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
 	unknownFields protoimpl.UnknownFields

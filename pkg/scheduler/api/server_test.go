@@ -214,6 +214,9 @@ func TestTargetGroupOfAnotherTenantRefused(t *testing.T) {
 	if status.Code(err) != codes.PermissionDenied {
 		t.Errorf("bob's update into billing's target group: %v, want PermissionDenied", err)
 	}
+	if j, err := s.core.Job(resp.GetJobId()); err != nil || len(j.Spec.TargetGroups()) != 0 || j.Revision != 1 {
+		t.Errorf("after the refused update: %+v %v, want no target group and no new revision", j, err)
+	}
 	// Alice may name it; this scheduler has no load balancer integration,
 	// which the core says (past the door).
 	_, err = s.SubmitJob(as("alice@example.com"), &schedv1.SubmitJobRequest{Spec: withTG("billing")})

@@ -222,7 +222,7 @@ func (c *Core) newTask(j *jobState, sl *slot, a *agentState, now time.Time) *tas
 	t.rec = &model.Task{
 		ID: model.TaskID(j.rec.ID, sl.index, sl.attempt), JobID: j.rec.ID, Index: sl.index, Attempt: sl.attempt,
 		AgentID: a.id, AZ: a.az, State: task.StateUnknown, Failures: sl.failures,
-		Placed: now, Revision: j.rec.Revision,
+		Placed: now, Revision: j.rec.Revision, Targets: c.pendingTargets(j),
 	}
 	if sl.cur != nil {
 		sl.next = t // a replacement (see slot.next)

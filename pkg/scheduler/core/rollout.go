@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -360,9 +361,16 @@ func (c *Core) rollback(j *jobState, reason string, now time.Time) {
 // rollout from the current revision (a rollback or an undo). Callers hold c.mu.
 func (c *Core) revert(j *jobState, state model.RolloutState, reason string, now time.Time) {
 	r := j.rec.Rollout
-	cur := j.rec.Spec.Task
+	cur, curTGs := j.rec.Spec.Task, slices.Clone(j.rec.Spec.TargetGroups())
 	j.rec.Spec.Task = r.Previous
-	j.rec.Rollout = &model.Rollout{State: state, From: j.rec.Revision, To: r.From, Reason: reason, Started: now, Previous: cur}
+	if r.PreviousTargetGroupsKnown && j.rec.Spec.Service != nil {
+		// A new slice: views share the old one.
+		svc := *j.rec.Spec.Service
+		svc.TargetGroups = slices.Clone(r.PreviousTargetGroups)
+		j.rec.Spec.Service = &svc
+	}
+	j.rec.Rollout = &model.Rollout{State: state, From: j.rec.Revision, To: r.From, Reason: reason, Started: now, Previous: cur,
+		PreviousTargetGroups: curTGs, PreviousTargetGroupsKnown: true}
 	j.rec.Revision = r.From
 	c.retemplate(j)
 	j.gen++

@@ -160,7 +160,7 @@ func (c *Core) checkTargetGroupsConfigured(spec model.JobSpec) error {
 // trackTargets starts managing t's targets once it has an IP and its job
 // names target groups. Callers hold c.mu.
 func (c *Core) trackTargets(t *taskState) {
-	if !c.targetsOn() || t.lb.tracked || t.lb.refused || t.rec.IP == "" || len(t.job.rec.Spec.TargetGroups()) == 0 {
+	if !c.targetsOn() || t.lb.tracked || t.lb.refused || t.rec.IP == "" || len(groupsOf(t)) == 0 {
 		return
 	}
 	if c.tgt.tasks == nil {
@@ -191,7 +191,7 @@ func (c *Core) trackTargets(t *taskState) {
 	c.tgt.tasks[t] = struct{}{}
 	if len(t.rec.Targets) == 0 {
 		var rs []model.TargetRegistration
-		for _, tg := range t.job.rec.Spec.TargetGroups() {
+		for _, tg := range groupsOf(t) {
 			rs = append(rs, model.TargetRegistration{ARN: tg.ARN, Port: tg.Port, State: model.TargetPending})
 		}
 		t.rec.Targets = rs
@@ -230,7 +230,7 @@ func (c *Core) targetsEnded(t *taskState) {
 	if c.tgt.gone == nil {
 		c.tgt.gone = map[goneTarget]struct{}{}
 	}
-	for _, tg := range t.job.rec.Spec.TargetGroups() {
+	for _, tg := range groupsOf(t) {
 		c.tgt.gone[goneTarget{tg.ARN, Target{t.rec.IP, tg.Port}}] = struct{}{}
 	}
 	c.kickTargets()
@@ -548,7 +548,7 @@ func (c *Core) targetPass(ctx context.Context, now time.Time, full bool) {
 			}
 			t.lb.deregistered = true
 			var wait time.Duration
-			for _, tg := range t.job.rec.Spec.TargetGroups() {
+			for _, tg := range groupsOf(t) {
 				wait = max(wait, delays[tg.ARN])
 			}
 			t.lb.drainUntil = now.Add(min(wait, c.opts.MaxDeregistrationWait))
@@ -596,7 +596,7 @@ func (c *Core) finishStops(now time.Time) {
 		if !t.lb.stopping {
 			continue
 		}
-		groups := len(t.job.rec.Spec.TargetGroups())
+		groups := len(groupsOf(t))
 		done := t.lb.deregistered && (!now.Before(t.lb.drainUntil) || t.lb.drainedGroups >= groups)
 		t.lb.drainedGroups = 0
 		giveUp := !t.lb.deregistered && now.Sub(t.lb.stopAt) >= c.opts.MaxDeregistrationWait
@@ -619,7 +619,7 @@ func (c *Core) planTargets(now time.Time) *targetPlan {
 	ready := func(arn string) bool { return !now.Before(c.tgt.retryAt[arn]) }
 	for t := range c.tgt.tasks {
 		wanted := t.lb.heard && wantsTargets(t)
-		for _, tg := range t.job.rec.Spec.TargetGroups() {
+		for _, tg := range groupsOf(t) {
 			tt := Target{t.rec.IP, tg.Port}
 			switch {
 			case t.lb.stopping && t.lb.deregistered:
@@ -672,6 +672,18 @@ func (c *Core) reconcileTargets(ctx context.Context, now time.Time) {
 	}
 	for _, j := range c.jobs {
 		for _, tg := range j.rec.Spec.TargetGroups() {
+			arns[tg.ARN] = true
+		}
+		// A group an update took away: targets a task left there (one that
+		// ended while the leader failed over) are removed too.
+		if r := j.rec.Rollout; r != nil {
+			for _, tg := range r.PreviousTargetGroups {
+				arns[tg.ARN] = true
+			}
+		}
+	}
+	for t := range c.tgt.tasks {
+		for _, tg := range groupsOf(t) {
 			arns[tg.ARN] = true
 		}
 	}
@@ -802,9 +814,41 @@ func allDraining(t *taskState) bool {
 	return true
 }
 
+// groupsOf is t's target groups: those of the revision that launched it,
+// as its record carries them from its creation (an update may give the
+// job other groups; a task keeps its own until it is replaced). Records
+// written before tasks carried them: the job's groups, or the previous
+// revision's for a task of that revision.
+func groupsOf(t *taskState) []model.TargetGroup {
+	if len(t.rec.Targets) > 0 {
+		out := make([]model.TargetGroup, len(t.rec.Targets))
+		for i, r := range t.rec.Targets {
+			out[i] = model.TargetGroup{ARN: r.ARN, Port: r.Port}
+		}
+		return out
+	}
+	j := t.job
+	if r := j.rec.Rollout; r != nil && r.PreviousTargetGroupsKnown && t.rec.Revision == r.From && t.rec.Revision != j.rec.Revision {
+		return r.PreviousTargetGroups
+	}
+	return j.rec.Spec.TargetGroups()
+}
+
+// pendingTargets are the registrations a new task of job j starts with.
+func (c *Core) pendingTargets(j *jobState) []model.TargetRegistration {
+	if !c.targetsOn() {
+		return nil
+	}
+	var rs []model.TargetRegistration
+	for _, tg := range j.rec.Spec.TargetGroups() {
+		rs = append(rs, model.TargetRegistration{ARN: tg.ARN, Port: tg.Port, State: model.TargetPending})
+	}
+	return rs
+}
+
 // portIn is t's port in group arn (0: not one of its groups).
 func portIn(t *taskState, arn string) uint32 {
-	for _, tg := range t.job.rec.Spec.TargetGroups() {
+	for _, tg := range groupsOf(t) {
 		if tg.ARN == arn {
 			return tg.Port
 		}

@@ -661,7 +661,7 @@ func TestTargetsAvailableOnlyWhenLBHealthy(t *testing.T) {
 	}
 
 	// A rollout whose new task the load balancer keeps unhealthy.
-	spec := h.testScheduler.job(h.job).Spec
+	spec := h.testScheduler.job(h.job).Spec.Clone()
 	tmpl := *spec.Task
 	tmpl.Image = "registry.example/x:2"
 	spec.Task = &tmpl
@@ -694,5 +694,63 @@ func TestTargetsAvailableOnlyWhenLBHealthy(t *testing.T) {
 	j := h.testScheduler.job(h.job)
 	if j.Rollout.State != model.RolloutRolledBack || !strings.Contains(j.Rollout.Reason, "targetgroup/web/0123456789abcdef: unhealthy (Target.ResponseCodeMismatch: Health checks failed") {
 		t.Fatalf("after the deadline: %+v", j.Rollout)
+	}
+}
+
+// TestTargetsUpdateChangesGroups: an update that moves the job from group
+// A to group B is a new revision: its task joins B, the old one leaves A
+// before it is killed, and A is left empty; an undo moves it back.
+func TestTargetsUpdateChangesGroups(t *testing.T) {
+	h := newLBHarness(t, 1, Config{})
+	old := h.place()[0]
+	h.status(old, task.Running, "198.18.0.10", task.HealthHealthy)
+	h.pass(false)
+	spec := h.testScheduler.job(h.job).Spec.Clone()
+	spec.Service.TargetGroups = []model.TargetGroup{{ARN: tgB, Port: 9090}}
+	spec.Service.Update = &model.UpdateStrategy{MaxSurge: "1", MaxUnavailable: "0"}
+	j, err := h.UpdateJob(h.ctx, h.job, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.Revision != 2 || !j.Rollout.PreviousTargetGroupsKnown || len(j.Rollout.PreviousTargetGroups) != 1 || j.Rollout.PreviousTargetGroups[0].ARN != tgA {
+		t.Fatalf("an update of the target groups alone: revision %d rollout %+v, want revision 2 from group A", j.Revision, j.Rollout)
+	}
+	// move runs the rollout: the new task (at ip) Running and Healthy,
+	// passes and steps until the old one is killed.
+	move := func(ip string) (string, []string) {
+		t.Helper()
+		h.step()
+		placed := h.place()
+		if len(placed) != 1 {
+			t.Fatalf("placed %v, want one replacement", placed)
+		}
+		h.status(placed[0], task.Running, ip, task.HealthHealthy)
+		var log []string
+		for range 5 {
+			log = append(log, h.pass(false)...)
+			h.step()
+		}
+		return placed[0], log
+	}
+	repl, log := move("198.18.0.11")
+	if diff := cmp.Diff([]string{"register B 198.18.0.11:9090", "deregister A 198.18.0.10:8080", "kill " + old}, log); diff != "" {
+		t.Errorf("the move to B (-want +got):\n%s", diff)
+	}
+	if a, b := h.lb.registered(tgA), h.lb.registered(tgB); len(a) != 0 || !slices.Equal(b, []string{"198.18.0.11:9090"}) {
+		t.Errorf("after the rollout: A %v, B %v; want A empty, B the new task", a, b)
+	}
+	h.report("a1", h.sess, task.Killed, old)
+	if _, err := h.RolloutJob(h.ctx, h.job, RolloutUndo); err != nil {
+		t.Fatal(err)
+	}
+	if j := h.testScheduler.job(h.job); j.Revision != 1 || j.Spec.TargetGroups()[0].ARN != tgA {
+		t.Fatalf("undo: revision %d groups %v", j.Revision, j.Spec.TargetGroups())
+	}
+	_, log = move("198.18.0.12")
+	if diff := cmp.Diff([]string{"register A 198.18.0.12:8080", "deregister B 198.18.0.11:9090", "kill " + repl}, log); diff != "" {
+		t.Errorf("the undo (-want +got):\n%s", diff)
+	}
+	if a, b := h.lb.registered(tgA), h.lb.registered(tgB); !slices.Equal(a, []string{"198.18.0.12:8080"}) || len(b) != 0 {
+		t.Errorf("after the undo: A %v, B %v", a, b)
 	}
 }

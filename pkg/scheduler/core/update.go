@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"reflect"
+	"slices"
 	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
@@ -47,14 +48,21 @@ func (c *Core) UpdateJob(ctx context.Context, id string, spec model.JobSpec) (*m
 		if f := ck.Fields(); len(f) > 0 {
 			return &ValidationError{Fields: f}
 		}
+		prevTGs := slices.Clone(rec.Spec.TargetGroups())
 		if s := spec.Service; s != nil {
 			v := rec.Spec.Service
 			v.Retry, v.UnhealthyReplaceAfterSeconds, v.Budget, v.Update = s.Retry, s.UnhealthyReplaceAfterSeconds, s.Budget, s.Update
+			v.TargetGroups = slices.Clone(s.TargetGroups)
 		}
-		changed := !reflect.DeepEqual(spec.Task, rec.Spec.Task)
+		// New target groups are a new revision: its tasks join them, the
+		// old ones leave theirs as the rollout replaces them.
+		changed := !reflect.DeepEqual(spec.Task, rec.Spec.Task) || !slices.Equal(prevTGs, rec.Spec.TargetGroups())
 		prev := rec.Spec.Task
 		rec.Spec.Task = spec.Task
 		if _, err := ValidateJob(rec.Spec); err != nil {
+			return err
+		}
+		if err := c.checkTargetGroupsConfigured(rec.Spec); err != nil {
 			return err
 		}
 		if !changed {
@@ -64,7 +72,8 @@ func (c *Core) UpdateJob(ctx context.Context, id string, spec model.JobSpec) (*m
 		if r := rec.Rollout; r != nil {
 			next = max(next, r.From+1, r.To+1)
 		}
-		rec.Rollout = &model.Rollout{State: model.RolloutProgressing, From: rec.Revision, To: next, Started: now, Previous: prev}
+		rec.Rollout = &model.Rollout{State: model.RolloutProgressing, From: rec.Revision, To: next, Started: now, Previous: prev,
+			PreviousTargetGroups: prevTGs, PreviousTargetGroupsKnown: true}
 		rec.Revision = next
 		return nil
 	})
@@ -96,9 +105,13 @@ func (c *Core) RolloutJob(ctx context.Context, id string, action RolloutAction) 
 			if r.Previous == nil {
 				return fmt.Errorf("%w: no previous revision to go back to", model.ErrRolloutState)
 			}
-			cur := rec.Spec.Task
+			cur, curTGs := rec.Spec.Task, slices.Clone(rec.Spec.TargetGroups())
 			rec.Spec.Task = r.Previous
+			if r.PreviousTargetGroupsKnown && rec.Spec.Service != nil {
+				rec.Spec.Service.TargetGroups = slices.Clone(r.PreviousTargetGroups)
+			}
 			rc = model.Rollout{State: model.RolloutProgressing, From: rec.Revision, To: r.From, Started: now, Previous: cur,
+				PreviousTargetGroups: curTGs, PreviousTargetGroupsKnown: true,
 				Reason: fmt.Sprintf("undo of revision %d", rec.Revision)}
 			rec.Revision = r.From
 		default:
