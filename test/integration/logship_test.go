@@ -517,3 +517,44 @@ func rotatedIn(logDir, id string) []string {
 	}
 	return out
 }
+
+// TestLogShipQuotaDiskTask: a task with a disk quota keeps its logs on
+// its own disk, which goes away at teardown; with S3 down meanwhile, its
+// unshipped files are spooled first and all arrive once S3 is back.
+func TestLogShipQuotaDiskTask(t *testing.T) {
+	begin(t)
+	b := startLogShipBed(t, "logs:\n  maxSizeMiB: 1\n  maxFiles: 1\n")
+	b.proxy.down.Store(true)
+	const lines = 50000 // ~3 MiB
+	pad := strings.Repeat("q", 56)
+	s := b.spec("quota-ship", "sh", "-c", fmt.Sprintf("seq -w 1 %d | sed 's/$/ %s/'", lines, pad))
+	s.Resources.DiskMib = 32
+	b.launch(s)
+	if fi, err := os.Lstat(filepath.Join(b.dir, "logs", "quota-ship")); err == nil && fi.Mode()&os.ModeSymlink == 0 {
+		t.Logf("log dir is not a link into the disk (backend without one?)")
+	}
+	b.waitFinal("quota-ship")
+	b.waitNoContainer("quota-ship")
+	waitShip(t, 20*time.Second, func() bool {
+		_, err := os.Stat(filepath.Join(b.dir, "disks", "mnt", "quota-ship"))
+		return os.IsNotExist(err)
+	}, "the task's disk torn down")
+	if ks := b.keys(""); len(ks) != 0 {
+		t.Fatalf("keys while S3 is down: %v", ks)
+	}
+	b.proxy.down.Store(false)
+	prefix := logship.TaskPrefix("tt", "", "", "quota-ship")
+	waitShip(t, 30*time.Second, func() bool {
+		return metricValue(scrape(t, b.metrics), "titus_logship_backlog_files") == 0
+	}, "backlog drained")
+	objs := b.objects(prefix)
+	if got, want := joined(t, objs, prefix), numbered(lines, pad); got != want {
+		t.Fatalf("shipped logs of the quota'd task: %d bytes in %d files, want %d", len(got), len(objs), len(want))
+	}
+	if len(objs) < 3 {
+		t.Errorf("%d files shipped, want the rotated ones and the last", len(objs))
+	}
+	if ents, _ := os.ReadDir(filepath.Join(b.dir, "logs", ".logship", "quota-ship")); len(ents) != 0 {
+		t.Errorf("spool not emptied: %d entries", len(ents))
+	}
+}
