@@ -205,6 +205,14 @@ func printRollout(w io.Writer, j *schedv1.Job) {
 	fmt.Fprintf(w, "tasks: %d of %d updated and available, %d of other revisions live, %d unavailable\n",
 		r.Updated, j.Spec.GetService().GetDesired(), r.Old, r.Unavailable)
 	fmt.Fprintf(w, "started: %s\nended: %s\n", ts(r.Started, r.Started != nil), ts(r.Ended, r.Ended != nil))
+	if r.State == schedv1.Rollout_STATE_PROGRESSING {
+		// What the automatic rollback counts (kept across leader changes).
+		fmt.Fprintf(w, "consecutive failures of new tasks: %d", r.Failures)
+		if r.LastFailure != "" {
+			fmt.Fprintf(w, ", last: %s", r.LastFailure)
+		}
+		fmt.Fprintf(w, "\nlast progress: %s\n", ts(r.ProgressAt, r.ProgressAt != nil))
+	}
 	if r.Reason != "" {
 		fmt.Fprintf(w, "reason: %s\n", r.Reason)
 	}
