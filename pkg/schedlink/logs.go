@@ -12,9 +12,10 @@ import (
 )
 
 // LogsFunc reads one task's log for the scheduler (the agent's task log
-// files): send takes each chunk (it may block, and must not keep the
-// slice), and the read ends when ctx does.
-type LogsFunc func(ctx context.Context, open *schedv1.LogsRelayOpen, send func([]byte) error) error
+// files): send takes each chunk (it may block until its ctx, a context of
+// the read's ctx, ends; it must not keep the slice), and the read ends when
+// ctx does.
+type LogsFunc func(ctx context.Context, open *schedv1.LogsRelayOpen, send func(ctx context.Context, p []byte) error) error
 
 // Bounds of relayed log reads on one stream.
 const (
@@ -147,10 +148,10 @@ func (r *logsRelay) serve(ctx context.Context, id string, s *logSession, open *s
 		delete(r.sessions, id)
 		r.mu.Unlock()
 	}()
-	send := func(p []byte) error {
+	send := func(sctx context.Context, p []byte) error {
 		for len(p) > 0 {
 			n := min(len(p), maxLogChunk)
-			if err := s.take(ctx); err != nil {
+			if err := s.take(sctx); err != nil {
 				return err
 			}
 			if err := r.chunk(&schedv1.LogsRelayChunk{Session: id, Data: append([]byte(nil), p[:n]...)}); err != nil {

@@ -59,8 +59,8 @@ func open(session string, window uint32) *schedv1.LogsRelayRequest {
 
 // fileRun reads the log file of dir with tasklog.Read, as the agent does.
 func fileRun(dir string) LogsFunc {
-	return func(ctx context.Context, o *schedv1.LogsRelayOpen, send func([]byte) error) error {
-		return tasklog.Read(ctx, dir, tasklog.ReadOptions{Follow: o.GetFollow(), Poll: 5 * time.Millisecond}, send)
+	return func(ctx context.Context, o *schedv1.LogsRelayOpen, send func(context.Context, []byte) error) error {
+		return tasklog.Read(ctx, dir, tasklog.ReadOptions{Follow: o.GetFollow(), Poll: 5 * time.Millisecond}, func(p []byte) error { return send(ctx, p) })
 	}
 }
 
