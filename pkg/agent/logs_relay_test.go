@@ -50,7 +50,9 @@ func TestTaskLogReaderEndsAStalledReadAfterTheTask(t *testing.T) {
 		return ctx.Err()
 	}
 	done := make(chan error, 1)
-	go func() { done <- r.read(context.Background(), &schedv1.LogsRelayOpen{TaskId: "t1", Follow: true}, stalled) }()
+	go func() {
+		done <- r.read(context.Background(), &schedv1.LogsRelayOpen{TaskId: "t1", Follow: true}, stalled)
+	}()
 	select {
 	case err := <-done:
 		t.Fatalf("a stalled read of a running task ended: %v", err)
