@@ -53,7 +53,7 @@ func TestImportRules(t *testing.T) {
 		{"pkg/scheduler/core", []string{"google.golang.org/grpc", "go.etcd.io/etcd", module + "api/", "github.com/aws/"}},
 		{"pkg/scheduler/model", []string{"google.golang.org/grpc", "go.etcd.io/etcd", module + "api/"}},
 	}
-	for _, lib := range []string{"pkg/runtime", "pkg/vpc", "pkg/isolation", "pkg/metadataproxy", "pkg/gpu", "pkg/healthcheck", "pkg/task", "pkg/schedlink"} {
+	for _, lib := range []string{"pkg/runtime", "pkg/vpc", "pkg/isolation", "pkg/metadataproxy", "pkg/gpu", "pkg/healthcheck", "pkg/task", "pkg/schedlink", "pkg/imagegc", "pkg/ecrauth"} {
 		rules = append(rules, rule{lib, []string{module + "pkg/agent", module + "pkg/scheduler"}})
 	}
 	checked := 0
