@@ -94,7 +94,7 @@ func TestImageECRTokenRefresh(t *testing.T) {
 	moto := testenv.StartMoto(t)
 	const fresh = 8 * time.Second
 	proxy := startECRProxy(t, moto.Endpoint, time.Hour+fresh) // refreshBefore 1h: fresh for 8 s
-	const password = "123456789012-auth-token"                 // moto's for its default account
+	const password = "123456789012-auth-token"                // moto's for its default account
 	token := base64.StdEncoding.EncodeToString([]byte("AWS:" + password))
 	reg := testenv.StartRegistryAuth(t, "AWS", password)
 	var apps []string
