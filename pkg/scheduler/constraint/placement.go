@@ -70,6 +70,34 @@ type Placement struct {
 	Weights    []int
 	MaxPerHost int
 	Zone       ZoneBalance
+	hostsKey   string
+}
+
+// HostsKey names what the placement makes of a set of hosts: which it
+// allows, each one's preference weight and the worst exclusion. Two
+// placements with the same key answer the same for every host.
+func (p *Placement) HostsKey() string {
+	if p.hostsKey == "" {
+		// Every field quoted or a number, so no two placements share a key.
+		var b strings.Builder
+		con := func(c Constraint) {
+			fmt.Fprintf(&b, "%q %d", c.Attr, c.Op)
+			for _, v := range c.Values {
+				fmt.Fprintf(&b, " %q", v)
+			}
+			b.WriteByte(';')
+		}
+		for _, m := range p.Hard {
+			con(m.C)
+		}
+		b.WriteByte('|')
+		for i, m := range p.Prefs {
+			fmt.Fprintf(&b, "%d ", p.Weights[i])
+			con(m.C)
+		}
+		p.hostsKey = b.String()
+	}
+	return p.hostsKey
 }
 
 var familyRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,15}$`)

@@ -196,9 +196,14 @@ type Core struct {
 	// hostGen changes whenever an agent registers or goes: constrained
 	// jobs' host lists (jobHosts) are recomputed only then.
 	hostGen uint64
-	gstate  map[string]*groupState
-	q       queues
-	ret     retention
+	// hostSets are the jobHosts of every placement seen since hostGen
+	// last changed, by constraint.Placement.HostsKey: jobs with the same
+	// constraints share one evaluation of them over the fleet.
+	hostSets    map[string]*jobHosts
+	hostSetsGen uint64
+	gstate      map[string]*groupState
+	q           queues
+	ret         retention
 	// submitting counts submissions being written, by application: they
 	// count against the live-job caps before they are in jobs.
 	submitting map[string]int

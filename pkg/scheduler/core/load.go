@@ -25,6 +25,7 @@ func (c *Core) Load(ctx context.Context, st Store, stepDown func()) error {
 	c.q, c.ret, c.live = newQueues(), retention{}, live{}
 	c.dirty = map[*jobState]struct{}{}
 	c.gstate = map[string]*groupState{}
+	c.hostGen++ // a new fleet: no host list computed before holds
 	for name, g := range c.groups {
 		c.gstate[name] = &groupState{cfg: g}
 	}

@@ -22,6 +22,10 @@ const placeSample = 16
 // already count against their hosts in memory, so rounds never overcommit).
 const placeInFlight = 3
 
+// maxHostSets bounds the host lists kept for distinct placements between
+// fleet changes (each is a few pointers per allowed host).
+const maxHostSets = 1024
+
 func (c *Core) placeLoop(ctx context.Context) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -80,6 +84,10 @@ func (c *Core) planRound() ([]placed, time.Time) {
 	}
 	p := newPlacer(agents, placeSample, c.opts.MaxLaunchingPerHost, now)
 	p.gen = c.hostGen
+	if c.hostSetsGen != c.hostGen || len(c.hostSets) > maxHostSets {
+		c.hostSets, c.hostSetsGen = map[string]*jobHosts{}, c.hostGen
+	}
+	p.shared = c.hostSets
 	jobs := make([]*jobState, 0, len(c.q.waiting))
 	for j := range c.q.waiting {
 		jobs = append(jobs, j)

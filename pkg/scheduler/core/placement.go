@@ -77,6 +77,8 @@ type placer struct {
 	// of hosts and their attributes (Core.hostGen).
 	every []*agentState
 	gen   uint64
+	// shared are the jobHosts of this gen by placement (Core.hostSets).
+	shared map[string]*jobHosts
 }
 
 // jobHosts is what a job's constraints make of the known hosts, kept
@@ -92,6 +94,15 @@ type jobHosts struct {
 	known    int
 	worst    constraint.Exclusion
 	hasWorst bool
+	// byPref are the allowed hosts split by preference weight, heaviest
+	// first, each in id order: a round's tiers are these less the hosts
+	// not schedulable then.
+	byPref []prefHosts
+}
+
+type prefHosts struct {
+	pref  int
+	hosts []*agentState
 }
 
 // tier is a list of hosts searched together, in id order, overall and by
@@ -101,6 +112,11 @@ type tier struct {
 	all    []*agentState
 	byAZ   map[string][]*agentState
 	cursor map[string]int
+	// own marks a tier of one job's candidates: a search drops the hosts
+	// it finds cannot take the job's task, since within a round hosts only
+	// fill up (their use, launches, the job's tasks on them and the IPs
+	// taken only grow while c.mu is held), so they never could again.
+	own bool
 }
 
 func newTier(pref int) *tier {
@@ -123,8 +139,9 @@ type candidates struct {
 }
 
 type tierAZ struct {
-	tier int
-	az   string
+	tier  int
+	zoned bool
+	az    string
 }
 
 func newPlacer(agents []*agentState, sample, maxLaunching int, now time.Time) *placer {
@@ -158,30 +175,47 @@ func (p *placer) candidatesOf(j *jobState) *candidates {
 		return c
 	}
 	h := p.hostsOf(j)
-	byPref := map[int]*tier{}
-	azs := map[string]bool{}
-	for i, a := range h.allowed {
-		if !a.schedulable(p.now) {
-			continue
+	for _, ph := range h.byPref {
+		t := newTier(ph.pref)
+		t.own = true
+		t.all = make([]*agentState, 0, len(ph.hosts))
+		for _, a := range ph.hosts {
+			if a.schedulable(p.now) {
+				t.add(a)
+			}
 		}
-		w := h.pref[i]
-		t := byPref[w]
-		if t == nil {
-			t = newTier(w)
-			byPref[w] = t
+		if len(t.all) > 0 {
 			c.tiers = append(c.tiers, t)
+			c.count += len(t.all)
 		}
-		t.add(a)
-		azs[a.az] = true
-		c.count++
 	}
-	slices.SortFunc(c.tiers, func(a, b *tier) int { return cmp.Compare(b.pref, a.pref) })
-	for az := range azs {
-		c.azs = append(c.azs, az)
+	for _, az := range p.azs {
+		for _, t := range c.tiers {
+			if len(t.byAZ[az]) > 0 {
+				c.azs = append(c.azs, az)
+				break
+			}
+		}
 	}
-	slices.Sort(c.azs)
 	p.jobs[j] = c
 	return c
+}
+
+// candidateHosts are the hosts j may use this round, as candidatesOf
+// first built them (its searches drop hosts that fill up).
+func (p *placer) candidateHosts(j *jobState) []*agentState {
+	if j.d.place == nil {
+		return p.all
+	}
+	var out []*agentState
+	for _, ph := range p.hostsOf(j).byPref {
+		for _, a := range ph.hosts {
+			if a.schedulable(p.now) {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
 }
 
 // hostsOf is j's jobHosts for the current hosts, recomputed when they changed.
@@ -190,6 +224,11 @@ func (p *placer) hostsOf(j *jobState) *jobHosts {
 		return h
 	}
 	pl := j.d.place
+	key := pl.HostsKey()
+	if h := p.shared[key]; h != nil && h.gen == p.gen && p.gen != 0 {
+		j.hosts = h
+		return h
+	}
 	h := &jobHosts{gen: p.gen, known: len(p.every)}
 	attrs := make([]map[string]string, 0, len(p.every))
 	for _, a := range p.every {
@@ -200,13 +239,26 @@ func (p *placer) hostsOf(j *jobState) *jobHosts {
 	}
 	slices.SortFunc(h.allowed, func(a, b *agentState) int { return cmp.Compare(a.id, b.id) })
 	h.pref = make([]int, len(h.allowed))
+	idx := map[int]int{}
 	for i, a := range h.allowed {
-		h.pref[i] = pl.Preference(a.attrs)
+		w := pl.Preference(a.attrs)
+		h.pref[i] = w
+		k, ok := idx[w]
+		if !ok {
+			k = len(h.byPref)
+			idx[w] = k
+			h.byPref = append(h.byPref, prefHosts{pref: w})
+		}
+		h.byPref[k].hosts = append(h.byPref[k].hosts, a)
 	}
+	slices.SortFunc(h.byPref, func(a, b prefHosts) int { return cmp.Compare(b.pref, a.pref) })
 	if len(pl.Hard) > 0 {
 		h.worst, h.hasWorst = pl.WorstExclusion(attrs)
 	}
 	j.hosts = h
+	if p.shared != nil && p.gen != 0 {
+		p.shared[key] = h
+	}
 	return h
 }
 
@@ -256,13 +308,13 @@ func (p *placer) pick(j *jobState) *agentState {
 	}
 	for ti, t := range c.tiers {
 		if zone == constraint.ZoneNone {
-			if a := p.bestIn(c, ti, t, "", t.all, d, sp); a != nil {
+			if a := p.bestIn(c, ti, t, false, "", d, sp); a != nil {
 				return a
 			}
 			continue
 		}
 		for _, az := range azs {
-			if a := p.bestIn(c, ti, t, az, t.byAZ[az], d, sp); a != nil {
+			if a := p.bestIn(c, ti, t, true, az, d, sp); a != nil {
 				return a
 			}
 		}
@@ -286,19 +338,25 @@ func minZones(azs []string, sp spreadState) []string {
 	return out
 }
 
-func (p *placer) bestIn(c *candidates, ti int, t *tier, az string, list []*agentState, d *demand, sp spreadState) *agentState {
-	k := tierAZ{ti, az}
+func (p *placer) bestIn(c *candidates, ti int, t *tier, zoned bool, az string, d *demand, sp spreadState) *agentState {
+	k := tierAZ{ti, zoned, az}
 	if c.exhausted[k] {
 		return nil
 	}
-	a := p.best(t, az, list, d, sp)
+	a := p.best(t, zoned, az, d, sp)
 	if a == nil {
 		c.exhausted[k] = true
 	}
 	return a
 }
 
-func (p *placer) best(t *tier, key string, list []*agentState, d *demand, sp spreadState) *agentState {
+// best searches t's hosts (of zone az when zoned) from where the last
+// search stopped, and returns the best scoring of the first sample that fit.
+func (p *placer) best(t *tier, zoned bool, az string, d *demand, sp spreadState) *agentState {
+	list, key := t.all, "\x00all" // no zone is named so
+	if zoned {
+		list, key = t.byAZ[az], az
+	}
 	n := len(list)
 	if n == 0 {
 		return nil
@@ -309,10 +367,15 @@ func (p *placer) best(t *tier, key string, list []*agentState, d *demand, sp spr
 	}
 	var best *agentState
 	var bestScore float64
+	var full []int // positions of hosts that no longer fit (own tiers)
 	found, i := 0, 0
 	for ; i < n && found < p.sample; i++ {
-		a := list[(start+i)%n]
+		k := (start + i) % n
+		a := list[k]
 		if !p.fits(a, d, sp) {
+			if t.own {
+				full = append(full, k)
+			}
 			continue
 		}
 		found++
@@ -321,10 +384,44 @@ func (p *placer) best(t *tier, key string, list []*agentState, d *demand, sp spr
 			best, bestScore = a, sc
 		}
 	}
+	// Start the next search past the hosts just looked at, less one so a
+	// host with room left is looked at again (bin-packing).
+	next := (start + max(i-1, 0)) % n
+	if len(full) > 0 {
+		list, next = dropHosts(list, full, next)
+		if zoned {
+			t.byAZ[az] = list
+		} else {
+			t.all = list
+		}
+		n = len(list)
+	}
 	if n > p.sample {
-		// Start the next search past the hosts just looked at, less one so a
-		// host with room left is looked at again (bin-packing).
-		t.cursor[key] = start + max(i-1, 0)
+		t.cursor[key] = next
 	}
 	return best
+}
+
+// dropHosts removes the hosts at positions drop (ascending mod a
+// rotation) from list, keeping the others in order, and moves cursor to
+// the same host, or the next one kept when it was dropped.
+func dropHosts(list []*agentState, drop []int, cursor int) ([]*agentState, int) {
+	slices.Sort(drop)
+	out := list[:0]
+	newCursor, di := -1, 0
+	for k, a := range list {
+		if k == cursor {
+			newCursor = len(out)
+		}
+		if di < len(drop) && drop[di] == k {
+			di++
+			continue
+		}
+		out = append(out, a)
+	}
+	clear(list[len(out):])
+	if newCursor < 0 || newCursor >= len(out) {
+		newCursor = 0
+	}
+	return out, newCursor
 }

@@ -94,8 +94,8 @@ func (p *placer) explain(j *jobState, agents int) string {
 			minAZs[az] = true
 		}
 	}
-	for _, t := range c.tiers {
-		for _, a := range t.all {
+	for _, a := range p.candidateHosts(j) {
+		{
 			switch {
 			case a.launching >= p.maxLaunching:
 				launchCap++
