@@ -266,3 +266,57 @@ func TestRedactEnv(t *testing.T) {
 		t.Error("RedactEnv changed the original")
 	}
 }
+
+// TestCheckImage (attack): with the hosts' own ECR credentials and their
+// shared image cache, a tenant naming another application's image would
+// run it. An application that lists images runs only those repositories,
+// whatever tag, digest or spelling names them; one that lists none runs
+// any.
+func TestCheckImage(t *testing.T) {
+	p, err := Parse([]byte(`
+applications:
+  billing:
+    owners: {principals: [alice@example.com]}
+    images: [123456789012.dkr.ecr.us-east-1.amazonaws.com/billing/*, docker.io/library/busybox]
+  search:
+    owners: {principals: [bob@example.com]}
+    images: [123456789012.dkr.ecr.us-east-1.amazonaws.com/search/*]
+  open:
+    owners: {principals: [carol@example.com]}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := New(p)
+	ecr := "123456789012.dkr.ecr.us-east-1.amazonaws.com/"
+	for _, c := range []struct {
+		app, image string
+		want       error // nil: allowed
+	}{
+		{"billing", ecr + "billing/web:1", nil},
+		{"billing", ecr + "billing/db/migrate@sha256:" + strings.Repeat("a", 64), nil},
+		{"billing", "busybox:1.36", nil},
+		{"billing", "library/busybox", nil},
+		{"billing", "docker.io/library/busybox:latest", nil},
+		{"search", ecr + "billing/web:1", errdefs.ErrPermissionDenied},
+		{"search", ecr + "billing-web:1", errdefs.ErrPermissionDenied},
+		{"search", "busybox", errdefs.ErrPermissionDenied},
+		{"billing", "busybox-evil", errdefs.ErrPermissionDenied},
+		{"billing", ecr + "billingx/web", errdefs.ErrPermissionDenied},
+		{"billing", "Not An Image", errdefs.ErrInvalidArgument},
+		{"open", ecr + "billing/web:1", nil},
+	} {
+		err := d.CheckImage(c.app, c.image)
+		if (c.want == nil) != (err == nil) || (c.want != nil && !errors.Is(err, c.want)) {
+			t.Errorf("%s runs %s: %v, want %v", c.app, c.image, err, c.want)
+		}
+	}
+	if err := Open().CheckImage("billing", "anything"); err != nil {
+		t.Errorf("no policy: %v", err)
+	}
+	for _, bad := range []string{"*", "docker.io*", "busybox:1", "reg/a*b/*", "busybox@sha256:" + strings.Repeat("a", 64)} {
+		if _, err := Parse([]byte("applications:\n  a:\n    images: [\"" + bad + "\"]\n")); err == nil || !strings.Contains(err.Error(), "applications.a.images[0]") {
+			t.Errorf("images pattern %q: %v, want an error naming it", bad, err)
+		}
+	}
+}

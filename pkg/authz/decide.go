@@ -1,6 +1,7 @@
 package authz
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
 
 	"github.com/titus-agent/titus-agent/pkg/authn"
 )
@@ -200,6 +202,50 @@ func (d *Decider) CheckTargetGroup(app, arn string) error {
 		}
 	}
 	return fmt.Errorf("%w: target group %q is not in application %q's allowlist (policy applications.%s.targetGroups)", errdefs.ErrPermissionDenied, arn, app, app)
+}
+
+// checkImagePattern refuses an images pattern that is not a repository
+// name (or a prefix of one ending in "*"), or that allows every image.
+func checkImagePattern(p string) error {
+	prefix, wild := strings.CutSuffix(p, "*")
+	switch {
+	case strings.Contains(prefix, "*"):
+		return errors.New("is not an image repository (a single trailing * is allowed)")
+	case wild && !strings.Contains(prefix, "/"):
+		return errors.New("allows the images of whole registries; name a registry host and a repository prefix (host/path/*)")
+	case wild:
+		return nil
+	}
+	if n, err := reference.ParseNormalizedNamed(p); err != nil || !reference.IsNameOnly(n) {
+		return errors.New("is not an image repository without tag or digest")
+	}
+	return nil
+}
+
+// CheckImage refuses an image whose repository the policy does not list
+// for app (applications.<app>.images): with the hosts' own registry
+// credentials (registries.ecr) and their shared image cache, naming
+// another application's image would run it. With no policy, or no images
+// listed for app, every image is allowed.
+func (d *Decider) CheckImage(app, image string) error {
+	if d.p == nil || len(d.p.Applications[app].Images) == 0 {
+		return nil
+	}
+	named, err := reference.ParseNormalizedNamed(image)
+	if err != nil {
+		return fmt.Errorf("%w: image %q: %v", errdefs.ErrInvalidArgument, image, err)
+	}
+	repo := named.Name()
+	for _, pat := range d.p.Applications[app].Images {
+		if prefix, ok := strings.CutSuffix(pat, "*"); ok {
+			if strings.HasPrefix(repo, prefix) {
+				return nil
+			}
+		} else if n, err := reference.ParseNormalizedNamed(pat); err == nil && n.Name() == repo {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: image %q (repository %s) is not in application %q's allowlist (policy applications.%s.images)", errdefs.ErrPermissionDenied, image, repo, app, app)
 }
 
 // TargetGroups lists every target group pattern the policy allows any

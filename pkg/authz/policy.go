@@ -35,6 +35,12 @@ type Application struct {
 	// that prefix. Empty: none. The scheduler owns these groups' targets
 	// (docs/loadbalancers.md).
 	TargetGroups []string `json:"targetGroups,omitempty"`
+	// Images are the image repositories its jobs may run (fully
+	// qualified, as docker.io/library/busybox or
+	// 123456789012.dkr.ecr.us-east-1.amazonaws.com/billing/web); a
+	// pattern ending in "*" matches every repository with that prefix.
+	// Empty: any image (docs/security.md says when that is unsafe).
+	Images []string `json:"images,omitempty"`
 }
 
 // Policy is the policy file.
@@ -89,6 +95,11 @@ func Parse(b []byte) (*Policy, error) {
 			}
 			if strings.HasSuffix(r, "role/*") {
 				errs = append(errs, fmt.Sprintf("applications.%s.iamRoles[%d]: %q allows every role of the account; name the roles or a path", name, i, r))
+			}
+		}
+		for i, im := range app.Images {
+			if err := checkImagePattern(im); err != nil {
+				errs = append(errs, fmt.Sprintf("applications.%s.images[%d]: %q %v", name, i, im, err))
 			}
 		}
 		for i, tg := range app.TargetGroups {

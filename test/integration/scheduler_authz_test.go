@@ -39,6 +39,7 @@ applications:
   search:
     owners: {principals: [bob@example.com]}
     iamRoles: [arn:aws:iam::123456789012:role/search-task]
+    images: [127.0.0.1:5000/busybox, 127.0.0.1:5000/search/*]
 `
 
 // authzEnv is a titus-scheduler process with a policy and bearer tokens,
@@ -194,6 +195,12 @@ func TestSchedulerAuthzTenantAttacks(t *testing.T) {
 	stolen.Task.IamRoleArn = "arn:aws:iam::123456789012:role/billing-task"
 	_, err = e.api.SubmitJob(bob, &schedv1.SubmitJobRequest{Spec: stolen})
 	wantCode(t, "bob submits with billing's role", err, codes.PermissionDenied, `not in application "search"'s allowlist`)
+	// ... or runs billing's image: hosts pull with their own registry
+	// credentials and share their image cache.
+	img := tenantSpec("search", "bob@example.com")
+	img.Task.Image = "127.0.0.1:5000/billing/payments:1"
+	_, err = e.api.SubmitJob(bob, &schedv1.SubmitJobRequest{Spec: img})
+	wantCode(t, "bob runs billing's image", err, codes.PermissionDenied, "applications.search.images")
 	// ... or submits into billing itself.
 	_, err = e.api.SubmitJob(bob, &schedv1.SubmitJobRequest{Spec: tenantSpec("billing", "bob@example.com")})
 	wantCode(t, "bob submits into billing", err, codes.PermissionDenied, `may not job.submit on application "billing"`)

@@ -136,7 +136,8 @@ func (s *Server) jobView(ctx context.Context, j *model.Job) *schedv1.Job {
 
 // checkSpec is the door of a submission: the caller owns the
 // application, the spec is within MaxJobSpecBytes, its IAM role is in the
-// application's allowlist, so are its target groups, and only admins set titus.isolation/* labels.
+// application's allowlist, so are its image and its target groups, and
+// only admins set titus.isolation/* labels.
 func (s *Server) checkSpec(ctx context.Context, spec *schedv1.JobSpec) error {
 	app := spec.GetApplication()
 	if err := s.authz.Authorize(ctx, authz.JobSubmit, app); err != nil {
@@ -147,6 +148,9 @@ func (s *Server) checkSpec(ctx context.Context, spec *schedv1.JobSpec) error {
 	}
 	d := s.authz.Decider()
 	if err := d.CheckIAMRole(app, spec.GetTask().GetIamRoleArn()); err != nil {
+		return err
+	}
+	if err := d.CheckImage(app, spec.GetTask().GetImage()); err != nil {
 		return err
 	}
 	for _, tg := range spec.GetService().GetTargetGroups() {
