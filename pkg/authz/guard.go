@@ -94,7 +94,7 @@ func (g *Guard) Unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 		resp, err = handler(context.WithValue(authn.NewContext(ctx, p), noteKey{}, n), req)
 	}
 	err = errgrpc.ToGRPC(err)
-	if rule.Mutating && p.Name != "" {
+	if rule.Mutating && p.Name != "" && (err == nil || p.Method != authn.MethodNone) {
 		g.record(ctx, p, info.FullMethod, rule, n, req, resp, err)
 	} else if err != nil && p.Name != "" && status.Code(err) == codes.PermissionDenied {
 		g.c.Log.Warn("call refused", "principal", p.String(), "method", info.FullMethod, "err", err)
@@ -126,7 +126,10 @@ func (g *Guard) Stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInf
 			g.c.Log.Warn("stream refused", "principal", p.String(), "method", info.FullMethod, "peer", peerAddr(ss.Context()), "err", err)
 		}
 		// Authenticated but refused: the handler audits it, then refuses.
-		if p.Name != "" && auditedByHandler[info.FullMethod] && errdefs.IsPermissionDenied(err) {
+		// A caller with no credential is only logged, as at the unary
+		// door: anyone who reaches the port could otherwise push real
+		// records out of the bounded trail.
+		if p.Name != "" && p.Method != authn.MethodNone && auditedByHandler[info.FullMethod] && errdefs.IsPermissionDenied(err) {
 			ctx := context.WithValue(authn.NewContext(ss.Context(), p), refusalKey{}, errgrpc.ToGRPC(err))
 			return handler(srv, &principalStream{ServerStream: ss, ctx: ctx})
 		}

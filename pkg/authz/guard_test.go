@@ -105,6 +105,11 @@ func TestGuard(t *testing.T) {
 	if _, err := api.SubmitJob(as("alice@example.com"), big); code(err) != codes.ResourceExhausted {
 		t.Errorf("oversized SubmitJob = %v, want ResourceExhausted", err)
 	}
+	// A caller without credential: refused and logged, never audited
+	// (it would push real records out of the bounded trail).
+	if _, err := api.KillJob(t.Context(), &schedv1.KillJobRequest{Id: "j1"}); code(err) != codes.PermissionDenied {
+		t.Errorf("anonymous KillJob = %v, want PermissionDenied", err)
+	}
 	if srv.killed != 1 {
 		t.Errorf("handler killed %d jobs, want 1 (alice's)", srv.killed)
 	}
@@ -117,6 +122,12 @@ func TestGuard(t *testing.T) {
 		t.Errorf("user Connect = %v, want PermissionDenied", err)
 	}
 	out := logs.String()
+	if strings.Contains(out, `"msg":"audit","principal":"anonymous"`) {
+		t.Errorf("an anonymous refusal was audited:\n%s", out)
+	}
+	if !strings.Contains(out, `"msg":"call refused","principal":"anonymous"`) {
+		t.Errorf("an anonymous refusal was not logged:\n%s", out)
+	}
 	for _, want := range []string{
 		`"principal":"bob@example.com","method":"KillJob","action":"job.kill","application":"billing","job":"j1","task":"","agent":"","code":"PermissionDenied"`,
 		`"principal":"alice@example.com","method":"KillJob","action":"job.kill","application":"billing","job":"j1","task":"","agent":"","code":"OK"`,

@@ -51,7 +51,8 @@ func (m *memTrail) List(context.Context, audit.Filter) ([]audit.Record, string, 
 // why, like any other denial: a principal the policy gives no role (the
 // gate refuses it before any handler runs), another tenant's owner (not
 // its task), a task of no job (not found). A caller whose credential is
-// forged is refused unrecorded (no principal to record).
+// forged, or who has none, is refused unrecorded: anyone who reaches the
+// port would otherwise push real records out of the bounded trail.
 func TestExecRefusalsAreAudited(t *testing.T) {
 	s := newServer(t)
 	trail := &memTrail{}
@@ -116,6 +117,7 @@ func TestExecRefusalsAreAudited(t *testing.T) {
 		{"another tenant's task", bearer("bob@example.com"), taskID, codes.PermissionDenied, `on application "billing"`},
 		{"a task of no job, by an admin", bearer("root@example.com"), "nope.0.0", codes.NotFound, "nope"},
 		{"a forged token", metadata.AppendToOutgoingContext(t.Context(), "authorization", "Bearer forged"), taskID, codes.Unauthenticated, ""},
+		{"no credential at all", t.Context(), taskID, codes.PermissionDenied, "anonymous"},
 	} {
 		err := exec(c.ctx, c.id, "cat", "/proc/self/environ")
 		if status.Code(err) != c.code || !strings.Contains(status.Convert(err).Message(), c.msg) {
