@@ -269,8 +269,8 @@ func TestSchedulerAuthzTenantAttacks(t *testing.T) {
 			refused++
 		}
 	}
-	if refused != 7 { // kill, scale, kill task, stolen role, billing submit, two labels
-		t.Errorf("audit ls --principal bob: %d refused calls, want 7:\n%v", refused, trail.Records)
+	if refused != 8 { // kill, scale, kill task, stolen role, billing's image, billing submit, two labels
+		t.Errorf("audit ls --principal bob: %d refused calls, want 8:\n%v", refused, trail.Records)
 	}
 	cmd := exec.Command(testenv.SchedulerBinary(t), "--addr", e.sched.addr, "audit", "ls")
 	cmd.Env = append(os.Environ(), "TITUS_TOKEN="+e.token("alice@example.com"))
