@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 
-	sdutil "github.com/coreos/go-systemd/v22/util"
 	"sigs.k8s.io/yaml"
 
 	"github.com/titus-agent/titus-agent/pkg/gpu"
@@ -355,7 +354,7 @@ func (c *Config) Validate() error {
 	if c.Containerd.Address == "" {
 		errs = append(errs, errors.New("containerd.address: is required"))
 	}
-	if _, err := c.Containerd.cgroupDriver(sdutil.IsRunningSystemd()); err != nil {
+	if _, err := c.Containerd.cgroupDriver(systemdBooted()); err != nil {
 		errs = append(errs, err)
 	}
 	if _, err := c.Scheduler.TLS.Client(); err != nil {

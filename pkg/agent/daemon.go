@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"time"
 
-	sdutil "github.com/coreos/go-systemd/v22/util"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
@@ -137,7 +136,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	for host, a := range cfg.Registries.Auth {
 		auth[host] = runtime.Auth{Username: a.Username, Password: a.Password}
 	}
-	driver, err := cfg.Containerd.cgroupDriver(sdutil.IsRunningSystemd())
+	driver, err := cfg.Containerd.cgroupDriver(systemdBooted())
 	if err != nil {
 		return nil, err
 	}
