@@ -58,10 +58,12 @@ type DiskQuota interface {
 	List(ctx context.Context) ([]string, error)
 }
 
-var taskIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+// taskIDRe is a task id; its length (at most 128) is checked beside it, as
+// a bounded repetition like {0,127} compiles to that many copies.
+var taskIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
 
 func checkTaskID(id string) error {
-	if !taskIDRe.MatchString(id) {
+	if len(id) > 128 || !taskIDRe.MatchString(id) {
 		return fmt.Errorf("%q: %w", id, ErrInvalidTaskID)
 	}
 	return nil

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,6 +125,7 @@ func TestDisksRejectBadInput(t *testing.T) {
 	}{
 		{id: "../etc", size: 1, lowers: []string{"/l"}},
 		{id: "", size: 1, lowers: []string{"/l"}},
+		{id: strings.Repeat("a", 129), size: 1, lowers: []string{"/l"}},
 		{id: "t1", size: 0, lowers: []string{"/l"}},
 		{id: "t1", size: 1},
 	} {
@@ -133,6 +135,15 @@ func TestDisksRejectBadInput(t *testing.T) {
 	}
 	if calls := sys.take(dir); len(calls) != 0 {
 		t.Errorf("calls = %v, want none", calls)
+	}
+}
+
+func TestCheckTaskIDLength(t *testing.T) {
+	if err := checkTaskID(strings.Repeat("a", 128)); err != nil {
+		t.Errorf("128 characters: %v", err)
+	}
+	if err := checkTaskID(strings.Repeat("a", 129)); !errors.Is(err, ErrInvalidTaskID) {
+		t.Errorf("129 characters: %v, want ErrInvalidTaskID", err)
 	}
 }
 

@@ -26,6 +26,9 @@ func TestParseSecretSource(t *testing.T) {
 		{from: "/prod/db/password", want: SecretSource{Kind: SSMParameter, ID: "/prod/db/password"}},
 		{from: "plain-name", want: SecretSource{Kind: SSMParameter, ID: "plain-name"}},
 		{from: testSM + ":a:b", wantErr: true},
+		{from: smName(512) + ":" + strings.Repeat("k", 256), want: SecretSource{Kind: SecretsManager, ID: smName(512), JSONKey: strings.Repeat("k", 256)}},
+		{from: smName(513), wantErr: true},
+		{from: smName(512) + ":" + strings.Repeat("k", 257), wantErr: true},
 		{from: "arn:aws:secretsmanager:us-east-1:12345:secret:x", wantErr: true},
 		{from: "arn:aws:s3:::bucket/key", wantErr: true},
 		{from: "/aws/reference/secretsmanager/x", wantErr: true}, // SSM's own door to Secrets Manager: not with the task's parsing
@@ -44,6 +47,11 @@ func TestParseSecretSource(t *testing.T) {
 			t.Errorf("ParseSecretSource(%q) (-want +got):\n%s", tt.from, diff)
 		}
 	}
+}
+
+// smName is a Secrets Manager ARN whose secret name is n characters long.
+func smName(n int) string {
+	return "arn:aws:secretsmanager:us-east-1:123456789012:secret:" + strings.Repeat("n", n)
 }
 
 func TestValidateSecrets(t *testing.T) {

@@ -53,7 +53,7 @@ var (
 	labelRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_./-]*$`)
 	sgRE     = regexp.MustCompile(`^sg-[0-9a-f]{1,32}$`)
 	subnetRE = regexp.MustCompile(`^subnet-[0-9a-f]{1,32}$`)
-	roleRE   = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/[\w+=,.@/-]{1,512}$`)
+	roleRE   = regexp.MustCompile(`^arn:aws[a-z-]*:iam::[0-9]{12}:role/([\w+=,.@/-]+)$`) // name <= 512, see validRoleARN
 )
 
 // ErrInvalidSpec is wrapped by every validation error.
@@ -127,7 +127,7 @@ func (s *Spec) Validate() error {
 	if s.MaxRuntime < 0 || s.MaxRuntime > MaxRuntimeLimit {
 		c.failf("max_runtime_seconds", "must be between 0 (none) and %d", int64(MaxRuntimeLimit/time.Second))
 	}
-	if s.IAMRoleARN != "" && !roleRE.MatchString(s.IAMRoleARN) {
+	if s.IAMRoleARN != "" && !validRoleARN(s.IAMRoleARN) {
 		c.failf("iam_role_arn", "must look like arn:aws:iam::123456789012:role/name")
 	}
 	s.checkNetwork(c)
@@ -301,4 +301,11 @@ func (s *Spec) checkHealth(c *checker) {
 	}
 	c.rangeCheck(f+"healthy_threshold", int64(h.HealthyThreshold), 1, MaxHealthThreshold)
 	c.rangeCheck(f+"unhealthy_threshold", int64(h.UnhealthyThreshold), 1, MaxHealthThreshold)
+}
+
+// validRoleARN checks an IAM role ARN; the name's bound is checked apart
+// from roleRE because {1,512} in a regexp compiles to 512 copies.
+func validRoleARN(arn string) bool {
+	m := roleRE.FindStringSubmatch(arn)
+	return m != nil && len(m[1]) <= 512
 }

@@ -56,6 +56,8 @@ func TestValidateNamesFieldAndRule(t *testing.T) {
 		{"grace", func(s *Spec) { s.KillGracePeriod = 2 * MaxKillGrace }, []string{"kill_grace_period_seconds"}},
 		{"runtime", func(s *Spec) { s.MaxRuntime = -time.Second }, []string{"max_runtime_seconds"}},
 		{"role", func(s *Spec) { s.IAMRoleARN = "role/x" }, []string{"iam_role_arn"}},
+		{"role name 512", func(s *Spec) { s.IAMRoleARN = "arn:aws:iam::123456789012:role/" + strings.Repeat("r", 512) }, nil},
+		{"role name 513", func(s *Spec) { s.IAMRoleARN = "arn:aws:iam::123456789012:role/" + strings.Repeat("r", 513) }, []string{"iam_role_arn"}},
 		{"sg", func(s *Spec) { s.Network.SecurityGroupIDs = []string{"sg-1", "nope"} }, []string{"network.security_group_ids[1]"}},
 		{"sg dup", func(s *Spec) { s.Network.SecurityGroupIDs = []string{"sg-1", "sg-1"} }, []string{"network.security_group_ids[1]"}},
 		{"subnet", func(s *Spec) { s.Network.SubnetIDs = []string{"x"} }, []string{"network.subnet_ids[0]"}},
