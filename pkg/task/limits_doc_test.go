@@ -26,7 +26,7 @@ func TestLimitsDocumented(t *testing.T) {
 		"MaxHealthOutput": MaxHealthOutput,
 		"MaxSecrets":      MaxSecrets, "MaxSecretNameLen": MaxSecretNameLen, "MaxSecretFromLen": MaxSecretFromLen,
 		"MaxSecretPathLen": MaxSecretPathLen, "MaxSecretPathDepth": MaxSecretPathDepth, "MaxSecretBytes": MaxSecretBytes,
-		"MaxSecretsTotalBytes": MaxSecretsTotalBytes,
+		"MaxSecretsTotalBytes": MaxSecretsTotalBytes, "MaxLogShipMiB": MaxLogShipMiB,
 	} {
 		want[name] = fmt.Sprint(v)
 	}

@@ -42,6 +42,7 @@ type s3Proxy struct {
 
 	mu        sync.Mutex
 	completed map[string]int
+	signers   map[string]int // access key ids that signed S3 requests
 }
 
 func startS3Proxy(t *testing.T, upstream string) *s3Proxy {
@@ -51,7 +52,7 @@ func startS3Proxy(t *testing.T, upstream string) *s3Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &s3Proxy{URL: "http://" + l.Addr().String(), completed: map[string]int{}}
+	p := &s3Proxy{URL: "http://" + l.Addr().String(), completed: map[string]int{}, signers: map[string]int{}}
 	rp := httputil.NewSingleHostReverseProxy(u)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if p.down.Load() {
@@ -66,6 +67,13 @@ func startS3Proxy(t *testing.T, upstream string) *s3Proxy {
 		}
 		time.Sleep(time.Duration(p.delay.Load()))
 		q := r.URL.Query()
+		if r.URL.Path != "/" { // not STS
+			if _, cred, ok := strings.Cut(r.Header.Get("Authorization"), "Credential="); ok {
+				p.mu.Lock()
+				p.signers[strings.SplitN(cred, "/", 2)[0]]++
+				p.mu.Unlock()
+			}
+		}
 		rec := &statusRecorder{ResponseWriter: w}
 		rp.ServeHTTP(rec, r)
 		key := strings.TrimPrefix(r.URL.Path, "/")
@@ -114,6 +122,10 @@ func startLogShipBed(t *testing.T, logs string, extra ...string) *logShipBed {
 	t.Helper()
 	moto := testenv.StartMoto(t)
 	b := &logShipBed{bucket: "titus-logs-" + fmt.Sprint(time.Now().UnixNano()%1e6), high: 85, emergency: 95}
+	role := ""
+	if len(extra) > 0 && extra[0] == "role" {
+		role, extra = extra[1], extra[2:]
+	}
 	if len(extra) > 0 && extra[0] == "thresholds" {
 		fmt.Sscan(extra[1], &b.high)
 		fmt.Sscan(extra[2], &b.emergency)
@@ -141,7 +153,8 @@ logship:
   multipartThresholdMiB: 6
   diskHighPercent: %d
   diskEmergencyPercent: %d
-`, b.metrics, b.bucket, b.proxy.URL, b.high, b.emergency)
+  roleARN: %q
+`, b.metrics, b.bucket, b.proxy.URL, b.high, b.emergency, role)
 	b.agentEnv = newAgentEnvConfig(t, cfg, extra...)
 	return b
 }
@@ -316,10 +329,10 @@ func waitShip(t *testing.T, timeout time.Duration, ok func() bool, what string) 
 
 // TestLogShipOutageThenRecovery: while S3 is unreachable the agent backs
 // off, keeps every unshipped file (beyond logs.maxFiles) and ships them
-// all once S3 is back.
+// all once S3 is back, signed with the configured role's credentials.
 func TestLogShipOutageThenRecovery(t *testing.T) {
 	begin(t)
-	b := startLogShipBed(t, "logs:\n  maxSizeMiB: 1\n  maxFiles: 1\n")
+	b := startLogShipBed(t, "logs:\n  maxSizeMiB: 1\n  maxFiles: 1\n", "role", "arn:aws:iam::123456789012:role/log-shipper")
 	b.proxy.down.Store(true)
 	const lines = 60000 // ~3.7 MiB: three rotated files and the rest
 	pad := strings.Repeat("y", 56)
@@ -353,6 +366,16 @@ func TestLogShipOutageThenRecovery(t *testing.T) {
 	}, "backlog 0 and 4 files shipped in the metrics")
 	if n := metricValue(scrape(t, b.metrics), "titus_logship_emergency_deleted_files_total"); n != 0 {
 		t.Errorf("emergency deletions = %v", n)
+	}
+	b.proxy.mu.Lock()
+	defer b.proxy.mu.Unlock()
+	for k := range b.proxy.signers {
+		if !strings.HasPrefix(k, "ASIA") {
+			t.Errorf("S3 request signed by %s, want the role's session keys (ASIA...): %v", k, b.proxy.signers)
+		}
+	}
+	if len(b.proxy.signers) == 0 {
+		t.Errorf("no signed S3 request seen")
 	}
 }
 
