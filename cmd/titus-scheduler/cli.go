@@ -534,10 +534,10 @@ func newTaskCmd() *cobra.Command {
 }
 
 func newTaskLogsCmd() *cobra.Command {
-	var follow, stderr bool
+	var follow, stderr, archive bool
 	var since string
 	cmd := &cobra.Command{
-		Use:   "logs TASK [-f] [--stderr] [--since DURATION|TIME]",
+		Use:   "logs TASK [-f] [--stderr] [--since DURATION|TIME] [--s3]",
 		Short: "Print a task's stdout (or stderr), from its agent or, once it is gone, from S3 (audited; needs task.logs)",
 		Long: `Print a task's stdout (or, with --stderr, its stderr). While the task's agent
 is connected, the log is read on the agent's host and relayed through the
@@ -552,7 +552,7 @@ before it.`,
   titus-scheduler task logs --stderr --since 1h batch.3.0`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := &schedv1.TaskLogsRequest{Id: args[0], Follow: follow, Stderr: stderr}
+			req := &schedv1.TaskLogsRequest{Id: args[0], Follow: follow, Stderr: stderr, Archive: archive}
 			if since != "" {
 				t, err := parseSince(since, time.Now())
 				if err != nil {
@@ -595,6 +595,7 @@ before it.`,
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing until the task ends")
 	cmd.Flags().BoolVar(&stderr, "stderr", false, "the task's stderr instead of its stdout")
+	cmd.Flags().BoolVar(&archive, "s3", false, "read the shipped files from S3 even while the agent has the task (it keeps only its newest files)")
 	cmd.Flags().StringVar(&since, "since", "", "only log files last written after this: a duration before now (10m, 2h) or a time (RFC 3339)")
 	return cmd
 }

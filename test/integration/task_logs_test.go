@@ -394,6 +394,11 @@ func TestSchedulerTaskLogsFromS3(t *testing.T) {
 		}
 		return slices.Contains(keys, "stdout.0") && slices.Contains(keys, "stderr.0"), fmt.Sprint(keys, "\n", tailLog(st.agent.Log()))
 	})
+	// --s3 reads the bucket while the agent still has the task.
+	out, src, err := readLogs(ctx, st.clients["alice"], &schedv1.TaskLogsRequest{Id: taskID, Archive: true, Stderr: true})
+	if err != nil || out != "err-1\nerr-2\nerr-3\n" || !strings.HasPrefix(src, "s3://") {
+		t.Errorf("alice reads the archive with the agent up: %q from %q, %v", out, src, err)
+	}
 	// The host goes away.
 	st.agent.Stop()
 	waitUntil(t, "the agent disconnected", testenv.Scaled(30*time.Second), func() (bool, string) {
@@ -409,7 +414,7 @@ func TestSchedulerTaskLogsFromS3(t *testing.T) {
 		return true, ""
 	})
 
-	out, src, err := readLogs(ctx, st.clients["alice"], &schedv1.TaskLogsRequest{Id: taskID, Follow: true})
+	out, src, err = readLogs(ctx, st.clients["alice"], &schedv1.TaskLogsRequest{Id: taskID, Follow: true})
 	if err != nil || !sameLines(out, "out-1 err-1 out-2 err-2 out-3 err-3 last-out") {
 		t.Errorf("alice reads from S3: %q, %v", out, err)
 	}

@@ -2472,7 +2472,10 @@ type TaskLogsRequest struct {
 	Stderr bool `protobuf:"varint,3,opt,name=stderr,proto3" json:"stderr,omitempty"`
 	// Only log files (rotated files, S3 objects) last written at or after
 	// this time; unset: all.
-	Since         *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	Since *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	// Read the shipped files from the log bucket even while the agent has
+	// the task (it keeps only its newest files; shipped older ones are in S3).
+	Archive       bool `protobuf:"varint,5,opt,name=archive,proto3" json:"archive,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2533,6 +2536,13 @@ func (x *TaskLogsRequest) GetSince() *timestamppb.Timestamp {
 		return x.Since
 	}
 	return nil
+}
+
+func (x *TaskLogsRequest) GetArchive() bool {
+	if x != nil {
+		return x.Archive
+	}
+	return false
 }
 
 // TaskLogsChunk is a piece of the log, in order. The first message names
@@ -4942,12 +4952,13 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05tasks\x18\x01 \x03(\v2\x18.titus.scheduler.v1.TaskR\x05tasks\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\" \n" +
 	"\x0eGetTaskRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x83\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x9d\x01\n" +
 	"\x0fTaskLogsRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x120\n" +
-	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\";\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
+	"\aarchive\x18\x05 \x01(\bR\aarchive\";\n" +
 	"\rTaskLogsChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\"!\n" +

@@ -18,6 +18,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/apierr"
 	"github.com/titus-agent/titus-agent/pkg/audit"
 	"github.com/titus-agent/titus-agent/pkg/authz"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 )
 
 // Bounds of log reads (titus-scheduler task logs).
@@ -209,6 +210,9 @@ func logWhat(req *schedv1.TaskLogsRequest) string {
 	if req.GetSince() != nil {
 		w += ", since " + req.GetSince().AsTime().UTC().Format(time.RFC3339)
 	}
+	if req.GetArchive() {
+		w += ", archive"
+	}
 	return w
 }
 
@@ -242,7 +246,13 @@ func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, str
 	defer s.logReads.release(who)
 	t, err := s.core.Task(ctx, req.GetId())
 	if err != nil {
-		return "", apierr.ToGRPC(err)
+		err = apierr.ToGRPC(err)
+		if status.Code(err) != codes.NotFound || s.archive == nil {
+			return "", err
+		}
+		// A task of a known job that the scheduler no longer (or does not
+		// yet) holds: only the archive may have its logs.
+		t = &model.Task{ID: req.GetId(), JobID: rec.JobID}
 	}
 	rec.AgentID = t.AgentID
 	first := true
@@ -253,7 +263,7 @@ func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, str
 		}
 		return stream.Send(c)
 	}
-	if ra := s.relay.agent(t.AgentID); t.AgentID != "" && ra != nil {
+	if ra := s.relay.agent(t.AgentID); t.AgentID != "" && ra != nil && !req.GetArchive() {
 		source := "agent " + t.AgentID
 		err := s.liveLogs(ctx, ra, req, rec.Principal, func(p []byte) error { return send(p, source) })
 		// An agent that no longer has the task (it was removed from the
@@ -263,6 +273,9 @@ func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, str
 		}
 	}
 	if s.archive == nil {
+		if req.GetArchive() {
+			return "", status.Error(codes.FailedPrecondition, "this scheduler has no log bucket (logs.s3.bucket)")
+		}
 		if t.AgentID == "" {
 			return "", status.Errorf(codes.FailedPrecondition, "task %s was never placed on a host: it has no logs", t.ID)
 		}

@@ -107,10 +107,22 @@ func TestTaskLogsAnotherTenantIsRefused(t *testing.T) {
 	if n := len(trail.recs); n != 6 {
 		t.Errorf("%d audit records, want one per read (6)", n)
 	}
-	// The owner gets the task's log; not yet placed, it has none.
+	// The owner gets the task's log; not yet placed, it has none on a host.
 	err = s.TaskLogs(&schedv1.TaskLogsRequest{Id: id}, &logsStream{ctx: as("alice@example.com")})
-	if status.Code(err) != codes.FailedPrecondition && status.Code(err) != codes.NotFound {
+	if status.Code(err) != codes.FailedPrecondition && status.Code(err) != codes.NotFound && len(arch.reads) != 1 {
 		t.Errorf("the owner reads an unplaced task's logs: %v", err)
+	}
+	// --s3 reads the archive, under the job's own application.
+	arch.reads = nil
+	ls := &logsStream{ctx: as("alice@example.com")}
+	if err := s.TaskLogs(&schedv1.TaskLogsRequest{Id: id, Archive: true, Stderr: true}, ls); err != nil {
+		t.Fatalf("the owner reads the archive: %v", err)
+	}
+	if len(ls.sent) == 0 || ls.sent[0].GetSource() != "s3://b/"+id || string(ls.sent[0].GetData()) != "archived\n" {
+		t.Errorf("archive read sent %v", ls.sent)
+	}
+	if diff := cmp.Diff([]LogKey{{Application: "billing", JobID: r.JobId, TaskID: id, Stderr: true}}, arch.reads); diff != "" {
+		t.Errorf("archive reads (-want +got):\n%s", diff)
 	}
 }
 
