@@ -559,7 +559,7 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 	for {
 		select {
 		case m := <-sess.Out():
-			for _, out := range toAgent(m) {
+			for _, out := range toAgent(*m) {
 				if err := stream.Send(out); err != nil {
 					return err
 				}

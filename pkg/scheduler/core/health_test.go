@@ -15,7 +15,7 @@ func drainKills(sess *Session) []Message {
 		select {
 		case m := <-sess.out:
 			if len(m.Kill) > 0 {
-				out = append(out, m)
+				out = append(out, *m)
 			}
 		default:
 			return out

@@ -88,7 +88,8 @@ func TestUnknownTaskKilledForTheSchedulersReason(t *testing.T) {
 	ts.report("a", sess, task.Running, "ghost")
 	var got Message
 	select {
-	case got = <-sess.out:
+	case m := <-sess.out:
+		got = *m
 	default:
 		t.Fatal("no message for the unknown task")
 	}
