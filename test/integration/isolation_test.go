@@ -512,27 +512,74 @@ func testOOM(t *testing.T, e *isoEnv) {
 }
 
 // testCPULimit runs two busy loops at 500 millicores and reads the cgroup's
-// CPU usage over a few seconds: half a core, ±10%.
+// CPU usage over a few seconds: at most half a core (+10%), and at least
+// 0.45 unless the machine itself was too busy to give it that. A missing
+// limit shows as ~2 cores in every window. Too little usage is blamed on
+// the limit only when the task was throttled in most CFS periods of the
+// window (it hit its quota and still got less); on a loaded machine (the
+// VM lane runs beside this suite) it is simply not scheduled, not
+// throttled, and the window is retried, then logged.
 func testCPULimit(t *testing.T, e *isoEnv) {
 	spec := task.Spec{ID: isoID("cpu"), Resources: task.Resources{CPUMillicores: 500},
 		Command: sh("while :; do :; done & while :; do :; done")}
 	it := e.start(t, spec, "")
 	usage := cpuUsageReader(t, it.pid)
+	throttle := cpuThrottleReader(t, it.pid)
 	time.Sleep(500 * time.Millisecond) // both loops running
-	var got float64
-	// Up to three windows: a noisy neighbour can only lower the usage for a
-	// while; a missing limit shows in every window (~2 cores).
+	var got, throttled float64
 	for range 3 {
+		p0, n0 := throttle()
 		u0, t0 := usage(), time.Now()
 		time.Sleep(3 * time.Second)
 		u1, t1 := usage(), time.Now()
+		p1, n1 := throttle()
 		got = float64(u1-u0) / float64(t1.Sub(t0).Nanoseconds())
-		if got >= 0.45 && got <= 0.55 {
+		throttled = 0
+		if p1 > p0 {
+			throttled = float64(n1-n0) / float64(p1-p0)
+		}
+		if got > 0.55 {
+			t.Fatalf("cpu usage %.3f cores, want at most 0.5 +10%% (the limit does not hold)", got)
+		}
+		if got >= 0.45 {
 			return
 		}
-		t.Logf("cpu usage %.3f cores", got)
+		t.Logf("cpu usage %.3f cores, throttled in %.0f%% of periods", got, throttled*100)
 	}
-	t.Errorf("cpu usage %.3f cores, want 0.5 ±10%%", got)
+	if throttled > 0.5 {
+		t.Errorf("cpu usage %.3f cores while throttled in %.0f%% of periods: the limit holds the task below its 0.5 cores", got, throttled*100)
+		return
+	}
+	t.Logf("cpu usage %.3f cores, below 0.45 but throttled in only %.0f%% of periods: the machine was busy, the limit is not to blame", got, throttled*100)
+}
+
+// cpuThrottleReader returns a reader of pid's cgroup CFS counters
+// (nr_periods, nr_throttled from cpu.stat), on cgroup v1 or v2.
+func cpuThrottleReader(t *testing.T, pid uint32) func() (periods, throttled int) {
+	t.Helper()
+	dir := ""
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		dir = cgroupDir(t, pid, "")
+	} else {
+		dir = cgroupDir(t, pid, "cpu")
+	}
+	return func() (int, int) {
+		b, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
+		if err != nil {
+			t.Fatalf("cpu.stat: %v", err)
+		}
+		var p, n int
+		for line := range strings.Lines(string(b)) {
+			k, v, _ := strings.Cut(strings.TrimSpace(line), " ")
+			switch k {
+			case "nr_periods":
+				p, _ = strconv.Atoi(v)
+			case "nr_throttled":
+				n, _ = strconv.Atoi(v)
+			}
+		}
+		return p, n
+	}
 }
 
 // testCgroupFiles reads back what runc wrote into the tasks' cgroups: CFS
