@@ -144,8 +144,13 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	if err != nil {
 		return nil, err
 	}
+	var regCreds runtime.CredentialSource // no typed nil
+	if ecr != nil {
+		regCreds = ecr
+		go ecr.Run(agentCtx, ecrRefreshEvery, ecrIdle, func(err error) { log.Warn("refresh ECR tokens", "err", err) })
+	}
 	rt, err := runtime.New(agentCtx, runtime.Config{
-		Credentials:         ecr,
+		Credentials:         regCreds,
 		CgroupDriver:        driver,
 		Address:             cfg.Containerd.Address,
 		Namespace:           cfg.Containerd.Namespace,

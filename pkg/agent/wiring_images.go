@@ -86,7 +86,7 @@ func (e ECRConfig) validate() []error {
 }
 
 // newECR is the ECR credential source, nil when registries.ecr is off.
-func newECR(ctx context.Context, e ECRConfig, m *metrics.Agent) (runtime.CredentialSource, error) {
+func newECR(ctx context.Context, e ECRConfig, m *metrics.Agent) (*ecrauth.Provider, error) {
 	if !e.Enabled {
 		return nil, nil
 	}
@@ -128,6 +128,13 @@ func newImageGC(cfg ImagesConfig, rt *runtime.Runtime, inUse func() []imagegc.Ho
 		InUse: inUse, Log: log, Metrics: m,
 	})
 }
+
+// ECR tokens in use are fetched anew ahead of pulls every
+// ecrRefreshEvery; those no pull used for ecrIdle are dropped.
+const (
+	ecrRefreshEvery = time.Minute
+	ecrIdle         = 24 * time.Hour
+)
 
 // imagePuller is what pre-pulling needs of the runtime.
 type imagePuller interface {

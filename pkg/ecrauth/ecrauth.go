@@ -77,6 +77,7 @@ type registry struct{ account, region string }
 type token struct {
 	auth    runtime.Auth
 	expires time.Time
+	used    time.Time // last handed to a pull
 }
 
 // New checks cfg and makes a provider.
@@ -131,11 +132,20 @@ func (p *Provider) Credentials(ctx context.Context, host string) (runtime.Auth, 
 		return runtime.Auth{}, false, nil
 	}
 	key := registry{account, region}
-	if t, ok := p.cached(key); ok {
+	if t, ok := p.cached(key, true); ok {
 		return t.auth, true, nil
 	}
-	v, err, _ := p.fetch.Do(account+"/"+region, func() (any, error) {
-		if t, ok := p.cached(key); ok { // a concurrent fetch just ended
+	t, err := p.refresh(ctx, key)
+	if err != nil {
+		return runtime.Auth{}, false, fmt.Errorf("ECR token for %s: %w", host, err)
+	}
+	return t.auth, true, nil
+}
+
+// refresh fetches key's token once for all concurrent callers and caches it.
+func (p *Provider) refresh(ctx context.Context, key registry) (token, error) {
+	v, err, _ := p.fetch.Do(key.account+"/"+key.region, func() (any, error) {
+		if t, ok := p.cached(key, false); ok { // a concurrent fetch just ended
 			return t, nil
 		}
 		t, err := p.get(ctx, key)
@@ -143,25 +153,79 @@ func (p *Provider) Credentials(ctx context.Context, host string) (runtime.Auth, 
 			return nil, err
 		}
 		p.mu.Lock()
+		t.used = p.tokens[key].used
+		if t.used.IsZero() {
+			t.used = p.cfg.Now()
+		}
 		p.tokens[key] = t
 		p.mu.Unlock()
 		return t, nil
 	})
 	if err != nil {
-		return runtime.Auth{}, false, fmt.Errorf("ECR token for %s: %w", host, err)
+		return token{}, err
 	}
-	return v.(token).auth, true, nil
+	return v.(token), nil
 }
 
-// cached returns key's token if it has more than RefreshBefore left.
-func (p *Provider) cached(key registry) (token, bool) {
+// cached returns key's token if it has more than RefreshBefore left; use
+// marks it used now.
+func (p *Provider) cached(key registry, use bool) (token, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	t, ok := p.tokens[key]
 	if !ok || !p.cfg.Now().Before(t.expires.Add(-p.cfg.RefreshBefore)) {
 		return token{}, false
 	}
+	if use {
+		t.used = p.cfg.Now()
+		p.tokens[key] = t
+	}
 	return t, true
+}
+
+// RefreshDue fetches anew, ahead of any pull, the cached tokens that are
+// within RefreshBefore of their expiry and that a pull used within idle;
+// the others are dropped once idle. It returns how many it fetched.
+func (p *Provider) RefreshDue(ctx context.Context, idle time.Duration) (int, error) {
+	now := p.cfg.Now()
+	var due []registry
+	p.mu.Lock()
+	for k, t := range p.tokens {
+		switch {
+		case now.Sub(t.used) > idle:
+			delete(p.tokens, k)
+		case !now.Before(t.expires.Add(-p.cfg.RefreshBefore)):
+			due = append(due, k)
+		}
+	}
+	p.mu.Unlock()
+	var errs []error
+	n := 0
+	for _, k := range due {
+		if _, err := p.refresh(ctx, k); err != nil {
+			errs = append(errs, fmt.Errorf("ECR token of account %q in %s: %w", k.account, k.region, err))
+			continue
+		}
+		n++
+	}
+	return n, errors.Join(errs...)
+}
+
+// Run calls RefreshDue every interval until ctx ends, so that pulls
+// rarely wait on ECR; errors are reported to onErr.
+func (p *Provider) Run(ctx context.Context, interval, idle time.Duration, onErr func(error)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if _, err := p.RefreshDue(ctx, idle); err != nil && ctx.Err() == nil && onErr != nil {
+				onErr(err)
+			}
+		}
+	}
 }
 
 // get asks ECR for the token of key's registry. Errors never hold the token.

@@ -180,3 +180,39 @@ func TestFetchError(t *testing.T) {
 		t.Errorf("Credentials = %v, %v", ok, err)
 	}
 }
+
+// TestRefreshDue: tokens in use are fetched anew ahead of the pull that
+// would need them; tokens no pull used for idle are dropped, not fetched.
+func TestRefreshDue(t *testing.T) {
+	p, calls, c := newTest(t, 12*time.Hour, Config{RefreshBefore: time.Hour})
+	ctx := context.Background()
+	east := "111111111111.dkr.ecr.us-east-1.amazonaws.com"
+	west := "111111111111.dkr.ecr.us-west-2.amazonaws.com"
+	for _, h := range []string{east, west} {
+		if _, _, err := p.Credentials(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.t = c.t.Add(10 * time.Hour)
+	if _, _, err := p.Credentials(ctx, east); err != nil { // east in use, west idle
+		t.Fatal(err)
+	}
+	if n, err := p.RefreshDue(ctx, 24*time.Hour); n != 0 || err != nil {
+		t.Fatalf("RefreshDue with 2h left = %d, %v", n, err)
+	}
+	c.t = c.t.Add(61 * time.Minute)
+	if n, err := p.RefreshDue(ctx, 11*time.Hour); n != 1 || err != nil {
+		t.Fatalf("RefreshDue near expiry = %d, %v; want east only (west idle 11h01m)", n, err)
+	}
+	a, _, err := p.Credentials(ctx, east)
+	if err != nil || a.Password != "pw3" {
+		t.Errorf("pull after the refresh got %+v, %v; want the refreshed token without a fetch", a, err)
+	}
+	want := []string{"us-east-1:111111111111", "us-west-2:111111111111", "us-east-1:111111111111"}
+	if d := cmp.Diff(want, *calls); d != "" {
+		t.Errorf("ECR calls (-want +got):\n%s", d)
+	}
+	if _, ok := p.tokens[registry{"111111111111", "us-west-2"}]; ok {
+		t.Error("idle token kept")
+	}
+}
