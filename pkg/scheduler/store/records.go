@@ -221,25 +221,9 @@ func (s *Store) IdempotencyKeys(ctx context.Context) ([]*model.IdempotencyKey, e
 
 // DeleteIdempotencyKeys removes expired keys, fenced.
 func (s *Store) DeleteIdempotencyKeys(ctx context.Context, ks []*model.IdempotencyKey) error {
-	per := max(s.txnOps-1, 1)
-	for i := 0; i < len(ks); i += per {
-		var ops []clientv3.Op
-		for _, k := range ks[i:min(i+per, len(ks))] {
-			ops = append(ops, clientv3.OpDelete(s.idempotencyKey(k)))
-		}
-		err := retry(ctx, func(ctx context.Context) error {
-			resp, err := s.kv.Txn(ctx).If(s.fence).Then(ops...).Commit()
-			if err != nil {
-				return fmt.Errorf("etcd delete: %w", classify(err))
-			}
-			if !resp.Succeeded {
-				return fmt.Errorf("%w: fenced delete refused", ErrNotLeader)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
+	ops := make([]clientv3.Op, 0, len(ks))
+	for _, k := range ks {
+		ops = append(ops, clientv3.OpDelete(s.idempotencyKey(k)))
 	}
-	return nil
+	return s.fencedDeletes(ctx, ops)
 }

@@ -164,6 +164,12 @@ func (s *Store) deleteJobs(ctx context.Context, jobIDs, agentIDs []string) error
 	for _, id := range agentIDs {
 		ops = append(ops, clientv3.OpDelete(s.agentKey(id)))
 	}
+	return s.fencedDeletes(ctx, ops)
+}
+
+// fencedDeletes runs delete ops in fenced transactions of at most txnOps
+// operations (the fence compare is one of them).
+func (s *Store) fencedDeletes(ctx context.Context, ops []clientv3.Op) error {
 	per := max(s.txnOps-1, 1)
 	for i := 0; i < len(ops); i += per {
 		part := ops[i:min(i+per, len(ops))]
