@@ -114,8 +114,23 @@ func (r *Runtime) pull(ctx context.Context, ref string) (client.Image, error) {
 	}
 	// Best effort: a missing label only makes the image look older to
 	// garbage collection, which never removes an image a task holds.
-	_ = r.touch(ctx, img.Name(), time.Now())
+	if now := time.Now(); staleLastUsed(img.Metadata().Labels, now) {
+		_ = r.touch(ctx, img.Name(), now)
+	}
 	return img, nil
+}
+
+// lastUsedGranularity is how old an image's LabelLastUsed may be before a
+// launch rewrites it: a label write is a containerd metadata transaction
+// (an fsync), and least-recently-used order needs no finer clock than
+// garbage collection's own interval.
+const lastUsedGranularity = time.Minute
+
+// staleLastUsed reports whether labels' LabelLastUsed is missing,
+// unreadable or older than lastUsedGranularity at now.
+func staleLastUsed(labels map[string]string, now time.Time) bool {
+	t, err := time.Parse(time.RFC3339Nano, labels[LabelLastUsed])
+	return err != nil || now.Sub(t) >= lastUsedGranularity || t.After(now)
 }
 
 // fetch is pull without the bookkeeping: a local image, else the registry's.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/errdefs"
 )
@@ -68,5 +69,28 @@ func TestImagePinned(t *testing.T) {
 				t.Errorf("Pinned() = %q, %v; want %q (error %v)", got, err, tc.want, tc.wantErr)
 			}
 		})
+	}
+}
+
+func TestStaleLastUsed(t *testing.T) {
+	now := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name  string
+		label string
+		want  bool
+	}{
+		{"no label", "", true},
+		{"unreadable", "yesterday", true},
+		{"fresh", now.Add(-10 * time.Second).Format(time.RFC3339Nano), false},
+		{"a granularity old", now.Add(-lastUsedGranularity).Format(time.RFC3339Nano), true},
+		{"from the future", now.Add(time.Hour).Format(time.RFC3339Nano), true},
+	} {
+		labels := map[string]string{}
+		if tc.label != "" {
+			labels[LabelLastUsed] = tc.label
+		}
+		if got := staleLastUsed(labels, now); got != tc.want {
+			t.Errorf("%s: staleLastUsed(%q) = %v, want %v", tc.name, tc.label, got, tc.want)
+		}
 	}
 }
