@@ -46,6 +46,10 @@ type Config struct {
 	LogShip LogShipConfig `json:"logship"`
 	// MetricsListen serves Prometheus metrics; empty disables.
 	MetricsListen string `json:"metricsListen"`
+	// DebugListen serves Go's profiles and execution traces
+	// (/debug/pprof/) on a loopback host:port; empty (the default)
+	// disables. Never off the host: see debug.go.
+	DebugListen string `json:"debugListen"`
 	// MaxTasks bounds the tasks the agent holds at once.
 	MaxTasks int `json:"maxTasks"`
 	// LogLevel is debug, info, warn or error.

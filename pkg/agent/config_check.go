@@ -75,6 +75,25 @@ func (c *configChecker) hostPort(field, s string) {
 	}
 }
 
+// loopbackHostPort: host:port on a loopback address (127.0.0.0/8, ::1 or
+// localhost); empty means off. What it serves must not leave the host.
+func (c *configChecker) loopbackHostPort(field, s string) {
+	if s == "" {
+		return
+	}
+	host, port, err := net.SplitHostPort(s)
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 0 || n > 65535 {
+		c.failf(field, "must be host:port, got %q", s)
+		return
+	}
+	if host == "localhost" {
+		return
+	}
+	if a, err := netip.ParseAddr(host); err != nil || !a.Unmap().IsLoopback() {
+		c.failf(field, "must be a loopback address (127.0.0.1:PORT, [::1]:PORT or localhost:PORT), got %q", s)
+	}
+}
+
 // hostPorts: a comma-separated list of host:port (the replicas of a
 // scheduler, tried in turn); empty means off.
 func (c *configChecker) hostPorts(field, s string) {
@@ -153,6 +172,7 @@ func (cfg *Config) check() []error {
 		c.absPath(fmt.Sprintf("gpu.driverFiles[%d]", i), g, false)
 	}
 	c.hostPort("metricsListen", cfg.MetricsListen)
+	c.loopbackHostPort("debugListen", cfg.DebugListen)
 	c.hostPorts("scheduler.address", cfg.Scheduler.Address)
 	c.nonNegative("scheduler.networkMbps", cfg.Scheduler.NetworkMbps)
 	return c.errs

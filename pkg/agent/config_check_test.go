@@ -31,6 +31,16 @@ func TestConfigRefusedAtTheDoor(t *testing.T) {
 		{name: "bad dns and cidr", yaml: "network:\n  dns: [dns.example]\n  local:\n    cidr: 198.19.0.0/33\n", want: []string{"network.dns[0]", "network.local.cidr"}},
 		{name: "bad urls", yaml: "metadata:\n  upstream: 169.254.169.254\n  stsEndpoint: ftp://sts\nnetwork:\n  ec2:\n    endpoint: localhost:5000\n", want: []string{"network.ec2.endpoint", "metadata.upstream", "metadata.stsEndpoint"}},
 		{name: "bad listen and scheduler addresses", yaml: "metricsListen: 9101\nscheduler:\n  address: sched.example\n", want: []string{"metricsListen", "scheduler.address"}},
+		{name: "debug endpoint on loopback", yaml: "debugListen: 127.0.0.1:6061\n"},
+		{name: "debug endpoint on ::1", yaml: "debugListen: \"[::1]:6061\"\n"},
+		// Profiles and traces off the host: every address, a wildcard, a
+		// name that could resolve anywhere, a v4-mapped wildcard.
+		{name: "debug endpoint off the host", yaml: "debugListen: \":6061\"\n", want: []string{"debugListen"}},
+		{name: "debug endpoint on 0.0.0.0", yaml: "debugListen: 0.0.0.0:6061\n", want: []string{"debugListen"}},
+		{name: "debug endpoint on a name", yaml: "debugListen: debug.example:6061\n", want: []string{"debugListen"}},
+		{name: "debug endpoint on a mapped wildcard", yaml: "debugListen: \"[::ffff:0.0.0.0]:6061\"\n", want: []string{"debugListen"}},
+		{name: "debug endpoint on a mapped loopback", yaml: "debugListen: \"[::ffff:127.0.0.1]:6061\"\n"},
+		{name: "debug endpoint with no port", yaml: "debugListen: 127.0.0.1\n", want: []string{"debugListen"}},
 		{name: "scheduler replicas", yaml: "scheduler:\n  address: s1.example:7400, s2.example:7400,10.0.0.3:7400\n"},
 		{name: "scheduler replicas with a bad one", yaml: "scheduler:\n  address: s1.example:7400,s2.example\n", want: []string{"scheduler.address"}},
 		{name: "scheduler replicas with an empty one", yaml: "scheduler:\n  address: s1.example:7400,,s2.example:7400\n", want: []string{"scheduler.address"}},

@@ -66,6 +66,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, ready func(*Daemon))
 			}
 		}()
 	}
+	if cfg.DebugListen != "" {
+		go func() {
+			if err := serveDebug(ctx, cfg.DebugListen, log); err != nil {
+				log.Error("debug endpoint", "addr", cfg.DebugListen, "err", err)
+			}
+		}()
+	}
 	if d.network != nil {
 		go watchPools(ctx, d.network, d.metrics)
 	}

@@ -83,8 +83,13 @@ func benchFullStack(tb *testenv.Standalone, n, concurrent int) {
 	}
 
 	common := "logLevel: " + agentLogLevel + "\n"
+	var plainProf, fullProf *profiler
+	if profileDir != "" {
+		plainProf = &profiler{name: "plain", addr: freeLoopbackAddr()}
+		fullProf = &profiler{name: "full", addr: freeLoopbackAddr()}
+	}
 	plain := testenv.StartAgent(tb, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host},
-		Config: common + "containerd:\n  namespace: bench-plain\n"})
+		Config: common + debugConfig(plainProf.address()) + "containerd:\n  namespace: bench-plain\n"})
 	host := hv.AddHost(tb, "us-east-1a", benchInstanceType)
 	// Room for what one round holds: a batch per path, with the warm pool
 	// refilled between batches.
@@ -100,7 +105,7 @@ func benchFullStack(tb *testenv.Standalone, n, concurrent int) {
 		tb.Fatalf("userns dir: %v", err)
 	}
 	full := testenv.StartAgent(tb, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host},
-		Config: common + "containerd:\n  namespace: bench-full\nisolation:\n  diskDir: " + filepath.Join(usernsDir, "disks") + "\n" + fmt.Sprintf(`metadata:
+		Config: common + debugConfig(fullProf.address()) + "containerd:\n  namespace: bench-full\nisolation:\n  diskDir: " + filepath.Join(usernsDir, "disks") + "\n" + fmt.Sprintf(`metadata:
   enabled: true
   upstream: %s
   stsEndpoint: %s
@@ -188,6 +193,8 @@ func benchFullStack(tb *testenv.Standalone, n, concurrent int) {
 
 	// Sequential: one launch of each path in turn; every batch's tasks are
 	// killed (and their teardown waited for) before the next batch.
+	plainProf.start()
+	fullProf.start()
 	for i := range n {
 		for _, p := range paths {
 			id := fmt.Sprintf("%s-%d", p.tag, i)
@@ -205,6 +212,8 @@ func benchFullStack(tb *testenv.Standalone, n, concurrent int) {
 			finishBatch(ctx, tb, paths, full, 2*batch)
 		}
 	}
+	plainProf.finish()
+	fullProf.finish()
 	seqLat := make([]sample, len(paths))
 	for i, p := range paths {
 		seqLat[i], p.lat = p.lat, nil
