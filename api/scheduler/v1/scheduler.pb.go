@@ -1428,8 +1428,15 @@ type Rollout struct {
 	// The target groups of from_revision (unset in records written before
 	// an update could change them: the job's own).
 	PreviousTargetGroups *TargetGroupList `protobuf:"bytes,15,opt,name=previous_target_groups,json=previousTargetGroups,proto3" json:"previous_target_groups,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// The tasks counted in failures (each once, whichever leader sees it
+	// end), and since when they are counted: the rollout's start or the
+	// last time a new-revision task served. A new leader also counts the
+	// failed tasks of to_revision whose records ended since then, so a
+	// failure whose task record was written and this one was not is kept.
+	FailedTasks   []string               `protobuf:"bytes,16,rep,name=failed_tasks,json=failedTasks,proto3" json:"failed_tasks,omitempty"`
+	FailuresSince *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=failures_since,json=failuresSince,proto3" json:"failures_since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Rollout) Reset() {
@@ -1563,6 +1570,20 @@ func (x *Rollout) GetProgressUpdated() uint32 {
 func (x *Rollout) GetPreviousTargetGroups() *TargetGroupList {
 	if x != nil {
 		return x.PreviousTargetGroups
+	}
+	return nil
+}
+
+func (x *Rollout) GetFailedTasks() []string {
+	if x != nil {
+		return x.FailedTasks
+	}
+	return nil
+}
+
+func (x *Rollout) GetFailuresSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FailuresSince
 	}
 	return nil
 }
@@ -4858,7 +4879,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06counts\x18\x06 \x01(\v2\x1d.titus.scheduler.v1.JobCountsR\x06counts\x12#\n" +
 	"\rqueued_reason\x18\a \x01(\tR\fqueuedReason\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x04R\brevision\x125\n" +
-	"\arollout\x18\t \x01(\v2\x1b.titus.scheduler.v1.RolloutR\arollout\"\x8b\x06\n" +
+	"\arollout\x18\t \x01(\v2\x1b.titus.scheduler.v1.RolloutR\arollout\"\xf1\x06\n" +
 	"\aRollout\x127\n" +
 	"\x05state\x18\x01 \x01(\x0e2!.titus.scheduler.v1.Rollout.StateR\x05state\x12#\n" +
 	"\rfrom_revision\x18\x02 \x01(\x04R\ffromRevision\x12\x1f\n" +
@@ -4877,7 +4898,9 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\vprogress_at\x18\r \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"progressAt\x12)\n" +
 	"\x10progress_updated\x18\x0e \x01(\rR\x0fprogressUpdated\x12Y\n" +
-	"\x16previous_target_groups\x18\x0f \x01(\v2#.titus.scheduler.v1.TargetGroupListR\x14previousTargetGroups\"r\n" +
+	"\x16previous_target_groups\x18\x0f \x01(\v2#.titus.scheduler.v1.TargetGroupListR\x14previousTargetGroups\x12!\n" +
+	"\ffailed_tasks\x18\x10 \x03(\tR\vfailedTasks\x12A\n" +
+	"\x0efailures_since\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\rfailuresSince\"r\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11STATE_PROGRESSING\x10\x01\x12\x10\n" +
@@ -5300,97 +5323,98 @@ var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	67, // 25: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
 	66, // 26: titus.scheduler.v1.Rollout.progress_at:type_name -> google.protobuf.Timestamp
 	10, // 27: titus.scheduler.v1.Rollout.previous_target_groups:type_name -> titus.scheduler.v1.TargetGroupList
-	13, // 28: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
-	66, // 29: titus.scheduler.v1.IdempotencyRecord.expires:type_name -> google.protobuf.Timestamp
-	17, // 30: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
-	13, // 31: titus.scheduler.v1.UpdateJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
-	4,  // 32: titus.scheduler.v1.RolloutJobRequest.action:type_name -> titus.scheduler.v1.RolloutJobRequest.Action
-	68, // 33: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
-	66, // 34: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
-	66, // 35: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
-	66, // 36: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
-	69, // 37: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
-	9,  // 38: titus.scheduler.v1.Task.targets:type_name -> titus.scheduler.v1.TargetRegistration
-	29, // 39: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
-	66, // 40: titus.scheduler.v1.TaskLogsRequest.since:type_name -> google.protobuf.Timestamp
-	37, // 41: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
-	39, // 42: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
-	36, // 43: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
-	36, // 44: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
-	63, // 45: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
-	66, // 46: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
-	38, // 47: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	40, // 48: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
-	64, // 49: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	41, // 50: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
-	66, // 51: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	66, // 52: titus.scheduler.v1.AuditRecord.ended:type_name -> google.protobuf.Timestamp
-	45, // 53: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
-	68, // 54: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
-	69, // 55: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
-	36, // 56: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
-	65, // 57: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
-	48, // 58: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	38, // 59: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
-	40, // 60: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
-	36, // 61: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
-	48, // 62: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	40, // 63: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
-	48, // 64: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
-	49, // 65: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
-	50, // 66: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
-	51, // 67: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
-	57, // 68: titus.scheduler.v1.AgentMessage.exec_output:type_name -> titus.scheduler.v1.ExecRelayOutput
-	55, // 69: titus.scheduler.v1.AgentMessage.logs:type_name -> titus.scheduler.v1.LogsRelayChunk
-	54, // 70: titus.scheduler.v1.LogsRelayRequest.open:type_name -> titus.scheduler.v1.LogsRelayOpen
-	66, // 71: titus.scheduler.v1.LogsRelayOpen.since:type_name -> google.protobuf.Timestamp
-	70, // 72: titus.scheduler.v1.ExecRelayInput.input:type_name -> titus.agent.v1.ExecInput
-	71, // 73: titus.scheduler.v1.ExecRelayOutput.output:type_name -> titus.agent.v1.ExecOutput
-	67, // 74: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
-	58, // 75: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
-	59, // 76: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
-	60, // 77: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
-	56, // 78: titus.scheduler.v1.SchedulerMessage.exec:type_name -> titus.scheduler.v1.ExecRelayInput
-	53, // 79: titus.scheduler.v1.SchedulerMessage.logs:type_name -> titus.scheduler.v1.LogsRelayRequest
-	19, // 80: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
-	21, // 81: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
-	23, // 82: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
-	25, // 83: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
-	28, // 84: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
-	26, // 85: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
-	27, // 86: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
-	30, // 87: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
-	32, // 88: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
-	35, // 89: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
-	42, // 90: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
-	43, // 91: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	43, // 92: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	52, // 93: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
-	46, // 94: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
-	70, // 95: titus.scheduler.v1.Scheduler.ExecTask:input_type -> titus.agent.v1.ExecInput
-	33, // 96: titus.scheduler.v1.Scheduler.TaskLogs:input_type -> titus.scheduler.v1.TaskLogsRequest
-	20, // 97: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
-	17, // 98: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
-	24, // 99: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
-	17, // 100: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
-	17, // 101: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
-	17, // 102: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
-	17, // 103: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
-	31, // 104: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
-	29, // 105: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
-	29, // 106: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
-	44, // 107: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
-	44, // 108: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	44, // 109: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	61, // 110: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
-	47, // 111: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
-	71, // 112: titus.scheduler.v1.Scheduler.ExecTask:output_type -> titus.agent.v1.ExecOutput
-	34, // 113: titus.scheduler.v1.Scheduler.TaskLogs:output_type -> titus.scheduler.v1.TaskLogsChunk
-	97, // [97:114] is the sub-list for method output_type
-	80, // [80:97] is the sub-list for method input_type
-	80, // [80:80] is the sub-list for extension type_name
-	80, // [80:80] is the sub-list for extension extendee
-	0,  // [0:80] is the sub-list for field type_name
+	66, // 28: titus.scheduler.v1.Rollout.failures_since:type_name -> google.protobuf.Timestamp
+	13, // 29: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
+	66, // 30: titus.scheduler.v1.IdempotencyRecord.expires:type_name -> google.protobuf.Timestamp
+	17, // 31: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
+	13, // 32: titus.scheduler.v1.UpdateJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
+	4,  // 33: titus.scheduler.v1.RolloutJobRequest.action:type_name -> titus.scheduler.v1.RolloutJobRequest.Action
+	68, // 34: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
+	66, // 35: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
+	66, // 36: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
+	66, // 37: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
+	69, // 38: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
+	9,  // 39: titus.scheduler.v1.Task.targets:type_name -> titus.scheduler.v1.TargetRegistration
+	29, // 40: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
+	66, // 41: titus.scheduler.v1.TaskLogsRequest.since:type_name -> google.protobuf.Timestamp
+	37, // 42: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
+	39, // 43: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
+	36, // 44: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
+	36, // 45: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
+	63, // 46: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
+	66, // 47: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
+	38, // 48: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	40, // 49: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
+	64, // 50: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	41, // 51: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
+	66, // 52: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	66, // 53: titus.scheduler.v1.AuditRecord.ended:type_name -> google.protobuf.Timestamp
+	45, // 54: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
+	68, // 55: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
+	69, // 56: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
+	36, // 57: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
+	65, // 58: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
+	48, // 59: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	38, // 60: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
+	40, // 61: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
+	36, // 62: titus.scheduler.v1.Heartbeat.free:type_name -> titus.scheduler.v1.Capacity
+	48, // 63: titus.scheduler.v1.Heartbeat.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	40, // 64: titus.scheduler.v1.Heartbeat.network:type_name -> titus.scheduler.v1.NetworkUsage
+	48, // 65: titus.scheduler.v1.TaskUpdates.tasks:type_name -> titus.scheduler.v1.TaskStatus
+	49, // 66: titus.scheduler.v1.AgentMessage.register:type_name -> titus.scheduler.v1.Register
+	50, // 67: titus.scheduler.v1.AgentMessage.heartbeat:type_name -> titus.scheduler.v1.Heartbeat
+	51, // 68: titus.scheduler.v1.AgentMessage.updates:type_name -> titus.scheduler.v1.TaskUpdates
+	57, // 69: titus.scheduler.v1.AgentMessage.exec_output:type_name -> titus.scheduler.v1.ExecRelayOutput
+	55, // 70: titus.scheduler.v1.AgentMessage.logs:type_name -> titus.scheduler.v1.LogsRelayChunk
+	54, // 71: titus.scheduler.v1.LogsRelayRequest.open:type_name -> titus.scheduler.v1.LogsRelayOpen
+	66, // 72: titus.scheduler.v1.LogsRelayOpen.since:type_name -> google.protobuf.Timestamp
+	70, // 73: titus.scheduler.v1.ExecRelayInput.input:type_name -> titus.agent.v1.ExecInput
+	71, // 74: titus.scheduler.v1.ExecRelayOutput.output:type_name -> titus.agent.v1.ExecOutput
+	67, // 75: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
+	58, // 76: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
+	59, // 77: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
+	60, // 78: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
+	56, // 79: titus.scheduler.v1.SchedulerMessage.exec:type_name -> titus.scheduler.v1.ExecRelayInput
+	53, // 80: titus.scheduler.v1.SchedulerMessage.logs:type_name -> titus.scheduler.v1.LogsRelayRequest
+	19, // 81: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
+	21, // 82: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
+	23, // 83: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
+	25, // 84: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
+	28, // 85: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
+	26, // 86: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
+	27, // 87: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
+	30, // 88: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
+	32, // 89: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
+	35, // 90: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
+	42, // 91: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
+	43, // 92: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	43, // 93: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	52, // 94: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
+	46, // 95: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
+	70, // 96: titus.scheduler.v1.Scheduler.ExecTask:input_type -> titus.agent.v1.ExecInput
+	33, // 97: titus.scheduler.v1.Scheduler.TaskLogs:input_type -> titus.scheduler.v1.TaskLogsRequest
+	20, // 98: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
+	17, // 99: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
+	24, // 100: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
+	17, // 101: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
+	17, // 102: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
+	17, // 103: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
+	17, // 104: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
+	31, // 105: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
+	29, // 106: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
+	29, // 107: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
+	44, // 108: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
+	44, // 109: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	44, // 110: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	61, // 111: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
+	47, // 112: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
+	71, // 113: titus.scheduler.v1.Scheduler.ExecTask:output_type -> titus.agent.v1.ExecOutput
+	34, // 114: titus.scheduler.v1.Scheduler.TaskLogs:output_type -> titus.scheduler.v1.TaskLogsChunk
+	98, // [98:115] is the sub-list for method output_type
+	81, // [81:98] is the sub-list for method input_type
+	81, // [81:81] is the sub-list for extension type_name
+	81, // [81:81] is the sub-list for extension extendee
+	0,  // [0:81] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }

@@ -87,6 +87,12 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 			j.rec.Counts.Killed++
 		}
 	}
+	// A failure of the rollout's revision counts wherever the task stood
+	// in its slot: a new leader may hear of it ending only once it holds
+	// the slot's next attempt (see recountFailures).
+	if failedRun(t.rec) {
+		c.newFailure(j, t, now)
+	}
 	sl := t.slot
 	switch {
 	case sl.next == t:
@@ -99,7 +105,6 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 		}
 		due := now
 		if (state != task.Killed || t.healthFailed) && state != task.Lost {
-			c.newFailure(j, t, now)
 			due = now.Add(retryDelay(j.rec.Spec.Retry(), min(rolloutFailures(j), 30), c.opts.CrashLoopBase, c.opts.CrashLoopCap))
 		}
 		c.q.enqueue(j, sl, due, now)
@@ -111,9 +116,6 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	case sl.cur == t:
 		sl.cur = nil
 		sl.replace = false
-		if (state != task.Killed || t.healthFailed) && state != task.Lost && (state != task.Finished || t.rec.ExitCode != 0) {
-			c.newFailure(j, t, now)
-		}
 		c.touched(j)
 		c.settle(j, sl, t.rec, now)
 	}

@@ -135,6 +135,7 @@ func (c *Core) loadJob(ctx context.Context, r *model.Job, now time.Time) error {
 			}
 		}
 	}
+	c.recountFailures(j, recs)
 	c.touched(j)
 	c.checkDone(j, now)
 	return nil

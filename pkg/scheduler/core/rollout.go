@@ -97,23 +97,94 @@ func available(t *taskState) bool {
 	return (!t.checked || (t.rec.Health != nil && t.rec.Health.Status == task.HealthHealthy)) && inTargets(t)
 }
 
-// newFailure counts a failure of a task of the revision being rolled out.
+// maxFailedTasks bounds the ids a rollout keeps of its counted failures
+// (more than any MaxFailures rolls back: validate.go).
+const maxFailedTasks = MaxRetries + 1
+
+// failedRun reports whether an ended task's record counts as a failure of
+// its revision: it crashed or exited non-zero, or the scheduler killed it
+// for staying Unhealthy; not a kill, not a loss with its host.
+func failedRun(rec *model.Task) bool {
+	switch rec.State {
+	case task.Lost:
+		return false
+	case task.Killed:
+		return rec.Reason == string(task.ReasonHealthCheckFailed)
+	case task.Finished:
+		return rec.ExitCode != 0
+	}
+	return rec.State.Terminal()
+}
+
+// newFailure counts a failure of a task of the revision being rolled out,
+// once per task whichever leader sees it end (a new leader hears again of
+// tasks that ended while the old one's writes were in flight).
 // Callers hold c.mu.
 func (c *Core) newFailure(j *jobState, t *taskState, now time.Time) {
+	if c.countFailure(j, t.rec) {
+		c.st.SaveJob(j.rec) // a new leader goes on counting from here
+	}
+}
+
+// countFailure adds a failed task of the rollout's revision to its count,
+// unless it is counted already. Callers hold c.mu.
+func (c *Core) countFailure(j *jobState, rec *model.Task) bool {
 	r := j.rec.Rollout
-	if r == nil || r.State != model.RolloutProgressing || t.rec.Revision != j.rec.Revision {
-		return
+	if r == nil || r.State != model.RolloutProgressing || rec.Revision != j.rec.Revision || r.To != j.rec.Revision {
+		return false
+	}
+	if slices.Contains(r.FailedTasks, rec.ID) {
+		return false
 	}
 	r.Failures++
-	r.LastFailure = fmt.Sprintf("task %s %s", t.rec.ID, t.rec.State)
-	if t.rec.Reason != "" {
-		r.LastFailure += " (" + t.rec.Reason
-		if t.rec.Message != "" {
-			r.LastFailure += ": " + clip(t.rec.Message, 120)
+	r.FailedTasks = append(slices.Clone(r.FailedTasks), rec.ID)
+	if n := len(r.FailedTasks); n > maxFailedTasks {
+		r.FailedTasks = r.FailedTasks[n-maxFailedTasks:]
+	}
+	r.LastFailure = fmt.Sprintf("task %s %s", rec.ID, rec.State)
+	if rec.Reason != "" {
+		r.LastFailure += " (" + rec.Reason
+		if rec.Message != "" {
+			r.LastFailure += ": " + clip(rec.Message, 120)
 		}
 		r.LastFailure += ")"
 	}
-	c.st.SaveJob(j.rec) // a new leader goes on counting from here
+	return true
+}
+
+// recountFailures is a new leader's count of a progressing rollout's
+// failures: the record's, plus every failed task of the rollout's
+// revision whose record ended since counting began and that the record
+// does not name. The job's record and its tasks' are written behind (the
+// flush loop) and not in one transaction: a leader killed right after a
+// failure may leave the task's end written and the job's count not.
+// Callers hold c.mu.
+func (c *Core) recountFailures(j *jobState, recs []*model.Task) {
+	r := j.rec.Rollout
+	if r == nil || r.State != model.RolloutProgressing {
+		return
+	}
+	since := r.Started
+	if r.FailuresSince.After(since) {
+		since = r.FailuresSince
+	}
+	var ended []*model.Task
+	for _, rec := range recs {
+		if rec.Revision == r.To && failedRun(rec) && !rec.Ended.Before(since) {
+			ended = append(ended, rec)
+		}
+	}
+	slices.SortFunc(ended, func(a, b *model.Task) int { return a.Ended.Compare(b.Ended) })
+	n := 0
+	for _, rec := range ended {
+		if c.countFailure(j, rec) {
+			n++
+		}
+	}
+	if n > 0 {
+		c.log.Warn("counted rollout failures the previous leader had not written", "job", j.rec.ID, "counted", n, "failures", r.Failures)
+		c.st.SaveJob(j.rec)
+	}
 }
 
 // rolloutFailures is the count of consecutive failures of new-revision
@@ -127,9 +198,9 @@ func rolloutFailures(j *jobState) uint32 {
 
 // resetFailures clears the count once a new-revision task serves.
 // Callers hold c.mu.
-func (c *Core) resetFailures(j *jobState) {
+func (c *Core) resetFailures(j *jobState, now time.Time) {
 	if r := j.rec.Rollout; r != nil && r.Failures > 0 && r.State == model.RolloutProgressing {
-		r.Failures = 0
+		r.Failures, r.FailedTasks, r.FailuresSince = 0, nil, now
 		c.st.SaveJob(j.rec)
 	}
 }
@@ -174,7 +245,7 @@ func (c *Core) step(j *jobState, now time.Time) {
 		if available(n) {
 			old := sl.cur
 			sl.cur, sl.next, sl.replace = n, nil, false
-			c.resetFailures(j)
+			c.resetFailures(j, now)
 			if old != nil {
 				c.stopTask(old)
 			}
@@ -188,7 +259,7 @@ func (c *Core) step(j *jobState, now time.Time) {
 		if available(sl.cur) {
 			avail++
 			if sl.cur.rec.Revision == j.rec.Revision {
-				c.resetFailures(j)
+				c.resetFailures(j, now)
 			}
 		}
 		if sl.replace {

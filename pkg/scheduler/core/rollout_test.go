@@ -2,6 +2,7 @@ package core
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -469,9 +470,25 @@ func TestRolloutRollsBackHealthKills(t *testing.T) {
 // (the surge launches ts sent are counted as launched).
 func (f *fleet) failover(t *testing.T, now time.Time) *fleet {
 	t.Helper()
+	return f.failoverAt(t, now, nil, nil)
+}
+
+// failoverAfter is failover at the real clock, with lost run after the
+// flush (to undo writes the dead leader would not have made) and extra
+// statuses the agent reports beside its running tasks.
+func (f *fleet) failoverAfter(t *testing.T, lost func(), extra []model.TaskStatus) *fleet {
+	t.Helper()
+	return f.failoverAt(t, time.Now(), lost, extra)
+}
+
+func (f *fleet) failoverAt(t *testing.T, now time.Time, lost func(), extra []model.TaskStatus) *fleet {
+	t.Helper()
 	ts := f.ts
 	if err := ts.Flush(ts.ctx); err != nil {
 		t.Fatal(err)
+	}
+	if lost != nil {
+		lost()
 	}
 	ts2 := &testScheduler{t: t, ctx: ts.ctx, cli: ts.cli, kv: ts.kv, prefix: ts.prefix, st: ts.st, now: now}
 	c2, err := New(Config{CrashLoopBase: time.Nanosecond, CrashLoopCap: time.Nanosecond}, ts.log)
@@ -483,7 +500,7 @@ func (f *fleet) failover(t *testing.T, now time.Time) *fleet {
 	if err := c2.Load(ts.ctx, ts.st, nil); err != nil {
 		t.Fatal(err)
 	}
-	var statuses []model.TaskStatus
+	statuses := slices.Clone(extra)
 	ts.mu.RLock()
 	for tid, tk := range ts.tasks {
 		if tk.rec.State == task.Running {

@@ -101,6 +101,9 @@ func (c *Core) RolloutJob(ctx context.Context, id string, action RolloutAction) 
 			}
 			rc.State = model.RolloutProgressing
 			rc.ProgressAt = time.Time{} // the deadline counts from the resume
+			// Failures while paused were not counted: a new leader's
+			// recount (recountFailures) starts here too.
+			rc.FailuresSince = now
 		case RolloutUndo:
 			if r.Previous == nil {
 				return fmt.Errorf("%w: no previous revision to go back to", model.ErrRolloutState)

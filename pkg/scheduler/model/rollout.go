@@ -168,6 +168,13 @@ type Rollout struct {
 	LastFailure     string
 	ProgressAt      time.Time
 	ProgressUpdated uint32
+	// FailedTasks are the tasks counted in Failures (a task is counted
+	// once, whichever leader sees it end); FailuresSince is when counting
+	// began: the rollout's start, or when a new-revision task last served.
+	// A new leader also counts the failed tasks of revision To whose
+	// records ended since then (see Core.recountFailures).
+	FailedTasks   []string
+	FailuresSince time.Time
 	// Views only: available tasks of the job's revision, live tasks of
 	// another, and desired minus available.
 	Updated, Old, Unavailable uint32

@@ -143,7 +143,8 @@ func rolloutFromProto(p *schedv1.Rollout) *model.Rollout {
 	r := &model.Rollout{State: model.RolloutState(p.GetState()), From: p.GetFromRevision(), To: p.GetToRevision(), Reason: p.GetReason(),
 		Started: timeFromProto(p.GetStarted()), Ended: timeFromProto(p.GetEnded()),
 		Updated: p.GetUpdated(), Old: p.GetOld(), Unavailable: p.GetUnavailable(),
-		Failures: p.GetFailures(), LastFailure: p.GetLastFailure(), ProgressAt: timeFromProto(p.GetProgressAt()), ProgressUpdated: p.GetProgressUpdated()}
+		Failures: p.GetFailures(), LastFailure: p.GetLastFailure(), ProgressAt: timeFromProto(p.GetProgressAt()), ProgressUpdated: p.GetProgressUpdated(),
+		FailedTasks: p.GetFailedTasks(), FailuresSince: timeFromProto(p.GetFailuresSince())}
 	if t := p.GetPreviousTask(); t != nil {
 		r.Previous = task.FromProto(t)
 	}
@@ -162,7 +163,8 @@ func rolloutToProto(r *model.Rollout) *schedv1.Rollout {
 	}
 	p := &schedv1.Rollout{State: schedv1.Rollout_State(r.State), FromRevision: r.From, ToRevision: r.To, Reason: r.Reason,
 		Started: timeToProto(r.Started), Ended: timeToProto(r.Ended), Updated: r.Updated, Old: r.Old, Unavailable: r.Unavailable,
-		Failures: r.Failures, LastFailure: r.LastFailure, ProgressAt: timeToProto(r.ProgressAt), ProgressUpdated: r.ProgressUpdated}
+		Failures: r.Failures, LastFailure: r.LastFailure, ProgressAt: timeToProto(r.ProgressAt), ProgressUpdated: r.ProgressUpdated,
+		FailedTasks: r.FailedTasks, FailuresSince: timeToProto(r.FailuresSince)}
 	if r.Previous != nil {
 		p.PreviousTask = TaskSpecToProto(r.Previous)
 	}
