@@ -17,6 +17,8 @@ import (
 // benchFlags are the knobs every part may use.
 type benchFlags struct {
 	n, concurrent int
+	// profile, if set, is a directory for the parts that profile (scheduler).
+	profile string
 }
 
 type benchPart struct {
@@ -45,6 +47,7 @@ func main() {
 	}
 	sort.Slice(names, func(i, j int) bool { return parts[names[i]].order < parts[names[j]].order })
 	only := flag.String("only", "", "run only these parts, comma-separated: "+strings.Join(names, ", "))
+	profile := flag.String("profile", "", "write CPU, mutex and block profiles of each scheduler placement phase to this directory")
 	debug := flag.Bool("debug", false, "keep the agent's debug log in /tmp/titus-bench-agent.log")
 	flag.StringVar(&profileDir, "profile", "", "fullstack: write the agents' CPU, mutex and block profiles and an execution trace of the sequential launches to this directory")
 	flag.IntVar(&profileSeconds, "profile-seconds", 20, "fullstack: length of the CPU profile (the trace is a quarter of it)")
@@ -76,7 +79,7 @@ func main() {
 			continue
 		}
 		fmt.Printf("\n== %s ==\n", name)
-		parts[name].run(tb, benchFlags{n: *n, concurrent: *conc})
+		parts[name].run(tb, benchFlags{n: *n, concurrent: *conc, profile: *profile})
 		tb.RunCleanups()
 	}
 }

@@ -39,7 +39,7 @@ const (
 // runConstrained submits o.Tasks more tasks in jobs of up to 1000, each with
 // the hard constraint, the soft one (weight 10) and zoneBalance hard, waits
 // for all to be placed, then checks every placement against the fleet.
-func runConstrained(ctx context.Context, api schedv1.SchedulerClient, s *scheduler.Scheduler, o Options) (ConstrainedReport, error) {
+func runConstrained(ctx context.Context, api schedv1.SchedulerClient, s *scheduler.Scheduler, o Options, placedAll func() error) (ConstrainedReport, error) {
 	rep := ConstrainedReport{Tasks: o.Tasks,
 		Constraints: fmt.Sprintf("hard %q, soft %q (weight 10), zoneBalance hard", hardConstraint, softConstraint)}
 	placement := &schedv1.Placement{Constraints: []string{hardConstraint},
@@ -66,6 +66,9 @@ func runConstrained(ctx context.Context, api schedv1.SchedulerClient, s *schedul
 	rep.PlaceDuration = time.Since(start)
 	rep.Placed = int(s.Stats().Placed - base)
 	rep.PlacementsPerSec = float64(rep.Placed) / rep.PlaceDuration.Seconds()
+	if err := placedAll(); err != nil {
+		return rep, err
+	}
 
 	// Every placement against the fleet's attributes.
 	preferred, total := 0, 0

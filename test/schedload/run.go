@@ -44,6 +44,9 @@ type Options struct {
 	// Constrained runs Tasks more tasks after the first run, each job with
 	// a hard constraint, a soft one and zoneBalance hard.
 	Constrained bool
+	// ProfileDir, if set, gets CPU, mutex and block profiles of each
+	// placement phase (profile.go).
+	ProfileDir string
 }
 
 // Report is what a run measured.
@@ -145,7 +148,11 @@ func Run(ctx context.Context, o Options) (Report, error) {
 		o.DataDir = dir
 	}
 	rep := Report{Agents: o.Agents, AZs: o.AZs, Tasks: o.Tasks}
-	var err error
+	prof, err := newProfiler(o.ProfileDir)
+	if err != nil {
+		return rep, err
+	}
+	defer prof.stop()
 	bdir := filepath.Join(o.DataDir, "baseline")
 	rep.EtcdPutsPerSec, err = EtcdBaseline(ctx, bdir, o.Tasks, txnOps)
 	os.RemoveAll(bdir)
@@ -245,6 +252,9 @@ func Run(ctx context.Context, o Options) (Report, error) {
 
 	// Submit every job at once, then wait for every launch to arrive.
 	submitted := map[string]time.Time{}
+	if err := prof.start("unconstrained"); err != nil {
+		return rep, err
+	}
 	start := time.Now()
 	base := s.Stats().Placed
 	for left := o.Tasks; left > 0; left -= 1000 {
@@ -267,6 +277,9 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	rep.PlaceDuration = time.Since(start)
 	rep.Placed = int(s.Stats().Placed - base)
 	rep.PlacementsPerSec = float64(rep.Placed) / rep.PlaceDuration.Seconds()
+	if err := prof.stop(); err != nil {
+		return rep, err
+	}
 	if err := noOvercommit(ctx, api); err != nil {
 		return rep, err
 	}
@@ -285,7 +298,10 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	}
 
 	if o.Constrained {
-		if rep.Constrained, err = runConstrained(ctx, api, s, o); err != nil {
+		if err := prof.start("constrained"); err != nil {
+			return rep, err
+		}
+		if rep.Constrained, err = runConstrained(ctx, api, s, o, prof.stop); err != nil {
 			return rep, wrap(err)
 		}
 		if err := noOvercommit(ctx, api); err != nil {
