@@ -305,7 +305,10 @@ func heartbeat(ctx context.Context, cfg Config, tasks Tasks, interval time.Durat
 		}
 		hb := &schedv1.Heartbeat{Healthy: cfg.Health == nil || cfg.Health()}
 		free := cfg.Capacity
-		for _, v := range tasks.List() {
+		views := tasks.List()
+		hb.Tasks = make([]*schedv1.TaskStatus, 0, len(views))
+		for i := range views {
+			v := &views[i]
 			if !v.Status.State.Terminal() {
 				r := v.Spec.Resources
 				free.CPUMillicores -= r.CPUMillicores
@@ -314,7 +317,7 @@ func heartbeat(ctx context.Context, cfg Config, tasks Tasks, interval time.Durat
 				free.NetworkMbps -= r.NetworkMbps
 				free.GPUs -= r.GPUs
 			}
-			hb.Tasks = append(hb.Tasks, statusOf(&v))
+			hb.Tasks = append(hb.Tasks, statusOf(v))
 		}
 		hb.Free = capacityProto(free)
 		hb.Network = networkProto(cfg.Network)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -34,9 +35,18 @@ type SimTasks struct {
 	mu       sync.Mutex
 	health   func(spec *task.Spec) task.HealthStatus
 	launches map[string]int
-	tasks    map[string]*task.View
-	subs     map[chan task.Event]struct{}
-	timer    map[string]*time.Timer
+	// views are the tasks in launch order, without their transitions,
+	// and idx their positions by id. List hands out views itself, capped
+	// at its length: a launch appends past what any reader sees, and a
+	// change to a task copies views first when it was handed out
+	// (shared). The simulated agents share the scheduler's process and
+	// cores in a load run; a copy of every task each heartbeat cost them,
+	// not the scheduler, a fifth of the run's CPU at 40 tasks an agent.
+	views  []task.View
+	shared bool
+	idx    map[string]int
+	subs   map[chan task.Event]struct{}
+	timer  map[string]*time.Timer
 }
 
 // NewSimTasks returns an empty task manager.
@@ -44,7 +54,7 @@ func NewSimTasks(b Behavior) *SimTasks {
 	if b == nil {
 		b = RunForever
 	}
-	return &SimTasks{behavior: b, tasks: map[string]*task.View{}, subs: map[chan task.Event]struct{}{}, timer: map[string]*time.Timer{}, launches: map[string]int{}}
+	return &SimTasks{behavior: b, idx: map[string]int{}, subs: map[chan task.Event]struct{}{}, timer: map[string]*time.Timer{}, launches: map[string]int{}}
 }
 
 // SetHealth makes tasks with a health check report the status fn gives
@@ -55,8 +65,9 @@ func (s *SimTasks) SetHealth(fn func(spec *task.Spec) task.HealthStatus) {
 	defer s.mu.Unlock()
 	s.health = fn
 	now := time.Now()
-	for _, v := range s.tasks {
-		if !v.Status.State.Terminal() && s.setHealth(v, now) {
+	for i := range s.views {
+		if v := s.views[i]; !v.Status.State.Terminal() && s.setHealth(&v, now) {
+			*s.mutable(i) = v
 			s.publish(task.Event{TaskID: v.Spec.ID, Status: v.Status, HealthChanged: true})
 		}
 	}
@@ -103,27 +114,33 @@ func (s *SimTasks) Launch(_ context.Context, spec *task.Spec) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.launches[spec.ID]++
-	if _, ok := s.tasks[spec.ID]; ok {
+	if _, ok := s.idx[spec.ID]; ok {
 		return nil
 	}
-	v := &task.View{Spec: *spec}
-	s.tasks[spec.ID] = v
 	if s.OnLaunch != nil {
 		s.OnLaunch(spec.ID, now)
 	}
-	s.advance(v, task.Accepted, task.ReasonAccepted, 0, now)
-	s.setHealth(v, now)
-	s.advance(v, task.Running, task.ReasonStarted, 0, now)
+	v := task.View{Spec: *spec}
+	s.advance(&v, task.Accepted, task.ReasonAccepted, 0, now)
+	s.setHealth(&v, now)
+	s.advance(&v, task.Running, task.ReasonStarted, 0, now)
+	s.idx[spec.ID] = len(s.views)
+	s.views = append(s.views, v)
 	runFor, exit := s.behavior(spec)
 	if runFor >= 0 {
-		s.timer[spec.ID] = time.AfterFunc(runFor, func() {
+		id := spec.ID
+		s.timer[id] = time.AfterFunc(runFor, func() {
 			s.mu.Lock()
 			defer s.mu.Unlock()
+			i, ok := s.idx[id]
+			if !ok {
+				return // forgotten
+			}
 			st, reason := task.Finished, task.ReasonCompleted
 			if exit != 0 {
 				st, reason = task.Failed, task.ReasonNonZeroExit
 			}
-			s.advance(v, st, reason, exit, time.Now())
+			s.advance(s.mutable(i), st, reason, exit, time.Now())
 		})
 	}
 	return nil
@@ -135,6 +152,7 @@ func (s *SimTasks) advance(v *task.View, st task.State, reason task.Reason, exit
 		return
 	}
 	v.Status.ExitCode = exit
+	v.Status.Transitions = nil // nobody reads them; List stays one copy
 	s.publish(task.Event{TaskID: v.Spec.ID, Status: v.Status})
 }
 
@@ -153,10 +171,11 @@ func (s *SimTasks) publish(ev task.Event) {
 func (s *SimTasks) Kill(_ context.Context, id string, _ task.Reason, _ string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	v := s.tasks[id]
-	if v == nil {
+	i, ok := s.idx[id]
+	if !ok {
 		return fmt.Errorf("%w: %s", ErrNoSuchTask, id)
 	}
+	v := s.mutable(i)
 	if t := s.timer[id]; t != nil {
 		t.Stop()
 	}
@@ -166,17 +185,21 @@ func (s *SimTasks) Kill(_ context.Context, id string, _ task.Reason, _ string) e
 	return nil
 }
 
-// List implements schedlink.Tasks.
+// List implements schedlink.Tasks. The slice is shared: do not modify it.
 func (s *SimTasks) List() []task.View {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]task.View, 0, len(s.tasks))
-	for _, v := range s.tasks {
-		c := *v
-		c.Status.Transitions = nil
-		out = append(out, c)
+	s.shared = true
+	return s.views[:len(s.views):len(s.views)]
+}
+
+// mutable is the task at i to change, views copied first when a reader
+// may hold them. Callers hold s.mu.
+func (s *SimTasks) mutable(i int) *task.View {
+	if s.shared {
+		s.views, s.shared = slices.Clone(s.views), false
 	}
-	return out
+	return &s.views[i]
 }
 
 // Subscribe implements schedlink.Tasks.
@@ -199,9 +222,9 @@ func (s *SimTasks) Running() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []string
-	for id, v := range s.tasks {
-		if !v.Status.State.Terminal() {
-			out = append(out, id)
+	for i := range s.views {
+		if v := &s.views[i]; !v.Status.State.Terminal() {
+			out = append(out, v.Spec.ID)
 		}
 	}
 	return out
@@ -214,7 +237,7 @@ func (s *SimTasks) Forget() {
 	for _, t := range s.timer {
 		t.Stop()
 	}
-	s.tasks, s.timer = map[string]*task.View{}, map[string]*time.Timer{}
+	s.views, s.shared, s.idx, s.timer = nil, false, map[string]int{}, map[string]*time.Timer{}
 }
 
 // Agent is a simulated agent: SimTasks behind the real agent link.
