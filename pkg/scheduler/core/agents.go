@@ -239,7 +239,6 @@ func (c *Core) Drain(sel model.AgentSelector, drain bool) ([]*model.Agent, error
 			continue
 		}
 		a.drained = drain
-		a.drainBlocked = ""
 		c.st.SaveAgent(a.view(time.Time{}))
 		for _, t := range a.tasks {
 			c.touched(t.job)

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -67,9 +68,6 @@ func (c *Core) stepLoop(ctx context.Context) {
 // stepLocked steps the touched jobs, or all live service jobs. Callers hold c.mu.
 func (c *Core) stepLocked(all bool, now time.Time) {
 	if all {
-		for _, a := range c.agents {
-			a.drainBlocked = ""
-		}
 		for _, j := range c.jobs {
 			if !j.batch() && !j.terminal() {
 				c.dirty[j] = struct{}{}
@@ -401,7 +399,8 @@ func describe(t *taskState) string {
 }
 
 // stepDrain moves the job's tasks off drained hosts, a replacement first,
-// as many at once as the budget leaves.
+// as many at once as the budget leaves (agent ls says what holds a move
+// back: drainWhy).
 func (c *Core) stepDrain(j *jobState, budget, unavailable, inflight int, now time.Time) {
 	for _, sl := range j.slots {
 		t := sl.cur
@@ -413,12 +412,99 @@ func (c *Core) stepDrain(j *jobState, budget, unavailable, inflight int, now tim
 			continue
 		}
 		if unavailable+inflight >= budget {
-			t.agent.drainBlocked = fmt.Sprintf("blocked by budget of job %s: %d/%d unavailable", j.rec.ID, unavailable+inflight, budget)
 			continue
 		}
 		c.startReplace(j, sl, now)
 		inflight++
 	}
+}
+
+// budgetUse is how much of its disruption budget a service job uses now
+// (its unavailable tasks and the moves under way, as stepDrain counts
+// them), the budget, and what the first of them waits for.
+func budgetUse(j *jobState) (used, budget int, holder string) {
+	desired := 0
+	for _, sl := range j.slots {
+		if !sl.active {
+			continue
+		}
+		desired++
+		switch {
+		case sl.replace:
+			used++
+			if holder == "" {
+				holder = moveWait(j, sl)
+			}
+		case !available(sl.cur):
+			used++
+			if holder == "" {
+				if sl.cur == nil {
+					holder = fmt.Sprintf("slot %d has no task", sl.index)
+					if j.queuedReason != "" {
+						holder += ": " + j.queuedReason
+					}
+				} else {
+					holder = "task " + sl.cur.rec.ID + " " + describe(sl.cur)
+				}
+			}
+		}
+	}
+	return used, j.rec.Spec.Service.BudgetOf(desired), holder
+}
+
+// moveWait says what the move of a slot's task (a replacement under way)
+// waits for: its placement, or its replacement to serve.
+func moveWait(j *jobState, sl *slot) string {
+	cur := "the task"
+	if sl.cur != nil {
+		cur = "task " + sl.cur.rec.ID
+	}
+	n := sl.next
+	if n == nil {
+		s := "a replacement of " + cur + " to be placed"
+		if j.queuedReason != "" {
+			s += ": " + j.queuedReason
+		}
+		return s
+	}
+	return fmt.Sprintf("task %s (replacing %s) to serve: %s", n.rec.ID, strings.TrimPrefix(cur, "task "), describe(n))
+}
+
+// drainWhy says why a drained host still has service tasks to move: what
+// the moves under way wait for (a replacement's placement, health, or
+// registration and health in its load balancers), and the job whose
+// disruption budget holds back the next move, with what uses it up.
+// Callers hold c.mu.
+func drainWhy(a *agentState) string {
+	var moving, blocked string
+	for _, id := range slices.Sorted(maps.Keys(a.tasks)) {
+		t := a.tasks[id]
+		j, sl := t.job, t.slot
+		if j.batch() || j.terminal() || !sl.active || sl.cur != t || t.killWanted {
+			continue
+		}
+		if sl.replace {
+			if moving == "" {
+				moving = "waiting for " + moveWait(j, sl)
+			}
+			continue
+		}
+		if blocked == "" {
+			if used, budget, holder := budgetUse(j); used >= budget {
+				blocked = fmt.Sprintf("blocked by budget of job %s: %d/%d unavailable", j.rec.ID, used, budget)
+				if holder != "" {
+					blocked += ", waiting for " + holder
+				}
+			}
+		}
+	}
+	switch {
+	case blocked == "":
+		return moving
+	case moving == "" || strings.Contains(blocked, moving[len("waiting for "):]):
+		return blocked
+	}
+	return blocked + "; " + moving
 }
 
 // rollback returns a job to the revision its rollout came from. Callers hold c.mu.

@@ -34,9 +34,6 @@ type agentState struct {
 	heard            atomic.Int64
 	failures         []time.Time
 	quarantinedUntil time.Time
-	// drainBlocked says what holds back the next move off this drained
-	// host (set by the step loop).
-	drainBlocked string
 }
 
 func newAgent(id string) *agentState {
@@ -111,7 +108,7 @@ func (a *agentState) view(now time.Time) *model.Agent {
 			}
 		}
 		if v.DrainRemaining > 0 {
-			v.DrainBlocked = a.drainBlocked
+			v.DrainBlocked = drainWhy(a)
 		}
 	}
 	return v

@@ -754,3 +754,65 @@ func TestTargetsUpdateChangesGroups(t *testing.T) {
 		t.Errorf("after the undo: A %v, B %v", a, b)
 	}
 }
+
+// TestDrainSaysWhatItWaitsFor: `agent ls` of a drained host whose move is
+// under way says what holds it: the replacement's placement, then its
+// health check, then its target health in the load balancer; and for a
+// second task of the same job, the budget and what uses it up.
+func TestDrainSaysWhatItWaitsFor(t *testing.T) {
+	h := newLBHarness(t, 2, Config{})
+	placed := h.place()
+	if len(placed) != 2 {
+		t.Fatalf("placed %v", placed)
+	}
+	h.status(placed[0], task.Running, "198.18.0.10", task.HealthHealthy)
+	h.status(placed[1], task.Running, "198.18.0.12", task.HealthHealthy)
+	h.pass(true)
+	why := func() string {
+		t.Helper()
+		for _, a := range h.Agents() {
+			if a.ID == "a1" {
+				return a.DrainBlocked
+			}
+		}
+		t.Fatal("no agent a1")
+		return ""
+	}
+	if _, err := h.Drain(model.AgentSelector{ID: "a1"}, true); err != nil {
+		t.Fatal(err)
+	}
+	h.step()
+	moving, other := placed[0], placed[1]
+	budget := "blocked by budget of job " + h.job + ": 1/1 unavailable, waiting for "
+	if got, want := why(), budget+"a replacement of task "+moving+" to be placed"; !strings.HasPrefix(got, want) {
+		t.Errorf("no host to place on: %q, want %q…", got, want)
+	}
+	s2 := h.connect("a2", 16000)
+	repl := h.place()
+	if len(repl) != 1 {
+		t.Fatalf("replacement placed: %v", repl)
+	}
+	h.Updates(s2, []model.TaskStatus{{TaskID: repl[0], State: task.Running, IP: "198.18.0.11", Health: &task.Health{Status: task.HealthStarting, Since: time.Now()}}})
+	h.step()
+	if got, want := why(), budget+"task "+repl[0]+" (replacing "+moving+") to serve: Running, Starting, targetgroup/web/0123456789abcdef: pending"; got != want {
+		t.Errorf("replacement starting:\n got %q\nwant %q", got, want)
+	}
+	h.lb.mu.Lock()
+	h.lb.sick = map[Target]TargetHealth{{"198.18.0.11", 8080}: {State: "initial", Reason: "Elb.RegistrationInProgress", Description: "Target registration is in progress"}}
+	h.lb.mu.Unlock()
+	h.Updates(s2, []model.TaskStatus{{TaskID: repl[0], State: task.Running, IP: "198.18.0.11", Health: &task.Health{Status: task.HealthHealthy, Since: time.Now()}}})
+	h.pass(false)
+	h.step()
+	if got, want := why(), budget+"task "+repl[0]+" (replacing "+moving+") to serve: Running, Healthy, targetgroup/web/0123456789abcdef: initial (Elb.RegistrationInProgress: Target registration is in progress)"; got != want {
+		t.Errorf("replacement registered, initial in the load balancer:\n got %q\nwant %q", got, want)
+	}
+	// Healthy there: the old task leaves its group and the next move starts.
+	h.lb.mu.Lock()
+	h.lb.sick = nil
+	h.lb.mu.Unlock()
+	h.pass(false)
+	h.step()
+	if got := why(); !strings.HasPrefix(got, budget+"a replacement of task "+other) && !strings.HasPrefix(got, "waiting for a replacement of task "+other) {
+		t.Errorf("after the first move: %q, want the second move's wait", got)
+	}
+}
