@@ -33,7 +33,8 @@ func cgroupMode(root string) string {
 
 // networkUsage converts the ec2 provider's ENI use for the scheduler link.
 func networkUsage(u vpc.Usage) schedlink.NetworkUsage {
-	out := schedlink.NetworkUsage{AttachableENIs: int32(u.AttachableENIs)}
+	out := schedlink.NetworkUsage{AttachableENIs: int32(u.AttachableENIs), DefaultSecurityGroups: u.DefaultGroups,
+		DefaultSubnetID: u.DefaultSubnetID, ZoneSubnets: u.ZoneSubnets, OtherZoneSubnets: u.OtherZoneSubnets}
 	for _, s := range u.SGSets {
 		out.SGSets = append(out.SGSets, schedlink.SGSet{SecurityGroups: s.SecurityGroups, SubnetID: s.SubnetID, Default: s.Default,
 			ENIs: int32(s.ENIs), UsedIPs: int32(s.UsedIPs), FreeIPs: int32(s.FreeIPs), CoolingIPs: int32(s.CoolingIPs)})

@@ -60,6 +60,12 @@ type GPU struct {
 type NetworkUsage struct {
 	SGSets         []SGSet
 	AttachableENIs int32
+	// DefaultSecurityGroups (sorted, comma-joined) and DefaultSubnetID are
+	// what a task naming none gets.
+	DefaultSecurityGroups, DefaultSubnetID string
+	// ZoneSubnets and OtherZoneSubnets are the subnets the agent looked
+	// up, in its zone and out of it.
+	ZoneSubnets, OtherZoneSubnets []string
 }
 
 // SGSet is the ENIs and addresses of one security-group set.
@@ -286,7 +292,8 @@ func networkProto(f func() NetworkUsage) *schedv1.NetworkUsage {
 		return nil
 	}
 	u := f()
-	p := &schedv1.NetworkUsage{AttachableEnis: u.AttachableENIs}
+	p := &schedv1.NetworkUsage{AttachableEnis: u.AttachableENIs, DefaultSecurityGroups: u.DefaultSecurityGroups,
+		DefaultSubnetId: u.DefaultSubnetID, ZoneSubnets: u.ZoneSubnets, OtherZoneSubnets: u.OtherZoneSubnets}
 	for _, s := range u.SGSets {
 		p.SgSets = append(p.SgSets, &schedv1.SGSetENIs{SecurityGroups: s.SecurityGroups, SubnetId: s.SubnetID, Default: s.Default,
 			Enis: s.ENIs, UsedIps: s.UsedIPs, FreeIps: s.FreeIPs, CoolingIps: s.CoolingIPs})

@@ -52,8 +52,12 @@ type EC2Provider struct {
 	eni    *eniManager
 	record *allocRecord
 
-	mu   sync.Mutex // guards pool, backoff
+	mu   sync.Mutex // guards pool, backoff, subnetZone
 	pool *pool
+	// subnetZone says, of the subnets tasks named and EC2 described,
+	// whether each lies in this host's zone (reported to the scheduler:
+	// Usage). At most maxReportedSubnets.
+	subnetZone map[string]bool
 	// backoff holds, per key, when the next background refill may run and
 	// the current delay.
 	backoff map[PoolKey]refillBackoff
@@ -242,6 +246,7 @@ func (p *EC2Provider) keyFor(ctx context.Context, req task.NetworkRequest) (Pool
 	if err != nil {
 		return PoolKey{}, subnetInfo{}, err
 	}
+	p.noteZones(subnets, infos)
 	for _, id := range subnets {
 		if s := infos[id]; s.AZ == p.cfg.Host.AvailabilityZone || p.cfg.Host.AvailabilityZone == "" {
 			if req.IPv6 && !s.IPv6.IsValid() {
@@ -251,6 +256,25 @@ func (p *EC2Provider) keyFor(ctx context.Context, req task.NetworkRequest) (Pool
 		}
 	}
 	return PoolKey{}, subnetInfo{}, fmt.Errorf("%w: none of subnets %v is in %s", ErrInvalidNetworkRequest, subnets, p.cfg.Host.AvailabilityZone)
+}
+
+// maxReportedSubnets bounds the subnets whose zone the provider reports.
+const maxReportedSubnets = 256
+
+// noteZones records which of the described subnets lie in the host's zone.
+func (p *EC2Provider) noteZones(ids []string, infos map[string]subnetInfo) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.subnetZone == nil {
+		p.subnetZone = map[string]bool{}
+	}
+	for _, id := range ids {
+		s, ok := infos[id]
+		if _, known := p.subnetZone[id]; !ok || known || len(p.subnetZone) >= maxReportedSubnets {
+			continue
+		}
+		p.subnetZone[id] = s.AZ == p.cfg.Host.AvailabilityZone || p.cfg.Host.AvailabilityZone == ""
+	}
 }
 
 // Allocate gives taskID an IP of the pool for req. From a warm pool it makes

@@ -18,6 +18,13 @@ type Usage struct {
 	// AttachableENIs is how many ENIs a new SG set can still get: free
 	// slots plus idle ENIs (no IP in use) of other sets.
 	AttachableENIs int
+	// DefaultGroups (sorted, comma-joined) and DefaultSubnetID are what a
+	// task naming none gets.
+	DefaultGroups, DefaultSubnetID string
+	// ZoneSubnets and OtherZoneSubnets are the subnets tasks named that
+	// the provider looked up, in the host's zone and out of it (sorted): a
+	// task takes its IP in the first of its subnets in the zone.
+	ZoneSubnets, OtherZoneSubnets []string
 }
 
 // SGSetUsage is one pool key's ENIs and addresses.
@@ -37,7 +44,18 @@ func (p *EC2Provider) Host() HostInfo { return p.cfg.Host }
 func (p *EC2Provider) Usage() Usage {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.pool.usage(p.now())
+	u := p.pool.usage(p.now())
+	u.DefaultGroups, u.DefaultSubnetID = p.pool.defaultKey.Groups, p.pool.defaultKey.SubnetID
+	for id, in := range p.subnetZone {
+		if in {
+			u.ZoneSubnets = append(u.ZoneSubnets, id)
+		} else {
+			u.OtherZoneSubnets = append(u.OtherZoneSubnets, id)
+		}
+	}
+	sort.Strings(u.ZoneSubnets)
+	sort.Strings(u.OtherZoneSubnets)
+	return u
 }
 
 func (p *pool) usage(now time.Time) Usage {

@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -136,4 +137,94 @@ func (bed *ec2Bed) startAgentWith(t *testing.T, ctd *testenv.Containerd, reg *te
 	e.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host}, Config: cfg})
 	e.dir, e.socket, e.client = e.agent.Dir, e.agent.Socket, e.agent.Client
 	return e
+}
+
+// TestSchedulerEC2SubnetSets: the agent gives tasks of one security-group
+// set but another subnet ENIs of their own, so placement counts a task's
+// IP against its security groups and subnet: a host whose two task ENIs
+// hold sg1 in subnet A1 (with IPs free) and sg2 is full for sg1 in subnet
+// A2 of the same zone. Counted by security groups alone, the scheduler
+// sent that task to the host, whose agent had to refuse it for want of an
+// ENI. The task waits with the reason until sg2's ENI is idle, then runs
+// with an address of A2.
+func TestSchedulerEC2SubnetSets(t *testing.T) {
+	begin(t)
+	// Subnets A1 (us-east-1a), B1, A2 (us-east-1a again); host a is in A1.
+	bed := newEC2BedIn(t, "t3.small", false, []string{"us-east-1a", "us-east-1b", "us-east-1a"}) // 2 task ENIs × 3 IPs
+	a1, a2 := bed.hv.Subnets[0], bed.hv.Subnets[2]
+	ctd := testenv.StartContainerd(t)
+	reg := testenv.StartRegistry(t)
+	image := testenv.PushBusybox(t, reg, "busybox", "latest")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	t.Cleanup(cancel)
+	s, _ := startScheduler(t, ctx, schedOptions(t))
+	waitLeading(t, s)
+	e := &schedEnv{t: t, ctx: ctx, addrs: []string{s.Addr()}, agents: map[string]*schedload.Agent{}}
+	e.dialAPI()
+	agent := bed.startAgentWith(t, ctd, reg, image, bed.a, "titus-a",
+		fmt.Sprintf("scheduler:\n  address: %q\n  instanceID: %s\n", e.addrs[0], bed.a.InstanceID))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("== agent log\n%s", tailLog(agent.agent.Log()))
+		}
+	})
+	e.waitAgents(1)
+
+	submit := func(sg string, subnets ...string) string {
+		s := jobSpec(&schedv1.BatchJob{Size: 1})
+		s.Task.Image = image
+		s.Task.Command = []string{"sleep", "600"}
+		s.Task.Resources = &agentv1.Resources{CpuMillicores: 50, MemoryMib: 32}
+		s.Task.Network = &agentv1.NetworkRequest{SecurityGroupIds: []string{sg}, SubnetIds: subnets}
+		return e.submit(s)
+	}
+	noFailures := func(ids ...string) string {
+		for _, id := range ids {
+			if c := e.job(id).Counts; c.Failed+c.Lost+c.Retries > 0 {
+				t.Fatalf("job %s: a task failed or was lost (the agent refused it?): %v", id, c)
+			}
+		}
+		return ""
+	}
+	runs := func(id string) func() (bool, string) {
+		return func() (bool, string) {
+			noFailures(id)
+			n := e.running(id)
+			return n[bed.a.InstanceID] == 1, fmt.Sprintf("running %v, job %v", n, e.job(id))
+		}
+	}
+	j1 := submit(bed.sg1, a1.ID)
+	waitUntil(t, "sg1 in A1 runs", 2*time.Minute, runs(j1))
+	j2 := submit(bed.sg2)
+	waitUntil(t, "sg2 runs", time.Minute, runs(j2))
+
+	j3 := submit(bed.sg1, a2.ID)
+	e.eventually("sg1 in A2 queued for want of an ENI", func() (bool, string) {
+		noFailures(j1, j2, j3)
+		r := e.job(j3).QueuedReason
+		return strings.HasPrefix(r, "no free IP: 1 of the 1 hosts") && strings.Contains(r, "in subnets ["+a2.ID+"]"), r
+	})
+	// Several heartbeats and placement rounds later it still waits, unrefused.
+	time.Sleep(3 * time.Second)
+	noFailures(j1, j2, j3)
+	if n := len(e.liveTasks(j3)); n != 0 {
+		t.Fatalf("sg1 in A2 placed (%d tasks) on a host with no ENI for it", n)
+	}
+
+	if _, err := e.api.KillJob(e.ctx, &schedv1.KillJobRequest{Id: j2}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "sg1 in A2 runs once sg2's ENI is idle", time.Minute, runs(j3))
+	noFailures(j1, j3)
+	for _, tk := range e.liveTasks(j3) {
+		ip, err := netip.ParseAddr(tk.Ip)
+		if err != nil || !a2.CIDR.Contains(ip) {
+			t.Errorf("task %s has IP %q, want one of subnet A2 %s", tk.Id, tk.Ip, a2.CIDR)
+		}
+	}
+	for _, id := range []string{j1, j3} {
+		if _, err := e.api.KillJob(e.ctx, &schedv1.KillJobRequest{Id: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

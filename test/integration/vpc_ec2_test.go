@@ -44,10 +44,17 @@ type ec2Bed struct {
 
 func newEC2Bed(t *testing.T, instanceType string, ipv6 bool) *ec2Bed {
 	t.Helper()
+	return newEC2BedIn(t, instanceType, ipv6, []string{"us-east-1a", "us-east-1b"})
+}
+
+// newEC2BedIn is newEC2Bed with one subnet per entry of azs (a zone named
+// twice has two subnets); host a is in azs[0], b in us-east-1b.
+func newEC2BedIn(t *testing.T, instanceType string, ipv6 bool, azs []string) *ec2Bed {
+	t.Helper()
 	moto := testenv.StartMoto(t)
 	bed := &ec2Bed{proxy: testenv.StartFaultProxy(t, moto.Endpoint), dir: t.TempDir()}
 	bed.imds = testenv.StartIMDSMock(t).Endpoint
-	bed.hv = testenv.StartHypervisor(t, moto.Endpoint, testenv.HypervisorOptions{AZs: []string{"us-east-1a", "us-east-1b"}, IPv6: ipv6})
+	bed.hv = testenv.StartHypervisor(t, moto.Endpoint, testenv.HypervisorOptions{AZs: azs, IPv6: ipv6})
 	ctx := context.Background()
 	for i, dst := range []*string{&bed.sg1, &bed.sg2} {
 		out, err := bed.hv.EC2.CreateSecurityGroup(ctx, &ec2.CreateSecurityGroupInput{
@@ -59,7 +66,7 @@ func newEC2Bed(t *testing.T, instanceType string, ipv6 bool) *ec2Bed {
 		*dst = aws.ToString(out.GroupId)
 	}
 	netnsOfFabric = bed.hv.Fabric
-	bed.a = bed.hv.AddHost(t, "us-east-1a", instanceType)
+	bed.a = bed.hv.AddHost(t, azs[0], instanceType)
 	bed.b = bed.hv.AddHost(t, "us-east-1b", instanceType)
 	t.Cleanup(func() {
 		for _, err := range bed.hv.Errors() {

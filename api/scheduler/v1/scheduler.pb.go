@@ -3014,8 +3014,16 @@ type NetworkUsage struct {
 	SgSets []*SGSetENIs           `protobuf:"bytes,1,rep,name=sg_sets,json=sgSets,proto3" json:"sg_sets,omitempty"`
 	// How many more ENIs a new SG set can still get: slots free plus idle ENIs.
 	AttachableEnis int32 `protobuf:"varint,2,opt,name=attachable_enis,json=attachableEnis,proto3" json:"attachable_enis,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// What a task naming no security groups, or no subnets, gets.
+	DefaultSecurityGroups string `protobuf:"bytes,3,opt,name=default_security_groups,json=defaultSecurityGroups,proto3" json:"default_security_groups,omitempty"`
+	DefaultSubnetId       string `protobuf:"bytes,4,opt,name=default_subnet_id,json=defaultSubnetId,proto3" json:"default_subnet_id,omitempty"`
+	// Subnets tasks named that the agent looked up, in the host's zone and
+	// out of it: a task takes its IP in the first of its subnets in the
+	// zone, so the scheduler can tell which set's ENIs it will use.
+	ZoneSubnets      []string `protobuf:"bytes,5,rep,name=zone_subnets,json=zoneSubnets,proto3" json:"zone_subnets,omitempty"`
+	OtherZoneSubnets []string `protobuf:"bytes,6,rep,name=other_zone_subnets,json=otherZoneSubnets,proto3" json:"other_zone_subnets,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *NetworkUsage) Reset() {
@@ -3060,6 +3068,34 @@ func (x *NetworkUsage) GetAttachableEnis() int32 {
 		return x.AttachableEnis
 	}
 	return 0
+}
+
+func (x *NetworkUsage) GetDefaultSecurityGroups() string {
+	if x != nil {
+		return x.DefaultSecurityGroups
+	}
+	return ""
+}
+
+func (x *NetworkUsage) GetDefaultSubnetId() string {
+	if x != nil {
+		return x.DefaultSubnetId
+	}
+	return ""
+}
+
+func (x *NetworkUsage) GetZoneSubnets() []string {
+	if x != nil {
+		return x.ZoneSubnets
+	}
+	return nil
+}
+
+func (x *NetworkUsage) GetOtherZoneSubnets() []string {
+	if x != nil {
+		return x.OtherZoneSubnets
+	}
+	return nil
 }
 
 type Agent struct {
@@ -5017,10 +5053,14 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\bfree_ips\x18\x05 \x01(\x05R\afreeIps\x12\x1f\n" +
 	"\vcooling_ips\x18\x06 \x01(\x05R\n" +
 	"coolingIps\x12\x18\n" +
-	"\adefault\x18\a \x01(\bR\adefault\"o\n" +
+	"\adefault\x18\a \x01(\bR\adefault\"\xa4\x02\n" +
 	"\fNetworkUsage\x126\n" +
 	"\asg_sets\x18\x01 \x03(\v2\x1d.titus.scheduler.v1.SGSetENIsR\x06sgSets\x12'\n" +
-	"\x0fattachable_enis\x18\x02 \x01(\x05R\x0eattachableEnis\"\xe1\x05\n" +
+	"\x0fattachable_enis\x18\x02 \x01(\x05R\x0eattachableEnis\x126\n" +
+	"\x17default_security_groups\x18\x03 \x01(\tR\x15defaultSecurityGroups\x12*\n" +
+	"\x11default_subnet_id\x18\x04 \x01(\tR\x0fdefaultSubnetId\x12!\n" +
+	"\fzone_subnets\x18\x05 \x03(\tR\vzoneSubnets\x12,\n" +
+	"\x12other_zone_subnets\x18\x06 \x03(\tR\x10otherZoneSubnets\"\xe1\x05\n" +
 	"\x05Agent\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\rinstance_type\x18\x02 \x01(\tR\finstanceType\x12\x0e\n" +

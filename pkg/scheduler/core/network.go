@@ -8,31 +8,51 @@ import (
 )
 
 // agentNet is what the scheduler knows of a host's task ENIs besides its
-// own live tasks. The agent reports, with every heartbeat, the IPs each
-// security-group set has in use or cooling down (a released IP is kept
-// from the next task for a cool-down, and a task's IP is released only
-// after its final state is reported, when its network is torn down) and
-// the ENIs each set holds. The report lags: tasks placed since it was
-// made are not in it. So a set's taken IPs are the larger of the
+// own live tasks. The agent gives tasks of one security-group set and
+// subnet (a pool) the same ENIs; a task's subnet is the first of those it
+// names that lies in the host's zone, or the agent's default. The agent
+// reports, with every heartbeat, the IPs each pool has in use or cooling
+// down (a released IP is kept from the next task for a cool-down, and a
+// task's IP is released only after its final state is reported, when its
+// network is torn down), the ENIs each holds, and which subnets it has
+// seen in its zone or out of it. The report lags: tasks placed since it
+// was made are not in it. So a pool's taken IPs are the larger of the
 // scheduler's count (its live tasks, plus released IPs still cooling by
 // its own clock) and the report's plus the live tasks the report did not
 // know (the heartbeat lists every task the agent knew when it made it).
-// That keeps placement from sending a task the agent would refuse for
-// lack of an IP or an ENI.
+// A task whose pool the scheduler cannot tell yet (a subnet the agent
+// has not looked up) is counted in a pool of its own and placed only
+// where a new ENI can still be had. That keeps placement from sending a
+// task the agent would refuse for lack of an IP or an ENI.
 type agentNet struct {
 	cooldown time.Duration
-	// cooling holds, per SG set, when each released IP is free again by
+	// cooling holds, per sgKey, when each released IP is free again by
 	// the scheduler's clock (ascending); for agents that send no report.
 	cooling map[string][]time.Time
 	// report is the agent's last report (nil: it sends none); taken and
-	// enis are its IPs in use or cooling and ENIs in use per SG set ("" is
-	// the agent's default set); unreported counts live tasks per SG set
-	// the report did not know.
+	// enis are its IPs in use or cooling and ENIs in use per pool
+	// (poolName); unreported counts live tasks per sgKey the report did
+	// not know.
 	report     *model.NetworkUsage
 	taken      map[string]int
 	enis       map[string]int
 	unreported map[string]int
+	// inZone says, of the subnets the agent has seen, which lie in its
+	// zone; defGroups and defSubnet are what a task naming none gets.
+	inZone               map[string]bool
+	defGroups, defSubnet string
+	// pools caches poolOf's answers for this report.
+	pools map[string]pool
 }
+
+// pool is where a task of one sgKey takes its IP on a host: name, and
+// known false when the scheduler cannot tell (its own stand-in pool).
+type pool struct {
+	name  string
+	known bool
+}
+
+func poolName(groups, subnet string) string { return groups + "/" + subnet }
 
 // setReport takes the agent's ENI use, made knowing the tasks listed.
 func (a *agentState) setReport(u *model.NetworkUsage, listed []model.TaskStatus) {
@@ -41,16 +61,26 @@ func (a *agentState) setReport(u *model.NetworkUsage, listed []model.TaskStatus)
 	}
 	n := &a.net
 	n.report = u
-	n.taken = make(map[string]int, len(u.SGSets)+1)
-	n.enis = make(map[string]int, len(u.SGSets)+1)
+	n.taken = make(map[string]int, len(u.SGSets))
+	n.enis = make(map[string]int, len(u.SGSets))
+	n.inZone = make(map[string]bool, len(u.ZoneSubnets)+len(u.OtherZoneSubnets)+len(u.SGSets))
+	n.pools = map[string]pool{}
+	n.defGroups, n.defSubnet = u.DefaultSecurityGroups, u.DefaultSubnetID
+	for _, sn := range u.OtherZoneSubnets {
+		n.inZone[sn] = false
+	}
+	for _, sn := range u.ZoneSubnets {
+		n.inZone[sn] = true
+	}
 	for _, s := range u.SGSets {
-		keys := []string{s.SecurityGroups}
-		if s.Default {
-			keys = append(keys, "")
+		k := poolName(s.SecurityGroups, s.SubnetID)
+		n.taken[k] += s.UsedIPs + s.CoolingIPs
+		n.enis[k] += s.ENIs
+		if s.SubnetID != "" {
+			n.inZone[s.SubnetID] = true // the agent made the pool for a subnet of its zone
 		}
-		for _, k := range keys {
-			n.taken[k] += s.UsedIPs + s.CoolingIPs
-			n.enis[k] += s.ENIs
+		if s.Default && n.defGroups == "" && n.defSubnet == "" {
+			n.defGroups, n.defSubnet = s.SecurityGroups, s.SubnetID
 		}
 	}
 	known := make(map[string]bool, len(listed))
@@ -62,6 +92,58 @@ func (a *agentState) setReport(u *model.NetworkUsage, listed []model.TaskStatus)
 		t.inReport = known[id]
 		if !t.inReport {
 			n.unreported[t.d.sgKey]++
+		}
+	}
+}
+
+// poolOf is the pool a task of sgKey key takes its IP from on this host.
+// Without a report each key is its own pool (as the agent's are unknown).
+func (a *agentState) poolOf(key string) pool {
+	n := &a.net
+	if n.report == nil {
+		return pool{key, true}
+	}
+	if p, ok := n.pools[key]; ok {
+		return p
+	}
+	p := pool{name: "?" + key} // a stand-in of its own: never shared
+	groups, subnets := splitSGKey(key)
+	if groups == "" {
+		groups = n.defGroups
+	}
+	if _, ok := n.taken[poolName(groups, "")]; ok {
+		p = pool{poolName(groups, ""), true} // a report naming no subnets
+	} else if len(subnets) == 0 {
+		if n.defSubnet != "" {
+			p = pool{poolName(groups, n.defSubnet), true}
+		}
+	} else {
+		for _, sn := range subnets {
+			in, seen := n.inZone[sn]
+			if !seen {
+				break // the agent might take this one: cannot tell
+			}
+			if in {
+				p = pool{poolName(groups, sn), true}
+				break
+			}
+		}
+	}
+	if groups == "" {
+		p = pool{name: "?" + key}
+	}
+	n.pools[key] = p
+	return p
+}
+
+// keys are the sgKeys with live tasks or cooling IPs on the host.
+func (a *agentState) eachKey(fn func(key string)) {
+	for k := range a.sgSets {
+		fn(k)
+	}
+	for k := range a.net.cooling {
+		if _, live := a.sgSets[k]; !live {
+			fn(k)
 		}
 	}
 }
@@ -96,64 +178,66 @@ func (a *agentState) coolingIPs(sg string, now time.Time) int {
 	return len(l) - i
 }
 
-// takenIPs is how many of sg's IPs are in use or cooling down at now.
-func (a *agentState) takenIPs(sg string, now time.Time) int {
-	n := a.sgSets[sg] + a.coolingIPs(sg, now)
-	if a.net.report != nil {
-		n = max(n, a.net.taken[sg]+a.net.unreported[sg])
+// poolTaken is how many of pool p's IPs are in use or cooling down at now.
+func (a *agentState) poolTaken(p string, now time.Time) int {
+	if a.net.report == nil {
+		return a.sgSets[p] + a.coolingIPs(p, now)
 	}
-	return n
+	own, unreported := 0, 0
+	a.eachKey(func(k string) {
+		if a.poolOf(k).name == p {
+			own += a.sgSets[k] + a.coolingIPs(k, now)
+			unreported += a.net.unreported[k]
+		}
+	})
+	return max(own, a.net.taken[p]+unreported)
 }
 
-// held is how many ENIs sg holds with n IPs taken: at least what n needs,
-// and at least what the agent reported (its IPs may be spread over more
-// ENIs than n needs).
-func (a *agentState) held(sg string, n int) int {
+// held is how many ENIs pool p holds with n IPs taken: at least what n
+// needs, and at least what the agent reported (its IPs may be spread over
+// more ENIs than n needs).
+func (a *agentState) held(p string, n int) int {
 	h := (n + a.ipsPerENI - 1) / a.ipsPerENI
-	return max(h, a.net.enis[sg])
+	return max(h, a.net.enis[p])
 }
 
-// heldENIs is how many of the host's task ENIs every SG set holds.
+// heldENIs is how many of the host's task ENIs every pool holds.
 func (a *agentState) heldENIs(now time.Time) int {
 	if a.ipsPerENI <= 0 {
 		return 0
 	}
+	own, unreported := map[string]int{}, map[string]int{}
+	a.eachKey(func(k string) {
+		p := a.poolOf(k).name
+		own[p] += a.sgSets[k] + a.coolingIPs(k, now)
+		unreported[p] += a.net.unreported[k]
+	})
 	total := 0
-	seen := func(sg string) bool {
-		_, live := a.sgSets[sg]
-		_, cool := a.net.cooling[sg]
-		return live || cool
+	for p, n := range own {
+		total += a.held(p, max(n, a.net.taken[p]+unreported[p]))
 	}
-	for sg := range a.sgSets {
-		total += a.held(sg, a.takenIPs(sg, now))
-	}
-	for sg := range a.net.cooling {
-		if _, live := a.sgSets[sg]; !live {
-			total += a.held(sg, a.takenIPs(sg, now))
-		}
-	}
-	// Sets only the report knows (tasks the scheduler did not place, or
-	// IPs cooling down); "" doubles the agent's default set, counted under
-	// its own name.
-	for sg := range a.net.taken {
-		if sg != "" && !seen(sg) {
-			total += a.held(sg, a.takenIPs(sg, now))
+	// Pools only the report knows (tasks the scheduler did not place, or
+	// IPs cooling down).
+	for p, n := range a.net.taken {
+		if _, ok := own[p]; !ok {
+			total += a.held(p, n)
 		}
 	}
 	return total
 }
 
-// ipFits reports whether a task of SG set sg can get an IP now: one of
-// the set's ENIs has an address neither in use nor cooling down, or a new
-// ENI can still be attached for it. Agents that report no ENI limits are
-// not limited.
+// ipFits reports whether a task of sgKey sg can get an IP now: its pool's
+// ENIs have an address neither in use nor cooling down, or a new ENI can
+// still be attached for it. Agents that report no ENI limits are not
+// limited.
 func (a *agentState) ipFits(sg string, now time.Time) bool {
 	if a.enis <= 0 || a.ipsPerENI <= 0 {
 		return true
 	}
-	n := a.takenIPs(sg, now)
-	if n < a.held(sg, n)*a.ipsPerENI {
-		return true
+	if p := a.poolOf(sg); p.known {
+		if n := a.poolTaken(p.name, now); n < a.held(p.name, n)*a.ipsPerENI {
+			return true
+		}
 	}
 	return a.heldENIs(now) < a.enis
 }

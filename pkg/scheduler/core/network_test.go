@@ -16,7 +16,7 @@ import (
 func TestIPsCountedAgainstSGSets(t *testing.T) {
 	ts := newTestScheduler(t, Config{})
 	sess := newSession()
-	empty := &model.NetworkUsage{AttachableENIs: 2}
+	empty := &model.NetworkUsage{AttachableENIs: 2, DefaultSubnetID: "subnet-d", DefaultSecurityGroups: "sg-d"}
 	ts.mu.Lock()
 	sess.agent = ts.register(model.Registration{InstanceID: "a", AZ: "az-1", Network: empty,
 		Capacity: model.Capacity{Resources: model.Resources{CPU: 8000, Mem: 65536}, ENIs: 2, IPsPerENI: 2, IPReuseCooldown: 20 * time.Millisecond}}, sess, time.Now())
@@ -52,16 +52,73 @@ func TestIPsCountedAgainstSGSets(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // past the scheduler's own cool-down
 	// The agent's report, made after sg-1's tasks ended, still has their IPs
 	// in use (the network is being torn down).
-	ts.ReportNetwork(sess, &model.NetworkUsage{SGSets: []model.SGSetENIs{
-		{SecurityGroups: "sg-1", ENIs: 1, UsedIPs: 2}, {SecurityGroups: "sg-2", ENIs: 1, UsedIPs: 2}}}, all)
+	ts.ReportNetwork(sess, &model.NetworkUsage{DefaultSubnetID: "subnet-d", SGSets: []model.SGSetENIs{
+		{SecurityGroups: "sg-1", SubnetID: "subnet-d", ENIs: 1, UsedIPs: 2}, {SecurityGroups: "sg-2", SubnetID: "subnet-d", ENIs: 1, UsedIPs: 2}}}, all)
 	if got := ts.place(); len(got) != 0 {
 		t.Fatalf("placed %v while the agent still holds sg-1's IPs", got)
 	}
 	// Released and cooled down: sg-1's ENI is idle, sg-3 may have it.
-	ts.ReportNetwork(sess, &model.NetworkUsage{AttachableENIs: 1, SGSets: []model.SGSetENIs{
-		{SecurityGroups: "sg-1", FreeIPs: 2}, {SecurityGroups: "sg-2", ENIs: 1, UsedIPs: 2}}}, all)
+	ts.ReportNetwork(sess, &model.NetworkUsage{AttachableENIs: 1, DefaultSubnetID: "subnet-d", SGSets: []model.SGSetENIs{
+		{SecurityGroups: "sg-1", SubnetID: "subnet-d", FreeIPs: 2}, {SecurityGroups: "sg-2", SubnetID: "subnet-d", ENIs: 1, UsedIPs: 2}}}, all)
 	if got := ts.place(); len(got) != 1 || !strings.HasPrefix(got[0], j3) {
 		t.Fatalf("placed %v, want sg-3's task", got)
+	}
+}
+
+// TestIPsCountedPerSubnetAndSGSet: the agent gives tasks of one security
+// group set but another subnet ENIs of their own, and puts a task in the
+// first of its subnets in the host's zone. Placement counts IPs the same
+// way, so it never sends a task the agent must refuse for want of an ENI;
+// where it cannot tell a task's subnet yet, it asks for a free ENI.
+func TestIPsCountedPerSubnetAndSGSet(t *testing.T) {
+	now := time.Unix(1000, 0)
+	// One ENI of subnet-a for sg-1 with one of its two IPs taken, the
+	// other ENI held by sg-2: the host's two task ENIs are held.
+	report := func(zone, other []string) *model.NetworkUsage {
+		return &model.NetworkUsage{DefaultSubnetID: "subnet-a", DefaultSecurityGroups: "sg-d", ZoneSubnets: zone, OtherZoneSubnets: other,
+			SGSets: []model.SGSetENIs{
+				{SecurityGroups: "sg-1", SubnetID: "subnet-a", ENIs: 1, UsedIPs: 1, FreeIPs: 1},
+				{SecurityGroups: "sg-2", SubnetID: "subnet-a", ENIs: 1, UsedIPs: 2}}}
+	}
+	tests := []struct {
+		name      string
+		zone, oth []string
+		key       string
+		want      bool
+	}{
+		{"same groups, same subnet: the free IP", []string{"subnet-a"}, nil, "sg-1|subnet-a", true},
+		{"groups in any order", []string{"subnet-a"}, nil, sgKey(&task.Spec{Network: task.NetworkRequest{SecurityGroupIDs: []string{"sg-1", "sg-1"}, SubnetIDs: []string{"subnet-a"}}}), true},
+		{"the default subnet", []string{"subnet-a"}, nil, "sg-1|", true},
+		{"same groups, another subnet of the zone: a new ENI", []string{"subnet-a", "subnet-b"}, nil, "sg-1|subnet-b", false},
+		{"another subnet listed first, out of the zone", []string{"subnet-a"}, []string{"subnet-x"}, "sg-1|subnet-x,subnet-a", true},
+		{"another subnet listed first, zone unknown", []string{"subnet-a"}, nil, "sg-1|subnet-y,subnet-a", false},
+		{"another subnet listed first, in the zone", []string{"subnet-a", "subnet-b"}, nil, "sg-1|subnet-b,subnet-a", false},
+		{"a new set", []string{"subnet-a"}, nil, "sg-3|subnet-a", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a := testAgent("a", "az1", 8000, 0)
+			a.enis, a.ipsPerENI = 2, 2
+			a.setReport(report(tt.zone, tt.oth), nil)
+			if got := a.ipFits(tt.key, now); got != tt.want {
+				t.Errorf("ipFits(%q) = %v, want %v", tt.key, got, tt.want)
+			}
+			// With an ENI slot free, every one fits.
+			a.enis = 3
+			a.net.pools = map[string]pool{}
+			if !a.ipFits(tt.key, now) {
+				t.Errorf("ipFits(%q) with a free ENI slot = false", tt.key)
+			}
+		})
+	}
+	// Tasks placed on the stand-in pool count against the ENIs.
+	a := testAgent("a", "az1", 8000, 0)
+	a.enis, a.ipsPerENI = 3, 2
+	a.setReport(report([]string{"subnet-a"}, nil), nil)
+	a.sgSets["sg-1|subnet-y,subnet-a"] = 1
+	a.net.unreported["sg-1|subnet-y,subnet-a"] = 1
+	if a.ipFits("sg-4|subnet-a", now) {
+		t.Errorf("a task of unknown subnet holds no ENI: the third ENI was given twice")
 	}
 }
 

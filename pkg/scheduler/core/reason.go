@@ -121,12 +121,8 @@ func (p *placer) explain(j *jobState, agents int) string {
 		return prefix + fmt.Sprintf("maxPerHost %d: %s of the %s hosts the job may use already run %d of its tasks",
 			d.maxPerHost, thousands(perHost), thousands(c.count), d.maxPerHost)
 	case m == noIP:
-		sg := d.sgKey
-		if sg == "" {
-			sg = "the agent's default"
-		}
-		return prefix + fmt.Sprintf("no free IP: %s of the %s hosts the job may use have room but no IP for security groups [%s] (every ENI is held by other security-group sets, or its IPs are in use or cooling down)",
-			thousands(noIP), thousands(c.count), sg)
+		return prefix + fmt.Sprintf("no free IP: %s of the %s hosts the job may use have room but no IP for %s (every ENI is held by other security-group sets, or its IPs are in use or cooling down)",
+			thousands(noIP), thousands(c.count), describeSGKey(d.sgKey))
 	case m == launchCap:
 		return prefix + fmt.Sprintf("%s of the %s hosts the job may use are at their launch cap (%d tasks starting); waiting for launches to finish",
 			thousands(launchCap), thousands(c.count), p.maxLaunching)

@@ -46,6 +46,12 @@ type GPU struct {
 type NetworkUsage struct {
 	SGSets         []SGSetENIs
 	AttachableENIs int
+	// DefaultSecurityGroups (sorted, comma-joined) and DefaultSubnetID are
+	// what a task naming none gets.
+	DefaultSecurityGroups, DefaultSubnetID string
+	// ZoneSubnets and OtherZoneSubnets are the subnets the agent looked
+	// up, in its zone and out of it.
+	ZoneSubnets, OtherZoneSubnets []string
 }
 
 // SGSetENIs is the ENIs and addresses one security-group set holds.

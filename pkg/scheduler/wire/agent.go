@@ -42,7 +42,9 @@ func NetworkUsageFromProto(p *schedv1.NetworkUsage) *model.NetworkUsage {
 	if p == nil {
 		return nil
 	}
-	u := &model.NetworkUsage{AttachableENIs: int(p.GetAttachableEnis())}
+	u := &model.NetworkUsage{AttachableENIs: int(p.GetAttachableEnis()),
+		DefaultSecurityGroups: p.GetDefaultSecurityGroups(), DefaultSubnetID: p.GetDefaultSubnetId(),
+		ZoneSubnets: p.GetZoneSubnets(), OtherZoneSubnets: p.GetOtherZoneSubnets()}
 	for _, s := range p.GetSgSets() {
 		u.SGSets = append(u.SGSets, model.SGSetENIs{SecurityGroups: s.GetSecurityGroups(), SubnetID: s.GetSubnetId(), Default: s.GetDefault(),
 			ENIs: int(s.GetEnis()), UsedIPs: int(s.GetUsedIps()), FreeIPs: int(s.GetFreeIps()), CoolingIPs: int(s.GetCoolingIps())})
@@ -55,7 +57,9 @@ func NetworkUsageToProto(u *model.NetworkUsage) *schedv1.NetworkUsage {
 	if u == nil {
 		return nil
 	}
-	p := &schedv1.NetworkUsage{AttachableEnis: int32(u.AttachableENIs)}
+	p := &schedv1.NetworkUsage{AttachableEnis: int32(u.AttachableENIs),
+		DefaultSecurityGroups: u.DefaultSecurityGroups, DefaultSubnetId: u.DefaultSubnetID,
+		ZoneSubnets: u.ZoneSubnets, OtherZoneSubnets: u.OtherZoneSubnets}
 	for _, s := range u.SGSets {
 		p.SgSets = append(p.SgSets, &schedv1.SGSetENIs{SecurityGroups: s.SecurityGroups, SubnetId: s.SubnetID, Default: s.Default,
 			Enis: int32(s.ENIs), UsedIps: int32(s.UsedIPs), FreeIps: int32(s.FreeIPs), CoolingIps: int32(s.CoolingIPs)})
