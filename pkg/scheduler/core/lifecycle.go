@@ -258,7 +258,10 @@ func (c *Core) killTask(t *taskState) {
 // Callers hold c.mu.
 func (c *Core) checkHealth(t *taskState, now time.Time) {
 	j := t.job
-	if _, ok := c.tasks[t.rec.ID]; !ok || j.batch() || j.terminal() || t.killWanted || t.rec.State != task.Running {
+	if j.batch() || j.terminal() || t.killWanted || t.rec.State != task.Running {
+		return // (first: every heartbeat checks every task it lists)
+	}
+	if _, ok := c.tasks[t.rec.ID]; !ok {
 		return
 	}
 	h := t.rec.Health
