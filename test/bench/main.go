@@ -47,14 +47,15 @@ func main() {
 	}
 	sort.Slice(names, func(i, j int) bool { return parts[names[i]].order < parts[names[j]].order })
 	only := flag.String("only", "", "run only these parts, comma-separated: "+strings.Join(names, ", "))
-	profile := flag.String("profile", "", "write CPU, mutex and block profiles of each scheduler placement phase to this directory")
+	profile := flag.String("profile", "", "write profiles to this directory: CPU, mutex and block of each scheduler placement phase; "+
+		"fullstack: the agents' CPU, mutex and block profiles and an execution trace of the sequential launches")
 	debug := flag.Bool("debug", false, "keep the agent's debug log in /tmp/titus-bench-agent.log")
-	flag.StringVar(&profileDir, "profile", "", "fullstack: write the agents' CPU, mutex and block profiles and an execution trace of the sequential launches to this directory")
 	flag.IntVar(&profileSeconds, "profile-seconds", 20, "fullstack: length of the CPU profile (the trace is a quarter of it)")
 	flag.Parse()
 	if *debug {
 		agentLogLevel = "debug"
 	}
+	profileDir = *profile
 	if profileDir != "" {
 		if err := os.MkdirAll(profileDir, 0o755); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
