@@ -66,16 +66,24 @@ func (netlinkTC) SetTBF(nsPath, ifName string, t TBF) error {
 	if err != nil {
 		return fmt.Errorf("link %s: %w", ifName, err)
 	}
-	q := &netlink.Tbf{
-		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: l.Attrs().Index, Handle: tbfHandle, Parent: netlink.HANDLE_ROOT},
-		Rate:       t.Rate,
-		Buffer:     t.Burst,
-		Limit:      t.Limit,
-	}
-	if err := h.QdiscReplace(q); err != nil {
+	if err := h.QdiscReplace(tbfQdisc(l.Attrs().Index, t)); err != nil {
 		return fmt.Errorf("tbf on %s: %w", ifName, err)
 	}
 	return nil
+}
+
+// tbfQdisc is our root tbf for t on the link at linkIndex. The kernel
+// takes the bucket as the time it takes to send Burst bytes at Rate, in
+// its scheduler's ticks (tc's "burst" does this conversion too): passed
+// as bytes, a 32 KiB bucket became 2 ms, so at 1 Mbps no full-size frame
+// ever fitted and the task's traffic stopped after the handshake.
+func tbfQdisc(linkIndex int, t TBF) *netlink.Tbf {
+	return &netlink.Tbf{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: linkIndex, Handle: tbfHandle, Parent: netlink.HANDLE_ROOT},
+		Rate:       t.Rate,
+		Buffer:     netlink.Xmittime(t.Rate, t.Burst),
+		Limit:      t.Limit,
+	}
 }
 
 func (netlinkTC) ClearRoot(nsPath, ifName string) error {

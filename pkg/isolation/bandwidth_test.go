@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+	"github.com/vishvananda/netlink"
 )
 
 // fakeTC records qdisc changes.
@@ -44,6 +46,24 @@ func TestTBFFor(t *testing.T) {
 	} {
 		if diff := cmp.Diff(want, TBFFor(mbps)); diff != "" {
 			t.Errorf("TBFFor(%d) (-want +got):\n%s", mbps, diff)
+		}
+	}
+}
+
+// TestTBFQdiscBucket: the bucket the kernel gets holds Burst bytes at
+// every rate, so a full-size frame always fits (at low rates the bucket
+// once arrived as a few hundred bytes: nothing got through).
+func TestTBFQdiscBucket(t *testing.T) {
+	const frame = 1514
+	for _, mbps := range []int64{1, 2, 5, 40, 100, 10000} {
+		want := TBFFor(mbps)
+		q := tbfQdisc(7, want)
+		if q.Rate != want.Rate || q.Limit != want.Limit || q.LinkIndex != 7 || q.Parent != netlink.HANDLE_ROOT || q.Handle != tbfHandle {
+			t.Errorf("%d Mbps: qdisc %+v, want rate %d, limit %d on link 7 as our root", mbps, q, want.Rate, want.Limit)
+		}
+		got := netlink.Xmitsize(q.Rate, q.Buffer) // what the kernel's bucket holds
+		if got < frame || math.Abs(float64(got)-float64(want.Burst)) > float64(want.Burst)/100 {
+			t.Errorf("%d Mbps: the kernel's bucket holds %d bytes, want %d (and at least a %d-byte frame)", mbps, got, want.Burst, frame)
 		}
 	}
 }

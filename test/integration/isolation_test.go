@@ -855,10 +855,20 @@ func assertNoDiskLeftovers(t *testing.T, e *isoEnv, id string) {
 // TestIsolationBandwidth shapes a task's netns to 40 Mbps and measures
 // both directions between two tasks (busybox nc) on either side of a host
 // bridge, then the same with the limit cleared.
+//
+// In the VM lane's emulated guest a TCP stream between two tasks runs at
+// only 2-6 Mbps when the host is loaded (measured 2026-12-03, load 19):
+// there the task is shaped to 1 Mbps with transfers of 640 KiB (about 5 s),
+// and only the upper bound is held to 15%, as a rate below the limit
+// measures the host's load, not the shaping. The qdiscs' rate is read back
+// exactly in both lanes.
 func TestIsolationBandwidth(t *testing.T) {
 	begin(t)
 	e := newIsoEnv(t)
-	const mbps = 40
+	mbps, size, low := int64(40), 16<<20, 0.85 // 16 MiB: ~3.4 s at 40 Mbps
+	if inVMGuest {
+		mbps, size, low = 1, 640<<10, 0.3
+	}
 	suffix := isoID("")[1:]
 	br := "tbr" + suffix
 	nsTask, nsPeer := "titus-bwt-"+suffix, "titus-bwp-"+suffix
@@ -898,14 +908,22 @@ func TestIsolationBandwidth(t *testing.T) {
 	if q1, q2 := rootQdisc(t, "", "tbt"+suffix), rootQdisc(t, nsPath, "eth0"); q1 != "tbf" || q2 != "tbf" {
 		t.Fatalf("root qdiscs = %s (host), %s (task); want tbf on both", q1, q2)
 	}
+	// The rate and the bucket as the kernel has them (the bucket is a time
+	// at the rate; once it arrived as 2 ms and no frame fitted at 1 Mbps).
+	want := isolation.TBFFor(mbps)
+	for _, q := range []*netlink.Tbf{rootTBF(t, "", "tbt"+suffix), rootTBF(t, nsPath, "eth0")} {
+		bucket := netlink.Xmitsize(q.Rate, q.Buffer)
+		if q.Rate != want.Rate || q.Limit != want.Limit || bucket < want.Burst*99/100 || bucket > want.Burst*101/100 {
+			t.Fatalf("tbf on link %d: rate %d B/s, bucket %d B, limit %d B; want %d, %d, %d", q.LinkIndex, q.Rate, bucket, q.Limit, want.Rate, want.Burst, want.Limit)
+		}
+	}
 
-	const size = 16 << 20 // ~3.4 s at 40 Mbps
 	check := func(dir string, bytesPerSec float64) {
 		t.Helper()
 		got := bytesPerSec * 8 / 1e6
 		t.Logf("%s: %.1f Mbps", dir, got)
-		if got < mbps*0.85 || got > mbps*1.15 {
-			t.Errorf("%s: %.1f Mbps, want %d ±15%%", dir, got, mbps)
+		if got < float64(mbps)*low || got > float64(mbps)*1.15 {
+			t.Errorf("%s: %.1f Mbps, want %d Mbps, %.0f%% to 115%%", dir, got, mbps, low*100)
 		}
 	}
 	peerPath := "/run/netns/" + nsPeer
@@ -919,8 +937,11 @@ func TestIsolationBandwidth(t *testing.T) {
 	}
 	got := ncTransfer(t, e, "bwfree", nsPath, peerPath, peerIP, 5003, size) * 8 / 1e6
 	t.Logf("from task, limit cleared: %.1f Mbps", got)
-	if got < mbps*1.5 {
+	if got < float64(mbps)*1.5 {
 		t.Errorf("without the limit: %.1f Mbps, want well above %d", got, mbps)
+	}
+	if q1, q2 := rootQdisc(t, "", "tbt"+suffix), rootQdisc(t, nsPath, "eth0"); q1 == "tbf" || q2 == "tbf" {
+		t.Errorf("root qdiscs after clearing = %s (host), %s (task); want no tbf", q1, q2)
 	}
 }
 
@@ -1011,6 +1032,28 @@ func rootQdisc(t *testing.T, nsPath, dev string) string {
 		}
 	}
 	return ""
+}
+
+// rootTBF is dev's root tbf qdisc in the netns at nsPath ("" = this one).
+func rootTBF(t *testing.T, nsPath, dev string) *netlink.Tbf {
+	t.Helper()
+	h := netlinkAt(t, nsPath)
+	defer h.Close()
+	l, err := h.LinkByName(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, err := h.QdiscList(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range qs {
+		if tbf, ok := q.(*netlink.Tbf); ok && q.Attrs().Parent == netlink.HANDLE_ROOT {
+			return tbf
+		}
+	}
+	t.Fatalf("no root tbf on %s in %q", dev, nsPath)
+	return nil
 }
 
 func netlinkAt(t *testing.T, nsPath string) *netlink.Handle {
