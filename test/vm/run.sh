@@ -6,7 +6,7 @@
 # modes") and the README's test section.
 #
 # Cached under $TITUS_CACHE (~/.cache/titus-agent): the guest image in
-# vm/<hash of image.sh, the unit and the mirror>/; runc is the one
+# vm/<hash of image.sh, moto.py, the unit, the mirror and the host's moto>/; runc is the one
 # scripts/deps.sh builds for both lanes (bin/runc -> runc-<version>).
 # Per run, in a temporary directory removed at exit: the payload disk (the
 # test binary built here with `go test -c`, the agent, containerd, runc),
@@ -77,7 +77,7 @@ done
 runc="$(readlink -f "$BIN/runc")"
 
 # The guest image, keyed by its recipe and the mirror it comes from.
-key="$( { cat "$here/image.sh" "$here/titus-vm-run.service"; bash "$here/image.sh" --sources; } | sha256sum | cut -c1-16)"
+key="$( { cat "$here/image.sh" "$here/moto.py" "$here/titus-vm-run.service"; bash "$here/image.sh" --inputs; } | sha256sum | cut -c1-16)"
 img="$CACHE/vm/$key"
 mkdir -p "$CACHE/vm"
 exec 9>"$CACHE/vm/.lock"
@@ -123,7 +123,6 @@ cp "$here/guest-run.sh" "$pl/"
 {
   printf 'TITUS_VM_RUN=%q\n' "$RUN"
   printf 'TITUS_VM_TIMEOUT=%q\n' "$TIMEOUT"
-  echo "export TITUS_INTEGRATION_WITHOUT=moto_server"
   echo "export TITUS_TEST_TIME_SCALE=${TITUS_TEST_TIME_SCALE:-5}" # emulated CPUs: stretch the waits
   echo "export TITUS_VM_DEB=/opt/titus/titus-agent_0.0.0~vm_amd64.deb"
 } >"$pl/env"
