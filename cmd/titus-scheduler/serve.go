@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"sigs.k8s.io/yaml"
 
+	"github.com/titus-agent/titus-agent/pkg/audit"
 	"github.com/titus-agent/titus-agent/pkg/authn"
 	"github.com/titus-agent/titus-agent/pkg/authz"
 	"github.com/titus-agent/titus-agent/pkg/logging"
@@ -61,6 +62,22 @@ type serveConfig struct {
 	// Logs: where task logs are read from once their agent is gone, and
 	// the bounds of log reads (docs/logs.md).
 	Logs logsConfig `json:"logs"`
+	// Audit bounds the audit trail: retention, and the refusals one
+	// principal stores (docs/security.md).
+	Audit auditConfig `json:"audit"`
+}
+
+// auditConfig is the audit section of the scheduler's file.
+type auditConfig struct {
+	// MaxAge (a duration) and MaxRecords bound retention.
+	MaxAge     string `json:"maxAge"`
+	MaxRecords int    `json:"maxRecords"`
+	// RefusalBurst refusals of one principal are stored one by one, then
+	// one per RefusalEvery (a duration); the rest are counted in one record
+	// per principal and RefusalWindow (a duration).
+	RefusalBurst  int    `json:"refusalBurst"`
+	RefusalEvery  string `json:"refusalEvery"`
+	RefusalWindow string `json:"refusalWindow"`
 }
 
 // logsConfig is the logs section of the scheduler's file.
@@ -230,6 +247,11 @@ func newServeCmd() *cobra.Command {
 	f.DurationVar(&o.MaxDeregistrationWait, "lb-max-deregistration-wait", scheduler.DefaultMaxDeregistrationWait, "longest a stop waits for a task to drain from its target groups before the kill")
 	f.DurationVar(&o.TargetReconcileInterval, "lb-reconcile-interval", scheduler.DefaultTargetReconcileInterval, "how often target groups are compared with the tasks that should be in them, and drift fixed")
 	f.IntVar(&o.ExecMaxSessionsPerCaller, "exec-max-sessions-per-caller", api.DefaultExecMaxSessionsPerCaller, "exec sessions one principal may have open through this scheduler at once")
+	f.DurationVar(&o.AuditMaxAge, "audit-max-age", audit.DefaultMaxAge, "audit records older than this are removed")
+	f.IntVar(&o.AuditMaxRecords, "audit-max-records", audit.DefaultMaxRecords, "audit records kept at most; the oldest are removed first")
+	f.IntVar(&o.AuditRefusalBurst, "audit-refusal-burst", audit.DefaultRefusalBurst, "refused calls of one principal stored one by one before the rest are only counted")
+	f.DurationVar(&o.AuditRefusalEvery, "audit-refusal-every", audit.DefaultRefusalEvery, "past the burst, one more refusal of a principal is stored one by one per this interval")
+	f.DurationVar(&o.AuditRefusalWindow, "audit-refusal-window", audit.DefaultRefusalWindow, "refusals not stored one by one are counted in one record per principal and window")
 	f.StringVar(&metricsListen, "metrics-listen", metrics.DefaultSchedulerListen, "Prometheus endpoint (empty disables)")
 	return cmd
 }
@@ -320,6 +342,24 @@ func applyConfigFile(path string, changed func(string) bool, o *scheduler.Option
 	}
 	if err := dur("lb-reconcile-interval", &o.TargetReconcileInterval, c.LoadBalancers.ReconcileInterval); err != nil {
 		return err
+	}
+	if c.Audit.MaxRecords < 0 || c.Audit.RefusalBurst < 0 {
+		return fmt.Errorf("config %s: audit.maxRecords, audit.refusalBurst: must be at least 1", path)
+	}
+	num("audit-max-records", &o.AuditMaxRecords, c.Audit.MaxRecords)
+	num("audit-refusal-burst", &o.AuditRefusalBurst, c.Audit.RefusalBurst)
+	for _, d := range []struct {
+		key, flag string
+		dst       *time.Duration
+		v         string
+	}{{"audit.maxAge", "audit-max-age", &o.AuditMaxAge, c.Audit.MaxAge}, {"audit.refusalEvery", "audit-refusal-every", &o.AuditRefusalEvery, c.Audit.RefusalEvery},
+		{"audit.refusalWindow", "audit-refusal-window", &o.AuditRefusalWindow, c.Audit.RefusalWindow}} {
+		if err := dur(d.flag, d.dst, d.v); err != nil {
+			return err
+		}
+		if *d.dst < 0 {
+			return fmt.Errorf("config %s: %s: must be positive, got %s", path, d.key, *d.dst)
+		}
 	}
 	if len(c.CapacityGroups) > 0 && !changed("capacity-groups") {
 		o.Groups = c.CapacityGroups

@@ -114,3 +114,35 @@ func TestConfigFileExec(t *testing.T) {
 		t.Errorf("a negative bound: %v, want an error naming the key", err)
 	}
 }
+
+// TestConfigFileAudit: the audit section's bounds from the file; negative
+// ones are refused, naming the key.
+func TestConfigFileAudit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "scheduler.yaml")
+	apply := func(doc string) (scheduler.Options, error) {
+		if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		var (
+			o        scheduler.Options
+			ep, ml   string
+			tlsFiles tlsconfig.Files
+			auth     authConfig
+		)
+		err := applyConfigFile(path, func(string) bool { return false }, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{}, &logsConfig{})
+		return o, err
+	}
+	o, err := apply("audit: {maxAge: 48h, maxRecords: 500, refusalBurst: 7, refusalEvery: 1m, refusalWindow: 5m}\n")
+	if err != nil || o.AuditMaxAge != 48*time.Hour || o.AuditMaxRecords != 500 || o.AuditRefusalBurst != 7 || o.AuditRefusalEvery != time.Minute || o.AuditRefusalWindow != 5*time.Minute {
+		t.Errorf("audit section: %+v, %v", o, err)
+	}
+	for _, bad := range []struct{ doc, key string }{
+		{"audit: {refusalBurst: -1}\n", "audit.refusalBurst"},
+		{"audit: {refusalEvery: -1m}\n", "audit.refusalEvery"},
+		{"audit: {refusalWindow: soon}\n", "audit-refusal-window"},
+	} {
+		if _, err := apply(bad.doc); err == nil || !strings.Contains(err.Error(), bad.key) {
+			t.Errorf("%q: %v, want an error naming %s", bad.doc, err, bad.key)
+		}
+	}
+}

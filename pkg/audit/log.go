@@ -31,6 +31,15 @@ type Options struct {
 	Log *slog.Logger
 	// Now is the clock (nil = time.Now).
 	Now func() time.Time
+	// Refusals (records whose Code is not OK) stored one by one per
+	// principal: RefusalBurst, then one per RefusalEvery. Beyond that
+	// they are logged but counted, and one record per principal and
+	// RefusalWindow (Method AggregateMethod, Count) stands for them, so
+	// that no principal can push others' records out of the bounded
+	// trail by being refused (defaults: DefaultRefusal*).
+	RefusalBurst  int
+	RefusalEvery  time.Duration
+	RefusalWindow time.Duration
 }
 
 // maxBatch bounds the records of one etcd transaction.
@@ -53,6 +62,8 @@ type Log struct {
 	queue   []pending
 	wake    chan struct{}
 	written int // since the last prune
+
+	refusals *refusals
 }
 
 // New makes a Log; records reach etcd once Run is given a client.
@@ -69,7 +80,17 @@ func New(o Options) *Log {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return &Log{opts: o, prefix: o.Prefix + "audit/", wake: make(chan struct{}, 1)}
+	if o.RefusalBurst <= 0 {
+		o.RefusalBurst = DefaultRefusalBurst
+	}
+	if o.RefusalEvery <= 0 {
+		o.RefusalEvery = DefaultRefusalEvery
+	}
+	if o.RefusalWindow <= 0 {
+		o.RefusalWindow = DefaultRefusalWindow
+	}
+	return &Log{opts: o, prefix: o.Prefix + "audit/", wake: make(chan struct{}, 1),
+		refusals: newRefusals(o.RefusalBurst, o.RefusalEvery, o.RefusalWindow)}
 }
 
 var errNoStore = errdefs.ErrUnavailable.WithMessage("the audit store is not attached (not leading yet?)")
@@ -78,24 +99,51 @@ var errNoStore = errdefs.ErrUnavailable.WithMessage("the audit store is not atta
 var ErrNotStored = fmt.Errorf("audit record not stored: %w", errNoStore)
 
 // Record logs r and waits until it is stored in etcd (or ctx ends). The
-// structured log line is written first, whatever happens to the store.
+// structured log line is written first, whatever happens to the store. A
+// refusal beyond its principal's limit (Options.RefusalBurst) is logged
+// and counted but not stored one by one; Record returns nil for it.
 func (l *Log) Record(ctx context.Context, r Record) error {
 	if r.Time.IsZero() {
 		r.Time = l.opts.Now()
 	}
+	stored := l.refusals.admit(&r, l.opts.Now())
+	p, err := l.put(r, stored)
+	if err != nil || !stored {
+		return err
+	}
+	select {
+	case err := <-p.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("audit record %s: %w", p.key, ctx.Err())
+	}
+}
+
+// put logs r and, when store, queues it for etcd.
+func (l *Log) put(r Record, store bool) (pending, error) {
 	r.ID = idOf(r.Time, l.seq.Add(1))
 	r.clip()
-	l.opts.Log.Info("audit", "id", r.ID, "principal", r.Principal, "method", r.Method, "action", r.Action, "application", r.Application,
-		"job", r.JobID, "task", r.TaskID, "agent", r.AgentID, "code", r.Code, "message", r.Message, "peer", r.Peer)
+	attrs := []any{"id", r.ID, "principal", r.Principal, "method", r.Method, "action", r.Action, "application", r.Application,
+		"job", r.JobID, "task", r.TaskID, "agent", r.AgentID, "code", r.Code, "message", r.Message, "peer", r.Peer}
+	if r.Count > 0 {
+		attrs = append(attrs, "count", r.Count)
+	}
+	if !store {
+		attrs = append(attrs, "stored", false)
+	}
+	l.opts.Log.Info("audit", attrs...)
+	if !store {
+		return pending{}, nil
+	}
 	b, err := json.Marshal(r)
 	if err != nil {
-		return fmt.Errorf("audit: %w", err)
+		return pending{}, fmt.Errorf("audit: %w", err)
 	}
 	p := pending{key: l.prefix + r.ID, val: b, done: make(chan error, 1)}
 	l.mu.Lock()
 	if l.kv == nil {
 		l.mu.Unlock()
-		return ErrNotStored
+		return pending{}, ErrNotStored
 	}
 	l.queue = append(l.queue, p)
 	l.mu.Unlock()
@@ -103,11 +151,16 @@ func (l *Log) Record(ctx context.Context, r Record) error {
 	case l.wake <- struct{}{}:
 	default:
 	}
-	select {
-	case err := <-p.done:
-		return err
-	case <-ctx.Done():
-		return fmt.Errorf("audit record %s: %w", r.ID, ctx.Err())
+	return p, nil
+}
+
+// flushAggregates queues the records of refusals counted over windows
+// that ended (all of them when all); nobody waits for them.
+func (l *Log) flushAggregates(all bool) {
+	for _, r := range l.refusals.due(l.opts.Now(), all) {
+		if _, err := l.put(r, true); err != nil {
+			l.opts.Log.Error("audit record not stored", "principal", r.Principal, "method", r.Method, "count", r.Count, "err", err)
+		}
 	}
 }
 
@@ -129,11 +182,15 @@ func (l *Log) Run(ctx context.Context, kv clientv3.KV) {
 	}()
 	prune := time.NewTicker(time.Minute)
 	defer prune.Stop()
+	agg := time.NewTicker(min(max(l.opts.RefusalWindow/4, 100*time.Millisecond), time.Minute))
+	defer agg.Stop()
 	l.prune(ctx)
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-agg.C:
+			l.flushAggregates(false)
 		case <-prune.C:
 			l.prune(ctx)
 		case <-l.wake:

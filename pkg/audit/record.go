@@ -29,6 +29,10 @@ type Record struct {
 	Command  []string  `json:"command,omitempty"`
 	ExitCode *int32    `json:"exitCode,omitempty"`
 	Ended    time.Time `json:"ended,omitzero"`
+	// Count > 0: the record stands for Count refusals of Principal, from
+	// Time to Ended, that were beyond its limit and not stored one by one
+	// (Method is AggregateMethod).
+	Count int `json:"count,omitempty"`
 }
 
 // Field bounds: a record's size is bounded whatever the caller sends.

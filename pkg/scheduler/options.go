@@ -78,6 +78,10 @@ type Options struct {
 	// AuditMaxAge and AuditMaxRecords bound the audit trail's retention.
 	AuditMaxAge     time.Duration
 	AuditMaxRecords int
+	// AuditRefusalBurst, AuditRefusalEvery and AuditRefusalWindow bound
+	// the refusals one principal stores (audit.Options.Refusal*).
+	AuditRefusalBurst                     int
+	AuditRefusalEvery, AuditRefusalWindow time.Duration
 	// ExecMaxSessionsPerCaller bounds one principal's concurrent exec
 	// sessions relayed by this scheduler (0: api.DefaultExecMaxSessionsPerCaller).
 	ExecMaxSessionsPerCaller int

@@ -3450,9 +3450,13 @@ type AuditRecord struct {
 	Peer string `protobuf:"bytes,12,opt,name=peer,proto3" json:"peer,omitempty"`
 	// An exec session's command and exit code (-1: none, it was ended), and
 	// when it ended (time is when it began).
-	Command       []string               `protobuf:"bytes,13,rep,name=command,proto3" json:"command,omitempty"`
-	ExitCode      *int32                 `protobuf:"varint,14,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
-	Ended         *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=ended,proto3" json:"ended,omitempty"`
+	Command  []string               `protobuf:"bytes,13,rep,name=command,proto3" json:"command,omitempty"`
+	ExitCode *int32                 `protobuf:"varint,14,opt,name=exit_code,json=exitCode,proto3,oneof" json:"exit_code,omitempty"`
+	Ended    *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=ended,proto3" json:"ended,omitempty"`
+	// count > 0: the record stands for this many refusals of principal, from
+	// time to ended, beyond its limit (audit.refusalBurst) and not stored one
+	// by one; method is "(refusals)" and message names them by method and code.
+	Count         int64 `protobuf:"varint,16,opt,name=count,proto3" json:"count,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3590,6 +3594,13 @@ func (x *AuditRecord) GetEnded() *timestamppb.Timestamp {
 		return x.Ended
 	}
 	return nil
+}
+
+func (x *AuditRecord) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
 }
 
 type ListAuditRequest struct {
@@ -5097,7 +5108,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
 	"\x12ListAgentsResponse\x121\n" +
 	"\x06agents\x18\x01 \x03(\v2\x19.titus.scheduler.v1.AgentR\x06agents\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xc6\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xdc\x03\n" +
 	"\vAuditRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x1c\n" +
@@ -5114,7 +5125,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x04peer\x18\f \x01(\tR\x04peer\x12\x18\n" +
 	"\acommand\x18\r \x03(\tR\acommand\x12 \n" +
 	"\texit_code\x18\x0e \x01(\x05H\x00R\bexitCode\x88\x01\x01\x120\n" +
-	"\x05ended\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x05endedB\f\n" +
+	"\x05ended\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\x05ended\x12\x14\n" +
+	"\x05count\x18\x10 \x01(\x03R\x05countB\f\n" +
 	"\n" +
 	"_exit_code\"\x83\x01\n" +
 	"\x10ListAuditRequest\x12\x15\n" +

@@ -432,7 +432,7 @@ func (s *Server) ListAudit(ctx context.Context, req *schedv1.ListAuditRequest) (
 	for i, r := range recs {
 		out.Records[i] = &schedv1.AuditRecord{Id: r.ID, Time: timestamppb.New(r.Time), Principal: r.Principal, Method: r.Method, Action: r.Action,
 			Application: r.Application, JobId: r.JobID, TaskId: r.TaskID, AgentId: r.AgentID, Code: r.Code, Message: r.Message, Peer: r.Peer,
-			Command: r.Command, ExitCode: r.ExitCode}
+			Command: r.Command, ExitCode: r.ExitCode, Count: int64(r.Count)}
 		if !r.Ended.IsZero() {
 			out.Records[i].Ended = timestamppb.New(r.Ended)
 		}
