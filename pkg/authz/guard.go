@@ -177,10 +177,8 @@ func peerAddr(ctx context.Context) string {
 
 func (g *Guard) record(ctx context.Context, p authn.Principal, method string, rule Rule, n *note, req, resp any, err error) {
 	r := audit.Record{Principal: p.String(), Method: method[strings.LastIndex(method, "/")+1:], Action: string(rule.Action),
-		Application: n.app, Code: status.Code(err).String(), Peer: peerAddr(ctx)}
-	if err != nil {
-		r.Message = status.Convert(err).Message()
-	}
+		Application: n.app, Peer: peerAddr(ctx)}
+	r.Code, r.Message = Outcome(err)
 	switch q := req.(type) {
 	case *schedv1.SubmitJobRequest:
 		r.Application = q.GetSpec().GetApplication()

@@ -223,12 +223,10 @@ func (s *Server) ExecTask(stream grpc.BidiStreamingServer[agentv1.ExecInput, age
 		if exit >= 0 {
 			rec.ExitCode = &exit
 		}
-		err = status.Convert(toStatusErr(err)).Err()
+		err = toStatusErr(err)
 	}
-	rec.Code = status.Code(err).String()
-	if err != nil {
-		rec.Message = status.Convert(err).Message()
-	}
+	rec.Code, rec.Message = authz.Outcome(err)
+	err = status.Convert(err).Err()
 	s.recordAudit(ctx, rec)
 	if err != nil {
 		return err

@@ -188,13 +188,14 @@ func (s *Server) TaskLogs(req *schedv1.TaskLogsRequest, stream grpc.ServerStream
 	what := logWhat(req)
 	source, err := s.taskLogs(ctx, req, stream, &rec)
 	rec.Ended = time.Now()
+	err = apierr.ToGRPC(err)
+	var msg string
+	rec.Code, msg = authz.Outcome(err)
 	if err != nil {
-		err = apierr.ToGRPC(err)
-		rec.Message = what + ": " + status.Convert(err).Message()
+		rec.Message = what + ": " + msg
 	} else {
 		rec.Message = what + " from " + source
 	}
-	rec.Code = status.Code(err).String()
 	s.recordAudit(ctx, rec)
 	return err
 }

@@ -102,25 +102,48 @@ func (s *Server) checkLeader() error {
 	return status.Errorf(codes.Unavailable, "%v; the leader is at %q", errStandby, s.leader.LeaderAddr())
 }
 
-// authorizeJob checks action a on job id's application.
+// authorizeJob checks action a on job id's application. A caller who may
+// not read the job gets what it would for a job that does not exist.
 func (s *Server) authorizeJob(ctx context.Context, a authz.Action, id string) error {
 	o, err := s.core.JobOwner(id)
 	if err != nil {
 		return apierr.ToGRPC(err)
 	}
-	return apierr.ToGRPC(s.authz.Authorize(ctx, a, o.Application))
+	return s.hide(ctx, s.authz.Authorize(ctx, a, o.Application), o.Application, s.core.JobNotFound(id))
 }
 
 // authorizeTask checks action a on the application of task id's job
 // (<job id>.<index>.<attempt>). The task of a job no longer held needs a
-// fleet-wide grant.
+// fleet-wide grant; without it, and to a caller who may not read the
+// job's tasks, the task does not exist (core.TaskNotFound), whichever
+// the case.
 func (s *Server) authorizeTask(ctx context.Context, a authz.Action, id string) error {
 	jobID, _, _ := strings.Cut(id, ".")
 	o, err := s.core.JobOwner(jobID)
 	if err != nil {
-		return apierr.ToGRPC(s.authz.Authorize(ctx, a, ""))
+		if err := s.authz.Authorize(ctx, a, ""); err != nil {
+			if errdefs.IsPermissionDenied(err) {
+				return authz.Hide(err, core.TaskNotFound(id))
+			}
+			return apierr.ToGRPC(err)
+		}
+		return nil
 	}
-	return apierr.ToGRPC(s.authz.Authorize(ctx, a, o.Application))
+	return s.hide(ctx, s.authz.Authorize(ctx, a, o.Application), o.Application, core.TaskNotFound(id))
+}
+
+// hide answers refusal as notFound when the caller may read neither the
+// jobs nor the tasks of app: an id of another tenant's job must tell
+// nothing (whether it exists, whose it is). A caller who may read them
+// learns nothing new from the refusal, which names the action.
+func (s *Server) hide(ctx context.Context, refusal error, app string, notFound error) error {
+	if refusal == nil {
+		return nil
+	}
+	if !errdefs.IsPermissionDenied(refusal) || s.authz.Authorize(ctx, authz.JobRead, app) == nil || s.authz.Authorize(ctx, authz.TaskRead, app) == nil {
+		return apierr.ToGRPC(refusal)
+	}
+	return authz.Hide(refusal, notFound)
 }
 
 // jobView converts j for the caller: environment values (of every
@@ -214,8 +237,8 @@ func (s *Server) GetJob(ctx context.Context, req *schedv1.GetJobRequest) (*sched
 	if err != nil {
 		return nil, apierr.ToGRPC(err)
 	}
-	if err := s.authz.Authorize(ctx, authz.JobRead, j.Spec.Application); err != nil {
-		return nil, apierr.ToGRPC(err)
+	if err := s.hide(ctx, s.authz.Authorize(ctx, authz.JobRead, j.Spec.Application), j.Spec.Application, s.core.JobNotFound(j.ID)); err != nil {
+		return nil, err
 	}
 	return s.jobView(ctx, j), nil
 }
@@ -347,13 +370,11 @@ func (s *Server) ListTasks(ctx context.Context, req *schedv1.ListTasksRequest) (
 		return nil, err
 	}
 	if req.GetJobId() != "" {
-		if err := s.authorizeJob(ctx, authz.TaskRead, req.GetJobId()); err != nil && status.Code(err) != codes.NotFound {
+		// An ended job no longer held: its tasks are fleet-wide readers'
+		// only; to others it does not exist, as a job they may not read.
+		if err := s.authorizeJob(ctx, authz.TaskRead, req.GetJobId()); err != nil &&
+			(status.Code(err) != codes.NotFound || s.authz.Authorize(ctx, authz.TaskRead, "") != nil) {
 			return nil, err
-		} else if err != nil {
-			// An ended job no longer held: its tasks are fleet-wide readers' only.
-			if err := s.authz.Authorize(ctx, authz.TaskRead, ""); err != nil {
-				return nil, apierr.ToGRPC(err)
-			}
 		}
 	}
 	ts, err := s.core.Tasks(ctx, req.GetJobId(), req.GetAll())

@@ -517,7 +517,7 @@ func (c *Core) Task(ctx context.Context, id string) (*model.Task, error) {
 		return nil, err
 	}
 	if t == nil {
-		return nil, fmt.Errorf("%w: task %q", model.ErrNotFound, id)
+		return nil, TaskNotFound(id)
 	}
 	return t, nil
 }
