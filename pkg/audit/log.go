@@ -31,7 +31,8 @@ type Options struct {
 	Log *slog.Logger
 	// Now is the clock (nil = time.Now).
 	Now func() time.Time
-	// Refusals (records whose Code is not OK) stored one by one per
+	// Refusals (records of calls turned away: PermissionDenied, NotFound,
+	// InvalidArgument, ResourceExhausted, ...) stored one by one per
 	// principal: RefusalBurst, then one per RefusalEvery. Beyond that
 	// they are logged but counted, and one record per principal and
 	// RefusalWindow (Method AggregateMethod, Count) stands for them, so

@@ -18,8 +18,14 @@ const (
 	DefaultRefusalWindow = time.Hour
 )
 
-// codeOK is the code of a call that was not refused.
-const codeOK = "OK"
+// refusedCodes are the results of a call turned away before it acted:
+// the records the per-principal bound applies to. A call that was let in
+// is always stored, whatever its end (an exec session the caller ended is
+// Canceled, one whose agent went away Unavailable).
+var refusedCodes = map[string]bool{
+	"PermissionDenied": true, "Unauthenticated": true, "NotFound": true, "InvalidArgument": true,
+	"ResourceExhausted": true, "FailedPrecondition": true, "AlreadyExists": true, "OutOfRange": true, "Unimplemented": true,
+}
 
 // AggregateMethod is the Method of a record that counts refusals not
 // stored one by one.
@@ -65,10 +71,11 @@ func newRefusals(burst int, every, window time.Duration) *refusals {
 }
 
 // admit reports whether r may be stored one by one: calls that were not
-// refused always are; a refusal when its principal's bucket has a token.
-// A refusal that may not is counted in its principal's aggregate.
+// refused (refusedCodes) always are; a refusal when its principal's
+// bucket has a token. A refusal that may not is counted in its
+// principal's aggregate.
 func (s *refusals) admit(r *Record, now time.Time) bool {
-	if r.Code == codeOK {
+	if !refusedCodes[r.Code] {
 		return true
 	}
 	s.mu.Lock()

@@ -116,7 +116,8 @@ func TestRefusalFloodCannotEvictOthers(t *testing.T) {
 }
 
 // TestRefusalBucket: the bucket refills one per every, principals are
-// bounded apart, OK calls are never counted, mixed refusals aggregate as
+// bounded apart, calls let in (OK, an exec session its caller ended) are
+// never counted, mixed refusals aggregate as
 // Various without a job, and a principal idle with a full bucket is
 // forgotten.
 func TestRefusalBucket(t *testing.T) {
@@ -130,10 +131,11 @@ func TestRefusalBucket(t *testing.T) {
 		got = append(got, admit("m", "KillJob", "PermissionDenied", "j1", t0.Add(time.Duration(i)*time.Second)))
 	}
 	got = append(got, admit("m", "KillJob", "OK", "j1", t0.Add(5*time.Second)))
+	got = append(got, admit("m", "ExecTask", "Canceled", "j1", t0.Add(5*time.Second))) // a session let in, ended by its caller
 	got = append(got, admit("other", "KillJob", "PermissionDenied", "j1", t0.Add(5*time.Second)))
 	got = append(got, admit("m", "ScaleJob", "InvalidArgument", "j2", t0.Add(10*time.Second)))
 	got = append(got, admit("m", "ScaleJob", "InvalidArgument", "j2", t0.Add(70*time.Second)))
-	if diff := cmp.Diff([]bool{true, true, false, false, true, true, false, true}, got); diff != "" {
+	if diff := cmp.Diff([]bool{true, true, false, false, true, true, true, false, true}, got); diff != "" {
 		t.Errorf("admitted (-want +got):\n%s", diff)
 	}
 	if r := s.due(t0.Add(30*time.Minute), false); len(r) != 0 {
