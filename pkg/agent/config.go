@@ -59,6 +59,12 @@ type Config struct {
 	Images ImagesConfig `json:"images"`
 }
 
+// DiskPoolConfig is one size of the disk pool.
+type DiskPoolConfig struct {
+	SizeMiB int64 `json:"sizeMiB"`
+	Count   int   `json:"count"`
+}
+
 // LogConfig sets per-task log rotation and the log driver.
 type LogConfig struct {
 	MaxSizeMiB int `json:"maxSizeMiB"`
@@ -174,7 +180,14 @@ type NetworkConfig struct {
 	HostNetNS string         `json:"hostNetNS"`
 	DNS       []string       `json:"dns"`
 	Firewall  FirewallConfig `json:"firewall"`
+	// NamespacePool is how many network namespaces, each with its veth,
+	// the agent keeps ready for launches; 0 disables.
+	NamespacePool int `json:"namespacePool"`
 }
+
+// NamespacePoolDir is where the pooled namespaces are bind-mounted: beside
+// the task namespaces, never among them.
+func (n NetworkConfig) NamespacePoolDir() string { return filepath.Clean(n.NetNSDir) + "-pool" }
 
 // LocalNetConfig is the no-cloud provider: IPs from a CIDR behind a bridge.
 type LocalNetConfig struct {
@@ -250,6 +263,9 @@ type IsolationConfig struct {
 	// its own user namespace is refused at launch) or "force" (every task
 	// gets one).
 	RequireUserNamespace string `json:"requireUserNamespace"`
+	// DiskPool is how many formatted disk images of which sizes the
+	// agent keeps ready for launches (loop-ext4 backend); empty disables.
+	DiskPool []DiskPoolConfig `json:"diskPool"`
 	// DiskMiB and NetworkMbps are the host's default and ceiling for what
 	// tasks ask (host_policy.go).
 	DiskMiB     LimitConfig `json:"diskMiB"`
@@ -380,6 +396,9 @@ func (c *Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("network.provider: must be none, local or ec2, got %q", c.Network.Provider))
 	}
+	if c.Network.NamespacePool < 0 || c.Network.NamespacePool > maxPool {
+		errs = append(errs, fmt.Errorf("network.namespacePool: must be 0 to %d, got %d", maxPool, c.Network.NamespacePool))
+	}
 	if c.SocketGroup != "" {
 		if _, err := c.socketGID(); err != nil {
 			errs = append(errs, fmt.Errorf("socketGroup: %w", err))
@@ -406,17 +425,22 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
+// maxPool bounds every launch pool: each pooled object holds kernel
+// state (a namespace, a veth) or disk space until a launch takes it.
+const maxPool = 64
+
 // checkHostPathsPrivate refuses a host path a task may mount that holds,
 // or lies within, what the agent keeps from tasks: its state (every
 // tenant's spec and environment), the secrets of every task, every task's
-// logs and network namespaces. Such a grant would hand any task that asks
+// logs, network namespaces and disks, pooled ones included. Such a grant would hand any task that asks
 // for it the other tenants'. A grant holding the agent's control socket
 // or containerd's is refused too: a task running as root reaches them
 // through the mount and becomes the host (the kernel vouches root for the
 // agent's socket; containerd's answers anyone).
 func (c *Config) checkHostPathsPrivate() []error {
 	var errs []error
-	dirs := []struct{ key, path string }{{"stateDir", c.StateDir}, {"secrets.dir", c.Secrets.Dir}, {"logDir", c.LogDir}, {"network.netNSDir", c.Network.NetNSDir}}
+	dirs := []struct{ key, path string }{{"stateDir", c.StateDir}, {"secrets.dir", c.Secrets.Dir}, {"logDir", c.LogDir}, {"network.netNSDir", c.Network.NetNSDir},
+		{"the network namespace pool", c.Network.NamespacePoolDir()}, {"isolation.diskDir", c.Isolation.DiskDir}}
 	sockets := []struct{ key, path string }{{"socket", c.Socket}, {"containerd.address", c.Containerd.Address}}
 	for _, s := range c.Isolation.AllowedHostPaths {
 		hp, err := isolation.ParseHostPath(s)

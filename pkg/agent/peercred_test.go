@@ -50,10 +50,12 @@ func TestPeerCredsAllowed(t *testing.T) {
 func TestConfigRefusesUnknownKeysAndBadValues(t *testing.T) {
 	dir := t.TempDir()
 	for name, body := range map[string]string{
-		"unknown key":  "sokcet: /tmp/x\n",
-		"bad provider": "network:\n  provider: magic\n",
-		"bad cidr":     "network:\n  provider: local\n  local:\n    cidr: 10.0.0.0/33\n",
-		"bad level":    "logLevel: loud\n",
+		"unknown key":             "sokcet: /tmp/x\n",
+		"bad provider":            "network:\n  provider: magic\n",
+		"bad cidr":                "network:\n  provider: local\n  local:\n    cidr: 10.0.0.0/33\n",
+		"bad level":               "logLevel: loud\n",
+		"namespace pool below 0":  "network:\n  namespacePool: -1\n",
+		"namespace pool above 64": "network:\n  namespacePool: 65\n",
 	} {
 		p := dir + "/c.yaml"
 		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {

@@ -45,6 +45,9 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 	}
 	log.Info("disk quota backend", "backend", disks.Backend(), "dir", cfg.Isolation.DiskDir)
 	enableUserNS(cfg, disks, log)
+	if err := wireDiskPool(ctx, cfg.Isolation, disks, log, w, m); err != nil {
+		return nil, fmt.Errorf("disk pool: %w", err)
+	}
 	w.restorers = append(w.restorers, userNSRestorer{disks})
 	second = append(second, &taskrunner.DiskHook{Disks: disks, Images: rt, LogDir: cfg.LogDir, KeepLogBytes: int64(cfg.Logs.MaxSizeMiB) << 20})
 	w.reconcilers = append(w.reconcilers, reconcileFunc(func(ctx context.Context, keep map[string]bool) error {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
+	"github.com/titus-agent/titus-agent/pkg/metrics"
 )
 
 func defaultIsolation() IsolationConfig {
@@ -36,12 +38,69 @@ func (c IsolationConfig) validate() error {
 		}
 	}
 	errs = append(errs, c.checkPolicy()...)
+	errs = append(errs, c.checkDiskPool()...)
 	if u := c.UserNamespaces; u.HostIDBase != 0 {
 		if err := u.ranges().Validate(); err != nil {
 			errs = append(errs, fmt.Errorf("isolation.userNamespaces: %w", err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func (c IsolationConfig) checkDiskPool() []error {
+	var errs []error
+	total := 0
+	seen := map[int64]bool{}
+	for _, p := range c.DiskPool {
+		if p.SizeMiB <= 0 || p.Count <= 0 {
+			errs = append(errs, fmt.Errorf("isolation.diskPool: sizeMiB %d count %d: both must be positive", p.SizeMiB, p.Count))
+		}
+		if seen[p.SizeMiB] {
+			errs = append(errs, fmt.Errorf("isolation.diskPool: size %d MiB given twice", p.SizeMiB))
+		}
+		seen[p.SizeMiB] = true
+		total += max(p.Count, 0)
+	}
+	if total > maxPool {
+		errs = append(errs, fmt.Errorf("isolation.diskPool: %d images in all, at most %d", total, maxPool))
+	}
+	return errs
+}
+
+// wireDiskPool keeps isolation.diskPool images ready for launches. What an
+// earlier agent process's pool left is removed first, the pool on or off;
+// the pool is emptied when the agent stops.
+func wireDiskPool(ctx context.Context, cfg IsolationConfig, disks *isolation.Disks, log *slog.Logger, w *wiring, m *metrics.Agent) error {
+	log = log.With("component", "disk-pool")
+	q, ok := disks.Quota.(*isolation.LoopQuota)
+	if !ok {
+		if len(cfg.DiskPool) > 0 {
+			log.Warn("isolation.diskPool needs the loop-ext4 disk backend; no pool", "backend", disks.Backend())
+		}
+		return nil
+	}
+	if len(cfg.DiskPool) == 0 {
+		left, err := q.PurgePool()
+		if len(left) > 0 {
+			log.Warn("removed pooled disk images an earlier agent process left", "removed", left)
+		}
+		return err
+	}
+	pc := isolation.DiskPoolConfig{Log: log}
+	for _, p := range cfg.DiskPool {
+		pc.Sizes = append(pc.Sizes, isolation.DiskPoolSize{SizeMiB: p.SizeMiB, Count: p.Count})
+	}
+	if m != nil {
+		pc.Stats = m
+	}
+	pool, err := q.EnablePool(pc)
+	if err != nil {
+		return err
+	}
+	pool.Start(ctx)
+	w.closers = append(w.closers, pool.Close)
+	log.Info("disk pool", "sizes", cfg.DiskPool)
+	return nil
 }
 
 func (u UserNamespacesConfig) ranges() isolation.IDRanges {

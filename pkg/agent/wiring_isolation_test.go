@@ -26,6 +26,16 @@ func TestIsolationConfig(t *testing.T) {
 		{name: "relative device", change: func(c *IsolationConfig) { c.AllowedDevices = []string{"fuse"} }, wantErr: "isolation.allowedDevices"},
 		{name: "ranges past 32 bits", change: func(c *IsolationConfig) { c.UserNamespaces.MaxTasks = 1 << 16 }, wantErr: "isolation.userNamespaces"},
 		{name: "no ids per task", change: func(c *IsolationConfig) { c.UserNamespaces.IDsPerTask = 0 }, wantErr: "isolation.userNamespaces"},
+		{name: "disk pool", change: func(c *IsolationConfig) {
+			c.DiskPool = []DiskPoolConfig{{SizeMiB: 1024, Count: 2}, {SizeMiB: 10240, Count: 1}}
+		}},
+		{name: "disk pool without count", change: func(c *IsolationConfig) { c.DiskPool = []DiskPoolConfig{{SizeMiB: 1024}} }, wantErr: "isolation.diskPool: sizeMiB 1024 count 0"},
+		{name: "disk pool size twice", change: func(c *IsolationConfig) {
+			c.DiskPool = []DiskPoolConfig{{SizeMiB: 1024, Count: 1}, {SizeMiB: 1024, Count: 1}}
+		}, wantErr: "given twice"},
+		{name: "disk pool too big", change: func(c *IsolationConfig) {
+			c.DiskPool = []DiskPoolConfig{{SizeMiB: 1024, Count: 60}, {SizeMiB: 64, Count: 5}}
+		}, wantErr: "65 images in all, at most 64"},
 		// The attack: a grant that holds the agent's state or the secrets
 		// dir lets any task that asks read every tenant's env and secrets.
 		{name: "host path holding the state dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/var/lib"} }, wantErr: "overlaps stateDir"},
@@ -35,6 +45,13 @@ func TestIsolationConfig(t *testing.T) {
 		{name: "host path holding the log dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/var/log"} }, wantErr: "overlaps logDir"},
 		{name: "host path inside the log dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/var/log/titus-agent/tasks/other-task"} }, wantErr: "overlaps logDir"},
 		{name: "host path inside the netns dir", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/run/titus-agent/netns"} }, wantErr: "overlaps network.netNSDir"},
+		// ... the namespaces pooled for the next tasks, or the disks
+		// (another tenant's files, pooled ones the next task gets).
+		{name: "host path of the netns pool", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/run/titus-agent/netns-pool"} }, wantErr: "overlaps the network namespace pool"},
+		{name: "host path inside a disk dir outside the state dir", change: func(c *IsolationConfig) {
+			c.DiskDir = "/srv/disks"
+			c.AllowedHostPaths = []string{"/srv/disks/pool"}
+		}, wantErr: "overlaps isolation.diskDir"},
 		// ... or the agent's control socket (a root task connects as root:
 		// launches anything, execs into any tenant's task) or containerd's.
 		{name: "host path holding the control socket", change: func(c *IsolationConfig) { c.AllowedHostPaths = []string{"/run/titus-agent:rw"} }, wantErr: "holds socket /run/titus-agent/agent.sock"},

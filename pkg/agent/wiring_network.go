@@ -59,6 +59,9 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 		return nil, err
 	}
 	w.closers = append(w.closers, func() error { dp.Close(); return nil })
+	if err := wireNamespacePool(ctx, cfg.Network, log, w, dp, m); err != nil {
+		return nil, err
+	}
 	n := vpc.NewNetwork(provider, dp)
 	*first = append(*first, &taskrunner.NetworkHook{Network: n})
 	*second = append(*second, &taskrunner.BandwidthHook{Shaper: isolation.NewBandwidthIn(cfg.Network.HostNetNS)})
@@ -70,6 +73,35 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 		}
 	}
 	return n, nil
+}
+
+// wireNamespacePool keeps network.namespacePool namespaces ready for
+// launches. Whatever an earlier agent process's pool left is removed
+// first, the pool on or off; the pool is emptied when the agent stops.
+func wireNamespacePool(ctx context.Context, nc NetworkConfig, log *slog.Logger, w *wiring, dp *vpc.DataPlane, m *metrics.Agent) error {
+	log = log.With("component", "netns-pool")
+	if nc.NamespacePool == 0 {
+		left, err := dp.PurgePool(nc.NamespacePoolDir())
+		if len(left) > 0 {
+			log.Warn("removed pooled namespaces an earlier agent process left", "removed", left)
+		}
+		if err != nil {
+			return fmt.Errorf("namespace pool: %w", err)
+		}
+		return nil
+	}
+	pc := vpc.NetNSPoolConfig{Size: nc.NamespacePool, Dir: nc.NamespacePoolDir(), Log: log}
+	if m != nil {
+		pc.Stats = m
+	}
+	pool, err := dp.EnablePool(pc)
+	if err != nil {
+		return fmt.Errorf("namespace pool: %w", err)
+	}
+	pool.Start(ctx)
+	w.closers = append(w.closers, pool.Close)
+	log.Info("network namespace pool", "size", nc.NamespacePool, "dir", nc.NamespacePoolDir())
+	return nil
 }
 
 // wireMetadata answers 169.254.169.254 inside every task's netns.

@@ -23,8 +23,9 @@ import (
 // timing. With direct I/O it is on par with the host. Remove
 // detaches the device after the unmount.
 type LoopQuota struct {
-	dir string
-	sys system
+	dir  string
+	sys  system
+	pool *DiskPool // nil: every Create formats its image
 }
 
 var _ DiskQuota = (*LoopQuota)(nil)
@@ -48,6 +49,9 @@ func (q *LoopQuota) Create(ctx context.Context, taskID string, sizeMiB int64) (*
 		return nil, fmt.Errorf("disk %s: %w", taskID, err)
 	} else if mounted {
 		return d, nil
+	}
+	if q.pool != nil {
+		q.pool.claim(d.ImagePath, sizeMiB) // a formatted image, if there is one
 	}
 	if err := q.makeImage(ctx, d.ImagePath, sizeMiB); err != nil {
 		return nil, fmt.Errorf("disk %s: %w", taskID, err)

@@ -84,6 +84,12 @@ type Agent struct {
 	// QuarantinedRecords is the number of task records the agent could
 	// not read and keeps aside (their containers are left alone).
 	QuarantinedRecords prometheus.Gauge
+	// PoolSizes is the objects a launch pool holds ready, by pool
+	// ("netns", "disk-<size>MiB").
+	PoolSizes *prometheus.GaugeVec
+	// PoolTakes counts launches that asked a pool, by pool and result
+	// (hit: took a pre-made object; miss: made its own).
+	PoolTakes *prometheus.CounterVec
 	// GRPC measures the control API (grpc_server_*); add its interceptors
 	// to the gRPC server.
 	GRPC *grpcprom.ServerMetrics
@@ -138,6 +144,14 @@ func New(reg prometheus.Registerer) *Agent {
 			Namespace: "titus_agent", Name: "quarantined_task_records",
 			Help: "Task records the agent could not read, kept aside; their containers are left running.",
 		}),
+		PoolSizes: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "titus_agent", Name: "pool_ready",
+			Help: "Objects a launch pool holds ready (pre-made network namespaces, formatted disks), by pool.",
+		}, []string{"pool"}),
+		PoolTakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "titus_agent", Name: "pool_takes_total",
+			Help: "Launches that asked a pool, by pool and result (hit: took a pre-made object; miss: made its own).",
+		}, []string{"pool", "result"}),
 		GRPC: grpcprom.NewServerMetrics(),
 	}
 	// Known label values start at zero, so ratios and rates exist before
@@ -152,7 +166,8 @@ func New(reg prometheus.Registerer) *Agent {
 		a.MetadataRequests.WithLabelValues(c)
 	}
 	reg.MustRegister(a.LaunchDuration, a.Tasks, a.TasksFinished, a.TaskFailures, a.IPPool,
-		a.AWSCalls, a.AWSThrottles, a.MetadataRequests, a.MetadataResponses, a.MetadataLatency, a.QuarantinedRecords, a.GRPC)
+		a.AWSCalls, a.AWSThrottles, a.MetadataRequests, a.MetadataResponses, a.MetadataLatency, a.QuarantinedRecords,
+		a.PoolSizes, a.PoolTakes, a.GRPC)
 	return a
 }
 
@@ -160,6 +175,18 @@ func New(reg prometheus.Registerer) *Agent {
 func (a *Agent) ObserveLaunch(phase string, d time.Duration) {
 	a.LaunchDuration.WithLabelValues(phase).Observe(d.Seconds())
 }
+
+// PoolTake counts a launch that asked a pool (vpc and isolation PoolStats).
+func (a *Agent) PoolTake(pool string, hit bool) {
+	result := "miss"
+	if hit {
+		result = "hit"
+	}
+	a.PoolTakes.WithLabelValues(pool, result).Inc()
+}
+
+// PoolReady sets how many objects a pool holds ready.
+func (a *Agent) PoolReady(pool string, n int) { a.PoolSizes.WithLabelValues(pool).Set(float64(n)) }
 
 // SetTaskCounts replaces the tasks-by-state gauge with counts; states
 // missing from counts drop to zero.

@@ -66,7 +66,8 @@ type DataPlane struct {
 	host   netlinker
 	ns     namespaces
 	sysctl func(path, value string) error
-	nft    nftRunner // in the host netns: the tasks' source guards
+	nft    nftRunner  // in the host netns: the tasks' source guards
+	pool   *NetNSPool // nil: every Setup makes its namespace
 }
 
 // netlinker is the netlink calls the data plane makes in one network
@@ -101,6 +102,11 @@ type namespaces interface {
 	// Remove unmounts and deletes the namespace at path; a missing one is
 	// not an error.
 	Remove(path string) error
+	// Exists says whether a namespace is mounted at path.
+	Exists(path string) bool
+	// Adopt mounts the namespace at from at to as well, then removes it
+	// from from.
+	Adopt(from, to string) error
 }
 
 // bindMounts are namespaces bind-mounted on files (ip-netns style).
@@ -108,6 +114,23 @@ type bindMounts struct{}
 
 func (bindMounts) Ensure(path string) error { return ensureNetNS(path) }
 func (bindMounts) Remove(path string) error { return removeNetNS(path) }
+func (bindMounts) Exists(path string) bool  { return isNetNS(path) }
+
+func (bindMounts) Adopt(from, to string) error {
+	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
+		return fmt.Errorf("vpc: netns dir: %w", err)
+	}
+	f, err := os.OpenFile(to, os.O_CREATE|os.O_RDONLY, 0o444)
+	if err != nil {
+		return fmt.Errorf("vpc: netns file: %w", err)
+	}
+	f.Close()
+	if err := unix.Mount(from, to, "none", unix.MS_BIND, ""); err != nil {
+		os.Remove(to)
+		return fmt.Errorf("vpc: bind pooled netns: %w", err)
+	}
+	return removeNetNS(from)
+}
 
 func (bindMounts) Open(path string) (netlinker, int, func(), error) {
 	ns, err := netns.GetFromPath(path)
@@ -176,6 +199,7 @@ func (d *DataPlane) NetNSPath(taskID string) string { return filepath.Join(d.cfg
 // is idempotent: an existing netns or veth is reused.
 func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttachment, error) {
 	nsPath := d.NetNSPath(a.TaskID)
+	d.claimWarm(a.TaskID) // a pooled namespace and veth, if there is one
 	if err := d.ns.Ensure(nsPath); err != nil {
 		return nil, err
 	}
@@ -527,7 +551,7 @@ func (d *DataPlane) EnsureENILink(ctx context.Context, mac string, table int, ga
 		}
 		for _, l := range ls {
 			n := l.Attrs().Name
-			if l.Attrs().HardwareAddr.String() == want.String() && !strings.HasPrefix(n, "tt") && !strings.HasPrefix(n, "tp") {
+			if l.Attrs().HardwareAddr.String() == want.String() && !strings.HasPrefix(n, "tt") && !strings.HasPrefix(n, "tp") && !strings.HasPrefix(n, warmVethPrefix) {
 				link = l
 				break
 			}
@@ -582,12 +606,8 @@ func prefixToIPNet(p netip.Prefix) *net.IPNet {
 // ensureNetNS creates a named network namespace bind-mounted at path,
 // unless one is already mounted there.
 func ensureNetNS(path string) error {
-	if ns, err := netns.GetFromPath(path); err == nil {
-		ns.Close()
-		var st unix.Statfs_t
-		if unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC {
-			return nil
-		}
+	if isNetNS(path) {
+		return nil
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("vpc: netns dir: %w", err)
@@ -617,6 +637,12 @@ func ensureNetNS(path string) error {
 		return err
 	}
 	return nil
+}
+
+// isNetNS says whether a network namespace is mounted at path.
+func isNetNS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.NSFS_MAGIC
 }
 
 func removeNetNS(path string) error {

@@ -20,6 +20,7 @@ type fakeNet struct {
 	nss     map[int]*fakeNL // by descriptor; 0 is the host
 	paths   map[string]int  // task namespace path → descriptor
 	index   int
+	made    int              // namespaces made, for their descriptors
 	fail    map[string]error // call name → error to return
 	removed []string
 	nftMu   sync.Mutex
@@ -80,8 +81,8 @@ func (n *fakeNL) LinkAdd(l netlink.Link) error {
 	if err := n.record("LinkAdd", "veth %s mtu %d peer %s in %s", v.Name, v.MTU, v.PeerName, n.w.nss[int(fd)].name); err != nil {
 		return err
 	}
-	n.addLink(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: v.Name, MTU: v.MTU}})
-	n.w.nss[int(fd)].addLink(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: v.PeerName, MTU: v.MTU}})
+	host := n.addLink(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: v.Name, MTU: v.MTU}})
+	n.w.nss[int(fd)].addLink(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: v.PeerName, MTU: v.MTU, ParentIndex: host.Attrs().Index}})
 	return nil
 }
 
@@ -198,7 +199,8 @@ func (w *fakeNet) Ensure(path string) error {
 		return nil
 	}
 	w.log = append(w.log, "Ensure "+path)
-	fd := len(w.nss) + 100
+	w.made++
+	fd := 100 + w.made
 	w.paths[path] = fd
 	w.nss[fd] = &fakeNL{w: w, name: "task"}
 	w.nss[fd].addLink(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo"}})
@@ -219,6 +221,25 @@ func (w *fakeNet) Remove(path string) error {
 		delete(w.nss, fd)
 		delete(w.paths, path)
 	}
+	return nil
+}
+
+func (w *fakeNet) Exists(path string) bool {
+	_, ok := w.paths[path]
+	return ok
+}
+
+func (w *fakeNet) Adopt(from, to string) error {
+	w.log = append(w.log, "Adopt "+from+" "+to)
+	if err := w.fail["Adopt"]; err != nil {
+		return err
+	}
+	fd, ok := w.paths[from]
+	if !ok {
+		return fmt.Errorf("no netns %s", from)
+	}
+	delete(w.paths, from)
+	w.paths[to] = fd
 	return nil
 }
 

@@ -1,0 +1,232 @@
+package isolation
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// recStats records a pool's takes and ready counts.
+type recStats struct {
+	mu     sync.Mutex
+	events []string
+}
+
+func (r *recStats) PoolTake(pool string, hit bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, fmt.Sprintf("take %s hit=%t", pool, hit))
+}
+
+func (r *recStats) PoolReady(pool string, n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events = append(r.events, fmt.Sprintf("ready %s %d", pool, n))
+}
+
+func (r *recStats) take() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := r.events
+	r.events = nil
+	return out
+}
+
+// newTestDiskPool is loop disks in dir with a pool of sizes whose images
+// are named <size>-00000001.img, ...; nothing runs in the background.
+func newTestDiskPool(t *testing.T, sizes ...DiskPoolSize) (*Disks, *LoopQuota, *DiskPool, *fakeSystem, *recStats, string) {
+	t.Helper()
+	dir := t.TempDir()
+	sys := newFakeSystem()
+	q := NewLoopQuota(dir, sys)
+	st := &recStats{}
+	p, err := q.EnablePool(DiskPoolConfig{Sizes: sizes, Stats: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	p.random = func() (string, error) { n++; return fmt.Sprintf("%08x", n), nil }
+	st.take()
+	return newDisks(q, dir, sys), q, p, sys, st, dir
+}
+
+func poolFiles(t *testing.T, dir string) []string {
+	t.Helper()
+	names, err := listDir(filepath.Join(dir, "pool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
+}
+
+func TestDiskPoolFill(t *testing.T) {
+	_, _, p, sys, st, dir := newTestDiskPool(t, DiskPoolSize{SizeMiB: 64, Count: 2}, DiskPoolSize{SizeMiB: 128, Count: 1})
+	if !p.fill(context.Background()) {
+		t.Fatal("fill failed")
+	}
+	mkfs := "mkfs.ext4 -q -F -b 4096 -m 0 -O ^has_journal -E lazy_itable_init=1,lazy_journal_init=1,nodiscard "
+	want := []string{mkfs + "D/pool/64-00000001.img.tmp", mkfs + "D/pool/64-00000002.img.tmp", mkfs + "D/pool/128-00000003.img.tmp"}
+	if diff := cmp.Diff(want, sys.take(dir)); diff != "" {
+		t.Errorf("fill (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"128-00000003.img", "64-00000001.img", "64-00000002.img"}, poolFiles(t, dir)); diff != "" {
+		t.Errorf("pool files (-want +got):\n%s", diff)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "pool", "128-00000003.img")); err != nil || st.Size() != 128<<20 {
+		t.Errorf("pooled image = %v, %v; want a 128 MiB sparse file", st, err)
+	}
+	if diff := cmp.Diff([]string{"ready disk-64MiB 1", "ready disk-64MiB 2", "ready disk-128MiB 1"}, st.take()); diff != "" {
+		t.Errorf("stats (-want +got):\n%s", diff)
+	}
+	p.fill(context.Background()) // full: nothing more
+	if calls := sys.take(dir); len(calls) != 0 {
+		t.Errorf("fill of a full pool: %v", calls)
+	}
+}
+
+func TestDiskPoolSetupTakesAPooledImage(t *testing.T) {
+	ctx := context.Background()
+	d, _, p, sys, st, dir := newTestDiskPool(t, DiskPoolSize{SizeMiB: 64, Count: 1})
+	p.fill(ctx)
+	sys.take(dir)
+	st.take()
+	disk, err := d.Setup(ctx, "t1", 64, []string{"/l/1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No mkfs on the launch's path: the pooled image is the task's now.
+	want := []string{
+		"losetup --find --show --direct-io=on --sector-size 4096 D/images/t1.img",
+		"mount -t ext4 -o noatime /dev/loop3 D/mnt/t1",
+		"mount -t overlay -o lowerdir=/l/1,upperdir=D/mnt/t1/upper,workdir=D/mnt/t1/work overlay D/rootfs/t1",
+	}
+	if diff := cmp.Diff(want, sys.take(dir)); diff != "" {
+		t.Errorf("setup (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"take disk hit=true", "ready disk-64MiB 0"}, st.take()); diff != "" {
+		t.Errorf("stats (-want +got):\n%s", diff)
+	}
+	if st, err := os.Stat(disk.ImagePath); err != nil || st.Size() != 64<<20 {
+		t.Errorf("task image = %v, %v", st, err)
+	}
+	if left := poolFiles(t, dir); len(left) != 0 {
+		t.Errorf("pool still holds %v", left)
+	}
+
+	// Teardown deletes the image: it never goes back to the pool.
+	p.fill(ctx)
+	if err := d.Teardown(ctx, "t1"); err != nil {
+		t.Fatal(err)
+	}
+	if exists(t, disk.ImagePath) || p.Ready(64) != 1 {
+		t.Fatalf("after teardown: image left %t, pool %d", exists(t, disk.ImagePath), p.Ready(64))
+	}
+	sys.take(dir)
+
+	// Another size formats its own and is neither a hit nor a miss; an
+	// empty pool's size is a miss and formats its own.
+	st.take()
+	if _, err := d.Setup(ctx, "t2", 32, []string{"/l/1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Setup(ctx, "t3", 64, []string{"/l/1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Setup(ctx, "t4", 64, []string{"/l/1"}); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"take disk hit=true", "ready disk-64MiB 0", "take disk hit=false"}, st.take()); diff != "" {
+		t.Errorf("stats (-want +got):\n%s", diff)
+	}
+	calls := sys.take(dir)
+	mkfs := 0
+	for _, c := range calls {
+		if len(c) > 9 && c[:9] == "mkfs.ext4" {
+			mkfs++
+		}
+	}
+	if mkfs != 2 {
+		t.Errorf("want mkfs for t2 and t4 only: %v", calls)
+	}
+
+	// Again for t3 (a restarted agent repeating prestart): its image
+	// stays, nothing is taken.
+	p.fill(ctx)
+	sys.take(dir)
+	if _, err := d.Setup(ctx, "t3", 64, []string{"/l/1"}); err != nil {
+		t.Fatal(err)
+	}
+	if p.Ready(64) != 1 {
+		t.Fatal("repeated setup took from the pool")
+	}
+}
+
+func TestDiskPoolCloseAndPurge(t *testing.T) {
+	ctx := context.Background()
+	_, q, p, _, _, dir := newTestDiskPool(t, DiskPoolSize{SizeMiB: 64, Count: 2})
+	p.Start(ctx)
+	p.kick <- struct{}{}
+	for p.Ready(64) < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if left := poolFiles(t, dir); len(left) != 0 {
+		t.Fatalf("close left %v", left)
+	}
+	if _, ok := p.take(64); ok {
+		t.Fatal("a closed pool handed out an image")
+	}
+
+	// What a killed agent left (a whole image and a half-formatted one)
+	// goes at the next start, the pool on or off.
+	for _, n := range []string{"64-0000000a.img", "64-0000000b.img.tmp"} {
+		if err := os.WriteFile(filepath.Join(dir, "pool", n), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removed, err := q.PurgePool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"64-0000000a.img", "64-0000000b.img.tmp"}, removed); diff != "" {
+		t.Errorf("purged (-want +got):\n%s", diff)
+	}
+	if left := poolFiles(t, dir); len(left) != 0 {
+		t.Fatalf("purge left %v", left)
+	}
+	// The task reaper never takes the pool for a task.
+	if ids, err := q.List(ctx); err != nil || len(ids) != 0 {
+		t.Fatalf("List = %v, %v", ids, err)
+	}
+}
+
+func TestDiskPoolFormatFailure(t *testing.T) {
+	_, _, p, sys, _, dir := newTestDiskPool(t, DiskPoolSize{SizeMiB: 64, Count: 1})
+	sys.fail["mkfs.ext4"] = fmt.Errorf("no space")
+	if p.fill(context.Background()) {
+		t.Fatal("fill reported success")
+	}
+	if left := poolFiles(t, dir); len(left) != 0 || p.Ready(64) != 0 {
+		t.Fatalf("a half-made image is in the pool: %v", left)
+	}
+}
+
+func TestDiskPoolConfig(t *testing.T) {
+	q := NewLoopQuota(t.TempDir(), newFakeSystem())
+	for _, sizes := range [][]DiskPoolSize{nil, {{SizeMiB: 0, Count: 1}}, {{SizeMiB: 64, Count: 0}}, {{SizeMiB: 64, Count: 1}, {SizeMiB: 64, Count: 2}}} {
+		if _, err := q.EnablePool(DiskPoolConfig{Sizes: sizes}); err == nil {
+			t.Errorf("EnablePool(%v) accepted", sizes)
+		}
+	}
+}
