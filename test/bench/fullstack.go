@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,6 +50,13 @@ type fullPath struct {
 // bandwidth, metadata with a role), with the task's own user namespace off
 // and on. Same containerd, same image, launches interleaved so every path
 // sees the same machine noise; figures are ratios to bare containerd.
+// launchPools is -pools: launch pools of the full-stack agent.
+var launchPools int
+
+func init() {
+	flag.IntVar(&launchPools, "pools", 0, "fullstack: the full agent's launch pools, this many ready namespaces and 1 GiB disks (0: off)")
+}
+
 func benchFullStack(tb *testenv.Standalone, n, concurrent int) {
 	ctx := context.Background()
 	moto := testenv.StartMoto(tb)
@@ -104,18 +113,25 @@ func benchFullStack(tb *testenv.Standalone, n, concurrent int) {
 	if err := os.Chmod(usernsDir, 0o711); err != nil {
 		tb.Fatalf("userns dir: %v", err)
 	}
+	// -pools N: the full agent keeps N namespaces and N disks of the
+	// tasks' size ready (network.namespacePool, isolation.diskPool).
+	var diskPool string
+	if launchPools > 0 {
+		diskPool = fmt.Sprintf("  diskPool: [{sizeMiB: 1024, count: %d}]\n", launchPools)
+	}
+	netConfig := strings.Replace(host.AgentConfig(testenv.SimAgentNetwork{
+		Endpoint: moto.Endpoint, SecurityGroups: []string{aws.ToString(sg.GroupId)},
+		WarmIPs: 2*batch + 2, MinWarmIPs: 2*batch + 2, ReuseCooldown: time.Second, DNS: []string{"198.18.0.2"},
+	}), "network:\n", fmt.Sprintf("network:\n  namespacePool: %d\n", launchPools), 1)
 	full := testenv.StartAgent(tb, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host},
-		Config: common + debugConfig(fullProf.address()) + "containerd:\n  namespace: bench-full\nisolation:\n  diskDir: " + filepath.Join(usernsDir, "disks") + "\n" + fmt.Sprintf(`metadata:
+		Config: common + debugConfig(fullProf.address()) + "containerd:\n  namespace: bench-full\nisolation:\n  diskDir: " + filepath.Join(usernsDir, "disks") + "\n" + diskPool + fmt.Sprintf(`metadata:
   enabled: true
   upstream: %s
   stsEndpoint: %s
   region: us-east-1
   accessKeyID: testing
   secretAccessKey: testing
-`, mock.Endpoint, moto.Endpoint) + host.AgentConfig(testenv.SimAgentNetwork{
-			Endpoint: moto.Endpoint, SecurityGroups: []string{aws.ToString(sg.GroupId)},
-			WarmIPs: 2*batch + 2, MinWarmIPs: 2*batch + 2, ReuseCooldown: time.Second, DNS: []string{"198.18.0.2"},
-		})})
+`, mock.Endpoint, moto.Endpoint) + netConfig})
 
 	plainEv, err := watch(ctx, plain)
 	if err != nil {
