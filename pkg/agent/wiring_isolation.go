@@ -84,7 +84,10 @@ func wireDiskPool(ctx context.Context, cfg IsolationConfig, disks *isolation.Dis
 		if len(left) > 0 {
 			log.Warn("removed pooled disk images an earlier agent process left", "removed", left)
 		}
-		return err
+		if err != nil {
+			log.Error("remove what an earlier agent process's disk pool left", "err", err)
+		}
+		return nil
 	}
 	pc := isolation.DiskPoolConfig{Log: log}
 	for _, p := range cfg.DiskPool {

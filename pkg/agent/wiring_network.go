@@ -86,7 +86,7 @@ func wireNamespacePool(ctx context.Context, nc NetworkConfig, log *slog.Logger, 
 			log.Warn("removed pooled namespaces an earlier agent process left", "removed", left)
 		}
 		if err != nil {
-			return fmt.Errorf("namespace pool: %w", err)
+			log.Error("remove what an earlier agent process's namespace pool left", "err", err)
 		}
 		return nil
 	}

@@ -113,12 +113,14 @@ func (q *LoopQuota) EnablePool(cfg DiskPoolConfig) (*DiskPool, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	// What cannot be removed now is logged, not fatal: it is in no
+	// task's way, and the next start tries again.
 	left, err := q.PurgePool()
-	if err != nil {
-		return nil, err
-	}
 	if len(left) > 0 {
 		cfg.Log.Warn("removed pooled disk images an earlier agent process left", "removed", left)
+	}
+	if err != nil {
+		cfg.Log.Error("disk pool: remove what an earlier agent process left", "err", err)
 	}
 	if err := os.MkdirAll(q.poolDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("disk pool: %w", err)

@@ -101,10 +101,14 @@ func (d *DataPlane) EnablePool(cfg NetNSPoolConfig) (*NetNSPool, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("vpc: namespace pool: %w", err)
 	}
-	if left, err := d.PurgePool(cfg.Dir); err != nil {
-		return nil, err
-	} else if len(left) > 0 {
+	// What cannot be removed now is logged, not fatal: it is in no
+	// task's way, and the next start tries again.
+	left, err := d.PurgePool(cfg.Dir)
+	if len(left) > 0 {
 		p.log.Warn("removed pooled namespaces an earlier agent process left", "removed", left)
+	}
+	if err != nil {
+		p.log.Error("namespace pool: remove what an earlier agent process left", "err", err)
 	}
 	d.pool = p
 	p.report()
