@@ -22,6 +22,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/metrics"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/api"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/lb"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/logarchive"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
@@ -218,7 +219,7 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&o.Advertise, "advertise", "", "address standbys give clients for this replica (default: --listen)")
 	f.StringVar(&endpoints, "etcd-endpoints", "", "comma-separated etcd endpoints (instead of the embedded etcd)")
 	f.StringVar(&groups, "capacity-groups", "", "YAML list of capacity groups {name, tier, cpuMillicores, memoryMiB, maxPending}")
-	f.DurationVar(&o.AgentTTL, "agent-ttl", 10*time.Second, "an agent silent this long is lost")
+	f.DurationVar(&o.AgentTTL, "agent-ttl", core.DefaultAgentTTL, "an agent silent this long is lost")
 	f.DurationVar(&o.ElectionTTL, "election-ttl", 5*time.Second, "leader lease TTL")
 	f.IntVar(&o.MaxPendingPerGroup, "max-pending-per-group", 100_000, "queued tasks per capacity group")
 	f.IntVar(&o.MaxPendingTotal, "max-pending", 200_000, "queued tasks in total")

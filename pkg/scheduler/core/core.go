@@ -35,6 +35,13 @@ type Store interface {
 	Task(ctx context.Context, id string) (*model.Task, error)
 }
 
+// DefaultAgentTTL is how long an agent may be silent before it is lost
+// (Config.AgentTTL, the scheduler's --agent-ttl): longer than an agent's
+// restart (systemd's RestartSec of 2 s, re-adoption, a reconnect), so a
+// restart no task notices, and short enough that a host that is gone has
+// its service tasks replaced soon.
+const DefaultAgentTTL = 10 * time.Second
+
 // Config tunes the core. Zero fields take the defaults below.
 type Config struct {
 	// AgentTTL: an agent silent this long is lost and its tasks are replaced.
@@ -96,7 +103,7 @@ const (
 // SetDefaults fills zero fields.
 func (o *Config) SetDefaults() {
 	if o.AgentTTL <= 0 {
-		o.AgentTTL = 10 * time.Second
+		o.AgentTTL = DefaultAgentTTL
 	}
 	if o.HeartbeatInterval <= 0 {
 		o.HeartbeatInterval = o.AgentTTL / 5
