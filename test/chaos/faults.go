@@ -20,6 +20,7 @@ type fault struct {
 	target int           // host or etcd member index
 	hold   time.Duration // until the heal or restart
 	note   string
+	host   string // the target host's instance id (faults on one host)
 
 	injected, healed time.Duration
 }
@@ -91,6 +92,7 @@ func (fl *fleet) inject(f *fault, start time.Time) {
 	switch f.kind {
 	case "agent-kill":
 		h := fl.hosts[f.target]
+		f.host = h.sim.InstanceID
 		h.mu.Lock()
 		f.injected = since()
 		h.agent.Kill9()
@@ -101,6 +103,7 @@ func (fl *fleet) inject(f *fault, start time.Time) {
 		f.note = h.sim.InstanceID
 	case "containerd-kill":
 		h := fl.hosts[f.target]
+		f.host = h.sim.InstanceID
 		f.injected = since()
 		_ = h.ctd.Proc.Cmd.Process.Kill()
 		_ = h.ctd.Proc.Cmd.Wait()
@@ -130,12 +133,17 @@ func (fl *fleet) inject(f *fault, start time.Time) {
 		f.note = m.name
 	case "partition":
 		h := fl.hosts[f.target]
+		f.host = h.sim.InstanceID
 		f.injected = since()
-		h.partition(true)
+		if err := fl.partition(h, true); err != nil {
+			fl.t.Errorf("partition %s: %v", h.sim.InstanceID, err)
+		}
 		time.Sleep(f.hold)
-		h.partition(false)
+		if err := fl.partition(h, false); err != nil {
+			fl.t.Errorf("heal the partition of %s: %v", h.sim.InstanceID, err)
+		}
 		f.healed = since()
-		f.note = h.sim.InstanceID
+		f.note = h.sim.InstanceID + " eth0 down"
 	case "ec2-throttle":
 		f.injected = since()
 		fl.ec2.Throttle("", 0.7)
@@ -145,6 +153,7 @@ func (fl *fleet) inject(f *fault, start time.Time) {
 		f.note = "70% of EC2 calls RequestLimitExceeded"
 	case "disk-full":
 		h := fl.hosts[f.target]
+		f.host = h.sim.InstanceID
 		filler := filepath.Join(h.state, "filler")
 		f.injected = since()
 		out, err := exec.Command("dd", "if=/dev/zero", "of="+filler, "bs=64k").CombinedOutput()

@@ -21,13 +21,19 @@ import (
 	"google.golang.org/grpc/status"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
 	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
-// Timings of the fleet: short, so faults show within a short soak.
+// Timings of the fleet. The agent TTL and the leader lease are the
+// product's defaults (the replicas are started without --agent-ttl and
+// --election-ttl): a shorter TTL than the product's would lose the tasks
+// of an agent that is only restarting (a kill -9, the hold, the restart
+// and the reconnect take longer than 6 s, which the soak once used), a
+// loss no production host sees. Ended jobs are kept for a short while
+// only, so that their pruning is seen within the run.
 const (
-	agentTTL     = 6 * time.Second
-	electionTTL  = 2 * time.Second
+	agentTTL     = core.DefaultAgentTTL
 	jobRetention = 30 * time.Second
 	etcdPrefix   = "/titus/"
 	namespace    = "titus-chaos"
@@ -157,7 +163,6 @@ func (f *fleet) startReplica() {
 	t := f.t
 	r := &replica{addr: testenv.Addr(testenv.FreePort(t)), dir: t.TempDir()}
 	r.args = []string{"serve", "--etcd-endpoints", strings.Join(f.endpoints, ","), "--listen", r.addr, "--metrics-listen", "",
-		"--election-ttl", electionTTL.String(), "--agent-ttl", agentTTL.String(),
 		"--finished-job-retention", jobRetention.String()}
 	r.start(t, f.cli)
 	f.replicas = append(f.replicas, r)
@@ -175,13 +180,14 @@ func (r *replica) kill9() {
 }
 
 // startHost adds a simulated EC2 host in az with its own containerd and
-// an agent that reaches the schedulers through gates.
+// an agent that reaches the schedulers through gates, over the host's
+// primary link.
 func (f *fleet) startHost(az string) {
 	t := f.t
 	h := &host{sim: f.hv.AddHost(t, az, "t3.medium"), ctd: testenv.StartContainerd(t)}
 	var addrs []string
 	for _, r := range f.replicas {
-		g, err := newGate(r.addr)
+		g, err := newGate(f.hv, h.sim, r.addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -225,11 +231,11 @@ logLevel: info
 	f.hosts = append(f.hosts, h)
 }
 
-// partition cuts (or heals) a host off from every scheduler replica.
-func (h *host) partition(cut bool) {
-	for _, g := range h.gates {
-		g.setCut(cut)
-	}
+// partition cuts a host off from every scheduler replica (its primary
+// link down in its netns; its agent's connections cross it through the
+// gates), or heals it.
+func (f *fleet) partition(h *host, cut bool) error {
+	return f.hv.SetPrimaryLink(h.sim, !cut)
 }
 
 // leader is the replica that leads now (nil if none answers as leader).

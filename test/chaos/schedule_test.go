@@ -1,9 +1,7 @@
 package chaos
 
 import (
-	"io"
 	"math/rand/v2"
-	"net"
 	"testing"
 	"time"
 
@@ -37,53 +35,5 @@ func TestScheduleIsReproducible(t *testing.T) {
 	}
 	if _, err := parseMix("short=1,huge=2"); err == nil {
 		t.Error("an unknown job kind was accepted")
-	}
-}
-
-// TestGateCutsAndHeals: a cut drops the open connection and refuses new
-// ones; a heal lets them through again.
-func TestGateCutsAndHeals(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _, _ = io.Copy(c, c); c.Close() }()
-		}
-	}()
-	g, err := newGate(l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.close()
-	echo := func(c net.Conn) error {
-		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
-		if _, err := c.Write([]byte("x")); err != nil {
-			return err
-		}
-		_, err := io.ReadFull(c, make([]byte, 1))
-		return err
-	}
-	c, err := net.Dial("tcp", g.addr())
-	if err != nil || echo(c) != nil {
-		t.Fatalf("through the gate: %v", err)
-	}
-	g.setCut(true)
-	if echo(c) == nil {
-		t.Error("an open connection survived the cut")
-	}
-	if c2, err := net.Dial("tcp", g.addr()); err == nil && echo(c2) == nil {
-		t.Error("a new connection got through the cut")
-	}
-	g.setCut(false)
-	c3, err := net.Dial("tcp", g.addr())
-	if err != nil || echo(c3) != nil {
-		t.Errorf("after the heal: %v", err)
 	}
 }

@@ -265,6 +265,64 @@ func (h *Hypervisor) AddHost(t TB, az, instanceType string) *SimHost {
 	return host
 }
 
+// SetPrimaryLink takes host's primary link (eth0, the primary ENI) down in
+// the host's netns, or brings it back up: a real network cut of the host,
+// as a pulled cable or a dead NIC. Down, the kernel drops the link's
+// routes, so connections over it stall and new ones fail (the network is
+// unreachable); up restores the link and its default route via the
+// subnet gateway. Task traffic leaves through the task ENIs' own links
+// and tables, and is not touched.
+func (h *Hypervisor) SetPrimaryLink(host *SimHost, up bool) error {
+	hh, err := netlink.NewHandleAt(host.NS)
+	if err != nil {
+		return fmt.Errorf("hypervisor: %s handle: %w", host.Name, err)
+	}
+	defer hh.Close()
+	eth0, err := hh.LinkByName("eth0")
+	if err != nil {
+		return fmt.Errorf("hypervisor: %s primary link: %w", host.Name, err)
+	}
+	if !up {
+		if err := hh.LinkSetDown(eth0); err != nil {
+			return fmt.Errorf("hypervisor: %s eth0 down: %w", host.Name, err)
+		}
+		return nil
+	}
+	if err := hh.LinkSetUp(eth0); err != nil {
+		return fmt.Errorf("hypervisor: %s eth0 up: %w", host.Name, err)
+	}
+	gw := h.Subnet(host.AZ).Gateway
+	if err := hh.RouteReplace(&netlink.Route{LinkIndex: eth0.Attrs().Index, Gw: gw.AsSlice()}); err != nil {
+		return fmt.Errorf("hypervisor: %s default route: %w", host.Name, err)
+	}
+	return nil
+}
+
+// ListenFabric listens on addr (TCP) inside the VPC fabric's netns: a
+// service in the VPC, which the simulated hosts reach over their links
+// (at their subnet's gateway address, say). The listener's accepted
+// connections are the fabric's; dial out of it as usual.
+func (h *Hypervisor) ListenFabric(addr string) (net.Listener, error) {
+	var l net.Listener
+	err := inNS(h.fabric, func() (err error) {
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	return l, err
+}
+
+// DialContext dials addr from inside the host's netns, so the connection
+// goes out over the host's own links (and a link down cuts it).
+func (s *SimHost) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := inNS(s.NS, func() (err error) {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
+
 // Errors returns what went wrong while watching moto, if anything.
 func (h *Hypervisor) Errors() []error {
 	h.mu.Lock()
