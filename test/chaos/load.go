@@ -49,10 +49,10 @@ func contains(s []string, v string) bool {
 // apiCall is one CLI invocation as the user sees it (the CLI retries
 // Unavailable inside its --timeout; that is one call).
 type apiCall struct {
-	op  string
-	ok  bool
-	err string
-	at  time.Time
+	op        string
+	ok        bool
+	err       string
+	start, at time.Time // the invocation's start and end
 }
 
 // load submits jobs and works services through the titus-scheduler CLI.
@@ -77,8 +77,9 @@ type jobInfo struct {
 
 func (l *load) cli(op string, args ...string) (string, bool) {
 	args = append([]string{"--addr", l.f.userCLI, "--timeout", "30s"}, args...)
+	start := time.Now()
 	out, err := exec.Command(l.f.cli, args...).CombinedOutput()
-	c := apiCall{op: op, ok: err == nil, at: time.Now()}
+	c := apiCall{op: op, ok: err == nil, start: start, at: time.Now()}
 	if err != nil {
 		c.err = strings.TrimSpace(string(out))
 		if len(c.err) > 200 {

@@ -7,6 +7,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
@@ -25,7 +28,15 @@ type observer struct {
 	jobs   map[string]schedv1.JobState
 	done   map[string]bool
 	seenOn map[string]map[string]bool // task id → instance ids whose agent ran it
+	// elections are the stretches in which no replica answered as the
+	// leader (watchLeader).
+	elections []window
 }
+
+// window is a stretch of time.
+type window struct{ from, to time.Time }
+
+func (w window) overlaps(from, to time.Time) bool { return from.Before(w.to) && to.After(w.from) }
 
 func newObserver(f *fleet, l *load) *observer {
 	return &observer{f: f, l: l, tasks: map[string]*schedv1.Task{}, jobs: map[string]schedv1.JobState{},
@@ -118,6 +129,69 @@ func (o *observer) pollAgents(ctx context.Context) {
 			o.seenOn[id][h.sim.InstanceID] = true
 		}
 		o.mu.Unlock()
+	}
+}
+
+// watchLeader asks every replica four times a second whether it leads
+// (a standby answers Unavailable) and records each stretch in which none
+// did, from the last probe that found a leader to the first that found
+// one again: the leader elections, as the run saw them.
+func (o *observer) watchLeader(ctx context.Context) {
+	var clients []schedv1.SchedulerClient
+	for _, r := range o.f.replicas {
+		// Back off briefly: a replica killed and started again must be
+		// seen as soon as it leads.
+		cc, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, MaxDelay: 500 * time.Millisecond}}))
+		if err != nil {
+			o.f.t.Errorf("leader watch: %v", err)
+			return
+		}
+		defer cc.Close()
+		clients = append(clients, schedv1.NewSchedulerClient(cc))
+	}
+	leads := func() bool {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		found := make(chan bool, len(clients))
+		for _, c := range clients {
+			go func() {
+				_, err := c.ListAgents(pctx, &schedv1.ListAgentsRequest{})
+				found <- err == nil
+			}()
+		}
+		any := false
+		for range clients {
+			any = <-found || any
+		}
+		return any
+	}
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	seen, open := time.Now(), false
+	for {
+		select {
+		case <-ctx.Done():
+			if open {
+				o.mu.Lock()
+				o.elections = append(o.elections, window{seen, time.Now()})
+				o.mu.Unlock()
+			}
+			return
+		case <-t.C:
+		}
+		now, ok := time.Now(), leads()
+		switch {
+		case ok && open:
+			o.mu.Lock()
+			o.elections = append(o.elections, window{seen, now})
+			o.mu.Unlock()
+			open, seen = false, now
+		case ok:
+			seen = now
+		case ctx.Err() == nil:
+			open = true
+		}
 	}
 }
 

@@ -15,34 +15,69 @@ import (
 // TestReportCountsAndObjectives: the report counts from the observed
 // records (a user's failure is not the platform's, a task run by two
 // agents or a batch slot completed twice is launched twice, a Lost task
-// without a reason is named), attributes a platform loss to the fault
-// before it, and every objective missed is listed; a clean run misses
-// none.
+// without a reason is named); it holds the launch latency under faults to
+// the fault-free baseline's, charges each platform failure to the fault
+// on its host (or of the whole fleet) before it, against the tasks that
+// fault exposed, accepts a partition past the agent TTL losing its host's
+// tasks, leaves CLI calls during a leader election out of the
+// availability, and lists every objective missed; a clean run misses none.
 func TestReportCountsAndObjectives(t *testing.T) {
-	start := time.Date(2026, 12, 3, 6, 0, 0, 0, time.UTC)
-	ts := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(start.Add(d)) }
+	t0 := time.Date(2026, 12, 3, 6, 0, 0, 0, time.UTC)
+	ts := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(t0.Add(d)) }
+	s := time.Second
 	l := &load{jobs: map[string]*jobInfo{"b": {id: "b", kind: "short"}, "s": {id: "s", kind: "service"}}}
-	for _, ok := range []bool{true, true, true, false} {
-		l.api = append(l.api, apiCall{op: "job submit", ok: ok, err: map[bool]string{false: "Unavailable: x"}[ok]})
+	for _, c := range []struct {
+		ok       bool
+		from, to time.Duration
+	}{{true, 1 * s, 2 * s}, {true, 3 * s, 4 * s}, {true, 5 * s, 6 * s}, {false, 10 * s, 11 * s}, {false, 59 * s, 62 * s}} {
+		l.api = append(l.api, apiCall{op: "job submit", ok: c.ok, err: map[bool]string{false: "Unavailable: x"}[c.ok], start: t0.Add(c.from), at: t0.Add(c.to)})
 	}
 	o := newObserver(nil, l)
+	o.elections = []window{{t0.Add(60 * s), t0.Add(65 * s)}}
 	for _, tk := range []*schedv1.Task{
-		{Id: "b.0.1", JobId: "b", Index: 0, State: agentv1.TaskState_TASK_STATE_FINISHED, Placed: ts(0), Started: ts(time.Second), Ended: ts(5 * time.Second)},
-		{Id: "b.0.2", JobId: "b", Index: 0, State: agentv1.TaskState_TASK_STATE_FINISHED, Placed: ts(0), Started: ts(2 * time.Second), Ended: ts(6 * time.Second)},
-		{Id: "b.1.1", JobId: "b", Index: 1, State: agentv1.TaskState_TASK_STATE_FAILED, Reason: "NonZeroExit", Placed: ts(0), Started: ts(time.Second), Ended: ts(3 * time.Second)},
-		{Id: "s.0.1", JobId: "s", State: agentv1.TaskState_TASK_STATE_LOST, Reason: "AgentLost", Placed: ts(0), Started: ts(time.Second), Ended: ts(25 * time.Second)},
-		{Id: "s.1.1", JobId: "s", Index: 1, State: agentv1.TaskState_TASK_STATE_LOST, Placed: ts(0), Ended: ts(30 * time.Second)},
+		{Id: "b.0.1", JobId: "b", Index: 0, AgentId: "i-1", State: agentv1.TaskState_TASK_STATE_FINISHED, Placed: ts(0), Started: ts(1 * s), Ended: ts(5 * s)},
+		{Id: "b.0.2", JobId: "b", Index: 0, AgentId: "i-2", State: agentv1.TaskState_TASK_STATE_FINISHED, Placed: ts(40 * s), Started: ts(42 * s), Ended: ts(46 * s)},
+		{Id: "b.1.1", JobId: "b", Index: 1, AgentId: "i-1", State: agentv1.TaskState_TASK_STATE_FAILED, Reason: "NonZeroExit", Placed: ts(40 * s), Started: ts(41 * s), Ended: ts(43 * s)},
+		{Id: "b.2.1", JobId: "b", Index: 2, AgentId: "i-1", State: agentv1.TaskState_TASK_STATE_LOST, Reason: "AgentLost", Placed: ts(20 * s), Started: ts(21 * s), Ended: ts(40 * s)},
+		{Id: "s.0.1", JobId: "s", AgentId: "i-1", State: agentv1.TaskState_TASK_STATE_LOST, Reason: "AgentLost", Placed: ts(35 * s), Started: ts(36 * s), Ended: ts(55 * s)},
+		{Id: "s.1.1", JobId: "s", Index: 1, State: agentv1.TaskState_TASK_STATE_LOST, Placed: ts(35 * s), Ended: ts(60 * s)},
+		{Id: "s.2.1", JobId: "s", Index: 2, AgentId: "i-2", State: agentv1.TaskState_TASK_STATE_FAILED, Reason: "NetworkSetupFailed", Placed: ts(35 * s), Started: ts(36 * s), Ended: ts(56 * s)},
 	} {
 		o.tasks[tk.Id] = tk
 	}
 	o.seenOn["s.0.1"] = map[string]bool{"i-1": true, "i-2": true}
-	r := &report{start: start, faults: []fault{{kind: "partition", injected: 20 * time.Second, healed: 30 * time.Second}}}
+	r := &report{baselineStart: t0, start: t0.Add(30 * s), faults: []fault{
+		{kind: "agent-kill", host: "i-1", injected: 0, healed: 5 * s},
+		{kind: "partition", host: "i-1", hold: agentTTL + 4*s, injected: 20 * s, healed: 34 * s},
+	}}
+	r.faults[0].injected = time.Millisecond // injected at once
 	build(o, l, r)
-	if r.launched != 4 || r.ended != 5 || r.platformTasks != 1 || r.apiOK != 3 || r.apiTotal != 4 {
-		t.Errorf("launched %d ended %d platform %d api %d/%d; want 4 5 1 3/4", r.launched, r.ended, r.platformTasks, r.apiOK, r.apiTotal)
+	if r.launched != 6 || r.ended != 7 || r.platformTasks != 3 || r.apiOK != 3 || r.apiTotal != 4 || r.elTotal != 1 {
+		t.Errorf("launched %d ended %d platform %d api %d/%d (elections %d); want 6 7 3 3/4 (1)", r.launched, r.ended, r.platformTasks, r.apiOK, r.apiTotal, r.elTotal)
 	}
-	if diff := cmp.Diff(map[string]int{"TASK_STATE_LOST AgentLost (after partition +20s)": 1}, r.platform); diff != "" {
+	if len(r.base) != 2 || len(r.latencies) != 4 {
+		t.Errorf("latencies: %d in the baseline, %d under faults; want 2 and 4", len(r.base), len(r.latencies))
+	}
+	if diff := cmp.Diff(map[string]int{
+		"TASK_STATE_LOST AgentLost (after agent-kill +0s)": 1,
+		"TASK_STATE_LOST AgentLost (after partition +20s)": 1,
+		"TASK_STATE_FAILED NetworkSetupFailed (no fault)":  1,
+	}, r.platform); diff != "" {
 		t.Errorf("platform reasons (-want +got):\n%s", diff)
+	}
+	type cost struct {
+		Kind                      string
+		Exposed, Failed, ByDesign int
+	}
+	var costs []cost
+	for _, c := range r.costs {
+		costs = append(costs, cost{c.kind, c.exposed, c.failed, c.byDesign})
+	}
+	if diff := cmp.Diff([]cost{{"agent-kill", 2, 1, 0}, {"partition", 1, 1, 1}}, costs); diff != "" {
+		t.Errorf("per fault (-want +got):\n%s", diff)
+	}
+	if r.unexplained != 1 {
+		t.Errorf("%d platform failures no fault explains, want 1", r.unexplained)
 	}
 	wantTwice := []string{"batch slot b.0 completed 2 times", "s.0.1 on 2 hosts"}
 	if diff := cmp.Diff(wantTwice, r.twice); diff != "" {
@@ -52,20 +87,33 @@ func TestReportCountsAndObjectives(t *testing.T) {
 		t.Errorf("lost without a reason (-want +got):\n%s", diff)
 	}
 	r.leaks = map[string][]string{"netns": {"i-1/t1"}, "mounts": nil}
-	r.check(objectives{launchP99: 500 * time.Millisecond, platformShare: 0.1, availability: 0.99})
-	for _, want := range []string{"launch latency p99 2s > 500ms", "platform-failed share 20.0% > 10.0%", "API availability 75.00% < 99.00%",
+	r.check(objectives{launchMultiple: 1.5, platformShare: 0.1, availability: 0.99})
+	for _, want := range []string{"launch latency p99 under faults 2s > 1.5 × the fault-free p99 1s",
+		"agent-kill +0s: 1 of 2 exposed tasks failed by the platform (50.0%) > 10.0%",
+		"no fault to explain it: 1 of 7 ended (14.3%) > 10.0%", "API availability outside leader elections 75.00% < 99.00%",
 		"tasks launched twice: 2", "without a reason: 1", "leaked netns: 1"} {
 		if !strings.Contains(strings.Join(r.missed, "\n"), want) {
 			t.Errorf("missed objectives %q lack %q", r.missed, want)
 		}
 	}
-	if len(r.missed) != 6 {
-		t.Errorf("%d objectives missed, want 6: %q", len(r.missed), r.missed)
+	if len(r.missed) != 7 {
+		t.Errorf("%d objectives missed, want 7: %q", len(r.missed), r.missed)
+	}
+	var out strings.Builder
+	r.print(&out)
+	if !strings.Contains(out.String(), "i-1                  0 of 1 (0.0%) + 1 lost with the host by design") {
+		t.Errorf("the report does not show the partition's loss by design:\n%s", out.String())
 	}
 
-	clean := &report{launched: 3, ended: 3, latencies: []time.Duration{time.Second}, apiOK: 2, apiTotal: 2, leaks: map[string][]string{"netns": nil}}
-	clean.check(objectives{launchP99: 30 * time.Second, platformShare: 0.25, availability: 0.99})
+	clean := &report{launched: 3, ended: 3, base: []time.Duration{time.Second}, latencies: []time.Duration{5 * time.Second},
+		costs: []faultCost{{fault: fault{kind: "leader-kill"}, exposed: 20}}, apiOK: 2, apiTotal: 2, leaks: map[string][]string{"netns": nil}}
+	clean.check(objectives{launchMultiple: 10, platformShare: 0.1, availability: 0.99})
 	if len(clean.missed) != 0 {
 		t.Errorf("a clean run missed %q", clean.missed)
+	}
+	noBase := &report{launched: 1, latencies: []time.Duration{time.Second}}
+	noBase.check(objectives{launchMultiple: 10, platformShare: 0.1, availability: 0.99})
+	if diff := cmp.Diff([]string{"no launch in the fault-free baseline to compare the launch latency with"}, noBase.missed); diff != "" {
+		t.Errorf("a run without a baseline (-want +got):\n%s", diff)
 	}
 }
