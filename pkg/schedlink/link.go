@@ -241,7 +241,8 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 	}
 	views := tasks.List()
 	reg := &schedv1.Register{InstanceId: cfg.InstanceID, InstanceType: cfg.InstanceType, Az: cfg.AZ, Labels: cfg.Labels,
-		Capacity: capacityProto(cfg.Capacity), Attributes: attributesProto(cfg.Attributes), Network: networkProto(cfg.Network)}
+		Capacity: capacityProto(cfg.Capacity), Attributes: attributesProto(cfg.Attributes), Network: networkProto(cfg.Network),
+		Unhealthy: cfg.Health != nil && !cfg.Health()}
 	for i := range views {
 		reg.Tasks = append(reg.Tasks, statusOf(&views[i]))
 	}

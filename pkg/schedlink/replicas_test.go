@@ -22,6 +22,7 @@ type replica struct {
 	leader     bool
 	calls      atomic.Int32
 	registered chan struct{}
+	reg        atomic.Pointer[schedv1.Register] // the last registration
 }
 
 func (r *replica) Connect(stream schedv1.Scheduler_ConnectServer) error {
@@ -29,9 +30,11 @@ func (r *replica) Connect(stream schedv1.Scheduler_ConnectServer) error {
 	if !r.leader {
 		return status.Error(codes.Unavailable, "this scheduler is a standby; the leader is elsewhere")
 	}
-	if _, err := stream.Recv(); err != nil {
+	m, err := stream.Recv()
+	if err != nil {
 		return err
 	}
+	r.reg.Store(m.GetRegister())
 	if err := stream.Send(&schedv1.SchedulerMessage{Msg: &schedv1.SchedulerMessage_Registered{Registered: &schedv1.Registered{AgentId: "a", HeartbeatIntervalMs: 60_000}}}); err != nil {
 		return err
 	}

@@ -3826,9 +3826,14 @@ type Register struct {
 	Capacity     *Capacity              `protobuf:"bytes,4,opt,name=capacity,proto3" json:"capacity,omitempty"`
 	Labels       map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Every task the agent knows, so both sides reconcile.
-	Tasks         []*TaskStatus   `protobuf:"bytes,6,rep,name=tasks,proto3" json:"tasks,omitempty"`
-	Attributes    *HostAttributes `protobuf:"bytes,7,opt,name=attributes,proto3" json:"attributes,omitempty"`
-	Network       *NetworkUsage   `protobuf:"bytes,8,opt,name=network,proto3" json:"network,omitempty"`
+	Tasks      []*TaskStatus   `protobuf:"bytes,6,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	Attributes *HostAttributes `protobuf:"bytes,7,opt,name=attributes,proto3" json:"attributes,omitempty"`
+	Network    *NetworkUsage   `protobuf:"bytes,8,opt,name=network,proto3" json:"network,omitempty"`
+	// The agent's health as it (re)connects, as its heartbeats say it: a
+	// host that comes back unhealthy (its state disk full, say) takes no
+	// task before a heartbeat says it is healthy. Unset is healthy, as
+	// agents that predate the field register.
+	Unhealthy     bool `protobuf:"varint,9,opt,name=unhealthy,proto3" json:"unhealthy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3917,6 +3922,13 @@ func (x *Register) GetNetwork() *NetworkUsage {
 		return x.Network
 	}
 	return nil
+}
+
+func (x *Register) GetUnhealthy() bool {
+	if x != nil {
+		return x.Unhealthy
+	}
+	return false
 }
 
 type Heartbeat struct {
@@ -5146,7 +5158,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x12\x1b\n" +
 	"\texit_code\x18\x05 \x01(\x05R\bexitCode\x122\n" +
 	"\x06health\x18\x06 \x01(\v2\x1a.titus.agent.v1.TaskHealthR\x06health\x12\x0e\n" +
-	"\x02ip\x18\a \x01(\tR\x02ip\"\xcd\x03\n" +
+	"\x02ip\x18\a \x01(\tR\x02ip\"\xeb\x03\n" +
 	"\bRegister\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12#\n" +
@@ -5158,7 +5170,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"attributes\x18\a \x01(\v2\".titus.scheduler.v1.HostAttributesR\n" +
 	"attributes\x12:\n" +
-	"\anetwork\x18\b \x01(\v2 .titus.scheduler.v1.NetworkUsageR\anetwork\x1a9\n" +
+	"\anetwork\x18\b \x01(\v2 .titus.scheduler.v1.NetworkUsageR\anetwork\x12\x1c\n" +
+	"\tunhealthy\x18\t \x01(\bR\tunhealthy\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc9\x01\n" +

@@ -143,7 +143,9 @@ func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *a
 	a.capacity, a.enis, a.ipsPerENI = reg.Capacity.Resources, reg.Capacity.ENIs, reg.Capacity.IPsPerENI
 	a.net = agentNet{cooldown: reg.Capacity.IPReuseCooldown, cooling: a.net.cooling}
 	a.setAttributes(reg.Attributes)
-	a.sess, a.lost, a.healthy, a.lastSeen = sess, false, true, now
+	// Healthy as the agent says it is: one that reconnects with its disk
+	// full took tasks it could only fail until its first heartbeat.
+	a.sess, a.lost, a.healthy, a.lastSeen = sess, false, !reg.Unhealthy, now
 	sess.send(Message{Registered: &Registered{AgentID: a.id, HeartbeatInterval: c.opts.HeartbeatInterval}})
 
 	reported := make(map[string]bool, len(reg.Tasks))

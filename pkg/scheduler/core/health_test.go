@@ -108,3 +108,24 @@ func TestUnhealthyBatchTaskKept(t *testing.T) {
 		t.Fatalf("health not shown: %+v", got.Health)
 	}
 }
+
+// An agent that registers unhealthy (it came back with its state disk
+// full, say) takes no task until a heartbeat says it is healthy: it used
+// to be taken as healthy at registration, and the tasks placed on it
+// before its first heartbeat failed.
+func TestAgentRegisteringUnhealthyTakesNoTask(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	sess := newSession()
+	ts.mu.Lock()
+	sess.agent = ts.register(model.Registration{InstanceID: "a1", AZ: "az-1", Unhealthy: true,
+		Capacity: model.Capacity{Resources: model.Resources{CPU: 4000, Mem: 65536}}}, sess, time.Now())
+	ts.mu.Unlock()
+	ts.submit(testSpec(&model.BatchJob{Size: 1}, 100))
+	if placed := ts.place(); len(placed) != 0 {
+		t.Fatalf("placed %v on an agent that registered unhealthy", placed)
+	}
+	ts.Heartbeat(sess, true, nil)
+	if placed := ts.place(); len(placed) != 1 {
+		t.Fatalf("placed %v once the agent is healthy, want one task", placed)
+	}
+}

@@ -71,6 +71,9 @@ type Registration struct {
 	Attributes   HostAttributes
 	Network      *NetworkUsage
 	Tasks        []TaskStatus
+	// Unhealthy: the agent registers unhealthy (no placements until a
+	// heartbeat says it is healthy).
+	Unhealthy bool
 	// Peer is where the stream comes from (for logs and errors).
 	Peer string
 }

@@ -115,5 +115,6 @@ func RegistrationFromProto(p *schedv1.Register) model.Registration {
 		InstanceID: p.GetInstanceId(), InstanceType: p.GetInstanceType(), AZ: p.GetAz(),
 		Capacity: CapacityFromProto(p.GetCapacity()), Labels: p.GetLabels(), Tasks: TaskStatusesFromProto(p.GetTasks()),
 		Attributes: AttributesFromProto(p.GetAttributes()), Network: NetworkUsageFromProto(p.GetNetwork()),
+		Unhealthy: p.GetUnhealthy(),
 	}
 }
