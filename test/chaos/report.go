@@ -52,6 +52,7 @@ type report struct {
 	base, latencies []time.Duration // placed→running, before and during the faults
 	platform        map[string]int  // reason and fault → tasks
 	platformTasks   int
+	platformEach    []string    // each platform failure: task, host, when, reason, message
 	costs           []faultCost // per fault injected
 	unexplained     int         // platform failures no fault explains
 	userEnded       map[string]int
@@ -214,7 +215,10 @@ func build(o *observer, l *load, r *report) {
 			after = fmt.Sprintf("(after %s +%s)", c.kind, c.injected.Round(time.Second))
 		}
 		r.platform[t.State.String()+" "+t.Reason+" "+after]++
+		r.platformEach = append(r.platformEach, fmt.Sprintf("%s on %s ended +%s %s %s: %s", id, t.AgentId,
+			endedAt(t).Sub(r.start).Round(100*time.Millisecond), t.State, t.Reason, t.Message))
 	}
+	sort.Strings(r.platformEach)
 	for id, hosts := range o.seenOn {
 		if len(hosts) > 1 {
 			r.twice = append(r.twice, fmt.Sprintf("%s on %d hosts", id, len(hosts)))
@@ -240,25 +244,29 @@ func (r *report) exposes(f fault, t *schedv1.Task) bool {
 }
 
 // explain names the fault (an index into r.costs) a platform failure of
-// t most likely follows: the last one injected before t ended and healed
-// at most agentTTL+30s before it, on t's host for a fault of one host;
-// -1 if none.
+// t most likely follows: of those injected before t ended and healed at
+// most agentTTL+30s before it, the last one on t's host, else the last
+// one of the whole fleet; -1 if none.
 func (r *report) explain(t *schedv1.Task) int {
 	end := endedAt(t)
 	if r.start.IsZero() || end.IsZero() {
 		return -1
 	}
+	fleet := -1
 	for i := len(r.costs) - 1; i >= 0; i-- {
 		f := r.costs[i].fault
 		w := r.window(f)
 		if end.Before(w.from) || end.After(w.to.Add(agentTTL+30*time.Second)) {
 			continue
 		}
-		if !f.onHost() || t.AgentId == f.host {
+		switch {
+		case f.onHost() && t.AgentId == f.host:
 			return i
+		case !f.onHost() && fleet < 0:
+			fleet = i
 		}
 	}
-	return -1
+	return fleet
 }
 
 // check fills r.missed with every objective the run missed.
@@ -326,6 +334,9 @@ func (r *report) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "failed/lost for a platform reason: %d of %d ended (%.1f%%)\n", r.platformTasks, r.ended, share)
 	printCounts(w, "  ", r.platform)
+	for _, e := range r.platformEach[:min(len(r.platformEach), 40)] {
+		fmt.Fprintf(w, "    %s\n", e)
+	}
 	fmt.Fprintf(w, "failed/lost for a platform reason, per fault (of the tasks it exposed):\n")
 	for _, c := range r.costs {
 		design := ""

@@ -42,6 +42,7 @@ func TestReportCountsAndObjectives(t *testing.T) {
 		{Id: "s.0.1", JobId: "s", AgentId: "i-1", State: agentv1.TaskState_TASK_STATE_LOST, Reason: "AgentLost", Placed: ts(35 * s), Started: ts(36 * s), Ended: ts(55 * s)},
 		{Id: "s.1.1", JobId: "s", Index: 1, State: agentv1.TaskState_TASK_STATE_LOST, Placed: ts(35 * s), Ended: ts(60 * s)},
 		{Id: "s.2.1", JobId: "s", Index: 2, AgentId: "i-2", State: agentv1.TaskState_TASK_STATE_FAILED, Reason: "NetworkSetupFailed", Placed: ts(35 * s), Started: ts(36 * s), Ended: ts(56 * s)},
+		{Id: "s.3.1", JobId: "s", Index: 3, AgentId: "i-2", State: agentv1.TaskState_TASK_STATE_FAILED, Reason: "PlatformError", Placed: ts(10 * s), Started: ts(11 * s), Ended: ts(20 * s)},
 	} {
 		o.tasks[tk.Id] = tk
 	}
@@ -49,19 +50,21 @@ func TestReportCountsAndObjectives(t *testing.T) {
 	r := &report{baselineStart: t0, start: t0.Add(30 * s), faults: []fault{
 		{kind: "agent-kill", host: "i-1", injected: 0, healed: 5 * s},
 		{kind: "partition", host: "i-1", hold: agentTTL + 4*s, injected: 20 * s, healed: 34 * s},
+		{kind: "leader-kill", injected: 21 * s, healed: 26 * s}, // later, but of the fleet: the partition explains s.0.1
 	}}
 	r.faults[0].injected = time.Millisecond // injected at once
 	build(o, l, r)
-	if r.launched != 6 || r.ended != 7 || r.platformTasks != 3 || r.apiOK != 3 || r.apiTotal != 4 || r.elTotal != 1 {
-		t.Errorf("launched %d ended %d platform %d api %d/%d (elections %d); want 6 7 3 3/4 (1)", r.launched, r.ended, r.platformTasks, r.apiOK, r.apiTotal, r.elTotal)
+	if r.launched != 7 || r.ended != 8 || r.platformTasks != 4 || r.apiOK != 3 || r.apiTotal != 4 || r.elTotal != 1 {
+		t.Errorf("launched %d ended %d platform %d api %d/%d (elections %d); want 7 8 4 3/4 (1)", r.launched, r.ended, r.platformTasks, r.apiOK, r.apiTotal, r.elTotal)
 	}
-	if len(r.base) != 2 || len(r.latencies) != 4 {
-		t.Errorf("latencies: %d in the baseline, %d under faults; want 2 and 4", len(r.base), len(r.latencies))
+	if len(r.base) != 3 || len(r.latencies) != 4 {
+		t.Errorf("latencies: %d in the baseline, %d under faults; want 3 and 4", len(r.base), len(r.latencies))
 	}
 	if diff := cmp.Diff(map[string]int{
-		"TASK_STATE_LOST AgentLost (after agent-kill +0s)": 1,
-		"TASK_STATE_LOST AgentLost (after partition +20s)": 1,
-		"TASK_STATE_FAILED NetworkSetupFailed (no fault)":  1,
+		"TASK_STATE_LOST AgentLost (after agent-kill +0s)":              1,
+		"TASK_STATE_LOST AgentLost (after partition +20s)":              1,
+		"TASK_STATE_FAILED NetworkSetupFailed (after leader-kill +21s)": 1,
+		"TASK_STATE_FAILED PlatformError (no fault)":                    1,
 	}, r.platform); diff != "" {
 		t.Errorf("platform reasons (-want +got):\n%s", diff)
 	}
@@ -73,7 +76,7 @@ func TestReportCountsAndObjectives(t *testing.T) {
 	for _, c := range r.costs {
 		costs = append(costs, cost{c.kind, c.exposed, c.failed, c.byDesign})
 	}
-	if diff := cmp.Diff([]cost{{"agent-kill", 2, 1, 0}, {"partition", 1, 1, 1}}, costs); diff != "" {
+	if diff := cmp.Diff([]cost{{"agent-kill", 2, 1, 0}, {"partition", 1, 1, 1}, {"leader-kill", 3, 1, 0}}, costs); diff != "" {
 		t.Errorf("per fault (-want +got):\n%s", diff)
 	}
 	if r.unexplained != 1 {
@@ -90,14 +93,15 @@ func TestReportCountsAndObjectives(t *testing.T) {
 	r.check(objectives{launchMultiple: 1.5, platformShare: 0.1, availability: 0.99})
 	for _, want := range []string{"launch latency p99 under faults 2s > 1.5 × the fault-free p99 1s",
 		"agent-kill +0s: 1 of 2 exposed tasks failed by the platform (50.0%) > 10.0%",
-		"no fault to explain it: 1 of 7 ended (14.3%) > 10.0%", "API availability outside leader elections 75.00% < 99.00%",
+		"leader-kill +21s: 1 of 3 exposed tasks failed by the platform (33.3%) > 10.0%",
+		"no fault to explain it: 1 of 8 ended (12.5%) > 10.0%", "API availability outside leader elections 75.00% < 99.00%",
 		"tasks launched twice: 2", "without a reason: 1", "leaked netns: 1"} {
 		if !strings.Contains(strings.Join(r.missed, "\n"), want) {
 			t.Errorf("missed objectives %q lack %q", r.missed, want)
 		}
 	}
-	if len(r.missed) != 7 {
-		t.Errorf("%d objectives missed, want 7: %q", len(r.missed), r.missed)
+	if len(r.missed) != 8 {
+		t.Errorf("%d objectives missed, want 8: %q", len(r.missed), r.missed)
 	}
 	var out strings.Builder
 	r.print(&out)
