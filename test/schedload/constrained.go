@@ -46,7 +46,7 @@ func runConstrained(ctx context.Context, api schedv1.SchedulerClient, s *schedul
 		Preferences: []*schedv1.Preference{{Constraint: softConstraint, Weight: 10}}, ZoneBalance: schedv1.ZoneBalance_ZONE_BALANCE_HARD}
 	var jobs []string
 	base := s.Stats().Placed
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	for left := o.Tasks; left > 0; left -= 1000 {
 		n := min(left, 1000)
 		resp, err := api.SubmitJob(ctx, &schedv1.SubmitJobRequest{Spec: &schedv1.JobSpec{
@@ -63,7 +63,7 @@ func runConstrained(ctx context.Context, api schedv1.SchedulerClient, s *schedul
 	if err := waitFor(ctx, func() bool { return s.Stats().Placed-base >= int64(o.Tasks) }); err != nil {
 		return rep, fmt.Errorf("constrained: placed %d of %d: %w", s.Stats().Placed-base, o.Tasks, err)
 	}
-	rep.PlaceDuration = time.Since(start)
+	rep.PlaceDuration, rep.PlaceCPU = time.Since(start), processCPU()-cpu0
 	rep.Placed = int(s.Stats().Placed - base)
 	rep.PlacementsPerSec = float64(rep.Placed) / rep.PlaceDuration.Seconds()
 	if err := placedAll(); err != nil {

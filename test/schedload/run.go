@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -55,6 +56,10 @@ type Report struct {
 	Placed             int
 	PlaceDuration      time.Duration
 	PlacementsPerSec   float64
+	// PlaceCPU is the CPU time the whole process (scheduler, etcd and the
+	// simulated agents) used while placing: on a shared machine the rate
+	// per CPU second moves less with other load than the rate per second.
+	PlaceCPU           time.Duration
 	SubmitToLaunchP50  time.Duration
 	SubmitToLaunchP99  time.Duration
 	HeartbeatsPerSec   float64
@@ -76,6 +81,7 @@ type ConstrainedReport struct {
 	Tasks, Placed    int
 	PlaceDuration    time.Duration
 	PlacementsPerSec float64
+	PlaceCPU         time.Duration
 	// Constraints are the placement of every job of the run.
 	Constraints string
 	// Checked: every task on a host matching the hard constraint, each
@@ -103,6 +109,11 @@ func (r Report) Print(w io.Writer) {
 			cr = fmt.Sprintf("%.2fx of unconstrained", c.PlacementsPerSec/r.PlacementsPerSec)
 		}
 		fmt.Fprintf(tw, "constrained placements/s\t%.0f (%d in %s)\t>= 10000 and >= 0.7x; %s\n", c.PlacementsPerSec, c.Placed, c.PlaceDuration.Round(time.Millisecond), cr)
+		if r.PlaceCPU > 0 && c.PlaceCPU > 0 {
+			u, k := float64(r.Placed)/r.PlaceCPU.Seconds(), float64(c.Placed)/c.PlaceCPU.Seconds()
+			fmt.Fprintf(tw, "  placements per CPU second (process)\t%.0f unconstrained, %.0f constrained\t%.2fx; CPU %s / %s of %s / %s wall\n",
+				u, k, k/u, r.PlaceCPU.Round(time.Millisecond), c.PlaceCPU.Round(time.Millisecond), r.PlaceDuration.Round(time.Millisecond), c.PlaceDuration.Round(time.Millisecond))
+		}
 		fmt.Fprintf(tw, "  every job's placement\t%s\t\n", c.Constraints)
 		fmt.Fprintf(tw, "  honoured (hard + zone balance) / on preferred hosts\t%v / %.0f%%\thalf the fleet is preferred\n", c.Checked, 100*c.Preferred)
 	}
@@ -255,7 +266,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	if err := prof.start("unconstrained"); err != nil {
 		return rep, err
 	}
-	start := time.Now()
+	start, cpu0 := time.Now(), processCPU()
 	base := s.Stats().Placed
 	for left := o.Tasks; left > 0; left -= 1000 {
 		n := min(left, 1000)
@@ -274,7 +285,7 @@ func Run(ctx context.Context, o Options) (Report, error) {
 	if err := waitFor(ctx, func() bool { return s.Stats().Placed-base >= int64(o.Tasks) }); err != nil {
 		return rep, wrap(fmt.Errorf("placed %d of %d: %w", s.Stats().Placed-base, o.Tasks, err))
 	}
-	rep.PlaceDuration = time.Since(start)
+	rep.PlaceDuration, rep.PlaceCPU = time.Since(start), processCPU()-cpu0
 	rep.Placed = int(s.Stats().Placed - base)
 	rep.PlacementsPerSec = float64(rep.Placed) / rep.PlaceDuration.Seconds()
 	if err := prof.stop(); err != nil {
@@ -392,6 +403,15 @@ func waitFor(ctx context.Context, cond func() bool) error {
 		}
 	}
 	return nil
+}
+
+// processCPU is the user and system CPU time this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // rss is this process's resident set size.
