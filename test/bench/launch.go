@@ -239,6 +239,25 @@ func rssMiB(pid int) float64 {
 	return -1
 }
 
+// rssKinds is the RSS of pid by kind (anonymous: heap, stacks, the Go
+// runtime's; file: the binary's pages and mapped files; shmem).
+func rssKinds(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, k := range []string{"RssAnon:", "RssFile:", "RssShmem:"} {
+			if rest, ok := strings.CutPrefix(l, k); ok {
+				kb, _ := strconv.Atoi(strings.Fields(rest)[0])
+				out = append(out, fmt.Sprintf("%s %.1f MiB", strings.TrimSuffix(strings.TrimPrefix(k, "Rss"), ":"), float64(kb)/1024))
+			}
+		}
+	}
+	return strings.Join(out, ", ")
+}
+
 func benchLaunch(tb *testenv.Standalone, n, concurrent int) {
 	ctx := context.Background()
 	ctd := testenv.StartContainerd(tb)
@@ -265,7 +284,12 @@ func benchLaunch(tb *testenv.Standalone, n, concurrent int) {
 	if err != nil {
 		tb.Fatalf("image: %v", err)
 	}
-	a := testenv.StartAgent(tb, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host}, Config: "logLevel: " + agentLogLevel + "\n"})
+	var prof *profiler
+	if profileDir != "" {
+		prof = &profiler{name: "launch", addr: freeLoopbackAddr()}
+	}
+	a := testenv.StartAgent(tb, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host},
+		Config: "logLevel: " + agentLogLevel + "\n" + debugConfig(prof.address())})
 	if agentLogLevel == "debug" {
 		defer func() {
 			fmt.Fprintln(os.Stderr, "agent log:", a.Proc.LogPath)
@@ -316,6 +340,13 @@ func benchLaunch(tb *testenv.Standalone, n, concurrent int) {
 	}
 	rss := rssMiB(a.Pid())
 	running := countRunning(ctx, a)
+	if prof != nil {
+		// What the loaded RSS is made of: the heap profile, and the
+		// kernel's view of the mappings.
+		fetchTo(filepath.Join(profileDir, "launch-heap.pprof"), "http://"+prof.addr+"/debug/pprof/heap", 30*time.Second)
+		copyFile(fmt.Sprintf("/proc/%d/smaps", a.Pid()), filepath.Join(profileDir, "launch-smaps"))
+		fmt.Printf("loaded agent's heap and smaps in %s\n", profileDir)
+	}
 	fmt.Printf("\n== launch latency, %d sequential launches each (same image, same run)\n", n)
 	fmt.Printf("%-34s %10s %10s\n", "", "p50", "p99")
 	fmt.Printf("%-34s %10s %10s\n", "bare containerd create+start", ms(bare.pct(0.5)), ms(bare.pct(0.99)))
@@ -327,6 +358,7 @@ func benchLaunch(tb *testenv.Standalone, n, concurrent int) {
 	fmt.Printf("%-34s %10.1f MiB\n", "idle (after warm-up)", idleRSS)
 	fmt.Printf("%-34s %10.1f MiB   (target < 60 MiB)\n", fmt.Sprintf("with %d running tasks", running), rss)
 	fmt.Printf("%-34s %10s\n", "ratio loaded / idle", ratioF(rss, idleRSS))
+	fmt.Printf("%-34s %s\n", "loaded RSS by kind", rssKinds(a.Pid()))
 	killAll(ctx, a, agentIDs)
 	waitTornDown(ctx, c, agentNamespace)
 
