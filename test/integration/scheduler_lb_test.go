@@ -37,6 +37,7 @@ type lbBed struct {
 	image string
 	// proxy, when the bed has one, stands between the scheduler and moto.
 	proxy *testenv.FaultProxy
+	reg   *testenv.Registry
 }
 
 func newLBBed(t *testing.T) *lbBed { return newLBBedProxied(t, false) }
@@ -77,6 +78,7 @@ func newLBBedProxied(t *testing.T, proxied bool) *lbBed {
 	}
 	b.start(endpoint, "scheduler-1")
 	reg := testenv.StartRegistry(t)
+	b.reg = reg
 	b.image = testenv.PushBusybox(t, reg, "busybox", "latest")
 	b.agent = startLinkedAgent(t, testenv.StartContainerd(t), reg, b.sched, "host-lb", "us-east-1a")
 	waitUntil(t, "agent registered", 30*time.Second, func() (bool, string) {
@@ -309,3 +311,56 @@ func TestSchedulerLoadBalancer(t *testing.T) {
 
 // elbEndpoint is moto's endpoint, as the client was built with.
 func (b *lbBed) elbEndpoint() string { return aws.ToString(b.elb.Options().BaseEndpoint) }
+
+// TestSchedulerLoadBalancerRefusesBadInput: the real scheduler, with
+// moto's ELBv2, refuses at submit (and at update) with the field named:
+// a well-formed ARN of a target group that does not exist, a port outside
+// 1-65535, a health check with a 0 interval, a budget over 100%. Nothing
+// is created, and a refused update leaves the job's revision alone.
+func TestSchedulerLoadBalancerRefusesBadInput(t *testing.T) {
+	begin(t)
+	b := newLBBed(t)
+	missing := "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/nope/0123456789abcdef"
+	good := b.jobFile("1")
+	budget := strings.Replace(good, "  update: {", "  disruptionBudget: {maxUnavailable: \"150%\"}\n  update: {", 1)
+	cases := []struct{ name, file, field, rule string }{
+		{"unknown target group", strings.Replace(good, b.tg, missing, 1), "service.target_groups[0].arn", "no target group " + missing},
+		{"port outside", strings.Replace(good, ", port: 8080}]", ", port: 70000}]", 1), "service.target_groups[0].port", "between 1 and 65535"},
+		{"0 interval", strings.Replace(good, "interval: 1s", "interval: 0s", 1), "task.health_check.interval", "must be between"},
+		{"percent over 100", budget, "service.disruption_budget.max_unavailable", "at most 100%"},
+	}
+	for i, c := range cases {
+		if c.file == good {
+			t.Fatalf("%s: the job file was not changed", c.name)
+		}
+		f := filepath.Join(b.sched.dir, fmt.Sprintf("bad-%d.yaml", i))
+		if err := os.WriteFile(f, []byte(c.file), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := b.sched.cli("job", "submit", "-f", f)
+		if err == nil || !strings.Contains(out, c.field+": ") || !strings.Contains(out, c.rule) {
+			t.Errorf("%s: submit: %v\n%s\nwant refused naming %s (%s)", c.name, err, out, c.field, c.rule)
+		}
+	}
+	if out, _ := b.sched.cli("job", "ls"); strings.Contains(out, " it ") {
+		t.Errorf("a refused job was created:\n%s", out)
+	}
+	job := b.sched.submit(good)
+	f := filepath.Join(b.sched.dir, "bad-update.yaml")
+	if err := os.WriteFile(f, []byte(strings.Replace(b.jobFile("2"), b.tg, missing, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := b.sched.cli("job", "update", job, "-f", f); err == nil || !strings.Contains(out, "service.target_groups[0].arn: no target group") {
+		t.Errorf("update to an unknown group: %v\n%s", err, out)
+	}
+	if rev := b.sched.jobJSON(job)["revision"]; fmt.Sprint(rev) != "1" {
+		t.Errorf("revision %v after a refused update, want 1", rev)
+	}
+	if out, err := b.sched.cli("job", "kill", job); err != nil {
+		t.Fatalf("job kill: %v\n%s", err, out)
+	}
+	waitUntil(t, "group empty, tasks gone", 60*time.Second, func() (bool, string) {
+		reg, err := b.registered()
+		return err == nil && len(reg) == 0 && len(running(b.agent)) == 0, fmt.Sprintf("group %v, running %v, err %v", reg, running(b.agent), err)
+	})
+}

@@ -87,6 +87,9 @@ func (c *Core) SubmitKeyed(ctx context.Context, s Submission) (jobID string, exi
 	if err := c.checkTargetGroupsConfigured(spec); err != nil {
 		return "", false, err
 	}
+	if err := c.checkTargetGroupsExist(ctx, spec.TargetGroups()); err != nil {
+		return "", false, err
+	}
 	if s.Key != "" {
 		if err := CheckIdempotencyKey(s.Key); err != nil {
 			return "", false, err

@@ -2,11 +2,16 @@ package core
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"maps"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/containerd/errdefs"
 
 	"github.com/titus-agent/titus-agent/pkg/backoff"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
@@ -73,6 +78,45 @@ type LoadBalancers interface {
 	// DeregistrationDelay is how long the group keeps a deregistered
 	// target draining (deregistration_delay.timeout_seconds).
 	DeregistrationDelay(ctx context.Context, arn string) (time.Duration, error)
+	// TargetType is the group's target type (ip, instance, lambda, alb);
+	// an error wrapping ErrNoTargetGroup when there is no such group.
+	TargetType(ctx context.Context, arn string) (string, error)
+}
+
+// ErrNoTargetGroup: the load balancer API has no target group of that ARN.
+var ErrNoTargetGroup = errors.New("no such target group")
+
+// checkTargetGroupsExist refuses a job naming a target group the load
+// balancer API does not know, or one whose targets are not IPs (a task
+// can only join a group as its IP). It calls the API: callers do not
+// hold c.mu. A group the scheduler cannot read (permissions, an outage)
+// is refused too, saying so, rather than accepted into a job that would
+// never join it.
+func (c *Core) checkTargetGroupsExist(ctx context.Context, tgs []model.TargetGroup) error {
+	if !c.targetsOn() || len(tgs) == 0 {
+		return nil
+	}
+	ck := &task.Checker{}
+	var failed error
+	for i, tg := range tgs {
+		f := "service.target_groups[" + strconv.Itoa(i) + "].arn"
+		typ, err := c.lbAPI().TargetType(ctx, tg.ARN)
+		switch {
+		case errors.Is(err, ErrNoTargetGroup):
+			ck.Failf(f, "no target group %s in the load balancer API (check its region and account)", tg.ARN)
+		case err != nil:
+			failed = errors.Join(failed, fmt.Errorf("checking target group %s: %w", tg.ARN, err))
+		case typ != "ip":
+			ck.Failf(f, "target group %s has target type %q: a task joins as its IP, so the group's target type must be ip", tg.ARN, typ)
+		}
+	}
+	if fs := ck.Fields(); len(fs) > 0 {
+		return &ValidationError{Fields: fs}
+	}
+	if failed != nil {
+		return fmt.Errorf("%w: the scheduler could not read the job's target groups (it needs elasticloadbalancing:DescribeTargetGroups): %w", errdefs.ErrUnavailable, failed)
+	}
+	return nil
 }
 
 // Defaults of the load balancer settings (Config.MaxDeregistrationWait,
@@ -461,6 +505,15 @@ func (c counted) Register(ctx context.Context, arn string, ts []Target) error {
 
 func (c counted) Deregister(ctx context.Context, arn string, ts []Target) error {
 	return c.count("deregister", c.LoadBalancers.Deregister(ctx, arn, ts))
+}
+
+func (c counted) TargetType(ctx context.Context, arn string) (string, error) {
+	t, err := c.LoadBalancers.TargetType(ctx, arn)
+	if errors.Is(err, ErrNoTargetGroup) {
+		c.count("describe_group", nil) // the call worked
+		return t, err
+	}
+	return t, c.count("describe_group", err)
 }
 
 func (c counted) Targets(ctx context.Context, arn string) ([]TargetHealth, error) {

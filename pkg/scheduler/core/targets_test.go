@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -34,6 +35,8 @@ type fakeLB struct {
 	// sick: what the load balancer's health checks say of these targets
 	// while registered (others are healthy).
 	sick map[Target]TargetHealth
+	// types are the groups' target types (ip when not set).
+	types map[string]string
 }
 
 func newFakeLB(arns ...string) *fakeLB {
@@ -103,6 +106,18 @@ func (f *fakeLB) Targets(_ context.Context, arn string) ([]TargetHealth, error) 
 
 func (f *fakeLB) DeregistrationDelay(context.Context, string) (time.Duration, error) {
 	return f.delay, nil
+}
+
+func (f *fakeLB) TargetType(_ context.Context, arn string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.groups[arn]; !ok {
+		return "", ErrNoTargetGroup
+	}
+	if t := f.types[arn]; t != "" {
+		return t, nil
+	}
+	return "ip", nil
 }
 
 // registered lists a group's targets that are not draining.
@@ -815,4 +830,52 @@ func TestDrainSaysWhatItWaitsFor(t *testing.T) {
 	if got := why(); !strings.HasPrefix(got, budget+"a replacement of task "+other) && !strings.HasPrefix(got, "waiting for a replacement of task "+other) {
 		t.Errorf("after the first move: %q, want the second move's wait", got)
 	}
+}
+
+// TestTargetGroupsMustExist: a job naming a target group the load
+// balancer API does not know, or one whose targets are not IPs, is
+// refused at submit and at update with the field named; a group the
+// scheduler cannot read is refused as Unavailable, saying why.
+func TestTargetGroupsMustExist(t *testing.T) {
+	h := newLBHarness(t, 1, Config{})
+	missing := "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/nope/0123456789abcdef"
+	h.lb.mu.Lock()
+	h.lb.types = map[string]string{tgB: "instance"}
+	h.lb.mu.Unlock()
+	for name, tc := range map[string]struct {
+		tgs   []model.TargetGroup
+		field string
+		rule  string
+	}{
+		"unknown":  {[]model.TargetGroup{{ARN: tgA, Port: 80}, {ARN: missing, Port: 80}}, "service.target_groups[1].arn", "no target group " + missing},
+		"instance": {[]model.TargetGroup{{ARN: tgB, Port: 80}}, "service.target_groups[0].arn", `has target type "instance"`},
+	} {
+		spec := testSpec(&model.ServiceJob{Max: 1, Desired: 1, TargetGroups: tc.tgs}, 100)
+		_, err := h.Submit(h.ctx, spec)
+		var ve *ValidationError
+		if !errors.As(err, &ve) || len(ve.Fields) != 1 || ve.Fields[0].Field != tc.field || !strings.Contains(ve.Fields[0].Rule, tc.rule) {
+			t.Errorf("%s: submit: %v, want %s: …%s…", name, err, tc.field, tc.rule)
+		}
+		upd := h.testScheduler.job(h.job).Spec.Clone()
+		upd.Service.TargetGroups = tc.tgs
+		_, err = h.UpdateJob(h.ctx, h.job, upd)
+		if !errors.As(err, &ve) || ve.Fields[0].Field != tc.field {
+			t.Errorf("%s: update: %v, want %s", name, err, tc.field)
+		}
+	}
+	if j := h.testScheduler.job(h.job); j.Revision != 1 {
+		t.Errorf("a refused update made revision %d", j.Revision)
+	}
+	h.opts.LoadBalancers = deniedLB{h.lb}
+	spec := testSpec(&model.ServiceJob{Max: 1, Desired: 1, TargetGroups: []model.TargetGroup{{ARN: tgA, Port: 80}}}, 100)
+	if _, err := h.Submit(h.ctx, spec); !errdefs.IsUnavailable(err) || !strings.Contains(err.Error(), "AccessDenied") || !strings.Contains(err.Error(), "DescribeTargetGroups") {
+		t.Errorf("unreadable group: %v, want Unavailable naming the API's error and the permission", err)
+	}
+}
+
+// deniedLB is a load balancer API the scheduler may not read groups of.
+type deniedLB struct{ *fakeLB }
+
+func (deniedLB) TargetType(context.Context, string) (string, error) {
+	return "", errors.New("AccessDenied: User is not authorized to perform: elasticloadbalancing:DescribeTargetGroups")
 }

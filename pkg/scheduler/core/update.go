@@ -28,6 +28,11 @@ const (
 // application, capacity group) must be empty or unchanged; sizes are kept.
 // A spec whose task template is unchanged updates the policies only.
 func (c *Core) UpdateJob(ctx context.Context, id string, spec model.JobSpec) (*model.Job, error) {
+	if s := spec.Service; s != nil {
+		if err := c.checkTargetGroupsExist(ctx, s.TargetGroups); err != nil {
+			return nil, err
+		}
+	}
 	return c.changeJob(ctx, id, func(rec *model.Job, now time.Time) error {
 		ck := &task.Checker{}
 		same := func(field, got, want string) {

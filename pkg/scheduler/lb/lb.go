@@ -29,6 +29,7 @@ type API interface {
 	DeregisterTargets(ctx context.Context, in *elbv2.DeregisterTargetsInput, opts ...func(*elbv2.Options)) (*elbv2.DeregisterTargetsOutput, error)
 	DescribeTargetHealth(ctx context.Context, in *elbv2.DescribeTargetHealthInput, opts ...func(*elbv2.Options)) (*elbv2.DescribeTargetHealthOutput, error)
 	DescribeTargetGroupAttributes(ctx context.Context, in *elbv2.DescribeTargetGroupAttributesInput, opts ...func(*elbv2.Options)) (*elbv2.DescribeTargetGroupAttributesOutput, error)
+	DescribeTargetGroups(ctx context.Context, in *elbv2.DescribeTargetGroupsInput, opts ...func(*elbv2.Options)) (*elbv2.DescribeTargetGroupsOutput, error)
 }
 
 // maxBatch is the most targets per Register/DeregisterTargets call.
@@ -146,6 +147,26 @@ func (l *LoadBalancers) DeregistrationDelay(ctx context.Context, arn string) (ti
 		}
 	}
 	return DefaultDeregistrationDelay, nil
+}
+
+// TargetType implements core.LoadBalancers: the group's target type, or
+// core.ErrNoTargetGroup.
+func (l *LoadBalancers) TargetType(ctx context.Context, arn string) (string, error) {
+	out, err := l.api.DescribeTargetGroups(ctx, &elbv2.DescribeTargetGroupsInput{TargetGroupArns: []string{arn}})
+	var nf *types.TargetGroupNotFoundException
+	var ae smithy.APIError
+	if errors.As(err, &nf) || (errors.As(err, &ae) && ae.ErrorCode() == "TargetGroupNotFound") {
+		return "", fmt.Errorf("%s: %w", arn, core.ErrNoTargetGroup)
+	}
+	if err != nil {
+		return "", fmt.Errorf("describe target group %s: %w", arn, err)
+	}
+	for _, g := range out.TargetGroups {
+		if aws.ToString(g.TargetGroupArn) == arn {
+			return string(g.TargetType), nil
+		}
+	}
+	return "", fmt.Errorf("%s: %w", arn, core.ErrNoTargetGroup)
 }
 
 // DefaultDeregistrationDelay is ELBv2's default deregistration delay.

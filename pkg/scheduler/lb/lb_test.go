@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,6 +28,7 @@ type fakeAPI struct {
 	registered map[string]bool
 	health     []types.TargetHealthDescription
 	attrs      []types.TargetGroupAttribute
+	groups     map[string]types.TargetTypeEnum
 	err        error
 }
 
@@ -74,7 +76,44 @@ func (f *fakeAPI) DescribeTargetGroupAttributes(_ context.Context, in *elbv2.Des
 	return &elbv2.DescribeTargetGroupAttributesOutput{Attributes: f.attrs}, f.err
 }
 
+func (f *fakeAPI) DescribeTargetGroups(_ context.Context, in *elbv2.DescribeTargetGroupsInput, _ ...func(*elbv2.Options)) (*elbv2.DescribeTargetGroupsOutput, error) {
+	f.calls = append(f.calls, "groups "+strings.Join(in.TargetGroupArns, ","))
+	if f.err != nil {
+		return nil, f.err
+	}
+	var out []types.TargetGroup
+	for _, arn := range in.TargetGroupArns {
+		if typ, ok := f.groups[arn]; ok {
+			out = append(out, types.TargetGroup{TargetGroupArn: aws.String(arn), TargetType: typ})
+		} else {
+			return nil, &types.TargetGroupNotFoundException{Message: aws.String("One or more target groups not found")}
+		}
+	}
+	return &elbv2.DescribeTargetGroupsOutput{TargetGroups: out}, nil
+}
+
 const tg = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef"
+
+func TestTargetType(t *testing.T) {
+	inst := "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/inst/0123456789abcdef"
+	gone := "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/gone/0123456789abcdef"
+	f := &fakeAPI{groups: map[string]types.TargetTypeEnum{tg: types.TargetTypeEnumIp, inst: types.TargetTypeEnumInstance}}
+	l := New(f)
+	ctx := context.Background()
+	if typ, err := l.TargetType(ctx, tg); err != nil || typ != "ip" {
+		t.Errorf("ip group: %q, %v", typ, err)
+	}
+	if typ, err := l.TargetType(ctx, inst); err != nil || typ != "instance" {
+		t.Errorf("instance group: %q, %v", typ, err)
+	}
+	if _, err := l.TargetType(ctx, gone); !errors.Is(err, core.ErrNoTargetGroup) {
+		t.Errorf("missing group: %v, want ErrNoTargetGroup", err)
+	}
+	f.err = errors.New("AccessDenied")
+	if _, err := l.TargetType(ctx, tg); err == nil || errors.Is(err, core.ErrNoTargetGroup) {
+		t.Errorf("denied: %v, want the API's error", err)
+	}
+}
 
 func TestRegisterDeregister(t *testing.T) {
 	a := core.Target{IP: "198.18.0.10", Port: 8080}
