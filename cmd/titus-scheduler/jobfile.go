@@ -79,20 +79,38 @@ func checkNode(n *yaml3.Node, md protoreflect.MessageDescriptor, path string) er
 		}
 		return at(n, cmpOr(path, "(top)"), "must be a mapping of fields")
 	}
+	seen := map[protoreflect.FieldNumber]string{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
+		written := k.Value
+		if canon, ok := fieldAliases[md.FullName()][k.Value]; ok {
+			k.Value = canon // for protojson, which knows the proto's names only
+		}
 		fd := md.Fields().ByJSONName(k.Value)
 		if fd == nil {
 			fd = md.Fields().ByName(protoreflect.Name(k.Value))
 		}
 		if fd == nil {
-			return at(k, join(path, k.Value), "unknown field %q", k.Value)
+			return at(k, join(path, written), "unknown field %q", written)
 		}
-		if err := checkValue(v, fd, join(path, k.Value)); err != nil {
+		if prev, ok := seen[fd.Number()]; ok {
+			return at(k, join(path, written), "the same field as %s: give one of them", prev)
+		}
+		seen[fd.Number()] = written
+		if err := checkValue(v, fd, join(path, written)); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// fieldAliases are other names a job file may give fields, by message:
+// the spelling of the issue that asked for load balancers
+// (loadBalancers: [{targetGroupArn, port}]) beside the API's
+// (targetGroups: [{arn, port}]).
+var fieldAliases = map[protoreflect.FullName]map[string]string{
+	"titus.scheduler.v1.ServiceJob":  {"loadBalancers": "targetGroups", "load_balancers": "targetGroups"},
+	"titus.scheduler.v1.TargetGroup": {"targetGroupArn": "arn", "target_group_arn": "arn"},
 }
 
 func checkValue(v *yaml3.Node, fd protoreflect.FieldDescriptor, path string) error {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -112,5 +113,36 @@ task:
 	}
 	if got.GetService().GetUnhealthyReplaceAfterSeconds() != 30 {
 		t.Fatalf("service %v", got.GetService())
+	}
+}
+
+// TestParseJobFileLoadBalancersSpelling: a service's target groups may be
+// written as loadBalancers: [{targetGroupArn, port}]; both spellings of
+// one field at once are refused at the second's line.
+func TestParseJobFileLoadBalancersSpelling(t *testing.T) {
+	arn := "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/web/0123456789abcdef"
+	got, err := parseJobFile("job.yaml", []byte(`service:
+  desired: 1
+  loadBalancers: [{targetGroupArn: "`+arn+`", port: 8080}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &schedv1.JobSpec{Kind: &schedv1.JobSpec_Service{Service: &schedv1.ServiceJob{Desired: 1,
+		TargetGroups: []*schedv1.TargetGroup{{Arn: arn, Port: 8080}}}}}
+	if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+		t.Fatalf("spec (-want +got):\n%s", diff)
+	}
+	for _, bad := range []string{
+		"service:\n  targetGroups: []\n  loadBalancers: []\n",
+		"service:\n  loadBalancers: [{arn: x, targetGroupArn: y}]\n",
+	} {
+		_, err := parseJobFile("job.yaml", []byte(bad))
+		if err == nil || !strings.Contains(err.Error(), "the same field as") {
+			t.Errorf("%q: %v, want refused", bad, err)
+		}
+	}
+	if _, err := parseJobFile("job.yaml", []byte("service:\n  loadBalancer: []\n")); err == nil || !strings.Contains(err.Error(), `service.loadBalancer: unknown field "loadBalancer"`) {
+		t.Errorf("a misspelling: %v", err)
 	}
 }
