@@ -593,3 +593,40 @@ func TestRolloutDeadlineSurvivesANewLeader(t *testing.T) {
 		t.Fatalf("65 s after the update, across a failover: revision %d rollout %+v", j.Revision, j.Rollout)
 	}
 }
+
+// TestBudgetAndStrategyDefaults: a service job's disruption budget is 10%
+// of desired by default, never below 1; the update strategy defaults to
+// one surge task when maxUnavailable is unset, none when it is set, and
+// maxUnavailable to the budget.
+func TestBudgetAndStrategyDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		budget, surge, unavail string
+		desired                int
+		wantBudget             int
+		wantSurge, wantUnavail int
+	}{
+		{"", "", "", 6, 1, 1, 1},
+		{"", "", "", 30, 3, 1, 3},
+		{"", "", "", 0, 1, 1, 1},
+		{"25%", "", "", 10, 2, 1, 2},
+		{"2", "", "", 10, 2, 1, 2},
+		{"100%", "", "", 7, 7, 1, 7},
+		{"", "", "1", 30, 3, 0, 1},
+		{"", "50%", "0", 3, 1, 2, 0},
+	} {
+		s := &model.ServiceJob{}
+		if tc.budget != "" {
+			s.Budget = &model.DisruptionBudget{MaxUnavailable: tc.budget}
+		}
+		if tc.surge != "" || tc.unavail != "" {
+			s.Update = &model.UpdateStrategy{MaxSurge: tc.surge, MaxUnavailable: tc.unavail}
+		}
+		surge, unavail, deadline, failures := s.Strategy(tc.desired)
+		if b := s.BudgetOf(tc.desired); b != tc.wantBudget || surge != tc.wantSurge || unavail != tc.wantUnavail {
+			t.Errorf("%+v: budget %d surge %d unavailable %d, want %d %d %d", tc, b, surge, unavail, tc.wantBudget, tc.wantSurge, tc.wantUnavail)
+		}
+		if deadline != model.DefaultProgressDeadline || failures != model.DefaultMaxFailures {
+			t.Errorf("%+v: deadline %v failures %d, want the defaults", tc, deadline, failures)
+		}
+	}
+}
