@@ -24,6 +24,7 @@ type FaultProxy struct {
 	seen     map[string]int
 	params   map[string][]url.Values // action → parameters of calls forwarded
 	rewrite  map[string]func([]byte) []byte
+	denied   map[string]string // action → error code answered instead
 }
 
 // maxRecorded bounds the parameters kept per action.
@@ -67,6 +68,13 @@ func StartFaultProxy(t TB, upstream string) *FaultProxy {
 		body, _ := io.ReadAll(r.Body)
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		action := actionOf(r, body)
+		if code := f.deniedCode(action); code != "" {
+			w.Header().Set("Content-Type", "text/xml")
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?>
+<ErrorResponse><Error><Type>Sender</Type><Code>%s</Code><Message>User: arn:aws:iam::123456789012:user/fault-proxy is not authorized to perform: %s</Message></Error><RequestId>fault-proxy</RequestId></ErrorResponse>`, code, action)
+			return
+		}
 		if f.shouldFail(action) {
 			w.Header().Set("Content-Type", "text/xml")
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -159,6 +167,27 @@ func (f *FaultProxy) shouldFail(action string) bool {
 		return true
 	}
 	return false
+}
+
+// Deny answers every call of action with HTTP 403 and error code (as
+// AccessDenied, for a caller IAM does not allow); code "" stops it.
+func (f *FaultProxy) Deny(action, code string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.denied == nil {
+		f.denied = map[string]string{}
+	}
+	if code == "" {
+		delete(f.denied, action)
+		return
+	}
+	f.denied[action] = code
+}
+
+func (f *FaultProxy) deniedCode(action string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.denied[action]
 }
 
 // Injected returns how many calls of action were throttled ("" = all).
