@@ -566,8 +566,7 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 			switch msg := m.GetMsg().(type) {
 			case *schedv1.AgentMessage_Heartbeat:
 				tasks := wire.TaskStatusesFromProto(msg.Heartbeat.GetTasks())
-				s.core.Heartbeat(sess, msg.Heartbeat.GetHealthy(), tasks)
-				s.core.ReportNetwork(sess, wire.NetworkUsageFromProto(msg.Heartbeat.GetNetwork()), tasks)
+				s.core.Heartbeat(sess, msg.Heartbeat.GetHealthy(), tasks, wire.NetworkUsageFromProto(msg.Heartbeat.GetNetwork()))
 			case *schedv1.AgentMessage_Updates:
 				s.core.Updates(sess, wire.TaskStatusesFromProto(msg.Updates.GetTasks()))
 			case *schedv1.AgentMessage_ExecOutput:

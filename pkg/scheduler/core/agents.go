@@ -170,9 +170,10 @@ func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *a
 	return a
 }
 
-// Heartbeat applies an agent's heartbeat: its health and task states.
-func (c *Core) Heartbeat(sess *Session, healthy bool, tasks []model.TaskStatus) {
-	c.update(sess, &healthy, tasks)
+// Heartbeat applies an agent's heartbeat: its health, task states and, if
+// it sent one, its ENI use (made knowing the tasks listed), under one lock.
+func (c *Core) Heartbeat(sess *Session, healthy bool, tasks []model.TaskStatus, network *model.NetworkUsage) {
+	c.update(sess, &healthy, tasks, network)
 }
 
 // ReportNetwork takes the ENI use an agent reports with its heartbeat,
@@ -189,9 +190,9 @@ func (c *Core) ReportNetwork(sess *Session, u *model.NetworkUsage, listed []mode
 }
 
 // Updates applies task state changes an agent reports.
-func (c *Core) Updates(sess *Session, tasks []model.TaskStatus) { c.update(sess, nil, tasks) }
+func (c *Core) Updates(sess *Session, tasks []model.TaskStatus) { c.update(sess, nil, tasks, nil) }
 
-func (c *Core) update(sess *Session, healthy *bool, tasks []model.TaskStatus) {
+func (c *Core) update(sess *Session, healthy *bool, tasks []model.TaskStatus, network *model.NetworkUsage) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -207,6 +208,7 @@ func (c *Core) update(sess *Session, healthy *bool, tasks []model.TaskStatus) {
 	for _, st := range tasks {
 		c.applyStatus(a, st, now)
 	}
+	a.setReport(network, tasks)
 }
 
 // Agents lists every agent known, by id.

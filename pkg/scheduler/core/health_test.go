@@ -124,7 +124,7 @@ func TestAgentRegisteringUnhealthyTakesNoTask(t *testing.T) {
 	if placed := ts.place(); len(placed) != 0 {
 		t.Fatalf("placed %v on an agent that registered unhealthy", placed)
 	}
-	ts.Heartbeat(sess, true, nil)
+	ts.Heartbeat(sess, true, nil, nil)
 	if placed := ts.place(); len(placed) != 1 {
 		t.Fatalf("placed %v once the agent is healthy, want one task", placed)
 	}

@@ -93,7 +93,7 @@ func TestPlacementHostListsFollowTheFleet(t *testing.T) {
 			}, want: []string{"second@b"}},
 		{name: "agent unhealthy", pl: prefer, first: 1,
 			event: func(ts *testScheduler, sess map[string]*Session, ids []string) {
-				ts.Heartbeat(sess["a"], false, nil)
+				ts.Heartbeat(sess["a"], false, nil, nil)
 			}, want: []string{"second@b"}},
 		{name: "a host found full in one round has room in the next", pl: gold, first: 2,
 			// a takes one 6000m task; the first job's second task finds

@@ -73,7 +73,7 @@ func TestSecondSessionIsRefused(t *testing.T) {
 		t.Errorf("refused sessions = %d, want 1", got)
 	}
 	// The live agent's stream still works.
-	ts.Heartbeat(live, true, nil)
+	ts.Heartbeat(live, true, nil, nil)
 	ts.mu.Lock()
 	a := ts.agents["i-1"]
 	if a.sess != live || a.lost {
