@@ -118,6 +118,7 @@ func (r *Runtime) RemoveImage(ctx context.Context, name string, keep func(ImageI
 	ctx = r.ctx(ctx)
 	r.pulls.mu.Lock()
 	defer r.pulls.mu.Unlock()
+	defer r.images.forget(name)
 	m, err := r.client.ImageService().Get(ctx, name)
 	if err != nil {
 		if errdefs.IsNotFound(err) {

@@ -68,10 +68,20 @@ func (r *Runtime) image(img Image) (client.Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("image %q is not resolved (digest %q): %w", img.Name, img.Digest, err)
 	}
-	return client.NewImage(r.client, images.Image{
-		Name:   img.Name,
-		Target: ocispec.Descriptor{MediaType: img.MediaType, Digest: dgst, Size: img.Size},
+	return r.images.get(img, func() client.Image {
+		return client.NewImage(r.client, images.Image{
+			Name:   img.Name,
+			Target: ocispec.Descriptor{MediaType: img.MediaType, Digest: dgst, Size: img.Size},
+		})
 	}), nil
+}
+
+// cached is the runtime's cached image for img (see imageCache), for
+// reading its content; img's own metadata (labels) stays img's.
+func (r *Runtime) cached(img client.Image) client.Image {
+	t := img.Target()
+	return r.images.get(Image{Name: img.Name(), Digest: t.Digest.String(), MediaType: t.MediaType, Size: t.Size},
+		func() client.Image { return img })
 }
 
 // notFoundIsImage marks a not-found error met while using a resolved image
@@ -137,7 +147,7 @@ func staleLastUsed(labels map[string]string, now time.Time) bool {
 func (r *Runtime) fetch(ctx context.Context, named reference.Named) (client.Image, error) {
 	name := named.String()
 	if img, err := r.local(ctx, named); err == nil {
-		ok, err := img.IsUnpacked(ctx, r.cfg.Snapshotter)
+		ok, err := r.cached(img).IsUnpacked(ctx, r.cfg.Snapshotter)
 		if err == nil && ok {
 			return img, nil
 		}

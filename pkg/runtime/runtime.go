@@ -18,6 +18,7 @@ type Runtime struct {
 	oom      *oomWatcher
 	units    unitStopper // systemd driver: stops task slices
 	pulls    pulls       // under way, kept from RemoveImage
+	images   imageCache  // what launches read of resolved images
 	// execs are this process's live exec sessions (SweepExecSessions).
 	execs liveExecs
 
