@@ -100,7 +100,7 @@ func openListeners(v6 bool) (ls []net.Listener, err error) {
 	}
 	ls = append(ls, l6)
 	if err := awaitReachable(l6.Addr().String(), 3*time.Second); err != nil {
-		return ls, err
+		return ls, fmt.Errorf("%s: %w", l6.Addr(), err)
 	}
 	return ls, nil
 }
@@ -111,15 +111,42 @@ func openListeners(v6 bool) (ls []net.Listener, err error) {
 // retransmit), even without DAD. The probe connection is closed at once;
 // the server reads an empty request from it later and drops it.
 func awaitReachable(addr string, limit time.Duration) error {
+	return probeUntil(limit, func(timeout time.Duration) error {
+		c, err := net.DialTimeout("tcp", addr, timeout)
+		if err != nil {
+			return err
+		}
+		return c.Close()
+	})
+}
+
+// Probe pacing: a loopback connection is made at once or its SYN was
+// dropped (the kernel resends it only after a second), so an attempt
+// waits briefly and the next one sends a new SYN. The wait doubles from
+// probeFirstWait up to probeMaxWait, so that a loaded host is not taken
+// for an unreachable address. (A fixed 100 ms wait made the metadata
+// listener, and so every launch with metadata, about 100 ms slower each
+// time the first SYN was lost.)
+const (
+	probeFirstWait = 5 * time.Millisecond
+	probeMaxWait   = 100 * time.Millisecond
+	probePause     = time.Millisecond
+)
+
+// probeUntil calls try, with the attempt's timeout, until it succeeds or
+// limit has passed.
+func probeUntil(limit time.Duration, try func(timeout time.Duration) error) error {
 	deadline := time.Now().Add(limit)
+	wait := probeFirstWait
 	for {
-		c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		err := try(wait)
 		if err == nil {
-			return c.Close()
+			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not reachable from its netns after %s: %w", addr, limit, err)
+			return fmt.Errorf("not reachable from its netns after %s: %w", limit, err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		wait = min(2*wait, probeMaxWait)
+		time.Sleep(probePause)
 	}
 }
