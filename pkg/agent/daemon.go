@@ -190,6 +190,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		Store:        store,
 		Runtime:      rt,
 		Stages:       w.stages,
+		Needs:        hookNeeds,
 		RestoreHooks: w.restore,
 		Poststart:    w.poststart,
 		Reconcilers:  w.reconcilers,

@@ -55,9 +55,12 @@ type RecordRestorer interface {
 
 // ManagerConfig wires a Manager.
 type ManagerConfig struct {
-	Store        *Store
-	Runtime      managerRuntime
-	Stages       [][]taskrunner.PrestartHook
+	Store   *Store
+	Runtime managerRuntime
+	Stages  [][]taskrunner.PrestartHook
+	// Needs: the hooks of earlier stages a hook waits for, instead of all
+	// of them (taskrunner.Config.Needs).
+	Needs        map[string][]string
 	RestoreHooks []taskrunner.RestoreHook
 	// Poststart hooks run beside a running task (health checks).
 	Poststart   []taskrunner.PoststartHook
@@ -118,6 +121,7 @@ func NewManager(agentCtx context.Context, cfg ManagerConfig) *Manager {
 func (m *Manager) runnerConfig() taskrunner.Config {
 	return taskrunner.Config{
 		Stages:  m.cfg.Stages,
+		Needs:   m.cfg.Needs,
 		Runtime: m.cfg.Runtime,
 		Store:   m.cfg.Store,
 		Notify:  m.bus.publish,
@@ -152,15 +156,25 @@ func (m *Manager) Launch(ctx context.Context, spec *task.Spec) (task.View, error
 	if err != nil {
 		return task.View{}, fmt.Errorf("record task: %w", err)
 	}
-	m.bus.publish(task.Event{TaskID: s.ID, Status: rec.Status})
+	// Both transitions, in order, as if written one by one.
+	accepted := rec.Status
+	accepted.State, accepted.Reason = task.Accepted, task.ReasonAccepted
+	accepted.Transitions = slices.Clone(rec.Status.Transitions[:1])
+	m.bus.publish(task.Event{TaskID: s.ID, Status: accepted})
+	preparing := rec.Status
+	preparing.Transitions = slices.Clone(rec.Status.Transitions)
+	m.bus.publish(task.Event{TaskID: s.ID, Status: preparing})
 	r := taskrunner.New(m.runnerConfig(), rec)
 	m.runners[s.ID] = r
 	go r.Run(m.agentCtx)
 	return r.View(), nil
 }
 
-// reserve makes the Accepted record of a new task and holds its id, its
-// place under MaxTasks and its GPUs (pending) until Launch has saved it.
+// reserve makes the record of a new task and holds its id, its place
+// under MaxTasks and its GPUs (pending) until Launch has saved it. The
+// record is Accepted and Preparing at once: one write records the intent
+// and that its hooks may act (a launch cut short by a crash from then on
+// is resumed once, taskrunner.Record.Resumable), instead of two.
 func (m *Manager) reserve(s *task.Spec) (*taskrunner.Record, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -172,7 +186,11 @@ func (m *Manager) reserve(s *task.Spec) (*taskrunner.Record, error) {
 		return nil, fmt.Errorf("%w (%d)", ErrTooManyTasks, m.cfg.MaxTasks)
 	}
 	rec := &taskrunner.Record{Spec: *s}
-	if _, err := rec.Status.Advance(task.Accepted, task.ReasonAccepted, "", time.Now()); err != nil {
+	now := time.Now()
+	if _, err := rec.Status.Advance(task.Accepted, task.ReasonAccepted, "", now); err != nil {
+		return nil, err
+	}
+	if _, err := rec.Status.Advance(task.Preparing, task.ReasonNone, "", now); err != nil {
 		return nil, err
 	}
 	// Under m.mu, and pending until saved: no other launch sees these

@@ -426,3 +426,80 @@ func TestLaunchRecordsOutsideTheManagerLock(t *testing.T) {
 		t.Errorf("records on disk: %d, want 2", len(recs))
 	}
 }
+
+// A launch is recorded Accepted and Preparing in one write, before any
+// hook acts: the hook finds the record on disk, its runner writes no
+// Preparing of its own, and watchers get both transitions, in order.
+func TestLaunchRecordsAcceptedAndPreparingInOneWrite(t *testing.T) {
+	store, err := OpenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	seen := make(chan []task.State, 1)
+	hook := &onDiskHook{store: store, seen: seen}
+	rt := &fakeRuntime{exits: map[string]chan runtime.ExitStatus{"a": make(chan runtime.ExitStatus, 1)}}
+	m := NewManager(ctx, ManagerConfig{Store: store, Runtime: rt, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Stages: [][]taskrunner.PrestartHook{{hook}, {&countingHook{}}}})
+	events := m.Subscribe(ctx)
+	before := store.rounds.Load()
+	v, err := m.Launch(ctx, &task.Spec{ID: "a", OwnerEmail: "a@example.com", Image: "img"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Status.State != task.Preparing {
+		t.Errorf("launched task is %s, want Preparing", v.Status.State)
+	}
+	var onDisk []task.State
+	select {
+	case onDisk = <-seen:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the hook never ran")
+	}
+	if diff := cmp.Diff([]task.State{task.Accepted, task.Preparing}, onDisk); diff != "" {
+		t.Errorf("on disk when the first hook ran (-want +got):\n%s", diff)
+	}
+	var got []task.State
+	for len(got) < 3 {
+		select {
+		case ev := <-events:
+			got = append(got, ev.Status.State)
+			if n := len(ev.Status.Transitions); n == 0 || ev.Status.Transitions[n-1].State != ev.Status.State {
+				t.Errorf("event %s carries transitions %v", ev.Status.State, ev.Status.Transitions)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("events so far %v", got)
+		}
+	}
+	if diff := cmp.Diff([]task.State{task.Accepted, task.Preparing, task.Starting}, got); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+	// Accepted+Preparing, Starting, Running: no write of Preparing alone.
+	waitFor(t, func() bool { v, _ := m.Get("a"); return v.Status.State == task.Running })
+	if n := store.rounds.Load() - before; n > 3 {
+		t.Errorf("%d writes up to Running, want at most 3 (Preparing, Starting, Running)", n)
+	}
+}
+
+// onDiskHook notes the states of its task's record on disk when it runs.
+type onDiskHook struct {
+	store *Store
+	seen  chan []task.State
+}
+
+func (h *onDiskHook) Name() string { return "ondisk" }
+func (h *onDiskHook) Prestart(ctx context.Context, req *taskrunner.PrestartRequest, resp *taskrunner.PrestartResponse) error {
+	recs, _ := h.store.Load()
+	var states []task.State
+	for _, r := range recs {
+		if r.Spec.ID == req.Spec.ID {
+			for _, tr := range r.Status.Transitions {
+				states = append(states, tr.State)
+			}
+		}
+	}
+	h.seen <- states
+	return nil
+}

@@ -21,6 +21,9 @@ import (
 //	stage 1: image ∥ host paths ∥ network ∥ secrets ∥ role credentials (prefetch)
 //	stage 2: disk ∥ metadata ∥ bandwidth (they need the image or the netns)
 //	stage 3: container create + start
+//
+// Stage 2 is no barrier: each of its hooks starts once what it reads is
+// there (hookNeeds), so the disk is made while the network is set up.
 func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime, m *metrics.Agent) (*wiring, error) {
 	w := &wiring{}
 	first := []taskrunner.PrestartHook{&taskrunner.ImageHook{Puller: rt}}
@@ -95,6 +98,14 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 	}
 	w.stages = append(w.stages, []taskrunner.PrestartHook{container})
 	return w, nil
+}
+
+// hookNeeds says which hooks of stage 1 each hook of stage 2 reads from;
+// it starts when they are done, not after all of stage 1.
+var hookNeeds = map[string][]string{
+	"disk":      {"image"},   // the image's layers under the task's root
+	"metadata":  {"network"}, // its listener in the task's netns
+	"bandwidth": {"network"}, // the qdiscs of the task's veth
 }
 
 // reconcileFunc adapts a function to Reconciler.

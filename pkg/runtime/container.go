@@ -103,6 +103,15 @@ func (r *Runtime) Create(ctx context.Context, cs ContainerSpec) error {
 // Start starts the container's task and returns its pid. A task that is
 // already running is left alone and its pid returned.
 func (r *Runtime) Start(ctx context.Context, id string) (uint32, error) {
+	return r.StartAfter(ctx, id, nil)
+}
+
+// StartAfter is Start calling ready, if not nil, once the task exists (its
+// shim runs and runc has created it, its process not yet running the
+// task's command) and before that process starts. An error from ready
+// stops it there: the task stays created, not started, and StartAfter
+// returns the error.
+func (r *Runtime) StartAfter(ctx context.Context, id string, ready func() error) (uint32, error) {
 	ctx = r.ctx(ctx)
 	c, err := r.load(ctx, id)
 	if err != nil {
@@ -121,18 +130,25 @@ func (r *Runtime) Start(ctx context.Context, id string) (uint32, error) {
 		if err != nil {
 			return 0, fmt.Errorf("create task %s: %w", id, err)
 		}
+		// Just created: no need to ask containerd its status.
 	case err != nil:
 		return 0, fmt.Errorf("load task %s: %w", id, err)
+	default:
+		st, err := t.Status(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("task status %s: %w", id, err)
+		}
+		switch st.Status {
+		case client.Running, client.Paused, client.Pausing:
+			return t.Pid(), nil
+		case client.Stopped:
+			return t.Pid(), fmt.Errorf("start %s: %w", id, ErrTaskAlreadyFinished)
+		}
 	}
-	st, err := t.Status(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("task status %s: %w", id, err)
-	}
-	switch st.Status {
-	case client.Running, client.Paused, client.Pausing:
-		return t.Pid(), nil
-	case client.Stopped:
-		return t.Pid(), fmt.Errorf("start %s: %w", id, ErrTaskAlreadyFinished)
+	if ready != nil {
+		if err := ready(); err != nil {
+			return 0, fmt.Errorf("start task %s: %w", id, err)
+		}
 	}
 	start := time.Now()
 	err = t.Start(ctx)

@@ -22,7 +22,7 @@ import (
 // containerRuntime is the part of the runtime the container hook uses.
 type containerRuntime interface {
 	Create(ctx context.Context, cs runtime.ContainerSpec) error
-	Start(ctx context.Context, id string) (uint32, error)
+	StartAfter(ctx context.Context, id string, ready func() error) (uint32, error)
 	Kill(ctx context.Context, id string, sig syscall.Signal) error
 	Delete(ctx context.Context, id string) error
 }
@@ -132,12 +132,27 @@ func (h *ContainerHook) Prestart(ctx context.Context, req *PrestartRequest, resp
 		return &HookError{Hook: h.Name(), Reason: reason, Err: fmt.Errorf("create: %w", err)}
 	}
 	resp.Container = true
+	// The record, written meanwhile, must be on disk before the task's
+	// process starts (PrestartRequest.Recorded).
+	var recordErr error
+	ready := func() error {
+		if req.Recorded != nil {
+			recordErr = req.Recorded()
+		}
+		return recordErr
+	}
 	var pid uint32
 	err := retryTransient(ctx, func() error {
 		var err error
-		pid, err = h.Runtime.Start(ctx, req.Spec.ID)
+		pid, err = h.Runtime.StartAfter(ctx, req.Spec.ID, ready)
+		if recordErr != nil {
+			return nil // not retried: reported below
+		}
 		return err
 	})
+	if recordErr != nil {
+		return &HookError{Hook: h.Name(), Reason: task.ReasonPlatformError, Err: fmt.Errorf("not started: the task's record could not be written: %w", recordErr)}
+	}
 	if err != nil {
 		return &HookError{Hook: h.Name(), Reason: task.ReasonStartFailed, Err: fmt.Errorf("start: %w", err)}
 	}

@@ -32,7 +32,13 @@ func (f *fakeContainers) Create(ctx context.Context, cs runtime.ContainerSpec) e
 	return nil
 }
 
-func (f *fakeContainers) Start(ctx context.Context, id string) (uint32, error) {
+func (f *fakeContainers) StartAfter(ctx context.Context, id string, ready func() error) (uint32, error) {
+	if ready != nil {
+		if err := ready(); err != nil {
+			f.rec.add("not started " + id)
+			return 0, err
+		}
+	}
 	f.rec.add("start " + id)
 	return 42, f.startErr
 }

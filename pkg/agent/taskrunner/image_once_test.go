@@ -41,7 +41,14 @@ func (f *fakeImageRuntime) Create(_ context.Context, cs runtime.ContainerSpec) e
 	return nil
 }
 
-func (f *fakeImageRuntime) Start(_ context.Context, id string) (uint32, error) { return 42, nil }
+func (f *fakeImageRuntime) StartAfter(_ context.Context, id string, ready func() error) (uint32, error) {
+	if ready != nil {
+		if err := ready(); err != nil {
+			return 0, err
+		}
+	}
+	return 42, nil
+}
 
 func (f *fakeImageRuntime) Kill(_ context.Context, id string, sig syscall.Signal) error { return nil }
 

@@ -22,11 +22,18 @@ type PrestartRequest struct {
 	Spec *task.Spec
 	// Resources holds what hooks of earlier stages produced. Read only.
 	Resources *Resources
+	// Recorded, set for the hooks of the last stage, returns once the
+	// task's record (Starting, with every resource the earlier stages
+	// made) is on disk, or why it could not be written. The container
+	// hook calls it after creating the container and before its process
+	// starts: no task runs that its record does not know.
+	Recorded func() error
 }
 
 // PrestartResponse is what one hook hands to later hooks. The runner merges
-// each non-empty field into the task's Resources and persists it before the
-// next stage, so Stop and Restore find it after an agent restart.
+// each non-empty field into the task's Resources as the hook ends, and
+// persists it before the container starts, so Stop and Restore find it
+// after an agent restart.
 type PrestartResponse struct {
 	Image     *runtime.Image
 	Network   *task.NetworkAttachment

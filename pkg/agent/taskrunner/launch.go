@@ -21,9 +21,13 @@ import (
 func (r *Runner) Run(agentCtx context.Context) {
 	defer close(r.done)
 	r.agentCtx = agentCtx
-	if err := r.advance(task.Preparing, task.ReasonNone, "", nil); err != nil {
-		r.log.Error("advance", "err", err)
-		return
+	// The manager records a new task Preparing already; a record of an
+	// older agent may be Accepted only.
+	if r.state() < task.Preparing {
+		if err := r.advance(task.Preparing, task.ReasonNone, "", nil); err != nil {
+			r.log.Error("advance", "err", err)
+			return
+		}
 	}
 	r.launch(agentCtx)
 }
@@ -71,44 +75,143 @@ func (r *Runner) launch(agentCtx context.Context) {
 	r.wait(agentCtx)
 }
 
-// prestart runs the stages in order. What a stage created is in the
-// in-memory record at once (a kill tears it down) and on disk before the
-// next stage acts, with the Starting transition when that follows, else in
-// a save of its own; after a failure it is saved before returning. What
-// the last stage created is left for the caller to persist (unsaved), with
-// the Running transition: one fsync per launch fewer.
+// prestart prepares the task and starts its container.
+//
+// The hooks of every stage but the last form a graph, not a sequence of
+// barriers: a hook that names what it needs (Config.Needs) starts as
+// soon as those hooks are done, any other one once every earlier stage
+// is done; what each hook creates is merged into the in-memory record
+// as it ends (a kill tears it down, and the hooks that need it read it).
+// None of it is written on its own: a hook must be safe to repeat, and
+// tears down by the task's id, so a crash while preparing leaves nothing
+// that the resumed launch or the teardown would not find anyway.
+//
+// The last stage starts the container. Its record (Starting, with every
+// resource made so far) is written while the container is created, and
+// the container hook waits for that write before the task's process
+// starts (PrestartRequest.Recorded): a started container always has its
+// record. What the last stage created is left for the caller to persist
+// (unsaved), with the Running transition.
 func (r *Runner) prestart(ctx context.Context) (unsaved bool, err error) {
-	for i, stage := range r.cfg.Stages {
-		switch {
-		case i == len(r.cfg.Stages)-1 && r.state() < task.Starting: // a resumed launch may be Starting already
-			if err := r.advance(task.Starting, task.ReasonNone, "", nil); err != nil {
-				return false, err
-			}
-		case unsaved:
-			if err := r.saveResources(); err != nil {
-				return false, err
-			}
+	n := len(r.cfg.Stages)
+	if n == 0 {
+		return false, nil
+	}
+	changed, err := r.prepare(ctx, r.cfg.Stages[:n-1])
+	if err != nil {
+		// Record whatever was created, even by a hook that partly
+		// failed, so teardown (now or after a restart) finds it.
+		if changed {
+			err = errors.Join(err, r.saveResources())
 		}
-		unsaved, err = r.runStage(ctx, stage)
-		if err != nil {
-			// Record whatever was created, even by a stage that partly
-			// failed, so teardown (now or after a restart) finds it.
-			if unsaved {
-				err = errors.Join(err, r.saveResources())
-			}
-			return false, err
+		return false, err
+	}
+	var write func() error
+	switch {
+	case r.state() < task.Starting:
+		at := r.cfg.Now()
+		write = func() error { return r.advanceAt(task.Starting, task.ReasonNone, "", nil, at) }
+	case changed: // a resumed launch, Starting already
+		write = r.saveResources
+	}
+	unsaved, err = r.runStage(ctx, r.cfg.Stages[n-1], recordInBackground(write))
+	if err != nil {
+		if unsaved {
+			err = errors.Join(err, r.saveResources())
 		}
+		return false, err
 	}
 	return unsaved, nil
 }
 
-// dropSecretEnv forgets the values of env secrets once the container was
-// created with them (or the launch failed): the agent holds no value longer
-// than a launch.
-func (r *Runner) dropSecretEnv() {
-	r.mu.Lock()
-	r.rec.Resources.SecretEnv = nil
-	r.mu.Unlock()
+// recordInBackground starts write at once and returns what waits for its
+// result (nil for a nil write).
+func recordInBackground(write func() error) func() error {
+	if write == nil {
+		return nil
+	}
+	done := make(chan error, 1)
+	go func() { done <- write() }()
+	var once sync.Once
+	var err error
+	return func() error {
+		once.Do(func() { err = <-done })
+		return err
+	}
+}
+
+// prepare runs the hooks of stages as a graph (see prestart): each starts
+// when what it needs is done, none after a hook failed. changed says
+// whether any hook created something to persist.
+func (r *Runner) prepare(ctx context.Context, stages [][]PrestartHook) (changed bool, _ error) {
+	type node struct {
+		hook  PrestartHook
+		needs []*node
+		done  chan struct{}
+		ok    bool
+	}
+	var all, earlier []*node
+	byName := map[string]*node{}
+	for _, stage := range stages {
+		var this []*node
+		for _, h := range stage {
+			nd := &node{hook: h, done: make(chan struct{}), needs: earlier}
+			if names, ok := r.cfg.Needs[h.Name()]; ok {
+				nd.needs = nil
+				for _, name := range names {
+					// Only hooks of earlier stages: the graph has
+					// no cycle. A need this agent does not run
+					// (no metadata service) is met.
+					if dep := byName[name]; dep != nil && slices.Contains(earlier, dep) {
+						nd.needs = append(nd.needs, dep)
+					}
+				}
+			}
+			this = append(this, nd)
+		}
+		for _, nd := range this {
+			byName[nd.hook.Name()] = nd
+		}
+		earlier = append(slices.Clip(earlier), this...)
+		all = append(all, this...)
+	}
+	var (
+		mu     sync.Mutex
+		errs   []error
+		failed bool
+	)
+	var wg sync.WaitGroup
+	for _, nd := range all {
+		wg.Go(func() {
+			defer close(nd.done)
+			// A hook that had to wait does not start after any hook
+			// failed: the launch is over.
+			for _, dep := range nd.needs {
+				<-dep.done
+				if !dep.ok {
+					return
+				}
+			}
+			mu.Lock()
+			stop := failed && len(nd.needs) > 0
+			mu.Unlock()
+			if stop {
+				return
+			}
+			c, err := r.runHook(ctx, nd.hook)
+			mu.Lock()
+			defer mu.Unlock()
+			changed = changed || c
+			if err != nil {
+				failed = true
+				errs = append(errs, err)
+				return
+			}
+			nd.ok = true
+		})
+	}
+	wg.Wait()
+	return changed, errors.Join(errs...)
 }
 
 // saveResources persists the in-memory record, which holds what the hooks
@@ -120,10 +223,58 @@ func (r *Runner) saveResources() error {
 	return nil
 }
 
-// runStage runs one stage's hooks in parallel and merges what they created
-// into the in-memory record; changed says whether there is anything to
-// persist.
-func (r *Runner) runStage(ctx context.Context, stage []PrestartHook) (changed bool, _ error) {
+// runHook runs one prestart hook on the record as it is now and merges
+// what the hook created into the in-memory record; changed says whether
+// there is anything to persist.
+func (r *Runner) runHook(ctx context.Context, h PrestartHook) (changed bool, err error) {
+	r.mu.Lock()
+	res := r.rec.Resources
+	spec := r.rec.Spec
+	r.mu.Unlock()
+	var resp PrestartResponse
+	start := r.cfg.Now()
+	err = h.Prestart(ctx, &PrestartRequest{Spec: &spec, Resources: &res}, &resp)
+	took := r.cfg.Now().Sub(start)
+	r.log.Debug("prestart hook", "hook", h.Name(), "took", took, "err", err)
+	r.merge(&resp, task.Step{Name: h.Name(), Start: start.UTC(), Took: took, Failed: err != nil})
+	return !resp.empty(), err
+}
+
+// merge adds a hook's response and steps (the runtime steps within it,
+// then its own) to the in-memory record.
+func (r *Runner) merge(resp *PrestartResponse, hookStep task.Step) {
+	steps := append(slices.Clip(resp.Steps), hookStep)
+	if r.cfg.Observe != nil {
+		for _, s := range steps {
+			if !s.Failed {
+				r.cfg.Observe(s.Name, s.Took)
+			}
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.steps = append(r.steps, steps...)
+	if !resp.empty() {
+		r.rec.Resources.merge(resp)
+	}
+}
+
+// dropSecretEnv forgets the values of env secrets once the container was
+// created with them (or the launch failed): the agent holds no value longer
+// than a launch.
+func (r *Runner) dropSecretEnv() {
+	r.mu.Lock()
+	r.rec.Resources.SecretEnv = nil
+	r.mu.Unlock()
+}
+
+// runStage runs one stage's hooks in parallel, each on the record as it
+// was before the stage, and merges what they created into the in-memory
+// record; changed says whether there is anything to persist. recorded, if
+// not nil, is handed to the hooks and waited for before runStage returns,
+// whatever the hooks did: the record it writes is then in place before
+// anything else changes it.
+func (r *Runner) runStage(ctx context.Context, stage []PrestartHook, recorded func() error) (changed bool, _ error) {
 	r.mu.Lock()
 	res := r.rec.Resources
 	spec := r.rec.Spec
@@ -133,41 +284,24 @@ func (r *Runner) runStage(ctx context.Context, stage []PrestartHook) (changed bo
 	hookSteps := make([]task.Step, len(stage))
 	var wg sync.WaitGroup
 	for i, h := range stage {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			start := r.cfg.Now()
-			errs[i] = h.Prestart(ctx, &PrestartRequest{Spec: &spec, Resources: &res}, &resps[i])
+			errs[i] = h.Prestart(ctx, &PrestartRequest{Spec: &spec, Resources: &res, Recorded: recorded}, &resps[i])
 			took := r.cfg.Now().Sub(start)
 			hookSteps[i] = task.Step{Name: h.Name(), Start: start.UTC(), Took: took, Failed: errs[i] != nil}
 			r.log.Debug("prestart hook", "hook", h.Name(), "took", took, "err", errs[i])
-		}()
+		})
 	}
 	wg.Wait()
-	// The stage's steps, the runtime steps within a hook before the hook,
-	// in the order they ended.
-	var steps []task.Step
+	if recorded != nil {
+		if err := recorded(); err != nil {
+			errs = append(errs, fmt.Errorf("record the launch: %w", err))
+		}
+	}
 	for i := range stage {
-		steps = append(steps, resps[i].Steps...)
-		steps = append(steps, hookSteps[i])
+		r.merge(&resps[i], hookSteps[i])
+		changed = changed || !resps[i].empty()
 	}
-	slices.SortStableFunc(steps, func(a, b task.Step) int { return a.End().Compare(b.End()) })
-	if r.cfg.Observe != nil {
-		for _, s := range steps {
-			if !s.Failed {
-				r.cfg.Observe(s.Name, s.Took)
-			}
-		}
-	}
-	r.mu.Lock()
-	r.steps = append(r.steps, steps...)
-	for i := range resps {
-		if !resps[i].empty() {
-			r.rec.Resources.merge(&resps[i])
-			changed = true
-		}
-	}
-	r.mu.Unlock()
 	return changed, errors.Join(errs...)
 }
 

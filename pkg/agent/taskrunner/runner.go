@@ -64,7 +64,10 @@ type Persister interface {
 type Config struct {
 	// Stages run in order; the hooks within a stage run in parallel. The
 	// task is Starting while the last stage runs (it starts the container).
+	// A hook named in Needs does not wait for every earlier stage, only
+	// for the hooks of earlier stages it names (see prestart).
 	Stages  [][]PrestartHook
+	Needs   map[string][]string
 	Runtime Waiter
 	Store   Persister
 	Notify  func(task.Event)
@@ -222,6 +225,11 @@ func (r *Runner) killRequest() *killRequest {
 // advance moves the task forward, persists, and notifies. The new state
 // becomes visible (View) only once it is on disk.
 func (r *Runner) advance(s task.State, reason task.Reason, msg string, mutate func(*Record)) error {
+	return r.advanceAt(s, reason, msg, mutate, time.Time{})
+}
+
+// advanceAt is advance with the transition's time (zero: now).
+func (r *Runner) advanceAt(s task.State, reason task.Reason, msg string, mutate func(*Record), at time.Time) error {
 	r.writeMu.Lock()
 	defer r.writeMu.Unlock()
 	r.mu.Lock()
@@ -229,11 +237,16 @@ func (r *Runner) advance(s task.State, reason task.Reason, msg string, mutate fu
 	next.Status.Transitions = slices.Clone(r.rec.Status.Transitions)
 	steps := slices.Clone(r.steps)
 	r.mu.Unlock()
+	// In the order they ended (hooks of a graph end in any order).
+	slices.SortStableFunc(steps, func(a, b task.Step) int { return a.End().Compare(b.End()) })
 	if mutate != nil {
 		mutate(&next)
 	}
+	if at.IsZero() {
+		at = r.cfg.Now()
+	}
 	n := len(next.Status.Transitions)
-	if _, err := next.Status.Advance(s, reason, msg, r.cfg.Now()); err != nil {
+	if _, err := next.Status.Advance(s, reason, msg, at); err != nil {
 		return err
 	}
 	if len(next.Status.Transitions) > n {

@@ -48,6 +48,11 @@ type fakeHook struct {
 
 func (h *fakeHook) Name() string { return h.name }
 func (h *fakeHook) Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error {
+	if h.pid != 0 && req.Recorded != nil { // it starts a process: as the container hook does
+		if err := req.Recorded(); err != nil {
+			return err
+		}
+	}
 	h.rec.add("prestart " + h.name)
 	if h.pid != 0 {
 		resp.Pid, resp.Container = h.pid, true
@@ -342,6 +347,11 @@ type envHook struct {
 
 func (h *envHook) Name() string { return h.key }
 func (h *envHook) Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error {
+	if h.key == "container" && req.Recorded != nil { // as the container hook does before the start
+		if err := req.Recorded(); err != nil {
+			return err
+		}
+	}
 	*h.seen = append(*h.seen, h.key+" sees "+h.store.lastLine())
 	resp.Env = map[string]string{h.key: "1"}
 	if h.key == "container" {
@@ -372,10 +382,12 @@ func (s *journalStore) lastLine() string {
 	return s.lines[len(s.lines)-1]
 }
 
-// Each stage's resources are on disk before the next stage acts, and the
-// launch takes one write per transition plus one per stage that is neither
-// followed by a transition nor empty.
-func TestStageResourcesPersistedBeforeNextStage(t *testing.T) {
+// A launch writes its record three times: Preparing (with Accepted, by
+// the manager), Starting with every resource the preparing hooks made,
+// on disk before the container's process starts, and Running with the
+// container. The preparing hooks read what the hooks they follow made
+// from memory, not from disk.
+func TestLaunchWritesTheRecordBeforeTheContainerStarts(t *testing.T) {
 	st := &journalStore{}
 	var seen []string
 	hooks := [][]PrestartHook{
@@ -391,7 +403,7 @@ func TestStageResourcesPersistedBeforeNextStage(t *testing.T) {
 	waitState(t, r, task.Running)
 	wantSeen := []string{
 		"image sees Preparing env=[] container=false pid=0",
-		"disk sees Preparing env=[image] container=false pid=0",
+		"disk sees Preparing env=[] container=false pid=0",
 		"container sees Starting env=[disk image] container=false pid=0",
 	}
 	if diff := cmp.Diff(wantSeen, seen); diff != "" {
@@ -402,7 +414,6 @@ func TestStageResourcesPersistedBeforeNextStage(t *testing.T) {
 	st.mu.Unlock()
 	want := []string{
 		"Preparing env=[] container=false pid=0",
-		"Preparing env=[image] container=false pid=0",
 		"Starting env=[disk image] container=false pid=0",
 		"Running env=[container disk image] container=true pid=42",
 	}
