@@ -74,6 +74,7 @@ func main() {
 		}
 	}
 	tb := &testenv.Standalone{}
+	defer testenv.RemoveBuilt() // after the cleanups: they stop what runs the binaries
 	defer tb.RunCleanups()
 	for _, name := range names {
 		if *only != "" && !slices.Contains(want, name) {

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/titus-agent/titus-agent/test/testenv"
 )
 
 var (
@@ -33,7 +35,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "the chaos soak must run as root (containerd, runc, network namespaces)")
 		os.Exit(2)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	testenv.RemoveBuilt()
+	os.Exit(code)
 }
 
 // TestChaosSoak runs the soak (see the package doc) and fails if an

@@ -83,6 +83,7 @@ func TestMain(m *testing.M) {
 	// info level through logrus; keep test output to what matters.
 	_ = log.SetLevel("warn")
 	code := m.Run()
+	testenv.RemoveBuilt()
 	fmt.Printf("INTEGRATION: %d tests ran, %d failed\n", testsRan.Load(), testsFailed.Load())
 	if code == 0 && testsRan.Load() == 0 && !listing() {
 		fmt.Fprintln(os.Stderr, "INTEGRATION: no test called begin(t); refusing to pass an empty run")

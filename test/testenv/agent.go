@@ -23,6 +23,18 @@ var (
 	buildDir string
 )
 
+// RemoveBuilt removes the binaries this process built (about 150 MB a
+// run: left behind, every run's copy stayed in the temporary directory).
+// Call it once nothing runs them any more, at the end of TestMain.
+func RemoveBuilt() {
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if buildDir != "" {
+		_ = os.RemoveAll(buildDir)
+		buildDir, built = "", map[string]string{}
+	}
+}
+
 // AgentBinary builds cmd/titus-agent once per process into a directory
 // everyone can read (tests run the CLI as an unprivileged user too), with
 // the task log driver next to it, where the agent looks for it.
