@@ -16,7 +16,8 @@ import (
 // task's IP is released only after its final state is reported, when its
 // network is torn down), the ENIs each holds, and which subnets it has
 // seen in its zone or out of it. The report lags: tasks placed since it
-// was made are not in it. So a pool's taken IPs are the larger of the
+// was made are not in it, nor are listed tasks whose network is not set
+// up yet (no IP in their status), so both count as unreported. So a pool's taken IPs are the larger of the
 // scheduler's count (its live tasks, plus released IPs still cooling by
 // its own clock) and the report's plus the live tasks the report did not
 // know (the heartbeat lists every task the agent knew when it made it).
@@ -83,9 +84,12 @@ func (a *agentState) setReport(u *model.NetworkUsage, listed []model.TaskStatus)
 			n.defGroups, n.defSubnet = s.SecurityGroups, s.SubnetID
 		}
 	}
+	// A listed task holds one of the report's IPs only once it has one:
+	// the agent lists a task it accepted before its network is set up,
+	// and that task's IP is in none of the report's counts.
 	known := make(map[string]bool, len(listed))
 	for _, st := range listed {
-		known[st.TaskID] = true
+		known[st.TaskID] = st.IP != "" || st.State.Terminal()
 	}
 	n.unreported = map[string]int{}
 	for id, t := range a.tasks {

@@ -1,6 +1,7 @@
 package core
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -40,8 +41,8 @@ func TestIPsCountedAgainstSGSets(t *testing.T) {
 		t.Errorf("queued reason %q", r)
 	}
 	var sg1, all []model.TaskStatus
-	for _, id := range first {
-		st := model.TaskStatus{TaskID: id, State: task.Running}
+	for i, id := range first {
+		st := model.TaskStatus{TaskID: id, State: task.Running, IP: fmt.Sprintf("10.0.0.%d", 10+i)}
 		if strings.HasPrefix(id, j1) {
 			st.State = task.Finished
 			sg1 = append(sg1, st)
@@ -153,5 +154,64 @@ func TestImpossibleConstraintsCostNothingPerRound(t *testing.T) {
 	ts.mu.Unlock()
 	if !again {
 		t.Fatalf("the job's hosts were not recomputed after an agent registered")
+	}
+}
+
+// TestIPOfTaskNotYetAllocatedCounted: the agent lists a task it accepted
+// before its network is set up (it has no IP yet), so the report's used
+// IPs do not count it; an ended task's IP cools down on the agent from
+// its network's teardown, after the scheduler's own cool-down (started at
+// the final state) has run out. Counting the listed task as in the report
+// freed its IP twice: the scheduler sent a third task to a host with two
+// IPs, one cooling and one the listed task was about to take, and the
+// agent refused it for lack of an IP (seen in the chaos soak).
+func TestIPOfTaskNotYetAllocatedCounted(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	sess := newSession()
+	ts.mu.Lock()
+	sess.agent = ts.register(model.Registration{InstanceID: "a", AZ: "az-1",
+		Network:  &model.NetworkUsage{AttachableENIs: 1, DefaultSubnetID: "subnet-d", DefaultSecurityGroups: "sg-1"},
+		Capacity: model.Capacity{Resources: model.Resources{CPU: 8000, Mem: 65536}, ENIs: 1, IPsPerENI: 2, IPReuseCooldown: 20 * time.Millisecond}}, sess, time.Now())
+	ts.mu.Unlock()
+	one := func() string {
+		s := testSpec(&model.BatchJob{Size: 1}, 100)
+		s.Task.Network.SecurityGroupIDs = []string{"sg-1"}
+		return ts.submit(s)
+	}
+	one()
+	a := ts.place()
+	if len(a) != 1 {
+		t.Fatalf("placed %v, want one task", a)
+	}
+	ts.Updates(sess, []model.TaskStatus{{TaskID: a[0], State: task.Running, IP: "10.0.0.5"}})
+	ts.ReportNetwork(sess, &model.NetworkUsage{DefaultSubnetID: "subnet-d", DefaultSecurityGroups: "sg-1", SGSets: []model.SGSetENIs{
+		{SecurityGroups: "sg-1", SubnetID: "subnet-d", Default: true, ENIs: 1, UsedIPs: 1, FreeIPs: 1}}},
+		[]model.TaskStatus{{TaskID: a[0], State: task.Running, IP: "10.0.0.5"}})
+	one()
+	b := ts.place()
+	if len(b) != 1 {
+		t.Fatalf("placed %v, want the second task on the free IP", b)
+	}
+	// a ends; the scheduler's cool-down of its IP runs out before the
+	// agent has even torn a's network down.
+	ts.Updates(sess, []model.TaskStatus{{TaskID: a[0], State: task.Finished}})
+	time.Sleep(50 * time.Millisecond)
+	// The agent's heartbeat: a ended, its IP cooling; b accepted, its
+	// network not set up yet (no IP), so the ENI's other IP is still free
+	// in the report but b is about to take it.
+	ts.ReportNetwork(sess, &model.NetworkUsage{DefaultSubnetID: "subnet-d", DefaultSecurityGroups: "sg-1", SGSets: []model.SGSetENIs{
+		{SecurityGroups: "sg-1", SubnetID: "subnet-d", Default: true, CoolingIPs: 1, FreeIPs: 1}}},
+		[]model.TaskStatus{{TaskID: a[0], State: task.Finished}, {TaskID: b[0], State: task.Starting}})
+	c := one()
+	if got := ts.place(); len(got) != 0 {
+		t.Fatalf("placed %v on a host whose one ENI has one IP cooling and the other promised to %s", got, b[0])
+	}
+	// b has its IP, a's has cooled down: still no room (b holds one IP, and
+	// the report lists it), until the agent reports the cooled IP free.
+	ts.ReportNetwork(sess, &model.NetworkUsage{DefaultSubnetID: "subnet-d", DefaultSecurityGroups: "sg-1", SGSets: []model.SGSetENIs{
+		{SecurityGroups: "sg-1", SubnetID: "subnet-d", Default: true, ENIs: 1, UsedIPs: 1, FreeIPs: 1}}},
+		[]model.TaskStatus{{TaskID: b[0], State: task.Running, IP: "10.0.0.6"}})
+	if got := ts.place(); len(got) != 1 || !strings.HasPrefix(got[0], c) {
+		t.Fatalf("placed %v, want the third task once the agent has a free IP", got)
 	}
 }
