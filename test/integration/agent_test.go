@@ -215,6 +215,9 @@ func TestAgentKill9ReadoptsRunningTasks(t *testing.T) {
 // container labelled as the agent's that it never launched, and restarts
 // it: the n are re-adopted with unchanged pids and cgroups and are still
 // controllable, the exit is recorded with its code, the stranger reaped.
+// long-0 and the task that exits have a disk quota: the restarted agent
+// tears down the disk of the task that ended while it was away and keeps
+// long-0's (loop-ext4 on the host, XFS project quotas in the VM lane).
 // The VM lane runs it too (TestVMAgentKill9Readopts, cgroup v2, systemd).
 // checkCgroup, when set, judges each long task's /proc/PID/cgroup.
 func agentKill9Readopts(t *testing.T, n int, checkCgroup func(id, cg string) error) {
@@ -222,10 +225,16 @@ func agentKill9Readopts(t *testing.T, n int, checkCgroup func(id, cg string) err
 	pids := map[string]uint32{}
 	cgroups := map[string]string{}
 	for i := 0; i < n; i++ {
-		e.launch(e.spec(fmt.Sprintf("long-%d", i), "sleep", "1000"))
+		s := e.spec(fmt.Sprintf("long-%d", i), "sleep", "1000")
+		if i == 0 {
+			s.Resources.DiskMib = 16
+		}
+		e.launch(s)
 	}
 	// One task will exit while the agent is away, with a known code.
-	e.launch(e.spec("exits-away", "sh", "-c", "while [ ! -f /tmp/go ]; do sleep 0.1; done; exit 42"))
+	away := e.spec("exits-away", "sh", "-c", "while [ ! -f /tmp/go ]; do sleep 0.1; done; exit 42")
+	away.Resources.DiskMib = 16
+	e.launch(away)
 	for i := 0; i < n; i++ {
 		id := fmt.Sprintf("long-%d", i)
 		pids[id] = e.waitState(id, stRunning, 60*time.Second).GetPid()
@@ -267,6 +276,10 @@ func agentKill9Readopts(t *testing.T, n int, checkCgroup func(id, cg string) err
 	}
 	wantState(t, e.waitFinal("exits-away"), stFailed, task.ReasonNonZeroExit, 42)
 	e.waitNoContainer("orphan")
+	e.waitNoDisk("exits-away")
+	if left := e.diskLeft("long-0"); len(left) == 0 {
+		t.Fatalf("long-0's disk is gone after the restart, want it kept for the running task")
+	}
 
 	// Re-adopted tasks are still controllable.
 	for id := range pids {
@@ -280,6 +293,47 @@ func agentKill9Readopts(t *testing.T, n int, checkCgroup func(id, cg string) err
 		}
 	}
 	e.assertNoLeftovers()
+	e.waitNoDisk("long-0")
+}
+
+// diskLeft lists what is left of task id's disk in the agent's disk
+// directory (an entry named for it under mnt, images or projects, for
+// either backend) and in the mount table.
+func (e *agentEnv) diskLeft(id string) []string {
+	var left []string
+	dir := filepath.Join(e.dir, "disks")
+	subs, _ := os.ReadDir(dir)
+	for _, sub := range subs {
+		ents, _ := os.ReadDir(filepath.Join(dir, sub.Name()))
+		for _, en := range ents {
+			if n := en.Name(); n == id || strings.HasPrefix(n, id+".") {
+				left = append(left, filepath.Join(sub.Name(), n))
+			}
+		}
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for line := range strings.Lines(string(mi)) {
+		if strings.Contains(line, filepath.Join(dir, "mnt", id)+"/") || strings.Contains(line, filepath.Join(dir, "mnt", id)+" ") {
+			left = append(left, "mount "+strings.Fields(line)[4])
+		}
+	}
+	return left
+}
+
+// waitNoDisk waits until nothing of task id's disk is left.
+func (e *agentEnv) waitNoDisk(id string) {
+	e.t.Helper()
+	deadline := time.Now().Add(testenv.Scaled(30 * time.Second))
+	for {
+		left := e.diskLeft(id)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s's disk left behind: %v", id, left)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // procCgroup is /proc/PID/cgroup.
