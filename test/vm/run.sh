@@ -31,14 +31,15 @@ BIN="$CACHE/bin"
 # What the guest runs by default (README, "Tests"): each test starts its own
 # containerd, registry and agent, a minute or more apiece under TCG. The
 # lane runs beside the host lane in `make test` (about 21 min of unit,
-# integration and chaos), which must stay under 45 min: with a warm image
-# these nine take about 15 min here, a cold image adds 4-10. Tests needing
-# moto (metadata, EC2 networking) cannot run in the guest. Re-adoption after
-# kill -9: TestVMAgentKill9Readopts (the host lane's
+# integration and chaos), which must stay under 45 min: keep this lane
+# under about 20 min with a warm image (a cold image adds 4-10). Re-adoption
+# after kill -9: TestVMAgentKill9Readopts (the host lane's
 # TestAgentKill9ReadoptsRunningTasks with 2 tasks, not 10: about 140 s) and
 # TestVMSystemdAgentKeepsTasks (restart, watchdog kill, kill -9, stop, under
-# systemd). TITUS_VM_RUN runs any test in the guest.
-DEFAULT_RUN='^(TestAgentRunToCompletion|TestAgentKillGraceThenSIGKILL|TestAgentOOMKilled|TestAgentOrphansAfterKillMidLaunch|TestIsolation|TestVMSystemdAgentKeepsTasks|TestVMAgentKill9Readopts|TestVMCgroupV2Agent|TestVMXFSQuotaNotEscapable)$'
+# systemd). Metadata: TestVMMetadataInTask (the host lane's metadata test
+# without its flood and restart phases). TITUS_VM_RUN runs any test in the
+# guest.
+DEFAULT_RUN='^(TestAgentRunToCompletion|TestAgentKillGraceThenSIGKILL|TestAgentOOMKilled|TestAgentOrphansAfterKillMidLaunch|TestIsolation|TestVMSystemdAgentKeepsTasks|TestVMAgentKill9Readopts|TestVMCgroupV2Agent|TestVMXFSQuotaNotEscapable|TestIsolationBandwidth|TestExecUserNamespaceTask|TestAgentUserNamespaceWithNetwork|TestVMMetadataInTask|TestAgentLocalNetworkGivesEachTaskItsOwnIP)$'
 RUN="${TITUS_VM_RUN:-$DEFAULT_RUN}"
 TIMEOUT="${TITUS_VM_TIMEOUT:-40m}"
 LOG="${TITUS_VM_LOG:-/tmp/titus-vm.log}"
