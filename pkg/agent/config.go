@@ -131,6 +131,10 @@ type ECRConfig struct {
 	// RefreshBefore (Go duration): a cached token with less life left is
 	// fetched anew before a pull uses it.
 	RefreshBefore string `json:"refreshBefore"`
+	// RefreshInterval (Go duration, at least 1s): how often the tokens a
+	// pull used in the last 24 h are checked and, once within
+	// RefreshBefore of their expiry, fetched anew ahead of any pull.
+	RefreshInterval string `json:"refreshInterval"`
 }
 
 // ImagesConfig: image garbage collection, pinned and pre-pulled images.
@@ -344,7 +348,7 @@ func DefaultConfig() Config {
 		Secrets:       SecretsConfig{Dir: "/run/titus-agent/secrets"},
 		LogShip:       defaultLogShip(),
 		GPU:           GPUConfig{DevRoot: "/dev", CDISpecDirs: slices.Clone(gpu.DefaultCDISpecDirs)},
-		Registries:    RegistryConfig{ECR: ECRConfig{Enabled: true, RefreshBefore: "1h"}},
+		Registries:    RegistryConfig{ECR: ECRConfig{Enabled: true, RefreshBefore: "1h", RefreshInterval: "1m"}},
 		Images: ImagesConfig{PrePullWait: "2m", GC: ImageGCConfig{Enabled: true, HighWatermark: "85%", LowWatermark: "75%",
 			MinAge: "10m", Interval: "1m", StorePath: "/var/lib/containerd"}},
 	}

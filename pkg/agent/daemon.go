@@ -154,7 +154,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 	var regCreds runtime.CredentialSource // no typed nil
 	if ecr != nil {
 		regCreds = ecr
-		go ecr.Run(agentCtx, ecrRefreshEvery, ecrIdle, func(err error) { log.Warn("refresh ECR tokens", "err", err) })
+		go ecr.Run(agentCtx, ecrRefreshInterval(cfg.Registries.ECR), ecrIdle, func(err error) { log.Warn("refresh ECR tokens", "err", err) })
 	}
 	rt, err := runtime.New(agentCtx, runtime.Config{
 		Credentials:         regCreds,

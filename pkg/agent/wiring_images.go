@@ -78,6 +78,9 @@ func (e ECRConfig) validate() []error {
 	if _, err := parseDuration("registries.ecr.refreshBefore", e.RefreshBefore, 0); err != nil {
 		errs = append(errs, err)
 	}
+	if _, err := parseDuration("registries.ecr.refreshInterval", e.RefreshInterval, time.Second); err != nil {
+		errs = append(errs, err)
+	}
 	cl := func(string) ecrauth.API { return nil }
 	if _, err := ecrauth.New(ecrauth.Config{HostPattern: e.HostPattern, Region: e.Region, Client: cl}); err != nil {
 		errs = append(errs, fmt.Errorf("registries.ecr.hostPattern: %w", err))
@@ -129,12 +132,18 @@ func newImageGC(cfg ImagesConfig, rt *runtime.Runtime, inUse func() []imagegc.Ho
 	})
 }
 
-// ECR tokens in use are fetched anew ahead of pulls every
-// ecrRefreshEvery; those no pull used for ecrIdle are dropped.
-const (
-	ecrRefreshEvery = time.Minute
-	ecrIdle         = 24 * time.Hour
-)
+// ECR tokens no pull used for ecrIdle are dropped by the background
+// refresh (registries.ecr.refreshInterval) instead of fetched anew.
+const ecrIdle = 24 * time.Hour
+
+// ecrRefreshInterval is registries.ecr.refreshInterval (validated).
+func ecrRefreshInterval(e ECRConfig) time.Duration {
+	d, err := parseDuration("", e.RefreshInterval, time.Second)
+	if err != nil || e.RefreshInterval == "" {
+		return time.Minute
+	}
+	return d
+}
 
 // imagePuller is what pre-pulling needs of the runtime.
 type imagePuller interface {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -36,6 +37,8 @@ func TestImagesConfigValidate(t *testing.T) {
 		}, ""},
 		{"ecr off ignores its keys", func(c *Config) { c.Registries.ECR.Enabled, c.Registries.ECR.HostPattern = false, "(" }, ""},
 		{"bad refresh", func(c *Config) { c.Registries.ECR.RefreshBefore = "-1h" }, "registries.ecr.refreshBefore"},
+		{"refresh interval too short", func(c *Config) { c.Registries.ECR.RefreshInterval = "500ms" }, "registries.ecr.refreshInterval"},
+		{"refresh interval", func(c *Config) { c.Registries.ECR.RefreshInterval = "5s" }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -49,6 +52,17 @@ func TestImagesConfigValidate(t *testing.T) {
 				t.Errorf("validate = %v, want %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestECRRefreshInterval(t *testing.T) {
+	for in, want := range map[string]time.Duration{"": time.Minute, "1m": time.Minute, "2s": 2 * time.Second, "10m": 10 * time.Minute} {
+		if got := ecrRefreshInterval(ECRConfig{RefreshInterval: in}); got != want {
+			t.Errorf("ecrRefreshInterval(%q) = %s, want %s", in, got, want)
+		}
+	}
+	if got := DefaultConfig().Registries.ECR.RefreshInterval; got != "1m" {
+		t.Errorf("default registries.ecr.refreshInterval = %q, want 1m", got)
 	}
 }
 

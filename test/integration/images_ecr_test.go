@@ -30,6 +30,7 @@ import (
 type ecrProxy struct {
 	mu          sync.Mutex
 	calls       int
+	at          []time.Time // of each call
 	life        time.Duration
 	passthrough bool
 	srv         *httptest.Server
@@ -50,6 +51,7 @@ func startECRProxy(t *testing.T, moto string, life time.Duration) *ecrProxy {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		p.calls++
+		p.at = append(p.at, time.Now())
 		if p.passthrough || resp.StatusCode != http.StatusOK {
 			return nil
 		}
@@ -201,4 +203,80 @@ func TestImageECRTokenRefresh(t *testing.T) {
 		t.Fatal(err)
 	}
 	leaks("task ls", page)
+}
+
+// TestImageECRTokenBackgroundRefresh: with no pull at all after the
+// first, the agent fetches the token anew in the background
+// (registries.ecr.refreshInterval) once it is within refreshBefore of its
+// expiry, and before it expires: a pull after the first token's expiry
+// finds a fresh one.
+func TestImageECRTokenBackgroundRefresh(t *testing.T) {
+	begin(t)
+	moto := testenv.StartMoto(t)
+	const life = 8 * time.Second // each token; refreshBefore 4s: due 4 s after its fetch
+	proxy := startECRProxy(t, moto.Endpoint, life)
+	mu, fetched := &proxy.mu, &proxy.at
+	reg := testenv.StartRegistryAuth(t, "AWS", "123456789012-auth-token")
+	first := testenv.PushBusybox(t, reg, "app", "1")
+	second := testenv.PushBusybox(t, reg, "app", "2")
+	cfg := fmt.Sprintf(`registries:
+  ecr:
+    hostPattern: '%s'
+    region: us-east-1
+    endpoint: %s
+    accessKeyID: testing
+    secretAccessKey: testing
+    refreshBefore: 4s
+    refreshInterval: 1s
+`, regexp.QuoteMeta(reg.Host), proxy.srv.URL)
+	e := &agentEnv{t: t, reg: reg, ctd: testenv.StartContainerd(t)}
+	e.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: e.ctd.Address, PlainHTTP: []string{reg.Host}, Config: cfg})
+	e.dir, e.socket, e.client = e.agent.Dir, e.agent.Socket, e.agent.Client
+
+	s := e.spec("t1", "true")
+	s.Image = first
+	e.launch(s)
+	wantState(t, e.waitFinal("t1"), stFinished, task.ReasonCompleted, 0)
+	mu.Lock()
+	if len(*fetched) != 1 {
+		mu.Unlock()
+		t.Fatalf("after the first pull: %d token fetches, want 1", len(*fetched))
+	}
+	expires := (*fetched)[0].Add(life)
+	mu.Unlock()
+
+	// No pull now: the background refresh alone must fetch anew, before
+	// the first token expires.
+	deadline := time.Now().Add(life + 2*time.Second)
+	for {
+		mu.Lock()
+		n := len(*fetched)
+		var at time.Time
+		if n > 1 {
+			at = (*fetched)[1]
+		}
+		mu.Unlock()
+		if n > 1 {
+			if !at.Before(expires) {
+				t.Fatalf("token fetched anew at %s, after the first one expired at %s", at.Format(time.StampMilli), expires.Format(time.StampMilli))
+			}
+			if lead := expires.Sub(at); lead < time.Second {
+				t.Errorf("token fetched anew only %s before its expiry", lead)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no background token fetch within %s of the first (the token expired at %s)\n%s", life+2*time.Second, expires.Format(time.StampMilli), e.agent.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Past the first token's expiry, a pull works with the refreshed token.
+	time.Sleep(time.Until(expires.Add(500 * time.Millisecond)))
+	s = e.spec("t2", "true")
+	s.Image = second
+	e.launch(s)
+	wantState(t, e.waitFinal("t2"), stFinished, task.ReasonCompleted, 0)
+	if log := e.agent.Log(); strings.Contains(log, "refresh ECR tokens") {
+		t.Errorf("the background refresh failed:\n%s", log)
+	}
 }
