@@ -161,8 +161,9 @@ type ImageGCConfig struct {
 	MinAge string `json:"minAge"`
 	// Interval (Go duration) between usage checks.
 	Interval string `json:"interval"`
-	// StorePath is on the filesystem holding containerd's root; the
-	// percentages are of its size.
+	// StorePath is on the filesystem holding containerd's content store;
+	// the percentages are of its size. Empty: the content store's root as
+	// containerd reports it.
 	StorePath string `json:"storePath"`
 }
 
@@ -350,7 +351,7 @@ func DefaultConfig() Config {
 		GPU:           GPUConfig{DevRoot: "/dev", CDISpecDirs: slices.Clone(gpu.DefaultCDISpecDirs)},
 		Registries:    RegistryConfig{ECR: ECRConfig{Enabled: true, RefreshBefore: "1h", RefreshInterval: "1m"}},
 		Images: ImagesConfig{PrePullWait: "2m", GC: ImageGCConfig{Enabled: true, HighWatermark: "85%", LowWatermark: "75%",
-			MinAge: "10m", Interval: "1m", StorePath: "/var/lib/containerd"}},
+			MinAge: "10m", Interval: "1m"}},
 	}
 }
 

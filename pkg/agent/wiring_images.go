@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/distribution/reference"
@@ -34,9 +35,6 @@ func (c ImagesConfig) validate() []error {
 			errs = append(errs, errors.New("images.gc: highWatermark and lowWatermark must both be sizes or both percentages"))
 		case hi.Bytes > 0 && lo.Bytes > hi.Bytes, hi.Bytes == 0 && lo.Percent > hi.Percent:
 			errs = append(errs, fmt.Errorf("images.gc.lowWatermark: %s is above highWatermark %s", g.LowWatermark, g.HighWatermark))
-		}
-		if hi.Bytes == 0 && g.StorePath == "" {
-			errs = append(errs, errors.New("images.gc.storePath: percentage watermarks need the path of containerd's root"))
 		}
 	}
 	if _, err := parseDuration("images.gc.minAge", g.MinAge, 0); err != nil {
@@ -118,18 +116,47 @@ func newImageGC(cfg ImagesConfig, rt *runtime.Runtime, inUse func() []imagegc.Ho
 	if err != nil {
 		return nil, err
 	}
-	path := cfg.GC.StorePath
+	root := storeRoot{path: cfg.GC.StorePath, ask: rt.StoreRoot}
 	return imagegc.New(rt, imagegc.Config{
 		High: hi, Low: lo, MinAge: minAge, Interval: interval, Pinned: cfg.Pinned,
 		FSSize: func() (int64, error) {
+			path, err := root.get()
+			if err != nil {
+				return 0, err
+			}
 			var st unix.Statfs_t
 			if err := unix.Statfs(path, &st); err != nil {
-				return 0, fmt.Errorf("statfs %s: %w", path, err)
+				return 0, fmt.Errorf("statfs %s (images.gc.storePath): %w", path, err)
 			}
 			return int64(st.Blocks) * st.Bsize, nil
 		},
 		InUse: inUse, Log: log, Metrics: m,
 	})
+}
+
+// storeRoot is the path whose filesystem percentage watermarks are of:
+// images.gc.storePath, or else the root of containerd's content store as
+// containerd reports it (asked until it answers, then kept).
+type storeRoot struct {
+	mu   sync.Mutex
+	path string
+	ask  func(context.Context) (string, error)
+}
+
+func (r *storeRoot) get() (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.path != "" {
+		return r.path, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, err := r.ask(ctx)
+	if err != nil {
+		return "", fmt.Errorf("images.gc.storePath is not set and containerd's content store root is unknown: %w", err)
+	}
+	r.path = p
+	return p, nil
 }
 
 // ECR tokens no pull used for ecrIdle are dropped by the background

@@ -89,3 +89,35 @@ func TestPrePull(t *testing.T) {
 		t.Errorf("prepulls ok=%v error=%v", ok, bad)
 	}
 }
+
+func TestStoreRoot(t *testing.T) {
+	asked := 0
+	answer, fail := "/srv/containerd/io.containerd.content.v1.content", true
+	ask := func(context.Context) (string, error) {
+		asked++
+		if fail {
+			return "", errors.New("containerd is down")
+		}
+		return answer, nil
+	}
+	set := &storeRoot{path: "/var/lib/containerd", ask: ask}
+	if p, err := set.get(); p != "/var/lib/containerd" || err != nil || asked != 0 {
+		t.Errorf("configured: %q, %v, asked %d times", p, err, asked)
+	}
+	derived := &storeRoot{ask: ask}
+	if _, err := derived.get(); err == nil || !strings.Contains(err.Error(), "images.gc.storePath") {
+		t.Errorf("containerd down: %v, want an error naming images.gc.storePath", err)
+	}
+	fail = false
+	for range 3 {
+		if p, err := derived.get(); p != answer || err != nil {
+			t.Errorf("derived: %q, %v", p, err)
+		}
+	}
+	if asked != 2 {
+		t.Errorf("containerd asked %d times, want 2 (once failing, once answering, then kept)", asked)
+	}
+	if d := DefaultConfig().Images.GC.StorePath; d != "" {
+		t.Errorf("default images.gc.storePath = %q, want empty (derived from containerd)", d)
+	}
+}

@@ -2,8 +2,10 @@
 // containerd content store plus snapshots of the agent's namespace pass a
 // high watermark, images go, least recently used first, until usage is
 // below a low watermark. An image held by a task on this host (from its
-// acceptance until its teardown is done), one a pull is resolving right
-// now, a pinned one, or one younger than the minimum age never goes. The
+// acceptance until its teardown is done), the image of any container of
+// the namespace (a quarantined task's, left running for an operator to
+// debug, or one an operator made), one a pull is resolving right now, a
+// pinned one, or one younger than the minimum age never goes. The
 // same rules guard the operator's `titus-agent image rm|prune`.
 //
 // The check that an image is unused and its deletion happen under the
@@ -41,6 +43,9 @@ type Store interface {
 	RemoveImage(ctx context.Context, name string, keep func(runtime.ImageInfo) error) error
 	StoreUsage(ctx context.Context) (int64, error)
 	TouchImages(ctx context.Context, at time.Time, names ...string) error
+	// ContainerImages lists every container of the namespace and its
+	// image, whether or not a task of the agent's owns it.
+	ContainerImages(ctx context.Context) ([]runtime.ContainerImage, error)
 }
 
 // Holder is a task of this host and the image it holds: the reference its
@@ -157,11 +162,31 @@ func heldBy(h Holder, img runtime.ImageInfo) bool {
 	return ok && c.Digest().String() == img.Digest
 }
 
-// keep is the check RemoveImage makes under the pull lock: in use,
-// pinned, or (minAge > 0) young images stay.
-func (g *GC) keep(minAge time.Duration) func(runtime.ImageInfo) error {
+// held lists the tasks holding images and every container of the
+// namespace, as a holder of its image: a container the agent no longer
+// manages (a quarantined task's) still needs its image for debugging.
+func (g *GC) held(ctx context.Context) ([]Holder, error) {
+	hs := g.cfg.InUse()
+	cs, err := g.store.ContainerImages(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range cs {
+		hs = append(hs, Holder{TaskID: c.ID, Ref: c.Image, Name: c.Image})
+	}
+	return hs, nil
+}
+
+// keep is the check RemoveImage makes under the pull lock: in use (by a
+// task or a container), pinned, or (minAge > 0) young images stay; so does
+// every image when the containers cannot be listed.
+func (g *GC) keep(ctx context.Context, minAge time.Duration) func(runtime.ImageInfo) error {
 	return func(img runtime.ImageInfo) error {
-		if ids := holders(g.cfg.InUse(), img); len(ids) > 0 {
+		hs, err := g.held(ctx)
+		if err != nil {
+			return fmt.Errorf("%s: kept, its users are unknown: %w", img.Name, err)
+		}
+		if ids := holders(hs, img); len(ids) > 0 {
 			return fmt.Errorf("%s: %w by task %s", img.Name, ErrInUse, strings.Join(ids, ", "))
 		}
 		if g.pinned.match(img) {
@@ -188,7 +213,10 @@ func (g *GC) List(ctx context.Context) ([]Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	hs := g.cfg.InUse()
+	hs, err := g.held(ctx)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]Image, len(imgs))
 	for i, img := range imgs {
 		out[i] = Image{ImageInfo: img, Pinned: g.pinned.match(img), UsedBy: holders(hs, img)}
@@ -281,7 +309,10 @@ func (g *GC) candidates(ctx context.Context, minAge time.Duration) ([]string, er
 	if m := g.cfg.Metrics; m != nil {
 		m.Count.Set(float64(len(imgs)))
 	}
-	keep := g.keep(minAge)
+	if _, err := g.held(ctx); err != nil {
+		return nil, fmt.Errorf("images kept, their users are unknown: %w", err)
+	}
+	keep := g.keep(ctx, minAge)
 	var names []string
 	for _, img := range imgs {
 		if keep(img) == nil {
@@ -302,7 +333,7 @@ func (g *GC) remove(ctx context.Context, trigger string, names []string, minAge 
 	}
 	res.Before, res.After = used, used
 	var errs []error
-	keep := g.keep(minAge)
+	keep := g.keep(ctx, minAge)
 	for _, n := range names {
 		if until >= 0 && res.After <= until {
 			break
@@ -384,13 +415,23 @@ func (g *GC) Usage(ctx context.Context) (int64, error) {
 	return used, err
 }
 
-// Run collects every Interval until ctx ends.
+// Run collects every Interval until ctx ends. A failure is logged once
+// until it changes or a collection succeeds (then that is logged), not at
+// every interval.
 func (g *GC) Run(ctx context.Context) {
 	t := time.NewTicker(g.cfg.Interval)
 	defer t.Stop()
+	last := ""
 	for {
-		if _, err := g.Collect(ctx); err != nil && ctx.Err() == nil {
-			g.cfg.Log.Warn("image garbage collection", "err", err)
+		_, err := g.Collect(ctx)
+		switch {
+		case ctx.Err() != nil:
+		case err != nil && err.Error() != last:
+			last = err.Error()
+			g.cfg.Log.Warn("image garbage collection; logged again only when the error changes", "err", err)
+		case err == nil && last != "":
+			last = ""
+			g.cfg.Log.Info("image garbage collection works again")
 		}
 		select {
 		case <-ctx.Done():

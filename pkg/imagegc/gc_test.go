@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,6 +29,12 @@ type fakeStore struct {
 	removed      []string
 	touched      []string
 	beforeRemove func(name string)
+	containers   []runtime.ContainerImage
+	listErr      error
+}
+
+func (f *fakeStore) ContainerImages(context.Context) ([]runtime.ContainerImage, error) {
+	return f.containers, f.listErr
 }
 
 func (f *fakeStore) ListImages(context.Context) ([]runtime.ImageInfo, error) {
@@ -263,5 +270,118 @@ func TestParseWatermark(t *testing.T) {
 	}
 	if got := (Watermark{Percent: 50}).Resolve(1000); got != 500 {
 		t.Errorf("Resolve = %d", got)
+	}
+}
+
+// TestContainersHoldTheirImages: the container of a task whose record was
+// quarantined (the agent no longer manages it, so InUse does not list it)
+// keeps its image, for collection, prune and rm alike; when the containers
+// cannot be listed, nothing goes.
+func TestContainersHoldTheirImages(t *testing.T) {
+	ctx := context.Background()
+	f := store()
+	f.containers = []runtime.ContainerImage{{ID: "quarantined", Image: "docker.io/r/a:1"}, {ID: "debug", Image: "docker.io/r/c:1"}}
+	var holders []Holder
+	g := newGC(t, f, &holders, Config{High: Watermark{Bytes: 500}, Low: Watermark{Bytes: 300}})
+	if _, err := g.Collect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"docker.io/r/b:1", "docker.io/r/d:1", "docker.io/r/e:1"}, f.removed); d != "" {
+		t.Errorf("collected (-want +got):\n%s", d)
+	}
+	if _, err := g.Remove(ctx, "r/a:1"); !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), "quarantined") {
+		t.Errorf("rm of a quarantined task's image: %v", err)
+	}
+	if res, err := g.Prune(ctx, 0); err != nil || len(res.Removed) != 1 || res.Removed[0] != "docker.io/r/young:1" {
+		t.Errorf("prune = %v, %v; want only r/young:1 removed", res.Removed, err)
+	}
+	imgs, err := g.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := map[string][]string{}
+	for _, img := range imgs {
+		used[img.Name] = img.UsedBy
+	}
+	if d := cmp.Diff(map[string][]string{"docker.io/r/a:1": {"quarantined"}, "docker.io/r/c:1": {"debug"}}, used); d != "" {
+		t.Errorf("image ls users (-want +got):\n%s", d)
+	}
+
+	// Users unknown: nothing is removed, and the collection says why.
+	f = store()
+	f.listErr = errors.New("containerd is restarting")
+	g = newGC(t, f, &holders, Config{High: Watermark{Bytes: 500}, Low: Watermark{Bytes: 300}})
+	if _, err := g.Collect(ctx); err == nil || !strings.Contains(err.Error(), "containerd is restarting") {
+		t.Errorf("collect with containers unknown: %v", err)
+	}
+	if _, err := g.Remove(ctx, "r/b:1"); err == nil {
+		t.Error("rm with containers unknown went ahead")
+	}
+	if len(f.removed) != 0 {
+		t.Errorf("removed %v with containers unknown", f.removed)
+	}
+}
+
+// countHandler counts log records by level.
+type countHandler struct {
+	mu sync.Mutex
+	n  map[slog.Level]int
+}
+
+func (h *countHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.n[r.Level]++
+	return nil
+}
+func (h *countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestRunLogsAFailureOnce: a store path that does not exist (containerd's
+// root elsewhere) fails every collection; it is logged once, not at every
+// interval, and its recovery once.
+func TestRunLogsAFailureOnce(t *testing.T) {
+	f := store()
+	var holders []Holder
+	h := &countHandler{n: map[slog.Level]int{}}
+	var mu sync.Mutex
+	calls, failing := 0, true
+	g := newGC(t, f, &holders, Config{High: Watermark{Percent: 50}, Low: Watermark{Percent: 40}, Interval: time.Millisecond})
+	g.cfg.Log = slog.New(h)
+	g.cfg.FSSize = func() (int64, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		if failing {
+			return 0, errors.New("statfs /var/lib/containerd: no such file or directory")
+		}
+		return 1 << 40, nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); g.Run(ctx) }()
+	waitCalls := func(n int) {
+		for {
+			mu.Lock()
+			c := calls
+			mu.Unlock()
+			if c >= n {
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitCalls(5)
+	mu.Lock()
+	failing, calls = false, 0
+	mu.Unlock()
+	waitCalls(3)
+	cancel()
+	<-done
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.n[slog.LevelWarn] != 1 || h.n[slog.LevelInfo] != 1 {
+		t.Errorf("log records by level %v: want 1 warning (the failure) and 1 info (its recovery)", h.n)
 	}
 }

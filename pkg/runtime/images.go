@@ -191,3 +191,44 @@ func (r *Runtime) StoreUsage(ctx context.Context) (int64, error) {
 	}
 	return total, nil
 }
+
+// ContainerImage is a container of the namespace and the image it was
+// made from.
+type ContainerImage struct {
+	ID, Image string
+}
+
+// ContainerImages lists every container of the namespace with its image:
+// the agent's own (a quarantined task's left running included) and any an
+// operator made. Their images must stay: a container's image is what an
+// operator debugging it inspects, restarts or commits.
+func (r *Runtime) ContainerImages(ctx context.Context) ([]ContainerImage, error) {
+	ctx = r.ctx(ctx)
+	cs, err := r.client.ContainerService().List(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make([]ContainerImage, 0, len(cs))
+	for _, c := range cs {
+		if c.Image != "" {
+			out = append(out, ContainerImage{ID: c.ID, Image: c.Image})
+		}
+	}
+	return out, nil
+}
+
+// StoreRoot is the directory of containerd's content store (its local
+// content plugin's root, as containerd reports it), whose filesystem
+// percentage watermarks are of.
+func (r *Runtime) StoreRoot(ctx context.Context) (string, error) {
+	resp, err := r.client.IntrospectionService().Plugins(ctx)
+	if err != nil {
+		return "", fmt.Errorf("containerd plugins: %w", err)
+	}
+	for _, p := range resp.GetPlugins() {
+		if root := p.GetExports()["root"]; p.GetType() == "io.containerd.content.v1" && root != "" && p.GetInitErr() == nil {
+			return root, nil
+		}
+	}
+	return "", errors.New("containerd reports no content store root")
+}
