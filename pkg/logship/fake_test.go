@@ -22,13 +22,16 @@ type fakeS3 struct {
 	uploads map[string]map[int32][]byte // upload id → parts
 	keys    map[string]string           // upload id → key
 	calls   []string
+	meta    map[string]map[string]string // key → metadata
+	umeta   map[string]map[string]string // upload id → metadata
 	// fail, if set, is asked before each call; a non-nil error fails it.
 	fail func(op string) error
 	n    int
 }
 
 func newFakeS3() *fakeS3 {
-	return &fakeS3{objects: map[string][]byte{}, uploads: map[string]map[int32][]byte{}, keys: map[string]string{}}
+	return &fakeS3{objects: map[string][]byte{}, uploads: map[string]map[int32][]byte{}, keys: map[string]string{},
+		meta: map[string]map[string]string{}, umeta: map[string]map[string]string{}}
 }
 
 func (f *fakeS3) call(op, key string) error {
@@ -62,6 +65,20 @@ func (f *fakeS3) list() []string {
 	return out
 }
 
+// finals lists the keys whose metadata marks them final.
+func (f *fakeS3) finals() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for k, m := range f.meta {
+		if m[MetaFinal] == "true" {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 func (f *fakeS3) get(k string) string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -82,6 +99,7 @@ func (f *fakeS3) PutObject(ctx context.Context, in *s3.PutObjectInput, _ ...func
 		return nil, fmt.Errorf("body %d bytes, content length %d", len(b), aws.ToInt64(in.ContentLength))
 	}
 	f.objects[*in.Key] = b
+	f.meta[*in.Key] = in.Metadata
 	return &s3.PutObjectOutput{}, nil
 }
 
@@ -108,6 +126,7 @@ func (f *fakeS3) CreateMultipartUpload(ctx context.Context, in *s3.CreateMultipa
 	id := "up-" + strconv.Itoa(f.n)
 	f.uploads[id] = map[int32][]byte{}
 	f.keys[id] = *in.Key
+	f.umeta[id] = in.Metadata
 	return &s3.CreateMultipartUploadOutput{UploadId: aws.String(id)}, nil
 }
 
@@ -168,6 +187,7 @@ func (f *fakeS3) CompleteMultipartUpload(ctx context.Context, in *s3.CompleteMul
 		buf.Write(b)
 	}
 	f.objects[*in.Key] = buf.Bytes()
+	f.meta[*in.Key] = f.umeta[*in.UploadId]
 	delete(f.uploads, *in.UploadId)
 	return &s3.CompleteMultipartUploadOutput{}, nil
 }

@@ -94,3 +94,34 @@ func EscapeSegment(s string) string {
 	}
 	return b.String()
 }
+
+// UnescapeSegment reads a key segment back into the value EscapeSegment
+// made it from. A segment EscapeSegment never makes (a stray '%', a
+// lower-case or needless escape) is an error: the mapping stays one-to-one,
+// so a reader never takes a foreign key for one of a task's.
+func UnescapeSegment(seg string) (string, error) {
+	var b strings.Builder
+	for i := 0; i < len(seg); i++ {
+		if seg[i] != '%' {
+			b.WriteByte(seg[i])
+			continue
+		}
+		if i+2 >= len(seg) {
+			return "", fmt.Errorf("logship: key segment %q: truncated escape", seg)
+		}
+		v, err := strconv.ParseUint(seg[i+1:i+3], 16, 8)
+		if err != nil {
+			return "", fmt.Errorf("logship: key segment %q: bad escape", seg)
+		}
+		b.WriteByte(byte(v))
+		i += 2
+	}
+	v := b.String()
+	if seg == "_" {
+		v = ""
+	}
+	if EscapeSegment(v) != seg {
+		return "", fmt.Errorf("logship: %q is not an escaped key segment", seg)
+	}
+	return v, nil
+}

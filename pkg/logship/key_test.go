@@ -67,3 +67,17 @@ func TestParseName(t *testing.T) {
 		}
 	}
 }
+
+func TestUnescapeSegment(t *testing.T) {
+	for _, v := range []string{"", "_", "billing", "a/b", "..", ".", "50%", "ünï", "a b", "%2F"} {
+		got, err := UnescapeSegment(EscapeSegment(v))
+		if err != nil || got != v {
+			t.Errorf("UnescapeSegment(EscapeSegment(%q)) = %q, %v", v, got, err)
+		}
+	}
+	for _, seg := range []string{"%", "%2", "%zz", "%2f", "%61", "a/b", "..", "", "%5"} {
+		if v, err := UnescapeSegment(seg); err == nil {
+			t.Errorf("UnescapeSegment(%q) = %q, want an error", seg, v)
+		}
+	}
+}

@@ -120,6 +120,10 @@ func TestShipsRotatedThenFinal(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("bucket (-want +got):\n%s", diff)
 	}
+	// Only the task's last file is marked final (followers stop there).
+	if diff := cmp.Diff([]string{"p/api/j1/t1/stdout.3"}, b.s3.finals()); diff != "" {
+		t.Errorf("objects marked final (-want +got):\n%s", diff)
+	}
 	if n := testutil.ToFloat64(b.m.ShippedFiles); n != 4 {
 		t.Errorf("shipped files = %v, want 4", n)
 	}
@@ -386,3 +390,24 @@ func TestOptOutAndCap(t *testing.T) {
 }
 
 func init() { _ = fmt.Sprint }
+
+// A task's final file goes up marked final however it is uploaded (here
+// in parts); its rotated files are not.
+func TestFinalMarkedInMultipart(t *testing.T) {
+	b := newBed(t)
+	s := b.shipper()
+	ctx := context.Background()
+	s.Track(info("t1"))
+	b.rotate("t1", "early\n")
+	b.write("t1", "stdout.log", strings.Repeat("0123456789abcdef", (13<<20)/16))
+	if err := s.Finish("t1"); err != nil {
+		t.Fatal(err)
+	}
+	s.Round(ctx)
+	if n := b.s3.count("create"); n != 1 {
+		t.Fatalf("multipart uploads: %d, want 1", n)
+	}
+	if diff := cmp.Diff([]string{"p/api/j1/t1/stdout.1"}, b.s3.finals()); diff != "" {
+		t.Errorf("objects marked final (-want +got):\n%s", diff)
+	}
+}

@@ -24,6 +24,19 @@ type S3API interface {
 	CompleteMultipartUpload(ctx context.Context, in *s3.CompleteMultipartUploadInput, opts ...func(*s3.Options)) (*s3.CompleteMultipartUploadOutput, error)
 }
 
+// MetaFinal is the user metadata (x-amz-meta-titus-final: true) of the
+// object of a task's final file of a stream: readers following a task in
+// S3 stop once they have read it. S3 returns metadata names lower-case.
+const MetaFinal = "titus-final"
+
+// metadata is f's object metadata.
+func metadata(f *fileRec) map[string]string {
+	if f.Final {
+		return map[string]string{MetaFinal: "true"}
+	}
+	return nil
+}
+
 // errGone means the file's bytes are gone from the host: nothing to ship.
 var errGone = errors.New("log file gone")
 
@@ -65,6 +78,7 @@ func (s *Shipper) uploadOne(ctx context.Context, dir string, f *fileRec, save fu
 		_, err := s.api.PutObject(ctx, &s3.PutObjectInput{
 			Bucket: &s.cfg.Bucket, Key: &f.Key, ContentLength: aws.Int64(f.Size),
 			Body: io.NewSectionReader(file, 0, f.Size), ContentType: aws.String("text/plain; charset=utf-8"),
+			Metadata: metadata(f),
 		})
 		if err != nil {
 			return fmt.Errorf("put %s: %w", f.Key, err)
@@ -100,7 +114,8 @@ func (s *Shipper) multipart(ctx context.Context, file *os.File, f *fileRec, save
 		}
 	}
 	if f.UploadID == "" {
-		out, err := s.api.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &s.cfg.Bucket, Key: &f.Key, ContentType: aws.String("text/plain; charset=utf-8")})
+		out, err := s.api.CreateMultipartUpload(ctx, &s3.CreateMultipartUploadInput{Bucket: &s.cfg.Bucket, Key: &f.Key,
+			ContentType: aws.String("text/plain; charset=utf-8"), Metadata: metadata(f)})
 		if err != nil {
 			return fmt.Errorf("start upload of %s: %w", f.Key, err)
 		}
