@@ -542,8 +542,11 @@ func newTaskLogsCmd() *cobra.Command {
 		Long: `Print a task's stdout (or, with --stderr, its stderr). While the task's agent
 is connected, the log is read on the agent's host and relayed through the
 scheduler and that agent's own stream (no port opens on the host); -f
-follows it until the task ends. When the task or its host is gone, the log
-is read from the log bucket (S3) instead. The policy must give the caller
+follows it until the task ends. When the task or its host is gone, or the
+scheduler no longer holds its job, the log is read from the log bucket (S3)
+instead; -f there reads new files as they are shipped, until the task's
+final file (or, once the task has ended, until none came for
+logs.s3.followGrace), and says on stderr how it ended. The policy must give the caller
 task.logs on the job's application (admins, operators, the application's
 owners and debuggers); every read is in the audit trail. --since takes a
 duration (10m) or a time (RFC 3339) and skips whole log files last written
@@ -588,6 +591,9 @@ before it.`,
 						if _, err := out.Write(m.GetData()); err != nil {
 							return err
 						}
+					}
+					if m.GetEnd() != "" {
+						fmt.Fprintf(cmd.ErrOrStderr(), "# %s\n", m.GetEnd())
 					}
 				}
 			})

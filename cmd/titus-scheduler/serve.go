@@ -88,6 +88,8 @@ type logsConfig struct {
 	// MaxReadsPerCaller and MaxReads bound the log reads open at once.
 	MaxReadsPerCaller int `json:"maxReadsPerCaller"`
 	MaxReads          int `json:"maxReads"`
+	// followInterval and followGrace: the flags, or s3's keys.
+	followInterval, followGrace time.Duration
 }
 
 // logsS3Config names the log bucket; an empty bucket reads no archive.
@@ -96,6 +98,11 @@ type logsS3Config struct {
 	Prefix   string `json:"prefix"`
 	Region   string `json:"region"`
 	Endpoint string `json:"endpoint"`
+	// FollowInterval and FollowGrace (Go durations): how often task logs
+	// -f lists a task's objects, and how long after the task ended it
+	// waits for the final one.
+	FollowInterval string `json:"followInterval"`
+	FollowGrace    string `json:"followGrace"`
 }
 
 // execConfig is the exec section of the scheduler's file.
@@ -180,7 +187,7 @@ func newServeCmd() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				o.LogArchive = logarchive.New(cli, lc.S3.Bucket, lc.S3.Prefix)
+				o.LogArchive = logarchive.New(cli, lc.S3.Bucket, lc.S3.Prefix).WithFollow(lc.followInterval, lc.followGrace)
 			}
 			o.MaxLogReadsPerCaller, o.MaxLogReads = lc.MaxReadsPerCaller, lc.MaxReads
 			if lbc.Region != "" {
@@ -241,6 +248,8 @@ func newServeCmd() *cobra.Command {
 	f.StringVar(&lc.S3.Prefix, "logs-prefix", "", "key prefix of shipped task logs (the agents' logship.prefix)")
 	f.StringVar(&lc.S3.Region, "logs-region", "us-east-1", "region of --logs-bucket")
 	f.StringVar(&lc.S3.Endpoint, "logs-endpoint", "", "S3 endpoint override, path-style (tests)")
+	f.DurationVar(&lc.followInterval, "logs-follow-interval", logarchive.DefaultFollowInterval, "how often task logs -f lists a task's shipped files in the log bucket")
+	f.DurationVar(&lc.followGrace, "logs-follow-grace", logarchive.DefaultFollowGrace, "how long task logs -f from the log bucket waits, after the task ended (or its last new file), for its final file")
 	f.IntVar(&lc.MaxReadsPerCaller, "logs-max-reads-per-caller", api.DefaultMaxLogReadsPerCaller, "log reads one principal may have open at once")
 	f.IntVar(&lc.MaxReads, "logs-max-reads", api.DefaultMaxLogReads, "log reads open at once in total")
 	f.StringVar(&lbc.Region, "lb-region", "", "region of ELBv2 target groups: turns on registering service tasks in their jobs' target groups (docs/loadbalancers.md)")
@@ -334,6 +343,12 @@ func applyConfigFile(path string, changed func(string) bool, o *scheduler.Option
 	str("logs-prefix", &lc.S3.Prefix, c.Logs.S3.Prefix)
 	str("logs-region", &lc.S3.Region, c.Logs.S3.Region)
 	str("logs-endpoint", &lc.S3.Endpoint, c.Logs.S3.Endpoint)
+	if err := dur("logs-follow-interval", &lc.followInterval, c.Logs.S3.FollowInterval); err != nil {
+		return err
+	}
+	if err := dur("logs-follow-grace", &lc.followGrace, c.Logs.S3.FollowGrace); err != nil {
+		return err
+	}
 	num("logs-max-reads-per-caller", &lc.MaxReadsPerCaller, c.Logs.MaxReadsPerCaller)
 	num("logs-max-reads", &lc.MaxReads, c.Logs.MaxReads)
 	str("lb-region", &lbc.Region, c.LoadBalancers.Region)

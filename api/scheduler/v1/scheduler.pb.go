@@ -2572,7 +2572,11 @@ type TaskLogsChunk struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
 	// "agent <instance id>" or "s3://bucket/prefix/...", on the first message.
-	Source        string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	Source string `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	// On the last message of a follow read from S3: why the follow ended
+	// (the task's final file was read, or the task ended and its final file
+	// never reached S3).
+	End           string `protobuf:"bytes,3,opt,name=end,proto3" json:"end,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2617,6 +2621,13 @@ func (x *TaskLogsChunk) GetData() []byte {
 func (x *TaskLogsChunk) GetSource() string {
 	if x != nil {
 		return x.Source
+	}
+	return ""
+}
+
+func (x *TaskLogsChunk) GetEnd() string {
+	if x != nil {
+		return x.End
 	}
 	return ""
 }
@@ -5040,10 +5051,11 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06follow\x18\x02 \x01(\bR\x06follow\x12\x16\n" +
 	"\x06stderr\x18\x03 \x01(\bR\x06stderr\x120\n" +
 	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x18\n" +
-	"\aarchive\x18\x05 \x01(\bR\aarchive\";\n" +
+	"\aarchive\x18\x05 \x01(\bR\aarchive\"M\n" +
 	"\rTaskLogsChunk\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12\x16\n" +
-	"\x06source\x18\x02 \x01(\tR\x06source\"!\n" +
+	"\x06source\x18\x02 \x01(\tR\x06source\x12\x10\n" +
+	"\x03end\x18\x03 \x01(\tR\x03end\"!\n" +
 	"\x0fKillTaskRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x87\x02\n" +
 	"\bCapacity\x12%\n" +

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/google/uuid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -42,15 +43,30 @@ type LogKey struct {
 	Stderr                     bool
 }
 
+// ArchiveRead says how to read a task's logs from the archive.
+type ArchiveRead struct {
+	// Since skips objects last written before it (zero: none).
+	Since time.Time
+	// Follow keeps reading new objects until the task's final one.
+	Follow bool
+	// TaskEnded, asked between a follow's listings, reports whether the
+	// task has ended, and when (zero: unknown, long ago). nil: it has.
+	TaskEnded func(ctx context.Context) (bool, time.Time)
+}
+
 // LogArchive reads ended tasks' logs from the log bucket.
 type LogArchive interface {
 	// Read sends the task's stream oldest first, skipping objects last
-	// written before since; send may block, and must not keep the slice.
-	// It returns where it read from; errors wrap errdefs.ErrNotFound when
-	// the bucket has nothing of the task.
-	Read(ctx context.Context, key LogKey, since time.Time, send func([]byte) error) (string, error)
+	// written before r.Since; send may block, and must not keep the
+	// slice. Following, it returns why the follow ended. Errors wrap
+	// errdefs.ErrNotFound when the bucket has nothing of the task.
+	Read(ctx context.Context, key LogKey, r ArchiveRead, send func([]byte) error) (string, error)
 	// Source names where Read reads key from (s3://bucket/prefix...).
 	Source(key LogKey) string
+	// Applications returns the applications under which the bucket holds
+	// logs of task taskID of job jobID, asking only about those may
+	// accepts (the ones the caller may read).
+	Applications(ctx context.Context, jobID, taskID string, may func(app string) bool) ([]string, error)
 }
 
 // SetLogArchive sets where logs of tasks whose agent is gone are read
@@ -231,11 +247,17 @@ func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, str
 	if !taskIDRE.MatchString(req.GetId()) {
 		return "", status.Errorf(codes.InvalidArgument, "task id %.140q: want <job id>.<index>.<attempt>", req.GetId())
 	}
-	if err := s.authorizeTask(ctx, authz.TaskLogs, req.GetId()); err != nil {
-		return "", err
-	}
-	if ownerErr != nil {
-		return "", apierr.ToGRPC(ownerErr)
+	// A job the scheduler no longer holds (removed after its retention):
+	// its logs may still be in the bucket. The caller's right is checked
+	// on the application the bucket files them under, below.
+	forgotten := errdefs.IsNotFound(ownerErr) && s.archive != nil
+	if !forgotten {
+		if err := s.authorizeTask(ctx, authz.TaskLogs, req.GetId()); err != nil {
+			return "", err
+		}
+		if ownerErr != nil {
+			return "", apierr.ToGRPC(ownerErr)
+		}
 	}
 	who := rec.Principal
 	if who == "" {
@@ -245,6 +267,16 @@ func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, str
 		return "", err
 	}
 	defer s.logReads.release(who)
+	out := &logSender{stream: stream}
+	if forgotten {
+		app, err := s.forgottenApplication(ctx, rec.JobID, req.GetId())
+		if err != nil {
+			return "", err
+		}
+		rec.Application = app
+		key := LogKey{Application: app, JobID: rec.JobID, TaskID: req.GetId(), Stderr: req.GetStderr()}
+		return s.archiveLogs(ctx, req, key, nil, out)
+	}
 	t, err := s.core.Task(ctx, req.GetId())
 	if err != nil {
 		err = apierr.ToGRPC(err)
@@ -256,20 +288,12 @@ func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, str
 		t = &model.Task{ID: req.GetId(), JobID: rec.JobID}
 	}
 	rec.AgentID = t.AgentID
-	first := true
-	send := func(p []byte, source string) error {
-		c := &schedv1.TaskLogsChunk{Data: p}
-		if first {
-			c.Source, first = source, false
-		}
-		return stream.Send(c)
-	}
 	if ra := s.relay.agent(t.AgentID); t.AgentID != "" && ra != nil && !req.GetArchive() {
 		source := "agent " + t.AgentID
-		err := s.liveLogs(ctx, ra, req, rec.Principal, func(p []byte) error { return send(p, source) })
+		err := s.liveLogs(ctx, ra, req, rec.Principal, func(p []byte) error { return out.send(p, source) })
 		// An agent that no longer has the task (it was removed from the
 		// host) leaves the archive, if the read has not begun.
-		if status.Code(err) != codes.NotFound || !first || s.archive == nil {
+		if status.Code(err) != codes.NotFound || !out.first() || s.archive == nil {
 			return source, err
 		}
 	}
@@ -282,17 +306,85 @@ func (s *Server) taskLogs(ctx context.Context, req *schedv1.TaskLogsRequest, str
 		}
 		return "", status.Errorf(codes.FailedPrecondition, "agent %s of task %s is not connected, and this scheduler has no log bucket (logs.s3.bucket)", t.AgentID, t.ID)
 	}
-	var since time.Time
-	if req.GetSince() != nil {
-		since = req.GetSince().AsTime()
-	}
 	key := LogKey{Application: owner.Application, JobID: t.JobID, TaskID: t.ID, Stderr: req.GetStderr()}
+	return s.archiveLogs(ctx, req, key, s.taskEnded(t.ID), out)
+}
+
+// logSender sends a read's chunks, naming the source on the first.
+type logSender struct {
+	stream grpc.ServerStreamingServer[schedv1.TaskLogsChunk]
+	sent   bool
+}
+
+func (l *logSender) first() bool { return !l.sent }
+
+func (l *logSender) send(p []byte, source string) error {
+	c := &schedv1.TaskLogsChunk{Data: p}
+	if !l.sent {
+		c.Source, l.sent = source, true
+	}
+	return l.stream.Send(c)
+}
+
+// archiveLogs reads key from the archive; a follow's last message says
+// why it ended. ended (nil: the task has ended) is asked between a
+// follow's listings.
+func (s *Server) archiveLogs(ctx context.Context, req *schedv1.TaskLogsRequest, key LogKey, ended func(context.Context) (bool, time.Time), out *logSender) (string, error) {
+	r := ArchiveRead{Follow: req.GetFollow(), TaskEnded: ended}
+	if req.GetSince() != nil {
+		r.Since = req.GetSince().AsTime()
+	}
 	source := s.archive.Source(key)
-	_, err = s.archive.Read(ctx, key, since, func(p []byte) error { return send(append([]byte(nil), p...), source) })
-	if err == nil && first {
-		err = stream.Send(&schedv1.TaskLogsChunk{Source: source})
+	end, err := s.archive.Read(ctx, key, r, func(p []byte) error { return out.send(append([]byte(nil), p...), source) })
+	if err != nil {
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			return source, status.Error(codes.Canceled, "the caller went away; the read was ended")
+		}
+		return source, err
+	}
+	if out.first() || end != "" {
+		c := &schedv1.TaskLogsChunk{End: end}
+		if out.first() {
+			c.Source = source
+		}
+		err = out.stream.Send(c)
 	}
 	return source, err
+}
+
+// taskEnded reports whether task id has ended, and when; a task the
+// scheduler no longer holds has (at an unknown time).
+func (s *Server) taskEnded(id string) func(context.Context) (bool, time.Time) {
+	return func(ctx context.Context) (bool, time.Time) {
+		t, err := s.core.Task(ctx, id)
+		if err != nil {
+			return errdefs.IsNotFound(err), time.Time{}
+		}
+		return t.State.Terminal(), t.Ended
+	}
+}
+
+// forgottenApplication finds the application whose keys in the log bucket
+// hold task taskID of job jobID, a job this scheduler no longer holds.
+// Only the applications the caller may read logs of are asked about, so a
+// caller learns nothing of another application's tasks: to them, those
+// are not there.
+func (s *Server) forgottenApplication(ctx context.Context, jobID, taskID string) (string, error) {
+	apps, err := s.archive.Applications(ctx, jobID, taskID, func(app string) bool {
+		return s.authz.Authorize(ctx, authz.TaskLogs, app) == nil
+	})
+	if err != nil {
+		return "", apierr.ToGRPC(err)
+	}
+	switch len(apps) {
+	case 0:
+		return "", status.Errorf(codes.NotFound, "job %s is not held by this scheduler (ended jobs are removed after their retention), "+
+			"and the log bucket has no logs of task %s under an application whose logs you may read", jobID, taskID)
+	case 1:
+		return apps[0], nil
+	}
+	return "", status.Errorf(codes.FailedPrecondition, "the log bucket holds logs of task %s under more than one application (%s): ask an operator",
+		taskID, strings.Join(apps, ", "))
 }
 
 // liveLogs relays one read from the agent ra, granting the agent credit

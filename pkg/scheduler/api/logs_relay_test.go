@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -33,19 +34,45 @@ func (r *recTrail) Record(_ context.Context, rec audit.Record) error {
 	return nil
 }
 
-// spyArchive records every read it is asked for.
+// spyArchive records every read it is asked for. held lists the
+// applications whose keys hold a task (for jobs the scheduler forgot);
+// asked records the applications Applications was allowed to ask about.
 type spyArchive struct {
 	mu    sync.Mutex
 	reads []LogKey
+	opts  []ArchiveRead
+	held  map[string][]string // task id → applications
+	asked []string
 }
 
 func (a *spyArchive) Source(k LogKey) string { return "s3://b/" + k.TaskID }
 
-func (a *spyArchive) Read(_ context.Context, k LogKey, _ time.Time, send func([]byte) error) (string, error) {
+func (a *spyArchive) Read(_ context.Context, k LogKey, r ArchiveRead, send func([]byte) error) (string, error) {
 	a.mu.Lock()
 	a.reads = append(a.reads, k)
+	a.opts = append(a.opts, r)
 	a.mu.Unlock()
-	return "s3://b/" + k.TaskID, send([]byte("archived\n"))
+	if err := send([]byte("archived " + k.Application + "\n")); err != nil {
+		return "", err
+	}
+	if r.Follow {
+		return "task " + k.TaskID + " ended: its final stdout is read", nil
+	}
+	return "", nil
+}
+
+func (a *spyArchive) Applications(_ context.Context, jobID, taskID string, may func(string) bool) ([]string, error) {
+	var out []string
+	for _, app := range []string{"billing", "search", "unlisted"} { // the bucket's applications
+		if !may(app) {
+			continue
+		}
+		a.asked = append(a.asked, app)
+		if slices.Contains(a.held[taskID], app) {
+			out = append(out, app)
+		}
+	}
+	return out, nil
 }
 
 // logsStream is a caller's end of TaskLogs.
@@ -122,11 +149,97 @@ func TestTaskLogsAnotherTenantIsRefused(t *testing.T) {
 	if err := s.TaskLogs(&schedv1.TaskLogsRequest{Id: id, Archive: true, Stderr: true}, ls); err != nil {
 		t.Fatalf("the owner reads the archive: %v", err)
 	}
-	if len(ls.sent) == 0 || ls.sent[0].GetSource() != "s3://b/"+id || string(ls.sent[0].GetData()) != "archived\n" {
+	if len(ls.sent) == 0 || ls.sent[0].GetSource() != "s3://b/"+id || string(ls.sent[0].GetData()) != "archived billing\n" {
 		t.Errorf("archive read sent %v", ls.sent)
 	}
 	if diff := cmp.Diff([]LogKey{{Application: "billing", JobID: r.JobId, TaskID: id, Stderr: true}}, arch.reads); diff != "" {
 		t.Errorf("archive reads (-want +got):\n%s", diff)
+	}
+}
+
+// TestTaskLogsOfAForgottenJob: the logs of a job the scheduler no longer
+// holds (removed after its retention) are read from the bucket, under the
+// application its keys name, for a caller who may read that application's
+// logs. The attack: bob (owner of search) and a reader ask for billing's
+// forgotten task by its id: they get NotFound, the archive is only asked
+// about applications they may read (nothing of billing's is listed for
+// them, so the answer says nothing of it), and nothing is read. Each read
+// is audited with the application found.
+func TestTaskLogsOfAForgottenJob(t *testing.T) {
+	s := newServer(t)
+	trail := &recTrail{}
+	s.trail = trail
+	const gone = "0190aaaa-gone.0.0" // never held by this scheduler
+	arch := &spyArchive{held: map[string][]string{gone: {"billing"}, "0190bbbb-both.0.0": {"billing", "search"}}}
+	s.SetLogArchive(arch)
+
+	ls := &logsStream{ctx: as("alice@example.com")}
+	if err := s.TaskLogs(&schedv1.TaskLogsRequest{Id: gone, Follow: true}, ls); err != nil {
+		t.Fatalf("alice reads her forgotten task: %v", err)
+	}
+	var got []string
+	for _, c := range ls.sent {
+		got = append(got, fmt.Sprintf("%q %q %q", c.GetSource(), c.GetData(), c.GetEnd()))
+	}
+	want := []string{`"s3://b/` + gone + `" "archived billing\n" ""`, `"" "" "task ` + gone + ` ended: its final stdout is read"`}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("sent (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]LogKey{{Application: "billing", JobID: "0190aaaa-gone", TaskID: gone}}, arch.reads); diff != "" {
+		t.Errorf("reads (-want +got):\n%s", diff)
+	}
+	if len(arch.opts) != 1 || !arch.opts[0].Follow || arch.opts[0].TaskEnded != nil {
+		t.Errorf("read options %+v: want a follow of an ended task", arch.opts)
+	}
+	if diff := cmp.Diff([]string{"billing"}, arch.asked); diff != "" {
+		t.Errorf("alice: applications asked about (-want +got):\n%s", diff)
+	}
+
+	// The attack.
+	for _, who := range []string{"bob@example.com", "auditor@example.com"} {
+		arch.asked, arch.reads = nil, nil
+		ls := &logsStream{ctx: as(who)}
+		err := s.TaskLogs(&schedv1.TaskLogsRequest{Id: gone}, ls)
+		if status.Code(err) != codes.NotFound || strings.Contains(err.Error(), "billing") {
+			t.Errorf("%s reads billing's forgotten task: %v, want NotFound naming no application", who, err)
+		}
+		if len(arch.reads) != 0 || len(ls.sent) != 0 {
+			t.Errorf("%s: read %v, sent %v", who, arch.reads, ls.sent)
+		}
+		if slices.Contains(arch.asked, "billing") {
+			t.Errorf("%s: the archive was asked about billing (%v)", who, arch.asked)
+		}
+	}
+	// An admin reads it too; a task under two applications is refused
+	// to whoever may read both, not guessed at.
+	arch.reads = nil
+	if err := s.TaskLogs(&schedv1.TaskLogsRequest{Id: gone}, &logsStream{ctx: as("root@example.com")}); err != nil {
+		t.Errorf("root: %v", err)
+	}
+	err := s.TaskLogs(&schedv1.TaskLogsRequest{Id: "0190bbbb-both.0.0"}, &logsStream{ctx: as("root@example.com")})
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "billing, search") {
+		t.Errorf("root reads a task under two applications: %v", err)
+	}
+	ls = &logsStream{ctx: as("bob@example.com")}
+	if err := s.TaskLogs(&schedv1.TaskLogsRequest{Id: "0190bbbb-both.0.0"}, ls); err != nil || string(ls.sent[0].GetData()) != "archived search\n" {
+		t.Errorf("bob reads the task under his application: %v %v", err, ls.sent)
+	}
+
+	type row struct{ Principal, App, Task, Code string }
+	var rows []row
+	for _, r := range trail.recs {
+		rows = append(rows, row{r.Principal, r.Application, r.TaskID, r.Code})
+	}
+	wantRows := []row{
+		{"alice@example.com", "billing", gone, "OK"},
+		{"bob@example.com", "", gone, "NotFound"},
+		{"auditor@example.com", "", gone, "NotFound"},
+		{"root@example.com", "billing", gone, "OK"},
+		{"root@example.com", "", "0190bbbb-both.0.0", "FailedPrecondition"},
+		{"bob@example.com", "search", "0190bbbb-both.0.0", "OK"},
+	}
+	if diff := cmp.Diff(wantRows, rows); diff != "" {
+		t.Errorf("audit (-want +got):\n%s", diff)
 	}
 }
 
