@@ -12,6 +12,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
@@ -109,6 +110,14 @@ logship:
 	data, src, err := readLogs(ctx, st.clients["alice"], &schedv1.TaskLogsRequest{Id: taskID, Follow: true})
 	if err != nil || data != want || src != "s3://"+bucket+"/"+prefix+"stdout.*" {
 		t.Errorf("alice reads her forgotten task: %d bytes (want %d) from %q, %v", len(data), len(want), src, err)
+	}
+	// --since skips whole files: the ones uploaded before it.
+	data, _, err = readLogs(ctx, st.clients["alice"], &schedv1.TaskLogsRequest{Id: taskID, Since: timestamppb.New(time.Now())})
+	if err != nil || data != "" {
+		t.Errorf("alice reads since now: %d bytes, %v; want nothing (every file was uploaded before)", len(data), err)
+	}
+	if b, err := st.cli("alice", "task", "logs", "--since", "10m", taskID).Output(); err != nil || string(b) != want {
+		t.Errorf("alice: task logs --since 10m: %d bytes (want %d), %v", len(b), len(want), err)
 	}
 	// The attack: bob (search) and dave (no role) know the task id.
 	data, _, err = readLogs(ctx, st.clients["bob"], &schedv1.TaskLogsRequest{Id: taskID})
