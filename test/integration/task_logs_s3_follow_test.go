@@ -121,7 +121,7 @@ logship:
 	}
 	// The attack: bob (search) and dave (no role) know the task id.
 	data, _, err = readLogs(ctx, st.clients["bob"], &schedv1.TaskLogsRequest{Id: taskID})
-	wantCode(t, "bob reads billing's forgotten task", err, codes.NotFound, "no logs of task")
+	wantCode(t, "bob reads billing's forgotten task", err, codes.NotFound, `task "`+taskID+`"`)
 	if data != "" || err != nil && strings.Contains(err.Error(), "billing") {
 		t.Errorf("bob got %d bytes, error %v (must not name billing)", len(data), err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/apierr"
 	"github.com/titus-agent/titus-agent/pkg/audit"
 	"github.com/titus-agent/titus-agent/pkg/authz"
+	"github.com/titus-agent/titus-agent/pkg/scheduler/core"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/model"
 )
 
@@ -368,7 +369,7 @@ func (s *Server) taskEnded(id string) func(context.Context) (bool, time.Time) {
 // hold task taskID of job jobID, a job this scheduler no longer holds.
 // Only the applications the caller may read logs of are asked about, so a
 // caller learns nothing of another application's tasks: to them, those
-// are not there.
+// are not there: NotFound, as for a task that does not exist.
 func (s *Server) forgottenApplication(ctx context.Context, jobID, taskID string) (string, error) {
 	apps, err := s.archive.Applications(ctx, jobID, taskID, func(app string) bool {
 		return s.authz.Authorize(ctx, authz.TaskLogs, app) == nil
@@ -378,8 +379,9 @@ func (s *Server) forgottenApplication(ctx context.Context, jobID, taskID string)
 	}
 	switch len(apps) {
 	case 0:
-		return "", status.Errorf(codes.NotFound, "job %s is not held by this scheduler (ended jobs are removed after their retention), "+
-			"and the log bucket has no logs of task %s under an application whose logs you may read", jobID, taskID)
+		// Word for word what a task that does not exist answers, and what
+		// a live task of another tenant answers (authorizeTask).
+		return "", apierr.ToGRPC(core.TaskNotFound(taskID))
 	case 1:
 		return apps[0], nil
 	}

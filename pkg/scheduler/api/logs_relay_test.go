@@ -200,8 +200,10 @@ func TestTaskLogsOfAForgottenJob(t *testing.T) {
 		arch.asked, arch.reads = nil, nil
 		ls := &logsStream{ctx: as(who)}
 		err := s.TaskLogs(&schedv1.TaskLogsRequest{Id: gone}, ls)
-		if status.Code(err) != codes.NotFound || strings.Contains(err.Error(), "billing") {
-			t.Errorf("%s reads billing's forgotten task: %v, want NotFound naming no application", who, err)
+		// Word for word what a task that does not exist answers.
+		none := s.TaskLogs(&schedv1.TaskLogsRequest{Id: "0190cccc-none.0.0"}, &logsStream{ctx: as(who)})
+		if status.Code(err) != codes.NotFound || status.Convert(err).Message() != strings.ReplaceAll(status.Convert(none).Message(), "0190cccc-none", "0190aaaa-gone") {
+			t.Errorf("%s reads billing's forgotten task: %v, want NotFound as for a task that does not exist (%v)", who, err, none)
 		}
 		if len(arch.reads) != 0 || len(ls.sent) != 0 {
 			t.Errorf("%s: read %v, sent %v", who, arch.reads, ls.sent)
@@ -233,7 +235,9 @@ func TestTaskLogsOfAForgottenJob(t *testing.T) {
 	wantRows := []row{
 		{"alice@example.com", "billing", gone, "OK"},
 		{"bob@example.com", "", gone, "NotFound"},
+		{"bob@example.com", "", "0190cccc-none.0.0", "NotFound"},
 		{"auditor@example.com", "", gone, "NotFound"},
+		{"auditor@example.com", "", "0190cccc-none.0.0", "NotFound"},
 		{"root@example.com", "billing", gone, "OK"},
 		{"root@example.com", "", "0190bbbb-both.0.0", "FailedPrecondition"},
 		{"bob@example.com", "search", "0190bbbb-both.0.0", "OK"},
