@@ -13,6 +13,7 @@ import (
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/status"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
@@ -98,7 +99,10 @@ type Config struct {
 	// default) of taking over, and with it every task the agent runs: the
 	// agent must be back well within that.
 	MinBackoff, MaxBackoff time.Duration
-	Log                    *slog.Logger
+	// Keepalive of the connections the link dials (zero: DefaultKeepalive).
+	// gRPC raises a Time below 10s to 10s.
+	Keepalive keepalive.ClientParameters
+	Log       *slog.Logger
 	// Exec runs exec sessions the scheduler relays; nil refuses them.
 	Exec ExecFunc
 	// Logs reads task logs for the scheduler; nil refuses them.
@@ -110,6 +114,31 @@ type Config struct {
 // below it, so a batch never ends the session (gRPC's default of 4 MiB did,
 // and the tasks sent in it were marked LOST and sent again in a hot loop).
 const MaxMessageSize = 16 << 20
+
+// DefaultKeepalive pings the scheduler after 10s without a frame from it
+// and drops the connection when the ping is not answered within 5s, with or
+// without an open stream. Without it a connection to a replica that died
+// without a reset (a partition, a killed VM) was noticed only through TCP
+// timeouts: heartbeats went into a dead socket for minutes, the agent never
+// reconnected, and its tasks were lost. The scheduler's enforcement policy
+// allows pings every 5s (scheduler.KeepaliveMinClientPing); gRPC's default
+// (5 min) would answer these with GOAWAY ENHANCE_YOUR_CALM.
+var DefaultKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}
+
+// keepaliveParams is cfg's keepalive, DefaultKeepalive where unset, always
+// pinging without a stream.
+func keepaliveParams(p keepalive.ClientParameters) keepalive.ClientParameters {
+	if p.Time <= 0 {
+		p.Time = DefaultKeepalive.Time
+	}
+	if p.Timeout <= 0 {
+		p.Timeout = DefaultKeepalive.Timeout
+	}
+	// Between sessions too: a replica that died is found before the next
+	// stream is opened on it.
+	p.PermitWithoutStream = true
+	return p
+}
 
 // refusedRetry caps the delay before retrying a registration refused
 // because the instance id has a live session.
@@ -147,7 +176,7 @@ func Run(ctx context.Context, cfg Config, tasks Tasks) error {
 		opts = append(opts[:len(opts):len(opts)], grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           grpcbackoff.Config{BaseDelay: cfg.MinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: cfg.MaxBackoff},
 			MinConnectTimeout: 5 * time.Second,
-		}))
+		}), grpc.WithKeepaliveParams(keepaliveParams(cfg.Keepalive)))
 		for _, addr := range strings.Split(cfg.Address, ",") {
 			cc, err := grpc.NewClient(strings.TrimSpace(addr), opts...)
 			if err != nil {

@@ -12,7 +12,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/keepalive"
 
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
 	"github.com/titus-agent/titus-agent/pkg/audit"
@@ -105,10 +104,7 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 	}
 	s := &Scheduler{opts: opts, log: log, lis: lis, core: c, audit: trail, ready: make(chan struct{})}
 	s.leaderAddr.Store("")
-	sopts := []grpc.ServerOption{
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxRecvMsgSize(16 << 20),
-	}
+	sopts := append(keepaliveOptions(defaultKeepalive()), grpc.MaxRecvMsgSize(16<<20))
 	if opts.TLS != nil {
 		sopts = append(sopts, grpc.Creds(credentials.NewTLS(opts.TLS)))
 	}
