@@ -73,6 +73,9 @@ type auditConfig struct {
 	// MaxAge (a duration) and MaxRecords bound retention.
 	MaxAge     string `json:"maxAge"`
 	MaxRecords int    `json:"maxRecords"`
+	// MaxRecordsPerPrincipal caps the records one principal holds (its
+	// own oldest go first).
+	MaxRecordsPerPrincipal int `json:"maxRecordsPerPrincipal"`
 	// RefusalBurst refusals of one principal are stored one by one, then
 	// one per RefusalEvery (a duration); the rest are counted in one record
 	// per principal and RefusalWindow (a duration).
@@ -259,6 +262,7 @@ func newServeCmd() *cobra.Command {
 	f.IntVar(&o.ExecMaxSessionsPerCaller, "exec-max-sessions-per-caller", api.DefaultExecMaxSessionsPerCaller, "exec sessions one principal may have open through this scheduler at once")
 	f.DurationVar(&o.AuditMaxAge, "audit-max-age", audit.DefaultMaxAge, "audit records older than this are removed")
 	f.IntVar(&o.AuditMaxRecords, "audit-max-records", audit.DefaultMaxRecords, "audit records kept at most; the oldest are removed first")
+	f.IntVar(&o.AuditMaxRecordsPerPrincipal, "audit-max-records-per-principal", 0, "audit records one principal holds at most; past it its own oldest are removed, never another's (0: a tenth of --audit-max-records, at least 1000)")
 	f.IntVar(&o.AuditRefusalBurst, "audit-refusal-burst", audit.DefaultRefusalBurst, "refused calls of one principal stored one by one before the rest are only counted")
 	f.DurationVar(&o.AuditRefusalEvery, "audit-refusal-every", audit.DefaultRefusalEvery, "past the burst, one more refusal of a principal is stored one by one per this interval")
 	f.DurationVar(&o.AuditRefusalWindow, "audit-refusal-window", audit.DefaultRefusalWindow, "refusals not stored one by one are counted in one record per principal and window")
@@ -359,10 +363,11 @@ func applyConfigFile(path string, changed func(string) bool, o *scheduler.Option
 	if err := dur("lb-reconcile-interval", &o.TargetReconcileInterval, c.LoadBalancers.ReconcileInterval); err != nil {
 		return err
 	}
-	if c.Audit.MaxRecords < 0 || c.Audit.RefusalBurst < 0 {
-		return fmt.Errorf("config %s: audit.maxRecords, audit.refusalBurst: must be at least 1", path)
+	if c.Audit.MaxRecords < 0 || c.Audit.RefusalBurst < 0 || c.Audit.MaxRecordsPerPrincipal < 0 {
+		return fmt.Errorf("config %s: audit.maxRecords, audit.maxRecordsPerPrincipal, audit.refusalBurst: must be at least 1", path)
 	}
 	num("audit-max-records", &o.AuditMaxRecords, c.Audit.MaxRecords)
+	num("audit-max-records-per-principal", &o.AuditMaxRecordsPerPrincipal, c.Audit.MaxRecordsPerPrincipal)
 	num("audit-refusal-burst", &o.AuditRefusalBurst, c.Audit.RefusalBurst)
 	for _, d := range []struct {
 		key, flag string

@@ -132,12 +132,13 @@ func TestConfigFileAudit(t *testing.T) {
 		err := applyConfigFile(path, func(string) bool { return false }, &o, &ep, &ml, &tlsFiles, &auth, &lbConfig{}, &logsConfig{})
 		return o, err
 	}
-	o, err := apply("audit: {maxAge: 48h, maxRecords: 500, refusalBurst: 7, refusalEvery: 1m, refusalWindow: 5m}\n")
-	if err != nil || o.AuditMaxAge != 48*time.Hour || o.AuditMaxRecords != 500 || o.AuditRefusalBurst != 7 || o.AuditRefusalEvery != time.Minute || o.AuditRefusalWindow != 5*time.Minute {
+	o, err := apply("audit: {maxAge: 48h, maxRecords: 500, maxRecordsPerPrincipal: 50, refusalBurst: 7, refusalEvery: 1m, refusalWindow: 5m}\n")
+	if err != nil || o.AuditMaxAge != 48*time.Hour || o.AuditMaxRecords != 500 || o.AuditMaxRecordsPerPrincipal != 50 || o.AuditRefusalBurst != 7 || o.AuditRefusalEvery != time.Minute || o.AuditRefusalWindow != 5*time.Minute {
 		t.Errorf("audit section: %+v, %v", o, err)
 	}
 	for _, bad := range []struct{ doc, key string }{
 		{"audit: {refusalBurst: -1}\n", "audit.refusalBurst"},
+		{"audit: {maxRecordsPerPrincipal: -1}\n", "audit.maxRecordsPerPrincipal"},
 		{"audit: {refusalEvery: -1m}\n", "audit.refusalEvery"},
 		{"audit: {refusalWindow: soon}\n", "audit-refusal-window"},
 	} {

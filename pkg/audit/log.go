@@ -2,6 +2,7 @@ package audit
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -18,6 +20,9 @@ import (
 const (
 	DefaultMaxAge     = 90 * 24 * time.Hour
 	DefaultMaxRecords = 100_000
+	// The default per-principal cap is a tenth of MaxRecords, at least
+	// minPerPrincipal (and at most MaxRecords).
+	minPerPrincipal = 1000
 )
 
 // Options configure a Log.
@@ -27,6 +32,13 @@ type Options struct {
 	// MaxAge and MaxRecords bound retention (defaults above).
 	MaxAge     time.Duration
 	MaxRecords int
+	// MaxRecordsPerPrincipal caps the records one principal holds: a new
+	// record of a principal at its cap evicts that principal's own oldest
+	// record in the same etcd transaction, never another principal's, so
+	// that nobody's volume of calls (allowed or not) pushes others'
+	// records out of the bounded trail (0: a tenth of MaxRecords, at least
+	// 1000; at least MaxRecords: no per-principal bound).
+	MaxRecordsPerPrincipal int
 	// Log receives every record as a structured line (nil = slog.Default()).
 	Log *slog.Logger
 	// Now is the clock (nil = time.Now).
@@ -43,20 +55,25 @@ type Options struct {
 	RefusalWindow time.Duration
 }
 
-// maxBatch bounds the records of one etcd transaction.
-const maxBatch = 128
+// maxBatch bounds the records of one etcd transaction: each takes at
+// most four operations (its put, its index entry's, and the delete of an
+// evicted record and its index entry), within etcd's default 128.
+const maxBatch = 32
 
 type pending struct {
-	key  string
-	val  []byte
-	done chan error
+	key       string
+	val       []byte
+	principal string
+	done      chan error
 }
 
 // Log is the audit trail.
 type Log struct {
 	opts   Options
 	prefix string
-	seq    atomic.Uint64
+	// byPrefix indexes records by principal: byPrefix+hex(principal)+"/"+ID.
+	byPrefix string
+	seq      atomic.Uint64
 
 	mu      sync.Mutex
 	kv      clientv3.KV
@@ -75,6 +92,9 @@ func New(o Options) *Log {
 	if o.MaxRecords <= 0 {
 		o.MaxRecords = DefaultMaxRecords
 	}
+	if o.MaxRecordsPerPrincipal <= 0 {
+		o.MaxRecordsPerPrincipal = min(max(o.MaxRecords/10, minPerPrincipal), o.MaxRecords)
+	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
@@ -90,7 +110,7 @@ func New(o Options) *Log {
 	if o.RefusalWindow <= 0 {
 		o.RefusalWindow = DefaultRefusalWindow
 	}
-	return &Log{opts: o, prefix: o.Prefix + "audit/", wake: make(chan struct{}, 1),
+	return &Log{opts: o, prefix: o.Prefix + "audit/", byPrefix: o.Prefix + "audit-by/", wake: make(chan struct{}, 1),
 		refusals: newRefusals(o.RefusalBurst, o.RefusalEvery, o.RefusalWindow)}
 }
 
@@ -140,7 +160,7 @@ func (l *Log) put(r Record, store bool) (pending, error) {
 	if err != nil {
 		return pending{}, fmt.Errorf("audit: %w", err)
 	}
-	p := pending{key: l.prefix + r.ID, val: b, done: make(chan error, 1)}
+	p := pending{key: l.prefix + r.ID, val: b, principal: r.Principal, done: make(chan error, 1)}
 	l.mu.Lock()
 	if l.kv == nil {
 		l.mu.Unlock()
@@ -217,11 +237,10 @@ func (l *Log) flush(ctx context.Context, kv clientv3.KV) {
 		if n == 0 {
 			return
 		}
-		ops := make([]clientv3.Op, n)
-		for i, p := range batch {
-			ops[i] = clientv3.OpPut(p.key, string(p.val))
+		ops, err := l.batchOps(ctx, kv, batch)
+		if err == nil {
+			_, err = kv.Txn(ctx).Then(ops...).Commit()
 		}
-		_, err := kv.Txn(ctx).Then(ops...).Commit()
 		if err != nil {
 			err = fmt.Errorf("audit: store %d records: %w", n, err)
 			l.opts.Log.Error("audit trail not stored", "err", err)
@@ -230,6 +249,73 @@ func (l *Log) flush(ctx context.Context, kv clientv3.KV) {
 			p.done <- err
 		}
 	}
+}
+
+// indexKey is the key of record id's entry in principal's index.
+func (l *Log) indexKey(principal, id string) string {
+	return l.byPrefix + hex.EncodeToString([]byte(principal)) + "/" + id
+}
+
+// batchOps are the operations storing batch: each record and its index
+// entry, and, for a principal whose records would pass
+// MaxRecordsPerPrincipal, the delete of as many of its own oldest records
+// (at most one per new record). The index counts at least the principal's
+// records (an entry is written with its record; one whose record was
+// pruned by age or count stays until pruneIndex or an eviction), so the
+// cap bounds what a principal holds even when the index lags.
+func (l *Log) batchOps(ctx context.Context, kv clientv3.KV, batch []pending) ([]clientv3.Op, error) {
+	var ops []clientv3.Op
+	newBy := map[string][]string{}
+	var order []string
+	for _, p := range batch {
+		id := strings.TrimPrefix(p.key, l.prefix)
+		if _, ok := newBy[p.principal]; !ok {
+			order = append(order, p.principal)
+		}
+		newBy[p.principal] = append(newBy[p.principal], id)
+	}
+	drop := map[string]bool{}
+	var evict []clientv3.Op
+	for _, who := range order {
+		ids := newBy[who]
+		from := l.indexKey(who, "")
+		end := clientv3.GetPrefixRangeEnd(from)
+		resp, err := kv.Get(ctx, from, clientv3.WithRange(end), clientv3.WithCountOnly())
+		if err != nil {
+			return nil, fmt.Errorf("count the records of %q: %w", who, err)
+		}
+		k := int64(len(ids))
+		extra := min(resp.Count+k-int64(l.opts.MaxRecordsPerPrincipal), k)
+		if extra <= 0 {
+			continue
+		}
+		var old []string
+		if resp.Count > 0 {
+			resp, err = kv.Get(ctx, from, clientv3.WithRange(end), clientv3.WithKeysOnly(), clientv3.WithLimit(extra))
+			if err != nil {
+				return nil, fmt.Errorf("find the oldest records of %q: %w", who, err)
+			}
+			for _, item := range resp.Kvs {
+				old = append(old, strings.TrimPrefix(string(item.Key), from))
+			}
+		}
+		// Fewer stored than to evict: the batch's own oldest go (never
+		// stored, still in the structured log).
+		for _, id := range ids[:extra-int64(len(old))] {
+			drop[id] = true
+		}
+		for _, id := range old {
+			evict = append(evict, clientv3.OpDelete(l.prefix+id), clientv3.OpDelete(from+id))
+		}
+	}
+	for _, p := range batch {
+		id := strings.TrimPrefix(p.key, l.prefix)
+		if drop[id] {
+			continue
+		}
+		ops = append(ops, clientv3.OpPut(p.key, string(p.val)), clientv3.OpPut(l.indexKey(p.principal, id), ""))
+	}
+	return append(ops, evict...), nil
 }
 
 // prune deletes records older than MaxAge, then the oldest beyond MaxRecords.
@@ -248,8 +334,12 @@ func (l *Log) prune(ctx context.Context) {
 
 func (l *Log) pruneOnce(ctx context.Context, kv clientv3.KV) error {
 	cutoff := l.prefix + idOf(l.opts.Now().Add(-l.opts.MaxAge), 0)
-	if _, err := kv.Delete(ctx, l.prefix, clientv3.WithRange(cutoff)); err != nil {
+	del, err := kv.Delete(ctx, l.prefix, clientv3.WithRange(cutoff), clientv3.WithPrevKV())
+	if err != nil {
 		return fmt.Errorf("delete records past %s: %w", l.opts.MaxAge, err)
+	}
+	if err := l.pruneIndex(ctx, kv, del.PrevKvs); err != nil {
+		return err
 	}
 	end := clientv3.GetPrefixRangeEnd(l.prefix)
 	resp, err := kv.Get(ctx, l.prefix, clientv3.WithRange(end), clientv3.WithCountOnly())
@@ -269,8 +359,31 @@ func (l *Log) pruneOnce(ctx context.Context, kv clientv3.KV) error {
 		return nil
 	}
 	upto := string(resp.Kvs[extra].Key)
-	if _, err := kv.Delete(ctx, l.prefix, clientv3.WithRange(upto)); err != nil {
+	del, err = kv.Delete(ctx, l.prefix, clientv3.WithRange(upto), clientv3.WithPrevKV())
+	if err != nil {
 		return fmt.Errorf("delete records beyond %d: %w", l.opts.MaxRecords, err)
+	}
+	return l.pruneIndex(ctx, kv, del.PrevKvs)
+}
+
+// pruneIndex deletes the index entries of records pruned by age or count.
+// An entry left behind (an error here) only makes its principal's count
+// high until an eviction of its takes it.
+func (l *Log) pruneIndex(ctx context.Context, kv clientv3.KV, gone []*mvccpb.KeyValue) error {
+	for len(gone) > 0 {
+		n := min(len(gone), maxBatch)
+		ops := make([]clientv3.Op, 0, n)
+		for _, item := range gone[:n] {
+			var r Record
+			if json.Unmarshal(item.Value, &r) != nil {
+				continue
+			}
+			ops = append(ops, clientv3.OpDelete(l.indexKey(r.Principal, strings.TrimPrefix(string(item.Key), l.prefix))))
+		}
+		if _, err := kv.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("delete the index entries of pruned records: %w", err)
+		}
+		gone = gone[n:]
 	}
 	return nil
 }

@@ -78,6 +78,9 @@ type Options struct {
 	// AuditMaxAge and AuditMaxRecords bound the audit trail's retention.
 	AuditMaxAge     time.Duration
 	AuditMaxRecords int
+	// AuditMaxRecordsPerPrincipal caps one principal's records
+	// (audit.Options.MaxRecordsPerPrincipal).
+	AuditMaxRecordsPerPrincipal int
 	// AuditRefusalBurst, AuditRefusalEvery and AuditRefusalWindow bound
 	// the refusals one principal stores (audit.Options.Refusal*).
 	AuditRefusalBurst                     int

@@ -93,7 +93,8 @@ func New(opts Options, log *slog.Logger) (*Scheduler, error) {
 		decider = authz.New(opts.Policy)
 	}
 	trail := audit.New(audit.Options{Prefix: opts.Prefix, MaxAge: opts.AuditMaxAge, MaxRecords: opts.AuditMaxRecords, Log: log,
-		RefusalBurst: opts.AuditRefusalBurst, RefusalEvery: opts.AuditRefusalEvery, RefusalWindow: opts.AuditRefusalWindow})
+		RefusalBurst: opts.AuditRefusalBurst, RefusalEvery: opts.AuditRefusalEvery, RefusalWindow: opts.AuditRefusalWindow,
+		MaxRecordsPerPrincipal: opts.AuditMaxRecordsPerPrincipal})
 	guard := authz.NewGuard(authz.GuardConfig{Authn: an, Decider: decider, Audit: trail, MaxRequestBytes: opts.MaxRequestBytes, Log: log})
 	lis, err := net.Listen("tcp", opts.Listen)
 	if err != nil {
