@@ -32,6 +32,7 @@ var hookPhase = map[string]string{
 var platformReasons = map[task.Reason]bool{
 	task.ReasonImagePullFailed:     true,
 	task.ReasonNetworkSetupFailed:  true,
+	task.ReasonNoNetworkCapacity:   true,
 	task.ReasonDiskSetupFailed:     true,
 	task.ReasonMetadataSetupFailed: true,
 	task.ReasonStartFailed:         true,

@@ -59,12 +59,16 @@ func (s State) Terminal() bool { return s >= Finished }
 type Reason string
 
 const (
-	ReasonNone                 Reason = ""
-	ReasonAccepted             Reason = "Accepted"
-	ReasonInvalidSpec          Reason = "InvalidSpec"
-	ReasonImageNotFound        Reason = "ImageNotFound"
-	ReasonImagePullFailed      Reason = "ImagePullFailed"
-	ReasonNetworkSetupFailed   Reason = "NetworkSetupFailed"
+	ReasonNone               Reason = ""
+	ReasonAccepted           Reason = "Accepted"
+	ReasonInvalidSpec        Reason = "InvalidSpec"
+	ReasonImageNotFound      Reason = "ImageNotFound"
+	ReasonImagePullFailed    Reason = "ImagePullFailed"
+	ReasonNetworkSetupFailed Reason = "NetworkSetupFailed"
+	// ReasonNoNetworkCapacity: the host had no IP or ENI left for the
+	// task (the scheduler placed it on a stale view); nothing ran, and
+	// the scheduler places it again at once, not counting a failure.
+	ReasonNoNetworkCapacity    Reason = "NoNetworkCapacity"
 	ReasonDiskSetupFailed      Reason = "DiskSetupFailed"
 	ReasonMetadataSetupFailed  Reason = "MetadataSetupFailed"
 	ReasonStartFailed          Reason = "StartFailed"

@@ -63,6 +63,10 @@ type report struct {
 	apiErrors       map[string]int
 	twice           []string
 	lostNoReason    []string
+	// refusedNoIP are tasks an agent refused for lack of an IP or an ENI:
+	// no crash (nothing ran; the scheduler places them again at once) but
+	// placement's error, which issue #14 says must never happen.
+	refusedNoIP     []string
 	metaOK, metaAll int
 	leaks           map[string][]string
 	faults          []fault
@@ -201,6 +205,11 @@ func build(o *observer, l *load, r *report) {
 			r.userEnded[t.Reason]++
 			continue
 		}
+		if t.Reason == string(task.ReasonNoNetworkCapacity) {
+			r.refusedNoIP = append(r.refusedNoIP, fmt.Sprintf("%s on %s ended +%s: %s", id, t.AgentId,
+				endedAt(t).Sub(r.start).Round(100*time.Millisecond), t.Message))
+			continue
+		}
 		r.platformTasks++
 		i := r.explain(t)
 		after := "(no fault)"
@@ -231,6 +240,7 @@ func build(o *observer, l *load, r *report) {
 	}
 	sort.Strings(r.twice)
 	sort.Strings(r.lostNoReason)
+	sort.Strings(r.refusedNoIP)
 }
 
 // exposes says whether task t was in f's reach: placed (on f's host, for
@@ -297,6 +307,9 @@ func (r *report) check(obj objectives) {
 	}
 	if len(r.lostNoReason) > 0 {
 		miss("tasks failed or lost without a reason: %d", len(r.lostNoReason))
+	}
+	if len(r.refusedNoIP) > 0 {
+		miss("tasks placed where the agent had no IP or ENI for them: %d", len(r.refusedNoIP))
 	}
 	for kind, l := range r.leaks {
 		if len(l) > 0 {
@@ -374,6 +387,10 @@ func (r *report) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "failed/lost without a reason: %d\n", len(r.lostNoReason))
 	for _, s := range r.lostNoReason {
+		fmt.Fprintf(w, "  %s\n", s)
+	}
+	fmt.Fprintf(w, "refused by the agent for lack of an IP or ENI (placed again at once; not platform failures): %d\n", len(r.refusedNoIP))
+	for _, s := range r.refusedNoIP {
 		fmt.Fprintf(w, "  %s\n", s)
 	}
 	fmt.Fprintf(w, "leaks after drain:")

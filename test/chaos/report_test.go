@@ -121,3 +121,30 @@ func TestReportCountsAndObjectives(t *testing.T) {
 		t.Errorf("a run without a baseline (-want +got):\n%s", diff)
 	}
 }
+
+// TestReportCapacityRefusalIsNoCrash: a task an agent refused for lack of
+// an IP or an ENI never ran and is placed again at once, so it is no
+// platform failure charged to a fault; but placement must never send one
+// (issue #14), so the report names it and misses an objective of its own.
+func TestReportCapacityRefusalIsNoCrash(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 6, 0, 0, 0, time.UTC)
+	ts := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(t0.Add(d)) }
+	l := &load{jobs: map[string]*jobInfo{"b": {id: "b", kind: "short"}}}
+	o := newObserver(nil, l)
+	o.tasks["b.0.1"] = &schedv1.Task{Id: "b.0.1", JobId: "b", AgentId: "i-1", State: agentv1.TaskState_TASK_STATE_FAILED,
+		Reason: "NoNetworkCapacity", Message: "network: allocate address: no network capacity left on this host",
+		Placed: ts(40 * time.Second), Ended: ts(41 * time.Second)}
+	r := &report{baselineStart: t0, start: t0.Add(30 * time.Second), faults: []fault{{kind: "ec2-throttle", injected: 9 * time.Second, healed: 12 * time.Second}}}
+	build(o, l, r)
+	if r.platformTasks != 0 || r.unexplained != 0 || len(r.platform) != 0 {
+		t.Errorf("a capacity refusal counted as a platform failure: %d (%d unexplained) %v", r.platformTasks, r.unexplained, r.platform)
+	}
+	want := []string{"b.0.1 on i-1 ended +11s: network: allocate address: no network capacity left on this host"}
+	if diff := cmp.Diff(want, r.refusedNoIP); diff != "" {
+		t.Errorf("refusals (-want +got):\n%s", diff)
+	}
+	r.check(objectives{launchMultiple: 10, platformShare: 0.1, availability: 0.99})
+	if !strings.Contains(strings.Join(r.missed, "\n"), "tasks placed where the agent had no IP or ENI for them: 1") {
+		t.Errorf("missed %q lacks the refusal", r.missed)
+	}
+}

@@ -2,8 +2,10 @@ package taskrunner
 
 import (
 	"context"
+	"errors"
 
 	"github.com/titus-agent/titus-agent/pkg/task"
+	"github.com/titus-agent/titus-agent/pkg/vpc"
 )
 
 // networkSetup is what the network hook needs from pkg/vpc.
@@ -21,6 +23,9 @@ func (h *NetworkHook) Prestart(ctx context.Context, req *PrestartRequest, resp *
 	att, err := h.Network.Setup(ctx, req.Spec.ID, req.Spec.Network)
 	if att != nil {
 		resp.Network = att
+	}
+	if errors.Is(err, vpc.ErrNoCapacity) {
+		return &HookError{Hook: h.Name(), Reason: task.ReasonNoNetworkCapacity, Err: err}
 	}
 	if err != nil {
 		return &HookError{Hook: h.Name(), Reason: task.ReasonNetworkSetupFailed, Err: err}

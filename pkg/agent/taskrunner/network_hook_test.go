@@ -3,11 +3,13 @@ package taskrunner
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/titus-agent/titus-agent/pkg/task"
+	"github.com/titus-agent/titus-agent/pkg/vpc"
 )
 
 type fakeNetwork struct {
@@ -53,5 +55,27 @@ func TestNetworkHook(t *testing.T) {
 	var he *HookError
 	if !errors.As(err, &he) || he.Reason != task.ReasonNetworkSetupFailed || resp.Network == nil {
 		t.Fatalf("err = %v, resp = %+v", err, resp.Network)
+	}
+}
+
+// TestNetworkHookNoCapacity: a host out of IPs or ENIs refuses the task
+// with a reason of its own, so the scheduler places it again at once; any
+// other setup failure stays NetworkSetupFailed.
+func TestNetworkHookNoCapacity(t *testing.T) {
+	tests := []struct {
+		err  error
+		want task.Reason
+	}{
+		{fmt.Errorf("allocate address: %w: instance i-1 has no room", vpc.ErrNoCapacity), task.ReasonNoNetworkCapacity},
+		{fmt.Errorf("grow pool: create ENI: no free device index: %w", vpc.ErrNoCapacity), task.ReasonNoNetworkCapacity},
+		{errors.New("grow pool: RequestLimitExceeded"), task.ReasonNetworkSetupFailed},
+	}
+	for _, tt := range tests {
+		h := &NetworkHook{Network: &fakeNetwork{rec: &recorder{}, err: tt.err}}
+		err := h.Prestart(context.Background(), &PrestartRequest{Spec: &task.Spec{ID: "t1"}, Resources: &Resources{}}, &PrestartResponse{})
+		var he *HookError
+		if !errors.As(err, &he) || he.Reason != tt.want {
+			t.Errorf("Prestart with %v: err = %v, want reason %s", tt.err, err, tt.want)
+		}
 	}
 }

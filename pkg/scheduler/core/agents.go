@@ -204,6 +204,7 @@ func (c *Core) update(sess *Session, healthy *bool, tasks []model.TaskStatus, ne
 	if healthy != nil {
 		c.stats.heartbeats.Add(1)
 		a.healthy = *healthy
+		a.net.refused = nil // the heartbeat's report tells what the host has
 	}
 	for _, st := range tasks {
 		c.applyStatus(a, st, now)

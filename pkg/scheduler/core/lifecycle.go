@@ -71,7 +71,12 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	c.st.SaveTask(t.rec)
 	a, j := t.agent, t.job
 	a.detach(t)
-	a.released(t.d.sgKey, now)
+	noIP := reason == string(task.ReasonNoNetworkCapacity)
+	if noIP {
+		a.refusedIP(t.d.sgKey) // it never had an IP to release
+	} else {
+		a.released(t.d.sgKey, now)
+	}
 	j.spread.add(a, -1)
 	j.live--
 	j.group.used = j.group.used.Sub(t.d.req)
@@ -104,7 +109,7 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 			break
 		}
 		due := now
-		if (state != task.Killed || t.healthFailed) && state != task.Lost {
+		if (state != task.Killed || t.healthFailed) && state != task.Lost && !noIP {
 			due = now.Add(retryDelay(j.rec.Spec.Retry(), min(rolloutFailures(j), 30), c.opts.CrashLoopBase, c.opts.CrashLoopCap))
 		}
 		c.q.enqueue(j, sl, due, now)
@@ -137,6 +142,13 @@ func (c *Core) settle(j *jobState, sl *slot, rec *model.Task, now time.Time) {
 		return
 	}
 	state := rec.State
+	if rec.Reason == string(task.ReasonNoNetworkCapacity) {
+		// The host had no IP for it (placement's view was stale): nothing
+		// ran, so place it again at once, elsewhere, counting no failure.
+		c.q.enqueue(j, sl, now, now)
+		c.poke()
+		return
+	}
 	if state == task.Lost {
 		// The host's fault: replace at once, unless the slot's tasks keep
 		// getting lost without running a while (a launch that ends the

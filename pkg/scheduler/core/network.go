@@ -44,6 +44,10 @@ type agentNet struct {
 	defGroups, defSubnet string
 	// pools caches poolOf's answers for this report.
 	pools map[string]pool
+	// refused holds the sgKeys the agent refused a task of for lack of an
+	// IP or an ENI since its last heartbeat: no task of those is placed
+	// there until the next one tells what it has.
+	refused map[string]bool
 }
 
 // pool is where a task of one sgKey takes its IP on a host: name, and
@@ -152,6 +156,15 @@ func (a *agentState) eachKey(fn func(key string)) {
 	}
 }
 
+// refusedIP notes that the agent refused a task of sgKey sg for lack of
+// an IP or an ENI: the host takes no more of them until its next heartbeat.
+func (a *agentState) refusedIP(sg string) {
+	if a.net.refused == nil {
+		a.net.refused = map[string]bool{}
+	}
+	a.net.refused[sg] = true
+}
+
 // released starts a task IP's cool-down.
 func (a *agentState) released(sg string, now time.Time) {
 	if a.net.cooldown <= 0 || a.ipsPerENI <= 0 {
@@ -235,6 +248,9 @@ func (a *agentState) heldENIs(now time.Time) int {
 // still be attached for it. Agents that report no ENI limits are not
 // limited.
 func (a *agentState) ipFits(sg string, now time.Time) bool {
+	if a.net.refused[sg] {
+		return false
+	}
 	if a.enis <= 0 || a.ipsPerENI <= 0 {
 		return true
 	}

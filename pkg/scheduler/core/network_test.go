@@ -215,3 +215,38 @@ func TestIPOfTaskNotYetAllocatedCounted(t *testing.T) {
 		t.Fatalf("placed %v, want the third task once the agent has a free IP", got)
 	}
 }
+
+// TestNoNetworkCapacityRequeuesAtOnce: a task an agent refused for lack
+// of an IP or an ENI never ran; the scheduler places it again at once,
+// counting neither a failure nor a retry (a batch job allowing none does
+// not fail), and sends no task of that set to that host until its next
+// heartbeat tells what it has.
+func TestNoNetworkCapacityRequeuesAtOnce(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	sess := ts.connect("a", 8000)
+	s := testSpec(&model.BatchJob{Size: 1, Retry: &model.RetryPolicy{Kind: model.RetryExponential, MaxRetries: 0, DelayMs: 60000}}, 100)
+	id := ts.submit(s)
+	first := ts.place()
+	if len(first) != 1 {
+		t.Fatalf("placed %v, want one task", first)
+	}
+	ts.Updates(sess, []model.TaskStatus{{TaskID: first[0], State: task.Failed, Reason: string(task.ReasonNoNetworkCapacity),
+		Message: "network: allocate address: no network capacity left on this host"}})
+	if got := ts.place(); len(got) != 0 {
+		t.Fatalf("placed %v on the host that just refused the set for lack of an IP", got)
+	}
+	ts.Heartbeat(sess, true, nil, nil)
+	again := ts.place()
+	if len(again) != 1 || again[0] == first[0] {
+		t.Fatalf("placed %v after the heartbeat, want the task's next attempt at once (no backoff)", again)
+	}
+	j := ts.job(id)
+	if j.State.Terminal() || j.Counts.Failed != 0 || j.Counts.Retries != 0 {
+		t.Errorf("job %v counts %+v: a refusal for capacity is no failure", j.State, j.Counts)
+	}
+	// Any other network failure still counts: the batch job allows none.
+	ts.Updates(sess, []model.TaskStatus{{TaskID: again[0], State: task.Failed, Reason: string(task.ReasonNetworkSetupFailed)}})
+	if j := ts.job(id); j.Counts.Failed != 1 {
+		t.Errorf("after NetworkSetupFailed counts %+v, want the job failed", j.Counts)
+	}
+}
