@@ -562,9 +562,12 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 				recvErr <- err
 				return
 			}
-			sess.Heard()
 			switch msg := m.GetMsg().(type) {
 			case *schedv1.AgentMessage_Heartbeat:
+				// Only heartbeats keep the agent alive: a session
+				// whose heartbeats stopped is lost at the TTL even if
+				// updates or relayed output still arrive on it.
+				sess.Heard()
 				tasks := wire.TaskStatusesFromProto(msg.Heartbeat.GetTasks())
 				s.core.Heartbeat(sess, msg.Heartbeat.GetHealthy(), tasks, wire.NetworkUsageFromProto(msg.Heartbeat.GetNetwork()))
 			case *schedv1.AgentMessage_Updates:

@@ -69,7 +69,7 @@ func (s *Session) Out() <-chan *Message { return s.out }
 // Done is closed when the scheduler ends the session (the agent must reconnect).
 func (s *Session) Done() <-chan struct{} { return s.done }
 
-// Heard records that the stream delivered a message now. It takes no lock.
+// Heard records that the stream delivered a heartbeat now. It takes no lock.
 func (s *Session) Heard() { s.agent.heard.Store(time.Now().UnixNano()) }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
@@ -200,8 +200,10 @@ func (c *Core) update(sess *Session, healthy *bool, tasks []model.TaskStatus, ne
 	if a.sess != sess {
 		return // superseded by a newer session
 	}
-	a.lastSeen = now
 	if healthy != nil {
+		// Liveness is heartbeats alone: an agent whose heartbeat loop
+		// is wedged is lost at the TTL, whatever else it still sends.
+		a.lastSeen = now
 		c.stats.heartbeats.Add(1)
 		a.healthy = *healthy
 		a.net.refused = nil // the heartbeat's report tells what the host has

@@ -383,13 +383,18 @@ func (c *Core) livenessLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			c.mu.Lock()
-			for _, a := range c.agents {
-				if !a.lost && a.silentFor(now) > c.opts.AgentTTL {
-					c.agentLost(a, now)
-				}
-			}
-			c.mu.Unlock()
+			c.checkLiveness(now)
+		}
+	}
+}
+
+// checkLiveness marks lost every agent without a heartbeat for the TTL.
+func (c *Core) checkLiveness(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, a := range c.agents {
+		if !a.lost && a.silentFor(now) > c.opts.AgentTTL {
+			c.agentLost(a, now)
 		}
 	}
 }

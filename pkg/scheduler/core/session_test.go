@@ -134,3 +134,36 @@ func TestStaleAfterIsWithinTheTTL(t *testing.T) {
 		}
 	}
 }
+
+// TestOnlyHeartbeatsKeepAnAgent: a session whose heartbeats stopped is
+// lost at the TTL though task updates still arrive on it (a wedged
+// heartbeat loop, or a stream that only half works); a heartbeat keeps it.
+func TestOnlyHeartbeatsKeepAnAgent(t *testing.T) {
+	ts := newTestScheduler(t, Config{AgentTTL: 10 * time.Second, HeartbeatInterval: time.Second})
+	for _, hb := range []bool{false, true} {
+		id := "i-upd"
+		if hb {
+			id = "i-hb"
+		}
+		sess, err := ts.Connect(reg(id, "198.18.0.1:4000"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts.silence(id, 11*time.Second)
+		ts.Updates(sess, nil)
+		if hb {
+			ts.Heartbeat(sess, true, nil, nil)
+		}
+		ts.checkLiveness(time.Now())
+		ts.mu.Lock()
+		a := ts.agents[id]
+		lost, connected := a.lost, a.sess != nil
+		ts.mu.Unlock()
+		if lost == hb || connected == !hb {
+			t.Errorf("heartbeat %v after 11s silent, updates only otherwise: lost=%v connected=%v, want lost=%v", hb, lost, connected, !hb)
+		}
+		if !hb && !closed(sess) {
+			t.Error("the lost agent's session is still open")
+		}
+	}
+}

@@ -28,7 +28,7 @@ type agentState struct {
 	healthy, drained bool
 	lost             bool
 	lastSeen         time.Time
-	// heard is when the stream last delivered a message (unix ns), set
+	// heard is when the stream last delivered a heartbeat (unix ns), set
 	// without c.mu so a busy scheduler never mistakes its own delay for a
 	// silent agent.
 	heard            atomic.Int64
