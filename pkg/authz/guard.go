@@ -190,6 +190,11 @@ func (g *Guard) record(ctx context.Context, p authn.Principal, method string, ru
 	case *schedv1.ScaleJobRequest:
 		r.JobID = q.GetId()
 		r.Message = strings.TrimSpace(fmt.Sprintf("min=%d desired=%d max=%d %s", q.GetMin(), q.GetDesired(), q.GetMax(), r.Message))
+	case *schedv1.UpdateJobRequest:
+		r.JobID = q.GetId()
+	case *schedv1.RolloutJobRequest:
+		r.JobID = q.GetId()
+		r.Message = strings.TrimSpace(strings.ToLower(strings.TrimPrefix(q.GetAction().String(), "ACTION_")) + " " + r.Message)
 	case *schedv1.KillTaskRequest:
 		r.TaskID = q.GetId()
 		r.JobID, _, _ = strings.Cut(q.GetId(), ".")

@@ -190,6 +190,15 @@ func TestSchedulerAuthzTenantAttacks(t *testing.T) {
 			t.Errorf("%s sees DB_PASSWORD current and previous %q, want %q", who, got, want)
 		}
 	}
+	// Bob may not pause or undo alice's rollout either, and his undo
+	// leaves her revision where it was.
+	for _, a := range []schedv1.RolloutJobRequest_Action{schedv1.RolloutJobRequest_ACTION_PAUSE, schedv1.RolloutJobRequest_ACTION_UNDO} {
+		_, err = e.api.RolloutJob(bob, &schedv1.RolloutJobRequest{Id: jobA, Action: a})
+		wantCode(t, "bob "+a.String()+"s alice's rollout", err, codes.NotFound, noJob)
+	}
+	if j, err := e.api.GetJob(alice, &schedv1.GetJobRequest{Id: jobA}); err != nil || j.Revision != 2 || j.Spec.Task.Env["DB_PASSWORD"] != "hunter3" {
+		t.Errorf("after bob's undo alice's job is at revision %d with %q (%v), want 2 with hunter3", j.GetRevision(), j.GetSpec().GetTask().GetEnv()["DB_PASSWORD"], err)
+	}
 	_, err = e.api.KillJob(sre, &schedv1.KillJobRequest{Id: jobA})
 	wantCode(t, "an operator kills a job", err, codes.PermissionDenied, "job.kill")
 
@@ -255,7 +264,8 @@ func TestSchedulerAuthzTenantAttacks(t *testing.T) {
 		got = append(got, r.Principal+" "+r.Method+" "+r.Code)
 	}
 	want := []string{"alice@example.com SubmitJob OK", "bob@example.com KillJob PermissionDenied", "bob@example.com ScaleJob PermissionDenied",
-		"bob@example.com KillTask PermissionDenied",
+		"bob@example.com KillTask PermissionDenied", "alice@example.com UpdateJob OK",
+		"bob@example.com RolloutJob PermissionDenied", "bob@example.com RolloutJob PermissionDenied",
 		"carol@example.com KillJob PermissionDenied", "alice@example.com KillJob OK"} // anonymous's kill: logged, not stored
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("audit ls --job %s:\n%s\nwant:\n%s", jobA, strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -272,8 +282,8 @@ func TestSchedulerAuthzTenantAttacks(t *testing.T) {
 			refused++
 		}
 	}
-	if refused != 8 { // kill, scale, kill task, stolen role, billing's image, billing submit, two labels
-		t.Errorf("audit ls --principal bob: %d refused calls, want 8:\n%v", refused, trail.Records)
+	if refused != 10 { // kill, scale, kill task, pause, undo, stolen role, billing's image, billing submit, two labels
+		t.Errorf("audit ls --principal bob: %d refused calls, want 10:\n%v", refused, trail.Records)
 	}
 	cmd := exec.Command(testenv.SchedulerBinary(t), "--addr", e.sched.addr, "audit", "ls")
 	cmd.Env = append(os.Environ(), "TITUS_TOKEN="+e.token("alice@example.com"))
