@@ -13,7 +13,12 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"github.com/titus-agent/titus-agent/pkg/refill"
 )
+
+// poolRetry is how long a pool waits to fill again after a failure.
+const poolRetry = 5 * time.Second
 
 // PoolStats is told how a pool of pre-made objects fares (the agent's
 // metrics): every take, hit or miss, and the number ready.
@@ -56,15 +61,12 @@ type DiskPool struct {
 	sizes  []DiskPoolSize
 	stats  PoolStats
 	log    *slog.Logger
-	retry  time.Duration
 	random func() (string, error)
+	refill *refill.Loop
 
 	mu     sync.Mutex
 	ready  map[int64][]string // size → image paths
 	closed bool
-	kick   chan struct{}
-	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 func (q *LoopQuota) poolDir() string { return filepath.Join(q.dir, "pool") }
@@ -125,8 +127,8 @@ func (q *LoopQuota) EnablePool(cfg DiskPoolConfig) (*DiskPool, error) {
 	if err := os.MkdirAll(q.poolDir(), 0o700); err != nil {
 		return nil, fmt.Errorf("disk pool: %w", err)
 	}
-	p := &DiskPool{q: q, sizes: slices.Clone(cfg.Sizes), stats: cfg.Stats, log: cfg.Log, retry: 5 * time.Second,
-		random: randomHex, ready: map[int64][]string{}, kick: make(chan struct{}, 1)}
+	p := &DiskPool{q: q, sizes: slices.Clone(cfg.Sizes), stats: cfg.Stats, log: cfg.Log,
+		random: randomHex, ready: map[int64][]string{}, refill: refill.New(poolRetry)}
 	q.pool = p
 	for _, s := range p.sizes {
 		p.report(s.SizeMiB)
@@ -143,25 +145,7 @@ func randomHex() (string, error) {
 }
 
 // Start fills the pool in the background until Close.
-func (p *DiskPool) Start(ctx context.Context) {
-	ctx, p.cancel = context.WithCancel(ctx)
-	p.done = make(chan struct{})
-	go func() {
-		defer close(p.done)
-		for {
-			wait := p.retry
-			if p.fill(ctx) {
-				wait = time.Hour // until kicked
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-p.kick:
-			case <-time.After(wait):
-			}
-		}
-	}()
-}
+func (p *DiskPool) Start(ctx context.Context) { p.refill.Start(ctx, p.fill) }
 
 // fill formats images, one at a time, until every size has its count;
 // false if formatting one failed.
@@ -229,10 +213,7 @@ func (p *DiskPool) take(size int64) (string, bool) {
 	}
 	if ok {
 		p.report(size)
-		select {
-		case p.kick <- struct{}{}:
-		default:
-		}
+		p.refill.Kick()
 	}
 	return path, ok
 }
@@ -253,10 +234,7 @@ func (p *DiskPool) report(size int64) {
 // Close stops the refill and deletes every image the pool holds; Create
 // then formats images as it would without a pool. Safe to repeat.
 func (p *DiskPool) Close() error {
-	if p.cancel != nil {
-		p.cancel()
-		<-p.done
-	}
+	p.refill.Stop()
 	p.mu.Lock()
 	p.closed = true
 	ready := p.ready

@@ -171,7 +171,7 @@ func TestDiskPoolCloseAndPurge(t *testing.T) {
 	ctx := context.Background()
 	_, q, p, _, _, dir := newTestDiskPool(t, DiskPoolSize{SizeMiB: 64, Count: 2})
 	p.Start(ctx)
-	p.kick <- struct{}{}
+	p.refill.Kick()
 	for p.Ready(64) < 2 {
 		time.Sleep(time.Millisecond)
 	}

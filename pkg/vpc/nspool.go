@@ -13,8 +13,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/titus-agent/titus-agent/pkg/refill"
 	"github.com/vishvananda/netlink"
 )
+
+// poolRetry is how long a pool waits to fill again after a failure.
+const poolRetry = 5 * time.Second
 
 // PoolStats is told how a pool of pre-made objects fares (the agent's
 // metrics): every take, hit or miss, and the number ready.
@@ -60,16 +64,13 @@ type NetNSPool struct {
 	tag   string
 	stats PoolStats
 	log   *slog.Logger
-	retry time.Duration
 	// random gives the 8 hex digits naming a new pooled namespace.
 	random func() (string, error)
+	refill *refill.Loop
 
 	mu     sync.Mutex
 	ready  []warmNS
 	closed bool
-	kick   chan struct{}
-	cancel context.CancelFunc
-	done   chan struct{}
 }
 
 // NetNSPoolConfig configures EnablePool.
@@ -97,7 +98,7 @@ func (d *DataPlane) EnablePool(cfg NetNSPoolConfig) (*NetNSPool, error) {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	p := &NetNSPool{dp: d, size: cfg.Size, dir: cfg.Dir, tag: poolTag(cfg.Dir), stats: cfg.Stats, log: cfg.Log,
-		retry: 5 * time.Second, kick: make(chan struct{}, 1), random: randomHex}
+		refill: refill.New(poolRetry), random: randomHex}
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("vpc: namespace pool: %w", err)
 	}
@@ -194,25 +195,7 @@ func (d *DataPlane) warmHostEnd(path string, links []netlink.Link) netlink.Link 
 }
 
 // Start fills the pool in the background until Close.
-func (p *NetNSPool) Start(ctx context.Context) {
-	ctx, p.cancel = context.WithCancel(ctx)
-	p.done = make(chan struct{})
-	go func() {
-		defer close(p.done)
-		for {
-			wait := p.retry
-			if p.fill(ctx) {
-				wait = time.Hour // until kicked
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-p.kick:
-			case <-time.After(wait):
-			}
-		}
-	}()
-}
+func (p *NetNSPool) Start(ctx context.Context) { p.refill.Start(ctx, p.fill) }
 
 // fill makes namespaces until the pool is full; false if making one failed.
 func (p *NetNSPool) fill(ctx context.Context) bool {
@@ -269,10 +252,7 @@ func (p *NetNSPool) take() (warmNS, bool) {
 		p.stats.PoolTake(PoolNetNS, ok)
 	}
 	p.report()
-	select {
-	case p.kick <- struct{}{}:
-	default:
-	}
+	p.refill.Kick()
 	return w, ok
 }
 
@@ -292,10 +272,7 @@ func (p *NetNSPool) report() {
 // Close stops the refill and removes every namespace the pool holds; Setup
 // then makes namespaces as it would without a pool. Safe to repeat.
 func (p *NetNSPool) Close() error {
-	if p.cancel != nil {
-		p.cancel()
-		<-p.done
-	}
+	p.refill.Stop()
 	p.mu.Lock()
 	p.closed = true
 	ready := p.ready

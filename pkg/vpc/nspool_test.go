@@ -189,7 +189,7 @@ func TestNetNSPoolFillFailure(t *testing.T) {
 func TestNetNSPoolClose(t *testing.T) {
 	d, w, p, _ := newTestPool(t, 2)
 	p.Start(context.Background())
-	p.kick <- struct{}{}
+	p.refill.Kick()
 	for p.Ready() < 2 { // the background fill
 		time.Sleep(time.Millisecond)
 	}
