@@ -68,9 +68,16 @@ func (s *schedProc) jobJSON(id string) map[string]any {
 }
 
 // schedAgent is a real agent with the local network provider, linked to the scheduler.
-func startLinkedAgent(t *testing.T, ctd *testenv.Containerd, reg *testenv.Registry, sched *schedProc, id, zone string) *agentEnv {
+func startLinkedAgent(t *testing.T, ctd *testenv.Containerd, reg *testenv.Registry, sched *schedProc, id, zone string, labels ...string) *agentEnv {
 	ln := newLocalNet(t)
 	cfg := ln.config + fmt.Sprintf("scheduler:\n  address: %q\n  instanceID: %s\n  instanceType: sim\n  zone: %s\n", sched.addr, id, zone)
+	if len(labels) > 0 {
+		cfg += "  labels:\n"
+		for _, kv := range labels {
+			k, v, _ := strings.Cut(kv, "=")
+			cfg += fmt.Sprintf("    %s: %q\n", k, v)
+		}
+	}
 	e := &agentEnv{t: t, ctd: ctd, reg: reg}
 	e.agent = testenv.StartAgent(t, testenv.AgentOptions{Containerd: ctd.Address, PlainHTTP: []string{reg.Host}, Config: cfg})
 	e.dir, e.socket, e.client = e.agent.Dir, e.agent.Socket, e.agent.Client

@@ -230,7 +230,8 @@ func (c *lbClient) end(t *testing.T, what string) {
 //   - Rollout: the ALB shows each old target draining for 1.5 s: each old
 //     task is killed after those 1.5 s (the ALB is done), well before the
 //     6 s delay.
-//   - Drain of the host: the ALB keeps the targets draining for ever:
+//   - Drain of the host group (`agent drain --label group=blue`, one of two
+//     groups): the ALB keeps the targets draining for ever:
 //     each task is killed once the 6 s delay has passed, not before.
 //
 // Throughout, the group never holds fewer than the job's 2 tasks, a
@@ -244,7 +245,7 @@ func TestSchedulerLoadBalancerConnectionDraining(t *testing.T) {
 	// The host to drain to, started now and drained until then: an agent
 	// starting beside running tasks of another would reap their veths
 	// (one agent per host owns every tt* link; the bed shares one host).
-	b2 := startLinkedAgent(t, testenv.StartContainerd(t), b.reg, b.sched, "host-lb2", "us-east-1b")
+	b2 := startLinkedAgent(t, testenv.StartContainerd(t), b.reg, b.sched, "host-lb2", "us-east-1b", "group=green")
 	waitUntil(t, "second agent registered", 30*time.Second, func() (bool, string) {
 		out, _ := b.sched.cli("agent", "ls")
 		return strings.Count(out, "connected") == 2, out
@@ -324,7 +325,7 @@ func TestSchedulerLoadBalancerConnectionDraining(t *testing.T) {
 	var drainOut string
 	var drainErr error
 	var drainWait sync.WaitGroup
-	drainWait.Go(func() { drainOut, drainErr = b.sched.cli("agent", "drain", "host-lb", "--wait=60s") })
+	drainWait.Go(func() { drainOut, drainErr = b.sched.cli("agent", "drain", "--label", "group=blue", "--wait=60s") })
 	var why []string
 	waitUntil(t, "host-lb drained, its tasks killed", 60*time.Second, func() (bool, string) {
 		out, _ := b.sched.cli("agent", "ls")

@@ -80,7 +80,7 @@ func newLBBedProxied(t *testing.T, proxied bool) *lbBed {
 	reg := testenv.StartRegistry(t)
 	b.reg = reg
 	b.image = testenv.PushBusybox(t, reg, "busybox", "latest")
-	b.agent = startLinkedAgent(t, testenv.StartContainerd(t), reg, b.sched, "host-lb", "us-east-1a")
+	b.agent = startLinkedAgent(t, testenv.StartContainerd(t), reg, b.sched, "host-lb", "us-east-1a", "group=blue")
 	waitUntil(t, "agent registered", 30*time.Second, func() (bool, string) {
 		out, _ := b.sched.cli("agent", "ls")
 		return strings.Count(out, "connected") == 1, out
