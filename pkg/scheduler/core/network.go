@@ -20,7 +20,11 @@ import (
 // up yet (no IP in their status), so both count as unreported. So a pool's taken IPs are the larger of the
 // scheduler's count (its live tasks, plus released IPs still cooling by
 // its own clock) and the report's plus the live tasks the report did not
-// know (the heartbeat lists every task the agent knew when it made it).
+// know (the heartbeat lists every task the agent knew when it made it),
+// including those that ended since: such a task may have taken an IP
+// after the report, and the agent keeps it in use until the task's
+// network is torn down and cooling from there, past the scheduler's own
+// cool-down; the next report counts it.
 // A task whose pool the scheduler cannot tell yet (a subnet the agent
 // has not looked up) is counted in a pool of its own and placed only
 // where a new ENI can still be had. That keeps placement from sending a
@@ -32,8 +36,9 @@ type agentNet struct {
 	cooling map[string][]time.Time
 	// report is the agent's last report (nil: it sends none); taken and
 	// enis are its IPs in use or cooling and ENIs in use per pool
-	// (poolName); unreported counts live tasks per sgKey the report did
-	// not know.
+	// (poolName); unreported counts tasks per sgKey placed on the host
+	// that the report did not know, live or ended since it (an ended one
+	// may hold an IP the next report will show, in use or cooling).
 	report     *model.NetworkUsage
 	taken      map[string]int
 	enis       map[string]int

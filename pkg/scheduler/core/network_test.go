@@ -250,3 +250,57 @@ func TestNoNetworkCapacityRequeuesAtOnce(t *testing.T) {
 		t.Errorf("after NetworkSetupFailed counts %+v, want the job failed", j.Counts)
 	}
 }
+
+// TestIPOfTaskEndedBetweenReportsCounted: a task placed after the agent's
+// last network report, that took its IP and ended before the next one,
+// still holds that IP on the agent (in use until its network is torn
+// down, then cooling from there), but the report never counted it, and
+// the scheduler's own cool-down (from the final state) can run out first.
+// Forgetting it when it ended freed its IP twice: under heavy churn of
+// short tasks the scheduler sent tasks the agent refused for lack of an
+// IP (45 in the 30-minute chaos soak, seed 2712239178413657119).
+func TestIPOfTaskEndedBetweenReportsCounted(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	sess := newSession()
+	usage := func(u model.SGSetENIs) *model.NetworkUsage {
+		u.SecurityGroups, u.SubnetID, u.Default = "sg-1", "subnet-d", true
+		return &model.NetworkUsage{DefaultSubnetID: "subnet-d", DefaultSecurityGroups: "sg-1", SGSets: []model.SGSetENIs{u}}
+	}
+	ts.mu.Lock()
+	sess.agent = ts.register(model.Registration{InstanceID: "a", AZ: "az-1",
+		Network:  usage(model.SGSetENIs{ENIs: 1, FreeIPs: 2}),
+		Capacity: model.Capacity{Resources: model.Resources{CPU: 8000, Mem: 65536}, ENIs: 1, IPsPerENI: 2, IPReuseCooldown: 20 * time.Millisecond}}, sess, time.Now())
+	ts.mu.Unlock()
+	one := func() string {
+		s := testSpec(&model.BatchJob{Size: 1}, 100)
+		s.Task.Network.SecurityGroupIDs = []string{"sg-1"}
+		return ts.submit(s)
+	}
+	one()
+	a := ts.place()
+	if len(a) != 1 {
+		t.Fatalf("placed %v, want one task", a)
+	}
+	// a takes an IP, runs and ends, all before the agent's next report;
+	// the scheduler's cool-down of a's IP runs out before the agent's.
+	ts.Updates(sess, []model.TaskStatus{{TaskID: a[0], State: task.Running, IP: "10.0.0.5"}})
+	ts.Updates(sess, []model.TaskStatus{{TaskID: a[0], State: task.Finished, IP: "10.0.0.5"}})
+	time.Sleep(50 * time.Millisecond)
+	b, c := one(), one()
+	got := ts.place()
+	if len(got) != 1 || !strings.HasPrefix(got[0], b) {
+		t.Fatalf("placed %v, want only %s: one IP of two is still a's on the agent", got, b)
+	}
+	// The next report tells: a's IP cooling, b's in use. Once a's has
+	// cooled down on the agent, c goes.
+	ts.ReportNetwork(sess, usage(model.SGSetENIs{ENIs: 1, UsedIPs: 1, CoolingIPs: 1}),
+		[]model.TaskStatus{{TaskID: got[0], State: task.Running, IP: "10.0.0.6"}})
+	if again := ts.place(); len(again) != 0 {
+		t.Fatalf("placed %v while the agent reports a's IP cooling", again)
+	}
+	ts.ReportNetwork(sess, usage(model.SGSetENIs{ENIs: 1, UsedIPs: 1, FreeIPs: 1}),
+		[]model.TaskStatus{{TaskID: got[0], State: task.Running, IP: "10.0.0.6"}})
+	if last := ts.place(); len(last) != 1 || !strings.HasPrefix(last[0], c) {
+		t.Fatalf("placed %v, want %s once the agent reports a free IP", last, c)
+	}
+}
