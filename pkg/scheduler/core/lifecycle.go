@@ -47,6 +47,7 @@ func (c *Core) applyStatus(a *agentState, st model.TaskStatus, now time.Time) {
 	}
 	if next >= task.Running && t.rec.Started.IsZero() {
 		t.rec.Started = now
+		t.slot.refused = 0 // it had its IP
 		if t.launching {
 			t.launching = false
 			a.launching--
@@ -109,7 +110,10 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 			break
 		}
 		due := now
-		if (state != task.Killed || t.healthFailed) && state != task.Lost && !noIP {
+		switch {
+		case noIP:
+			due = now.Add(sl.refusedAgain())
+		case (state != task.Killed || t.healthFailed) && state != task.Lost:
 			due = now.Add(retryDelay(j.rec.Spec.Retry(), min(rolloutFailures(j), 30), c.opts.CrashLoopBase, c.opts.CrashLoopCap))
 		}
 		c.q.enqueue(j, sl, due, now)
@@ -144,11 +148,13 @@ func (c *Core) settle(j *jobState, sl *slot, rec *model.Task, now time.Time) {
 	state := rec.State
 	if rec.Reason == string(task.ReasonNoNetworkCapacity) {
 		// The host had no IP for it (placement's view was stale): nothing
-		// ran, so place it again at once, elsewhere, counting no failure.
-		c.q.enqueue(j, sl, now, now)
+		// ran, so place it again, elsewhere, counting no failure: at once
+		// the first time, then backing off (refusedAgain).
+		c.q.enqueue(j, sl, now.Add(sl.refusedAgain()), now)
 		c.poke()
 		return
 	}
+	sl.refused = 0
 	if state == task.Lost {
 		// The host's fault: replace at once, unless the slot's tasks keep
 		// getting lost without running a while (a launch that ends the

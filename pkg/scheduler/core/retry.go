@@ -74,3 +74,16 @@ func lostDelay(n uint32) time.Duration {
 	d := expo(lostBase, n-2, lostCap)
 	return d/2 + rand.N(d/2+1)
 }
+
+// refusedAgain counts one more consecutive NoNetworkCapacity refusal of
+// the slot's task and returns the wait before placing it again: none the
+// first time (placement's view of the host was stale; it is corrected by
+// the host's next heartbeat), then lostDelay's capped, jittered backoff,
+// so that a stuck or hostile agent refusing every task, or a placement
+// that keeps misjudging a host, cannot make a slot requeue once per
+// heartbeat forever. A refusal is still no failure (no retry is counted,
+// no quarantine strike); any other end of the slot's task starts over.
+func (sl *slot) refusedAgain() time.Duration {
+	sl.refused++
+	return lostDelay(sl.refused)
+}

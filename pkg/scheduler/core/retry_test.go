@@ -95,3 +95,48 @@ func TestLostReplacementsBackOff(t *testing.T) {
 		}
 	}
 }
+
+// TestNoNetworkCapacityRefusalsBackOff: a slot whose task is refused
+// NoNetworkCapacity is placed again at once the first time, then after
+// growing, jittered, capped delays (a stuck or hostile agent refusing
+// every task would otherwise requeue it once per heartbeat forever); no
+// failure or retry is counted; any other end of its task starts over.
+func TestNoNetworkCapacityRefusalsBackOff(t *testing.T) {
+	s := &Core{opts: Config{MaxPendingPerGroup: 100}, q: newQueues(), kick: make(chan struct{}, 1)}
+	s.opts.SetDefaults()
+	j := &jobState{rec: &model.Job{State: model.JobAccepted, Spec: model.JobSpec{Service: &model.ServiceJob{Desired: 1, Max: 1}}},
+		group: &groupState{cfg: &model.Group{Name: "g", MaxPending: 100}}}
+	sl := &slot{active: true}
+	now := time.Unix(10_000, 0)
+	end := func(rec *model.Task) time.Duration {
+		rec.Ended = now
+		s.settle(j, sl, rec, now)
+		s.q.dequeue(j, sl)
+		return sl.due.Sub(now)
+	}
+	refuse := func() time.Duration {
+		return end(&model.Task{State: task.Failed, Reason: string(task.ReasonNoNetworkCapacity)})
+	}
+	type bounds struct{ lo, hi time.Duration }
+	check := func(what string, d time.Duration, want bounds) {
+		t.Helper()
+		if d < want.lo || d > want.hi {
+			t.Errorf("%s: placed again after %s, want within [%s, %s]", what, d, want.lo, want.hi)
+		}
+	}
+	check("refusal 1", refuse(), bounds{0, 0})
+	check("refusal 2", refuse(), bounds{500 * time.Millisecond, time.Second})
+	check("refusal 3", refuse(), bounds{time.Second, 2 * time.Second})
+	for range 40 {
+		refuse()
+	}
+	check("refusal 43", sl.due.Sub(now), bounds{lostCap / 2, lostCap})
+	if j.rec.Counts.Retries != 0 || j.rec.Counts.Failed != 0 || sl.failures != 0 {
+		t.Errorf("counts %+v, slot failures %d: a refusal is no failure", j.rec.Counts, sl.failures)
+	}
+	// An operator's kill of the next attempt (it got an IP and ran):
+	// replaced at once, and the next refusal starts over.
+	check("kill", end(&model.Task{State: task.Killed, Reason: "KilledByUser", Started: now.Add(-time.Second)}), bounds{0, 0})
+	check("refusal after a run", refuse(), bounds{0, 0})
+	check("refusal after a run, again", refuse(), bounds{500 * time.Millisecond, time.Second})
+}

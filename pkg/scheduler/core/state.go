@@ -162,6 +162,7 @@ func (j *jobState) batch() bool    { return j.rec.Spec.Batch != nil }
 type slot struct {
 	index, attempt, failures uint32
 	lost                     uint32 // consecutive attempts lost without running lostResetAfter
+	refused                  uint32 // consecutive attempts refused NoNetworkCapacity
 	cur                      *taskState
 	// next is cur's replacement being started (a rollout's surge, a
 	// drain's migration): once it is available, cur is stopped and next
