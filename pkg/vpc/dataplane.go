@@ -66,7 +66,7 @@ type DataPlane struct {
 	host   netlinker
 	ns     namespaces
 	sysctl func(path, value string) error
-	nft    nftRunner  // in the host netns: the tasks' source guards
+	guard  sourceGuards // in the host netns
 	pool   *NetNSPool // nil: every Setup makes its namespace
 }
 
@@ -164,7 +164,7 @@ func NewDataPlane(cfg DataPlaneConfig) (*DataPlane, error) {
 			return nil, fmt.Errorf("vpc: %w", err)
 		}
 	}
-	return &DataPlane{cfg: cfg, host: h, ns: bindMounts{}, sysctl: writeSysctl, nft: netnsNFT{ns: cfg.HostNetNS}}, nil
+	return &DataPlane{cfg: cfg, host: h, ns: bindMounts{}, sysctl: writeSysctl, guard: netlinkGuards{ns: cfg.HostNetNS}}, nil
 }
 
 func handleAt(nsPath string) (*netlink.Handle, error) {
@@ -237,7 +237,7 @@ func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttac
 			return nil, fmt.Errorf("vpc: rename task veth: %w", err)
 		}
 	}
-	// The source guard (an nft run, the slowest step) goes on alongside
+	// The source guard (an nftables transaction) goes on alongside
 	// the wiring; Setup returns only once both are done.
 	guarded := make(chan error, 1)
 	go func() { guarded <- d.guardSources(ctx, hostName, eth.Attrs().HardwareAddr, a) }()

@@ -248,18 +248,20 @@ func (w *fakeNet) sysctl(path, value string) error {
 	return nil
 }
 
-// Run records an nft script in nft (not log: the data plane runs it
-// alongside its netlink calls) as the table it replaces ("guard T") or
-// deletes ("unguard T"); fail["nft"] makes it fail.
-func (w *fakeNet) Run(_ context.Context, script string) error {
-	first, _, _ := strings.Cut(script, "\n")
-	table := strings.TrimSuffix(strings.TrimPrefix(first, "table netdev "), " {}")
-	verb := "unguard"
-	if strings.Contains(script, "chain ingress") {
-		verb = "guard"
-	}
+// Guard and Unguard record in nft (not log: the data plane runs them
+// alongside its netlink calls) the table they replace ("guard T") or
+// delete ("unguard T"); fail["nft"] makes them fail.
+func (w *fakeNet) Guard(_ context.Context, hostVeth string, _ net.HardwareAddr, _ Allocation) error {
+	return w.recordGuard("guard " + GuardTable(hostVeth))
+}
+
+func (w *fakeNet) Unguard(_ context.Context, hostVeth string) error {
+	return w.recordGuard("unguard " + GuardTable(hostVeth))
+}
+
+func (w *fakeNet) recordGuard(s string) error {
 	w.nftMu.Lock()
 	defer w.nftMu.Unlock()
-	w.nft = append(w.nft, verb+" "+table)
+	w.nft = append(w.nft, s)
 	return w.fail["nft"]
 }

@@ -16,7 +16,7 @@ func newTestDataPlane(t *testing.T) (*DataPlane, *fakeNet) {
 	t.Helper()
 	w := newFakeNet()
 	cfg := DataPlaneConfig{NetNSDir: "/run/test/netns", FilesDir: t.TempDir(), Bridge: "tbr0", DNS: []string{"198.18.0.2"}, MTU: 9001}
-	return &DataPlane{cfg: cfg, host: w.host(), ns: w, sysctl: w.sysctl, nft: w}, w
+	return &DataPlane{cfg: cfg, host: w.host(), ns: w, sysctl: w.sysctl, guard: w}, w
 }
 
 var (
