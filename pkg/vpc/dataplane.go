@@ -67,7 +67,7 @@ type DataPlane struct {
 	ns     namespaces
 	sysctl func(path, value string) error
 	guard  sourceGuards // in the host netns
-	pool   *NetNSPool // nil: every Setup makes its namespace
+	pool   *NetNSPool   // nil: every Setup makes its namespace
 }
 
 // netlinker is the netlink calls the data plane makes in one network

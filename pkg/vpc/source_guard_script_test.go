@@ -51,4 +51,3 @@ func removeGuardScript(hostVeth string) string {
 	t := GuardTable(hostVeth)
 	return fmt.Sprintf("table netdev %[1]s {}\ndelete table netdev %[1]s\n", t)
 }
-
