@@ -17,6 +17,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/imagegc"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
+	"github.com/titus-agent/titus-agent/pkg/refill"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 	"github.com/titus-agent/titus-agent/pkg/vpc"
@@ -190,6 +191,7 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		Store:        store,
 		Runtime:      rt,
 		Stages:       w.stages,
+		Launches:     w.launches,
 		Needs:        hookNeeds,
 		RestoreHooks: w.restore,
 		Poststart:    w.poststart,
@@ -247,6 +249,9 @@ type wiring struct {
 	hostCheck func(s *task.Spec, c *task.Checker)
 	// gpus are the host's GPUs; nil: none.
 	gpus *gpuPool
+	// launches counts the launches on their critical path; the launch
+	// pools' refill waits on it.
+	launches *refill.Gate
 }
 
 func (d *Daemon) pruneLoop(ctx context.Context) {

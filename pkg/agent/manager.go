@@ -15,6 +15,7 @@ import (
 
 	"github.com/titus-agent/titus-agent/pkg/agent/taskrunner"
 	"github.com/titus-agent/titus-agent/pkg/imagegc"
+	"github.com/titus-agent/titus-agent/pkg/refill"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -83,6 +84,9 @@ type ManagerConfig struct {
 	HostCheck func(s *task.Spec, c *task.Checker)
 	// GPUs hands out this host's GPUs; nil: it has none.
 	GPUs GPUAssigner
+	// Launches, if set, counts the launches on their critical path
+	// (taskrunner.Config.Launches).
+	Launches *refill.Gate
 }
 
 // Manager owns every task on the host: one runner per task.
@@ -120,13 +124,14 @@ func NewManager(agentCtx context.Context, cfg ManagerConfig) *Manager {
 
 func (m *Manager) runnerConfig() taskrunner.Config {
 	return taskrunner.Config{
-		Stages:  m.cfg.Stages,
-		Needs:   m.cfg.Needs,
-		Runtime: m.cfg.Runtime,
-		Store:   m.cfg.Store,
-		Notify:  m.bus.publish,
-		Logger:  m.log,
-		Observe: m.cfg.Observe,
+		Stages:   m.cfg.Stages,
+		Needs:    m.cfg.Needs,
+		Runtime:  m.cfg.Runtime,
+		Store:    m.cfg.Store,
+		Notify:   m.bus.publish,
+		Logger:   m.log,
+		Observe:  m.cfg.Observe,
+		Launches: m.cfg.Launches,
 
 		Poststart: m.cfg.Poststart,
 	}

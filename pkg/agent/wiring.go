@@ -12,6 +12,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/healthcheck"
 	"github.com/titus-agent/titus-agent/pkg/isolation"
 	"github.com/titus-agent/titus-agent/pkg/metrics"
+	"github.com/titus-agent/titus-agent/pkg/refill"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -25,7 +26,7 @@ import (
 // Stage 2 is no barrier: each of its hooks starts once what it reads is
 // there (hookNeeds), so the disk is made while the network is set up.
 func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime, m *metrics.Agent) (*wiring, error) {
-	w := &wiring{}
+	w := &wiring{launches: &refill.Gate{}}
 	first := []taskrunner.PrestartHook{&taskrunner.ImageHook{Puller: rt}}
 	if stale, err := runtime.UseTempMountDir(filepath.Join(cfg.StateDir, "tmpmounts")); len(stale) > 0 || err != nil {
 		log.Warn("unmounted temporary snapshot mounts of an earlier agent", "mounts", stale, "err", err)

@@ -89,7 +89,7 @@ func wireDiskPool(ctx context.Context, cfg IsolationConfig, disks *isolation.Dis
 		}
 		return nil
 	}
-	pc := isolation.DiskPoolConfig{Log: log}
+	pc := isolation.DiskPoolConfig{Log: log, Launches: w.launches}
 	for _, p := range cfg.DiskPool {
 		pc.Sizes = append(pc.Sizes, isolation.DiskPoolSize{SizeMiB: p.SizeMiB, Count: p.Count})
 	}

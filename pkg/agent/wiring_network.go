@@ -90,7 +90,7 @@ func wireNamespacePool(ctx context.Context, nc NetworkConfig, log *slog.Logger, 
 		}
 		return nil
 	}
-	pc := vpc.NetNSPoolConfig{Size: nc.NamespacePool, Dir: nc.NamespacePoolDir(), Log: log}
+	pc := vpc.NetNSPoolConfig{Size: nc.NamespacePool, Dir: nc.NamespacePoolDir(), Log: log, Launches: w.launches}
 	if m != nil {
 		pc.Stats = m
 	}

@@ -42,6 +42,9 @@ type DiskPoolConfig struct {
 	Sizes []DiskPoolSize
 	Stats PoolStats
 	Log   *slog.Logger
+	// Launches, if set, makes the refill wait while launches are on their
+	// critical path (refill.Gate).
+	Launches *refill.Gate
 }
 
 // DiskPool keeps formatted, never-mounted ext4 images of common sizes
@@ -129,6 +132,7 @@ func (q *LoopQuota) EnablePool(cfg DiskPoolConfig) (*DiskPool, error) {
 	}
 	p := &DiskPool{q: q, sizes: slices.Clone(cfg.Sizes), stats: cfg.Stats, log: cfg.Log,
 		random: randomHex, ready: map[int64][]string{}, refill: refill.New(poolRetry)}
+	p.refill.YieldTo(cfg.Launches)
 	q.pool = p
 	for _, s := range p.sizes {
 		p.report(s.SizeMiB)
@@ -151,8 +155,12 @@ func (p *DiskPool) Start(ctx context.Context) { p.refill.Start(ctx, p.fill) }
 // false if formatting one failed.
 func (p *DiskPool) fill(ctx context.Context) bool {
 	for ctx.Err() == nil {
+		if p.short() == 0 {
+			return true
+		}
+		p.refill.Yield(ctx)
 		size := p.short()
-		if size == 0 {
+		if size == 0 || ctx.Err() != nil {
 			return true
 		}
 		r, err := p.random()

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/titus-agent/titus-agent/pkg/refill"
 )
 
 // recStats records a pool's takes and ready counts.
@@ -228,5 +230,25 @@ func TestDiskPoolConfig(t *testing.T) {
 		if _, err := q.EnablePool(DiskPoolConfig{Sizes: sizes}); err == nil {
 			t.Errorf("EnablePool(%v) accepted", sizes)
 		}
+	}
+}
+
+// While a launch is on its critical path the refill formats nothing (it
+// waits for the launch, here until its context ends); once the launch is
+// done it fills.
+func TestDiskPoolFillYieldsToLaunches(t *testing.T) {
+	_, _, p, sys, _, dir := newTestDiskPool(t, DiskPoolSize{SizeMiB: 64, Count: 1})
+	gate := &refill.Gate{}
+	p.refill.YieldTo(gate)
+	leave := gate.Enter()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	p.fill(ctx)
+	if calls := sys.take(dir); len(calls) != 0 {
+		t.Errorf("fill during a launch: %v", calls)
+	}
+	leave()
+	if !p.fill(context.Background()) || p.Ready(64) != 1 {
+		t.Errorf("fill after the launch: %d ready, want 1", p.Ready(64))
 	}
 }

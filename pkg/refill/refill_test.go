@@ -62,3 +62,68 @@ func TestStop(t *testing.T) {
 	}
 	l.Stop()
 }
+
+// Yield waits while a launch is in flight and goes on once it leaves;
+// without a launch, or without a gate, it does not wait.
+func TestYieldWaitsForLaunches(t *testing.T) {
+	ctx := context.Background()
+	New(time.Hour).Yield(ctx) // no gate
+	g := &Gate{maxYield: time.Hour}
+	l := New(time.Hour)
+	l.YieldTo(g)
+	l.Yield(ctx) // nothing in flight
+
+	leave1, leave2 := g.Enter(), g.Enter()
+	var made atomic.Int32
+	l.Start(ctx, func(ctx context.Context) bool {
+		l.Yield(ctx)
+		made.Add(1)
+		return true
+	})
+	defer l.Stop()
+	time.Sleep(30 * time.Millisecond)
+	if n := made.Load(); n != 0 {
+		t.Fatalf("made %d objects while launches were in flight", n)
+	}
+	leave1()
+	leave1() // a second leave counts once
+	time.Sleep(30 * time.Millisecond)
+	if n := made.Load(); n != 0 {
+		t.Fatalf("made %d objects while one launch was still in flight", n)
+	}
+	leave2()
+	waitFor(t, "the fill once launches ended", func() bool { return made.Load() == 1 })
+
+	// A new launch blocks the next fill again.
+	leave := g.Enter()
+	l.Kick()
+	time.Sleep(30 * time.Millisecond)
+	if n := made.Load(); n != 1 {
+		t.Fatalf("made %d objects, want 1: the kicked fill ran during a launch", n)
+	}
+	leave()
+	waitFor(t, "the kicked fill", func() bool { return made.Load() == 2 })
+}
+
+// A steady stream of launches delays refill by MaxYield at most, and Stop
+// ends a wait.
+func TestYieldIsBounded(t *testing.T) {
+	g := &Gate{maxYield: 20 * time.Millisecond}
+	defer g.Enter()()
+	start := time.Now()
+	g.Wait(context.Background())
+	if d := time.Since(start); d < 20*time.Millisecond || d > 2*time.Second {
+		t.Errorf("waited %v, want about 20ms", d)
+	}
+	g.maxYield = time.Hour
+	l := New(time.Hour)
+	l.YieldTo(g)
+	entered := make(chan struct{})
+	l.Start(context.Background(), func(ctx context.Context) bool {
+		close(entered)
+		l.Yield(ctx)
+		return true
+	})
+	<-entered
+	l.Stop() // returns: the wait ends with the loop's context
+}

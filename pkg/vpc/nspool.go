@@ -82,6 +82,9 @@ type NetNSPoolConfig struct {
 	Dir   string
 	Stats PoolStats
 	Log   *slog.Logger
+	// Launches, if set, makes the refill wait while launches are on their
+	// critical path (refill.Gate).
+	Launches *refill.Gate
 }
 
 // EnablePool gives Setup a pool of ready namespaces. It removes what an
@@ -99,6 +102,7 @@ func (d *DataPlane) EnablePool(cfg NetNSPoolConfig) (*NetNSPool, error) {
 	}
 	p := &NetNSPool{dp: d, size: cfg.Size, dir: cfg.Dir, tag: poolTag(cfg.Dir), stats: cfg.Stats, log: cfg.Log,
 		refill: refill.New(poolRetry), random: randomHex}
+	p.refill.YieldTo(cfg.Launches)
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("vpc: namespace pool: %w", err)
 	}
@@ -204,6 +208,10 @@ func (p *NetNSPool) fill(ctx context.Context) bool {
 		full := p.closed || len(p.ready) >= p.size
 		p.mu.Unlock()
 		if full {
+			return true
+		}
+		p.refill.Yield(ctx)
+		if ctx.Err() != nil {
 			return true
 		}
 		w, err := p.newWarm()

@@ -12,6 +12,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
+
+	"github.com/titus-agent/titus-agent/pkg/refill"
 )
 
 // recStats records a pool's takes and ready counts.
@@ -276,5 +278,25 @@ func TestNetNSPoolConfig(t *testing.T) {
 		if _, err := d.EnablePool(cfg); err == nil {
 			t.Errorf("EnablePool(%+v) accepted", cfg)
 		}
+	}
+}
+
+// While a launch is on its critical path the refill makes nothing (it
+// waits for the launch, here until its context ends); once the launch is
+// done it fills.
+func TestNetNSPoolFillYieldsToLaunches(t *testing.T) {
+	_, w, p, _ := newTestPool(t, 1)
+	gate := &refill.Gate{}
+	p.refill.YieldTo(gate)
+	leave := gate.Enter()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	p.fill(ctx)
+	if len(w.log) != 0 {
+		t.Errorf("fill during a launch: %v", w.log)
+	}
+	leave()
+	if !p.fill(context.Background()) || len(w.log) == 0 {
+		t.Errorf("fill after the launch made nothing: %v", w.log)
 	}
 }

@@ -41,8 +41,13 @@ func (r *Runner) launch(agentCtx context.Context) {
 		cancel()
 	}
 	r.mu.Unlock()
+	leave := r.cfg.Launches.Enter()
+	defer leave()
 	unsaved, err := r.prestart(prepCtx)
 	cancel()
+	if err != nil || agentCtx.Err() != nil {
+		leave() // what follows is teardown, not a launch
+	}
 	r.dropSecretEnv()
 	if agentCtx.Err() != nil {
 		// Agent shutting down: the next agent re-adopts or cleans up what
@@ -71,6 +76,7 @@ func (r *Runner) launch(agentCtx context.Context) {
 	if err := r.advance(task.Running, task.ReasonStarted, "", func(rec *Record) { rec.Status.Pid = rec.Resources.Pid }); err != nil {
 		r.log.Error("advance", "err", err)
 	}
+	leave()
 	r.poststart(agentCtx)
 	r.wait(agentCtx)
 }

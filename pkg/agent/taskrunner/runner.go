@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/titus-agent/titus-agent/pkg/refill"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -83,6 +84,10 @@ type Config struct {
 	Observe func(hook string, d time.Duration)
 	// Poststart hooks run once the task runs, and after re-adoption.
 	Poststart []PoststartHook
+	// Launches, if set, is entered from the first prestart hook until the
+	// task is recorded Running (or its launch failed): the launch pools'
+	// refill waits while a launch is on its critical path.
+	Launches *refill.Gate
 }
 
 // HookError carries the reason a prestart hook failed.

@@ -15,6 +15,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/titus-agent/titus-agent/pkg/refill"
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
 )
@@ -622,6 +623,61 @@ func TestRestoreReasons(t *testing.T) {
 			}
 			if v.Status.Message != tc.wantMsg {
 				t.Errorf("final message = %q, want %q", v.Status.Message, tc.wantMsg)
+			}
+		})
+	}
+}
+
+// launchGateHook reports, once it runs, how many launches the gate counts, and
+// holds the launch until release is closed.
+type launchGateHook struct {
+	fakeHook
+	gate     *refill.Gate
+	inFlight chan int
+	release  chan struct{}
+}
+
+func (h *launchGateHook) Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error {
+	h.inFlight <- h.gate.InFlight()
+	<-h.release
+	return h.fakeHook.Prestart(ctx, req, resp)
+}
+
+// A launch is counted by Config.Launches from its hooks until it is
+// Running or has failed, so pool refills wait for it; a running task, or
+// one being torn down, is not counted.
+func TestLaunchIsCountedUntilRunning(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want task.State
+	}{
+		{"started", nil, task.Running},
+		{"failed", errors.New("boom"), task.Failed},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			gate := &refill.Gate{}
+			w := &fakeWaiter{rec: rec, exit: make(chan runtime.ExitStatus, 1)}
+			h := &launchGateHook{fakeHook: fakeHook{name: "container", rec: rec, pid: 7, err: tc.err}, gate: gate, inFlight: make(chan int, 1), release: make(chan struct{})}
+			st := &fakeStore{}
+			spec := task.Spec{ID: "t1"}
+			spec.Normalize()
+			r := New(Config{Stages: [][]PrestartHook{{h}}, Runtime: w, Store: st, Logger: quiet, Launches: gate}, &Record{Spec: spec})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			go r.Run(ctx)
+			if n := <-h.inFlight; n != 1 {
+				t.Errorf("launches in flight during the hook = %d, want 1", n)
+			}
+			close(h.release)
+			waitState(t, r, tc.want)
+			deadline := time.Now().Add(5 * time.Second)
+			for gate.InFlight() != 0 {
+				if time.Now().After(deadline) {
+					t.Fatalf("still %d launches in flight once %s", gate.InFlight(), tc.want)
+				}
+				time.Sleep(time.Millisecond)
 			}
 		})
 	}
