@@ -35,6 +35,9 @@ func v1Files(r *specs.LinuxResources) cgroupFiles {
 		if c.Period != nil {
 			f["cpu.cfs_period_us"] = strconv.FormatUint(*c.Period, 10)
 		}
+		if c.Burst != nil {
+			f["cpu.cfs_burst_us"] = strconv.FormatUint(*c.Burst, 10)
+		}
 		if c.Cpus != "" {
 			f["cpuset.cpus"] = c.Cpus
 		}
@@ -72,6 +75,9 @@ func v2Files(r *specs.LinuxResources) cgroupFiles {
 				period = *c.Period
 			}
 			f["cpu.max"] = quota + " " + strconv.FormatUint(period, 10)
+		}
+		if c.Burst != nil {
+			f["cpu.max.burst"] = strconv.FormatUint(*c.Burst, 10)
 		}
 		if c.Cpus != "" {
 			f["cpuset.cpus"] = c.Cpus
@@ -115,6 +121,12 @@ func TestCgroupFilesV1AndV2(t *testing.T) {
 			res:  task.Resources{CPUMillicores: 2000, CPUBurst: true},
 			v1:   cgroupFiles{"cpu.shares": "2048"},
 			v2:   cgroupFiles{"cpu.weight": "79"},
+		},
+		{
+			name: "a quarter core of burst above half a core",
+			res:  task.Resources{CPUMillicores: 500, CPUBurstMillicores: 250},
+			v1:   cgroupFiles{"cpu.shares": "512", "cpu.cfs_quota_us": "50000", "cpu.cfs_period_us": "100000", "cpu.cfs_burst_us": "25000"},
+			v2:   cgroupFiles{"cpu.weight": "20", "cpu.max": "50000 100000", "cpu.max.burst": "25000"},
 		},
 		{
 			name: "cpuset pinning",

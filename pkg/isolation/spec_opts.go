@@ -182,7 +182,8 @@ func cmpOr[T comparable](v, def T) T {
 	return v
 }
 
-// WithResources sets CPU (CFS quota + shares, or shares only for burst),
+// WithResources sets CPU (CFS quota + shares and a burst allowance, or
+// shares only for cpuBurst),
 // memory without swap, pids and cpuset: the one place a task's limits are
 // set (SpecOpts includes it; the runtime applies what it is given). The same spec fields drive cgroup
 // v1 and v2 (runc converts shares to weight and swap to memory.swap.max).
@@ -200,6 +201,12 @@ func WithResources(r task.Resources, cpuset string) oci.SpecOpts {
 			} else {
 				quota, period := r.CPUMillicores*int64(CFSPeriod)/1000, CFSPeriod
 				res.CPU.Quota, res.CPU.Period = &quota, &period
+				if r.CPUBurstMillicores > 0 {
+					// runc >= 1.2 writes it to cpu.max.burst (v2) or
+					// cpu.cfs_burst_us (v1); task.Validate keeps it <= quota.
+					burst := uint64(r.CPUBurstMillicores) * CFSPeriod / 1000
+					res.CPU.Burst = &burst
+				}
 			}
 		}
 		if cpuset != "" {

@@ -139,6 +139,12 @@ func TestSpecOptsVariants(t *testing.T) {
 			want:  &specs.LinuxCPU{Shares: ptr(uint64(2))},
 		},
 		{
+			name:  "burst allowance within the quota",
+			res:   task.Resources{CPUMillicores: 1500, CPUBurstMillicores: 500},
+			check: func(s *oci.Spec) any { return s.Linux.Resources.CPU },
+			want:  &specs.LinuxCPU{Shares: ptr(uint64(1536)), Quota: ptr(int64(150000)), Period: ptr(CFSPeriod), Burst: ptr(uint64(50000))},
+		},
+		{
 			name:  "cpuset pinning",
 			res:   task.Resources{CPUMillicores: 1000},
 			opts:  Options{CPUSet: "1"},

@@ -31,13 +31,14 @@ func FromProto(p *agentv1.TaskSpec) *Spec {
 	}
 	if r := p.GetResources(); r != nil {
 		s.Resources = Resources{
-			CPUMillicores: r.GetCpuMillicores(),
-			MemoryMiB:     r.GetMemoryMib(),
-			DiskMiB:       r.GetDiskMib(),
-			NetworkMbps:   r.GetNetworkMbps(),
-			GPUs:          r.GetGpus(),
-			Pids:          r.GetPids(),
-			CPUBurst:      r.GetCpuBurst(),
+			CPUMillicores:      r.GetCpuMillicores(),
+			MemoryMiB:          r.GetMemoryMib(),
+			DiskMiB:            r.GetDiskMib(),
+			NetworkMbps:        r.GetNetworkMbps(),
+			GPUs:               r.GetGpus(),
+			Pids:               r.GetPids(),
+			CPUBurst:           r.GetCpuBurst(),
+			CPUBurstMillicores: r.GetCpuBurstMillicores(),
 		}
 	}
 	if n := p.GetNetwork(); n != nil {
@@ -144,13 +145,14 @@ func ToProto(s *Spec) *agentv1.TaskSpec {
 		MetadataRequireV2:      s.MetadataRequireV2,
 		HealthCheck:            HealthCheckToProto(s.HealthCheck),
 		Resources: &agentv1.Resources{
-			CpuMillicores: s.Resources.CPUMillicores,
-			MemoryMib:     s.Resources.MemoryMiB,
-			DiskMib:       s.Resources.DiskMiB,
-			NetworkMbps:   s.Resources.NetworkMbps,
-			Gpus:          s.Resources.GPUs,
-			Pids:          s.Resources.Pids,
-			CpuBurst:      s.Resources.CPUBurst,
+			CpuMillicores:      s.Resources.CPUMillicores,
+			MemoryMib:          s.Resources.MemoryMiB,
+			DiskMib:            s.Resources.DiskMiB,
+			NetworkMbps:        s.Resources.NetworkMbps,
+			Gpus:               s.Resources.GPUs,
+			Pids:               s.Resources.Pids,
+			CpuBurst:           s.Resources.CPUBurst,
+			CpuBurstMillicores: s.Resources.CPUBurstMillicores,
 		},
 		Network: &agentv1.NetworkRequest{
 			SecurityGroupIds: s.Network.SecurityGroupIDs,

@@ -10,7 +10,12 @@ type Resources struct {
 	NetworkMbps   int64 `json:"networkMbps,omitempty"`
 	GPUs          int32 `json:"gpus,omitempty"`
 	Pids          int64 `json:"pids,omitempty"`
-	CPUBurst      bool  `json:"cpuBurst,omitempty"`
+	// CPUBurst: CPU shares only, no CFS quota (cpu.max = max).
+	CPUBurst bool `json:"cpuBurst,omitempty"`
+	// CPUBurstMillicores is a CFS burst allowance (cpu.max.burst,
+	// cpu.cfs_burst_us): unused quota the task may spend above
+	// CPUMillicores in one period, at most CPUMillicores; 0: none.
+	CPUBurstMillicores int64 `json:"cpuBurstMillicores,omitempty"`
 }
 
 // NetworkRequest says which VPC security groups and subnets a task wants.

@@ -116,6 +116,7 @@ func (s *Spec) Validate() error {
 	s.checkLabels(c)
 	r := s.Resources
 	c.rangeCheck("resources.cpu_millicores", r.CPUMillicores, 1, MaxCPUMillicores)
+	checkCPUBurst(c, r)
 	c.rangeCheck("resources.memory_mib", r.MemoryMiB, MinMemoryMiB, MaxMemoryMiB)
 	c.rangeCheck("resources.disk_mib", r.DiskMiB, 0, MaxDiskMiB)
 	c.rangeCheck("resources.network_mbps", r.NetworkMbps, 0, MaxNetworkMbps)
@@ -308,4 +309,19 @@ func (s *Spec) checkHealth(c *checker) {
 func validRoleARN(arn string) bool {
 	m := roleRE.FindStringSubmatch(arn)
 	return m != nil && len(m[1]) <= 512
+}
+
+// checkCPUBurst: a burst allowance is unused quota spent later, so it
+// needs a quota (not cpu_burst, which has none) and, as the kernel
+// requires (cpu.max.burst <= quota), is at most cpu_millicores: a task
+// cannot give itself more than its quota allows.
+func checkCPUBurst(c *checker, r Resources) {
+	b := r.CPUBurstMillicores
+	switch {
+	case b == 0:
+	case r.CPUBurst:
+		c.failf("resources.cpu_burst_millicores", "must be 0 with cpu_burst (no CFS quota to burst above), got %d", b)
+	case b < 0 || b > r.CPUMillicores:
+		c.failf("resources.cpu_burst_millicores", "must be between 0 and cpu_millicores (%d), got %d", r.CPUMillicores, b)
+	}
 }

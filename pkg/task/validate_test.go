@@ -40,6 +40,12 @@ func TestValidateNamesFieldAndRule(t *testing.T) {
 		{"image digest", func(s *Spec) { s.Image = "registry.example/x@sha256:" + strings.Repeat("ab", 32) }, nil},
 		{"image short name", func(s *Spec) { s.Image = "busybox" }, nil},
 		{"cpu zero", func(s *Spec) { s.Resources.CPUMillicores = -1 }, []string{"resources.cpu_millicores"}},
+		{"burst allowance up to the quota", func(s *Spec) { s.Resources.CPUMillicores, s.Resources.CPUBurstMillicores = 500, 500 }, nil},
+		// A tenant asking a burst above its quota would get more than it
+		// pays for (and the kernel refuses burst > quota at create).
+		{"burst allowance above the quota", func(s *Spec) { s.Resources.CPUMillicores, s.Resources.CPUBurstMillicores = 500, 501 }, []string{"resources.cpu_burst_millicores"}},
+		{"burst allowance negative", func(s *Spec) { s.Resources.CPUBurstMillicores = -1 }, []string{"resources.cpu_burst_millicores"}},
+		{"burst allowance without a quota", func(s *Spec) { s.Resources.CPUBurst, s.Resources.CPUBurstMillicores = true, 100 }, []string{"resources.cpu_burst_millicores"}},
 		{"memory tiny", func(s *Spec) { s.Resources.MemoryMiB = 1 }, []string{"resources.memory_mib"}},
 		{"negative disk", func(s *Spec) { s.Resources.DiskMiB = -5 }, []string{"resources.disk_mib"}},
 		{"too many gpus", func(s *Spec) { s.Resources.GPUs = MaxGPUs + 1 }, []string{"resources.gpus"}},

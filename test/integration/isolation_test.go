@@ -197,7 +197,9 @@ func TestIsolation(t *testing.T) {
 	t.Run("UserNamespacePerTask", func(t *testing.T) { testUserNS(t, e) })
 	t.Run("BackendOnXFS", func(t *testing.T) { testBackendOnXFS(t, e) })
 	t.Run("OOMKilled", func(t *testing.T) { testOOM(t, e) })
-	t.Run("CPULimit", func(t *testing.T) { testCPULimit(t, e) })
+	t.Run("CPULimit", func(t *testing.T) { testCPULimit(t, e, 0) })
+	t.Run("CPULimitWithBurst", func(t *testing.T) { testCPULimit(t, e, 500) })
+	t.Run("CPUBurst", func(t *testing.T) { testCPUBurst(t, e) })
 	t.Run("CgroupFiles", func(t *testing.T) { testCgroupFiles(t, e) })
 	t.Run("ForkBomb", func(t *testing.T) { testForkBomb(t, e) })
 	t.Run("DiskCyclesLeaveNothing", func(t *testing.T) { testDiskCycles(t, e) })
@@ -511,16 +513,20 @@ func testOOM(t *testing.T, e *isoEnv) {
 	}
 }
 
-// testCPULimit runs two busy loops at 500 millicores and reads the cgroup's
+// testCPULimit runs two busy loops at 500 millicores (with burst
+// millicores of burst allowance) and reads the cgroup's
 // CPU usage over a few seconds: at most half a core (+10%), and at least
 // 0.45 unless the machine itself was too busy to give it that. A missing
 // limit shows as ~2 cores in every window. Too little usage is blamed on
 // the limit only when the task was throttled in most CFS periods of the
 // window (it hit its quota and still got less); on a loaded machine (the
 // VM lane runs beside this suite) it is simply not scheduled, not
-// throttled, and the window is retried, then logged.
-func testCPULimit(t *testing.T, e *isoEnv) {
-	spec := task.Spec{ID: isoID("cpu"), Resources: task.Resources{CPUMillicores: 500},
+// throttled, and the window is retried, then logged. A burst allowance
+// (cpu.max.burst) must not raise the average: a task always busy never
+// leaves quota unused to spend later (an allowance read as extra quota
+// shows as a full core).
+func testCPULimit(t *testing.T, e *isoEnv, burst int64) {
+	spec := task.Spec{ID: isoID("cpu"), Resources: task.Resources{CPUMillicores: 500, CPUBurstMillicores: burst},
 		Command: sh("while :; do :; done & while :; do :; done")}
 	it := e.start(t, spec, "")
 	usage := cpuUsageReader(t, it.pid)
@@ -553,9 +559,32 @@ func testCPULimit(t *testing.T, e *isoEnv) {
 	t.Logf("cpu usage %.3f cores, below 0.45 but throttled in only %.0f%% of periods: the machine was busy, the limit is not to blame", got, throttled*100)
 }
 
-// cpuThrottleReader returns a reader of pid's cgroup CFS counters
-// (nr_periods, nr_throttled from cpu.stat), on cgroup v1 or v2.
-func cpuThrottleReader(t *testing.T, pid uint32) func() (periods, throttled int) {
+// testCPUBurst: a task with a burst allowance that works in spurts (about
+// 0.2 s of CPU on each of two loops, then 0.3 s of sleep, in which its
+// unused quota accrues up to the allowance) runs above its quota in some
+// periods: the kernel counts them in cpu.stat's nr_bursts (v1 and v2,
+// Linux 5.14+), which stays 0 for a task without an allowance.
+func testCPUBurst(t *testing.T, e *isoEnv) {
+	spurts := sh(`b() { while :; do i=0; while [ $i -lt 60000 ]; do i=$((i+1)); done; sleep 0.3; done; }; b & b & wait`)
+	with := e.start(t, task.Spec{ID: isoID("burst"), Command: spurts, Resources: task.Resources{CPUMillicores: 500, CPUBurstMillicores: 500}}, "")
+	without := e.start(t, task.Spec{ID: isoID("noburst"), Command: spurts, Resources: task.Resources{CPUMillicores: 500}}, "")
+	withStat, withoutStat := cpuStatReader(t, with.pid), cpuStatReader(t, without.pid)
+	deadline := time.Now().Add(testenv.Scaled(20 * time.Second))
+	for withStat()["nr_bursts"] == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("cpu.stat of the task with a burst allowance: %v; want nr_bursts > 0", withStat())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := withoutStat()["nr_bursts"]; n != 0 {
+		t.Errorf("the task without an allowance burst %d times", n)
+	}
+	t.Logf("with an allowance: %v; without: %v", withStat(), withoutStat())
+}
+
+// cpuStatReader returns a reader of pid's cgroup cpu.stat (v1 or v2) as
+// numbers by name.
+func cpuStatReader(t *testing.T, pid uint32) func() map[string]int64 {
 	t.Helper()
 	dir := ""
 	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
@@ -563,28 +592,34 @@ func cpuThrottleReader(t *testing.T, pid uint32) func() (periods, throttled int)
 	} else {
 		dir = cgroupDir(t, pid, "cpu")
 	}
-	return func() (int, int) {
+	return func() map[string]int64 {
 		b, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
 		if err != nil {
 			t.Fatalf("cpu.stat: %v", err)
 		}
-		var p, n int
+		m := map[string]int64{}
 		for line := range strings.Lines(string(b)) {
 			k, v, _ := strings.Cut(strings.TrimSpace(line), " ")
-			switch k {
-			case "nr_periods":
-				p, _ = strconv.Atoi(v)
-			case "nr_throttled":
-				n, _ = strconv.Atoi(v)
-			}
+			m[k], _ = strconv.ParseInt(v, 10, 64)
 		}
-		return p, n
+		return m
+	}
+}
+
+// cpuThrottleReader returns a reader of pid's cgroup CFS counters
+// (nr_periods, nr_throttled from cpu.stat), on cgroup v1 or v2.
+func cpuThrottleReader(t *testing.T, pid uint32) func() (periods, throttled int) {
+	t.Helper()
+	stat := cpuStatReader(t, pid)
+	return func() (int, int) {
+		m := stat()
+		return int(m["nr_periods"]), int(m["nr_throttled"])
 	}
 }
 
 // testCgroupFiles reads back what runc wrote into the tasks' cgroups: CFS
-// quota and shares, shares only for burst, cpuset pinning, memory without
-// swap, the pids limit.
+// quota and shares, a burst allowance, shares only for cpuBurst, cpuset
+// pinning, memory without swap, the pids limit.
 func testCgroupFiles(t *testing.T, e *isoEnv) {
 	_, err := os.Stat("/sys/fs/cgroup/cgroup.controllers")
 	v2 := err == nil
@@ -601,6 +636,11 @@ func testCgroupFiles(t *testing.T, e *isoEnv) {
 				"memory/memory.limit_in_bytes": "67108864", "memory/memory.memsw.limit_in_bytes": "67108864", "pids/pids.max": "32",
 			},
 			v2: map[string]string{"cpu.max": "50000 100000", "memory.max": "67108864", "memory.swap.max": "0", "pids.max": "32"},
+		},
+		{
+			name: "burst allowance", res: task.Resources{CPUMillicores: 500, CPUBurstMillicores: 200},
+			v1: map[string]string{"cpu/cpu.cfs_quota_us": "50000", "cpu/cpu.cfs_period_us": "100000", "cpu/cpu.cfs_burst_us": "20000"},
+			v2: map[string]string{"cpu.max": "50000 100000", "cpu.max.burst": "20000"},
 		},
 		{
 			name: "burst pinned to cpu 1", res: task.Resources{CPUMillicores: 500, CPUBurst: true}, opts: isolation.Options{CPUSet: "1"},
@@ -1257,4 +1297,64 @@ func userNSDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return parent
+}
+
+// TestAgentCPUBurstAllowance: through the agent's API a task gets the CFS
+// burst allowance it asks for (read back from cpu.cfs_burst_us or
+// cpu.max.burst), and a tenant asking more than its quota, or an
+// allowance on top of no quota (cpu_burst), is refused naming the field,
+// with nothing recorded.
+func TestAgentCPUBurstAllowance(t *testing.T) {
+	begin(t)
+	e := newAgentEnv(t)
+	for _, tc := range []struct {
+		name             string
+		cpu, burst       int64
+		noQuota          bool
+		refusedWithField string
+	}{
+		{name: "above-quota", cpu: 500, burst: 501, refusedWithField: "resources.cpu_burst_millicores"},
+		{name: "a-core-over-max", cpu: 1000, burst: task.MaxCPUMillicores, refusedWithField: "resources.cpu_burst_millicores"},
+		{name: "negative", cpu: 500, burst: -1, refusedWithField: "resources.cpu_burst_millicores"},
+		{name: "without-quota", cpu: 500, burst: 100, noQuota: true, refusedWithField: "resources.cpu_burst_millicores"},
+	} {
+		s := e.spec("burst-"+tc.name, "true")
+		s.Resources.CpuMillicores, s.Resources.CpuBurstMillicores, s.Resources.CpuBurst = tc.cpu, tc.burst, tc.noQuota
+		_, err := e.client.LaunchTask(e.ctx(), &agentv1.LaunchTaskRequest{Spec: s})
+		if err == nil || !strings.Contains(err.Error(), tc.refusedWithField) || !strings.Contains(err.Error(), "InvalidArgument") {
+			t.Errorf("%s: %v, want InvalidArgument naming %s", tc.name, err, tc.refusedWithField)
+		}
+		if _, err := e.client.GetTask(e.ctx(), &agentv1.GetTaskRequest{Id: s.Id}); err == nil {
+			t.Errorf("%s: the refused task was recorded", tc.name)
+		}
+	}
+	s := e.spec("burst-ok", "sleep", "600")
+	s.Resources.CpuMillicores, s.Resources.CpuBurstMillicores = 500, 500
+	s.KillGracePeriodSeconds = 1
+	e.launch(s)
+	pid := e.waitState("burst-ok", stRunning, 60*time.Second).GetPid()
+	want := map[string]string{"cpu/cpu.cfs_quota_us": "50000", "cpu/cpu.cfs_burst_us": "50000"}
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		want = map[string]string{"cpu.max": "50000 100000", "cpu.max.burst": "50000"}
+	}
+	got := map[string]string{}
+	for f := range want {
+		controller, file, ok := strings.Cut(f, "/")
+		if !ok {
+			controller, file = "", f
+		}
+		b, err := os.ReadFile(filepath.Join(cgroupDir(t, pid, controller), file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got[f] = strings.TrimSpace(string(b))
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("the task's cgroup (-want +got):\n%s", diff)
+	}
+	if _, err := e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: "burst-ok"}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitFinal("burst-ok")
+	e.assertNoLeftovers()
 }

@@ -158,10 +158,17 @@ type Resources struct {
 	Gpus          int32 `protobuf:"varint,5,opt,name=gpus,proto3" json:"gpus,omitempty"`
 	// Maximum number of processes; 0 means the agent default.
 	Pids int64 `protobuf:"varint,6,opt,name=pids,proto3" json:"pids,omitempty"`
-	// Burst: CPU shares only, no CFS quota.
-	CpuBurst      bool `protobuf:"varint,7,opt,name=cpu_burst,json=cpuBurst,proto3" json:"cpu_burst,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Burst: CPU shares only, no CFS quota (cpu.max = max): the task may use
+	// idle CPUs beyond cpu_millicores. Not with cpu_burst_millicores.
+	CpuBurst bool `protobuf:"varint,7,opt,name=cpu_burst,json=cpuBurst,proto3" json:"cpu_burst,omitempty"`
+	// A CFS burst allowance in millicores (0: none): the quota a task left
+	// unused in earlier periods that it may spend above cpu_millicores in
+	// one period; its average stays within cpu_millicores. At most
+	// cpu_millicores (the kernel's bound), and not with cpu_burst. Written
+	// to cpu.max.burst (v2) or cpu.cfs_burst_us (v1); needs Linux 5.14+.
+	CpuBurstMillicores int64 `protobuf:"varint,8,opt,name=cpu_burst_millicores,json=cpuBurstMillicores,proto3" json:"cpu_burst_millicores,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Resources) Reset() {
@@ -241,6 +248,13 @@ func (x *Resources) GetCpuBurst() bool {
 		return x.CpuBurst
 	}
 	return false
+}
+
+func (x *Resources) GetCpuBurstMillicores() int64 {
+	if x != nil {
+		return x.CpuBurstMillicores
+	}
+	return 0
 }
 
 type NetworkRequest struct {
@@ -3455,7 +3469,7 @@ var File_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x14agent/v1/agent.proto\x12\x0etitus.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd4\x01\n" +
+	"\x14agent/v1/agent.proto\x12\x0etitus.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n" +
 	"\tResources\x12%\n" +
 	"\x0ecpu_millicores\x18\x01 \x01(\x03R\rcpuMillicores\x12\x1d\n" +
 	"\n" +
@@ -3464,7 +3478,8 @@ const file_agent_v1_agent_proto_rawDesc = "" +
 	"\fnetwork_mbps\x18\x04 \x01(\x03R\vnetworkMbps\x12\x12\n" +
 	"\x04gpus\x18\x05 \x01(\x05R\x04gpus\x12\x12\n" +
 	"\x04pids\x18\x06 \x01(\x03R\x04pids\x12\x1b\n" +
-	"\tcpu_burst\x18\a \x01(\bR\bcpuBurst\"q\n" +
+	"\tcpu_burst\x18\a \x01(\bR\bcpuBurst\x120\n" +
+	"\x14cpu_burst_millicores\x18\b \x01(\x03R\x12cpuBurstMillicores\"q\n" +
 	"\x0eNetworkRequest\x12,\n" +
 	"\x12security_group_ids\x18\x01 \x03(\tR\x10securityGroupIds\x12\x1d\n" +
 	"\n" +
