@@ -570,9 +570,12 @@ func testCPUBurst(t *testing.T, e *isoEnv) {
 	without := e.start(t, task.Spec{ID: isoID("noburst"), Command: spurts, Resources: task.Resources{CPUMillicores: 500}}, "")
 	withStat, withoutStat := cpuStatReader(t, with.pid), cpuStatReader(t, without.pid)
 	deadline := time.Now().Add(testenv.Scaled(20 * time.Second))
-	for withStat()["nr_bursts"] == 0 {
+	// Until the task with an allowance burst and the other ran at least
+	// 20 CFS periods (its chances to burst, were it allowed to).
+	for withStat()["nr_bursts"] == 0 || withoutStat()["nr_periods"] < 20 {
 		if time.Now().After(deadline) {
-			t.Fatalf("cpu.stat of the task with a burst allowance: %v; want nr_bursts > 0", withStat())
+			t.Fatalf("cpu.stat of the task with a burst allowance: %v, without: %v; want nr_bursts > 0 in the first, both running",
+				withStat(), withoutStat())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
