@@ -45,7 +45,9 @@ func TestValidateJob(t *testing.T) {
 		{"task fields", func(s *model.JobSpec) { s.Task.Image = ""; s.Task.Resources.CPUMillicores = -1 },
 			[]string{"task.image", "task.resources.cpu_millicores"}},
 		{"no task", func(s *model.JobSpec) { s.Task = nil }, []string{"task"}},
-		{"cpu burst above the quota", func(s *model.JobSpec) { s.Task.Resources.CPUMillicores, s.Task.Resources.CPUBurstMillicores = 1000, 4000 },
+		{"cpu burst above the quota", func(s *model.JobSpec) {
+			s.Task.Resources.CPUMillicores, s.Task.Resources.CPUBurstMillicores = 1000, 4000
+		},
 			[]string{"task.resources.cpu_burst_millicores"}},
 		// The job's labels become the task's STS session tags: a tenant
 		// naming another application there would borrow its trust.
