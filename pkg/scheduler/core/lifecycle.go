@@ -80,6 +80,9 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	}
 	j.spread.add(a, -1)
 	j.live--
+	if j.live == 0 && j.terminal() {
+		j.settled = c.clock()
+	}
 	j.group.used = j.group.used.Sub(t.d.req)
 	delete(c.tasks, t.rec.ID)
 	if platformReason(reason) {

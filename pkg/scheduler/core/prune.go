@@ -32,7 +32,11 @@ func (j *jobState) ended() time.Time {
 // takePrunable removes from memory the ended jobs past the retention or
 // beyond MaxFinishedJobs, oldest first, and returns their ids. A job that
 // still has tasks on agents (killed, not yet confirmed) or an API call in
-// flight is kept for a later round. Callers hold c.mu.
+// flight is kept for a later round, and one whose last task ended after
+// it did is kept for the retention from then, so that the final state of
+// every task can be read after it ended (a killed job's tasks end once
+// their agents confirm, which can be long after the kill). Callers hold
+// c.mu.
 func (c *Core) takePrunable(now time.Time) []string {
 	r := &c.ret
 	excess := len(r.finished) - c.opts.MaxFinishedJobs
@@ -47,7 +51,7 @@ func (c *Core) takePrunable(now time.Time) []string {
 		if c.jobs[j.rec.ID] != j {
 			continue // no longer held (state reloaded)
 		}
-		if j.live > 0 || !j.op.TryLock() {
+		if j.live > 0 || (excess <= 0 && now.Sub(j.settled) < c.opts.FinishedJobRetention) || !j.op.TryLock() {
 			kept = append(kept, j)
 			continue
 		}

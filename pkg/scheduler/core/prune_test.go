@@ -58,8 +58,10 @@ func (ts *testScheduler) wantPruned(id string) {
 
 // TestEndedJobsArePrunedAfterTheRetention: a finished job is kept for the
 // retention and then removed with its tasks from memory and etcd; a killed
-// job whose task the agent has not confirmed is kept until it has; active
-// jobs are never pruned.
+// job whose task the agent has not confirmed is kept until it has, and
+// then for the retention from the confirmation (the chaos soak's observer
+// lost the final states of killed jobs pruned the moment their last task
+// ended); active jobs are never pruned.
 func TestEndedJobsArePrunedAfterTheRetention(t *testing.T) {
 	ts := newTestScheduler(t, Config{FinishedJobRetention: time.Hour, MaxFinishedJobs: 100})
 	sess := ts.connect("a", 8000)
@@ -88,10 +90,20 @@ func TestEndedJobsArePrunedAfterTheRetention(t *testing.T) {
 	}
 	ts.wantPruned(finished)
 
+	// The kill is confirmed past the job's retention: the task's final
+	// state is kept for the retention from then, to be read.
 	ts.report("a", sess, task.Killed, placed...)
 	ts.prune(ts.ctx)
+	if diff := cmp.Diff(sorted([]string{active, killed}), sorted(ts.held())); diff != "" {
+		t.Fatalf("just after the kill was confirmed (-want +got):\n%s", diff)
+	}
+	if n := ts.keys("tasks/" + killed + "/"); n != 1 {
+		t.Fatalf("killed job's tasks in etcd = %d, want 1", n)
+	}
+	ts.now = ts.now.Add(time.Hour + time.Minute)
+	ts.prune(ts.ctx)
 	if diff := cmp.Diff([]string{active}, ts.held()); diff != "" {
-		t.Fatalf("after the kill was confirmed (-want +got):\n%s", diff)
+		t.Fatalf("a retention after the kill was confirmed (-want +got):\n%s", diff)
 	}
 	ts.wantPruned(killed)
 	if got := ts.Stats().PrunedJobs; got != 2 {

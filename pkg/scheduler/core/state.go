@@ -131,15 +131,18 @@ func (a *agentState) record(now time.Time) *model.Agent {
 
 // jobState is one job and its task slots.
 type jobState struct {
-	rec       *model.Job
-	tmpl      *task.Spec
-	d         demand
-	group     *groupState
-	slots     []*slot
-	queue     []*slot
-	spread    spreadState
-	live      int
-	created   time.Time
+	rec     *model.Job
+	tmpl    *task.Spec
+	d       demand
+	group   *groupState
+	slots   []*slot
+	queue   []*slot
+	spread  spreadState
+	live    int
+	created time.Time
+	// settled is when the last task of an ended job ended, if after the
+	// job did (a kill confirmed later): the retention runs from then too.
+	settled   time.Time
 	footprint model.Resources // reserved against a critical group's quota
 	// op orders the API's changes of this job (kill, scale): each writes
 	// the store without c.mu, one at a time. gen counts changes of the
