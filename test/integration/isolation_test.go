@@ -886,7 +886,9 @@ func assertNoDiskLeftovers(t *testing.T, e *isoEnv, id string) {
 			t.Errorf("loop device %s still backed by %s", filepath.Dir(filepath.Dir(f)), strings.TrimSpace(string(b)))
 		}
 	}
-	for _, sub := range []string{"images", "mnt", "rootfs"} {
+	// projects: the XFS backend's project ID record (released with the
+	// disk, so the ID is free for another task).
+	for _, sub := range []string{"images", "mnt", "rootfs", "projects"} {
 		if left, _ := filepath.Glob(filepath.Join(e.diskDir, sub, id+"*")); len(left) > 0 {
 			t.Errorf("files left: %v", left)
 		}
@@ -1190,8 +1192,9 @@ func TestAgentUserNamespaceAndHostPaths(t *testing.T) {
 }
 
 // TestAgentForkBombStaysResponsive: a fork bomb launched through the agent
-// is held at its pids limit while the agent keeps answering, launches and
-// runs a neighbour to completion, and kills the bomb.
+// is held at its pids limit while the agent keeps answering, the host
+// still forks, the agent launches and runs a neighbour to completion, and
+// kills the bomb. The VM lane runs it too (cgroup v2, systemd scopes).
 func TestAgentForkBombStaysResponsive(t *testing.T) {
 	begin(t)
 	e := newAgentEnv(t)
@@ -1217,6 +1220,11 @@ func TestAgentForkBombStaysResponsive(t *testing.T) {
 		cancel()
 		if herr != nil || lerr != nil {
 			t.Fatalf("agent unresponsive during the fork bomb: health %v, list %v", herr, lerr)
+		}
+		// The host still forks: the bomb's processes count against its
+		// own pids.max only.
+		if out, err := exec.Command("sh", "-c", "echo host-forks").CombinedOutput(); err != nil || string(out) != "host-forks\n" {
+			t.Fatalf("the host cannot fork during the fork bomb: %v %q", err, out)
 		}
 		if cur := readInt(t, filepath.Join(pidsDir, "pids.current")); cur > limit {
 			t.Fatalf("pids.current = %d above the limit %d", cur, limit)

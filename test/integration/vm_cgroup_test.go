@@ -122,7 +122,8 @@ func TestVMXFSQuotaNotEscapable(t *testing.T) {
 
 // TestVMCgroupV2Agent: under the systemd driver on cgroup v2, the
 // health check's controller probe reports the controllers; a task's scope
-// lives in its own slice, which gives a limit's cpu.max and pids.max, and
+// lives in its own slice, which gives a limit's cpu.max, cpu.max.burst
+// and pids.max (systemd sets cpu.max, runc the burst), and
 // keeps its memory accounting (memory.events, memory.peak) past the
 // task's exit until the agent deletes the task, and which is then gone.
 func TestVMCgroupV2Agent(t *testing.T) {
@@ -142,7 +143,7 @@ func TestVMCgroupV2Agent(t *testing.T) {
 
 	id := fmt.Sprintf("v2-%d", os.Getpid())
 	s := e.spec(id, "sh", "-c", "echo up; exec sleep 100000")
-	s.Resources.CpuMillicores, s.Resources.MemoryMib, s.Resources.Pids = 500, 64, 50
+	s.Resources.CpuMillicores, s.Resources.CpuBurstMillicores, s.Resources.MemoryMib, s.Resources.Pids = 500, 250, 64, 50
 	e.launch(s)
 	pid := e.waitState(id, stRunning, 60*time.Second).GetPid()
 	cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
@@ -151,7 +152,7 @@ func TestVMCgroupV2Agent(t *testing.T) {
 	if got := strings.TrimSpace(string(cg)); got != "0::"+scope {
 		t.Fatalf("task cgroup %q, want 0::%s", got, scope)
 	}
-	for f, want := range map[string]string{"cpu.max": "50000 100000", "memory.max": "67108864", "pids.max": "50"} {
+	for f, want := range map[string]string{"cpu.max": "50000 100000", "cpu.max.burst": "25000", "memory.max": "67108864", "pids.max": "50"} {
 		if b, err := os.ReadFile(filepath.Join("/sys/fs/cgroup", scope, f)); err != nil || strings.TrimSpace(string(b)) != want {
 			t.Errorf("%s = %q (%v), want %q", f, b, err, want)
 		}

@@ -6,7 +6,10 @@
 # modes") and the README's test section.
 #
 # Cached under $TITUS_CACHE (~/.cache/titus-agent): the guest image in
-# vm/<hash of image.sh, moto.py, the unit, the mirror and the host's moto>/; runc is the one
+# vm/<hash of image.sh, moto.py, the unit, the mirror and the host's moto>/
+# (images of other recipes are removed once this one is built, unless a
+# run is using them), whether KVM boots it in vm/kvm-<hash of the host
+# kernel, qemu and the guest kernel>; runc is the one
 # scripts/deps.sh builds for both lanes (bin/runc -> runc-<version>).
 # Per run, in a temporary directory removed at exit: the payload disk (the
 # test binary built here with `go test -c`, the agent, containerd, runc),
@@ -37,9 +40,11 @@ BIN="$CACHE/bin"
 # TestAgentKill9ReadoptsRunningTasks with 2 tasks, not 10: about 140 s) and
 # TestVMSystemdAgentKeepsTasks (restart, watchdog kill, kill -9, stop, under
 # systemd). Metadata: TestVMMetadataInTask (the host lane's metadata test
-# without its flood and restart phases). TITUS_VM_RUN runs any test in the
-# guest.
-DEFAULT_RUN='^(TestAgentRunToCompletion|TestAgentKillGraceThenSIGKILL|TestAgentOOMKilled|TestAgentOrphansAfterKillMidLaunch|TestIsolation|TestVMSystemdAgentKeepsTasks|TestVMAgentKill9Readopts|TestVMCgroupV2Agent|TestVMXFSQuotaNotEscapable|TestIsolationBandwidth|TestExecUserNamespaceTask|TestAgentUserNamespaceWithNetwork|TestVMMetadataInTask|TestAgentLocalNetworkGivesEachTaskItsOwnIP)$'
+# without its flood and restart phases). Fork bomb: TestIsolation/ForkBomb
+# (runtime level) and TestAgentForkBombStaysResponsive (through the agent:
+# pids.max holds, the agent answers, the host forks, a neighbour runs).
+# TITUS_VM_RUN runs any test in the guest (a regex as for go test -run).
+DEFAULT_RUN='^(TestAgentRunToCompletion|TestAgentKillGraceThenSIGKILL|TestAgentOOMKilled|TestAgentOrphansAfterKillMidLaunch|TestIsolation|TestVMSystemdAgentKeepsTasks|TestVMAgentKill9Readopts|TestVMCgroupV2Agent|TestVMXFSQuotaNotEscapable|TestIsolationBandwidth|TestExecUserNamespaceTask|TestAgentUserNamespaceWithNetwork|TestVMMetadataInTask|TestAgentLocalNetworkGivesEachTaskItsOwnIP|TestAgentForkBombStaysResponsive)$'
 RUN="${TITUS_VM_RUN:-$DEFAULT_RUN}"
 TIMEOUT="${TITUS_VM_TIMEOUT:-40m}"
 LOG="${TITUS_VM_LOG:-/tmp/titus-vm.log}"
@@ -89,6 +94,23 @@ if [[ ! -f "$img/root.img" ]]; then
   bash "$here/image.sh" "$img"
   say "image built in $(since "$t0")s"
 fi
+# This run uses the image until it exits (qemu inherits the descriptor,
+# so the lock holds while it runs); taken under the build lock, so a run
+# of another recipe cannot prune it in between.
+exec 8<"$img/root.img"
+flock -s 8
+# Images of other recipes: this one replaces them. Remove each that no
+# run is using (a run of an older checkout may be); keep the rest.
+for old in "$CACHE"/vm/*/; do
+  old="${old%/}"
+  [[ $old == "$img" || ! -d $old ]] && continue
+  if [[ ! -f $old/root.img ]] || flock -xn "$old/root.img" true; then
+    say "removing the guest image of another recipe: ${old##*/} ($(du -sh "$old" | cut -f1))"
+    rm -rf "$old"
+  else
+    say "keeping the guest image ${old##*/}: a run is using it"
+  fi
+done
 flock -u 9
 say "guest image $key: kernel $(cat "$img/kernel-version")"
 if [[ ${1:-} == --prepare ]]; then
@@ -161,9 +183,11 @@ booted() { # booted SECONDS: wait until the guest says it booted
 
 t0=$(now)
 # Whether KVM boots this guest on this host, tried once per host kernel,
-# qemu and guest image: a failed try costs 60 s (KVM reaches the boot
-# marker in seconds; TCG, for comparison, in about 65 s of guest uptime).
-kvm_verdict="$CACHE/vm/kvm-$( { uname -r; qemu-system-x86_64 --version | head -1; echo "$key"; } | sha256sum | cut -c1-16)"
+# qemu and guest kernel (what decides it; not the rest of the image, so a
+# recipe change does not cost the try again): a failed try costs 60 s (KVM
+# reaches the boot marker in seconds; TCG, for comparison, in about 65 s
+# of guest uptime).
+kvm_verdict="$CACHE/vm/kvm-$( { uname -r; qemu-system-x86_64 --version | head -1; sha256sum <"$img/vmlinuz"; } | sha256sum | cut -c1-16)"
 if [[ $ACCEL == auto ]]; then
   ACCEL=tcg
   if [[ -r /dev/kvm && -w /dev/kvm ]] && [[ $(cat "$kvm_verdict" 2>/dev/null) != tcg ]]; then
