@@ -15,12 +15,16 @@ import (
 // the agent's version. The ec2 provider adds the AMI; GPU discovery adds
 // the GPUs.
 func hostAttributes(root, version string) schedlink.Attributes {
-	a := schedlink.Attributes{AgentVersion: version, CgroupMode: cgroupMode(root)}
+	return schedlink.Attributes{AgentVersion: version, CgroupMode: cgroupMode(root), Kernel: kernelRelease()}
+}
+
+// kernelRelease is uname's release ("6.1.0-57-cloud-amd64"), or "".
+func kernelRelease() string {
 	var u unix.Utsname
-	if unix.Uname(&u) == nil {
-		a.Kernel = unix.ByteSliceToString(u.Release[:])
+	if unix.Uname(&u) != nil {
+		return ""
 	}
-	return a
+	return unix.ByteSliceToString(u.Release[:])
 }
 
 // cgroupMode is "v2" on a unified hierarchy, else "v1".

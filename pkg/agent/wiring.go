@@ -80,11 +80,13 @@ func wire(ctx context.Context, cfg Config, log *slog.Logger, rt *runtime.Runtime
 
 	iso := isolationOptions(cfg.Isolation)
 	iso.XFSQuota = disks.Backend() == isolation.BackendXFSQuota
+	iso.NoCPUBurst = !isolation.HasCPUBurst("/sys/fs/cgroup", kernelRelease())
 	policy := hostPolicy(cfg.Isolation)
 	noNetNS := cfg.Network.Provider == "none"
 	w.hostCheck = func(s *task.Spec, c *task.Checker) {
 		policy(s, c) // first: it may force the user namespace label
 		iso.CheckHostRequests(s.Labels, c)
+		iso.CheckCPUBurst(s.Resources, c)
 		gpuHostCheck(s, c)
 		if h := s.HealthCheck; h != nil && noNetNS && (h.Kind == task.HealthHTTP || h.Kind == task.HealthTCP) {
 			c.Failf("health_check.kind", "%s checks dial from the task's own network namespace, and this host's network provider is none (use an exec check)", h.Kind)

@@ -78,6 +78,9 @@ type Options struct {
 	// surface is closed, and runc 1.1 compiles a third of the filter (on
 	// Debian 12's runc that is most of a launch's seccomp cost).
 	Compat32Bit bool
+	// NoCPUBurst: the kernel has no CFS burst control (see HasCPUBurst);
+	// CheckCPUBurst then refuses a burst allowance.
+	NoCPUBurst bool
 }
 
 // DefaultCapabilities is what a task's root gets: containerd's default set
