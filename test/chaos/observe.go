@@ -3,13 +3,16 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
@@ -23,10 +26,13 @@ type observer struct {
 	f *fleet
 	l *load
 
-	mu     sync.Mutex
-	tasks  map[string]*schedv1.Task
-	jobs   map[string]schedv1.JobState
-	done   map[string]bool
+	mu    sync.Mutex
+	tasks map[string]*schedv1.Task
+	jobs  map[string]schedv1.JobState
+	done  map[string]bool
+	// pruned holds the jobs the scheduler no longer knew before the
+	// observer saw them end with all their tasks, and when it found out.
+	pruned map[string]time.Time
 	seenOn map[string]map[string]bool // task id → instance ids whose agent ran it
 	// elections are the stretches in which no replica answered as the
 	// leader (watchLeader).
@@ -40,7 +46,7 @@ func (w window) overlaps(from, to time.Time) bool { return from.Before(w.to) && 
 
 func newObserver(f *fleet, l *load) *observer {
 	return &observer{f: f, l: l, tasks: map[string]*schedv1.Task{}, jobs: map[string]schedv1.JobState{},
-		done: map[string]bool{}, seenOn: map[string]map[string]bool{}}
+		done: map[string]bool{}, pruned: map[string]time.Time{}, seenOn: map[string]map[string]bool{}}
 }
 
 func terminalJob(s schedv1.JobState) bool {
@@ -52,55 +58,162 @@ func terminalTask(s agentv1.TaskState) bool {
 		s == agentv1.TaskState_TASK_STATE_KILLED || s == agentv1.TaskState_TASK_STATE_LOST
 }
 
-// pollScheduler records the tasks of every job not yet fully recorded.
+// pollScheduler records the state of every job not yet fully recorded
+// and the last record of each of its task attempts. One pass costs a
+// fixed number of calls however many jobs are open: every job the
+// scheduler holds comes from one (paged) ListJobs, every live task from
+// one ListTasks, both served from the leader's memory; the full attempt
+// history (the store's records, an etcd read) is read only for jobs that
+// have ended, until every attempt is seen ended. A pass that read each
+// open job's history every time took longer than the scheduler's
+// retention of ended jobs under load and etcd faults (one etcd read per
+// job, each waiting out a killed member), and jobs were pruned before the
+// observer saw their end. The scheduler keeps an ended job for the
+// retention after its last task ended, so one pass in that time suffices.
 func (o *observer) pollScheduler(ctx context.Context) {
 	o.l.mu.Lock()
-	var ids []string
+	var open []string
 	for id := range o.l.jobs {
-		ids = append(ids, id)
+		open = append(open, id)
 	}
 	o.l.mu.Unlock()
-	for _, id := range ids {
-		o.mu.Lock()
-		done := o.done[id]
-		o.mu.Unlock()
-		if done || ctx.Err() != nil {
-			continue
-		}
-		var job *schedv1.Job
-		var tasks []*schedv1.Task
-		err := o.f.api(ctx, func(ctx context.Context, c schedv1.SchedulerClient) error {
-			j, err := c.GetJob(ctx, &schedv1.GetJobRequest{Id: id})
+	o.mu.Lock()
+	open = slices.DeleteFunc(open, func(id string) bool { return o.done[id] })
+	o.mu.Unlock()
+	if len(open) == 0 || ctx.Err() != nil {
+		return
+	}
+	held := map[string]*schedv1.Job{}
+	var live []*schedv1.Task
+	err := o.f.api(ctx, func(ctx context.Context, c schedv1.SchedulerClient) error {
+		held, live = map[string]*schedv1.Job{}, nil
+		for token := ""; ; {
+			r, err := c.ListJobs(ctx, &schedv1.ListJobsRequest{All: true, PageToken: token})
 			if err != nil {
 				return err
 			}
-			job, tasks = j, nil
-			for token := ""; ; {
-				r, err := c.ListTasks(ctx, &schedv1.ListTasksRequest{JobId: id, All: true, PageToken: token})
-				if err != nil {
-					return err
-				}
-				tasks = append(tasks, r.Tasks...)
-				if token = r.NextPageToken; token == "" {
-					return nil
-				}
+			for _, j := range r.Jobs {
+				held[j.Id] = j
 			}
+			if token = r.NextPageToken; token == "" {
+				break
+			}
+		}
+		for token := ""; ; {
+			r, err := c.ListTasks(ctx, &schedv1.ListTasksRequest{PageToken: token})
+			if err != nil {
+				return err
+			}
+			live = append(live, r.Tasks...)
+			if token = r.NextPageToken; token == "" {
+				return nil
+			}
+		}
+	})
+	if err != nil {
+		return
+	}
+	var ended, gone []string
+	o.mu.Lock()
+	for _, t := range live {
+		o.record(t)
+	}
+	for _, id := range open {
+		j, ok := held[id]
+		switch {
+		case !ok:
+			gone = append(gone, id)
+		case terminalJob(j.State):
+			o.jobs[id] = j.State
+			ended = append(ended, id)
+		default:
+			o.jobs[id] = j.State
+		}
+	}
+	o.mu.Unlock()
+	// Every attempt of each ended job, a few jobs at a time.
+	var wg sync.WaitGroup
+	work := make(chan string)
+	for range min(4, len(ended)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range work {
+				o.pollHistory(ctx, id)
+			}
+		}()
+	}
+	for _, id := range ended {
+		work <- id
+	}
+	close(work)
+	wg.Wait()
+	// A job missing from the list was pruned (or the list raced a new
+	// leader's load): ask for it alone. A job pruned before the observer
+	// saw it end with all its tasks stays open (the run cannot tell how
+	// its tasks ended), and stuck says so.
+	for _, id := range gone {
+		var j *schedv1.Job
+		err := o.f.api(ctx, func(ctx context.Context, c schedv1.SchedulerClient) (err error) {
+			j, err = c.GetJob(ctx, &schedv1.GetJobRequest{Id: id})
+			return err
 		})
-		if err != nil {
-			continue
-		}
 		o.mu.Lock()
-		o.jobs[id] = job.State
-		allEnded := true
-		for _, t := range tasks {
-			o.tasks[t.Id] = t
-			allEnded = allEnded && terminalTask(t.State)
-		}
-		if terminalJob(job.State) && allEnded {
-			o.done[id] = true
+		switch {
+		case status.Code(err) == codes.NotFound:
+			if !o.done[id] && o.pruned[id].IsZero() {
+				o.pruned[id] = time.Now()
+			}
+		case err == nil:
+			o.jobs[id] = j.State
 		}
 		o.mu.Unlock()
 	}
+}
+
+// pollHistory records every attempt of an ended job (the store's records)
+// and marks the job done once each has ended.
+func (o *observer) pollHistory(ctx context.Context, id string) {
+	var tasks []*schedv1.Task
+	err := o.f.api(ctx, func(ctx context.Context, c schedv1.SchedulerClient) error {
+		tasks = nil
+		for token := ""; ; {
+			r, err := c.ListTasks(ctx, &schedv1.ListTasksRequest{JobId: id, All: true, PageToken: token})
+			if err != nil {
+				return err
+			}
+			tasks = append(tasks, r.Tasks...)
+			if token = r.NextPageToken; token == "" {
+				return nil
+			}
+		}
+	})
+	if err != nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	allEnded := true
+	for _, t := range tasks {
+		o.record(t)
+	}
+	for _, t := range o.tasks {
+		if t.JobId == id && !terminalTask(t.State) {
+			allEnded = false
+		}
+	}
+	if allEnded {
+		o.done[id] = true
+	}
+}
+
+// record keeps a task attempt's newest record: an ended one is final.
+// Callers hold o.mu.
+func (o *observer) record(t *schedv1.Task) {
+	if old := o.tasks[t.Id]; old != nil && terminalTask(old.State) && !terminalTask(t.State) {
+		return
+	}
+	o.tasks[t.Id] = t
 }
 
 // pollAgents records which tasks each agent runs.
@@ -234,9 +347,21 @@ func (o *observer) stuck(ctx context.Context) []string {
 	var out []string
 	for id, kind := range jobs {
 		o.mu.Lock()
-		done := o.done[id]
+		done, pruned, last := o.done[id], o.pruned[id], o.jobs[id]
+		var open []string
+		for _, t := range o.tasks {
+			if t.JobId == id && !terminalTask(t.State) {
+				open = append(open, t.Id+" "+t.State.String())
+			}
+		}
 		o.mu.Unlock()
 		if done {
+			continue
+		}
+		if !pruned.IsZero() {
+			sort.Strings(open)
+			out = append(out, fmt.Sprintf("%s (%s): the scheduler no longer knew it at %s, before the observer saw it end (last seen %s; tasks not seen ended: %v)",
+				id, kind, pruned.Format("15:04:05.0"), last, open))
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)

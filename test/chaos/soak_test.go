@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -68,20 +67,21 @@ func TestChaosSoak(t *testing.T) {
 	l := &load{f: f, rng: rand.New(rand.NewPCG(seed, 2)), mix: mix, dir: t.TempDir(), jobs: map[string]*jobInfo{}}
 	o := newObserver(f, l)
 	r := &report{seed: seed, baseline: *flagBaseline, duration: *flagDuration, hosts: *flagHosts}
+	// On failure every process's whole log is kept (the fleet's own
+	// directories go with the run), and its directory printed last.
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
 		}
 		for _, h := range f.hosts {
-			t.Logf("== agent %s log\n%s", h.sim.InstanceID, h.agent.Log())
+			t.Logf("== agent %s log (its tail)\n%s", h.sim.InstanceID, h.agent.Log())
 		}
-		for i, rep := range f.replicas {
-			logs, _ := filepath.Glob(filepath.Join(rep.dir, "scheduler-*.log"))
-			for _, p := range logs {
-				b, _ := os.ReadFile(p)
-				lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-				t.Logf("== replica %d %s (last 60 of %d lines)\n%s", i, filepath.Base(p), len(lines), strings.Join(lines[max(0, len(lines)-60):], "\n"))
-			}
+		dir, err := f.keepLogs(seed)
+		if err != nil {
+			t.Logf("CHAOS: %v", err)
+		}
+		if dir != "" {
+			fmt.Printf("CHAOS: every process's whole log is kept in %s\n", dir)
 		}
 	})
 
