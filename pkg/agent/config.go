@@ -147,6 +147,9 @@ type ImagesConfig struct {
 	// PrePullWait (Go duration) is how long the agent start waits for the
 	// pre-pulls before it reports ready; they go on after it.
 	PrePullWait string `json:"prePullWait"`
+	// MaxConcurrentDownloads bounds the layer downloads under way at
+	// once, over every pull (0: runtime.DefaultMaxConcurrentDownloads).
+	MaxConcurrentDownloads int `json:"maxConcurrentDownloads"`
 }
 
 // ImageGCConfig: when the image store's usage passes HighWatermark, the

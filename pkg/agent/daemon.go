@@ -168,6 +168,8 @@ func start(agentCtx context.Context, cfg Config, log *slog.Logger) (*Daemon, err
 		LoggerBinary:        logDriver,
 		LogMaxSizeMiB:       cfg.Logs.MaxSizeMiB,
 		LogMaxFiles:         logMaxFiles(cfg),
+
+		MaxConcurrentDownloads: cfg.Images.MaxConcurrentDownloads,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("containerd: %w", err)

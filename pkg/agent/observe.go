@@ -26,6 +26,7 @@ var hookPhase = map[string]string{
 	runtime.StepContainerCreate: metrics.PhaseContainerCreate,
 	runtime.StepTaskCreate:      metrics.PhaseTaskCreate,
 	runtime.StepTaskStart:       metrics.PhaseTaskStart,
+	runtime.StepImageFetch:      metrics.PhaseFetch,
 }
 
 // platformReasons are failures the platform, not the task, caused.
@@ -50,13 +51,24 @@ func observeHook(m *metrics.Agent) func(string, time.Duration) {
 }
 
 // observeLaunch records a launch's phases that the transitions tell (the
-// hooks' are observed as they end): total and accept. A re-adopted task
-// (no Accepted transition first) is not a launch.
+// hooks' are observed as they end): total, launch (total less the image
+// fetched from its registry, if it was) and accept. A re-adopted task (no
+// Accepted transition first) is not a launch.
 func observeLaunch(m *metrics.Agent, tr []task.Transition) {
 	if len(tr) < 2 || tr[0].State != task.Accepted || tr[len(tr)-1].Reason != task.ReasonStarted {
 		return
 	}
-	m.ObserveLaunch(metrics.PhaseTotal, tr[len(tr)-1].Time.Sub(tr[0].Time))
+	total := tr[len(tr)-1].Time.Sub(tr[0].Time)
+	var fetch time.Duration
+	for _, t := range tr {
+		for _, s := range t.Steps {
+			if s.Name == runtime.StepImageFetch {
+				fetch += s.Took
+			}
+		}
+	}
+	m.ObserveLaunch(metrics.PhaseTotal, total)
+	m.ObserveLaunch(metrics.PhaseLaunch, max(total-fetch, 0))
 	if tr[1].State == task.Preparing {
 		m.ObserveLaunch(metrics.PhaseAccept, tr[1].Time.Sub(tr[0].Time))
 	}

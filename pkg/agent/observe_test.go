@@ -19,7 +19,7 @@ func TestObserveLaunchPhases(t *testing.T) {
 	launched := []task.Transition{
 		{State: task.Accepted, Reason: task.ReasonAccepted, Time: at(0)},
 		{State: task.Preparing, Time: at(5)},
-		{State: task.Starting, Time: at(40)},
+		{State: task.Starting, Time: at(40), Steps: []task.Step{{Name: "image", Took: 35 * time.Millisecond}, {Name: runtime.StepImageFetch, Took: 30 * time.Millisecond}}},
 		{State: task.Running, Reason: task.ReasonStarted, Time: at(100)},
 	}
 	readopted := []task.Transition{{State: task.Running, Reason: task.ReasonReadopted, Time: at(0)}}
@@ -27,7 +27,7 @@ func TestObserveLaunchPhases(t *testing.T) {
 	m := metrics.New(prometheus.NewRegistry())
 	hook := observeHook(m)
 	for _, name := range []string{"image", "network", "disk", "metadata", "bandwidth", "hostmounts", "container",
-		runtime.StepContainerCreate, runtime.StepTaskCreate, runtime.StepTaskStart, "not-a-phase"} {
+		runtime.StepContainerCreate, runtime.StepTaskCreate, runtime.StepTaskStart, runtime.StepImageFetch, "not-a-phase"} {
 		hook(name, 20*time.Millisecond)
 	}
 	observeLaunch(m, launched)
@@ -39,6 +39,8 @@ func TestObserveLaunchPhases(t *testing.T) {
 		sum   float64
 	}{
 		{metrics.PhaseTotal, 1, 0.1},
+		{metrics.PhaseLaunch, 1, 0.07}, // total less the fetch
+		{metrics.PhaseFetch, 1, 0.02},
 		{metrics.PhaseAccept, 1, 0.005},
 		{metrics.PhasePull, 1, 0.02},
 		{metrics.PhaseContainerCreate, 1, 0.02},

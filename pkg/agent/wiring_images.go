@@ -43,6 +43,9 @@ func (c ImagesConfig) validate() []error {
 	if _, err := parseDuration("images.gc.interval", g.Interval, time.Second); err != nil {
 		errs = append(errs, err)
 	}
+	if c.MaxConcurrentDownloads < 0 || c.MaxConcurrentDownloads > 64 {
+		errs = append(errs, fmt.Errorf("images.maxConcurrentDownloads: %d is not between 0 (default) and 64", c.MaxConcurrentDownloads))
+	}
 	if _, err := parseDuration("images.prePullWait", c.PrePullWait, 0); err != nil {
 		errs = append(errs, err)
 	}

@@ -28,6 +28,12 @@ const (
 	PhaseAccept = "accept"
 	// PhaseTotal is accept-to-running, the launch latency SLO.
 	PhaseTotal = "total"
+	// PhaseFetch is an image fetched from its registry (downloaded and
+	// unpacked), part of PhasePull, only in launches whose image was not
+	// there; PhaseLaunch is PhaseTotal less PhaseFetch: the launch with the
+	// pull time set apart.
+	PhaseFetch  = "fetch"
+	PhaseLaunch = "launch"
 )
 
 // Failure causes, the values of the task failures' "cause" label.
@@ -51,7 +57,7 @@ const (
 
 // Phases are the values of the launch latency's "phase" label.
 var Phases = []string{PhaseAccept, PhasePull, PhaseHostMounts, PhaseNetwork, PhaseDisk, PhaseMetadata, PhaseBandwidth,
-	PhaseSecrets, PhaseStart, PhaseContainerCreate, PhaseTaskCreate, PhaseTaskStart, PhaseTotal}
+	PhaseSecrets, PhaseStart, PhaseContainerCreate, PhaseTaskCreate, PhaseTaskStart, PhaseTotal, PhaseFetch, PhaseLaunch}
 
 // LaunchBuckets span 10ms to ~80s: a warm launch is well under a second, a
 // cold pull of a large image can take a minute.

@@ -3,6 +3,7 @@ package runtime
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 )
 
@@ -69,7 +70,15 @@ type Config struct {
 	// (systemd as PID 1 with SystemdCgroup = true in production AMIs).
 	CgroupDriver string
 	LogMaxFiles  int // rotated files kept; default 5
+	// MaxConcurrentDownloads bounds the layer downloads under way at once,
+	// across every pull of this runtime; DefaultMaxConcurrentDownloads
+	// when 0.
+	MaxConcurrentDownloads int
 }
+
+// DefaultMaxConcurrentDownloads is Config.MaxConcurrentDownloads' default
+// (containerd's CRI and Docker use 3 too).
+const DefaultMaxConcurrentDownloads = 3
 
 func (c *Config) setDefaults() error {
 	if c.Address == "" {
@@ -91,6 +100,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.LogMaxFiles <= 0 {
 		c.LogMaxFiles = 5
+	}
+	if c.MaxConcurrentDownloads < 0 {
+		return fmt.Errorf("runtime: MaxConcurrentDownloads %d is negative", c.MaxConcurrentDownloads)
+	}
+	if c.MaxConcurrentDownloads == 0 {
+		c.MaxConcurrentDownloads = DefaultMaxConcurrentDownloads
 	}
 	return nil
 }

@@ -158,11 +158,17 @@ func (r *Runtime) fetch(ctx context.Context, named reference.Named) (client.Imag
 	} else if !errdefs.IsNotFound(err) {
 		return nil, fmt.Errorf("look up image %s: %w", name, err)
 	}
+	// containerd's unpacker applies each layer as soon as it and the
+	// layers below it are fetched, while the rest still download; the
+	// downloads of every pull share one bound.
+	start := time.Now()
 	img, err := r.client.Pull(ctx, name,
 		client.WithPullUnpack,
 		client.WithPullSnapshotter(r.cfg.Snapshotter),
 		client.WithResolver(r.resolver()),
+		client.WithDownloadLimiter(r.downloads),
 	)
+	step(ctx, StepImageFetch, start, err)
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: %w", name, classifyPullError(err))
 	}

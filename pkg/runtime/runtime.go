@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/remotes"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"golang.org/x/sync/semaphore"
 )
 
 // Runtime talks to one containerd in one namespace.
@@ -19,6 +20,9 @@ type Runtime struct {
 	units    unitStopper // systemd driver: stops task slices
 	pulls    pulls       // under way, kept from RemoveImage
 	images   imageCache  // what launches read of resolved images
+	// downloads bounds the layer downloads of every pull at once
+	// (Config.MaxConcurrentDownloads).
+	downloads *semaphore.Weighted
 	// execs are this process's live exec sessions (SweepExecSessions).
 	execs liveExecs
 
@@ -43,6 +47,8 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		resolver: func() remotes.Resolver { return newResolver(cfg) },
 		oom:      newOOMWatcher(),
 		cancel:   cancel,
+
+		downloads: semaphore.NewWeighted(int64(cfg.MaxConcurrentDownloads)),
 	}
 	if cfg.CgroupDriver == CgroupDriverSystemd {
 		r.units = systemdUnits{}

@@ -15,6 +15,10 @@ const (
 	StepTaskCreate = "task.create"
 	// StepTaskStart is runc starting the task's process (Start).
 	StepTaskStart = "task.start"
+	// StepImageFetch is an image pulled from its registry, its layers
+	// downloaded and unpacked (Pull; not reported when the image was
+	// there already).
+	StepImageFetch = "image.fetch"
 )
 
 // StepFunc is told of a runtime step when it ends: its name (Step*), when
@@ -23,7 +27,7 @@ type StepFunc func(name string, start time.Time, took time.Duration, err error)
 
 type stepTraceKey struct{}
 
-// WithStepTrace returns a context under which Create and Start tell f of
+// WithStepTrace returns a context under which Pull, Create and Start tell f of
 // each containerd/runc step they take, like net/http/httptrace. Steps
 // skipped (a container or task that already exists) are not reported.
 func WithStepTrace(ctx context.Context, f StepFunc) context.Context {

@@ -37,6 +37,7 @@ func TestAgentMetrics(t *testing.T) {
 		`titus_agent_launch_duration_seconds_count{phase="task_start"} 2`,
 		`titus_agent_launch_duration_seconds_count{phase="accept"} 2`,
 		`titus_agent_launch_duration_seconds_count{phase="total"} 2`,
+		`titus_agent_launch_duration_seconds_count{phase="launch"} 2`,
 		`titus_agent_tasks_finished_total{state="Finished"} 1`,
 		`titus_agent_task_failures_total{cause="user"} 1`,
 		`titus_agent_task_failures_total{cause="platform"} 0`,
@@ -81,7 +82,7 @@ func TestAgentMetrics(t *testing.T) {
 	}
 	slices.Sort(steps[agentv1.TaskState_TASK_STATE_STARTING])
 	want2 := map[agentv1.TaskState][]string{
-		agentv1.TaskState_TASK_STATE_STARTING: {"disk", "hostmounts", "image", "secrets"}, // network provider none,
+		agentv1.TaskState_TASK_STATE_STARTING: {"disk", "hostmounts", "image", "image.fetch", "secrets"}, // network provider none; the first launch fetches the image
 		agentv1.TaskState_TASK_STATE_RUNNING:  {"container.create", "task.create", "task.start", "container"},
 	}
 	if diff := cmp.Diff(want2, steps); diff != "" {

@@ -3,6 +3,7 @@ package testenv
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"maps"
@@ -179,6 +180,44 @@ func PushBusyboxWith(t TB, reg *Registry, repo, tag string, files map[string]str
 	img, err := mutate.AppendLayers(busyboxImage(t), layer)
 	if err != nil {
 		t.Fatalf("image: %v", err)
+	}
+	return push(t, reg, repo, tag, img)
+}
+
+// PushBusyboxLayers pushes the busybox image with n more layers, each
+// holding one file of size bytes of random data (so no other image shares
+// them: a pull of it is cold), to reg as repo:tag and returns the full
+// reference.
+func PushBusyboxLayers(t TB, reg *Registry, repo, tag string, n, size int) string {
+	t.Helper()
+	img := busyboxImage(t)
+	for i := range n {
+		data := make([]byte, size)
+		if _, err := rand.Read(data); err != nil {
+			t.Fatalf("layer data: %v", err)
+		}
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		h := &tar.Header{Typeflag: tar.TypeReg, Name: fmt.Sprintf("layer%d", i), Mode: 0o644, Size: int64(size), ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+		if err := tw.Close(); err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+		layerTar := buf.Bytes()
+		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(layerTar)), nil
+		})
+		if err != nil {
+			t.Fatalf("layer %d: %v", i, err)
+		}
+		if img, err = mutate.AppendLayers(img, layer); err != nil {
+			t.Fatalf("image: %v", err)
+		}
 	}
 	return push(t, reg, repo, tag, img)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/titus-agent/titus-agent/pkg/runtime"
 	"github.com/titus-agent/titus-agent/pkg/task"
@@ -33,6 +34,11 @@ func (h *ImageHook) Prestart(ctx context.Context, req *PrestartRequest, resp *Pr
 		ref = pinned
 	}
 	var img runtime.Image
+	// A fetch from the registry is a step of its own (pull time apart
+	// from launch time in the record and the metrics).
+	ctx = runtime.WithStepTrace(ctx, func(name string, start time.Time, took time.Duration, err error) {
+		resp.Steps = append(resp.Steps, task.Step{Name: name, Start: start.UTC(), Took: took, Failed: err != nil})
+	})
 	err := retryTransient(ctx, func() error {
 		var err error
 		img, err = h.Puller.Pull(ctx, ref)
