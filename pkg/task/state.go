@@ -68,7 +68,12 @@ const (
 	// ReasonNoNetworkCapacity: the host had no IP or ENI left for the
 	// task (the scheduler placed it on a stale view); nothing ran, and
 	// the scheduler places it again at once, not counting a failure.
-	ReasonNoNetworkCapacity    Reason = "NoNetworkCapacity"
+	ReasonNoNetworkCapacity Reason = "NoNetworkCapacity"
+	// ReasonSubnetNotInZone: none of the task's subnets is in the host's
+	// zone, so it cannot have an IP there; nothing ran, and the scheduler
+	// places it again at once on a host of another zone, not counting a
+	// failure (it learns the subnets' zones from the agents' reports).
+	ReasonSubnetNotInZone      Reason = "SubnetNotInZone"
 	ReasonDiskSetupFailed      Reason = "DiskSetupFailed"
 	ReasonMetadataSetupFailed  Reason = "MetadataSetupFailed"
 	ReasonStartFailed          Reason = "StartFailed"

@@ -21,6 +21,11 @@ import (
 // subnet or security group.
 var ErrInvalidNetworkRequest = errors.New("invalid network request")
 
+// ErrSubnetNotInZone is returned (with ErrInvalidNetworkRequest) when none
+// of a request's subnets lies in the host's zone: another host may serve
+// it.
+var ErrSubnetNotInZone = errors.New("no subnet in the host's zone")
+
 // EC2ProviderConfig configures the production IP provider.
 type EC2ProviderConfig struct {
 	API  EC2API
@@ -255,7 +260,7 @@ func (p *EC2Provider) keyFor(ctx context.Context, req task.NetworkRequest) (Pool
 			return NewPoolKey(id, groups), s, nil
 		}
 	}
-	return PoolKey{}, subnetInfo{}, fmt.Errorf("%w: none of subnets %v is in %s", ErrInvalidNetworkRequest, subnets, p.cfg.Host.AvailabilityZone)
+	return PoolKey{}, subnetInfo{}, fmt.Errorf("%w: %w: none of subnets %v is in %s", ErrInvalidNetworkRequest, ErrSubnetNotInZone, subnets, p.cfg.Host.AvailabilityZone)
 }
 
 // maxReportedSubnets bounds the subnets whose zone the provider reports.

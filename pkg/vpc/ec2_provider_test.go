@@ -312,8 +312,8 @@ func TestEC2ProviderSubnetChoice(t *testing.T) {
 		t.Errorf("subnet = %s, want subnet-b (the one in the host's AZ)", a.SubnetID)
 	}
 	_, err := p.Allocate(context.Background(), "t2", task.NetworkRequest{SubnetIDs: []string{"subnet-z"}, SecurityGroupIDs: []string{"sg-1"}})
-	if !errors.Is(err, ErrInvalidNetworkRequest) {
-		t.Errorf("other-AZ subnet: %v, want ErrInvalidNetworkRequest", err)
+	if !errors.Is(err, ErrInvalidNetworkRequest) || !errors.Is(err, ErrSubnetNotInZone) {
+		t.Errorf("other-AZ subnet: %v, want ErrInvalidNetworkRequest and ErrSubnetNotInZone", err)
 	}
 }
 

@@ -27,6 +27,9 @@ func (h *NetworkHook) Prestart(ctx context.Context, req *PrestartRequest, resp *
 	if errors.Is(err, vpc.ErrNoCapacity) {
 		return &HookError{Hook: h.Name(), Reason: task.ReasonNoNetworkCapacity, Err: err}
 	}
+	if errors.Is(err, vpc.ErrSubnetNotInZone) {
+		return &HookError{Hook: h.Name(), Reason: task.ReasonSubnetNotInZone, Err: err}
+	}
 	if err != nil {
 		return &HookError{Hook: h.Name(), Reason: task.ReasonNetworkSetupFailed, Err: err}
 	}

@@ -69,6 +69,8 @@ func TestNetworkHookNoCapacity(t *testing.T) {
 		{fmt.Errorf("allocate address: %w: instance i-1 has no room", vpc.ErrNoCapacity), task.ReasonNoNetworkCapacity},
 		{fmt.Errorf("grow pool: create ENI: no free device index: %w", vpc.ErrNoCapacity), task.ReasonNoNetworkCapacity},
 		{errors.New("grow pool: RequestLimitExceeded"), task.ReasonNetworkSetupFailed},
+		{fmt.Errorf("%w: %w: none of subnets [subnet-0b] is in az-1", vpc.ErrInvalidNetworkRequest, vpc.ErrSubnetNotInZone), task.ReasonSubnetNotInZone},
+		{fmt.Errorf("%w: no security groups and no default", vpc.ErrInvalidNetworkRequest), task.ReasonNetworkSetupFailed},
 	}
 	for _, tt := range tests {
 		h := &NetworkHook{Network: &fakeNetwork{rec: &recorder{}, err: tt.err}}

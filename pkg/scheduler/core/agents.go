@@ -164,7 +164,7 @@ func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *a
 		}
 	}
 	c.sendKill(a, kills...)
-	a.setReport(reg.Network, reg.Tasks)
+	c.setReport(a, reg.Network, reg.Tasks)
 	c.st.SaveAgent(a.view(time.Time{}))
 	c.poke()
 	return a
@@ -185,7 +185,7 @@ func (c *Core) ReportNetwork(sess *Session, u *model.NetworkUsage, listed []mode
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if a := sess.agent; a.sess == sess {
-		a.setReport(u, listed)
+		c.setReport(a, u, listed)
 	}
 }
 
@@ -211,7 +211,17 @@ func (c *Core) update(sess *Session, healthy *bool, tasks []model.TaskStatus, ne
 	for _, st := range tasks {
 		c.applyStatus(a, st, now)
 	}
-	a.setReport(network, tasks)
+	c.setReport(a, network, tasks)
+}
+
+// setReport takes an agent's ENI use and counts its findings of subnet
+// zones for the fleet. Callers hold c.mu.
+func (c *Core) setReport(a *agentState, u *model.NetworkUsage, listed []model.TaskStatus) {
+	if u == nil {
+		return
+	}
+	a.setReport(u, listed)
+	c.zones.note(a, u.ZoneSubnets, u.OtherZoneSubnets)
 }
 
 // Agents lists every agent known, by id.

@@ -200,6 +200,8 @@ type Core struct {
 	jobs   map[string]*jobState
 	tasks  map[string]*taskState
 	agents map[string]*agentState
+	// zones are the agents' findings of subnets' zones (zones.go).
+	zones subnetZones
 	// hostGen changes whenever an agent registers or goes: constrained
 	// jobs' host lists (jobHosts) are recomputed only then.
 	hostGen uint64

@@ -72,7 +72,7 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	c.st.SaveTask(t.rec)
 	a, j := t.agent, t.job
 	a.detach(t)
-	noIP := reason == string(task.ReasonNoNetworkCapacity)
+	noIP := refusedForIP(reason)
 	if noIP {
 		a.refusedIP(t.d.sgKey) // it never had an IP to release
 	} else {
@@ -134,6 +134,19 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	c.checkDone(j, now)
 }
 
+// refusedForIP reports whether an agent refused a task for want of an IP
+// it could give it: none left (NoNetworkCapacity), or none of the task's
+// subnets in the host's zone (SubnetNotInZone). Nothing ran; neither is the
+// task's failure nor the host's (a tenant naming a subnet of one zone must
+// not earn the hosts of the others quarantine strikes).
+func refusedForIP(reason string) bool {
+	switch task.Reason(reason) {
+	case task.ReasonNoNetworkCapacity, task.ReasonSubnetNotInZone:
+		return true
+	}
+	return false
+}
+
 // sameHealth reports whether two health reports say the same.
 func sameHealth(a, b *task.Health) bool {
 	if a == nil || b == nil {
@@ -149,10 +162,12 @@ func (c *Core) settle(j *jobState, sl *slot, rec *model.Task, now time.Time) {
 		return
 	}
 	state := rec.State
-	if rec.Reason == string(task.ReasonNoNetworkCapacity) {
-		// The host had no IP for it (placement's view was stale): nothing
-		// ran, so place it again, elsewhere, counting no failure: at once
-		// the first time, then backing off (refusedAgain).
+	if refusedForIP(rec.Reason) {
+		// The host had no IP for it (placement's view was stale, or
+		// the host had not yet found its subnets outside its zone):
+		// nothing ran, so place it again, elsewhere, counting no
+		// failure: at once the first time, then backing off
+		// (refusedAgain).
 		c.q.enqueue(j, sl, now.Add(sl.refusedAgain()), now)
 		c.poke()
 		return

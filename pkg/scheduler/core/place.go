@@ -88,6 +88,7 @@ func (c *Core) planRound() ([]placed, time.Time) {
 		c.hostSets, c.hostSetsGen = map[string]*jobHosts{}, c.hostGen
 	}
 	p.shared = c.hostSets
+	p.zones = &c.zones
 	jobs := make([]*jobState, 0, len(c.q.waiting))
 	for j := range c.q.waiting {
 		jobs = append(jobs, j)

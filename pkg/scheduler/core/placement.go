@@ -11,9 +11,11 @@ import (
 
 // demand is what one task asks of a host.
 type demand struct {
-	req    model.Resources
-	sgKey  string
-	spread bool // service job: avoid hosts already running the job
+	req   model.Resources
+	sgKey string
+	// subnets are the subnets the task names (none: the agent's default).
+	subnets []string
+	spread  bool // service job: avoid hosts already running the job
 	// zone is the job's zone balance: none, soft or hard (never default).
 	zone       constraint.ZoneBalance
 	maxPerHost int
@@ -26,6 +28,7 @@ type demand struct {
 // places without constraints rather than not at all.
 func newDemand(spec *model.JobSpec, req model.Resources, sg string) (demand, error) {
 	d := demand{req: req, sgKey: sg, spread: spec.Batch == nil}
+	_, d.subnets = splitSGKey(sg)
 	pl, err := constraint.Compile(spec.Placement)
 	if err != nil {
 		pl = &constraint.Placement{}
@@ -79,6 +82,8 @@ type placer struct {
 	gen   uint64
 	// shared are the jobHosts of this gen by placement (Core.hostSets).
 	shared map[string]*jobHosts
+	// zones are the fleet's findings of subnets' zones.
+	zones *subnetZones
 }
 
 // jobHosts is what a job's constraints make of the known hosts, kept
@@ -265,7 +270,7 @@ func (p *placer) hostsOf(j *jobState) *jobHosts {
 // fits reports whether a can take one more of j's tasks now.
 func (p *placer) fits(a *agentState, d *demand, sp spreadState) bool {
 	return a.launching < p.maxLaunching && d.req.FitsIn(a.capacity.Sub(a.used)) &&
-		(d.maxPerHost <= 0 || sp.onHost[a.id] < d.maxPerHost) && a.ipFits(d.sgKey, p.now)
+		(d.maxPerHost <= 0 || sp.onHost[a.id] < d.maxPerHost) && a.zoneFits(d.subnets, p.zones) && a.ipFits(d.sgKey, p.now)
 }
 
 // score is higher for better hosts: fuller after placement (bin-packing),

@@ -86,7 +86,8 @@ func (p *placer) explain(j *jobState, agents int) string {
 			thousands(c.count), thousands(n), worst.Constraint, thousands(worst.Total()))
 	}
 	// Why the hosts the job may use cannot take a task, the commonest first.
-	var launchCap, perHost, full, noIP, zoneFits int
+	var launchCap, perHost, full, noIP, zoneFits, wrongZone int
+	wrongAZs := map[string]bool{}
 	var minAZs map[string]bool
 	if d.zone == constraint.ZoneHard {
 		minAZs = map[string]bool{}
@@ -97,6 +98,9 @@ func (p *placer) explain(j *jobState, agents int) string {
 	for _, a := range p.candidateHosts(j) {
 		{
 			switch {
+			case !a.zoneFits(d.subnets, p.zones):
+				wrongZone++
+				wrongAZs[a.az] = true
 			case a.launching >= p.maxLaunching:
 				launchCap++
 			case d.maxPerHost > 0 && j.spread.onHost[a.id] >= d.maxPerHost:
@@ -110,9 +114,12 @@ func (p *placer) explain(j *jobState, agents int) string {
 			}
 		}
 	}
-	switch m := max(launchCap, perHost, full, noIP, zoneFits); {
+	switch m := max(launchCap, perHost, full, noIP, zoneFits, wrongZone); {
 	case m == 0:
 		return prefix + noRoomReason(d.req, agents)
+	case m == wrongZone:
+		return prefix + fmt.Sprintf("subnet zone: none of subnets [%s] is in the zone of %s of the %s hosts the job may use (%s; found by their agents); a task takes its IP in a subnet of its host's zone",
+			strings.Join(d.subnets, ", "), thousands(wrongZone), thousands(c.count), strings.Join(slices.Sorted(maps.Keys(wrongAZs)), ", "))
 	case m == zoneFits:
 		azs := slices.Sorted(maps.Keys(minAZs))
 		return prefix + fmt.Sprintf("zoneBalance hard: the job's tasks must go to %s (fewest of its tasks, %d) where no host can take one now; %s hosts in other zones could",

@@ -103,7 +103,7 @@ const maxFailedTasks = MaxRetries + 1
 // its revision: it crashed or exited non-zero, or the scheduler killed it
 // for staying Unhealthy; not a kill, not a loss with its host.
 func failedRun(rec *model.Task) bool {
-	if rec.Reason == string(task.ReasonNoNetworkCapacity) {
+	if refusedForIP(rec.Reason) {
 		return false // refused before it ran: placement's doing
 	}
 	switch rec.State {
