@@ -27,11 +27,14 @@ type LogShipConfig struct {
 	BackoffMax            string `json:"backoffMax"`
 	DiskHighPercent       int    `json:"diskHighPercent"`
 	DiskEmergencyPercent  int    `json:"diskEmergencyPercent"`
+	// Compression is how files are shipped: gzip (keys end in .gz) or
+	// none.
+	Compression string `json:"compression"`
 }
 
 func defaultLogShip() LogShipConfig {
 	return LogShipConfig{Region: "us-east-1", Interval: "2s", PartSizeMiB: 8, MultipartThresholdMiB: 16,
-		BackoffBase: "1s", BackoffMax: "1m", DiskHighPercent: 85, DiskEmergencyPercent: 95}
+		BackoffBase: "1s", BackoffMax: "1m", DiskHighPercent: 85, DiskEmergencyPercent: 95, Compression: "gzip"}
 }
 
 // logShipDurations are the parsed durations of c.
@@ -76,6 +79,9 @@ func (c LogShipConfig) validate() error {
 	}
 	if c.DiskHighPercent < 1 || c.DiskHighPercent > 99 || c.DiskEmergencyPercent < c.DiskHighPercent || c.DiskEmergencyPercent > 100 {
 		errs = append(errs, fmt.Errorf("logship.diskHighPercent, diskEmergencyPercent: need 1 ≤ high (%d) ≤ emergency (%d) ≤ 100", c.DiskHighPercent, c.DiskEmergencyPercent))
+	}
+	if c.Compression != "gzip" && c.Compression != "none" {
+		errs = append(errs, fmt.Errorf("logship.compression: must be gzip or none, got %q", c.Compression))
 	}
 	if (c.AccessKeyID == "") != (c.SecretAccessKey == "") {
 		errs = append(errs, errors.New("logship.accessKeyID and logship.secretAccessKey: set both or neither"))

@@ -21,6 +21,8 @@ func TestLogShipConfigValidate(t *testing.T) {
 		{"max below base", func(c *LogShipConfig) { c.BackoffBase, c.BackoffMax = "1m", "1s" }, "logship.backoffMax"},
 		{"small parts", func(c *LogShipConfig) { c.PartSizeMiB = 1 }, "logship.partSizeMiB"},
 		{"thresholds crossed", func(c *LogShipConfig) { c.DiskHighPercent, c.DiskEmergencyPercent = 90, 80 }, "diskEmergencyPercent"},
+		{"no compression", func(c *LogShipConfig) { c.Compression = "none" }, ""},
+		{"unknown compression", func(c *LogShipConfig) { c.Compression = "zstd" }, "logship.compression"},
 		{"half a key", func(c *LogShipConfig) { c.AccessKeyID = "AKIA" }, "logship.accessKeyID"},
 	}
 	for _, tt := range tests {

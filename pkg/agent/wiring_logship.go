@@ -37,7 +37,7 @@ func wireLogShip(ctx context.Context, cfg Config, log *slog.Logger, store *Store
 		return nil, err
 	}
 	s, err := logship.New(logship.Config{
-		Bucket: c.Bucket, Prefix: c.Prefix, LogDir: cfg.LogDir, Interval: d.interval,
+		Bucket: c.Bucket, Prefix: c.Prefix, LogDir: cfg.LogDir, Interval: d.interval, Gzip: c.Compression == "gzip",
 		MultipartThreshold: int64(c.MultipartThresholdMiB) << 20, PartSize: int64(c.PartSizeMiB) << 20,
 		Backoff:   backoff.Policy{Base: d.base, Max: d.max, Jitter: backoff.Full},
 		KeepFiles: cfg.Logs.MaxFiles, DiskHigh: float64(c.DiskHighPercent) / 100, DiskEmergency: float64(c.DiskEmergencyPercent) / 100,

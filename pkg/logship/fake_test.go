@@ -8,6 +8,7 @@ import (
 	"io"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -47,22 +48,52 @@ func (f *fakeS3) count(op string) int {
 	defer f.mu.Unlock()
 	n := 0
 	for _, c := range f.calls {
-		if len(c) > len(op) && c[:len(op)+1] == op+" " {
+		if c == op || strings.HasPrefix(c, op+" ") { // "put" or "put <key>"
 			n++
 		}
 	}
 	return n
 }
 
+// list lists the keys of shipped files (not the job index).
 func (f *fakeS3) list() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var out []string
 	for k := range f.objects {
-		out = append(out, k)
+		if !strings.Contains(k, jobIndexSegment+"/") {
+			out = append(out, k)
+		}
 	}
 	sort.Strings(out)
 	return out
+}
+
+// index lists the job index entries.
+func (f *fakeS3) index() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for k := range f.objects {
+		if strings.Contains(k, jobIndexSegment+"/") {
+			out = append(out, k)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (f *fakeS3) AbortMultipartUpload(ctx context.Context, in *s3.AbortMultipartUploadInput, _ ...func(*s3.Options)) (*s3.AbortMultipartUploadOutput, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.call("abort", *in.Key); err != nil {
+		return nil, err
+	}
+	if _, ok := f.uploads[*in.UploadId]; !ok {
+		return nil, &types.NoSuchUpload{}
+	}
+	delete(f.uploads, *in.UploadId)
+	return &s3.AbortMultipartUploadOutput{}, nil
 }
 
 // finals lists the keys whose metadata marks them final.
@@ -113,7 +144,7 @@ func (f *fakeS3) HeadObject(ctx context.Context, in *s3.HeadObjectInput, _ ...fu
 	if !ok {
 		return nil, &types.NotFound{}
 	}
-	return &s3.HeadObjectOutput{ContentLength: aws.Int64(int64(len(b)))}, nil
+	return &s3.HeadObjectOutput{ContentLength: aws.Int64(int64(len(b))), Metadata: f.meta[*in.Key]}, nil
 }
 
 func (f *fakeS3) CreateMultipartUpload(ctx context.Context, in *s3.CreateMultipartUploadInput, _ ...func(*s3.Options)) (*s3.CreateMultipartUploadOutput, error) {

@@ -25,17 +25,62 @@ type KeyRef struct {
 	// Seq is the file's rotation sequence, from 0; the task's final file
 	// has the next one after its last rotated file.
 	Seq int
+	// Gzip: the object is the file gzip-compressed; its key ends in
+	// GzipSuffix.
+	Gzip bool
 }
+
+// GzipSuffix ends the key of a file shipped gzip-compressed.
+const GzipSuffix = ".gz"
 
 // Key is the S3 object key of one log file:
 //
-//	<prefix>/<app>/<job>/<task>/<stream>.<N>
+//	<prefix>/<app>/<job>/<task>/<stream>.<N>[.gz]
 //
 // Each of app, job and task is one path segment (see EscapeSegment), so no
 // value of theirs can reach another task's keys. An empty prefix drops the
 // leading segment.
 func Key(r KeyRef) string {
-	return TaskPrefix(r.Prefix, r.App, r.Job, r.Task) + r.Stream + "." + strconv.Itoa(r.Seq)
+	k := TaskPrefix(r.Prefix, r.App, r.Job, r.Task) + r.Stream + "." + strconv.Itoa(r.Seq)
+	if r.Gzip {
+		k += GzipSuffix
+	}
+	return k
+}
+
+// IsGzip reports whether key names a file shipped gzip-compressed.
+func IsGzip(key string) bool { return strings.HasSuffix(key, GzipSuffix) }
+
+// jobIndexSegment is the first segment (after the prefix) of the job
+// index. EscapeSegment never makes a segment with a '!', so no
+// application's keys can be taken for the index, nor the index for an
+// application.
+const jobIndexSegment = "!jobs"
+
+// JobIndexPrefix is the prefix, ending in "/", of the job index entries of
+// job: list it to find the application(s) under which the job's tasks
+// have logs, with one request.
+func JobIndexPrefix(prefix, job string) string {
+	var b strings.Builder
+	if p := strings.Trim(prefix, "/"); p != "" {
+		b.WriteString(p)
+		b.WriteByte('/')
+	}
+	b.WriteString(jobIndexSegment)
+	b.WriteByte('/')
+	b.WriteString(EscapeSegment(job))
+	b.WriteByte('/')
+	return b.String()
+}
+
+// JobIndexKey is the job index entry saying that job has logs under
+// application app: an empty object at
+//
+//	<prefix>/!jobs/<job>/<app>
+//
+// written by the agent before the first upload of each of the job's tasks.
+func JobIndexKey(prefix, app, job string) string {
+	return JobIndexPrefix(prefix, job) + EscapeSegment(app)
 }
 
 // TaskPrefix is the prefix, ending in "/", of all the keys of one task:
@@ -53,12 +98,14 @@ func TaskPrefix(prefix, app, job, task string) string {
 	return b.String()
 }
 
-// ParseName reads the last segment of a key, "<stream>.<N>", back into its
-// stream and sequence. Remote readers sort a task's files by it.
+// ParseName reads the last segment of a key, "<stream>.<N>" or
+// "<stream>.<N>.gz", back into its stream and sequence. Remote readers
+// sort a task's files by it.
 func ParseName(name string) (stream string, seq int, err error) {
 	if i := strings.LastIndexByte(name, '/'); i >= 0 {
 		name = name[i+1:]
 	}
+	name = strings.TrimSuffix(name, GzipSuffix)
 	s, n, ok := strings.Cut(name, ".")
 	if !ok || (s != StreamStdout && s != StreamStderr) {
 		return "", 0, fmt.Errorf("logship: %q is not <stdout|stderr>.<N>", name)

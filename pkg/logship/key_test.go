@@ -19,6 +19,7 @@ func TestKey(t *testing.T) {
 		{"dotdot task", KeyRef{Prefix: "p", App: "a", Job: "j", Task: "..", Stream: StreamStdout}, "p/a/j/%2E%2E/stdout.0"},
 		{"slash in app", KeyRef{Prefix: "p", App: "victim/j/t", Job: "x", Task: "y", Stream: StreamStdout}, "p/victim%2Fj%2Ft/x/y/stdout.0"},
 		{"traversal app", KeyRef{Prefix: "p", App: "../../other", Job: "x", Task: "y", Stream: StreamStdout}, "p/..%2F..%2Fother/x/y/stdout.0"},
+		{"gzip", KeyRef{Prefix: "p", App: "a", Job: "j", Task: "t", Stream: StreamStderr, Seq: 2, Gzip: true}, "p/a/j/t/stderr.2.gz"},
 		{"percent", KeyRef{Prefix: "p", App: "a%2Fb", Job: "x", Task: "y", Stream: StreamStdout}, "p/a%252Fb/x/y/stdout.0"},
 	}
 	for _, tt := range tests {
@@ -56,6 +57,9 @@ func TestParseName(t *testing.T) {
 	}{
 		{in: "p/a/j/t/stdout.0", stream: "stdout"},
 		{in: "stderr.12", stream: "stderr", seq: 12},
+		{in: "p/a/j/t/stdout.3.gz", stream: "stdout", seq: 3},
+		{in: "stdout.3.gz.gz", bad: true},
+		{in: "stdout.gz", bad: true},
 		{in: "stdout.-1", bad: true},
 		{in: "stdout.01", bad: true},
 		{in: "stdin.1", bad: true},

@@ -6,8 +6,11 @@ import "github.com/prometheus/client_golang/prometheus"
 type Metrics struct {
 	ShippedBytes prometheus.Counter
 	ShippedFiles prometheus.Counter
-	BacklogFiles prometheus.Gauge
-	BacklogBytes prometheus.Gauge
+	// UploadedBytes are the bytes sent to S3 for the files shipped
+	// (compressed, for gzip'd files).
+	UploadedBytes prometheus.Counter
+	BacklogFiles  prometheus.Gauge
+	BacklogBytes  prometheus.Gauge
 	// OldestAge is the age of the oldest unshipped file, in seconds.
 	OldestAge    prometheus.Gauge
 	UploadErrors prometheus.Counter
@@ -26,8 +29,9 @@ type Metrics struct {
 // registered).
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		ShippedBytes:     prometheus.NewCounter(prometheus.CounterOpts{Name: "titus_logship_shipped_bytes_total", Help: "Bytes of task logs uploaded to S3."}),
+		ShippedBytes:     prometheus.NewCounter(prometheus.CounterOpts{Name: "titus_logship_shipped_bytes_total", Help: "Bytes of task logs shipped to S3 (as written by the task, before compression)."}),
 		ShippedFiles:     prometheus.NewCounter(prometheus.CounterOpts{Name: "titus_logship_shipped_files_total", Help: "Task log files uploaded to S3."}),
+		UploadedBytes:    prometheus.NewCounter(prometheus.CounterOpts{Name: "titus_logship_uploaded_bytes_total", Help: "Bytes sent to S3 for the task log files shipped (after compression)."}),
 		BacklogFiles:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "titus_logship_backlog_files", Help: "Task log files waiting to be uploaded."}),
 		BacklogBytes:     prometheus.NewGauge(prometheus.GaugeOpts{Name: "titus_logship_backlog_bytes", Help: "Bytes of task log files waiting to be uploaded."}),
 		OldestAge:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "titus_logship_oldest_unshipped_age_seconds", Help: "Age of the oldest task log file not yet uploaded (0: none)."}),
@@ -38,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Refused:          prometheus.NewCounter(prometheus.CounterOpts{Name: "titus_logship_refused_entries_total", Help: "Entries of a task log dir never read because they are not plain files (links, devices)."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.ShippedBytes, m.ShippedFiles, m.BacklogFiles, m.BacklogBytes, m.OldestAge, m.UploadErrors,
+		reg.MustRegister(m.ShippedBytes, m.ShippedFiles, m.UploadedBytes, m.BacklogFiles, m.BacklogBytes, m.OldestAge, m.UploadErrors,
 			m.Removed, m.EmergencyDeleted, m.Skipped, m.Refused)
 	}
 	return m

@@ -148,6 +148,9 @@ func (s *Shipper) removeLocked(t *taskRec, f *fileRec, reason string) bool {
 		s.log.Error("delete log file", "task", f.Task, "file", f.Name, "err", err)
 		return false
 	}
+	if f.Gzip {
+		_ = os.Remove(s.gzPath(f))
+	}
 	f.Removed = true
 	if err := s.db.putFile(f); err != nil {
 		s.log.Error("record deleted log file", "task", f.Task, "file", f.Name, "err", err)

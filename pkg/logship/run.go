@@ -3,10 +3,16 @@ package logship
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	bolt "go.etcd.io/bbolt"
 )
 
 // Run scans, uploads and keeps the log disk in bounds until ctx ends.
@@ -92,7 +98,13 @@ func (s *Shipper) uploadPending(ctx context.Context) error {
 			*f = *c
 			return nil
 		}
-		err := s.uploadOne(ctx, s.fileDir(t, &work), &work, save)
+		if err := s.index(ctx, t); err != nil {
+			return err
+		}
+		sent, err := s.uploadOne(ctx, s.fileDir(t, &work), &work, save)
+		if errors.Is(err, errGone) || errors.Is(err, errNotPlain) {
+			_ = os.Remove(s.gzPath(f))
+		}
 		if errors.Is(err, errGone) {
 			// Removed by someone else before it was shipped.
 			s.log.Error("log file vanished before it was shipped", "task", f.Task, "file", f.Name)
@@ -117,11 +129,47 @@ func (s *Shipper) uploadPending(ctx context.Context) error {
 		s.boff.Reset()
 		s.m.ShippedFiles.Inc()
 		s.m.ShippedBytes.Add(float64(work.Size))
+		s.m.UploadedBytes.Add(float64(sent))
 		s.log.Debug("log file shipped", "task", f.Task, "file", f.Name, "key", f.Key, "bytes", f.Size)
 		if work.Spooled {
 			_ = os.Remove(filepath.Join(s.cfg.SpoolDir, f.Task, f.Name))
 		}
+		if work.Gzip {
+			_ = os.Remove(s.gzPath(f))
+		}
 	}
+	return nil
+}
+
+// index puts the job index entry (JobIndexKey) of t's job and
+// application before the task's first upload: once per task, and once per
+// job and application in this process. Tasks not launched by the
+// scheduler (no application or job) have none.
+func (s *Shipper) index(ctx context.Context, t *taskRec) error {
+	s.mu.Lock()
+	if t.Indexed || t.App == "" || t.Job == "" {
+		s.mu.Unlock()
+		return nil
+	}
+	key := JobIndexKey(s.cfg.Prefix, t.App, t.Job)
+	done := s.indexed[key]
+	s.mu.Unlock()
+	if !done {
+		_, err := s.api.PutObject(ctx, &s3.PutObjectInput{Bucket: &s.cfg.Bucket, Key: &key, ContentLength: aws.Int64(0),
+			Body: strings.NewReader(""), ContentType: aws.String("application/x-empty")})
+		if err != nil {
+			return fmt.Errorf("put job index entry %s: %w", key, err)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.indexed[key] = true
+	next := *t
+	next.Indexed = true
+	if err := s.db.update(func(bk *bolt.Bucket) error { return put(bk, taskKey(t.ID), &next) }); err != nil {
+		return fmt.Errorf("logship: record the job index entry of %s: %w", t.ID, err)
+	}
+	t.Indexed = true
 	return nil
 }
 

@@ -32,6 +32,9 @@ type Config struct {
 	SpoolDir string
 	// Interval is how often log dirs are scanned (default 2s).
 	Interval time.Duration
+	// Gzip ships files recorded from now on gzip-compressed, under keys
+	// ending in .gz (a file keeps the way it was recorded with).
+	Gzip bool
 	// MultipartThreshold: files at least this large go up in parts of
 	// PartSize (defaults 16 MiB and 8 MiB; S3 needs parts ≥ 5 MiB).
 	MultipartThreshold int64
@@ -106,6 +109,8 @@ type Shipper struct {
 	files map[string][]*fileRec // by task, in the order recorded
 
 	wake chan struct{}
+	// indexed are the job index entries put by this process.
+	indexed map[string]bool
 	// refused are the log dir entries seen not to be plain files.
 	refused map[string]bool
 	// nextTry is when uploads may be tried again after a failure.
@@ -173,7 +178,7 @@ func New(cfg Config, api S3API, store *bolt.DB, m *Metrics) (*Shipper, error) {
 		files[id] = fs
 	}
 	s := &Shipper{cfg: cfg, api: api, db: d, m: m, log: cfg.Logger.With("component", "logship"),
-		tasks: tasks, files: files, wake: make(chan struct{}, 1), refused: map[string]bool{}, boff: backoff.New(cfg.Backoff)}
+		tasks: tasks, files: files, wake: make(chan struct{}, 1), indexed: map[string]bool{}, refused: map[string]bool{}, boff: backoff.New(cfg.Backoff)}
 	s.updateGauges()
 	return s, nil
 }
@@ -320,7 +325,8 @@ func (s *Shipper) scanLocked(t *taskRec, final bool) error {
 			f.Seq = next.NextSeq[stream]
 			next.NextSeq[stream]++
 			next.Assigned += f.Size
-			f.Key = Key(KeyRef{Prefix: s.cfg.Prefix, App: t.App, Job: t.Job, Task: t.ID, Stream: stream, Seq: f.Seq})
+			f.Gzip = s.cfg.Gzip
+			f.Key = Key(KeyRef{Prefix: s.cfg.Prefix, App: t.App, Job: t.Job, Task: t.ID, Stream: stream, Seq: f.Seq, Gzip: f.Gzip})
 		}
 		add = append(add, f)
 	}

@@ -37,6 +37,9 @@ type taskRec struct {
 	Assigned int64          `json:"assigned"` // bytes recorded to ship
 	Ended    bool           `json:"ended,omitempty"`
 	Added    time.Time      `json:"added"`
+	// Indexed: the job index entry of the task's job and application
+	// (JobIndexKey) is in S3.
+	Indexed bool `json:"indexed,omitempty"`
 }
 
 // fileRec is one log file of a task, from the moment it gets its key.
@@ -59,6 +62,11 @@ type fileRec struct {
 	Attempted bool   `json:"attempted,omitempty"`
 	UploadID  string `json:"uploadID,omitempty"`
 	Final     bool   `json:"final,omitempty"`
+	// Gzip: the file is shipped gzip-compressed (its key ends in .gz),
+	// from a compressed copy in the spool, GzSize bytes long once made.
+	// A record made before compression existed has neither.
+	Gzip   bool  `json:"gzip,omitempty"`
+	GzSize int64 `json:"gzSize,omitempty"`
 	// Removed: the local file is gone (retention, disk pressure).
 	Removed bool `json:"removed,omitempty"`
 }

@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"fmt"
 	"io"
@@ -11,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -159,7 +162,9 @@ logship:
 	return b
 }
 
-// objects lists the bucket under prefix: key → content.
+// objects lists the bucket's shipped files under prefix: key → content.
+// A gzip'd file (key ending in .gz, the default) is read decompressed,
+// under its key without the .gz. Job index entries are left out.
 func (b *logShipBed) objects(prefix string) map[string]string {
 	b.t.Helper()
 	ctx := context.Background()
@@ -177,7 +182,21 @@ func (b *logShipBed) objects(prefix string) map[string]string {
 			}
 			body, _ := io.ReadAll(obj.Body)
 			obj.Body.Close()
-			out[*o.Key] = string(body)
+			k := *o.Key
+			if strings.Contains(k, "/!jobs/") {
+				continue
+			}
+			if logship.IsGzip(k) {
+				zr, err := gzip.NewReader(bytes.NewReader(body))
+				if err != nil {
+					b.t.Fatalf("%s: not gzip: %v", k, err)
+				}
+				if body, err = io.ReadAll(zr); err != nil {
+					b.t.Fatalf("%s: gunzip: %v", k, err)
+				}
+				k = strings.TrimSuffix(k, logship.GzipSuffix)
+			}
+			out[k] = string(body)
 		}
 	}
 	return out
@@ -250,9 +269,12 @@ func numbered(n int, pad string) string {
 func TestLogShipKill9MidUpload(t *testing.T) {
 	begin(t)
 	b := startLogShipBed(t, "logs:\n  maxSizeMiB: 12\n  maxFiles: 2\n")
-	const lines = 600000 // 65 bytes each: ~37 MiB, three 12 MiB files and the rest
-	pad := strings.Repeat("x", 56)
-	spec := b.spec("ship-kill", "sh", "-c", fmt.Sprintf("seq -w 1 %d | sed 's/$/ %s/'; echo done-writing; exec sleep 600", lines, pad))
+	// Numbered lines of random hex, 71 bytes each: ~25 MiB, two 12 MiB
+	// files and the rest; gzip leaves ~7 MiB of each, so each rotated file
+	// is shipped compressed in two parts (partSizeMiB 5, threshold 6).
+	const lines = 370000
+	spec := b.spec("ship-kill", "sh", "-c", fmt.Sprintf(`awk 'BEGIN { srand(7); for (i = 1; i <= %d; i++) {
+		printf "%%07d", i; for (j = 0; j < 7; j++) printf " %%04x%%04x", rand() * 65536, rand() * 65536; printf "\n" } }'; echo done-writing; exec sleep 600`, lines))
 	spec.Labels = map[string]string{task.LabelApplication: "shop", task.LabelJobID: "job-1"}
 	b.proxy.delay.Store(int64(150 * time.Millisecond))
 	b.launch(spec)
@@ -260,7 +282,7 @@ func TestLogShipKill9MidUpload(t *testing.T) {
 
 	// Kill the agent once the second file's parts are going up.
 	deadline := time.Now().Add(testenv.Scaled(45 * time.Second))
-	for b.proxy.parts.Load() < 4 {
+	for b.proxy.parts.Load() < 3 {
 		if time.Now().After(deadline) {
 			t.Fatalf("only %d parts uploaded\nagent log:\n%s", b.proxy.parts.Load(), b.agent.Log())
 		}
@@ -270,11 +292,15 @@ func TestLogShipKill9MidUpload(t *testing.T) {
 	b.proxy.delay.Store(0)
 	b.start()
 
-	// The three rotated files arrive while the task still runs.
-	ks := b.waitKeys(prefix, 3, 45*time.Second)
-	if len(ks) != 3 {
-		t.Fatalf("keys while running: %v, want stdout.0-2 only", ks)
+	// The two rotated files arrive while the task still runs.
+	ks := b.waitKeys(prefix, 2, 45*time.Second)
+	if len(ks) != 2 {
+		t.Fatalf("keys while running: %v, want stdout.0-1 only", ks)
 	}
+	waitShip(t, 30*time.Second, func() bool {
+		cur, _ := os.ReadFile(filepath.Join(b.dir, "logs", "ship-kill", "stdout.log"))
+		return bytes.Contains(cur, []byte("done-writing"))
+	}, "the task done writing")
 	if st := b.get("ship-kill").GetState(); st != stRunning {
 		t.Fatalf("task %s, want running", st)
 	}
@@ -282,14 +308,19 @@ func TestLogShipKill9MidUpload(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.waitFinal("ship-kill")
-	b.waitKeys(prefix, 4, 30*time.Second)
+	ks = b.waitKeys(prefix, 3, 30*time.Second)
 	objs := b.objects(prefix)
-	want := numbered(lines, pad) + "done-writing\n"
-	if got := joined(t, objs, prefix); got != want {
-		t.Fatalf("shipped logs: %d bytes, want %d (lost or duplicated lines)", len(got), len(want))
+	checkNumbered(t, joined(t, objs, prefix), lines, "done-writing")
+	if len(objs) != 3 {
+		t.Errorf("%d objects, want 3", len(objs))
 	}
-	if len(objs) != 4 {
-		t.Errorf("%d objects, want 4", len(objs))
+	for _, k := range ks {
+		if !logship.IsGzip(k) {
+			t.Errorf("%s: not shipped gzip'd (the default)", k)
+		}
+	}
+	if got, want := b.keys("tt/!jobs/"), []string{logship.JobIndexKey("tt", "shop", "job-1")}; !slices.Equal(got, want) {
+		t.Errorf("job index %v, want %v", got, want)
 	}
 	if b.proxy.lists.Load() == 0 {
 		t.Errorf("the restarted agent did not resume the cut multipart upload (no ListParts)")
@@ -303,6 +334,21 @@ func TestLogShipKill9MidUpload(t *testing.T) {
 	b.proxy.mu.Unlock()
 	// All shipped: only logs.maxFiles rotated files stay on the host.
 	waitShip(t, 10*time.Second, func() bool { return len(rotatedOnHost(b.dir, "ship-kill")) <= 2 }, "rotated files kept beyond logs.maxFiles")
+}
+
+// checkNumbered checks that got is lines lines numbered 1..lines in order
+// (each "%07d ..."), each once, then the line last.
+func checkNumbered(t *testing.T, got string, lines int, last string) {
+	t.Helper()
+	ls := strings.Split(strings.TrimSuffix(got, "\n"), "\n")
+	if len(ls) != lines+1 || ls[lines] != last {
+		t.Fatalf("shipped logs: %d lines (want %d and %q), ending %q (lost or duplicated lines)", len(ls), lines+1, last, ls[len(ls)-1])
+	}
+	for i, l := range ls[:lines] {
+		if !strings.HasPrefix(l, fmt.Sprintf("%07d ", i+1)) || len(l) != 70 {
+			t.Fatalf("line %d of the shipped logs is %q (lost or duplicated lines)", i+1, l)
+		}
+	}
 }
 
 func rotatedOnHost(agentDir, id string) []string {
@@ -436,6 +482,12 @@ func TestLogShipAttack(t *testing.T) {
 	}
 	if got := all[eprefix+"stdout.0"]; got != "evil-line\n" {
 		t.Errorf("attacker's own log at %s = %q; bucket %v", eprefix, got, b.keys(""))
+	}
+	// Each task's job index entry is its own job's, under its own
+	// application, one segment each.
+	wantIndex := []string{logship.JobIndexKey("tt", "bank/j/victim", ".."), logship.JobIndexKey("tt", "bank", "j")}
+	if got := b.keys("tt/!jobs/"); !slices.Equal(got, wantIndex) {
+		t.Errorf("job index %v, want %v", got, wantIndex)
 	}
 	if n := metricValue(scrape(t, b.metrics), "titus_logship_refused_entries_total"); n != 2 {
 		t.Errorf("refused entries = %v, want 2", n)

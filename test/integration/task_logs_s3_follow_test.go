@@ -2,9 +2,11 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -12,10 +14,12 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
 	schedv1 "github.com/titus-agent/titus-agent/api/scheduler/v1"
+	"github.com/titus-agent/titus-agent/pkg/logship"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/logarchive"
 	"github.com/titus-agent/titus-agent/test/testenv"
@@ -48,8 +52,9 @@ func TestSchedulerTaskLogsForgottenJobAndFollow(t *testing.T) {
 		t.Fatal(err)
 	}
 	const grace = 3 * time.Second
+	spy := &listSpy{S3: cli}
 	st := startLogsStack(t, func(o *scheduler.Options) {
-		o.LogArchive = logarchive.New(cli, bucket, "tt").WithFollow(300*time.Millisecond, grace)
+		o.LogArchive = logarchive.New(spy, bucket, "tt").WithFollow(300*time.Millisecond, grace)
 		o.FinishedJobRetention = 2 * time.Second
 	}, fmt.Sprintf(`logs:
   maxSizeMiB: 1
@@ -107,9 +112,14 @@ logship:
 		_, err := st.clients["root"].GetJob(ctx, &schedv1.GetJobRequest{Id: jobID})
 		return err != nil && strings.Contains(err.Error(), "NotFound"), fmt.Sprint(err)
 	})
+	// Found with one listing, of the job index; then the task's files.
+	spy.reset()
 	data, src, err := readLogs(ctx, st.clients["alice"], &schedv1.TaskLogsRequest{Id: taskID, Follow: true})
 	if err != nil || data != want || src != "s3://"+bucket+"/"+prefix+"stdout.*" {
 		t.Errorf("alice reads her forgotten task: %d bytes (want %d) from %q, %v", len(data), len(want), src, err)
+	}
+	if got, want := spy.reset(), []string{"tt/!jobs/" + jobID + "/", prefix + "stdout."}; !slices.Equal(got, want) {
+		t.Errorf("alice's read listed %q, want %q (the job index, then the task's files)", got, want)
 	}
 	// --since skips whole files: the ones uploaded before it.
 	data, _, err = readLogs(ctx, st.clients["alice"], &schedv1.TaskLogsRequest{Id: taskID, Since: timestamppb.New(time.Now())})
@@ -119,11 +129,28 @@ logship:
 	if b, err := st.cli("alice", "task", "logs", "--since", "10m", taskID).Output(); err != nil || string(b) != want {
 		t.Errorf("alice: task logs --since 10m: %d bytes (want %d), %v", len(b), len(want), err)
 	}
-	// The attack: bob (search) and dave (no role) know the task id.
+	// The attack: bob (search) and dave (no role) know the task id. The
+	// job index names billing, which bob may not read: he gets what a
+	// task that does not exist gets, after the same listings, and nothing
+	// under billing is listed for him.
+	spy.reset()
 	data, _, err = readLogs(ctx, st.clients["bob"], &schedv1.TaskLogsRequest{Id: taskID})
 	wantCode(t, "bob reads billing's forgotten task", err, codes.NotFound, `task "`+taskID+`"`)
 	if data != "" || err != nil && strings.Contains(err.Error(), "billing") {
 		t.Errorf("bob got %d bytes, error %v (must not name billing)", len(data), err)
+	}
+	bobs := spy.reset()
+	const noJob = "0190ffff-ffff-7fff-bfff-ffffffffffff"
+	_, _, noneErr := readLogs(ctx, st.clients["bob"], &schedv1.TaskLogsRequest{Id: noJob + ".0.0"})
+	if status.Convert(noneErr).Message() != strings.ReplaceAll(status.Convert(err).Message(), taskID, noJob+".0.0") {
+		t.Errorf("bob: %v for billing's task, %v for none", err, noneErr)
+	}
+	nones := spy.reset()
+	for i := range nones {
+		nones[i] = strings.ReplaceAll(nones[i], noJob, jobID)
+	}
+	if !slices.Equal(bobs, nones) || slices.ContainsFunc(bobs, func(p string) bool { return strings.Contains(p, "billing") }) {
+		t.Errorf("bob's read of billing's task listed %q; of a task that does not exist %q", bobs, nones)
 	}
 	_, _, err = readLogs(ctx, st.clients["dave"], &schedv1.TaskLogsRequest{Id: taskID, Stderr: true})
 	wantCode(t, "dave reads billing's forgotten task", err, codes.PermissionDenied, "task.logs")
@@ -147,6 +174,17 @@ logship:
 		}
 	}
 
+	// Logs shipped before agents wrote the job index: found by the scan.
+	if _, err := cli.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &bucket, Key: aws.String(logship.JobIndexKey("tt", "billing", jobID))}); err != nil {
+		t.Fatal(err)
+	}
+	if data, _, err := readLogs(ctx, st.clients["alice"], &schedv1.TaskLogsRequest{Id: taskID}); err != nil || data != want {
+		t.Errorf("alice reads her forgotten task without its index entry: %d bytes (want %d), %v", len(data), len(want), err)
+	}
+	if got := spy.reset(); len(got) < 3 || got[1] != "tt/" {
+		t.Errorf("without an index entry: listed %q, want the index, the applications, ...", got)
+	}
+
 	// A task whose final file is never shipped (over its cap, as when its
 	// host goes away): the follow ends the grace period after the task
 	// did, saying so.
@@ -165,6 +203,30 @@ logship:
 	if !strings.Contains(errOut.String(), "did not reach S3 within "+grace.String()) {
 		t.Errorf("stderr does not say the final file never came:\n%s", errOut.String())
 	}
+}
+
+// listSpy records the prefixes the archive lists.
+type listSpy struct {
+	logarchive.S3
+	mu     sync.Mutex
+	listed []string
+}
+
+func (l *listSpy) ListObjectsV2(ctx context.Context, in *s3.ListObjectsV2Input, opts ...func(*s3.Options)) (*s3.ListObjectsV2Output, error) {
+	l.mu.Lock()
+	l.listed = append(l.listed, aws.ToString(in.Prefix))
+	l.mu.Unlock()
+	return l.S3.ListObjectsV2(ctx, in, opts...)
+}
+
+// reset returns the prefixes listed since the last reset, in order
+// (sorted within a run of concurrent probes is not needed: one each).
+func (l *listSpy) reset() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := l.listed
+	l.listed = nil
+	return out
 }
 
 // submitLabeled is submit with task labels.

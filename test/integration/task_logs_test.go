@@ -25,6 +25,7 @@ import (
 	"github.com/titus-agent/titus-agent/pkg/authn"
 	"github.com/titus-agent/titus-agent/pkg/authn/authntest"
 	"github.com/titus-agent/titus-agent/pkg/authz"
+	"github.com/titus-agent/titus-agent/pkg/logship"
 	"github.com/titus-agent/titus-agent/pkg/scheduler"
 	"github.com/titus-agent/titus-agent/pkg/scheduler/logarchive"
 	"github.com/titus-agent/titus-agent/pkg/tlsconfig"
@@ -390,7 +391,7 @@ func TestSchedulerTaskLogsFromS3(t *testing.T) {
 		}
 		var keys []string
 		for _, o := range out.Contents {
-			keys = append(keys, strings.TrimPrefix(aws.ToString(o.Key), prefix))
+			keys = append(keys, strings.TrimSuffix(strings.TrimPrefix(aws.ToString(o.Key), prefix), logship.GzipSuffix))
 		}
 		return slices.Contains(keys, "stdout.0") && slices.Contains(keys, "stderr.0"), fmt.Sprint(keys, "\n", tailLog(st.agent.Log()))
 	})

@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/containerd/errdefs"
+	"github.com/klauspost/compress/gzip"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/titus-agent/titus-agent/pkg/logship"
@@ -225,15 +226,25 @@ func isFinal(m map[string]string) bool {
 	return false
 }
 
-// copy sends key's bytes and reports whether it is a task's final file.
+// copy sends key's bytes, decompressed if the key says it is gzip'd
+// (logship.IsGzip), and reports whether it is a task's final file.
 func (a *Archive) copy(ctx context.Context, key string, buf []byte, send func([]byte) error) (bool, error) {
 	out, err := a.s3.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(a.bucket), Key: aws.String(key)})
 	if err != nil {
 		return false, fmt.Errorf("%w: get s3://%s/%s: %w", errdefs.ErrUnavailable, a.bucket, key, err)
 	}
 	defer out.Body.Close()
+	var body io.Reader = out.Body
+	if logship.IsGzip(key) {
+		zr, err := gzip.NewReader(out.Body)
+		if err != nil {
+			return false, fmt.Errorf("%w: s3://%s/%s is not gzip: %w", errdefs.ErrDataLoss, a.bucket, key, err)
+		}
+		defer zr.Close()
+		body = zr
+	}
 	for {
-		n, err := io.ReadFull(out.Body, buf)
+		n, err := io.ReadFull(body, buf)
 		if n > 0 {
 			if err := send(buf[:n]); err != nil {
 				return false, err
@@ -249,11 +260,58 @@ func (a *Archive) copy(ctx context.Context, key string, buf []byte, send func([]
 }
 
 // Applications returns the applications under whose keys the bucket holds
-// logs of task taskID of job jobID, among those may accepts: the bucket's
-// application segments are listed, and only those the caller may read are
-// asked about, so the answer says nothing of others'. Tasks not launched
-// by the scheduler (application "_") are never looked at.
+// logs of task taskID of job jobID, among those may accepts. It reads the
+// job index first (logship.JobIndexPrefix: one listing): one application
+// there that the caller may read is the answer. With none the caller may
+// read (the job's logs were shipped before agents wrote the index, or
+// they are another tenant's), it scans: the bucket's application segments
+// are listed, and only those the caller may read are asked about. Either
+// way nothing under an application the caller may not read is listed,
+// and the answer, and the work done, are the same for another tenant's
+// job as for one that does not exist. Tasks not launched by the scheduler
+// (application "_") are never looked at.
 func (a *Archive) Applications(ctx context.Context, jobID, taskID string, may func(app string) bool) ([]string, error) {
+	apps, err := a.indexed(ctx, jobID, may)
+	if err != nil {
+		return nil, err
+	}
+	switch len(apps) {
+	case 0:
+		return a.scan(ctx, jobID, taskID, may)
+	case 1:
+		return apps, nil
+	}
+	// More than one (only hand-made keys do that): the ones that hold the task.
+	return a.holding(ctx, jobID, taskID, apps)
+}
+
+// indexed returns the applications the job index names for jobID that may
+// accepts.
+func (a *Archive) indexed(ctx context.Context, jobID string, may func(app string) bool) ([]string, error) {
+	prefix := logship.JobIndexPrefix(a.prefix, jobID)
+	out, err := a.s3.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(a.bucket), Prefix: aws.String(prefix), MaxKeys: aws.Int32(maxIndexed)})
+	if err != nil {
+		return nil, fmt.Errorf("%w: list the job index s3://%s/%s: %w", errdefs.ErrUnavailable, a.bucket, prefix, err)
+	}
+	var apps []string
+	for _, o := range out.Contents {
+		seg := strings.TrimPrefix(aws.ToString(o.Key), prefix)
+		app, err := logship.UnescapeSegment(seg)
+		if err != nil || app == "" || !may(app) {
+			continue
+		}
+		apps = append(apps, app)
+	}
+	slices.Sort(apps)
+	return slices.Compact(apps), nil
+}
+
+// maxIndexed bounds the job index entries of one job a look-up reads.
+const maxIndexed = 100
+
+// scan finds the applications holding the task by listing the bucket's
+// application segments and asking about those may accepts.
+func (a *Archive) scan(ctx context.Context, jobID, taskID string, may func(app string) bool) ([]string, error) {
 	root := ""
 	if p := strings.Trim(a.prefix, "/"); p != "" {
 		root = p + "/"
@@ -274,6 +332,12 @@ func (a *Archive) Applications(ctx context.Context, jobID, taskID string, may fu
 			apps = append(apps, app)
 		}
 	}
+	return a.holding(ctx, jobID, taskID, apps)
+}
+
+// holding returns those of apps under which the bucket holds anything of
+// the task, asking about each (probes at once).
+func (a *Archive) holding(ctx context.Context, jobID, taskID string, apps []string) ([]string, error) {
 	var mu sync.Mutex
 	var found []string
 	g, gctx := errgroup.WithContext(ctx)
