@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/containerd/containerd/v2/core/mount"
 )
 
 // LoopQuota gives each task a sparse ext4 image (lazily initialised, no
@@ -70,15 +72,14 @@ func (q *LoopQuota) Create(ctx context.Context, taskID string, sizeMiB int64) (*
 // device) and mounts it on path. A device left by a failed mount is
 // detached at once; one left by a crash is detached by Remove.
 func (q *LoopQuota) mount(ctx context.Context, img, path string) error {
-	out, err := q.sys.Run(ctx, "losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", img)
+	dev, err := q.sys.AttachLoop(ctx, img)
 	if err != nil {
 		return err
 	}
-	dev := strings.TrimSpace(string(out))
 	if !strings.HasPrefix(dev, "/dev/loop") {
-		return fmt.Errorf("losetup gave %q, want a loop device", dev)
+		return fmt.Errorf("loop attach gave %q, want a loop device", dev)
 	}
-	if _, err := q.sys.Run(ctx, "mount", "-t", "ext4", "-o", "noatime", dev, path); err != nil {
+	if err := q.sys.Mount(mount.Mount{Type: "ext4", Source: dev, Options: []string{"noatime"}}, path); err != nil {
 		if _, derr := q.sys.Run(ctx, "losetup", "-d", dev); derr != nil {
 			return errors.Join(err, derr)
 		}

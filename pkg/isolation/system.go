@@ -20,6 +20,10 @@ type system interface {
 	Run(ctx context.Context, name string, args ...string) ([]byte, error)
 	Mount(m mount.Mount, target string) error
 	Mounted(path string) (bool, error)
+	// AttachLoop attaches img to a free loop device doing direct I/O in
+	// 4 KiB sectors and returns the device (what `losetup --find --show
+	// --direct-io=on --sector-size 4096 img` does, without a process).
+	AttachLoop(ctx context.Context, img string) (string, error)
 }
 
 // hostSystem runs real commands on this host.

@@ -73,3 +73,9 @@ func (f *fakeSystem) take(dir string) []string {
 	f.calls = nil
 	return out
 }
+
+// AttachLoop records the losetup command it stands for.
+func (f *fakeSystem) AttachLoop(ctx context.Context, img string) (string, error) {
+	out, err := f.Run(ctx, "losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", img)
+	return strings.TrimSpace(string(out)), err
+}
