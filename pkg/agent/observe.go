@@ -34,6 +34,7 @@ var platformReasons = map[task.Reason]bool{
 	task.ReasonImagePullFailed:     true,
 	task.ReasonNetworkSetupFailed:  true,
 	task.ReasonNoNetworkCapacity:   true,
+	task.ReasonHostDiskFull:        true,
 	task.ReasonDiskSetupFailed:     true,
 	task.ReasonMetadataSetupFailed: true,
 	task.ReasonStartFailed:         true,

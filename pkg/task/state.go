@@ -73,7 +73,12 @@ const (
 	// zone, so it cannot have an IP there; nothing ran, and the scheduler
 	// places it again at once on a host of another zone, not counting a
 	// failure (it learns the subnets' zones from the agents' reports).
-	ReasonSubnetNotInZone      Reason = "SubnetNotInZone"
+	ReasonSubnetNotInZone Reason = "SubnetNotInZone"
+	// ReasonHostDiskFull: preparing the task failed for lack of space on
+	// the host (its state directory or the task's disk: ENOSPC); nothing
+	// ran, and the scheduler places it again elsewhere, not counting a
+	// failure, and takes the host as unhealthy until its next heartbeat.
+	ReasonHostDiskFull         Reason = "HostDiskFull"
 	ReasonDiskSetupFailed      Reason = "DiskSetupFailed"
 	ReasonMetadataSetupFailed  Reason = "MetadataSetupFailed"
 	ReasonStartFailed          Reason = "StartFailed"

@@ -66,7 +66,11 @@ type report struct {
 	// refusedNoIP are tasks an agent refused for lack of an IP or an ENI:
 	// no crash (nothing ran; the scheduler places them again at once) but
 	// placement's error, which issue #14 says must never happen.
-	refusedNoIP     []string
+	refusedNoIP []string
+	// refusedDisk are tasks whose host's disk filled while preparing
+	// them (HostDiskFull): nothing ran and the scheduler placed them again
+	// elsewhere; expected after a disk-full fault, so listed, not counted.
+	refusedDisk     []string
 	metaOK, metaAll int
 	leaks           map[string][]string
 	faults          []fault
@@ -210,6 +214,15 @@ func build(o *observer, l *load, r *report) {
 				endedAt(t).Sub(r.start).Round(100*time.Millisecond), t.Message))
 			continue
 		}
+		if t.Reason == string(task.ReasonHostDiskFull) {
+			after := "(no fault)"
+			if i := r.explain(t); i >= 0 {
+				after = fmt.Sprintf("(after %s +%s)", r.costs[i].kind, r.costs[i].injected.Round(time.Second))
+			}
+			r.refusedDisk = append(r.refusedDisk, fmt.Sprintf("%s on %s ended +%s %s: %s", id, t.AgentId,
+				endedAt(t).Sub(r.start).Round(100*time.Millisecond), after, t.Message))
+			continue
+		}
 		r.platformTasks++
 		i := r.explain(t)
 		after := "(no fault)"
@@ -241,6 +254,7 @@ func build(o *observer, l *load, r *report) {
 	sort.Strings(r.twice)
 	sort.Strings(r.lostNoReason)
 	sort.Strings(r.refusedNoIP)
+	sort.Strings(r.refusedDisk)
 }
 
 // exposes says whether task t was in f's reach: placed (on f's host, for
@@ -391,6 +405,10 @@ func (r *report) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "refused by the agent for lack of an IP or ENI (placed again at once; not platform failures): %d\n", len(r.refusedNoIP))
 	for _, s := range r.refusedNoIP {
+		fmt.Fprintf(w, "  %s\n", s)
+	}
+	fmt.Fprintf(w, "refused by the agent, its disk full (placed again elsewhere; not platform failures): %d\n", len(r.refusedDisk))
+	for _, s := range r.refusedDisk {
 		fmt.Fprintf(w, "  %s\n", s)
 	}
 	fmt.Fprintf(w, "leaks after drain:")

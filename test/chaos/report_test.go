@@ -148,3 +148,32 @@ func TestReportCapacityRefusalIsNoCrash(t *testing.T) {
 		t.Errorf("missed %q lacks the refusal", r.missed)
 	}
 }
+
+// TestReportDiskFullRefusalIsNoCrash: a task whose host's disk filled
+// while preparing it (HostDiskFull) never ran and was placed again
+// elsewhere: listed with the fault it follows, not a platform failure,
+// no objective missed.
+func TestReportDiskFullRefusalIsNoCrash(t *testing.T) {
+	t0 := time.Date(2026, 12, 3, 6, 0, 0, 0, time.UTC)
+	ts := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(t0.Add(d)) }
+	l := &load{jobs: map[string]*jobInfo{"b": {id: "b", kind: "short"}}}
+	o := newObserver(nil, l)
+	o.tasks["b.0.1"] = &schedv1.Task{Id: "b.0.1", JobId: "b", AgentId: "i-1", State: agentv1.TaskState_TASK_STATE_FAILED,
+		Reason: "HostDiskFull", Message: "network: allocate address: write allocation record: no space left on device",
+		Placed: ts(40 * time.Second), Ended: ts(41 * time.Second)}
+	r := &report{baselineStart: t0, start: t0.Add(30 * time.Second), faults: []fault{{kind: "disk-full", host: "i-1", injected: 10 * time.Second, healed: 20 * time.Second}}}
+	build(o, l, r)
+	if r.platformTasks != 0 || r.unexplained != 0 || len(r.platform) != 0 {
+		t.Errorf("a disk-full refusal counted as a platform failure: %d (%d unexplained) %v", r.platformTasks, r.unexplained, r.platform)
+	}
+	want := []string{"b.0.1 on i-1 ended +11s (after disk-full +10s): network: allocate address: write allocation record: no space left on device"}
+	if diff := cmp.Diff(want, r.refusedDisk); diff != "" {
+		t.Errorf("refusals (-want +got):\n%s", diff)
+	}
+	r.check(objectives{launchMultiple: 10, platformShare: 0.1, availability: 0.99})
+	for _, m := range r.missed {
+		if strings.Contains(m, "disk-full") || strings.Contains(m, "platform") {
+			t.Errorf("missed %q for a refusal", m)
+		}
+	}
+}

@@ -69,6 +69,11 @@ func (r *Runner) launch(agentCtx context.Context) {
 		if errors.As(err, &he) {
 			reason = he.Reason
 		}
+		if errors.Is(err, syscall.ENOSPC) {
+			// The host's disk, not the task: nothing ran; the
+			// scheduler places it elsewhere without a failure.
+			reason = task.ReasonHostDiskFull
+		}
 		r.finish(task.Failed, reason, err.Error(), -1)
 		return
 	}

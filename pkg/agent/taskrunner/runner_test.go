@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"slices"
@@ -159,6 +160,17 @@ func TestRunnerLifecycle(t *testing.T) {
 			name:       "prepare fails: later stages skipped, everything torn down",
 			prepareErr: &HookError{Hook: "image", Reason: task.ReasonImageNotFound, Err: errors.New("404")},
 			wantStates: []string{"Preparing/", "Failed/ImageNotFound"},
+			wantOps:    []string{"prestart image", "prestart net", "stop container", "stop net", "stop image"},
+			wantExit:   -1,
+		},
+		{
+			// The host's disk is full (its state directory, the task's
+			// disk): whatever hook hit it, the host is at fault and
+			// nothing ran, so the scheduler places the task elsewhere.
+			name: "prepare fails for lack of disk space: HostDiskFull",
+			prepareErr: &HookError{Hook: "image", Reason: task.ReasonNetworkSetupFailed,
+				Err: fmt.Errorf("allocate address: write allocation record: %w", &fs.PathError{Op: "write", Path: "/state/.alloc-1", Err: syscall.ENOSPC})},
+			wantStates: []string{"Preparing/", "Failed/HostDiskFull"},
 			wantOps:    []string{"prestart image", "prestart net", "stop container", "stop net", "stop image"},
 			wantExit:   -1,
 		},

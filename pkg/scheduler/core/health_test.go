@@ -129,3 +129,51 @@ func TestAgentRegisteringUnhealthyTakesNoTask(t *testing.T) {
 		t.Fatalf("placed %v once the agent is healthy, want one task", placed)
 	}
 }
+
+// TestHostDiskFullRequeuesElsewhere: a task whose host ran out of disk
+// while preparing it (HostDiskFull: nothing ran) is placed again, at once
+// and on another host, counting no failure, retry or quarantine strike
+// (a batch job allowing no retry does not fail); the full host takes
+// nothing until a heartbeat says it is healthy. Seen in the chaos soak: a
+// task placed just as a host's state disk filled failed NetworkSetupFailed.
+func TestHostDiskFullRequeuesElsewhere(t *testing.T) {
+	ts := newTestScheduler(t, Config{QuarantineFailures: 1})
+	full := ts.connect("a", 8000)
+	s := testSpec(&model.BatchJob{Size: 1, Retry: &model.RetryPolicy{Kind: model.RetryExponential, MaxRetries: 0, DelayMs: 60000}}, 100)
+	id := ts.submit(s)
+	first := ts.place()
+	if len(first) != 1 {
+		t.Fatalf("placed %v, want one task", first)
+	}
+	ts.Updates(full, []model.TaskStatus{{TaskID: first[0], State: task.Failed, Reason: string(task.ReasonHostDiskFull),
+		Message: "network: allocate address: write allocation record: no space left on device"}})
+	if got := ts.place(); len(got) != 0 {
+		t.Fatalf("placed %v on the host whose disk just filled", got)
+	}
+	other := ts.connect("b", 8000)
+	again := ts.place()
+	if len(again) != 1 || again[0] == first[0] || ts.taskAgent(again[0]) != "b" {
+		t.Fatalf("placed %v, want the task's next attempt on the other host at once", again)
+	}
+	j := ts.job(id)
+	if j.State.Terminal() || j.Counts.Failed != 0 || j.Counts.Retries != 0 {
+		t.Errorf("job %v counts %+v: a full disk of the host is no failure of the task", j.State, j.Counts)
+	}
+	ts.Updates(other, []model.TaskStatus{{TaskID: again[0], State: task.Finished}})
+	ts.submit(testSpec(&model.BatchJob{Size: 1}, 100))
+	ts.Heartbeat(full, true, nil, nil)
+	ts.Heartbeat(other, false, nil, nil)
+	if got := ts.place(); len(got) != 1 || ts.taskAgent(got[0]) != "a" {
+		t.Fatalf("placed %v, want a once healthy again (no quarantine strike)", got)
+	}
+}
+
+// taskAgent is the host a live task was placed on.
+func (ts *testScheduler) taskAgent(id string) string {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if t := ts.tasks[id]; t != nil {
+		return t.agent.id
+	}
+	return ""
+}

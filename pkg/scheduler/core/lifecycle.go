@@ -78,6 +78,11 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 	} else {
 		a.released(t.d.sgKey, now)
 	}
+	if reason == string(task.ReasonHostDiskFull) {
+		// Its disk filled since the last heartbeat: take nothing more
+		// until the next one tells whether the host is healthy again.
+		a.healthy = false
+	}
 	j.spread.add(a, -1)
 	j.live--
 	if j.live == 0 && j.terminal() {
@@ -114,7 +119,7 @@ func (c *Core) end(t *taskState, state task.State, reason, msg string, exit int3
 		}
 		due := now
 		switch {
-		case noIP:
+		case refusal(reason):
 			due = now.Add(sl.refusedAgain())
 		case (state != task.Killed || t.healthFailed) && state != task.Lost:
 			due = now.Add(retryDelay(j.rec.Spec.Retry(), min(rolloutFailures(j), 30), c.opts.CrashLoopBase, c.opts.CrashLoopCap))
@@ -162,11 +167,11 @@ func (c *Core) settle(j *jobState, sl *slot, rec *model.Task, now time.Time) {
 		return
 	}
 	state := rec.State
-	if refusedForIP(rec.Reason) {
+	if refusal(rec.Reason) {
 		// The host had no IP for it (placement's view was stale, or
-		// the host had not yet found its subnets outside its zone):
-		// nothing ran, so place it again, elsewhere, counting no
-		// failure: at once the first time, then backing off
+		// the host had not yet found its subnets outside its zone) or
+		// its disk filled: nothing ran, so place it again, elsewhere,
+		// counting no failure: at once the first time, then backing off
 		// (refusedAgain).
 		c.q.enqueue(j, sl, now.Add(sl.refusedAgain()), now)
 		c.poke()

@@ -103,8 +103,8 @@ const maxFailedTasks = MaxRetries + 1
 // its revision: it crashed or exited non-zero, or the scheduler killed it
 // for staying Unhealthy; not a kill, not a loss with its host.
 func failedRun(rec *model.Task) bool {
-	if refusedForIP(rec.Reason) {
-		return false // refused before it ran: placement's doing
+	if refusal(rec.Reason) {
+		return false // refused before it ran: placement's doing, or the host's
 	}
 	switch rec.State {
 	case task.Lost:

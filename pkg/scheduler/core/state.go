@@ -223,6 +223,14 @@ func (g *groupState) overQuota(extra model.Resources, r model.Resources) bool {
 }
 
 // platformReason says whether a failure is the host's fault, not the task's.
+// refusal reports whether a task ended with reason r was refused by its
+// host before anything ran, for want of an IP there (refusedForIP) or for
+// its full disk: the scheduler places it again elsewhere, counting no
+// failure.
+func refusal(r string) bool {
+	return refusedForIP(r) || r == string(task.ReasonHostDiskFull)
+}
+
 func platformReason(r string) bool {
 	switch task.Reason(r) {
 	case task.ReasonPlatformError, task.ReasonNetworkSetupFailed, task.ReasonDiskSetupFailed,
