@@ -122,6 +122,7 @@ logship:
 		}
 	}
 	shipped := scrapeMetric(metrics, "titus_logship_shipped_bytes_total")
+	sent := scrapeMetric(metrics, "titus_logship_uploaded_bytes_total") // -1: an agent without compression
 	med := func(v []float64) float64 {
 		s := append([]float64(nil), v...)
 		for i := range s {
@@ -137,6 +138,9 @@ logship:
 	fmt.Printf("%-44s %10.1f MiB/s\n", "without shipping (median)", med(without))
 	fmt.Printf("%-44s %10.1f MiB/s\n", "while shipping (median)", med(with))
 	fmt.Printf("%-44s %10.1f MiB\n", "shipped in all", shipped/(1<<20))
+	if sent >= 0 {
+		fmt.Printf("%-44s %10.1f MiB   (%.0fx smaller: these lines repeat; text logs shrink 5-10x)\n", "sent to S3 (logship.compression)", sent/(1<<20), shipped/max(sent, 1))
+	}
 	fmt.Printf("%-44s %10.1f s\n", "agent CPU while shipping (all rounds)", agentCPU)
 	fmt.Printf("%-44s %10.1f s\n", "moto (S3 stand-in) CPU while shipping", motoCPU)
 	r := med(with) / med(without)
