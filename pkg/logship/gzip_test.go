@@ -293,3 +293,35 @@ func TestJobIndex(t *testing.T) {
 		t.Errorf("JobIndexKey = %q, want %q", got, want)
 	}
 }
+
+// A small compressed copy (sent by one PUT, never synced) left by a
+// killed agent is not trusted after the restart, even with the recorded
+// size: it is made again, so what is sent is the file.
+func TestGzipSmallCopyNotTrustedAfterRestart(t *testing.T) {
+	b := newBed(t)
+	b.cfg.Gzip = true
+	s := b.shipper()
+	ctx := context.Background()
+	s.Track(info("t1"))
+	b.rotate("t1", "the real line\n")
+	b.s3.fail = func(op string) error {
+		if op == "put" && b.s3.objects["p/!jobs/j1/api"] != nil {
+			return errors.New("killed")
+		}
+		return nil
+	}
+	s.Round(ctx)
+	gz, _ := filepath.Glob(filepath.Join(b.logDir, ".logship", "t1", "*.gz"))
+	if len(gz) != 1 {
+		t.Fatalf("compressed copies: %v", gz)
+	}
+	// What a crash without fsync can leave: the size, not the bytes.
+	fi, _ := os.Stat(gz[0])
+	os.WriteFile(gz[0], make([]byte, fi.Size()), 0o600)
+	b.s3.fail = nil
+	s = b.restart()
+	s.Round(ctx)
+	if got := gunzip(t, b.s3.get("p/api/j1/t1/stdout.0.gz")); got != "the real line\n" {
+		t.Errorf("object = %q", got)
+	}
+}

@@ -149,7 +149,9 @@ func (s *Shipper) removeLocked(t *taskRec, f *fileRec, reason string) bool {
 		return false
 	}
 	if f.Gzip {
-		_ = os.Remove(s.gzPath(f))
+		p := s.gzPath(f)
+		_ = os.Remove(p)
+		delete(s.made, p) // s.mu is held
 	}
 	f.Removed = true
 	if err := s.db.putFile(f); err != nil {

@@ -103,7 +103,7 @@ func (s *Shipper) uploadPending(ctx context.Context) error {
 		}
 		sent, err := s.uploadOne(ctx, s.fileDir(t, &work), &work, save)
 		if errors.Is(err, errGone) || errors.Is(err, errNotPlain) {
-			_ = os.Remove(s.gzPath(f))
+			s.dropGz(f)
 		}
 		if errors.Is(err, errGone) {
 			// Removed by someone else before it was shipped.
@@ -135,7 +135,7 @@ func (s *Shipper) uploadPending(ctx context.Context) error {
 			_ = os.Remove(filepath.Join(s.cfg.SpoolDir, f.Task, f.Name))
 		}
 		if work.Gzip {
-			_ = os.Remove(s.gzPath(f))
+			s.dropGz(f)
 		}
 	}
 	return nil

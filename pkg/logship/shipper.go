@@ -111,6 +111,8 @@ type Shipper struct {
 	wake chan struct{}
 	// indexed are the job index entries put by this process.
 	indexed map[string]bool
+	// made are the compressed copies this process made (see gzipped).
+	made map[string]bool
 	// refused are the log dir entries seen not to be plain files.
 	refused map[string]bool
 	// nextTry is when uploads may be tried again after a failure.
@@ -178,7 +180,7 @@ func New(cfg Config, api S3API, store *bolt.DB, m *Metrics) (*Shipper, error) {
 		files[id] = fs
 	}
 	s := &Shipper{cfg: cfg, api: api, db: d, m: m, log: cfg.Logger.With("component", "logship"),
-		tasks: tasks, files: files, wake: make(chan struct{}, 1), indexed: map[string]bool{}, refused: map[string]bool{}, boff: backoff.New(cfg.Backoff)}
+		tasks: tasks, files: files, wake: make(chan struct{}, 1), indexed: map[string]bool{}, made: map[string]bool{}, refused: map[string]bool{}, boff: backoff.New(cfg.Backoff)}
 	s.updateGauges()
 	return s, nil
 }

@@ -155,16 +155,22 @@ func (s *Shipper) gzPath(f *fileRec) string {
 	return filepath.Join(s.cfg.SpoolDir, f.Task, f.Name+GzipSuffix)
 }
 
-// gzipped opens f's compressed copy, made from src unless the one whose
-// size is recorded (GzSize) is there. A new copy voids a multipart
-// upload of an earlier one (its parts are of other bytes). The copy is
-// synced before its size is recorded, so a resumed multipart upload
-// sends the rest of the same bytes.
+// gzipped opens f's compressed copy, made from src unless a copy it may
+// trust is there: one of the recorded size (GzSize) that this process
+// made, or one synced to disk, which only a copy for a multipart upload
+// (MultipartThreshold or more) is, with its size recorded before any part
+// is sent: a resumed upload sends the rest of the same bytes. A smaller
+// copy is sent whole by one PUT, so after a restart it is just made
+// again (no fsync, no state write for it). A new copy voids a multipart
+// upload of an earlier one (its parts are of other bytes).
 func (s *Shipper) gzipped(ctx context.Context, src *os.File, f *fileRec, save func(*fileRec) error) (*os.File, error) {
 	p := s.gzPath(f)
 	if f.GzSize > 0 {
+		s.mu.Lock()
+		trust := f.GzSize >= s.cfg.MultipartThreshold || s.made[p]
+		s.mu.Unlock()
 		if gz, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0); err == nil {
-			if fi, err := gz.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() == f.GzSize {
+			if fi, err := gz.Stat(); trust && err == nil && fi.Mode().IsRegular() && fi.Size() == f.GzSize {
 				return gz, nil
 			}
 			gz.Close()
@@ -184,7 +190,8 @@ func (s *Shipper) gzipped(ctx context.Context, src *os.File, f *fileRec, save fu
 	}
 	defer os.Remove(tmp.Name())
 	n, err := compress(tmp, io.NewSectionReader(src, 0, f.Size))
-	if err == nil {
+	multipart := n >= s.cfg.MultipartThreshold
+	if err == nil && multipart {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
@@ -196,15 +203,29 @@ func (s *Shipper) gzipped(ctx context.Context, src *os.File, f *fileRec, save fu
 	if err != nil {
 		return nil, fmt.Errorf("compress %s: %w", f.Name, err)
 	}
+	s.mu.Lock()
+	s.made[p] = true
+	s.mu.Unlock()
 	f.GzSize = n
-	if err := save(f); err != nil {
-		return nil, err
+	if multipart {
+		if err := save(f); err != nil {
+			return nil, err
+		}
 	}
 	gz, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, fmt.Errorf("compress %s: %w", f.Name, err)
 	}
 	return gz, nil
+}
+
+// dropGz deletes f's compressed copy, if any.
+func (s *Shipper) dropGz(f *fileRec) {
+	p := s.gzPath(f)
+	_ = os.Remove(p)
+	s.mu.Lock()
+	delete(s.made, p)
+	s.mu.Unlock()
 }
 
 // compress writes r gzip-compressed (at the fastest level: the point is
