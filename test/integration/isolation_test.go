@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -838,6 +839,43 @@ func testDiskCycles(t *testing.T, e *isoEnv) {
 	}
 	for _, id := range ids {
 		assertNoDiskLeftovers(t, e, id)
+	}
+	if e.disks.Backend() == isolation.BackendXFSQuota {
+		testProjectIDReused(t, e)
+	}
+}
+
+// testProjectIDReused: on the XFS backend a task's project ID, once its
+// disk is torn down, goes to the next task it falls to. Two task IDs whose
+// hashes pick the same project ID (the allocation's: FNV-1a of the task ID
+// mod 2^30, probed past IDs in use): the second gets the first's ID once
+// the first has ended, the next one up had the first leaked its record.
+func testProjectIDReused(t *testing.T, e *isoEnv) {
+	seen := map[uint32]string{}
+	prefix := isoID("proj")
+	var a, b string
+	for i := 0; a == ""; i++ {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		h := fnv.New32a()
+		h.Write([]byte(id))
+		k := h.Sum32() % (1 << 30)
+		if o, ok := seen[k]; ok {
+			a, b = o, id
+		}
+		seen[k] = id
+	}
+	project := func(id string) int64 { return readInt(t, filepath.Join(e.diskDir, "projects", id)) }
+	run := func(id string) int64 {
+		it := e.start(t, task.Spec{ID: id, Resources: task.Resources{DiskMiB: 16}, Command: sh("true")}, "")
+		it.wait(t)
+		p := project(id)
+		e.teardown(t, it)
+		assertNoDiskLeftovers(t, e, id)
+		return p
+	}
+	pa := run(a)
+	if pb := run(b); pb != pa {
+		t.Errorf("task %s got project %d after %s (project %d) ended, want the same ID reused (%d: the first was not released)", b, pb, a, pa, pa+1)
 	}
 }
 
