@@ -271,6 +271,10 @@ type IsolationConfig struct {
 	// its own user namespace is refused at launch) or "force" (every task
 	// gets one).
 	RequireUserNamespace string `json:"requireUserNamespace"`
+	// RequireCPUQuota refuses tasks asking cpu_burst (CPU shares only, no
+	// CFS quota): every task is then held to its cpu_millicores, plus at
+	// most its cpu_burst_millicores allowance within a period.
+	RequireCPUQuota bool `json:"requireCPUQuota"`
 	// DiskPool is how many formatted disk images of which sizes the
 	// agent keeps ready for launches (loop-ext4 backend); empty disables.
 	DiskPool []DiskPoolConfig `json:"diskPool"`

@@ -74,6 +74,9 @@ func hostPolicy(c IsolationConfig) func(s *task.Spec, ck *task.Checker) {
 		if c.NetworkMbps.Max > 0 && r.NetworkMbps > c.NetworkMbps.Max {
 			ck.Failf("resources.network_mbps", "must be at most %d on this host, got %d", c.NetworkMbps.Max, r.NetworkMbps)
 		}
+		if c.RequireCPUQuota && r.CPUBurst {
+			ck.Failf("resources.cpu_burst", "this host holds every task to a CFS quota (isolation.requireCPUQuota): ask for cpu_burst_millicores, a burst allowance within the quota, instead")
+		}
 		field := "labels[" + isolation.LabelUserNS + "]"
 		userNS := s.Labels[isolation.LabelUserNS] == "true"
 		switch c.RequireUserNamespace {

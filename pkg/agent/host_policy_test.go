@@ -33,6 +33,11 @@ func TestHostPolicy(t *testing.T) {
 		{name: "force gives a user namespace", cfg: force, in: task.Spec{Labels: map[string]string{"a": "b"}}, want: task.Resources{DiskMiB: 1024, NetworkMbps: 100}, wantLabels: map[string]string{"a": "b", isolation.LabelUserNS: "true"}},
 		{name: "refuse without one", cfg: refuse, in: task.Spec{}, want: task.Resources{DiskMiB: 1024, NetworkMbps: 100}, wantFields: []string{"labels[" + isolation.LabelUserNS + "]"}},
 		{name: "refuse with one", cfg: refuse, in: task.Spec{Labels: ns}, want: task.Resources{DiskMiB: 1024, NetworkMbps: 100}, wantLabels: ns},
+		{name: "no CFS quota allowed", in: task.Spec{Resources: task.Resources{CPUBurst: true}}, want: task.Resources{CPUBurst: true}},
+		{name: "a CFS quota required", cfg: IsolationConfig{RequireCPUQuota: true}, in: task.Spec{Resources: task.Resources{CPUBurst: true}},
+			want: task.Resources{CPUBurst: true}, wantFields: []string{"resources.cpu_burst"}},
+		{name: "a CFS quota required, an allowance within it", cfg: IsolationConfig{RequireCPUQuota: true},
+			in: task.Spec{Resources: task.Resources{CPUMillicores: 500, CPUBurstMillicores: 500}}, want: task.Resources{CPUMillicores: 500, CPUBurstMillicores: 500}},
 		{name: "user namespace without a disk", in: task.Spec{Labels: ns}, want: task.Resources{}, wantLabels: ns, wantFields: []string{"resources.disk_mib"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -1351,11 +1351,12 @@ func userNSDir(t *testing.T) string {
 // TestAgentCPUBurstAllowance: through the agent's API a task gets the CFS
 // burst allowance it asks for (read back from cpu.cfs_burst_us or
 // cpu.max.burst), and a tenant asking more than its quota, or an
-// allowance on top of no quota (cpu_burst), is refused naming the field,
-// with nothing recorded.
+// allowance on top of no quota (cpu_burst), or, on a host that requires a
+// quota (isolation.requireCPUQuota), no quota at all, is refused naming
+// the field, with nothing recorded.
 func TestAgentCPUBurstAllowance(t *testing.T) {
 	begin(t)
-	e := newAgentEnv(t)
+	e := newAgentEnvConfig(t, "isolation:\n  requireCPUQuota: true\n")
 	for _, tc := range []struct {
 		name             string
 		cpu, burst       int64
@@ -1366,6 +1367,7 @@ func TestAgentCPUBurstAllowance(t *testing.T) {
 		{name: "a-core-over-max", cpu: 1000, burst: task.MaxCPUMillicores, refusedWithField: "resources.cpu_burst_millicores"},
 		{name: "negative", cpu: 500, burst: -1, refusedWithField: "resources.cpu_burst_millicores"},
 		{name: "without-quota", cpu: 500, burst: 100, noQuota: true, refusedWithField: "resources.cpu_burst_millicores"},
+		{name: "no-quota-on-a-quota-host", cpu: 500, noQuota: true, refusedWithField: "resources.cpu_burst"},
 	} {
 		s := e.spec("burst-"+tc.name, "true")
 		s.Resources.CpuMillicores, s.Resources.CpuBurstMillicores, s.Resources.CpuBurst = tc.cpu, tc.burst, tc.noQuota
