@@ -275,7 +275,11 @@ func (p *LocalProvider) save() error {
 	if err != nil {
 		return fmt.Errorf("vpc: record: %w", err)
 	}
-	if _, err := f.Write(b); err == nil {
+	// The write's error must reach the check below: once dropped (a
+	// shadowing :=), a full disk truncated the record to nothing and the
+	// rename put that over every allocation.
+	_, err = f.Write(b)
+	if err == nil {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {
