@@ -34,6 +34,21 @@ type Tasks interface {
 	Subscribe(ctx context.Context) <-chan task.Event
 }
 
+// Versioned may be implemented by Tasks: Version changes whenever what
+// List returns changes. A changes-only heartbeat then lists nothing
+// without comparing each task when the version is what it was at the
+// previous heartbeat's List.
+type Versioned interface {
+	Version() uint64
+}
+
+func versionOf(tasks Tasks) (uint64, bool) {
+	if v, ok := tasks.(Versioned); ok {
+		return v.Version(), true
+	}
+	return 0, false
+}
+
 // Capacity is what the host offers to tasks.
 type Capacity struct {
 	CPUMillicores, MemoryMiB, DiskMiB, NetworkMbps int64
@@ -268,13 +283,14 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 		defer sendMu.Unlock()
 		return stream.Send(m)
 	}
+	hb := newHeartbeats()
+	hb.ver, hb.verKnown = versionOf(tasks) // before listing: a change after it shows
 	views := tasks.List()
+	hb.free = freeOf(cfg.Capacity, views)
 	reg := &schedv1.Register{InstanceId: cfg.InstanceID, InstanceType: cfg.InstanceType, Az: cfg.AZ, Labels: cfg.Labels,
 		Capacity: capacityProto(cfg.Capacity), Attributes: attributesProto(cfg.Attributes), Network: networkProto(cfg.Network),
 		Unhealthy: cfg.Health != nil && !cfg.Health()}
-	for i := range views {
-		reg.Tasks = append(reg.Tasks, statusOf(&views[i]))
-	}
+	reg.Tasks = hb.all(views)
 	if err := send(&schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Register{Register: reg}}); err != nil {
 		return false, err
 	}
@@ -293,14 +309,15 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 	if interval <= 0 {
 		interval = 2 * time.Second
 	}
-	cfg.Log.Info("registered with the scheduler", "agent", ack.GetAgentId(), "heartbeat", interval)
+	hb.changesOnly = ack.GetChangesOnly()
+	cfg.Log.Info("registered with the scheduler", "agent", ack.GetAgentId(), "heartbeat", interval, "changes_only", hb.changesOnly)
 
 	errc := make(chan error, 3)
-	go func() { errc <- heartbeat(sctx, cfg, tasks, interval, send) }()
+	go func() { errc <- heartbeat(sctx, cfg, tasks, interval, hb, send) }()
 	go func() { errc <- forward(sctx, events, send) }()
 	relay := newExecRelay(sctx, cfg.Exec, send)
 	logs := newLogsRelay(sctx, cfg.Logs, send)
-	go func() { errc <- receive(ctx, stream, tasks, send, relay, logs) }()
+	go func() { errc <- receive(ctx, stream, tasks, send, relay, logs, hb) }()
 	return true, <-errc
 }
 
@@ -331,37 +348,49 @@ func networkProto(f func() NetworkUsage) *schedv1.NetworkUsage {
 	return p
 }
 
-func heartbeat(ctx context.Context, cfg Config, tasks Tasks, interval time.Duration, send func(*schedv1.AgentMessage) error) error {
+func heartbeat(ctx context.Context, cfg Config, tasks Tasks, interval time.Duration, hbs *heartbeats, send func(*schedv1.AgentMessage) error) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		all := false
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-t.C:
+		case <-hbs.wantAll:
+			all = true
 		}
 		hb := &schedv1.Heartbeat{Healthy: cfg.Health == nil || cfg.Health()}
-		free := cfg.Capacity
-		views := tasks.List()
-		hb.Tasks = make([]*schedv1.TaskStatus, 0, len(views))
-		for i := range views {
-			v := &views[i]
-			if !v.Status.State.Terminal() {
-				r := v.Spec.Resources
-				free.CPUMillicores -= r.CPUMillicores
-				free.MemoryMiB -= r.MemoryMiB
-				free.DiskMiB -= r.DiskMiB
-				free.NetworkMbps -= r.NetworkMbps
-				free.GPUs -= r.GPUs
-			}
-			hb.Tasks = append(hb.Tasks, statusOf(v))
+		ver, known := versionOf(tasks)
+		if hbs.quiet(ver, known, all) {
+			hb.ChangesOnly = true // nothing changed: nothing to list
+		} else {
+			views := tasks.List()
+			hbs.free, hbs.ver, hbs.verKnown = freeOf(cfg.Capacity, views), ver, known
+			hb.Tasks, hb.ChangesOnly = hbs.next(views, all)
 		}
+		free := hbs.free
 		hb.Free = capacityProto(free)
 		hb.Network = networkProto(cfg.Network)
 		if err := send(&schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Heartbeat{Heartbeat: hb}}); err != nil {
 			return err
 		}
 	}
+}
+
+// freeOf is c less what the tasks not ended ask for.
+func freeOf(c Capacity, views []task.View) Capacity {
+	for i := range views {
+		if v := &views[i]; !v.Status.State.Terminal() {
+			r := v.Spec.Resources
+			c.CPUMillicores -= r.CPUMillicores
+			c.MemoryMiB -= r.MemoryMiB
+			c.DiskMiB -= r.DiskMiB
+			c.NetworkMbps -= r.NetworkMbps
+			c.GPUs -= r.GPUs
+		}
+	}
+	return c
 }
 
 // forward reports transitions, batching those that arrive together.
@@ -402,7 +431,7 @@ func eventStatus(ev task.Event) *schedv1.TaskStatus {
 
 // receive applies launches and kills. They run under the agent's context,
 // not the session's: a dropped stream must not cancel a launch.
-func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks Tasks, send func(*schedv1.AgentMessage) error, relay *execRelay, logs *logsRelay) error {
+func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks Tasks, send func(*schedv1.AgentMessage) error, relay *execRelay, logs *logsRelay, hb *heartbeats) error {
 	for {
 		m, err := stream.Recv()
 		if err != nil {
@@ -426,6 +455,8 @@ func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks 
 			relay.handle(msg.Exec)
 		case *schedv1.SchedulerMessage_Logs:
 			logs.handle(msg.Logs)
+		case *schedv1.SchedulerMessage_SendAllTasks:
+			hb.requestAll()
 		case *schedv1.SchedulerMessage_Kill:
 			for _, id := range msg.Kill.GetTaskIds() {
 				go func() {

@@ -44,9 +44,11 @@ type SimTasks struct {
 	// not the scheduler, a fifth of the run's CPU at 40 tasks an agent.
 	views  []task.View
 	shared bool
-	idx    map[string]int
-	subs   map[chan task.Event]struct{}
-	timer  map[string]*time.Timer
+	// version counts changes to views (schedlink.Versioned).
+	version uint64
+	idx     map[string]int
+	subs    map[chan task.Event]struct{}
+	timer   map[string]*time.Timer
 }
 
 // NewSimTasks returns an empty task manager.
@@ -126,6 +128,7 @@ func (s *SimTasks) Launch(_ context.Context, spec *task.Spec) error {
 	s.advance(&v, task.Running, task.ReasonStarted, 0, now)
 	s.idx[spec.ID] = len(s.views)
 	s.views = append(s.views, v)
+	s.version++
 	runFor, exit := s.behavior(spec)
 	if runFor >= 0 {
 		id := spec.ID
@@ -196,6 +199,7 @@ func (s *SimTasks) List() []task.View {
 // mutable is the task at i to change, views copied first when a reader
 // may hold them. Callers hold s.mu.
 func (s *SimTasks) mutable(i int) *task.View {
+	s.version++
 	if s.shared {
 		s.views, s.shared = slices.Clone(s.views), false
 	}
@@ -238,6 +242,14 @@ func (s *SimTasks) Forget() {
 		t.Stop()
 	}
 	s.views, s.shared, s.idx, s.timer = nil, false, map[string]int{}, map[string]*time.Timer{}
+	s.version++
+}
+
+// Version implements schedlink.Versioned.
+func (s *SimTasks) Version() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.version
 }
 
 // Agent is a simulated agent: SimTasks behind the real agent link.

@@ -3943,11 +3943,16 @@ func (x *Register) GetUnhealthy() bool {
 }
 
 type Heartbeat struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Healthy       bool                   `protobuf:"varint,1,opt,name=healthy,proto3" json:"healthy,omitempty"`
-	Free          *Capacity              `protobuf:"bytes,2,opt,name=free,proto3" json:"free,omitempty"`
-	Tasks         []*TaskStatus          `protobuf:"bytes,3,rep,name=tasks,proto3" json:"tasks,omitempty"`
-	Network       *NetworkUsage          `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Healthy bool                   `protobuf:"varint,1,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Free    *Capacity              `protobuf:"bytes,2,opt,name=free,proto3" json:"free,omitempty"`
+	// Every task the agent knows, or, with changes_only, those whose status
+	// changed since the session's previous heartbeat (its registration for
+	// the first).
+	Tasks   []*TaskStatus `protobuf:"bytes,3,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	Network *NetworkUsage `protobuf:"bytes,4,opt,name=network,proto3" json:"network,omitempty"`
+	// Set only by agents the scheduler told they may (Registered.changes_only).
+	ChangesOnly   bool `protobuf:"varint,5,opt,name=changes_only,json=changesOnly,proto3" json:"changes_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -4008,6 +4013,13 @@ func (x *Heartbeat) GetNetwork() *NetworkUsage {
 		return x.Network
 	}
 	return nil
+}
+
+func (x *Heartbeat) GetChangesOnly() bool {
+	if x != nil {
+		return x.ChangesOnly
+	}
+	return false
 }
 
 type TaskUpdates struct {
@@ -4558,8 +4570,12 @@ type Registered struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	AgentId             string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
 	HeartbeatIntervalMs int64                  `protobuf:"varint,2,opt,name=heartbeat_interval_ms,json=heartbeatIntervalMs,proto3" json:"heartbeat_interval_ms,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The scheduler takes heartbeats that list only the tasks whose status
+	// changed since the previous one (Heartbeat.changes_only). Agents that
+	// predate the field, and schedulers that do not set it, use full lists.
+	ChangesOnly   bool `protobuf:"varint,3,opt,name=changes_only,json=changesOnly,proto3" json:"changes_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Registered) Reset() {
@@ -4606,6 +4622,51 @@ func (x *Registered) GetHeartbeatIntervalMs() int64 {
 	return 0
 }
 
+func (x *Registered) GetChangesOnly() bool {
+	if x != nil {
+		return x.ChangesOnly
+	}
+	return false
+}
+
+// SendAllTasks asks the agent for a heartbeat listing every task it knows,
+// at once (the scheduler could not apply some of what it was told).
+type SendAllTasks struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendAllTasks) Reset() {
+	*x = SendAllTasks{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendAllTasks) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendAllTasks) ProtoMessage() {}
+
+func (x *SendAllTasks) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendAllTasks.ProtoReflect.Descriptor instead.
+func (*SendAllTasks) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{54}
+}
+
 type Launch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Tasks         []*v1.TaskSpec         `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
@@ -4615,7 +4676,7 @@ type Launch struct {
 
 func (x *Launch) Reset() {
 	*x = Launch{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4627,7 +4688,7 @@ func (x *Launch) String() string {
 func (*Launch) ProtoMessage() {}
 
 func (x *Launch) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[54]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4640,7 +4701,7 @@ func (x *Launch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Launch.ProtoReflect.Descriptor instead.
 func (*Launch) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{54}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *Launch) GetTasks() []*v1.TaskSpec {
@@ -4665,7 +4726,7 @@ type Kill struct {
 
 func (x *Kill) Reset() {
 	*x = Kill{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4677,7 +4738,7 @@ func (x *Kill) String() string {
 func (*Kill) ProtoMessage() {}
 
 func (x *Kill) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[55]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4690,7 +4751,7 @@ func (x *Kill) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kill.ProtoReflect.Descriptor instead.
 func (*Kill) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{55}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Kill) GetTaskIds() []string {
@@ -4723,6 +4784,7 @@ type SchedulerMessage struct {
 	//	*SchedulerMessage_Kill
 	//	*SchedulerMessage_Exec
 	//	*SchedulerMessage_Logs
+	//	*SchedulerMessage_SendAllTasks
 	Msg           isSchedulerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -4730,7 +4792,7 @@ type SchedulerMessage struct {
 
 func (x *SchedulerMessage) Reset() {
 	*x = SchedulerMessage{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4742,7 +4804,7 @@ func (x *SchedulerMessage) String() string {
 func (*SchedulerMessage) ProtoMessage() {}
 
 func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[56]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4755,7 +4817,7 @@ func (x *SchedulerMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerMessage.ProtoReflect.Descriptor instead.
 func (*SchedulerMessage) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{56}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *SchedulerMessage) GetMsg() isSchedulerMessage_Msg {
@@ -4810,6 +4872,15 @@ func (x *SchedulerMessage) GetLogs() *LogsRelayRequest {
 	return nil
 }
 
+func (x *SchedulerMessage) GetSendAllTasks() *SendAllTasks {
+	if x != nil {
+		if x, ok := x.Msg.(*SchedulerMessage_SendAllTasks); ok {
+			return x.SendAllTasks
+		}
+	}
+	return nil
+}
+
 type isSchedulerMessage_Msg interface {
 	isSchedulerMessage_Msg()
 }
@@ -4834,6 +4905,10 @@ type SchedulerMessage_Logs struct {
 	Logs *LogsRelayRequest `protobuf:"bytes,5,opt,name=logs,proto3,oneof"`
 }
 
+type SchedulerMessage_SendAllTasks struct {
+	SendAllTasks *SendAllTasks `protobuf:"bytes,6,opt,name=send_all_tasks,json=sendAllTasks,proto3,oneof"`
+}
+
 func (*SchedulerMessage_Registered) isSchedulerMessage_Msg() {}
 
 func (*SchedulerMessage_Launch) isSchedulerMessage_Msg() {}
@@ -4843,6 +4918,8 @@ func (*SchedulerMessage_Kill) isSchedulerMessage_Msg() {}
 func (*SchedulerMessage_Exec) isSchedulerMessage_Msg() {}
 
 func (*SchedulerMessage_Logs) isSchedulerMessage_Msg() {}
+
+func (*SchedulerMessage_SendAllTasks) isSchedulerMessage_Msg() {}
 
 var File_scheduler_v1_scheduler_proto protoreflect.FileDescriptor
 
@@ -5186,12 +5263,13 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\tunhealthy\x18\t \x01(\bR\tunhealthy\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc9\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x01\n" +
 	"\tHeartbeat\x12\x18\n" +
 	"\ahealthy\x18\x01 \x01(\bR\ahealthy\x120\n" +
 	"\x04free\x18\x02 \x01(\v2\x1c.titus.scheduler.v1.CapacityR\x04free\x124\n" +
 	"\x05tasks\x18\x03 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\x12:\n" +
-	"\anetwork\x18\x04 \x01(\v2 .titus.scheduler.v1.NetworkUsageR\anetwork\"C\n" +
+	"\anetwork\x18\x04 \x01(\v2 .titus.scheduler.v1.NetworkUsageR\anetwork\x12!\n" +
+	"\fchanges_only\x18\x05 \x01(\bR\vchangesOnly\"C\n" +
 	"\vTaskUpdates\x124\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x1e.titus.scheduler.v1.TaskStatusR\x05tasks\"\xcf\x02\n" +
 	"\fAgentMessage\x12:\n" +
@@ -5230,17 +5308,19 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06output\x18\x02 \x01(\v2\x1a.titus.agent.v1.ExecOutputR\x06output\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x03 \x01(\rR\terrorCode\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"[\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"~\n" +
 	"\n" +
 	"Registered\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\"8\n" +
+	"\x15heartbeat_interval_ms\x18\x02 \x01(\x03R\x13heartbeatIntervalMs\x12!\n" +
+	"\fchanges_only\x18\x03 \x01(\bR\vchangesOnly\"\x0e\n" +
+	"\fSendAllTasks\"8\n" +
 	"\x06Launch\x12.\n" +
 	"\x05tasks\x18\x01 \x03(\v2\x18.titus.agent.v1.TaskSpecR\x05tasks\"S\n" +
 	"\x04Kill\x12\x19\n" +
 	"\btask_ids\x18\x01 \x03(\tR\ataskIds\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xb7\x02\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\x81\x03\n" +
 	"\x10SchedulerMessage\x12@\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2\x1e.titus.scheduler.v1.RegisteredH\x00R\n" +
@@ -5248,7 +5328,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x06launch\x18\x02 \x01(\v2\x1a.titus.scheduler.v1.LaunchH\x00R\x06launch\x12.\n" +
 	"\x04kill\x18\x03 \x01(\v2\x18.titus.scheduler.v1.KillH\x00R\x04kill\x128\n" +
 	"\x04exec\x18\x04 \x01(\v2\".titus.scheduler.v1.ExecRelayInputH\x00R\x04exec\x12:\n" +
-	"\x04logs\x18\x05 \x01(\v2$.titus.scheduler.v1.LogsRelayRequestH\x00R\x04logsB\x05\n" +
+	"\x04logs\x18\x05 \x01(\v2$.titus.scheduler.v1.LogsRelayRequestH\x00R\x04logs\x12H\n" +
+	"\x0esend_all_tasks\x18\x06 \x01(\v2 .titus.scheduler.v1.SendAllTasksH\x00R\fsendAllTasksB\x05\n" +
 	"\x03msg*p\n" +
 	"\vZoneBalance\x12\x1c\n" +
 	"\x18ZONE_BALANCE_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -5296,7 +5377,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 61)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 62)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(ZoneBalance)(0),              // 0: titus.scheduler.v1.ZoneBalance
 	(JobState)(0),                 // 1: titus.scheduler.v1.JobState
@@ -5357,19 +5438,20 @@ var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*ExecRelayInput)(nil),        // 56: titus.scheduler.v1.ExecRelayInput
 	(*ExecRelayOutput)(nil),       // 57: titus.scheduler.v1.ExecRelayOutput
 	(*Registered)(nil),            // 58: titus.scheduler.v1.Registered
-	(*Launch)(nil),                // 59: titus.scheduler.v1.Launch
-	(*Kill)(nil),                  // 60: titus.scheduler.v1.Kill
-	(*SchedulerMessage)(nil),      // 61: titus.scheduler.v1.SchedulerMessage
-	nil,                           // 62: titus.scheduler.v1.JobSpec.LabelsEntry
-	nil,                           // 63: titus.scheduler.v1.Agent.LabelsEntry
-	nil,                           // 64: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
-	nil,                           // 65: titus.scheduler.v1.Register.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 66: google.protobuf.Timestamp
-	(*v1.TaskSpec)(nil),           // 67: titus.agent.v1.TaskSpec
-	(v1.TaskState)(0),             // 68: titus.agent.v1.TaskState
-	(*v1.TaskHealth)(nil),         // 69: titus.agent.v1.TaskHealth
-	(*v1.ExecInput)(nil),          // 70: titus.agent.v1.ExecInput
-	(*v1.ExecOutput)(nil),         // 71: titus.agent.v1.ExecOutput
+	(*SendAllTasks)(nil),          // 59: titus.scheduler.v1.SendAllTasks
+	(*Launch)(nil),                // 60: titus.scheduler.v1.Launch
+	(*Kill)(nil),                  // 61: titus.scheduler.v1.Kill
+	(*SchedulerMessage)(nil),      // 62: titus.scheduler.v1.SchedulerMessage
+	nil,                           // 63: titus.scheduler.v1.JobSpec.LabelsEntry
+	nil,                           // 64: titus.scheduler.v1.Agent.LabelsEntry
+	nil,                           // 65: titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	nil,                           // 66: titus.scheduler.v1.Register.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 67: google.protobuf.Timestamp
+	(*v1.TaskSpec)(nil),           // 68: titus.agent.v1.TaskSpec
+	(v1.TaskState)(0),             // 69: titus.agent.v1.TaskState
+	(*v1.TaskHealth)(nil),         // 70: titus.agent.v1.TaskHealth
+	(*v1.ExecInput)(nil),          // 71: titus.agent.v1.ExecInput
+	(*v1.ExecOutput)(nil),         // 72: titus.agent.v1.ExecOutput
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	2,  // 0: titus.scheduler.v1.RetryPolicy.kind:type_name -> titus.scheduler.v1.RetryPolicy.Kind
@@ -5378,59 +5460,59 @@ var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	11, // 3: titus.scheduler.v1.ServiceJob.disruption_budget:type_name -> titus.scheduler.v1.DisruptionBudget
 	12, // 4: titus.scheduler.v1.ServiceJob.update:type_name -> titus.scheduler.v1.UpdateStrategy
 	8,  // 5: titus.scheduler.v1.ServiceJob.target_groups:type_name -> titus.scheduler.v1.TargetGroup
-	66, // 6: titus.scheduler.v1.TargetRegistration.registered:type_name -> google.protobuf.Timestamp
-	66, // 7: titus.scheduler.v1.TargetRegistration.deregistered:type_name -> google.protobuf.Timestamp
+	67, // 6: titus.scheduler.v1.TargetRegistration.registered:type_name -> google.protobuf.Timestamp
+	67, // 7: titus.scheduler.v1.TargetRegistration.deregistered:type_name -> google.protobuf.Timestamp
 	8,  // 8: titus.scheduler.v1.TargetGroupList.groups:type_name -> titus.scheduler.v1.TargetGroup
 	6,  // 9: titus.scheduler.v1.JobSpec.batch:type_name -> titus.scheduler.v1.BatchJob
 	7,  // 10: titus.scheduler.v1.JobSpec.service:type_name -> titus.scheduler.v1.ServiceJob
-	67, // 11: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
-	62, // 12: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
+	68, // 11: titus.scheduler.v1.JobSpec.task:type_name -> titus.agent.v1.TaskSpec
+	63, // 12: titus.scheduler.v1.JobSpec.labels:type_name -> titus.scheduler.v1.JobSpec.LabelsEntry
 	14, // 13: titus.scheduler.v1.JobSpec.placement:type_name -> titus.scheduler.v1.Placement
 	15, // 14: titus.scheduler.v1.Placement.preferences:type_name -> titus.scheduler.v1.Preference
 	0,  // 15: titus.scheduler.v1.Placement.zone_balance:type_name -> titus.scheduler.v1.ZoneBalance
 	13, // 16: titus.scheduler.v1.Job.spec:type_name -> titus.scheduler.v1.JobSpec
 	1,  // 17: titus.scheduler.v1.Job.state:type_name -> titus.scheduler.v1.JobState
-	66, // 18: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
-	66, // 19: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
+	67, // 18: titus.scheduler.v1.Job.created:type_name -> google.protobuf.Timestamp
+	67, // 19: titus.scheduler.v1.Job.finished:type_name -> google.protobuf.Timestamp
 	16, // 20: titus.scheduler.v1.Job.counts:type_name -> titus.scheduler.v1.JobCounts
 	18, // 21: titus.scheduler.v1.Job.rollout:type_name -> titus.scheduler.v1.Rollout
 	3,  // 22: titus.scheduler.v1.Rollout.state:type_name -> titus.scheduler.v1.Rollout.State
-	66, // 23: titus.scheduler.v1.Rollout.started:type_name -> google.protobuf.Timestamp
-	66, // 24: titus.scheduler.v1.Rollout.ended:type_name -> google.protobuf.Timestamp
-	67, // 25: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
-	66, // 26: titus.scheduler.v1.Rollout.progress_at:type_name -> google.protobuf.Timestamp
+	67, // 23: titus.scheduler.v1.Rollout.started:type_name -> google.protobuf.Timestamp
+	67, // 24: titus.scheduler.v1.Rollout.ended:type_name -> google.protobuf.Timestamp
+	68, // 25: titus.scheduler.v1.Rollout.previous_task:type_name -> titus.agent.v1.TaskSpec
+	67, // 26: titus.scheduler.v1.Rollout.progress_at:type_name -> google.protobuf.Timestamp
 	10, // 27: titus.scheduler.v1.Rollout.previous_target_groups:type_name -> titus.scheduler.v1.TargetGroupList
-	66, // 28: titus.scheduler.v1.Rollout.failures_since:type_name -> google.protobuf.Timestamp
+	67, // 28: titus.scheduler.v1.Rollout.failures_since:type_name -> google.protobuf.Timestamp
 	13, // 29: titus.scheduler.v1.SubmitJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
-	66, // 30: titus.scheduler.v1.IdempotencyRecord.expires:type_name -> google.protobuf.Timestamp
+	67, // 30: titus.scheduler.v1.IdempotencyRecord.expires:type_name -> google.protobuf.Timestamp
 	17, // 31: titus.scheduler.v1.ListJobsResponse.jobs:type_name -> titus.scheduler.v1.Job
 	13, // 32: titus.scheduler.v1.UpdateJobRequest.spec:type_name -> titus.scheduler.v1.JobSpec
 	4,  // 33: titus.scheduler.v1.RolloutJobRequest.action:type_name -> titus.scheduler.v1.RolloutJobRequest.Action
-	68, // 34: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
-	66, // 35: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
-	66, // 36: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
-	66, // 37: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
-	69, // 38: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
+	69, // 34: titus.scheduler.v1.Task.state:type_name -> titus.agent.v1.TaskState
+	67, // 35: titus.scheduler.v1.Task.placed:type_name -> google.protobuf.Timestamp
+	67, // 36: titus.scheduler.v1.Task.started:type_name -> google.protobuf.Timestamp
+	67, // 37: titus.scheduler.v1.Task.ended:type_name -> google.protobuf.Timestamp
+	70, // 38: titus.scheduler.v1.Task.health:type_name -> titus.agent.v1.TaskHealth
 	9,  // 39: titus.scheduler.v1.Task.targets:type_name -> titus.scheduler.v1.TargetRegistration
 	29, // 40: titus.scheduler.v1.ListTasksResponse.tasks:type_name -> titus.scheduler.v1.Task
-	66, // 41: titus.scheduler.v1.TaskLogsRequest.since:type_name -> google.protobuf.Timestamp
+	67, // 41: titus.scheduler.v1.TaskLogsRequest.since:type_name -> google.protobuf.Timestamp
 	37, // 42: titus.scheduler.v1.HostAttributes.gpus:type_name -> titus.scheduler.v1.Gpu
 	39, // 43: titus.scheduler.v1.NetworkUsage.sg_sets:type_name -> titus.scheduler.v1.SGSetENIs
 	36, // 44: titus.scheduler.v1.Agent.capacity:type_name -> titus.scheduler.v1.Capacity
 	36, // 45: titus.scheduler.v1.Agent.used:type_name -> titus.scheduler.v1.Capacity
-	63, // 46: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
-	66, // 47: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
+	64, // 46: titus.scheduler.v1.Agent.labels:type_name -> titus.scheduler.v1.Agent.LabelsEntry
+	67, // 47: titus.scheduler.v1.Agent.last_heartbeat:type_name -> google.protobuf.Timestamp
 	38, // 48: titus.scheduler.v1.Agent.attributes:type_name -> titus.scheduler.v1.HostAttributes
 	40, // 49: titus.scheduler.v1.Agent.network:type_name -> titus.scheduler.v1.NetworkUsage
-	64, // 50: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
+	65, // 50: titus.scheduler.v1.DrainAgentRequest.labels:type_name -> titus.scheduler.v1.DrainAgentRequest.LabelsEntry
 	41, // 51: titus.scheduler.v1.ListAgentsResponse.agents:type_name -> titus.scheduler.v1.Agent
-	66, // 52: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
-	66, // 53: titus.scheduler.v1.AuditRecord.ended:type_name -> google.protobuf.Timestamp
+	67, // 52: titus.scheduler.v1.AuditRecord.time:type_name -> google.protobuf.Timestamp
+	67, // 53: titus.scheduler.v1.AuditRecord.ended:type_name -> google.protobuf.Timestamp
 	45, // 54: titus.scheduler.v1.ListAuditResponse.records:type_name -> titus.scheduler.v1.AuditRecord
-	68, // 55: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
-	69, // 56: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
+	69, // 55: titus.scheduler.v1.TaskStatus.state:type_name -> titus.agent.v1.TaskState
+	70, // 56: titus.scheduler.v1.TaskStatus.health:type_name -> titus.agent.v1.TaskHealth
 	36, // 57: titus.scheduler.v1.Register.capacity:type_name -> titus.scheduler.v1.Capacity
-	65, // 58: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
+	66, // 58: titus.scheduler.v1.Register.labels:type_name -> titus.scheduler.v1.Register.LabelsEntry
 	48, // 59: titus.scheduler.v1.Register.tasks:type_name -> titus.scheduler.v1.TaskStatus
 	38, // 60: titus.scheduler.v1.Register.attributes:type_name -> titus.scheduler.v1.HostAttributes
 	40, // 61: titus.scheduler.v1.Register.network:type_name -> titus.scheduler.v1.NetworkUsage
@@ -5444,54 +5526,55 @@ var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	57, // 69: titus.scheduler.v1.AgentMessage.exec_output:type_name -> titus.scheduler.v1.ExecRelayOutput
 	55, // 70: titus.scheduler.v1.AgentMessage.logs:type_name -> titus.scheduler.v1.LogsRelayChunk
 	54, // 71: titus.scheduler.v1.LogsRelayRequest.open:type_name -> titus.scheduler.v1.LogsRelayOpen
-	66, // 72: titus.scheduler.v1.LogsRelayOpen.since:type_name -> google.protobuf.Timestamp
-	70, // 73: titus.scheduler.v1.ExecRelayInput.input:type_name -> titus.agent.v1.ExecInput
-	71, // 74: titus.scheduler.v1.ExecRelayOutput.output:type_name -> titus.agent.v1.ExecOutput
-	67, // 75: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
+	67, // 72: titus.scheduler.v1.LogsRelayOpen.since:type_name -> google.protobuf.Timestamp
+	71, // 73: titus.scheduler.v1.ExecRelayInput.input:type_name -> titus.agent.v1.ExecInput
+	72, // 74: titus.scheduler.v1.ExecRelayOutput.output:type_name -> titus.agent.v1.ExecOutput
+	68, // 75: titus.scheduler.v1.Launch.tasks:type_name -> titus.agent.v1.TaskSpec
 	58, // 76: titus.scheduler.v1.SchedulerMessage.registered:type_name -> titus.scheduler.v1.Registered
-	59, // 77: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
-	60, // 78: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
+	60, // 77: titus.scheduler.v1.SchedulerMessage.launch:type_name -> titus.scheduler.v1.Launch
+	61, // 78: titus.scheduler.v1.SchedulerMessage.kill:type_name -> titus.scheduler.v1.Kill
 	56, // 79: titus.scheduler.v1.SchedulerMessage.exec:type_name -> titus.scheduler.v1.ExecRelayInput
 	53, // 80: titus.scheduler.v1.SchedulerMessage.logs:type_name -> titus.scheduler.v1.LogsRelayRequest
-	19, // 81: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
-	21, // 82: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
-	23, // 83: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
-	25, // 84: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
-	28, // 85: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
-	26, // 86: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
-	27, // 87: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
-	30, // 88: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
-	32, // 89: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
-	35, // 90: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
-	42, // 91: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
-	43, // 92: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	43, // 93: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
-	52, // 94: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
-	46, // 95: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
-	70, // 96: titus.scheduler.v1.Scheduler.ExecTask:input_type -> titus.agent.v1.ExecInput
-	33, // 97: titus.scheduler.v1.Scheduler.TaskLogs:input_type -> titus.scheduler.v1.TaskLogsRequest
-	20, // 98: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
-	17, // 99: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
-	24, // 100: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
-	17, // 101: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
-	17, // 102: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
-	17, // 103: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
-	17, // 104: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
-	31, // 105: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
-	29, // 106: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
-	29, // 107: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
-	44, // 108: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
-	44, // 109: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	44, // 110: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
-	61, // 111: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
-	47, // 112: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
-	71, // 113: titus.scheduler.v1.Scheduler.ExecTask:output_type -> titus.agent.v1.ExecOutput
-	34, // 114: titus.scheduler.v1.Scheduler.TaskLogs:output_type -> titus.scheduler.v1.TaskLogsChunk
-	98, // [98:115] is the sub-list for method output_type
-	81, // [81:98] is the sub-list for method input_type
-	81, // [81:81] is the sub-list for extension type_name
-	81, // [81:81] is the sub-list for extension extendee
-	0,  // [0:81] is the sub-list for field type_name
+	59, // 81: titus.scheduler.v1.SchedulerMessage.send_all_tasks:type_name -> titus.scheduler.v1.SendAllTasks
+	19, // 82: titus.scheduler.v1.Scheduler.SubmitJob:input_type -> titus.scheduler.v1.SubmitJobRequest
+	21, // 83: titus.scheduler.v1.Scheduler.GetJob:input_type -> titus.scheduler.v1.GetJobRequest
+	23, // 84: titus.scheduler.v1.Scheduler.ListJobs:input_type -> titus.scheduler.v1.ListJobsRequest
+	25, // 85: titus.scheduler.v1.Scheduler.KillJob:input_type -> titus.scheduler.v1.KillJobRequest
+	28, // 86: titus.scheduler.v1.Scheduler.ScaleJob:input_type -> titus.scheduler.v1.ScaleJobRequest
+	26, // 87: titus.scheduler.v1.Scheduler.UpdateJob:input_type -> titus.scheduler.v1.UpdateJobRequest
+	27, // 88: titus.scheduler.v1.Scheduler.RolloutJob:input_type -> titus.scheduler.v1.RolloutJobRequest
+	30, // 89: titus.scheduler.v1.Scheduler.ListTasks:input_type -> titus.scheduler.v1.ListTasksRequest
+	32, // 90: titus.scheduler.v1.Scheduler.GetTask:input_type -> titus.scheduler.v1.GetTaskRequest
+	35, // 91: titus.scheduler.v1.Scheduler.KillTask:input_type -> titus.scheduler.v1.KillTaskRequest
+	42, // 92: titus.scheduler.v1.Scheduler.ListAgents:input_type -> titus.scheduler.v1.ListAgentsRequest
+	43, // 93: titus.scheduler.v1.Scheduler.DrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	43, // 94: titus.scheduler.v1.Scheduler.UndrainAgent:input_type -> titus.scheduler.v1.DrainAgentRequest
+	52, // 95: titus.scheduler.v1.Scheduler.Connect:input_type -> titus.scheduler.v1.AgentMessage
+	46, // 96: titus.scheduler.v1.Scheduler.ListAudit:input_type -> titus.scheduler.v1.ListAuditRequest
+	71, // 97: titus.scheduler.v1.Scheduler.ExecTask:input_type -> titus.agent.v1.ExecInput
+	33, // 98: titus.scheduler.v1.Scheduler.TaskLogs:input_type -> titus.scheduler.v1.TaskLogsRequest
+	20, // 99: titus.scheduler.v1.Scheduler.SubmitJob:output_type -> titus.scheduler.v1.SubmitJobResponse
+	17, // 100: titus.scheduler.v1.Scheduler.GetJob:output_type -> titus.scheduler.v1.Job
+	24, // 101: titus.scheduler.v1.Scheduler.ListJobs:output_type -> titus.scheduler.v1.ListJobsResponse
+	17, // 102: titus.scheduler.v1.Scheduler.KillJob:output_type -> titus.scheduler.v1.Job
+	17, // 103: titus.scheduler.v1.Scheduler.ScaleJob:output_type -> titus.scheduler.v1.Job
+	17, // 104: titus.scheduler.v1.Scheduler.UpdateJob:output_type -> titus.scheduler.v1.Job
+	17, // 105: titus.scheduler.v1.Scheduler.RolloutJob:output_type -> titus.scheduler.v1.Job
+	31, // 106: titus.scheduler.v1.Scheduler.ListTasks:output_type -> titus.scheduler.v1.ListTasksResponse
+	29, // 107: titus.scheduler.v1.Scheduler.GetTask:output_type -> titus.scheduler.v1.Task
+	29, // 108: titus.scheduler.v1.Scheduler.KillTask:output_type -> titus.scheduler.v1.Task
+	44, // 109: titus.scheduler.v1.Scheduler.ListAgents:output_type -> titus.scheduler.v1.ListAgentsResponse
+	44, // 110: titus.scheduler.v1.Scheduler.DrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	44, // 111: titus.scheduler.v1.Scheduler.UndrainAgent:output_type -> titus.scheduler.v1.ListAgentsResponse
+	62, // 112: titus.scheduler.v1.Scheduler.Connect:output_type -> titus.scheduler.v1.SchedulerMessage
+	47, // 113: titus.scheduler.v1.Scheduler.ListAudit:output_type -> titus.scheduler.v1.ListAuditResponse
+	72, // 114: titus.scheduler.v1.Scheduler.ExecTask:output_type -> titus.agent.v1.ExecOutput
+	34, // 115: titus.scheduler.v1.Scheduler.TaskLogs:output_type -> titus.scheduler.v1.TaskLogsChunk
+	99, // [99:116] is the sub-list for method output_type
+	82, // [82:99] is the sub-list for method input_type
+	82, // [82:82] is the sub-list for extension type_name
+	82, // [82:82] is the sub-list for extension extendee
+	0,  // [0:82] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -5511,12 +5594,13 @@ func file_scheduler_v1_scheduler_proto_init() {
 		(*AgentMessage_ExecOutput)(nil),
 		(*AgentMessage_Logs)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[56].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[57].OneofWrappers = []any{
 		(*SchedulerMessage_Registered)(nil),
 		(*SchedulerMessage_Launch)(nil),
 		(*SchedulerMessage_Kill)(nil),
 		(*SchedulerMessage_Exec)(nil),
 		(*SchedulerMessage_Logs)(nil),
+		(*SchedulerMessage_SendAllTasks)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -5524,7 +5608,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   61,
+			NumMessages:   62,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

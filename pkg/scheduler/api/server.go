@@ -568,8 +568,13 @@ func (s *Server) Connect(stream schedv1.Scheduler_ConnectServer) error {
 				// whose heartbeats stopped is lost at the TTL even if
 				// updates or relayed output still arrive on it.
 				sess.Heard()
-				tasks := wire.TaskStatusesFromProto(msg.Heartbeat.GetTasks())
-				s.core.Heartbeat(sess, msg.Heartbeat.GetHealthy(), tasks, wire.NetworkUsageFromProto(msg.Heartbeat.GetNetwork()))
+				hb := msg.Heartbeat
+				tasks := wire.TaskStatusesFromProto(hb.GetTasks())
+				if hb.GetChangesOnly() {
+					s.core.HeartbeatChanges(sess, hb.GetHealthy(), tasks, wire.NetworkUsageFromProto(hb.GetNetwork()))
+				} else {
+					s.core.Heartbeat(sess, hb.GetHealthy(), tasks, wire.NetworkUsageFromProto(hb.GetNetwork()))
+				}
 			case *schedv1.AgentMessage_Updates:
 				s.core.Updates(sess, wire.TaskStatusesFromProto(msg.Updates.GetTasks()))
 			case *schedv1.AgentMessage_ExecOutput:
@@ -630,7 +635,9 @@ func toAgent(m core.Message) []*schedv1.SchedulerMessage {
 	switch {
 	case m.Registered != nil:
 		return []*schedv1.SchedulerMessage{{Msg: &schedv1.SchedulerMessage_Registered{Registered: &schedv1.Registered{
-			AgentId: m.Registered.AgentID, HeartbeatIntervalMs: m.Registered.HeartbeatInterval.Milliseconds()}}}}
+			AgentId: m.Registered.AgentID, HeartbeatIntervalMs: m.Registered.HeartbeatInterval.Milliseconds(), ChangesOnly: m.Registered.ChangesOnly}}}}
+	case m.SendAllTasks:
+		return []*schedv1.SchedulerMessage{{Msg: &schedv1.SchedulerMessage_SendAllTasks{SendAllTasks: &schedv1.SendAllTasks{}}}}
 	case m.Launch != nil:
 		var out []*schedv1.SchedulerMessage
 		for _, l := range wire.LaunchBatches(m.Launch, wire.MaxLaunchBytes) {

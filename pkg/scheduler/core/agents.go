@@ -19,6 +19,8 @@ type Message struct {
 	Registered *Registered
 	// Launch starts tasks.
 	Launch []*task.Spec
+	// SendAllTasks asks the agent for a heartbeat listing every task, now.
+	SendAllTasks bool
 	// Kill stops tasks, for KillReason (empty: a user's kill) and KillMessage.
 	Kill        []string
 	KillReason  task.Reason
@@ -29,6 +31,9 @@ type Message struct {
 type Registered struct {
 	AgentID           string
 	HeartbeatInterval time.Duration
+	// ChangesOnly: the agent's heartbeats may list only the tasks whose
+	// status changed since the previous one (HeartbeatChanges).
+	ChangesOnly bool
 }
 
 // Session is one agent stream. Sends never block the scheduler: a stream
@@ -146,7 +151,7 @@ func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *a
 	// Healthy as the agent says it is: one that reconnects with its disk
 	// full took tasks it could only fail until its first heartbeat.
 	a.sess, a.lost, a.healthy, a.lastSeen = sess, false, !reg.Unhealthy, now
-	sess.send(Message{Registered: &Registered{AgentID: a.id, HeartbeatInterval: c.opts.HeartbeatInterval}})
+	sess.send(Message{Registered: &Registered{AgentID: a.id, HeartbeatInterval: c.opts.HeartbeatInterval, ChangesOnly: true}})
 
 	reported := make(map[string]bool, len(reg.Tasks))
 	for _, st := range reg.Tasks {
@@ -164,16 +169,26 @@ func (c *Core) register(reg model.Registration, sess *Session, now time.Time) *a
 		}
 	}
 	c.sendKill(a, kills...)
-	c.setReport(a, reg.Network, reg.Tasks)
+	c.setReport(a, reg.Network, reg.Tasks, false)
 	c.st.SaveAgent(a.view(time.Time{}))
 	c.poke()
 	return a
 }
 
-// Heartbeat applies an agent's heartbeat: its health, task states and, if
-// it sent one, its ENI use (made knowing the tasks listed), under one lock.
+// Heartbeat applies an agent's heartbeat listing every task it knows: its
+// health, task states and, if it sent one, its ENI use (made knowing the
+// tasks listed), under one lock.
 func (c *Core) Heartbeat(sess *Session, healthy bool, tasks []model.TaskStatus, network *model.NetworkUsage) {
-	c.update(sess, &healthy, tasks, network)
+	c.update(sess, &healthy, tasks, network, false)
+}
+
+// HeartbeatChanges applies a heartbeat that lists only the tasks whose
+// status changed since the agent's previous heartbeat (or registration).
+// What the scheduler did on every heartbeat for each task listed, it does
+// for the tasks whose status changed, and on every heartbeat for the tasks
+// that wait on time: the Unhealthy ones a health policy replaces.
+func (c *Core) HeartbeatChanges(sess *Session, healthy bool, tasks []model.TaskStatus, network *model.NetworkUsage) {
+	c.update(sess, &healthy, tasks, network, true)
 }
 
 // ReportNetwork takes the ENI use an agent reports with its heartbeat,
@@ -185,14 +200,16 @@ func (c *Core) ReportNetwork(sess *Session, u *model.NetworkUsage, listed []mode
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if a := sess.agent; a.sess == sess {
-		c.setReport(a, u, listed)
+		c.setReport(a, u, listed, false)
 	}
 }
 
 // Updates applies task state changes an agent reports.
-func (c *Core) Updates(sess *Session, tasks []model.TaskStatus) { c.update(sess, nil, tasks, nil) }
+func (c *Core) Updates(sess *Session, tasks []model.TaskStatus) {
+	c.update(sess, nil, tasks, nil, false)
+}
 
-func (c *Core) update(sess *Session, healthy *bool, tasks []model.TaskStatus, network *model.NetworkUsage) {
+func (c *Core) update(sess *Session, healthy *bool, tasks []model.TaskStatus, network *model.NetworkUsage, changesOnly bool) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -211,16 +228,28 @@ func (c *Core) update(sess *Session, healthy *bool, tasks []model.TaskStatus, ne
 	for _, st := range tasks {
 		c.applyStatus(a, st, now)
 	}
-	c.setReport(a, network, tasks)
+	if healthy != nil {
+		// Unhealthy tasks wait on the clock, not on a new status.
+		for t := range a.unhealthy {
+			c.checkHealth(t, now)
+		}
+	}
+	c.setReport(a, network, tasks, changesOnly)
+	if a.resync && a.sess != nil {
+		// A status was not applied (its task's placement was being
+		// written): changes-only heartbeats would not repeat it.
+		a.resync = false
+		a.sess.send(Message{SendAllTasks: true})
+	}
 }
 
 // setReport takes an agent's ENI use and counts its findings of subnet
 // zones for the fleet. Callers hold c.mu.
-func (c *Core) setReport(a *agentState, u *model.NetworkUsage, listed []model.TaskStatus) {
+func (c *Core) setReport(a *agentState, u *model.NetworkUsage, listed []model.TaskStatus, changesOnly bool) {
 	if u == nil {
 		return
 	}
-	a.setReport(u, listed)
+	a.setReportOf(u, listed, changesOnly)
 	c.zones.note(a, u.ZoneSubnets, u.OtherZoneSubnets)
 }
 

@@ -22,6 +22,7 @@ func (c *Core) applyStatus(a *agentState, st model.TaskStatus, now time.Time) {
 		return
 	}
 	if t.committing {
+		a.resync = true // ask for it again once the write is done
 		return
 	}
 	t.lb.heard = true
@@ -299,8 +300,9 @@ func (c *Core) killTask(t *taskState) {
 // Callers hold c.mu.
 func (c *Core) checkHealth(t *taskState, now time.Time) {
 	j := t.job
+	delete(t.agent.unhealthy, t)
 	if j.batch() || j.terminal() || t.killWanted || t.rec.State != task.Running {
-		return // (first: every heartbeat checks every task it lists)
+		return // (first: every heartbeat checks the tasks it lists and those waiting here)
 	}
 	if _, ok := c.tasks[t.rec.ID]; !ok {
 		return
@@ -315,6 +317,12 @@ func (c *Core) checkHealth(t *taskState, now time.Time) {
 	}
 	after := time.Duration(j.rec.Spec.Service.UnhealthyReplaceAfterSeconds) * time.Second
 	if now.Sub(t.unhealthySince) < after {
+		// Checked again on every heartbeat, listed or not (changes-only
+		// heartbeats do not repeat it), until it recovers or is replaced.
+		if t.agent.unhealthy == nil {
+			t.agent.unhealthy = map[*taskState]struct{}{}
+		}
+		t.agent.unhealthy[t] = struct{}{}
 		return
 	}
 	t.healthFailed = true

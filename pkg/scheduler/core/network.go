@@ -64,8 +64,17 @@ type pool struct {
 
 func poolName(groups, subnet string) string { return groups + "/" + subnet }
 
-// setReport takes the agent's ENI use, made knowing the tasks listed.
+// setReport takes the agent's ENI use, made knowing the tasks listed
+// (every task the agent knew).
 func (a *agentState) setReport(u *model.NetworkUsage, listed []model.TaskStatus) {
+	a.setReportOf(u, listed, false)
+}
+
+// setReportOf takes the agent's ENI use, made knowing the tasks listed:
+// every task the agent knew, or, with changesOnly, those whose status
+// changed since its previous heartbeat (what it said of the others
+// holds: a task it listed with an IP still has it in this report).
+func (a *agentState) setReportOf(u *model.NetworkUsage, listed []model.TaskStatus, changesOnly bool) {
 	if u == nil {
 		return
 	}
@@ -102,7 +111,9 @@ func (a *agentState) setReport(u *model.NetworkUsage, listed []model.TaskStatus)
 	}
 	n.unreported = map[string]int{}
 	for id, t := range a.tasks {
-		t.inReport = known[id]
+		if k, ok := known[id]; ok || !changesOnly {
+			t.inReport = k
+		}
 		if !t.inReport {
 			n.unreported[t.d.sgKey]++
 		}

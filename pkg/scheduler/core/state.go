@@ -34,6 +34,12 @@ type agentState struct {
 	heard            atomic.Int64
 	failures         []time.Time
 	quarantinedUntil time.Time
+	// unhealthy are the running tasks Unhealthy for less than their
+	// job's policy allows: every heartbeat checks them (checkHealth).
+	unhealthy map[*taskState]struct{}
+	// resync: a status the agent sent was not applied; ask it for every
+	// task (its heartbeats may list only changes).
+	resync bool
 }
 
 func newAgent(id string) *agentState {
@@ -67,6 +73,7 @@ func (a *agentState) detach(t *taskState) {
 		return
 	}
 	delete(a.tasks, t.rec.ID)
+	delete(a.unhealthy, t)
 	a.used = a.used.Sub(t.d.req)
 	sg := t.d.sgKey
 	a.sgSets[sg]--
