@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -443,11 +444,7 @@ func receive(ctx context.Context, stream schedv1.Scheduler_ConnectClient, tasks 
 				spec := task.FromProto(p)
 				go func() {
 					if err := tasks.Launch(ctx, spec); err != nil {
-						reason := task.ReasonPlatformError
-						if errors.Is(err, task.ErrInvalidSpec) {
-							reason = task.ReasonInvalidSpec
-						}
-						_ = send(update(spec.ID, task.Failed, reason, err.Error()))
+						_ = send(update(spec.ID, task.Failed, refusedLaunch(err), err.Error()))
 					}
 				}()
 			}
@@ -481,4 +478,17 @@ func known(tasks Tasks, id string) bool {
 func update(id string, st task.State, reason task.Reason, msg string) *schedv1.AgentMessage {
 	return &schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Updates{Updates: &schedv1.TaskUpdates{Tasks: []*schedv1.TaskStatus{
 		{TaskId: id, State: task.StateToProto(st), Reason: string(reason), Message: msg}}}}}
+}
+
+// refusedLaunch is the reason of a launch the agent refused: its spec's
+// fault, the host's full disk (nothing was recorded or run: the scheduler
+// places it elsewhere without a failure), or the platform's.
+func refusedLaunch(err error) task.Reason {
+	switch {
+	case errors.Is(err, task.ErrInvalidSpec):
+		return task.ReasonInvalidSpec
+	case errors.Is(err, syscall.ENOSPC):
+		return task.ReasonHostDiskFull
+	}
+	return task.ReasonPlatformError
 }
