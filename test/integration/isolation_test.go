@@ -875,7 +875,7 @@ func testProjectIDReused(t *testing.T, e *isoEnv) {
 	}
 	pa := run(a)
 	if pb := run(b); pb != pa {
-		t.Errorf("task %s got project %d after %s (project %d) ended, want the same ID reused (%d: the first was not released)", b, pb, a, pa, pa+1)
+		t.Errorf("task %s got project %d after %s (project %d) ended, want the same ID reused (%d would mean the first was not released)", b, pb, a, pa, pa+1)
 	}
 }
 
