@@ -188,6 +188,9 @@ t0=$(now)
 # reaches the boot marker in seconds; TCG, for comparison, in about 65 s
 # of guest uptime).
 kvm_verdict="$CACHE/vm/kvm-$( { uname -r; qemu-system-x86_64 --version | head -1; sha256sum <"$img/vmlinuz"; } | sha256sum | cut -c1-16)"
+for v in "$CACHE"/vm/kvm-*; do # verdicts of other kernels or qemus, or of older keys
+  [[ -f $v && $v != "$kvm_verdict" ]] && rm -f "$v"
+done
 if [[ $ACCEL == auto ]]; then
   ACCEL=tcg
   if [[ -r /dev/kvm && -w /dev/kvm ]] && [[ $(cat "$kvm_verdict" 2>/dev/null) != tcg ]]; then
