@@ -44,7 +44,7 @@ func TestSchedulerEC2SGSetExhaustion(t *testing.T) {
 	e := &schedEnv{t: t, ctx: ctx, addrs: []string{s.Addr()}, agents: map[string]*schedload.Agent{}}
 	e.dialAPI()
 	link := func(h *testenv.SimHost) string {
-		return fmt.Sprintf("scheduler:\n  address: %q\n  instanceID: %s\n", e.addrs[0], h.InstanceID)
+		return fmt.Sprintf("scheduler:\n  address: %q\n  instanceID: %s\n  labels:\n    rack: r-%s\n", e.addrs[0], h.InstanceID, h.InstanceID)
 	}
 	agents := []*agentEnv{
 		bed.startAgentWith(t, ctd, reg, image, bed.a, "titus-a", link(bed.a)),
@@ -61,7 +61,7 @@ func TestSchedulerEC2SGSetExhaustion(t *testing.T) {
 	e.waitAgents(2)
 
 	// Truthful capacity: the instance type's ENI limits, its type and zone
-	// from EC2, and the host's attributes.
+	// from EC2, and the host's attributes and labels from its config.
 	resp, err := e.api.ListAgents(e.ctx, &schedv1.ListAgentsRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -69,9 +69,10 @@ func TestSchedulerEC2SGSetExhaustion(t *testing.T) {
 	for _, a := range resp.Agents {
 		c, at := a.GetCapacity(), a.GetAttributes()
 		if c.GetEnis() != 2 || c.GetIpsPerEni() != 3 || c.GetIpReuseCooldownMs() != 1000 || a.InstanceType != "t3.small" ||
-			!strings.HasPrefix(a.Az, "us-east-1") || at.GetKernel() == "" || at.GetAmiId() == "" || at.GetCgroupMode() == "" {
-			t.Fatalf("agent %s registered as %s in %s with %v, attributes %v; want t3.small's 2 task ENIs of 3 IPs, cool-down 1s, its AMI and kernel",
-				a.Id, a.InstanceType, a.Az, c, at)
+			!strings.HasPrefix(a.Az, "us-east-1") || at.GetKernel() == "" || at.GetAmiId() == "" || at.GetCgroupMode() == "" ||
+			at.GetAgentVersion() == "" || a.GetLabels()["rack"] != "r-"+a.Id {
+			t.Fatalf("agent %s registered as %s in %s with %v, attributes %v, labels %v; want t3.small's 2 task ENIs of 3 IPs, cool-down 1s, its AMI, kernel, cgroup mode, agent version and label rack=r-%s",
+				a.Id, a.InstanceType, a.Az, c, at, a.GetLabels(), a.Id)
 		}
 	}
 
