@@ -59,7 +59,8 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 		return nil, err
 	}
 	w.closers = append(w.closers, func() error { dp.Close(); return nil })
-	if err := wireNamespacePool(ctx, cfg.Network, log, w, dp, m); err != nil {
+	pool, err := wireNamespacePool(cfg.Network, log, w, dp, m)
+	if err != nil {
 		return nil, err
 	}
 	n := vpc.NewNetwork(provider, dp)
@@ -68,9 +69,17 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 	w.reconcilers = append(w.reconcilers, n)
 	w.vpc, w.network = n, n
 	if cfg.Metadata.Enabled {
-		if err := wireMetadata(ctx, cfg, log, w, first, second, m); err != nil {
+		md, err := wireMetadata(ctx, cfg, log, w, first, second, m)
+		if err != nil {
 			return nil, fmt.Errorf("metadata: %w", err)
 		}
+		if pool != nil {
+			// Pooled namespaces get their metadata listeners too.
+			pool.SetPrepare(md.Prepare, md.Release)
+		}
+	}
+	if pool != nil {
+		pool.Start(ctx)
 	}
 	return n, nil
 }
@@ -78,7 +87,7 @@ func wireNetwork(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, f
 // wireNamespacePool keeps network.namespacePool namespaces ready for
 // launches. Whatever an earlier agent process's pool left is removed
 // first, the pool on or off; the pool is emptied when the agent stops.
-func wireNamespacePool(ctx context.Context, nc NetworkConfig, log *slog.Logger, w *wiring, dp *vpc.DataPlane, m *metrics.Agent) error {
+func wireNamespacePool(nc NetworkConfig, log *slog.Logger, w *wiring, dp *vpc.DataPlane, m *metrics.Agent) (*vpc.NetNSPool, error) {
 	log = log.With("component", "netns-pool")
 	if nc.NamespacePool == 0 {
 		left, err := dp.PurgePool(nc.NamespacePoolDir())
@@ -88,7 +97,7 @@ func wireNamespacePool(ctx context.Context, nc NetworkConfig, log *slog.Logger, 
 		if err != nil {
 			log.Error("remove what an earlier agent process's namespace pool left", "err", err)
 		}
-		return nil
+		return nil, nil
 	}
 	pc := vpc.NetNSPoolConfig{Size: nc.NamespacePool, Dir: nc.NamespacePoolDir(), Log: log, Launches: w.launches}
 	if m != nil {
@@ -96,20 +105,19 @@ func wireNamespacePool(ctx context.Context, nc NetworkConfig, log *slog.Logger, 
 	}
 	pool, err := dp.EnablePool(pc)
 	if err != nil {
-		return fmt.Errorf("namespace pool: %w", err)
+		return nil, fmt.Errorf("namespace pool: %w", err)
 	}
-	pool.Start(ctx)
 	w.closers = append(w.closers, pool.Close)
 	log.Info("network namespace pool", "size", nc.NamespacePool, "dir", nc.NamespacePoolDir())
-	return nil
+	return pool, nil
 }
 
 // wireMetadata answers 169.254.169.254 inside every task's netns.
-func wireMetadata(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, first, second *[]taskrunner.PrestartHook, m *metrics.Agent) error {
+func wireMetadata(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, first, second *[]taskrunner.PrestartHook, m *metrics.Agent) (*metadataproxy.Service, error) {
 	mc := cfg.Metadata
 	dur, err := optionalDuration(mc.CredentialDuration)
 	if err != nil {
-		return fmt.Errorf("metadata.credentialDuration: %w", err)
+		return nil, fmt.Errorf("metadata.credentialDuration: %w", err)
 	}
 	// A task whose network attachment has no zone (local provider) is in
 	// this host's zone, the one the scheduler places by.
@@ -130,7 +138,7 @@ func wireMetadata(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, 
 		HostInstanceID:     cfg.Scheduler.InstanceID,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	hook := &taskrunner.MetadataHook{Server: svc}
 	// STS's round trip overlaps the network and disk set-up.
@@ -139,7 +147,7 @@ func wireMetadata(ctx context.Context, cfg Config, log *slog.Logger, w *wiring, 
 	w.restore = append(w.restore, hook)
 	w.closers = append(w.closers, svc.Close)
 	w.metadata = svc
-	return nil
+	return svc, nil
 }
 
 func newEC2Provider(ctx context.Context, cfg Config, log *slog.Logger, m *metrics.Agent) (*vpc.EC2Provider, error) {

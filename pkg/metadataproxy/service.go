@@ -110,6 +110,8 @@ type Service struct {
 	limiter  *rate.Limiter
 	now      func() time.Time
 	listen   listenFunc
+	// ready are listeners prepared in pooled namespaces (Prepare).
+	ready prepared
 
 	mu    sync.Mutex
 	tasks map[string]*running
@@ -241,7 +243,7 @@ func (s *Service) Start(ctx context.Context, spec *task.Spec, att *task.NetworkA
 }
 
 func (s *Service) start(ctx context.Context, r *running, spec *task.Spec, att *task.NetworkAttachment) error {
-	ls, err := s.listen(att.NetNSPath)
+	ls, err := s.listenFor(att.NetNSPath)
 	if err != nil {
 		return err
 	}
@@ -375,6 +377,7 @@ func (s *Service) Close() error {
 	for _, id := range ids {
 		_ = s.Stop(context.Background(), id)
 	}
+	s.closePrepared()
 	return nil
 }
 

@@ -405,6 +405,9 @@ func (d *DataPlane) Teardown(ctx context.Context, taskID string, a *Allocation) 
 	if err := d.unguard(ctx, HostVeth(taskID)); err != nil {
 		errs = append(errs, err)
 	}
+	// What the pool prepared in a namespace it handed out goes with it
+	// (a task torn down before its metadata listener took it over).
+	d.pool.releaseAt(d.NetNSPath(taskID))
 	if err := d.ns.Remove(d.NetNSPath(taskID)); err != nil {
 		errs = append(errs, err)
 	}

@@ -67,6 +67,9 @@ type NetNSPool struct {
 	// random gives the 8 hex digits naming a new pooled namespace.
 	random func() (string, error)
 	refill *refill.Loop
+	// prepare and release: see SetPrepare.
+	prepare func(string) error
+	release func(string)
 
 	mu     sync.Mutex
 	ready  []warmNS
@@ -198,6 +201,15 @@ func (d *DataPlane) warmHostEnd(path string, links []netlink.Link) netlink.Link 
 	return nil
 }
 
+// SetPrepare, called before Start, has each new pooled namespace readied
+// further by prepare (the metadata listeners), given its path; an error
+// discards the namespace. release undoes it for a namespace about to be
+// removed, whether still pooled or handed to a task (Teardown), given its
+// path then.
+func (p *NetNSPool) SetPrepare(prepare func(nsPath string) error, release func(nsPath string)) {
+	p.prepare, p.release = prepare, release
+}
+
 // Start fills the pool in the background until Close.
 func (p *NetNSPool) Start(ctx context.Context) { p.refill.Start(ctx, p.fill) }
 
@@ -217,6 +229,11 @@ func (p *NetNSPool) fill(ctx context.Context) bool {
 		w, err := p.newWarm()
 		if err == nil {
 			err = p.dp.makeWarm(w)
+		}
+		if err == nil && p.prepare != nil {
+			if err = p.prepare(w.path); err != nil {
+				err = errors.Join(err, p.dp.discardWarm(w, w.veth))
+			}
 		}
 		if err != nil {
 			p.log.Warn("namespace pool: make a namespace", "err", err)
@@ -321,6 +338,7 @@ func (d *DataPlane) makeWarm(w warmNS) error {
 // now named veth. The veth goes first and explicitly: a namespace's links
 // go with it only once the kernel gets round to it.
 func (d *DataPlane) discardWarm(w warmNS, veth string) error {
+	d.pool.releaseAt(w.path)
 	var errs []error
 	if l, err := d.host.LinkByName(veth); err == nil {
 		if err := d.host.LinkDel(l); err != nil {
@@ -359,6 +377,7 @@ func (d *DataPlane) claimWarm(taskID string) bool {
 	}()
 	if err != nil {
 		d.pool.log.Warn("namespace pool: hand-over failed, making a fresh namespace", "task", taskID, "err", err)
+		d.pool.releaseAt(nsPath) // the namespace may be there already
 		if derr := d.discardWarm(w, veth); derr != nil {
 			d.pool.log.Warn("namespace pool: remove", "err", derr)
 		}
@@ -366,4 +385,12 @@ func (d *DataPlane) claimWarm(taskID string) bool {
 		return false
 	}
 	return true
+}
+
+// releaseAt undoes Prepare for the namespace at path, if the pool has a
+// Release and a namespace is there.
+func (p *NetNSPool) releaseAt(path string) {
+	if p != nil && p.release != nil && p.dp.ns.Exists(path) {
+		p.release(path)
+	}
 }

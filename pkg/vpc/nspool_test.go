@@ -300,3 +300,56 @@ func TestNetNSPoolFillYieldsToLaunches(t *testing.T) {
 		t.Errorf("fill after the launch made nothing: %v", w.log)
 	}
 }
+
+// Every pooled namespace is prepared once made (the metadata listeners);
+// one whose preparation failed is discarded. What was prepared is released
+// with the namespace: the pool's Close, and the Teardown of a task that
+// got a pooled namespace (torn down before its metadata hook took the
+// listeners); releasing a namespace with nothing prepared is harmless.
+func TestNetNSPoolPrepareAndRelease(t *testing.T) {
+	d, w, p, _ := newTestPool(t, 2)
+	var events []string
+	fail := true
+	p.SetPrepare(func(path string) error {
+		events = append(events, "prepare "+path)
+		if fail {
+			fail = false
+			return errors.New("no listener")
+		}
+		return nil
+	}, func(path string) { events = append(events, "release "+path) })
+	if p.fill(context.Background()) {
+		t.Fatal("fill succeeded with a failed preparation")
+	}
+	if p.Ready() != 0 || w.Exists(filepath.Join(p.dir, "w00000001")) {
+		t.Fatalf("a namespace whose preparation failed was kept: ready %d", p.Ready())
+	}
+	if !p.fill(context.Background()) || p.Ready() != 2 {
+		t.Fatalf("fill: ready %d", p.Ready())
+	}
+	if _, err := d.Setup(context.Background(), ec2Alloc); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Teardown(context.Background(), "t1", &ec2Alloc); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"prepare POOL/w00000001", "release POOL/w00000001", // failed: discarded
+		"prepare POOL/w00000002", "prepare POOL/w00000003",
+		"release /run/test/netns/t1", // the task's, once w00000002
+		"release POOL/w00000003",     // Close
+	}
+	norm := func(s []string) []string {
+		out := make([]string, len(s))
+		for i, e := range s {
+			out[i] = strings.ReplaceAll(e, p.dir, "POOL")
+		}
+		return out
+	}
+	if diff := cmp.Diff(want, norm(events)); diff != "" {
+		t.Errorf("prepare/release (-want +got):\n%s", diff)
+	}
+}
