@@ -16,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	agentv1 "github.com/titus-agent/titus-agent/api/agent/v1"
@@ -38,10 +39,12 @@ type fullPath struct {
 	done func(ctx context.Context, ids []string)
 	// agent, if the path is an agent's: its tasks' launch steps are read.
 	agent *testenv.Agent
-	lat   sample
-	ids   []string
-	steps map[string]sample // step (or transition) name -> ready offset from Accepted
-	took  map[string]sample // step name -> duration
+	// events are the agent's task events (agent paths only).
+	events *eventWaiter
+	lat    sample
+	ids    []string
+	steps  map[string]sample // step (or transition) name -> ready offset from Accepted
+	took   map[string]sample // step name -> duration
 }
 
 // benchFullStack is the one figure for the whole stack: bare containerd
@@ -155,7 +158,7 @@ func benchFullStack(tb *testenv.Standalone, n, concurrent int) {
 		return s
 	}
 	agentPath := func(name, tag string, a *testenv.Agent, ev *eventWaiter, extras, userNS bool) *fullPath {
-		return &fullPath{name: name, tag: tag, agent: a,
+		return &fullPath{name: name, tag: tag, agent: a, events: ev,
 			launch: func(ctx context.Context, id string) (time.Duration, error) {
 				return agentLaunchSpec(ctx, a, ev, spec(id, extras, userNS))
 			},
@@ -297,6 +300,67 @@ func benchFullStack(tb *testenv.Standalone, n, concurrent int) {
 		}
 		fmt.Println()
 	}
+	benchColdPull(ctx, tb, c, reg, paths[0], paths[2], func(id, image string) *agentv1.TaskSpec {
+		s := spec(id, true, false)
+		s.Image = image
+		return s
+	})
+}
+
+// coldImages is how many fresh images the cold part pulls per path, and
+// coldLayers how many 1 MiB layers of random data each has on top of
+// busybox's.
+const coldImages, coldLayers = 3, 8
+
+// benchColdPull launches images no one pulled before: bare containerd
+// pulls (unpacking, containerd's default concurrency) then creates and
+// starts; the full agent launches (its image.fetch step is the pull).
+// Pull time is printed apart from launch time.
+func benchColdPull(ctx context.Context, tb *testenv.Standalone, c *containerd.Client, reg *testenv.Registry, bare, full *fullPath, spec func(id, image string) *agentv1.TaskSpec) {
+	var barePull, bareRun, agentFetch, agentTotal, agentRest sample
+	bctx := namespaces.WithNamespace(ctx, "bench-bare")
+	for i := range coldImages {
+		ref := testenv.PushBusyboxLayers(tb, reg, "cold-bare", fmt.Sprint(i), coldLayers, 1<<20)
+		start := time.Now()
+		img, err := c.Pull(bctx, ref, containerd.WithPullUnpack, containerd.WithResolver(docker.NewResolver(docker.ResolverOptions{
+			Hosts: docker.ConfigureDefaultRegistries(docker.WithPlainHTTP(docker.MatchAllHosts)),
+		})))
+		if err != nil {
+			tb.Fatalf("cold pull %s: %v", ref, err)
+		}
+		barePull = append(barePull, time.Since(start))
+		d, cleanup, err := bareLaunch(bctx, c, img, fmt.Sprintf("bare-cold-%d", i))
+		if err != nil {
+			tb.Fatalf("cold launch: %v", err)
+		}
+		bareRun = append(bareRun, d)
+		cleanup()
+
+		ref = testenv.PushBusyboxLayers(tb, reg, "cold-agent", fmt.Sprint(i), coldLayers, 1<<20)
+		id := fmt.Sprintf("full-cold-%d", i)
+		d, err = agentLaunchSpec(ctx, full.agent, full.events, spec(id, ref))
+		if err != nil {
+			tb.Fatalf("cold launch %s: %v", id, err)
+		}
+		agentTotal = append(agentTotal, d)
+		var fetch time.Duration
+		if t, err := full.agent.Client.GetTask(ctx, &agentv1.GetTaskRequest{Id: id}); err == nil {
+			for _, tr := range t.GetTransitions() {
+				for _, s := range tr.GetSteps() {
+					if s.GetName() == "image.fetch" {
+						fetch += s.GetTook().AsDuration()
+					}
+				}
+			}
+		}
+		agentFetch = append(agentFetch, fetch)
+		agentRest = append(agentRest, d-fetch)
+		full.done(ctx, []string{id})
+	}
+	fmt.Printf("\n== cold images: %d per path, busybox + %d layers of 1 MiB, medians\n", coldImages, coldLayers)
+	fmt.Printf("%-32s %12s %12s %12s\n", "", "pull", "launch", "total")
+	fmt.Printf("%-32s %12s %12s %12s\n", bare.name, ms(barePull.pct(0.5)), ms(bareRun.pct(0.5)), ms(barePull.pct(0.5)+bareRun.pct(0.5)))
+	fmt.Printf("%-32s %12s %12s %12s   (pull = its image.fetch step; launch = total less it)\n", full.name, ms(agentFetch.pct(0.5)), ms(agentRest.pct(0.5)), ms(agentTotal.pct(0.5)))
 }
 
 func tookStr(s sample) string {
