@@ -61,6 +61,7 @@ func (s *Service) Prepare(nsPath string) error {
 		return nil
 	}
 	s.ready.byNS[id] = ls
+	s.log.Debug("metadata listeners prepared", "netns", nsPath, "inode", id.ino)
 	return nil
 }
 
@@ -77,6 +78,7 @@ func (s *Service) Release(nsPath string) {
 		return
 	}
 	if ls := s.take(id); ls != nil {
+		s.log.Debug("metadata listeners released", "netns", nsPath, "inode", id.ino)
 		closeAll(ls)
 	}
 }
@@ -101,8 +103,10 @@ func (s *Service) take(id nsID) []net.Listener {
 func (s *Service) listenFor(nsPath string) ([]net.Listener, error) {
 	if id, err := netnsID(nsPath); err == nil {
 		if ls := s.take(id); ls != nil {
+			s.log.Debug("metadata listeners taken over", "netns", nsPath, "inode", id.ino)
 			return ls, nil
 		}
+		s.log.Debug("no metadata listeners prepared", "netns", nsPath, "inode", id.ino)
 	}
 	return s.listen(nsPath)
 }
