@@ -127,16 +127,20 @@ func TestLogsRelayFlowControl(t *testing.T) {
 	if n, _, _ := c.get("s1"); n != 7 {
 		t.Errorf("3 credits let %d chunks go", n-4)
 	}
-	// Credit never piles up past MaxLogWindow in flight.
-	for range 10 {
-		r.handle(&schedv1.LogsRelayRequest{Session: "s1", Credit: 1 << 30})
-	}
+	// Credit never piles up past MaxLogWindow in flight: checked after each
+	// grant (the count of chunks sent depends on how fast the reader drains
+	// between grants, which a loaded machine changes).
 	r.mu.Lock()
 	s := r.sessions["s1"]
 	r.mu.Unlock()
-	waitFor(t, "credit used", func() bool { s.mu.Lock(); defer s.mu.Unlock(); return s.credit < MaxLogWindow })
-	if n, _, _ := c.get("s1"); n > 7+MaxLogWindow {
-		t.Errorf("%d chunks sent after huge grants, want at most %d", n, 7+MaxLogWindow)
+	for range 10 {
+		r.handle(&schedv1.LogsRelayRequest{Session: "s1", Credit: 1 << 30})
+		s.mu.Lock()
+		credit := s.credit
+		s.mu.Unlock()
+		if credit > MaxLogWindow {
+			t.Fatalf("credit %d after a huge grant, want at most %d", credit, MaxLogWindow)
+		}
 	}
 	r.handle(&schedv1.LogsRelayRequest{Session: "s1", Cancel: true})
 	waitFor(t, "the read to end", func() bool { return r.active() == 0 })
