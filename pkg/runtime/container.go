@@ -56,11 +56,22 @@ type ExitStatus struct {
 // SIGKILL and nothing else says it was the OOM killer.
 const oomGrace = 500 * time.Millisecond
 
+// createTimeout bounds a container create, which a caller's cancel does
+// not cut short (see Create).
+const createTimeout = time.Minute
+
 // Create creates the container (not its task) from cs.Image as Pull
 // resolved it; an image no longer present is ErrImageNotFound. An existing
 // container with that ID is left as it is.
+//
+// A cancel of ctx (a kill during the launch) does not cut the create
+// short: containerd goes on preparing the snapshot of a create whose
+// caller went away, so a teardown running at once could remove the
+// snapshot before it exists and leave it behind. The create finishes
+// (bounded by createTimeout) and the caller's teardown then removes it.
 func (r *Runtime) Create(ctx context.Context, cs ContainerSpec) error {
-	ctx = r.ctx(ctx)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.ctx(ctx)), createTimeout)
+	defer cancel()
 	if cs.ID == "" {
 		return errors.New("create container: empty ID")
 	}

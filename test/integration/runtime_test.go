@@ -241,6 +241,32 @@ func assertNothingLeft(t *testing.T, e *runtimeEnv, id string) {
 	}
 }
 
+// TestRuntimeCreateOutlivesCancel: a kill while a launch creates its
+// container cancels the launch's context. Cut short, containerd still
+// finished the snapshot after the agent's teardown had removed it, which
+// left it behind (seen in TestAgentEC2Network). The create now completes,
+// so the teardown that follows removes container and snapshot alike.
+func TestRuntimeCreateOutlivesCancel(t *testing.T) {
+	begin(t)
+	e := newRuntimeEnv(t)
+	ctx := testCtx(t)
+	id := uniqueID("cancel")
+	cs := runtime.ContainerSpec{ID: id, Image: e.pulled(t, ctx), Args: []string{"true"}}
+	t.Cleanup(func() { _ = e.rt.Delete(context.Background(), id) })
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := e.rt.Create(cctx, cs); err != nil {
+		t.Fatalf("create with the launch's context canceled: %v; want it to complete", err)
+	}
+	if _, err := e.rt.Status(ctx, id); err != nil {
+		t.Fatalf("status after create: %v", err)
+	}
+	if err := e.rt.Delete(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	assertNothingLeft(t, e, id)
+}
+
 func TestRuntimeKillGrace(t *testing.T) {
 	begin(t)
 	e := newRuntimeEnv(t)
