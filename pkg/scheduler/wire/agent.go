@@ -37,6 +37,14 @@ func AttributesToProto(a model.HostAttributes) *schedv1.HostAttributes {
 	return p
 }
 
+// MaxReportedSubnets bounds each subnet-zone list an agent reports: an
+// agent lists only subnets of tasks it was sent (a VPC holds 200 by
+// default), so more is a broken or hostile agent, whose extra entries
+// would only grow the scheduler's zone findings at every heartbeat.
+// Dropping entries fails safe: the agent still refuses a task whose
+// subnet is outside its zone (SubnetNotInZone).
+const MaxReportedSubnets = 1024
+
 // NetworkUsageFromProto converts an agent's ENI use (nil when it sent none).
 func NetworkUsageFromProto(p *schedv1.NetworkUsage) *model.NetworkUsage {
 	if p == nil {
@@ -44,7 +52,7 @@ func NetworkUsageFromProto(p *schedv1.NetworkUsage) *model.NetworkUsage {
 	}
 	u := &model.NetworkUsage{AttachableENIs: int(p.GetAttachableEnis()),
 		DefaultSecurityGroups: p.GetDefaultSecurityGroups(), DefaultSubnetID: p.GetDefaultSubnetId(),
-		ZoneSubnets: p.GetZoneSubnets(), OtherZoneSubnets: p.GetOtherZoneSubnets()}
+		ZoneSubnets: capped(p.GetZoneSubnets()), OtherZoneSubnets: capped(p.GetOtherZoneSubnets())}
 	for _, s := range p.GetSgSets() {
 		u.SGSets = append(u.SGSets, model.SGSetENIs{SecurityGroups: s.GetSecurityGroups(), SubnetID: s.GetSubnetId(), Default: s.GetDefault(),
 			ENIs: int(s.GetEnis()), UsedIPs: int(s.GetUsedIps()), FreeIPs: int(s.GetFreeIps()), CoolingIPs: int(s.GetCoolingIps())})
@@ -117,4 +125,9 @@ func RegistrationFromProto(p *schedv1.Register) model.Registration {
 		Attributes: AttributesFromProto(p.GetAttributes()), Network: NetworkUsageFromProto(p.GetNetwork()),
 		Unhealthy: p.GetUnhealthy(),
 	}
+}
+
+// capped is subnets, at most MaxReportedSubnets of them.
+func capped(subnets []string) []string {
+	return subnets[:min(len(subnets), MaxReportedSubnets)]
 }

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,5 +91,27 @@ func TestLaunchBatchesStayUnderTheLimit(t *testing.T) {
 	}
 	if LaunchBatches(nil, limit) != nil {
 		t.Error("no spec: want no message")
+	}
+}
+
+// TestNetworkUsageSubnetListsBounded: an agent reporting more subnets than
+// MaxReportedSubnets (a hostile one, to grow the scheduler's zone findings)
+// has its lists cut there; a normal report passes whole.
+func TestNetworkUsageSubnetListsBounded(t *testing.T) {
+	many := make([]string, MaxReportedSubnets+500)
+	for i := range many {
+		many[i] = "subnet-" + strconv.Itoa(i)
+	}
+	u := NetworkUsageFromProto(&schedv1.NetworkUsage{ZoneSubnets: many, OtherZoneSubnets: many})
+	if len(u.ZoneSubnets) != MaxReportedSubnets || len(u.OtherZoneSubnets) != MaxReportedSubnets {
+		t.Errorf("kept %d and %d subnets, want %d each", len(u.ZoneSubnets), len(u.OtherZoneSubnets), MaxReportedSubnets)
+	}
+	few := &schedv1.NetworkUsage{ZoneSubnets: []string{"subnet-a"}, OtherZoneSubnets: []string{"subnet-b", "subnet-c"}}
+	got := NetworkUsageFromProto(few)
+	if diff := cmp.Diff([]string{"subnet-a"}, got.ZoneSubnets); diff != "" {
+		t.Errorf("zone subnets (-want +got):\n%s", diff)
+	}
+	if diff := cmp.Diff([]string{"subnet-b", "subnet-c"}, got.OtherZoneSubnets); diff != "" {
+		t.Errorf("other-zone subnets (-want +got):\n%s", diff)
 	}
 }
