@@ -52,9 +52,11 @@ test-unit:
 # Integration tests need root, containerd, a registry, moto and the IMDS mock;
 # they fail (never skip) when something is missing. The full log is kept in
 # $(INTEGRATION_LOG); the console shows each test, failures with detail, and the count.
+# The suite holds /tmp/titus-integ.lock (runc state, host links), as the soak does.
 INTEGRATION_LOG ?= /tmp/titus-integration.log
 test-integration: deps build
-	@set -o pipefail; $(GO) test -count=1 -timeout 60m -v ./test/integration/... > $(INTEGRATION_LOG) 2>&1; rc=$$?; \
+	@set -o pipefail; $(GO) test -c -o $(BIN)/integration.test ./test/integration/ && \
+	  cd test/integration && flock /tmp/titus-integ.lock $(CURDIR)/$(BIN)/integration.test -test.count=1 -test.timeout 60m -test.v > $(INTEGRATION_LOG) 2>&1; rc=$$?; \
 	  grep -E '^(--- |    |PASS|FAIL|ok|panic|INTEGRATION)' $(INTEGRATION_LOG) | grep -v '^        time=' ; \
 	  if [ $$rc -ne 0 ]; then echo "integration tests FAILED (full log: $(INTEGRATION_LOG))"; fi; exit $$rc
 
