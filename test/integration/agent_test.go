@@ -99,10 +99,11 @@ func TestAgentKillGraceThenSIGKILL(t *testing.T) {
 		t.Fatalf("SIGKILL came before the 1s grace period")
 	}
 	// A process that honours SIGTERM exits with 143 without waiting.
-	s = e.spec("polite", "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done")
+	s = e.spec("polite", "sh", "-c", "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done")
 	s.KillGracePeriodSeconds = 30
 	e.launch(s)
 	e.waitState("polite", stRunning, 30*time.Second)
+	e.waitLog("polite", "ready") // its trap is set: a TERM before it would end it with 143
 	if _, err := e.client.KillTask(e.ctx(), &agentv1.KillTaskRequest{Id: "polite"}); err != nil {
 		t.Fatal(err)
 	}
