@@ -24,7 +24,11 @@ import (
 // including those that ended since: such a task may have taken an IP
 // after the report, and the agent keeps it in use until the task's
 // network is torn down and cooling from there, past the scheduler's own
-// cool-down; the next report counts it.
+// cool-down. A report counts such an ended task only if it lists it with
+// its IP or ended: a heartbeat made before the task took its IP can
+// arrive after the task's final state (the agent sends both on one
+// stream, not in the order it made them), so one that does not list it
+// is not trusted for it, up to endedReports reports.
 // A task whose pool the scheduler cannot tell yet (a subnet the agent
 // has not looked up) is counted in a pool of its own and placed only
 // where a new ENI can still be had. That keeps placement from sending a
@@ -43,6 +47,10 @@ type agentNet struct {
 	taken      map[string]int
 	enis       map[string]int
 	unreported map[string]int
+	// ended holds, by task id, the tasks that ended while the last report
+	// did not know them: each stays in unreported until a report lists it
+	// with its IP or ended, or endedReports reports have come without it.
+	ended map[string]endedTask
 	// inZone says, of the subnets the agent has seen, which lie in its
 	// zone; defGroups and defSubnet are what a task naming none gets.
 	inZone               map[string]bool
@@ -53,6 +61,30 @@ type agentNet struct {
 	// IP or an ENI since its last heartbeat: no task of those is placed
 	// there until the next one tells what it has.
 	refused map[string]bool
+}
+
+// endedTask is a task that ended unreported: its sgKey, and how many more
+// reports may come that do not list it.
+type endedTask struct {
+	key  string
+	left int
+}
+
+// endedReports bounds how many reports an ended task no report listed
+// stays counted for (an agent lists a task's final state in its first
+// heartbeat made after it, so one that never does never had the task).
+const endedReports = 3
+
+// endedUnreported notes that t ended while the last report did not know
+// it: it may have taken an IP since.
+func (a *agentState) endedUnreported(t *taskState) {
+	if a.net.report == nil || t.inReport {
+		return
+	}
+	if a.net.ended == nil {
+		a.net.ended = map[string]endedTask{}
+	}
+	a.net.ended[t.rec.ID] = endedTask{key: t.d.sgKey, left: endedReports}
 }
 
 // pool is where a task of one sgKey takes its IP on a host: name, and
@@ -117,6 +149,18 @@ func (a *agentState) setReportOf(u *model.NetworkUsage, listed []model.TaskStatu
 		if !t.inReport {
 			n.unreported[t.d.sgKey]++
 		}
+	}
+	for id, e := range n.ended {
+		if known[id] {
+			delete(n.ended, id) // the report counts its IP if the agent holds it
+			continue
+		}
+		if e.left--; e.left <= 0 {
+			delete(n.ended, id)
+			continue
+		}
+		n.ended[id] = e
+		n.unreported[e.key]++
 	}
 }
 
@@ -271,7 +315,11 @@ func (a *agentState) ipFits(sg string, now time.Time) bool {
 		return true
 	}
 	if p := a.poolOf(sg); p.known {
-		if n := a.poolTaken(p.name, now); n < a.held(p.name, n)*a.ipsPerENI {
+		// The pool's ENIs, as many as its taken IPs need but never more
+		// than the host can have: the count may be over the truth (a task
+		// both in the report and not yet known there), and one past the
+		// host's last address rounded up to another ENI it cannot attach.
+		if n := a.poolTaken(p.name, now); n < min(a.held(p.name, n), a.enis)*a.ipsPerENI {
 			return true
 		}
 	}

@@ -77,10 +77,11 @@ func (a *agentState) detach(t *taskState) {
 	a.used = a.used.Sub(t.d.req)
 	sg := t.d.sgKey
 	a.sgSets[sg]--
-	// A task the last report did not know stays in unreported until the
-	// next report: it may have taken an IP since, which the agent holds
-	// until its network is torn down and then cools down from there,
-	// longer than the scheduler's own cool-down from the final state.
+	// A task the last report did not know stays in unreported until a
+	// report made after it took its IP: the agent holds that IP until its
+	// network is torn down and then cools down from there, longer than
+	// the scheduler's own cool-down from the final state.
+	a.endedUnreported(t)
 	if a.sgSets[sg] == 0 {
 		delete(a.sgSets, sg)
 	}
