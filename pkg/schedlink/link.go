@@ -274,6 +274,7 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	events := tasks.Subscribe(sctx) // before listing, so no transition falls in between
+	cfg.Log.Debug("opening a session", "scheduler", target(cc))
 	stream, err := schedv1.NewSchedulerClient(cc).Connect(sctx, grpc.MaxCallRecvMsgSize(MaxMessageSize))
 	if err != nil {
 		return false, err
@@ -295,6 +296,7 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 	if err := send(&schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Register{Register: reg}}); err != nil {
 		return false, err
 	}
+	cfg.Log.Debug("registration sent; waiting for the acknowledgement", "tasks", len(reg.Tasks))
 	first, err := stream.Recv()
 	if err != nil {
 		return false, err
@@ -320,6 +322,14 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 	logs := newLogsRelay(sctx, cfg.Logs, send)
 	go func() { errc <- receive(ctx, stream, tasks, send, relay, logs, hb) }()
 	return true, <-errc
+}
+
+// target names the scheduler replica cc dials, for the log.
+func target(cc grpc.ClientConnInterface) string {
+	if c, ok := cc.(interface{ Target() string }); ok {
+		return c.Target()
+	}
+	return ""
 }
 
 func capacityProto(c Capacity) *schedv1.Capacity {

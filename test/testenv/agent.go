@@ -168,8 +168,37 @@ func StartAgent(t TB, o AgentOptions) *Agent {
 		a.Args = append(a.Args, "--plain-http-registry", h)
 	}
 	a.Args = append(a.Args, o.Extra...)
+	if strings.Contains(cfg, "scheduler:") {
+		// Registered after the directory's removal: runs before it.
+		t.Cleanup(func() {
+			if f, ok := t.(interface{ Failed() bool }); ok && f.Failed() {
+				t.Logf("agent %s scheduler link lines (last %d):\n%s", filepath.Base(dir), linkLines, a.LinkLines(linkLines))
+			}
+		})
+	}
 	a.Start()
 	return a
+}
+
+// linkLines is how many of the agent's scheduler link lines a failed test prints.
+const linkLines = 80
+
+// LinkLines is the last n lines of the agent's scheduler link
+// (component=schedlink), of every generation of the daemon, each prefixed
+// with its log's name: on a failure they tell whether, when and why the
+// agent (re)registered.
+func (a *Agent) LinkLines(n int) string {
+	var lines []string
+	for g := 1; g <= a.generation; g++ {
+		name := fmt.Sprintf("agent-%d", g)
+		b, _ := os.ReadFile(filepath.Join(a.Dir, name+".log"))
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.Contains(l, "component=schedlink") {
+				lines = append(lines, name+": "+l)
+			}
+		}
+	}
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // Start (re)starts the daemon over the same directories.
