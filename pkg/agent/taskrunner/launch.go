@@ -329,6 +329,7 @@ func (r *Runner) wait(agentCtx context.Context) {
 	}
 	var sigkill <-chan time.Time
 	retry := backoff.New(reattachBackoff)
+	reaps := 0
 	for {
 		exitCh, err := r.cfg.Runtime.Wait(agentCtx, id)
 		if err != nil {
@@ -336,8 +337,16 @@ func (r *Runner) wait(agentCtx context.Context) {
 				return
 			}
 			if errors.Is(err, runtime.ErrContainerNotFound) || errdefs.IsNotFound(err) {
-				r.finish(task.Lost, task.ReasonAgentRestartLost, "container is gone", -1)
-				return
+				reaps++
+				msg, lost := r.reapLost(agentCtx, id, reaps >= maxReaps)
+				if lost {
+					r.finish(task.Lost, task.ReasonAgentRestartLost, msg, -1)
+					return
+				}
+				if !retry.Wait(agentCtx) {
+					return
+				}
+				continue
 			}
 			r.log.Warn("wait failed; retrying", "err", err)
 			if !retry.Wait(agentCtx) {
@@ -388,6 +397,42 @@ func (r *Runner) wait(agentCtx context.Context) {
 			return
 		}
 	}
+}
+
+// LostReaper is what a Waiter may also do for a task the runtime answers
+// NotFound for: make sure the runtime really has no such task, kill what
+// is left of it outside the runtime, and say what it found
+// (runtime.Runtime.ReapLost). runtime.ErrTaskNotLost: the runtime has it.
+type LostReaper interface {
+	ReapLost(ctx context.Context, id string) (string, error)
+}
+
+// maxReaps bounds how often a task the runtime answers NotFound for is
+// checked (ReapLost failing to tell) before it is given up as lost.
+const maxReaps = 5
+
+// reapLost says whether the task is lost, with the final message: without
+// a LostReaper, "container is gone"; with one, what it found and killed.
+// A task the runtime has after all is not lost, nor one it could not tell
+// about (unless last): the caller waits again.
+func (r *Runner) reapLost(ctx context.Context, id string, last bool) (string, bool) {
+	lr, ok := r.cfg.Runtime.(LostReaper)
+	if !ok {
+		return "container is gone", true
+	}
+	msg, err := lr.ReapLost(context.WithoutCancel(ctx), id)
+	switch {
+	case errors.Is(err, runtime.ErrTaskNotLost):
+		r.log.Warn("the runtime answered NotFound but has the task; waiting again")
+		return "", false
+	case err != nil && msg == "":
+		r.log.Warn("could not tell what is left of a task the runtime lost", "err", err)
+		return "container is gone (" + err.Error() + ")", last
+	case err != nil:
+		r.log.Warn("cleaning up what is left of a task the runtime lost", "err", err)
+	}
+	r.log.Warn("the runtime lost the task", "what", msg)
+	return "container is gone: " + msg, true
 }
 
 // reattachBackoff paces re-attaching to a task while the (local) runtime is

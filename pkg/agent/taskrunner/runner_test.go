@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/errdefs"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/titus-agent/titus-agent/pkg/refill"
@@ -690,6 +691,85 @@ func TestLaunchIsCountedUntilRunning(t *testing.T) {
 					t.Fatalf("still %d launches in flight once %s", gate.InFlight(), tc.want)
 				}
 				time.Sleep(time.Millisecond)
+			}
+		})
+	}
+}
+
+// goneWaiter answers NotFound for the task until found, and reaps as told.
+type goneWaiter struct {
+	fakeWaiter
+	mu     sync.Mutex
+	found  bool
+	reaps  []reapResult // one per ReapLost call; the last repeats
+	reaped int
+}
+
+type reapResult struct {
+	msg string
+	err error
+}
+
+func (w *goneWaiter) Wait(ctx context.Context, id string) (<-chan runtime.ExitStatus, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.found {
+		return nil, fmt.Errorf("load task %s: %w", id, errdefs.ErrNotFound)
+	}
+	return w.exit, nil
+}
+
+func (w *goneWaiter) ReapLost(ctx context.Context, id string) (string, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	res := w.reaps[min(w.reaped, len(w.reaps)-1)]
+	w.reaped++
+	if errors.Is(res.err, runtime.ErrTaskNotLost) {
+		w.found = true
+	}
+	return res.msg, res.err
+}
+
+// A restored running task the runtime answers NotFound for is Lost with
+// what the runtime's reaper found, unless the runtime has it after all (it
+// is waited on again), or the reaper cannot tell, five times in a row.
+func TestRuntimeLostTask(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		reaps     []reapResult
+		wantState string
+		wantMsg   string
+		wantReaps int
+	}{
+		{"reaped", []reapResult{{msg: "containerd has its container but no task; killed its shim"}},
+			"Lost/AgentRestartLost", "container is gone: containerd has its container but no task; killed its shim", 1},
+		{"the runtime has it after all", []reapResult{{err: runtime.ErrTaskNotLost}},
+			"Finished/Completed", "", 1},
+		{"cannot tell, then can", []reapResult{{err: errors.New("unavailable")}, {msg: "nothing of it was left running"}},
+			"Lost/AgentRestartLost", "container is gone: nothing of it was left running", 2},
+		{"never can tell", []reapResult{{err: errors.New("unavailable")}},
+			"Lost/AgentRestartLost", "container is gone (unavailable)", maxReaps},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			w := &goneWaiter{fakeWaiter: fakeWaiter{rec: rec, exit: make(chan runtime.ExitStatus, 1)}, reaps: tc.reaps}
+			w.exit <- runtime.ExitStatus{}
+			spec := task.Spec{ID: "t1"}
+			spec.Normalize()
+			prev := &Record{Spec: spec, Resources: Resources{Container: true, Pid: 9}}
+			for _, s := range []task.State{task.Accepted, task.Preparing, task.Starting, task.Running} {
+				prev.Status.Advance(s, task.ReasonNone, "", time.Now())
+			}
+			r := New(Config{Stages: [][]PrestartHook{{&fakeHook{name: "container", rec: rec}}}, Runtime: w, Store: &fakeStore{}, Logger: quiet}, prev)
+			go r.Restore(context.Background(), nil)
+			waitDone(t, r)
+			v := r.View()
+			got := states(v)
+			if last := got[len(got)-1]; last != tc.wantState || v.Status.Message != tc.wantMsg {
+				t.Errorf("ended %s %q, want %s %q", last, v.Status.Message, tc.wantState, tc.wantMsg)
+			}
+			if w.reaped != tc.wantReaps {
+				t.Errorf("reaped %d times, want %d", w.reaped, tc.wantReaps)
 			}
 		})
 	}
