@@ -184,7 +184,7 @@ func (r *replica) kill9() {
 // primary link.
 func (f *fleet) startHost(az string) {
 	t := f.t
-	h := &host{sim: f.hv.AddHost(t, az, "t3.medium"), ctd: testenv.StartContainerd(t)}
+	h := &host{sim: f.hv.AddHost(t, az, "t3.medium"), ctd: testenv.StartContainerdWith(t, testenv.ContainerdOptions{LogLevel: "info"})}
 	var addrs []string
 	for _, r := range f.replicas {
 		g, err := newGate(f.hv, h.sim, r.addr)

@@ -27,6 +27,7 @@ type Containerd struct {
 	dir, config string
 	pathPrefix  string
 	cleanups    []func()
+	starts      int // containerd processes started: each logs to its own file
 }
 
 // ContainerdOptions change how StartContainerdWith starts containerd.
@@ -35,6 +36,9 @@ type ContainerdOptions struct {
 	// directory with a "runc" there stands in for the real one (a test's
 	// wrapper that acts just before runc does).
 	PathPrefix string
+	// LogLevel is containerd's (default warn). At info it also logs
+	// every shim it restores, drops or cleans up after a restart.
+	LogLevel string
 }
 
 // containerdConfig disables everything the tests do not use (CRI, NRI,
@@ -69,7 +73,7 @@ disabled_plugins = [
   address = %q
 
 [debug]
-  level = "warn"
+  level = %q
 
 [plugins."io.containerd.internal.v1.opt"]
   path = %q
@@ -104,7 +108,11 @@ func StartContainerdWith(t TB, o ContainerdOptions) *Containerd {
 		pathPrefix: o.PathPrefix,
 	}
 	t.Cleanup(c.cleanup)
-	cfg := fmt.Sprintf(containerdConfig, c.Root, c.State, c.Address, c.Address+".ttrpc", filepath.Join(dir, "opt"))
+	level := o.LogLevel
+	if level == "" {
+		level = "warn"
+	}
+	cfg := fmt.Sprintf(containerdConfig, c.Root, c.State, c.Address, c.Address+".ttrpc", level, filepath.Join(dir, "opt"))
 	if err := os.WriteFile(c.config, []byte(cfg), 0o600); err != nil {
 		t.Fatalf("containerd config: %v", err)
 	}
@@ -132,7 +140,15 @@ func (c *Containerd) start(t TB) {
 		path = c.pathPrefix + ":" + path
 	}
 	cmd.Env = append(os.Environ(), "PATH="+path)
-	c.Proc = StartProcess(collector{t, c}, c.dir, "containerd", cmd)
+	// Each start logs to a file of its own (containerd, containerd-2, ...):
+	// why a restarted containerd did not restore a task is in the log of
+	// the start that restored.
+	c.starts++
+	name := "containerd"
+	if c.starts > 1 {
+		name = fmt.Sprintf("containerd-%d", c.starts)
+	}
+	c.Proc = StartProcess(collector{t, c}, c.dir, name, cmd)
 	c.waitReady(t, 30*time.Second)
 }
 
