@@ -115,6 +115,14 @@ type Config struct {
 	// default) of taking over, and with it every task the agent runs: the
 	// agent must be back well within that.
 	MinBackoff, MaxBackoff time.Duration
+	// RegisterTimeout bounds the registration round trip: opening the
+	// stream, sending the registration and receiving the scheduler's
+	// acknowledgement (0: DefaultRegisterTimeout).
+	RegisterTimeout time.Duration
+	// SendTimeout bounds one message's send once registered: a send still
+	// blocked after it (the scheduler stopped reading the stream) ends the
+	// session (0: DefaultSendTimeout).
+	SendTimeout time.Duration
 	// Keepalive of the connections the link dials (zero: DefaultKeepalive).
 	// gRPC raises a Time below 10s to 10s.
 	Keepalive keepalive.ClientParameters
@@ -156,6 +164,19 @@ func keepaliveParams(p keepalive.ClientParameters) keepalive.ClientParameters {
 	return p
 }
 
+// DefaultRegisterTimeout bounds the registration round trip. Without a
+// bound, a stream that a scheduler (or anything on its address) accepted
+// but never answered held the agent for good: it never tried again, and
+// the new leader lost it, and every task it runs, at the agent TTL. With
+// the reconnect backoff (at most 3s) it keeps the agent's next attempt
+// within the default agent TTL (10s).
+const DefaultRegisterTimeout = 5 * time.Second
+
+// DefaultSendTimeout bounds one send on a registered session: a scheduler
+// that stopped reading the stream blocks the agent's sends (flow control)
+// while the transport still answers keepalive pings.
+const DefaultSendTimeout = 10 * time.Second
+
 // refusedRetry caps the delay before retrying a registration refused
 // because the instance id has a live session.
 const refusedRetry = time.Second
@@ -173,6 +194,12 @@ func Run(ctx context.Context, cfg Config, tasks Tasks) error {
 	}
 	if cfg.MaxBackoff <= 0 {
 		cfg.MaxBackoff = 3 * time.Second
+	}
+	if cfg.RegisterTimeout <= 0 {
+		cfg.RegisterTimeout = DefaultRegisterTimeout
+	}
+	if cfg.SendTimeout <= 0 {
+		cfg.SendTimeout = DefaultSendTimeout
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -269,22 +296,23 @@ func viewIP(v *task.View) string {
 	return v.Network.IPv4
 }
 
+// ErrNotAcknowledged: the scheduler did not acknowledge the registration
+// within Config.RegisterTimeout.
+var ErrNotAcknowledged = errors.New("the scheduler did not acknowledge the registration in time")
+
+// ErrSendStalled: a send on the session did not complete within
+// Config.SendTimeout.
+var ErrSendStalled = errors.New("a send to the scheduler did not complete in time (it stopped reading the stream)")
+
 // runSession is one stream; it reports whether registration succeeded.
+// Every step of the registration (opening the stream, which waits for a
+// connection, sending, the acknowledgement) is bounded by
+// cfg.RegisterTimeout, and every later send by cfg.SendTimeout: a peer
+// that accepts and then stalls ends the session instead of holding it.
 func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, tasks Tasks) (bool, error) {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	events := tasks.Subscribe(sctx) // before listing, so no transition falls in between
-	cfg.Log.Debug("opening a session", "scheduler", target(cc))
-	stream, err := schedv1.NewSchedulerClient(cc).Connect(sctx, grpc.MaxCallRecvMsgSize(MaxMessageSize))
-	if err != nil {
-		return false, err
-	}
-	var sendMu sync.Mutex
-	send := func(m *schedv1.AgentMessage) error {
-		sendMu.Lock()
-		defer sendMu.Unlock()
-		return stream.Send(m)
-	}
 	hb := newHeartbeats()
 	hb.ver, hb.verKnown = versionOf(tasks) // before listing: a change after it shows
 	views := tasks.List()
@@ -293,13 +321,46 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 		Capacity: capacityProto(cfg.Capacity), Attributes: attributesProto(cfg.Attributes), Network: networkProto(cfg.Network),
 		Unhealthy: cfg.Health != nil && !cfg.Health()}
 	reg.Tasks = hb.all(views)
-	if err := send(&schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Register{Register: reg}}); err != nil {
+
+	// The registration's clock starts once the local checks are done.
+	regTimer := time.AfterFunc(cfg.RegisterTimeout, func() {
+		cancel(fmt.Errorf("%w (%s)", ErrNotAcknowledged, cfg.RegisterTimeout))
+	})
+	failed := func(err error) (bool, error) {
+		regTimer.Stop()
+		if c := context.Cause(sctx); c != nil && ctx.Err() == nil && errors.Is(c, ErrNotAcknowledged) {
+			return false, c
+		}
 		return false, err
+	}
+	cfg.Log.Debug("opening a session", "scheduler", target(cc))
+	stream, err := schedv1.NewSchedulerClient(cc).Connect(sctx, grpc.MaxCallRecvMsgSize(MaxMessageSize))
+	if err != nil {
+		return failed(err)
+	}
+	var sendMu sync.Mutex
+	send := func(m *schedv1.AgentMessage) error {
+		sendMu.Lock()
+		defer sendMu.Unlock()
+		stalled := time.AfterFunc(cfg.SendTimeout, func() {
+			cancel(fmt.Errorf("%w (%s)", ErrSendStalled, cfg.SendTimeout))
+		})
+		err := stream.Send(m)
+		if !stalled.Stop() {
+			return context.Cause(sctx)
+		}
+		return err
+	}
+	if err := stream.Send(&schedv1.AgentMessage{Msg: &schedv1.AgentMessage_Register{Register: reg}}); err != nil {
+		return failed(err)
 	}
 	cfg.Log.Debug("registration sent; waiting for the acknowledgement", "tasks", len(reg.Tasks))
 	first, err := stream.Recv()
 	if err != nil {
-		return false, err
+		return failed(err)
+	}
+	if !regTimer.Stop() {
+		return failed(context.Cause(sctx))
 	}
 	ack := first.GetRegistered()
 	if ack == nil {
@@ -321,7 +382,11 @@ func runSession(ctx context.Context, cc grpc.ClientConnInterface, cfg Config, ta
 	relay := newExecRelay(sctx, cfg.Exec, send)
 	logs := newLogsRelay(sctx, cfg.Logs, send)
 	go func() { errc <- receive(ctx, stream, tasks, send, relay, logs, hb) }()
-	return true, <-errc
+	err = <-errc
+	if c := context.Cause(sctx); c != nil && ctx.Err() == nil {
+		err = c // the watchdog ended it: say why
+	}
+	return true, err
 }
 
 // target names the scheduler replica cc dials, for the log.
