@@ -84,7 +84,10 @@ type netlinker interface {
 	LinkSetIsolated(link netlink.Link, isolated bool) error
 	LinkSetNsFd(link netlink.Link, fd int) error
 	AddrReplace(link netlink.Link, addr *netlink.Addr) error
+	AddrList(link netlink.Link, family int) ([]netlink.Addr, error)
+	AddrDel(link netlink.Link, addr *netlink.Addr) error
 	RouteReplace(route *netlink.Route) error
+	RouteDel(route *netlink.Route) error
 	NeighSet(neigh *netlink.Neigh) error
 	RuleAdd(rule *netlink.Rule) error
 	RuleDel(rule *netlink.Rule) error
@@ -237,6 +240,9 @@ func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttac
 			return nil, fmt.Errorf("vpc: rename task veth: %w", err)
 		}
 	}
+	if err := d.dropStale(inner, eth, host, a); err != nil {
+		return nil, err
+	}
 	// The source guard (an nftables transaction) goes on alongside
 	// the wiring; Setup returns only once both are done.
 	guarded := make(chan error, 1)
@@ -266,6 +272,45 @@ func (d *DataPlane) Setup(ctx context.Context, a Allocation) (*task.NetworkAttac
 		return nil, err
 	}
 	return att, nil
+}
+
+// dropStale removes from the task's eth0, and the host's route to it via
+// the task's veth, every global address that is not a's. A fresh or pooled
+// namespace has none. An earlier attempt of this launch may have wired
+// another address: the ec2 provider writes its allocation record while
+// the address is wired (AllocateDeferred), so an agent that crashed before
+// the write forgot the allocation, and the resumed launch may be given a
+// different address while the first goes to another task. The old
+// address's policy rule is not this task's to remove (the other task may
+// hold the same rule); the restarted agent's reconcile drops rules of
+// addresses no task holds, and the source guard, replaced below, lets the
+// task send from its new address only.
+func (d *DataPlane) dropStale(inner netlinker, eth, host netlink.Link, a Allocation) error {
+	addrs, err := inner.AddrList(eth, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("vpc: task addresses: %w", err)
+	}
+	for _, ad := range addrs {
+		if ad.IPNet == nil {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ad.IP)
+		ip = ip.Unmap()
+		if !ok || !ip.IsGlobalUnicast() || ip == a.IPv4.Addr() || ip == a.IPv6 {
+			continue
+		}
+		if err := inner.AddrDel(eth, &ad); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("vpc: drop stale task address %s: %w", ip, err)
+		}
+		if !a.routed() {
+			continue
+		}
+		dst := prefixToIPNet(netip.PrefixFrom(ip, ip.BitLen()))
+		if err := d.host.RouteDel(&netlink.Route{LinkIndex: host.Attrs().Index, Dst: dst, Scope: netlink.SCOPE_LINK}); err != nil && !errors.Is(err, unix.ESRCH) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("vpc: drop host route to stale address %s: %w", ip, err)
+		}
+	}
+	return nil
 }
 
 // wireTask sets the address and default route inside the task netns.

@@ -32,6 +32,7 @@ type fakeNL struct {
 	name  string
 	links []netlink.Link
 	rules []netlink.Rule
+	addrs map[int][]netlink.Addr // by link index
 }
 
 func newFakeNet() *fakeNet {
@@ -126,7 +127,38 @@ func (n *fakeNL) LinkSetNsFd(l netlink.Link, fd int) error {
 }
 
 func (n *fakeNL) AddrReplace(l netlink.Link, a *netlink.Addr) error {
-	return n.record("AddrReplace", "%s %s flags %d", l.Attrs().Name, a.IPNet, a.Flags)
+	if err := n.record("AddrReplace", "%s %s flags %d", l.Attrs().Name, a.IPNet, a.Flags); err != nil {
+		return err
+	}
+	n.addAddr(l, a)
+	return nil
+}
+
+// addAddr puts an address on a link without logging (test setup).
+func (n *fakeNL) addAddr(l netlink.Link, a *netlink.Addr) {
+	if n.addrs == nil {
+		n.addrs = map[int][]netlink.Addr{}
+	}
+	i := l.Attrs().Index
+	n.addrs[i] = slices.DeleteFunc(n.addrs[i], func(x netlink.Addr) bool { return x.IPNet.String() == a.IPNet.String() })
+	n.addrs[i] = append(n.addrs[i], *a)
+}
+
+func (n *fakeNL) AddrList(l netlink.Link, _ int) ([]netlink.Addr, error) {
+	return slices.Clone(n.addrs[l.Attrs().Index]), n.w.fail["AddrList"]
+}
+
+func (n *fakeNL) AddrDel(l netlink.Link, a *netlink.Addr) error {
+	if err := n.record("AddrDel", "%s %s", l.Attrs().Name, a.IPNet); err != nil {
+		return err
+	}
+	i := l.Attrs().Index
+	n.addrs[i] = slices.DeleteFunc(n.addrs[i], func(x netlink.Addr) bool { return x.IPNet.String() == a.IPNet.String() })
+	return nil
+}
+
+func (n *fakeNL) RouteDel(r *netlink.Route) error {
+	return n.record("RouteDel", "dev %s dst %s", n.linkName(r.LinkIndex), r.Dst)
 }
 
 func (n *fakeNL) linkName(index int) string {

@@ -139,6 +139,87 @@ func TestDataPlaneSetup(t *testing.T) {
 				"sysctl /proc/sys/net/ipv4/conf/tt628b49d96d/proxy_arp=1",
 			},
 		},
+		{
+			// A crash before the allocation record was written: the
+			// resumed launch got another address; the one wired before
+			// (which the restarted agent may give to another task) goes,
+			// from the task and from the host's route via its veth.
+			name: "resumed with another address: the stale one is dropped first",
+			prepare: func(d *DataPlane, w *fakeNet) {
+				stale := withIPv6(ec2Alloc)
+				stale.IPv4 = netip.MustParsePrefix("198.18.1.99/24")
+				stale.IPv6 = netip.MustParseAddr("2001:db8::99")
+				if _, err := d.Setup(context.Background(), stale); err != nil {
+					panic(err)
+				}
+				w.log = nil
+			},
+			alloc: ec2Alloc,
+			want: []string{
+				"task AddrDel eth0 198.18.1.99/32",
+				"host RouteDel dev tt628b49d96d dst 198.18.1.99/32",
+				"task AddrDel eth0 2001:db8::99/128",
+				"host RouteDel dev tt628b49d96d dst 2001:db8::99/128",
+				"task LinkSetUp lo",
+				"task AddrReplace eth0 198.18.1.10/32 flags 0",
+				"task LinkSetUp eth0",
+				"task RouteReplace dev eth0 dst 169.254.1.1/32 scope link",
+				"task NeighSet dev eth0 169.254.1.1 lladdr 02:00:00:00:00:02 permanent=true",
+				"task RouteReplace dev eth0 dst 0.0.0.0/0 via 169.254.1.1",
+				"host LinkSetUp tt628b49d96d",
+				"host RouteReplace dev tt628b49d96d dst 198.18.1.10/32 scope link",
+				"host RuleAdd from 198.18.1.10/32 table 1001 prio 20000",
+				"sysctl /proc/sys/net/ipv4/conf/tt628b49d96d/proxy_arp=1",
+			},
+		},
+		{
+			name: "resumed with the same address and a link-local one: nothing dropped",
+			prepare: func(d *DataPlane, w *fakeNet) {
+				if _, err := d.Setup(context.Background(), ec2Alloc); err != nil {
+					panic(err)
+				}
+				task := w.nss[w.paths["/run/test/netns/t1"]]
+				eth, _ := task.LinkByName("eth0")
+				task.addAddr(eth, &netlink.Addr{IPNet: prefixToIPNet(netip.MustParsePrefix("fe80::12/64"))})
+				w.log = nil
+			},
+			alloc: ec2Alloc,
+			want: []string{
+				"task LinkSetUp lo",
+				"task AddrReplace eth0 198.18.1.10/32 flags 0",
+				"task LinkSetUp eth0",
+				"task RouteReplace dev eth0 dst 169.254.1.1/32 scope link",
+				"task NeighSet dev eth0 169.254.1.1 lladdr 02:00:00:00:00:02 permanent=true",
+				"task RouteReplace dev eth0 dst 0.0.0.0/0 via 169.254.1.1",
+				"host LinkSetUp tt628b49d96d",
+				"host RouteReplace dev tt628b49d96d dst 198.18.1.10/32 scope link",
+				"host RuleAdd from 198.18.1.10/32 table 1001 prio 20000",
+				"sysctl /proc/sys/net/ipv4/conf/tt628b49d96d/proxy_arp=1",
+			},
+		},
+		{
+			name: "local, resumed with another address: dropped from the task",
+			prepare: func(d *DataPlane, w *fakeNet) {
+				w.host().addLink(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "tbr0"}})
+				stale := localAlloc
+				stale.IPv4 = netip.MustParsePrefix("198.18.0.99/24")
+				if _, err := d.Setup(context.Background(), stale); err != nil {
+					panic(err)
+				}
+				w.log = nil
+			},
+			alloc: localAlloc,
+			want: []string{
+				"task AddrDel eth0 198.18.0.99/24",
+				"task LinkSetUp lo",
+				"task AddrReplace eth0 198.18.0.10/24 flags 0",
+				"task LinkSetUp eth0",
+				"task RouteReplace dev eth0 dst 0.0.0.0/0 via 198.18.0.1",
+				"host LinkSetMaster tt628b49d96d tbr0",
+				"host LinkSetIsolated tt628b49d96d false",
+				"host LinkSetUp tt628b49d96d",
+			},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d, w := newTestDataPlane(t)

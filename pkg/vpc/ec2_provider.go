@@ -286,75 +286,112 @@ func (p *EC2Provider) noteZones(ids []string, infos map[string]subnetInfo) {
 // no EC2 call. Otherwise it grows the pool (assign IPs in a batch, take an
 // idle ENI over, or create one) and fails with ErrNoCapacity when the
 // instance has no room left. Allocating twice for a task returns the same IP.
+// It returns once the allocation is recorded on disk.
 func (p *EC2Provider) Allocate(ctx context.Context, taskID string, req task.NetworkRequest) (Allocation, error) {
+	a, gen, fresh, err := p.allocate(ctx, taskID, req)
+	if err != nil {
+		return a, err
+	}
+	if err := p.record.sync(gen); err != nil {
+		p.mu.Lock()
+		if t, ok := p.pool.tasks[taskID]; ok && fresh && t.IP == a.IPv4.Addr().String() {
+			p.pool.untake(taskID)
+			p.record.stageRemove(taskID)
+		}
+		p.mu.Unlock()
+		return Allocation{}, err
+	}
+	return a, nil
+}
+
+// AllocateDeferred is Allocate without waiting for a warm allocation's
+// record to reach the disk: durable returns once it has (group-committed
+// with other launches' records). The caller may wire the address
+// meanwhile, but must not let the task use it (start its process) before
+// durable returned nil: until then a crash forgets the allocation, and the
+// restarted agent may give the address to another task (the resumed
+// launch's Setup then drops it from the first: DataPlane.Setup).
+func (p *EC2Provider) AllocateDeferred(ctx context.Context, taskID string, req task.NetworkRequest) (a Allocation, durable func(context.Context) error, err error) {
+	a, gen, _, err := p.allocate(ctx, taskID, req)
+	if err != nil {
+		return a, nil, err
+	}
+	return a, func(context.Context) error { return p.record.sync(gen) }, nil
+}
+
+// allocate takes or grows; gen is the record change to sync before the
+// task may use the address; fresh says this call took it.
+func (p *EC2Provider) allocate(ctx context.Context, taskID string, req task.NetworkRequest) (_ Allocation, gen uint64, fresh bool, _ error) {
 	key, sn, err := p.keyFor(ctx, req)
 	if err != nil {
-		return Allocation{}, err
+		return Allocation{}, 0, false, err
 	}
 	p.mu.Lock()
 	if t, ok := p.pool.tasks[taskID]; ok {
 		a := p.allocationLocked(taskID, t)
 		p.mu.Unlock()
-		return a, nil
+		// Its record may be staged, not yet written: wait for all.
+		return a, p.record.staging(), false, nil
 	}
-	// Warm: the one record write is the assignment, made before the
-	// caller touches netlink.
-	a, ok, err := p.takeLocked(taskID, key, req.IPv6)
-	if ok || err != nil {
+	// Warm: the one record change is the assignment, staged in memory
+	// under the lock and written (group-committed) outside it.
+	a, gen, ok := p.takeLocked(taskID, key, req.IPv6)
+	if ok {
 		p.mu.Unlock()
 		p.poke()
-		return a, err
+		return a, gen, true, nil
 	}
-	// Cold: the intent is recorded before EC2 is touched.
-	if err := p.record.put(taskID, recordEntry{State: recordPending, Key: key}); err != nil {
-		p.mu.Unlock()
-		return Allocation{}, err
-	}
+	// Cold: the intent is on disk before EC2 is touched.
+	_, _, gen = p.record.stagePut(taskID, recordEntry{State: recordPending, Key: key})
 	p.mu.Unlock()
-	a, err = p.allocateSlow(ctx, taskID, key, sn, req.IPv6)
+	if err := p.record.sync(gen); err != nil {
+		p.mu.Lock()
+		p.record.stageRemove(taskID)
+		p.mu.Unlock()
+		return Allocation{}, 0, false, err
+	}
+	a, gen, err = p.allocateSlow(ctx, taskID, key, sn, req.IPv6)
 	if err != nil {
 		_ = p.record.remove(taskID)
 	}
 	p.poke()
-	return a, err
+	return a, gen, err == nil, err
 }
 
-// takeLocked takes a free IP of key for taskID and records it.
-func (p *EC2Provider) takeLocked(taskID string, key PoolKey, ipv6 bool) (Allocation, bool, error) {
+// takeLocked takes a free IP of key for taskID and stages its record
+// (durable once record.sync(gen) returned).
+func (p *EC2Provider) takeLocked(taskID string, key PoolKey, ipv6 bool) (Allocation, uint64, bool) {
 	t, ok := p.pool.take(key, taskID, p.now(), ipv6)
 	if !ok {
-		return Allocation{}, false, nil
+		return Allocation{}, 0, false
 	}
-	if err := p.record.put(taskID, recordEntry{State: recordAssigned, Key: key, ENI: t.ENI, IP: t.IP, IPv6: t.IPv6}); err != nil {
-		p.pool.untake(taskID)
-		return Allocation{}, false, err
-	}
-	return p.allocationLocked(taskID, t), true, nil
+	_, _, gen := p.record.stagePut(taskID, recordEntry{State: recordAssigned, Key: key, ENI: t.ENI, IP: t.IP, IPv6: t.IPv6})
+	return p.allocationLocked(taskID, t), gen, true
 }
 
-func (p *EC2Provider) allocateSlow(ctx context.Context, taskID string, key PoolKey, _ subnetInfo, ipv6 bool) (Allocation, error) {
+func (p *EC2Provider) allocateSlow(ctx context.Context, taskID string, key PoolKey, _ subnetInfo, ipv6 bool) (Allocation, uint64, error) {
 	p.growMu.Lock()
 	defer p.growMu.Unlock()
 	for range 8 {
 		p.mu.Lock()
-		a, ok, err := p.takeLocked(taskID, key, ipv6)
-		if ok || err != nil {
+		a, gen, ok := p.takeLocked(taskID, key, ipv6)
+		if ok {
 			p.mu.Unlock()
-			return a, err
+			return a, gen, nil
 		}
 		free, cooling, _ := p.pool.counts(key, p.now())
 		need := 1 + p.pool.cfg.WarmIPs - free - cooling
 		st := p.pool.planGrow(key, max(need, 1), true, p.now())
 		p.mu.Unlock()
 		if st.Kind == stepNone {
-			return Allocation{}, fmt.Errorf("%w: instance %s (%s) has no room for another IP in %s with groups %s",
+			return Allocation{}, 0, fmt.Errorf("%w: instance %s (%s) has no room for another IP in %s with groups %s",
 				ErrNoCapacity, p.cfg.Host.InstanceID, p.cfg.Host.InstanceType, key.SubnetID, key.Groups)
 		}
 		if err := p.apply(ctx, st); err != nil {
-			return Allocation{}, fmt.Errorf("grow pool %s: %w", key, err)
+			return Allocation{}, 0, fmt.Errorf("grow pool %s: %w", key, err)
 		}
 	}
-	return Allocation{}, fmt.Errorf("%w: pool %s did not grow", ErrNoCapacity, key)
+	return Allocation{}, 0, fmt.Errorf("%w: pool %s did not grow", ErrNoCapacity, key)
 }
 
 // apply carries out one pool change against EC2. Callers hold growMu.
@@ -438,15 +475,22 @@ func (p *EC2Provider) apply(ctx context.Context, st step) error {
 
 // Release returns taskID's IP to its pool, where it cools down before
 // another task gets it. Releasing an unknown task is a no-op.
+// The record change is staged under the lock and written outside it, so a
+// release does not hold up other tasks' launches; a crash before it is
+// written leaves the allocation recorded, and the restarted agent's
+// reconcile releases it again.
 func (p *EC2Provider) Release(_ context.Context, taskID string) error {
 	p.mu.Lock()
 	_, ok := p.pool.release(taskID, p.now())
-	err := p.record.remove(taskID)
+	gen, staged := p.record.stageRemove(taskID)
 	p.mu.Unlock()
 	if ok {
 		p.poke()
 	}
-	return err
+	if !staged {
+		return nil
+	}
+	return p.record.sync(gen)
 }
 
 // Allocations lists the current allocations, sorted by task id.

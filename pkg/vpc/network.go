@@ -46,13 +46,51 @@ func (n *Network) Host() (HostInfo, bool) {
 	return HostInfo{}, false
 }
 
-// Setup allocates the task's address (recorded first) and wires it.
-// Idempotent. On failure the caller runs Teardown.
+// Setup allocates the task's address and wires it, and returns once the
+// allocation is recorded on disk. Idempotent. On failure the caller runs
+// Teardown.
 func (n *Network) Setup(ctx context.Context, taskID string, req task.NetworkRequest) (*task.NetworkAttachment, error) {
-	a, err := n.p.Allocate(ctx, taskID, req)
+	att, durable, err := n.SetupDeferred(ctx, taskID, req)
 	if err != nil {
-		return nil, fmt.Errorf("allocate address: %w", err)
+		return att, err
 	}
+	if err := durable(ctx); err != nil {
+		return att, fmt.Errorf("record address allocation: %w", err)
+	}
+	return att, nil
+}
+
+// deferredAllocator is a provider that can write its allocation record
+// while the address is wired (EC2Provider.AllocateDeferred).
+type deferredAllocator interface {
+	AllocateDeferred(ctx context.Context, taskID string, req task.NetworkRequest) (Allocation, func(context.Context) error, error)
+}
+
+// SetupDeferred is Setup that may return before the allocation is on
+// disk: durable (never nil when err is nil) returns once it is. The
+// caller must not start the task's process before durable returned nil;
+// the record's write then overlaps the wiring and whatever the caller does
+// next (the agent: the disk, metadata and container create).
+func (n *Network) SetupDeferred(ctx context.Context, taskID string, req task.NetworkRequest) (_ *task.NetworkAttachment, durable func(context.Context) error, _ error) {
+	var a Allocation
+	var err error
+	durable = func(context.Context) error { return nil }
+	if d, ok := n.p.(deferredAllocator); ok {
+		a, durable, err = d.AllocateDeferred(ctx, taskID, req)
+	} else {
+		a, err = n.p.Allocate(ctx, taskID, req)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("allocate address: %w", err)
+	}
+	att, err := n.setup(ctx, taskID, a)
+	if err != nil {
+		return att, nil, err
+	}
+	return att, durable, nil
+}
+
+func (n *Network) setup(ctx context.Context, taskID string, a Allocation) (*task.NetworkAttachment, error) {
 	if a.routed() && a.MAC != "" {
 		if err := n.ensureENI(ctx, a); err != nil {
 			return nil, err

@@ -54,6 +54,13 @@ type PrestartResponse struct {
 	SecretEnv map[string]string
 	// SecretsDir is the task's secrets tmpfs on the host.
 	SecretsDir string
+
+	// Durable, if set, returns once what the hook made is on disk (a
+	// record the hook left writing in the background, e.g. the network's
+	// address allocation). The runner waits for it beside the task's own
+	// record, before the task's process starts (PrestartRequest.Recorded).
+	// Not a resource.
+	Durable func(context.Context) error
 }
 
 // PrestartHook prepares something the task needs. It must be safe to call

@@ -125,7 +125,7 @@ func (r *Runner) prestart(ctx context.Context) (unsaved bool, err error) {
 	case changed: // a resumed launch, Starting already
 		write = r.saveResources
 	}
-	unsaved, err = r.runStage(ctx, r.cfg.Stages[n-1], recordInBackground(write))
+	unsaved, err = r.runStage(ctx, r.cfg.Stages[n-1], recordInBackground(r.withDurable(ctx, write)))
 	if err != nil {
 		if unsaved {
 			err = errors.Join(err, r.saveResources())
@@ -133,6 +133,30 @@ func (r *Runner) prestart(ctx context.Context) (unsaved bool, err error) {
 		return false, err
 	}
 	return unsaved, nil
+}
+
+// withDurable adds to write the waits hooks left (PrestartResponse.Durable),
+// run beside it: the process starts once all are on disk.
+func (r *Runner) withDurable(ctx context.Context, write func() error) func() error {
+	r.mu.Lock()
+	ds := r.durable
+	r.durable = nil
+	r.mu.Unlock()
+	if len(ds) == 0 {
+		return write
+	}
+	return func() error {
+		errs := make([]error, len(ds)+1)
+		var wg sync.WaitGroup
+		for i, d := range ds {
+			wg.Go(func() { errs[i] = d(ctx) })
+		}
+		if write != nil {
+			errs[len(ds)] = write()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
 }
 
 // recordInBackground starts write at once and returns what waits for its
@@ -248,6 +272,11 @@ func (r *Runner) runHook(ctx context.Context, h PrestartHook) (changed bool, err
 	took := r.cfg.Now().Sub(start)
 	r.log.Debug("prestart hook", "hook", h.Name(), "took", took, "err", err)
 	r.merge(&resp, task.Step{Name: h.Name(), Start: start.UTC(), Took: took, Failed: err != nil})
+	if resp.Durable != nil {
+		r.mu.Lock()
+		r.durable = append(r.durable, resp.Durable)
+		r.mu.Unlock()
+	}
 	return !resp.empty(), err
 }
 

@@ -125,6 +125,9 @@ type Runner struct {
 	// steps are the launch steps that ended since the last transition;
 	// the next transition records them.
 	steps []task.Step
+	// durable are what hooks left to finish writing (PrestartResponse.Durable),
+	// waited for with the record written before the process starts.
+	durable []func(context.Context) error
 
 	killCh chan struct{}
 	done   chan struct{}

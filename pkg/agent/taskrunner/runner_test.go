@@ -774,3 +774,72 @@ func TestRuntimeLostTask(t *testing.T) {
 		})
 	}
 }
+
+// durableHook leaves a write in the background (PrestartResponse.Durable),
+// as the network hook leaves the address allocation's record.
+type durableHook struct {
+	rec  *recorder
+	gate chan struct{}
+	err  error
+}
+
+func (h *durableHook) Name() string { return "network" }
+func (h *durableHook) Prestart(ctx context.Context, req *PrestartRequest, resp *PrestartResponse) error {
+	h.rec.add("prestart network")
+	resp.Env = map[string]string{"net": "1"}
+	resp.Durable = func(context.Context) error {
+		<-h.gate
+		h.rec.add("network durable")
+		return h.err
+	}
+	return nil
+}
+func (h *durableHook) Stop(ctx context.Context, req *StopRequest) error {
+	h.rec.add("stop network")
+	return nil
+}
+
+// The task's process starts only once what a hook left writing is on
+// disk; if that write fails, it never starts and the launch fails.
+func TestProcessStartsAfterHooksDurable(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		err   error
+		state task.State
+		want  []string
+	}{
+		{"written", nil, task.Running, []string{"prestart network", "prestart disk", "network durable", "prestart container"}},
+		{"write failed", errors.New("disk full"), task.Failed, []string{"prestart network", "prestart disk", "network durable", "stop container", "stop disk", "stop network"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			net := &durableHook{rec: rec, gate: make(chan struct{}), err: tc.err}
+			hooks := [][]PrestartHook{
+				{net},
+				{&fakeHook{name: "disk", rec: rec}},
+				{&fakeHook{name: "container", rec: rec, pid: 42}},
+			}
+			w := &fakeWaiter{rec: &recorder{}, exit: make(chan runtime.ExitStatus, 1)}
+			r, _ := newTestRunner(t, rec, hooks, w, task.Spec{ID: "t1"})
+			go r.Run(context.Background())
+			waitState(t, r, task.Starting)
+			time.Sleep(20 * time.Millisecond)
+			if slices.Contains(rec.get(), "prestart container") {
+				t.Fatal("the process started before the network's record was on disk")
+			}
+			close(net.gate)
+			waitState(t, r, tc.state)
+			if tc.state == task.Running {
+				w.exit <- runtime.ExitStatus{}
+			}
+			waitDone(t, r)
+			got := rec.get()
+			if tc.state == task.Running {
+				got = got[:len(tc.want)]
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("ops (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
