@@ -80,7 +80,7 @@ func wireDiskPool(ctx context.Context, cfg IsolationConfig, disks *isolation.Dis
 		return nil
 	}
 	if len(cfg.DiskPool) == 0 {
-		left, err := q.PurgePool()
+		left, err := q.PurgePool(ctx)
 		if len(left) > 0 {
 			log.Warn("removed pooled disk images an earlier agent process left", "removed", left)
 		}

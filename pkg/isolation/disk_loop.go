@@ -52,8 +52,8 @@ func (q *LoopQuota) Create(ctx context.Context, taskID string, sizeMiB int64) (*
 	} else if mounted {
 		return d, nil
 	}
-	if q.pool != nil {
-		q.pool.claim(d.ImagePath, sizeMiB) // a formatted image, if there is one
+	if q.pool != nil && q.pool.claim(ctx, d.ImagePath, d.Path, sizeMiB) {
+		return d, nil // a pooled disk, mounted at d.Path
 	}
 	if err := q.makeImage(ctx, d.ImagePath, sizeMiB); err != nil {
 		return nil, fmt.Errorf("disk %s: %w", taskID, err)

@@ -1,6 +1,7 @@
 package isolation
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,18 +49,21 @@ type DiskPoolConfig struct {
 	Launches *refill.Gate
 }
 
-// DiskPool keeps formatted, never-mounted ext4 images of common sizes
-// ready for LoopQuota: a task whose disk is one of those sizes gets a
-// pooled image renamed to its own instead of a freshly formatted one (the
-// format is the bulk of a loop disk's set-up), and the pool refills in the
-// background.
+// DiskPool keeps formatted ext4 images of common sizes ready for
+// LoopQuota, each attached to its loop device and mounted: a task whose disk
+// is one of those sizes gets a pooled image renamed to its own and the
+// mount moved onto its mount point (MS_MOVE), instead of a freshly
+// formatted image, attached and mounted on its critical path (the format,
+// LOOP_CONFIGURE and the ext4 mount were the bulk of a loop disk's set-up).
+// The pool refills in the background.
 //
-// A pooled image is only ever fresh: it is formatted for the pool, never
-// attached or mounted while pooled, leaves the pool once, into one task,
-// and is deleted with that task's disk. The pool's images live in
-// <dir>/pool, where the task reaper (List) never looks; LoopQuota's
-// PurgePool, run at every agent start, removes whatever an earlier agent
-// process left there, and Close what the pool holds.
+// A pooled image is only ever fresh: it is formatted for the pool, mounted
+// only at its place in the pool (where no task's mount namespace sees it),
+// leaves the pool once, into one task, and is deleted with that task's
+// disk. The pool's images and mount points live in <dir>/pool, where the
+// task reaper (List) never looks; LoopQuota's PurgePool, run at every agent
+// start, unmounts, detaches and removes whatever an earlier agent process
+// left there, and Close what the pool holds.
 type DiskPool struct {
 	q      *LoopQuota
 	sizes  []DiskPoolSize
@@ -74,19 +79,30 @@ type DiskPool struct {
 
 func (q *LoopQuota) poolDir() string { return filepath.Join(q.dir, "pool") }
 
-// PurgePool removes every image in the pool's directory and returns their
-// names: what an agent process killed with a full pool left. The agent
-// calls it at start whether or not the pool is enabled now. Pooled images
-// are never attached to a loop device, so there is nothing to detach.
-func (q *LoopQuota) PurgePool() ([]string, error) {
+// poolMount is where a pooled image is mounted while it waits.
+func poolMount(img string) string { return strings.TrimSuffix(img, ".img") + ".mnt" }
+
+// PurgePool unmounts, detaches and removes everything in the pool's
+// directory and returns the names it removed: what an agent process killed
+// with a full pool (or while filling it) left. The agent calls it at start
+// whether or not the pool is enabled now.
+func (q *LoopQuota) PurgePool(ctx context.Context) ([]string, error) {
 	names, err := listDir(q.poolDir())
 	if err != nil {
 		return nil, fmt.Errorf("disk pool: %w", err)
 	}
 	var errs []error
 	var removed []string
+	// Mount points first, so that the images are free to detach.
+	rank := func(n string) int {
+		if strings.HasSuffix(n, ".mnt") {
+			return 0
+		}
+		return 1
+	}
+	slices.SortStableFunc(names, func(a, b string) int { return cmp.Compare(rank(a), rank(b)) })
 	for _, n := range names {
-		if err := os.Remove(filepath.Join(q.poolDir(), n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := q.discard(ctx, filepath.Join(q.poolDir(), n)); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -96,6 +112,30 @@ func (q *LoopQuota) PurgePool() ([]string, error) {
 		return removed, fmt.Errorf("disk pool: %w", errors.Join(errs...))
 	}
 	return removed, nil
+}
+
+// discard removes one entry of the pool's directory: a mount point is
+// unmounted, an image detached from its loop devices, then removed.
+func (q *LoopQuota) discard(ctx context.Context, path string) error {
+	switch {
+	case strings.HasSuffix(path, ".mnt"):
+		if err := unmount(ctx, q.sys, path); err != nil {
+			return err
+		}
+	case strings.HasSuffix(path, ".img"):
+		if err := q.detachLoops(ctx, path); err != nil {
+			return err
+		}
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// discardImage discards a pooled image and its mount point.
+func (q *LoopQuota) discardImage(ctx context.Context, img string) error {
+	return errors.Join(q.discard(ctx, poolMount(img)), q.discard(ctx, img))
 }
 
 // EnablePool gives Create a pool of formatted images. It removes what an
@@ -120,7 +160,7 @@ func (q *LoopQuota) EnablePool(cfg DiskPoolConfig) (*DiskPool, error) {
 	}
 	// What cannot be removed now is logged, not fatal: it is in no
 	// task's way, and the next start tries again.
-	left, err := q.PurgePool()
+	left, err := q.PurgePool(context.Background())
 	if len(left) > 0 {
 		cfg.Log.Warn("removed pooled disk images an earlier agent process left", "removed", left)
 	}
@@ -169,14 +209,17 @@ func (p *DiskPool) fill(ctx context.Context) bool {
 			return false
 		}
 		path := filepath.Join(p.q.poolDir(), fmt.Sprintf("%d-%s.img", size, r))
-		if err := p.q.makeImage(ctx, path, size); err != nil {
-			p.log.Warn("disk pool: format an image", "sizeMiB", size, "err", err)
+		if err := p.make(ctx, path, size); err != nil {
+			p.log.Warn("disk pool: make a disk", "sizeMiB", size, "err", err)
+			if derr := p.q.discardImage(context.WithoutCancel(ctx), path); derr != nil {
+				p.log.Warn("disk pool: remove a half-made disk", "err", derr)
+			}
 			return false
 		}
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
-			_ = os.Remove(path)
+			_ = p.q.discardImage(context.WithoutCancel(ctx), path)
 			return true
 		}
 		p.ready[size] = append(p.ready[size], path)
@@ -184,6 +227,18 @@ func (p *DiskPool) fill(ctx context.Context) bool {
 		p.report(size)
 	}
 	return true
+}
+
+// make formats an image at path, attaches and mounts it at its pool mount.
+func (p *DiskPool) make(ctx context.Context, path string, size int64) error {
+	if err := p.q.makeImage(ctx, path, size); err != nil {
+		return err
+	}
+	mnt := poolMount(path)
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		return err
+	}
+	return p.q.mount(ctx, path, mnt)
 }
 
 // short is the first size (in config order) short of its count, 0 if none.
@@ -239,8 +294,9 @@ func (p *DiskPool) report(size int64) {
 	}
 }
 
-// Close stops the refill and deletes every image the pool holds; Create
-// then formats images as it would without a pool. Safe to repeat.
+// Close stops the refill and unmounts, detaches and deletes every image the
+// pool holds; Create then makes disks as it would without a pool. Safe to
+// repeat.
 func (p *DiskPool) Close() error {
 	p.refill.Stop()
 	p.mu.Lock()
@@ -251,7 +307,7 @@ func (p *DiskPool) Close() error {
 	var errs []error
 	for _, imgs := range ready {
 		for _, img := range imgs {
-			if err := os.Remove(img); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := p.q.discardImage(context.Background(), img); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -262,10 +318,12 @@ func (p *DiskPool) Close() error {
 	return errors.Join(errs...)
 }
 
-// claim renames a pooled image of sizeMiB to img when the task has no
-// image yet; false means Create formats its own. An image that cannot be
-// handed over is deleted, never put back.
-func (p *DiskPool) claim(img string, sizeMiB int64) bool {
+// claim hands a pooled disk of sizeMiB to the task whose image is img and
+// mount point mnt, when the task has no image yet: the image is renamed to
+// img and its mount moved onto mnt; false means Create makes its own. A
+// disk that cannot be handed over is unmounted and deleted, never put
+// back.
+func (p *DiskPool) claim(ctx context.Context, img, mnt string, sizeMiB int64) bool {
 	if _, err := os.Stat(img); err == nil {
 		return false
 	}
@@ -273,14 +331,28 @@ func (p *DiskPool) claim(img string, sizeMiB int64) bool {
 	if !ok {
 		return false
 	}
+	from := poolMount(src)
 	err := os.MkdirAll(filepath.Dir(img), 0o700)
 	if err == nil {
 		err = os.Rename(src, img)
 	}
 	if err != nil {
-		p.log.Warn("disk pool: hand-over failed, formatting a fresh image", "image", img, "err", err)
-		_ = os.Remove(src)
+		p.log.Warn("disk pool: hand-over failed, making a fresh disk", "image", img, "err", err)
+		_ = p.q.discardImage(ctx, src)
 		return false
 	}
+	err = os.MkdirAll(mnt, 0o700)
+	if err == nil {
+		err = p.q.sys.MoveMount(from, mnt)
+	}
+	if err != nil {
+		// The image is the task's by name now, never formatted for it:
+		// it goes, and Create formats one.
+		p.log.Warn("disk pool: hand-over failed, making a fresh disk", "image", img, "err", err)
+		_ = p.q.discard(ctx, from)
+		_ = p.q.discard(ctx, img)
+		return false
+	}
+	_ = os.Remove(from)
 	return true
 }

@@ -73,11 +73,16 @@ func TestDiskPoolFill(t *testing.T) {
 		t.Fatal("fill failed")
 	}
 	mkfs := "mkfs.ext4 -q -F -b 4096 -m 0 -O ^has_journal -E lazy_itable_init=1,lazy_journal_init=1,nodiscard "
-	want := []string{mkfs + "D/pool/64-00000001.img.tmp", mkfs + "D/pool/64-00000002.img.tmp", mkfs + "D/pool/128-00000003.img.tmp"}
+	var want []string
+	for _, n := range []string{"64-00000001", "64-00000002", "128-00000003"} {
+		want = append(want, mkfs+"D/pool/"+n+".img.tmp",
+			"losetup --find --show --direct-io=on --sector-size 4096 D/pool/"+n+".img",
+			"mount -t ext4 -o noatime /dev/loop3 D/pool/"+n+".mnt")
+	}
 	if diff := cmp.Diff(want, sys.take(dir)); diff != "" {
 		t.Errorf("fill (-want +got):\n%s", diff)
 	}
-	if diff := cmp.Diff([]string{"128-00000003.img", "64-00000001.img", "64-00000002.img"}, poolFiles(t, dir)); diff != "" {
+	if diff := cmp.Diff([]string{"128-00000003.img", "128-00000003.mnt", "64-00000001.img", "64-00000001.mnt", "64-00000002.img", "64-00000002.mnt"}, poolFiles(t, dir)); diff != "" {
 		t.Errorf("pool files (-want +got):\n%s", diff)
 	}
 	if st, err := os.Stat(filepath.Join(dir, "pool", "128-00000003.img")); err != nil || st.Size() != 128<<20 {
@@ -102,10 +107,10 @@ func TestDiskPoolSetupTakesAPooledImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// No mkfs on the launch's path: the pooled image is the task's now.
+	// No mkfs, loop attach or ext4 mount on the launch's path: the
+	// pooled image is the task's now, its mount moved to the task's place.
 	want := []string{
-		"losetup --find --show --direct-io=on --sector-size 4096 D/images/t1.img",
-		"mount -t ext4 -o noatime /dev/loop3 D/mnt/t1",
+		"mount --move D/pool/64-00000001.mnt D/mnt/t1",
 		"mount -t overlay -o lowerdir=/l/1,upperdir=D/mnt/t1/upper,workdir=D/mnt/t1/work overlay D/rootfs/t1",
 	}
 	if diff := cmp.Diff(want, sys.take(dir)); diff != "" {
@@ -119,6 +124,9 @@ func TestDiskPoolSetupTakesAPooledImage(t *testing.T) {
 	}
 	if left := poolFiles(t, dir); len(left) != 0 {
 		t.Errorf("pool still holds %v", left)
+	}
+	if m, _ := sys.Mounted(disk.Path); !m {
+		t.Errorf("task disk %s not mounted", disk.Path)
 	}
 
 	// Teardown deletes the image: it never goes back to the pool.
@@ -190,19 +198,36 @@ func TestDiskPoolCloseAndPurge(t *testing.T) {
 		t.Fatal("a closed pool handed out an image")
 	}
 
-	// What a killed agent left (a whole image and a half-formatted one)
-	// goes at the next start, the pool on or off.
-	for _, n := range []string{"64-0000000a.img", "64-0000000b.img.tmp"} {
+	// What a killed agent left (a mounted disk, one attached but not
+	// mounted, a half-formatted image) goes at the next start, the pool
+	// on or off: unmounted first, then detached, then removed.
+	sys := q.sys.(*fakeSystem)
+	sys.take(dir)
+	for _, n := range []string{"64-0000000a.img", "64-0000000b.img.tmp", "64-0000000c.img"} {
 		if err := os.WriteFile(filepath.Join(dir, "pool", n), nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	removed, err := q.PurgePool()
+	if err := os.Mkdir(filepath.Join(dir, "pool", "64-0000000a.mnt"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	sys.mounted[filepath.Join(dir, "pool", "64-0000000a.mnt")] = true
+	sys.outputs["losetup -j "+filepath.Join(dir, "pool", "64-0000000a.img")] = "/dev/loop7: []: (" + filepath.Join(dir, "pool", "64-0000000a.img") + ")\n"
+	sys.outputs["losetup -j "+filepath.Join(dir, "pool", "64-0000000c.img")] = "/dev/loop8: []: (" + filepath.Join(dir, "pool", "64-0000000c.img") + ")\n"
+	removed, err := q.PurgePool(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([]string{"64-0000000a.img", "64-0000000b.img.tmp"}, removed); diff != "" {
+	if diff := cmp.Diff([]string{"64-0000000a.mnt", "64-0000000a.img", "64-0000000b.img.tmp", "64-0000000c.img"}, removed); diff != "" {
 		t.Errorf("purged (-want +got):\n%s", diff)
+	}
+	wantCalls := []string{
+		"umount D/pool/64-0000000a.mnt",
+		"losetup -j D/pool/64-0000000a.img", "losetup -d /dev/loop7",
+		"losetup -j D/pool/64-0000000c.img", "losetup -d /dev/loop8",
+	}
+	if diff := cmp.Diff(wantCalls, sys.take(dir)); diff != "" {
+		t.Errorf("purge (-want +got):\n%s", diff)
 	}
 	if left := poolFiles(t, dir); len(left) != 0 {
 		t.Fatalf("purge left %v", left)
@@ -210,6 +235,37 @@ func TestDiskPoolCloseAndPurge(t *testing.T) {
 	// The task reaper never takes the pool for a task.
 	if ids, err := q.List(ctx); err != nil || len(ids) != 0 {
 		t.Fatalf("List = %v, %v", ids, err)
+	}
+}
+
+// A pooled disk whose mount cannot be moved to the task is unmounted,
+// detached and deleted, and the task gets a freshly formatted one.
+func TestDiskPoolHandOverFailure(t *testing.T) {
+	ctx := context.Background()
+	d, _, p, sys, _, dir := newTestDiskPool(t, DiskPoolSize{SizeMiB: 64, Count: 1})
+	p.fill(ctx)
+	sys.take(dir)
+	sys.fail["mount --move"] = fmt.Errorf("invalid argument")
+	sys.outputs["losetup -j "+filepath.Join(dir, "images", "t1.img")] = "/dev/loop3: []: (" + filepath.Join(dir, "images", "t1.img") + ")\n"
+	if _, err := d.Setup(ctx, "t1", 64, []string{"/l/1"}); err != nil {
+		t.Fatal(err)
+	}
+	delete(sys.outputs, "losetup -j "+filepath.Join(dir, "images", "t1.img"))
+	mkfs := "mkfs.ext4 -q -F -b 4096 -m 0 -O ^has_journal -E lazy_itable_init=1,lazy_journal_init=1,nodiscard "
+	want := []string{
+		"mount --move D/pool/64-00000001.mnt D/mnt/t1",
+		"umount D/pool/64-00000001.mnt",
+		"losetup -j D/images/t1.img", "losetup -d /dev/loop3",
+		mkfs + "D/images/t1.img.tmp",
+		"losetup --find --show --direct-io=on --sector-size 4096 D/images/t1.img",
+		"mount -t ext4 -o noatime /dev/loop3 D/mnt/t1",
+		"mount -t overlay -o lowerdir=/l/1,upperdir=D/mnt/t1/upper,workdir=D/mnt/t1/work overlay D/rootfs/t1",
+	}
+	if diff := cmp.Diff(want, sys.take(dir)); diff != "" {
+		t.Errorf("setup (-want +got):\n%s", diff)
+	}
+	if left := poolFiles(t, dir); len(left) != 0 {
+		t.Errorf("pool still holds %v", left)
 	}
 }
 

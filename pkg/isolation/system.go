@@ -8,6 +8,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
 
 	"github.com/titus-agent/titus-agent/pkg/hostcmd"
 )
@@ -24,6 +25,8 @@ type system interface {
 	// 4 KiB sectors and returns the device (what `losetup --find --show
 	// --direct-io=on --sector-size 4096 img` does, without a process).
 	AttachLoop(ctx context.Context, img string) (string, error)
+	// MoveMount moves the mount at from to to (mount --move).
+	MoveMount(from, to string) error
 }
 
 // hostSystem runs real commands on this host.
@@ -37,6 +40,26 @@ func (hostSystem) Run(ctx context.Context, name string, args ...string) ([]byte,
 func (hostSystem) Mount(m mount.Mount, target string) error {
 	if err := m.Mount(target); err != nil {
 		return fmt.Errorf("mount %s on %s: %w", m.Type, target, err)
+	}
+	return nil
+}
+
+// MoveMount moves a mount by MS_MOVE: no new superblock, no unmount. The
+// kernel refuses it (EINVAL) for a mount whose parent mount is shared (a
+// systemd host's /): there the mount is bound to to and from unmounted.
+func (hostSystem) MoveMount(from, to string) error {
+	err := unix.Mount(from, to, "", unix.MS_MOVE, "")
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("move mount %s to %s: %w", from, to, err)
+	}
+	if err := unix.Mount(from, to, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind mount %s to %s: %w", from, to, err)
+	}
+	if err := unix.Unmount(from, unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("unmount %s after binding it to %s: %w", from, to, err)
 	}
 	return nil
 }

@@ -79,3 +79,22 @@ func (f *fakeSystem) AttachLoop(ctx context.Context, img string) (string, error)
 	out, err := f.Run(ctx, "losetup", "--find", "--show", "--direct-io=on", "--sector-size", "4096", img)
 	return strings.TrimSpace(string(out)), err
 }
+
+// MoveMount is recorded as the mount(8) command line it stands for.
+func (f *fakeSystem) MoveMount(from, to string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	line := "mount --move " + from + " " + to
+	f.calls = append(f.calls, line)
+	for prefix, err := range f.fail {
+		if strings.HasPrefix(line, prefix) {
+			return fmt.Errorf("%s: %w", line, err)
+		}
+	}
+	if !f.mounted[from] {
+		return fmt.Errorf("%s: not mounted", from)
+	}
+	delete(f.mounted, from)
+	f.mounted[to] = true
+	return nil
+}

@@ -247,9 +247,10 @@ func TestAgentPoolsSurviveKill9WithoutLeaking(t *testing.T) {
 	p.waitPools(2)
 	before := poolObjects(p.dir)
 	p.kill9()
-	// 2 namespaces (file, mount, veth each) and 2 disk images.
-	if left := poolObjects(p.dir); len(left) != 8 {
-		t.Fatalf("after kill -9 the pools hold %d objects, want 8: %v", len(left), left)
+	// 2 namespaces (file, mount, veth each) and 2 disks (image, mount
+	// point, mount, loop device each).
+	if left := poolObjects(p.dir); len(left) != 14 {
+		t.Fatalf("after kill -9 the pools hold %d objects, want 14: %v", len(left), left)
 	}
 
 	p.restart(2)
