@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -187,8 +188,17 @@ func TestAgentPoolsHandOutFreshNamespacesAndDisks(t *testing.T) {
 	if _, err := netlink.LinkByName(vpc.HostVeth("first")); err != nil {
 		t.Fatalf("first task's veth: %v", err)
 	}
-	if out, code := p.exec("first", "sh", "-c", "echo left-by-first > /marker && df -m / | tail -1"); code != 0 || !strings.Contains(out, "/") {
+	out, code := p.exec("first", "sh", "-c", "echo left-by-first > /marker && df -m / | tail -1")
+	if code != 0 || !strings.Contains(out, "/") {
 		t.Fatalf("write marker: %d %s", code, out)
+	}
+	// The pooled disk handed over is the task's quota: its own size, and
+	// a write past it fails.
+	if f := strings.Fields(out); len(f) < 2 || !func() bool { n, err := strconv.Atoi(f[1]); return err == nil && n > 32 && n <= 64 }() {
+		t.Errorf("first's root is not its 64 MiB disk: %q", out)
+	}
+	if out, code := p.exec("first", "sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=80 2>&1; rm -f /fill"); code == 0 && !strings.Contains(out, "No space") {
+		t.Errorf("80 MiB written to a 64 MiB disk: %d %s", code, out)
 	}
 	p.nsenter("first", "ip", "route", "add", "blackhole", "198.18.250.0/24")
 	p.nsenter("first", "ip", "addr", "add", "198.18.251.1/32", "dev", "lo")
