@@ -289,6 +289,24 @@ func wantsTargets(t *taskState) bool {
 	return !t.checked || (t.rec.Health != nil && t.rec.Health.Status == task.HealthHealthy)
 }
 
+// whyOut says why a live task's targets leave its groups, for the log:
+// the first reason wantsTargets (or a stop) has.
+func whyOut(t *taskState) string {
+	switch {
+	case t.lb.stopping:
+		return "stopping"
+	case t.killWanted:
+		return "kill wanted"
+	case t.job.terminal():
+		return "job ended"
+	case t.rec.State != task.Running:
+		return "state " + t.rec.State.String()
+	case t.rec.Health == nil:
+		return "health not known"
+	}
+	return "health " + t.rec.Health.Status.String()
+}
+
 // inTargets reports whether t serves through its load balancers: always
 // true for a task not managed there; else registered in each of its
 // groups, and healthy there as the load balancer itself sees it
@@ -578,6 +596,9 @@ func (c *Core) targetPass(ctx context.Context, now time.Time, full bool) {
 			if err != nil {
 				c.setTargets(t, o.arn, "", err.Error(), now)
 				continue
+			}
+			if registrationOf(t, o.arn) == model.TargetRegistered {
+				c.log.Info("took a live task's target out of its group", "target_group", o.arn, "task", t.rec.ID, "target", o.targets[i], "why", whyOut(t))
 			}
 			if t.lb.stopping {
 				c.setTargets(t, o.arn, model.TargetDraining, "", now)
