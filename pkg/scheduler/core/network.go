@@ -316,11 +316,19 @@ func (a *agentState) ipFits(sg string, now time.Time) bool {
 	}
 	if p := a.poolOf(sg); p.known {
 		// The pool's ENIs, as many as its taken IPs need but never more
-		// than the host can have: the count may be over the truth (a task
-		// both in the report and not yet known there), and one past the
-		// host's last address rounded up to another ENI it cannot attach.
-		if n := a.poolTaken(p.name, now); n < min(a.held(p.name, n), a.enis)*a.ipsPerENI {
-			return true
+		// than the host has slots for beside the other pools' ENIs: the
+		// count may be over the truth (a task both in the report and not
+		// yet known there), and one past the pool's last address rounded
+		// up to another ENI the host cannot attach.
+		n := a.poolTaken(p.name, now)
+		if mine := a.held(p.name, n); n < mine*a.ipsPerENI {
+			if mine <= a.net.enis[p.name] {
+				return true // ENIs the agent reports it has
+			}
+			others := max(0, a.heldENIs(now)-mine)
+			if n < min(mine, a.enis-others)*a.ipsPerENI {
+				return true
+			}
 		}
 	}
 	return a.heldENIs(now) < a.enis

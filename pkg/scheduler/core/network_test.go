@@ -425,3 +425,37 @@ func TestIPsOvercountedPastAFullHostDoNotFit(t *testing.T) {
 		t.Fatalf("placed %v on a host whose every IP is taken", got)
 	}
 }
+
+// TestIPsOvercountedPastOtherPoolsENIsDoNotFit: as above, on a host whose
+// last ENI slot another security-group set's pool holds: an overcount of
+// the full pool must not round up to an ENI the host has no slot for.
+func TestIPsOvercountedPastOtherPoolsENIsDoNotFit(t *testing.T) {
+	ts := newTestScheduler(t, Config{})
+	sess := newSession()
+	usage := func(used int) *model.NetworkUsage {
+		return &model.NetworkUsage{DefaultSubnetID: "subnet-d", DefaultSecurityGroups: "sg-1",
+			SGSets: []model.SGSetENIs{
+				{SecurityGroups: "sg-1", SubnetID: "subnet-d", Default: true, ENIs: 2, UsedIPs: used, FreeIPs: 10 - used},
+				{SecurityGroups: "sg-2", SubnetID: "subnet-d", ENIs: 1, UsedIPs: 5},
+			}}
+	}
+	ts.mu.Lock()
+	sess.agent = ts.register(model.Registration{InstanceID: "a", AZ: "az-1", Network: usage(9),
+		Capacity: model.Capacity{Resources: model.Resources{CPU: 64000, Mem: 65536}, ENIs: 3, IPsPerENI: 5, IPReuseCooldown: time.Second}}, sess, time.Now())
+	ts.mu.Unlock()
+	one := func() string {
+		s := testSpec(&model.BatchJob{Size: 1}, 100)
+		s.Task.Network.SecurityGroupIDs = []string{"sg-1"}
+		return ts.submit(s)
+	}
+	one()
+	x := ts.place()
+	if len(x) != 1 {
+		t.Fatalf("placed %v, want the task for the pool's last IP", x)
+	}
+	ts.Heartbeat(sess, true, []model.TaskStatus{{TaskID: x[0], State: task.Accepted}}, usage(10))
+	one()
+	if got := ts.place(); len(got) != 0 {
+		t.Fatalf("placed %v on a host whose pool is full and whose last ENI slot another pool holds", got)
+	}
+}
